@@ -1,1 +1,3 @@
-fn main() {}
+fn main() {
+    print!("{}", handover_operator::crd::crd_yaml().unwrap());
+}
