@@ -94,7 +94,10 @@ pub struct ServerPoolSpec {
     /// Name of the Secret holding the cookie keys (data key `keys`). Created with fresh keys if
     /// absent, never overwritten. Default: `<name>-handover-keys`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(length(min = 1, max = 253), regex(pattern = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$"))]
+    #[schemars(
+        length(min = 1, max = 253),
+        regex(pattern = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
+    )]
     pub key_secret_name: Option<String>,
 
     /// Automatic key rotation. Rotation can also be requested at any time by setting the

@@ -7,3 +7,5 @@
 //! [`controller`], [`leader`] and [`metrics`] are the thin edges that talk to Kubernetes.
 
 pub mod crd;
+pub mod duration;
+pub mod keys;
