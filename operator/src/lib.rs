@@ -7,6 +7,7 @@
 //! [`controller`], [`leader`] and [`metrics`] are the thin edges that talk to Kubernetes.
 
 pub mod crd;
+pub mod desired;
 pub mod duration;
 pub mod keys;
 pub mod validate;
