@@ -525,10 +525,10 @@ pub fn injection_patch(
     // The hash covers what is injected, not the grace period, which depends on the user's value.
     let hash = fnv1a_hex(template.to_string().as_bytes());
     let needed = needed_grace_seconds(pool);
-    if we_own_grace(deploy) || current_grace(deploy) < needed {
-        if let Some(spec) = template.get_mut("spec").and_then(Value::as_object_mut) {
-            spec.insert("terminationGracePeriodSeconds".to_owned(), json!(needed));
-        }
+    if (we_own_grace(deploy) || current_grace(deploy) < needed)
+        && let Some(spec) = template.get_mut("spec").and_then(Value::as_object_mut)
+    {
+        spec.insert("terminationGracePeriodSeconds".to_owned(), json!(needed));
     }
     if let Some(m) = template.get_mut("metadata").and_then(Value::as_object_mut) {
         m.insert(

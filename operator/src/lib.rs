@@ -9,5 +9,7 @@
 pub mod crd;
 pub mod desired;
 pub mod duration;
+pub mod error;
 pub mod keys;
+pub mod metrics;
 pub mod validate;
