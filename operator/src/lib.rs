@@ -11,5 +11,6 @@ pub mod desired;
 pub mod duration;
 pub mod error;
 pub mod keys;
+pub mod leader;
 pub mod metrics;
 pub mod validate;
