@@ -251,15 +251,21 @@ fn pod_finished(pod: &Pod) -> bool {
     )
 }
 
-/// The pods of `pool` among `pods` (any namespace), as members sorted by pod name.
-pub fn members<'a>(pool: &ServerPool, pods: impl IntoIterator<Item = &'a Pod>) -> Vec<Member> {
+/// The pods of `pool` among `pods` (any namespace): same namespace, selected, not finished.
+pub fn pool_pods<'a>(pool: &ServerPool, pods: impl IntoIterator<Item = &'a Pod>) -> Vec<&'a Pod> {
     let namespace = pool_namespace(pool);
     let selector = selector(pool);
-    let mut out: Vec<Member> = pods
-        .into_iter()
+    pods.into_iter()
         .filter(|p| p.metadata.namespace.as_deref() == Some(namespace.as_str()))
         .filter(|p| selects(&selector, p.labels()))
         .filter(|p| !pod_finished(p))
+        .collect()
+}
+
+/// The pods of `pool` among `pods` (any namespace), as members sorted by pod name.
+pub fn members<'a>(pool: &ServerPool, pods: impl IntoIterator<Item = &'a Pod>) -> Vec<Member> {
+    let mut out: Vec<Member> = pool_pods(pool, pods)
+        .into_iter()
         .filter_map(|p| {
             let ready_since = p
                 .status
@@ -720,6 +726,8 @@ pub struct Findings {
     pub key_problem: Option<String>,
     /// Deployments that could not be injected, with the reason.
     pub deployment_problems: Vec<String>,
+    /// Child objects the API server refused, with its answer.
+    pub apply_errors: Vec<String>,
     /// Ready members.
     pub ready: i32,
     /// All members.
@@ -761,6 +769,13 @@ pub fn condition_values(f: &Findings) -> Vec<ConditionValue> {
             reason: "KeySecretInvalid",
             message: k.clone(),
         }
+    } else if !f.apply_errors.is_empty() {
+        ConditionValue {
+            type_: "Ready",
+            status: false,
+            reason: "ReconcileFailed",
+            message: join(&f.apply_errors),
+        }
     } else if f.ready == 0 {
         ConditionValue {
             type_: "Ready",
@@ -789,6 +804,13 @@ pub fn condition_values(f: &Findings) -> Vec<ConditionValue> {
             status: true,
             reason: "KeySecretInvalid",
             message: k.clone(),
+        }
+    } else if !f.apply_errors.is_empty() {
+        ConditionValue {
+            type_: "Degraded",
+            status: true,
+            reason: "ReconcileFailed",
+            message: join(&f.apply_errors),
         }
     } else if !f.deployment_problems.is_empty() {
         ConditionValue {
@@ -834,6 +856,48 @@ pub fn settle_conditions(
             }
         })
         .collect()
+}
+
+/// An Event to publish about the pool.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PoolEvent {
+    /// Warning (true) or Normal.
+    pub warning: bool,
+    /// CamelCase reason.
+    pub reason: String,
+    /// For a person.
+    pub note: String,
+}
+
+/// Events for conditions whose reason changed: a new problem is a Warning; a `Degraded` that
+/// cleared is a Normal `Recovered`.
+pub fn condition_events(previous: &[Condition], current: &[Condition]) -> Vec<PoolEvent> {
+    let mut out = Vec::new();
+    for c in current {
+        let before = previous.iter().find(|p| p.type_ == c.type_);
+        if before.is_some_and(|b| b.reason == c.reason && b.status == c.status) {
+            continue;
+        }
+        let problem = (c.type_ == "Degraded" && c.status == "True")
+            || (c.type_ == "Ready" && c.status == "False" && c.reason != "NoReadyMembers");
+        if problem {
+            // Degraded and Ready often share the reason: one Warning is enough.
+            if !out.iter().any(|e: &PoolEvent| e.reason == c.reason) {
+                out.push(PoolEvent {
+                    warning: true,
+                    reason: c.reason.clone(),
+                    note: c.message.clone(),
+                });
+            }
+        } else if c.type_ == "Degraded" && before.is_some_and(|b| b.status == "True") {
+            out.push(PoolEvent {
+                warning: false,
+                reason: "Recovered".to_owned(),
+                note: c.message.clone(),
+            });
+        }
+    }
+    out
 }
 
 /// The whole status.

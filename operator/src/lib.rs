@@ -6,6 +6,7 @@
 //! [`desired`] are pure functions of their inputs (unit-tested without an API server);
 //! [`controller`], [`leader`] and [`metrics`] are the thin edges that talk to Kubernetes.
 
+pub mod controller;
 pub mod crd;
 pub mod desired;
 pub mod duration;

@@ -658,3 +658,53 @@ fn injection_config_follows_the_server_version() {
     assert!(!InjectionConfig::for_minor(String::new(), 29).sleep_action);
     assert!(InjectionConfig::for_minor(String::new(), 30).sleep_action);
 }
+
+#[test]
+fn apply_errors_make_the_pool_unready_and_degraded() {
+    let f = Findings {
+        apply_errors: vec!["apply Service shop/cart: forbidden".to_owned()],
+        ready: 2,
+        total: 2,
+        ..Findings::default()
+    };
+    let v = condition_values(&f);
+    assert_eq!((v[0].status, v[0].reason), (false, "ReconcileFailed"));
+    assert_eq!((v[1].status, v[1].reason), (true, "ReconcileFailed"));
+}
+
+#[test]
+fn events_fire_once_per_transition_not_per_reconcile() {
+    let ok = Findings {
+        ready: 1,
+        total: 1,
+        ..Findings::default()
+    };
+    let bad = Findings {
+        spec_problems: vec![SpecProblem {
+            field: "spec.appPort",
+            message: "clash".to_owned(),
+        }],
+        ..Findings::default()
+    };
+    let c_ok = settle_conditions(&[], &condition_values(&ok), Some(1), &ts(1));
+    assert_eq!(condition_events(&[], &c_ok), []);
+    let c_bad = settle_conditions(&c_ok, &condition_values(&bad), Some(2), &ts(2));
+    let events = condition_events(&c_ok, &c_bad);
+    assert_eq!(events.len(), 1, "{events:?}");
+    assert!(events[0].warning);
+    assert_eq!(events[0].reason, "InvalidSpec");
+    assert_eq!(events[0].note, "spec.appPort: clash");
+    // The same problem again: no new Event.
+    assert_eq!(condition_events(&c_bad, &c_bad), []);
+    // Fixed: one Normal Recovered.
+    let c_fixed = settle_conditions(&c_bad, &condition_values(&ok), Some(3), &ts(3));
+    let events = condition_events(&c_bad, &c_fixed);
+    assert_eq!(
+        events,
+        [PoolEvent {
+            warning: false,
+            reason: "Recovered".to_owned(),
+            note: "no problem found".to_owned()
+        }]
+    );
+}
