@@ -19,7 +19,8 @@ use kube::runtime::controller::{self, Action};
 use kube::runtime::events::{Event, EventType, Recorder, Reporter};
 use kube::runtime::finalizer::{self, finalizer};
 use kube::runtime::reflector::{self, ObjectRef, Store};
-use kube::runtime::{Controller, WatchStreamExt, watcher};
+use kube::runtime::utils::PredicateConfig;
+use kube::runtime::{Controller, WatchStreamExt, predicates, watcher};
 use kube::{Client, Resource, ResourceExt};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
@@ -148,6 +149,18 @@ fn pools_for_deployment(pools: &Store<ServerPool>, d: &Deployment) -> Vec<Object
         .collect()
 }
 
+/// The other pools of a pool's namespace.
+fn siblings(pools: &Store<ServerPool>, pool: &ServerPool) -> Vec<ObjectRef<ServerPool>> {
+    let ns = pool.namespace();
+    let name = pool.name_any();
+    pools
+        .state()
+        .iter()
+        .filter(|p| p.namespace() == ns && p.name_any() != name)
+        .map(|p| ObjectRef::from_obj(p.as_ref()))
+        .collect()
+}
+
 /// Runs the controller until `shutdown` resolves (then finishes running reconciles).
 pub async fn run(
     client: Client,
@@ -214,8 +227,18 @@ pub async fn run(
         inject,
         warned_missing: Mutex::new(HashSet::new()),
     });
+    // A pool's spec change (or creation, deletion) can create or clear a conflict reported on a
+    // sibling pool of the same namespace: wake the siblings, on generation changes only.
+    let sibling_stream = watcher(
+        Api::<ServerPool>::all(client.clone()),
+        watcher::Config::default(),
+    )
+    .default_backoff()
+    .touched_objects()
+    .predicate_filter(predicates::generation, PredicateConfig::default());
     let for_pods = pool_store.clone();
-    let for_deployments = pool_store;
+    let for_deployments = pool_store.clone();
+    let for_siblings = pool_store;
     controller
         .owns(Api::<Service>::all(client.clone()), managed.clone())
         .owns(Api::<Secret>::all(client.clone()), managed.clone())
@@ -224,6 +247,9 @@ pub async fn run(
         .watches_stream(pod_stream, move |pod| pools_for_pod(&for_pods, &pod))
         .watches_stream(deploy_stream, move |d| {
             pools_for_deployment(&for_deployments, &d)
+        })
+        .watches_stream(sibling_stream, move |p: ServerPool| {
+            siblings(&for_siblings, &p)
         })
         .graceful_shutdown_on(shutdown)
         .run(reconcile, error_policy, ctx.clone())
@@ -543,29 +569,47 @@ async fn apply(pool: Arc<ServerPool>, ctx: &Context) -> Result<Action, Error> {
     for event in desired::condition_events(&before.conditions, &status.conditions) {
         publish(ctx, &reference, event.warning, &event.reason, event.note).await;
     }
+    // One Event per pod that joined or left, related to the pod: the Recorder aggregates
+    // repeated Events by (reason, regarding, related), so each pod keeps its own series.
     let change = desired::membership_change(&before.members, &status.members);
-    if !change.is_empty() {
-        let mut parts = Vec::new();
-        if !change.ready.is_empty() {
-            parts.push(format!("joined: {}", change.ready.join(", ")));
+    let uid_of = |pod: &str| {
+        status
+            .members
+            .iter()
+            .chain(before.members.iter())
+            .find(|m| m.pod == pod)
+            .map(|m| m.uid.clone())
+    };
+    for (joined, pods) in [(true, &change.ready), (false, &change.unready)] {
+        for pod in pods {
+            let related = k8s_openapi::api::core::v1::ObjectReference {
+                api_version: Some("v1".to_owned()),
+                kind: Some("Pod".to_owned()),
+                name: Some(pod.clone()),
+                namespace: Some(ns.clone()),
+                uid: uid_of(pod),
+                ..Default::default()
+            };
+            let (reason, verb) = if joined {
+                ("MemberReady", "joined")
+            } else {
+                ("MemberLeft", "left")
+            };
+            tracing::info!(pool = %name, namespace = %ns, pod = %pod, ready = status.ready_members, "member {verb}");
+            let event = Event {
+                type_: EventType::Normal,
+                reason: reason.to_owned(),
+                note: Some(format!(
+                    "pod {pod} {verb} the ready members ({} of {} ready)",
+                    status.ready_members, status.total_members
+                )),
+                action: "Registry".to_owned(),
+                secondary: Some(related),
+            };
+            if let Err(e) = ctx.recorder.publish(&event, &reference).await {
+                tracing::warn!(error = %e, "could not publish an Event");
+            }
         }
-        if !change.unready.is_empty() {
-            parts.push(format!("left: {}", change.unready.join(", ")));
-        }
-        tracing::info!(pool = %name, namespace = %ns, ready = status.ready_members, change = %parts.join("; "), "membership changed");
-        publish(
-            ctx,
-            &reference,
-            false,
-            "MembersChanged",
-            format!(
-                "{}; {} of {} ready",
-                parts.join("; "),
-                status.ready_members,
-                status.total_members
-            ),
-        )
-        .await;
     }
 
     if failures.is_empty() {

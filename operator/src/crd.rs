@@ -116,7 +116,10 @@ pub struct ServerPoolSpec {
 
 /// The state cookie.
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
-#[x_kube(validation = Rule::new("self.sameSite != 'None' || self.secure").message("cookie.sameSite None requires cookie.secure true (browsers reject it otherwise)"))]
+#[x_kube(
+    validation = Rule::new("self.sameSite != 'None' || self.secure").message("cookie.sameSite None requires cookie.secure true (browsers reject it otherwise)"),
+    validation = Rule::new("duration(self.maxAge) >= duration('1s')").message("cookie.maxAge must be at least 1s"),
+)]
 #[serde(rename_all = "camelCase")]
 pub struct CookieSpec {
     /// Cookie name (chunks of a large state get numbered suffixes).
@@ -158,6 +161,7 @@ pub enum SameSite {
 
 /// How the sidecar obtains each session's state.
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[x_kube(validation = Rule::new("duration(self.interval) > duration('0s')").message("snapshot.interval must be greater than 0"))]
 #[serde(rename_all = "camelCase")]
 pub struct SnapshotSpec {
     /// `push`: the app sends its state in a `Handover-State` response header; `pull`: the sidecar
@@ -202,6 +206,7 @@ pub enum Affinity {
 
 /// Key rotation.
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
+#[x_kube(validation = Rule::new("!has(self.period) || duration(self.period) >= duration('10m')").message("keyRotation.period must be at least 10m: a rotation stages a key for 2 minutes before it seals"))]
 #[serde(rename_all = "camelCase")]
 pub struct KeyRotationSpec {
     /// Add a new sealing key this long after the newest one, e.g. `720h`. Unset: rotate only on
@@ -213,6 +218,7 @@ pub struct KeyRotationSpec {
 
 /// The injected sidecar container.
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[x_kube(validation = Rule::new("duration(self.drainGrace) <= duration('1h')").message("sidecar.drainGrace must be at most 1h: it delays every pod's termination"))]
 #[serde(rename_all = "camelCase")]
 pub struct SidecarSpec {
     /// Sidecar image. Default: the operator's `--sidecar-image`.
