@@ -679,6 +679,7 @@ pub fn plan_deployments<'a>(
                 .iter()
                 .filter(|p| p.metadata.namespace.as_deref() == Some(namespace.as_str()))
                 .filter(|p| p.metadata.name.as_deref() != Some(name.as_str()))
+                .filter(|p| p.metadata.deletion_timestamp.is_none())
                 .filter(|p| selects(&selector(p), &labels))
                 .map(|p| pool_name(p))
                 .collect();

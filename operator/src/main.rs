@@ -118,6 +118,9 @@ fn init_tracing(format: LogFormat, level: &str) {
     }
 }
 
+/// How long running reconciles may take to finish after SIGTERM.
+const SHUTDOWN_GRACE: std::time::Duration = std::time::Duration::from_secs(15);
+
 /// Resolves when `stop` turns true (or its sender is gone).
 async fn stopped(mut stop: watch::Receiver<bool>) {
     let _ = stop.wait_for(|s| *s).await;
@@ -181,6 +184,13 @@ async fn run(args: RunArgs) -> Result<(), Error> {
         );
         let outcome = tokio::select! {
             result = work => result,
+            () = async {
+                stopped(stop_rx.clone()).await;
+                tokio::time::sleep(SHUTDOWN_GRACE).await;
+            } => {
+                tracing::warn!("running reconciles did not finish within {SHUTDOWN_GRACE:?}; stopping anyway");
+                Ok(())
+            }
             () = elector.keep_renewing() => {
                 // Dropping the controller here stops every write before the Lease expires.
                 tracing::warn!("lost leadership; standing by");

@@ -517,6 +517,14 @@ fn two_pools_claiming_one_deployment_is_a_conflict_not_an_injection() {
             others: vec!["web".to_owned()]
         }]
     );
+    // A pool being deleted no longer conflicts.
+    let mut leaving = web_pool.clone();
+    leaving.metadata.deletion_timestamp = Some(ts(9));
+    let plan = plan_deployments(&cart, [&d], &[&cart, &leaving], &cfg());
+    assert!(
+        matches!(plan[..], [DeploymentPlan::Inject { .. }]),
+        "{plan:?}"
+    );
     // A pool of the same name in another namespace is no conflict.
     let mut elsewhere = web_pool.clone();
     elsewhere.metadata.namespace = Some("other".to_owned());
