@@ -4,7 +4,7 @@
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     /// A call to the Kubernetes API failed.
-    #[error("{action}: {source}")]
+    #[error("{action}: {}", short(source))]
     Kube {
         /// What the operator was doing (`apply Service shop/cart`).
         action: String,
@@ -30,6 +30,14 @@ pub enum Error {
     /// Serving metrics failed.
     #[error("metrics server: {0}")]
     Io(#[from] std::io::Error),
+}
+
+/// An API error as a person wants it in a condition: the server's message and code.
+fn short(e: &kube::Error) -> String {
+    match e {
+        kube::Error::Api(status) => format!("{} (HTTP {})", status.message, status.code),
+        other => other.to_string(),
+    }
 }
 
 impl Error {
