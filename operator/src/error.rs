@@ -27,6 +27,9 @@ pub enum Error {
     /// A Kubernetes object lacks a field the API server always sets.
     #[error("object without {0}")]
     MissingField(&'static str),
+    /// This replica's leadership could not be confirmed recently: it must not write.
+    #[error("not the confirmed leader: refusing to write")]
+    NotLeader,
     /// Serving metrics failed.
     #[error("metrics server: {0}")]
     Io(#[from] std::io::Error),
@@ -50,6 +53,7 @@ impl Error {
             Error::Random(_) => "random",
             Error::StoreNotReady(_) => "store_not_ready",
             Error::MissingField(_) => "missing_field",
+            Error::NotLeader => "not_leader",
             Error::Io(_) => "io",
         }
     }

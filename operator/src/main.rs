@@ -180,6 +180,7 @@ async fn run(args: RunArgs) -> Result<(), Error> {
             client.clone(),
             settings.clone(),
             metrics.clone(),
+            elector.leadership(),
             stopped(stop_rx.clone()),
         );
         let outcome = tokio::select! {
