@@ -592,3 +592,116 @@ impl SessionClient {
         }
     }
 }
+
+/// Picks a random address from the ready list, as a Service balances new connections.
+pub fn pick_ready(ready: &Mutex<Vec<SocketAddr>>) -> Option<SocketAddr> {
+    let ready = ready.lock().unwrap_or_else(|p| p.into_inner());
+    if ready.is_empty() {
+        return None;
+    }
+    let mut b = [0u8; 4];
+    crate::random::fill(&mut b);
+    Some(ready[u32::from_le_bytes(b) as usize % ready.len()])
+}
+
+/// A demo-app session driven by a client that keeps a model of what it was acknowledged.
+pub struct CounterSession {
+    pub client: SessionClient,
+    /// The counter value the client saw last: every acknowledged increment.
+    pub acked: u64,
+    /// Increments sent whose answer the client never saw (they may or may not have happened).
+    pub uncertain: u64,
+    /// Acknowledged increments the pool forgot.
+    pub lost: u64,
+    /// Error streaks that ended in a success, with how long each took.
+    pub recoveries: Vec<Duration>,
+    pub requests: u64,
+    pub errors: u64,
+}
+
+impl Default for CounterSession {
+    fn default() -> Self {
+        CounterSession {
+            client: SessionClient::default(),
+            acked: 0,
+            uncertain: 0,
+            lost: 0,
+            recoveries: Vec::new(),
+            requests: 0,
+            errors: 0,
+        }
+    }
+}
+
+/// How often and how long a client retries before giving up on one request.
+const RETRY_EVERY: Duration = Duration::from_millis(20);
+const GIVE_UP_AFTER: Duration = Duration::from_secs(30);
+
+impl CounterSession {
+    /// One increment, retried on other pods until acknowledged (or 30 s pass). Checks the answer
+    /// against the model: a count below `acked + 1` means acknowledged updates were lost.
+    pub async fn incr(&mut self, ready: &Mutex<Vec<SocketAddr>>) -> Result<u64, String> {
+        let started = Instant::now();
+        let mut failing_since: Option<Instant> = None;
+        let mut last_error;
+        loop {
+            self.requests += 1;
+            match self.client.send(|| pick_ready(ready), Method::POST, "/incr").await {
+                Ok(reply) if reply.status == StatusCode::OK => {
+                    let count = serde_json::from_slice::<crate::demo_app::CountReply>(&reply.body)
+                        .map_err(|e| format!("bad reply from the demo app: {e}"))?
+                        .count;
+                    if count < self.acked + 1 {
+                        self.lost += self.acked + 1 - count;
+                    } else if count > self.acked + 1 + self.uncertain {
+                        return Err(format!(
+                            "count jumped to {count}: acknowledged {}, unanswered {}",
+                            self.acked, self.uncertain
+                        ));
+                    }
+                    self.acked = count;
+                    self.uncertain = 0;
+                    if let Some(since) = failing_since {
+                        self.recoveries.push(since.elapsed());
+                    }
+                    return Ok(count);
+                }
+                Ok(reply) => {
+                    last_error = format!("{} {}", reply.status, String::from_utf8_lossy(&reply.body).trim());
+                    self.client.disconnect();
+                }
+                Err(e) => last_error = e,
+            }
+            self.errors += 1;
+            self.uncertain += 1;
+            failing_since.get_or_insert_with(Instant::now);
+            if started.elapsed() > GIVE_UP_AFTER {
+                return Err(format!("increment not acknowledged within {GIVE_UP_AFTER:?}: {last_error}"));
+            }
+            tokio::time::sleep(RETRY_EVERY).await;
+        }
+    }
+
+    /// The counter as the pool serves it now; checks it against the model.
+    pub async fn verify(&mut self, ready: &Mutex<Vec<SocketAddr>>) -> Result<u64, String> {
+        let started = Instant::now();
+        loop {
+            if let Ok(reply) = self.client.send(|| pick_ready(ready), Method::GET, "/count").await
+                && reply.status == StatusCode::OK
+            {
+                let count = serde_json::from_slice::<crate::demo_app::CountReply>(&reply.body)
+                    .map_err(|e| format!("bad reply from the demo app: {e}"))?
+                    .count;
+                if count < self.acked {
+                    self.lost += self.acked - count;
+                }
+                return Ok(count);
+            }
+            self.client.disconnect();
+            if started.elapsed() > GIVE_UP_AFTER {
+                return Err("the session's count was not served".into());
+            }
+            tokio::time::sleep(RETRY_EVERY).await;
+        }
+    }
+}
