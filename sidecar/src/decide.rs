@@ -143,7 +143,8 @@ pub struct PullInputs {
     pub last_sealed: Option<Instant>,
     pub now: Instant,
     pub interval: Duration,
-    /// Since when this pod is shutting down: every session gets one fresh snapshot after that.
+    /// Since when this pod is shutting down: while it drains, every response carries a fresh
+    /// snapshot, so a pod that leaves gracefully loses nothing even in pull mode.
     pub draining_since: Option<Instant>,
 }
 
@@ -153,7 +154,7 @@ pub fn should_pull(p: PullInputs) -> bool {
         return false;
     }
     let Some(last) = p.last_sealed else { return true };
-    p.now.saturating_duration_since(last) >= p.interval || p.draining_since.is_some_and(|d| last < d)
+    p.draining_since.is_some() || p.now.saturating_duration_since(last) >= p.interval
 }
 
 #[cfg(test)]
@@ -379,8 +380,7 @@ mod tests {
         assert!(!should_pull(base));
         assert!(should_pull(PullInputs { now: t0 + second, ..base }));
         assert!(should_pull(PullInputs { last_sealed: None, ..base }));
-        assert!(should_pull(PullInputs { draining_since: Some(t0 + Duration::from_millis(1)), ..base }));
-        assert!(!should_pull(PullInputs { draining_since: Some(t0), ..base }), "one fresh snapshot after drain start is enough");
+        assert!(should_pull(PullInputs { draining_since: Some(t0), ..base }), "a draining pod snapshots every response");
         assert!(!should_pull(PullInputs { mode: Mode::Push, last_sealed: None, ..base }));
         assert!(!should_pull(PullInputs { mode: Mode::Both, pushed: true, last_sealed: None, ..base }));
         assert!(should_pull(PullInputs { mode: Mode::Both, last_sealed: None, ..base }));

@@ -37,9 +37,9 @@ pub struct DemoAppArgs {
     pub push: bool,
     #[arg(long, env = "HANDOVER_STATE_PATH", default_value = "/handover/state")]
     pub state_path: String,
-    /// Answer every restore with 500 (to test how a failed restore is handled).
-    #[arg(long, default_value_t = false)]
-    pub refuse_restore: bool,
+    /// Answer the first N restores with 500 (to test how a failed restore is handled).
+    #[arg(long, default_value_t = 0)]
+    pub refuse_restores: u64,
     /// Worker threads (0: one per core).
     #[arg(long, default_value_t = 1)]
     pub workers: usize,
@@ -57,12 +57,16 @@ pub struct SessionState {
 #[derive(Debug, Serialize, Deserialize)]
 pub struct CountReply {
     pub count: u64,
+    /// Length of the session's blob.
+    #[serde(default)]
+    pub blob_bytes: usize,
     pub pod: String,
     pub session: String,
 }
 
 struct App {
     args: DemoAppArgs,
+    restores_refused: std::sync::atomic::AtomicU64,
     sessions: Mutex<HashMap<String, SessionState>>,
 }
 
@@ -82,7 +86,7 @@ impl App {
     }
 
     fn count_reply(&self, session: &str, state: &SessionState) -> Response<Body> {
-        let body = serde_json::to_vec(&CountReply { count: state.count, pod: self.args.name.clone(), session: session.to_owned() })
+        let body = serde_json::to_vec(&CountReply { count: state.count, blob_bytes: state.blob.len(), pod: self.args.name.clone(), session: session.to_owned() })
             .unwrap_or_default();
         let mut resp = reply(StatusCode::OK, body);
         resp.headers_mut().insert(header::CONTENT_TYPE, http::HeaderValue::from_static("application/json"));
@@ -157,8 +161,9 @@ impl App {
                 }
             }
             (Method::PUT, p) if p == self.args.state_path => {
-                if self.args.refuse_restore {
-                    return reply(StatusCode::INTERNAL_SERVER_ERROR, "this app refuses restores (--refuse-restore)\n");
+                let refused = self.restores_refused.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                if refused < self.args.refuse_restores {
+                    return reply(StatusCode::INTERNAL_SERVER_ERROR, "this app refuses restores for now (--refuse-restores)\n");
                 }
                 let body = match Limited::new(req.into_body(), 1 << 20).collect().await {
                     Ok(b) => b.to_bytes(),
@@ -185,7 +190,7 @@ impl App {
 pub async fn run(args: DemoAppArgs) -> Result<(), String> {
     let listener = tokio::net::TcpListener::bind(args.listen).await.map_err(|e| format!("cannot listen on {}: {e}", args.listen))?;
     tracing::info!(listen = %args.listen, name = %args.name, push = args.push, "demo app started");
-    let app = Arc::new(App { args, sessions: Mutex::new(HashMap::new()) });
+    let app = Arc::new(App { args, restores_refused: Default::default(), sessions: Mutex::new(HashMap::new()) });
     crate::server::serve(
         listener,
         move |req, _| Arc::clone(&app).handle(req),

@@ -493,11 +493,16 @@ pub struct Reply {
 
 impl Default for SessionClient {
     fn default() -> Self {
-        SessionClient { jar: HashMap::new(), conn: None, timeout: Duration::from_secs(10) }
+        SessionClient { jar: HashMap::new(), conn: None, timeout: Duration::from_secs(2) }
     }
 }
 
 impl SessionClient {
+    /// A new client holding the cookies of `jar` (a second tab of the same browser).
+    pub fn with_jar(jar: HashMap<String, String>) -> SessionClient {
+        SessionClient { jar, ..SessionClient::default() }
+    }
+
     /// The address this client is connected to, if any.
     pub fn connected_to(&self) -> Option<SocketAddr> {
         self.conn.as_ref().map(|(a, _)| *a)

@@ -211,10 +211,15 @@ impl Proxy {
         if self.app_up.swap(false, Ordering::Relaxed) {
             tracing::warn!(app = %self.cfg.app, "the app is down; its sessions will be restored from cookies");
         }
+        self.forget_sessions();
+        self.upstreams.forget(self.cfg.app);
+    }
+
+    /// Forgets which sessions the app holds: each one is checked (or restored) on its next request.
+    fn forget_sessions(&self) {
         let mut sessions = self.sessions.lock().unwrap_or_else(|p| p.into_inner());
         sessions.clear();
         self.metrics.sessions.set(0);
-        self.upstreams.forget(self.cfg.app);
     }
 
     fn app_back(&self) {
@@ -365,7 +370,7 @@ impl Proxy {
                     let mut sender = sender;
                     let (route, owner_changed) = match (&decision, rc.snapshot.as_ref()) {
                         (Decision::Restore { takeover }, Some(snapshot)) => {
-                            match self.restore_once(snapshot, &mut sender).await {
+                            match self.restore_once(snapshot, &mut sender, *takeover).await {
                                 Ok(false) => ("serve", false),
                                 Ok(true) if *takeover => {
                                     self.metrics.takeovers.inc();
@@ -435,13 +440,22 @@ impl Proxy {
 
     /// Restores `snapshot` into the local app unless a concurrent request of the same session just
     /// did. Returns whether this call restored.
+    ///
+    /// When this pod is the owner (not a takeover), the app may still hold the session — the
+    /// sidecar restarted, or only a connection closed — and its copy may be newer than the cookie
+    /// (pull mode), so the app is asked first (`GET <statePath>`) and only restored on a miss.
     async fn restore_once(
         &self,
         snapshot: &Snapshot,
         app: &mut hyper::client::conn::http1::SendRequest<Body>,
+        takeover: bool,
     ) -> Result<bool, Response<Body>> {
         let _guard = self.restore_lock(&snapshot.session).lock().await;
         if self.local(&snapshot.session).is_some_and(|l| l.version >= snapshot.version) {
+            return Ok(false);
+        }
+        if !takeover && self.app_holds(&snapshot.session, app).await {
+            self.set_local(&snapshot.session, Local { version: snapshot.version, sealed_at: None });
             return Ok(false);
         }
         if !snapshot.state.is_empty() {
@@ -474,6 +488,28 @@ impl Proxy {
         self.metrics.restores.get_or_create(&[("result", "ok")]).inc();
         self.set_local(&snapshot.session, Local { version: snapshot.version, sealed_at: None });
         Ok(true)
+    }
+
+    /// Whether the app answers `GET <statePath>` for the session with 200.
+    async fn app_holds(&self, session: &str, app: &mut hyper::client::conn::http1::SendRequest<Body>) -> bool {
+        let Ok(get) = Request::builder()
+            .method(Method::GET)
+            .uri(self.cfg.state_path.as_str())
+            .header(header::HOST, "localhost")
+            .header(SESSION_HEADER, session)
+            .body(full(Bytes::new()))
+        else {
+            return false;
+        };
+        let outcome = tokio::time::timeout(self.cfg.peer_timeout, async {
+            app.ready().await?;
+            let resp = app.send_request(get).await?;
+            let status = resp.status();
+            resp.into_body().collect().await?;
+            Ok::<_, hyper::Error>(status)
+        })
+        .await;
+        matches!(outcome, Ok(Ok(StatusCode::OK)))
     }
 
     fn restore_failed(&self, snapshot: &Snapshot, why: &str) -> Response<Body> {
@@ -783,8 +819,11 @@ impl Proxy {
                 Ok(mut stream) => {
                     self.app_back();
                     let mut byte = [0u8; 1];
-                    // Returns on EOF or error: the app closed the connection or died.
+                    // Returns on EOF or error: the app died, or closed an idle connection. A dead
+                    // app may be back before anyone notices, so assume the worst: every session
+                    // is checked with the app (GET state) before it is served again.
                     let _ = stream.read(&mut byte).await;
+                    self.forget_sessions();
                 }
                 Err(_) => {
                     self.app_lost();
