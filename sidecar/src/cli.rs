@@ -162,8 +162,10 @@ pub struct RunArgs {
 
 /// Sets up logging to stderr.
 pub fn init_logging(level: &str, format: LogFormat) {
-    let filter = tracing_subscriber::EnvFilter::try_new(level).unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let filter =
+        tracing_subscriber::EnvFilter::try_new(level).unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_ansi(ansi).with_writer(std::io::stderr);
     let _ = match format {
         LogFormat::Text => builder.try_init(),
         LogFormat::Json => builder.json().try_init(),
@@ -213,8 +215,11 @@ pub async fn run(args: RunArgs) -> Result<(), String> {
     };
     let proxy = Proxy::new(cfg, Arc::clone(&keys), registry, Arc::clone(&metrics));
 
-    let data = tokio::net::TcpListener::bind(args.listen).await.map_err(|e| format!("cannot listen on {}: {e}", args.listen))?;
-    let admin = tokio::net::TcpListener::bind(args.admin).await.map_err(|e| format!("cannot listen on {}: {e}", args.admin))?;
+    let data = tokio::net::TcpListener::bind(args.listen)
+        .await
+        .map_err(|e| format!("cannot listen on {}: {e}", args.listen))?;
+    let admin =
+        tokio::net::TcpListener::bind(args.admin).await.map_err(|e| format!("cannot listen on {}: {e}", args.admin))?;
     tracing::info!(data = %args.listen, admin = %args.admin, app = %args.app, pool = %args.pool, pod = %args.pod_name, "handover sidecar started");
 
     tokio::spawn(Arc::clone(&proxy).watch_app());
@@ -298,9 +303,10 @@ pub fn inspect(value: &str, key_file: &std::path::Path, pool: &str, cookie_name:
         vec![(cookie_name.to_owned(), value.trim().to_owned())]
     };
     let budget = crate::cookie::Budget::for_cookie(cookie_name, usize::MAX / 2);
-    let joined = crate::cookie::join(cookie_name, budget, |n| pairs.iter().find(|(k, _)| k == n).map(|(_, v)| v.as_str()))
-        .map_err(|e| format!("refused: {e} ({})", e.reason()))?
-        .ok_or_else(|| format!("no cookie named {cookie_name:?} in the input"))?;
+    let joined =
+        crate::cookie::join(cookie_name, budget, |n| pairs.iter().find(|(k, _)| k == n).map(|(_, v)| v.as_str()))
+            .map_err(|e| format!("refused: {e} ({})", e.reason()))?
+            .ok_or_else(|| format!("no cookie named {cookie_name:?} in the input"))?;
     let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
     let s = crate::cookie::open(&joined, pool, &ring, now).map_err(|e| format!("refused: {e} ({})", e.reason()))?;
     let state_text = String::from_utf8(s.state.clone()).ok();

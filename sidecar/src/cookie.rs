@@ -133,10 +133,7 @@ pub fn seal(snapshot: &Snapshot, pool: &str, ring: &KeyRing) -> String {
     crate::random::fill(&mut nonce);
     let ad = associated_data(&header, pool);
     // Encryption with a valid key and in-memory buffers cannot fail.
-    let sealed = key
-        .cipher
-        .encrypt(XNonce::from_slice(&nonce), Payload { msg: &body, aad: &ad })
-        .unwrap_or_default();
+    let sealed = key.cipher.encrypt(XNonce::from_slice(&nonce), Payload { msg: &body, aad: &ad }).unwrap_or_default();
 
     let mut out = Vec::with_capacity(HEADER_LEN + NONCE_LEN + sealed.len());
     out.extend_from_slice(&header);
@@ -328,7 +325,9 @@ pub fn join<'a>(
     budget: Budget,
     lookup: impl Fn(&str) -> Option<&'a str>,
 ) -> Result<Option<String>, CookieError> {
-    let Some(first) = lookup(name) else { return Ok(None) };
+    let Some(first) = lookup(name) else {
+        return Ok(None);
+    };
     let Some((count, head)) = first.split_once('.') else {
         return Ok(Some(first.to_owned()));
     };

@@ -79,7 +79,9 @@ pub enum Decision {
 
 /// Decides where a request is served.
 pub fn route(i: Inputs<'_>) -> Decision {
-    let Some(cookie) = i.cookie else { return Decision::New };
+    let Some(cookie) = i.cookie else {
+        return Decision::New;
+    };
     let holds_current = i.local_version.is_some_and(|v| v >= cookie.version);
     let owner_is_me = cookie.owner.name == i.me.name && cookie.owner.uid == i.me.uid;
     if holds_current {
@@ -95,12 +97,8 @@ pub fn route(i: Inputs<'_>) -> Decision {
     if i.forwarded || i.affinity == Affinity::Takeover {
         return Decision::Restore { takeover: true };
     }
-    let reachable = |m: &&Member| !i.unreachable.iter().any(|u| *u == m.name);
-    let owner = i
-        .live
-        .iter()
-        .filter(reachable)
-        .find(|m| m.name == cookie.owner.name && m.uid == cookie.owner.uid);
+    let reachable = |m: &&Member| !i.unreachable.contains(&m.name);
+    let owner = i.live.iter().filter(reachable).find(|m| m.name == cookie.owner.name && m.uid == cookie.owner.uid);
     if let Some(owner) = owner {
         return Decision::Forward { to: owner.clone(), reason: ForwardReason::Owner };
     }
@@ -153,7 +151,9 @@ pub fn should_pull(p: PullInputs) -> bool {
     if p.mode == Mode::Push || p.pushed {
         return false;
     }
-    let Some(last) = p.last_sealed else { return true };
+    let Some(last) = p.last_sealed else {
+        return true;
+    };
     p.draining_since.is_some() || p.now.saturating_duration_since(last) >= p.interval
 }
 
@@ -380,7 +380,10 @@ mod tests {
         assert!(!should_pull(base));
         assert!(should_pull(PullInputs { now: t0 + second, ..base }));
         assert!(should_pull(PullInputs { last_sealed: None, ..base }));
-        assert!(should_pull(PullInputs { draining_since: Some(t0), ..base }), "a draining pod snapshots every response");
+        assert!(
+            should_pull(PullInputs { draining_since: Some(t0), ..base }),
+            "a draining pod snapshots every response"
+        );
         assert!(!should_pull(PullInputs { mode: Mode::Push, last_sealed: None, ..base }));
         assert!(!should_pull(PullInputs { mode: Mode::Both, pushed: true, last_sealed: None, ..base }));
         assert!(should_pull(PullInputs { mode: Mode::Both, last_sealed: None, ..base }));

@@ -128,7 +128,7 @@ pub async fn run(args: DemoArgs) -> Result<(), String> {
             if let Some(page) = scrape(pool.pods[victim].admin()).await {
                 retired_takeovers += metric_sum(&page, "handover_takeovers_total");
             }
-            if (killed + terminated) % 2 == 0 {
+            if (killed + terminated).is_multiple_of(2) {
                 pool.signal_pod(victim, Sig::Kill);
                 pool.kill_pod(victim).await;
                 killed += 1;
@@ -193,7 +193,11 @@ pub async fn run(args: DemoArgs) -> Result<(), String> {
 
     println!();
     println!("sessions              {}", summary.sessions);
-    println!("requests              {}  ({:.0}/s)", summary.requests, summary.requests as f64 / summary.duration_seconds);
+    println!(
+        "requests              {}  ({:.0}/s)",
+        summary.requests,
+        summary.requests as f64 / summary.duration_seconds
+    );
     println!("acknowledged updates  {}", summary.acknowledged_updates);
     println!("pods killed           {} SIGKILL, {} graceful", summary.pods_killed, summary.pods_terminated);
     println!("failovers             {} (client saw errors, then went on)", summary.failovers);

@@ -86,8 +86,13 @@ impl App {
     }
 
     fn count_reply(&self, session: &str, state: &SessionState) -> Response<Body> {
-        let body = serde_json::to_vec(&CountReply { count: state.count, blob_bytes: state.blob.len(), pod: self.args.name.clone(), session: session.to_owned() })
-            .unwrap_or_default();
+        let body = serde_json::to_vec(&CountReply {
+            count: state.count,
+            blob_bytes: state.blob.len(),
+            pod: self.args.name.clone(),
+            session: session.to_owned(),
+        })
+        .unwrap_or_default();
         let mut resp = reply(StatusCode::OK, body);
         resp.headers_mut().insert(header::CONTENT_TYPE, http::HeaderValue::from_static("application/json"));
         resp
@@ -108,7 +113,10 @@ impl App {
             return resp;
         }
         let Some(session) = req.headers().get(SESSION_HEADER).and_then(|v| v.to_str().ok()).map(str::to_owned) else {
-            return reply(StatusCode::BAD_REQUEST, "no Handover-Session header: call this app through the handover sidecar\n");
+            return reply(
+                StatusCode::BAD_REQUEST,
+                "no Handover-Session header: call this app through the handover sidecar\n",
+            );
         };
         let method = req.method().clone();
         let path = req.uri().path().to_owned();
@@ -127,7 +135,8 @@ impl App {
                 resp
             }
             (Method::GET, "/count") => {
-                let state = self.sessions.lock().unwrap_or_else(|p| p.into_inner()).get(&session).cloned().unwrap_or_default();
+                let state =
+                    self.sessions.lock().unwrap_or_else(|p| p.into_inner()).get(&session).cloned().unwrap_or_default();
                 self.count_reply(&session, &state)
             }
             (Method::POST, "/blob") => {
@@ -163,11 +172,16 @@ impl App {
             (Method::PUT, p) if p == self.args.state_path => {
                 let refused = self.restores_refused.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 if refused < self.args.refuse_restores {
-                    return reply(StatusCode::INTERNAL_SERVER_ERROR, "this app refuses restores for now (--refuse-restores)\n");
+                    return reply(
+                        StatusCode::INTERNAL_SERVER_ERROR,
+                        "this app refuses restores for now (--refuse-restores)\n",
+                    );
                 }
                 let body = match Limited::new(req.into_body(), 1 << 20).collect().await {
                     Ok(b) => b.to_bytes(),
-                    Err(e) => return reply(StatusCode::BAD_REQUEST, format!("cannot read the state: {e}\n")),
+                    Err(e) => {
+                        return reply(StatusCode::BAD_REQUEST, format!("cannot read the state: {e}\n"));
+                    }
                 };
                 match serde_json::from_slice::<SessionState>(&body) {
                     Ok(state) => {
@@ -178,8 +192,12 @@ impl App {
                 }
             }
             (Method::GET, "/") => {
-                let count = self.sessions.lock().unwrap_or_else(|p| p.into_inner()).get(&session).map(|s| s.count).unwrap_or(0);
-                reply(StatusCode::OK, format!("pod {} — session {session} — count {count}\nPOST /incr to count\n", self.args.name))
+                let count =
+                    self.sessions.lock().unwrap_or_else(|p| p.into_inner()).get(&session).map(|s| s.count).unwrap_or(0);
+                reply(
+                    StatusCode::OK,
+                    format!("pod {} — session {session} — count {count}\nPOST /incr to count\n", self.args.name),
+                )
             }
             _ => reply(StatusCode::NOT_FOUND, "demo app: POST /incr, GET /count, POST /blob?bytes=N\n"),
         }
@@ -188,15 +206,12 @@ impl App {
 
 /// Serves the demo app until killed.
 pub async fn run(args: DemoAppArgs) -> Result<(), String> {
-    let listener = tokio::net::TcpListener::bind(args.listen).await.map_err(|e| format!("cannot listen on {}: {e}", args.listen))?;
+    let listener = tokio::net::TcpListener::bind(args.listen)
+        .await
+        .map_err(|e| format!("cannot listen on {}: {e}", args.listen))?;
     tracing::info!(listen = %args.listen, name = %args.name, push = args.push, "demo app started");
     let app = Arc::new(App { args, restores_refused: Default::default(), sessions: Mutex::new(HashMap::new()) });
-    crate::server::serve(
-        listener,
-        move |req, _| Arc::clone(&app).handle(req),
-        std::future::pending(),
-        Duration::ZERO,
-    )
-    .await;
+    crate::server::serve(listener, move |req, _| Arc::clone(&app).handle(req), std::future::pending(), Duration::ZERO)
+        .await;
     Ok(())
 }

@@ -9,19 +9,17 @@ pub fn parse(text: &str) -> Result<Duration, String> {
         .find(|c: char| !c.is_ascii_digit())
         .ok_or_else(|| format!("duration {text:?} has no unit (use ms, s, m or h)"))?;
     let (number, unit) = text.split_at(split);
-    let n: u64 = number
-        .parse()
-        .map_err(|_| format!("duration {text:?} does not start with a whole number"))?;
+    let n: u64 = number.parse().map_err(|_| format!("duration {text:?} does not start with a whole number"))?;
     let millis = match unit {
         "ms" => Some(n),
         "s" => n.checked_mul(1_000),
         "m" => n.checked_mul(60_000),
         "h" => n.checked_mul(3_600_000),
-        _ => return Err(format!("duration {text:?} has unknown unit {unit:?} (use ms, s, m or h)")),
+        _ => {
+            return Err(format!("duration {text:?} has unknown unit {unit:?} (use ms, s, m or h)"));
+        }
     };
-    millis
-        .map(Duration::from_millis)
-        .ok_or_else(|| format!("duration {text:?} is too large"))
+    millis.map(Duration::from_millis).ok_or_else(|| format!("duration {text:?} is too large"))
 }
 
 #[cfg(test)]

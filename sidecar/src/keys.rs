@@ -54,10 +54,8 @@ impl KeyRing {
             }
             let bad = |reason: &str| KeyError::BadLine { line: line_no, reason: reason.to_owned() };
             let mut fields = line.split_whitespace();
-            let id: u32 = fields
-                .next()
-                .and_then(|f| f.parse().ok())
-                .ok_or_else(|| bad("the key id is not a number"))?;
+            let id: u32 =
+                fields.next().and_then(|f| f.parse().ok()).ok_or_else(|| bad("the key id is not a number"))?;
             let material = fields
                 .next()
                 .and_then(|f| URL_SAFE_NO_PAD.decode(f).ok())
@@ -82,10 +80,8 @@ impl KeyRing {
 
     /// Reads and parses a key file.
     pub fn load(path: &Path) -> Result<KeyRing, KeyError> {
-        let text = std::fs::read_to_string(path).map_err(|e| KeyError::Unreadable {
-            path: path.display().to_string(),
-            reason: e.to_string(),
-        })?;
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| KeyError::Unreadable { path: path.display().to_string(), reason: e.to_string() })?;
         KeyRing::parse(&text)
     }
 

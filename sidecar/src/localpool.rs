@@ -100,7 +100,9 @@ pub enum Sig {
 }
 
 fn signal(child: &Child, sig: Sig) {
-    let Some(pid) = child.id().and_then(|id| rustix::process::Pid::from_raw(id as i32)) else { return };
+    let Some(pid) = child.id().and_then(|id| rustix::process::Pid::from_raw(id as i32)) else {
+        return;
+    };
     let sig = match sig {
         Sig::Kill => rustix::process::Signal::KILL,
         Sig::Term => rustix::process::Signal::TERM,
@@ -187,10 +189,7 @@ pub async fn scrape(admin: SocketAddr) -> Option<String> {
 
 /// The sum of a metric's samples whose line starts with `prefix` (name and any labels).
 pub fn metric_sum(page: &str, prefix: &str) -> f64 {
-    page.lines()
-        .filter(|l| l.starts_with(prefix))
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum()
+    page.lines().filter(|l| l.starts_with(prefix)).filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok()).sum()
 }
 
 impl LocalPool {
@@ -447,7 +446,8 @@ async fn keep_registry(probes: Arc<Mutex<Vec<Probe>>>, ready: Arc<Mutex<Vec<Sock
         let candidates = probes.lock().unwrap_or_else(|p| p.into_inner()).clone();
         let checks = candidates.iter().map(|p| probe(p.admin, "/ready"));
         let results = futures_join_all(checks).await;
-        let live: Vec<&Probe> = candidates.iter().zip(results).filter(|(_, code)| *code == Some(200)).map(|(p, _)| p).collect();
+        let live: Vec<&Probe> =
+            candidates.iter().zip(results).filter(|(_, code)| *code == Some(200)).map(|(p, _)| p).collect();
         let text: String = live.iter().map(|p| format!("{} {} {}\n", p.name, p.uid, p.data)).collect();
         if text != last {
             if write_atomically(&peers_file, &text).is_ok() {
@@ -525,7 +525,9 @@ impl SessionClient {
     fn store_cookies(&mut self, headers: &HeaderMap) {
         for line in headers.get_all(header::SET_COOKIE).iter().filter_map(|v| v.to_str().ok()) {
             let mut parts = line.split(';');
-            let Some((name, value)) = parts.next().and_then(|p| p.split_once('=')) else { continue };
+            let Some((name, value)) = parts.next().and_then(|p| p.split_once('=')) else {
+                continue;
+            };
             let expired = parts.any(|a| a.trim().eq_ignore_ascii_case("max-age=0"));
             if expired {
                 self.jar.remove(name.trim());
@@ -537,7 +539,12 @@ impl SessionClient {
 
     /// Sends one request; connects to `pick()` when not connected. Connection errors drop the
     /// connection and return an error: the caller decides whether to retry.
-    pub async fn send(&mut self, pick: impl FnOnce() -> Option<SocketAddr>, method: Method, path: &str) -> Result<Reply, String> {
+    pub async fn send(
+        &mut self,
+        pick: impl FnOnce() -> Option<SocketAddr>,
+        method: Method,
+        path: &str,
+    ) -> Result<Reply, String> {
         self.send_with(pick, method, path, &[]).await
     }
 
@@ -555,12 +562,15 @@ impl SessionClient {
                 .await
                 .map_err(|_| format!("connect to {addr} timed out"))?
                 .map_err(|e| format!("connect to {addr}: {e}"))?;
-            let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await.map_err(|e| e.to_string())?;
+            let (sender, conn) =
+                hyper::client::conn::http1::handshake(TokioIo::new(stream)).await.map_err(|e| e.to_string())?;
             tokio::spawn(conn);
             self.conn = Some((addr, sender));
         }
         let cookie = self.cookie_header();
-        let Some((addr, sender)) = self.conn.as_mut() else { return Err("not connected".into()) };
+        let Some((addr, sender)) = self.conn.as_mut() else {
+            return Err("not connected".into());
+        };
         let addr = *addr;
         let mut builder = Request::builder().method(method).uri(path).header(header::HOST, "demo.local");
         if let Some(c) = cookie {
@@ -610,6 +620,7 @@ pub fn pick_ready(ready: &Mutex<Vec<SocketAddr>>) -> Option<SocketAddr> {
 }
 
 /// A demo-app session driven by a client that keeps a model of what it was acknowledged.
+#[derive(Default)]
 pub struct CounterSession {
     pub client: SessionClient,
     /// The counter value the client saw last: every acknowledged increment.
@@ -622,20 +633,6 @@ pub struct CounterSession {
     pub recoveries: Vec<Duration>,
     pub requests: u64,
     pub errors: u64,
-}
-
-impl Default for CounterSession {
-    fn default() -> Self {
-        CounterSession {
-            client: SessionClient::default(),
-            acked: 0,
-            uncertain: 0,
-            lost: 0,
-            recoveries: Vec::new(),
-            requests: 0,
-            errors: 0,
-        }
-    }
 }
 
 /// How often and how long a client retries before giving up on one request.

@@ -36,7 +36,8 @@ fn run() -> Result<(), String> {
             Ok(())
         }
         Command::Keygen { id } => {
-            let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
+            let now =
+                std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
             println!("{}", handover_sidecar::keys::generate_line(id, now));
             Ok(())
         }

@@ -69,12 +69,24 @@ impl Default for Metrics {
             m.forwards.clone(),
         );
         registry.register("cookie_rejects", "State cookies refused, by reason", m.cookie_rejects.clone());
-        registry.register("snapshots", "Snapshots sealed into cookies, by source (push, pull, carry)", m.snapshots.clone());
+        registry.register(
+            "snapshots",
+            "Snapshots sealed into cookies, by source (push, pull, carry)",
+            m.snapshots.clone(),
+        );
         registry.register("snapshot_bytes", "Size of sealed state cookies, all chunks", m.snapshot_bytes.clone());
-        registry.register("state_over_budget", "States too large for the cookie budget (not sealed)", m.over_budget.clone());
+        registry.register(
+            "state_over_budget",
+            "States too large for the cookie budget (not sealed)",
+            m.over_budget.clone(),
+        );
         registry.register("app_waits", "Requests held while the local app was down, by result", m.app_waits.clone());
         registry.register("bad_requests", "Requests refused before routing, by reason", m.bad_requests.clone());
-        registry.register("key_reload_errors", "Key file reloads refused (the previous ring stays)", m.key_reload_errors.clone());
+        registry.register(
+            "key_reload_errors",
+            "Key file reloads refused (the previous ring stays)",
+            m.key_reload_errors.clone(),
+        );
         registry.register("sessions", "Sessions in the local session table", m.sessions.clone());
         registry.register("draining", "1 while the sidecar drains after SIGTERM", m.draining.clone());
         Metrics { registry, ..m }

@@ -287,10 +287,7 @@ impl Proxy {
         let started = Instant::now();
         let (route, resp) = self.route_request(req, client).await;
         self.metrics.requests.get_or_create(&[("route", route)]).inc();
-        self.metrics
-            .request_seconds
-            .get_or_create(&[("route", route)])
-            .observe(started.elapsed().as_secs_f64());
+        self.metrics.request_seconds.get_or_create(&[("route", route)]).observe(started.elapsed().as_secs_f64());
         resp
     }
 
@@ -303,7 +300,10 @@ impl Proxy {
                 "refused",
                 text_response(
                     StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
-                    format!("handover: request headers are {header_bytes} bytes, over the limit of {}\n", self.cfg.max_header_bytes),
+                    format!(
+                        "handover: request headers are {header_bytes} bytes, over the limit of {}\n",
+                        self.cfg.max_header_bytes
+                    ),
                 ),
             );
         }
@@ -344,11 +344,17 @@ impl Proxy {
                             return ("forward", resp);
                         }
                         Err(e) => {
-                            self.metrics.forwards.get_or_create(&[("reason", reason_label), ("result", "unreachable")]).inc();
+                            self.metrics
+                                .forwards
+                                .get_or_create(&[("reason", reason_label), ("result", "unreachable")])
+                                .inc();
                             tracing::warn!(peer = %to.name, error = %e, "peer unreachable; treating it as dead");
                             self.mark_unreachable(&to.name);
                             if decision_rounds > live.len() + 1 {
-                                return ("refused", text_response(StatusCode::BAD_GATEWAY, "handover: no pool member reachable\n"));
+                                return (
+                                    "refused",
+                                    text_response(StatusCode::BAD_GATEWAY, "handover: no pool member reachable\n"),
+                                );
                             }
                             continue;
                         }
@@ -468,7 +474,9 @@ impl Proxy {
                 .body(full(snapshot.state.clone()));
             let put = match put {
                 Ok(put) => put,
-                Err(e) => return Err(self.restore_failed(snapshot, &format!("bad restore request: {e}"))),
+                Err(e) => {
+                    return Err(self.restore_failed(snapshot, &format!("bad restore request: {e}")));
+                }
             };
             let outcome = tokio::time::timeout(self.cfg.peer_timeout, async {
                 app.ready().await?;
@@ -480,9 +488,13 @@ impl Proxy {
             .await;
             match outcome {
                 Ok(Ok(status)) if status.is_success() => {}
-                Ok(Ok(status)) => return Err(self.restore_failed(snapshot, &format!("the app answered {status}"))),
+                Ok(Ok(status)) => {
+                    return Err(self.restore_failed(snapshot, &format!("the app answered {status}")));
+                }
                 Ok(Err(e)) => return Err(self.restore_failed(snapshot, &e.to_string())),
-                Err(_) => return Err(self.restore_failed(snapshot, "the app did not answer in time")),
+                Err(_) => {
+                    return Err(self.restore_failed(snapshot, "the app did not answer in time"));
+                }
             }
         }
         self.metrics.restores.get_or_create(&[("result", "ok")]).inc();
@@ -517,7 +529,9 @@ impl Proxy {
         tracing::error!(session = %snapshot.session, version = snapshot.version, error = why, "restore failed; the client keeps its cookie");
         text_response(
             StatusCode::BAD_GATEWAY,
-            format!("handover: the application could not restore this session ({why}); its state is still in your cookie, retry\n"),
+            format!(
+                "handover: the application could not restore this session ({why}); its state is still in your cookie, retry\n"
+            ),
         )
     }
 
@@ -589,7 +603,10 @@ impl Proxy {
                     }
                     None => {
                         tracing::warn!(error = %e.error(), "the app failed while answering");
-                        return text_response(StatusCode::BAD_GATEWAY, "handover: the application failed while answering\n");
+                        return text_response(
+                            StatusCode::BAD_GATEWAY,
+                            "handover: the application failed while answering\n",
+                        );
                     }
                 },
             }
@@ -670,7 +687,11 @@ impl Proxy {
         let unix = unix_now();
         let snapshot = Snapshot {
             session: session.to_owned(),
-            owner: Owner { name: self.cfg.pod_name.clone(), uid: self.cfg.pod_uid.clone(), addr: self.cfg.advertise.clone() },
+            owner: Owner {
+                name: self.cfg.pod_name.clone(),
+                uid: self.cfg.pod_uid.clone(),
+                addr: self.cfg.advertise.clone(),
+            },
             version,
             issued_at: unix,
             expires_at: unix + self.cfg.cookie.max_age.as_secs(),
@@ -763,9 +784,7 @@ impl Proxy {
         .map_err(|_| "the app did not answer the state pull in time".to_owned())??;
         self.upstreams.put(self.cfg.app, sender);
         match outcome {
-            (StatusCode::OK, bytes) => {
-                Ok(bytes.to_vec())
-            }
+            (StatusCode::OK, bytes) => Ok(bytes.to_vec()),
             (StatusCode::NOT_FOUND, _) => Ok(Vec::new()),
             (status, _) => Err(format!("the app answered {status} to the state pull")),
         }

@@ -39,9 +39,13 @@ pub fn parse_members(text: &str) -> Result<Vec<Member>, String> {
             [name, uid, addr] => (*name, *uid, *addr),
             [one] => match one.split_once('@') {
                 Some((name, addr)) => (name, "", addr),
-                None => return Err(format!("member {item:?} is not `name uid addr` or `name@addr`")),
+                None => {
+                    return Err(format!("member {item:?} is not `name uid addr` or `name@addr`"));
+                }
             },
-            _ => return Err(format!("member {item:?} is not `name uid addr` or `name@addr`")),
+            _ => {
+                return Err(format!("member {item:?} is not `name uid addr` or `name@addr`"));
+            }
         };
         let addr = addr.parse().map_err(|_| format!("member {name:?} has a bad address {addr:?}"))?;
         members.push(Member { name: name.to_owned(), uid: uid.to_owned(), addr });

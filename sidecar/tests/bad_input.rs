@@ -61,10 +61,8 @@ async fn oversized_cookie_headers_get_431_and_the_session_is_untouched() {
     let mut s = SessionClient::default();
     s.send(|| Some(addr), Method::POST, "/incr").await.expect("reply");
     let before = s.jar.clone();
-    let reply = s
-        .send_with(|| Some(addr), Method::POST, "/incr", &[("x-padding", "p".repeat(20_000))])
-        .await
-        .expect("reply");
+    let reply =
+        s.send_with(|| Some(addr), Method::POST, "/incr", &[("x-padding", "p".repeat(20_000))]).await.expect("reply");
     assert_eq!(reply.status, StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE);
     assert!(String::from_utf8_lossy(&reply.body).contains("over the limit"));
     assert_eq!(s.jar, before, "no cookie was set");
@@ -105,7 +103,11 @@ async fn large_states_split_over_chunks_and_survive_failover() {
     let mut s = SessionClient::default();
     let reply = s.send(|| Some(first), Method::POST, "/blob?bytes=9000").await.expect("reply");
     assert_eq!(reply.status, StatusCode::OK);
-    assert!(s.jar.contains_key("handover.1") && s.jar.contains_key("handover.2"), "split over chunks: {:?}", s.jar.keys());
+    assert!(
+        s.jar.contains_key("handover.1") && s.jar.contains_key("handover.2"),
+        "split over chunks: {:?}",
+        s.jar.keys()
+    );
     assert!(s.jar.values().all(|v| v.len() < 4000), "every chunk fits a browser cookie");
     pool.kill_pod(0).await;
     pool.wait_listed(&[1], Duration::from_secs(10)).await.expect("registry follows");
@@ -117,7 +119,12 @@ async fn large_states_split_over_chunks_and_survive_failover() {
     // Shrinking the state expires the chunks no longer needed.
     let reply = s.send(|| Some(survivor), Method::POST, "/blob?bytes=10").await.expect("reply");
     assert_eq!(reply.status, StatusCode::OK);
-    assert_eq!(s.jar.keys().filter(|k| k.starts_with("handover")).count(), 1, "stale chunks expired: {:?}", s.jar.keys());
+    assert_eq!(
+        s.jar.keys().filter(|k| k.starts_with("handover")).count(),
+        1,
+        "stale chunks expired: {:?}",
+        s.jar.keys()
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -154,6 +161,9 @@ async fn upgrades_pass_through_untouched() {
     assert!(head.contains("upgrade: echo"), "{head}");
     stream.write_all(b"ping over the upgraded connection").await.expect("write");
     let mut echo = [0u8; 33];
-    tokio::time::timeout(Duration::from_secs(5), stream.read_exact(&mut echo)).await.expect("echo in time").expect("echo");
+    tokio::time::timeout(Duration::from_secs(5), stream.read_exact(&mut echo))
+        .await
+        .expect("echo in time")
+        .expect("echo");
     assert_eq!(&echo, b"ping over the upgraded connection");
 }

@@ -8,8 +8,8 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use handover_sidecar::demo_app::CountReply;
 use handover_sidecar::cookie;
+use handover_sidecar::demo_app::CountReply;
 use handover_sidecar::keys::KeyRing;
 use handover_sidecar::localpool::{CounterSession, LocalPool, POOL, PoolOptions, SessionClient, Sig, wait_for};
 use http::{Method, StatusCode};
@@ -93,7 +93,7 @@ async fn sigkill_of_a_pod_under_load_loses_no_acknowledged_update() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn hung_pod_is_routed_around_and_does_not_fork_sessions_when_it_wakes() {
-    let mut pool = pool(3).await;
+    let pool = pool(3).await;
     let load = Load::start(&pool, SESSIONS);
     load.progress(200, "warm-up").await;
     pool.signal_pod(0, Sig::Stop);
@@ -217,6 +217,10 @@ async fn concurrent_requests_of_one_session_after_owner_death_never_fork_it() {
     counts.sort();
     let expected: Vec<u64> = (s.acked + 1..=s.acked + counts.len() as u64).collect();
     assert_eq!(counts, expected, "each increment applied once, to one copy of the session");
-    let mut last = CounterSession { client: newest.expect("some client"), acked: *expected.last().expect("some"), ..CounterSession::default() };
+    let mut last = CounterSession {
+        client: newest.expect("some client"),
+        acked: *expected.last().expect("some"),
+        ..CounterSession::default()
+    };
     assert_eq!(last.verify(&ready).await.expect("count"), *expected.last().expect("some"));
 }
