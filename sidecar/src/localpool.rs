@@ -29,7 +29,10 @@ pub const APP_PORT: u16 = 8080;
 pub const POOL: &str = "local/demo";
 /// How often the registry keeper probes readiness.
 const PROBE_EVERY: Duration = Duration::from_millis(100);
-const PROBE_TIMEOUT: Duration = Duration::from_millis(300);
+const PROBE_TIMEOUT: Duration = Duration::from_secs(1);
+/// Consecutive failed probes before a member leaves the registry (Kubernetes' failureThreshold):
+/// one slow answer on a loaded machine does not evict a pod.
+const FAILURE_THRESHOLD: u32 = 3;
 
 /// How to start a pool.
 #[derive(Clone, Debug)]
@@ -135,7 +138,11 @@ impl Drop for LocalPool {
                 let _ = child.start_kill();
             }
         }
-        let _ = std::fs::remove_dir_all(&self.dir);
+        if std::thread::panicking() {
+            eprintln!("local pool logs kept in {}", self.dir.display());
+        } else {
+            let _ = std::fs::remove_dir_all(&self.dir);
+        }
     }
 }
 
@@ -246,12 +253,21 @@ impl LocalPool {
         self.pods.push(pod);
         let index = self.pods.len() - 1;
         let ready = Arc::clone(&self.ready);
-        let what = format!("pod {} to be ready and listed (logs in {})", self.pods[index].name, self.dir.display());
-        wait_for(&what, Duration::from_secs(20), || {
+        let what = format!("pod {} to be ready and listed", self.pods[index].name);
+        let waited = wait_for(&what, Duration::from_secs(30), || {
             let listed = ready.lock().unwrap_or_else(|p| p.into_inner()).contains(&data);
             async move { listed }
         })
-        .await?;
+        .await;
+        if let Err(e) = waited {
+            let name = &self.pods[index].name;
+            let tail = |file: String| {
+                let text = std::fs::read_to_string(self.dir.join(&file)).unwrap_or_default();
+                let lines: Vec<&str> = text.lines().collect();
+                format!("--- {file}\n{}", lines[lines.len().saturating_sub(10)..].join("\n"))
+            };
+            return Err(format!("{e}\n{}\n{}", tail(format!("{name}.sidecar.log")), tail(format!("{name}.app.log"))));
+        }
         Ok(index)
     }
 
@@ -288,7 +304,9 @@ impl LocalPool {
             .args(["--listen", &pod.data().to_string()])
             .args(["--admin", &pod.admin().to_string()])
             .args(["--app", &pod.app().to_string()])
-            .args(["--pool", POOL, "--pod-name", &pod.name, "--pod-uid", &pod.uid])
+            .arg(format!("--pool={POOL}"))
+            .arg(format!("--pod-name={}", pod.name))
+            .arg(format!("--pod-uid={}", pod.uid))
             .arg("--key-file")
             .arg(&self.key_file)
             .arg("--peers")
@@ -421,6 +439,25 @@ impl LocalPool {
         .await
     }
 
+    /// Waits until every running sidecar's own registry holds `n` members (they re-read the
+    /// peers file on their own schedule).
+    pub async fn wait_sidecars_see(&self, n: usize, timeout: Duration) -> Result<(), String> {
+        let admins: Vec<SocketAddr> = self.running().iter().map(|i| self.pods[*i].admin()).collect();
+        wait_for(&format!("every sidecar to see {n} members"), timeout, || {
+            let admins = admins.clone();
+            async move {
+                for admin in admins {
+                    match scrape(admin).await {
+                        Some(page) if metric_sum(&page, "handover_registry_members ") == n as f64 => {}
+                        _ => return false,
+                    }
+                }
+                true
+            }
+        })
+        .await
+    }
+
     /// Sum of a metric over every running pod.
     pub async fn metric(&self, prefix: &str) -> f64 {
         let mut total = 0.0;
@@ -442,12 +479,19 @@ fn write_atomically(path: &Path, text: &str) -> Result<(), String> {
 /// The operator's part: probe each pod's readiness and publish the ready ones as the peers file.
 async fn keep_registry(probes: Arc<Mutex<Vec<Probe>>>, ready: Arc<Mutex<Vec<SocketAddr>>>, peers_file: PathBuf) {
     let mut last = String::new();
+    // Consecutive failed probes by pod; a new pod counts as failing until its first good probe.
+    let mut failures: HashMap<String, u32> = HashMap::new();
     loop {
         let candidates = probes.lock().unwrap_or_else(|p| p.into_inner()).clone();
         let checks = candidates.iter().map(|p| probe(p.admin, "/ready"));
         let results = futures_join_all(checks).await;
+        for (p, code) in candidates.iter().zip(&results) {
+            let f = failures.entry(p.name.clone()).or_insert(FAILURE_THRESHOLD);
+            *f = if *code == Some(200) { 0 } else { f.saturating_add(1) };
+        }
+        failures.retain(|name, _| candidates.iter().any(|p| &p.name == name));
         let live: Vec<&Probe> =
-            candidates.iter().zip(results).filter(|(_, code)| *code == Some(200)).map(|(p, _)| p).collect();
+            candidates.iter().filter(|p| failures.get(&p.name).is_some_and(|f| *f < FAILURE_THRESHOLD)).collect();
         let text: String = live.iter().map(|p| format!("{} {} {}\n", p.name, p.uid, p.data)).collect();
         if text != last {
             if write_atomically(&peers_file, &text).is_ok() {

@@ -32,6 +32,7 @@ pub struct Metrics {
     pub bad_requests: Family<Label, Counter>,
     pub key_reload_errors: Counter,
     pub sessions: Gauge,
+    pub registry_members: Gauge,
     pub draining: Gauge,
 }
 
@@ -52,6 +53,7 @@ impl Default for Metrics {
             bad_requests: Family::default(),
             key_reload_errors: Counter::default(),
             sessions: Gauge::default(),
+            registry_members: Gauge::default(),
             draining: Gauge::default(),
             registry: Registry::default(),
         };
@@ -88,6 +90,7 @@ impl Default for Metrics {
             m.key_reload_errors.clone(),
         );
         registry.register("sessions", "Sessions in the local session table", m.sessions.clone());
+        registry.register("registry_members", "Live members in this sidecar's registry", m.registry_members.clone());
         registry.register("draining", "1 while the sidecar drains after SIGTERM", m.draining.clone());
         Metrics { registry, ..m }
     }

@@ -94,6 +94,13 @@ pub struct Proxy {
     app_up: AtomicBool,
 }
 
+/// What became of a request handed to the local app.
+enum Served {
+    Response(Response<Body>),
+    /// The app's connection closed before the request was sent: route it again.
+    NotSent(Request<Body>),
+}
+
 /// The cookie of a request, opened, and how many chunks the client holds.
 struct RequestCookie {
     snapshot: Option<Snapshot>,
@@ -201,6 +208,11 @@ impl Proxy {
         *self.draining_since.lock().unwrap_or_else(|p| p.into_inner())
     }
 
+    /// Live members as this sidecar's registry lists them now.
+    pub fn registry_members(&self) -> usize {
+        self.registry.live().len()
+    }
+
     /// Whether the last contact with the local app succeeded.
     pub fn app_is_up(&self) -> bool {
         self.app_up.load(Ordering::Relaxed)
@@ -291,7 +303,9 @@ impl Proxy {
         resp
     }
 
-    async fn route_request(&self, mut req: Request<Incoming>, client: SocketAddr) -> (&'static str, Response<Body>) {
+    async fn route_request(&self, req: Request<Incoming>, client: SocketAddr) -> (&'static str, Response<Body>) {
+        // Boxed once, so that a request the app never received can come back here and be routed again.
+        let mut req: Request<Body> = req.map(|b| b.boxed());
         let header_bytes: usize = req.headers().iter().map(|(n, v)| n.as_str().len() + v.len() + 4).sum();
         if header_bytes > self.cfg.max_header_bytes {
             self.metrics.bad_requests.get_or_create(&[("reason", "headers_too_large")]).inc();
@@ -365,7 +379,7 @@ impl Proxy {
                     let sender = match self.app_connection().await {
                         Ok((sender, waited)) => {
                             if waited && rc.snapshot.is_some() && decision_rounds < 3 {
-                                // The app restarted while we waited: it lost its sessions, decide again.
+                                // The app may have restarted and lost its sessions: decide again.
                                 self.upstreams.put(self.cfg.app, sender);
                                 continue;
                             }
@@ -390,8 +404,19 @@ impl Proxy {
                         (Decision::New, _) => ("new", false),
                         _ => ("serve", false),
                     };
-                    let resp = self.serve_locally(sender, req, &rc, owner_changed, upgrade).await;
-                    return (route, resp);
+                    match self.serve_locally(sender, req, &rc, owner_changed, upgrade).await {
+                        Served::Response(resp) => return (route, resp),
+                        Served::NotSent(unsent) if decision_rounds < 5 => req = unsent,
+                        Served::NotSent(_) => {
+                            return (
+                                "refused",
+                                text_response(
+                                    StatusCode::BAD_GATEWAY,
+                                    "handover: the application keeps closing connections\n",
+                                ),
+                            );
+                        }
+                    }
                 }
             }
         }
@@ -536,18 +561,23 @@ impl Proxy {
     }
 
     /// A connection to the local app; while it is down, waits up to `app_wait` for it. The flag
-    /// says whether it had to wait (then the app restarted and lost its sessions).
+    /// says whether the app may have restarted meanwhile (it had to wait, or found closed
+    /// connections): then the sessions were forgotten and the request must be routed again.
     async fn app_connection(&self) -> Result<(hyper::client::conn::http1::SendRequest<Body>, bool), Response<Body>> {
         let deadline = Instant::now() + self.cfg.app_wait;
         let mut waited = false;
         loop {
-            match self.upstreams.get(self.cfg.app, self.cfg.connect_timeout).await {
-                Ok(sender) => {
+            match self.upstreams.get_noting_closed(self.cfg.app, self.cfg.connect_timeout).await {
+                Ok((sender, saw_closed)) => {
                     self.app_back();
                     if waited {
                         self.metrics.app_waits.get_or_create(&[("result", "ok")]).inc();
                     }
-                    return Ok((sender, waited));
+                    if saw_closed {
+                        // The app closed connections: it may have restarted; check its sessions.
+                        self.forget_sessions();
+                    }
+                    return Ok((sender, waited || saw_closed));
                 }
                 Err(e) => {
                     self.app_lost();
@@ -571,11 +601,11 @@ impl Proxy {
     async fn serve_locally(
         &self,
         mut sender: hyper::client::conn::http1::SendRequest<Body>,
-        mut req: Request<Incoming>,
+        mut req: Request<Body>,
         rc: &RequestCookie,
         owner_changed: bool,
         upgrade: bool,
-    ) -> Response<Body> {
+    ) -> Served {
         let session = match &rc.snapshot {
             Some(s) => s.session.clone(),
             None => crate::random::session_id(),
@@ -586,30 +616,26 @@ impl Proxy {
         }
         origin_form(&mut req);
         let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
-        let mut req = req.map(|b| b.boxed());
-
-        // A pooled connection may have been closed by the app meanwhile: hyper hands back a request
-        // it did not send, and that one is retried on a fresh connection.
-        let resp = loop {
-            match sender.try_send_request(req).await {
-                Ok(resp) => break resp,
-                Err(mut e) => match e.take_message() {
-                    Some(unsent) => {
-                        req = unsent;
-                        sender = match self.app_connection().await {
-                            Ok((s, _)) => s,
-                            Err(resp) => return resp,
-                        };
+        let resp = match sender.try_send_request(req).await {
+            Ok(resp) => resp,
+            Err(mut e) => match e.take_message() {
+                // The app closed this connection before taking the request: it may have restarted
+                // and lost its sessions, so forget them and route the request again.
+                Some(mut unsent) => {
+                    self.forget_sessions();
+                    if let Some(on_upgrade) = client_upgrade {
+                        unsent.extensions_mut().insert(on_upgrade);
                     }
-                    None => {
-                        tracing::warn!(error = %e.error(), "the app failed while answering");
-                        return text_response(
-                            StatusCode::BAD_GATEWAY,
-                            "handover: the application failed while answering\n",
-                        );
-                    }
-                },
-            }
+                    return Served::NotSent(unsent);
+                }
+                None => {
+                    tracing::warn!(error = %e.error(), "the app failed while answering");
+                    return Served::Response(text_response(
+                        StatusCode::BAD_GATEWAY,
+                        "handover: the application failed while answering\n",
+                    ));
+                }
+            },
         };
         self.upstreams.put(self.cfg.app, sender);
 
@@ -619,7 +645,7 @@ impl Proxy {
                 bridge_upgrade(client, hyper::upgrade::on(&mut resp));
             }
             strip_hop_by_hop(resp.headers_mut(), true);
-            return resp.map(|b| b.boxed());
+            return Served::Response(resp.map(|b| b.boxed()));
         }
 
         let (mut parts, body) = resp.into_parts();
@@ -638,7 +664,7 @@ impl Proxy {
         if self.draining_since().is_some() {
             parts.headers.insert(header::CONNECTION, HeaderValue::from_static("close"));
         }
-        Response::from_parts(parts, body.boxed())
+        Served::Response(Response::from_parts(parts, body.boxed()))
     }
 
     /// Seals the session's newest state into Set-Cookie headers when there is a new one.
@@ -793,7 +819,7 @@ impl Proxy {
     async fn forward_to_peer(
         &self,
         mut sender: hyper::client::conn::http1::SendRequest<Body>,
-        mut req: Request<Incoming>,
+        mut req: Request<Body>,
         to: &crate::registry::Member,
         reason: &'static str,
         upgrade: bool,
@@ -803,7 +829,7 @@ impl Proxy {
         }
         origin_form(&mut req);
         let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
-        let outcome = tokio::time::timeout(self.cfg.peer_timeout, sender.send_request(req.map(|b| b.boxed()))).await;
+        let outcome = tokio::time::timeout(self.cfg.peer_timeout, sender.send_request(req)).await;
         let failed = |why: &str, status: StatusCode| {
             self.metrics.forwards.get_or_create(&[("reason", reason), ("result", "failed")]).inc();
             self.mark_unreachable(&to.name);

@@ -106,6 +106,7 @@ pub fn admin(proxy: &Arc<Proxy>, req: &Request<Incoming>) -> Response<Body> {
             }
         }
         "/metrics" => {
+            proxy.metrics.registry_members.set(proxy.registry_members() as i64);
             let mut resp = text(StatusCode::OK, proxy.metrics.encode());
             resp.headers_mut().insert(
                 http::header::CONTENT_TYPE,

@@ -40,8 +40,19 @@ pub struct Upstreams {
 impl Upstreams {
     /// A connection ready for one request: an idle one, or a new one within `timeout`.
     pub async fn get(&self, addr: SocketAddr, timeout: Duration) -> Result<SendRequest<Body>, ConnectError> {
-        if let Some(sender) = self.take_idle(addr) {
-            return Ok(sender);
+        self.get_noting_closed(addr, timeout).await.map(|(sender, _)| sender)
+    }
+
+    /// Like [`get`](Self::get), and says whether idle connections to `addr` had been closed by
+    /// the other side since they were last used (a sign that the process behind may have restarted).
+    pub async fn get_noting_closed(
+        &self,
+        addr: SocketAddr,
+        timeout: Duration,
+    ) -> Result<(SendRequest<Body>, bool), ConnectError> {
+        let (idle, saw_closed) = self.take_idle(addr);
+        if let Some(sender) = idle {
+            return Ok((sender, saw_closed));
         }
         let stream = tokio::time::timeout(timeout, TcpStream::connect(addr))
             .await
@@ -56,7 +67,7 @@ impl Upstreams {
                 tracing::debug!(%addr, error = %e, "upstream connection ended");
             }
         });
-        Ok(sender)
+        Ok((sender, saw_closed))
     }
 
     /// Returns a connection after its response headers arrived; it is reused once its response
@@ -77,11 +88,13 @@ impl Upstreams {
         self.idle.lock().unwrap_or_else(|p| p.into_inner()).remove(&addr);
     }
 
-    fn take_idle(&self, addr: SocketAddr) -> Option<SendRequest<Body>> {
+    fn take_idle(&self, addr: SocketAddr) -> (Option<SendRequest<Body>>, bool) {
         let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
-        let list = idle.get_mut(&addr)?;
+        let Some(list) = idle.get_mut(&addr) else { return (None, false) };
+        let before = list.len();
         list.retain(|s| !s.is_closed());
-        let ready = list.iter().position(|s| s.is_ready())?;
-        Some(list.swap_remove(ready))
+        let saw_closed = list.len() < before;
+        let ready = list.iter().position(|s| s.is_ready());
+        (ready.map(|i| list.swap_remove(i)), saw_closed)
     }
 }

@@ -85,10 +85,17 @@ async fn sigkill_of_a_pod_under_load_loses_no_acknowledged_update() {
     let mut pool = pool(3).await;
     let load = Load::start(&pool, SESSIONS);
     load.progress(200, "warm-up").await;
-    pool.kill_pod(0).await;
+    // A witness session, so that the killed pod surely owns one.
+    let ready = pool.ready_handle();
+    let mut witness = CounterSession::default();
+    witness.incr(&ready).await.expect("increment");
+    let victim = pool.pods.iter().position(|p| Some(p.data()) == witness.client.connected_to()).expect("connected");
+    pool.kill_pod(victim).await;
+    witness.incr(&ready).await.expect("increment after SIGKILL");
     load.progress(500, "sessions to go on after SIGKILL").await;
     load.stop_and_verify().await;
-    assert!(pool.metric("handover_takeovers_total").await >= 1.0, "sessions of the dead pod were taken over");
+    assert_eq!(witness.verify(&ready).await.expect("count"), 2);
+    assert!(pool.metric("handover_takeovers_total").await >= 1.0, "the witness session was taken over");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -188,6 +195,7 @@ async fn concurrent_requests_of_one_session_after_owner_death_never_fork_it() {
     pool.kill_pod(owner).await;
     let survivors = pool.running();
     pool.wait_listed(&survivors, Duration::from_secs(10)).await.expect("the dead pod leaves the registry");
+    pool.wait_sidecars_see(survivors.len(), Duration::from_secs(10)).await.expect("every sidecar has the same view");
 
     // Every survivor gets the same old cookie at the same time, several times over.
     let mut tasks = Vec::new();
