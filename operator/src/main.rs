@@ -1,1 +1,257 @@
-fn main() {}
+//! `handover-operator`: `crd` prints the CRD, `run` runs the operator.
+
+use std::net::SocketAddr;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+
+use clap::{Parser, Subcommand, ValueEnum};
+use handover_operator::controller::{self, Settings};
+use handover_operator::error::Error;
+use handover_operator::leader::{Elector, Timing};
+use handover_operator::metrics::{self, Metrics};
+use k8s_openapi::api::coordination::v1::Lease;
+use kube::{Api, Client};
+use tokio::sync::watch;
+
+/// Kubernetes operator for handover ServerPools.
+#[derive(Parser, Debug)]
+#[command(version, about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Print the ServerPool CustomResourceDefinition as YAML (what crds/serverpool.yaml holds).
+    Crd,
+    /// Run the operator.
+    Run(RunArgs),
+}
+
+/// Log output format.
+#[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+#[derive(clap::Args, Debug)]
+struct RunArgs {
+    /// Address of /metrics, /healthz and /readyz.
+    #[arg(long, env = "HANDOVER_METRICS_ADDR", default_value = "0.0.0.0:8080")]
+    metrics_addr: SocketAddr,
+
+    /// Name of the leader-election Lease.
+    #[arg(long, env = "HANDOVER_LEASE_NAME", default_value = "handover-operator")]
+    lease_name: String,
+
+    /// Namespace of the Lease. Default: the namespace of the in-cluster service account or the
+    /// kubeconfig context.
+    #[arg(long, env = "POD_NAMESPACE")]
+    lease_namespace: Option<String>,
+
+    /// This replica's identity in the Lease and in Events. Default: $HOSTNAME.
+    #[arg(long, env = "POD_NAME")]
+    identity: Option<String>,
+
+    /// Sidecar image injected when a ServerPool does not name one.
+    #[arg(long, env = "HANDOVER_SIDECAR_IMAGE", default_value = "")]
+    sidecar_image: String,
+
+    /// Log format.
+    #[arg(long, env = "HANDOVER_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    log_format: LogFormat,
+
+    /// Log filter (tracing EnvFilter syntax), e.g. `info` or `info,kube=debug`.
+    #[arg(long, env = "HANDOVER_LOG_LEVEL", default_value = "info")]
+    log_level: String,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Crd => match handover_operator::crd::crd_yaml() {
+            Ok(yaml) => {
+                print!("{yaml}");
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("handover-operator: cannot render the CRD: {e}");
+                ExitCode::FAILURE
+            }
+        },
+        Command::Run(args) => {
+            init_tracing(args.log_format, &args.log_level);
+            let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+                Ok(rt) => rt,
+                Err(e) => {
+                    eprintln!("handover-operator: cannot start the runtime: {e}");
+                    return ExitCode::FAILURE;
+                }
+            };
+            match runtime.block_on(run(args)) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    tracing::error!(error = %e, "handover-operator failed");
+                    eprintln!("handover-operator: {e}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+    }
+}
+
+fn init_tracing(format: LogFormat, level: &str) {
+    let filter =
+        tracing_subscriber::EnvFilter::try_new(level).unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter);
+    match format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().flatten_event(true).init(),
+    }
+}
+
+/// How long running reconciles may take to finish after SIGTERM.
+const SHUTDOWN_GRACE: std::time::Duration = std::time::Duration::from_secs(15);
+
+/// Resolves when `stop` turns true (or its sender is gone).
+async fn stopped(mut stop: watch::Receiver<bool>) {
+    let _ = stop.wait_for(|s| *s).await;
+}
+
+async fn run(args: RunArgs) -> Result<(), Error> {
+    let metrics = Arc::new(Metrics::new());
+    let listener = tokio::net::TcpListener::bind(args.metrics_addr).await?;
+    tracing::info!(addr = %listener.local_addr()?, "serving /metrics, /healthz, /readyz");
+    tokio::spawn(metrics::serve_on(listener, metrics.clone()));
+
+    let (stop_tx, stop_rx) = watch::channel(false);
+    tokio::spawn(async move {
+        wait_for_signal().await;
+        tracing::info!("shutdown requested");
+        let _ = stop_tx.send(true);
+    });
+
+    let client = Client::try_default().await.map_err(Error::kube("build a Kubernetes client"))?;
+    let lease_namespace = args.lease_namespace.clone().unwrap_or_else(|| client.default_namespace().to_owned());
+    let identity = args
+        .identity
+        .clone()
+        .or_else(|| std::env::var("HOSTNAME").ok())
+        .filter(|s| !s.is_empty())
+        .unwrap_or_else(|| format!("handover-operator-{}", std::process::id()));
+    client.apiserver_version().await.map_err(Error::kube("reach the API server"))?;
+    metrics.ready.store(true, Ordering::Relaxed);
+    tracing::info!(%identity, lease = %args.lease_name, namespace = %lease_namespace, "standing for leader");
+
+    let settings = Settings { default_image: args.sidecar_image.clone(), identity: identity.clone() };
+    let mut elector = Elector::new(
+        Api::<Lease>::namespaced(client.clone(), &lease_namespace),
+        args.lease_name.clone(),
+        identity,
+        Timing::default(),
+    );
+    let mut stop = stop_rx.clone();
+    loop {
+        if !elector.acquire(&mut stop).await {
+            break;
+        }
+        tracing::info!("became leader");
+        metrics.leader.set(1);
+        let work = controller::run(client.clone(), settings.clone(), metrics.clone(), stopped(stop_rx.clone()));
+        let outcome = tokio::select! {
+            result = work => result,
+            () = async {
+                stopped(stop_rx.clone()).await;
+                tokio::time::sleep(SHUTDOWN_GRACE).await;
+            } => {
+                tracing::warn!("running reconciles did not finish within {SHUTDOWN_GRACE:?}; stopping anyway");
+                Ok(())
+            }
+            () = elector.keep_renewing() => {
+                // Dropping the controller here stops every write before the Lease expires.
+                tracing::warn!("lost leadership; standing by");
+                Ok(())
+            }
+        };
+        metrics.leader.set(0);
+        if *stop_rx.borrow() {
+            elector.release().await;
+            break;
+        }
+        if let Err(e) = outcome {
+            tracing::error!(error = %e, "controller stopped");
+            elector.release().await;
+            tokio::time::sleep(elector.timing().retry_period).await;
+        }
+    }
+    tracing::info!("stopped");
+    Ok(())
+}
+
+async fn wait_for_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = term.recv() => {}
+                    _ = tokio::signal::ctrl_c() => {}
+                }
+            }
+            Err(_) => {
+                let _ = tokio::signal::ctrl_c().await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cli_parses_run_flags() {
+        let cli = Cli::try_parse_from([
+            "handover-operator",
+            "run",
+            "--metrics-addr",
+            "127.0.0.1:0",
+            "--lease-namespace",
+            "handover-system",
+            "--identity",
+            "op-0",
+            "--sidecar-image",
+            "handover-sidecar:dev",
+            "--log-format",
+            "json",
+        ])
+        .expect("parses");
+        let Command::Run(args) = cli.command else {
+            panic!("expected run");
+        };
+        assert_eq!(args.log_format, LogFormat::Json);
+        assert_eq!(args.lease_name, "handover-operator");
+        assert_eq!(args.identity.as_deref(), Some("op-0"));
+    }
+
+    #[test]
+    fn cli_refuses_an_unknown_log_format() {
+        assert!(Cli::try_parse_from(["handover-operator", "run", "--log-format", "xml"]).is_err());
+    }
+
+    #[test]
+    fn cli_definition_is_consistent() {
+        use clap::CommandFactory;
+        Cli::command().debug_assert();
+    }
+}

@@ -287,7 +287,11 @@ async fn shutdown_signal() {
 }
 
 async fn kubernetes_registry(pool: &str) -> Result<Arc<dyn Registry>, String> {
-    Err(format!("the Kubernetes registry for pool {pool} is not built into this binary yet"))
+    let (namespace, name) = pool.split_once('/').ok_or_else(|| format!("--pool {pool:?} is not `namespace/name`"))?;
+    let registry = crate::registry_kube::KubeRegistry::start(namespace, name)
+        .await
+        .map_err(|e| format!("cannot watch ServerPool {pool}: {e}"))?;
+    Ok(registry)
 }
 
 /// `cookie inspect`: prints the opened cookie as JSON, or why it is refused.

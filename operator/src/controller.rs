@@ -1,0 +1,725 @@
+//! The reconciler: a kube-runtime `Controller` over `ServerPool`s, fed also by pod and Deployment
+//! watches. Every decision is made by [`crate::desired`]; this module reads caches, carries the
+//! results to the API server with server-side apply, writes status, and publishes Events.
+
+use std::collections::{BTreeMap, HashSet};
+use std::future::Future;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use futures::StreamExt;
+use jiff::Timestamp;
+use k8s_openapi::NamespaceResourceScope;
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::core::v1::{Pod, PodSpec, PodStatus, Secret, Service};
+use k8s_openapi::api::rbac::v1::{Role, RoleBinding};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use kube::api::{Api, ListParams, Patch, PatchParams, PostParams};
+use kube::runtime::controller::{self, Action};
+use kube::runtime::events::{Event, EventType, Recorder, Reporter};
+use kube::runtime::finalizer::{self, finalizer};
+use kube::runtime::reflector::{self, ObjectRef, Store};
+use kube::runtime::utils::PredicateConfig;
+use kube::runtime::{Controller, WatchStreamExt, predicates, watcher};
+use kube::{Client, Resource, ResourceExt};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+use crate::crd::ServerPool;
+use crate::desired::{self, DeploymentPlan, Findings, InjectionConfig, MANAGER};
+use crate::duration;
+use crate::error::Error;
+use crate::keys::{self, KeyRing, RotationInput, SECRET_KEY};
+use crate::metrics::Metrics;
+use crate::validate;
+
+/// Finalizer that lets the operator remove its injection before a pool disappears.
+pub const FINALIZER: &str = "handover.dev/cleanup";
+/// Requeue of a healthy pool (a safety net; watches drive the real work).
+const RESYNC: Duration = Duration::from_secs(300);
+/// Requeue after a failure.
+const RETRY: Duration = Duration::from_secs(15);
+/// How long a reconcile waits for the pod and Deployment caches at startup.
+const CACHE_WAIT: Duration = Duration::from_secs(60);
+
+/// Operator settings the reconciler needs.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// `--sidecar-image`.
+    pub default_image: String,
+    /// This replica's identity (Events' reporting instance).
+    pub identity: String,
+}
+
+/// Shared by every reconcile.
+pub struct Context {
+    client: Client,
+    recorder: Recorder,
+    metrics: Arc<Metrics>,
+    pods: Store<Pod>,
+    deployments: Store<Deployment>,
+    pools: Store<ServerPool>,
+    inject: InjectionConfig,
+    /// (namespace, deployment, pool, generation) already warned about a missing pool.
+    warned_missing: Mutex<HashSet<(String, String, String, i64)>>,
+}
+
+/// Kubernetes minor version from `/version` (`"34"`, `"34+"`).
+pub fn parse_minor(minor: &str) -> u32 {
+    minor.trim_end_matches(|c: char| !c.is_ascii_digit()).parse().unwrap_or(0)
+}
+
+/// Keeps only what the reconciler reads from a pod, to keep the cache small.
+fn slim_pod(pod: &mut Pod) {
+    pod.metadata.managed_fields = None;
+    pod.metadata.annotations = None;
+    if let Some(spec) = pod.spec.as_mut() {
+        *spec = PodSpec { service_account_name: spec.service_account_name.take(), ..PodSpec::default() };
+    }
+    if let Some(status) = pod.status.as_mut() {
+        *status = PodStatus {
+            pod_ip: status.pod_ip.take(),
+            phase: status.phase.take(),
+            conditions: status.conditions.take(),
+            ..PodStatus::default()
+        };
+    }
+}
+
+/// Keeps only the operator's own managed-fields entry of a Deployment.
+fn slim_deployment(d: &mut Deployment) {
+    if let Some(fields) = d.metadata.managed_fields.as_mut() {
+        fields.retain(|m| m.manager.as_deref() == Some(MANAGER));
+    }
+}
+
+/// The pools a pod event concerns: those selecting it now, and those listing it as a member.
+fn pools_for_pod(pools: &Store<ServerPool>, pod: &Pod) -> Vec<ObjectRef<ServerPool>> {
+    let ns = pod.namespace();
+    let name = pod.name_any();
+    pools
+        .state()
+        .iter()
+        .filter(|p| p.namespace() == ns)
+        .filter(|p| {
+            desired::selects(&desired::selector(p), pod.labels())
+                || p.status.as_ref().is_some_and(|s| s.members.iter().any(|m| m.pod == name))
+        })
+        .map(|p| ObjectRef::from_obj(p.as_ref()))
+        .collect()
+}
+
+/// The pools a Deployment event concerns: the one it asks for, the one it carries, and those
+/// whose selector matches its pods (for conflicts).
+fn pools_for_deployment(pools: &Store<ServerPool>, d: &Deployment) -> Vec<ObjectRef<ServerPool>> {
+    let Some(ns) = d.namespace() else {
+        return Vec::new();
+    };
+    let mut names: Vec<String> =
+        desired::requested_pool(d).into_iter().chain(desired::injected_pool(d)).map(str::to_owned).collect();
+    let labels =
+        d.spec.as_ref().and_then(|s| s.template.metadata.as_ref()).and_then(|m| m.labels.clone()).unwrap_or_default();
+    for p in pools.state() {
+        if p.namespace().as_deref() == Some(ns.as_str()) && desired::selects(&desired::selector(&p), &labels) {
+            names.push(p.name_any());
+        }
+    }
+    names.sort();
+    names.dedup();
+    names.into_iter().map(|n| ObjectRef::new(&n).within(&ns)).collect()
+}
+
+/// The other pools of a pool's namespace.
+fn siblings(pools: &Store<ServerPool>, pool: &ServerPool) -> Vec<ObjectRef<ServerPool>> {
+    let ns = pool.namespace();
+    let name = pool.name_any();
+    pools
+        .state()
+        .iter()
+        .filter(|p| p.namespace() == ns && p.name_any() != name)
+        .map(|p| ObjectRef::from_obj(p.as_ref()))
+        .collect()
+}
+
+/// Runs the controller until `shutdown` resolves (then finishes running reconciles).
+pub async fn run(
+    client: Client,
+    settings: Settings,
+    metrics: Arc<Metrics>,
+    shutdown: impl Future<Output = ()> + Send + Sync + 'static,
+) -> Result<(), Error> {
+    let version = client.apiserver_version().await.map_err(Error::kube("read the API server version"))?;
+    let minor = parse_minor(&version.minor);
+    let inject = InjectionConfig::for_minor(settings.default_image.clone(), minor);
+    tracing::info!(
+        server = %version.git_version,
+        native_sidecars = inject.native_sidecars,
+        "starting the ServerPool controller"
+    );
+    let pools: Api<ServerPool> = Api::all(client.clone());
+    pools
+        .list(&ListParams::default().limit(1))
+        .await
+        .map_err(Error::kube("list ServerPools (is the CRD installed? kubectl apply -f crds/)"))?;
+
+    let (pod_store, pod_writer) = reflector::store();
+    let pod_stream = watcher(Api::<Pod>::all(client.clone()), watcher::Config::default())
+        .default_backoff()
+        .modify(slim_pod)
+        .reflect(pod_writer)
+        .touched_objects();
+    let (deploy_store, deploy_writer) = reflector::store();
+    let deploy_stream = watcher(Api::<Deployment>::all(client.clone()), watcher::Config::default())
+        .default_backoff()
+        .modify(slim_deployment)
+        .reflect(deploy_writer)
+        .touched_objects();
+
+    let managed = watcher::Config::default().labels(&format!("{}={}", desired::MANAGED_BY.0, desired::MANAGED_BY.1));
+    let controller = Controller::new(pools, watcher::Config::default());
+    let pool_store = controller.store();
+    let recorder = Recorder::new(
+        client.clone(),
+        Reporter { controller: MANAGER.to_owned(), instance: Some(settings.identity.clone()) },
+    );
+    let ctx = Arc::new(Context {
+        client: client.clone(),
+        recorder,
+        metrics,
+        pods: pod_store,
+        deployments: deploy_store,
+        pools: pool_store.clone(),
+        inject,
+        warned_missing: Mutex::new(HashSet::new()),
+    });
+    // A pool's spec change (or creation, deletion) can create or clear a conflict reported on a
+    // sibling pool of the same namespace: wake the siblings, on generation changes only.
+    let sibling_stream = watcher(Api::<ServerPool>::all(client.clone()), watcher::Config::default())
+        .default_backoff()
+        .touched_objects()
+        .predicate_filter(predicates::generation, PredicateConfig::default());
+    let for_pods = pool_store.clone();
+    let for_deployments = pool_store.clone();
+    let for_siblings = pool_store;
+    controller
+        .owns(Api::<Service>::all(client.clone()), managed.clone())
+        .owns(Api::<Secret>::all(client.clone()), managed.clone())
+        .owns(Api::<Role>::all(client.clone()), managed.clone())
+        .owns(Api::<RoleBinding>::all(client.clone()), managed)
+        .watches_stream(pod_stream, move |pod| pools_for_pod(&for_pods, &pod))
+        .watches_stream(deploy_stream, move |d| pools_for_deployment(&for_deployments, &d))
+        .watches_stream(sibling_stream, move |p: ServerPool| siblings(&for_siblings, &p))
+        .graceful_shutdown_on(shutdown)
+        .run(reconcile, error_policy, ctx.clone())
+        .for_each(|result| {
+            let ctx = ctx.clone();
+            async move {
+                match result {
+                    Ok((pool, _)) => tracing::debug!(pool = %pool, "reconciled"),
+                    Err(controller::Error::ObjectNotFound(missing)) => {
+                        missing_pool(&ctx, &missing.name, missing.namespace.as_deref()).await;
+                    }
+                    Err(e) => tracing::warn!(error = %e, "reconcile failed"),
+                }
+            }
+        })
+        .await;
+    Ok(())
+}
+
+/// A Deployment names (or carries the injection of) a pool that does not exist: warn on the
+/// Deployment once per generation, and remove a stale injection.
+async fn missing_pool(ctx: &Context, pool: &str, namespace: Option<&str>) {
+    let Some(ns) = namespace else { return };
+    for d in ctx.deployments.state() {
+        if d.namespace().as_deref() != Some(ns) {
+            continue;
+        }
+        let name = d.name_any();
+        if desired::requested_pool(&d) == Some(pool) {
+            let key = (ns.to_owned(), name.clone(), pool.to_owned(), d.metadata.generation.unwrap_or(0));
+            let first = ctx.warned_missing.lock().map(|mut seen| seen.insert(key)).unwrap_or(false);
+            if first {
+                tracing::warn!(deployment = %name, namespace = ns, pool, "Deployment names a ServerPool that does not exist");
+                publish(
+                    ctx,
+                    &d.object_ref(&()),
+                    true,
+                    "PoolNotFound",
+                    format!("annotation handover.dev/pool names ServerPool {ns}/{pool}, which does not exist: no sidecar is injected"),
+                )
+                .await;
+            }
+        }
+        if desired::injected_pool(&d) == Some(pool) {
+            let api: Api<Deployment> = Api::namespaced(ctx.client.clone(), ns);
+            let body = desired::removal_patch(&d);
+            match api.patch(&name, &PatchParams::apply(MANAGER).force(), &Patch::Apply(&body)).await {
+                Ok(_) => {
+                    publish(
+                        ctx,
+                        &d.object_ref(&()),
+                        false,
+                        "SidecarRemoved",
+                        format!("ServerPool {ns}/{pool} no longer exists: removed its sidecar"),
+                    )
+                    .await;
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, deployment = %name, "could not remove a stale injection")
+                }
+            }
+        }
+    }
+}
+
+async fn publish(
+    ctx: &Context,
+    reference: &k8s_openapi::api::core::v1::ObjectReference,
+    warning: bool,
+    reason: &str,
+    note: String,
+) {
+    let event = Event {
+        type_: if warning { EventType::Warning } else { EventType::Normal },
+        reason: reason.to_owned(),
+        note: Some(truncate(note, 1000)),
+        action: "Reconcile".to_owned(),
+        secondary: None,
+    };
+    if let Err(e) = ctx.recorder.publish(&event, reference).await {
+        tracing::warn!(error = %e, reason, "could not publish an Event");
+    }
+}
+
+fn truncate(mut s: String, max: usize) -> String {
+    if s.len() > max {
+        let mut cut = max;
+        while !s.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        s.truncate(cut);
+    }
+    s
+}
+
+async fn reconcile(pool: Arc<ServerPool>, ctx: Arc<Context>) -> Result<Action, Error> {
+    let started = Instant::now();
+    ctx.metrics.reconciles.inc();
+    let ns = pool.namespace().ok_or(Error::MissingField("metadata.namespace"))?;
+    let api: Api<ServerPool> = Api::namespaced(ctx.client.clone(), &ns);
+    let result = finalizer(&api, FINALIZER, pool, |event| async {
+        match event {
+            finalizer::Event::Apply(p) => apply(p, &ctx).await,
+            finalizer::Event::Cleanup(p) => cleanup(p, &ctx).await,
+        }
+    })
+    .await
+    .map_err(|e| match e {
+        finalizer::Error::ApplyFailed(inner) | finalizer::Error::CleanupFailed(inner) => inner,
+        other => Error::Finalizer(Box::new(other)),
+    });
+    ctx.metrics.observe(started.elapsed());
+    result
+}
+
+fn error_policy(pool: Arc<ServerPool>, error: &Error, ctx: Arc<Context>) -> Action {
+    ctx.metrics.error(error);
+    tracing::warn!(pool = %pool.name_any(), namespace = ?pool.namespace(), error = %error, "reconcile failed; retrying");
+    Action::requeue(RETRY)
+}
+
+async fn wait_for_caches(ctx: &Context) -> Result<(), Error> {
+    tokio::time::timeout(CACHE_WAIT, ctx.pods.wait_until_ready())
+        .await
+        .map_err(|_| Error::StoreNotReady("pods"))?
+        .map_err(|_| Error::StoreNotReady("pods"))?;
+    tokio::time::timeout(CACHE_WAIT, ctx.deployments.wait_until_ready())
+        .await
+        .map_err(|_| Error::StoreNotReady("deployments"))?
+        .map_err(|_| Error::StoreNotReady("deployments"))?;
+    Ok(())
+}
+
+/// Server-side apply of a namespaced object with the operator's field manager.
+async fn ssa<K>(client: &Client, ns: &str, obj: &K) -> Result<(), Error>
+where
+    K: Resource<DynamicType = (), Scope = NamespaceResourceScope>
+        + Serialize
+        + DeserializeOwned
+        + Clone
+        + std::fmt::Debug,
+{
+    let name = obj.meta().name.clone().unwrap_or_default();
+    let api: Api<K> = Api::namespaced(client.clone(), ns);
+    api.patch(&name, &PatchParams::apply(MANAGER).force(), &Patch::Apply(obj))
+        .await
+        .map_err(Error::kube(format!("apply {} {ns}/{name}", K::kind(&()))))?;
+    Ok(())
+}
+
+async fn apply(pool: Arc<ServerPool>, ctx: &Context) -> Result<Action, Error> {
+    wait_for_caches(ctx).await?;
+    let ns = desired::pool_namespace(&pool);
+    let name = desired::pool_name(&pool);
+    let now = Timestamp::now();
+    let mut findings =
+        Findings { spec_problems: validate::validate(&pool, &ctx.inject.default_image), ..Findings::default() };
+    let pods = ctx.pods.state();
+    let pool_pods = desired::pool_pods(&pool, pods.iter().map(AsRef::as_ref));
+    let members = desired::members(&pool, pool_pods.iter().copied());
+    let mut failures: Vec<String> = Vec::new();
+    let mut requeue = RESYNC;
+
+    // An invalid spec changes nothing that exists: running pods keep what they have.
+    if findings.spec_problems.is_empty() {
+        if let Err(e) = ssa(&ctx.client, &ns, &desired::service(&pool)).await {
+            failures.push(e.to_string());
+        }
+
+        match ensure_keys(&pool, ctx, now).await {
+            Ok(outcome) => {
+                findings.key_problem = outcome.problem;
+                if let Some(due) = outcome.next_due {
+                    let wait = u64::try_from(due.saturating_sub(now.as_second())).unwrap_or(0);
+                    requeue = requeue.min(Duration::from_secs(wait.max(1)));
+                }
+            }
+            Err(e) => failures.push(e.to_string()),
+        }
+
+        let deployments = ctx.deployments.state();
+        let all_pools = ctx.pools.state();
+        let pool_refs: Vec<&ServerPool> = all_pools.iter().map(AsRef::as_ref).collect();
+        let plans = desired::plan_deployments(&pool, deployments.iter().map(AsRef::as_ref), &pool_refs, &ctx.inject);
+        let deploy_api: Api<Deployment> = Api::namespaced(ctx.client.clone(), &ns);
+        let params = PatchParams::apply(MANAGER).force();
+        for plan in plans {
+            match plan {
+                DeploymentPlan::Inject { name: d, patch } => {
+                    match deploy_api.patch(&d, &params, &Patch::Apply(&patch)).await {
+                        Ok(_) => {
+                            tracing::info!(deployment = %d, pool = %name, "injected the sidecar");
+                            publish(
+                                ctx,
+                                &pool.object_ref(&()),
+                                false,
+                                "SidecarInjected",
+                                format!("injected the handover sidecar into Deployment {d}"),
+                            )
+                            .await;
+                        }
+                        Err(e) => failures.push(format!("inject Deployment {ns}/{d}: {e}")),
+                    }
+                }
+                DeploymentPlan::Remove { name: d, patch } => {
+                    match deploy_api.patch(&d, &params, &Patch::Apply(&patch)).await {
+                        Ok(_) => {
+                            tracing::info!(deployment = %d, pool = %name, "removed the sidecar");
+                            publish(
+                                ctx,
+                                &pool.object_ref(&()),
+                                false,
+                                "SidecarRemoved",
+                                format!("removed the handover sidecar from Deployment {d}"),
+                            )
+                            .await;
+                        }
+                        Err(e) => failures.push(format!("remove sidecar from Deployment {ns}/{d}: {e}")),
+                    }
+                }
+                DeploymentPlan::Conflict { name: d, others } => {
+                    findings.deployment_problems.push(format!(
+                        "Deployment {d} asks for this pool but its pods are also selected by pool(s) {}: not injected",
+                        others.join(", ")
+                    ));
+                }
+                DeploymentPlan::ForeignSidecar { name: d } => {
+                    findings.deployment_problems.push(format!(
+                        "Deployment {d} already has a container named {} that the operator did not inject: not injected",
+                        desired::SIDECAR_NAME
+                    ));
+                }
+                DeploymentPlan::Injected { .. } => {}
+            }
+        }
+
+        let requested: Vec<&Deployment> = deployments
+            .iter()
+            .map(AsRef::as_ref)
+            .filter(|d| d.namespace().as_deref() == Some(ns.as_str()))
+            .filter(|d| desired::requested_pool(d) == Some(name.as_str()))
+            .collect();
+        let accounts = desired::service_accounts(pool_pods.iter().copied(), requested);
+        if let Err(e) = ssa(&ctx.client, &ns, &desired::role(&pool)).await {
+            failures.push(e.to_string());
+        }
+        if let Err(e) = ssa(&ctx.client, &ns, &desired::role_binding(&pool, &accounts)).await {
+            failures.push(e.to_string());
+        }
+    }
+
+    findings.apply_errors.clone_from(&failures);
+    findings.ready = i32::try_from(members.iter().filter(|m| m.ready).count()).unwrap_or(i32::MAX);
+    findings.total = i32::try_from(members.len()).unwrap_or(i32::MAX);
+    let before = pool.status.clone().unwrap_or_default();
+    let status = desired::status(&pool, members, &findings, &Time(now));
+    ctx.metrics.set_members(&ns, &name, i64::from(status.total_members), i64::from(status.ready_members));
+    if pool.status.as_ref() != Some(&status) {
+        let api: Api<ServerPool> = Api::namespaced(ctx.client.clone(), &ns);
+        let body = serde_json::json!({
+            "apiVersion": "handover.dev/v1alpha1",
+            "kind": "ServerPool",
+            "status": status,
+        });
+        api.patch_status(&name, &PatchParams::apply(MANAGER).force(), &Patch::Apply(&body))
+            .await
+            .map_err(Error::kube(format!("write status of ServerPool {ns}/{name}")))?;
+    }
+
+    let reference = pool.object_ref(&());
+    for event in desired::condition_events(&before.conditions, &status.conditions) {
+        publish(ctx, &reference, event.warning, &event.reason, event.note).await;
+    }
+    // One Event per pod that joined or left, related to the pod: the Recorder aggregates
+    // repeated Events by (reason, regarding, related), so each pod keeps its own series.
+    let change = desired::membership_change(&before.members, &status.members);
+    let uid_of =
+        |pod: &str| status.members.iter().chain(before.members.iter()).find(|m| m.pod == pod).map(|m| m.uid.clone());
+    for (joined, pods) in [(true, &change.ready), (false, &change.unready)] {
+        for pod in pods {
+            let related = k8s_openapi::api::core::v1::ObjectReference {
+                api_version: Some("v1".to_owned()),
+                kind: Some("Pod".to_owned()),
+                name: Some(pod.clone()),
+                namespace: Some(ns.clone()),
+                uid: uid_of(pod),
+                ..Default::default()
+            };
+            let (reason, verb) = if joined { ("MemberReady", "joined") } else { ("MemberLeft", "left") };
+            tracing::info!(pool = %name, namespace = %ns, pod = %pod, ready = status.ready_members, "member {verb}");
+            let event = Event {
+                type_: EventType::Normal,
+                reason: reason.to_owned(),
+                note: Some(format!(
+                    "pod {pod} {verb} the ready members ({} of {} ready)",
+                    status.ready_members, status.total_members
+                )),
+                action: "Registry".to_owned(),
+                secondary: Some(related),
+            };
+            if let Err(e) = ctx.recorder.publish(&event, &reference).await {
+                tracing::warn!(error = %e, "could not publish an Event");
+            }
+        }
+    }
+
+    if failures.is_empty() { Ok(Action::requeue(requeue)) } else { Err(Error::Children(failures)) }
+}
+
+async fn cleanup(pool: Arc<ServerPool>, ctx: &Context) -> Result<Action, Error> {
+    wait_for_caches(ctx).await?;
+    let ns = desired::pool_namespace(&pool);
+    let name = desired::pool_name(&pool);
+    let deployments = ctx.deployments.state();
+    let all_pools = ctx.pools.state();
+    let pool_refs: Vec<&ServerPool> = all_pools.iter().map(AsRef::as_ref).collect();
+    let api: Api<Deployment> = Api::namespaced(ctx.client.clone(), &ns);
+    let mut failures = Vec::new();
+    for plan in desired::plan_deployments(&pool, deployments.iter().map(AsRef::as_ref), &pool_refs, &ctx.inject) {
+        if let DeploymentPlan::Remove { name: d, patch } = plan {
+            match api.patch(&d, &PatchParams::apply(MANAGER).force(), &Patch::Apply(&patch)).await {
+                Ok(_) => {
+                    tracing::info!(deployment = %d, pool = %name, "removed the sidecar of a deleted pool")
+                }
+                Err(e) => failures.push(format!("remove sidecar from Deployment {ns}/{d}: {e}")),
+            }
+        }
+    }
+    if !failures.is_empty() {
+        return Err(Error::Children(failures));
+    }
+    ctx.metrics.forget_pool(&ns, &name);
+    // Service, Secret, Role and RoleBinding carry an owner reference: the garbage collector
+    // deletes them with the pool.
+    Ok(Action::await_change())
+}
+
+/// What [`ensure_keys`] found.
+struct KeyOutcome {
+    problem: Option<String>,
+    next_due: Option<i64>,
+}
+
+fn random_key() -> Result<[u8; 32], Error> {
+    let mut bytes = [0u8; 32];
+    getrandom::fill(&mut bytes).map_err(|e| Error::Random(e.to_string()))?;
+    Ok(bytes)
+}
+
+/// Creates the key Secret if absent (never overwrites one), and rotates it when due.
+async fn ensure_keys(pool: &ServerPool, ctx: &Context, now: Timestamp) -> Result<KeyOutcome, Error> {
+    let ns = desired::pool_namespace(pool);
+    let secret_name = desired::key_secret_name(pool);
+    let api: Api<Secret> = Api::namespaced(ctx.client.clone(), &ns);
+    let now_s = now.as_second();
+    let max_age = duration::parse(&pool.spec.cookie.max_age).unwrap_or(Duration::from_secs(12 * 3600));
+    let period = pool.spec.key_rotation.period.as_deref().and_then(|p| duration::parse(p).ok());
+    let requested = pool.annotations().get(desired::ROTATE_ANNOTATION).cloned();
+
+    let existing = api.get_opt(&secret_name).await.map_err(Error::kube(format!("get Secret {ns}/{secret_name}")))?;
+    let Some(mut secret) = existing else {
+        let ring = KeyRing::initial(random_key()?, now_s);
+        let mut fresh = desired::key_secret(pool, &ring);
+        // A rotation request that predates the Secret is already satisfied by the fresh key.
+        if let Some(r) = &requested {
+            fresh.annotations_mut().insert(desired::ROTATED_FOR_ANNOTATION.to_owned(), r.clone());
+        }
+        return match api.create(&PostParams::default(), &fresh).await {
+            Ok(_) => {
+                publish(
+                    ctx,
+                    &pool.object_ref(&()),
+                    false,
+                    "KeySecretCreated",
+                    format!("created Secret {secret_name} with a fresh cookie key"),
+                )
+                .await;
+                let input = RotationInput {
+                    now: now_s,
+                    period,
+                    cookie_max_age: max_age,
+                    requested: None,
+                    last_request: None,
+                    promoted_at: None,
+                };
+                Ok(KeyOutcome { problem: None, next_due: keys::next_due(&ring, &input) })
+            }
+            // Created meanwhile (another reconcile, a person): read it next time.
+            Err(kube::Error::Api(s)) if s.code == 409 => {
+                Ok(KeyOutcome { problem: None, next_due: Some(now_s.saturating_add(1)) })
+            }
+            Err(e) => Err(Error::kube(format!("create Secret {ns}/{secret_name}"))(e)),
+        };
+    };
+
+    let parsed = secret.data.as_ref().and_then(|d| d.get(SECRET_KEY)).map(|bytes| KeyRing::parse_bytes(&bytes.0));
+    let ring = match parsed {
+        Some(Ok(ring)) => ring,
+        Some(Err(e)) => {
+            return Ok(KeyOutcome {
+                problem: Some(format!(
+                    "Secret {secret_name}, data key `{SECRET_KEY}`: {e}. The operator never overwrites an existing Secret: fix it, or delete it to get fresh keys (live sessions will be lost)"
+                )),
+                next_due: None,
+            });
+        }
+        None => {
+            return Ok(KeyOutcome {
+                problem: Some(format!(
+                    "Secret {secret_name} has no data key `{SECRET_KEY}`. The operator never overwrites an existing Secret: fix it, or delete it to get fresh keys"
+                )),
+                next_due: None,
+            });
+        }
+    };
+    let annotations: BTreeMap<String, String> = secret.annotations().clone();
+    let input = RotationInput {
+        now: now_s,
+        period,
+        cookie_max_age: max_age,
+        requested: requested.as_deref(),
+        last_request: annotations.get(desired::ROTATED_FOR_ANNOTATION).map(String::as_str),
+        promoted_at: annotations.get(desired::PROMOTED_AT_ANNOTATION).and_then(|v| v.parse().ok()),
+    };
+    let Some(plan) = keys::plan(&ring, &input, random_key()?) else {
+        return Ok(KeyOutcome { problem: None, next_due: keys::next_due(&ring, &input) });
+    };
+    secret
+        .data
+        .get_or_insert_with(BTreeMap::new)
+        .insert(SECRET_KEY.to_owned(), k8s_openapi::ByteString(plan.ring.render().into_bytes()));
+    let secret_annotations = secret.annotations_mut();
+    if let Some(at) = plan.promoted_at {
+        secret_annotations.insert(desired::PROMOTED_AT_ANNOTATION.to_owned(), at.to_string());
+    }
+    if let Some(r) = &plan.rotated_for {
+        secret_annotations.insert(desired::ROTATED_FOR_ANNOTATION.to_owned(), r.clone());
+    }
+    // `replace` carries the resourceVersion we read: a concurrent change fails and is retried.
+    api.replace(&secret_name, &PostParams::default(), &secret)
+        .await
+        .map_err(Error::kube(format!("rotate keys in Secret {ns}/{secret_name}")))?;
+    if !plan.changes.is_empty() {
+        let note = plan
+            .changes
+            .iter()
+            .map(|c| match c {
+                keys::KeyChange::Staged { id } => format!("staged key {id}"),
+                keys::KeyChange::Promoted { id } => format!("key {id} now seals"),
+                keys::KeyChange::Pruned { ids } => {
+                    format!("dropped expired key(s) {}", ids.iter().map(u32::to_string).collect::<Vec<_>>().join(", "))
+                }
+            })
+            .collect::<Vec<_>>()
+            .join("; ");
+        tracing::info!(secret = %secret_name, namespace = %ns, %note, "rotated keys");
+        publish(ctx, &pool.object_ref(&()), false, "KeysRotated", note).await;
+    }
+    let after = RotationInput { promoted_at: plan.promoted_at, last_request: plan.rotated_for.as_deref(), ..input };
+    Ok(KeyOutcome { problem: None, next_due: keys::next_due(&plan.ring, &after) })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::crd::{POOL_LABEL, ServerPoolSpec};
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+
+    #[test]
+    fn server_minor_versions_parse_with_vendor_suffixes() {
+        assert_eq!(parse_minor("34"), 34);
+        assert_eq!(parse_minor("29+"), 29);
+        assert_eq!(parse_minor(""), 0);
+        assert_eq!(parse_minor("x"), 0);
+    }
+
+    #[test]
+    fn slim_pods_keep_what_membership_needs() {
+        let mut pod = Pod {
+            metadata: ObjectMeta {
+                name: Some("a".into()),
+                annotations: Some(BTreeMap::from([("big".into(), "x".repeat(1000))])),
+                labels: Some(BTreeMap::from([(POOL_LABEL.into(), "cart".into())])),
+                ..ObjectMeta::default()
+            },
+            spec: Some(PodSpec {
+                service_account_name: Some("sa".into()),
+                hostname: Some("h".into()),
+                ..PodSpec::default()
+            }),
+            status: Some(PodStatus {
+                pod_ip: Some("10.0.0.1".into()),
+                host_ip: Some("192.0.2.1".into()),
+                ..PodStatus::default()
+            }),
+        };
+        slim_pod(&mut pod);
+        assert!(pod.metadata.annotations.is_none());
+        assert!(pod.metadata.labels.is_some());
+        let spec = pod.spec.expect("spec");
+        assert_eq!(spec.service_account_name.as_deref(), Some("sa"));
+        assert!(spec.hostname.is_none());
+        let status = pod.status.expect("status");
+        assert_eq!(status.pod_ip.as_deref(), Some("10.0.0.1"));
+        assert!(status.host_ip.is_none());
+    }
+
+    #[test]
+    fn long_event_notes_are_cut_on_a_char_boundary() {
+        let s = truncate("é".repeat(600), 1000);
+        assert!(s.len() <= 1000);
+        assert_eq!(truncate("short".into(), 1000), "short");
+        let _ = ServerPoolSpec::with_app_port(1);
+    }
+}

@@ -1,0 +1,788 @@
+//! Desired state: pure functions from a `ServerPool` and what the operator observed (pods,
+//! Deployments, the key Secret) to the objects it applies and the status it writes. No I/O here;
+//! the reconciler in [`crate::controller`] only carries the results to the API server.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use k8s_openapi::ByteString;
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::core::v1::Secret;
+use k8s_openapi::api::core::v1::{
+    Capabilities, Container, ContainerPort, EnvVar, EnvVarSource, HTTPGetAction, Lifecycle, LifecycleHandler,
+    ObjectFieldSelector, Pod, Probe, SecurityContext, Service, ServicePort, ServiceSpec, SleepAction, Volume,
+    VolumeMount,
+};
+use k8s_openapi::api::rbac::v1::{PolicyRule, Role, RoleBinding, RoleRef, Subject};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, ObjectMeta, Time};
+use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+use kube::{Resource, ResourceExt};
+use serde_json::{Value, json};
+
+use crate::crd::{Member, POOL_LABEL, ServerPool, ServerPoolStatus};
+use crate::duration;
+use crate::keys::{KeyRing, SECRET_KEY};
+use crate::validate::SpecProblem;
+
+/// The one server-side-apply field manager of the operator.
+pub const MANAGER: &str = "handover-operator";
+/// Label on every object the operator creates (its watches select on it).
+pub const MANAGED_BY: (&str, &str) = ("app.kubernetes.io/managed-by", "handover-operator");
+/// Pod-template annotation: the pool whose sidecar is injected.
+pub const INJECTED_ANNOTATION: &str = "handover.dev/injected";
+/// Pod-template annotation: hash of what was injected.
+pub const HASH_ANNOTATION: &str = "handover.dev/injection-hash";
+/// ServerPool annotation: set to a new value to rotate the keys now.
+pub const ROTATE_ANNOTATION: &str = "handover.dev/rotate-keys";
+/// Secret annotation: the rotate-keys value the Secret was last rotated for.
+pub const ROTATED_FOR_ANNOTATION: &str = "handover.dev/rotated-for";
+/// Secret annotation: when the current sealing key was promoted (unix seconds).
+pub const PROMOTED_AT_ANNOTATION: &str = "handover.dev/promoted-at";
+/// Name of the injected container.
+pub const SIDECAR_NAME: &str = "handover-sidecar";
+/// Name of the injected key volume.
+pub const KEY_VOLUME: &str = "handover-keys";
+/// Where the key volume is mounted in the sidecar.
+pub const KEY_MOUNT: &str = "/etc/handover/keys";
+/// Seconds the sidecar's preStop hook waits for endpoints to forget the pod.
+pub const PRESTOP_SLEEP_SECONDS: i64 = 5;
+/// Seconds added to the drain grace in `terminationGracePeriodSeconds`.
+pub const GRACE_MARGIN_SECONDS: i64 = 15;
+/// Kubernetes' default `terminationGracePeriodSeconds`.
+const DEFAULT_GRACE_SECONDS: i64 = 30;
+
+/// What the cluster supports and the operator's defaults, for injection.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct InjectionConfig {
+    /// Image when the pool does not name one (`--sidecar-image`).
+    pub default_image: String,
+    /// Native sidecars (init container with `restartPolicy: Always`, Kubernetes >= 1.29).
+    pub native_sidecars: bool,
+    /// `preStop.sleep` lifecycle action (Kubernetes >= 1.30).
+    pub sleep_action: bool,
+}
+
+impl InjectionConfig {
+    /// The configuration for an API server of the given minor version (Kubernetes 1.x).
+    pub fn for_minor(default_image: String, minor: u32) -> Self {
+        Self { default_image, native_sidecars: minor >= 29, sleep_action: minor >= 30 }
+    }
+}
+
+/// The pool's name (empty if the object has none, which the API server never sends).
+pub fn pool_name(pool: &ServerPool) -> String {
+    pool.metadata.name.clone().unwrap_or_default()
+}
+
+/// The pool's namespace.
+pub fn pool_namespace(pool: &ServerPool) -> String {
+    pool.metadata.namespace.clone().unwrap_or_default()
+}
+
+/// Name of the pool's Service.
+pub fn service_name(pool: &ServerPool) -> String {
+    pool_name(pool)
+}
+
+/// Name of the pool's key Secret.
+pub fn key_secret_name(pool: &ServerPool) -> String {
+    pool.spec.key_secret_name.clone().unwrap_or_else(|| format!("{}-handover-keys", pool_name(pool)))
+}
+
+/// Name of the pool's Role and RoleBinding.
+pub fn rbac_name(pool: &ServerPool) -> String {
+    format!("{}-handover-registry", pool_name(pool))
+}
+
+/// The labels selecting the pool's pods.
+pub fn selector(pool: &ServerPool) -> BTreeMap<String, String> {
+    match &pool.spec.selector {
+        Some(s) if !s.is_empty() => s.clone(),
+        _ => BTreeMap::from([(POOL_LABEL.to_owned(), pool_name(pool))]),
+    }
+}
+
+/// Whether `labels` carry every label of `selector`.
+pub fn selects(selector: &BTreeMap<String, String>, labels: &BTreeMap<String, String>) -> bool {
+    !selector.is_empty() && selector.iter().all(|(k, v)| labels.get(k) == Some(v))
+}
+
+fn meta(pool: &ServerPool, name: String) -> ObjectMeta {
+    ObjectMeta {
+        name: Some(name),
+        namespace: Some(pool_namespace(pool)),
+        labels: Some(BTreeMap::from([
+            (MANAGED_BY.0.to_owned(), MANAGED_BY.1.to_owned()),
+            (POOL_LABEL.to_owned(), pool_name(pool)),
+        ])),
+        owner_references: pool.controller_owner_ref(&()).map(|o| vec![o]),
+        ..ObjectMeta::default()
+    }
+}
+
+/// The pool's Service: `<pool>:<port>` to the sidecars' data port.
+pub fn service(pool: &ServerPool) -> Service {
+    Service {
+        metadata: meta(pool, service_name(pool)),
+        spec: Some(ServiceSpec {
+            selector: Some(selector(pool)),
+            ports: Some(vec![ServicePort {
+                name: Some("http".to_owned()),
+                port: pool.spec.port,
+                target_port: Some(IntOrString::Int(pool.spec.sidecar_port)),
+                protocol: Some("TCP".to_owned()),
+                app_protocol: Some("http".to_owned()),
+                ..ServicePort::default()
+            }]),
+            type_: Some(format!("{:?}", pool.spec.service.type_)),
+            session_affinity: Some(format!("{:?}", pool.spec.service.session_affinity)),
+            ..ServiceSpec::default()
+        }),
+        status: None,
+    }
+}
+
+/// A new key Secret holding `ring`.
+pub fn key_secret(pool: &ServerPool, ring: &KeyRing) -> Secret {
+    Secret {
+        metadata: meta(pool, key_secret_name(pool)),
+        data: Some(BTreeMap::from([(SECRET_KEY.to_owned(), ByteString(ring.render().into_bytes()))])),
+        type_: Some("Opaque".to_owned()),
+        ..Secret::default()
+    }
+}
+
+/// The Role letting the pool's sidecars read their own ServerPool, and nothing else.
+pub fn role(pool: &ServerPool) -> Role {
+    Role {
+        metadata: meta(pool, rbac_name(pool)),
+        rules: Some(vec![PolicyRule {
+            api_groups: Some(vec![crate::crd::GROUP.to_owned()]),
+            resources: Some(vec!["serverpools".to_owned()]),
+            resource_names: Some(vec![pool_name(pool)]),
+            verbs: vec!["get".to_owned(), "list".to_owned(), "watch".to_owned()],
+            ..PolicyRule::default()
+        }]),
+    }
+}
+
+/// The RoleBinding of [`role`] to the pool's ServiceAccounts (sorted, deduplicated).
+pub fn role_binding(pool: &ServerPool, service_accounts: &BTreeSet<String>) -> RoleBinding {
+    let namespace = pool_namespace(pool);
+    RoleBinding {
+        metadata: meta(pool, rbac_name(pool)),
+        role_ref: RoleRef {
+            api_group: "rbac.authorization.k8s.io".to_owned(),
+            kind: "Role".to_owned(),
+            name: rbac_name(pool),
+        },
+        subjects: Some(
+            service_accounts
+                .iter()
+                .map(|sa| Subject {
+                    kind: "ServiceAccount".to_owned(),
+                    name: sa.clone(),
+                    namespace: Some(namespace.clone()),
+                    ..Subject::default()
+                })
+                .collect(),
+        ),
+    }
+}
+
+/// The ServiceAccounts of the pool's pods and of the Deployments it injects.
+pub fn service_accounts<'a>(
+    pods: impl IntoIterator<Item = &'a Pod>,
+    deployments: impl IntoIterator<Item = &'a Deployment>,
+) -> BTreeSet<String> {
+    fn name(sa: Option<&String>) -> String {
+        sa.filter(|s| !s.is_empty()).cloned().unwrap_or_else(|| "default".to_owned())
+    }
+    let mut out = BTreeSet::new();
+    for pod in pods {
+        out.insert(name(pod.spec.as_ref().and_then(|s| s.service_account_name.as_ref())));
+    }
+    for d in deployments {
+        out.insert(name(
+            d.spec.as_ref().and_then(|s| s.template.spec.as_ref()).and_then(|s| s.service_account_name.as_ref()),
+        ));
+    }
+    out
+}
+
+/// Whether the pod is ready to serve: Ready condition true, an IP, not terminating.
+fn pod_ready(pod: &Pod) -> bool {
+    let ready = pod
+        .status
+        .as_ref()
+        .and_then(|s| s.conditions.as_ref())
+        .and_then(|cs| cs.iter().find(|c| c.type_ == "Ready"))
+        .is_some_and(|c| c.status == "True");
+    let has_ip = pod.status.as_ref().and_then(|s| s.pod_ip.as_ref()).is_some_and(|ip| !ip.is_empty());
+    ready && has_ip && pod.metadata.deletion_timestamp.is_none()
+}
+
+fn pod_finished(pod: &Pod) -> bool {
+    matches!(pod.status.as_ref().and_then(|s| s.phase.as_deref()), Some("Succeeded" | "Failed"))
+}
+
+/// The pods of `pool` among `pods` (any namespace): same namespace, selected, not finished.
+pub fn pool_pods<'a>(pool: &ServerPool, pods: impl IntoIterator<Item = &'a Pod>) -> Vec<&'a Pod> {
+    let namespace = pool_namespace(pool);
+    let selector = selector(pool);
+    pods.into_iter()
+        .filter(|p| p.metadata.namespace.as_deref() == Some(namespace.as_str()))
+        .filter(|p| selects(&selector, p.labels()))
+        .filter(|p| !pod_finished(p))
+        .collect()
+}
+
+/// The pods of `pool` among `pods` (any namespace), as members sorted by pod name.
+pub fn members<'a>(pool: &ServerPool, pods: impl IntoIterator<Item = &'a Pod>) -> Vec<Member> {
+    let mut out: Vec<Member> = pool_pods(pool, pods)
+        .into_iter()
+        .filter_map(|p| {
+            let ready_since = p
+                .status
+                .as_ref()
+                .and_then(|s| s.conditions.as_ref())
+                .and_then(|cs| cs.iter().find(|c| c.type_ == "Ready"))
+                .and_then(|c| c.last_transition_time.clone());
+            Some(Member {
+                pod: p.metadata.name.clone()?,
+                uid: p.metadata.uid.clone()?,
+                ip: p.status.as_ref().and_then(|s| s.pod_ip.clone()).filter(|ip| !ip.is_empty()),
+                ready: pod_ready(p),
+                since: ready_since.or_else(|| p.metadata.creation_timestamp.clone()),
+            })
+        })
+        .collect();
+    out.sort_by(|a, b| a.pod.cmp(&b.pod).then_with(|| a.uid.cmp(&b.uid)));
+    out
+}
+
+/// How membership changed between two member lists, for Events.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct MembershipChange {
+    /// Pods that became ready members (joined, or became ready).
+    pub ready: Vec<String>,
+    /// Pods that stopped being ready members (left, or became unready).
+    pub unready: Vec<String>,
+}
+
+impl MembershipChange {
+    /// Whether nothing changed.
+    pub fn is_empty(&self) -> bool {
+        self.ready.is_empty() && self.unready.is_empty()
+    }
+}
+
+/// Which pods entered or left the set of ready members.
+pub fn membership_change(before: &[Member], after: &[Member]) -> MembershipChange {
+    let ready = |ms: &[Member]| -> BTreeSet<(String, String)> {
+        ms.iter().filter(|m| m.ready).map(|m| (m.pod.clone(), m.uid.clone())).collect()
+    };
+    let (b, a) = (ready(before), ready(after));
+    MembershipChange {
+        ready: a.difference(&b).map(|(p, _)| p.clone()).collect(),
+        unready: b.difference(&a).map(|(p, _)| p.clone()).collect(),
+    }
+}
+
+fn env(name: &str, value: impl Into<String>) -> EnvVar {
+    EnvVar { name: name.to_owned(), value: Some(value.into()), value_from: None }
+}
+
+fn env_field(name: &str, path: &str) -> EnvVar {
+    EnvVar {
+        name: name.to_owned(),
+        value: None,
+        value_from: Some(EnvVarSource {
+            field_ref: Some(ObjectFieldSelector { api_version: Some("v1".to_owned()), field_path: path.to_owned() }),
+            ..EnvVarSource::default()
+        }),
+    }
+}
+
+fn http_probe(path: &str, port: i32, period: i32, failures: i32) -> Probe {
+    Probe {
+        http_get: Some(HTTPGetAction {
+            path: Some(path.to_owned()),
+            port: IntOrString::Int(port),
+            scheme: Some("HTTP".to_owned()),
+            ..HTTPGetAction::default()
+        }),
+        period_seconds: Some(period),
+        failure_threshold: Some(failures),
+        timeout_seconds: Some(1),
+        ..Probe::default()
+    }
+}
+
+/// Seconds of drain grace (rounded up).
+fn drain_seconds(pool: &ServerPool) -> i64 {
+    duration::parse(&pool.spec.sidecar.drain_grace)
+        .map(|d| i64::try_from(d.as_millis().div_ceil(1000)).unwrap_or(i64::MAX))
+        .unwrap_or(20)
+}
+
+/// The `terminationGracePeriodSeconds` a pod of the pool needs to drain.
+pub fn needed_grace_seconds(pool: &ServerPool) -> i64 {
+    PRESTOP_SLEEP_SECONDS.saturating_add(drain_seconds(pool)).saturating_add(GRACE_MARGIN_SECONDS)
+}
+
+/// The injected sidecar container.
+pub fn sidecar_container(pool: &ServerPool, cfg: &InjectionConfig) -> Container {
+    let spec = &pool.spec;
+    let image = spec.sidecar.image.clone().unwrap_or_else(|| cfg.default_image.clone());
+    let mut env = vec![
+        env("HANDOVER_POOL", format!("{}/{}", pool_namespace(pool), pool_name(pool))),
+        env_field("HANDOVER_POD_NAME", "metadata.name"),
+        env_field("HANDOVER_POD_UID", "metadata.uid"),
+        env_field("HANDOVER_POD_IP", "status.podIP"),
+        env("HANDOVER_REGISTRY", "kubernetes"),
+        env("HANDOVER_LISTEN", format!("0.0.0.0:{}", spec.sidecar_port)),
+        env("HANDOVER_ADMIN", format!("0.0.0.0:{}", spec.admin_port)),
+        env("HANDOVER_APP", format!("127.0.0.1:{}", spec.app_port)),
+        env("HANDOVER_KEY_FILE", format!("{KEY_MOUNT}/{SECRET_KEY}")),
+        env("HANDOVER_MODE", spec.snapshot.mode.as_str()),
+        env("HANDOVER_SNAPSHOT_INTERVAL", spec.snapshot.interval.clone()),
+        env("HANDOVER_STATE_PATH", spec.snapshot.state_path.clone()),
+        env("HANDOVER_COOKIE_NAME", spec.cookie.name.clone()),
+        env("HANDOVER_COOKIE_MAX_AGE", spec.cookie.max_age.clone()),
+        env("HANDOVER_COOKIE_MAX_BYTES", spec.cookie.max_bytes.to_string()),
+        env("HANDOVER_COOKIE_SECURE", spec.cookie.secure.to_string()),
+        env("HANDOVER_COOKIE_SAME_SITE", spec.cookie.same_site.as_str()),
+        env("HANDOVER_AFFINITY", spec.affinity.as_str()),
+        env("HANDOVER_DRAIN_GRACE", spec.sidecar.drain_grace.clone()),
+        env("HANDOVER_LOG_LEVEL", spec.sidecar.log_level.as_str()),
+        env("HANDOVER_LOG_FORMAT", "json"),
+    ];
+    env.sort_by(|a, b| a.name.cmp(&b.name));
+    Container {
+        name: SIDECAR_NAME.to_owned(),
+        image: Some(image),
+        image_pull_policy: Some("IfNotPresent".to_owned()),
+        args: Some(vec!["run".to_owned()]),
+        env: Some(env),
+        ports: Some(vec![
+            ContainerPort {
+                name: Some("handover".to_owned()),
+                container_port: spec.sidecar_port,
+                protocol: Some("TCP".to_owned()),
+                ..ContainerPort::default()
+            },
+            ContainerPort {
+                name: Some("handover-admin".to_owned()),
+                container_port: spec.admin_port,
+                protocol: Some("TCP".to_owned()),
+                ..ContainerPort::default()
+            },
+        ]),
+        resources: spec.sidecar.resources.clone(),
+        startup_probe: Some(http_probe("/live", spec.admin_port, 1, 120)),
+        liveness_probe: Some(http_probe("/live", spec.admin_port, 10, 3)),
+        readiness_probe: Some(http_probe("/ready", spec.admin_port, 2, 1)),
+        lifecycle: cfg.sleep_action.then(|| Lifecycle {
+            pre_stop: Some(LifecycleHandler {
+                sleep: Some(SleepAction { seconds: PRESTOP_SLEEP_SECONDS }),
+                ..LifecycleHandler::default()
+            }),
+            ..Lifecycle::default()
+        }),
+        volume_mounts: Some(vec![VolumeMount {
+            name: KEY_VOLUME.to_owned(),
+            mount_path: KEY_MOUNT.to_owned(),
+            read_only: Some(true),
+            ..VolumeMount::default()
+        }]),
+        security_context: Some(SecurityContext {
+            allow_privilege_escalation: Some(false),
+            read_only_root_filesystem: Some(true),
+            run_as_non_root: Some(true),
+            capabilities: Some(Capabilities { drop: Some(vec!["ALL".to_owned()]), add: None }),
+            ..SecurityContext::default()
+        }),
+        restart_policy: cfg.native_sidecars.then(|| "Always".to_owned()),
+        ..Container::default()
+    }
+}
+
+/// Whether our field manager owns `spec.template.spec.terminationGracePeriodSeconds`.
+fn we_own_grace(deploy: &Deployment) -> bool {
+    deploy
+        .metadata
+        .managed_fields
+        .iter()
+        .flatten()
+        .filter(|m| m.manager.as_deref() == Some(MANAGER))
+        .filter_map(|m| m.fields_v1.as_ref())
+        .any(|f| f.0.pointer("/f:spec/f:template/f:spec/f:terminationGracePeriodSeconds").is_some())
+}
+
+fn current_grace(deploy: &Deployment) -> i64 {
+    deploy
+        .spec
+        .as_ref()
+        .and_then(|s| s.template.spec.as_ref())
+        .and_then(|s| s.termination_grace_period_seconds)
+        .unwrap_or(DEFAULT_GRACE_SECONDS)
+}
+
+/// 64-bit FNV-1a, hex: a stable hash across Rust versions and architectures.
+fn fnv1a_hex(bytes: &[u8]) -> String {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in bytes {
+        h ^= u64::from(*b);
+        h = h.wrapping_mul(0x0000_0100_0000_01b3);
+    }
+    format!("{h:016x}")
+}
+
+/// The server-side-apply body that injects the pool's sidecar into `deploy`, and its hash.
+///
+/// Everything here is owned by the operator's field manager; [`removal_patch`] (the same object
+/// with none of it) makes the API server remove exactly these fields again.
+pub fn injection_patch(pool: &ServerPool, deploy: &Deployment, cfg: &InjectionConfig) -> (Value, String) {
+    let container = sidecar_container(pool, cfg);
+    let volume = Volume {
+        name: KEY_VOLUME.to_owned(),
+        secret: Some(k8s_openapi::api::core::v1::SecretVolumeSource {
+            secret_name: Some(key_secret_name(pool)),
+            ..Default::default()
+        }),
+        ..Volume::default()
+    };
+    let mut pod_spec = serde_json::Map::new();
+    let list = if cfg.native_sidecars { "initContainers" } else { "containers" };
+    pod_spec.insert(list.to_owned(), json!([container]));
+    pod_spec.insert("volumes".to_owned(), json!([volume]));
+    let mut template = json!({
+        "metadata": {"labels": {POOL_LABEL: pool_name(pool)}},
+        "spec": Value::Object(pod_spec),
+    });
+    // The hash covers what is injected, not the grace period, which depends on the user's value.
+    let hash = fnv1a_hex(template.to_string().as_bytes());
+    let needed = needed_grace_seconds(pool);
+    if (we_own_grace(deploy) || current_grace(deploy) < needed)
+        && let Some(spec) = template.get_mut("spec").and_then(Value::as_object_mut)
+    {
+        spec.insert("terminationGracePeriodSeconds".to_owned(), json!(needed));
+    }
+    if let Some(m) = template.get_mut("metadata").and_then(Value::as_object_mut) {
+        m.insert("annotations".to_owned(), json!({INJECTED_ANNOTATION: pool_name(pool), HASH_ANNOTATION: hash}));
+    }
+    let body = json!({
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": {
+            "name": deploy.metadata.name,
+            "namespace": deploy.metadata.namespace,
+        },
+        "spec": {"template": template},
+    });
+    (body, hash)
+}
+
+/// The server-side-apply body that removes everything [`injection_patch`] added.
+pub fn removal_patch(deploy: &Deployment) -> Value {
+    json!({
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": {
+            "name": deploy.metadata.name,
+            "namespace": deploy.metadata.namespace,
+        },
+    })
+}
+
+fn template_annotation<'a>(deploy: &'a Deployment, key: &str) -> Option<&'a str> {
+    deploy.spec.as_ref()?.template.metadata.as_ref()?.annotations.as_ref()?.get(key).map(String::as_str)
+}
+
+/// The pool a Deployment asks for (annotation `handover.dev/pool`).
+pub fn requested_pool(deploy: &Deployment) -> Option<&str> {
+    deploy.annotations().get(POOL_LABEL).map(String::as_str)
+}
+
+/// The pool whose sidecar is injected in the Deployment's template.
+pub fn injected_pool(deploy: &Deployment) -> Option<&str> {
+    template_annotation(deploy, INJECTED_ANNOTATION)
+}
+
+fn has_sidecar(deploy: &Deployment) -> bool {
+    let Some(spec) = deploy.spec.as_ref().and_then(|s| s.template.spec.as_ref()) else {
+        return false;
+    };
+    spec.containers.iter().chain(spec.init_containers.iter().flatten()).any(|c| c.name == SIDECAR_NAME)
+}
+
+/// What to do with one Deployment for one pool.
+#[derive(Debug, Clone, PartialEq)]
+pub enum DeploymentPlan {
+    /// Apply the injection (new or changed).
+    Inject {
+        /// Deployment name.
+        name: String,
+        /// Server-side-apply body.
+        patch: Value,
+    },
+    /// The injection is current.
+    Injected {
+        /// Deployment name.
+        name: String,
+    },
+    /// Remove the pool's injection (the annotation is gone or names a pool that does not exist).
+    Remove {
+        /// Deployment name.
+        name: String,
+        /// Server-side-apply body.
+        patch: Value,
+    },
+    /// The Deployment asks for this pool, but another pool's selector also selects its pods.
+    Conflict {
+        /// Deployment name.
+        name: String,
+        /// The other pools, sorted.
+        others: Vec<String>,
+    },
+    /// The Deployment already carries a container named like the sidecar that is not ours.
+    ForeignSidecar {
+        /// Deployment name.
+        name: String,
+    },
+}
+
+/// What the pool must do with each Deployment of its namespace.
+///
+/// `pools` are all ServerPools (any namespace); `deployments` all Deployments (any namespace).
+/// Only the pool a Deployment's annotation names injects it; only the pool whose injection it
+/// carries removes it, and only when the annotation no longer names an existing pool (otherwise
+/// that pool's injection replaces ours, since all pools share one field manager).
+pub fn plan_deployments<'a>(
+    pool: &ServerPool,
+    deployments: impl IntoIterator<Item = &'a Deployment>,
+    pools: &[&ServerPool],
+    cfg: &InjectionConfig,
+) -> Vec<DeploymentPlan> {
+    let name = pool_name(pool);
+    let namespace = pool_namespace(pool);
+    let in_ns = |d: &&Deployment| d.metadata.namespace.as_deref() == Some(namespace.as_str());
+    let pool_exists = |n: &str| {
+        pools.iter().any(|p| {
+            p.metadata.name.as_deref() == Some(n)
+                && p.metadata.namespace.as_deref() == Some(namespace.as_str())
+                && p.metadata.deletion_timestamp.is_none()
+        })
+    };
+    let mut out = Vec::new();
+    let mut deployments: Vec<&Deployment> = deployments.into_iter().filter(in_ns).collect();
+    deployments.sort_by(|a, b| a.metadata.name.cmp(&b.metadata.name));
+    for d in deployments {
+        let Some(dname) = d.metadata.name.clone() else {
+            continue;
+        };
+        let requested = requested_pool(d);
+        let injected = injected_pool(d);
+        if requested == Some(name.as_str()) && pool.metadata.deletion_timestamp.is_none() {
+            // Pods of this Deployment, once injected, carry these labels.
+            let mut labels = d
+                .spec
+                .as_ref()
+                .and_then(|s| s.template.metadata.as_ref())
+                .and_then(|m| m.labels.clone())
+                .unwrap_or_default();
+            labels.insert(POOL_LABEL.to_owned(), name.clone());
+            let mut others: Vec<String> = pools
+                .iter()
+                .filter(|p| p.metadata.namespace.as_deref() == Some(namespace.as_str()))
+                .filter(|p| p.metadata.name.as_deref() != Some(name.as_str()))
+                .filter(|p| p.metadata.deletion_timestamp.is_none())
+                .filter(|p| selects(&selector(p), &labels))
+                .map(|p| pool_name(p))
+                .collect();
+            others.sort();
+            if !others.is_empty() {
+                out.push(DeploymentPlan::Conflict { name: dname, others });
+                continue;
+            }
+            if has_sidecar(d) && injected.is_none() {
+                out.push(DeploymentPlan::ForeignSidecar { name: dname });
+                continue;
+            }
+            let (patch, hash) = injection_patch(pool, d, cfg);
+            let current = injected == Some(name.as_str())
+                && template_annotation(d, HASH_ANNOTATION) == Some(hash.as_str())
+                && has_sidecar(d)
+                && current_grace(d) >= needed_grace_seconds(pool);
+            out.push(if current {
+                DeploymentPlan::Injected { name: dname }
+            } else {
+                DeploymentPlan::Inject { name: dname, patch }
+            });
+        } else if injected == Some(name.as_str()) {
+            let taken_over = requested.is_some_and(|r| r != name && pool_exists(r));
+            if !taken_over {
+                out.push(DeploymentPlan::Remove { name: dname, patch: removal_patch(d) });
+            }
+        }
+    }
+    out
+}
+
+/// Everything that decides the pool's conditions.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Findings {
+    /// Problems of the spec.
+    pub spec_problems: Vec<SpecProblem>,
+    /// What is wrong with the key Secret, if anything.
+    pub key_problem: Option<String>,
+    /// Deployments that could not be injected, with the reason.
+    pub deployment_problems: Vec<String>,
+    /// Child objects the API server refused, with its answer.
+    pub apply_errors: Vec<String>,
+    /// Ready members.
+    pub ready: i32,
+    /// All members.
+    pub total: i32,
+}
+
+/// One condition before its transition time is settled.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConditionValue {
+    /// `Ready`, `Degraded`.
+    pub type_: &'static str,
+    /// `True` / `False`.
+    pub status: bool,
+    /// CamelCase reason.
+    pub reason: &'static str,
+    /// For a person.
+    pub message: String,
+}
+
+/// The pool's conditions from the findings.
+pub fn condition_values(f: &Findings) -> Vec<ConditionValue> {
+    let join = |v: &[String]| v.join("; ");
+    let spec = f.spec_problems.iter().map(ToString::to_string).collect::<Vec<_>>();
+    let ready = if !spec.is_empty() {
+        ConditionValue { type_: "Ready", status: false, reason: "InvalidSpec", message: join(&spec) }
+    } else if let Some(k) = &f.key_problem {
+        ConditionValue { type_: "Ready", status: false, reason: "KeySecretInvalid", message: k.clone() }
+    } else if !f.apply_errors.is_empty() {
+        ConditionValue { type_: "Ready", status: false, reason: "ReconcileFailed", message: join(&f.apply_errors) }
+    } else if f.ready == 0 {
+        ConditionValue {
+            type_: "Ready",
+            status: false,
+            reason: "NoReadyMembers",
+            message: format!("0 of {} members ready", f.total),
+        }
+    } else {
+        ConditionValue {
+            type_: "Ready",
+            status: true,
+            reason: "MembersReady",
+            message: format!("{} of {} members ready", f.ready, f.total),
+        }
+    };
+    let degraded = if !spec.is_empty() {
+        ConditionValue { type_: "Degraded", status: true, reason: "InvalidSpec", message: join(&spec) }
+    } else if let Some(k) = &f.key_problem {
+        ConditionValue { type_: "Degraded", status: true, reason: "KeySecretInvalid", message: k.clone() }
+    } else if !f.apply_errors.is_empty() {
+        ConditionValue { type_: "Degraded", status: true, reason: "ReconcileFailed", message: join(&f.apply_errors) }
+    } else if !f.deployment_problems.is_empty() {
+        ConditionValue {
+            type_: "Degraded",
+            status: true,
+            reason: "DeploymentConflict",
+            message: join(&f.deployment_problems),
+        }
+    } else {
+        ConditionValue {
+            type_: "Degraded",
+            status: false,
+            reason: "AsExpected",
+            message: "no problem found".to_owned(),
+        }
+    };
+    vec![ready, degraded]
+}
+
+/// Kubernetes conditions from `values`, keeping each previous `lastTransitionTime` unless the
+/// status really changed, so that re-computing an unchanged status yields identical objects.
+pub fn settle_conditions(
+    previous: &[Condition],
+    values: &[ConditionValue],
+    generation: Option<i64>,
+    now: &Time,
+) -> Vec<Condition> {
+    values
+        .iter()
+        .map(|v| {
+            let status = if v.status { "True" } else { "False" };
+            let since = previous
+                .iter()
+                .find(|c| c.type_ == v.type_ && c.status == status)
+                .map_or_else(|| now.clone(), |c| c.last_transition_time.clone());
+            Condition {
+                type_: v.type_.to_owned(),
+                status: status.to_owned(),
+                reason: v.reason.to_owned(),
+                message: v.message.clone(),
+                observed_generation: generation,
+                last_transition_time: since,
+            }
+        })
+        .collect()
+}
+
+/// An Event to publish about the pool.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PoolEvent {
+    /// Warning (true) or Normal.
+    pub warning: bool,
+    /// CamelCase reason.
+    pub reason: String,
+    /// For a person.
+    pub note: String,
+}
+
+/// Events for conditions whose reason changed: a new problem is a Warning; a `Degraded` that
+/// cleared is a Normal `Recovered`.
+pub fn condition_events(previous: &[Condition], current: &[Condition]) -> Vec<PoolEvent> {
+    let mut out = Vec::new();
+    for c in current {
+        let before = previous.iter().find(|p| p.type_ == c.type_);
+        if before.is_some_and(|b| b.reason == c.reason && b.status == c.status) {
+            continue;
+        }
+        let problem = (c.type_ == "Degraded" && c.status == "True")
+            || (c.type_ == "Ready" && c.status == "False" && c.reason != "NoReadyMembers");
+        if problem {
+            // Degraded and Ready often share the reason: one Warning is enough.
+            if !out.iter().any(|e: &PoolEvent| e.reason == c.reason) {
+                out.push(PoolEvent { warning: true, reason: c.reason.clone(), note: c.message.clone() });
+            }
+        } else if c.type_ == "Degraded" && before.is_some_and(|b| b.status == "True") {
+            out.push(PoolEvent { warning: false, reason: "Recovered".to_owned(), note: c.message.clone() });
+        }
+    }
+    out
+}
+
+/// The whole status.
+pub fn status(pool: &ServerPool, members: Vec<Member>, findings: &Findings, now: &Time) -> ServerPoolStatus {
+    let previous = pool.status.as_ref().map(|s| s.conditions.as_slice()).unwrap_or_default();
+    let generation = pool.meta().generation;
+    ServerPoolStatus {
+        observed_generation: generation,
+        conditions: settle_conditions(previous, &condition_values(findings), generation, now),
+        ready_members: i32::try_from(members.iter().filter(|m| m.ready).count()).unwrap_or(i32::MAX),
+        total_members: i32::try_from(members.len()).unwrap_or(i32::MAX),
+        members,
+        service_name: Some(service_name(pool)),
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,557 @@
+use super::*;
+use crate::crd::ServerPoolSpec;
+use k8s_openapi::api::apps::v1::DeploymentSpec;
+use k8s_openapi::api::core::v1::{PodCondition, PodSpec, PodStatus, PodTemplateSpec};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::FieldsV1;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ManagedFieldsEntry};
+
+fn ts(secs: i64) -> Time {
+    Time(jiff::Timestamp::from_second(secs).unwrap_or(jiff::Timestamp::UNIX_EPOCH))
+}
+
+fn pool_in(ns: &str, name: &str, spec: ServerPoolSpec) -> ServerPool {
+    let mut p = ServerPool::new(name, spec);
+    p.metadata.namespace = Some(ns.to_owned());
+    p.metadata.uid = Some(format!("uid-{name}"));
+    p.metadata.generation = Some(3);
+    p
+}
+
+fn pool() -> ServerPool {
+    pool_in("shop", "cart", ServerPoolSpec::with_app_port(8080))
+}
+
+fn cfg() -> InjectionConfig {
+    InjectionConfig::for_minor("ghcr.io/handover/sidecar:1".to_owned(), 34)
+}
+
+fn pod(name: &str, labels: &[(&str, &str)], ready: bool, ip: Option<&str>) -> Pod {
+    Pod {
+        metadata: ObjectMeta {
+            name: Some(name.to_owned()),
+            namespace: Some("shop".to_owned()),
+            uid: Some(format!("uid-{name}")),
+            labels: Some(labels.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect()),
+            creation_timestamp: Some(ts(100)),
+            ..ObjectMeta::default()
+        },
+        spec: Some(PodSpec { service_account_name: Some("cart-sa".to_owned()), ..PodSpec::default() }),
+        status: Some(PodStatus {
+            pod_ip: ip.map(str::to_owned),
+            phase: Some("Running".to_owned()),
+            conditions: Some(vec![PodCondition {
+                type_: "Ready".to_owned(),
+                status: if ready { "True" } else { "False" }.to_owned(),
+                last_transition_time: Some(ts(200)),
+                ..PodCondition::default()
+            }]),
+            ..PodStatus::default()
+        }),
+    }
+}
+
+fn pool_pod(name: &str, ready: bool) -> Pod {
+    pod(name, &[(POOL_LABEL, "cart")], ready, Some("10.0.0.1"))
+}
+
+fn deployment(name: &str, annotation: Option<&str>, template_labels: &[(&str, &str)]) -> Deployment {
+    Deployment {
+        metadata: ObjectMeta {
+            name: Some(name.to_owned()),
+            namespace: Some("shop".to_owned()),
+            annotations: annotation.map(|a| BTreeMap::from([(POOL_LABEL.to_owned(), a.to_owned())])),
+            ..ObjectMeta::default()
+        },
+        spec: Some(DeploymentSpec {
+            selector: LabelSelector::default(),
+            template: PodTemplateSpec {
+                metadata: Some(ObjectMeta {
+                    labels: Some(template_labels.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect()),
+                    ..ObjectMeta::default()
+                }),
+                spec: Some(PodSpec {
+                    containers: vec![Container {
+                        name: "app".to_owned(),
+                        image: Some("app:1".to_owned()),
+                        ..Container::default()
+                    }],
+                    ..PodSpec::default()
+                }),
+            },
+            ..DeploymentSpec::default()
+        }),
+        status: None,
+    }
+}
+
+/// The Deployment as the API server would return it after applying `patch` (a shallow model:
+/// copies the template annotations/labels and the injected lists).
+fn applied(mut d: Deployment, patch: &Value) -> Deployment {
+    let template = &patch["spec"]["template"];
+    let Some(spec) = d.spec.as_mut() else {
+        return d;
+    };
+    let meta = spec.template.metadata.get_or_insert_with(ObjectMeta::default);
+    for (key, target) in [("labels", &mut meta.labels), ("annotations", &mut meta.annotations)] {
+        if let Some(obj) = template["metadata"][key].as_object() {
+            let map = target.get_or_insert_with(BTreeMap::new);
+            for (k, v) in obj {
+                map.insert(k.clone(), v.as_str().unwrap_or_default().to_owned());
+            }
+        }
+    }
+    let pod = spec.template.spec.get_or_insert_with(PodSpec::default);
+    if let Ok(cs) = serde_json::from_value::<Vec<Container>>(template["spec"]["initContainers"].clone()) {
+        pod.init_containers = Some(cs);
+    }
+    if let Some(g) = template["spec"]["terminationGracePeriodSeconds"].as_i64() {
+        pod.termination_grace_period_seconds = Some(g);
+    }
+    d
+}
+
+#[test]
+fn service_targets_the_sidecar_port_of_the_pool_label() {
+    let s = service(&pool());
+    assert_eq!(s.metadata.name.as_deref(), Some("cart"));
+    assert_eq!(s.metadata.namespace.as_deref(), Some("shop"));
+    let owner = &s.metadata.owner_references.as_ref().expect("owner")[0];
+    assert_eq!(owner.kind, "ServerPool");
+    assert_eq!(owner.controller, Some(true));
+    let spec = s.spec.expect("spec");
+    assert_eq!(spec.selector, Some(BTreeMap::from([(POOL_LABEL.to_owned(), "cart".to_owned())])));
+    let port = &spec.ports.expect("ports")[0];
+    assert_eq!(port.port, 80);
+    assert_eq!(port.target_port, Some(IntOrString::Int(8000)));
+    assert_eq!(spec.type_.as_deref(), Some("ClusterIP"));
+    assert_eq!(spec.session_affinity.as_deref(), Some("None"));
+}
+
+#[test]
+fn a_custom_selector_replaces_the_pool_label_everywhere() {
+    let mut spec = ServerPoolSpec::with_app_port(8080);
+    spec.selector = Some(BTreeMap::from([("app".to_owned(), "cart-web".to_owned())]));
+    let p = pool_in("shop", "cart", spec);
+    assert_eq!(
+        service(&p).spec.and_then(|s| s.selector),
+        Some(BTreeMap::from([("app".to_owned(), "cart-web".to_owned())]))
+    );
+    let pods = [
+        pod("a", &[("app", "cart-web")], true, Some("10.0.0.1")),
+        pod("b", &[(POOL_LABEL, "cart")], true, Some("10.0.0.2")),
+    ];
+    let names: Vec<String> = members(&p, &pods).into_iter().map(|m| m.pod).collect();
+    assert_eq!(names, ["a"]);
+}
+
+#[test]
+fn role_grants_read_of_the_own_pool_only() {
+    let r = role(&pool());
+    let rules = r.rules.expect("rules");
+    assert_eq!(rules.len(), 1);
+    assert_eq!(rules[0].api_groups.as_deref(), Some(&["handover.dev".to_owned()][..]));
+    assert_eq!(rules[0].resources.as_deref(), Some(&["serverpools".to_owned()][..]));
+    assert_eq!(rules[0].resource_names.as_deref(), Some(&["cart".to_owned()][..]));
+    assert_eq!(rules[0].verbs, ["get", "list", "watch"]);
+}
+
+#[test]
+fn role_binding_names_every_service_account_once_sorted() {
+    let pods = [pool_pod("a", true)];
+    let mut other = deployment("web", Some("cart"), &[]);
+    if let Some(s) = other.spec.as_mut().and_then(|s| s.template.spec.as_mut()) {
+        s.service_account_name = Some("web-sa".to_owned());
+    }
+    let plain = deployment("plain", Some("cart"), &[]);
+    let sas = service_accounts(&pods, [&other, &plain]);
+    let rb = role_binding(&pool(), &sas);
+    let subjects: Vec<(String, Option<String>)> =
+        rb.subjects.expect("subjects").into_iter().map(|s| (s.name, s.namespace)).collect();
+    assert_eq!(
+        subjects,
+        [
+            ("cart-sa".to_owned(), Some("shop".to_owned())),
+            ("default".to_owned(), Some("shop".to_owned())),
+            ("web-sa".to_owned(), Some("shop".to_owned())),
+        ]
+    );
+    assert_eq!(rb.role_ref.name, "cart-handover-registry");
+    assert_eq!(rb.role_ref.kind, "Role");
+}
+
+#[test]
+fn key_secret_holds_a_parsable_key_file_under_keys() {
+    let ring = KeyRing::initial([5; 32], 1_700_000_000);
+    let s = key_secret(&pool(), &ring);
+    assert_eq!(s.metadata.name.as_deref(), Some("cart-handover-keys"));
+    let data = s.data.expect("data");
+    assert_eq!(data.keys().collect::<Vec<_>>(), ["keys"]);
+    assert_eq!(KeyRing::parse_bytes(&data["keys"].0), Ok(ring));
+}
+
+#[test]
+fn members_are_sorted_and_only_ready_pods_with_an_ip_count_as_ready() {
+    let mut terminating = pool_pod("d", true);
+    terminating.metadata.deletion_timestamp = Some(ts(300));
+    let mut finished = pool_pod("e", false);
+    if let Some(s) = finished.status.as_mut() {
+        s.phase = Some("Succeeded".to_owned());
+    }
+    let mut elsewhere = pool_pod("f", true);
+    elsewhere.metadata.namespace = Some("other".to_owned());
+    let pods = [
+        pool_pod("c", true),
+        pool_pod("a", false),
+        pod("b", &[(POOL_LABEL, "cart")], true, None),
+        terminating,
+        finished,
+        elsewhere,
+        pod("g", &[(POOL_LABEL, "orders")], true, Some("10.0.0.9")),
+    ];
+    let ms = members(&pool(), &pods);
+    let view: Vec<(&str, bool)> = ms.iter().map(|m| (m.pod.as_str(), m.ready)).collect();
+    assert_eq!(view, [("a", false), ("b", false), ("c", true), ("d", false)]);
+    assert_eq!(ms[2].ip.as_deref(), Some("10.0.0.1"));
+    assert_eq!(ms[2].since, Some(ts(200)));
+    assert_eq!(ms[1].ip, None);
+}
+
+#[test]
+fn member_order_does_not_depend_on_input_order() {
+    let a = [pool_pod("x", true), pool_pod("y", true), pool_pod("z", false)];
+    let b = [pool_pod("z", false), pool_pod("x", true), pool_pod("y", true)];
+    assert_eq!(members(&pool(), &a), members(&pool(), &b));
+}
+
+#[test]
+fn membership_change_names_pods_that_joined_and_left() {
+    let before = members(&pool(), &[pool_pod("a", true), pool_pod("b", true)]);
+    let after = members(&pool(), &[pool_pod("b", false), pool_pod("c", true)]);
+    let change = membership_change(&before, &after);
+    assert_eq!(change.ready, ["c"]);
+    assert_eq!(change.unready, ["a", "b"]);
+    assert!(membership_change(&after, &after).is_empty());
+}
+
+#[test]
+fn sidecar_is_a_native_sidecar_with_probes_env_and_keys() {
+    let c = sidecar_container(&pool(), &cfg());
+    assert_eq!(c.name, SIDECAR_NAME);
+    assert_eq!(c.restart_policy.as_deref(), Some("Always"));
+    assert_eq!(c.args, Some(vec!["run".to_owned()]));
+    let startup = c.startup_probe.expect("startup").http_get.expect("http");
+    assert_eq!(startup.path.as_deref(), Some("/live"));
+    assert_eq!(startup.port, IntOrString::Int(9901));
+    let ready = c.readiness_probe.expect("readiness").http_get.expect("http");
+    assert_eq!(ready.path.as_deref(), Some("/ready"));
+    let env: BTreeMap<String, (Option<String>, Option<String>)> = c
+        .env
+        .expect("env")
+        .into_iter()
+        .map(|e| {
+            let field = e.value_from.and_then(|v| v.field_ref).map(|f| f.field_path);
+            (e.name, (e.value, field))
+        })
+        .collect();
+    assert_eq!(env["HANDOVER_POOL"].0.as_deref(), Some("shop/cart"));
+    assert_eq!(env["HANDOVER_POD_NAME"].1.as_deref(), Some("metadata.name"));
+    assert_eq!(env["HANDOVER_POD_UID"].1.as_deref(), Some("metadata.uid"));
+    assert_eq!(env["HANDOVER_POD_IP"].1.as_deref(), Some("status.podIP"));
+    assert_eq!(env["HANDOVER_REGISTRY"].0.as_deref(), Some("kubernetes"));
+    assert_eq!(env["HANDOVER_APP"].0.as_deref(), Some("127.0.0.1:8080"));
+    assert_eq!(env["HANDOVER_LISTEN"].0.as_deref(), Some("0.0.0.0:8000"));
+    assert_eq!(env["HANDOVER_ADMIN"].0.as_deref(), Some("0.0.0.0:9901"));
+    assert_eq!(env["HANDOVER_KEY_FILE"].0.as_deref(), Some("/etc/handover/keys/keys"));
+    assert_eq!(env["HANDOVER_MODE"].0.as_deref(), Some("both"));
+    assert_eq!(env["HANDOVER_COOKIE_SAME_SITE"].0.as_deref(), Some("Lax"));
+    assert_eq!(env["HANDOVER_COOKIE_SECURE"].0.as_deref(), Some("true"));
+    let mounts = c.volume_mounts.expect("mounts");
+    assert_eq!(mounts[0].mount_path, "/etc/handover/keys");
+    assert_eq!(mounts[0].read_only, Some(true));
+    let pre_stop = c.lifecycle.and_then(|l| l.pre_stop).and_then(|p| p.sleep);
+    assert_eq!(pre_stop.map(|s| s.seconds), Some(PRESTOP_SLEEP_SECONDS));
+}
+
+#[test]
+fn old_clusters_get_a_regular_container_without_sleep_hook() {
+    let old = InjectionConfig::for_minor("img".to_owned(), 28);
+    let d = deployment("web", Some("cart"), &[]);
+    let (patch, _) = injection_patch(&pool(), &d, &old);
+    let spec = &patch["spec"]["template"]["spec"];
+    assert!(spec.get("initContainers").is_none());
+    assert_eq!(spec["containers"][0]["name"], SIDECAR_NAME);
+    assert!(spec["containers"][0].get("restartPolicy").is_none());
+    assert!(spec["containers"][0].get("lifecycle").is_none());
+}
+
+#[test]
+fn injection_patch_adds_label_volume_grace_and_marker_only() {
+    let d = deployment("web", Some("cart"), &[("app", "web")]);
+    let (patch, hash) = injection_patch(&pool(), &d, &cfg());
+    assert_eq!(patch["apiVersion"], "apps/v1");
+    assert_eq!(patch["kind"], "Deployment");
+    assert_eq!(patch["metadata"]["name"], "web");
+    // Nothing outside the template: the Deployment's selector and replicas stay the user's.
+    assert_eq!(
+        patch["spec"].as_object().map(|o| o.keys().cloned().collect::<Vec<_>>()),
+        Some(vec!["template".to_owned()])
+    );
+    let t = &patch["spec"]["template"];
+    assert_eq!(t["metadata"]["labels"][POOL_LABEL], "cart");
+    assert_eq!(t["metadata"]["annotations"][INJECTED_ANNOTATION], "cart");
+    assert_eq!(t["metadata"]["annotations"][HASH_ANNOTATION], hash.as_str());
+    assert_eq!(t["spec"]["initContainers"][0]["name"], SIDECAR_NAME);
+    assert!(t["spec"].get("containers").is_none(), "app containers are never touched");
+    assert_eq!(t["spec"]["volumes"][0]["name"], KEY_VOLUME);
+    assert_eq!(t["spec"]["volumes"][0]["secret"]["secretName"], "cart-handover-keys");
+    assert_eq!(t["spec"]["terminationGracePeriodSeconds"], 5 + 20 + 15);
+}
+
+#[test]
+fn a_long_enough_user_grace_period_is_left_alone() {
+    let mut d = deployment("web", Some("cart"), &[]);
+    if let Some(s) = d.spec.as_mut().and_then(|s| s.template.spec.as_mut()) {
+        s.termination_grace_period_seconds = Some(120);
+    }
+    let (patch, _) = injection_patch(&pool(), &d, &cfg());
+    assert!(patch["spec"]["template"]["spec"].get("terminationGracePeriodSeconds").is_none());
+}
+
+#[test]
+fn a_grace_period_we_own_stays_in_the_patch_so_it_never_flaps() {
+    let mut d = deployment("web", Some("cart"), &[]);
+    if let Some(s) = d.spec.as_mut().and_then(|s| s.template.spec.as_mut()) {
+        s.termination_grace_period_seconds = Some(40);
+    }
+    d.metadata.managed_fields = Some(vec![ManagedFieldsEntry {
+        manager: Some(MANAGER.to_owned()),
+        operation: Some("Apply".to_owned()),
+        fields_v1: Some(FieldsV1(json!({
+            "f:spec": {"f:template": {"f:spec": {"f:terminationGracePeriodSeconds": {}}}}
+        }))),
+        ..ManagedFieldsEntry::default()
+    }]);
+    let (patch, _) = injection_patch(&pool(), &d, &cfg());
+    assert_eq!(patch["spec"]["template"]["spec"]["terminationGracePeriodSeconds"], 40);
+}
+
+#[test]
+fn injection_is_idempotent_once_applied() {
+    let p = pool();
+    let d = deployment("web", Some("cart"), &[]);
+    let first = plan_deployments(&p, [&d], &[&p], &cfg());
+    let DeploymentPlan::Inject { patch, .. } = &first[0] else {
+        panic!("expected an injection, got {first:?}");
+    };
+    let after = applied(d, patch);
+    let second = plan_deployments(&p, [&after], &[&p], &cfg());
+    assert_eq!(second, [DeploymentPlan::Injected { name: "web".to_owned() }]);
+}
+
+#[test]
+fn a_spec_change_changes_the_hash_and_reinjects() {
+    let p = pool();
+    let d = deployment("web", Some("cart"), &[]);
+    let (patch, _) = injection_patch(&p, &d, &cfg());
+    let after = applied(d, &patch);
+    let mut changed = p.clone();
+    changed.spec.snapshot.interval = "5s".to_owned();
+    let plan = plan_deployments(&changed, [&after], &[&changed], &cfg());
+    assert!(matches!(plan[..], [DeploymentPlan::Inject { .. }]), "{plan:?}");
+}
+
+#[test]
+fn removing_the_annotation_removes_the_injection() {
+    let p = pool();
+    let d = deployment("web", Some("cart"), &[]);
+    let (patch, _) = injection_patch(&p, &d, &cfg());
+    let mut after = applied(d, &patch);
+    after.metadata.annotations = None;
+    let plan = plan_deployments(&p, [&after], &[&p], &cfg());
+    let [DeploymentPlan::Remove { name, patch }] = &plan[..] else {
+        panic!("expected a removal, got {plan:?}");
+    };
+    assert_eq!(name, "web");
+    // The removal body carries no template: SSA drops every field the operator owned.
+    assert!(patch.get("spec").is_none());
+    assert_eq!(patch["metadata"]["name"], "web");
+}
+
+#[test]
+fn a_deleted_pool_removes_its_injection() {
+    let mut p = pool();
+    let d = deployment("web", Some("cart"), &[]);
+    let (patch, _) = injection_patch(&p, &d, &cfg());
+    let after = applied(d, &patch);
+    p.metadata.deletion_timestamp = Some(ts(500));
+    let plan = plan_deployments(&p, [&after], &[&p], &cfg());
+    assert!(matches!(plan[..], [DeploymentPlan::Remove { .. }]), "{plan:?}");
+}
+
+#[test]
+fn moving_the_annotation_to_another_existing_pool_leaves_the_switch_to_it() {
+    let cart = pool();
+    let orders = pool_in("shop", "orders", ServerPoolSpec::with_app_port(8080));
+    let d = deployment("web", Some("cart"), &[]);
+    let (patch, _) = injection_patch(&cart, &d, &cfg());
+    let mut after = applied(d, &patch);
+    after.metadata.annotations = Some(BTreeMap::from([(POOL_LABEL.to_owned(), "orders".to_owned())]));
+    assert_eq!(plan_deployments(&cart, [&after], &[&cart, &orders], &cfg()), []);
+    let plan = plan_deployments(&orders, [&after], &[&cart, &orders], &cfg());
+    assert!(matches!(plan[..], [DeploymentPlan::Inject { .. }]), "{plan:?}");
+    // If the named pool does not exist, the old pool cleans up.
+    let plan = plan_deployments(&cart, [&after], &[&cart], &cfg());
+    assert!(matches!(plan[..], [DeploymentPlan::Remove { .. }]), "{plan:?}");
+}
+
+#[test]
+fn two_pools_claiming_one_deployment_is_a_conflict_not_an_injection() {
+    let cart = pool();
+    let mut spec = ServerPoolSpec::with_app_port(8080);
+    spec.selector = Some(BTreeMap::from([("app".to_owned(), "web".to_owned())]));
+    let web_pool = pool_in("shop", "web", spec);
+    let d = deployment("web", Some("cart"), &[("app", "web")]);
+    let plan = plan_deployments(&cart, [&d], &[&cart, &web_pool], &cfg());
+    assert_eq!(plan, [DeploymentPlan::Conflict { name: "web".to_owned(), others: vec!["web".to_owned()] }]);
+    // A pool being deleted no longer conflicts.
+    let mut leaving = web_pool.clone();
+    leaving.metadata.deletion_timestamp = Some(ts(9));
+    let plan = plan_deployments(&cart, [&d], &[&cart, &leaving], &cfg());
+    assert!(matches!(plan[..], [DeploymentPlan::Inject { .. }]), "{plan:?}");
+    // A pool of the same name in another namespace is no conflict.
+    let mut elsewhere = web_pool.clone();
+    elsewhere.metadata.namespace = Some("other".to_owned());
+    let plan = plan_deployments(&cart, [&d], &[&cart, &elsewhere], &cfg());
+    assert!(matches!(plan[..], [DeploymentPlan::Inject { .. }]), "{plan:?}");
+}
+
+#[test]
+fn a_hand_written_container_named_like_the_sidecar_is_not_overwritten() {
+    let mut d = deployment("web", Some("cart"), &[]);
+    if let Some(s) = d.spec.as_mut().and_then(|s| s.template.spec.as_mut()) {
+        s.containers.push(Container { name: SIDECAR_NAME.to_owned(), ..Container::default() });
+    }
+    let p = pool();
+    assert_eq!(plan_deployments(&p, [&d], &[&p], &cfg()), [DeploymentPlan::ForeignSidecar { name: "web".to_owned() }]);
+}
+
+#[test]
+fn deployments_of_other_namespaces_and_pools_are_ignored() {
+    let p = pool();
+    let mut elsewhere = deployment("web", Some("cart"), &[]);
+    elsewhere.metadata.namespace = Some("other".to_owned());
+    let other_pool = deployment("api", Some("orders"), &[]);
+    let plain = deployment("plain", None, &[]);
+    assert_eq!(plan_deployments(&p, [&elsewhere, &other_pool, &plain], &[&p], &cfg()), []);
+}
+
+#[test]
+fn conditions_report_invalid_spec_first() {
+    let f = Findings {
+        spec_problems: vec![SpecProblem { field: "spec.sidecarPort", message: "clash".to_owned() }],
+        key_problem: Some("bad keys".to_owned()),
+        ready: 2,
+        total: 2,
+        ..Findings::default()
+    };
+    let v = condition_values(&f);
+    assert_eq!((v[0].type_, v[0].status, v[0].reason), ("Ready", false, "InvalidSpec"));
+    assert_eq!(v[0].message, "spec.sidecarPort: clash");
+    assert_eq!((v[1].type_, v[1].status, v[1].reason), ("Degraded", true, "InvalidSpec"));
+}
+
+#[test]
+fn conditions_for_keys_members_and_conflicts() {
+    let keys = Findings { key_problem: Some("line 1: bad".to_owned()), ready: 1, total: 1, ..Findings::default() };
+    assert_eq!(condition_values(&keys)[0].reason, "KeySecretInvalid");
+    let empty = Findings::default();
+    let v = condition_values(&empty);
+    assert_eq!((v[0].status, v[0].reason), (false, "NoReadyMembers"));
+    assert_eq!((v[1].status, v[1].reason), (false, "AsExpected"));
+    let conflict = Findings {
+        deployment_problems: vec!["web: also selected by pool x".to_owned()],
+        ready: 2,
+        total: 3,
+        ..Findings::default()
+    };
+    let v = condition_values(&conflict);
+    assert_eq!((v[0].status, v[0].reason, v[0].message.as_str()), (true, "MembersReady", "2 of 3 members ready"));
+    assert_eq!((v[1].status, v[1].reason), (true, "DeploymentConflict"));
+}
+
+#[test]
+fn transition_time_changes_only_on_a_real_transition() {
+    let ready = |n: i32| Findings { ready: n, total: 3, ..Findings::default() };
+    let first = settle_conditions(&[], &condition_values(&ready(1)), Some(1), &ts(10));
+    assert_eq!(first[0].last_transition_time, ts(10));
+    // Message changes (1 -> 2 ready), status does not: time stays.
+    let second = settle_conditions(&first, &condition_values(&ready(2)), Some(1), &ts(20));
+    assert_eq!(second[0].last_transition_time, ts(10));
+    assert_eq!(second[0].message, "2 of 3 members ready");
+    // Ready -> not ready: time moves.
+    let third = settle_conditions(&second, &condition_values(&ready(0)), Some(1), &ts(30));
+    assert_eq!(third[0].last_transition_time, ts(30));
+    assert_eq!(third[1].last_transition_time, ts(10), "Degraded did not transition");
+}
+
+#[test]
+fn recomputing_an_unchanged_status_yields_an_identical_status() {
+    let mut p = pool();
+    let pods = [pool_pod("b", true), pool_pod("a", true)];
+    let f = Findings { ready: 2, total: 2, ..Findings::default() };
+    let s1 = status(&p, members(&p, &pods), &f, &ts(10));
+    p.status = Some(s1.clone());
+    let s2 = status(&p, members(&p, &pods), &f, &ts(99));
+    assert_eq!(s1, s2);
+    assert_eq!(s2.ready_members, 2);
+    assert_eq!(s2.total_members, 2);
+    assert_eq!(s2.observed_generation, Some(3));
+    assert_eq!(s2.service_name.as_deref(), Some("cart"));
+}
+
+#[test]
+fn injection_config_follows_the_server_version() {
+    assert!(!InjectionConfig::for_minor(String::new(), 28).native_sidecars);
+    assert!(InjectionConfig::for_minor(String::new(), 29).native_sidecars);
+    assert!(!InjectionConfig::for_minor(String::new(), 29).sleep_action);
+    assert!(InjectionConfig::for_minor(String::new(), 30).sleep_action);
+}
+
+#[test]
+fn apply_errors_make_the_pool_unready_and_degraded() {
+    let f = Findings {
+        apply_errors: vec!["apply Service shop/cart: forbidden".to_owned()],
+        ready: 2,
+        total: 2,
+        ..Findings::default()
+    };
+    let v = condition_values(&f);
+    assert_eq!((v[0].status, v[0].reason), (false, "ReconcileFailed"));
+    assert_eq!((v[1].status, v[1].reason), (true, "ReconcileFailed"));
+}
+
+#[test]
+fn events_fire_once_per_transition_not_per_reconcile() {
+    let ok = Findings { ready: 1, total: 1, ..Findings::default() };
+    let bad = Findings {
+        spec_problems: vec![SpecProblem { field: "spec.appPort", message: "clash".to_owned() }],
+        ..Findings::default()
+    };
+    let c_ok = settle_conditions(&[], &condition_values(&ok), Some(1), &ts(1));
+    assert_eq!(condition_events(&[], &c_ok), []);
+    let c_bad = settle_conditions(&c_ok, &condition_values(&bad), Some(2), &ts(2));
+    let events = condition_events(&c_ok, &c_bad);
+    assert_eq!(events.len(), 1, "{events:?}");
+    assert!(events[0].warning);
+    assert_eq!(events[0].reason, "InvalidSpec");
+    assert_eq!(events[0].note, "spec.appPort: clash");
+    // The same problem again: no new Event.
+    assert_eq!(condition_events(&c_bad, &c_bad), []);
+    // Fixed: one Normal Recovered.
+    let c_fixed = settle_conditions(&c_bad, &condition_values(&ok), Some(3), &ts(3));
+    let events = condition_events(&c_bad, &c_fixed);
+    assert_eq!(
+        events,
+        [PoolEvent { warning: false, reason: "Recovered".to_owned(), note: "no problem found".to_owned() }]
+    );
+}

@@ -1,0 +1,289 @@
+//! The registry inside a pod: the ready members published by the operator in the pool's
+//! `ServerPool.status.members`.
+//!
+//! One watch on one object (field selector `metadata.name=<pool>`), which the pod's
+//! ServiceAccount may read thanks to the Role the operator creates. The watcher re-lists and
+//! re-watches with backoff when the API server goes away; meanwhile the last known members stay in
+//! force (a sidecar that cannot reach the API server keeps routing as before).
+//!
+//! The ServerPool is read as a dynamic object into the few fields needed here, so the sidecar
+//! does not depend on the operator crate.
+
+use std::net::{IpAddr, SocketAddr};
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use futures::StreamExt;
+use kube::api::{Api, ApiResource, DynamicObject, GroupVersionKind};
+use kube::runtime::{WatchStreamExt, watcher};
+use serde::Deserialize;
+
+use crate::registry::{Member, Registry};
+
+/// The sidecar port when the ServerPool does not say (the CRD's default).
+const DEFAULT_SIDECAR_PORT: u16 = 8000;
+/// How long [`KubeRegistry::start`] waits for the first list before returning.
+const FIRST_SYNC: Duration = Duration::from_secs(5);
+
+/// The part of `ServerPool.spec` the registry reads.
+#[derive(Debug, Default, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct PoolSpec {
+    #[serde(default)]
+    sidecar_port: Option<i64>,
+}
+
+/// The part of `ServerPool.status` the registry reads.
+#[derive(Debug, Default, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct PoolStatus {
+    #[serde(default)]
+    members: Vec<MemberStatus>,
+}
+
+/// One entry of `status.members`.
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct MemberStatus {
+    pod: String,
+    #[serde(default)]
+    uid: String,
+    #[serde(default)]
+    ip: Option<String>,
+    #[serde(default)]
+    ready: bool,
+}
+
+/// The ready members of a ServerPool object (its JSON: `spec` and `status`), sorted by name.
+/// Anything malformed counts as absent: a member without a parsable IP is skipped, an unusable
+/// `sidecarPort` falls back to the default.
+pub fn members_of(pool: &serde_json::Value) -> Vec<Member> {
+    let spec: PoolSpec = pool.get("spec").and_then(|s| PoolSpec::deserialize(s).ok()).unwrap_or_default();
+    let port =
+        spec.sidecar_port.and_then(|p| u16::try_from(p).ok()).filter(|p| *p != 0).unwrap_or(DEFAULT_SIDECAR_PORT);
+    let status: PoolStatus = pool.get("status").and_then(|s| PoolStatus::deserialize(s).ok()).unwrap_or_default();
+    let mut members: Vec<Member> = status
+        .members
+        .into_iter()
+        .filter(|m| m.ready)
+        .filter_map(|m| {
+            let ip: IpAddr = m.ip.as_deref()?.parse().ok()?;
+            Some(Member { name: m.pod, uid: m.uid, addr: SocketAddr::new(ip, port) })
+        })
+        .collect();
+    members.sort_by(|a, b| a.name.cmp(&b.name).then_with(|| a.uid.cmp(&b.uid)));
+    members
+}
+
+/// A [`Registry`] fed by a watch on the pool's ServerPool.
+pub struct KubeRegistry {
+    members: RwLock<Arc<Vec<Member>>>,
+}
+
+impl Registry for KubeRegistry {
+    fn live(&self) -> Arc<Vec<Member>> {
+        match self.members.read() {
+            Ok(m) => m.clone(),
+            Err(poisoned) => poisoned.into_inner().clone(),
+        }
+    }
+}
+
+impl KubeRegistry {
+    /// An empty registry (no live member known yet).
+    fn empty() -> Self {
+        Self { members: RwLock::new(Arc::new(Vec::new())) }
+    }
+
+    fn set(&self, members: Vec<Member>) {
+        let mut slot = match self.members.write() {
+            Ok(slot) => slot,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        if **slot != members {
+            tracing::info!(
+                members = ?members.iter().map(|m| m.name.as_str()).collect::<Vec<_>>(),
+                "pool membership changed"
+            );
+            *slot = Arc::new(members);
+        }
+    }
+
+    /// Applies one watch event. Returns true once a full list has been seen.
+    fn on_event(&self, event: watcher::Event<DynamicObject>, seen_in_init: &mut bool) -> bool {
+        match event {
+            watcher::Event::Init => {
+                *seen_in_init = false;
+                false
+            }
+            watcher::Event::InitApply(obj) => {
+                *seen_in_init = true;
+                self.set(members_of(&obj.data));
+                false
+            }
+            watcher::Event::InitDone => {
+                if !*seen_in_init {
+                    // The pool does not exist (any more): nobody is alive.
+                    self.set(Vec::new());
+                }
+                true
+            }
+            watcher::Event::Apply(obj) => {
+                self.set(members_of(&obj.data));
+                true
+            }
+            watcher::Event::Delete(_) => {
+                self.set(Vec::new());
+                true
+            }
+        }
+    }
+
+    /// Connects with the in-cluster configuration and watches ServerPool `namespace/pool`.
+    /// Waits up to a few seconds for the first list, then returns; the watch goes on in the
+    /// background for the life of the process.
+    pub async fn start(namespace: &str, pool: &str) -> Result<Arc<KubeRegistry>, kube::Error> {
+        let client = kube::Client::try_default().await?;
+        let gvk = GroupVersionKind::gvk("handover.dev", "v1alpha1", "ServerPool");
+        let resource = ApiResource::from_gvk_with_plural(&gvk, "serverpools");
+        let api: Api<DynamicObject> = Api::namespaced_with(client, namespace, &resource);
+        let config = watcher::Config::default().fields(&format!("metadata.name={pool}"));
+        let registry = Arc::new(KubeRegistry::empty());
+        let (synced_tx, synced_rx) = tokio::sync::oneshot::channel::<()>();
+        let feed = registry.clone();
+        let pool_name = format!("{namespace}/{pool}");
+        tokio::spawn(async move {
+            let mut synced = Some(synced_tx);
+            let mut seen_in_init = false;
+            let mut events = watcher(api, config).default_backoff().boxed();
+            while let Some(event) = events.next().await {
+                match event {
+                    Ok(event) => {
+                        if feed.on_event(event, &mut seen_in_init)
+                            && let Some(tx) = synced.take()
+                        {
+                            let _ = tx.send(());
+                        }
+                    }
+                    // The watcher retries with backoff; the last known members stay.
+                    Err(e) => {
+                        tracing::warn!(pool = %pool_name, error = %e, "ServerPool watch failed; retrying")
+                    }
+                }
+            }
+        });
+        if tokio::time::timeout(FIRST_SYNC, synced_rx).await.is_err() {
+            tracing::warn!(namespace, pool, "no ServerPool list yet; starting with an empty registry");
+        }
+        Ok(registry)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn pool(members: serde_json::Value) -> serde_json::Value {
+        json!({
+            "apiVersion": "handover.dev/v1alpha1",
+            "kind": "ServerPool",
+            "metadata": {"name": "cart", "namespace": "shop"},
+            "spec": {"appPort": 8080, "sidecarPort": 8100},
+            "status": {"members": members, "readyMembers": 2},
+        })
+    }
+
+    fn dynamic(value: serde_json::Value) -> DynamicObject {
+        serde_json::from_value(value).expect("a DynamicObject")
+    }
+
+    #[test]
+    fn only_ready_members_with_an_ip_are_live_sorted_by_name() {
+        let p = pool(json!([
+            {"pod": "cart-c", "uid": "u3", "ip": "10.0.0.3", "ready": true},
+            {"pod": "cart-a", "uid": "u1", "ip": "10.0.0.1", "ready": true},
+            {"pod": "cart-b", "uid": "u2", "ip": "10.0.0.2", "ready": false},
+            {"pod": "cart-d", "uid": "u4", "ready": true},
+            {"pod": "cart-e", "uid": "u5", "ip": "not-an-ip", "ready": true},
+            {"pod": "cart-f", "uid": "u6", "ip": "fd00::6", "ready": true},
+        ]));
+        let live = members_of(&p);
+        let view: Vec<(&str, &str, String)> =
+            live.iter().map(|m| (m.name.as_str(), m.uid.as_str(), m.addr.to_string())).collect();
+        assert_eq!(
+            view,
+            [
+                ("cart-a", "u1", "10.0.0.1:8100".to_owned()),
+                ("cart-c", "u3", "10.0.0.3:8100".to_owned()),
+                ("cart-f", "u6", "[fd00::6]:8100".to_owned()),
+            ]
+        );
+    }
+
+    #[test]
+    fn missing_or_malformed_fields_never_panic() {
+        assert!(members_of(&json!({})).is_empty());
+        assert!(members_of(&json!({"status": "garbage"})).is_empty());
+        assert!(members_of(&json!({"status": {"members": [{"ip": "10.0.0.1"}]}})).is_empty());
+        // Bad port: the default is used.
+        let p = json!({
+            "spec": {"sidecarPort": 70000},
+            "status": {"members": [{"pod": "a", "uid": "u", "ip": "10.0.0.1", "ready": true}]},
+        });
+        assert_eq!(members_of(&p)[0].addr.port(), DEFAULT_SIDECAR_PORT);
+        let p = json!({"status": {"members": [{"pod": "a", "ip": "10.0.0.1", "ready": true}]}});
+        assert_eq!(members_of(&p)[0].addr.port(), DEFAULT_SIDECAR_PORT);
+    }
+
+    #[test]
+    fn a_member_that_stops_being_ready_leaves_on_the_next_event() {
+        let r = KubeRegistry::empty();
+        let mut seen = false;
+        let both = pool(json!([
+            {"pod": "a", "uid": "u1", "ip": "10.0.0.1", "ready": true},
+            {"pod": "b", "uid": "u2", "ip": "10.0.0.2", "ready": true},
+        ]));
+        assert!(r.on_event(watcher::Event::Apply(dynamic(both)), &mut seen));
+        assert_eq!(r.live().len(), 2);
+        let one = pool(json!([
+            {"pod": "a", "uid": "u1", "ip": "10.0.0.1", "ready": true},
+            {"pod": "b", "uid": "u2", "ip": "10.0.0.2", "ready": false},
+        ]));
+        r.on_event(watcher::Event::Apply(dynamic(one)), &mut seen);
+        let names: Vec<String> = r.live().iter().map(|m| m.name.clone()).collect();
+        assert_eq!(names, ["a"]);
+    }
+
+    #[test]
+    fn a_relist_without_the_pool_empties_the_registry() {
+        let r = KubeRegistry::empty();
+        let mut seen = false;
+        let p = pool(json!([{"pod": "a", "uid": "u1", "ip": "10.0.0.1", "ready": true}]));
+        r.on_event(watcher::Event::Init, &mut seen);
+        r.on_event(watcher::Event::InitApply(dynamic(p.clone())), &mut seen);
+        assert!(r.on_event(watcher::Event::InitDone, &mut seen));
+        assert_eq!(r.live().len(), 1);
+        // The API server came back and the pool is gone.
+        r.on_event(watcher::Event::Init, &mut seen);
+        assert_eq!(r.live().len(), 1, "the old view stays during the re-list");
+        r.on_event(watcher::Event::InitDone, &mut seen);
+        assert!(r.live().is_empty());
+        // And a deletion event empties it too.
+        r.on_event(watcher::Event::Apply(dynamic(p)), &mut seen);
+        assert_eq!(r.live().len(), 1);
+        r.on_event(watcher::Event::Delete(dynamic(pool(json!([])))), &mut seen);
+        assert!(r.live().is_empty());
+    }
+
+    #[test]
+    fn an_unchanged_view_keeps_the_same_snapshot() {
+        let r = KubeRegistry::empty();
+        let mut seen = false;
+        let p = pool(json!([{"pod": "a", "uid": "u1", "ip": "10.0.0.1", "ready": true}]));
+        r.on_event(watcher::Event::Apply(dynamic(p.clone())), &mut seen);
+        let first = r.live();
+        r.on_event(watcher::Event::Apply(dynamic(p)), &mut seen);
+        assert!(Arc::ptr_eq(&first, &r.live()));
+    }
+}
