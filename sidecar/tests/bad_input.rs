@@ -37,7 +37,8 @@ async fn tampered_and_garbage_cookies_count_as_absent_never_as_errors() {
     tampered[middle] = if tampered[middle] == b'A' { b'B' } else { b'A' };
     let cases = [
         ("tampered", String::from_utf8(tampered).expect("ascii")),
-        ("truncated", sealed[..sealed.len() - 10].to_owned()),
+        // A multiple of 4 characters keeps it valid base64: the seal, not the decoding, refuses it.
+        ("truncated", sealed[..sealed.len() - 8].to_owned()),
         ("garbage", "%%%not-a-cookie%%%".to_owned()),
         ("missing_chunk", "3.AAAA".to_owned()),
     ];
