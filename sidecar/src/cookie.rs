@@ -391,7 +391,8 @@ mod tests {
         assert_eq!(open("AAAA", "p", &keys, 0), Err(CookieError::Garbage));
         assert_eq!(open(&value, "p", &ring(&[2]), 0), Err(CookieError::UnknownKey(1)));
         // Truncated: drop the last characters (the tag).
-        assert_eq!(open(&value[..value.len() - 8], "p", &keys, 0), Err(CookieError::Tampered));
+        let cut = (value.len() - 8) / 4 * 4;
+        assert_eq!(open(&value[..cut], "p", &keys, 0), Err(CookieError::Tampered));
         let mut raw = URL_SAFE_NO_PAD.decode(&value).expect("base64");
         raw[0] = 9;
         assert_eq!(open(&URL_SAFE_NO_PAD.encode(&raw), "p", &keys, 0), Err(CookieError::UnsupportedVersion(9)));
