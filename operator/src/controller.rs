@@ -69,10 +69,7 @@ pub struct Context {
 
 /// Kubernetes minor version from `/version` (`"34"`, `"34+"`).
 pub fn parse_minor(minor: &str) -> u32 {
-    minor
-        .trim_end_matches(|c: char| !c.is_ascii_digit())
-        .parse()
-        .unwrap_or(0)
+    minor.trim_end_matches(|c: char| !c.is_ascii_digit()).parse().unwrap_or(0)
 }
 
 /// Keeps only what the reconciler reads from a pod, to keep the cache small.
@@ -80,10 +77,7 @@ fn slim_pod(pod: &mut Pod) {
     pod.metadata.managed_fields = None;
     pod.metadata.annotations = None;
     if let Some(spec) = pod.spec.as_mut() {
-        *spec = PodSpec {
-            service_account_name: spec.service_account_name.take(),
-            ..PodSpec::default()
-        };
+        *spec = PodSpec { service_account_name: spec.service_account_name.take(), ..PodSpec::default() };
     }
     if let Some(status) = pod.status.as_mut() {
         *status = PodStatus {
@@ -112,9 +106,7 @@ fn pools_for_pod(pools: &Store<ServerPool>, pod: &Pod) -> Vec<ObjectRef<ServerPo
         .filter(|p| p.namespace() == ns)
         .filter(|p| {
             desired::selects(&desired::selector(p), pod.labels())
-                || p.status
-                    .as_ref()
-                    .is_some_and(|s| s.members.iter().any(|m| m.pod == name))
+                || p.status.as_ref().is_some_and(|s| s.members.iter().any(|m| m.pod == name))
         })
         .map(|p| ObjectRef::from_obj(p.as_ref()))
         .collect()
@@ -126,30 +118,18 @@ fn pools_for_deployment(pools: &Store<ServerPool>, d: &Deployment) -> Vec<Object
     let Some(ns) = d.namespace() else {
         return Vec::new();
     };
-    let mut names: Vec<String> = desired::requested_pool(d)
-        .into_iter()
-        .chain(desired::injected_pool(d))
-        .map(str::to_owned)
-        .collect();
-    let labels = d
-        .spec
-        .as_ref()
-        .and_then(|s| s.template.metadata.as_ref())
-        .and_then(|m| m.labels.clone())
-        .unwrap_or_default();
+    let mut names: Vec<String> =
+        desired::requested_pool(d).into_iter().chain(desired::injected_pool(d)).map(str::to_owned).collect();
+    let labels =
+        d.spec.as_ref().and_then(|s| s.template.metadata.as_ref()).and_then(|m| m.labels.clone()).unwrap_or_default();
     for p in pools.state() {
-        if p.namespace().as_deref() == Some(ns.as_str())
-            && desired::selects(&desired::selector(&p), &labels)
-        {
+        if p.namespace().as_deref() == Some(ns.as_str()) && desired::selects(&desired::selector(&p), &labels) {
             names.push(p.name_any());
         }
     }
     names.sort();
     names.dedup();
-    names
-        .into_iter()
-        .map(|n| ObjectRef::new(&n).within(&ns))
-        .collect()
+    names.into_iter().map(|n| ObjectRef::new(&n).within(&ns)).collect()
 }
 
 /// The other pools of a pool's namespace.
@@ -172,10 +152,7 @@ pub async fn run(
     leadership: Arc<Leadership>,
     shutdown: impl Future<Output = ()> + Send + Sync + 'static,
 ) -> Result<(), Error> {
-    let version = client
-        .apiserver_version()
-        .await
-        .map_err(Error::kube("read the API server version"))?;
+    let version = client.apiserver_version().await.map_err(Error::kube("read the API server version"))?;
     let minor = parse_minor(&version.minor);
     let inject = InjectionConfig::for_minor(settings.default_image.clone(), minor);
     tracing::info!(
@@ -187,9 +164,7 @@ pub async fn run(
     pools
         .list(&ListParams::default().limit(1))
         .await
-        .map_err(Error::kube(
-            "list ServerPools (is the CRD installed? kubectl apply -f crds/)",
-        ))?;
+        .map_err(Error::kube("list ServerPools (is the CRD installed? kubectl apply -f crds/)"))?;
 
     let (pod_store, pod_writer) = reflector::store();
     let pod_stream = watcher(Api::<Pod>::all(client.clone()), watcher::Config::default())
@@ -198,28 +173,18 @@ pub async fn run(
         .reflect(pod_writer)
         .touched_objects();
     let (deploy_store, deploy_writer) = reflector::store();
-    let deploy_stream = watcher(
-        Api::<Deployment>::all(client.clone()),
-        watcher::Config::default(),
-    )
-    .default_backoff()
-    .modify(slim_deployment)
-    .reflect(deploy_writer)
-    .touched_objects();
+    let deploy_stream = watcher(Api::<Deployment>::all(client.clone()), watcher::Config::default())
+        .default_backoff()
+        .modify(slim_deployment)
+        .reflect(deploy_writer)
+        .touched_objects();
 
-    let managed = watcher::Config::default().labels(&format!(
-        "{}={}",
-        desired::MANAGED_BY.0,
-        desired::MANAGED_BY.1
-    ));
+    let managed = watcher::Config::default().labels(&format!("{}={}", desired::MANAGED_BY.0, desired::MANAGED_BY.1));
     let controller = Controller::new(pools, watcher::Config::default());
     let pool_store = controller.store();
     let recorder = Recorder::new(
         client.clone(),
-        Reporter {
-            controller: MANAGER.to_owned(),
-            instance: Some(settings.identity.clone()),
-        },
+        Reporter { controller: MANAGER.to_owned(), instance: Some(settings.identity.clone()) },
     );
     let ctx = Arc::new(Context {
         client: client.clone(),
@@ -234,13 +199,10 @@ pub async fn run(
     });
     // A pool's spec change (or creation, deletion) can create or clear a conflict reported on a
     // sibling pool of the same namespace: wake the siblings, on generation changes only.
-    let sibling_stream = watcher(
-        Api::<ServerPool>::all(client.clone()),
-        watcher::Config::default(),
-    )
-    .default_backoff()
-    .touched_objects()
-    .predicate_filter(predicates::generation, PredicateConfig::default());
+    let sibling_stream = watcher(Api::<ServerPool>::all(client.clone()), watcher::Config::default())
+        .default_backoff()
+        .touched_objects()
+        .predicate_filter(predicates::generation, PredicateConfig::default());
     let for_pods = pool_store.clone();
     let for_deployments = pool_store.clone();
     let for_siblings = pool_store;
@@ -250,12 +212,8 @@ pub async fn run(
         .owns(Api::<Role>::all(client.clone()), managed.clone())
         .owns(Api::<RoleBinding>::all(client.clone()), managed)
         .watches_stream(pod_stream, move |pod| pools_for_pod(&for_pods, &pod))
-        .watches_stream(deploy_stream, move |d| {
-            pools_for_deployment(&for_deployments, &d)
-        })
-        .watches_stream(sibling_stream, move |p: ServerPool| {
-            siblings(&for_siblings, &p)
-        })
+        .watches_stream(deploy_stream, move |d| pools_for_deployment(&for_deployments, &d))
+        .watches_stream(sibling_stream, move |p: ServerPool| siblings(&for_siblings, &p))
         .graceful_shutdown_on(shutdown)
         .run(reconcile, error_policy, ctx.clone())
         .for_each(|result| {
@@ -287,17 +245,8 @@ async fn missing_pool(ctx: &Context, pool: &str, namespace: Option<&str>) {
         }
         let name = d.name_any();
         if desired::requested_pool(&d) == Some(pool) {
-            let key = (
-                ns.to_owned(),
-                name.clone(),
-                pool.to_owned(),
-                d.metadata.generation.unwrap_or(0),
-            );
-            let first = ctx
-                .warned_missing
-                .lock()
-                .map(|mut seen| seen.insert(key))
-                .unwrap_or(false);
+            let key = (ns.to_owned(), name.clone(), pool.to_owned(), d.metadata.generation.unwrap_or(0));
+            let first = ctx.warned_missing.lock().map(|mut seen| seen.insert(key)).unwrap_or(false);
             if first {
                 tracing::warn!(deployment = %name, namespace = ns, pool, "Deployment names a ServerPool that does not exist");
                 publish(
@@ -313,14 +262,7 @@ async fn missing_pool(ctx: &Context, pool: &str, namespace: Option<&str>) {
         if desired::injected_pool(&d) == Some(pool) {
             let api: Api<Deployment> = Api::namespaced(ctx.client.clone(), ns);
             let body = desired::removal_patch(&d);
-            match api
-                .patch(
-                    &name,
-                    &PatchParams::apply(MANAGER).force(),
-                    &Patch::Apply(&body),
-                )
-                .await
-            {
+            match api.patch(&name, &PatchParams::apply(MANAGER).force(), &Patch::Apply(&body)).await {
                 Ok(_) => {
                     publish(
                         ctx,
@@ -347,11 +289,7 @@ async fn publish(
     note: String,
 ) {
     let event = Event {
-        type_: if warning {
-            EventType::Warning
-        } else {
-            EventType::Normal
-        },
+        type_: if warning { EventType::Warning } else { EventType::Normal },
         reason: reason.to_owned(),
         note: Some(truncate(note, 1000)),
         action: "Reconcile".to_owned(),
@@ -376,9 +314,7 @@ fn truncate(mut s: String, max: usize) -> String {
 async fn reconcile(pool: Arc<ServerPool>, ctx: Arc<Context>) -> Result<Action, Error> {
     let started = Instant::now();
     ctx.metrics.reconciles.inc();
-    let ns = pool
-        .namespace()
-        .ok_or(Error::MissingField("metadata.namespace"))?;
+    let ns = pool.namespace().ok_or(Error::MissingField("metadata.namespace"))?;
     let api: Api<ServerPool> = Api::namespaced(ctx.client.clone(), &ns);
     let result = finalizer(&api, FINALIZER, pool, |event| async {
         match event {
@@ -425,23 +361,15 @@ where
     let name = obj.meta().name.clone().unwrap_or_default();
     let api: Api<K> = Api::namespaced(ctx.client.clone(), ns);
     fence(ctx)?;
-    api.patch(
-        &name,
-        &PatchParams::apply(MANAGER).force(),
-        &Patch::Apply(obj),
-    )
-    .await
-    .map_err(Error::kube(format!("apply {} {ns}/{name}", K::kind(&()))))?;
+    api.patch(&name, &PatchParams::apply(MANAGER).force(), &Patch::Apply(obj))
+        .await
+        .map_err(Error::kube(format!("apply {} {ns}/{name}", K::kind(&()))))?;
     Ok(())
 }
 
 /// Refuses when leadership is not confirmed recently (see [`Leadership`]).
 fn fence(ctx: &Context) -> Result<(), Error> {
-    if ctx.leadership.is_current() {
-        Ok(())
-    } else {
-        Err(Error::NotLeader)
-    }
+    if ctx.leadership.is_current() { Ok(()) } else { Err(Error::NotLeader) }
 }
 
 async fn apply(pool: Arc<ServerPool>, ctx: &Context) -> Result<Action, Error> {
@@ -450,10 +378,8 @@ async fn apply(pool: Arc<ServerPool>, ctx: &Context) -> Result<Action, Error> {
     let ns = desired::pool_namespace(&pool);
     let name = desired::pool_name(&pool);
     let now = Timestamp::now();
-    let mut findings = Findings {
-        spec_problems: validate::validate(&pool, &ctx.inject.default_image),
-        ..Findings::default()
-    };
+    let mut findings =
+        Findings { spec_problems: validate::validate(&pool, &ctx.inject.default_image), ..Findings::default() };
     let pods = ctx.pods.state();
     let pool_pods = desired::pool_pods(&pool, pods.iter().map(AsRef::as_ref));
     let members = desired::members(&pool, pool_pods.iter().copied());
@@ -480,12 +406,7 @@ async fn apply(pool: Arc<ServerPool>, ctx: &Context) -> Result<Action, Error> {
         let deployments = ctx.deployments.state();
         let all_pools = ctx.pools.state();
         let pool_refs: Vec<&ServerPool> = all_pools.iter().map(AsRef::as_ref).collect();
-        let plans = desired::plan_deployments(
-            &pool,
-            deployments.iter().map(AsRef::as_ref),
-            &pool_refs,
-            &ctx.inject,
-        );
+        let plans = desired::plan_deployments(&pool, deployments.iter().map(AsRef::as_ref), &pool_refs, &ctx.inject);
         let deploy_api: Api<Deployment> = Api::namespaced(ctx.client.clone(), &ns);
         let params = PatchParams::apply(MANAGER).force();
         for plan in plans {
@@ -520,9 +441,7 @@ async fn apply(pool: Arc<ServerPool>, ctx: &Context) -> Result<Action, Error> {
                             )
                             .await;
                         }
-                        Err(e) => {
-                            failures.push(format!("remove sidecar from Deployment {ns}/{d}: {e}"))
-                        }
+                        Err(e) => failures.push(format!("remove sidecar from Deployment {ns}/{d}: {e}")),
                     }
                 }
                 DeploymentPlan::Conflict { name: d, others } => {
@@ -561,12 +480,7 @@ async fn apply(pool: Arc<ServerPool>, ctx: &Context) -> Result<Action, Error> {
     findings.total = i32::try_from(members.len()).unwrap_or(i32::MAX);
     let before = pool.status.clone().unwrap_or_default();
     let status = desired::status(&pool, members, &findings, &Time(now));
-    ctx.metrics.set_members(
-        &ns,
-        &name,
-        i64::from(status.total_members),
-        i64::from(status.ready_members),
-    );
+    ctx.metrics.set_members(&ns, &name, i64::from(status.total_members), i64::from(status.ready_members));
     if pool.status.as_ref() != Some(&status) {
         fence(ctx)?;
         let api: Api<ServerPool> = Api::namespaced(ctx.client.clone(), &ns);
@@ -575,15 +489,9 @@ async fn apply(pool: Arc<ServerPool>, ctx: &Context) -> Result<Action, Error> {
             "kind": "ServerPool",
             "status": status,
         });
-        api.patch_status(
-            &name,
-            &PatchParams::apply(MANAGER).force(),
-            &Patch::Apply(&body),
-        )
-        .await
-        .map_err(Error::kube(format!(
-            "write status of ServerPool {ns}/{name}"
-        )))?;
+        api.patch_status(&name, &PatchParams::apply(MANAGER).force(), &Patch::Apply(&body))
+            .await
+            .map_err(Error::kube(format!("write status of ServerPool {ns}/{name}")))?;
     }
 
     let reference = pool.object_ref(&());
@@ -593,14 +501,8 @@ async fn apply(pool: Arc<ServerPool>, ctx: &Context) -> Result<Action, Error> {
     // One Event per pod that joined or left, related to the pod: the Recorder aggregates
     // repeated Events by (reason, regarding, related), so each pod keeps its own series.
     let change = desired::membership_change(&before.members, &status.members);
-    let uid_of = |pod: &str| {
-        status
-            .members
-            .iter()
-            .chain(before.members.iter())
-            .find(|m| m.pod == pod)
-            .map(|m| m.uid.clone())
-    };
+    let uid_of =
+        |pod: &str| status.members.iter().chain(before.members.iter()).find(|m| m.pod == pod).map(|m| m.uid.clone());
     for (joined, pods) in [(true, &change.ready), (false, &change.unready)] {
         for pod in pods {
             let related = k8s_openapi::api::core::v1::ObjectReference {
@@ -611,11 +513,7 @@ async fn apply(pool: Arc<ServerPool>, ctx: &Context) -> Result<Action, Error> {
                 uid: uid_of(pod),
                 ..Default::default()
             };
-            let (reason, verb) = if joined {
-                ("MemberReady", "joined")
-            } else {
-                ("MemberLeft", "left")
-            };
+            let (reason, verb) = if joined { ("MemberReady", "joined") } else { ("MemberLeft", "left") };
             tracing::info!(pool = %name, namespace = %ns, pod = %pod, ready = status.ready_members, "member {verb}");
             let event = Event {
                 type_: EventType::Normal,
@@ -633,11 +531,7 @@ async fn apply(pool: Arc<ServerPool>, ctx: &Context) -> Result<Action, Error> {
         }
     }
 
-    if failures.is_empty() {
-        Ok(Action::requeue(requeue))
-    } else {
-        Err(Error::Children(failures))
-    }
+    if failures.is_empty() { Ok(Action::requeue(requeue)) } else { Err(Error::Children(failures)) }
 }
 
 async fn cleanup(pool: Arc<ServerPool>, ctx: &Context) -> Result<Action, Error> {
@@ -650,21 +544,9 @@ async fn cleanup(pool: Arc<ServerPool>, ctx: &Context) -> Result<Action, Error> 
     let pool_refs: Vec<&ServerPool> = all_pools.iter().map(AsRef::as_ref).collect();
     let api: Api<Deployment> = Api::namespaced(ctx.client.clone(), &ns);
     let mut failures = Vec::new();
-    for plan in desired::plan_deployments(
-        &pool,
-        deployments.iter().map(AsRef::as_ref),
-        &pool_refs,
-        &ctx.inject,
-    ) {
+    for plan in desired::plan_deployments(&pool, deployments.iter().map(AsRef::as_ref), &pool_refs, &ctx.inject) {
         if let DeploymentPlan::Remove { name: d, patch } = plan {
-            match api
-                .patch(
-                    &d,
-                    &PatchParams::apply(MANAGER).force(),
-                    &Patch::Apply(&patch),
-                )
-                .await
-            {
+            match api.patch(&d, &PatchParams::apply(MANAGER).force(), &Patch::Apply(&patch)).await {
                 Ok(_) => {
                     tracing::info!(deployment = %d, pool = %name, "removed the sidecar of a deleted pool")
                 }
@@ -694,37 +576,22 @@ fn random_key() -> Result<[u8; 32], Error> {
 }
 
 /// Creates the key Secret if absent (never overwrites one), and rotates it when due.
-async fn ensure_keys(
-    pool: &ServerPool,
-    ctx: &Context,
-    now: Timestamp,
-) -> Result<KeyOutcome, Error> {
+async fn ensure_keys(pool: &ServerPool, ctx: &Context, now: Timestamp) -> Result<KeyOutcome, Error> {
     let ns = desired::pool_namespace(pool);
     let secret_name = desired::key_secret_name(pool);
     let api: Api<Secret> = Api::namespaced(ctx.client.clone(), &ns);
     let now_s = now.as_second();
-    let max_age =
-        duration::parse(&pool.spec.cookie.max_age).unwrap_or(Duration::from_secs(12 * 3600));
-    let period = pool
-        .spec
-        .key_rotation
-        .period
-        .as_deref()
-        .and_then(|p| duration::parse(p).ok());
+    let max_age = duration::parse(&pool.spec.cookie.max_age).unwrap_or(Duration::from_secs(12 * 3600));
+    let period = pool.spec.key_rotation.period.as_deref().and_then(|p| duration::parse(p).ok());
     let requested = pool.annotations().get(desired::ROTATE_ANNOTATION).cloned();
 
-    let existing = api
-        .get_opt(&secret_name)
-        .await
-        .map_err(Error::kube(format!("get Secret {ns}/{secret_name}")))?;
+    let existing = api.get_opt(&secret_name).await.map_err(Error::kube(format!("get Secret {ns}/{secret_name}")))?;
     let Some(mut secret) = existing else {
         let ring = KeyRing::initial(random_key()?, now_s);
         let mut fresh = desired::key_secret(pool, &ring);
         // A rotation request that predates the Secret is already satisfied by the fresh key.
         if let Some(r) = &requested {
-            fresh
-                .annotations_mut()
-                .insert(desired::ROTATED_FOR_ANNOTATION.to_owned(), r.clone());
+            fresh.annotations_mut().insert(desired::ROTATED_FOR_ANNOTATION.to_owned(), r.clone());
         }
         fence(ctx)?;
         return match api.create(&PostParams::default(), &fresh).await {
@@ -745,25 +612,17 @@ async fn ensure_keys(
                     last_request: None,
                     promoted_at: None,
                 };
-                Ok(KeyOutcome {
-                    problem: None,
-                    next_due: keys::next_due(&ring, &input),
-                })
+                Ok(KeyOutcome { problem: None, next_due: keys::next_due(&ring, &input) })
             }
             // Created meanwhile (another reconcile, a person): read it next time.
-            Err(kube::Error::Api(s)) if s.code == 409 => Ok(KeyOutcome {
-                problem: None,
-                next_due: Some(now_s.saturating_add(1)),
-            }),
+            Err(kube::Error::Api(s)) if s.code == 409 => {
+                Ok(KeyOutcome { problem: None, next_due: Some(now_s.saturating_add(1)) })
+            }
             Err(e) => Err(Error::kube(format!("create Secret {ns}/{secret_name}"))(e)),
         };
     };
 
-    let parsed = secret
-        .data
-        .as_ref()
-        .and_then(|d| d.get(SECRET_KEY))
-        .map(|bytes| KeyRing::parse_bytes(&bytes.0));
+    let parsed = secret.data.as_ref().and_then(|d| d.get(SECRET_KEY)).map(|bytes| KeyRing::parse_bytes(&bytes.0));
     let ring = match parsed {
         Some(Ok(ring)) => ring,
         Some(Err(e)) => {
@@ -789,23 +648,16 @@ async fn ensure_keys(
         period,
         cookie_max_age: max_age,
         requested: requested.as_deref(),
-        last_request: annotations
-            .get(desired::ROTATED_FOR_ANNOTATION)
-            .map(String::as_str),
-        promoted_at: annotations
-            .get(desired::PROMOTED_AT_ANNOTATION)
-            .and_then(|v| v.parse().ok()),
+        last_request: annotations.get(desired::ROTATED_FOR_ANNOTATION).map(String::as_str),
+        promoted_at: annotations.get(desired::PROMOTED_AT_ANNOTATION).and_then(|v| v.parse().ok()),
     };
     let Some(plan) = keys::plan(&ring, &input, random_key()?) else {
-        return Ok(KeyOutcome {
-            problem: None,
-            next_due: keys::next_due(&ring, &input),
-        });
+        return Ok(KeyOutcome { problem: None, next_due: keys::next_due(&ring, &input) });
     };
-    secret.data.get_or_insert_with(BTreeMap::new).insert(
-        SECRET_KEY.to_owned(),
-        k8s_openapi::ByteString(plan.ring.render().into_bytes()),
-    );
+    secret
+        .data
+        .get_or_insert_with(BTreeMap::new)
+        .insert(SECRET_KEY.to_owned(), k8s_openapi::ByteString(plan.ring.render().into_bytes()));
     let secret_annotations = secret.annotations_mut();
     if let Some(at) = plan.promoted_at {
         secret_annotations.insert(desired::PROMOTED_AT_ANNOTATION.to_owned(), at.to_string());
@@ -817,9 +669,7 @@ async fn ensure_keys(
     fence(ctx)?;
     api.replace(&secret_name, &PostParams::default(), &secret)
         .await
-        .map_err(Error::kube(format!(
-            "rotate keys in Secret {ns}/{secret_name}"
-        )))?;
+        .map_err(Error::kube(format!("rotate keys in Secret {ns}/{secret_name}")))?;
     if !plan.changes.is_empty() {
         let note = plan
             .changes
@@ -827,28 +677,17 @@ async fn ensure_keys(
             .map(|c| match c {
                 keys::KeyChange::Staged { id } => format!("staged key {id}"),
                 keys::KeyChange::Promoted { id } => format!("key {id} now seals"),
-                keys::KeyChange::Pruned { ids } => format!(
-                    "dropped expired key(s) {}",
-                    ids.iter()
-                        .map(u32::to_string)
-                        .collect::<Vec<_>>()
-                        .join(", ")
-                ),
+                keys::KeyChange::Pruned { ids } => {
+                    format!("dropped expired key(s) {}", ids.iter().map(u32::to_string).collect::<Vec<_>>().join(", "))
+                }
             })
             .collect::<Vec<_>>()
             .join("; ");
         tracing::info!(secret = %secret_name, namespace = %ns, %note, "rotated keys");
         publish(ctx, &pool.object_ref(&()), false, "KeysRotated", note).await;
     }
-    let after = RotationInput {
-        promoted_at: plan.promoted_at,
-        last_request: plan.rotated_for.as_deref(),
-        ..input
-    };
-    Ok(KeyOutcome {
-        problem: None,
-        next_due: keys::next_due(&plan.ring, &after),
-    })
+    let after = RotationInput { promoted_at: plan.promoted_at, last_request: plan.rotated_for.as_deref(), ..input };
+    Ok(KeyOutcome { problem: None, next_due: keys::next_due(&plan.ring, &after) })
 }
 
 #[cfg(test)]

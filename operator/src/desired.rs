@@ -8,9 +8,9 @@ use k8s_openapi::ByteString;
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::Secret;
 use k8s_openapi::api::core::v1::{
-    Capabilities, Container, ContainerPort, EnvVar, EnvVarSource, HTTPGetAction, Lifecycle,
-    LifecycleHandler, ObjectFieldSelector, Pod, Probe, SecurityContext, Service, ServicePort,
-    ServiceSpec, SleepAction, Volume, VolumeMount,
+    Capabilities, Container, ContainerPort, EnvVar, EnvVarSource, HTTPGetAction, Lifecycle, LifecycleHandler,
+    ObjectFieldSelector, Pod, Probe, SecurityContext, Service, ServicePort, ServiceSpec, SleepAction, Volume,
+    VolumeMount,
 };
 use k8s_openapi::api::rbac::v1::{PolicyRule, Role, RoleBinding, RoleRef, Subject};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, ObjectMeta, Time};
@@ -64,11 +64,7 @@ pub struct InjectionConfig {
 impl InjectionConfig {
     /// The configuration for an API server of the given minor version (Kubernetes 1.x).
     pub fn for_minor(default_image: String, minor: u32) -> Self {
-        Self {
-            default_image,
-            native_sidecars: minor >= 29,
-            sleep_action: minor >= 30,
-        }
+        Self { default_image, native_sidecars: minor >= 29, sleep_action: minor >= 30 }
     }
 }
 
@@ -89,10 +85,7 @@ pub fn service_name(pool: &ServerPool) -> String {
 
 /// Name of the pool's key Secret.
 pub fn key_secret_name(pool: &ServerPool) -> String {
-    pool.spec
-        .key_secret_name
-        .clone()
-        .unwrap_or_else(|| format!("{}-handover-keys", pool_name(pool)))
+    pool.spec.key_secret_name.clone().unwrap_or_else(|| format!("{}-handover-keys", pool_name(pool)))
 }
 
 /// Name of the pool's Role and RoleBinding.
@@ -152,10 +145,7 @@ pub fn service(pool: &ServerPool) -> Service {
 pub fn key_secret(pool: &ServerPool, ring: &KeyRing) -> Secret {
     Secret {
         metadata: meta(pool, key_secret_name(pool)),
-        data: Some(BTreeMap::from([(
-            SECRET_KEY.to_owned(),
-            ByteString(ring.render().into_bytes()),
-        )])),
+        data: Some(BTreeMap::from([(SECRET_KEY.to_owned(), ByteString(ring.render().into_bytes()))])),
         type_: Some("Opaque".to_owned()),
         ..Secret::default()
     }
@@ -205,24 +195,15 @@ pub fn service_accounts<'a>(
     deployments: impl IntoIterator<Item = &'a Deployment>,
 ) -> BTreeSet<String> {
     fn name(sa: Option<&String>) -> String {
-        sa.filter(|s| !s.is_empty())
-            .cloned()
-            .unwrap_or_else(|| "default".to_owned())
+        sa.filter(|s| !s.is_empty()).cloned().unwrap_or_else(|| "default".to_owned())
     }
     let mut out = BTreeSet::new();
     for pod in pods {
-        out.insert(name(
-            pod.spec
-                .as_ref()
-                .and_then(|s| s.service_account_name.as_ref()),
-        ));
+        out.insert(name(pod.spec.as_ref().and_then(|s| s.service_account_name.as_ref())));
     }
     for d in deployments {
         out.insert(name(
-            d.spec
-                .as_ref()
-                .and_then(|s| s.template.spec.as_ref())
-                .and_then(|s| s.service_account_name.as_ref()),
+            d.spec.as_ref().and_then(|s| s.template.spec.as_ref()).and_then(|s| s.service_account_name.as_ref()),
         ));
     }
     out
@@ -236,19 +217,12 @@ fn pod_ready(pod: &Pod) -> bool {
         .and_then(|s| s.conditions.as_ref())
         .and_then(|cs| cs.iter().find(|c| c.type_ == "Ready"))
         .is_some_and(|c| c.status == "True");
-    let has_ip = pod
-        .status
-        .as_ref()
-        .and_then(|s| s.pod_ip.as_ref())
-        .is_some_and(|ip| !ip.is_empty());
+    let has_ip = pod.status.as_ref().and_then(|s| s.pod_ip.as_ref()).is_some_and(|ip| !ip.is_empty());
     ready && has_ip && pod.metadata.deletion_timestamp.is_none()
 }
 
 fn pod_finished(pod: &Pod) -> bool {
-    matches!(
-        pod.status.as_ref().and_then(|s| s.phase.as_deref()),
-        Some("Succeeded" | "Failed")
-    )
+    matches!(pod.status.as_ref().and_then(|s| s.phase.as_deref()), Some("Succeeded" | "Failed"))
 }
 
 /// The pods of `pool` among `pods` (any namespace): same namespace, selected, not finished.
@@ -276,11 +250,7 @@ pub fn members<'a>(pool: &ServerPool, pods: impl IntoIterator<Item = &'a Pod>) -
             Some(Member {
                 pod: p.metadata.name.clone()?,
                 uid: p.metadata.uid.clone()?,
-                ip: p
-                    .status
-                    .as_ref()
-                    .and_then(|s| s.pod_ip.clone())
-                    .filter(|ip| !ip.is_empty()),
+                ip: p.status.as_ref().and_then(|s| s.pod_ip.clone()).filter(|ip| !ip.is_empty()),
                 ready: pod_ready(p),
                 since: ready_since.or_else(|| p.metadata.creation_timestamp.clone()),
             })
@@ -309,10 +279,7 @@ impl MembershipChange {
 /// Which pods entered or left the set of ready members.
 pub fn membership_change(before: &[Member], after: &[Member]) -> MembershipChange {
     let ready = |ms: &[Member]| -> BTreeSet<(String, String)> {
-        ms.iter()
-            .filter(|m| m.ready)
-            .map(|m| (m.pod.clone(), m.uid.clone()))
-            .collect()
+        ms.iter().filter(|m| m.ready).map(|m| (m.pod.clone(), m.uid.clone())).collect()
     };
     let (b, a) = (ready(before), ready(after));
     MembershipChange {
@@ -322,11 +289,7 @@ pub fn membership_change(before: &[Member], after: &[Member]) -> MembershipChang
 }
 
 fn env(name: &str, value: impl Into<String>) -> EnvVar {
-    EnvVar {
-        name: name.to_owned(),
-        value: Some(value.into()),
-        value_from: None,
-    }
+    EnvVar { name: name.to_owned(), value: Some(value.into()), value_from: None }
 }
 
 fn env_field(name: &str, path: &str) -> EnvVar {
@@ -334,10 +297,7 @@ fn env_field(name: &str, path: &str) -> EnvVar {
         name: name.to_owned(),
         value: None,
         value_from: Some(EnvVarSource {
-            field_ref: Some(ObjectFieldSelector {
-                api_version: Some("v1".to_owned()),
-                field_path: path.to_owned(),
-            }),
+            field_ref: Some(ObjectFieldSelector { api_version: Some("v1".to_owned()), field_path: path.to_owned() }),
             ..EnvVarSource::default()
         }),
     }
@@ -367,24 +327,15 @@ fn drain_seconds(pool: &ServerPool) -> i64 {
 
 /// The `terminationGracePeriodSeconds` a pod of the pool needs to drain.
 pub fn needed_grace_seconds(pool: &ServerPool) -> i64 {
-    PRESTOP_SLEEP_SECONDS
-        .saturating_add(drain_seconds(pool))
-        .saturating_add(GRACE_MARGIN_SECONDS)
+    PRESTOP_SLEEP_SECONDS.saturating_add(drain_seconds(pool)).saturating_add(GRACE_MARGIN_SECONDS)
 }
 
 /// The injected sidecar container.
 pub fn sidecar_container(pool: &ServerPool, cfg: &InjectionConfig) -> Container {
     let spec = &pool.spec;
-    let image = spec
-        .sidecar
-        .image
-        .clone()
-        .unwrap_or_else(|| cfg.default_image.clone());
+    let image = spec.sidecar.image.clone().unwrap_or_else(|| cfg.default_image.clone());
     let mut env = vec![
-        env(
-            "HANDOVER_POOL",
-            format!("{}/{}", pool_namespace(pool), pool_name(pool)),
-        ),
+        env("HANDOVER_POOL", format!("{}/{}", pool_namespace(pool), pool_name(pool))),
         env_field("HANDOVER_POD_NAME", "metadata.name"),
         env_field("HANDOVER_POD_UID", "metadata.uid"),
         env_field("HANDOVER_POD_IP", "status.podIP"),
@@ -398,10 +349,7 @@ pub fn sidecar_container(pool: &ServerPool, cfg: &InjectionConfig) -> Container 
         env("HANDOVER_STATE_PATH", spec.snapshot.state_path.clone()),
         env("HANDOVER_COOKIE_NAME", spec.cookie.name.clone()),
         env("HANDOVER_COOKIE_MAX_AGE", spec.cookie.max_age.clone()),
-        env(
-            "HANDOVER_COOKIE_MAX_BYTES",
-            spec.cookie.max_bytes.to_string(),
-        ),
+        env("HANDOVER_COOKIE_MAX_BYTES", spec.cookie.max_bytes.to_string()),
         env("HANDOVER_COOKIE_SECURE", spec.cookie.secure.to_string()),
         env("HANDOVER_COOKIE_SAME_SITE", spec.cookie.same_site.as_str()),
         env("HANDOVER_AFFINITY", spec.affinity.as_str()),
@@ -436,9 +384,7 @@ pub fn sidecar_container(pool: &ServerPool, cfg: &InjectionConfig) -> Container 
         readiness_probe: Some(http_probe("/ready", spec.admin_port, 2, 1)),
         lifecycle: cfg.sleep_action.then(|| Lifecycle {
             pre_stop: Some(LifecycleHandler {
-                sleep: Some(SleepAction {
-                    seconds: PRESTOP_SLEEP_SECONDS,
-                }),
+                sleep: Some(SleepAction { seconds: PRESTOP_SLEEP_SECONDS }),
                 ..LifecycleHandler::default()
             }),
             ..Lifecycle::default()
@@ -453,10 +399,7 @@ pub fn sidecar_container(pool: &ServerPool, cfg: &InjectionConfig) -> Container 
             allow_privilege_escalation: Some(false),
             read_only_root_filesystem: Some(true),
             run_as_non_root: Some(true),
-            capabilities: Some(Capabilities {
-                drop: Some(vec!["ALL".to_owned()]),
-                add: None,
-            }),
+            capabilities: Some(Capabilities { drop: Some(vec!["ALL".to_owned()]), add: None }),
             ..SecurityContext::default()
         }),
         restart_policy: cfg.native_sidecars.then(|| "Always".to_owned()),
@@ -473,10 +416,7 @@ fn we_own_grace(deploy: &Deployment) -> bool {
         .flatten()
         .filter(|m| m.manager.as_deref() == Some(MANAGER))
         .filter_map(|m| m.fields_v1.as_ref())
-        .any(|f| {
-            f.0.pointer("/f:spec/f:template/f:spec/f:terminationGracePeriodSeconds")
-                .is_some()
-        })
+        .any(|f| f.0.pointer("/f:spec/f:template/f:spec/f:terminationGracePeriodSeconds").is_some())
 }
 
 fn current_grace(deploy: &Deployment) -> i64 {
@@ -502,11 +442,7 @@ fn fnv1a_hex(bytes: &[u8]) -> String {
 ///
 /// Everything here is owned by the operator's field manager; [`removal_patch`] (the same object
 /// with none of it) makes the API server remove exactly these fields again.
-pub fn injection_patch(
-    pool: &ServerPool,
-    deploy: &Deployment,
-    cfg: &InjectionConfig,
-) -> (Value, String) {
+pub fn injection_patch(pool: &ServerPool, deploy: &Deployment, cfg: &InjectionConfig) -> (Value, String) {
     let container = sidecar_container(pool, cfg);
     let volume = Volume {
         name: KEY_VOLUME.to_owned(),
@@ -517,11 +453,7 @@ pub fn injection_patch(
         ..Volume::default()
     };
     let mut pod_spec = serde_json::Map::new();
-    let list = if cfg.native_sidecars {
-        "initContainers"
-    } else {
-        "containers"
-    };
+    let list = if cfg.native_sidecars { "initContainers" } else { "containers" };
     pod_spec.insert(list.to_owned(), json!([container]));
     pod_spec.insert("volumes".to_owned(), json!([volume]));
     let mut template = json!({
@@ -537,10 +469,7 @@ pub fn injection_patch(
         spec.insert("terminationGracePeriodSeconds".to_owned(), json!(needed));
     }
     if let Some(m) = template.get_mut("metadata").and_then(Value::as_object_mut) {
-        m.insert(
-            "annotations".to_owned(),
-            json!({INJECTED_ANNOTATION: pool_name(pool), HASH_ANNOTATION: hash}),
-        );
+        m.insert("annotations".to_owned(), json!({INJECTED_ANNOTATION: pool_name(pool), HASH_ANNOTATION: hash}));
     }
     let body = json!({
         "apiVersion": "apps/v1",
@@ -567,16 +496,7 @@ pub fn removal_patch(deploy: &Deployment) -> Value {
 }
 
 fn template_annotation<'a>(deploy: &'a Deployment, key: &str) -> Option<&'a str> {
-    deploy
-        .spec
-        .as_ref()?
-        .template
-        .metadata
-        .as_ref()?
-        .annotations
-        .as_ref()?
-        .get(key)
-        .map(String::as_str)
+    deploy.spec.as_ref()?.template.metadata.as_ref()?.annotations.as_ref()?.get(key).map(String::as_str)
 }
 
 /// The pool a Deployment asks for (annotation `handover.dev/pool`).
@@ -593,10 +513,7 @@ fn has_sidecar(deploy: &Deployment) -> bool {
     let Some(spec) = deploy.spec.as_ref().and_then(|s| s.template.spec.as_ref()) else {
         return false;
     };
-    spec.containers
-        .iter()
-        .chain(spec.init_containers.iter().flatten())
-        .any(|c| c.name == SIDECAR_NAME)
+    spec.containers.iter().chain(spec.init_containers.iter().flatten()).any(|c| c.name == SIDECAR_NAME)
 }
 
 /// What to do with one Deployment for one pool.
@@ -685,10 +602,7 @@ pub fn plan_deployments<'a>(
                 .collect();
             others.sort();
             if !others.is_empty() {
-                out.push(DeploymentPlan::Conflict {
-                    name: dname,
-                    others,
-                });
+                out.push(DeploymentPlan::Conflict { name: dname, others });
                 continue;
             }
             if has_sidecar(d) && injected.is_none() {
@@ -708,10 +622,7 @@ pub fn plan_deployments<'a>(
         } else if injected == Some(name.as_str()) {
             let taken_over = requested.is_some_and(|r| r != name && pool_exists(r));
             if !taken_over {
-                out.push(DeploymentPlan::Remove {
-                    name: dname,
-                    patch: removal_patch(d),
-                });
+                out.push(DeploymentPlan::Remove { name: dname, patch: removal_patch(d) });
             }
         }
     }
@@ -751,32 +662,13 @@ pub struct ConditionValue {
 /// The pool's conditions from the findings.
 pub fn condition_values(f: &Findings) -> Vec<ConditionValue> {
     let join = |v: &[String]| v.join("; ");
-    let spec = f
-        .spec_problems
-        .iter()
-        .map(ToString::to_string)
-        .collect::<Vec<_>>();
+    let spec = f.spec_problems.iter().map(ToString::to_string).collect::<Vec<_>>();
     let ready = if !spec.is_empty() {
-        ConditionValue {
-            type_: "Ready",
-            status: false,
-            reason: "InvalidSpec",
-            message: join(&spec),
-        }
+        ConditionValue { type_: "Ready", status: false, reason: "InvalidSpec", message: join(&spec) }
     } else if let Some(k) = &f.key_problem {
-        ConditionValue {
-            type_: "Ready",
-            status: false,
-            reason: "KeySecretInvalid",
-            message: k.clone(),
-        }
+        ConditionValue { type_: "Ready", status: false, reason: "KeySecretInvalid", message: k.clone() }
     } else if !f.apply_errors.is_empty() {
-        ConditionValue {
-            type_: "Ready",
-            status: false,
-            reason: "ReconcileFailed",
-            message: join(&f.apply_errors),
-        }
+        ConditionValue { type_: "Ready", status: false, reason: "ReconcileFailed", message: join(&f.apply_errors) }
     } else if f.ready == 0 {
         ConditionValue {
             type_: "Ready",
@@ -793,26 +685,11 @@ pub fn condition_values(f: &Findings) -> Vec<ConditionValue> {
         }
     };
     let degraded = if !spec.is_empty() {
-        ConditionValue {
-            type_: "Degraded",
-            status: true,
-            reason: "InvalidSpec",
-            message: join(&spec),
-        }
+        ConditionValue { type_: "Degraded", status: true, reason: "InvalidSpec", message: join(&spec) }
     } else if let Some(k) = &f.key_problem {
-        ConditionValue {
-            type_: "Degraded",
-            status: true,
-            reason: "KeySecretInvalid",
-            message: k.clone(),
-        }
+        ConditionValue { type_: "Degraded", status: true, reason: "KeySecretInvalid", message: k.clone() }
     } else if !f.apply_errors.is_empty() {
-        ConditionValue {
-            type_: "Degraded",
-            status: true,
-            reason: "ReconcileFailed",
-            message: join(&f.apply_errors),
-        }
+        ConditionValue { type_: "Degraded", status: true, reason: "ReconcileFailed", message: join(&f.apply_errors) }
     } else if !f.deployment_problems.is_empty() {
         ConditionValue {
             type_: "Degraded",
@@ -884,41 +761,23 @@ pub fn condition_events(previous: &[Condition], current: &[Condition]) -> Vec<Po
         if problem {
             // Degraded and Ready often share the reason: one Warning is enough.
             if !out.iter().any(|e: &PoolEvent| e.reason == c.reason) {
-                out.push(PoolEvent {
-                    warning: true,
-                    reason: c.reason.clone(),
-                    note: c.message.clone(),
-                });
+                out.push(PoolEvent { warning: true, reason: c.reason.clone(), note: c.message.clone() });
             }
         } else if c.type_ == "Degraded" && before.is_some_and(|b| b.status == "True") {
-            out.push(PoolEvent {
-                warning: false,
-                reason: "Recovered".to_owned(),
-                note: c.message.clone(),
-            });
+            out.push(PoolEvent { warning: false, reason: "Recovered".to_owned(), note: c.message.clone() });
         }
     }
     out
 }
 
 /// The whole status.
-pub fn status(
-    pool: &ServerPool,
-    members: Vec<Member>,
-    findings: &Findings,
-    now: &Time,
-) -> ServerPoolStatus {
-    let previous = pool
-        .status
-        .as_ref()
-        .map(|s| s.conditions.as_slice())
-        .unwrap_or_default();
+pub fn status(pool: &ServerPool, members: Vec<Member>, findings: &Findings, now: &Time) -> ServerPoolStatus {
+    let previous = pool.status.as_ref().map(|s| s.conditions.as_slice()).unwrap_or_default();
     let generation = pool.meta().generation;
     ServerPoolStatus {
         observed_generation: generation,
         conditions: settle_conditions(previous, &condition_values(findings), generation, now),
-        ready_members: i32::try_from(members.iter().filter(|m| m.ready).count())
-            .unwrap_or(i32::MAX),
+        ready_members: i32::try_from(members.iter().filter(|m| m.ready).count()).unwrap_or(i32::MAX),
         total_members: i32::try_from(members.len()).unwrap_or(i32::MAX),
         members,
         service_name: Some(service_name(pool)),

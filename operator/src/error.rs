@@ -78,10 +78,7 @@ mod tests {
             Error::MissingField("metadata.namespace"),
         ];
         let labels: Vec<&str> = errors.iter().map(Error::metric_label).collect();
-        assert_eq!(
-            labels,
-            ["children", "random", "store_not_ready", "missing_field"]
-        );
+        assert_eq!(labels, ["children", "random", "store_not_ready", "missing_field"]);
         assert_eq!(errors[0].to_string(), "2 child object(s) failed: a; b");
     }
 }

@@ -96,25 +96,13 @@ impl KeyRing {
                 return Err(KeyFileError::Malformed { line });
             };
             let id: u32 = id.parse().map_err(|_| KeyFileError::Malformed { line })?;
-            let created: i64 = created
-                .parse()
-                .ok()
-                .filter(|c| *c >= 0)
-                .ok_or(KeyFileError::Malformed { line })?;
-            let bytes = URL_SAFE_NO_PAD
-                .decode(secret)
-                .map_err(|_| KeyFileError::BadKey { line })?;
-            let secret: [u8; 32] = bytes
-                .try_into()
-                .map_err(|_| KeyFileError::BadKey { line })?;
+            let created: i64 = created.parse().ok().filter(|c| *c >= 0).ok_or(KeyFileError::Malformed { line })?;
+            let bytes = URL_SAFE_NO_PAD.decode(secret).map_err(|_| KeyFileError::BadKey { line })?;
+            let secret: [u8; 32] = bytes.try_into().map_err(|_| KeyFileError::BadKey { line })?;
             if keys.iter().any(|k| k.id == id) {
                 return Err(KeyFileError::DuplicateId { line, id });
             }
-            keys.push(Key {
-                id,
-                secret,
-                created,
-            });
+            keys.push(Key { id, secret, created });
         }
         if keys.is_empty() {
             return Err(KeyFileError::Empty);
@@ -124,18 +112,12 @@ impl KeyRing {
 
     /// Parses the raw bytes of the Secret's `keys` entry.
     pub fn parse_bytes(bytes: &[u8]) -> Result<Self, KeyFileError> {
-        std::str::from_utf8(bytes)
-            .map_err(|_| KeyFileError::NotText)
-            .and_then(Self::parse)
+        std::str::from_utf8(bytes).map_err(|_| KeyFileError::NotText).and_then(Self::parse)
     }
 
     /// A ring with one fresh key, id 1.
     pub fn initial(secret: [u8; 32], now: i64) -> Self {
-        Self(vec![Key {
-            id: 1,
-            secret,
-            created: now,
-        }])
+        Self(vec![Key { id: 1, secret, created: now }])
     }
 
     /// The file text.
@@ -145,13 +127,7 @@ impl KeyRing {
         );
         for key in &self.0 {
             // Writing to a String cannot fail.
-            let _ = writeln!(
-                out,
-                "{} {} {}",
-                key.id,
-                URL_SAFE_NO_PAD.encode(key.secret),
-                key.created
-            );
+            let _ = writeln!(out, "{} {} {}", key.id, URL_SAFE_NO_PAD.encode(key.secret), key.created);
         }
         out
     }
@@ -246,11 +222,8 @@ pub fn plan(ring: &KeyRing, input: &RotationInput<'_>, fresh: [u8; 32]) -> Optio
     // Prune retired keys whose cookies have all expired.
     let staged_id = KeyRing(keys.clone()).staged().map(|k| k.id);
     let sealing_id = keys.first().map(|k| k.id);
-    let retired: Vec<u32> = keys
-        .iter()
-        .map(|k| k.id)
-        .filter(|id| Some(*id) != sealing_id && Some(*id) != staged_id)
-        .collect();
+    let retired: Vec<u32> =
+        keys.iter().map(|k| k.id).filter(|id| Some(*id) != sealing_id && Some(*id) != staged_id).collect();
     if !retired.is_empty() {
         match promoted_at {
             None => {
@@ -274,18 +247,12 @@ pub fn plan(ring: &KeyRing, input: &RotationInput<'_>, fresh: [u8; 32]) -> Optio
     let ring_now = KeyRing(keys.clone());
     if ring_now.staged().is_none() {
         let newest_created = keys.iter().map(|k| k.created).max().unwrap_or(0);
-        let period_due = input
-            .period
-            .is_some_and(|p| input.now >= newest_created.saturating_add(secs(p).max(1)));
+        let period_due = input.period.is_some_and(|p| input.now >= newest_created.saturating_add(secs(p).max(1)));
         let request = input.requested.filter(|r| !r.is_empty());
         let requested_due = request.is_some_and(|r| Some(r) != input.last_request);
         if period_due || requested_due {
             let id = ring_now.max_id().saturating_add(1);
-            keys.push(Key {
-                id,
-                secret: fresh,
-                created: input.now,
-            });
+            keys.push(Key { id, secret: fresh, created: input.now });
             if let Some(r) = request {
                 rotated_for = Some(r.to_owned());
             }
@@ -296,12 +263,7 @@ pub fn plan(ring: &KeyRing, input: &RotationInput<'_>, fresh: [u8; 32]) -> Optio
     let changed = KeyRing(keys.clone()) != *ring
         || promoted_at != input.promoted_at
         || rotated_for.as_deref() != input.last_request;
-    changed.then_some(RotationPlan {
-        ring: KeyRing(keys),
-        promoted_at,
-        rotated_for,
-        changes,
-    })
+    changed.then_some(RotationPlan { ring: KeyRing(keys), promoted_at, rotated_for, changes })
 }
 
 /// The next time (unix seconds) at which [`plan`] would change something by the clock alone.
@@ -348,16 +310,8 @@ mod tests {
     #[test]
     fn rendered_file_parses_back_to_the_same_ring() {
         let ring = KeyRing(vec![
-            Key {
-                id: 7,
-                secret: [7; 32],
-                created: 1_700_000_000,
-            },
-            Key {
-                id: 3,
-                secret: [3; 32],
-                created: 1_600_000_000,
-            },
+            Key { id: 7, secret: [7; 32], created: 1_700_000_000 },
+            Key { id: 3, secret: [3; 32], created: 1_600_000_000 },
         ]);
         let text = ring.render();
         assert_eq!(KeyRing::parse(&text), Ok(ring));
@@ -372,42 +326,18 @@ mod tests {
         let good = URL_SAFE_NO_PAD.encode([1u8; 32]);
         let short = URL_SAFE_NO_PAD.encode([1u8; 16]);
         assert_eq!(KeyRing::parse(""), Err(KeyFileError::Empty));
-        assert_eq!(
-            KeyRing::parse("# only a comment\n\n"),
-            Err(KeyFileError::Empty)
-        );
-        assert_eq!(
-            KeyRing::parse(&format!("1 {good}")),
-            Err(KeyFileError::Malformed { line: 1 })
-        );
-        assert_eq!(
-            KeyRing::parse(&format!("x {good} 5")),
-            Err(KeyFileError::Malformed { line: 1 })
-        );
-        assert_eq!(
-            KeyRing::parse(&format!("1 {good} -5")),
-            Err(KeyFileError::Malformed { line: 1 })
-        );
-        assert_eq!(
-            KeyRing::parse(&format!("1 {good} 5 extra")),
-            Err(KeyFileError::Malformed { line: 1 })
-        );
-        assert_eq!(
-            KeyRing::parse(&format!("# c\n1 {short} 5")),
-            Err(KeyFileError::BadKey { line: 2 })
-        );
-        assert_eq!(
-            KeyRing::parse(&format!("1 {good}= 5")),
-            Err(KeyFileError::BadKey { line: 1 })
-        );
+        assert_eq!(KeyRing::parse("# only a comment\n\n"), Err(KeyFileError::Empty));
+        assert_eq!(KeyRing::parse(&format!("1 {good}")), Err(KeyFileError::Malformed { line: 1 }));
+        assert_eq!(KeyRing::parse(&format!("x {good} 5")), Err(KeyFileError::Malformed { line: 1 }));
+        assert_eq!(KeyRing::parse(&format!("1 {good} -5")), Err(KeyFileError::Malformed { line: 1 }));
+        assert_eq!(KeyRing::parse(&format!("1 {good} 5 extra")), Err(KeyFileError::Malformed { line: 1 }));
+        assert_eq!(KeyRing::parse(&format!("# c\n1 {short} 5")), Err(KeyFileError::BadKey { line: 2 }));
+        assert_eq!(KeyRing::parse(&format!("1 {good}= 5")), Err(KeyFileError::BadKey { line: 1 }));
         assert_eq!(
             KeyRing::parse(&format!("1 {good} 5\n1 {good} 6")),
             Err(KeyFileError::DuplicateId { line: 2, id: 1 })
         );
-        assert_eq!(
-            KeyRing::parse_bytes(&[0xff, 0xfe]),
-            Err(KeyFileError::NotText)
-        );
+        assert_eq!(KeyRing::parse_bytes(&[0xff, 0xfe]), Err(KeyFileError::NotText));
     }
 
     #[test]
@@ -468,18 +398,8 @@ mod tests {
 
     #[test]
     fn a_request_while_a_key_is_staged_waits_for_the_promotion() {
-        let ring = KeyRing(vec![
-            Key {
-                id: 1,
-                secret: [1; 32],
-                created: 0,
-            },
-            Key {
-                id: 2,
-                secret: [2; 32],
-                created: 100,
-            },
-        ]);
+        let ring =
+            KeyRing(vec![Key { id: 1, secret: [1; 32], created: 0 }, Key { id: 2, secret: [2; 32], created: 100 }]);
         let mut inp = input(150);
         inp.requested = Some("again");
         assert_eq!(plan(&ring, &inp, [3; 32]), None);
@@ -487,18 +407,8 @@ mod tests {
 
     #[test]
     fn unknown_promotion_time_starts_the_retention_clock_instead_of_pruning() {
-        let ring = KeyRing(vec![
-            Key {
-                id: 5,
-                secret: [5; 32],
-                created: 100,
-            },
-            Key {
-                id: 4,
-                secret: [4; 32],
-                created: 0,
-            },
-        ]);
+        let ring =
+            KeyRing(vec![Key { id: 5, secret: [5; 32], created: 100 }, Key { id: 4, secret: [4; 32], created: 0 }]);
         let step = plan(&ring, &input(1_000_000), [9; 32]).expect("record");
         assert_eq!(ids(&step.ring), [5, 4]);
         assert_eq!(step.promoted_at, Some(1_000_000));
@@ -507,18 +417,8 @@ mod tests {
 
     #[test]
     fn ids_grow_from_the_maximum_even_when_it_is_not_first() {
-        let ring = KeyRing(vec![
-            Key {
-                id: 9,
-                secret: [9; 32],
-                created: 0,
-            },
-            Key {
-                id: 3,
-                secret: [3; 32],
-                created: 0,
-            },
-        ]);
+        let ring =
+            KeyRing(vec![Key { id: 9, secret: [9; 32], created: 0 }, Key { id: 3, secret: [3; 32], created: 0 }]);
         let mut inp = input(10);
         inp.requested = Some("r");
         inp.promoted_at = Some(10);

@@ -61,11 +61,7 @@ pub struct Leadership {
 impl Leadership {
     /// Not leading yet.
     pub fn new(deadline: Duration) -> Arc<Self> {
-        Arc::new(Self {
-            epoch: Instant::now(),
-            renewed_ms: AtomicU64::new(0),
-            deadline,
-        })
+        Arc::new(Self { epoch: Instant::now(), renewed_ms: AtomicU64::new(0), deadline })
     }
 
     /// A renewal sent at `sent` succeeded.
@@ -135,13 +131,7 @@ pub enum Decision {
 /// Decides from the Lease's record, our identity, when we first saw this record (our clock) and
 /// now. The record's own duration wins over ours, so a leader configured with a longer one is
 /// respected.
-pub fn decide(
-    record: &Record,
-    me: &str,
-    observed_at: Instant,
-    now: Instant,
-    timing: &Timing,
-) -> Decision {
+pub fn decide(record: &Record, me: &str, observed_at: Instant, now: Instant, timing: &Timing) -> Decision {
     match record.holder.as_deref() {
         Some(h) if h == me => Decision::Renew,
         None => Decision::Acquire,
@@ -150,11 +140,7 @@ pub fn decide(
                 .duration_seconds
                 .and_then(|s| u64::try_from(s).ok())
                 .map_or(timing.lease_duration, Duration::from_secs);
-            if now.saturating_duration_since(observed_at) > duration {
-                Decision::Acquire
-            } else {
-                Decision::Wait
-            }
+            if now.saturating_duration_since(observed_at) > duration { Decision::Acquire } else { Decision::Wait }
         }
     }
 }
@@ -176,14 +162,7 @@ fn is_conflict(e: &kube::Error) -> bool {
 impl Elector {
     /// A candidate for Lease `name` in `api`'s namespace.
     pub fn new(api: Api<Lease>, name: String, identity: String, timing: Timing) -> Self {
-        Self {
-            api,
-            name,
-            identity,
-            timing,
-            observed: None,
-            leadership: Leadership::new(timing.renew_deadline),
-        }
+        Self { api, name, identity, timing, observed: None, leadership: Leadership::new(timing.renew_deadline) }
     }
 
     /// The write fence the reconciler checks.
@@ -199,9 +178,7 @@ impl Elector {
     fn spec(&self, acquire: Option<MicroTime>, transitions: i32) -> LeaseSpec {
         LeaseSpec {
             holder_identity: Some(self.identity.clone()),
-            lease_duration_seconds: Some(
-                i32::try_from(self.timing.lease_duration.as_secs()).unwrap_or(15),
-            ),
+            lease_duration_seconds: Some(i32::try_from(self.timing.lease_duration.as_secs()).unwrap_or(15)),
             acquire_time: acquire,
             renew_time: Some(MicroTime(Timestamp::now())),
             lease_transitions: Some(transitions),
@@ -222,17 +199,10 @@ impl Elector {
     }
 
     async fn attempt(&mut self, now: Instant) -> Result<bool, Error> {
-        let current = self
-            .api
-            .get_opt(&self.name)
-            .await
-            .map_err(Error::kube(format!("get Lease {}", self.name)))?;
+        let current = self.api.get_opt(&self.name).await.map_err(Error::kube(format!("get Lease {}", self.name)))?;
         let Some(mut lease) = current else {
             let lease = Lease {
-                metadata: ObjectMeta {
-                    name: Some(self.name.clone()),
-                    ..ObjectMeta::default()
-                },
+                metadata: ObjectMeta { name: Some(self.name.clone()), ..ObjectMeta::default() },
                 spec: Some(self.spec(Some(MicroTime(Timestamp::now())), 0)),
             };
             return match self.api.create(&PostParams::default(), &lease).await {
@@ -256,18 +226,11 @@ impl Elector {
                 let acquire = lease.spec.as_ref().and_then(|s| s.acquire_time.clone());
                 self.spec(acquire, record.transitions)
             }
-            Decision::Acquire => self.spec(
-                Some(MicroTime(Timestamp::now())),
-                record.transitions.saturating_add(1),
-            ),
+            Decision::Acquire => self.spec(Some(MicroTime(Timestamp::now())), record.transitions.saturating_add(1)),
         };
         lease.spec = Some(spec);
         // `replace` carries the resourceVersion we read: a concurrent writer makes this fail.
-        match self
-            .api
-            .replace(&self.name, &PostParams::default(), &lease)
-            .await
-        {
+        match self.api.replace(&self.name, &PostParams::default(), &lease).await {
             Ok(written) => {
                 self.observed = Some((Record::of(&written), now));
                 Ok(true)
@@ -300,8 +263,7 @@ impl Elector {
         let mut last_ok = Instant::now();
         loop {
             tokio::time::sleep(self.timing.retry_period).await;
-            let attempt =
-                tokio::time::timeout(self.timing.renew_deadline, self.try_acquire_or_renew()).await;
+            let attempt = tokio::time::timeout(self.timing.renew_deadline, self.try_acquire_or_renew()).await;
             match attempt {
                 Ok(Ok(true)) => last_ok = Instant::now(),
                 Ok(Ok(false)) => {
@@ -333,11 +295,7 @@ impl Elector {
             spec.lease_duration_seconds = Some(1);
             spec.renew_time = Some(MicroTime(Timestamp::now()));
         }
-        match self
-            .api
-            .replace(&self.name, &PostParams::default(), &lease)
-            .await
-        {
+        match self.api.replace(&self.name, &PostParams::default(), &lease).await {
             Ok(_) => tracing::info!("released the leader Lease"),
             Err(e) => tracing::warn!(error = %e, "could not release the leader Lease"),
         }
@@ -350,12 +308,7 @@ mod tests {
     use super::*;
 
     fn record(holder: Option<&str>) -> Record {
-        Record {
-            holder: holder.map(str::to_owned),
-            renew_time: None,
-            duration_seconds: Some(15),
-            transitions: 0,
-        }
+        Record { holder: holder.map(str::to_owned), renew_time: None, duration_seconds: Some(15), transitions: 0 }
     }
 
     #[test]
@@ -368,10 +321,7 @@ mod tests {
     #[test]
     fn a_free_lease_is_taken_at_once() {
         let t = Instant::now();
-        assert_eq!(
-            decide(&record(None), "me", t, t, &Timing::default()),
-            Decision::Acquire
-        );
+        assert_eq!(decide(&record(None), "me", t, t, &Timing::default()), Decision::Acquire);
     }
 
     #[test]
@@ -379,14 +329,8 @@ mod tests {
         let seen = Instant::now();
         let timing = Timing::default();
         let r = record(Some("other"));
-        assert_eq!(
-            decide(&r, "me", seen, seen + Duration::from_secs(15), &timing),
-            Decision::Wait
-        );
-        assert_eq!(
-            decide(&r, "me", seen, seen + Duration::from_secs(16), &timing),
-            Decision::Acquire
-        );
+        assert_eq!(decide(&r, "me", seen, seen + Duration::from_secs(15), &timing), Decision::Wait);
+        assert_eq!(decide(&r, "me", seen, seen + Duration::from_secs(16), &timing), Decision::Acquire);
     }
 
     #[test]
@@ -395,10 +339,7 @@ mod tests {
         let mut r = record(Some("other"));
         r.duration_seconds = Some(60);
         let at = seen + Duration::from_secs(30);
-        assert_eq!(
-            decide(&r, "me", seen, at, &Timing::default()),
-            Decision::Wait
-        );
+        assert_eq!(decide(&r, "me", seen, at, &Timing::default()), Decision::Wait);
     }
 
     #[test]

@@ -86,10 +86,7 @@ fn main() -> ExitCode {
         },
         Command::Run(args) => {
             init_tracing(args.log_format, &args.log_level);
-            let runtime = match tokio::runtime::Builder::new_multi_thread()
-                .enable_all()
-                .build()
-            {
+            let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
                 Ok(rt) => rt,
                 Err(e) => {
                     eprintln!("handover-operator: cannot start the runtime: {e}");
@@ -109,8 +106,8 @@ fn main() -> ExitCode {
 }
 
 fn init_tracing(format: LogFormat, level: &str) {
-    let filter = tracing_subscriber::EnvFilter::try_new(level)
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let filter =
+        tracing_subscriber::EnvFilter::try_new(level).unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     let builder = tracing_subscriber::fmt().with_env_filter(filter);
     match format {
         LogFormat::Text => builder.init(),
@@ -139,30 +136,19 @@ async fn run(args: RunArgs) -> Result<(), Error> {
         let _ = stop_tx.send(true);
     });
 
-    let client = Client::try_default()
-        .await
-        .map_err(Error::kube("build a Kubernetes client"))?;
-    let lease_namespace = args
-        .lease_namespace
-        .clone()
-        .unwrap_or_else(|| client.default_namespace().to_owned());
+    let client = Client::try_default().await.map_err(Error::kube("build a Kubernetes client"))?;
+    let lease_namespace = args.lease_namespace.clone().unwrap_or_else(|| client.default_namespace().to_owned());
     let identity = args
         .identity
         .clone()
         .or_else(|| std::env::var("HOSTNAME").ok())
         .filter(|s| !s.is_empty())
         .unwrap_or_else(|| format!("handover-operator-{}", std::process::id()));
-    client
-        .apiserver_version()
-        .await
-        .map_err(Error::kube("reach the API server"))?;
+    client.apiserver_version().await.map_err(Error::kube("reach the API server"))?;
     metrics.ready.store(true, Ordering::Relaxed);
     tracing::info!(%identity, lease = %args.lease_name, namespace = %lease_namespace, "standing for leader");
 
-    let settings = Settings {
-        default_image: args.sidecar_image.clone(),
-        identity: identity.clone(),
-    };
+    let settings = Settings { default_image: args.sidecar_image.clone(), identity: identity.clone() };
     let mut elector = Elector::new(
         Api::<Lease>::namespaced(client.clone(), &lease_namespace),
         args.lease_name.clone(),

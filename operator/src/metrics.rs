@@ -74,51 +74,18 @@ impl Metrics {
         let members = Family::<PoolLabels, Gauge>::default();
         let ready_members = Family::<PoolLabels, Gauge>::default();
         let leader = Gauge::default();
-        registry.register(
-            "reconciles",
-            "ServerPool reconciles run",
-            reconciles.clone(),
-        );
-        registry.register(
-            "reconcile_errors",
-            "ServerPool reconciles that failed, by error",
-            errors.clone(),
-        );
-        registry.register(
-            "reconcile_duration_seconds",
-            "Duration of ServerPool reconciles",
-            duration.clone(),
-        );
+        registry.register("reconciles", "ServerPool reconciles run", reconciles.clone());
+        registry.register("reconcile_errors", "ServerPool reconciles that failed, by error", errors.clone());
+        registry.register("reconcile_duration_seconds", "Duration of ServerPool reconciles", duration.clone());
         registry.register("pool_members", "Members of each pool", members.clone());
-        registry.register(
-            "pool_ready_members",
-            "Ready members of each pool",
-            ready_members.clone(),
-        );
-        registry.register(
-            "leader",
-            "1 while this replica holds the leader Lease",
-            leader.clone(),
-        );
-        Self {
-            registry,
-            reconciles,
-            errors,
-            duration,
-            members,
-            ready_members,
-            leader,
-            ready: AtomicBool::new(false),
-        }
+        registry.register("pool_ready_members", "Ready members of each pool", ready_members.clone());
+        registry.register("leader", "1 while this replica holds the leader Lease", leader.clone());
+        Self { registry, reconciles, errors, duration, members, ready_members, leader, ready: AtomicBool::new(false) }
     }
 
     /// Counts a failed reconcile.
     pub fn error(&self, error: &Error) {
-        self.errors
-            .get_or_create(&ErrorLabels {
-                error: error.metric_label().to_owned(),
-            })
-            .inc();
+        self.errors.get_or_create(&ErrorLabels { error: error.metric_label().to_owned() }).inc();
     }
 
     /// Records a reconcile's duration.
@@ -128,20 +95,14 @@ impl Metrics {
 
     /// Sets a pool's member gauges.
     pub fn set_members(&self, namespace: &str, pool: &str, total: i64, ready: i64) {
-        let labels = PoolLabels {
-            namespace: namespace.to_owned(),
-            pool: pool.to_owned(),
-        };
+        let labels = PoolLabels { namespace: namespace.to_owned(), pool: pool.to_owned() };
         self.members.get_or_create(&labels).set(total);
         self.ready_members.get_or_create(&labels).set(ready);
     }
 
     /// Forgets a deleted pool.
     pub fn forget_pool(&self, namespace: &str, pool: &str) {
-        let labels = PoolLabels {
-            namespace: namespace.to_owned(),
-            pool: pool.to_owned(),
-        };
+        let labels = PoolLabels { namespace: namespace.to_owned(), pool: pool.to_owned() };
         self.members.remove(&labels);
         self.ready_members.remove(&labels);
     }
@@ -172,20 +133,14 @@ pub fn handle(metrics: &Metrics, method: &Method, path: &str) -> Response<Full<B
         return respond(StatusCode::METHOD_NOT_ALLOWED, TEXT, "GET only\n".into());
     }
     match path {
-        "/metrics" => respond(
-            StatusCode::OK,
-            "application/openmetrics-text; version=1.0.0; charset=utf-8",
-            metrics.encode(),
-        ),
-        "/healthz" => respond(StatusCode::OK, TEXT, "ok\n".into()),
-        "/readyz" if metrics.ready.load(Ordering::Relaxed) => {
-            respond(StatusCode::OK, TEXT, "ready\n".into())
+        "/metrics" => {
+            respond(StatusCode::OK, "application/openmetrics-text; version=1.0.0; charset=utf-8", metrics.encode())
         }
-        "/readyz" => respond(
-            StatusCode::SERVICE_UNAVAILABLE,
-            TEXT,
-            "not ready: the API server was not reached yet\n".into(),
-        ),
+        "/healthz" => respond(StatusCode::OK, TEXT, "ok\n".into()),
+        "/readyz" if metrics.ready.load(Ordering::Relaxed) => respond(StatusCode::OK, TEXT, "ready\n".into()),
+        "/readyz" => {
+            respond(StatusCode::SERVICE_UNAVAILABLE, TEXT, "not ready: the API server was not reached yet\n".into())
+        }
         _ => respond(StatusCode::NOT_FOUND, TEXT, "not found\n".into()),
     }
 }
@@ -214,9 +169,8 @@ pub async fn serve_on(listener: TcpListener, metrics: Arc<Metrics>) -> Result<()
                 let response = handle(&metrics, req.method(), req.uri().path());
                 async move { Ok::<_, std::convert::Infallible>(response) }
             });
-            if let Err(e) = hyper::server::conn::http1::Builder::new()
-                .serve_connection(TokioIo::new(stream), service)
-                .await
+            if let Err(e) =
+                hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(stream), service).await
             {
                 tracing::debug!(error = %e, "admin connection ended");
             }
@@ -237,28 +191,11 @@ mod tests {
         m.set_members("shop", "cart", 3, 2);
         m.observe(Duration::from_millis(20));
         let text = m.encode();
-        assert!(
-            text.contains("handover_operator_reconciles_total 1"),
-            "{text}"
-        );
-        assert!(
-            text.contains(r#"handover_operator_reconcile_errors_total{error="store_not_ready"} 1"#),
-            "{text}"
-        );
-        assert!(
-            text.contains(r#"handover_operator_pool_members{namespace="shop",pool="cart"} 3"#),
-            "{text}"
-        );
-        assert!(
-            text.contains(
-                r#"handover_operator_pool_ready_members{namespace="shop",pool="cart"} 2"#
-            ),
-            "{text}"
-        );
-        assert!(
-            text.contains("handover_operator_reconcile_duration_seconds_count 1"),
-            "{text}"
-        );
+        assert!(text.contains("handover_operator_reconciles_total 1"), "{text}");
+        assert!(text.contains(r#"handover_operator_reconcile_errors_total{error="store_not_ready"} 1"#), "{text}");
+        assert!(text.contains(r#"handover_operator_pool_members{namespace="shop",pool="cart"} 3"#), "{text}");
+        assert!(text.contains(r#"handover_operator_pool_ready_members{namespace="shop",pool="cart"} 2"#), "{text}");
+        assert!(text.contains("handover_operator_reconcile_duration_seconds_count 1"), "{text}");
         m.forget_pool("shop", "cart");
         assert!(!m.encode().contains(r#"pool="cart""#));
     }
@@ -266,24 +203,12 @@ mod tests {
     #[test]
     fn readyz_follows_the_ready_flag() {
         let m = Metrics::new();
-        assert_eq!(
-            handle(&m, &Method::GET, "/readyz").status(),
-            StatusCode::SERVICE_UNAVAILABLE
-        );
+        assert_eq!(handle(&m, &Method::GET, "/readyz").status(), StatusCode::SERVICE_UNAVAILABLE);
         m.ready.store(true, Ordering::Relaxed);
         assert_eq!(handle(&m, &Method::GET, "/readyz").status(), StatusCode::OK);
-        assert_eq!(
-            handle(&m, &Method::GET, "/healthz").status(),
-            StatusCode::OK
-        );
-        assert_eq!(
-            handle(&m, &Method::GET, "/nope").status(),
-            StatusCode::NOT_FOUND
-        );
-        assert_eq!(
-            handle(&m, &Method::POST, "/metrics").status(),
-            StatusCode::METHOD_NOT_ALLOWED
-        );
+        assert_eq!(handle(&m, &Method::GET, "/healthz").status(), StatusCode::OK);
+        assert_eq!(handle(&m, &Method::GET, "/nope").status(), StatusCode::NOT_FOUND);
+        assert_eq!(handle(&m, &Method::POST, "/metrics").status(), StatusCode::METHOD_NOT_ALLOWED);
     }
 
     #[tokio::test]
@@ -293,9 +218,7 @@ mod tests {
         let metrics = Arc::new(Metrics::new());
         let server = tokio::spawn(serve_on(listener, metrics));
         let mut conn = tokio::net::TcpStream::connect(addr).await.expect("connect");
-        conn.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
-            .await
-            .expect("write");
+        conn.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").await.expect("write");
         let mut body = String::new();
         conn.read_to_string(&mut body).await.expect("read");
         assert!(body.starts_with("HTTP/1.1 200"), "{body}");

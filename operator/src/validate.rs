@@ -26,10 +26,7 @@ impl std::fmt::Display for SpecProblem {
 }
 
 fn problem(field: &'static str, message: impl Into<String>) -> SpecProblem {
-    SpecProblem {
-        field,
-        message: message.into(),
-    }
+    SpecProblem { field, message: message.into() }
 }
 
 /// Whether `name` is a DNS-1035 label (what a Service name must be).
@@ -38,9 +35,7 @@ pub fn is_dns1035_label(name: &str) -> bool {
     !bytes.is_empty()
         && bytes.len() <= 63
         && bytes[0].is_ascii_lowercase()
-        && bytes
-            .iter()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || *b == b'-')
+        && bytes.iter().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || *b == b'-')
         && bytes.last() != Some(&b'-')
 }
 
@@ -51,8 +46,7 @@ pub fn is_dns1123_subdomain(name: &str) -> bool {
         && name.split('.').all(|part| {
             let b = part.as_bytes();
             !b.is_empty()
-                && b.iter()
-                    .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || *c == b'-')
+                && b.iter().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || *c == b'-')
                 && b.first() != Some(&b'-')
                 && b.last() != Some(&b'-')
         })
@@ -65,8 +59,7 @@ fn is_label_value(value: &str) -> bool {
         || (b.len() <= 63
             && b[0].is_ascii_alphanumeric()
             && b[b.len() - 1].is_ascii_alphanumeric()
-            && b.iter()
-                .all(|c| c.is_ascii_alphanumeric() || matches!(c, b'-' | b'_' | b'.')))
+            && b.iter().all(|c| c.is_ascii_alphanumeric() || matches!(c, b'-' | b'_' | b'.')))
 }
 
 /// Whether `key` is a valid label key (`[prefix/]name`).
@@ -78,18 +71,10 @@ fn is_label_key(key: &str) -> bool {
     prefix.is_none_or(is_dns1123_subdomain) && !name.is_empty() && is_label_value(name)
 }
 
-fn check_duration(
-    out: &mut Vec<SpecProblem>,
-    field: &'static str,
-    text: &str,
-    min: Duration,
-) -> Option<Duration> {
+fn check_duration(out: &mut Vec<SpecProblem>, field: &'static str, text: &str, min: Duration) -> Option<Duration> {
     match duration::parse(text) {
         Ok(d) if d < min => {
-            out.push(problem(
-                field,
-                format!("{text} is shorter than the minimum {min:?}"),
-            ));
+            out.push(problem(field, format!("{text} is shorter than the minimum {min:?}")));
             None
         }
         Ok(d) => Some(d),
@@ -129,114 +114,57 @@ pub fn validate(pool: &ServerPool, default_image: &str) -> Vec<SpecProblem> {
         ));
     }
     if spec.app_port == spec.admin_port {
-        out.push(problem(
-            "spec.adminPort",
-            format!("appPort and adminPort are both {}", spec.app_port),
-        ));
+        out.push(problem("spec.adminPort", format!("appPort and adminPort are both {}", spec.app_port)));
     }
     if spec.sidecar_port == spec.admin_port {
-        out.push(problem(
-            "spec.adminPort",
-            format!("sidecarPort and adminPort are both {}", spec.admin_port),
-        ));
+        out.push(problem("spec.adminPort", format!("sidecarPort and adminPort are both {}", spec.admin_port)));
     }
     if let Some(selector) = &spec.selector {
         if selector.is_empty() {
-            out.push(problem(
-                "spec.selector",
-                "an empty selector would select every pod; omit it for the default",
-            ));
+            out.push(problem("spec.selector", "an empty selector would select every pod; omit it for the default"));
         }
         for (k, v) in selector {
             if !is_label_key(k) || !is_label_value(v) {
-                out.push(problem(
-                    "spec.selector",
-                    format!("{k}={v} is not a valid label"),
-                ));
+                out.push(problem("spec.selector", format!("{k}={v} is not a valid label")));
             }
         }
     }
     let cookie = &spec.cookie;
     if cookie.name.is_empty()
         || cookie.name.len() > 64
-        || !cookie
-            .name
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+        || !cookie.name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
     {
-        out.push(problem(
-            "spec.cookie.name",
-            format!("{:?} must be 1-64 of A-Z a-z 0-9 _ -", cookie.name),
-        ));
+        out.push(problem("spec.cookie.name", format!("{:?} must be 1-64 of A-Z a-z 0-9 _ -", cookie.name)));
     }
-    check_duration(
-        &mut out,
-        "spec.cookie.maxAge",
-        &cookie.max_age,
-        Duration::from_secs(1),
-    );
+    check_duration(&mut out, "spec.cookie.maxAge", &cookie.max_age, Duration::from_secs(1));
     if !(1024..=65536).contains(&cookie.max_bytes) {
-        out.push(problem(
-            "spec.cookie.maxBytes",
-            format!("{} is outside 1024-65536", cookie.max_bytes),
-        ));
+        out.push(problem("spec.cookie.maxBytes", format!("{} is outside 1024-65536", cookie.max_bytes)));
     }
     if cookie.same_site == crate::crd::SameSite::None && !cookie.secure {
-        out.push(problem(
-            "spec.cookie.sameSite",
-            "SameSite=None requires secure: true (browsers reject it otherwise)",
-        ));
+        out.push(problem("spec.cookie.sameSite", "SameSite=None requires secure: true (browsers reject it otherwise)"));
     }
-    check_duration(
-        &mut out,
-        "spec.snapshot.interval",
-        &spec.snapshot.interval,
-        Duration::from_millis(1),
-    );
+    check_duration(&mut out, "spec.snapshot.interval", &spec.snapshot.interval, Duration::from_millis(1));
     if !spec.snapshot.state_path.starts_with('/')
-        || spec
-            .snapshot
-            .state_path
-            .chars()
-            .any(|c| c.is_whitespace() || c == '?' || c == '#')
+        || spec.snapshot.state_path.chars().any(|c| c.is_whitespace() || c == '?' || c == '#')
     {
         out.push(problem(
             "spec.snapshot.statePath",
-            format!(
-                "{:?} must be an absolute path without spaces, query or fragment",
-                spec.snapshot.state_path
-            ),
+            format!("{:?} must be an absolute path without spaces, query or fragment", spec.snapshot.state_path),
         ));
     }
     if let Some(secret) = &spec.key_secret_name
         && !is_dns1123_subdomain(secret)
     {
-        out.push(problem(
-            "spec.keySecretName",
-            format!("{secret:?} is not a valid Secret name"),
-        ));
+        out.push(problem("spec.keySecretName", format!("{secret:?} is not a valid Secret name")));
     }
     if let Some(period) = &spec.key_rotation.period {
-        check_duration(
-            &mut out,
-            "spec.keyRotation.period",
-            period,
-            MIN_ROTATION_PERIOD,
-        );
+        check_duration(&mut out, "spec.keyRotation.period", period, MIN_ROTATION_PERIOD);
     }
-    check_duration(
-        &mut out,
-        "spec.sidecar.drainGrace",
-        &spec.sidecar.drain_grace,
-        Duration::ZERO,
-    );
+    check_duration(&mut out, "spec.sidecar.drainGrace", &spec.sidecar.drain_grace, Duration::ZERO);
     if let Ok(d) = duration::parse(&spec.sidecar.drain_grace)
         && d > Duration::from_secs(3600)
     {
-        out.push(problem(
-            "spec.sidecar.drainGrace",
-            "at most 1h: it delays every pod's termination",
-        ));
+        out.push(problem("spec.sidecar.drainGrace", "at most 1h: it delays every pod's termination"));
     }
     let image = spec.sidecar.image.as_deref().unwrap_or(default_image);
     if image.trim().is_empty() {
@@ -259,10 +187,7 @@ mod tests {
     }
 
     fn fields(p: &ServerPool) -> Vec<&'static str> {
-        validate(p, "handover-sidecar:dev")
-            .into_iter()
-            .map(|p| p.field)
-            .collect()
+        validate(p, "handover-sidecar:dev").into_iter().map(|p| p.field).collect()
     }
 
     #[test]
@@ -314,10 +239,7 @@ mod tests {
         assert_eq!(fields(&pool(s.clone())), ["spec.selector"]);
         s.selector = Some(BTreeMap::from([("app".into(), "bad value".into())]));
         assert_eq!(fields(&pool(s.clone())), ["spec.selector"]);
-        s.selector = Some(BTreeMap::from([(
-            "example.com/app".into(),
-            "cart-web".into(),
-        )]));
+        s.selector = Some(BTreeMap::from([("example.com/app".into(), "cart-web".into())]));
         assert_eq!(fields(&pool(s)), [""; 0]);
     }
 
@@ -331,12 +253,7 @@ mod tests {
         s.cookie.secure = false;
         assert_eq!(
             fields(&pool(s)),
-            [
-                "spec.cookie.name",
-                "spec.cookie.maxAge",
-                "spec.cookie.maxBytes",
-                "spec.cookie.sameSite"
-            ]
+            ["spec.cookie.name", "spec.cookie.maxAge", "spec.cookie.maxBytes", "spec.cookie.sameSite"]
         );
     }
 
@@ -349,12 +266,7 @@ mod tests {
         s.key_rotation.period = Some("1m".into());
         assert_eq!(
             fields(&pool(s)),
-            [
-                "spec.snapshot.interval",
-                "spec.snapshot.statePath",
-                "spec.keyRotation.period",
-                "spec.sidecar.drainGrace"
-            ]
+            ["spec.snapshot.interval", "spec.snapshot.statePath", "spec.keyRotation.period", "spec.sidecar.drainGrace"]
         );
     }
 

@@ -1,1 +1,45 @@
-fn main() {}
+//! `handover-sidecar`: see `--help`.
+
+use clap::Parser;
+use handover_sidecar::cli::{self, Cli, Command, CookieCommand};
+
+fn main() {
+    if let Err(e) = run() {
+        eprintln!("handover-sidecar: {e}");
+        std::process::exit(1);
+    }
+}
+
+fn runtime(workers: usize) -> Result<tokio::runtime::Runtime, String> {
+    let mut builder = tokio::runtime::Builder::new_multi_thread();
+    if workers > 0 {
+        builder.worker_threads(workers);
+    }
+    builder.enable_all().build().map_err(|e| format!("cannot start the runtime: {e}"))
+}
+
+fn run() -> Result<(), String> {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Run(args) => {
+            cli::init_logging(&args.log_level, args.log_format);
+            runtime(args.workers)?.block_on(cli::run(*args))
+        }
+        Command::Demo(args) => runtime(0)?.block_on(handover_sidecar::demo::run(args)),
+        Command::DemoApp(args) => {
+            cli::init_logging("info", cli::LogFormat::Text);
+            runtime(args.workers)?.block_on(handover_sidecar::demo_app::run(args))
+        }
+        Command::Bench(args) => runtime(0)?.block_on(handover_sidecar::bench::run(args)),
+        Command::Cookie(CookieCommand::Inspect { value, key_file, pool, cookie_name }) => {
+            println!("{}", cli::inspect(&value, &key_file, &pool, &cookie_name)?);
+            Ok(())
+        }
+        Command::Keygen { id } => {
+            let now =
+                std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
+            println!("{}", handover_sidecar::keys::generate_line(id, now));
+            Ok(())
+        }
+    }
+}

@@ -58,30 +58,17 @@ struct MemberStatus {
 /// Anything malformed counts as absent: a member without a parsable IP is skipped, an unusable
 /// `sidecarPort` falls back to the default.
 pub fn members_of(pool: &serde_json::Value) -> Vec<Member> {
-    let spec: PoolSpec = pool
-        .get("spec")
-        .and_then(|s| PoolSpec::deserialize(s).ok())
-        .unwrap_or_default();
-    let port = spec
-        .sidecar_port
-        .and_then(|p| u16::try_from(p).ok())
-        .filter(|p| *p != 0)
-        .unwrap_or(DEFAULT_SIDECAR_PORT);
-    let status: PoolStatus = pool
-        .get("status")
-        .and_then(|s| PoolStatus::deserialize(s).ok())
-        .unwrap_or_default();
+    let spec: PoolSpec = pool.get("spec").and_then(|s| PoolSpec::deserialize(s).ok()).unwrap_or_default();
+    let port =
+        spec.sidecar_port.and_then(|p| u16::try_from(p).ok()).filter(|p| *p != 0).unwrap_or(DEFAULT_SIDECAR_PORT);
+    let status: PoolStatus = pool.get("status").and_then(|s| PoolStatus::deserialize(s).ok()).unwrap_or_default();
     let mut members: Vec<Member> = status
         .members
         .into_iter()
         .filter(|m| m.ready)
         .filter_map(|m| {
             let ip: IpAddr = m.ip.as_deref()?.parse().ok()?;
-            Some(Member {
-                name: m.pod,
-                uid: m.uid,
-                addr: SocketAddr::new(ip, port),
-            })
+            Some(Member { name: m.pod, uid: m.uid, addr: SocketAddr::new(ip, port) })
         })
         .collect();
     members.sort_by(|a, b| a.name.cmp(&b.name).then_with(|| a.uid.cmp(&b.uid)));
@@ -105,9 +92,7 @@ impl Registry for KubeRegistry {
 impl KubeRegistry {
     /// An empty registry (no live member known yet).
     fn empty() -> Self {
-        Self {
-            members: RwLock::new(Arc::new(Vec::new())),
-        }
+        Self { members: RwLock::new(Arc::new(Vec::new())) }
     }
 
     fn set(&self, members: Vec<Member>) {
@@ -188,11 +173,7 @@ impl KubeRegistry {
             }
         });
         if tokio::time::timeout(FIRST_SYNC, synced_rx).await.is_err() {
-            tracing::warn!(
-                namespace,
-                pool,
-                "no ServerPool list yet; starting with an empty registry"
-            );
+            tracing::warn!(namespace, pool, "no ServerPool list yet; starting with an empty registry");
         }
         Ok(registry)
     }
@@ -228,10 +209,8 @@ mod tests {
             {"pod": "cart-f", "uid": "u6", "ip": "fd00::6", "ready": true},
         ]));
         let live = members_of(&p);
-        let view: Vec<(&str, &str, String)> = live
-            .iter()
-            .map(|m| (m.name.as_str(), m.uid.as_str(), m.addr.to_string()))
-            .collect();
+        let view: Vec<(&str, &str, String)> =
+            live.iter().map(|m| (m.name.as_str(), m.uid.as_str(), m.addr.to_string())).collect();
         assert_eq!(
             view,
             [

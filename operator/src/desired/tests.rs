@@ -31,19 +31,11 @@ fn pod(name: &str, labels: &[(&str, &str)], ready: bool, ip: Option<&str>) -> Po
             name: Some(name.to_owned()),
             namespace: Some("shop".to_owned()),
             uid: Some(format!("uid-{name}")),
-            labels: Some(
-                labels
-                    .iter()
-                    .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
-                    .collect(),
-            ),
+            labels: Some(labels.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect()),
             creation_timestamp: Some(ts(100)),
             ..ObjectMeta::default()
         },
-        spec: Some(PodSpec {
-            service_account_name: Some("cart-sa".to_owned()),
-            ..PodSpec::default()
-        }),
+        spec: Some(PodSpec { service_account_name: Some("cart-sa".to_owned()), ..PodSpec::default() }),
         status: Some(PodStatus {
             pod_ip: ip.map(str::to_owned),
             phase: Some("Running".to_owned()),
@@ -62,29 +54,19 @@ fn pool_pod(name: &str, ready: bool) -> Pod {
     pod(name, &[(POOL_LABEL, "cart")], ready, Some("10.0.0.1"))
 }
 
-fn deployment(
-    name: &str,
-    annotation: Option<&str>,
-    template_labels: &[(&str, &str)],
-) -> Deployment {
+fn deployment(name: &str, annotation: Option<&str>, template_labels: &[(&str, &str)]) -> Deployment {
     Deployment {
         metadata: ObjectMeta {
             name: Some(name.to_owned()),
             namespace: Some("shop".to_owned()),
-            annotations: annotation
-                .map(|a| BTreeMap::from([(POOL_LABEL.to_owned(), a.to_owned())])),
+            annotations: annotation.map(|a| BTreeMap::from([(POOL_LABEL.to_owned(), a.to_owned())])),
             ..ObjectMeta::default()
         },
         spec: Some(DeploymentSpec {
             selector: LabelSelector::default(),
             template: PodTemplateSpec {
                 metadata: Some(ObjectMeta {
-                    labels: Some(
-                        template_labels
-                            .iter()
-                            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
-                            .collect(),
-                    ),
+                    labels: Some(template_labels.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect()),
                     ..ObjectMeta::default()
                 }),
                 spec: Some(PodSpec {
@@ -109,14 +91,8 @@ fn applied(mut d: Deployment, patch: &Value) -> Deployment {
     let Some(spec) = d.spec.as_mut() else {
         return d;
     };
-    let meta = spec
-        .template
-        .metadata
-        .get_or_insert_with(ObjectMeta::default);
-    for (key, target) in [
-        ("labels", &mut meta.labels),
-        ("annotations", &mut meta.annotations),
-    ] {
+    let meta = spec.template.metadata.get_or_insert_with(ObjectMeta::default);
+    for (key, target) in [("labels", &mut meta.labels), ("annotations", &mut meta.annotations)] {
         if let Some(obj) = template["metadata"][key].as_object() {
             let map = target.get_or_insert_with(BTreeMap::new);
             for (k, v) in obj {
@@ -125,9 +101,7 @@ fn applied(mut d: Deployment, patch: &Value) -> Deployment {
         }
     }
     let pod = spec.template.spec.get_or_insert_with(PodSpec::default);
-    if let Ok(cs) =
-        serde_json::from_value::<Vec<Container>>(template["spec"]["initContainers"].clone())
-    {
+    if let Ok(cs) = serde_json::from_value::<Vec<Container>>(template["spec"]["initContainers"].clone()) {
         pod.init_containers = Some(cs);
     }
     if let Some(g) = template["spec"]["terminationGracePeriodSeconds"].as_i64() {
@@ -145,10 +119,7 @@ fn service_targets_the_sidecar_port_of_the_pool_label() {
     assert_eq!(owner.kind, "ServerPool");
     assert_eq!(owner.controller, Some(true));
     let spec = s.spec.expect("spec");
-    assert_eq!(
-        spec.selector,
-        Some(BTreeMap::from([(POOL_LABEL.to_owned(), "cart".to_owned())]))
-    );
+    assert_eq!(spec.selector, Some(BTreeMap::from([(POOL_LABEL.to_owned(), "cart".to_owned())])));
     let port = &spec.ports.expect("ports")[0];
     assert_eq!(port.port, 80);
     assert_eq!(port.target_port, Some(IntOrString::Int(8000)));
@@ -178,18 +149,9 @@ fn role_grants_read_of_the_own_pool_only() {
     let r = role(&pool());
     let rules = r.rules.expect("rules");
     assert_eq!(rules.len(), 1);
-    assert_eq!(
-        rules[0].api_groups.as_deref(),
-        Some(&["handover.dev".to_owned()][..])
-    );
-    assert_eq!(
-        rules[0].resources.as_deref(),
-        Some(&["serverpools".to_owned()][..])
-    );
-    assert_eq!(
-        rules[0].resource_names.as_deref(),
-        Some(&["cart".to_owned()][..])
-    );
+    assert_eq!(rules[0].api_groups.as_deref(), Some(&["handover.dev".to_owned()][..]));
+    assert_eq!(rules[0].resources.as_deref(), Some(&["serverpools".to_owned()][..]));
+    assert_eq!(rules[0].resource_names.as_deref(), Some(&["cart".to_owned()][..]));
     assert_eq!(rules[0].verbs, ["get", "list", "watch"]);
 }
 
@@ -203,12 +165,8 @@ fn role_binding_names_every_service_account_once_sorted() {
     let plain = deployment("plain", Some("cart"), &[]);
     let sas = service_accounts(&pods, [&other, &plain]);
     let rb = role_binding(&pool(), &sas);
-    let subjects: Vec<(String, Option<String>)> = rb
-        .subjects
-        .expect("subjects")
-        .into_iter()
-        .map(|s| (s.name, s.namespace))
-        .collect();
+    let subjects: Vec<(String, Option<String>)> =
+        rb.subjects.expect("subjects").into_iter().map(|s| (s.name, s.namespace)).collect();
     assert_eq!(
         subjects,
         [
@@ -252,10 +210,7 @@ fn members_are_sorted_and_only_ready_pods_with_an_ip_count_as_ready() {
     ];
     let ms = members(&pool(), &pods);
     let view: Vec<(&str, bool)> = ms.iter().map(|m| (m.pod.as_str(), m.ready)).collect();
-    assert_eq!(
-        view,
-        [("a", false), ("b", false), ("c", true), ("d", false)]
-    );
+    assert_eq!(view, [("a", false), ("b", false), ("c", true), ("d", false)]);
     assert_eq!(ms[2].ip.as_deref(), Some("10.0.0.1"));
     assert_eq!(ms[2].since, Some(ts(200)));
     assert_eq!(ms[1].ip, None);
@@ -263,16 +218,8 @@ fn members_are_sorted_and_only_ready_pods_with_an_ip_count_as_ready() {
 
 #[test]
 fn member_order_does_not_depend_on_input_order() {
-    let a = [
-        pool_pod("x", true),
-        pool_pod("y", true),
-        pool_pod("z", false),
-    ];
-    let b = [
-        pool_pod("z", false),
-        pool_pod("x", true),
-        pool_pod("y", true),
-    ];
+    let a = [pool_pod("x", true), pool_pod("y", true), pool_pod("z", false)];
+    let b = [pool_pod("z", false), pool_pod("x", true), pool_pod("y", true)];
     assert_eq!(members(&pool(), &a), members(&pool(), &b));
 }
 
@@ -295,11 +242,7 @@ fn sidecar_is_a_native_sidecar_with_probes_env_and_keys() {
     let startup = c.startup_probe.expect("startup").http_get.expect("http");
     assert_eq!(startup.path.as_deref(), Some("/live"));
     assert_eq!(startup.port, IntOrString::Int(9901));
-    let ready = c
-        .readiness_probe
-        .expect("readiness")
-        .http_get
-        .expect("http");
+    let ready = c.readiness_probe.expect("readiness").http_get.expect("http");
     assert_eq!(ready.path.as_deref(), Some("/ready"));
     let env: BTreeMap<String, (Option<String>, Option<String>)> = c
         .env
@@ -318,10 +261,7 @@ fn sidecar_is_a_native_sidecar_with_probes_env_and_keys() {
     assert_eq!(env["HANDOVER_APP"].0.as_deref(), Some("127.0.0.1:8080"));
     assert_eq!(env["HANDOVER_LISTEN"].0.as_deref(), Some("0.0.0.0:8000"));
     assert_eq!(env["HANDOVER_ADMIN"].0.as_deref(), Some("0.0.0.0:9901"));
-    assert_eq!(
-        env["HANDOVER_KEY_FILE"].0.as_deref(),
-        Some("/etc/handover/keys/keys")
-    );
+    assert_eq!(env["HANDOVER_KEY_FILE"].0.as_deref(), Some("/etc/handover/keys/keys"));
     assert_eq!(env["HANDOVER_MODE"].0.as_deref(), Some("both"));
     assert_eq!(env["HANDOVER_COOKIE_SAME_SITE"].0.as_deref(), Some("Lax"));
     assert_eq!(env["HANDOVER_COOKIE_SECURE"].0.as_deref(), Some("true"));
@@ -353,9 +293,7 @@ fn injection_patch_adds_label_volume_grace_and_marker_only() {
     assert_eq!(patch["metadata"]["name"], "web");
     // Nothing outside the template: the Deployment's selector and replicas stay the user's.
     assert_eq!(
-        patch["spec"]
-            .as_object()
-            .map(|o| o.keys().cloned().collect::<Vec<_>>()),
+        patch["spec"].as_object().map(|o| o.keys().cloned().collect::<Vec<_>>()),
         Some(vec!["template".to_owned()])
     );
     let t = &patch["spec"]["template"];
@@ -363,15 +301,9 @@ fn injection_patch_adds_label_volume_grace_and_marker_only() {
     assert_eq!(t["metadata"]["annotations"][INJECTED_ANNOTATION], "cart");
     assert_eq!(t["metadata"]["annotations"][HASH_ANNOTATION], hash.as_str());
     assert_eq!(t["spec"]["initContainers"][0]["name"], SIDECAR_NAME);
-    assert!(
-        t["spec"].get("containers").is_none(),
-        "app containers are never touched"
-    );
+    assert!(t["spec"].get("containers").is_none(), "app containers are never touched");
     assert_eq!(t["spec"]["volumes"][0]["name"], KEY_VOLUME);
-    assert_eq!(
-        t["spec"]["volumes"][0]["secret"]["secretName"],
-        "cart-handover-keys"
-    );
+    assert_eq!(t["spec"]["volumes"][0]["secret"]["secretName"], "cart-handover-keys");
     assert_eq!(t["spec"]["terminationGracePeriodSeconds"], 5 + 20 + 15);
 }
 
@@ -382,11 +314,7 @@ fn a_long_enough_user_grace_period_is_left_alone() {
         s.termination_grace_period_seconds = Some(120);
     }
     let (patch, _) = injection_patch(&pool(), &d, &cfg());
-    assert!(
-        patch["spec"]["template"]["spec"]
-            .get("terminationGracePeriodSeconds")
-            .is_none()
-    );
+    assert!(patch["spec"]["template"]["spec"].get("terminationGracePeriodSeconds").is_none());
 }
 
 #[test]
@@ -404,10 +332,7 @@ fn a_grace_period_we_own_stays_in_the_patch_so_it_never_flaps() {
         ..ManagedFieldsEntry::default()
     }]);
     let (patch, _) = injection_patch(&pool(), &d, &cfg());
-    assert_eq!(
-        patch["spec"]["template"]["spec"]["terminationGracePeriodSeconds"],
-        40
-    );
+    assert_eq!(patch["spec"]["template"]["spec"]["terminationGracePeriodSeconds"], 40);
 }
 
 #[test]
@@ -420,12 +345,7 @@ fn injection_is_idempotent_once_applied() {
     };
     let after = applied(d, patch);
     let second = plan_deployments(&p, [&after], &[&p], &cfg());
-    assert_eq!(
-        second,
-        [DeploymentPlan::Injected {
-            name: "web".to_owned()
-        }]
-    );
+    assert_eq!(second, [DeploymentPlan::Injected { name: "web".to_owned() }]);
 }
 
 #[test]
@@ -437,10 +357,7 @@ fn a_spec_change_changes_the_hash_and_reinjects() {
     let mut changed = p.clone();
     changed.spec.snapshot.interval = "5s".to_owned();
     let plan = plan_deployments(&changed, [&after], &[&changed], &cfg());
-    assert!(
-        matches!(plan[..], [DeploymentPlan::Inject { .. }]),
-        "{plan:?}"
-    );
+    assert!(matches!(plan[..], [DeploymentPlan::Inject { .. }]), "{plan:?}");
 }
 
 #[test]
@@ -468,10 +385,7 @@ fn a_deleted_pool_removes_its_injection() {
     let after = applied(d, &patch);
     p.metadata.deletion_timestamp = Some(ts(500));
     let plan = plan_deployments(&p, [&after], &[&p], &cfg());
-    assert!(
-        matches!(plan[..], [DeploymentPlan::Remove { .. }]),
-        "{plan:?}"
-    );
+    assert!(matches!(plan[..], [DeploymentPlan::Remove { .. }]), "{plan:?}");
 }
 
 #[test]
@@ -481,25 +395,13 @@ fn moving_the_annotation_to_another_existing_pool_leaves_the_switch_to_it() {
     let d = deployment("web", Some("cart"), &[]);
     let (patch, _) = injection_patch(&cart, &d, &cfg());
     let mut after = applied(d, &patch);
-    after.metadata.annotations = Some(BTreeMap::from([(
-        POOL_LABEL.to_owned(),
-        "orders".to_owned(),
-    )]));
-    assert_eq!(
-        plan_deployments(&cart, [&after], &[&cart, &orders], &cfg()),
-        []
-    );
+    after.metadata.annotations = Some(BTreeMap::from([(POOL_LABEL.to_owned(), "orders".to_owned())]));
+    assert_eq!(plan_deployments(&cart, [&after], &[&cart, &orders], &cfg()), []);
     let plan = plan_deployments(&orders, [&after], &[&cart, &orders], &cfg());
-    assert!(
-        matches!(plan[..], [DeploymentPlan::Inject { .. }]),
-        "{plan:?}"
-    );
+    assert!(matches!(plan[..], [DeploymentPlan::Inject { .. }]), "{plan:?}");
     // If the named pool does not exist, the old pool cleans up.
     let plan = plan_deployments(&cart, [&after], &[&cart], &cfg());
-    assert!(
-        matches!(plan[..], [DeploymentPlan::Remove { .. }]),
-        "{plan:?}"
-    );
+    assert!(matches!(plan[..], [DeploymentPlan::Remove { .. }]), "{plan:?}");
 }
 
 #[test]
@@ -510,47 +412,27 @@ fn two_pools_claiming_one_deployment_is_a_conflict_not_an_injection() {
     let web_pool = pool_in("shop", "web", spec);
     let d = deployment("web", Some("cart"), &[("app", "web")]);
     let plan = plan_deployments(&cart, [&d], &[&cart, &web_pool], &cfg());
-    assert_eq!(
-        plan,
-        [DeploymentPlan::Conflict {
-            name: "web".to_owned(),
-            others: vec!["web".to_owned()]
-        }]
-    );
+    assert_eq!(plan, [DeploymentPlan::Conflict { name: "web".to_owned(), others: vec!["web".to_owned()] }]);
     // A pool being deleted no longer conflicts.
     let mut leaving = web_pool.clone();
     leaving.metadata.deletion_timestamp = Some(ts(9));
     let plan = plan_deployments(&cart, [&d], &[&cart, &leaving], &cfg());
-    assert!(
-        matches!(plan[..], [DeploymentPlan::Inject { .. }]),
-        "{plan:?}"
-    );
+    assert!(matches!(plan[..], [DeploymentPlan::Inject { .. }]), "{plan:?}");
     // A pool of the same name in another namespace is no conflict.
     let mut elsewhere = web_pool.clone();
     elsewhere.metadata.namespace = Some("other".to_owned());
     let plan = plan_deployments(&cart, [&d], &[&cart, &elsewhere], &cfg());
-    assert!(
-        matches!(plan[..], [DeploymentPlan::Inject { .. }]),
-        "{plan:?}"
-    );
+    assert!(matches!(plan[..], [DeploymentPlan::Inject { .. }]), "{plan:?}");
 }
 
 #[test]
 fn a_hand_written_container_named_like_the_sidecar_is_not_overwritten() {
     let mut d = deployment("web", Some("cart"), &[]);
     if let Some(s) = d.spec.as_mut().and_then(|s| s.template.spec.as_mut()) {
-        s.containers.push(Container {
-            name: SIDECAR_NAME.to_owned(),
-            ..Container::default()
-        });
+        s.containers.push(Container { name: SIDECAR_NAME.to_owned(), ..Container::default() });
     }
     let p = pool();
-    assert_eq!(
-        plan_deployments(&p, [&d], &[&p], &cfg()),
-        [DeploymentPlan::ForeignSidecar {
-            name: "web".to_owned()
-        }]
-    );
+    assert_eq!(plan_deployments(&p, [&d], &[&p], &cfg()), [DeploymentPlan::ForeignSidecar { name: "web".to_owned() }]);
 }
 
 #[test]
@@ -560,44 +442,27 @@ fn deployments_of_other_namespaces_and_pools_are_ignored() {
     elsewhere.metadata.namespace = Some("other".to_owned());
     let other_pool = deployment("api", Some("orders"), &[]);
     let plain = deployment("plain", None, &[]);
-    assert_eq!(
-        plan_deployments(&p, [&elsewhere, &other_pool, &plain], &[&p], &cfg()),
-        []
-    );
+    assert_eq!(plan_deployments(&p, [&elsewhere, &other_pool, &plain], &[&p], &cfg()), []);
 }
 
 #[test]
 fn conditions_report_invalid_spec_first() {
     let f = Findings {
-        spec_problems: vec![SpecProblem {
-            field: "spec.sidecarPort",
-            message: "clash".to_owned(),
-        }],
+        spec_problems: vec![SpecProblem { field: "spec.sidecarPort", message: "clash".to_owned() }],
         key_problem: Some("bad keys".to_owned()),
         ready: 2,
         total: 2,
         ..Findings::default()
     };
     let v = condition_values(&f);
-    assert_eq!(
-        (v[0].type_, v[0].status, v[0].reason),
-        ("Ready", false, "InvalidSpec")
-    );
+    assert_eq!((v[0].type_, v[0].status, v[0].reason), ("Ready", false, "InvalidSpec"));
     assert_eq!(v[0].message, "spec.sidecarPort: clash");
-    assert_eq!(
-        (v[1].type_, v[1].status, v[1].reason),
-        ("Degraded", true, "InvalidSpec")
-    );
+    assert_eq!((v[1].type_, v[1].status, v[1].reason), ("Degraded", true, "InvalidSpec"));
 }
 
 #[test]
 fn conditions_for_keys_members_and_conflicts() {
-    let keys = Findings {
-        key_problem: Some("line 1: bad".to_owned()),
-        ready: 1,
-        total: 1,
-        ..Findings::default()
-    };
+    let keys = Findings { key_problem: Some("line 1: bad".to_owned()), ready: 1, total: 1, ..Findings::default() };
     assert_eq!(condition_values(&keys)[0].reason, "KeySecretInvalid");
     let empty = Findings::default();
     let v = condition_values(&empty);
@@ -610,20 +475,13 @@ fn conditions_for_keys_members_and_conflicts() {
         ..Findings::default()
     };
     let v = condition_values(&conflict);
-    assert_eq!(
-        (v[0].status, v[0].reason, v[0].message.as_str()),
-        (true, "MembersReady", "2 of 3 members ready")
-    );
+    assert_eq!((v[0].status, v[0].reason, v[0].message.as_str()), (true, "MembersReady", "2 of 3 members ready"));
     assert_eq!((v[1].status, v[1].reason), (true, "DeploymentConflict"));
 }
 
 #[test]
 fn transition_time_changes_only_on_a_real_transition() {
-    let ready = |n: i32| Findings {
-        ready: n,
-        total: 3,
-        ..Findings::default()
-    };
+    let ready = |n: i32| Findings { ready: n, total: 3, ..Findings::default() };
     let first = settle_conditions(&[], &condition_values(&ready(1)), Some(1), &ts(10));
     assert_eq!(first[0].last_transition_time, ts(10));
     // Message changes (1 -> 2 ready), status does not: time stays.
@@ -633,22 +491,14 @@ fn transition_time_changes_only_on_a_real_transition() {
     // Ready -> not ready: time moves.
     let third = settle_conditions(&second, &condition_values(&ready(0)), Some(1), &ts(30));
     assert_eq!(third[0].last_transition_time, ts(30));
-    assert_eq!(
-        third[1].last_transition_time,
-        ts(10),
-        "Degraded did not transition"
-    );
+    assert_eq!(third[1].last_transition_time, ts(10), "Degraded did not transition");
 }
 
 #[test]
 fn recomputing_an_unchanged_status_yields_an_identical_status() {
     let mut p = pool();
     let pods = [pool_pod("b", true), pool_pod("a", true)];
-    let f = Findings {
-        ready: 2,
-        total: 2,
-        ..Findings::default()
-    };
+    let f = Findings { ready: 2, total: 2, ..Findings::default() };
     let s1 = status(&p, members(&p, &pods), &f, &ts(10));
     p.status = Some(s1.clone());
     let s2 = status(&p, members(&p, &pods), &f, &ts(99));
@@ -682,16 +532,9 @@ fn apply_errors_make_the_pool_unready_and_degraded() {
 
 #[test]
 fn events_fire_once_per_transition_not_per_reconcile() {
-    let ok = Findings {
-        ready: 1,
-        total: 1,
-        ..Findings::default()
-    };
+    let ok = Findings { ready: 1, total: 1, ..Findings::default() };
     let bad = Findings {
-        spec_problems: vec![SpecProblem {
-            field: "spec.appPort",
-            message: "clash".to_owned(),
-        }],
+        spec_problems: vec![SpecProblem { field: "spec.appPort", message: "clash".to_owned() }],
         ..Findings::default()
     };
     let c_ok = settle_conditions(&[], &condition_values(&ok), Some(1), &ts(1));
@@ -709,10 +552,6 @@ fn events_fire_once_per_transition_not_per_reconcile() {
     let events = condition_events(&c_bad, &c_fixed);
     assert_eq!(
         events,
-        [PoolEvent {
-            warning: false,
-            reason: "Recovered".to_owned(),
-            note: "no problem found".to_owned()
-        }]
+        [PoolEvent { warning: false, reason: "Recovered".to_owned(), note: "no problem found".to_owned() }]
     );
 }

@@ -1,0 +1,331 @@
+//! Command line: `run` (the sidecar), `demo`, `demo-app`, `bench`, `cookie inspect`, `keygen`.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+use crate::decide::{Affinity, Mode};
+use crate::keys::KeyFile;
+use crate::metrics::Metrics;
+use crate::proxy::{Config, CookieConfig, Proxy};
+use crate::registry::{Registry, StaticRegistry};
+
+/// handover sidecar: sessions that survive the death of the pod that served them.
+#[derive(Parser, Debug)]
+#[command(name = "handover-sidecar", version)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Run the sidecar: a reverse proxy in front of the app.
+    Run(Box<RunArgs>),
+    /// Run a local pool of pods under client load and kill pods while it runs (no cluster needed).
+    Demo(crate::demo::DemoArgs),
+    /// Run the demo application (a per-session counter implementing the handover contract).
+    DemoApp(crate::demo_app::DemoAppArgs),
+    /// Measure throughput and latency: app direct, behind the sidecar, behind nginx.
+    Bench(crate::bench::BenchArgs),
+    /// Work with state cookies.
+    #[command(subcommand)]
+    Cookie(CookieCommand),
+    /// Print a key file line holding a fresh random key.
+    Keygen {
+        /// Key id.
+        #[arg(long, default_value_t = 1)]
+        id: u32,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum CookieCommand {
+    /// Open a state cookie with the pool's key file and print what it holds, or why it is refused.
+    Inspect {
+        /// The cookie value (chunks joined, or `name=value; name.1=value` as copied from a Cookie
+        /// header).
+        value: String,
+        /// The key file (as mounted from the pool's key Secret).
+        #[arg(long, env = "HANDOVER_KEY_FILE", default_value = "/etc/handover/keys/keys")]
+        key_file: PathBuf,
+        /// The pool, `namespace/name`.
+        #[arg(long, env = "HANDOVER_POOL")]
+        pool: String,
+        /// The cookie name.
+        #[arg(long, default_value = "handover")]
+        cookie_name: String,
+    },
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum RegistryKind {
+    /// Members from `--peers` (a file, re-read when it changes, or a list).
+    Static,
+    /// Members from the pod's ServerPool status (in a Kubernetes pod).
+    Kubernetes,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+fn duration(text: &str) -> Result<Duration, String> {
+    crate::duration::parse(text)
+}
+
+/// Flags of `run`; each can also be set through the environment variable shown.
+#[derive(Args, Debug, Clone)]
+pub struct RunArgs {
+    /// Data address clients (and peer sidecars) connect to.
+    #[arg(long, env = "HANDOVER_LISTEN", default_value = "0.0.0.0:8000")]
+    pub listen: SocketAddr,
+    /// Admin address: /live, /ready, /metrics.
+    #[arg(long, env = "HANDOVER_ADMIN", default_value = "0.0.0.0:9901")]
+    pub admin: SocketAddr,
+    /// The app's address (inside the pod).
+    #[arg(long, env = "HANDOVER_APP", default_value = "127.0.0.1:8080")]
+    pub app: SocketAddr,
+    /// The pool, `namespace/name`: cookies of other pools are refused.
+    #[arg(long, env = "HANDOVER_POOL")]
+    pub pool: String,
+    /// This pod's name.
+    #[arg(long, env = "HANDOVER_POD_NAME")]
+    pub pod_name: String,
+    /// This pod's uid.
+    #[arg(long, env = "HANDOVER_POD_UID", default_value = "")]
+    pub pod_uid: String,
+    /// This pod's IP: with the listen port, the address peers forward to.
+    #[arg(long, env = "HANDOVER_POD_IP")]
+    pub pod_ip: Option<std::net::IpAddr>,
+    /// The key file (one key per line, the first seals).
+    #[arg(long, env = "HANDOVER_KEY_FILE", default_value = "/etc/handover/keys/keys")]
+    pub key_file: PathBuf,
+    /// How the app hands over its state.
+    #[arg(long, env = "HANDOVER_MODE", value_enum, default_value = "both")]
+    pub mode: Mode,
+    /// Pull mode: fetch the state when the last snapshot is older than this.
+    #[arg(long, env = "HANDOVER_SNAPSHOT_INTERVAL", default_value = "1s", value_parser = duration)]
+    pub snapshot_interval: Duration,
+    /// The app's state endpoint (GET to pull, PUT to restore).
+    #[arg(long, env = "HANDOVER_STATE_PATH", default_value = "/handover/state")]
+    pub state_path: String,
+    #[arg(long, env = "HANDOVER_COOKIE_NAME", default_value = "handover")]
+    pub cookie_name: String,
+    #[arg(long, env = "HANDOVER_COOKIE_MAX_AGE", default_value = "12h", value_parser = duration)]
+    pub cookie_max_age: Duration,
+    /// Budget for the state cookie over all its chunks.
+    #[arg(long, env = "HANDOVER_COOKIE_MAX_BYTES", default_value_t = 16384)]
+    pub cookie_max_bytes: usize,
+    /// Mark cookies `Secure` (turn off only for plain-HTTP tests).
+    #[arg(long, env = "HANDOVER_COOKIE_SECURE", default_value_t = true, action = clap::ArgAction::Set)]
+    pub cookie_secure: bool,
+    #[arg(long, env = "HANDOVER_COOKIE_SAME_SITE", default_value = "Lax", value_parser = ["Lax", "Strict", "None"])]
+    pub cookie_same_site: String,
+    /// Forward requests to a live owner, or take sessions over wherever they land.
+    #[arg(long, env = "HANDOVER_AFFINITY", value_enum, default_value = "forward")]
+    pub affinity: Affinity,
+    /// Where the member list comes from.
+    #[arg(long, env = "HANDOVER_REGISTRY", value_enum, default_value = "static")]
+    pub registry: RegistryKind,
+    /// Static registry: a file (`name uid addr` per line, re-read on change) or `name@addr,...`.
+    #[arg(long, env = "HANDOVER_PEERS", default_value = "")]
+    pub peers: String,
+    /// After SIGTERM: keep serving (readiness failing) this long, then close.
+    #[arg(long, env = "HANDOVER_DRAIN_GRACE", default_value = "5s", value_parser = duration)]
+    pub drain_grace: Duration,
+    /// Hold requests this long while the local app is down (restarting).
+    #[arg(long, env = "HANDOVER_APP_WAIT", default_value = "10s", value_parser = duration)]
+    pub app_wait: Duration,
+    /// Connect timeout to the app and to peers; a peer that misses it counts as dead.
+    #[arg(long, env = "HANDOVER_CONNECT_TIMEOUT", default_value = "300ms", value_parser = duration)]
+    pub connect_timeout: Duration,
+    /// Longest wait for a peer's (or the app's state endpoint's) answer.
+    #[arg(long, env = "HANDOVER_PEER_TIMEOUT", default_value = "5s", value_parser = duration)]
+    pub peer_timeout: Duration,
+    /// Requests with larger headers get 431.
+    #[arg(long, env = "HANDOVER_MAX_HEADER_BYTES", default_value_t = 64 * 1024)]
+    pub max_header_bytes: usize,
+    #[arg(long, env = "HANDOVER_LOG_LEVEL", default_value = "info")]
+    pub log_level: String,
+    #[arg(long, env = "HANDOVER_LOG_FORMAT", value_enum, default_value = "text")]
+    pub log_format: LogFormat,
+    /// Worker threads (0: one per core).
+    #[arg(long, env = "HANDOVER_WORKERS", default_value_t = 0)]
+    pub workers: usize,
+}
+
+/// Sets up logging to stderr.
+pub fn init_logging(level: &str, format: LogFormat) {
+    let filter =
+        tracing_subscriber::EnvFilter::try_new(level).unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_ansi(ansi).with_writer(std::io::stderr);
+    let _ = match format {
+        LogFormat::Text => builder.try_init(),
+        LogFormat::Json => builder.json().try_init(),
+    };
+}
+
+/// Runs the sidecar until SIGTERM (or SIGINT) and the drain are over.
+pub async fn run(args: RunArgs) -> Result<(), String> {
+    let keys = KeyFile::open(args.key_file.clone()).map_err(|e| e.to_string())?;
+    let metrics = Arc::new(Metrics::default());
+    let registry: Arc<dyn Registry> = match args.registry {
+        RegistryKind::Static => {
+            let path = PathBuf::from(&args.peers);
+            if !args.peers.is_empty() && path.is_file() {
+                StaticRegistry::follow_file(path, Duration::from_millis(200))?
+            } else {
+                StaticRegistry::fixed(crate::registry::parse_members(&args.peers)?)
+            }
+        }
+        RegistryKind::Kubernetes => kubernetes_registry(&args.pool).await?,
+    };
+    let advertise = match args.pod_ip {
+        Some(ip) => SocketAddr::new(ip, args.listen.port()).to_string(),
+        None => args.listen.to_string(),
+    };
+    let cfg = Config {
+        pool: args.pool.clone(),
+        pod_name: args.pod_name.clone(),
+        pod_uid: args.pod_uid.clone(),
+        advertise,
+        app: args.app,
+        mode: args.mode,
+        snapshot_interval: args.snapshot_interval,
+        state_path: args.state_path.clone(),
+        cookie: CookieConfig {
+            name: args.cookie_name.clone(),
+            max_age: args.cookie_max_age,
+            max_bytes: args.cookie_max_bytes,
+            secure: args.cookie_secure,
+            same_site: args.cookie_same_site.clone(),
+        },
+        affinity: args.affinity,
+        app_wait: args.app_wait,
+        connect_timeout: args.connect_timeout,
+        peer_timeout: args.peer_timeout,
+        max_header_bytes: args.max_header_bytes,
+    };
+    let proxy = Proxy::new(cfg, Arc::clone(&keys), registry, Arc::clone(&metrics));
+
+    let data = tokio::net::TcpListener::bind(args.listen)
+        .await
+        .map_err(|e| format!("cannot listen on {}: {e}", args.listen))?;
+    let admin =
+        tokio::net::TcpListener::bind(args.admin).await.map_err(|e| format!("cannot listen on {}: {e}", args.admin))?;
+    tracing::info!(data = %args.listen, admin = %args.admin, app = %args.app, pool = %args.pool, pod = %args.pod_name, "handover sidecar started");
+
+    tokio::spawn(Arc::clone(&proxy).watch_app());
+    let key_errors = metrics.key_reload_errors.clone();
+    tokio::spawn(Arc::clone(&keys).follow(Duration::from_secs(1), move |e| {
+        key_errors.inc();
+        tracing::error!(error = %e, "key file refused; keeping the previous key ring");
+    }));
+    let sweeper = Arc::clone(&proxy);
+    tokio::spawn(async move {
+        let mut every = tokio::time::interval(Duration::from_secs(60));
+        loop {
+            every.tick().await;
+            sweeper.forget_expired_sessions();
+        }
+    });
+
+    let admin_proxy = Arc::clone(&proxy);
+    let admin_task = tokio::spawn(crate::server::serve(
+        admin,
+        move |req, _| {
+            let resp = crate::server::admin(&admin_proxy, &req);
+            async move { resp }
+        },
+        std::future::pending(),
+        Duration::ZERO,
+    ));
+
+    let (drained_tx, drained_rx) = tokio::sync::oneshot::channel::<()>();
+    let draining_proxy = Arc::clone(&proxy);
+    let drain_grace = args.drain_grace;
+    tokio::spawn(async move {
+        shutdown_signal().await;
+        tracing::info!(?drain_grace, "SIGTERM: readiness fails now; serving on while the pool learns");
+        draining_proxy.start_draining();
+        tokio::time::sleep(drain_grace).await;
+        let _ = drained_tx.send(());
+    });
+    let data_proxy = Arc::clone(&proxy);
+    crate::server::serve(
+        data,
+        move |req, client| Arc::clone(&data_proxy).handle(req, client),
+        async {
+            let _ = drained_rx.await;
+        },
+        Duration::from_secs(5),
+    )
+    .await;
+    admin_task.abort();
+    tracing::info!("drained; bye");
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    match (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) {
+        (Ok(mut term), Ok(mut int)) => {
+            tokio::select! {
+                _ = term.recv() => {}
+                _ = int.recv() => {}
+            }
+        }
+        _ => std::future::pending().await,
+    }
+}
+
+async fn kubernetes_registry(pool: &str) -> Result<Arc<dyn Registry>, String> {
+    let (namespace, name) = pool.split_once('/').ok_or_else(|| format!("--pool {pool:?} is not `namespace/name`"))?;
+    let registry = crate::registry_kube::KubeRegistry::start(namespace, name)
+        .await
+        .map_err(|e| format!("cannot watch ServerPool {pool}: {e}"))?;
+    Ok(registry)
+}
+
+/// `cookie inspect`: prints the opened cookie as JSON, or why it is refused.
+pub fn inspect(value: &str, key_file: &std::path::Path, pool: &str, cookie_name: &str) -> Result<String, String> {
+    let ring = crate::keys::KeyRing::load(key_file).map_err(|e| e.to_string())?;
+    let pairs: Vec<(String, String)> = if value.contains('=') {
+        value
+            .split(';')
+            .filter_map(|p| p.split_once('='))
+            .map(|(n, v)| (n.trim().to_owned(), v.trim().to_owned()))
+            .collect()
+    } else {
+        vec![(cookie_name.to_owned(), value.trim().to_owned())]
+    };
+    let budget = crate::cookie::Budget::for_cookie(cookie_name, usize::MAX / 2);
+    let joined =
+        crate::cookie::join(cookie_name, budget, |n| pairs.iter().find(|(k, _)| k == n).map(|(_, v)| v.as_str()))
+            .map_err(|e| format!("refused: {e} ({})", e.reason()))?
+            .ok_or_else(|| format!("no cookie named {cookie_name:?} in the input"))?;
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
+    let s = crate::cookie::open(&joined, pool, &ring, now).map_err(|e| format!("refused: {e} ({})", e.reason()))?;
+    let state_text = String::from_utf8(s.state.clone()).ok();
+    let report = serde_json::json!({
+        "session": s.session,
+        "pool": pool,
+        "owner": {"pod": s.owner.name, "uid": s.owner.uid, "addr": s.owner.addr},
+        "version": s.version,
+        "issued_at": s.issued_at,
+        "expires_at": s.expires_at,
+        "expires_in_seconds": s.expires_at.saturating_sub(now),
+        "state_bytes": s.state.len(),
+        "state_utf8": state_text,
+        "state_base64url": base64::Engine::encode(&base64::engine::general_purpose::URL_SAFE_NO_PAD, &s.state),
+        "sealed_bytes": joined.len(),
+    });
+    serde_json::to_string_pretty(&report).map_err(|e| e.to_string())
+}

@@ -1,0 +1,391 @@
+//! What to do with a request: a pure function of (cookie, local session table, registry, now).
+//!
+//! The proxy gathers the inputs, calls [`route`] and carries out the answer; it never decides
+//! anything itself. See DESIGN.md, "Data path", step 2.
+
+use std::time::{Duration, Instant};
+
+use crate::cookie::Snapshot;
+use crate::registry::Member;
+
+/// What a pod does with a session whose owner is alive elsewhere.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Affinity {
+    /// Forward the request to the owner's sidecar: one owner per session, no forks.
+    Forward,
+    /// Take the session over wherever it lands (for pools behind sticky routing).
+    Takeover,
+}
+
+/// How the application hands its state to the sidecar.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Mode {
+    /// The app puts its state in a `Handover-State` response header.
+    Push,
+    /// The sidecar fetches `GET <statePath>` when the last snapshot is older than the interval.
+    Pull,
+    /// Pushed state when there is one, pulled otherwise.
+    Both,
+}
+
+/// This pod, as cookies name it.
+#[derive(Clone, Copy, Debug)]
+pub struct Me<'a> {
+    pub name: &'a str,
+    pub uid: &'a str,
+}
+
+/// Everything a routing decision depends on.
+#[derive(Clone, Copy, Debug)]
+pub struct Inputs<'a> {
+    /// The request's state cookie, if it opened.
+    pub cookie: Option<&'a Snapshot>,
+    /// The version of this session the local app holds, from the local session table.
+    pub local_version: Option<u64>,
+    /// Live members from the registry.
+    pub live: &'a [Member],
+    /// Members this sidecar just failed to reach: dead to it whatever the registry says.
+    pub unreachable: &'a [String],
+    pub me: Me<'a>,
+    /// The request was already forwarded once by a peer: never forward it again.
+    pub forwarded: bool,
+    pub affinity: Affinity,
+}
+
+/// Why a request goes to a peer.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ForwardReason {
+    /// The session's owner is alive.
+    Owner,
+    /// The owner is dead and that peer is the session's successor.
+    Successor,
+}
+
+/// The answer.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Decision {
+    /// No valid cookie: a new session, served here.
+    New,
+    /// The local app holds the session: serve here.
+    Serve,
+    /// Restore the cookie's state into the local app, then serve here. `takeover` when the owner
+    /// was another pod.
+    Restore { takeover: bool },
+    /// Send the request to a peer's sidecar.
+    Forward { to: Member, reason: ForwardReason },
+}
+
+/// Decides where a request is served.
+pub fn route(i: Inputs<'_>) -> Decision {
+    let Some(cookie) = i.cookie else {
+        return Decision::New;
+    };
+    let holds_current = i.local_version.is_some_and(|v| v >= cookie.version);
+    let owner_is_me = cookie.owner.name == i.me.name && cookie.owner.uid == i.me.uid;
+    if holds_current {
+        // The local app already has this version or a newer one: the owner's copy wins over an
+        // older cookie, and a second request of a session just taken over is served, not restored
+        // again.
+        return Decision::Serve;
+    }
+    if owner_is_me {
+        // Ours, but the app lost it (app restarted) or the sidecar's table did (sidecar restarted).
+        return Decision::Restore { takeover: false };
+    }
+    if i.forwarded || i.affinity == Affinity::Takeover {
+        return Decision::Restore { takeover: true };
+    }
+    let reachable = |m: &&Member| !i.unreachable.contains(&m.name);
+    let owner = i.live.iter().filter(reachable).find(|m| m.name == cookie.owner.name && m.uid == cookie.owner.uid);
+    if let Some(owner) = owner {
+        return Decision::Forward { to: owner.clone(), reason: ForwardReason::Owner };
+    }
+    match successor(&cookie.session, i.live.iter().filter(reachable)) {
+        Some(s) if s.name != i.me.name => Decision::Forward { to: s.clone(), reason: ForwardReason::Successor },
+        // This pod is the successor, or it knows no live member at all (then the request is here,
+        // and serving it beats refusing it).
+        _ => Decision::Restore { takeover: true },
+    }
+}
+
+/// The member that takes over a dead owner's session: rendezvous (highest random weight) hashing,
+/// so every sidecar with the same member list picks the same one, and a member leaving moves only
+/// its own sessions.
+pub fn successor<'a>(session: &str, candidates: impl Iterator<Item = &'a Member>) -> Option<&'a Member> {
+    candidates.max_by_key(|m| (weight(session, m), m.name.as_str()))
+}
+
+/// FNV-1a over session, member name and uid, then a SplitMix64 finalizer for spread. Written out
+/// (not `DefaultHasher`) so that every build of the sidecar computes the same weights.
+fn weight(session: &str, member: &Member) -> u64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for part in [session.as_bytes(), &[0xff], member.name.as_bytes(), &[0xff], member.uid.as_bytes()] {
+        for b in part {
+            h = (h ^ u64::from(*b)).wrapping_mul(0x0000_0100_0000_01b3);
+        }
+    }
+    h = (h ^ (h >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    h = (h ^ (h >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    h ^ (h >> 31)
+}
+
+/// When the sidecar must fetch the app's state before answering (pull and both modes).
+#[derive(Clone, Copy, Debug)]
+pub struct PullInputs {
+    pub mode: Mode,
+    /// The app pushed a state on this response.
+    pub pushed: bool,
+    /// When this pod last sealed a snapshot of the session.
+    pub last_sealed: Option<Instant>,
+    pub now: Instant,
+    pub interval: Duration,
+    /// Since when this pod is shutting down: while it drains, every response carries a fresh
+    /// snapshot, so a pod that leaves gracefully loses nothing even in pull mode.
+    pub draining_since: Option<Instant>,
+}
+
+/// Whether to pull the state now.
+pub fn should_pull(p: PullInputs) -> bool {
+    if p.mode == Mode::Push || p.pushed {
+        return false;
+    }
+    let Some(last) = p.last_sealed else {
+        return true;
+    };
+    p.draining_since.is_some() || p.now.saturating_duration_since(last) >= p.interval
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cookie::Owner;
+    use proptest::prelude::*;
+
+    fn member(name: &str) -> Member {
+        Member { name: name.into(), uid: format!("uid-{name}"), addr: "127.0.0.1:1".parse().expect("addr") }
+    }
+
+    fn cookie_from(owner: &str, version: u64) -> Snapshot {
+        Snapshot {
+            session: "session-1".into(),
+            owner: Owner { name: owner.into(), uid: format!("uid-{owner}"), addr: String::new() },
+            version,
+            issued_at: 0,
+            expires_at: u64::MAX,
+            state: b"state".to_vec(),
+        }
+    }
+
+    struct Case<'a> {
+        cookie: Option<Snapshot>,
+        local: Option<u64>,
+        live: Vec<Member>,
+        unreachable: Vec<String>,
+        me: &'a str,
+        forwarded: bool,
+        affinity: Affinity,
+    }
+
+    impl Case<'_> {
+        fn route(&self) -> Decision {
+            let uid = format!("uid-{}", self.me);
+            route(Inputs {
+                cookie: self.cookie.as_ref(),
+                local_version: self.local,
+                live: &self.live,
+                unreachable: &self.unreachable,
+                me: Me { name: self.me, uid: &uid },
+                forwarded: self.forwarded,
+                affinity: self.affinity,
+            })
+        }
+    }
+
+    fn case(cookie: Option<Snapshot>) -> Case<'static> {
+        Case {
+            cookie,
+            local: None,
+            live: vec![member("a"), member("b"), member("c")],
+            unreachable: vec![],
+            me: "a",
+            forwarded: false,
+            affinity: Affinity::Forward,
+        }
+    }
+
+    /// Which of `live` is the successor of the test session.
+    fn successor_of(live: &[Member]) -> String {
+        successor("session-1", live.iter()).map(|m| m.name.clone()).expect("some member")
+    }
+
+    #[test]
+    fn no_cookie_is_a_new_session() {
+        assert_eq!(case(None).route(), Decision::New);
+    }
+
+    #[test]
+    fn owner_serves_when_its_app_holds_the_version() {
+        let mut c = case(Some(cookie_from("a", 5)));
+        c.local = Some(5);
+        assert_eq!(c.route(), Decision::Serve);
+        c.local = Some(9); // the client presented an older cookie: the owner's copy wins
+        assert_eq!(c.route(), Decision::Serve);
+    }
+
+    #[test]
+    fn owner_restores_when_its_app_lost_the_session() {
+        let mut c = case(Some(cookie_from("a", 5)));
+        assert_eq!(c.route(), Decision::Restore { takeover: false });
+        c.local = Some(4);
+        assert_eq!(c.route(), Decision::Restore { takeover: false });
+    }
+
+    #[test]
+    fn a_pod_recreated_under_the_same_name_is_not_the_owner() {
+        let mut c = case(Some(cookie_from("a", 5)));
+        c.cookie.as_mut().expect("cookie").owner.uid = "old-uid".into();
+        c.live = vec![member("a")];
+        assert_eq!(c.route(), Decision::Restore { takeover: true });
+    }
+
+    #[test]
+    fn live_owner_elsewhere_gets_the_request() {
+        let c = case(Some(cookie_from("b", 5)));
+        assert_eq!(c.route(), Decision::Forward { to: member("b"), reason: ForwardReason::Owner });
+    }
+
+    #[test]
+    fn a_forwarded_request_is_never_forwarded_again() {
+        let mut c = case(Some(cookie_from("b", 5)));
+        c.forwarded = true;
+        assert_eq!(c.route(), Decision::Restore { takeover: true });
+        c.local = Some(5);
+        assert_eq!(c.route(), Decision::Serve);
+    }
+
+    #[test]
+    fn takeover_affinity_restores_wherever_the_request_lands() {
+        let mut c = case(Some(cookie_from("b", 5)));
+        c.affinity = Affinity::Takeover;
+        assert_eq!(c.route(), Decision::Restore { takeover: true });
+    }
+
+    #[test]
+    fn dead_owner_goes_to_the_one_successor_from_every_pod() {
+        let live = vec![member("a"), member("b"), member("c")];
+        let heir = successor_of(&live);
+        for me in ["a", "b", "c"] {
+            let mut c = case(Some(cookie_from("dead", 5)));
+            c.me = me;
+            let expected = if me == heir {
+                Decision::Restore { takeover: true }
+            } else {
+                Decision::Forward { to: member(&heir), reason: ForwardReason::Successor }
+            };
+            assert_eq!(c.route(), expected, "seen from {me}");
+        }
+    }
+
+    #[test]
+    fn unreachable_owner_is_treated_as_dead() {
+        let mut c = case(Some(cookie_from("b", 5)));
+        c.unreachable = vec!["b".into()];
+        let heir = successor_of(&[member("a"), member("c")]);
+        let d = c.route();
+        if heir == "a" {
+            assert_eq!(d, Decision::Restore { takeover: true });
+        } else {
+            assert_eq!(d, Decision::Forward { to: member("c"), reason: ForwardReason::Successor });
+        }
+    }
+
+    #[test]
+    fn unreachable_successor_is_skipped() {
+        let mut c = case(Some(cookie_from("dead", 5)));
+        c.me = "zz-not-a-member";
+        let first = successor_of(&c.live);
+        c.unreachable = vec![first.clone()];
+        match c.route() {
+            Decision::Forward { to, .. } => assert_ne!(to.name, first),
+            other => panic!("expected a forward to another member, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn empty_registry_serves_here_rather_than_refusing() {
+        let mut c = case(Some(cookie_from("dead", 5)));
+        c.live.clear();
+        assert_eq!(c.route(), Decision::Restore { takeover: true });
+    }
+
+    #[test]
+    fn a_member_leaving_moves_only_its_own_sessions() {
+        let all: Vec<Member> = (0..8).map(|i| member(&format!("m{i}"))).collect();
+        let without_m3: Vec<Member> = all.iter().filter(|m| m.name != "m3").cloned().collect();
+        for s in 0..500 {
+            let session = format!("s{s}");
+            let before = successor(&session, all.iter()).expect("member");
+            let after = successor(&session, without_m3.iter()).expect("member");
+            if before.name != "m3" {
+                assert_eq!(before, after, "session {session} moved although its member stayed");
+            }
+        }
+    }
+
+    proptest! {
+        #[test]
+        fn successor_ignores_member_order(names in proptest::collection::btree_set("[a-z]{1,6}", 1..10), session in ".{0,20}") {
+            let members: Vec<Member> = names.iter().map(|n| member(n)).collect();
+            let mut reversed = members.clone();
+            reversed.reverse();
+            prop_assert_eq!(successor(&session, members.iter()), successor(&session, reversed.iter()));
+        }
+
+        #[test]
+        fn route_never_forwards_to_itself_or_an_unreachable_member(
+            owner in "[a-d]", me in "[a-d]", version in 0u64..4, local in proptest::option::of(0u64..4),
+            unreachable in proptest::collection::vec("[a-d]", 0..3), forwarded in any::<bool>(),
+        ) {
+            let live: Vec<Member> = ["a", "b", "c", "d"].iter().map(|n| member(n)).collect();
+            let c = Case {
+                cookie: Some(cookie_from(&owner, version)), local, live, unreachable: unreachable.clone(),
+                me: &me, forwarded, affinity: Affinity::Forward,
+            };
+            match c.route() {
+                Decision::Forward { to, .. } => {
+                    prop_assert_ne!(&to.name, &me);
+                    prop_assert!(!unreachable.contains(&to.name));
+                    prop_assert!(!forwarded);
+                }
+                Decision::New => prop_assert!(false, "a cookie is never a new session"),
+                _ => {}
+            }
+        }
+    }
+
+    #[test]
+    fn pull_follows_mode_interval_and_draining() {
+        let t0 = Instant::now();
+        let second = Duration::from_secs(1);
+        let base = PullInputs {
+            mode: Mode::Pull,
+            pushed: false,
+            last_sealed: Some(t0),
+            now: t0 + Duration::from_millis(500),
+            interval: second,
+            draining_since: None,
+        };
+        assert!(!should_pull(base));
+        assert!(should_pull(PullInputs { now: t0 + second, ..base }));
+        assert!(should_pull(PullInputs { last_sealed: None, ..base }));
+        assert!(
+            should_pull(PullInputs { draining_since: Some(t0), ..base }),
+            "a draining pod snapshots every response"
+        );
+        assert!(!should_pull(PullInputs { mode: Mode::Push, last_sealed: None, ..base }));
+        assert!(!should_pull(PullInputs { mode: Mode::Both, pushed: true, last_sealed: None, ..base }));
+        assert!(should_pull(PullInputs { mode: Mode::Both, last_sealed: None, ..base }));
+    }
+}

@@ -1,0 +1,220 @@
+//! `handover-sidecar demo`: a local pool of pods under client load, with pods killed and replaced
+//! while it runs. Ends with a summary; its last line is the same summary as JSON. Exits non-zero
+//! when an acknowledged update was lost in push mode.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use serde::Serialize;
+
+use crate::decide::Mode;
+use crate::localpool::{CounterSession, LocalPool, PoolOptions, Sig, metric_sum, scrape};
+
+fn duration(text: &str) -> Result<Duration, String> {
+    crate::duration::parse(text)
+}
+
+#[derive(clap::Args, Debug, Clone)]
+pub struct DemoArgs {
+    /// Pods in the pool.
+    #[arg(long, default_value_t = 3)]
+    pub pods: usize,
+    /// Concurrent client sessions.
+    #[arg(long, default_value_t = 40)]
+    pub sessions: usize,
+    /// How long clients run.
+    #[arg(long, default_value = "20s", value_parser = duration)]
+    pub duration: Duration,
+    /// Kill (and replace) a pod this often.
+    #[arg(long, default_value = "3s", value_parser = duration)]
+    pub kill_every: Duration,
+    /// push: the app pushes every change (nothing acknowledged may be lost); pull: the sidecar
+    /// pulls every `--snapshot-interval` (may lose up to one interval).
+    #[arg(long, value_enum, default_value = "push")]
+    pub mode: Mode,
+    #[arg(long, default_value = "500ms", value_parser = duration)]
+    pub snapshot_interval: Duration,
+}
+
+/// The outcome of a run.
+#[derive(Debug, Serialize)]
+pub struct Summary {
+    pub mode: Mode,
+    pub pods: usize,
+    pub sessions: usize,
+    pub duration_seconds: f64,
+    pub requests: u64,
+    pub acknowledged_updates: u64,
+    pub client_errors: u64,
+    pub pods_killed: u64,
+    pub pods_terminated: u64,
+    /// Sessions whose requests failed for a while and then went on.
+    pub failovers: u64,
+    /// Sessions taken over by a successor, as the sidecars counted them.
+    pub takeovers: u64,
+    pub failover_ms_p50: f64,
+    pub failover_ms_p99: f64,
+    pub lost_updates: u64,
+    pub network: &'static str,
+}
+
+fn percentile(sorted: &[Duration], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return 0.0;
+    }
+    let rank = ((p / 100.0) * (sorted.len() - 1) as f64).round() as usize;
+    sorted[rank.min(sorted.len() - 1)].as_secs_f64() * 1000.0
+}
+
+/// Runs the demo.
+pub async fn run(args: DemoArgs) -> Result<(), String> {
+    if args.pods < 2 {
+        return Err("--pods must be at least 2: a session needs somewhere to fail over to".into());
+    }
+    let exe = std::env::current_exe().map_err(|e| format!("cannot find my own executable: {e}"))?;
+    let mut opts = PoolOptions::new(exe, args.pods);
+    opts.mode = args.mode;
+    opts.snapshot_interval = args.snapshot_interval;
+    println!("starting {} pods (sidecar + demo app each, on their own loopback addresses)…", args.pods);
+    let mut pool = LocalPool::start(opts).await?;
+    println!(
+        "pool ready: {}; {} sessions for {:?}, a pod killed every {:?}, {:?} mode",
+        pool.pods.iter().map(|p| format!("{}@{}", p.name, p.data())).collect::<Vec<_>>().join(" "),
+        args.sessions,
+        args.duration,
+        args.kill_every,
+        args.mode
+    );
+
+    let ready = pool.ready_handle();
+    let started = Instant::now();
+    let deadline = started + args.duration;
+    let acked_total = Arc::new(AtomicU64::new(0));
+    let mut clients = Vec::new();
+    for _ in 0..args.sessions {
+        let ready = Arc::clone(&ready);
+        let acked_total = Arc::clone(&acked_total);
+        clients.push(tokio::spawn(async move {
+            let mut s = CounterSession::default();
+            let mut failure = None;
+            while Instant::now() < deadline {
+                match s.incr(&ready).await {
+                    Ok(_) => {
+                        acked_total.fetch_add(1, Ordering::Relaxed);
+                    }
+                    Err(e) => {
+                        failure = Some(e);
+                        break;
+                    }
+                }
+            }
+            (s, failure)
+        }));
+    }
+
+    let mut killed = 0u64;
+    let mut terminated = 0u64;
+    let mut retired_takeovers = 0.0;
+    let mut next_fault = started + args.kill_every;
+    let mut next_report = started + Duration::from_secs(1);
+    while Instant::now() < deadline {
+        let now = Instant::now();
+        if now >= next_fault {
+            next_fault += args.kill_every;
+            let running = pool.running();
+            let victim = running[(killed + terminated) as usize % running.len()];
+            let name = pool.pods[victim].name.clone();
+            if let Some(page) = scrape(pool.pods[victim].admin()).await {
+                retired_takeovers += metric_sum(&page, "handover_takeovers_total");
+            }
+            if (killed + terminated).is_multiple_of(2) {
+                pool.signal_pod(victim, Sig::Kill);
+                pool.kill_pod(victim).await;
+                killed += 1;
+                println!("  {:>5.1}s  SIGKILL {name}", started.elapsed().as_secs_f64());
+            } else {
+                println!("  {:>5.1}s  SIGTERM {name} (graceful drain)", started.elapsed().as_secs_f64());
+                pool.terminate_pod(victim).await?;
+                terminated += 1;
+            }
+            let added = pool.add_pod().await?;
+            println!("  {:>5.1}s  started {} to replace it", started.elapsed().as_secs_f64(), pool.pods[added].name);
+        }
+        if now >= next_report {
+            next_report += Duration::from_secs(1);
+            let acked = acked_total.load(Ordering::Relaxed);
+            println!(
+                "  {:>5.1}s  acknowledged updates {acked:>7}  ({:.0}/s)  ready pods {}",
+                started.elapsed().as_secs_f64(),
+                acked as f64 / started.elapsed().as_secs_f64(),
+                pool.ready_addrs().len()
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+
+    let mut sessions = Vec::new();
+    let mut failures = Vec::new();
+    for c in clients {
+        let (s, failure) = c.await.map_err(|e| format!("a client task failed: {e}"))?;
+        if let Some(f) = failure {
+            failures.push(f);
+        }
+        sessions.push(s);
+    }
+    let elapsed = started.elapsed();
+    println!("clients stopped; verifying every session's count against what its client was acknowledged…");
+    for s in &mut sessions {
+        s.verify(&ready).await?;
+    }
+    let takeovers = retired_takeovers + pool.metric("handover_takeovers_total").await;
+
+    let mut recoveries: Vec<Duration> = sessions.iter().flat_map(|s| s.recoveries.iter().copied()).collect();
+    recoveries.sort();
+    let summary = Summary {
+        mode: args.mode,
+        pods: args.pods,
+        sessions: args.sessions,
+        duration_seconds: elapsed.as_secs_f64(),
+        requests: sessions.iter().map(|s| s.requests).sum(),
+        acknowledged_updates: sessions.iter().map(|s| s.acked).sum(),
+        client_errors: sessions.iter().map(|s| s.errors).sum(),
+        pods_killed: killed,
+        pods_terminated: terminated,
+        failovers: recoveries.len() as u64,
+        takeovers: takeovers as u64,
+        failover_ms_p50: percentile(&recoveries, 50.0),
+        failover_ms_p99: percentile(&recoveries, 99.0),
+        lost_updates: sessions.iter().map(|s| s.lost).sum(),
+        network: "loopback",
+    };
+    drop(pool);
+
+    println!();
+    println!("sessions              {}", summary.sessions);
+    println!(
+        "requests              {}  ({:.0}/s)",
+        summary.requests,
+        summary.requests as f64 / summary.duration_seconds
+    );
+    println!("acknowledged updates  {}", summary.acknowledged_updates);
+    println!("pods killed           {} SIGKILL, {} graceful", summary.pods_killed, summary.pods_terminated);
+    println!("failovers             {} (client saw errors, then went on)", summary.failovers);
+    println!("takeovers             {} (sessions restored on a successor)", summary.takeovers);
+    println!("failover latency      p50 {:.1} ms, p99 {:.1} ms", summary.failover_ms_p50, summary.failover_ms_p99);
+    println!("lost updates          {}", summary.lost_updates);
+    for f in &failures {
+        println!("client failure        {f}");
+    }
+    println!("{}", serde_json::to_string(&summary).map_err(|e| e.to_string())?);
+
+    let must_be_lossless = args.mode != Mode::Pull;
+    if !failures.is_empty() {
+        return Err(format!("{} sessions could not go on", failures.len()));
+    }
+    if must_be_lossless && summary.lost_updates > 0 {
+        return Err(format!("{} acknowledged updates were lost in {:?} mode", summary.lost_updates, args.mode));
+    }
+    Ok(())
+}

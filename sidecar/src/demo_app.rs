@@ -1,0 +1,217 @@
+//! The demo application: a per-session counter (plus an optional blob, to make states large) that
+//! implements the handover contract. It keeps sessions in memory only, like the apps handover is
+//! for: kill it and its sessions are gone, unless the sidecar restores them.
+//!
+//! - `POST /incr` adds one to the session's counter; `GET /count` reads it.
+//! - `POST /blob?bytes=N` stores N bytes of noise in the session (large states).
+//! - push: every change puts the new state in `Handover-State`.
+//! - `GET <statePath>` / `PUT <statePath>`: pull and restore.
+//! - `GET /echo` with `Upgrade: echo`: switches protocols and echoes bytes (upgrade pass-through).
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use base64::Engine;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use bytes::Bytes;
+use http::{Method, Request, Response, StatusCode, header};
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::body::Incoming;
+use serde::{Deserialize, Serialize};
+
+use crate::proxy::{SESSION_HEADER, STATE_HEADER};
+use crate::upstream::Body;
+
+#[derive(clap::Args, Debug, Clone)]
+pub struct DemoAppArgs {
+    /// Address to listen on.
+    #[arg(long, env = "DEMO_APP_LISTEN", default_value = "127.0.0.1:8080")]
+    pub listen: SocketAddr,
+    /// Name shown in responses (the pod name).
+    #[arg(long, env = "HANDOVER_POD_NAME", default_value = "demo")]
+    pub name: String,
+    /// Push the state on every change (`Handover-State`); without it the sidecar must pull.
+    #[arg(long, env = "DEMO_APP_PUSH", default_value_t = true, action = clap::ArgAction::Set)]
+    pub push: bool,
+    #[arg(long, env = "HANDOVER_STATE_PATH", default_value = "/handover/state")]
+    pub state_path: String,
+    /// Answer the first N restores with 500 (to test how a failed restore is handled).
+    #[arg(long, default_value_t = 0)]
+    pub refuse_restores: u64,
+    /// Worker threads (0: one per core).
+    #[arg(long, default_value_t = 1)]
+    pub workers: usize,
+}
+
+/// One session's state, as the app serializes it for handover.
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct SessionState {
+    pub count: u64,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub blob: String,
+}
+
+/// What `/incr` and `/count` answer.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct CountReply {
+    pub count: u64,
+    /// Length of the session's blob.
+    #[serde(default)]
+    pub blob_bytes: usize,
+    pub pod: String,
+    pub session: String,
+}
+
+struct App {
+    args: DemoAppArgs,
+    restores_refused: std::sync::atomic::AtomicU64,
+    sessions: Mutex<HashMap<String, SessionState>>,
+}
+
+fn reply(status: StatusCode, body: impl Into<Bytes>) -> Response<Body> {
+    let mut resp = Response::new(Full::new(body.into()).map_err(|never| match never {}).boxed());
+    *resp.status_mut() = status;
+    resp
+}
+
+impl App {
+    fn state_header(&self, state: &SessionState) -> Option<http::HeaderValue> {
+        if !self.args.push {
+            return None;
+        }
+        let json = serde_json::to_vec(state).unwrap_or_default();
+        http::HeaderValue::from_str(&URL_SAFE_NO_PAD.encode(json)).ok()
+    }
+
+    fn count_reply(&self, session: &str, state: &SessionState) -> Response<Body> {
+        let body = serde_json::to_vec(&CountReply {
+            count: state.count,
+            blob_bytes: state.blob.len(),
+            pod: self.args.name.clone(),
+            session: session.to_owned(),
+        })
+        .unwrap_or_default();
+        let mut resp = reply(StatusCode::OK, body);
+        resp.headers_mut().insert(header::CONTENT_TYPE, http::HeaderValue::from_static("application/json"));
+        resp
+    }
+
+    async fn handle(self: Arc<Self>, mut req: Request<Incoming>) -> Response<Body> {
+        if req.uri().path() == "/echo" && req.headers().contains_key(header::UPGRADE) {
+            let on_upgrade = hyper::upgrade::on(&mut req);
+            tokio::spawn(async move {
+                if let Ok(upgraded) = on_upgrade.await {
+                    let (mut r, mut w) = tokio::io::split(hyper_util::rt::TokioIo::new(upgraded));
+                    let _ = tokio::io::copy(&mut r, &mut w).await;
+                }
+            });
+            let mut resp = reply(StatusCode::SWITCHING_PROTOCOLS, Bytes::new());
+            resp.headers_mut().insert(header::UPGRADE, http::HeaderValue::from_static("echo"));
+            resp.headers_mut().insert(header::CONNECTION, http::HeaderValue::from_static("upgrade"));
+            return resp;
+        }
+        let Some(session) = req.headers().get(SESSION_HEADER).and_then(|v| v.to_str().ok()).map(str::to_owned) else {
+            return reply(
+                StatusCode::BAD_REQUEST,
+                "no Handover-Session header: call this app through the handover sidecar\n",
+            );
+        };
+        let method = req.method().clone();
+        let path = req.uri().path().to_owned();
+        match (method, path.as_str()) {
+            (Method::POST, "/incr") => {
+                let state = {
+                    let mut sessions = self.sessions.lock().unwrap_or_else(|p| p.into_inner());
+                    let s = sessions.entry(session.clone()).or_default();
+                    s.count += 1;
+                    s.clone()
+                };
+                let mut resp = self.count_reply(&session, &state);
+                if let Some(v) = self.state_header(&state) {
+                    resp.headers_mut().insert(STATE_HEADER, v);
+                }
+                resp
+            }
+            (Method::GET, "/count") => {
+                let state =
+                    self.sessions.lock().unwrap_or_else(|p| p.into_inner()).get(&session).cloned().unwrap_or_default();
+                self.count_reply(&session, &state)
+            }
+            (Method::POST, "/blob") => {
+                let bytes: usize = req
+                    .uri()
+                    .query()
+                    .and_then(|q| q.strip_prefix("bytes="))
+                    .and_then(|n| n.parse().ok())
+                    .unwrap_or(0)
+                    .min(1 << 20);
+                let mut noise = vec![0u8; bytes.div_ceil(4) * 3];
+                crate::random::fill(&mut noise);
+                let mut blob = URL_SAFE_NO_PAD.encode(noise);
+                blob.truncate(bytes);
+                let state = {
+                    let mut sessions = self.sessions.lock().unwrap_or_else(|p| p.into_inner());
+                    let s = sessions.entry(session.clone()).or_default();
+                    s.blob = blob;
+                    s.clone()
+                };
+                let mut resp = self.count_reply(&session, &state);
+                if let Some(v) = self.state_header(&state) {
+                    resp.headers_mut().insert(STATE_HEADER, v);
+                }
+                resp
+            }
+            (Method::GET, p) if p == self.args.state_path => {
+                match self.sessions.lock().unwrap_or_else(|p| p.into_inner()).get(&session) {
+                    Some(state) => reply(StatusCode::OK, serde_json::to_vec(state).unwrap_or_default()),
+                    None => reply(StatusCode::NOT_FOUND, Bytes::new()),
+                }
+            }
+            (Method::PUT, p) if p == self.args.state_path => {
+                let refused = self.restores_refused.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                if refused < self.args.refuse_restores {
+                    return reply(
+                        StatusCode::INTERNAL_SERVER_ERROR,
+                        "this app refuses restores for now (--refuse-restores)\n",
+                    );
+                }
+                let body = match Limited::new(req.into_body(), 1 << 20).collect().await {
+                    Ok(b) => b.to_bytes(),
+                    Err(e) => {
+                        return reply(StatusCode::BAD_REQUEST, format!("cannot read the state: {e}\n"));
+                    }
+                };
+                match serde_json::from_slice::<SessionState>(&body) {
+                    Ok(state) => {
+                        self.sessions.lock().unwrap_or_else(|p| p.into_inner()).insert(session, state);
+                        reply(StatusCode::NO_CONTENT, Bytes::new())
+                    }
+                    Err(e) => reply(StatusCode::BAD_REQUEST, format!("not a state of this app: {e}\n")),
+                }
+            }
+            (Method::GET, "/") => {
+                let count =
+                    self.sessions.lock().unwrap_or_else(|p| p.into_inner()).get(&session).map(|s| s.count).unwrap_or(0);
+                reply(
+                    StatusCode::OK,
+                    format!("pod {} — session {session} — count {count}\nPOST /incr to count\n", self.args.name),
+                )
+            }
+            _ => reply(StatusCode::NOT_FOUND, "demo app: POST /incr, GET /count, POST /blob?bytes=N\n"),
+        }
+    }
+}
+
+/// Serves the demo app until killed.
+pub async fn run(args: DemoAppArgs) -> Result<(), String> {
+    let listener = tokio::net::TcpListener::bind(args.listen)
+        .await
+        .map_err(|e| format!("cannot listen on {}: {e}", args.listen))?;
+    tracing::info!(listen = %args.listen, name = %args.name, push = args.push, "demo app started");
+    let app = Arc::new(App { args, restores_refused: Default::default(), sessions: Mutex::new(HashMap::new()) });
+    crate::server::serve(listener, move |req, _| Arc::clone(&app).handle(req), std::future::pending(), Duration::ZERO)
+        .await;
+    Ok(())
+}

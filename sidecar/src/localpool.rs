@@ -1,0 +1,753 @@
+//! A pool of "pods" on one machine: each pod is a sidecar process and a demo-app process on an
+//! address of its own, with a registry keeper playing the operator's part (a member that fails
+//! its readiness probe leaves the peers file). Used by the demo, the integration tests and the
+//! benchmark; faults are real signals sent to real processes.
+
+use std::collections::HashMap;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http::{HeaderMap, Method, Request, StatusCode, header};
+use http_body_util::{BodyExt, Full};
+use hyper::client::conn::http1::SendRequest;
+use hyper_util::rt::TokioIo;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::process::{Child, Command};
+
+use crate::decide::Mode;
+
+/// Ports every pod uses on its own address, as containers of a real pod would.
+pub const DATA_PORT: u16 = 8000;
+pub const ADMIN_PORT: u16 = 9901;
+pub const APP_PORT: u16 = 8080;
+/// The pool's name in cookies.
+pub const POOL: &str = "local/demo";
+/// How often the registry keeper probes readiness.
+const PROBE_EVERY: Duration = Duration::from_millis(100);
+const PROBE_TIMEOUT: Duration = Duration::from_secs(1);
+/// Consecutive failed probes before a member leaves the registry (Kubernetes' failureThreshold):
+/// one slow answer on a loaded machine does not evict a pod.
+const FAILURE_THRESHOLD: u32 = 3;
+
+/// How to start a pool.
+#[derive(Clone, Debug)]
+pub struct PoolOptions {
+    /// The `handover-sidecar` executable.
+    pub exe: PathBuf,
+    pub pods: usize,
+    pub mode: Mode,
+    pub snapshot_interval: Duration,
+    pub drain_grace: Duration,
+    /// More flags for every sidecar (e.g. `--cookie-max-bytes 8000`).
+    pub sidecar_args: Vec<String>,
+    /// More flags for every app (e.g. `--refuse-restore`).
+    pub app_args: Vec<String>,
+}
+
+impl PoolOptions {
+    pub fn new(exe: PathBuf, pods: usize) -> PoolOptions {
+        PoolOptions {
+            exe,
+            pods,
+            mode: Mode::Push,
+            snapshot_interval: Duration::from_millis(500),
+            drain_grace: Duration::from_millis(500),
+            sidecar_args: Vec::new(),
+            app_args: Vec::new(),
+        }
+    }
+}
+
+/// One pod: its identity, addresses and processes.
+pub struct Pod {
+    pub name: String,
+    pub uid: String,
+    pub ip: IpAddr,
+    app: Option<Child>,
+    sidecar: Option<Child>,
+}
+
+impl Pod {
+    pub fn data(&self) -> SocketAddr {
+        SocketAddr::new(self.ip, DATA_PORT)
+    }
+    pub fn admin(&self) -> SocketAddr {
+        SocketAddr::new(self.ip, ADMIN_PORT)
+    }
+    pub fn app(&self) -> SocketAddr {
+        SocketAddr::new(self.ip, APP_PORT)
+    }
+}
+
+/// What the registry keeper knows of a pod.
+#[derive(Clone, Debug)]
+struct Probe {
+    name: String,
+    uid: String,
+    data: SocketAddr,
+    admin: SocketAddr,
+}
+
+/// Signals used as faults.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Sig {
+    Kill,
+    Term,
+    Stop,
+    Cont,
+}
+
+fn signal(child: &Child, sig: Sig) {
+    let Some(pid) = child.id().and_then(|id| rustix::process::Pid::from_raw(id as i32)) else {
+        return;
+    };
+    let sig = match sig {
+        Sig::Kill => rustix::process::Signal::KILL,
+        Sig::Term => rustix::process::Signal::TERM,
+        Sig::Stop => rustix::process::Signal::STOP,
+        Sig::Cont => rustix::process::Signal::CONT,
+    };
+    let _ = rustix::process::kill_process(pid, sig);
+}
+
+/// A running local pool. Dropping it kills every process and removes its directory.
+pub struct LocalPool {
+    opts: PoolOptions,
+    pub dir: PathBuf,
+    pub key_file: PathBuf,
+    peers_file: PathBuf,
+    net: [u8; 2],
+    next_index: u8,
+    pub pods: Vec<Pod>,
+    probes: Arc<Mutex<Vec<Probe>>>,
+    ready: Arc<Mutex<Vec<SocketAddr>>>,
+    keeper: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for LocalPool {
+    fn drop(&mut self) {
+        self.keeper.abort();
+        for pod in &mut self.pods {
+            for child in [&mut pod.app, &mut pod.sidecar].into_iter().flatten() {
+                signal(child, Sig::Cont);
+                let _ = child.start_kill();
+            }
+        }
+        if std::thread::panicking() {
+            eprintln!("local pool logs kept in {}", self.dir.display());
+        } else {
+            let _ = std::fs::remove_dir_all(&self.dir);
+        }
+    }
+}
+
+fn random_u8() -> u8 {
+    let mut b = [0u8; 1];
+    crate::random::fill(&mut b);
+    b[0]
+}
+
+/// Polls `check` every 20ms until it holds or `timeout` passes; the error names what was awaited.
+pub async fn wait_for<F, Fut>(what: &str, timeout: Duration, mut check: F) -> Result<(), String>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = Instant::now() + timeout;
+    loop {
+        if check().await {
+            return Ok(());
+        }
+        if Instant::now() >= deadline {
+            return Err(format!("timed out after {timeout:?} waiting for {what}"));
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// GETs `path` from `addr` with a short timeout; the status code, if any answer came.
+pub async fn probe(addr: SocketAddr, path: &str) -> Option<u16> {
+    let attempt = async {
+        let mut stream = TcpStream::connect(addr).await.ok()?;
+        stream.write_all(format!("GET {path} HTTP/1.0\r\nHost: probe\r\n\r\n").as_bytes()).await.ok()?;
+        let mut head = [0u8; 12];
+        stream.read_exact(&mut head).await.ok()?;
+        std::str::from_utf8(&head[9..12]).ok()?.parse().ok()
+    };
+    tokio::time::timeout(PROBE_TIMEOUT, attempt).await.ok().flatten()
+}
+
+/// Reads a pod's whole metrics page.
+pub async fn scrape(admin: SocketAddr) -> Option<String> {
+    let attempt = async {
+        let mut stream = TcpStream::connect(admin).await.ok()?;
+        stream.write_all(b"GET /metrics HTTP/1.0\r\nHost: probe\r\n\r\n").await.ok()?;
+        let mut text = String::new();
+        stream.read_to_string(&mut text).await.ok()?;
+        Some(text)
+    };
+    tokio::time::timeout(Duration::from_secs(2), attempt).await.ok().flatten()
+}
+
+/// The sum of a metric's samples whose line starts with `prefix` (name and any labels).
+pub fn metric_sum(page: &str, prefix: &str) -> f64 {
+    page.lines().filter(|l| l.starts_with(prefix)).filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok()).sum()
+}
+
+impl LocalPool {
+    /// Starts `opts.pods` pods and waits until every one is ready and listed.
+    pub async fn start(opts: PoolOptions) -> Result<LocalPool, String> {
+        let dir = std::env::temp_dir().join(format!("handover-pool-{}", crate::random::session_id()));
+        std::fs::create_dir_all(&dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
+        let key_file = dir.join("keys");
+        std::fs::write(&key_file, crate::keys::generate_line(1, 0) + "\n").map_err(|e| e.to_string())?;
+        let peers_file = dir.join("peers");
+        std::fs::write(&peers_file, "").map_err(|e| e.to_string())?;
+        let probes: Arc<Mutex<Vec<Probe>>> = Arc::default();
+        let ready: Arc<Mutex<Vec<SocketAddr>>> = Arc::default();
+        let keeper = tokio::spawn(keep_registry(Arc::clone(&probes), Arc::clone(&ready), peers_file.clone()));
+        let mut pool = LocalPool {
+            opts: opts.clone(),
+            dir,
+            key_file,
+            peers_file,
+            // 127.<100..227>.<x>.<pod>: a fresh block per pool, so pools of parallel tests never meet.
+            net: [100 + random_u8() % 128, random_u8()],
+            next_index: 0,
+            pods: Vec::new(),
+            probes,
+            ready,
+            keeper,
+        };
+        for _ in 0..opts.pods {
+            pool.add_pod().await?;
+        }
+        Ok(pool)
+    }
+
+    /// Starts a new pod (new name, uid and address) and waits until the registry lists it.
+    pub async fn add_pod(&mut self) -> Result<usize, String> {
+        self.next_index = self.next_index.checked_add(1).filter(|i| *i < 255).ok_or("out of pod addresses")?;
+        let i = self.next_index;
+        let mut pod = Pod {
+            name: format!("pod-{i}"),
+            uid: crate::random::session_id(),
+            ip: IpAddr::V4(Ipv4Addr::new(127, self.net[0], self.net[1], i)),
+            app: None,
+            sidecar: None,
+        };
+        pod.app = Some(self.spawn_app(&pod)?);
+        pod.sidecar = Some(self.spawn_sidecar(&pod)?);
+        self.probes.lock().unwrap_or_else(|p| p.into_inner()).push(Probe {
+            name: pod.name.clone(),
+            uid: pod.uid.clone(),
+            data: pod.data(),
+            admin: pod.admin(),
+        });
+        let data = pod.data();
+        self.pods.push(pod);
+        let index = self.pods.len() - 1;
+        let ready = Arc::clone(&self.ready);
+        let what = format!("pod {} to be ready and listed", self.pods[index].name);
+        let waited = wait_for(&what, Duration::from_secs(30), || {
+            let listed = ready.lock().unwrap_or_else(|p| p.into_inner()).contains(&data);
+            async move { listed }
+        })
+        .await;
+        if let Err(e) = waited {
+            let name = &self.pods[index].name;
+            let tail = |file: String| {
+                let text = std::fs::read_to_string(self.dir.join(&file)).unwrap_or_default();
+                let lines: Vec<&str> = text.lines().collect();
+                format!("--- {file}\n{}", lines[lines.len().saturating_sub(10)..].join("\n"))
+            };
+            return Err(format!("{e}\n{}\n{}", tail(format!("{name}.sidecar.log")), tail(format!("{name}.app.log"))));
+        }
+        Ok(index)
+    }
+
+    fn log(&self, name: &str) -> Result<Stdio, String> {
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.join(name))
+            .map_err(|e| format!("cannot open log {name}: {e}"))?;
+        Ok(Stdio::from(file))
+    }
+
+    fn spawn_app(&self, pod: &Pod) -> Result<Child, String> {
+        let mut cmd = Command::new(&self.opts.exe);
+        cmd.arg("demo-app")
+            .args(["--listen", &pod.app().to_string(), "--name", &pod.name])
+            .args(["--push", if self.opts.mode == Mode::Pull { "false" } else { "true" }])
+            .args(&self.opts.app_args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(self.log(&format!("{}.app.log", pod.name))?)
+            .kill_on_drop(true);
+        cmd.spawn().map_err(|e| format!("cannot start the demo app: {e}"))
+    }
+
+    fn spawn_sidecar(&self, pod: &Pod) -> Result<Child, String> {
+        let mode = match self.opts.mode {
+            Mode::Push => "push",
+            Mode::Pull => "pull",
+            Mode::Both => "both",
+        };
+        let mut cmd = Command::new(&self.opts.exe);
+        cmd.arg("run")
+            .args(["--listen", &pod.data().to_string()])
+            .args(["--admin", &pod.admin().to_string()])
+            .args(["--app", &pod.app().to_string()])
+            .arg(format!("--pool={POOL}"))
+            .arg(format!("--pod-name={}", pod.name))
+            .arg(format!("--pod-uid={}", pod.uid))
+            .arg("--key-file")
+            .arg(&self.key_file)
+            .arg("--peers")
+            .arg(&self.peers_file)
+            .args(["--mode", mode])
+            .args(["--snapshot-interval", &format!("{}ms", self.opts.snapshot_interval.as_millis())])
+            .args(["--drain-grace", &format!("{}ms", self.opts.drain_grace.as_millis())])
+            .args(["--cookie-secure", "false", "--workers", "1"])
+            .args(&self.opts.sidecar_args)
+            .env("RUST_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(self.log(&format!("{}.sidecar.log", pod.name))?)
+            .kill_on_drop(true);
+        cmd.spawn().map_err(|e| format!("cannot start the sidecar: {e}"))
+    }
+
+    /// Addresses of the pods the registry lists as ready: what a Service would balance over.
+    pub fn ready_addrs(&self) -> Vec<SocketAddr> {
+        self.ready.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// A shared handle on the ready list, for client tasks.
+    pub fn ready_handle(&self) -> Arc<Mutex<Vec<SocketAddr>>> {
+        Arc::clone(&self.ready)
+    }
+
+    /// Sends `sig` to both processes of pod `i`.
+    pub fn signal_pod(&self, i: usize, sig: Sig) {
+        let pod = &self.pods[i];
+        for child in [pod.sidecar.as_ref(), pod.app.as_ref()].into_iter().flatten() {
+            signal(child, sig);
+        }
+    }
+
+    /// SIGKILLs pod `i` (both processes) and forgets it, as a node would lose a pod.
+    pub async fn kill_pod(&mut self, i: usize) {
+        self.signal_pod(i, Sig::Kill);
+        self.forget(i).await;
+    }
+
+    /// SIGTERMs pod `i`'s sidecar, waits for it to drain and exit, then stops the app.
+    pub async fn terminate_pod(&mut self, i: usize) -> Result<(), String> {
+        let limit = self.opts.drain_grace + Duration::from_secs(10);
+        let name = self.pods[i].name.clone();
+        if let Some(sidecar) = self.pods[i].sidecar.as_mut() {
+            signal(sidecar, Sig::Term);
+            tokio::time::timeout(limit, sidecar.wait())
+                .await
+                .map_err(|_| format!("sidecar of {name} did not exit within {limit:?} of SIGTERM"))?
+                .map_err(|e| e.to_string())?;
+        }
+        if let Some(app) = self.pods[i].app.as_ref() {
+            signal(app, Sig::Term);
+        }
+        self.forget(i).await;
+        Ok(())
+    }
+
+    async fn forget(&mut self, i: usize) {
+        let name = self.pods[i].name.clone();
+        self.probes.lock().unwrap_or_else(|p| p.into_inner()).retain(|p| p.name != name);
+        let pod = &mut self.pods[i];
+        for mut child in [pod.sidecar.take(), pod.app.take()].into_iter().flatten() {
+            let _ = child.start_kill();
+            let _ = child.wait().await;
+        }
+    }
+
+    /// SIGKILLs only the app of pod `i` (the sidecar lives on).
+    pub async fn crash_app(&mut self, i: usize) {
+        if let Some(app) = self.pods[i].app.as_mut() {
+            let _ = app.start_kill();
+            let _ = app.wait().await;
+        }
+    }
+
+    /// Starts pod `i`'s app again (as the kubelet restarts a crashed container).
+    pub fn restart_app(&mut self, i: usize) -> Result<(), String> {
+        let app = self.spawn_app(&self.pods[i])?;
+        self.pods[i].app = Some(app);
+        Ok(())
+    }
+
+    /// SIGKILLs only the sidecar of pod `i` (the app lives on).
+    pub async fn crash_sidecar(&mut self, i: usize) {
+        if let Some(sidecar) = self.pods[i].sidecar.as_mut() {
+            let _ = sidecar.start_kill();
+            let _ = sidecar.wait().await;
+        }
+    }
+
+    /// Starts pod `i`'s sidecar again.
+    pub fn restart_sidecar(&mut self, i: usize) -> Result<(), String> {
+        let sidecar = self.spawn_sidecar(&self.pods[i])?;
+        self.pods[i].sidecar = Some(sidecar);
+        Ok(())
+    }
+
+    /// Whether pod `i` still has processes.
+    pub fn is_running(&self, i: usize) -> bool {
+        self.pods[i].sidecar.is_some() || self.pods[i].app.is_some()
+    }
+
+    /// Indexes of pods with processes.
+    pub fn running(&self) -> Vec<usize> {
+        (0..self.pods.len()).filter(|i| self.is_running(*i)).collect()
+    }
+
+    /// Rotates the key ring as the operator does: a new current key in front, the old ones kept.
+    pub fn rotate_keys(&self) -> Result<u32, String> {
+        let text = std::fs::read_to_string(&self.key_file).map_err(|e| e.to_string())?;
+        let ring = crate::keys::KeyRing::parse(&text).map_err(|e| e.to_string())?;
+        let id = ring.ids().into_iter().max().unwrap_or(0) + 1;
+        write_atomically(&self.key_file, &format!("{}\n{text}", crate::keys::generate_line(id, 0)))?;
+        Ok(id)
+    }
+
+    /// Waits until the registry lists exactly the running, unstopped pods `expected`.
+    pub async fn wait_listed(&self, expected: &[usize], timeout: Duration) -> Result<(), String> {
+        let want: Vec<SocketAddr> = expected.iter().map(|i| self.pods[*i].data()).collect();
+        let ready = Arc::clone(&self.ready);
+        wait_for("the registry to list exactly the expected pods", timeout, || {
+            let mut have = ready.lock().unwrap_or_else(|p| p.into_inner()).clone();
+            let mut want = want.clone();
+            have.sort();
+            want.sort();
+            async move { have == want }
+        })
+        .await
+    }
+
+    /// Waits until every running sidecar's own registry holds `n` members (they re-read the
+    /// peers file on their own schedule).
+    pub async fn wait_sidecars_see(&self, n: usize, timeout: Duration) -> Result<(), String> {
+        let admins: Vec<SocketAddr> = self.running().iter().map(|i| self.pods[*i].admin()).collect();
+        wait_for(&format!("every sidecar to see {n} members"), timeout, || {
+            let admins = admins.clone();
+            async move {
+                for admin in admins {
+                    match scrape(admin).await {
+                        Some(page) if metric_sum(&page, "handover_registry_members ") == n as f64 => {}
+                        _ => return false,
+                    }
+                }
+                true
+            }
+        })
+        .await
+    }
+
+    /// Sum of a metric over every running pod.
+    pub async fn metric(&self, prefix: &str) -> f64 {
+        let mut total = 0.0;
+        for i in self.running() {
+            if let Some(page) = scrape(self.pods[i].admin()).await {
+                total += metric_sum(&page, prefix);
+            }
+        }
+        total
+    }
+}
+
+fn write_atomically(path: &Path, text: &str) -> Result<(), String> {
+    let tmp = path.with_extension("tmp");
+    std::fs::write(&tmp, text).map_err(|e| e.to_string())?;
+    std::fs::rename(&tmp, path).map_err(|e| e.to_string())
+}
+
+/// The operator's part: probe each pod's readiness and publish the ready ones as the peers file.
+async fn keep_registry(probes: Arc<Mutex<Vec<Probe>>>, ready: Arc<Mutex<Vec<SocketAddr>>>, peers_file: PathBuf) {
+    let mut last = String::new();
+    // Consecutive failed probes by pod; a new pod counts as failing until its first good probe.
+    let mut failures: HashMap<String, u32> = HashMap::new();
+    loop {
+        let candidates = probes.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        let checks = candidates.iter().map(|p| probe(p.admin, "/ready"));
+        let results = futures_join_all(checks).await;
+        for (p, code) in candidates.iter().zip(&results) {
+            let f = failures.entry(p.name.clone()).or_insert(FAILURE_THRESHOLD);
+            *f = if *code == Some(200) { 0 } else { f.saturating_add(1) };
+        }
+        failures.retain(|name, _| candidates.iter().any(|p| &p.name == name));
+        let live: Vec<&Probe> =
+            candidates.iter().filter(|p| failures.get(&p.name).is_some_and(|f| *f < FAILURE_THRESHOLD)).collect();
+        let text: String = live.iter().map(|p| format!("{} {} {}\n", p.name, p.uid, p.data)).collect();
+        if text != last {
+            if write_atomically(&peers_file, &text).is_ok() {
+                last = text;
+            }
+            *ready.lock().unwrap_or_else(|p| p.into_inner()) = live.iter().map(|p| p.data).collect();
+        }
+        tokio::time::sleep(PROBE_EVERY).await;
+    }
+}
+
+/// Runs futures concurrently and collects their outputs in order.
+async fn futures_join_all<F: std::future::Future + Send + 'static>(futures: impl Iterator<Item = F>) -> Vec<F::Output>
+where
+    F::Output: Send + 'static,
+{
+    let handles: Vec<_> = futures.map(tokio::spawn).collect();
+    let mut out = Vec::with_capacity(handles.len());
+    for h in handles {
+        if let Ok(v) = h.await {
+            out.push(v);
+        }
+    }
+    out
+}
+
+/// One client session: a cookie jar and a keep-alive connection, like a browser tab behind a
+/// Service that balances per connection.
+pub struct SessionClient {
+    pub jar: HashMap<String, String>,
+    conn: Option<(SocketAddr, SendRequest<Full<Bytes>>)>,
+    timeout: Duration,
+}
+
+/// A response as the client saw it.
+#[derive(Debug)]
+pub struct Reply {
+    pub status: StatusCode,
+    pub headers: HeaderMap,
+    pub body: Bytes,
+    pub served_via: SocketAddr,
+}
+
+impl Default for SessionClient {
+    fn default() -> Self {
+        SessionClient { jar: HashMap::new(), conn: None, timeout: Duration::from_secs(2) }
+    }
+}
+
+impl SessionClient {
+    /// A new client holding the cookies of `jar` (a second tab of the same browser).
+    pub fn with_jar(jar: HashMap<String, String>) -> SessionClient {
+        SessionClient { jar, ..SessionClient::default() }
+    }
+
+    /// The address this client is connected to, if any.
+    pub fn connected_to(&self) -> Option<SocketAddr> {
+        self.conn.as_ref().map(|(a, _)| *a)
+    }
+
+    /// Drops the connection: the next request picks a pod again.
+    pub fn disconnect(&mut self) {
+        self.conn = None;
+    }
+
+    fn cookie_header(&self) -> Option<String> {
+        if self.jar.is_empty() {
+            return None;
+        }
+        let mut pairs: Vec<String> = self.jar.iter().map(|(n, v)| format!("{n}={v}")).collect();
+        pairs.sort();
+        Some(pairs.join("; "))
+    }
+
+    fn store_cookies(&mut self, headers: &HeaderMap) {
+        for line in headers.get_all(header::SET_COOKIE).iter().filter_map(|v| v.to_str().ok()) {
+            let mut parts = line.split(';');
+            let Some((name, value)) = parts.next().and_then(|p| p.split_once('=')) else {
+                continue;
+            };
+            let expired = parts.any(|a| a.trim().eq_ignore_ascii_case("max-age=0"));
+            if expired {
+                self.jar.remove(name.trim());
+            } else {
+                self.jar.insert(name.trim().to_owned(), value.trim().to_owned());
+            }
+        }
+    }
+
+    /// Sends one request; connects to `pick()` when not connected. Connection errors drop the
+    /// connection and return an error: the caller decides whether to retry.
+    pub async fn send(
+        &mut self,
+        pick: impl FnOnce() -> Option<SocketAddr>,
+        method: Method,
+        path: &str,
+    ) -> Result<Reply, String> {
+        self.send_with(pick, method, path, &[]).await
+    }
+
+    /// Like [`send`](Self::send) with extra request headers.
+    pub async fn send_with(
+        &mut self,
+        pick: impl FnOnce() -> Option<SocketAddr>,
+        method: Method,
+        path: &str,
+        extra: &[(&str, String)],
+    ) -> Result<Reply, String> {
+        if self.conn.as_ref().is_none_or(|(_, s)| s.is_closed()) {
+            let addr = pick().ok_or("no ready pod to connect to")?;
+            let stream = tokio::time::timeout(self.timeout, TcpStream::connect(addr))
+                .await
+                .map_err(|_| format!("connect to {addr} timed out"))?
+                .map_err(|e| format!("connect to {addr}: {e}"))?;
+            let (sender, conn) =
+                hyper::client::conn::http1::handshake(TokioIo::new(stream)).await.map_err(|e| e.to_string())?;
+            tokio::spawn(conn);
+            self.conn = Some((addr, sender));
+        }
+        let cookie = self.cookie_header();
+        let Some((addr, sender)) = self.conn.as_mut() else {
+            return Err("not connected".into());
+        };
+        let addr = *addr;
+        let mut builder = Request::builder().method(method).uri(path).header(header::HOST, "demo.local");
+        if let Some(c) = cookie {
+            builder = builder.header(header::COOKIE, c);
+        }
+        for (name, value) in extra {
+            builder = builder.header(*name, value.as_str());
+        }
+        let req = builder.body(Full::new(Bytes::new())).map_err(|e| e.to_string())?;
+        let outcome = tokio::time::timeout(self.timeout, async {
+            sender.ready().await?;
+            let resp = sender.send_request(req).await?;
+            let (parts, body) = resp.into_parts();
+            let body = body.collect().await?.to_bytes();
+            Ok::<_, hyper::Error>((parts, body))
+        })
+        .await;
+        match outcome {
+            Ok(Ok((parts, body))) => {
+                self.store_cookies(&parts.headers);
+                if parts.headers.get(header::CONNECTION).is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"close")) {
+                    self.conn = None;
+                }
+                Ok(Reply { status: parts.status, headers: parts.headers, body, served_via: addr })
+            }
+            Ok(Err(e)) => {
+                self.conn = None;
+                Err(format!("request to {addr} failed: {e}"))
+            }
+            Err(_) => {
+                self.conn = None;
+                Err(format!("request to {addr} timed out after {:?}", self.timeout))
+            }
+        }
+    }
+}
+
+/// Picks a random address from the ready list, as a Service balances new connections.
+pub fn pick_ready(ready: &Mutex<Vec<SocketAddr>>) -> Option<SocketAddr> {
+    let ready = ready.lock().unwrap_or_else(|p| p.into_inner());
+    if ready.is_empty() {
+        return None;
+    }
+    let mut b = [0u8; 4];
+    crate::random::fill(&mut b);
+    Some(ready[u32::from_le_bytes(b) as usize % ready.len()])
+}
+
+/// A demo-app session driven by a client that keeps a model of what it was acknowledged.
+#[derive(Default)]
+pub struct CounterSession {
+    pub client: SessionClient,
+    /// The counter value the client saw last: every acknowledged increment.
+    pub acked: u64,
+    /// Increments sent whose answer the client never saw (they may or may not have happened).
+    pub uncertain: u64,
+    /// Acknowledged increments the pool forgot.
+    pub lost: u64,
+    /// Error streaks that ended in a success, with how long each took.
+    pub recoveries: Vec<Duration>,
+    pub requests: u64,
+    pub errors: u64,
+}
+
+/// How often and how long a client retries before giving up on one request.
+const RETRY_EVERY: Duration = Duration::from_millis(20);
+const GIVE_UP_AFTER: Duration = Duration::from_secs(30);
+
+impl CounterSession {
+    /// One increment, retried on other pods until acknowledged (or 30 s pass). Checks the answer
+    /// against the model: a count below `acked + 1` means acknowledged updates were lost.
+    pub async fn incr(&mut self, ready: &Mutex<Vec<SocketAddr>>) -> Result<u64, String> {
+        let started = Instant::now();
+        let mut failing_since: Option<Instant> = None;
+        let mut last_error;
+        loop {
+            self.requests += 1;
+            match self.client.send(|| pick_ready(ready), Method::POST, "/incr").await {
+                Ok(reply) if reply.status == StatusCode::OK => {
+                    let count = serde_json::from_slice::<crate::demo_app::CountReply>(&reply.body)
+                        .map_err(|e| format!("bad reply from the demo app: {e}"))?
+                        .count;
+                    if count < self.acked + 1 {
+                        self.lost += self.acked + 1 - count;
+                    } else if count > self.acked + 1 + self.uncertain {
+                        return Err(format!(
+                            "count jumped to {count}: acknowledged {}, unanswered {}",
+                            self.acked, self.uncertain
+                        ));
+                    }
+                    self.acked = count;
+                    self.uncertain = 0;
+                    if let Some(since) = failing_since {
+                        self.recoveries.push(since.elapsed());
+                    }
+                    return Ok(count);
+                }
+                Ok(reply) => {
+                    last_error = format!("{} {}", reply.status, String::from_utf8_lossy(&reply.body).trim());
+                    self.client.disconnect();
+                }
+                Err(e) => last_error = e,
+            }
+            self.errors += 1;
+            self.uncertain += 1;
+            failing_since.get_or_insert_with(Instant::now);
+            if started.elapsed() > GIVE_UP_AFTER {
+                return Err(format!("increment not acknowledged within {GIVE_UP_AFTER:?}: {last_error}"));
+            }
+            tokio::time::sleep(RETRY_EVERY).await;
+        }
+    }
+
+    /// The counter as the pool serves it now; checks it against the model.
+    pub async fn verify(&mut self, ready: &Mutex<Vec<SocketAddr>>) -> Result<u64, String> {
+        let started = Instant::now();
+        loop {
+            if let Ok(reply) = self.client.send(|| pick_ready(ready), Method::GET, "/count").await
+                && reply.status == StatusCode::OK
+            {
+                let count = serde_json::from_slice::<crate::demo_app::CountReply>(&reply.body)
+                    .map_err(|e| format!("bad reply from the demo app: {e}"))?
+                    .count;
+                if count < self.acked {
+                    self.lost += self.acked - count;
+                }
+                return Ok(count);
+            }
+            self.client.disconnect();
+            if started.elapsed() > GIVE_UP_AFTER {
+                return Err("the session's count was not served".into());
+            }
+            tokio::time::sleep(RETRY_EVERY).await;
+        }
+    }
+}

@@ -1,0 +1,119 @@
+//! Listeners: the data port (through [`Proxy`]) and the admin port (`/live`, `/ready`, `/metrics`).
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{Request, Response, StatusCode};
+use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use tokio::net::TcpListener;
+
+use crate::proxy::Proxy;
+use crate::upstream::Body;
+
+/// Largest request head hyper reads; the proxy refuses heads over its own, smaller limit with a
+/// clear 431 (and a metric) before hyper's hard limit is reached.
+const MAX_HEAD_BYTES: usize = 256 * 1024;
+/// Slow clients get this long to send a request head.
+const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Serves HTTP/1.1 on `listener` with `handle` until `stop` resolves, then lets open connections
+/// finish for up to `finish_within`.
+pub async fn serve<H, F>(listener: TcpListener, handle: H, stop: impl Future<Output = ()>, finish_within: Duration)
+where
+    H: Fn(Request<Incoming>, std::net::SocketAddr) -> F + Clone + Send + Sync + 'static,
+    F: Future<Output = Response<Body>> + Send + 'static,
+{
+    // Each connection task holds a clone of `open`; `all_closed` ends when the last one is dropped.
+    let (open, mut all_closed) = tokio::sync::mpsc::channel::<()>(1);
+    let (closing_tx, closing) = tokio::sync::watch::channel(false);
+    tokio::pin!(stop);
+    loop {
+        tokio::select! {
+            accepted = listener.accept() => {
+                let (stream, client) = match accepted {
+                    Ok(a) => a,
+                    Err(e) => {
+                        // Out of file descriptors and the like: back off instead of spinning.
+                        tracing::warn!(error = %e, "accept failed");
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                        continue;
+                    }
+                };
+                let _ = stream.set_nodelay(true);
+                let handle = handle.clone();
+                let service = service_fn(move |req| {
+                    let fut = handle(req, client);
+                    async move { Ok::<_, Infallible>(fut.await) }
+                });
+                let conn = hyper::server::conn::http1::Builder::new()
+                    .timer(TokioTimer::new())
+                    .header_read_timeout(HEADER_READ_TIMEOUT)
+                    .max_buf_size(MAX_HEAD_BYTES)
+                    .serve_connection(TokioIo::new(stream), service)
+                    .with_upgrades();
+                let open = open.clone();
+                let mut closing = closing.clone();
+                tokio::spawn(async move {
+                    tokio::pin!(conn);
+                    let result = tokio::select! {
+                        result = conn.as_mut() => result,
+                        _ = closing.changed() => {
+                            // Finish the request in flight, then close.
+                            conn.as_mut().graceful_shutdown();
+                            conn.await
+                        }
+                    };
+                    if let Err(e) = result {
+                        tracing::debug!(%client, error = %e, "client connection ended with an error");
+                    }
+                    drop(open);
+                });
+            }
+            () = &mut stop => break,
+        }
+    }
+    drop(listener);
+    let _ = closing_tx.send(true);
+    drop(open);
+    if tokio::time::timeout(finish_within, all_closed.recv()).await.is_err() {
+        tracing::warn!(?finish_within, "connections still open at the end of the grace period; closing them");
+    }
+}
+
+fn text(status: StatusCode, body: impl Into<Bytes>) -> Response<Body> {
+    let mut resp = Response::new(Full::new(body.into()).map_err(|never| match never {}).boxed());
+    *resp.status_mut() = status;
+    resp
+}
+
+/// The admin endpoints.
+pub fn admin(proxy: &Arc<Proxy>, req: &Request<Incoming>) -> Response<Body> {
+    match req.uri().path() {
+        "/live" => text(StatusCode::OK, "live\n"),
+        "/ready" => {
+            if proxy.draining_since().is_some() {
+                text(StatusCode::SERVICE_UNAVAILABLE, "draining\n")
+            } else if !proxy.app_is_up() {
+                text(StatusCode::SERVICE_UNAVAILABLE, "app unreachable\n")
+            } else {
+                text(StatusCode::OK, "ready\n")
+            }
+        }
+        "/metrics" => {
+            proxy.metrics.registry_members.set(proxy.registry_members() as i64);
+            let mut resp = text(StatusCode::OK, proxy.metrics.encode());
+            resp.headers_mut().insert(
+                http::header::CONTENT_TYPE,
+                http::HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
+            );
+            resp
+        }
+        _ => text(StatusCode::NOT_FOUND, "admin endpoints: /live /ready /metrics\n"),
+    }
+}

@@ -1,0 +1,170 @@
+//! Bad input gets a clear answer, a metric and a log line, and loses nothing.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use handover_sidecar::demo_app::CountReply;
+use handover_sidecar::localpool::{CounterSession, LocalPool, PoolOptions, SessionClient};
+use http::{Method, StatusCode};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+fn exe() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_handover-sidecar"))
+}
+
+async fn pool_with(pods: usize, sidecar_args: &[&str], app_args: &[&str]) -> LocalPool {
+    let mut opts = PoolOptions::new(exe(), pods);
+    opts.sidecar_args = sidecar_args.iter().map(|s| s.to_string()).collect();
+    opts.app_args = app_args.iter().map(|s| s.to_string()).collect();
+    LocalPool::start(opts).await.expect("pool starts")
+}
+
+fn count_of(body: &[u8]) -> u64 {
+    serde_json::from_slice::<CountReply>(body).expect("a count reply").count
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tampered_and_garbage_cookies_count_as_absent_never_as_errors() {
+    let pool = pool_with(2, &[], &[]).await;
+    let addr = pool.pods[0].data();
+    let mut good = SessionClient::default();
+    let reply = good.send(|| Some(addr), Method::POST, "/incr").await.expect("reply");
+    assert_eq!(reply.status, StatusCode::OK);
+    let sealed = good.jar["handover"].clone();
+
+    let mut tampered = sealed.clone().into_bytes();
+    let middle = tampered.len() / 2;
+    tampered[middle] = if tampered[middle] == b'A' { b'B' } else { b'A' };
+    let cases = [
+        ("tampered", String::from_utf8(tampered).expect("ascii")),
+        // Cut at a whole base64 quantum so the decoding succeeds and the seal is what refuses it.
+        ("truncated", sealed[..(sealed.len() - 8) / 4 * 4].to_owned()),
+        ("garbage", "%%%not-a-cookie%%%".to_owned()),
+        ("missing_chunk", "3.AAAA".to_owned()),
+    ];
+    for (reason, value) in cases {
+        let mut client = SessionClient::default();
+        client.jar.insert("handover".into(), value);
+        let reply = client.send(|| Some(addr), Method::POST, "/incr").await.expect("reply");
+        assert_eq!(reply.status, StatusCode::OK, "{reason}: a bad cookie starts a new session");
+        assert_eq!(count_of(&reply.body), 1, "{reason}: nothing of another session leaks in");
+        assert_ne!(client.jar["handover"], sealed);
+    }
+    let rejects = pool.metric("handover_cookie_rejects_total").await;
+    assert_eq!(rejects, 4.0, "each refusal is counted");
+    assert_eq!(pool.metric("handover_cookie_rejects_total{reason=\"tampered\"}").await, 2.0, "tampered and truncated");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn oversized_cookie_headers_get_431_and_the_session_is_untouched() {
+    let pool = pool_with(2, &["--max-header-bytes", "16384"], &[]).await;
+    let addr = pool.pods[0].data();
+    let mut s = SessionClient::default();
+    s.send(|| Some(addr), Method::POST, "/incr").await.expect("reply");
+    let before = s.jar.clone();
+    let reply =
+        s.send_with(|| Some(addr), Method::POST, "/incr", &[("x-padding", "p".repeat(20_000))]).await.expect("reply");
+    assert_eq!(reply.status, StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE);
+    assert!(String::from_utf8_lossy(&reply.body).contains("over the limit"));
+    assert_eq!(s.jar, before, "no cookie was set");
+    assert_eq!(pool.metric("handover_bad_requests_total{reason=\"headers_too_large\"}").await, 1.0);
+    let reply = s.send(|| Some(addr), Method::POST, "/incr").await.expect("reply");
+    assert_eq!(count_of(&reply.body), 2, "the session goes on");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_restore_is_a_clear_502_that_keeps_the_clients_cookie() {
+    // Every app refuses its first restore, then accepts.
+    let mut pool = pool_with(2, &[], &["--refuse-restores", "1"]).await;
+    let first = pool.pods[0].data();
+    let mut s = CounterSession::default();
+    for _ in 0..5 {
+        s.client.send(|| Some(first), Method::POST, "/incr").await.expect("reply");
+    }
+    let cookie_before = s.client.jar.clone();
+    pool.kill_pod(0).await;
+    pool.wait_listed(&[1], Duration::from_secs(10)).await.expect("registry follows");
+    let survivor = pool.pods[1].data();
+    s.client.disconnect();
+    let reply = s.client.send(|| Some(survivor), Method::POST, "/incr").await.expect("reply");
+    assert_eq!(reply.status, StatusCode::BAD_GATEWAY);
+    assert!(String::from_utf8_lossy(&reply.body).contains("could not restore"), "the answer says what failed");
+    assert!(reply.headers.get(http::header::SET_COOKIE).is_none());
+    assert_eq!(s.client.jar, cookie_before, "the client's cookie is not overwritten");
+    assert_eq!(pool.metric("handover_restores_total{result=\"failed\"}").await, 1.0);
+    let reply = s.client.send(|| Some(survivor), Method::POST, "/incr").await.expect("reply");
+    assert_eq!(reply.status, StatusCode::OK);
+    assert_eq!(count_of(&reply.body), 6, "nothing was lost: the retry restored the state");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn large_states_split_over_chunks_and_survive_failover() {
+    let mut pool = pool_with(2, &[], &[]).await;
+    let first = pool.pods[0].data();
+    let mut s = SessionClient::default();
+    let reply = s.send(|| Some(first), Method::POST, "/blob?bytes=9000").await.expect("reply");
+    assert_eq!(reply.status, StatusCode::OK);
+    assert!(
+        s.jar.contains_key("handover.1") && s.jar.contains_key("handover.2"),
+        "split over chunks: {:?}",
+        s.jar.keys()
+    );
+    assert!(s.jar.values().all(|v| v.len() < 4000), "every chunk fits a browser cookie");
+    pool.kill_pod(0).await;
+    pool.wait_listed(&[1], Duration::from_secs(10)).await.expect("registry follows");
+    s.disconnect();
+    let survivor = pool.pods[1].data();
+    let reply = s.send(|| Some(survivor), Method::GET, "/count").await.expect("reply");
+    let restored: CountReply = serde_json::from_slice(&reply.body).expect("count reply");
+    assert_eq!(restored.blob_bytes, 9000, "the whole state came back");
+    // Shrinking the state expires the chunks no longer needed.
+    let reply = s.send(|| Some(survivor), Method::POST, "/blob?bytes=10").await.expect("reply");
+    assert_eq!(reply.status, StatusCode::OK);
+    assert_eq!(
+        s.jar.keys().filter(|k| k.starts_with("handover")).count(),
+        1,
+        "stale chunks expired: {:?}",
+        s.jar.keys()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_state_over_budget_is_reported_never_truncated() {
+    let pool = pool_with(2, &["--cookie-max-bytes", "6000"], &[]).await;
+    let addr = pool.pods[0].data();
+    let mut s = SessionClient::default();
+    s.send(|| Some(addr), Method::POST, "/incr").await.expect("reply");
+    let before = s.jar.clone();
+    let reply = s.send(|| Some(addr), Method::POST, "/blob?bytes=20000").await.expect("reply");
+    assert_eq!(reply.status, StatusCode::OK, "the app's answer still goes through");
+    let warning = reply.headers.get("handover-warning").expect("a Handover-Warning header");
+    assert!(warning.to_str().expect("ascii").contains("over the cookie budget"));
+    assert_eq!(s.jar, before, "the previous cookie stays; nothing truncated is sealed");
+    assert_eq!(pool.metric("handover_state_over_budget_total").await, 1.0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn upgrades_pass_through_untouched() {
+    let pool = pool_with(2, &[], &[]).await;
+    let mut stream = tokio::net::TcpStream::connect(pool.pods[0].data()).await.expect("connect");
+    stream
+        .write_all(b"GET /echo HTTP/1.1\r\nHost: demo\r\nConnection: Upgrade\r\nUpgrade: echo\r\n\r\n")
+        .await
+        .expect("write");
+    let mut head = Vec::new();
+    while !head.ends_with(b"\r\n\r\n") {
+        let mut byte = [0u8; 1];
+        stream.read_exact(&mut byte).await.expect("response head");
+        head.push(byte[0]);
+    }
+    let head = String::from_utf8_lossy(&head).to_lowercase();
+    assert!(head.starts_with("http/1.1 101"), "{head}");
+    assert!(head.contains("upgrade: echo"), "{head}");
+    stream.write_all(b"ping over the upgraded connection").await.expect("write");
+    let mut echo = [0u8; 33];
+    tokio::time::timeout(Duration::from_secs(5), stream.read_exact(&mut echo))
+        .await
+        .expect("echo in time")
+        .expect("echo");
+    assert_eq!(&echo, b"ping over the upgraded connection");
+}

@@ -1,0 +1,77 @@
+//! The command line as operators and newcomers use it: `demo`, `cookie inspect`, `keygen`.
+
+use std::process::Command;
+
+use handover_sidecar::cookie::{self, Owner, Snapshot};
+use handover_sidecar::keys::KeyRing;
+
+fn exe() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_handover-sidecar"))
+}
+
+fn temp_dir(name: &str) -> std::path::PathBuf {
+    let dir = std::env::temp_dir().join(format!("handover-cli-{name}-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    dir
+}
+
+#[test]
+fn the_demo_runs_kills_pods_and_loses_nothing() {
+    let out = exe()
+        .args(["demo", "--pods", "3", "--sessions", "8", "--duration", "4s", "--kill-every", "1s"])
+        .output()
+        .expect("demo runs");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "demo failed:\n{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
+    let last = stdout.lines().last().expect("output");
+    let summary: serde_json::Value = serde_json::from_str(last).expect("the last line is JSON");
+    assert_eq!(summary["lost_updates"], 0);
+    assert!(summary["pods_killed"].as_u64().expect("number") >= 1);
+    assert!(summary["pods_terminated"].as_u64().expect("number") >= 1);
+    assert!(summary["acknowledged_updates"].as_u64().expect("number") > 0);
+    for field in ["sessions", "requests", "failovers", "takeovers", "failover_ms_p50", "failover_ms_p99"] {
+        assert!(summary.get(field).is_some(), "summary has {field}");
+    }
+}
+
+#[test]
+fn cookie_inspect_opens_a_cookie_and_explains_a_refusal() {
+    let dir = temp_dir("inspect");
+    let key_file = dir.join("keys");
+    let keygen = exe().args(["keygen", "--id", "7"]).output().expect("keygen");
+    assert!(keygen.status.success());
+    std::fs::write(&key_file, &keygen.stdout).expect("write keys");
+    let ring = KeyRing::load(&key_file).expect("keygen writes a valid key line");
+    let snapshot = Snapshot {
+        session: "s-42".into(),
+        owner: Owner { name: "cart-7".into(), uid: "u-1".into(), addr: "10.0.0.7:8000".into() },
+        version: 9,
+        issued_at: 1,
+        expires_at: u64::MAX / 2,
+        state: br#"{"count":3}"#.to_vec(),
+    };
+    let value = cookie::seal(&snapshot, "shop/cart", &ring);
+
+    let out = exe()
+        .args(["cookie", "inspect", "--pool", "shop/cart", "--key-file"])
+        .arg(&key_file)
+        .arg(format!("handover={value}; other=1"))
+        .output()
+        .expect("inspect runs");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON report");
+    assert_eq!(report["session"], "s-42");
+    assert_eq!(report["owner"]["pod"], "cart-7");
+    assert_eq!(report["version"], 9);
+    assert_eq!(report["state_utf8"], r#"{"count":3}"#);
+
+    let out = exe()
+        .args(["cookie", "inspect", "--pool", "shop/other", "--key-file"])
+        .arg(&key_file)
+        .arg(&value)
+        .output()
+        .expect("inspect runs");
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("wrong_pool"), "says why it refused");
+    let _ = std::fs::remove_dir_all(dir);
+}

@@ -1,0 +1,234 @@
+//! The data path under faults: a local pool of real sidecar and app processes on real TCP, with
+//! real signals. Every test runs client sessions while the fault happens, then checks that each
+//! session's state equals what its client was acknowledged (no acknowledged update lost).
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use handover_sidecar::cookie;
+use handover_sidecar::demo_app::CountReply;
+use handover_sidecar::keys::KeyRing;
+use handover_sidecar::localpool::{CounterSession, LocalPool, POOL, PoolOptions, SessionClient, Sig, wait_for};
+use http::{Method, StatusCode};
+
+fn exe() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_handover-sidecar"))
+}
+
+const SESSIONS: usize = 6;
+
+/// Client sessions running against a pool until stopped.
+struct Load {
+    stop: Arc<AtomicBool>,
+    acked: Arc<AtomicU64>,
+    tasks: Vec<tokio::task::JoinHandle<Result<CounterSession, String>>>,
+    ready: Arc<Mutex<Vec<SocketAddr>>>,
+}
+
+impl Load {
+    fn start(pool: &LocalPool, sessions: usize) -> Load {
+        let stop = Arc::new(AtomicBool::new(false));
+        let acked = Arc::new(AtomicU64::new(0));
+        let ready = pool.ready_handle();
+        let tasks = (0..sessions)
+            .map(|_| {
+                let (stop, acked, ready) = (Arc::clone(&stop), Arc::clone(&acked), Arc::clone(&ready));
+                tokio::spawn(async move {
+                    let mut s = CounterSession::default();
+                    while !stop.load(Ordering::Relaxed) {
+                        s.incr(&ready).await?;
+                        acked.fetch_add(1, Ordering::Relaxed);
+                    }
+                    Ok(s)
+                })
+            })
+            .collect();
+        Load { stop, acked, tasks, ready }
+    }
+
+    /// Waits until the clients got `n` more acknowledgements: the sessions go on.
+    async fn progress(&self, n: u64, what: &str) {
+        let target = self.acked.load(Ordering::Relaxed) + n;
+        let acked = Arc::clone(&self.acked);
+        wait_for(what, Duration::from_secs(60), || {
+            let done = acked.load(Ordering::Relaxed) >= target;
+            async move { done }
+        })
+        .await
+        .expect("sessions make progress");
+    }
+
+    /// Stops the clients and checks every session against its model.
+    async fn stop_and_verify(self) -> Vec<CounterSession> {
+        self.stop.store(true, Ordering::Relaxed);
+        let mut sessions = Vec::new();
+        for t in self.tasks {
+            let mut s = t.await.expect("client task").expect("session went on");
+            let count = s.verify(&self.ready).await.expect("count served");
+            assert_eq!(s.lost, 0, "acknowledged updates were lost");
+            assert!(count >= s.acked && count <= s.acked + s.uncertain, "count {count} vs acknowledged {}", s.acked);
+            sessions.push(s);
+        }
+        sessions
+    }
+}
+
+async fn pool(pods: usize) -> LocalPool {
+    LocalPool::start(PoolOptions::new(exe(), pods)).await.expect("pool starts")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigkill_of_a_pod_under_load_loses_no_acknowledged_update() {
+    let mut pool = pool(3).await;
+    let load = Load::start(&pool, SESSIONS);
+    load.progress(200, "warm-up").await;
+    // A witness session, so that the killed pod surely owns one.
+    let ready = pool.ready_handle();
+    let mut witness = CounterSession::default();
+    witness.incr(&ready).await.expect("increment");
+    let victim = pool.pods.iter().position(|p| Some(p.data()) == witness.client.connected_to()).expect("connected");
+    pool.kill_pod(victim).await;
+    witness.incr(&ready).await.expect("increment after SIGKILL");
+    load.progress(500, "sessions to go on after SIGKILL").await;
+    load.stop_and_verify().await;
+    assert_eq!(witness.verify(&ready).await.expect("count"), 2);
+    assert!(pool.metric("handover_takeovers_total").await >= 1.0, "the witness session was taken over");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hung_pod_is_routed_around_and_does_not_fork_sessions_when_it_wakes() {
+    let pool = pool(3).await;
+    let load = Load::start(&pool, SESSIONS);
+    load.progress(200, "warm-up").await;
+    pool.signal_pod(0, Sig::Stop);
+    pool.wait_listed(&[1, 2], Duration::from_secs(10)).await.expect("the hung pod leaves the registry");
+    load.progress(500, "sessions to go on while a pod hangs").await;
+    pool.signal_pod(0, Sig::Cont);
+    pool.wait_listed(&[0, 1, 2], Duration::from_secs(10)).await.expect("the woken pod rejoins");
+    load.progress(500, "sessions to go on after the pod woke").await;
+    load.stop_and_verify().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn app_crash_with_the_sidecar_alive_is_restored_from_cookies() {
+    let mut pool = pool(2).await;
+    let load = Load::start(&pool, SESSIONS);
+    load.progress(200, "warm-up").await;
+    pool.crash_app(0).await;
+    let addr = pool.pods[0].app();
+    wait_for("the sidecar to see its app down", Duration::from_secs(5), || async move {
+        tokio::net::TcpStream::connect(addr).await.is_err()
+    })
+    .await
+    .expect("app down");
+    pool.restart_app(0).expect("app restarts");
+    pool.wait_listed(&[0, 1], Duration::from_secs(10)).await.expect("pod ready again");
+    load.progress(500, "sessions to go on after the app crash").await;
+    load.stop_and_verify().await;
+    assert!(pool.metric("handover_restores_total{result=\"ok\"}").await >= 1.0, "sessions were restored");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sidecar_crash_with_the_app_alive_loses_nothing() {
+    let mut pool = pool(3).await;
+    let load = Load::start(&pool, SESSIONS);
+    load.progress(200, "warm-up").await;
+    pool.crash_sidecar(0).await;
+    load.progress(300, "sessions to go on without the sidecar").await;
+    pool.restart_sidecar(0).expect("sidecar restarts");
+    pool.wait_listed(&[0, 1, 2], Duration::from_secs(10)).await.expect("pod ready again");
+    load.progress(500, "sessions to go on after the sidecar restarted").await;
+    load.stop_and_verify().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn graceful_shutdown_drains_without_loss_even_in_pull_mode() {
+    let mut opts = PoolOptions::new(exe(), 3);
+    opts.mode = handover_sidecar::decide::Mode::Pull;
+    opts.snapshot_interval = Duration::from_secs(3600); // only the drain's fresh snapshots save state
+    opts.drain_grace = Duration::from_millis(800);
+    let mut pool = LocalPool::start(opts).await.expect("pool starts");
+    let load = Load::start(&pool, SESSIONS);
+    load.progress(200, "warm-up").await;
+    pool.terminate_pod(0).await.expect("drains and exits");
+    load.progress(500, "sessions to go on after the graceful shutdown").await;
+    load.stop_and_verify().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn key_rotation_mid_run_drops_no_session() {
+    let pool = pool(2).await;
+    let load = Load::start(&pool, SESSIONS);
+    load.progress(200, "warm-up").await;
+    pool.rotate_keys().expect("rotates");
+    let keys = std::fs::read_to_string(&pool.key_file).expect("key file");
+    let newest = KeyRing::parse(keys.lines().next().expect("a key")).expect("valid key");
+    // Sidecars poll the key file each second: wait until a fresh cookie opens with the new key alone.
+    let ready = pool.ready_handle();
+    let probe = Arc::new(tokio::sync::Mutex::new(CounterSession::default()));
+    wait_for("cookies sealed with the new key", Duration::from_secs(10), || {
+        let (probe, ready, newest) = (Arc::clone(&probe), Arc::clone(&ready), newest.clone());
+        async move {
+            let mut probe = probe.lock().await;
+            probe.incr(&ready).await.is_ok() && cookie::open(&probe.client.jar["handover"], POOL, &newest, 0).is_ok()
+        }
+    })
+    .await
+    .expect("rotation takes effect");
+    load.progress(500, "sessions to go on across the rotation").await;
+    load.stop_and_verify().await;
+    assert_eq!(pool.metric("handover_cookie_rejects_total").await, 0.0, "no cookie was refused");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_requests_of_one_session_after_owner_death_never_fork_it() {
+    let mut pool = pool(4).await;
+    let ready = pool.ready_handle();
+    let mut s = CounterSession::default();
+    for _ in 0..10 {
+        s.incr(&ready).await.expect("increment");
+    }
+    let owner = pool.pods.iter().position(|p| Some(p.data()) == s.client.connected_to()).expect("connected");
+    pool.kill_pod(owner).await;
+    let survivors = pool.running();
+    pool.wait_listed(&survivors, Duration::from_secs(10)).await.expect("the dead pod leaves the registry");
+    pool.wait_sidecars_see(survivors.len(), Duration::from_secs(10)).await.expect("every sidecar has the same view");
+
+    // Every survivor gets the same old cookie at the same time, several times over.
+    let mut tasks = Vec::new();
+    for _round in 0..3 {
+        for &i in &survivors {
+            let addr = pool.pods[i].data();
+            let mut client = SessionClient::with_jar(s.client.jar.clone());
+            tasks.push(tokio::spawn(async move {
+                let reply = client.send(|| Some(addr), Method::POST, "/incr").await?;
+                if reply.status != StatusCode::OK {
+                    return Err(format!("{} {}", reply.status, String::from_utf8_lossy(&reply.body)));
+                }
+                let count = serde_json::from_slice::<CountReply>(&reply.body).map_err(|e| e.to_string())?.count;
+                Ok::<_, String>((count, client))
+            }));
+        }
+    }
+    let mut counts = Vec::new();
+    let mut newest: Option<SessionClient> = None;
+    for t in tasks {
+        let (count, client) = t.await.expect("task").expect("increment acknowledged");
+        if counts.iter().all(|c| *c < count) {
+            newest = Some(client);
+        }
+        counts.push(count);
+    }
+    counts.sort();
+    let expected: Vec<u64> = (s.acked + 1..=s.acked + counts.len() as u64).collect();
+    assert_eq!(counts, expected, "each increment applied once, to one copy of the session");
+    let mut last = CounterSession {
+        client: newest.expect("some client"),
+        acked: *expected.last().expect("some"),
+        ..CounterSession::default()
+    };
+    assert_eq!(last.verify(&ready).await.expect("count"), *expected.last().expect("some"));
+}
