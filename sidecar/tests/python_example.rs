@@ -50,7 +50,8 @@ struct Scratch {
 
 impl Scratch {
     fn new(name: &str) -> Scratch {
-        let dir = std::env::temp_dir().join(format!("handover-python-{name}-{}", handover_sidecar::random::session_id()));
+        let dir =
+            std::env::temp_dir().join(format!("handover-python-{name}-{}", handover_sidecar::random::session_id()));
         std::fs::create_dir_all(&dir).expect("scratch dir");
         let keygen = std::process::Command::new(env!("CARGO_BIN_EXE_handover-sidecar"))
             .arg("keygen")
@@ -93,7 +94,12 @@ struct Pod {
 
 impl Pod {
     fn new(name: &str, block: [u8; 2], i: u8) -> Pod {
-        Pod { name: name.to_owned(), ip: IpAddr::V4(Ipv4Addr::new(127, block[0], block[1], i)), app: None, sidecar: None }
+        Pod {
+            name: name.to_owned(),
+            ip: IpAddr::V4(Ipv4Addr::new(127, block[0], block[1], i)),
+            app: None,
+            sidecar: None,
+        }
     }
     fn data(&self) -> SocketAddr {
         SocketAddr::new(self.ip, SIDECAR_PORT)
@@ -119,7 +125,8 @@ impl Pod {
         self.app = Some(child);
         let app = self.app_addr();
         let what = format!("the python app of {} on {app}", self.name);
-        if let Err(e) = wait_for(&what, START_TIMEOUT, || async move { probe(app, "/healthz").await == Some(200) }).await
+        if let Err(e) =
+            wait_for(&what, START_TIMEOUT, || async move { probe(app, "/healthz").await == Some(200) }).await
         {
             panic!("{e}\n{}", scratch.tail(&format!("{}.app.log", self.name)));
         }
@@ -146,7 +153,9 @@ impl Pod {
         self.sidecar = Some(child);
         let admin = self.admin();
         let what = format!("the sidecar of {} to be ready on {admin}", self.name);
-        if let Err(e) = wait_for(&what, START_TIMEOUT, || async move { probe(admin, "/ready").await == Some(200) }).await {
+        if let Err(e) =
+            wait_for(&what, START_TIMEOUT, || async move { probe(admin, "/ready").await == Some(200) }).await
+        {
             panic!("{e}\n{}", scratch.tail(&format!("{}.sidecar.log", self.name)));
         }
     }
