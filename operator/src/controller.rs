@@ -30,6 +30,7 @@ use crate::desired::{self, DeploymentPlan, Findings, InjectionConfig, MANAGER};
 use crate::duration;
 use crate::error::Error;
 use crate::keys::{self, KeyRing, RotationInput, SECRET_KEY};
+use crate::leader::Leadership;
 use crate::metrics::Metrics;
 use crate::validate;
 
@@ -60,6 +61,8 @@ pub struct Context {
     deployments: Store<Deployment>,
     pools: Store<ServerPool>,
     inject: InjectionConfig,
+    /// The write fence of leader election.
+    leadership: Arc<Leadership>,
     /// (namespace, deployment, pool, generation) already warned about a missing pool.
     warned_missing: Mutex<HashSet<(String, String, String, i64)>>,
 }
@@ -146,6 +149,7 @@ pub async fn run(
     client: Client,
     settings: Settings,
     metrics: Arc<Metrics>,
+    leadership: Arc<Leadership>,
     shutdown: impl Future<Output = ()> + Send + Sync + 'static,
 ) -> Result<(), Error> {
     let version = client.apiserver_version().await.map_err(Error::kube("read the API server version"))?;
@@ -190,6 +194,7 @@ pub async fn run(
         deployments: deploy_store,
         pools: pool_store.clone(),
         inject,
+        leadership,
         warned_missing: Mutex::new(HashSet::new()),
     });
     // A pool's spec change (or creation, deletion) can create or clear a conflict reported on a
@@ -231,6 +236,9 @@ pub async fn run(
 /// Deployment once per generation, and remove a stale injection.
 async fn missing_pool(ctx: &Context, pool: &str, namespace: Option<&str>) {
     let Some(ns) = namespace else { return };
+    if fence(ctx).is_err() {
+        return;
+    }
     for d in ctx.deployments.state() {
         if d.namespace().as_deref() != Some(ns) {
             continue;
@@ -342,7 +350,7 @@ async fn wait_for_caches(ctx: &Context) -> Result<(), Error> {
 }
 
 /// Server-side apply of a namespaced object with the operator's field manager.
-async fn ssa<K>(client: &Client, ns: &str, obj: &K) -> Result<(), Error>
+async fn ssa<K>(ctx: &Context, ns: &str, obj: &K) -> Result<(), Error>
 where
     K: Resource<DynamicType = (), Scope = NamespaceResourceScope>
         + Serialize
@@ -351,15 +359,22 @@ where
         + std::fmt::Debug,
 {
     let name = obj.meta().name.clone().unwrap_or_default();
-    let api: Api<K> = Api::namespaced(client.clone(), ns);
+    let api: Api<K> = Api::namespaced(ctx.client.clone(), ns);
+    fence(ctx)?;
     api.patch(&name, &PatchParams::apply(MANAGER).force(), &Patch::Apply(obj))
         .await
         .map_err(Error::kube(format!("apply {} {ns}/{name}", K::kind(&()))))?;
     Ok(())
 }
 
+/// Refuses when leadership is not confirmed recently (see [`Leadership`]).
+fn fence(ctx: &Context) -> Result<(), Error> {
+    if ctx.leadership.is_current() { Ok(()) } else { Err(Error::NotLeader) }
+}
+
 async fn apply(pool: Arc<ServerPool>, ctx: &Context) -> Result<Action, Error> {
     wait_for_caches(ctx).await?;
+    fence(ctx)?;
     let ns = desired::pool_namespace(&pool);
     let name = desired::pool_name(&pool);
     let now = Timestamp::now();
@@ -373,7 +388,7 @@ async fn apply(pool: Arc<ServerPool>, ctx: &Context) -> Result<Action, Error> {
 
     // An invalid spec changes nothing that exists: running pods keep what they have.
     if findings.spec_problems.is_empty() {
-        if let Err(e) = ssa(&ctx.client, &ns, &desired::service(&pool)).await {
+        if let Err(e) = ssa(ctx, &ns, &desired::service(&pool)).await {
             failures.push(e.to_string());
         }
 
@@ -395,6 +410,7 @@ async fn apply(pool: Arc<ServerPool>, ctx: &Context) -> Result<Action, Error> {
         let deploy_api: Api<Deployment> = Api::namespaced(ctx.client.clone(), &ns);
         let params = PatchParams::apply(MANAGER).force();
         for plan in plans {
+            fence(ctx)?;
             match plan {
                 DeploymentPlan::Inject { name: d, patch } => {
                     match deploy_api.patch(&d, &params, &Patch::Apply(&patch)).await {
@@ -451,10 +467,10 @@ async fn apply(pool: Arc<ServerPool>, ctx: &Context) -> Result<Action, Error> {
             .filter(|d| desired::requested_pool(d) == Some(name.as_str()))
             .collect();
         let accounts = desired::service_accounts(pool_pods.iter().copied(), requested);
-        if let Err(e) = ssa(&ctx.client, &ns, &desired::role(&pool)).await {
+        if let Err(e) = ssa(ctx, &ns, &desired::role(&pool)).await {
             failures.push(e.to_string());
         }
-        if let Err(e) = ssa(&ctx.client, &ns, &desired::role_binding(&pool, &accounts)).await {
+        if let Err(e) = ssa(ctx, &ns, &desired::role_binding(&pool, &accounts)).await {
             failures.push(e.to_string());
         }
     }
@@ -466,6 +482,7 @@ async fn apply(pool: Arc<ServerPool>, ctx: &Context) -> Result<Action, Error> {
     let status = desired::status(&pool, members, &findings, &Time(now));
     ctx.metrics.set_members(&ns, &name, i64::from(status.total_members), i64::from(status.ready_members));
     if pool.status.as_ref() != Some(&status) {
+        fence(ctx)?;
         let api: Api<ServerPool> = Api::namespaced(ctx.client.clone(), &ns);
         let body = serde_json::json!({
             "apiVersion": "handover.dev/v1alpha1",
@@ -519,6 +536,7 @@ async fn apply(pool: Arc<ServerPool>, ctx: &Context) -> Result<Action, Error> {
 
 async fn cleanup(pool: Arc<ServerPool>, ctx: &Context) -> Result<Action, Error> {
     wait_for_caches(ctx).await?;
+    fence(ctx)?;
     let ns = desired::pool_namespace(&pool);
     let name = desired::pool_name(&pool);
     let deployments = ctx.deployments.state();
@@ -575,6 +593,7 @@ async fn ensure_keys(pool: &ServerPool, ctx: &Context, now: Timestamp) -> Result
         if let Some(r) = &requested {
             fresh.annotations_mut().insert(desired::ROTATED_FOR_ANNOTATION.to_owned(), r.clone());
         }
+        fence(ctx)?;
         return match api.create(&PostParams::default(), &fresh).await {
             Ok(_) => {
                 publish(
@@ -647,6 +666,7 @@ async fn ensure_keys(pool: &ServerPool, ctx: &Context, now: Timestamp) -> Result
         secret_annotations.insert(desired::ROTATED_FOR_ANNOTATION.to_owned(), r.clone());
     }
     // `replace` carries the resourceVersion we read: a concurrent change fails and is retried.
+    fence(ctx)?;
     api.replace(&secret_name, &PostParams::default(), &secret)
         .await
         .map_err(Error::kube(format!("rotate keys in Secret {ns}/{secret_name}")))?;

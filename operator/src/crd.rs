@@ -530,6 +530,16 @@ mod tests {
     }
 
     #[test]
+    fn the_example_pool_parses_and_is_valid() {
+        let text = include_str!("../examples/serverpool.yaml");
+        let pool: ServerPool = serde_saphyr::from_str(text).expect("example parses");
+        assert_eq!(pool.metadata.name.as_deref(), Some("cart"));
+        assert_eq!(pool.spec.key_rotation.period.as_deref(), Some("720h"));
+        assert!(pool.spec.sidecar.resources.is_some());
+        assert_eq!(crate::validate::validate(&pool, "img"), []);
+    }
+
+    #[test]
     fn minimal_spec_gets_documented_defaults() {
         let pool: ServerPoolSpec = serde_json::from_value(serde_json::json!({"appPort": 8080})).expect("parses");
         assert_eq!(pool, ServerPoolSpec::with_app_port(8080));

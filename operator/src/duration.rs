@@ -46,4 +46,17 @@ mod tests {
             assert!(parse(bad).is_err(), "{bad:?} should be refused");
         }
     }
+
+    proptest::proptest! {
+        #[test]
+        fn parsing_any_text_never_panics(text in ".{0,40}") {
+            let _ = parse(&text);
+        }
+
+        #[test]
+        fn every_pattern_match_parses(n in 0u64..1_000_000_000, unit in "(ms|s|m|h)") {
+            let text = format!("{n}{unit}");
+            proptest::prop_assert!(parse(&text).is_ok());
+        }
+    }
 }

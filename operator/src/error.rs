@@ -4,7 +4,7 @@
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     /// A call to the Kubernetes API failed.
-    #[error("{action}: {source}")]
+    #[error("{action}: {}", short(source))]
     Kube {
         /// What the operator was doing (`apply Service shop/cart`).
         action: String,
@@ -27,9 +27,20 @@ pub enum Error {
     /// A Kubernetes object lacks a field the API server always sets.
     #[error("object without {0}")]
     MissingField(&'static str),
+    /// This replica's leadership could not be confirmed recently: it must not write.
+    #[error("not the confirmed leader: refusing to write")]
+    NotLeader,
     /// Serving metrics failed.
     #[error("metrics server: {0}")]
     Io(#[from] std::io::Error),
+}
+
+/// An API error as a person wants it in a condition: the server's message and code.
+fn short(e: &kube::Error) -> String {
+    match e {
+        kube::Error::Api(status) => format!("{} (HTTP {})", status.message, status.code),
+        other => other.to_string(),
+    }
 }
 
 impl Error {
@@ -42,6 +53,7 @@ impl Error {
             Error::Random(_) => "random",
             Error::StoreNotReady(_) => "store_not_ready",
             Error::MissingField(_) => "missing_field",
+            Error::NotLeader => "not_leader",
             Error::Io(_) => "io",
         }
     }

@@ -433,4 +433,47 @@ mod tests {
         assert!(!shown.contains("171"), "{shown}");
         assert!(shown.contains("redacted"));
     }
+
+    proptest::proptest! {
+        #[test]
+        fn parsing_any_text_never_panics(text in ".{0,400}") {
+            let _ = KeyRing::parse(&text);
+        }
+
+        #[test]
+        fn parsing_any_bytes_never_panics(bytes in proptest::collection::vec(proptest::num::u8::ANY, 0..400)) {
+            let _ = KeyRing::parse_bytes(&bytes);
+        }
+
+        #[test]
+        fn any_ring_round_trips(keys in proptest::collection::btree_map(proptest::num::u32::ANY, (proptest::array::uniform32(proptest::num::u8::ANY), 0i64..i64::MAX), 1..8)) {
+            let ring = KeyRing(keys.into_iter().map(|(id, (secret, created))| Key { id, secret, created }).collect());
+            proptest::prop_assert_eq!(KeyRing::parse(&ring.render()), Ok(ring));
+        }
+
+        #[test]
+        fn planning_never_panics_and_keeps_a_sealing_key(
+            now in 0i64..4_000_000_000,
+            created in 0i64..4_000_000_000,
+            period in proptest::option::of(0u64..100_000_000),
+            promoted in proptest::option::of(0i64..4_000_000_000),
+        ) {
+            let ring = KeyRing(vec![
+                Key { id: u32::MAX, secret: [1; 32], created },
+                Key { id: 1, secret: [2; 32], created: 0 },
+            ]);
+            let input = RotationInput {
+                now,
+                period: period.map(Duration::from_secs),
+                cookie_max_age: HOUR,
+                requested: Some("x"),
+                last_request: None,
+                promoted_at: promoted,
+            };
+            if let Some(step) = plan(&ring, &input, [3; 32]) {
+                proptest::prop_assert!(!step.ring.0.is_empty());
+            }
+            let _ = next_due(&ring, &input);
+        }
+    }
 }

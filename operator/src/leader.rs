@@ -9,6 +9,8 @@
 //!   standby can take over;
 //! - on SIGTERM the leader releases the Lease (no holder), so a standby takes over at once.
 
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use jiff::Timestamp;
@@ -37,6 +39,56 @@ impl Default for Timing {
             renew_deadline: Duration::from_secs(10),
             retry_period: Duration::from_secs(2),
         }
+    }
+}
+
+/// Whether this replica may still write: shared by the elector (which records every successful
+/// renewal) and the reconciler (which checks before it writes).
+///
+/// A renewal counts from when its request was *sent*, which is no later than the API server
+/// wrote it; a standby can only take over `lease_duration` after it saw that write. Refusing to
+/// write `renew_deadline` after the last renewal was sent leaves `lease_duration -
+/// renew_deadline` for a write in flight. It also fences a leader that was paused (SIGSTOP, a
+/// stalled node) and resumes after a standby took over: its clock says the renewal is stale.
+#[derive(Debug)]
+pub struct Leadership {
+    epoch: Instant,
+    /// 1 + milliseconds after `epoch` of the last renewal sent; 0: never (or stepped down).
+    renewed_ms: AtomicU64,
+    deadline: Duration,
+}
+
+impl Leadership {
+    /// Not leading yet.
+    pub fn new(deadline: Duration) -> Arc<Self> {
+        Arc::new(Self { epoch: Instant::now(), renewed_ms: AtomicU64::new(0), deadline })
+    }
+
+    /// A renewal sent at `sent` succeeded.
+    pub fn renewed(&self, sent: Instant) {
+        let ms = u64::try_from(sent.saturating_duration_since(self.epoch).as_millis())
+            .unwrap_or(u64::MAX - 1)
+            .saturating_add(1);
+        self.renewed_ms.fetch_max(ms, Ordering::SeqCst);
+    }
+
+    /// Leadership ended.
+    pub fn stepped_down(&self) {
+        self.renewed_ms.store(0, Ordering::SeqCst);
+    }
+
+    /// Whether a write now is safe.
+    pub fn is_current(&self) -> bool {
+        self.is_current_at(Instant::now())
+    }
+
+    fn is_current_at(&self, now: Instant) -> bool {
+        let ms = self.renewed_ms.load(Ordering::SeqCst);
+        if ms == 0 {
+            return false;
+        }
+        let renewed = self.epoch + Duration::from_millis(ms - 1);
+        now.saturating_duration_since(renewed) < self.deadline
     }
 }
 
@@ -100,6 +152,7 @@ pub struct Elector {
     identity: String,
     timing: Timing,
     observed: Option<(Record, Instant)>,
+    leadership: Arc<Leadership>,
 }
 
 fn is_conflict(e: &kube::Error) -> bool {
@@ -109,7 +162,12 @@ fn is_conflict(e: &kube::Error) -> bool {
 impl Elector {
     /// A candidate for Lease `name` in `api`'s namespace.
     pub fn new(api: Api<Lease>, name: String, identity: String, timing: Timing) -> Self {
-        Self { api, name, identity, timing, observed: None }
+        Self { api, name, identity, timing, observed: None, leadership: Leadership::new(timing.renew_deadline) }
+    }
+
+    /// The write fence the reconciler checks.
+    pub fn leadership(&self) -> Arc<Leadership> {
+        self.leadership.clone()
     }
 
     /// The election timing.
@@ -131,6 +189,16 @@ impl Elector {
     /// One attempt to acquire or renew. `Ok(true)`: we hold the Lease now.
     pub async fn try_acquire_or_renew(&mut self) -> Result<bool, Error> {
         let now = Instant::now();
+        let result = self.attempt(now).await;
+        match result {
+            Ok(true) => self.leadership.renewed(now),
+            Ok(false) => self.leadership.stepped_down(),
+            Err(_) => {}
+        }
+        result
+    }
+
+    async fn attempt(&mut self, now: Instant) -> Result<bool, Error> {
         let current = self.api.get_opt(&self.name).await.map_err(Error::kube(format!("get Lease {}", self.name)))?;
         let Some(mut lease) = current else {
             let lease = Lease {
@@ -207,6 +275,7 @@ impl Elector {
             }
             if last_ok.elapsed() >= self.timing.renew_deadline {
                 tracing::warn!("could not renew the Lease within the renew deadline");
+                self.leadership.stepped_down();
                 return;
             }
         }
@@ -214,6 +283,7 @@ impl Elector {
 
     /// Gives the Lease up (on shutdown) if we hold it.
     pub async fn release(&mut self) {
+        self.leadership.stepped_down();
         let Ok(Some(mut lease)) = self.api.get_opt(&self.name).await else {
             return;
         };
@@ -270,6 +340,22 @@ mod tests {
         r.duration_seconds = Some(60);
         let at = seen + Duration::from_secs(30);
         assert_eq!(decide(&r, "me", seen, at, &Timing::default()), Decision::Wait);
+    }
+
+    #[test]
+    fn writes_are_fenced_once_the_last_renewal_is_older_than_the_deadline() {
+        let l = Leadership::new(Duration::from_secs(10));
+        let t0 = Instant::now();
+        assert!(!l.is_current_at(t0), "never renewed: not leading");
+        l.renewed(t0);
+        assert!(l.is_current_at(t0 + Duration::from_secs(9)));
+        assert!(!l.is_current_at(t0 + Duration::from_secs(10)));
+        // A later renewal extends it; an older one (a slow response) never shortens it.
+        l.renewed(t0 + Duration::from_secs(5));
+        l.renewed(t0 + Duration::from_secs(1));
+        assert!(l.is_current_at(t0 + Duration::from_secs(14)));
+        l.stepped_down();
+        assert!(!l.is_current_at(t0 + Duration::from_secs(6)));
     }
 
     #[test]

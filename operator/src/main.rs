@@ -162,7 +162,13 @@ async fn run(args: RunArgs) -> Result<(), Error> {
         }
         tracing::info!("became leader");
         metrics.leader.set(1);
-        let work = controller::run(client.clone(), settings.clone(), metrics.clone(), stopped(stop_rx.clone()));
+        let work = controller::run(
+            client.clone(),
+            settings.clone(),
+            metrics.clone(),
+            elector.leadership(),
+            stopped(stop_rx.clone()),
+        );
         let outcome = tokio::select! {
             result = work => result,
             () = async {
