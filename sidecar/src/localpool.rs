@@ -781,3 +781,73 @@ impl CounterSession {
         }
     }
 }
+
+/// Client sessions running until stopped, each checked against its model.
+pub struct Load {
+    stop: Arc<std::sync::atomic::AtomicBool>,
+    acked: Arc<std::sync::atomic::AtomicU64>,
+    tasks: Vec<tokio::task::JoinHandle<Result<CounterSession, String>>>,
+    ready: Arc<Mutex<Vec<SocketAddr>>>,
+}
+
+impl Load {
+    /// Starts `sessions` clients, each incrementing its own counter through an address of `ready`
+    /// (the pods of a local pool, or a Service's address).
+    pub fn start(ready: Arc<Mutex<Vec<SocketAddr>>>, sessions: usize) -> Load {
+        use std::sync::atomic::Ordering;
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let acked = Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let tasks = (0..sessions)
+            .map(|_| {
+                let (stop, acked, ready) = (Arc::clone(&stop), Arc::clone(&acked), Arc::clone(&ready));
+                tokio::spawn(async move {
+                    let mut s = CounterSession::default();
+                    while !stop.load(Ordering::Relaxed) {
+                        s.incr(&ready).await?;
+                        acked.fetch_add(1, Ordering::Relaxed);
+                    }
+                    Ok(s)
+                })
+            })
+            .collect();
+        Load { stop, acked, tasks, ready }
+    }
+
+    /// Acknowledged increments so far, over all sessions.
+    pub fn acknowledged(&self) -> u64 {
+        self.acked.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Waits until the clients got `n` more acknowledgements: the sessions go on.
+    pub async fn progress(&self, n: u64, what: &str) -> Result<(), String> {
+        let target = self.acknowledged() + n;
+        let acked = Arc::clone(&self.acked);
+        wait_for(what, Duration::from_secs(90), || {
+            let done = acked.load(std::sync::atomic::Ordering::Relaxed) >= target;
+            async move { done }
+        })
+        .await
+    }
+
+    /// Stops the clients and checks every session: its count is what its client was acknowledged
+    /// (plus at most the requests it never got an answer to), and no acknowledged update was lost.
+    pub async fn stop_and_verify(self) -> Result<Vec<CounterSession>, String> {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        let mut sessions = Vec::new();
+        for t in self.tasks {
+            let mut s = t.await.map_err(|e| format!("client task: {e}"))??;
+            let count = s.verify(&self.ready).await?;
+            if s.lost > 0 {
+                return Err(format!("{} acknowledged updates lost (count {count}, acknowledged {})", s.lost, s.acked));
+            }
+            if count < s.acked || count > s.acked + s.uncertain {
+                return Err(format!(
+                    "count {count} does not match acknowledged {} (+{} unanswered)",
+                    s.acked, s.uncertain
+                ));
+            }
+            sessions.push(s);
+        }
+        Ok(sessions)
+    }
+}
