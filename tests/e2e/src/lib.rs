@@ -44,7 +44,10 @@ impl Cluster {
         let kubeconfig = std::env::var("KUBECONFIG")
             .map(PathBuf::from)
             .unwrap_or_else(|_| PathBuf::from("/tmp/handover-cluster/admin.kubeconfig"));
-        let repo = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..").canonicalize().unwrap_or_default();
+        // HANDOVER_E2E_REPO: where charts/ is when the suite runs away from the checkout (kind).
+        let repo = std::env::var("HANDOVER_E2E_REPO").map(PathBuf::from).unwrap_or_else(|_| {
+            Path::new(env!("CARGO_MANIFEST_DIR")).join("../..").canonicalize().unwrap_or_default()
+        });
         let cluster = Cluster {
             kubectl: find_tool("kubectl", "HANDOVER_KUBECTL"),
             helm: find_tool("helm", "HANDOVER_HELM"),
