@@ -177,7 +177,7 @@ if [[ "${HANDOVER_KUBE_PROXY:-1}" == 1 ]]; then
   start kube-proxy "$K8S_BIN/kube-proxy" \
     --kubeconfig "$HANDOVER_CLUSTER_DIR/kube-proxy.kubeconfig" \
     --hostname-override "$NODE_NAME" --proxy-mode iptables --cluster-cidr "$POD_CIDR" \
-    --conntrack-max-per-core 0 --metrics-bind-address 127.0.0.1:10249 \
+    --conntrack-max-per-core 0 --nodeport-addresses primary --metrics-bind-address 127.0.0.1:10249 \
     --healthz-bind-address 127.0.0.1:10256 --v=1
 fi
 
