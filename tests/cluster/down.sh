@@ -8,29 +8,36 @@ source "$(dirname "${BASH_SOURCE[0]}")/lib/common.sh"
 [[ $EUID -eq 0 ]] || die "down.sh needs root"
 t0=$SECONDS
 
+# stop NAME...: SIGTERM to each, then wait for all (SIGKILL after 15 s).
 stop() {
-  local name="$1" pid
-  is_running "$name" || { rm -f "$PIDS/$name.pid"; return 0; }
-  pid="$(cat "$PIDS/$name.pid")"
-  log "stopping $name (pid $pid)"
-  kill -TERM "$pid" 2>/dev/null || true
-  local deadline=$((SECONDS + 15))
-  while kill -0 "$pid" 2>/dev/null; do
-    if ((SECONDS >= deadline)); then
-      log "$name did not stop within 15s: SIGKILL"
-      kill -KILL "$pid" 2>/dev/null || true
-      break
+  local name pid pids=() names=()
+  for name in "$@"; do
+    if is_running "$name"; then
+      pid="$(cat "$PIDS/$name.pid")"
+      log "stopping $name (pid $pid)"
+      kill -TERM "$pid" 2>/dev/null || true
+      pids+=("$pid") names+=("$name")
     fi
-    sleep 0.2
+    rm -f "$PIDS/$name.pid"
   done
-  rm -f "$PIDS/$name.pid"
+  local deadline=$((SECONDS + 15)) i
+  for i in "${!pids[@]}"; do
+    while kill -0 "${pids[$i]}" 2>/dev/null; do
+      if ((SECONDS >= deadline)); then
+        log "${names[$i]} did not stop within 15s: SIGKILL"
+        kill -KILL "${pids[$i]}" 2>/dev/null || true
+        break
+      fi
+      sleep 0.2
+    done
+  done
 }
 
-# The node agent first, while the API server is still there: it stops pods itself.
+# The node agent first, while the API server is still there: it stops its pods.
 stop nodeagent
-for ((i = ${#COMPONENTS[@]} - 1; i >= 0; i--)); do
-  stop "${COMPONENTS[$i]}"
-done
+stop kube-proxy kube-scheduler kube-controller-manager
+stop kube-apiserver
+stop etcd
 
 # Pod namespaces the agent left (it was killed, or never cleaned up).
 for ns in $(ip netns list 2>/dev/null | awk '$1 ~ /^ho-/ {print $1}'); do

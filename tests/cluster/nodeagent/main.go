@@ -121,6 +121,7 @@ func run(cfg config) error {
 	defer stop()
 
 	go a.runNode(ctx)
+	go a.serveLogs(ctx, net.JoinHostPort(a.bridgeIP.String(), "10250"))
 
 	factory := informers.NewSharedInformerFactoryWithOptions(client, 0,
 		informers.WithTweakListOptions(func(o *metav1.ListOptions) {
