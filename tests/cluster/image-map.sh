@@ -15,6 +15,6 @@ cat <<JSON
 {
   "handover": {"dir": "$release", "entrypoint": ["handover-operator"]},
   "handover-smoke": {"dir": "$py_dir", "entrypoint": ["python3", "-m", "http.server"], "args": ["8080"]},
-  "busybox": {"dir": "/usr/bin", "entrypoint": ["sh"]}
+  "busybox": {"dir": "/usr/bin", "entrypoint": [], "args": ["sh"]}
 }
 JSON
