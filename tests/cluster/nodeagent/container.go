@@ -7,6 +7,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"runtime"
 	"strings"
 	"syscall"
 	"time"
@@ -27,6 +28,8 @@ type initSpec struct {
 	Argv   []string    `json:"argv"`
 	Env    []string    `json:"env"`
 	Dir    string      `json:"dir,omitempty"`
+	// Hostname is set in a new UTS namespace (the pod's name, as in Kubernetes).
+	Hostname string `json:"hostname,omitempty"`
 }
 
 func containerInit(args []string) {
@@ -44,6 +47,16 @@ func containerInit(args []string) {
 	var s initSpec
 	if err := json.Unmarshal(b, &s); err != nil {
 		fail("%s: %v", args[0], err)
+	}
+	// Namespaces made by unshare(2) belong to the calling thread: stay on it until exec.
+	runtime.LockOSThread()
+	if s.Hostname != "" {
+		if err := syscall.Unshare(syscall.CLONE_NEWUTS); err != nil {
+			fail("new UTS namespace: %v", err)
+		}
+		if err := syscall.Sethostname([]byte(s.Hostname)); err != nil {
+			fail("sethostname: %v", err)
+		}
 	}
 	for _, m := range s.Mounts {
 		st, err := os.Stat(m.Source)

@@ -379,6 +379,9 @@ func (w *podWorker) sync(ctx context.Context) {
 		}
 		w.sb = sb
 		w.podIP = sb.ip.String()
+		if err := w.writeNetworkFiles(); err != nil {
+			klog.Warningf("pod %s: %v", w.key(), err)
+		}
 		klog.Infof("pod %s: sandbox %s with IP %s", w.key(), sb.ns, sb.ip)
 	}
 	if !w.volsOK || now.Sub(w.lastVols) >= w.a.cfg.volumeResync {
@@ -529,7 +532,7 @@ func (w *podWorker) start(ctx context.Context, c *ctr) {
 	if gen < 1 {
 		gen = 1
 	}
-	spec := initSpec{Mounts: mounts, Argv: argv, Env: env, Dir: c.spec.WorkingDir}
+	spec := initSpec{Mounts: mounts, Argv: argv, Env: env, Dir: c.spec.WorkingDir, Hostname: hostname(w.pod)}
 	specPath := filepath.Join(w.dir, "specs", fmt.Sprintf("%s-%d.json", c.spec.Name, gen))
 	if err := writeJSON(specPath, spec); err != nil {
 		fail("CreateContainerError", err)
@@ -582,9 +585,27 @@ func (w *podWorker) snap() podSnap {
 	return s
 }
 
-// mounts resolves a container's volumeMounts to host paths.
+// writeNetworkFiles writes the pod's /etc/hosts (localhost, its hostname at
+// its IP, the API server as kubernetes.default.svc) and /etc/resolv.conf. There
+// is no cluster DNS: other names fail at once instead of waiting for a
+// resolver that pods cannot reach.
+func (w *podWorker) writeNetworkFiles() error {
+	hosts := fmt.Sprintf("127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n%s\t%s\n"+
+		"%s\tkubernetes kubernetes.default kubernetes.default.svc kubernetes.default.svc.cluster.local\n",
+		w.podIP, hostname(w.pod), w.a.cfg.apiHost)
+	if err := os.WriteFile(filepath.Join(w.dir, "hosts"), []byte(hosts), 0o644); err != nil {
+		return err
+	}
+	return os.WriteFile(filepath.Join(w.dir, "resolv.conf"), []byte("nameserver 127.0.0.1\noptions timeout:1 attempts:1\n"), 0o644)
+}
+
+// mounts resolves a container's volumeMounts to host paths, plus the pod's
+// /etc/hosts and /etc/resolv.conf.
 func (w *podWorker) mounts(pod *corev1.Pod, c *corev1.Container) ([]mountSpec, error) {
-	var out []mountSpec
+	out := []mountSpec{
+		{Source: filepath.Join(w.dir, "hosts"), Target: "/etc/hosts", ReadOnly: true},
+		{Source: filepath.Join(w.dir, "resolv.conf"), Target: "/etc/resolv.conf", ReadOnly: true},
+	}
 	for _, m := range c.VolumeMounts {
 		found := false
 		for _, v := range pod.Spec.Volumes {
@@ -605,4 +626,16 @@ func (w *podWorker) mounts(pod *corev1.Pod, c *corev1.Container) ([]mountSpec, e
 		out = append(out, mountSpec{Source: src, Target: m.MountPath, ReadOnly: m.ReadOnly})
 	}
 	return out, nil
+}
+
+// hostname is the pod's hostname: spec.hostname or its name, at most 63 characters.
+func hostname(p *corev1.Pod) string {
+	h := p.Name
+	if p.Spec.Hostname != "" {
+		h = p.Spec.Hostname
+	}
+	if len(h) > 63 {
+		h = h[:63]
+	}
+	return h
 }

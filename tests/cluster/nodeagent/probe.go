@@ -99,7 +99,7 @@ func (w *podWorker) execIn(ctx context.Context, s podSnap, c *ctr, argv []string
 		return err
 	}
 	specPath := filepath.Join(w.dir, "specs", fmt.Sprintf("%s-%d-%s.json", c.spec.Name, gen, what))
-	if err := writeJSON(specPath, initSpec{Mounts: mounts, Argv: argv, Env: env, Dir: c.spec.WorkingDir}); err != nil {
+	if err := writeJSON(specPath, initSpec{Mounts: mounts, Argv: argv, Env: env, Dir: c.spec.WorkingDir, Hostname: hostname(s.pod)}); err != nil {
 		return err
 	}
 	cmd := exec.CommandContext(ctx, "ip", "netns", "exec", s.ns, w.a.self, "container-init", specPath)
