@@ -50,7 +50,10 @@ type agent struct {
 
 	mu      sync.Mutex
 	workers map[types.UID]*podWorker
-	wg      sync.WaitGroup
+	// finished remembers pods whose worker ended, so that late watch events
+	// for them do not start them again.
+	finished map[types.UID]time.Time
+	wg       sync.WaitGroup
 }
 
 func main() {
@@ -115,7 +118,7 @@ func run(cfg config) error {
 		return err
 	}
 	a := &agent{cfg: cfg, client: client, images: images, net: pn, self: self,
-		bridgeIP: pn.gateway, workers: map[types.UID]*podWorker{}}
+		bridgeIP: pn.gateway, workers: map[types.UID]*podWorker{}, finished: map[types.UID]time.Time{}}
 
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
 	defer stop()
@@ -165,6 +168,9 @@ func (a *agent) podChanged(ctx context.Context, obj interface{}) {
 	defer a.mu.Unlock()
 	w, ok := a.workers[p.UID]
 	if !ok {
+		if _, done := a.finished[p.UID]; done {
+			return
+		}
 		w = newPodWorker(a, p)
 		a.workers[p.UID] = w
 		a.wg.Add(1)
@@ -173,6 +179,13 @@ func (a *agent) podChanged(ctx context.Context, obj interface{}) {
 			w.run(ctx)
 			a.mu.Lock()
 			delete(a.workers, p.UID)
+			now := time.Now()
+			a.finished[p.UID] = now
+			for uid, t := range a.finished {
+				if now.Sub(t) > 10*time.Minute {
+					delete(a.finished, uid)
+				}
+			}
 			a.mu.Unlock()
 		}()
 		return
