@@ -42,6 +42,13 @@ metadata: {name: web-content}
 data:
   index.html: "hello from handover-smoke\n"
 ---
+apiVersion: v1
+kind: Service
+metadata: {name: web}
+spec:
+  selector: {app: web}
+  ports: [{name: http, port: 80, targetPort: http}]
+---
 apiVersion: apps/v1
 kind: Deployment
 metadata: {name: web}
@@ -64,7 +71,8 @@ spec:
           code=$(curl -s -o /dev/null -w '%{http_code}' --cacert $sa/ca.crt \
             -H "Authorization: Bearer $(cat $sa/token)" \
             https://$KUBERNETES_SERVICE_HOST:$KUBERNETES_SERVICE_PORT/api)
-          printf 'name=%s\nnamespace=%s\nip=%s\nuid=%s\napi=%s\n' "$POD_NAME" "$POD_NAMESPACE" "$POD_IP" "$POD_UID" "$code" > /www/info.txt
+          printf 'name=%s\nnamespace=%s\nip=%s\nuid=%s\napi=%s\nhostname=%s\nsvc=%s\n' "$POD_NAME" "$POD_NAMESPACE" \
+            "$POD_IP" "$POD_UID" "$code" "$(hostname)" "$WEB_SERVICE_HOST:$WEB_SERVICE_PORT" > /www/info.txt
         env:
         - {name: POD_NAME, valueFrom: {fieldRef: {fieldPath: metadata.name}}}
         - {name: POD_NAMESPACE, valueFrom: {fieldRef: {fieldPath: metadata.namespace}}}
@@ -98,13 +106,6 @@ spec:
         configMap: {name: web-content}
       - name: www
         emptyDir: {}
----
-apiVersion: v1
-kind: Service
-metadata: {name: web}
-spec:
-  selector: {app: web}
-  ports: [{name: http, port: 80, targetPort: http}]
 YAML
 
 step "waiting for 2 Ready pods"
@@ -121,8 +122,12 @@ check_pod() { # NAME IP
   grep -qx "ip=$ip" <<<"$info" || die "pod $name: downward API podIP wrong: $info"
   grep -qx "namespace=$NS" <<<"$info" || die "pod $name: namespace wrong: $info"
   grep -qx "api=200" <<<"$info" || die "pod $name: in-cluster API call with its token failed: $info"
-  log "  pod $name at $ip: HTTP ok, downward API ok, in-cluster API with SA token: 200"
+  grep -qx "hostname=$name" <<<"$info" || die "pod $name: hostname is not the pod name: $info"
+  grep -qx "svc=$cip:80" <<<"$info" || die "pod $name: service link env WEB_SERVICE_HOST/PORT wrong: $info"
+  K -n "$NS" logs "$name" -c web | grep -q 'GET /index.html' || die "pod $name: kubectl logs does not show the requests"
+  log "  pod $name at $ip: HTTP, downward API, hostname, service env, in-cluster API with SA token (200), kubectl logs: ok"
 }
+cip="$(K -n "$NS" get service web -o jsonpath='{.spec.clusterIP}')"
 mapfile -t pods < <(pod_ips)
 ((${#pods[@]} == 2)) || die "expected 2 pods with IPs, got: ${pods[*]}"
 for p in "${pods[@]}"; do check_pod "${p%%=*}" "${p#*=}"; done
@@ -138,7 +143,6 @@ wait_for "EndpointSlices of service web to list the ready pod IPs $(echo $want)"
 step "EndpointSlices list both pods: $(echo $want)"
 
 if is_running kube-proxy; then
-  cip="$(K -n "$NS" get service web -o jsonpath='{.spec.clusterIP}')"
   cluster_ip_ok() { [[ "$(curl -fsS --max-time 3 "http://$cip/index.html")" == "hello from handover-smoke" ]]; }
   wait_for "ClusterIP $cip:80 to answer through kube-proxy" 30 cluster_ip_ok
   step "ClusterIP $cip:80 answers from the host (kube-proxy iptables)"

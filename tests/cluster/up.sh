@@ -182,6 +182,16 @@ if [[ "${HANDOVER_KUBE_PROXY:-1}" == 1 ]]; then
     --healthz-bind-address 127.0.0.1:10256 --v=1
 fi
 
+# A rebuilt node agent replaces the running one (its pods are restarted).
+agent_sum="$(sha256sum "$NODEAGENT" | cut -d' ' -f1)"
+if is_running nodeagent && [[ "$(cat "$PIDS/nodeagent.sum" 2>/dev/null)" != "$agent_sum" ]]; then
+  pid="$(cat "$PIDS/nodeagent.pid")"
+  log "node agent binary changed: restarting it (pid $pid)"
+  kill -TERM "$pid"
+  agent_gone() { ! kill -0 "$pid" 2>/dev/null; }
+  wait_for "the old node agent (pid $pid) to stop its pods and exit" 60 agent_gone
+fi
+echo "$agent_sum" >"$PIDS/nodeagent.sum"
 start nodeagent "$NODEAGENT" --kubeconfig "$HANDOVER_CLUSTER_DIR/nodeagent.kubeconfig" \
   --node-name "$NODE_NAME" --state-dir "$HANDOVER_CLUSTER_DIR/node" --image-map "$IMAGE_MAP" \
   --bridge "$BRIDGE" --pod-cidr "$POD_CIDR" --api-port "$API_PORT"

@@ -107,6 +107,37 @@ func (a *agent) containerEnv(ctx context.Context, pod *corev1.Pod, c *corev1.Con
 	set("KUBERNETES_SERVICE_PORT", port)
 	set("KUBERNETES_SERVICE_PORT_HTTPS", port)
 	set("KUBERNETES_PORT", "tcp://"+host+":"+port)
+	if pod.Spec.EnableServiceLinks == nil || *pod.Spec.EnableServiceLinks {
+		svcs, err := a.client.CoreV1().Services(pod.Namespace).List(ctx, metav1.ListOptions{})
+		if err != nil {
+			return nil, nil, fmt.Errorf("service links: %w", err)
+		}
+		for _, svc := range svcs.Items {
+			ip := svc.Spec.ClusterIP
+			if ip == "" || ip == corev1.ClusterIPNone || len(svc.Spec.Ports) == 0 || svc.Name == "kubernetes" {
+				continue
+			}
+			name := strings.ToUpper(strings.ReplaceAll(svc.Name, "-", "_"))
+			set(name+"_SERVICE_HOST", ip)
+			set(name+"_SERVICE_PORT", strconv.Itoa(int(svc.Spec.Ports[0].Port)))
+			first := svc.Spec.Ports[0]
+			set(name+"_PORT", fmt.Sprintf("%s://%s:%d", strings.ToLower(string(first.Protocol)), ip, first.Port))
+			for _, p := range svc.Spec.Ports {
+				if p.Name != "" {
+					set(name+"_SERVICE_PORT_"+strings.ToUpper(strings.ReplaceAll(p.Name, "-", "_")), strconv.Itoa(int(p.Port)))
+				}
+				proto := string(p.Protocol)
+				if proto == "" {
+					proto = "TCP"
+				}
+				pre := fmt.Sprintf("%s_PORT_%d_%s", name, p.Port, proto)
+				set(pre, fmt.Sprintf("%s://%s:%d", strings.ToLower(proto), ip, p.Port))
+				set(pre+"_PROTO", strings.ToLower(proto))
+				set(pre+"_PORT", strconv.Itoa(int(p.Port)))
+				set(pre+"_ADDR", ip)
+			}
+		}
+	}
 	for _, k := range sortedKeys(img.Env) {
 		set(k, img.Env[k])
 	}

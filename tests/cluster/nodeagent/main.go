@@ -15,6 +15,7 @@ import (
 	"time"
 
 	corev1 "k8s.io/api/core/v1"
+	"k8s.io/apimachinery/pkg/api/resource"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/fields"
 	"k8s.io/apimachinery/pkg/types"
@@ -37,6 +38,9 @@ type config struct {
 	backoffInitial time.Duration
 	backoffMax     time.Duration
 	volumeResync   time.Duration
+	capacityCPU    string
+	capacityMemory string
+	capacityPods   int64
 }
 
 // agent holds what all pod workers share.
@@ -74,6 +78,11 @@ func main() {
 	flag.DurationVar(&cfg.backoffInitial, "restart-backoff", time.Second, "first container restart back-off (kubelet: 10s)")
 	flag.DurationVar(&cfg.backoffMax, "restart-backoff-max", 30*time.Second, "longest container restart back-off (kubelet: 5m)")
 	flag.DurationVar(&cfg.volumeResync, "volume-resync", 5*time.Second, "how often Secret/ConfigMap/token volumes are refreshed")
+	// Advertised, not enforced: generous so that tests with resource requests
+	// schedule on a 2-core machine.
+	flag.StringVar(&cfg.capacityCPU, "capacity-cpu", "32", "CPU capacity the Node advertises")
+	flag.StringVar(&cfg.capacityMemory, "capacity-memory", "128Gi", "memory capacity the Node advertises")
+	flag.Int64Var(&cfg.capacityPods, "capacity-pods", 250, "pod capacity the Node advertises")
 	klog.InitFlags(nil)
 	flag.Parse()
 	if err := run(cfg); err != nil {
@@ -83,6 +92,11 @@ func main() {
 }
 
 func run(cfg config) error {
+	for _, q := range []string{cfg.capacityCPU, cfg.capacityMemory} {
+		if _, err := resource.ParseQuantity(q); err != nil {
+			return fmt.Errorf("capacity %q: %w", q, err)
+		}
+	}
 	if cfg.imageMapPath == "" {
 		return fmt.Errorf("--image-map is required")
 	}

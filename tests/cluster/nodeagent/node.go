@@ -2,10 +2,8 @@ package main
 
 import (
 	"context"
-	"fmt"
 	"os"
 	"runtime"
-	"strings"
 	"time"
 
 	coordinationv1 "k8s.io/api/coordination/v1"
@@ -39,24 +37,11 @@ func (a *agent) runNode(ctx context.Context) {
 	}
 }
 
-func memoryBytes() int64 {
-	b, err := os.ReadFile("/proc/meminfo")
-	if err == nil {
-		var kb int64
-		for _, line := range strings.Split(string(b), "\n") {
-			if n, _ := fmt.Sscanf(line, "MemTotal: %d kB", &kb); n == 1 {
-				return kb * 1024
-			}
-		}
-	}
-	return 8 << 30
-}
-
 func (a *agent) nodeStatus(now metav1.Time) corev1.NodeStatus {
 	res := corev1.ResourceList{
-		corev1.ResourceCPU:              *resource.NewQuantity(int64(runtime.NumCPU()), resource.DecimalSI),
-		corev1.ResourceMemory:           *resource.NewQuantity(memoryBytes(), resource.BinarySI),
-		corev1.ResourcePods:             *resource.NewQuantity(110, resource.DecimalSI),
+		corev1.ResourceCPU:              resource.MustParse(a.cfg.capacityCPU),
+		corev1.ResourceMemory:           resource.MustParse(a.cfg.capacityMemory),
+		corev1.ResourcePods:             *resource.NewQuantity(a.cfg.capacityPods, resource.DecimalSI),
 		corev1.ResourceEphemeralStorage: resource.MustParse("100Gi"),
 	}
 	cond := func(t corev1.NodeConditionType, s corev1.ConditionStatus, reason, msg string) corev1.NodeCondition {
