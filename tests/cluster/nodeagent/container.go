@@ -124,13 +124,13 @@ type process struct {
 	finished time.Time
 }
 
-// startProcess runs spec in sandbox ns, output appended to logPath.
-func startProcess(self, ns, specPath, logPath string, gen int) (*process, error) {
+// startProcess runs argv (a sandbox command), output appended to logPath.
+func startProcess(argv []string, logPath string, gen int) (*process, error) {
 	logf, err := os.OpenFile(logPath, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
 	if err != nil {
 		return nil, err
 	}
-	cmd := exec.Command("ip", "netns", "exec", ns, self, "container-init", specPath)
+	cmd := exec.Command(argv[0], argv[1:]...)
 	cmd.Stdout, cmd.Stderr = logf, logf
 	cmd.Env = []string{"PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"}
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}

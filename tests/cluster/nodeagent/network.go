@@ -172,7 +172,22 @@ func (n *podNetwork) createSandbox(uid string) (*sandbox, error) {
 	return sb, nil
 }
 
+// hostSandbox is the "sandbox" of a hostNetwork pod: the host's network, the node's IP.
+func (n *podNetwork) hostSandbox() *sandbox { return &sandbox{ip: n.gateway} }
+
+// command runs "self args..." in the sandbox's network namespace and a private
+// mount namespace of its own.
+func (sb *sandbox) command(self string, args ...string) []string {
+	if sb.ns == "" {
+		return append([]string{"unshare", "--mount", "--propagation", "private", self}, args...)
+	}
+	return append([]string{"ip", "netns", "exec", sb.ns, self}, args...)
+}
+
 func (n *podNetwork) deleteSandbox(sb *sandbox) {
+	if sb.ns == "" {
+		return
+	}
 	killNetnsProcesses(sb.ns)
 	_ = exec.Command("ip", "link", "del", sb.veth).Run()
 	if err := exec.Command("ip", "netns", "del", sb.ns).Run(); err != nil {

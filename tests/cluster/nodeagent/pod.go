@@ -369,7 +369,13 @@ func (w *podWorker) sync(ctx context.Context) {
 		return
 	}
 	if w.sb == nil {
-		sb, err := w.a.net.createSandbox(string(w.uid))
+		var sb *sandbox
+		var err error
+		if w.pod.Spec.HostNetwork {
+			sb = w.a.net.hostSandbox()
+		} else {
+			sb, err = w.a.net.createSandbox(string(w.uid))
+		}
 		if err != nil {
 			w.setupErr = "pod sandbox: " + err.Error()
 			w.retryAt = now.Add(2 * time.Second)
@@ -382,7 +388,7 @@ func (w *podWorker) sync(ctx context.Context) {
 		if err := w.writeNetworkFiles(); err != nil {
 			klog.Warningf("pod %s: %v", w.key(), err)
 		}
-		klog.Infof("pod %s: sandbox %s with IP %s", w.key(), sb.ns, sb.ip)
+		klog.Infof("pod %s: sandbox %q with IP %s (hostNetwork %v)", w.key(), sb.ns, sb.ip, w.pod.Spec.HostNetwork)
 	}
 	if !w.volsOK || now.Sub(w.lastVols) >= w.a.cfg.volumeResync {
 		w.lastVols = now
@@ -538,7 +544,7 @@ func (w *podWorker) start(ctx context.Context, c *ctr) {
 		fail("CreateContainerError", err)
 		return
 	}
-	p, err := startProcess(w.a.self, w.sb.ns, specPath, filepath.Join(w.dir, "logs", c.spec.Name+".log"), gen)
+	p, err := startProcess(w.sb.command(w.a.self, "container-init", specPath), filepath.Join(w.dir, "logs", c.spec.Name+".log"), gen)
 	if err != nil {
 		fail("RunContainerError", err)
 		return
@@ -578,11 +584,7 @@ func (w *podWorker) envPod() *corev1.Pod {
 
 // snap captures what goroutines working for this pod (probes, hooks) may read.
 func (w *podWorker) snap() podSnap {
-	s := podSnap{pod: w.envPod(), podIP: w.podIP}
-	if w.sb != nil {
-		s.ns = w.sb.ns
-	}
-	return s
+	return podSnap{pod: w.envPod(), podIP: w.podIP, sb: w.sb}
 }
 
 // writeNetworkFiles writes the pod's /etc/hosts (localhost, its hostname at
@@ -590,6 +592,9 @@ func (w *podWorker) snap() podSnap {
 // is no cluster DNS: other names fail at once instead of waiting for a
 // resolver that pods cannot reach.
 func (w *podWorker) writeNetworkFiles() error {
+	if w.pod.Spec.HostNetwork {
+		return nil
+	}
 	hosts := fmt.Sprintf("127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n%s\t%s\n"+
 		"%s\tkubernetes kubernetes.default kubernetes.default.svc kubernetes.default.svc.cluster.local\n",
 		w.podIP, hostname(w.pod), w.a.cfg.apiHost)
@@ -602,9 +607,11 @@ func (w *podWorker) writeNetworkFiles() error {
 // mounts resolves a container's volumeMounts to host paths, plus the pod's
 // /etc/hosts and /etc/resolv.conf.
 func (w *podWorker) mounts(pod *corev1.Pod, c *corev1.Container) ([]mountSpec, error) {
-	out := []mountSpec{
-		{Source: filepath.Join(w.dir, "hosts"), Target: "/etc/hosts", ReadOnly: true},
-		{Source: filepath.Join(w.dir, "resolv.conf"), Target: "/etc/resolv.conf", ReadOnly: true},
+	var out []mountSpec
+	if !pod.Spec.HostNetwork {
+		out = append(out,
+			mountSpec{Source: filepath.Join(w.dir, "hosts"), Target: "/etc/hosts", ReadOnly: true},
+			mountSpec{Source: filepath.Join(w.dir, "resolv.conf"), Target: "/etc/resolv.conf", ReadOnly: true})
 	}
 	for _, m := range c.VolumeMounts {
 		found := false
@@ -630,6 +637,9 @@ func (w *podWorker) mounts(pod *corev1.Pod, c *corev1.Container) ([]mountSpec, e
 
 // hostname is the pod's hostname: spec.hostname or its name, at most 63 characters.
 func hostname(p *corev1.Pod) string {
+	if p.Spec.HostNetwork {
+		return "" // the host's
+	}
 	h := p.Name
 	if p.Spec.Hostname != "" {
 		h = p.Spec.Hostname

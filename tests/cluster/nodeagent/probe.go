@@ -44,7 +44,7 @@ func port(c *corev1.Container, p intstr.IntOrString) (int, error) {
 // podSnap is an immutable view of a pod for goroutines outside its worker.
 type podSnap struct {
 	pod   *corev1.Pod
-	ns    string
+	sb    *sandbox
 	podIP string
 }
 
@@ -86,7 +86,7 @@ func httpGet(ctx context.Context, s podSnap, c *corev1.Container, h *corev1.HTTP
 
 // execIn runs cmd inside the container's namespaces and mounts, as a probe or hook.
 func (w *podWorker) execIn(ctx context.Context, s podSnap, c *ctr, argv []string, gen int, what string) error {
-	if s.ns == "" {
+	if s.sb == nil {
 		return fmt.Errorf("pod has no sandbox")
 	}
 	mounts, err := w.mounts(s.pod, &c.spec)
@@ -102,7 +102,8 @@ func (w *podWorker) execIn(ctx context.Context, s podSnap, c *ctr, argv []string
 	if err := writeJSON(specPath, initSpec{Mounts: mounts, Argv: argv, Env: env, Dir: c.spec.WorkingDir, Hostname: hostname(s.pod)}); err != nil {
 		return err
 	}
-	cmd := exec.CommandContext(ctx, "ip", "netns", "exec", s.ns, w.a.self, "container-init", specPath)
+	run := s.sb.command(w.a.self, "container-init", specPath)
+	cmd := exec.CommandContext(ctx, run[0], run[1:]...)
 	logf, err := os.OpenFile(filepath.Join(w.dir, "logs", c.spec.Name+"."+what+".log"), os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
 	if err == nil {
 		defer logf.Close()
