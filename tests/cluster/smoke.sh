@@ -124,7 +124,7 @@ check_pod() { # NAME IP
   grep -qx "api=200" <<<"$info" || die "pod $name: in-cluster API call with its token failed: $info"
   grep -qx "hostname=$name" <<<"$info" || die "pod $name: hostname is not the pod name: $info"
   grep -qx "svc=$cip:80" <<<"$info" || die "pod $name: service link env WEB_SERVICE_HOST/PORT wrong: $info"
-  K -n "$NS" logs "$name" -c web | grep -q 'GET /index.html' || die "pod $name: kubectl logs does not show the requests"
+  K -n "$NS" logs "$name" -c web | grep 'GET /index.html' >/dev/null || die "pod $name: kubectl logs does not show the requests"
   log "  pod $name at $ip: HTTP, downward API, hostname, service env, in-cluster API with SA token (200), kubectl logs: ok"
 }
 cip="$(K -n "$NS" get service web -o jsonpath='{.spec.clusterIP}')"

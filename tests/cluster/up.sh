@@ -106,7 +106,9 @@ for k in admin controller-manager scheduler kube-proxy nodeagent; do kubeconfig 
 if ! ip link show "$BRIDGE" >/dev/null 2>&1; then
   ip link add "$BRIDGE" type bridge
 fi
-ip addr show dev "$BRIDGE" | grep -q " $BRIDGE_IP/" || ip addr add "$BRIDGE_IP/${POD_CIDR#*/}" dev "$BRIDGE"
+if [[ "$(ip -o addr show dev "$BRIDGE")" != *" $BRIDGE_IP/"* ]]; then
+  ip addr add "$BRIDGE_IP/${POD_CIDR#*/}" dev "$BRIDGE"
+fi
 ip link set "$BRIDGE" up
 echo 1 >/proc/sys/net/ipv4/ip_forward
 
@@ -123,7 +125,7 @@ start() {
   echo $! >"$PIDS/$name.pid"
 }
 api_ready() { kubectl_ get --raw /readyz >/dev/null; }
-etcd_healthy() { curl -fsS "http://127.0.0.1:$ETCD_PORT/health" | grep -q '"health":"true"'; }
+etcd_healthy() { curl -fsS "http://127.0.0.1:$ETCD_PORT/health" | grep '"health":"true"' >/dev/null; }
 alive_or_die() {
   is_running "$1" || die "$1 exited; last lines of $LOGS/$1.log:
 $(tail -n 20 "$LOGS/$1.log")"

@@ -157,6 +157,8 @@ func (n *podNetwork) createSandbox(uid string) (*sandbox, error) {
 		{"netns", "add", sb.ns},
 		{"link", "add", sb.veth, "type", "veth", "peer", "name", "eth0", "netns", sb.ns},
 		{"link", "set", sb.veth, "master", n.bridge},
+		// A pod reaching itself through a Service IP needs its packets sent back out of its own port.
+		{"link", "set", sb.veth, "type", "bridge_slave", "hairpin", "on"},
 		{"link", "set", sb.veth, "up"},
 		{"-n", sb.ns, "addr", "add", fmt.Sprintf("%s/%d", ip, n.prefix), "dev", "eth0"},
 		{"-n", sb.ns, "link", "set", "lo", "up"},
