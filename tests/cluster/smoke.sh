@@ -146,6 +146,14 @@ if is_running kube-proxy; then
   cluster_ip_ok() { [[ "$(curl -fsS --max-time 3 "http://$cip/index.html")" == "hello from handover-smoke" ]]; }
   wait_for "ClusterIP $cip:80 to answer through kube-proxy" 30 cluster_ip_ok
   step "ClusterIP $cip:80 answers from the host (kube-proxy iptables)"
+  # From inside a pod too, including to itself through the Service (hairpin).
+  uid="$(K -n "$NS" get pod "${pods[0]%%=*}" -o jsonpath='{.metadata.uid}')"
+  podns="ho-$(tr -d - <<<"$uid" | cut -c1-10)"
+  for i in 1 2 3 4 5 6; do
+    [[ "$(ip netns exec "$podns" curl -fsS --max-time 3 "http://$cip/index.html")" == "hello from handover-smoke" ]] ||
+      die "ClusterIP $cip does not answer from inside pod ${pods[0]%%=*} (netns $podns), try $i"
+  done
+  step "ClusterIP answers from inside a pod (6 connections, both endpoints incl. itself)"
 fi
 
 victim="${pods[0]%%=*}"
