@@ -22,7 +22,7 @@ stop() {
   done
   local deadline=$((SECONDS + 15)) i
   for i in "${!pids[@]}"; do
-    while kill -0 "${pids[$i]}" 2>/dev/null; do
+    while pid_alive "${pids[$i]}"; do
       if ((SECONDS >= deadline)); then
         log "${names[$i]} did not stop within 15s: SIGKILL"
         kill -KILL "${pids[$i]}" 2>/dev/null || true

@@ -190,7 +190,7 @@ if is_running nodeagent && [[ "$(cat "$PIDS/nodeagent.sum" 2>/dev/null)" != "$ag
   pid="$(cat "$PIDS/nodeagent.pid")"
   log "node agent binary changed: restarting it (pid $pid)"
   kill -TERM "$pid"
-  agent_gone() { ! kill -0 "$pid" 2>/dev/null; }
+  agent_gone() { ! pid_alive "$pid"; }
   wait_for "the old node agent (pid $pid) to stop its pods and exit" 60 agent_gone
 fi
 echo "$agent_sum" >"$PIDS/nodeagent.sum"

@@ -48,12 +48,21 @@ PIDS="$HANDOVER_CLUSTER_DIR/pids"
 # Components in start order; down.sh stops them in reverse.
 COMPONENTS=(etcd kube-apiserver kube-controller-manager kube-scheduler kube-proxy nodeagent)
 
+# pid_alive PID: the process exists and is not a zombie. Where PID 1 reaps slowly (containers), a
+# killed process lingers as a zombie and kill -0 still succeeds.
+pid_alive() {
+  local state
+  kill -0 "$1" 2>/dev/null || return 1
+  state="$(awk '{print $3}' "/proc/$1/stat" 2>/dev/null)"
+  [[ -n "$state" && "$state" != Z ]]
+}
+
 # is_running NAME: the process recorded in NAME's pid file is alive.
 is_running() {
   local f="$PIDS/$1.pid" pid
   [[ -f "$f" ]] || return 1
   pid="$(cat "$f")"
-  [[ -n "$pid" ]] && kill -0 "$pid" 2>/dev/null
+  [[ -n "$pid" ]] && pid_alive "$pid"
 }
 
 kubectl_() { "$K8S_BIN/kubectl" --kubeconfig "$KUBECONFIG_PATH" "$@"; }

@@ -87,9 +87,10 @@ impl Cluster {
         self.run(&self.helm, args, None).await
     }
 
-    /// `kubectl get ... -o json`.
+    /// `kubectl get <args> -o json`.
     pub async fn get_json(&self, args: &[&str]) -> Result<Value, String> {
-        let mut all = args.to_vec();
+        let mut all = vec!["get"];
+        all.extend_from_slice(args);
         all.extend(["-o", "json"]);
         let text = self.kubectl(&all).await?;
         serde_json::from_str(&text).map_err(|e| format!("kubectl {}: not JSON: {e}", args.join(" ")))

@@ -83,21 +83,34 @@ impl DemoPool {
             handover_sidecar::random::session_id().to_lowercase().replace(['-', '_'], "")[..8].to_owned()
         );
         c.kubectl(&["create", "namespace", &ns]).await.expect("namespace");
-        c.apply(&format!(
-            "apiVersion: handover.dev/v1alpha1\nkind: ServerPool\nmetadata: {{name: demo, namespace: {ns}}}\n\
-             spec:\n  appPort: 8080\n  port: 80\n  snapshot: {{mode: push}}\n  cookie: {{secure: false}}\n"
-        ))
-        .await
-        .expect("apply the ServerPool");
-        c.apply(&format!(
-            "apiVersion: apps/v1\nkind: Deployment\nmetadata: {{name: demo-app, namespace: {ns}}}\n\
-             spec:\n  replicas: {replicas}\n  selector: {{matchLabels: {{app: demo-app}}}}\n\
-               template:\n    metadata: {{labels: {{app: demo-app}}}}\n    spec:\n\
-                   terminationGracePeriodSeconds: 10\n      containers:\n      - name: app\n\
-                     image: handover:dev\n        command: [handover-sidecar, demo-app, --listen, 127.0.0.1:8080]\n"
-        ))
-        .await
-        .expect("apply the demo Deployment");
+        let pool = serde_json::json!({
+            "apiVersion": "handover.dev/v1alpha1",
+            "kind": "ServerPool",
+            "metadata": {"name": "demo", "namespace": ns},
+            "spec": {"appPort": 8080, "port": 80, "snapshot": {"mode": "push"}, "cookie": {"secure": false}},
+        });
+        c.apply(&pool.to_string()).await.expect("apply the ServerPool");
+        let deployment = serde_json::json!({
+            "apiVersion": "apps/v1",
+            "kind": "Deployment",
+            "metadata": {"name": "demo-app", "namespace": ns},
+            "spec": {
+                "replicas": replicas,
+                "selector": {"matchLabels": {"app": "demo-app"}},
+                "template": {
+                    "metadata": {"labels": {"app": "demo-app"}},
+                    "spec": {
+                        "terminationGracePeriodSeconds": 10,
+                        "containers": [{
+                            "name": "app",
+                            "image": "handover:dev",
+                            "command": ["handover-sidecar", "demo-app", "--listen", "127.0.0.1:8080"],
+                        }],
+                    },
+                },
+            },
+        });
+        c.apply(&deployment.to_string()).await.expect("apply the demo Deployment");
         c.kubectl(&["annotate", "deployment", "demo-app", "-n", &ns, "handover.dev/pool=demo"])
             .await
             .expect("annotate");
@@ -342,7 +355,12 @@ async fn operator_leader_death_and_api_server_restart_lose_nothing() {
         let pid = pid.trim().to_owned();
         wait_for("the API server to exit", Duration::from_secs(60), || {
             let pid = pid.clone();
-            async move { !std::path::Path::new(&format!("/proc/{pid}")).exists() }
+            // Gone, or a zombie that PID 1 has not reaped yet.
+            async move {
+                std::fs::read_to_string(format!("/proc/{pid}/stat"))
+                    .map(|stat| stat.split_whitespace().nth(2) == Some("Z"))
+                    .unwrap_or(true)
+            }
         })
         .await
         .expect("API server down");
