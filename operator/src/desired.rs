@@ -362,6 +362,8 @@ pub fn sidecar_container(pool: &ServerPool, cfg: &InjectionConfig) -> Container 
         name: SIDECAR_NAME.to_owned(),
         image: Some(image),
         image_pull_policy: Some("IfNotPresent".to_owned()),
+        // The image carries both binaries; name the sidecar's explicitly whatever its entrypoint.
+        command: Some(vec!["handover-sidecar".to_owned()]),
         args: Some(vec!["run".to_owned()]),
         env: Some(env),
         ports: Some(vec![

@@ -76,8 +76,15 @@ pub async fn run(args: DemoArgs) -> Result<(), String> {
     let mut opts = PoolOptions::new(exe, args.pods);
     opts.mode = args.mode;
     opts.snapshot_interval = args.snapshot_interval;
-    println!("starting {} pods (sidecar + demo app each, on their own loopback addresses)…", args.pods);
+    println!("starting {} pods (sidecar + demo app each)…", args.pods);
     let mut pool = LocalPool::start(opts).await?;
+    println!(
+        "network: {}",
+        match pool.network() {
+            "namespaces" => "every pod in its own network namespace (own IP, own localhost) on a bridge",
+            _ => "every pod on its own loopback address (no permission for network namespaces)",
+        }
+    );
     println!(
         "pool ready: {}; {} sessions for {:?}, a pod killed every {:?}, {:?} mode",
         pool.pods.iter().map(|p| format!("{}@{}", p.name, p.data())).collect::<Vec<_>>().join(" "),
@@ -187,7 +194,7 @@ pub async fn run(args: DemoArgs) -> Result<(), String> {
         failover_ms_p50: percentile(&recoveries, 50.0),
         failover_ms_p99: percentile(&recoveries, 99.0),
         lost_updates: sessions.iter().map(|s| s.lost).sum(),
-        network: "loopback",
+        network: pool.network(),
     };
     drop(pool);
 

@@ -18,6 +18,7 @@ pub mod duration;
 pub mod keys;
 pub mod localpool;
 pub mod metrics;
+pub mod netns;
 pub mod proxy;
 pub mod random;
 pub mod registry;

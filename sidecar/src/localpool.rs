@@ -1,4 +1,5 @@
-//! A pool of "pods" on one machine: each pod is a sidecar process and a demo-app process on an
+//! A pool of "pods" on one machine: each pod is a sidecar process and a demo-app process in a
+//! network namespace of its own (its own IP and localhost) or, without root, on a loopback
 //! address of its own, with a registry keeper playing the operator's part (a member that fails
 //! its readiness probe leaves the peers file). Used by the demo, the integration tests and the
 //! benchmark; faults are real signals sent to real processes.
@@ -20,6 +21,7 @@ use tokio::net::TcpStream;
 use tokio::process::{Child, Command};
 
 use crate::decide::Mode;
+use crate::netns::Network;
 
 /// Ports every pod uses on its own address, as containers of a real pod would.
 pub const DATA_PORT: u16 = 8000;
@@ -68,6 +70,8 @@ pub struct Pod {
     pub name: String,
     pub uid: String,
     pub ip: IpAddr,
+    /// Its network namespace, when pods have their own.
+    netns: Option<String>,
     app: Option<Child>,
     sidecar: Option<Child>,
 }
@@ -79,8 +83,21 @@ impl Pod {
     pub fn admin(&self) -> SocketAddr {
         SocketAddr::new(self.ip, ADMIN_PORT)
     }
-    pub fn app(&self) -> SocketAddr {
-        SocketAddr::new(self.ip, APP_PORT)
+    /// Where the app listens, as its sidecar reaches it: the pod's own localhost when the pod has
+    /// a namespace, else its address on the host's loopback.
+    fn app_listen(&self) -> SocketAddr {
+        match self.netns {
+            Some(_) => SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), APP_PORT),
+            None => SocketAddr::new(self.ip, APP_PORT),
+        }
+    }
+
+    /// Where the sidecar listens: every address of its namespace, or its own loopback address.
+    fn bind(&self, port: u16) -> SocketAddr {
+        match self.netns {
+            Some(_) => SocketAddr::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED), port),
+            None => SocketAddr::new(self.ip, port),
+        }
     }
 }
 
@@ -121,7 +138,7 @@ pub struct LocalPool {
     pub dir: PathBuf,
     pub key_file: PathBuf,
     peers_file: PathBuf,
-    net: [u8; 2],
+    net: Network,
     next_index: u8,
     pub pods: Vec<Pod>,
     probes: Arc<Mutex<Vec<Probe>>>,
@@ -144,12 +161,6 @@ impl Drop for LocalPool {
             let _ = std::fs::remove_dir_all(&self.dir);
         }
     }
-}
-
-fn random_u8() -> u8 {
-    let mut b = [0u8; 1];
-    crate::random::fill(&mut b);
-    b[0]
 }
 
 /// Polls `check` every 20ms until it holds or `timeout` passes; the error names what was awaited.
@@ -216,8 +227,7 @@ impl LocalPool {
             dir,
             key_file,
             peers_file,
-            // 127.<100..227>.<x>.<pod>: a fresh block per pool, so pools of parallel tests never meet.
-            net: [100 + random_u8() % 128, random_u8()],
+            net: Network::detect(),
             next_index: 0,
             pods: Vec::new(),
             probes,
@@ -234,13 +244,15 @@ impl LocalPool {
     pub async fn add_pod(&mut self) -> Result<usize, String> {
         self.next_index = self.next_index.checked_add(1).filter(|i| *i < 255).ok_or("out of pod addresses")?;
         let i = self.next_index;
-        let mut pod = Pod {
-            name: format!("pod-{i}"),
-            uid: crate::random::session_id(),
-            ip: IpAddr::V4(Ipv4Addr::new(127, self.net[0], self.net[1], i)),
-            app: None,
-            sidecar: None,
+        let (ip, netns) = match &self.net {
+            Network::Loopback { net } => (IpAddr::V4(Ipv4Addr::new(127, net[0], net[1], i)), None),
+            Network::Namespaces(bridge) => {
+                bridge.add_pod(i)?;
+                (bridge.pod_ip(i), Some(bridge.namespace(i)))
+            }
         };
+        let mut pod =
+            Pod { name: format!("pod-{i}"), uid: crate::random::session_id(), ip, netns, app: None, sidecar: None };
         pod.app = Some(self.spawn_app(&pod)?);
         pod.sidecar = Some(self.spawn_sidecar(&pod)?);
         self.probes.lock().unwrap_or_else(|p| p.into_inner()).push(Probe {
@@ -280,10 +292,27 @@ impl LocalPool {
         Ok(Stdio::from(file))
     }
 
+    /// A command for `exe` run inside the pod (in its namespace, when it has one).
+    fn in_pod(&self, pod: &Pod) -> Command {
+        match &pod.netns {
+            Some(ns) => {
+                let mut cmd = Command::new("ip");
+                cmd.args(["netns", "exec", ns]).arg(&self.opts.exe);
+                cmd
+            }
+            None => Command::new(&self.opts.exe),
+        }
+    }
+
+    /// How pods are networked: `namespaces` or `loopback`.
+    pub fn network(&self) -> &'static str {
+        self.net.kind()
+    }
+
     fn spawn_app(&self, pod: &Pod) -> Result<Child, String> {
-        let mut cmd = Command::new(&self.opts.exe);
+        let mut cmd = self.in_pod(pod);
         cmd.arg("demo-app")
-            .args(["--listen", &pod.app().to_string(), "--name", &pod.name])
+            .args(["--listen", &pod.app_listen().to_string(), "--name", &pod.name])
             .args(["--push", if self.opts.mode == Mode::Pull { "false" } else { "true" }])
             .args(&self.opts.app_args)
             .stdin(Stdio::null())
@@ -299,11 +328,12 @@ impl LocalPool {
             Mode::Pull => "pull",
             Mode::Both => "both",
         };
-        let mut cmd = Command::new(&self.opts.exe);
+        let mut cmd = self.in_pod(pod);
         cmd.arg("run")
-            .args(["--listen", &pod.data().to_string()])
-            .args(["--admin", &pod.admin().to_string()])
-            .args(["--app", &pod.app().to_string()])
+            .args(["--listen", &pod.bind(DATA_PORT).to_string()])
+            .args(["--admin", &pod.bind(ADMIN_PORT).to_string()])
+            .args(["--app", &pod.app_listen().to_string()])
+            .args(["--pod-ip", &pod.ip.to_string()])
             .arg(format!("--pool={POOL}"))
             .arg(format!("--pod-name={}", pod.name))
             .arg(format!("--pod-uid={}", pod.uid))
@@ -749,5 +779,75 @@ impl CounterSession {
             }
             tokio::time::sleep(RETRY_EVERY).await;
         }
+    }
+}
+
+/// Client sessions running until stopped, each checked against its model.
+pub struct Load {
+    stop: Arc<std::sync::atomic::AtomicBool>,
+    acked: Arc<std::sync::atomic::AtomicU64>,
+    tasks: Vec<tokio::task::JoinHandle<Result<CounterSession, String>>>,
+    ready: Arc<Mutex<Vec<SocketAddr>>>,
+}
+
+impl Load {
+    /// Starts `sessions` clients, each incrementing its own counter through an address of `ready`
+    /// (the pods of a local pool, or a Service's address).
+    pub fn start(ready: Arc<Mutex<Vec<SocketAddr>>>, sessions: usize) -> Load {
+        use std::sync::atomic::Ordering;
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let acked = Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let tasks = (0..sessions)
+            .map(|_| {
+                let (stop, acked, ready) = (Arc::clone(&stop), Arc::clone(&acked), Arc::clone(&ready));
+                tokio::spawn(async move {
+                    let mut s = CounterSession::default();
+                    while !stop.load(Ordering::Relaxed) {
+                        s.incr(&ready).await?;
+                        acked.fetch_add(1, Ordering::Relaxed);
+                    }
+                    Ok(s)
+                })
+            })
+            .collect();
+        Load { stop, acked, tasks, ready }
+    }
+
+    /// Acknowledged increments so far, over all sessions.
+    pub fn acknowledged(&self) -> u64 {
+        self.acked.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Waits until the clients got `n` more acknowledgements: the sessions go on.
+    pub async fn progress(&self, n: u64, what: &str) -> Result<(), String> {
+        let target = self.acknowledged() + n;
+        let acked = Arc::clone(&self.acked);
+        wait_for(what, Duration::from_secs(90), || {
+            let done = acked.load(std::sync::atomic::Ordering::Relaxed) >= target;
+            async move { done }
+        })
+        .await
+    }
+
+    /// Stops the clients and checks every session: its count is what its client was acknowledged
+    /// (plus at most the requests it never got an answer to), and no acknowledged update was lost.
+    pub async fn stop_and_verify(self) -> Result<Vec<CounterSession>, String> {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        let mut sessions = Vec::new();
+        for t in self.tasks {
+            let mut s = t.await.map_err(|e| format!("client task: {e}"))??;
+            let count = s.verify(&self.ready).await?;
+            if s.lost > 0 {
+                return Err(format!("{} acknowledged updates lost (count {count}, acknowledged {})", s.lost, s.acked));
+            }
+            if count < s.acked || count > s.acked + s.uncertain {
+                return Err(format!(
+                    "count {count} does not match acknowledged {} (+{} unanswered)",
+                    s.acked, s.uncertain
+                ));
+            }
+            sessions.push(s);
+        }
+        Ok(sessions)
     }
 }

@@ -2,16 +2,14 @@
 //! real signals. Every test runs client sessions while the fault happens, then checks that each
 //! session's state equals what its client was acknowledged (no acknowledged update lost).
 
-use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use handover_sidecar::cookie;
 use handover_sidecar::demo_app::CountReply;
 use handover_sidecar::keys::KeyRing;
-use handover_sidecar::localpool::{CounterSession, LocalPool, POOL, PoolOptions, SessionClient, Sig, wait_for};
+use handover_sidecar::localpool::{CounterSession, Load, LocalPool, POOL, PoolOptions, SessionClient, Sig, wait_for};
 use http::{Method, StatusCode};
 
 fn exe() -> PathBuf {
@@ -20,62 +18,6 @@ fn exe() -> PathBuf {
 
 const SESSIONS: usize = 6;
 
-/// Client sessions running against a pool until stopped.
-struct Load {
-    stop: Arc<AtomicBool>,
-    acked: Arc<AtomicU64>,
-    tasks: Vec<tokio::task::JoinHandle<Result<CounterSession, String>>>,
-    ready: Arc<Mutex<Vec<SocketAddr>>>,
-}
-
-impl Load {
-    fn start(pool: &LocalPool, sessions: usize) -> Load {
-        let stop = Arc::new(AtomicBool::new(false));
-        let acked = Arc::new(AtomicU64::new(0));
-        let ready = pool.ready_handle();
-        let tasks = (0..sessions)
-            .map(|_| {
-                let (stop, acked, ready) = (Arc::clone(&stop), Arc::clone(&acked), Arc::clone(&ready));
-                tokio::spawn(async move {
-                    let mut s = CounterSession::default();
-                    while !stop.load(Ordering::Relaxed) {
-                        s.incr(&ready).await?;
-                        acked.fetch_add(1, Ordering::Relaxed);
-                    }
-                    Ok(s)
-                })
-            })
-            .collect();
-        Load { stop, acked, tasks, ready }
-    }
-
-    /// Waits until the clients got `n` more acknowledgements: the sessions go on.
-    async fn progress(&self, n: u64, what: &str) {
-        let target = self.acked.load(Ordering::Relaxed) + n;
-        let acked = Arc::clone(&self.acked);
-        wait_for(what, Duration::from_secs(60), || {
-            let done = acked.load(Ordering::Relaxed) >= target;
-            async move { done }
-        })
-        .await
-        .expect("sessions make progress");
-    }
-
-    /// Stops the clients and checks every session against its model.
-    async fn stop_and_verify(self) -> Vec<CounterSession> {
-        self.stop.store(true, Ordering::Relaxed);
-        let mut sessions = Vec::new();
-        for t in self.tasks {
-            let mut s = t.await.expect("client task").expect("session went on");
-            let count = s.verify(&self.ready).await.expect("count served");
-            assert_eq!(s.lost, 0, "acknowledged updates were lost");
-            assert!(count >= s.acked && count <= s.acked + s.uncertain, "count {count} vs acknowledged {}", s.acked);
-            sessions.push(s);
-        }
-        sessions
-    }
-}
-
 async fn pool(pods: usize) -> LocalPool {
     LocalPool::start(PoolOptions::new(exe(), pods)).await.expect("pool starts")
 }
@@ -83,8 +25,8 @@ async fn pool(pods: usize) -> LocalPool {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigkill_of_a_pod_under_load_loses_no_acknowledged_update() {
     let mut pool = pool(3).await;
-    let load = Load::start(&pool, SESSIONS);
-    load.progress(200, "warm-up").await;
+    let load = Load::start(pool.ready_handle(), SESSIONS);
+    load.progress(200, "warm-up").await.expect("sessions make progress");
     // A witness session, so that the killed pod surely owns one.
     let ready = pool.ready_handle();
     let mut witness = CounterSession::default();
@@ -92,8 +34,8 @@ async fn sigkill_of_a_pod_under_load_loses_no_acknowledged_update() {
     let victim = pool.pods.iter().position(|p| Some(p.data()) == witness.client.connected_to()).expect("connected");
     pool.kill_pod(victim).await;
     witness.incr(&ready).await.expect("increment after SIGKILL");
-    load.progress(500, "sessions to go on after SIGKILL").await;
-    load.stop_and_verify().await;
+    load.progress(500, "sessions to go on after SIGKILL").await.expect("sessions make progress");
+    load.stop_and_verify().await.expect("every session went on and lost nothing");
     assert_eq!(witness.verify(&ready).await.expect("count"), 2);
     assert!(pool.metric("handover_takeovers_total").await >= 1.0, "the witness session was taken over");
 }
@@ -101,47 +43,41 @@ async fn sigkill_of_a_pod_under_load_loses_no_acknowledged_update() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn hung_pod_is_routed_around_and_does_not_fork_sessions_when_it_wakes() {
     let pool = pool(3).await;
-    let load = Load::start(&pool, SESSIONS);
-    load.progress(200, "warm-up").await;
+    let load = Load::start(pool.ready_handle(), SESSIONS);
+    load.progress(200, "warm-up").await.expect("sessions make progress");
     pool.signal_pod(0, Sig::Stop);
     pool.wait_listed(&[1, 2], Duration::from_secs(10)).await.expect("the hung pod leaves the registry");
-    load.progress(500, "sessions to go on while a pod hangs").await;
+    load.progress(500, "sessions to go on while a pod hangs").await.expect("sessions make progress");
     pool.signal_pod(0, Sig::Cont);
     pool.wait_listed(&[0, 1, 2], Duration::from_secs(10)).await.expect("the woken pod rejoins");
-    load.progress(500, "sessions to go on after the pod woke").await;
-    load.stop_and_verify().await;
+    load.progress(500, "sessions to go on after the pod woke").await.expect("sessions make progress");
+    load.stop_and_verify().await.expect("every session went on and lost nothing");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn app_crash_with_the_sidecar_alive_is_restored_from_cookies() {
     let mut pool = pool(2).await;
-    let load = Load::start(&pool, SESSIONS);
-    load.progress(200, "warm-up").await;
+    let load = Load::start(pool.ready_handle(), SESSIONS);
+    load.progress(200, "warm-up").await.expect("sessions make progress");
     pool.crash_app(0).await;
-    let addr = pool.pods[0].app();
-    wait_for("the sidecar to see its app down", Duration::from_secs(5), || async move {
-        tokio::net::TcpStream::connect(addr).await.is_err()
-    })
-    .await
-    .expect("app down");
     pool.restart_app(0).expect("app restarts");
     pool.wait_listed(&[0, 1], Duration::from_secs(10)).await.expect("pod ready again");
-    load.progress(500, "sessions to go on after the app crash").await;
-    load.stop_and_verify().await;
+    load.progress(500, "sessions to go on after the app crash").await.expect("sessions make progress");
+    load.stop_and_verify().await.expect("every session went on and lost nothing");
     assert!(pool.metric("handover_restores_total{result=\"ok\"}").await >= 1.0, "sessions were restored");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sidecar_crash_with_the_app_alive_loses_nothing() {
     let mut pool = pool(3).await;
-    let load = Load::start(&pool, SESSIONS);
-    load.progress(200, "warm-up").await;
+    let load = Load::start(pool.ready_handle(), SESSIONS);
+    load.progress(200, "warm-up").await.expect("sessions make progress");
     pool.crash_sidecar(0).await;
-    load.progress(300, "sessions to go on without the sidecar").await;
+    load.progress(300, "sessions to go on without the sidecar").await.expect("sessions make progress");
     pool.restart_sidecar(0).expect("sidecar restarts");
     pool.wait_listed(&[0, 1, 2], Duration::from_secs(10)).await.expect("pod ready again");
-    load.progress(500, "sessions to go on after the sidecar restarted").await;
-    load.stop_and_verify().await;
+    load.progress(500, "sessions to go on after the sidecar restarted").await.expect("sessions make progress");
+    load.stop_and_verify().await.expect("every session went on and lost nothing");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -151,18 +87,18 @@ async fn graceful_shutdown_drains_without_loss_even_in_pull_mode() {
     opts.snapshot_interval = Duration::from_secs(3600); // only the drain's fresh snapshots save state
     opts.drain_grace = Duration::from_millis(800);
     let mut pool = LocalPool::start(opts).await.expect("pool starts");
-    let load = Load::start(&pool, SESSIONS);
-    load.progress(200, "warm-up").await;
+    let load = Load::start(pool.ready_handle(), SESSIONS);
+    load.progress(200, "warm-up").await.expect("sessions make progress");
     pool.terminate_pod(0).await.expect("drains and exits");
-    load.progress(500, "sessions to go on after the graceful shutdown").await;
-    load.stop_and_verify().await;
+    load.progress(500, "sessions to go on after the graceful shutdown").await.expect("sessions make progress");
+    load.stop_and_verify().await.expect("every session went on and lost nothing");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn key_rotation_mid_run_drops_no_session() {
     let pool = pool(2).await;
-    let load = Load::start(&pool, SESSIONS);
-    load.progress(200, "warm-up").await;
+    let load = Load::start(pool.ready_handle(), SESSIONS);
+    load.progress(200, "warm-up").await.expect("sessions make progress");
     pool.rotate_keys().expect("rotates");
     let keys = std::fs::read_to_string(&pool.key_file).expect("key file");
     let newest = KeyRing::parse(keys.lines().next().expect("a key")).expect("valid key");
@@ -178,8 +114,8 @@ async fn key_rotation_mid_run_drops_no_session() {
     })
     .await
     .expect("rotation takes effect");
-    load.progress(500, "sessions to go on across the rotation").await;
-    load.stop_and_verify().await;
+    load.progress(500, "sessions to go on across the rotation").await.expect("sessions make progress");
+    load.stop_and_verify().await.expect("every session went on and lost nothing");
     assert_eq!(pool.metric("handover_cookie_rejects_total").await, 0.0, "no cookie was refused");
 }
 

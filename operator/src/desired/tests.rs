@@ -238,6 +238,7 @@ fn sidecar_is_a_native_sidecar_with_probes_env_and_keys() {
     let c = sidecar_container(&pool(), &cfg());
     assert_eq!(c.name, SIDECAR_NAME);
     assert_eq!(c.restart_policy.as_deref(), Some("Always"));
+    assert_eq!(c.command, Some(vec!["handover-sidecar".to_owned()]));
     assert_eq!(c.args, Some(vec!["run".to_owned()]));
     let startup = c.startup_probe.expect("startup").http_get.expect("http");
     assert_eq!(startup.path.as_deref(), Some("/live"));

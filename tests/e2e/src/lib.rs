@@ -1,0 +1,175 @@
+//! Driving a Kubernetes cluster the way a user does: `kubectl`, `helm`, and real HTTP clients
+//! against the pool's Service. Works against the local cluster (`tests/cluster/up.sh`) and any
+//! other cluster `KUBECONFIG` points at (kind: `tests/kind/run.sh`).
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+pub use handover_sidecar::localpool::wait_for;
+
+/// How to reach the cluster and its tools.
+#[derive(Clone, Debug)]
+pub struct Cluster {
+    pub kubectl: PathBuf,
+    pub helm: PathBuf,
+    pub kubeconfig: PathBuf,
+    pub repo: PathBuf,
+}
+
+/// The first executable named `name` in the tools cache, then on `PATH`.
+fn find_tool(name: &str, env: &str) -> PathBuf {
+    if let Ok(p) = std::env::var(env) {
+        return PathBuf::from(p);
+    }
+    let cache = std::env::var("HANDOVER_CACHE")
+        .map(PathBuf::from)
+        .unwrap_or_else(|_| PathBuf::from(std::env::var("HOME").unwrap_or_default()).join(".cache/handover"));
+    let mut found: Vec<PathBuf> = std::fs::read_dir(&cache)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .map(|e| e.path().join("bin").join(name))
+        .filter(|p| p.is_file())
+        .collect();
+    found.sort();
+    found.pop().unwrap_or_else(|| PathBuf::from(name))
+}
+
+impl Cluster {
+    /// The cluster `KUBECONFIG` names (default: the local cluster's admin kubeconfig). Panics with
+    /// how to start one when there is none: these tests need a real API server.
+    pub fn find() -> Cluster {
+        let kubeconfig = std::env::var("KUBECONFIG")
+            .map(PathBuf::from)
+            .unwrap_or_else(|_| PathBuf::from("/tmp/handover-cluster/admin.kubeconfig"));
+        // HANDOVER_E2E_REPO: where charts/ is when the suite runs away from the checkout (kind).
+        let repo = std::env::var("HANDOVER_E2E_REPO").map(PathBuf::from).unwrap_or_else(|_| {
+            Path::new(env!("CARGO_MANIFEST_DIR")).join("../..").canonicalize().unwrap_or_default()
+        });
+        let cluster = Cluster {
+            kubectl: find_tool("kubectl", "HANDOVER_KUBECTL"),
+            helm: find_tool("helm", "HANDOVER_HELM"),
+            kubeconfig,
+            repo,
+        };
+        let reachable = std::process::Command::new(&cluster.kubectl)
+            .arg("--kubeconfig")
+            .arg(&cluster.kubeconfig)
+            .args(["get", "--raw", "/readyz"])
+            .output()
+            .map(|o| o.status.success())
+            .unwrap_or(false);
+        assert!(
+            reachable,
+            "no Kubernetes API server reachable with {} (kubectl {}).\n\
+             Start the local cluster with `tests/cluster/up.sh` (needs root; it prints the KUBECONFIG),\n\
+             or point KUBECONFIG at another cluster (kind: tests/kind/run.sh).",
+            cluster.kubeconfig.display(),
+            cluster.kubectl.display()
+        );
+        cluster
+    }
+
+    /// Runs kubectl; its stdout, or an error with its stderr.
+    pub async fn kubectl(&self, args: &[&str]) -> Result<String, String> {
+        self.run(&self.kubectl, args, None).await
+    }
+
+    /// `kubectl apply -f -` of `yaml`.
+    pub async fn apply(&self, yaml: &str) -> Result<String, String> {
+        self.run(&self.kubectl, &["apply", "-f", "-"], Some(yaml)).await
+    }
+
+    /// Runs helm.
+    pub async fn helm(&self, args: &[&str]) -> Result<String, String> {
+        self.run(&self.helm, args, None).await
+    }
+
+    /// `kubectl get <args> -o json`.
+    pub async fn get_json(&self, args: &[&str]) -> Result<Value, String> {
+        let mut all = vec!["get"];
+        all.extend_from_slice(args);
+        all.extend(["-o", "json"]);
+        let text = self.kubectl(&all).await?;
+        serde_json::from_str(&text).map_err(|e| format!("kubectl {}: not JSON: {e}", args.join(" ")))
+    }
+
+    async fn run(&self, program: &Path, args: &[&str], stdin: Option<&str>) -> Result<String, String> {
+        use tokio::io::AsyncWriteExt;
+        let mut cmd = tokio::process::Command::new(program);
+        cmd.env("KUBECONFIG", &self.kubeconfig)
+            .args(args)
+            .current_dir(&self.repo)
+            .stdin(if stdin.is_some() { std::process::Stdio::piped() } else { std::process::Stdio::null() })
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .kill_on_drop(true);
+        let mut child = cmd.spawn().map_err(|e| format!("cannot run {}: {e}", program.display()))?;
+        if let (Some(text), Some(mut pipe)) = (stdin, child.stdin.take()) {
+            pipe.write_all(text.as_bytes()).await.map_err(|e| e.to_string())?;
+        }
+        let out = tokio::time::timeout(Duration::from_secs(300), child.wait_with_output())
+            .await
+            .map_err(|_| format!("{} {} did not finish in 5 minutes", program.display(), args.join(" ")))?
+            .map_err(|e| e.to_string())?;
+        if out.status.success() {
+            Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+        } else {
+            Err(format!(
+                "{} {} failed: {}{}",
+                program.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default(),
+                args.join(" "),
+                String::from_utf8_lossy(&out.stderr).trim(),
+                String::from_utf8_lossy(&out.stdout).trim()
+            ))
+        }
+    }
+}
+
+/// A pod as the tests look at it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PodView {
+    pub name: String,
+    pub uid: String,
+    pub ip: String,
+    pub ready: bool,
+    pub deleting: bool,
+    /// The pod carries the injected sidecar (as a native sidecar or a plain container).
+    pub injected: bool,
+    pub restarts: i64,
+}
+
+impl PodView {
+    pub fn from_json(pod: &Value) -> PodView {
+        let s = |v: &Value| v.as_str().unwrap_or_default().to_owned();
+        let ready = pod["status"]["conditions"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .any(|c| c["type"] == "Ready" && c["status"] == "True");
+        let has_sidecar = |list: &Value| {
+            list.as_array().into_iter().flatten().any(|c| c["name"].as_str().is_some_and(|n| n.contains("handover")))
+        };
+        let restarts = ["containerStatuses", "initContainerStatuses"]
+            .iter()
+            .flat_map(|k| pod["status"][k].as_array().cloned().unwrap_or_default())
+            .map(|c| c["restartCount"].as_i64().unwrap_or(0))
+            .sum();
+        PodView {
+            name: s(&pod["metadata"]["name"]),
+            uid: s(&pod["metadata"]["uid"]),
+            ip: s(&pod["status"]["podIP"]),
+            ready,
+            deleting: !pod["metadata"]["deletionTimestamp"].is_null(),
+            injected: has_sidecar(&pod["spec"]["initContainers"]) || has_sidecar(&pod["spec"]["containers"]),
+            restarts,
+        }
+    }
+}
+
+/// Milliseconds since `t`, for figures.
+pub fn ms_since(t: Instant) -> u128 {
+    t.elapsed().as_millis()
+}

@@ -1,0 +1,394 @@
+//! The end-to-end suite: helm, kubectl, the operator, injected sidecars, the demo app and many
+//! client sessions against the pool's Service, on a real Kubernetes API server — while pods die
+//! in every way a cluster kills them. Needs a cluster (`tests/cluster/up.sh`); fails with how to
+//! start one when there is none.
+//!
+//! Every step waits on a condition with a timeout that names it; figures are printed, never
+//! asserted (the machine is shared and noisy).
+
+use std::collections::BTreeSet;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use handover_e2e::{Cluster, PodView, ms_since, wait_for};
+use handover_sidecar::localpool::Load;
+
+const SYSTEM_NS: &str = "handover-system";
+const SESSIONS: usize = 12;
+const SETTLE: Duration = Duration::from_secs(180);
+
+/// The local cluster runs pods as processes in network namespaces named after the pod uid: faults
+/// at process level (SIGKILL, SIGSTOP) are only possible there.
+fn local_cluster() -> bool {
+    std::path::Path::new("/tmp/handover-cluster/pids").is_dir() && std::env::var("HANDOVER_E2E_KIND").is_err()
+}
+
+/// Installs (or upgrades) the chart and waits for the operator.
+async fn install_operator(c: &Cluster) {
+    let chart = c.repo.join("charts/handover");
+    c.helm(&[
+        "upgrade",
+        "--install",
+        "handover",
+        chart.to_str().unwrap_or_default(),
+        "--namespace",
+        SYSTEM_NS,
+        "--create-namespace",
+        "--set",
+        "image.repository=handover",
+        "--set",
+        "image.tag=dev",
+        "--set",
+        "image.pullPolicy=IfNotPresent",
+    ])
+    .await
+    .expect("helm install");
+    let c2 = c.clone();
+    wait_for("the operator Deployment to be available with 2 replicas", SETTLE, || {
+        let c = c2.clone();
+        async move {
+            c.get_json(&["deployment", "-n", SYSTEM_NS, "-l", "app.kubernetes.io/name=handover"])
+                .await
+                .ok()
+                .and_then(|d| d["items"].get(0).and_then(|d| d["status"]["availableReplicas"].as_i64()))
+                == Some(2)
+        }
+    })
+    .await
+    .expect("operator up");
+    wait_for("a leader in the operator's Lease", SETTLE, || {
+        let c = c2.clone();
+        async move { leader(&c).await.is_some() }
+    })
+    .await
+    .expect("leader elected");
+}
+
+async fn leader(c: &Cluster) -> Option<String> {
+    let lease = c.get_json(&["lease", "handover-operator", "-n", SYSTEM_NS]).await.ok()?;
+    lease["spec"]["holderIdentity"].as_str().filter(|s| !s.is_empty()).map(str::to_owned)
+}
+
+/// A namespace with a ServerPool and the demo app annotated into it.
+struct DemoPool {
+    c: Cluster,
+    ns: String,
+}
+
+impl DemoPool {
+    async fn create(c: &Cluster, replicas: usize) -> DemoPool {
+        let ns = format!(
+            "e2e-{}",
+            handover_sidecar::random::session_id().to_lowercase().replace(['-', '_'], "")[..8].to_owned()
+        );
+        c.kubectl(&["create", "namespace", &ns]).await.expect("namespace");
+        let pool = serde_json::json!({
+            "apiVersion": "handover.dev/v1alpha1",
+            "kind": "ServerPool",
+            "metadata": {"name": "demo", "namespace": ns},
+            "spec": {"appPort": 8080, "port": 80, "snapshot": {"mode": "push"}, "cookie": {"secure": false}},
+        });
+        c.apply(&pool.to_string()).await.expect("apply the ServerPool");
+        let deployment = serde_json::json!({
+            "apiVersion": "apps/v1",
+            "kind": "Deployment",
+            "metadata": {"name": "demo-app", "namespace": ns},
+            "spec": {
+                "replicas": replicas,
+                "selector": {"matchLabels": {"app": "demo-app"}},
+                "template": {
+                    "metadata": {"labels": {"app": "demo-app"}},
+                    "spec": {
+                        "terminationGracePeriodSeconds": 10,
+                        "containers": [{
+                            "name": "app",
+                            "image": "handover:dev",
+                            "command": ["handover-sidecar", "demo-app", "--listen", "127.0.0.1:8080"],
+                        }],
+                    },
+                },
+            },
+        });
+        c.apply(&deployment.to_string()).await.expect("apply the demo Deployment");
+        c.kubectl(&["annotate", "deployment", "demo-app", "-n", &ns, "handover.dev/pool=demo"])
+            .await
+            .expect("annotate");
+        let pool = DemoPool { c: c.clone(), ns };
+        pool.settled(replicas, "the annotated Deployment to run injected pods, listed by the registry and the Service")
+            .await;
+        pool
+    }
+
+    async fn pods(&self) -> Vec<PodView> {
+        let list = self.c.get_json(&["pods", "-n", &self.ns, "-l", "app=demo-app"]).await.unwrap_or_default();
+        list["items"].as_array().into_iter().flatten().map(PodView::from_json).collect()
+    }
+
+    /// Ready, injected pods that are not being deleted.
+    async fn serving(&self) -> Vec<PodView> {
+        self.pods().await.into_iter().filter(|p| p.ready && p.injected && !p.deleting).collect()
+    }
+
+    /// Pod names the ServerPool's registry lists as ready.
+    async fn registry(&self) -> BTreeSet<String> {
+        let pool = self.c.get_json(&["serverpool", "demo", "-n", &self.ns]).await.unwrap_or_default();
+        pool["status"]["members"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter(|m| m["ready"] == true)
+            .filter_map(|m| m["pod"].as_str().map(str::to_owned))
+            .collect()
+    }
+
+    /// Pod IPs the Service's EndpointSlices list as ready.
+    async fn endpoints(&self) -> BTreeSet<String> {
+        let slices = self
+            .c
+            .get_json(&["endpointslices", "-n", &self.ns, "-l", "kubernetes.io/service-name=demo"])
+            .await
+            .unwrap_or_default();
+        slices["items"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .flat_map(|s| s["endpoints"].as_array().cloned().unwrap_or_default())
+            .filter(|e| e["conditions"]["ready"] != false)
+            .filter_map(|e| e["addresses"].get(0).and_then(|a| a.as_str()).map(str::to_owned))
+            .collect()
+    }
+
+    /// Waits until exactly `n` injected pods serve, every pod is injected, and the registry and
+    /// the Service list exactly those.
+    async fn settled(&self, n: usize, what: &str) {
+        let started = Instant::now();
+        let result = wait_for(what, SETTLE, || async {
+            let pods = self.pods().await;
+            let serving: Vec<&PodView> = pods.iter().filter(|p| p.ready && p.injected && !p.deleting).collect();
+            let names: BTreeSet<String> = serving.iter().map(|p| p.name.clone()).collect();
+            let ips: BTreeSet<String> = serving.iter().map(|p| p.ip.clone()).collect();
+            serving.len() == n
+                && pods.iter().all(|p| p.injected)
+                && pods.iter().all(|p| !p.deleting)
+                && self.registry().await == names
+                && self.endpoints().await == ips
+        })
+        .await;
+        if let Err(e) = result {
+            let pool = self.c.kubectl(&["get", "serverpool,pods,endpointslices", "-n", &self.ns, "-o", "wide"]).await;
+            let events = self.c.kubectl(&["get", "events", "-n", &self.ns, "--sort-by=.lastTimestamp"]).await;
+            panic!("{e}\n{}\n{}", pool.unwrap_or_else(|e| e), events.unwrap_or_else(|e| e));
+        }
+        println!("    settled ({what}) in {} ms", ms_since(started));
+    }
+
+    /// Waits until `pod` has left the registry and the Service; prints how long each took.
+    async fn wait_dropped(&self, pod: &PodView, since: Instant, fault: &str) {
+        let mut registry_ms = None;
+        let mut service_ms = None;
+        let deadline = Instant::now() + SETTLE;
+        while registry_ms.is_none() || service_ms.is_none() {
+            if registry_ms.is_none() && !self.registry().await.contains(&pod.name) {
+                registry_ms = Some(ms_since(since));
+            }
+            if service_ms.is_none() && !self.endpoints().await.contains(&pod.ip) {
+                service_ms = Some(ms_since(since));
+            }
+            assert!(
+                Instant::now() < deadline,
+                "timed out after {SETTLE:?} waiting for {} to leave the registry and the Service",
+                pod.name
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        println!(
+            "    figure: {fault}: registry dropped {} after {} ms, Service after {} ms",
+            pod.name,
+            registry_ms.unwrap_or_default(),
+            service_ms.unwrap_or_default()
+        );
+    }
+
+    /// The Service's address, as clients reach it (kube-proxy balances each new connection).
+    async fn service_addr(&self) -> SocketAddr {
+        let ip = self.c.kubectl(&["get", "service", "demo", "-n", &self.ns, "-o", "jsonpath={.spec.clusterIP}"]).await;
+        let ip = ip.expect("the pool's Service");
+        format!("{}:80", ip.trim()).parse().expect("a ClusterIP")
+    }
+
+    async fn delete(self) {
+        let _ = self.c.kubectl(&["delete", "namespace", &self.ns, "--wait=false"]).await;
+    }
+}
+
+/// Sends `signal` to every process of `pod` (the local cluster runs each pod in namespace
+/// `ho-<first 10 hex digits of its uid>`).
+async fn signal_pod(pod: &PodView, signal: &str) {
+    let ns = format!("ho-{}", &pod.uid.replace('-', "")[..10]);
+    let out = tokio::process::Command::new("ip").args(["netns", "pids", &ns]).output().await.expect("ip netns pids");
+    let pids: Vec<String> = String::from_utf8_lossy(&out.stdout).split_whitespace().map(str::to_owned).collect();
+    assert!(!pids.is_empty(), "pod {} has processes in {ns}", pod.name);
+    let status =
+        tokio::process::Command::new("kill").arg(format!("-{signal}")).args(&pids).status().await.expect("kill");
+    assert!(status.success(), "kill -{signal} {pids:?}");
+}
+
+fn first_serving(pods: &[PodView]) -> PodView {
+    pods.first().cloned().expect("a serving pod")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sessions_survive_every_kind_of_pod_death() {
+    let c = Cluster::find();
+    install_operator(&c).await;
+    let pool = DemoPool::create(&c, 3).await;
+    let service = Arc::new(Mutex::new(vec![pool.service_addr().await]));
+    let load = Load::start(Arc::clone(&service), SESSIONS);
+    load.progress(300, "sessions to run through the Service").await.expect("warm-up");
+
+    println!("  graceful kubectl delete pod");
+    let victim = first_serving(&pool.serving().await);
+    let t = Instant::now();
+    c.kubectl(&["delete", "pod", &victim.name, "-n", &pool.ns, "--wait=false"]).await.expect("delete");
+    pool.wait_dropped(&victim, t, "graceful delete").await;
+    pool.settled(3, "a replacement after the graceful delete").await;
+    load.progress(300, "sessions to go on after the graceful delete").await.expect("progress");
+
+    println!("  kubectl delete pod --grace-period=0 --force");
+    let victim = first_serving(&pool.serving().await);
+    let t = Instant::now();
+    c.kubectl(&["delete", "pod", &victim.name, "-n", &pool.ns, "--grace-period=0", "--force"]).await.expect("delete");
+    pool.wait_dropped(&victim, t, "forced delete").await;
+    pool.settled(3, "a replacement after the forced delete").await;
+    load.progress(300, "sessions to go on after the forced delete").await.expect("progress");
+
+    if local_cluster() {
+        println!("  SIGKILL of every process of a pod");
+        let victim = first_serving(&pool.serving().await);
+        let t = Instant::now();
+        signal_pod(&victim, "KILL").await;
+        load.progress(300, "sessions to go on after SIGKILL").await.expect("progress");
+        println!("    figure: SIGKILL: sessions went on {} ms after the kill", ms_since(t));
+        pool.settled(3, "the killed pod's containers restarted").await;
+
+        println!("  a hung pod (SIGSTOP)");
+        let victim = first_serving(&pool.serving().await);
+        let t = Instant::now();
+        signal_pod(&victim, "STOP").await;
+        pool.wait_dropped(&victim, t, "SIGSTOP").await;
+        load.progress(300, "sessions to go on while a pod hangs").await.expect("progress");
+        signal_pod(&victim, "CONT").await;
+        pool.settled(3, "the woken pod to rejoin").await;
+        load.progress(300, "sessions to go on after the pod woke").await.expect("progress");
+    } else {
+        println!("  (process-level faults skipped: not the local cluster)");
+    }
+
+    println!("  scale down to 2, up to 3");
+    c.kubectl(&["scale", "deployment", "demo-app", "-n", &pool.ns, "--replicas=2"]).await.expect("scale");
+    pool.settled(2, "scale down to 2").await;
+    load.progress(300, "sessions to go on after scaling down").await.expect("progress");
+    c.kubectl(&["scale", "deployment", "demo-app", "-n", &pool.ns, "--replicas=3"]).await.expect("scale");
+    pool.settled(3, "scale up to 3").await;
+
+    println!("  rolling update");
+    c.kubectl(&["rollout", "restart", "deployment", "demo-app", "-n", &pool.ns]).await.expect("rollout restart");
+    c.kubectl(&["rollout", "status", "deployment", "demo-app", "-n", &pool.ns, "--timeout=180s"])
+        .await
+        .expect("rollout");
+    pool.settled(3, "the rolling update to finish").await;
+    load.progress(300, "sessions to go on after the rolling update").await.expect("progress");
+
+    let sessions = load.stop_and_verify().await.expect("every session went on and lost no acknowledged update");
+    let mut recoveries: Vec<Duration> = sessions.iter().flat_map(|s| s.recoveries.clone()).collect();
+    recoveries.sort();
+    let pct = |p: f64| recoveries.get(((recoveries.len().saturating_sub(1)) as f64 * p) as usize).copied();
+    println!(
+        "  figure: {} sessions, {} acknowledged updates, {} interruptions; first success after a failure p50 {:?} p99 {:?}",
+        sessions.len(),
+        sessions.iter().map(|s| s.acked).sum::<u64>(),
+        recoveries.len(),
+        pct(0.5),
+        pct(0.99)
+    );
+    pool.delete().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn operator_leader_death_and_api_server_restart_lose_nothing() {
+    let c = Cluster::find();
+    install_operator(&c).await;
+    let pool = DemoPool::create(&c, 3).await;
+    let service = Arc::new(Mutex::new(vec![pool.service_addr().await]));
+    let load = Load::start(Arc::clone(&service), SESSIONS);
+    load.progress(300, "sessions to run through the Service").await.expect("warm-up");
+
+    println!("  kill the operator's leader while an app pod is deleted");
+    let old_leader = leader(&c).await.expect("a leader");
+    let t = Instant::now();
+    c.kubectl(&["delete", "pod", &old_leader, "-n", SYSTEM_NS, "--grace-period=0", "--force"])
+        .await
+        .expect("kill leader");
+    let victim = first_serving(&pool.serving().await);
+    c.kubectl(&["delete", "pod", &victim.name, "-n", &pool.ns, "--wait=false"]).await.expect("delete app pod");
+    let c2 = c.clone();
+    let old = old_leader.clone();
+    wait_for("another replica to take the Lease", SETTLE, || {
+        let (c, old) = (c2.clone(), old.clone());
+        async move { leader(&c).await.is_some_and(|l| l != old) }
+    })
+    .await
+    .expect("the standby takes over");
+    println!("    figure: new leader after {} ms", ms_since(t));
+    pool.wait_dropped(&victim, t, "app pod deleted during leader failover").await;
+    pool.settled(3, "the registry to follow the churn under the new leader").await;
+    load.progress(300, "sessions to go on after the leader died").await.expect("progress");
+
+    if local_cluster() {
+        println!("  restart the API server");
+        let operator_restarts = restarts(&c, SYSTEM_NS).await;
+        let app_restarts = restarts(&c, &pool.ns).await;
+        let pid = std::fs::read_to_string("/tmp/handover-cluster/pids/kube-apiserver.pid").expect("API server pid");
+        let status = tokio::process::Command::new("kill").arg(pid.trim()).status().await.expect("kill");
+        assert!(status.success());
+        let pid = pid.trim().to_owned();
+        wait_for("the API server to exit", Duration::from_secs(60), || {
+            let pid = pid.clone();
+            // Gone, or a zombie that PID 1 has not reaped yet.
+            async move {
+                std::fs::read_to_string(format!("/proc/{pid}/stat"))
+                    .map(|stat| stat.split_whitespace().nth(2) == Some("Z"))
+                    .unwrap_or(true)
+            }
+        })
+        .await
+        .expect("API server down");
+        load.progress(200, "sessions to go on while the API server is down").await.expect("progress");
+        let up = tokio::process::Command::new(c.repo.join("tests/cluster/up.sh")).output().await.expect("up.sh");
+        assert!(up.status.success(), "up.sh: {}", String::from_utf8_lossy(&up.stderr));
+        let victim = first_serving(&pool.serving().await);
+        let t = Instant::now();
+        c.kubectl(&["delete", "pod", &victim.name, "-n", &pool.ns, "--wait=false"]).await.expect("delete app pod");
+        pool.wait_dropped(&victim, t, "app pod deleted after the API server restart").await;
+        pool.settled(3, "the registry to follow after the API server restart").await;
+        assert_eq!(restarts(&c, SYSTEM_NS).await, operator_restarts, "the operator recovered without a restart");
+        assert_eq!(restarts(&c, &pool.ns).await, app_restarts, "the sidecars recovered without a restart");
+    }
+
+    load.stop_and_verify().await.expect("every session went on and lost no acknowledged update");
+    pool.delete().await;
+}
+
+/// Container restarts over all pods of a namespace that are not being deleted.
+async fn restarts(c: &Cluster, ns: &str) -> i64 {
+    let list = c.get_json(&["pods", "-n", ns]).await.unwrap_or_default();
+    list["items"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(PodView::from_json)
+        .filter(|p| !p.deleting)
+        .map(|p| p.restarts)
+        .sum()
+}
