@@ -18,12 +18,15 @@ ARG RUNTIME_IMAGE=gcr.io/distroless/cc-debian12:nonroot
 
 FROM rust:${RUST_VERSION}-slim-bookworm AS builder
 WORKDIR /src
-# Only what the build reads (see .dockerignore): the workspace manifests, the two crates, and the
+# Only what the build reads (see .dockerignore): the workspace manifests, the crates, and the
 # checked-in CRD (a unit test of the operator include_str!s it; the build itself does not need it).
 COPY Cargo.toml Cargo.lock rustfmt.toml ./
 COPY crds/ crds/
 COPY operator/ operator/
 COPY sidecar/ sidecar/
+# The end-to-end test crate is a workspace member: cargo reads its manifest, but does not build it.
+COPY tests/e2e/Cargo.toml tests/e2e/Cargo.toml
+COPY tests/e2e/src/ tests/e2e/src/
 # Release build without debug info, symbols stripped: ~15 MB + ~12 MB instead of ~100 MB each.
 # Panic messages keep their file:line; backtraces lose function names.
 ENV CARGO_PROFILE_RELEASE_DEBUG=0 \

@@ -472,8 +472,12 @@ def ignored(path):
         if hit:
             out = not include
     return out
+reincluded = [pat for include, pat in rules if include]
+def pruned(d):
+    # An ignored directory is still walked when a `!` pattern names something inside it.
+    return ignored(d) and not any(p.startswith(d + "/") for p in reincluded)
 for root, dirs, files in os.walk("."):
-    dirs[:] = [d for d in dirs if d != ".git" and not ignored(os.path.relpath(os.path.join(root, d), "."))]
+    dirs[:] = [d for d in dirs if d != ".git" and not pruned(os.path.relpath(os.path.join(root, d), "."))]
     for f in files:
         rel = os.path.relpath(os.path.join(root, f), ".")
         if not ignored(rel):
@@ -483,7 +487,11 @@ PY
 for need in Cargo.toml Cargo.lock crds/serverpool.yaml operator/src/main.rs sidecar/src/main.rs; do
   [[ -e "$WORK/context/$need" ]] || fail ".dockerignore leaves $need out of the build context"
 done
-for leak in target charts tests examples; do
+# Every COPY source of the build stage (COPY --from copies between stages) is in the context.
+for src in $(awk '$1 == "COPY" && $2 !~ /^--/ { for (i = 2; i < NF; i++) print $i }' Dockerfile); do
+  [[ -e "$WORK/context/$src" ]] || fail "the Dockerfile copies $src, which .dockerignore leaves out"
+done
+for leak in target charts tests/cluster tests/run tests/e2e/tests examples .ci; do
   [[ ! -e "$WORK/context/$leak" ]] || fail ".dockerignore lets $leak/ into the build context"
 done
 (cd "$WORK/context" && cargo metadata --locked --format-version 1 >/dev/null) \
