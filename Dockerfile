@@ -1,8 +1,9 @@
 # syntax=docker/dockerfile:1.7
 #
 # One image, both binaries: /usr/local/bin/handover-operator and /usr/local/bin/handover-sidecar.
-# The entrypoint is the sidecar, because the operator injects this image into pool pods with
-# `args: [run]` only; the chart starts the operator with `command: [handover-operator]`.
+# Both are on PATH; the entrypoint is the sidecar (the image runs in every pool pod). The injected
+# sidecar names its command (`handover-sidecar run`) and the chart starts the operator with
+# `command: [handover-operator]`, so neither depends on the entrypoint.
 #
 #   docker build -t handover:0.1.0 .
 #   docker run --rm handover:0.1.0 --help                                   # the sidecar
