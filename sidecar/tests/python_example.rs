@@ -291,3 +291,59 @@ async fn python_cart_is_taken_over_by_another_pod_when_its_pod_dies() {
     );
     assert!(metric(b.admin(), "handover_takeovers_total").await >= 1.0, "counted as a takeover");
 }
+
+/// One raw HTTP/1.1 exchange with the app (no sidecar): status and body.
+async fn raw(app: SocketAddr, method: &str, path: &str, session: Option<&str>, body: &[u8]) -> (u16, Vec<u8>) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(app).await.expect("connect to the app");
+    let mut head = format!("{method} {path} HTTP/1.1\r\nHost: app\r\nConnection: close\r\n");
+    if let Some(s) = session {
+        head.push_str(&format!("Handover-Session: {s}\r\n"));
+    }
+    head.push_str(&format!("Content-Length: {}\r\n\r\n", body.len()));
+    stream.write_all(head.as_bytes()).await.expect("write head");
+    stream.write_all(body).await.expect("write body");
+    let mut reply = Vec::new();
+    tokio::time::timeout(Duration::from_secs(5), stream.read_to_end(&mut reply))
+        .await
+        .expect("the app answers in time")
+        .expect("read");
+    let split = reply.windows(4).position(|w| w == b"\r\n\r\n").expect("a header block");
+    let status = std::str::from_utf8(&reply[9..12]).expect("status").parse().expect("status code");
+    (status, reply[split + 4..].to_vec())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn python_cart_keeps_the_state_endpoint_contract() {
+    if python().is_none() {
+        eprintln!("python3 not found: the Python example is not exercised");
+        return;
+    }
+    let scratch = Scratch::new("contract");
+    let mut pod = Pod::new("cart-c", random_block(), 1);
+    pod.start_app(&scratch).await;
+    let app = pod.app_addr();
+    let state = br#"{"items":{"apple":2},"v":1}"#;
+
+    // Pull: a session the app does not hold is a 404.
+    assert_eq!(raw(app, "GET", "/handover/state", Some("s1"), b"").await.0, 404);
+    // Restore is idempotent: the same bytes twice leave one cart, served back byte for byte.
+    for _ in 0..2 {
+        assert_eq!(raw(app, "PUT", "/handover/state", Some("s1"), state).await.0, 204);
+    }
+    let (status, pulled) = raw(app, "GET", "/handover/state", Some("s1"), b"").await;
+    assert_eq!((status, pulled.as_slice()), (200, state.as_slice()));
+    // State the app cannot read is refused (the sidecar then answers 502, the client keeps its cookie).
+    for bad in [&b"not json"[..], br#"{"v":2,"items":{}}"#, br#"{"v":1,"items":{"apple":-1}}"#] {
+        assert_eq!(
+            raw(app, "PUT", "/handover/state", Some("s1"), bad).await.0,
+            400,
+            "{}",
+            String::from_utf8_lossy(bad)
+        );
+    }
+    assert_eq!(raw(app, "GET", "/handover/state", Some("s1"), b"").await.1, state, "a refused restore changes nothing");
+    // Without the sidecar's session header there is no session to speak of.
+    assert_eq!(raw(app, "GET", "/cart", None, b"").await.0, 400);
+    pod.kill_app().await;
+}
