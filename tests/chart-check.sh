@@ -324,7 +324,7 @@ kind: ServerPool
 metadata: {name: broken-cel}
 spec: {appPort: 8000, sidecarPort: 8000}
 YAML
-"$PY" - crds/serverpool.yaml "$WORK/builtin.yaml" "$WORK/broken-pools.yaml" examples/*.yaml operator/examples/*.yaml <<'PY'
+"$PY" - crds/serverpool.yaml "$WORK/builtin.yaml" "$WORK/broken-pools.yaml" examples/*.yaml examples/*/*.yaml operator/examples/*.yaml <<'PY'
 import copy, sys, yaml, jsonschema, celpy
 
 crd_file, builtin_out, broken_file, *files = sys.argv[1:]
