@@ -488,9 +488,9 @@ for need in Cargo.toml Cargo.lock crds/serverpool.yaml operator/src/main.rs side
   [[ -e "$WORK/context/$need" ]] || fail ".dockerignore leaves $need out of the build context"
 done
 # Every COPY source of the build stage (COPY --from copies between stages) is in the context.
-for src in $(awk '$1 == "COPY" && $2 !~ /^--/ { for (i = 2; i < NF; i++) print $i }' Dockerfile); do
+while read -r src; do
   [[ -e "$WORK/context/$src" ]] || fail "the Dockerfile copies $src, which .dockerignore leaves out"
-done
+done < <(awk '$1 == "COPY" && $2 !~ /^--/ { for (i = 2; i < NF; i++) print $i }' Dockerfile)
 for leak in target charts tests/cluster tests/run tests/e2e/tests examples .ci; do
   [[ ! -e "$WORK/context/$leak" ]] || fail ".dockerignore lets $leak/ into the build context"
 done
