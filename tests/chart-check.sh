@@ -3,7 +3,8 @@
 #   - charts/handover/crds/ holds exactly the bytes of crds/ (Helm installs the chart's copy);
 #   - `helm lint --strict` is clean;
 #   - `helm template` (default values and a second set that takes the other branches) passes strict
-#     schema validation for Kubernetes $K8S_VERSION offline (kubernetes-validate);
+#     schema validation for Kubernetes $K8S_VERSION, and the newest release kubernetes-validate
+#     knows, offline;
 #   - bad values make both `helm lint` and `helm template` fail on values.schema.json;
 #   - the rendered operator Deployment is hardened and uses only flags `handover-operator run` has;
 #   - the rendered RBAC grants exactly the verbs of operator/README.md's RBAC table;
@@ -86,6 +87,9 @@ install_validate "$VENV"
 PY="$VENV/bin/python"
 
 # The newest schemas kubernetes-validate ships, and the ones it validates $K8S_VERSION against.
+# Everything is validated against both: the release we build for, and the newest known (an API
+# that a later Kubernetes removed shows up there).
+K8S_NEWEST="$("$PY" -c 'from kubernetes_validate import utils; print(utils.latest_version())')"
 "$PY" - "$K8S_VERSION" <<'PY'
 import sys
 from kubernetes_validate import utils
@@ -106,17 +110,20 @@ for f in "$CHART"/crds/*; do
   [[ -e "crds/$(basename "$f")" ]] || fail "$f has no source in crds/"
 done
 
-# validate FILE...: strict validation for $K8S_VERSION; a kind without a schema is an error too.
+# validate FILE...: strict validation for $K8S_VERSION and $K8S_NEWEST; a kind without a schema is
+# an error too.
 validate() {
-  local out
-  out="$("$VENV/bin/kubernetes-validate" --strict --quiet -k "$K8S_VERSION" "$@" 2>&1)" || {
-    printf '%s\n' "$out" >&2
-    fail "kubernetes-validate: $*"
-  }
-  if [[ -n "$out" ]]; then
-    printf '%s\n' "$out" >&2
-    fail "kubernetes-validate warned (unknown kind?): $*"
-  fi
+  local out k
+  for k in "$K8S_VERSION" "$K8S_NEWEST"; do
+    out="$("$VENV/bin/kubernetes-validate" --strict --quiet -k "$k" "$@" 2>&1)" || {
+      printf '%s\n' "$out" >&2
+      fail "kubernetes-validate -k $k: $*"
+    }
+    if [[ -n "$out" ]]; then
+      printf '%s\n' "$out" >&2
+      fail "kubernetes-validate -k $k warned (unknown kind?): $*"
+    fi
+  done
 }
 
 # Values that take the other branches of the templates.
@@ -187,7 +194,7 @@ for v in 3 4; do
     fail "helm $v lint (other values)"
   }
 
-  log "helm $v: template | kubernetes-validate --strict -k $K8S_VERSION"
+  log "helm $v: template | kubernetes-validate --strict -k $K8S_VERSION and -k $K8S_NEWEST"
   "$helm" template "$RELEASE" "$CHART" -n "$NAMESPACE" --include-crds --kube-version "$K8S_VERSION" \
     >"$WORK/default-$v.yaml"
   "$helm" template other "$CHART" -n other-ns --include-crds --kube-version "$K8S_VERSION" \
