@@ -350,7 +350,8 @@ async fn operator_leader_death_and_api_server_restart_lose_nothing() {
         let operator_restarts = restarts(&c, SYSTEM_NS).await;
         let app_restarts = restarts(&c, &pool.ns).await;
         let pid = std::fs::read_to_string("/tmp/handover-cluster/pids/kube-apiserver.pid").expect("API server pid");
-        let status = tokio::process::Command::new("kill").arg(pid.trim()).status().await.expect("kill");
+        // SIGKILL: a crash, and no minute-long graceful shutdown to wait for.
+        let status = tokio::process::Command::new("kill").args(["-KILL", pid.trim()]).status().await.expect("kill");
         assert!(status.success());
         let pid = pid.trim().to_owned();
         wait_for("the API server to exit", Duration::from_secs(60), || {
