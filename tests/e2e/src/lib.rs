@@ -9,6 +9,11 @@ use serde_json::Value;
 
 pub use handover_sidecar::localpool::wait_for;
 
+/// The local cluster's state directory (tests/cluster: `HANDOVER_CLUSTER_DIR`).
+pub fn local_cluster_dir() -> PathBuf {
+    std::env::var("HANDOVER_CLUSTER_DIR").map(PathBuf::from).unwrap_or_else(|_| PathBuf::from("/tmp/handover-cluster"))
+}
+
 /// How to reach the cluster and its tools.
 #[derive(Clone, Debug)]
 pub struct Cluster {
@@ -43,11 +48,11 @@ impl Cluster {
     pub fn find() -> Cluster {
         let kubeconfig = std::env::var("KUBECONFIG")
             .map(PathBuf::from)
-            .unwrap_or_else(|_| PathBuf::from("/tmp/handover-cluster/admin.kubeconfig"));
+            .unwrap_or_else(|_| local_cluster_dir().join("admin.kubeconfig"));
         // HANDOVER_E2E_REPO: where charts/ is when the suite runs away from the checkout (kind).
-        let repo = std::env::var("HANDOVER_E2E_REPO").map(PathBuf::from).unwrap_or_else(|_| {
-            Path::new(env!("CARGO_MANIFEST_DIR")).join("../..").canonicalize().unwrap_or_default()
-        });
+        let repo = std::env::var("HANDOVER_E2E_REPO")
+            .map(PathBuf::from)
+            .unwrap_or_else(|_| Path::new(env!("CARGO_MANIFEST_DIR")).join("../..").canonicalize().unwrap_or_default());
         let cluster = Cluster {
             kubectl: find_tool("kubectl", "HANDOVER_KUBECTL"),
             helm: find_tool("helm", "HANDOVER_HELM"),

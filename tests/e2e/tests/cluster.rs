@@ -11,7 +11,7 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use handover_e2e::{Cluster, PodView, ms_since, wait_for};
+use handover_e2e::{Cluster, PodView, local_cluster_dir, ms_since, wait_for};
 use handover_sidecar::localpool::Load;
 
 const SYSTEM_NS: &str = "handover-system";
@@ -21,7 +21,7 @@ const SETTLE: Duration = Duration::from_secs(180);
 /// The local cluster runs pods as processes in network namespaces named after the pod uid: faults
 /// at process level (SIGKILL, SIGSTOP) are only possible there.
 fn local_cluster() -> bool {
-    std::path::Path::new("/tmp/handover-cluster/pids").is_dir() && std::env::var("HANDOVER_E2E_KIND").is_err()
+    local_cluster_dir().join("pids").is_dir() && std::env::var("HANDOVER_E2E_KIND").is_err()
 }
 
 /// Installs (or upgrades) the chart and waits for the operator.
@@ -349,7 +349,7 @@ async fn operator_leader_death_and_api_server_restart_lose_nothing() {
         println!("  restart the API server");
         let operator_restarts = restarts(&c, SYSTEM_NS).await;
         let app_restarts = restarts(&c, &pool.ns).await;
-        let pid = std::fs::read_to_string("/tmp/handover-cluster/pids/kube-apiserver.pid").expect("API server pid");
+        let pid = std::fs::read_to_string(local_cluster_dir().join("pids/kube-apiserver.pid")).expect("API server pid");
         // SIGKILL: a crash, and no minute-long graceful shutdown to wait for.
         let status = tokio::process::Command::new("kill").args(["-KILL", pid.trim()]).status().await.expect("kill");
         assert!(status.success());
