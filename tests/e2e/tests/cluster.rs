@@ -393,3 +393,44 @@ async fn restarts(c: &Cluster, ns: &str) -> i64 {
         .map(|p| p.restarts)
         .sum()
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_api_server_refuses_a_bad_pool_and_the_operator_builds_a_good_ones_objects() {
+    let c = Cluster::find();
+    install_operator(&c).await;
+    let pool = DemoPool::create(&c, 2).await;
+
+    // What the reconciler owns for pool `demo`, each with an owner reference to it.
+    for (kind, name) in [
+        ("service", "demo"),
+        ("secret", "demo-handover-keys"),
+        ("role", "demo-handover-registry"),
+        ("rolebinding", "demo-handover-registry"),
+    ] {
+        let object = c.get_json(&[kind, name, "-n", &pool.ns]).await.unwrap_or_else(|e| panic!("{kind} {name}: {e}"));
+        assert_eq!(
+            object["metadata"]["ownerReferences"][0]["kind"], "ServerPool",
+            "{kind} {name} is owned by the pool"
+        );
+    }
+    let keys = c.get_json(&["secret", "demo-handover-keys", "-n", &pool.ns]).await.expect("key secret");
+    assert!(keys["data"]["keys"].as_str().is_some_and(|k| !k.is_empty()), "the key Secret holds keys");
+    let status = c.get_json(&["serverpool", "demo", "-n", &pool.ns]).await.expect("pool");
+    let ready = status["status"]["conditions"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .any(|c| c["type"] == "Ready" && c["status"] == "True");
+    assert!(ready, "the pool reports Ready: {}", status["status"]);
+
+    // A spec the schema refuses never reaches the operator; the message says what to fix.
+    let bad = serde_json::json!({
+        "apiVersion": "handover.dev/v1alpha1",
+        "kind": "ServerPool",
+        "metadata": {"name": "bad", "namespace": pool.ns},
+        "spec": {"appPort": 8000, "sidecarPort": 8000},
+    });
+    let refused = c.apply(&bad.to_string()).await.expect_err("the API server refuses appPort == sidecarPort");
+    assert!(refused.contains("appPort") && refused.contains("sidecarPort"), "the refusal names the fields: {refused}");
+    pool.delete().await;
+}
