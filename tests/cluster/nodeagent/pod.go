@@ -149,7 +149,7 @@ func (w *podWorker) key() string { return w.pod.Namespace + "/" + w.pod.Name }
 
 func (w *podWorker) run(ctx context.Context) {
 	defer close(w.quit)
-	for _, d := range []string{"logs", "volumes", "specs"} {
+	for _, d := range []string{"logs", "volumes", "specs", "run"} {
 		if err := os.MkdirAll(filepath.Join(w.dir, d), 0o755); err != nil {
 			klog.Errorf("pod %s: %v", w.key(), err)
 		}
@@ -229,6 +229,8 @@ func (w *podWorker) cleanup() {
 	}
 	_ = os.RemoveAll(filepath.Join(w.dir, "volumes"))
 	_ = os.RemoveAll(filepath.Join(w.dir, "specs"))
+	_ = os.RemoveAll(filepath.Join(w.dir, "run"))
+	_ = os.Remove(filepath.Join(w.dir, "sandbox.json"))
 	klog.Infof("pod %s: cleaned up (logs kept in %s)", w.key(), filepath.Join(w.dir, "logs"))
 }
 
@@ -291,6 +293,7 @@ func (w *podWorker) recordExit(c *ctr, p *process) {
 		c.term.Message = "killed by " + p.signal
 	}
 	c.proc = nil
+	_ = os.Remove(filepath.Join(w.dir, "run", c.spec.Name+".pid"))
 	c.started, c.ready, c.killing = false, false, false
 	c.probes = map[string]*probeState{}
 }
@@ -385,6 +388,10 @@ func (w *podWorker) sync(ctx context.Context) {
 		}
 		w.sb = sb
 		w.podIP = sb.ip.String()
+		if err := writeJSON(filepath.Join(w.dir, "sandbox.json"), map[string]string{
+			"netns": sb.ns, "veth": sb.veth, "ip": w.podIP}); err != nil {
+			klog.Warningf("pod %s: %v", w.key(), err)
+		}
 		if err := w.writeNetworkFiles(); err != nil {
 			klog.Warningf("pod %s: %v", w.key(), err)
 		}
@@ -558,6 +565,8 @@ func (w *podWorker) start(ctx context.Context, c *ctr) {
 	}
 	c.gen = gen
 	c.proc = p
+	// For fault-injection tests: the container's main process.
+	_ = os.WriteFile(filepath.Join(w.dir, "run", c.spec.Name+".pid"), []byte(fmt.Sprintf("%d\n", p.pid)), 0o644)
 	c.restartDue = false
 	c.waitReason, c.waitMessage = "", ""
 	c.probes = map[string]*probeState{}
