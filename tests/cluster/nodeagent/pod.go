@@ -271,6 +271,9 @@ func (w *podWorker) terminate(grace time.Duration) {
 		}
 		wg.Wait()
 	}
+	for _, c := range append(append([]*ctr{}, apps...), sidecars...) {
+		w.a.events.Eventf(w.pod, corev1.EventTypeNormal, "Killing", "Stopping container %s", c.spec.Name)
+	}
 	stopGroup(apps)
 	for _, c := range sidecars {
 		stopGroup([]*ctr{c})
@@ -349,6 +352,7 @@ func (w *podWorker) handleExit(ev exitEvent) {
 	}
 	c.restartDue = true
 	c.nextStart = time.Now().Add(c.backoff)
+	w.a.events.Eventf(w.pod, corev1.EventTypeWarning, "BackOff", "Back-off %s restarting failed container %s (exit code %d)", c.backoff, c.spec.Name, c.term.ExitCode)
 	c.waitReason = "CrashLoopBackOff"
 	c.waitMessage = fmt.Sprintf("back-off %s restarting failed container=%s pod=%s", c.backoff, c.spec.Name, w.key())
 }
@@ -513,6 +517,7 @@ func (w *podWorker) start(ctx context.Context, c *ctr) {
 			c.gen = -1 // not started, but not "never tried" either
 		}
 		klog.Warningf("pod %s: container %s: %s: %v", w.key(), c.spec.Name, reason, err)
+		w.a.events.Eventf(w.pod, corev1.EventTypeWarning, "Failed", "Error: %s: %v", reason, err)
 	}
 	img, err := w.a.images.lookup(c.spec.Image)
 	if err != nil {
@@ -573,6 +578,7 @@ func (w *podWorker) start(ctx context.Context, c *ctr) {
 	c.started = c.spec.StartupProbe == nil
 	c.ready = false
 	klog.Infof("pod %s: started container %s (pid %d): %v", w.key(), c.spec.Name, p.pid, argv)
+	w.a.events.Eventf(w.pod, corev1.EventTypeNormal, "Started", "Started container %s", c.spec.Name)
 	name := c.spec.Name
 	go func() {
 		<-p.done

@@ -233,6 +233,7 @@ func (w *podWorker) handleProbe(r probeResult) {
 		ps.failures++
 		ps.successes = 0
 		klog.V(2).Infof("pod %s: %s probe of %s failed: %s", w.key(), r.kind, c.spec.Name, r.msg)
+		w.a.events.Eventf(w.pod, corev1.EventTypeWarning, "Unhealthy", "%s probe failed: %s", strings.ToUpper(r.kind[:1])+r.kind[1:], r.msg)
 	}
 	switch r.kind {
 	case "startup":
@@ -258,6 +259,8 @@ func (w *podWorker) handleProbe(r probeResult) {
 // its exit then goes through the restart policy.
 func (w *podWorker) killForRestart(c *ctr, why string) {
 	klog.Infof("pod %s: container %s %s, will be restarted", w.key(), c.spec.Name, why)
+	w.a.events.Eventf(w.pod, corev1.EventTypeWarning, "Unhealthy", "Container %s %s", c.spec.Name, why)
+	w.a.events.Eventf(w.pod, corev1.EventTypeNormal, "Killing", "Container %s %s, will be restarted", c.spec.Name, why)
 	c.killing = true
 	c.ready = false
 	grace := w.gracePeriod()
