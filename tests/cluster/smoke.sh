@@ -142,13 +142,12 @@ slices_match() { [[ "$(slice_ips)" == "$want" ]]; }
 wait_for "EndpointSlices of service web to list the ready pod IPs $(echo $want)" 30 slices_match
 step "EndpointSlices list both pods: $(echo $want)"
 
-if is_running kube-proxy; then
+if [[ "$KUBE_PROXY" == 1 ]] && is_running kube-proxy; then
   cluster_ip_ok() { [[ "$(curl -fsS --max-time 3 "http://$cip/index.html")" == "hello from handover-smoke" ]]; }
   wait_for "ClusterIP $cip:80 to answer through kube-proxy" 30 cluster_ip_ok
   step "ClusterIP $cip:80 answers from the host (kube-proxy iptables)"
   # From inside a pod too, including to itself through the Service (hairpin).
-  uid="$(K -n "$NS" get pod "${pods[0]%%=*}" -o jsonpath='{.metadata.uid}')"
-  podns="ho-$(tr -d - <<<"$uid" | cut -c1-10)"
+  podns="$("$CLUSTER_SRC/pod.sh" netns "$NS" "${pods[0]%%=*}")"
   for i in 1 2 3 4 5 6; do
     [[ "$(ip netns exec "$podns" curl -fsS --max-time 3 "http://$cip/index.html")" == "hello from handover-smoke" ]] ||
       die "ClusterIP $cip does not answer from inside pod ${pods[0]%%=*} (netns $podns), try $i"

@@ -11,6 +11,7 @@ set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/lib/common.sh"
 
 [[ $EUID -eq 0 ]] || die "up.sh needs root (network namespaces, bridge, iptables)"
+lock_cluster
 IMAGE_MAP_IN="${1:-${HANDOVER_IMAGE_MAP:-}}"
 [[ -z "$IMAGE_MAP_IN" || -f "$IMAGE_MAP_IN" ]] || die "image map $IMAGE_MAP_IN does not exist"
 REPO_ROOT="$(cd "$CLUSTER_SRC/../.." && pwd)"
@@ -121,7 +122,7 @@ start() {
     return 0
   fi
   log "starting $name"
-  setsid "$@" >>"$LOGS/$name.log" 2>&1 </dev/null &
+  setsid "$@" >>"$LOGS/$name.log" 2>&1 </dev/null 9>&- &
   echo $! >"$PIDS/$name.pid"
 }
 api_ready() { kubectl_ get --raw /readyz >/dev/null; }
@@ -164,7 +165,7 @@ start kube-controller-manager "$K8S_BIN/kube-controller-manager" \
   --kubeconfig "$HANDOVER_CLUSTER_DIR/controller-manager.kubeconfig" \
   --authentication-kubeconfig "$HANDOVER_CLUSTER_DIR/controller-manager.kubeconfig" \
   --authorization-kubeconfig "$HANDOVER_CLUSTER_DIR/controller-manager.kubeconfig" \
-  --bind-address 127.0.0.1 --secure-port 10257 --cert-dir "$HANDOVER_CLUSTER_DIR/kcm-certs" \
+  --bind-address 127.0.0.1 --secure-port "$KCM_PORT" --cert-dir "$HANDOVER_CLUSTER_DIR/kcm-certs" \
   --leader-elect=false --root-ca-file "$PKI/ca.crt" \
   --service-account-private-key-file "$PKI/sa.key" --use-service-account-credentials=true \
   --cluster-signing-cert-file "$PKI/ca.crt" --cluster-signing-key-file "$PKI/ca.key" \
@@ -174,14 +175,14 @@ start kube-scheduler "$K8S_BIN/kube-scheduler" \
   --kubeconfig "$HANDOVER_CLUSTER_DIR/scheduler.kubeconfig" \
   --authentication-kubeconfig "$HANDOVER_CLUSTER_DIR/scheduler.kubeconfig" \
   --authorization-kubeconfig "$HANDOVER_CLUSTER_DIR/scheduler.kubeconfig" \
-  --bind-address 127.0.0.1 --secure-port 10259 --leader-elect=false --profiling=false --v=1
+  --bind-address 127.0.0.1 --secure-port "$SCHEDULER_PORT" --leader-elect=false --profiling=false --v=1
 
-if [[ "${HANDOVER_KUBE_PROXY:-1}" == 1 ]]; then
+if [[ "$KUBE_PROXY" == 1 ]]; then
   start kube-proxy "$K8S_BIN/kube-proxy" \
     --kubeconfig "$HANDOVER_CLUSTER_DIR/kube-proxy.kubeconfig" \
     --hostname-override "$NODE_NAME" --proxy-mode iptables --cluster-cidr "$POD_CIDR" \
-    --conntrack-max-per-core 0 --nodeport-addresses primary --metrics-bind-address 127.0.0.1:10249 \
-    --healthz-bind-address 127.0.0.1:10256 --v=1
+    --conntrack-max-per-core 0 --nodeport-addresses primary --metrics-bind-address "127.0.0.1:$PROXY_METRICS_PORT" \
+    --healthz-bind-address "127.0.0.1:$PROXY_HEALTHZ_PORT" --v=1
 fi
 
 # A rebuilt node agent replaces the running one (its pods are restarted).
@@ -196,7 +197,7 @@ fi
 echo "$agent_sum" >"$PIDS/nodeagent.sum"
 start nodeagent "$NODEAGENT" --kubeconfig "$HANDOVER_CLUSTER_DIR/nodeagent.kubeconfig" \
   --node-name "$NODE_NAME" --state-dir "$HANDOVER_CLUSTER_DIR/node" --image-map "$IMAGE_MAP" \
-  --bridge "$BRIDGE" --pod-cidr "$POD_CIDR" --api-port "$API_PORT"
+  --bridge "$BRIDGE" --pod-cidr "$POD_CIDR" --api-port "$API_PORT" --netns-prefix "$NETNS_PREFIX"
 
 node_ready() {
   [[ "$(kubectl_ get node "$NODE_NAME" -o 'jsonpath={.status.conditions[?(@.type=="Ready")].status}')" == True ]]
@@ -205,7 +206,7 @@ default_sa() { kubectl_ -n default get serviceaccount default && kubectl_ -n def
 wait_up nodeagent 60 "node $NODE_NAME to be Ready" node_ready
 wait_up kube-controller-manager 60 "the default service account and kube-root-ca.crt (kube-controller-manager)" default_sa
 for c in kube-scheduler kube-proxy; do
-  [[ "$c" == kube-proxy && "${HANDOVER_KUBE_PROXY:-1}" != 1 ]] && continue
+  [[ "$c" == kube-proxy && "$KUBE_PROXY" != 1 ]] && continue
   alive_or_die "$c"
 done
 

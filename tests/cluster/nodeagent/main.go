@@ -35,6 +35,7 @@ type config struct {
 	stateDir       string
 	imageMapPath   string
 	bridge         string
+	netnsPrefix    string
 	cidr           string
 	apiHost        string
 	apiPort        int
@@ -76,6 +77,7 @@ func main() {
 	flag.StringVar(&cfg.stateDir, "state-dir", "/tmp/handover-cluster/node", "per-pod directories (volumes, logs)")
 	flag.StringVar(&cfg.imageMapPath, "image-map", "", "JSON file mapping image names to local commands")
 	flag.StringVar(&cfg.bridge, "bridge", "handover0", "Linux bridge the pod veths attach to")
+	flag.StringVar(&cfg.netnsPrefix, "netns-prefix", "ho-", "prefix of the pod network namespaces; stale ones with it are removed at start")
 	flag.StringVar(&cfg.cidr, "pod-cidr", "10.244.0.0/24", "pod network; the bridge takes its first address")
 	flag.StringVar(&cfg.apiHost, "api-host", "", "KUBERNETES_SERVICE_HOST given to containers (default: bridge address)")
 	flag.IntVar(&cfg.apiPort, "api-port", 6443, "KUBERNETES_SERVICE_PORT given to containers")
@@ -121,7 +123,7 @@ func run(cfg config) error {
 	if err != nil {
 		return err
 	}
-	pn, err := newPodNetwork(cfg.bridge, cfg.cidr)
+	pn, err := newPodNetwork(cfg.bridge, cfg.cidr, cfg.netnsPrefix)
 	if err != nil {
 		return err
 	}
