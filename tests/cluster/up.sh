@@ -33,7 +33,8 @@ fi
 
 # --- binaries ----------------------------------------------------------------
 "$CLUSTER_SRC/build-k8s.sh"
-NODEAGENT="$HANDOVER_CACHE/nodeagent/nodeagent"
+# Built per cluster (the Go build cache makes it quick): clusters of different checkouts do not clash.
+NODEAGENT="$HANDOVER_CLUSTER_DIR/bin/nodeagent"
 log "building the node agent"
 mkdir -p "$(dirname "$NODEAGENT")"
 (cd "$CLUSTER_SRC/nodeagent" && GOFLAGS=-trimpath go build -o "$NODEAGENT.new" . && mv "$NODEAGENT.new" "$NODEAGENT")
