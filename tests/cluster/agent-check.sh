@@ -186,12 +186,12 @@ ok "SIGKILL of a container's process (pod.sh pid): restarted, lastState exit 137
 
 if [[ -n "${HANDOVER_CHECK_API_RESTART:-1}" && -f "$PIDS/kube-apiserver.pid" ]]; then
   pid="$(cat "$PIDS/kube-apiserver.pid")"
-  # SIGKILL: a crash. (SIGTERM works too but the API server then waits up to
-  # its --request-timeout, 60 s, for open connections before it exits.)
-  log "killing kube-apiserver (pid $pid) and bringing it back with up.sh"
-  kill -KILL "$pid"
+  log "stopping kube-apiserver (pid $pid, SIGTERM) and bringing it back with up.sh"
+  s=$SECONDS
+  kill -TERM "$pid"
   gone() { ! kill -0 "$pid" 2>/dev/null; }
   wait_for "kube-apiserver pid $pid to exit" 30 gone
+  log "kube-apiserver exited $((SECONDS - s))s after SIGTERM"
   "$CLUSTER_SRC/up.sh" >/dev/null
   K -n "$NS" delete pod crash --timeout=30s >/dev/null
   K -n "$NS" run after --image=busybox --restart=Never -- sh -c 'sleep 3600' >/dev/null

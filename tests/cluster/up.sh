@@ -159,6 +159,7 @@ start kube-apiserver "$K8S_BIN/kube-apiserver" \
   --service-cluster-ip-range "$SERVICE_CIDR" \
   --authorization-mode Node,RBAC --allow-privileged=true \
   --kubelet-preferred-address-types InternalIP \
+  --shutdown-send-retry-after=true \
   --profiling=false --v=1
 wait_up kube-apiserver 120 "the API server to be ready (https://127.0.0.1:$API_PORT/readyz)" api_ready
 
