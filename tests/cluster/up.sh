@@ -43,11 +43,16 @@ mkdir -p "$PKI" "$LOGS" "$PIDS" "$HANDOVER_CLUSTER_DIR/node"
 
 # --- image map -----------------------------------------------------------------
 IMAGE_MAP="$HANDOVER_CLUSTER_DIR/image-map.json"
+# The given map, else the default for this checkout; rewritten only when it changes
+# (the node agent re-reads it then).
 if [[ -n "$IMAGE_MAP_IN" ]]; then
-  cp "$IMAGE_MAP_IN" "$IMAGE_MAP.tmp" && mv "$IMAGE_MAP.tmp" "$IMAGE_MAP"
-elif [[ ! -f "$IMAGE_MAP" ]]; then
-  "$CLUSTER_SRC/image-map.sh" >"$IMAGE_MAP.tmp" && mv "$IMAGE_MAP.tmp" "$IMAGE_MAP"
+  cp "$IMAGE_MAP_IN" "$IMAGE_MAP.tmp"
+else
+  "$CLUSTER_SRC/image-map.sh" >"$IMAGE_MAP.tmp"
 fi
+python3 -c 'import json, sys; json.load(open(sys.argv[1]))' "$IMAGE_MAP.tmp" ||
+  die "image map ${IMAGE_MAP_IN:-from image-map.sh} is not valid JSON"
+if cmp -s "$IMAGE_MAP.tmp" "$IMAGE_MAP"; then rm -f "$IMAGE_MAP.tmp"; else mv "$IMAGE_MAP.tmp" "$IMAGE_MAP"; fi
 
 # --- certificates ----------------------------------------------------------------
 # sign NAME SUBJECT [EXTFILE-LINES]: key and cert signed by the cluster CA.
