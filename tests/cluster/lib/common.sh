@@ -63,12 +63,15 @@ PIDS="$HANDOVER_CLUSTER_DIR/pids"
 # Components in start order; down.sh stops them in reverse.
 COMPONENTS=(etcd kube-apiserver kube-controller-manager kube-scheduler kube-proxy nodeagent)
 
-# is_running NAME: the process recorded in NAME's pid file is alive.
+# is_running NAME: the process recorded in NAME's pid file is alive and is that
+# component (a stale pid file may name a reused pid).
 is_running() {
-  local f="$PIDS/$1.pid" pid
+  local f="$PIDS/$1.pid" pid cmd
   [[ -f "$f" ]] || return 1
   pid="$(cat "$f")"
-  [[ -n "$pid" ]] && kill -0 "$pid" 2>/dev/null
+  [[ -n "$pid" ]] && kill -0 "$pid" 2>/dev/null || return 1
+  cmd="$(tr '\0' ' ' <"/proc/$pid/cmdline" 2>/dev/null)" || return 1
+  [[ "$cmd" == *"/$1 "* ]]
 }
 
 kubectl_() { "$K8S_BIN/kubectl" --kubeconfig "$KUBECONFIG_PATH" "$@"; }
