@@ -449,7 +449,8 @@ func (w *podWorker) sync(ctx context.Context) {
 		}
 		break
 	}
-	if initDone {
+	// Once initialized, a restarting sidecar does not hold app containers back.
+	if initDone || w.initDone {
 		w.initDone = true
 		for _, c := range w.ctrs {
 			if c.init || c.running() {
