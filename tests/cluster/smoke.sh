@@ -139,8 +139,8 @@ slice_ips() {
 }
 want="$(printf '%s\n' "${pods[@]#*=}" | sort)"
 slices_match() { [[ "$(slice_ips)" == "$want" ]]; }
-wait_for "EndpointSlices of service web to list the ready pod IPs $(echo $want)" 30 slices_match
-step "EndpointSlices list both pods: $(echo $want)"
+wait_for "EndpointSlices of service web to list the ready pod IPs $(tr "\n" " " <<<"$want")" 30 slices_match
+step "EndpointSlices list both pods: $(tr "\n" " " <<<"$want")"
 
 if [[ "$KUBE_PROXY" == 1 ]] && is_running kube-proxy; then
   cluster_ip_ok() { [[ "$(curl -fsS --max-time 3 "http://$cip/index.html")" == "hello from handover-smoke" ]]; }
@@ -170,7 +170,7 @@ mapfile -t pods < <(pod_ips)
 for p in "${pods[@]}"; do check_pod "${p%%=*}" "${p#*=}"; done
 want="$(printf '%s\n' "${pods[@]#*=}" | sort)"
 wait_for "EndpointSlices to list the replacement's IP" 30 slices_match
-step "replacement Ready and in the EndpointSlices: $(echo $want)"
+step "replacement Ready and in the EndpointSlices: $(tr "\n" " " <<<"$want")"
 
 K delete namespace "$NS" --timeout=120s >/dev/null
 step "namespace $NS deleted"

@@ -14,7 +14,6 @@ source "$(dirname "${BASH_SOURCE[0]}")/lib/common.sh"
 lock_cluster
 IMAGE_MAP_IN="${1:-${HANDOVER_IMAGE_MAP:-}}"
 [[ -z "$IMAGE_MAP_IN" || -f "$IMAGE_MAP_IN" ]] || die "image map $IMAGE_MAP_IN does not exist"
-REPO_ROOT="$(cd "$CLUSTER_SRC/../.." && pwd)"
 t0=$SECONDS
 
 # --- host packages -----------------------------------------------------------

@@ -1,4 +1,5 @@
 # Shared settings and helpers for tests/cluster/*.sh. Source it; do not run it.
+# shellcheck disable=SC2034 # settings are used by the scripts that source this file
 # shellcheck shell=bash
 
 CLUSTER_SRC="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
