@@ -184,7 +184,7 @@ wait_for "pod secret to be Ready after the restart" 30 has_ready_ep
   die "lastState of the killed container is not exit 137"
 ok "SIGKILL of a container's process (pod.sh pid): restarted, lastState exit 137, Ready again"
 
-if [[ -n "${HANDOVER_CHECK_API_RESTART:-1}" && -f "$PIDS/kube-apiserver.pid" ]]; then
+if [[ "${HANDOVER_CHECK_API_RESTART:-1}" == 1 && -f "$PIDS/kube-apiserver.pid" ]]; then
   pid="$(cat "$PIDS/kube-apiserver.pid")"
   log "stopping kube-apiserver (pid $pid, SIGTERM) and bringing it back with up.sh"
   s=$SECONDS

@@ -44,6 +44,7 @@ type ctr struct {
 	waitMessage  string
 	killing      bool
 	probes       map[string]*probeState
+	env          []string // environment of the current instance, reused by exec probes and hooks
 }
 
 func (c *ctr) running() bool { return c.proc != nil }
@@ -261,13 +262,13 @@ func (w *podWorker) terminate(grace time.Duration) {
 		var wg sync.WaitGroup
 		for _, c := range cs {
 			wg.Add(1)
-			go func(c *ctr, p *process) {
+			go func(c *ctr, p *process, env []string, killing bool) {
 				defer wg.Done()
-				if !c.killing {
-					w.runPreStop(s, c, p.gen, deadline)
+				if !killing {
+					w.runPreStop(s, c, env, p.gen, deadline)
 				}
 				p.stop(deadline)
-			}(c, c.proc)
+			}(c, c.proc, c.env, c.killing)
 		}
 		wg.Wait()
 	}
@@ -571,6 +572,7 @@ func (w *podWorker) start(ctx context.Context, c *ctr) {
 	}
 	c.gen = gen
 	c.proc = p
+	c.env = env
 	// For fault-injection tests: the container's main process.
 	_ = os.WriteFile(filepath.Join(w.dir, "run", c.spec.Name+".pid"), []byte(fmt.Sprintf("%d\n", p.pid)), 0o644)
 	c.restartDue = false
