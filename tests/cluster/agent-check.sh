@@ -2,7 +2,8 @@
 # Checks the node agent's kubelet behaviours against the running cluster:
 # crash restarts with back-off, liveness restarts, Job completion, native
 # sidecar ordering, grace period then SIGKILL, Secret volume refresh,
-# readiness driving EndpointSlices, and surviving an API server restart.
+# readiness driving EndpointSlices, a pod cut off from the network, SIGKILL of
+# a container (via pod.sh), and surviving an API server restart.
 #   tests/cluster/agent-check.sh        (after tests/cluster/up.sh)
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/lib/common.sh"
@@ -167,14 +168,30 @@ K -n "$NS" patch secret keys -p '{"stringData":{"ready":"yes"}}' >/dev/null
 wait_for "pod secret to become Ready once /ready exists" 30 has_ready_ep
 ok "readiness probe drives the pod's Ready condition and its EndpointSlice"
 
-if [[ -n "${HANDOVER_CHECK_API_RESTART:-1}" && -f "$PIDS/kube-apiserver.pid" ]]; then
+POD="$CLUSTER_SRC/pod.sh"
+veth="$("$POD" veth "$NS" secret)"
+ip link set "$veth" down
+wait_for "pod secret to become unready with its veth $veth down" 20 no_ready_eps
+ip link set "$veth" up
+wait_for "pod secret to become Ready again with its veth up" 30 has_ready_ep
+ok "cutting a pod off (ip link set $veth down) makes it unready; back up, Ready again"
+
+pid="$("$POD" pid "$NS" secret web)"
+kill -KILL "$pid"
+wait_for "container web of pod secret to be restarted after SIGKILL of pid $pid" 30 restarts_at_least secret 1
+wait_for "pod secret to be Ready after the restart" 30 has_ready_ep
+[[ "$(jp pod/secret '{.status.containerStatuses[0].lastState.terminated.exitCode}')" == 137 ]] ||
+  die "lastState of the killed container is not exit 137"
+ok "SIGKILL of a container's process (pod.sh pid): restarted, lastState exit 137, Ready again"
+
+if [[ "${HANDOVER_CHECK_API_RESTART:-1}" == 1 && -f "$PIDS/kube-apiserver.pid" ]]; then
   pid="$(cat "$PIDS/kube-apiserver.pid")"
-  # SIGKILL: a crash. (SIGTERM works too but the API server then waits up to
-  # its --request-timeout, 60 s, for open connections before it exits.)
-  log "killing kube-apiserver (pid $pid) and bringing it back with up.sh"
-  kill -KILL "$pid"
+  log "stopping kube-apiserver (pid $pid, SIGTERM) and bringing it back with up.sh"
+  s=$SECONDS
+  kill -TERM "$pid"
   gone() { ! kill -0 "$pid" 2>/dev/null; }
   wait_for "kube-apiserver pid $pid to exit" 30 gone
+  log "kube-apiserver exited $((SECONDS - s))s after SIGTERM"
   "$CLUSTER_SRC/up.sh" >/dev/null
   K -n "$NS" delete pod crash --timeout=30s >/dev/null
   K -n "$NS" run after --image=busybox --restart=Never -- sh -c 'sleep 3600' >/dev/null

@@ -6,6 +6,7 @@ set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/lib/common.sh"
 
 [[ $EUID -eq 0 ]] || die "down.sh needs root"
+lock_cluster
 t0=$SECONDS
 
 # stop NAME...: SIGTERM to each, then wait for all (SIGKILL after 15 s).
@@ -40,14 +41,14 @@ stop kube-apiserver
 stop etcd
 
 # Pod namespaces the agent left (it was killed, or never cleaned up).
-for ns in $(ip netns list 2>/dev/null | awk '$1 ~ /^ho-/ {print $1}'); do
+for ns in $(ip netns list 2>/dev/null | awk -v p="$NETNS_PREFIX" 'index($1, p) == 1 {print $1}'); do
   for pid in $(ip netns pids "$ns" 2>/dev/null); do kill -KILL "$pid" 2>/dev/null || true; done
   ip netns del "$ns" 2>/dev/null || true
 done
 if ip link show "$BRIDGE" >/dev/null 2>&1; then
   ip link del "$BRIDGE"
 fi
-if [[ -x "$K8S_BIN/kube-proxy" ]] && command -v iptables >/dev/null; then
+if [[ "$KUBE_PROXY" == 1 && -x "$K8S_BIN/kube-proxy" ]] && command -v iptables >/dev/null; then
   "$K8S_BIN/kube-proxy" --cleanup >/dev/null 2>&1 || true
 fi
 rm -rf "$HANDOVER_CLUSTER_DIR"

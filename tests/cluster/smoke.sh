@@ -139,16 +139,15 @@ slice_ips() {
 }
 want="$(printf '%s\n' "${pods[@]#*=}" | sort)"
 slices_match() { [[ "$(slice_ips)" == "$want" ]]; }
-wait_for "EndpointSlices of service web to list the ready pod IPs $(echo $want)" 30 slices_match
-step "EndpointSlices list both pods: $(echo $want)"
+wait_for "EndpointSlices of service web to list the ready pod IPs $(tr "\n" " " <<<"$want")" 30 slices_match
+step "EndpointSlices list both pods: $(tr "\n" " " <<<"$want")"
 
-if is_running kube-proxy; then
+if [[ "$KUBE_PROXY" == 1 ]] && is_running kube-proxy; then
   cluster_ip_ok() { [[ "$(curl -fsS --max-time 3 "http://$cip/index.html")" == "hello from handover-smoke" ]]; }
   wait_for "ClusterIP $cip:80 to answer through kube-proxy" 30 cluster_ip_ok
   step "ClusterIP $cip:80 answers from the host (kube-proxy iptables)"
   # From inside a pod too, including to itself through the Service (hairpin).
-  uid="$(K -n "$NS" get pod "${pods[0]%%=*}" -o jsonpath='{.metadata.uid}')"
-  podns="ho-$(tr -d - <<<"$uid" | cut -c1-10)"
+  podns="$("$CLUSTER_SRC/pod.sh" netns "$NS" "${pods[0]%%=*}")"
   for i in 1 2 3 4 5 6; do
     [[ "$(ip netns exec "$podns" curl -fsS --max-time 3 "http://$cip/index.html")" == "hello from handover-smoke" ]] ||
       die "ClusterIP $cip does not answer from inside pod ${pods[0]%%=*} (netns $podns), try $i"
@@ -171,7 +170,7 @@ mapfile -t pods < <(pod_ips)
 for p in "${pods[@]}"; do check_pod "${p%%=*}" "${p#*=}"; done
 want="$(printf '%s\n' "${pods[@]#*=}" | sort)"
 wait_for "EndpointSlices to list the replacement's IP" 30 slices_match
-step "replacement Ready and in the EndpointSlices: $(echo $want)"
+step "replacement Ready and in the EndpointSlices: $(tr "\n" " " <<<"$want")"
 
 K delete namespace "$NS" --timeout=120s >/dev/null
 step "namespace $NS deleted"

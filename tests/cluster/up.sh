@@ -11,9 +11,9 @@ set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/lib/common.sh"
 
 [[ $EUID -eq 0 ]] || die "up.sh needs root (network namespaces, bridge, iptables)"
+lock_cluster
 IMAGE_MAP_IN="${1:-${HANDOVER_IMAGE_MAP:-}}"
 [[ -z "$IMAGE_MAP_IN" || -f "$IMAGE_MAP_IN" ]] || die "image map $IMAGE_MAP_IN does not exist"
-REPO_ROOT="$(cd "$CLUSTER_SRC/../.." && pwd)"
 t0=$SECONDS
 
 # --- host packages -----------------------------------------------------------
@@ -32,7 +32,8 @@ fi
 
 # --- binaries ----------------------------------------------------------------
 "$CLUSTER_SRC/build-k8s.sh"
-NODEAGENT="$HANDOVER_CACHE/nodeagent/nodeagent"
+# Built per cluster (the Go build cache makes it quick): clusters of different checkouts do not clash.
+NODEAGENT="$HANDOVER_CLUSTER_DIR/bin/nodeagent"
 log "building the node agent"
 mkdir -p "$(dirname "$NODEAGENT")"
 (cd "$CLUSTER_SRC/nodeagent" && GOFLAGS=-trimpath go build -o "$NODEAGENT.new" . && mv "$NODEAGENT.new" "$NODEAGENT")
@@ -41,11 +42,16 @@ mkdir -p "$PKI" "$LOGS" "$PIDS" "$HANDOVER_CLUSTER_DIR/node"
 
 # --- image map -----------------------------------------------------------------
 IMAGE_MAP="$HANDOVER_CLUSTER_DIR/image-map.json"
+# The given map, else the default for this checkout; rewritten only when it changes
+# (the node agent re-reads it then).
 if [[ -n "$IMAGE_MAP_IN" ]]; then
-  cp "$IMAGE_MAP_IN" "$IMAGE_MAP.tmp" && mv "$IMAGE_MAP.tmp" "$IMAGE_MAP"
-elif [[ ! -f "$IMAGE_MAP" ]]; then
-  "$CLUSTER_SRC/image-map.sh" >"$IMAGE_MAP.tmp" && mv "$IMAGE_MAP.tmp" "$IMAGE_MAP"
+  cp "$IMAGE_MAP_IN" "$IMAGE_MAP.tmp"
+else
+  "$CLUSTER_SRC/image-map.sh" >"$IMAGE_MAP.tmp"
 fi
+python3 -c 'import json, sys; json.load(open(sys.argv[1]))' "$IMAGE_MAP.tmp" ||
+  die "image map ${IMAGE_MAP_IN:-from image-map.sh} is not valid JSON"
+if cmp -s "$IMAGE_MAP.tmp" "$IMAGE_MAP"; then rm -f "$IMAGE_MAP.tmp"; else mv "$IMAGE_MAP.tmp" "$IMAGE_MAP"; fi
 
 # --- certificates ----------------------------------------------------------------
 # sign NAME SUBJECT [EXTFILE-LINES]: key and cert signed by the cluster CA.
@@ -121,7 +127,7 @@ start() {
     return 0
   fi
   log "starting $name"
-  setsid "$@" >>"$LOGS/$name.log" 2>&1 </dev/null &
+  setsid "$@" >>"$LOGS/$name.log" 2>&1 </dev/null 9>&- &
   echo $! >"$PIDS/$name.pid"
 }
 api_ready() { kubectl_ get --raw /readyz >/dev/null; }
@@ -157,6 +163,7 @@ start kube-apiserver "$K8S_BIN/kube-apiserver" \
   --service-cluster-ip-range "$SERVICE_CIDR" \
   --authorization-mode Node,RBAC --allow-privileged=true \
   --kubelet-preferred-address-types InternalIP \
+  --shutdown-send-retry-after=true \
   --profiling=false --v=1
 wait_up kube-apiserver 120 "the API server to be ready (https://127.0.0.1:$API_PORT/readyz)" api_ready
 
@@ -164,7 +171,7 @@ start kube-controller-manager "$K8S_BIN/kube-controller-manager" \
   --kubeconfig "$HANDOVER_CLUSTER_DIR/controller-manager.kubeconfig" \
   --authentication-kubeconfig "$HANDOVER_CLUSTER_DIR/controller-manager.kubeconfig" \
   --authorization-kubeconfig "$HANDOVER_CLUSTER_DIR/controller-manager.kubeconfig" \
-  --bind-address 127.0.0.1 --secure-port 10257 --cert-dir "$HANDOVER_CLUSTER_DIR/kcm-certs" \
+  --bind-address 127.0.0.1 --secure-port "$KCM_PORT" --cert-dir "$HANDOVER_CLUSTER_DIR/kcm-certs" \
   --leader-elect=false --root-ca-file "$PKI/ca.crt" \
   --service-account-private-key-file "$PKI/sa.key" --use-service-account-credentials=true \
   --cluster-signing-cert-file "$PKI/ca.crt" --cluster-signing-key-file "$PKI/ca.key" \
@@ -174,14 +181,14 @@ start kube-scheduler "$K8S_BIN/kube-scheduler" \
   --kubeconfig "$HANDOVER_CLUSTER_DIR/scheduler.kubeconfig" \
   --authentication-kubeconfig "$HANDOVER_CLUSTER_DIR/scheduler.kubeconfig" \
   --authorization-kubeconfig "$HANDOVER_CLUSTER_DIR/scheduler.kubeconfig" \
-  --bind-address 127.0.0.1 --secure-port 10259 --leader-elect=false --profiling=false --v=1
+  --bind-address 127.0.0.1 --secure-port "$SCHEDULER_PORT" --leader-elect=false --profiling=false --v=1
 
-if [[ "${HANDOVER_KUBE_PROXY:-1}" == 1 ]]; then
+if [[ "$KUBE_PROXY" == 1 ]]; then
   start kube-proxy "$K8S_BIN/kube-proxy" \
     --kubeconfig "$HANDOVER_CLUSTER_DIR/kube-proxy.kubeconfig" \
     --hostname-override "$NODE_NAME" --proxy-mode iptables --cluster-cidr "$POD_CIDR" \
-    --conntrack-max-per-core 0 --nodeport-addresses primary --metrics-bind-address 127.0.0.1:10249 \
-    --healthz-bind-address 127.0.0.1:10256 --v=1
+    --conntrack-max-per-core 0 --nodeport-addresses primary --metrics-bind-address "127.0.0.1:$PROXY_METRICS_PORT" \
+    --healthz-bind-address "127.0.0.1:$PROXY_HEALTHZ_PORT" --v=1
 fi
 
 # A rebuilt node agent replaces the running one (its pods are restarted).
@@ -196,7 +203,7 @@ fi
 echo "$agent_sum" >"$PIDS/nodeagent.sum"
 start nodeagent "$NODEAGENT" --kubeconfig "$HANDOVER_CLUSTER_DIR/nodeagent.kubeconfig" \
   --node-name "$NODE_NAME" --state-dir "$HANDOVER_CLUSTER_DIR/node" --image-map "$IMAGE_MAP" \
-  --bridge "$BRIDGE" --pod-cidr "$POD_CIDR" --api-port "$API_PORT"
+  --bridge "$BRIDGE" --pod-cidr "$POD_CIDR" --api-port "$API_PORT" --netns-prefix "$NETNS_PREFIX"
 
 node_ready() {
   [[ "$(kubectl_ get node "$NODE_NAME" -o 'jsonpath={.status.conditions[?(@.type=="Ready")].status}')" == True ]]
@@ -205,7 +212,7 @@ default_sa() { kubectl_ -n default get serviceaccount default && kubectl_ -n def
 wait_up nodeagent 60 "node $NODE_NAME to be Ready" node_ready
 wait_up kube-controller-manager 60 "the default service account and kube-root-ca.crt (kube-controller-manager)" default_sa
 for c in kube-scheduler kube-proxy; do
-  [[ "$c" == kube-proxy && "${HANDOVER_KUBE_PROXY:-1}" != 1 ]] && continue
+  [[ "$c" == kube-proxy && "$KUBE_PROXY" != 1 ]] && continue
   alive_or_die "$c"
 done
 

@@ -1,9 +1,19 @@
 # Shared settings and helpers for tests/cluster/*.sh. Source it; do not run it.
+# shellcheck disable=SC2034 # settings are used by the scripts that source this file
 # shellcheck shell=bash
 
 CLUSTER_SRC="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 HANDOVER_CACHE="${HANDOVER_CACHE:-$HOME/.cache/handover}"
-HANDOVER_CLUSTER_DIR="${HANDOVER_CLUSTER_DIR:-/tmp/handover-cluster}"
+# HANDOVER_CLUSTER_INDEX=N (0-9) shifts every default below (state dir, bridge,
+# CIDRs, ports, netns prefix) so that several clusters can run on one machine;
+# only index 0 runs kube-proxy by default (its iptables chains are global).
+IDX="${HANDOVER_CLUSTER_INDEX:-0}"
+[[ "$IDX" =~ ^[0-9]$ ]] || { echo "error: HANDOVER_CLUSTER_INDEX must be 0-9, not $IDX" >&2; exit 1; }
+if ((IDX == 0)); then
+  HANDOVER_CLUSTER_DIR="${HANDOVER_CLUSTER_DIR:-/tmp/handover-cluster}"
+else
+  HANDOVER_CLUSTER_DIR="${HANDOVER_CLUSTER_DIR:-/tmp/handover-cluster-$IDX}"
+fi
 
 # The pinned Kubernetes release is whatever tests/cluster/k8s-build/go.mod requires.
 K8S_VERSION="$(awk '$1 == "k8s.io/kubernetes" && $2 ~ /^v/ {print $2; exit}' "$CLUSTER_SRC/k8s-build/go.mod")"
@@ -32,14 +42,20 @@ wait_for() {
 }
 
 NODE_NAME="${HANDOVER_NODE_NAME:-handover-node}"
-BRIDGE="${HANDOVER_BRIDGE:-handover0}"
-POD_CIDR="${HANDOVER_POD_CIDR:-10.244.0.0/24}"
-BRIDGE_IP="${HANDOVER_BRIDGE_IP:-10.244.0.1}"
-SERVICE_CIDR="${HANDOVER_SERVICE_CIDR:-10.96.0.0/16}"
-SERVICE_API_IP="${HANDOVER_SERVICE_API_IP:-10.96.0.1}"
-API_PORT="${HANDOVER_API_PORT:-6443}"
-ETCD_PORT="${HANDOVER_ETCD_PORT:-2379}"
-ETCD_PEER_PORT="${HANDOVER_ETCD_PEER_PORT:-2380}"
+BRIDGE="${HANDOVER_BRIDGE:-handover$IDX}"
+POD_CIDR="${HANDOVER_POD_CIDR:-10.$((244 + IDX)).0.0/24}"
+BRIDGE_IP="${HANDOVER_BRIDGE_IP:-10.$((244 + IDX)).0.1}"
+SERVICE_CIDR="${HANDOVER_SERVICE_CIDR:-10.$((96 + IDX)).0.0/16}"
+SERVICE_API_IP="${HANDOVER_SERVICE_API_IP:-10.$((96 + IDX)).0.1}"
+API_PORT="${HANDOVER_API_PORT:-$((6443 + 1000 * IDX))}"
+ETCD_PORT="${HANDOVER_ETCD_PORT:-$((2379 + 1000 * IDX))}"
+ETCD_PEER_PORT="${HANDOVER_ETCD_PEER_PORT:-$((2380 + 1000 * IDX))}"
+KCM_PORT="${HANDOVER_KCM_PORT:-$((10257 + 1000 * IDX))}"
+SCHEDULER_PORT="${HANDOVER_SCHEDULER_PORT:-$((10259 + 1000 * IDX))}"
+PROXY_METRICS_PORT="$((10249 + 1000 * IDX))"
+PROXY_HEALTHZ_PORT="$((10256 + 1000 * IDX))"
+if ((IDX == 0)); then NETNS_PREFIX="ho-"; else NETNS_PREFIX="ho$IDX-"; fi
+if ((IDX == 0)); then KUBE_PROXY="${HANDOVER_KUBE_PROXY:-1}"; else KUBE_PROXY="${HANDOVER_KUBE_PROXY:-0}"; fi
 KUBECONFIG_PATH="$HANDOVER_CLUSTER_DIR/admin.kubeconfig"
 PKI="$HANDOVER_CLUSTER_DIR/pki"
 LOGS="$HANDOVER_CLUSTER_DIR/logs"
@@ -57,12 +73,25 @@ pid_alive() {
   [[ -n "$state" && "$state" != Z ]]
 }
 
-# is_running NAME: the process recorded in NAME's pid file is alive.
+# is_running NAME: the process recorded in NAME's pid file is alive and is that
+# component (a stale pid file may name a reused pid).
 is_running() {
-  local f="$PIDS/$1.pid" pid
+  local f="$PIDS/$1.pid" pid cmd
   [[ -f "$f" ]] || return 1
   pid="$(cat "$f")"
-  [[ -n "$pid" ]] && pid_alive "$pid"
+  [[ -n "$pid" ]] && pid_alive "$pid" || return 1
+  cmd="$(tr '\0' ' ' <"/proc/$pid/cmdline" 2>/dev/null)" || return 1
+  [[ "$cmd" == *"/$1 "* ]]
 }
 
 kubectl_() { "$K8S_BIN/kubectl" --kubeconfig "$KUBECONFIG_PATH" "$@"; }
+
+# lock_cluster: serialise up.sh/down.sh runs (tests may call up.sh concurrently).
+lock_cluster() {
+  command -v flock >/dev/null || return 0
+  exec 9>"$HANDOVER_CLUSTER_DIR.lock"
+  if ! flock -n 9; then
+    log "waiting for another up.sh/down.sh to finish (lock $HANDOVER_CLUSTER_DIR.lock)"
+    flock -w 900 9 || die "timed out after 900s waiting for the lock $HANDOVER_CLUSTER_DIR.lock"
+  fi
+}

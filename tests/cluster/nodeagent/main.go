@@ -21,8 +21,11 @@ import (
 	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/client-go/informers"
 	"k8s.io/client-go/kubernetes"
+	"k8s.io/client-go/kubernetes/scheme"
+	typedcorev1 "k8s.io/client-go/kubernetes/typed/core/v1"
 	"k8s.io/client-go/tools/cache"
 	"k8s.io/client-go/tools/clientcmd"
+	"k8s.io/client-go/tools/record"
 	"k8s.io/klog/v2"
 )
 
@@ -32,6 +35,7 @@ type config struct {
 	stateDir       string
 	imageMapPath   string
 	bridge         string
+	netnsPrefix    string
 	cidr           string
 	apiHost        string
 	apiPort        int
@@ -50,6 +54,7 @@ type agent struct {
 	images   *imageMapFile
 	net      *podNetwork
 	self     string // path of this executable, for container-init
+	events   record.EventRecorder
 	bridgeIP net.IP
 
 	mu      sync.Mutex
@@ -72,6 +77,7 @@ func main() {
 	flag.StringVar(&cfg.stateDir, "state-dir", "/tmp/handover-cluster/node", "per-pod directories (volumes, logs)")
 	flag.StringVar(&cfg.imageMapPath, "image-map", "", "JSON file mapping image names to local commands")
 	flag.StringVar(&cfg.bridge, "bridge", "handover0", "Linux bridge the pod veths attach to")
+	flag.StringVar(&cfg.netnsPrefix, "netns-prefix", "ho-", "prefix of the pod network namespaces; stale ones with it are removed at start")
 	flag.StringVar(&cfg.cidr, "pod-cidr", "10.244.0.0/24", "pod network; the bridge takes its first address")
 	flag.StringVar(&cfg.apiHost, "api-host", "", "KUBERNETES_SERVICE_HOST given to containers (default: bridge address)")
 	flag.IntVar(&cfg.apiPort, "api-port", 6443, "KUBERNETES_SERVICE_PORT given to containers")
@@ -117,7 +123,7 @@ func run(cfg config) error {
 	if err != nil {
 		return err
 	}
-	pn, err := newPodNetwork(cfg.bridge, cfg.cidr)
+	pn, err := newPodNetwork(cfg.bridge, cfg.cidr, cfg.netnsPrefix)
 	if err != nil {
 		return err
 	}
@@ -136,6 +142,11 @@ func run(cfg config) error {
 
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
 	defer stop()
+
+	broadcaster := record.NewBroadcaster(record.WithContext(ctx))
+	broadcaster.StartRecordingToSink(&typedcorev1.EventSinkImpl{Interface: client.CoreV1().Events("")})
+	defer broadcaster.Shutdown()
+	a.events = broadcaster.NewRecorder(scheme.Scheme, corev1.EventSource{Component: "kubelet", Host: cfg.nodeName})
 
 	go a.runNode(ctx)
 	go a.serveLogs(ctx, net.JoinHostPort(a.bridgeIP.String(), "10250"))

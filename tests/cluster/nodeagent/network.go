@@ -13,20 +13,19 @@ import (
 	"k8s.io/klog/v2"
 )
 
-const netnsPrefix = "ho-"
-
 // podNetwork owns the bridge and hands out pod addresses on it.
 type podNetwork struct {
-	bridge  string
-	subnet  *net.IPNet
-	gateway net.IP
-	prefix  int
+	bridge   string
+	nsPrefix string // network namespace name prefix, unique to this agent
+	subnet   *net.IPNet
+	gateway  net.IP
+	prefix   int
 
 	mu   sync.Mutex
 	used map[string]bool
 }
 
-func newPodNetwork(bridge, cidr string) (*podNetwork, error) {
+func newPodNetwork(bridge, cidr, nsPrefix string) (*podNetwork, error) {
 	_, subnet, err := net.ParseCIDR(cidr)
 	if err != nil {
 		return nil, fmt.Errorf("pod CIDR: %w", err)
@@ -36,7 +35,10 @@ func newPodNetwork(bridge, cidr string) (*podNetwork, error) {
 		return nil, fmt.Errorf("pod CIDR %s: need an IPv4 network of /29 or larger", cidr)
 	}
 	gw := nextIP(subnet.IP.To4())
-	return &podNetwork{bridge: bridge, subnet: subnet, gateway: gw, prefix: ones,
+	if nsPrefix == "" {
+		return nil, fmt.Errorf("empty network namespace prefix")
+	}
+	return &podNetwork{bridge: bridge, nsPrefix: nsPrefix, subnet: subnet, gateway: gw, prefix: ones,
 		used: map[string]bool{gw.String(): true}}, nil
 }
 
@@ -92,7 +94,7 @@ func (n *podNetwork) cleanupStale() {
 	}
 	for _, line := range strings.Split(string(out), "\n") {
 		f := strings.Fields(line)
-		if len(f) == 0 || !strings.HasPrefix(f[0], netnsPrefix) {
+		if len(f) == 0 || !strings.HasPrefix(f[0], n.nsPrefix) {
 			continue
 		}
 		klog.Infof("removing stale pod network namespace %s", f[0])
@@ -144,7 +146,7 @@ func (n *podNetwork) createSandbox(uid string) (*sandbox, error) {
 	if len(id) > 10 {
 		id = id[:10]
 	}
-	sb := &sandbox{ns: netnsPrefix + id, veth: "vh" + id}
+	sb := &sandbox{ns: n.nsPrefix + id, veth: "vh" + id}
 	ip, err := n.allocate()
 	if err != nil {
 		return nil, err

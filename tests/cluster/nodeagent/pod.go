@@ -44,6 +44,7 @@ type ctr struct {
 	waitMessage  string
 	killing      bool
 	probes       map[string]*probeState
+	env          []string // environment of the current instance, reused by exec probes and hooks
 }
 
 func (c *ctr) running() bool { return c.proc != nil }
@@ -149,7 +150,7 @@ func (w *podWorker) key() string { return w.pod.Namespace + "/" + w.pod.Name }
 
 func (w *podWorker) run(ctx context.Context) {
 	defer close(w.quit)
-	for _, d := range []string{"logs", "volumes", "specs"} {
+	for _, d := range []string{"logs", "volumes", "specs", "run"} {
 		if err := os.MkdirAll(filepath.Join(w.dir, d), 0o755); err != nil {
 			klog.Errorf("pod %s: %v", w.key(), err)
 		}
@@ -229,6 +230,8 @@ func (w *podWorker) cleanup() {
 	}
 	_ = os.RemoveAll(filepath.Join(w.dir, "volumes"))
 	_ = os.RemoveAll(filepath.Join(w.dir, "specs"))
+	_ = os.RemoveAll(filepath.Join(w.dir, "run"))
+	_ = os.Remove(filepath.Join(w.dir, "sandbox.json"))
 	klog.Infof("pod %s: cleaned up (logs kept in %s)", w.key(), filepath.Join(w.dir, "logs"))
 }
 
@@ -259,15 +262,18 @@ func (w *podWorker) terminate(grace time.Duration) {
 		var wg sync.WaitGroup
 		for _, c := range cs {
 			wg.Add(1)
-			go func(c *ctr, p *process) {
+			go func(c *ctr, p *process, env []string, killing bool) {
 				defer wg.Done()
-				if !c.killing {
-					w.runPreStop(s, c, p.gen, deadline)
+				if !killing {
+					w.runPreStop(s, c, env, p.gen, deadline)
 				}
 				p.stop(deadline)
-			}(c, c.proc)
+			}(c, c.proc, c.env, c.killing)
 		}
 		wg.Wait()
+	}
+	for _, c := range append(append([]*ctr{}, apps...), sidecars...) {
+		w.a.events.Eventf(w.pod, corev1.EventTypeNormal, "Killing", "Stopping container %s", c.spec.Name)
 	}
 	stopGroup(apps)
 	for _, c := range sidecars {
@@ -291,6 +297,7 @@ func (w *podWorker) recordExit(c *ctr, p *process) {
 		c.term.Message = "killed by " + p.signal
 	}
 	c.proc = nil
+	_ = os.Remove(filepath.Join(w.dir, "run", c.spec.Name+".pid"))
 	c.started, c.ready, c.killing = false, false, false
 	c.probes = map[string]*probeState{}
 }
@@ -346,6 +353,7 @@ func (w *podWorker) handleExit(ev exitEvent) {
 	}
 	c.restartDue = true
 	c.nextStart = time.Now().Add(c.backoff)
+	w.a.events.Eventf(w.pod, corev1.EventTypeWarning, "BackOff", "Back-off %s restarting failed container %s (exit code %d)", c.backoff, c.spec.Name, c.term.ExitCode)
 	c.waitReason = "CrashLoopBackOff"
 	c.waitMessage = fmt.Sprintf("back-off %s restarting failed container=%s pod=%s", c.backoff, c.spec.Name, w.key())
 }
@@ -385,6 +393,10 @@ func (w *podWorker) sync(ctx context.Context) {
 		}
 		w.sb = sb
 		w.podIP = sb.ip.String()
+		if err := writeJSON(filepath.Join(w.dir, "sandbox.json"), map[string]string{
+			"netns": sb.ns, "veth": sb.veth, "ip": w.podIP}); err != nil {
+			klog.Warningf("pod %s: %v", w.key(), err)
+		}
 		if err := w.writeNetworkFiles(); err != nil {
 			klog.Warningf("pod %s: %v", w.key(), err)
 		}
@@ -438,7 +450,8 @@ func (w *podWorker) sync(ctx context.Context) {
 		}
 		break
 	}
-	if initDone {
+	// Once initialized, a restarting sidecar does not hold app containers back.
+	if initDone || w.initDone {
 		w.initDone = true
 		for _, c := range w.ctrs {
 			if c.init || c.running() {
@@ -506,6 +519,7 @@ func (w *podWorker) start(ctx context.Context, c *ctr) {
 			c.gen = -1 // not started, but not "never tried" either
 		}
 		klog.Warningf("pod %s: container %s: %s: %v", w.key(), c.spec.Name, reason, err)
+		w.a.events.Eventf(w.pod, corev1.EventTypeWarning, "Failed", "Error: %s: %v", reason, err)
 	}
 	img, err := w.a.images.lookup(c.spec.Image)
 	if err != nil {
@@ -558,12 +572,16 @@ func (w *podWorker) start(ctx context.Context, c *ctr) {
 	}
 	c.gen = gen
 	c.proc = p
+	c.env = env
+	// For fault-injection tests: the container's main process.
+	_ = os.WriteFile(filepath.Join(w.dir, "run", c.spec.Name+".pid"), []byte(fmt.Sprintf("%d\n", p.pid)), 0o644)
 	c.restartDue = false
 	c.waitReason, c.waitMessage = "", ""
 	c.probes = map[string]*probeState{}
 	c.started = c.spec.StartupProbe == nil
 	c.ready = false
 	klog.Infof("pod %s: started container %s (pid %d): %v", w.key(), c.spec.Name, p.pid, argv)
+	w.a.events.Eventf(w.pod, corev1.EventTypeNormal, "Started", "Started container %s", c.spec.Name)
 	name := c.spec.Name
 	go func() {
 		<-p.done

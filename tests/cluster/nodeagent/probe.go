@@ -85,16 +85,11 @@ func httpGet(ctx context.Context, s podSnap, c *corev1.Container, h *corev1.HTTP
 }
 
 // execIn runs cmd inside the container's namespaces and mounts, as a probe or hook.
-func (w *podWorker) execIn(ctx context.Context, s podSnap, c *ctr, argv []string, gen int, what string) error {
+func (w *podWorker) execIn(ctx context.Context, s podSnap, c *ctr, env []string, argv []string, gen int, what string) error {
 	if s.sb == nil {
 		return fmt.Errorf("pod has no sandbox")
 	}
 	mounts, err := w.mounts(s.pod, &c.spec)
-	if err != nil {
-		return err
-	}
-	img, _ := w.a.images.lookup(c.spec.Image)
-	env, _, err := w.a.containerEnv(ctx, s.pod, &c.spec, img)
 	if err != nil {
 		return err
 	}
@@ -112,7 +107,7 @@ func (w *podWorker) execIn(ctx context.Context, s podSnap, c *ctr, argv []string
 	return cmd.Run()
 }
 
-func (w *podWorker) check(ctx context.Context, s podSnap, c *ctr, gen int, what string, h corev1.ProbeHandler) error {
+func (w *podWorker) check(ctx context.Context, s podSnap, c *ctr, env []string, gen int, what string, h corev1.ProbeHandler) error {
 	switch {
 	case h.HTTPGet != nil:
 		return httpGet(ctx, s, &c.spec, h.HTTPGet)
@@ -132,7 +127,7 @@ func (w *podWorker) check(ctx context.Context, s podSnap, c *ctr, gen int, what 
 		}
 		return conn.Close()
 	case h.Exec != nil:
-		return w.execIn(ctx, s, c, h.Exec.Command, gen, what)
+		return w.execIn(ctx, s, c, env, h.Exec.Command, gen, what)
 	}
 	return fmt.Errorf("unsupported probe handler (node agent supports httpGet, tcpSocket, exec)")
 }
@@ -186,10 +181,10 @@ func (w *podWorker) scheduleProbes() {
 			}
 			ps.inflight = true
 			ps.next = now.Add(secs(p.PeriodSeconds, 10))
-			go func(c *ctr, gen int, kind string, p *corev1.Probe) {
+			go func(c *ctr, env []string, gen int, kind string, p *corev1.Probe) {
 				ctx, cancel := context.WithTimeout(context.Background(), secs(p.TimeoutSeconds, 1))
 				defer cancel()
-				err := w.check(ctx, s, c, gen, kind+"-probe", p.ProbeHandler)
+				err := w.check(ctx, s, c, env, gen, kind+"-probe", p.ProbeHandler)
 				r := probeResult{name: c.spec.Name, gen: gen, kind: kind, ok: err == nil}
 				if err != nil {
 					r.msg = err.Error()
@@ -198,7 +193,7 @@ func (w *podWorker) scheduleProbes() {
 				case w.probeRes <- r:
 				case <-w.quit:
 				}
-			}(c, c.gen, kind, p)
+			}(c, c.env, c.gen, kind, p)
 		}
 	}
 }
@@ -233,6 +228,7 @@ func (w *podWorker) handleProbe(r probeResult) {
 		ps.failures++
 		ps.successes = 0
 		klog.V(2).Infof("pod %s: %s probe of %s failed: %s", w.key(), r.kind, c.spec.Name, r.msg)
+		w.a.events.Eventf(w.pod, corev1.EventTypeWarning, "Unhealthy", "%s probe failed: %s", strings.ToUpper(r.kind[:1])+r.kind[1:], r.msg)
 	}
 	switch r.kind {
 	case "startup":
@@ -258,6 +254,8 @@ func (w *podWorker) handleProbe(r probeResult) {
 // its exit then goes through the restart policy.
 func (w *podWorker) killForRestart(c *ctr, why string) {
 	klog.Infof("pod %s: container %s %s, will be restarted", w.key(), c.spec.Name, why)
+	w.a.events.Eventf(w.pod, corev1.EventTypeWarning, "Unhealthy", "Container %s %s", c.spec.Name, why)
+	w.a.events.Eventf(w.pod, corev1.EventTypeNormal, "Killing", "Container %s %s, will be restarted", c.spec.Name, why)
 	c.killing = true
 	c.ready = false
 	grace := w.gracePeriod()
@@ -268,14 +266,14 @@ func (w *podWorker) killForRestart(c *ctr, why string) {
 	}
 	deadline := time.Now().Add(grace)
 	s := w.snap()
-	go func(c *ctr, p *process) {
-		w.runPreStop(s, c, p.gen, deadline)
+	go func(c *ctr, p *process, env []string) {
+		w.runPreStop(s, c, env, p.gen, deadline)
 		p.stop(deadline)
-	}(c, c.proc)
+	}(c, c.proc, c.env)
 }
 
 // runPreStop runs the container's preStop hook, bounded by deadline.
-func (w *podWorker) runPreStop(s podSnap, c *ctr, gen int, deadline time.Time) {
+func (w *podWorker) runPreStop(s podSnap, c *ctr, env []string, gen int, deadline time.Time) {
 	if c.spec.Lifecycle == nil || c.spec.Lifecycle.PreStop == nil {
 		return
 	}
@@ -285,7 +283,7 @@ func (w *podWorker) runPreStop(s podSnap, c *ctr, gen int, deadline time.Time) {
 	var err error
 	switch {
 	case h.Exec != nil:
-		err = w.execIn(ctx, s, c, h.Exec.Command, gen, "prestop")
+		err = w.execIn(ctx, s, c, env, h.Exec.Command, gen, "prestop")
 	case h.HTTPGet != nil:
 		err = httpGet(ctx, s, &c.spec, h.HTTPGet)
 	case h.Sleep != nil:
