@@ -23,6 +23,7 @@ WORKDIR /src
 # checked-in CRD (a unit test of the operator include_str!s it; the build itself does not need it).
 COPY Cargo.toml Cargo.lock rustfmt.toml ./
 COPY crds/ crds/
+COPY common/ common/
 COPY operator/ operator/
 COPY sidecar/ sidecar/
 # The end-to-end test crate is a workspace member: cargo reads its manifest, but does not build it.

@@ -9,7 +9,7 @@
 pub mod controller;
 pub mod crd;
 pub mod desired;
-pub mod duration;
+pub use handover_common::duration;
 pub mod error;
 pub mod keys;
 pub mod leader;

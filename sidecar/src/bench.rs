@@ -17,14 +17,10 @@ use tokio::process::{Child, Command};
 
 use crate::localpool::{probe, wait_for};
 
-fn duration(text: &str) -> Result<Duration, String> {
-    crate::duration::parse(text)
-}
-
 #[derive(clap::Args, Debug, Clone)]
 pub struct BenchArgs {
     /// How long each round drives one target.
-    #[arg(long, default_value = "3s", value_parser = duration)]
+    #[arg(long, default_value = "3s", value_parser = crate::cli::duration)]
     pub duration: Duration,
     /// Concurrent keep-alive connections (one session each).
     #[arg(long, default_value_t = 16)]

@@ -75,8 +75,9 @@ pub enum LogFormat {
     Json,
 }
 
-fn duration(text: &str) -> Result<Duration, String> {
-    crate::duration::parse(text)
+/// Parses a duration flag (`500ms`, `20s`, `12h`: the syntax of the ServerPool CRD).
+pub fn duration(text: &str) -> Result<Duration, String> {
+    handover_common::duration::parse(text).map_err(|e| e.to_string())
 }
 
 /// Flags of `run`; each can also be set through the environment variable shown.

@@ -11,10 +11,6 @@ use serde::Serialize;
 use crate::decide::Mode;
 use crate::localpool::{CounterSession, LocalPool, PoolOptions, Sig, metric_sum, scrape};
 
-fn duration(text: &str) -> Result<Duration, String> {
-    crate::duration::parse(text)
-}
-
 #[derive(clap::Args, Debug, Clone)]
 pub struct DemoArgs {
     /// Pods in the pool.
@@ -24,16 +20,16 @@ pub struct DemoArgs {
     #[arg(long, default_value_t = 40)]
     pub sessions: usize,
     /// How long clients run.
-    #[arg(long, default_value = "20s", value_parser = duration)]
+    #[arg(long, default_value = "20s", value_parser = crate::cli::duration)]
     pub duration: Duration,
     /// Kill (and replace) a pod this often.
-    #[arg(long, default_value = "3s", value_parser = duration)]
+    #[arg(long, default_value = "3s", value_parser = crate::cli::duration)]
     pub kill_every: Duration,
     /// push: the app pushes every change (nothing acknowledged may be lost); pull: the sidecar
     /// pulls every `--snapshot-interval` (may lose up to one interval).
     #[arg(long, value_enum, default_value = "push")]
     pub mode: Mode,
-    #[arg(long, default_value = "500ms", value_parser = duration)]
+    #[arg(long, default_value = "500ms", value_parser = crate::cli::duration)]
     pub snapshot_interval: Duration,
 }
 

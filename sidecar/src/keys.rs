@@ -1,16 +1,13 @@
-//! The key ring: the keys that seal and open state cookies.
-//!
-//! The operator keeps them in a Secret with one data key, `keys`, mounted as a file. One key per
-//! line: `<id> <base64url 32 bytes> [<created-unix-seconds>]`; `#` starts a comment. The first key
-//! seals new cookies; every key opens them, so a rotation (a new first line) drops no session.
+//! The key ring: the keys that seal and open state cookies, read from the key file the operator
+//! keeps in the pool's Secret (format: [`handover_common::keyfile`]). The first key seals new
+//! cookies; every key opens them, so a rotation (a new first line) drops no session.
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
-use base64::Engine;
-use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use chacha20poly1305::{KeyInit, XChaCha20Poly1305};
+use handover_common::keyfile;
 
 /// Why a key file was refused.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -18,15 +15,9 @@ pub enum KeyError {
     /// The file could not be read.
     #[error("cannot read key file {path}: {reason}")]
     Unreadable { path: String, reason: String },
-    /// A line is not `<id> <base64url key> [<created>]`.
-    #[error("key file line {line}: {reason}")]
-    BadLine { line: usize, reason: String },
-    /// Two lines carry the same id.
-    #[error("key file has key id {0} twice")]
-    DuplicateId(u32),
-    /// No key at all.
-    #[error("key file holds no key")]
-    Empty,
+    /// The file is not a valid key file.
+    #[error(transparent)]
+    Invalid(#[from] keyfile::KeyFileError),
 }
 
 /// One key of the ring.
@@ -45,36 +36,8 @@ pub struct KeyRing {
 impl KeyRing {
     /// Parses the text of a key file.
     pub fn parse(text: &str) -> Result<KeyRing, KeyError> {
-        let mut keys: Vec<Key> = Vec::new();
-        for (index, line) in text.lines().enumerate() {
-            let line_no = index + 1;
-            let line = line.trim();
-            if line.is_empty() || line.starts_with('#') {
-                continue;
-            }
-            let bad = |reason: &str| KeyError::BadLine { line: line_no, reason: reason.to_owned() };
-            let mut fields = line.split_whitespace();
-            let id: u32 =
-                fields.next().and_then(|f| f.parse().ok()).ok_or_else(|| bad("the key id is not a number"))?;
-            let material = fields
-                .next()
-                .and_then(|f| URL_SAFE_NO_PAD.decode(f).ok())
-                .ok_or_else(|| bad("the key is not base64url"))?;
-            if material.len() != 32 {
-                return Err(bad("the key is not 32 bytes"));
-            }
-            if let Some(created) = fields.next() {
-                created.parse::<u64>().map_err(|_| bad("the creation time is not a number"))?;
-            }
-            if keys.iter().any(|k| k.id == id) {
-                return Err(KeyError::DuplicateId(id));
-            }
-            let cipher = XChaCha20Poly1305::new_from_slice(&material).map_err(|_| bad("bad key length"))?;
-            keys.push(Key { id, cipher });
-        }
-        if keys.is_empty() {
-            return Err(KeyError::Empty);
-        }
+        let file = keyfile::KeyRing::parse(text)?;
+        let keys = file.0.iter().map(|k| Key { id: k.id, cipher: XChaCha20Poly1305::new(&k.secret.into()) }).collect();
         Ok(KeyRing { keys })
     }
 
@@ -103,9 +66,9 @@ impl KeyRing {
 
 /// A line for a key file holding a fresh random key.
 pub fn generate_line(id: u32, created_unix: u64) -> String {
-    let mut material = [0u8; 32];
-    crate::random::fill(&mut material);
-    format!("{id} {} {created_unix}", URL_SAFE_NO_PAD.encode(material))
+    let mut secret = [0u8; 32];
+    crate::random::fill(&mut secret);
+    keyfile::Key { id, secret, created: i64::try_from(created_unix).unwrap_or(i64::MAX) }.line()
 }
 
 /// A key ring that follows its file: Kubernetes updates a mounted Secret by swapping a symlink,
@@ -176,11 +139,12 @@ mod tests {
 
     #[test]
     fn refuses_bad_files_with_the_line_at_fault() {
-        assert_eq!(KeyRing::parse("# nothing\n").err(), Some(KeyError::Empty));
-        assert!(matches!(KeyRing::parse("x abc"), Err(KeyError::BadLine { line: 1, .. })));
-        assert!(matches!(KeyRing::parse("1 !!!"), Err(KeyError::BadLine { line: 1, .. })));
-        assert!(matches!(KeyRing::parse("1 AAAA"), Err(KeyError::BadLine { line: 1, .. })));
+        use keyfile::KeyFileError as E;
+        assert_eq!(KeyRing::parse("# nothing\n").err(), Some(KeyError::Invalid(E::Empty)));
+        assert!(matches!(KeyRing::parse("x abc 0"), Err(KeyError::Invalid(E::Malformed { line: 1 }))));
+        assert!(matches!(KeyRing::parse("1 !!! 0"), Err(KeyError::Invalid(E::BadKey { line: 1 }))));
+        assert!(matches!(KeyRing::parse("1 AAAA 0"), Err(KeyError::Invalid(E::BadKey { line: 1 }))));
         let twice = format!("{}\n{}", generate_line(1, 0), generate_line(1, 0));
-        assert_eq!(KeyRing::parse(&twice).err(), Some(KeyError::DuplicateId(1)));
+        assert!(matches!(KeyRing::parse(&twice), Err(KeyError::Invalid(E::DuplicateId { id: 1, .. }))));
     }
 }

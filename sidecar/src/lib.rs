@@ -14,7 +14,6 @@ pub mod cookie;
 pub mod decide;
 pub mod demo;
 pub mod demo_app;
-pub mod duration;
 pub mod keys;
 pub mod localpool;
 pub mod metrics;
