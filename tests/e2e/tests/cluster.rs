@@ -303,9 +303,12 @@ async fn sessions_survive_every_kind_of_pod_death() {
     let sessions = load.stop_and_verify().await.expect("every session went on and lost no acknowledged update");
     let mut recoveries: Vec<Duration> = sessions.iter().flat_map(|s| s.recoveries.clone()).collect();
     recoveries.sort();
-    let pct = |p: f64| recoveries.get(((recoveries.len().saturating_sub(1)) as f64 * p) as usize).copied();
+    let pct = |p: f64| {
+        let at = (recoveries.len().saturating_sub(1) as f64 * p) as usize;
+        recoveries.get(at).map(|d| d.as_secs_f64() * 1000.0).unwrap_or(0.0)
+    };
     println!(
-        "  figure: {} sessions, {} acknowledged updates, {} interruptions; first success after a failure p50 {:?} p99 {:?}",
+        "  figure: {} sessions, {} acknowledged updates, {} interruptions; first success after a failure p50 {:.0} ms p99 {:.0} ms",
         sessions.len(),
         sessions.iter().map(|s| s.acked).sum::<u64>(),
         recoveries.len(),
