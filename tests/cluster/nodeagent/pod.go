@@ -154,7 +154,7 @@ func (w *podWorker) shutdown() {
 	w.kick()
 }
 
-func (w *podWorker) key() string { return w.pod.Namespace + "/" + w.pod.Name }
+func (w *podWorker) key() string { return w.ns + "/" + w.name }
 
 func (w *podWorker) run(ctx context.Context) {
 	defer close(w.quit)
