@@ -125,7 +125,9 @@ check_pod() { # NAME IP
   grep -qx "hostname=$name" <<<"$info" || die "pod $name: hostname is not the pod name: $info"
   grep -qx "svc=$cip:80" <<<"$info" || die "pod $name: service link env WEB_SERVICE_HOST/PORT wrong: $info"
   K -n "$NS" logs "$name" -c web | grep 'GET /index.html' >/dev/null || die "pod $name: kubectl logs does not show the requests"
-  log "  pod $name at $ip: HTTP, downward API, hostname, service env, in-cluster API with SA token (200), kubectl logs: ok"
+  [[ "$(K -n "$NS" exec "$name" -c web -- cat /www/index.html)" == "hello from handover-smoke" ]] ||
+    die "pod $name: kubectl exec does not see the pod's volume"
+  log "  pod $name at $ip: HTTP, downward API, hostname, service env, in-cluster API with SA token (200), kubectl logs, kubectl exec: ok"
 }
 cip="$(K -n "$NS" get service web -o jsonpath='{.spec.clusterIP}')"
 mapfile -t pods < <(pod_ips)

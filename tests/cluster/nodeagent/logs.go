@@ -22,8 +22,8 @@ import (
 	"k8s.io/klog/v2"
 )
 
-// serveLogs answers the API server's /containerLogs requests, so that
-// `kubectl logs` works. It listens on the node's InternalIP with a
+// serveLogs answers the API server's /containerLogs, /exec and /portForward
+// requests, so that `kubectl logs`, `kubectl exec` and `kubectl port-forward` work. It listens on the node's InternalIP with a
 // self-signed certificate (the API server does not verify kubelets unless
 // told to) and serves the container's log file, which holds the output of
 // all its restarts.
@@ -44,6 +44,8 @@ func (a *agent) serveLogs(ctx context.Context, addr string) {
 	}
 	mux := http.NewServeMux()
 	mux.HandleFunc("/containerLogs/", a.containerLogs)
+	mux.HandleFunc("/exec/", a.serveExec)
+	mux.HandleFunc("/portForward/", a.servePortForward)
 	mux.HandleFunc("/healthz", func(w http.ResponseWriter, _ *http.Request) { _, _ = io.WriteString(w, "ok") })
 	srv := &http.Server{Addr: addr, Handler: mux, ReadHeaderTimeout: 10 * time.Second,
 		TLSConfig: &tls.Config{Certificates: []tls.Certificate{{Certificate: [][]byte{der}, PrivateKey: key}}}}

@@ -64,8 +64,15 @@ type probeResult struct {
 
 // podWorker runs one pod: a single goroutine owns all of its state.
 type podWorker struct {
-	a   *agent
-	uid types.UID
+	a    *agent
+	uid  types.UID
+	ns   string
+	name string
+
+	// For kubectl exec and port-forward, served from other goroutines.
+	execMu      sync.Mutex
+	execTargets map[string]execTarget
+	execIP      string
 
 	mu       sync.Mutex
 	next     *corev1.Pod
@@ -96,7 +103,8 @@ type podWorker struct {
 }
 
 func newPodWorker(a *agent, p *corev1.Pod) *podWorker {
-	w := &podWorker{a: a, uid: p.UID, pod: p, notify: make(chan struct{}, 1),
+	w := &podWorker{a: a, uid: p.UID, ns: p.Namespace, name: p.Name, execTargets: map[string]execTarget{},
+		pod: p, notify: make(chan struct{}, 1),
 		exits: make(chan exitEvent, 64), probeRes: make(chan probeResult, 64), quit: make(chan struct{}),
 		condTimes: map[corev1.PodConditionType]corev1.PodCondition{}}
 	w.dir = filepath.Join(a.cfg.stateDir, "pods", fmt.Sprintf("%s_%s_%s", p.Namespace, p.Name, p.UID))
@@ -146,7 +154,7 @@ func (w *podWorker) shutdown() {
 	w.kick()
 }
 
-func (w *podWorker) key() string { return w.pod.Namespace + "/" + w.pod.Name }
+func (w *podWorker) key() string { return w.ns + "/" + w.name }
 
 func (w *podWorker) run(ctx context.Context) {
 	defer close(w.quit)
@@ -297,6 +305,9 @@ func (w *podWorker) recordExit(c *ctr, p *process) {
 		c.term.Message = "killed by " + p.signal
 	}
 	c.proc = nil
+	w.execMu.Lock()
+	delete(w.execTargets, c.spec.Name)
+	w.execMu.Unlock()
 	_ = os.Remove(filepath.Join(w.dir, "run", c.spec.Name+".pid"))
 	c.started, c.ready, c.killing = false, false, false
 	c.probes = map[string]*probeState{}
@@ -573,6 +584,10 @@ func (w *podWorker) start(ctx context.Context, c *ctr) {
 	c.gen = gen
 	c.proc = p
 	c.env = env
+	w.execMu.Lock()
+	w.execTargets[c.spec.Name] = execTarget{snap: w.snap(), ctr: c, env: env, gen: gen}
+	w.execIP = w.podIP
+	w.execMu.Unlock()
 	// For fault-injection tests: the container's main process.
 	_ = os.WriteFile(filepath.Join(w.dir, "run", c.spec.Name+".pid"), []byte(fmt.Sprintf("%d\n", p.pid)), 0o644)
 	c.restartDue = false
