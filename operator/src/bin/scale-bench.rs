@@ -79,8 +79,8 @@ struct Args {
     /// Seconds to wait for one flip to show in a pool's status.
     #[arg(long, default_value_t = 60)]
     flip_timeout: u64,
-    /// Run even if ServerPools the bench did not create exist (the bench's operator would
-    /// reconcile them too, alongside whatever operator owns them).
+    /// Run even if ServerPools the bench did not create exist, or another handover operator is
+    /// running (each operator would reconcile the other's pools too).
     #[arg(long)]
     allow_foreign_pools: bool,
     /// Only remove what earlier (interrupted) runs left behind, then exit.
@@ -739,6 +739,29 @@ async fn check_foreign_pools(client: &Client, allow: bool) -> Result<()> {
         .filter(|p| !p.labels().contains_key(BENCH_LABEL))
         .map(|p| format!("{}/{}", p.namespace().unwrap_or_default(), p.name_any()))
         .collect();
+    // A running operator (the Helm chart's, the end-to-end suite's) would reconcile the bench's
+    // pools too and blur the figures: look for a recently renewed handover leader Lease.
+    let leases: Api<Lease> = Api::all(client.clone());
+    let now = jiff::Timestamp::now();
+    let live: Vec<String> = leases
+        .list(&ListParams::default())
+        .await?
+        .items
+        .iter()
+        .filter(|l| l.namespace().as_deref() != Some(NODE_LEASE_NS) && l.name_any().starts_with("handover"))
+        .filter(|l| {
+            l.spec.as_ref().and_then(|s| s.renew_time.as_ref()).is_some_and(|t| now.duration_since(t.0).as_secs() < 30)
+        })
+        .map(|l| format!("{}/{}", l.namespace().unwrap_or_default(), l.name_any()))
+        .collect();
+    if !live.is_empty() && !allow {
+        return Err(format!(
+            "another handover operator holds a live Lease ({}): it would reconcile the bench's pools too. \
+             Stop it (or wait for the test using it), or pass --allow-foreign-pools",
+            live.join(", ")
+        )
+        .into());
+    }
     if !foreign.is_empty() && !allow {
         return Err(format!(
             "{} ServerPools exist that the bench did not create ({}...): another test is probably using the cluster, \
