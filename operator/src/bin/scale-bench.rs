@@ -12,7 +12,7 @@
 //! Usage and measured figures: tests/bench/README.md. This is a benchmark, not a test: it asserts
 //! nothing about speed.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::Stdio;
@@ -25,6 +25,7 @@ use handover_operator::crd::{POOL_LABEL, ServerPool, ServerPoolSpec};
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::{Namespace, Node, Pod, ServiceAccount};
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::MicroTime;
 use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
 use kube::runtime::wait::{await_condition, conditions};
 use kube::runtime::{WatchStreamExt, watcher};
@@ -123,15 +124,11 @@ async fn run(args: Args) -> Result<()> {
         args.baseline_pods, args.pools, args.pods_per_pool, args.flips
     );
 
-    create_node(&client, &args.node, &run_id).await?;
-    let heartbeat = tokio::spawn(node_heartbeat(client.clone(), args.node.clone()));
-
     let result = tokio::select! {
         r = bench(&client, &args, &run_id, seed) => r,
         _ = tokio::signal::ctrl_c() => Err("interrupted".into()),
     };
 
-    heartbeat.abort();
     println!("cleaning up (namespaces {selector}, node {})", args.node);
     let cleaned = cleanup(&client, &selector, &args.node).await;
     let report = result?;
@@ -142,6 +139,8 @@ async fn run(args: Args) -> Result<()> {
 
 /// Everything between node registration and cleanup; returns the JSON line.
 async fn bench(client: &Client, args: &Args, run_id: &str, seed: u64) -> Result<Value> {
+    create_node(client, &args.node, run_id).await?;
+    let _heartbeat = AbortOnDrop(tokio::spawn(node_heartbeat(client.clone(), args.node.clone())));
     let ctl_ns = format!("hbench-{run_id}");
     create_namespace(client, &ctl_ns, run_id).await?;
     let mut operator = Operator::start(client, args, run_id, &ctl_ns).await?;
@@ -283,10 +282,12 @@ impl Operator {
 }
 
 /// Counters read from the operator's `/metrics`.
-#[derive(Debug, Clone, Copy, Default)]
+#[derive(Debug, Clone, Default)]
 struct Metrics {
     reconciles: f64,
     errors: f64,
+    /// `reconcile_errors_total` by its `error` label.
+    error_kinds: BTreeMap<String, f64>,
     duration_sum: f64,
     duration_count: f64,
 }
@@ -300,7 +301,11 @@ impl Metrics {
             let base = name.split('{').next().unwrap_or(name);
             match base {
                 "handover_operator_reconciles_total" => m.reconciles += v,
-                "handover_operator_reconcile_errors_total" => m.errors += v,
+                "handover_operator_reconcile_errors_total" => {
+                    m.errors += v;
+                    let kind = name.split("error=\"").nth(1).and_then(|k| k.split('"').next()).unwrap_or("?");
+                    *m.error_kinds.entry(kind.to_owned()).or_default() += v;
+                }
                 "handover_operator_reconcile_duration_seconds_sum" => m.duration_sum += v,
                 "handover_operator_reconcile_duration_seconds_count" => m.duration_count += v,
                 _ => {}
@@ -313,6 +318,12 @@ impl Metrics {
         Self {
             reconciles: self.reconciles - before.reconciles,
             errors: self.errors - before.errors,
+            error_kinds: self
+                .error_kinds
+                .iter()
+                .map(|(k, v)| (k.clone(), v - before.error_kinds.get(k).copied().unwrap_or(0.0)))
+                .filter(|(_, v)| *v > 0.0)
+                .collect(),
             duration_sum: self.duration_sum - before.duration_sum,
             duration_count: self.duration_count - before.duration_count,
         }
@@ -498,12 +509,13 @@ impl PhaseResult {
             self.patch.p50_ms
         );
         println!(
-            "  reconciles: {} while setting up (mean {:.1} ms), {} during the flips (mean {:.1} ms); errors {}",
+            "  reconciles: {} while setting up (mean {:.1} ms), {} during the flips (mean {:.1} ms); errors {:?} / {:?}",
             self.metrics_setup.reconciles,
             self.metrics_setup.mean_ms(),
             self.metrics_flips.reconciles,
             self.metrics_flips.mean_ms(),
-            self.metrics_setup.errors + self.metrics_flips.errors
+            self.metrics_setup.error_kinds,
+            self.metrics_flips.error_kinds,
         );
         println!("  operator memory: VmRSS {:.1} MiB, VmHWM {:.1} MiB", mib(self.rss_kib), mib(self.hwm_kib));
     }
@@ -524,7 +536,8 @@ impl PhaseResult {
             "reconciles_flips": self.metrics_flips.reconciles,
             "reconcile_mean_ms_setup": self.metrics_setup.mean_ms(),
             "reconcile_mean_ms_flips": self.metrics_flips.mean_ms(),
-            "reconcile_errors": self.metrics_setup.errors + self.metrics_flips.errors,
+            "reconcile_errors_setup": self.metrics_setup.error_kinds,
+            "reconcile_errors_flips": self.metrics_flips.error_kinds,
             "rss_kib": self.rss_kib,
             "hwm_kib": self.hwm_kib,
         })
@@ -541,7 +554,7 @@ async fn run_phase(
     rng: &mut SplitMix64,
 ) -> Result<PhaseResult> {
     let ns = phase.namespace.as_str();
-    println!("phase {}: namespace {ns}, {} pools x {} pods", phase.name, phase.pools, phase.pods);
+    println!("phase {}: setting up {} pools x {} pods in namespace {ns}", phase.name, phase.pools, phase.pods);
     create_namespace(client, ns, run_id).await?;
     let accounts: Api<ServiceAccount> = Api::namespaced(client.clone(), ns);
     let account = await_condition(accounts, "default", |a: Option<&ServiceAccount>| a.is_some());
@@ -828,7 +841,8 @@ async fn heartbeat_once(client: &Client, name: &str) -> Result<()> {
     // The Ready condition's transition time moves with every heartbeat: nothing here reads it.
     nodes.patch_status(name, &PatchParams::default(), &Patch::Strategic(status)).await?;
     let leases: Api<Lease> = Api::namespaced(client.clone(), NODE_LEASE_NS);
-    let micro = now.to_string();
+    // MicroTime: exactly six fractional digits, as the API server insists.
+    let micro = serde_json::to_value(MicroTime(now))?;
     let lease = json!({
         "apiVersion": "coordination.k8s.io/v1", "kind": "Lease",
         "metadata": {"name": name},
@@ -877,6 +891,15 @@ async fn cleanup(client: &Client, selector: &str, node: &str) -> Result<()> {
     }
     println!("removed {} namespaces and the fake node {node}", list.items.len());
     Ok(())
+}
+
+/// Aborts a background task when dropped, however `bench` ends.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
 }
 
 /// A small deterministic generator for the flip order (reproducible with `--seed`).
