@@ -53,6 +53,10 @@ struct Args {
     /// Pods per pool in the scale phase.
     #[arg(long, default_value_t = 10)]
     pods_per_pool: usize,
+    /// Namespaces the scale phase spreads its pools over (round robin). The operator wakes every
+    /// pool of a namespace when one of them is created or changes its spec, so this matters.
+    #[arg(long, default_value_t = 1)]
+    namespaces: usize,
     /// Pods of the baseline phase (one pool).
     #[arg(long, default_value_t = 10)]
     baseline_pods: usize,
@@ -149,11 +153,18 @@ async fn bench(client: &Client, args: &Args, run_id: &str, seed: u64) -> Result<
     let watch = tokio::spawn(watch_pools(client.clone(), format!("{BENCH_LABEL}={run_id}"), shared.clone()));
     let mut rng = SplitMix64(seed);
 
-    let baseline =
-        Phase { name: "baseline", namespace: format!("hbench-{run_id}-base"), pools: 1, pods: args.baseline_pods };
+    let baseline = Phase {
+        name: "baseline",
+        namespaces: vec![format!("hbench-{run_id}-base")],
+        pools: 1,
+        pods: args.baseline_pods,
+    };
     let scale = Phase {
         name: "scale",
-        namespace: format!("hbench-{run_id}-scale"),
+        namespaces: match args.namespaces {
+            0 | 1 => vec![format!("hbench-{run_id}-scale")],
+            n => (0..n).map(|k| format!("hbench-{run_id}-scale-{k}")).collect(),
+        },
         pools: args.pools,
         pods: args.pods_per_pool,
     };
@@ -427,12 +438,16 @@ async fn wait_until(shared: &Shared, mut done: impl FnMut(&State) -> bool) {
 
 struct Phase {
     name: &'static str,
-    namespace: String,
+    /// Pool `i` lives in `namespaces[i % len]`.
+    namespaces: Vec<String>,
     pools: usize,
     pods: usize,
 }
 
 impl Phase {
+    fn namespace(&self, pool: usize) -> &str {
+        &self.namespaces[pool % self.namespaces.len()]
+    }
     fn pool_name(&self, i: usize) -> String {
         format!("pool-{i:04}")
     }
@@ -467,6 +482,7 @@ impl Latency {
 
 struct PhaseResult {
     name: &'static str,
+    namespaces: usize,
     pools: usize,
     pods_per_pool: usize,
     create_s: f64,
@@ -489,11 +505,12 @@ impl PhaseResult {
     fn print(&self) {
         let mib = |k: u64| k as f64 / 1024.0;
         println!(
-            "phase {}: {} pools x {} pods = {} pods",
+            "phase {}: {} pools x {} pods = {} pods, in {} namespace(s)",
             self.name,
             self.pools,
             self.pods_per_pool,
-            self.total_pods()
+            self.total_pods(),
+            self.namespaces
         );
         println!(
             "  created pods in {:.2} s, marked them ready in {:.2} s; every pool listed its ready members {:.2} s after that",
@@ -523,6 +540,7 @@ impl PhaseResult {
     fn to_json(&self) -> Value {
         let lat = |l: &Latency| json!({"n": l.n, "p50_ms": l.p50_ms, "p99_ms": l.p99_ms, "max_ms": l.max_ms});
         json!({
+            "namespaces": self.namespaces,
             "pools": self.pools,
             "pods_per_pool": self.pods_per_pool,
             "pods": self.total_pods(),
@@ -553,22 +571,30 @@ async fn run_phase(
     operator: &mut Operator,
     rng: &mut SplitMix64,
 ) -> Result<PhaseResult> {
-    let ns = phase.namespace.as_str();
-    println!("phase {}: setting up {} pools x {} pods in namespace {ns}", phase.name, phase.pools, phase.pods);
-    create_namespace(client, ns, run_id).await?;
-    let accounts: Api<ServiceAccount> = Api::namespaced(client.clone(), ns);
-    let account = await_condition(accounts, "default", |a: Option<&ServiceAccount>| a.is_some());
-    tokio::time::timeout(Duration::from_secs(60), account)
-        .await
-        .map_err(|_| format!("no ServiceAccount default in {ns} after 60 s"))??;
+    println!(
+        "phase {}: setting up {} pools x {} pods in {} namespace(s) ({}...)",
+        phase.name,
+        phase.pools,
+        phase.pods,
+        phase.namespaces.len(),
+        phase.namespaces[0]
+    );
+    for ns in &phase.namespaces {
+        create_namespace(client, ns, run_id).await?;
+        let accounts: Api<ServiceAccount> = Api::namespaced(client.clone(), ns);
+        let account = await_condition(accounts, "default", |a: Option<&ServiceAccount>| a.is_some());
+        tokio::time::timeout(Duration::from_secs(60), account)
+            .await
+            .map_err(|_| format!("no ServiceAccount default in {ns} after 60 s"))??;
+    }
     let before_setup = operator.scrape().await?;
 
     // Pools, then pods, with bounded parallelism.
-    let pools: Api<ServerPool> = Api::namespaced(client.clone(), ns);
-    let pods: Api<Pod> = Api::namespaced(client.clone(), ns);
+    let pools_in = |i: usize| -> Api<ServerPool> { Api::namespaced(client.clone(), phase.namespace(i)) };
+    let pods_in = |i: usize| -> Api<Pod> { Api::namespaced(client.clone(), phase.namespace(i)) };
     futures::stream::iter(0..phase.pools)
         .map(|i| {
-            let pools = pools.clone();
+            let pools = pools_in(i);
             let mut pool = ServerPool::new(&phase.pool_name(i), ServerPoolSpec::with_app_port(8080));
             pool.metadata.labels = Some([(BENCH_LABEL.to_owned(), run_id.to_owned())].into());
             async move { pools.create(&PostParams::default(), &pool).await.map(|_| ()) }
@@ -582,7 +608,7 @@ async fn run_phase(
     let started = Instant::now();
     futures::stream::iter(all.iter().copied())
         .map(|(i, j)| {
-            let pods = pods.clone();
+            let pods = pods_in(i);
             let pod = bench_pod(&phase.pod_name(i, j), &phase.pool_name(i), &args.node);
             async move { pods.create(&PostParams::default(), &pod).await.map(|_| ()) }
         })
@@ -595,7 +621,7 @@ async fn run_phase(
     let started = Instant::now();
     futures::stream::iter(all.iter().copied().enumerate())
         .map(|(k, (i, j))| {
-            let pods = pods.clone();
+            let pods = pods_in(i);
             let name = phase.pod_name(i, j);
             let ip = pod_ip(k);
             async move { set_ready(&pods, &name, &ip, true).await }
@@ -608,7 +634,8 @@ async fn run_phase(
 
     let started = Instant::now();
     let expected = phase.pods as i32;
-    let keys: Vec<(String, String)> = (0..phase.pools).map(|i| (ns.to_owned(), phase.pool_name(i))).collect();
+    let keys: Vec<(String, String)> =
+        (0..phase.pools).map(|i| (phase.namespace(i).to_owned(), phase.pool_name(i))).collect();
     let converged = wait_until(shared, |s| {
         keys.iter().all(|k| {
             s.pools.get(k).is_some_and(|v| {
@@ -640,14 +667,14 @@ async fn run_phase(
         let name = phase.pod_name(i, j);
         let (tx, rx) = oneshot::channel();
         shared.state.lock().unwrap_or_else(|e| e.into_inner()).pending = Some(PendingFlip {
-            pool: (ns.to_owned(), phase.pool_name(i)),
+            pool: (phase.namespace(i).to_owned(), phase.pool_name(i)),
             pod: name.clone(),
             ready: ready[k],
             ready_members: pool_ready,
             seen: tx,
         });
         let sent = Instant::now();
-        set_ready(&pods, &name, &pod_ip(k), ready[k]).await.map_err(|e| format!("flip {name}: {e}"))?;
+        set_ready(&pods_in(i), &name, &pod_ip(k), ready[k]).await.map_err(|e| format!("flip {name}: {e}"))?;
         let returned = Instant::now();
         patches.push(returned - sent);
         match tokio::time::timeout(Duration::from_secs(args.flip_timeout), rx).await {
@@ -664,6 +691,7 @@ async fn run_phase(
     let (rss_kib, hwm_kib) = operator.memory()?;
     Ok(PhaseResult {
         name: phase.name,
+        namespaces: phase.namespaces.len(),
         pools: phase.pools,
         pods_per_pool: phase.pods,
         create_s,
