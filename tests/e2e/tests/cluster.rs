@@ -234,18 +234,24 @@ async fn signal_pod(pod: &PodView, signal: &str) {
     assert!(status.success(), "kill -{signal} {pids:?}");
 }
 
+/// The operator installed, a pool of 3 demo pods, and client sessions running through its Service.
+async fn pool_under_load() -> (Cluster, DemoPool, Load) {
+    let c = Cluster::find();
+    install_operator(&c).await;
+    let pool = DemoPool::create(&c, 3).await;
+    let service = Arc::new(Mutex::new(vec![pool.service_addr().await]));
+    let load = Load::start(service, SESSIONS);
+    load.progress(300, "sessions to run through the Service").await.expect("warm-up");
+    (c, pool, load)
+}
+
 fn first_serving(pods: &[PodView]) -> PodView {
     pods.first().cloned().expect("a serving pod")
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sessions_survive_every_kind_of_pod_death() {
-    let c = Cluster::find();
-    install_operator(&c).await;
-    let pool = DemoPool::create(&c, 3).await;
-    let service = Arc::new(Mutex::new(vec![pool.service_addr().await]));
-    let load = Load::start(Arc::clone(&service), SESSIONS);
-    load.progress(300, "sessions to run through the Service").await.expect("warm-up");
+    let (c, pool, load) = pool_under_load().await;
 
     println!("  graceful kubectl delete pod");
     let victim = first_serving(&pool.serving().await);
@@ -320,12 +326,7 @@ async fn sessions_survive_every_kind_of_pod_death() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn operator_leader_death_and_api_server_restart_lose_nothing() {
-    let c = Cluster::find();
-    install_operator(&c).await;
-    let pool = DemoPool::create(&c, 3).await;
-    let service = Arc::new(Mutex::new(vec![pool.service_addr().await]));
-    let load = Load::start(Arc::clone(&service), SESSIONS);
-    load.progress(300, "sessions to run through the Service").await.expect("warm-up");
+    let (c, pool, load) = pool_under_load().await;
 
     println!("  kill the operator's leader while an app pod is deleted");
     let old_leader = leader(&c).await.expect("a leader");
