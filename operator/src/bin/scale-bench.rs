@@ -899,12 +899,14 @@ async fn cleanup(client: &Client, selector: &str, node: &str) -> Result<()> {
         }
         let _ = namespaces.delete(&name, &DeleteParams::default()).await?;
     }
+    // One deadline for all of them: they terminate in parallel.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(180);
     for ns in &list.items {
         let uid = ns.uid().unwrap_or_default();
         let name = ns.name_any();
         let gone = await_condition(namespaces.clone(), &name, conditions::is_deleted(&uid));
-        if tokio::time::timeout(Duration::from_secs(180), gone).await.is_err() {
-            eprintln!("namespace {} still terminating after 180 s", ns.name_any());
+        if tokio::time::timeout_at(deadline, gone).await.is_err() {
+            eprintln!("namespace {name} still terminating after 180 s: see `kubectl get ns {name} -o yaml`");
         }
     }
     let nodes: Api<Node> = Api::all(client.clone());
