@@ -899,12 +899,14 @@ async fn cleanup(client: &Client, selector: &str, node: &str) -> Result<()> {
         }
         let _ = namespaces.delete(&name, &DeleteParams::default()).await?;
     }
+    // One deadline for all of them: they terminate in parallel.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(180);
     for ns in &list.items {
         let uid = ns.uid().unwrap_or_default();
         let name = ns.name_any();
         let gone = await_condition(namespaces.clone(), &name, conditions::is_deleted(&uid));
-        if tokio::time::timeout(Duration::from_secs(180), gone).await.is_err() {
-            eprintln!("namespace {} still terminating after 180 s", ns.name_any());
+        if tokio::time::timeout_at(deadline, gone).await.is_err() {
+            eprintln!("namespace {name} still terminating after 180 s: see `kubectl get ns {name} -o yaml`");
         }
     }
     let nodes: Api<Node> = Api::all(client.clone());
@@ -940,5 +942,58 @@ impl SplitMix64 {
         z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
         z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
         z ^ (z >> 31)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn metrics_are_summed_and_errors_kept_by_kind() {
+        let text = "# HELP x\n\
+            handover_operator_reconciles_total 12\n\
+            handover_operator_reconcile_errors_total{error=\"finalizer\"} 3\n\
+            handover_operator_reconcile_errors_total{error=\"kube\"} 1\n\
+            handover_operator_reconcile_duration_seconds_sum 0.5\n\
+            handover_operator_reconcile_duration_seconds_count 10\n\
+            handover_operator_reconcile_duration_seconds_bucket{le=\"0.1\"} 9\n";
+        let m = Metrics::parse(text);
+        assert_eq!(m.reconciles, 12.0);
+        assert_eq!(m.errors, 4.0);
+        assert_eq!(m.error_kinds.get("finalizer"), Some(&3.0));
+        assert!((m.mean_ms() - 50.0).abs() < 1e-9);
+        let later = Metrics::parse(&text.replace("total 12", "total 20").replace("} 3", "} 5"));
+        let d = later.since(&m);
+        assert_eq!(d.reconciles, 8.0);
+        assert_eq!(d.error_kinds.get("finalizer"), Some(&2.0));
+        assert_eq!(d.error_kinds.get("kube"), None);
+    }
+
+    #[test]
+    fn percentiles_are_nearest_rank() {
+        let l = Latency::of((1..=100).rev().map(Duration::from_millis).collect());
+        assert_eq!((l.n, l.p50_ms, l.p99_ms, l.max_ms), (100, 50.0, 99.0, 100.0));
+        let one = Latency::of(vec![Duration::from_millis(7)]);
+        assert_eq!((one.p50_ms, one.p99_ms, one.max_ms), (7.0, 7.0, 7.0));
+        assert!(Latency::of(Vec::new()).p50_ms.is_nan());
+    }
+
+    #[test]
+    fn pod_ips_are_distinct_and_valid() {
+        let ips: std::collections::HashSet<String> = (0..300_000).map(pod_ip).collect();
+        assert_eq!(ips.len(), 300_000);
+        assert!(ips.iter().all(|ip| ip.parse::<std::net::Ipv4Addr>().is_ok()));
+    }
+
+    #[test]
+    fn bench_pods_are_bound_labelled_and_tolerant() {
+        let pod = bench_pod("p", "pool-0001", "fake");
+        let spec = pod.spec.expect("spec");
+        assert_eq!(spec.node_name.as_deref(), Some("fake"));
+        assert_eq!(pod.metadata.labels.expect("labels").get(POOL_LABEL).map(String::as_str), Some("pool-0001"));
+        let tolerated: Vec<_> = spec.tolerations.unwrap_or_default().into_iter().filter_map(|t| t.key).collect();
+        assert!(tolerated.iter().any(|k| k == "node.kubernetes.io/unreachable"));
+        assert!(tolerated.iter().any(|k| k == "node.kubernetes.io/not-ready"));
     }
 }
