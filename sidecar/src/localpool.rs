@@ -514,7 +514,7 @@ async fn keep_registry(probes: Arc<Mutex<Vec<Probe>>>, ready: Arc<Mutex<Vec<Sock
     loop {
         let candidates = probes.lock().unwrap_or_else(|p| p.into_inner()).clone();
         let checks = candidates.iter().map(|p| probe(p.admin, "/ready"));
-        let results = futures_join_all(checks).await;
+        let results = futures::future::join_all(checks).await;
         for (p, code) in candidates.iter().zip(&results) {
             let f = failures.entry(p.name.clone()).or_insert(FAILURE_THRESHOLD);
             *f = if *code == Some(200) { 0 } else { f.saturating_add(1) };
@@ -531,21 +531,6 @@ async fn keep_registry(probes: Arc<Mutex<Vec<Probe>>>, ready: Arc<Mutex<Vec<Sock
         }
         tokio::time::sleep(PROBE_EVERY).await;
     }
-}
-
-/// Runs futures concurrently and collects their outputs in order.
-async fn futures_join_all<F: std::future::Future + Send + 'static>(futures: impl Iterator<Item = F>) -> Vec<F::Output>
-where
-    F::Output: Send + 'static,
-{
-    let handles: Vec<_> = futures.map(tokio::spawn).collect();
-    let mut out = Vec::with_capacity(handles.len());
-    for h in handles {
-        if let Ok(v) = h.await {
-            out.push(v);
-        }
-    }
-    out
 }
 
 /// One client session: a cookie jar and a keep-alive connection, like a browser tab behind a
