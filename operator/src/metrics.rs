@@ -39,6 +39,13 @@ pub struct PoolLabels {
     pub pool: String,
 }
 
+/// Labels of per-watch counters.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct WatchLabels {
+    /// The watched resource, e.g. `pods`.
+    pub resource: String,
+}
+
 /// The operator's metrics and health flags.
 pub struct Metrics {
     registry: Registry,
@@ -54,6 +61,8 @@ pub struct Metrics {
     pub ready_members: Family<PoolLabels, Gauge>,
     /// 1 while this replica holds the leader Lease.
     pub leader: Gauge,
+    /// Watch errors (API server unreachable, expired resourceVersion, ...), by watched resource.
+    pub watch_errors: Family<WatchLabels, Counter>,
     /// Set once the operator reached the API server.
     pub ready: AtomicBool,
 }
@@ -74,18 +83,39 @@ impl Metrics {
         let members = Family::<PoolLabels, Gauge>::default();
         let ready_members = Family::<PoolLabels, Gauge>::default();
         let leader = Gauge::default();
+        let watch_errors = Family::<WatchLabels, Counter>::default();
         registry.register("reconciles", "ServerPool reconciles run", reconciles.clone());
         registry.register("reconcile_errors", "ServerPool reconciles that failed, by error", errors.clone());
         registry.register("reconcile_duration_seconds", "Duration of ServerPool reconciles", duration.clone());
         registry.register("pool_members", "Members of each pool", members.clone());
         registry.register("pool_ready_members", "Ready members of each pool", ready_members.clone());
         registry.register("leader", "1 while this replica holds the leader Lease", leader.clone());
-        Self { registry, reconciles, errors, duration, members, ready_members, leader, ready: AtomicBool::new(false) }
+        registry.register(
+            "watch_errors",
+            "Watch errors, by watched resource (each watch retries on its own)",
+            watch_errors.clone(),
+        );
+        Self {
+            registry,
+            reconciles,
+            errors,
+            duration,
+            members,
+            ready_members,
+            leader,
+            watch_errors,
+            ready: AtomicBool::new(false),
+        }
     }
 
     /// Counts a failed reconcile.
     pub fn error(&self, error: &Error) {
         self.errors.get_or_create(&ErrorLabels { error: error.metric_label().to_owned() }).inc();
+    }
+
+    /// Counts a watch error.
+    pub fn watch_error(&self, resource: &str) {
+        self.watch_errors.get_or_create(&WatchLabels { resource: resource.to_owned() }).inc();
     }
 
     /// Records a reconcile's duration.
