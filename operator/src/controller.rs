@@ -4,6 +4,7 @@
 
 use std::collections::{BTreeMap, HashSet};
 use std::future::Future;
+use std::hash::{Hash, Hasher};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -85,6 +86,16 @@ where
 {
     let api = Api::<PartialObjectMeta<K>>::all(client.clone());
     own_backoff(resource, metrics, watcher(api, managed.clone()).touched_objects())
+}
+
+/// The changes of a pool that call for its reconcile: spec (generation), finalizers, the start of
+/// its deletion. Not its status: the operator's own status write would come back through the
+/// watch as a second reconcile of every readiness flip (four needless server-side applies).
+fn spec_or_lifecycle(pool: &ServerPool) -> Option<u64> {
+    let meta = &pool.metadata;
+    let mut hasher = std::hash::DefaultHasher::new();
+    (meta.generation, &meta.finalizers, meta.deletion_timestamp.is_some()).hash(&mut hasher);
+    Some(hasher.finish())
 }
 
 /// Operator settings the reconciler needs.
@@ -245,7 +256,9 @@ pub async fn run(
     let for_pods = pool_store.clone();
     let for_deployments = pool_store.clone();
     let for_siblings = pool_store.clone();
-    Controller::for_stream(own_backoff("serverpools", metrics.clone(), pool_stream), pool_store)
+    let pool_stream = own_backoff("serverpools", metrics.clone(), pool_stream)
+        .predicate_filter(spec_or_lifecycle, PredicateConfig::default());
+    Controller::for_stream(pool_stream, pool_store)
         .owns_stream(owned_watch::<Service>(&client, "services", metrics.clone(), &managed))
         .owns_stream(owned_watch::<Secret>(&client, "secrets", metrics.clone(), &managed))
         .owns_stream(owned_watch::<Role>(&client, "roles", metrics.clone(), &managed))
@@ -892,5 +905,26 @@ mod tests {
     async fn kube_runtime_alone_pauses_every_watch_on_one_watchs_error() {
         let delay = healthy_watch_delay(false).await;
         assert!(delay >= Duration::from_millis(700), "reconciled {delay:?} after the event");
+    }
+
+    #[test]
+    fn a_pools_own_status_change_does_not_trigger_its_reconcile() {
+        let mut pool = ServerPool::new("demo", ServerPoolSpec::with_app_port(8080));
+        pool.metadata.generation = Some(1);
+        let first = spec_or_lifecycle(&pool);
+        let mut with_status = pool.clone();
+        with_status.status = Some(crate::crd::ServerPoolStatus { ready_members: 3, ..Default::default() });
+        with_status.metadata.resource_version = Some("42".into());
+        assert_eq!(spec_or_lifecycle(&with_status), first, "status and resourceVersion are ignored");
+
+        let mut spec_changed = pool.clone();
+        spec_changed.metadata.generation = Some(2);
+        let mut finalized = pool.clone();
+        finalized.metadata.finalizers = Some(vec![FINALIZER.into()]);
+        let mut deleting = pool.clone();
+        deleting.metadata.deletion_timestamp = Some(Time(Timestamp::UNIX_EPOCH));
+        for (what, changed) in [("generation", spec_changed), ("finalizers", finalized), ("deletion", deleting)] {
+            assert_ne!(spec_or_lifecycle(&changed), first, "{what} triggers a reconcile");
+        }
     }
 }

@@ -36,7 +36,10 @@ fi
 NODEAGENT="$HANDOVER_CLUSTER_DIR/bin/nodeagent"
 log "building the node agent"
 mkdir -p "$(dirname "$NODEAGENT")"
-(cd "$CLUSTER_SRC/nodeagent" && GOFLAGS=-trimpath go build -o "$NODEAGENT.new" . && mv "$NODEAGENT.new" "$NODEAGENT")
+# -buildvcs=false: the binary must depend on the agent's source only. With VCS stamping, any edit
+# anywhere in the checkout changed its checksum, and the next up.sh restarted every pod.
+(cd "$CLUSTER_SRC/nodeagent" && GOFLAGS="-trimpath -buildvcs=false" go build -o "$NODEAGENT.new" . \
+  && mv "$NODEAGENT.new" "$NODEAGENT")
 
 mkdir -p "$PKI" "$LOGS" "$PIDS" "$HANDOVER_CLUSTER_DIR/node"
 

@@ -143,7 +143,9 @@ pub struct PodView {
     pub deleting: bool,
     /// The pod carries the injected sidecar (as a native sidecar or a plain container).
     pub injected: bool,
-    pub restarts: i64,
+    /// Each container that runs, as `<pod>/<container>@<startedAt>`: a restarted container (or a
+    /// pod started afresh) shows a new start time even where the restart count carries over.
+    pub starts: Vec<String>,
 }
 
 impl PodView {
@@ -157,19 +159,22 @@ impl PodView {
         let has_sidecar = |list: &Value| {
             list.as_array().into_iter().flatten().any(|c| c["name"].as_str().is_some_and(|n| n.contains("handover")))
         };
-        let restarts = ["containerStatuses", "initContainerStatuses"]
+        let name = s(&pod["metadata"]["name"]);
+        let starts = ["containerStatuses", "initContainerStatuses"]
             .iter()
             .flat_map(|k| pod["status"][k].as_array().cloned().unwrap_or_default())
-            .map(|c| c["restartCount"].as_i64().unwrap_or(0))
-            .sum();
+            .filter_map(|c| {
+                Some(format!("{name}/{}@{}", c["name"].as_str()?, c["state"]["running"]["startedAt"].as_str()?))
+            })
+            .collect();
         PodView {
-            name: s(&pod["metadata"]["name"]),
+            name,
             uid: s(&pod["metadata"]["uid"]),
             ip: s(&pod["status"]["podIP"]),
             ready,
             deleting: !pod["metadata"]["deletionTimestamp"].is_null(),
             injected: has_sidecar(&pod["spec"]["initContainers"]) || has_sidecar(&pod["spec"]["containers"]),
-            restarts,
+            starts,
         }
     }
 }
