@@ -8,7 +8,8 @@ use std::hash::{Hash, Hasher};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use futures::{Stream, StreamExt};
+use futures::future::{BoxFuture, Shared};
+use futures::{FutureExt, Stream, StreamExt};
 use jiff::Timestamp;
 use k8s_openapi::NamespaceResourceScope;
 use k8s_openapi::api::apps::v1::Deployment;
@@ -120,6 +121,12 @@ pub struct Context {
     leadership: Arc<Leadership>,
     /// (namespace, deployment, pool, generation) already warned about a missing pool.
     warned_missing: Mutex<HashSet<(String, String, String, i64)>>,
+    /// Resolves once the pod and Deployment caches hold their first full list (or names the one
+    /// whose watch ended first). One shared future for every reconcile because kube-runtime's
+    /// `Store::wait_until_ready` wakes only the last task that polled it: concurrent reconciles
+    /// waiting on it directly sat out the whole [`CACHE_WAIT`] (a new leader reconciled a pool
+    /// 60 s late).
+    caches_ready: Shared<BoxFuture<'static, Result<(), &'static str>>>,
 }
 
 /// Kubernetes minor version from `/version` (`"34"`, `"34+"`).
@@ -245,12 +252,13 @@ pub async fn run(
         client: client.clone(),
         recorder,
         metrics: metrics.clone(),
-        pods: pod_store,
-        deployments: deploy_store,
+        pods: pod_store.clone(),
+        deployments: deploy_store.clone(),
         pools: pool_store.clone(),
         inject,
         leadership,
         warned_missing: Mutex::new(HashSet::new()),
+        caches_ready: caches_ready(pod_store, deploy_store),
     });
     let managed = watcher::Config::default().labels(&format!("{}={}", desired::MANAGED_BY.0, desired::MANAGED_BY.1));
     let for_pods = pool_store.clone();
@@ -414,16 +422,24 @@ fn retry_after(error: &Error) -> Duration {
     }
 }
 
+fn caches_ready(
+    pods: Store<Pod>,
+    deployments: Store<Deployment>,
+) -> Shared<BoxFuture<'static, Result<(), &'static str>>> {
+    async move {
+        pods.wait_until_ready().await.map_err(|_| "pods")?;
+        deployments.wait_until_ready().await.map_err(|_| "deployments")
+    }
+    .boxed()
+    .shared()
+}
+
 async fn wait_for_caches(ctx: &Context) -> Result<(), Error> {
-    tokio::time::timeout(CACHE_WAIT, ctx.pods.wait_until_ready())
-        .await
-        .map_err(|_| Error::StoreNotReady("pods"))?
-        .map_err(|_| Error::StoreNotReady("pods"))?;
-    tokio::time::timeout(CACHE_WAIT, ctx.deployments.wait_until_ready())
-        .await
-        .map_err(|_| Error::StoreNotReady("deployments"))?
-        .map_err(|_| Error::StoreNotReady("deployments"))?;
-    Ok(())
+    match tokio::time::timeout(CACHE_WAIT, ctx.caches_ready.clone()).await {
+        Ok(Ok(())) => Ok(()),
+        Ok(Err(store)) => Err(Error::StoreNotReady(store)),
+        Err(_) => Err(Error::StoreNotReady("pods and deployments")),
+    }
 }
 
 /// Server-side apply of a namespaced object with the operator's field manager.
@@ -926,5 +942,51 @@ mod tests {
         for (what, changed) in [("generation", spec_changed), ("finalizers", finalized), ("deletion", deleting)] {
             assert_ne!(spec_or_lifecycle(&changed), first, "{what} triggers a reconcile");
         }
+    }
+
+    /// Virtual time until each of two reconcile tasks, waiting for the caches together, sees them
+    /// ready (through [`caches_ready`], or on the pod store directly); they are ready after 1 s.
+    async fn concurrent_cache_waits(shared: bool) -> Vec<Duration> {
+        let (store, mut writer) = reflector::store::<Pod>();
+        let (deployments, mut deployment_writer) = reflector::store::<Deployment>();
+        let ready = caches_ready(store.clone(), deployments);
+        let started = tokio::time::Instant::now();
+        let waiters: Vec<_> = (0..2)
+            .map(|_| {
+                let (store, ready) = (store.clone(), ready.clone());
+                tokio::spawn(async move {
+                    if shared {
+                        let _ = tokio::time::timeout(CACHE_WAIT, ready).await;
+                    } else {
+                        let _ = tokio::time::timeout(CACHE_WAIT, store.wait_until_ready()).await;
+                    }
+                    started.elapsed()
+                })
+            })
+            .collect();
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        writer.apply_watcher_event(&watcher::Event::InitDone);
+        deployment_writer.apply_watcher_event(&watcher::Event::InitDone);
+        let mut took = Vec::new();
+        for waiter in waiters {
+            took.push(waiter.await.expect("waiter"));
+        }
+        took
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn every_reconcile_waiting_for_the_caches_wakes_when_they_are_ready() {
+        for took in concurrent_cache_waits(true).await {
+            assert!(took < Duration::from_secs(2), "woke {took:?} after the start (ready at 1 s)");
+        }
+    }
+
+    /// Why the caches are awaited through one shared future: kube-runtime's
+    /// `Store::wait_until_ready` wakes only the last task that polled it, and the other waiter
+    /// sits out its whole timeout. If this fails after an upgrade, upstream fixed it.
+    #[tokio::test(start_paused = true)]
+    async fn kube_runtime_wakes_only_one_of_two_tasks_waiting_for_a_store() {
+        let took = concurrent_cache_waits(false).await;
+        assert!(took.iter().any(|t| *t >= CACHE_WAIT), "one waiter sat out its timeout: {took:?}");
     }
 }

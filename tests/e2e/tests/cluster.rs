@@ -24,9 +24,14 @@ fn local_cluster() -> bool {
     local_cluster_dir().join("pids").is_dir() && std::env::var("HANDOVER_E2E_KIND").is_err()
 }
 
-/// Installs (or upgrades) the chart and waits for the operator.
+/// Installs (or upgrades) the chart and waits for the operator. `HANDOVER_E2E_OPERATOR_LOG` sets
+/// the operator's log filter, e.g. `info,kube_runtime=debug` (commas are escaped for `--set`).
 async fn install_operator(c: &Cluster) {
     let chart = c.repo.join("charts/handover");
+    let log_level = format!(
+        "logLevel={}",
+        std::env::var("HANDOVER_E2E_OPERATOR_LOG").unwrap_or_else(|_| "info".into()).replace(',', "\\,")
+    );
     c.helm(&[
         "upgrade",
         "--install",
@@ -41,6 +46,8 @@ async fn install_operator(c: &Cluster) {
         "image.tag=dev",
         "--set",
         "image.pullPolicy=IfNotPresent",
+        "--set",
+        &log_level,
     ])
     .await
     .expect("helm install");
@@ -74,6 +81,9 @@ async fn leader(c: &Cluster) -> Option<String> {
 struct DemoPool {
     c: Cluster,
     ns: String,
+    /// Whether waits require the Service's EndpointSlices to follow too (kube-controller-manager's
+    /// work, not ours; see the API server crash test).
+    service_follows: bool,
 }
 
 impl DemoPool {
@@ -114,7 +124,7 @@ impl DemoPool {
         c.kubectl(&["annotate", "deployment", "demo-app", "-n", &ns, "handover.dev/pool=demo"])
             .await
             .expect("annotate");
-        let pool = DemoPool { c: c.clone(), ns };
+        let pool = DemoPool { c: c.clone(), ns, service_follows: true };
         pool.settled(replicas, "the annotated Deployment to run injected pods, listed by the registry and the Service")
             .await;
         pool
@@ -172,7 +182,7 @@ impl DemoPool {
                 && pods.iter().all(|p| p.injected)
                 && pods.iter().all(|p| !p.deleting)
                 && self.registry().await == names
-                && self.endpoints().await == ips
+                && (!self.service_follows || self.endpoints().await == ips)
         })
         .await;
         if let Err(e) = result {
@@ -188,7 +198,7 @@ impl DemoPool {
         let mut registry_ms = None;
         let mut service_ms = None;
         let deadline = Instant::now() + SETTLE;
-        while registry_ms.is_none() || service_ms.is_none() {
+        while registry_ms.is_none() || (self.service_follows && service_ms.is_none()) {
             if registry_ms.is_none() && !self.registry().await.contains(&pod.name) {
                 registry_ms = Some(ms_since(since));
             }
@@ -204,11 +214,11 @@ impl DemoPool {
             );
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
+        let service = service_ms.map_or("not yet".to_owned(), |ms| format!("after {ms} ms"));
         println!(
-            "    figure: {fault}: registry dropped {} after {} ms, Service after {} ms",
+            "    figure: {fault}: registry dropped {} after {} ms, Service {service}",
             pod.name,
             registry_ms.unwrap_or_default(),
-            service_ms.unwrap_or_default()
         );
     }
 
@@ -363,7 +373,7 @@ async fn operator_leader_death_loses_nothing() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn operator_and_sidecars_recover_from_an_api_server_crash_without_a_restart() {
     assert!(local_cluster(), "needs the local cluster: it kills the API server process");
-    let (c, pool, load) = pool_under_load().await;
+    let (c, mut pool, load) = pool_under_load().await;
     println!("  restart the API server");
     let operator_starts = container_starts(&c, SYSTEM_NS).await;
     let app_starts = container_starts(&c, &pool.ns).await;
@@ -386,6 +396,10 @@ async fn operator_and_sidecars_recover_from_an_api_server_crash_without_a_restar
     load.progress(200, "sessions to go on while the API server is down").await.expect("progress");
     let up = tokio::process::Command::new(c.repo.join("tests/cluster/up.sh")).output().await.expect("up.sh");
     assert!(up.status.success(), "up.sh: {}", String::from_utf8_lossy(&up.stderr));
+    // After the crash kube-controller-manager's EndpointSlice controller may refuse to sync
+    // ("EndpointSlice informer cache is out of date") for minutes: the Service is its work, not
+    // ours, so only the registry must follow here (the figure says when the Service did).
+    pool.service_follows = false;
     let victim = first_serving(&pool.serving().await);
     let t = Instant::now();
     c.kubectl(&["delete", "pod", &victim.name, "-n", &pool.ns, "--wait=false"]).await.expect("delete app pod");
