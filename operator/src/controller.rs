@@ -418,19 +418,46 @@ async fn reconcile(pool: Arc<ServerPool>, ctx: Arc<Context>) -> Result<Action, E
     ctx.metrics.reconciles.inc();
     let ns = pool.namespace().ok_or(Error::MissingField("metadata.namespace"))?;
     let api: Api<ServerPool> = Api::namespaced(ctx.client.clone(), &ns);
-    let result = finalizer(&api, FINALIZER, pool, |event| async {
-        match event {
-            finalizer::Event::Apply(p) => apply(p, &ctx).await,
-            finalizer::Event::Cleanup(p) => cleanup(p, &ctx).await,
-        }
-    })
-    .await
-    .map_err(|e| match e {
-        finalizer::Error::ApplyFailed(inner) | finalizer::Error::CleanupFailed(inner) => inner,
-        other => Error::Finalizer(Box::new(other)),
-    });
+    let result = async {
+        let pool = with_finalizer(&api, pool, &ctx).await?;
+        finalizer(&api, FINALIZER, pool, |event| async {
+            match event {
+                finalizer::Event::Apply(p) => apply(p, &ctx).await,
+                finalizer::Event::Cleanup(p) => cleanup(p, &ctx).await,
+            }
+        })
+        .await
+        .map_err(|e| match e {
+            finalizer::Error::ApplyFailed(inner) | finalizer::Error::CleanupFailed(inner) => inner,
+            other => Error::Finalizer(Box::new(other)),
+        })
+    }
+    .await;
     ctx.metrics.observe(started.elapsed());
     result
+}
+
+/// Adds the cleanup finalizer to a pool that lacks it, with a server-side apply: idempotent, and
+/// free of preconditions. kube-runtime's `finalizer()` would add it with a JSON patch tested
+/// against the cached pool, refused (422) whenever the cache is a moment old: hundreds of times
+/// when many pools are created together, as their siblings reconcile each other (scale-bench:
+/// 358–2123 refused reconciles while setting up). Returns the pool as the API server now has it.
+async fn with_finalizer(api: &Api<ServerPool>, pool: Arc<ServerPool>, ctx: &Context) -> Result<Arc<ServerPool>, Error> {
+    if pool.metadata.deletion_timestamp.is_some() || pool.finalizers().iter().any(|f| f == FINALIZER) {
+        return Ok(pool);
+    }
+    let name = pool.name_any();
+    let body = serde_json::json!({
+        "apiVersion": "handover.dev/v1alpha1",
+        "kind": "ServerPool",
+        "metadata": {"name": name, "finalizers": [FINALIZER]},
+    });
+    fence(ctx)?;
+    let fresh = api
+        .patch(&name, &PatchParams::apply(MANAGER).force(), &Patch::Apply(&body))
+        .await
+        .map_err(Error::kube(format!("add finalizer {FINALIZER} to ServerPool {name}")))?;
+    Ok(Arc::new(fresh))
 }
 
 fn error_policy(pool: Arc<ServerPool>, error: &Error, ctx: Arc<Context>) -> Action {
