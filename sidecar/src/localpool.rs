@@ -22,6 +22,7 @@ use tokio::process::{Child, Command};
 
 use crate::decide::Mode;
 use crate::netns::Network;
+use crate::registry::parse_members;
 
 /// Ports every pod uses on its own address, as containers of a real pod would.
 pub const DATA_PORT: u16 = 8000;
@@ -195,12 +196,18 @@ pub async fn probe(addr: SocketAddr, path: &str) -> Option<u16> {
 
 /// Reads a pod's whole metrics page.
 pub async fn scrape(admin: SocketAddr) -> Option<String> {
+    admin_get(admin, "/metrics").await
+}
+
+/// The body of a `200 OK` answer of a sidecar's admin endpoint `path` (2 s at most).
+pub async fn admin_get(admin: SocketAddr, path: &str) -> Option<String> {
     let attempt = async {
         let mut stream = TcpStream::connect(admin).await.ok()?;
-        stream.write_all(b"GET /metrics HTTP/1.0\r\nHost: probe\r\n\r\n").await.ok()?;
+        stream.write_all(format!("GET {path} HTTP/1.0\r\nHost: probe\r\n\r\n").as_bytes()).await.ok()?;
         let mut text = String::new();
         stream.read_to_string(&mut text).await.ok()?;
-        Some(text)
+        let (head, body) = text.split_once("\r\n\r\n")?;
+        (head.split_whitespace().nth(1) == Some("200")).then(|| body.to_owned())
     };
     tokio::time::timeout(Duration::from_secs(2), attempt).await.ok().flatten()
 }
@@ -469,17 +476,20 @@ impl LocalPool {
         .await
     }
 
-    /// Waits until every running sidecar's own registry holds `n` members (they re-read the
-    /// peers file on their own schedule).
-    pub async fn wait_sidecars_see(&self, n: usize, timeout: Duration) -> Result<(), String> {
+    /// Waits until every running sidecar's own registry (its admin `/members`) lists exactly the
+    /// pods `expected` (sidecars re-read the peers file on their own schedule).
+    pub async fn wait_sidecars_see(&self, expected: &[usize], timeout: Duration) -> Result<(), String> {
+        let mut want: Vec<String> = expected.iter().map(|i| self.pods[*i].name.clone()).collect();
+        want.sort();
         let admins: Vec<SocketAddr> = self.running().iter().map(|i| self.pods[*i].admin()).collect();
-        wait_for(&format!("every sidecar to see {n} members"), timeout, || {
-            let admins = admins.clone();
+        wait_for(&format!("every sidecar to list {want:?}"), timeout, || {
+            let (admins, want) = (admins.clone(), want.clone());
             async move {
                 for admin in admins {
-                    match scrape(admin).await {
-                        Some(page) if metric_sum(&page, "handover_registry_members ") == n as f64 => {}
-                        _ => return false,
+                    let listed = admin_get(admin, "/members").await.and_then(|body| parse_members(&body).ok());
+                    let names: Option<Vec<String>> = listed.map(|m| m.into_iter().map(|m| m.name).collect());
+                    if names.as_ref() != Some(&want) {
+                        return false;
                     }
                 }
                 true

@@ -208,9 +208,9 @@ impl Proxy {
         *self.draining_since.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Live members as this sidecar's registry lists them now.
-    pub fn registry_members(&self) -> usize {
-        self.registry.live().len()
+    /// Live members as this sidecar's registry lists them now, sorted by name.
+    pub fn registry_members(&self) -> Arc<Vec<crate::registry::Member>> {
+        self.registry.live()
     }
 
     /// Whether the last contact with the local app succeeded.

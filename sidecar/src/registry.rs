@@ -54,6 +54,21 @@ pub fn parse_members(text: &str) -> Result<Vec<Member>, String> {
     Ok(members)
 }
 
+/// Writes members in the form [`parse_members`] reads: `name uid addr` per line (`name@addr`
+/// without a uid). The admin endpoint `/members` serves it.
+pub fn render_members(members: &[Member]) -> String {
+    members
+        .iter()
+        .map(|m| {
+            if m.uid.is_empty() {
+                format!("{}@{}\n", m.name, m.addr)
+            } else {
+                format!("{} {} {}\n", m.name, m.uid, m.addr)
+            }
+        })
+        .collect()
+}
+
 /// Members from a flag or a file; a file is re-read when it changes.
 pub struct StaticRegistry {
     members: RwLock<Arc<Vec<Member>>>,
@@ -116,6 +131,13 @@ mod tests {
         let list = parse_members("x@127.0.0.1:1, y@[::1]:2").expect("valid");
         assert_eq!(list.len(), 2);
         assert_eq!(list[1].uid, "");
+    }
+
+    #[test]
+    fn rendered_members_parse_back() {
+        let members = parse_members("a uid-a 10.0.0.1:8000\nb@[::1]:9000").expect("valid");
+        assert_eq!(parse_members(&render_members(&members)), Ok(members));
+        assert_eq!(render_members(&[]), "");
     }
 
     #[test]

@@ -106,7 +106,7 @@ pub fn admin(proxy: &Arc<Proxy>, req: &Request<Incoming>) -> Response<Body> {
             }
         }
         "/metrics" => {
-            proxy.metrics.registry_members.set(proxy.registry_members() as i64);
+            proxy.metrics.registry_members.set(proxy.registry_members().len() as i64);
             let mut resp = text(StatusCode::OK, proxy.metrics.encode());
             resp.headers_mut().insert(
                 http::header::CONTENT_TYPE,
@@ -114,6 +114,8 @@ pub fn admin(proxy: &Arc<Proxy>, req: &Request<Incoming>) -> Response<Body> {
             );
             resp
         }
-        _ => text(StatusCode::NOT_FOUND, "admin endpoints: /live /ready /metrics\n"),
+        // This sidecar's own view of the pool: what its routing decisions stand on.
+        "/members" => text(StatusCode::OK, crate::registry::render_members(&proxy.registry_members())),
+        _ => text(StatusCode::NOT_FOUND, "admin endpoints: /live /ready /metrics /members\n"),
     }
 }

@@ -131,7 +131,7 @@ async fn concurrent_requests_of_one_session_after_owner_death_never_fork_it() {
     pool.kill_pod(owner).await;
     let survivors = pool.running();
     pool.wait_listed(&survivors, Duration::from_secs(10)).await.expect("the dead pod leaves the registry");
-    pool.wait_sidecars_see(survivors.len(), Duration::from_secs(10)).await.expect("every sidecar has the same view");
+    pool.wait_sidecars_see(&survivors, Duration::from_secs(10)).await.expect("every sidecar has the same view");
 
     // Every survivor gets the same old cookie at the same time, several times over.
     let mut tasks = Vec::new();

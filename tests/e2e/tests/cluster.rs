@@ -12,11 +12,14 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use handover_e2e::{Cluster, PodView, local_cluster_dir, ms_since, wait_for};
-use handover_sidecar::localpool::Load;
+use handover_sidecar::localpool::{Load, admin_get};
+use handover_sidecar::registry::parse_members;
 
 const SYSTEM_NS: &str = "handover-system";
 const SESSIONS: usize = 12;
 const SETTLE: Duration = Duration::from_secs(180);
+/// The sidecar's admin port (the ServerPool default; the demo pool does not set it).
+const SIDECAR_ADMIN_PORT: u16 = 9901;
 
 /// The local cluster runs pods as processes in network namespaces named after the pod uid: faults
 /// at process level (SIGKILL, SIGSTOP) are only possible there.
@@ -140,6 +143,20 @@ impl DemoPool {
         self.pods().await.into_iter().filter(|p| p.ready && p.injected && !p.deleting).collect()
     }
 
+    /// Whether the sidecar of every pod in `names` lists exactly `names` as its members (admin
+    /// `/members`: its own view of the pool, fed by its own watch, which its routing stands on).
+    async fn sidecars_list(&self, names: &BTreeSet<String>) -> bool {
+        for pod in self.serving().await.iter().filter(|p| names.contains(&p.name)) {
+            let Ok(ip) = pod.ip.parse() else { return false };
+            let body = admin_get(SocketAddr::new(ip, SIDECAR_ADMIN_PORT), "/members").await;
+            let members = body.and_then(|b| parse_members(&b).ok()).unwrap_or_default();
+            if &members.into_iter().map(|m| m.name).collect::<BTreeSet<_>>() != names {
+                return false;
+            }
+        }
+        true
+    }
+
     /// Pod names the ServerPool's registry lists as ready.
     async fn registry(&self) -> BTreeSet<String> {
         let pool = self.c.get_json(&["serverpool", "demo", "-n", &self.ns]).await.unwrap_or_default();
@@ -169,8 +186,8 @@ impl DemoPool {
             .collect()
     }
 
-    /// Waits until exactly `n` injected pods serve, every pod is injected, and the registry and
-    /// the Service list exactly those.
+    /// Waits until exactly `n` injected pods serve, every pod is injected, and the registry, each
+    /// of their sidecars and the Service list exactly those.
     async fn settled(&self, n: usize, what: &str) {
         let started = Instant::now();
         let result = wait_for(what, SETTLE, || async {
@@ -182,6 +199,7 @@ impl DemoPool {
                 && pods.iter().all(|p| p.injected)
                 && pods.iter().all(|p| !p.deleting)
                 && self.registry().await == names
+                && self.sidecars_list(&names).await
                 && (!self.service_follows || self.endpoints().await == ips)
         })
         .await;
@@ -367,8 +385,8 @@ async fn operator_leader_death_loses_nothing() {
 
 /// A crash of the API server (SIGKILL, then `up.sh` starts it again with a fresh watch cache):
 /// every watch of the operator and the sidecars is refused once as "too old resource version" and
-/// re-lists. Each watch backs off on its own, so the registry follows the next pod death within
-/// seconds (this test once caught the operator stalled for 5–8 minutes when one shared backoff
+/// re-lists. Each watch backs off on its own, so the registry (and each sidecar's own view, which
+/// `settled` checks through its admin `/members`) follows the next pod death within seconds (this test once caught the operator stalled for 5–8 minutes when one shared backoff
 /// paused all its watches). Local cluster only: it kills the API server process.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn operator_and_sidecars_recover_from_an_api_server_crash_without_a_restart() {
