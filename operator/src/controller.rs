@@ -468,8 +468,8 @@ fn error_policy(pool: Arc<ServerPool>, error: &Error, ctx: Arc<Context>) -> Acti
 
 /// How long to wait before retrying after `error`. A finalizer patch refused as a conflict (409)
 /// or a failed `test` (422) only means the cached pool was a moment old: the fresh one is
-/// already on its way, so retry at once rather than after [`RETRY`] (seen by scale-bench when
-/// hundreds of pools are created together).
+/// already on its way, so retry at once rather than after [`RETRY`]. Since [`with_finalizer`]
+/// adds the finalizer by server-side apply, this is left to its removal on deletion.
 fn retry_after(error: &Error) -> Duration {
     use kube::runtime::finalizer::Error as F;
     match error {

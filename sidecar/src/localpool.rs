@@ -212,6 +212,12 @@ pub async fn admin_get(admin: SocketAddr, path: &str) -> Option<String> {
     tokio::time::timeout(Duration::from_secs(2), attempt).await.ok().flatten()
 }
 
+/// The pod names a sidecar's own registry lists (its admin `/members`), sorted.
+pub async fn member_names(admin: SocketAddr) -> Option<Vec<String>> {
+    let members = parse_members(&admin_get(admin, "/members").await?).ok()?;
+    Some(members.into_iter().map(|m| m.name).collect())
+}
+
 /// The sum of a metric's samples whose line starts with `prefix` (name and any labels).
 pub fn metric_sum(page: &str, prefix: &str) -> f64 {
     page.lines().filter(|l| l.starts_with(prefix)).filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok()).sum()
@@ -486,9 +492,7 @@ impl LocalPool {
             let (admins, want) = (admins.clone(), want.clone());
             async move {
                 for admin in admins {
-                    let listed = admin_get(admin, "/members").await.and_then(|body| parse_members(&body).ok());
-                    let names: Option<Vec<String>> = listed.map(|m| m.into_iter().map(|m| m.name).collect());
-                    if names.as_ref() != Some(&want) {
+                    if member_names(admin).await.as_ref() != Some(&want) {
                         return false;
                     }
                 }

@@ -12,8 +12,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use handover_e2e::{Cluster, PodView, local_cluster_dir, ms_since, wait_for};
-use handover_sidecar::localpool::{Load, admin_get};
-use handover_sidecar::registry::parse_members;
+use handover_sidecar::localpool::{Load, member_names};
 
 const SYSTEM_NS: &str = "handover-system";
 const SESSIONS: usize = 12;
@@ -143,20 +142,6 @@ impl DemoPool {
         self.pods().await.into_iter().filter(|p| p.ready && p.injected && !p.deleting).collect()
     }
 
-    /// Whether the sidecar of every pod in `names` lists exactly `names` as its members (admin
-    /// `/members`: its own view of the pool, fed by its own watch, which its routing stands on).
-    async fn sidecars_list(&self, names: &BTreeSet<String>) -> bool {
-        for pod in self.serving().await.iter().filter(|p| names.contains(&p.name)) {
-            let Ok(ip) = pod.ip.parse() else { return false };
-            let body = admin_get(SocketAddr::new(ip, SIDECAR_ADMIN_PORT), "/members").await;
-            let members = body.and_then(|b| parse_members(&b).ok()).unwrap_or_default();
-            if &members.into_iter().map(|m| m.name).collect::<BTreeSet<_>>() != names {
-                return false;
-            }
-        }
-        true
-    }
-
     /// Pod names the ServerPool's registry lists as ready.
     async fn registry(&self) -> BTreeSet<String> {
         let pool = self.c.get_json(&["serverpool", "demo", "-n", &self.ns]).await.unwrap_or_default();
@@ -199,7 +184,7 @@ impl DemoPool {
                 && pods.iter().all(|p| p.injected)
                 && pods.iter().all(|p| !p.deleting)
                 && self.registry().await == names
-                && self.sidecars_list(&names).await
+                && sidecars_list(&serving, &names).await
                 && (!self.service_follows || self.endpoints().await == ips)
         })
         .await;
@@ -250,6 +235,19 @@ impl DemoPool {
     async fn delete(self) {
         let _ = self.c.kubectl(&["delete", "namespace", &self.ns, "--wait=false"]).await;
     }
+}
+
+/// Whether the sidecar of every pod of `serving` lists exactly `names` as its members (admin
+/// `/members`: its own view of the pool, fed by its own watch, which its routing stands on).
+async fn sidecars_list(serving: &[&PodView], names: &BTreeSet<String>) -> bool {
+    for pod in serving {
+        let Ok(ip) = pod.ip.parse() else { return false };
+        let listed = member_names(SocketAddr::new(ip, SIDECAR_ADMIN_PORT)).await.unwrap_or_default();
+        if &listed.into_iter().collect::<BTreeSet<_>>() != names {
+            return false;
+        }
+    }
+    true
 }
 
 /// Sends `signal` to every process of `pod` (the local cluster runs each pod in namespace
