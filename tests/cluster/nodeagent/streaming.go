@@ -51,11 +51,29 @@ func (a *agent) findWorker(namespace, name string) *podWorker {
 	return nil
 }
 
+// pathParts splits the request path after prefix into n parts, or answers 400 naming the wanted form.
+func pathParts(w http.ResponseWriter, req *http.Request, prefix, form string, n int) ([]string, bool) {
+	parts := strings.Split(strings.TrimPrefix(req.URL.Path, prefix), "/")
+	if len(parts) != n {
+		http.Error(w, "want "+form, http.StatusBadRequest)
+		return nil, false
+	}
+	return parts, true
+}
+
+// workerOr404 returns the worker of pod namespace/name, or answers 404.
+func (a *agent) workerOr404(w http.ResponseWriter, namespace, name string) *podWorker {
+	pw := a.findWorker(namespace, name)
+	if pw == nil {
+		http.Error(w, fmt.Sprintf("pod %s/%s is not on this node", namespace, name), http.StatusNotFound)
+	}
+	return pw
+}
+
 // serveExec answers the API server's /exec/{namespace}/{pod}/{container}?command=...
 func (a *agent) serveExec(w http.ResponseWriter, req *http.Request) {
-	parts := strings.Split(strings.TrimPrefix(req.URL.Path, "/exec/"), "/")
-	if len(parts) != 3 {
-		http.Error(w, "want /exec/{namespace}/{pod}/{container}", http.StatusBadRequest)
+	parts, ok := pathParts(w, req, "/exec/", "/exec/{namespace}/{pod}/{container}", 3)
+	if !ok {
 		return
 	}
 	opts, err := remotecommandserver.NewOptions(req)
@@ -63,9 +81,8 @@ func (a *agent) serveExec(w http.ResponseWriter, req *http.Request) {
 		http.Error(w, err.Error(), http.StatusBadRequest)
 		return
 	}
-	pw := a.findWorker(parts[0], parts[1])
+	pw := a.workerOr404(w, parts[0], parts[1])
 	if pw == nil {
-		http.Error(w, fmt.Sprintf("pod %s/%s is not on this node", parts[0], parts[1]), http.StatusNotFound)
 		return
 	}
 	remotecommandserver.ServeExec(w, req, pw, parts[1], pw.uid, parts[2], req.URL.Query()[corev1.ExecCommandParam],
@@ -114,9 +131,8 @@ func (w *podWorker) ExecInContainer(ctx context.Context, _ string, _ types.UID, 
 
 // servePortForward answers /portForward/{namespace}/{pod} by dialling the pod's IP.
 func (a *agent) servePortForward(w http.ResponseWriter, req *http.Request) {
-	parts := strings.Split(strings.TrimPrefix(req.URL.Path, "/portForward/"), "/")
-	if len(parts) != 2 {
-		http.Error(w, "want /portForward/{namespace}/{pod}", http.StatusBadRequest)
+	parts, ok := pathParts(w, req, "/portForward/", "/portForward/{namespace}/{pod}", 2)
+	if !ok {
 		return
 	}
 	opts, err := portforward.NewV4Options(req)
@@ -124,9 +140,8 @@ func (a *agent) servePortForward(w http.ResponseWriter, req *http.Request) {
 		http.Error(w, err.Error(), http.StatusBadRequest)
 		return
 	}
-	pw := a.findWorker(parts[0], parts[1])
+	pw := a.workerOr404(w, parts[0], parts[1])
 	if pw == nil {
-		http.Error(w, fmt.Sprintf("pod %s/%s is not on this node", parts[0], parts[1]), http.StatusNotFound)
 		return
 	}
 	portforward.ServePortForward(w, req, pw, parts[1], pw.uid, opts, streamIdleTimeout, streamCreationTimeout, portforward.SupportedProtocols)
