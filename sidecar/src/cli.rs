@@ -12,6 +12,8 @@ use crate::keys::KeyFile;
 use crate::metrics::Metrics;
 use crate::proxy::{Config, CookieConfig, Proxy};
 use crate::registry::{Registry, StaticRegistry};
+use crate::server::ConnLimits;
+use crate::timed_body::BodyLimits;
 
 /// handover sidecar: sessions that survive the death of the pod that served them.
 #[derive(Parser, Debug)]
@@ -89,9 +91,13 @@ pub struct RunArgs {
     /// Admin address: /live, /ready, /metrics.
     #[arg(long, env = "HANDOVER_ADMIN", default_value = "0.0.0.0:9901")]
     pub admin: SocketAddr,
-    /// The app's address (inside the pod).
+    /// The app's address (inside the pod): client requests go here.
     #[arg(long, env = "HANDOVER_APP", default_value = "127.0.0.1:8080")]
     pub app: SocketAddr,
+    /// Where the app answers its state endpoint (`GET`/`PUT <statePath>`): a listener of its own on
+    /// the pod's loopback, apart from `--app`, so no client request can ever reach it.
+    #[arg(long, env = "HANDOVER_STATE_ADDR", default_value = "127.0.0.1:8081")]
+    pub state_addr: SocketAddr,
     /// The pool, `namespace/name`: cookies of other pools are refused.
     #[arg(long, env = "HANDOVER_POOL")]
     pub pool: String,
@@ -143,15 +149,45 @@ pub struct RunArgs {
     /// Hold requests this long while the local app is down (restarting).
     #[arg(long, env = "HANDOVER_APP_WAIT", default_value = "10s", value_parser = duration)]
     pub app_wait: Duration,
-    /// Connect timeout to the app and to peers; a peer that misses it counts as dead.
+    /// Connect timeout to the app and to peers; a peer that misses it is probed.
     #[arg(long, env = "HANDOVER_CONNECT_TIMEOUT", default_value = "300ms", value_parser = duration)]
     pub connect_timeout: Duration,
-    /// Longest wait for a peer's (or the app's state endpoint's) answer.
-    #[arg(long, env = "HANDOVER_PEER_TIMEOUT", default_value = "5s", value_parser = duration)]
-    pub peer_timeout: Duration,
+    /// A forward still waiting for its answer after this long gets its peer probed (its admin
+    /// `/live`), and again every such period; only a failed probe makes a peer count as dead.
+    #[arg(long, env = "HANDOVER_PEER_PROBE_AFTER", default_value = "1s", value_parser = duration)]
+    pub peer_probe_after: Duration,
+    /// How long a liveness probe of a peer may take.
+    #[arg(long, env = "HANDOVER_PROBE_TIMEOUT", default_value = "300ms", value_parser = duration)]
+    pub probe_timeout: Duration,
+    /// Longest wait for response headers from the app (or a peer); `0s`: no limit. Raise it for
+    /// long-polls and server-sent events.
+    #[arg(long, env = "HANDOVER_RESPONSE_TIMEOUT", default_value = "60s", value_parser = duration)]
+    pub response_timeout: Duration,
+    /// Longest wait for the app's answer to a state call.
+    #[arg(long, env = "HANDOVER_STATE_TIMEOUT", default_value = "5s", value_parser = duration)]
+    pub state_timeout: Duration,
     /// Requests with larger headers get 431.
     #[arg(long, env = "HANDOVER_MAX_HEADER_BYTES", default_value_t = 64 * 1024)]
     pub max_header_bytes: usize,
+    /// A client gets this long to send a request's headers (also how long an idle keep-alive
+    /// connection stays open).
+    #[arg(long, env = "HANDOVER_HEADER_TIMEOUT", default_value = "10s", value_parser = duration)]
+    pub header_timeout: Duration,
+    /// A request body with no bytes for this long is cut off.
+    #[arg(long, env = "HANDOVER_BODY_IDLE_TIMEOUT", default_value = "10s", value_parser = duration)]
+    pub body_idle_timeout: Duration,
+    /// A request body not complete after this long is cut off.
+    #[arg(long, env = "HANDOVER_BODY_TIMEOUT", default_value = "60s", value_parser = duration)]
+    pub body_timeout: Duration,
+    /// Client connections open at once; more are closed as they arrive.
+    #[arg(long, env = "HANDOVER_MAX_CONNECTIONS", default_value_t = 4096)]
+    pub max_connections: usize,
+    /// Requests held at once while the app is down; more get 503 at once.
+    #[arg(long, env = "HANDOVER_MAX_HELD", default_value_t = 1024)]
+    pub max_held: usize,
+    /// Largest state (uncompressed) sealed into or restored from a cookie.
+    #[arg(long, env = "HANDOVER_MAX_STATE_BYTES", default_value_t = 64 * 1024)]
+    pub max_state_bytes: usize,
     #[arg(long, env = "HANDOVER_LOG_LEVEL", default_value = "info")]
     pub log_level: String,
     #[arg(long, env = "HANDOVER_LOG_FORMAT", value_enum, default_value = "text")]
@@ -198,6 +234,8 @@ pub async fn run(args: RunArgs) -> Result<(), String> {
         pod_uid: args.pod_uid.clone(),
         advertise,
         app: args.app,
+        state_addr: args.state_addr,
+        peer_admin_port: args.admin.port(),
         mode: args.mode,
         snapshot_interval: args.snapshot_interval,
         state_path: args.state_path.clone(),
@@ -211,8 +249,14 @@ pub async fn run(args: RunArgs) -> Result<(), String> {
         affinity: args.affinity,
         app_wait: args.app_wait,
         connect_timeout: args.connect_timeout,
-        peer_timeout: args.peer_timeout,
+        peer_probe_after: args.peer_probe_after,
+        probe_timeout: args.probe_timeout,
+        response_timeout: (!args.response_timeout.is_zero()).then_some(args.response_timeout),
+        state_timeout: args.state_timeout,
         max_header_bytes: args.max_header_bytes,
+        body: BodyLimits { idle: args.body_idle_timeout, total: args.body_timeout },
+        max_held: args.max_held,
+        max_state_bytes: args.max_state_bytes,
     };
     let proxy = Proxy::new(cfg, Arc::clone(&keys), registry, Arc::clone(&metrics));
 
@@ -247,6 +291,8 @@ pub async fn run(args: RunArgs) -> Result<(), String> {
         },
         std::future::pending(),
         Duration::ZERO,
+        ConnLimits::ADMIN,
+        metrics.connections_refused.get_or_create(&[("listener", "admin")]).clone(),
     ));
 
     let (drained_tx, drained_rx) = tokio::sync::oneshot::channel::<()>();
@@ -256,6 +302,7 @@ pub async fn run(args: RunArgs) -> Result<(), String> {
         shutdown_signal().await;
         tracing::info!(?drain_grace, "SIGTERM: readiness fails now; serving on while the pool learns");
         draining_proxy.start_draining();
+        exit_by(drain_grace + FINISH_WITHIN + EXIT_MARGIN);
         tokio::time::sleep(drain_grace).await;
         let _ = drained_tx.send(());
     });
@@ -266,12 +313,30 @@ pub async fn run(args: RunArgs) -> Result<(), String> {
         async {
             let _ = drained_rx.await;
         },
-        Duration::from_secs(5),
+        FINISH_WITHIN,
+        ConnLimits { max_connections: args.max_connections, header_timeout: args.header_timeout },
+        metrics.connections_refused.get_or_create(&[("listener", "data")]).clone(),
     )
     .await;
     admin_task.abort();
     tracing::info!("drained; bye");
     Ok(())
+}
+
+/// After the drain, connections still open get this long to finish their request.
+const FINISH_WITHIN: Duration = Duration::from_secs(5);
+/// Past the drain and the finish, the process ends whatever its tasks are doing.
+const EXIT_MARGIN: Duration = Duration::from_secs(2);
+
+/// A hard deadline after SIGTERM, on a thread of its own: the process ends in time even if the
+/// runtime were stuck (no request should be able to do that, but the kubelet's SIGKILL after the
+/// grace period would otherwise be the only thing that ends it).
+fn exit_by(deadline: Duration) {
+    std::thread::spawn(move || {
+        std::thread::sleep(deadline);
+        eprintln!("handover-sidecar: still running {deadline:?} after SIGTERM; exiting now");
+        std::process::exit(0);
+    });
 }
 
 async fn shutdown_signal() {
@@ -298,20 +363,16 @@ async fn kubernetes_registry(pool: &str) -> Result<Arc<dyn Registry>, String> {
 /// `cookie inspect`: prints the opened cookie as JSON, or why it is refused.
 pub fn inspect(value: &str, key_file: &std::path::Path, pool: &str, cookie_name: &str) -> Result<String, String> {
     let ring = crate::keys::KeyRing::load(key_file).map_err(|e| e.to_string())?;
-    let pairs: Vec<(String, String)> = if value.contains('=') {
-        value
-            .split(';')
-            .filter_map(|p| p.split_once('='))
-            .map(|(n, v)| (n.trim().to_owned(), v.trim().to_owned()))
-            .collect()
+    let pairs: Vec<(&str, &str)> = if value.contains('=') {
+        crate::cookie::request_pairs(std::iter::once(value))
     } else {
-        vec![(cookie_name.to_owned(), value.trim().to_owned())]
+        vec![(cookie_name, value.trim())]
     };
-    let budget = crate::cookie::Budget::for_cookie(cookie_name, usize::MAX / 2);
-    let joined =
-        crate::cookie::join(cookie_name, budget, |n| pairs.iter().find(|(k, _)| k == n).map(|(_, v)| v.as_str()))
-            .map_err(|e| format!("refused: {e} ({})", e.reason()))?
-            .ok_or_else(|| format!("no cookie named {cookie_name:?} in the input"))?;
+    // The largest budget a pool may set (the CRD's maximum); inspect reads what any pool wrote.
+    let budget = crate::cookie::Budget::for_cookie(cookie_name, 64 * 1024);
+    let joined = crate::cookie::join(cookie_name, budget, |n| pairs.iter().find(|(k, _)| *k == n).map(|(_, v)| *v))
+        .map_err(|e| format!("refused: {e} ({})", e.reason()))?
+        .ok_or_else(|| format!("no cookie named {cookie_name:?} in the input"))?;
     let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
     let s = crate::cookie::open(&joined, pool, &ring, now).map_err(|e| format!("refused: {e} ({})", e.reason()))?;
     let state_text = String::from_utf8(s.state.clone()).ok();

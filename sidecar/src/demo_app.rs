@@ -5,7 +5,8 @@
 //! - `POST /incr` adds one to the session's counter; `GET /count` reads it.
 //! - `POST /blob?bytes=N` stores N bytes of noise in the session (large states).
 //! - push: every change puts the new state in `Handover-State`.
-//! - `GET <statePath>` / `PUT <statePath>`: pull and restore.
+//! - `GET <statePath>` / `PUT <statePath>`: pull and restore, on a listener of their own
+//!   (`--state-listen`, the pod's loopback) that the sidecar never forwards clients to.
 //! - `GET /echo` with `Upgrade: echo`: switches protocols and echoes bytes (upgrade pass-through).
 
 use std::collections::HashMap;
@@ -22,6 +23,7 @@ use hyper::body::Incoming;
 use serde::{Deserialize, Serialize};
 
 use crate::proxy::{SESSION_HEADER, STATE_HEADER};
+use crate::server::ConnLimits;
 use crate::upstream::Body;
 
 #[derive(clap::Args, Debug, Clone)]
@@ -29,6 +31,9 @@ pub struct DemoAppArgs {
     /// Address to listen on.
     #[arg(long, env = "DEMO_APP_LISTEN", default_value = "127.0.0.1:8080")]
     pub listen: SocketAddr,
+    /// Address of the state endpoint (the sidecar's `--state-addr`): keep it on loopback.
+    #[arg(long, env = "DEMO_APP_STATE_LISTEN", default_value = "127.0.0.1:8081")]
+    pub state_listen: SocketAddr,
     /// Name shown in responses (the pod name).
     #[arg(long, env = "HANDOVER_POD_NAME", default_value = "demo")]
     pub name: String,
@@ -98,6 +103,45 @@ impl App {
         resp
     }
 
+    /// The state endpoint's listener: `GET`/`PUT <statePath>` and nothing else.
+    async fn handle_state(self: Arc<Self>, req: Request<Incoming>) -> Response<Body> {
+        let Some(session) = req.headers().get(SESSION_HEADER).and_then(|v| v.to_str().ok()).map(str::to_owned) else {
+            return reply(StatusCode::BAD_REQUEST, "no Handover-Session header\n");
+        };
+        if req.uri().path() != self.args.state_path {
+            return reply(StatusCode::NOT_FOUND, "state endpoint: GET/PUT <statePath>\n");
+        }
+        match *req.method() {
+            Method::GET => match self.sessions.lock().unwrap_or_else(|p| p.into_inner()).get(&session) {
+                Some(state) => reply(StatusCode::OK, serde_json::to_vec(state).unwrap_or_default()),
+                None => reply(StatusCode::NOT_FOUND, Bytes::new()),
+            },
+            Method::PUT => {
+                let refused = self.restores_refused.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                if refused < self.args.refuse_restores {
+                    return reply(
+                        StatusCode::INTERNAL_SERVER_ERROR,
+                        "this app refuses restores for now (--refuse-restores)\n",
+                    );
+                }
+                let body = match Limited::new(req.into_body(), 1 << 20).collect().await {
+                    Ok(b) => b.to_bytes(),
+                    Err(e) => {
+                        return reply(StatusCode::BAD_REQUEST, format!("cannot read the state: {e}\n"));
+                    }
+                };
+                match serde_json::from_slice::<SessionState>(&body) {
+                    Ok(state) => {
+                        self.sessions.lock().unwrap_or_else(|p| p.into_inner()).insert(session, state);
+                        reply(StatusCode::NO_CONTENT, Bytes::new())
+                    }
+                    Err(e) => reply(StatusCode::BAD_REQUEST, format!("not a state of this app: {e}\n")),
+                }
+            }
+            _ => reply(StatusCode::METHOD_NOT_ALLOWED, Bytes::new()),
+        }
+    }
+
     async fn handle(self: Arc<Self>, mut req: Request<Incoming>) -> Response<Body> {
         if req.uri().path() == "/echo" && req.headers().contains_key(header::UPGRADE) {
             let on_upgrade = hyper::upgrade::on(&mut req);
@@ -163,34 +207,6 @@ impl App {
                 }
                 resp
             }
-            (Method::GET, p) if p == self.args.state_path => {
-                match self.sessions.lock().unwrap_or_else(|p| p.into_inner()).get(&session) {
-                    Some(state) => reply(StatusCode::OK, serde_json::to_vec(state).unwrap_or_default()),
-                    None => reply(StatusCode::NOT_FOUND, Bytes::new()),
-                }
-            }
-            (Method::PUT, p) if p == self.args.state_path => {
-                let refused = self.restores_refused.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                if refused < self.args.refuse_restores {
-                    return reply(
-                        StatusCode::INTERNAL_SERVER_ERROR,
-                        "this app refuses restores for now (--refuse-restores)\n",
-                    );
-                }
-                let body = match Limited::new(req.into_body(), 1 << 20).collect().await {
-                    Ok(b) => b.to_bytes(),
-                    Err(e) => {
-                        return reply(StatusCode::BAD_REQUEST, format!("cannot read the state: {e}\n"));
-                    }
-                };
-                match serde_json::from_slice::<SessionState>(&body) {
-                    Ok(state) => {
-                        self.sessions.lock().unwrap_or_else(|p| p.into_inner()).insert(session, state);
-                        reply(StatusCode::NO_CONTENT, Bytes::new())
-                    }
-                    Err(e) => reply(StatusCode::BAD_REQUEST, format!("not a state of this app: {e}\n")),
-                }
-            }
             (Method::GET, "/") => {
                 let count =
                     self.sessions.lock().unwrap_or_else(|p| p.into_inner()).get(&session).map(|s| s.count).unwrap_or(0);
@@ -209,9 +225,28 @@ pub async fn run(args: DemoAppArgs) -> Result<(), String> {
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await
         .map_err(|e| format!("cannot listen on {}: {e}", args.listen))?;
-    tracing::info!(listen = %args.listen, name = %args.name, push = args.push, "demo app started");
+    let state_listener = tokio::net::TcpListener::bind(args.state_listen)
+        .await
+        .map_err(|e| format!("cannot listen on {}: {e}", args.state_listen))?;
+    tracing::info!(listen = %args.listen, state = %args.state_listen, name = %args.name, push = args.push, "demo app started");
     let app = Arc::new(App { args, restores_refused: Default::default(), sessions: Mutex::new(HashMap::new()) });
-    crate::server::serve(listener, move |req, _| Arc::clone(&app).handle(req), std::future::pending(), Duration::ZERO)
-        .await;
+    let state_app = Arc::clone(&app);
+    tokio::spawn(crate::server::serve(
+        state_listener,
+        move |req, _| Arc::clone(&state_app).handle_state(req),
+        std::future::pending(),
+        Duration::ZERO,
+        ConnLimits::LOCAL,
+        Default::default(),
+    ));
+    crate::server::serve(
+        listener,
+        move |req, _| Arc::clone(&app).handle(req),
+        std::future::pending(),
+        Duration::ZERO,
+        ConnLimits::LOCAL,
+        Default::default(),
+    )
+    .await;
     Ok(())
 }

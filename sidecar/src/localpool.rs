@@ -28,6 +28,8 @@ use crate::registry::parse_members;
 pub const DATA_PORT: u16 = 8000;
 pub const ADMIN_PORT: u16 = 9901;
 pub const APP_PORT: u16 = 8080;
+/// The app's state endpoint: a listener of its own on the pod's loopback (or its own address).
+pub const STATE_PORT: u16 = 8081;
 /// The pool's name in cookies.
 pub const POOL: &str = "local/demo";
 /// How often the registry keeper probes readiness.
@@ -87,9 +89,18 @@ impl Pod {
     /// Where the app listens, as its sidecar reaches it: the pod's own localhost when the pod has
     /// a namespace, else its address on the host's loopback.
     fn app_listen(&self) -> SocketAddr {
+        self.local(APP_PORT)
+    }
+
+    /// Where the app's state endpoint listens: beside the app, never reachable through the sidecar.
+    fn state_listen(&self) -> SocketAddr {
+        self.local(STATE_PORT)
+    }
+
+    fn local(&self, port: u16) -> SocketAddr {
         match self.netns {
-            Some(_) => SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), APP_PORT),
-            None => SocketAddr::new(self.ip, APP_PORT),
+            Some(_) => SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), port),
+            None => SocketAddr::new(self.ip, port),
         }
     }
 
@@ -326,6 +337,7 @@ impl LocalPool {
         let mut cmd = self.in_pod(pod);
         cmd.arg("demo-app")
             .args(["--listen", &pod.app_listen().to_string(), "--name", &pod.name])
+            .args(["--state-listen", &pod.state_listen().to_string()])
             .args(["--push", if self.opts.mode == Mode::Pull { "false" } else { "true" }])
             .args(&self.opts.app_args)
             .stdin(Stdio::null())
@@ -346,6 +358,7 @@ impl LocalPool {
             .args(["--listen", &pod.bind(DATA_PORT).to_string()])
             .args(["--admin", &pod.bind(ADMIN_PORT).to_string()])
             .args(["--app", &pod.app_listen().to_string()])
+            .args(["--state-addr", &pod.state_listen().to_string()])
             .args(["--pod-ip", &pod.ip.to_string()])
             .arg(format!("--pool={POOL}"))
             .arg(format!("--pod-name={}", pod.name))

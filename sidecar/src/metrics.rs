@@ -24,12 +24,14 @@ pub struct Metrics {
     pub restores: Family<Label, Counter>,
     pub takeovers: Counter,
     pub forwards: Family<Labels2, Counter>,
+    pub peer_probes: Family<Label, Counter>,
     pub cookie_rejects: Family<Label, Counter>,
     pub snapshots: Family<Label, Counter>,
     pub snapshot_bytes: Histogram,
     pub over_budget: Counter,
     pub app_waits: Family<Label, Counter>,
     pub bad_requests: Family<Label, Counter>,
+    pub connections_refused: Family<Label, Counter>,
     pub key_reload_errors: Counter,
     pub sessions: Gauge,
     pub registry_members: Gauge,
@@ -45,12 +47,14 @@ impl Default for Metrics {
             restores: Family::default(),
             takeovers: Counter::default(),
             forwards: Family::default(),
+            peer_probes: Family::default(),
             cookie_rejects: Family::default(),
             snapshots: Family::default(),
             snapshot_bytes: Histogram::new(exponential_buckets(64.0, 2.0, 10)),
             over_budget: Counter::default(),
             app_waits: Family::default(),
             bad_requests: Family::default(),
+            connections_refused: Family::default(),
             key_reload_errors: Counter::default(),
             sessions: Gauge::default(),
             registry_members: Gauge::default(),
@@ -70,6 +74,11 @@ impl Default for Metrics {
             "Requests forwarded to a peer, by reason (owner, successor) and result (ok, unreachable, failed)",
             m.forwards.clone(),
         );
+        registry.register(
+            "peer_probes",
+            "Liveness probes of peers after a failed or slow forward, by result (alive, dead, unknown)",
+            m.peer_probes.clone(),
+        );
         registry.register("cookie_rejects", "State cookies refused, by reason", m.cookie_rejects.clone());
         registry.register(
             "snapshots",
@@ -82,8 +91,21 @@ impl Default for Metrics {
             "States too large for the cookie budget (not sealed)",
             m.over_budget.clone(),
         );
-        registry.register("app_waits", "Requests held while the local app was down, by result", m.app_waits.clone());
-        registry.register("bad_requests", "Requests refused before routing, by reason", m.bad_requests.clone());
+        registry.register(
+            "app_waits",
+            "Requests held while the local app was down, by result (ok, timeout, over_cap)",
+            m.app_waits.clone(),
+        );
+        registry.register(
+            "bad_requests",
+            "Requests refused or cut off, by reason (headers_too_large, state_path, forged_forward, body_timeout, app_timeout, bad_pushed_state)",
+            m.bad_requests.clone(),
+        );
+        registry.register(
+            "connections_refused",
+            "Connections closed at once because the listener (data, admin) was at its connection cap",
+            m.connections_refused.clone(),
+        );
         registry.register(
             "key_reload_errors",
             "Key file reloads refused (the previous ring stays)",

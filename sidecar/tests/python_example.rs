@@ -17,6 +17,7 @@ use tokio::process::{Child, Command};
 const SIDECAR_PORT: u16 = 8000;
 const ADMIN_PORT: u16 = 9901;
 const APP_PORT: u16 = 8080;
+const STATE_PORT: u16 = 8081;
 const POOL: &str = "shop/cart";
 const START_TIMEOUT: Duration = Duration::from_secs(20);
 
@@ -110,12 +111,16 @@ impl Pod {
     fn app_addr(&self) -> SocketAddr {
         SocketAddr::new(self.ip, APP_PORT)
     }
+    fn state_addr(&self) -> SocketAddr {
+        SocketAddr::new(self.ip, STATE_PORT)
+    }
 
     async fn start_app(&mut self, scratch: &Scratch) {
         let script = repo_root().join("examples/python-app/app.py");
         let child = Command::new(python().expect("python3"))
             .arg(&script)
             .args(["--listen", &self.app_addr().to_string()])
+            .args(["--state-listen", &self.state_addr().to_string()])
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(scratch.log(&format!("{}.app.log", self.name)))
@@ -138,6 +143,7 @@ impl Pod {
             .args(["--listen", &self.data().to_string()])
             .args(["--admin", &self.admin().to_string()])
             .args(["--app", &self.app_addr().to_string()])
+            .args(["--state-addr", &self.state_addr().to_string()])
             .arg(format!("--pool={POOL}"))
             .arg(format!("--pod-name={}", self.name))
             .arg("--key-file")
@@ -322,7 +328,7 @@ async fn python_cart_keeps_the_state_endpoint_contract() {
     let scratch = Scratch::new("contract");
     let mut pod = Pod::new("cart-c", random_block(), 1);
     pod.start_app(&scratch).await;
-    let app = pod.app_addr();
+    let app = pod.state_addr();
     let state = br#"{"items":{"apple":2},"v":1}"#;
 
     // Pull: a session the app does not hold is a 404.
@@ -343,7 +349,11 @@ async fn python_cart_keeps_the_state_endpoint_contract() {
         );
     }
     assert_eq!(raw(app, "GET", "/handover/state", Some("s1"), b"").await.1, state, "a refused restore changes nothing");
+    // The client port knows nothing of the state endpoint, and the state port nothing else.
+    assert_eq!(raw(pod.app_addr(), "GET", "/handover/state", Some("s1"), b"").await.0, 404);
+    assert_eq!(raw(pod.app_addr(), "PUT", "/handover/state", Some("s1"), state).await.0, 404);
+    assert_eq!(raw(app, "POST", "/cart/items?sku=x", Some("s1"), b"").await.0, 404);
     // Without the sidecar's session header there is no session to speak of.
-    assert_eq!(raw(app, "GET", "/cart", None, b"").await.0, 400);
+    assert_eq!(raw(pod.app_addr(), "GET", "/cart", None, b"").await.0, 400);
     pod.kill_app().await;
 }
