@@ -2,7 +2,10 @@
 //! implements the handover contract. It keeps sessions in memory only, like the apps handover is
 //! for: kill it and its sessions are gone, unless the sidecar restores them.
 //!
-//! - `POST /incr` adds one to the session's counter; `GET /count` reads it.
+//! - `POST /incr` adds one to the session's counter (after reading its body, if any); `GET /count`
+//!   reads it.
+//! - `GET /headers`: the request headers as the app received them (JSON), to check the sidecar's
+//!   header hygiene.
 //! - `POST /blob?bytes=N` stores N bytes of noise in the session (large states).
 //! - push: every change puts the new state in `Handover-State`.
 //! - `GET <statePath>` / `PUT <statePath>`: pull and restore, on a listener of their own
@@ -166,6 +169,9 @@ impl App {
         let path = req.uri().path().to_owned();
         match (method, path.as_str()) {
             (Method::POST, "/incr") => {
+                if let Err(e) = Limited::new(req.into_body(), 1 << 20).collect().await {
+                    return reply(StatusCode::BAD_REQUEST, format!("cannot read the body: {e}\n"));
+                }
                 let state = {
                     let mut sessions = self.sessions.lock().unwrap_or_else(|p| p.into_inner());
                     let s = sessions.entry(session.clone()).or_default();
@@ -205,6 +211,17 @@ impl App {
                 if let Some(v) = self.state_header(&state) {
                     resp.headers_mut().insert(STATE_HEADER, v);
                 }
+                resp
+            }
+            (Method::GET, "/headers") => {
+                let mut seen: std::collections::BTreeMap<String, Vec<String>> = Default::default();
+                for (name, value) in req.headers() {
+                    seen.entry(name.to_string())
+                        .or_default()
+                        .push(String::from_utf8_lossy(value.as_bytes()).into_owned());
+                }
+                let mut resp = reply(StatusCode::OK, serde_json::to_vec(&seen).unwrap_or_default());
+                resp.headers_mut().insert(header::CONTENT_TYPE, http::HeaderValue::from_static("application/json"));
                 resp
             }
             (Method::GET, "/") => {

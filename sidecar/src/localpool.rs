@@ -398,6 +398,13 @@ impl LocalPool {
         }
     }
 
+    /// Sends `sig` to pod `i`'s sidecar only.
+    pub fn signal_sidecar(&self, i: usize, sig: Sig) {
+        if let Some(sidecar) = self.pods[i].sidecar.as_ref() {
+            signal(sidecar, sig);
+        }
+    }
+
     /// SIGKILLs pod `i` (both processes) and forgets it, as a node would lose a pod.
     pub async fn kill_pod(&mut self, i: usize) {
         self.signal_pod(i, Sig::Kill);

@@ -524,6 +524,25 @@ impl Proxy {
     }
 }
 
+/// Whether a failed exchange with the app or a peer was cut by the client's own request body
+/// (see [`crate::timed_body`]), not by the other side.
+fn cut_by_client(e: &hyper::Error) -> bool {
+    let mut source = std::error::Error::source(e);
+    while let Some(err) = source {
+        if err.is::<crate::timed_body::BodyTimeout>() {
+            return true;
+        }
+        source = err.source();
+    }
+    false
+}
+
+fn body_too_slow() -> Response<Body> {
+    let mut resp = text_response(StatusCode::REQUEST_TIMEOUT, "handover: the request body came too slowly\n");
+    resp.headers_mut().insert(header::CONNECTION, HeaderValue::from_static("close"));
+    resp
+}
+
 /// A forward that could not get through to a peer the probe did not find dead: no takeover (that
 /// could fork the session while its owner lives); the client retries.
 fn peer_not_reached(to: &Member, why: &str) -> Response<Body> {
@@ -721,6 +740,7 @@ impl Proxy {
                     }
                     return Served::NotSent(unsent);
                 }
+                None if cut_by_client(e.error()) => return Served::Response(body_too_slow()),
                 None => {
                     tracing::warn!(error = %e.error(), "the app failed while answering");
                     return Served::Response(text_response(
@@ -991,6 +1011,8 @@ impl Proxy {
         };
         let mut resp = match outcome {
             Ok(resp) => resp,
+            // The client's own body was too slow: nothing to say about the peer.
+            Err(e) if cut_by_client(&e) => return body_too_slow(),
             Err(e) => {
                 // The request may have been cut by the client's own body, or by the peer: only
                 // a probe says which.
