@@ -35,7 +35,7 @@ use crate::error::Error;
 use crate::keys::{self, KeyRing, RotationInput, SECRET_KEY};
 use crate::leader::Leadership;
 use crate::metrics::Metrics;
-use crate::validate;
+use crate::validate::{self, ImageAllowList};
 
 /// Finalizer that lets the operator remove its injection before a pool disappears.
 pub const FINALIZER: &str = "handover.dev/cleanup";
@@ -113,15 +113,21 @@ fn own_backoff<K>(
 /// A metadata watch of objects the operator creates for pools, as [`Controller::owns`] would make it
 /// but behind [`own_backoff`].
 fn owned_watch<K>(
+    scope: &Scope,
     client: &Client,
     resource: &'static str,
     metrics: Arc<Metrics>,
     managed: &watcher::Config,
 ) -> impl Stream<Item = Result<PartialObjectMeta<K>, watcher::Error>> + use<K>
 where
-    K: Resource<DynamicType = ()> + Clone + DeserializeOwned + std::fmt::Debug + Send + 'static,
+    K: Resource<DynamicType = (), Scope = NamespaceResourceScope>
+        + Clone
+        + DeserializeOwned
+        + std::fmt::Debug
+        + Send
+        + 'static,
 {
-    let api = Api::<PartialObjectMeta<K>>::all(client.clone());
+    let api = scope.api::<PartialObjectMeta<K>>(client);
     own_backoff(resource, metrics, watcher(api, managed.clone()).touched_objects())
 }
 
@@ -140,6 +146,10 @@ fn spec_or_lifecycle(pool: &ServerPool) -> Option<u64> {
 pub struct Settings {
     /// `--sidecar-image`.
     pub default_image: String,
+    /// `--sidecar-image-allow`: the images a pool may choose instead.
+    pub allowed_images: ImageAllowList,
+    /// `--watch-namespaces`: the namespaces watched; empty for the whole cluster.
+    pub namespaces: Vec<String>,
     /// This replica's identity (Events' reporting instance).
     pub identity: String,
 }
@@ -153,6 +163,7 @@ pub struct Context {
     deployments: Store<Deployment>,
     pools: Store<ServerPool>,
     inject: InjectionConfig,
+    allowed_images: ImageAllowList,
     /// The write fence of leader election.
     leadership: Arc<Leadership>,
     /// (namespace, deployment, pool, generation) already warned about a missing pool.
@@ -242,7 +253,52 @@ fn siblings(pools: &Store<ServerPool>, pool: &ServerPool) -> Vec<ObjectRef<Serve
         .collect()
 }
 
-/// Runs the controller until `shutdown` resolves (then finishes running reconciles).
+/// Where the operator watches and writes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Scope {
+    /// Every namespace (the chart's ClusterRole).
+    Cluster,
+    /// One namespace (the chart's namespaced mode: a Role in each watched namespace).
+    Namespace(String),
+}
+
+impl Scope {
+    /// The scopes of `--watch-namespaces`: the whole cluster when none is named, else one per
+    /// namespace (sorted, each once).
+    pub fn from_namespaces(namespaces: &[String]) -> Vec<Scope> {
+        let named: std::collections::BTreeSet<&str> =
+            namespaces.iter().map(|n| n.trim()).filter(|n| !n.is_empty()).collect();
+        if named.is_empty() {
+            vec![Scope::Cluster]
+        } else {
+            named.into_iter().map(|n| Scope::Namespace(n.to_owned())).collect()
+        }
+    }
+
+    fn api<K>(&self, client: &Client) -> Api<K>
+    where
+        K: Resource<DynamicType = (), Scope = NamespaceResourceScope>,
+    {
+        match self {
+            Scope::Cluster => Api::all(client.clone()),
+            Scope::Namespace(ns) => Api::namespaced(client.clone(), ns),
+        }
+    }
+}
+
+impl std::fmt::Display for Scope {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Scope::Cluster => f.write_str("all namespaces"),
+            Scope::Namespace(ns) => write!(f, "namespace {ns}"),
+        }
+    }
+}
+
+/// Runs the controller until `shutdown` resolves (then finishes running reconciles): one
+/// controller per [`Scope`] of `settings.namespaces`, each with its own watches and caches. A pool
+/// only ever touches objects of its own namespace, so the scopes share nothing but the metrics
+/// and the write fence.
 pub async fn run(
     client: Client,
     settings: Settings,
@@ -253,24 +309,51 @@ pub async fn run(
     let version = client.apiserver_version().await.map_err(Error::kube("read the API server version"))?;
     let minor = parse_minor(&version.minor);
     let inject = InjectionConfig::for_minor(settings.default_image.clone(), minor);
+    let scopes = Scope::from_namespaces(&settings.namespaces);
     tracing::info!(
         server = %version.git_version,
         native_sidecars = inject.native_sidecars,
+        scopes = %scopes.iter().map(ToString::to_string).collect::<Vec<_>>().join(", "),
         "starting the ServerPool controller"
     );
-    let pools: Api<ServerPool> = Api::all(client.clone());
-    pools
-        .list(&ListParams::default().limit(1))
-        .await
-        .map_err(Error::kube("list ServerPools (is the CRD installed? kubectl apply -f crds/)"))?;
+    let shutdown = shutdown.shared();
+    let runs = scopes.into_iter().map(|scope| {
+        run_scope(
+            scope,
+            client.clone(),
+            &settings,
+            inject.clone(),
+            metrics.clone(),
+            leadership.clone(),
+            shutdown.clone(),
+        )
+    });
+    futures::future::try_join_all(runs).await?;
+    Ok(())
+}
+
+/// The controller of one [`Scope`].
+async fn run_scope(
+    scope: Scope,
+    client: Client,
+    settings: &Settings,
+    inject: InjectionConfig,
+    metrics: Arc<Metrics>,
+    leadership: Arc<Leadership>,
+    shutdown: impl Future<Output = ()> + Send + Sync + 'static,
+) -> Result<(), Error> {
+    let pools: Api<ServerPool> = scope.api(&client);
+    pools.list(&ListParams::default().limit(1)).await.map_err(Error::kube(format!(
+        "list ServerPools in {scope} (is the CRD installed? kubectl apply -f crds/; does the operator's role cover it?)"
+    )))?;
 
     let (pod_store, pod_writer) = reflector::store();
-    let pod_stream = watcher(Api::<Pod>::all(client.clone()), watcher::Config::default())
+    let pod_stream = watcher(scope.api::<Pod>(&client), watcher::Config::default())
         .modify(slim_pod)
         .reflect(pod_writer)
         .touched_objects();
     let (deploy_store, deploy_writer) = reflector::store();
-    let deploy_stream = watcher(Api::<Deployment>::all(client.clone()), watcher::Config::default())
+    let deploy_stream = watcher(scope.api::<Deployment>(&client), watcher::Config::default())
         .modify(slim_deployment)
         .reflect(deploy_writer)
         .touched_objects();
@@ -278,7 +361,7 @@ pub async fn run(
     let pool_stream = watcher(pools, watcher::Config::default()).reflect(pool_writer).applied_objects();
     // A pool's spec change (or creation, deletion) can create or clear a conflict reported on a
     // sibling pool of the same namespace: wake the siblings, on generation changes only.
-    let sibling_stream = watcher(Api::<ServerPool>::all(client.clone()), watcher::Config::default()).touched_objects();
+    let sibling_stream = watcher(scope.api::<ServerPool>(&client), watcher::Config::default()).touched_objects();
 
     let recorder = Recorder::new(
         client.clone(),
@@ -292,6 +375,7 @@ pub async fn run(
         deployments: deploy_store.clone(),
         pools: pool_store.clone(),
         inject,
+        allowed_images: settings.allowed_images.clone(),
         leadership,
         warned_missing: Mutex::new(HashSet::new()),
         caches_ready: caches_ready(pod_store, deploy_store),
@@ -303,10 +387,9 @@ pub async fn run(
     let pool_stream = own_backoff("serverpools", metrics.clone(), pool_stream)
         .predicate_filter(spec_or_lifecycle, PredicateConfig::default());
     Controller::for_stream(pool_stream, pool_store)
-        .owns_stream(owned_watch::<Service>(&client, "services", metrics.clone(), &managed))
-        .owns_stream(owned_watch::<Secret>(&client, "secrets", metrics.clone(), &managed))
-        .owns_stream(owned_watch::<Role>(&client, "roles", metrics.clone(), &managed))
-        .owns_stream(owned_watch::<RoleBinding>(&client, "rolebindings", metrics.clone(), &managed))
+        .owns_stream(owned_watch::<Service>(&scope, &client, "services", metrics.clone(), &managed))
+        .owns_stream(owned_watch::<Role>(&scope, &client, "roles", metrics.clone(), &managed))
+        .owns_stream(owned_watch::<RoleBinding>(&scope, &client, "rolebindings", metrics.clone(), &managed))
         .watches_stream(own_backoff("pods", metrics.clone(), pod_stream), move |pod| pools_for_pod(&for_pods, &pod))
         .watches_stream(own_backoff("deployments", metrics.clone(), deploy_stream), move |d| {
             pools_for_deployment(&for_deployments, &d)
@@ -534,8 +617,10 @@ async fn apply(pool: Arc<ServerPool>, ctx: &Context) -> Result<Action, Error> {
     let ns = desired::pool_namespace(&pool);
     let name = desired::pool_name(&pool);
     let now = Timestamp::now();
-    let mut findings =
-        Findings { spec_problems: validate::validate(&pool, &ctx.inject.default_image), ..Findings::default() };
+    let mut findings = Findings {
+        spec_problems: validate::validate(&pool, &ctx.inject.default_image, &ctx.allowed_images),
+        ..Findings::default()
+    };
     let pods = ctx.pods.state();
     let pool_pods = desired::pool_pods(&pool, pods.iter().map(AsRef::as_ref));
     let members = desired::members(&pool, pool_pods.iter().copied());
@@ -548,9 +633,11 @@ async fn apply(pool: Arc<ServerPool>, ctx: &Context) -> Result<Action, Error> {
             failures.push(e.to_string());
         }
 
+        let mut key_refused = false;
         match ensure_keys(&pool, ctx, now).await {
             Ok(outcome) => {
                 findings.key_problem = outcome.problem;
+                key_refused = outcome.refused;
                 if let Some(due) = outcome.next_due {
                     let wait = u64::try_from(due.saturating_sub(now.as_second())).unwrap_or(0);
                     requeue = requeue.min(Duration::from_secs(wait.max(1)));
@@ -568,6 +655,9 @@ async fn apply(pool: Arc<ServerPool>, ctx: &Context) -> Result<Action, Error> {
         for plan in plans {
             fence(ctx)?;
             match plan {
+                // The injection would mount a Secret the operator may not use: inject nothing
+                // (Deployments keep what they have; the condition says why).
+                DeploymentPlan::Inject { .. } if key_refused => {}
                 DeploymentPlan::Inject { name: d, patch } => {
                     match deploy_api.patch(&d, &params, &Patch::Apply(&patch)).await {
                         Ok(_) => {
@@ -722,6 +812,8 @@ async fn cleanup(pool: Arc<ServerPool>, ctx: &Context) -> Result<Action, Error> 
 /// What [`ensure_keys`] found.
 struct KeyOutcome {
     problem: Option<String>,
+    /// The Secret is not one the operator may mount ([`desired::key_secret_refusal`]).
+    refused: bool,
     next_due: Option<i64>,
 }
 
@@ -742,6 +834,9 @@ async fn ensure_keys(pool: &ServerPool, ctx: &Context, now: Timestamp) -> Result
     let requested = pool.annotations().get(desired::ROTATE_ANNOTATION).cloned();
 
     let existing = api.get_opt(&secret_name).await.map_err(Error::kube(format!("get Secret {ns}/{secret_name}")))?;
+    if let Some(refusal) = existing.as_ref().and_then(|s| desired::key_secret_refusal(pool, &s.metadata)) {
+        return Ok(KeyOutcome { problem: Some(refusal), refused: true, next_due: None });
+    }
     let Some(mut secret) = existing else {
         let ring = KeyRing::initial(random_key()?, now_s);
         let mut fresh = desired::key_secret(pool, &ring);
@@ -768,11 +863,11 @@ async fn ensure_keys(pool: &ServerPool, ctx: &Context, now: Timestamp) -> Result
                     last_request: None,
                     promoted_at: None,
                 };
-                Ok(KeyOutcome { problem: None, next_due: keys::next_due(&ring, &input) })
+                Ok(KeyOutcome { problem: None, refused: false, next_due: keys::next_due(&ring, &input) })
             }
             // Created meanwhile (another reconcile, a person): read it next time.
             Err(kube::Error::Api(s)) if s.code == 409 => {
-                Ok(KeyOutcome { problem: None, next_due: Some(now_s.saturating_add(1)) })
+                Ok(KeyOutcome { problem: None, refused: false, next_due: Some(now_s.saturating_add(1)) })
             }
             Err(e) => Err(Error::kube(format!("create Secret {ns}/{secret_name}"))(e)),
         };
@@ -783,6 +878,7 @@ async fn ensure_keys(pool: &ServerPool, ctx: &Context, now: Timestamp) -> Result
         Some(Ok(ring)) => ring,
         Some(Err(e)) => {
             return Ok(KeyOutcome {
+                refused: false,
                 problem: Some(format!(
                     "Secret {secret_name}, data key `{SECRET_KEY}`: {e}. The operator never overwrites an existing Secret: fix it, or delete it to get fresh keys (live sessions will be lost)"
                 )),
@@ -791,6 +887,7 @@ async fn ensure_keys(pool: &ServerPool, ctx: &Context, now: Timestamp) -> Result
         }
         None => {
             return Ok(KeyOutcome {
+                refused: false,
                 problem: Some(format!(
                     "Secret {secret_name} has no data key `{SECRET_KEY}`. The operator never overwrites an existing Secret: fix it, or delete it to get fresh keys"
                 )),
@@ -808,7 +905,7 @@ async fn ensure_keys(pool: &ServerPool, ctx: &Context, now: Timestamp) -> Result
         promoted_at: annotations.get(desired::PROMOTED_AT_ANNOTATION).and_then(|v| v.parse().ok()),
     };
     let Some(plan) = keys::plan(&ring, &input, random_key()?) else {
-        return Ok(KeyOutcome { problem: None, next_due: keys::next_due(&ring, &input) });
+        return Ok(KeyOutcome { problem: None, refused: false, next_due: keys::next_due(&ring, &input) });
     };
     secret
         .data
@@ -843,7 +940,7 @@ async fn ensure_keys(pool: &ServerPool, ctx: &Context, now: Timestamp) -> Result
         publish(ctx, &pool.object_ref(&()), false, "KeysRotated", note).await;
     }
     let after = RotationInput { promoted_at: plan.promoted_at, last_request: plan.rotated_for.as_deref(), ..input };
-    Ok(KeyOutcome { problem: None, next_due: keys::next_due(&plan.ring, &after) })
+    Ok(KeyOutcome { problem: None, refused: false, next_due: keys::next_due(&plan.ring, &after) })
 }
 
 #[cfg(test)]
@@ -863,6 +960,14 @@ mod tests {
     use super::*;
     use crate::crd::{POOL_LABEL, ServerPoolSpec};
     use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+
+    #[test]
+    fn watched_namespaces_make_one_scope_each_and_none_the_whole_cluster() {
+        assert_eq!(Scope::from_namespaces(&[]), [Scope::Cluster]);
+        assert_eq!(Scope::from_namespaces(&[" ".into()]), [Scope::Cluster]);
+        let named = ["web".into(), "shop".into(), "web".into()];
+        assert_eq!(Scope::from_namespaces(&named), [Scope::Namespace("shop".into()), Scope::Namespace("web".into())]);
+    }
 
     #[test]
     fn server_minor_versions_parse_with_vendor_suffixes() {

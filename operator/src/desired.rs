@@ -9,8 +9,8 @@ use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::Secret;
 use k8s_openapi::api::core::v1::{
     Capabilities, Container, ContainerPort, EnvVar, EnvVarSource, HTTPGetAction, Lifecycle, LifecycleHandler,
-    ObjectFieldSelector, Pod, Probe, SecurityContext, Service, ServicePort, ServiceSpec, SleepAction, Volume,
-    VolumeMount,
+    ObjectFieldSelector, Pod, Probe, SeccompProfile, SecurityContext, Service, ServicePort, ServiceSpec, SleepAction,
+    Volume, VolumeMount,
 };
 use k8s_openapi::api::rbac::v1::{PolicyRule, Role, RoleBinding, RoleRef, Subject};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, ObjectMeta, Time};
@@ -47,6 +47,14 @@ pub const KEY_MOUNT: &str = "/etc/handover/keys";
 pub const PRESTOP_SLEEP_SECONDS: i64 = 5;
 /// Seconds added to the drain grace in `terminationGracePeriodSeconds`.
 pub const GRACE_MARGIN_SECONDS: i64 = 15;
+/// User and group the injected sidecar runs as: the image's `nonroot` user.
+pub const SIDECAR_UID: i64 = 65532;
+/// Env of the injected sidecar holding the pod's name (downward API).
+pub const POD_NAME_ENV: &str = "HANDOVER_POD_NAME";
+/// Env of the injected sidecar holding the pod's uid (downward API).
+pub const POD_UID_ENV: &str = "HANDOVER_POD_UID";
+/// Env of the injected sidecar holding the pod's IP (downward API).
+pub const POD_IP_ENV: &str = "HANDOVER_POD_IP";
 /// Kubernetes' default `terminationGracePeriodSeconds`.
 const DEFAULT_GRACE_SECONDS: i64 = 30;
 
@@ -85,7 +93,7 @@ pub fn service_name(pool: &ServerPool) -> String {
 
 /// Name of the pool's key Secret.
 pub fn key_secret_name(pool: &ServerPool) -> String {
-    pool.spec.key_secret_name.clone().unwrap_or_else(|| format!("{}-handover-keys", pool_name(pool)))
+    pool.spec.key_secret_name.clone().unwrap_or_else(|| default_key_secret_name(pool))
 }
 
 /// Name of the pool's Role and RoleBinding.
@@ -139,6 +147,32 @@ pub fn service(pool: &ServerPool) -> Service {
         }),
         status: None,
     }
+}
+
+/// The default name of a pool's key Secret.
+pub fn default_key_secret_name(pool: &ServerPool) -> String {
+    format!("{}-handover-keys", pool_name(pool))
+}
+
+/// Why an existing Secret must not serve as the pool's key Secret, if it must not.
+///
+/// The key Secret is mounted into every pod the pool injects and rotated by the operator, so a
+/// pool's author must not be able to point `spec.keySecretName` at any Secret of the namespace
+/// (database credentials, a TLS key) and have it mounted into a sidecar. The operator uses a
+/// Secret it created itself (it carries the `managed-by` label), or one under the default name
+/// `<pool>-handover-keys`, which no other Secret is expected to have.
+pub fn key_secret_refusal(pool: &ServerPool, secret: &ObjectMeta) -> Option<String> {
+    let name = secret.name.clone().unwrap_or_default();
+    let labelled = secret.labels.as_ref().and_then(|l| l.get(MANAGED_BY.0)).is_some_and(|v| v == MANAGED_BY.1);
+    if labelled || name == default_key_secret_name(pool) {
+        return None;
+    }
+    Some(format!(
+        "Secret {name} (spec.keySecretName) was not created by the operator: it lacks the label {}={} and is not the default {}. The operator mounts no Secret it did not create under another name: label it (if it is meant to hold this pool's keys), or name a Secret that does not exist yet (the operator creates it). No Deployment is injected until then",
+        MANAGED_BY.0,
+        MANAGED_BY.1,
+        default_key_secret_name(pool),
+    ))
 }
 
 /// A new key Secret holding `ring`.
@@ -330,18 +364,43 @@ pub fn needed_grace_seconds(pool: &ServerPool) -> i64 {
     PRESTOP_SLEEP_SECONDS.saturating_add(drain_seconds(pool)).saturating_add(GRACE_MARGIN_SECONDS)
 }
 
+/// The injected sidecar's security context: the restricted Pod Security Standard and then some.
+/// The sidecar needs no privilege at all: it listens on unprivileged ports, writes no file, and
+/// reads its keys from a read-only mount. The user is set (the image's `nonroot`, 65532) so that
+/// the pod does not depend on the image declaring a numeric `USER` for `runAsNonRoot` to verify.
+pub fn sidecar_security_context() -> SecurityContext {
+    SecurityContext {
+        allow_privilege_escalation: Some(false),
+        privileged: Some(false),
+        read_only_root_filesystem: Some(true),
+        run_as_non_root: Some(true),
+        run_as_user: Some(SIDECAR_UID),
+        run_as_group: Some(SIDECAR_UID),
+        capabilities: Some(Capabilities { drop: Some(vec!["ALL".to_owned()]), add: None }),
+        seccomp_profile: Some(SeccompProfile { type_: "RuntimeDefault".to_owned(), localhost_profile: None }),
+        ..SecurityContext::default()
+    }
+}
+
 /// The injected sidecar container.
 pub fn sidecar_container(pool: &ServerPool, cfg: &InjectionConfig) -> Container {
     let spec = &pool.spec;
     let image = spec.sidecar.image.clone().unwrap_or_else(|| cfg.default_image.clone());
-    let mut env = vec![
+    // The downward-API values come first: Kubernetes expands `$(VAR)` only from variables
+    // defined earlier in the list, and HANDOVER_ADMIN refers to the pod IP.
+    let downward = [
+        env_field(POD_NAME_ENV, "metadata.name"),
+        env_field(POD_UID_ENV, "metadata.uid"),
+        env_field(POD_IP_ENV, "status.podIP"),
+    ];
+    let mut settings = vec![
         env("HANDOVER_POOL", format!("{}/{}", pool_namespace(pool), pool_name(pool))),
-        env_field("HANDOVER_POD_NAME", "metadata.name"),
-        env_field("HANDOVER_POD_UID", "metadata.uid"),
-        env_field("HANDOVER_POD_IP", "status.podIP"),
         env("HANDOVER_REGISTRY", "kubernetes"),
         env("HANDOVER_LISTEN", format!("0.0.0.0:{}", spec.sidecar_port)),
-        env("HANDOVER_ADMIN", format!("0.0.0.0:{}", spec.admin_port)),
+        // The admin port (/members, /metrics, /live, /ready) answers on the pod IP only: the
+        // kubelet probes the pod IP, peers probe it there, and nothing else in the pod's network
+        // namespace (or beyond it, through another interface) needs to reach it.
+        env("HANDOVER_ADMIN", format!("$({POD_IP_ENV}):{}", spec.admin_port)),
         env("HANDOVER_APP", format!("127.0.0.1:{}", spec.app_port)),
         env("HANDOVER_KEY_FILE", format!("{KEY_MOUNT}/{SECRET_KEY}")),
         env("HANDOVER_MODE", spec.snapshot.mode.as_str()),
@@ -357,7 +416,8 @@ pub fn sidecar_container(pool: &ServerPool, cfg: &InjectionConfig) -> Container 
         env("HANDOVER_LOG_LEVEL", spec.sidecar.log_level.as_str()),
         env("HANDOVER_LOG_FORMAT", "json"),
     ];
-    env.sort_by(|a, b| a.name.cmp(&b.name));
+    settings.sort_by(|a, b| a.name.cmp(&b.name));
+    let env: Vec<EnvVar> = downward.into_iter().chain(settings).collect();
     Container {
         name: SIDECAR_NAME.to_owned(),
         image: Some(image),
@@ -397,13 +457,7 @@ pub fn sidecar_container(pool: &ServerPool, cfg: &InjectionConfig) -> Container 
             read_only: Some(true),
             ..VolumeMount::default()
         }]),
-        security_context: Some(SecurityContext {
-            allow_privilege_escalation: Some(false),
-            read_only_root_filesystem: Some(true),
-            run_as_non_root: Some(true),
-            capabilities: Some(Capabilities { drop: Some(vec!["ALL".to_owned()]), add: None }),
-            ..SecurityContext::default()
-        }),
+        security_context: Some(sidecar_security_context()),
         restart_policy: cfg.native_sidecars.then(|| "Always".to_owned()),
         ..Container::default()
     }
