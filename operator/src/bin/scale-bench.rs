@@ -21,6 +21,7 @@ use std::time::{Duration, Instant};
 
 use clap::Parser;
 use futures::{StreamExt, TryStreamExt};
+use handover_common::sync::lock;
 use handover_operator::crd::{POOL_LABEL, ServerPool, ServerPoolSpec};
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::{Namespace, Node, Pod, ServiceAccount};
@@ -408,7 +409,7 @@ async fn watch_pools(client: Client, selector: String, shared: Arc<Shared>) {
             })
             .unwrap_or_default();
         {
-            let mut state = shared.state.lock().unwrap_or_else(|e| e.into_inner());
+            let mut state = lock(&shared.state);
             if state.pending.as_ref().is_some_and(|p| p.pool == key && p.shown_by(&view))
                 && let Some(p) = state.pending.take()
             {
@@ -426,7 +427,7 @@ async fn wait_until(shared: &Shared, mut done: impl FnMut(&State) -> bool) {
         let notified = shared.changed.notified();
         let mut notified = std::pin::pin!(notified);
         notified.as_mut().enable();
-        if done(&shared.state.lock().unwrap_or_else(|e| e.into_inner())) {
+        if done(&lock(&shared.state)) {
             return;
         }
         notified.await;
@@ -647,7 +648,7 @@ async fn run_phase(
         })
     });
     tokio::time::timeout(Duration::from_secs(args.converge_timeout), converged).await.map_err(|_| {
-        let state = shared.state.lock().unwrap_or_else(|e| e.into_inner());
+        let state = lock(&shared.state);
         let done = keys.iter().filter(|k| state.pools.get(*k).is_some_and(|v| v.ready_members == expected)).count();
         format!("after {} s only {done} of {} pools list all members ready", args.converge_timeout, keys.len())
     })?;
@@ -666,7 +667,7 @@ async fn run_phase(
         let pool_ready = (0..phase.pods).filter(|jj| ready[i * phase.pods + jj]).count() as i32;
         let name = phase.pod_name(i, j);
         let (tx, rx) = oneshot::channel();
-        shared.state.lock().unwrap_or_else(|e| e.into_inner()).pending = Some(PendingFlip {
+        lock(&shared.state).pending = Some(PendingFlip {
             pool: (phase.namespace(i).to_owned(), phase.pool_name(i)),
             pod: name.clone(),
             ready: ready[k],
@@ -683,7 +684,7 @@ async fn run_phase(
             Err(_) => {
                 timeouts += 1;
                 eprintln!("flip of {name} to ready={} not shown within {} s", ready[k], args.flip_timeout);
-                shared.state.lock().unwrap_or_else(|e| e.into_inner()).pending = None;
+                lock(&shared.state).pending = None;
             }
         }
     }
