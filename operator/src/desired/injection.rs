@@ -1,60 +1,53 @@
-//! Desired state: pure functions from a `ServerPool` and what the operator observed (pods,
-//! Deployments, the key Secret) to the objects it applies and the status it writes. No I/O here;
-//! the reconciler in [`crate::controller`] only carries the results to the API server.
+//! The sidecar injected into a Deployment's pod template, its removal, and what a pool does with
+//! each Deployment of its namespace.
 
-use std::collections::{BTreeMap, BTreeSet};
-
-use k8s_openapi::ByteString;
 use k8s_openapi::api::apps::v1::Deployment;
-use k8s_openapi::api::core::v1::Secret;
 use k8s_openapi::api::core::v1::{
     Capabilities, Container, ContainerPort, EnvVar, EnvVarSource, HTTPGetAction, Lifecycle, LifecycleHandler,
-    ObjectFieldSelector, Pod, Probe, SeccompProfile, SecurityContext, Service, ServicePort, ServiceSpec, SleepAction,
-    Volume, VolumeMount,
+    ObjectFieldSelector, Probe, SeccompProfile, SecurityContext, SleepAction, Volume, VolumeMount,
 };
-use k8s_openapi::api::rbac::v1::{PolicyRule, Role, RoleBinding, RoleRef, Subject};
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, ObjectMeta, Time};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
-use kube::{Resource, ResourceExt};
+use kube::ResourceExt;
 use serde_json::{Value, json};
 
-use crate::crd::{Member, POOL_LABEL, ServerPool, ServerPoolStatus};
+use super::names::{MANAGER, key_secret_name, pool_name, pool_namespace, selector, selects};
+use crate::crd::{POOL_LABEL, ServerPool};
 use crate::duration;
-use crate::keys::{KeyRing, SECRET_KEY};
-use crate::validate::SpecProblem;
+use crate::keys::SECRET_KEY;
 
-/// The one server-side-apply field manager of the operator.
-pub const MANAGER: &str = "handover-operator";
-/// Label on every object the operator creates (its watches select on it).
-pub const MANAGED_BY: (&str, &str) = ("app.kubernetes.io/managed-by", "handover-operator");
 /// Pod-template annotation: the pool whose sidecar is injected.
 pub const INJECTED_ANNOTATION: &str = "handover.dev/injected";
+
 /// Pod-template annotation: hash of what was injected.
 pub const HASH_ANNOTATION: &str = "handover.dev/injection-hash";
-/// ServerPool annotation: set to a new value to rotate the keys now.
-pub const ROTATE_ANNOTATION: &str = "handover.dev/rotate-keys";
-/// Secret annotation: the rotate-keys value the Secret was last rotated for.
-pub const ROTATED_FOR_ANNOTATION: &str = "handover.dev/rotated-for";
-/// Secret annotation: when the current sealing key was promoted (unix seconds).
-pub const PROMOTED_AT_ANNOTATION: &str = "handover.dev/promoted-at";
+
 /// Name of the injected container.
 pub const SIDECAR_NAME: &str = "handover-sidecar";
+
 /// Name of the injected key volume.
 pub const KEY_VOLUME: &str = "handover-keys";
+
 /// Where the key volume is mounted in the sidecar.
 pub const KEY_MOUNT: &str = "/etc/handover/keys";
+
 /// Seconds the sidecar's preStop hook waits for endpoints to forget the pod.
 pub const PRESTOP_SLEEP_SECONDS: i64 = 5;
+
 /// Seconds added to the drain grace in `terminationGracePeriodSeconds`.
 pub const GRACE_MARGIN_SECONDS: i64 = 15;
+
 /// User and group the injected sidecar runs as: the image's `nonroot` user.
 pub const SIDECAR_UID: i64 = 65532;
+
 /// Env of the injected sidecar holding the pod's name (downward API).
 pub const POD_NAME_ENV: &str = "HANDOVER_POD_NAME";
+
 /// Env of the injected sidecar holding the pod's uid (downward API).
 pub const POD_UID_ENV: &str = "HANDOVER_POD_UID";
+
 /// Env of the injected sidecar holding the pod's IP (downward API).
 pub const POD_IP_ENV: &str = "HANDOVER_POD_IP";
+
 /// Kubernetes' default `terminationGracePeriodSeconds`.
 const DEFAULT_GRACE_SECONDS: i64 = 30;
 
@@ -73,252 +66,6 @@ impl InjectionConfig {
     /// The configuration for an API server of the given minor version (Kubernetes 1.x).
     pub fn for_minor(default_image: String, minor: u32) -> Self {
         Self { default_image, native_sidecars: minor >= 29, sleep_action: minor >= 30 }
-    }
-}
-
-/// The pool's name (empty if the object has none, which the API server never sends).
-pub fn pool_name(pool: &ServerPool) -> String {
-    pool.metadata.name.clone().unwrap_or_default()
-}
-
-/// The pool's namespace.
-pub fn pool_namespace(pool: &ServerPool) -> String {
-    pool.metadata.namespace.clone().unwrap_or_default()
-}
-
-/// Name of the pool's Service.
-pub fn service_name(pool: &ServerPool) -> String {
-    pool_name(pool)
-}
-
-/// Name of the pool's key Secret.
-pub fn key_secret_name(pool: &ServerPool) -> String {
-    pool.spec.key_secret_name.clone().unwrap_or_else(|| default_key_secret_name(pool))
-}
-
-/// Name of the pool's Role and RoleBinding.
-pub fn rbac_name(pool: &ServerPool) -> String {
-    format!("{}-handover-registry", pool_name(pool))
-}
-
-/// The labels selecting the pool's pods.
-pub fn selector(pool: &ServerPool) -> BTreeMap<String, String> {
-    match &pool.spec.selector {
-        Some(s) if !s.is_empty() => s.clone(),
-        _ => BTreeMap::from([(POOL_LABEL.to_owned(), pool_name(pool))]),
-    }
-}
-
-/// Whether `labels` carry every label of `selector`.
-pub fn selects(selector: &BTreeMap<String, String>, labels: &BTreeMap<String, String>) -> bool {
-    !selector.is_empty() && selector.iter().all(|(k, v)| labels.get(k) == Some(v))
-}
-
-fn meta(pool: &ServerPool, name: String) -> ObjectMeta {
-    ObjectMeta {
-        name: Some(name),
-        namespace: Some(pool_namespace(pool)),
-        labels: Some(BTreeMap::from([
-            (MANAGED_BY.0.to_owned(), MANAGED_BY.1.to_owned()),
-            (POOL_LABEL.to_owned(), pool_name(pool)),
-        ])),
-        owner_references: pool.controller_owner_ref(&()).map(|o| vec![o]),
-        ..ObjectMeta::default()
-    }
-}
-
-/// The pool's Service: `<pool>:<port>` to the sidecars' data port.
-pub fn service(pool: &ServerPool) -> Service {
-    Service {
-        metadata: meta(pool, service_name(pool)),
-        spec: Some(ServiceSpec {
-            selector: Some(selector(pool)),
-            ports: Some(vec![ServicePort {
-                name: Some("http".to_owned()),
-                port: pool.spec.port,
-                target_port: Some(IntOrString::Int(pool.spec.sidecar_port)),
-                protocol: Some("TCP".to_owned()),
-                app_protocol: Some("http".to_owned()),
-                ..ServicePort::default()
-            }]),
-            type_: Some(format!("{:?}", pool.spec.service.type_)),
-            session_affinity: Some(format!("{:?}", pool.spec.service.session_affinity)),
-            ..ServiceSpec::default()
-        }),
-        status: None,
-    }
-}
-
-/// The default name of a pool's key Secret.
-pub fn default_key_secret_name(pool: &ServerPool) -> String {
-    format!("{}-handover-keys", pool_name(pool))
-}
-
-/// Why an existing Secret must not serve as the pool's key Secret, if it must not.
-///
-/// The key Secret is mounted into every pod the pool injects and rotated by the operator, so a
-/// pool's author must not be able to point `spec.keySecretName` at any Secret of the namespace
-/// (database credentials, a TLS key) and have it mounted into a sidecar. The operator uses a
-/// Secret it created itself (it carries the `managed-by` label), or one under the default name
-/// `<pool>-handover-keys`, which no other Secret is expected to have.
-pub fn key_secret_refusal(pool: &ServerPool, secret: &ObjectMeta) -> Option<String> {
-    let name = secret.name.clone().unwrap_or_default();
-    let labelled = secret.labels.as_ref().and_then(|l| l.get(MANAGED_BY.0)).is_some_and(|v| v == MANAGED_BY.1);
-    if labelled || name == default_key_secret_name(pool) {
-        return None;
-    }
-    Some(format!(
-        "Secret {name} (spec.keySecretName) was not created by the operator: it lacks the label {}={} and is not the default {}. The operator mounts no Secret it did not create under another name: label it (if it is meant to hold this pool's keys), or name a Secret that does not exist yet (the operator creates it). No Deployment is injected until then",
-        MANAGED_BY.0,
-        MANAGED_BY.1,
-        default_key_secret_name(pool),
-    ))
-}
-
-/// A new key Secret holding `ring`.
-pub fn key_secret(pool: &ServerPool, ring: &KeyRing) -> Secret {
-    Secret {
-        metadata: meta(pool, key_secret_name(pool)),
-        data: Some(BTreeMap::from([(SECRET_KEY.to_owned(), ByteString(ring.render().into_bytes()))])),
-        type_: Some("Opaque".to_owned()),
-        ..Secret::default()
-    }
-}
-
-/// The Role letting the pool's sidecars read their own ServerPool, and nothing else.
-pub fn role(pool: &ServerPool) -> Role {
-    Role {
-        metadata: meta(pool, rbac_name(pool)),
-        rules: Some(vec![PolicyRule {
-            api_groups: Some(vec![crate::crd::GROUP.to_owned()]),
-            resources: Some(vec!["serverpools".to_owned()]),
-            resource_names: Some(vec![pool_name(pool)]),
-            verbs: vec!["get".to_owned(), "list".to_owned(), "watch".to_owned()],
-            ..PolicyRule::default()
-        }]),
-    }
-}
-
-/// The RoleBinding of [`role`] to the pool's ServiceAccounts (sorted, deduplicated).
-pub fn role_binding(pool: &ServerPool, service_accounts: &BTreeSet<String>) -> RoleBinding {
-    let namespace = pool_namespace(pool);
-    RoleBinding {
-        metadata: meta(pool, rbac_name(pool)),
-        role_ref: RoleRef {
-            api_group: "rbac.authorization.k8s.io".to_owned(),
-            kind: "Role".to_owned(),
-            name: rbac_name(pool),
-        },
-        subjects: Some(
-            service_accounts
-                .iter()
-                .map(|sa| Subject {
-                    kind: "ServiceAccount".to_owned(),
-                    name: sa.clone(),
-                    namespace: Some(namespace.clone()),
-                    ..Subject::default()
-                })
-                .collect(),
-        ),
-    }
-}
-
-/// The ServiceAccounts of the pool's pods and of the Deployments it injects.
-pub fn service_accounts<'a>(
-    pods: impl IntoIterator<Item = &'a Pod>,
-    deployments: impl IntoIterator<Item = &'a Deployment>,
-) -> BTreeSet<String> {
-    fn name(sa: Option<&String>) -> String {
-        sa.filter(|s| !s.is_empty()).cloned().unwrap_or_else(|| "default".to_owned())
-    }
-    let mut out = BTreeSet::new();
-    for pod in pods {
-        out.insert(name(pod.spec.as_ref().and_then(|s| s.service_account_name.as_ref())));
-    }
-    for d in deployments {
-        out.insert(name(
-            d.spec.as_ref().and_then(|s| s.template.spec.as_ref()).and_then(|s| s.service_account_name.as_ref()),
-        ));
-    }
-    out
-}
-
-/// Whether the pod is ready to serve: Ready condition true, an IP, not terminating.
-fn pod_ready(pod: &Pod) -> bool {
-    let ready = pod
-        .status
-        .as_ref()
-        .and_then(|s| s.conditions.as_ref())
-        .and_then(|cs| cs.iter().find(|c| c.type_ == "Ready"))
-        .is_some_and(|c| c.status == "True");
-    let has_ip = pod.status.as_ref().and_then(|s| s.pod_ip.as_ref()).is_some_and(|ip| !ip.is_empty());
-    ready && has_ip && pod.metadata.deletion_timestamp.is_none()
-}
-
-fn pod_finished(pod: &Pod) -> bool {
-    matches!(pod.status.as_ref().and_then(|s| s.phase.as_deref()), Some("Succeeded" | "Failed"))
-}
-
-/// The pods of `pool` among `pods` (any namespace): same namespace, selected, not finished.
-pub fn pool_pods<'a>(pool: &ServerPool, pods: impl IntoIterator<Item = &'a Pod>) -> Vec<&'a Pod> {
-    let namespace = pool_namespace(pool);
-    let selector = selector(pool);
-    pods.into_iter()
-        .filter(|p| p.metadata.namespace.as_deref() == Some(namespace.as_str()))
-        .filter(|p| selects(&selector, p.labels()))
-        .filter(|p| !pod_finished(p))
-        .collect()
-}
-
-/// The pods of `pool` among `pods` (any namespace), as members sorted by pod name.
-pub fn members<'a>(pool: &ServerPool, pods: impl IntoIterator<Item = &'a Pod>) -> Vec<Member> {
-    let mut out: Vec<Member> = pool_pods(pool, pods)
-        .into_iter()
-        .filter_map(|p| {
-            let ready_since = p
-                .status
-                .as_ref()
-                .and_then(|s| s.conditions.as_ref())
-                .and_then(|cs| cs.iter().find(|c| c.type_ == "Ready"))
-                .and_then(|c| c.last_transition_time.clone());
-            Some(Member {
-                pod: p.metadata.name.clone()?,
-                uid: p.metadata.uid.clone()?,
-                ip: p.status.as_ref().and_then(|s| s.pod_ip.clone()).filter(|ip| !ip.is_empty()),
-                ready: pod_ready(p),
-                since: ready_since.or_else(|| p.metadata.creation_timestamp.clone()),
-            })
-        })
-        .collect();
-    out.sort_by(|a, b| a.pod.cmp(&b.pod).then_with(|| a.uid.cmp(&b.uid)));
-    out
-}
-
-/// How membership changed between two member lists, for Events.
-#[derive(Debug, Clone, PartialEq, Eq, Default)]
-pub struct MembershipChange {
-    /// Pods that became ready members (joined, or became ready).
-    pub ready: Vec<String>,
-    /// Pods that stopped being ready members (left, or became unready).
-    pub unready: Vec<String>,
-}
-
-impl MembershipChange {
-    /// Whether nothing changed.
-    pub fn is_empty(&self) -> bool {
-        self.ready.is_empty() && self.unready.is_empty()
-    }
-}
-
-/// Which pods entered or left the set of ready members.
-pub fn membership_change(before: &[Member], after: &[Member]) -> MembershipChange {
-    let ready = |ms: &[Member]| -> BTreeSet<(String, String)> {
-        ms.iter().filter(|m| m.ready).map(|m| (m.pod.clone(), m.uid.clone())).collect()
-    };
-    let (b, a) = (ready(before), ready(after));
-    MembershipChange {
-        ready: a.difference(&b).map(|(p, _)| p.clone()).collect(),
-        unready: b.difference(&a).map(|(p, _)| p.clone()).collect(),
     }
 }
 
@@ -684,161 +431,3 @@ pub fn plan_deployments<'a>(
     }
     out
 }
-
-/// Everything that decides the pool's conditions.
-#[derive(Debug, Clone, Default, PartialEq)]
-pub struct Findings {
-    /// Problems of the spec.
-    pub spec_problems: Vec<SpecProblem>,
-    /// What is wrong with the key Secret, if anything.
-    pub key_problem: Option<String>,
-    /// Deployments that could not be injected, with the reason.
-    pub deployment_problems: Vec<String>,
-    /// Child objects the API server refused, with its answer.
-    pub apply_errors: Vec<String>,
-    /// Ready members.
-    pub ready: i32,
-    /// All members.
-    pub total: i32,
-}
-
-/// One condition before its transition time is settled.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ConditionValue {
-    /// `Ready`, `Degraded`.
-    pub type_: &'static str,
-    /// `True` / `False`.
-    pub status: bool,
-    /// CamelCase reason.
-    pub reason: &'static str,
-    /// For a person.
-    pub message: String,
-}
-
-/// The pool's conditions from the findings.
-pub fn condition_values(f: &Findings) -> Vec<ConditionValue> {
-    let join = |v: &[String]| v.join("; ");
-    let spec = f.spec_problems.iter().map(ToString::to_string).collect::<Vec<_>>();
-    let ready = if !spec.is_empty() {
-        ConditionValue { type_: "Ready", status: false, reason: "InvalidSpec", message: join(&spec) }
-    } else if let Some(k) = &f.key_problem {
-        ConditionValue { type_: "Ready", status: false, reason: "KeySecretInvalid", message: k.clone() }
-    } else if !f.apply_errors.is_empty() {
-        ConditionValue { type_: "Ready", status: false, reason: "ReconcileFailed", message: join(&f.apply_errors) }
-    } else if f.ready == 0 {
-        ConditionValue {
-            type_: "Ready",
-            status: false,
-            reason: "NoReadyMembers",
-            message: format!("0 of {} members ready", f.total),
-        }
-    } else {
-        ConditionValue {
-            type_: "Ready",
-            status: true,
-            reason: "MembersReady",
-            message: format!("{} of {} members ready", f.ready, f.total),
-        }
-    };
-    let degraded = if !spec.is_empty() {
-        ConditionValue { type_: "Degraded", status: true, reason: "InvalidSpec", message: join(&spec) }
-    } else if let Some(k) = &f.key_problem {
-        ConditionValue { type_: "Degraded", status: true, reason: "KeySecretInvalid", message: k.clone() }
-    } else if !f.apply_errors.is_empty() {
-        ConditionValue { type_: "Degraded", status: true, reason: "ReconcileFailed", message: join(&f.apply_errors) }
-    } else if !f.deployment_problems.is_empty() {
-        ConditionValue {
-            type_: "Degraded",
-            status: true,
-            reason: "DeploymentConflict",
-            message: join(&f.deployment_problems),
-        }
-    } else {
-        ConditionValue {
-            type_: "Degraded",
-            status: false,
-            reason: "AsExpected",
-            message: "no problem found".to_owned(),
-        }
-    };
-    vec![ready, degraded]
-}
-
-/// Kubernetes conditions from `values`, keeping each previous `lastTransitionTime` unless the
-/// status really changed, so that re-computing an unchanged status yields identical objects.
-pub fn settle_conditions(
-    previous: &[Condition],
-    values: &[ConditionValue],
-    generation: Option<i64>,
-    now: &Time,
-) -> Vec<Condition> {
-    values
-        .iter()
-        .map(|v| {
-            let status = if v.status { "True" } else { "False" };
-            let since = previous
-                .iter()
-                .find(|c| c.type_ == v.type_ && c.status == status)
-                .map_or_else(|| now.clone(), |c| c.last_transition_time.clone());
-            Condition {
-                type_: v.type_.to_owned(),
-                status: status.to_owned(),
-                reason: v.reason.to_owned(),
-                message: v.message.clone(),
-                observed_generation: generation,
-                last_transition_time: since,
-            }
-        })
-        .collect()
-}
-
-/// An Event to publish about the pool.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct PoolEvent {
-    /// Warning (true) or Normal.
-    pub warning: bool,
-    /// CamelCase reason.
-    pub reason: String,
-    /// For a person.
-    pub note: String,
-}
-
-/// Events for conditions whose reason changed: a new problem is a Warning; a `Degraded` that
-/// cleared is a Normal `Recovered`.
-pub fn condition_events(previous: &[Condition], current: &[Condition]) -> Vec<PoolEvent> {
-    let mut out = Vec::new();
-    for c in current {
-        let before = previous.iter().find(|p| p.type_ == c.type_);
-        if before.is_some_and(|b| b.reason == c.reason && b.status == c.status) {
-            continue;
-        }
-        let problem = (c.type_ == "Degraded" && c.status == "True")
-            || (c.type_ == "Ready" && c.status == "False" && c.reason != "NoReadyMembers");
-        if problem {
-            // Degraded and Ready often share the reason: one Warning is enough.
-            if !out.iter().any(|e: &PoolEvent| e.reason == c.reason) {
-                out.push(PoolEvent { warning: true, reason: c.reason.clone(), note: c.message.clone() });
-            }
-        } else if c.type_ == "Degraded" && before.is_some_and(|b| b.status == "True") {
-            out.push(PoolEvent { warning: false, reason: "Recovered".to_owned(), note: c.message.clone() });
-        }
-    }
-    out
-}
-
-/// The whole status.
-pub fn status(pool: &ServerPool, members: Vec<Member>, findings: &Findings, now: &Time) -> ServerPoolStatus {
-    let previous = pool.status.as_ref().map(|s| s.conditions.as_slice()).unwrap_or_default();
-    let generation = pool.meta().generation;
-    ServerPoolStatus {
-        observed_generation: generation,
-        conditions: settle_conditions(previous, &condition_values(findings), generation, now),
-        ready_members: i32::try_from(members.iter().filter(|m| m.ready).count()).unwrap_or(i32::MAX),
-        total_members: i32::try_from(members.len()).unwrap_or(i32::MAX),
-        members,
-        service_name: Some(service_name(pool)),
-    }
-}
-
-#[cfg(test)]
-mod tests;
