@@ -37,51 +37,59 @@ pub struct ConditionValue {
     pub message: String,
 }
 
+/// One problem of the pool, as both conditions report it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Problem {
+    /// CamelCase reason of the conditions it sets.
+    pub reason: &'static str,
+    /// For a person.
+    pub message: String,
+    /// Whether it makes the pool not `Ready` (every problem makes it `Degraded`).
+    pub unready: bool,
+}
+
+/// The one table of the pool's problems, most important first: the first one is the reason of
+/// `Degraded`, the first one that makes the pool unready the reason of `Ready=False`.
+pub fn problems(f: &Findings) -> Vec<Problem> {
+    let joined = |v: &[String]| (!v.is_empty()).then(|| v.join("; "));
+    let spec: Vec<String> = f.spec_problems.iter().map(ToString::to_string).collect();
+    [
+        ("InvalidSpec", joined(&spec), true),
+        ("KeySecretInvalid", f.key_problem.clone(), true),
+        ("ReconcileFailed", joined(&f.apply_errors), true),
+        ("DeploymentConflict", joined(&f.deployment_problems), false),
+    ]
+    .into_iter()
+    .filter_map(|(reason, message, unready)| message.map(|message| Problem { reason, message, unready }))
+    .collect()
+}
+
 /// The pool's conditions from the findings.
 pub fn condition_values(f: &Findings) -> Vec<ConditionValue> {
-    let join = |v: &[String]| v.join("; ");
-    let spec = f.spec_problems.iter().map(ToString::to_string).collect::<Vec<_>>();
-    let ready = if !spec.is_empty() {
-        ConditionValue { type_: "Ready", status: false, reason: "InvalidSpec", message: join(&spec) }
-    } else if let Some(k) = &f.key_problem {
-        ConditionValue { type_: "Ready", status: false, reason: "KeySecretInvalid", message: k.clone() }
-    } else if !f.apply_errors.is_empty() {
-        ConditionValue { type_: "Ready", status: false, reason: "ReconcileFailed", message: join(&f.apply_errors) }
-    } else if f.ready == 0 {
-        ConditionValue {
+    let problems = problems(f);
+    let ready = match problems.iter().find(|p| p.unready) {
+        Some(p) => ConditionValue { type_: "Ready", status: false, reason: p.reason, message: p.message.clone() },
+        None if f.ready == 0 => ConditionValue {
             type_: "Ready",
             status: false,
             reason: "NoReadyMembers",
             message: format!("0 of {} members ready", f.total),
-        }
-    } else {
-        ConditionValue {
+        },
+        None => ConditionValue {
             type_: "Ready",
             status: true,
             reason: "MembersReady",
             message: format!("{} of {} members ready", f.ready, f.total),
-        }
+        },
     };
-    let degraded = if !spec.is_empty() {
-        ConditionValue { type_: "Degraded", status: true, reason: "InvalidSpec", message: join(&spec) }
-    } else if let Some(k) = &f.key_problem {
-        ConditionValue { type_: "Degraded", status: true, reason: "KeySecretInvalid", message: k.clone() }
-    } else if !f.apply_errors.is_empty() {
-        ConditionValue { type_: "Degraded", status: true, reason: "ReconcileFailed", message: join(&f.apply_errors) }
-    } else if !f.deployment_problems.is_empty() {
-        ConditionValue {
-            type_: "Degraded",
-            status: true,
-            reason: "DeploymentConflict",
-            message: join(&f.deployment_problems),
-        }
-    } else {
-        ConditionValue {
+    let degraded = match problems.first() {
+        Some(p) => ConditionValue { type_: "Degraded", status: true, reason: p.reason, message: p.message.clone() },
+        None => ConditionValue {
             type_: "Degraded",
             status: false,
             reason: "AsExpected",
             message: "no problem found".to_owned(),
-        }
+        },
     };
     vec![ready, degraded]
 }

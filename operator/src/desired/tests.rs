@@ -549,6 +549,26 @@ fn conditions_for_keys_members_and_conflicts() {
 }
 
 #[test]
+fn one_table_of_problems_orders_both_conditions() {
+    let all = Findings {
+        spec_problems: vec![],
+        key_problem: Some("bad keys".to_owned()),
+        deployment_problems: vec!["web: conflict".to_owned()],
+        apply_errors: vec!["apply Service: 500".to_owned(), "apply Role: 403".to_owned()],
+        ready: 3,
+        total: 3,
+    };
+    let table: Vec<(&str, bool)> = problems(&all).iter().map(|p| (p.reason, p.unready)).collect();
+    assert_eq!(table, [("KeySecretInvalid", true), ("ReconcileFailed", true), ("DeploymentConflict", false)]);
+    assert_eq!(problems(&all)[1].message, "apply Service: 500; apply Role: 403");
+    let failed_only = Findings { apply_errors: vec!["apply Role: 403".to_owned()], ready: 3, total: 3, ..all };
+    let failed_only = Findings { key_problem: None, deployment_problems: vec![], ..failed_only };
+    let v = condition_values(&failed_only);
+    assert_eq!((v[0].status, v[0].reason), (false, "ReconcileFailed"), "ready members do not hide a failure");
+    assert_eq!((v[1].status, v[1].reason), (true, "ReconcileFailed"));
+}
+
+#[test]
 fn transition_time_changes_only_on_a_real_transition() {
     let ready = |n: i32| Findings { ready: n, total: 3, ..Findings::default() };
     let first = settle_conditions(&[], &condition_values(&ready(1)), Some(1), &ts(10));
