@@ -11,18 +11,10 @@ use kube::{Resource, ResourceExt};
 use super::events::publish;
 use super::{Context, fence};
 use crate::crd::ServerPool;
-use crate::desired;
+use crate::desired::{self, KeyOutcome};
 use crate::duration;
 use crate::error::Error;
 use crate::keys::{self, KeyRing, RotationInput, SECRET_KEY};
-
-/// What [`ensure_keys`] found.
-pub(super) struct KeyOutcome {
-    pub(super) problem: Option<String>,
-    /// The Secret is not one the operator may mount ([`desired::key_secret_refusal`]).
-    pub(super) refused: bool,
-    pub(super) next_due: Option<i64>,
-}
 
 fn random_key() -> Result<[u8; 32], Error> {
     let mut bytes = [0u8; 32];

@@ -3,16 +3,19 @@
 //! reads caches, carries the results to the API server, writes status, and publishes Events.
 //!
 //! - [`watches`]: the watches, each behind its own back-off, and which pools an event concerns;
-//! - [`reconcile`]: one pool's reconcile (finalizer, apply, cleanup) and the retry policy;
+//! - [`reconcile`]: one pool's reconcile (finalizer; observe → [`desired::plan`] → execute;
+//!   cleanup) and the retry policy;
+//! - [`execute`]: carries out a plan, writing only what changed;
 //! - [`keys`]: reading, creating and rotating the key Secret;
 //! - [`events`]: publishing Events.
 
 mod events;
+mod execute;
 mod keys;
 mod reconcile;
 mod watches;
 
-use std::collections::HashSet;
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::future::Future;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -24,6 +27,7 @@ use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{Pod, Service};
 use k8s_openapi::api::rbac::v1::{Role, RoleBinding};
 use kube::api::{Api, ListParams};
+use kube::core::PartialObjectMeta;
 use kube::runtime::controller;
 use kube::runtime::events::{Recorder, Reporter};
 use kube::runtime::reflector;
@@ -33,7 +37,7 @@ use kube::runtime::{Controller, WatchStreamExt, predicates, watcher};
 use kube::{Client, Resource};
 
 use crate::crd::ServerPool;
-use crate::desired::{self, InjectionConfig, MANAGER};
+use crate::desired::{self, Applied, ChildKey, InjectionConfig, KeyCheck, MANAGER};
 use crate::error::Error;
 use crate::leader::Leadership;
 use crate::metrics::Metrics;
@@ -76,6 +80,14 @@ pub struct Context {
     pods: Store<Pod>,
     deployments: Store<Deployment>,
     pools: Store<ServerPool>,
+    /// The owned-object caches (metadata only): what the executor compares its last applies with.
+    services: Store<PartialObjectMeta<Service>>,
+    roles: Store<PartialObjectMeta<Role>>,
+    role_bindings: Store<PartialObjectMeta<RoleBinding>>,
+    /// What the executor applied last, per child: content fingerprint and resourceVersion.
+    applied: Mutex<BTreeMap<ChildKey, Applied>>,
+    /// The last key Secret check of each pool (namespace, name).
+    key_checks: Mutex<HashMap<(String, String), KeyCheck>>,
     inject: InjectionConfig,
     allowed_images: ImageAllowList,
     /// The write fence of leader election.
@@ -209,6 +221,11 @@ async fn run_scope(
         client.clone(),
         Reporter { controller: MANAGER.to_owned(), instance: Some(settings.identity.clone()) },
     );
+    let managed = watcher::Config::default().labels(&format!("{}={}", desired::MANAGED_BY.0, desired::MANAGED_BY.1));
+    let (services, service_stream) = owned_watch::<Service>(&scope, &client, "services", metrics.clone(), &managed);
+    let (roles, role_stream) = owned_watch::<Role>(&scope, &client, "roles", metrics.clone(), &managed);
+    let (role_bindings, role_binding_stream) =
+        owned_watch::<RoleBinding>(&scope, &client, "rolebindings", metrics.clone(), &managed);
     let ctx = Arc::new(Context {
         client: client.clone(),
         recorder,
@@ -216,22 +233,26 @@ async fn run_scope(
         pods: pod_store.clone(),
         deployments: deploy_store.clone(),
         pools: pool_store.clone(),
+        services,
+        roles,
+        role_bindings,
+        applied: Mutex::new(BTreeMap::new()),
+        key_checks: Mutex::new(HashMap::new()),
         inject,
         allowed_images: settings.allowed_images.clone(),
         leadership,
         warned_missing: Mutex::new(HashSet::new()),
         caches_ready: caches_ready(pod_store, deploy_store),
     });
-    let managed = watcher::Config::default().labels(&format!("{}={}", desired::MANAGED_BY.0, desired::MANAGED_BY.1));
     let for_pods = pool_store.clone();
     let for_deployments = pool_store.clone();
     let for_siblings = pool_store.clone();
     let pool_stream = own_backoff("serverpools", metrics.clone(), pool_stream)
         .predicate_filter(spec_or_lifecycle, PredicateConfig::default());
     Controller::for_stream(pool_stream, pool_store)
-        .owns_stream(owned_watch::<Service>(&scope, &client, "services", metrics.clone(), &managed))
-        .owns_stream(owned_watch::<Role>(&scope, &client, "roles", metrics.clone(), &managed))
-        .owns_stream(owned_watch::<RoleBinding>(&scope, &client, "rolebindings", metrics.clone(), &managed))
+        .owns_stream(service_stream)
+        .owns_stream(role_stream)
+        .owns_stream(role_binding_stream)
         .watches_stream(own_backoff("pods", metrics.clone(), pod_stream), move |pod| pools_for_pod(&for_pods, &pod))
         .watches_stream(own_backoff("deployments", metrics.clone(), deploy_stream), move |d| {
             pools_for_deployment(&for_deployments, &d)

@@ -1,28 +1,25 @@
 //! One pool's reconcile: the finalizer, applying what [`crate::desired`] wants, the cleanup of a
 //! deleted pool, a Deployment naming a missing pool, and when to retry.
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use jiff::Timestamp;
-use k8s_openapi::NamespaceResourceScope;
 use k8s_openapi::api::apps::v1::Deployment;
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use k8s_openapi::api::core::v1::Pod;
 use kube::api::{Api, Patch, PatchParams};
 use kube::runtime::controller::Action;
-use kube::runtime::events::{Event, EventType};
 use kube::runtime::finalizer::{self, finalizer};
+use kube::runtime::reflector::ObjectRef;
 use kube::{Resource, ResourceExt};
-use serde::Serialize;
-use serde::de::DeserializeOwned;
 
 use super::events::publish;
-use super::keys::ensure_keys;
-use super::{CACHE_WAIT, Context, FINALIZER, RESYNC, RETRY, STALE_RETRY, fence};
+use super::execute::{execute, forget, patch_deployment};
+use super::{CACHE_WAIT, Context, FINALIZER, RETRY, STALE_RETRY, fence};
 use crate::crd::ServerPool;
-use crate::desired::{self, DeploymentPlan, Findings, MANAGER};
+use crate::desired::{self, Applied, ChildKey, DeploymentPlan, MANAGER, Observed, Policy};
 use crate::error::Error;
-use crate::validate;
 use handover_common::sync::lock;
 
 /// A Deployment names (or carries the injection of) a pool that does not exist: warn on the
@@ -53,9 +50,7 @@ pub(super) async fn missing_pool(ctx: &Context, pool: &str, namespace: Option<&s
             }
         }
         if desired::injected_pool(&d) == Some(pool) {
-            let api: Api<Deployment> = Api::namespaced(ctx.client.clone(), ns);
-            let body = desired::removal_patch(&d);
-            match api.patch(&name, &PatchParams::apply(MANAGER).force(), &Patch::Apply(&body)).await {
+            match patch_deployment(ctx, ns, &name, &desired::removal_patch(&d)).await {
                 Ok(_) => {
                     publish(
                         ctx,
@@ -154,191 +149,68 @@ async fn wait_for_caches(ctx: &Context) -> Result<(), Error> {
     }
 }
 
-/// Server-side apply of a namespaced object with the operator's field manager.
-async fn ssa<K>(ctx: &Context, ns: &str, obj: &K) -> Result<(), Error>
-where
-    K: Resource<DynamicType = (), Scope = NamespaceResourceScope>
-        + Serialize
-        + DeserializeOwned
-        + Clone
-        + std::fmt::Debug,
-{
-    let name = obj.meta().name.clone().unwrap_or_default();
-    let api: Api<K> = Api::namespaced(ctx.client.clone(), ns);
-    fence(ctx)?;
-    api.patch(&name, &PatchParams::apply(MANAGER).force(), &Patch::Apply(obj))
-        .await
-        .map_err(Error::kube(format!("apply {} {ns}/{name}", K::kind(&()))))?;
-    Ok(())
-}
-
+/// Observe → plan → execute: reads the caches and what the operator remembers, lets
+/// [`desired::plan`] decide, and has [`execute`] carry it out.
 async fn apply(pool: Arc<ServerPool>, ctx: &Context) -> Result<Action, Error> {
     wait_for_caches(ctx).await?;
     fence(ctx)?;
-    let ns = desired::pool_namespace(&pool);
-    let name = desired::pool_name(&pool);
     let now = Timestamp::now();
-    let mut findings = Findings {
-        spec_problems: validate::validate(&pool, &ctx.inject.default_image, &ctx.allowed_images),
-        ..Findings::default()
-    };
     let pods = ctx.pods.state();
-    let pool_pods = desired::pool_pods(&pool, pods.iter().map(AsRef::as_ref));
-    let members = desired::members(&pool, pool_pods.iter().copied());
-    let mut failures: Vec<String> = Vec::new();
-    let mut requeue = RESYNC;
+    let deployments = ctx.deployments.state();
+    let pools = ctx.pools.state();
+    let pods: Vec<&Pod> = pods.iter().map(AsRef::as_ref).collect();
+    let deployments: Vec<&Deployment> = deployments.iter().map(AsRef::as_ref).collect();
+    let pools: Vec<&ServerPool> = pools.iter().map(AsRef::as_ref).collect();
+    let children = observed_children(ctx, &pool);
+    let keys = children_keys(&pool);
+    let applied: BTreeMap<ChildKey, Applied> =
+        lock(&ctx.applied).iter().filter(|(k, _)| keys.contains(k)).map(|(k, v)| (k.clone(), v.clone())).collect();
+    let pool_key = (desired::pool_namespace(&pool), desired::pool_name(&pool));
+    let last_key_check = lock(&ctx.key_checks).get(&pool_key).cloned();
+    let observed = Observed {
+        pods: &pods,
+        deployments: &deployments,
+        pools: &pools,
+        children: &children,
+        applied: &applied,
+        last_key_check: last_key_check.as_ref(),
+        now: now.as_second(),
+    };
+    let plan = desired::plan(&pool, &observed, &Policy { inject: &ctx.inject, allowed_images: &ctx.allowed_images });
+    execute(&pool, plan, ctx, now).await
+}
 
-    // An invalid spec changes nothing that exists: running pods keep what they have.
-    if findings.spec_problems.is_empty() {
-        if let Err(e) = ssa(ctx, &ns, &desired::service(&pool)).await {
-            failures.push(e.to_string());
-        }
+/// The keys of the pool's children, as [`desired::plan`] names them.
+fn children_keys(pool: &ServerPool) -> [ChildKey; 3] {
+    let ns = desired::pool_namespace(pool);
+    let key = |kind: &'static str, name: String| ChildKey { kind, namespace: ns.clone(), name };
+    [
+        key("Service", desired::service_name(pool)),
+        key("Role", desired::rbac_name(pool)),
+        key("RoleBinding", desired::rbac_name(pool)),
+    ]
+}
 
-        let mut key_refused = false;
-        match ensure_keys(&pool, ctx, now).await {
-            Ok(outcome) => {
-                findings.key_problem = outcome.problem;
-                key_refused = outcome.refused;
-                if let Some(due) = outcome.next_due {
-                    let wait = u64::try_from(due.saturating_sub(now.as_second())).unwrap_or(0);
-                    requeue = requeue.min(Duration::from_secs(wait.max(1)));
-                }
+/// The resourceVersion of each of the pool's children in the owned-object caches.
+fn observed_children(ctx: &Context, pool: &ServerPool) -> BTreeMap<ChildKey, String> {
+    let mut out = BTreeMap::new();
+    for key in children_keys(pool) {
+        let (name, ns) = (key.name.as_str(), key.namespace.as_str());
+        let version = match key.kind {
+            "Service" => {
+                ctx.services.get(&ObjectRef::new(name).within(ns)).and_then(|o| o.metadata.resource_version.clone())
             }
-            Err(e) => failures.push(e.to_string()),
-        }
-
-        let deployments = ctx.deployments.state();
-        let all_pools = ctx.pools.state();
-        let pool_refs: Vec<&ServerPool> = all_pools.iter().map(AsRef::as_ref).collect();
-        let plans = desired::plan_deployments(&pool, deployments.iter().map(AsRef::as_ref), &pool_refs, &ctx.inject);
-        let deploy_api: Api<Deployment> = Api::namespaced(ctx.client.clone(), &ns);
-        let params = PatchParams::apply(MANAGER).force();
-        for plan in plans {
-            fence(ctx)?;
-            match plan {
-                // The injection would mount a Secret the operator may not use: inject nothing
-                // (Deployments keep what they have; the condition says why).
-                DeploymentPlan::Inject { .. } if key_refused => {}
-                DeploymentPlan::Inject { name: d, patch } => {
-                    match deploy_api.patch(&d, &params, &Patch::Apply(&patch)).await {
-                        Ok(_) => {
-                            tracing::info!(deployment = %d, pool = %name, "injected the sidecar");
-                            publish(
-                                ctx,
-                                &pool.object_ref(&()),
-                                false,
-                                "SidecarInjected",
-                                format!("injected the handover sidecar into Deployment {d}"),
-                            )
-                            .await;
-                        }
-                        Err(e) => failures.push(format!("inject Deployment {ns}/{d}: {e}")),
-                    }
-                }
-                DeploymentPlan::Remove { name: d, patch } => {
-                    match deploy_api.patch(&d, &params, &Patch::Apply(&patch)).await {
-                        Ok(_) => {
-                            tracing::info!(deployment = %d, pool = %name, "removed the sidecar");
-                            publish(
-                                ctx,
-                                &pool.object_ref(&()),
-                                false,
-                                "SidecarRemoved",
-                                format!("removed the handover sidecar from Deployment {d}"),
-                            )
-                            .await;
-                        }
-                        Err(e) => failures.push(format!("remove sidecar from Deployment {ns}/{d}: {e}")),
-                    }
-                }
-                DeploymentPlan::Conflict { name: d, others } => {
-                    findings.deployment_problems.push(format!(
-                        "Deployment {d} asks for this pool but its pods are also selected by pool(s) {}: not injected",
-                        others.join(", ")
-                    ));
-                }
-                DeploymentPlan::ForeignSidecar { name: d } => {
-                    findings.deployment_problems.push(format!(
-                        "Deployment {d} already has a container named {} that the operator did not inject: not injected",
-                        desired::SIDECAR_NAME
-                    ));
-                }
-                DeploymentPlan::Injected { .. } => {}
-            }
-        }
-
-        let requested: Vec<&Deployment> = deployments
-            .iter()
-            .map(AsRef::as_ref)
-            .filter(|d| d.namespace().as_deref() == Some(ns.as_str()))
-            .filter(|d| desired::requested_pool(d) == Some(name.as_str()))
-            .collect();
-        let accounts = desired::service_accounts(pool_pods.iter().copied(), requested);
-        if let Err(e) = ssa(ctx, &ns, &desired::role(&pool)).await {
-            failures.push(e.to_string());
-        }
-        if let Err(e) = ssa(ctx, &ns, &desired::role_binding(&pool, &accounts)).await {
-            failures.push(e.to_string());
+            "Role" => ctx.roles.get(&ObjectRef::new(name).within(ns)).and_then(|o| o.metadata.resource_version.clone()),
+            _ => ctx
+                .role_bindings
+                .get(&ObjectRef::new(name).within(ns))
+                .and_then(|o| o.metadata.resource_version.clone()),
+        };
+        if let Some(version) = version {
+            out.insert(key, version);
         }
     }
-
-    findings.apply_errors.clone_from(&failures);
-    findings.ready = i32::try_from(members.iter().filter(|m| m.ready).count()).unwrap_or(i32::MAX);
-    findings.total = i32::try_from(members.len()).unwrap_or(i32::MAX);
-    let before = pool.status.clone().unwrap_or_default();
-    let status = desired::status(&pool, members, &findings, &Time(now));
-    ctx.metrics.set_members(&ns, &name, i64::from(status.total_members), i64::from(status.ready_members));
-    if pool.status.as_ref() != Some(&status) {
-        fence(ctx)?;
-        let api: Api<ServerPool> = Api::namespaced(ctx.client.clone(), &ns);
-        let body = serde_json::json!({
-            "apiVersion": "handover.dev/v1alpha1",
-            "kind": "ServerPool",
-            "status": status,
-        });
-        api.patch_status(&name, &PatchParams::apply(MANAGER).force(), &Patch::Apply(&body))
-            .await
-            .map_err(Error::kube(format!("write status of ServerPool {ns}/{name}")))?;
-    }
-
-    let reference = pool.object_ref(&());
-    for event in desired::condition_events(&before.conditions, &status.conditions) {
-        publish(ctx, &reference, event.warning, &event.reason, event.note).await;
-    }
-    // One Event per pod that joined or left, related to the pod: the Recorder aggregates
-    // repeated Events by (reason, regarding, related), so each pod keeps its own series.
-    let change = desired::membership_change(&before.members, &status.members);
-    let uid_of =
-        |pod: &str| status.members.iter().chain(before.members.iter()).find(|m| m.pod == pod).map(|m| m.uid.clone());
-    for (joined, pods) in [(true, &change.ready), (false, &change.unready)] {
-        for pod in pods {
-            let related = k8s_openapi::api::core::v1::ObjectReference {
-                api_version: Some("v1".to_owned()),
-                kind: Some("Pod".to_owned()),
-                name: Some(pod.clone()),
-                namespace: Some(ns.clone()),
-                uid: uid_of(pod),
-                ..Default::default()
-            };
-            let (reason, verb) = if joined { ("MemberReady", "joined") } else { ("MemberLeft", "left") };
-            tracing::info!(pool = %name, namespace = %ns, pod = %pod, ready = status.ready_members, "member {verb}");
-            let event = Event {
-                type_: EventType::Normal,
-                reason: reason.to_owned(),
-                note: Some(format!(
-                    "pod {pod} {verb} the ready members ({} of {} ready)",
-                    status.ready_members, status.total_members
-                )),
-                action: "Registry".to_owned(),
-                secondary: Some(related),
-            };
-            if let Err(e) = ctx.recorder.publish(&event, &reference).await {
-                tracing::warn!(error = %e, "could not publish an Event");
-            }
-        }
-    }
-
-    if failures.is_empty() { Ok(Action::requeue(requeue)) } else { Err(Error::Children(failures)) }
+    out
 }
 
 async fn cleanup(pool: Arc<ServerPool>, ctx: &Context) -> Result<Action, Error> {
@@ -349,14 +221,12 @@ async fn cleanup(pool: Arc<ServerPool>, ctx: &Context) -> Result<Action, Error> 
     let deployments = ctx.deployments.state();
     let all_pools = ctx.pools.state();
     let pool_refs: Vec<&ServerPool> = all_pools.iter().map(AsRef::as_ref).collect();
-    let api: Api<Deployment> = Api::namespaced(ctx.client.clone(), &ns);
     let mut failures = Vec::new();
     for plan in desired::plan_deployments(&pool, deployments.iter().map(AsRef::as_ref), &pool_refs, &ctx.inject) {
         if let DeploymentPlan::Remove { name: d, patch } = plan {
-            match api.patch(&d, &PatchParams::apply(MANAGER).force(), &Patch::Apply(&patch)).await {
-                Ok(_) => {
-                    tracing::info!(deployment = %d, pool = %name, "removed the sidecar of a deleted pool")
-                }
+            fence(ctx)?;
+            match patch_deployment(ctx, &ns, &d, &patch).await {
+                Ok(()) => tracing::info!(deployment = %d, pool = %name, "removed the sidecar of a deleted pool"),
                 Err(e) => failures.push(format!("remove sidecar from Deployment {ns}/{d}: {e}")),
             }
         }
@@ -365,6 +235,7 @@ async fn cleanup(pool: Arc<ServerPool>, ctx: &Context) -> Result<Action, Error> 
         return Err(Error::Children(failures));
     }
     ctx.metrics.forget_pool(&ns, &name);
+    forget(ctx, &pool);
     // Service, Secret, Role and RoleBinding carry an owner reference: the garbage collector
     // deletes them with the pool.
     Ok(Action::await_change())

@@ -11,7 +11,7 @@ use k8s_openapi::NamespaceResourceScope;
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{Pod, PodSpec, PodStatus};
 use kube::core::PartialObjectMeta;
-use kube::runtime::reflector::{ObjectRef, Store};
+use kube::runtime::reflector::{self, ObjectRef, Store};
 use kube::runtime::utils::Backoff;
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Client, Resource, ResourceExt};
@@ -85,24 +85,33 @@ pub(super) fn own_backoff<K>(
 }
 
 /// A metadata watch of objects the operator creates for pools, as [`Controller::owns`] would make it
-/// but behind [`own_backoff`].
+/// but behind [`own_backoff`], and the cache it fills: the executor compares the resourceVersion
+/// there with the one its last apply returned, to skip a child nobody changed.
+///
+/// [`Controller::owns`]: kube::runtime::Controller::owns
 pub(super) fn owned_watch<K>(
     scope: &Scope,
     client: &Client,
     resource: &'static str,
     metrics: Arc<Metrics>,
     managed: &watcher::Config,
-) -> impl Stream<Item = Result<PartialObjectMeta<K>, watcher::Error>> + use<K>
+) -> (Store<PartialObjectMeta<K>>, impl Stream<Item = Result<PartialObjectMeta<K>, watcher::Error>> + use<K>)
 where
     K: Resource<DynamicType = (), Scope = NamespaceResourceScope>
         + Clone
         + DeserializeOwned
         + std::fmt::Debug
         + Send
+        + Sync
         + 'static,
 {
+    let (store, writer) = reflector::store();
     let api = scope.api::<PartialObjectMeta<K>>(client);
-    own_backoff(resource, metrics, watcher(api, managed.clone()).touched_objects())
+    let events = watcher(api, managed.clone())
+        .modify(|object| object.metadata.managed_fields = None)
+        .reflect(writer)
+        .touched_objects();
+    (store, own_backoff(resource, metrics, events))
 }
 
 /// The changes of a pool that call for its reconcile: spec (generation), finalizers, the start of

@@ -231,14 +231,13 @@ fn current_grace(deploy: &Deployment) -> i64 {
         .unwrap_or(DEFAULT_GRACE_SECONDS)
 }
 
-/// 64-bit FNV-1a, hex: a stable hash across Rust versions and architectures.
+/// 64-bit FNV-1a: a stable hash across Rust versions and architectures.
+pub fn fnv1a(bytes: &[u8]) -> u64 {
+    bytes.iter().fold(0xcbf2_9ce4_8422_2325, |h: u64, b| (h ^ u64::from(*b)).wrapping_mul(0x0000_0100_0000_01b3))
+}
+
 fn fnv1a_hex(bytes: &[u8]) -> String {
-    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    for b in bytes {
-        h ^= u64::from(*b);
-        h = h.wrapping_mul(0x0000_0100_0000_01b3);
-    }
-    format!("{h:016x}")
+    format!("{:016x}", fnv1a(bytes))
 }
 
 /// The server-side-apply body that injects the pool's sidecar into `deploy`, and its hash.

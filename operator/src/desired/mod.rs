@@ -6,18 +6,22 @@
 //! - [`children`]: the objects a pool owns: Service, key Secret, Role, RoleBinding;
 //! - [`injection`]: the sidecar injected into a Deployment, and what to do with each Deployment;
 //! - [`members`]: the pool's members from its pods;
-//! - [`status`]: the problems found, the conditions and Events they make, the whole status.
+//! - [`status`]: the problems found, the conditions and Events they make, the whole status;
+//! - [`plan`]: one reconcile decided: which children to write, whether to read the key Secret,
+//!   which Deployments to change, from the pool and what was observed.
 
 pub mod children;
 pub mod injection;
 pub mod members;
 pub mod names;
+pub mod plan;
 pub mod status;
 
 pub use children::*;
 pub use injection::*;
 pub use members::*;
 pub use names::*;
+pub use plan::*;
 pub use status::*;
 
 #[cfg(test)]
