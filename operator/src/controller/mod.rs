@@ -11,6 +11,8 @@
 
 mod events;
 mod execute;
+#[cfg(test)]
+mod fixture;
 mod keys;
 mod reconcile;
 mod watches;
