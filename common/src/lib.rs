@@ -4,4 +4,5 @@
 #![forbid(unsafe_code)]
 
 pub mod duration;
+pub mod fuzzing;
 pub mod keyfile;
