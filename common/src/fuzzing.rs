@@ -49,7 +49,7 @@ pub fn duration(data: &[u8]) -> bool {
 fn format(d: Duration) -> String {
     let ms = d.as_millis();
     for (unit, size) in [("h", 3_600_000), ("m", 60_000), ("s", 1_000)] {
-        if ms % size == 0 && ms > 0 {
+        if ms > 0 && ms.is_multiple_of(size) {
             return format!("{}{unit}", ms / size);
         }
     }

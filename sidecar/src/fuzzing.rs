@@ -262,7 +262,11 @@ pub fn seeds() -> Vec<(&'static str, String, Vec<u8>)> {
         // The way browsers send it: other cookies around ours.
         let header = format!("theme=dark; {}; _ga=GA1.2.3", header.join("; "));
         out.push(("cookie", format!("valid-{name}"), header.into_bytes()));
-        out.push(("cookie_body", format!("valid-{name}"), unseal_body(&value)));
+        // A large body tells the body decoder nothing a small one does not (its length is one
+        // field) and makes every execution slower: the body target gets the small ones only.
+        if name != "chunked" {
+            out.push(("cookie_body", format!("valid-{name}"), unseal_body(&value)));
+        }
     }
     let old = cookie::seal(&seed_snapshot(b"older key".to_vec()), POOL, &old_key);
     out.push(("cookie", "valid-older-key".into(), format!("{COOKIE_NAME}={old}").into_bytes()));
