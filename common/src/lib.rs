@@ -5,6 +5,7 @@
 #![forbid(unsafe_code)]
 
 pub mod duration;
+pub mod fuzzing;
 pub mod keyfile;
 pub mod logging;
 pub mod sync;

@@ -14,6 +14,7 @@ pub mod cookie;
 pub mod decide;
 pub mod demo;
 pub mod demo_app;
+pub mod fuzzing;
 pub mod keys;
 pub mod localpool;
 pub mod metrics;
