@@ -29,6 +29,8 @@ pub const COOKIE_NAME: &str = "handover";
 pub const MAX_BYTES: usize = 64 * 1024;
 /// "Now" for every open, unix seconds (2027-01-15).
 pub const NOW: u64 = 1_800_000_000;
+/// The proxy's default `--max-state-bytes`.
+pub const MAX_STATE_BYTES: usize = 64 * 1024;
 /// Expiry of the seeds: far beyond [`NOW`], not `u64::MAX`, so the seeds look like real cookies.
 const SEED_EXPIRES: u64 = NOW + 10 * 365 * 86_400;
 /// Where the body starts in the opened seal; the flags byte follows version, issued and expiry.
@@ -74,23 +76,18 @@ pub fn decode_cookie_header(data: &[u8]) -> Decoded {
     decode_headers(&headers)
 }
 
-/// `proxy::Proxy::read_cookie` without the metrics: pairs, join, open. The pair split is
-/// `proxy::cookie_pairs`, private there and copied here; keep the two alike.
+/// `proxy::Proxy::read_cookie` without the metrics: pairs, join, open — through the same
+/// `cookie` functions the proxy calls.
 fn decode_headers(headers: &HeaderMap) -> Decoded {
-    let pairs: Vec<(String, String)> = headers
-        .get_all(header::COOKIE)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(';'))
-        .filter_map(|pair| pair.split_once('='))
-        .map(|(n, v)| (n.trim().to_owned(), v.trim().to_owned()))
-        .collect();
-    let lookup = |n: &str| pairs.iter().find(|(k, _)| k == n).map(|(_, v)| v.as_str());
-    // The proxy reads the chunk count of the first chunk too (to expire stale chunks later).
-    let _chunks_held = lookup(COOKIE_NAME).map(cookie::chunk_count);
+    let pairs = cookie::request_pairs(headers.get_all(header::COOKIE).iter().filter_map(|v| v.to_str().ok()));
+    let lookup = |n: &str| pairs.iter().find(|(k, _)| *k == n).map(|(_, v)| *v);
+    // The proxy also notes which chunks the client holds (to expire stale ones): never more than
+    // the names the request really carries, whatever a chunk count claims.
+    let held = cookie::held_chunks(COOKIE_NAME, pairs.iter().map(|(n, _)| *n));
+    assert!(held.len() <= pairs.len(), "held chunks beyond the request's own names");
     match cookie::join(COOKIE_NAME, budget(), lookup) {
         Ok(Some(joined)) => {
-            let opened = cookie::open(&joined, POOL, &RING, NOW).map(Some);
+            let opened = cookie::open_within(&joined, POOL, &RING, NOW, MAX_STATE_BYTES).map(Some);
             Decoded { joined: Some(joined), opened }
         }
         Ok(None) => Decoded { joined: None, opened: Ok(None) },
@@ -105,7 +102,7 @@ pub fn check_cookie_header(decoded: &Decoded) {
         check_chunks_round_trip(joined);
     }
     if let Ok(Some(snapshot)) = &decoded.opened {
-        assert!(snapshot.state.len() <= cookie::MAX_STATE_BYTES, "a state over MAX_STATE_BYTES opened");
+        assert!(snapshot.state.len() <= MAX_STATE_BYTES, "a state over the proxy's state limit opened");
         // Re-encode as a response would (seal, split into Set-Cookie chunks), send the chunks
         // back as the next request's Cookie header: the same snapshot must come out.
         let resealed = cookie::seal(snapshot, POOL, &RING);
