@@ -2,7 +2,10 @@
 # Runs the handover image as users will run it: imported into containerd, started by runc with the
 # chart's security settings, and checks what it does there.
 #
-#   tests/image/check.sh [ARCHIVE]     # default: the archive tests/image/build.sh writes
+#   tests/image/check.sh [ARCHIVE [PAUSE_ARCHIVE]]
+#
+# ARCHIVE defaults to the archive tests/image/build.sh writes; PAUSE_ARCHIVE (build.sh --pause),
+# when given, is checked too: it runs under the same settings and stops at once on SIGTERM.
 #
 # A containerd of its own (root, state, socket, runc root under a temporary directory; no CRI
 # plugin) is started for the check and stopped afterwards, with every task, mount and network
@@ -20,6 +23,8 @@ source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 [[ $EUID -eq 0 ]] || die "check.sh needs root (containerd, runc, network namespaces)"
 ARCHIVE="${1:-$IMAGES_DIR/handover.oci.tar}"
 [[ -f "$ARCHIVE" ]] || die "no image archive at $ARCHIVE (build it: tests/image/build.sh)"
+PAUSE_ARCHIVE="${2:-}"
+[[ -z "$PAUSE_ARCHIVE" || -f "$PAUSE_ARCHIVE" ]] || die "no pause archive at $PAUSE_ARCHIVE (tests/image/build.sh --pause)"
 need_debs containerd:containerd runc:runc ctr:containerd ip:iproute2 curl:curl jq:jq
 
 MEM_LIMIT=$((128 * 1024 * 1024))
@@ -46,7 +51,7 @@ cleanup() {
       ctr_ task kill -s SIGKILL "$id" >/dev/null 2>&1
     done
     for id in $(ctr_ task ls -q 2>/dev/null); do
-      wait_for 10 "task $id to stop" task_gone "$id" >/dev/null 2>&1
+      wait_for 10 "task $id to stop" task_stopped "$id" >/dev/null 2>&1
       ctr_ task delete -f "$id" >/dev/null 2>&1
     done
     for id in $(ctr_ containers ls -q 2>/dev/null); do ctr_ containers delete "$id" >/dev/null 2>&1; done
@@ -76,7 +81,7 @@ wait_for() {
   done
 }
 dead() { ! kill -0 "$1" 2>/dev/null; }
-task_gone() { ! ctr_ task ls -q | grep -qx "$1"; }
+task_stopped() { [[ "$(ctr_ task ls | awk -v id="$1" '$1 == id { print $3 }')" == STOPPED ]]; }
 
 # --- containerd of our own ---------------------------------------------------------------------
 mkdir -p "$DIR"/{root,state,runc,fifo,logs}
@@ -255,7 +260,7 @@ verify_container app "$(cat "$DIR/app.pid")"
 # The app container dies and a new one starts (state lost with it); the sidecar restores the
 # session from the cookie into the new app, which goes on counting.
 ctr_ task kill -s SIGKILL app
-wait_for 10 "the app task to stop" bash -c "[[ \$(ctr --address '$SOCK' --namespace '$NS' task ls | awk '\$1 == \"app\" { print \$3 }') == STOPPED ]]"
+wait_for 10 "the app task to stop after SIGKILL" task_stopped app
 ctr_ task delete app >/dev/null
 ctr_ containers delete app
 start app2 handover-sidecar demo-app --listen 127.0.0.1:8080
@@ -276,12 +281,35 @@ done
 
 # Graceful stop: SIGTERM, the sidecar drains and exits 0 within its grace period.
 ctr_ task kill -s SIGTERM sidecar
-if wait_for 40 "the sidecar to exit after SIGTERM" bash -c "[[ \$(ctr --address '$SOCK' --namespace '$NS' task ls | awk '\$1 == \"sidecar\" { print \$3 }') == STOPPED ]]"; then
+if wait_for 40 "the sidecar to exit after SIGTERM" task_stopped sidecar; then
   # `ctr task delete` exits with the task's exit status.
   ctr_ task delete sidecar >/dev/null 2>&1 && rc=0 || rc=$?
   check "sidecar exit status after SIGTERM" 0 "$rc"
 else
   bad "sidecar still running 40 s after SIGTERM"
+fi
+
+# --- the pause image (for the node's pod sandboxes) ------------------------------------------------
+if [[ -n "$PAUSE_ARCHIVE" ]]; then
+  ctr_ images import --all-platforms "$PAUSE_ARCHIVE" >/dev/null
+  PAUSE="$(ctr_ images ls -q | grep -v -x -F "$IMAGE" | head -n1)"
+  check "pause image name" registry.k8s.io/pause:3.10 "$PAUSE"
+  out="$(timeout 60 ctr --address "$SOCK" --namespace "$NS" run --rm "${SEC[@]}" "$PAUSE" pause-v /pause -v 2>&1)" && rc=0 || rc=$?
+  check "pause -v" "0 pause.c 3.10-handover" "$rc $out"
+  ctr_ run -d "${SEC[@]}" --with-ns "network:/var/run/netns/$NETNS" --log-uri "file://$DIR/logs/pause.log" \
+    --pid-file "$DIR/pause.pid" "$PAUSE" pause >/dev/null
+  pid="$(cat "$DIR/pause.pid")"
+  check "pause: Uid" '65535 65535 65535 65535' "$(awk '$1 == "Uid:" { print $2, $3, $4, $5 }' "/proc/$pid/status")"
+  check "pause: CapEff CapBnd Seccomp NoNewPrivs" "0000000000000000 0000000000000000 2 1" \
+    "$(awk '$1 == "CapEff:" { e = $2 } $1 == "CapBnd:" { b = $2 } $1 == "Seccomp:" { s = $2 } $1 == "NoNewPrivs:" { n = $2 } END { print e, b, s, n }' "/proc/$pid/status")"
+  t0=$SECONDS
+  ctr_ task kill -s SIGTERM pause
+  if wait_for 5 "the pause container to exit after SIGTERM" task_stopped pause; then
+    ctr_ task delete pause >/dev/null 2>&1 && rc=0 || rc=$?
+    check "pause: exit status after SIGTERM (within $((SECONDS - t0)) s)" 0 "$rc"
+  else
+    bad "pause still running 5 s after SIGTERM"
+  fi
 fi
 
 printf 'info  check took %s s\n' "$((SECONDS - t_start))"

@@ -26,7 +26,7 @@ need_debs() {
   [[ $EUID -eq 0 ]] || die "need root to install Debian packages: ${want[*]}"
   log "installing Debian packages: ${want[*]}"
   apt-get update -qq >/dev/null
-  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${want[@]}" >/dev/null
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${want[@]}" >/dev/null
 }
 
 # Overlay when the kernel lets us mount it here (quick, shares layers), else vfs (a full copy per
