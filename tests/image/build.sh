@@ -139,6 +139,7 @@ build_builder_base() {
   # The toolchain runs on the builder's own glibc. (Its bin/ is on PATH itself, not linked from
   # /usr/local/cargo/bin: rustc finds its libraries relative to its own directory, $ORIGIN, which
   # glibc reads from /proc: mounted here in a mount namespace that ends with the check.)
+  # shellcheck disable=SC2016 # $1 and $2 are the inner shell's arguments
   unshare --mount --fork sh -c 'mount -t proc proc "$1/proc" && chroot "$1" "$2/cargo" --version &&
     chroot "$1" "$2/rustc" --version' check "$mnt" "/usr/local/rustup/toolchains/$name/bin" >&2
   bah umount "$ctr" >/dev/null

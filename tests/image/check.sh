@@ -60,7 +60,7 @@ cleanup() {
   fi
   ip netns delete "$NETNS" 2>/dev/null
   # Whatever is still mounted below our directory (snapshots, shim bundles).
-  grep -o " $DIR[^ ]*" /proc/self/mounts | sort -r | while read -r m; do umount -l "$m"; done
+  grep -o " ${DIR}[^ ]*" /proc/self/mounts | sort -r | while read -r m; do umount -l "$m"; done
   rmdir "/sys/fs/cgroup/"*"/$NS" 2>/dev/null
   rm -rf "$DIR"
   exit "$rc"
@@ -148,12 +148,12 @@ run_once() {
 
 out="$(run_once entrypoint)" && rc=0 || rc=$?
 check "entrypoint (handover-sidecar --help) exit status" 0 "$rc"
-grep -q '^Usage: handover-sidecar' <<<"$out" && ok "entrypoint prints the sidecar's usage" ||
-  bad "entrypoint output: $(head -n3 <<<"$out")"
+if grep -q '^Usage: handover-sidecar' <<<"$out"; then ok "entrypoint prints the sidecar's usage"
+else bad "entrypoint output: $(head -n3 <<<"$out")"; fi
 for bin in handover-sidecar handover-operator; do
   out="$(run_once "$bin-version" "$bin" --version)" && rc=0 || rc=$?
   check "$bin --version exit status" 0 "$rc"
-  [[ "$out" == "$bin "* ]] && ok "$bin --version: $out" || bad "$bin --version printed: $out"
+  if [[ "$out" == "$bin "* ]]; then ok "$bin --version: $out"; else bad "$bin --version printed: $out"; fi
 done
 
 # --- the security settings, read back from the process and from the runtime ------------------------
@@ -204,12 +204,14 @@ verify_container() {
 
 # written_files ID PID: regular files written, since the container started, on the mounts the
 # container can write (tmpfs like /dev/shm and /run; the root is read-only).
+writable_mounts() {
+  awk '$6 ~ /^rw/ && $9 !~ /^(proc|sysfs|cgroup|cgroup2|devpts|mqueue)$/ { print $5 }' "/proc/$1/mountinfo"
+}
 written_files() {
   local pid=$2 mp
-  awk '$6 ~ /^rw/ && $9 !~ /^(proc|sysfs|cgroup|cgroup2|devpts|mqueue)$/ { print $5 }' "/proc/$pid/mountinfo" |
-    while read -r mp; do
-      find "/proc/$pid/root$mp" -xdev -type f -newer "$DIR/started" 2>/dev/null
-    done
+  writable_mounts "$pid" | while read -r mp; do
+    find "/proc/$pid/root$mp" -xdev -type f -newer "$DIR/started" 2>/dev/null
+  done
 }
 
 # --- a pod: the demo app and a sidecar in front of it, one network namespace ---------------------
@@ -246,8 +248,11 @@ request() {
   podnet curl -sS --max-time 10 -D "$DIR/h$1" -c "$DIR/jar" -b "$DIR/jar" -X POST http://127.0.0.1:8000/incr
 }
 body1="$(request 1)" || true
-grep -qi '^set-cookie: handover=' "$DIR/h1" && ok "request 1: Set-Cookie handover=… ($(grep -ci '^set-cookie: handover' "$DIR/h1") cookie)" ||
+if grep -qi '^set-cookie: handover=' "$DIR/h1"; then
+  ok "request 1: Set-Cookie handover=… ($(grep -ci '^set-cookie: handover' "$DIR/h1") cookie)"
+else
   bad "request 1: no handover cookie set: $(head -n1 "$DIR/h1" 2>/dev/null)"
+fi
 check "request 1: count" 1 "$(jq -r .count <<<"$body1" 2>/dev/null)"
 session="$(jq -r .session <<<"$body1" 2>/dev/null)"
 body2="$(request 2)" || true
@@ -275,8 +280,9 @@ verify_container app2 "$(cat "$DIR/app2.pid")"
 
 for id in sidecar app2; do
   files="$(written_files "$id" "$(cat "$DIR/$id.pid")")"
-  [[ -z "$files" ]] && ok "$id: wrote no file on its writable mounts (root is read-only)" ||
-    bad "$id: wrote $files"
+  if [[ -z "$files" ]]; then
+    ok "$id: wrote no file on its writable mounts ($(writable_mounts "$(cat "$DIR/$id.pid")" | paste -sd' ' -); / is read-only)"
+  else bad "$id: wrote $files"; fi
 done
 
 # Graceful stop: SIGTERM, the sidecar drains and exits 0 within its grace period.
