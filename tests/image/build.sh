@@ -75,6 +75,8 @@ build_runtime_base() {
   # Documentation goes (the copyright files stay), like distroless.
   find "$mnt/usr/share/doc" -type f ! -name copyright -delete
   rm -rf "$mnt"/usr/share/{man,info,lintian,bash-completion} "$mnt/var/lib/dpkg"
+  # ca-certificates' maintenance script (a shell script; there is no shell to run it).
+  rm -f "$mnt/usr/sbin/update-ca-certificates"
   # What update-ca-certificates would write with every Mozilla certificate enabled (its default).
   mkdir -p "$mnt/etc/ssl/certs"
   cat "$mnt"/usr/share/ca-certificates/mozilla/*.crt >"$mnt/etc/ssl/certs/ca-certificates.crt"

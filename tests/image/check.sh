@@ -43,9 +43,16 @@ check() { if [[ "$2" == "$3" ]]; then ok "$1: $3"; else bad "$1: expected '$2', 
 
 ctr_() { ctr --address "$SOCK" --namespace "$NS" "$@"; }
 
+finished=0 err_line=""
+trap 'err_line=$LINENO' ERR
 cleanup() {
   local rc=$? id
   set +e
+  if ((rc != 0 && finished == 0)); then
+    # A command outside the checks failed: say where, and still end with the count.
+    printf 'FAIL  check.sh stopped at line %s (exit status %s)\n' "${err_line:-?}" "$rc"
+    printf 'check: %d passed, %d failed\n' "$pass" "$((fail + 1))"
+  fi
   if [[ -n "$CTRD_PID" ]] && kill -0 "$CTRD_PID" 2>/dev/null; then
     for id in $(ctr_ task ls -q 2>/dev/null); do
       ctr_ task kill -s SIGKILL "$id" >/dev/null 2>&1
@@ -259,6 +266,16 @@ body2="$(request 2)" || true
 check "request 2 (with the cookie): count" 2 "$(jq -r .count <<<"$body2" 2>/dev/null)"
 check "request 2: same session" "$session" "$(jq -r .session <<<"$body2" 2>/dev/null)"
 
+# The image's filesystem, seen through the running sidecar's root: what it carries, and no shell.
+root="/proc/$(cat "$DIR/sidecar.pid")/root"
+exes="$(cd "$root" && { find usr/local/sbin usr/local/bin usr/sbin usr/bin sbin bin -maxdepth 1 \( -type f -o -type l \) -perm /111 2>/dev/null || true; } | sort | paste -sd' ' -)"
+check "executables on PATH in the image" "usr/local/bin/handover-operator usr/local/bin/handover-sidecar" "$exes"
+check "/etc/passwd: nonroot" "nonroot:x:65532:65532:nonroot:/home/nonroot:/sbin/nologin" "$(grep '^nonroot:' "$root/etc/passwd")"
+check "/etc/group: nonroot" "nonroot:x:65532:" "$(grep '^nonroot:' "$root/etc/group")"
+certs="$(grep -c 'BEGIN CERTIFICATE' "$root/etc/ssl/certs/ca-certificates.crt" 2>/dev/null || true)"
+if ((${certs:-0} > 100)); then ok "CA bundle /etc/ssl/certs/ca-certificates.crt: $certs certificates"
+else bad "CA bundle /etc/ssl/certs/ca-certificates.crt: ${certs:-no} certificates"; fi
+
 verify_container sidecar "$(cat "$DIR/sidecar.pid")"
 verify_container app "$(cat "$DIR/app.pid")"
 
@@ -319,5 +336,6 @@ if [[ -n "$PAUSE_ARCHIVE" ]]; then
 fi
 
 printf 'info  check took %s s\n' "$((SECONDS - t_start))"
+finished=1
 printf 'check: %d passed, %d failed\n' "$pass" "$fail"
 ((fail == 0))
