@@ -325,6 +325,33 @@ if [[ -n "$PAUSE_ARCHIVE" ]]; then
   check "pause: Uid" '65535 65535 65535 65535' "$(awk '$1 == "Uid:" { print $2, $3, $4, $5 }' "/proc/$pid/status")"
   check "pause: CapEff CapBnd Seccomp NoNewPrivs" "0000000000000000 0000000000000000 2 1" \
     "$(awk '$1 == "CapEff:" { e = $2 } $1 == "CapBnd:" { b = $2 } $1 == "Seccomp:" { s = $2 } $1 == "NoNewPrivs:" { n = $2 } END { print e, b, s, n }' "/proc/$pid/status")"
+  # Reaping, the other half of pause's job: PID 1 of a PID namespace made here (not in a container:
+  # the image has no shell to leave an orphan), a `sleep` it inherits must not stay a zombie.
+  # The binary is the one in the archive's layer.
+  pm="$(tar -xOf "$PAUSE_ARCHIVE" index.json | jq -r '.manifests[0].digest')"
+  pl="$(tar -xOf "$PAUSE_ARCHIVE" "blobs/sha256/${pm#sha256:}" | jq -r '.layers[0].digest')"
+  tar -xOf "$PAUSE_ARCHIVE" "blobs/sha256/${pl#sha256:}" | tar -xzf - -C "$DIR" pause
+  # shellcheck disable=SC2016 # $0 is the inner shell's
+  unshare --pid --fork --mount-proc sh -c 'sleep 1 & exec "$0"' "$DIR/pause" 2>/dev/null &
+  ushare=$!
+  child_of() { pgrep -P "$1" | head -n1; }
+  if wait_for 5 "pause to start as PID 1 of its namespace" child_of "$ushare" >/dev/null &&
+    ppid1="$(child_of "$ushare")" && wait_for 5 "pause's inherited sleep to start" child_of "$ppid1" >/dev/null; then
+    sleeper="$(child_of "$ppid1")"
+    gone() { ! [[ -e "/proc/$sleeper" ]]; }
+    if wait_for 5 "the exited sleep (pid $sleeper) to be reaped by pause" gone; then
+      ok "pause reaps a child it inherited (no zombie left)"
+    else
+      bad "pause left a zombie: $(ps -o pid=,stat=,comm= -p "$sleeper")"
+    fi
+    kill -TERM "$ppid1"
+    wait "$ushare" && rc=0 || rc=$?
+    check "pause (PID 1 of a PID namespace): exit status after SIGTERM" 0 "$rc"
+  else
+    bad "pause did not start under unshare"
+    kill "$ushare" 2>/dev/null || true
+  fi
+
   t0=$SECONDS
   ctr_ task kill -s SIGTERM pause
   if wait_for 5 "the pause container to exit after SIGTERM" task_stopped pause; then
