@@ -250,6 +250,10 @@ build_handover() {
     -f "$REPO_ROOT/Dockerfile" -t localhost/handover:build "$REPO_ROOT" >&2
   rm -f "$out"
   bah push --quiet localhost/handover:build "oci-archive:$out:$ref"
+  # Untagged images nothing builds on (earlier builds, and this build's builder stage) go, so the
+  # store does not grow with every source change. The next build redoes the builder stage's steps
+  # (cargo finds target/ fresh in its cache mount: about a second) and reuses the final stage.
+  bah rmi --prune >/dev/null 2>&1 || log "warning: buildah rmi --prune failed (the store keeps old layers)"
   log "built in $((SECONDS - t0)) s: $ref, $(du -h "$out" | cut -f1) archive"
   echo "$out"
 }
