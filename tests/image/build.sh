@@ -28,6 +28,7 @@ case "${1:-}" in
   *) die "usage: $0 [--pause|--bases]" ;;
 esac
 
+need_debs flock:util-linux unshare:util-linux
 init_buildah
 WORK="$IMAGES_DIR/work"
 # One build at a time per cache (tests/run and a cluster script may both call this script).
@@ -204,7 +205,7 @@ ensure_bases() {
 PAUSE_REF=registry.k8s.io/pause:3.10
 
 build_pause() {
-  need_debs gcc:gcc
+  need_debs gcc:gcc strip:binutils
   [[ -f /usr/lib/x86_64-linux-gnu/libc.a ]] || {
     apt-get update -qq >/dev/null
     DEBIAN_FRONTEND=noninteractive apt-get install -y -qq libc6-dev >/dev/null

@@ -25,7 +25,7 @@ ARCHIVE="${1:-$IMAGES_DIR/handover.oci.tar}"
 [[ -f "$ARCHIVE" ]] || die "no image archive at $ARCHIVE (build it: tests/image/build.sh)"
 PAUSE_ARCHIVE="${2:-}"
 [[ -z "$PAUSE_ARCHIVE" || -f "$PAUSE_ARCHIVE" ]] || die "no pause archive at $PAUSE_ARCHIVE (tests/image/build.sh --pause)"
-need_debs containerd:containerd runc:runc ctr:containerd ip:iproute2 curl:curl jq:jq
+need_debs containerd:containerd runc:runc ctr:containerd ip:iproute2 curl:curl jq:jq pgrep:procps unshare:util-linux
 
 MEM_LIMIT=$((128 * 1024 * 1024))
 NS="handover-check-$$"           # containerd namespace (and cgroup parent /<NS>)
