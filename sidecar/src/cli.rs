@@ -336,12 +336,18 @@ async fn shutdown_signal() {
     }
 }
 
+#[cfg(feature = "kubernetes")]
 async fn kubernetes_registry(pool: &str) -> Result<Arc<dyn Registry>, String> {
     let (namespace, name) = pool.split_once('/').ok_or_else(|| format!("--pool {pool:?} is not `namespace/name`"))?;
     let registry = crate::registry_kube::KubeRegistry::start(namespace, name)
         .await
         .map_err(|e| format!("cannot watch ServerPool {pool}: {e}"))?;
     Ok(registry)
+}
+
+#[cfg(not(feature = "kubernetes"))]
+async fn kubernetes_registry(_pool: &str) -> Result<Arc<dyn Registry>, String> {
+    Err("this build of handover-sidecar has no Kubernetes registry (feature `kubernetes`)".to_owned())
 }
 
 /// `cookie inspect`: prints the opened cookie as JSON, or why it is refused.
