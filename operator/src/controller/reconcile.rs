@@ -150,7 +150,7 @@ async fn wait_for_caches(ctx: &Context) -> Result<(), Error> {
 }
 
 /// Observe → plan → execute: reads the caches and what the operator remembers, lets
-/// [`desired::plan`] decide, and has [`execute`] carry it out.
+/// [`desired::plan()`] decide, and has [`execute`] carry it out.
 async fn apply(pool: Arc<ServerPool>, ctx: &Context) -> Result<Action, Error> {
     wait_for_caches(ctx).await?;
     fence(ctx)?;
