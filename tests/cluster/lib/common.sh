@@ -61,8 +61,27 @@ PKI="$HANDOVER_CLUSTER_DIR/pki"
 LOGS="$HANDOVER_CLUSTER_DIR/logs"
 PIDS="$HANDOVER_CLUSTER_DIR/pids"
 
+# The node: a real kubelet with containerd and runc (`kubelet`), or our node agent that runs pods
+# as host processes from an image map (`agent`). Unset: what the running cluster runs, else agent.
+NODE_KIND="${HANDOVER_NODE:-$(cat "$HANDOVER_CLUSTER_DIR/node-kind" 2>/dev/null || echo agent)}"
+[[ "$NODE_KIND" == kubelet || "$NODE_KIND" == agent ]] || { echo "error: HANDOVER_NODE must be kubelet or agent, not $NODE_KIND" >&2; exit 1; }
+# The kubelet's containerd: its own config, root, state and socket under the state dir, never the
+# machine's default /run/containerd/containerd.sock.
+CONTAINERD_DIR="$HANDOVER_CLUSTER_DIR/containerd"
+CONTAINERD_SOCK="$CONTAINERD_DIR/containerd.sock"
+KUBELET_DIR="$HANDOVER_CLUSTER_DIR/kubelet"
+CNI_DIR="$HANDOVER_CLUSTER_DIR/cni"
+CNI_BIN_DIR="${HANDOVER_CNI_BIN_DIR:-/usr/lib/cni}"
+KUBELET_PORT=10250
+KUBELET_HEALTHZ_PORT="$((10248 + 1000 * IDX))"
+# The kubelet puts every pod's cgroups under this one (cgroup v1: in each hierarchy).
+CGROUP_ROOT="/handover$IDX"
+# Images the kubelet runs: the e2e suite and the chart use handover:dev; the sandbox (pause)
+# image is built locally as well, so nothing is ever pulled.
+HANDOVER_IMAGE="${HANDOVER_IMAGE:-docker.io/library/handover:dev}"
+
 # Components in start order; down.sh stops them in reverse.
-COMPONENTS=(etcd kube-apiserver kube-controller-manager kube-scheduler kube-proxy nodeagent)
+COMPONENTS=(etcd kube-apiserver kube-controller-manager kube-scheduler kube-proxy containerd kubelet nodeagent)
 
 # pid_alive PID: the process exists and is not a zombie. Where PID 1 reaps slowly (containers), a
 # killed process lingers as a zombie and kill -0 still succeeds.
@@ -85,6 +104,8 @@ is_running() {
 }
 
 kubectl_() { "$K8S_BIN/kubectl" --kubeconfig "$KUBECONFIG_PATH" "$@"; }
+crictl_() { "$K8S_BIN/crictl" --runtime-endpoint "unix://$CONTAINERD_SOCK" --image-endpoint "unix://$CONTAINERD_SOCK" --timeout 30s "$@"; }
+ctr_() { ctr --address "$CONTAINERD_SOCK" --namespace k8s.io "$@"; }
 
 # lock_cluster: serialise up.sh/down.sh runs (tests may call up.sh concurrently).
 lock_cluster() {
