@@ -51,7 +51,7 @@ if [[ -d "$CONTAINERD_DIR" ]]; then
   # every process left in our pods' cgroups: SIGKILL by pid.
   shims=()
   for f in /proc/[0-9]*/cmdline; do
-    cmd="$(tr '\0' ' ' <"$f" 2>/dev/null)" || continue
+    cmd="$( (tr '\0' ' ' <"$f") 2>/dev/null)" || continue
     [[ "$cmd" == *containerd-shim*"-address $CONTAINERD_SOCK "* ]] && shims+=("$(basename "$(dirname "$f")")")
   done
   for h in /sys/fs/cgroup/*"$CGROUP_ROOT" /sys/fs/cgroup"$CGROUP_ROOT"; do

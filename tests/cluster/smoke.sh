@@ -1,10 +1,12 @@
 #!/usr/bin/env bash
 # Smoke test of the local cluster (run tests/cluster/up.sh first, or set
-# KUBECONFIG): a Deployment of 2 python http.server pods with an init
+# KUBECONFIG). Node agent: a Deployment of 2 python http.server pods with an init
 # container, a native sidecar, a ConfigMap volume, downward API env and the
-# service-account token; checks pod IPs over HTTP from the host, in-cluster
-# API access with the token, EndpointSlices, the Service's ClusterIP (when
-# kube-proxy runs), graceful deletion and replacement; then cleans up.
+# service-account token. Kubelet node: a Deployment of 2 pods of our image
+# (handover:dev, the demo app) with a native sidecar, non-root, read-only root.
+# Checks pod IPs over HTTP from the host, EndpointSlices, the Service's ClusterIP
+# (when kube-proxy runs, also from inside a pod), kubectl logs and exec, graceful
+# deletion and replacement; then cleans up.
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/lib/common.sh"
 
@@ -34,6 +36,62 @@ fi
 K create namespace "$NS" >/dev/null
 wait_for "service account default in $NS" 30 K -n "$NS" get serviceaccount default
 
+if [[ "$NODE_KIND" == kubelet ]]; then
+step "creating Deployment web (2 replicas of $HANDOVER_IMAGE) and Service web"
+K apply -n "$NS" -f - >/dev/null <<'YAML'
+apiVersion: v1
+kind: Service
+metadata: {name: web}
+spec:
+  selector: {app: web}
+  ports: [{name: http, port: 80, targetPort: http}]
+---
+apiVersion: apps/v1
+kind: Deployment
+metadata: {name: web}
+spec:
+  replicas: 2
+  selector: {matchLabels: {app: web}}
+  template:
+    metadata: {labels: {app: web}}
+    spec:
+      terminationGracePeriodSeconds: 10
+      securityContext:
+        runAsNonRoot: true
+        runAsUser: 65532
+        seccompProfile: {type: RuntimeDefault}
+      initContainers:
+      - name: sidecar
+        image: handover:dev
+        imagePullPolicy: Never
+        restartPolicy: Always
+        command: ["handover-sidecar", "demo-app", "--listen", "0.0.0.0:8081"]
+        startupProbe:
+          tcpSocket: {port: 8081}
+          periodSeconds: 1
+      containers:
+      - name: web
+        image: handover:dev
+        imagePullPolicy: Never
+        command: ["handover-sidecar", "demo-app", "--listen", "0.0.0.0:8080"]
+        env:
+        - {name: HANDOVER_POD_NAME, valueFrom: {fieldRef: {fieldPath: metadata.name}}}
+        ports: [{name: http, containerPort: 8080}]
+        readinessProbe:
+          tcpSocket: {port: http}
+          periodSeconds: 1
+        livenessProbe:
+          tcpSocket: {port: 8080}
+          periodSeconds: 2
+        resources:
+          limits: {memory: 64Mi}
+        securityContext:
+          allowPrivilegeEscalation: false
+          readOnlyRootFilesystem: true
+          capabilities: {drop: ["ALL"]}
+YAML
+
+else
 step "creating Deployment web (2 replicas) and Service web"
 K apply -n "$NS" -f - >/dev/null <<'YAML'
 apiVersion: v1
@@ -108,12 +166,36 @@ spec:
         emptyDir: {}
 YAML
 
+fi
 step "waiting for 2 Ready pods"
 K -n "$NS" rollout status deployment/web --timeout=90s >/dev/null
 step "deployment web is available"
 
 pod_ips() { K -n "$NS" get pods -l app=web -o jsonpath='{range .items[?(@.status.podIP)]}{.metadata.name}={.status.podIP}{"\n"}{end}'; }
 check_pod() { # NAME IP
+  local name="$1" ip="$2"
+  if [[ "$NODE_KIND" == kubelet ]]; then check_pod_kubelet "$@"; else check_pod_agent "$@"; fi
+}
+# The demo app answers a session's count with the pod's name (downward API env).
+expected_body() { [[ "$NODE_KIND" == kubelet ]] && echo '"pod":"' || echo "hello from handover-smoke"; }
+get_web() { # URL [curl args]: the body of the web container's page
+  local url="$1"; shift
+  if [[ "$NODE_KIND" == kubelet ]]; then
+    curl -fsS --max-time 3 -H 'Handover-Session: smoke' "$@" "${url%/}/count"
+  else
+    curl -fsS --max-time 3 "$@" "${url%/}/index.html"
+  fi
+}
+check_pod_kubelet() { # NAME IP
+  local name="$1" ip="$2" body
+  body="$(get_web "http://$ip:8080")"
+  [[ "$body" == *"\"pod\":\"$name\""* ]] || die "pod $name ($ip) answered: $body"
+  K -n "$NS" logs "$name" -c web | grep 'demo app started' >/dev/null || die "pod $name: kubectl logs does not show the app's start"
+  K -n "$NS" exec "$name" -c web -- handover-sidecar --version | grep -q '^handover-sidecar ' ||
+    die "pod $name: kubectl exec does not run in the container"
+  log "  pod $name at $ip: HTTP with its name from the downward API, kubectl logs, kubectl exec: ok"
+}
+check_pod_agent() { # NAME IP
   local name="$1" ip="$2" body info
   body="$(curl -fsS --max-time 5 "http://$ip:8080/index.html")"
   [[ "$body" == "hello from handover-smoke" ]] || die "pod $name ($ip) answered: $body"
@@ -145,13 +227,13 @@ wait_for "EndpointSlices of service web to list the ready pod IPs $(tr "\n" " " 
 step "EndpointSlices list both pods: $(tr "\n" " " <<<"$want")"
 
 if [[ "$KUBE_PROXY" == 1 ]] && is_running kube-proxy; then
-  cluster_ip_ok() { [[ "$(curl -fsS --max-time 3 "http://$cip/index.html")" == "hello from handover-smoke" ]]; }
+  cluster_ip_ok() { [[ "$(get_web "http://$cip")" == *"$(expected_body)"* ]]; }
   wait_for "ClusterIP $cip:80 to answer through kube-proxy" 30 cluster_ip_ok
   step "ClusterIP $cip:80 answers from the host (kube-proxy iptables)"
   # From inside a pod too, including to itself through the Service (hairpin).
   podns="$("$CLUSTER_SRC/pod.sh" netns "$NS" "${pods[0]%%=*}")"
   for i in 1 2 3 4 5 6; do
-    [[ "$(ip netns exec "$podns" curl -fsS --max-time 3 "http://$cip/index.html")" == "hello from handover-smoke" ]] ||
+    [[ "$(nsenter --net="$podns" curl -fsS --max-time 3 "http://$cip/$([[ "$NODE_KIND" == kubelet ]] && echo count || echo index.html)" -H 'Handover-Session: smoke')" == *"$(expected_body)"* ]] ||
       die "ClusterIP $cip does not answer from inside pod ${pods[0]%%=*} (netns $podns), try $i"
   done
   step "ClusterIP answers from inside a pod (6 connections, both endpoints incl. itself)"

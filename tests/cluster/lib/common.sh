@@ -104,7 +104,8 @@ is_running() {
 }
 
 kubectl_() { "$K8S_BIN/kubectl" --kubeconfig "$KUBECONFIG_PATH" "$@"; }
-crictl_() { "$K8S_BIN/crictl" --runtime-endpoint "unix://$CONTAINERD_SOCK" --image-endpoint "unix://$CONTAINERD_SOCK" --timeout 30s "$@"; }
+# crictl with the cluster's containerd (its config file, written by up.sh, names the socket).
+crictl_() { "$K8S_BIN/crictl" --config "$CONTAINERD_DIR/crictl.yaml" "$@"; }
 ctr_() { ctr --address "$CONTAINERD_SOCK" --namespace k8s.io "$@"; }
 
 # lock_cluster: serialise up.sh/down.sh runs (tests may call up.sh concurrently).

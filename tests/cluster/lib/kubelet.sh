@@ -9,7 +9,7 @@ for plugin in bridge host-local loopback portmap; do
   [[ -x "$CNI_BIN_DIR/$plugin" ]] || die "CNI plugin $CNI_BIN_DIR/$plugin is missing (Debian: containernetworking-plugins)"
 done
 [[ -x "$K8S_BIN/kubelet" && -x "$K8S_BIN/crictl" ]] || die "kubelet or crictl missing from $K8S_BIN (tests/cluster/build-k8s.sh)"
-PAUSE_IMAGE="${HANDOVER_PAUSE_IMAGE:-localhost/handover/pause:dev}"
+PAUSE_IMAGE="${HANDOVER_PAUSE_IMAGE:-registry.k8s.io/pause:3.10}"
 mkdir -p "$CONTAINERD_DIR" "$KUBELET_DIR" "$CNI_DIR/net.d" "$CNI_DIR/ipam" "$HANDOVER_CLUSTER_DIR/pod-logs"
 
 # --- kernel settings the kubelet changes -------------------------------------------
@@ -116,6 +116,11 @@ disabled_plugins = ["io.containerd.snapshotter.v1.aufs", "io.containerd.snapshot
     max_conf_num = 1
 TOML
 
+cat >"$CONTAINERD_DIR/crictl.yaml" <<YAML
+runtime-endpoint: unix://$CONTAINERD_SOCK
+image-endpoint: unix://$CONTAINERD_SOCK
+timeout: 30
+YAML
 containerd_up() { ctr --address "$CONTAINERD_SOCK" version; }
 start containerd "$(command -v containerd)" --config "$CONTAINERD_DIR/config.toml"
 wait_up containerd 60 "containerd to answer on $CONTAINERD_SOCK" containerd_up
