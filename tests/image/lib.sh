@@ -8,7 +8,7 @@ HANDOVER_CACHE="${HANDOVER_CACHE:-$HOME/.cache/handover}"
 #   storage-<driver>/  buildah's image store (base images, layers of earlier builds)
 #   run-<driver>/      buildah's run root
 #   tmp/               TMPDIR of buildah: its RUN --mount=type=cache directories live here
-#   stamps/            one file per base image: the hash of its inputs
+#   stamps/            one file per base image and driver: the hash of its inputs
 #   work/              scratch (mmdebstrap/dpkg-deb downloads)
 #   *.oci.tar          the archives this directory's build.sh writes
 IMAGES_DIR="${HANDOVER_IMAGES_DIR:-$HANDOVER_CACHE/images}"
@@ -26,7 +26,7 @@ need_debs() {
   [[ $EUID -eq 0 ]] || die "need root to install Debian packages: ${want[*]}"
   log "installing Debian packages: ${want[*]}"
   apt-get update -qq >/dev/null
-  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${want[@]}" >/dev/null
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${want[@]}" >/dev/null
 }
 
 # Overlay when the kernel lets us mount it here (quick, shares layers), else vfs (a full copy per
@@ -54,11 +54,13 @@ bah() { "${BUILDAH[@]}" "$@"; }
 
 image_exists() { bah images --quiet "$1" >/dev/null 2>&1; }
 
-# stamp_ok NAME HASH: the base image NAME was built from inputs hashing to HASH and still exists.
+# stamp_ok NAME HASH IMAGE: the base IMAGE in this driver's store was built from inputs hashing to
+# HASH (stamps/<driver>-NAME) and still exists.
 stamp_ok() {
-  [[ -f "$IMAGES_DIR/stamps/$1" && "$(cat "$IMAGES_DIR/stamps/$1")" == "$2" ]] && image_exists "$3"
+  local f="$IMAGES_DIR/stamps/$BUILDAH_DRIVER-$1"
+  [[ -f "$f" && "$(cat "$f")" == "$2" ]] && image_exists "$3"
 }
-stamp_write() { printf '%s\n' "$2" >"$IMAGES_DIR/stamps/$1"; }
+stamp_write() { printf '%s\n' "$2" >"$IMAGES_DIR/stamps/$BUILDAH_DRIVER-$1"; }
 
 # The chart's appVersion: the tag the chart uses by default (image.repository handover).
 app_version() {
