@@ -1,10 +1,9 @@
 #!/usr/bin/env bash
 # Tears the local cluster down: stops the processes recorded in the pid files
-# (SIGTERM, then SIGKILL after 15 s); for the kubelet node also every pod sandbox
-# (through the CRI, so CNI releases its addresses), containerd and its shims, the
-# pods' cgroups, mounts and network namespaces, and the kernel settings the kubelet
-# changed; the node agent's pod namespaces, the bridge, kube-proxy's iptables rules
-# and the state directory.
+# (SIGTERM, then SIGKILL after 15 s); removes every pod sandbox through the CRI (so
+# CNI releases its addresses and veths), containerd's shims, the pods' processes,
+# cgroups, mounts and network namespaces, puts back the kernel settings the kubelet
+# changed, and removes the bridge, kube-proxy's iptables rules and the state directory.
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/lib/common.sh"
 
@@ -37,9 +36,8 @@ stop() {
   done
 }
 
-# The node agent first, while the API server is still there: it stops its pods.
-stop nodeagent
-# The kubelet next; then every pod sandbox through containerd (CNI DEL frees the IPs and veths).
+# The kubelet first (it would restart what is removed next); then every pod sandbox through
+# containerd (CNI DEL frees the IPs and veths).
 stop kubelet
 if is_running containerd && [[ -x "$K8S_BIN/crictl" ]]; then
   log "removing every pod sandbox of containerd $CONTAINERD_SOCK"
@@ -77,6 +75,11 @@ for h in /sys/fs/cgroup/*"$CGROUP_ROOT" /sys/fs/cgroup"$CGROUP_ROOT"; do
     sleep 0.2
   done
 done
+# The kubelet's device-plugin socket has a fixed path; /var/lib/kubelet goes too if up.sh made it.
+rm -f /var/lib/kubelet/device-plugins/kubelet.sock
+if [[ -f "$HANDOVER_CLUSTER_DIR/var-lib-kubelet.created" ]]; then
+  rmdir /var/lib/kubelet/device-plugins /var/lib/kubelet 2>/dev/null || log "/var/lib/kubelet is not empty: kept"
+fi
 # The kernel settings the kubelet changed, as they were before.
 if [[ -f "$HANDOVER_CLUSTER_DIR/sysctl.saved" ]]; then
   while read -r key value; do echo "$value" >"/proc/sys/$key" 2>/dev/null || log "cannot restore $key to $value"; done <"$HANDOVER_CLUSTER_DIR/sysctl.saved"
@@ -85,11 +88,6 @@ stop kube-proxy kube-scheduler kube-controller-manager
 stop kube-apiserver
 stop etcd
 
-# Pod namespaces the agent left (it was killed, or never cleaned up).
-for ns in $(ip netns list 2>/dev/null | awk -v p="$NETNS_PREFIX" 'index($1, p) == 1 {print $1}'); do
-  for pid in $(ip netns pids "$ns" 2>/dev/null); do kill -KILL "$pid" 2>/dev/null || true; done
-  ip netns del "$ns" 2>/dev/null || true
-done
 # Veths still on the bridge (their pod's namespace outlived the teardown), then the bridge.
 if ip link show "$BRIDGE" >/dev/null 2>&1; then
   for veth in $(ip -o link show master "$BRIDGE" 2>/dev/null | awk -F': ' '{print $2}' | cut -d@ -f1); do

@@ -1,12 +1,10 @@
 #!/usr/bin/env bash
 # Smoke test of the local cluster (run tests/cluster/up.sh first, or set
-# KUBECONFIG). Node agent: a Deployment of 2 python http.server pods with an init
-# container, a native sidecar, a ConfigMap volume, downward API env and the
-# service-account token. Kubelet node: a Deployment of 2 pods of our image
-# (handover:dev, the demo app) with a native sidecar, non-root, read-only root.
-# Checks pod IPs over HTTP from the host, EndpointSlices, the Service's ClusterIP
-# (when kube-proxy runs, also from inside a pod), kubectl logs and exec, graceful
-# deletion and replacement; then cleans up.
+# KUBECONFIG): a Deployment of 2 pods of our image (handover:dev running the demo
+# app, its pod name from the downward API) with a native sidecar, non-root, read-only
+# root, a memory limit. Checks pod IPs over HTTP from the host, EndpointSlices, the
+# Service's ClusterIP (when kube-proxy runs, also from inside a pod, hairpin included),
+# kubectl logs and exec, graceful deletion and replacement; then cleans up.
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/lib/common.sh"
 
@@ -36,7 +34,6 @@ fi
 K create namespace "$NS" >/dev/null
 wait_for "service account default in $NS" 30 K -n "$NS" get serviceaccount default
 
-if [[ "$NODE_KIND" == kubelet ]]; then
 step "creating Deployment web (2 replicas of $HANDOVER_IMAGE) and Service web"
 K apply -n "$NS" -f - >/dev/null <<'YAML'
 apiVersion: v1
@@ -91,102 +88,16 @@ spec:
           capabilities: {drop: ["ALL"]}
 YAML
 
-else
-step "creating Deployment web (2 replicas) and Service web"
-K apply -n "$NS" -f - >/dev/null <<'YAML'
-apiVersion: v1
-kind: ConfigMap
-metadata: {name: web-content}
-data:
-  index.html: "hello from handover-smoke\n"
----
-apiVersion: v1
-kind: Service
-metadata: {name: web}
-spec:
-  selector: {app: web}
-  ports: [{name: http, port: 80, targetPort: http}]
----
-apiVersion: apps/v1
-kind: Deployment
-metadata: {name: web}
-spec:
-  replicas: 2
-  selector: {matchLabels: {app: web}}
-  template:
-    metadata: {labels: {app: web}}
-    spec:
-      terminationGracePeriodSeconds: 10
-      initContainers:
-      - name: prepare
-        image: busybox:1.36
-        command: ["sh", "-c"]
-        args:
-        - |
-          set -e
-          cp /content/index.html /www/index.html
-          sa=/var/run/secrets/kubernetes.io/serviceaccount
-          code=$(curl -s -o /dev/null -w '%{http_code}' --cacert $sa/ca.crt \
-            -H "Authorization: Bearer $(cat $sa/token)" \
-            https://$KUBERNETES_SERVICE_HOST:$KUBERNETES_SERVICE_PORT/api)
-          printf 'name=%s\nnamespace=%s\nip=%s\nuid=%s\napi=%s\nhostname=%s\nsvc=%s\n' "$POD_NAME" "$POD_NAMESPACE" \
-            "$POD_IP" "$POD_UID" "$code" "$(hostname)" "$WEB_SERVICE_HOST:$WEB_SERVICE_PORT" > /www/info.txt
-        env:
-        - {name: POD_NAME, valueFrom: {fieldRef: {fieldPath: metadata.name}}}
-        - {name: POD_NAMESPACE, valueFrom: {fieldRef: {fieldPath: metadata.namespace}}}
-        - {name: POD_IP, valueFrom: {fieldRef: {fieldPath: status.podIP}}}
-        - {name: POD_UID, valueFrom: {fieldRef: {fieldPath: metadata.uid}}}
-        volumeMounts:
-        - {name: content, mountPath: /content, readOnly: true}
-        - {name: www, mountPath: /www}
-      - name: sidecar
-        image: busybox:1.36
-        restartPolicy: Always
-        command: ["sh", "-c", "trap 'echo sidecar got TERM; exit 0' TERM; while :; do sleep 1; done"]
-      containers:
-      - name: web
-        image: registry.example/handover-smoke:latest
-        workingDir: /www
-        ports: [{name: http, containerPort: 8080}]
-        readinessProbe:
-          httpGet: {path: /index.html, port: http}
-          periodSeconds: 1
-        livenessProbe:
-          httpGet: {path: /, port: 8080}
-          periodSeconds: 2
-        lifecycle:
-          preStop:
-            exec: {command: ["sh", "-c", "echo prestop > /www/prestop.txt; sleep 1"]}
-        volumeMounts:
-        - {name: www, mountPath: /www}
-      volumes:
-      - name: content
-        configMap: {name: web-content}
-      - name: www
-        emptyDir: {}
-YAML
-
-fi
 step "waiting for 2 Ready pods"
 K -n "$NS" rollout status deployment/web --timeout=90s >/dev/null
 step "deployment web is available"
 
 pod_ips() { K -n "$NS" get pods -l app=web -o jsonpath='{range .items[?(@.status.podIP)]}{.metadata.name}={.status.podIP}{"\n"}{end}'; }
-check_pod() { # NAME IP
-  local name="$1" ip="$2"
-  if [[ "$NODE_KIND" == kubelet ]]; then check_pod_kubelet "$@"; else check_pod_agent "$@"; fi
-}
-# The demo app answers a session's count with the pod's name (downward API env).
-expected_body() { [[ "$NODE_KIND" == kubelet ]] && echo '"pod":"' || echo "hello from handover-smoke"; }
-get_web() { # URL [curl args]: the body of the web container's page
+get_web() { # URL [curl args]: the demo app's answer to GET /count for session "smoke"
   local url="$1"; shift
-  if [[ "$NODE_KIND" == kubelet ]]; then
-    curl -fsS --max-time 3 -H 'Handover-Session: smoke' "$@" "${url%/}/count"
-  else
-    curl -fsS --max-time 3 "$@" "${url%/}/index.html"
-  fi
+  curl -fsS --max-time 3 -H 'Handover-Session: smoke' "$@" "${url%/}/count"
 }
-check_pod_kubelet() { # NAME IP
+check_pod() { # NAME IP
   local name="$1" ip="$2" body
   body="$(get_web "http://$ip:8080")"
   [[ "$body" == *"\"pod\":\"$name\""* ]] || die "pod $name ($ip) answered: $body"
@@ -194,22 +105,6 @@ check_pod_kubelet() { # NAME IP
   K -n "$NS" exec "$name" -c web -- handover-sidecar --version | grep -q '^handover-sidecar ' ||
     die "pod $name: kubectl exec does not run in the container"
   log "  pod $name at $ip: HTTP with its name from the downward API, kubectl logs, kubectl exec: ok"
-}
-check_pod_agent() { # NAME IP
-  local name="$1" ip="$2" body info
-  body="$(curl -fsS --max-time 5 "http://$ip:8080/index.html")"
-  [[ "$body" == "hello from handover-smoke" ]] || die "pod $name ($ip) answered: $body"
-  info="$(curl -fsS --max-time 5 "http://$ip:8080/info.txt")"
-  grep -qx "name=$name" <<<"$info" || die "pod $name: downward API name wrong: $info"
-  grep -qx "ip=$ip" <<<"$info" || die "pod $name: downward API podIP wrong: $info"
-  grep -qx "namespace=$NS" <<<"$info" || die "pod $name: namespace wrong: $info"
-  grep -qx "api=200" <<<"$info" || die "pod $name: in-cluster API call with its token failed: $info"
-  grep -qx "hostname=$name" <<<"$info" || die "pod $name: hostname is not the pod name: $info"
-  grep -qx "svc=$cip:80" <<<"$info" || die "pod $name: service link env WEB_SERVICE_HOST/PORT wrong: $info"
-  K -n "$NS" logs "$name" -c web | grep 'GET /index.html' >/dev/null || die "pod $name: kubectl logs does not show the requests"
-  [[ "$(K -n "$NS" exec "$name" -c web -- cat /www/index.html)" == "hello from handover-smoke" ]] ||
-    die "pod $name: kubectl exec does not see the pod's volume"
-  log "  pod $name at $ip: HTTP, downward API, hostname, service env, in-cluster API with SA token (200), kubectl logs, kubectl exec: ok"
 }
 cip="$(K -n "$NS" get service web -o jsonpath='{.spec.clusterIP}')"
 mapfile -t pods < <(pod_ips)
@@ -227,13 +122,13 @@ wait_for "EndpointSlices of service web to list the ready pod IPs $(tr "\n" " " 
 step "EndpointSlices list both pods: $(tr "\n" " " <<<"$want")"
 
 if [[ "$KUBE_PROXY" == 1 ]] && is_running kube-proxy; then
-  cluster_ip_ok() { [[ "$(get_web "http://$cip")" == *"$(expected_body)"* ]]; }
+  cluster_ip_ok() { [[ "$(get_web "http://$cip")" == *'"pod":"web-'* ]]; }
   wait_for "ClusterIP $cip:80 to answer through kube-proxy" 30 cluster_ip_ok
   step "ClusterIP $cip:80 answers from the host (kube-proxy iptables)"
   # From inside a pod too, including to itself through the Service (hairpin).
   podns="$("$CLUSTER_SRC/pod.sh" netns "$NS" "${pods[0]%%=*}")"
   for i in 1 2 3 4 5 6; do
-    [[ "$(nsenter --net="$podns" curl -fsS --max-time 3 "http://$cip/$([[ "$NODE_KIND" == kubelet ]] && echo count || echo index.html)" -H 'Handover-Session: smoke')" == *"$(expected_body)"* ]] ||
+    [[ "$(nsenter --net="$podns" curl -fsS --max-time 3 -H 'Handover-Session: smoke' "http://$cip/count")" == *'"pod":"web-'* ]] ||
       die "ClusterIP $cip does not answer from inside pod ${pods[0]%%=*} (netns $podns), try $i"
   done
   step "ClusterIP answers from inside a pod (6 connections, both endpoints incl. itself)"

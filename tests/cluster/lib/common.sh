@@ -54,17 +54,12 @@ KCM_PORT="${HANDOVER_KCM_PORT:-$((10257 + 1000 * IDX))}"
 SCHEDULER_PORT="${HANDOVER_SCHEDULER_PORT:-$((10259 + 1000 * IDX))}"
 PROXY_METRICS_PORT="$((10249 + 1000 * IDX))"
 PROXY_HEALTHZ_PORT="$((10256 + 1000 * IDX))"
-if ((IDX == 0)); then NETNS_PREFIX="ho-"; else NETNS_PREFIX="ho$IDX-"; fi
 if ((IDX == 0)); then KUBE_PROXY="${HANDOVER_KUBE_PROXY:-1}"; else KUBE_PROXY="${HANDOVER_KUBE_PROXY:-0}"; fi
 KUBECONFIG_PATH="$HANDOVER_CLUSTER_DIR/admin.kubeconfig"
 PKI="$HANDOVER_CLUSTER_DIR/pki"
 LOGS="$HANDOVER_CLUSTER_DIR/logs"
 PIDS="$HANDOVER_CLUSTER_DIR/pids"
 
-# The node: a real kubelet with containerd and runc (`kubelet`), or our node agent that runs pods
-# as host processes from an image map (`agent`). Unset: what the running cluster runs, else agent.
-NODE_KIND="${HANDOVER_NODE:-$(cat "$HANDOVER_CLUSTER_DIR/node-kind" 2>/dev/null || echo agent)}"
-[[ "$NODE_KIND" == kubelet || "$NODE_KIND" == agent ]] || { echo "error: HANDOVER_NODE must be kubelet or agent, not $NODE_KIND" >&2; exit 1; }
 # The kubelet's containerd: its own config, root, state and socket under the state dir, never the
 # machine's default /run/containerd/containerd.sock.
 CONTAINERD_DIR="$HANDOVER_CLUSTER_DIR/containerd"
@@ -81,7 +76,7 @@ CGROUP_ROOT="/handover$IDX"
 HANDOVER_IMAGE="${HANDOVER_IMAGE:-docker.io/library/handover:dev}"
 
 # Components in start order; down.sh stops them in reverse.
-COMPONENTS=(etcd kube-apiserver kube-controller-manager kube-scheduler kube-proxy containerd kubelet nodeagent)
+COMPONENTS=(etcd kube-apiserver kube-controller-manager kube-scheduler kube-proxy containerd kubelet)
 
 # pid_alive PID: the process exists and is not a zombie. Where PID 1 reaps slowly (containers), a
 # killed process lingers as a zombie and kill -0 still succeeds.

@@ -201,6 +201,9 @@ maxPods: 250
 oomScoreAdj: 0
 YAML
 
+# The kubelet's device manager puts its socket in /var/lib/kubelet/device-plugins whatever its root
+# dir: down.sh removes the socket, and the directories if this cluster made them.
+[[ -e /var/lib/kubelet || -f "$HANDOVER_CLUSTER_DIR/var-lib-kubelet.created" ]] || touch "$HANDOVER_CLUSTER_DIR/var-lib-kubelet.created"
 start kubelet "$K8S_BIN/kubelet" --config "$KUBELET_DIR/config.yaml" \
   --kubeconfig "$HANDOVER_CLUSTER_DIR/kubelet.kubeconfig" --root-dir "$KUBELET_DIR" \
   --hostname-override "$NODE_NAME" --node-ip "$BRIDGE_IP" --v=1

@@ -190,14 +190,8 @@ impl PodView {
     }
 }
 
-/// Which node the local cluster runs (`tests/cluster/up.sh` records it): `kubelet` (containerd and
-/// runc, real images) or `agent` (our node agent, host processes). None: not the local cluster.
-pub fn local_node_kind() -> Option<String> {
-    std::fs::read_to_string(local_cluster_dir().join("node-kind")).ok().map(|k| k.trim().to_owned())
-}
-
-/// The host pid of a running container's main process, as the node reports it
-/// (`tests/cluster/pod.sh pid`: on the kubelet node from the runtime, `crictl inspect`).
+/// The host pid of a running container's main process, as the runtime reports it
+/// (`tests/cluster/pod.sh pid`: `crictl inspect`).
 pub async fn container_pid(c: &Cluster, ns: &str, pod: &str, container: &str) -> Result<u32, String> {
     let out = tokio::process::Command::new(c.repo.join("tests/cluster/pod.sh"))
         .args(["pid", ns, pod, container])

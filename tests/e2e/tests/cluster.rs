@@ -11,9 +11,7 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use handover_e2e::{
-    Cluster, Confinement, PodView, container_pid, local_cluster_dir, local_node_kind, ms_since, wait_for,
-};
+use handover_e2e::{Cluster, Confinement, PodView, container_pid, local_cluster_dir, ms_since, wait_for};
 use handover_sidecar::localpool::{Load, member_names};
 
 const SYSTEM_NS: &str = "handover-system";
@@ -22,16 +20,11 @@ const SETTLE: Duration = Duration::from_secs(180);
 /// The sidecar's admin port (the ServerPool default; the demo pool does not set it).
 const SIDECAR_ADMIN_PORT: u16 = 9901;
 
-/// The local cluster: its node tells the tests each container's host pid (`tests/cluster/pod.sh`),
-/// so faults at process level (SIGKILL, SIGSTOP, memory) are only possible there.
+/// The local cluster: its node (kubelet, containerd, runc) runs on this machine and tells the tests
+/// each container's host pid (`tests/cluster/pod.sh`, from the runtime), so faults at process level
+/// (SIGKILL, SIGSTOP, memory) and the kernel's view of a container are only reachable there.
 fn local_cluster() -> bool {
     local_cluster_dir().join("pids").is_dir() && std::env::var("HANDOVER_E2E_KIND").is_err()
-}
-
-/// The local cluster's node is a real kubelet (containerd, runc, our image): security contexts and
-/// memory limits are enforced by the kernel there, not by the node agent (which enforces neither).
-fn real_node() -> bool {
-    local_cluster() && local_node_kind().as_deref() == Some("kubelet")
 }
 
 /// Memory limits of the pool's containers (the demo app's as in examples/demo-app.yaml).
@@ -544,10 +537,9 @@ async fn container_state(c: &Cluster, ns: &str, pod: &str, container: &str) -> (
 /// memory limit as the container's cgroup limit.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn containers_run_confined_with_their_memory_limits_in_the_kernel() {
-    if !real_node() {
+    if !local_cluster() {
         println!(
-            "  NOT CHECKED: needs the local cluster on its kubelet node (tests/cluster/up.sh with HANDOVER_NODE=kubelet); \
-             the node agent enforces no security context and no limit"
+            "  NOT CHECKED: needs the local cluster (tests/cluster/up.sh): it reads the containers' processes on the host"
         );
         return;
     }
@@ -585,10 +577,9 @@ async fn containers_run_confined_with_their_memory_limits_in_the_kernel() {
 /// no acknowledged update lost.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sessions_survive_an_app_container_killed_for_memory() {
-    if !real_node() {
+    if !local_cluster() {
         println!(
-            "  NOT CHECKED: needs the local cluster on its kubelet node (tests/cluster/up.sh with HANDOVER_NODE=kubelet); \
-             the node agent enforces no memory limit"
+            "  NOT CHECKED: needs the local cluster (tests/cluster/up.sh): it enters the app container's network namespace"
         );
         return;
     }
