@@ -98,5 +98,28 @@ fi
 if [[ "$KUBE_PROXY" == 1 && -x "$K8S_BIN/kube-proxy" ]] && command -v iptables >/dev/null; then
   "$K8S_BIN/kube-proxy" --cleanup >/dev/null 2>&1 || true
 fi
+# The kubelet's own iptables chains (machine-wide, like kube-proxy's): KUBE-FIREWALL (drops
+# non-loopback packets to 127.0.0.0/8), the canaries and the hint. Kept while another kubelet runs
+# (another cluster index): it would only make them again.
+other_kubelet=""
+for f in /proc/[0-9]*/cmdline; do
+  cmd="$( (tr '\0' ' ' <"$f") 2>/dev/null)" || continue
+  [[ "$cmd" == */kubelet\ * ]] && other_kubelet="$(basename "$(dirname "$f")")"
+done
+if [[ -z "$other_kubelet" ]]; then
+  for ipt in iptables ip6tables; do
+    command -v "$ipt" >/dev/null || continue
+    for chain in INPUT OUTPUT; do
+      while "$ipt" -t filter -D "$chain" -j KUBE-FIREWALL 2>/dev/null; do :; done
+    done
+    for table_chain in filter:KUBE-FIREWALL filter:KUBE-KUBELET-CANARY nat:KUBE-KUBELET-CANARY \
+      mangle:KUBE-KUBELET-CANARY mangle:KUBE-IPTABLES-HINT; do
+      "$ipt" -t "${table_chain%%:*}" -F "${table_chain#*:}" 2>/dev/null || true
+      "$ipt" -t "${table_chain%%:*}" -X "${table_chain#*:}" 2>/dev/null || true
+    done
+  done
+else
+  log "another kubelet runs (pid $other_kubelet): its iptables chains are kept"
+fi
 rm -rf "$HANDOVER_CLUSTER_DIR"
 log "cluster down in $((SECONDS - t0))s"

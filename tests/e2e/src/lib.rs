@@ -243,7 +243,8 @@ impl Confinement {
             .lines()
             .map(|l| l.split_whitespace().collect::<Vec<_>>())
             .filter(|f| f.len() > 5 && f[4] == "/")
-            .last()
+            // The last mount on "/" is the one on top.
+            .next_back()
             .ok_or_else(|| format!("/proc/{pid}/mountinfo has no root mount"))?;
         let root_read_only = root[5].split(',').any(|o| o == "ro");
         let cgroups = read(format!("/proc/{pid}/cgroup"))?;
