@@ -242,9 +242,8 @@ impl Confinement {
         let root = mountinfo
             .lines()
             .map(|l| l.split_whitespace().collect::<Vec<_>>())
-            .filter(|f| f.len() > 5 && f[4] == "/")
             // The last mount on "/" is the one on top.
-            .next_back()
+            .rfind(|f| f.len() > 5 && f[4] == "/")
             .ok_or_else(|| format!("/proc/{pid}/mountinfo has no root mount"))?;
         let root_read_only = root[5].split(',').any(|o| o == "ro");
         let cgroups = read(format!("/proc/{pid}/cgroup"))?;
