@@ -11,6 +11,8 @@
 //! - `GET <statePath>` / `PUT <statePath>`: pull and restore, on a listener of their own
 //!   (`--state-listen`, the pod's loopback) that the sidecar never forwards clients to.
 //! - `GET /echo` with `Upgrade: echo`: switches protocols and echoes bytes (upgrade pass-through).
+//! - `POST /hog?mib=N`: allocates N MiB (at most 4096) and never frees them, so that tests can
+//!   drive the app past its memory limit (the kernel's OOM killer then ends it).
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -213,6 +215,19 @@ impl App {
                 }
                 resp
             }
+            (Method::POST, "/hog") => {
+                let mib: usize = req
+                    .uri()
+                    .query()
+                    .and_then(|q| q.strip_prefix("mib="))
+                    .and_then(|n| n.parse().ok())
+                    .unwrap_or(0)
+                    .min(4096);
+                // Non-zero bytes: every page is written, so the memory is resident, not just mapped.
+                let held: &'static mut [u8] = vec![1u8; mib << 20].leak();
+                std::hint::black_box(held);
+                reply(StatusCode::OK, format!("holding {mib} MiB more, for good\n"))
+            }
             (Method::GET, "/headers") => {
                 let mut seen: std::collections::BTreeMap<String, Vec<String>> = Default::default();
                 for (name, value) in req.headers() {
@@ -232,7 +247,9 @@ impl App {
                     format!("pod {} — session {session} — count {count}\nPOST /incr to count\n", self.args.name),
                 )
             }
-            _ => reply(StatusCode::NOT_FOUND, "demo app: POST /incr, GET /count, POST /blob?bytes=N\n"),
+            _ => {
+                reply(StatusCode::NOT_FOUND, "demo app: POST /incr, GET /count, POST /blob?bytes=N, POST /hog?mib=N\n")
+            }
         }
     }
 }

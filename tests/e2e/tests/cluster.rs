@@ -11,7 +11,7 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use handover_e2e::{Cluster, PodView, local_cluster_dir, ms_since, wait_for};
+use handover_e2e::{Cluster, Confinement, PodView, container_pid, local_cluster_dir, ms_since, wait_for};
 use handover_sidecar::localpool::{Load, member_names};
 
 const SYSTEM_NS: &str = "handover-system";
@@ -20,11 +20,18 @@ const SETTLE: Duration = Duration::from_secs(180);
 /// The sidecar's admin port (the ServerPool default; the demo pool does not set it).
 const SIDECAR_ADMIN_PORT: u16 = 9901;
 
-/// The local cluster runs pods as processes in network namespaces named after the pod uid: faults
-/// at process level (SIGKILL, SIGSTOP) are only possible there.
+/// The local cluster: its node (kubelet, containerd, runc) runs on this machine and tells the tests
+/// each container's host pid (`tests/cluster/pod.sh`, from the runtime), so faults at process level
+/// (SIGKILL, SIGSTOP, memory) and the kernel's view of a container are only reachable there.
 fn local_cluster() -> bool {
     local_cluster_dir().join("pids").is_dir() && std::env::var("HANDOVER_E2E_KIND").is_err()
 }
+
+/// Memory limits of the pool's containers (the demo app's as in examples/demo-app.yaml).
+const APP_MEMORY_LIMIT: u64 = 64 << 20; // "64Mi" in DemoPool::create
+const SIDECAR_MEMORY_LIMIT: u64 = 128 << 20; // "128Mi" in DemoPool::create
+/// The chart's default memory limit of the operator (charts/handover/values.yaml).
+const OPERATOR_MEMORY_LIMIT: u64 = 256 << 20;
 
 /// Installs (or upgrades) the chart and waits for the operator. `HANDOVER_E2E_OPERATOR_LOG` sets
 /// the operator's log filter, e.g. `info,kube_runtime=debug` (commas are escaped for `--set`).
@@ -99,7 +106,10 @@ impl DemoPool {
             "apiVersion": "handover.dev/v1alpha1",
             "kind": "ServerPool",
             "metadata": {"name": "demo", "namespace": ns},
-            "spec": {"appPort": 8080, "port": 80, "snapshot": {"mode": "push"}, "cookie": {"secure": false}},
+            "spec": {
+                "appPort": 8080, "port": 80, "snapshot": {"mode": "push"}, "cookie": {"secure": false},
+                "sidecar": {"resources": {"requests": {"memory": "32Mi"}, "limits": {"memory": "128Mi"}}},
+            },
         });
         c.apply(&pool.to_string()).await.expect("apply the ServerPool");
         let deployment = serde_json::json!({
@@ -111,12 +121,24 @@ impl DemoPool {
                 "selector": {"matchLabels": {"app": "demo-app"}},
                 "template": {
                     "metadata": {"labels": {"app": "demo-app"}},
+                    // As examples/demo-app.yaml: non-root, seccomp RuntimeDefault, read-only root,
+                    // no capabilities, a memory limit.
                     "spec": {
                         "terminationGracePeriodSeconds": 10,
+                        "securityContext": {
+                            "runAsNonRoot": true, "runAsUser": 65532, "runAsGroup": 65532,
+                            "seccompProfile": {"type": "RuntimeDefault"},
+                        },
                         "containers": [{
                             "name": "app",
                             "image": "handover:dev",
+                            "imagePullPolicy": "Never",
                             "command": ["handover-sidecar", "demo-app", "--listen", "127.0.0.1:8080"],
+                            "resources": {"requests": {"cpu": "10m", "memory": "16Mi"}, "limits": {"memory": "64Mi"}},
+                            "securityContext": {
+                                "allowPrivilegeEscalation": false, "readOnlyRootFilesystem": true,
+                                "capabilities": {"drop": ["ALL"]},
+                            },
                         }],
                     },
                 },
@@ -250,16 +272,19 @@ async fn sidecars_list(serving: &[&PodView], names: &BTreeSet<String>) -> bool {
     true
 }
 
-/// Sends `signal` to every process of `pod` (the local cluster runs each pod in namespace
-/// `ho-<first 10 hex digits of its uid>`).
-async fn signal_pod(pod: &PodView, signal: &str) {
-    let ns = format!("ho-{}", &pod.uid.replace('-', "")[..10]);
-    let out = tokio::process::Command::new("ip").args(["netns", "pids", &ns]).output().await.expect("ip netns pids");
-    let pids: Vec<String> = String::from_utf8_lossy(&out.stdout).split_whitespace().map(str::to_owned).collect();
-    assert!(!pids.is_empty(), "pod {} has processes in {ns}", pod.name);
+/// Sends `signal` to the main process of every running container of `pod` (the app and the
+/// sidecar; not the kubelet's sandbox), by the host pid the node reports for each; returns them.
+async fn signal_pod(c: &Cluster, ns: &str, pod: &PodView, signal: &str) -> Vec<String> {
+    assert!(!pod.running.is_empty(), "pod {} has running containers", pod.name);
+    let mut pids = Vec::new();
+    for container in &pod.running {
+        let pid = container_pid(c, ns, &pod.name, container).await.unwrap_or_else(|e| panic!("{e}"));
+        pids.push(pid.to_string());
+    }
     let status =
         tokio::process::Command::new("kill").arg(format!("-{signal}")).args(&pids).status().await.expect("kill");
-    assert!(status.success(), "kill -{signal} {pids:?}");
+    assert!(status.success(), "kill -{signal} {pids:?} ({}: {:?})", pod.name, pod.running);
+    pids
 }
 
 /// The operator installed, a pool of 3 demo pods, and client sessions running through its Service.
@@ -301,7 +326,7 @@ async fn sessions_survive_every_kind_of_pod_death() {
         println!("  SIGKILL of every process of a pod");
         let victim = first_serving(&pool.serving().await);
         let t = Instant::now();
-        signal_pod(&victim, "KILL").await;
+        signal_pod(&c, &pool.ns, &victim, "KILL").await;
         load.progress(300, "sessions to go on after SIGKILL").await.expect("progress");
         println!("    figure: SIGKILL: sessions went on {} ms after the kill", ms_since(t));
         pool.settled(3, "the killed pod's containers restarted").await;
@@ -309,10 +334,12 @@ async fn sessions_survive_every_kind_of_pod_death() {
         println!("  a hung pod (SIGSTOP)");
         let victim = first_serving(&pool.serving().await);
         let t = Instant::now();
-        signal_pod(&victim, "STOP").await;
+        let stopped = signal_pod(&c, &pool.ns, &victim, "STOP").await;
         pool.wait_dropped(&victim, t, "SIGSTOP").await;
         load.progress(300, "sessions to go on while a pod hangs").await.expect("progress");
-        signal_pod(&victim, "CONT").await;
+        // The very processes that were stopped (a liveness probe may have had one replaced already:
+        // then it is gone, and kill reports it).
+        let _ = tokio::process::Command::new("kill").arg("-CONT").args(&stopped).status().await;
         pool.settled(3, "the woken pod to rejoin").await;
         load.progress(300, "sessions to go on after the pod woke").await.expect("progress");
     } else {
@@ -484,5 +511,113 @@ async fn the_api_server_refuses_a_bad_pool_and_the_operator_builds_a_good_ones_o
     });
     let refused = c.apply(&bad.to_string()).await.expect_err("the API server refuses appPort == sidecarPort");
     assert!(refused.contains("appPort") && refused.contains("sidecarPort"), "the refusal names the fields: {refused}");
+    pool.delete().await;
+}
+
+/// The pod-level fields of one container of a pod: its restart count, whether it runs, and why it
+/// last ended.
+async fn container_state(c: &Cluster, ns: &str, pod: &str, container: &str) -> (i64, bool, String) {
+    let pod = c.get_json(&["pod", pod, "-n", ns]).await.unwrap_or_default();
+    let status = ["containerStatuses", "initContainerStatuses"]
+        .iter()
+        .flat_map(|k| pod["status"][k].as_array().cloned().unwrap_or_default())
+        .find(|s| s["name"] == container)
+        .unwrap_or_default();
+    (
+        status["restartCount"].as_i64().unwrap_or(-1),
+        status["state"]["running"].is_object(),
+        status["lastState"]["terminated"]["reason"].as_str().unwrap_or_default().to_owned(),
+    )
+}
+
+/// The chart's securityContexts (operator) and the pool's (examples/demo-app.yaml: app; the
+/// operator's injection: sidecar) and memory limits hold in the kernel, read on the host through
+/// each container's pid as the runtime reports it (the image has no shell to look from inside):
+/// uid 65532, no effective capabilities, a seccomp filter, no_new_privs, a read-only root, and the
+/// memory limit as the container's cgroup limit.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn containers_run_confined_with_their_memory_limits_in_the_kernel() {
+    if !local_cluster() {
+        println!(
+            "  NOT CHECKED: needs the local cluster (tests/cluster/up.sh): it reads the containers' processes on the host"
+        );
+        return;
+    }
+    let c = Cluster::find();
+    install_operator(&c).await;
+    let pool = DemoPool::create(&c, 1).await;
+    let mut containers: Vec<(String, String, String, u64)> = Vec::new();
+    for pod in container_starts(&c, SYSTEM_NS).await {
+        let name = pod.split('/').next().unwrap_or_default().to_owned();
+        containers.push((SYSTEM_NS.to_owned(), name, "operator".to_owned(), OPERATOR_MEMORY_LIMIT));
+    }
+    let pod = first_serving(&pool.serving().await);
+    containers.push((pool.ns.clone(), pod.name.clone(), "app".to_owned(), APP_MEMORY_LIMIT));
+    containers.push((pool.ns.clone(), pod.name.clone(), "handover-sidecar".to_owned(), SIDECAR_MEMORY_LIMIT));
+    assert!(containers.len() == 4, "two operator pods and one pool pod: {containers:?}");
+    for (ns, pod, container, limit) in containers {
+        let pid = container_pid(&c, &ns, &pod, &container).await.unwrap_or_else(|e| panic!("{e}"));
+        let seen = Confinement::of(pid).unwrap_or_else(|e| panic!("{ns}/{pod}/{container} (pid {pid}): {e}"));
+        println!("    {ns}/{pod}/{container} (pid {pid}): {seen:?}");
+        let want = Confinement {
+            uids: vec![65532; 4],
+            cap_eff: 0,
+            seccomp: 2,
+            no_new_privs: true,
+            root_read_only: true,
+            memory_limit: Some(limit),
+        };
+        assert_eq!(seen, want, "{ns}/{pod}/{container} (pid {pid}) runs as its securityContext and limits say");
+    }
+    pool.delete().await;
+}
+
+/// The app container of a pod goes past its memory limit under load: the kernel's OOM killer ends
+/// it, the node restarts it (reason OOMKilled), the sidecar stays up, and every session goes on with
+/// no acknowledged update lost.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sessions_survive_an_app_container_killed_for_memory() {
+    if !local_cluster() {
+        println!(
+            "  NOT CHECKED: needs the local cluster (tests/cluster/up.sh): it enters the app container's network namespace"
+        );
+        return;
+    }
+    let (c, pool, load) = pool_under_load().await;
+    let victim = first_serving(&pool.serving().await);
+    let (restarts, _, _) = container_state(&c, &pool.ns, &victim.name, "app").await;
+    let sidecar_start = victim.starts.iter().find(|s| s.contains("/handover-sidecar@")).cloned();
+    let pid = container_pid(&c, &pool.ns, &victim.name, "app").await.unwrap_or_else(|e| panic!("{e}"));
+    println!("  the app of {} asks for 4 times its memory limit", victim.name);
+    let t = Instant::now();
+    // From inside the pod's network namespace, to the app's loopback port (as its sidecar talks to
+    // it). The app dies before it answers: curl's own result says nothing.
+    let hog = format!("http://127.0.0.1:8080/hog?mib={}", 4 * (APP_MEMORY_LIMIT >> 20));
+    let _ = tokio::process::Command::new("nsenter")
+        .args(["--target", &pid.to_string(), "--net", "curl", "-s", "-m", "30", "-X", "POST"])
+        .args(["-H", "Handover-Session: e2e-oom", &hog])
+        .output()
+        .await
+        .expect("nsenter curl");
+    let (c2, ns, name) = (c.clone(), pool.ns.clone(), victim.name.clone());
+    wait_for("the app container to be OOM-killed and restarted", SETTLE, || {
+        let (c, ns, name) = (c2.clone(), ns.clone(), name.clone());
+        async move {
+            let (now, running, reason) = container_state(&c, &ns, &name, "app").await;
+            now > restarts && running && reason == "OOMKilled"
+        }
+    })
+    .await
+    .expect("OOMKilled, restarted");
+    println!("    figure: OOM kill: the app runs again {} ms after the request", ms_since(t));
+    load.progress(300, "sessions to go on after the OOM kill").await.expect("progress");
+    pool.settled(3, "the pod whose app was OOM-killed to serve again").await;
+    let after = pool.pods().await.into_iter().find(|p| p.name == victim.name).expect("the pod is still there");
+    assert_eq!(
+        after.starts.iter().find(|s| s.contains("/handover-sidecar@")).cloned(),
+        sidecar_start,
+        "the sidecar was not restarted: only the app went past its limit"
+    );
+    load.stop_and_verify().await.expect("every session went on and lost no acknowledged update");
     pool.delete().await;
 }
