@@ -157,6 +157,72 @@ pub fn should_pull(p: PullInputs) -> bool {
     p.draining_since.is_some() || p.now.saturating_duration_since(last) >= p.interval
 }
 
+/// What the app said about the session's state on this response.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Offered {
+    /// A `Handover-State` header; `empty` when its value was empty (the app deletes the state).
+    Pushed { empty: bool },
+    /// A pull answered: `empty` when the app has no state for the session (`404`, or no bytes).
+    Pulled { empty: bool },
+    /// A pull was needed but failed (error, timeout, unexpected status).
+    PullFailed,
+    /// Nothing: no push, and no pull was due.
+    Nothing,
+}
+
+/// What a response does to the client's state cookie.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SealAction {
+    /// Seal a state into the cookie, from `source`.
+    Seal(SealSource),
+    /// Delete the client's cookie (every chunk it holds): the app ended the session's state.
+    Delete,
+    /// No `Set-Cookie`: the client keeps whatever cookie it has (or has none).
+    Keep,
+}
+
+/// Where a sealed state comes from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SealSource {
+    /// The app pushed it on this response.
+    Push,
+    /// The sidecar pulled it from the app.
+    Pull,
+    /// The cookie's own state, resealed naming this pod as the session's new owner.
+    Carry,
+}
+
+impl SealSource {
+    /// The `source` label of `handover_snapshots_total`.
+    pub fn label(self) -> &'static str {
+        match self {
+            SealSource::Push => "push",
+            SealSource::Pull => "pull",
+            SealSource::Carry => "carry",
+        }
+    }
+}
+
+/// Whether a response seals, deletes or leaves the client's cookie alone.
+///
+/// A session exists once the app gives it state: a request that carried no cookie (a static file,
+/// a bot, a health check, a cross-site return under `SameSite=Lax`) is sealed only when the app
+/// pushed or a pull returned bytes, so it never mints a cookie for nothing and never overwrites a
+/// cookie the client has but did not send. A pull that finds no state for a session that has a
+/// cookie deletes nothing: the app may have lost it (restarted mid-request), and the cookie is
+/// then the only copy left; an app ends a state by pushing an empty one.
+pub fn seal_action(had_cookie: bool, offered: Offered, owner_changed: bool) -> SealAction {
+    match offered {
+        Offered::Pushed { empty: false } => SealAction::Seal(SealSource::Push),
+        Offered::Pulled { empty: false } => SealAction::Seal(SealSource::Pull),
+        Offered::Pushed { empty: true } if had_cookie => SealAction::Delete,
+        // A session just taken over (or restored) gets a cookie naming its new owner, so its next
+        // request comes here directly instead of through a forward to the successor.
+        _ if had_cookie && owner_changed => SealAction::Seal(SealSource::Carry),
+        _ => SealAction::Keep,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -387,5 +453,48 @@ mod tests {
         assert!(!should_pull(PullInputs { mode: Mode::Push, last_sealed: None, ..base }));
         assert!(!should_pull(PullInputs { mode: Mode::Both, pushed: true, last_sealed: None, ..base }));
         assert!(should_pull(PullInputs { mode: Mode::Both, last_sealed: None, ..base }));
+    }
+
+    #[test]
+    fn a_session_without_state_gets_no_cookie() {
+        for offered in
+            [Offered::Nothing, Offered::PullFailed, Offered::Pulled { empty: true }, Offered::Pushed { empty: true }]
+        {
+            assert_eq!(seal_action(false, offered, false), SealAction::Keep, "{offered:?} without a cookie");
+        }
+        assert_eq!(seal_action(false, Offered::Pushed { empty: false }, false), SealAction::Seal(SealSource::Push));
+        assert_eq!(seal_action(false, Offered::Pulled { empty: false }, false), SealAction::Seal(SealSource::Pull));
+    }
+
+    #[test]
+    fn a_session_with_a_cookie_is_sealed_deleted_or_left_alone() {
+        assert_eq!(seal_action(true, Offered::Pushed { empty: false }, false), SealAction::Seal(SealSource::Push));
+        assert_eq!(seal_action(true, Offered::Pushed { empty: true }, false), SealAction::Delete);
+        assert_eq!(seal_action(true, Offered::Pushed { empty: true }, true), SealAction::Delete);
+        assert_eq!(seal_action(true, Offered::Nothing, false), SealAction::Keep);
+        assert_eq!(seal_action(true, Offered::Nothing, true), SealAction::Seal(SealSource::Carry));
+        assert_eq!(seal_action(true, Offered::PullFailed, true), SealAction::Seal(SealSource::Carry));
+        assert_eq!(
+            seal_action(true, Offered::Pulled { empty: true }, false),
+            SealAction::Keep,
+            "a pull that finds nothing never deletes the only copy"
+        );
+    }
+
+    proptest! {
+        #[test]
+        fn a_cookieless_request_is_sealed_only_with_state_from_the_app(
+            pushed in any::<bool>(), empty in any::<bool>(), failed in any::<bool>(), owner_changed in any::<bool>(),
+        ) {
+            let offered = match (pushed, failed) {
+                (true, _) => Offered::Pushed { empty },
+                (false, true) => Offered::PullFailed,
+                (false, false) => Offered::Pulled { empty },
+            };
+            let action = seal_action(false, offered, owner_changed);
+            let app_gave_state = !empty && (pushed || !failed);
+            prop_assert_eq!(matches!(action, SealAction::Seal(_)), app_gave_state, "{:?}", action);
+            prop_assert_ne!(action, SealAction::Delete, "no cookie to delete");
+        }
     }
 }

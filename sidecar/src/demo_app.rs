@@ -7,6 +7,10 @@
 //! - `GET /headers`: the request headers as the app received them (JSON), to check the sidecar's
 //!   header hygiene.
 //! - `POST /blob?bytes=N` stores N bytes of noise in the session (large states).
+//! - `POST /clear` forgets the session and pushes an empty state: the sidecar deletes the cookie.
+//! - `GET /static/<name>`: a fixed file that needs no session (and gets no cookie).
+//! - `POST /return`: a cross-site form post back to the site (a payment, SAML or OIDC
+//!   `form_post` return): reads its body and the session's count, changes nothing.
 //! - push: every change puts the new state in `Handover-State`.
 //! - `GET <statePath>` / `PUT <statePath>`: pull and restore, on a listener of their own
 //!   (`--state-listen`, the pod's loopback) that the sidecar never forwards clients to.
@@ -213,6 +217,27 @@ impl App {
                 }
                 resp
             }
+            (Method::POST, "/clear") => {
+                self.sessions.lock().unwrap_or_else(|p| p.into_inner()).remove(&session);
+                let mut resp = reply(StatusCode::NO_CONTENT, Bytes::new());
+                if self.args.push {
+                    resp.headers_mut().insert(STATE_HEADER, http::HeaderValue::from_static(""));
+                }
+                resp
+            }
+            (Method::POST, "/return") => {
+                if let Err(e) = Limited::new(req.into_body(), 1 << 20).collect().await {
+                    return reply(StatusCode::BAD_REQUEST, format!("cannot read the body: {e}\n"));
+                }
+                let state =
+                    self.sessions.lock().unwrap_or_else(|p| p.into_inner()).get(&session).cloned().unwrap_or_default();
+                self.count_reply(&session, &state)
+            }
+            (Method::GET, p) if p.starts_with("/static/") => {
+                let mut resp = reply(StatusCode::OK, "body { color: #333 }\n");
+                resp.headers_mut().insert(header::CONTENT_TYPE, http::HeaderValue::from_static("text/css"));
+                resp
+            }
             (Method::GET, "/headers") => {
                 let mut seen: std::collections::BTreeMap<String, Vec<String>> = Default::default();
                 for (name, value) in req.headers() {
@@ -232,7 +257,10 @@ impl App {
                     format!("pod {} — session {session} — count {count}\nPOST /incr to count\n", self.args.name),
                 )
             }
-            _ => reply(StatusCode::NOT_FOUND, "demo app: POST /incr, GET /count, POST /blob?bytes=N\n"),
+            _ => reply(
+                StatusCode::NOT_FOUND,
+                "demo app: POST /incr, GET /count, POST /blob?bytes=N, POST /clear, POST /return, GET /static/<name>\n",
+            ),
         }
     }
 }

@@ -799,27 +799,30 @@ impl Proxy {
             interval: self.cfg.snapshot_interval,
             draining_since: self.draining_since(),
         });
-        let is_new = rc.snapshot.is_none();
-        let (state, source) = if let Some(state) = pushed {
-            (state, "push")
-        } else if pull {
-            match self.pull_state(session).await {
-                Ok(state) => (state, "pull"),
+        let (offered, newest) = match pushed {
+            Some(state) => (decide::Offered::Pushed { empty: state.is_empty() }, Some(state)),
+            None if pull => match self.pull_state(session).await {
+                Ok(state) => (decide::Offered::Pulled { empty: state.is_empty() }, Some(state)),
                 Err(e) => {
                     tracing::warn!(session, error = %e, "could not pull the app's state");
-                    match &rc.snapshot {
-                        None => (Vec::new(), "new"),
-                        Some(s) if owner_changed => (s.state.clone(), "carry"),
-                        Some(_) => return,
-                    }
+                    (decide::Offered::PullFailed, None)
                 }
+            },
+            None => (decide::Offered::Nothing, None),
+        };
+        let (state, source) = match decide::seal_action(rc.snapshot.is_some(), offered, owner_changed) {
+            decide::SealAction::Keep => return,
+            decide::SealAction::Delete => {
+                self.delete_cookie(headers, &rc.held_chunks);
+                self.forget_session(session);
+                tracing::debug!(session, "the app ended the session's state; cookie deleted");
+                return;
             }
-        } else if is_new {
-            (Vec::new(), "new")
-        } else if let (true, Some(s)) = (owner_changed, &rc.snapshot) {
-            (s.state.clone(), "carry")
-        } else {
-            return;
+            decide::SealAction::Seal(decide::SealSource::Carry) => match &rc.snapshot {
+                Some(s) => (s.state.clone(), decide::SealSource::Carry),
+                None => return,
+            },
+            decide::SealAction::Seal(source) => (newest.unwrap_or_default(), source),
         };
 
         if state.len() > self.cfg.max_state_bytes {
@@ -849,7 +852,7 @@ impl Proxy {
                 for &stale in rc.held_chunks.iter().filter(|&&i| i >= chunks.len()) {
                     self.append_set_cookie(headers, &cookie::chunk_name(&self.cfg.cookie.name, stale), "", 0);
                 }
-                self.metrics.snapshots.get_or_create(&[("source", source)]).inc();
+                self.metrics.snapshots.get_or_create(&[("source", source.label())]).inc();
                 self.metrics.snapshot_bytes.observe(value.len() as f64);
                 self.set_local(session, Local { version, sealed_at: Some(now) });
             }
@@ -888,6 +891,20 @@ impl Proxy {
         if let Ok(v) = HeaderValue::from_str(&warning) {
             headers.insert(WARNING_HEADER, v);
         }
+    }
+
+    /// Expires every chunk of the state cookie the client sent (and only those: the names come
+    /// from the request, so a forged count costs nothing).
+    fn delete_cookie(&self, headers: &mut HeaderMap, held_chunks: &[usize]) {
+        for &chunk in held_chunks {
+            self.append_set_cookie(headers, &cookie::chunk_name(&self.cfg.cookie.name, chunk), "", 0);
+        }
+    }
+
+    fn forget_session(&self, session: &str) {
+        let mut sessions = self.sessions.lock().unwrap_or_else(|p| p.into_inner());
+        sessions.remove(session);
+        self.metrics.sessions.set(sessions.len() as i64);
     }
 
     fn append_set_cookie(&self, headers: &mut HeaderMap, name: &str, value: &str, max_age: u64) {
