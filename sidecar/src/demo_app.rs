@@ -9,6 +9,9 @@
 //! - `POST /blob?bytes=N` stores N bytes of noise in the session (large states).
 //! - `POST /clear` forgets the session and pushes an empty state: the sidecar deletes the cookie.
 //! - `GET /static/<name>`: a fixed file that needs no session (and gets no cookie).
+//! - `GET /visit?cache=public|s-maxage|none`: counts a visit (state, pushed) on a page whose
+//!   `Cache-Control` says a shared cache may store it (`public, max-age=3600`, `s-maxage=600`, or
+//!   none at all: cacheable by default), as a careless app or framework marks a personal page.
 //! - `POST /return`: a cross-site form post back to the site (a payment, SAML or OIDC
 //!   `form_post` return): reads its body and the session's count, changes nothing.
 //! - push: every change puts the new state in `Handover-State`.
@@ -225,6 +228,27 @@ impl App {
                 }
                 resp
             }
+            (Method::GET, "/visit") => {
+                let cache_control = match req.uri().query() {
+                    Some("cache=public") => Some("public, max-age=3600"),
+                    Some("cache=s-maxage") => Some("s-maxage=600"),
+                    _ => None,
+                };
+                let state = {
+                    let mut sessions = self.sessions.lock().unwrap_or_else(|p| p.into_inner());
+                    let s = sessions.entry(session.clone()).or_default();
+                    s.count += 1;
+                    s.clone()
+                };
+                let mut resp = self.count_reply(&session, &state);
+                if let Some(v) = self.state_header(&state) {
+                    resp.headers_mut().insert(STATE_HEADER, v);
+                }
+                if let Some(cc) = cache_control {
+                    resp.headers_mut().insert(header::CACHE_CONTROL, http::HeaderValue::from_static(cc));
+                }
+                resp
+            }
             (Method::POST, "/return") => {
                 if let Err(e) = Limited::new(req.into_body(), 1 << 20).collect().await {
                     return reply(StatusCode::BAD_REQUEST, format!("cannot read the body: {e}\n"));
@@ -236,6 +260,8 @@ impl App {
             (Method::GET, p) if p.starts_with("/static/") => {
                 let mut resp = reply(StatusCode::OK, "body { color: #333 }\n");
                 resp.headers_mut().insert(header::CONTENT_TYPE, http::HeaderValue::from_static("text/css"));
+                resp.headers_mut()
+                    .insert(header::CACHE_CONTROL, http::HeaderValue::from_static("public, max-age=3600"));
                 resp
             }
             (Method::GET, "/headers") => {
@@ -259,7 +285,7 @@ impl App {
             }
             _ => reply(
                 StatusCode::NOT_FOUND,
-                "demo app: POST /incr, GET /count, POST /blob?bytes=N, POST /clear, POST /return, GET /static/<name>\n",
+                "demo app: POST /incr, GET /count, POST /blob?bytes=N, POST /clear, POST /return, GET /visit, GET /static/<name>\n",
             ),
         }
     }

@@ -3,12 +3,13 @@
 //!
 //! Map: [`cookie`] is the only encoder and decoder of state cookies, [`keys`] the key ring that
 //! seals them, [`decide`] the pure routing decision, [`registry`] the live members (static, or [`registry_kube`] from the ServerPool's status), [`proxy`] the
-//! hyper code that carries it out, [`server`] the listeners. [`demo_app`], [`localpool`], [`demo`]
+//! hyper code that carries it out, [`cache`] keeps state cookies out of shared caches, [`server`] the listeners. [`demo_app`], [`localpool`], [`demo`]
 //! and [`bench`] run the whole data path on one machine.
 
 #![forbid(unsafe_code)]
 
 pub mod bench;
+pub mod cache;
 pub mod cli;
 pub mod cookie;
 pub mod decide;

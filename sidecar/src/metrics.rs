@@ -29,6 +29,7 @@ pub struct Metrics {
     pub snapshots: Family<Label, Counter>,
     pub snapshot_bytes: Histogram,
     pub over_budget: Counter,
+    pub made_private: Counter,
     pub app_waits: Family<Label, Counter>,
     pub bad_requests: Family<Label, Counter>,
     pub connections_refused: Family<Label, Counter>,
@@ -52,6 +53,7 @@ impl Default for Metrics {
             snapshots: Family::default(),
             snapshot_bytes: Histogram::new(exponential_buckets(64.0, 2.0, 10)),
             over_budget: Counter::default(),
+            made_private: Counter::default(),
             app_waits: Family::default(),
             bad_requests: Family::default(),
             connections_refused: Family::default(),
@@ -90,6 +92,11 @@ impl Default for Metrics {
             "state_over_budget",
             "States too large for the cookie budget (not sealed)",
             m.over_budget.clone(),
+        );
+        registry.register(
+            "responses_made_private",
+            "Responses a shared cache could have stored with a state cookie, made private (Cache-Control: private)",
+            m.made_private.clone(),
         );
         registry.register(
             "app_waits",

@@ -16,6 +16,7 @@ use http::{Method, Request, Response, StatusCode};
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
 
+use crate::cache;
 use crate::cookie::{self, Budget, Owner, Snapshot};
 use crate::decide::{self, Affinity, Decision, ForwardReason, Me, Mode};
 use crate::keys::KeyFile;
@@ -713,6 +714,8 @@ impl Proxy {
             req.headers_mut().insert(SESSION_HEADER, v);
         }
         origin_form(&mut req);
+        let method = req.method().clone();
+        let authorized = req.headers().contains_key(header::AUTHORIZATION);
         let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
         let sent = match self.cfg.response_timeout {
             Some(limit) => match tokio::time::timeout(limit, sender.try_send_request(req)).await {
@@ -773,7 +776,15 @@ impl Proxy {
             }
         });
         strip_hop_by_hop(&mut parts.headers, false);
+        let cookies_before = parts.headers.get_all(header::SET_COOKIE).iter().count();
         self.seal_response(&mut parts.headers, &session, rc, pushed, owner_changed).await;
+        let ours = parts.headers.get_all(header::SET_COOKIE).iter().count() > cookies_before;
+        let exchange = cache::Exchange { method: &method, authorized, status: parts.status, headers: &parts.headers };
+        if ours && cache::shared_cache_may_store(exchange) {
+            // A shared cache would hand this client's state cookie to everyone after it.
+            cache::make_private(&mut parts.headers);
+            self.metrics.made_private.inc();
+        }
         if self.draining_since().is_some() {
             parts.headers.insert(header::CONNECTION, HeaderValue::from_static("close"));
         }
