@@ -55,14 +55,12 @@ const MAX_APP_RECHECKS: usize = 2;
 /// Times a request the app's closing connection never took is sent again.
 const MAX_RESENDS: usize = 4;
 
-/// Cookie attributes and budget.
+/// Cookie name, attributes and budget.
 #[derive(Clone, Debug)]
 pub struct CookieConfig {
-    pub name: String,
+    pub attrs: crate::cookie_attrs::Attrs,
     pub max_age: Duration,
     pub max_bytes: usize,
-    pub secure: bool,
-    pub same_site: String,
 }
 
 /// Everything the proxy is told at start-up.
@@ -304,12 +302,12 @@ impl Proxy {
     }
 
     fn budget(&self) -> Budget {
-        Budget::for_cookie(&self.cfg.cookie.name, self.cfg.cookie.max_bytes)
+        Budget::for_cookie(&self.cfg.cookie.attrs.name, self.cfg.cookie.max_bytes)
     }
 
     fn read_cookie(&self, headers: &HeaderMap) -> RequestCookie {
         let pairs = cookie_pairs(headers);
-        let name = &self.cfg.cookie.name;
+        let name = &self.cfg.cookie.attrs.name;
         let lookup = |n: &str| pairs.iter().find(|(k, _)| *k == n).map(|(_, v)| *v);
         let held_chunks = cookie::held_chunks(name, pairs.iter().map(|(n, _)| *n));
         let opened = cookie::join(name, self.budget(), lookup).and_then(|value| match value {
@@ -855,13 +853,13 @@ impl Proxy {
             state,
         };
         let value = cookie::seal(&snapshot, &self.cfg.pool, &self.keys.ring());
-        match cookie::split(&self.cfg.cookie.name, &value, self.budget()) {
+        match cookie::split(&self.cfg.cookie.attrs.name, &value, self.budget()) {
             Ok(chunks) => {
                 for (name, value) in &chunks {
                     self.append_set_cookie(headers, name, value, self.cfg.cookie.max_age.as_secs());
                 }
                 for &stale in rc.held_chunks.iter().filter(|&&i| i >= chunks.len()) {
-                    self.append_set_cookie(headers, &cookie::chunk_name(&self.cfg.cookie.name, stale), "", 0);
+                    self.append_set_cookie(headers, &cookie::chunk_name(&self.cfg.cookie.attrs.name, stale), "", 0);
                 }
                 self.metrics.snapshots.get_or_create(&[("source", source.label())]).inc();
                 self.metrics.snapshot_bytes.observe(value.len() as f64);
@@ -908,7 +906,7 @@ impl Proxy {
     /// from the request, so a forged count costs nothing).
     fn delete_cookie(&self, headers: &mut HeaderMap, held_chunks: &[usize]) {
         for &chunk in held_chunks {
-            self.append_set_cookie(headers, &cookie::chunk_name(&self.cfg.cookie.name, chunk), "", 0);
+            self.append_set_cookie(headers, &cookie::chunk_name(&self.cfg.cookie.attrs.name, chunk), "", 0);
         }
     }
 
@@ -919,9 +917,7 @@ impl Proxy {
     }
 
     fn append_set_cookie(&self, headers: &mut HeaderMap, name: &str, value: &str, max_age: u64) {
-        let c = &self.cfg.cookie;
-        let secure = if c.secure { "; Secure" } else { "" };
-        let line = format!("{name}={value}; Path=/; Max-Age={max_age}; HttpOnly; SameSite={}{secure}", c.same_site);
+        let line = crate::cookie_attrs::set_cookie_line(&self.cfg.cookie.attrs, name, value, max_age);
         if let Ok(v) = HeaderValue::from_str(&line) {
             headers.append(header::SET_COOKIE, v);
         }
@@ -929,7 +925,7 @@ impl Proxy {
 
     /// Removes the state cookie's chunks from the request: the app never sees sealed cookies.
     fn strip_our_cookies(&self, headers: &mut HeaderMap) {
-        let name = &self.cfg.cookie.name;
+        let name = &self.cfg.cookie.attrs.name;
         let pairs = cookie_pairs(headers);
         if !pairs.iter().any(|(n, _)| cookie::chunk_index(name, n).is_some()) {
             return;

@@ -238,7 +238,8 @@ async fn python_cart_survives_a_sigkill_of_the_app_restored_from_the_cookie() {
     let second = add(&mut client, to, "pear", 1).await;
     assert_eq!(first.session, second.session, "the cookie keeps the client in one session");
     assert_eq!(second.items, expected(&[("apple", 2), ("pear", 1)]));
-    assert!(client.jar.contains_key("handover"), "the client holds the state cookie: {:?}", client.jar.keys());
+    let name = handover_sidecar::cookie_attrs::default_name(POOL, false, "/", "");
+    assert!(client.jar.contains_key(&name), "the client holds the state cookie {name}: {:?}", client.jar.keys());
 
     // The app container dies and comes back empty; the sidecar lives on.
     pod.kill_app().await;
