@@ -211,15 +211,55 @@ impl SealSource {
 /// cookie the client has but did not send. A pull that finds no state for a session that has a
 /// cookie deletes nothing: the app may have lost it (restarted mid-request), and the cookie is
 /// then the only copy left; an app ends a state by pushing an empty one.
-pub fn seal_action(had_cookie: bool, offered: Offered, owner_changed: bool) -> SealAction {
-    match offered {
-        Offered::Pushed { empty: false } => SealAction::Seal(SealSource::Push),
-        Offered::Pulled { empty: false } => SealAction::Seal(SealSource::Pull),
-        Offered::Pushed { empty: true } if had_cookie => SealAction::Delete,
+///
+/// A cookie whose state the app refused to restore (`Dropped`) is replaced by the fresh session's
+/// state if the app gives it one, and deleted otherwise: it must not come back on every request.
+pub fn seal_action(cookie: CookieSeen, offered: Offered, owner_changed: bool) -> SealAction {
+    match (offered, cookie) {
+        (Offered::Pushed { empty: false }, _) => SealAction::Seal(SealSource::Push),
+        (Offered::Pulled { empty: false }, _) => SealAction::Seal(SealSource::Pull),
+        (_, CookieSeen::Dropped) => SealAction::Delete,
+        (Offered::Pushed { empty: true }, CookieSeen::Valid) => SealAction::Delete,
         // A session just taken over (or restored) gets a cookie naming its new owner, so its next
         // request comes here directly instead of through a forward to the successor.
-        _ if had_cookie && owner_changed => SealAction::Seal(SealSource::Carry),
+        (_, CookieSeen::Valid) if owner_changed => SealAction::Seal(SealSource::Carry),
         _ => SealAction::Keep,
+    }
+}
+
+/// The state cookie of the request, as far as sealing the response goes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CookieSeen {
+    /// None, or one that did not open (it may be another pool's, or arrive whole next time: it is
+    /// left alone).
+    Absent,
+    /// It opened, and the response's session is its session.
+    Valid,
+    /// It opened, but the app refused to restore its state: the response's session is a fresh one.
+    Dropped,
+}
+
+/// What an answer of the app to a restore (`PUT <statePath>`) means.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RestoreVerdict {
+    /// Restored.
+    Done,
+    /// "This state is not for me" (a 4xx: a format this release cannot read, a state it judges
+    /// invalid): drop the state and start a fresh session; retrying cannot help.
+    Refused,
+    /// A failure that may pass (a 5xx, `408`, `429`, anything unexpected): try again, a bounded
+    /// number of times, then answer `502` and keep the client's cookie.
+    Retry,
+}
+
+/// Reads the app's answer to a restore.
+pub fn restore_verdict(status: u16) -> RestoreVerdict {
+    match status {
+        200..=299 => RestoreVerdict::Done,
+        // Timeouts and rate limits are the app's state of the moment, not its verdict on the state.
+        408 | 429 => RestoreVerdict::Retry,
+        400..=499 => RestoreVerdict::Refused,
+        _ => RestoreVerdict::Retry,
     }
 }
 
@@ -460,25 +500,64 @@ mod tests {
         for offered in
             [Offered::Nothing, Offered::PullFailed, Offered::Pulled { empty: true }, Offered::Pushed { empty: true }]
         {
-            assert_eq!(seal_action(false, offered, false), SealAction::Keep, "{offered:?} without a cookie");
+            assert_eq!(
+                seal_action(CookieSeen::Absent, offered, false),
+                SealAction::Keep,
+                "{offered:?} without a cookie"
+            );
         }
-        assert_eq!(seal_action(false, Offered::Pushed { empty: false }, false), SealAction::Seal(SealSource::Push));
-        assert_eq!(seal_action(false, Offered::Pulled { empty: false }, false), SealAction::Seal(SealSource::Pull));
+        assert_eq!(
+            seal_action(CookieSeen::Absent, Offered::Pushed { empty: false }, false),
+            SealAction::Seal(SealSource::Push)
+        );
+        assert_eq!(
+            seal_action(CookieSeen::Absent, Offered::Pulled { empty: false }, false),
+            SealAction::Seal(SealSource::Pull)
+        );
     }
 
     #[test]
     fn a_session_with_a_cookie_is_sealed_deleted_or_left_alone() {
-        assert_eq!(seal_action(true, Offered::Pushed { empty: false }, false), SealAction::Seal(SealSource::Push));
-        assert_eq!(seal_action(true, Offered::Pushed { empty: true }, false), SealAction::Delete);
-        assert_eq!(seal_action(true, Offered::Pushed { empty: true }, true), SealAction::Delete);
-        assert_eq!(seal_action(true, Offered::Nothing, false), SealAction::Keep);
-        assert_eq!(seal_action(true, Offered::Nothing, true), SealAction::Seal(SealSource::Carry));
-        assert_eq!(seal_action(true, Offered::PullFailed, true), SealAction::Seal(SealSource::Carry));
         assert_eq!(
-            seal_action(true, Offered::Pulled { empty: true }, false),
+            seal_action(CookieSeen::Valid, Offered::Pushed { empty: false }, false),
+            SealAction::Seal(SealSource::Push)
+        );
+        assert_eq!(seal_action(CookieSeen::Valid, Offered::Pushed { empty: true }, false), SealAction::Delete);
+        assert_eq!(seal_action(CookieSeen::Valid, Offered::Pushed { empty: true }, true), SealAction::Delete);
+        assert_eq!(seal_action(CookieSeen::Valid, Offered::Nothing, false), SealAction::Keep);
+        assert_eq!(seal_action(CookieSeen::Valid, Offered::Nothing, true), SealAction::Seal(SealSource::Carry));
+        assert_eq!(seal_action(CookieSeen::Valid, Offered::PullFailed, true), SealAction::Seal(SealSource::Carry));
+        assert_eq!(
+            seal_action(CookieSeen::Valid, Offered::Pulled { empty: true }, false),
             SealAction::Keep,
             "a pull that finds nothing never deletes the only copy"
         );
+    }
+
+    #[test]
+    fn a_dropped_cookie_is_replaced_by_new_state_or_deleted() {
+        let dropped = CookieSeen::Dropped;
+        assert_eq!(seal_action(dropped, Offered::Pushed { empty: false }, false), SealAction::Seal(SealSource::Push));
+        assert_eq!(seal_action(dropped, Offered::Pulled { empty: false }, false), SealAction::Seal(SealSource::Pull));
+        for offered in
+            [Offered::Nothing, Offered::PullFailed, Offered::Pulled { empty: true }, Offered::Pushed { empty: true }]
+        {
+            for owner_changed in [false, true] {
+                assert_eq!(seal_action(dropped, offered, owner_changed), SealAction::Delete, "{offered:?}");
+            }
+        }
+    }
+
+    #[test]
+    fn only_a_client_error_refuses_a_restore_and_only_failures_are_retried() {
+        assert_eq!(restore_verdict(200), RestoreVerdict::Done);
+        assert_eq!(restore_verdict(204), RestoreVerdict::Done);
+        for refused in [400, 403, 404, 409, 410, 415, 422] {
+            assert_eq!(restore_verdict(refused), RestoreVerdict::Refused, "{refused}");
+        }
+        for retried in [408, 429, 500, 502, 503, 504, 301, 100] {
+            assert_eq!(restore_verdict(retried), RestoreVerdict::Retry, "{retried}");
+        }
     }
 
     proptest! {
@@ -491,7 +570,7 @@ mod tests {
                 (false, true) => Offered::PullFailed,
                 (false, false) => Offered::Pulled { empty },
             };
-            let action = seal_action(false, offered, owner_changed);
+            let action = seal_action(CookieSeen::Absent, offered, owner_changed);
             let app_gave_state = !empty && (pushed || !failed);
             prop_assert_eq!(matches!(action, SealAction::Seal(_)), app_gave_state, "{:?}", action);
             prop_assert_ne!(action, SealAction::Delete, "no cookie to delete");

@@ -52,9 +52,14 @@ pub struct DemoAppArgs {
     pub push: bool,
     #[arg(long, env = "HANDOVER_STATE_PATH", default_value = "/handover/state")]
     pub state_path: String,
-    /// Answer the first N restores with 500 (to test how a failed restore is handled).
+    /// Answer the first N restores with `--refuse-restores-status` (to test how a failed or
+    /// refused restore is handled).
     #[arg(long, default_value_t = 0)]
     pub refuse_restores: u64,
+    /// The status of a refused restore: 5xx is a failure (the sidecar retries), 4xx a verdict ("this
+    /// state is not for me": the sidecar starts a fresh session).
+    #[arg(long, default_value_t = 500)]
+    pub refuse_restores_status: u16,
     /// Worker threads (0: one per core).
     #[arg(long, default_value_t = 1)]
     pub workers: usize,
@@ -129,10 +134,9 @@ impl App {
             Method::PUT => {
                 let refused = self.restores_refused.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 if refused < self.args.refuse_restores {
-                    return reply(
-                        StatusCode::INTERNAL_SERVER_ERROR,
-                        "this app refuses restores for now (--refuse-restores)\n",
-                    );
+                    let status = StatusCode::from_u16(self.args.refuse_restores_status)
+                        .unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+                    return reply(status, "this app refuses restores for now (--refuse-restores)\n");
                 }
                 let body = match Limited::new(req.into_body(), 1 << 20).collect().await {
                     Ok(b) => b.to_bytes(),

@@ -26,6 +26,7 @@ pub struct Metrics {
     pub forwards: Family<Labels2, Counter>,
     pub peer_probes: Family<Label, Counter>,
     pub cookie_rejects: Family<Label, Counter>,
+    pub sessions_reset: Family<Label, Counter>,
     pub snapshots: Family<Label, Counter>,
     pub snapshot_bytes: Histogram,
     pub over_budget: Counter,
@@ -50,6 +51,7 @@ impl Default for Metrics {
             forwards: Family::default(),
             peer_probes: Family::default(),
             cookie_rejects: Family::default(),
+            sessions_reset: Family::default(),
             snapshots: Family::default(),
             snapshot_bytes: Histogram::new(exponential_buckets(64.0, 2.0, 10)),
             over_budget: Counter::default(),
@@ -69,7 +71,11 @@ impl Default for Metrics {
             "Time from request to response headers, by route",
             m.request_seconds.clone(),
         );
-        registry.register("restores", "Restores into the local app, by result (ok, failed)", m.restores.clone());
+        registry.register(
+            "restores",
+            "Restores into the local app, by result (ok, retried, refused, failed)",
+            m.restores.clone(),
+        );
         registry.register("takeovers", "Sessions taken over from a dead or unreachable owner", m.takeovers.clone());
         registry.register(
             "forwards",
@@ -82,6 +88,11 @@ impl Default for Metrics {
             m.peer_probes.clone(),
         );
         registry.register("cookie_rejects", "State cookies refused, by reason", m.cookie_rejects.clone());
+        registry.register(
+            "sessions_reset",
+            "Requests that presented a state cookie but went on without its session, by reason (expired, refused_by_app, wrong_pool, incomplete, tampered, unknown_key, garbage, unsupported_version)",
+            m.sessions_reset.clone(),
+        );
         registry.register(
             "snapshots",
             "Snapshots sealed into cookies, by source (push, pull, carry)",

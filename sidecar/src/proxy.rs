@@ -54,6 +54,11 @@ const EXTRA_FORWARD_ATTEMPTS: usize = 1;
 const MAX_APP_RECHECKS: usize = 2;
 /// Times a request the app's closing connection never took is sent again.
 const MAX_RESENDS: usize = 4;
+/// Restores tried for one request when the app fails (5xx, timeout): a passing hiccup is hidden
+/// from the client, a lasting one answers 502 within `RESTORE_ATTEMPTS` × `--state-timeout`.
+const RESTORE_ATTEMPTS: usize = 3;
+/// The pause before the next restore attempt, times the attempts so far.
+const RESTORE_RETRY_AFTER: Duration = Duration::from_millis(50);
 
 /// Cookie name, attributes and budget.
 #[derive(Clone, Debug)]
@@ -140,6 +145,20 @@ struct RequestCookie {
     snapshot: Option<Snapshot>,
     /// Chunk indices present in the request (bounded by the request's size).
     held_chunks: Vec<usize>,
+    /// The cookie opened, but the app refused its state: the request runs as a fresh session and
+    /// the response replaces or deletes the cookie.
+    dropped: bool,
+}
+
+/// What became of a restore.
+enum Restored {
+    /// The local app already held this version (a concurrent request restored it, or the app
+    /// still had it): nothing was sent.
+    Already,
+    /// The app took the state.
+    Done,
+    /// The app answered 4xx: this state is not for it.
+    Refused,
 }
 
 /// What the loop guard concluded about a request.
@@ -319,11 +338,13 @@ impl Proxy {
             Ok(s) => s,
             Err(e) => {
                 self.metrics.cookie_rejects.get_or_create(&[("reason", e.reason())]).inc();
+                // A cookie was presented and its session cannot go on: the request runs without it.
+                self.metrics.sessions_reset.get_or_create(&[("reason", reset_reason(&e))]).inc();
                 tracing::debug!(reason = e.reason(), error = %e, "state cookie refused; treating it as absent");
                 None
             }
         };
-        RequestCookie { snapshot, held_chunks }
+        RequestCookie { snapshot, held_chunks, dropped: false }
     }
 
     /// The loop guard: a request counts as forwarded by a peer only if its mark verifies. Any
@@ -419,7 +440,10 @@ impl Proxy {
     ) -> (&'static str, Response<Body>) {
         let live = self.registry.live();
         let (mut forward_attempts, mut app_rechecks, mut resends) = (0, 0, 0);
+        // Set once the app refused the cookie's state: from then on the request is a fresh session.
+        let mut fresh: Option<RequestCookie> = None;
         loop {
+            let rc = fresh.as_ref().unwrap_or(rc);
             let unreachable = self.unreachable_now();
             let session = rc.snapshot.as_ref().map(|s| s.session.clone());
             let decision = decide::route(decide::Inputs {
@@ -488,13 +512,22 @@ impl Proxy {
                     let (route, owner_changed) = match (&decision, rc.snapshot.as_ref()) {
                         (Decision::Restore { takeover }, Some(snapshot)) => {
                             match self.restore_once(snapshot, *takeover).await {
-                                Ok(false) => ("serve", false),
-                                Ok(true) if *takeover => {
+                                Ok(Restored::Already) => ("serve", false),
+                                Ok(Restored::Done) if *takeover => {
                                     self.metrics.takeovers.inc();
                                     tracing::info!(session = %snapshot.session, from = %snapshot.owner.name, version = snapshot.version, "took over session");
                                     ("takeover", true)
                                 }
-                                Ok(true) => ("restore", true),
+                                Ok(Restored::Done) => ("restore", true),
+                                Ok(Restored::Refused) => {
+                                    self.upstreams.put(self.cfg.app, sender);
+                                    fresh = Some(RequestCookie {
+                                        snapshot: None,
+                                        held_chunks: rc.held_chunks.clone(),
+                                        dropped: true,
+                                    });
+                                    continue;
+                                }
                                 Err(resp) => return ("refused", resp),
                             }
                         }
@@ -520,6 +553,21 @@ impl Proxy {
                 }
             }
         }
+    }
+}
+
+/// The `reason` label of `handover_sessions_reset_total` for a cookie that was presented but did
+/// not open.
+fn reset_reason(e: &cookie::CookieError) -> &'static str {
+    use cookie::CookieError as E;
+    match e {
+        E::Expired => "expired",
+        E::WrongPool => "wrong_pool",
+        E::UnknownKey(_) => "unknown_key",
+        E::MissingChunk(_) | E::OverBudget => "incomplete",
+        E::Tampered | E::Malformed => "tampered",
+        E::Garbage => "garbage",
+        E::UnsupportedVersion(_) => "unsupported_version",
     }
 }
 
@@ -600,32 +648,70 @@ impl Proxy {
     }
 
     /// Restores `snapshot` into the local app unless a concurrent request of the same session just
-    /// did. Returns whether this call restored.
+    /// did.
     ///
     /// When this pod is the owner (not a takeover), the app may still hold the session — the
     /// sidecar restarted, or only a connection closed — and its copy may be newer than the cookie
     /// (pull mode), so the app is asked first (`GET <statePath>`) and only restored on a miss.
-    async fn restore_once(&self, snapshot: &Snapshot, takeover: bool) -> Result<bool, Response<Body>> {
+    ///
+    /// A 4xx is the app's verdict on the state ([`decide::restore_verdict`]): the state is
+    /// dropped (counted, logged with the session id) and the request goes on as a fresh session.
+    /// A 5xx, a timeout or a lost connection is tried again, [`RESTORE_ATTEMPTS`] times in all;
+    /// then the client gets 502 and keeps its cookie.
+    async fn restore_once(&self, snapshot: &Snapshot, takeover: bool) -> Result<Restored, Response<Body>> {
         let _guard = self.restore_lock(&snapshot.session).lock().await;
         if self.local(&snapshot.session).is_some_and(|l| l.version >= snapshot.version) {
-            return Ok(false);
+            return Ok(Restored::Already);
         }
         if !takeover
             && let Ok((StatusCode::OK, _)) = self.state_request(Method::GET, &snapshot.session, Bytes::new()).await
         {
             self.set_local(&snapshot.session, Local { version: snapshot.version, sealed_at: None });
-            return Ok(false);
+            return Ok(Restored::Already);
         }
         if !snapshot.state.is_empty() {
-            match self.state_request(Method::PUT, &snapshot.session, Bytes::from(snapshot.state.clone())).await {
-                Ok((status, _)) if status.is_success() => {}
-                Ok((status, _)) => return Err(self.restore_failed(snapshot, &format!("the app answered {status}"))),
-                Err(why) => return Err(self.restore_failed(snapshot, &why)),
+            let mut attempt = 1;
+            loop {
+                let why =
+                    match self.state_request(Method::PUT, &snapshot.session, Bytes::from(snapshot.state.clone())).await
+                    {
+                        Ok((status, body)) => match decide::restore_verdict(status.as_u16()) {
+                            decide::RestoreVerdict::Done => break,
+                            decide::RestoreVerdict::Refused => {
+                                self.restore_refused(snapshot, status, &body);
+                                return Ok(Restored::Refused);
+                            }
+                            decide::RestoreVerdict::Retry => format!("the app answered {status}"),
+                        },
+                        Err(why) => why,
+                    };
+                if attempt >= RESTORE_ATTEMPTS {
+                    return Err(self.restore_failed(snapshot, &why));
+                }
+                self.metrics.restores.get_or_create(&[("result", "retried")]).inc();
+                tracing::warn!(session = %snapshot.session, attempt, error = %why, "restore failed; trying again");
+                tokio::time::sleep(RESTORE_RETRY_AFTER * attempt as u32).await;
+                attempt += 1;
             }
         }
         self.metrics.restores.get_or_create(&[("result", "ok")]).inc();
         self.set_local(&snapshot.session, Local { version: snapshot.version, sealed_at: None });
-        Ok(true)
+        Ok(Restored::Done)
+    }
+
+    /// The app refused the state: counted and logged with the session id, so a lost session can
+    /// be traced (the app's own log has the same id).
+    fn restore_refused(&self, snapshot: &Snapshot, status: StatusCode, body: &[u8]) {
+        self.metrics.restores.get_or_create(&[("result", "refused")]).inc();
+        self.metrics.sessions_reset.get_or_create(&[("reason", "refused_by_app")]).inc();
+        let said = String::from_utf8_lossy(&body[..body.len().min(200)]).trim().to_owned();
+        tracing::warn!(
+            session = %snapshot.session,
+            version = snapshot.version,
+            %status,
+            app_said = %said,
+            "the app refused this session's state; dropped, the request goes on as a fresh session"
+        );
     }
 
     fn restore_failed(&self, snapshot: &Snapshot, why: &str) -> Response<Body> {
@@ -819,12 +905,17 @@ impl Proxy {
             },
             None => (decide::Offered::Nothing, None),
         };
-        let (state, source) = match decide::seal_action(rc.snapshot.is_some(), offered, owner_changed) {
+        let seen = match (&rc.snapshot, rc.dropped) {
+            (_, true) => decide::CookieSeen::Dropped,
+            (Some(_), false) => decide::CookieSeen::Valid,
+            (None, false) => decide::CookieSeen::Absent,
+        };
+        let (state, source) = match decide::seal_action(seen, offered, owner_changed) {
             decide::SealAction::Keep => return,
             decide::SealAction::Delete => {
                 self.delete_cookie(headers, &rc.held_chunks);
                 self.forget_session(session);
-                tracing::debug!(session, "the app ended the session's state; cookie deleted");
+                tracing::debug!(session, "no state for this session: cookie deleted");
                 return;
             }
             decide::SealAction::Seal(decide::SealSource::Carry) => match &rc.snapshot {

@@ -54,6 +54,10 @@ async fn tampered_and_garbage_cookies_count_as_absent_never_as_errors() {
     let rejects = pool.metric("handover_cookie_rejects_total").await;
     assert_eq!(rejects, 4.0, "each refusal is counted");
     assert_eq!(pool.metric("handover_cookie_rejects_total{reason=\"tampered\"}").await, 2.0, "tampered and truncated");
+    // Each presented cookie that could not be used is a session reset, by reason.
+    assert_eq!(pool.metric("handover_sessions_reset_total{reason=\"tampered\"}").await, 2.0);
+    assert_eq!(pool.metric("handover_sessions_reset_total{reason=\"incomplete\"}").await, 1.0);
+    assert_eq!(pool.metric("handover_sessions_reset_total{reason=\"garbage\"}").await, 1.0);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -75,8 +79,9 @@ async fn oversized_cookie_headers_get_431_and_the_session_is_untouched() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_failed_restore_is_a_clear_502_that_keeps_the_clients_cookie() {
-    // Every app refuses its first restore, then accepts.
-    let mut pool = pool_with(2, &[], &["--refuse-restores", "1"]).await;
+    // Every app fails its first three restores with 500 (the sidecar's three attempts of one
+    // request), then accepts.
+    let mut pool = pool_with(2, &[], &["--refuse-restores", "3"]).await;
     let first = pool.pods[0].data();
     let mut s = CounterSession::default();
     for _ in 0..5 {
@@ -93,6 +98,8 @@ async fn a_failed_restore_is_a_clear_502_that_keeps_the_clients_cookie() {
     assert!(reply.headers.get(http::header::SET_COOKIE).is_none());
     assert_eq!(s.client.jar, cookie_before, "the client's cookie is not overwritten");
     assert_eq!(pool.metric("handover_restores_total{result=\"failed\"}").await, 1.0);
+    assert_eq!(pool.metric("handover_restores_total{result=\"retried\"}").await, 2.0, "tried three times");
+    assert_eq!(pool.metric("handover_sessions_reset_total").await, 0.0, "a failure is not a reset");
     let reply = s.client.send(|| Some(survivor), Method::POST, "/incr").await.expect("reply");
     assert_eq!(reply.status, StatusCode::OK);
     assert_eq!(count_of(&reply.body), 6, "nothing was lost: the retry restored the state");
