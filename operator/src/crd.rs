@@ -92,7 +92,9 @@ pub struct ServerPoolSpec {
     pub affinity: Affinity,
 
     /// Name of the Secret holding the cookie keys (data key `keys`). Created with fresh keys if
-    /// absent, never overwritten. Default: `<name>-handover-keys`.
+    /// absent, never overwritten. An existing Secret is used only if it has the default name or
+    /// carries the label `app.kubernetes.io/managed-by: handover-operator`. Default:
+    /// `<name>-handover-keys`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(
         length(min = 1, max = 253),
@@ -221,7 +223,8 @@ pub struct KeyRotationSpec {
 #[x_kube(validation = Rule::new("duration(self.drainGrace) <= duration('1h')").message("sidecar.drainGrace must be at most 1h: it delays every pod's termination"))]
 #[serde(rename_all = "camelCase")]
 pub struct SidecarSpec {
-    /// Sidecar image. Default: the operator's `--sidecar-image`.
+    /// Sidecar image, among those the operator allows (`--sidecar-image-allow`; by default other
+    /// tags and digests of its own image's repository). Default: the operator's `--sidecar-image`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(min = 1, max = 1024))]
     pub image: Option<String>,
@@ -536,7 +539,10 @@ mod tests {
         assert_eq!(pool.metadata.name.as_deref(), Some("cart"));
         assert_eq!(pool.spec.key_rotation.period.as_deref(), Some("720h"));
         assert!(pool.spec.sidecar.resources.is_some());
-        assert_eq!(crate::validate::validate(&pool, "img"), []);
+        assert_eq!(
+            crate::validate::validate(&pool, "img", &crate::validate::ImageAllowList::new(Vec::new(), "img")),
+            []
+        );
     }
 
     #[test]

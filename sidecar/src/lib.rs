@@ -17,6 +17,7 @@ pub mod cookie_attrs;
 pub mod decide;
 pub mod demo;
 pub mod demo_app;
+pub mod fuzzing;
 pub mod keys;
 pub mod localpool;
 pub mod metrics;

@@ -263,6 +263,11 @@ impl Proxy {
         self.registry.live()
     }
 
+    /// Whether the registry has seen the pool (see [`Registry::synced`]).
+    pub fn registry_synced(&self) -> Result<(), String> {
+        self.registry.synced()
+    }
+
     /// Whether the last contact with the local app succeeded.
     pub fn app_is_up(&self) -> bool {
         *self.app_up.borrow()

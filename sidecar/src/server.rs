@@ -139,6 +139,9 @@ pub fn admin(proxy: &Arc<Proxy>, req: &Request<Incoming>) -> Response<Body> {
                 text(StatusCode::SERVICE_UNAVAILABLE, "draining\n")
             } else if !proxy.app_is_up() {
                 text(StatusCode::SERVICE_UNAVAILABLE, "app unreachable\n")
+            } else if let Err(why) = proxy.registry_synced() {
+                // Serving now would take over sessions of live peers this pod cannot see yet.
+                text(StatusCode::SERVICE_UNAVAILABLE, format!("registry not synced: {why}\n"))
             } else {
                 text(StatusCode::OK, "ready\n")
             }
