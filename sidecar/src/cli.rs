@@ -283,11 +283,14 @@ pub async fn run(args: RunArgs) -> Result<(), String> {
         tracing::error!(error = %e, "key file refused; keeping the previous key ring");
     }));
     let sweeper = Arc::clone(&proxy);
+    // A quarter of a cookie's life, at most a minute: the app hears of an expired session soon
+    // after its cookie died.
+    let sweep_every = (args.cookie_max_age / 4).clamp(Duration::from_millis(100), Duration::from_secs(60));
     tokio::spawn(async move {
-        let mut every = tokio::time::interval(Duration::from_secs(60));
+        let mut every = tokio::time::interval(sweep_every);
         loop {
             every.tick().await;
-            sweeper.forget_expired_sessions();
+            sweeper.forget_expired_sessions().await;
         }
     });
 

@@ -190,6 +190,9 @@ pub enum SealSource {
     Pull,
     /// The cookie's own state, resealed naming this pod as the session's new owner.
     Carry,
+    /// The cookie's own state, resealed with a new expiry: the session is active but its state
+    /// did not change (push mode), and the cookie would otherwise expire under it.
+    Refresh,
 }
 
 impl SealSource {
@@ -199,6 +202,7 @@ impl SealSource {
             SealSource::Push => "push",
             SealSource::Pull => "pull",
             SealSource::Carry => "carry",
+            SealSource::Refresh => "refresh",
         }
     }
 }
@@ -214,7 +218,10 @@ impl SealSource {
 ///
 /// A cookie whose state the app refused to restore (`Dropped`) is replaced by the fresh session's
 /// state if the app gives it one, and deleted otherwise: it must not come back on every request.
-pub fn seal_action(cookie: CookieSeen, offered: Offered, owner_changed: bool) -> SealAction {
+///
+/// `refresh_due` ([`refresh_due`]): the cookie is the newest copy of the session and past half its
+/// life; it is resealed so that an active session never expires under its client.
+pub fn seal_action(cookie: CookieSeen, offered: Offered, owner_changed: bool, refresh_due: bool) -> SealAction {
     match (offered, cookie) {
         (Offered::Pushed { empty: false }, _) => SealAction::Seal(SealSource::Push),
         (Offered::Pulled { empty: false }, _) => SealAction::Seal(SealSource::Pull),
@@ -223,8 +230,18 @@ pub fn seal_action(cookie: CookieSeen, offered: Offered, owner_changed: bool) ->
         // A session just taken over (or restored) gets a cookie naming its new owner, so its next
         // request comes here directly instead of through a forward to the successor.
         (_, CookieSeen::Valid) if owner_changed => SealAction::Seal(SealSource::Carry),
+        (_, CookieSeen::Valid) if refresh_due => SealAction::Seal(SealSource::Refresh),
         _ => SealAction::Keep,
     }
+}
+
+/// Whether a cookie should be resealed with a new expiry although its state did not change: it is
+/// past half its life (`issued_at + max_age / 2`, unix seconds), and the local app holds exactly
+/// its version — the cookie is the newest copy, so resealing its state loses nothing. (A client
+/// presenting an older cookie than the app holds is not refreshed: that would make an old state
+/// look newer than the app's.)
+pub fn refresh_due(cookie: &Snapshot, local_version: Option<u64>, max_age_secs: u64, now_unix: u64) -> bool {
+    local_version == Some(cookie.version) && now_unix >= cookie.issued_at.saturating_add(max_age_secs / 2)
 }
 
 /// The state cookie of the request, as far as sealing the response goes.
@@ -501,17 +518,17 @@ mod tests {
             [Offered::Nothing, Offered::PullFailed, Offered::Pulled { empty: true }, Offered::Pushed { empty: true }]
         {
             assert_eq!(
-                seal_action(CookieSeen::Absent, offered, false),
+                seal_action(CookieSeen::Absent, offered, false, false),
                 SealAction::Keep,
                 "{offered:?} without a cookie"
             );
         }
         assert_eq!(
-            seal_action(CookieSeen::Absent, Offered::Pushed { empty: false }, false),
+            seal_action(CookieSeen::Absent, Offered::Pushed { empty: false }, false, false),
             SealAction::Seal(SealSource::Push)
         );
         assert_eq!(
-            seal_action(CookieSeen::Absent, Offered::Pulled { empty: false }, false),
+            seal_action(CookieSeen::Absent, Offered::Pulled { empty: false }, false, false),
             SealAction::Seal(SealSource::Pull)
         );
     }
@@ -519,16 +536,19 @@ mod tests {
     #[test]
     fn a_session_with_a_cookie_is_sealed_deleted_or_left_alone() {
         assert_eq!(
-            seal_action(CookieSeen::Valid, Offered::Pushed { empty: false }, false),
+            seal_action(CookieSeen::Valid, Offered::Pushed { empty: false }, false, false),
             SealAction::Seal(SealSource::Push)
         );
-        assert_eq!(seal_action(CookieSeen::Valid, Offered::Pushed { empty: true }, false), SealAction::Delete);
-        assert_eq!(seal_action(CookieSeen::Valid, Offered::Pushed { empty: true }, true), SealAction::Delete);
-        assert_eq!(seal_action(CookieSeen::Valid, Offered::Nothing, false), SealAction::Keep);
-        assert_eq!(seal_action(CookieSeen::Valid, Offered::Nothing, true), SealAction::Seal(SealSource::Carry));
-        assert_eq!(seal_action(CookieSeen::Valid, Offered::PullFailed, true), SealAction::Seal(SealSource::Carry));
+        assert_eq!(seal_action(CookieSeen::Valid, Offered::Pushed { empty: true }, false, false), SealAction::Delete);
+        assert_eq!(seal_action(CookieSeen::Valid, Offered::Pushed { empty: true }, true, false), SealAction::Delete);
+        assert_eq!(seal_action(CookieSeen::Valid, Offered::Nothing, false, false), SealAction::Keep);
+        assert_eq!(seal_action(CookieSeen::Valid, Offered::Nothing, true, false), SealAction::Seal(SealSource::Carry));
         assert_eq!(
-            seal_action(CookieSeen::Valid, Offered::Pulled { empty: true }, false),
+            seal_action(CookieSeen::Valid, Offered::PullFailed, true, false),
+            SealAction::Seal(SealSource::Carry)
+        );
+        assert_eq!(
+            seal_action(CookieSeen::Valid, Offered::Pulled { empty: true }, false, false),
             SealAction::Keep,
             "a pull that finds nothing never deletes the only copy"
         );
@@ -537,15 +557,41 @@ mod tests {
     #[test]
     fn a_dropped_cookie_is_replaced_by_new_state_or_deleted() {
         let dropped = CookieSeen::Dropped;
-        assert_eq!(seal_action(dropped, Offered::Pushed { empty: false }, false), SealAction::Seal(SealSource::Push));
-        assert_eq!(seal_action(dropped, Offered::Pulled { empty: false }, false), SealAction::Seal(SealSource::Pull));
+        assert_eq!(
+            seal_action(dropped, Offered::Pushed { empty: false }, false, false),
+            SealAction::Seal(SealSource::Push)
+        );
+        assert_eq!(
+            seal_action(dropped, Offered::Pulled { empty: false }, false, false),
+            SealAction::Seal(SealSource::Pull)
+        );
         for offered in
             [Offered::Nothing, Offered::PullFailed, Offered::Pulled { empty: true }, Offered::Pushed { empty: true }]
         {
             for owner_changed in [false, true] {
-                assert_eq!(seal_action(dropped, offered, owner_changed), SealAction::Delete, "{offered:?}");
+                assert_eq!(seal_action(dropped, offered, owner_changed, false), SealAction::Delete, "{offered:?}");
             }
         }
+    }
+
+    #[test]
+    fn an_active_session_is_refreshed_past_half_its_life_only_from_the_newest_copy() {
+        let cookie = Snapshot { issued_at: 1_000, version: 7, ..cookie_from("a", 7) };
+        assert!(!refresh_due(&cookie, Some(7), 100, 1_049), "still young");
+        assert!(refresh_due(&cookie, Some(7), 100, 1_050), "half its life");
+        assert!(!refresh_due(&cookie, Some(8), 100, 1_090), "the app holds newer: never reseal the older cookie");
+        assert!(!refresh_due(&cookie, None, 100, 1_090), "not held here (it is restored first)");
+        assert_eq!(
+            seal_action(CookieSeen::Valid, Offered::Nothing, false, true),
+            SealAction::Seal(SealSource::Refresh)
+        );
+        assert_eq!(
+            seal_action(CookieSeen::Valid, Offered::Pushed { empty: false }, false, true),
+            SealAction::Seal(SealSource::Push),
+            "new state beats a refresh"
+        );
+        assert_eq!(seal_action(CookieSeen::Absent, Offered::Nothing, false, true), SealAction::Keep);
+        assert_eq!(seal_action(CookieSeen::Dropped, Offered::Nothing, false, true), SealAction::Delete);
     }
 
     #[test]
@@ -570,7 +616,7 @@ mod tests {
                 (false, true) => Offered::PullFailed,
                 (false, false) => Offered::Pulled { empty },
             };
-            let action = seal_action(CookieSeen::Absent, offered, owner_changed);
+            let action = seal_action(CookieSeen::Absent, offered, owner_changed, false);
             let app_gave_state = !empty && (pushed || !failed);
             prop_assert_eq!(matches!(action, SealAction::Seal(_)), app_gave_state, "{:?}", action);
             prop_assert_ne!(action, SealAction::Delete, "no cookie to delete");

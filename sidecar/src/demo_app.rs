@@ -15,6 +15,8 @@
 //! - `POST /return`: a cross-site form post back to the site (a payment, SAML or OIDC
 //!   `form_post` return): reads its body and the session's count, changes nothing.
 //! - push: every change puts the new state in `Handover-State`.
+//! - `GET /stats`: how many sessions the app holds (`{"sessions": N}`).
+//! - `DELETE <statePath>`: the session left this pod; forgotten.
 //! - `GET <statePath>` / `PUT <statePath>`: pull and restore, on a listener of their own
 //!   (`--state-listen`, the pod's loopback) that the sidecar never forwards clients to.
 //! - `GET /echo` with `Upgrade: echo`: switches protocols and echoes bytes (upgrade pass-through).
@@ -152,6 +154,11 @@ impl App {
                     Err(e) => reply(StatusCode::BAD_REQUEST, format!("not a state of this app: {e}\n")),
                 }
             }
+            Method::DELETE => {
+                // The session left this pod (its cookie expired, or another pod owns it now).
+                self.sessions.lock().unwrap_or_else(|p| p.into_inner()).remove(&session);
+                reply(StatusCode::NO_CONTENT, Bytes::new())
+            }
             _ => reply(StatusCode::METHOD_NOT_ALLOWED, Bytes::new()),
         }
     }
@@ -266,6 +273,12 @@ impl App {
                 resp.headers_mut().insert(header::CONTENT_TYPE, http::HeaderValue::from_static("text/css"));
                 resp.headers_mut()
                     .insert(header::CACHE_CONTROL, http::HeaderValue::from_static("public, max-age=3600"));
+                resp
+            }
+            (Method::GET, "/stats") => {
+                let sessions = self.sessions.lock().unwrap_or_else(|p| p.into_inner()).len();
+                let mut resp = reply(StatusCode::OK, format!("{{\"sessions\":{sessions}}}"));
+                resp.headers_mut().insert(header::CONTENT_TYPE, http::HeaderValue::from_static("application/json"));
                 resp
             }
             (Method::GET, "/headers") => {

@@ -27,6 +27,7 @@ pub struct Metrics {
     pub peer_probes: Family<Label, Counter>,
     pub cookie_rejects: Family<Label, Counter>,
     pub sessions_reset: Family<Label, Counter>,
+    pub sessions_left: Family<Labels2, Counter>,
     pub snapshots: Family<Label, Counter>,
     pub snapshot_bytes: Histogram,
     pub over_budget: Counter,
@@ -52,6 +53,7 @@ impl Default for Metrics {
             peer_probes: Family::default(),
             cookie_rejects: Family::default(),
             sessions_reset: Family::default(),
+            sessions_left: Family::default(),
             snapshots: Family::default(),
             snapshot_bytes: Histogram::new(exponential_buckets(64.0, 2.0, 10)),
             over_budget: Counter::default(),
@@ -94,8 +96,13 @@ impl Default for Metrics {
             m.sessions_reset.clone(),
         );
         registry.register(
+            "sessions_left",
+            "Sessions the app was told had left it (DELETE <statePath>), by reason (expired, moved) and result (ok, failed)",
+            m.sessions_left.clone(),
+        );
+        registry.register(
             "snapshots",
-            "Snapshots sealed into cookies, by source (push, pull, carry)",
+            "Snapshots sealed into cookies, by source (push, pull, carry, refresh)",
             m.snapshots.clone(),
         );
         registry.register("snapshot_bytes", "Size of sealed state cookies, all chunks", m.snapshot_bytes.clone());

@@ -305,12 +305,43 @@ impl Proxy {
         self.metrics.sessions.set(sessions.len() as i64);
     }
 
-    /// Drops sessions not sealed for longer than a cookie lives.
-    pub fn forget_expired_sessions(&self) {
+    /// Drops sessions not sealed for longer than a cookie lives (their clients' cookies have
+    /// expired: they cannot come back) and tells the app each one left (`DELETE <statePath>`), so
+    /// its memory does not only grow.
+    pub async fn forget_expired_sessions(&self) {
         let max_age = self.cfg.cookie.max_age;
-        let mut sessions = self.sessions.lock().unwrap_or_else(|p| p.into_inner());
-        sessions.retain(|_, l| l.sealed_at.is_none_or(|t| t.elapsed() < max_age));
-        self.metrics.sessions.set(sessions.len() as i64);
+        let expired: Vec<String> = {
+            let mut sessions = self.sessions.lock().unwrap_or_else(|p| p.into_inner());
+            let expired = sessions
+                .iter()
+                .filter(|(_, l)| l.sealed_at.is_some_and(|t| t.elapsed() >= max_age))
+                .map(|(id, _)| id.clone())
+                .collect();
+            sessions.retain(|_, l| l.sealed_at.is_none_or(|t| t.elapsed() < max_age));
+            self.metrics.sessions.set(sessions.len() as i64);
+            expired
+        };
+        for session in expired {
+            self.session_left(&session, "expired").await;
+        }
+    }
+
+    /// Tells the app that a session it holds left it (`DELETE <statePath>`): its cookie expired,
+    /// or another pod owns it now. Best effort: an app that misses it keeps a stale entry, so apps
+    /// keep an idle expiry of their own too.
+    async fn session_left(&self, session: &str, reason: &'static str) {
+        let result = match self.state_request(Method::DELETE, session, Bytes::new()).await {
+            Ok((status, _)) if status.is_success() || status == StatusCode::NOT_FOUND => "ok",
+            Ok((status, _)) => {
+                tracing::debug!(session, %status, "the app did not take the DELETE of a session that left");
+                "failed"
+            }
+            Err(e) => {
+                tracing::debug!(session, error = %e, "could not tell the app a session left");
+                "failed"
+            }
+        };
+        self.metrics.sessions_left.get_or_create(&[("reason", reason), ("result", result)]).inc();
     }
 
     fn unreachable_now(&self) -> Vec<String> {
@@ -466,6 +497,12 @@ impl Proxy {
                         ForwardReason::Owner => "owner",
                         ForwardReason::Successor => "successor",
                     };
+                    if let Some(moved) = session.as_deref().filter(|s| self.local(s).is_some()) {
+                        // This pod's app held the session, but another pod owns it now (it took
+                        // it over while this one seemed dead): the local copy is stale for good.
+                        self.forget_session(moved);
+                        self.session_left(moved, "moved").await;
+                    }
                     forward_attempts += 1;
                     match self.upstreams.get(to.addr, self.cfg.connect_timeout).await {
                         Ok(sender) => {
@@ -915,7 +952,10 @@ impl Proxy {
             (Some(_), false) => decide::CookieSeen::Valid,
             (None, false) => decide::CookieSeen::Absent,
         };
-        let (state, source) = match decide::seal_action(seen, offered, owner_changed) {
+        let refresh_due = rc.snapshot.as_ref().is_some_and(|c| {
+            decide::refresh_due(c, local.map(|l| l.version), self.cfg.cookie.max_age.as_secs(), unix_now())
+        });
+        let (state, source) = match decide::seal_action(seen, offered, owner_changed, refresh_due) {
             decide::SealAction::Keep => return,
             decide::SealAction::Delete => {
                 self.delete_cookie(headers, &rc.held_chunks);
@@ -923,10 +963,12 @@ impl Proxy {
                 tracing::debug!(session, "no state for this session: cookie deleted");
                 return;
             }
-            decide::SealAction::Seal(decide::SealSource::Carry) => match &rc.snapshot {
-                Some(s) => (s.state.clone(), decide::SealSource::Carry),
-                None => return,
-            },
+            decide::SealAction::Seal(source @ (decide::SealSource::Carry | decide::SealSource::Refresh)) => {
+                match &rc.snapshot {
+                    Some(s) => (s.state.clone(), source),
+                    None => return,
+                }
+            }
             decide::SealAction::Seal(source) => (newest.unwrap_or_default(), source),
         };
 

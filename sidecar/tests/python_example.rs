@@ -340,7 +340,7 @@ async fn python_cart_keeps_the_state_endpoint_contract() {
     }
     let (status, pulled) = raw(app, "GET", "/handover/state", Some("s1"), b"").await;
     assert_eq!((status, pulled.as_slice()), (200, state.as_slice()));
-    // State the app cannot read is refused (the sidecar then answers 502, the client keeps its cookie).
+    // State the app cannot read is refused with a 4xx: the sidecar drops it and starts a fresh session.
     for bad in [&b"not json"[..], br#"{"v":2,"items":{}}"#, br#"{"v":1,"items":{"apple":-1}}"#] {
         assert_eq!(
             raw(app, "PUT", "/handover/state", Some("s1"), bad).await.0,
@@ -350,6 +350,11 @@ async fn python_cart_keeps_the_state_endpoint_contract() {
         );
     }
     assert_eq!(raw(app, "GET", "/handover/state", Some("s1"), b"").await.1, state, "a refused restore changes nothing");
+    // A session that left this pod is forgotten (idempotent).
+    for _ in 0..2 {
+        assert_eq!(raw(app, "DELETE", "/handover/state", Some("s1"), b"").await.0, 204);
+    }
+    assert_eq!(raw(app, "GET", "/handover/state", Some("s1"), b"").await.0, 404, "the cart is gone");
     // The client port knows nothing of the state endpoint, and the state port nothing else.
     assert_eq!(raw(pod.app_addr(), "GET", "/handover/state", Some("s1"), b"").await.0, 404);
     assert_eq!(raw(pod.app_addr(), "PUT", "/handover/state", Some("s1"), state).await.0, 404);
