@@ -25,6 +25,8 @@ Routes for clients (through the sidecar):
   GET    /cart                      the cart
   POST   /cart/items?sku=S&qty=N    add N (default 1) of S; a JSON body {"sku": S, "qty": N} works too
   DELETE /cart/items/S              remove S
+  POST   /login                     a privilege change: the cart is kept and the session gets a new id
+                                    (Handover-Rotate: 1), so a cookie fixated before it is worthless
   DELETE /cart                      empty the cart (the state is deleted: the sidecar deletes the cookie)
   GET    /healthz                   200 (no session needed)
 
@@ -212,6 +214,15 @@ def make_handler(carts, state_path, verbose, state_endpoint):
                     carts.clear(session)
                     # An empty Handover-State deletes the session's state from the cookie.
                     return self._send(204, headers=[(STATE_HEADER, "")])
+                if path == "/login" and method == "POST":
+                    session = self._session()
+                    cart = carts.get(session) or {}
+                    # The sidecar moves the cart to a new session id and seals that one.
+                    return self._send(
+                        200,
+                        {"session": session, "items": cart, "count": sum(cart.values())},
+                        headers=[(STATE_HEADER, b64url(encode_state(cart))), ("Handover-Rotate", "1")],
+                    )
                 if path == "/cart/items" and method == "POST":
                     session = self._session()
                     sku, qty = self._item(query, body)

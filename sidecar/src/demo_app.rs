@@ -7,6 +7,8 @@
 //! - `GET /headers`: the request headers as the app received them (JSON), to check the sidecar's
 //!   header hygiene.
 //! - `POST /blob?bytes=N` stores N bytes of noise in the session (large states).
+//! - `POST /login`: a privilege change: pushes the state and asks for a new session id
+//!   (`Handover-Rotate`), against session fixation.
 //! - `POST /clear` forgets the session and pushes an empty state: the sidecar deletes the cookie.
 //! - `GET /static/<name>`: a fixed file that needs no session (and gets no cookie).
 //! - `GET /visit?cache=public|s-maxage|none`: counts a visit (state, pushed) on a page whose
@@ -34,7 +36,7 @@ use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
 use serde::{Deserialize, Serialize};
 
-use crate::proxy::{SESSION_HEADER, STATE_HEADER};
+use crate::proxy::{ROTATE_HEADER, SESSION_HEADER, STATE_HEADER};
 use crate::server::ConnLimits;
 use crate::upstream::Body;
 
@@ -231,6 +233,18 @@ impl App {
                 }
                 resp
             }
+            (Method::POST, "/login") => {
+                let state = {
+                    let mut sessions = self.sessions.lock().unwrap_or_else(|p| p.into_inner());
+                    sessions.entry(session.clone()).or_default().clone()
+                };
+                let mut resp = self.count_reply(&session, &state);
+                if let Some(v) = self.state_header(&state) {
+                    resp.headers_mut().insert(STATE_HEADER, v);
+                }
+                resp.headers_mut().insert(ROTATE_HEADER, http::HeaderValue::from_static("1"));
+                resp
+            }
             (Method::POST, "/clear") => {
                 self.sessions.lock().unwrap_or_else(|p| p.into_inner()).remove(&session);
                 let mut resp = reply(StatusCode::NO_CONTENT, Bytes::new());
@@ -302,7 +316,7 @@ impl App {
             }
             _ => reply(
                 StatusCode::NOT_FOUND,
-                "demo app: POST /incr, GET /count, POST /blob?bytes=N, POST /clear, POST /return, GET /visit, GET /static/<name>\n",
+                "demo app: POST /incr, GET /count, POST /blob?bytes=N, POST /login, POST /clear, POST /return, GET /visit, GET /static/<name>\n",
             ),
         }
     }

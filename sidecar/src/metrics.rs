@@ -97,7 +97,7 @@ impl Default for Metrics {
         );
         registry.register(
             "sessions_left",
-            "Sessions the app was told had left it (DELETE <statePath>), by reason (expired, moved) and result (ok, failed)",
+            "Sessions the app was told had left it (DELETE <statePath>), by reason (expired, moved, rotated) and result (ok, failed)",
             m.sessions_left.clone(),
         );
         registry.register(

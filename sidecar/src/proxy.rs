@@ -31,6 +31,9 @@ use crate::upstream::{Body, Upstreams};
 pub const SESSION_HEADER: &str = "handover-session";
 /// Where the app pushes its state on a response.
 pub const STATE_HEADER: &str = "handover-state";
+/// On an app's response: give this session a new id (at login, against session fixation). The
+/// sidecar moves the state to the new id, tells the app the old one left, and seals the new one.
+pub const ROTATE_HEADER: &str = "handover-rotate";
 /// Set on a response whose state could not be sealed.
 pub const WARNING_HEADER: &str = "handover-warning";
 /// Marks a request forwarded by a peer sidecar (loop guard), signed: [`peer_auth`].
@@ -902,6 +905,13 @@ impl Proxy {
             }
         });
         strip_hop_by_hop(&mut parts.headers, false);
+        let (session, pushed) = match parts.headers.remove(ROTATE_HEADER) {
+            Some(_) => match self.rotate_session(&session, pushed).await {
+                Ok((new_id, state)) => (new_id, Some(state)),
+                Err(pushed) => (session, pushed),
+            },
+            None => (session, pushed),
+        };
         let cookies_before = parts.headers.get_all(header::SET_COOKIE).iter().count();
         self.seal_response(&mut parts.headers, &session, rc, pushed, owner_changed).await;
         let ours = parts.headers.get_all(header::SET_COOKIE).iter().count() > cookies_before;
@@ -915,6 +925,43 @@ impl Proxy {
             parts.headers.insert(header::CONNECTION, HeaderValue::from_static("close"));
         }
         Served::Response(Response::from_parts(parts, body.map_err(Into::into).boxed()))
+    }
+
+    /// Gives session `old` a new id: its state (pushed on this response, else pulled) is put into
+    /// the app under the new id, the app is told `old` left (`DELETE <statePath>`), and the
+    /// response then seals the new id. A copy of the old cookie (a fixated one, a replay) then
+    /// reaches only the state it held, never the session that rotated. Without a state to move,
+    /// or when the app will not take it, nothing changes (the pushed state is handed back).
+    async fn rotate_session(&self, old: &str, pushed: Option<Vec<u8>>) -> Result<(String, Vec<u8>), Option<Vec<u8>>> {
+        let state = match pushed {
+            Some(state) if !state.is_empty() => state,
+            Some(empty) => return Err(Some(empty)),
+            None => match self.pull_state(old).await {
+                Ok(state) if !state.is_empty() => state,
+                _ => {
+                    tracing::warn!(session = old, "the app asked to rotate a session that has no state; not rotated");
+                    return Err(None);
+                }
+            },
+        };
+        let new_id = crate::random::session_id();
+        match self.state_request(Method::PUT, &new_id, Bytes::from(state.clone())).await {
+            Ok((status, _)) if status.is_success() => {}
+            outcome => {
+                let why = match outcome {
+                    Ok((status, _)) => format!("the app answered {status}"),
+                    Err(e) => e,
+                };
+                tracing::warn!(session = old, error = %why, "could not move the state to a new session id; not rotated");
+                return Err(Some(state));
+            }
+        }
+        let version = self.local(old).map(|l| l.version).unwrap_or(0);
+        self.set_local(&new_id, Local { version, sealed_at: None });
+        self.forget_session(old);
+        self.session_left(old, "rotated").await;
+        tracing::info!(old_session = old, session = %new_id, "session id rotated at the app's request");
+        Ok((new_id, state))
     }
 
     /// Seals the session's newest state into Set-Cookie headers when there is a new one.

@@ -94,3 +94,35 @@ async fn a_pod_whose_session_was_taken_over_tells_its_app_the_session_left() {
     assert_eq!(held, Some(0), "the woken pod's app no longer holds the stale copy");
     assert_eq!(pool.metric("handover_sessions_left_total{reason=\"moved\",result=\"ok\"}").await, 1.0);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_login_rotates_the_session_id_and_the_old_cookie_no_longer_reaches_the_session() {
+    let pool = pool_with(1, &[]).await;
+    let addr = pool.pods[0].data();
+    let mut client = SessionClient::default();
+    for _ in 0..2 {
+        client.send(|| Some(addr), Method::POST, "/incr").await.expect("reply");
+    }
+    // What an attacker who fixated (or copied) the cookie before the login holds.
+    let before_login = client.jar.clone();
+    let reply = client.send(|| Some(addr), Method::POST, "/login").await.expect("reply");
+    let old_id = serde_json::from_slice::<CountReply>(&reply.body).expect("count").session;
+    assert!(reply.headers.get("handover-rotate").is_none(), "the request to rotate stays between app and sidecar");
+    assert_ne!(client.jar, before_login, "a new cookie");
+
+    let reply = client.send(|| Some(addr), Method::POST, "/incr").await.expect("reply");
+    let after: CountReply = serde_json::from_slice(&reply.body).expect("count");
+    assert_ne!(after.session, old_id, "a new session id");
+    assert_eq!(after.count, 3, "with the session's state");
+    assert_eq!(pool.metric("handover_sessions_left_total{reason=\"rotated\",result=\"ok\"}").await, 1.0);
+
+    // The old cookie, replayed: it gets the state it held, under its own id — never the rotated
+    // session, whose changes it cannot see or make.
+    let mut attacker = SessionClient::with_jar(before_login);
+    let reply = attacker.send(|| Some(addr), Method::POST, "/incr").await.expect("reply");
+    let replayed: CountReply = serde_json::from_slice(&reply.body).expect("count");
+    assert_eq!((replayed.session.as_str(), replayed.count), (old_id.as_str(), 3), "the pre-login copy only");
+    let reply = client.send(|| Some(addr), Method::GET, "/count").await.expect("reply");
+    let mine: CountReply = serde_json::from_slice(&reply.body).expect("count");
+    assert_eq!((mine.session, mine.count), (after.session, 3), "the rotated session is untouched");
+}

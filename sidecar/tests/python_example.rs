@@ -363,3 +363,28 @@ async fn python_cart_keeps_the_state_endpoint_contract() {
     assert_eq!(raw(pod.app_addr(), "GET", "/cart", None, b"").await.0, 400);
     pod.kill_app().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn python_cart_login_rotates_the_session_id_and_keeps_the_cart() {
+    if python().is_none() {
+        eprintln!("python3 not found: the Python example is not exercised");
+        return;
+    }
+    let scratch = Scratch::new("login");
+    let mut pod = Pod::new("cart-l", random_block(), 1);
+    pod.start_app(&scratch).await;
+    pod.start_sidecar(&scratch, "").await;
+    let to = pod.data();
+
+    let mut client = SessionClient::default();
+    let before = add(&mut client, to, "apple", 2).await;
+    let login = client.send(|| Some(to), Method::POST, "/login").await.expect("POST /login");
+    assert!(login.headers.get("handover-rotate").is_none(), "the rotation request is not the client's business");
+    let after = add(&mut client, to, "pear", 1).await;
+    assert_ne!(after.session, before.session, "a new session id after the login");
+    assert_eq!(after.items, expected(&[("apple", 2), ("pear", 1)]), "the cart came along");
+    // The app was told the old id left: it holds no cart under it any more.
+    let (status, _) = raw(pod.state_addr(), "GET", "/handover/state", Some(&before.session), b"").await;
+    assert_eq!(status, 404, "the pre-login session is gone from the app");
+    pod.kill_app().await;
+}
