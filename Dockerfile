@@ -9,15 +9,17 @@
 #   docker run --rm handover:0.1.0 --help                                   # the sidecar
 #   docker run --rm --entrypoint handover-operator handover:0.1.0 --help    # the operator
 #
-# Build arguments: RUST_VERSION (the toolchain; the workspace needs >= 1.90, edition 2024) and
-# the runtime base. Builder and runtime are both Debian 12 (bookworm): the binaries link glibc
-# dynamically (rustls with ring: no OpenSSL), so the runtime's glibc must be at least the
-# builder's.
+# Build arguments: RUST_VERSION (the toolchain; the workspace needs >= 1.90, edition 2024), the
+# builder base (BUILDER_IMAGE, rust:<RUST_VERSION>-slim-bookworm by default) and the runtime base
+# (RUNTIME_IMAGE). tests/image/build.sh builds both bases locally and passes them here. Builder
+# and runtime are both Debian 12 (bookworm): the binaries link glibc dynamically (rustls with
+# ring: no OpenSSL), so the runtime's glibc must be at least the builder's.
 
 ARG RUST_VERSION=1.95
+ARG BUILDER_IMAGE=rust:${RUST_VERSION}-slim-bookworm
 ARG RUNTIME_IMAGE=gcr.io/distroless/cc-debian12:nonroot
 
-FROM rust:${RUST_VERSION}-slim-bookworm AS builder
+FROM ${BUILDER_IMAGE} AS builder
 WORKDIR /src
 # Only what the build reads (see .dockerignore): the workspace manifests, the crates, and the
 # checked-in CRD (a unit test of the operator include_str!s it; the build itself does not need it).
@@ -26,9 +28,12 @@ COPY crds/ crds/
 COPY common/ common/
 COPY operator/ operator/
 COPY sidecar/ sidecar/
-# The end-to-end test crate is a workspace member: cargo reads its manifest, but does not build it.
+# The end-to-end suite and the operator's scale bench are workspace members: cargo reads their
+# manifests, but does not build them.
 COPY tests/e2e/Cargo.toml tests/e2e/Cargo.toml
 COPY tests/e2e/src/ tests/e2e/src/
+COPY tests/bench/Cargo.toml tests/bench/Cargo.toml
+COPY tests/bench/src/ tests/bench/src/
 # Release build without debug info, symbols stripped: ~15 MB + ~12 MB instead of ~100 MB each.
 # Panic messages keep their file:line; backtraces lose function names.
 ENV CARGO_PROFILE_RELEASE_DEBUG=0 \

@@ -32,6 +32,9 @@ fi
 # cargo-fuzz passes -Z flags (sancov instrumentation, the sanitizer) that a stable rustc takes only
 # with RUSTC_BOOTSTRAP: no nightly toolchain to install or keep in step.
 export RUSTC_BOOTSTRAP=1
+# AddressSanitizer keeps freed memory in quarantine (256 MB by default) to catch use after free;
+# kept small, so that -rss_limit_mb below measures the targets and not the quarantine.
+export ASAN_OPTIONS="${ASAN_OPTIONS:+$ASAN_OPTIONS:}quarantine_size_mb=32"
 
 if [[ "$(cargo fuzz --version 2>/dev/null)" != "cargo-fuzz $CARGO_FUZZ_VERSION" ]]; then
   echo "== installing cargo-fuzz $CARGO_FUZZ_VERSION"

@@ -161,6 +161,7 @@ pub fn validate(pool: &ServerPool, default_image: &str, allowed: &ImageAllowList
         ("spec.port", spec.port),
         ("spec.sidecarPort", spec.sidecar_port),
         ("spec.adminPort", spec.admin_port),
+        ("spec.snapshot.statePort", spec.snapshot.state_port),
     ] {
         if !(1..=65535).contains(&port) {
             out.push(problem(field, format!("{port} is not a port (1-65535)")));
@@ -177,6 +178,18 @@ pub fn validate(pool: &ServerPool, default_image: &str, allowed: &ImageAllowList
     }
     if spec.sidecar_port == spec.admin_port {
         out.push(problem("spec.adminPort", format!("sidecarPort and adminPort are both {}", spec.admin_port)));
+    }
+    for (field, port) in
+        [("appPort", spec.app_port), ("sidecarPort", spec.sidecar_port), ("adminPort", spec.admin_port)]
+    {
+        if spec.snapshot.state_port == port {
+            out.push(problem(
+                "spec.snapshot.statePort",
+                format!(
+                    "statePort and {field} are both {port}: the app serves its state endpoint on a listener of its own"
+                ),
+            ));
+        }
     }
     if let Some(selector) = &spec.selector {
         if selector.is_empty() {
@@ -220,6 +233,7 @@ pub fn validate(pool: &ServerPool, default_image: &str, allowed: &ImageAllowList
         check_duration(&mut out, "spec.keyRotation.period", period, MIN_ROTATION_PERIOD);
     }
     check_duration(&mut out, "spec.sidecar.drainGrace", &spec.sidecar.drain_grace, Duration::ZERO);
+    check_duration(&mut out, "spec.sidecar.responseTimeout", &spec.sidecar.response_timeout, Duration::ZERO);
     if let Ok(d) = duration::parse(&spec.sidecar.drain_grace)
         && d > Duration::from_secs(3600)
     {
@@ -277,6 +291,17 @@ mod tests {
         assert_eq!(problems.len(), 1);
         assert_eq!(problems[0].field, "spec.sidecarPort");
         assert!(problems[0].to_string().contains("both 8000"));
+    }
+
+    #[test]
+    fn a_state_port_shared_with_another_port_is_refused() {
+        let mut s = ServerPoolSpec::with_app_port(8080);
+        s.snapshot.state_port = 8080;
+        assert_eq!(fields(&pool(s.clone())), ["spec.snapshot.statePort"]);
+        s.snapshot.state_port = 9901;
+        assert_eq!(fields(&pool(s.clone())), ["spec.snapshot.statePort"]);
+        s.snapshot.state_port = 8081;
+        assert_eq!(fields(&pool(s)), [""; 0]);
     }
 
     #[test]

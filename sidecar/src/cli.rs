@@ -7,6 +7,8 @@ use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
+use handover_common::logging::LogFormat;
+
 use crate::decide::{Affinity, Mode};
 use crate::keys::KeyFile;
 use crate::metrics::Metrics;
@@ -70,12 +72,6 @@ pub enum RegistryKind {
     Static,
     /// Members from the pod's ServerPool status (in a Kubernetes pod).
     Kubernetes,
-}
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
-pub enum LogFormat {
-    Text,
-    Json,
 }
 
 /// Parses a duration flag (`500ms`, `20s`, `12h`: the syntax of the ServerPool CRD).
@@ -206,18 +202,6 @@ pub struct RunArgs {
     /// Worker threads (0: one per core).
     #[arg(long, env = "HANDOVER_WORKERS", default_value_t = 0)]
     pub workers: usize,
-}
-
-/// Sets up logging to stderr.
-pub fn init_logging(level: &str, format: LogFormat) {
-    let filter =
-        tracing_subscriber::EnvFilter::try_new(level).unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_ansi(ansi).with_writer(std::io::stderr);
-    let _ = match format {
-        LogFormat::Text => builder.try_init(),
-        LogFormat::Json => builder.json().try_init(),
-    };
 }
 
 /// Runs the sidecar until SIGTERM (or SIGINT) and the drain are over.
@@ -383,12 +367,18 @@ async fn shutdown_signal() {
     }
 }
 
+#[cfg(feature = "kubernetes")]
 async fn kubernetes_registry(pool: &str) -> Result<Arc<dyn Registry>, String> {
     let (namespace, name) = pool.split_once('/').ok_or_else(|| format!("--pool {pool:?} is not `namespace/name`"))?;
     let registry = crate::registry_kube::KubeRegistry::start(namespace, name)
         .await
         .map_err(|e| format!("cannot watch ServerPool {pool}: {e}"))?;
     Ok(registry)
+}
+
+#[cfg(not(feature = "kubernetes"))]
+async fn kubernetes_registry(_pool: &str) -> Result<Arc<dyn Registry>, String> {
+    Err("this build of handover-sidecar has no Kubernetes registry (feature `kubernetes`)".to_owned())
 }
 
 /// `cookie inspect`: prints the opened cookie as JSON, or why it is refused.

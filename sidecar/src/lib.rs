@@ -2,9 +2,10 @@
 //! cookie and restores it into another pod's app when the session's pod dies.
 //!
 //! Map: [`cookie`] is the only encoder and decoder of state cookies, [`cookie_attrs`] their name
-//! and attributes per pool, [`keys`] the key ring that
-//! seals them, [`decide`] the pure routing decision, [`registry`] the live members (static, or [`registry_kube`] from the ServerPool's status), [`proxy`] the
-//! hyper code that carries it out, [`cache`] keeps state cookies out of shared caches, [`server`] the listeners. [`demo_app`], [`localpool`], [`demo`]
+//! and attributes per pool, [`keys`] the key ring that seals them, [`decide`] the pure routing
+//! decision, [`registry`] the live members (static, or `registry_kube` from the ServerPool's
+//! status), [`proxy`] the hyper code that carries it out, [`cache`] keeps state cookies out of
+//! shared caches, [`server`] the listeners. [`demo_app`], [`localpool`], [`demo`]
 //! and [`bench`] run the whole data path on one machine.
 
 #![forbid(unsafe_code)]
@@ -27,6 +28,7 @@ pub mod peer_probe;
 pub mod proxy;
 pub mod random;
 pub mod registry;
+#[cfg(feature = "kubernetes")]
 pub mod registry_kube;
 pub mod server;
 pub mod state_path;
