@@ -31,6 +31,7 @@ pub struct Metrics {
     pub snapshots: Family<Label, Counter>,
     pub snapshot_bytes: Histogram,
     pub over_budget: Counter,
+    pub ended_not_remembered: Counter,
     pub made_private: Counter,
     pub app_waits: Family<Label, Counter>,
     pub bad_requests: Family<Label, Counter>,
@@ -57,6 +58,7 @@ impl Default for Metrics {
             snapshots: Family::default(),
             snapshot_bytes: Histogram::new(exponential_buckets(64.0, 2.0, 10)),
             over_budget: Counter::default(),
+            ended_not_remembered: Counter::default(),
             made_private: Counter::default(),
             app_waits: Family::default(),
             bad_requests: Family::default(),
@@ -92,7 +94,7 @@ impl Default for Metrics {
         registry.register("cookie_rejects", "State cookies refused, by reason", m.cookie_rejects.clone());
         registry.register(
             "sessions_reset",
-            "Requests that presented a state cookie but went on without its session, by reason (expired, refused_by_app, wrong_pool, incomplete, tampered, unknown_key, garbage, unsupported_version)",
+            "Requests that presented a state cookie but went on without its session, by reason (expired, refused_by_app, ended, wrong_pool, incomplete, tampered, unknown_key, garbage, unsupported_version)",
             m.sessions_reset.clone(),
         );
         registry.register(
@@ -110,6 +112,11 @@ impl Default for Metrics {
             "state_over_budget",
             "States too large for the cookie budget (not sealed)",
             m.over_budget.clone(),
+        );
+        registry.register(
+            "ended_not_remembered",
+            "Ended sessions not remembered because the sidecar already remembers its maximum (a replay of their cookies is not refused)",
+            m.ended_not_remembered.clone(),
         );
         registry.register(
             "responses_made_private",

@@ -60,6 +60,8 @@ const MAX_RESENDS: usize = 4;
 /// Restores tried for one request when the app fails (5xx, timeout): a passing hiccup is hidden
 /// from the client, a lasting one answers 502 within `RESTORE_ATTEMPTS` × `--state-timeout`.
 const RESTORE_ATTEMPTS: usize = 3;
+/// Ended sessions a sidecar remembers at most (about 100 bytes each).
+const MAX_ENDED: usize = 100_000;
 /// The pause before the next restore attempt, times the attempts so far.
 const RESTORE_RETRY_AFTER: Duration = Duration::from_millis(50);
 
@@ -129,6 +131,10 @@ pub struct Proxy {
     sessions: Mutex<HashMap<String, Local>>,
     restore_locks: Vec<tokio::sync::Mutex<()>>,
     unreachable: Mutex<HashMap<String, Instant>>,
+    /// Sessions the app ended (an empty state) or rotated away from, until their cookies expire: a
+    /// copy of such a cookie, replayed to this pod, starts a fresh session instead of bringing the
+    /// old state back. This pod's own knowledge only (see the README's known limits).
+    ended: Mutex<HashMap<String, Instant>>,
     upstreams: Upstreams,
     draining_since: Mutex<Option<Instant>>,
     /// Whether the app answers; held requests wait on changes of it.
@@ -241,6 +247,7 @@ impl Proxy {
             sessions: Mutex::new(HashMap::new()),
             restore_locks: (0..RESTORE_SHARDS).map(|_| tokio::sync::Mutex::new(())).collect(),
             unreachable: Mutex::new(HashMap::new()),
+            ended: Mutex::new(HashMap::new()),
             upstreams: Upstreams::default(),
             draining_since: Mutex::new(None),
             app_up: tokio::sync::watch::Sender::new(true),
@@ -324,6 +331,10 @@ impl Proxy {
             self.metrics.sessions.set(sessions.len() as i64);
             expired
         };
+        {
+            let now = Instant::now();
+            self.ended.lock().unwrap_or_else(|p| p.into_inner()).retain(|_, until| *until > now);
+        }
         for session in expired {
             self.session_left(&session, "expired").await;
         }
@@ -481,6 +492,12 @@ impl Proxy {
         let (mut forward_attempts, mut app_rechecks, mut resends) = (0, 0, 0);
         // Set once the app refused the cookie's state: from then on the request is a fresh session.
         let mut fresh: Option<RequestCookie> = None;
+        if let Some(snapshot) = rc.snapshot.as_ref().filter(|s| self.has_ended(&s.session)) {
+            // A copy of the cookie of a session that ended here (logout) or rotated (login).
+            self.metrics.sessions_reset.get_or_create(&[("reason", "ended")]).inc();
+            tracing::info!(session = %snapshot.session, "a cookie of an ended session was presented; a fresh session instead");
+            fresh = Some(RequestCookie { snapshot: None, held_chunks: rc.held_chunks.clone(), dropped: true });
+        }
         loop {
             let rc = fresh.as_ref().unwrap_or(rc);
             let unreachable = self.unreachable_now();
@@ -959,6 +976,7 @@ impl Proxy {
         let version = self.local(old).map(|l| l.version).unwrap_or(0);
         self.set_local(&new_id, Local { version, sealed_at: None });
         self.forget_session(old);
+        self.mark_ended(old);
         self.session_left(old, "rotated").await;
         tracing::info!(old_session = old, session = %new_id, "session id rotated at the app's request");
         Ok((new_id, state))
@@ -1007,6 +1025,10 @@ impl Proxy {
             decide::SealAction::Delete => {
                 self.delete_cookie(headers, &rc.held_chunks);
                 self.forget_session(session);
+                if seen == decide::CookieSeen::Valid {
+                    // The app ended it: older copies of its cookie must not bring it back.
+                    self.mark_ended(session);
+                }
                 tracing::debug!(session, "no state for this session: cookie deleted");
                 return;
             }
@@ -1093,6 +1115,31 @@ impl Proxy {
         for &chunk in held_chunks {
             self.append_set_cookie(headers, &cookie::chunk_name(&self.cfg.cookie.attrs.name, chunk), "", 0);
         }
+    }
+
+    /// Remembers that `session` ended here, until any cookie of it has expired.
+    fn mark_ended(&self, session: &str) {
+        let mut ended = self.ended.lock().unwrap_or_else(|p| p.into_inner());
+        let now = Instant::now();
+        if ended.len() >= MAX_ENDED {
+            ended.retain(|_, until| *until > now);
+        }
+        if ended.len() >= MAX_ENDED {
+            // Bounded memory first: an ended session beyond the cap is not remembered.
+            self.metrics.ended_not_remembered.inc();
+            tracing::warn!(
+                session,
+                cap = MAX_ENDED,
+                "too many ended sessions to remember; a replay of this one is not refused"
+            );
+            return;
+        }
+        ended.insert(session.to_owned(), now + self.cfg.cookie.max_age);
+    }
+
+    fn has_ended(&self, session: &str) -> bool {
+        let ended = self.ended.lock().unwrap_or_else(|p| p.into_inner());
+        ended.get(session).is_some_and(|until| *until > Instant::now())
     }
 
     fn forget_session(&self, session: &str) {

@@ -116,13 +116,34 @@ async fn a_login_rotates_the_session_id_and_the_old_cookie_no_longer_reaches_the
     assert_eq!(after.count, 3, "with the session's state");
     assert_eq!(pool.metric("handover_sessions_left_total{reason=\"rotated\",result=\"ok\"}").await, 1.0);
 
-    // The old cookie, replayed: it gets the state it held, under its own id — never the rotated
-    // session, whose changes it cannot see or make.
+    // The old cookie, replayed: a fresh session, never the rotated one nor the pre-login state.
     let mut attacker = SessionClient::with_jar(before_login);
     let reply = attacker.send(|| Some(addr), Method::POST, "/incr").await.expect("reply");
     let replayed: CountReply = serde_json::from_slice(&reply.body).expect("count");
-    assert_eq!((replayed.session.as_str(), replayed.count), (old_id.as_str(), 3), "the pre-login copy only");
+    assert_eq!(replayed.count, 1, "nothing of the session");
+    assert!(replayed.session != old_id && replayed.session != after.session, "an id of its own");
+    assert_eq!(pool.metric("handover_sessions_reset_total{reason=\"ended\"}").await, 1.0);
     let reply = client.send(|| Some(addr), Method::GET, "/count").await.expect("reply");
     let mine: CountReply = serde_json::from_slice(&reply.body).expect("count");
     assert_eq!((mine.session, mine.count), (after.session, 3), "the rotated session is untouched");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_session_ended_by_the_app_does_not_come_back_with_an_older_cookie() {
+    let pool = pool_with(1, &[]).await;
+    let addr = pool.pods[0].data();
+    let mut client = SessionClient::default();
+    for _ in 0..2 {
+        client.send(|| Some(addr), Method::POST, "/incr").await.expect("reply");
+    }
+    let before_logout = client.jar.clone();
+    client.send(|| Some(addr), Method::POST, "/clear").await.expect("reply");
+    assert!(client.jar.is_empty(), "logged out: no cookie");
+    // The back button, a second tab, a stolen copy: the older cookie is presented again.
+    let mut replay = SessionClient::with_jar(before_logout);
+    let reply = replay.send(|| Some(addr), Method::GET, "/count").await.expect("reply");
+    assert_eq!(serde_json::from_slice::<CountReply>(&reply.body).expect("count").count, 0, "the state is gone");
+    assert!(replay.jar.is_empty(), "and the replayed cookie is deleted: {:?}", replay.jar);
+    assert_eq!(pool.metric("handover_sessions_reset_total{reason=\"ended\"}").await, 1.0);
+    assert_eq!(pool.metric("handover_restores_total").await, 0.0, "nothing was restored from it");
 }
