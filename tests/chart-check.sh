@@ -566,6 +566,26 @@ done < <(awk '$1 == "COPY" && $2 !~ /^--/ { for (i = 2; i < NF; i++) print $i }'
 for leak in target charts tests/cluster tests/run tests/e2e/tests examples .ci; do
   [[ ! -e "$WORK/context/$leak" ]] || fail ".dockerignore lets $leak/ into the build context"
 done
+# Every workspace member must be in the build context and copied into the build stage: cargo
+# loads the whole workspace even to build two of its packages.
+"$PY" - "$WORK/context" <<'PY' || fail "the image build would not load the workspace (see above)"
+import os, re, sys, tomllib
+context = sys.argv[1]
+members = tomllib.load(open("Cargo.toml", "rb"))["workspace"]["members"]
+copies = [line.split()[1:-1] for line in open("Dockerfile") if line.startswith("COPY ") and "--from" not in line]
+copied = [src.rstrip("/") for srcs in copies for src in srcs]
+missing = []
+for m in members:
+    for need in (f"{m}/Cargo.toml", f"{m}/src"):
+        in_context = os.path.exists(os.path.join(context, need))
+        in_copy = any(need == c or need.startswith(c + "/") for c in copied)
+        if not (in_context and in_copy):
+            missing.append(f"{need}: {'in' if in_context else 'NOT in'} the context (.dockerignore), "
+                           f"{'copied' if in_copy else 'NOT copied'} (Dockerfile COPY)")
+if missing:
+    print("FAIL: workspace members the image build cannot load:\n  " + "\n  ".join(missing), file=sys.stderr)
+    sys.exit(1)
+PY
 (cd "$WORK/context" && cargo metadata --locked --format-version 1 >/dev/null) \
   || fail "the Docker build context does not resolve with cargo --locked (Cargo.lock stale, or a file missing)"
 

@@ -79,14 +79,26 @@ pub fn duration(text: &str) -> Result<Duration, String> {
     handover_common::duration::parse(text).map_err(|e| e.to_string())
 }
 
+/// Parses `host:port`, where an IPv6 host may also come without brackets.
+pub fn socket_addr(text: &str) -> Result<SocketAddr, String> {
+    if let Ok(addr) = text.parse() {
+        return Ok(addr);
+    }
+    let (host, port) = text.rsplit_once(':').ok_or_else(|| format!("{text:?} is not HOST:PORT"))?;
+    let ip: std::net::IpAddr = host.parse().map_err(|_| format!("{text:?} is not HOST:PORT"))?;
+    let port: u16 = port.parse().map_err(|_| format!("{text:?} has no valid port"))?;
+    Ok(SocketAddr::new(ip, port))
+}
+
 /// Flags of `run`; each can also be set through the environment variable shown.
 #[derive(Args, Debug, Clone)]
 pub struct RunArgs {
     /// Data address clients (and peer sidecars) connect to.
     #[arg(long, env = "HANDOVER_LISTEN", default_value = "0.0.0.0:8000")]
     pub listen: SocketAddr,
-    /// Admin address: /live, /ready, /metrics.
-    #[arg(long, env = "HANDOVER_ADMIN", default_value = "0.0.0.0:9901")]
+    /// Admin address: /live, /ready, /metrics. An IPv6 address may come unbracketed
+    /// (`fd00::1:9901`, as `$(POD_IP):9901` expands in a pod): the last `:` separates the port.
+    #[arg(long, env = "HANDOVER_ADMIN", default_value = "0.0.0.0:9901", value_parser = socket_addr)]
     pub admin: SocketAddr,
     /// The app's address (inside the pod): client requests go here.
     #[arg(long, env = "HANDOVER_APP", default_value = "127.0.0.1:8080")]
@@ -424,4 +436,18 @@ pub fn inspect(
         "sealed_bytes": joined.len(),
     });
     serde_json::to_string_pretty(&report).map_err(|e| e.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn addresses_parse_with_or_without_ipv6_brackets() {
+        assert_eq!(socket_addr("10.0.0.1:9901"), Ok("10.0.0.1:9901".parse().expect("addr")));
+        assert_eq!(socket_addr("[fd00::1]:9901"), Ok("[fd00::1]:9901".parse().expect("addr")));
+        assert_eq!(socket_addr("fd00::1:9901"), Ok("[fd00::1]:9901".parse().expect("addr")));
+        assert!(socket_addr("pod:9901").is_err());
+        assert!(socket_addr("10.0.0.1:99999").is_err());
+    }
 }

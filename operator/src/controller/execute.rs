@@ -189,7 +189,10 @@ pub(super) async fn execute(pool: &ServerPool, plan: Plan, ctx: &Context, now: T
 pub(super) fn forget(ctx: &Context, pool: &ServerPool) {
     let ns = desired::pool_namespace(pool);
     let name = desired::pool_name(pool);
-    let owned = [desired::service_name(pool), desired::rbac_name(pool)];
-    lock(&ctx.applied).retain(|key, _| key.namespace != ns || !owned.contains(&key.name));
+    let mut applied = lock(&ctx.applied);
+    for key in desired::child_keys(pool) {
+        applied.remove(&key);
+    }
+    drop(applied);
     lock(&ctx.key_checks).remove(&(ns, name));
 }

@@ -2,12 +2,12 @@
 //! pod and Deployment watches. Every decision is made by [`crate::desired`]; this module tree
 //! reads caches, carries the results to the API server, writes status, and publishes Events.
 //!
-//! - [`watches`]: the watches, each behind its own back-off, and which pools an event concerns;
-//! - [`reconcile`]: one pool's reconcile (finalizer; observe → [`desired::plan`] → execute;
+//! - `watches`: the watches, each behind its own back-off, and which pools an event concerns;
+//! - `reconcile`: one pool's reconcile (finalizer; observe → [`desired::plan()`] → execute;
 //!   cleanup) and the retry policy;
-//! - [`execute`]: carries out a plan, writing only what changed;
-//! - [`keys`]: reading, creating and rotating the key Secret;
-//! - [`events`]: publishing Events.
+//! - `execute`: carries out a plan, writing only what changed;
+//! - `keys`: reading, creating and rotating the key Secret;
+//! - `events`: publishing Events.
 
 mod events;
 mod execute;

@@ -150,7 +150,7 @@ async fn wait_for_caches(ctx: &Context) -> Result<(), Error> {
 }
 
 /// Observe → plan → execute: reads the caches and what the operator remembers, lets
-/// [`desired::plan`] decide, and has [`execute`] carry it out.
+/// [`desired::plan()`] decide, and has [`execute`] carry it out.
 async fn apply(pool: Arc<ServerPool>, ctx: &Context) -> Result<Action, Error> {
     wait_for_caches(ctx).await?;
     fence(ctx)?;
@@ -162,9 +162,10 @@ async fn apply(pool: Arc<ServerPool>, ctx: &Context) -> Result<Action, Error> {
     let deployments: Vec<&Deployment> = deployments.iter().map(AsRef::as_ref).collect();
     let pools: Vec<&ServerPool> = pools.iter().map(AsRef::as_ref).collect();
     let children = observed_children(ctx, &pool);
-    let keys = children_keys(&pool);
-    let applied: BTreeMap<ChildKey, Applied> =
-        lock(&ctx.applied).iter().filter(|(k, _)| keys.contains(k)).map(|(k, v)| (k.clone(), v.clone())).collect();
+    let applied: BTreeMap<ChildKey, Applied> = {
+        let remembered = lock(&ctx.applied);
+        desired::child_keys(&pool).into_iter().filter_map(|k| Some((k.clone(), remembered.get(&k)?.clone()))).collect()
+    };
     let pool_key = (desired::pool_namespace(&pool), desired::pool_name(&pool));
     let last_key_check = lock(&ctx.key_checks).get(&pool_key).cloned();
     let observed = Observed {
@@ -180,21 +181,10 @@ async fn apply(pool: Arc<ServerPool>, ctx: &Context) -> Result<Action, Error> {
     execute(&pool, plan, ctx, now).await
 }
 
-/// The keys of the pool's children, as [`desired::plan`] names them.
-fn children_keys(pool: &ServerPool) -> [ChildKey; 3] {
-    let ns = desired::pool_namespace(pool);
-    let key = |kind: &'static str, name: String| ChildKey { kind, namespace: ns.clone(), name };
-    [
-        key("Service", desired::service_name(pool)),
-        key("Role", desired::rbac_name(pool)),
-        key("RoleBinding", desired::rbac_name(pool)),
-    ]
-}
-
 /// The resourceVersion of each of the pool's children in the owned-object caches.
 fn observed_children(ctx: &Context, pool: &ServerPool) -> BTreeMap<ChildKey, String> {
     let mut out = BTreeMap::new();
-    for key in children_keys(pool) {
+    for key in desired::child_keys(pool) {
         let (name, ns) = (key.name.as_str(), key.namespace.as_str());
         let version = match key.kind {
             "Service" => {

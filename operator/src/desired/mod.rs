@@ -2,12 +2,12 @@
 //! Deployments, the key Secret) to the objects it applies and the status it writes. No I/O here;
 //! the reconciler in [`crate::controller`] only carries the results to the API server.
 //!
-//! - [`names`]: the names, labels and selectors of a pool and its objects;
-//! - [`children`]: the objects a pool owns: Service, key Secret, Role, RoleBinding;
-//! - [`injection`]: the sidecar injected into a Deployment, and what to do with each Deployment;
-//! - [`members`]: the pool's members from its pods;
-//! - [`status`]: the problems found, the conditions and Events they make, the whole status;
-//! - [`plan`]: one reconcile decided: which children to write, whether to read the key Secret,
+//! - [`names`](mod@names): the names, labels and selectors of a pool and its objects;
+//! - [`children`](mod@children): the objects a pool owns: Service, key Secret, Role, RoleBinding;
+//! - [`injection`](mod@injection): the sidecar injected into a Deployment, and what to do with each Deployment;
+//! - [`members`](mod@members): the pool's members from its pods;
+//! - [`status`](mod@status): the problems found, the conditions and Events they make, the whole status;
+//! - [`plan`](mod@plan): one reconcile decided: which children to write, whether to read the key Secret,
 //!   which Deployments to change, from the pool and what was observed.
 
 pub mod children;

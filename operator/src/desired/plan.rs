@@ -19,7 +19,7 @@ use serde::Serialize;
 use super::children::{role, role_binding, service, service_accounts};
 use super::injection::{DeploymentPlan, InjectionConfig, SIDECAR_NAME, fnv1a, plan_deployments, requested_pool};
 use super::members::{members, pool_pods};
-use super::names::{ROTATE_ANNOTATION, key_secret_name, pool_name, pool_namespace};
+use super::names::{ROTATE_ANNOTATION, key_secret_name, pool_name, pool_namespace, rbac_name, service_name};
 use crate::crd::{Member, ServerPool};
 use crate::validate::{self, ImageAllowList, SpecProblem};
 
@@ -208,6 +208,12 @@ fn child_step(key: ChildKey, child: Child, observed: &Observed<'_>) -> ChildStep
     ChildStep { key, child, fingerprint, unchanged }
 }
 
+/// The keys of the pool's Service, Role and RoleBinding.
+pub fn child_keys(pool: &ServerPool) -> [ChildKey; 3] {
+    let key = |kind: &'static str, name: String| ChildKey { kind, namespace: pool_namespace(pool), name };
+    [key("Service", service_name(pool)), key("Role", rbac_name(pool)), key("RoleBinding", rbac_name(pool))]
+}
+
 /// The plan of a reconcile of `pool` (not being deleted).
 pub fn plan(pool: &ServerPool, observed: &Observed<'_>, policy: &Policy<'_>) -> Plan {
     let ns = pool_namespace(pool);
@@ -233,14 +239,11 @@ pub fn plan(pool: &ServerPool, observed: &Observed<'_>, policy: &Policy<'_>) -> 
         .filter(|d| requested_pool(d) == Some(name.as_str()))
         .collect();
     let accounts = service_accounts(pool_pods.iter().copied(), requested);
-    let key = |kind: &'static str, name: String| ChildKey { kind, namespace: ns.clone(), name };
-    let service = service(pool);
-    let role = role(pool);
-    let binding = role_binding(pool, &accounts);
+    let [service_key, role_key, binding_key] = child_keys(pool);
     let children = vec![
-        child_step(key("Service", service.name_any()), Child::Service(Box::new(service)), observed),
-        child_step(key("Role", role.name_any()), Child::Role(role), observed),
-        child_step(key("RoleBinding", binding.name_any()), Child::RoleBinding(binding), observed),
+        child_step(service_key, Child::Service(Box::new(service(pool))), observed),
+        child_step(role_key, Child::Role(role(pool)), observed),
+        child_step(binding_key, Child::RoleBinding(role_binding(pool, &accounts)), observed),
     ];
     let mut deployments = Vec::new();
     let mut deployment_problems = Vec::new();
