@@ -946,9 +946,9 @@ impl Proxy {
 
     /// Gives session `old` a new id: its state (pushed on this response, else pulled) is put into
     /// the app under the new id, the app is told `old` left (`DELETE <statePath>`), and the
-    /// response then seals the new id. A copy of the old cookie (a fixated one, a replay) then
-    /// reaches only the state it held, never the session that rotated. Without a state to move,
-    /// or when the app will not take it, nothing changes (the pushed state is handed back).
+    /// response then seals the new id. The old id counts as ended here: a copy of its cookie (a
+    /// fixated one, a replay) starts a fresh session, never the one that rotated. Without a state
+    /// to move, or when the app will not take it, nothing changes (the pushed state is handed back).
     async fn rotate_session(&self, old: &str, pushed: Option<Vec<u8>>) -> Result<(String, Vec<u8>), Option<Vec<u8>>> {
         let state = match pushed {
             Some(state) if !state.is_empty() => state,
