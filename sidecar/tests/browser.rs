@@ -2,7 +2,8 @@
 //! browser) against a local pool: static assets and a home page get no cookie; a session gets one
 //! when the app gives it state; a payment provider's cross-site form POST back to the shop arrives
 //! without the `SameSite=Lax` cookie, is served as a fresh session, and leaves the browser's
-//! cookie as it was — the cart survives the return.
+//! cookie as it was — the cart survives the return. And two pools under one host (behind an nginx
+//! ingress) keep their sessions while the browser goes back and forth between them.
 //!
 //! Needs `/usr/bin/chromium` (`apt-get install -y chromium`), node, and
 //! `npm install --prefix sidecar/tests/browser`. Without them the test says so loudly and passes,
@@ -11,6 +12,8 @@
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
+
+mod support;
 
 use handover_sidecar::localpool::{LocalPool, PoolOptions};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -73,26 +76,23 @@ async fn serve_payment_provider(shop: SocketAddr) -> (SocketAddr, tokio::task::J
     (addr, task)
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn chromium_keeps_its_cookie_across_a_cross_site_payment_return() {
-    if let Some(why) = missing_browser() {
-        let message = format!("the Chromium test did NOT run: {why}");
-        if std::env::var_os("HANDOVER_REQUIRE_BROWSER").is_some() {
-            panic!("{message}");
-        }
-        eprintln!("\n!!!!! SKIPPED: {message}\n");
-        return;
+/// Whether the browser tests can run; says loudly why not (or fails, with
+/// `HANDOVER_REQUIRE_BROWSER` set).
+fn browser_or_skip(what: &str) -> bool {
+    let Some(why) = missing_browser() else { return true };
+    let message = format!("{what} did NOT run: {why}");
+    if std::env::var_os("HANDOVER_REQUIRE_BROWSER").is_some() {
+        panic!("{message}");
     }
-    let pool = LocalPool::start(PoolOptions::new(exe(), 1)).await.expect("pool starts");
-    let shop = pool.pods[0].data();
-    let (pay, _provider) = serve_payment_provider(shop).await;
-    assert_ne!(shop.ip(), pay.ip(), "the provider must be another site than the shop");
+    eprintln!("\n!!!!! SKIPPED: {message}\n");
+    false
+}
 
+/// Runs a script of `sidecar/tests/browser` with `args`; its one line of JSON.
+async fn run_script(script: &str, args: &[String]) -> serde_json::Value {
     let run = tokio::process::Command::new("node")
-        .arg(browser_dir().join("cross_site.mjs"))
-        .arg(format!("http://{shop}"))
-        .arg(format!("http://{pay}"))
-        .arg(pool.cookie_name())
+        .arg(browser_dir().join(script))
+        .args(args)
         .current_dir(browser_dir())
         .kill_on_drop(true)
         .output();
@@ -101,8 +101,22 @@ async fn chromium_keeps_its_cookie_across_a_cross_site_payment_return() {
         .expect("the browser script ends within 90 s")
         .expect("node runs");
     let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success(), "the browser script failed:\n{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
-    let seen: serde_json::Value = serde_json::from_str(stdout.trim()).expect("one JSON line");
+    assert!(out.status.success(), "{script} failed:\n{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
+    serde_json::from_str(stdout.trim()).expect("one JSON line")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn chromium_keeps_its_cookie_across_a_cross_site_payment_return() {
+    if !browser_or_skip("the Chromium cross-site return test") {
+        return;
+    }
+    let pool = LocalPool::start(PoolOptions::new(exe(), 1)).await.expect("pool starts");
+    let shop = pool.pods[0].data();
+    let (pay, _provider) = serve_payment_provider(shop).await;
+    assert_ne!(shop.ip(), pay.ip(), "the provider must be another site than the shop");
+
+    let seen =
+        run_script("cross_site.mjs", &[format!("http://{shop}"), format!("http://{pay}"), pool.cookie_name()]).await;
 
     assert_eq!(seen["cookiesAfterStaticAndHome"], 0, "a stylesheet and the home page minted no session: {seen}");
     assert_eq!(seen["countBeforeReturn"], 2, "{seen}");
@@ -110,4 +124,45 @@ async fn chromium_keeps_its_cookie_across_a_cross_site_payment_return() {
     assert_eq!(seen["returnBody"]["count"], 0, "the cross-site POST came without the cookie: {seen}");
     assert_eq!(seen["cookieAfterReturn"], seen["cookieBefore"], "the return did not overwrite the cookie: {seen}");
     assert_eq!(seen["countAfterReturn"], 3, "the cart survived the return: {seen}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn chromium_keeps_the_sessions_of_two_pools_under_one_host() {
+    if !browser_or_skip("the Chromium two-pools test") {
+        return;
+    }
+    let Some(nginx) = support::nginx_or_skip("the Chromium two-pools test") else {
+        return;
+    };
+    let start = |pool: &str| {
+        let mut opts = PoolOptions::new(exe(), 1);
+        opts.pool = pool.to_owned();
+        LocalPool::start(opts)
+    };
+    let shop = start("shop/web").await.expect("pool starts");
+    let account = start("shop/account").await.expect("pool starts");
+    let route = |prefix: &str, to: SocketAddr| {
+        format!(
+            "location /{prefix}/ {{ proxy_pass http://{to}/; proxy_http_version 1.1; proxy_set_header Connection \"\"; }}"
+        )
+    };
+    let locations = format!("{}\n{}", route("shop", shop.pods[0].data()), route("account", account.pods[0].data()));
+    let ingress = support::Nginx::start(&nginx, &locations).await;
+
+    let seen = run_script("two_pools.mjs", &[format!("http://{}", ingress.addr)]).await;
+    assert_eq!(seen["counts"]["shop"], serde_json::json!([1, 2, 3]), "{seen}");
+    assert_eq!(seen["counts"]["account"], serde_json::json!([1, 2, 3]), "{seen}");
+    let mut names: Vec<String> = seen["cookies"]
+        .as_array()
+        .expect("cookies")
+        .iter()
+        .map(|c| c["name"].as_str().expect("name").to_owned())
+        .collect();
+    names.sort();
+    let mut expected = [shop.cookie_name(), account.cookie_name()];
+    expected.sort();
+    assert_eq!(names, expected, "one cookie per pool, none for the stylesheets: {seen}");
+    for pool in [&shop, &account] {
+        assert_eq!(pool.metric("handover_cookie_rejects_total").await, 0.0, "no pool refused the other's cookie");
+    }
 }
