@@ -6,7 +6,7 @@
 //! decision, [`registry`] the live members (static, or `registry_kube` from the ServerPool's
 //! status), [`proxy`] the hyper code that carries it out, [`cache`] keeps state cookies out of
 //! shared caches, [`server`] the listeners. [`demo_app`], [`localpool`], [`demo`]
-//! and [`bench`] run the whole data path on one machine.
+//! and [`bench`](mod@bench) run the whole data path on one machine.
 
 #![forbid(unsafe_code)]
 
