@@ -8,7 +8,11 @@ to every request. The app speaks the handover contract (sidecar/README.md):
            of the cart's state bytes (empty when the cart is gone), so the client's cookie always
            holds the newest cart and a crash loses nothing the client was answered;
   pull     GET <state path> with Handover-Session -> 200 + the state bytes, or 404;
-  restore  PUT <state path> with Handover-Session and the bytes -> 204; idempotent.
+  restore  PUT <state path> with Handover-Session and the bytes -> 204; idempotent. A state this
+           app cannot read answers 400: the sidecar drops it and starts a fresh session (a 5xx
+           would be retried, then answered 502 with the client's cookie kept);
+  left     DELETE <state path> with Handover-Session -> 204: the session left this pod (its
+           cookie expired, or another pod owns it now); the cart is forgotten.
 
 Pull and restore are served on a listener of their own (--state-listen, the pod's loopback:
 the sidecar's --state-addr), never on the client port: no client request can reach them, however
@@ -21,7 +25,9 @@ Routes for clients (through the sidecar):
   GET    /cart                      the cart
   POST   /cart/items?sku=S&qty=N    add N (default 1) of S; a JSON body {"sku": S, "qty": N} works too
   DELETE /cart/items/S              remove S
-  DELETE /cart                      empty the cart (the state is deleted)
+  POST   /login                     a privilege change: the cart is kept and the session gets a new id
+                                    (Handover-Rotate: 1), so a cookie fixated before it is worthless
+  DELETE /cart                      empty the cart (the state is deleted: the sidecar deletes the cookie)
   GET    /healthz                   200 (no session needed)
 
 Run it (the sidecar in front of it, see examples/python-app/README.md):
@@ -208,6 +214,15 @@ def make_handler(carts, state_path, verbose, state_endpoint):
                     carts.clear(session)
                     # An empty Handover-State deletes the session's state from the cookie.
                     return self._send(204, headers=[(STATE_HEADER, "")])
+                if path == "/login" and method == "POST":
+                    session = self._session()
+                    cart = carts.get(session) or {}
+                    # The sidecar moves the cart to a new session id and seals that one.
+                    return self._send(
+                        200,
+                        {"session": session, "items": cart, "count": sum(cart.values())},
+                        headers=[(STATE_HEADER, b64url(encode_state(cart))), ("Handover-Rotate", "1")],
+                    )
                 if path == "/cart/items" and method == "POST":
                     session = self._session()
                     sku, qty = self._item(query, body)
@@ -256,7 +271,11 @@ def make_handler(carts, state_path, verbose, state_endpoint):
                 return self._send(200, encode_state(cart), content_type="application/octet-stream")
             if method == "PUT":
                 # Idempotent: the same bytes may arrive twice; the cart is set, never merged.
+                # A state this app cannot read raises BadRequest: 400, "not for me".
                 carts.put(session, decode_state(body))
+                return self._send(204)
+            if method == "DELETE":
+                carts.clear(session)
                 return self._send(204)
             return self._send(405, "method not allowed\n")
 

@@ -59,9 +59,10 @@ pub enum CookieCommand {
         /// The pool, `namespace/name`.
         #[arg(long, env = "HANDOVER_POOL")]
         pool: String,
-        /// The cookie name.
-        #[arg(long, default_value = "handover")]
-        cookie_name: String,
+        /// The cookie name (when the input is `name=value` pairs). Default: the pool's derived
+        /// name (`handover-<hash>` or `__Host-handover-<hash>`), else `handover`.
+        #[arg(long)]
+        cookie_name: Option<String>,
     },
 }
 
@@ -130,8 +131,18 @@ pub struct RunArgs {
     /// The app's state endpoint (GET to pull, PUT to restore).
     #[arg(long, env = "HANDOVER_STATE_PATH", default_value = "/handover/state")]
     pub state_path: String,
-    #[arg(long, env = "HANDOVER_COOKIE_NAME", default_value = "handover")]
+    /// The state cookie's name (chunks add `.1`, `.2`, …). Empty: `handover-<hash of --pool>`,
+    /// different for every pool so pools under one host never collide, with the `__Host-` prefix
+    /// when the cookie is Secure with Path=/ and no Domain.
+    #[arg(long, env = "HANDOVER_COOKIE_NAME", default_value = "")]
     pub cookie_name: String,
+    /// The cookie's Path: the prefix the pool serves under its host (e.g. `/shop` when an ingress
+    /// routes `/shop` to this pool); the browser sends the cookie only below it.
+    #[arg(long, env = "HANDOVER_COOKIE_PATH", default_value = "/")]
+    pub cookie_path: String,
+    /// The cookie's Domain (to share it with subdomains). Empty: host-only, the safer default.
+    #[arg(long, env = "HANDOVER_COOKIE_DOMAIN", default_value = "")]
+    pub cookie_domain: String,
     #[arg(long, env = "HANDOVER_COOKIE_MAX_AGE", default_value = "12h", value_parser = duration)]
     pub cookie_max_age: Duration,
     /// Budget for the state cookie over all its chunks.
@@ -236,11 +247,9 @@ pub async fn run(args: RunArgs) -> Result<(), String> {
         snapshot_interval: args.snapshot_interval,
         state_path: args.state_path.clone(),
         cookie: CookieConfig {
-            name: args.cookie_name.clone(),
+            attrs: cookie_attrs(&args)?,
             max_age: args.cookie_max_age,
             max_bytes: args.cookie_max_bytes,
-            secure: args.cookie_secure,
-            same_site: args.cookie_same_site.clone(),
         },
         affinity: args.affinity,
         app_wait: args.app_wait,
@@ -270,11 +279,14 @@ pub async fn run(args: RunArgs) -> Result<(), String> {
         tracing::error!(error = %e, "key file refused; keeping the previous key ring");
     }));
     let sweeper = Arc::clone(&proxy);
+    // A quarter of a cookie's life, at most a minute: the app hears of an expired session soon
+    // after its cookie died.
+    let sweep_every = (args.cookie_max_age / 4).clamp(Duration::from_millis(100), Duration::from_secs(60));
     tokio::spawn(async move {
-        let mut every = tokio::time::interval(Duration::from_secs(60));
+        let mut every = tokio::time::interval(sweep_every);
         loop {
             every.tick().await;
-            sweeper.forget_expired_sessions();
+            sweeper.forget_expired_sessions().await;
         }
     });
 
@@ -317,6 +329,25 @@ pub async fn run(args: RunArgs) -> Result<(), String> {
     admin_task.abort();
     tracing::info!("drained; bye");
     Ok(())
+}
+
+/// The pool's cookie name and attributes from the flags, the name derived from the pool when not
+/// given; refused when a browser would refuse the cookie.
+pub fn cookie_attrs(args: &RunArgs) -> Result<crate::cookie_attrs::Attrs, String> {
+    let name = if args.cookie_name.is_empty() {
+        crate::cookie_attrs::default_name(&args.pool, args.cookie_secure, &args.cookie_path, &args.cookie_domain)
+    } else {
+        args.cookie_name.clone()
+    };
+    let attrs = crate::cookie_attrs::Attrs {
+        name,
+        path: args.cookie_path.clone(),
+        domain: args.cookie_domain.clone(),
+        secure: args.cookie_secure,
+        same_site: args.cookie_same_site.clone(),
+    };
+    crate::cookie_attrs::validate(&attrs)?;
+    Ok(attrs)
 }
 
 /// After the drain, connections still open get this long to finish their request.
@@ -363,13 +394,26 @@ async fn kubernetes_registry(_pool: &str) -> Result<Arc<dyn Registry>, String> {
 }
 
 /// `cookie inspect`: prints the opened cookie as JSON, or why it is refused.
-pub fn inspect(value: &str, key_file: &std::path::Path, pool: &str, cookie_name: &str) -> Result<String, String> {
+pub fn inspect(
+    value: &str,
+    key_file: &std::path::Path,
+    pool: &str,
+    cookie_name: Option<&str>,
+) -> Result<String, String> {
     let ring = crate::keys::KeyRing::load(key_file).map_err(|e| e.to_string())?;
+    let derived = crate::cookie_attrs::default_name(pool, false, "/", "");
+    let candidates: Vec<String> = match cookie_name {
+        Some(name) => vec![name.to_owned()],
+        None => vec![format!("{}{derived}", crate::cookie_attrs::HOST_PREFIX), derived, "handover".to_owned()],
+    };
     let pairs: Vec<(&str, &str)> = if value.contains('=') {
         crate::cookie::request_pairs(std::iter::once(value))
     } else {
-        vec![(cookie_name, value.trim())]
+        vec![(candidates[0].as_str(), value.trim())]
     };
+    let cookie_name =
+        candidates.iter().find(|c| pairs.iter().any(|(n, _)| n == c)).cloned().unwrap_or_else(|| candidates[0].clone());
+    let cookie_name = cookie_name.as_str();
     // The largest budget a pool may set (the CRD's maximum); inspect reads what any pool wrote.
     let budget = crate::cookie::Budget::for_cookie(cookie_name, 64 * 1024);
     let joined = crate::cookie::join(cookie_name, budget, |n| pairs.iter().find(|(k, _)| *k == n).map(|(_, v)| *v))

@@ -7,7 +7,18 @@
 //! - `GET /headers`: the request headers as the app received them (JSON), to check the sidecar's
 //!   header hygiene.
 //! - `POST /blob?bytes=N` stores N bytes of noise in the session (large states).
+//! - `POST /login`: a privilege change: pushes the state and asks for a new session id
+//!   (`Handover-Rotate`), against session fixation.
+//! - `POST /clear` forgets the session and pushes an empty state: the sidecar deletes the cookie.
+//! - `GET /static/<name>`: a fixed file that needs no session (and gets no cookie).
+//! - `GET /visit?cache=public|s-maxage|none`: counts a visit (state, pushed) on a page whose
+//!   `Cache-Control` says a shared cache may store it (`public, max-age=3600`, `s-maxage=600`, or
+//!   none at all: cacheable by default), as a careless app or framework marks a personal page.
+//! - `POST /return`: a cross-site form post back to the site (a payment, SAML or OIDC
+//!   `form_post` return): reads its body and the session's count, changes nothing.
 //! - push: every change puts the new state in `Handover-State`.
+//! - `GET /stats`: how many sessions the app holds (`{"sessions": N}`).
+//! - `DELETE <statePath>`: the session left this pod; forgotten.
 //! - `GET <statePath>` / `PUT <statePath>`: pull and restore, on a listener of their own
 //!   (`--state-listen`, the pod's loopback) that the sidecar never forwards clients to.
 //! - `GET /echo` with `Upgrade: echo`: switches protocols and echoes bytes (upgrade pass-through).
@@ -27,7 +38,7 @@ use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
 use serde::{Deserialize, Serialize};
 
-use crate::proxy::{SESSION_HEADER, STATE_HEADER};
+use crate::proxy::{ROTATE_HEADER, SESSION_HEADER, STATE_HEADER};
 use crate::server::ConnLimits;
 use crate::upstream::Body;
 
@@ -47,9 +58,14 @@ pub struct DemoAppArgs {
     pub push: bool,
     #[arg(long, env = "HANDOVER_STATE_PATH", default_value = "/handover/state")]
     pub state_path: String,
-    /// Answer the first N restores with 500 (to test how a failed restore is handled).
+    /// Answer the first N restores with `--refuse-restores-status` (to test how a failed or
+    /// refused restore is handled).
     #[arg(long, default_value_t = 0)]
     pub refuse_restores: u64,
+    /// The status of a refused restore: 5xx is a failure (the sidecar retries), 4xx a verdict ("this
+    /// state is not for me": the sidecar starts a fresh session).
+    #[arg(long, default_value_t = 500)]
+    pub refuse_restores_status: u16,
     /// Worker threads (0: one per core).
     #[arg(long, default_value_t = 1)]
     pub workers: usize,
@@ -124,10 +140,9 @@ impl App {
             Method::PUT => {
                 let refused = self.restores_refused.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 if refused < self.args.refuse_restores {
-                    return reply(
-                        StatusCode::INTERNAL_SERVER_ERROR,
-                        "this app refuses restores for now (--refuse-restores)\n",
-                    );
+                    let status = StatusCode::from_u16(self.args.refuse_restores_status)
+                        .unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+                    return reply(status, "this app refuses restores for now (--refuse-restores)\n");
                 }
                 let body = match Limited::new(req.into_body(), 1 << 20).collect().await {
                     Ok(b) => b.to_bytes(),
@@ -142,6 +157,11 @@ impl App {
                     }
                     Err(e) => reply(StatusCode::BAD_REQUEST, format!("not a state of this app: {e}\n")),
                 }
+            }
+            Method::DELETE => {
+                // The session left this pod (its cookie expired, or another pod owns it now).
+                self.sessions.lock().unwrap_or_else(|p| p.into_inner()).remove(&session);
+                reply(StatusCode::NO_CONTENT, Bytes::new())
             }
             _ => reply(StatusCode::METHOD_NOT_ALLOWED, Bytes::new()),
         }
@@ -228,6 +248,68 @@ impl App {
                 std::hint::black_box(held);
                 reply(StatusCode::OK, format!("holding {mib} MiB more, for good\n"))
             }
+            (Method::POST, "/login") => {
+                let state = {
+                    let mut sessions = self.sessions.lock().unwrap_or_else(|p| p.into_inner());
+                    sessions.entry(session.clone()).or_default().clone()
+                };
+                let mut resp = self.count_reply(&session, &state);
+                if let Some(v) = self.state_header(&state) {
+                    resp.headers_mut().insert(STATE_HEADER, v);
+                }
+                resp.headers_mut().insert(ROTATE_HEADER, http::HeaderValue::from_static("1"));
+                resp
+            }
+            (Method::POST, "/clear") => {
+                self.sessions.lock().unwrap_or_else(|p| p.into_inner()).remove(&session);
+                let mut resp = reply(StatusCode::NO_CONTENT, Bytes::new());
+                if self.args.push {
+                    resp.headers_mut().insert(STATE_HEADER, http::HeaderValue::from_static(""));
+                }
+                resp
+            }
+            (Method::GET, "/visit") => {
+                let cache_control = match req.uri().query() {
+                    Some("cache=public") => Some("public, max-age=3600"),
+                    Some("cache=s-maxage") => Some("s-maxage=600"),
+                    _ => None,
+                };
+                let state = {
+                    let mut sessions = self.sessions.lock().unwrap_or_else(|p| p.into_inner());
+                    let s = sessions.entry(session.clone()).or_default();
+                    s.count += 1;
+                    s.clone()
+                };
+                let mut resp = self.count_reply(&session, &state);
+                if let Some(v) = self.state_header(&state) {
+                    resp.headers_mut().insert(STATE_HEADER, v);
+                }
+                if let Some(cc) = cache_control {
+                    resp.headers_mut().insert(header::CACHE_CONTROL, http::HeaderValue::from_static(cc));
+                }
+                resp
+            }
+            (Method::POST, "/return") => {
+                if let Err(e) = Limited::new(req.into_body(), 1 << 20).collect().await {
+                    return reply(StatusCode::BAD_REQUEST, format!("cannot read the body: {e}\n"));
+                }
+                let state =
+                    self.sessions.lock().unwrap_or_else(|p| p.into_inner()).get(&session).cloned().unwrap_or_default();
+                self.count_reply(&session, &state)
+            }
+            (Method::GET, p) if p.starts_with("/static/") => {
+                let mut resp = reply(StatusCode::OK, "body { color: #333 }\n");
+                resp.headers_mut().insert(header::CONTENT_TYPE, http::HeaderValue::from_static("text/css"));
+                resp.headers_mut()
+                    .insert(header::CACHE_CONTROL, http::HeaderValue::from_static("public, max-age=3600"));
+                resp
+            }
+            (Method::GET, "/stats") => {
+                let sessions = self.sessions.lock().unwrap_or_else(|p| p.into_inner()).len();
+                let mut resp = reply(StatusCode::OK, format!("{{\"sessions\":{sessions}}}"));
+                resp.headers_mut().insert(header::CONTENT_TYPE, http::HeaderValue::from_static("application/json"));
+                resp
+            }
             (Method::GET, "/headers") => {
                 let mut seen: std::collections::BTreeMap<String, Vec<String>> = Default::default();
                 for (name, value) in req.headers() {
@@ -247,9 +329,10 @@ impl App {
                     format!("pod {} — session {session} — count {count}\nPOST /incr to count\n", self.args.name),
                 )
             }
-            _ => {
-                reply(StatusCode::NOT_FOUND, "demo app: POST /incr, GET /count, POST /blob?bytes=N, POST /hog?mib=N\n")
-            }
+            _ => reply(
+                StatusCode::NOT_FOUND,
+                "demo app: POST /incr, GET /count, POST /blob?bytes=N, POST /login, POST /clear, POST /return, GET /visit, GET /static/<name>, POST /hog?mib=N\n",
+            ),
         }
     }
 }

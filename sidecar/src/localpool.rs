@@ -52,6 +52,8 @@ pub struct PoolOptions {
     pub sidecar_args: Vec<String>,
     /// More flags for every app (e.g. `--refuse-restore`).
     pub app_args: Vec<String>,
+    /// The pool's `namespace/name` (cookies are bound to it, and named after it by default).
+    pub pool: String,
 }
 
 impl PoolOptions {
@@ -64,6 +66,7 @@ impl PoolOptions {
             drain_grace: Duration::from_millis(500),
             sidecar_args: Vec::new(),
             app_args: Vec::new(),
+            pool: POOL.to_owned(),
         }
     }
 }
@@ -360,7 +363,7 @@ impl LocalPool {
             .args(["--app", &pod.app_listen().to_string()])
             .args(["--state-addr", &pod.state_listen().to_string()])
             .args(["--pod-ip", &pod.ip.to_string()])
-            .arg(format!("--pool={POOL}"))
+            .arg(format!("--pool={}", self.opts.pool))
             .arg(format!("--pod-name={}", pod.name))
             .arg(format!("--pod-uid={}", pod.uid))
             .arg("--key-file")
@@ -378,6 +381,32 @@ impl LocalPool {
             .stderr(self.log(&format!("{}.sidecar.log", pod.name))?)
             .kill_on_drop(true);
         cmd.spawn().map_err(|e| format!("cannot start the sidecar: {e}"))
+    }
+
+    /// The name of the pool's state cookie, as its sidecars were told or derive it.
+    pub fn cookie_name(&self) -> String {
+        let args = &self.opts.sidecar_args;
+        // The last occurrence wins, as with the sidecar's own flag parser.
+        let flag = |name: &str| {
+            let mut value = None;
+            for (i, arg) in args.iter().enumerate() {
+                if arg == name {
+                    value = args.get(i + 1).cloned();
+                } else if let Some(v) = arg.strip_prefix(name).and_then(|rest| rest.strip_prefix('=')) {
+                    value = Some(v.to_owned());
+                }
+            }
+            value
+        };
+        match flag("--cookie-name").filter(|n| !n.is_empty()) {
+            Some(name) => name,
+            None => crate::cookie_attrs::default_name(
+                &self.opts.pool,
+                flag("--cookie-secure").is_some_and(|v| v == "true"),
+                &flag("--cookie-path").unwrap_or_else(|| "/".to_owned()),
+                &flag("--cookie-domain").unwrap_or_default(),
+            ),
+        }
     }
 
     /// Addresses of the pods the registry lists as ready: what a Service would balance over.

@@ -33,7 +33,7 @@ fn run() -> Result<(), String> {
         }
         Command::Bench(args) => runtime(0)?.block_on(handover_sidecar::bench::run(args)),
         Command::Cookie(CookieCommand::Inspect { value, key_file, pool, cookie_name }) => {
-            println!("{}", cli::inspect(&value, &key_file, &pool, &cookie_name)?);
+            println!("{}", cli::inspect(&value, &key_file, &pool, cookie_name.as_deref())?);
             Ok(())
         }
         Command::Keygen { id } => {

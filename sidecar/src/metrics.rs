@@ -26,9 +26,13 @@ pub struct Metrics {
     pub forwards: Family<Labels2, Counter>,
     pub peer_probes: Family<Label, Counter>,
     pub cookie_rejects: Family<Label, Counter>,
+    pub sessions_reset: Family<Label, Counter>,
+    pub sessions_left: Family<Labels2, Counter>,
     pub snapshots: Family<Label, Counter>,
     pub snapshot_bytes: Histogram,
     pub over_budget: Counter,
+    pub ended_not_remembered: Counter,
+    pub made_private: Counter,
     pub app_waits: Family<Label, Counter>,
     pub bad_requests: Family<Label, Counter>,
     pub connections_refused: Family<Label, Counter>,
@@ -49,9 +53,13 @@ impl Default for Metrics {
             forwards: Family::default(),
             peer_probes: Family::default(),
             cookie_rejects: Family::default(),
+            sessions_reset: Family::default(),
+            sessions_left: Family::default(),
             snapshots: Family::default(),
             snapshot_bytes: Histogram::new(exponential_buckets(64.0, 2.0, 10)),
             over_budget: Counter::default(),
+            ended_not_remembered: Counter::default(),
+            made_private: Counter::default(),
             app_waits: Family::default(),
             bad_requests: Family::default(),
             connections_refused: Family::default(),
@@ -67,7 +75,11 @@ impl Default for Metrics {
             "Time from request to response headers, by route",
             m.request_seconds.clone(),
         );
-        registry.register("restores", "Restores into the local app, by result (ok, failed)", m.restores.clone());
+        registry.register(
+            "restores",
+            "Restores into the local app, by result (ok, retried, refused, failed)",
+            m.restores.clone(),
+        );
         registry.register("takeovers", "Sessions taken over from a dead or unreachable owner", m.takeovers.clone());
         registry.register(
             "forwards",
@@ -81,8 +93,18 @@ impl Default for Metrics {
         );
         registry.register("cookie_rejects", "State cookies refused, by reason", m.cookie_rejects.clone());
         registry.register(
+            "sessions_reset",
+            "Requests that presented a state cookie but went on without its session, by reason (expired, refused_by_app, ended, wrong_pool, incomplete, tampered, unknown_key, garbage, unsupported_version)",
+            m.sessions_reset.clone(),
+        );
+        registry.register(
+            "sessions_left",
+            "Sessions the app was told had left it (DELETE <statePath>), by reason (expired, moved, rotated) and result (ok, failed)",
+            m.sessions_left.clone(),
+        );
+        registry.register(
             "snapshots",
-            "Snapshots sealed into cookies, by source (push, pull, carry)",
+            "Snapshots sealed into cookies, by source (push, pull, carry, refresh)",
             m.snapshots.clone(),
         );
         registry.register("snapshot_bytes", "Size of sealed state cookies, all chunks", m.snapshot_bytes.clone());
@@ -90,6 +112,16 @@ impl Default for Metrics {
             "state_over_budget",
             "States too large for the cookie budget (not sealed)",
             m.over_budget.clone(),
+        );
+        registry.register(
+            "ended_not_remembered",
+            "Ended sessions not remembered because the sidecar already remembers its maximum (a replay of their cookies is not refused)",
+            m.ended_not_remembered.clone(),
+        );
+        registry.register(
+            "responses_made_private",
+            "Responses a shared cache could have stored with a state cookie, made private (Cache-Control: private)",
+            m.made_private.clone(),
         );
         registry.register(
             "app_waits",

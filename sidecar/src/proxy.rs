@@ -16,6 +16,7 @@ use http::{Method, Request, Response, StatusCode};
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
 
+use crate::cache;
 use crate::cookie::{self, Budget, Owner, Snapshot};
 use crate::decide::{self, Affinity, Decision, ForwardReason, Me, Mode};
 use crate::keys::KeyFile;
@@ -30,6 +31,9 @@ use crate::upstream::{Body, Upstreams};
 pub const SESSION_HEADER: &str = "handover-session";
 /// Where the app pushes its state on a response.
 pub const STATE_HEADER: &str = "handover-state";
+/// On an app's response: give this session a new id (at login, against session fixation). The
+/// sidecar moves the state to the new id, tells the app the old one left, and seals the new one.
+pub const ROTATE_HEADER: &str = "handover-rotate";
 /// Set on a response whose state could not be sealed.
 pub const WARNING_HEADER: &str = "handover-warning";
 /// Marks a request forwarded by a peer sidecar (loop guard), signed: [`peer_auth`].
@@ -53,15 +57,20 @@ const EXTRA_FORWARD_ATTEMPTS: usize = 1;
 const MAX_APP_RECHECKS: usize = 2;
 /// Times a request the app's closing connection never took is sent again.
 const MAX_RESENDS: usize = 4;
+/// Restores tried for one request when the app fails (5xx, timeout): a passing hiccup is hidden
+/// from the client, a lasting one answers 502 within `RESTORE_ATTEMPTS` × `--state-timeout`.
+const RESTORE_ATTEMPTS: usize = 3;
+/// Ended sessions a sidecar remembers at most (about 100 bytes each).
+const MAX_ENDED: usize = 100_000;
+/// The pause before the next restore attempt, times the attempts so far.
+const RESTORE_RETRY_AFTER: Duration = Duration::from_millis(50);
 
-/// Cookie attributes and budget.
+/// Cookie name, attributes and budget.
 #[derive(Clone, Debug)]
 pub struct CookieConfig {
-    pub name: String,
+    pub attrs: crate::cookie_attrs::Attrs,
     pub max_age: Duration,
     pub max_bytes: usize,
-    pub secure: bool,
-    pub same_site: String,
 }
 
 /// Everything the proxy is told at start-up.
@@ -122,6 +131,10 @@ pub struct Proxy {
     sessions: Mutex<HashMap<String, Local>>,
     restore_locks: Vec<tokio::sync::Mutex<()>>,
     unreachable: Mutex<HashMap<String, Instant>>,
+    /// Sessions the app ended (an empty state) or rotated away from, until their cookies expire: a
+    /// copy of such a cookie, replayed to this pod, starts a fresh session instead of bringing the
+    /// old state back. This pod's own knowledge only (see the README's known limits).
+    ended: Mutex<HashMap<String, Instant>>,
     upstreams: Upstreams,
     draining_since: Mutex<Option<Instant>>,
     /// Whether the app answers; held requests wait on changes of it.
@@ -141,6 +154,20 @@ struct RequestCookie {
     snapshot: Option<Snapshot>,
     /// Chunk indices present in the request (bounded by the request's size).
     held_chunks: Vec<usize>,
+    /// The cookie opened, but the app refused its state: the request runs as a fresh session and
+    /// the response replaces or deletes the cookie.
+    dropped: bool,
+}
+
+/// What became of a restore.
+enum Restored {
+    /// The local app already held this version (a concurrent request restored it, or the app
+    /// still had it): nothing was sent.
+    Already,
+    /// The app took the state.
+    Done,
+    /// The app answered 4xx: this state is not for it.
+    Refused,
 }
 
 /// What the loop guard concluded about a request.
@@ -220,6 +247,7 @@ impl Proxy {
             sessions: Mutex::new(HashMap::new()),
             restore_locks: (0..RESTORE_SHARDS).map(|_| tokio::sync::Mutex::new(())).collect(),
             unreachable: Mutex::new(HashMap::new()),
+            ended: Mutex::new(HashMap::new()),
             upstreams: Upstreams::default(),
             draining_since: Mutex::new(None),
             app_up: tokio::sync::watch::Sender::new(true),
@@ -287,12 +315,47 @@ impl Proxy {
         self.metrics.sessions.set(sessions.len() as i64);
     }
 
-    /// Drops sessions not sealed for longer than a cookie lives.
-    pub fn forget_expired_sessions(&self) {
+    /// Drops sessions not sealed for longer than a cookie lives (their clients' cookies have
+    /// expired: they cannot come back) and tells the app each one left (`DELETE <statePath>`), so
+    /// its memory does not only grow.
+    pub async fn forget_expired_sessions(&self) {
         let max_age = self.cfg.cookie.max_age;
-        let mut sessions = self.sessions.lock().unwrap_or_else(|p| p.into_inner());
-        sessions.retain(|_, l| l.sealed_at.is_none_or(|t| t.elapsed() < max_age));
-        self.metrics.sessions.set(sessions.len() as i64);
+        let expired: Vec<String> = {
+            let mut sessions = self.sessions.lock().unwrap_or_else(|p| p.into_inner());
+            let expired = sessions
+                .iter()
+                .filter(|(_, l)| l.sealed_at.is_some_and(|t| t.elapsed() >= max_age))
+                .map(|(id, _)| id.clone())
+                .collect();
+            sessions.retain(|_, l| l.sealed_at.is_none_or(|t| t.elapsed() < max_age));
+            self.metrics.sessions.set(sessions.len() as i64);
+            expired
+        };
+        {
+            let now = Instant::now();
+            self.ended.lock().unwrap_or_else(|p| p.into_inner()).retain(|_, until| *until > now);
+        }
+        for session in expired {
+            self.session_left(&session, "expired").await;
+        }
+    }
+
+    /// Tells the app that a session it holds left it (`DELETE <statePath>`): its cookie expired,
+    /// or another pod owns it now. Best effort: an app that misses it keeps a stale entry, so apps
+    /// keep an idle expiry of their own too.
+    async fn session_left(&self, session: &str, reason: &'static str) {
+        let result = match self.state_request(Method::DELETE, session, Bytes::new()).await {
+            Ok((status, _)) if status.is_success() || status == StatusCode::NOT_FOUND => "ok",
+            Ok((status, _)) => {
+                tracing::debug!(session, %status, "the app did not take the DELETE of a session that left");
+                "failed"
+            }
+            Err(e) => {
+                tracing::debug!(session, error = %e, "could not tell the app a session left");
+                "failed"
+            }
+        };
+        self.metrics.sessions_left.get_or_create(&[("reason", reason), ("result", result)]).inc();
     }
 
     fn unreachable_now(&self) -> Vec<String> {
@@ -308,12 +371,12 @@ impl Proxy {
     }
 
     fn budget(&self) -> Budget {
-        Budget::for_cookie(&self.cfg.cookie.name, self.cfg.cookie.max_bytes)
+        Budget::for_cookie(&self.cfg.cookie.attrs.name, self.cfg.cookie.max_bytes)
     }
 
     fn read_cookie(&self, headers: &HeaderMap) -> RequestCookie {
         let pairs = cookie_pairs(headers);
-        let name = &self.cfg.cookie.name;
+        let name = &self.cfg.cookie.attrs.name;
         let lookup = |n: &str| pairs.iter().find(|(k, _)| *k == n).map(|(_, v)| *v);
         let held_chunks = cookie::held_chunks(name, pairs.iter().map(|(n, _)| *n));
         let opened = cookie::join(name, self.budget(), lookup).and_then(|value| match value {
@@ -325,11 +388,13 @@ impl Proxy {
             Ok(s) => s,
             Err(e) => {
                 self.metrics.cookie_rejects.get_or_create(&[("reason", e.reason())]).inc();
+                // A cookie was presented and its session cannot go on: the request runs without it.
+                self.metrics.sessions_reset.get_or_create(&[("reason", reset_reason(&e))]).inc();
                 tracing::debug!(reason = e.reason(), error = %e, "state cookie refused; treating it as absent");
                 None
             }
         };
-        RequestCookie { snapshot, held_chunks }
+        RequestCookie { snapshot, held_chunks, dropped: false }
     }
 
     /// The loop guard: a request counts as forwarded by a peer only if its mark verifies. Any
@@ -425,7 +490,16 @@ impl Proxy {
     ) -> (&'static str, Response<Body>) {
         let live = self.registry.live();
         let (mut forward_attempts, mut app_rechecks, mut resends) = (0, 0, 0);
+        // Set once the app refused the cookie's state: from then on the request is a fresh session.
+        let mut fresh: Option<RequestCookie> = None;
+        if let Some(snapshot) = rc.snapshot.as_ref().filter(|s| self.has_ended(&s.session)) {
+            // A copy of the cookie of a session that ended here (logout) or rotated (login).
+            self.metrics.sessions_reset.get_or_create(&[("reason", "ended")]).inc();
+            tracing::info!(session = %snapshot.session, "a cookie of an ended session was presented; a fresh session instead");
+            fresh = Some(RequestCookie { snapshot: None, held_chunks: rc.held_chunks.clone(), dropped: true });
+        }
         loop {
+            let rc = fresh.as_ref().unwrap_or(rc);
             let unreachable = self.unreachable_now();
             let session = rc.snapshot.as_ref().map(|s| s.session.clone());
             let decision = decide::route(decide::Inputs {
@@ -443,6 +517,12 @@ impl Proxy {
                         ForwardReason::Owner => "owner",
                         ForwardReason::Successor => "successor",
                     };
+                    if let Some(moved) = session.as_deref().filter(|s| self.local(s).is_some()) {
+                        // This pod's app held the session, but another pod owns it now (it took
+                        // it over while this one seemed dead): the local copy is stale for good.
+                        self.forget_session(moved);
+                        self.session_left(moved, "moved").await;
+                    }
                     forward_attempts += 1;
                     match self.upstreams.get(to.addr, self.cfg.connect_timeout).await {
                         Ok(sender) => {
@@ -494,13 +574,22 @@ impl Proxy {
                     let (route, owner_changed) = match (&decision, rc.snapshot.as_ref()) {
                         (Decision::Restore { takeover }, Some(snapshot)) => {
                             match self.restore_once(snapshot, *takeover).await {
-                                Ok(false) => ("serve", false),
-                                Ok(true) if *takeover => {
+                                Ok(Restored::Already) => ("serve", false),
+                                Ok(Restored::Done) if *takeover => {
                                     self.metrics.takeovers.inc();
                                     tracing::info!(session = %snapshot.session, from = %snapshot.owner.name, version = snapshot.version, "took over session");
                                     ("takeover", true)
                                 }
-                                Ok(true) => ("restore", true),
+                                Ok(Restored::Done) => ("restore", true),
+                                Ok(Restored::Refused) => {
+                                    self.upstreams.put(self.cfg.app, sender);
+                                    fresh = Some(RequestCookie {
+                                        snapshot: None,
+                                        held_chunks: rc.held_chunks.clone(),
+                                        dropped: true,
+                                    });
+                                    continue;
+                                }
                                 Err(resp) => return ("refused", resp),
                             }
                         }
@@ -526,6 +615,21 @@ impl Proxy {
                 }
             }
         }
+    }
+}
+
+/// The `reason` label of `handover_sessions_reset_total` for a cookie that was presented but did
+/// not open.
+fn reset_reason(e: &cookie::CookieError) -> &'static str {
+    use cookie::CookieError as E;
+    match e {
+        E::Expired => "expired",
+        E::WrongPool => "wrong_pool",
+        E::UnknownKey(_) => "unknown_key",
+        E::MissingChunk(_) | E::OverBudget => "incomplete",
+        E::Tampered | E::Malformed => "tampered",
+        E::Garbage => "garbage",
+        E::UnsupportedVersion(_) => "unsupported_version",
     }
 }
 
@@ -606,32 +710,70 @@ impl Proxy {
     }
 
     /// Restores `snapshot` into the local app unless a concurrent request of the same session just
-    /// did. Returns whether this call restored.
+    /// did.
     ///
     /// When this pod is the owner (not a takeover), the app may still hold the session — the
     /// sidecar restarted, or only a connection closed — and its copy may be newer than the cookie
     /// (pull mode), so the app is asked first (`GET <statePath>`) and only restored on a miss.
-    async fn restore_once(&self, snapshot: &Snapshot, takeover: bool) -> Result<bool, Response<Body>> {
+    ///
+    /// A 4xx is the app's verdict on the state ([`decide::restore_verdict`]): the state is
+    /// dropped (counted, logged with the session id) and the request goes on as a fresh session.
+    /// A 5xx, a timeout or a lost connection is tried again, [`RESTORE_ATTEMPTS`] times in all;
+    /// then the client gets 502 and keeps its cookie.
+    async fn restore_once(&self, snapshot: &Snapshot, takeover: bool) -> Result<Restored, Response<Body>> {
         let _guard = self.restore_lock(&snapshot.session).lock().await;
         if self.local(&snapshot.session).is_some_and(|l| l.version >= snapshot.version) {
-            return Ok(false);
+            return Ok(Restored::Already);
         }
         if !takeover
             && let Ok((StatusCode::OK, _)) = self.state_request(Method::GET, &snapshot.session, Bytes::new()).await
         {
             self.set_local(&snapshot.session, Local { version: snapshot.version, sealed_at: None });
-            return Ok(false);
+            return Ok(Restored::Already);
         }
         if !snapshot.state.is_empty() {
-            match self.state_request(Method::PUT, &snapshot.session, Bytes::from(snapshot.state.clone())).await {
-                Ok((status, _)) if status.is_success() => {}
-                Ok((status, _)) => return Err(self.restore_failed(snapshot, &format!("the app answered {status}"))),
-                Err(why) => return Err(self.restore_failed(snapshot, &why)),
+            let mut attempt = 1;
+            loop {
+                let why =
+                    match self.state_request(Method::PUT, &snapshot.session, Bytes::from(snapshot.state.clone())).await
+                    {
+                        Ok((status, body)) => match decide::restore_verdict(status.as_u16()) {
+                            decide::RestoreVerdict::Done => break,
+                            decide::RestoreVerdict::Refused => {
+                                self.restore_refused(snapshot, status, &body);
+                                return Ok(Restored::Refused);
+                            }
+                            decide::RestoreVerdict::Retry => format!("the app answered {status}"),
+                        },
+                        Err(why) => why,
+                    };
+                if attempt >= RESTORE_ATTEMPTS {
+                    return Err(self.restore_failed(snapshot, &why));
+                }
+                self.metrics.restores.get_or_create(&[("result", "retried")]).inc();
+                tracing::warn!(session = %snapshot.session, attempt, error = %why, "restore failed; trying again");
+                tokio::time::sleep(RESTORE_RETRY_AFTER * attempt as u32).await;
+                attempt += 1;
             }
         }
         self.metrics.restores.get_or_create(&[("result", "ok")]).inc();
         self.set_local(&snapshot.session, Local { version: snapshot.version, sealed_at: None });
-        Ok(true)
+        Ok(Restored::Done)
+    }
+
+    /// The app refused the state: counted and logged with the session id, so a lost session can
+    /// be traced (the app's own log has the same id).
+    fn restore_refused(&self, snapshot: &Snapshot, status: StatusCode, body: &[u8]) {
+        self.metrics.restores.get_or_create(&[("result", "refused")]).inc();
+        self.metrics.sessions_reset.get_or_create(&[("reason", "refused_by_app")]).inc();
+        let said = String::from_utf8_lossy(&body[..body.len().min(200)]).trim().to_owned();
+        tracing::warn!(
+            session = %snapshot.session,
+            version = snapshot.version,
+            %status,
+            app_said = %said,
+            "the app refused this session's state; dropped, the request goes on as a fresh session"
+        );
     }
 
     fn restore_failed(&self, snapshot: &Snapshot, why: &str) -> Response<Body> {
@@ -718,6 +860,8 @@ impl Proxy {
             req.headers_mut().insert(SESSION_HEADER, v);
         }
         origin_form(&mut req);
+        let method = req.method().clone();
+        let authorized = req.headers().contains_key(header::AUTHORIZATION);
         let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
         let sent = match self.cfg.response_timeout {
             Some(limit) => match tokio::time::timeout(limit, sender.try_send_request(req)).await {
@@ -778,11 +922,64 @@ impl Proxy {
             }
         });
         strip_hop_by_hop(&mut parts.headers, false);
+        let (session, pushed) = match parts.headers.remove(ROTATE_HEADER) {
+            Some(_) => match self.rotate_session(&session, pushed).await {
+                Ok((new_id, state)) => (new_id, Some(state)),
+                Err(pushed) => (session, pushed),
+            },
+            None => (session, pushed),
+        };
+        let cookies_before = parts.headers.get_all(header::SET_COOKIE).iter().count();
         self.seal_response(&mut parts.headers, &session, rc, pushed, owner_changed).await;
+        let ours = parts.headers.get_all(header::SET_COOKIE).iter().count() > cookies_before;
+        let exchange = cache::Exchange { method: &method, authorized, status: parts.status, headers: &parts.headers };
+        if ours && cache::shared_cache_may_store(exchange) {
+            // A shared cache would hand this client's state cookie to everyone after it.
+            cache::make_private(&mut parts.headers);
+            self.metrics.made_private.inc();
+        }
         if self.draining_since().is_some() {
             parts.headers.insert(header::CONNECTION, HeaderValue::from_static("close"));
         }
         Served::Response(Response::from_parts(parts, body.map_err(Into::into).boxed()))
+    }
+
+    /// Gives session `old` a new id: its state (pushed on this response, else pulled) is put into
+    /// the app under the new id, the app is told `old` left (`DELETE <statePath>`), and the
+    /// response then seals the new id. The old id counts as ended here: a copy of its cookie (a
+    /// fixated one, a replay) starts a fresh session, never the one that rotated. Without a state
+    /// to move, or when the app will not take it, nothing changes (the pushed state is handed back).
+    async fn rotate_session(&self, old: &str, pushed: Option<Vec<u8>>) -> Result<(String, Vec<u8>), Option<Vec<u8>>> {
+        let state = match pushed {
+            Some(state) if !state.is_empty() => state,
+            Some(empty) => return Err(Some(empty)),
+            None => match self.pull_state(old).await {
+                Ok(state) if !state.is_empty() => state,
+                _ => {
+                    tracing::warn!(session = old, "the app asked to rotate a session that has no state; not rotated");
+                    return Err(None);
+                }
+            },
+        };
+        let new_id = crate::random::session_id();
+        match self.state_request(Method::PUT, &new_id, Bytes::from(state.clone())).await {
+            Ok((status, _)) if status.is_success() => {}
+            outcome => {
+                let why = match outcome {
+                    Ok((status, _)) => format!("the app answered {status}"),
+                    Err(e) => e,
+                };
+                tracing::warn!(session = old, error = %why, "could not move the state to a new session id; not rotated");
+                return Err(Some(state));
+            }
+        }
+        let version = self.local(old).map(|l| l.version).unwrap_or(0);
+        self.set_local(&new_id, Local { version, sealed_at: None });
+        self.forget_session(old);
+        self.mark_ended(old);
+        self.session_left(old, "rotated").await;
+        tracing::info!(old_session = old, session = %new_id, "session id rotated at the app's request");
+        Ok((new_id, state))
     }
 
     /// Seals the session's newest state into Set-Cookie headers when there is a new one.
@@ -804,27 +1001,44 @@ impl Proxy {
             interval: self.cfg.snapshot_interval,
             draining_since: self.draining_since(),
         });
-        let is_new = rc.snapshot.is_none();
-        let (state, source) = if let Some(state) = pushed {
-            (state, "push")
-        } else if pull {
-            match self.pull_state(session).await {
-                Ok(state) => (state, "pull"),
+        let (offered, newest) = match pushed {
+            Some(state) => (decide::Offered::Pushed { empty: state.is_empty() }, Some(state)),
+            None if pull => match self.pull_state(session).await {
+                Ok(state) => (decide::Offered::Pulled { empty: state.is_empty() }, Some(state)),
                 Err(e) => {
                     tracing::warn!(session, error = %e, "could not pull the app's state");
-                    match &rc.snapshot {
-                        None => (Vec::new(), "new"),
-                        Some(s) if owner_changed => (s.state.clone(), "carry"),
-                        Some(_) => return,
-                    }
+                    (decide::Offered::PullFailed, None)
+                }
+            },
+            None => (decide::Offered::Nothing, None),
+        };
+        let seen = match (&rc.snapshot, rc.dropped) {
+            (_, true) => decide::CookieSeen::Dropped,
+            (Some(_), false) => decide::CookieSeen::Valid,
+            (None, false) => decide::CookieSeen::Absent,
+        };
+        let refresh_due = rc.snapshot.as_ref().is_some_and(|c| {
+            decide::refresh_due(c, local.map(|l| l.version), self.cfg.cookie.max_age.as_secs(), unix_now())
+        });
+        let (state, source) = match decide::seal_action(seen, offered, owner_changed, refresh_due) {
+            decide::SealAction::Keep => return,
+            decide::SealAction::Delete => {
+                self.delete_cookie(headers, &rc.held_chunks);
+                self.forget_session(session);
+                if seen == decide::CookieSeen::Valid {
+                    // The app ended it: older copies of its cookie must not bring it back.
+                    self.mark_ended(session);
+                }
+                tracing::debug!(session, "no state for this session: cookie deleted");
+                return;
+            }
+            decide::SealAction::Seal(source @ (decide::SealSource::Carry | decide::SealSource::Refresh)) => {
+                match &rc.snapshot {
+                    Some(s) => (s.state.clone(), source),
+                    None => return,
                 }
             }
-        } else if is_new {
-            (Vec::new(), "new")
-        } else if let (true, Some(s)) = (owner_changed, &rc.snapshot) {
-            (s.state.clone(), "carry")
-        } else {
-            return;
+            decide::SealAction::Seal(source) => (newest.unwrap_or_default(), source),
         };
 
         if state.len() > self.cfg.max_state_bytes {
@@ -846,15 +1060,15 @@ impl Proxy {
             state,
         };
         let value = cookie::seal(&snapshot, &self.cfg.pool, &self.keys.ring());
-        match cookie::split(&self.cfg.cookie.name, &value, self.budget()) {
+        match cookie::split(&self.cfg.cookie.attrs.name, &value, self.budget()) {
             Ok(chunks) => {
                 for (name, value) in &chunks {
                     self.append_set_cookie(headers, name, value, self.cfg.cookie.max_age.as_secs());
                 }
                 for &stale in rc.held_chunks.iter().filter(|&&i| i >= chunks.len()) {
-                    self.append_set_cookie(headers, &cookie::chunk_name(&self.cfg.cookie.name, stale), "", 0);
+                    self.append_set_cookie(headers, &cookie::chunk_name(&self.cfg.cookie.attrs.name, stale), "", 0);
                 }
-                self.metrics.snapshots.get_or_create(&[("source", source)]).inc();
+                self.metrics.snapshots.get_or_create(&[("source", source.label())]).inc();
                 self.metrics.snapshot_bytes.observe(value.len() as f64);
                 self.set_local(session, Local { version, sealed_at: Some(now) });
             }
@@ -895,10 +1109,47 @@ impl Proxy {
         }
     }
 
+    /// Expires every chunk of the state cookie the client sent (and only those: the names come
+    /// from the request, so a forged count costs nothing).
+    fn delete_cookie(&self, headers: &mut HeaderMap, held_chunks: &[usize]) {
+        for &chunk in held_chunks {
+            self.append_set_cookie(headers, &cookie::chunk_name(&self.cfg.cookie.attrs.name, chunk), "", 0);
+        }
+    }
+
+    /// Remembers that `session` ended here, until any cookie of it has expired.
+    fn mark_ended(&self, session: &str) {
+        let mut ended = self.ended.lock().unwrap_or_else(|p| p.into_inner());
+        let now = Instant::now();
+        if ended.len() >= MAX_ENDED {
+            ended.retain(|_, until| *until > now);
+        }
+        if ended.len() >= MAX_ENDED {
+            // Bounded memory first: an ended session beyond the cap is not remembered.
+            self.metrics.ended_not_remembered.inc();
+            tracing::warn!(
+                session,
+                cap = MAX_ENDED,
+                "too many ended sessions to remember; a replay of this one is not refused"
+            );
+            return;
+        }
+        ended.insert(session.to_owned(), now + self.cfg.cookie.max_age);
+    }
+
+    fn has_ended(&self, session: &str) -> bool {
+        let ended = self.ended.lock().unwrap_or_else(|p| p.into_inner());
+        ended.get(session).is_some_and(|until| *until > Instant::now())
+    }
+
+    fn forget_session(&self, session: &str) {
+        let mut sessions = self.sessions.lock().unwrap_or_else(|p| p.into_inner());
+        sessions.remove(session);
+        self.metrics.sessions.set(sessions.len() as i64);
+    }
+
     fn append_set_cookie(&self, headers: &mut HeaderMap, name: &str, value: &str, max_age: u64) {
-        let c = &self.cfg.cookie;
-        let secure = if c.secure { "; Secure" } else { "" };
-        let line = format!("{name}={value}; Path=/; Max-Age={max_age}; HttpOnly; SameSite={}{secure}", c.same_site);
+        let line = crate::cookie_attrs::set_cookie_line(&self.cfg.cookie.attrs, name, value, max_age);
         if let Ok(v) = HeaderValue::from_str(&line) {
             headers.append(header::SET_COOKIE, v);
         }
@@ -906,7 +1157,7 @@ impl Proxy {
 
     /// Removes the state cookie's chunks from the request: the app never sees sealed cookies.
     fn strip_our_cookies(&self, headers: &mut HeaderMap) {
-        let name = &self.cfg.cookie.name;
+        let name = &self.cfg.cookie.attrs.name;
         let pairs = cookie_pairs(headers);
         if !pairs.iter().any(|(n, _)| cookie::chunk_index(name, n).is_some()) {
             return;

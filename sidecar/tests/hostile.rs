@@ -56,9 +56,10 @@ fn cookie_header(client: &SessionClient) -> String {
 async fn a_forged_chunk_count_costs_one_answer_not_a_flood() {
     let pool = pool_with(1, &[]).await;
     let addr = pool.pods[0].data();
+    let name = pool.cookie_name();
     for forged in ["1000000.x", "18446744073709551615.x", "99999999999999999999999.x"] {
         let request = format!(
-            "POST /incr HTTP/1.1\r\nHost: x\r\nCookie: handover={forged}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+            "POST /incr HTTP/1.1\r\nHost: x\r\nCookie: {name}={forged}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
         );
         let (status, head, _) = exchange(addr, request.as_bytes()).await;
         assert_eq!(status, 200, "the request is served as a new session: {head}");
@@ -69,14 +70,14 @@ async fn a_forged_chunk_count_costs_one_answer_not_a_flood() {
         );
     }
     // Chunk names the client really sends are what may be deleted, and no more.
-    let many: Vec<String> = (1..=40).map(|i| format!("handover.{}=x", i * 1000)).collect();
+    let many: Vec<String> = (1..=40).map(|i| format!("{name}.{}=x", i * 1000)).collect();
     let request = format!(
-        "POST /incr HTTP/1.1\r\nHost: x\r\nCookie: handover=3.x; {}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
+        "POST /incr HTTP/1.1\r\nHost: x\r\nCookie: {name}=3.x; {}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
         many.join("; ")
     );
     let (status, head, _) = exchange(addr, request.as_bytes()).await;
     assert_eq!(status, 200);
-    // handover.{1000..9000} parse as chunk names (4 digits); the longer ones are not ours.
+    // <name>.{1000..9000} parse as chunk names (4 digits); the longer ones are not ours.
     assert_eq!(set_cookie_lines(&head), 1 + 9, "{head}");
     assert!(pool.metric("handover_cookie_rejects_total").await >= 4.0, "each refusal is counted");
     // The sidecar is still there and serving.
