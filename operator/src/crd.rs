@@ -122,6 +122,8 @@ pub struct ServerPoolSpec {
 #[x_kube(
     validation = Rule::new("self.sameSite != 'None' || self.secure").message("cookie.sameSite None requires cookie.secure true (browsers reject it otherwise)"),
     validation = Rule::new("duration(self.maxAge) >= duration('1s')").message("cookie.maxAge must be at least 1s"),
+    validation = Rule::new("!self.name.startsWith('__Host-') || (self.secure && self.path == '/' && self.domain == '')").message("a __Host- cookie needs secure: true, path: / and no domain"),
+    validation = Rule::new("!self.name.startsWith('__Secure-') || self.secure").message("a __Secure- cookie needs secure: true"),
 )]
 #[serde(rename_all = "camelCase")]
 pub struct CookieSpec {
@@ -148,6 +150,17 @@ pub struct CookieSpec {
     #[serde(default = "default_cookie_max_bytes")]
     #[schemars(range(min = 1024, max = 65536))]
     pub max_bytes: i32,
+
+    /// `Path` attribute: two pools under one host (e.g. `/shop` and `/account` on one ingress)
+    /// keep their cookies apart by path.
+    #[serde(default = "default_cookie_path")]
+    #[schemars(length(min = 1, max = 256), regex(pattern = r"^/[!-:<-~]*$"))]
+    pub path: String,
+
+    /// `Domain` attribute; empty (default): host-only, the safest.
+    #[serde(default)]
+    #[schemars(length(max = 253), regex(pattern = r"^[A-Za-z0-9.-]*$"))]
+    pub domain: String,
 }
 
 /// `SameSite` cookie attribute.
@@ -391,6 +404,9 @@ fn default_state_path() -> String {
 fn default_drain_grace() -> String {
     "20s".to_owned()
 }
+fn default_cookie_path() -> String {
+    "/".to_owned()
+}
 fn default_state_port() -> i32 {
     8081
 }
@@ -406,6 +422,8 @@ impl Default for CookieSpec {
             secure: true,
             same_site: SameSite::default(),
             max_bytes: default_cookie_max_bytes(),
+            path: default_cookie_path(),
+            domain: String::new(),
         }
     }
 }

@@ -160,6 +160,8 @@ pub fn sidecar_container(pool: &ServerPool, cfg: &InjectionConfig) -> Container 
         env("HANDOVER_COOKIE_MAX_BYTES", spec.cookie.max_bytes.to_string()),
         env("HANDOVER_COOKIE_SECURE", spec.cookie.secure.to_string()),
         env("HANDOVER_COOKIE_SAME_SITE", spec.cookie.same_site.as_str()),
+        env("HANDOVER_COOKIE_PATH", spec.cookie.path.clone()),
+        env("HANDOVER_COOKIE_DOMAIN", spec.cookie.domain.clone()),
         env("HANDOVER_AFFINITY", spec.affinity.as_str()),
         env("HANDOVER_DRAIN_GRACE", spec.sidecar.drain_grace.clone()),
         env("HANDOVER_LOG_LEVEL", spec.sidecar.log_level.as_str()),
