@@ -28,9 +28,12 @@ COPY crds/ crds/
 COPY common/ common/
 COPY operator/ operator/
 COPY sidecar/ sidecar/
-# The end-to-end test crate is a workspace member: cargo reads its manifest, but does not build it.
+# The end-to-end suite and the operator's scale bench are workspace members: cargo reads their
+# manifests, but does not build them.
 COPY tests/e2e/Cargo.toml tests/e2e/Cargo.toml
 COPY tests/e2e/src/ tests/e2e/src/
+COPY tests/bench/Cargo.toml tests/bench/Cargo.toml
+COPY tests/bench/src/ tests/bench/src/
 # Release build without debug info, symbols stripped: ~15 MB + ~12 MB instead of ~100 MB each.
 # Panic messages keep their file:line; backtraces lose function names.
 ENV CARGO_PROFILE_RELEASE_DEBUG=0 \

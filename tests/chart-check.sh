@@ -7,7 +7,8 @@
 #     knows, offline;
 #   - bad values make both `helm lint` and `helm template` fail on values.schema.json;
 #   - the rendered operator Deployment is hardened and uses only flags `handover-operator run` has;
-#   - the rendered RBAC grants exactly the verbs of operator/README.md's RBAC table;
+#   - the rendered RBAC grants exactly the verbs of operator/README.md's RBAC table, cluster-wide
+#     and in the namespaced mode (`watchNamespaces`: a Role per namespace, no ClusterRole);
 #   - examples/*.yaml: built-in kinds with kubernetes-validate, ServerPools against the CRD's
 #     openAPIV3Schema (jsonschema, unknown fields refused) and, after its defaults are applied, its
 #     CEL rules (cel-python); two broken pools prove the validator refuses;
@@ -165,6 +166,12 @@ topologySpreadConstraints:
      labelSelector: {matchLabels: {app.kubernetes.io/name: handover}}}
 YAML
 
+# Namespaced mode: a Role per watched namespace instead of the ClusterRole; an image allow-list.
+cat >"$WORK/namespaced-values.yaml" <<'YAML'
+watchNamespaces: [shop, web]
+sidecar: {imageAllow: ["registry.example/acme/", "handover"]}
+YAML
+
 # One bad value per line (helm --set syntax): each must be refused by values.schema.json.
 BAD_VALUES=(
   "replicaCount=0"
@@ -182,6 +189,10 @@ BAD_VALUES=(
   "rbac.create=maybe"
   "replicas=2"
   "image.tags=latest"
+  "watchNamespaces[0]=Not_A_Namespace"
+  "watchNamespaces=shop"
+  "sidecar.imageAllow[0]=has space"
+  "sidecar.imageAllow[0]=a\\,b"
 )
 
 for v in 3 4; do
@@ -198,13 +209,19 @@ for v in 3 4; do
     cat "$WORK/lint.txt" >&2
     fail "helm $v lint (other values)"
   }
+  "$helm" lint --strict --kube-version "$K8S_VERSION" -f "$WORK/namespaced-values.yaml" "$CHART" >"$WORK/lint.txt" 2>&1 || {
+    cat "$WORK/lint.txt" >&2
+    fail "helm $v lint (namespaced values)"
+  }
 
   log "helm $v: template | kubernetes-validate --strict -k $K8S_VERSION and -k $K8S_NEWEST"
   "$helm" template "$RELEASE" "$CHART" -n "$NAMESPACE" --include-crds --kube-version "$K8S_VERSION" \
     >"$WORK/default-$v.yaml"
   "$helm" template other "$CHART" -n other-ns --include-crds --kube-version "$K8S_VERSION" \
     -f "$WORK/other-values.yaml" >"$WORK/other-$v.yaml"
-  validate "$WORK/default-$v.yaml" "$WORK/other-$v.yaml"
+  "$helm" template "$RELEASE" "$CHART" -n "$NAMESPACE" --include-crds --kube-version "$K8S_VERSION" \
+    -f "$WORK/namespaced-values.yaml" >"$WORK/namespaced-$v.yaml"
+  validate "$WORK/default-$v.yaml" "$WORK/other-$v.yaml" "$WORK/namespaced-$v.yaml"
 
   log "helm $v: bad values are refused (${#BAD_VALUES[@]} cases)"
   for bad in "${BAD_VALUES[@]}"; do
@@ -218,16 +235,18 @@ for v in 3 4; do
   done
 done
 
-cmp -s "$WORK/default-3.yaml" "$WORK/default-4.yaml" || {
-  diff "$WORK/default-3.yaml" "$WORK/default-4.yaml" >&2 || true
-  fail "helm 3 and helm 4 render the chart differently"
-}
+for rendered in default namespaced; do
+  cmp -s "$WORK/$rendered-3.yaml" "$WORK/$rendered-4.yaml" || {
+    diff "$WORK/$rendered-3.yaml" "$WORK/$rendered-4.yaml" >&2 || true
+    fail "helm 3 and helm 4 render the chart differently ($rendered values)"
+  }
+done
 
 log "rendered chart: hardened operator, flags of handover-operator run, RBAC of operator/README.md"
-"$PY" - "$WORK/default-4.yaml" "$WORK/other-4.yaml" operator/src/main.rs operator/README.md <<'PY'
+"$PY" - "$WORK/default-4.yaml" "$WORK/other-4.yaml" "$WORK/namespaced-4.yaml" operator/src/main.rs operator/README.md <<'PY'
 import re, sys, yaml
 
-default_file, other_file, main_rs, readme = sys.argv[1:5]
+default_file, other_file, namespaced_file, main_rs, readme = sys.argv[1:6]
 problems = []
 
 def docs(path):
@@ -243,7 +262,7 @@ run_args = main_src[main_src.index("struct RunArgs"):]
 run_args = run_args[: run_args.index("\n}\n")]
 flags = {"--" + f.replace("_", "-") for f in re.findall(r"^\s*(?:pub\s+)?(\w+)\s*:", run_args, re.M)}
 
-for path in (default_file, other_file):
+for path in (default_file, other_file, namespaced_file):
     objs = docs(path)
     dep = one(objs, "Deployment")
     pod = dep["spec"]["template"]["spec"]
@@ -275,6 +294,13 @@ for path in (default_file, other_file):
         problems.append(f"{where}: POD_NAMESPACE/POD_NAME env")
     if not c.get("resources") and path == default_file:
         problems.append(f"{where}: no resources")
+    if path == namespaced_file:
+        if opt.get("--watch-namespaces") != "shop,web":
+            problems.append(f"{where}: --watch-namespaces {opt.get('--watch-namespaces')!r}, want 'shop,web'")
+        if opt.get("--sidecar-image-allow") != "registry.example/acme/,handover":
+            problems.append(f"{where}: --sidecar-image-allow {opt.get('--sidecar-image-allow')!r}")
+    elif "--watch-namespaces" in opt or "--sidecar-image-allow" in opt:
+        problems.append(f"{where}: --watch-namespaces/--sidecar-image-allow rendered with empty values")
     if path == default_file:
         if dep["spec"]["replicas"] != 2:
             problems.append(f"{where}: replicas != 2")
@@ -284,20 +310,53 @@ for path in (default_file, other_file):
         image = c["image"]
         if opt.get("--sidecar-image") != image:
             problems.append(f"{where}: sidecar image {opt.get('--sidecar-image')} != operator image {image}")
-    else:
+    elif path == other_file:
         if not c["image"].endswith("@sha256:" + "0123456789abcdef" * 4):
             problems.append(f"{where}: digest not used: {c['image']}")
         if any(o["kind"] in ("ClusterRole", "Role", "ServiceAccount", "Service", "PodDisruptionBudget") for o in objs):
             problems.append(f"{path}: objects rendered that the values turned off")
 
-# RBAC: the rendered ClusterRole + Role must grant exactly the README's table.
+# RBAC: what the operator's ServiceAccount is granted must be exactly the README's table: in the
+# cluster-wide mode by the ClusterRole and the Lease's Role; in the namespaced mode, in each
+# watched namespace, by that namespace's Role and the Lease's Role, and no ClusterRole at all.
+def grants(*roles):
+    out = {}
+    for role in roles:
+        for rule in role["rules"]:
+            for g in rule["apiGroups"]:
+                for r in rule["resources"]:
+                    out.setdefault((g, r), set()).update(rule["verbs"])
+    return out
+
+def roles_in(objs, kind, namespace=None):
+    return [o for o in objs if o["kind"] == kind and (namespace is None or o["metadata"].get("namespace") == namespace)]
+
 objs = docs(default_file)
-granted = {}
-for kind in ("ClusterRole", "Role"):
-    for rule in one(objs, kind)["rules"]:
-        for g in rule["apiGroups"]:
-            for r in rule["resources"]:
-                granted.setdefault((g, r), set()).update(rule["verbs"])
+lease_role = [r for r in roles_in(objs, "Role", "handover-system") if r["metadata"]["name"].endswith("-leader-election")]
+if len(lease_role) != 1 or len(roles_in(objs, "Role")) != 1:
+    problems.append(f"{default_file}: expected exactly the Lease's Role, got {[r['metadata']['name'] for r in roles_in(objs, 'Role')]}")
+granted_by = {"cluster-wide": grants(one(objs, "ClusterRole"), *lease_role)}
+
+ns_objs = docs(namespaced_file)
+for kind in ("ClusterRole", "ClusterRoleBinding"):
+    if roles_in(ns_objs, kind):
+        problems.append(f"{namespaced_file}: a {kind} is rendered in the namespaced mode")
+ns_lease = [r for r in roles_in(ns_objs, "Role", "handover-system") if r["metadata"]["name"].endswith("-leader-election")]
+for ns in ("shop", "web"):
+    ns_roles = roles_in(ns_objs, "Role", ns)
+    bindings = roles_in(ns_objs, "RoleBinding", ns)
+    if len(ns_roles) != 1 or len(bindings) != 1:
+        problems.append(f"{namespaced_file}: namespace {ns}: {len(ns_roles)} Role(s), {len(bindings)} RoleBinding(s), want 1 and 1")
+        continue
+    b = bindings[0]
+    if b["roleRef"] != {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": ns_roles[0]["metadata"]["name"]} \
+            or b["subjects"] != [{"kind": "ServiceAccount", "name": "handover", "namespace": "handover-system"}]:
+        problems.append(f"{namespaced_file}: namespace {ns}: RoleBinding {b['roleRef']} {b['subjects']}")
+    granted_by[f"namespaced, in {ns}"] = grants(ns_roles[0], *ns_lease)
+others = {o["metadata"].get("namespace") for o in roles_in(ns_objs, "Role") + roles_in(ns_objs, "RoleBinding")}
+if others - {"shop", "web", "handover-system"}:
+    problems.append(f"{namespaced_file}: Roles in namespaces nobody asked for: {sorted(others)}")
+
 text = open(readme).read()
 section = text[text.index("## RBAC the operator needs"):]
 section = section[: section.index("\n## ", 3)]
@@ -311,15 +370,16 @@ for line in section.splitlines():
         wanted.setdefault((group, res), set()).update(re.findall(r"`([^`]+)`", cells[2]))
 if not wanted:
     problems.append("no RBAC table found in operator/README.md")
-for key in sorted(set(wanted) | set(granted)):
-    if wanted.get(key, set()) != granted.get(key, set()):
-        problems.append(f"RBAC {key[0] or 'core'}/{key[1]}: chart grants {sorted(granted.get(key, set()))}, "
-                        f"operator/README.md says {sorted(wanted.get(key, set()))}")
+for mode, granted in granted_by.items():
+    for key in sorted(set(wanted) | set(granted)):
+        if wanted.get(key, set()) != granted.get(key, set()):
+            problems.append(f"RBAC ({mode}) {key[0] or 'core'}/{key[1]}: chart grants {sorted(granted.get(key, set()))}, "
+                            f"operator/README.md says {sorted(wanted.get(key, set()))}")
 
 if problems:
     print("\n".join("FAIL: " + p for p in problems), file=sys.stderr)
     sys.exit(1)
-print(f"   {len(granted)} resource rules match operator/README.md; flags known: {' '.join(sorted(flags))}")
+print(f"   {len(wanted)} resource rules match operator/README.md in {len(granted_by)} RBAC modes; flags known: {' '.join(sorted(flags))}")
 PY
 
 log "examples: built-in kinds with kubernetes-validate, ServerPools against the CRD schema and CEL rules"
@@ -506,6 +566,26 @@ done < <(awk '$1 == "COPY" && $2 !~ /^--/ { for (i = 2; i < NF; i++) print $i }'
 for leak in target charts tests/cluster tests/run tests/e2e/tests examples .ci; do
   [[ ! -e "$WORK/context/$leak" ]] || fail ".dockerignore lets $leak/ into the build context"
 done
+# Every workspace member must be in the build context and copied into the build stage: cargo
+# loads the whole workspace even to build two of its packages.
+"$PY" - "$WORK/context" <<'PY' || fail "the image build would not load the workspace (see above)"
+import os, re, sys, tomllib
+context = sys.argv[1]
+members = tomllib.load(open("Cargo.toml", "rb"))["workspace"]["members"]
+copies = [line.split()[1:-1] for line in open("Dockerfile") if line.startswith("COPY ") and "--from" not in line]
+copied = [src.rstrip("/") for srcs in copies for src in srcs]
+missing = []
+for m in members:
+    for need in (f"{m}/Cargo.toml", f"{m}/src"):
+        in_context = os.path.exists(os.path.join(context, need))
+        in_copy = any(need == c or need.startswith(c + "/") for c in copied)
+        if not (in_context and in_copy):
+            missing.append(f"{need}: {'in' if in_context else 'NOT in'} the context (.dockerignore), "
+                           f"{'copied' if in_copy else 'NOT copied'} (Dockerfile COPY)")
+if missing:
+    print("FAIL: workspace members the image build cannot load:\n  " + "\n  ".join(missing), file=sys.stderr)
+    sys.exit(1)
+PY
 (cd "$WORK/context" && cargo metadata --locked --format-version 1 >/dev/null) \
   || fail "the Docker build context does not resolve with cargo --locked (Cargo.lock stale, or a file missing)"
 

@@ -1,7 +1,11 @@
 //! What the handover operator and sidecar must agree on, in one place: the key file the operator
-//! writes and every sidecar reads, and the duration syntax of the CRD and the sidecar's flags.
+//! writes and every sidecar reads, the duration syntax of the CRD and the sidecar's flags, how
+//! both log, and how both take a lock.
 
 #![forbid(unsafe_code)]
 
 pub mod duration;
+pub mod fuzzing;
 pub mod keyfile;
+pub mod logging;
+pub mod sync;

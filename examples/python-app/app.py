@@ -8,7 +8,15 @@ to every request. The app speaks the handover contract (sidecar/README.md):
            of the cart's state bytes (empty when the cart is gone), so the client's cookie always
            holds the newest cart and a crash loses nothing the client was answered;
   pull     GET <state path> with Handover-Session -> 200 + the state bytes, or 404;
-  restore  PUT <state path> with Handover-Session and the bytes -> 204; idempotent.
+  restore  PUT <state path> with Handover-Session and the bytes -> 204; idempotent. A state this
+           app cannot read answers 400: the sidecar drops it and starts a fresh session (a 5xx
+           would be retried, then answered 502 with the client's cookie kept);
+  left     DELETE <state path> with Handover-Session -> 204: the session left this pod (its
+           cookie expired, or another pod owns it now); the cart is forgotten.
+
+Pull and restore are served on a listener of their own (--state-listen, the pod's loopback:
+the sidecar's --state-addr), never on the client port: no client request can reach them, however
+it spells the path.
 
 The state bytes are this app's own format, versioned: {"v": 1, "items": {"<sku>": <qty>, ...}}.
 
@@ -17,12 +25,14 @@ Routes for clients (through the sidecar):
   GET    /cart                      the cart
   POST   /cart/items?sku=S&qty=N    add N (default 1) of S; a JSON body {"sku": S, "qty": N} works too
   DELETE /cart/items/S              remove S
-  DELETE /cart                      empty the cart (the state is deleted)
+  POST   /login                     a privilege change: the cart is kept and the session gets a new id
+                                    (Handover-Rotate: 1), so a cookie fixated before it is worthless
+  DELETE /cart                      empty the cart (the state is deleted: the sidecar deletes the cookie)
   GET    /healthz                   200 (no session needed)
 
 Run it (the sidecar in front of it, see examples/python-app/README.md):
 
-  python3 examples/python-app/app.py --listen 127.0.0.1:8080
+  python3 examples/python-app/app.py --listen 127.0.0.1:8080 --state-listen 127.0.0.1:8081
 """
 
 import argparse
@@ -111,7 +121,8 @@ def b64url(data):
     return base64.urlsafe_b64encode(data).rstrip(b"=").decode("ascii")
 
 
-def make_handler(carts, state_path, verbose):
+def make_handler(carts, state_path, verbose, state_endpoint):
+    """The client routes, or (state_endpoint) the sidecar's state calls and nothing else."""
     class Handler(BaseHTTPRequestHandler):
         protocol_version = "HTTP/1.1"  # keep-alive: the sidecar reuses connections
         server_version = "handover-python-cart/1"
@@ -190,8 +201,10 @@ def make_handler(carts, state_path, verbose):
                 if method == "GET" and path == "/healthz":
                     return self._send(200, "ok\n")
                 body = self._body()
-                if path == state_path:
-                    return self._state(method, body)
+                if state_endpoint:
+                    if path == state_path:
+                        return self._state(method, body)
+                    return self._send(404, "state endpoint: GET/PUT the state path\n")
                 if path == "/cart" and method == "GET":
                     session = self._session()
                     cart = carts.get(session) or {}
@@ -201,6 +214,15 @@ def make_handler(carts, state_path, verbose):
                     carts.clear(session)
                     # An empty Handover-State deletes the session's state from the cookie.
                     return self._send(204, headers=[(STATE_HEADER, "")])
+                if path == "/login" and method == "POST":
+                    session = self._session()
+                    cart = carts.get(session) or {}
+                    # The sidecar moves the cart to a new session id and seals that one.
+                    return self._send(
+                        200,
+                        {"session": session, "items": cart, "count": sum(cart.values())},
+                        headers=[(STATE_HEADER, b64url(encode_state(cart))), ("Handover-Rotate", "1")],
+                    )
                 if path == "/cart/items" and method == "POST":
                     session = self._session()
                     sku, qty = self._item(query, body)
@@ -211,7 +233,7 @@ def make_handler(carts, state_path, verbose):
                     if not SKU.match(sku):
                         raise BadRequest("bad sku")
                     return self._cart_reply(session, carts.remove(session, sku))
-                if path in ("/cart", "/cart/items", state_path) or path.startswith("/cart/items/"):
+                if path in ("/cart", "/cart/items") or path.startswith("/cart/items/"):
                     return self._send(405, "method not allowed\n")
                 return self._send(404, "not found\n")
             except BadRequest as e:
@@ -249,7 +271,11 @@ def make_handler(carts, state_path, verbose):
                 return self._send(200, encode_state(cart), content_type="application/octet-stream")
             if method == "PUT":
                 # Idempotent: the same bytes may arrive twice; the cart is set, never merged.
+                # A state this app cannot read raises BadRequest: 400, "not for me".
                 carts.put(session, decode_state(body))
+                return self._send(204)
+            if method == "DELETE":
+                carts.clear(session)
                 return self._send(204)
             return self._send(405, "method not allowed\n")
 
@@ -279,6 +305,9 @@ def main(argv=None):
     parser = argparse.ArgumentParser(description="A per-session shopping cart that speaks the handover contract.")
     parser.add_argument("--listen", type=parse_listen, default=("127.0.0.1", 8080),
                         help="HOST:PORT to listen on (default 127.0.0.1:8080: only the sidecar in the pod talks to it)")
+    parser.add_argument("--state-listen", type=parse_listen, default=("127.0.0.1", 8081),
+                        help="HOST:PORT of the state endpoint, the sidecar's --state-addr (default 127.0.0.1:8081; "
+                             "keep it on loopback)")
     parser.add_argument("--state-path", default="/handover/state",
                         help="the pool's snapshot.statePath (default /handover/state)")
     parser.add_argument("--verbose", action="store_true", help="log every request to stderr")
@@ -286,15 +315,21 @@ def main(argv=None):
 
     ThreadingHTTPServer.allow_reuse_address = True
     ThreadingHTTPServer.daemon_threads = True
-    server = ThreadingHTTPServer(args.listen, make_handler(Carts(), args.state_path, args.verbose))
+    carts = Carts()
+    server = ThreadingHTTPServer(args.listen, make_handler(carts, args.state_path, args.verbose, False))
+    state_server = ThreadingHTTPServer(args.state_listen, make_handler(carts, args.state_path, args.verbose, True))
+    threading.Thread(target=state_server.serve_forever, kwargs={"poll_interval": 0.2}, daemon=True).start()
 
     def stop(signum, frame):
         threading.Thread(target=server.shutdown, daemon=True).start()
+        threading.Thread(target=state_server.shutdown, daemon=True).start()
 
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)
     host, port = server.server_address[:2]
-    print(f"python cart listening on {host}:{port}", file=sys.stderr, flush=True)
+    state_host, state_port = state_server.server_address[:2]
+    print(f"python cart listening on {host}:{port}, state endpoint on {state_host}:{state_port}",
+          file=sys.stderr, flush=True)
     server.serve_forever(poll_interval=0.2)
     server.server_close()
     return 0

@@ -48,6 +48,7 @@ pub const DURATION_PATTERN: &str = "^[0-9]{1,9}(ms|s|m|h)$";
     validation = Rule::new("self.appPort != self.sidecarPort").message("appPort and sidecarPort must differ: the sidecar listens on sidecarPort and forwards to the app on appPort"),
     validation = Rule::new("self.appPort != self.adminPort").message("appPort and adminPort must differ"),
     validation = Rule::new("self.sidecarPort != self.adminPort").message("sidecarPort and adminPort must differ"),
+    validation = Rule::new("!has(self.snapshot) || !has(self.snapshot.statePort) || (self.snapshot.statePort != self.appPort && self.snapshot.statePort != self.sidecarPort && self.snapshot.statePort != self.adminPort)").message("snapshot.statePort must differ from appPort, sidecarPort and adminPort: the app serves its state endpoint on a listener of its own"),
 )]
 #[serde(rename_all = "camelCase")]
 pub struct ServerPoolSpec {
@@ -92,7 +93,9 @@ pub struct ServerPoolSpec {
     pub affinity: Affinity,
 
     /// Name of the Secret holding the cookie keys (data key `keys`). Created with fresh keys if
-    /// absent, never overwritten. Default: `<name>-handover-keys`.
+    /// absent, never overwritten. An existing Secret is used only if it has the default name or
+    /// carries the label `app.kubernetes.io/managed-by: handover-operator`. Default:
+    /// `<name>-handover-keys`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(
         length(min = 1, max = 253),
@@ -178,6 +181,13 @@ pub struct SnapshotSpec {
     #[serde(default = "default_state_path")]
     #[schemars(length(min = 1, max = 1024), regex(pattern = r"^/[^\s?#]*$"))]
     pub state_path: String,
+
+    /// Port of the app's state endpoint, on the pod's loopback (`127.0.0.1:<statePort>`): a
+    /// listener of its own, apart from `appPort`, so that no client request can reach it (the
+    /// sidecar forwards clients to `appPort` only).
+    #[serde(default = "default_state_port")]
+    #[schemars(range(min = 1, max = 65535))]
+    pub state_port: i32,
 }
 
 /// Snapshot mode.
@@ -221,7 +231,8 @@ pub struct KeyRotationSpec {
 #[x_kube(validation = Rule::new("duration(self.drainGrace) <= duration('1h')").message("sidecar.drainGrace must be at most 1h: it delays every pod's termination"))]
 #[serde(rename_all = "camelCase")]
 pub struct SidecarSpec {
-    /// Sidecar image. Default: the operator's `--sidecar-image`.
+    /// Sidecar image, among those the operator allows (`--sidecar-image-allow`; by default other
+    /// tags and digests of its own image's repository). Default: the operator's `--sidecar-image`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(min = 1, max = 1024))]
     pub image: Option<String>,
@@ -239,6 +250,12 @@ pub struct SidecarSpec {
     #[serde(default = "default_drain_grace")]
     #[schemars(regex(pattern = "^[0-9]{1,9}(ms|s|m|h)$"))]
     pub drain_grace: String,
+
+    /// Longest wait for response headers from the app (or a peer's sidecar), e.g. `60s`; `0s`: no
+    /// limit. Raise it for long-polls and server-sent events.
+    #[serde(default = "default_response_timeout")]
+    #[schemars(regex(pattern = "^[0-9]{1,9}(ms|s|m|h)$"))]
+    pub response_timeout: String,
 }
 
 /// Log level.
@@ -374,6 +391,12 @@ fn default_state_path() -> String {
 fn default_drain_grace() -> String {
     "20s".to_owned()
 }
+fn default_state_port() -> i32 {
+    8081
+}
+fn default_response_timeout() -> String {
+    "60s".to_owned()
+}
 
 impl Default for CookieSpec {
     fn default() -> Self {
@@ -389,13 +412,24 @@ impl Default for CookieSpec {
 
 impl Default for SnapshotSpec {
     fn default() -> Self {
-        Self { mode: SnapshotMode::default(), interval: default_snapshot_interval(), state_path: default_state_path() }
+        Self {
+            mode: SnapshotMode::default(),
+            interval: default_snapshot_interval(),
+            state_path: default_state_path(),
+            state_port: default_state_port(),
+        }
     }
 }
 
 impl Default for SidecarSpec {
     fn default() -> Self {
-        Self { image: None, resources: None, log_level: LogLevel::default(), drain_grace: default_drain_grace() }
+        Self {
+            image: None,
+            resources: None,
+            log_level: LogLevel::default(),
+            drain_grace: default_drain_grace(),
+            response_timeout: default_response_timeout(),
+        }
     }
 }
 
@@ -536,7 +570,10 @@ mod tests {
         assert_eq!(pool.metadata.name.as_deref(), Some("cart"));
         assert_eq!(pool.spec.key_rotation.period.as_deref(), Some("720h"));
         assert!(pool.spec.sidecar.resources.is_some());
-        assert_eq!(crate::validate::validate(&pool, "img"), []);
+        assert_eq!(
+            crate::validate::validate(&pool, "img", &crate::validate::ImageAllowList::new(Vec::new(), "img")),
+            []
+        );
     }
 
     #[test]

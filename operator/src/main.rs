@@ -5,11 +5,13 @@ use std::process::ExitCode;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
-use clap::{Parser, Subcommand, ValueEnum};
+use clap::{Parser, Subcommand};
+use handover_common::logging::{LogFormat, init_logging};
 use handover_operator::controller::{self, Settings};
 use handover_operator::error::Error;
 use handover_operator::leader::{Elector, Timing};
 use handover_operator::metrics::{self, Metrics};
+use handover_operator::validate::ImageAllowList;
 use k8s_openapi::api::coordination::v1::Lease;
 use kube::{Api, Client};
 use tokio::sync::watch;
@@ -27,16 +29,7 @@ enum Command {
     /// Print the ServerPool CustomResourceDefinition as YAML (what crds/serverpool.yaml holds).
     Crd,
     /// Run the operator.
-    Run(RunArgs),
-}
-
-/// Log output format.
-#[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
-enum LogFormat {
-    /// Human-readable lines.
-    Text,
-    /// One JSON object per line.
-    Json,
+    Run(Box<RunArgs>),
 }
 
 #[derive(clap::Args, Debug)]
@@ -62,6 +55,17 @@ struct RunArgs {
     #[arg(long, env = "HANDOVER_SIDECAR_IMAGE", default_value = "")]
     sidecar_image: String,
 
+    /// Images a ServerPool may name in `spec.sidecar.image` (repeat, or comma-separated). An
+    /// entry ending in `/` allows every image under that path; any other entry is a repository
+    /// and allows it with any tag or digest. Default: the repository of --sidecar-image only.
+    #[arg(long = "sidecar-image-allow", env = "HANDOVER_SIDECAR_IMAGE_ALLOW", value_delimiter = ',')]
+    sidecar_image_allow: Vec<String>,
+
+    /// Namespaces to watch (repeat, or comma-separated). Default: every namespace. With a list,
+    /// the operator needs its role in those namespaces only (the chart's `watchNamespaces`).
+    #[arg(long = "watch-namespaces", env = "HANDOVER_WATCH_NAMESPACES", value_delimiter = ',')]
+    watch_namespaces: Vec<String>,
+
     /// Log format.
     #[arg(long, env = "HANDOVER_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
     log_format: LogFormat,
@@ -85,7 +89,7 @@ fn main() -> ExitCode {
             }
         },
         Command::Run(args) => {
-            init_tracing(args.log_format, &args.log_level);
+            init_logging(&args.log_level, args.log_format);
             let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
                 Ok(rt) => rt,
                 Err(e) => {
@@ -93,7 +97,7 @@ fn main() -> ExitCode {
                     return ExitCode::FAILURE;
                 }
             };
-            match runtime.block_on(run(args)) {
+            match runtime.block_on(run(*args)) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
                     tracing::error!(error = %e, "handover-operator failed");
@@ -102,16 +106,6 @@ fn main() -> ExitCode {
                 }
             }
         }
-    }
-}
-
-fn init_tracing(format: LogFormat, level: &str) {
-    let filter =
-        tracing_subscriber::EnvFilter::try_new(level).unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter);
-    match format {
-        LogFormat::Text => builder.init(),
-        LogFormat::Json => builder.json().flatten_event(true).init(),
     }
 }
 
@@ -148,7 +142,14 @@ async fn run(args: RunArgs) -> Result<(), Error> {
     metrics.ready.store(true, Ordering::Relaxed);
     tracing::info!(%identity, lease = %args.lease_name, namespace = %lease_namespace, "standing for leader");
 
-    let settings = Settings { default_image: args.sidecar_image.clone(), identity: identity.clone() };
+    let allowed_images = ImageAllowList::new(args.sidecar_image_allow.clone(), &args.sidecar_image);
+    tracing::info!(allowed = ?allowed_images.entries(), "sidecar images a pool may choose");
+    let settings = Settings {
+        default_image: args.sidecar_image.clone(),
+        allowed_images,
+        namespaces: args.watch_namespaces.clone(),
+        identity: identity.clone(),
+    };
     let mut elector = Elector::new(
         Api::<Lease>::namespaced(client.clone(), &lease_namespace),
         args.lease_name.clone(),
@@ -246,8 +247,30 @@ mod tests {
             panic!("expected run");
         };
         assert_eq!(args.log_format, LogFormat::Json);
+        assert!(args.watch_namespaces.is_empty(), "every namespace by default");
+        assert!(args.sidecar_image_allow.is_empty(), "the default image's repository by default");
         assert_eq!(args.lease_name, "handover-operator");
         assert_eq!(args.identity.as_deref(), Some("op-0"));
+    }
+
+    #[test]
+    fn cli_takes_lists_of_namespaces_and_allowed_images_comma_separated_or_repeated() {
+        let cli = Cli::try_parse_from([
+            "handover-operator",
+            "run",
+            "--watch-namespaces",
+            "shop,web",
+            "--watch-namespaces",
+            "blog",
+            "--sidecar-image-allow",
+            "registry.example/acme/,mirror.example/handover",
+        ])
+        .expect("parses");
+        let Command::Run(args) = cli.command else {
+            panic!("expected run");
+        };
+        assert_eq!(args.watch_namespaces, ["shop", "web", "blog"]);
+        assert_eq!(args.sidecar_image_allow, ["registry.example/acme/", "mirror.example/handover"]);
     }
 
     #[test]

@@ -85,9 +85,68 @@ fn check_duration(out: &mut Vec<SpecProblem>, field: &'static str, text: &str, m
     }
 }
 
+/// The repository of an image reference: without its `@digest` and its `:tag` (a `:` before the
+/// last `/` is a registry port, not a tag). `registry.example:5000/acme/handover:1.2@sha256:…`
+/// → `registry.example:5000/acme/handover`.
+pub fn image_repository(image: &str) -> &str {
+    let name = image.split_once('@').map_or(image, |(name, _digest)| name);
+    match name.rsplit_once(':') {
+        Some((repository, tag)) if !tag.contains('/') => repository,
+        _ => name,
+    }
+}
+
+/// The sidecar images the operator lets a pool choose (`--sidecar-image-allow`).
+///
+/// An entry ending in `/` allows every image under that path (`registry.example/acme/`); any
+/// other entry is a repository and allows exactly it, with any tag or digest
+/// (`registry.example/acme/handover` allows `…/handover:1.2` and `…/handover@sha256:…`, not
+/// `…/handover-debug`). Entries match the reference as written: `handover` and
+/// `docker.io/library/handover` are different entries.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct ImageAllowList {
+    entries: Vec<String>,
+}
+
+impl ImageAllowList {
+    /// The given entries; without any, the repository of `default_image` alone (the operator
+    /// injects its own build; a pool may pin another tag or digest of it, nothing else).
+    pub fn new(entries: Vec<String>, default_image: &str) -> Self {
+        let entries: Vec<String> = entries.into_iter().map(|e| e.trim().to_owned()).filter(|e| !e.is_empty()).collect();
+        if !entries.is_empty() {
+            return Self { entries };
+        }
+        let repository = image_repository(default_image.trim());
+        Self { entries: if repository.is_empty() { Vec::new() } else { vec![repository.to_owned()] } }
+    }
+
+    /// The entries, for messages and logs.
+    pub fn entries(&self) -> &[String] {
+        &self.entries
+    }
+
+    /// Whether a pool may run `image` as its sidecar.
+    pub fn allows(&self, image: &str) -> bool {
+        // A path segment `..` means nothing to a registry, but a reader of the allow-list must
+        // not have to wonder whether `acme/../other` is under `acme/`.
+        if image.split('/').any(|segment| segment == ".." || segment.is_empty()) {
+            return false;
+        }
+        self.entries.iter().any(|entry| {
+            if entry.ends_with('/') {
+                image.len() > entry.len() && image.starts_with(entry.as_str())
+            } else {
+                image.strip_prefix(entry.as_str()).is_some_and(|rest| {
+                    rest.is_empty() || (rest.len() > 1 && (rest.starts_with(':') || rest.starts_with('@')))
+                })
+            }
+        })
+    }
+}
+
 /// Every problem of the pool's spec; empty when it is valid. `default_image` is the operator's
-/// `--sidecar-image`.
-pub fn validate(pool: &ServerPool, default_image: &str) -> Vec<SpecProblem> {
+/// `--sidecar-image`; `allowed` the images a pool may choose instead.
+pub fn validate(pool: &ServerPool, default_image: &str, allowed: &ImageAllowList) -> Vec<SpecProblem> {
     let mut out = Vec::new();
     let spec = &pool.spec;
     let name = pool.metadata.name.as_deref().unwrap_or_default();
@@ -102,6 +161,7 @@ pub fn validate(pool: &ServerPool, default_image: &str) -> Vec<SpecProblem> {
         ("spec.port", spec.port),
         ("spec.sidecarPort", spec.sidecar_port),
         ("spec.adminPort", spec.admin_port),
+        ("spec.snapshot.statePort", spec.snapshot.state_port),
     ] {
         if !(1..=65535).contains(&port) {
             out.push(problem(field, format!("{port} is not a port (1-65535)")));
@@ -118,6 +178,18 @@ pub fn validate(pool: &ServerPool, default_image: &str) -> Vec<SpecProblem> {
     }
     if spec.sidecar_port == spec.admin_port {
         out.push(problem("spec.adminPort", format!("sidecarPort and adminPort are both {}", spec.admin_port)));
+    }
+    for (field, port) in
+        [("appPort", spec.app_port), ("sidecarPort", spec.sidecar_port), ("adminPort", spec.admin_port)]
+    {
+        if spec.snapshot.state_port == port {
+            out.push(problem(
+                "spec.snapshot.statePort",
+                format!(
+                    "statePort and {field} are both {port}: the app serves its state endpoint on a listener of its own"
+                ),
+            ));
+        }
     }
     if let Some(selector) = &spec.selector {
         if selector.is_empty() {
@@ -161,17 +233,28 @@ pub fn validate(pool: &ServerPool, default_image: &str) -> Vec<SpecProblem> {
         check_duration(&mut out, "spec.keyRotation.period", period, MIN_ROTATION_PERIOD);
     }
     check_duration(&mut out, "spec.sidecar.drainGrace", &spec.sidecar.drain_grace, Duration::ZERO);
+    check_duration(&mut out, "spec.sidecar.responseTimeout", &spec.sidecar.response_timeout, Duration::ZERO);
     if let Ok(d) = duration::parse(&spec.sidecar.drain_grace)
         && d > Duration::from_secs(3600)
     {
         out.push(problem("spec.sidecar.drainGrace", "at most 1h: it delays every pod's termination"));
     }
-    let image = spec.sidecar.image.as_deref().unwrap_or(default_image);
-    if image.trim().is_empty() {
-        out.push(problem(
+    match spec.sidecar.image.as_deref() {
+        None if default_image.trim().is_empty() => out.push(problem(
             "spec.sidecar.image",
             "no sidecar image: set spec.sidecar.image or the operator's --sidecar-image",
-        ));
+        )),
+        None => {}
+        // The image runs in every pod of the pool with the pool's key mounted: a pool's author
+        // may choose among the images the operator's installer allowed, not any image.
+        Some(image) if !allowed.allows(image) => out.push(problem(
+            "spec.sidecar.image",
+            format!(
+                "{image:?} is not allowed by the operator (--sidecar-image-allow: {}); omit spec.sidecar.image for the operator's default",
+                if allowed.entries().is_empty() { "nothing".to_owned() } else { allowed.entries().join(", ") }
+            ),
+        )),
+        Some(_) => {}
     }
     out
 }
@@ -186,8 +269,14 @@ mod tests {
         ServerPool::new("cart", spec)
     }
 
+    const DEFAULT_IMAGE: &str = "registry.example/acme/handover:1.2";
+
+    fn allowed() -> ImageAllowList {
+        ImageAllowList::new(Vec::new(), DEFAULT_IMAGE)
+    }
+
     fn fields(p: &ServerPool) -> Vec<&'static str> {
-        validate(p, "handover-sidecar:dev").into_iter().map(|p| p.field).collect()
+        validate(p, DEFAULT_IMAGE, &allowed()).into_iter().map(|p| p.field).collect()
     }
 
     #[test]
@@ -198,10 +287,21 @@ mod tests {
     #[test]
     fn app_port_equal_to_sidecar_port_is_refused_with_a_reason() {
         let p = pool(ServerPoolSpec::with_app_port(8000));
-        let problems = validate(&p, "img");
+        let problems = validate(&p, "img", &allowed());
         assert_eq!(problems.len(), 1);
         assert_eq!(problems[0].field, "spec.sidecarPort");
         assert!(problems[0].to_string().contains("both 8000"));
+    }
+
+    #[test]
+    fn a_state_port_shared_with_another_port_is_refused() {
+        let mut s = ServerPoolSpec::with_app_port(8080);
+        s.snapshot.state_port = 8080;
+        assert_eq!(fields(&pool(s.clone())), ["spec.snapshot.statePort"]);
+        s.snapshot.state_port = 9901;
+        assert_eq!(fields(&pool(s.clone())), ["spec.snapshot.statePort"]);
+        s.snapshot.state_port = 8081;
+        assert_eq!(fields(&pool(s)), [""; 0]);
     }
 
     #[test]
@@ -273,8 +373,66 @@ mod tests {
     #[test]
     fn a_missing_sidecar_image_is_refused() {
         let p = pool(ServerPoolSpec::with_app_port(8080));
-        let problems = validate(&p, "");
+        let problems = validate(&p, "", &ImageAllowList::new(Vec::new(), ""));
         assert_eq!(problems.len(), 1);
         assert_eq!(problems[0].field, "spec.sidecar.image");
+    }
+
+    #[test]
+    fn image_repositories_drop_tag_and_digest_but_not_a_registry_port() {
+        assert_eq!(image_repository("handover:0.1.0"), "handover");
+        assert_eq!(image_repository("handover"), "handover");
+        assert_eq!(image_repository("registry.example:5000/acme/handover"), "registry.example:5000/acme/handover");
+        assert_eq!(
+            image_repository("registry.example:5000/acme/handover:1.2@sha256:0123"),
+            "registry.example:5000/acme/handover"
+        );
+        assert_eq!(image_repository("registry.example/handover@sha256:0123"), "registry.example/handover");
+    }
+
+    #[test]
+    fn by_default_a_pool_may_pin_only_the_operators_own_repository() {
+        let a = allowed();
+        assert_eq!(a.entries(), ["registry.example/acme/handover"]);
+        assert!(a.allows("registry.example/acme/handover:1.3"));
+        assert!(a.allows("registry.example/acme/handover@sha256:0123"));
+        assert!(a.allows("registry.example/acme/handover"));
+        for refused in [
+            "registry.example/acme/handover-debug:1",
+            "registry.example/acme/handoverx",
+            "registry.example/acme/handover:",
+            "registry.example/acme/other:1",
+            "evil.example/acme/handover:1.2",
+            "registry.example/acme/handover/../x:1",
+        ] {
+            assert!(!a.allows(refused), "{refused} must be refused");
+        }
+    }
+
+    #[test]
+    fn an_allow_list_entry_ending_in_a_slash_allows_the_whole_path() {
+        let a = ImageAllowList::new(vec!["registry.example/acme/".into(), " mirror.example/handover ".into()], "x");
+        assert!(a.allows("registry.example/acme/anything:1"));
+        assert!(a.allows("mirror.example/handover:2"));
+        assert!(!a.allows("registry.example/acme/"));
+        assert!(!a.allows("registry.example/acme/../other:1"));
+        assert!(!a.allows("registry.example/acme//x:1"));
+        assert!(!a.allows("registry.example/acmeother/x:1"));
+        assert!(!a.allows("x:1"), "explicit entries replace the default");
+    }
+
+    #[test]
+    fn a_sidecar_image_outside_the_allow_list_is_an_invalid_spec() {
+        let mut s = ServerPoolSpec::with_app_port(8080);
+        s.sidecar.image = Some("evil.example/miner:latest".into());
+        let problems = validate(&pool(s.clone()), DEFAULT_IMAGE, &allowed());
+        assert_eq!(problems.len(), 1);
+        assert_eq!(problems[0].field, "spec.sidecar.image");
+        assert!(problems[0].message.contains("registry.example/acme/handover"), "{}", problems[0]);
+        s.sidecar.image = Some("registry.example/acme/handover:1.1".into());
+        assert_eq!(fields(&pool(s.clone())), [""; 0]);
+        let nothing = ImageAllowList::new(Vec::new(), "");
+        let problems = validate(&pool(s), "", &nothing);
+        assert_eq!(problems.len(), 1, "with no default image nothing is allowed: {problems:?}");
     }
 }

@@ -189,6 +189,7 @@ pub async fn run(args: BenchArgs) -> Result<(), String> {
     crate::random::fill(&mut b);
     let ip = IpAddr::V4(Ipv4Addr::new(127, 100 + b[0] % 100, b[1], 1));
     let app = SocketAddr::new(ip, 8080);
+    let state = SocketAddr::new(ip, 8081);
     let sidecar = SocketAddr::new(ip, 8000);
     let admin = SocketAddr::new(ip, 9901);
     let nginx = SocketAddr::new(ip, 8001);
@@ -199,7 +200,15 @@ pub async fn run(args: BenchArgs) -> Result<(), String> {
     let mut procs = Procs(Vec::new());
     procs.0.push(spawn(
         &exe,
-        &[s("demo-app"), s("--listen"), app.to_string(), s("--workers"), s("1")],
+        &[
+            s("demo-app"),
+            s("--listen"),
+            app.to_string(),
+            s("--state-listen"),
+            state.to_string(),
+            s("--workers"),
+            s("1"),
+        ],
         &dir.join("app.log"),
     )?);
     procs.0.push(spawn(
@@ -212,6 +221,8 @@ pub async fn run(args: BenchArgs) -> Result<(), String> {
             admin.to_string(),
             s("--app"),
             app.to_string(),
+            s("--state-addr"),
+            state.to_string(),
             s("--pool"),
             s("bench/pool"),
             s("--pod-name"),

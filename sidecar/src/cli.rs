@@ -7,11 +7,15 @@ use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
+use handover_common::logging::LogFormat;
+
 use crate::decide::{Affinity, Mode};
 use crate::keys::KeyFile;
 use crate::metrics::Metrics;
 use crate::proxy::{Config, CookieConfig, Proxy};
 use crate::registry::{Registry, StaticRegistry};
+use crate::server::ConnLimits;
+use crate::timed_body::BodyLimits;
 
 /// handover sidecar: sessions that survive the death of the pod that served them.
 #[derive(Parser, Debug)]
@@ -55,9 +59,10 @@ pub enum CookieCommand {
         /// The pool, `namespace/name`.
         #[arg(long, env = "HANDOVER_POOL")]
         pool: String,
-        /// The cookie name.
-        #[arg(long, default_value = "handover")]
-        cookie_name: String,
+        /// The cookie name (when the input is `name=value` pairs). Default: the pool's derived
+        /// name (`handover-<hash>` or `__Host-handover-<hash>`), else `handover`.
+        #[arg(long)]
+        cookie_name: Option<String>,
     },
 }
 
@@ -69,15 +74,20 @@ pub enum RegistryKind {
     Kubernetes,
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
-pub enum LogFormat {
-    Text,
-    Json,
-}
-
 /// Parses a duration flag (`500ms`, `20s`, `12h`: the syntax of the ServerPool CRD).
 pub fn duration(text: &str) -> Result<Duration, String> {
     handover_common::duration::parse(text).map_err(|e| e.to_string())
+}
+
+/// Parses `host:port`, where an IPv6 host may also come without brackets.
+pub fn socket_addr(text: &str) -> Result<SocketAddr, String> {
+    if let Ok(addr) = text.parse() {
+        return Ok(addr);
+    }
+    let (host, port) = text.rsplit_once(':').ok_or_else(|| format!("{text:?} is not HOST:PORT"))?;
+    let ip: std::net::IpAddr = host.parse().map_err(|_| format!("{text:?} is not HOST:PORT"))?;
+    let port: u16 = port.parse().map_err(|_| format!("{text:?} has no valid port"))?;
+    Ok(SocketAddr::new(ip, port))
 }
 
 /// Flags of `run`; each can also be set through the environment variable shown.
@@ -86,12 +96,17 @@ pub struct RunArgs {
     /// Data address clients (and peer sidecars) connect to.
     #[arg(long, env = "HANDOVER_LISTEN", default_value = "0.0.0.0:8000")]
     pub listen: SocketAddr,
-    /// Admin address: /live, /ready, /metrics.
-    #[arg(long, env = "HANDOVER_ADMIN", default_value = "0.0.0.0:9901")]
+    /// Admin address: /live, /ready, /metrics. An IPv6 address may come unbracketed
+    /// (`fd00::1:9901`, as `$(POD_IP):9901` expands in a pod): the last `:` separates the port.
+    #[arg(long, env = "HANDOVER_ADMIN", default_value = "0.0.0.0:9901", value_parser = socket_addr)]
     pub admin: SocketAddr,
-    /// The app's address (inside the pod).
+    /// The app's address (inside the pod): client requests go here.
     #[arg(long, env = "HANDOVER_APP", default_value = "127.0.0.1:8080")]
     pub app: SocketAddr,
+    /// Where the app answers its state endpoint (`GET`/`PUT <statePath>`): a listener of its own on
+    /// the pod's loopback, apart from `--app`, so no client request can ever reach it.
+    #[arg(long, env = "HANDOVER_STATE_ADDR", default_value = "127.0.0.1:8081")]
+    pub state_addr: SocketAddr,
     /// The pool, `namespace/name`: cookies of other pools are refused.
     #[arg(long, env = "HANDOVER_POOL")]
     pub pool: String,
@@ -116,8 +131,18 @@ pub struct RunArgs {
     /// The app's state endpoint (GET to pull, PUT to restore).
     #[arg(long, env = "HANDOVER_STATE_PATH", default_value = "/handover/state")]
     pub state_path: String,
-    #[arg(long, env = "HANDOVER_COOKIE_NAME", default_value = "handover")]
+    /// The state cookie's name (chunks add `.1`, `.2`, …). Empty: `handover-<hash of --pool>`,
+    /// different for every pool so pools under one host never collide, with the `__Host-` prefix
+    /// when the cookie is Secure with Path=/ and no Domain.
+    #[arg(long, env = "HANDOVER_COOKIE_NAME", default_value = "")]
     pub cookie_name: String,
+    /// The cookie's Path: the prefix the pool serves under its host (e.g. `/shop` when an ingress
+    /// routes `/shop` to this pool); the browser sends the cookie only below it.
+    #[arg(long, env = "HANDOVER_COOKIE_PATH", default_value = "/")]
+    pub cookie_path: String,
+    /// The cookie's Domain (to share it with subdomains). Empty: host-only, the safer default.
+    #[arg(long, env = "HANDOVER_COOKIE_DOMAIN", default_value = "")]
+    pub cookie_domain: String,
     #[arg(long, env = "HANDOVER_COOKIE_MAX_AGE", default_value = "12h", value_parser = duration)]
     pub cookie_max_age: Duration,
     /// Budget for the state cookie over all its chunks.
@@ -143,15 +168,45 @@ pub struct RunArgs {
     /// Hold requests this long while the local app is down (restarting).
     #[arg(long, env = "HANDOVER_APP_WAIT", default_value = "10s", value_parser = duration)]
     pub app_wait: Duration,
-    /// Connect timeout to the app and to peers; a peer that misses it counts as dead.
+    /// Connect timeout to the app and to peers; a peer that misses it is probed.
     #[arg(long, env = "HANDOVER_CONNECT_TIMEOUT", default_value = "300ms", value_parser = duration)]
     pub connect_timeout: Duration,
-    /// Longest wait for a peer's (or the app's state endpoint's) answer.
-    #[arg(long, env = "HANDOVER_PEER_TIMEOUT", default_value = "5s", value_parser = duration)]
-    pub peer_timeout: Duration,
+    /// A forward still waiting for its answer after this long gets its peer probed (its admin
+    /// `/live`), and again every such period; only a failed probe makes a peer count as dead.
+    #[arg(long, env = "HANDOVER_PEER_PROBE_AFTER", default_value = "1s", value_parser = duration)]
+    pub peer_probe_after: Duration,
+    /// How long a liveness probe of a peer may take.
+    #[arg(long, env = "HANDOVER_PROBE_TIMEOUT", default_value = "300ms", value_parser = duration)]
+    pub probe_timeout: Duration,
+    /// Longest wait for response headers from the app (or a peer); `0s`: no limit. Raise it for
+    /// long-polls and server-sent events.
+    #[arg(long, env = "HANDOVER_RESPONSE_TIMEOUT", default_value = "60s", value_parser = duration)]
+    pub response_timeout: Duration,
+    /// Longest wait for the app's answer to a state call.
+    #[arg(long, env = "HANDOVER_STATE_TIMEOUT", default_value = "5s", value_parser = duration)]
+    pub state_timeout: Duration,
     /// Requests with larger headers get 431.
     #[arg(long, env = "HANDOVER_MAX_HEADER_BYTES", default_value_t = 64 * 1024)]
     pub max_header_bytes: usize,
+    /// A client gets this long to send a request's headers (also how long an idle keep-alive
+    /// connection stays open).
+    #[arg(long, env = "HANDOVER_HEADER_TIMEOUT", default_value = "10s", value_parser = duration)]
+    pub header_timeout: Duration,
+    /// A request body with no bytes for this long is cut off.
+    #[arg(long, env = "HANDOVER_BODY_IDLE_TIMEOUT", default_value = "10s", value_parser = duration)]
+    pub body_idle_timeout: Duration,
+    /// A request body not complete after this long is cut off.
+    #[arg(long, env = "HANDOVER_BODY_TIMEOUT", default_value = "60s", value_parser = duration)]
+    pub body_timeout: Duration,
+    /// Client connections open at once; more are closed as they arrive.
+    #[arg(long, env = "HANDOVER_MAX_CONNECTIONS", default_value_t = 4096)]
+    pub max_connections: usize,
+    /// Requests held at once while the app is down; more get 503 at once.
+    #[arg(long, env = "HANDOVER_MAX_HELD", default_value_t = 1024)]
+    pub max_held: usize,
+    /// Largest state (uncompressed) sealed into or restored from a cookie.
+    #[arg(long, env = "HANDOVER_MAX_STATE_BYTES", default_value_t = 64 * 1024)]
+    pub max_state_bytes: usize,
     #[arg(long, env = "HANDOVER_LOG_LEVEL", default_value = "info")]
     pub log_level: String,
     #[arg(long, env = "HANDOVER_LOG_FORMAT", value_enum, default_value = "text")]
@@ -159,18 +214,6 @@ pub struct RunArgs {
     /// Worker threads (0: one per core).
     #[arg(long, env = "HANDOVER_WORKERS", default_value_t = 0)]
     pub workers: usize,
-}
-
-/// Sets up logging to stderr.
-pub fn init_logging(level: &str, format: LogFormat) {
-    let filter =
-        tracing_subscriber::EnvFilter::try_new(level).unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_ansi(ansi).with_writer(std::io::stderr);
-    let _ = match format {
-        LogFormat::Text => builder.try_init(),
-        LogFormat::Json => builder.json().try_init(),
-    };
 }
 
 /// Runs the sidecar until SIGTERM (or SIGINT) and the drain are over.
@@ -198,21 +241,27 @@ pub async fn run(args: RunArgs) -> Result<(), String> {
         pod_uid: args.pod_uid.clone(),
         advertise,
         app: args.app,
+        state_addr: args.state_addr,
+        peer_admin_port: args.admin.port(),
         mode: args.mode,
         snapshot_interval: args.snapshot_interval,
         state_path: args.state_path.clone(),
         cookie: CookieConfig {
-            name: args.cookie_name.clone(),
+            attrs: cookie_attrs(&args)?,
             max_age: args.cookie_max_age,
             max_bytes: args.cookie_max_bytes,
-            secure: args.cookie_secure,
-            same_site: args.cookie_same_site.clone(),
         },
         affinity: args.affinity,
         app_wait: args.app_wait,
         connect_timeout: args.connect_timeout,
-        peer_timeout: args.peer_timeout,
+        peer_probe_after: args.peer_probe_after,
+        probe_timeout: args.probe_timeout,
+        response_timeout: (!args.response_timeout.is_zero()).then_some(args.response_timeout),
+        state_timeout: args.state_timeout,
         max_header_bytes: args.max_header_bytes,
+        body: BodyLimits { idle: args.body_idle_timeout, total: args.body_timeout },
+        max_held: args.max_held,
+        max_state_bytes: args.max_state_bytes,
     };
     let proxy = Proxy::new(cfg, Arc::clone(&keys), registry, Arc::clone(&metrics));
 
@@ -230,11 +279,14 @@ pub async fn run(args: RunArgs) -> Result<(), String> {
         tracing::error!(error = %e, "key file refused; keeping the previous key ring");
     }));
     let sweeper = Arc::clone(&proxy);
+    // A quarter of a cookie's life, at most a minute: the app hears of an expired session soon
+    // after its cookie died.
+    let sweep_every = (args.cookie_max_age / 4).clamp(Duration::from_millis(100), Duration::from_secs(60));
     tokio::spawn(async move {
-        let mut every = tokio::time::interval(Duration::from_secs(60));
+        let mut every = tokio::time::interval(sweep_every);
         loop {
             every.tick().await;
-            sweeper.forget_expired_sessions();
+            sweeper.forget_expired_sessions().await;
         }
     });
 
@@ -247,6 +299,8 @@ pub async fn run(args: RunArgs) -> Result<(), String> {
         },
         std::future::pending(),
         Duration::ZERO,
+        ConnLimits::ADMIN,
+        metrics.connections_refused.get_or_create(&[("listener", "admin")]).clone(),
     ));
 
     let (drained_tx, drained_rx) = tokio::sync::oneshot::channel::<()>();
@@ -256,6 +310,7 @@ pub async fn run(args: RunArgs) -> Result<(), String> {
         shutdown_signal().await;
         tracing::info!(?drain_grace, "SIGTERM: readiness fails now; serving on while the pool learns");
         draining_proxy.start_draining();
+        exit_by(drain_grace + FINISH_WITHIN + EXIT_MARGIN);
         tokio::time::sleep(drain_grace).await;
         let _ = drained_tx.send(());
     });
@@ -266,12 +321,49 @@ pub async fn run(args: RunArgs) -> Result<(), String> {
         async {
             let _ = drained_rx.await;
         },
-        Duration::from_secs(5),
+        FINISH_WITHIN,
+        ConnLimits { max_connections: args.max_connections, header_timeout: args.header_timeout },
+        metrics.connections_refused.get_or_create(&[("listener", "data")]).clone(),
     )
     .await;
     admin_task.abort();
     tracing::info!("drained; bye");
     Ok(())
+}
+
+/// The pool's cookie name and attributes from the flags, the name derived from the pool when not
+/// given; refused when a browser would refuse the cookie.
+pub fn cookie_attrs(args: &RunArgs) -> Result<crate::cookie_attrs::Attrs, String> {
+    let name = if args.cookie_name.is_empty() {
+        crate::cookie_attrs::default_name(&args.pool, args.cookie_secure, &args.cookie_path, &args.cookie_domain)
+    } else {
+        args.cookie_name.clone()
+    };
+    let attrs = crate::cookie_attrs::Attrs {
+        name,
+        path: args.cookie_path.clone(),
+        domain: args.cookie_domain.clone(),
+        secure: args.cookie_secure,
+        same_site: args.cookie_same_site.clone(),
+    };
+    crate::cookie_attrs::validate(&attrs)?;
+    Ok(attrs)
+}
+
+/// After the drain, connections still open get this long to finish their request.
+const FINISH_WITHIN: Duration = Duration::from_secs(5);
+/// Past the drain and the finish, the process ends whatever its tasks are doing.
+const EXIT_MARGIN: Duration = Duration::from_secs(2);
+
+/// A hard deadline after SIGTERM, on a thread of its own: the process ends in time even if the
+/// runtime were stuck (no request should be able to do that, but the kubelet's SIGKILL after the
+/// grace period would otherwise be the only thing that ends it).
+fn exit_by(deadline: Duration) {
+    std::thread::spawn(move || {
+        std::thread::sleep(deadline);
+        eprintln!("handover-sidecar: still running {deadline:?} after SIGTERM; exiting now");
+        std::process::exit(0);
+    });
 }
 
 async fn shutdown_signal() {
@@ -287,6 +379,7 @@ async fn shutdown_signal() {
     }
 }
 
+#[cfg(feature = "kubernetes")]
 async fn kubernetes_registry(pool: &str) -> Result<Arc<dyn Registry>, String> {
     let (namespace, name) = pool.split_once('/').ok_or_else(|| format!("--pool {pool:?} is not `namespace/name`"))?;
     let registry = crate::registry_kube::KubeRegistry::start(namespace, name)
@@ -295,23 +388,37 @@ async fn kubernetes_registry(pool: &str) -> Result<Arc<dyn Registry>, String> {
     Ok(registry)
 }
 
+#[cfg(not(feature = "kubernetes"))]
+async fn kubernetes_registry(_pool: &str) -> Result<Arc<dyn Registry>, String> {
+    Err("this build of handover-sidecar has no Kubernetes registry (feature `kubernetes`)".to_owned())
+}
+
 /// `cookie inspect`: prints the opened cookie as JSON, or why it is refused.
-pub fn inspect(value: &str, key_file: &std::path::Path, pool: &str, cookie_name: &str) -> Result<String, String> {
+pub fn inspect(
+    value: &str,
+    key_file: &std::path::Path,
+    pool: &str,
+    cookie_name: Option<&str>,
+) -> Result<String, String> {
     let ring = crate::keys::KeyRing::load(key_file).map_err(|e| e.to_string())?;
-    let pairs: Vec<(String, String)> = if value.contains('=') {
-        value
-            .split(';')
-            .filter_map(|p| p.split_once('='))
-            .map(|(n, v)| (n.trim().to_owned(), v.trim().to_owned()))
-            .collect()
-    } else {
-        vec![(cookie_name.to_owned(), value.trim().to_owned())]
+    let derived = crate::cookie_attrs::default_name(pool, false, "/", "");
+    let candidates: Vec<String> = match cookie_name {
+        Some(name) => vec![name.to_owned()],
+        None => vec![format!("{}{derived}", crate::cookie_attrs::HOST_PREFIX), derived, "handover".to_owned()],
     };
-    let budget = crate::cookie::Budget::for_cookie(cookie_name, usize::MAX / 2);
-    let joined =
-        crate::cookie::join(cookie_name, budget, |n| pairs.iter().find(|(k, _)| k == n).map(|(_, v)| v.as_str()))
-            .map_err(|e| format!("refused: {e} ({})", e.reason()))?
-            .ok_or_else(|| format!("no cookie named {cookie_name:?} in the input"))?;
+    let pairs: Vec<(&str, &str)> = if value.contains('=') {
+        crate::cookie::request_pairs(std::iter::once(value))
+    } else {
+        vec![(candidates[0].as_str(), value.trim())]
+    };
+    let cookie_name =
+        candidates.iter().find(|c| pairs.iter().any(|(n, _)| n == c)).cloned().unwrap_or_else(|| candidates[0].clone());
+    let cookie_name = cookie_name.as_str();
+    // The largest budget a pool may set (the CRD's maximum); inspect reads what any pool wrote.
+    let budget = crate::cookie::Budget::for_cookie(cookie_name, 64 * 1024);
+    let joined = crate::cookie::join(cookie_name, budget, |n| pairs.iter().find(|(k, _)| *k == n).map(|(_, v)| *v))
+        .map_err(|e| format!("refused: {e} ({})", e.reason()))?
+        .ok_or_else(|| format!("no cookie named {cookie_name:?} in the input"))?;
     let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
     let s = crate::cookie::open(&joined, pool, &ring, now).map_err(|e| format!("refused: {e} ({})", e.reason()))?;
     let state_text = String::from_utf8(s.state.clone()).ok();
@@ -329,4 +436,18 @@ pub fn inspect(value: &str, key_file: &std::path::Path, pool: &str, cookie_name:
         "sealed_bytes": joined.len(),
     });
     serde_json::to_string_pretty(&report).map_err(|e| e.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn addresses_parse_with_or_without_ipv6_brackets() {
+        assert_eq!(socket_addr("10.0.0.1:9901"), Ok("10.0.0.1:9901".parse().expect("addr")));
+        assert_eq!(socket_addr("[fd00::1]:9901"), Ok("[fd00::1]:9901".parse().expect("addr")));
+        assert_eq!(socket_addr("fd00::1:9901"), Ok("[fd00::1]:9901".parse().expect("addr")));
+        assert!(socket_addr("pod:9901").is_err());
+        assert!(socket_addr("10.0.0.1:99999").is_err());
+    }
 }

@@ -142,8 +142,21 @@ pub fn seal(snapshot: &Snapshot, pool: &str, ring: &KeyRing) -> String {
     URL_SAFE_NO_PAD.encode(out)
 }
 
-/// Opens a cookie value sealed for `pool`. `now` is unix seconds.
+/// Opens a cookie value sealed for `pool`. `now` is unix seconds. States up to
+/// [`MAX_STATE_BYTES`]; the proxy uses [`open_within`] with its own, smaller bound.
 pub fn open(value: &str, pool: &str, ring: &KeyRing, now: u64) -> Result<Snapshot, CookieError> {
+    open_within(value, pool, ring, now, MAX_STATE_BYTES)
+}
+
+/// Opens a cookie value whose state (decompressed) is at most `max_state` bytes: a small, highly
+/// compressible cookie must not expand into a large state.
+pub fn open_within(
+    value: &str,
+    pool: &str,
+    ring: &KeyRing,
+    now: u64,
+    max_state: usize,
+) -> Result<Snapshot, CookieError> {
     let raw = URL_SAFE_NO_PAD.decode(value.trim()).map_err(|_| CookieError::Garbage)?;
     if raw.len() < HEADER_LEN + NONCE_LEN + TAG_LEN {
         return Err(CookieError::Garbage);
@@ -164,7 +177,7 @@ pub fn open(value: &str, pool: &str, ring: &KeyRing, now: u64) -> Result<Snapsho
         .cipher
         .decrypt(XNonce::from_slice(nonce), Payload { msg: sealed, aad: &ad })
         .map_err(|_| CookieError::Tampered)?;
-    let snapshot = decode_body(&body)?;
+    let snapshot = decode_body(&body, max_state.min(MAX_STATE_BYTES))?;
     if snapshot.expires_at <= now {
         return Err(CookieError::Expired);
     }
@@ -237,7 +250,7 @@ impl<'a> Reader<'a> {
     }
 }
 
-fn decode_body(body: &[u8]) -> Result<Snapshot, CookieError> {
+fn decode_body(body: &[u8], max_state: usize) -> Result<Snapshot, CookieError> {
     let mut r = Reader(body);
     let version = r.u64()?;
     let issued_at = r.u64()?;
@@ -253,13 +266,15 @@ fn decode_body(body: &[u8]) -> Result<Snapshot, CookieError> {
     let state = if flags & FLAG_DEFLATED != 0 {
         let mut out = Vec::new();
         flate2::read::DeflateDecoder::new(stored)
-            .take(MAX_STATE_BYTES as u64 + 1)
+            .take(max_state as u64 + 1)
             .read_to_end(&mut out)
             .map_err(|_| CookieError::Malformed)?;
-        if out.len() > MAX_STATE_BYTES {
-            return Err(CookieError::Malformed);
+        if out.len() > max_state {
+            return Err(CookieError::OverBudget);
         }
         out
+    } else if stored.len() > max_state {
+        return Err(CookieError::OverBudget);
     } else {
         stored.to_vec()
     };
@@ -345,9 +360,39 @@ pub fn join<'a>(
     Ok(Some(value))
 }
 
-/// The number of chunks a value joined from cookies had, from the first chunk's value.
-pub fn chunk_count(first_value: &str) -> usize {
-    first_value.split_once('.').and_then(|(n, _)| n.parse().ok()).unwrap_or(1)
+/// The chunk indices of cookie `name` among the cookie names a request carries: what the
+/// client holds, so a smaller new value can delete the chunks it no longer needs. Derived from
+/// the names actually present (never from a count the client claims), so the work and the
+/// Set-Cookie lines it leads to are bounded by the request's own size.
+pub fn held_chunks<'a>(name: &str, names: impl Iterator<Item = &'a str>) -> Vec<usize> {
+    let mut held: Vec<usize> = names.filter_map(|n| chunk_index(name, n)).collect();
+    held.sort_unstable();
+    held.dedup();
+    held
+}
+
+/// `Some(i)` when `cookie_name` is chunk `i` of cookie `name` (`name` itself is chunk 0).
+pub fn chunk_index(name: &str, cookie_name: &str) -> Option<usize> {
+    if cookie_name == name {
+        return Some(0);
+    }
+    let digits = cookie_name.strip_prefix(name)?.strip_prefix('.')?;
+    // At most 4 digits: no budget has more than a few dozen chunks, and a longer number is not
+    // ours to parse.
+    if digits.is_empty() || digits.len() > 4 || !digits.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    digits.parse().ok()
+}
+
+/// All `name=value` pairs of the values of a request's `Cookie` headers, in order (RFC 6265 §5.4:
+/// pairs separated by `;`; HTTP/2 may split them over several header fields).
+pub fn request_pairs<'a>(values: impl Iterator<Item = &'a str>) -> Vec<(&'a str, &'a str)> {
+    values
+        .flat_map(|v| v.split(';'))
+        .filter_map(|pair| pair.split_once('='))
+        .map(|(n, v)| (n.trim(), v.trim()))
+        .collect()
 }
 
 #[cfg(test)]
@@ -439,6 +484,36 @@ mod tests {
         let forged = HashMap::from([("c".to_owned(), "999.aaa".to_owned())]);
         assert_eq!(join("c", budget, |n| forged.get(n).map(String::as_str)), Err(CookieError::OverBudget));
         assert_eq!(join("c", budget, |_| None), Ok(None));
+    }
+
+    #[test]
+    fn held_chunks_come_from_the_names_present_never_from_a_claimed_count() {
+        let names = ["handover", "handover.2", "other", "handover.1", "handover.2", "handover.99999999", "handover.x"];
+        assert_eq!(held_chunks("handover", names.into_iter()), vec![0, 1, 2]);
+        assert_eq!(chunk_index("handover", "handover.0003"), Some(3));
+        assert_eq!(chunk_index("handover", "handover."), None);
+        assert_eq!(chunk_index("handover", "handoverx"), None);
+        // A forged count in the first chunk's value claims nothing here.
+        let pairs = request_pairs(["handover=18446744073709551615.x"].into_iter());
+        assert_eq!(held_chunks("handover", pairs.iter().map(|(n, _)| *n)), vec![0]);
+    }
+
+    #[test]
+    fn a_small_cookie_does_not_expand_past_the_state_bound() {
+        let keys = ring(&[1]);
+        let state = vec![b'a'; 100_000];
+        let value = seal(&snapshot(state), "p", &keys);
+        assert!(value.len() < 1_000, "a repetitive state seals small");
+        assert_eq!(open_within(&value, "p", &keys, 0, 65_536), Err(CookieError::OverBudget));
+        assert_eq!(open_within(&value, "p", &keys, 0, 100_000).map(|s| s.state.len()), Ok(100_000));
+        let plain = seal(&snapshot(vec![7; 100]), "p", &keys);
+        assert_eq!(open_within(&plain, "p", &keys, 0, 99), Err(CookieError::OverBudget));
+    }
+
+    #[test]
+    fn request_pairs_read_every_cookie_header_field() {
+        let pairs = request_pairs(["a=1; handover=x", "handover.1=y;b=2", "junk"].into_iter());
+        assert_eq!(pairs, vec![("a", "1"), ("handover", "x"), ("handover.1", "y"), ("b", "2")]);
     }
 
     proptest! {

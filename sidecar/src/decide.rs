@@ -157,6 +157,129 @@ pub fn should_pull(p: PullInputs) -> bool {
     p.draining_since.is_some() || p.now.saturating_duration_since(last) >= p.interval
 }
 
+/// What the app said about the session's state on this response.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Offered {
+    /// A `Handover-State` header; `empty` when its value was empty (the app deletes the state).
+    Pushed { empty: bool },
+    /// A pull answered: `empty` when the app has no state for the session (`404`, or no bytes).
+    Pulled { empty: bool },
+    /// A pull was needed but failed (error, timeout, unexpected status).
+    PullFailed,
+    /// Nothing: no push, and no pull was due.
+    Nothing,
+}
+
+/// What a response does to the client's state cookie.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SealAction {
+    /// Seal a state into the cookie, from `source`.
+    Seal(SealSource),
+    /// Delete the client's cookie (every chunk it holds): the app ended the session's state.
+    Delete,
+    /// No `Set-Cookie`: the client keeps whatever cookie it has (or has none).
+    Keep,
+}
+
+/// Where a sealed state comes from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SealSource {
+    /// The app pushed it on this response.
+    Push,
+    /// The sidecar pulled it from the app.
+    Pull,
+    /// The cookie's own state, resealed naming this pod as the session's new owner.
+    Carry,
+    /// The cookie's own state, resealed with a new expiry: the session is active but its state
+    /// did not change (push mode), and the cookie would otherwise expire under it.
+    Refresh,
+}
+
+impl SealSource {
+    /// The `source` label of `handover_snapshots_total`.
+    pub fn label(self) -> &'static str {
+        match self {
+            SealSource::Push => "push",
+            SealSource::Pull => "pull",
+            SealSource::Carry => "carry",
+            SealSource::Refresh => "refresh",
+        }
+    }
+}
+
+/// Whether a response seals, deletes or leaves the client's cookie alone.
+///
+/// A session exists once the app gives it state: a request that carried no cookie (a static file,
+/// a bot, a health check, a cross-site return under `SameSite=Lax`) is sealed only when the app
+/// pushed or a pull returned bytes, so it never mints a cookie for nothing and never overwrites a
+/// cookie the client has but did not send. A pull that finds no state for a session that has a
+/// cookie deletes nothing: the app may have lost it (restarted mid-request), and the cookie is
+/// then the only copy left; an app ends a state by pushing an empty one.
+///
+/// A cookie whose state the app refused to restore (`Dropped`) is replaced by the fresh session's
+/// state if the app gives it one, and deleted otherwise: it must not come back on every request.
+///
+/// `refresh_due` ([`refresh_due`]): the cookie is the newest copy of the session and past half its
+/// life; it is resealed so that an active session never expires under its client.
+pub fn seal_action(cookie: CookieSeen, offered: Offered, owner_changed: bool, refresh_due: bool) -> SealAction {
+    match (offered, cookie) {
+        (Offered::Pushed { empty: false }, _) => SealAction::Seal(SealSource::Push),
+        (Offered::Pulled { empty: false }, _) => SealAction::Seal(SealSource::Pull),
+        (_, CookieSeen::Dropped) => SealAction::Delete,
+        (Offered::Pushed { empty: true }, CookieSeen::Valid) => SealAction::Delete,
+        // A session just taken over (or restored) gets a cookie naming its new owner, so its next
+        // request comes here directly instead of through a forward to the successor.
+        (_, CookieSeen::Valid) if owner_changed => SealAction::Seal(SealSource::Carry),
+        (_, CookieSeen::Valid) if refresh_due => SealAction::Seal(SealSource::Refresh),
+        _ => SealAction::Keep,
+    }
+}
+
+/// Whether a cookie should be resealed with a new expiry although its state did not change: it is
+/// past half its life (`issued_at + max_age / 2`, unix seconds), and the local app holds exactly
+/// its version — the cookie is the newest copy, so resealing its state loses nothing. (A client
+/// presenting an older cookie than the app holds is not refreshed: that would make an old state
+/// look newer than the app's.)
+pub fn refresh_due(cookie: &Snapshot, local_version: Option<u64>, max_age_secs: u64, now_unix: u64) -> bool {
+    local_version == Some(cookie.version) && now_unix >= cookie.issued_at.saturating_add(max_age_secs / 2)
+}
+
+/// The state cookie of the request, as far as sealing the response goes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CookieSeen {
+    /// None, or one that did not open (it may be another pool's, or arrive whole next time: it is
+    /// left alone).
+    Absent,
+    /// It opened, and the response's session is its session.
+    Valid,
+    /// It opened, but the app refused to restore its state: the response's session is a fresh one.
+    Dropped,
+}
+
+/// What an answer of the app to a restore (`PUT <statePath>`) means.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RestoreVerdict {
+    /// Restored.
+    Done,
+    /// "This state is not for me" (a 4xx: a format this release cannot read, a state it judges
+    /// invalid): drop the state and start a fresh session; retrying cannot help.
+    Refused,
+    /// A failure that may pass (a 5xx, `408`, `429`, anything unexpected): try again, a bounded
+    /// number of times, then answer `502` and keep the client's cookie.
+    Retry,
+}
+
+/// Reads the app's answer to a restore.
+pub fn restore_verdict(status: u16) -> RestoreVerdict {
+    match status {
+        200..=299 => RestoreVerdict::Done,
+        // Timeouts and rate limits are the app's state of the moment, not its verdict on the state.
+        408 | 429 => RestoreVerdict::Retry,
+        400..=499 => RestoreVerdict::Refused,
+        _ => RestoreVerdict::Retry,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -387,5 +510,116 @@ mod tests {
         assert!(!should_pull(PullInputs { mode: Mode::Push, last_sealed: None, ..base }));
         assert!(!should_pull(PullInputs { mode: Mode::Both, pushed: true, last_sealed: None, ..base }));
         assert!(should_pull(PullInputs { mode: Mode::Both, last_sealed: None, ..base }));
+    }
+
+    #[test]
+    fn a_session_without_state_gets_no_cookie() {
+        for offered in
+            [Offered::Nothing, Offered::PullFailed, Offered::Pulled { empty: true }, Offered::Pushed { empty: true }]
+        {
+            assert_eq!(
+                seal_action(CookieSeen::Absent, offered, false, false),
+                SealAction::Keep,
+                "{offered:?} without a cookie"
+            );
+        }
+        assert_eq!(
+            seal_action(CookieSeen::Absent, Offered::Pushed { empty: false }, false, false),
+            SealAction::Seal(SealSource::Push)
+        );
+        assert_eq!(
+            seal_action(CookieSeen::Absent, Offered::Pulled { empty: false }, false, false),
+            SealAction::Seal(SealSource::Pull)
+        );
+    }
+
+    #[test]
+    fn a_session_with_a_cookie_is_sealed_deleted_or_left_alone() {
+        assert_eq!(
+            seal_action(CookieSeen::Valid, Offered::Pushed { empty: false }, false, false),
+            SealAction::Seal(SealSource::Push)
+        );
+        assert_eq!(seal_action(CookieSeen::Valid, Offered::Pushed { empty: true }, false, false), SealAction::Delete);
+        assert_eq!(seal_action(CookieSeen::Valid, Offered::Pushed { empty: true }, true, false), SealAction::Delete);
+        assert_eq!(seal_action(CookieSeen::Valid, Offered::Nothing, false, false), SealAction::Keep);
+        assert_eq!(seal_action(CookieSeen::Valid, Offered::Nothing, true, false), SealAction::Seal(SealSource::Carry));
+        assert_eq!(
+            seal_action(CookieSeen::Valid, Offered::PullFailed, true, false),
+            SealAction::Seal(SealSource::Carry)
+        );
+        assert_eq!(
+            seal_action(CookieSeen::Valid, Offered::Pulled { empty: true }, false, false),
+            SealAction::Keep,
+            "a pull that finds nothing never deletes the only copy"
+        );
+    }
+
+    #[test]
+    fn a_dropped_cookie_is_replaced_by_new_state_or_deleted() {
+        let dropped = CookieSeen::Dropped;
+        assert_eq!(
+            seal_action(dropped, Offered::Pushed { empty: false }, false, false),
+            SealAction::Seal(SealSource::Push)
+        );
+        assert_eq!(
+            seal_action(dropped, Offered::Pulled { empty: false }, false, false),
+            SealAction::Seal(SealSource::Pull)
+        );
+        for offered in
+            [Offered::Nothing, Offered::PullFailed, Offered::Pulled { empty: true }, Offered::Pushed { empty: true }]
+        {
+            for owner_changed in [false, true] {
+                assert_eq!(seal_action(dropped, offered, owner_changed, false), SealAction::Delete, "{offered:?}");
+            }
+        }
+    }
+
+    #[test]
+    fn an_active_session_is_refreshed_past_half_its_life_only_from_the_newest_copy() {
+        let cookie = Snapshot { issued_at: 1_000, version: 7, ..cookie_from("a", 7) };
+        assert!(!refresh_due(&cookie, Some(7), 100, 1_049), "still young");
+        assert!(refresh_due(&cookie, Some(7), 100, 1_050), "half its life");
+        assert!(!refresh_due(&cookie, Some(8), 100, 1_090), "the app holds newer: never reseal the older cookie");
+        assert!(!refresh_due(&cookie, None, 100, 1_090), "not held here (it is restored first)");
+        assert_eq!(
+            seal_action(CookieSeen::Valid, Offered::Nothing, false, true),
+            SealAction::Seal(SealSource::Refresh)
+        );
+        assert_eq!(
+            seal_action(CookieSeen::Valid, Offered::Pushed { empty: false }, false, true),
+            SealAction::Seal(SealSource::Push),
+            "new state beats a refresh"
+        );
+        assert_eq!(seal_action(CookieSeen::Absent, Offered::Nothing, false, true), SealAction::Keep);
+        assert_eq!(seal_action(CookieSeen::Dropped, Offered::Nothing, false, true), SealAction::Delete);
+    }
+
+    #[test]
+    fn only_a_client_error_refuses_a_restore_and_only_failures_are_retried() {
+        assert_eq!(restore_verdict(200), RestoreVerdict::Done);
+        assert_eq!(restore_verdict(204), RestoreVerdict::Done);
+        for refused in [400, 403, 404, 409, 410, 415, 422] {
+            assert_eq!(restore_verdict(refused), RestoreVerdict::Refused, "{refused}");
+        }
+        for retried in [408, 429, 500, 502, 503, 504, 301, 100] {
+            assert_eq!(restore_verdict(retried), RestoreVerdict::Retry, "{retried}");
+        }
+    }
+
+    proptest! {
+        #[test]
+        fn a_cookieless_request_is_sealed_only_with_state_from_the_app(
+            pushed in any::<bool>(), empty in any::<bool>(), failed in any::<bool>(), owner_changed in any::<bool>(),
+        ) {
+            let offered = match (pushed, failed) {
+                (true, _) => Offered::Pushed { empty },
+                (false, true) => Offered::PullFailed,
+                (false, false) => Offered::Pulled { empty },
+            };
+            let action = seal_action(CookieSeen::Absent, offered, owner_changed, false);
+            let app_gave_state = !empty && (pushed || !failed);
+            prop_assert_eq!(matches!(action, SealAction::Seal(_)), app_gave_state, "{:?}", action);
+            prop_assert_ne!(action, SealAction::Delete, "no cookie to delete");
+        }
     }
 }

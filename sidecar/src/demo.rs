@@ -31,6 +31,18 @@ pub struct DemoArgs {
     pub mode: Mode,
     #[arg(long, default_value = "500ms", value_parser = crate::cli::duration)]
     pub snapshot_interval: Duration,
+    /// The faults, taken in turn: `kill` (SIGKILL), `term` (graceful drain), `stop` (SIGSTOP: the
+    /// pod hangs without closing its connections, then is killed at the next fault).
+    #[arg(long, value_enum, value_delimiter = ',', default_value = "kill,term")]
+    pub faults: Vec<Fault>,
+}
+
+/// A way for a pod to go.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum Fault {
+    Kill,
+    Term,
+    Stop,
 }
 
 /// The outcome of a run.
@@ -118,6 +130,7 @@ pub async fn run(args: DemoArgs) -> Result<(), String> {
 
     let mut killed = 0u64;
     let mut terminated = 0u64;
+    let mut hung: Option<usize> = None;
     let mut retired_takeovers = 0.0;
     let mut next_fault = started + args.kill_every;
     let mut next_report = started + Duration::from_secs(1);
@@ -125,21 +138,37 @@ pub async fn run(args: DemoArgs) -> Result<(), String> {
         let now = Instant::now();
         if now >= next_fault {
             next_fault += args.kill_every;
+            if let Some(stopped) = hung.take() {
+                // The pod hung since the last fault: it goes now (its replacement already runs).
+                pool.kill_pod(stopped).await;
+            }
             let running = pool.running();
-            let victim = running[(killed + terminated) as usize % running.len()];
+            let faults_so_far = killed + terminated;
+            let victim = running[faults_so_far as usize % running.len()];
             let name = pool.pods[victim].name.clone();
             if let Some(page) = scrape(pool.pods[victim].admin()).await {
                 retired_takeovers += metric_sum(&page, "handover_takeovers_total");
             }
-            if (killed + terminated).is_multiple_of(2) {
-                pool.signal_pod(victim, Sig::Kill);
-                pool.kill_pod(victim).await;
-                killed += 1;
-                println!("  {:>5.1}s  SIGKILL {name}", started.elapsed().as_secs_f64());
-            } else {
-                println!("  {:>5.1}s  SIGTERM {name} (graceful drain)", started.elapsed().as_secs_f64());
-                pool.terminate_pod(victim).await?;
-                terminated += 1;
+            match args.faults[faults_so_far as usize % args.faults.len().max(1)] {
+                Fault::Kill => {
+                    pool.kill_pod(victim).await;
+                    killed += 1;
+                    println!("  {:>5.1}s  SIGKILL {name}", started.elapsed().as_secs_f64());
+                }
+                Fault::Term => {
+                    println!("  {:>5.1}s  SIGTERM {name} (graceful drain)", started.elapsed().as_secs_f64());
+                    pool.terminate_pod(victim).await?;
+                    terminated += 1;
+                }
+                Fault::Stop => {
+                    pool.signal_pod(victim, Sig::Stop);
+                    hung = Some(victim);
+                    killed += 1;
+                    println!(
+                        "  {:>5.1}s  SIGSTOP {name} (hangs until the next fault)",
+                        started.elapsed().as_secs_f64()
+                    );
+                }
             }
             let added = pool.add_pod().await?;
             println!("  {:>5.1}s  started {} to replace it", started.elapsed().as_secs_f64(), pool.pods[added].name);
@@ -157,6 +186,9 @@ pub async fn run(args: DemoArgs) -> Result<(), String> {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 
+    if let Some(stopped) = hung.take() {
+        pool.kill_pod(stopped).await;
+    }
     let mut sessions = Vec::new();
     let mut failures = Vec::new();
     for c in clients {
@@ -202,7 +234,7 @@ pub async fn run(args: DemoArgs) -> Result<(), String> {
         summary.requests as f64 / summary.duration_seconds
     );
     println!("acknowledged updates  {}", summary.acknowledged_updates);
-    println!("pods killed           {} SIGKILL, {} graceful", summary.pods_killed, summary.pods_terminated);
+    println!("pods killed           {} SIGKILL or SIGSTOP, {} graceful", summary.pods_killed, summary.pods_terminated);
     println!("failovers             {} (client saw errors, then went on)", summary.failovers);
     println!("takeovers             {} (sessions restored on a successor)", summary.takeovers);
     println!("failover latency      p50 {:.1} ms, p99 {:.1} ms", summary.failover_ms_p50, summary.failover_ms_p99);

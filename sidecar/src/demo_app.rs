@@ -2,10 +2,25 @@
 //! implements the handover contract. It keeps sessions in memory only, like the apps handover is
 //! for: kill it and its sessions are gone, unless the sidecar restores them.
 //!
-//! - `POST /incr` adds one to the session's counter; `GET /count` reads it.
+//! - `POST /incr` adds one to the session's counter (after reading its body, if any); `GET /count`
+//!   reads it.
+//! - `GET /headers`: the request headers as the app received them (JSON), to check the sidecar's
+//!   header hygiene.
 //! - `POST /blob?bytes=N` stores N bytes of noise in the session (large states).
+//! - `POST /login`: a privilege change: pushes the state and asks for a new session id
+//!   (`Handover-Rotate`), against session fixation.
+//! - `POST /clear` forgets the session and pushes an empty state: the sidecar deletes the cookie.
+//! - `GET /static/<name>`: a fixed file that needs no session (and gets no cookie).
+//! - `GET /visit?cache=public|s-maxage|none`: counts a visit (state, pushed) on a page whose
+//!   `Cache-Control` says a shared cache may store it (`public, max-age=3600`, `s-maxage=600`, or
+//!   none at all: cacheable by default), as a careless app or framework marks a personal page.
+//! - `POST /return`: a cross-site form post back to the site (a payment, SAML or OIDC
+//!   `form_post` return): reads its body and the session's count, changes nothing.
 //! - push: every change puts the new state in `Handover-State`.
-//! - `GET <statePath>` / `PUT <statePath>`: pull and restore.
+//! - `GET /stats`: how many sessions the app holds (`{"sessions": N}`).
+//! - `DELETE <statePath>`: the session left this pod; forgotten.
+//! - `GET <statePath>` / `PUT <statePath>`: pull and restore, on a listener of their own
+//!   (`--state-listen`, the pod's loopback) that the sidecar never forwards clients to.
 //! - `GET /echo` with `Upgrade: echo`: switches protocols and echoes bytes (upgrade pass-through).
 //! - `POST /hog?mib=N`: allocates N MiB (at most 4096) and never frees them, so that tests can
 //!   drive the app past its memory limit (the kernel's OOM killer then ends it).
@@ -23,7 +38,8 @@ use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
 use serde::{Deserialize, Serialize};
 
-use crate::proxy::{SESSION_HEADER, STATE_HEADER};
+use crate::proxy::{ROTATE_HEADER, SESSION_HEADER, STATE_HEADER};
+use crate::server::ConnLimits;
 use crate::upstream::Body;
 
 #[derive(clap::Args, Debug, Clone)]
@@ -31,6 +47,9 @@ pub struct DemoAppArgs {
     /// Address to listen on.
     #[arg(long, env = "DEMO_APP_LISTEN", default_value = "127.0.0.1:8080")]
     pub listen: SocketAddr,
+    /// Address of the state endpoint (the sidecar's `--state-addr`): keep it on loopback.
+    #[arg(long, env = "DEMO_APP_STATE_LISTEN", default_value = "127.0.0.1:8081")]
+    pub state_listen: SocketAddr,
     /// Name shown in responses (the pod name).
     #[arg(long, env = "HANDOVER_POD_NAME", default_value = "demo")]
     pub name: String,
@@ -39,9 +58,14 @@ pub struct DemoAppArgs {
     pub push: bool,
     #[arg(long, env = "HANDOVER_STATE_PATH", default_value = "/handover/state")]
     pub state_path: String,
-    /// Answer the first N restores with 500 (to test how a failed restore is handled).
+    /// Answer the first N restores with `--refuse-restores-status` (to test how a failed or
+    /// refused restore is handled).
     #[arg(long, default_value_t = 0)]
     pub refuse_restores: u64,
+    /// The status of a refused restore: 5xx is a failure (the sidecar retries), 4xx a verdict ("this
+    /// state is not for me": the sidecar starts a fresh session).
+    #[arg(long, default_value_t = 500)]
+    pub refuse_restores_status: u16,
     /// Worker threads (0: one per core).
     #[arg(long, default_value_t = 1)]
     pub workers: usize,
@@ -100,6 +124,49 @@ impl App {
         resp
     }
 
+    /// The state endpoint's listener: `GET`/`PUT <statePath>` and nothing else.
+    async fn handle_state(self: Arc<Self>, req: Request<Incoming>) -> Response<Body> {
+        let Some(session) = req.headers().get(SESSION_HEADER).and_then(|v| v.to_str().ok()).map(str::to_owned) else {
+            return reply(StatusCode::BAD_REQUEST, "no Handover-Session header\n");
+        };
+        if req.uri().path() != self.args.state_path {
+            return reply(StatusCode::NOT_FOUND, "state endpoint: GET/PUT <statePath>\n");
+        }
+        match *req.method() {
+            Method::GET => match self.sessions.lock().unwrap_or_else(|p| p.into_inner()).get(&session) {
+                Some(state) => reply(StatusCode::OK, serde_json::to_vec(state).unwrap_or_default()),
+                None => reply(StatusCode::NOT_FOUND, Bytes::new()),
+            },
+            Method::PUT => {
+                let refused = self.restores_refused.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                if refused < self.args.refuse_restores {
+                    let status = StatusCode::from_u16(self.args.refuse_restores_status)
+                        .unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+                    return reply(status, "this app refuses restores for now (--refuse-restores)\n");
+                }
+                let body = match Limited::new(req.into_body(), 1 << 20).collect().await {
+                    Ok(b) => b.to_bytes(),
+                    Err(e) => {
+                        return reply(StatusCode::BAD_REQUEST, format!("cannot read the state: {e}\n"));
+                    }
+                };
+                match serde_json::from_slice::<SessionState>(&body) {
+                    Ok(state) => {
+                        self.sessions.lock().unwrap_or_else(|p| p.into_inner()).insert(session, state);
+                        reply(StatusCode::NO_CONTENT, Bytes::new())
+                    }
+                    Err(e) => reply(StatusCode::BAD_REQUEST, format!("not a state of this app: {e}\n")),
+                }
+            }
+            Method::DELETE => {
+                // The session left this pod (its cookie expired, or another pod owns it now).
+                self.sessions.lock().unwrap_or_else(|p| p.into_inner()).remove(&session);
+                reply(StatusCode::NO_CONTENT, Bytes::new())
+            }
+            _ => reply(StatusCode::METHOD_NOT_ALLOWED, Bytes::new()),
+        }
+    }
+
     async fn handle(self: Arc<Self>, mut req: Request<Incoming>) -> Response<Body> {
         if req.uri().path() == "/echo" && req.headers().contains_key(header::UPGRADE) {
             let on_upgrade = hyper::upgrade::on(&mut req);
@@ -124,6 +191,9 @@ impl App {
         let path = req.uri().path().to_owned();
         match (method, path.as_str()) {
             (Method::POST, "/incr") => {
+                if let Err(e) = Limited::new(req.into_body(), 1 << 20).collect().await {
+                    return reply(StatusCode::BAD_REQUEST, format!("cannot read the body: {e}\n"));
+                }
                 let state = {
                     let mut sessions = self.sessions.lock().unwrap_or_else(|p| p.into_inner());
                     let s = sessions.entry(session.clone()).or_default();
@@ -178,33 +248,78 @@ impl App {
                 std::hint::black_box(held);
                 reply(StatusCode::OK, format!("holding {mib} MiB more, for good\n"))
             }
-            (Method::GET, p) if p == self.args.state_path => {
-                match self.sessions.lock().unwrap_or_else(|p| p.into_inner()).get(&session) {
-                    Some(state) => reply(StatusCode::OK, serde_json::to_vec(state).unwrap_or_default()),
-                    None => reply(StatusCode::NOT_FOUND, Bytes::new()),
-                }
-            }
-            (Method::PUT, p) if p == self.args.state_path => {
-                let refused = self.restores_refused.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                if refused < self.args.refuse_restores {
-                    return reply(
-                        StatusCode::INTERNAL_SERVER_ERROR,
-                        "this app refuses restores for now (--refuse-restores)\n",
-                    );
-                }
-                let body = match Limited::new(req.into_body(), 1 << 20).collect().await {
-                    Ok(b) => b.to_bytes(),
-                    Err(e) => {
-                        return reply(StatusCode::BAD_REQUEST, format!("cannot read the state: {e}\n"));
-                    }
+            (Method::POST, "/login") => {
+                let state = {
+                    let mut sessions = self.sessions.lock().unwrap_or_else(|p| p.into_inner());
+                    sessions.entry(session.clone()).or_default().clone()
                 };
-                match serde_json::from_slice::<SessionState>(&body) {
-                    Ok(state) => {
-                        self.sessions.lock().unwrap_or_else(|p| p.into_inner()).insert(session, state);
-                        reply(StatusCode::NO_CONTENT, Bytes::new())
-                    }
-                    Err(e) => reply(StatusCode::BAD_REQUEST, format!("not a state of this app: {e}\n")),
+                let mut resp = self.count_reply(&session, &state);
+                if let Some(v) = self.state_header(&state) {
+                    resp.headers_mut().insert(STATE_HEADER, v);
                 }
+                resp.headers_mut().insert(ROTATE_HEADER, http::HeaderValue::from_static("1"));
+                resp
+            }
+            (Method::POST, "/clear") => {
+                self.sessions.lock().unwrap_or_else(|p| p.into_inner()).remove(&session);
+                let mut resp = reply(StatusCode::NO_CONTENT, Bytes::new());
+                if self.args.push {
+                    resp.headers_mut().insert(STATE_HEADER, http::HeaderValue::from_static(""));
+                }
+                resp
+            }
+            (Method::GET, "/visit") => {
+                let cache_control = match req.uri().query() {
+                    Some("cache=public") => Some("public, max-age=3600"),
+                    Some("cache=s-maxage") => Some("s-maxage=600"),
+                    _ => None,
+                };
+                let state = {
+                    let mut sessions = self.sessions.lock().unwrap_or_else(|p| p.into_inner());
+                    let s = sessions.entry(session.clone()).or_default();
+                    s.count += 1;
+                    s.clone()
+                };
+                let mut resp = self.count_reply(&session, &state);
+                if let Some(v) = self.state_header(&state) {
+                    resp.headers_mut().insert(STATE_HEADER, v);
+                }
+                if let Some(cc) = cache_control {
+                    resp.headers_mut().insert(header::CACHE_CONTROL, http::HeaderValue::from_static(cc));
+                }
+                resp
+            }
+            (Method::POST, "/return") => {
+                if let Err(e) = Limited::new(req.into_body(), 1 << 20).collect().await {
+                    return reply(StatusCode::BAD_REQUEST, format!("cannot read the body: {e}\n"));
+                }
+                let state =
+                    self.sessions.lock().unwrap_or_else(|p| p.into_inner()).get(&session).cloned().unwrap_or_default();
+                self.count_reply(&session, &state)
+            }
+            (Method::GET, p) if p.starts_with("/static/") => {
+                let mut resp = reply(StatusCode::OK, "body { color: #333 }\n");
+                resp.headers_mut().insert(header::CONTENT_TYPE, http::HeaderValue::from_static("text/css"));
+                resp.headers_mut()
+                    .insert(header::CACHE_CONTROL, http::HeaderValue::from_static("public, max-age=3600"));
+                resp
+            }
+            (Method::GET, "/stats") => {
+                let sessions = self.sessions.lock().unwrap_or_else(|p| p.into_inner()).len();
+                let mut resp = reply(StatusCode::OK, format!("{{\"sessions\":{sessions}}}"));
+                resp.headers_mut().insert(header::CONTENT_TYPE, http::HeaderValue::from_static("application/json"));
+                resp
+            }
+            (Method::GET, "/headers") => {
+                let mut seen: std::collections::BTreeMap<String, Vec<String>> = Default::default();
+                for (name, value) in req.headers() {
+                    seen.entry(name.to_string())
+                        .or_default()
+                        .push(String::from_utf8_lossy(value.as_bytes()).into_owned());
+                }
+                let mut resp = reply(StatusCode::OK, serde_json::to_vec(&seen).unwrap_or_default());
+                resp.headers_mut().insert(header::CONTENT_TYPE, http::HeaderValue::from_static("application/json"));
+                resp
             }
             (Method::GET, "/") => {
                 let count =
@@ -214,9 +329,10 @@ impl App {
                     format!("pod {} — session {session} — count {count}\nPOST /incr to count\n", self.args.name),
                 )
             }
-            _ => {
-                reply(StatusCode::NOT_FOUND, "demo app: POST /incr, GET /count, POST /blob?bytes=N, POST /hog?mib=N\n")
-            }
+            _ => reply(
+                StatusCode::NOT_FOUND,
+                "demo app: POST /incr, GET /count, POST /blob?bytes=N, POST /login, POST /clear, POST /return, GET /visit, GET /static/<name>, POST /hog?mib=N\n",
+            ),
         }
     }
 }
@@ -226,9 +342,28 @@ pub async fn run(args: DemoAppArgs) -> Result<(), String> {
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await
         .map_err(|e| format!("cannot listen on {}: {e}", args.listen))?;
-    tracing::info!(listen = %args.listen, name = %args.name, push = args.push, "demo app started");
+    let state_listener = tokio::net::TcpListener::bind(args.state_listen)
+        .await
+        .map_err(|e| format!("cannot listen on {}: {e}", args.state_listen))?;
+    tracing::info!(listen = %args.listen, state = %args.state_listen, name = %args.name, push = args.push, "demo app started");
     let app = Arc::new(App { args, restores_refused: Default::default(), sessions: Mutex::new(HashMap::new()) });
-    crate::server::serve(listener, move |req, _| Arc::clone(&app).handle(req), std::future::pending(), Duration::ZERO)
-        .await;
+    let state_app = Arc::clone(&app);
+    tokio::spawn(crate::server::serve(
+        state_listener,
+        move |req, _| Arc::clone(&state_app).handle_state(req),
+        std::future::pending(),
+        Duration::ZERO,
+        ConnLimits::LOCAL,
+        Default::default(),
+    ));
+    crate::server::serve(
+        listener,
+        move |req, _| Arc::clone(&app).handle(req),
+        std::future::pending(),
+        Duration::ZERO,
+        ConnLimits::LOCAL,
+        Default::default(),
+    )
+    .await;
     Ok(())
 }

@@ -25,6 +25,9 @@ pub enum KeyError {
 pub struct Key {
     pub id: u32,
     pub cipher: XChaCha20Poly1305,
+    /// Authenticates forwards between the pool's sidecars ([`crate::peer_auth`]): derived from the
+    /// secret, so the cookie key itself is never used for two purposes.
+    pub forward: [u8; 32],
 }
 
 /// The current key first, then the previous ones.
@@ -37,7 +40,15 @@ impl KeyRing {
     /// Parses the text of a key file.
     pub fn parse(text: &str) -> Result<KeyRing, KeyError> {
         let file = keyfile::KeyRing::parse(text)?;
-        let keys = file.0.iter().map(|k| Key { id: k.id, cipher: XChaCha20Poly1305::new(&k.secret.into()) }).collect();
+        let keys = file
+            .0
+            .iter()
+            .map(|k| Key {
+                id: k.id,
+                cipher: XChaCha20Poly1305::new(&k.secret.into()),
+                forward: crate::peer_auth::derive_key(&k.secret),
+            })
+            .collect();
         Ok(KeyRing { keys })
     }
 

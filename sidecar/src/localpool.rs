@@ -28,6 +28,8 @@ use crate::registry::parse_members;
 pub const DATA_PORT: u16 = 8000;
 pub const ADMIN_PORT: u16 = 9901;
 pub const APP_PORT: u16 = 8080;
+/// The app's state endpoint: a listener of its own on the pod's loopback (or its own address).
+pub const STATE_PORT: u16 = 8081;
 /// The pool's name in cookies.
 pub const POOL: &str = "local/demo";
 /// How often the registry keeper probes readiness.
@@ -50,6 +52,8 @@ pub struct PoolOptions {
     pub sidecar_args: Vec<String>,
     /// More flags for every app (e.g. `--refuse-restore`).
     pub app_args: Vec<String>,
+    /// The pool's `namespace/name` (cookies are bound to it, and named after it by default).
+    pub pool: String,
 }
 
 impl PoolOptions {
@@ -62,6 +66,7 @@ impl PoolOptions {
             drain_grace: Duration::from_millis(500),
             sidecar_args: Vec::new(),
             app_args: Vec::new(),
+            pool: POOL.to_owned(),
         }
     }
 }
@@ -87,9 +92,18 @@ impl Pod {
     /// Where the app listens, as its sidecar reaches it: the pod's own localhost when the pod has
     /// a namespace, else its address on the host's loopback.
     fn app_listen(&self) -> SocketAddr {
+        self.local(APP_PORT)
+    }
+
+    /// Where the app's state endpoint listens: beside the app, never reachable through the sidecar.
+    fn state_listen(&self) -> SocketAddr {
+        self.local(STATE_PORT)
+    }
+
+    fn local(&self, port: u16) -> SocketAddr {
         match self.netns {
-            Some(_) => SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), APP_PORT),
-            None => SocketAddr::new(self.ip, APP_PORT),
+            Some(_) => SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), port),
+            None => SocketAddr::new(self.ip, port),
         }
     }
 
@@ -326,6 +340,7 @@ impl LocalPool {
         let mut cmd = self.in_pod(pod);
         cmd.arg("demo-app")
             .args(["--listen", &pod.app_listen().to_string(), "--name", &pod.name])
+            .args(["--state-listen", &pod.state_listen().to_string()])
             .args(["--push", if self.opts.mode == Mode::Pull { "false" } else { "true" }])
             .args(&self.opts.app_args)
             .stdin(Stdio::null())
@@ -346,8 +361,9 @@ impl LocalPool {
             .args(["--listen", &pod.bind(DATA_PORT).to_string()])
             .args(["--admin", &pod.bind(ADMIN_PORT).to_string()])
             .args(["--app", &pod.app_listen().to_string()])
+            .args(["--state-addr", &pod.state_listen().to_string()])
             .args(["--pod-ip", &pod.ip.to_string()])
-            .arg(format!("--pool={POOL}"))
+            .arg(format!("--pool={}", self.opts.pool))
             .arg(format!("--pod-name={}", pod.name))
             .arg(format!("--pod-uid={}", pod.uid))
             .arg("--key-file")
@@ -367,6 +383,32 @@ impl LocalPool {
         cmd.spawn().map_err(|e| format!("cannot start the sidecar: {e}"))
     }
 
+    /// The name of the pool's state cookie, as its sidecars were told or derive it.
+    pub fn cookie_name(&self) -> String {
+        let args = &self.opts.sidecar_args;
+        // The last occurrence wins, as with the sidecar's own flag parser.
+        let flag = |name: &str| {
+            let mut value = None;
+            for (i, arg) in args.iter().enumerate() {
+                if arg == name {
+                    value = args.get(i + 1).cloned();
+                } else if let Some(v) = arg.strip_prefix(name).and_then(|rest| rest.strip_prefix('=')) {
+                    value = Some(v.to_owned());
+                }
+            }
+            value
+        };
+        match flag("--cookie-name").filter(|n| !n.is_empty()) {
+            Some(name) => name,
+            None => crate::cookie_attrs::default_name(
+                &self.opts.pool,
+                flag("--cookie-secure").is_some_and(|v| v == "true"),
+                &flag("--cookie-path").unwrap_or_else(|| "/".to_owned()),
+                &flag("--cookie-domain").unwrap_or_default(),
+            ),
+        }
+    }
+
     /// Addresses of the pods the registry lists as ready: what a Service would balance over.
     pub fn ready_addrs(&self) -> Vec<SocketAddr> {
         self.ready.lock().unwrap_or_else(|p| p.into_inner()).clone()
@@ -382,6 +424,13 @@ impl LocalPool {
         let pod = &self.pods[i];
         for child in [pod.sidecar.as_ref(), pod.app.as_ref()].into_iter().flatten() {
             signal(child, sig);
+        }
+    }
+
+    /// Sends `sig` to pod `i`'s sidecar only.
+    pub fn signal_sidecar(&self, i: usize, sig: Sig) {
+        if let Some(sidecar) = self.pods[i].sidecar.as_ref() {
+            signal(sidecar, sig);
         }
     }
 

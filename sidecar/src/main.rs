@@ -1,6 +1,7 @@
 //! `handover-sidecar`: see `--help`.
 
 use clap::Parser;
+use handover_common::logging::{LogFormat, init_logging};
 use handover_sidecar::cli::{self, Cli, Command, CookieCommand};
 
 fn main() {
@@ -22,17 +23,17 @@ fn run() -> Result<(), String> {
     let cli = Cli::parse();
     match cli.command {
         Command::Run(args) => {
-            cli::init_logging(&args.log_level, args.log_format);
+            init_logging(&args.log_level, args.log_format);
             runtime(args.workers)?.block_on(cli::run(*args))
         }
         Command::Demo(args) => runtime(0)?.block_on(handover_sidecar::demo::run(args)),
         Command::DemoApp(args) => {
-            cli::init_logging("info", cli::LogFormat::Text);
+            init_logging("info", LogFormat::Text);
             runtime(args.workers)?.block_on(handover_sidecar::demo_app::run(args))
         }
         Command::Bench(args) => runtime(0)?.block_on(handover_sidecar::bench::run(args)),
         Command::Cookie(CookieCommand::Inspect { value, key_file, pool, cookie_name }) => {
-            println!("{}", cli::inspect(&value, &key_file, &pool, &cookie_name)?);
+            println!("{}", cli::inspect(&value, &key_file, &pool, cookie_name.as_deref())?);
             Ok(())
         }
         Command::Keygen { id } => {

@@ -23,6 +23,13 @@ pub struct Member {
 pub trait Registry: Send + Sync + 'static {
     /// The live members as last known, sorted by name.
     fn live(&self) -> Arc<Vec<Member>>;
+
+    /// Whether the registry has seen the pool at least once. Until then it knows no live peer,
+    /// and a pod that served would take over sessions of peers it cannot see: `/ready` waits.
+    /// `Err` says why not yet.
+    fn synced(&self) -> Result<(), String> {
+        Ok(())
+    }
 }
 
 /// Parses a member list: one member per line or comma-separated item, `name uid addr` or

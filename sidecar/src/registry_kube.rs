@@ -22,7 +22,8 @@ use crate::registry::{Member, Registry};
 
 /// The sidecar port when the ServerPool does not say (the CRD's default).
 const DEFAULT_SIDECAR_PORT: u16 = 8000;
-/// How long [`KubeRegistry::start`] waits for the first list before returning.
+/// How long [`KubeRegistry::start`] waits for the first list before returning (the sidecar is not
+/// ready until it has one, however long that takes).
 const FIRST_SYNC: Duration = Duration::from_secs(5);
 
 /// The part of `ServerPool.spec` the registry reads.
@@ -78,6 +79,8 @@ pub fn members_of(pool: &serde_json::Value) -> Vec<Member> {
 /// A [`Registry`] fed by a watch on the pool's ServerPool.
 pub struct KubeRegistry {
     members: RwLock<Arc<Vec<Member>>>,
+    /// `None` once a full list was seen; before that, the last reason it was not.
+    not_synced: RwLock<Option<String>>,
 }
 
 impl Registry for KubeRegistry {
@@ -87,12 +90,35 @@ impl Registry for KubeRegistry {
             Err(poisoned) => poisoned.into_inner().clone(),
         }
     }
+
+    fn synced(&self) -> Result<(), String> {
+        match &*self.not_synced.read().unwrap_or_else(|p| p.into_inner()) {
+            None => Ok(()),
+            Some(why) => Err(why.clone()),
+        }
+    }
 }
 
 impl KubeRegistry {
     /// An empty registry (no live member known yet).
     fn empty() -> Self {
-        Self { members: RwLock::new(Arc::new(Vec::new())) }
+        Self {
+            members: RwLock::new(Arc::new(Vec::new())),
+            not_synced: RwLock::new(Some("no list of the ServerPool yet".to_owned())),
+        }
+    }
+
+    /// Records why the registry is still not synced (a sync, once seen, stays: a sidecar that
+    /// loses the API server keeps routing on what it knew).
+    fn not_synced_because(&self, why: String) {
+        let mut slot = self.not_synced.write().unwrap_or_else(|p| p.into_inner());
+        if slot.is_some() {
+            *slot = Some(why);
+        }
+    }
+
+    fn mark_synced(&self) {
+        *self.not_synced.write().unwrap_or_else(|p| p.into_inner()) = None;
     }
 
     fn set(&self, members: Vec<Member>) {
@@ -109,8 +135,17 @@ impl KubeRegistry {
         }
     }
 
-    /// Applies one watch event. Returns true once a full list has been seen.
+    /// Applies one watch event. Returns true (and counts as synced from then on) once a full list
+    /// has been seen.
     fn on_event(&self, event: watcher::Event<DynamicObject>, seen_in_init: &mut bool) -> bool {
+        let complete = self.apply(event, seen_in_init);
+        if complete {
+            self.mark_synced();
+        }
+        complete
+    }
+
+    fn apply(&self, event: watcher::Event<DynamicObject>, seen_in_init: &mut bool) -> bool {
         match event {
             watcher::Event::Init => {
                 *seen_in_init = false;
@@ -167,13 +202,14 @@ impl KubeRegistry {
                     }
                     // The watcher retries with backoff; the last known members stay.
                     Err(e) => {
+                        feed.not_synced_because(format!("cannot read ServerPool {pool_name}: {e}"));
                         tracing::warn!(pool = %pool_name, error = %e, "ServerPool watch failed; retrying")
                     }
                 }
             }
         });
         if tokio::time::timeout(FIRST_SYNC, synced_rx).await.is_err() {
-            tracing::warn!(namespace, pool, "no ServerPool list yet; starting with an empty registry");
+            tracing::warn!(namespace, pool, "no ServerPool list yet; not ready until there is one");
         }
         Ok(registry)
     }
@@ -253,6 +289,22 @@ mod tests {
         r.on_event(watcher::Event::Apply(dynamic(one)), &mut seen);
         let names: Vec<String> = r.live().iter().map(|m| m.name.clone()).collect();
         assert_eq!(names, ["a"]);
+    }
+
+    #[test]
+    fn not_synced_until_a_full_list_then_synced_for_good() {
+        let r = KubeRegistry::empty();
+        let mut seen = false;
+        assert!(r.synced().is_err(), "nothing listed yet");
+        r.not_synced_because("cannot read ServerPool shop/cart: 403 forbidden".into());
+        assert!(r.synced().expect_err("still not synced").contains("403"), "the reason is kept for /ready");
+        r.on_event(watcher::Event::Init, &mut seen);
+        r.on_event(watcher::Event::InitApply(dynamic(pool(json!([])))), &mut seen);
+        assert!(r.synced().is_err(), "a list in progress is not a sync");
+        r.on_event(watcher::Event::InitDone, &mut seen);
+        assert_eq!(r.synced(), Ok(()));
+        r.not_synced_because("API server gone".into());
+        assert_eq!(r.synced(), Ok(()), "a sidecar that loses the API server keeps what it knew");
     }
 
     #[test]

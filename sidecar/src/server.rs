@@ -13,25 +13,50 @@ use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::net::TcpListener;
 
+use prometheus_client::metrics::counter::Counter;
+
 use crate::proxy::Proxy;
 use crate::upstream::Body;
 
 /// Largest request head hyper reads; the proxy refuses heads over its own, smaller limit with a
 /// clear 431 (and a metric) before hyper's hard limit is reached.
 const MAX_HEAD_BYTES: usize = 256 * 1024;
-/// Slow clients get this long to send a request head.
-const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// What one listener allows its clients.
+#[derive(Clone, Copy, Debug)]
+pub struct ConnLimits {
+    /// Connections open at once; one more is closed as soon as it is accepted.
+    pub max_connections: usize,
+    /// A client gets this long to send a request head (and an idle keep-alive connection stays
+    /// open this long).
+    pub header_timeout: Duration,
+}
+
+impl ConnLimits {
+    /// The admin port: probes and scrapes, a few at a time.
+    pub const ADMIN: ConnLimits = ConnLimits { max_connections: 64, header_timeout: Duration::from_secs(5) };
+    /// Local tools (the demo app).
+    pub const LOCAL: ConnLimits = ConnLimits { max_connections: 10_000, header_timeout: Duration::from_secs(30) };
+}
 
 /// Serves HTTP/1.1 on `listener` with `handle` until `stop` resolves, then lets open connections
 /// finish for up to `finish_within`.
-pub async fn serve<H, F>(listener: TcpListener, handle: H, stop: impl Future<Output = ()>, finish_within: Duration)
-where
+pub async fn serve<H, F>(
+    listener: TcpListener,
+    handle: H,
+    stop: impl Future<Output = ()>,
+    finish_within: Duration,
+    limits: ConnLimits,
+    refused: Counter,
+) where
     H: Fn(Request<Incoming>, std::net::SocketAddr) -> F + Clone + Send + Sync + 'static,
     F: Future<Output = Response<Body>> + Send + 'static,
 {
     // Each connection task holds a clone of `open`; `all_closed` ends when the last one is dropped.
     let (open, mut all_closed) = tokio::sync::mpsc::channel::<()>(1);
     let (closing_tx, closing) = tokio::sync::watch::channel(false);
+    let slots = Arc::new(tokio::sync::Semaphore::new(limits.max_connections));
+    let mut at_cap = false;
     tokio::pin!(stop);
     loop {
         tokio::select! {
@@ -45,6 +70,18 @@ where
                         continue;
                     }
                 };
+                let Ok(slot) = Arc::clone(&slots).try_acquire_owned() else {
+                    // Closing at once costs nothing; holding it would let one client's flood of
+                    // connections pile up without bound.
+                    refused.inc();
+                    if !at_cap {
+                        tracing::warn!(max = limits.max_connections, %client, "connection cap reached; closing new connections until some end");
+                        at_cap = true;
+                    }
+                    drop(stream);
+                    continue;
+                };
+                at_cap = false;
                 let _ = stream.set_nodelay(true);
                 let handle = handle.clone();
                 let service = service_fn(move |req| {
@@ -53,7 +90,7 @@ where
                 });
                 let conn = hyper::server::conn::http1::Builder::new()
                     .timer(TokioTimer::new())
-                    .header_read_timeout(HEADER_READ_TIMEOUT)
+                    .header_read_timeout(limits.header_timeout)
                     .max_buf_size(MAX_HEAD_BYTES)
                     .serve_connection(TokioIo::new(stream), service)
                     .with_upgrades();
@@ -72,6 +109,7 @@ where
                     if let Err(e) = result {
                         tracing::debug!(%client, error = %e, "client connection ended with an error");
                     }
+                    drop(slot);
                     drop(open);
                 });
             }
@@ -101,6 +139,9 @@ pub fn admin(proxy: &Arc<Proxy>, req: &Request<Incoming>) -> Response<Body> {
                 text(StatusCode::SERVICE_UNAVAILABLE, "draining\n")
             } else if !proxy.app_is_up() {
                 text(StatusCode::SERVICE_UNAVAILABLE, "app unreachable\n")
+            } else if let Err(why) = proxy.registry_synced() {
+                // Serving now would take over sessions of live peers this pod cannot see yet.
+                text(StatusCode::SERVICE_UNAVAILABLE, format!("registry not synced: {why}\n"))
             } else {
                 text(StatusCode::OK, "ready\n")
             }

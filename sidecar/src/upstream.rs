@@ -15,7 +15,7 @@ use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
 
 /// The body type the proxy sends and returns.
-pub type Body = BoxBody<Bytes, hyper::Error>;
+pub type Body = BoxBody<Bytes, crate::timed_body::BoxError>;
 
 /// Idle connections kept per destination.
 const MAX_IDLE: usize = 64;

@@ -27,10 +27,11 @@ fn count_of(body: &[u8]) -> u64 {
 async fn tampered_and_garbage_cookies_count_as_absent_never_as_errors() {
     let pool = pool_with(2, &[], &[]).await;
     let addr = pool.pods[0].data();
+    let name = pool.cookie_name();
     let mut good = SessionClient::default();
     let reply = good.send(|| Some(addr), Method::POST, "/incr").await.expect("reply");
     assert_eq!(reply.status, StatusCode::OK);
-    let sealed = good.jar["handover"].clone();
+    let sealed = good.jar[&name].clone();
 
     let mut tampered = sealed.clone().into_bytes();
     let middle = tampered.len() / 2;
@@ -44,15 +45,19 @@ async fn tampered_and_garbage_cookies_count_as_absent_never_as_errors() {
     ];
     for (reason, value) in cases {
         let mut client = SessionClient::default();
-        client.jar.insert("handover".into(), value);
+        client.jar.insert(name.clone(), value);
         let reply = client.send(|| Some(addr), Method::POST, "/incr").await.expect("reply");
         assert_eq!(reply.status, StatusCode::OK, "{reason}: a bad cookie starts a new session");
         assert_eq!(count_of(&reply.body), 1, "{reason}: nothing of another session leaks in");
-        assert_ne!(client.jar["handover"], sealed);
+        assert_ne!(client.jar[&name], sealed);
     }
     let rejects = pool.metric("handover_cookie_rejects_total").await;
     assert_eq!(rejects, 4.0, "each refusal is counted");
     assert_eq!(pool.metric("handover_cookie_rejects_total{reason=\"tampered\"}").await, 2.0, "tampered and truncated");
+    // Each presented cookie that could not be used is a session reset, by reason.
+    assert_eq!(pool.metric("handover_sessions_reset_total{reason=\"tampered\"}").await, 2.0);
+    assert_eq!(pool.metric("handover_sessions_reset_total{reason=\"incomplete\"}").await, 1.0);
+    assert_eq!(pool.metric("handover_sessions_reset_total{reason=\"garbage\"}").await, 1.0);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -74,8 +79,9 @@ async fn oversized_cookie_headers_get_431_and_the_session_is_untouched() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_failed_restore_is_a_clear_502_that_keeps_the_clients_cookie() {
-    // Every app refuses its first restore, then accepts.
-    let mut pool = pool_with(2, &[], &["--refuse-restores", "1"]).await;
+    // Every app fails its first three restores with 500 (the sidecar's three attempts of one
+    // request), then accepts.
+    let mut pool = pool_with(2, &[], &["--refuse-restores", "3"]).await;
     let first = pool.pods[0].data();
     let mut s = CounterSession::default();
     for _ in 0..5 {
@@ -92,6 +98,8 @@ async fn a_failed_restore_is_a_clear_502_that_keeps_the_clients_cookie() {
     assert!(reply.headers.get(http::header::SET_COOKIE).is_none());
     assert_eq!(s.client.jar, cookie_before, "the client's cookie is not overwritten");
     assert_eq!(pool.metric("handover_restores_total{result=\"failed\"}").await, 1.0);
+    assert_eq!(pool.metric("handover_restores_total{result=\"retried\"}").await, 2.0, "tried three times");
+    assert_eq!(pool.metric("handover_sessions_reset_total").await, 0.0, "a failure is not a reset");
     let reply = s.client.send(|| Some(survivor), Method::POST, "/incr").await.expect("reply");
     assert_eq!(reply.status, StatusCode::OK);
     assert_eq!(count_of(&reply.body), 6, "nothing was lost: the retry restored the state");
@@ -101,11 +109,12 @@ async fn a_failed_restore_is_a_clear_502_that_keeps_the_clients_cookie() {
 async fn large_states_split_over_chunks_and_survive_failover() {
     let mut pool = pool_with(2, &[], &[]).await;
     let first = pool.pods[0].data();
+    let name = pool.cookie_name();
     let mut s = SessionClient::default();
     let reply = s.send(|| Some(first), Method::POST, "/blob?bytes=9000").await.expect("reply");
     assert_eq!(reply.status, StatusCode::OK);
     assert!(
-        s.jar.contains_key("handover.1") && s.jar.contains_key("handover.2"),
+        s.jar.contains_key(&format!("{name}.1")) && s.jar.contains_key(&format!("{name}.2")),
         "split over chunks: {:?}",
         s.jar.keys()
     );
@@ -120,12 +129,7 @@ async fn large_states_split_over_chunks_and_survive_failover() {
     // Shrinking the state expires the chunks no longer needed.
     let reply = s.send(|| Some(survivor), Method::POST, "/blob?bytes=10").await.expect("reply");
     assert_eq!(reply.status, StatusCode::OK);
-    assert_eq!(
-        s.jar.keys().filter(|k| k.starts_with("handover")).count(),
-        1,
-        "stale chunks expired: {:?}",
-        s.jar.keys()
-    );
+    assert_eq!(s.jar.keys().filter(|k| k.starts_with(&name)).count(), 1, "stale chunks expired: {:?}", s.jar.keys());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -65,6 +65,19 @@ fn cookie_inspect_opens_a_cookie_and_explains_a_refusal() {
     assert_eq!(report["version"], 9);
     assert_eq!(report["state_utf8"], r#"{"count":3}"#);
 
+    // A Cookie header as a browser sends it for a pool with the default name: found by itself.
+    for name in ["handover-5dff3eb8", "__Host-handover-5dff3eb8"] {
+        let out = exe()
+            .args(["cookie", "inspect", "--pool", "shop/cart", "--key-file"])
+            .arg(&key_file)
+            .arg(format!("other=1; {name}={value}"))
+            .output()
+            .expect("inspect runs");
+        assert!(out.status.success(), "{name}: {}", String::from_utf8_lossy(&out.stderr));
+        let report: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON report");
+        assert_eq!(report["session"], "s-42", "{name}");
+    }
+
     let out = exe()
         .args(["cookie", "inspect", "--pool", "shop/other", "--key-file"])
         .arg(&key_file)

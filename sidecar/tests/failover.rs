@@ -104,12 +104,13 @@ async fn key_rotation_mid_run_drops_no_session() {
     let newest = KeyRing::parse(keys.lines().next().expect("a key")).expect("valid key");
     // Sidecars poll the key file each second: wait until a fresh cookie opens with the new key alone.
     let ready = pool.ready_handle();
+    let name = pool.cookie_name();
     let probe = Arc::new(tokio::sync::Mutex::new(CounterSession::default()));
     wait_for("cookies sealed with the new key", Duration::from_secs(10), || {
-        let (probe, ready, newest) = (Arc::clone(&probe), Arc::clone(&ready), newest.clone());
+        let (probe, ready, newest, name) = (Arc::clone(&probe), Arc::clone(&ready), newest.clone(), name.clone());
         async move {
             let mut probe = probe.lock().await;
-            probe.incr(&ready).await.is_ok() && cookie::open(&probe.client.jar["handover"], POOL, &newest, 0).is_ok()
+            probe.incr(&ready).await.is_ok() && cookie::open(&probe.client.jar[&name], POOL, &newest, 0).is_ok()
         }
     })
     .await

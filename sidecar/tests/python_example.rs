@@ -17,6 +17,7 @@ use tokio::process::{Child, Command};
 const SIDECAR_PORT: u16 = 8000;
 const ADMIN_PORT: u16 = 9901;
 const APP_PORT: u16 = 8080;
+const STATE_PORT: u16 = 8081;
 const POOL: &str = "shop/cart";
 const START_TIMEOUT: Duration = Duration::from_secs(20);
 
@@ -110,12 +111,16 @@ impl Pod {
     fn app_addr(&self) -> SocketAddr {
         SocketAddr::new(self.ip, APP_PORT)
     }
+    fn state_addr(&self) -> SocketAddr {
+        SocketAddr::new(self.ip, STATE_PORT)
+    }
 
     async fn start_app(&mut self, scratch: &Scratch) {
         let script = repo_root().join("examples/python-app/app.py");
         let child = Command::new(python().expect("python3"))
             .arg(&script)
             .args(["--listen", &self.app_addr().to_string()])
+            .args(["--state-listen", &self.state_addr().to_string()])
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(scratch.log(&format!("{}.app.log", self.name)))
@@ -138,6 +143,7 @@ impl Pod {
             .args(["--listen", &self.data().to_string()])
             .args(["--admin", &self.admin().to_string()])
             .args(["--app", &self.app_addr().to_string()])
+            .args(["--state-addr", &self.state_addr().to_string()])
             .arg(format!("--pool={POOL}"))
             .arg(format!("--pod-name={}", self.name))
             .arg("--key-file")
@@ -232,7 +238,8 @@ async fn python_cart_survives_a_sigkill_of_the_app_restored_from_the_cookie() {
     let second = add(&mut client, to, "pear", 1).await;
     assert_eq!(first.session, second.session, "the cookie keeps the client in one session");
     assert_eq!(second.items, expected(&[("apple", 2), ("pear", 1)]));
-    assert!(client.jar.contains_key("handover"), "the client holds the state cookie: {:?}", client.jar.keys());
+    let name = handover_sidecar::cookie_attrs::default_name(POOL, false, "/", "");
+    assert!(client.jar.contains_key(&name), "the client holds the state cookie {name}: {:?}", client.jar.keys());
 
     // The app container dies and comes back empty; the sidecar lives on.
     pod.kill_app().await;
@@ -322,7 +329,7 @@ async fn python_cart_keeps_the_state_endpoint_contract() {
     let scratch = Scratch::new("contract");
     let mut pod = Pod::new("cart-c", random_block(), 1);
     pod.start_app(&scratch).await;
-    let app = pod.app_addr();
+    let app = pod.state_addr();
     let state = br#"{"items":{"apple":2},"v":1}"#;
 
     // Pull: a session the app does not hold is a 404.
@@ -333,7 +340,7 @@ async fn python_cart_keeps_the_state_endpoint_contract() {
     }
     let (status, pulled) = raw(app, "GET", "/handover/state", Some("s1"), b"").await;
     assert_eq!((status, pulled.as_slice()), (200, state.as_slice()));
-    // State the app cannot read is refused (the sidecar then answers 502, the client keeps its cookie).
+    // State the app cannot read is refused with a 4xx: the sidecar drops it and starts a fresh session.
     for bad in [&b"not json"[..], br#"{"v":2,"items":{}}"#, br#"{"v":1,"items":{"apple":-1}}"#] {
         assert_eq!(
             raw(app, "PUT", "/handover/state", Some("s1"), bad).await.0,
@@ -343,7 +350,41 @@ async fn python_cart_keeps_the_state_endpoint_contract() {
         );
     }
     assert_eq!(raw(app, "GET", "/handover/state", Some("s1"), b"").await.1, state, "a refused restore changes nothing");
+    // A session that left this pod is forgotten (idempotent).
+    for _ in 0..2 {
+        assert_eq!(raw(app, "DELETE", "/handover/state", Some("s1"), b"").await.0, 204);
+    }
+    assert_eq!(raw(app, "GET", "/handover/state", Some("s1"), b"").await.0, 404, "the cart is gone");
+    // The client port knows nothing of the state endpoint, and the state port nothing else.
+    assert_eq!(raw(pod.app_addr(), "GET", "/handover/state", Some("s1"), b"").await.0, 404);
+    assert_eq!(raw(pod.app_addr(), "PUT", "/handover/state", Some("s1"), state).await.0, 404);
+    assert_eq!(raw(app, "POST", "/cart/items?sku=x", Some("s1"), b"").await.0, 404);
     // Without the sidecar's session header there is no session to speak of.
-    assert_eq!(raw(app, "GET", "/cart", None, b"").await.0, 400);
+    assert_eq!(raw(pod.app_addr(), "GET", "/cart", None, b"").await.0, 400);
+    pod.kill_app().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn python_cart_login_rotates_the_session_id_and_keeps_the_cart() {
+    if python().is_none() {
+        eprintln!("python3 not found: the Python example is not exercised");
+        return;
+    }
+    let scratch = Scratch::new("login");
+    let mut pod = Pod::new("cart-l", random_block(), 1);
+    pod.start_app(&scratch).await;
+    pod.start_sidecar(&scratch, "").await;
+    let to = pod.data();
+
+    let mut client = SessionClient::default();
+    let before = add(&mut client, to, "apple", 2).await;
+    let login = client.send(|| Some(to), Method::POST, "/login").await.expect("POST /login");
+    assert!(login.headers.get("handover-rotate").is_none(), "the rotation request is not the client's business");
+    let after = add(&mut client, to, "pear", 1).await;
+    assert_ne!(after.session, before.session, "a new session id after the login");
+    assert_eq!(after.items, expected(&[("apple", 2), ("pear", 1)]), "the cart came along");
+    // The app was told the old id left: it holds no cart under it any more.
+    let (status, _) = raw(pod.state_addr(), "GET", "/handover/state", Some(&before.session), b"").await;
+    assert_eq!(status, 404, "the pre-login session is gone from the app");
     pod.kill_app().await;
 }

@@ -11,10 +11,11 @@
 # Paths (HANDOVER_CACHE defaults to ~/.cache/handover; see lib.sh for the layout):
 #   $HANDOVER_CACHE/images/handover.oci.tar   docker.io/library/handover:<chart appVersion>
 #   $HANDOVER_CACHE/images/pause.oci.tar      registry.k8s.io/pause:3.10
-# Base images, in buildah's store under $HANDOVER_CACHE/images/storage-<driver>, each rebuilt only
-# when the hash of its inputs (recipe, package versions, toolchain) changes (stamps/<name>):
-#   localhost/handover-base/rust:<rustc version>-bookworm   the builder (as rust:<v>-slim-bookworm)
-#   localhost/handover-base/runtime:bookworm                the runtime (as distroless/cc:nonroot)
+# Base images, in buildah's store under $HANDOVER_CACHE/images/storage-<driver>, each built only
+# when no image tagged with the hash of its inputs (recipe, package versions, toolchain) is there:
+#   localhost/handover-base/rust:<rustc version>-<release>-<hash>   the builder (as rust:<v>-slim-bookworm)
+#   localhost/handover-base/runtime:<release>-<hash>                the runtime (as distroless/cc:nonroot)
+# <release>: this machine's Debian release, whose apt sources both come from (bookworm here).
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
@@ -27,29 +28,56 @@ case "${1:-}" in
   *) die "usage: $0 [--pause|--bases]" ;;
 esac
 
+need_debs flock:util-linux unshare:util-linux
 init_buildah
 WORK="$IMAGES_DIR/work"
 # One build at a time per cache (tests/run and a cluster script may both call this script).
 exec 9>"$IMAGES_DIR/build.lock"
 flock -w 3600 9 || die "waited an hour for $IMAGES_DIR/build.lock (another build.sh)"
+# A working container left by a failed step (bah from) is removed on the way out.
+WORKING=""
+remove_working() {
+  local rc=$?
+  [[ -z "$WORKING" ]] || bah rm "$WORKING" >/dev/null 2>&1 || true
+  exit "$rc"
+}
+trap remove_working EXIT
 
 # --- the runtime base: distroless-like ----------------------------------------------------------
 # What gcr.io/distroless/cc-debian12 holds, made the way distroless makes it: the files of a few
 # Debian packages (no maintainer scripts, no dependencies pulled in: no shell, no package manager),
 # plus passwd/group with nonroot (65532), the CA bundle, /tmp and the home directories.
-RUNTIME_DEBS=(base-files netbase tzdata ca-certificates gcc-12-base libgcc-s1 libc6)
-RUNTIME_IMAGE=localhost/handover-base/runtime:bookworm
+# The Debian release of this machine (bookworm here, as the Dockerfile's bases) and its apt
+# sources: both bases come from them, so the runtime's glibc is the builder's.
+SUITE="$(. /etc/os-release && echo "${VERSION_CODENAME:-}")"
+[[ -n "$SUITE" ]] || die "/etc/os-release names no Debian release (VERSION_CODENAME)"
+DEBIAN_SOURCES="${HANDOVER_DEBIAN_SOURCES:-}"
+if [[ -z "$DEBIAN_SOURCES" ]]; then
+  for f in /etc/apt/sources.list.d/debian.sources /etc/apt/sources.list; do
+    [[ -s "$f" ]] && { DEBIAN_SOURCES="$f"; break; }
+  done
+fi
+[[ -n "$DEBIAN_SOURCES" ]] || die "no Debian apt sources found (set HANDOVER_DEBIAN_SOURCES)"
+runtime_debs() {
+  # gcc-<N>-base: the one libgcc-s1 depends on in this release (gcc-12-base in bookworm).
+  local gcc_base
+  gcc_base="$(apt-cache depends libgcc-s1 2>/dev/null | awk '$1 == "Depends:" && $2 ~ /^gcc-[0-9]+-base$/ { print $2; exit }')"
+  RUNTIME_DEBS=(base-files netbase tzdata ca-certificates "${gcc_base:-gcc-12-base}" libgcc-s1 libc6)
+}
 
 build_runtime_base() {
   local dir="$WORK/runtime" ctr mnt deb
   rm -rf "$dir" && mkdir -p "$dir/debs"
   (cd "$dir/debs" && apt-get download -o APT::Sandbox::User=root "${RUNTIME_DEBS[@]}" >/dev/null)
   ctr="$(bah from scratch)"
+  WORKING="$ctr"
   mnt="$(bah mount "$ctr")"
   for deb in "$dir"/debs/*.deb; do dpkg-deb -x "$deb" "$mnt"; done
   # Documentation goes (the copyright files stay), like distroless.
   find "$mnt/usr/share/doc" -type f ! -name copyright -delete
   rm -rf "$mnt"/usr/share/{man,info,lintian,bash-completion} "$mnt/var/lib/dpkg"
+  # ca-certificates' maintenance script (a shell script; there is no shell to run it).
+  rm -f "$mnt/usr/sbin/update-ca-certificates"
   # What update-ca-certificates would write with every Mozilla certificate enabled (its default).
   mkdir -p "$mnt/etc/ssl/certs"
   cat "$mnt"/usr/share/ca-certificates/mozilla/*.crt >"$mnt/etc/ssl/certs/ca-certificates.crt"
@@ -74,6 +102,7 @@ EOF
     --label org.opencontainers.image.description="handover test base: glibc, libgcc, CA certificates, tzdata, nonroot 65532; no shell" \
     "$ctr"
   bah commit --quiet --rm "$ctr" "$RUNTIME_IMAGE" >/dev/null
+  WORKING=""
   rm -rf "$dir"
 }
 
@@ -86,9 +115,9 @@ runtime_inputs() {
 
 }
 
-# --- the builder base: Debian bookworm + this machine's Rust toolchain -------------------------------
+# --- the builder base: Debian + this machine's Rust toolchain ----------------------------------
 # As rust:<v>-slim-bookworm: Debian with gcc, libc6-dev and CA certificates; the toolchain in
-# /usr/local/rustup/toolchains, cargo and rustc on PATH from /usr/local/cargo/bin, CARGO_HOME
+# /usr/local/rustup/toolchains/<v>-x86_64-unknown-linux-gnu, its bin/ on PATH, CARGO_HOME
 # /usr/local/cargo (the Dockerfile's cache mounts are under it). No rustup: the one toolchain is it.
 BUILDER_DEBS=(ca-certificates gcc libc6-dev)
 
@@ -103,29 +132,33 @@ host_toolchain() {
 build_builder_base() {
   local sysroot="$1" name="$2" ctr mnt
   ctr="$(bah from scratch)"
+  WORKING="$ctr"
   mnt="$(bah mount "$ctr")"
   mmdebstrap --quiet --variant=minbase --include="$(IFS=,; echo "${BUILDER_DEBS[*]}")" \
-    bookworm "$mnt" /etc/apt/sources.list.d/debian.sources >&2
+    "$SUITE" "$mnt" "$DEBIAN_SOURCES" >&2
   mkdir -p "$mnt/usr/local/rustup/toolchains/$name" "$mnt/usr/local/cargo/bin"
   # bin, lib, libexec, etc: the compiler, std and cargo; not share/ (the HTML docs, 800 MB).
   cp -a "$sysroot"/{bin,lib,libexec,etc} "$mnt/usr/local/rustup/toolchains/$name/"
-  local t
-  for t in cargo rustc rustdoc; do
-    ln -s "../../rustup/toolchains/$name/bin/$t" "$mnt/usr/local/cargo/bin/$t"
-  done
-  "$mnt/usr/local/cargo/bin/rustc" --version >/dev/null   # links against the copied libraries only? checked by the build's RUN
+  # The toolchain runs on the builder's own glibc. (Its bin/ is on PATH itself, not linked from
+  # /usr/local/cargo/bin: rustc finds its libraries relative to its own directory, $ORIGIN, which
+  # glibc reads from /proc: mounted here in a mount namespace that ends with the check.)
+  # shellcheck disable=SC2016 # $1 and $2 are the inner shell's arguments
+  unshare --mount --fork sh -c 'mount -t proc proc "$1/proc" && chroot "$1" "$2/cargo" --version &&
+    chroot "$1" "$2/rustc" --version' check "$mnt" "/usr/local/rustup/toolchains/$name/bin" >&2
   bah umount "$ctr" >/dev/null
   bah config \
     --env RUSTUP_HOME=/usr/local/rustup --env CARGO_HOME=/usr/local/cargo \
-    --env PATH=/usr/local/cargo/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin \
+    --env PATH="/usr/local/cargo/bin:/usr/local/rustup/toolchains/$name/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin" \
     --env RUST_VERSION="${name%%-*}" \
-    --label org.opencontainers.image.description="handover test base: Debian bookworm, gcc, Rust ${name%%-*}" \
+    --label org.opencontainers.image.description="handover test base: Debian $SUITE, gcc, Rust ${name%%-*}" \
     "$ctr"
   bah commit --quiet --rm "$ctr" "$BUILDER_IMAGE" >/dev/null
+  WORKING=""
 }
 
 builder_inputs() {
   declare -f build_builder_base
+  printf 'suite %s\n' "$SUITE"
   printf 'debs %s\n' "${BUILDER_DEBS[*]}"
   rustc -vV
   cargo -V
@@ -140,27 +173,30 @@ ensure_bases() {
   [[ "$(printf '1.90.0\n%s\n' "$version" | sort -V | head -n1)" == 1.90.0 ]] ||
     die "rustc $version on this machine; the workspace needs >= 1.90"
   RUST_MINOR="${version%.*}"
-  BUILDER_IMAGE="localhost/handover-base/rust:$version-bookworm"
-
-  hash="$(runtime_inputs | sha256sum | cut -c1-64)"
-  if stamp_ok runtime "$hash" "$RUNTIME_IMAGE"; then
+  # Each base's tag ends with the hash of its inputs (the recipe: the shell function's text; the
+  # package versions apt would fetch; the toolchain's version): a base is built when no image of
+  # that tag is in the store, and checkouts with different recipes sharing one cache (worktrees,
+  # branches) each find their own instead of rebuilding the other's.
+  runtime_debs
+  hash="$(runtime_inputs | sha256sum | cut -c1-12)"
+  RUNTIME_IMAGE="localhost/handover-base/runtime:$SUITE-$hash"
+  if image_exists "$RUNTIME_IMAGE"; then
     log "runtime base $RUNTIME_IMAGE is up to date"
   else
     log "building runtime base $RUNTIME_IMAGE (${RUNTIME_DEBS[*]})"
     local t0=$SECONDS
     build_runtime_base
-    stamp_write runtime "$hash"
     log "runtime base built in $((SECONDS - t0)) s"
   fi
 
-  hash="$(builder_inputs | sha256sum | cut -c1-64)"
-  if stamp_ok "builder-$version" "$hash" "$BUILDER_IMAGE"; then
+  hash="$(builder_inputs | sha256sum | cut -c1-12)"
+  BUILDER_IMAGE="localhost/handover-base/rust:$version-$SUITE-$hash"
+  if image_exists "$BUILDER_IMAGE"; then
     log "builder base $BUILDER_IMAGE is up to date"
   else
-    log "building builder base $BUILDER_IMAGE (mmdebstrap bookworm + the toolchain in $sysroot)"
+    log "building builder base $BUILDER_IMAGE (mmdebstrap $SUITE + the toolchain in $sysroot)"
     local t0=$SECONDS
     build_builder_base "$sysroot" "$version-x86_64-unknown-linux-gnu"
-    stamp_write "builder-$version" "$hash"
     log "builder base built in $((SECONDS - t0)) s"
   fi
 }
@@ -169,7 +205,7 @@ ensure_bases() {
 PAUSE_REF=registry.k8s.io/pause:3.10
 
 build_pause() {
-  need_debs gcc:gcc
+  need_debs gcc:gcc strip:binutils
   [[ -f /usr/lib/x86_64-linux-gnu/libc.a ]] || {
     apt-get update -qq >/dev/null
     DEBIAN_FRONTEND=noninteractive apt-get install -y -qq libc6-dev >/dev/null
@@ -179,12 +215,14 @@ build_pause() {
   gcc -Os -Wall -Werror -static -o "$dir/pause" "$IMAGE_SRC/pause/pause.c"
   strip "$dir/pause"
   ctr="$(bah from scratch)"
+  WORKING="$ctr"
   bah copy --quiet --chmod 0755 "$ctr" "$dir/pause" /pause
   # As the upstream image: the binary, run as 65535, nothing else.
   bah config --entrypoint '["/pause"]' --cmd '' --user 65535:65535 \
     --label org.opencontainers.image.description="pause: holds a pod's namespaces, reaps zombies, exits on SIGINT/SIGTERM" \
     "$ctr"
   bah commit --quiet --rm "$ctr" localhost/pause:3.10 >/dev/null
+  WORKING=""
   rm -f "$out"
   bah push --quiet localhost/pause:3.10 "oci-archive:$out:$PAUSE_REF"
   rm -rf "$dir"
@@ -206,13 +244,17 @@ build_handover() {
   # crate registry through whatever TLS this machine trusts (here: an intercepting proxy's CA).
   local ca="${HANDOVER_BUILD_CA_BUNDLE:-/etc/ssl/certs/ca-certificates.crt}" vol=()
   [[ -f "$ca" ]] && vol=(--volume "$ca:/etc/ssl/certs/ca-certificates.crt:ro")
-  bah build --quiet=false --layers --pull=never --isolation chroot --format oci "${vol[@]}" \
+  bah build --quiet=false --layers --force-rm --pull=never --isolation chroot --format oci "${vol[@]}" \
     --build-arg "RUST_VERSION=$RUST_MINOR" \
     --build-arg "BUILDER_IMAGE=$BUILDER_IMAGE" \
     --build-arg "RUNTIME_IMAGE=$RUNTIME_IMAGE" \
     -f "$REPO_ROOT/Dockerfile" -t localhost/handover:build "$REPO_ROOT" >&2
   rm -f "$out"
   bah push --quiet localhost/handover:build "oci-archive:$out:$ref"
+  # Untagged images nothing builds on (earlier builds, and this build's builder stage) go, so the
+  # store does not grow with every source change. The next build redoes the builder stage's steps
+  # (cargo finds target/ fresh in its cache mount: about a second) and reuses the final stage.
+  bah rmi --prune >/dev/null 2>&1 || log "warning: buildah rmi --prune failed (the store keeps old layers)"
   log "built in $((SECONDS - t0)) s: $ref, $(du -h "$out" | cut -f1) archive"
   echo "$out"
 }

@@ -25,7 +25,7 @@ ARCHIVE="${1:-$IMAGES_DIR/handover.oci.tar}"
 [[ -f "$ARCHIVE" ]] || die "no image archive at $ARCHIVE (build it: tests/image/build.sh)"
 PAUSE_ARCHIVE="${2:-}"
 [[ -z "$PAUSE_ARCHIVE" || -f "$PAUSE_ARCHIVE" ]] || die "no pause archive at $PAUSE_ARCHIVE (tests/image/build.sh --pause)"
-need_debs containerd:containerd runc:runc ctr:containerd ip:iproute2 curl:curl jq:jq
+need_debs containerd:containerd runc:runc ctr:containerd ip:iproute2 curl:curl jq:jq pgrep:procps unshare:util-linux
 
 MEM_LIMIT=$((128 * 1024 * 1024))
 NS="handover-check-$$"           # containerd namespace (and cgroup parent /<NS>)
@@ -43,9 +43,16 @@ check() { if [[ "$2" == "$3" ]]; then ok "$1: $3"; else bad "$1: expected '$2', 
 
 ctr_() { ctr --address "$SOCK" --namespace "$NS" "$@"; }
 
+finished=0 err_line=""
+trap 'err_line=$LINENO' ERR
 cleanup() {
   local rc=$? id
   set +e
+  if ((rc != 0 && finished == 0)); then
+    # A command outside the checks failed: say where, and still end with the count.
+    printf 'FAIL  check.sh stopped at line %s (exit status %s)\n' "${err_line:-?}" "$rc"
+    printf 'check: %d passed, %d failed\n' "$pass" "$((fail + 1))"
+  fi
   if [[ -n "$CTRD_PID" ]] && kill -0 "$CTRD_PID" 2>/dev/null; then
     for id in $(ctr_ task ls -q 2>/dev/null); do
       ctr_ task kill -s SIGKILL "$id" >/dev/null 2>&1
@@ -60,7 +67,7 @@ cleanup() {
   fi
   ip netns delete "$NETNS" 2>/dev/null
   # Whatever is still mounted below our directory (snapshots, shim bundles).
-  grep -o " $DIR[^ ]*" /proc/self/mounts | sort -r | while read -r m; do umount -l "$m"; done
+  grep -o " ${DIR}[^ ]*" /proc/self/mounts | sort -r | while read -r m; do umount -l "$m"; done
   rmdir "/sys/fs/cgroup/"*"/$NS" 2>/dev/null
   rm -rf "$DIR"
   exit "$rc"
@@ -148,12 +155,12 @@ run_once() {
 
 out="$(run_once entrypoint)" && rc=0 || rc=$?
 check "entrypoint (handover-sidecar --help) exit status" 0 "$rc"
-grep -q '^Usage: handover-sidecar' <<<"$out" && ok "entrypoint prints the sidecar's usage" ||
-  bad "entrypoint output: $(head -n3 <<<"$out")"
+if grep -q '^Usage: handover-sidecar' <<<"$out"; then ok "entrypoint prints the sidecar's usage"
+else bad "entrypoint output: $(head -n3 <<<"$out")"; fi
 for bin in handover-sidecar handover-operator; do
   out="$(run_once "$bin-version" "$bin" --version)" && rc=0 || rc=$?
   check "$bin --version exit status" 0 "$rc"
-  [[ "$out" == "$bin "* ]] && ok "$bin --version: $out" || bad "$bin --version printed: $out"
+  if [[ "$out" == "$bin "* ]]; then ok "$bin --version: $out"; else bad "$bin --version printed: $out"; fi
 done
 
 # --- the security settings, read back from the process and from the runtime ------------------------
@@ -204,12 +211,14 @@ verify_container() {
 
 # written_files ID PID: regular files written, since the container started, on the mounts the
 # container can write (tmpfs like /dev/shm and /run; the root is read-only).
+writable_mounts() {
+  awk '$6 ~ /^rw/ && $9 !~ /^(proc|sysfs|cgroup|cgroup2|devpts|mqueue)$/ { print $5 }' "/proc/$1/mountinfo"
+}
 written_files() {
   local pid=$2 mp
-  awk '$6 ~ /^rw/ && $9 !~ /^(proc|sysfs|cgroup|cgroup2|devpts|mqueue)$/ { print $5 }' "/proc/$pid/mountinfo" |
-    while read -r mp; do
-      find "/proc/$pid/root$mp" -xdev -type f -newer "$DIR/started" 2>/dev/null
-    done
+  writable_mounts "$pid" | while read -r mp; do
+    find "/proc/$pid/root$mp" -xdev -type f -newer "$DIR/started" 2>/dev/null
+  done
 }
 
 # --- a pod: the demo app and a sidecar in front of it, one network namespace ---------------------
@@ -246,13 +255,26 @@ request() {
   podnet curl -sS --max-time 10 -D "$DIR/h$1" -c "$DIR/jar" -b "$DIR/jar" -X POST http://127.0.0.1:8000/incr
 }
 body1="$(request 1)" || true
-grep -qi '^set-cookie: handover=' "$DIR/h1" && ok "request 1: Set-Cookie handover=… ($(grep -ci '^set-cookie: handover' "$DIR/h1") cookie)" ||
+if grep -qi '^set-cookie: handover=' "$DIR/h1"; then
+  ok "request 1: Set-Cookie handover=… ($(grep -ci '^set-cookie: handover' "$DIR/h1") cookie)"
+else
   bad "request 1: no handover cookie set: $(head -n1 "$DIR/h1" 2>/dev/null)"
+fi
 check "request 1: count" 1 "$(jq -r .count <<<"$body1" 2>/dev/null)"
 session="$(jq -r .session <<<"$body1" 2>/dev/null)"
 body2="$(request 2)" || true
 check "request 2 (with the cookie): count" 2 "$(jq -r .count <<<"$body2" 2>/dev/null)"
 check "request 2: same session" "$session" "$(jq -r .session <<<"$body2" 2>/dev/null)"
+
+# The image's filesystem, seen through the running sidecar's root: what it carries, and no shell.
+root="/proc/$(cat "$DIR/sidecar.pid")/root"
+exes="$(cd "$root" && { find usr/local/sbin usr/local/bin usr/sbin usr/bin sbin bin -maxdepth 1 \( -type f -o -type l \) -perm /111 2>/dev/null || true; } | sort | paste -sd' ' -)"
+check "executables on PATH in the image" "usr/local/bin/handover-operator usr/local/bin/handover-sidecar" "$exes"
+check "/etc/passwd: nonroot" "nonroot:x:65532:65532:nonroot:/home/nonroot:/sbin/nologin" "$(grep '^nonroot:' "$root/etc/passwd")"
+check "/etc/group: nonroot" "nonroot:x:65532:" "$(grep '^nonroot:' "$root/etc/group")"
+certs="$(grep -c 'BEGIN CERTIFICATE' "$root/etc/ssl/certs/ca-certificates.crt" 2>/dev/null || true)"
+if ((${certs:-0} > 100)); then ok "CA bundle /etc/ssl/certs/ca-certificates.crt: $certs certificates"
+else bad "CA bundle /etc/ssl/certs/ca-certificates.crt: ${certs:-no} certificates"; fi
 
 verify_container sidecar "$(cat "$DIR/sidecar.pid")"
 verify_container app "$(cat "$DIR/app.pid")"
@@ -275,8 +297,9 @@ verify_container app2 "$(cat "$DIR/app2.pid")"
 
 for id in sidecar app2; do
   files="$(written_files "$id" "$(cat "$DIR/$id.pid")")"
-  [[ -z "$files" ]] && ok "$id: wrote no file on its writable mounts (root is read-only)" ||
-    bad "$id: wrote $files"
+  if [[ -z "$files" ]]; then
+    ok "$id: wrote no file on its writable mounts ($(writable_mounts "$(cat "$DIR/$id.pid")" | paste -sd' ' -); / is read-only)"
+  else bad "$id: wrote $files"; fi
 done
 
 # Graceful stop: SIGTERM, the sidecar drains and exits 0 within its grace period.
@@ -302,6 +325,33 @@ if [[ -n "$PAUSE_ARCHIVE" ]]; then
   check "pause: Uid" '65535 65535 65535 65535' "$(awk '$1 == "Uid:" { print $2, $3, $4, $5 }' "/proc/$pid/status")"
   check "pause: CapEff CapBnd Seccomp NoNewPrivs" "0000000000000000 0000000000000000 2 1" \
     "$(awk '$1 == "CapEff:" { e = $2 } $1 == "CapBnd:" { b = $2 } $1 == "Seccomp:" { s = $2 } $1 == "NoNewPrivs:" { n = $2 } END { print e, b, s, n }' "/proc/$pid/status")"
+  # Reaping, the other half of pause's job: PID 1 of a PID namespace made here (not in a container:
+  # the image has no shell to leave an orphan), a `sleep` it inherits must not stay a zombie.
+  # The binary is the one in the archive's layer.
+  pm="$(tar -xOf "$PAUSE_ARCHIVE" index.json | jq -r '.manifests[0].digest')"
+  pl="$(tar -xOf "$PAUSE_ARCHIVE" "blobs/sha256/${pm#sha256:}" | jq -r '.layers[0].digest')"
+  tar -xOf "$PAUSE_ARCHIVE" "blobs/sha256/${pl#sha256:}" | tar -xzf - -C "$DIR" pause
+  # shellcheck disable=SC2016 # $0 is the inner shell's
+  unshare --pid --fork --mount-proc sh -c 'sleep 1 & exec "$0"' "$DIR/pause" 2>/dev/null &
+  ushare=$!
+  child_of() { pgrep -P "$1" | head -n1; }
+  if wait_for 5 "pause to start as PID 1 of its namespace" child_of "$ushare" >/dev/null &&
+    ppid1="$(child_of "$ushare")" && wait_for 5 "pause's inherited sleep to start" child_of "$ppid1" >/dev/null; then
+    sleeper="$(child_of "$ppid1")"
+    gone() { ! [[ -e "/proc/$sleeper" ]]; }
+    if wait_for 5 "the exited sleep (pid $sleeper) to be reaped by pause" gone; then
+      ok "pause reaps a child it inherited (no zombie left)"
+    else
+      bad "pause left a zombie: $(ps -o pid=,stat=,comm= -p "$sleeper")"
+    fi
+    kill -TERM "$ppid1"
+    wait "$ushare" && rc=0 || rc=$?
+    check "pause (PID 1 of a PID namespace): exit status after SIGTERM" 0 "$rc"
+  else
+    bad "pause did not start under unshare"
+    kill "$ushare" 2>/dev/null || true
+  fi
+
   t0=$SECONDS
   ctr_ task kill -s SIGTERM pause
   if wait_for 5 "the pause container to exit after SIGTERM" task_stopped pause; then
@@ -313,5 +363,6 @@ if [[ -n "$PAUSE_ARCHIVE" ]]; then
 fi
 
 printf 'info  check took %s s\n' "$((SECONDS - t_start))"
+finished=1
 printf 'check: %d passed, %d failed\n' "$pass" "$fail"
 ((fail == 0))

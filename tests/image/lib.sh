@@ -1,4 +1,4 @@
-# Shared by tests/image/*.sh: paths, buildah with our own storage, Debian packages, stamps.
+# Shared by tests/image/*.sh: paths, buildah with our own storage, Debian packages, base-image names.
 # shellcheck shell=bash
 
 IMAGE_SRC="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
@@ -8,7 +8,6 @@ HANDOVER_CACHE="${HANDOVER_CACHE:-$HOME/.cache/handover}"
 #   storage-<driver>/  buildah's image store (base images, layers of earlier builds)
 #   run-<driver>/      buildah's run root
 #   tmp/               TMPDIR of buildah: its RUN --mount=type=cache directories live here
-#   stamps/            one file per base image and driver: the hash of its inputs
 #   work/              scratch (mmdebstrap/dpkg-deb downloads)
 #   *.oci.tar          the archives this directory's build.sh writes
 IMAGES_DIR="${HANDOVER_IMAGES_DIR:-$HANDOVER_CACHE/images}"
@@ -44,7 +43,7 @@ pick_storage_driver() {
 init_buildah() {
   need_debs buildah:buildah
   BUILDAH_DRIVER="$(pick_storage_driver)"
-  mkdir -p "$IMAGES_DIR"/{tmp,stamps,work} "$IMAGES_DIR/storage-$BUILDAH_DRIVER" "$IMAGES_DIR/run-$BUILDAH_DRIVER"
+  mkdir -p "$IMAGES_DIR"/{tmp,work} "$IMAGES_DIR/storage-$BUILDAH_DRIVER" "$IMAGES_DIR/run-$BUILDAH_DRIVER"
   # Cache mounts (RUN --mount=type=cache) and temporary blobs go under TMPDIR.
   export TMPDIR="$IMAGES_DIR/tmp"
   BUILDAH=(buildah --root "$IMAGES_DIR/storage-$BUILDAH_DRIVER" --runroot "$IMAGES_DIR/run-$BUILDAH_DRIVER"
@@ -53,14 +52,6 @@ init_buildah() {
 bah() { "${BUILDAH[@]}" "$@"; }
 
 image_exists() { bah images --quiet "$1" >/dev/null 2>&1; }
-
-# stamp_ok NAME HASH IMAGE: the base IMAGE in this driver's store was built from inputs hashing to
-# HASH (stamps/<driver>-NAME) and still exists.
-stamp_ok() {
-  local f="$IMAGES_DIR/stamps/$BUILDAH_DRIVER-$1"
-  [[ -f "$f" && "$(cat "$f")" == "$2" ]] && image_exists "$3"
-}
-stamp_write() { printf '%s\n' "$2" >"$IMAGES_DIR/stamps/$BUILDAH_DRIVER-$1"; }
 
 # The chart's appVersion: the tag the chart uses by default (image.repository handover).
 app_version() {

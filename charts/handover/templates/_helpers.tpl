@@ -50,3 +50,43 @@ app.kubernetes.io/component: operator
 {{- define "handover.sidecarImage" -}}
 {{- .Values.sidecar.image | default (include "handover.image" .) -}}
 {{- end -}}
+
+{{/* The operator's rules, in the ClusterRole or in the Role of each watched namespace. Server-side
+apply of an object that does not exist yet is authorized as create as well as patch. */}}
+{{- define "handover.operatorRules" -}}
+# The controller's watch; the finalizer is added by server-side apply and removed with a JSON patch.
+- apiGroups: ["handover.dev"]
+  resources: ["serverpools"]
+  verbs: ["get", "list", "watch", "patch"]
+# Status: server-side apply.
+- apiGroups: ["handover.dev"]
+  resources: ["serverpools/status"]
+  verbs: ["patch"]
+# The member registry (pod watch).
+- apiGroups: [""]
+  resources: ["pods"]
+  verbs: ["list", "watch"]
+# Sidecar injection and removal in annotated Deployments (server-side apply; never created).
+- apiGroups: ["apps"]
+  resources: ["deployments"]
+  verbs: ["list", "watch", "patch"]
+# The pool's Service (server-side apply).
+- apiGroups: [""]
+  resources: ["services"]
+  verbs: ["list", "watch", "create", "patch"]
+# The key Secret, by name only: read, create once, rotate (update with resourceVersion). No list
+# or watch: the operator never sees a Secret it does not name. Never deleted by the operator (the
+# garbage collector deletes it with its pool).
+- apiGroups: [""]
+  resources: ["secrets"]
+  verbs: ["get", "create", "update"]
+# Role + RoleBinding letting each pool's sidecars read their own ServerPool (server-side apply).
+# That Role grants get/list/watch on serverpools, held above: no escalate or bind needed.
+- apiGroups: ["rbac.authorization.k8s.io"]
+  resources: ["roles", "rolebindings"]
+  verbs: ["list", "watch", "create", "patch"]
+# Events on pools and Deployments.
+- apiGroups: ["events.k8s.io"]
+  resources: ["events"]
+  verbs: ["create", "patch"]
+{{- end -}}

@@ -1,9 +1,19 @@
 use super::*;
+use std::collections::BTreeMap;
+
 use crate::crd::ServerPoolSpec;
+use crate::crd::{POOL_LABEL, ServerPool};
+use crate::keys::KeyRing;
+use crate::validate::SpecProblem;
+use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::apps::v1::DeploymentSpec;
+use k8s_openapi::api::core::v1::{Container, Pod};
 use k8s_openapi::api::core::v1::{PodCondition, PodSpec, PodStatus, PodTemplateSpec};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::FieldsV1;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ManagedFieldsEntry};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, Time};
+use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+use serde_json::{Value, json};
 
 fn ts(secs: i64) -> Time {
     Time(jiff::Timestamp::from_second(secs).unwrap_or(jiff::Timestamp::UNIX_EPOCH))
@@ -189,6 +199,36 @@ fn key_secret_holds_a_parsable_key_file_under_keys() {
     assert_eq!(KeyRing::parse_bytes(&data["keys"].0), Ok(ring));
 }
 
+fn secret_meta(name: &str, labels: &[(&str, &str)]) -> ObjectMeta {
+    ObjectMeta {
+        name: Some(name.to_owned()),
+        namespace: Some("shop".to_owned()),
+        labels: Some(labels.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect()),
+        ..ObjectMeta::default()
+    }
+}
+
+#[test]
+fn a_pool_cannot_take_an_unlabelled_secret_of_its_namespace_as_its_keys() {
+    let mut p = pool();
+    p.spec.key_secret_name = Some("db-credentials".to_owned());
+    let refusal = key_secret_refusal(&p, &secret_meta("db-credentials", &[("app", "db")]));
+    let message = refusal.expect("an arbitrary Secret is refused");
+    assert!(message.contains("db-credentials") && message.contains(MANAGED_BY.0), "{message}");
+    let wrong_value = secret_meta("db-credentials", &[(MANAGED_BY.0, "helm")]);
+    assert!(key_secret_refusal(&p, &wrong_value).is_some(), "another manager's label is not ours");
+}
+
+#[test]
+fn a_secret_the_operator_created_or_the_default_name_is_used() {
+    let mut p = pool();
+    p.spec.key_secret_name = Some("cart-keys".to_owned());
+    let created = key_secret(&p, &KeyRing::initial([7; 32], 1_700_000_000));
+    assert_eq!(key_secret_refusal(&p, &created.metadata), None, "what the operator creates carries its label");
+    let default = pool();
+    assert_eq!(key_secret_refusal(&default, &secret_meta("cart-handover-keys", &[])), None);
+}
+
 #[test]
 fn members_are_sorted_and_only_ready_pods_with_an_ip_count_as_ready() {
     let mut terminating = pool_pod("d", true);
@@ -261,7 +301,7 @@ fn sidecar_is_a_native_sidecar_with_probes_env_and_keys() {
     assert_eq!(env["HANDOVER_REGISTRY"].0.as_deref(), Some("kubernetes"));
     assert_eq!(env["HANDOVER_APP"].0.as_deref(), Some("127.0.0.1:8080"));
     assert_eq!(env["HANDOVER_LISTEN"].0.as_deref(), Some("0.0.0.0:8000"));
-    assert_eq!(env["HANDOVER_ADMIN"].0.as_deref(), Some("0.0.0.0:9901"));
+    assert_eq!(env["HANDOVER_ADMIN"].0.as_deref(), Some("$(HANDOVER_POD_IP):9901"));
     assert_eq!(env["HANDOVER_KEY_FILE"].0.as_deref(), Some("/etc/handover/keys/keys"));
     assert_eq!(env["HANDOVER_MODE"].0.as_deref(), Some("both"));
     assert_eq!(env["HANDOVER_COOKIE_SAME_SITE"].0.as_deref(), Some("Lax"));
@@ -271,6 +311,34 @@ fn sidecar_is_a_native_sidecar_with_probes_env_and_keys() {
     assert_eq!(mounts[0].read_only, Some(true));
     let pre_stop = c.lifecycle.and_then(|l| l.pre_stop).and_then(|p| p.sleep);
     assert_eq!(pre_stop.map(|s| s.seconds), Some(PRESTOP_SLEEP_SECONDS));
+}
+
+#[test]
+fn the_admin_port_is_bound_to_the_pod_ip_defined_before_it() {
+    let env = sidecar_container(&pool(), &cfg()).env.expect("env");
+    let position = |name: &str| env.iter().position(|e| e.name == name).expect(name);
+    let admin = &env[position("HANDOVER_ADMIN")];
+    assert_eq!(admin.value.as_deref(), Some("$(HANDOVER_POD_IP):9901"));
+    // Kubernetes expands $(VAR) only from variables listed earlier: after it, it stays literal.
+    assert!(position(POD_IP_ENV) < position("HANDOVER_ADMIN"), "{env:?}");
+    let names: Vec<&str> = env.iter().map(|e| e.name.as_str()).collect();
+    let mut unique = names.clone();
+    unique.sort_unstable();
+    unique.dedup();
+    assert_eq!(unique.len(), names.len(), "each variable once: {names:?}");
+}
+
+#[test]
+fn the_sidecar_runs_unprivileged_under_the_runtime_default_seccomp_profile() {
+    let sc = sidecar_container(&pool(), &cfg()).security_context.expect("securityContext");
+    assert_eq!(sc.seccomp_profile.map(|p| p.type_).as_deref(), Some("RuntimeDefault"));
+    assert_eq!(sc.capabilities.and_then(|c| c.drop), Some(vec!["ALL".to_owned()]));
+    assert_eq!(sc.read_only_root_filesystem, Some(true));
+    assert_eq!(sc.run_as_non_root, Some(true));
+    assert_eq!(sc.run_as_user, Some(65532));
+    assert_eq!(sc.run_as_group, Some(65532));
+    assert_eq!(sc.allow_privilege_escalation, Some(false));
+    assert_eq!(sc.privileged, Some(false));
 }
 
 #[test]
@@ -478,6 +546,26 @@ fn conditions_for_keys_members_and_conflicts() {
     let v = condition_values(&conflict);
     assert_eq!((v[0].status, v[0].reason, v[0].message.as_str()), (true, "MembersReady", "2 of 3 members ready"));
     assert_eq!((v[1].status, v[1].reason), (true, "DeploymentConflict"));
+}
+
+#[test]
+fn one_table_of_problems_orders_both_conditions() {
+    let all = Findings {
+        spec_problems: vec![],
+        key_problem: Some("bad keys".to_owned()),
+        deployment_problems: vec!["web: conflict".to_owned()],
+        apply_errors: vec!["apply Service: 500".to_owned(), "apply Role: 403".to_owned()],
+        ready: 3,
+        total: 3,
+    };
+    let table: Vec<(&str, bool)> = problems(&all).iter().map(|p| (p.reason, p.unready)).collect();
+    assert_eq!(table, [("KeySecretInvalid", true), ("ReconcileFailed", true), ("DeploymentConflict", false)]);
+    assert_eq!(problems(&all)[1].message, "apply Service: 500; apply Role: 403");
+    let failed_only = Findings { apply_errors: vec!["apply Role: 403".to_owned()], ready: 3, total: 3, ..all };
+    let failed_only = Findings { key_problem: None, deployment_problems: vec![], ..failed_only };
+    let v = condition_values(&failed_only);
+    assert_eq!((v[0].status, v[0].reason), (false, "ReconcileFailed"), "ready members do not hide a failure");
+    assert_eq!((v[1].status, v[1].reason), (true, "ReconcileFailed"));
 }
 
 #[test]

@@ -21,6 +21,7 @@ use std::time::{Duration, Instant};
 
 use clap::Parser;
 use futures::{StreamExt, TryStreamExt};
+use handover_common::sync::lock;
 use handover_operator::crd::{POOL_LABEL, ServerPool, ServerPoolSpec};
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::{Namespace, Node, Pod, ServiceAccount};
@@ -345,6 +346,67 @@ impl Metrics {
     }
 }
 
+/// Requests the API server served (`apiserver_request_total` of its `/metrics`), by
+/// `resource[/subresource] VERB`, for the resources only the operator writes while the bench flips
+/// pods: its children, the key Secrets, Deployments, ServerPools (not their watches, which stay
+/// open). The bench's own requests during the flips (pod status, its node's heartbeat and Lease)
+/// and the kube-controller-manager's (EndpointSlices) are on other resources. Events are counted
+/// apart: the controller-manager writes some too.
+#[derive(Debug, Clone, Default, PartialEq)]
+struct ApiCalls(BTreeMap<String, f64>);
+
+impl ApiCalls {
+    const OPERATOR_RESOURCES: [&str; 6] =
+        ["services", "secrets", "roles", "rolebindings", "deployments", "serverpools"];
+
+    async fn scrape(client: &Client) -> Result<Self> {
+        let request = http::Request::get("/metrics").body(Vec::new())?;
+        let text = client.request_text(request).await.map_err(|e| format!("read the API server's /metrics: {e}"))?;
+        Ok(Self::parse(&text))
+    }
+
+    fn parse(text: &str) -> Self {
+        let mut out = BTreeMap::new();
+        for line in text.lines() {
+            let Some(rest) = line.strip_prefix("apiserver_request_total{") else { continue };
+            let Some((labels, value)) = rest.rsplit_once("} ") else { continue };
+            let Ok(value) = value.trim().parse::<f64>() else { continue };
+            let label = |name: &str| {
+                labels.split(',').find_map(|kv| kv.strip_prefix(name)?.strip_prefix("=\"")?.strip_suffix('"'))
+            };
+            let (Some(resource), Some(verb)) = (label("resource"), label("verb")) else { continue };
+            if verb == "WATCH" || !(Self::OPERATOR_RESOURCES.contains(&resource) || resource == "events") {
+                continue;
+            }
+            let key = match label("subresource") {
+                Some(sub) if !sub.is_empty() => format!("{resource}/{sub} {verb}"),
+                _ => format!("{resource} {verb}"),
+            };
+            *out.entry(key).or_default() += value;
+        }
+        Self(out)
+    }
+
+    fn since(&self, before: &Self) -> Self {
+        Self(
+            self.0
+                .iter()
+                .map(|(k, v)| (k.clone(), v - before.0.get(k).copied().unwrap_or(0.0)))
+                .filter(|(_, v)| *v > 0.0)
+                .collect(),
+        )
+    }
+
+    /// Requests on the operator's resources, Events left out.
+    fn operator(&self) -> f64 {
+        self.0.iter().filter(|(k, _)| !k.starts_with("events ")).map(|(_, v)| v).sum()
+    }
+
+    fn events(&self) -> f64 {
+        self.0.iter().filter(|(k, _)| k.starts_with("events ")).map(|(_, v)| v).sum()
+    }
+}
+
 // ---------------------------------------------------------------------------------------------
 // Watching the pools.
 
@@ -408,7 +470,7 @@ async fn watch_pools(client: Client, selector: String, shared: Arc<Shared>) {
             })
             .unwrap_or_default();
         {
-            let mut state = shared.state.lock().unwrap_or_else(|e| e.into_inner());
+            let mut state = lock(&shared.state);
             if state.pending.as_ref().is_some_and(|p| p.pool == key && p.shown_by(&view))
                 && let Some(p) = state.pending.take()
             {
@@ -426,7 +488,7 @@ async fn wait_until(shared: &Shared, mut done: impl FnMut(&State) -> bool) {
         let notified = shared.changed.notified();
         let mut notified = std::pin::pin!(notified);
         notified.as_mut().enable();
-        if done(&shared.state.lock().unwrap_or_else(|e| e.into_inner())) {
+        if done(&lock(&shared.state)) {
             return;
         }
         notified.await;
@@ -493,6 +555,8 @@ struct PhaseResult {
     timeouts: usize,
     metrics_setup: Metrics,
     metrics_flips: Metrics,
+    /// API server requests on the operator's resources during the flips.
+    api_flips: ApiCalls,
     rss_kib: u64,
     hwm_kib: u64,
 }
@@ -534,6 +598,14 @@ impl PhaseResult {
             self.metrics_setup.error_kinds,
             self.metrics_flips.error_kinds,
         );
+        let flips = self.latency.n.max(1) as f64;
+        println!(
+            "  API calls during the flips: {} ({:.2} per flip), and {} Events; {:?}",
+            self.api_flips.operator(),
+            self.api_flips.operator() / flips,
+            self.api_flips.events(),
+            self.api_flips.0,
+        );
         println!("  operator memory: VmRSS {:.1} MiB, VmHWM {:.1} MiB", mib(self.rss_kib), mib(self.hwm_kib));
     }
 
@@ -556,6 +628,10 @@ impl PhaseResult {
             "reconcile_mean_ms_flips": self.metrics_flips.mean_ms(),
             "reconcile_errors_setup": self.metrics_setup.error_kinds,
             "reconcile_errors_flips": self.metrics_flips.error_kinds,
+            "api_calls_flips": self.api_flips.operator(),
+            "api_calls_per_flip": self.api_flips.operator() / self.latency.n.max(1) as f64,
+            "events_flips": self.api_flips.events(),
+            "api_calls_flips_by_request": self.api_flips.0,
             "rss_kib": self.rss_kib,
             "hwm_kib": self.hwm_kib,
         })
@@ -647,12 +723,13 @@ async fn run_phase(
         })
     });
     tokio::time::timeout(Duration::from_secs(args.converge_timeout), converged).await.map_err(|_| {
-        let state = shared.state.lock().unwrap_or_else(|e| e.into_inner());
+        let state = lock(&shared.state);
         let done = keys.iter().filter(|k| state.pools.get(*k).is_some_and(|v| v.ready_members == expected)).count();
         format!("after {} s only {done} of {} pools list all members ready", args.converge_timeout, keys.len())
     })?;
     let converge_s = started.elapsed().as_secs_f64();
     let before_flips = operator.scrape().await?;
+    let api_before_flips = ApiCalls::scrape(client).await?;
 
     // Flips, one at a time.
     let mut ready = vec![true; all.len()];
@@ -666,7 +743,7 @@ async fn run_phase(
         let pool_ready = (0..phase.pods).filter(|jj| ready[i * phase.pods + jj]).count() as i32;
         let name = phase.pod_name(i, j);
         let (tx, rx) = oneshot::channel();
-        shared.state.lock().unwrap_or_else(|e| e.into_inner()).pending = Some(PendingFlip {
+        lock(&shared.state).pending = Some(PendingFlip {
             pool: (phase.namespace(i).to_owned(), phase.pool_name(i)),
             pod: name.clone(),
             ready: ready[k],
@@ -683,11 +760,12 @@ async fn run_phase(
             Err(_) => {
                 timeouts += 1;
                 eprintln!("flip of {name} to ready={} not shown within {} s", ready[k], args.flip_timeout);
-                shared.state.lock().unwrap_or_else(|e| e.into_inner()).pending = None;
+                lock(&shared.state).pending = None;
             }
         }
     }
     let after = operator.scrape().await?;
+    let api_after_flips = ApiCalls::scrape(client).await?;
     let (rss_kib, hwm_kib) = operator.memory()?;
     Ok(PhaseResult {
         name: phase.name,
@@ -702,6 +780,7 @@ async fn run_phase(
         timeouts,
         metrics_setup: before_flips.since(&before_setup),
         metrics_flips: after.since(&before_flips),
+        api_flips: api_after_flips.since(&api_before_flips),
         rss_kib,
         hwm_kib,
     })
@@ -968,6 +1047,23 @@ mod tests {
         assert_eq!(d.reconciles, 8.0);
         assert_eq!(d.error_kinds.get("finalizer"), Some(&2.0));
         assert_eq!(d.error_kinds.get("kube"), None);
+    }
+
+    #[test]
+    fn api_calls_are_summed_by_resource_and_verb_without_watches() {
+        let text = "# HELP apiserver_request_total x\n\
+            apiserver_request_total{code=\"200\",component=\"apiserver\",dry_run=\"\",group=\"\",resource=\"services\",scope=\"resource\",subresource=\"\",verb=\"APPLY\",version=\"v1\"} 7\n\
+            apiserver_request_total{code=\"201\",component=\"apiserver\",dry_run=\"\",group=\"\",resource=\"services\",scope=\"resource\",subresource=\"\",verb=\"APPLY\",version=\"v1\"} 1\n\
+            apiserver_request_total{code=\"200\",component=\"apiserver\",dry_run=\"\",group=\"handover.dev\",resource=\"serverpools\",scope=\"resource\",subresource=\"status\",verb=\"APPLY\",version=\"v1alpha1\"} 4\n\
+            apiserver_request_total{code=\"200\",component=\"apiserver\",dry_run=\"\",group=\"handover.dev\",resource=\"serverpools\",scope=\"cluster\",subresource=\"\",verb=\"WATCH\",version=\"v1alpha1\"} 3\n\
+            apiserver_request_total{code=\"200\",component=\"apiserver\",dry_run=\"\",group=\"\",resource=\"pods\",scope=\"resource\",subresource=\"status\",verb=\"PATCH\",version=\"v1\"} 90\n\
+            apiserver_request_total{code=\"201\",component=\"apiserver\",dry_run=\"\",group=\"events.k8s.io\",resource=\"events\",scope=\"resource\",subresource=\"\",verb=\"POST\",version=\"v1\"} 2\n";
+        let calls = ApiCalls::parse(text);
+        assert_eq!(calls.0.get("services APPLY"), Some(&8.0));
+        assert_eq!(calls.0.get("serverpools/status APPLY"), Some(&4.0));
+        assert_eq!((calls.operator(), calls.events()), (12.0, 2.0), "{calls:?}");
+        let before = ApiCalls(BTreeMap::from([("services APPLY".to_owned(), 8.0)]));
+        assert_eq!(calls.since(&before).operator(), 4.0);
     }
 
     #[test]

@@ -1,0 +1,198 @@
+//! Carries out a [`Plan`]: applies the children that changed, checks the key Secret when the plan
+//! says so, injects or cleans Deployments, then writes the status if it changed and publishes the
+//! Events. Every write goes through the leadership fence.
+
+use std::time::Duration;
+
+use jiff::Timestamp;
+use k8s_openapi::NamespaceResourceScope;
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use kube::Resource;
+use kube::api::{Api, Patch, PatchParams};
+use kube::runtime::controller::Action;
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use serde_json::Value;
+
+use super::events::{publish, publish_membership};
+use super::keys::ensure_keys;
+use super::{Context, RESYNC, fence};
+use crate::crd::ServerPool;
+use crate::desired::{self, Applied, Child, ChildStep, DeploymentPlan, Findings, KeyCheck, KeyInputs, KeyOutcome};
+use crate::desired::{KeyStep, MANAGER, Plan};
+use crate::error::Error;
+use handover_common::sync::lock;
+
+/// Server-side apply of a namespaced object with the operator's field manager; returns the
+/// resourceVersion the API server answered with.
+async fn ssa<K>(ctx: &Context, ns: &str, obj: &K) -> Result<Option<String>, Error>
+where
+    K: Resource<DynamicType = (), Scope = NamespaceResourceScope>
+        + Serialize
+        + DeserializeOwned
+        + Clone
+        + std::fmt::Debug,
+{
+    let name = obj.meta().name.clone().unwrap_or_default();
+    let api: Api<K> = Api::namespaced(ctx.client.clone(), ns);
+    fence(ctx)?;
+    let applied = api
+        .patch(&name, &PatchParams::apply(MANAGER).force(), &Patch::Apply(obj))
+        .await
+        .map_err(Error::kube(format!("apply {} {ns}/{name}", K::kind(&()))))?;
+    Ok(applied.meta().resource_version.clone())
+}
+
+/// Applies one child and remembers what it applied (or forgets it, on a failure, so that the
+/// next reconcile applies it again).
+async fn apply_child(ctx: &Context, step: &ChildStep) -> Result<(), Error> {
+    let ns = &step.key.namespace;
+    let result = match &step.child {
+        Child::Service(s) => ssa(ctx, ns, s.as_ref()).await,
+        Child::Role(r) => ssa(ctx, ns, r).await,
+        Child::RoleBinding(b) => ssa(ctx, ns, b).await,
+    };
+    let mut applied = lock(&ctx.applied);
+    match result {
+        Ok(Some(resource_version)) => {
+            applied.insert(step.key.clone(), Applied { fingerprint: step.fingerprint, resource_version });
+            Ok(())
+        }
+        Ok(None) => {
+            applied.remove(&step.key);
+            Ok(())
+        }
+        Err(e) => {
+            applied.remove(&step.key);
+            Err(e)
+        }
+    }
+}
+
+/// Server-side apply of an injection or removal patch to a Deployment.
+pub(super) async fn patch_deployment(ctx: &Context, ns: &str, name: &str, patch: &Value) -> Result<(), kube::Error> {
+    let api: Api<Deployment> = Api::namespaced(ctx.client.clone(), ns);
+    api.patch(name, &PatchParams::apply(MANAGER).force(), &Patch::Apply(patch)).await.map(drop)
+}
+
+/// The key Secret's state for this reconcile: checked now, or as last checked.
+async fn key_outcome(pool: &ServerPool, step: &KeyStep, ctx: &Context, now: Timestamp) -> Result<KeyOutcome, Error> {
+    let pool_key = (desired::pool_namespace(pool), desired::pool_name(pool));
+    match step {
+        KeyStep::Skip => Ok(KeyOutcome::default()),
+        KeyStep::Reuse(outcome) => Ok(outcome.clone()),
+        KeyStep::Check => match ensure_keys(pool, ctx, now).await {
+            Ok(outcome) => {
+                let check = KeyCheck { inputs: KeyInputs::of(pool), at: now.as_second(), outcome: outcome.clone() };
+                lock(&ctx.key_checks).insert(pool_key, check);
+                Ok(outcome)
+            }
+            Err(e) => {
+                lock(&ctx.key_checks).remove(&pool_key);
+                Err(e)
+            }
+        },
+    }
+}
+
+/// Carries out `plan` for `pool`, writes its status if it changed, publishes the Events.
+pub(super) async fn execute(pool: &ServerPool, plan: Plan, ctx: &Context, now: Timestamp) -> Result<Action, Error> {
+    let ns = desired::pool_namespace(pool);
+    let name = desired::pool_name(pool);
+    let reference = pool.object_ref(&());
+    let mut failures: Vec<String> = Vec::new();
+    let mut requeue = RESYNC;
+
+    for step in plan.children.iter().filter(|s| !s.unchanged) {
+        if let Err(e) = apply_child(ctx, step).await {
+            failures.push(e.to_string());
+        }
+    }
+
+    let keys = match key_outcome(pool, &plan.keys, ctx, now).await {
+        Ok(keys) => keys,
+        Err(e) => {
+            failures.push(e.to_string());
+            KeyOutcome::default()
+        }
+    };
+    if let Some(due) = keys.next_due {
+        let wait = u64::try_from(due.saturating_sub(now.as_second())).unwrap_or(0);
+        requeue = requeue.min(Duration::from_secs(wait.max(1)));
+    }
+
+    for change in &plan.deployments {
+        fence(ctx)?;
+        let (d, patch, injecting) = match change {
+            // The injection would mount a Secret the operator may not use: inject nothing
+            // (Deployments keep what they have; the condition says why).
+            DeploymentPlan::Inject { .. } if keys.refused => continue,
+            DeploymentPlan::Inject { name, patch } => (name, patch, true),
+            DeploymentPlan::Remove { name, patch } => (name, patch, false),
+            DeploymentPlan::Injected { .. }
+            | DeploymentPlan::Conflict { .. }
+            | DeploymentPlan::ForeignSidecar { .. } => {
+                continue;
+            }
+        };
+        match patch_deployment(ctx, &ns, d, patch).await {
+            Ok(()) if injecting => {
+                tracing::info!(deployment = %d, pool = %name, "injected the sidecar");
+                let note = format!("injected the handover sidecar into Deployment {d}");
+                publish(ctx, &reference, false, "SidecarInjected", note).await;
+            }
+            Ok(()) => {
+                tracing::info!(deployment = %d, pool = %name, "removed the sidecar");
+                let note = format!("removed the handover sidecar from Deployment {d}");
+                publish(ctx, &reference, false, "SidecarRemoved", note).await;
+            }
+            Err(e) if injecting => failures.push(format!("inject Deployment {ns}/{d}: {e}")),
+            Err(e) => failures.push(format!("remove sidecar from Deployment {ns}/{d}: {e}")),
+        }
+    }
+
+    let members = plan.members;
+    let findings = Findings {
+        spec_problems: plan.spec_problems,
+        key_problem: keys.problem,
+        deployment_problems: plan.deployment_problems,
+        apply_errors: failures.clone(),
+        ready: i32::try_from(members.iter().filter(|m| m.ready).count()).unwrap_or(i32::MAX),
+        total: i32::try_from(members.len()).unwrap_or(i32::MAX),
+    };
+    let before = pool.status.clone().unwrap_or_default();
+    let status = desired::status(pool, members, &findings, &Time(now));
+    ctx.metrics.set_members(&ns, &name, i64::from(status.total_members), i64::from(status.ready_members));
+    if pool.status.as_ref() != Some(&status) {
+        fence(ctx)?;
+        let api: Api<ServerPool> = Api::namespaced(ctx.client.clone(), &ns);
+        let body = serde_json::json!({
+            "apiVersion": "handover.dev/v1alpha1",
+            "kind": "ServerPool",
+            "status": status,
+        });
+        api.patch_status(&name, &PatchParams::apply(MANAGER).force(), &Patch::Apply(&body))
+            .await
+            .map_err(Error::kube(format!("write status of ServerPool {ns}/{name}")))?;
+    }
+
+    for event in desired::condition_events(&before.conditions, &status.conditions) {
+        publish(ctx, &reference, event.warning, &event.reason, event.note).await;
+    }
+    publish_membership(ctx, pool, &before, &status).await;
+
+    if failures.is_empty() { Ok(Action::requeue(requeue)) } else { Err(Error::Children(failures)) }
+}
+
+/// Forgets what the operator remembers of a pool's children and keys (the pool is gone).
+pub(super) fn forget(ctx: &Context, pool: &ServerPool) {
+    let ns = desired::pool_namespace(pool);
+    let name = desired::pool_name(pool);
+    let mut applied = lock(&ctx.applied);
+    for key in desired::child_keys(pool) {
+        applied.remove(&key);
+    }
+    drop(applied);
+    lock(&ctx.key_checks).remove(&(ns, name));
+}

@@ -1,0 +1,564 @@
+//! A mocked API server that checks each request a reconcile makes, in order (as controller-rs's
+//! `fixtures.rs` does), and the scenarios that drive the executor's branches with it: a new pool,
+//! a readiness change, a key rotation, a refused key Secret, a failed apply, a deleted pool.
+//!
+//! The mock is a real HTTP server on a loopback port and the client a real `kube::Client`, so the
+//! requests are the ones the operator sends to a real API server. Events (`events.k8s.io`) are
+//! answered and recorded apart: the Recorder's batching is not the executor's business. What this
+//! cannot show — that the API server accepts these requests and that the watches follow — is the
+//! end-to-end suite's job.
+
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
+use hyper::{Request, Response};
+use hyper_util::rt::TokioIo;
+use k8s_openapi::api::apps::v1::{Deployment, DeploymentSpec};
+use k8s_openapi::api::core::v1::{Container, Pod, PodCondition, PodSpec, PodStatus, PodTemplateSpec, Secret, Service};
+use k8s_openapi::api::rbac::v1::{Role, RoleBinding};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, Time};
+use kube::core::{PartialObjectMeta, PartialObjectMetaExt};
+use kube::runtime::controller::Action;
+use kube::runtime::events::{Recorder, Reporter};
+use kube::runtime::reflector::{self, Store};
+use kube::runtime::watcher;
+use kube::{Client, Resource, ResourceExt};
+use serde_json::{Value, json};
+
+use super::reconcile::reconcile;
+use super::watches::caches_ready;
+use super::{Context, FINALIZER};
+use crate::crd::{POOL_LABEL, ServerPool, ServerPoolSpec};
+use crate::desired::{self, InjectionConfig, MANAGED_BY};
+use crate::error::Error;
+use crate::leader::Leadership;
+use crate::metrics::Metrics;
+use crate::validate::ImageAllowList;
+use handover_common::sync::lock;
+
+/// One request the scenario expects, and the answer.
+struct Expect {
+    method: &'static str,
+    path: String,
+    status: u16,
+    /// The answer; `None`: the request's own body (what a create returns).
+    body: Option<Value>,
+}
+
+fn expect(method: &'static str, path: impl Into<String>, status: u16, body: Option<Value>) -> Expect {
+    Expect { method, path: path.into(), status, body }
+}
+
+#[derive(Default)]
+struct Log {
+    script: VecDeque<Expect>,
+    /// `METHOD path` of every request but Events, in order.
+    seen: Vec<String>,
+    /// The body of every request but Events, in order.
+    bodies: Vec<Value>,
+    /// The reason of every Event sent.
+    events: Vec<String>,
+    /// Requests that were not the next expected one.
+    unexpected: Vec<String>,
+}
+
+/// The mocked API server.
+struct MockApi {
+    log: Arc<Mutex<Log>>,
+    client: Client,
+    server: tokio::task::JoinHandle<()>,
+}
+
+fn not_found() -> Value {
+    json!({"kind": "Status", "apiVersion": "v1", "status": "Failure", "reason": "NotFound", "code": 404, "message": "not found"})
+}
+
+async fn answer(log: Arc<Mutex<Log>>, req: Request<Incoming>) -> Response<Full<Bytes>> {
+    let method = req.method().to_string();
+    let path = req.uri().path().to_owned();
+    let body = req.into_body().collect().await.map(|b| b.to_bytes()).unwrap_or_default();
+    let sent: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
+    let mut log = lock(&log);
+    if path.starts_with("/apis/events.k8s.io/") {
+        log.events.push(sent["reason"].as_str().unwrap_or_default().to_owned());
+        let mut event = sent;
+        event["metadata"]["name"] = json!("event");
+        return Response::builder().status(201).body(Full::new(Bytes::from(event.to_string()))).unwrap_or_default();
+    }
+    log.seen.push(format!("{method} {path}"));
+    log.bodies.push(sent.clone());
+    let (status, reply) = match log.script.pop_front() {
+        Some(e) if e.method == method && e.path == path => (e.status, e.body.unwrap_or(sent)),
+        Some(e) => {
+            log.unexpected.push(format!("{method} {path} (expected {} {})", e.method, e.path));
+            (500, json!({"kind": "Status", "code": 500, "message": "unexpected request"}))
+        }
+        None => {
+            log.unexpected.push(format!("{method} {path} (expected nothing more)"));
+            (500, json!({"kind": "Status", "code": 500, "message": "unexpected request"}))
+        }
+    };
+    Response::builder().status(status).body(Full::new(Bytes::from(reply.to_string()))).unwrap_or_default()
+}
+
+impl MockApi {
+    async fn start() -> Self {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind a loopback port");
+        let addr = listener.local_addr().expect("its address");
+        let log = Arc::new(Mutex::new(Log::default()));
+        let served = log.clone();
+        let server = tokio::spawn(async move {
+            while let Ok((stream, _)) = listener.accept().await {
+                let log = served.clone();
+                tokio::spawn(async move {
+                    let service = hyper::service::service_fn(move |req| {
+                        let log = log.clone();
+                        async move { Ok::<_, std::convert::Infallible>(answer(log, req).await) }
+                    });
+                    let _ = hyper::server::conn::http1::Builder::new()
+                        .serve_connection(TokioIo::new(stream), service)
+                        .await;
+                });
+            }
+        });
+        let url = format!("http://{addr}").parse().expect("a URL");
+        let client = Client::try_from(kube::Config::new(url)).expect("a client");
+        Self { log, client, server }
+    }
+
+    /// Sets the requests the next reconcile must make, in order.
+    fn expect(&self, script: Vec<Expect>) {
+        let mut log = lock(&self.log);
+        log.script = script.into();
+        log.seen.clear();
+        log.bodies.clear();
+        log.events.clear();
+        log.unexpected.clear();
+    }
+
+    /// The requests made (`METHOD path`), after checking that they were exactly the expected ones.
+    fn verify(&self) -> Vec<String> {
+        let log = lock(&self.log);
+        assert!(log.unexpected.is_empty(), "unexpected requests: {:?}; all requests: {:?}", log.unexpected, log.seen);
+        let left: Vec<String> = log.script.iter().map(|e| format!("{} {}", e.method, e.path)).collect();
+        assert!(left.is_empty(), "expected requests not made: {left:?}; made: {:?}", log.seen);
+        log.seen.clone()
+    }
+
+    fn events(&self) -> Vec<String> {
+        lock(&self.log).events.clone()
+    }
+
+    fn body(&self, i: usize) -> Value {
+        lock(&self.log).bodies.get(i).cloned().unwrap_or(Value::Null)
+    }
+}
+
+impl Drop for MockApi {
+    fn drop(&mut self) {
+        self.server.abort();
+    }
+}
+
+const NS: &str = "shop";
+
+fn pool(ready_members: Option<&[(&str, bool)]>) -> ServerPool {
+    let mut p = ServerPool::new("cart", ServerPoolSpec::with_app_port(8080));
+    p.metadata.namespace = Some(NS.to_owned());
+    p.metadata.uid = Some("uid-cart".to_owned());
+    p.metadata.generation = Some(1);
+    p.metadata.finalizers = Some(vec![FINALIZER.to_owned()]);
+    if let Some(members) = ready_members {
+        let pods: Vec<Pod> = members.iter().map(|(name, ready)| pod(name, *ready)).collect();
+        let members = desired::members(&p, pods.iter());
+        let findings = desired::Findings {
+            ready: i32::try_from(members.iter().filter(|m| m.ready).count()).unwrap_or(0),
+            total: i32::try_from(members.len()).unwrap_or(0),
+            ..desired::Findings::default()
+        };
+        p.status = Some(desired::status(&p, members, &findings, &Time(jiff::Timestamp::UNIX_EPOCH)));
+    }
+    p
+}
+
+fn pod(name: &str, ready: bool) -> Pod {
+    Pod {
+        metadata: ObjectMeta {
+            name: Some(name.to_owned()),
+            namespace: Some(NS.to_owned()),
+            uid: Some(format!("uid-{name}")),
+            labels: Some(BTreeMap::from([(POOL_LABEL.to_owned(), "cart".to_owned())])),
+            ..ObjectMeta::default()
+        },
+        spec: Some(PodSpec { service_account_name: Some("web".to_owned()), ..PodSpec::default() }),
+        status: Some(PodStatus {
+            pod_ip: Some("10.0.0.5".to_owned()),
+            phase: Some("Running".to_owned()),
+            conditions: Some(vec![PodCondition {
+                type_: "Ready".to_owned(),
+                status: if ready { "True" } else { "False" }.to_owned(),
+                last_transition_time: Some(Time(jiff::Timestamp::UNIX_EPOCH)),
+                ..PodCondition::default()
+            }]),
+            ..PodStatus::default()
+        }),
+    }
+}
+
+/// The Deployment `web`, annotated for the pool; `injected`: as it is once injected.
+fn deployment(pool: &ServerPool, injected: bool) -> Deployment {
+    let mut d = Deployment {
+        metadata: ObjectMeta {
+            name: Some("web".to_owned()),
+            namespace: Some(NS.to_owned()),
+            annotations: Some(BTreeMap::from([(POOL_LABEL.to_owned(), "cart".to_owned())])),
+            ..ObjectMeta::default()
+        },
+        spec: Some(DeploymentSpec {
+            template: PodTemplateSpec {
+                metadata: Some(ObjectMeta::default()),
+                spec: Some(PodSpec {
+                    service_account_name: Some("web".to_owned()),
+                    containers: vec![Container { name: "app".to_owned(), ..Container::default() }],
+                    ..PodSpec::default()
+                }),
+            },
+            ..DeploymentSpec::default()
+        }),
+        status: None,
+    };
+    if injected {
+        let (patch, _) = desired::injection_patch(pool, &d, &cfg());
+        let template = &patch["spec"]["template"];
+        let meta = d.spec.as_mut().and_then(|s| s.template.metadata.as_mut()).expect("template metadata");
+        meta.annotations = serde_json::from_value(template["metadata"]["annotations"].clone()).ok();
+        meta.labels = serde_json::from_value(template["metadata"]["labels"].clone()).ok();
+        let spec = d.spec.as_mut().and_then(|s| s.template.spec.as_mut()).expect("template spec");
+        spec.init_containers = serde_json::from_value(template["spec"]["initContainers"].clone()).ok();
+        spec.termination_grace_period_seconds = template["spec"]["terminationGracePeriodSeconds"].as_i64();
+    }
+    d
+}
+
+fn cfg() -> InjectionConfig {
+    InjectionConfig::for_minor("registry.example/handover:1".to_owned(), 34)
+}
+
+fn store_of<K>(objects: Vec<K>) -> (Store<K>, reflector::store::Writer<K>)
+where
+    K: Resource<DynamicType = ()> + Clone + 'static,
+{
+    let (store, mut writer) = reflector::store();
+    writer.apply_watcher_event(&watcher::Event::Init);
+    for object in objects {
+        writer.apply_watcher_event(&watcher::Event::InitApply(object));
+    }
+    writer.apply_watcher_event(&watcher::Event::InitDone);
+    (store, writer)
+}
+
+/// What the scenario's caches hold.
+struct World {
+    pods: Vec<Pod>,
+    deployments: Vec<Deployment>,
+    pools: Vec<ServerPool>,
+    /// (kind, resourceVersion) of the pool's Service, Role and RoleBinding in the owned caches.
+    children: Vec<(&'static str, &'static str)>,
+}
+
+fn meta_of<K: Resource<DynamicType = ()>>(name: &str, version: &str) -> PartialObjectMeta<K> {
+    ObjectMeta {
+        name: Some(name.to_owned()),
+        namespace: Some(NS.to_owned()),
+        resource_version: Some(version.to_owned()),
+        ..ObjectMeta::default()
+    }
+    .into_response_partial::<K>()
+}
+
+/// A leader's context over `world`'s caches, talking to `api`.
+fn context(api: &MockApi, world: World) -> Arc<Context> {
+    let child = |kind: &str| world.children.iter().find(|(k, _)| *k == kind).map(|(_, v)| *v);
+    let (pods, _) = store_of(world.pods);
+    let (deployments, _) = store_of(world.deployments);
+    let (pools, _) = store_of(world.pools);
+    let (services, _) = store_of(child("Service").map(|v| meta_of::<Service>("cart", v)).into_iter().collect());
+    let rbac = "cart-handover-registry";
+    let (roles, _) = store_of(child("Role").map(|v| meta_of::<Role>(rbac, v)).into_iter().collect());
+    let (role_bindings, _) =
+        store_of(child("RoleBinding").map(|v| meta_of::<RoleBinding>(rbac, v)).into_iter().collect());
+    let leadership = Leadership::new(Duration::from_secs(10));
+    leadership.renewed(tokio::time::Instant::now());
+    let inject = cfg();
+    Arc::new(Context {
+        client: api.client.clone(),
+        recorder: Recorder::new(
+            api.client.clone(),
+            Reporter { controller: "handover-operator".to_owned(), instance: Some("test".to_owned()) },
+        ),
+        metrics: Arc::new(Metrics::new()),
+        caches_ready: caches_ready(pods.clone(), deployments.clone()),
+        pods,
+        deployments,
+        pools,
+        services,
+        roles,
+        role_bindings,
+        applied: Mutex::new(BTreeMap::new()),
+        key_checks: Mutex::new(HashMap::new()),
+        allowed_images: ImageAllowList::new(Vec::new(), &inject.default_image),
+        inject,
+        leadership,
+        warned_missing: Mutex::new(HashSet::new()),
+    })
+}
+
+/// Moves what one context remembers (its applies and key checks) into another, as one long-lived
+/// controller would keep it between reconciles while its caches move on.
+fn carry_memory(from: &Context, to: &Context) {
+    *lock(&to.applied) = lock(&from.applied).clone();
+    *lock(&to.key_checks) = lock(&from.key_checks).clone();
+}
+
+const POOLS: &str = "/apis/handover.dev/v1alpha1/namespaces/shop/serverpools";
+const SERVICE: &str = "/api/v1/namespaces/shop/services/cart";
+const ROLE: &str = "/apis/rbac.authorization.k8s.io/v1/namespaces/shop/roles/cart-handover-registry";
+const BINDING: &str = "/apis/rbac.authorization.k8s.io/v1/namespaces/shop/rolebindings/cart-handover-registry";
+const SECRETS: &str = "/api/v1/namespaces/shop/secrets";
+const DEPLOYMENT: &str = "/apis/apps/v1/namespaces/shop/deployments/web";
+
+fn with_version(mut object: Value, version: &str) -> Value {
+    object["metadata"]["resourceVersion"] = json!(version);
+    object
+}
+
+fn json_of(value: &impl serde::Serialize) -> Value {
+    serde_json::to_value(value).expect("serializable")
+}
+
+/// The requests of a new pool's first reconcile, answered as the API server would.
+fn new_pool_script(p: &ServerPool, d: &Deployment) -> Vec<Expect> {
+    let accounts = std::collections::BTreeSet::from(["web".to_owned()]);
+    vec![
+        expect("PATCH", SERVICE, 200, Some(with_version(json_of(&desired::service(p)), "11"))),
+        expect("PATCH", ROLE, 200, Some(with_version(json_of(&desired::role(p)), "12"))),
+        expect("PATCH", BINDING, 200, Some(with_version(json_of(&desired::role_binding(p, &accounts)), "13"))),
+        expect("GET", format!("{SECRETS}/cart-handover-keys"), 404, Some(not_found())),
+        expect("POST", SECRETS, 201, None),
+        expect("PATCH", DEPLOYMENT, 200, Some(json_of(d))),
+        expect("PATCH", format!("{POOLS}/cart/status"), 200, Some(json_of(p))),
+    ]
+}
+
+async fn run(ctx: &Arc<Context>, p: ServerPool) -> Result<Action, Error> {
+    tokio::time::timeout(Duration::from_secs(30), reconcile(Arc::new(p), ctx.clone()))
+        .await
+        .expect("the reconcile finished within 30 s")
+}
+
+#[tokio::test]
+async fn a_new_pool_gets_its_children_keys_injection_and_status_then_a_readiness_change_costs_one_write() {
+    let api = MockApi::start().await;
+    let p = pool(None);
+    let d = deployment(&p, false);
+    let world =
+        World { pods: vec![pod("a", true)], deployments: vec![d.clone()], pools: vec![p.clone()], children: vec![] };
+    let ctx = context(&api, world);
+    api.expect(new_pool_script(&p, &d));
+    run(&ctx, p.clone()).await.expect("the first reconcile succeeds");
+    api.verify();
+    let secret: Secret = serde_json::from_value(api.body(4)).expect("a Secret was created");
+    assert_eq!(
+        secret.metadata.labels.as_ref().and_then(|l| l.get(MANAGED_BY.0)).map(String::as_str),
+        Some(MANAGED_BY.1)
+    );
+    let status = api.body(6);
+    assert_eq!(status["status"]["readyMembers"], 1);
+    assert_eq!(status["status"]["conditions"][0]["reason"], "MembersReady");
+    let events = api.events();
+    for reason in ["KeySecretCreated", "SidecarInjected", "MemberReady"] {
+        assert!(events.iter().any(|e| e == reason), "{reason} in {events:?}");
+    }
+
+    // The pod becomes unready. The caches now hold what the first reconcile wrote: the children
+    // at the resourceVersions the applies returned, the injected Deployment, the pool's status.
+    let p = pool(Some(&[("a", true)]));
+    let world = World {
+        pods: vec![pod("a", false)],
+        deployments: vec![deployment(&p, true)],
+        pools: vec![p.clone()],
+        children: vec![("Service", "11"), ("Role", "12"), ("RoleBinding", "13")],
+    };
+    let next = context(&api, world);
+    carry_memory(&ctx, &next);
+    api.expect(vec![expect("PATCH", format!("{POOLS}/cart/status"), 200, Some(json_of(&p)))]);
+    run(&next, p.clone()).await.expect("the readiness change is reconciled");
+    assert_eq!(api.verify(), [format!("PATCH {POOLS}/cart/status")], "one status write, nothing else");
+    assert_eq!(api.body(0)["status"]["readyMembers"], 0);
+    assert_eq!(api.events(), ["MemberLeft"]);
+
+    // Nothing changed at all: no request.
+    let unchanged = pool(Some(&[("a", false)]));
+    let world = World {
+        pods: vec![pod("a", false)],
+        deployments: vec![deployment(&unchanged, true)],
+        pools: vec![unchanged.clone()],
+        children: vec![("Service", "11"), ("Role", "12"), ("RoleBinding", "13")],
+    };
+    let idle = context(&api, world);
+    carry_memory(&ctx, &idle);
+    api.expect(vec![]);
+    run(&idle, unchanged).await.expect("an idle reconcile");
+    assert_eq!(api.verify(), [""; 0]);
+}
+
+#[tokio::test]
+async fn a_child_edited_by_someone_else_is_applied_again() {
+    let api = MockApi::start().await;
+    let p = pool(None);
+    let d = deployment(&p, false);
+    let world =
+        World { pods: vec![pod("a", true)], deployments: vec![d.clone()], pools: vec![p.clone()], children: vec![] };
+    let ctx = context(&api, world);
+    api.expect(new_pool_script(&p, &d));
+    run(&ctx, p).await.expect("the first reconcile succeeds");
+    api.verify();
+
+    let p = pool(Some(&[("a", true)]));
+    let world = World {
+        pods: vec![pod("a", true)],
+        deployments: vec![deployment(&p, true)],
+        pools: vec![p.clone()],
+        children: vec![("Service", "11"), ("Role", "40"), ("RoleBinding", "13")],
+    };
+    let next = context(&api, world);
+    carry_memory(&ctx, &next);
+    api.expect(vec![expect("PATCH", ROLE, 200, Some(with_version(json_of(&desired::role(&p)), "41")))]);
+    run(&next, p).await.expect("the drift is repaired");
+    assert_eq!(api.verify(), [format!("PATCH {ROLE}")]);
+}
+
+#[tokio::test]
+async fn a_rotation_request_reads_and_rotates_the_key_secret() {
+    let api = MockApi::start().await;
+    let p = pool(None);
+    let d = deployment(&p, false);
+    let world =
+        World { pods: vec![pod("a", true)], deployments: vec![d.clone()], pools: vec![p.clone()], children: vec![] };
+    let ctx = context(&api, world);
+    api.expect(new_pool_script(&p, &d));
+    run(&ctx, p).await.expect("the first reconcile succeeds");
+    api.verify();
+    let created = api.body(4);
+
+    let mut p = pool(Some(&[("a", true)]));
+    p.metadata.annotations = Some(BTreeMap::from([(desired::ROTATE_ANNOTATION.to_owned(), "now".to_owned())]));
+    let world = World {
+        pods: vec![pod("a", true)],
+        deployments: vec![deployment(&p, true)],
+        pools: vec![p.clone()],
+        children: vec![("Service", "11"), ("Role", "12"), ("RoleBinding", "13")],
+    };
+    let next = context(&api, world);
+    carry_memory(&ctx, &next);
+    let secret = format!("{SECRETS}/cart-handover-keys");
+    api.expect(vec![
+        expect("GET", secret.clone(), 200, Some(with_version(created, "20"))),
+        expect("PUT", secret.clone(), 200, None),
+    ]);
+    run(&next, p).await.expect("the rotation is reconciled");
+    api.verify();
+    let rotated: Secret = serde_json::from_value(api.body(1)).expect("the Secret was replaced");
+    assert_eq!(rotated.metadata.resource_version.as_deref(), Some("20"), "replaced against what was read");
+    assert_eq!(rotated.annotations().get(desired::ROTATED_FOR_ANNOTATION).map(String::as_str), Some("now"));
+    let keys = rotated.data.as_ref().and_then(|d| d.get(crate::keys::SECRET_KEY)).expect("keys");
+    let ring = crate::keys::KeyRing::parse_bytes(&keys.0).expect("a key file");
+    assert_eq!(ring.0.len(), 2, "a second key is staged");
+    assert!(ring.staged().is_some(), "staged, not yet sealing");
+    assert_eq!(api.events(), ["KeysRotated"]);
+}
+
+#[tokio::test]
+async fn a_key_secret_the_operator_did_not_create_is_not_mounted() {
+    let api = MockApi::start().await;
+    let mut p = pool(None);
+    p.spec.key_secret_name = Some("db-credentials".to_owned());
+    let d = deployment(&p, false);
+    let world = World { pods: vec![pod("a", true)], deployments: vec![d], pools: vec![p.clone()], children: vec![] };
+    let ctx = context(&api, world);
+    let accounts = std::collections::BTreeSet::from(["web".to_owned()]);
+    let foreign = json!({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "db-credentials", "namespace": NS}, "data": {"password": "aHVudGVyMg=="}});
+    api.expect(vec![
+        expect("PATCH", SERVICE, 200, Some(with_version(json_of(&desired::service(&p)), "11"))),
+        expect("PATCH", ROLE, 200, Some(with_version(json_of(&desired::role(&p)), "12"))),
+        expect("PATCH", BINDING, 200, Some(with_version(json_of(&desired::role_binding(&p, &accounts)), "13"))),
+        expect("GET", format!("{SECRETS}/db-credentials"), 200, Some(foreign)),
+        expect("PATCH", format!("{POOLS}/cart/status"), 200, Some(json_of(&p))),
+    ]);
+    run(&ctx, p).await.expect("a refused Secret is a condition, not an error");
+    let requests = api.verify();
+    assert!(!requests.iter().any(|r| r.contains("/deployments/")), "nothing injected: {requests:?}");
+    let status = api.body(4);
+    assert_eq!(status["status"]["conditions"][0]["reason"], "KeySecretInvalid");
+    assert_eq!(status["status"]["conditions"][1]["reason"], "KeySecretInvalid");
+    assert!(api.events().iter().any(|e| e == "KeySecretInvalid"), "{:?}", api.events());
+}
+
+#[tokio::test]
+async fn a_refused_apply_is_reported_and_retried_on_the_next_reconcile() {
+    let api = MockApi::start().await;
+    let p = pool(None);
+    let d = deployment(&p, false);
+    let world =
+        World { pods: vec![pod("a", true)], deployments: vec![d.clone()], pools: vec![p.clone()], children: vec![] };
+    let ctx = context(&api, world);
+    let mut script = new_pool_script(&p, &d);
+    script[0] = expect("PATCH", SERVICE, 403, Some(json!({"kind": "Status", "code": 403, "message": "forbidden"})));
+    api.expect(script);
+    let failed = run(&ctx, p).await;
+    assert!(matches!(failed, Err(Error::Children(ref f)) if f.len() == 1 && f[0].contains("forbidden")), "{failed:?}");
+    api.verify();
+    assert_eq!(api.body(6)["status"]["conditions"][0]["reason"], "ReconcileFailed");
+
+    // Next time only the Service is applied again (its child cache has nothing at "11").
+    let p = pool(Some(&[("a", true)]));
+    let world = World {
+        pods: vec![pod("a", true)],
+        deployments: vec![deployment(&p, true)],
+        pools: vec![p.clone()],
+        children: vec![("Role", "12"), ("RoleBinding", "13")],
+    };
+    let next = context(&api, world);
+    carry_memory(&ctx, &next);
+    api.expect(vec![expect("PATCH", SERVICE, 200, Some(with_version(json_of(&desired::service(&p)), "11")))]);
+    run(&next, p).await.expect("the Service is applied");
+    assert_eq!(api.verify(), [format!("PATCH {SERVICE}")]);
+}
+
+#[tokio::test]
+async fn a_deleted_pool_removes_its_injection_then_its_finalizer() {
+    let api = MockApi::start().await;
+    let mut p = pool(Some(&[("a", true)]));
+    p.metadata.deletion_timestamp = Some(Time(jiff::Timestamp::UNIX_EPOCH));
+    let d = deployment(&p, true);
+    let mut deleting = p.clone();
+    deleting.spec.port = 80;
+    let world = World { pods: vec![pod("a", true)], deployments: vec![d.clone()], pools: vec![], children: vec![] };
+    let ctx = context(&api, world);
+    api.expect(vec![
+        expect("PATCH", DEPLOYMENT, 200, Some(json_of(&d))),
+        expect("PATCH", format!("{POOLS}/cart"), 200, Some(json_of(&deleting))),
+    ]);
+    let done = run(&ctx, p).await.expect("the cleanup succeeds");
+    assert_eq!(done, Action::await_change());
+    api.verify();
+    let removal = api.body(0);
+    assert_eq!(removal["metadata"]["name"], "web");
+    assert!(removal.get("spec").is_none(), "the removal patch owns nothing: {removal}");
+    let finalizers = api.body(1);
+    assert!(finalizers.to_string().contains(FINALIZER), "the finalizer is removed: {finalizers}");
+}

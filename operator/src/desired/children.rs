@@ -1,0 +1,141 @@
+//! The objects a pool owns: its Service, key Secret, Role and RoleBinding.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use k8s_openapi::ByteString;
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::core::v1::{Pod, Secret, Service, ServicePort, ServiceSpec};
+use k8s_openapi::api::rbac::v1::{PolicyRule, Role, RoleBinding, RoleRef, Subject};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+use kube::Resource;
+
+use super::names::{
+    MANAGED_BY, default_key_secret_name, key_secret_name, pool_name, pool_namespace, rbac_name, selector, service_name,
+};
+use crate::crd::{POOL_LABEL, ServerPool};
+use crate::keys::{KeyRing, SECRET_KEY};
+
+fn meta(pool: &ServerPool, name: String) -> ObjectMeta {
+    ObjectMeta {
+        name: Some(name),
+        namespace: Some(pool_namespace(pool)),
+        labels: Some(BTreeMap::from([
+            (MANAGED_BY.0.to_owned(), MANAGED_BY.1.to_owned()),
+            (POOL_LABEL.to_owned(), pool_name(pool)),
+        ])),
+        owner_references: pool.controller_owner_ref(&()).map(|o| vec![o]),
+        ..ObjectMeta::default()
+    }
+}
+
+/// The pool's Service: `<pool>:<port>` to the sidecars' data port.
+pub fn service(pool: &ServerPool) -> Service {
+    Service {
+        metadata: meta(pool, service_name(pool)),
+        spec: Some(ServiceSpec {
+            selector: Some(selector(pool)),
+            ports: Some(vec![ServicePort {
+                name: Some("http".to_owned()),
+                port: pool.spec.port,
+                target_port: Some(IntOrString::Int(pool.spec.sidecar_port)),
+                protocol: Some("TCP".to_owned()),
+                app_protocol: Some("http".to_owned()),
+                ..ServicePort::default()
+            }]),
+            type_: Some(format!("{:?}", pool.spec.service.type_)),
+            session_affinity: Some(format!("{:?}", pool.spec.service.session_affinity)),
+            ..ServiceSpec::default()
+        }),
+        status: None,
+    }
+}
+
+/// Why an existing Secret must not serve as the pool's key Secret, if it must not.
+///
+/// The key Secret is mounted into every pod the pool injects and rotated by the operator, so a
+/// pool's author must not be able to point `spec.keySecretName` at any Secret of the namespace
+/// (database credentials, a TLS key) and have it mounted into a sidecar. The operator uses a
+/// Secret it created itself (it carries the `managed-by` label), or one under the default name
+/// `<pool>-handover-keys`, which no other Secret is expected to have.
+pub fn key_secret_refusal(pool: &ServerPool, secret: &ObjectMeta) -> Option<String> {
+    let name = secret.name.clone().unwrap_or_default();
+    let labelled = secret.labels.as_ref().and_then(|l| l.get(MANAGED_BY.0)).is_some_and(|v| v == MANAGED_BY.1);
+    if labelled || name == default_key_secret_name(pool) {
+        return None;
+    }
+    Some(format!(
+        "Secret {name} (spec.keySecretName) was not created by the operator: it lacks the label {}={} and is not the default {}. The operator mounts no Secret it did not create under another name: label it (if it is meant to hold this pool's keys), or name a Secret that does not exist yet (the operator creates it). No Deployment is injected until then",
+        MANAGED_BY.0,
+        MANAGED_BY.1,
+        default_key_secret_name(pool),
+    ))
+}
+
+/// A new key Secret holding `ring`.
+pub fn key_secret(pool: &ServerPool, ring: &KeyRing) -> Secret {
+    Secret {
+        metadata: meta(pool, key_secret_name(pool)),
+        data: Some(BTreeMap::from([(SECRET_KEY.to_owned(), ByteString(ring.render().into_bytes()))])),
+        type_: Some("Opaque".to_owned()),
+        ..Secret::default()
+    }
+}
+
+/// The Role letting the pool's sidecars read their own ServerPool, and nothing else.
+pub fn role(pool: &ServerPool) -> Role {
+    Role {
+        metadata: meta(pool, rbac_name(pool)),
+        rules: Some(vec![PolicyRule {
+            api_groups: Some(vec![crate::crd::GROUP.to_owned()]),
+            resources: Some(vec!["serverpools".to_owned()]),
+            resource_names: Some(vec![pool_name(pool)]),
+            verbs: vec!["get".to_owned(), "list".to_owned(), "watch".to_owned()],
+            ..PolicyRule::default()
+        }]),
+    }
+}
+
+/// The RoleBinding of [`role`] to the pool's ServiceAccounts (sorted, deduplicated).
+pub fn role_binding(pool: &ServerPool, service_accounts: &BTreeSet<String>) -> RoleBinding {
+    let namespace = pool_namespace(pool);
+    RoleBinding {
+        metadata: meta(pool, rbac_name(pool)),
+        role_ref: RoleRef {
+            api_group: "rbac.authorization.k8s.io".to_owned(),
+            kind: "Role".to_owned(),
+            name: rbac_name(pool),
+        },
+        subjects: Some(
+            service_accounts
+                .iter()
+                .map(|sa| Subject {
+                    kind: "ServiceAccount".to_owned(),
+                    name: sa.clone(),
+                    namespace: Some(namespace.clone()),
+                    ..Subject::default()
+                })
+                .collect(),
+        ),
+    }
+}
+
+/// The ServiceAccounts of the pool's pods and of the Deployments it injects.
+pub fn service_accounts<'a>(
+    pods: impl IntoIterator<Item = &'a Pod>,
+    deployments: impl IntoIterator<Item = &'a Deployment>,
+) -> BTreeSet<String> {
+    fn name(sa: Option<&String>) -> String {
+        sa.filter(|s| !s.is_empty()).cloned().unwrap_or_else(|| "default".to_owned())
+    }
+    let mut out = BTreeSet::new();
+    for pod in pods {
+        out.insert(name(pod.spec.as_ref().and_then(|s| s.service_account_name.as_ref())));
+    }
+    for d in deployments {
+        out.insert(name(
+            d.spec.as_ref().and_then(|s| s.template.spec.as_ref()).and_then(|s| s.service_account_name.as_ref()),
+        ));
+    }
+    out
+}

@@ -1,0 +1,434 @@
+//! The sidecar injected into a Deployment's pod template, its removal, and what a pool does with
+//! each Deployment of its namespace.
+
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::core::v1::{
+    Capabilities, Container, ContainerPort, EnvVar, EnvVarSource, HTTPGetAction, Lifecycle, LifecycleHandler,
+    ObjectFieldSelector, Probe, SeccompProfile, SecurityContext, SleepAction, Volume, VolumeMount,
+};
+use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+use kube::ResourceExt;
+use serde_json::{Value, json};
+
+use super::names::{MANAGER, key_secret_name, pool_name, pool_namespace, selector, selects};
+use crate::crd::{POOL_LABEL, ServerPool};
+use crate::duration;
+use crate::keys::SECRET_KEY;
+
+/// Pod-template annotation: the pool whose sidecar is injected.
+pub const INJECTED_ANNOTATION: &str = "handover.dev/injected";
+
+/// Pod-template annotation: hash of what was injected.
+pub const HASH_ANNOTATION: &str = "handover.dev/injection-hash";
+
+/// Name of the injected container.
+pub const SIDECAR_NAME: &str = "handover-sidecar";
+
+/// Name of the injected key volume.
+pub const KEY_VOLUME: &str = "handover-keys";
+
+/// Where the key volume is mounted in the sidecar.
+pub const KEY_MOUNT: &str = "/etc/handover/keys";
+
+/// Seconds the sidecar's preStop hook waits for endpoints to forget the pod.
+pub const PRESTOP_SLEEP_SECONDS: i64 = 5;
+
+/// Seconds added to the drain grace in `terminationGracePeriodSeconds`.
+pub const GRACE_MARGIN_SECONDS: i64 = 15;
+
+/// User and group the injected sidecar runs as: the image's `nonroot` user.
+pub const SIDECAR_UID: i64 = 65532;
+
+/// Env of the injected sidecar holding the pod's name (downward API).
+pub const POD_NAME_ENV: &str = "HANDOVER_POD_NAME";
+
+/// Env of the injected sidecar holding the pod's uid (downward API).
+pub const POD_UID_ENV: &str = "HANDOVER_POD_UID";
+
+/// Env of the injected sidecar holding the pod's IP (downward API).
+pub const POD_IP_ENV: &str = "HANDOVER_POD_IP";
+
+/// Kubernetes' default `terminationGracePeriodSeconds`.
+const DEFAULT_GRACE_SECONDS: i64 = 30;
+
+/// What the cluster supports and the operator's defaults, for injection.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct InjectionConfig {
+    /// Image when the pool does not name one (`--sidecar-image`).
+    pub default_image: String,
+    /// Native sidecars (init container with `restartPolicy: Always`, Kubernetes >= 1.29).
+    pub native_sidecars: bool,
+    /// `preStop.sleep` lifecycle action (Kubernetes >= 1.30).
+    pub sleep_action: bool,
+}
+
+impl InjectionConfig {
+    /// The configuration for an API server of the given minor version (Kubernetes 1.x).
+    pub fn for_minor(default_image: String, minor: u32) -> Self {
+        Self { default_image, native_sidecars: minor >= 29, sleep_action: minor >= 30 }
+    }
+}
+
+fn env(name: &str, value: impl Into<String>) -> EnvVar {
+    EnvVar { name: name.to_owned(), value: Some(value.into()), value_from: None }
+}
+
+fn env_field(name: &str, path: &str) -> EnvVar {
+    EnvVar {
+        name: name.to_owned(),
+        value: None,
+        value_from: Some(EnvVarSource {
+            field_ref: Some(ObjectFieldSelector { api_version: Some("v1".to_owned()), field_path: path.to_owned() }),
+            ..EnvVarSource::default()
+        }),
+    }
+}
+
+fn http_probe(path: &str, port: i32, period: i32, failures: i32) -> Probe {
+    Probe {
+        http_get: Some(HTTPGetAction {
+            path: Some(path.to_owned()),
+            port: IntOrString::Int(port),
+            scheme: Some("HTTP".to_owned()),
+            ..HTTPGetAction::default()
+        }),
+        period_seconds: Some(period),
+        failure_threshold: Some(failures),
+        timeout_seconds: Some(1),
+        ..Probe::default()
+    }
+}
+
+/// Seconds of drain grace (rounded up).
+fn drain_seconds(pool: &ServerPool) -> i64 {
+    duration::parse(&pool.spec.sidecar.drain_grace)
+        .map(|d| i64::try_from(d.as_millis().div_ceil(1000)).unwrap_or(i64::MAX))
+        .unwrap_or(20)
+}
+
+/// The `terminationGracePeriodSeconds` a pod of the pool needs to drain.
+pub fn needed_grace_seconds(pool: &ServerPool) -> i64 {
+    PRESTOP_SLEEP_SECONDS.saturating_add(drain_seconds(pool)).saturating_add(GRACE_MARGIN_SECONDS)
+}
+
+/// The injected sidecar's security context: the restricted Pod Security Standard and then some.
+/// The sidecar needs no privilege at all: it listens on unprivileged ports, writes no file, and
+/// reads its keys from a read-only mount. The user is set (the image's `nonroot`, 65532) so that
+/// the pod does not depend on the image declaring a numeric `USER` for `runAsNonRoot` to verify.
+pub fn sidecar_security_context() -> SecurityContext {
+    SecurityContext {
+        allow_privilege_escalation: Some(false),
+        privileged: Some(false),
+        read_only_root_filesystem: Some(true),
+        run_as_non_root: Some(true),
+        run_as_user: Some(SIDECAR_UID),
+        run_as_group: Some(SIDECAR_UID),
+        capabilities: Some(Capabilities { drop: Some(vec!["ALL".to_owned()]), add: None }),
+        seccomp_profile: Some(SeccompProfile { type_: "RuntimeDefault".to_owned(), localhost_profile: None }),
+        ..SecurityContext::default()
+    }
+}
+
+/// The injected sidecar container.
+pub fn sidecar_container(pool: &ServerPool, cfg: &InjectionConfig) -> Container {
+    let spec = &pool.spec;
+    let image = spec.sidecar.image.clone().unwrap_or_else(|| cfg.default_image.clone());
+    // The downward-API values come first: Kubernetes expands `$(VAR)` only from variables
+    // defined earlier in the list, and HANDOVER_ADMIN refers to the pod IP.
+    let downward = [
+        env_field(POD_NAME_ENV, "metadata.name"),
+        env_field(POD_UID_ENV, "metadata.uid"),
+        env_field(POD_IP_ENV, "status.podIP"),
+    ];
+    let mut settings = vec![
+        env("HANDOVER_POOL", format!("{}/{}", pool_namespace(pool), pool_name(pool))),
+        env("HANDOVER_REGISTRY", "kubernetes"),
+        env("HANDOVER_LISTEN", format!("0.0.0.0:{}", spec.sidecar_port)),
+        // The admin port (/members, /metrics, /live, /ready) answers on the pod IP only: the
+        // kubelet probes the pod IP, peers probe it there, and nothing else in the pod's network
+        // namespace (or beyond it, through another interface) needs to reach it.
+        env("HANDOVER_ADMIN", format!("$({POD_IP_ENV}):{}", spec.admin_port)),
+        env("HANDOVER_APP", format!("127.0.0.1:{}", spec.app_port)),
+        env("HANDOVER_STATE_ADDR", format!("127.0.0.1:{}", spec.snapshot.state_port)),
+        env("HANDOVER_RESPONSE_TIMEOUT", spec.sidecar.response_timeout.clone()),
+        env("HANDOVER_KEY_FILE", format!("{KEY_MOUNT}/{SECRET_KEY}")),
+        env("HANDOVER_MODE", spec.snapshot.mode.as_str()),
+        env("HANDOVER_SNAPSHOT_INTERVAL", spec.snapshot.interval.clone()),
+        env("HANDOVER_STATE_PATH", spec.snapshot.state_path.clone()),
+        env("HANDOVER_COOKIE_NAME", spec.cookie.name.clone()),
+        env("HANDOVER_COOKIE_MAX_AGE", spec.cookie.max_age.clone()),
+        env("HANDOVER_COOKIE_MAX_BYTES", spec.cookie.max_bytes.to_string()),
+        env("HANDOVER_COOKIE_SECURE", spec.cookie.secure.to_string()),
+        env("HANDOVER_COOKIE_SAME_SITE", spec.cookie.same_site.as_str()),
+        env("HANDOVER_AFFINITY", spec.affinity.as_str()),
+        env("HANDOVER_DRAIN_GRACE", spec.sidecar.drain_grace.clone()),
+        env("HANDOVER_LOG_LEVEL", spec.sidecar.log_level.as_str()),
+        env("HANDOVER_LOG_FORMAT", "json"),
+    ];
+    settings.sort_by(|a, b| a.name.cmp(&b.name));
+    let env: Vec<EnvVar> = downward.into_iter().chain(settings).collect();
+    Container {
+        name: SIDECAR_NAME.to_owned(),
+        image: Some(image),
+        image_pull_policy: Some("IfNotPresent".to_owned()),
+        // The image carries both binaries; name the sidecar's explicitly whatever its entrypoint.
+        command: Some(vec!["handover-sidecar".to_owned()]),
+        args: Some(vec!["run".to_owned()]),
+        env: Some(env),
+        ports: Some(vec![
+            ContainerPort {
+                name: Some("handover".to_owned()),
+                container_port: spec.sidecar_port,
+                protocol: Some("TCP".to_owned()),
+                ..ContainerPort::default()
+            },
+            ContainerPort {
+                name: Some("handover-admin".to_owned()),
+                container_port: spec.admin_port,
+                protocol: Some("TCP".to_owned()),
+                ..ContainerPort::default()
+            },
+        ]),
+        resources: spec.sidecar.resources.clone(),
+        startup_probe: Some(http_probe("/live", spec.admin_port, 1, 120)),
+        liveness_probe: Some(http_probe("/live", spec.admin_port, 10, 3)),
+        readiness_probe: Some(http_probe("/ready", spec.admin_port, 2, 1)),
+        lifecycle: cfg.sleep_action.then(|| Lifecycle {
+            pre_stop: Some(LifecycleHandler {
+                sleep: Some(SleepAction { seconds: PRESTOP_SLEEP_SECONDS }),
+                ..LifecycleHandler::default()
+            }),
+            ..Lifecycle::default()
+        }),
+        volume_mounts: Some(vec![VolumeMount {
+            name: KEY_VOLUME.to_owned(),
+            mount_path: KEY_MOUNT.to_owned(),
+            read_only: Some(true),
+            ..VolumeMount::default()
+        }]),
+        security_context: Some(sidecar_security_context()),
+        restart_policy: cfg.native_sidecars.then(|| "Always".to_owned()),
+        ..Container::default()
+    }
+}
+
+/// Whether our field manager owns `spec.template.spec.terminationGracePeriodSeconds`.
+fn we_own_grace(deploy: &Deployment) -> bool {
+    deploy
+        .metadata
+        .managed_fields
+        .iter()
+        .flatten()
+        .filter(|m| m.manager.as_deref() == Some(MANAGER))
+        .filter_map(|m| m.fields_v1.as_ref())
+        .any(|f| f.0.pointer("/f:spec/f:template/f:spec/f:terminationGracePeriodSeconds").is_some())
+}
+
+fn current_grace(deploy: &Deployment) -> i64 {
+    deploy
+        .spec
+        .as_ref()
+        .and_then(|s| s.template.spec.as_ref())
+        .and_then(|s| s.termination_grace_period_seconds)
+        .unwrap_or(DEFAULT_GRACE_SECONDS)
+}
+
+/// 64-bit FNV-1a: a stable hash across Rust versions and architectures.
+pub fn fnv1a(bytes: &[u8]) -> u64 {
+    bytes.iter().fold(0xcbf2_9ce4_8422_2325, |h: u64, b| (h ^ u64::from(*b)).wrapping_mul(0x0000_0100_0000_01b3))
+}
+
+fn fnv1a_hex(bytes: &[u8]) -> String {
+    format!("{:016x}", fnv1a(bytes))
+}
+
+/// The server-side-apply body that injects the pool's sidecar into `deploy`, and its hash.
+///
+/// Everything here is owned by the operator's field manager; [`removal_patch`] (the same object
+/// with none of it) makes the API server remove exactly these fields again.
+pub fn injection_patch(pool: &ServerPool, deploy: &Deployment, cfg: &InjectionConfig) -> (Value, String) {
+    let container = sidecar_container(pool, cfg);
+    let volume = Volume {
+        name: KEY_VOLUME.to_owned(),
+        secret: Some(k8s_openapi::api::core::v1::SecretVolumeSource {
+            secret_name: Some(key_secret_name(pool)),
+            ..Default::default()
+        }),
+        ..Volume::default()
+    };
+    let mut pod_spec = serde_json::Map::new();
+    let list = if cfg.native_sidecars { "initContainers" } else { "containers" };
+    pod_spec.insert(list.to_owned(), json!([container]));
+    pod_spec.insert("volumes".to_owned(), json!([volume]));
+    let mut template = json!({
+        "metadata": {"labels": {POOL_LABEL: pool_name(pool)}},
+        "spec": Value::Object(pod_spec),
+    });
+    // The hash covers what is injected, not the grace period, which depends on the user's value.
+    let hash = fnv1a_hex(template.to_string().as_bytes());
+    let needed = needed_grace_seconds(pool);
+    if (we_own_grace(deploy) || current_grace(deploy) < needed)
+        && let Some(spec) = template.get_mut("spec").and_then(Value::as_object_mut)
+    {
+        spec.insert("terminationGracePeriodSeconds".to_owned(), json!(needed));
+    }
+    if let Some(m) = template.get_mut("metadata").and_then(Value::as_object_mut) {
+        m.insert("annotations".to_owned(), json!({INJECTED_ANNOTATION: pool_name(pool), HASH_ANNOTATION: hash}));
+    }
+    let body = json!({
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": {
+            "name": deploy.metadata.name,
+            "namespace": deploy.metadata.namespace,
+        },
+        "spec": {"template": template},
+    });
+    (body, hash)
+}
+
+/// The server-side-apply body that removes everything [`injection_patch`] added.
+pub fn removal_patch(deploy: &Deployment) -> Value {
+    json!({
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": {
+            "name": deploy.metadata.name,
+            "namespace": deploy.metadata.namespace,
+        },
+    })
+}
+
+fn template_annotation<'a>(deploy: &'a Deployment, key: &str) -> Option<&'a str> {
+    deploy.spec.as_ref()?.template.metadata.as_ref()?.annotations.as_ref()?.get(key).map(String::as_str)
+}
+
+/// The pool a Deployment asks for (annotation `handover.dev/pool`).
+pub fn requested_pool(deploy: &Deployment) -> Option<&str> {
+    deploy.annotations().get(POOL_LABEL).map(String::as_str)
+}
+
+/// The pool whose sidecar is injected in the Deployment's template.
+pub fn injected_pool(deploy: &Deployment) -> Option<&str> {
+    template_annotation(deploy, INJECTED_ANNOTATION)
+}
+
+fn has_sidecar(deploy: &Deployment) -> bool {
+    let Some(spec) = deploy.spec.as_ref().and_then(|s| s.template.spec.as_ref()) else {
+        return false;
+    };
+    spec.containers.iter().chain(spec.init_containers.iter().flatten()).any(|c| c.name == SIDECAR_NAME)
+}
+
+/// What to do with one Deployment for one pool.
+#[derive(Debug, Clone, PartialEq)]
+pub enum DeploymentPlan {
+    /// Apply the injection (new or changed).
+    Inject {
+        /// Deployment name.
+        name: String,
+        /// Server-side-apply body.
+        patch: Value,
+    },
+    /// The injection is current.
+    Injected {
+        /// Deployment name.
+        name: String,
+    },
+    /// Remove the pool's injection (the annotation is gone or names a pool that does not exist).
+    Remove {
+        /// Deployment name.
+        name: String,
+        /// Server-side-apply body.
+        patch: Value,
+    },
+    /// The Deployment asks for this pool, but another pool's selector also selects its pods.
+    Conflict {
+        /// Deployment name.
+        name: String,
+        /// The other pools, sorted.
+        others: Vec<String>,
+    },
+    /// The Deployment already carries a container named like the sidecar that is not ours.
+    ForeignSidecar {
+        /// Deployment name.
+        name: String,
+    },
+}
+
+/// What the pool must do with each Deployment of its namespace.
+///
+/// `pools` are all ServerPools (any namespace); `deployments` all Deployments (any namespace).
+/// Only the pool a Deployment's annotation names injects it; only the pool whose injection it
+/// carries removes it, and only when the annotation no longer names an existing pool (otherwise
+/// that pool's injection replaces ours, since all pools share one field manager).
+pub fn plan_deployments<'a>(
+    pool: &ServerPool,
+    deployments: impl IntoIterator<Item = &'a Deployment>,
+    pools: &[&ServerPool],
+    cfg: &InjectionConfig,
+) -> Vec<DeploymentPlan> {
+    let name = pool_name(pool);
+    let namespace = pool_namespace(pool);
+    let in_ns = |d: &&Deployment| d.metadata.namespace.as_deref() == Some(namespace.as_str());
+    let pool_exists = |n: &str| {
+        pools.iter().any(|p| {
+            p.metadata.name.as_deref() == Some(n)
+                && p.metadata.namespace.as_deref() == Some(namespace.as_str())
+                && p.metadata.deletion_timestamp.is_none()
+        })
+    };
+    let mut out = Vec::new();
+    let mut deployments: Vec<&Deployment> = deployments.into_iter().filter(in_ns).collect();
+    deployments.sort_by(|a, b| a.metadata.name.cmp(&b.metadata.name));
+    for d in deployments {
+        let Some(dname) = d.metadata.name.clone() else {
+            continue;
+        };
+        let requested = requested_pool(d);
+        let injected = injected_pool(d);
+        if requested == Some(name.as_str()) && pool.metadata.deletion_timestamp.is_none() {
+            // Pods of this Deployment, once injected, carry these labels.
+            let mut labels = d
+                .spec
+                .as_ref()
+                .and_then(|s| s.template.metadata.as_ref())
+                .and_then(|m| m.labels.clone())
+                .unwrap_or_default();
+            labels.insert(POOL_LABEL.to_owned(), name.clone());
+            let mut others: Vec<String> = pools
+                .iter()
+                .filter(|p| p.metadata.namespace.as_deref() == Some(namespace.as_str()))
+                .filter(|p| p.metadata.name.as_deref() != Some(name.as_str()))
+                .filter(|p| p.metadata.deletion_timestamp.is_none())
+                .filter(|p| selects(&selector(p), &labels))
+                .map(|p| pool_name(p))
+                .collect();
+            others.sort();
+            if !others.is_empty() {
+                out.push(DeploymentPlan::Conflict { name: dname, others });
+                continue;
+            }
+            if has_sidecar(d) && injected.is_none() {
+                out.push(DeploymentPlan::ForeignSidecar { name: dname });
+                continue;
+            }
+            let (patch, hash) = injection_patch(pool, d, cfg);
+            let current = injected == Some(name.as_str())
+                && template_annotation(d, HASH_ANNOTATION) == Some(hash.as_str())
+                && has_sidecar(d)
+                && current_grace(d) >= needed_grace_seconds(pool);
+            out.push(if current {
+                DeploymentPlan::Injected { name: dname }
+            } else {
+                DeploymentPlan::Inject { name: dname, patch }
+            });
+        } else if injected == Some(name.as_str()) {
+            let taken_over = requested.is_some_and(|r| r != name && pool_exists(r));
+            if !taken_over {
+                out.push(DeploymentPlan::Remove { name: dname, patch: removal_patch(d) });
+            }
+        }
+    }
+    out
+}

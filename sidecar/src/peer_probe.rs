@@ -1,0 +1,98 @@
+//! Is a peer alive? A short, separate probe of its admin `/live`: the only thing that may make a
+//! live-listed peer count as dead to this sidecar.
+//!
+//! A forward that fails or is slow proves little: a client's slow body, a long-poll, a
+//! server-sent-events stream or a slow report all keep a forward waiting, and a service mesh
+//! accepts every connection (to its local proxy) whether the peer lives or not. So a failed or
+//! slow forward triggers this probe, and its answer decides:
+//!
+//! | what the probe saw | verdict |
+//! | --- | --- |
+//! | `200` from `/live` | alive: no takeover |
+//! | connection refused, reset, another status, or no answer after connecting | dead (for a while) |
+//! | no connection at all within the timeout (dropped packets) | unknown: no takeover |
+//!
+//! "Unknown" is what a default-deny NetworkPolicy or a partition looks like: the peer may be alive
+//! and serving its sessions, so taking them over here would fork them. The registry (the pod's
+//! readiness, as the kubelet sees it) still removes a peer that is really gone.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+/// What a probe says about a peer.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Liveness {
+    Alive,
+    /// With the reason, for logs and metrics.
+    Dead(&'static str),
+    /// Not reachable at all: it may live behind a network that drops our packets.
+    Unknown,
+}
+
+/// Probes `admin` (a peer's admin address) within `timeout`.
+pub async fn probe(admin: SocketAddr, timeout: Duration) -> Liveness {
+    let deadline = tokio::time::Instant::now() + timeout;
+    let mut stream = match tokio::time::timeout_at(deadline, TcpStream::connect(admin)).await {
+        Err(_) => return Liveness::Unknown,
+        Ok(Err(e)) if e.kind() == std::io::ErrorKind::ConnectionRefused => return Liveness::Dead("refused"),
+        Ok(Err(e)) if e.kind() == std::io::ErrorKind::ConnectionReset => return Liveness::Dead("reset"),
+        // Unreachable host or network: the path is broken, which says nothing about the peer.
+        Ok(Err(_)) => return Liveness::Unknown,
+        Ok(Ok(stream)) => stream,
+    };
+    let exchange = async {
+        stream.write_all(b"GET /live HTTP/1.1\r\nHost: peer\r\nConnection: close\r\n\r\n").await?;
+        let mut head = [0u8; 12];
+        stream.read_exact(&mut head).await?;
+        Ok::<_, std::io::Error>(head)
+    };
+    match tokio::time::timeout_at(deadline, exchange).await {
+        Ok(Ok(head)) if head.starts_with(b"HTTP/1.1 200") || head.starts_with(b"HTTP/1.0 200") => Liveness::Alive,
+        Ok(Ok(_)) => Liveness::Dead("not live"),
+        Ok(Err(_)) => Liveness::Dead("connection failed"),
+        // Connected, then silence: the process is hung (stopped, or stuck).
+        Err(_) => Liveness::Dead("no answer"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    async fn serve_once(answer: &'static [u8]) -> SocketAddr {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        tokio::spawn(async move {
+            if let Ok((mut s, _)) = listener.accept().await {
+                let mut buf = [0u8; 256];
+                let _ = s.read(&mut buf).await;
+                let _ = s.write_all(answer).await;
+            }
+        });
+        addr
+    }
+
+    #[tokio::test]
+    async fn a_live_peer_is_alive_and_a_draining_one_is_not() {
+        let live = serve_once(b"HTTP/1.1 200 OK\r\ncontent-length: 5\r\n\r\nlive\n").await;
+        assert_eq!(probe(live, Duration::from_secs(2)).await, Liveness::Alive);
+        let sick = serve_once(b"HTTP/1.1 503 Service Unavailable\r\n\r\n").await;
+        assert_eq!(probe(sick, Duration::from_secs(2)).await, Liveness::Dead("not live"));
+    }
+
+    #[tokio::test]
+    async fn a_closed_port_is_dead_and_a_silent_listener_is_hung() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let closed = listener.local_addr().expect("addr");
+        drop(listener);
+        assert_eq!(probe(closed, Duration::from_secs(2)).await, Liveness::Dead("refused"));
+        // Accepts (the kernel does, into the backlog) but never answers: like a SIGSTOPped process.
+        let silent = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = silent.local_addr().expect("addr");
+        assert_eq!(probe(addr, Duration::from_millis(200)).await, Liveness::Dead("no answer"));
+        drop(silent);
+    }
+}

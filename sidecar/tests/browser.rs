@@ -1,0 +1,168 @@
+//! Headless Chromium (Debian's `chromium`, driven by `playwright-core`, never a downloaded
+//! browser) against a local pool: static assets and a home page get no cookie; a session gets one
+//! when the app gives it state; a payment provider's cross-site form POST back to the shop arrives
+//! without the `SameSite=Lax` cookie, is served as a fresh session, and leaves the browser's
+//! cookie as it was — the cart survives the return. And two pools under one host (behind an nginx
+//! ingress) keep their sessions while the browser goes back and forth between them.
+//!
+//! Needs `/usr/bin/chromium` (`apt-get install -y chromium`), node, and
+//! `npm install --prefix sidecar/tests/browser`. Without them the test says so loudly and passes,
+//! unless `HANDOVER_REQUIRE_BROWSER=1` (then it fails).
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+mod support;
+
+use handover_sidecar::localpool::{LocalPool, PoolOptions};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+fn exe() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_handover-sidecar"))
+}
+
+fn browser_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/browser")
+}
+
+/// Why the browser test cannot run here, if it cannot.
+fn missing_browser() -> Option<String> {
+    if !Path::new("/usr/bin/chromium").exists() {
+        return Some("no /usr/bin/chromium (apt-get install -y chromium)".into());
+    }
+    let node = std::process::Command::new("node").arg("--version").output();
+    if !node.is_ok_and(|o| o.status.success()) {
+        return Some("no node".into());
+    }
+    if !browser_dir().join("node_modules/playwright-core").exists() {
+        return Some("no playwright-core (npm install --prefix sidecar/tests/browser)".into());
+    }
+    None
+}
+
+/// A payment provider's page: for any request, a form that posts itself back to `shop`'s
+/// `/return` at once. Served until the task is dropped.
+async fn serve_payment_provider(shop: SocketAddr) -> (SocketAddr, tokio::task::JoinHandle<()>) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind the provider");
+    let addr = listener.local_addr().expect("provider address");
+    let page = format!(
+        "<!doctype html><form method=\"POST\" action=\"http://{shop}/return\">\
+         <input name=\"PaRes\" value=\"eJzLSM3JyVcozy/KSQEAGgQEXQ\"><input name=\"MD\" value=\"42\"></form>\
+         <script>document.forms[0].submit()</script>"
+    );
+    let task = tokio::spawn(async move {
+        loop {
+            let Ok((mut stream, _)) = listener.accept().await else { return };
+            let page = page.clone();
+            tokio::spawn(async move {
+                // Read the request head (bounded), answer, close.
+                let mut head = Vec::new();
+                let mut buf = [0u8; 1024];
+                while !head.windows(4).any(|w| w == b"\r\n\r\n") && head.len() < 16 * 1024 {
+                    match tokio::time::timeout(Duration::from_secs(5), stream.read(&mut buf)).await {
+                        Ok(Ok(n)) if n > 0 => head.extend_from_slice(&buf[..n]),
+                        _ => return,
+                    }
+                }
+                let reply = format!(
+                    "HTTP/1.1 200 OK\r\nContent-Type: text/html\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{page}",
+                    page.len()
+                );
+                let _ = stream.write_all(reply.as_bytes()).await;
+            });
+        }
+    });
+    (addr, task)
+}
+
+/// Whether the browser tests can run; says loudly why not (or fails, with
+/// `HANDOVER_REQUIRE_BROWSER` set).
+fn browser_or_skip(what: &str) -> bool {
+    let Some(why) = missing_browser() else { return true };
+    let message = format!("{what} did NOT run: {why}");
+    if std::env::var_os("HANDOVER_REQUIRE_BROWSER").is_some() {
+        panic!("{message}");
+    }
+    eprintln!("\n!!!!! SKIPPED: {message}\n");
+    false
+}
+
+/// Runs a script of `sidecar/tests/browser` with `args`; its one line of JSON.
+async fn run_script(script: &str, args: &[String]) -> serde_json::Value {
+    let run = tokio::process::Command::new("node")
+        .arg(browser_dir().join(script))
+        .args(args)
+        .current_dir(browser_dir())
+        .kill_on_drop(true)
+        .output();
+    let out = tokio::time::timeout(Duration::from_secs(90), run)
+        .await
+        .expect("the browser script ends within 90 s")
+        .expect("node runs");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{script} failed:\n{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
+    serde_json::from_str(stdout.trim()).expect("one JSON line")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn chromium_keeps_its_cookie_across_a_cross_site_payment_return() {
+    if !browser_or_skip("the Chromium cross-site return test") {
+        return;
+    }
+    let pool = LocalPool::start(PoolOptions::new(exe(), 1)).await.expect("pool starts");
+    let shop = pool.pods[0].data();
+    let (pay, _provider) = serve_payment_provider(shop).await;
+    assert_ne!(shop.ip(), pay.ip(), "the provider must be another site than the shop");
+
+    let seen =
+        run_script("cross_site.mjs", &[format!("http://{shop}"), format!("http://{pay}"), pool.cookie_name()]).await;
+
+    assert_eq!(seen["cookiesAfterStaticAndHome"], 0, "a stylesheet and the home page minted no session: {seen}");
+    assert_eq!(seen["countBeforeReturn"], 2, "{seen}");
+    assert_eq!(seen["sameSite"], "Lax", "{seen}");
+    assert_eq!(seen["returnBody"]["count"], 0, "the cross-site POST came without the cookie: {seen}");
+    assert_eq!(seen["cookieAfterReturn"], seen["cookieBefore"], "the return did not overwrite the cookie: {seen}");
+    assert_eq!(seen["countAfterReturn"], 3, "the cart survived the return: {seen}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn chromium_keeps_the_sessions_of_two_pools_under_one_host() {
+    if !browser_or_skip("the Chromium two-pools test") {
+        return;
+    }
+    let Some(nginx) = support::nginx_or_skip("the Chromium two-pools test") else {
+        return;
+    };
+    let start = |pool: &str| {
+        let mut opts = PoolOptions::new(exe(), 1);
+        opts.pool = pool.to_owned();
+        LocalPool::start(opts)
+    };
+    let shop = start("shop/web").await.expect("pool starts");
+    let account = start("shop/account").await.expect("pool starts");
+    let route = |prefix: &str, to: SocketAddr| {
+        format!(
+            "location /{prefix}/ {{ proxy_pass http://{to}/; proxy_http_version 1.1; proxy_set_header Connection \"\"; }}"
+        )
+    };
+    let locations = format!("{}\n{}", route("shop", shop.pods[0].data()), route("account", account.pods[0].data()));
+    let ingress = support::Nginx::start(&nginx, &locations).await;
+
+    let seen = run_script("two_pools.mjs", &[format!("http://{}", ingress.addr)]).await;
+    assert_eq!(seen["counts"]["shop"], serde_json::json!([1, 2, 3]), "{seen}");
+    assert_eq!(seen["counts"]["account"], serde_json::json!([1, 2, 3]), "{seen}");
+    let mut names: Vec<String> = seen["cookies"]
+        .as_array()
+        .expect("cookies")
+        .iter()
+        .map(|c| c["name"].as_str().expect("name").to_owned())
+        .collect();
+    names.sort();
+    let mut expected = [shop.cookie_name(), account.cookie_name()];
+    expected.sort();
+    assert_eq!(names, expected, "one cookie per pool, none for the stylesheets: {seen}");
+    for pool in [&shop, &account] {
+        assert_eq!(pool.metric("handover_cookie_rejects_total").await, 0.0, "no pool refused the other's cookie");
+    }
+}

@@ -1,0 +1,298 @@
+//! Hostile clients, with real sidecar and app processes over real TCP: forged chunk counts, the
+//! state endpoint in every spelling, forged forward marks, slow bodies, connection and hold
+//! floods, and a SIGTERM while a request hangs. Each test says what must still hold and checks it.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use handover_sidecar::demo_app::CountReply;
+use handover_sidecar::localpool::{LocalPool, PoolOptions, SessionClient, wait_for};
+use http::{Method, StatusCode};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+fn exe() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_handover-sidecar"))
+}
+
+async fn pool_with(pods: usize, sidecar_args: &[&str]) -> LocalPool {
+    let mut opts = PoolOptions::new(exe(), pods);
+    opts.sidecar_args = sidecar_args.iter().map(|s| s.to_string()).collect();
+    LocalPool::start(opts).await.expect("pool starts")
+}
+
+/// One raw HTTP exchange on a new connection (the request should say `Connection: close`):
+/// the status, the head and the body, read until the server closes.
+async fn exchange(addr: SocketAddr, request: &[u8]) -> (u16, String, Vec<u8>) {
+    let mut stream = TcpStream::connect(addr).await.expect("connect");
+    stream.write_all(request).await.expect("write");
+    let mut reply = Vec::new();
+    tokio::time::timeout(Duration::from_secs(20), stream.read_to_end(&mut reply))
+        .await
+        .expect("the answer within 20 s")
+        .expect("read");
+    split_reply(&reply)
+}
+
+fn split_reply(reply: &[u8]) -> (u16, String, Vec<u8>) {
+    let end = reply.windows(4).position(|w| w == b"\r\n\r\n").expect("a header block");
+    let head = String::from_utf8_lossy(&reply[..end]).into_owned();
+    let status = head.get(9..12).and_then(|s| s.parse().ok()).expect("a status code");
+    (status, head, reply[end + 4..].to_vec())
+}
+
+fn set_cookie_lines(head: &str) -> usize {
+    head.lines().filter(|l| l.to_ascii_lowercase().starts_with("set-cookie:")).count()
+}
+
+fn cookie_header(client: &SessionClient) -> String {
+    let mut pairs: Vec<String> = client.jar.iter().map(|(n, v)| format!("{n}={v}")).collect();
+    pairs.sort();
+    pairs.join("; ")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_forged_chunk_count_costs_one_answer_not_a_flood() {
+    let pool = pool_with(1, &[]).await;
+    let addr = pool.pods[0].data();
+    let name = pool.cookie_name();
+    for forged in ["1000000.x", "18446744073709551615.x", "99999999999999999999999.x"] {
+        let request = format!(
+            "POST /incr HTTP/1.1\r\nHost: x\r\nCookie: {name}={forged}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+        );
+        let (status, head, _) = exchange(addr, request.as_bytes()).await;
+        assert_eq!(status, 200, "the request is served as a new session: {head}");
+        assert_eq!(
+            set_cookie_lines(&head),
+            1,
+            "one cookie for the new session, no deletions claimed by a count: {head}"
+        );
+    }
+    // Chunk names the client really sends are what may be deleted, and no more.
+    let many: Vec<String> = (1..=40).map(|i| format!("{name}.{}=x", i * 1000)).collect();
+    let request = format!(
+        "POST /incr HTTP/1.1\r\nHost: x\r\nCookie: {name}=3.x; {}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
+        many.join("; ")
+    );
+    let (status, head, _) = exchange(addr, request.as_bytes()).await;
+    assert_eq!(status, 200);
+    // <name>.{1000..9000} parse as chunk names (4 digits); the longer ones are not ours.
+    assert_eq!(set_cookie_lines(&head), 1 + 9, "{head}");
+    assert!(pool.metric("handover_cookie_rejects_total").await >= 4.0, "each refusal is counted");
+    // The sidecar is still there and serving.
+    let mut s = SessionClient::default();
+    assert_eq!(s.send(|| Some(addr), Method::POST, "/incr").await.expect("reply").status, StatusCode::OK);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_spelling_of_the_state_path_reaches_the_apps_state() {
+    let pool = pool_with(1, &[]).await;
+    let addr = pool.pods[0].data();
+    let mut s = SessionClient::default();
+    for _ in 0..3 {
+        s.send(|| Some(addr), Method::POST, "/incr").await.expect("reply");
+    }
+    let cookie = cookie_header(&s);
+    let forged = r#"{"count":1000000,"blob":"admin=true"}"#;
+    let spellings = [
+        "/handover/state",
+        "/handover/state/",
+        "/HANDOVER/State",
+        "//handover//state",
+        "/handover/./state",
+        "/x/../handover/state",
+        "/handover/state;x=1",
+        "/handover%2fstate",
+        "/%68andover/state",
+    ];
+    for path in spellings {
+        for method in ["GET", "PUT"] {
+            let request = format!(
+                "{method} {path} HTTP/1.1\r\nHost: x\r\nCookie: {cookie}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{forged}",
+                forged.len()
+            );
+            let (status, head, body) = exchange(addr, request.as_bytes()).await;
+            assert_eq!(status, 404, "{method} {path}: {head}");
+            assert!(!String::from_utf8_lossy(&body).contains("count"), "{method} {path} leaked the state");
+            assert_eq!(set_cookie_lines(&head), 0, "{method} {path} sealed something");
+        }
+    }
+    assert_eq!(
+        pool.metric("handover_bad_requests_total{reason=\"state_path\"}").await,
+        (spellings.len() * 2) as f64,
+        "every attempt is counted"
+    );
+    let reply = s.send(|| Some(addr), Method::GET, "/count").await.expect("reply");
+    let count: CountReply = serde_json::from_slice(&reply.body).expect("count");
+    assert_eq!((count.count, count.blob_bytes), (3, 0), "the session's state is the app's own");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_clients_forward_mark_is_refused_and_its_address_still_recorded() {
+    let pool = pool_with(2, &[]).await;
+    let (owner, other) = (pool.pods[0].data(), pool.pods[1].data());
+    let mut s = SessionClient::default();
+    let reply = s.send(|| Some(owner), Method::POST, "/incr").await.expect("reply");
+    let first: CountReply = serde_json::from_slice(&reply.body).expect("count");
+    assert_eq!(first.pod, pool.pods[0].name);
+
+    // Through the other pod, claiming to be a forward from the owner: without a valid mark the
+    // request is routed like any client's — to its live owner, not taken over (rolled back) here.
+    for mark in [pool.pods[0].name.clone(), format!("v1 1 0 {} {} AAAA", pool.pods[0].name, pool.pods[1].name)] {
+        s.disconnect();
+        let reply = s
+            .send_with(|| Some(other), Method::POST, "/incr", &[("handover-forwarded", mark.clone())])
+            .await
+            .expect("reply");
+        let served: CountReply = serde_json::from_slice(&reply.body).expect("count");
+        assert_eq!(served.pod, pool.pods[0].name, "served by the owner, whatever the mark {mark:?} says");
+    }
+    assert_eq!(pool.metric("handover_takeovers_total").await, 0.0, "no session was taken over");
+    assert_eq!(pool.metric("handover_bad_requests_total{reason=\"forged_forward\"}").await, 2.0);
+
+    // The app sees the client's real address in X-Forwarded-For, and no forward mark.
+    s.disconnect();
+    let reply = s
+        .send_with(
+            || Some(other),
+            Method::GET,
+            "/headers",
+            &[("handover-forwarded", "x".into()), ("x-forwarded-for", "203.0.113.9".into())],
+        )
+        .await
+        .expect("reply");
+    let seen: std::collections::BTreeMap<String, Vec<String>> = serde_json::from_slice(&reply.body).expect("headers");
+    let xff = seen.get("x-forwarded-for").and_then(|v| v.first()).cloned().unwrap_or_default();
+    // The session belongs to the owner, so the request went client → other pod → owner: each
+    // sidecar appended the address its connection came from.
+    let hops: Vec<&str> = xff.split(", ").collect();
+    assert_eq!(hops.len(), 3, "the client's own value, then one address per hop: {xff}");
+    assert_eq!(hops[0], "203.0.113.9");
+    assert!(hops[1].parse::<std::net::IpAddr>().is_ok(), "the client as the first sidecar saw it: {xff}");
+    if pool.network() == "namespaces" {
+        // (On loopback addresses the kernel picks 127.0.0.1 as the source, whatever the pod.)
+        assert_eq!(hops[2], other.ip().to_string(), "the forwarding sidecar as the owner saw it: {xff}");
+    }
+    assert!(!seen.contains_key("handover-forwarded"), "the mark never reaches the app");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_body_through_a_forward_does_not_make_the_owner_count_as_dead() {
+    let pool = pool_with(2, &["--peer-probe-after", "300ms"]).await;
+    let (owner, other) = (pool.pods[0].data(), pool.pods[1].data());
+    let mut victim = SessionClient::default();
+    victim.send(|| Some(owner), Method::POST, "/incr").await.expect("reply");
+    let mut attacker = SessionClient::default();
+    attacker.send(|| Some(owner), Method::POST, "/incr").await.expect("reply");
+
+    // The attacker's request goes through the other pod (forwarded to the owner) and trickles its
+    // body for ~2 s: several probe periods.
+    let mut stream = TcpStream::connect(other).await.expect("connect");
+    let head = format!(
+        "POST /incr HTTP/1.1\r\nHost: x\r\nCookie: {}\r\nContent-Length: 8\r\nConnection: close\r\n\r\n",
+        cookie_header(&attacker)
+    );
+    stream.write_all(head.as_bytes()).await.expect("write");
+    for _ in 0..8 {
+        tokio::time::sleep(Duration::from_millis(250)).await;
+        stream.write_all(b"x").await.expect("write a byte");
+    }
+    let mut reply = Vec::new();
+    tokio::time::timeout(Duration::from_secs(10), stream.read_to_end(&mut reply)).await.expect("answer").expect("read");
+    assert_eq!(split_reply(&reply).0, 200, "the slow request itself is served");
+
+    // The owner was probed, found alive, and stays the owner of everyone's sessions.
+    assert!(pool.metric("handover_peer_probes_total{result=\"alive\"}").await >= 1.0, "the owner was probed");
+    assert_eq!(pool.metric("handover_peer_probes_total{result=\"dead\"}").await, 0.0);
+    victim.disconnect();
+    let reply = victim.send(|| Some(other), Method::POST, "/incr").await.expect("reply");
+    let served: CountReply = serde_json::from_slice(&reply.body).expect("count");
+    assert_eq!((served.pod.as_str(), served.count), (pool.pods[0].name.as_str(), 2), "forwarded to its owner");
+    assert_eq!(pool.metric("handover_takeovers_total").await, 0.0, "no session changed owner");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stalled_body_is_cut_off_and_counted() {
+    let pool = pool_with(1, &["--body-idle-timeout", "500ms"]).await;
+    let addr = pool.pods[0].data();
+    let mut stream = TcpStream::connect(addr).await.expect("connect");
+    stream
+        .write_all(b"POST /incr HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\nonly a few bytes")
+        .await
+        .expect("write");
+    let mut reply = Vec::new();
+    tokio::time::timeout(Duration::from_secs(10), stream.read_to_end(&mut reply))
+        .await
+        .expect("the sidecar ends the exchange, not the client")
+        .expect("read");
+    let (status, head, _) = split_reply(&reply);
+    assert_eq!(status, 408, "{head}");
+    assert_eq!(pool.metric("handover_bad_requests_total{reason=\"body_timeout\"}").await, 1.0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connections_over_the_cap_are_closed_at_once_and_the_cap_frees_up() {
+    let pool = pool_with(1, &["--max-connections", "4"]).await;
+    let addr = pool.pods[0].data();
+    // The local pool's own checks use the admin port: these four hold every data slot.
+    let mut held = Vec::new();
+    for _ in 0..4 {
+        held.push(TcpStream::connect(addr).await.expect("connect"));
+    }
+    let refused = || async {
+        let mut extra = TcpStream::connect(addr).await.expect("the kernel accepts");
+        let _ = extra.write_all(b"GET /count HTTP/1.1\r\nHost: x\r\n\r\n").await;
+        let mut buf = [0u8; 16];
+        matches!(tokio::time::timeout(Duration::from_secs(5), extra.read(&mut buf)).await, Ok(Ok(0)) | Ok(Err(_)))
+    };
+    // The fourth accept may still be on its way: wait for the cap to be reached.
+    wait_for("a connection over the cap to be closed at once", Duration::from_secs(10), refused)
+        .await
+        .expect("the cap holds");
+    assert!(pool.metric("handover_connections_refused_total{listener=\"data\"}").await >= 1.0);
+    held.clear();
+    wait_for("a request to be served once connections closed", Duration::from_secs(10), || async {
+        let mut s = SessionClient::default();
+        s.send(|| Some(addr), Method::POST, "/incr").await.is_ok_and(|r| r.status == StatusCode::OK)
+    })
+    .await
+    .expect("slots come back");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn requests_held_for_a_down_app_are_capped_and_the_held_ones_go_through() {
+    let mut pool = pool_with(1, &["--max-held", "2", "--app-wait", "20s"]).await;
+    let addr = pool.pods[0].data();
+    pool.crash_app(0).await;
+    let mut tasks = Vec::new();
+    for _ in 0..6 {
+        tasks.push(tokio::spawn(async move {
+            exchange(addr, b"POST /incr HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\nConnection: close\r\n\r\n").await.0
+        }));
+    }
+    wait_for("four requests over the cap to be refused", Duration::from_secs(10), || async {
+        pool.metric("handover_app_waits_total{result=\"over_cap\"}").await >= 4.0
+    })
+    .await
+    .expect("the cap holds");
+    pool.restart_app(0).expect("the app starts again");
+    let mut statuses: Vec<u16> = Vec::new();
+    for t in tasks {
+        statuses.push(t.await.expect("task"));
+    }
+    statuses.sort_unstable();
+    assert_eq!(statuses, vec![200, 200, 503, 503, 503, 503], "two held and served, four refused at once");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_ends_the_sidecar_in_time_whatever_its_requests_do() {
+    let mut pool = pool_with(1, &["--body-idle-timeout", "1h", "--body-timeout", "1h"]).await;
+    let addr = pool.pods[0].data();
+    // A request whose body never completes, and an idle keep-alive connection.
+    let mut hanging = TcpStream::connect(addr).await.expect("connect");
+    hanging.write_all(b"POST /incr HTTP/1.1\r\nHost: x\r\nContent-Length: 1000\r\n\r\nstarted").await.expect("write");
+    let _idle = TcpStream::connect(addr).await.expect("connect");
+    // terminate_pod fails if the sidecar is still running drain grace + 10 s after SIGTERM.
+    pool.terminate_pod(0).await.expect("the sidecar exits within its deadline");
+}
