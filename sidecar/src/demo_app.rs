@@ -337,7 +337,9 @@ impl App {
     }
 }
 
-/// Serves the demo app until killed.
+/// Serves the demo app until SIGTERM or SIGINT (as pid 1 of a container, a process without a
+/// handler would never see SIGTERM, and every graceful pod deletion would wait its whole grace
+/// period).
 pub async fn run(args: DemoAppArgs) -> Result<(), String> {
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await
@@ -359,8 +361,8 @@ pub async fn run(args: DemoAppArgs) -> Result<(), String> {
     crate::server::serve(
         listener,
         move |req, _| Arc::clone(&app).handle(req),
-        std::future::pending(),
-        Duration::ZERO,
+        crate::cli::shutdown_signal(),
+        Duration::from_secs(1),
         ConnLimits::LOCAL,
         Default::default(),
     )
