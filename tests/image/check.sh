@@ -255,8 +255,9 @@ request() {
   podnet curl -sS --max-time 10 -D "$DIR/h$1" -c "$DIR/jar" -b "$DIR/jar" -X POST http://127.0.0.1:8000/incr
 }
 body1="$(request 1)" || true
-if grep -qi '^set-cookie: handover=' "$DIR/h1"; then
-  ok "request 1: Set-Cookie handover=… ($(grep -ci '^set-cookie: handover' "$DIR/h1") cookie)"
+# The sidecar names the cookie per pool (handover-<hash of the pool>) when no name is given.
+if grep -qiE '^set-cookie: handover(-[0-9a-f]+)?=' "$DIR/h1"; then
+  ok "request 1: Set-Cookie $(grep -ioE '^set-cookie: handover(-[0-9a-f]+)?=' "$DIR/h1" | head -n1 | cut -d' ' -f2)… ($(grep -ci '^set-cookie: handover' "$DIR/h1") cookie)"
 else
   bad "request 1: no handover cookie set: $(head -n1 "$DIR/h1" 2>/dev/null)"
 fi
