@@ -96,6 +96,16 @@ struct App {
     sessions: Mutex<HashMap<String, SessionState>>,
 }
 
+/// The number in the query's `name=N` (the query being just that), or 0.
+fn query_number<B>(req: &Request<B>, name: &str) -> usize {
+    req.uri()
+        .query()
+        .and_then(|q| q.strip_prefix(name))
+        .and_then(|q| q.strip_prefix('='))
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(0)
+}
+
 fn reply(status: StatusCode, body: impl Into<Bytes>) -> Response<Body> {
     let mut resp = Response::new(Full::new(body.into()).map_err(|never| match never {}).boxed());
     *resp.status_mut() = status;
@@ -109,6 +119,23 @@ impl App {
         }
         let json = serde_json::to_vec(state).unwrap_or_default();
         http::HeaderValue::from_str(&URL_SAFE_NO_PAD.encode(json)).ok()
+    }
+
+    /// Changes the session's state (creating it), and returns the new state.
+    fn update(&self, session: &str, change: impl FnOnce(&mut SessionState)) -> SessionState {
+        let mut sessions = self.sessions.lock().unwrap_or_else(|p| p.into_inner());
+        let state = sessions.entry(session.to_owned()).or_default();
+        change(state);
+        state.clone()
+    }
+
+    /// The count reply after a change, with the new state pushed (when the app pushes).
+    fn changed_reply(&self, session: &str, state: &SessionState) -> Response<Body> {
+        let mut resp = self.count_reply(session, state);
+        if let Some(v) = self.state_header(state) {
+            resp.headers_mut().insert(STATE_HEADER, v);
+        }
+        resp
     }
 
     fn count_reply(&self, session: &str, state: &SessionState) -> Response<Body> {
@@ -194,17 +221,8 @@ impl App {
                 if let Err(e) = Limited::new(req.into_body(), 1 << 20).collect().await {
                     return reply(StatusCode::BAD_REQUEST, format!("cannot read the body: {e}\n"));
                 }
-                let state = {
-                    let mut sessions = self.sessions.lock().unwrap_or_else(|p| p.into_inner());
-                    let s = sessions.entry(session.clone()).or_default();
-                    s.count += 1;
-                    s.clone()
-                };
-                let mut resp = self.count_reply(&session, &state);
-                if let Some(v) = self.state_header(&state) {
-                    resp.headers_mut().insert(STATE_HEADER, v);
-                }
-                resp
+                let state = self.update(&session, |s| s.count += 1);
+                self.changed_reply(&session, &state)
             }
             (Method::GET, "/count") => {
                 let state =
@@ -212,51 +230,24 @@ impl App {
                 self.count_reply(&session, &state)
             }
             (Method::POST, "/blob") => {
-                let bytes: usize = req
-                    .uri()
-                    .query()
-                    .and_then(|q| q.strip_prefix("bytes="))
-                    .and_then(|n| n.parse().ok())
-                    .unwrap_or(0)
-                    .min(1 << 20);
+                let bytes = query_number(&req, "bytes").min(1 << 20);
                 let mut noise = vec![0u8; bytes.div_ceil(4) * 3];
                 crate::random::fill(&mut noise);
                 let mut blob = URL_SAFE_NO_PAD.encode(noise);
                 blob.truncate(bytes);
-                let state = {
-                    let mut sessions = self.sessions.lock().unwrap_or_else(|p| p.into_inner());
-                    let s = sessions.entry(session.clone()).or_default();
-                    s.blob = blob;
-                    s.clone()
-                };
-                let mut resp = self.count_reply(&session, &state);
-                if let Some(v) = self.state_header(&state) {
-                    resp.headers_mut().insert(STATE_HEADER, v);
-                }
-                resp
+                let state = self.update(&session, |s| s.blob = blob);
+                self.changed_reply(&session, &state)
             }
             (Method::POST, "/hog") => {
-                let mib: usize = req
-                    .uri()
-                    .query()
-                    .and_then(|q| q.strip_prefix("mib="))
-                    .and_then(|n| n.parse().ok())
-                    .unwrap_or(0)
-                    .min(4096);
+                let mib = query_number(&req, "mib").min(4096);
                 // Non-zero bytes: every page is written, so the memory is resident, not just mapped.
                 let held: &'static mut [u8] = vec![1u8; mib << 20].leak();
                 std::hint::black_box(held);
                 reply(StatusCode::OK, format!("holding {mib} MiB more, for good\n"))
             }
             (Method::POST, "/login") => {
-                let state = {
-                    let mut sessions = self.sessions.lock().unwrap_or_else(|p| p.into_inner());
-                    sessions.entry(session.clone()).or_default().clone()
-                };
-                let mut resp = self.count_reply(&session, &state);
-                if let Some(v) = self.state_header(&state) {
-                    resp.headers_mut().insert(STATE_HEADER, v);
-                }
+                let state = self.update(&session, |_| {});
+                let mut resp = self.changed_reply(&session, &state);
                 resp.headers_mut().insert(ROTATE_HEADER, http::HeaderValue::from_static("1"));
                 resp
             }
@@ -274,16 +265,8 @@ impl App {
                     Some("cache=s-maxage") => Some("s-maxage=600"),
                     _ => None,
                 };
-                let state = {
-                    let mut sessions = self.sessions.lock().unwrap_or_else(|p| p.into_inner());
-                    let s = sessions.entry(session.clone()).or_default();
-                    s.count += 1;
-                    s.clone()
-                };
-                let mut resp = self.count_reply(&session, &state);
-                if let Some(v) = self.state_header(&state) {
-                    resp.headers_mut().insert(STATE_HEADER, v);
-                }
+                let state = self.update(&session, |s| s.count += 1);
+                let mut resp = self.changed_reply(&session, &state);
                 if let Some(cc) = cache_control {
                     resp.headers_mut().insert(header::CACHE_CONTROL, http::HeaderValue::from_static(cc));
                 }
