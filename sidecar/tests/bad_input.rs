@@ -1,23 +1,14 @@
 //! Bad input gets a clear answer, a metric and a log line, and loses nothing.
 
-use std::path::PathBuf;
+mod support;
+use support::pool_with;
+
 use std::time::Duration;
 
 use handover_sidecar::demo_app::CountReply;
-use handover_sidecar::localpool::{CounterSession, LocalPool, PoolOptions, SessionClient};
+use handover_sidecar::localpool::{CounterSession, SessionClient};
 use http::{Method, StatusCode};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-
-fn exe() -> PathBuf {
-    PathBuf::from(env!("CARGO_BIN_EXE_handover-sidecar"))
-}
-
-async fn pool_with(pods: usize, sidecar_args: &[&str], app_args: &[&str]) -> LocalPool {
-    let mut opts = PoolOptions::new(exe(), pods);
-    opts.sidecar_args = sidecar_args.iter().map(|s| s.to_string()).collect();
-    opts.app_args = app_args.iter().map(|s| s.to_string()).collect();
-    LocalPool::start(opts).await.expect("pool starts")
-}
 
 fn count_of(body: &[u8]) -> u64 {
     serde_json::from_slice::<CountReply>(body).expect("a count reply").count

@@ -14,13 +14,10 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 mod support;
+use support::exe;
 
 use handover_sidecar::localpool::{LocalPool, PoolOptions};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-
-fn exe() -> PathBuf {
-    PathBuf::from(env!("CARGO_BIN_EXE_handover-sidecar"))
-}
 
 fn browser_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/browser")

@@ -3,17 +3,12 @@
 //! from each pool) or by `Path` (`--cookie-path`), and one client's jar keeps both.
 
 mod support;
-
-use std::path::PathBuf;
+use support::exe;
 
 use handover_sidecar::demo_app::CountReply;
 use handover_sidecar::localpool::{LocalPool, PoolOptions, SessionClient};
 use http::Method;
 use support::{Nginx, curl_head, field};
-
-fn exe() -> PathBuf {
-    PathBuf::from(env!("CARGO_BIN_EXE_handover-sidecar"))
-}
 
 async fn pool_named(pool: &str, sidecar_args: &[&str]) -> LocalPool {
     let mut opts = PoolOptions::new(exe(), 1);

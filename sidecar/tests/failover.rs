@@ -2,7 +2,9 @@
 //! real signals. Every test runs client sessions while the fault happens, then checks that each
 //! session's state equals what its client was acknowledged (no acknowledged update lost).
 
-use std::path::PathBuf;
+mod support;
+use support::exe;
+
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -11,10 +13,6 @@ use handover_sidecar::demo_app::CountReply;
 use handover_sidecar::keys::KeyRing;
 use handover_sidecar::localpool::{CounterSession, Load, LocalPool, POOL, PoolOptions, SessionClient, Sig, wait_for};
 use http::{Method, StatusCode};
-
-fn exe() -> PathBuf {
-    PathBuf::from(env!("CARGO_BIN_EXE_handover-sidecar"))
-}
 
 const SESSIONS: usize = 6;
 

@@ -2,25 +2,17 @@
 //! state endpoint in every spelling, forged forward marks, slow bodies, connection and hold
 //! floods, and a SIGTERM while a request hangs. Each test says what must still hold and checks it.
 
+mod support;
+use support::pool_with;
+
 use std::net::SocketAddr;
-use std::path::PathBuf;
 use std::time::Duration;
 
 use handover_sidecar::demo_app::CountReply;
-use handover_sidecar::localpool::{LocalPool, PoolOptions, SessionClient, wait_for};
+use handover_sidecar::localpool::{SessionClient, wait_for};
 use http::{Method, StatusCode};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
-
-fn exe() -> PathBuf {
-    PathBuf::from(env!("CARGO_BIN_EXE_handover-sidecar"))
-}
-
-async fn pool_with(pods: usize, sidecar_args: &[&str]) -> LocalPool {
-    let mut opts = PoolOptions::new(exe(), pods);
-    opts.sidecar_args = sidecar_args.iter().map(|s| s.to_string()).collect();
-    LocalPool::start(opts).await.expect("pool starts")
-}
 
 /// One raw HTTP exchange on a new connection (the request should say `Connection: close`):
 /// the status, the head and the body, read until the server closes.
@@ -54,7 +46,7 @@ fn cookie_header(client: &SessionClient) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_forged_chunk_count_costs_one_answer_not_a_flood() {
-    let pool = pool_with(1, &[]).await;
+    let pool = pool_with(1, &[], &[]).await;
     let addr = pool.pods[0].data();
     let name = pool.cookie_name();
     for forged in ["1000000.x", "18446744073709551615.x", "99999999999999999999999.x"] {
@@ -87,7 +79,7 @@ async fn a_forged_chunk_count_costs_one_answer_not_a_flood() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn no_spelling_of_the_state_path_reaches_the_apps_state() {
-    let pool = pool_with(1, &[]).await;
+    let pool = pool_with(1, &[], &[]).await;
     let addr = pool.pods[0].data();
     let mut s = SessionClient::default();
     for _ in 0..3 {
@@ -130,7 +122,7 @@ async fn no_spelling_of_the_state_path_reaches_the_apps_state() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_clients_forward_mark_is_refused_and_its_address_still_recorded() {
-    let pool = pool_with(2, &[]).await;
+    let pool = pool_with(2, &[], &[]).await;
     let (owner, other) = (pool.pods[0].data(), pool.pods[1].data());
     let mut s = SessionClient::default();
     let reply = s.send(|| Some(owner), Method::POST, "/incr").await.expect("reply");
@@ -179,7 +171,7 @@ async fn a_clients_forward_mark_is_refused_and_its_address_still_recorded() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_slow_body_through_a_forward_does_not_make_the_owner_count_as_dead() {
-    let pool = pool_with(2, &["--peer-probe-after", "300ms"]).await;
+    let pool = pool_with(2, &["--peer-probe-after", "300ms"], &[]).await;
     let (owner, other) = (pool.pods[0].data(), pool.pods[1].data());
     let mut victim = SessionClient::default();
     victim.send(|| Some(owner), Method::POST, "/incr").await.expect("reply");
@@ -214,7 +206,7 @@ async fn a_slow_body_through_a_forward_does_not_make_the_owner_count_as_dead() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stalled_body_is_cut_off_and_counted() {
-    let pool = pool_with(1, &["--body-idle-timeout", "500ms"]).await;
+    let pool = pool_with(1, &["--body-idle-timeout", "500ms"], &[]).await;
     let addr = pool.pods[0].data();
     let mut stream = TcpStream::connect(addr).await.expect("connect");
     stream
@@ -233,7 +225,7 @@ async fn a_stalled_body_is_cut_off_and_counted() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn connections_over_the_cap_are_closed_at_once_and_the_cap_frees_up() {
-    let pool = pool_with(1, &["--max-connections", "4"]).await;
+    let pool = pool_with(1, &["--max-connections", "4"], &[]).await;
     let addr = pool.pods[0].data();
     // The local pool's own checks use the admin port: these four hold every data slot.
     let mut held = Vec::new();
@@ -262,7 +254,7 @@ async fn connections_over_the_cap_are_closed_at_once_and_the_cap_frees_up() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn requests_held_for_a_down_app_are_capped_and_the_held_ones_go_through() {
-    let mut pool = pool_with(1, &["--max-held", "2", "--app-wait", "20s"]).await;
+    let mut pool = pool_with(1, &["--max-held", "2", "--app-wait", "20s"], &[]).await;
     let addr = pool.pods[0].data();
     pool.crash_app(0).await;
     let mut tasks = Vec::new();
@@ -287,7 +279,7 @@ async fn requests_held_for_a_down_app_are_capped_and_the_held_ones_go_through() 
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_ends_the_sidecar_in_time_whatever_its_requests_do() {
-    let mut pool = pool_with(1, &["--body-idle-timeout", "1h", "--body-timeout", "1h"]).await;
+    let mut pool = pool_with(1, &["--body-idle-timeout", "1h", "--body-timeout", "1h"], &[]).await;
     let addr = pool.pods[0].data();
     // A request whose body never completes, and an idle keep-alive connection.
     let mut hanging = TcpStream::connect(addr).await.expect("connect");

@@ -1,26 +1,18 @@
 //! A session's life after its state stops changing: an active read-only session is resealed
 //! before its cookie expires; an idle one expires, and the app is told (`DELETE <statePath>`).
 
-use std::path::PathBuf;
+mod support;
+use support::pool_with;
+
 use std::time::{Duration, Instant};
 
 use handover_sidecar::demo_app::CountReply;
-use handover_sidecar::localpool::{LocalPool, PoolOptions, SessionClient, Sig, member_names, wait_for};
+use handover_sidecar::localpool::{SessionClient, Sig, member_names, wait_for};
 use http::Method;
-
-fn exe() -> PathBuf {
-    PathBuf::from(env!("CARGO_BIN_EXE_handover-sidecar"))
-}
-
-async fn pool_with(pods: usize, sidecar_args: &[&str]) -> LocalPool {
-    let mut opts = PoolOptions::new(exe(), pods);
-    opts.sidecar_args = sidecar_args.iter().map(|s| s.to_string()).collect();
-    LocalPool::start(opts).await.expect("pool starts")
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_active_read_only_session_is_resealed_before_its_cookie_expires() {
-    let pool = pool_with(1, &["--cookie-max-age", "4s"]).await;
+    let pool = pool_with(1, &["--cookie-max-age", "4s"], &[]).await;
     let addr = pool.pods[0].data();
     let mut client = SessionClient::default();
     let first = client.send(|| Some(addr), Method::POST, "/incr").await.expect("reply");
@@ -40,7 +32,7 @@ async fn an_active_read_only_session_is_resealed_before_its_cookie_expires() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_idle_session_expires_and_the_app_is_told_it_left() {
-    let pool = pool_with(1, &["--cookie-max-age", "2s"]).await;
+    let pool = pool_with(1, &["--cookie-max-age", "2s"], &[]).await;
     let addr = pool.pods[0].data();
     let sessions_in_app = || async move {
         // A cookieless request: it makes no session of its own.
@@ -62,7 +54,7 @@ async fn an_idle_session_expires_and_the_app_is_told_it_left() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_pod_whose_session_was_taken_over_tells_its_app_the_session_left() {
-    let pool = pool_with(2, &[]).await;
+    let pool = pool_with(2, &[], &[]).await;
     let (hung, survivor) = (pool.pods[0].data(), pool.pods[1].data());
     let mut client = SessionClient::default();
     client.send(|| Some(hung), Method::POST, "/incr").await.expect("reply");
@@ -97,7 +89,7 @@ async fn a_pod_whose_session_was_taken_over_tells_its_app_the_session_left() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_login_rotates_the_session_id_and_the_old_cookie_no_longer_reaches_the_session() {
-    let pool = pool_with(1, &[]).await;
+    let pool = pool_with(1, &[], &[]).await;
     let addr = pool.pods[0].data();
     let mut client = SessionClient::default();
     for _ in 0..2 {
@@ -130,7 +122,7 @@ async fn a_login_rotates_the_session_id_and_the_old_cookie_no_longer_reaches_the
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_session_ended_by_the_app_does_not_come_back_with_an_older_cookie() {
-    let pool = pool_with(1, &[]).await;
+    let pool = pool_with(1, &[], &[]).await;
     let addr = pool.pods[0].data();
     let mut client = SessionClient::default();
     for _ in 0..2 {

@@ -3,23 +3,14 @@
 //! invalid), so the state is dropped and the session starts afresh, counted and logged; a 5xx or a
 //! timeout may pass, so it is retried a bounded number of times.
 
-use std::path::PathBuf;
+mod support;
+use support::pool_with;
+
 use std::time::Duration;
 
 use handover_sidecar::demo_app::CountReply;
-use handover_sidecar::localpool::{LocalPool, PoolOptions, SessionClient};
+use handover_sidecar::localpool::{LocalPool, SessionClient};
 use http::{Method, StatusCode, header};
-
-fn exe() -> PathBuf {
-    PathBuf::from(env!("CARGO_BIN_EXE_handover-sidecar"))
-}
-
-async fn pool_with(pods: usize, sidecar_args: &[&str], app_args: &[&str]) -> LocalPool {
-    let mut opts = PoolOptions::new(exe(), pods);
-    opts.sidecar_args = sidecar_args.iter().map(|s| s.to_string()).collect();
-    opts.app_args = app_args.iter().map(|s| s.to_string()).collect();
-    LocalPool::start(opts).await.expect("pool starts")
-}
 
 fn reply_of(body: &[u8]) -> CountReply {
     serde_json::from_slice(body).expect("a count reply")

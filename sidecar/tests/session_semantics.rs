@@ -2,17 +2,16 @@
 //! a session exists once the app gives it state; a request that carries no cookie (a static file,
 //! a bot, a cross-site return under `SameSite=Lax`) gets none and never overwrites the client's.
 
+mod support;
+use support::exe;
+
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use handover_sidecar::decide::Mode;
 use handover_sidecar::demo_app::CountReply;
 use handover_sidecar::localpool::{LocalPool, PoolOptions, SessionClient};
 use http::{Method, StatusCode, header};
-
-fn exe() -> PathBuf {
-    PathBuf::from(env!("CARGO_BIN_EXE_handover-sidecar"))
-}
 
 async fn pool_in(mode: Mode, pods: usize) -> LocalPool {
     let mut opts = PoolOptions::new(exe(), pods);

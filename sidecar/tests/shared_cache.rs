@@ -7,15 +7,10 @@
 //! unless `HANDOVER_REQUIRE_NGINX=1` (then it fails).
 
 mod support;
-
-use std::path::PathBuf;
+use support::exe;
 
 use handover_sidecar::localpool::{LocalPool, PoolOptions};
 use support::{Nginx, curl_head, field};
-
-fn exe() -> PathBuf {
-    PathBuf::from(env!("CARGO_BIN_EXE_handover-sidecar"))
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_caching_nginx_never_hands_one_clients_state_cookie_to_another() {

@@ -1,5 +1,6 @@
-//! Shared by the tests that put a real nginx in front of local pools: a caching proxy, an ingress
-//! that routes paths to pools. Started and stopped by the test, on a port it picks.
+//! Shared by the sidecar's integration tests: the binary under test, a local pool started with
+//! extra flags, and a real nginx in front of local pools (a caching proxy, an ingress that routes
+//! paths to pools), started and stopped by the test on a port it picks.
 
 // Each test crate that includes this module uses a part of it.
 #![allow(dead_code)]
@@ -9,8 +10,21 @@ use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::Duration;
 
-use handover_sidecar::localpool::wait_for;
+use handover_sidecar::localpool::{LocalPool, PoolOptions, wait_for};
 use tokio::process::{Child, Command};
+
+/// The sidecar binary under test.
+pub fn exe() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_handover-sidecar"))
+}
+
+/// A local pool of `pods` whose sidecars and apps get these extra flags.
+pub async fn pool_with(pods: usize, sidecar_args: &[&str], app_args: &[&str]) -> LocalPool {
+    let mut opts = PoolOptions::new(exe(), pods);
+    opts.sidecar_args = sidecar_args.iter().map(|s| s.to_string()).collect();
+    opts.app_args = app_args.iter().map(|s| s.to_string()).collect();
+    LocalPool::start(opts).await.expect("pool starts")
+}
 
 /// The nginx binary, if one is installed.
 fn nginx_binary() -> Option<PathBuf> {
