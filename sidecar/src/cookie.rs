@@ -88,6 +88,10 @@ pub enum CookieError {
     /// More chunks, or more bytes, than the configured budget.
     #[error("over the cookie budget")]
     OverBudget,
+    /// State chunks that are not the state of the routing cookie's version: cut short, or left by
+    /// an older response that reached the client after a newer one.
+    #[error("state chunks of another version")]
+    Stale,
 }
 
 impl CookieError {
@@ -103,6 +107,7 @@ impl CookieError {
             CookieError::Expired => "expired",
             CookieError::MissingChunk(_) => "missing_chunk",
             CookieError::OverBudget => "over_budget",
+            CookieError::Stale => "stale",
         }
     }
 }
@@ -395,6 +400,229 @@ pub fn request_pairs<'a>(values: impl Iterator<Item = &'a str>) -> Vec<(&'a str,
         .collect()
 }
 
+// ---------------------------------------------------------------------------------------------
+// Format 2: a routing cookie apart from the state chunks.
+//
+// A session's cookies are a small **routing cookie** (`<name>`: session id, owner, version,
+// expiry, and how many state chunks of how many bytes go with that version) and the **state
+// chunks** (`<name>.0`, `<name>.1`, …: the app's state at that version). They are apart so that a
+// client that drops large cookies (curl sends at most ~8 KB of them) is still routed to the
+// session's live owner and never silently starts a new session, and so that routing a request
+// opens ~150 bytes: the state is opened only to restore it.
+//
+// Both values: header (9 bytes: format 2 | key id | pool tag), nonce (24), sealed body + tag, with
+// associated data = header || kind || pool name, so a state value never opens as a route.
+//
+// route body  version u64 | issued-at u64 | expires-at u64 | session str8 | owner name str8 |
+//             owner uid str8 | owner addr str8 | chunks u16 | state bytes u32 | carry u32
+// state body  version u64 | flags u8 | session str8 | state (the rest; deflated when flag bit 0)
+// ---------------------------------------------------------------------------------------------
+
+/// The format of routing cookies and state chunks.
+pub const FORMAT_V2: u8 = 2;
+const KIND_ROUTE: u8 = b'r';
+const KIND_STATE: u8 = b's';
+
+/// A routing cookie, opened: where the session lives and which state goes with it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Route {
+    pub session: String,
+    pub owner: Owner,
+    /// Grows with every state sealed for this session; never reused (see `decide::seal`).
+    pub version: u64,
+    /// Unix seconds.
+    pub issued_at: u64,
+    /// Unix seconds; the cookie is refused from then on.
+    pub expires_at: u64,
+    /// How many state chunks (`<name>.0` …) hold this version's state; 0 when it has none in the
+    /// client (empty, or over the header budget).
+    pub chunks: u16,
+    /// The length of the joined state value, so a truncated chunk is seen, not guessed.
+    pub state_bytes: u32,
+    /// The most cookie bytes this client proved it carries when it once dropped some (0: no limit
+    /// seen): the sidecar never again sends it more (`decide::seal`).
+    pub carry: u32,
+}
+
+fn seal_v2(kind: u8, body: &[u8], pool: &str, ring: &KeyRing) -> String {
+    let key = ring.current();
+    let mut header = [0u8; HEADER_LEN];
+    header[0] = FORMAT_V2;
+    header[1..5].copy_from_slice(&key.id.to_be_bytes());
+    header[5..9].copy_from_slice(&pool_tag(pool).to_be_bytes());
+    let mut nonce = [0u8; NONCE_LEN];
+    crate::random::fill(&mut nonce);
+    let ad = associated_data_v2(&header, kind, pool);
+    // Encryption with a valid key and in-memory buffers cannot fail.
+    let sealed = key.cipher.encrypt(XNonce::from_slice(&nonce), Payload { msg: body, aad: &ad }).unwrap_or_default();
+    let mut out = Vec::with_capacity(HEADER_LEN + NONCE_LEN + sealed.len());
+    out.extend_from_slice(&header);
+    out.extend_from_slice(&nonce);
+    out.extend_from_slice(&sealed);
+    URL_SAFE_NO_PAD.encode(out)
+}
+
+fn associated_data_v2(header: &[u8], kind: u8, pool: &str) -> Vec<u8> {
+    let mut ad = Vec::with_capacity(header.len() + 1 + pool.len());
+    ad.extend_from_slice(header);
+    ad.push(kind);
+    ad.extend_from_slice(pool.as_bytes());
+    ad
+}
+
+fn open_v2(kind: u8, value: &str, pool: &str, ring: &KeyRing) -> Result<Vec<u8>, CookieError> {
+    let raw = URL_SAFE_NO_PAD.decode(value.trim()).map_err(|_| CookieError::Garbage)?;
+    if raw.len() < HEADER_LEN + NONCE_LEN + TAG_LEN {
+        return Err(CookieError::Garbage);
+    }
+    let (header, rest) = raw.split_at(HEADER_LEN);
+    if header[0] != FORMAT_V2 {
+        return Err(CookieError::UnsupportedVersion(header[0]));
+    }
+    let key_id = u32::from_be_bytes([header[1], header[2], header[3], header[4]]);
+    let tag = u32::from_be_bytes([header[5], header[6], header[7], header[8]]);
+    let key = ring.get(key_id).ok_or(CookieError::UnknownKey(key_id))?;
+    if tag != pool_tag(pool) {
+        return Err(CookieError::WrongPool);
+    }
+    let (nonce, sealed) = rest.split_at(NONCE_LEN);
+    let ad = associated_data_v2(header, kind, pool);
+    key.cipher.decrypt(XNonce::from_slice(nonce), Payload { msg: sealed, aad: &ad }).map_err(|_| CookieError::Tampered)
+}
+
+/// Seals a routing cookie for `pool` with the ring's current key.
+pub fn seal_route(route: &Route, pool: &str, ring: &KeyRing) -> String {
+    let mut body = Vec::with_capacity(64 + route.session.len() + route.owner.name.len() + route.owner.uid.len());
+    body.extend_from_slice(&route.version.to_be_bytes());
+    body.extend_from_slice(&route.issued_at.to_be_bytes());
+    body.extend_from_slice(&route.expires_at.to_be_bytes());
+    put_str8(&mut body, &route.session);
+    put_str8(&mut body, &route.owner.name);
+    put_str8(&mut body, &route.owner.uid);
+    put_str8(&mut body, &route.owner.addr);
+    body.extend_from_slice(&route.chunks.to_be_bytes());
+    body.extend_from_slice(&route.state_bytes.to_be_bytes());
+    body.extend_from_slice(&route.carry.to_be_bytes());
+    seal_v2(KIND_ROUTE, &body, pool, ring)
+}
+
+/// Opens a routing cookie sealed for `pool`; `now` is unix seconds.
+pub fn open_route(value: &str, pool: &str, ring: &KeyRing, now: u64) -> Result<Route, CookieError> {
+    let body = open_v2(KIND_ROUTE, value, pool, ring)?;
+    let mut r = Reader(&body);
+    let version = r.u64()?;
+    let issued_at = r.u64()?;
+    let expires_at = r.u64()?;
+    let session = r.str8()?;
+    let owner = Owner { name: r.str8()?, uid: r.str8()?, addr: r.str8()? };
+    let chunks = r.take(2).map(|b| u16::from_be_bytes([b[0], b[1]]))?;
+    let state_bytes = r.u32()?;
+    let carry = r.u32()?;
+    if !r.0.is_empty() {
+        return Err(CookieError::Malformed);
+    }
+    if expires_at <= now {
+        return Err(CookieError::Expired);
+    }
+    Ok(Route { session, owner, version, issued_at, expires_at, chunks, state_bytes, carry })
+}
+
+/// Seals the state of `session` at `version` (deflated when that makes it smaller).
+pub fn seal_state(session: &str, version: u64, state: &[u8], pool: &str, ring: &KeyRing) -> String {
+    let (flags, stored) = compress(state);
+    let mut body = Vec::with_capacity(16 + session.len() + stored.len());
+    body.extend_from_slice(&version.to_be_bytes());
+    body.push(flags);
+    put_str8(&mut body, session);
+    body.extend_from_slice(&stored);
+    seal_v2(KIND_STATE, &body, pool, ring)
+}
+
+/// Opens a joined state value and checks it is the state of `route`'s session and version (a
+/// chunk set of an older response that overtook a newer one is refused as [`CookieError::Stale`]).
+/// The decompressed state is at most `max_state` bytes.
+pub fn open_state(value: &str, route: &Route, pool: &str, ring: &KeyRing, max_state: usize) -> Result<Vec<u8>, CookieError> {
+    let body = open_v2(KIND_STATE, value, pool, ring)?;
+    let mut r = Reader(&body);
+    let version = r.u64()?;
+    let flags = r.u8()?;
+    let session = r.str8()?;
+    if flags & !FLAG_DEFLATED != 0 {
+        return Err(CookieError::Malformed);
+    }
+    if session != route.session || version != route.version {
+        return Err(CookieError::Stale);
+    }
+    inflate_within(flags, r.0, max_state.min(MAX_STATE_BYTES))
+}
+
+fn inflate_within(flags: u8, stored: &[u8], max_state: usize) -> Result<Vec<u8>, CookieError> {
+    if flags & FLAG_DEFLATED == 0 {
+        return if stored.len() > max_state { Err(CookieError::OverBudget) } else { Ok(stored.to_vec()) };
+    }
+    let mut out = Vec::new();
+    flate2::read::DeflateDecoder::new(stored)
+        .take(max_state as u64 + 1)
+        .read_to_end(&mut out)
+        .map_err(|_| CookieError::Malformed)?;
+    if out.len() > max_state { Err(CookieError::OverBudget) } else { Ok(out) }
+}
+
+/// The name of state chunk `index` of the session cookie `name`: `name.0`, `name.1`, …
+pub fn state_chunk_name(name: &str, index: usize) -> String {
+    format!("{name}.{index}")
+}
+
+/// Splits a sealed state value into `(cookie name, value)` chunks of at most `chunk_bytes`.
+pub fn split_state(name: &str, value: &str, chunk_bytes: usize) -> Vec<(String, String)> {
+    value
+        .as_bytes()
+        .chunks(chunk_bytes.max(1))
+        .enumerate()
+        // base64url is ASCII, so every byte boundary is a char boundary.
+        .map(|(i, c)| (state_chunk_name(name, i), std::str::from_utf8(c).unwrap_or_default().to_owned()))
+        .collect()
+}
+
+/// Joins the state chunks `route` names, found by `lookup`. A missing chunk, or chunks whose
+/// length is not the one the route sealed, is [`CookieError::MissingChunk`] /
+/// [`CookieError::Stale`]: the client did not carry the whole state.
+pub fn join_state<'a>(name: &str, route: &Route, lookup: impl Fn(&str) -> Option<&'a str>) -> Result<String, CookieError> {
+    let want = route.state_bytes as usize;
+    let mut value = String::with_capacity(want.min(MAX_STATE_BYTES));
+    for i in 0..usize::from(route.chunks) {
+        let chunk = lookup(&state_chunk_name(name, i)).ok_or(CookieError::MissingChunk(i))?;
+        if value.len() + chunk.len() > want {
+            return Err(CookieError::Stale);
+        }
+        value.push_str(chunk);
+    }
+    if value.len() != want {
+        return Err(CookieError::Stale);
+    }
+    Ok(value)
+}
+
+/// The state chunk indices of cookie `name` among the cookie names a request carries (`name.0`,
+/// `name.1`, …): what the client holds, so a response can delete the ones it no longer needs.
+/// From the names present, never a count the client claims: bounded by the request's own size.
+pub fn held_state_chunks<'a>(name: &str, names: impl Iterator<Item = &'a str>) -> Vec<usize> {
+    let mut held: Vec<usize> = names.filter_map(|n| state_chunk_index(name, n)).collect();
+    held.sort_unstable();
+    held.dedup();
+    held
+}
+
+/// `Some(i)` when `cookie_name` is state chunk `i` of cookie `name`.
+pub fn state_chunk_index(name: &str, cookie_name: &str) -> Option<usize> {
+    let digits = cookie_name.strip_prefix(name)?.strip_prefix('.')?;
+    // At most 4 digits: no budget has more than a few dozen chunks.
+    if digits.is_empty() || digits.len() > 4 || !digits.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    digits.parse().ok()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -516,6 +744,98 @@ mod tests {
         assert_eq!(pairs, vec![("a", "1"), ("handover", "x"), ("handover.1", "y"), ("b", "2")]);
     }
 
+
+    fn route(version: u64, chunks: u16, state_bytes: u32) -> Route {
+        Route {
+            session: "s-1".into(),
+            owner: Owner { name: "pod-a".into(), uid: "uid-a".into(), addr: "10.0.0.1:8000".into() },
+            version,
+            issued_at: 1_000,
+            expires_at: 2_000,
+            chunks,
+            state_bytes,
+            carry: 0,
+        }
+    }
+
+    /// Seals `state` as version `version` and returns its route and chunks, as a response sets them.
+    fn sealed_v2(keys: &KeyRing, version: u64, state: &[u8], chunk_bytes: usize) -> (Route, Vec<(String, String)>) {
+        let value = seal_state("s-1", version, state, "p", keys);
+        let chunks = split_state("h", &value, chunk_bytes);
+        (route(version, chunks.len() as u16, value.len() as u32), chunks)
+    }
+
+    #[test]
+    fn a_route_round_trips_small_and_binds_to_its_pool() {
+        let keys = ring(&[1]);
+        let r = Route { carry: 8_000, ..route(7, 3, 9_000) };
+        let value = seal_route(&r, "shop/cart", &keys);
+        assert!(value.len() < 200, "a routing cookie stays small: {} bytes", value.len());
+        assert_eq!(open_route(&value, "shop/cart", &keys, 1_500), Ok(r));
+        assert_eq!(open_route(&value, "shop/other", &keys, 1_500), Err(CookieError::WrongPool));
+        assert_eq!(open_route(&value, "shop/cart", &keys, 2_000), Err(CookieError::Expired));
+    }
+
+    #[test]
+    fn a_state_value_never_opens_as_a_route_nor_a_route_as_state() {
+        let keys = ring(&[1]);
+        let (r, chunks) = sealed_v2(&keys, 3, b"cart", 4000);
+        assert_eq!(open_route(&chunks[0].1, "p", &keys, 0), Err(CookieError::Tampered));
+        let route_value = seal_route(&r, "p", &keys);
+        assert_eq!(open_state(&route_value, &r, "p", &keys, 1000), Err(CookieError::Tampered));
+    }
+
+    #[test]
+    fn state_chunks_join_open_and_belong_to_one_version() {
+        let keys = ring(&[1]);
+        // Incompressible (xorshift), so the chunk count is known.
+        let mut x = 0x9e37_79b9_7f4a_7c15u64;
+        let state: Vec<u8> = (0..6_000)
+            .map(|_| {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                x as u8
+            })
+            .collect();
+        let (r, chunks) = sealed_v2(&keys, 9, &state, 1000);
+        assert!(chunks.len() > 3);
+        let jar: HashMap<String, String> = chunks.iter().cloned().collect();
+        let joined = join_state("h", &r, |n| jar.get(n).map(String::as_str)).expect("joins");
+        assert_eq!(open_state(&joined, &r, "p", &keys, 10_000), Ok(state.clone()));
+        // The chunks of version 8 (an older response that arrived last) under the route of 9.
+        let (_, older) = sealed_v2(&keys, 8, &state, 1000);
+        let old_jar: HashMap<String, String> = older.into_iter().collect();
+        let stale = join_state("h", &r, |n| old_jar.get(n).map(String::as_str)).expect("same length, so they join");
+        assert_eq!(open_state(&stale, &r, "p", &keys, 10_000), Err(CookieError::Stale));
+        // A dropped chunk.
+        let mut cut = jar.clone();
+        cut.remove("h.2");
+        assert_eq!(join_state("h", &r, |n| cut.get(n).map(String::as_str)), Err(CookieError::MissingChunk(2)));
+        // A shortened one.
+        let mut short = jar;
+        short.insert("h.1".into(), "AAAA".into());
+        assert_eq!(join_state("h", &r, |n| short.get(n).map(String::as_str)), Err(CookieError::Stale));
+    }
+
+    #[test]
+    fn a_small_state_value_does_not_expand_past_the_bound() {
+        let keys = ring(&[1]);
+        let value = seal_state("s-1", 1, &vec![b'a'; 100_000], "p", &keys);
+        assert!(value.len() < 1_000);
+        let r = route(1, 1, value.len() as u32);
+        assert_eq!(open_state(&value, &r, "p", &keys, 65_536), Err(CookieError::OverBudget));
+        assert_eq!(open_state(&value, &r, "p", &keys, 100_000).map(|s| s.len()), Ok(100_000));
+    }
+
+    #[test]
+    fn held_state_chunks_come_from_the_names_present() {
+        let names = ["h", "h.2", "other", "h.0", "h.2", "h.99999999", "h.x", "h."];
+        assert_eq!(held_state_chunks("h", names.into_iter()), vec![0, 2]);
+        assert_eq!(state_chunk_index("h", "h.0003"), Some(3));
+        assert_eq!(state_chunk_index("h", "h"), None);
+    }
+
     proptest! {
         #[test]
         fn any_snapshot_round_trips(
@@ -528,6 +848,32 @@ mod tests {
             let s = Snapshot { session, version, expires_at: expires, issued_at: 0, ..snapshot(state) };
             let value = seal(&s, "ns/pool", &keys);
             prop_assert_eq!(open(&value, "ns/pool", &keys, expires - 1), Ok(s));
+        }
+
+        #[test]
+        fn any_route_and_state_round_trip(
+            state in proptest::collection::vec(any::<u8>(), 0..3000),
+            version in any::<u64>(),
+            session in "[A-Za-z0-9_-]{1,40}",
+            chunk_bytes in 1usize..5000,
+            carry in any::<u32>(),
+        ) {
+            let keys = ring(&[5]);
+            let value = seal_state(&session, version, &state, "ns/pool", &keys);
+            let chunks = split_state("h", &value, chunk_bytes);
+            let r = Route { session, version, carry, ..route(0, chunks.len() as u16, value.len() as u32) };
+            prop_assert_eq!(open_route(&seal_route(&r, "ns/pool", &keys), "ns/pool", &keys, 1_999), Ok(r.clone()));
+            let jar: HashMap<String, String> = chunks.into_iter().collect();
+            let joined = join_state("h", &r, |n| jar.get(n).map(String::as_str));
+            prop_assert_eq!(joined.and_then(|v| open_state(&v, &r, "ns/pool", &keys, 3000)), Ok(state));
+        }
+
+        #[test]
+        fn garbage_never_opens_as_a_route_or_a_state(raw in proptest::collection::vec(any::<u8>(), 0..400)) {
+            let keys = ring(&[1]);
+            let value = URL_SAFE_NO_PAD.encode(&raw);
+            prop_assert!(open_route(&value, "p", &keys, 0).is_err());
+            prop_assert!(open_state(&value, &route(1, 1, 1), "p", &keys, 1000).is_err());
         }
 
         #[test]

@@ -626,7 +626,7 @@ fn reset_reason(e: &cookie::CookieError) -> &'static str {
         E::Expired => "expired",
         E::WrongPool => "wrong_pool",
         E::UnknownKey(_) => "unknown_key",
-        E::MissingChunk(_) | E::OverBudget => "incomplete",
+        E::MissingChunk(_) | E::OverBudget | E::Stale => "incomplete",
         E::Tampered | E::Malformed => "tampered",
         E::Garbage => "garbage",
         E::UnsupportedVersion(_) => "unsupported_version",
