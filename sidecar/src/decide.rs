@@ -117,6 +117,18 @@ pub fn successor<'a>(session: &str, candidates: impl Iterator<Item = &'a Member>
     candidates.max_by_key(|m| (weight(session, m), m.name.as_str()))
 }
 
+/// The members in the order they take a session over: the successor first. A takeover looks for
+/// the session's backup on the first [`BACKUP_LOOKUP_RANKS`] of them, so a backup kept by the
+/// successor of the moment is found after up to that many members joined above it.
+pub fn ranked<'a>(session: &str, candidates: impl Iterator<Item = &'a Member>) -> Vec<&'a Member> {
+    let mut ranked: Vec<&Member> = candidates.collect();
+    ranked.sort_by_key(|m| std::cmp::Reverse((weight(session, m), m.name.as_str())));
+    ranked
+}
+
+/// How many members of [`ranked`] a takeover asks for the session's backup.
+pub const BACKUP_LOOKUP_RANKS: usize = 3;
+
 /// FNV-1a over session, member name and uid, then a SplitMix64 finalizer for spread. Written out
 /// (not `DefaultHasher`) so that every build of the sidecar computes the same weights.
 fn weight(session: &str, member: &Member) -> u64 {
@@ -232,6 +244,65 @@ pub fn seal_action(cookie: CookieSeen, offered: Offered, owner_changed: bool, re
         (_, CookieSeen::Valid) if owner_changed => SealAction::Seal(SealSource::Carry),
         (_, CookieSeen::Valid) if refresh_due => SealAction::Seal(SealSource::Refresh),
         _ => SealAction::Keep,
+    }
+}
+
+/// What a response seals, and as which version.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Seal {
+    pub action: SealAction,
+    /// The version a sealed state carries; for `Keep` and `Delete`, the newest already handed out.
+    pub version: u64,
+}
+
+/// Everything [`seal`] depends on.
+#[derive(Clone, Copy, Debug)]
+pub struct SealInputs {
+    pub cookie: CookieSeen,
+    pub offered: Offered,
+    pub owner_changed: bool,
+    pub refresh_due: bool,
+    /// The newest version this pod restored or sealed for the session (its session table).
+    pub local_version: Option<u64>,
+    /// The version of the request's routing cookie.
+    pub cookie_version: Option<u64>,
+}
+
+/// Which state a response seals and with which version: [`seal_action`], and a version above
+/// every version of the session this pod has seen. The proxy calls it with the session table
+/// locked and writes the version back before it unlocks, so two concurrent responses of a session
+/// never carry the same version: versions strictly increase per session, in the order the states
+/// were taken (pulls of one session are taken under one lock; pushed states in the order their
+/// responses reach the sidecar).
+pub fn seal(i: SealInputs) -> Seal {
+    let action = seal_action(i.cookie, i.offered, i.owner_changed, i.refresh_due);
+    let newest = i.local_version.max(i.cookie_version).unwrap_or(0);
+    let version = match action {
+        SealAction::Seal(_) => newest + 1,
+        SealAction::Keep | SealAction::Delete => newest,
+    };
+    Seal { action, version }
+}
+
+/// Which copy of a session's state a restore uses.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Copy {
+    /// The state chunks the client sent (they opened, and are the route's version).
+    Cookie,
+    /// The backup a pool member keeps (newer: the client's newest response may not have reached
+    /// it, or reached it before an older one, or it dropped the chunks).
+    Backup,
+    /// Neither: the session's state is lost.
+    Lost,
+}
+
+/// The newest copy: the backup when it is newer than the cookie's state (or the cookie has none).
+pub fn newest_copy(cookie_state_version: Option<u64>, backup_version: Option<u64>) -> Copy {
+    match (cookie_state_version, backup_version) {
+        (Some(c), Some(b)) if b > c => Copy::Backup,
+        (Some(_), _) => Copy::Cookie,
+        (None, Some(_)) => Copy::Backup,
+        (None, None) => Copy::Lost,
     }
 }
 
@@ -606,6 +677,33 @@ mod tests {
         }
     }
 
+    #[test]
+    fn a_seal_takes_a_version_above_every_version_seen() {
+        let base = SealInputs {
+            cookie: CookieSeen::Valid,
+            offered: Offered::Pushed { empty: false },
+            owner_changed: false,
+            refresh_due: false,
+            local_version: Some(7),
+            cookie_version: Some(5),
+        };
+        assert_eq!(seal(base), Seal { action: SealAction::Seal(SealSource::Push), version: 8 });
+        assert_eq!(seal(SealInputs { local_version: Some(3), ..base }).version, 6, "a cookie newer than the table");
+        assert_eq!(seal(SealInputs { local_version: None, cookie_version: None, cookie: CookieSeen::Absent, ..base }).version, 1);
+        let keep = seal(SealInputs { offered: Offered::Nothing, ..base });
+        assert_eq!(keep, Seal { action: SealAction::Keep, version: 7 });
+    }
+
+    #[test]
+    fn the_newest_copy_wins_and_a_missing_one_is_lost() {
+        assert_eq!(newest_copy(Some(5), Some(6)), Copy::Backup);
+        assert_eq!(newest_copy(Some(6), Some(6)), Copy::Cookie);
+        assert_eq!(newest_copy(Some(7), Some(6)), Copy::Cookie);
+        assert_eq!(newest_copy(None, Some(1)), Copy::Backup);
+        assert_eq!(newest_copy(Some(1), None), Copy::Cookie);
+        assert_eq!(newest_copy(None, None), Copy::Lost);
+    }
+
     proptest! {
         #[test]
         fn a_cookieless_request_is_sealed_only_with_state_from_the_app(
@@ -620,6 +718,14 @@ mod tests {
             let app_gave_state = !empty && (pushed || !failed);
             prop_assert_eq!(matches!(action, SealAction::Seal(_)), app_gave_state, "{:?}", action);
             prop_assert_ne!(action, SealAction::Delete, "no cookie to delete");
+        }
+
+        #[test]
+        fn ranked_starts_with_the_successor(names in proptest::collection::btree_set("[a-z]{1,6}", 1..10), session in ".{0,20}") {
+            let live: Vec<Member> = names.iter().map(|n| member(n)).collect();
+            let order = ranked(&session, live.iter());
+            prop_assert_eq!(order.len(), live.len());
+            prop_assert_eq!(order[0].name.clone(), successor(&session, live.iter()).map(|m| m.name.clone()).expect("one"));
         }
     }
 }

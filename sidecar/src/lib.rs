@@ -19,6 +19,7 @@ pub mod decide;
 pub mod demo;
 pub mod demo_app;
 pub mod fuzzing;
+pub mod header_budget;
 pub mod keys;
 pub mod localpool;
 pub mod metrics;
