@@ -32,6 +32,8 @@ pub mod random;
 pub mod registry;
 #[cfg(feature = "kubernetes")]
 pub mod registry_kube;
+#[cfg(test)]
+mod seal_model;
 pub mod server;
 pub mod state_path;
 pub mod timed_body;
