@@ -145,11 +145,27 @@ pub struct CookieSpec {
     #[serde(default)]
     pub same_site: SameSite,
 
-    /// Budget in bytes for one session's cookies (all chunks, after compression). A larger state
-    /// is reported, never silently truncated.
+    /// Ceiling in bytes for one session's cookies (routing cookie and state chunks, after
+    /// compression). The header limits below bind first at their defaults. A larger state is
+    /// reported (`Handover-Warning`, `handover_seals_refused_total`), never silently truncated.
     #[serde(default = "default_cookie_max_bytes")]
     #[schemars(range(min = 1024, max = 65536))]
     pub max_bytes: i32,
+
+    /// The largest response header block the proxies in front of the pool accept from it: a
+    /// response whose headers would pass it with the session's cookies keeps its status but does
+    /// not carry the new state in cookies. Default 4096: ingress-nginx `proxy-buffer-size` (4k).
+    /// Raise both together (README, "Limits on the real path").
+    #[serde(default = "default_max_response_header_bytes")]
+    #[schemars(range(min = 1024, max = 1048576))]
+    pub max_response_header_bytes: i32,
+
+    /// The longest request header line the path carries (the client's whole `Cookie` line, the
+    /// site's other cookies included). Default 8192: ingress-nginx `large-client-header-buffers`
+    /// (4 8k) and curl's 8190-byte cookie limit.
+    #[serde(default = "default_max_request_header_bytes")]
+    #[schemars(range(min = 1024, max = 1048576))]
+    pub max_request_header_bytes: i32,
 
     /// `Path` attribute: two pools under one host (e.g. `/shop` and `/account` on one ingress)
     /// keep their cookies apart by path.
@@ -269,6 +285,38 @@ pub struct SidecarSpec {
     #[serde(default = "default_response_timeout")]
     #[schemars(regex(pattern = "^[0-9]{1,9}(ms|s|m|h)$"))]
     pub response_timeout: String,
+
+    /// Where each session's newest sealed state is also kept: `successor` (default) hands it to
+    /// the session's rendezvous successor before the response leaves, so a takeover finds every
+    /// acknowledged update even when the client's cookie is older (concurrent requests whose
+    /// responses arrived out of order); `off`: the client's cookie only.
+    #[serde(default)]
+    pub backup: BackupMode,
+
+    /// Bytes of backups one sidecar keeps at most (the oldest go first), e.g. 33554432.
+    #[serde(default = "default_backup_max_bytes")]
+    #[schemars(range(min = 0, max = 1073741824))]
+    pub backup_max_bytes: i64,
+}
+
+/// Where each session's newest sealed state is also kept.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum BackupMode {
+    /// On the session's rendezvous successor (default).
+    #[default]
+    Successor,
+    /// Nowhere: the client's cookie only.
+    Off,
+}
+
+impl BackupMode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            BackupMode::Successor => "successor",
+            BackupMode::Off => "off",
+        }
+    }
 }
 
 /// Log level.
@@ -395,6 +443,15 @@ fn default_cookie_max_age() -> String {
 fn default_cookie_max_bytes() -> i32 {
     16384
 }
+fn default_max_response_header_bytes() -> i32 {
+    4096
+}
+fn default_max_request_header_bytes() -> i32 {
+    8192
+}
+fn default_backup_max_bytes() -> i64 {
+    32 << 20
+}
 fn default_snapshot_interval() -> String {
     "1s".to_owned()
 }
@@ -422,6 +479,8 @@ impl Default for CookieSpec {
             secure: true,
             same_site: SameSite::default(),
             max_bytes: default_cookie_max_bytes(),
+            max_response_header_bytes: default_max_response_header_bytes(),
+            max_request_header_bytes: default_max_request_header_bytes(),
             path: default_cookie_path(),
             domain: String::new(),
         }
@@ -447,6 +506,8 @@ impl Default for SidecarSpec {
             log_level: LogLevel::default(),
             drain_grace: default_drain_grace(),
             response_timeout: default_response_timeout(),
+            backup: BackupMode::default(),
+            backup_max_bytes: default_backup_max_bytes(),
         }
     }
 }
