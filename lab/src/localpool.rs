@@ -20,9 +20,9 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::process::{Child, Command};
 
-use crate::decide::Mode;
 use crate::netns::Network;
-use crate::registry::parse_members;
+use handover_dataplane::decide::Mode;
+use handover_dataplane::registry::parse_members;
 
 /// Ports every pod uses on its own address, as containers of a real pod would.
 pub const DATA_PORT: u16 = 8000;
@@ -240,10 +240,10 @@ pub fn metric_sum(page: &str, prefix: &str) -> f64 {
 impl LocalPool {
     /// Starts `opts.pods` pods and waits until every one is ready and listed.
     pub async fn start(opts: PoolOptions) -> Result<LocalPool, String> {
-        let dir = std::env::temp_dir().join(format!("handover-pool-{}", crate::random::session_id()));
+        let dir = std::env::temp_dir().join(format!("handover-pool-{}", handover_dataplane::random::session_id()));
         std::fs::create_dir_all(&dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
         let key_file = dir.join("keys");
-        std::fs::write(&key_file, crate::keys::generate_line(1, 0) + "\n").map_err(|e| e.to_string())?;
+        std::fs::write(&key_file, handover_dataplane::keys::generate_line(1, 0) + "\n").map_err(|e| e.to_string())?;
         let peers_file = dir.join("peers");
         std::fs::write(&peers_file, "").map_err(|e| e.to_string())?;
         let probes: Arc<Mutex<Vec<Probe>>> = Arc::default();
@@ -278,8 +278,14 @@ impl LocalPool {
                 (bridge.pod_ip(i), Some(bridge.namespace(i)))
             }
         };
-        let mut pod =
-            Pod { name: format!("pod-{i}"), uid: crate::random::session_id(), ip, netns, app: None, sidecar: None };
+        let mut pod = Pod {
+            name: format!("pod-{i}"),
+            uid: handover_dataplane::random::session_id(),
+            ip,
+            netns,
+            app: None,
+            sidecar: None,
+        };
         pod.app = Some(self.spawn_app(&pod)?);
         pod.sidecar = Some(self.spawn_sidecar(&pod)?);
         self.probes.lock().unwrap_or_else(|p| p.into_inner()).push(Probe {
@@ -400,7 +406,7 @@ impl LocalPool {
         };
         match flag("--cookie-name").filter(|n| !n.is_empty()) {
             Some(name) => name,
-            None => crate::cookie_attrs::default_name(
+            None => handover_dataplane::cookie_attrs::default_name(
                 &self.opts.pool,
                 flag("--cookie-secure").is_some_and(|v| v == "true"),
                 &flag("--cookie-path").unwrap_or_else(|| "/".to_owned()),
@@ -511,9 +517,9 @@ impl LocalPool {
     /// Rotates the key ring as the operator does: a new current key in front, the old ones kept.
     pub fn rotate_keys(&self) -> Result<u32, String> {
         let text = std::fs::read_to_string(&self.key_file).map_err(|e| e.to_string())?;
-        let ring = crate::keys::KeyRing::parse(&text).map_err(|e| e.to_string())?;
+        let ring = handover_dataplane::keys::KeyRing::parse(&text).map_err(|e| e.to_string())?;
         let id = ring.ids().into_iter().max().unwrap_or(0) + 1;
-        write_atomically(&self.key_file, &format!("{}\n{text}", crate::keys::generate_line(id, 0)))?;
+        write_atomically(&self.key_file, &format!("{}\n{text}", handover_dataplane::keys::generate_line(id, 0)))?;
         Ok(id)
     }
 
@@ -737,7 +743,7 @@ pub fn pick_ready(ready: &Mutex<Vec<SocketAddr>>) -> Option<SocketAddr> {
         return None;
     }
     let mut b = [0u8; 4];
-    crate::random::fill(&mut b);
+    handover_dataplane::random::fill(&mut b);
     Some(ready[u32::from_le_bytes(b) as usize % ready.len()])
 }
 

@@ -38,9 +38,9 @@ use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
 use serde::{Deserialize, Serialize};
 
-use crate::proxy::{ROTATE_HEADER, SESSION_HEADER, STATE_HEADER};
-use crate::server::ConnLimits;
-use crate::upstream::Body;
+use handover_dataplane::proxy::{ROTATE_HEADER, SESSION_HEADER, STATE_HEADER};
+use handover_dataplane::server::ConnLimits;
+use handover_dataplane::upstream::Body;
 
 #[derive(clap::Args, Debug, Clone)]
 pub struct DemoAppArgs {
@@ -232,7 +232,7 @@ impl App {
             (Method::POST, "/blob") => {
                 let bytes = query_number(&req, "bytes").min(1 << 20);
                 let mut noise = vec![0u8; bytes.div_ceil(4) * 3];
-                crate::random::fill(&mut noise);
+                handover_dataplane::random::fill(&mut noise);
                 let mut blob = URL_SAFE_NO_PAD.encode(noise);
                 blob.truncate(bytes);
                 let state = self.update(&session, |s| s.blob = blob);
@@ -333,7 +333,7 @@ pub async fn run(args: DemoAppArgs) -> Result<(), String> {
     tracing::info!(listen = %args.listen, state = %args.state_listen, name = %args.name, push = args.push, "demo app started");
     let app = Arc::new(App { args, restores_refused: Default::default(), sessions: Mutex::new(HashMap::new()) });
     let state_app = Arc::clone(&app);
-    tokio::spawn(crate::server::serve(
+    tokio::spawn(handover_dataplane::server::serve(
         state_listener,
         move |req, _| Arc::clone(&state_app).handle_state(req),
         std::future::pending(),
@@ -341,10 +341,10 @@ pub async fn run(args: DemoAppArgs) -> Result<(), String> {
         ConnLimits::LOCAL,
         Default::default(),
     ));
-    crate::server::serve(
+    handover_dataplane::server::serve(
         listener,
         move |req, _| Arc::clone(&app).handle(req),
-        crate::cli::shutdown_signal(),
+        handover_dataplane::server::shutdown_signal(),
         Duration::from_secs(1),
         ConnLimits::LOCAL,
         Default::default(),
