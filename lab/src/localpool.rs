@@ -21,6 +21,7 @@ use tokio::net::TcpStream;
 use tokio::process::{Child, Command};
 
 use crate::netns::Network;
+use handover_common::sync;
 use handover_dataplane::decide::Mode;
 use handover_dataplane::registry::parse_members;
 
@@ -288,7 +289,7 @@ impl LocalPool {
         };
         pod.app = Some(self.spawn_app(&pod)?);
         pod.sidecar = Some(self.spawn_sidecar(&pod)?);
-        self.probes.lock().unwrap_or_else(|p| p.into_inner()).push(Probe {
+        sync::lock(&self.probes).push(Probe {
             name: pod.name.clone(),
             uid: pod.uid.clone(),
             data: pod.data(),
@@ -300,7 +301,7 @@ impl LocalPool {
         let ready = Arc::clone(&self.ready);
         let what = format!("pod {} to be ready and listed", self.pods[index].name);
         let waited = wait_for(&what, Duration::from_secs(30), || {
-            let listed = ready.lock().unwrap_or_else(|p| p.into_inner()).contains(&data);
+            let listed = sync::lock(&ready).contains(&data);
             async move { listed }
         })
         .await;
@@ -417,7 +418,7 @@ impl LocalPool {
 
     /// Addresses of the pods the registry lists as ready: what a Service would balance over.
     pub fn ready_addrs(&self) -> Vec<SocketAddr> {
-        self.ready.lock().unwrap_or_else(|p| p.into_inner()).clone()
+        sync::lock(&self.ready).clone()
     }
 
     /// A shared handle on the ready list, for client tasks.
@@ -466,7 +467,7 @@ impl LocalPool {
 
     async fn forget(&mut self, i: usize) {
         let name = self.pods[i].name.clone();
-        self.probes.lock().unwrap_or_else(|p| p.into_inner()).retain(|p| p.name != name);
+        sync::lock(&self.probes).retain(|p| p.name != name);
         let pod = &mut self.pods[i];
         for mut child in [pod.sidecar.take(), pod.app.take()].into_iter().flatten() {
             let _ = child.start_kill();
@@ -528,7 +529,7 @@ impl LocalPool {
         let want: Vec<SocketAddr> = expected.iter().map(|i| self.pods[*i].data()).collect();
         let ready = Arc::clone(&self.ready);
         wait_for("the registry to list exactly the expected pods", timeout, || {
-            let mut have = ready.lock().unwrap_or_else(|p| p.into_inner()).clone();
+            let mut have = sync::lock(&ready).clone();
             let mut want = want.clone();
             have.sort();
             want.sort();
@@ -581,7 +582,7 @@ async fn keep_registry(probes: Arc<Mutex<Vec<Probe>>>, ready: Arc<Mutex<Vec<Sock
     // Consecutive failed probes by pod; a new pod counts as failing until its first good probe.
     let mut failures: HashMap<String, u32> = HashMap::new();
     loop {
-        let candidates = probes.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        let candidates = sync::lock(&probes).clone();
         let checks = candidates.iter().map(|p| probe(p.admin, "/ready"));
         let results = futures::future::join_all(checks).await;
         for (p, code) in candidates.iter().zip(&results) {
@@ -596,7 +597,7 @@ async fn keep_registry(probes: Arc<Mutex<Vec<Probe>>>, ready: Arc<Mutex<Vec<Sock
             if write_atomically(&peers_file, &text).is_ok() {
                 last = text;
             }
-            *ready.lock().unwrap_or_else(|p| p.into_inner()) = live.iter().map(|p| p.data).collect();
+            *sync::lock(&ready) = live.iter().map(|p| p.data).collect();
         }
         tokio::time::sleep(PROBE_EVERY).await;
     }
@@ -738,7 +739,7 @@ impl SessionClient {
 
 /// Picks a random address from the ready list, as a Service balances new connections.
 pub fn pick_ready(ready: &Mutex<Vec<SocketAddr>>) -> Option<SocketAddr> {
-    let ready = ready.lock().unwrap_or_else(|p| p.into_inner());
+    let ready = sync::lock(ready);
     if ready.is_empty() {
         return None;
     }

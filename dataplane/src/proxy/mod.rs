@@ -37,6 +37,7 @@ use crate::registry::Registry;
 use crate::timed_body::{BodyLimits, TimedBody};
 use crate::upstream::{Body, Upstreams};
 use app::Served;
+use handover_common::sync;
 use headers::{append_forwarded_for, is_upgrade, strip_hop_by_hop};
 use peer::peer_not_reached;
 use request::{Arrival, RequestCookie};
@@ -199,7 +200,7 @@ impl Proxy {
 
     /// Starts draining: readiness fails, every session's next response gets a fresh snapshot.
     pub fn start_draining(&self) {
-        let mut since = self.draining_since.lock().unwrap_or_else(|p| p.into_inner());
+        let mut since = sync::lock(&self.draining_since);
         if since.is_none() {
             *since = Some(Instant::now());
             self.metrics.draining.set(1);
@@ -207,7 +208,7 @@ impl Proxy {
     }
 
     pub fn draining_since(&self) -> Option<Instant> {
-        *self.draining_since.lock().unwrap_or_else(|p| p.into_inner())
+        *sync::lock(&self.draining_since)
     }
 
     /// Live members as this sidecar's registry lists them now, sorted by name.

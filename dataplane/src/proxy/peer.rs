@@ -14,6 +14,7 @@ use crate::peer_auth;
 use crate::peer_probe::{self, Liveness};
 use crate::registry::Member;
 use crate::upstream::Body;
+use handover_common::sync;
 
 /// How long a peer that failed to answer counts as dead to this sidecar.
 pub(super) const UNREACHABLE_FOR: Duration = Duration::from_secs(5);
@@ -47,14 +48,14 @@ pub(super) fn bridge_upgrade(client: hyper::upgrade::OnUpgrade, upstream: hyper:
 
 impl Proxy {
     pub(super) fn unreachable_now(&self) -> Vec<String> {
-        let mut map = self.unreachable.lock().unwrap_or_else(|p| p.into_inner());
+        let mut map = sync::lock(&self.unreachable);
         let now = Instant::now();
         map.retain(|_, until| *until > now);
         map.keys().cloned().collect()
     }
 
     pub(super) fn mark_unreachable(&self, name: &str) {
-        let mut map = self.unreachable.lock().unwrap_or_else(|p| p.into_inner());
+        let mut map = sync::lock(&self.unreachable);
         map.insert(name.to_owned(), Instant::now() + UNREACHABLE_FOR);
     }
 

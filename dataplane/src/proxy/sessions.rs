@@ -7,6 +7,7 @@ use bytes::Bytes;
 use http::{Method, StatusCode};
 
 use super::Proxy;
+use handover_common::sync;
 
 /// Ended sessions a sidecar remembers at most (about 100 bytes each).
 pub(super) const MAX_ENDED: usize = 100_000;
@@ -21,17 +22,17 @@ pub(super) struct Local {
 impl Proxy {
     /// Forgets which sessions the app holds: each one is checked (or restored) on its next request.
     pub(super) fn forget_sessions(&self) {
-        let mut sessions = self.sessions.lock().unwrap_or_else(|p| p.into_inner());
+        let mut sessions = sync::lock(&self.sessions);
         sessions.clear();
         self.metrics.sessions.set(0);
     }
 
     pub(super) fn local(&self, session: &str) -> Option<Local> {
-        self.sessions.lock().unwrap_or_else(|p| p.into_inner()).get(session).copied()
+        sync::lock(&self.sessions).get(session).copied()
     }
 
     pub(super) fn set_local(&self, session: &str, local: Local) {
-        let mut sessions = self.sessions.lock().unwrap_or_else(|p| p.into_inner());
+        let mut sessions = sync::lock(&self.sessions);
         sessions.insert(session.to_owned(), local);
         self.metrics.sessions.set(sessions.len() as i64);
     }
@@ -42,7 +43,7 @@ impl Proxy {
     pub async fn forget_expired_sessions(&self) {
         let max_age = self.cfg.cookie.max_age;
         let expired: Vec<String> = {
-            let mut sessions = self.sessions.lock().unwrap_or_else(|p| p.into_inner());
+            let mut sessions = sync::lock(&self.sessions);
             let expired = sessions
                 .iter()
                 .filter(|(_, l)| l.sealed_at.is_some_and(|t| t.elapsed() >= max_age))
@@ -54,7 +55,7 @@ impl Proxy {
         };
         {
             let now = Instant::now();
-            self.ended.lock().unwrap_or_else(|p| p.into_inner()).retain(|_, until| *until > now);
+            sync::lock(&self.ended).retain(|_, until| *until > now);
         }
         for session in expired {
             self.session_left(&session, "expired").await;
@@ -123,7 +124,7 @@ impl Proxy {
 
     /// Remembers that `session` ended here, until any cookie of it has expired.
     pub(super) fn mark_ended(&self, session: &str) {
-        let mut ended = self.ended.lock().unwrap_or_else(|p| p.into_inner());
+        let mut ended = sync::lock(&self.ended);
         let now = Instant::now();
         if ended.len() >= MAX_ENDED {
             ended.retain(|_, until| *until > now);
@@ -142,12 +143,12 @@ impl Proxy {
     }
 
     pub(super) fn has_ended(&self, session: &str) -> bool {
-        let ended = self.ended.lock().unwrap_or_else(|p| p.into_inner());
+        let ended = sync::lock(&self.ended);
         ended.get(session).is_some_and(|until| *until > Instant::now())
     }
 
     pub(super) fn forget_session(&self, session: &str) {
-        let mut sessions = self.sessions.lock().unwrap_or_else(|p| p.into_inner());
+        let mut sessions = sync::lock(&self.sessions);
         sessions.remove(session);
         self.metrics.sessions.set(sessions.len() as i64);
     }
