@@ -441,10 +441,10 @@ impl LocalPool {
         }
     }
 
-    /// SIGKILLs pod `i` (both processes) and forgets it, as a node would lose a pod.
+    /// SIGKILLs pod `i` (both processes at once, once) and forgets it, as a node would lose a pod.
     pub async fn kill_pod(&mut self, i: usize) {
         self.signal_pod(i, Sig::Kill);
-        self.forget(i).await;
+        self.forget(i, false).await;
     }
 
     /// SIGTERMs pod `i`'s sidecar, waits for it to drain and exit, then stops the app.
@@ -461,16 +461,20 @@ impl LocalPool {
         if let Some(app) = self.pods[i].app.as_ref() {
             signal(app, Sig::Term);
         }
-        self.forget(i).await;
+        self.forget(i, true).await;
         Ok(())
     }
 
-    async fn forget(&mut self, i: usize) {
+    /// Forgets pod `i` and reaps its processes, SIGKILLing each first when `kill` (not when the
+    /// caller already signalled them).
+    async fn forget(&mut self, i: usize, kill: bool) {
         let name = self.pods[i].name.clone();
         sync::lock(&self.probes).retain(|p| p.name != name);
         let pod = &mut self.pods[i];
         for mut child in [pod.sidecar.take(), pod.app.take()].into_iter().flatten() {
-            let _ = child.start_kill();
+            if kill {
+                let _ = child.start_kill();
+            }
             let _ = child.wait().await;
         }
     }

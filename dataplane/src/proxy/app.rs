@@ -17,6 +17,7 @@ use super::peer::bridge_upgrade;
 use super::request::RequestCookie;
 use super::{Proxy, body_too_slow, cut_by_client, full, text_response};
 use crate::cache;
+use crate::metrics::BadRequest;
 use crate::upstream::Body;
 
 /// How often the app watcher re-tries a down app; held requests wake on its news.
@@ -136,7 +137,7 @@ impl Proxy {
             Some(limit) => match tokio::time::timeout(limit, sender.try_send_request(req)).await {
                 Ok(sent) => sent,
                 Err(_) => {
-                    self.metrics.bad_requests.get_or_create(&[("reason", "app_timeout")]).inc();
+                    self.metrics.bad_requests.get_or_create(&[("reason", BadRequest::AppTimeout)]).inc();
                     tracing::warn!(session = %session, ?limit, "the app did not answer in time");
                     return Served::Response(text_response(
                         StatusCode::GATEWAY_TIMEOUT,
@@ -184,7 +185,7 @@ impl Proxy {
             match URL_SAFE_NO_PAD.decode(v.as_bytes().trim_ascii()) {
                 Ok(state) => Some(state),
                 Err(_) => {
-                    self.metrics.bad_requests.get_or_create(&[("reason", "bad_pushed_state")]).inc();
+                    self.metrics.bad_requests.get_or_create(&[("reason", BadRequest::BadPushedState)]).inc();
                     tracing::warn!(session = %session, "the app pushed a Handover-State that is not base64url; ignored");
                     None
                 }

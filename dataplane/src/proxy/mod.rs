@@ -31,7 +31,7 @@ pub use headers::{FORWARDED_HEADER, PEER_HEADER, ROTATE_HEADER, SESSION_HEADER, 
 use crate::cookie::Budget;
 use crate::decide::{self, Affinity, Decision, ForwardReason, Me, Mode};
 use crate::keys::KeyFile;
-use crate::metrics::Metrics;
+use crate::metrics::{BadRequest, Metrics, Route};
 use crate::peer_probe::Liveness;
 use crate::registry::Registry;
 use crate::timed_body::{BodyLimits, TimedBody};
@@ -234,16 +234,16 @@ impl Proxy {
         resp
     }
 
-    async fn route_request(&self, req: Request<Incoming>, client: SocketAddr) -> (&'static str, Response<Body>) {
+    async fn route_request(&self, req: Request<Incoming>, client: SocketAddr) -> (Route, Response<Body>) {
         // Boxed once, so that a request the app never received can come back here and be routed again.
-        let timeouts = self.metrics.bad_requests.get_or_create(&[("reason", "body_timeout")]).clone();
+        let timeouts = self.metrics.bad_requests.get_or_create(&[("reason", BadRequest::BodyTimeout)]).clone();
         let mut req: Request<Body> = req.map(|b| TimedBody::new(b, self.cfg.body, timeouts).boxed());
         let header_bytes: usize = req.headers().iter().map(|(n, v)| n.as_str().len() + v.len() + 4).sum();
         if header_bytes > self.cfg.max_header_bytes {
-            self.metrics.bad_requests.get_or_create(&[("reason", "headers_too_large")]).inc();
+            self.metrics.bad_requests.get_or_create(&[("reason", BadRequest::HeadersTooLarge)]).inc();
             tracing::warn!(%client, header_bytes, limit = self.cfg.max_header_bytes, "request headers too large");
             return (
-                "refused",
+                Route::Refused,
                 text_response(
                     StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
                     format!(
@@ -254,9 +254,9 @@ impl Proxy {
             );
         }
         if crate::state_path::names_state_path(req.uri().path(), &self.cfg.state_path) {
-            self.metrics.bad_requests.get_or_create(&[("reason", "state_path")]).inc();
+            self.metrics.bad_requests.get_or_create(&[("reason", BadRequest::StatePath)]).inc();
             tracing::warn!(%client, method = %req.method(), path = req.uri().path(), "a client asked for the state endpoint; refused");
-            return ("refused", text_response(StatusCode::NOT_FOUND, "not found\n"));
+            return (Route::Refused, text_response(StatusCode::NOT_FOUND, "not found\n"));
         }
         let mark = req.headers_mut().remove(FORWARDED_HEADER);
         let rc = self.read_cookie(req.headers());
@@ -285,7 +285,7 @@ impl Proxy {
         rc: &RequestCookie,
         arrival: Arrival,
         upgrade: bool,
-    ) -> (&'static str, Response<Body>) {
+    ) -> (Route, Response<Body>) {
         let live = self.registry.live();
         let mut retries = Retries::default();
         // Set once the app refused the cookie's state: from then on the request is a fresh session.
@@ -325,7 +325,7 @@ impl Proxy {
                         Ok(sender) => {
                             let session = rc.snapshot.as_ref().map(|s| s.session.as_str()).unwrap_or("");
                             let resp = self.forward_to_peer(sender, req, &to, session, reason_label, upgrade).await;
-                            return ("forward", resp);
+                            return (Route::Forward, resp);
                         }
                         Err(e) => {
                             self.metrics
@@ -335,18 +335,21 @@ impl Proxy {
                             match self.probe_peer(&to, &e.to_string()).await {
                                 Liveness::Dead(_) => {}
                                 Liveness::Alive => {
-                                    return ("refused", peer_not_reached(&to, "it is alive but refused this forward"));
+                                    return (
+                                        Route::Refused,
+                                        peer_not_reached(&to, "it is alive but refused this forward"),
+                                    );
                                 }
                                 Liveness::Unknown => {
                                     return (
-                                        "refused",
+                                        Route::Refused,
                                         peer_not_reached(&to, "it cannot be reached from this pod, and may be alive"),
                                     );
                                 }
                             }
                             if !retries.forward_again(live.len()) {
                                 return (
-                                    "refused",
+                                    Route::Refused,
                                     text_response(StatusCode::BAD_GATEWAY, "handover: no pool member reachable\n"),
                                 );
                             }
@@ -365,18 +368,18 @@ impl Proxy {
                             }
                             sender
                         }
-                        Err(resp) => return ("refused", resp),
+                        Err(resp) => return (Route::Refused, resp),
                     };
                     let (route, owner_changed) = match (&decision, rc.snapshot.as_ref()) {
                         (Decision::Restore { takeover }, Some(snapshot)) => {
                             match self.restore_once(snapshot, *takeover).await {
-                                Ok(Restored::Already) => ("serve", false),
+                                Ok(Restored::Already) => (Route::Serve, false),
                                 Ok(Restored::Done) if *takeover => {
                                     self.metrics.takeovers.inc();
                                     tracing::info!(session = %snapshot.session, from = %snapshot.owner.name, version = snapshot.version, "took over session");
-                                    ("takeover", true)
+                                    (Route::Takeover, true)
                                 }
-                                Ok(Restored::Done) => ("restore", true),
+                                Ok(Restored::Done) => (Route::Restore, true),
                                 Ok(Restored::Refused) => {
                                     self.upstreams.put(self.cfg.app, sender);
                                     fresh = Some(RequestCookie {
@@ -386,18 +389,18 @@ impl Proxy {
                                     });
                                     continue;
                                 }
-                                Err(resp) => return ("refused", resp),
+                                Err(resp) => return (Route::Refused, resp),
                             }
                         }
-                        (Decision::New, _) => ("new", false),
-                        _ => ("serve", false),
+                        (Decision::New, _) => (Route::New, false),
+                        _ => (Route::Serve, false),
                     };
                     match self.serve_locally(sender, req, rc, owner_changed, upgrade).await {
                         Served::Response(resp) => return (route, resp),
                         Served::NotSent(unsent) if retries.resend() => req = unsent,
                         Served::NotSent(_) => {
                             return (
-                                "refused",
+                                Route::Refused,
                                 text_response(
                                     StatusCode::BAD_GATEWAY,
                                     "handover: the application keeps closing connections\n",

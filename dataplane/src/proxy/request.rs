@@ -9,6 +9,7 @@ use http::header::{HeaderMap, HeaderValue};
 use super::headers::cookie_pairs;
 use super::{Proxy, unix_now};
 use crate::cookie::{self, Snapshot};
+use crate::metrics::BadRequest;
 use crate::peer_auth;
 use crate::upstream::Body;
 
@@ -93,7 +94,7 @@ impl Proxy {
                 Arrival::Forwarded
             }
             Err(e) => {
-                self.metrics.bad_requests.get_or_create(&[("reason", "forged_forward")]).inc();
+                self.metrics.bad_requests.get_or_create(&[("reason", BadRequest::ForgedForward)]).inc();
                 tracing::warn!(%client, reason = e.reason(), error = %e, "forward mark refused; routing the request as a client's");
                 Arrival::Client
             }
