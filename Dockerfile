@@ -21,12 +21,15 @@ ARG RUNTIME_IMAGE=gcr.io/distroless/cc-debian12:nonroot
 
 FROM ${BUILDER_IMAGE} AS builder
 WORKDIR /src
-# Only what the build reads (see .dockerignore): the workspace manifests, the crates, and the
-# checked-in CRD (a unit test of the operator include_str!s it; the build itself does not need it).
+# Only what the build reads (see .dockerignore): the workspace manifests, the crates (the sidecar
+# binary links the data path, dataplane/, and the lab, lab/, for `demo-app`), and the checked-in
+# CRD (a unit test of the operator include_str!s it; the build itself does not need it).
 COPY Cargo.toml Cargo.lock rustfmt.toml ./
 COPY crds/ crds/
 COPY common/ common/
 COPY operator/ operator/
+COPY dataplane/ dataplane/
+COPY lab/ lab/
 COPY sidecar/ sidecar/
 # The end-to-end suite and the operator's scale bench are workspace members: cargo reads their
 # manifests, but does not build them.

@@ -556,7 +556,7 @@ for root, dirs, files in os.walk("."):
             os.makedirs(os.path.join(dest, os.path.dirname(rel)), exist_ok=True)
             shutil.copy2(rel, os.path.join(dest, rel))
 PY
-for need in Cargo.toml Cargo.lock crds/serverpool.yaml operator/src/main.rs sidecar/src/main.rs; do
+for need in Cargo.toml Cargo.lock crds/serverpool.yaml operator/src/main.rs sidecar/src/main.rs dataplane/src/lib.rs lab/src/lib.rs; do
   [[ -e "$WORK/context/$need" ]] || fail ".dockerignore leaves $need out of the build context"
 done
 # Every COPY source of the build stage (COPY --from copies between stages) is in the context.

@@ -20,7 +20,7 @@ seconds="${HANDOVER_FUZZ_SECONDS:-30}"
 sanitizer="${HANDOVER_FUZZ_SANITIZER:-address}"
 cache="${HANDOVER_CACHE:-$HOME/.cache/handover}/fuzz"
 # The build lives in the cache, not in the checkout: CI runs in a fresh clone, and the instrumented
-# dependencies (the sidecar links the Kubernetes client) take minutes of CPU to build from nothing.
+# dependencies (the data path links the Kubernetes client) take minutes of CPU to build from nothing.
 target_dir="$cache/target"
 if [[ -n "${HANDOVER_FUZZ_TARGETS:-}" ]]; then
   read -r -a targets <<<"$HANDOVER_FUZZ_TARGETS"

@@ -1,4 +1,4 @@
-//! Entry points for the fuzz targets in `fuzz/` (see `handover_sidecar::fuzzing`): each takes the
+//! Entry points for the fuzz targets in `fuzz/` (see `handover_dataplane::fuzzing`): each takes the
 //! fuzzer's bytes, runs a parser, and panics when what it parsed does not encode back to the same
 //! value. Not part of the crate's interface.
 #![doc(hidden)]

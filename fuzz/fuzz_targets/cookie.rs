@@ -5,7 +5,7 @@
 #![no_main]
 
 use handover_fuzz::{Budget, within_budget};
-use handover_sidecar::fuzzing;
+use handover_dataplane::fuzzing;
 
 /// Legitimate costs: the pairs the proxy copies out of the header (a 48-byte pair for every 2
 /// header bytes of `=;`, doubled while the vector grows) and a few copies of the value; the fixed

@@ -5,7 +5,7 @@
 #![no_main]
 
 use handover_fuzz::{Budget, within_budget};
-use handover_sidecar::fuzzing;
+use handover_dataplane::fuzzing;
 
 /// The fixed part holds one state inflated to MAX_STATE_BYTES (1 MiB) while it is resealed:
 /// the inflated state, its vector's doubling, the re-deflated copy and the cookie's base64.

@@ -2,4 +2,4 @@
 //! `render_members` round trip, and never a panic.
 #![no_main]
 
-libfuzzer_sys::fuzz_target!(|data: &[u8]| handover_sidecar::fuzzing::members(data));
+libfuzzer_sys::fuzz_target!(|data: &[u8]| handover_dataplane::fuzzing::members(data));

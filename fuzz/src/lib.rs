@@ -17,7 +17,7 @@ fn grew(by: usize) {
     PEAK.fetch_max(live, Relaxed);
 }
 
-// The sidecar and common crates forbid unsafe code; a global allocator cannot be written without
+// The dataplane and common crates forbid unsafe code; a global allocator cannot be written without
 // it, and it lives here, in the fuzz crate only, passing every call straight to the system one.
 #[allow(unsafe_code)]
 unsafe impl GlobalAlloc for Counting {

@@ -9,13 +9,13 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 
 use handover_common::logging::LogFormat;
 
-use crate::decide::{Affinity, Mode};
-use crate::keys::KeyFile;
-use crate::metrics::Metrics;
-use crate::proxy::{Config, CookieConfig, Proxy};
-use crate::registry::{Registry, StaticRegistry};
-use crate::server::ConnLimits;
-use crate::timed_body::BodyLimits;
+use handover_dataplane::decide::{Affinity, Mode};
+use handover_dataplane::keys::KeyFile;
+use handover_dataplane::metrics::Metrics;
+use handover_dataplane::proxy::{Config, CookieConfig, Proxy};
+use handover_dataplane::registry::{Registry, StaticRegistry};
+use handover_dataplane::server::ConnLimits;
+use handover_dataplane::timed_body::BodyLimits;
 
 /// handover sidecar: sessions that survive the death of the pod that served them.
 #[derive(Parser, Debug)]
@@ -30,11 +30,11 @@ pub enum Command {
     /// Run the sidecar: a reverse proxy in front of the app.
     Run(Box<RunArgs>),
     /// Run a local pool of pods under client load and kill pods while it runs (no cluster needed).
-    Demo(crate::demo::DemoArgs),
+    Demo(handover_lab::demo::DemoArgs),
     /// Run the demo application (a per-session counter implementing the handover contract).
-    DemoApp(crate::demo_app::DemoAppArgs),
+    DemoApp(handover_lab::demo_app::DemoAppArgs),
     /// Measure throughput and latency: app direct, behind the sidecar, behind nginx.
-    Bench(crate::bench::BenchArgs),
+    Bench(handover_lab::bench::BenchArgs),
     /// Work with state cookies.
     #[command(subcommand)]
     Cookie(CookieCommand),
@@ -72,11 +72,6 @@ pub enum RegistryKind {
     Static,
     /// Members from the pod's ServerPool status (in a Kubernetes pod).
     Kubernetes,
-}
-
-/// Parses a duration flag (`500ms`, `20s`, `12h`: the syntax of the ServerPool CRD).
-pub fn duration(text: &str) -> Result<Duration, String> {
-    handover_common::duration::parse(text).map_err(|e| e.to_string())
 }
 
 /// Parses `host:port`, where an IPv6 host may also come without brackets.
@@ -126,7 +121,7 @@ pub struct RunArgs {
     #[arg(long, env = "HANDOVER_MODE", value_enum, default_value = "both")]
     pub mode: Mode,
     /// Pull mode: fetch the state when the last snapshot is older than this.
-    #[arg(long, env = "HANDOVER_SNAPSHOT_INTERVAL", default_value = "1s", value_parser = duration)]
+    #[arg(long, env = "HANDOVER_SNAPSHOT_INTERVAL", default_value = "1s", value_parser = handover_common::duration::parse)]
     pub snapshot_interval: Duration,
     /// The app's state endpoint (GET to pull, PUT to restore).
     #[arg(long, env = "HANDOVER_STATE_PATH", default_value = "/handover/state")]
@@ -143,7 +138,7 @@ pub struct RunArgs {
     /// The cookie's Domain (to share it with subdomains). Empty: host-only, the safer default.
     #[arg(long, env = "HANDOVER_COOKIE_DOMAIN", default_value = "")]
     pub cookie_domain: String,
-    #[arg(long, env = "HANDOVER_COOKIE_MAX_AGE", default_value = "12h", value_parser = duration)]
+    #[arg(long, env = "HANDOVER_COOKIE_MAX_AGE", default_value = "12h", value_parser = handover_common::duration::parse)]
     pub cookie_max_age: Duration,
     /// Budget for the state cookie over all its chunks.
     #[arg(long, env = "HANDOVER_COOKIE_MAX_BYTES", default_value_t = 16384)]
@@ -163,40 +158,40 @@ pub struct RunArgs {
     #[arg(long, env = "HANDOVER_PEERS", default_value = "")]
     pub peers: String,
     /// After SIGTERM: keep serving (readiness failing) this long, then close.
-    #[arg(long, env = "HANDOVER_DRAIN_GRACE", default_value = "5s", value_parser = duration)]
+    #[arg(long, env = "HANDOVER_DRAIN_GRACE", default_value = "5s", value_parser = handover_common::duration::parse)]
     pub drain_grace: Duration,
     /// Hold requests this long while the local app is down (restarting).
-    #[arg(long, env = "HANDOVER_APP_WAIT", default_value = "10s", value_parser = duration)]
+    #[arg(long, env = "HANDOVER_APP_WAIT", default_value = "10s", value_parser = handover_common::duration::parse)]
     pub app_wait: Duration,
     /// Connect timeout to the app and to peers; a peer that misses it is probed.
-    #[arg(long, env = "HANDOVER_CONNECT_TIMEOUT", default_value = "300ms", value_parser = duration)]
+    #[arg(long, env = "HANDOVER_CONNECT_TIMEOUT", default_value = "300ms", value_parser = handover_common::duration::parse)]
     pub connect_timeout: Duration,
     /// A forward still waiting for its answer after this long gets its peer probed (its admin
     /// `/live`), and again every such period; only a failed probe makes a peer count as dead.
-    #[arg(long, env = "HANDOVER_PEER_PROBE_AFTER", default_value = "1s", value_parser = duration)]
+    #[arg(long, env = "HANDOVER_PEER_PROBE_AFTER", default_value = "1s", value_parser = handover_common::duration::parse)]
     pub peer_probe_after: Duration,
     /// How long a liveness probe of a peer may take.
-    #[arg(long, env = "HANDOVER_PROBE_TIMEOUT", default_value = "300ms", value_parser = duration)]
+    #[arg(long, env = "HANDOVER_PROBE_TIMEOUT", default_value = "300ms", value_parser = handover_common::duration::parse)]
     pub probe_timeout: Duration,
     /// Longest wait for response headers from the app (or a peer); `0s`: no limit. Raise it for
     /// long-polls and server-sent events.
-    #[arg(long, env = "HANDOVER_RESPONSE_TIMEOUT", default_value = "60s", value_parser = duration)]
+    #[arg(long, env = "HANDOVER_RESPONSE_TIMEOUT", default_value = "60s", value_parser = handover_common::duration::parse)]
     pub response_timeout: Duration,
     /// Longest wait for the app's answer to a state call.
-    #[arg(long, env = "HANDOVER_STATE_TIMEOUT", default_value = "5s", value_parser = duration)]
+    #[arg(long, env = "HANDOVER_STATE_TIMEOUT", default_value = "5s", value_parser = handover_common::duration::parse)]
     pub state_timeout: Duration,
     /// Requests with larger headers get 431.
     #[arg(long, env = "HANDOVER_MAX_HEADER_BYTES", default_value_t = 64 * 1024)]
     pub max_header_bytes: usize,
     /// A client gets this long to send a request's headers (also how long an idle keep-alive
     /// connection stays open).
-    #[arg(long, env = "HANDOVER_HEADER_TIMEOUT", default_value = "10s", value_parser = duration)]
+    #[arg(long, env = "HANDOVER_HEADER_TIMEOUT", default_value = "10s", value_parser = handover_common::duration::parse)]
     pub header_timeout: Duration,
     /// A request body with no bytes for this long is cut off.
-    #[arg(long, env = "HANDOVER_BODY_IDLE_TIMEOUT", default_value = "10s", value_parser = duration)]
+    #[arg(long, env = "HANDOVER_BODY_IDLE_TIMEOUT", default_value = "10s", value_parser = handover_common::duration::parse)]
     pub body_idle_timeout: Duration,
     /// A request body not complete after this long is cut off.
-    #[arg(long, env = "HANDOVER_BODY_TIMEOUT", default_value = "60s", value_parser = duration)]
+    #[arg(long, env = "HANDOVER_BODY_TIMEOUT", default_value = "60s", value_parser = handover_common::duration::parse)]
     pub body_timeout: Duration,
     /// Client connections open at once; more are closed as they arrive.
     #[arg(long, env = "HANDOVER_MAX_CONNECTIONS", default_value_t = 4096)]
@@ -226,7 +221,7 @@ pub async fn run(args: RunArgs) -> Result<(), String> {
             if !args.peers.is_empty() && path.is_file() {
                 StaticRegistry::follow_file(path, Duration::from_millis(200))?
             } else {
-                StaticRegistry::fixed(crate::registry::parse_members(&args.peers)?)
+                StaticRegistry::fixed(handover_dataplane::registry::parse_members(&args.peers)?)
             }
         }
         RegistryKind::Kubernetes => kubernetes_registry(&args.pool).await?,
@@ -291,10 +286,10 @@ pub async fn run(args: RunArgs) -> Result<(), String> {
     });
 
     let admin_proxy = Arc::clone(&proxy);
-    let admin_task = tokio::spawn(crate::server::serve(
+    let admin_task = tokio::spawn(handover_dataplane::server::serve(
         admin,
         move |req, _| {
-            let resp = crate::server::admin(&admin_proxy, &req);
+            let resp = handover_dataplane::server::admin(&admin_proxy, &req);
             async move { resp }
         },
         std::future::pending(),
@@ -307,7 +302,7 @@ pub async fn run(args: RunArgs) -> Result<(), String> {
     let draining_proxy = Arc::clone(&proxy);
     let drain_grace = args.drain_grace;
     tokio::spawn(async move {
-        shutdown_signal().await;
+        handover_dataplane::server::shutdown_signal().await;
         tracing::info!(?drain_grace, "SIGTERM: readiness fails now; serving on while the pool learns");
         draining_proxy.start_draining();
         exit_by(drain_grace + FINISH_WITHIN + EXIT_MARGIN);
@@ -315,7 +310,7 @@ pub async fn run(args: RunArgs) -> Result<(), String> {
         let _ = drained_tx.send(());
     });
     let data_proxy = Arc::clone(&proxy);
-    crate::server::serve(
+    handover_dataplane::server::serve(
         data,
         move |req, client| Arc::clone(&data_proxy).handle(req, client),
         async {
@@ -333,20 +328,25 @@ pub async fn run(args: RunArgs) -> Result<(), String> {
 
 /// The pool's cookie name and attributes from the flags, the name derived from the pool when not
 /// given; refused when a browser would refuse the cookie.
-pub fn cookie_attrs(args: &RunArgs) -> Result<crate::cookie_attrs::Attrs, String> {
+pub fn cookie_attrs(args: &RunArgs) -> Result<handover_dataplane::cookie_attrs::Attrs, String> {
     let name = if args.cookie_name.is_empty() {
-        crate::cookie_attrs::default_name(&args.pool, args.cookie_secure, &args.cookie_path, &args.cookie_domain)
+        handover_dataplane::cookie_attrs::default_name(
+            &args.pool,
+            args.cookie_secure,
+            &args.cookie_path,
+            &args.cookie_domain,
+        )
     } else {
         args.cookie_name.clone()
     };
-    let attrs = crate::cookie_attrs::Attrs {
+    let attrs = handover_dataplane::cookie_attrs::Attrs {
         name,
         path: args.cookie_path.clone(),
         domain: args.cookie_domain.clone(),
         secure: args.cookie_secure,
         same_site: args.cookie_same_site.clone(),
     };
-    crate::cookie_attrs::validate(&attrs)?;
+    handover_dataplane::cookie_attrs::validate(&attrs)?;
     Ok(attrs)
 }
 
@@ -366,24 +366,10 @@ fn exit_by(deadline: Duration) {
     });
 }
 
-/// Resolves on SIGTERM or SIGINT.
-pub async fn shutdown_signal() {
-    use tokio::signal::unix::{SignalKind, signal};
-    match (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) {
-        (Ok(mut term), Ok(mut int)) => {
-            tokio::select! {
-                _ = term.recv() => {}
-                _ = int.recv() => {}
-            }
-        }
-        _ => std::future::pending().await,
-    }
-}
-
 #[cfg(feature = "kubernetes")]
 async fn kubernetes_registry(pool: &str) -> Result<Arc<dyn Registry>, String> {
     let (namespace, name) = pool.split_once('/').ok_or_else(|| format!("--pool {pool:?} is not `namespace/name`"))?;
-    let registry = crate::registry_kube::KubeRegistry::start(namespace, name)
+    let registry = handover_dataplane::registry_kube::KubeRegistry::start(namespace, name)
         .await
         .map_err(|e| format!("cannot watch ServerPool {pool}: {e}"))?;
     Ok(registry)
@@ -401,14 +387,16 @@ pub fn inspect(
     pool: &str,
     cookie_name: Option<&str>,
 ) -> Result<String, String> {
-    let ring = crate::keys::KeyRing::load(key_file).map_err(|e| e.to_string())?;
-    let derived = crate::cookie_attrs::default_name(pool, false, "/", "");
+    let ring = handover_dataplane::keys::KeyRing::load(key_file).map_err(|e| e.to_string())?;
+    let derived = handover_dataplane::cookie_attrs::default_name(pool, false, "/", "");
     let candidates: Vec<String> = match cookie_name {
         Some(name) => vec![name.to_owned()],
-        None => vec![format!("{}{derived}", crate::cookie_attrs::HOST_PREFIX), derived, "handover".to_owned()],
+        None => {
+            vec![format!("{}{derived}", handover_dataplane::cookie_attrs::HOST_PREFIX), derived, "handover".to_owned()]
+        }
     };
     let pairs: Vec<(&str, &str)> = if value.contains('=') {
-        crate::cookie::request_pairs(std::iter::once(value))
+        handover_dataplane::cookie::request_pairs(std::iter::once(value))
     } else {
         vec![(candidates[0].as_str(), value.trim())]
     };
@@ -416,12 +404,14 @@ pub fn inspect(
         candidates.iter().find(|c| pairs.iter().any(|(n, _)| n == c)).cloned().unwrap_or_else(|| candidates[0].clone());
     let cookie_name = cookie_name.as_str();
     // The largest budget a pool may set (the CRD's maximum); inspect reads what any pool wrote.
-    let budget = crate::cookie::Budget::for_cookie(cookie_name, 64 * 1024);
-    let joined = crate::cookie::join(cookie_name, budget, |n| pairs.iter().find(|(k, _)| *k == n).map(|(_, v)| *v))
-        .map_err(|e| format!("refused: {e} ({})", e.reason()))?
-        .ok_or_else(|| format!("no cookie named {cookie_name:?} in the input"))?;
+    let budget = handover_dataplane::cookie::Budget::for_cookie(cookie_name, 64 * 1024);
+    let joined =
+        handover_dataplane::cookie::join(cookie_name, budget, |n| pairs.iter().find(|(k, _)| *k == n).map(|(_, v)| *v))
+            .map_err(|e| format!("refused: {e} ({})", e.reason()))?
+            .ok_or_else(|| format!("no cookie named {cookie_name:?} in the input"))?;
     let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
-    let s = crate::cookie::open(&joined, pool, &ring, now).map_err(|e| format!("refused: {e} ({})", e.reason()))?;
+    let s = handover_dataplane::cookie::open(&joined, pool, &ring, now)
+        .map_err(|e| format!("refused: {e} ({})", e.reason()))?;
     let state_text = String::from_utf8(s.state.clone()).ok();
     let report = serde_json::json!({
         "session": s.session,

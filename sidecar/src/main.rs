@@ -1,8 +1,11 @@
 //! `handover-sidecar`: see `--help`.
 
+mod cli;
+
 use clap::Parser;
 use handover_common::logging::{LogFormat, init_logging};
-use handover_sidecar::cli::{self, Cli, Command, CookieCommand};
+
+use cli::{Cli, Command, CookieCommand};
 
 fn main() {
     if let Err(e) = run() {
@@ -26,12 +29,12 @@ fn run() -> Result<(), String> {
             init_logging(&args.log_level, args.log_format);
             runtime(args.workers)?.block_on(cli::run(*args))
         }
-        Command::Demo(args) => runtime(0)?.block_on(handover_sidecar::demo::run(args)),
+        Command::Demo(args) => runtime(0)?.block_on(handover_lab::demo::run(args)),
         Command::DemoApp(args) => {
             init_logging("info", LogFormat::Text);
-            runtime(args.workers)?.block_on(handover_sidecar::demo_app::run(args))
+            runtime(args.workers)?.block_on(handover_lab::demo_app::run(args))
         }
-        Command::Bench(args) => runtime(0)?.block_on(handover_sidecar::bench::run(args)),
+        Command::Bench(args) => runtime(0)?.block_on(handover_lab::bench::run(args)),
         Command::Cookie(CookieCommand::Inspect { value, key_file, pool, cookie_name }) => {
             println!("{}", cli::inspect(&value, &key_file, &pool, cookie_name.as_deref())?);
             Ok(())
@@ -39,7 +42,7 @@ fn run() -> Result<(), String> {
         Command::Keygen { id } => {
             let now =
                 std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
-            println!("{}", handover_sidecar::keys::generate_line(id, now));
+            println!("{}", handover_dataplane::keys::generate_line(id, now));
             Ok(())
         }
     }

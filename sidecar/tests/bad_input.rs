@@ -5,8 +5,8 @@ use support::pool_with;
 
 use std::time::Duration;
 
-use handover_sidecar::demo_app::CountReply;
-use handover_sidecar::localpool::{CounterSession, SessionClient};
+use handover_lab::demo_app::CountReply;
+use handover_lab::localpool::{CounterSession, SessionClient};
 use http::{Method, StatusCode};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 

@@ -16,7 +16,7 @@ use std::time::Duration;
 mod support;
 use support::exe;
 
-use handover_sidecar::localpool::{LocalPool, PoolOptions};
+use handover_lab::localpool::{LocalPool, PoolOptions};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 fn browser_dir() -> PathBuf {

@@ -2,8 +2,8 @@
 
 use std::process::Command;
 
-use handover_sidecar::cookie::{self, Owner, Snapshot};
-use handover_sidecar::keys::KeyRing;
+use handover_dataplane::cookie::{self, Owner, Snapshot};
+use handover_dataplane::keys::KeyRing;
 
 fn exe() -> Command {
     Command::new(env!("CARGO_BIN_EXE_handover-sidecar"))

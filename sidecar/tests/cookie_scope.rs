@@ -5,8 +5,8 @@
 mod support;
 use support::exe;
 
-use handover_sidecar::demo_app::CountReply;
-use handover_sidecar::localpool::{LocalPool, PoolOptions, SessionClient};
+use handover_lab::demo_app::CountReply;
+use handover_lab::localpool::{LocalPool, PoolOptions, SessionClient};
 use http::Method;
 use support::{Nginx, curl_head, field};
 
@@ -65,7 +65,7 @@ async fn two_pools_under_one_host_keep_their_cookies_apart_by_path_in_curls_jar(
         ),
     )
     .await;
-    let dir = std::env::temp_dir().join(format!("handover-jar-{}", handover_sidecar::random::session_id()));
+    let dir = std::env::temp_dir().join(format!("handover-jar-{}", handover_dataplane::random::session_id()));
     std::fs::create_dir_all(&dir).expect("scratch dir");
     let jar = dir.join("jar");
     let jar = jar.to_str().expect("utf-8 path");

@@ -8,10 +8,10 @@ use support::exe;
 use std::sync::Arc;
 use std::time::Duration;
 
-use handover_sidecar::cookie;
-use handover_sidecar::demo_app::CountReply;
-use handover_sidecar::keys::KeyRing;
-use handover_sidecar::localpool::{CounterSession, Load, LocalPool, POOL, PoolOptions, SessionClient, Sig, wait_for};
+use handover_dataplane::cookie;
+use handover_dataplane::keys::KeyRing;
+use handover_lab::demo_app::CountReply;
+use handover_lab::localpool::{CounterSession, Load, LocalPool, POOL, PoolOptions, SessionClient, Sig, wait_for};
 use http::{Method, StatusCode};
 
 const SESSIONS: usize = 6;
@@ -81,7 +81,7 @@ async fn sidecar_crash_with_the_app_alive_loses_nothing() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn graceful_shutdown_drains_without_loss_even_in_pull_mode() {
     let mut opts = PoolOptions::new(exe(), 3);
-    opts.mode = handover_sidecar::decide::Mode::Pull;
+    opts.mode = handover_dataplane::decide::Mode::Pull;
     opts.snapshot_interval = Duration::from_secs(3600); // only the drain's fresh snapshots save state
     opts.drain_grace = Duration::from_millis(800);
     let mut pool = LocalPool::start(opts).await.expect("pool starts");

@@ -8,8 +8,8 @@ use support::pool_with;
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use handover_sidecar::demo_app::CountReply;
-use handover_sidecar::localpool::{SessionClient, wait_for};
+use handover_lab::demo_app::CountReply;
+use handover_lab::localpool::{SessionClient, wait_for};
 use http::{Method, StatusCode};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;

@@ -6,8 +6,8 @@ use support::pool_with;
 
 use std::time::{Duration, Instant};
 
-use handover_sidecar::demo_app::CountReply;
-use handover_sidecar::localpool::{SessionClient, Sig, member_names, wait_for};
+use handover_lab::demo_app::CountReply;
+use handover_lab::localpool::{SessionClient, Sig, member_names, wait_for};
 use http::Method;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

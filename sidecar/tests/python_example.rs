@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::Duration;
 
-use handover_sidecar::localpool::{SessionClient, metric_sum, probe, scrape, wait_for};
+use handover_lab::localpool::{SessionClient, metric_sum, probe, scrape, wait_for};
 use http::{Method, StatusCode};
 use tokio::process::{Child, Command};
 
@@ -40,7 +40,7 @@ fn python() -> Option<&'static str> {
 /// processes on the machine) never share a port.
 fn random_block() -> [u8; 2] {
     let mut b = [0u8; 2];
-    handover_sidecar::random::fill(&mut b);
+    handover_dataplane::random::fill(&mut b);
     [10 + b[0] % 240, b[1]]
 }
 
@@ -52,7 +52,7 @@ struct Scratch {
 impl Scratch {
     fn new(name: &str) -> Scratch {
         let dir =
-            std::env::temp_dir().join(format!("handover-python-{name}-{}", handover_sidecar::random::session_id()));
+            std::env::temp_dir().join(format!("handover-python-{name}-{}", handover_dataplane::random::session_id()));
         std::fs::create_dir_all(&dir).expect("scratch dir");
         let keygen = std::process::Command::new(env!("CARGO_BIN_EXE_handover-sidecar"))
             .arg("keygen")
@@ -192,7 +192,7 @@ struct Cart {
     items: BTreeMap<String, u64>,
 }
 
-fn cart_of(reply: &handover_sidecar::localpool::Reply) -> Cart {
+fn cart_of(reply: &handover_lab::localpool::Reply) -> Cart {
     assert_eq!(reply.status, StatusCode::OK, "body: {}", String::from_utf8_lossy(&reply.body));
     assert!(reply.headers.get("handover-state").is_none(), "the sidecar strips the pushed state");
     let json: serde_json::Value = serde_json::from_slice(&reply.body).expect("the cart is JSON");
@@ -238,7 +238,7 @@ async fn python_cart_survives_a_sigkill_of_the_app_restored_from_the_cookie() {
     let second = add(&mut client, to, "pear", 1).await;
     assert_eq!(first.session, second.session, "the cookie keeps the client in one session");
     assert_eq!(second.items, expected(&[("apple", 2), ("pear", 1)]));
-    let name = handover_sidecar::cookie_attrs::default_name(POOL, false, "/", "");
+    let name = handover_dataplane::cookie_attrs::default_name(POOL, false, "/", "");
     assert!(client.jar.contains_key(&name), "the client holds the state cookie {name}: {:?}", client.jar.keys());
 
     // The app container dies and comes back empty; the sidecar lives on.

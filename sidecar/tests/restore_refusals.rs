@@ -8,8 +8,8 @@ use support::pool_with;
 
 use std::time::Duration;
 
-use handover_sidecar::demo_app::CountReply;
-use handover_sidecar::localpool::{LocalPool, SessionClient};
+use handover_lab::demo_app::CountReply;
+use handover_lab::localpool::{LocalPool, SessionClient};
 use http::{Method, StatusCode, header};
 
 fn reply_of(body: &[u8]) -> CountReply {

@@ -8,9 +8,9 @@ use support::exe;
 use std::net::SocketAddr;
 use std::path::Path;
 
-use handover_sidecar::decide::Mode;
-use handover_sidecar::demo_app::CountReply;
-use handover_sidecar::localpool::{LocalPool, PoolOptions, SessionClient};
+use handover_dataplane::decide::Mode;
+use handover_lab::demo_app::CountReply;
+use handover_lab::localpool::{LocalPool, PoolOptions, SessionClient};
 use http::{Method, StatusCode, header};
 
 async fn pool_in(mode: Mode, pods: usize) -> LocalPool {
@@ -108,7 +108,7 @@ async fn pull_mode_requests_without_state_pass_through_with_no_cookie() {
 async fn a_cross_site_return_without_the_cookie_leaves_curls_cookie_alone() {
     let pool = pool_in(Mode::Push, 1).await;
     let addr = pool.pods[0].data();
-    let dir = std::env::temp_dir().join(format!("handover-curl-{}", handover_sidecar::random::session_id()));
+    let dir = std::env::temp_dir().join(format!("handover-curl-{}", handover_dataplane::random::session_id()));
     std::fs::create_dir_all(&dir).expect("scratch dir");
     let jar = dir.join("jar");
     let jar_arg = jar.to_str().expect("utf-8 path");

@@ -9,7 +9,7 @@
 mod support;
 use support::exe;
 
-use handover_sidecar::localpool::{LocalPool, PoolOptions};
+use handover_lab::localpool::{LocalPool, PoolOptions};
 use support::{Nginx, curl_head, field};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::Duration;
 
-use handover_sidecar::localpool::{LocalPool, PoolOptions, wait_for};
+use handover_lab::localpool::{LocalPool, PoolOptions, wait_for};
 use tokio::process::{Child, Command};
 
 /// The sidecar binary under test.
@@ -100,7 +100,7 @@ impl Nginx {
     /// Starts nginx with `locations` inside its one `server` block (a cache zone `shared` is
     /// defined) and waits until it accepts connections.
     pub async fn start(bin: &Path, locations: &str) -> Nginx {
-        let dir = std::env::temp_dir().join(format!("handover-nginx-{}", handover_sidecar::random::session_id()));
+        let dir = std::env::temp_dir().join(format!("handover-nginx-{}", handover_dataplane::random::session_id()));
         std::fs::create_dir_all(&dir).expect("nginx dir");
         let mut last_error = String::new();
         // The port is picked by binding port 0 and releasing it; another process may take it in

@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
-pub use handover_sidecar::localpool::wait_for;
+pub use handover_lab::localpool::wait_for;
 
 /// The local cluster's state directory (tests/cluster: `HANDOVER_CLUSTER_DIR`).
 pub fn local_cluster_dir() -> PathBuf {

@@ -12,7 +12,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use handover_e2e::{Cluster, Confinement, PodView, container_pid, local_cluster_dir, ms_since, wait_for};
-use handover_sidecar::localpool::{Load, member_names};
+use handover_lab::localpool::{Load, member_names};
 
 const SYSTEM_NS: &str = "handover-system";
 const SESSIONS: usize = 12;
@@ -99,7 +99,7 @@ impl DemoPool {
     async fn create(c: &Cluster, replicas: usize) -> DemoPool {
         let ns = format!(
             "e2e-{}",
-            handover_sidecar::random::session_id().to_lowercase().replace(['-', '_'], "")[..8].to_owned()
+            handover_dataplane::random::session_id().to_lowercase().replace(['-', '_'], "")[..8].to_owned()
         );
         c.kubectl(&["create", "namespace", &ns]).await.expect("namespace");
         let pool = serde_json::json!({

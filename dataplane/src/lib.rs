@@ -1,30 +1,24 @@
-//! handover's sidecar: a reverse proxy that keeps every session's state sealed in the client's
+//! handover's data path: a reverse proxy that keeps every session's state sealed in the client's
 //! cookie and restores it into another pod's app when the session's pod dies.
 //!
 //! Map: [`cookie`] is the only encoder and decoder of state cookies, [`cookie_attrs`] their name
 //! and attributes per pool, [`keys`] the key ring that seals them, [`decide`] the pure routing
 //! decision, [`registry`] the live members (static, or `registry_kube` from the ServerPool's
 //! status), [`proxy`] the hyper code that carries it out, [`cache`] keeps state cookies out of
-//! shared caches, [`server`] the listeners. [`demo_app`], [`localpool`], [`demo`]
-//! and [`bench`](mod@bench) run the whole data path on one machine.
+//! shared caches, [`server`] the listeners. The lab (`handover-lab`: a local pool, the demo, the
+//! demo app, the bench) runs it on one machine; the `handover-sidecar` binary runs it in a pod.
 
 #![forbid(unsafe_code)]
 
-pub mod bench;
 pub mod backup;
 pub mod cache;
-pub mod cli;
 pub mod cookie;
 pub mod cookie_attrs;
 pub mod decide;
-pub mod demo;
-pub mod demo_app;
 pub mod fuzzing;
 pub mod header_budget;
 pub mod keys;
-pub mod localpool;
 pub mod metrics;
-pub mod netns;
 pub mod peer_auth;
 pub mod peer_probe;
 pub mod proxy;

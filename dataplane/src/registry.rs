@@ -3,6 +3,7 @@
 //! The decision logic only sees [`Registry::live`]. Without Kubernetes the members come from a
 //! static list or a file ([`StaticRegistry`]); in a pod, from the ServerPool's status.
 
+use handover_common::sync;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::{Arc, RwLock};
@@ -89,7 +90,7 @@ impl StaticRegistry {
 
     /// Replaces the list.
     pub fn set(&self, members: Vec<Member>) {
-        *self.members.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(members);
+        *sync::write(&self.members) = Arc::new(members);
     }
 
     /// Reads `path` now and then every `every`; an unreadable or invalid file keeps the last list.
@@ -122,7 +123,7 @@ impl StaticRegistry {
 
 impl Registry for StaticRegistry {
     fn live(&self) -> Arc<Vec<Member>> {
-        Arc::clone(&self.members.read().unwrap_or_else(|p| p.into_inner()))
+        Arc::clone(&sync::read(&self.members))
     }
 }
 

@@ -279,7 +279,7 @@ mod tests {
         std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../fuzz/corpus").join(target)
     }
 
-    /// Regenerates the written seeds: `cargo test -p handover-sidecar --lib write_seeds -- --ignored`.
+    /// Regenerates the written seeds: `cargo test -p handover-dataplane --lib write_seeds -- --ignored`.
     #[test]
     #[ignore = "writes files under fuzz/corpus"]
     fn write_seeds() {

@@ -1,7 +1,7 @@
 //! What to do with a request: a pure function of (cookie, local session table, registry, now).
 //!
 //! The proxy gathers the inputs, calls [`route`] and carries out the answer; it never decides
-//! anything itself. See DESIGN.md, "Data path", step 2.
+//! anything itself. See ARCHITECTURE.md, "The path of a request", step 4.
 
 use std::time::{Duration, Instant};
 

@@ -19,6 +19,7 @@ use kube::runtime::{WatchStreamExt, watcher};
 use serde::Deserialize;
 
 use crate::registry::{Member, Registry};
+use handover_common::sync;
 
 /// The sidecar port when the ServerPool does not say (the CRD's default).
 const DEFAULT_SIDECAR_PORT: u16 = 8000;
@@ -92,7 +93,7 @@ impl Registry for KubeRegistry {
     }
 
     fn synced(&self) -> Result<(), String> {
-        match &*self.not_synced.read().unwrap_or_else(|p| p.into_inner()) {
+        match &*sync::read(&self.not_synced) {
             None => Ok(()),
             Some(why) => Err(why.clone()),
         }
@@ -111,14 +112,14 @@ impl KubeRegistry {
     /// Records why the registry is still not synced (a sync, once seen, stays: a sidecar that
     /// loses the API server keeps routing on what it knew).
     fn not_synced_because(&self, why: String) {
-        let mut slot = self.not_synced.write().unwrap_or_else(|p| p.into_inner());
+        let mut slot = sync::write(&self.not_synced);
         if slot.is_some() {
             *slot = Some(why);
         }
     }
 
     fn mark_synced(&self) {
-        *self.not_synced.write().unwrap_or_else(|p| p.into_inner()) = None;
+        *sync::write(&self.not_synced) = None;
     }
 
     fn set(&self, members: Vec<Member>) {

@@ -9,6 +9,7 @@ use std::sync::Mutex;
 use std::time::Duration;
 
 use bytes::Bytes;
+use handover_common::sync;
 use http_body_util::combinators::BoxBody;
 use hyper::client::conn::http1::SendRequest;
 use hyper_util::rt::TokioIo;
@@ -76,7 +77,7 @@ impl Upstreams {
         if sender.is_closed() {
             return;
         }
-        let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
+        let mut idle = sync::lock(&self.idle);
         let list = idle.entry(addr).or_default();
         if list.len() < MAX_IDLE {
             list.push(sender);
@@ -85,11 +86,11 @@ impl Upstreams {
 
     /// Forgets every connection to `addr` (its process died).
     pub fn forget(&self, addr: SocketAddr) {
-        self.idle.lock().unwrap_or_else(|p| p.into_inner()).remove(&addr);
+        sync::lock(&self.idle).remove(&addr);
     }
 
     fn take_idle(&self, addr: SocketAddr) -> (Option<SendRequest<Body>>, bool) {
-        let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
+        let mut idle = sync::lock(&self.idle);
         let Some(list) = idle.get_mut(&addr) else { return (None, false) };
         let before = list.len();
         list.retain(|s| !s.is_closed());

@@ -37,7 +37,7 @@ impl Bridge {
     pub fn create() -> Result<Bridge, String> {
         remove_stale();
         let mut r = [0u8; 5];
-        crate::random::fill(&mut r);
+        handover_dataplane::random::fill(&mut r);
         let id = format!("{:02x}{:02x}{:02x}", r[0], r[1], r[2]);
         // 10.200.0.0 – 10.249.255.0: clear of the usual pod, service and docker ranges.
         let bridge = Bridge { id, subnet: [200 + r[3] % 50, r[4]], owner_pid: std::process::id() };
@@ -153,7 +153,7 @@ impl Network {
             }
         }
         let mut r = [0u8; 2];
-        crate::random::fill(&mut r);
+        handover_dataplane::random::fill(&mut r);
         // 127.<100..227>.<x>.<pod>: a fresh block per pool, so pools of parallel tests never meet.
         Network::Loopback { net: [100 + r[0] % 128, r[1]] }
     }

@@ -38,9 +38,10 @@ use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
 use serde::{Deserialize, Serialize};
 
-use crate::proxy::{ROTATE_HEADER, SESSION_HEADER, STATE_HEADER};
-use crate::server::ConnLimits;
-use crate::upstream::Body;
+use handover_common::sync;
+use handover_dataplane::proxy::{ROTATE_HEADER, SESSION_HEADER, STATE_HEADER};
+use handover_dataplane::server::ConnLimits;
+use handover_dataplane::upstream::Body;
 
 #[derive(clap::Args, Debug, Clone)]
 pub struct DemoAppArgs {
@@ -123,7 +124,7 @@ impl App {
 
     /// Changes the session's state (creating it), and returns the new state.
     fn update(&self, session: &str, change: impl FnOnce(&mut SessionState)) -> SessionState {
-        let mut sessions = self.sessions.lock().unwrap_or_else(|p| p.into_inner());
+        let mut sessions = sync::lock(&self.sessions);
         let state = sessions.entry(session.to_owned()).or_default();
         change(state);
         state.clone()
@@ -160,7 +161,7 @@ impl App {
             return reply(StatusCode::NOT_FOUND, "state endpoint: GET/PUT <statePath>\n");
         }
         match *req.method() {
-            Method::GET => match self.sessions.lock().unwrap_or_else(|p| p.into_inner()).get(&session) {
+            Method::GET => match sync::lock(&self.sessions).get(&session) {
                 Some(state) => reply(StatusCode::OK, serde_json::to_vec(state).unwrap_or_default()),
                 None => reply(StatusCode::NOT_FOUND, Bytes::new()),
             },
@@ -179,7 +180,7 @@ impl App {
                 };
                 match serde_json::from_slice::<SessionState>(&body) {
                     Ok(state) => {
-                        self.sessions.lock().unwrap_or_else(|p| p.into_inner()).insert(session, state);
+                        sync::lock(&self.sessions).insert(session, state);
                         reply(StatusCode::NO_CONTENT, Bytes::new())
                     }
                     Err(e) => reply(StatusCode::BAD_REQUEST, format!("not a state of this app: {e}\n")),
@@ -187,7 +188,7 @@ impl App {
             }
             Method::DELETE => {
                 // The session left this pod (its cookie expired, or another pod owns it now).
-                self.sessions.lock().unwrap_or_else(|p| p.into_inner()).remove(&session);
+                sync::lock(&self.sessions).remove(&session);
                 reply(StatusCode::NO_CONTENT, Bytes::new())
             }
             _ => reply(StatusCode::METHOD_NOT_ALLOWED, Bytes::new()),
@@ -225,14 +226,13 @@ impl App {
                 self.changed_reply(&session, &state)
             }
             (Method::GET, "/count") => {
-                let state =
-                    self.sessions.lock().unwrap_or_else(|p| p.into_inner()).get(&session).cloned().unwrap_or_default();
+                let state = sync::lock(&self.sessions).get(&session).cloned().unwrap_or_default();
                 self.count_reply(&session, &state)
             }
             (Method::POST, "/blob") => {
                 let bytes = query_number(&req, "bytes").min(1 << 20);
                 let mut noise = vec![0u8; bytes.div_ceil(4) * 3];
-                crate::random::fill(&mut noise);
+                handover_dataplane::random::fill(&mut noise);
                 let mut blob = URL_SAFE_NO_PAD.encode(noise);
                 blob.truncate(bytes);
                 let state = self.update(&session, |s| s.blob = blob);
@@ -252,7 +252,7 @@ impl App {
                 resp
             }
             (Method::POST, "/clear") => {
-                self.sessions.lock().unwrap_or_else(|p| p.into_inner()).remove(&session);
+                sync::lock(&self.sessions).remove(&session);
                 let mut resp = reply(StatusCode::NO_CONTENT, Bytes::new());
                 if self.args.push {
                     resp.headers_mut().insert(STATE_HEADER, http::HeaderValue::from_static(""));
@@ -276,8 +276,7 @@ impl App {
                 if let Err(e) = Limited::new(req.into_body(), 1 << 20).collect().await {
                     return reply(StatusCode::BAD_REQUEST, format!("cannot read the body: {e}\n"));
                 }
-                let state =
-                    self.sessions.lock().unwrap_or_else(|p| p.into_inner()).get(&session).cloned().unwrap_or_default();
+                let state = sync::lock(&self.sessions).get(&session).cloned().unwrap_or_default();
                 self.count_reply(&session, &state)
             }
             (Method::GET, p) if p.starts_with("/static/") => {
@@ -288,7 +287,7 @@ impl App {
                 resp
             }
             (Method::GET, "/stats") => {
-                let sessions = self.sessions.lock().unwrap_or_else(|p| p.into_inner()).len();
+                let sessions = sync::lock(&self.sessions).len();
                 let mut resp = reply(StatusCode::OK, format!("{{\"sessions\":{sessions}}}"));
                 resp.headers_mut().insert(header::CONTENT_TYPE, http::HeaderValue::from_static("application/json"));
                 resp
@@ -305,8 +304,7 @@ impl App {
                 resp
             }
             (Method::GET, "/") => {
-                let count =
-                    self.sessions.lock().unwrap_or_else(|p| p.into_inner()).get(&session).map(|s| s.count).unwrap_or(0);
+                let count = sync::lock(&self.sessions).get(&session).map(|s| s.count).unwrap_or(0);
                 reply(
                     StatusCode::OK,
                     format!("pod {} — session {session} — count {count}\nPOST /incr to count\n", self.args.name),
@@ -333,7 +331,7 @@ pub async fn run(args: DemoAppArgs) -> Result<(), String> {
     tracing::info!(listen = %args.listen, state = %args.state_listen, name = %args.name, push = args.push, "demo app started");
     let app = Arc::new(App { args, restores_refused: Default::default(), sessions: Mutex::new(HashMap::new()) });
     let state_app = Arc::clone(&app);
-    tokio::spawn(crate::server::serve(
+    tokio::spawn(handover_dataplane::server::serve(
         state_listener,
         move |req, _| Arc::clone(&state_app).handle_state(req),
         std::future::pending(),
@@ -341,10 +339,10 @@ pub async fn run(args: DemoAppArgs) -> Result<(), String> {
         ConnLimits::LOCAL,
         Default::default(),
     ));
-    crate::server::serve(
+    handover_dataplane::server::serve(
         listener,
         move |req, _| Arc::clone(&app).handle(req),
-        crate::cli::shutdown_signal(),
+        handover_dataplane::server::shutdown_signal(),
         Duration::from_secs(1),
         ConnLimits::LOCAL,
         Default::default(),

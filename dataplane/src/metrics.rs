@@ -1,6 +1,9 @@
 //! The sidecar's Prometheus metrics. Every name carries the `handover_` prefix and is described
 //! once, here.
 
+use std::fmt::Write;
+
+use prometheus_client::encoding::{EncodeLabelValue, LabelValueEncoder};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
@@ -8,8 +11,72 @@ use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 
 type Label = [(&'static str, &'static str); 1];
+type Typed<V> = [(&'static str, V); 1];
 type Labels2 = [(&'static str, &'static str); 2];
 type HistogramFamily<L> = Family<L, Histogram, fn() -> Histogram>;
+
+/// A label value from a fixed set: an enum whose variants are written as the given strings.
+macro_rules! label_values {
+    ($(#[$meta:meta])* $name:ident { $($(#[$vmeta:meta])* $variant:ident => $text:literal,)+ }) => {
+        $(#[$meta])*
+        #[derive(Clone, Copy, Debug, Hash, PartialEq, Eq)]
+        pub enum $name {
+            $($(#[$vmeta])* $variant,)+
+        }
+
+        impl $name {
+            /// The label value, as the metric shows it.
+            pub fn label(self) -> &'static str {
+                match self {
+                    $(Self::$variant => $text,)+
+                }
+            }
+        }
+
+        impl EncodeLabelValue for $name {
+            fn encode(&self, encoder: &mut LabelValueEncoder) -> std::fmt::Result {
+                encoder.write_str(self.label())
+            }
+        }
+    };
+}
+
+label_values! {
+    /// What became of a request: the `route` label of `handover_requests_total` and
+    /// `handover_request_duration_seconds`.
+    Route {
+        /// No session cookie: a fresh session id, served here.
+        New => "new",
+        /// The local app holds the session.
+        Serve => "serve",
+        /// This pod owns the session; its app had lost it and got it back from the cookie.
+        Restore => "restore",
+        /// The owner is dead or unlisted: this pod restored the session and owns it now.
+        Takeover => "takeover",
+        /// Forwarded to the owner's (or the successor's) sidecar.
+        Forward => "forward",
+        /// Answered by the sidecar itself with an error.
+        Refused => "refused",
+    }
+}
+
+label_values! {
+    /// Why a request was refused or cut off: the `reason` label of `handover_bad_requests_total`.
+    BadRequest {
+        /// Request headers over `--max-header-bytes` (431).
+        HeadersTooLarge => "headers_too_large",
+        /// A client asked for the app's state endpoint (404).
+        StatePath => "state_path",
+        /// A forward mark that did not verify (dropped; the request is routed as a client's).
+        ForgedForward => "forged_forward",
+        /// A request body too slow (idle or past its deadline).
+        BodyTimeout => "body_timeout",
+        /// The app did not answer within `--response-timeout` (504).
+        AppTimeout => "app_timeout",
+        /// The app pushed a Handover-State that is not base64url (ignored).
+        BadPushedState => "bad_pushed_state",
+    }
+}
 
 fn latency_histogram() -> Histogram {
     // 100µs .. ~6.5s
@@ -19,8 +86,8 @@ fn latency_histogram() -> Histogram {
 /// Every metric the sidecar exports.
 pub struct Metrics {
     registry: Registry,
-    pub requests: Family<Label, Counter>,
-    pub request_seconds: HistogramFamily<Label>,
+    pub requests: Family<Typed<Route>, Counter>,
+    pub request_seconds: HistogramFamily<Typed<Route>>,
     pub restores: Family<Label, Counter>,
     pub takeovers: Counter,
     pub forwards: Family<Labels2, Counter>,
@@ -34,7 +101,7 @@ pub struct Metrics {
     pub ended_not_remembered: Counter,
     pub made_private: Counter,
     pub app_waits: Family<Label, Counter>,
-    pub bad_requests: Family<Label, Counter>,
+    pub bad_requests: Family<Typed<BadRequest>, Counter>,
     pub connections_refused: Family<Label, Counter>,
     pub key_reload_errors: Counter,
     pub sessions: Gauge,
@@ -157,5 +224,20 @@ impl Metrics {
         // Writing to a String cannot fail.
         let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
         out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn typed_labels_are_written_as_their_names() {
+        let m = Metrics::default();
+        m.requests.get_or_create(&[("route", Route::Takeover)]).inc();
+        m.bad_requests.get_or_create(&[("reason", BadRequest::HeadersTooLarge)]).inc();
+        let page = m.encode();
+        assert!(page.contains(r#"handover_requests_total{route="takeover"} 1"#), "{page}");
+        assert!(page.contains(r#"handover_bad_requests_total{reason="headers_too_large"} 1"#), "{page}");
     }
 }

@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use chacha20poly1305::{KeyInit, XChaCha20Poly1305};
 use handover_common::keyfile;
+use handover_common::sync;
 
 /// Why a key file was refused.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -103,13 +104,13 @@ impl KeyFile {
 
     /// The ring as last loaded.
     pub fn ring(&self) -> Arc<KeyRing> {
-        Arc::clone(&self.ring.read().unwrap_or_else(|poisoned| poisoned.into_inner()))
+        Arc::clone(&sync::read(&self.ring))
     }
 
     /// Re-reads the file; keeps the old ring if the new file is invalid.
     pub fn reload(&self) -> Result<(), KeyError> {
         let ring = KeyRing::load(&self.path)?;
-        *self.ring.write().unwrap_or_else(|poisoned| poisoned.into_inner()) = Arc::new(ring);
+        *sync::write(&self.ring) = Arc::new(ring);
         Ok(())
     }
 

@@ -8,8 +8,8 @@ use std::time::{Duration, Instant};
 
 use serde::Serialize;
 
-use crate::decide::Mode;
 use crate::localpool::{CounterSession, LocalPool, PoolOptions, Sig, metric_sum, scrape};
+use handover_dataplane::decide::Mode;
 
 #[derive(clap::Args, Debug, Clone)]
 pub struct DemoArgs {
@@ -20,16 +20,16 @@ pub struct DemoArgs {
     #[arg(long, default_value_t = 40)]
     pub sessions: usize,
     /// How long clients run.
-    #[arg(long, default_value = "20s", value_parser = crate::cli::duration)]
+    #[arg(long, default_value = "20s", value_parser = handover_common::duration::parse)]
     pub duration: Duration,
     /// Kill (and replace) a pod this often.
-    #[arg(long, default_value = "3s", value_parser = crate::cli::duration)]
+    #[arg(long, default_value = "3s", value_parser = handover_common::duration::parse)]
     pub kill_every: Duration,
     /// push: the app pushes every change (nothing acknowledged may be lost); pull: the sidecar
     /// pulls every `--snapshot-interval` (may lose up to one interval).
     #[arg(long, value_enum, default_value = "push")]
     pub mode: Mode,
-    #[arg(long, default_value = "500ms", value_parser = crate::cli::duration)]
+    #[arg(long, default_value = "500ms", value_parser = handover_common::duration::parse)]
     pub snapshot_interval: Duration,
     /// The faults, taken in turn: `kill` (SIGKILL), `term` (graceful drain), `stop` (SIGSTOP: the
     /// pod hangs without closing its connections, then is killed at the next fault).

@@ -20,9 +20,10 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::process::{Child, Command};
 
-use crate::decide::Mode;
 use crate::netns::Network;
-use crate::registry::parse_members;
+use handover_common::sync;
+use handover_dataplane::decide::Mode;
+use handover_dataplane::registry::parse_members;
 
 /// Ports every pod uses on its own address, as containers of a real pod would.
 pub const DATA_PORT: u16 = 8000;
@@ -240,10 +241,10 @@ pub fn metric_sum(page: &str, prefix: &str) -> f64 {
 impl LocalPool {
     /// Starts `opts.pods` pods and waits until every one is ready and listed.
     pub async fn start(opts: PoolOptions) -> Result<LocalPool, String> {
-        let dir = std::env::temp_dir().join(format!("handover-pool-{}", crate::random::session_id()));
+        let dir = std::env::temp_dir().join(format!("handover-pool-{}", handover_dataplane::random::session_id()));
         std::fs::create_dir_all(&dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
         let key_file = dir.join("keys");
-        std::fs::write(&key_file, crate::keys::generate_line(1, 0) + "\n").map_err(|e| e.to_string())?;
+        std::fs::write(&key_file, handover_dataplane::keys::generate_line(1, 0) + "\n").map_err(|e| e.to_string())?;
         let peers_file = dir.join("peers");
         std::fs::write(&peers_file, "").map_err(|e| e.to_string())?;
         let probes: Arc<Mutex<Vec<Probe>>> = Arc::default();
@@ -278,11 +279,17 @@ impl LocalPool {
                 (bridge.pod_ip(i), Some(bridge.namespace(i)))
             }
         };
-        let mut pod =
-            Pod { name: format!("pod-{i}"), uid: crate::random::session_id(), ip, netns, app: None, sidecar: None };
+        let mut pod = Pod {
+            name: format!("pod-{i}"),
+            uid: handover_dataplane::random::session_id(),
+            ip,
+            netns,
+            app: None,
+            sidecar: None,
+        };
         pod.app = Some(self.spawn_app(&pod)?);
         pod.sidecar = Some(self.spawn_sidecar(&pod)?);
-        self.probes.lock().unwrap_or_else(|p| p.into_inner()).push(Probe {
+        sync::lock(&self.probes).push(Probe {
             name: pod.name.clone(),
             uid: pod.uid.clone(),
             data: pod.data(),
@@ -294,7 +301,7 @@ impl LocalPool {
         let ready = Arc::clone(&self.ready);
         let what = format!("pod {} to be ready and listed", self.pods[index].name);
         let waited = wait_for(&what, Duration::from_secs(30), || {
-            let listed = ready.lock().unwrap_or_else(|p| p.into_inner()).contains(&data);
+            let listed = sync::lock(&ready).contains(&data);
             async move { listed }
         })
         .await;
@@ -400,7 +407,7 @@ impl LocalPool {
         };
         match flag("--cookie-name").filter(|n| !n.is_empty()) {
             Some(name) => name,
-            None => crate::cookie_attrs::default_name(
+            None => handover_dataplane::cookie_attrs::default_name(
                 &self.opts.pool,
                 flag("--cookie-secure").is_some_and(|v| v == "true"),
                 &flag("--cookie-path").unwrap_or_else(|| "/".to_owned()),
@@ -411,7 +418,7 @@ impl LocalPool {
 
     /// Addresses of the pods the registry lists as ready: what a Service would balance over.
     pub fn ready_addrs(&self) -> Vec<SocketAddr> {
-        self.ready.lock().unwrap_or_else(|p| p.into_inner()).clone()
+        sync::lock(&self.ready).clone()
     }
 
     /// A shared handle on the ready list, for client tasks.
@@ -434,10 +441,10 @@ impl LocalPool {
         }
     }
 
-    /// SIGKILLs pod `i` (both processes) and forgets it, as a node would lose a pod.
+    /// SIGKILLs pod `i` (both processes at once, once) and forgets it, as a node would lose a pod.
     pub async fn kill_pod(&mut self, i: usize) {
         self.signal_pod(i, Sig::Kill);
-        self.forget(i).await;
+        self.forget(i, false).await;
     }
 
     /// SIGTERMs pod `i`'s sidecar, waits for it to drain and exit, then stops the app.
@@ -454,16 +461,20 @@ impl LocalPool {
         if let Some(app) = self.pods[i].app.as_ref() {
             signal(app, Sig::Term);
         }
-        self.forget(i).await;
+        self.forget(i, true).await;
         Ok(())
     }
 
-    async fn forget(&mut self, i: usize) {
+    /// Forgets pod `i` and reaps its processes, SIGKILLing each first when `kill` (not when the
+    /// caller already signalled them).
+    async fn forget(&mut self, i: usize, kill: bool) {
         let name = self.pods[i].name.clone();
-        self.probes.lock().unwrap_or_else(|p| p.into_inner()).retain(|p| p.name != name);
+        sync::lock(&self.probes).retain(|p| p.name != name);
         let pod = &mut self.pods[i];
         for mut child in [pod.sidecar.take(), pod.app.take()].into_iter().flatten() {
-            let _ = child.start_kill();
+            if kill {
+                let _ = child.start_kill();
+            }
             let _ = child.wait().await;
         }
     }
@@ -511,9 +522,9 @@ impl LocalPool {
     /// Rotates the key ring as the operator does: a new current key in front, the old ones kept.
     pub fn rotate_keys(&self) -> Result<u32, String> {
         let text = std::fs::read_to_string(&self.key_file).map_err(|e| e.to_string())?;
-        let ring = crate::keys::KeyRing::parse(&text).map_err(|e| e.to_string())?;
+        let ring = handover_dataplane::keys::KeyRing::parse(&text).map_err(|e| e.to_string())?;
         let id = ring.ids().into_iter().max().unwrap_or(0) + 1;
-        write_atomically(&self.key_file, &format!("{}\n{text}", crate::keys::generate_line(id, 0)))?;
+        write_atomically(&self.key_file, &format!("{}\n{text}", handover_dataplane::keys::generate_line(id, 0)))?;
         Ok(id)
     }
 
@@ -522,7 +533,7 @@ impl LocalPool {
         let want: Vec<SocketAddr> = expected.iter().map(|i| self.pods[*i].data()).collect();
         let ready = Arc::clone(&self.ready);
         wait_for("the registry to list exactly the expected pods", timeout, || {
-            let mut have = ready.lock().unwrap_or_else(|p| p.into_inner()).clone();
+            let mut have = sync::lock(&ready).clone();
             let mut want = want.clone();
             have.sort();
             want.sort();
@@ -575,7 +586,7 @@ async fn keep_registry(probes: Arc<Mutex<Vec<Probe>>>, ready: Arc<Mutex<Vec<Sock
     // Consecutive failed probes by pod; a new pod counts as failing until its first good probe.
     let mut failures: HashMap<String, u32> = HashMap::new();
     loop {
-        let candidates = probes.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        let candidates = sync::lock(&probes).clone();
         let checks = candidates.iter().map(|p| probe(p.admin, "/ready"));
         let results = futures::future::join_all(checks).await;
         for (p, code) in candidates.iter().zip(&results) {
@@ -590,7 +601,7 @@ async fn keep_registry(probes: Arc<Mutex<Vec<Probe>>>, ready: Arc<Mutex<Vec<Sock
             if write_atomically(&peers_file, &text).is_ok() {
                 last = text;
             }
-            *ready.lock().unwrap_or_else(|p| p.into_inner()) = live.iter().map(|p| p.data).collect();
+            *sync::lock(&ready) = live.iter().map(|p| p.data).collect();
         }
         tokio::time::sleep(PROBE_EVERY).await;
     }
@@ -732,12 +743,12 @@ impl SessionClient {
 
 /// Picks a random address from the ready list, as a Service balances new connections.
 pub fn pick_ready(ready: &Mutex<Vec<SocketAddr>>) -> Option<SocketAddr> {
-    let ready = ready.lock().unwrap_or_else(|p| p.into_inner());
+    let ready = sync::lock(ready);
     if ready.is_empty() {
         return None;
     }
     let mut b = [0u8; 4];
-    crate::random::fill(&mut b);
+    handover_dataplane::random::fill(&mut b);
     Some(ready[u32::from_le_bytes(b) as usize % ready.len()])
 }
 

@@ -20,7 +20,7 @@ use crate::localpool::{probe, wait_for};
 #[derive(clap::Args, Debug, Clone)]
 pub struct BenchArgs {
     /// How long each round drives one target.
-    #[arg(long, default_value = "3s", value_parser = crate::cli::duration)]
+    #[arg(long, default_value = "3s", value_parser = handover_common::duration::parse)]
     pub duration: Duration,
     /// Concurrent keep-alive connections (one session each).
     #[arg(long, default_value_t = 16)]
@@ -123,7 +123,7 @@ async fn drive(addr: SocketAddr, target: Target, connections: usize, duration: D
                     }
                 } else {
                     // Without the sidecar, the client names its session itself.
-                    req = req.header(crate::proxy::SESSION_HEADER, session.as_str());
+                    req = req.header(handover_dataplane::proxy::SESSION_HEADER, session.as_str());
                 }
                 let Ok(req) = req.body(Full::new(Bytes::new())) else {
                     break;
@@ -183,10 +183,10 @@ async fn drive(addr: SocketAddr, target: Target, connections: usize, duration: D
 /// Runs the benchmark and prints figures and ratios; the last line is JSON.
 pub async fn run(args: BenchArgs) -> Result<(), String> {
     let exe = std::env::current_exe().map_err(|e| e.to_string())?;
-    let dir = std::env::temp_dir().join(format!("handover-bench-{}", crate::random::session_id()));
+    let dir = std::env::temp_dir().join(format!("handover-bench-{}", handover_dataplane::random::session_id()));
     std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
     let mut b = [0u8; 2];
-    crate::random::fill(&mut b);
+    handover_dataplane::random::fill(&mut b);
     let ip = IpAddr::V4(Ipv4Addr::new(127, 100 + b[0] % 100, b[1], 1));
     let app = SocketAddr::new(ip, 8080);
     let state = SocketAddr::new(ip, 8081);
@@ -194,7 +194,7 @@ pub async fn run(args: BenchArgs) -> Result<(), String> {
     let admin = SocketAddr::new(ip, 9901);
     let nginx = SocketAddr::new(ip, 8001);
     let key_file = dir.join("keys");
-    std::fs::write(&key_file, crate::keys::generate_line(1, 0)).map_err(|e| e.to_string())?;
+    std::fs::write(&key_file, handover_dataplane::keys::generate_line(1, 0)).map_err(|e| e.to_string())?;
 
     let s = |v: &str| v.to_owned();
     let mut procs = Procs(Vec::new());

@@ -1,0 +1,284 @@
+//! The app client: connections to the local app (held while it is down, woken together when it is
+//! back), sending it a request, the one call of its state endpoint (`state_request`: `GET`, `PUT`,
+//! `DELETE <statePath>`), and the watcher that notices the app's death.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use base64::Engine;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use bytes::Bytes;
+use http::header::{self, HeaderValue};
+use http::{Method, Request, Response, StatusCode};
+use http_body_util::{BodyExt, Limited};
+
+use super::headers::{ROTATE_HEADER, SESSION_HEADER, STATE_HEADER, origin_form, strip_hop_by_hop};
+use super::peer::bridge_upgrade;
+use super::request::RequestCookie;
+use super::{Proxy, body_too_slow, cut_by_client, full, text_response};
+use crate::cache;
+use crate::metrics::BadRequest;
+use crate::upstream::Body;
+
+/// How often the app watcher re-tries a down app; held requests wake on its news.
+pub(super) const APP_RETRY_EVERY: Duration = Duration::from_millis(25);
+
+/// A held request re-checks the app itself at least this often (in case the watcher's own
+/// connection hides a problem only new connections have).
+pub(super) const HELD_RECHECK_EVERY: Duration = Duration::from_millis(250);
+
+/// What became of a request handed to the local app.
+pub(super) enum Served {
+    Response(Response<Body>),
+    /// The app's connection closed before the request was sent: route it again.
+    NotSent(Request<Body>),
+}
+
+impl Proxy {
+    /// Whether the last contact with the local app succeeded.
+    pub fn app_is_up(&self) -> bool {
+        *self.app_up.borrow()
+    }
+
+    /// The app process went away: it lost every session it held in memory.
+    pub fn app_lost(&self) {
+        if self.app_up.send_replace(false) {
+            tracing::warn!(app = %self.cfg.app, "the app is down; its sessions will be restored from cookies");
+        }
+        self.forget_sessions();
+        self.upstreams.forget(self.cfg.app);
+    }
+
+    pub(super) fn app_back(&self) {
+        if !self.app_up.send_replace(true) {
+            tracing::info!(app = %self.cfg.app, "the app is back");
+        }
+    }
+
+    /// A connection to the local app; while it is down, waits up to `app_wait` for it. The flag
+    /// says whether the app may have restarted meanwhile (it had to wait, or found closed
+    /// connections): then the sessions were forgotten and the request must be routed again.
+    ///
+    /// At most `max_held` requests wait at once (more get 503 at once); they wake when the app
+    /// watcher sees the app back, not by each polling it.
+    pub(super) async fn app_connection(
+        &self,
+    ) -> Result<(hyper::client::conn::http1::SendRequest<Body>, bool), Response<Body>> {
+        let deadline = tokio::time::Instant::now() + self.cfg.app_wait;
+        let mut held = None;
+        let mut app_up = self.app_up.subscribe();
+        loop {
+            match self.upstreams.get_noting_closed(self.cfg.app, self.cfg.connect_timeout).await {
+                Ok((sender, saw_closed)) => {
+                    self.app_back();
+                    if held.is_some() {
+                        self.metrics.app_waits.get_or_create(&[("result", "ok")]).inc();
+                    }
+                    if saw_closed {
+                        // The app closed connections: it may have restarted; check its sessions.
+                        self.forget_sessions();
+                    }
+                    return Ok((sender, held.is_some() || saw_closed));
+                }
+                Err(e) => {
+                    self.app_lost();
+                    if held.is_none() {
+                        match self.held.try_acquire() {
+                            Ok(permit) => held = Some(permit),
+                            Err(_) => {
+                                self.metrics.app_waits.get_or_create(&[("result", "over_cap")]).inc();
+                                tracing::warn!(
+                                    max_held = self.cfg.max_held,
+                                    "the app is down and too many requests wait for it; refused"
+                                );
+                                return Err(text_response(
+                                    StatusCode::SERVICE_UNAVAILABLE,
+                                    "handover: the application is restarting; retry\n",
+                                ));
+                            }
+                        }
+                        tracing::debug!(error = %e, wait = ?self.cfg.app_wait, "app unreachable; holding the request");
+                    }
+                    if tokio::time::Instant::now() >= deadline {
+                        self.metrics.app_waits.get_or_create(&[("result", "timeout")]).inc();
+                        return Err(text_response(
+                            StatusCode::SERVICE_UNAVAILABLE,
+                            format!("handover: the application did not come back within {:?}\n", self.cfg.app_wait),
+                        ));
+                    }
+                    let recheck = deadline.min(tokio::time::Instant::now() + HELD_RECHECK_EVERY);
+                    let _ = tokio::time::timeout_at(recheck, app_up.wait_for(|up| *up)).await;
+                }
+            }
+        }
+    }
+
+    pub(super) async fn serve_locally(
+        &self,
+        mut sender: hyper::client::conn::http1::SendRequest<Body>,
+        mut req: Request<Body>,
+        rc: &RequestCookie,
+        owner_changed: bool,
+        upgrade: bool,
+    ) -> Served {
+        let session = match &rc.snapshot {
+            Some(s) => s.session.clone(),
+            None => crate::random::session_id(),
+        };
+        self.strip_our_cookies(req.headers_mut());
+        if let Ok(v) = HeaderValue::from_str(&session) {
+            req.headers_mut().insert(SESSION_HEADER, v);
+        }
+        origin_form(&mut req);
+        let method = req.method().clone();
+        let authorized = req.headers().contains_key(header::AUTHORIZATION);
+        let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
+        let sent = match self.cfg.response_timeout {
+            Some(limit) => match tokio::time::timeout(limit, sender.try_send_request(req)).await {
+                Ok(sent) => sent,
+                Err(_) => {
+                    self.metrics.bad_requests.get_or_create(&[("reason", BadRequest::AppTimeout)]).inc();
+                    tracing::warn!(session = %session, ?limit, "the app did not answer in time");
+                    return Served::Response(text_response(
+                        StatusCode::GATEWAY_TIMEOUT,
+                        format!("handover: the application did not answer within {limit:?}\n"),
+                    ));
+                }
+            },
+            None => sender.try_send_request(req).await,
+        };
+        let resp = match sent {
+            Ok(resp) => resp,
+            Err(mut e) => match e.take_message() {
+                // The app closed this connection before taking the request: it may have restarted
+                // and lost its sessions, so forget them and route the request again.
+                Some(mut unsent) => {
+                    self.forget_sessions();
+                    if let Some(on_upgrade) = client_upgrade {
+                        unsent.extensions_mut().insert(on_upgrade);
+                    }
+                    return Served::NotSent(unsent);
+                }
+                None if cut_by_client(e.error()) => return Served::Response(body_too_slow()),
+                None => {
+                    tracing::warn!(error = %e.error(), "the app failed while answering");
+                    return Served::Response(text_response(
+                        StatusCode::BAD_GATEWAY,
+                        "handover: the application failed while answering\n",
+                    ));
+                }
+            },
+        };
+        self.upstreams.put(self.cfg.app, sender);
+
+        let mut resp = resp;
+        if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
+            if let Some(client) = client_upgrade {
+                bridge_upgrade(client, hyper::upgrade::on(&mut resp));
+            }
+            strip_hop_by_hop(resp.headers_mut(), true);
+            return Served::Response(resp.map(|b| b.map_err(Into::into).boxed()));
+        }
+
+        let (mut parts, body) = resp.into_parts();
+        let pushed = parts.headers.remove(STATE_HEADER).and_then(|v| {
+            match URL_SAFE_NO_PAD.decode(v.as_bytes().trim_ascii()) {
+                Ok(state) => Some(state),
+                Err(_) => {
+                    self.metrics.bad_requests.get_or_create(&[("reason", BadRequest::BadPushedState)]).inc();
+                    tracing::warn!(session = %session, "the app pushed a Handover-State that is not base64url; ignored");
+                    None
+                }
+            }
+        });
+        strip_hop_by_hop(&mut parts.headers, false);
+        let (session, pushed) = match parts.headers.remove(ROTATE_HEADER) {
+            Some(_) => match self.rotate_session(&session, pushed).await {
+                Ok((new_id, state)) => (new_id, Some(state)),
+                Err(pushed) => (session, pushed),
+            },
+            None => (session, pushed),
+        };
+        let cookies_before = parts.headers.get_all(header::SET_COOKIE).iter().count();
+        self.seal_response(&mut parts.headers, &session, rc, pushed, owner_changed).await;
+        let ours = parts.headers.get_all(header::SET_COOKIE).iter().count() > cookies_before;
+        let exchange = cache::Exchange { method: &method, authorized, status: parts.status, headers: &parts.headers };
+        if ours && cache::shared_cache_may_store(exchange) {
+            // A shared cache would hand this client's state cookie to everyone after it.
+            cache::make_private(&mut parts.headers);
+            self.metrics.made_private.inc();
+        }
+        if self.draining_since().is_some() {
+            parts.headers.insert(header::CONNECTION, HeaderValue::from_static("close"));
+        }
+        Served::Response(Response::from_parts(parts, body.map_err(Into::into).boxed()))
+    }
+
+    /// `GET <statePath>` from the local app: its state for the session, empty when it has none.
+    pub(super) async fn pull_state(&self, session: &str) -> Result<Vec<u8>, String> {
+        match self.state_request(Method::GET, session, Bytes::new()).await? {
+            (StatusCode::OK, bytes) => Ok(bytes.to_vec()),
+            (StatusCode::NOT_FOUND, _) => Ok(Vec::new()),
+            (status, _) => Err(format!("the app answered {status} to the state pull")),
+        }
+    }
+
+    /// One call of the app's state endpoint (`GET` to pull or check, `PUT` to restore), on the
+    /// app's state address, within `state_timeout`. Answers over the state limit are refused.
+    pub(super) async fn state_request(
+        &self,
+        method: Method,
+        session: &str,
+        body: Bytes,
+    ) -> Result<(StatusCode, Bytes), String> {
+        let mut sender =
+            self.upstreams.get(self.cfg.state_addr, self.cfg.connect_timeout).await.map_err(|e| e.to_string())?;
+        let mut call = Request::builder()
+            .method(method)
+            .uri(self.cfg.state_path.as_str())
+            .header(header::HOST, "localhost")
+            .header(SESSION_HEADER, session);
+        if !body.is_empty() {
+            call = call.header(header::CONTENT_TYPE, "application/octet-stream");
+        }
+        let call = call.body(full(body)).map_err(|e| e.to_string())?;
+        let outcome = tokio::time::timeout(self.cfg.state_timeout, async {
+            sender.ready().await.map_err(|e| e.to_string())?;
+            let resp = sender.send_request(call).await.map_err(|e| e.to_string())?;
+            let status = resp.status();
+            let bytes = Limited::new(resp.into_body(), self.cfg.max_state_bytes)
+                .collect()
+                .await
+                .map_err(|e| format!("reading the state: {e}"))?
+                .to_bytes();
+            Ok::<_, String>((status, bytes))
+        })
+        .await
+        .map_err(|_| format!("the app did not answer within {:?}", self.cfg.state_timeout))??;
+        self.upstreams.put(self.cfg.state_addr, sender);
+        Ok(outcome)
+    }
+
+    /// Keeps one idle connection open to the app: the kernel closes it the moment the app process
+    /// dies, so the session table is cleared even when no request is in flight.
+    pub async fn watch_app(self: Arc<Self>) {
+        use tokio::io::AsyncReadExt;
+        loop {
+            match tokio::net::TcpStream::connect(self.cfg.app).await {
+                Ok(mut stream) => {
+                    self.app_back();
+                    let mut byte = [0u8; 1];
+                    // Returns on EOF or error: the app died, or closed an idle connection. A dead
+                    // app may be back before anyone notices, so assume the worst: every session
+                    // is checked with the app (GET state) before it is served again.
+                    let _ = stream.read(&mut byte).await;
+                    self.forget_sessions();
+                }
+                Err(_) => {
+                    self.app_lost();
+                    tokio::time::sleep(APP_RETRY_EVERY).await;
+                }
+            }
+        }
+    }
+}

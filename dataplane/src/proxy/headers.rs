@@ -1,0 +1,154 @@
+//! Header hygiene: what the next hop must not see (hop-by-hop headers, Handover-* headers a client
+//! sent, the state cookie), X-Forwarded-For, origin-form URIs, and the Handover-* header names.
+
+use std::net::SocketAddr;
+
+use http::Request;
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+
+use super::Proxy;
+use crate::cookie;
+
+/// The session id the app sees on every forwarded request.
+pub const SESSION_HEADER: &str = "handover-session";
+
+/// Where the app pushes its state on a response.
+pub const STATE_HEADER: &str = "handover-state";
+
+/// On an app's response: give this session a new id (at login, against session fixation). The
+/// sidecar moves the state to the new id, tells the app the old one left, and seals the new one.
+pub const ROTATE_HEADER: &str = "handover-rotate";
+
+/// Set on a response whose state could not be sealed.
+pub const WARNING_HEADER: &str = "handover-warning";
+
+/// Marks a request forwarded by a peer sidecar (loop guard), signed: [`crate::peer_auth`].
+pub const FORWARDED_HEADER: &str = "handover-forwarded";
+
+/// On a response to an authenticated forward: the answering pod. A forwarded response without it
+/// came from something in between (a mesh proxy answering for a peer it could not reach).
+pub const PEER_HEADER: &str = "handover-peer";
+
+/// Headers that describe one connection, not the message (RFC 9110, 7.6.1).
+pub(super) fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
+    let listed: Vec<HeaderName> = headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|name| HeaderName::from_bytes(name.trim().as_bytes()).ok())
+        .filter(|name| !(keep_upgrade && name == header::UPGRADE))
+        .collect();
+    for name in listed {
+        headers.remove(name);
+    }
+    for name in [header::TE, header::TRAILER, header::TRANSFER_ENCODING, header::PROXY_AUTHORIZATION] {
+        headers.remove(name);
+    }
+    headers.remove("keep-alive");
+    headers.remove("proxy-connection");
+    if keep_upgrade {
+        headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+    } else {
+        headers.remove(header::CONNECTION);
+        headers.remove(header::UPGRADE);
+    }
+}
+
+pub(super) fn is_upgrade<B>(req: &Request<B>) -> bool {
+    req.headers().contains_key(header::UPGRADE)
+        && req
+            .headers()
+            .get_all(header::CONNECTION)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .any(|v| v.split(',').any(|t| t.trim().eq_ignore_ascii_case("upgrade")))
+}
+
+/// All `name=value` pairs of the request's Cookie headers.
+pub(super) fn cookie_pairs(headers: &HeaderMap) -> Vec<(&str, &str)> {
+    cookie::request_pairs(headers.get_all(header::COOKIE).iter().filter_map(|v| v.to_str().ok()))
+}
+
+pub(super) fn append_forwarded_for(headers: &mut HeaderMap, client: SocketAddr) {
+    let ip = client.ip().to_string();
+    let value = match headers.get("x-forwarded-for").and_then(|v| v.to_str().ok()) {
+        Some(prior) => format!("{prior}, {ip}"),
+        None => ip,
+    };
+    if let Ok(v) = HeaderValue::from_str(&value) {
+        headers.insert("x-forwarded-for", v);
+    }
+    if !headers.contains_key("x-forwarded-proto") {
+        headers.insert("x-forwarded-proto", HeaderValue::from_static("http"));
+    }
+}
+
+/// Turns an absolute-form URI into origin form for the next hop.
+pub(super) fn origin_form<B>(req: &mut Request<B>) {
+    if req.uri().scheme().is_some() || req.uri().authority().is_some() {
+        let path = req.uri().path_and_query().map(|p| p.as_str()).unwrap_or("/").to_owned();
+        if let Ok(uri) = path.parse() {
+            *req.uri_mut() = uri;
+        }
+    }
+}
+
+impl Proxy {
+    /// Removes the state cookie's chunks from the request: the app never sees sealed cookies.
+    pub(super) fn strip_our_cookies(&self, headers: &mut HeaderMap) {
+        let name = &self.cfg.cookie.attrs.name;
+        let pairs = cookie_pairs(headers);
+        if !pairs.iter().any(|(n, _)| cookie::chunk_index(name, n).is_some()) {
+            return;
+        }
+        let rest: Vec<String> = pairs
+            .into_iter()
+            .filter(|(n, _)| cookie::chunk_index(name, n).is_none())
+            .map(|(n, v)| format!("{n}={v}"))
+            .collect();
+        headers.remove(header::COOKIE);
+        if !rest.is_empty()
+            && let Ok(v) = HeaderValue::from_str(&rest.join("; "))
+        {
+            headers.insert(header::COOKIE, v);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hop_by_hop_headers_are_removed_including_those_named_by_connection() {
+        let mut h = HeaderMap::new();
+        h.insert(header::CONNECTION, HeaderValue::from_static("keep-alive, x-private"));
+        h.insert("x-private", HeaderValue::from_static("1"));
+        h.insert("keep-alive", HeaderValue::from_static("timeout=5"));
+        h.insert(header::TRANSFER_ENCODING, HeaderValue::from_static("chunked"));
+        h.insert("x-end-to-end", HeaderValue::from_static("1"));
+        strip_hop_by_hop(&mut h, false);
+        assert_eq!(h.len(), 1);
+        assert!(h.contains_key("x-end-to-end"));
+    }
+
+    #[test]
+    fn upgrade_headers_survive_for_websocket() {
+        let mut h = HeaderMap::new();
+        h.insert(header::CONNECTION, HeaderValue::from_static("Upgrade"));
+        h.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
+        strip_hop_by_hop(&mut h, true);
+        assert_eq!(h.get(header::UPGRADE).map(|v| v.as_bytes()), Some(&b"websocket"[..]));
+        assert_eq!(h.get(header::CONNECTION).map(|v| v.as_bytes()), Some(&b"upgrade"[..]));
+    }
+
+    #[test]
+    fn only_our_cookie_and_its_chunks_are_ours() {
+        assert_eq!(cookie::chunk_index("handover", "handover"), Some(0));
+        assert_eq!(cookie::chunk_index("handover", "handover.3"), Some(3));
+        assert_eq!(cookie::chunk_index("handover", "handover.x"), None);
+        assert_eq!(cookie::chunk_index("handover", "handoverx"), None);
+        assert_eq!(cookie::chunk_index("handover", "session"), None);
+    }
+}

@@ -1,0 +1,453 @@
+//! The data path: a reverse proxy that routes each request by its state cookie, restores sessions
+//! into the local app, and seals the app's newest state into the response.
+//!
+//! This module carries bytes and carries out decisions; [`crate::decide`] makes them. Here: the
+//! configuration, the proxy's shared state and the routing loop (`route`); one job a file below:
+//! `request.rs` (the request's cookie, the loop guard), `headers.rs` (header hygiene), `app.rs`
+//! (the app client), `restore.rs` (restoring a session into the app), `peer.rs` (forwards to peers,
+//! the upgrade bridge), `sessions.rs` (the session table), `seal.rs` (the response's Set-Cookie).
+
+mod app;
+mod headers;
+mod peer;
+mod request;
+mod restore;
+mod seal;
+mod sessions;
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use bytes::Bytes;
+use http::header::{self, HeaderValue};
+use http::{Request, Response, StatusCode};
+use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
+
+pub use headers::{FORWARDED_HEADER, PEER_HEADER, ROTATE_HEADER, SESSION_HEADER, STATE_HEADER, WARNING_HEADER};
+
+use crate::cookie::Budget;
+use crate::decide::{self, Affinity, Decision, ForwardReason, Me, Mode};
+use crate::keys::KeyFile;
+use crate::metrics::{BadRequest, Metrics, Route};
+use crate::peer_probe::Liveness;
+use crate::registry::Registry;
+use crate::timed_body::{BodyLimits, TimedBody};
+use crate::upstream::{Body, Upstreams};
+use app::Served;
+use handover_common::sync;
+use headers::{append_forwarded_for, is_upgrade, strip_hop_by_hop};
+use peer::peer_not_reached;
+use request::{Arrival, RequestCookie};
+use restore::{RESTORE_SHARDS, Restored};
+use sessions::Local;
+
+/// Forwards tried for one request before giving up: one per member that turns out dead, plus one.
+const EXTRA_FORWARD_ATTEMPTS: usize = 1;
+
+/// Times a request is routed again because the app may have restarted while it was held.
+const MAX_APP_RECHECKS: usize = 2;
+
+/// Times a request the app's closing connection never took is sent again.
+const MAX_RESENDS: usize = 4;
+
+/// The three unrelated limits of one request's routing loop, each with its own count: a request
+/// that used up one of them may still use the others.
+#[derive(Debug, Default)]
+struct Retries {
+    /// Forwards that failed to connect to a peer the probe then found dead.
+    forwards: usize,
+    /// Times the request was routed again because the app may have restarted while it waited.
+    app_rechecks: usize,
+    /// Times the request was sent again because the app's connection closed before taking it.
+    resends: usize,
+}
+
+impl Retries {
+    /// A forward failed and its peer is dead: may the request be routed again? At most once per
+    /// live member, plus [`EXTRA_FORWARD_ATTEMPTS`].
+    fn forward_again(&mut self, live: usize) -> bool {
+        self.forwards += 1;
+        self.forwards <= live + EXTRA_FORWARD_ATTEMPTS
+    }
+
+    /// The app had to be waited for: may the request be routed again? [`MAX_APP_RECHECKS`] times.
+    fn recheck_app(&mut self) -> bool {
+        Self::take(&mut self.app_rechecks, MAX_APP_RECHECKS)
+    }
+
+    /// The app's connection closed before it took the request: may it be sent again?
+    /// [`MAX_RESENDS`] times.
+    fn resend(&mut self) -> bool {
+        Self::take(&mut self.resends, MAX_RESENDS)
+    }
+
+    fn take(count: &mut usize, limit: usize) -> bool {
+        let more = *count < limit;
+        if more {
+            *count += 1;
+        }
+        more
+    }
+}
+
+/// Cookie name, attributes and budget.
+#[derive(Clone, Debug)]
+pub struct CookieConfig {
+    pub attrs: crate::cookie_attrs::Attrs,
+    pub max_age: Duration,
+    pub max_bytes: usize,
+}
+
+/// Everything the proxy is told at start-up.
+#[derive(Clone, Debug)]
+pub struct Config {
+    /// `namespace/name`: cookies are bound to it.
+    pub pool: String,
+    pub pod_name: String,
+    pub pod_uid: String,
+    /// This sidecar's data address as peers reach it (written into cookies for operators).
+    pub advertise: String,
+    pub app: SocketAddr,
+    /// Where the app answers `GET`/`PUT <statePath>`: apart from `app`, on the pod's loopback, so
+    /// no client request can ever reach it (the sidecar forwards clients to `app` only).
+    pub state_addr: SocketAddr,
+    /// The admin port of every sidecar of the pool (liveness probes of peers).
+    pub peer_admin_port: u16,
+    pub mode: Mode,
+    pub snapshot_interval: Duration,
+    pub state_path: String,
+    pub cookie: CookieConfig,
+    pub affinity: Affinity,
+    /// How long a request is held while the local app is down.
+    pub app_wait: Duration,
+    pub connect_timeout: Duration,
+    /// A forward waiting this long for its response gets its peer probed (and again every such
+    /// period): only the probe can make the peer count as dead.
+    pub peer_probe_after: Duration,
+    /// How long a liveness probe of a peer may take.
+    pub probe_timeout: Duration,
+    /// Longest wait for response headers from the app or a peer (`None`: no limit, for
+    /// long-polls and event streams).
+    pub response_timeout: Option<Duration>,
+    /// Longest wait for the app's answer to a state call (`GET`/`PUT <statePath>`).
+    pub state_timeout: Duration,
+    pub max_header_bytes: usize,
+    /// Client request bodies: idle timeout and total deadline.
+    pub body: BodyLimits,
+    /// Requests held at once while the app is down; more are refused with 503.
+    pub max_held: usize,
+    /// Largest state (uncompressed) sealed or restored.
+    pub max_state_bytes: usize,
+}
+
+/// The proxy's shared state.
+pub struct Proxy {
+    pub cfg: Config,
+    pub metrics: Arc<Metrics>,
+    keys: Arc<KeyFile>,
+    registry: Arc<dyn Registry>,
+    sessions: Mutex<HashMap<String, Local>>,
+    restore_locks: Vec<tokio::sync::Mutex<()>>,
+    unreachable: Mutex<HashMap<String, Instant>>,
+    /// Sessions the app ended (an empty state) or rotated away from, until their cookies expire: a
+    /// copy of such a cookie, replayed to this pod, starts a fresh session instead of bringing the
+    /// old state back. This pod's own knowledge only (see the README's known limits).
+    ended: Mutex<HashMap<String, Instant>>,
+    upstreams: Upstreams,
+    draining_since: Mutex<Option<Instant>>,
+    /// Whether the app answers; held requests wait on changes of it.
+    app_up: tokio::sync::watch::Sender<bool>,
+    held: tokio::sync::Semaphore,
+}
+
+fn unix_now() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
+}
+
+fn text_response(status: StatusCode, text: impl Into<String>) -> Response<Body> {
+    let body = Full::new(Bytes::from(text.into())).map_err(|never| match never {}).boxed();
+    let mut resp = Response::new(body);
+    *resp.status_mut() = status;
+    resp.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain; charset=utf-8"));
+    resp
+}
+
+fn full(bytes: impl Into<Bytes>) -> Body {
+    Full::new(bytes.into()).map_err(|never| match never {}).boxed()
+}
+
+impl Proxy {
+    pub fn new(cfg: Config, keys: Arc<KeyFile>, registry: Arc<dyn Registry>, metrics: Arc<Metrics>) -> Arc<Proxy> {
+        let cfg_max_held = cfg.max_held;
+        Arc::new(Proxy {
+            cfg,
+            metrics,
+            keys,
+            registry,
+            sessions: Mutex::new(HashMap::new()),
+            restore_locks: (0..RESTORE_SHARDS).map(|_| tokio::sync::Mutex::new(())).collect(),
+            unreachable: Mutex::new(HashMap::new()),
+            ended: Mutex::new(HashMap::new()),
+            upstreams: Upstreams::default(),
+            draining_since: Mutex::new(None),
+            app_up: tokio::sync::watch::Sender::new(true),
+            held: tokio::sync::Semaphore::new(cfg_max_held),
+        })
+    }
+
+    /// Starts draining: readiness fails, every session's next response gets a fresh snapshot.
+    pub fn start_draining(&self) {
+        let mut since = sync::lock(&self.draining_since);
+        if since.is_none() {
+            *since = Some(Instant::now());
+            self.metrics.draining.set(1);
+        }
+    }
+
+    pub fn draining_since(&self) -> Option<Instant> {
+        *sync::lock(&self.draining_since)
+    }
+
+    /// Live members as this sidecar's registry lists them now, sorted by name.
+    pub fn registry_members(&self) -> Arc<Vec<crate::registry::Member>> {
+        self.registry.live()
+    }
+
+    /// Whether the registry has seen the pool (see [`Registry::synced`]).
+    pub fn registry_synced(&self) -> Result<(), String> {
+        self.registry.synced()
+    }
+
+    fn budget(&self) -> Budget {
+        Budget::for_cookie(&self.cfg.cookie.attrs.name, self.cfg.cookie.max_bytes)
+    }
+
+    /// Serves one client (or peer) request. Never fails: every error is a response.
+    pub async fn handle(self: Arc<Self>, req: Request<Incoming>, client: SocketAddr) -> Response<Body> {
+        let started = Instant::now();
+        let (route, resp) = self.route_request(req, client).await;
+        self.metrics.requests.get_or_create(&[("route", route)]).inc();
+        self.metrics.request_seconds.get_or_create(&[("route", route)]).observe(started.elapsed().as_secs_f64());
+        resp
+    }
+
+    async fn route_request(&self, req: Request<Incoming>, client: SocketAddr) -> (Route, Response<Body>) {
+        // Boxed once, so that a request the app never received can come back here and be routed again.
+        let timeouts = self.metrics.bad_requests.get_or_create(&[("reason", BadRequest::BodyTimeout)]).clone();
+        let mut req: Request<Body> = req.map(|b| TimedBody::new(b, self.cfg.body, timeouts).boxed());
+        let header_bytes: usize = req.headers().iter().map(|(n, v)| n.as_str().len() + v.len() + 4).sum();
+        if header_bytes > self.cfg.max_header_bytes {
+            self.metrics.bad_requests.get_or_create(&[("reason", BadRequest::HeadersTooLarge)]).inc();
+            tracing::warn!(%client, header_bytes, limit = self.cfg.max_header_bytes, "request headers too large");
+            return (
+                Route::Refused,
+                text_response(
+                    StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+                    format!(
+                        "handover: request headers are {header_bytes} bytes, over the limit of {}\n",
+                        self.cfg.max_header_bytes
+                    ),
+                ),
+            );
+        }
+        if crate::state_path::names_state_path(req.uri().path(), &self.cfg.state_path) {
+            self.metrics.bad_requests.get_or_create(&[("reason", BadRequest::StatePath)]).inc();
+            tracing::warn!(%client, method = %req.method(), path = req.uri().path(), "a client asked for the state endpoint; refused");
+            return (Route::Refused, text_response(StatusCode::NOT_FOUND, "not found\n"));
+        }
+        let mark = req.headers_mut().remove(FORWARDED_HEADER);
+        let rc = self.read_cookie(req.headers());
+        let arrival = self.arrival(mark, &req, &rc, client);
+        let upgrade = is_upgrade(&req);
+        strip_hop_by_hop(req.headers_mut(), upgrade);
+        req.headers_mut().remove(SESSION_HEADER);
+        req.headers_mut().remove(STATE_HEADER);
+        req.headers_mut().remove(PEER_HEADER);
+        // Always the address this connection really comes from (a client, a proxy, or a peer).
+        append_forwarded_for(req.headers_mut(), client);
+        let (route, mut resp) = self.route(req, &rc, arrival, upgrade).await;
+        if arrival == Arrival::Forwarded
+            && let Ok(v) = HeaderValue::from_str(&self.cfg.pod_name)
+        {
+            resp.headers_mut().insert(PEER_HEADER, v);
+        }
+        (route, resp)
+    }
+
+    /// Routes a request whose headers have been checked and cleaned: forwards it, or restores
+    /// and serves it here.
+    async fn route(
+        &self,
+        mut req: Request<Body>,
+        rc: &RequestCookie,
+        arrival: Arrival,
+        upgrade: bool,
+    ) -> (Route, Response<Body>) {
+        let live = self.registry.live();
+        let mut retries = Retries::default();
+        // Set once the app refused the cookie's state: from then on the request is a fresh session.
+        let mut fresh: Option<RequestCookie> = None;
+        if let Some(snapshot) = rc.snapshot.as_ref().filter(|s| self.has_ended(&s.session)) {
+            // A copy of the cookie of a session that ended here (logout) or rotated (login).
+            self.metrics.sessions_reset.get_or_create(&[("reason", "ended")]).inc();
+            tracing::info!(session = %snapshot.session, "a cookie of an ended session was presented; a fresh session instead");
+            fresh = Some(RequestCookie { snapshot: None, held_chunks: rc.held_chunks.clone(), dropped: true });
+        }
+        loop {
+            let rc = fresh.as_ref().unwrap_or(rc);
+            let unreachable = self.unreachable_now();
+            let session = rc.snapshot.as_ref().map(|s| s.session.clone());
+            let decision = decide::route(decide::Inputs {
+                cookie: rc.snapshot.as_ref(),
+                local_version: session.as_deref().and_then(|s| self.local(s)).map(|l| l.version),
+                live: &live,
+                unreachable: &unreachable,
+                me: Me { name: &self.cfg.pod_name, uid: &self.cfg.pod_uid },
+                forwarded: arrival == Arrival::Forwarded,
+                affinity: self.cfg.affinity,
+            });
+            match decision {
+                Decision::Forward { to, reason } => {
+                    let reason_label = match reason {
+                        ForwardReason::Owner => "owner",
+                        ForwardReason::Successor => "successor",
+                    };
+                    if let Some(moved) = session.as_deref().filter(|s| self.local(s).is_some()) {
+                        // This pod's app held the session, but another pod owns it now (it took
+                        // it over while this one seemed dead): the local copy is stale for good.
+                        self.forget_session(moved);
+                        self.session_left(moved, "moved").await;
+                    }
+                    match self.upstreams.get(to.addr, self.cfg.connect_timeout).await {
+                        Ok(sender) => {
+                            let session = rc.snapshot.as_ref().map(|s| s.session.as_str()).unwrap_or("");
+                            let resp = self.forward_to_peer(sender, req, &to, session, reason_label, upgrade).await;
+                            return (Route::Forward, resp);
+                        }
+                        Err(e) => {
+                            self.metrics
+                                .forwards
+                                .get_or_create(&[("reason", reason_label), ("result", "unreachable")])
+                                .inc();
+                            match self.probe_peer(&to, &e.to_string()).await {
+                                Liveness::Dead(_) => {}
+                                Liveness::Alive => {
+                                    return (
+                                        Route::Refused,
+                                        peer_not_reached(&to, "it is alive but refused this forward"),
+                                    );
+                                }
+                                Liveness::Unknown => {
+                                    return (
+                                        Route::Refused,
+                                        peer_not_reached(&to, "it cannot be reached from this pod, and may be alive"),
+                                    );
+                                }
+                            }
+                            if !retries.forward_again(live.len()) {
+                                return (
+                                    Route::Refused,
+                                    text_response(StatusCode::BAD_GATEWAY, "handover: no pool member reachable\n"),
+                                );
+                            }
+                            continue;
+                        }
+                    }
+                }
+                Decision::New | Decision::Serve | Decision::Restore { .. } => {
+                    // The app may be down (restarting): hold the request until it is back.
+                    let sender = match self.app_connection().await {
+                        Ok((sender, waited)) => {
+                            if waited && rc.snapshot.is_some() && retries.recheck_app() {
+                                // The app may have restarted and lost its sessions: decide again.
+                                self.upstreams.put(self.cfg.app, sender);
+                                continue;
+                            }
+                            sender
+                        }
+                        Err(resp) => return (Route::Refused, resp),
+                    };
+                    let (route, owner_changed) = match (&decision, rc.snapshot.as_ref()) {
+                        (Decision::Restore { takeover }, Some(snapshot)) => {
+                            match self.restore_once(snapshot, *takeover).await {
+                                Ok(Restored::Already) => (Route::Serve, false),
+                                Ok(Restored::Done) if *takeover => {
+                                    self.metrics.takeovers.inc();
+                                    tracing::info!(session = %snapshot.session, from = %snapshot.owner.name, version = snapshot.version, "took over session");
+                                    (Route::Takeover, true)
+                                }
+                                Ok(Restored::Done) => (Route::Restore, true),
+                                Ok(Restored::Refused) => {
+                                    self.upstreams.put(self.cfg.app, sender);
+                                    fresh = Some(RequestCookie {
+                                        snapshot: None,
+                                        held_chunks: rc.held_chunks.clone(),
+                                        dropped: true,
+                                    });
+                                    continue;
+                                }
+                                Err(resp) => return (Route::Refused, resp),
+                            }
+                        }
+                        (Decision::New, _) => (Route::New, false),
+                        _ => (Route::Serve, false),
+                    };
+                    match self.serve_locally(sender, req, rc, owner_changed, upgrade).await {
+                        Served::Response(resp) => return (route, resp),
+                        Served::NotSent(unsent) if retries.resend() => req = unsent,
+                        Served::NotSent(_) => {
+                            return (
+                                Route::Refused,
+                                text_response(
+                                    StatusCode::BAD_GATEWAY,
+                                    "handover: the application keeps closing connections\n",
+                                ),
+                            );
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Whether a failed exchange with the app or a peer was cut by the client's own request body
+/// (see [`crate::timed_body`]), not by the other side.
+fn cut_by_client(e: &hyper::Error) -> bool {
+    let mut source = std::error::Error::source(e);
+    while let Some(err) = source {
+        if err.is::<crate::timed_body::BodyTimeout>() {
+            return true;
+        }
+        source = err.source();
+    }
+    false
+}
+
+fn body_too_slow() -> Response<Body> {
+    let mut resp = text_response(StatusCode::REQUEST_TIMEOUT, "handover: the request body came too slowly\n");
+    resp.headers_mut().insert(header::CONNECTION, HeaderValue::from_static("close"));
+    resp
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn each_retry_limit_counts_on_its_own() {
+        let mut retries = Retries::default();
+        // Two live members: a forward is tried again after each of three dead peers, not a fourth.
+        assert!((0..3).all(|_| retries.forward_again(2)));
+        assert!(!retries.forward_again(2));
+        // The forwards used up take nothing from the app's limits.
+        assert!((0..MAX_APP_RECHECKS).all(|_| retries.recheck_app()));
+        assert!(!retries.recheck_app());
+        assert!((0..MAX_RESENDS).all(|_| retries.resend()));
+        assert!(!retries.resend());
+        assert_eq!((retries.forwards, retries.app_rechecks, retries.resends), (4, MAX_APP_RECHECKS, MAX_RESENDS));
+    }
+}

@@ -1,0 +1,167 @@
+//! Forwarding to a peer sidecar (signed, its liveness probed when it fails or is slow), and the
+//! upgrade bridge that joins an upgraded client connection to the app's or the peer's.
+
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use http::header::{self, HeaderValue};
+use http::{Request, Response, StatusCode};
+use http_body_util::BodyExt;
+
+use super::headers::{FORWARDED_HEADER, PEER_HEADER, origin_form, strip_hop_by_hop};
+use super::{Proxy, body_too_slow, cut_by_client, text_response, unix_now};
+use crate::peer_auth;
+use crate::peer_probe::{self, Liveness};
+use crate::registry::Member;
+use crate::upstream::Body;
+use handover_common::sync;
+
+/// How long a peer that failed to answer counts as dead to this sidecar.
+pub(super) const UNREACHABLE_FOR: Duration = Duration::from_secs(5);
+
+/// A forward that could not get through to a peer the probe did not find dead: no takeover (that
+/// could fork the session while its owner lives); the client retries.
+pub(super) fn peer_not_reached(to: &Member, why: &str) -> Response<Body> {
+    let mut resp = text_response(
+        StatusCode::SERVICE_UNAVAILABLE,
+        format!("handover: pool member {} owns this session but {why}; retry\n", to.name),
+    );
+    resp.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+    resp
+}
+
+/// Joins the client's and the upstream's upgraded connections (WebSocket and friends), byte for byte.
+pub(super) fn bridge_upgrade(client: hyper::upgrade::OnUpgrade, upstream: hyper::upgrade::OnUpgrade) {
+    tokio::spawn(async move {
+        match tokio::try_join!(client, upstream) {
+            Ok((client, upstream)) => {
+                let mut client = hyper_util::rt::TokioIo::new(client);
+                let mut upstream = hyper_util::rt::TokioIo::new(upstream);
+                if let Err(e) = tokio::io::copy_bidirectional(&mut client, &mut upstream).await {
+                    tracing::debug!(error = %e, "upgraded connection ended");
+                }
+            }
+            Err(e) => tracing::debug!(error = %e, "upgrade failed"),
+        }
+    });
+}
+
+impl Proxy {
+    pub(super) fn unreachable_now(&self) -> Vec<String> {
+        let mut map = sync::lock(&self.unreachable);
+        let now = Instant::now();
+        map.retain(|_, until| *until > now);
+        map.keys().cloned().collect()
+    }
+
+    pub(super) fn mark_unreachable(&self, name: &str) {
+        let mut map = sync::lock(&self.unreachable);
+        map.insert(name.to_owned(), Instant::now() + UNREACHABLE_FOR);
+    }
+
+    pub(super) async fn forward_to_peer(
+        &self,
+        mut sender: hyper::client::conn::http1::SendRequest<Body>,
+        mut req: Request<Body>,
+        to: &Member,
+        session: &str,
+        reason: &'static str,
+        upgrade: bool,
+    ) -> Response<Body> {
+        origin_form(&mut req);
+        let forward = peer_auth::Forward {
+            from: &self.cfg.pod_name,
+            to: &to.name,
+            method: req.method().as_str(),
+            path: req.uri().path_and_query().map(|p| p.as_str()).unwrap_or("/"),
+            session,
+        };
+        let mark = peer_auth::sign(&self.keys.ring(), &forward, unix_now());
+        if let Ok(v) = HeaderValue::from_str(&mark) {
+            req.headers_mut().insert(FORWARDED_HEADER, v);
+        }
+        let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
+        let failed = |why: &str, status: StatusCode| {
+            self.metrics.forwards.get_or_create(&[("reason", reason), ("result", "failed")]).inc();
+            tracing::warn!(peer = %to.name, error = why, "forwarded request failed");
+            text_response(status, format!("handover: pool member {} failed ({why}); retry\n", to.name))
+        };
+
+        // Wait for the answer as long as the peer lives (a long-poll is not a dead peer): probe
+        // it whenever the wait passes another `peer_probe_after`.
+        let response_deadline = self.cfg.response_timeout.map(|t| tokio::time::Instant::now() + t);
+        let outcome = {
+            let send = sender.send_request(req);
+            tokio::pin!(send);
+            loop {
+                let next_probe = tokio::time::Instant::now() + self.cfg.peer_probe_after;
+                let wake = response_deadline.map_or(next_probe, |d| d.min(next_probe));
+                tokio::select! {
+                    outcome = &mut send => break outcome,
+                    () = tokio::time::sleep_until(wake) => {
+                        if response_deadline.is_some_and(|d| tokio::time::Instant::now() >= d) {
+                            return failed("no answer in time", StatusCode::GATEWAY_TIMEOUT);
+                        }
+                        if let Liveness::Dead(why) = self.probe_peer(to, "slow to answer a forward").await {
+                            return failed(why, StatusCode::BAD_GATEWAY);
+                        }
+                    }
+                }
+            }
+        };
+        let mut resp = match outcome {
+            Ok(resp) => resp,
+            // The client's own body was too slow: nothing to say about the peer.
+            Err(e) if cut_by_client(&e) => return body_too_slow(),
+            Err(e) => {
+                // The request may have been cut by the client's own body, or by the peer: only
+                // a probe says which.
+                let why = e.to_string();
+                self.probe_peer(to, &why).await;
+                return failed(&why, StatusCode::BAD_GATEWAY);
+            }
+        };
+        if resp.headers_mut().remove(PEER_HEADER).is_none() && resp.status().is_server_error() {
+            // Not from a sidecar: something in between (a mesh proxy) answered for the peer.
+            let why = format!("{} from something other than the peer's sidecar", resp.status());
+            if let Liveness::Dead(_) = self.probe_peer(to, &why).await {
+                return failed(&why, StatusCode::BAD_GATEWAY);
+            }
+        }
+        self.upstreams.put(to.addr, sender);
+        self.metrics.forwards.get_or_create(&[("reason", reason), ("result", "ok")]).inc();
+        let switching = resp.status() == StatusCode::SWITCHING_PROTOCOLS;
+        if let (true, Some(client)) = (switching, client_upgrade) {
+            bridge_upgrade(client, hyper::upgrade::on(&mut resp));
+        }
+        strip_hop_by_hop(resp.headers_mut(), switching);
+        if self.draining_since().is_some() && !switching {
+            resp.headers_mut().insert(header::CONNECTION, HeaderValue::from_static("close"));
+        }
+        resp.map(|b| b.map_err(Into::into).boxed())
+    }
+
+    /// Probes a peer after a forward to it failed or was slow; a dead one counts as unreachable to
+    /// this sidecar for a while (its sessions are then taken over by their successors).
+    pub(super) async fn probe_peer(&self, peer: &Member, after: &str) -> Liveness {
+        let admin = SocketAddr::new(peer.addr.ip(), self.cfg.peer_admin_port);
+        let verdict = peer_probe::probe(admin, self.cfg.probe_timeout).await;
+        let label = match verdict {
+            Liveness::Alive => "alive",
+            Liveness::Dead(_) => "dead",
+            Liveness::Unknown => "unknown",
+        };
+        self.metrics.peer_probes.get_or_create(&[("result", label)]).inc();
+        match verdict {
+            Liveness::Dead(why) => {
+                self.mark_unreachable(&peer.name);
+                tracing::warn!(peer = %peer.name, after, probe = why, "peer probe failed; the peer counts as dead for a while");
+            }
+            Liveness::Alive => tracing::info!(peer = %peer.name, after, "peer probe: alive"),
+            Liveness::Unknown => {
+                tracing::warn!(peer = %peer.name, after, "peer cannot be reached (no connection); not taking its sessions over")
+            }
+        }
+        verdict
+    }
+}
