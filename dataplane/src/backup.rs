@@ -57,7 +57,9 @@ impl Backup {
 /// What [`Store::put`] did.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Put {
-    Stored { evicted: usize },
+    Stored {
+        evicted: usize,
+    },
     /// The store holds this version or a newer one already (a reordered backup).
     Older,
     /// Larger than the whole store.

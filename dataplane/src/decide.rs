@@ -5,7 +5,7 @@
 
 use std::time::{Duration, Instant};
 
-use crate::cookie::Snapshot;
+use crate::cookie::Route;
 use crate::registry::Member;
 
 /// What a pod does with a session whose owner is alive elsewhere.
@@ -40,8 +40,8 @@ pub struct Me<'a> {
 /// Everything a routing decision depends on.
 #[derive(Clone, Copy, Debug)]
 pub struct Inputs<'a> {
-    /// The request's state cookie, if it opened.
-    pub cookie: Option<&'a Snapshot>,
+    /// The request's routing cookie, if it opened.
+    pub cookie: Option<&'a Route>,
     /// The version of this session the local app holds, from the local session table.
     pub local_version: Option<u64>,
     /// Live members from the registry.
@@ -268,8 +268,9 @@ pub struct SealInputs {
     pub cookie_version: Option<u64>,
 }
 
-/// Which state a response seals and with which version: [`seal_action`], and a version above
-/// every version of the session this pod has seen. The proxy calls it with the session table
+/// Which state a response seals and with which version: [`seal_action`], and for a new state
+/// (pushed or pulled) a version above every version of the session this pod has seen; a carried
+/// or refreshed state keeps its version (same state, new owner or expiry). The proxy calls it with the session table
 /// locked and writes the version back before it unlocks, so two concurrent responses of a session
 /// never carry the same version: versions strictly increase per session, in the order the states
 /// were taken (pulls of one session are taken under one lock; pushed states in the order their
@@ -278,8 +279,9 @@ pub fn seal(i: SealInputs) -> Seal {
     let action = seal_action(i.cookie, i.offered, i.owner_changed, i.refresh_due);
     let newest = i.local_version.max(i.cookie_version).unwrap_or(0);
     let version = match action {
-        SealAction::Seal(_) => newest + 1,
-        SealAction::Keep | SealAction::Delete => newest,
+        SealAction::Seal(SealSource::Push | SealSource::Pull) => newest + 1,
+        // The same state, resealed naming a new owner or a new expiry: the same version.
+        SealAction::Seal(SealSource::Carry | SealSource::Refresh) | SealAction::Keep | SealAction::Delete => newest,
     };
     Seal { action, version }
 }
@@ -311,7 +313,7 @@ pub fn newest_copy(cookie_state_version: Option<u64>, backup_version: Option<u64
 /// its version — the cookie is the newest copy, so resealing its state loses nothing. (A client
 /// presenting an older cookie than the app holds is not refreshed: that would make an old state
 /// look newer than the app's.)
-pub fn refresh_due(cookie: &Snapshot, local_version: Option<u64>, max_age_secs: u64, now_unix: u64) -> bool {
+pub fn refresh_due(cookie: &Route, local_version: Option<u64>, max_age_secs: u64, now_unix: u64) -> bool {
     local_version == Some(cookie.version) && now_unix >= cookie.issued_at.saturating_add(max_age_secs / 2)
 }
 
@@ -361,19 +363,21 @@ mod tests {
         Member { name: name.into(), uid: format!("uid-{name}"), addr: "127.0.0.1:1".parse().expect("addr") }
     }
 
-    fn cookie_from(owner: &str, version: u64) -> Snapshot {
-        Snapshot {
+    fn cookie_from(owner: &str, version: u64) -> Route {
+        Route {
             session: "session-1".into(),
             owner: Owner { name: owner.into(), uid: format!("uid-{owner}"), addr: String::new() },
             version,
             issued_at: 0,
             expires_at: u64::MAX,
-            state: b"state".to_vec(),
+            chunks: 1,
+            state_bytes: 100,
+            carry: 0,
         }
     }
 
     struct Case<'a> {
-        cookie: Option<Snapshot>,
+        cookie: Option<Route>,
         local: Option<u64>,
         live: Vec<Member>,
         unreachable: Vec<String>,
@@ -397,7 +401,7 @@ mod tests {
         }
     }
 
-    fn case(cookie: Option<Snapshot>) -> Case<'static> {
+    fn case(cookie: Option<Route>) -> Case<'static> {
         Case {
             cookie,
             local: None,
@@ -647,7 +651,7 @@ mod tests {
 
     #[test]
     fn an_active_session_is_refreshed_past_half_its_life_only_from_the_newest_copy() {
-        let cookie = Snapshot { issued_at: 1_000, version: 7, ..cookie_from("a", 7) };
+        let cookie = Route { issued_at: 1_000, version: 7, ..cookie_from("a", 7) };
         assert!(!refresh_due(&cookie, Some(7), 100, 1_049), "still young");
         assert!(refresh_due(&cookie, Some(7), 100, 1_050), "half its life");
         assert!(!refresh_due(&cookie, Some(8), 100, 1_090), "the app holds newer: never reseal the older cookie");
@@ -689,9 +693,19 @@ mod tests {
         };
         assert_eq!(seal(base), Seal { action: SealAction::Seal(SealSource::Push), version: 8 });
         assert_eq!(seal(SealInputs { local_version: Some(3), ..base }).version, 6, "a cookie newer than the table");
-        assert_eq!(seal(SealInputs { local_version: None, cookie_version: None, cookie: CookieSeen::Absent, ..base }).version, 1);
+        assert_eq!(
+            seal(SealInputs { local_version: None, cookie_version: None, cookie: CookieSeen::Absent, ..base }).version,
+            1
+        );
         let keep = seal(SealInputs { offered: Offered::Nothing, ..base });
         assert_eq!(keep, Seal { action: SealAction::Keep, version: 7 });
+        let carried =
+            seal(SealInputs { offered: Offered::Nothing, owner_changed: true, local_version: Some(5), ..base });
+        assert_eq!(
+            carried,
+            Seal { action: SealAction::Seal(SealSource::Carry), version: 5 },
+            "the same state keeps its version"
+        );
     }
 
     #[test]

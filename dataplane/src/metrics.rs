@@ -57,6 +57,8 @@ label_values! {
         Forward => "forward",
         /// Answered by the sidecar itself with an error.
         Refused => "refused",
+        /// A peer's backup call (keep or hand out a session's newest sealed state).
+        Backup => "backup",
     }
 }
 
@@ -97,7 +99,14 @@ pub struct Metrics {
     pub sessions_left: Family<Labels2, Counter>,
     pub snapshots: Family<Label, Counter>,
     pub snapshot_bytes: Histogram,
-    pub over_budget: Counter,
+    pub response_header_bytes: Histogram,
+    pub seals_refused: Family<Label, Counter>,
+    pub backups_sent: Family<Label, Counter>,
+    pub backups_received: Family<Label, Counter>,
+    pub backup_lookups: Family<Label, Counter>,
+    pub backups_evicted: Counter,
+    pub backups_kept: Gauge,
+    pub backup_bytes: Gauge,
     pub ended_not_remembered: Counter,
     pub made_private: Counter,
     pub app_waits: Family<Label, Counter>,
@@ -123,8 +132,15 @@ impl Default for Metrics {
             sessions_reset: Family::default(),
             sessions_left: Family::default(),
             snapshots: Family::default(),
-            snapshot_bytes: Histogram::new(exponential_buckets(64.0, 2.0, 10)),
-            over_budget: Counter::default(),
+            snapshot_bytes: Histogram::new(exponential_buckets(128.0, 2.0, 10)),
+            response_header_bytes: Histogram::new(exponential_buckets(256.0, 2.0, 10)),
+            seals_refused: Family::default(),
+            backups_sent: Family::default(),
+            backups_received: Family::default(),
+            backup_lookups: Family::default(),
+            backups_evicted: Counter::default(),
+            backups_kept: Gauge::default(),
+            backup_bytes: Gauge::default(),
             ended_not_remembered: Counter::default(),
             made_private: Counter::default(),
             app_waits: Family::default(),
@@ -144,7 +160,7 @@ impl Default for Metrics {
         );
         registry.register(
             "restores",
-            "Restores into the local app, by result (ok, retried, refused, failed)",
+            "Restores into the local app, by result (ok, retried, refused, failed; from_backup: the backup was newer than the cookie)",
             m.restores.clone(),
         );
         registry.register("takeovers", "Sessions taken over from a dead or unreachable owner", m.takeovers.clone());
@@ -161,7 +177,7 @@ impl Default for Metrics {
         registry.register("cookie_rejects", "State cookies refused, by reason", m.cookie_rejects.clone());
         registry.register(
             "sessions_reset",
-            "Requests that presented a state cookie but went on without its session, by reason (expired, refused_by_app, ended, wrong_pool, incomplete, tampered, unknown_key, garbage, unsupported_version)",
+            "Requests that presented a state cookie but went on without its session, by reason (expired, refused_by_app, ended, wrong_pool, incomplete — the state in no copy —, tampered, unknown_key, garbage, unsupported_version)",
             m.sessions_reset.clone(),
         );
         registry.register(
@@ -174,12 +190,43 @@ impl Default for Metrics {
             "Snapshots sealed into cookies, by source (push, pull, carry, refresh)",
             m.snapshots.clone(),
         );
-        registry.register("snapshot_bytes", "Size of sealed state cookies, all chunks", m.snapshot_bytes.clone());
         registry.register(
-            "state_over_budget",
-            "States too large for the cookie budget (not sealed)",
-            m.over_budget.clone(),
+            "snapshot_bytes",
+            "Bytes of a session's cookies (route and state chunks) as the client sends them back, per seal: how close sessions are to --max-request-header-bytes",
+            m.snapshot_bytes.clone(),
         );
+        registry.register(
+            "response_header_bytes",
+            "Bytes of a sealing response's header block with the session's cookies: how close sessions are to --max-response-header-bytes",
+            m.response_header_bytes.clone(),
+        );
+        registry.register(
+            "seals_refused",
+            "States not sealed into the client's cookies, by reason (response_headers, request_header, client_carry, one_cookie, max_bytes, state_bytes); the client keeps its previous cookies",
+            m.seals_refused.clone(),
+        );
+        registry.register(
+            "backups_sent",
+            "Sealed states handed to the session's successor before the response left, by result (ok, refused, failed, no_successor)",
+            m.backups_sent.clone(),
+        );
+        registry.register(
+            "backups_received",
+            "Backups peers handed to this sidecar, by result (stored, older, too_large)",
+            m.backups_received.clone(),
+        );
+        registry.register(
+            "backup_lookups",
+            "Backups asked of peers at a restore, by result (found, none)",
+            m.backup_lookups.clone(),
+        );
+        registry.register(
+            "backups_evicted",
+            "Backups dropped, oldest first, to stay within --backup-max-bytes",
+            m.backups_evicted.clone(),
+        );
+        registry.register("backups_kept", "Backups this sidecar keeps for its peers' sessions", m.backups_kept.clone());
+        registry.register("backup_bytes", "Bytes of the backups this sidecar keeps", m.backup_bytes.clone());
         registry.register(
             "ended_not_remembered",
             "Ended sessions not remembered because the sidecar already remembers its maximum (a replay of their cookies is not refused)",

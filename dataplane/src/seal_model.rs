@@ -17,7 +17,7 @@
 
 use proptest::prelude::*;
 
-use crate::cookie::{Owner, Snapshot};
+use crate::cookie::{Owner, Route};
 use crate::decide::{self, Affinity, CookieSeen, Decision, Inputs, Me, Offered, SealAction, SealInputs};
 use crate::registry::Member;
 
@@ -120,23 +120,25 @@ impl World {
         self.pods.iter().position(|p| p.member.name == name).expect("a pod of the model")
     }
 
-    fn snapshot(&self, c: &Cookie) -> Snapshot {
+    fn route_of(&self, c: &Cookie) -> Route {
         let m = &self.pods[c.owner].member;
-        Snapshot {
+        Route {
             session: SESSION.into(),
             owner: Owner { name: m.name.clone(), uid: m.uid.clone(), addr: String::new() },
             version: c.version,
             issued_at: 0,
             expires_at: u64::MAX,
-            state: vec![],
+            chunks: 1,
+            state_bytes: 1,
+            carry: 0,
         }
     }
 
     fn route_at(&self, at: usize, cookie: Option<&Cookie>, forwarded: bool) -> Decision {
-        let snapshot = cookie.map(|c| self.snapshot(c));
+        let route = cookie.map(|c| self.route_of(c));
         let p = &self.pods[at];
         decide::route(Inputs {
-            cookie: snapshot.as_ref(),
+            cookie: route.as_ref(),
             local_version: p.local_version,
             live: &self.live(),
             unreachable: &[],
@@ -216,11 +218,14 @@ impl World {
             }
             Decision::Restore { .. } => {
                 let backup = if self.backup_on { self.lookup_backup() } else { None };
-                let (version, items) = match decide::newest_copy(cookie.as_ref().map(|c| c.version), backup.as_ref().map(|b| b.0)) {
-                    decide::Copy::Cookie => cookie.as_ref().map(|c| (c.version, c.items.clone())).expect("a cookie"),
-                    decide::Copy::Backup => backup.expect("a backup"),
-                    decide::Copy::Lost => (0, vec![]),
-                };
+                let (version, items) =
+                    match decide::newest_copy(cookie.as_ref().map(|c| c.version), backup.as_ref().map(|b| b.0)) {
+                        decide::Copy::Cookie => {
+                            cookie.as_ref().map(|c| (c.version, c.items.clone())).expect("a cookie")
+                        }
+                        decide::Copy::Backup => backup.expect("a backup"),
+                        decide::Copy::Lost => (0, vec![]),
+                    };
                 let lacking: Vec<u32> = self.acked.iter().copied().filter(|u| !items.contains(u)).collect();
                 if !lacking.is_empty() {
                     self.losses.push(lacking);

@@ -140,9 +140,30 @@ pub struct RunArgs {
     pub cookie_domain: String,
     #[arg(long, env = "HANDOVER_COOKIE_MAX_AGE", default_value = "12h", value_parser = handover_common::duration::parse)]
     pub cookie_max_age: Duration,
-    /// Budget for the state cookie over all its chunks.
+    /// Ceiling for one session's cookies (route and state chunks, as the client sends them back);
+    /// the header limits below bind first at their defaults.
     #[arg(long, env = "HANDOVER_COOKIE_MAX_BYTES", default_value_t = 16384)]
     pub cookie_max_bytes: usize,
+    /// The largest response header block the proxies in front of the pool accept (status line,
+    /// headers, the session's Set-Cookie lines): ingress-nginx `proxy-buffer-size`, 4k by default.
+    /// A state whose cookies would pass it is not sealed into them (Handover-Warning).
+    #[arg(long, env = "HANDOVER_MAX_RESPONSE_HEADER_BYTES", default_value_t = 4096)]
+    pub max_response_header_bytes: usize,
+    /// The longest request header line the path carries (the client's whole Cookie line):
+    /// ingress-nginx `large-client-header-buffers` (8k), curl's 8190-byte cookie limit.
+    #[arg(long, env = "HANDOVER_MAX_REQUEST_HEADER_BYTES", default_value_t = 8192)]
+    pub max_request_header_bytes: usize,
+    /// Hand each newly sealed state to the session's successor before the response leaves
+    /// (`successor`), so a takeover finds every acknowledged update even when the client's cookie
+    /// is older; `off`: the client's cookie only.
+    #[arg(long, env = "HANDOVER_BACKUP", default_value = "successor", value_parser = ["successor", "off"])]
+    pub backup: String,
+    /// Bytes of peers' backups this sidecar keeps at most (the oldest go first).
+    #[arg(long, env = "HANDOVER_BACKUP_MAX_BYTES", default_value_t = 32 << 20)]
+    pub backup_max_bytes: usize,
+    /// Longest wait for the successor to keep a backup (the response waits for it).
+    #[arg(long, env = "HANDOVER_BACKUP_TIMEOUT", default_value = "1s", value_parser = handover_common::duration::parse)]
+    pub backup_timeout: Duration,
     /// Mark cookies `Secure` (turn off only for plain-HTTP tests).
     #[arg(long, env = "HANDOVER_COOKIE_SECURE", default_value_t = true, action = clap::ArgAction::Set)]
     pub cookie_secure: bool,
@@ -257,6 +278,12 @@ pub async fn run(args: RunArgs) -> Result<(), String> {
         body: BodyLimits { idle: args.body_idle_timeout, total: args.body_timeout },
         max_held: args.max_held,
         max_state_bytes: args.max_state_bytes,
+        limits: handover_dataplane::header_budget::Limits {
+            response_headers: args.max_response_header_bytes,
+            request_header: args.max_request_header_bytes,
+        },
+        backup_max_bytes: (args.backup == "successor").then_some(args.backup_max_bytes),
+        backup_timeout: args.backup_timeout,
     };
     let proxy = Proxy::new(cfg, Arc::clone(&keys), registry, Arc::clone(&metrics));
 
@@ -403,28 +430,35 @@ pub fn inspect(
     let cookie_name =
         candidates.iter().find(|c| pairs.iter().any(|(n, _)| n == c)).cloned().unwrap_or_else(|| candidates[0].clone());
     let cookie_name = cookie_name.as_str();
-    // The largest budget a pool may set (the CRD's maximum); inspect reads what any pool wrote.
-    let budget = handover_dataplane::cookie::Budget::for_cookie(cookie_name, 64 * 1024);
-    let joined =
-        handover_dataplane::cookie::join(cookie_name, budget, |n| pairs.iter().find(|(k, _)| *k == n).map(|(_, v)| *v))
-            .map_err(|e| format!("refused: {e} ({})", e.reason()))?
-            .ok_or_else(|| format!("no cookie named {cookie_name:?} in the input"))?;
+    let lookup = |n: &str| pairs.iter().find(|(k, _)| *k == n).map(|(_, v)| *v);
     let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
-    let s = handover_dataplane::cookie::open(&joined, pool, &ring, now)
-        .map_err(|e| format!("refused: {e} ({})", e.reason()))?;
-    let state_text = String::from_utf8(s.state.clone()).ok();
+    let refused = |e: handover_dataplane::cookie::CookieError| format!("refused: {e} ({})", e.reason());
+    let route_value = lookup(cookie_name).ok_or_else(|| format!("no cookie named {cookie_name:?} in the input"))?;
+    let r = handover_dataplane::cookie::open_route(route_value, pool, &ring, now).map_err(refused)?;
+    // The state: joined from the chunks the input holds, opened with the largest state any pool may set.
+    let state = handover_dataplane::cookie::join_state(cookie_name, &r, lookup).and_then(|joined| {
+        handover_dataplane::cookie::open_state(&joined, &r, pool, &ring, handover_dataplane::cookie::MAX_STATE_BYTES)
+    });
+    let state_report = match &state {
+        Ok(state) => serde_json::json!({
+            "bytes": state.len(),
+            "utf8": String::from_utf8(state.clone()).ok(),
+            "base64url": base64::Engine::encode(&base64::engine::general_purpose::URL_SAFE_NO_PAD, state),
+        }),
+        Err(e) => serde_json::json!({ "refused": e.to_string(), "reason": e.reason() }),
+    };
     let report = serde_json::json!({
-        "session": s.session,
+        "session": r.session,
         "pool": pool,
-        "owner": {"pod": s.owner.name, "uid": s.owner.uid, "addr": s.owner.addr},
-        "version": s.version,
-        "issued_at": s.issued_at,
-        "expires_at": s.expires_at,
-        "expires_in_seconds": s.expires_at.saturating_sub(now),
-        "state_bytes": s.state.len(),
-        "state_utf8": state_text,
-        "state_base64url": base64::Engine::encode(&base64::engine::general_purpose::URL_SAFE_NO_PAD, &s.state),
-        "sealed_bytes": joined.len(),
+        "owner": {"pod": r.owner.name, "uid": r.owner.uid, "addr": r.owner.addr},
+        "version": r.version,
+        "issued_at": r.issued_at,
+        "expires_at": r.expires_at,
+        "expires_in_seconds": r.expires_at.saturating_sub(now),
+        "chunks": r.chunks,
+        "sealed_state_bytes": r.state_bytes,
+        "client_carries_at_most": (r.carry > 0).then_some(r.carry),
+        "state": state_report,
     });
     serde_json::to_string_pretty(&report).map_err(|e| e.to_string())
 }

@@ -2,7 +2,7 @@
 
 use std::process::Command;
 
-use handover_dataplane::cookie::{self, Owner, Snapshot};
+use handover_dataplane::cookie::{self, Owner, Route};
 use handover_dataplane::keys::KeyRing;
 
 fn exe() -> Command {
@@ -42,20 +42,23 @@ fn cookie_inspect_opens_a_cookie_and_explains_a_refusal() {
     assert!(keygen.status.success());
     std::fs::write(&key_file, &keygen.stdout).expect("write keys");
     let ring = KeyRing::load(&key_file).expect("keygen writes a valid key line");
-    let snapshot = Snapshot {
+    let state = cookie::seal_state("s-42", 9, br#"{"count":3}"#, "shop/cart", &ring);
+    let route = Route {
         session: "s-42".into(),
         owner: Owner { name: "cart-7".into(), uid: "u-1".into(), addr: "10.0.0.7:8000".into() },
         version: 9,
         issued_at: 1,
         expires_at: u64::MAX / 2,
-        state: br#"{"count":3}"#.to_vec(),
+        chunks: 1,
+        state_bytes: state.len() as u32,
+        carry: 0,
     };
-    let value = cookie::seal(&snapshot, "shop/cart", &ring);
+    let value = cookie::seal_route(&route, "shop/cart", &ring);
 
     let out = exe()
         .args(["cookie", "inspect", "--pool", "shop/cart", "--key-file"])
         .arg(&key_file)
-        .arg(format!("handover={value}; other=1"))
+        .arg(format!("handover={value}; other=1; handover.0={state}"))
         .output()
         .expect("inspect runs");
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
@@ -63,14 +66,14 @@ fn cookie_inspect_opens_a_cookie_and_explains_a_refusal() {
     assert_eq!(report["session"], "s-42");
     assert_eq!(report["owner"]["pod"], "cart-7");
     assert_eq!(report["version"], 9);
-    assert_eq!(report["state_utf8"], r#"{"count":3}"#);
+    assert_eq!(report["state"]["utf8"], r#"{"count":3}"#);
 
     // A Cookie header as a browser sends it for a pool with the default name: found by itself.
     for name in ["handover-5dff3eb8", "__Host-handover-5dff3eb8"] {
         let out = exe()
             .args(["cookie", "inspect", "--pool", "shop/cart", "--key-file"])
             .arg(&key_file)
-            .arg(format!("other=1; {name}={value}"))
+            .arg(format!("other=1; {name}={value}; {name}.0={state}"))
             .output()
             .expect("inspect runs");
         assert!(out.status.success(), "{name}: {}", String::from_utf8_lossy(&out.stderr));

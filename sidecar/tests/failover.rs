@@ -108,7 +108,7 @@ async fn key_rotation_mid_run_drops_no_session() {
         let (probe, ready, newest, name) = (Arc::clone(&probe), Arc::clone(&ready), newest.clone(), name.clone());
         async move {
             let mut probe = probe.lock().await;
-            probe.incr(&ready).await.is_ok() && cookie::open(&probe.client.jar[&name], POOL, &newest, 0).is_ok()
+            probe.incr(&ready).await.is_ok() && cookie::open_route(&probe.client.jar[&name], POOL, &newest, 0).is_ok()
         }
     })
     .await

@@ -15,6 +15,7 @@ use http_body_util::{BodyExt, Limited};
 use super::headers::{ROTATE_HEADER, SESSION_HEADER, STATE_HEADER, origin_form, strip_hop_by_hop};
 use super::peer::bridge_upgrade;
 use super::request::RequestCookie;
+use super::restore::Carried;
 use super::{Proxy, body_too_slow, cut_by_client, full, text_response};
 use crate::cache;
 use crate::metrics::BadRequest;
@@ -118,11 +119,11 @@ impl Proxy {
         mut sender: hyper::client::conn::http1::SendRequest<Body>,
         mut req: Request<Body>,
         rc: &RequestCookie,
-        owner_changed: bool,
+        carried: Option<Carried>,
         upgrade: bool,
     ) -> Served {
-        let session = match &rc.snapshot {
-            Some(s) => s.session.clone(),
+        let session = match rc.session() {
+            Some(s) => s.to_owned(),
             None => crate::random::session_id(),
         };
         self.strip_our_cookies(req.headers_mut());
@@ -200,7 +201,7 @@ impl Proxy {
             None => (session, pushed),
         };
         let cookies_before = parts.headers.get_all(header::SET_COOKIE).iter().count();
-        self.seal_response(&mut parts.headers, &session, rc, pushed, owner_changed).await;
+        self.seal_response(parts.status, &mut parts.headers, &session, rc, pushed, carried).await;
         let ours = parts.headers.get_all(header::SET_COOKIE).iter().count() > cookies_before;
         let exchange = cache::Exchange { method: &method, authorized, status: parts.status, headers: &parts.headers };
         if ours && cache::shared_cache_may_store(exchange) {

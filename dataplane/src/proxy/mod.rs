@@ -8,6 +8,7 @@
 //! the upgrade bridge), `sessions.rs` (the session table), `seal.rs` (the response's Set-Cookie).
 
 mod app;
+mod backup;
 mod headers;
 mod peer;
 mod request;
@@ -28,7 +29,6 @@ use hyper::body::Incoming;
 
 pub use headers::{FORWARDED_HEADER, PEER_HEADER, ROTATE_HEADER, SESSION_HEADER, STATE_HEADER, WARNING_HEADER};
 
-use crate::cookie::Budget;
 use crate::decide::{self, Affinity, Decision, ForwardReason, Me, Mode};
 use crate::keys::KeyFile;
 use crate::metrics::{BadRequest, Metrics, Route};
@@ -141,6 +141,12 @@ pub struct Config {
     pub max_held: usize,
     /// Largest state (uncompressed) sealed or restored.
     pub max_state_bytes: usize,
+    /// The header limits of the path between clients and the pool.
+    pub limits: crate::header_budget::Limits,
+    /// Bytes of peers' backups kept at most; `None`: no backups (the cookie only).
+    pub backup_max_bytes: Option<usize>,
+    /// Longest wait for a peer to keep (or hand out) a backup.
+    pub backup_timeout: Duration,
 }
 
 /// The proxy's shared state.
@@ -161,6 +167,8 @@ pub struct Proxy {
     /// Whether the app answers; held requests wait on changes of it.
     app_up: tokio::sync::watch::Sender<bool>,
     held: tokio::sync::Semaphore,
+    /// The backups this pod keeps for the sessions it would take over; `None` when backups are off.
+    backups: Option<crate::backup::Store>,
 }
 
 fn unix_now() -> u64 {
@@ -182,6 +190,7 @@ fn full(bytes: impl Into<Bytes>) -> Body {
 impl Proxy {
     pub fn new(cfg: Config, keys: Arc<KeyFile>, registry: Arc<dyn Registry>, metrics: Arc<Metrics>) -> Arc<Proxy> {
         let cfg_max_held = cfg.max_held;
+        let backups = cfg.backup_max_bytes.map(crate::backup::Store::new);
         Arc::new(Proxy {
             cfg,
             metrics,
@@ -195,6 +204,7 @@ impl Proxy {
             draining_since: Mutex::new(None),
             app_up: tokio::sync::watch::Sender::new(true),
             held: tokio::sync::Semaphore::new(cfg_max_held),
+            backups,
         })
     }
 
@@ -219,10 +229,6 @@ impl Proxy {
     /// Whether the registry has seen the pool (see [`Registry::synced`]).
     pub fn registry_synced(&self) -> Result<(), String> {
         self.registry.synced()
-    }
-
-    fn budget(&self) -> Budget {
-        Budget::for_cookie(&self.cfg.cookie.attrs.name, self.cfg.cookie.max_bytes)
     }
 
     /// Serves one client (or peer) request. Never fails: every error is a response.
@@ -258,6 +264,9 @@ impl Proxy {
             tracing::warn!(%client, method = %req.method(), path = req.uri().path(), "a client asked for the state endpoint; refused");
             return (Route::Refused, text_response(StatusCode::NOT_FOUND, "not found\n"));
         }
+        if self.is_backup_call(&req) {
+            return (Route::Backup, self.serve_backup(req).await);
+        }
         let mark = req.headers_mut().remove(FORWARDED_HEADER);
         let rc = self.read_cookie(req.headers());
         let arrival = self.arrival(mark, &req, &rc, client);
@@ -290,18 +299,18 @@ impl Proxy {
         let mut retries = Retries::default();
         // Set once the app refused the cookie's state: from then on the request is a fresh session.
         let mut fresh: Option<RequestCookie> = None;
-        if let Some(snapshot) = rc.snapshot.as_ref().filter(|s| self.has_ended(&s.session)) {
+        if let Some(ended) = rc.session().filter(|s| self.has_ended(s)) {
             // A copy of the cookie of a session that ended here (logout) or rotated (login).
             self.metrics.sessions_reset.get_or_create(&[("reason", "ended")]).inc();
-            tracing::info!(session = %snapshot.session, "a cookie of an ended session was presented; a fresh session instead");
-            fresh = Some(RequestCookie { snapshot: None, held_chunks: rc.held_chunks.clone(), dropped: true });
+            tracing::info!(session = %ended, "a cookie of an ended session was presented; a fresh session instead");
+            fresh = Some(rc.dropped());
         }
         loop {
             let rc = fresh.as_ref().unwrap_or(rc);
             let unreachable = self.unreachable_now();
-            let session = rc.snapshot.as_ref().map(|s| s.session.clone());
+            let session = rc.session().map(str::to_owned);
             let decision = decide::route(decide::Inputs {
-                cookie: rc.snapshot.as_ref(),
+                cookie: rc.route.as_ref(),
                 local_version: session.as_deref().and_then(|s| self.local(s)).map(|l| l.version),
                 live: &live,
                 unreachable: &unreachable,
@@ -323,7 +332,7 @@ impl Proxy {
                     }
                     match self.upstreams.get(to.addr, self.cfg.connect_timeout).await {
                         Ok(sender) => {
-                            let session = rc.snapshot.as_ref().map(|s| s.session.as_str()).unwrap_or("");
+                            let session = rc.session().unwrap_or("");
                             let resp = self.forward_to_peer(sender, req, &to, session, reason_label, upgrade).await;
                             return (Route::Forward, resp);
                         }
@@ -361,7 +370,7 @@ impl Proxy {
                     // The app may be down (restarting): hold the request until it is back.
                     let sender = match self.app_connection().await {
                         Ok((sender, waited)) => {
-                            if waited && rc.snapshot.is_some() && retries.recheck_app() {
+                            if waited && rc.route.is_some() && retries.recheck_app() {
                                 // The app may have restarted and lost its sessions: decide again.
                                 self.upstreams.put(self.cfg.app, sender);
                                 continue;
@@ -370,32 +379,28 @@ impl Proxy {
                         }
                         Err(resp) => return (Route::Refused, resp),
                     };
-                    let (route, owner_changed) = match (&decision, rc.snapshot.as_ref()) {
-                        (Decision::Restore { takeover }, Some(snapshot)) => {
-                            match self.restore_once(snapshot, *takeover).await {
-                                Ok(Restored::Already) => (Route::Serve, false),
-                                Ok(Restored::Done) if *takeover => {
+                    let (route, carried) = match (&decision, rc.route.as_ref()) {
+                        (Decision::Restore { takeover }, Some(cookie)) => {
+                            match self.restore_once(rc, *takeover).await {
+                                Ok(Restored::Already) => (Route::Serve, None),
+                                Ok(Restored::Done(carried)) if *takeover => {
                                     self.metrics.takeovers.inc();
-                                    tracing::info!(session = %snapshot.session, from = %snapshot.owner.name, version = snapshot.version, "took over session");
-                                    (Route::Takeover, true)
+                                    tracing::info!(session = %cookie.session, from = %cookie.owner.name, version = carried.version, "took over session");
+                                    (Route::Takeover, Some(carried))
                                 }
-                                Ok(Restored::Done) => (Route::Restore, true),
-                                Ok(Restored::Refused) => {
+                                Ok(Restored::Done(carried)) => (Route::Restore, Some(carried)),
+                                Ok(Restored::Refused | Restored::Lost) => {
                                     self.upstreams.put(self.cfg.app, sender);
-                                    fresh = Some(RequestCookie {
-                                        snapshot: None,
-                                        held_chunks: rc.held_chunks.clone(),
-                                        dropped: true,
-                                    });
+                                    fresh = Some(rc.dropped());
                                     continue;
                                 }
                                 Err(resp) => return (Route::Refused, resp),
                             }
                         }
-                        (Decision::New, _) => (Route::New, false),
-                        _ => (Route::Serve, false),
+                        (Decision::New, _) => (Route::New, None),
+                        _ => (Route::Serve, None),
                     };
-                    match self.serve_locally(sender, req, rc, owner_changed, upgrade).await {
+                    match self.serve_locally(sender, req, rc, carried, upgrade).await {
                         Served::Response(resp) => return (route, resp),
                         Served::NotSent(unsent) if retries.resend() => req = unsent,
                         Served::NotSent(_) => {

@@ -1,5 +1,6 @@
-//! What a request arrives with: its state cookie, opened (or refused, counted), and whether a peer
-//! sidecar forwarded it (the loop guard).
+//! What a request arrives with: its session cookies — the routing cookie opened (or refused,
+//! counted), the state chunks joined but not opened (only a restore needs them) — and whether a
+//! peer sidecar forwarded it (the loop guard).
 
 use std::net::SocketAddr;
 
@@ -8,19 +9,50 @@ use http::header::{HeaderMap, HeaderValue};
 
 use super::headers::cookie_pairs;
 use super::{Proxy, unix_now};
-use crate::cookie::{self, Snapshot};
+use crate::cookie::{self, CookieError, Route};
+use crate::header_budget;
 use crate::metrics::BadRequest;
 use crate::peer_auth;
 use crate::upstream::Body;
 
-/// The cookie of a request, opened, and which of its chunks the client holds.
+/// The session cookies of a request.
 pub(super) struct RequestCookie {
-    pub(super) snapshot: Option<Snapshot>,
-    /// Chunk indices present in the request (bounded by the request's size).
+    /// The routing cookie, opened.
+    pub(super) route: Option<Route>,
+    /// The route's state chunks, joined, not opened: `Ok(None)` when the route has none in the
+    /// client; an error when the client did not carry them whole.
+    pub(super) state: Result<Option<String>, CookieError>,
+    /// State chunk indices present in the request (bounded by the request's size).
     pub(super) held_chunks: Vec<usize>,
-    /// The cookie opened, but the app refused its state: the request runs as a fresh session and
-    /// the response replaces or deletes the cookie.
+    /// Whether the request carried a routing cookie at all (to delete it with the chunks).
+    pub(super) held_route: bool,
+    /// Bytes of the site's other cookies, as the client sends them back.
+    pub(super) other_cookies: usize,
+    /// The most bytes of session cookies this client is known to carry (0: no limit seen): the
+    /// route's, or what arrived now when the client dropped state chunks.
+    pub(super) carry: u32,
+    /// The cookie opened, but its state is gone (the app refused it, or the session ended): the
+    /// request runs as a fresh session and the response replaces or deletes the cookies.
     pub(super) dropped: bool,
+}
+
+impl RequestCookie {
+    /// The same request as a fresh session: no route, the cookies it holds to be replaced.
+    pub(super) fn dropped(&self) -> RequestCookie {
+        RequestCookie {
+            route: None,
+            state: Ok(None),
+            held_chunks: self.held_chunks.clone(),
+            held_route: self.held_route,
+            other_cookies: self.other_cookies,
+            carry: self.carry,
+            dropped: true,
+        }
+    }
+
+    pub(super) fn session(&self) -> Option<&str> {
+        self.route.as_ref().map(|r| r.session.as_str())
+    }
 }
 
 /// What the loop guard concluded about a request.
@@ -34,8 +66,8 @@ pub(super) enum Arrival {
 
 /// The `reason` label of `handover_sessions_reset_total` for a cookie that was presented but did
 /// not open.
-pub(super) fn reset_reason(e: &cookie::CookieError) -> &'static str {
-    use cookie::CookieError as E;
+pub(super) fn reset_reason(e: &CookieError) -> &'static str {
+    use CookieError as E;
     match e {
         E::Expired => "expired",
         E::WrongPool => "wrong_pool",
@@ -52,23 +84,46 @@ impl Proxy {
         let pairs = cookie_pairs(headers);
         let name = &self.cfg.cookie.attrs.name;
         let lookup = |n: &str| pairs.iter().find(|(k, _)| *k == n).map(|(_, v)| *v);
-        let held_chunks = cookie::held_chunks(name, pairs.iter().map(|(n, _)| *n));
-        let opened = cookie::join(name, self.budget(), lookup).and_then(|value| match value {
-            None => Ok(None),
-            Some(v) => cookie::open_within(&v, &self.cfg.pool, &self.keys.ring(), unix_now(), self.cfg.max_state_bytes)
-                .map(Some),
-        });
-        let snapshot = match opened {
-            Ok(s) => s,
-            Err(e) => {
+        let held_chunks = cookie::held_state_chunks(name, pairs.iter().map(|(n, _)| *n));
+        let other_cookies =
+            header_budget::other_cookie_bytes(pairs.iter().copied(), |n| cookie::is_session_cookie(name, n));
+        let route = lookup(name).map(|v| cookie::open_route(v, &self.cfg.pool, &self.keys.ring(), unix_now()));
+        let route = match route {
+            None => None,
+            Some(Ok(route)) => Some(route),
+            Some(Err(e)) => {
                 self.metrics.cookie_rejects.get_or_create(&[("reason", e.reason())]).inc();
                 // A cookie was presented and its session cannot go on: the request runs without it.
                 self.metrics.sessions_reset.get_or_create(&[("reason", reset_reason(&e))]).inc();
-                tracing::debug!(reason = e.reason(), error = %e, "state cookie refused; treating it as absent");
+                tracing::debug!(reason = e.reason(), error = %e, "routing cookie refused; treating it as absent");
                 None
             }
         };
-        RequestCookie { snapshot, held_chunks, dropped: false }
+        let state = match &route {
+            Some(r) if r.chunks > 0 => cookie::join_state(name, r, lookup).map(Some),
+            _ => Ok(None),
+        };
+        let mut carry = route.as_ref().map_or(0, |r| r.carry);
+        if let (Some(r), Err(CookieError::MissingChunk(_))) = (&route, &state) {
+            // The client dropped cookies: what did arrive is what it carries (at least the route).
+            let arrived: usize = pairs
+                .iter()
+                .filter(|(n, _)| cookie::is_session_cookie(name, n))
+                .map(|(n, v)| n.len() + 1 + v.len() + 2)
+                .sum();
+            carry = u32::try_from(arrived).unwrap_or(u32::MAX);
+            self.metrics.cookie_rejects.get_or_create(&[("reason", "missing_chunk")]).inc();
+            tracing::info!(session = %r.session, arrived, chunks = r.chunks, "the client dropped state chunks");
+        }
+        RequestCookie {
+            held_route: lookup(name).is_some(),
+            route,
+            state,
+            held_chunks,
+            other_cookies,
+            carry,
+            dropped: false,
+        }
     }
 
     /// The loop guard: a request counts as forwarded by a peer only if its mark verifies. Any
@@ -86,7 +141,7 @@ impl Proxy {
             to: &self.cfg.pod_name,
             method: req.method().as_str(),
             path: req.uri().path_and_query().map(|p| p.as_str()).unwrap_or("/"),
-            session: rc.snapshot.as_ref().map(|s| s.session.as_str()).unwrap_or(""),
+            session: rc.session().unwrap_or(""),
         };
         match peer_auth::verify(&self.keys.ring(), mark.as_bytes(), &claim, unix_now()) {
             Ok(from) => {

@@ -1,14 +1,16 @@
-//! Restoring a session from its cookie into the local app: once per version (a per-session lock),
-//! asking the app first when this pod owns it, retried on failure, dropped on the app's refusal.
+//! Restoring a session into the local app from its newest copy (the client's state chunks or a
+//! backup): once per version (a per-session lock), asking the app first when this pod owns it,
+//! retried on failure, dropped on the app's refusal.
 
 use std::time::Duration;
 
 use bytes::Bytes;
 use http::{Method, Response, StatusCode};
 
+use super::request::RequestCookie;
 use super::sessions::Local;
-use super::{Proxy, text_response};
-use crate::cookie::Snapshot;
+use super::{Proxy, text_response, unix_now};
+use crate::cookie::{self, Route};
 use crate::decide;
 use crate::upstream::Body;
 
@@ -27,10 +29,20 @@ pub(super) enum Restored {
     /// The local app already held this version (a concurrent request restored it, or the app
     /// still had it): nothing was sent.
     Already,
-    /// The app took the state.
-    Done,
+    /// The app took the state: the copy it took, to be carried into the response's cookies.
+    Done(Carried),
     /// The app answered 4xx: this state is not for it.
     Refused,
+    /// Neither the client nor a backup holds the session's state (the client dropped the chunks
+    /// and no backup was kept, or both expired): the session starts over, counted.
+    Lost,
+}
+
+/// A state copy a restore used: resealed, as is, naming its new owner.
+pub(super) struct Carried {
+    pub(super) version: u64,
+    /// The sealed state value (`cookie::seal_state`).
+    pub(super) state_value: String,
 }
 
 impl Proxy {
@@ -39,8 +51,9 @@ impl Proxy {
         &self.restore_locks[shard % RESTORE_SHARDS]
     }
 
-    /// Restores `snapshot` into the local app unless a concurrent request of the same session just
-    /// did.
+    /// Restores the session of `rc` into the local app unless a concurrent request of the same
+    /// session just did, from the newest copy ([`decide::newest_copy`]): the client's state chunks
+    /// or a backup a pool member keeps ([`Proxy::find_backup`]).
     ///
     /// When this pod is the owner (not a takeover), the app may still hold the session — the
     /// sidecar restarted, or only a connection closed — and its copy may be newer than the cookie
@@ -50,65 +63,120 @@ impl Proxy {
     /// dropped (counted, logged with the session id) and the request goes on as a fresh session.
     /// A 5xx, a timeout or a lost connection is tried again, [`RESTORE_ATTEMPTS`] times in all;
     /// then the client gets 502 and keeps its cookie.
-    pub(super) async fn restore_once(&self, snapshot: &Snapshot, takeover: bool) -> Result<Restored, Response<Body>> {
-        let _guard = self.restore_lock(&snapshot.session).lock().await;
-        if self.local(&snapshot.session).is_some_and(|l| l.version >= snapshot.version) {
+    pub(super) async fn restore_once(&self, rc: &RequestCookie, takeover: bool) -> Result<Restored, Response<Body>> {
+        let Some(route) = &rc.route else { return Ok(Restored::Lost) };
+        let session = route.session.as_str();
+        let _guard = self.restore_lock(session).lock().await;
+        if self.local(session).is_some_and(|l| l.version >= route.version) {
             return Ok(Restored::Already);
         }
-        if !takeover
-            && let Ok((StatusCode::OK, _)) = self.state_request(Method::GET, &snapshot.session, Bytes::new()).await
-        {
-            self.set_local(&snapshot.session, Local { version: snapshot.version, sealed_at: None });
+        if !takeover && let Ok((StatusCode::OK, _)) = self.state_request(Method::GET, session, Bytes::new()).await {
+            self.set_local(session, Local { version: route.version, sealed_at: None });
             return Ok(Restored::Already);
         }
-        if !snapshot.state.is_empty() {
+        let Some((version, state, state_value)) = self.newest_copy(rc, route).await else {
+            self.metrics.sessions_reset.get_or_create(&[("reason", "incomplete")]).inc();
+            tracing::warn!(
+                session,
+                version = route.version,
+                chunks = route.chunks,
+                "the session's state is in no copy (the client did not carry its chunks, no backup); it starts over"
+            );
+            return Ok(Restored::Lost);
+        };
+        if !state.is_empty() {
             let mut attempt = 1;
             loop {
-                let why =
-                    match self.state_request(Method::PUT, &snapshot.session, Bytes::from(snapshot.state.clone())).await
-                    {
-                        Ok((status, body)) => match decide::restore_verdict(status.as_u16()) {
-                            decide::RestoreVerdict::Done => break,
-                            decide::RestoreVerdict::Refused => {
-                                self.restore_refused(snapshot, status, &body);
-                                return Ok(Restored::Refused);
-                            }
-                            decide::RestoreVerdict::Retry => format!("the app answered {status}"),
-                        },
-                        Err(why) => why,
-                    };
+                let why = match self.state_request(Method::PUT, session, Bytes::from(state.clone())).await {
+                    Ok((status, body)) => match decide::restore_verdict(status.as_u16()) {
+                        decide::RestoreVerdict::Done => break,
+                        decide::RestoreVerdict::Refused => {
+                            self.restore_refused(session, version, status, &body);
+                            return Ok(Restored::Refused);
+                        }
+                        decide::RestoreVerdict::Retry => format!("the app answered {status}"),
+                    },
+                    Err(why) => why,
+                };
                 if attempt >= RESTORE_ATTEMPTS {
-                    return Err(self.restore_failed(snapshot, &why));
+                    return Err(self.restore_failed(session, version, &why));
                 }
                 self.metrics.restores.get_or_create(&[("result", "retried")]).inc();
-                tracing::warn!(session = %snapshot.session, attempt, error = %why, "restore failed; trying again");
+                tracing::warn!(session, attempt, error = %why, "restore failed; trying again");
                 tokio::time::sleep(RESTORE_RETRY_AFTER * attempt as u32).await;
                 attempt += 1;
             }
         }
         self.metrics.restores.get_or_create(&[("result", "ok")]).inc();
-        self.set_local(&snapshot.session, Local { version: snapshot.version, sealed_at: None });
-        Ok(Restored::Done)
+        self.set_local(session, Local { version, sealed_at: None });
+        if let Some(store) = &self.backups {
+            // This pod owns the session now; its backup goes to this pod's successor.
+            store.remove(session);
+        }
+        Ok(Restored::Done(Carried { version, state_value }))
+    }
+
+    /// The newest copy of the session's state: (version, state, sealed state value).
+    async fn newest_copy(&self, rc: &RequestCookie, route: &Route) -> Option<(u64, Vec<u8>, String)> {
+        let ring = self.keys.ring();
+        let from_cookie = match &rc.state {
+            Ok(Some(value)) => {
+                match cookie::open_state(value, route, &self.cfg.pool, &ring, self.cfg.max_state_bytes) {
+                    Ok(state) => Some((route.version, state, value.clone())),
+                    Err(e) => {
+                        self.metrics.cookie_rejects.get_or_create(&[("reason", e.reason())]).inc();
+                        tracing::info!(session = %route.session, error = %e, "the client's state chunks do not open");
+                        None
+                    }
+                }
+            }
+            Ok(None) => None,
+            Err(e) => {
+                tracing::info!(session = %route.session, error = %e, "the client did not carry the session's state whole");
+                None
+            }
+        };
+        let backup = self.find_backup(&route.session).await;
+        match decide::newest_copy(from_cookie.as_ref().map(|c| c.0), backup.as_ref().map(|b| b.version)) {
+            decide::Copy::Cookie => from_cookie,
+            decide::Copy::Backup => {
+                let b = backup?;
+                let opened = cookie::open_route(&b.route, &self.cfg.pool, &ring, unix_now())
+                    .and_then(|r| cookie::open_state(&b.state, &r, &self.cfg.pool, &ring, self.cfg.max_state_bytes));
+                match opened {
+                    Ok(state) => {
+                        self.metrics.restores.get_or_create(&[("result", "from_backup")]).inc();
+                        tracing::info!(session = %route.session, cookie_version = route.version, backup_version = b.version, "restoring the session's backup: newer than the client's cookie");
+                        Some((b.version, state, b.state))
+                    }
+                    Err(e) => {
+                        tracing::warn!(session = %route.session, error = %e, "a backup does not open; using the cookie");
+                        from_cookie
+                    }
+                }
+            }
+            decide::Copy::Lost => None,
+        }
     }
 
     /// The app refused the state: counted and logged with the session id, so a lost session can
     /// be traced (the app's own log has the same id).
-    pub(super) fn restore_refused(&self, snapshot: &Snapshot, status: StatusCode, body: &[u8]) {
+    pub(super) fn restore_refused(&self, session: &str, version: u64, status: StatusCode, body: &[u8]) {
         self.metrics.restores.get_or_create(&[("result", "refused")]).inc();
         self.metrics.sessions_reset.get_or_create(&[("reason", "refused_by_app")]).inc();
         let said = String::from_utf8_lossy(&body[..body.len().min(200)]).trim().to_owned();
         tracing::warn!(
-            session = %snapshot.session,
-            version = snapshot.version,
+            session,
+            version,
             %status,
             app_said = %said,
             "the app refused this session's state; dropped, the request goes on as a fresh session"
         );
     }
 
-    pub(super) fn restore_failed(&self, snapshot: &Snapshot, why: &str) -> Response<Body> {
+    pub(super) fn restore_failed(&self, session: &str, version: u64, why: &str) -> Response<Body> {
         self.metrics.restores.get_or_create(&[("result", "failed")]).inc();
-        tracing::error!(session = %snapshot.session, version = snapshot.version, error = why, "restore failed; the client keeps its cookie");
+        tracing::error!(session, version, error = why, "restore failed; the client keeps its cookie");
         text_response(
             StatusCode::BAD_GATEWAY,
             format!(

@@ -1,26 +1,87 @@
-//! Sealing a response's state into Set-Cookie: which state (pushed, pulled, carried), with which
-//! version, in how many chunks; deleting the cookie when the session ended; a state too large.
+//! Sealing a response's state into the session's cookies: which state (pushed, pulled, carried,
+//! refreshed) with which version (`decide::seal`, under the session table's lock), the routing
+//! cookie and the state chunks, whether they pass the real path's header limits
+//! (`header_budget`), the backup handed to the successor, deleting the cookies of an ended
+//! session, and a state not sealed.
 
 use std::time::Instant;
 
+use http::StatusCode;
 use http::header::{self, HeaderMap, HeaderValue};
 
 use super::headers::WARNING_HEADER;
 use super::request::RequestCookie;
+use super::restore::Carried;
 use super::sessions::Local;
 use super::{Proxy, unix_now};
-use crate::cookie::{self, Owner, Snapshot};
-use crate::decide;
+use crate::backup::Backup;
+use crate::cookie::{self, Owner, Route};
+use crate::decide::{self, SealAction, SealSource};
+use crate::header_budget::{self, Added, Over, Room};
+use handover_common::sync;
+
+/// Why a state was not sealed into the client's cookies.
+#[derive(Clone, Copy, Debug)]
+enum NotSealed {
+    /// Over the sidecar's own state limit (`--max-state-bytes`): not sealed at all.
+    StateBytes { bytes: usize, limit: usize },
+    /// The cookies would pass a header limit of the path (`header_budget`).
+    Headers(Over),
+    /// Over the pool's ceiling for one session's cookies (`cookie.maxBytes`).
+    MaxBytes { bytes: usize, limit: usize },
+}
+
+impl NotSealed {
+    fn label(self) -> &'static str {
+        match self {
+            NotSealed::StateBytes { .. } => "state_bytes",
+            NotSealed::Headers(over) => over.label(),
+            NotSealed::MaxBytes { .. } => "max_bytes",
+        }
+    }
+
+    fn explain(self) -> String {
+        match self {
+            NotSealed::StateBytes { bytes, limit } => {
+                format!("the state is {bytes} bytes, over the limit of {limit} (--max-state-bytes)")
+            }
+            NotSealed::Headers(over) => over.explain(),
+            NotSealed::MaxBytes { bytes, limit } => {
+                format!("the session's cookies would be {bytes} bytes, over cookie.maxBytes {limit}")
+            }
+        }
+    }
+}
 
 impl Proxy {
+    /// The largest value of one state chunk: a cookie's name and value within the 4096 bytes
+    /// browsers keep, with room for the `.NNNN` suffix.
+    fn chunk_bytes(&self) -> usize {
+        header_budget::MAX_COOKIE_BYTES - 96 - self.cfg.cookie.attrs.name.len()
+    }
+
+    /// Takes the seal decision with the session table locked, and records a new state's version
+    /// before unlocking: two concurrent responses of a session never get the same version.
+    fn reserve(&self, session: &str, inputs: decide::SealInputs, now: Instant) -> decide::Seal {
+        let mut sessions = sync::lock(&self.sessions);
+        let local = sessions.get(session).copied();
+        let seal = decide::seal(decide::SealInputs { local_version: local.map(|l| l.version), ..inputs });
+        if let SealAction::Seal(SealSource::Push | SealSource::Pull) = seal.action {
+            sessions.insert(session.to_owned(), Local { version: seal.version, sealed_at: Some(now) });
+            self.metrics.sessions.set(sessions.len() as i64);
+        }
+        seal
+    }
+
     /// Seals the session's newest state into Set-Cookie headers when there is a new one.
     pub(super) async fn seal_response(
         &self,
+        status: StatusCode,
         headers: &mut HeaderMap,
         session: &str,
         rc: &RequestCookie,
         pushed: Option<Vec<u8>>,
-        owner_changed: bool,
+        carried: Option<Carried>,
     ) {
         let local = self.local(session);
         let now = Instant::now();
@@ -32,6 +93,9 @@ impl Proxy {
             interval: self.cfg.snapshot_interval,
             draining_since: self.draining_since(),
         });
+        // Pulls of one session are taken one at a time and given their versions in that order,
+        // so a newer version never holds an older state.
+        let _pulling = if pull { Some(self.restore_lock(session).lock().await) } else { None };
         let (offered, newest) = match pushed {
             Some(state) => (decide::Offered::Pushed { empty: state.is_empty() }, Some(state)),
             None if pull => match self.pull_state(session).await {
@@ -43,18 +107,30 @@ impl Proxy {
             },
             None => (decide::Offered::Nothing, None),
         };
-        let seen = match (&rc.snapshot, rc.dropped) {
+        let seen = match (&rc.route, rc.dropped) {
             (_, true) => decide::CookieSeen::Dropped,
             (Some(_), false) => decide::CookieSeen::Valid,
             (None, false) => decide::CookieSeen::Absent,
         };
-        let refresh_due = rc.snapshot.as_ref().is_some_and(|c| {
+        let refresh_due = rc.route.as_ref().is_some_and(|c| {
             decide::refresh_due(c, local.map(|l| l.version), self.cfg.cookie.max_age.as_secs(), unix_now())
         });
-        let (state, source) = match decide::seal_action(seen, offered, owner_changed, refresh_due) {
-            decide::SealAction::Keep => return,
-            decide::SealAction::Delete => {
-                self.delete_cookie(headers, &rc.held_chunks);
+        let seal = self.reserve(
+            session,
+            decide::SealInputs {
+                cookie: seen,
+                offered,
+                owner_changed: carried.is_some(),
+                refresh_due,
+                local_version: None,
+                cookie_version: rc.route.as_ref().map(|r| r.version),
+            },
+            now,
+        );
+        let (source, state_value) = match seal.action {
+            SealAction::Keep => return,
+            SealAction::Delete => {
+                self.delete_cookies(headers, rc);
                 self.forget_session(session);
                 if seen == decide::CookieSeen::Valid {
                     // The app ended it: older copies of its cookie must not bring it back.
@@ -63,95 +139,125 @@ impl Proxy {
                 tracing::debug!(session, "no state for this session: cookie deleted");
                 return;
             }
-            decide::SealAction::Seal(source @ (decide::SealSource::Carry | decide::SealSource::Refresh)) => {
-                match &rc.snapshot {
-                    Some(s) => (s.state.clone(), source),
-                    None => return,
+            SealAction::Seal(source @ (SealSource::Push | SealSource::Pull)) => {
+                let state = newest.unwrap_or_default();
+                if state.len() > self.cfg.max_state_bytes {
+                    let why = NotSealed::StateBytes { bytes: state.len(), limit: self.cfg.max_state_bytes };
+                    self.not_sealed(headers, session, why);
+                    return;
                 }
+                (source, cookie::seal_state(session, seal.version, &state, &self.cfg.pool, &self.keys.ring()))
             }
-            decide::SealAction::Seal(source) => (newest.unwrap_or_default(), source),
+            SealAction::Seal(SealSource::Carry) => match carried {
+                Some(c) if c.version == seal.version => (SealSource::Carry, c.state_value),
+                _ => return,
+            },
+            SealAction::Seal(SealSource::Refresh) => match (&rc.route, &rc.state) {
+                (Some(r), Ok(Some(value))) if r.version == seal.version => (SealSource::Refresh, value.clone()),
+                _ => return,
+            },
         };
 
-        if state.len() > self.cfg.max_state_bytes {
-            self.state_not_sealed(headers, session, state.len(), None);
-            return;
-        }
-        let version = local.map(|l| l.version).max(rc.snapshot.as_ref().map(|s| s.version)).unwrap_or(0) + 1;
         let unix = unix_now();
-        let snapshot = Snapshot {
+        let name = &self.cfg.cookie.attrs.name;
+        let chunks = cookie::split_state(name, &state_value, self.chunk_bytes());
+        let route = Route {
             session: session.to_owned(),
             owner: Owner {
                 name: self.cfg.pod_name.clone(),
                 uid: self.cfg.pod_uid.clone(),
                 addr: self.cfg.advertise.clone(),
             },
-            version,
+            version: seal.version,
             issued_at: unix,
             expires_at: unix + self.cfg.cookie.max_age.as_secs(),
-            state,
+            chunks: u16::try_from(chunks.len()).unwrap_or(u16::MAX),
+            state_bytes: u32::try_from(state_value.len()).unwrap_or(u32::MAX),
+            carry: rc.carry,
         };
-        let value = cookie::seal(&snapshot, &self.cfg.pool, &self.keys.ring());
-        match cookie::split(&self.cfg.cookie.attrs.name, &value, self.budget()) {
-            Ok(chunks) => {
-                for (name, value) in &chunks {
-                    self.append_set_cookie(headers, name, value, self.cfg.cookie.max_age.as_secs());
-                }
-                for &stale in rc.held_chunks.iter().filter(|&&i| i >= chunks.len()) {
-                    self.append_set_cookie(headers, &cookie::chunk_name(&self.cfg.cookie.attrs.name, stale), "", 0);
+        let route_value = cookie::seal_route(&route, &self.cfg.pool, &self.keys.ring());
+        let max_age = self.cfg.cookie.max_age.as_secs();
+        let mut lines: Vec<(String, String, u64)> = vec![(name.clone(), route_value.clone(), max_age)];
+        lines.extend(chunks.into_iter().map(|(n, v)| (n, v, max_age)));
+        let count = usize::from(route.chunks);
+        lines.extend(
+            rc.held_chunks
+                .iter()
+                .filter(|&&i| i >= count)
+                .map(|&i| (cookie::state_chunk_name(name, i), String::new(), 0)),
+        );
+        let mut added = Added::default();
+        let mut set_cookies = Vec::with_capacity(lines.len());
+        for (cookie_name, value, age) in &lines {
+            let line = crate::cookie_attrs::set_cookie_line(&self.cfg.cookie.attrs, cookie_name, value, *age);
+            added.push(&line, cookie_name, value, *age > 0);
+            set_cookies.push(line);
+        }
+        let room = Room {
+            response_block: header_budget::response_block_bytes(status, headers),
+            other_cookies: rc.other_cookies,
+            carry: rc.carry,
+        };
+        let fits = match header_budget::check(self.cfg.limits, room, &added) {
+            Err(over) => Err(NotSealed::Headers(over)),
+            Ok(()) if added.request_bytes > self.cfg.cookie.max_bytes => {
+                Err(NotSealed::MaxBytes { bytes: added.request_bytes, limit: self.cfg.cookie.max_bytes })
+            }
+            Ok(()) => Ok(()),
+        };
+        if matches!(source, SealSource::Push | SealSource::Pull) {
+            // Before the response leaves: what the client acknowledges, the successor keeps.
+            self.back_up(Backup {
+                session: session.to_owned(),
+                version: seal.version,
+                expires_at: route.expires_at,
+                route: route_value,
+                state: state_value,
+            })
+            .await;
+        }
+        match fits {
+            Ok(()) => {
+                for line in &set_cookies {
+                    if let Ok(v) = HeaderValue::from_str(line) {
+                        headers.append(header::SET_COOKIE, v);
+                    }
                 }
                 self.metrics.snapshots.get_or_create(&[("source", source.label())]).inc();
-                self.metrics.snapshot_bytes.observe(value.len() as f64);
-                self.set_local(session, Local { version, sealed_at: Some(now) });
+                self.metrics.snapshot_bytes.observe(added.request_bytes as f64);
+                self.metrics.response_header_bytes.observe((room.response_block + added.set_cookie_bytes) as f64);
             }
-            Err(_) => self.state_not_sealed(headers, session, snapshot.state.len(), Some(value.len())),
+            Err(why) => self.not_sealed(headers, session, why),
         }
     }
 
-    /// A state too large to seal: counted, logged, and said on the response; the client keeps
-    /// its previous cookie.
-    pub(super) fn state_not_sealed(
-        &self,
-        headers: &mut HeaderMap,
-        session: &str,
-        state_bytes: usize,
-        sealed_bytes: Option<usize>,
-    ) {
-        self.metrics.over_budget.inc();
-        tracing::warn!(
-            session,
-            state_bytes,
-            sealed_bytes,
-            budget = self.cfg.cookie.max_bytes,
-            max_state_bytes = self.cfg.max_state_bytes,
-            "state over the cookie budget: not sealed, the client keeps its previous cookie"
-        );
-        let warning = match sealed_bytes {
-            Some(sealed) => format!(
-                "state of {state_bytes} bytes seals to {sealed} bytes, over the cookie budget of {}; not saved for failover",
-                self.cfg.cookie.max_bytes
-            ),
-            None => format!(
-                "state of {state_bytes} bytes is over the state limit of {} bytes; not saved for failover",
-                self.cfg.max_state_bytes
-            ),
+    /// A state not sealed into the client's cookies: counted, logged, and said on the response;
+    /// the client keeps its previous cookies (and, with the backup on, the successor has it).
+    fn not_sealed(&self, headers: &mut HeaderMap, session: &str, why: NotSealed) {
+        self.metrics.seals_refused.get_or_create(&[("reason", why.label())]).inc();
+        let explanation = why.explain();
+        tracing::warn!(session, reason = why.label(), "state not sealed into the client's cookies: {explanation}");
+        let saved = if self.backups.is_some() && !matches!(why, NotSealed::StateBytes { .. }) {
+            "kept by the successor's backup only"
+        } else {
+            "not saved for failover"
         };
-        if let Ok(v) = HeaderValue::from_str(&warning) {
+        if let Ok(v) = HeaderValue::from_str(&format!("state not sealed into cookies: {explanation}; {saved}")) {
             headers.insert(WARNING_HEADER, v);
         }
     }
 
-    /// Expires every chunk of the state cookie the client sent (and only those: the names come
-    /// from the request, so a forged count costs nothing).
-    pub(super) fn delete_cookie(&self, headers: &mut HeaderMap, held_chunks: &[usize]) {
-        for &chunk in held_chunks {
-            self.append_set_cookie(headers, &cookie::chunk_name(&self.cfg.cookie.attrs.name, chunk), "", 0);
-        }
-    }
-
-    pub(super) fn append_set_cookie(&self, headers: &mut HeaderMap, name: &str, value: &str, max_age: u64) {
-        let line = crate::cookie_attrs::set_cookie_line(&self.cfg.cookie.attrs, name, value, max_age);
-        if let Ok(v) = HeaderValue::from_str(&line) {
-            headers.append(header::SET_COOKIE, v);
+    /// Expires the routing cookie and every state chunk the client sent (only those: the names
+    /// come from the request, so a forged count costs nothing).
+    pub(super) fn delete_cookies(&self, headers: &mut HeaderMap, rc: &RequestCookie) {
+        let name = &self.cfg.cookie.attrs.name;
+        let route = rc.held_route.then(|| name.clone());
+        let chunks = rc.held_chunks.iter().map(|&i| cookie::state_chunk_name(name, i));
+        for cookie_name in route.into_iter().chain(chunks) {
+            let line = crate::cookie_attrs::set_cookie_line(&self.cfg.cookie.attrs, &cookie_name, "", 0);
+            if let Ok(v) = HeaderValue::from_str(&line) {
+                headers.append(header::SET_COOKIE, v);
+            }
         }
     }
 }

@@ -1,0 +1,228 @@
+//! Backups between the pool's sidecars (see [`crate::backup`]): handing each newly sealed state to
+//! the session's successor before the response leaves, keeping the ones handed to this pod, and
+//! finding a session's newest backup when a takeover needs it.
+//!
+//! On the wire: `PUT` or `GET` [`BACKUP_PATH`] on the peer's data port, with the signed forward
+//! mark (`peer_auth`: pool key, pod names, method, path, session, time) and the session named in
+//! [`BACKUP_HEADER`]; the `PUT` body is the sealed route and state values, which the receiver
+//! checks by opening the route. Without a verified mark the path is the app's like any other.
+
+use bytes::Bytes;
+use http::header::{self, HeaderValue};
+use http::{Method, Request, Response, StatusCode};
+use http_body_util::{BodyExt, Limited};
+
+use super::headers::FORWARDED_HEADER;
+use super::{Proxy, full, text_response, unix_now};
+use crate::backup::{BACKUP_HEADER, BACKUP_PATH, Backup, Put};
+use crate::cookie;
+use crate::decide;
+use crate::metrics::BadRequest;
+use crate::peer_auth;
+use crate::registry::Member;
+use crate::upstream::Body;
+
+/// A body of at most `limit` bytes.
+async fn read_at_most(mut body: Body, limit: usize) -> Result<Vec<u8>, String> {
+    let mut out = Vec::new();
+    while let Some(frame) = body.frame().await {
+        let frame = frame.map_err(|e| e.to_string())?;
+        if let Some(data) = frame.data_ref() {
+            if out.len() + data.len() > limit {
+                return Err(format!("over {limit} bytes"));
+            }
+            out.extend_from_slice(data);
+        }
+    }
+    Ok(out)
+}
+
+impl Proxy {
+    /// Whether a request is a backup call of a peer (its mark is checked by [`Proxy::serve_backup`]).
+    pub(super) fn is_backup_call<B>(&self, req: &Request<B>) -> bool {
+        self.backups.is_some() && req.uri().path() == BACKUP_PATH && req.headers().contains_key(BACKUP_HEADER)
+    }
+
+    /// Answers a peer's backup call: `PUT` keeps a backup, `GET` hands one out. A call whose mark
+    /// does not verify is refused (403, counted): the path is not the app's for that request
+    /// either, so a client learns nothing by trying.
+    pub(super) async fn serve_backup(&self, req: Request<Body>) -> Response<Body> {
+        let Some(store) = &self.backups else {
+            return text_response(StatusCode::NOT_FOUND, "not found\n");
+        };
+        let session = req.headers().get(BACKUP_HEADER).and_then(|v| v.to_str().ok()).unwrap_or("").to_owned();
+        let claim = peer_auth::Forward {
+            from: "",
+            to: &self.cfg.pod_name,
+            method: req.method().as_str(),
+            path: BACKUP_PATH,
+            session: &session,
+        };
+        let mark = req.headers().get(FORWARDED_HEADER).map(|v| v.as_bytes()).unwrap_or_default();
+        if let Err(e) = peer_auth::verify(&self.keys.ring(), mark, &claim, unix_now()) {
+            self.metrics.bad_requests.get_or_create(&[("reason", BadRequest::ForgedForward)]).inc();
+            tracing::warn!(reason = e.reason(), error = %e, "backup call with a mark that does not verify; refused");
+            return text_response(StatusCode::FORBIDDEN, "forbidden\n");
+        }
+        if req.method() == Method::GET {
+            return match store.get(&session, unix_now()) {
+                Some(b) => Response::new(full(b.body())),
+                None => text_response(StatusCode::NOT_FOUND, "no backup\n"),
+            };
+        }
+        if req.method() != Method::PUT {
+            return text_response(StatusCode::METHOD_NOT_ALLOWED, "PUT or GET\n");
+        }
+        // Route and state values: base64 of at most the largest state, and a little more.
+        let limit = self.cfg.max_state_bytes * 4 / 3 + 4096;
+        let body = match read_at_most(req.into_body(), limit).await {
+            Ok(body) => body,
+            Err(e) => return text_response(StatusCode::BAD_REQUEST, format!("backup body: {e}\n")),
+        };
+        let text = String::from_utf8_lossy(&body);
+        let Some((route_value, state_value)) = Backup::parse_body(&text) else {
+            return text_response(StatusCode::BAD_REQUEST, "backup body: route and state\n");
+        };
+        let route = match cookie::open_route(route_value, &self.cfg.pool, &self.keys.ring(), unix_now()) {
+            Ok(route) if route.session == session => route,
+            Ok(_) => return text_response(StatusCode::BAD_REQUEST, "backup of another session\n"),
+            Err(e) => return text_response(StatusCode::BAD_REQUEST, format!("backup route: {e}\n")),
+        };
+        let outcome = store.put(Backup {
+            session,
+            version: route.version,
+            expires_at: route.expires_at,
+            route: route_value.to_owned(),
+            state: state_value.to_owned(),
+        });
+        let label = match outcome {
+            Put::Stored { evicted } => {
+                if evicted > 0 {
+                    self.metrics.backups_evicted.inc_by(evicted as u64);
+                }
+                "stored"
+            }
+            Put::Older => "older",
+            Put::TooLarge => "too_large",
+        };
+        self.metrics.backups_received.get_or_create(&[("result", label)]).inc();
+        let (count, bytes) = store.size();
+        self.metrics.backups_kept.set(count as i64);
+        self.metrics.backup_bytes.set(bytes as i64);
+        let mut resp = Response::new(full(Bytes::new()));
+        *resp.status_mut() = StatusCode::NO_CONTENT;
+        resp
+    }
+
+    /// Hands a newly sealed state to the session's successor (the member that would take it over
+    /// if this pod died) and waits for it to be kept: after this, the response may leave. A
+    /// successor that does not answer in time is counted and logged; the response goes out, and
+    /// the session's guarantee is the cookie's until its next state.
+    pub(super) async fn back_up(&self, b: Backup) {
+        if self.backups.is_none() {
+            return;
+        }
+        let live = self.registry.live();
+        let unreachable = self.unreachable_now();
+        let others = live.iter().filter(|m| m.name != self.cfg.pod_name && !unreachable.contains(&m.name));
+        let Some(to) = decide::successor(&b.session, others) else {
+            self.metrics.backups_sent.get_or_create(&[("result", "no_successor")]).inc();
+            return;
+        };
+        let result = match self.peer_call(to, Method::PUT, &b.session, Bytes::from(b.body())).await {
+            Ok((StatusCode::NO_CONTENT, _)) => "ok",
+            Ok((status, _)) => {
+                tracing::warn!(peer = %to.name, session = %b.session, %status, "the successor did not keep a backup");
+                "refused"
+            }
+            Err(why) => {
+                tracing::warn!(peer = %to.name, session = %b.session, error = %why, "could not hand a backup to the successor");
+                "failed"
+            }
+        };
+        self.metrics.backups_sent.get_or_create(&[("result", result)]).inc();
+    }
+
+    /// The newest backup of `session` this pod or the first members in takeover order keep
+    /// ([`decide::BACKUP_LOOKUP_RANKS`]: the successor of the moment may have joined after the
+    /// backup was handed to the one before it).
+    pub(super) async fn find_backup(&self, session: &str) -> Option<Backup> {
+        let store = self.backups.as_ref()?;
+        let live = self.registry.live();
+        let unreachable = self.unreachable_now();
+        let candidates = live.iter().filter(|m| !unreachable.contains(&m.name));
+        let mut newest = store.get(session, unix_now());
+        for peer in decide::ranked(session, candidates).into_iter().take(decide::BACKUP_LOOKUP_RANKS) {
+            if peer.name == self.cfg.pod_name {
+                continue;
+            }
+            let found = match self.peer_call(peer, Method::GET, session, Bytes::new()).await {
+                Ok((StatusCode::OK, body)) => {
+                    let text = String::from_utf8_lossy(&body);
+                    Backup::parse_body(&text).and_then(|(route_value, state_value)| {
+                        let route =
+                            cookie::open_route(route_value, &self.cfg.pool, &self.keys.ring(), unix_now()).ok()?;
+                        (route.session == session).then(|| Backup {
+                            session: session.to_owned(),
+                            version: route.version,
+                            expires_at: route.expires_at,
+                            route: route_value.to_owned(),
+                            state: state_value.to_owned(),
+                        })
+                    })
+                }
+                _ => None,
+            };
+            self.metrics
+                .backup_lookups
+                .get_or_create(&[("result", if found.is_some() { "found" } else { "none" })])
+                .inc();
+            if found.as_ref().map(|b| b.version) > newest.as_ref().map(|b| b.version) {
+                newest = found;
+            }
+        }
+        newest
+    }
+
+    /// One signed backup call to a peer's data port, within `--backup-timeout`.
+    async fn peer_call(
+        &self,
+        to: &Member,
+        method: Method,
+        session: &str,
+        body: Bytes,
+    ) -> Result<(StatusCode, Bytes), String> {
+        let timeout = self.cfg.backup_timeout;
+        let call = async {
+            let mut sender = self.upstreams.get(to.addr, self.cfg.connect_timeout).await.map_err(|e| e.to_string())?;
+            let forward = peer_auth::Forward {
+                from: &self.cfg.pod_name,
+                to: &to.name,
+                method: method.as_str(),
+                path: BACKUP_PATH,
+                session,
+            };
+            let mark = peer_auth::sign(&self.keys.ring(), &forward, unix_now());
+            let req = Request::builder()
+                .method(method)
+                .uri(BACKUP_PATH)
+                .header(header::HOST, to.addr.to_string())
+                .header(FORWARDED_HEADER, HeaderValue::from_str(&mark).map_err(|e| e.to_string())?)
+                .header(BACKUP_HEADER, HeaderValue::from_str(session).map_err(|e| e.to_string())?)
+                .body(full(body))
+                .map_err(|e| e.to_string())?;
+            sender.ready().await.map_err(|e| e.to_string())?;
+            let resp = sender.send_request(req).await.map_err(|e| e.to_string())?;
+            let status = resp.status();
+            let limit = self.cfg.max_state_bytes * 4 / 3 + 4096;
+            let bytes = Limited::new(resp.into_body(), limit)
+                .collect()
+                .await
+                .map_err(|e| format!("reading the answer: {e}"))?
+                .to_bytes();
+            self.upstreams.put(to.addr, sender);
+            Ok::<_, String>((status, bytes))
+        };
+        tokio::time::timeout(timeout, call).await.map_err(|_| format!("no answer within {timeout:?}"))?
+    }
+}
