@@ -175,11 +175,11 @@ async fn chromium_keeps_every_acknowledged_add_with_parallel_fetches_while_owner
     let Some(nginx) = support::nginx_or_skip("the Chromium parallel-fetch test") else {
         return;
     };
-    const BATCHES: usize = 24;
-    const KILL_AFTER: [usize; 2] = [7, 15];
-    let mut pool = LocalPool::start(PoolOptions::new(exe(), 4)).await.expect("pool starts");
-    let pods: Vec<SocketAddr> = pool.pods.iter().map(|p| p.data()).collect();
-    let ingress = support::Nginx::ingress_defaults(&nginx, &pods).await;
+    const BATCHES: usize = 40;
+    const KILL_EVERY: usize = 4;
+    let mut pool = LocalPool::start(PoolOptions::new(exe(), 3)).await.expect("pool starts");
+    let live = |pool: &LocalPool| -> Vec<SocketAddr> { pool.running().iter().map(|i| pool.pods[*i].data()).collect() };
+    let mut ingress = support::Nginx::ingress_defaults(&nginx, &live(&pool)).await;
     let mut node = tokio::process::Command::new("node")
         .arg(browser_dir().join("parallel_cart.mjs"))
         .args([format!("http://{}", ingress.addr), "4".to_owned()])
@@ -202,15 +202,19 @@ async fn chromium_keeps_every_acknowledged_add_with_parallel_fetches_while_owner
     let mut last = serde_json::Value::Null;
     for batch in 0..BATCHES {
         last = next_line().await;
-        if KILL_AFTER.contains(&batch) {
+        if batch % KILL_EVERY == KILL_EVERY - 1 {
             // The batch's responses all arrived, in whatever order: the browser holds whichever
-            // cookie came last. Its owner dies now.
+            // cookie came last. Its owner dies now; a new pod replaces it, and the ingress
+            // follows the pool's endpoints.
             let owner = last["pod"].as_str().expect("an owner").to_owned();
             let i = pool.pods.iter().position(|p| p.name == owner).expect("the owner is a pod of the pool");
             pool.kill_pod(i).await;
+            pool.add_pod().await.expect("a new pod replaces the killed one");
+            ingress = support::Nginx::ingress_defaults(&nginx, &live(&pool)).await;
         }
-        let go: &[u8] = if batch + 1 == BATCHES { b"end\n" } else { b"next\n" };
-        stdin.write_all(go).await.expect("tell the script to go on");
+        let command = if batch + 1 == BATCHES { "end" } else { "next" };
+        let go = format!("{command} http://{}\n", ingress.addr);
+        stdin.write_all(go.as_bytes()).await.expect("tell the script to go on");
     }
     let end = next_line().await;
     let (acked, failed) = (last["acked"].as_u64().expect("acked"), last["failed"].as_u64().expect("failed"));

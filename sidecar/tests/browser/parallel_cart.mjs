@@ -1,8 +1,9 @@
 // Headless Chromium adding to a cart with 4 `fetch` POSTs in flight at once, as pages with
 // parallel XHRs do, behind an ingress. After each batch it prints one JSON line — the highest
 // count acknowledged so far, the pod that answered it, the failed requests — and waits for a line
-// on stdin: `next` (the test may have killed that pod meanwhile) or `end`. On `end` it reads the
-// cart (retrying until answered, 30 s at most) and prints {"final": count}.
+// on stdin: `next <origin>` (the test may have killed that pod meanwhile and put a new ingress in
+// front of the pool: cookies do not depend on the port, so the cart goes on there) or
+// `end <origin>`. On `end` it reads the cart (retrying until answered, 30 s at most) and prints {"final": count}.
 //
 // Usage: node parallel_cart.mjs <ingress origin> <requests in flight>
 import { chromium } from 'playwright-core';
@@ -39,7 +40,9 @@ try {
     }
     console.log(JSON.stringify({ batch, acked, pod, failed, replies: replies.map((r) => r.count ?? r.status ?? r.error) }));
     const { value } = await lines.next();
-    if (value !== 'next') break;
+    const [command, next] = (value ?? 'end').split(' ');
+    if (next && !page.url().startsWith(next)) await page.goto(`${next}/static/site.css`);
+    if (command !== 'next') break;
   }
   const deadline = Date.now() + 30000;
   let final = null;

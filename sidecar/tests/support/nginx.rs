@@ -107,8 +107,10 @@ impl Nginx {
         Nginx::start_with(bin, &http, "location / { proxy_pass http://pool; }").await
     }
 
-    /// nginx's error log so far (why it answered 502 or 400).
+    /// The warnings and errors of nginx's log so far (why it answered 502 or 400).
     pub fn error_log(&self) -> String {
-        std::fs::read_to_string(self.daemon.dir.join("error.log")).unwrap_or_default()
+        let log = std::fs::read_to_string(self.daemon.dir.join("error.log")).unwrap_or_default();
+        let serious = ["[warn]", "[error]", "[crit]", "[alert]", "[emerg]"];
+        log.lines().filter(|l| serious.iter().any(|s| l.contains(s))).collect::<Vec<_>>().join("\n")
     }
 }
