@@ -228,7 +228,8 @@ fn curl(jar: &std::path::Path, method: &str, url: &str) -> (u16, bool, handover_
     assert!(out.status.success(), "curl {method} {url}: {stderr}");
     assert!(
         !stderr.contains("Restricted outgoing cookies"),
-        "curl left cookies out of {method} {url}: the pool gave it more than it sends"
+        "curl left cookies out of {method} {url} (jar {}): the pool gave it more than it sends",
+        jar.display()
     );
     let text = String::from_utf8_lossy(&out.stdout).into_owned();
     let (head, body) = text.split_once("\r\n\r\n").expect("a response head");
