@@ -3,7 +3,9 @@
 //! when the app gives it state; a payment provider's cross-site form POST back to the shop arrives
 //! without the `SameSite=Lax` cookie, is served as a fresh session, and leaves the browser's
 //! cookie as it was — the cart survives the return. And two pools under one host (behind an nginx
-//! ingress) keep their sessions while the browser goes back and forth between them.
+//! ingress) keep their sessions while the browser goes back and forth between them. And a cart
+//! filled by 4 parallel `fetch`es at a time behind nginx with ingress-nginx's defaults keeps every
+//! acknowledged add while the pods that own it are SIGKILLed (issue 13).
 //!
 //! Needs `/usr/bin/chromium` (`apt-get install -y chromium`), node, and
 //! `npm install --prefix sidecar/tests/browser`. Without them the test says so loudly and passes,
@@ -162,4 +164,65 @@ async fn chromium_keeps_the_sessions_of_two_pools_under_one_host() {
     for pool in [&shop, &account] {
         assert_eq!(pool.metric("handover_cookie_rejects_total").await, 0.0, "no pool refused the other's cookie");
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn chromium_keeps_every_acknowledged_add_with_parallel_fetches_while_owners_are_killed() {
+    use tokio::io::AsyncBufReadExt;
+    if !browser_or_skip("the Chromium parallel-fetch test") {
+        return;
+    }
+    let Some(nginx) = support::nginx_or_skip("the Chromium parallel-fetch test") else {
+        return;
+    };
+    const BATCHES: usize = 40;
+    const KILL_EVERY: usize = 4;
+    let mut pool = LocalPool::start(PoolOptions::new(exe(), 3)).await.expect("pool starts");
+    let live = |pool: &LocalPool| -> Vec<SocketAddr> { pool.running().iter().map(|i| pool.pods[*i].data()).collect() };
+    let mut ingress = support::Nginx::ingress_defaults(&nginx, &live(&pool)).await;
+    let mut node = tokio::process::Command::new("node")
+        .arg(browser_dir().join("parallel_cart.mjs"))
+        .args([format!("http://{}", ingress.addr), "4".to_owned()])
+        .current_dir(browser_dir())
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("node runs");
+    let mut stdin = node.stdin.take().expect("stdin");
+    let mut lines = tokio::io::BufReader::new(node.stdout.take().expect("stdout")).lines();
+    let mut next_line = async || -> serde_json::Value {
+        let line = tokio::time::timeout(Duration::from_secs(60), lines.next_line())
+            .await
+            .expect("the browser script printed its next line within 60 s")
+            .expect("read the script's output")
+            .expect("the script ended early");
+        serde_json::from_str(&line).unwrap_or_else(|e| panic!("not JSON ({e}): {line}"))
+    };
+    let mut last = serde_json::Value::Null;
+    for batch in 0..BATCHES {
+        last = next_line().await;
+        if batch % KILL_EVERY == KILL_EVERY - 1 {
+            // The batch's responses all arrived, in whatever order: the browser holds whichever
+            // cookie came last. Its owner dies now; a new pod replaces it, and the ingress
+            // follows the pool's endpoints.
+            let owner = last["pod"].as_str().expect("an owner").to_owned();
+            let i = pool.pods.iter().position(|p| p.name == owner).expect("the owner is a pod of the pool");
+            pool.kill_pod(i).await;
+            pool.add_pod().await.expect("a new pod replaces the killed one");
+            ingress = support::Nginx::ingress_defaults(&nginx, &live(&pool)).await;
+        }
+        let command = if batch + 1 == BATCHES { "end" } else { "next" };
+        let go = format!("{command} http://{}\n", ingress.addr);
+        stdin.write_all(go.as_bytes()).await.expect("tell the script to go on");
+    }
+    let end = next_line().await;
+    let (acked, failed) = (last["acked"].as_u64().expect("acked"), last["failed"].as_u64().expect("failed"));
+    let fin = end["final"].as_u64().unwrap_or_else(|| panic!("the cart was not served at the end: {end}"));
+    assert!(
+        fin >= acked,
+        "{} acknowledged adds lost: the cart has {fin}, {acked} were acknowledged ({last})",
+        acked - fin
+    );
+    assert!(fin <= acked + failed, "the cart has {fin}: more than acknowledged {acked} + unanswered {failed}");
 }

@@ -1,0 +1,94 @@
+//! A proxy daemon (nginx, HAProxy) started by a test on a free port, in a directory of its own,
+//! and killed on drop; and the check that its binary is installed.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::Duration;
+
+use handover_lab::localpool::wait_for;
+use tokio::process::{Child, Command};
+
+/// The first of `candidates` that runs with `version_arg`; without one, says loudly that `what`
+/// did not run — or fails, when the environment variable `require` is set (as `tests/run` sets
+/// it: in CI these tests must run).
+pub fn tool_or_skip(
+    candidates: &[&str],
+    version_arg: &str,
+    require: &str,
+    install: &str,
+    what: &str,
+) -> Option<PathBuf> {
+    let bin = candidates.iter().map(PathBuf::from).find(|bin| {
+        std::process::Command::new(bin)
+            .arg(version_arg)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success())
+    });
+    if bin.is_none() {
+        let message = format!("{} is not installed: {what} did NOT run ({install})", candidates[0]);
+        if std::env::var_os(require).is_some() {
+            panic!("{message} and {require} is set");
+        }
+        eprintln!("\n!!!!! SKIPPED: {message}\n");
+    }
+    bin
+}
+
+/// A running daemon; killed on drop (its files are kept when the test failed).
+pub struct Daemon {
+    child: Child,
+    pub dir: PathBuf,
+    pub addr: SocketAddr,
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        let _ = self.child.start_kill();
+        if std::thread::panicking() {
+            eprintln!("files of the daemon at {} kept in {}", self.addr, self.dir.display());
+        } else {
+            let _ = std::fs::remove_dir_all(&self.dir);
+        }
+    }
+}
+
+impl Daemon {
+    /// Starts `command(dir, port)` (which writes its configuration into `dir`) and waits until
+    /// the port accepts connections. `log` names the file in `dir` shown when it does not start.
+    pub async fn start(name: &str, log: &str, mut command: impl FnMut(&Path, u16) -> Command) -> Daemon {
+        let dir = std::env::temp_dir().join(format!("handover-{name}-{}", handover_dataplane::random::session_id()));
+        std::fs::create_dir_all(&dir).expect("a directory for the daemon");
+        let mut last_error = String::new();
+        // The port is picked by binding port 0 and releasing it; another process may take it in
+        // between, so a start that fails is tried again on a new port.
+        for _ in 0..3 {
+            let port = std::net::TcpListener::bind("127.0.0.1:0")
+                .and_then(|l| l.local_addr())
+                .map(|a| a.port())
+                .expect("a free port");
+            let mut child = command(&dir, port)
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(std::fs::File::create(dir.join("stderr.log")).map(Stdio::from).unwrap_or(Stdio::null()))
+                .kill_on_drop(true)
+                .spawn()
+                .unwrap_or_else(|e| panic!("{name} starts: {e}"));
+            let addr = SocketAddr::from(([127, 0, 0, 1], port));
+            let up = wait_for(&format!("{name} to accept connections"), Duration::from_secs(10), || async move {
+                tokio::net::TcpStream::connect(addr).await.is_ok()
+            })
+            .await;
+            if up.is_ok() && child.try_wait().ok().flatten().is_none() {
+                return Daemon { child, dir, addr };
+            }
+            let _ = child.start_kill();
+            let _ = child.wait().await;
+            let read = |file: &str| std::fs::read_to_string(dir.join(file)).unwrap_or_default();
+            last_error = format!("{}{}", read(log), read("stderr.log"));
+        }
+        panic!("{name} did not start:\n{last_error}");
+    }
+}
