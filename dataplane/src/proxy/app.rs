@@ -126,6 +126,8 @@ impl Proxy {
             Some(s) => s.to_owned(),
             None => crate::random::session_id(),
         };
+        // Held until the response is sealed: see `order.rs`.
+        let turn = self.order.enter(&session, !req.method().is_safe()).await;
         self.strip_our_cookies(req.headers_mut());
         if let Ok(v) = HeaderValue::from_str(&session) {
             req.headers_mut().insert(SESSION_HEADER, v);
@@ -193,6 +195,13 @@ impl Proxy {
             }
         });
         strip_hop_by_hop(&mut parts.headers, false);
+        let pushed = match pushed {
+            Some(_) if !turn.may_seal_push() => {
+                tracing::debug!(session = %session, "a state pushed on a safe request while the session changed: not sealed");
+                None
+            }
+            pushed => pushed,
+        };
         let (session, pushed) = match parts.headers.remove(ROTATE_HEADER) {
             Some(_) => match self.rotate_session(&session, pushed).await {
                 Ok((new_id, state)) => (new_id, Some(state)),

@@ -10,6 +10,7 @@
 mod app;
 mod backup;
 mod headers;
+mod order;
 mod peer;
 mod request;
 mod restore;
@@ -169,6 +170,8 @@ pub struct Proxy {
     held: tokio::sync::Semaphore,
     /// The backups this pod keeps for the sessions it would take over; `None` when backups are off.
     backups: Option<crate::backup::Store>,
+    /// State-changing requests of a session take turns at the app.
+    order: order::SessionOrder,
 }
 
 fn unix_now() -> u64 {
@@ -205,6 +208,7 @@ impl Proxy {
             app_up: tokio::sync::watch::Sender::new(true),
             held: tokio::sync::Semaphore::new(cfg_max_held),
             backups,
+            order: order::SessionOrder::default(),
         })
     }
 

@@ -1,0 +1,115 @@
+//! The order of a session's states: state-changing requests of one session (any method but GET,
+//! HEAD, OPTIONS, TRACE) go through the app one at a time, from the moment the sidecar sends them
+//! until their response is sealed, so the states they push are taken in the order the sidecar
+//! numbers them (`decide::seal`), and a newer version never holds an older state. Safe requests
+//! (page loads, long-polls, event streams) run alongside; a state one of them pushes is not sealed
+//! when a state-changing request of the session ran meanwhile (it may be older than that one's).
+//!
+//! The precedent: PHP and ASP.NET lock a session for the whole request; this lock is narrower
+//! (state-changing requests only), so a long-poll does not hold a session's other requests back.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+
+use handover_common::sync;
+
+#[derive(Default)]
+struct Entry {
+    turn: Arc<tokio::sync::Mutex<()>>,
+    /// State-changing requests of the session that got their turn so far.
+    mutations: AtomicU64,
+    /// State-changing requests of the session at the app now (0 or 1).
+    mutating: AtomicUsize,
+}
+
+/// The sessions that have requests at the app now.
+#[derive(Default)]
+pub(super) struct SessionOrder {
+    entries: Mutex<HashMap<String, Arc<Entry>>>,
+}
+
+/// A request's place in its session's order; dropped when its response is sealed.
+pub(super) struct Turn<'a> {
+    order: &'a SessionOrder,
+    session: String,
+    entry: Arc<Entry>,
+    guard: Option<tokio::sync::OwnedMutexGuard<()>>,
+    /// For a safe request: the mutations counted, and whether one was at the app, when it began.
+    began: (u64, usize),
+}
+
+impl SessionOrder {
+    /// Waits for the turn of a state-changing request (`mutating`), or records when a safe one began.
+    pub(super) async fn enter(&self, session: &str, mutating: bool) -> Turn<'_> {
+        let entry = Arc::clone(sync::lock(&self.entries).entry(session.to_owned()).or_default());
+        let guard = if mutating {
+            let owned = Arc::clone(&entry.turn).lock_owned().await;
+            entry.mutations.fetch_add(1, Ordering::SeqCst);
+            entry.mutating.fetch_add(1, Ordering::SeqCst);
+            Some(owned)
+        } else {
+            None
+        };
+        let began = (entry.mutations.load(Ordering::SeqCst), entry.mutating.load(Ordering::SeqCst));
+        Turn { order: self, session: session.to_owned(), entry, guard, began }
+    }
+}
+
+impl Turn<'_> {
+    /// Whether a state pushed on this request's response may be sealed: always for a
+    /// state-changing request (it had its turn); for a safe one, only when no state-changing
+    /// request of the session was at the app at any time since it began.
+    pub(super) fn may_seal_push(&self) -> bool {
+        self.guard.is_some()
+            || (self.began.1 == 0
+                && self.entry.mutating.load(Ordering::SeqCst) == 0
+                && self.entry.mutations.load(Ordering::SeqCst) == self.began.0)
+    }
+}
+
+impl Drop for Turn<'_> {
+    fn drop(&mut self) {
+        if self.guard.take().is_some() {
+            self.entry.mutating.fetch_sub(1, Ordering::SeqCst);
+        }
+        let mut entries = sync::lock(&self.order.entries);
+        // The map's reference and this one: nobody else waits on or reads the entry.
+        if Arc::strong_count(&self.entry) == 2 {
+            entries.remove(&self.session);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn state_changing_requests_of_a_session_take_turns_and_safe_ones_do_not_wait() {
+        let order = SessionOrder::default();
+        let first = order.enter("s", true).await;
+        // Another session, and a safe request of this one, go at once.
+        let other = order.enter("t", true).await;
+        let reading = order.enter("s", false).await;
+        assert!(!reading.may_seal_push(), "a state-changing request is at the app");
+        let waiting = tokio::time::timeout(std::time::Duration::from_millis(50), order.enter("s", true)).await;
+        assert!(waiting.is_err(), "the second state-changing request waits its turn");
+        drop(first);
+        let second = order.enter("s", true).await;
+        assert!(second.may_seal_push());
+        drop((second, other, reading));
+        assert!(sync::lock(&order.entries).is_empty(), "idle sessions leave the map");
+    }
+
+    #[tokio::test]
+    async fn a_safe_request_overtaken_by_a_change_does_not_seal_its_push() {
+        let order = SessionOrder::default();
+        let quiet = order.enter("s", false).await;
+        assert!(quiet.may_seal_push());
+        let reading = order.enter("s", false).await;
+        drop(order.enter("s", true).await);
+        assert!(!reading.may_seal_push(), "a change ran while it was at the app");
+        drop((quiet, reading));
+    }
+}
