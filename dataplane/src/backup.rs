@@ -29,6 +29,7 @@ pub const BACKUP_HEADER: &str = "handover-backup";
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Backup {
     pub session: String,
+    /// The version of the state it holds (its route's `state_version`).
     pub version: u64,
     /// Unix seconds: the routing cookie's expiry; the backup goes then too.
     pub expires_at: u64,

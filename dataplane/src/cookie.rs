@@ -13,8 +13,9 @@
 //! header (9 bytes)  format version u8 (2) | key id u32 BE | pool tag u32 BE
 //! nonce  (24 bytes) XChaCha20-Poly1305 nonce, random per value
 //! sealed            body + 16-byte tag; associated data = header || kind (b'r' | b's') || pool name
-//! route body        version u64 | issued-at u64 | expires-at u64 | session str8 | owner name str8 |
-//!                   owner uid str8 | owner addr str8 | chunks u16 | state bytes u32 | carry u32
+//! route body        version u64 | state version u64 | issued-at u64 | expires-at u64 | session str8 |
+//!                   owner name str8 | owner uid str8 | owner addr str8 | chunks u16 | state bytes u32 |
+//!                   carry u32
 //! state body        version u64 | flags u8 | session str8 | state (the rest; deflated when flag bit 0)
 //! ```
 //!
@@ -119,8 +120,13 @@ fn pool_tag(pool: &str) -> u32 {
 pub struct Route {
     pub session: String,
     pub owner: Owner,
-    /// Grows with every state sealed for this session; never reused (see `decide::seal`).
+    /// The session's newest version: grows with every state sealed for it, in cookies or not;
+    /// never reused (see `decide::seal`).
     pub version: u64,
+    /// The version of the state the chunks hold: `version`, or an older one when the newest state
+    /// did not fit the header budget (the route still names the newest owner and version, and the
+    /// client keeps its older chunks as the copy of last resort).
+    pub state_version: u64,
     /// Unix seconds.
     pub issued_at: u64,
     /// Unix seconds; the cookie is refused from then on.
@@ -185,6 +191,7 @@ fn open_value(kind: u8, value: &str, pool: &str, ring: &KeyRing) -> Result<Vec<u
 pub fn seal_route(route: &Route, pool: &str, ring: &KeyRing) -> String {
     let mut body = Vec::with_capacity(64 + route.session.len() + route.owner.name.len() + route.owner.uid.len());
     body.extend_from_slice(&route.version.to_be_bytes());
+    body.extend_from_slice(&route.state_version.to_be_bytes());
     body.extend_from_slice(&route.issued_at.to_be_bytes());
     body.extend_from_slice(&route.expires_at.to_be_bytes());
     put_str8(&mut body, &route.session);
@@ -202,6 +209,7 @@ pub fn open_route(value: &str, pool: &str, ring: &KeyRing, now: u64) -> Result<R
     let body = open_value(KIND_ROUTE, value, pool, ring)?;
     let mut r = Reader(&body);
     let version = r.u64()?;
+    let state_version = r.u64()?;
     let issued_at = r.u64()?;
     let expires_at = r.u64()?;
     let session = r.str8()?;
@@ -215,7 +223,7 @@ pub fn open_route(value: &str, pool: &str, ring: &KeyRing, now: u64) -> Result<R
     if expires_at <= now {
         return Err(CookieError::Expired);
     }
-    Ok(Route { session, owner, version, issued_at, expires_at, chunks, state_bytes, carry })
+    Ok(Route { session, owner, version, state_version, issued_at, expires_at, chunks, state_bytes, carry })
 }
 
 /// Seals the state of `session` at `version` (deflated when that makes it smaller).
@@ -229,8 +237,8 @@ pub fn seal_state(session: &str, version: u64, state: &[u8], pool: &str, ring: &
     seal_value(KIND_STATE, &body, pool, ring)
 }
 
-/// Opens a joined state value and checks it is the state of `route`'s session and version (a
-/// chunk set of an older response that overtook a newer one is refused as [`CookieError::Stale`]).
+/// Opens a joined state value and checks it is the state `route` names (its session and
+/// `state_version`: a chunk set an older response left behind is refused as [`CookieError::Stale`]).
 /// The decompressed state is at most `max_state` bytes.
 pub fn open_state(
     value: &str,
@@ -247,7 +255,7 @@ pub fn open_state(
     if flags & !FLAG_DEFLATED != 0 {
         return Err(CookieError::Malformed);
     }
-    if session != route.session || version != route.version {
+    if session != route.session || version != route.state_version {
         return Err(CookieError::Stale);
     }
     inflate_within(flags, r.0, max_state.min(MAX_STATE_BYTES))
@@ -450,6 +458,7 @@ mod tests {
             session: "s-1".into(),
             owner: Owner { name: "pod-a".into(), uid: "uid-a".into(), addr: "10.0.0.1:8000".into() },
             version,
+            state_version: version,
             issued_at: 1_000,
             expires_at: 2_000,
             chunks,
@@ -548,7 +557,7 @@ mod tests {
             let keys = ring(&[5]);
             let value = seal_state(&session, version, &state, "ns/pool", &keys);
             let chunks = split_state("h", &value, chunk_bytes);
-            let r = Route { session, version, carry, ..route(0, chunks.len() as u16, value.len() as u32) };
+            let r = Route { session, version, state_version: version, carry, ..route(0, chunks.len() as u16, value.len() as u32) };
             prop_assert_eq!(open_route(&seal_route(&r, "ns/pool", &keys), "ns/pool", &keys, 1_999), Ok(r.clone()));
             let jar: HashMap<String, String> = chunks.into_iter().collect();
             let joined = join_state("h", &r, |n| jar.get(n).map(String::as_str));

@@ -368,6 +368,7 @@ mod tests {
             session: "session-1".into(),
             owner: Owner { name: owner.into(), uid: format!("uid-{owner}"), addr: String::new() },
             version,
+            state_version: version,
             issued_at: 0,
             expires_at: u64::MAX,
             chunks: 1,

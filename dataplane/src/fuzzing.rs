@@ -174,7 +174,7 @@ fn route_claimed_by(state_body: &[u8]) -> Option<Route> {
     let version = u64::from_be_bytes(state_body.get(..8)?.try_into().ok()?);
     let len = usize::from(*state_body.get(STATE_FLAGS_AT + 1)?);
     let session = std::str::from_utf8(state_body.get(STATE_FLAGS_AT + 2..STATE_FLAGS_AT + 2 + len)?).ok()?;
-    Some(Route { session: session.to_owned(), version, ..seed_route() })
+    Some(Route { session: session.to_owned(), version, state_version: version, ..seed_route() })
 }
 
 /// Opens arbitrary body bytes sealed with the test key, the first byte choosing the kind (odd:
@@ -241,6 +241,7 @@ fn seed_route() -> Route {
             addr: "10.244.0.17:8000".into(),
         },
         version: 42,
+        state_version: 42,
         issued_at: NOW - 60,
         expires_at: SEED_EXPIRES,
         chunks: 0,

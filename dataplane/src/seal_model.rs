@@ -126,6 +126,7 @@ impl World {
             session: SESSION.into(),
             owner: Owner { name: m.name.clone(), uid: m.uid.clone(), addr: String::new() },
             version: c.version,
+            state_version: c.version,
             issued_at: 0,
             expires_at: u64::MAX,
             chunks: 1,

@@ -47,6 +47,7 @@ fn cookie_inspect_opens_a_cookie_and_explains_a_refusal() {
         session: "s-42".into(),
         owner: Owner { name: "cart-7".into(), uid: "u-1".into(), addr: "10.0.0.7:8000".into() },
         version: 9,
+        state_version: 9,
         issued_at: 1,
         expires_at: u64::MAX / 2,
         chunks: 1,

@@ -23,7 +23,7 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 mod support;
-use support::client::{Answer, Conn, Jar, cookies_named, jar_with};
+use support::client::{Answer, Conn, Jar, jar_with, state_chunks};
 use support::{Haproxy, Nginx, exe, site_cookies};
 
 use handover_lab::localpool::{LocalPool, PoolOptions};
@@ -98,7 +98,7 @@ impl Kind {
 /// One request of `s` through `front`; it must answer the app's 200 (not the proxy's 502/400),
 /// and a refused seal must leave the state cookie as it was.
 async fn request(front: &Front, cookie: &str, s: &mut Session, method: Method, path: &str) -> Answer {
-    let before = cookies_named(&s.jar, cookie);
+    let before = state_chunks(&s.jar, cookie);
     let mut conn = Conn::new(front.addr(), Duration::from_secs(10));
     let answer = conn
         .send(&s.jar, method.clone(), path, &[])
@@ -124,9 +124,9 @@ async fn request(front: &Front, cookie: &str, s: &mut Session, method: Method, p
             Some(w) => {
                 s.refused = true;
                 assert_eq!(
-                    cookies_named(&s.jar, cookie),
+                    state_chunks(&s.jar, cookie),
                     before,
-                    "a refused seal ({w}) must leave the client's state cookie as it was"
+                    "a refused seal ({w}) must leave the client's state chunks as they were (the route may name the newest version)"
                 );
             }
         }
@@ -136,9 +136,14 @@ async fn request(front: &Front, cookie: &str, s: &mut Session, method: Method, p
 
 /// Sets up every session, then kills owners (a new pod replaces each) until every session's
 /// owner died at least once, checking after each kill that every session has exactly the state
-/// it should and goes on.
-async fn states_survive_the_real_path(kind: Kind) {
-    let mut pool = LocalPool::start(PoolOptions::new(exe(), 3)).await.expect("pool starts");
+/// it should and goes on: with the successor backup (the default) its newest state, sealed into
+/// the cookies or not; with `--backup off` the last state its cookies held.
+async fn states_survive_the_real_path(kind: Kind, backup: bool) {
+    let mut opts = PoolOptions::new(exe(), 3);
+    if !backup {
+        opts.sidecar_args = vec!["--backup".into(), "off".into()];
+    }
+    let mut pool = LocalPool::start(opts).await.expect("pool starts");
     let cookie = pool.cookie_name();
     let mut front = kind.start(&pool).await;
     let mut sessions = Vec::new();
@@ -177,7 +182,7 @@ async fn states_survive_the_real_path(kind: Kind) {
         front = kind.start(&pool).await;
         for s in sessions.iter_mut() {
             let owner_died = s.owner == victim;
-            let expected = if owner_died { s.sealed } else { s.newest };
+            let expected = if owner_died && !backup { s.sealed } else { s.newest };
             let reply = request(&front, &cookie, s, Method::GET, "/count").await.count().expect("count");
             let seen = State { count: reply.count, blob: reply.blob_bytes };
             assert_eq!(
@@ -187,7 +192,11 @@ async fn states_survive_the_real_path(kind: Kind) {
                 s.size,
                 s.refused,
                 victim,
-                if owner_died { "died: its last sealed state" } else { "lives: its newest state" }
+                match (owner_died, backup) {
+                    (true, false) => "died: its last sealed state",
+                    (true, true) => "died: its newest state, from the successor's backup",
+                    (false, _) => "lives: its newest state",
+                }
             );
             request(&front, &cookie, s, Method::POST, "/incr").await;
             assert_eq!(s.newest.count, expected.count + 1, "the {} B session goes on", s.size);
@@ -201,7 +210,8 @@ async fn states_of_every_size_survive_behind_nginx_with_ingress_defaults() {
     let Some(bin) = support::nginx_or_skip("the real-path test behind nginx with ingress-nginx's defaults") else {
         return;
     };
-    states_survive_the_real_path(Kind::Nginx(bin)).await;
+    states_survive_the_real_path(Kind::Nginx(bin.clone()), true).await;
+    states_survive_the_real_path(Kind::Nginx(bin), false).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -209,7 +219,7 @@ async fn states_of_every_size_survive_behind_haproxy_with_defaults() {
     let Some(bin) = support::haproxy_or_skip("the real-path test behind HAProxy at its defaults") else {
         return;
     };
-    states_survive_the_real_path(Kind::Haproxy(bin)).await;
+    states_survive_the_real_path(Kind::Haproxy(bin), false).await;
 }
 
 /// One request with curl and its cookie jar file (`-b`/`-c`); the status, and whether a cookie
@@ -244,7 +254,8 @@ async fn curl_keeps_its_session_near_its_cookie_limit_behind_nginx() {
     let Some(bin) = support::nginx_or_skip("the curl test behind nginx") else {
         return;
     };
-    let mut pool = support::pool_with(3, &["--max-response-header-bytes", "16384"], &[]).await;
+    // The cookie alone (no backup): what curl carries is what survives.
+    let mut pool = support::pool_with(3, &["--max-response-header-bytes", "16384", "--backup", "off"], &[]).await;
     let running =
         |pool: &LocalPool| -> Vec<SocketAddr> { pool.running().iter().map(|i| pool.pods[*i].data()).collect() };
     let mut ingress = Nginx::ingress(&bin, &running(&pool), "16k").await;

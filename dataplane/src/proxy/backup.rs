@@ -90,7 +90,7 @@ impl Proxy {
         };
         let outcome = store.put(Backup {
             session,
-            version: route.version,
+            version: route.state_version,
             expires_at: route.expires_at,
             route: route_value.to_owned(),
             state: state_value.to_owned(),
@@ -164,7 +164,7 @@ impl Proxy {
                             cookie::open_route(route_value, &self.cfg.pool, &self.keys.ring(), unix_now()).ok()?;
                         (route.session == session).then(|| Backup {
                             session: session.to_owned(),
-                            version: route.version,
+                            version: route.state_version,
                             expires_at: route.expires_at,
                             route: route_value.to_owned(),
                             state: state_value.to_owned(),

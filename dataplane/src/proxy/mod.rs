@@ -389,7 +389,7 @@ impl Proxy {
                                 Ok(Restored::Already) => (Route::Serve, None),
                                 Ok(Restored::Done(carried)) if *takeover => {
                                     self.metrics.takeovers.inc();
-                                    tracing::info!(session = %cookie.session, from = %cookie.owner.name, version = carried.version, "took over session");
+                                    tracing::info!(session = %cookie.session, from = %cookie.owner.name, state_version = carried.state_version, "took over session");
                                     (Route::Takeover, Some(carried))
                                 }
                                 Ok(Restored::Done(carried)) => (Route::Restore, Some(carried)),

@@ -40,7 +40,8 @@ pub(super) enum Restored {
 
 /// A state copy a restore used: resealed, as is, naming its new owner.
 pub(super) struct Carried {
-    pub(super) version: u64,
+    /// The version of the state the copy holds.
+    pub(super) state_version: u64,
     /// The sealed state value (`cookie::seal_state`).
     pub(super) state_value: String,
 }
@@ -108,12 +109,13 @@ impl Proxy {
             }
         }
         self.metrics.restores.get_or_create(&[("result", "ok")]).inc();
-        self.set_local(session, Local { version, sealed_at: None });
+        // The session goes on above every version it had, even when only an older copy was left.
+        self.set_local(session, Local { version: version.max(route.version), sealed_at: None });
         if let Some(store) = &self.backups {
             // This pod owns the session now; its backup goes to this pod's successor.
             store.remove(session);
         }
-        Ok(Restored::Done(Carried { version, state_value }))
+        Ok(Restored::Done(Carried { state_version: version, state_value }))
     }
 
     /// The newest copy of the session's state: (version, state, sealed state value).
@@ -122,7 +124,7 @@ impl Proxy {
         let from_cookie = match &rc.state {
             Ok(Some(value)) => {
                 match cookie::open_state(value, route, &self.cfg.pool, &ring, self.cfg.max_state_bytes) {
-                    Ok(state) => Some((route.version, state, value.clone())),
+                    Ok(state) => Some((route.state_version, state, value.clone())),
                     Err(e) => {
                         self.metrics.cookie_rejects.get_or_create(&[("reason", e.reason())]).inc();
                         tracing::info!(session = %route.session, error = %e, "the client's state chunks do not open");
@@ -143,6 +145,7 @@ impl Proxy {
                 let b = backup?;
                 let opened = cookie::open_route(&b.route, &self.cfg.pool, &ring, unix_now())
                     .and_then(|r| cookie::open_state(&b.state, &r, &self.cfg.pool, &ring, self.cfg.max_state_bytes));
+                // (The backup's own route names the state it carries: its state version.)
                 match opened {
                     Ok(state) => {
                         self.metrics.restores.get_or_create(&[("result", "from_backup")]).inc();

@@ -20,6 +20,14 @@ use crate::decide::{self, SealAction, SealSource};
 use crate::header_budget::{self, Added, Over, Room};
 use handover_common::sync;
 
+fn append(headers: &mut HeaderMap, set_cookies: &[String]) {
+    for line in set_cookies {
+        if let Ok(v) = HeaderValue::from_str(line) {
+            headers.append(header::SET_COOKIE, v);
+        }
+    }
+}
+
 /// Why a state was not sealed into the client's cookies.
 #[derive(Clone, Copy, Debug)]
 enum NotSealed {
@@ -127,7 +135,7 @@ impl Proxy {
             },
             now,
         );
-        let (source, state_value) = match seal.action {
+        let (source, state_version, state_value) = match seal.action {
             SealAction::Keep => return,
             SealAction::Delete => {
                 self.delete_cookies(headers, rc);
@@ -146,89 +154,123 @@ impl Proxy {
                     self.not_sealed(headers, session, why);
                     return;
                 }
-                (source, cookie::seal_state(session, seal.version, &state, &self.cfg.pool, &self.keys.ring()))
+                let value = cookie::seal_state(session, seal.version, &state, &self.cfg.pool, &self.keys.ring());
+                (source, seal.version, value)
             }
             SealAction::Seal(SealSource::Carry) => match carried {
-                Some(c) if c.version == seal.version => (SealSource::Carry, c.state_value),
-                _ => return,
+                Some(c) => (SealSource::Carry, c.state_version, c.state_value),
+                None => return,
             },
             SealAction::Seal(SealSource::Refresh) => match (&rc.route, &rc.state) {
-                (Some(r), Ok(Some(value))) if r.version == seal.version => (SealSource::Refresh, value.clone()),
+                (Some(r), Ok(Some(value))) => (SealSource::Refresh, r.state_version, value.clone()),
                 _ => return,
             },
         };
 
-        let unix = unix_now();
         let name = &self.cfg.cookie.attrs.name;
         let chunks = cookie::split_state(name, &state_value, self.chunk_bytes());
-        let route = Route {
-            session: session.to_owned(),
-            owner: Owner {
-                name: self.cfg.pod_name.clone(),
-                uid: self.cfg.pod_uid.clone(),
-                addr: self.cfg.advertise.clone(),
-            },
-            version: seal.version,
-            issued_at: unix,
-            expires_at: unix + self.cfg.cookie.max_age.as_secs(),
-            chunks: u16::try_from(chunks.len()).unwrap_or(u16::MAX),
-            state_bytes: u32::try_from(state_value.len()).unwrap_or(u32::MAX),
-            carry: rc.carry,
-        };
+        let route = self.route_for(
+            session,
+            seal.version,
+            state_version,
+            u16::try_from(chunks.len()).unwrap_or(u16::MAX),
+            u32::try_from(state_value.len()).unwrap_or(u32::MAX),
+            rc.carry,
+        );
         let route_value = cookie::seal_route(&route, &self.cfg.pool, &self.keys.ring());
         let max_age = self.cfg.cookie.max_age.as_secs();
+        let count = usize::from(route.chunks);
         let mut lines: Vec<(String, String, u64)> = vec![(name.clone(), route_value.clone(), max_age)];
         lines.extend(chunks.into_iter().map(|(n, v)| (n, v, max_age)));
-        let count = usize::from(route.chunks);
         lines.extend(
             rc.held_chunks
                 .iter()
                 .filter(|&&i| i >= count)
                 .map(|&i| (cookie::state_chunk_name(name, i), String::new(), 0)),
         );
-        let mut added = Added::default();
-        let mut set_cookies = Vec::with_capacity(lines.len());
-        for (cookie_name, value, age) in &lines {
-            let line = crate::cookie_attrs::set_cookie_line(&self.cfg.cookie.attrs, cookie_name, value, *age);
-            added.push(&line, cookie_name, value, *age > 0);
-            set_cookies.push(line);
-        }
         let room = Room {
             response_block: header_budget::response_block_bytes(status, headers),
             other_cookies: rc.other_cookies,
             carry: rc.carry,
         };
-        let fits = match header_budget::check(self.cfg.limits, room, &added) {
-            Err(over) => Err(NotSealed::Headers(over)),
-            Ok(()) if added.request_bytes > self.cfg.cookie.max_bytes => {
-                Err(NotSealed::MaxBytes { bytes: added.request_bytes, limit: self.cfg.cookie.max_bytes })
-            }
-            Ok(()) => Ok(()),
-        };
-        if matches!(source, SealSource::Push | SealSource::Pull) {
-            // Before the response leaves: what the client acknowledges, the successor keeps.
-            self.back_up(Backup {
-                session: session.to_owned(),
-                version: seal.version,
-                expires_at: route.expires_at,
-                route: route_value,
-                state: state_value,
-            })
-            .await;
-        }
-        match fits {
-            Ok(()) => {
-                for line in &set_cookies {
-                    if let Ok(v) = HeaderValue::from_str(line) {
-                        headers.append(header::SET_COOKIE, v);
-                    }
-                }
+        let sealed = self.fit(&lines, room);
+        // Before the response leaves: what the client acknowledges, the successor keeps (with
+        // the full route, whatever the client's cookies end up holding).
+        self.back_up(Backup {
+            session: session.to_owned(),
+            version: state_version,
+            expires_at: route.expires_at,
+            route: route_value,
+            state: state_value,
+        })
+        .await;
+        match sealed {
+            Ok((set_cookies, added)) => {
+                append(headers, &set_cookies);
                 self.metrics.snapshots.get_or_create(&[("source", source.label())]).inc();
                 self.metrics.snapshot_bytes.observe(added.request_bytes as f64);
                 self.metrics.response_header_bytes.observe((room.response_block + added.set_cookie_bytes) as f64);
             }
-            Err(why) => self.not_sealed(headers, session, why),
+            Err(why) => {
+                self.not_sealed(headers, session, why);
+                // The route alone, naming this owner and the newest version, over the chunks the
+                // client holds (an older state, its copy of last resort), so the session is still
+                // routed here and nothing older passes for the newest.
+                let (state_version, chunks, state_bytes) = match (&rc.route, &rc.state) {
+                    (Some(old), Ok(Some(_))) => (old.state_version, old.chunks, old.state_bytes),
+                    _ => (0, 0, 0),
+                };
+                let route = self.route_for(session, seal.version, state_version, chunks, state_bytes, rc.carry);
+                let line = vec![(name.clone(), cookie::seal_route(&route, &self.cfg.pool, &self.keys.ring()), max_age)];
+                if let Ok((set_cookies, _)) = self.fit(&line, room) {
+                    append(headers, &set_cookies);
+                }
+            }
         }
+    }
+
+    /// A routing cookie naming this pod as the session's owner.
+    fn route_for(
+        &self,
+        session: &str,
+        version: u64,
+        state_version: u64,
+        chunks: u16,
+        state_bytes: u32,
+        carry: u32,
+    ) -> Route {
+        let unix = unix_now();
+        Route {
+            session: session.to_owned(),
+            owner: Owner {
+                name: self.cfg.pod_name.clone(),
+                uid: self.cfg.pod_uid.clone(),
+                addr: self.cfg.advertise.clone(),
+            },
+            version,
+            state_version,
+            issued_at: unix,
+            expires_at: unix + self.cfg.cookie.max_age.as_secs(),
+            chunks,
+            state_bytes,
+            carry,
+        }
+    }
+
+    /// The `Set-Cookie` lines of `(name, value, max_age)` cookies, if they pass every limit.
+    fn fit(&self, cookies: &[(String, String, u64)], room: Room) -> Result<(Vec<String>, Added), NotSealed> {
+        let mut added = Added::default();
+        let mut set_cookies = Vec::with_capacity(cookies.len());
+        for (cookie_name, value, age) in cookies {
+            let line = crate::cookie_attrs::set_cookie_line(&self.cfg.cookie.attrs, cookie_name, value, *age);
+            added.push(&line, cookie_name, value, *age > 0);
+            set_cookies.push(line);
+        }
+        header_budget::check(self.cfg.limits, room, &added).map_err(NotSealed::Headers)?;
+        if added.request_bytes > self.cfg.cookie.max_bytes {
+            return Err(NotSealed::MaxBytes { bytes: added.request_bytes, limit: self.cfg.cookie.max_bytes });
+        }
+        Ok((set_cookies, added))
     }
 
     /// A state not sealed into the client's cookies: counted, logged, and said on the response;

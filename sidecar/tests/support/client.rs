@@ -22,11 +22,11 @@ pub fn jar_with(cookies: BTreeMap<String, String>) -> Jar {
     Arc::new(Mutex::new(cookies))
 }
 
-/// The jar's cookies whose name is `name` or starts with `name.` (a state cookie and its chunks).
-pub fn cookies_named(jar: &Jar, name: &str) -> BTreeMap<String, String> {
+/// The jar's state chunks of cookie `name` (`name.0`, `name.1`, …).
+pub fn state_chunks(jar: &Jar, name: &str) -> BTreeMap<String, String> {
     let jar = jar.lock().unwrap_or_else(|p| p.into_inner());
     jar.iter()
-        .filter(|(n, _)| *n == name || n.strip_prefix(name).is_some_and(|rest| rest.starts_with('.')))
+        .filter(|(n, _)| n.strip_prefix(name).is_some_and(|rest| rest.starts_with('.')))
         .map(|(n, v)| (n.clone(), v.clone()))
         .collect()
 }
