@@ -26,31 +26,18 @@ mod tests {
     use super::*;
 
     #[test]
-    fn a_lock_poisoned_by_a_panic_is_taken_over_with_its_value() {
+    fn locks_poisoned_by_a_panic_are_taken_over_with_their_values() {
         let mutex = std::sync::Arc::new(Mutex::new(1));
-        let holder = std::sync::Arc::clone(&mutex);
-        let panicked = std::thread::spawn(move || {
-            let mut value = holder.lock().expect("first lock");
-            *value = 2;
-            panic!("poison it");
-        })
-        .join();
-        assert!(panicked.is_err() && mutex.is_poisoned());
-        assert_eq!(*lock(&mutex), 2);
-    }
-
-    #[test]
-    fn a_rw_lock_poisoned_by_a_panic_is_taken_over_with_its_value() {
         let rw = std::sync::Arc::new(RwLock::new(1));
-        let holder = std::sync::Arc::clone(&rw);
+        let (m, r) = (std::sync::Arc::clone(&mutex), std::sync::Arc::clone(&rw));
         let panicked = std::thread::spawn(move || {
-            let mut value = holder.write().expect("first write");
-            *value = 2;
-            panic!("poison it");
+            let (mut m, mut r) = (m.lock().expect("first lock"), r.write().expect("first write"));
+            (*m, *r) = (2, 2);
+            panic!("poison them");
         })
         .join();
-        assert!(panicked.is_err() && rw.is_poisoned());
-        assert_eq!(*read(&rw), 2);
+        assert!(panicked.is_err() && mutex.is_poisoned() && rw.is_poisoned());
+        assert_eq!((*lock(&mutex), *read(&rw)), (2, 2));
         *write(&rw) = 3;
         assert_eq!(*read(&rw), 3);
     }

@@ -9,6 +9,16 @@ use std::time::Duration;
 use chacha20poly1305::{KeyInit, XChaCha20Poly1305};
 use handover_common::keyfile;
 use handover_common::sync;
+use hmac::{Hmac, Mac};
+use sha2::Sha256;
+
+/// The forward key of a pool key (it signs forwards: [`crate::peer_auth`]): HMAC-SHA256(pool key,
+/// label), so the cookie key and the forward key are never the same bytes.
+fn derive_forward_key(secret: &[u8; 32]) -> [u8; 32] {
+    let mut mac = <Hmac<Sha256> as Mac>::new_from_slice(secret).expect("HMAC takes keys of any length");
+    mac.update(b"handover forward key v1");
+    mac.finalize().into_bytes().into()
+}
 
 /// Why a key file was refused.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -47,7 +57,7 @@ impl KeyRing {
             .map(|k| Key {
                 id: k.id,
                 cipher: XChaCha20Poly1305::new(&k.secret.into()),
-                forward: crate::peer_auth::derive_key(&k.secret),
+                forward: derive_forward_key(&k.secret),
             })
             .collect();
         Ok(KeyRing { keys })

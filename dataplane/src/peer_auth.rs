@@ -33,14 +33,6 @@ const VERSION: &str = "v1";
 /// Pod names are DNS subdomains (at most 253 bytes); anything longer is refused unread.
 const MAX_HEADER_BYTES: usize = 700;
 
-/// The forward key of a pool key: HMAC-SHA256(pool key, label), so the cookie key and the
-/// forward key are never the same bytes.
-pub fn derive_key(secret: &[u8; 32]) -> [u8; 32] {
-    let mut mac = HmacSha256::new_from_slice(secret).expect("HMAC takes keys of any length");
-    mac.update(b"handover forward key v1");
-    mac.finalize().into_bytes().into()
-}
-
 /// What a forward mark vouches for.
 #[derive(Clone, Copy, Debug)]
 pub struct Forward<'a> {
