@@ -18,6 +18,7 @@ pub mod cookie_attrs;
 pub mod decide;
 pub mod demo;
 pub mod demo_app;
+pub mod drain;
 pub mod fuzzing;
 pub mod keys;
 pub mod localpool;

@@ -370,7 +370,20 @@ fn injection_patch_adds_label_volume_grace_and_marker_only() {
     assert_eq!(t["metadata"]["annotations"][INJECTED_ANNOTATION], "cart");
     assert_eq!(t["metadata"]["annotations"][HASH_ANNOTATION], hash.as_str());
     assert_eq!(t["spec"]["initContainers"][0]["name"], SIDECAR_NAME);
-    assert!(t["spec"].get("containers").is_none(), "app containers are never touched");
+    // The app containers get the drain hook and nothing else (merged into them by name).
+    let token = drain_token(&pool(), &d);
+    assert_eq!(
+        t["spec"]["containers"],
+        json!([{"name": "app", "lifecycle": {"preStop": {"httpGet": {
+            "path": "/drain", "port": 9901, "scheme": "HTTP",
+            "httpHeaders": [{"name": "Handover-Drain", "value": token}],
+        }}}}])
+    );
+    let env = &t["spec"]["initContainers"][0]["env"];
+    assert!(
+        env.as_array().into_iter().flatten().any(|e| e["name"] == DRAIN_TOKEN_ENV && e["value"] == token.as_str()),
+        "the sidecar knows the token: {env}"
+    );
     assert_eq!(t["spec"]["volumes"][0]["name"], KEY_VOLUME);
     assert_eq!(t["spec"]["volumes"][0]["secret"]["secretName"], "cart-handover-keys");
     assert_eq!(t["spec"]["terminationGracePeriodSeconds"], 5 + 20 + 15);
@@ -687,4 +700,28 @@ fn the_network_policy_admits_only_the_named_clients_besides_the_peers() {
     p.spec.network_policy.from = Some(Vec::new());
     let rules = network_policy(&p).spec.and_then(|s| s.ingress).expect("rules");
     assert_eq!(rules.len(), 1, "an empty list: the pool's pods only");
+}
+
+#[test]
+fn an_app_container_with_a_prestop_of_its_own_keeps_it_and_tokens_differ_per_deployment() {
+    use k8s_openapi::api::core::v1::{ExecAction, Lifecycle, LifecycleHandler};
+    let mut d = deployment("web", Some("cart"), &[]);
+    if let Some(s) = d.spec.as_mut().and_then(|s| s.template.spec.as_mut()) {
+        let mut own = s.containers[0].clone();
+        own.name = "worker".to_owned();
+        own.lifecycle = Some(Lifecycle {
+            pre_stop: Some(LifecycleHandler {
+                exec: Some(ExecAction { command: Some(vec!["/bin/flush".to_owned()]) }),
+                ..LifecycleHandler::default()
+            }),
+            ..Lifecycle::default()
+        });
+        s.containers.push(own);
+    }
+    let hooks = drain_hooks(&pool(), &d, "t");
+    assert_eq!(hooks.len(), 1);
+    assert_eq!(hooks[0]["name"], "app", "worker keeps its own preStop: {hooks:?}");
+    let other = deployment("api", Some("cart"), &[]);
+    assert_ne!(drain_token(&pool(), &d), drain_token(&pool(), &other));
+    assert_eq!(drain_token(&pool(), &d), drain_token(&pool(), &d.clone()), "stable: no rollout by itself");
 }
