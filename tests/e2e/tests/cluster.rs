@@ -780,9 +780,26 @@ async fn a_default_deny_namespace_still_lets_the_pools_forwards_through() {
     assert_eq!(ports, [8000, 9901], "the sidecar's data and admin port: {policy}");
     assert_eq!(policy["spec"]["ingress"][0]["from"][0]["podSelector"]["matchLabels"]["handover.dev/pool"], "demo");
 
-    let service = Arc::new(Mutex::new(vec![pool.service_addr().await]));
-    let load = Load::start(service, SESSIONS);
-    load.progress(600, "sessions to run through the Service under default-deny").await.expect("progress");
+    // One session, its requests sent to each pod in turn: the pods that do not own it forward
+    // to the one that does, pod to pod, through the policies.
+    let pods: Vec<SocketAddr> =
+        pool.serving().await.iter().filter_map(|p| p.ip.parse().ok()).map(|ip| SocketAddr::new(ip, 8000)).collect();
+    let mut cookie = String::new();
+    for i in 0..12 {
+        let answer = any_request(pods[i % pods.len()], "POST", "/incr", &cookie).await.unwrap_or_default();
+        assert!(answer.starts_with("HTTP/1.1 200"), "request {i} of the session answered: {answer}");
+        let set: Vec<&str> = answer
+            .lines()
+            .filter_map(|l| l.strip_prefix("set-cookie: ").or_else(|| l.strip_prefix("Set-Cookie: ")))
+            .filter_map(|c| c.split(';').next())
+            .collect();
+        if !set.is_empty() {
+            cookie = set.join("; ");
+        }
+    }
+    let pool_addrs = pods.clone();
+    let load = Load::start(Arc::new(Mutex::new(pods)), SESSIONS);
+    load.progress(300, "sessions to run on every pod under default-deny").await.expect("progress");
     let ok = pool.sidecar_metric("handover_forwards_total{reason=\"owner\",result=\"ok\"}").await;
     let unreachable = pool.sidecar_metric("handover_forwards_total{reason=\"owner\",result=\"unreachable\"}").await;
     println!("    figure: default-deny + the pool's policy: forwards to owners ok {ok}, unreachable {unreachable}");
@@ -798,6 +815,9 @@ async fn a_default_deny_namespace_still_lets_the_pools_forwards_through() {
     })
     .await
     .expect("deleted");
+    for i in 0..6 {
+        let _ = any_request(pool_addrs[i % pool_addrs.len()], "POST", "/incr", &cookie).await;
+    }
     load.progress(300, "requests after the opt-out").await.ok();
     let after = pool.sidecar_metric("handover_forwards_total{reason=\"owner\",result=\"unreachable\"}").await;
     if after > 0.0 {
@@ -824,4 +844,20 @@ async fn any_answer(admin: SocketAddr, path: &str) -> Option<String> {
         Some(text)
     };
     tokio::time::timeout(Duration::from_secs(2), attempt).await.ok().flatten()
+}
+
+/// The whole answer to `method path` on `addr` with a `Cookie` header (when not empty), whatever
+/// its status (5 s at most).
+async fn any_request(addr: SocketAddr, method: &str, path: &str, cookie: &str) -> Option<String> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let attempt = async {
+        let mut stream = tokio::net::TcpStream::connect(addr).await.ok()?;
+        let cookie = if cookie.is_empty() { String::new() } else { format!("Cookie: {cookie}\r\n") };
+        let head = format!("{method} {path} HTTP/1.1\r\nHost: e2e\r\nContent-Length: 0\r\nConnection: close\r\n{cookie}\r\n");
+        stream.write_all(head.as_bytes()).await.ok()?;
+        let mut text = String::new();
+        stream.read_to_string(&mut text).await.ok()?;
+        Some(text)
+    };
+    tokio::time::timeout(Duration::from_secs(5), attempt).await.ok().flatten()
 }
