@@ -668,7 +668,9 @@ async fn a_pod_that_cannot_read_its_pool_is_never_ready_and_the_pool_says_why() 
     let t = Instant::now();
     let pool = DemoPool::start(&c, 1, "push", &[quota]).await;
     let why = wait_for("the pool to report that it could not make its Role", SETTLE, || async {
-        pool.condition("Ready").await.is_some_and(|(s, r, m)| s == "False" && r == "ReconcileFailed" && m.contains("Role"))
+        pool.condition("Ready")
+            .await
+            .is_some_and(|(s, r, m)| s == "False" && r == "ReconcileFailed" && m.contains("Role"))
     })
     .await;
     if let Err(e) = why {
@@ -733,6 +735,19 @@ async fn graceful_deletion_in_pull_mode_loses_nothing() {
         let t = Instant::now();
         c.kubectl(&["delete", "pod", &victim.name, "-n", &pool.ns, "--wait=false"]).await.expect("delete");
         pool.wait_dropped(&victim, t, "graceful delete (pull mode)").await;
+        // The app's preStop called /drain while the app ran: the sidecar says so in its log.
+        let drained = Arc::new(Mutex::new(String::new()));
+        wait_for("the deleted pod's sidecar to log that /drain saw it leave the registry", SETTLE, || async {
+            let log = c.kubectl(&["logs", &victim.name, "-n", &pool.ns, "-c", "handover-sidecar"]).await;
+            let line =
+                log.unwrap_or_default().lines().find(|l| l.contains("drained: this pod has left")).map(str::to_owned);
+            let found = line.is_some();
+            *drained.lock().unwrap_or_else(|p| p.into_inner()) = line.unwrap_or_default();
+            found
+        })
+        .await
+        .expect("the drain ran before the app was stopped");
+        println!("    the sidecar: {}", drained.lock().unwrap_or_else(|p| p.into_inner()));
         load.progress(300, "sessions to go on during the graceful delete").await.expect("progress");
         wait_for("the deleted pod to be gone", SETTLE, || async {
             !pool.pods().await.iter().any(|p| p.name == victim.name)
@@ -807,9 +822,18 @@ async fn a_default_deny_namespace_still_lets_the_pools_forwards_through() {
     assert_eq!(unreachable, 0.0, "no forward was refused by the network");
 
     // The opt-out: the operator deletes its policy. Where policies are enforced, forwards now fail.
-    c.kubectl(&["patch", "serverpool", "demo", "-n", &pool.ns, "--type=merge", "-p", r#"{"spec":{"networkPolicy":{"enabled":false}}}"#])
-        .await
-        .expect("opt out");
+    c.kubectl(&[
+        "patch",
+        "serverpool",
+        "demo",
+        "-n",
+        &pool.ns,
+        "--type=merge",
+        "-p",
+        r#"{"spec":{"networkPolicy":{"enabled":false}}}"#,
+    ])
+    .await
+    .expect("opt out");
     wait_for("the operator to delete the pool's NetworkPolicy", SETTLE, || async {
         c.get_json(&["networkpolicy", "demo-handover", "-n", &pool.ns]).await.is_err()
     })
@@ -853,7 +877,8 @@ async fn any_request(addr: SocketAddr, method: &str, path: &str, cookie: &str) -
     let attempt = async {
         let mut stream = tokio::net::TcpStream::connect(addr).await.ok()?;
         let cookie = if cookie.is_empty() { String::new() } else { format!("Cookie: {cookie}\r\n") };
-        let head = format!("{method} {path} HTTP/1.1\r\nHost: e2e\r\nContent-Length: 0\r\nConnection: close\r\n{cookie}\r\n");
+        let head =
+            format!("{method} {path} HTTP/1.1\r\nHost: e2e\r\nContent-Length: 0\r\nConnection: close\r\n{cookie}\r\n");
         stream.write_all(head.as_bytes()).await.ok()?;
         let mut text = String::new();
         stream.read_to_string(&mut text).await.ok()?;
