@@ -360,6 +360,19 @@ fn new_pool_script(p: &ServerPool, d: &Deployment) -> Vec<Expect> {
     ]
 }
 
+/// The first reconcile of a new pool with one ready pod, as [`new_pool_script`] answers it.
+async fn a_new_pool_reconciled(api: &MockApi) -> Arc<Context> {
+    let p = pool(None);
+    let d = deployment(&p, false);
+    let world =
+        World { pods: vec![pod("a", true)], deployments: vec![d.clone()], pools: vec![p.clone()], children: vec![] };
+    let ctx = context(api, world);
+    api.expect(new_pool_script(&p, &d));
+    run(&ctx, p).await.expect("the first reconcile succeeds");
+    api.verify();
+    ctx
+}
+
 async fn run(ctx: &Arc<Context>, p: ServerPool) -> Result<Action, Error> {
     tokio::time::timeout(Duration::from_secs(30), reconcile(Arc::new(p), ctx.clone()))
         .await
@@ -425,14 +438,7 @@ async fn a_new_pool_gets_its_children_keys_injection_and_status_then_a_readiness
 #[tokio::test]
 async fn a_child_edited_by_someone_else_is_applied_again() {
     let api = MockApi::start().await;
-    let p = pool(None);
-    let d = deployment(&p, false);
-    let world =
-        World { pods: vec![pod("a", true)], deployments: vec![d.clone()], pools: vec![p.clone()], children: vec![] };
-    let ctx = context(&api, world);
-    api.expect(new_pool_script(&p, &d));
-    run(&ctx, p).await.expect("the first reconcile succeeds");
-    api.verify();
+    let ctx = a_new_pool_reconciled(&api).await;
 
     let p = pool(Some(&[("a", true)]));
     let world = World {
@@ -451,14 +457,7 @@ async fn a_child_edited_by_someone_else_is_applied_again() {
 #[tokio::test]
 async fn a_rotation_request_reads_and_rotates_the_key_secret() {
     let api = MockApi::start().await;
-    let p = pool(None);
-    let d = deployment(&p, false);
-    let world =
-        World { pods: vec![pod("a", true)], deployments: vec![d.clone()], pools: vec![p.clone()], children: vec![] };
-    let ctx = context(&api, world);
-    api.expect(new_pool_script(&p, &d));
-    run(&ctx, p).await.expect("the first reconcile succeeds");
-    api.verify();
+    let ctx = a_new_pool_reconciled(&api).await;
     let created = api.body(5);
 
     let mut p = pool(Some(&[("a", true)]));
@@ -549,14 +548,7 @@ async fn a_refused_apply_is_reported_and_retried_on_the_next_reconcile() {
 #[tokio::test]
 async fn opting_out_of_the_network_policy_deletes_it_once_and_a_gone_one_is_no_error() {
     let api = MockApi::start().await;
-    let p = pool(None);
-    let d = deployment(&p, false);
-    let world =
-        World { pods: vec![pod("a", true)], deployments: vec![d.clone()], pools: vec![p.clone()], children: vec![] };
-    let ctx = context(&api, world);
-    api.expect(new_pool_script(&p, &d));
-    run(&ctx, p).await.expect("the first reconcile succeeds");
-    api.verify();
+    let ctx = a_new_pool_reconciled(&api).await;
     let policy: NetworkPolicy = serde_json::from_value(api.body(3)).expect("a NetworkPolicy was applied");
     assert_eq!(
         policy.metadata.labels.as_ref().and_then(|l| l.get(MANAGED_BY.0)).map(String::as_str),

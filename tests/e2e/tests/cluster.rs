@@ -685,7 +685,7 @@ async fn a_pod_that_cannot_read_its_pool_is_never_ready_and_the_pool_says_why() 
         for pod in pool.pods().await.into_iter().filter(|p| p.injected && !p.ip.is_empty()) {
             let Ok(ip) = pod.ip.parse() else { continue };
             let admin = SocketAddr::new(ip, SIDECAR_ADMIN_PORT);
-            if let Some(body) = any_answer(admin, "/ready").await {
+            if let Some(body) = any_request(admin, "GET", "/ready", "").await {
                 let why = body.contains("registry not synced");
                 *said.lock().unwrap_or_else(|p| p.into_inner()) = body;
                 return why;
@@ -854,20 +854,6 @@ async fn a_default_deny_namespace_still_lets_the_pools_forwards_through() {
     // Where policies are enforced some sessions saw errors after the opt-out: not verified here.
     let _ = load.stop_and_verify().await;
     pool.delete().await;
-}
-
-/// The whole answer (status line, headers, body) of `GET path` on a sidecar's admin port, whatever
-/// its status (2 s at most).
-async fn any_answer(admin: SocketAddr, path: &str) -> Option<String> {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let attempt = async {
-        let mut stream = tokio::net::TcpStream::connect(admin).await.ok()?;
-        stream.write_all(format!("GET {path} HTTP/1.0\r\nHost: e2e\r\n\r\n").as_bytes()).await.ok()?;
-        let mut text = String::new();
-        stream.read_to_string(&mut text).await.ok()?;
-        Some(text)
-    };
-    tokio::time::timeout(Duration::from_secs(2), attempt).await.ok().flatten()
 }
 
 /// The whole answer to `method path` on `addr` with a `Cookie` header (when not empty), whatever
