@@ -157,7 +157,7 @@ pub fn admin(proxy: &Arc<Proxy>, req: &Request<Incoming>) -> Response<Body> {
         }
         // This sidecar's own view of the pool: what its routing decisions stand on.
         "/members" => text(StatusCode::OK, crate::registry::render_members(&proxy.registry_members())),
-        _ => text(StatusCode::NOT_FOUND, "admin endpoints: /live /ready /metrics /members\n"),
+        _ => text(StatusCode::NOT_FOUND, "admin endpoints: /live /ready /metrics /members /drain\n"),
     }
 }
 

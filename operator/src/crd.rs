@@ -115,6 +115,37 @@ pub struct ServerPoolSpec {
     /// The pool's Service.
     #[serde(default)]
     pub service: ServiceSpec,
+
+    /// The NetworkPolicy `<name>-handover` that lets the pool's pods reach each other's sidecar
+    /// (forwards on `sidecarPort`, liveness probes on `adminPort`) under a default-deny policy.
+    #[serde(default)]
+    pub network_policy: NetworkPolicySpec,
+}
+
+/// The pool's NetworkPolicy.
+///
+/// It selects the pool's pods, so once it exists their ingress is limited to what some policy
+/// allows: this one allows `sidecarPort` and `adminPort` from the pool's own pods, and from `from`
+/// (by default from anywhere, as a Service's port is without any policy). Other ports of the
+/// pods (an app listening on the pod IP) need a policy of their own, or `enabled: false`.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct NetworkPolicySpec {
+    /// Create the NetworkPolicy (default). `false`: the operator deletes the one it created.
+    #[serde(default = "default_true")]
+    pub enabled: bool,
+
+    /// Who besides the pool's own pods may reach `sidecarPort` and `adminPort` (clients through
+    /// the Service, an ingress controller, a metrics scraper). Unset: anyone. An empty list: only
+    /// the pool's pods (and the node: kubelet probes are always allowed).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub from: Option<Vec<k8s_openapi::api::networking::v1::NetworkPolicyPeer>>,
+}
+
+impl Default for NetworkPolicySpec {
+    fn default() -> Self {
+        Self { enabled: true, from: None }
+    }
 }
 
 /// The state cookie.
@@ -528,6 +559,7 @@ impl ServerPoolSpec {
             key_rotation: KeyRotationSpec::default(),
             sidecar: SidecarSpec::default(),
             service: ServiceSpec::default(),
+            network_policy: NetworkPolicySpec::default(),
         }
     }
 }

@@ -181,6 +181,10 @@ pub struct RunArgs {
     /// After SIGTERM: keep serving (readiness failing) this long, then close.
     #[arg(long, env = "HANDOVER_DRAIN_GRACE", default_value = "5s", value_parser = handover_common::duration::parse)]
     pub drain_grace: Duration,
+    /// Token a `/drain` request must carry (header `Handover-Drain`); the operator puts the same
+    /// value in the app containers' `preStop` hook. Empty: `/drain` is off.
+    #[arg(long, env = "HANDOVER_DRAIN_TOKEN", default_value = "", hide_env_values = true)]
+    pub drain_token: String,
     /// Hold requests this long while the local app is down (restarting).
     #[arg(long, env = "HANDOVER_APP_WAIT", default_value = "10s", value_parser = handover_common::duration::parse)]
     pub app_wait: Duration,
@@ -313,11 +317,19 @@ pub async fn run(args: RunArgs) -> Result<(), String> {
     });
 
     let admin_proxy = Arc::clone(&proxy);
+    let drain_with = (Arc::new(args.drain_token.clone()), Arc::new(args.pod_name.clone()), args.drain_grace);
     let admin_task = tokio::spawn(handover_dataplane::server::serve(
         admin,
         move |req, _| {
-            let resp = handover_dataplane::server::admin(&admin_proxy, &req);
-            async move { resp }
+            let proxy = Arc::clone(&admin_proxy);
+            let (token, me, within) = (Arc::clone(&drain_with.0), Arc::clone(&drain_with.1), drain_with.2);
+            async move {
+                if req.uri().path() == "/drain" {
+                    handover_dataplane::drain::handle(proxy, req, &token, &me, within).await
+                } else {
+                    handover_dataplane::server::admin(&proxy, &req)
+                }
+            }
         },
         std::future::pending(),
         Duration::ZERO,

@@ -85,6 +85,11 @@ apply of an object that does not exist yet is authorized as create as well as pa
 - apiGroups: ["rbac.authorization.k8s.io"]
   resources: ["roles", "rolebindings"]
   verbs: ["list", "watch", "create", "patch"]
+# Each pool's NetworkPolicy letting its pods reach each other's sidecar (server-side apply),
+# deleted when the pool opts out (spec.networkPolicy.enabled: false).
+- apiGroups: ["networking.k8s.io"]
+  resources: ["networkpolicies"]
+  verbs: ["list", "watch", "create", "patch", "delete"]
 # Events on pools and Deployments.
 - apiGroups: ["events.k8s.io"]
   resources: ["events"]

@@ -65,7 +65,9 @@ impl Proxy {
     pub(super) async fn app_connection(
         &self,
     ) -> Result<(hyper::client::conn::http1::SendRequest<Body>, bool), Response<Body>> {
-        let deadline = tokio::time::Instant::now() + self.cfg.app_wait;
+        // Draining, the app is on its way out (a native sidecar outlives it): no waiting for it.
+        let wait = if self.draining_since().is_some() { Duration::ZERO } else { self.cfg.app_wait };
+        let deadline = tokio::time::Instant::now() + wait;
         let mut held = None;
         let mut app_up = self.app_up.subscribe();
         loop {
@@ -104,7 +106,7 @@ impl Proxy {
                         self.metrics.app_waits.get_or_create(&[("result", "timeout")]).inc();
                         return Err(text_response(
                             StatusCode::SERVICE_UNAVAILABLE,
-                            format!("handover: the application did not come back within {:?}\n", self.cfg.app_wait),
+                            format!("handover: the application did not come back within {wait:?}\n"),
                         ));
                     }
                     let recheck = deadline.min(tokio::time::Instant::now() + HELD_RECHECK_EVERY);

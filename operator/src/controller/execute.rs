@@ -9,7 +9,7 @@ use k8s_openapi::NamespaceResourceScope;
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::Resource;
-use kube::api::{Api, Patch, PatchParams};
+use kube::api::{Api, DeleteParams, Patch, PatchParams};
 use kube::runtime::controller::Action;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
@@ -20,7 +20,7 @@ use super::keys::ensure_keys;
 use super::{Context, RESYNC, fence};
 use crate::crd::ServerPool;
 use crate::desired::{self, Applied, Child, ChildStep, DeploymentPlan, Findings, KeyCheck, KeyInputs, KeyOutcome};
-use crate::desired::{KeyStep, MANAGER, Plan};
+use crate::desired::{ChildKey, KeyStep, MANAGER, Plan};
 use crate::error::Error;
 use handover_common::sync::lock;
 
@@ -52,6 +52,7 @@ async fn apply_child(ctx: &Context, step: &ChildStep) -> Result<(), Error> {
         Child::Service(s) => ssa(ctx, ns, s.as_ref()).await,
         Child::Role(r) => ssa(ctx, ns, r).await,
         Child::RoleBinding(b) => ssa(ctx, ns, b).await,
+        Child::NetworkPolicy(n) => ssa(ctx, ns, n.as_ref()).await,
     };
     let mut applied = lock(&ctx.applied);
     match result {
@@ -68,6 +69,20 @@ async fn apply_child(ctx: &Context, step: &ChildStep) -> Result<(), Error> {
             Err(e)
         }
     }
+}
+
+/// Deletes a child the plan no longer wants (the NetworkPolicy of a pool that opted out); one
+/// already gone counts as deleted.
+async fn delete_child(ctx: &Context, key: &ChildKey) -> Result<(), Error> {
+    fence(ctx)?;
+    let api: Api<k8s_openapi::api::networking::v1::NetworkPolicy> = Api::namespaced(ctx.client.clone(), &key.namespace);
+    match api.delete(&key.name, &DeleteParams::default()).await {
+        Ok(_) => {}
+        Err(kube::Error::Api(s)) if s.code == 404 => {}
+        Err(e) => return Err(Error::kube(format!("delete {} {}/{}", key.kind, key.namespace, key.name))(e)),
+    }
+    lock(&ctx.applied).remove(key);
+    Ok(())
 }
 
 /// Server-side apply of an injection or removal patch to a Deployment.
@@ -106,6 +121,11 @@ pub(super) async fn execute(pool: &ServerPool, plan: Plan, ctx: &Context, now: T
 
     for step in plan.children.iter().filter(|s| !s.unchanged) {
         if let Err(e) = apply_child(ctx, step).await {
+            failures.push(e.to_string());
+        }
+    }
+    for key in &plan.remove {
+        if let Err(e) = delete_child(ctx, key).await {
             failures.push(e.to_string());
         }
     }

@@ -19,6 +19,7 @@ use hyper::{Request, Response};
 use hyper_util::rt::TokioIo;
 use k8s_openapi::api::apps::v1::{Deployment, DeploymentSpec};
 use k8s_openapi::api::core::v1::{Container, Pod, PodCondition, PodSpec, PodStatus, PodTemplateSpec, Secret, Service};
+use k8s_openapi::api::networking::v1::NetworkPolicy;
 use k8s_openapi::api::rbac::v1::{Role, RoleBinding};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, Time};
 use kube::core::{PartialObjectMeta, PartialObjectMetaExt};
@@ -291,6 +292,8 @@ fn context(api: &MockApi, world: World) -> Arc<Context> {
     let (roles, _) = store_of(child("Role").map(|v| meta_of::<Role>(rbac, v)).into_iter().collect());
     let (role_bindings, _) =
         store_of(child("RoleBinding").map(|v| meta_of::<RoleBinding>(rbac, v)).into_iter().collect());
+    let (network_policies, _) =
+        store_of(child("NetworkPolicy").map(|v| meta_of::<NetworkPolicy>("cart-handover", v)).into_iter().collect());
     let leadership = Leadership::new(Duration::from_secs(10));
     leadership.renewed(tokio::time::Instant::now());
     let inject = cfg();
@@ -308,6 +311,7 @@ fn context(api: &MockApi, world: World) -> Arc<Context> {
         services,
         roles,
         role_bindings,
+        network_policies,
         applied: Mutex::new(BTreeMap::new()),
         key_checks: Mutex::new(HashMap::new()),
         allowed_images: ImageAllowList::new(Vec::new(), &inject.default_image),
@@ -328,6 +332,7 @@ const POOLS: &str = "/apis/handover.dev/v1alpha1/namespaces/shop/serverpools";
 const SERVICE: &str = "/api/v1/namespaces/shop/services/cart";
 const ROLE: &str = "/apis/rbac.authorization.k8s.io/v1/namespaces/shop/roles/cart-handover-registry";
 const BINDING: &str = "/apis/rbac.authorization.k8s.io/v1/namespaces/shop/rolebindings/cart-handover-registry";
+const POLICY: &str = "/apis/networking.k8s.io/v1/namespaces/shop/networkpolicies/cart-handover";
 const SECRETS: &str = "/api/v1/namespaces/shop/secrets";
 const DEPLOYMENT: &str = "/apis/apps/v1/namespaces/shop/deployments/web";
 
@@ -347,11 +352,25 @@ fn new_pool_script(p: &ServerPool, d: &Deployment) -> Vec<Expect> {
         expect("PATCH", SERVICE, 200, Some(with_version(json_of(&desired::service(p)), "11"))),
         expect("PATCH", ROLE, 200, Some(with_version(json_of(&desired::role(p)), "12"))),
         expect("PATCH", BINDING, 200, Some(with_version(json_of(&desired::role_binding(p, &accounts)), "13"))),
+        expect("PATCH", POLICY, 200, Some(with_version(json_of(&desired::network_policy(p)), "14"))),
         expect("GET", format!("{SECRETS}/cart-handover-keys"), 404, Some(not_found())),
         expect("POST", SECRETS, 201, None),
         expect("PATCH", DEPLOYMENT, 200, Some(json_of(d))),
         expect("PATCH", format!("{POOLS}/cart/status"), 200, Some(json_of(p))),
     ]
+}
+
+/// The first reconcile of a new pool with one ready pod, as [`new_pool_script`] answers it.
+async fn a_new_pool_reconciled(api: &MockApi) -> Arc<Context> {
+    let p = pool(None);
+    let d = deployment(&p, false);
+    let world =
+        World { pods: vec![pod("a", true)], deployments: vec![d.clone()], pools: vec![p.clone()], children: vec![] };
+    let ctx = context(api, world);
+    api.expect(new_pool_script(&p, &d));
+    run(&ctx, p).await.expect("the first reconcile succeeds");
+    api.verify();
+    ctx
 }
 
 async fn run(ctx: &Arc<Context>, p: ServerPool) -> Result<Action, Error> {
@@ -371,12 +390,12 @@ async fn a_new_pool_gets_its_children_keys_injection_and_status_then_a_readiness
     api.expect(new_pool_script(&p, &d));
     run(&ctx, p.clone()).await.expect("the first reconcile succeeds");
     api.verify();
-    let secret: Secret = serde_json::from_value(api.body(4)).expect("a Secret was created");
+    let secret: Secret = serde_json::from_value(api.body(5)).expect("a Secret was created");
     assert_eq!(
         secret.metadata.labels.as_ref().and_then(|l| l.get(MANAGED_BY.0)).map(String::as_str),
         Some(MANAGED_BY.1)
     );
-    let status = api.body(6);
+    let status = api.body(7);
     assert_eq!(status["status"]["readyMembers"], 1);
     assert_eq!(status["status"]["conditions"][0]["reason"], "MembersReady");
     let events = api.events();
@@ -391,7 +410,7 @@ async fn a_new_pool_gets_its_children_keys_injection_and_status_then_a_readiness
         pods: vec![pod("a", false)],
         deployments: vec![deployment(&p, true)],
         pools: vec![p.clone()],
-        children: vec![("Service", "11"), ("Role", "12"), ("RoleBinding", "13")],
+        children: vec![("Service", "11"), ("Role", "12"), ("RoleBinding", "13"), ("NetworkPolicy", "14")],
     };
     let next = context(&api, world);
     carry_memory(&ctx, &next);
@@ -407,7 +426,7 @@ async fn a_new_pool_gets_its_children_keys_injection_and_status_then_a_readiness
         pods: vec![pod("a", false)],
         deployments: vec![deployment(&unchanged, true)],
         pools: vec![unchanged.clone()],
-        children: vec![("Service", "11"), ("Role", "12"), ("RoleBinding", "13")],
+        children: vec![("Service", "11"), ("Role", "12"), ("RoleBinding", "13"), ("NetworkPolicy", "14")],
     };
     let idle = context(&api, world);
     carry_memory(&ctx, &idle);
@@ -419,21 +438,14 @@ async fn a_new_pool_gets_its_children_keys_injection_and_status_then_a_readiness
 #[tokio::test]
 async fn a_child_edited_by_someone_else_is_applied_again() {
     let api = MockApi::start().await;
-    let p = pool(None);
-    let d = deployment(&p, false);
-    let world =
-        World { pods: vec![pod("a", true)], deployments: vec![d.clone()], pools: vec![p.clone()], children: vec![] };
-    let ctx = context(&api, world);
-    api.expect(new_pool_script(&p, &d));
-    run(&ctx, p).await.expect("the first reconcile succeeds");
-    api.verify();
+    let ctx = a_new_pool_reconciled(&api).await;
 
     let p = pool(Some(&[("a", true)]));
     let world = World {
         pods: vec![pod("a", true)],
         deployments: vec![deployment(&p, true)],
         pools: vec![p.clone()],
-        children: vec![("Service", "11"), ("Role", "40"), ("RoleBinding", "13")],
+        children: vec![("Service", "11"), ("Role", "40"), ("RoleBinding", "13"), ("NetworkPolicy", "14")],
     };
     let next = context(&api, world);
     carry_memory(&ctx, &next);
@@ -445,15 +457,8 @@ async fn a_child_edited_by_someone_else_is_applied_again() {
 #[tokio::test]
 async fn a_rotation_request_reads_and_rotates_the_key_secret() {
     let api = MockApi::start().await;
-    let p = pool(None);
-    let d = deployment(&p, false);
-    let world =
-        World { pods: vec![pod("a", true)], deployments: vec![d.clone()], pools: vec![p.clone()], children: vec![] };
-    let ctx = context(&api, world);
-    api.expect(new_pool_script(&p, &d));
-    run(&ctx, p).await.expect("the first reconcile succeeds");
-    api.verify();
-    let created = api.body(4);
+    let ctx = a_new_pool_reconciled(&api).await;
+    let created = api.body(5);
 
     let mut p = pool(Some(&[("a", true)]));
     p.metadata.annotations = Some(BTreeMap::from([(desired::ROTATE_ANNOTATION.to_owned(), "now".to_owned())]));
@@ -461,7 +466,7 @@ async fn a_rotation_request_reads_and_rotates_the_key_secret() {
         pods: vec![pod("a", true)],
         deployments: vec![deployment(&p, true)],
         pools: vec![p.clone()],
-        children: vec![("Service", "11"), ("Role", "12"), ("RoleBinding", "13")],
+        children: vec![("Service", "11"), ("Role", "12"), ("RoleBinding", "13"), ("NetworkPolicy", "14")],
     };
     let next = context(&api, world);
     carry_memory(&ctx, &next);
@@ -496,13 +501,14 @@ async fn a_key_secret_the_operator_did_not_create_is_not_mounted() {
         expect("PATCH", SERVICE, 200, Some(with_version(json_of(&desired::service(&p)), "11"))),
         expect("PATCH", ROLE, 200, Some(with_version(json_of(&desired::role(&p)), "12"))),
         expect("PATCH", BINDING, 200, Some(with_version(json_of(&desired::role_binding(&p, &accounts)), "13"))),
+        expect("PATCH", POLICY, 200, Some(with_version(json_of(&desired::network_policy(&p)), "14"))),
         expect("GET", format!("{SECRETS}/db-credentials"), 200, Some(foreign)),
         expect("PATCH", format!("{POOLS}/cart/status"), 200, Some(json_of(&p))),
     ]);
     run(&ctx, p).await.expect("a refused Secret is a condition, not an error");
     let requests = api.verify();
     assert!(!requests.iter().any(|r| r.contains("/deployments/")), "nothing injected: {requests:?}");
-    let status = api.body(4);
+    let status = api.body(5);
     assert_eq!(status["status"]["conditions"][0]["reason"], "KeySecretInvalid");
     assert_eq!(status["status"]["conditions"][1]["reason"], "KeySecretInvalid");
     assert!(api.events().iter().any(|e| e == "KeySecretInvalid"), "{:?}", api.events());
@@ -522,7 +528,7 @@ async fn a_refused_apply_is_reported_and_retried_on_the_next_reconcile() {
     let failed = run(&ctx, p).await;
     assert!(matches!(failed, Err(Error::Children(ref f)) if f.len() == 1 && f[0].contains("forbidden")), "{failed:?}");
     api.verify();
-    assert_eq!(api.body(6)["status"]["conditions"][0]["reason"], "ReconcileFailed");
+    assert_eq!(api.body(7)["status"]["conditions"][0]["reason"], "ReconcileFailed");
 
     // Next time only the Service is applied again (its child cache has nothing at "11").
     let p = pool(Some(&[("a", true)]));
@@ -530,13 +536,51 @@ async fn a_refused_apply_is_reported_and_retried_on_the_next_reconcile() {
         pods: vec![pod("a", true)],
         deployments: vec![deployment(&p, true)],
         pools: vec![p.clone()],
-        children: vec![("Role", "12"), ("RoleBinding", "13")],
+        children: vec![("Role", "12"), ("RoleBinding", "13"), ("NetworkPolicy", "14")],
     };
     let next = context(&api, world);
     carry_memory(&ctx, &next);
     api.expect(vec![expect("PATCH", SERVICE, 200, Some(with_version(json_of(&desired::service(&p)), "11")))]);
     run(&next, p).await.expect("the Service is applied");
     assert_eq!(api.verify(), [format!("PATCH {SERVICE}")]);
+}
+
+#[tokio::test]
+async fn opting_out_of_the_network_policy_deletes_it_once_and_a_gone_one_is_no_error() {
+    let api = MockApi::start().await;
+    let ctx = a_new_pool_reconciled(&api).await;
+    let policy: NetworkPolicy = serde_json::from_value(api.body(3)).expect("a NetworkPolicy was applied");
+    assert_eq!(
+        policy.metadata.labels.as_ref().and_then(|l| l.get(MANAGED_BY.0)).map(String::as_str),
+        Some(MANAGED_BY.1)
+    );
+
+    let mut p = pool(Some(&[("a", true)]));
+    p.spec.network_policy.enabled = false;
+    let world = World {
+        pods: vec![pod("a", true)],
+        deployments: vec![deployment(&p, true)],
+        pools: vec![p.clone()],
+        children: vec![("Service", "11"), ("Role", "12"), ("RoleBinding", "13"), ("NetworkPolicy", "14")],
+    };
+    let next = context(&api, world);
+    carry_memory(&ctx, &next);
+    api.expect(vec![expect("DELETE", POLICY, 404, Some(not_found()))]);
+    run(&next, p.clone()).await.expect("a policy already gone counts as deleted");
+    assert_eq!(api.verify(), [format!("DELETE {POLICY}")]);
+
+    // Deleted and forgotten: the next reconcile asks for nothing.
+    let world = World {
+        pods: vec![pod("a", true)],
+        deployments: vec![deployment(&p, true)],
+        pools: vec![p.clone()],
+        children: vec![("Service", "11"), ("Role", "12"), ("RoleBinding", "13")],
+    };
+    let idle = context(&api, world);
+    carry_memory(&next, &idle);
+    api.expect(vec![]);
+    run(&idle, p).await.expect("an idle reconcile");
+    assert_eq!(api.verify(), [""; 0]);
 }
 
 #[tokio::test]

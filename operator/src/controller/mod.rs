@@ -27,6 +27,7 @@ use futures::{FutureExt, StreamExt};
 use k8s_openapi::NamespaceResourceScope;
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{Pod, Service};
+use k8s_openapi::api::networking::v1::NetworkPolicy;
 use k8s_openapi::api::rbac::v1::{Role, RoleBinding};
 use kube::api::{Api, ListParams};
 use kube::core::PartialObjectMeta;
@@ -86,6 +87,7 @@ pub struct Context {
     services: Store<PartialObjectMeta<Service>>,
     roles: Store<PartialObjectMeta<Role>>,
     role_bindings: Store<PartialObjectMeta<RoleBinding>>,
+    network_policies: Store<PartialObjectMeta<NetworkPolicy>>,
     /// What the executor applied last, per child: content fingerprint and resourceVersion.
     applied: Mutex<BTreeMap<ChildKey, Applied>>,
     /// The last key Secret check of each pool (namespace, name).
@@ -228,6 +230,8 @@ async fn run_scope(
     let (roles, role_stream) = owned_watch::<Role>(&scope, &client, "roles", metrics.clone(), &managed);
     let (role_bindings, role_binding_stream) =
         owned_watch::<RoleBinding>(&scope, &client, "rolebindings", metrics.clone(), &managed);
+    let (network_policies, network_policy_stream) =
+        owned_watch::<NetworkPolicy>(&scope, &client, "networkpolicies", metrics.clone(), &managed);
     let ctx = Arc::new(Context {
         client: client.clone(),
         recorder,
@@ -238,6 +242,7 @@ async fn run_scope(
         services,
         roles,
         role_bindings,
+        network_policies,
         applied: Mutex::new(BTreeMap::new()),
         key_checks: Mutex::new(HashMap::new()),
         inject,
@@ -255,6 +260,7 @@ async fn run_scope(
         .owns_stream(service_stream)
         .owns_stream(role_stream)
         .owns_stream(role_binding_stream)
+        .owns_stream(network_policy_stream)
         .watches_stream(own_backoff("pods", metrics.clone(), pod_stream), move |pod| pools_for_pod(&for_pods, &pod))
         .watches_stream(own_backoff("deployments", metrics.clone(), deploy_stream), move |d| {
             pools_for_deployment(&for_deployments, &d)

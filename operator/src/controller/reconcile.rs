@@ -191,6 +191,10 @@ fn observed_children(ctx: &Context, pool: &ServerPool) -> BTreeMap<ChildKey, Str
                 ctx.services.get(&ObjectRef::new(name).within(ns)).and_then(|o| o.metadata.resource_version.clone())
             }
             "Role" => ctx.roles.get(&ObjectRef::new(name).within(ns)).and_then(|o| o.metadata.resource_version.clone()),
+            "NetworkPolicy" => ctx
+                .network_policies
+                .get(&ObjectRef::new(name).within(ns))
+                .and_then(|o| o.metadata.resource_version.clone()),
             _ => ctx
                 .role_bindings
                 .get(&ObjectRef::new(name).within(ns))
@@ -226,7 +230,7 @@ async fn cleanup(pool: Arc<ServerPool>, ctx: &Context) -> Result<Action, Error> 
     }
     ctx.metrics.forget_pool(&ns, &name);
     forget(ctx, &pool);
-    // Service, Secret, Role and RoleBinding carry an owner reference: the garbage collector
+    // Service, Secret, Role, RoleBinding and NetworkPolicy carry an owner reference: the garbage collector
     // deletes them with the pool.
     Ok(Action::await_change())
 }

@@ -1,17 +1,21 @@
-//! The objects a pool owns: its Service, key Secret, Role and RoleBinding.
+//! The objects a pool owns: its Service, key Secret, Role, RoleBinding and NetworkPolicy.
 
 use std::collections::{BTreeMap, BTreeSet};
 
 use k8s_openapi::ByteString;
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{Pod, Secret, Service, ServicePort, ServiceSpec};
+use k8s_openapi::api::networking::v1::{
+    NetworkPolicy, NetworkPolicyIngressRule, NetworkPolicyPeer, NetworkPolicyPort, NetworkPolicySpec,
+};
 use k8s_openapi::api::rbac::v1::{PolicyRule, Role, RoleBinding, RoleRef, Subject};
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use kube::Resource;
 
 use super::names::{
-    MANAGED_BY, default_key_secret_name, key_secret_name, pool_name, pool_namespace, rbac_name, selector, service_name,
+    MANAGED_BY, default_key_secret_name, key_secret_name, network_policy_name, pool_name, pool_namespace, rbac_name,
+    selector, service_name,
 };
 use crate::crd::{POOL_LABEL, ServerPool};
 use crate::keys::{KeyRing, SECRET_KEY};
@@ -138,4 +142,46 @@ pub fn service_accounts<'a>(
         ));
     }
     out
+}
+
+/// The NetworkPolicy letting the pool's pods reach each other's sidecar: `sidecarPort` (forwards)
+/// and `adminPort` (the liveness probe a forward that failed is followed by), from the pool's own
+/// pods and from `spec.networkPolicy.from` (unset: anyone; the policy isolates the pods, so
+/// without this rule the Service's clients would be cut off too).
+///
+/// Network policies are additive: under a namespace's default-deny this one is what lets the
+/// forwards through; in a namespace without any, it limits the pool's pods to these two ports.
+pub fn network_policy(pool: &ServerPool) -> NetworkPolicy {
+    let ports = || {
+        Some(
+            [pool.spec.sidecar_port, pool.spec.admin_port]
+                .into_iter()
+                .map(|p| NetworkPolicyPort {
+                    port: Some(IntOrString::Int(p)),
+                    protocol: Some("TCP".to_owned()),
+                    end_port: None,
+                })
+                .collect(),
+        )
+    };
+    let pods = LabelSelector { match_labels: Some(selector(pool)), match_expressions: None };
+    let peers = NetworkPolicyIngressRule {
+        from: Some(vec![NetworkPolicyPeer { pod_selector: Some(pods.clone()), ..NetworkPolicyPeer::default() }]),
+        ports: ports(),
+    };
+    let others = match &pool.spec.network_policy.from {
+        // Anyone: a rule without `from`.
+        None => Some(NetworkPolicyIngressRule { from: None, ports: ports() }),
+        Some(from) if from.is_empty() => None,
+        Some(from) => Some(NetworkPolicyIngressRule { from: Some(from.clone()), ports: ports() }),
+    };
+    NetworkPolicy {
+        metadata: meta(pool, network_policy_name(pool)),
+        spec: Some(NetworkPolicySpec {
+            pod_selector: Some(pods),
+            policy_types: Some(vec!["Ingress".to_owned()]),
+            ingress: Some(std::iter::once(peers).chain(others).collect()),
+            egress: None,
+        }),
+    }
 }

@@ -3,8 +3,8 @@
 
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{
-    Capabilities, Container, ContainerPort, EnvVar, EnvVarSource, HTTPGetAction, Lifecycle, LifecycleHandler,
-    ObjectFieldSelector, Probe, SeccompProfile, SecurityContext, SleepAction, Volume, VolumeMount,
+    Capabilities, Container, ContainerPort, EnvVar, EnvVarSource, HTTPGetAction, HTTPHeader, Lifecycle,
+    LifecycleHandler, ObjectFieldSelector, Probe, SeccompProfile, SecurityContext, SleepAction, Volume, VolumeMount,
 };
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use kube::ResourceExt;
@@ -47,6 +47,15 @@ pub const POD_UID_ENV: &str = "HANDOVER_POD_UID";
 
 /// Env of the injected sidecar holding the pod's IP (downward API).
 pub const POD_IP_ENV: &str = "HANDOVER_POD_IP";
+
+/// Env of the injected sidecar holding the pod template's drain token.
+pub const DRAIN_TOKEN_ENV: &str = "HANDOVER_DRAIN_TOKEN";
+
+/// Admin path the app containers' `preStop` hook calls: the sidecar drains while the app runs.
+pub const DRAIN_PATH: &str = "/drain";
+
+/// Header of the `preStop` hook carrying the drain token.
+pub const DRAIN_HEADER: &str = "Handover-Drain";
 
 /// Kubernetes' default `terminationGracePeriodSeconds`.
 const DEFAULT_GRACE_SECONDS: i64 = 30;
@@ -253,7 +262,10 @@ fn fnv1a_hex(bytes: &[u8]) -> String {
 /// Everything here is owned by the operator's field manager; [`removal_patch`] (the same object
 /// with none of it) makes the API server remove exactly these fields again.
 pub fn injection_patch(pool: &ServerPool, deploy: &Deployment, cfg: &InjectionConfig) -> (Value, String) {
-    let container = sidecar_container(pool, cfg);
+    let token = drain_token(pool, deploy);
+    let mut container = sidecar_container(pool, cfg);
+    container.env.get_or_insert_with(Vec::new).push(env(DRAIN_TOKEN_ENV, token.clone()));
+    let hooks = drain_hooks(pool, deploy, &token);
     let volume = Volume {
         name: KEY_VOLUME.to_owned(),
         secret: Some(k8s_openapi::api::core::v1::SecretVolumeSource {
@@ -263,8 +275,15 @@ pub fn injection_patch(pool: &ServerPool, deploy: &Deployment, cfg: &InjectionCo
         ..Volume::default()
     };
     let mut pod_spec = serde_json::Map::new();
-    let list = if cfg.native_sidecars { "initContainers" } else { "containers" };
-    pod_spec.insert(list.to_owned(), json!([container]));
+    if cfg.native_sidecars {
+        pod_spec.insert("initContainers".to_owned(), json!([container]));
+        if !hooks.is_empty() {
+            pod_spec.insert("containers".to_owned(), Value::Array(hooks));
+        }
+    } else {
+        let all: Vec<Value> = std::iter::once(json!(container)).chain(hooks).collect();
+        pod_spec.insert("containers".to_owned(), Value::Array(all));
+    }
     pod_spec.insert("volumes".to_owned(), json!([volume]));
     let mut template = json!({
         "metadata": {"labels": {POOL_LABEL: pool_name(pool)}},
@@ -291,6 +310,55 @@ pub fn injection_patch(pool: &ServerPool, deploy: &Deployment, cfg: &InjectionCo
         "spec": {"template": template},
     });
     (body, hash)
+}
+
+/// The token a `/drain` request must carry for the pods of `deploy` in `pool`: derived from the
+/// pool's uid (not guessable without reading the pool or the pod spec) and stable for the
+/// Deployment, so that it changes no template by itself.
+pub fn drain_token(pool: &ServerPool, deploy: &Deployment) -> String {
+    let seed = format!(
+        "handover-drain/{}/{}/{}",
+        pool.metadata.uid.as_deref().unwrap_or_default(),
+        deploy.metadata.namespace.as_deref().unwrap_or_default(),
+        deploy.metadata.name.as_deref().unwrap_or_default(),
+    );
+    fnv1a_hex(seed.as_bytes())
+}
+
+/// Whether a `preStop` handler is the drain hook the operator injects.
+fn is_drain_hook(handler: &LifecycleHandler) -> bool {
+    handler.http_get.as_ref().is_some_and(|h| {
+        h.path.as_deref() == Some(DRAIN_PATH)
+            && h.http_headers.iter().flatten().any(|x| x.name.eq_ignore_ascii_case(DRAIN_HEADER))
+    })
+}
+
+/// The `preStop` hooks for the app containers of `deploy` (server-side apply entries, merged into
+/// the user's containers by name): an `httpGet` of the sidecar's `/drain`, so that the kubelet
+/// starts the drain before it stops the app, and stops the app only once the pod has left the
+/// pool. A container with a `preStop` of its own keeps it (and gets none).
+pub fn drain_hooks(pool: &ServerPool, deploy: &Deployment, token: &str) -> Vec<Value> {
+    let Some(spec) = deploy.spec.as_ref().and_then(|s| s.template.spec.as_ref()) else {
+        return Vec::new();
+    };
+    spec.containers
+        .iter()
+        .filter(|c| c.name != SIDECAR_NAME)
+        .filter(|c| c.lifecycle.as_ref().and_then(|l| l.pre_stop.as_ref()).is_none_or(is_drain_hook))
+        .map(|c| {
+            let hook = LifecycleHandler {
+                http_get: Some(HTTPGetAction {
+                    path: Some(DRAIN_PATH.to_owned()),
+                    port: IntOrString::Int(pool.spec.admin_port),
+                    scheme: Some("HTTP".to_owned()),
+                    http_headers: Some(vec![HTTPHeader { name: DRAIN_HEADER.to_owned(), value: token.to_owned() }]),
+                    ..HTTPGetAction::default()
+                }),
+                ..LifecycleHandler::default()
+            };
+            json!({"name": c.name, "lifecycle": {"preStop": hook}})
+        })
+        .collect()
 }
 
 /// The server-side-apply body that removes everything [`injection_patch`] added.

@@ -49,6 +49,11 @@ pub fn rbac_name(pool: &ServerPool) -> String {
     format!("{}-handover-registry", pool_name(pool))
 }
 
+/// Name of the pool's NetworkPolicy.
+pub fn network_policy_name(pool: &ServerPool) -> String {
+    format!("{}-handover", pool_name(pool))
+}
+
 /// The labels selecting the pool's pods.
 pub fn selector(pool: &ServerPool) -> BTreeMap<String, String> {
     match &pool.spec.selector {

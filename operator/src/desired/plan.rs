@@ -12,14 +12,17 @@ use std::time::Duration;
 
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{Pod, Service};
+use k8s_openapi::api::networking::v1::NetworkPolicy;
 use k8s_openapi::api::rbac::v1::{Role, RoleBinding};
 use kube::ResourceExt;
 use serde::Serialize;
 
-use super::children::{role, role_binding, service, service_accounts};
+use super::children::{network_policy, role, role_binding, service, service_accounts};
 use super::injection::{DeploymentPlan, InjectionConfig, SIDECAR_NAME, fnv1a, plan_deployments, requested_pool};
 use super::members::{members, pool_pods};
-use super::names::{ROTATE_ANNOTATION, key_secret_name, pool_name, pool_namespace, rbac_name, service_name};
+use super::names::{
+    ROTATE_ANNOTATION, key_secret_name, network_policy_name, pool_name, pool_namespace, rbac_name, service_name,
+};
 use crate::crd::{Member, ServerPool};
 use crate::validate::{self, ImageAllowList, SpecProblem};
 
@@ -31,7 +34,7 @@ pub const KEY_RECHECK: Duration = Duration::from_secs(300);
 /// Which child object: kind, namespace, name.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct ChildKey {
-    /// `Service`, `Role`, `RoleBinding`.
+    /// `Service`, `Role`, `RoleBinding`, `NetworkPolicy`.
     pub kind: &'static str,
     /// Its namespace (the pool's).
     pub namespace: String,
@@ -57,6 +60,8 @@ pub enum Child {
     Role(Role),
     /// Its RoleBinding.
     RoleBinding(RoleBinding),
+    /// The NetworkPolicy letting the pool's pods reach each other's sidecar.
+    NetworkPolicy(Box<NetworkPolicy>),
 }
 
 /// One child and whether to write it.
@@ -177,8 +182,10 @@ pub struct Policy<'a> {
 pub struct Plan {
     /// Problems of the spec; when there is any, nothing that exists is touched.
     pub spec_problems: Vec<SpecProblem>,
-    /// Service, Role and RoleBinding, in that order.
+    /// Service, Role, RoleBinding and (unless disabled) NetworkPolicy, in that order.
     pub children: Vec<ChildStep>,
+    /// Children to delete: the NetworkPolicy once `spec.networkPolicy.enabled` is false.
+    pub remove: Vec<ChildKey>,
     /// The key Secret.
     pub keys: KeyStep,
     /// Deployments to inject or clean (the current ones and the conflicts are left out).
@@ -200,6 +207,7 @@ fn child_step(key: ChildKey, child: Child, observed: &Observed<'_>) -> ChildStep
         Child::Service(s) => fingerprint(s),
         Child::Role(r) => fingerprint(r),
         Child::RoleBinding(b) => fingerprint(b),
+        Child::NetworkPolicy(n) => fingerprint(n),
     };
     let unchanged = observed
         .applied
@@ -208,10 +216,15 @@ fn child_step(key: ChildKey, child: Child, observed: &Observed<'_>) -> ChildStep
     ChildStep { key, child, fingerprint, unchanged }
 }
 
-/// The keys of the pool's Service, Role and RoleBinding.
-pub fn child_keys(pool: &ServerPool) -> [ChildKey; 3] {
+/// The keys of the pool's Service, Role, RoleBinding and NetworkPolicy.
+pub fn child_keys(pool: &ServerPool) -> [ChildKey; 4] {
     let key = |kind: &'static str, name: String| ChildKey { kind, namespace: pool_namespace(pool), name };
-    [key("Service", service_name(pool)), key("Role", rbac_name(pool)), key("RoleBinding", rbac_name(pool))]
+    [
+        key("Service", service_name(pool)),
+        key("Role", rbac_name(pool)),
+        key("RoleBinding", rbac_name(pool)),
+        key("NetworkPolicy", network_policy_name(pool)),
+    ]
 }
 
 /// The plan of a reconcile of `pool` (not being deleted).
@@ -225,6 +238,7 @@ pub fn plan(pool: &ServerPool, observed: &Observed<'_>, policy: &Policy<'_>) -> 
         return Plan {
             spec_problems,
             children: Vec::new(),
+            remove: Vec::new(),
             keys: KeyStep::Skip,
             deployments: Vec::new(),
             deployment_problems: Vec::new(),
@@ -239,12 +253,19 @@ pub fn plan(pool: &ServerPool, observed: &Observed<'_>, policy: &Policy<'_>) -> 
         .filter(|d| requested_pool(d) == Some(name.as_str()))
         .collect();
     let accounts = service_accounts(pool_pods.iter().copied(), requested);
-    let [service_key, role_key, binding_key] = child_keys(pool);
-    let children = vec![
+    let [service_key, role_key, binding_key, policy_key] = child_keys(pool);
+    let mut children = vec![
         child_step(service_key, Child::Service(Box::new(service(pool))), observed),
         child_step(role_key, Child::Role(role(pool)), observed),
         child_step(binding_key, Child::RoleBinding(role_binding(pool, &accounts)), observed),
     ];
+    let mut remove = Vec::new();
+    if pool.spec.network_policy.enabled {
+        children.push(child_step(policy_key, Child::NetworkPolicy(Box::new(network_policy(pool))), observed));
+    } else if observed.children.contains_key(&policy_key) || observed.applied.contains_key(&policy_key) {
+        // Opted out: the one the operator made goes (the owned cache lists only those it labelled).
+        remove.push(policy_key);
+    }
     let mut deployments = Vec::new();
     let mut deployment_problems = Vec::new();
     for d in plan_deployments(pool, observed.deployments.iter().copied(), observed.pools, policy.inject) {
@@ -263,6 +284,7 @@ pub fn plan(pool: &ServerPool, observed: &Observed<'_>, policy: &Policy<'_>) -> 
     Plan {
         spec_problems,
         children,
+        remove,
         keys: key_step(pool, observed.last_key_check, observed.now),
         deployments,
         deployment_problems,
@@ -353,7 +375,8 @@ mod tests {
     #[test]
     fn a_new_pool_writes_every_child_and_checks_its_keys() {
         let p = plan_with(&pool(), &[pod("a", true)], &BTreeMap::new(), &BTreeMap::new(), None);
-        assert_eq!(to_write(&p), ["Service", "Role", "RoleBinding"]);
+        assert_eq!(to_write(&p), ["Service", "Role", "RoleBinding", "NetworkPolicy"]);
+        assert!(p.remove.is_empty());
         assert_eq!(p.keys, KeyStep::Check);
         assert_eq!(p.members.len(), 1);
     }
@@ -423,6 +446,22 @@ mod tests {
         renamed.spec.key_secret_name = Some("cart-keys".to_owned());
         assert_eq!(key_step(&renamed, Some(&key_check(&pool, NOW - 5, ok.clone())), NOW), KeyStep::Check, "renamed");
         assert_eq!(key_step(&pool, Some(&key_check(&pool, NOW + 5, ok)), NOW), KeyStep::Check, "clock went back");
+    }
+
+    #[test]
+    fn opting_out_of_the_network_policy_deletes_the_one_the_operator_made_and_nothing_else() {
+        let pool = pool();
+        let first = plan_with(&pool, &[pod("a", true)], &BTreeMap::new(), &BTreeMap::new(), None);
+        let (children, applied) = after_applying(&first);
+        let mut off = pool.clone();
+        off.spec.network_policy.enabled = false;
+        let next = plan_with(&off, &[pod("a", true)], &children, &applied, None);
+        assert_eq!(to_write(&next), [""; 0]);
+        assert_eq!(next.remove.iter().map(|k| k.kind).collect::<Vec<_>>(), ["NetworkPolicy"]);
+        assert_eq!(next.remove[0].name, "cart-handover");
+        let never = plan_with(&off, &[pod("a", true)], &BTreeMap::new(), &BTreeMap::new(), None);
+        assert!(never.remove.is_empty(), "none was made: nothing to delete");
+        assert_eq!(to_write(&never), ["Service", "Role", "RoleBinding"]);
     }
 
     #[test]

@@ -370,7 +370,20 @@ fn injection_patch_adds_label_volume_grace_and_marker_only() {
     assert_eq!(t["metadata"]["annotations"][INJECTED_ANNOTATION], "cart");
     assert_eq!(t["metadata"]["annotations"][HASH_ANNOTATION], hash.as_str());
     assert_eq!(t["spec"]["initContainers"][0]["name"], SIDECAR_NAME);
-    assert!(t["spec"].get("containers").is_none(), "app containers are never touched");
+    // The app containers get the drain hook and nothing else (merged into them by name).
+    let token = drain_token(&pool(), &d);
+    assert_eq!(
+        t["spec"]["containers"],
+        json!([{"name": "app", "lifecycle": {"preStop": {"httpGet": {
+            "path": "/drain", "port": 9901, "scheme": "HTTP",
+            "httpHeaders": [{"name": "Handover-Drain", "value": token}],
+        }}}}])
+    );
+    let env = &t["spec"]["initContainers"][0]["env"];
+    assert!(
+        env.as_array().into_iter().flatten().any(|e| e["name"] == DRAIN_TOKEN_ENV && e["value"] == token.as_str()),
+        "the sidecar knows the token: {env}"
+    );
     assert_eq!(t["spec"]["volumes"][0]["name"], KEY_VOLUME);
     assert_eq!(t["spec"]["volumes"][0]["secret"]["secretName"], "cart-handover-keys");
     assert_eq!(t["spec"]["terminationGracePeriodSeconds"], 5 + 20 + 15);
@@ -643,4 +656,72 @@ fn events_fire_once_per_transition_not_per_reconcile() {
         events,
         [PoolEvent { warning: false, reason: "Recovered".to_owned(), note: "no problem found".to_owned() }]
     );
+}
+
+#[test]
+fn the_network_policy_lets_the_pools_pods_reach_each_others_sidecar_and_admin_port() {
+    let p = pool();
+    let np = network_policy(&p);
+    assert_eq!(np.metadata.name.as_deref(), Some("cart-handover"));
+    assert_eq!(np.metadata.namespace.as_deref(), Some("shop"));
+    assert!(np.metadata.owner_references.as_ref().is_some_and(|o| o[0].controller == Some(true)), "owned: GC'd");
+    let spec = np.spec.expect("spec");
+    let pods = LabelSelector { match_labels: Some(selector(&p)), match_expressions: None };
+    assert_eq!(spec.pod_selector.as_ref(), Some(&pods));
+    assert_eq!(spec.policy_types.as_deref(), Some(&["Ingress".to_owned()][..]));
+    let rules = spec.ingress.expect("ingress rules");
+    let ports = |r: &k8s_openapi::api::networking::v1::NetworkPolicyIngressRule| -> Vec<IntOrString> {
+        r.ports.iter().flatten().filter_map(|p| p.port.clone()).collect()
+    };
+    assert_eq!(rules.len(), 2, "peers, then everyone else (unset `from`)");
+    assert_eq!(ports(&rules[0]), [IntOrString::Int(8000), IntOrString::Int(9901)]);
+    assert_eq!(rules[0].from.as_ref().and_then(|f| f[0].pod_selector.clone()), Some(pods));
+    assert!(rules[1].from.is_none(), "unset `from`: the Service's clients still get through");
+    assert_eq!(ports(&rules[1]), [IntOrString::Int(8000), IntOrString::Int(9901)]);
+}
+
+#[test]
+fn the_network_policy_admits_only_the_named_clients_besides_the_peers() {
+    use k8s_openapi::api::networking::v1::NetworkPolicyPeer;
+    let mut p = pool();
+    p.spec.sidecar_port = 7000;
+    let ingress = NetworkPolicyPeer {
+        namespace_selector: Some(LabelSelector {
+            match_labels: Some(BTreeMap::from([("kubernetes.io/metadata.name".to_owned(), "ingress".to_owned())])),
+            match_expressions: None,
+        }),
+        ..NetworkPolicyPeer::default()
+    };
+    p.spec.network_policy.from = Some(vec![ingress.clone()]);
+    let rules = network_policy(&p).spec.and_then(|s| s.ingress).expect("rules");
+    assert_eq!(rules.len(), 2);
+    assert_eq!(rules[1].from.as_deref(), Some(&[ingress][..]));
+    assert_eq!(rules[0].ports.as_ref().and_then(|p| p[0].port.clone()), Some(IntOrString::Int(7000)));
+    p.spec.network_policy.from = Some(Vec::new());
+    let rules = network_policy(&p).spec.and_then(|s| s.ingress).expect("rules");
+    assert_eq!(rules.len(), 1, "an empty list: the pool's pods only");
+}
+
+#[test]
+fn an_app_container_with_a_prestop_of_its_own_keeps_it_and_tokens_differ_per_deployment() {
+    use k8s_openapi::api::core::v1::{ExecAction, Lifecycle, LifecycleHandler};
+    let mut d = deployment("web", Some("cart"), &[]);
+    if let Some(s) = d.spec.as_mut().and_then(|s| s.template.spec.as_mut()) {
+        let mut own = s.containers[0].clone();
+        own.name = "worker".to_owned();
+        own.lifecycle = Some(Lifecycle {
+            pre_stop: Some(LifecycleHandler {
+                exec: Some(ExecAction { command: Some(vec!["/bin/flush".to_owned()]) }),
+                ..LifecycleHandler::default()
+            }),
+            ..Lifecycle::default()
+        });
+        s.containers.push(own);
+    }
+    let hooks = drain_hooks(&pool(), &d, "t");
+    assert_eq!(hooks.len(), 1);
+    assert_eq!(hooks[0]["name"], "app", "worker keeps its own preStop: {hooks:?}");
+    let other = deployment("api", Some("cart"), &[]);
+    assert_ne!(drain_token(&pool(), &d), drain_token(&pool(), &other));
+    assert_eq!(drain_token(&pool(), &d), drain_token(&pool(), &d.clone()), "stable: no rollout by itself");
 }
