@@ -9,7 +9,8 @@
 //! | what the probe saw | verdict |
 //! | --- | --- |
 //! | `200` from `/live` | alive: no takeover |
-//! | connection refused, reset, another status, or no answer after connecting | dead (for a while) |
+//! | connection refused, reset, another status | dead (for a while) |
+//! | no answer after connecting, twice in a row (a second probe on a fresh connection) | dead: hung (stopped, or stuck) |
 //! | no connection at all within the timeout (dropped packets) | unknown: no takeover |
 //!
 //! "Unknown" is what a default-deny NetworkPolicy or a partition looks like: the peer may be alive
@@ -32,8 +33,20 @@ pub enum Liveness {
     Unknown,
 }
 
-/// Probes `admin` (a peer's admin address) within `timeout`.
+/// Probes `admin` (a peer's admin address) within `timeout`; a peer that accepted the connection
+/// and stayed silent is probed once more before it counts as hung: on a machine starved of CPU a
+/// live sidecar can miss one deadline, and calling it dead would fork its sessions.
 pub async fn probe(admin: SocketAddr, timeout: Duration) -> Liveness {
+    match probe_once(admin, timeout).await {
+        Liveness::Dead(SILENT) => probe_once(admin, timeout).await,
+        verdict => verdict,
+    }
+}
+
+/// The reason of a peer that accepted the connection and did not answer.
+const SILENT: &str = "no answer";
+
+async fn probe_once(admin: SocketAddr, timeout: Duration) -> Liveness {
     let deadline = tokio::time::Instant::now() + timeout;
     let mut stream = match tokio::time::timeout_at(deadline, TcpStream::connect(admin)).await {
         Err(_) => return Liveness::Unknown,
@@ -54,7 +67,7 @@ pub async fn probe(admin: SocketAddr, timeout: Duration) -> Liveness {
         Ok(Ok(_)) => Liveness::Dead("not live"),
         Ok(Err(_)) => Liveness::Dead("connection failed"),
         // Connected, then silence: the process is hung (stopped, or stuck).
-        Err(_) => Liveness::Dead("no answer"),
+        Err(_) => Liveness::Dead(SILENT),
     }
 }
 

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use serde::Serialize;
 
-use crate::localpool::{CounterSession, LocalPool, PoolOptions, Sig, metric_sum, scrape};
+use crate::localpool::{CounterSession, LocalPool, PoolOptions, Sig, metric_sum, scrape, wait_for};
 use handover_dataplane::decide::Mode;
 
 #[derive(clap::Args, Debug, Clone)]
@@ -19,6 +19,10 @@ pub struct DemoArgs {
     /// Concurrent client sessions.
     #[arg(long, default_value_t = 40)]
     pub sessions: usize,
+    /// Requests in flight per session (a browser's parallel requests on several connections, one
+    /// cookie jar): each acknowledged update must survive whatever order the answers arrive in.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..=6))]
+    pub concurrency: u16,
     /// How long clients run.
     #[arg(long, default_value = "20s", value_parser = handover_common::duration::parse)]
     pub duration: Duration,
@@ -51,6 +55,7 @@ pub struct Summary {
     pub mode: Mode,
     pub pods: usize,
     pub sessions: usize,
+    pub concurrency: u16,
     pub duration_seconds: f64,
     pub requests: u64,
     pub acknowledged_updates: u64,
@@ -107,26 +112,53 @@ pub async fn run(args: DemoArgs) -> Result<(), String> {
     let deadline = started + args.duration;
     let acked_total = Arc::new(AtomicU64::new(0));
     let mut clients = Vec::new();
-    for _ in 0..args.sessions {
-        let ready = Arc::clone(&ready);
-        let acked_total = Arc::clone(&acked_total);
-        clients.push(tokio::spawn(async move {
-            let mut s = CounterSession::default();
-            let mut failure = None;
-            while Instant::now() < deadline {
-                match s.incr(&ready).await {
-                    Ok(_) => {
-                        acked_total.fetch_add(1, Ordering::Relaxed);
-                    }
-                    Err(e) => {
-                        failure = Some(e);
-                        break;
-                    }
-                }
-            }
-            (s, failure)
-        }));
+    for session in 0..args.sessions {
+        // The session's connections share one jar, as a browser's do.
+        let jar = (args.concurrency > 1).then(|| Arc::new(std::sync::Mutex::new(std::collections::HashMap::new())));
+        for lane in 0..args.concurrency {
+            clients.push((session, lane, Arc::clone(&ready), Arc::clone(&acked_total), jar.clone()));
+        }
     }
+    let clients: Vec<_> = clients
+        .into_iter()
+        .map(|(session, lane, ready, acked_total, shared_jar)| {
+            (
+                session,
+                tokio::spawn(async move {
+                    if lane > 0
+                        && let Some(jar) = &shared_jar
+                    {
+                        // A browser's parallel requests join a session its first request started:
+                        // requests sent before it holds the cookie would each start a session of
+                        // their own (the README's limits), and the jar would flip between them.
+                        let jar = Arc::clone(jar);
+                        let started = wait_for("the session's first cookie", Duration::from_secs(30), || {
+                            let has = !handover_common::sync::lock(&jar).is_empty();
+                            async move { has }
+                        })
+                        .await;
+                        if let Err(e) = started {
+                            return (CounterSession::default(), Some(e));
+                        }
+                    }
+                    let mut s = CounterSession { shared_jar, ..CounterSession::default() };
+                    let mut failure = None;
+                    while Instant::now() < deadline {
+                        match s.incr(&ready).await {
+                            Ok(_) => {
+                                acked_total.fetch_add(1, Ordering::Relaxed);
+                            }
+                            Err(e) => {
+                                failure = Some(e);
+                                break;
+                            }
+                        }
+                    }
+                    (s, failure)
+                }),
+            )
+        })
+        .collect();
 
     let mut killed = 0u64;
     let mut terminated = 0u64;
@@ -189,20 +221,38 @@ pub async fn run(args: DemoArgs) -> Result<(), String> {
     if let Some(stopped) = hung.take() {
         pool.kill_pod(stopped).await;
     }
-    let mut sessions = Vec::new();
+    // Each session's clients (one per request in flight).
+    let mut groups: Vec<Vec<CounterSession>> = (0..args.sessions).map(|_| Vec::new()).collect();
     let mut failures = Vec::new();
-    for c in clients {
+    for (session, c) in clients {
         let (s, failure) = c.await.map_err(|e| format!("a client task failed: {e}"))?;
         if let Some(f) = failure {
             failures.push(f);
         }
-        sessions.push(s);
+        groups[session].push(s);
     }
     let elapsed = started.elapsed();
-    println!("clients stopped; verifying every session's count against what its client was acknowledged…");
-    for s in &mut sessions {
-        s.verify(&ready).await?;
+    println!("clients stopped; verifying every session's count against what its clients were acknowledged…");
+    let mut lost_updates = 0;
+    for group in &mut groups {
+        // Every acknowledged increment of every connection must be in the session's count.
+        let increments: u64 = group.iter().map(|s| s.increments).sum();
+        let rollbacks: u64 = group.iter().map(|s| s.lost).sum();
+        let Some(first) = group.first_mut() else { continue };
+        if let Some(shared) = &first.shared_jar {
+            first.client.jar = handover_common::sync::lock(shared).clone();
+        }
+        let count = first.verify(&ready).await?;
+        let lost = increments.saturating_sub(count).max(rollbacks);
+        if lost > 0 {
+            println!(
+                "session {}: {lost} acknowledged updates lost (count {count}, acknowledged {increments})",
+                first.session
+            );
+        }
+        lost_updates += lost;
     }
+    let sessions: Vec<CounterSession> = groups.into_iter().flatten().collect();
     let takeovers = retired_takeovers + pool.metric("handover_takeovers_total").await;
 
     let mut recoveries: Vec<Duration> = sessions.iter().flat_map(|s| s.recoveries.iter().copied()).collect();
@@ -211,9 +261,10 @@ pub async fn run(args: DemoArgs) -> Result<(), String> {
         mode: args.mode,
         pods: args.pods,
         sessions: args.sessions,
+        concurrency: args.concurrency,
         duration_seconds: elapsed.as_secs_f64(),
         requests: sessions.iter().map(|s| s.requests).sum(),
-        acknowledged_updates: sessions.iter().map(|s| s.acked).sum(),
+        acknowledged_updates: sessions.iter().map(|s| s.increments).sum(),
         client_errors: sessions.iter().map(|s| s.errors).sum(),
         pods_killed: killed,
         pods_terminated: terminated,
@@ -221,13 +272,13 @@ pub async fn run(args: DemoArgs) -> Result<(), String> {
         takeovers: takeovers as u64,
         failover_ms_p50: percentile(&recoveries, 50.0),
         failover_ms_p99: percentile(&recoveries, 99.0),
-        lost_updates: sessions.iter().map(|s| s.lost).sum(),
+        lost_updates,
         network: pool.network(),
     };
     drop(pool);
 
     println!();
-    println!("sessions              {}", summary.sessions);
+    println!("sessions              {} ({} request(s) in flight each)", summary.sessions, summary.concurrency);
     println!(
         "requests              {}  ({:.0}/s)",
         summary.requests,

@@ -174,7 +174,9 @@ impl Drop for LocalPool {
         if std::thread::panicking() {
             eprintln!("local pool logs kept in {}", self.dir.display());
         } else {
-            let _ = std::fs::remove_dir_all(&self.dir);
+            if std::env::var_os("HANDOVER_KEEP_POOL").is_none() {
+                let _ = std::fs::remove_dir_all(&self.dir);
+            }
         }
     }
 }
@@ -656,18 +658,7 @@ impl SessionClient {
     }
 
     fn store_cookies(&mut self, headers: &HeaderMap) {
-        for line in headers.get_all(header::SET_COOKIE).iter().filter_map(|v| v.to_str().ok()) {
-            let mut parts = line.split(';');
-            let Some((name, value)) = parts.next().and_then(|p| p.split_once('=')) else {
-                continue;
-            };
-            let expired = parts.any(|a| a.trim().eq_ignore_ascii_case("max-age=0"));
-            if expired {
-                self.jar.remove(name.trim());
-            } else {
-                self.jar.insert(name.trim().to_owned(), value.trim().to_owned());
-            }
-        }
+        apply_set_cookies(&mut self.jar, headers);
     }
 
     /// Sends one request; connects to `pick()` when not connected. Connection errors drop the
@@ -741,6 +732,23 @@ impl SessionClient {
     }
 }
 
+/// Applies a response's `Set-Cookie` lines to `jar`, as a browser does when the response arrives
+/// (`Max-Age=0` deletes).
+pub fn apply_set_cookies(jar: &mut HashMap<String, String>, headers: &HeaderMap) {
+    for line in headers.get_all(header::SET_COOKIE).iter().filter_map(|v| v.to_str().ok()) {
+        let mut parts = line.split(';');
+        let Some((name, value)) = parts.next().and_then(|p| p.split_once('=')) else {
+            continue;
+        };
+        let expired = parts.any(|a| a.trim().eq_ignore_ascii_case("max-age=0"));
+        if expired {
+            jar.remove(name.trim());
+        } else {
+            jar.insert(name.trim().to_owned(), value.trim().to_owned());
+        }
+    }
+}
+
 /// Picks a random address from the ready list, as a Service balances new connections.
 pub fn pick_ready(ready: &Mutex<Vec<SocketAddr>>) -> Option<SocketAddr> {
     let ready = sync::lock(ready);
@@ -766,6 +774,13 @@ pub struct CounterSession {
     pub recoveries: Vec<Duration>,
     pub requests: u64,
     pub errors: u64,
+    /// Increments this client had acknowledged.
+    pub increments: u64,
+    /// The session id the app answered last.
+    pub session: String,
+    /// The cookie jar of a browser whose other connections (other `CounterSession`s) carry
+    /// requests of the same session at the same time; `None`: this client alone.
+    pub shared_jar: Option<Arc<Mutex<HashMap<String, String>>>>,
 }
 
 /// How often and how long a client retries before giving up on one request.
@@ -781,21 +796,34 @@ impl CounterSession {
         let mut last_error;
         loop {
             self.requests += 1;
-            match self.client.send(|| pick_ready(ready), Method::POST, "/incr").await {
+            if let Some(shared) = &self.shared_jar {
+                self.client.jar = sync::lock(shared).clone();
+            }
+            let sent = self.client.send(|| pick_ready(ready), Method::POST, "/incr").await;
+            if let (Some(shared), Ok(reply)) = (&self.shared_jar, &sent) {
+                apply_set_cookies(&mut sync::lock(shared), &reply.headers);
+            }
+            match sent {
                 Ok(reply) if reply.status == StatusCode::OK => {
-                    let count = serde_json::from_slice::<crate::demo_app::CountReply>(&reply.body)
-                        .map_err(|e| format!("bad reply from the demo app: {e}"))?
-                        .count;
+                    let answer = serde_json::from_slice::<crate::demo_app::CountReply>(&reply.body)
+                        .map_err(|e| format!("bad reply from the demo app: {e}"))?;
+                    let count = answer.count;
+                    self.session = answer.session;
+                    // The state this client was last acknowledged holds `acked` increments: a
+                    // newer answer holds them too, and this one.
                     if count < self.acked + 1 {
                         self.lost += self.acked + 1 - count;
-                    } else if count > self.acked + 1 + self.uncertain {
+                    } else if self.shared_jar.is_none() && count > self.acked + 1 + self.uncertain {
                         return Err(format!(
                             "count jumped to {count}: acknowledged {}, unanswered {}",
                             self.acked, self.uncertain
                         ));
                     }
                     self.acked = count;
-                    self.uncertain = 0;
+                    self.increments += 1;
+                    if self.shared_jar.is_none() {
+                        self.uncertain = 0;
+                    }
                     if let Some(since) = failing_since {
                         self.recoveries.push(since.elapsed());
                     }

@@ -18,7 +18,20 @@ fn temp_dir(name: &str) -> std::path::PathBuf {
 #[test]
 fn the_demo_runs_kills_pods_and_loses_nothing() {
     let out = exe()
-        .args(["demo", "--pods", "3", "--sessions", "8", "--duration", "4s", "--kill-every", "1s"])
+        // Two requests in flight per session: a browser's parallel requests, one cookie jar.
+        .args([
+            "demo",
+            "--pods",
+            "3",
+            "--sessions",
+            "8",
+            "--concurrency",
+            "2",
+            "--duration",
+            "4s",
+            "--kill-every",
+            "1s",
+        ])
         .output()
         .expect("demo runs");
     let stdout = String::from_utf8_lossy(&out.stdout);
@@ -26,6 +39,7 @@ fn the_demo_runs_kills_pods_and_loses_nothing() {
     let last = stdout.lines().last().expect("output");
     let summary: serde_json::Value = serde_json::from_str(last).expect("the last line is JSON");
     assert_eq!(summary["lost_updates"], 0);
+    assert_eq!(summary["concurrency"], 2);
     assert!(summary["pods_killed"].as_u64().expect("number") >= 1);
     assert!(summary["pods_terminated"].as_u64().expect("number") >= 1);
     assert!(summary["acknowledged_updates"].as_u64().expect("number") > 0);

@@ -37,6 +37,16 @@ async fn read_at_most(mut body: Body, limit: usize) -> Result<Vec<u8>, String> {
     Ok(out)
 }
 
+/// What a takeover learnt from the first members in takeover order.
+pub(super) enum Found {
+    /// The newest backup kept (or none).
+    Backup(Option<Backup>),
+    /// A member holds the session already: it took it over a moment ago, seeing the pool a little
+    /// differently (a member joined or left and not every registry shows it yet). The request goes
+    /// there; a second takeover would fork the session.
+    HeldBy(Member),
+}
+
 impl Proxy {
     /// Whether a request is a backup call of a peer (its mark is checked by [`Proxy::serve_backup`]).
     pub(super) fn is_backup_call<B>(&self, req: &Request<B>) -> bool {
@@ -65,6 +75,11 @@ impl Proxy {
             return text_response(StatusCode::FORBIDDEN, "forbidden\n");
         }
         if req.method() == Method::GET {
+            if self.local(&session).is_some() {
+                // This pod holds the session: it took it over (or owns it) already. The asking
+                // pod forwards to it instead of taking it over a second time.
+                return text_response(StatusCode::CONFLICT, "this pod holds the session\n");
+            }
             return match store.get(&session, unix_now()) {
                 Some(b) => Response::new(full(b.body())),
                 None => text_response(StatusCode::NOT_FOUND, "no backup\n"),
@@ -143,11 +158,12 @@ impl Proxy {
         self.metrics.backups_sent.get_or_create(&[("result", result)]).inc();
     }
 
-    /// The newest backup of `session` this pod or the first members in takeover order keep
+    /// The newest backup of `session` this pod or the first members in takeover order keep, or the
+    /// member that holds the session already
     /// ([`decide::BACKUP_LOOKUP_RANKS`]: the successor of the moment may have joined after the
     /// backup was handed to the one before it).
-    pub(super) async fn find_backup(&self, session: &str) -> Option<Backup> {
-        let store = self.backups.as_ref()?;
+    pub(super) async fn find_backup(&self, session: &str) -> Found {
+        let Some(store) = self.backups.as_ref() else { return Found::Backup(None) };
         let live = self.registry.live();
         let unreachable = self.unreachable_now();
         let candidates = live.iter().filter(|m| !unreachable.contains(&m.name));
@@ -157,6 +173,10 @@ impl Proxy {
                 continue;
             }
             let found = match self.peer_call(peer, Method::GET, session, Bytes::new()).await {
+                Ok((StatusCode::CONFLICT, _)) => {
+                    self.metrics.backup_lookups.get_or_create(&[("result", "held")]).inc();
+                    return Found::HeldBy(peer.clone());
+                }
                 Ok((StatusCode::OK, body)) => {
                     let text = String::from_utf8_lossy(&body);
                     Backup::parse_body(&text).and_then(|(route_value, state_value)| {
@@ -181,7 +201,7 @@ impl Proxy {
                 newest = found;
             }
         }
-        newest
+        Found::Backup(newest)
     }
 
     /// One signed backup call to a peer's data port, within `--backup-timeout`.

@@ -34,7 +34,7 @@ use crate::decide::{self, Affinity, Decision, ForwardReason, Me, Mode};
 use crate::keys::KeyFile;
 use crate::metrics::{BadRequest, Metrics, Route};
 use crate::peer_probe::Liveness;
-use crate::registry::Registry;
+use crate::registry::{Member, Registry};
 use crate::timed_body::{BodyLimits, TimedBody};
 use crate::upstream::{Body, Upstreams};
 use app::Served;
@@ -299,7 +299,7 @@ impl Proxy {
         arrival: Arrival,
         upgrade: bool,
     ) -> (Route, Response<Body>) {
-        let live = self.registry.live();
+        let live = self.live_with_unlisted_owner(rc, arrival).await;
         let mut retries = Retries::default();
         // Set once the app refused the cookie's state: from then on the request is a fresh session.
         let mut fresh: Option<RequestCookie> = None;
@@ -393,6 +393,12 @@ impl Proxy {
                                     (Route::Takeover, Some(carried))
                                 }
                                 Ok(Restored::Done(carried)) => (Route::Restore, Some(carried)),
+                                Ok(Restored::HeldBy(holder)) => {
+                                    self.upstreams.put(self.cfg.app, sender);
+                                    tracing::info!(session = %cookie.session, holder = %holder.name, "another member took this session over a moment ago; forwarding there");
+                                    let resp = self.forward_to_holder(req, &holder, &cookie.session, upgrade).await;
+                                    return (Route::Forward, resp);
+                                }
                                 Ok(Restored::Refused | Restored::Lost) => {
                                     self.upstreams.put(self.cfg.app, sender);
                                     fresh = Some(rc.dropped());
@@ -419,6 +425,35 @@ impl Proxy {
                     }
                 }
             }
+        }
+    }
+}
+
+impl Proxy {
+    /// The registry's live members, plus the session's owner when the registry does not list it
+    /// (yet) but a probe finds it alive. A new pod is Ready — and mints sessions — before every
+    /// peer's registry lists it (the ServerPool's status, or a peers file, follows a little later);
+    /// taking its sessions over in that moment would fork them. An owner the probe finds dead or
+    /// cannot reach is left out: its sessions go to their successor.
+    async fn live_with_unlisted_owner(&self, rc: &RequestCookie, arrival: Arrival) -> Arc<Vec<Member>> {
+        let live = self.registry.live();
+        let Some(owner) = rc.route.as_ref().map(|r| &r.owner) else { return live };
+        let listed = live.iter().any(|m| m.name == owner.name);
+        if listed || arrival == Arrival::Forwarded || owner.name == self.cfg.pod_name {
+            return live;
+        }
+        let Ok(addr) = owner.addr.parse::<SocketAddr>() else { return live };
+        let member = Member { name: owner.name.clone(), uid: owner.uid.clone(), addr };
+        if self.unreachable_now().contains(&member.name) {
+            return live;
+        }
+        match self.probe_peer(&member, "the session's owner is not in the registry").await {
+            Liveness::Alive => {
+                let mut with_owner = live.as_ref().clone();
+                with_owner.push(member);
+                Arc::new(with_owner)
+            }
+            Liveness::Dead(_) | Liveness::Unknown => live,
         }
     }
 }

@@ -59,6 +59,20 @@ impl Proxy {
         map.insert(name.to_owned(), Instant::now() + UNREACHABLE_FOR);
     }
 
+    /// Forwards to `to`, which holds `session` already (see `Restored::HeldBy`).
+    pub(super) async fn forward_to_holder(
+        &self,
+        req: Request<Body>,
+        to: &Member,
+        session: &str,
+        upgrade: bool,
+    ) -> Response<Body> {
+        match self.upstreams.get(to.addr, self.cfg.connect_timeout).await {
+            Ok(sender) => self.forward_to_peer(sender, req, to, session, "holder", upgrade).await,
+            Err(e) => peer_not_reached(to, &format!("it holds this session but could not be reached ({e})")),
+        }
+    }
+
     pub(super) async fn forward_to_peer(
         &self,
         mut sender: hyper::client::conn::http1::SendRequest<Body>,

@@ -7,11 +7,13 @@ use std::time::Duration;
 use bytes::Bytes;
 use http::{Method, Response, StatusCode};
 
+use super::backup::Found;
 use super::request::RequestCookie;
 use super::sessions::Local;
 use super::{Proxy, text_response, unix_now};
 use crate::cookie::{self, Route};
 use crate::decide;
+use crate::registry::Member;
 use crate::upstream::Body;
 
 /// Shards of the per-session restore lock.
@@ -36,6 +38,8 @@ pub(super) enum Restored {
     /// Neither the client nor a backup holds the session's state (the client dropped the chunks
     /// and no backup was kept, or both expired): the session starts over, counted.
     Lost,
+    /// Another member holds the session already (it took it over a moment ago): forward there.
+    HeldBy(Member),
 }
 
 /// A state copy a restore used: resealed, as is, naming its new owner.
@@ -75,7 +79,11 @@ impl Proxy {
             self.set_local(session, Local { version: route.version, sealed_at: None });
             return Ok(Restored::Already);
         }
-        let Some((version, state, state_value)) = self.newest_copy(rc, route).await else {
+        let copy = match self.newest_copy(rc, route).await {
+            Ok(copy) => copy,
+            Err(holder) => return Ok(Restored::HeldBy(holder)),
+        };
+        let Some((version, state, state_value)) = copy else {
             self.metrics.sessions_reset.get_or_create(&[("reason", "incomplete")]).inc();
             tracing::warn!(
                 session,
@@ -119,7 +127,8 @@ impl Proxy {
     }
 
     /// The newest copy of the session's state: (version, state, sealed state value).
-    async fn newest_copy(&self, rc: &RequestCookie, route: &Route) -> Option<(u64, Vec<u8>, String)> {
+    /// `Err(member)`: that member holds the session already.
+    async fn newest_copy(&self, rc: &RequestCookie, route: &Route) -> Result<Option<(u64, Vec<u8>, String)>, Member> {
         let ring = self.keys.ring();
         let from_cookie = match &rc.state {
             Ok(Some(value)) => {
@@ -138,11 +147,14 @@ impl Proxy {
                 None
             }
         };
-        let backup = self.find_backup(&route.session).await;
-        match decide::newest_copy(from_cookie.as_ref().map(|c| c.0), backup.as_ref().map(|b| b.version)) {
+        let backup = match self.find_backup(&route.session).await {
+            Found::Backup(backup) => backup,
+            Found::HeldBy(holder) => return Err(holder),
+        };
+        Ok(match decide::newest_copy(from_cookie.as_ref().map(|c| c.0), backup.as_ref().map(|b| b.version)) {
             decide::Copy::Cookie => from_cookie,
             decide::Copy::Backup => {
-                let b = backup?;
+                let Some(b) = backup else { return Ok(from_cookie) };
                 let opened = cookie::open_route(&b.route, &self.cfg.pool, &ring, unix_now())
                     .and_then(|r| cookie::open_state(&b.state, &r, &self.cfg.pool, &ring, self.cfg.max_state_bytes));
                 // (The backup's own route names the state it carries: its state version.)
@@ -159,7 +171,7 @@ impl Proxy {
                 }
             }
             decide::Copy::Lost => None,
-        }
+        })
     }
 
     /// The app refused the state: counted and logged with the session id, so a lost session can
