@@ -317,15 +317,21 @@ pub async fn run(args: RunArgs) -> Result<(), String> {
     });
 
     let admin_proxy = Arc::clone(&proxy);
-    let drain_with = (Arc::new(args.drain_token.clone()), Arc::new(args.pod_name.clone()), args.drain_grace);
+    let drain = handover_dataplane::drain::Drain::new(
+        Arc::clone(&proxy),
+        args.drain_token.clone(),
+        args.pod_name.clone(),
+        args.drain_grace,
+    );
+    let admin_drain = Arc::clone(&drain);
     let admin_task = tokio::spawn(handover_dataplane::server::serve(
         admin,
         move |req, _| {
             let proxy = Arc::clone(&admin_proxy);
-            let (token, me, within) = (Arc::clone(&drain_with.0), Arc::clone(&drain_with.1), drain_with.2);
+            let drain = Arc::clone(&admin_drain);
             async move {
                 if req.uri().path() == "/drain" {
-                    handover_dataplane::drain::handle(proxy, req, &token, &me, within).await
+                    drain.handle(req).await
                 } else {
                     handover_dataplane::server::admin(&proxy, &req)
                 }
@@ -338,14 +344,12 @@ pub async fn run(args: RunArgs) -> Result<(), String> {
     ));
 
     let (drained_tx, drained_rx) = tokio::sync::oneshot::channel::<()>();
-    let draining_proxy = Arc::clone(&proxy);
     let drain_grace = args.drain_grace;
     tokio::spawn(async move {
         handover_dataplane::server::shutdown_signal().await;
         tracing::info!(?drain_grace, "SIGTERM: readiness fails now; serving on while the pool learns");
-        draining_proxy.start_draining();
         exit_by(drain_grace + FINISH_WITHIN + EXIT_MARGIN);
-        tokio::time::sleep(drain_grace).await;
+        drain.on_signal().await;
         let _ = drained_tx.send(());
     });
     let data_proxy = Arc::clone(&proxy);
