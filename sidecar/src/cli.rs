@@ -299,6 +299,9 @@ pub async fn run(args: RunArgs) -> Result<(), String> {
     tracing::info!(data = %args.listen, admin = %args.admin, app = %args.app, pool = %args.pool, pod = %args.pod_name, "handover sidecar started");
 
     tokio::spawn(Arc::clone(&proxy).watch_app());
+    if matches!(args.registry, RegistryKind::Kubernetes) {
+        report_peer_health(&proxy, &args.pool, &args.pod_name);
+    }
     let key_errors = metrics.key_reload_errors.clone();
     tokio::spawn(Arc::clone(&keys).follow(Duration::from_secs(1), move |e| {
         key_errors.inc();
@@ -417,6 +420,19 @@ async fn kubernetes_registry(pool: &str) -> Result<Arc<dyn Registry>, String> {
         .map_err(|e| format!("cannot watch ServerPool {pool}: {e}"))?;
     Ok(registry)
 }
+
+/// Writes what this sidecar saw of its peers as a condition on its own pod (see
+/// `handover_dataplane::peer_health`).
+#[cfg(feature = "kubernetes")]
+fn report_peer_health(proxy: &Arc<Proxy>, pool: &str, pod: &str) {
+    let Some((namespace, _)) = pool.split_once('/') else { return };
+    let proxy = Arc::clone(proxy);
+    let health = move || proxy.peer_health().verdict(std::time::Instant::now());
+    tokio::spawn(handover_dataplane::registry_kube::report_peer_health(health, namespace.to_owned(), pod.to_owned()));
+}
+
+#[cfg(not(feature = "kubernetes"))]
+fn report_peer_health(_proxy: &Arc<Proxy>, _pool: &str, _pod: &str) {}
 
 #[cfg(not(feature = "kubernetes"))]
 async fn kubernetes_registry(_pool: &str) -> Result<Arc<dyn Registry>, String> {
