@@ -379,6 +379,23 @@ async fn run(ctx: &Arc<Context>, p: ServerPool) -> Result<Action, Error> {
         .expect("the reconcile finished within 30 s")
 }
 
+/// A reconcile of `p` (injected, its children as [`new_pool_script`] left them) whose only pod is
+/// now `now`: it must cost one status write and nothing else. Returns the status written.
+async fn one_status_write(api: &MockApi, first: &Arc<Context>, p: &ServerPool, now: Pod) -> Value {
+    let world = World {
+        pods: vec![now],
+        deployments: vec![deployment(p, true)],
+        pools: vec![p.clone()],
+        children: vec![("Service", "11"), ("Role", "12"), ("RoleBinding", "13"), ("NetworkPolicy", "14")],
+    };
+    let next = context(api, world);
+    carry_memory(first, &next);
+    api.expect(vec![expect("PATCH", format!("{POOLS}/cart/status"), 200, Some(json_of(p)))]);
+    run(&next, p.clone()).await.expect("the change is reconciled");
+    assert_eq!(api.verify(), [format!("PATCH {POOLS}/cart/status")], "one status write, nothing else");
+    api.body(0)
+}
+
 #[tokio::test]
 async fn a_new_pool_gets_its_children_keys_injection_and_status_then_a_readiness_change_costs_one_write() {
     let api = MockApi::start().await;
@@ -414,18 +431,8 @@ async fn a_new_pool_gets_its_children_keys_injection_and_status_then_a_readiness
     // The pod becomes unready. The caches now hold what the first reconcile wrote: the children
     // at the resourceVersions the applies returned, the injected Deployment, the pool's status.
     let p = pool(Some(&[("a", true)]));
-    let world = World {
-        pods: vec![pod("a", false)],
-        deployments: vec![deployment(&p, true)],
-        pools: vec![p.clone()],
-        children: vec![("Service", "11"), ("Role", "12"), ("RoleBinding", "13"), ("NetworkPolicy", "14")],
-    };
-    let next = context(&api, world);
-    carry_memory(&ctx, &next);
-    api.expect(vec![expect("PATCH", format!("{POOLS}/cart/status"), 200, Some(json_of(&p)))]);
-    run(&next, p.clone()).await.expect("the readiness change is reconciled");
-    assert_eq!(api.verify(), [format!("PATCH {POOLS}/cart/status")], "one status write, nothing else");
-    assert_eq!(api.body(0)["status"]["readyMembers"], 0);
+    let status = one_status_write(&api, &ctx, &p, pod("a", false)).await;
+    assert_eq!(status["status"]["readyMembers"], 0);
     assert_eq!(api.events(), ["MemberLeft"]);
 
     // Nothing changed at all: no request.
@@ -458,18 +465,8 @@ async fn a_sidecar_reporting_unreachable_peers_degrades_the_pool_in_one_status_w
             ..PodCondition::default()
         });
     }
-    let world = World {
-        pods: vec![reporting],
-        deployments: vec![deployment(&p, true)],
-        pools: vec![p.clone()],
-        children: vec![("Service", "11"), ("Role", "12"), ("RoleBinding", "13"), ("NetworkPolicy", "14")],
-    };
-    let next = context(&api, world);
-    carry_memory(&ctx, &next);
-    api.expect(vec![expect("PATCH", format!("{POOLS}/cart/status"), 200, Some(json_of(&p)))]);
-    run(&next, p).await.expect("the report is reconciled");
-    assert_eq!(api.verify(), [format!("PATCH {POOLS}/cart/status")], "one status write, nothing else");
-    let conditions = &api.body(0)["status"]["conditions"];
+    let status = one_status_write(&api, &ctx, &p, reporting).await;
+    let conditions = &status["status"]["conditions"];
     assert_eq!((conditions[0]["type"].as_str(), conditions[0]["status"].as_str()), (Some("Ready"), Some("True")));
     assert_eq!(conditions[1]["reason"], "PeersUnreachable", "Degraded says why");
     assert_eq!(
