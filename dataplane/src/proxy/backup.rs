@@ -294,21 +294,36 @@ impl Proxy {
     /// to the session's successor among the other live members, exactly as a response's backup.
     /// A takeover after this pod is gone then restores it even when the client's cookie is older.
     ///
-    /// Takes the session's turn as a state-changing request would (`order.rs`) and its pull lock:
-    /// a response sealed meanwhile gets a version either below this one (its state taken before)
-    /// or above it (after).
+    /// The snapshot is taken in the session's turn, as a state-changing request's (`order.rs`),
+    /// and under its pull lock: a response sealed meanwhile gets a version either below this one
+    /// (its state taken before) or above it (after).
     pub async fn hand_over(&self, session: &str) -> HandedOver {
+        let backup = match self.final_snapshot(session).await {
+            Ok(backup) => backup,
+            Err(outcome) => return outcome,
+        };
+        // Outside the session's turn and pull lock: a newer state sealed meanwhile is handed over
+        // too, and the successor keeps whichever is newer (`backup::Store::put`).
+        match self.back_up(backup).await {
+            "ok" => HandedOver::Ok,
+            "no_successor" => HandedOver::NoSuccessor,
+            _ => HandedOver::NotKept,
+        }
+    }
+
+    /// The app's state of `session`, sealed as its next version (see [`Proxy::hand_over`]).
+    async fn final_snapshot(&self, session: &str) -> Result<Backup, HandedOver> {
         let _turn = self.order.enter(session, true).await;
         let _pulling = self.restore_lock(session).lock().await;
         if self.local(session).is_none() {
-            return HandedOver::Gone;
+            return Err(HandedOver::Gone);
         }
         let state = match self.pull_state(session).await {
-            Ok(state) if state.is_empty() => return HandedOver::NoState,
+            Ok(state) if state.is_empty() => return Err(HandedOver::NoState),
             Ok(state) => state,
             Err(e) => {
                 tracing::warn!(session, error = %e, "drain: could not take the session's state from the app; its cookie stays the newest copy");
-                return HandedOver::PullFailed;
+                return Err(HandedOver::PullFailed);
             }
         };
         if state.len() > self.cfg.max_state_bytes {
@@ -318,9 +333,9 @@ impl Proxy {
                 limit = self.cfg.max_state_bytes,
                 "drain: the session's state is over --max-state-bytes; not handed over"
             );
-            return HandedOver::TooLarge;
+            return Err(HandedOver::TooLarge);
         }
-        let Some(version) = self.reserve_handover(session) else { return HandedOver::Gone };
+        let version = self.reserve_handover(session).ok_or(HandedOver::Gone)?;
         let ring = self.keys.ring();
         let state_value = cookie::seal_state(session, version, &state, &self.cfg.pool, &ring);
         let chunks = cookie::split_state(&self.cfg.cookie.attrs.name, &state_value, self.chunk_bytes()).len();
@@ -332,19 +347,13 @@ impl Proxy {
             u32::try_from(state_value.len()).unwrap_or(u32::MAX),
             0,
         );
-        let route_value = cookie::seal_route(&route, &self.cfg.pool, &ring);
-        let backup = Backup {
+        Ok(Backup {
             session: session.to_owned(),
             version,
             expires_at: route.expires_at,
-            route: route_value,
+            route: cookie::seal_route(&route, &self.cfg.pool, &ring),
             state: state_value,
-        };
-        match self.back_up(backup).await {
-            "ok" => HandedOver::Ok,
-            "no_successor" => HandedOver::NoSuccessor,
-            _ => HandedOver::NotKept,
-        }
+        })
     }
 
     /// The version of a final snapshot of `session`, recorded in the session table as a pulled
