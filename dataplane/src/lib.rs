@@ -21,6 +21,7 @@ pub mod header_budget;
 pub mod keys;
 pub mod metrics;
 pub mod peer_auth;
+pub mod peer_health;
 pub mod peer_probe;
 pub mod proxy;
 pub mod random;

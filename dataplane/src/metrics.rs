@@ -107,6 +107,8 @@ pub struct Metrics {
     pub backups_evicted: Counter,
     pub backups_kept: Gauge,
     pub backup_bytes: Gauge,
+    pub drain_handovers: Family<Label, Counter>,
+    pub peers_reachable: Gauge,
     pub ended_not_remembered: Counter,
     pub made_private: Counter,
     pub app_waits: Family<Label, Counter>,
@@ -141,6 +143,8 @@ impl Default for Metrics {
             backups_evicted: Counter::default(),
             backups_kept: Gauge::default(),
             backup_bytes: Gauge::default(),
+            drain_handovers: Family::default(),
+            peers_reachable: Gauge::default(),
             ended_not_remembered: Counter::default(),
             made_private: Counter::default(),
             app_waits: Family::default(),
@@ -227,6 +231,16 @@ impl Default for Metrics {
         );
         registry.register("backups_kept", "Backups this sidecar keeps for its peers' sessions", m.backups_kept.clone());
         registry.register("backup_bytes", "Bytes of the backups this sidecar keeps", m.backup_bytes.clone());
+        registry.register(
+            "drain_handovers",
+            "Sessions of the table handed to their successors at the drain (a final snapshot), by result (ok, no_state, gone, pull_failed, too_large, not_kept, no_successor, over_grace)",
+            m.drain_handovers.clone(),
+        );
+        registry.register(
+            "peers_reachable",
+            "0 while this sidecar saw a peer it could not reach (a probe answered unknown, a backup could not connect) in the last minute, else 1 (see the pod condition handover.dev/PeersReachable)",
+            m.peers_reachable.clone(),
+        );
         registry.register(
             "ended_not_remembered",
             "Ended sessions not remembered because the sidecar already remembers its maximum (a replay of their cookies is not refused)",

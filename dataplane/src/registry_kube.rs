@@ -216,6 +216,79 @@ impl KubeRegistry {
     }
 }
 
+/// How often the sidecar looks at its [`crate::peer_health`] verdict to write it on its pod.
+const PEER_HEALTH_EVERY: Duration = Duration::from_secs(10);
+
+/// The strategic-merge patch of `pods/status` that sets this pod's [`crate::peer_health`]
+/// condition (conditions merge by `type`: the kubelet's own are left alone).
+pub fn peer_condition_patch(verdict: &crate::peer_health::Verdict, since: &str) -> serde_json::Value {
+    serde_json::json!({
+        "status": {
+            "conditions": [{
+                "type": crate::peer_health::CONDITION_TYPE,
+                "status": if verdict.reachable { "True" } else { "False" },
+                "reason": verdict.reason,
+                "message": verdict.message,
+                "lastTransitionTime": since,
+            }]
+        }
+    })
+}
+
+/// Writes the verdict of `health` on this pod as the condition [`crate::peer_health::CONDITION_TYPE`]
+/// (`pods/status` patch, granted by the pool's Role) at start and whenever it changes; the operator
+/// sums the pool's pods up into the pool's `PeersReachable` condition. Runs for the life of the
+/// process; a refused write is logged (once per kind of failure) and tried again on the next turn.
+pub async fn report_peer_health(
+    health: impl Fn() -> crate::peer_health::Verdict + Send + 'static,
+    namespace: String,
+    pod: String,
+) {
+    let api: Api<k8s_openapi::api::core::v1::Pod> = match kube::Client::try_default().await {
+        Ok(client) => Api::namespaced(client, &namespace),
+        Err(e) => {
+            tracing::warn!(error = %e, "no Kubernetes client: this pod's peer condition is not written");
+            return;
+        }
+    };
+    let mut written: Option<crate::peer_health::Verdict> = None;
+    let mut since = String::new();
+    let mut last_error: Option<String> = None;
+    let mut every = tokio::time::interval(PEER_HEALTH_EVERY);
+    loop {
+        every.tick().await;
+        let verdict = health();
+        if !crate::peer_health::should_report(written.as_ref(), &verdict) {
+            continue;
+        }
+        if written.as_ref().is_none_or(|w| w.reachable != verdict.reachable) {
+            since = k8s_openapi::jiff::Timestamp::now()
+                .round(k8s_openapi::jiff::Unit::Second)
+                .unwrap_or_else(|_| k8s_openapi::jiff::Timestamp::now())
+                .to_string();
+        }
+        let patch = peer_condition_patch(&verdict, &since);
+        match api.patch_status(&pod, &kube::api::PatchParams::default(), &kube::api::Patch::Strategic(&patch)).await {
+            Ok(_) => {
+                if verdict.reachable {
+                    tracing::info!(message = %verdict.message, "pod condition {}: True", crate::peer_health::CONDITION_TYPE);
+                } else {
+                    tracing::warn!(message = %verdict.message, "pod condition {}: False", crate::peer_health::CONDITION_TYPE);
+                }
+                written = Some(verdict);
+                last_error = None;
+            }
+            Err(e) => {
+                let kind = e.to_string();
+                if last_error.as_deref() != Some(kind.as_str()) {
+                    tracing::warn!(error = %kind, pod = %pod, "cannot write this pod's peer condition (pods/status patch); trying again");
+                }
+                last_error = Some(kind);
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -338,5 +411,20 @@ mod tests {
         let first = r.live();
         r.on_event(watcher::Event::Apply(dynamic(p)), &mut seen);
         assert!(Arc::ptr_eq(&first, &r.live()));
+    }
+
+    #[test]
+    fn the_peer_condition_patch_sets_one_condition_by_type() {
+        let bad = crate::peer_health::Verdict {
+            reachable: false,
+            reason: "PeersUnreachable",
+            message: "could not reach cart-b (…) in the last 60s".into(),
+        };
+        let patch = peer_condition_patch(&bad, "2026-11-30T13:00:00Z");
+        let c = &patch["status"]["conditions"][0];
+        assert_eq!(c["type"], "handover.dev/PeersReachable");
+        assert_eq!((c["status"].as_str(), c["reason"].as_str()), (Some("False"), Some("PeersUnreachable")));
+        assert_eq!(c["lastTransitionTime"], "2026-11-30T13:00:00Z");
+        assert_eq!(patch["status"]["conditions"].as_array().map(Vec::len), Some(1));
     }
 }

@@ -148,6 +148,8 @@ pub fn admin(proxy: &Arc<Proxy>, req: &Request<Incoming>) -> Response<Body> {
         }
         "/metrics" => {
             proxy.metrics.registry_members.set(proxy.registry_members().len() as i64);
+            let reachable = proxy.peer_health().verdict(std::time::Instant::now()).reachable;
+            proxy.metrics.peers_reachable.set(i64::from(reachable));
             let mut resp = text(StatusCode::OK, proxy.metrics.encode());
             resp.headers_mut().insert(
                 http::header::CONTENT_TYPE,

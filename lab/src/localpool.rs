@@ -564,6 +564,21 @@ impl LocalPool {
         .await
     }
 
+    /// Cuts pod `i` off the pool's network (its `eth0` down), as a partition or a default-deny
+    /// policy does: what is sent to it is dropped, nothing is refused. Needs network namespaces
+    /// (root); the pod's processes go on.
+    pub fn cut_off(&self, i: usize) -> Result<(), String> {
+        let ns = self.pods[i].netns.as_deref().ok_or("the pods have no network namespaces here (not root)")?;
+        let out = std::process::Command::new("ip")
+            .args(["-n", ns, "link", "set", "eth0", "down"])
+            .output()
+            .map_err(|e| format!("ip: {e}"))?;
+        if !out.status.success() {
+            return Err(format!("ip -n {ns} link set eth0 down: {}", String::from_utf8_lossy(&out.stderr).trim()));
+        }
+        Ok(())
+    }
+
     /// Sum of a metric over every running pod.
     pub async fn metric(&self, prefix: &str) -> f64 {
         let mut total = 0.0;

@@ -299,6 +299,9 @@ pub async fn run(args: RunArgs) -> Result<(), String> {
     tracing::info!(data = %args.listen, admin = %args.admin, app = %args.app, pool = %args.pool, pod = %args.pod_name, "handover sidecar started");
 
     tokio::spawn(Arc::clone(&proxy).watch_app());
+    if matches!(args.registry, RegistryKind::Kubernetes) {
+        report_peer_health(&proxy, &args.pool, &args.pod_name);
+    }
     let key_errors = metrics.key_reload_errors.clone();
     tokio::spawn(Arc::clone(&keys).follow(Duration::from_secs(1), move |e| {
         key_errors.inc();
@@ -317,15 +320,21 @@ pub async fn run(args: RunArgs) -> Result<(), String> {
     });
 
     let admin_proxy = Arc::clone(&proxy);
-    let drain_with = (Arc::new(args.drain_token.clone()), Arc::new(args.pod_name.clone()), args.drain_grace);
+    let drain = handover_dataplane::drain::Drain::new(
+        Arc::clone(&proxy),
+        args.drain_token.clone(),
+        args.pod_name.clone(),
+        args.drain_grace,
+    );
+    let admin_drain = Arc::clone(&drain);
     let admin_task = tokio::spawn(handover_dataplane::server::serve(
         admin,
         move |req, _| {
             let proxy = Arc::clone(&admin_proxy);
-            let (token, me, within) = (Arc::clone(&drain_with.0), Arc::clone(&drain_with.1), drain_with.2);
+            let drain = Arc::clone(&admin_drain);
             async move {
                 if req.uri().path() == "/drain" {
-                    handover_dataplane::drain::handle(proxy, req, &token, &me, within).await
+                    drain.handle(req).await
                 } else {
                     handover_dataplane::server::admin(&proxy, &req)
                 }
@@ -338,14 +347,12 @@ pub async fn run(args: RunArgs) -> Result<(), String> {
     ));
 
     let (drained_tx, drained_rx) = tokio::sync::oneshot::channel::<()>();
-    let draining_proxy = Arc::clone(&proxy);
     let drain_grace = args.drain_grace;
     tokio::spawn(async move {
         handover_dataplane::server::shutdown_signal().await;
         tracing::info!(?drain_grace, "SIGTERM: readiness fails now; serving on while the pool learns");
-        draining_proxy.start_draining();
         exit_by(drain_grace + FINISH_WITHIN + EXIT_MARGIN);
-        tokio::time::sleep(drain_grace).await;
+        drain.on_signal().await;
         let _ = drained_tx.send(());
     });
     let data_proxy = Arc::clone(&proxy);
@@ -413,6 +420,19 @@ async fn kubernetes_registry(pool: &str) -> Result<Arc<dyn Registry>, String> {
         .map_err(|e| format!("cannot watch ServerPool {pool}: {e}"))?;
     Ok(registry)
 }
+
+/// Writes what this sidecar saw of its peers as a condition on its own pod (see
+/// `handover_dataplane::peer_health`).
+#[cfg(feature = "kubernetes")]
+fn report_peer_health(proxy: &Arc<Proxy>, pool: &str, pod: &str) {
+    let Some((namespace, _)) = pool.split_once('/') else { return };
+    let proxy = Arc::clone(proxy);
+    let health = move || proxy.peer_health().verdict(std::time::Instant::now());
+    tokio::spawn(handover_dataplane::registry_kube::report_peer_health(health, namespace.to_owned(), pod.to_owned()));
+}
+
+#[cfg(not(feature = "kubernetes"))]
+fn report_peer_health(_proxy: &Arc<Proxy>, _pool: &str, _pod: &str) {}
 
 #[cfg(not(feature = "kubernetes"))]
 async fn kubernetes_registry(_pool: &str) -> Result<Arc<dyn Registry>, String> {

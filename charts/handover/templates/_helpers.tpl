@@ -66,6 +66,12 @@ apply of an object that does not exist yet is authorized as create as well as pa
 - apiGroups: [""]
   resources: ["pods"]
   verbs: ["list", "watch"]
+# Not used by the operator itself: the pool's Role grants its sidecars pods/status patch (each
+# writes its handover.dev/PeersReachable condition), and RBAC lets the operator grant only what
+# it holds (no escalate).
+- apiGroups: [""]
+  resources: ["pods/status"]
+  verbs: ["patch"]
 # Sidecar injection and removal in annotated Deployments (server-side apply; never created).
 - apiGroups: ["apps"]
   resources: ["deployments"]
@@ -80,8 +86,9 @@ apply of an object that does not exist yet is authorized as create as well as pa
 - apiGroups: [""]
   resources: ["secrets"]
   verbs: ["get", "create", "update"]
-# Role + RoleBinding letting each pool's sidecars read their own ServerPool (server-side apply).
-# That Role grants get/list/watch on serverpools, held above: no escalate or bind needed.
+# Role + RoleBinding letting each pool's sidecars read their own ServerPool and write their pod's
+# peer condition (server-side apply). That Role grants get/list/watch on serverpools and patch on
+# pods/status, both held above: no escalate or bind needed.
 - apiGroups: ["rbac.authorization.k8s.io"]
   resources: ["roles", "rolebindings"]
   verbs: ["list", "watch", "create", "patch"]

@@ -2,10 +2,15 @@
 //! the session's successor before the response leaves, keeping the ones handed to this pod, and
 //! finding a session's newest backup when a takeover needs it.
 //!
+//! At the drain ([`crate::drain`]), [`Proxy::hand_over`] does the same for a session that sends
+//! no request meanwhile: its state pulled from the app, sealed as a new version, handed over.
+//!
 //! On the wire: `PUT` or `GET` [`BACKUP_PATH`] on the peer's data port, with the signed forward
 //! mark (`peer_auth`: pool key, pod names, method, path, session, time) and the session named in
 //! [`BACKUP_HEADER`]; the `PUT` body is the sealed route and state values, which the receiver
 //! checks by opening the route. Without a verified mark the path is the app's like any other.
+
+use std::time::Instant;
 
 use bytes::Bytes;
 use http::header::{self, HeaderValue};
@@ -13,6 +18,7 @@ use http::{Method, Request, Response, StatusCode};
 use http_body_util::{BodyExt, Limited};
 
 use super::headers::FORWARDED_HEADER;
+use super::sessions::Local;
 use super::{Proxy, full, text_response, unix_now};
 use crate::backup::{BACKUP_HEADER, BACKUP_PATH, Backup, Put};
 use crate::cookie;
@@ -21,6 +27,7 @@ use crate::metrics::BadRequest;
 use crate::peer_auth;
 use crate::registry::Member;
 use crate::upstream::Body;
+use handover_common::sync;
 
 /// A body of at most `limit` bytes.
 async fn read_at_most(mut body: Body, limit: usize) -> Result<Vec<u8>, String> {
@@ -132,17 +139,18 @@ impl Proxy {
     /// Hands a newly sealed state to the session's successor (the member that would take it over
     /// if this pod died) and waits for it to be kept: after this, the response may leave. A
     /// successor that does not answer in time is counted and logged; the response goes out, and
-    /// the session's guarantee is the cookie's until its next state.
-    pub(super) async fn back_up(&self, b: Backup) {
+    /// the session's guarantee is the cookie's until its next state. Returns the result counted
+    /// (`ok`, `refused`, `failed`, `no_successor`; `off` without backups).
+    pub(super) async fn back_up(&self, b: Backup) -> &'static str {
         if self.backups.is_none() {
-            return;
+            return "off";
         }
         let live = self.registry.live();
         let unreachable = self.unreachable_now();
         let others = live.iter().filter(|m| m.name != self.cfg.pod_name && !unreachable.contains(&m.name));
         let Some(to) = decide::successor(&b.session, others) else {
             self.metrics.backups_sent.get_or_create(&[("result", "no_successor")]).inc();
-            return;
+            return "no_successor";
         };
         let result = match self.peer_call(to, Method::PUT, &b.session, Bytes::from(b.body())).await {
             Ok((StatusCode::NO_CONTENT, _)) => "ok",
@@ -156,6 +164,7 @@ impl Proxy {
             }
         };
         self.metrics.backups_sent.get_or_create(&[("result", result)]).inc();
+        result
     }
 
     /// The newest backup of `session` this pod or the first members in takeover order keep, or the
@@ -214,7 +223,12 @@ impl Proxy {
     ) -> Result<(StatusCode, Bytes), String> {
         let timeout = self.cfg.backup_timeout;
         let call = async {
-            let mut sender = self.upstreams.get(to.addr, self.cfg.connect_timeout).await.map_err(|e| e.to_string())?;
+            let mut sender = self.upstreams.get(to.addr, self.cfg.connect_timeout).await.map_err(|e| {
+                if crate::peer_health::path_broken(&e) {
+                    self.peer_health.note(crate::peer_health::Problem::BackupConnect, &to.name, Instant::now());
+                }
+                e.to_string()
+            })?;
             let forward = peer_auth::Forward {
                 from: &self.cfg.pod_name,
                 to: &to.name,
@@ -244,5 +258,138 @@ impl Proxy {
             Ok::<_, String>((status, bytes))
         };
         tokio::time::timeout(timeout, call).await.map_err(|_| format!("no answer within {timeout:?}"))?
+    }
+}
+
+/// What became of one session at the drain's handover: the `result` label of
+/// `handover_drain_handovers_total`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub enum HandedOver {
+    /// The successor keeps the app's state, as a version above every one the client holds.
+    Ok,
+    /// The app has no state for the session (404 or empty): nothing to hand over.
+    NoState,
+    /// The session left the table meanwhile (the app restarted, or another pod owns it now).
+    Gone,
+    /// The app did not answer `GET <statePath>`; the client's cookie (and the last backup) stay.
+    PullFailed,
+    /// The state is over `--max-state-bytes`.
+    TooLarge,
+    /// The successor did not keep it (refused, unreachable, no answer in time).
+    NotKept,
+    /// No other live member to hand it to.
+    NoSuccessor,
+    /// The drain grace ended first.
+    OverGrace,
+}
+
+impl HandedOver {
+    pub fn label(self) -> &'static str {
+        match self {
+            HandedOver::Ok => "ok",
+            HandedOver::NoState => "no_state",
+            HandedOver::Gone => "gone",
+            HandedOver::PullFailed => "pull_failed",
+            HandedOver::TooLarge => "too_large",
+            HandedOver::NotKept => "not_kept",
+            HandedOver::NoSuccessor => "no_successor",
+            HandedOver::OverGrace => "over_grace",
+        }
+    }
+}
+
+impl Proxy {
+    /// Whether sealed states are handed to successors (`--backup successor`).
+    pub fn backups_on(&self) -> bool {
+        self.backups.is_some()
+    }
+
+    /// The sessions the local app holds, as the session table knows them.
+    pub fn table_sessions(&self) -> Vec<String> {
+        sync::lock(&self.sessions).keys().cloned().collect()
+    }
+
+    /// A final snapshot of one session, handed over: the app's state (`GET <statePath>`), sealed
+    /// as a version above the session table's (so above every cookie this pod handed out), given
+    /// to the session's successor among the other live members, exactly as a response's backup.
+    /// A takeover after this pod is gone then restores it even when the client's cookie is older.
+    ///
+    /// The snapshot is taken in the session's turn, as a state-changing request's (`order.rs`),
+    /// and under its pull lock: a response sealed meanwhile gets a version either below this one
+    /// (its state taken before) or above it (after).
+    pub async fn hand_over(&self, session: &str) -> HandedOver {
+        let backup = match self.final_snapshot(session).await {
+            Ok(backup) => backup,
+            Err(outcome) => return outcome,
+        };
+        // Outside the session's turn and pull lock: a newer state sealed meanwhile is handed over
+        // too, and the successor keeps whichever is newer (`backup::Store::put`).
+        match self.back_up(backup).await {
+            "ok" => HandedOver::Ok,
+            "no_successor" => HandedOver::NoSuccessor,
+            _ => HandedOver::NotKept,
+        }
+    }
+
+    /// The app's state of `session`, sealed as its next version (see [`Proxy::hand_over`]).
+    async fn final_snapshot(&self, session: &str) -> Result<Backup, HandedOver> {
+        let _turn = self.order.enter(session, true).await;
+        let _pulling = self.restore_lock(session).lock().await;
+        if self.local(session).is_none() {
+            return Err(HandedOver::Gone);
+        }
+        let state = match self.pull_state(session).await {
+            Ok(state) if state.is_empty() => return Err(HandedOver::NoState),
+            Ok(state) => state,
+            Err(e) => {
+                tracing::warn!(session, error = %e, "drain: could not take the session's state from the app; its cookie stays the newest copy");
+                return Err(HandedOver::PullFailed);
+            }
+        };
+        if state.len() > self.cfg.max_state_bytes {
+            tracing::warn!(
+                session,
+                bytes = state.len(),
+                limit = self.cfg.max_state_bytes,
+                "drain: the session's state is over --max-state-bytes; not handed over"
+            );
+            return Err(HandedOver::TooLarge);
+        }
+        let version = self.reserve_handover(session).ok_or(HandedOver::Gone)?;
+        let ring = self.keys.ring();
+        let state_value = cookie::seal_state(session, version, &state, &self.cfg.pool, &ring);
+        let chunks = cookie::split_state(&self.cfg.cookie.attrs.name, &state_value, self.chunk_bytes()).len();
+        let route = self.route_for(
+            session,
+            version,
+            version,
+            u16::try_from(chunks).unwrap_or(u16::MAX),
+            u32::try_from(state_value.len()).unwrap_or(u32::MAX),
+            0,
+        );
+        Ok(Backup {
+            session: session.to_owned(),
+            version,
+            expires_at: route.expires_at,
+            route: cookie::seal_route(&route, &self.cfg.pool, &ring),
+            state: state_value,
+        })
+    }
+
+    /// The version of a final snapshot of `session`, recorded in the session table as a pulled
+    /// state's would be (`decide::seal`); `None` when the session left the table.
+    fn reserve_handover(&self, session: &str) -> Option<u64> {
+        let mut sessions = sync::lock(&self.sessions);
+        let local = sessions.get_mut(session)?;
+        let seal = decide::seal(decide::SealInputs {
+            cookie: decide::CookieSeen::Valid,
+            offered: decide::Offered::Pulled { empty: false },
+            owner_changed: false,
+            refresh_due: false,
+            local_version: Some(local.version),
+            cookie_version: None,
+        });
+        *local = Local { version: seal.version, sealed_at: Some(Instant::now()) };
+        Some(seal.version)
     }
 }

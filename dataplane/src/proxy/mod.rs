@@ -28,6 +28,7 @@ use http::{Request, Response, StatusCode};
 use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 
+pub use backup::HandedOver;
 pub use headers::{FORWARDED_HEADER, PEER_HEADER, ROTATE_HEADER, SESSION_HEADER, STATE_HEADER, WARNING_HEADER};
 
 use crate::decide::{self, Affinity, Decision, ForwardReason, Me, Mode};
@@ -172,6 +173,8 @@ pub struct Proxy {
     backups: Option<crate::backup::Store>,
     /// State-changing requests of a session take turns at the app.
     order: order::SessionOrder,
+    /// Peers this sidecar lately could not reach (`peer_health`).
+    peer_health: crate::peer_health::Tracker,
 }
 
 fn unix_now() -> u64 {
@@ -209,6 +212,7 @@ impl Proxy {
             held: tokio::sync::Semaphore::new(cfg_max_held),
             backups,
             order: order::SessionOrder::default(),
+            peer_health: crate::peer_health::Tracker::default(),
         })
     }
 
@@ -228,6 +232,11 @@ impl Proxy {
     /// Live members as this sidecar's registry lists them now, sorted by name.
     pub fn registry_members(&self) -> Arc<Vec<crate::registry::Member>> {
         self.registry.live()
+    }
+
+    /// What this sidecar saw of its peers lately (see [`crate::peer_health`]).
+    pub fn peer_health(&self) -> &crate::peer_health::Tracker {
+        &self.peer_health
     }
 
     /// Whether the registry has seen the pool (see [`Registry::synced`]).

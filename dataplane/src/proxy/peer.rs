@@ -173,6 +173,7 @@ impl Proxy {
             }
             Liveness::Alive => tracing::info!(peer = %peer.name, after, "peer probe: alive"),
             Liveness::Unknown => {
+                self.peer_health.note(crate::peer_health::Problem::ProbeUnknown, &peer.name, Instant::now());
                 tracing::warn!(peer = %peer.name, after, "peer cannot be reached (no connection); not taking its sessions over")
             }
         }

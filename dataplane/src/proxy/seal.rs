@@ -64,7 +64,7 @@ impl NotSealed {
 impl Proxy {
     /// The largest value of one state chunk: a cookie's name and value within the 4096 bytes
     /// browsers keep, with room for the `.NNNN` suffix.
-    fn chunk_bytes(&self) -> usize {
+    pub(super) fn chunk_bytes(&self) -> usize {
         header_budget::MAX_COOKIE_BYTES - 96 - self.cfg.cookie.attrs.name.len()
     }
 
@@ -230,7 +230,7 @@ impl Proxy {
     }
 
     /// A routing cookie naming this pod as the session's owner.
-    fn route_for(
+    pub(super) fn route_for(
         &self,
         session: &str,
         version: u64,

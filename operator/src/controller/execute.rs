@@ -178,6 +178,7 @@ pub(super) async fn execute(pool: &ServerPool, plan: Plan, ctx: &Context, now: T
         key_problem: keys.problem,
         deployment_problems: plan.deployment_problems,
         apply_errors: failures.clone(),
+        peers_unreachable: plan.peers_unreachable,
         ready: i32::try_from(members.iter().filter(|m| m.ready).count()).unwrap_or(i32::MAX),
         total: i32::try_from(members.len()).unwrap_or(i32::MAX),
     };

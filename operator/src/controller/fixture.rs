@@ -379,6 +379,23 @@ async fn run(ctx: &Arc<Context>, p: ServerPool) -> Result<Action, Error> {
         .expect("the reconcile finished within 30 s")
 }
 
+/// A reconcile of `p` (injected, its children as [`new_pool_script`] left them) whose only pod is
+/// now `now`: it must cost one status write and nothing else. Returns the status written.
+async fn one_status_write(api: &MockApi, first: &Arc<Context>, p: &ServerPool, now: Pod) -> Value {
+    let world = World {
+        pods: vec![now],
+        deployments: vec![deployment(p, true)],
+        pools: vec![p.clone()],
+        children: vec![("Service", "11"), ("Role", "12"), ("RoleBinding", "13"), ("NetworkPolicy", "14")],
+    };
+    let next = context(api, world);
+    carry_memory(first, &next);
+    api.expect(vec![expect("PATCH", format!("{POOLS}/cart/status"), 200, Some(json_of(p)))]);
+    run(&next, p.clone()).await.expect("the change is reconciled");
+    assert_eq!(api.verify(), [format!("PATCH {POOLS}/cart/status")], "one status write, nothing else");
+    api.body(0)
+}
+
 #[tokio::test]
 async fn a_new_pool_gets_its_children_keys_injection_and_status_then_a_readiness_change_costs_one_write() {
     let api = MockApi::start().await;
@@ -395,9 +412,17 @@ async fn a_new_pool_gets_its_children_keys_injection_and_status_then_a_readiness
         secret.metadata.labels.as_ref().and_then(|l| l.get(MANAGED_BY.0)).map(String::as_str),
         Some(MANAGED_BY.1)
     );
+    let role = api.body(1);
+    assert_eq!(
+        role["rules"][1],
+        json!({"apiGroups": [""], "resources": ["pods/status"], "verbs": ["patch"]}),
+        "the sidecars may write their peer condition"
+    );
     let status = api.body(7);
     assert_eq!(status["status"]["readyMembers"], 1);
     assert_eq!(status["status"]["conditions"][0]["reason"], "MembersReady");
+    assert_eq!(status["status"]["conditions"][2]["type"], "PeersReachable");
+    assert_eq!(status["status"]["conditions"][2]["status"], "True");
     let events = api.events();
     for reason in ["KeySecretCreated", "SidecarInjected", "MemberReady"] {
         assert!(events.iter().any(|e| e == reason), "{reason} in {events:?}");
@@ -406,18 +431,8 @@ async fn a_new_pool_gets_its_children_keys_injection_and_status_then_a_readiness
     // The pod becomes unready. The caches now hold what the first reconcile wrote: the children
     // at the resourceVersions the applies returned, the injected Deployment, the pool's status.
     let p = pool(Some(&[("a", true)]));
-    let world = World {
-        pods: vec![pod("a", false)],
-        deployments: vec![deployment(&p, true)],
-        pools: vec![p.clone()],
-        children: vec![("Service", "11"), ("Role", "12"), ("RoleBinding", "13"), ("NetworkPolicy", "14")],
-    };
-    let next = context(&api, world);
-    carry_memory(&ctx, &next);
-    api.expect(vec![expect("PATCH", format!("{POOLS}/cart/status"), 200, Some(json_of(&p)))]);
-    run(&next, p.clone()).await.expect("the readiness change is reconciled");
-    assert_eq!(api.verify(), [format!("PATCH {POOLS}/cart/status")], "one status write, nothing else");
-    assert_eq!(api.body(0)["status"]["readyMembers"], 0);
+    let status = one_status_write(&api, &ctx, &p, pod("a", false)).await;
+    assert_eq!(status["status"]["readyMembers"], 0);
     assert_eq!(api.events(), ["MemberLeft"]);
 
     // Nothing changed at all: no request.
@@ -433,6 +448,33 @@ async fn a_new_pool_gets_its_children_keys_injection_and_status_then_a_readiness
     api.expect(vec![]);
     run(&idle, unchanged).await.expect("an idle reconcile");
     assert_eq!(api.verify(), [""; 0]);
+}
+
+#[tokio::test]
+async fn a_sidecar_reporting_unreachable_peers_degrades_the_pool_in_one_status_write() {
+    let api = MockApi::start().await;
+    let ctx = a_new_pool_reconciled(&api).await;
+    let p = pool(Some(&[("a", true)]));
+    let mut reporting = pod("a", true);
+    if let Some(cs) = reporting.status.as_mut().and_then(|s| s.conditions.as_mut()) {
+        cs.push(PodCondition {
+            type_: desired::PEER_CONDITION.to_owned(),
+            status: "False".to_owned(),
+            reason: Some("PeersUnreachable".to_owned()),
+            message: Some("could not reach b (probe of its admin port got no connection) in the last 60s".to_owned()),
+            ..PodCondition::default()
+        });
+    }
+    let status = one_status_write(&api, &ctx, &p, reporting).await;
+    let conditions = &status["status"]["conditions"];
+    assert_eq!((conditions[0]["type"].as_str(), conditions[0]["status"].as_str()), (Some("Ready"), Some("True")));
+    assert_eq!(conditions[1]["reason"], "PeersUnreachable", "Degraded says why");
+    assert_eq!(
+        (conditions[2]["status"].as_str(), conditions[2]["reason"].as_str()),
+        (Some("False"), Some("PeersUnreachable"))
+    );
+    assert!(conditions[2]["message"].as_str().is_some_and(|m| m.contains("a: could not reach b")), "{conditions}");
+    assert_eq!(api.events(), ["PeersUnreachable"], "a Warning Event");
 }
 
 #[tokio::test]

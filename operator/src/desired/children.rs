@@ -86,17 +86,27 @@ pub fn key_secret(pool: &ServerPool, ring: &KeyRing) -> Secret {
     }
 }
 
-/// The Role letting the pool's sidecars read their own ServerPool, and nothing else.
+/// The Role of the pool's sidecars: read their own ServerPool (the registry), and patch pod status
+/// (each sidecar writes the condition `handover.dev/PeersReachable` on its own pod; RBAC cannot
+/// name pods that do not exist yet, so the rule covers the namespace's pods).
 pub fn role(pool: &ServerPool) -> Role {
     Role {
         metadata: meta(pool, rbac_name(pool)),
-        rules: Some(vec![PolicyRule {
-            api_groups: Some(vec![crate::crd::GROUP.to_owned()]),
-            resources: Some(vec!["serverpools".to_owned()]),
-            resource_names: Some(vec![pool_name(pool)]),
-            verbs: vec!["get".to_owned(), "list".to_owned(), "watch".to_owned()],
-            ..PolicyRule::default()
-        }]),
+        rules: Some(vec![
+            PolicyRule {
+                api_groups: Some(vec![crate::crd::GROUP.to_owned()]),
+                resources: Some(vec!["serverpools".to_owned()]),
+                resource_names: Some(vec![pool_name(pool)]),
+                verbs: vec!["get".to_owned(), "list".to_owned(), "watch".to_owned()],
+                ..PolicyRule::default()
+            },
+            PolicyRule {
+                api_groups: Some(vec![String::new()]),
+                resources: Some(vec!["pods/status".to_owned()]),
+                verbs: vec!["patch".to_owned()],
+                ..PolicyRule::default()
+            },
+        ]),
     }
 }
 

@@ -59,6 +59,31 @@ pub fn members<'a>(pool: &ServerPool, pods: impl IntoIterator<Item = &'a Pod>) -
     out
 }
 
+/// The pod condition each sidecar writes on its own pod (the sidecar's `peer_health`): `False`
+/// while it lately could not reach some of its peers.
+pub const PEER_CONDITION: &str = "handover.dev/PeersReachable";
+
+/// The pool's pods (among `pods`, as [`pool_pods`] gives them) whose sidecar reports that it
+/// cannot reach some peers: `pod: message`, sorted by pod name. Terminating pods are left out
+/// (their peers are leaving them, not the other way round).
+pub fn peers_unreachable<'a>(pods: impl IntoIterator<Item = &'a Pod>) -> Vec<String> {
+    let mut out: Vec<(String, String)> = pods
+        .into_iter()
+        .filter(|p| p.metadata.deletion_timestamp.is_none())
+        .filter_map(|p| {
+            let c = p
+                .status
+                .as_ref()
+                .and_then(|s| s.conditions.as_ref())
+                .and_then(|cs| cs.iter().find(|c| c.type_ == PEER_CONDITION))
+                .filter(|c| c.status == "False")?;
+            Some((p.metadata.name.clone()?, c.message.clone().unwrap_or_default()))
+        })
+        .collect();
+    out.sort();
+    out.into_iter().map(|(pod, message)| format!("{pod}: {message}")).collect()
+}
+
 /// How membership changed between two member lists, for Events.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct MembershipChange {

@@ -19,7 +19,7 @@ use serde::Serialize;
 
 use super::children::{network_policy, role, role_binding, service, service_accounts};
 use super::injection::{DeploymentPlan, InjectionConfig, SIDECAR_NAME, fnv1a, plan_deployments, requested_pool};
-use super::members::{members, pool_pods};
+use super::members::{members, peers_unreachable, pool_pods};
 use super::names::{
     ROTATE_ANNOTATION, key_secret_name, network_policy_name, pool_name, pool_namespace, rbac_name, service_name,
 };
@@ -194,6 +194,8 @@ pub struct Plan {
     pub deployment_problems: Vec<String>,
     /// The pool's members, sorted.
     pub members: Vec<Member>,
+    /// The pool's pods whose sidecar reports peers it cannot reach ([`peers_unreachable`]).
+    pub peers_unreachable: Vec<String>,
 }
 
 /// 64-bit FNV-1a of the JSON of `value`: what the operator applied, to compare with what it
@@ -233,6 +235,7 @@ pub fn plan(pool: &ServerPool, observed: &Observed<'_>, policy: &Policy<'_>) -> 
     let name = pool_name(pool);
     let pool_pods = pool_pods(pool, observed.pods.iter().copied());
     let members = members(pool, pool_pods.iter().copied());
+    let peers_unreachable = peers_unreachable(pool_pods.iter().copied());
     let spec_problems = validate::validate(pool, &policy.inject.default_image, policy.allowed_images);
     if !spec_problems.is_empty() {
         return Plan {
@@ -243,6 +246,7 @@ pub fn plan(pool: &ServerPool, observed: &Observed<'_>, policy: &Policy<'_>) -> 
             deployments: Vec::new(),
             deployment_problems: Vec::new(),
             members,
+            peers_unreachable,
         };
     }
     let requested: Vec<&Deployment> = observed
@@ -289,6 +293,7 @@ pub fn plan(pool: &ServerPool, observed: &Observed<'_>, policy: &Policy<'_>) -> 
         deployments,
         deployment_problems,
         members,
+        peers_unreachable,
     }
 }
 

@@ -18,6 +18,8 @@ pub struct Findings {
     pub deployment_problems: Vec<String>,
     /// Child objects the API server refused, with its answer.
     pub apply_errors: Vec<String>,
+    /// Pods whose sidecar reports peers it cannot reach (`pod: message`).
+    pub peers_unreachable: Vec<String>,
     /// Ready members.
     pub ready: i32,
     /// All members.
@@ -27,7 +29,7 @@ pub struct Findings {
 /// One condition before its transition time is settled.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ConditionValue {
-    /// `Ready`, `Degraded`.
+    /// `Ready`, `Degraded`, `PeersReachable`.
     pub type_: &'static str,
     /// `True` / `False`.
     pub status: bool,
@@ -58,13 +60,26 @@ pub fn problems(f: &Findings) -> Vec<Problem> {
         ("KeySecretInvalid", f.key_problem.clone(), true),
         ("ReconcileFailed", joined(&f.apply_errors), true),
         ("DeploymentConflict", joined(&f.deployment_problems), false),
+        // Advisory (a partition looks the same): the pool serves on, and says so.
+        ("PeersUnreachable", peers_unreachable_message(&f.peers_unreachable), false),
     ]
     .into_iter()
     .filter_map(|(reason, message, unready)| message.map(|message| Problem { reason, message, unready }))
     .collect()
 }
 
-/// The pool's conditions from the findings.
+fn peers_unreachable_message(pods: &[String]) -> Option<String> {
+    (!pods.is_empty()).then(|| {
+        format!(
+            "{} sidecar(s) could not reach some of their peers lately (forwards then wait or fail instead of reaching the owner; check NetworkPolicies and the mesh): {}",
+            pods.len(),
+            pods.join("; ")
+        )
+    })
+}
+
+/// The pool's conditions from the findings: `Ready`, `Degraded`, and `PeersReachable` (what the
+/// pool's sidecars report of each other: advisory).
 pub fn condition_values(f: &Findings) -> Vec<ConditionValue> {
     let problems = problems(f);
     let ready = match problems.iter().find(|p| p.unready) {
@@ -91,7 +106,16 @@ pub fn condition_values(f: &Findings) -> Vec<ConditionValue> {
             message: "no problem found".to_owned(),
         },
     };
-    vec![ready, degraded]
+    let peers = match peers_unreachable_message(&f.peers_unreachable) {
+        Some(message) => ConditionValue { type_: "PeersReachable", status: false, reason: "PeersUnreachable", message },
+        None => ConditionValue {
+            type_: "PeersReachable",
+            status: true,
+            reason: "NoneReported",
+            message: "no sidecar reports a peer it cannot reach".to_owned(),
+        },
+    };
+    vec![ready, degraded, peers]
 }
 
 /// Kubernetes conditions from `values`, keeping each previous `lastTransitionTime` unless the

@@ -155,14 +155,91 @@ fn a_custom_selector_replaces_the_pool_label_everywhere() {
 }
 
 #[test]
-fn role_grants_read_of_the_own_pool_only() {
+fn role_grants_read_of_the_own_pool_and_pod_status_patch_only() {
     let r = role(&pool());
     let rules = r.rules.expect("rules");
-    assert_eq!(rules.len(), 1);
+    assert_eq!(rules.len(), 2);
     assert_eq!(rules[0].api_groups.as_deref(), Some(&["handover.dev".to_owned()][..]));
     assert_eq!(rules[0].resources.as_deref(), Some(&["serverpools".to_owned()][..]));
     assert_eq!(rules[0].resource_names.as_deref(), Some(&["cart".to_owned()][..]));
     assert_eq!(rules[0].verbs, ["get", "list", "watch"]);
+    // The sidecars' peer condition: status only (not the pod, its labels or spec), patch only.
+    assert_eq!(rules[1].api_groups.as_deref(), Some(&[String::new()][..]));
+    assert_eq!(rules[1].resources.as_deref(), Some(&["pods/status".to_owned()][..]));
+    assert_eq!(rules[1].verbs, ["patch"]);
+}
+
+fn with_peer_condition(mut p: Pod, status: &str, message: &str) -> Pod {
+    if let Some(cs) = p.status.as_mut().and_then(|s| s.conditions.as_mut()) {
+        cs.push(PodCondition {
+            type_: PEER_CONDITION.to_owned(),
+            status: status.to_owned(),
+            message: Some(message.to_owned()),
+            ..PodCondition::default()
+        });
+    }
+    p
+}
+
+#[test]
+fn peers_unreachable_lists_the_pods_whose_sidecar_reports_false_sorted() {
+    let mut leaving = with_peer_condition(pool_pod("a", true), "False", "could not reach c");
+    leaving.metadata.deletion_timestamp = Some(ts(300));
+    let pods = [
+        with_peer_condition(pool_pod("d", true), "False", "could not reach a (probe …)"),
+        with_peer_condition(pool_pod("b", true), "True", "no failed contact"),
+        pool_pod("c", true),
+        leaving,
+        with_peer_condition(pool_pod("e", false), "False", "could not reach b"),
+    ];
+    assert_eq!(
+        peers_unreachable(&pods),
+        ["d: could not reach a (probe …)", "e: could not reach b"],
+        "reports of False only, terminating pods left out; a pod with no report is fine"
+    );
+    let p = pool();
+    let plan = plan(
+        &p,
+        &Observed {
+            pods: &pods.iter().collect::<Vec<_>>(),
+            deployments: &[],
+            pools: &[&p],
+            children: &BTreeMap::new(),
+            applied: &BTreeMap::new(),
+            last_key_check: None,
+            now: 0,
+        },
+        &Policy {
+            inject: &cfg(),
+            allowed_images: &crate::validate::ImageAllowList::new(Vec::new(), &cfg().default_image),
+        },
+    );
+    assert_eq!(plan.peers_unreachable.len(), 2, "the plan carries them to the status");
+}
+
+#[test]
+fn unreachable_peers_degrade_the_pool_but_keep_it_ready() {
+    let f = Findings {
+        peers_unreachable: vec!["cart-a: could not reach cart-b".to_owned()],
+        ready: 3,
+        total: 3,
+        ..Findings::default()
+    };
+    let v = condition_values(&f);
+    assert_eq!((v[0].type_, v[0].status, v[0].reason), ("Ready", true, "MembersReady"), "advisory: still Ready");
+    assert_eq!((v[1].type_, v[1].status, v[1].reason), ("Degraded", true, "PeersUnreachable"));
+    assert_eq!((v[2].type_, v[2].status, v[2].reason), ("PeersReachable", false, "PeersUnreachable"));
+    assert!(
+        v[2].message.starts_with("1 sidecar(s) could not reach")
+            && v[2].message.ends_with("cart-a: could not reach cart-b")
+    );
+    let fine = condition_values(&Findings { ready: 3, total: 3, ..Findings::default() });
+    assert_eq!((fine[2].type_, fine[2].status, fine[2].reason), ("PeersReachable", true, "NoneReported"));
+    // Below every other problem: a spec problem is still what Degraded says first.
+    let both =
+        Findings { spec_problems: vec![SpecProblem { field: "spec.sidecarPort", message: "clash".to_owned() }], ..f };
+    let table: Vec<&str> = problems(&both).iter().map(|p| p.reason).collect();
+    assert_eq!(table, ["InvalidSpec", "PeersUnreachable"]);
 }
 
 #[test]
@@ -568,6 +645,7 @@ fn one_table_of_problems_orders_both_conditions() {
         key_problem: Some("bad keys".to_owned()),
         deployment_problems: vec!["web: conflict".to_owned()],
         apply_errors: vec!["apply Service: 500".to_owned(), "apply Role: 403".to_owned()],
+        peers_unreachable: vec![],
         ready: 3,
         total: 3,
     };

@@ -12,10 +12,13 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use handover_e2e::{Cluster, Confinement, PodView, container_pid, local_cluster_dir, ms_since, wait_for};
-use handover_lab::localpool::{Load, member_names};
+use handover_lab::localpool::{CounterSession, Load, member_names};
 
 const SYSTEM_NS: &str = "handover-system";
 const SESSIONS: usize = 12;
+/// Sessions that go idle before a graceful delete, and the increments each makes first.
+const IDLE_SESSIONS: usize = 12;
+const IDLE_BURST: u64 = 5;
 const SETTLE: Duration = Duration::from_secs(180);
 /// The sidecar's admin port (the ServerPool default; the demo pool does not set it).
 const SIDECAR_ADMIN_PORT: u16 = 9901;
@@ -717,7 +720,10 @@ async fn a_pod_that_cannot_read_its_pool_is_never_ready_and_the_pool_says_why() 
 
 /// Issue 15, "drain before the app goes": graceful deletions of pods of a pull-mode pool under
 /// load lose no acknowledged update. The app's preStop (`/drain`, injected by the operator) starts
-/// the drain while the app still runs.
+/// the drain while the app still runs. Idle sessions too: each round starts sessions that make a
+/// burst of increments (within the snapshot interval, so their cookies hold an older count) and
+/// then send nothing while the pod drains; the drain hands their newest state over, and their
+/// next request after the pod is gone finds it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn graceful_deletion_in_pull_mode_loses_nothing() {
     let c = Cluster::find();
@@ -728,9 +734,15 @@ async fn graceful_deletion_in_pull_mode_loses_nothing() {
     let hook = &template["spec"]["template"]["spec"]["containers"][0]["lifecycle"]["preStop"]["httpGet"];
     assert_eq!(hook["path"], "/drain", "the app container's preStop drains the sidecar: {hook}");
     let service = Arc::new(Mutex::new(vec![pool.service_addr().await]));
-    let load = Load::start(service, SESSIONS);
+    let load = Load::start(Arc::clone(&service), SESSIONS);
     load.progress(300, "sessions to run through the Service").await.expect("warm-up");
     for round in 1..=2 {
+        let mut idle: Vec<CounterSession> = (0..IDLE_SESSIONS).map(|_| CounterSession::default()).collect();
+        for s in &mut idle {
+            for _ in 0..IDLE_BURST {
+                s.incr(&service).await.expect("an idle session's increment");
+            }
+        }
         let victim = first_serving(&pool.serving().await);
         let t = Instant::now();
         c.kubectl(&["delete", "pod", &victim.name, "-n", &pool.ns, "--wait=false"]).await.expect("delete");
@@ -757,6 +769,14 @@ async fn graceful_deletion_in_pull_mode_loses_nothing() {
         println!("    figure: round {round}: {} gone {} ms after the delete", victim.name, ms_since(t));
         pool.settled(3, "a replacement after the graceful delete").await;
         load.progress(300, "sessions to go on after the graceful delete").await.expect("progress");
+        for s in &mut idle {
+            let count = s.verify(&service).await.expect("an idle session's count");
+            assert_eq!((count, s.lost), (IDLE_BURST, 0), "an idle session after the graceful delete: its newest state");
+        }
+        let handed = pool.sidecar_metric("handover_restores_total{result=\"from_backup\"}").await;
+        println!(
+            "    figure: round {round}: {IDLE_SESSIONS} idle sessions at their newest state; restores from a backup so far: {handed}"
+        );
     }
     let waits = pool.sidecar_metric("handover_app_waits_total").await;
     let sessions = load.stop_and_verify().await.expect("every session went on and lost no acknowledged update");

@@ -1,0 +1,95 @@
+//! A pod that leaves gracefully hands its sessions over: sessions that send no request while it
+//! drains are taken over at their newest state, even in pull mode with a long snapshot interval
+//! (where the client's cookie holds an older one). Drained by SIGTERM (the sidecar outside
+//! Kubernetes) and by `/drain` with the pod's token (the app containers' `preStop`), the app still
+//! running in both, as on a kubelet.
+
+mod support;
+use support::exe;
+
+use std::net::SocketAddr;
+use std::sync::Mutex;
+use std::time::Duration;
+
+use handover_dataplane::decide::Mode;
+use handover_lab::localpool::{CounterSession, LocalPool, PoolOptions};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+const SESSIONS: usize = 8;
+const INCREMENTS: u64 = 5;
+const TOKEN: &str = "test-drain-token";
+
+/// How the pod is told to go.
+#[derive(Clone, Copy, Debug)]
+enum Leave {
+    /// SIGTERM to the sidecar; the app is stopped once the sidecar exited.
+    Sigterm,
+    /// `/drain` with the token (the kubelet's `preStop`), then the pod is killed.
+    DrainThenKill,
+}
+
+/// `GET /drain` on `admin` with the drain token, as the injected `preStop` hook sends it.
+async fn drain(admin: SocketAddr) -> String {
+    let mut stream = tokio::net::TcpStream::connect(admin).await.expect("admin port");
+    let head = format!("GET /drain HTTP/1.1\r\nHost: {admin}\r\nHandover-Drain: {TOKEN}\r\nConnection: close\r\n\r\n");
+    stream.write_all(head.as_bytes()).await.expect("request");
+    let mut answer = String::new();
+    stream.read_to_string(&mut answer).await.expect("answer");
+    answer
+}
+
+async fn idle_sessions_go_on_at_their_newest_state(leave: Leave) {
+    let mut opts = PoolOptions::new(exe(), 3);
+    opts.mode = Mode::Pull;
+    // Only a session's first response is sealed: its cookie holds the count 1 for good.
+    opts.snapshot_interval = Duration::from_secs(3600);
+    opts.drain_grace = Duration::from_millis(1500);
+    opts.sidecar_args = vec!["--drain-token".into(), TOKEN.into()];
+    let mut pool = LocalPool::start(opts).await.expect("pool starts");
+    let leaving = Mutex::new(vec![pool.pods[0].data()]);
+    let mut sessions: Vec<CounterSession> = (0..SESSIONS).map(|_| CounterSession::default()).collect();
+    for s in &mut sessions {
+        for _ in 0..INCREMENTS {
+            s.incr(&leaving).await.expect("increment");
+        }
+    }
+    assert_eq!(
+        pool.metric("handover_snapshots_total{source=\"pull\"}").await,
+        SESSIONS as f64,
+        "one snapshot per session: each cookie holds an older state than the app"
+    );
+
+    // Every session idle from here on, while the pod drains and goes.
+    match leave {
+        Leave::Sigterm => pool.terminate_pod(0).await.expect("drains and exits"),
+        Leave::DrainThenKill => {
+            let answer = drain(pool.pods[0].admin()).await;
+            assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+            assert!(answer.contains(&format!("handed over: ok {SESSIONS}")), "{answer}");
+            pool.kill_pod(0).await;
+        }
+    }
+    let survivors = pool.running();
+    pool.wait_listed(&survivors, Duration::from_secs(10)).await.expect("the drained pod leaves the registry");
+
+    let ready = pool.ready_handle();
+    for s in &mut sessions {
+        assert_eq!(s.verify(&ready).await.expect("count"), INCREMENTS, "the newest state, not the cookie's");
+        assert_eq!(s.lost, 0);
+    }
+    assert_eq!(
+        pool.metric("handover_restores_total{result=\"from_backup\"}").await,
+        SESSIONS as f64,
+        "each session was restored from the state its drained owner handed over"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_sessions_of_a_pod_drained_by_sigterm_go_on_at_their_newest_state_in_pull_mode() {
+    idle_sessions_go_on_at_their_newest_state(Leave::Sigterm).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_sessions_of_a_pod_drained_by_its_prestop_go_on_at_their_newest_state_in_pull_mode() {
+    idle_sessions_go_on_at_their_newest_state(Leave::DrainThenKill).await;
+}

@@ -1,0 +1,33 @@
+//! A sidecar says when it cannot reach a peer: after a backup to a peer cut off the network (its
+//! packets dropped, as under a default-deny NetworkPolicy or a partition) fails to connect, the
+//! sidecar's `handover_peers_reachable` is 0 — what it writes as its pod's
+//! `handover.dev/PeersReachable` condition in Kubernetes.
+
+mod support;
+use support::exe;
+
+use std::time::Duration;
+
+use handover_lab::localpool::{LocalPool, PoolOptions, SessionClient, metric_sum, scrape};
+use http::{Method, StatusCode};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sidecar_that_cannot_reach_a_peer_reports_it() {
+    let pool = LocalPool::start(PoolOptions::new(exe(), 2)).await.expect("pool starts");
+    let reporter = pool.pods[0].data();
+    pool.wait_sidecars_see(&[0, 1], Duration::from_secs(10)).await.expect("each sidecar lists the other");
+    let page = scrape(pool.pods[0].admin()).await.expect("metrics");
+    assert_eq!(metric_sum(&page, "handover_peers_reachable "), 1.0, "nothing failed yet");
+    if let Err(why) = pool.cut_off(1) {
+        eprintln!("SKIPPED: cannot cut a pod off the network here: {why}");
+        return;
+    }
+    // A new session on pod 0: its state is backed up to its successor, the cut-off pod 1, whose
+    // packets are dropped. The response still goes out (the cookie holds the state).
+    let mut client = SessionClient::default();
+    let reply = client.send(|| Some(reporter), Method::POST, "/incr").await.expect("reply");
+    assert_eq!(reply.status, StatusCode::OK);
+    let page = scrape(pool.pods[0].admin()).await.expect("metrics");
+    assert_eq!(metric_sum(&page, "handover_peers_reachable "), 0.0, "{page}");
+    assert!(metric_sum(&page, "handover_backups_sent_total{result=\"failed\"}") >= 1.0, "{page}");
+}
