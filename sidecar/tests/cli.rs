@@ -53,6 +53,8 @@ fn cookie_inspect_opens_a_cookie_and_explains_a_refusal() {
         chunks: 1,
         state_bytes: state.len() as u32,
         carry: 0,
+        created_at: 1,
+        ended: false,
     };
     let value = cookie::seal_route(&route, "shop/cart", &ring);
 

@@ -143,6 +143,45 @@ impl Proxy {
         self.metrics.backups_sent.get_or_create(&[("result", result)]).inc();
     }
 
+    /// Hands the successor a **tombstone** of `session`, which ended (or rotated away) when its
+    /// newest version was `newest`: a route with the ended flag and no state, one version above
+    /// every state of the session, kept as long as any cookie of it may live. A takeover that
+    /// finds it starts a fresh session instead of restoring an older cookie (`restore.rs`).
+    pub(super) async fn back_up_tombstone(&self, session: &str, newest: u64) {
+        if self.backups.is_none() {
+            return;
+        }
+        let version = decide::tombstone_version(newest);
+        let unix = unix_now();
+        let route = cookie::Route {
+            session: session.to_owned(),
+            owner: cookie::Owner {
+                name: self.cfg.pod_name.clone(),
+                uid: self.cfg.pod_uid.clone(),
+                addr: self.cfg.advertise.clone(),
+            },
+            version,
+            state_version: version,
+            issued_at: unix,
+            // Every cookie of the session was issued before now: none outlives this.
+            expires_at: unix + self.cfg.cookie.max_age.as_secs(),
+            chunks: 0,
+            state_bytes: 0,
+            carry: 0,
+            created_at: unix,
+            ended: true,
+        };
+        let route_value = cookie::seal_route(&route, &self.cfg.pool, &self.keys.ring());
+        self.back_up(Backup {
+            session: session.to_owned(),
+            version,
+            expires_at: route.expires_at,
+            route: route_value,
+            state: String::new(),
+        })
+        .await;
+    }
+
     /// The newest backup of `session` this pod or the first members in takeover order keep
     /// ([`decide::BACKUP_LOOKUP_RANKS`]: the successor of the moment may have joined after the
     /// backup was handed to the one before it).

@@ -98,8 +98,12 @@ impl Retries {
 #[derive(Clone, Debug)]
 pub struct CookieConfig {
     pub attrs: crate::cookie_attrs::Attrs,
+    /// The idle timeout: cookies expire this long after the session's last reseal.
     pub max_age: Duration,
     pub max_bytes: usize,
+    /// The absolute timeout: a session is refused this long after it was first sealed
+    /// (`Route::created_at`), however active; `None`: no absolute timeout.
+    pub absolute_timeout: Option<Duration>,
 }
 
 /// Everything the proxy is told at start-up.
@@ -279,6 +283,7 @@ impl Proxy {
         req.headers_mut().remove(SESSION_HEADER);
         req.headers_mut().remove(STATE_HEADER);
         req.headers_mut().remove(PEER_HEADER);
+        req.headers_mut().remove(headers::FORMAT_HEADER);
         // Always the address this connection really comes from (a client, a proxy, or a peer).
         append_forwarded_for(req.headers_mut(), client);
         let (route, mut resp) = self.route(req, &rc, arrival, upgrade).await;
@@ -307,6 +312,18 @@ impl Proxy {
             // A copy of the cookie of a session that ended here (logout) or rotated (login).
             self.metrics.sessions_reset.get_or_create(&[("reason", "ended")]).inc();
             tracing::info!(session = %ended, "a cookie of an ended session was presented; a fresh session instead");
+            fresh = Some(rc.dropped());
+        } else if let Some(route) = rc.route.as_ref().filter(|r| {
+            decide::past_absolute(r.created_at, self.cfg.cookie.absolute_timeout.map(|d| d.as_secs()), unix_now())
+        }) {
+            // Past the absolute timeout, however active: refused as expired; an app that holds it
+            // here is told it left (on its owner, the sweep tells the app).
+            self.metrics.sessions_reset.get_or_create(&[("reason", "expired")]).inc();
+            tracing::info!(session = %route.session, created_at = route.created_at, "the session is past its absolute timeout; a fresh session instead");
+            if self.local(&route.session).is_some() {
+                self.forget_session(&route.session);
+                self.session_left(&route.session, "expired").await;
+            }
             fresh = Some(rc.dropped());
         }
         loop {
@@ -393,7 +410,7 @@ impl Proxy {
                                     (Route::Takeover, Some(carried))
                                 }
                                 Ok(Restored::Done(carried)) => (Route::Restore, Some(carried)),
-                                Ok(Restored::Refused | Restored::Lost) => {
+                                Ok(Restored::Refused | Restored::Lost | Restored::Ended) => {
                                     self.upstreams.put(self.cfg.app, sender);
                                     fresh = Some(rc.dropped());
                                     continue;
