@@ -28,6 +28,28 @@ async fn an_active_read_only_session_is_resealed_before_its_cookie_expires() {
     }
     assert_eq!(pool.metric("handover_sessions_reset_total").await, 0.0, "no cookie expired");
     assert!(pool.metric("handover_snapshots_total{source=\"refresh\"}").await >= 2.0, "resealed along the way");
+    assert_eq!(pool.metric("handover_sessions_left_total").await, 0.0, "the app was never told it expired");
+    assert_eq!(pool.metric("handover_restores_total").await, 0.0, "so nothing had to be restored");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_active_read_only_session_whose_state_is_in_no_cookie_is_resealed_too() {
+    let pool = pool_with(1, &["--cookie-max-age", "4s"], &[]).await;
+    let addr = pool.pods[0].data();
+    let mut client = SessionClient::default();
+    // Over the 4 KiB response head: the state goes into no cookie, the route alone is set.
+    let first = client.send(|| Some(addr), Method::POST, "/blob?bytes=6000").await.expect("reply");
+    assert!(first.headers.get("handover-warning").is_some(), "the state was over the header budget");
+    let session = serde_json::from_slice::<CountReply>(&first.body).expect("count").session;
+    let started = Instant::now();
+    while started.elapsed() < Duration::from_secs(8) {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let reply = client.send(|| Some(addr), Method::GET, "/count").await.expect("reply");
+        let read: CountReply = serde_json::from_slice(&reply.body).expect("count");
+        assert_eq!((read.blob_bytes, read.session.as_str()), (6000, session.as_str()), "after {:?}", started.elapsed());
+    }
+    assert_eq!(pool.metric("handover_sessions_reset_total").await, 0.0, "the route never expired");
+    assert!(pool.metric("handover_snapshots_total{source=\"refresh\"}").await >= 2.0, "the route was resealed");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

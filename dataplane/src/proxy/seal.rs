@@ -74,9 +74,19 @@ impl Proxy {
         let mut sessions = sync::lock(&self.sessions);
         let local = sessions.get(session).copied();
         let seal = decide::seal(decide::SealInputs { local_version: local.map(|l| l.version), ..inputs });
-        if let SealAction::Seal(SealSource::Push | SealSource::Pull) = seal.action {
-            sessions.insert(session.to_owned(), Local { version: seal.version, sealed_at: Some(now), created_at });
-            self.metrics.sessions.set(sessions.len() as i64);
+        match seal.action {
+            SealAction::Seal(SealSource::Push | SealSource::Pull) => {
+                sessions.insert(session.to_owned(), Local { version: seal.version, sealed_at: Some(now), created_at });
+                self.metrics.sessions.set(sessions.len() as i64);
+            }
+            // The same state with a new expiry: the idle sweep must not tell the app an active
+            // session expired (it counts from the last seal of any kind).
+            SealAction::Seal(SealSource::Carry | SealSource::Refresh) => {
+                if let Some(local) = sessions.get_mut(session) {
+                    local.sealed_at = Some(now);
+                }
+            }
+            SealAction::Keep | SealAction::Delete => {}
         }
         seal
     }
@@ -179,6 +189,28 @@ impl Proxy {
             },
             SealAction::Seal(SealSource::Refresh) => match (&rc.route, &rc.state) {
                 (Some(r), Ok(Some(value))) => (SealSource::Refresh, r.state_version, value.clone()),
+                (Some(r), Ok(None)) if r.chunks == 0 => {
+                    // The state is in no cookie (over the header budget: the app and the backup
+                    // hold it). The route alone is resealed, so an active session is not cut at
+                    // its idle deadline; the backup keeps its own expiry until the next change.
+                    let route = self.route_for(session, seal.version, r.state_version, 0, 0, rc.carry, created_at);
+                    let age = route.expires_at.saturating_sub(route.issued_at);
+                    let line = vec![(
+                        self.cfg.cookie.attrs.name.clone(),
+                        cookie::seal_route(&route, &self.cfg.pool, &self.keys.ring()),
+                        age,
+                    )];
+                    let room = Room {
+                        response_block: header_budget::response_block_bytes(status, headers),
+                        other_cookies: rc.other_cookies,
+                        carry: rc.carry,
+                    };
+                    if let Ok((set_cookies, _)) = self.fit(&line, room) {
+                        append(headers, &set_cookies);
+                        self.metrics.snapshots.get_or_create(&[("source", SealSource::Refresh.label())]).inc();
+                    }
+                    return;
+                }
                 _ => return,
             },
         };
