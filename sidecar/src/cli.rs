@@ -460,10 +460,17 @@ pub fn inspect(
     let r = handover_dataplane::cookie::open_route(route_value, pool, &ring, now).map_err(refused)?;
     // The state: joined from the chunks the input holds, opened with the largest state any pool may set.
     let state = handover_dataplane::cookie::join_state(cookie_name, &r, lookup).and_then(|joined| {
-        handover_dataplane::cookie::open_state(&joined, &r, pool, &ring, handover_dataplane::cookie::MAX_STATE_BYTES)
+        handover_dataplane::cookie::open_state_format(
+            &joined,
+            &r,
+            pool,
+            &ring,
+            handover_dataplane::cookie::MAX_STATE_BYTES,
+        )
     });
     let state_report = match &state {
-        Ok(state) => serde_json::json!({
+        Ok((state, format)) => serde_json::json!({
+            "format": (!format.is_empty()).then_some(format),
             "bytes": state.len(),
             "utf8": String::from_utf8(state.clone()).ok(),
             "base64url": base64::Engine::encode(&base64::engine::general_purpose::URL_SAFE_NO_PAD, state),
@@ -475,6 +482,7 @@ pub fn inspect(
         "pool": pool,
         "owner": {"pod": r.owner.name, "uid": r.owner.uid, "addr": r.owner.addr},
         "version": r.version,
+        "created_at": r.created_at,
         "issued_at": r.issued_at,
         "expires_at": r.expires_at,
         "expires_in_seconds": r.expires_at.saturating_sub(now),

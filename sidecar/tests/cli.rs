@@ -69,6 +69,7 @@ fn cookie_inspect_opens_a_cookie_and_explains_a_refusal() {
     assert_eq!(report["session"], "s-42");
     assert_eq!(report["owner"]["pod"], "cart-7");
     assert_eq!(report["version"], 9);
+    assert_eq!(report["created_at"], 1);
     assert_eq!(report["state"]["utf8"], r#"{"count":3}"#);
 
     // A Cookie header as a browser sends it for a pool with the default name: found by itself.
