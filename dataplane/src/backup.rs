@@ -13,6 +13,11 @@
 //! of the pool): the successor opens nothing until a takeover needs it. The store is bounded in
 //! bytes; past the bound the oldest backups go first (counted), their sessions fall back to the
 //! cookie.
+//!
+//! A session the app ended (or rotated away from) leaves a **tombstone** here: a route with the
+//! ended flag (`cookie::Route::ended`), no state (an empty state value), one version above every
+//! state of the session, so it replaces the session's last backup and a takeover finds it newer
+//! than any cookie of the session (`proxy/restore.rs`: a fresh session instead).
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Mutex;

@@ -10,14 +10,24 @@
 //! Wire format of both values, base64url without padding:
 //!
 //! ```text
-//! header (9 bytes)  format version u8 (2) | key id u32 BE | pool tag u32 BE
+//! header (9 bytes)  format version u8 (3) | key id u32 BE | pool tag u32 BE
 //! nonce  (24 bytes) XChaCha20-Poly1305 nonce, random per value
 //! sealed            body + 16-byte tag; associated data = header || kind (b'r' | b's') || pool name
 //! route body        version u64 | state version u64 | issued-at u64 | expires-at u64 | session str8 |
 //!                   owner name str8 | owner uid str8 | owner addr str8 | chunks u16 | state bytes u32 |
-//!                   carry u32
-//! state body        version u64 | flags u8 | session str8 | state (the rest; deflated when flag bit 0)
+//!                   carry u32 | created-at u64 | flags u8 (bit 0: ended; other bits must be 0)
+//! state body        version u64 | flags u8 | session str8 | state format str8 |
+//!                   state (the rest; deflated when flag bit 0)
 //! ```
+//!
+//! `created-at` is when the session was first sealed (unix seconds), kept through every reseal
+//! and id rotation: the absolute timeout counts from it. A route with the `ended` flag is a
+//! **tombstone**: it has no state (chunks 0, state bytes 0, an empty state value) and a version
+//! above every state of the session; it travels only as a backup (`crate::backup`), never to a
+//! client, and tells a takeover that the app ended the session (or rotated it away), so an older
+//! cookie of it never brings it back. The state format is the app's own token for its state's
+//! format (`Handover-State-Format`; empty when the app declared none), given back to the app
+//! with the state on a restore.
 //!
 //! The pool name is bound by the associated data, so a cookie of pool A is worthless in pool B; the
 //! pool tag (FNV-1a of the pool name) only lets the decoder say "wrong pool" instead of "tampered".
@@ -34,8 +44,12 @@ use chacha20poly1305::aead::{Aead, Payload};
 use crate::keys::KeyRing;
 
 /// The only format this build writes and reads. (Format 1, one cookie holding route and state
-/// together, is refused as `unsupported_version`: such a session starts over once.)
-pub const FORMAT_VERSION: u8 = 2;
+/// together, and format 2, without created-at, the ended flag and the state format, are refused
+/// as `unsupported_version`: such a session starts over once.)
+pub const FORMAT_VERSION: u8 = 3;
+const ROUTE_FLAG_ENDED: u8 = 1;
+/// The longest state format token the app may declare (a longer one is not recorded).
+pub const MAX_FORMAT_BYTES: usize = 64;
 const KIND_ROUTE: u8 = b'r';
 const KIND_STATE: u8 = b's';
 const HEADER_LEN: usize = 9;
@@ -139,6 +153,10 @@ pub struct Route {
     /// The most cookie bytes this client proved it carries when it once dropped some (0: no limit
     /// seen): the sidecar never again sends it more (`decide::seal`).
     pub carry: u32,
+    /// Unix seconds: when the session was first sealed; the absolute timeout counts from it.
+    pub created_at: u64,
+    /// A tombstone: the session ended (or rotated away) at this version; it has no state.
+    pub ended: bool,
 }
 
 fn seal_value(kind: u8, body: &[u8], pool: &str, ring: &KeyRing) -> String {
@@ -201,6 +219,8 @@ pub fn seal_route(route: &Route, pool: &str, ring: &KeyRing) -> String {
     body.extend_from_slice(&route.chunks.to_be_bytes());
     body.extend_from_slice(&route.state_bytes.to_be_bytes());
     body.extend_from_slice(&route.carry.to_be_bytes());
+    body.extend_from_slice(&route.created_at.to_be_bytes());
+    body.push(if route.ended { ROUTE_FLAG_ENDED } else { 0 });
     seal_value(KIND_ROUTE, &body, pool, ring)
 }
 
@@ -217,22 +237,51 @@ pub fn open_route(value: &str, pool: &str, ring: &KeyRing, now: u64) -> Result<R
     let chunks = r.take(2).map(|b| u16::from_be_bytes([b[0], b[1]]))?;
     let state_bytes = r.u32()?;
     let carry = r.u32()?;
-    if !r.0.is_empty() {
+    let created_at = r.u64()?;
+    let flags = r.u8()?;
+    if !r.0.is_empty() || flags & !ROUTE_FLAG_ENDED != 0 {
         return Err(CookieError::Malformed);
     }
     if expires_at <= now {
         return Err(CookieError::Expired);
     }
-    Ok(Route { session, owner, version, state_version, issued_at, expires_at, chunks, state_bytes, carry })
+    Ok(Route {
+        session,
+        owner,
+        version,
+        state_version,
+        issued_at,
+        expires_at,
+        chunks,
+        state_bytes,
+        carry,
+        created_at,
+        ended: flags & ROUTE_FLAG_ENDED != 0,
+    })
 }
 
-/// Seals the state of `session` at `version` (deflated when that makes it smaller).
+/// Seals the state of `session` at `version` with no declared format.
 pub fn seal_state(session: &str, version: u64, state: &[u8], pool: &str, ring: &KeyRing) -> String {
+    seal_state_format(session, version, state, "", pool, ring)
+}
+
+/// Seals the state of `session` at `version` in the app's declared `format` (deflated when that
+/// makes it smaller). A format longer than [`MAX_FORMAT_BYTES`] is not recorded (callers check).
+pub fn seal_state_format(
+    session: &str,
+    version: u64,
+    state: &[u8],
+    format: &str,
+    pool: &str,
+    ring: &KeyRing,
+) -> String {
     let (flags, stored) = compress(state);
-    let mut body = Vec::with_capacity(16 + session.len() + stored.len());
+    let format = if format.len() <= MAX_FORMAT_BYTES { format } else { "" };
+    let mut body = Vec::with_capacity(16 + session.len() + format.len() + stored.len());
     body.extend_from_slice(&version.to_be_bytes());
     body.push(flags);
     put_str8(&mut body, session);
+    put_str8(&mut body, format);
     body.extend_from_slice(&stored);
     seal_value(KIND_STATE, &body, pool, ring)
 }
@@ -247,18 +296,30 @@ pub fn open_state(
     ring: &KeyRing,
     max_state: usize,
 ) -> Result<Vec<u8>, CookieError> {
+    open_state_format(value, route, pool, ring, max_state).map(|(state, _)| state)
+}
+
+/// [`open_state`], and the state format the app declared when it was sealed (empty: none).
+pub fn open_state_format(
+    value: &str,
+    route: &Route,
+    pool: &str,
+    ring: &KeyRing,
+    max_state: usize,
+) -> Result<(Vec<u8>, String), CookieError> {
     let body = open_value(KIND_STATE, value, pool, ring)?;
     let mut r = Reader(&body);
     let version = r.u64()?;
     let flags = r.u8()?;
     let session = r.str8()?;
-    if flags & !FLAG_DEFLATED != 0 {
+    let format = r.str8()?;
+    if flags & !FLAG_DEFLATED != 0 || format.len() > MAX_FORMAT_BYTES {
         return Err(CookieError::Malformed);
     }
     if session != route.session || version != route.state_version {
         return Err(CookieError::Stale);
     }
-    inflate_within(flags, r.0, max_state.min(MAX_STATE_BYTES))
+    Ok((inflate_within(flags, r.0, max_state.min(MAX_STATE_BYTES))?, format))
 }
 
 fn inflate_within(flags: u8, stored: &[u8], max_state: usize) -> Result<Vec<u8>, CookieError> {
@@ -420,8 +481,8 @@ mod tests {
         let cut = (value.len() - 8) / 4 * 4;
         assert_eq!(open_route(&value[..cut], "p", &keys, 0), Err(CookieError::Tampered));
         let mut raw = URL_SAFE_NO_PAD.decode(&value).expect("base64");
-        raw[0] = 1;
-        assert_eq!(open_route(&URL_SAFE_NO_PAD.encode(&raw), "p", &keys, 0), Err(CookieError::UnsupportedVersion(1)));
+        raw[0] = 2;
+        assert_eq!(open_route(&URL_SAFE_NO_PAD.encode(&raw), "p", &keys, 0), Err(CookieError::UnsupportedVersion(2)));
     }
 
     #[test]
@@ -464,6 +525,8 @@ mod tests {
             chunks,
             state_bytes,
             carry: 0,
+            created_at: 900,
+            ended: false,
         }
     }
 
@@ -477,12 +540,45 @@ mod tests {
     #[test]
     fn a_route_round_trips_small_and_binds_to_its_pool() {
         let keys = ring(&[1]);
-        let r = Route { carry: 8_000, ..route(7, 3, 9_000) };
+        let r = Route { carry: 8_000, created_at: 123, ..route(7, 3, 9_000) };
         let value = seal_route(&r, "shop/cart", &keys);
         assert!(value.len() < 200, "a routing cookie stays small: {} bytes", value.len());
         assert_eq!(open_route(&value, "shop/cart", &keys, 1_500), Ok(r));
         assert_eq!(open_route(&value, "shop/other", &keys, 1_500), Err(CookieError::WrongPool));
         assert_eq!(open_route(&value, "shop/cart", &keys, 2_000), Err(CookieError::Expired));
+    }
+
+    #[test]
+    fn a_tombstone_route_round_trips_and_unknown_route_flags_are_refused() {
+        let keys = ring(&[1]);
+        let tombstone = Route { ended: true, ..route(8, 0, 0) };
+        assert_eq!(open_route(&seal_route(&tombstone, "p", &keys), "p", &keys, 0), Ok(tombstone.clone()));
+        // The flags byte is the last of the body: a foreign encoder's unknown bit is malformed.
+        let mut body = Vec::new();
+        body.extend_from_slice(&[0u8; 32]);
+        for s in ["s-1", "pod", "uid", "addr"] {
+            put_str8(&mut body, s);
+        }
+        body.extend_from_slice(&[0u8; 2 + 4 + 4 + 8]);
+        body.push(ROUTE_FLAG_ENDED);
+        let with_ended = seal_value(KIND_ROUTE, &body, "p", &keys);
+        assert_eq!(open_route(&with_ended, "p", &keys, 0).map(|r| r.ended), Err(CookieError::Expired), "expiry 0");
+        *body.last_mut().expect("flags") = 2;
+        assert_eq!(open_route(&seal_value(KIND_ROUTE, &body, "p", &keys), "p", &keys, 0), Err(CookieError::Malformed));
+    }
+
+    #[test]
+    fn a_state_keeps_the_format_the_app_declared() {
+        let keys = ring(&[1]);
+        let value = seal_state_format("s-1", 3, b"cart", "cart-v2", "p", &keys);
+        let r = route(3, 1, value.len() as u32);
+        assert_eq!(open_state_format(&value, &r, "p", &keys, 100), Ok((b"cart".to_vec(), "cart-v2".to_owned())));
+        assert_eq!(open_state(&value, &r, "p", &keys, 100), Ok(b"cart".to_vec()));
+        let none = seal_state("s-1", 3, b"cart", "p", &keys);
+        assert_eq!(open_state_format(&none, &r, "p", &keys, 100).map(|(_, f)| f), Ok(String::new()));
+        // Longer than the bound: not recorded rather than cut.
+        let long = seal_state_format("s-1", 3, b"cart", &"v".repeat(MAX_FORMAT_BYTES + 1), "p", &keys);
+        assert_eq!(open_state_format(&long, &r, "p", &keys, 100).map(|(_, f)| f), Ok(String::new()));
     }
 
     #[test]
@@ -553,15 +649,18 @@ mod tests {
             session in "[A-Za-z0-9_-]{1,40}",
             chunk_bytes in 1usize..5000,
             carry in any::<u32>(),
+            created_at in any::<u64>(),
+            ended in any::<bool>(),
+            format in "[A-Za-z0-9._-]{0,64}",
         ) {
             let keys = ring(&[5]);
-            let value = seal_state(&session, version, &state, "ns/pool", &keys);
+            let value = seal_state_format(&session, version, &state, &format, "ns/pool", &keys);
             let chunks = split_state("h", &value, chunk_bytes);
-            let r = Route { session, version, state_version: version, carry, ..route(0, chunks.len() as u16, value.len() as u32) };
+            let r = Route { session, version, state_version: version, carry, created_at, ended, ..route(0, chunks.len() as u16, value.len() as u32) };
             prop_assert_eq!(open_route(&seal_route(&r, "ns/pool", &keys), "ns/pool", &keys, 1_999), Ok(r.clone()));
             let jar: HashMap<String, String> = chunks.into_iter().collect();
             let joined = join_state("h", &r, |n| jar.get(n).map(String::as_str));
-            prop_assert_eq!(joined.and_then(|v| open_state(&v, &r, "ns/pool", &keys, 3000)), Ok(state));
+            prop_assert_eq!(joined.and_then(|v| open_state_format(&v, &r, "ns/pool", &keys, 3000)), Ok((state, format)));
         }
 
         #[test]

@@ -317,6 +317,29 @@ pub fn refresh_due(cookie: &Route, local_version: Option<u64>, max_age_secs: u64
     local_version == Some(cookie.version) && now_unix >= cookie.issued_at.saturating_add(max_age_secs / 2)
 }
 
+/// Whether a session is past its absolute timeout: `absolute_secs` after it was first sealed
+/// (`created_at`, unix seconds), however active it was. `None`: no absolute timeout.
+pub fn past_absolute(created_at: u64, absolute_secs: Option<u64>, now_unix: u64) -> bool {
+    absolute_secs.is_some_and(|limit| now_unix >= created_at.saturating_add(limit))
+}
+
+/// When a cookie sealed now expires (unix seconds): the idle timeout from now, but never past the
+/// session's absolute deadline — a browser drops the cookie by itself at that deadline.
+pub fn cookie_expiry(now_unix: u64, idle_secs: u64, created_at: u64, absolute_secs: Option<u64>) -> u64 {
+    let idle = now_unix.saturating_add(idle_secs);
+    match absolute_secs {
+        Some(limit) => idle.min(created_at.saturating_add(limit)),
+        None => idle,
+    }
+}
+
+/// The version of the tombstone of a session that ended when its newest version was `newest`:
+/// above every state the session had, so a takeover finds it newer than any cookie of it
+/// ([`newest_copy`]) and every member keeps it over an older backup.
+pub fn tombstone_version(newest: u64) -> u64 {
+    newest.saturating_add(1)
+}
+
 /// The state cookie of the request, as far as sealing the response goes.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum CookieSeen {
@@ -354,6 +377,36 @@ pub fn restore_verdict(status: u16) -> RestoreVerdict {
 }
 
 #[cfg(test)]
+mod timeouts {
+    use super::*;
+
+    #[test]
+    fn the_absolute_timeout_counts_from_creation_and_zero_is_none() {
+        assert!(!past_absolute(1_000, None, u64::MAX));
+        assert!(!past_absolute(1_000, Some(60), 1_059));
+        assert!(past_absolute(1_000, Some(60), 1_060));
+        assert!(!past_absolute(u64::MAX - 1, Some(60), u64::MAX - 1), "no overflow");
+    }
+
+    #[test]
+    fn a_cookie_never_outlives_the_absolute_deadline() {
+        assert_eq!(cookie_expiry(1_000, 600, 0, None), 1_600, "idle only");
+        assert_eq!(cookie_expiry(1_000, 600, 900, Some(3_600)), 1_600, "far from the deadline");
+        assert_eq!(cookie_expiry(1_000, 600, 900, Some(300)), 1_200, "the deadline comes first");
+    }
+
+    #[test]
+    fn a_tombstone_is_newer_than_every_cookie_of_its_session() {
+        for newest in [0, 1, 41] {
+            let tomb = tombstone_version(newest);
+            for cookie_state_version in 0..=newest {
+                assert_eq!(newest_copy(Some(cookie_state_version), Some(tomb)), Copy::Backup);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
 mod tests {
     use super::*;
     use crate::cookie::Owner;
@@ -374,6 +427,8 @@ mod tests {
             chunks: 1,
             state_bytes: 100,
             carry: 0,
+            created_at: 0,
+            ended: false,
         }
     }
 

@@ -198,19 +198,20 @@ pub fn cookie_body(data: &[u8]) {
         assert!(cookie::open_state(&seal_body(KIND_STATE, body), &seed_route(), POOL, &RING, MAX_STATE_BYTES).is_err());
         return;
     };
-    let state = match cookie::open_state(&seal_body(KIND_STATE, body), &route, POOL, &RING, MAX_STATE_BYTES) {
-        Ok(state) => state,
-        Err(CookieError::Malformed | CookieError::OverBudget) => return,
-        Err(e) => panic!("a well-sealed state body was refused as {e:?}"),
-    };
-    let resealed = cookie::seal_state(&route.session, route.version, &state, POOL, &RING);
+    let (state, format) =
+        match cookie::open_state_format(&seal_body(KIND_STATE, body), &route, POOL, &RING, MAX_STATE_BYTES) {
+            Ok(opened) => opened,
+            Err(CookieError::Malformed | CookieError::OverBudget) => return,
+            Err(e) => panic!("a well-sealed state body was refused as {e:?}"),
+        };
+    let resealed = cookie::seal_state_format(&route.session, route.version, &state, &format, POOL, &RING);
     let canonical = body.get(STATE_FLAGS_AT) == Some(&0) && state.len() < NEVER_DEFLATED_BELOW;
     if canonical {
         assert_eq!(unseal_body(KIND_STATE, &resealed), body, "the re-encoded state body differs");
     }
     assert_eq!(
-        cookie::open_state(&resealed, &route, POOL, &RING, MAX_STATE_BYTES),
-        Ok(state),
+        cookie::open_state_format(&resealed, &route, POOL, &RING, MAX_STATE_BYTES),
+        Ok((state, format)),
         "a resealed state did not open the same"
     );
 }
@@ -247,6 +248,8 @@ fn seed_route() -> Route {
         chunks: 0,
         state_bytes: 0,
         carry: 0,
+        created_at: NOW - 3_600,
+        ended: false,
     }
 }
 
@@ -289,6 +292,15 @@ pub fn seeds() -> Vec<(&'static str, String, Vec<u8>)> {
     let mut route_body = vec![KIND_ROUTE];
     route_body.extend(unseal_body(KIND_ROUTE, &cookie::seal_route(&seed_route(), POOL, &RING)));
     out.push(("cookie_body", "valid-route".into(), route_body));
+    let tombstone = Route { ended: true, version: 43, state_version: 43, ..seed_route() };
+    let mut tombstone_body = vec![KIND_ROUTE];
+    tombstone_body.extend(unseal_body(KIND_ROUTE, &cookie::seal_route(&tombstone, POOL, &RING)));
+    out.push(("cookie_body", "valid-route-tombstone".into(), tombstone_body));
+    let with_format =
+        cookie::seal_state_format(&seed_route().session, seed_route().version, b"{\"n\":1}", "cart-v2", POOL, &RING);
+    let mut format_body = vec![KIND_STATE];
+    format_body.extend(unseal_body(KIND_STATE, &with_format));
+    out.push(("cookie_body", "valid-state-format".into(), format_body));
     let old = cookie_header(&seed_route(), b"older key", &old_key);
     out.push(("cookie", "valid-older-key".into(), old.into_bytes()));
     out.push(("keyfile", "valid-rotating".into(), key_file().into_bytes()));

@@ -132,6 +132,8 @@ impl World {
             chunks: 1,
             state_bytes: 1,
             carry: 0,
+            created_at: 0,
+            ended: false,
         }
     }
 

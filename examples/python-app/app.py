@@ -13,6 +13,11 @@ to every request. The app speaks the handover contract (sidecar/README.md):
            would be retried, then answered 502 with the client's cookie kept);
   left     DELETE <state path> with Handover-Session -> 204: the session left this pod (its
            cookie expired, or another pod owns it now); the cart is forgotten.
+  format   every pushed state, and the answer to a pull, declare the state's format in
+           `Handover-State-Format: cart-v1`; the sidecar seals it with the state and gives it back
+           on the restore's PUT, where a format this release does not read (READS_FORMATS) answers
+           415 with the reason before the bytes are even parsed — during a rolling update or a
+           rollback, a release refuses a state it cannot read, and the session starts afresh.
 
 Pull and restore are served on a listener of their own (--state-listen, the pod's loopback:
 the sidecar's --state-addr), never on the client port: no client request can reach them, however
@@ -47,7 +52,11 @@ from urllib.parse import parse_qs, unquote, urlsplit
 
 SESSION_HEADER = "Handover-Session"
 STATE_HEADER = "Handover-State"
+FORMAT_HEADER = "Handover-State-Format"
 STATE_VERSION = 1
+STATE_FORMAT = f"cart-v{STATE_VERSION}"
+# The formats this release restores: its own, and any older one it can still read.
+READS_FORMATS = {STATE_FORMAT}
 MAX_BODY = 64 * 1024
 MAX_ITEMS = 200
 MAX_QTY = 1_000_000
@@ -191,7 +200,7 @@ def make_handler(carts, state_path, verbose, state_endpoint):
             self._send(
                 status,
                 {"session": session, "items": cart, "count": sum(cart.values())},
-                headers=[(STATE_HEADER, b64url(encode_state(cart)))],
+                headers=[(STATE_HEADER, b64url(encode_state(cart))), (FORMAT_HEADER, STATE_FORMAT)],
             )
 
         def _route(self, method):
@@ -221,7 +230,11 @@ def make_handler(carts, state_path, verbose, state_endpoint):
                     return self._send(
                         200,
                         {"session": session, "items": cart, "count": sum(cart.values())},
-                        headers=[(STATE_HEADER, b64url(encode_state(cart))), ("Handover-Rotate", "1")],
+                        headers=[
+                            (STATE_HEADER, b64url(encode_state(cart))),
+                            (FORMAT_HEADER, STATE_FORMAT),
+                            ("Handover-Rotate", "1"),
+                        ],
                     )
                 if path == "/cart/items" and method == "POST":
                     session = self._session()
@@ -268,8 +281,16 @@ def make_handler(carts, state_path, verbose, state_endpoint):
                 cart = carts.get(session)
                 if cart is None:
                     return self._send(404, "no state for this session\n")
-                return self._send(200, encode_state(cart), content_type="application/octet-stream")
+                return self._send(
+                    200, encode_state(cart), content_type="application/octet-stream",
+                    headers=[(FORMAT_HEADER, STATE_FORMAT)],
+                )
             if method == "PUT":
+                declared = self.headers.get(FORMAT_HEADER, "").strip()
+                if declared and declared not in READS_FORMATS:
+                    # A 4xx: "not for me"; the sidecar logs this body with the session id.
+                    reads = ", ".join(sorted(READS_FORMATS))
+                    return self._send(415, f"state format {declared} is not read by this release (reads {reads})\n")
                 # Idempotent: the same bytes may arrive twice; the cart is set, never merged.
                 # A state this app cannot read raises BadRequest: 400, "not for me".
                 carts.put(session, decode_state(body))

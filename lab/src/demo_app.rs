@@ -16,7 +16,10 @@
 //!   none at all: cacheable by default), as a careless app or framework marks a personal page.
 //! - `POST /return`: a cross-site form post back to the site (a payment, SAML or OIDC
 //!   `form_post` return): reads its body and the session's count, changes nothing.
-//! - push: every change puts the new state in `Handover-State`.
+//! - push: every change puts the new state in `Handover-State`, with its format in
+//!   `Handover-State-Format` (`--state-format`, also on `GET <statePath>`); a restore whose
+//!   `Handover-State-Format` is not among `--reads-formats` is refused with `415` (a 4xx: the
+//!   sidecar starts a fresh session), as a rollback that cannot read a newer release's state does.
 //! - `GET /stats`: how many sessions the app holds (`{"sessions": N}`).
 //! - `DELETE <statePath>`: the session left this pod; forgotten.
 //! - `GET <statePath>` / `PUT <statePath>`: pull and restore, on a listener of their own
@@ -39,7 +42,7 @@ use hyper::body::Incoming;
 use serde::{Deserialize, Serialize};
 
 use handover_common::sync;
-use handover_dataplane::proxy::{ROTATE_HEADER, SESSION_HEADER, STATE_HEADER};
+use handover_dataplane::proxy::{FORMAT_HEADER, ROTATE_HEADER, SESSION_HEADER, STATE_HEADER};
 use handover_dataplane::server::ConnLimits;
 use handover_dataplane::upstream::Body;
 
@@ -67,6 +70,13 @@ pub struct DemoAppArgs {
     /// state is not for me": the sidecar starts a fresh session).
     #[arg(long, default_value_t = 500)]
     pub refuse_restores_status: u16,
+    /// The format of the states this app writes, declared with each (`Handover-State-Format`).
+    #[arg(long, default_value = "counter-v1")]
+    pub state_format: String,
+    /// The state formats this app reads, comma-separated (empty: only `--state-format`); a restore
+    /// of any other is refused with 415.
+    #[arg(long, default_value = "")]
+    pub reads_formats: String,
     /// Worker threads (0: one per core).
     #[arg(long, default_value_t = 1)]
     pub workers: usize,
@@ -114,6 +124,19 @@ fn reply(status: StatusCode, body: impl Into<Bytes>) -> Response<Body> {
 }
 
 impl App {
+    /// Whether this app reads states of `format` (a restore that declares none: the app's own).
+    fn reads(&self, format: Option<&str>) -> bool {
+        let Some(format) = format else { return true };
+        match self.args.reads_formats.trim() {
+            "" => format == self.args.state_format,
+            list => list.split(',').any(|f| f.trim() == format),
+        }
+    }
+
+    fn format_header(&self) -> Option<http::HeaderValue> {
+        http::HeaderValue::from_str(&self.args.state_format).ok()
+    }
+
     fn state_header(&self, state: &SessionState) -> Option<http::HeaderValue> {
         if !self.args.push {
             return None;
@@ -135,6 +158,9 @@ impl App {
         let mut resp = self.count_reply(session, state);
         if let Some(v) = self.state_header(state) {
             resp.headers_mut().insert(STATE_HEADER, v);
+            if let Some(f) = self.format_header() {
+                resp.headers_mut().insert(FORMAT_HEADER, f);
+            }
         }
         resp
     }
@@ -162,7 +188,13 @@ impl App {
         }
         match *req.method() {
             Method::GET => match sync::lock(&self.sessions).get(&session) {
-                Some(state) => reply(StatusCode::OK, serde_json::to_vec(state).unwrap_or_default()),
+                Some(state) => {
+                    let mut resp = reply(StatusCode::OK, serde_json::to_vec(state).unwrap_or_default());
+                    if let Some(f) = self.format_header() {
+                        resp.headers_mut().insert(FORMAT_HEADER, f);
+                    }
+                    resp
+                }
                 None => reply(StatusCode::NOT_FOUND, Bytes::new()),
             },
             Method::PUT => {
@@ -171,6 +203,14 @@ impl App {
                     let status = StatusCode::from_u16(self.args.refuse_restores_status)
                         .unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
                     return reply(status, "this app refuses restores for now (--refuse-restores)\n");
+                }
+                let format = req.headers().get(FORMAT_HEADER).and_then(|v| v.to_str().ok());
+                if !self.reads(format) {
+                    let (format, mine) = (format.unwrap_or_default(), &self.args.state_format);
+                    return reply(
+                        StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                        format!("state format {format} is not read by this release (it writes {mine})\n"),
+                    );
                 }
                 let body = match Limited::new(req.into_body(), 1 << 20).collect().await {
                     Ok(b) => b.to_bytes(),

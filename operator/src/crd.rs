@@ -153,6 +153,7 @@ impl Default for NetworkPolicySpec {
 #[x_kube(
     validation = Rule::new("self.sameSite != 'None' || self.secure").message("cookie.sameSite None requires cookie.secure true (browsers reject it otherwise)"),
     validation = Rule::new("duration(self.maxAge) >= duration('1s')").message("cookie.maxAge must be at least 1s"),
+    validation = Rule::new("duration(self.absoluteTimeout) == duration('0s') || duration(self.absoluteTimeout) >= duration('1s')").message("cookie.absoluteTimeout must be 0s (none) or at least 1s"),
     validation = Rule::new("!self.name.startsWith('__Host-') || (self.secure && self.path == '/' && self.domain == '')").message("a __Host- cookie needs secure: true, path: / and no domain"),
     validation = Rule::new("!self.name.startsWith('__Secure-') || self.secure").message("a __Secure- cookie needs secure: true"),
 )]
@@ -163,10 +164,20 @@ pub struct CookieSpec {
     #[schemars(length(min = 1, max = 64), regex(pattern = r"^[A-Za-z0-9_-]+$"))]
     pub name: String,
 
-    /// Lifetime of the cookie, e.g. `12h`. Retired keys are kept at least this long.
+    /// The idle timeout (Gateway API's `idleTimeout`), e.g. `12h`: a session's cookies expire
+    /// this long after its last reseal; an active session is resealed past half of it, so only an
+    /// idle one expires. Retired keys are kept at least this long.
     #[serde(default = "default_cookie_max_age")]
     #[schemars(regex(pattern = "^[0-9]{1,9}(ms|s|m|h)$"))]
     pub max_age: String,
+
+    /// The absolute timeout (Gateway API's `absoluteTimeout`), e.g. `24h`: a session is refused
+    /// as expired this long after it was first sealed, however active (the app is told it left,
+    /// `DELETE <statePath>`, and the client gets a fresh session); its cookies never outlive it.
+    /// `0s` (default): none, only the idle timeout.
+    #[serde(default = "default_cookie_absolute_timeout")]
+    #[schemars(regex(pattern = "^[0-9]{1,9}(ms|s|m|h)$"))]
+    pub absolute_timeout: String,
 
     /// Set the `Secure` attribute. Turn off only for plain-HTTP tests.
     #[serde(default = "default_true")]
@@ -471,6 +482,9 @@ fn default_cookie_name() -> String {
 fn default_cookie_max_age() -> String {
     "12h".to_owned()
 }
+fn default_cookie_absolute_timeout() -> String {
+    "0s".to_owned()
+}
 fn default_cookie_max_bytes() -> i32 {
     16384
 }
@@ -507,6 +521,7 @@ impl Default for CookieSpec {
         Self {
             name: default_cookie_name(),
             max_age: default_cookie_max_age(),
+            absolute_timeout: default_cookie_absolute_timeout(),
             secure: true,
             same_site: SameSite::default(),
             max_bytes: default_cookie_max_bytes(),
@@ -695,6 +710,7 @@ mod tests {
         assert_eq!(pool.sidecar_port, 8000);
         assert_eq!(pool.admin_port, 9901);
         assert_eq!(pool.cookie.max_age, "12h");
+        assert_eq!(pool.cookie.absolute_timeout, "0s", "no absolute timeout unless asked");
         assert_eq!(pool.snapshot.mode, SnapshotMode::Both);
         assert_eq!(pool.sidecar.drain_grace, "20s");
     }

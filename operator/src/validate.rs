@@ -209,6 +209,13 @@ pub fn validate(pool: &ServerPool, default_image: &str, allowed: &ImageAllowList
         out.push(problem("spec.cookie.name", format!("{:?} must be 1-64 of A-Z a-z 0-9 _ -", cookie.name)));
     }
     check_duration(&mut out, "spec.cookie.maxAge", &cookie.max_age, Duration::from_secs(1));
+    if let Some(absolute) =
+        check_duration(&mut out, "spec.cookie.absoluteTimeout", &cookie.absolute_timeout, Duration::ZERO)
+        && !absolute.is_zero()
+        && absolute < Duration::from_secs(1)
+    {
+        out.push(problem("spec.cookie.absoluteTimeout", "must be 0s (none) or at least 1s"));
+    }
     if !(1024..=65536).contains(&cookie.max_bytes) {
         out.push(problem("spec.cookie.maxBytes", format!("{} is outside 1024-65536", cookie.max_bytes)));
     }
@@ -348,13 +355,26 @@ mod tests {
         let mut s = ServerPoolSpec::with_app_port(8080);
         s.cookie.name = "has space".into();
         s.cookie.max_age = "12 hours".into();
+        s.cookie.absolute_timeout = "500ms".into();
         s.cookie.max_bytes = 100;
         s.cookie.same_site = SameSite::None;
         s.cookie.secure = false;
         assert_eq!(
-            fields(&pool(s)),
-            ["spec.cookie.name", "spec.cookie.maxAge", "spec.cookie.maxBytes", "spec.cookie.sameSite"]
+            fields(&pool(s.clone())),
+            [
+                "spec.cookie.name",
+                "spec.cookie.maxAge",
+                "spec.cookie.absoluteTimeout",
+                "spec.cookie.maxBytes",
+                "spec.cookie.sameSite"
+            ]
         );
+        s.cookie.absolute_timeout = "1 day".into();
+        assert!(fields(&pool(s.clone())).contains(&"spec.cookie.absoluteTimeout"));
+        for fine in ["0s", "24h"] {
+            s.cookie.absolute_timeout = fine.into();
+            assert!(!fields(&pool(s.clone())).contains(&"spec.cookie.absoluteTimeout"), "{fine}");
+        }
     }
 
     #[test]

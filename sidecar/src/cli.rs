@@ -138,8 +138,14 @@ pub struct RunArgs {
     /// The cookie's Domain (to share it with subdomains). Empty: host-only, the safer default.
     #[arg(long, env = "HANDOVER_COOKIE_DOMAIN", default_value = "")]
     pub cookie_domain: String,
+    /// The idle timeout: a session's cookies expire this long after its last reseal (an active
+    /// session is resealed past half of it, so only an idle one expires).
     #[arg(long, env = "HANDOVER_COOKIE_MAX_AGE", default_value = "12h", value_parser = handover_common::duration::parse)]
     pub cookie_max_age: Duration,
+    /// The absolute timeout: a session is refused (as expired; the app is told it left) this long
+    /// after it was first sealed, however active. `0s`: none (only the idle timeout).
+    #[arg(long, env = "HANDOVER_SESSION_ABSOLUTE_TIMEOUT", default_value = "0s", value_parser = handover_common::duration::parse)]
+    pub session_absolute_timeout: Duration,
     /// Ceiling for one session's cookies (route and state chunks, as the client sends them back);
     /// the header limits below bind first at their defaults.
     #[arg(long, env = "HANDOVER_COOKIE_MAX_BYTES", default_value_t = 16384)]
@@ -270,6 +276,7 @@ pub async fn run(args: RunArgs) -> Result<(), String> {
             attrs: cookie_attrs(&args)?,
             max_age: args.cookie_max_age,
             max_bytes: args.cookie_max_bytes,
+            absolute_timeout: (!args.session_absolute_timeout.is_zero()).then_some(args.session_absolute_timeout),
         },
         affinity: args.affinity,
         app_wait: args.app_wait,
@@ -310,7 +317,11 @@ pub async fn run(args: RunArgs) -> Result<(), String> {
     let sweeper = Arc::clone(&proxy);
     // A quarter of a cookie's life, at most a minute: the app hears of an expired session soon
     // after its cookie died.
-    let sweep_every = (args.cookie_max_age / 4).clamp(Duration::from_millis(100), Duration::from_secs(60));
+    let shortest = match args.session_absolute_timeout {
+        zero if zero.is_zero() => args.cookie_max_age,
+        absolute => absolute.min(args.cookie_max_age),
+    };
+    let sweep_every = (shortest / 4).clamp(Duration::from_millis(100), Duration::from_secs(60));
     tokio::spawn(async move {
         let mut every = tokio::time::interval(sweep_every);
         loop {
@@ -469,10 +480,17 @@ pub fn inspect(
     let r = handover_dataplane::cookie::open_route(route_value, pool, &ring, now).map_err(refused)?;
     // The state: joined from the chunks the input holds, opened with the largest state any pool may set.
     let state = handover_dataplane::cookie::join_state(cookie_name, &r, lookup).and_then(|joined| {
-        handover_dataplane::cookie::open_state(&joined, &r, pool, &ring, handover_dataplane::cookie::MAX_STATE_BYTES)
+        handover_dataplane::cookie::open_state_format(
+            &joined,
+            &r,
+            pool,
+            &ring,
+            handover_dataplane::cookie::MAX_STATE_BYTES,
+        )
     });
     let state_report = match &state {
-        Ok(state) => serde_json::json!({
+        Ok((state, format)) => serde_json::json!({
+            "format": (!format.is_empty()).then_some(format),
             "bytes": state.len(),
             "utf8": String::from_utf8(state.clone()).ok(),
             "base64url": base64::Engine::encode(&base64::engine::general_purpose::URL_SAFE_NO_PAD, state),
@@ -484,6 +502,7 @@ pub fn inspect(
         "pool": pool,
         "owner": {"pod": r.owner.name, "uid": r.owner.uid, "addr": r.owner.addr},
         "version": r.version,
+        "created_at": r.created_at,
         "issued_at": r.issued_at,
         "expires_at": r.expires_at,
         "expires_in_seconds": r.expires_at.saturating_sub(now),

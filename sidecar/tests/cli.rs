@@ -67,6 +67,8 @@ fn cookie_inspect_opens_a_cookie_and_explains_a_refusal() {
         chunks: 1,
         state_bytes: state.len() as u32,
         carry: 0,
+        created_at: 1,
+        ended: false,
     };
     let value = cookie::seal_route(&route, "shop/cart", &ring);
 
@@ -81,6 +83,7 @@ fn cookie_inspect_opens_a_cookie_and_explains_a_refusal() {
     assert_eq!(report["session"], "s-42");
     assert_eq!(report["owner"]["pod"], "cart-7");
     assert_eq!(report["version"], 9);
+    assert_eq!(report["created_at"], 1);
     assert_eq!(report["state"]["utf8"], r#"{"count":3}"#);
 
     // A Cookie header as a browser sends it for a pool with the default name: found by itself.

@@ -7,27 +7,45 @@ use support::pool_with;
 use std::time::{Duration, Instant};
 
 use handover_lab::demo_app::CountReply;
-use handover_lab::localpool::{SessionClient, Sig, member_names, wait_for};
+use handover_lab::localpool::{LocalPool, SessionClient, Sig, member_names, wait_for};
 use http::Method;
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn an_active_read_only_session_is_resealed_before_its_cookie_expires() {
+/// Starts a session on a one-pod pool with a 4 s idle timeout by `POST first`, then only reads it
+/// (`GET /count`) for twice the cookie's life: its state never changes, its cookie must not die,
+/// and every read must see `(count, blob bytes)` of that session. (This client ignores Max-Age and
+/// presents an expired cookie, so an expiry would show.) Returns the pool for its metrics.
+async fn read_only_for_twice_the_idle_timeout(first: &str, expect: (u64, usize)) -> LocalPool {
     let pool = pool_with(1, &["--cookie-max-age", "4s"], &[]).await;
     let addr = pool.pods[0].data();
     let mut client = SessionClient::default();
-    let first = client.send(|| Some(addr), Method::POST, "/incr").await.expect("reply");
-    let session = serde_json::from_slice::<CountReply>(&first.body).expect("count").session;
-    // Reads only, for twice the cookie's life: its state never changes, its cookie must not die.
-    // (This client ignores Max-Age and presents an expired cookie, so an expiry would show.)
+    let reply = client.send(|| Some(addr), Method::POST, first).await.expect("reply");
+    let session = serde_json::from_slice::<CountReply>(&reply.body).expect("count").session;
     let started = Instant::now();
     while started.elapsed() < Duration::from_secs(8) {
         tokio::time::sleep(Duration::from_millis(500)).await;
         let reply = client.send(|| Some(addr), Method::GET, "/count").await.expect("reply");
         let read: CountReply = serde_json::from_slice(&reply.body).expect("count");
-        assert_eq!((read.count, read.session.as_str()), (1, session.as_str()), "after {:?}", started.elapsed());
+        let seen = (read.count, read.blob_bytes, read.session.as_str());
+        assert_eq!(seen, (expect.0, expect.1, session.as_str()), "after {:?}", started.elapsed());
     }
     assert_eq!(pool.metric("handover_sessions_reset_total").await, 0.0, "no cookie expired");
     assert!(pool.metric("handover_snapshots_total{source=\"refresh\"}").await >= 2.0, "resealed along the way");
+    pool
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_active_read_only_session_is_resealed_before_its_cookie_expires() {
+    let pool = read_only_for_twice_the_idle_timeout("/incr", (1, 0)).await;
+    assert_eq!(pool.metric("handover_sessions_left_total").await, 0.0, "the app was never told it expired");
+    assert_eq!(pool.metric("handover_restores_total").await, 0.0, "so nothing had to be restored");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_active_read_only_session_whose_state_is_in_no_cookie_is_resealed_too() {
+    // Over the 4 KiB response head: the state goes into no cookie, the route alone is set (with a
+    // Handover-Warning), and the route alone is resealed.
+    let pool = read_only_for_twice_the_idle_timeout("/blob?bytes=6000", (0, 6000)).await;
+    assert!(pool.metric("handover_seals_refused_total").await >= 1.0, "the state was over the header budget");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

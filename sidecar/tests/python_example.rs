@@ -301,11 +301,27 @@ async fn python_cart_is_taken_over_by_another_pod_when_its_pod_dies() {
 
 /// One raw HTTP/1.1 exchange with the app (no sidecar): status and body.
 async fn raw(app: SocketAddr, method: &str, path: &str, session: Option<&str>, body: &[u8]) -> (u16, Vec<u8>) {
+    let (status, _, body) = raw_with(app, method, path, session, &[], body).await;
+    (status, body)
+}
+
+/// [`raw`] with more request headers, answering the response's header block too.
+async fn raw_with(
+    app: SocketAddr,
+    method: &str,
+    path: &str,
+    session: Option<&str>,
+    headers: &[(&str, &str)],
+    body: &[u8],
+) -> (u16, String, Vec<u8>) {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let mut stream = tokio::net::TcpStream::connect(app).await.expect("connect to the app");
     let mut head = format!("{method} {path} HTTP/1.1\r\nHost: app\r\nConnection: close\r\n");
     if let Some(s) = session {
         head.push_str(&format!("Handover-Session: {s}\r\n"));
+    }
+    for (name, value) in headers {
+        head.push_str(&format!("{name}: {value}\r\n"));
     }
     head.push_str(&format!("Content-Length: {}\r\n\r\n", body.len()));
     stream.write_all(head.as_bytes()).await.expect("write head");
@@ -317,7 +333,7 @@ async fn raw(app: SocketAddr, method: &str, path: &str, session: Option<&str>, b
         .expect("read");
     let split = reply.windows(4).position(|w| w == b"\r\n\r\n").expect("a header block");
     let status = std::str::from_utf8(&reply[9..12]).expect("status").parse().expect("status code");
-    (status, reply[split + 4..].to_vec())
+    (status, String::from_utf8_lossy(&reply[..split]).into_owned(), reply[split + 4..].to_vec())
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -350,6 +366,15 @@ async fn python_cart_keeps_the_state_endpoint_contract() {
         );
     }
     assert_eq!(raw(app, "GET", "/handover/state", Some("s1"), b"").await.1, state, "a refused restore changes nothing");
+    // The state's format: declared on a pull, checked on a restore before the bytes are read.
+    let (_, head, _) = raw_with(app, "GET", "/handover/state", Some("s1"), &[], b"").await;
+    assert!(head.lines().any(|l| l.eq_ignore_ascii_case("Handover-State-Format: cart-v1")), "{head}");
+    let newer = [("Handover-State-Format", "cart-v2")];
+    let (status, _, said) = raw_with(app, "PUT", "/handover/state", Some("s1"), &newer, state).await;
+    assert_eq!(status, 415, "a format this release does not read");
+    assert!(String::from_utf8_lossy(&said).contains("cart-v2"), "and it says which");
+    let own = [("Handover-State-Format", "cart-v1")];
+    assert_eq!(raw_with(app, "PUT", "/handover/state", Some("s1"), &own, state).await.0, 204);
     // A session that left this pod is forgotten (idempotent).
     for _ in 0..2 {
         assert_eq!(raw(app, "DELETE", "/handover/state", Some("s1"), b"").await.0, 204);

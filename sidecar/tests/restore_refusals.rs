@@ -107,3 +107,35 @@ async fn an_expired_cookie_is_counted_as_a_reset() {
     assert_eq!(reply_of(&reply.body).count, 1, "a fresh session");
     assert_eq!(pool.metric("handover_sessions_reset_total{reason=\"expired\"}").await, 1.0);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restore_names_the_state_format_so_a_release_that_cannot_read_it_refuses_it() {
+    // Every pod's app writes counter-v2 but reads only counter-v1: what a rollback to a release
+    // that cannot read the newer release's states looks like at a takeover.
+    let mut pool = pool_with(2, &[], &["--state-format", "counter-v2", "--reads-formats", "counter-v1"]).await;
+    let (mut client, old_session) = session_orphaned_by_a_dead_pod(&mut pool, 3).await;
+    let survivor = pool.pods[1].data();
+    let reply = client.send(|| Some(survivor), Method::POST, "/incr").await.expect("reply");
+    assert_eq!(reply.status, StatusCode::OK, "{}", String::from_utf8_lossy(&reply.body));
+    assert_eq!(reply_of(&reply.body).count, 1, "a fresh session: the app refused the counter-v2 state");
+    assert!(reply.headers.get("handover-state-format").is_none(), "the declaration stays between app and sidecar");
+    assert_eq!(pool.metric("handover_sessions_reset_total{reason=\"refused_by_app\"}").await, 1.0);
+    let log = std::fs::read_to_string(pool.dir.join(format!("{}.sidecar.log", pool.pods[1].name))).expect("log");
+    assert!(
+        log.lines().any(|l| l.contains(&old_session) && l.contains("state format counter-v2 is not read")),
+        "the sealed format reached the app's PUT, and its reason the log:\n{log}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_release_that_reads_the_older_format_restores_it() {
+    // Writes counter-v2, still reads counter-v1 and counter-v2: the usual rolling update.
+    let mut pool =
+        pool_with(2, &[], &["--state-format", "counter-v2", "--reads-formats", "counter-v1,counter-v2"]).await;
+    let (mut client, session) = session_orphaned_by_a_dead_pod(&mut pool, 3).await;
+    let survivor = pool.pods[1].data();
+    let reply = client.send(|| Some(survivor), Method::POST, "/incr").await.expect("reply");
+    let after = reply_of(&reply.body);
+    assert_eq!((after.count, after.session), (4, session), "taken over whole");
+    assert_eq!(pool.metric("handover_sessions_reset_total").await, 0.0);
+}

@@ -12,7 +12,9 @@ use http::header::{self, HeaderValue};
 use http::{Method, Request, Response, StatusCode};
 use http_body_util::{BodyExt, Limited};
 
-use super::headers::{ROTATE_HEADER, SESSION_HEADER, STATE_HEADER, origin_form, strip_hop_by_hop};
+use super::headers::{
+    FORMAT_HEADER, ROTATE_HEADER, SESSION_HEADER, STATE_HEADER, origin_form, strip_hop_by_hop, take_declared_format,
+};
 use super::peer::bridge_upgrade;
 use super::request::RequestCookie;
 use super::restore::Carried;
@@ -196,6 +198,7 @@ impl Proxy {
                 }
             }
         });
+        let format = take_declared_format(&mut parts.headers);
         strip_hop_by_hop(&mut parts.headers, false);
         let pushed = match pushed {
             Some(_) if !turn.may_seal_push() => {
@@ -205,14 +208,15 @@ impl Proxy {
             pushed => pushed,
         };
         let (session, pushed) = match parts.headers.remove(ROTATE_HEADER) {
-            Some(_) => match self.rotate_session(&session, pushed).await {
-                Ok((new_id, state)) => (new_id, Some(state)),
-                Err(pushed) => (session, pushed),
+            Some(_) => match self.rotate_session(&session, pushed, &format).await {
+                Ok((new_id, state, moved_format)) => (new_id, Some((state, moved_format))),
+                Err(pushed) => (session, pushed.map(|p| (p, format))),
             },
-            None => (session, pushed),
+            None => (session, pushed.map(|p| (p, format))),
         };
+        let (pushed, format) = pushed.map_or((None, String::new()), |(p, f)| (Some(p), f));
         let cookies_before = parts.headers.get_all(header::SET_COOKIE).iter().count();
-        self.seal_response(parts.status, &mut parts.headers, &session, rc, pushed, carried).await;
+        self.seal_response(parts.status, &mut parts.headers, &session, rc, pushed, format, carried).await;
         let ours = parts.headers.get_all(header::SET_COOKIE).iter().count() > cookies_before;
         let exchange = cache::Exchange { method: &method, authorized, status: parts.status, headers: &parts.headers };
         if ours && cache::shared_cache_may_store(exchange) {
@@ -226,23 +230,36 @@ impl Proxy {
         Served::Response(Response::from_parts(parts, body.map_err(Into::into).boxed()))
     }
 
-    /// `GET <statePath>` from the local app: its state for the session, empty when it has none.
-    pub(super) async fn pull_state(&self, session: &str) -> Result<Vec<u8>, String> {
-        match self.state_request(Method::GET, session, Bytes::new()).await? {
-            (StatusCode::OK, bytes) => Ok(bytes.to_vec()),
-            (StatusCode::NOT_FOUND, _) => Ok(Vec::new()),
-            (status, _) => Err(format!("the app answered {status} to the state pull")),
+    /// `GET <statePath>` from the local app: its state for the session (empty when it has none)
+    /// and the format it declared for it (empty: none).
+    pub(super) async fn pull_state(&self, session: &str) -> Result<(Vec<u8>, String), String> {
+        match self.state_call(Method::GET, session, Bytes::new(), None).await? {
+            (StatusCode::OK, format, bytes) => Ok((bytes.to_vec(), format)),
+            (StatusCode::NOT_FOUND, _, _) => Ok((Vec::new(), String::new())),
+            (status, _, _) => Err(format!("the app answered {status} to the state pull")),
         }
     }
 
-    /// One call of the app's state endpoint (`GET` to pull or check, `PUT` to restore), on the
-    /// app's state address, within `state_timeout`. Answers over the state limit are refused.
+    /// One call of the app's state endpoint (`GET` to pull or check, `PUT` to restore, `DELETE`),
+    /// on the app's state address, within `state_timeout`. Answers over the state limit are refused.
     pub(super) async fn state_request(
         &self,
         method: Method,
         session: &str,
         body: Bytes,
     ) -> Result<(StatusCode, Bytes), String> {
+        self.state_call(method, session, body, None).await.map(|(status, _, bytes)| (status, bytes))
+    }
+
+    /// [`Proxy::state_request`] with the state's format declared on the call (a restore's `PUT`),
+    /// and the format the app declared on its answer (a pull's `GET`).
+    pub(super) async fn state_call(
+        &self,
+        method: Method,
+        session: &str,
+        body: Bytes,
+        format: Option<&str>,
+    ) -> Result<(StatusCode, String, Bytes), String> {
         let mut sender =
             self.upstreams.get(self.cfg.state_addr, self.cfg.connect_timeout).await.map_err(|e| e.to_string())?;
         let mut call = Request::builder()
@@ -250,20 +267,24 @@ impl Proxy {
             .uri(self.cfg.state_path.as_str())
             .header(header::HOST, "localhost")
             .header(SESSION_HEADER, session);
+        if let Some(format) = format.filter(|f| !f.is_empty()) {
+            call = call.header(FORMAT_HEADER, format);
+        }
         if !body.is_empty() {
             call = call.header(header::CONTENT_TYPE, "application/octet-stream");
         }
         let call = call.body(full(body)).map_err(|e| e.to_string())?;
         let outcome = tokio::time::timeout(self.cfg.state_timeout, async {
             sender.ready().await.map_err(|e| e.to_string())?;
-            let resp = sender.send_request(call).await.map_err(|e| e.to_string())?;
+            let mut resp = sender.send_request(call).await.map_err(|e| e.to_string())?;
             let status = resp.status();
+            let format = take_declared_format(resp.headers_mut());
             let bytes = Limited::new(resp.into_body(), self.cfg.max_state_bytes)
                 .collect()
                 .await
                 .map_err(|e| format!("reading the state: {e}"))?
                 .to_bytes();
-            Ok::<_, String>((status, bytes))
+            Ok::<_, String>((status, format, bytes))
         })
         .await
         .map_err(|_| format!("the app did not answer within {:?}", self.cfg.state_timeout))??;

@@ -167,6 +167,45 @@ impl Proxy {
         result
     }
 
+    /// Hands the successor a **tombstone** of `session`, which ended (or rotated away) when its
+    /// newest version was `newest`: a route with the ended flag and no state, one version above
+    /// every state of the session, kept as long as any cookie of it may live. A takeover that
+    /// finds it starts a fresh session instead of restoring an older cookie (`restore.rs`).
+    pub(super) async fn back_up_tombstone(&self, session: &str, newest: u64) {
+        if self.backups.is_none() {
+            return;
+        }
+        let version = decide::tombstone_version(newest);
+        let unix = unix_now();
+        let route = cookie::Route {
+            session: session.to_owned(),
+            owner: cookie::Owner {
+                name: self.cfg.pod_name.clone(),
+                uid: self.cfg.pod_uid.clone(),
+                addr: self.cfg.advertise.clone(),
+            },
+            version,
+            state_version: version,
+            issued_at: unix,
+            // Every cookie of the session was issued before now: none outlives this.
+            expires_at: unix + self.cfg.cookie.max_age.as_secs(),
+            chunks: 0,
+            state_bytes: 0,
+            carry: 0,
+            created_at: unix,
+            ended: true,
+        };
+        let route_value = cookie::seal_route(&route, &self.cfg.pool, &self.keys.ring());
+        self.back_up(Backup {
+            session: session.to_owned(),
+            version,
+            expires_at: route.expires_at,
+            route: route_value,
+            state: String::new(),
+        })
+        .await;
+    }
+
     /// The newest backup of `session` this pod or the first members in takeover order keep, or the
     /// member that holds the session already
     /// ([`decide::BACKUP_LOOKUP_RANKS`]: the successor of the moment may have joined after the
@@ -338,9 +377,9 @@ impl Proxy {
         if self.local(session).is_none() {
             return Err(HandedOver::Gone);
         }
-        let state = match self.pull_state(session).await {
-            Ok(state) if state.is_empty() => return Err(HandedOver::NoState),
-            Ok(state) => state,
+        let (state, format) = match self.pull_state(session).await {
+            Ok((state, _)) if state.is_empty() => return Err(HandedOver::NoState),
+            Ok(pulled) => pulled,
             Err(e) => {
                 tracing::warn!(session, error = %e, "drain: could not take the session's state from the app; its cookie stays the newest copy");
                 return Err(HandedOver::PullFailed);
@@ -355,9 +394,9 @@ impl Proxy {
             );
             return Err(HandedOver::TooLarge);
         }
-        let version = self.reserve_handover(session).ok_or(HandedOver::Gone)?;
+        let (version, created_at) = self.reserve_handover(session).ok_or(HandedOver::Gone)?;
         let ring = self.keys.ring();
-        let state_value = cookie::seal_state(session, version, &state, &self.cfg.pool, &ring);
+        let state_value = cookie::seal_state_format(session, version, &state, &format, &self.cfg.pool, &ring);
         let chunks = cookie::split_state(&self.cfg.cookie.attrs.name, &state_value, self.chunk_bytes()).len();
         let route = self.route_for(
             session,
@@ -366,6 +405,7 @@ impl Proxy {
             u16::try_from(chunks).unwrap_or(u16::MAX),
             u32::try_from(state_value.len()).unwrap_or(u32::MAX),
             0,
+            created_at,
         );
         Ok(Backup {
             session: session.to_owned(),
@@ -377,8 +417,9 @@ impl Proxy {
     }
 
     /// The version of a final snapshot of `session`, recorded in the session table as a pulled
-    /// state's would be (`decide::seal`); `None` when the session left the table.
-    fn reserve_handover(&self, session: &str) -> Option<u64> {
+    /// state's would be (`decide::seal`), with the session's creation time; `None` when the
+    /// session left the table.
+    fn reserve_handover(&self, session: &str) -> Option<(u64, u64)> {
         let mut sessions = sync::lock(&self.sessions);
         let local = sessions.get_mut(session)?;
         let seal = decide::seal(decide::SealInputs {
@@ -389,7 +430,7 @@ impl Proxy {
             local_version: Some(local.version),
             cookie_version: None,
         });
-        *local = Local { version: seal.version, sealed_at: Some(Instant::now()) };
-        Some(seal.version)
+        *local = Local { version: seal.version, sealed_at: Some(Instant::now()), created_at: local.created_at };
+        Some((seal.version, local.created_at))
     }
 }

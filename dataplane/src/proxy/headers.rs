@@ -19,6 +19,26 @@ pub const STATE_HEADER: &str = "handover-state";
 /// sidecar moves the state to the new id, tells the app the old one left, and seals the new one.
 pub const ROTATE_HEADER: &str = "handover-rotate";
 
+/// The app's own name for the format of a state it pushes (on the response) or hands out (on its
+/// answer to `GET <statePath>`), recorded with the sealed state and given back on the restore's
+/// `PUT <statePath>`, so an app can refuse (4xx) a format it does not read and say which.
+pub const FORMAT_HEADER: &str = "handover-state-format";
+
+/// The state format an app declared in `headers` (removed from them): a token of at most
+/// [`cookie::MAX_FORMAT_BYTES`] visible ASCII characters without spaces, commas or semicolons;
+/// anything else is not recorded (empty).
+pub(super) fn take_declared_format(headers: &mut HeaderMap) -> String {
+    let Some(value) = headers.remove(FORMAT_HEADER) else { return String::new() };
+    let token = value.as_bytes().trim_ascii();
+    let valid = token.len() <= cookie::MAX_FORMAT_BYTES
+        && token.iter().all(|b| b.is_ascii_graphic() && !matches!(b, b',' | b';' | b'"' | b'\\'));
+    if !valid {
+        tracing::warn!("the app declared a Handover-State-Format that is not a short token; not recorded");
+        return String::new();
+    }
+    String::from_utf8_lossy(token).into_owned()
+}
+
 /// Set on a response whose state could not be sealed.
 pub const WARNING_HEADER: &str = "handover-warning";
 

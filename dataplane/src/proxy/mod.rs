@@ -29,7 +29,9 @@ use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 
 pub use backup::HandedOver;
-pub use headers::{FORWARDED_HEADER, PEER_HEADER, ROTATE_HEADER, SESSION_HEADER, STATE_HEADER, WARNING_HEADER};
+pub use headers::{
+    FORMAT_HEADER, FORWARDED_HEADER, PEER_HEADER, ROTATE_HEADER, SESSION_HEADER, STATE_HEADER, WARNING_HEADER,
+};
 
 use crate::decide::{self, Affinity, Decision, ForwardReason, Me, Mode};
 use crate::keys::KeyFile;
@@ -99,8 +101,12 @@ impl Retries {
 #[derive(Clone, Debug)]
 pub struct CookieConfig {
     pub attrs: crate::cookie_attrs::Attrs,
+    /// The idle timeout: cookies expire this long after the session's last reseal.
     pub max_age: Duration,
     pub max_bytes: usize,
+    /// The absolute timeout: a session is refused this long after it was first sealed
+    /// (`Route::created_at`), however active; `None`: no absolute timeout.
+    pub absolute_timeout: Option<Duration>,
 }
 
 /// Everything the proxy is told at start-up.
@@ -288,6 +294,7 @@ impl Proxy {
         req.headers_mut().remove(SESSION_HEADER);
         req.headers_mut().remove(STATE_HEADER);
         req.headers_mut().remove(PEER_HEADER);
+        req.headers_mut().remove(headers::FORMAT_HEADER);
         // Always the address this connection really comes from (a client, a proxy, or a peer).
         append_forwarded_for(req.headers_mut(), client);
         let (route, mut resp) = self.route(req, &rc, arrival, upgrade).await;
@@ -316,6 +323,18 @@ impl Proxy {
             // A copy of the cookie of a session that ended here (logout) or rotated (login).
             self.metrics.sessions_reset.get_or_create(&[("reason", "ended")]).inc();
             tracing::info!(session = %ended, "a cookie of an ended session was presented; a fresh session instead");
+            fresh = Some(rc.dropped());
+        } else if let Some(route) = rc.route.as_ref().filter(|r| {
+            decide::past_absolute(r.created_at, self.cfg.cookie.absolute_timeout.map(|d| d.as_secs()), unix_now())
+        }) {
+            // Past the absolute timeout, however active: refused as expired; an app that holds it
+            // here is told it left (on its owner, the sweep tells the app).
+            self.metrics.sessions_reset.get_or_create(&[("reason", "expired")]).inc();
+            tracing::info!(session = %route.session, created_at = route.created_at, "the session is past its absolute timeout; a fresh session instead");
+            if self.local(&route.session).is_some() {
+                self.forget_session(&route.session);
+                self.session_left(&route.session, "expired").await;
+            }
             fresh = Some(rc.dropped());
         }
         loop {
@@ -408,7 +427,7 @@ impl Proxy {
                                     let resp = self.forward_to_holder(req, &holder, &cookie.session, upgrade).await;
                                     return (Route::Forward, resp);
                                 }
-                                Ok(Restored::Refused | Restored::Lost) => {
+                                Ok(Restored::Refused | Restored::Lost | Restored::Ended) => {
                                     self.upstreams.put(self.cfg.app, sender);
                                     fresh = Some(rc.dropped());
                                     continue;

@@ -40,6 +40,20 @@ pub(super) enum Restored {
     Lost,
     /// Another member holds the session already (it took it over a moment ago): forward there.
     HeldBy(Member),
+    /// The newest copy is a tombstone: the app ended the session (or rotated it away) on another
+    /// pod, and the client presented an older cookie of it. It starts over, counted.
+    Ended,
+}
+
+/// The newest copy of a session's state, as a restore finds it.
+enum Newest {
+    /// (version, state, the format the app declared for it, the sealed state value).
+    State(u64, Vec<u8>, String, String),
+    /// A tombstone of this version.
+    Ended(u64),
+    Lost,
+    /// Another member holds the session already.
+    HeldBy(Member),
 }
 
 /// A state copy a restore used: resealed, as is, naming its new owner.
@@ -75,28 +89,41 @@ impl Proxy {
         if self.local(session).is_some_and(|l| l.version >= route.version) {
             return Ok(Restored::Already);
         }
+        let created_at = route.created_at;
         if !takeover && let Ok((StatusCode::OK, _)) = self.state_request(Method::GET, session, Bytes::new()).await {
-            self.set_local(session, Local { version: route.version, sealed_at: None });
+            self.set_local(session, Local { version: route.version, sealed_at: None, created_at });
             return Ok(Restored::Already);
         }
-        let copy = match self.newest_copy(rc, route).await {
-            Ok(copy) => copy,
-            Err(holder) => return Ok(Restored::HeldBy(holder)),
-        };
-        let Some((version, state, state_value)) = copy else {
-            self.metrics.sessions_reset.get_or_create(&[("reason", "incomplete")]).inc();
-            tracing::warn!(
-                session,
-                version = route.version,
-                chunks = route.chunks,
-                "the session's state is in no copy (the client did not carry its chunks, no backup); it starts over"
-            );
-            return Ok(Restored::Lost);
+        let (version, state, format, state_value) = match self.newest_copy(rc, route).await {
+            Newest::State(version, state, format, value) => (version, state, format, value),
+            Newest::Ended(tombstone) => {
+                self.metrics.sessions_reset.get_or_create(&[("reason", "ended")]).inc();
+                tracing::info!(
+                    session,
+                    cookie_version = route.version,
+                    tombstone_version = tombstone,
+                    "the session ended on another pod (a tombstone newer than the cookie); a fresh session instead"
+                );
+                self.mark_ended(session);
+                return Ok(Restored::Ended);
+            }
+            Newest::HeldBy(holder) => return Ok(Restored::HeldBy(holder)),
+            Newest::Lost => {
+                self.metrics.sessions_reset.get_or_create(&[("reason", "incomplete")]).inc();
+                tracing::warn!(
+                    session,
+                    version = route.version,
+                    chunks = route.chunks,
+                    "the session's state is in no copy (the client did not carry its chunks, no backup); it starts over"
+                );
+                return Ok(Restored::Lost);
+            }
         };
         if !state.is_empty() {
             let mut attempt = 1;
             loop {
-                let why = match self.state_request(Method::PUT, session, Bytes::from(state.clone())).await {
+                let put = self.state_call(Method::PUT, session, Bytes::from(state.clone()), Some(&format)).await;
+                let why = match put.map(|(status, _, body)| (status, body)) {
                     Ok((status, body)) => match decide::restore_verdict(status.as_u16()) {
                         decide::RestoreVerdict::Done => break,
                         decide::RestoreVerdict::Refused => {
@@ -118,7 +145,7 @@ impl Proxy {
         }
         self.metrics.restores.get_or_create(&[("result", "ok")]).inc();
         // The session goes on above every version it had, even when only an older copy was left.
-        self.set_local(session, Local { version: version.max(route.version), sealed_at: None });
+        self.set_local(session, Local { version: version.max(route.version), sealed_at: None, created_at });
         if let Some(store) = &self.backups {
             // This pod owns the session now; its backup goes to this pod's successor.
             store.remove(session);
@@ -126,14 +153,13 @@ impl Proxy {
         Ok(Restored::Done(Carried { state_version: version, state_value }))
     }
 
-    /// The newest copy of the session's state: (version, state, sealed state value).
-    /// `Err(member)`: that member holds the session already.
-    async fn newest_copy(&self, rc: &RequestCookie, route: &Route) -> Result<Option<(u64, Vec<u8>, String)>, Member> {
+    /// The newest copy of the session's state: the client's chunks, a backup, or a tombstone.
+    async fn newest_copy(&self, rc: &RequestCookie, route: &Route) -> Newest {
         let ring = self.keys.ring();
         let from_cookie = match &rc.state {
             Ok(Some(value)) => {
-                match cookie::open_state(value, route, &self.cfg.pool, &ring, self.cfg.max_state_bytes) {
-                    Ok(state) => Some((route.state_version, state, value.clone())),
+                match cookie::open_state_format(value, route, &self.cfg.pool, &ring, self.cfg.max_state_bytes) {
+                    Ok((state, format)) => Some((route.state_version, state, format, value.clone())),
                     Err(e) => {
                         self.metrics.cookie_rejects.get_or_create(&[("reason", e.reason())]).inc();
                         tracing::info!(session = %route.session, error = %e, "the client's state chunks do not open");
@@ -149,29 +175,38 @@ impl Proxy {
         };
         let backup = match self.find_backup(&route.session).await {
             Found::Backup(backup) => backup,
-            Found::HeldBy(holder) => return Err(holder),
+            Found::HeldBy(holder) => return Newest::HeldBy(holder),
         };
-        Ok(match decide::newest_copy(from_cookie.as_ref().map(|c| c.0), backup.as_ref().map(|b| b.version)) {
-            decide::Copy::Cookie => from_cookie,
+        let cookie_copy = |c: Option<(u64, Vec<u8>, String, String)>| match c {
+            Some((version, state, format, value)) => Newest::State(version, state, format, value),
+            None => Newest::Lost,
+        };
+        match decide::newest_copy(from_cookie.as_ref().map(|c| c.0), backup.as_ref().map(|b| b.version)) {
+            decide::Copy::Cookie => cookie_copy(from_cookie),
             decide::Copy::Backup => {
-                let Some(b) = backup else { return Ok(from_cookie) };
-                let opened = cookie::open_route(&b.route, &self.cfg.pool, &ring, unix_now())
-                    .and_then(|r| cookie::open_state(&b.state, &r, &self.cfg.pool, &ring, self.cfg.max_state_bytes));
+                let Some(b) = backup else { return cookie_copy(from_cookie) };
+                let opened = cookie::open_route(&b.route, &self.cfg.pool, &ring, unix_now()).and_then(|r| {
+                    if r.ended {
+                        return Ok(None);
+                    }
+                    cookie::open_state_format(&b.state, &r, &self.cfg.pool, &ring, self.cfg.max_state_bytes).map(Some)
+                });
                 // (The backup's own route names the state it carries: its state version.)
                 match opened {
-                    Ok(state) => {
+                    Ok(None) => Newest::Ended(b.version),
+                    Ok(Some((state, format))) => {
                         self.metrics.restores.get_or_create(&[("result", "from_backup")]).inc();
                         tracing::info!(session = %route.session, cookie_version = route.version, backup_version = b.version, "restoring the session's backup: newer than the client's cookie");
-                        Some((b.version, state, b.state))
+                        Newest::State(b.version, state, format, b.state)
                     }
                     Err(e) => {
                         tracing::warn!(session = %route.session, error = %e, "a backup does not open; using the cookie");
-                        from_cookie
+                        cookie_copy(from_cookie)
                     }
                 }
             }
-            decide::Copy::Lost => None,
-        })
+            decide::Copy::Lost => Newest::Lost,
+        }
     }
 
     /// The app refused the state: counted and logged with the session id, so a lost session can

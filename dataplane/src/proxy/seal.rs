@@ -70,18 +70,30 @@ impl Proxy {
 
     /// Takes the seal decision with the session table locked, and records a new state's version
     /// before unlocking: two concurrent responses of a session never get the same version.
-    fn reserve(&self, session: &str, inputs: decide::SealInputs, now: Instant) -> decide::Seal {
+    fn reserve(&self, session: &str, inputs: decide::SealInputs, now: Instant, created_at: u64) -> decide::Seal {
         let mut sessions = sync::lock(&self.sessions);
         let local = sessions.get(session).copied();
         let seal = decide::seal(decide::SealInputs { local_version: local.map(|l| l.version), ..inputs });
-        if let SealAction::Seal(SealSource::Push | SealSource::Pull) = seal.action {
-            sessions.insert(session.to_owned(), Local { version: seal.version, sealed_at: Some(now) });
-            self.metrics.sessions.set(sessions.len() as i64);
+        match seal.action {
+            SealAction::Seal(SealSource::Push | SealSource::Pull) => {
+                sessions.insert(session.to_owned(), Local { version: seal.version, sealed_at: Some(now), created_at });
+                self.metrics.sessions.set(sessions.len() as i64);
+            }
+            // The same state with a new expiry: the idle sweep must not tell the app an active
+            // session expired (it counts from the last seal of any kind).
+            SealAction::Seal(SealSource::Carry | SealSource::Refresh) => {
+                if let Some(local) = sessions.get_mut(session) {
+                    local.sealed_at = Some(now);
+                }
+            }
+            SealAction::Keep | SealAction::Delete => {}
         }
         seal
     }
 
     /// Seals the session's newest state into Set-Cookie headers when there is a new one.
+    /// `format`: the state format the app declared with a pushed state (`Handover-State-Format`).
+    #[allow(clippy::too_many_arguments)]
     pub(super) async fn seal_response(
         &self,
         status: StatusCode,
@@ -89,6 +101,7 @@ impl Proxy {
         session: &str,
         rc: &RequestCookie,
         pushed: Option<Vec<u8>>,
+        format: String,
         carried: Option<Carried>,
     ) {
         let local = self.local(session);
@@ -104,16 +117,16 @@ impl Proxy {
         // Pulls of one session are taken one at a time and given their versions in that order,
         // so a newer version never holds an older state.
         let _pulling = if pull { Some(self.restore_lock(session).lock().await) } else { None };
-        let (offered, newest) = match pushed {
-            Some(state) => (decide::Offered::Pushed { empty: state.is_empty() }, Some(state)),
+        let (offered, newest, format) = match pushed {
+            Some(state) => (decide::Offered::Pushed { empty: state.is_empty() }, Some(state), format),
             None if pull => match self.pull_state(session).await {
-                Ok(state) => (decide::Offered::Pulled { empty: state.is_empty() }, Some(state)),
+                Ok((state, format)) => (decide::Offered::Pulled { empty: state.is_empty() }, Some(state), format),
                 Err(e) => {
                     tracing::warn!(session, error = %e, "could not pull the app's state");
-                    (decide::Offered::PullFailed, None)
+                    (decide::Offered::PullFailed, None, String::new())
                 }
             },
-            None => (decide::Offered::Nothing, None),
+            None => (decide::Offered::Nothing, None, String::new()),
         };
         let seen = match (&rc.route, rc.dropped) {
             (_, true) => decide::CookieSeen::Dropped,
@@ -123,6 +136,9 @@ impl Proxy {
         let refresh_due = rc.route.as_ref().is_some_and(|c| {
             decide::refresh_due(c, local.map(|l| l.version), self.cfg.cookie.max_age.as_secs(), unix_now())
         });
+        // The session's creation time goes with it through every reseal (and an id rotation): a
+        // session without a cookie (new, or fresh after a refusal) is created now.
+        let created_at = rc.route.as_ref().map_or_else(unix_now, |r| r.created_at);
         let seal = self.reserve(
             session,
             decide::SealInputs {
@@ -134,6 +150,7 @@ impl Proxy {
                 cookie_version: rc.route.as_ref().map(|r| r.version),
             },
             now,
+            created_at,
         );
         let (source, state_version, state_value) = match seal.action {
             SealAction::Keep => return,
@@ -141,8 +158,10 @@ impl Proxy {
                 self.delete_cookies(headers, rc);
                 self.forget_session(session);
                 if seen == decide::CookieSeen::Valid {
-                    // The app ended it: older copies of its cookie must not bring it back.
+                    // The app ended it: older copies of its cookie must not bring it back, here
+                    // nor (through the successor's tombstone) at a takeover on another pod.
                     self.mark_ended(session);
+                    self.back_up_tombstone(session, seal.version).await;
                 }
                 tracing::debug!(session, "no state for this session: cookie deleted");
                 return;
@@ -154,7 +173,14 @@ impl Proxy {
                     self.not_sealed(headers, session, why);
                     return;
                 }
-                let value = cookie::seal_state(session, seal.version, &state, &self.cfg.pool, &self.keys.ring());
+                let value = cookie::seal_state_format(
+                    session,
+                    seal.version,
+                    &state,
+                    &format,
+                    &self.cfg.pool,
+                    &self.keys.ring(),
+                );
                 (source, seal.version, value)
             }
             SealAction::Seal(SealSource::Carry) => match carried {
@@ -163,6 +189,28 @@ impl Proxy {
             },
             SealAction::Seal(SealSource::Refresh) => match (&rc.route, &rc.state) {
                 (Some(r), Ok(Some(value))) => (SealSource::Refresh, r.state_version, value.clone()),
+                (Some(r), Ok(None)) if r.chunks == 0 => {
+                    // The state is in no cookie (over the header budget: the app and the backup
+                    // hold it). The route alone is resealed, so an active session is not cut at
+                    // its idle deadline; the backup keeps its own expiry until the next change.
+                    let route = self.route_for(session, seal.version, r.state_version, 0, 0, rc.carry, created_at);
+                    let age = route.expires_at.saturating_sub(route.issued_at);
+                    let line = vec![(
+                        self.cfg.cookie.attrs.name.clone(),
+                        cookie::seal_route(&route, &self.cfg.pool, &self.keys.ring()),
+                        age,
+                    )];
+                    let room = Room {
+                        response_block: header_budget::response_block_bytes(status, headers),
+                        other_cookies: rc.other_cookies,
+                        carry: rc.carry,
+                    };
+                    if let Ok((set_cookies, _)) = self.fit(&line, room) {
+                        append(headers, &set_cookies);
+                        self.metrics.snapshots.get_or_create(&[("source", SealSource::Refresh.label())]).inc();
+                    }
+                    return;
+                }
                 _ => return,
             },
         };
@@ -176,9 +224,11 @@ impl Proxy {
             u16::try_from(chunks.len()).unwrap_or(u16::MAX),
             u32::try_from(state_value.len()).unwrap_or(u32::MAX),
             rc.carry,
+            created_at,
         );
         let route_value = cookie::seal_route(&route, &self.cfg.pool, &self.keys.ring());
-        let max_age = self.cfg.cookie.max_age.as_secs();
+        // The idle timeout, or less: never past the absolute deadline.
+        let max_age = route.expires_at.saturating_sub(route.issued_at);
         let count = usize::from(route.chunks);
         let mut lines: Vec<(String, String, u64)> = vec![(name.clone(), route_value.clone(), max_age)];
         lines.extend(chunks.into_iter().map(|(n, v)| (n, v, max_age)));
@@ -220,7 +270,8 @@ impl Proxy {
                     (Some(old), Ok(Some(_))) => (old.state_version, old.chunks, old.state_bytes),
                     _ => (0, 0, 0),
                 };
-                let route = self.route_for(session, seal.version, state_version, chunks, state_bytes, rc.carry);
+                let route =
+                    self.route_for(session, seal.version, state_version, chunks, state_bytes, rc.carry, created_at);
                 let line = vec![(name.clone(), cookie::seal_route(&route, &self.cfg.pool, &self.keys.ring()), max_age)];
                 if let Ok((set_cookies, _)) = self.fit(&line, room) {
                     append(headers, &set_cookies);
@@ -230,6 +281,7 @@ impl Proxy {
     }
 
     /// A routing cookie naming this pod as the session's owner.
+    #[allow(clippy::too_many_arguments)]
     pub(super) fn route_for(
         &self,
         session: &str,
@@ -238,8 +290,10 @@ impl Proxy {
         chunks: u16,
         state_bytes: u32,
         carry: u32,
+        created_at: u64,
     ) -> Route {
         let unix = unix_now();
+        let absolute = self.cfg.cookie.absolute_timeout.map(|d| d.as_secs());
         Route {
             session: session.to_owned(),
             owner: Owner {
@@ -250,10 +304,12 @@ impl Proxy {
             version,
             state_version,
             issued_at: unix,
-            expires_at: unix + self.cfg.cookie.max_age.as_secs(),
+            expires_at: decide::cookie_expiry(unix, self.cfg.cookie.max_age.as_secs(), created_at, absolute),
             chunks,
             state_bytes,
             carry,
+            created_at,
+            ended: false,
         }
     }
 

@@ -6,7 +6,8 @@ use std::time::Instant;
 use bytes::Bytes;
 use http::{Method, StatusCode};
 
-use super::Proxy;
+use super::{Proxy, unix_now};
+use crate::decide;
 use handover_common::sync;
 
 /// Ended sessions a sidecar remembers at most (about 100 bytes each).
@@ -17,6 +18,8 @@ pub(super) const MAX_ENDED: usize = 100_000;
 pub(super) struct Local {
     pub(super) version: u64,
     pub(super) sealed_at: Option<Instant>,
+    /// Unix seconds: when the session was first sealed (its route's `created_at`).
+    pub(super) created_at: u64,
 }
 
 impl Proxy {
@@ -38,18 +41,19 @@ impl Proxy {
     }
 
     /// Drops sessions not sealed for longer than a cookie lives (their clients' cookies have
-    /// expired: they cannot come back) and tells the app each one left (`DELETE <statePath>`), so
-    /// its memory does not only grow.
+    /// expired: they cannot come back) or past their absolute timeout, and tells the app each one
+    /// left (`DELETE <statePath>`), so its memory does not only grow.
     pub async fn forget_expired_sessions(&self) {
         let max_age = self.cfg.cookie.max_age;
+        let absolute = self.cfg.cookie.absolute_timeout.map(|d| d.as_secs());
+        let unix = unix_now();
+        let gone = |l: &Local| {
+            l.sealed_at.is_some_and(|t| t.elapsed() >= max_age) || decide::past_absolute(l.created_at, absolute, unix)
+        };
         let expired: Vec<String> = {
             let mut sessions = sync::lock(&self.sessions);
-            let expired = sessions
-                .iter()
-                .filter(|(_, l)| l.sealed_at.is_some_and(|t| t.elapsed() >= max_age))
-                .map(|(id, _)| id.clone())
-                .collect();
-            sessions.retain(|_, l| l.sealed_at.is_none_or(|t| t.elapsed() < max_age));
+            let expired = sessions.iter().filter(|(_, l)| gone(l)).map(|(id, _)| id.clone()).collect();
+            sessions.retain(|_, l| !gone(l));
             self.metrics.sessions.set(sessions.len() as i64);
             expired
         };
@@ -85,16 +89,18 @@ impl Proxy {
     /// response then seals the new id. The old id counts as ended here: a copy of its cookie (a
     /// fixated one, a replay) starts a fresh session, never the one that rotated. Without a state
     /// to move, or when the app will not take it, nothing changes (the pushed state is handed back).
+    /// The state keeps the format the app declared for it (`format` with a pushed state).
     pub(super) async fn rotate_session(
         &self,
         old: &str,
         pushed: Option<Vec<u8>>,
-    ) -> Result<(String, Vec<u8>), Option<Vec<u8>>> {
-        let state = match pushed {
-            Some(state) if !state.is_empty() => state,
+        format: &str,
+    ) -> Result<(String, Vec<u8>, String), Option<Vec<u8>>> {
+        let (state, format) = match pushed {
+            Some(state) if !state.is_empty() => (state, format.to_owned()),
             Some(empty) => return Err(Some(empty)),
             None => match self.pull_state(old).await {
-                Ok(state) if !state.is_empty() => state,
+                Ok((state, format)) if !state.is_empty() => (state, format),
                 _ => {
                     tracing::warn!(session = old, "the app asked to rotate a session that has no state; not rotated");
                     return Err(None);
@@ -102,24 +108,26 @@ impl Proxy {
             },
         };
         let new_id = crate::random::session_id();
-        match self.state_request(Method::PUT, &new_id, Bytes::from(state.clone())).await {
-            Ok((status, _)) if status.is_success() => {}
+        match self.state_call(Method::PUT, &new_id, Bytes::from(state.clone()), Some(&format)).await {
+            Ok((status, _, _)) if status.is_success() => {}
             outcome => {
                 let why = match outcome {
-                    Ok((status, _)) => format!("the app answered {status}"),
+                    Ok((status, _, _)) => format!("the app answered {status}"),
                     Err(e) => e,
                 };
                 tracing::warn!(session = old, error = %why, "could not move the state to a new session id; not rotated");
                 return Err(Some(state));
             }
         }
-        let version = self.local(old).map(|l| l.version).unwrap_or(0);
-        self.set_local(&new_id, Local { version, sealed_at: None });
+        let (version, created_at) = self.local(old).map_or((0, unix_now()), |l| (l.version, l.created_at));
+        self.set_local(&new_id, Local { version, sealed_at: None, created_at });
         self.forget_session(old);
         self.mark_ended(old);
+        // Pool-wide: the successor keeps a tombstone above every version of the old id.
+        self.back_up_tombstone(old, version).await;
         self.session_left(old, "rotated").await;
         tracing::info!(old_session = old, session = %new_id, "session id rotated at the app's request");
-        Ok((new_id, state))
+        Ok((new_id, state, format))
     }
 
     /// Remembers that `session` ended here, until any cookie of it has expired.

@@ -166,6 +166,7 @@ pub fn sidecar_container(pool: &ServerPool, cfg: &InjectionConfig) -> Container 
         env("HANDOVER_STATE_PATH", spec.snapshot.state_path.clone()),
         env("HANDOVER_COOKIE_NAME", spec.cookie.name.clone()),
         env("HANDOVER_COOKIE_MAX_AGE", spec.cookie.max_age.clone()),
+        env("HANDOVER_SESSION_ABSOLUTE_TIMEOUT", spec.cookie.absolute_timeout.clone()),
         env("HANDOVER_COOKIE_MAX_BYTES", spec.cookie.max_bytes.to_string()),
         env("HANDOVER_MAX_RESPONSE_HEADER_BYTES", spec.cookie.max_response_header_bytes.to_string()),
         env("HANDOVER_MAX_REQUEST_HEADER_BYTES", spec.cookie.max_request_header_bytes.to_string()),

@@ -1,0 +1,119 @@
+//! How a session ends, pool-wide: a session the app ended (an empty pushed state) or rotated away
+//! from (`Handover-Rotate`) stays ended when an older cookie of it reaches another pod after its
+//! owner died (the owner left a tombstone with the session's successor), and a session past its
+//! absolute timeout is refused as expired however active it is.
+
+mod support;
+use support::pool_with;
+
+use std::time::{Duration, Instant};
+
+use handover_lab::demo_app::CountReply;
+use handover_lab::localpool::{LocalPool, SessionClient, member_names, wait_for};
+use http::Method;
+
+fn reply_of(body: &[u8]) -> CountReply {
+    serde_json::from_slice(body).expect("a count reply")
+}
+
+/// Counts twice on pod 0, keeps a copy of the client's cookies, then lets the app `end` the
+/// session there (`/clear` or `/login`), kills pod 0 and waits for the survivor alone to be
+/// listed. Returns the client and the copy taken before the end.
+async fn ended_then_owner_killed(pool: &mut LocalPool, end: &str) -> (SessionClient, SessionClient) {
+    let owner = pool.pods[0].data();
+    // The owner hands its backups (and the tombstone) to the other pod: it must list it first.
+    let (admin, both) = (pool.pods[0].admin(), vec![pool.pods[0].name.clone(), pool.pods[1].name.clone()]);
+    wait_for("the owner's registry to list both pods", Duration::from_secs(15), || {
+        let both = both.clone();
+        async move { member_names(admin).await == Some(both) }
+    })
+    .await
+    .expect("both pods listed");
+    let mut client = SessionClient::default();
+    for _ in 0..2 {
+        client.send(|| Some(owner), Method::POST, "/incr").await.expect("reply");
+    }
+    let before_end = SessionClient::with_jar(client.jar.clone());
+    client.send(|| Some(owner), Method::POST, end).await.expect("reply");
+    pool.kill_pod(0).await;
+    pool.wait_listed(&[1], Duration::from_secs(10)).await.expect("the registry drops the dead owner");
+    client.disconnect();
+    (client, before_end)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_session_ended_on_a_pod_that_died_does_not_come_back_on_another_pod() {
+    let mut pool = pool_with(2, &[], &[]).await;
+    let (client, mut replay) = ended_then_owner_killed(&mut pool, "/clear").await;
+    assert!(client.jar.is_empty(), "logged out: no cookie");
+    let survivor = pool.pods[1].data();
+    // The back button, a second tab, a stolen copy: the older cookie reaches the survivor, which
+    // would take the session over from it if the owner had left nothing behind.
+    let reply = replay.send(|| Some(survivor), Method::GET, "/count").await.expect("reply");
+    assert_eq!(reply_of(&reply.body).count, 0, "the ended session's state is gone");
+    assert!(replay.jar.is_empty(), "and the replayed cookie is deleted: {:?}", replay.jar);
+    assert_eq!(pool.metric("handover_sessions_reset_total{reason=\"ended\"}").await, 1.0);
+    assert_eq!(pool.metric("handover_takeovers_total").await, 0.0, "nothing was taken over");
+    assert_eq!(pool.metric("handover_restores_total{result=\"ok\"}").await, 0.0, "nothing was restored");
+    let log = std::fs::read_to_string(pool.dir.join(format!("{}.sidecar.log", pool.pods[1].name))).expect("log");
+    assert!(log.contains("the session ended on another pod"), "the survivor says why:\n{log}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rotated_session_id_stays_dead_on_another_pod_and_the_new_one_lives_on() {
+    let mut pool = pool_with(2, &[], &[]).await;
+    let (mut client, mut replay) = ended_then_owner_killed(&mut pool, "/login").await;
+    let survivor = pool.pods[1].data();
+    // The cookie fixated (or copied) before the login: a fresh session, not the logged-in one.
+    let reply = replay.send(|| Some(survivor), Method::POST, "/incr").await.expect("reply");
+    let replayed = reply_of(&reply.body);
+    assert_eq!(replayed.count, 1, "nothing of the session before the login");
+    assert_eq!(pool.metric("handover_sessions_reset_total{reason=\"ended\"}").await, 1.0);
+    // The rotated session itself was backed up like any state: taken over whole.
+    let reply = client.send(|| Some(survivor), Method::GET, "/count").await.expect("reply");
+    let mine = reply_of(&reply.body);
+    assert_eq!(mine.count, 2, "the logged-in session goes on");
+    assert_ne!(mine.session, replayed.session);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_session_past_its_absolute_timeout_is_refused_as_expired_however_active() {
+    let pool = pool_with(1, &["--session-absolute-timeout", "3s"], &[]).await;
+    let addr = pool.pods[0].data();
+    let mut client = SessionClient::default();
+    let started = Instant::now();
+    let first = client.send(|| Some(addr), Method::POST, "/incr").await.expect("reply");
+    let session = reply_of(&first.body).session;
+    let max_ages: Vec<u64> = first
+        .headers
+        .get_all(http::header::SET_COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .filter_map(|line| line.split("Max-Age=").nth(1))
+        .filter_map(|rest| rest.split(';').next()?.trim().parse().ok())
+        .collect();
+    assert!(
+        !max_ages.is_empty() && max_ages.iter().all(|&age| age <= 3),
+        "cookies capped at the deadline: {max_ages:?}"
+    );
+    // Active all along (an update every 300 ms, far inside the 12 h idle timeout): the session
+    // still ends at its absolute deadline. (This client ignores Max-Age, as a replay would.)
+    let fresh = loop {
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let reply = client.send(|| Some(addr), Method::POST, "/incr").await.expect("reply");
+        let now = reply_of(&reply.body);
+        if now.session != session {
+            break now;
+        }
+        assert!(started.elapsed() < Duration::from_secs(10), "the session outlived its absolute timeout");
+    };
+    // (Cookies count in whole unix seconds: the deadline falls within the second before 3 s.)
+    assert!(started.elapsed() >= Duration::from_secs(2), "not before the deadline: {:?}", started.elapsed());
+    assert_eq!(fresh.count, 1, "a fresh session");
+    assert_eq!(pool.metric("handover_sessions_reset_total{reason=\"expired\"}").await, 1.0);
+    wait_for("the app to be told the session left", Duration::from_secs(10), || async {
+        pool.metric("handover_sessions_left_total{reason=\"expired\",result=\"ok\"}").await >= 1.0
+    })
+    .await
+    .expect("DELETE <statePath> for the expired session");
+}
