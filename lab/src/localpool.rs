@@ -888,7 +888,8 @@ impl CounterSession {
 pub struct Load {
     stop: Arc<std::sync::atomic::AtomicBool>,
     acked: Arc<std::sync::atomic::AtomicU64>,
-    tasks: Vec<tokio::task::JoinHandle<Result<CounterSession, String>>>,
+    /// Each task with the session it belongs to.
+    tasks: Vec<(usize, tokio::task::JoinHandle<Result<CounterSession, String>>)>,
     ready: Arc<Mutex<Vec<SocketAddr>>>,
 }
 
@@ -896,22 +897,43 @@ impl Load {
     /// Starts `sessions` clients, each incrementing its own counter through an address of `ready`
     /// (the pods of a local pool, or a Service's address).
     pub fn start(ready: Arc<Mutex<Vec<SocketAddr>>>, sessions: usize) -> Load {
+        Load::start_with_lanes(ready, sessions, 1)
+    }
+
+    /// Starts `sessions` sessions of `lanes` clients each: a browser's parallel requests, one
+    /// cookie jar per session, one connection per lane. The other lanes join once the first holds
+    /// the session's cookie (requests sent before it would each start a session of their own).
+    pub fn start_with_lanes(ready: Arc<Mutex<Vec<SocketAddr>>>, sessions: usize, lanes: usize) -> Load {
         use std::sync::atomic::Ordering;
         let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
         let acked = Arc::new(std::sync::atomic::AtomicU64::new(0));
-        let tasks = (0..sessions)
-            .map(|_| {
-                let (stop, acked, ready) = (Arc::clone(&stop), Arc::clone(&acked), Arc::clone(&ready));
-                tokio::spawn(async move {
-                    let mut s = CounterSession::default();
-                    while !stop.load(Ordering::Relaxed) {
-                        s.incr(&ready).await?;
-                        acked.fetch_add(1, Ordering::Relaxed);
-                    }
-                    Ok(s)
-                })
-            })
-            .collect();
+        let mut tasks = Vec::new();
+        for session in 0..sessions {
+            let jar = (lanes > 1).then(|| Arc::new(Mutex::new(HashMap::new())));
+            for lane in 0..lanes.max(1) {
+                let (stop, acked, ready, shared_jar) =
+                    (Arc::clone(&stop), Arc::clone(&acked), Arc::clone(&ready), jar.clone());
+                tasks.push((
+                    session,
+                    tokio::spawn(async move {
+                        if let Some(jar) = shared_jar.as_ref().filter(|_| lane > 0) {
+                            let jar = Arc::clone(jar);
+                            wait_for("the session's first cookie", Duration::from_secs(90), || {
+                                let has = !sync::lock(&jar).is_empty();
+                                async move { has }
+                            })
+                            .await?;
+                        }
+                        let mut s = CounterSession { shared_jar, ..CounterSession::default() };
+                        while !stop.load(Ordering::Relaxed) {
+                            s.incr(&ready).await?;
+                            acked.fetch_add(1, Ordering::Relaxed);
+                        }
+                        Ok(s)
+                    }),
+                ));
+            }
+        }
         Load { stop, acked, tasks, ready }
     }
 
@@ -931,25 +953,49 @@ impl Load {
         .await
     }
 
-    /// Stops the clients and checks every session: its count is what its client was acknowledged
-    /// (plus at most the requests it never got an answer to), and no acknowledged update was lost.
+    /// Stops the clients and checks every session: its count holds every increment its clients
+    /// were acknowledged (plus at most the requests they never got an answer to), and no
+    /// acknowledged update was lost. One `CounterSession` per client is returned.
     pub async fn stop_and_verify(self) -> Result<Vec<CounterSession>, String> {
         self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
-        let mut sessions = Vec::new();
-        for t in self.tasks {
-            let mut s = t.await.map_err(|e| format!("client task: {e}"))??;
-            let count = s.verify(&self.ready).await?;
-            if s.lost > 0 {
-                return Err(format!("{} acknowledged updates lost (count {count}, acknowledged {})", s.lost, s.acked));
+        let mut groups: Vec<Vec<CounterSession>> = Vec::new();
+        for (session, t) in self.tasks {
+            let s = t.await.map_err(|e| format!("client task: {e}"))??;
+            if groups.len() <= session {
+                groups.resize_with(session + 1, Vec::new);
             }
-            if count < s.acked || count > s.acked + s.uncertain {
+            groups[session].push(s);
+        }
+        let mut all = Vec::new();
+        for mut group in groups {
+            let increments: u64 = group.iter().map(|s| s.increments).sum();
+            let uncertain: u64 = group.iter().map(|s| s.uncertain).sum();
+            let rollbacks: u64 = group.iter().map(|s| s.lost).sum();
+            let Some(first) = group.first_mut() else { continue };
+            if let Some(shared) = &first.shared_jar {
+                first.client.jar = sync::lock(shared).clone();
+            }
+            let count = first.verify(&self.ready).await?;
+            // One client alone: its model is the last count it saw (an unanswered increment may
+            // have counted); several share the session: every acknowledged increment counts once.
+            let (floor, ceiling) = match first.shared_jar {
+                None => (first.acked, first.acked + first.uncertain),
+                Some(_) => (increments, increments + uncertain),
+            };
+            if rollbacks > 0 || first.lost > 0 {
                 return Err(format!(
-                    "count {count} does not match acknowledged {} (+{} unanswered)",
-                    s.acked, s.uncertain
+                    "session {}: acknowledged updates lost (count {count}, acknowledged {increments})",
+                    first.session
                 ));
             }
-            sessions.push(s);
+            if count < floor || count > ceiling {
+                return Err(format!(
+                    "session {}: count {count} outside what its clients were acknowledged ({floor}..={ceiling})",
+                    first.session
+                ));
+            }
+            all.extend(group);
         }
-        Ok(sessions)
+        Ok(all)
     }
 }

@@ -892,3 +892,119 @@ async fn any_request(addr: SocketAddr, method: &str, path: &str, cookie: &str) -
     };
     tokio::time::timeout(Duration::from_secs(5), attempt).await.ok().flatten()
 }
+
+/// An nginx with ingress-nginx's defaults (`proxy-buffer-size` 4k, `large-client-header-buffers`
+/// 4 8k, keep-alive to the upstream) in front of `upstream`, on a port the kernel picked; killed
+/// on drop. The issue-13 scenario: the path real clusters put in front of a pool.
+struct IngressNginx {
+    child: tokio::process::Child,
+    addr: SocketAddr,
+    dir: std::path::PathBuf,
+}
+
+impl IngressNginx {
+    async fn start(upstream: SocketAddr) -> IngressNginx {
+        let bin = ["nginx", "/usr/sbin/nginx"]
+            .into_iter()
+            .find(|b| std::process::Command::new(b).arg("-v").output().is_ok_and(|o| o.status.success()))
+            .expect("nginx is installed (tests/run installs it)");
+        let dir = std::env::temp_dir().join(format!("handover-e2e-nginx-{}", handover_dataplane::random::session_id()));
+        std::fs::create_dir_all(&dir).expect("nginx dir");
+        // A free port: taken from the kernel, released, and given to nginx (retried if another
+        // process takes it in between).
+        for _ in 0..5 {
+            let port =
+                std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).expect("a free port").port();
+            let d = dir.display();
+            let conf = format!(
+                r#"daemon off; master_process off; pid {d}/nginx.pid; error_log {d}/error.log warn;
+events {{ worker_connections 1024; }}
+http {{
+  access_log off;
+  client_body_temp_path {d}/body; proxy_temp_path {d}/proxy; fastcgi_temp_path {d}/fcgi; uwsgi_temp_path {d}/uwsgi; scgi_temp_path {d}/scgi;
+  client_header_buffer_size 1k; large_client_header_buffers 4 8k;
+  proxy_buffer_size 4k; proxy_buffers 4 4k; proxy_buffering off;
+  upstream pool {{ server {upstream}; keepalive 32; }}
+  server {{
+    listen 127.0.0.1:{port};
+    location / {{ proxy_pass http://pool; proxy_http_version 1.1; proxy_set_header Connection ""; proxy_set_header Host $host; }}
+  }}
+}}"#
+            );
+            std::fs::write(dir.join("nginx.conf"), conf).expect("nginx.conf");
+            let mut child = tokio::process::Command::new(bin)
+                .arg("-p")
+                .arg(&dir)
+                .arg("-c")
+                .arg(dir.join("nginx.conf"))
+                .kill_on_drop(true)
+                .spawn()
+                .expect("nginx starts");
+            let addr: SocketAddr = format!("127.0.0.1:{port}").parse().expect("addr");
+            let up = wait_for("nginx to accept connections", Duration::from_secs(10), || async move {
+                tokio::net::TcpStream::connect(addr).await.is_ok()
+            })
+            .await;
+            if up.is_ok() {
+                return IngressNginx { child, addr, dir };
+            }
+            let _ = child.kill().await;
+        }
+        panic!("nginx did not start: {}", std::fs::read_to_string(dir.join("error.log")).unwrap_or_default());
+    }
+
+    fn error_log(&self) -> String {
+        std::fs::read_to_string(self.dir.join("error.log")).unwrap_or_default()
+    }
+}
+
+impl Drop for IngressNginx {
+    fn drop(&mut self) {
+        let _ = self.child.start_kill();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// Issue 13 on the cluster: sessions with 3 requests in flight each (one cookie jar, 3
+/// connections, as a browser's parallel requests) through an nginx with ingress-nginx's defaults
+/// in front of the pool's Service, while pods are SIGKILLed and deleted: every acknowledged update
+/// survives, and nginx never refuses the pool's headers.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_sessions_behind_an_ingress_nginx_lose_nothing_when_pods_die() {
+    let c = Cluster::find();
+    install_operator(&c).await;
+    let pool = DemoPool::create(&c, 3).await;
+    let ingress = IngressNginx::start(pool.service_addr().await).await;
+    let front = Arc::new(Mutex::new(vec![ingress.addr]));
+    let load = Load::start_with_lanes(Arc::clone(&front), 6, 3);
+    load.progress(300, "concurrent sessions through the ingress").await.expect("warm-up");
+
+    println!("  graceful delete, behind the ingress");
+    let victim = first_serving(&pool.serving().await);
+    let t = Instant::now();
+    c.kubectl(&["delete", "pod", &victim.name, "-n", &pool.ns, "--wait=false"]).await.expect("delete");
+    pool.wait_dropped(&victim, t, "graceful delete behind the ingress").await;
+    load.progress(300, "sessions to go on after the graceful delete").await.expect("progress");
+    pool.settled(3, "a replacement after the graceful delete").await;
+
+    if local_cluster() {
+        println!("  SIGKILL, behind the ingress");
+        let victim = first_serving(&pool.serving().await);
+        let t = Instant::now();
+        signal_pod(&c, &pool.ns, &victim, "KILL").await;
+        load.progress(300, "sessions to go on after SIGKILL").await.expect("progress");
+        println!("    figure: SIGKILL: sessions went on {} ms after the kill", ms_since(t));
+        pool.settled(3, "the killed pod's containers restarted").await;
+    }
+    load.progress(300, "sessions to go on at the end").await.expect("progress");
+    let sessions = load.stop_and_verify().await.expect("every acknowledged update of every session survived");
+    let log = ingress.error_log();
+    assert!(!log.contains("too big header"), "nginx refused the pool's headers:\n{log}");
+    let backups = pool.sidecar_metric("handover_backups_sent_total{result=\"ok\"}").await;
+    println!(
+        "    figure: {} sessions × 3 in flight through the ingress, {} acknowledged updates, none lost; backups handed to successors: {backups}",
+        sessions.len() / 3,
+        sessions.iter().map(|s| s.increments).sum::<u64>(),
+    );
+    pool.delete().await;
+}
