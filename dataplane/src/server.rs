@@ -10,7 +10,7 @@ use http::{Request, Response, StatusCode};
 use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 use hyper::service::service_fn;
-use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio::net::TcpListener;
 
 use prometheus_client::metrics::counter::Counter;
@@ -39,8 +39,9 @@ impl ConnLimits {
     pub const LOCAL: ConnLimits = ConnLimits { max_connections: 10_000, header_timeout: Duration::from_secs(30) };
 }
 
-/// Serves HTTP/1.1 on `listener` with `handle` until `stop` resolves, then lets open connections
-/// finish for up to `finish_within`.
+/// Serves HTTP/1.1 and HTTP/2 without TLS (h2c with prior knowledge, as ingresses and meshes
+/// speak it to pods), told apart by the connection's first bytes, on `listener` with `handle`
+/// until `stop` resolves, then lets open connections finish for up to `finish_within`.
 pub async fn serve<H, F>(
     listener: TcpListener,
     handle: H,
@@ -57,6 +58,9 @@ pub async fn serve<H, F>(
     let (closing_tx, closing) = tokio::sync::watch::channel(false);
     let slots = Arc::new(tokio::sync::Semaphore::new(limits.max_connections));
     let mut at_cap = false;
+    let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+    builder.http1().timer(TokioTimer::new()).header_read_timeout(limits.header_timeout).max_buf_size(MAX_HEAD_BYTES);
+    builder.http2().timer(TokioTimer::new()).max_header_list_size(MAX_HEAD_BYTES as u32);
     tokio::pin!(stop);
     loop {
         tokio::select! {
@@ -88,15 +92,24 @@ pub async fn serve<H, F>(
                     let fut = handle(req, client);
                     async move { Ok::<_, Infallible>(fut.await) }
                 });
-                let conn = hyper::server::conn::http1::Builder::new()
-                    .timer(TokioTimer::new())
-                    .header_read_timeout(limits.header_timeout)
-                    .max_buf_size(MAX_HEAD_BYTES)
-                    .serve_connection(TokioIo::new(stream), service)
-                    .with_upgrades();
+                let builder = builder.clone();
                 let open = open.clone();
                 let mut closing = closing.clone();
+                let header_timeout = limits.header_timeout;
                 tokio::spawn(async move {
+                    // Which protocol is told by the first bytes, and hyper waits for them without
+                    // a limit: a connection that sends nothing is closed after the header timeout.
+                    let mut first = [0u8; 1];
+                    let first_bytes = tokio::select! {
+                        peeked = tokio::time::timeout(header_timeout, stream.peek(&mut first)) => matches!(peeked, Ok(Ok(1..))),
+                        _ = closing.changed() => false,
+                    };
+                    if !first_bytes {
+                        drop(slot);
+                        drop(open);
+                        return;
+                    }
+                    let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
                     tokio::pin!(conn);
                     let result = tokio::select! {
                         result = conn.as_mut() => result,

@@ -288,3 +288,13 @@ async fn sigterm_ends_the_sidecar_in_time_whatever_its_requests_do() {
     // terminate_pod fails if the sidecar is still running drain grace + 10 s after SIGTERM.
     pool.terminate_pod(0).await.expect("the sidecar exits within its deadline");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_connection_that_never_sends_a_byte_is_closed_after_the_header_timeout() {
+    // HTTP/1.1 or HTTP/2 is told by the first bytes: the wait for them has the head's limit too.
+    let pool = pool_with(1, &["--header-timeout", "300ms"], &[]).await;
+    let mut silent = TcpStream::connect(pool.pods[0].data()).await.expect("connect");
+    let mut buf = [0u8; 16];
+    let read = tokio::time::timeout(Duration::from_secs(10), silent.read(&mut buf)).await;
+    assert!(matches!(read, Ok(Ok(0)) | Ok(Err(_))), "closed by the sidecar, not left open: {read:?}");
+}

@@ -106,6 +106,13 @@ pub(super) fn append_forwarded_for(headers: &mut HeaderMap, client: SocketAddr) 
 
 /// Turns an absolute-form URI into origin form for the next hop.
 pub(super) fn origin_form<B>(req: &mut Request<B>) {
+    // An HTTP/2 request names its host in `:authority` only; HTTP/1.1 needs a Host field.
+    if !req.headers().contains_key(header::HOST)
+        && let Some(host) = req.uri().authority().and_then(|a| HeaderValue::from_str(a.as_str()).ok())
+    {
+        req.headers_mut().insert(header::HOST, host);
+    }
+    *req.version_mut() = http::Version::HTTP_11;
     if req.uri().scheme().is_some() || req.uri().authority().is_some() {
         let path = req.uri().path_and_query().map(|p| p.as_str()).unwrap_or("/").to_owned();
         if let Ok(uri) = path.parse() {
@@ -119,7 +126,10 @@ impl Proxy {
     pub(super) fn strip_our_cookies(&self, headers: &mut HeaderMap) {
         let name = &self.cfg.cookie.attrs.name;
         let pairs = cookie_pairs(headers);
-        if !pairs.iter().any(|(n, _)| cookie::is_session_cookie(name, n)) {
+        // Several `cookie` fields (HTTP/2 clients split them, RFC 9113 §8.2.3) are joined into
+        // one for the app over HTTP/1.1 even when none of them is ours.
+        let split = headers.get_all(header::COOKIE).iter().nth(1).is_some();
+        if !split && !pairs.iter().any(|(n, _)| cookie::is_session_cookie(name, n)) {
             return;
         }
         let rest: Vec<String> = pairs
