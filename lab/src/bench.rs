@@ -1,7 +1,9 @@
-//! `handover-sidecar bench`: request throughput and latency for the demo app direct, behind the
-//! sidecar (push mode, cookies sealed on every response), and behind nginx as a plain reverse
-//! proxy, measured in one run and printed as ratios. Rounds are interleaved so that a noisy
-//! neighbour hurts every target alike. Not a test: it asserts nothing about speed.
+//! `handover-sidecar bench`: request throughput, latency and CPU time per request of the proxy
+//! process for the demo app direct, behind the sidecar (push mode, cookies sealed on every
+//! response), and behind nginx and HAProxy as plain reverse proxies, at each state size, measured
+//! in one run and printed as ratios; then the sidecar's memory (RSS) idle, with many sessions and
+//! after a flood of cookieless requests. Rounds are interleaved so that a noisy neighbour hurts
+//! every target alike. Not a test: it asserts nothing about speed.
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
@@ -31,12 +33,27 @@ pub struct BenchArgs {
     /// The nginx binary (Debian: `apt-get install nginx-light`).
     #[arg(long, default_value = "nginx")]
     pub nginx: PathBuf,
+    /// The HAProxy binary (Debian: `apt-get install haproxy`).
+    #[arg(long, default_value = "/usr/sbin/haproxy")]
+    pub haproxy: PathBuf,
+    /// Bytes of noise in each session's state (the demo app's blob), one set of rounds per size.
+    #[arg(long, value_delimiter = ',', default_value = "100,2000")]
+    pub state_bytes: Vec<usize>,
+    /// Sessions made through the sidecar before its RSS is read "with sessions".
+    #[arg(long, default_value_t = 10_000)]
+    pub sessions: usize,
+    /// Cookieless requests sent through the sidecar before its RSS is read "after a flood".
+    #[arg(long, default_value_t = 500_000)]
+    pub flood: usize,
 }
 
 #[derive(Debug, Clone, Serialize)]
 pub struct Figures {
     pub target: String,
+    pub state_bytes: usize,
     pub requests_per_second: f64,
+    /// CPU time (user + system) of the proxy process(es) per request; none for the app direct.
+    pub cpu_us_per_request: Option<f64>,
     pub p50_ms: f64,
     pub p99_ms: f64,
     pub errors: u64,
@@ -47,6 +64,7 @@ enum Target {
     Direct,
     Sidecar,
     Nginx,
+    Haproxy,
 }
 
 impl Target {
@@ -55,6 +73,7 @@ impl Target {
             Target::Direct => "app direct",
             Target::Sidecar => "handover sidecar (push)",
             Target::Nginx => "nginx reverse proxy",
+            Target::Haproxy => "haproxy reverse proxy",
         }
     }
 }
@@ -95,9 +114,110 @@ fn nginx_config(dir: &Path, listen: SocketAddr, app: SocketAddr) -> String {
     )
 }
 
-/// Drives `target` with `connections` sessions for `duration`.
-async fn drive(addr: SocketAddr, target: Target, connections: usize, duration: Duration) -> Figures {
+/// HAProxy as a plain reverse proxy, one thread, keep-alive to the app.
+fn haproxy_config(listen: SocketAddr, app: SocketAddr) -> String {
+    format!(
+        "global\n    nbthread 1\n    maxconn 4096\n\
+         defaults\n    mode http\n    timeout connect 5s\n    timeout client 60s\n    timeout server 60s\n\
+         http-reuse always\n\
+         frontend web\n    bind {listen}\n    default_backend app\n\
+         backend app\n    server app {app}\n"
+    )
+}
+
+/// Clock ticks (user + system) of process `pid` and of its children (nginx's worker): from
+/// `/proc/<pid>/stat`, fields 14 and 15, at 100 ticks a second (Linux's `USER_HZ`).
+fn cpu_ticks(pid: u32) -> u64 {
+    let ticks = |stat: &str| -> Option<(u32, u64)> {
+        // The command may hold spaces and parentheses: the fields start after the last ')'.
+        let fields: Vec<&str> = stat.get(stat.rfind(')')? + 2..)?.split(' ').collect();
+        let ppid = fields.get(1)?.parse().ok()?;
+        Some((ppid, fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?))
+    };
+    let mut total =
+        std::fs::read_to_string(format!("/proc/{pid}/stat")).ok().and_then(|s| ticks(&s)).map_or(0, |t| t.1);
+    if let Ok(entries) = std::fs::read_dir("/proc") {
+        for e in entries.flatten() {
+            if let Some((ppid, t)) = std::fs::read_to_string(e.path().join("stat")).ok().and_then(|s| ticks(&s))
+                && ppid == pid
+            {
+                total += t;
+            }
+        }
+    }
+    total
+}
+
+/// The resident set of process `pid` in MiB (`VmRSS` of `/proc/<pid>/status`).
+fn rss_mib(pid: u32) -> f64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| s.lines().find(|l| l.starts_with("VmRSS:"))?.split_whitespace().nth(1)?.parse::<f64>().ok())
+        .map_or(0.0, |kib| kib / 1024.0)
+}
+
+/// Sends `count` cookieless `POST /incr` over `connections` connections: each one a new session.
+async fn flood(addr: SocketAddr, connections: usize, count: usize) -> u64 {
+    let left = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(count));
+    let mut tasks = Vec::new();
+    for _ in 0..connections {
+        let left = std::sync::Arc::clone(&left);
+        tasks.push(tokio::spawn(async move {
+            let mut errors = 0u64;
+            let Ok(stream) = tokio::net::TcpStream::connect(addr).await else { return 1 };
+            let Ok((mut sender, conn)) =
+                hyper::client::conn::http1::handshake::<_, Full<Bytes>>(TokioIo::new(stream)).await
+            else {
+                return 1;
+            };
+            tokio::spawn(conn);
+            while left
+                .fetch_update(std::sync::atomic::Ordering::Relaxed, std::sync::atomic::Ordering::Relaxed, |n| {
+                    n.checked_sub(1)
+                })
+                .is_ok()
+            {
+                let Ok(req) = Request::builder()
+                    .method(Method::POST)
+                    .uri("/incr")
+                    .header(header::HOST, "bench")
+                    .body(Full::new(Bytes::new()))
+                else {
+                    break;
+                };
+                let ok = async {
+                    sender.ready().await?;
+                    sender.send_request(req).await?.into_body().collect().await?;
+                    Ok::<_, hyper::Error>(())
+                }
+                .await;
+                if ok.is_err() {
+                    errors += 1;
+                    break;
+                }
+            }
+            errors
+        }));
+    }
+    let mut errors = 0;
+    for t in tasks {
+        errors += t.await.unwrap_or(1);
+    }
+    errors
+}
+
+/// Drives `target` with `connections` sessions for `duration`, each session's state holding
+/// `state_bytes` of noise; `proxy`: the proxy's process, whose CPU time is measured.
+async fn drive(
+    addr: SocketAddr,
+    target: Target,
+    connections: usize,
+    duration: Duration,
+    state_bytes: usize,
+    proxy: Option<u32>,
+) -> Figures {
     let deadline = Instant::now() + duration;
+    let cpu_before = proxy.map(cpu_ticks);
     let mut tasks = Vec::new();
     for c in 0..connections {
         tasks.push(tokio::spawn(async move {
@@ -115,8 +235,11 @@ async fn drive(addr: SocketAddr, target: Target, connections: usize, duration: D
                 return (latencies, 1);
             };
             tokio::spawn(conn);
+            let mut first = true;
             while Instant::now() < deadline {
-                let mut req = Request::builder().method(Method::POST).uri("/incr").header(header::HOST, "bench");
+                // The session's state first gets its noise (not counted), then is counted up.
+                let path = if first { format!("/blob?bytes={state_bytes}") } else { "/incr".to_owned() };
+                let mut req = Request::builder().method(Method::POST).uri(path).header(header::HOST, "bench");
                 if target == Target::Sidecar {
                     if let Some(c) = &cookie {
                         req = req.header(header::COOKIE, c.as_str());
@@ -145,7 +268,9 @@ async fn drive(addr: SocketAddr, target: Target, connections: usize, duration: D
                 .await;
                 match outcome {
                     Ok((StatusCode::OK, set_cookie)) => {
-                        latencies.push(started.elapsed());
+                        if !std::mem::take(&mut first) {
+                            latencies.push(started.elapsed());
+                        }
                         if set_cookie.is_some() {
                             cookie = set_cookie;
                         }
@@ -168,12 +293,18 @@ async fn drive(addr: SocketAddr, target: Target, connections: usize, duration: D
         }
     }
     all.sort();
+    let cpu_us_per_request = proxy.zip(cpu_before).map(|(pid, before)| {
+        let ticks = cpu_ticks(pid).saturating_sub(before);
+        ticks as f64 * 10_000.0 / (all.len().max(1) as f64)
+    });
     let pct = |p: f64| {
         all.get(((all.len().saturating_sub(1)) as f64 * p) as usize).map(|d| d.as_secs_f64() * 1000.0).unwrap_or(0.0)
     };
     Figures {
         target: target.name().to_owned(),
+        state_bytes,
         requests_per_second: all.len() as f64 / duration.as_secs_f64(),
+        cpu_us_per_request,
         p50_ms: pct(0.50),
         p99_ms: pct(0.99),
         errors,
@@ -193,6 +324,7 @@ pub async fn run(args: BenchArgs) -> Result<(), String> {
     let sidecar = SocketAddr::new(ip, 8000);
     let admin = SocketAddr::new(ip, 9901);
     let nginx = SocketAddr::new(ip, 8001);
+    let haproxy = SocketAddr::new(ip, 8002);
     let key_file = dir.join("keys");
     std::fs::write(&key_file, handover_dataplane::keys::generate_line(1, 0)).map_err(|e| e.to_string())?;
 
@@ -240,83 +372,126 @@ pub async fn run(args: BenchArgs) -> Result<(), String> {
         ],
         &dir.join("sidecar.log"),
     )?);
+    let sidecar_pid = procs.0[1].id();
     let conf = dir.join("nginx.conf");
     std::fs::write(&conf, nginx_config(&dir, nginx, app)).map_err(|e| e.to_string())?;
-    let mut targets = vec![(Target::Direct, app), (Target::Sidecar, sidecar)];
+    let mut targets = vec![(Target::Direct, app, None), (Target::Sidecar, sidecar, sidecar_pid)];
     match spawn(
         &args.nginx,
         &[s("-c"), conf.display().to_string(), s("-p"), dir.display().to_string()],
         &dir.join("nginx.log"),
     ) {
         Ok(child) => {
+            targets.push((Target::Nginx, nginx, child.id()));
             procs.0.push(child);
-            targets.push((Target::Nginx, nginx));
         }
         Err(e) => println!("nginx baseline skipped: {e} (Debian: apt-get install nginx-light)"),
+    }
+    let hconf = dir.join("haproxy.cfg");
+    std::fs::write(&hconf, haproxy_config(haproxy, app)).map_err(|e| e.to_string())?;
+    match spawn(&args.haproxy, &[s("-db"), s("-f"), hconf.display().to_string()], &dir.join("haproxy.log")) {
+        Ok(child) => {
+            targets.push((Target::Haproxy, haproxy, child.id()));
+            procs.0.push(child);
+        }
+        Err(e) => println!("haproxy baseline skipped: {e} (Debian: apt-get install haproxy)"),
     }
     wait_for("the app, the sidecar and nginx to answer", Duration::from_secs(15), || async move {
         probe(admin, "/ready").await == Some(200)
     })
     .await?;
-    if targets.len() == 3 {
-        wait_for("nginx to listen", Duration::from_secs(10), || async move {
-            tokio::net::TcpStream::connect(nginx).await.is_ok()
+    for &(target, addr, _) in &targets[2..] {
+        wait_for(target.name(), Duration::from_secs(10), || async move {
+            tokio::net::TcpStream::connect(addr).await.is_ok()
         })
         .await?;
     }
+    let rss_idle = sidecar_pid.map_or(0.0, rss_mib);
 
     println!(
-        "bench: {} connections, {} rounds of {:?} per target, interleaved; app, sidecar and nginx with one worker each",
+        "bench: {} connections, {} rounds of {:?} per target, interleaved; app, sidecar, nginx and haproxy with one worker each",
         args.connections, args.rounds, args.duration
     );
-    let mut rounds: Vec<Vec<Figures>> = vec![Vec::new(); targets.len()];
-    for round in 0..args.rounds {
-        for (i, (target, addr)) in targets.iter().enumerate() {
-            let f = drive(*addr, *target, args.connections, args.duration).await;
-            println!(
-                "  round {}  {:<26} {:>9.0} req/s  p50 {:>6.3} ms  p99 {:>6.3} ms  errors {}",
-                round + 1,
-                f.target,
-                f.requests_per_second,
-                f.p50_ms,
-                f.p99_ms,
-                f.errors
-            );
-            rounds[i].push(f);
-        }
-    }
-    let median: Vec<Figures> = rounds
-        .into_iter()
-        .map(|mut r| {
-            r.sort_by(|a, b| a.requests_per_second.total_cmp(&b.requests_per_second));
-            r[r.len() / 2].clone()
-        })
-        .collect();
-    println!("\nmedian round:");
-    for f in &median {
-        println!(
-            "  {:<26} {:>9.0} req/s  p50 {:>6.3} ms  p99 {:>6.3} ms",
-            f.target, f.requests_per_second, f.p50_ms, f.p99_ms
-        );
-    }
-    let direct = &median[0];
-    let side = &median[1];
+    let mut medians: Vec<Figures> = Vec::new();
     let mut ratios = serde_json::Map::new();
-    let mut ratio = |name: &str, a: &Figures, b: &Figures| {
-        let t = a.requests_per_second / b.requests_per_second.max(1e-9);
-        let p = a.p50_ms / b.p50_ms.max(1e-9);
-        println!("  {name:<26} throughput x{t:.2}  p50 latency x{p:.2}");
-        ratios.insert(format!("{name} throughput"), serde_json::json!(t));
-        ratios.insert(format!("{name} p50"), serde_json::json!(p));
-    };
-    println!("\nratios:");
-    ratio("sidecar / direct", side, direct);
-    if let Some(ng) = median.get(2) {
-        ratio("nginx / direct", ng, direct);
-        ratio("sidecar / nginx", side, ng);
+    for &state_bytes in &args.state_bytes {
+        println!("\nstate of {state_bytes} bytes of noise:");
+        let mut rounds: Vec<Vec<Figures>> = vec![Vec::new(); targets.len()];
+        for round in 0..args.rounds {
+            for (i, &(target, addr, pid)) in targets.iter().enumerate() {
+                let f = drive(addr, target, args.connections, args.duration, state_bytes, pid).await;
+                println!("  round {}  {}", round + 1, line(&f));
+                rounds[i].push(f);
+            }
+        }
+        let median: Vec<Figures> = rounds
+            .into_iter()
+            .map(|mut r| {
+                r.sort_by(|a, b| a.requests_per_second.total_cmp(&b.requests_per_second));
+                r[r.len() / 2].clone()
+            })
+            .collect();
+        println!("  median round:");
+        for f in &median {
+            println!("           {}", line(f));
+        }
+        let mut ratio = |name: &str, a: &Figures, b: &Figures| {
+            let t = a.requests_per_second / b.requests_per_second.max(1e-9);
+            let p = a.p50_ms / b.p50_ms.max(1e-9);
+            let cpu = a.cpu_us_per_request.zip(b.cpu_us_per_request).map(|(a, b)| a / b.max(1e-9));
+            let cpu_text = cpu.map(|c| format!("  CPU per request x{c:.2}")).unwrap_or_default();
+            println!("  {name:<26} throughput x{t:.2}  p50 latency x{p:.2}{cpu_text}");
+            let key = format!("{name} @{state_bytes}B");
+            ratios.insert(format!("{key} throughput"), serde_json::json!(t));
+            ratios.insert(format!("{key} p50"), serde_json::json!(p));
+            if let Some(c) = cpu {
+                ratios.insert(format!("{key} cpu"), serde_json::json!(c));
+            }
+        };
+        println!("  ratios:");
+        ratio("sidecar / direct", &median[1], &median[0]);
+        for baseline in &median[2..] {
+            let name = if baseline.target.starts_with("nginx") { "sidecar / nginx" } else { "sidecar / haproxy" };
+            ratio(name, &median[1], baseline);
+        }
+        medians.extend(median);
     }
+
+    // Memory: idle (read before any load), with sessions, after a flood of cookieless requests.
+    let memory = match sidecar_pid {
+        Some(pid) => {
+            let warm = rss_mib(pid);
+            let errors = flood(sidecar, args.connections, args.sessions).await;
+            let with_sessions = rss_mib(pid);
+            let started = Instant::now();
+            let flood_errors = flood(sidecar, args.connections, args.flood).await;
+            let after_flood = rss_mib(pid);
+            let table = crate::localpool::scrape(admin)
+                .await
+                .map_or(0.0, |page| crate::localpool::metric_sum(&page, "handover_sessions "));
+            println!(
+                "\nsidecar RSS: idle {rss_idle:.1} MiB, after the rounds {warm:.1} MiB, with {} more sessions {with_sessions:.1} MiB, \
+                 after {} cookieless requests ({:.0}/s) {after_flood:.1} MiB; session table {table} entries; errors {}",
+                args.sessions,
+                args.flood,
+                args.flood as f64 / started.elapsed().as_secs_f64(),
+                errors + flood_errors
+            );
+            serde_json::json!({"idle_mib": rss_idle, "after_rounds_mib": warm, "sessions": args.sessions,
+                "with_sessions_mib": with_sessions, "flood": args.flood, "after_flood_mib": after_flood, "table": table})
+        }
+        None => serde_json::Value::Null,
+    };
     drop(procs);
     let _ = std::fs::remove_dir_all(&dir);
-    println!("{}", serde_json::json!({"figures": median, "ratios": ratios}));
+    println!("{}", serde_json::json!({"figures": medians, "ratios": ratios, "sidecar_memory": memory}));
     Ok(())
+}
+
+fn line(f: &Figures) -> String {
+    let cpu = f.cpu_us_per_request.map(|c| format!("  CPU {c:>5.1} µs/req")).unwrap_or_default();
+    format!(
+        "{:<26} {:>9.0} req/s  p50 {:>6.3} ms  p99 {:>6.3} ms{cpu}  errors {}",
+        f.target, f.requests_per_second, f.p50_ms, f.p99_ms, f.errors
+    )
 }
