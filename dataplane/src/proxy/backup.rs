@@ -44,6 +44,9 @@ async fn read_at_most(mut body: Body, limit: usize) -> Result<Vec<u8>, String> {
     Ok(out)
 }
 
+/// Successors tried for one backup: the first, and the next ones when a probe finds one dead.
+const BACKUP_ATTEMPTS: usize = 3;
+
 /// What a takeover learnt from the first members in takeover order.
 pub(super) enum Found {
     /// The newest backup kept (or none).
@@ -146,26 +149,40 @@ impl Proxy {
         if self.backups.is_none() {
             return "off";
         }
-        let live = self.registry.live();
-        let unreachable = self.unreachable_now();
-        let others = live.iter().filter(|m| m.name != self.cfg.pod_name && !unreachable.contains(&m.name));
-        let Some(to) = decide::successor(&b.session, others) else {
-            self.metrics.backups_sent.get_or_create(&[("result", "no_successor")]).inc();
-            return "no_successor";
-        };
-        let result = match self.peer_call(to, Method::PUT, &b.session, Bytes::from(b.body())).await {
-            Ok((StatusCode::NO_CONTENT, _)) => "ok",
-            Ok((status, _)) => {
-                tracing::warn!(peer = %to.name, session = %b.session, %status, "the successor did not keep a backup");
-                "refused"
-            }
-            Err(why) => {
-                tracing::warn!(peer = %to.name, session = %b.session, error = %why, "could not hand a backup to the successor");
-                "failed"
-            }
-        };
-        self.metrics.backups_sent.get_or_create(&[("result", result)]).inc();
-        result
+        let body = Bytes::from(b.body());
+        // A successor that cannot be reached is probed; a dead one (killed, not yet out of the
+        // registry) is passed over for the next member in takeover order, so a state is never
+        // left without a backup because the registry lags.
+        for _ in 0..BACKUP_ATTEMPTS {
+            let live = self.registry.live();
+            let unreachable = self.unreachable_now();
+            let others = live.iter().filter(|m| m.name != self.cfg.pod_name && !unreachable.contains(&m.name));
+            let Some(to) = decide::successor(&b.session, others).cloned() else {
+                self.metrics.backups_sent.get_or_create(&[("result", "no_successor")]).inc();
+                return "no_successor";
+            };
+            let result = match self.peer_call(&to, Method::PUT, &b.session, body.clone()).await {
+                Ok((StatusCode::NO_CONTENT, _)) => "ok",
+                Ok((status, _)) => {
+                    tracing::warn!(peer = %to.name, session = %b.session, %status, "the successor did not keep a backup");
+                    "refused"
+                }
+                Err(why) => {
+                    tracing::warn!(peer = %to.name, session = %b.session, error = %why, "could not hand a backup to the successor");
+                    if let crate::peer_probe::Liveness::Dead(_) =
+                        self.probe_peer(&to, "a backup could not be handed over").await
+                    {
+                        self.metrics.backups_sent.get_or_create(&[("result", "successor_dead")]).inc();
+                        continue;
+                    }
+                    "failed"
+                }
+            };
+            self.metrics.backups_sent.get_or_create(&[("result", result)]).inc();
+            return result;
+        }
+        self.metrics.backups_sent.get_or_create(&[("result", "failed")]).inc();
+        "failed"
     }
 
     /// Hands the successor a **tombstone** of `session`, which ended (or rotated away) when its
