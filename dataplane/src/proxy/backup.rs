@@ -85,10 +85,9 @@ impl Proxy {
             return text_response(StatusCode::FORBIDDEN, "forbidden\n");
         }
         if req.method() == Method::GET {
-            if self.local(&session).is_some() && self.draining_since().is_none() {
+            if self.local(&session).is_some() {
                 // This pod holds the session: it took it over (or owns it) already. The asking
-                // pod forwards to it instead of taking it over a second time. (A draining pod
-                // hands its sessions on: it claims none.)
+                // pod forwards to it instead of taking it over a second time.
                 return text_response(StatusCode::CONFLICT, "this pod holds the session\n");
             }
             return match store.get(&session, unix_now()) {

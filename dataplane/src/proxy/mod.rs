@@ -341,19 +341,15 @@ impl Proxy {
             let rc = fresh.as_ref().unwrap_or(rc);
             let unreachable = self.unreachable_now();
             let session = rc.session().map(str::to_owned);
-            let handing_over = self.draining_successor(rc, &live, &unreachable);
-            let decision = match handing_over {
-                Some(to) => Decision::Forward { to, reason: ForwardReason::Successor },
-                None => decide::route(decide::Inputs {
-                    cookie: rc.route.as_ref(),
-                    local_version: session.as_deref().and_then(|s| self.local(s)).map(|l| l.version),
-                    live: &live,
-                    unreachable: &unreachable,
-                    me: Me { name: &self.cfg.pod_name, uid: &self.cfg.pod_uid },
-                    forwarded: arrival == Arrival::Forwarded,
-                    affinity: self.cfg.affinity,
-                }),
-            };
+            let decision = decide::route(decide::Inputs {
+                cookie: rc.route.as_ref(),
+                local_version: session.as_deref().and_then(|s| self.local(s)).map(|l| l.version),
+                live: &live,
+                unreachable: &unreachable,
+                me: Me { name: &self.cfg.pod_name, uid: &self.cfg.pod_uid },
+                forwarded: arrival == Arrival::Forwarded,
+                affinity: self.cfg.affinity,
+            });
             match decision {
                 Decision::Forward { to, reason } => {
                     let reason_label = match reason {
@@ -361,10 +357,6 @@ impl Proxy {
                         ForwardReason::Successor => "successor",
                     };
                     if let Some(moved) = session.as_deref().filter(|s| self.local(s).is_some()) {
-                        if self.draining_since().is_some() {
-                            // The newest state first, to the member that takes the session on.
-                            self.hand_over(moved).await;
-                        }
                         // This pod's app held the session, but another pod owns it now (it took
                         // it over while this one seemed dead): the local copy is stale for good.
                         self.forget_session(moved);
@@ -466,19 +458,6 @@ impl Proxy {
 }
 
 impl Proxy {
-    /// While this pod drains, a client's request of a session it owns goes to the session's
-    /// successor among the other members (after its newest state was handed over): from the
-    /// moment the pod is on its way out, the successor is the session's one owner, whether the
-    /// request reached this pod through a connection it still has or through a peer.
-    fn draining_successor(&self, rc: &RequestCookie, live: &[Member], unreachable: &[String]) -> Option<Member> {
-        // A request a peer forwarded here (its registry still lists this pod) goes on too: the
-        // successor serves a forwarded request itself, so the chain ends there.
-        self.draining_since()?;
-        let route = rc.route.as_ref().filter(|r| r.owner.name == self.cfg.pod_name)?;
-        let others = live.iter().filter(|m| m.name != self.cfg.pod_name && !unreachable.contains(&m.name));
-        decide::successor(&route.session, others).cloned()
-    }
-
     /// The registry's live members, plus the session's owner when the registry does not list it
     /// (yet) but a probe finds it alive. A new pod is Ready — and mints sessions — before every
     /// peer's registry lists it (the ServerPool's status, or a peers file, follows a little later);
