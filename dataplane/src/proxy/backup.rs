@@ -98,28 +98,15 @@ impl Proxy {
         if req.method() != Method::PUT {
             return text_response(StatusCode::METHOD_NOT_ALLOWED, "PUT or GET\n");
         }
-        // Route and state values: base64 of at most the largest state, and a little more.
-        let limit = self.cfg.max_state_bytes * 4 / 3 + 4096;
-        let body = match read_at_most(req.into_body(), limit).await {
+        let body = match read_at_most(req.into_body(), self.backup_body_limit()).await {
             Ok(body) => body,
             Err(e) => return text_response(StatusCode::BAD_REQUEST, format!("backup body: {e}\n")),
         };
-        let text = String::from_utf8_lossy(&body);
-        let Some((route_value, state_value)) = Backup::parse_body(&text) else {
-            return text_response(StatusCode::BAD_REQUEST, "backup body: route and state\n");
+        let backup = match self.open_backup(&session, &body) {
+            Ok(backup) => backup,
+            Err(why) => return text_response(StatusCode::BAD_REQUEST, format!("{why}\n")),
         };
-        let route = match cookie::open_route(route_value, &self.cfg.pool, &self.keys.ring(), unix_now()) {
-            Ok(route) if route.session == session => route,
-            Ok(_) => return text_response(StatusCode::BAD_REQUEST, "backup of another session\n"),
-            Err(e) => return text_response(StatusCode::BAD_REQUEST, format!("backup route: {e}\n")),
-        };
-        let outcome = store.put(Backup {
-            session,
-            version: route.state_version,
-            expires_at: route.expires_at,
-            route: route_value.to_owned(),
-            state: state_value.to_owned(),
-        });
+        let outcome = store.put(backup);
         let label = match outcome {
             Put::Stored { evicted } => {
                 if evicted > 0 {
@@ -242,20 +229,7 @@ impl Proxy {
                     self.metrics.backup_lookups.get_or_create(&[("result", "held")]).inc();
                     return Found::HeldBy(peer.clone());
                 }
-                Ok((StatusCode::OK, body)) => {
-                    let text = String::from_utf8_lossy(&body);
-                    Backup::parse_body(&text).and_then(|(route_value, state_value)| {
-                        let route =
-                            cookie::open_route(route_value, &self.cfg.pool, &self.keys.ring(), unix_now()).ok()?;
-                        (route.session == session).then(|| Backup {
-                            session: session.to_owned(),
-                            version: route.state_version,
-                            expires_at: route.expires_at,
-                            route: route_value.to_owned(),
-                            state: state_value.to_owned(),
-                        })
-                    })
-                }
+                Ok((StatusCode::OK, body)) => self.open_backup(session, &body).ok(),
                 _ => None,
             };
             self.metrics
@@ -267,6 +241,32 @@ impl Proxy {
             }
         }
         Found::Backup(newest)
+    }
+
+    /// The largest backup body: the route and a state value (base64 of at most the largest
+    /// state), and a little more.
+    fn backup_body_limit(&self) -> usize {
+        self.cfg.max_state_bytes * 4 / 3 + 4096
+    }
+
+    /// A backup of `session` from the body of a backup call (`route \n state`), checked by opening
+    /// its route: sealed for this pool, not expired, of this session. The one reader of a backup
+    /// body, whether a peer put it here or handed it out.
+    fn open_backup(&self, session: &str, body: &[u8]) -> Result<Backup, String> {
+        let text = String::from_utf8_lossy(body);
+        let (route_value, state_value) = Backup::parse_body(&text).ok_or("backup body: route and state")?;
+        let route = cookie::open_route(route_value, &self.cfg.pool, &self.keys.ring(), unix_now())
+            .map_err(|e| format!("backup route: {e}"))?;
+        if route.session != session {
+            return Err("backup of another session".to_owned());
+        }
+        Ok(Backup {
+            session: session.to_owned(),
+            version: route.state_version,
+            expires_at: route.expires_at,
+            route: route_value.to_owned(),
+            state: state_value.to_owned(),
+        })
     }
 
     /// One signed backup call to a peer's data port, within `--backup-timeout`.
@@ -304,8 +304,7 @@ impl Proxy {
             sender.ready().await.map_err(|e| e.to_string())?;
             let resp = sender.send_request(req).await.map_err(|e| e.to_string())?;
             let status = resp.status();
-            let limit = self.cfg.max_state_bytes * 4 / 3 + 4096;
-            let bytes = Limited::new(resp.into_body(), limit)
+            let bytes = Limited::new(resp.into_body(), self.backup_body_limit())
                 .collect()
                 .await
                 .map_err(|e| format!("reading the answer: {e}"))?
