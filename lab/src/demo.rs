@@ -8,7 +8,9 @@ use std::time::{Duration, Instant};
 
 use serde::Serialize;
 
-use crate::localpool::{CounterSession, LocalPool, PoolOptions, Sig, metric_sum, scrape, wait_for};
+use crate::localpool::{
+    CounterSession, LocalPool, PoolOptions, SessionCheck, Sig, check_session, metric_sum, scrape, session_started,
+};
 use handover_dataplane::decide::Mode;
 
 #[derive(clap::Args, Debug, Clone)]
@@ -125,21 +127,10 @@ pub async fn run(args: DemoArgs) -> Result<(), String> {
             (
                 session,
                 tokio::spawn(async move {
-                    if lane > 0
-                        && let Some(jar) = &shared_jar
+                    if let Some(jar) = shared_jar.as_ref().filter(|_| lane > 0)
+                        && let Err(e) = session_started(jar, Duration::from_secs(30)).await
                     {
-                        // A browser's parallel requests join a session its first request started:
-                        // requests sent before it holds the cookie would each start a session of
-                        // their own (the README's limits), and the jar would flip between them.
-                        let jar = Arc::clone(jar);
-                        let started = wait_for("the session's first cookie", Duration::from_secs(30), || {
-                            let has = !handover_common::sync::lock(&jar).is_empty();
-                            async move { has }
-                        })
-                        .await;
-                        if let Err(e) = started {
-                            return (CounterSession::default(), Some(e));
-                        }
+                        return (CounterSession::default(), Some(e));
                     }
                     let mut s = CounterSession { shared_jar, ..CounterSession::default() };
                     let mut failure = None;
@@ -235,19 +226,16 @@ pub async fn run(args: DemoArgs) -> Result<(), String> {
     println!("clients stopped; verifying every session's count against what its clients were acknowledged…");
     let mut lost_updates = 0;
     for group in &mut groups {
-        // Every acknowledged increment of every connection must be in the session's count.
-        let increments: u64 = group.iter().map(|s| s.increments).sum();
-        let rollbacks: u64 = group.iter().map(|s| s.lost).sum();
-        let Some(first) = group.first_mut() else { continue };
-        if let Some(shared) = &first.shared_jar {
-            first.client.jar = handover_common::sync::lock(shared).clone();
+        if group.is_empty() {
+            continue;
         }
-        let count = first.verify(&ready).await?;
+        // Every acknowledged increment of every connection must be in the session's count.
+        let SessionCheck { count, increments, rollbacks } = check_session(group, &ready).await?;
         let lost = increments.saturating_sub(count).max(rollbacks);
         if lost > 0 {
             println!(
                 "session {}: {lost} acknowledged updates lost (count {count}, acknowledged {increments})",
-                first.session
+                group[0].session
             );
         }
         lost_updates += lost;

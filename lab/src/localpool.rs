@@ -884,6 +884,44 @@ impl CounterSession {
     }
 }
 
+/// Waits until a browser's shared jar holds the session's first cookie: its parallel requests
+/// join the session the first one started (requests sent before it holds the cookie would each
+/// start a session of their own, and the jar would flip between them).
+pub async fn session_started(jar: &Arc<Mutex<HashMap<String, String>>>, within: Duration) -> Result<(), String> {
+    wait_for("the session's first cookie", within, || {
+        let has = !sync::lock(jar).is_empty();
+        async move { has }
+    })
+    .await
+}
+
+/// One session as its clients (one per request in flight) and the pool see it now.
+pub struct SessionCheck {
+    /// The count the pool serves.
+    pub count: u64,
+    /// Increments the clients had acknowledged, over all of them.
+    pub increments: u64,
+    /// Increments the clients saw the pool forget (while they ran, or at this check).
+    pub rollbacks: u64,
+}
+
+/// The session of `group`'s clients (sharing one jar, or one client alone), checked with the pool.
+pub async fn check_session(
+    group: &mut [CounterSession],
+    ready: &Mutex<Vec<SocketAddr>>,
+) -> Result<SessionCheck, String> {
+    let first = group.first_mut().ok_or("a session without clients")?;
+    if let Some(shared) = &first.shared_jar {
+        first.client.jar = sync::lock(shared).clone();
+    }
+    let count = first.verify(ready).await?;
+    Ok(SessionCheck {
+        count,
+        increments: group.iter().map(|s| s.increments).sum(),
+        rollbacks: group.iter().map(|s| s.lost).sum(),
+    })
+}
+
 /// Client sessions running until stopped, each checked against its model.
 pub struct Load {
     stop: Arc<std::sync::atomic::AtomicBool>,
@@ -917,12 +955,7 @@ impl Load {
                     session,
                     tokio::spawn(async move {
                         if let Some(jar) = shared_jar.as_ref().filter(|_| lane > 0) {
-                            let jar = Arc::clone(jar);
-                            wait_for("the session's first cookie", Duration::from_secs(90), || {
-                                let has = !sync::lock(&jar).is_empty();
-                                async move { has }
-                            })
-                            .await?;
+                            session_started(jar, Duration::from_secs(90)).await?;
                         }
                         let mut s = CounterSession { shared_jar, ..CounterSession::default() };
                         while !stop.load(Ordering::Relaxed) {
@@ -968,21 +1001,17 @@ impl Load {
         }
         let mut all = Vec::new();
         for mut group in groups {
-            let increments: u64 = group.iter().map(|s| s.increments).sum();
             let uncertain: u64 = group.iter().map(|s| s.uncertain).sum();
-            let rollbacks: u64 = group.iter().map(|s| s.lost).sum();
-            let Some(first) = group.first_mut() else { continue };
-            if let Some(shared) = &first.shared_jar {
-                first.client.jar = sync::lock(shared).clone();
-            }
-            let count = first.verify(&self.ready).await?;
+            let check = check_session(&mut group, &self.ready).await?;
+            let (count, increments) = (check.count, check.increments);
+            let first = &group[0];
             // One client alone: its model is the last count it saw (an unanswered increment may
             // have counted); several share the session: every acknowledged increment counts once.
             let (floor, ceiling) = match first.shared_jar {
                 None => (first.acked, first.acked + first.uncertain),
                 Some(_) => (increments, increments + uncertain),
             };
-            if rollbacks > 0 || first.lost > 0 {
+            if check.rollbacks > 0 {
                 return Err(format!(
                     "session {}: acknowledged updates lost (count {count}, acknowledged {increments})",
                     first.session
