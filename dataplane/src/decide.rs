@@ -365,6 +365,11 @@ pub enum RestoreVerdict {
     Retry,
 }
 
+/// Whether an app that declared `Handover-Reads: <declared>` reads states of `format`.
+pub fn reads_format(declared: &str, format: &str) -> bool {
+    declared.split(',').any(|f| f.trim() == format)
+}
+
 /// Reads the app's answer to a restore.
 pub fn restore_verdict(status: u16) -> RestoreVerdict {
     match status {

@@ -143,23 +143,41 @@ pub struct Drain {
     me: String,
     grace: Duration,
     handover: tokio::sync::OnceCell<Handover>,
+    /// `/drain` saw this pod leave the registry with every session handed over.
+    left: std::sync::atomic::AtomicBool,
 }
 
 impl Drain {
     /// `token`: what `/drain` must carry (empty: `/drain` is off); `me`: this pod's member name;
     /// `grace`: the longest drain.
     pub fn new(proxy: Arc<Proxy>, token: String, me: String, grace: Duration) -> Arc<Drain> {
-        Arc::new(Drain { proxy, token, me, grace, handover: tokio::sync::OnceCell::new() })
+        Arc::new(Drain {
+            proxy,
+            token,
+            me,
+            grace,
+            handover: tokio::sync::OnceCell::new(),
+            left: std::sync::atomic::AtomicBool::new(false),
+        })
     }
 
     /// The handover, once per process (a second caller waits for the first one's).
     async fn hand_over(&self, within: Duration) -> Handover {
-        self.handover.get_or_init(|| hand_over_all(&self.proxy, within)).await.clone()
+        let handover = self.handover.get_or_init(|| hand_over_all(&self.proxy, within)).await.clone();
+        self.proxy.sessions_handed_over();
+        handover
     }
 
-    /// SIGTERM: drains for the whole grace (serving on), handing the sessions over meanwhile.
+    /// SIGTERM: drains for the whole grace (serving on), handing the sessions over meanwhile —
+    /// unless `/drain` did all that already (the app's `preStop`; a native sidecar's SIGTERM comes
+    /// after its app exited): then the pool has learnt, every request is passed on, and there is
+    /// nothing to wait for but the connections still open.
     pub async fn on_signal(&self) {
         self.proxy.start_draining();
+        if self.left.load(std::sync::atomic::Ordering::SeqCst) {
+            tracing::info!("SIGTERM after /drain: the drain is done; closing");
+            return;
+        }
         tokio::join!(self.hand_over(self.grace), tokio::time::sleep(self.grace));
     }
 
@@ -189,6 +207,7 @@ impl Drain {
         let took = started.elapsed();
         let handed = handover.summary();
         if left {
+            self.left.store(true, std::sync::atomic::Ordering::SeqCst);
             tracing::info!(?took, "drained: this pod has left the pool's registry; the app may stop");
             text(
                 StatusCode::OK,

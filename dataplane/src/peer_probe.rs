@@ -23,6 +23,9 @@ use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
+/// The longest answer head a probe reads (the sidecar's is under 150 bytes).
+const MAX_HEAD: usize = 1024;
+
 /// What a probe says about a peer.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Liveness {
@@ -47,28 +50,81 @@ pub async fn probe(admin: SocketAddr, timeout: Duration) -> Liveness {
 const SILENT: &str = "no answer";
 
 async fn probe_once(admin: SocketAddr, timeout: Duration) -> Liveness {
+    match live_head(admin, timeout).await {
+        Err(verdict) => verdict,
+        Ok(head) => verdict_of(&head),
+    }
+}
+
+/// What `/live`'s answer head says.
+fn verdict_of(head: &[u8]) -> Liveness {
+    if head.starts_with(b"HTTP/1.1 200") || head.starts_with(b"HTTP/1.0 200") {
+        Liveness::Alive
+    } else {
+        Liveness::Dead("not live")
+    }
+}
+
+/// The state formats a live peer's app declared it reads (`Handover-Reads` on its `/live`):
+/// `Ok(None)` when it declared none (yet); `Err` when the peer is not alive and serving.
+pub async fn declared_reads(admin: SocketAddr, timeout: Duration) -> Result<Option<String>, Liveness> {
+    let head = live_head(admin, timeout).await?;
+    match verdict_of(&head) {
+        Liveness::Alive => Ok(header_value(&head, READS_HEADER)),
+        verdict => Err(verdict),
+    }
+}
+
+/// On `/live`: the state formats the sidecar's app declared it reads.
+pub const READS_HEADER: &str = "handover-reads";
+
+/// `GET /live` on `admin`: the answer's head, or the verdict when there was none.
+async fn live_head(admin: SocketAddr, timeout: Duration) -> Result<Vec<u8>, Liveness> {
     let deadline = tokio::time::Instant::now() + timeout;
     let mut stream = match tokio::time::timeout_at(deadline, TcpStream::connect(admin)).await {
-        Err(_) => return Liveness::Unknown,
-        Ok(Err(e)) if e.kind() == std::io::ErrorKind::ConnectionRefused => return Liveness::Dead("refused"),
-        Ok(Err(e)) if e.kind() == std::io::ErrorKind::ConnectionReset => return Liveness::Dead("reset"),
+        Err(_) => return Err(Liveness::Unknown),
+        Ok(Err(e)) if e.kind() == std::io::ErrorKind::ConnectionRefused => return Err(Liveness::Dead("refused")),
+        Ok(Err(e)) if e.kind() == std::io::ErrorKind::ConnectionReset => return Err(Liveness::Dead("reset")),
         // Unreachable host or network: the path is broken, which says nothing about the peer.
-        Ok(Err(_)) => return Liveness::Unknown,
+        Ok(Err(_)) => return Err(Liveness::Unknown),
         Ok(Ok(stream)) => stream,
     };
     let exchange = async {
         stream.write_all(b"GET /live HTTP/1.1\r\nHost: peer\r\nConnection: close\r\n\r\n").await?;
-        let mut head = [0u8; 12];
-        stream.read_exact(&mut head).await?;
-        Ok::<_, std::io::Error>(head)
+        read_head(&mut stream).await
     };
     match tokio::time::timeout_at(deadline, exchange).await {
-        Ok(Ok(head)) if head.starts_with(b"HTTP/1.1 200") || head.starts_with(b"HTTP/1.0 200") => Liveness::Alive,
-        Ok(Ok(_)) => Liveness::Dead("not live"),
-        Ok(Err(_)) => Liveness::Dead("connection failed"),
+        Ok(Ok(head)) => Ok(head),
+        Ok(Err(_)) => Err(Liveness::Dead("connection failed")),
         // Connected, then silence: the process is hung (stopped, or stuck).
-        Err(_) => Liveness::Dead(SILENT),
+        Err(_) => Err(Liveness::Dead(SILENT)),
     }
+}
+
+/// The answer's head: up to the blank line, the end of the stream, or [`MAX_HEAD`] bytes.
+async fn read_head(stream: &mut TcpStream) -> std::io::Result<Vec<u8>> {
+    let mut head = Vec::with_capacity(256);
+    let mut buf = [0u8; 256];
+    while head.len() < MAX_HEAD && !head.windows(4).any(|w| w == b"\r\n\r\n") {
+        let n = stream.read(&mut buf).await?;
+        if n == 0 {
+            break;
+        }
+        head.extend_from_slice(&buf[..n]);
+    }
+    if head.len() < 12 {
+        return Err(std::io::ErrorKind::UnexpectedEof.into());
+    }
+    Ok(head)
+}
+
+/// The value of header `name` in an answer's head, if there (names are case-insensitive).
+fn header_value(head: &[u8], name: &str) -> Option<String> {
+    head.split(|&b| b == b'\n').skip(1).find_map(|line| {
+        let (field, value) = line.split_at_checked(name.len())?;
+        let value = value.strip_prefix(b":")?;
+        field.eq_ignore_ascii_case(name.as_bytes()).then(|| String::from_utf8_lossy(value.trim_ascii()).into_owned())
+    })
 }
 
 #[cfg(test)]
@@ -94,6 +150,12 @@ mod tests {
         assert_eq!(probe(live, Duration::from_secs(2)).await, Liveness::Alive);
         let sick = serve_once(b"HTTP/1.1 503 Service Unavailable\r\n\r\n").await;
         assert_eq!(probe(sick, Duration::from_secs(2)).await, Liveness::Dead("not live"));
+        let reader =
+            serve_once(b"HTTP/1.1 200 OK\r\nHandover-Reads: counter-v1, counter-v2\r\ncontent-length: 5\r\n\r\nlive\n")
+                .await;
+        assert_eq!(declared_reads(reader, Duration::from_secs(2)).await, Ok(Some("counter-v1, counter-v2".to_owned())));
+        let undeclared = serve_once(b"HTTP/1.1 200 OK\r\ncontent-length: 5\r\n\r\nlive\n").await;
+        assert_eq!(declared_reads(undeclared, Duration::from_secs(2)).await, Ok(None));
     }
 
     #[tokio::test]

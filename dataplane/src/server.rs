@@ -146,7 +146,13 @@ fn text(status: StatusCode, body: impl Into<Bytes>) -> Response<Body> {
 /// The admin endpoints.
 pub fn admin(proxy: &Arc<Proxy>, req: &Request<Incoming>) -> Response<Body> {
     match req.uri().path() {
-        "/live" => text(StatusCode::OK, "live\n"),
+        "/live" => {
+            let mut live = text(StatusCode::OK, "live\n");
+            if let Some(reads) = proxy.app_reads().and_then(|r| http::HeaderValue::from_str(&r).ok()) {
+                live.headers_mut().insert(crate::peer_probe::READS_HEADER, reads);
+            }
+            live
+        }
         "/ready" => {
             if proxy.draining_since().is_some() {
                 text(StatusCode::SERVICE_UNAVAILABLE, "draining\n")

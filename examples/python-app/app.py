@@ -53,6 +53,7 @@ from urllib.parse import parse_qs, unquote, urlsplit
 SESSION_HEADER = "Handover-Session"
 STATE_HEADER = "Handover-State"
 FORMAT_HEADER = "Handover-State-Format"
+READS_HEADER = "Handover-Reads"
 STATE_VERSION = 1
 STATE_FORMAT = f"cart-v{STATE_VERSION}"
 # The formats this release restores: its own, and any older one it can still read.
@@ -182,6 +183,10 @@ def make_handler(carts, state_path, verbose, state_endpoint):
             self.send_response(status)
             for name, value in headers:
                 self.send_header(name, value)
+            if state_endpoint:
+                # Every answer to the sidecar says which formats this release reads: a takeover
+                # of a state it cannot read goes to a pod whose app can.
+                self.send_header(READS_HEADER, ", ".join(sorted(READS_FORMATS)))
             if body or status not in (204, 304):
                 self.send_header("Content-Type", content_type)
                 self.send_header("Content-Length", str(len(body)))

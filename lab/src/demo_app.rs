@@ -19,7 +19,9 @@
 //! - push: every change puts the new state in `Handover-State`, with its format in
 //!   `Handover-State-Format` (`--state-format`, also on `GET <statePath>`); a restore whose
 //!   `Handover-State-Format` is not among `--reads-formats` is refused with `415` (a 4xx: the
-//!   sidecar starts a fresh session), as a rollback that cannot read a newer release's state does.
+//!   sidecar starts a fresh session), as a rollback that cannot read a newer release's state does;
+//!   every answer of the state endpoint says what it reads (`Handover-Reads`), so a takeover the
+//!   app cannot read goes to a pod whose app can.
 //! - `GET /stats`: how many sessions the app holds (`{"sessions": N}`).
 //! - `DELETE <statePath>`: the session left this pod; forgotten.
 //! - `GET <statePath>` / `PUT <statePath>`: pull and restore, on a listener of their own
@@ -42,7 +44,7 @@ use hyper::body::Incoming;
 use serde::{Deserialize, Serialize};
 
 use handover_common::sync;
-use handover_dataplane::proxy::{FORMAT_HEADER, ROTATE_HEADER, SESSION_HEADER, STATE_HEADER};
+use handover_dataplane::proxy::{FORMAT_HEADER, READS_HEADER, ROTATE_HEADER, SESSION_HEADER, STATE_HEADER};
 use handover_dataplane::server::ConnLimits;
 use handover_dataplane::upstream::Body;
 
@@ -133,6 +135,15 @@ impl App {
         }
     }
 
+    /// `Handover-Reads`: the formats this app reads, on every answer of its state endpoint.
+    fn reads_header(&self) -> Option<http::HeaderValue> {
+        let list = match self.args.reads_formats.trim() {
+            "" => self.args.state_format.as_str(),
+            list => list,
+        };
+        http::HeaderValue::from_str(list).ok()
+    }
+
     fn format_header(&self) -> Option<http::HeaderValue> {
         http::HeaderValue::from_str(&self.args.state_format).ok()
     }
@@ -180,6 +191,15 @@ impl App {
 
     /// The state endpoint's listener: `GET`/`PUT <statePath>` and nothing else.
     async fn handle_state(self: Arc<Self>, req: Request<Incoming>) -> Response<Body> {
+        let reads = self.reads_header();
+        let mut resp = self.answer_state(req).await;
+        if let Some(reads) = reads {
+            resp.headers_mut().insert(READS_HEADER, reads);
+        }
+        resp
+    }
+
+    async fn answer_state(self: Arc<Self>, req: Request<Incoming>) -> Response<Body> {
         let Some(session) = req.headers().get(SESSION_HEADER).and_then(|v| v.to_str().ok()).map(str::to_owned) else {
             return reply(StatusCode::BAD_REQUEST, "no Handover-Session header\n");
         };

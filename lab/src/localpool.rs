@@ -241,7 +241,9 @@ pub fn metric_sum(page: &str, prefix: &str) -> f64 {
 }
 
 impl LocalPool {
-    /// Starts `opts.pods` pods and waits until every one is ready and listed.
+    /// Starts `opts.pods` pods and waits until every one is ready and listed, by the pool's
+    /// registry and by every sidecar's own (a sidecar that does not know its peers yet has no
+    /// successor to back its sessions up to: a test would start from a pool still settling).
     pub async fn start(opts: PoolOptions) -> Result<LocalPool, String> {
         let dir = std::env::temp_dir().join(format!("handover-pool-{}", handover_dataplane::random::session_id()));
         std::fs::create_dir_all(&dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
@@ -267,6 +269,8 @@ impl LocalPool {
         for _ in 0..opts.pods {
             pool.add_pod().await?;
         }
+        let all: Vec<usize> = (0..opts.pods).collect();
+        pool.wait_sidecars_see(&all, Duration::from_secs(10)).await?;
         Ok(pool)
     }
 
@@ -487,6 +491,11 @@ impl LocalPool {
             let _ = app.start_kill();
             let _ = app.wait().await;
         }
+    }
+
+    /// Apps started from now on (`restart_app`, `add_pod`) run with `args`: another release.
+    pub fn set_app_args(&mut self, args: Vec<String>) {
+        self.opts.app_args = args;
     }
 
     /// Starts pod `i`'s app again (as the kubelet restarts a crashed container).

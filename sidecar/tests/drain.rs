@@ -30,9 +30,17 @@ enum Leave {
 
 /// `GET /drain` on `admin` with the drain token, as the injected `preStop` hook sends it.
 async fn drain(admin: SocketAddr) -> String {
+    admin_exchange(
+        admin,
+        &format!("GET /drain HTTP/1.1\r\nHost: {admin}\r\nHandover-Drain: {TOKEN}\r\nConnection: close\r\n\r\n"),
+    )
+    .await
+}
+
+/// Sends `request` to `admin` and reads the whole answer.
+async fn admin_exchange(admin: SocketAddr, request: &str) -> String {
     let mut stream = tokio::net::TcpStream::connect(admin).await.expect("admin port");
-    let head = format!("GET /drain HTTP/1.1\r\nHost: {admin}\r\nHandover-Drain: {TOKEN}\r\nConnection: close\r\n\r\n");
-    stream.write_all(head.as_bytes()).await.expect("request");
+    stream.write_all(request.as_bytes()).await.expect("request");
     let mut answer = String::new();
     stream.read_to_string(&mut answer).await.expect("answer");
     answer
@@ -92,4 +100,59 @@ async fn idle_sessions_of_a_pod_drained_by_sigterm_go_on_at_their_newest_state_i
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn idle_sessions_of_a_pod_drained_by_its_prestop_go_on_at_their_newest_state_in_pull_mode() {
     idle_sessions_go_on_at_their_newest_state(Leave::DrainThenKill).await;
+}
+
+/// Once `/drain` answered, the pod's sessions belong to their successors: its clients that still
+/// reach it (a keep-alive connection the Service's NAT keeps pinned, a peer whose registry lags)
+/// are passed on to them, and after its app stopped too — what a native sidecar sees between
+/// its app's exit and its own — no request waits for the app or fails. Before, such clients got
+/// 503s until the sidecar exited (~25 s on a kubelet).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_drained_pod_passes_its_sessions_on_to_their_successors_before_and_after_its_app_stops() {
+    let mut opts = PoolOptions::new(exe(), 3);
+    opts.drain_grace = Duration::from_secs(5);
+    opts.sidecar_args = vec!["--drain-token".into(), TOKEN.into()];
+    let mut pool = LocalPool::start(opts).await.expect("pool starts");
+    let drained = Mutex::new(vec![pool.pods[0].data()]);
+    let peer = Mutex::new(vec![pool.pods[1].data()]);
+    let mut sessions: Vec<CounterSession> = (0..SESSIONS).map(|_| CounterSession::default()).collect();
+    for s in &mut sessions {
+        for _ in 0..INCREMENTS {
+            s.incr(&drained).await.expect("increment");
+        }
+    }
+
+    let answer = drain(pool.pods[0].admin()).await;
+    assert!(answer.contains(&format!("handed over: ok {SESSIONS}")), "{answer}");
+
+    // The app still runs: the drained pod serves none of its sessions itself any more.
+    for s in &mut sessions {
+        let reply = s.client.send(|| Some(pool.pods[0].data()), http::Method::POST, "/incr").await.expect("passed on");
+        assert_eq!(reply.status, http::StatusCode::OK, "{}", String::from_utf8_lossy(&reply.body));
+        assert!(
+            reply.headers.get(http::header::CONNECTION).is_some_and(|v| v == "close"),
+            "a draining pod closes keep-alive connections: {:?}",
+            reply.headers
+        );
+        let count: u64 = serde_json::from_slice::<handover_lab::demo_app::CountReply>(&reply.body)
+            .expect("the demo app's answer")
+            .count;
+        assert_eq!(count, INCREMENTS + 1, "the successor holds the newest state");
+        s.acked = count;
+    }
+    let page = handover_lab::localpool::scrape(pool.pods[0].admin()).await.expect("metrics");
+    assert_eq!(
+        handover_lab::localpool::metric_sum(&page, "handover_forwards_total{reason=\"successor\",result=\"ok\"}"),
+        SESSIONS as f64,
+        "each request was passed on to the session's successor"
+    );
+
+    // The app stops; the sidecar lives on, as a native sidecar does until its own SIGTERM.
+    pool.crash_app(0).await;
+    for s in &mut sessions {
+        s.incr(&drained).await.expect("increment through the drained pod");
+        s.incr(&peer).await.expect("increment through a peer");
+        assert_eq!(s.errors, 0, "no request failed or waited for the gone app");
+        assert_eq!(s.lost, 0);
+    }
 }

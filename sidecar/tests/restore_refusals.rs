@@ -139,3 +139,52 @@ async fn a_release_that_reads_the_older_format_restores_it() {
     assert_eq!((after.count, after.session), (4, session), "taken over whole");
     assert_eq!(pool.metric("handover_sessions_reset_total").await, 0.0);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_takeover_the_app_cannot_read_goes_to_a_pod_whose_app_can() {
+    // A rollback half done: pods 0 and 2 run the new release (writes counter-v2, reads both), pod 1
+    // is back on the old one (reads counter-v1 only). Sessions of the new release lose their pod.
+    const NEW: [&str; 4] = ["--state-format", "counter-v2", "--reads-formats", "counter-v1,counter-v2"];
+    const SESSIONS: usize = 12;
+    let mut pool = pool_with(3, &[], &NEW).await;
+    pool.crash_app(1).await;
+    pool.set_app_args(["--state-format", "counter-v1"].iter().map(|s| s.to_string()).collect());
+    pool.restart_app(1).expect("the old release starts");
+    let old = pool.pods[1].admin();
+    handover_lab::localpool::wait_for("the old release's app to answer", Duration::from_secs(10), || async move {
+        handover_lab::localpool::probe(old, "/ready").await == Some(200)
+    })
+    .await
+    .expect("pod 1 ready again");
+
+    let new_pod = pool.pods[0].data();
+    let mut clients: Vec<(SessionClient, String)> = Vec::new();
+    for _ in 0..SESSIONS {
+        let mut client = SessionClient::default();
+        let mut session = String::new();
+        for _ in 0..3 {
+            let reply = client.send(|| Some(new_pod), Method::POST, "/incr").await.expect("reply");
+            session = reply_of(&reply.body).session;
+        }
+        client.disconnect();
+        clients.push((client, session));
+    }
+    pool.kill_pod(0).await;
+    pool.wait_listed(&[1, 2], Duration::from_secs(10)).await.expect("the registry drops the dead pod");
+
+    // Every session goes on through the old release's pod: those it would take over itself go to
+    // pod 2, whose app reads counter-v2 (about half of them: the others' successor is pod 2).
+    let old_pod = pool.pods[1].data();
+    for (client, session) in &mut clients {
+        let reply = client.send(|| Some(old_pod), Method::POST, "/incr").await.expect("reply");
+        assert_eq!(reply.status, StatusCode::OK, "{}", String::from_utf8_lossy(&reply.body));
+        let after = reply_of(&reply.body);
+        assert_eq!((after.count, &after.session), (4, &*session), "taken over whole, by a pod that reads it");
+    }
+    assert_eq!(pool.metric("handover_sessions_reset_total").await, 0.0, "no session started over");
+    let page = handover_lab::localpool::scrape(pool.pods[1].admin()).await.expect("metrics");
+    assert!(
+        handover_lab::localpool::metric_sum(&page, "handover_forwards_total{reason=\"reader\",result=\"ok\"}") >= 1.0,
+        "the old release's pod passed takeovers it cannot read on to a reader:\n{page}"
+    );
+}

@@ -14,6 +14,7 @@ use http_body_util::{BodyExt, Limited};
 
 use super::headers::{
     FORMAT_HEADER, ROTATE_HEADER, SESSION_HEADER, STATE_HEADER, origin_form, strip_hop_by_hop, take_declared_format,
+    take_declared_reads,
 };
 use super::peer::bridge_upgrade;
 use super::request::RequestCookie;
@@ -22,6 +23,7 @@ use super::{Proxy, body_too_slow, cut_by_client, full, text_response};
 use crate::cache;
 use crate::metrics::BadRequest;
 use crate::upstream::Body;
+use handover_common::sync;
 
 /// How often the app watcher re-tries a down app; held requests wake on its news.
 pub(super) const APP_RETRY_EVERY: Duration = Duration::from_millis(25);
@@ -50,6 +52,22 @@ impl Proxy {
         }
         self.forget_sessions();
         self.upstreams.forget(self.cfg.app);
+        *sync::lock(&self.app_reads) = None;
+    }
+
+    /// The state formats the app last declared it reads (`Handover-Reads`), if it did.
+    pub fn app_reads(&self) -> Option<String> {
+        sync::lock(&self.app_reads).clone()
+    }
+
+    /// Records (and removes) the app's `Handover-Reads` from one of its answers.
+    fn note_app_reads(&self, headers: &mut http::HeaderMap) {
+        let Some(reads) = take_declared_reads(headers) else { return };
+        let mut known = sync::lock(&self.app_reads);
+        if known.as_deref() != Some(reads.as_str()) {
+            tracing::info!(reads = %reads, "the app declared the state formats it reads");
+            *known = Some(reads);
+        }
     }
 
     pub(super) fn app_back(&self) {
@@ -125,6 +143,7 @@ impl Proxy {
         rc: &RequestCookie,
         carried: Option<Carried>,
         upgrade: bool,
+        may_pass_on: bool,
     ) -> Served {
         let session = match rc.session() {
             Some(s) => s.to_owned(),
@@ -132,6 +151,12 @@ impl Proxy {
         };
         // Held until the response is sealed: see `order.rs`.
         let turn = self.order.enter(&session, !req.method().is_safe()).await;
+        if may_pass_on && rc.session().is_some() && self.passes_on() {
+            // The drain handed the sessions over while this request waited for its turn: a later
+            // request of the session may be at the successor already. Routed again, it goes there.
+            drop(turn);
+            return Served::NotSent(req);
+        }
         self.strip_our_cookies(req.headers_mut());
         if let Ok(v) = HeaderValue::from_str(&session) {
             req.headers_mut().insert(SESSION_HEADER, v);
@@ -199,6 +224,7 @@ impl Proxy {
             }
         });
         let format = take_declared_format(&mut parts.headers);
+        self.note_app_reads(&mut parts.headers);
         strip_hop_by_hop(&mut parts.headers, false);
         let pushed = match pushed {
             Some(_) if !turn.may_seal_push() => {
@@ -279,6 +305,7 @@ impl Proxy {
             let mut resp = sender.send_request(call).await.map_err(|e| e.to_string())?;
             let status = resp.status();
             let format = take_declared_format(resp.headers_mut());
+            self.note_app_reads(resp.headers_mut());
             let bytes = Limited::new(resp.into_body(), self.cfg.max_state_bytes)
                 .collect()
                 .await

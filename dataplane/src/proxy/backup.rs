@@ -148,7 +148,12 @@ impl Proxy {
                 return "no_successor";
             };
             let result = match self.peer_call(&to, Method::PUT, &b.session, body.clone()).await {
-                Ok((StatusCode::NO_CONTENT, _)) => "ok",
+                Ok((StatusCode::NO_CONTENT, _)) => {
+                    if self.draining_since().is_some() {
+                        sync::lock(&self.handed_to).insert(b.session.clone(), to.clone());
+                    }
+                    "ok"
+                }
                 Ok((status, _)) => {
                     tracing::warn!(peer = %to.name, session = %b.session, %status, "the successor did not keep a backup");
                     "refused"

@@ -39,6 +39,30 @@ pub(super) fn take_declared_format(headers: &mut HeaderMap) -> String {
     String::from_utf8_lossy(token).into_owned()
 }
 
+/// The state formats an app reads, comma-separated (`counter-v1, counter-v2`), on any answer of its
+/// state endpoint (a refused restore's too) or on a pushed response. The sidecar remembers the
+/// latest, shows it to its peers on `/live`, and a takeover whose state the app does not read goes
+/// to a member whose app does ([`crate::decide::reads_format`]).
+pub const READS_HEADER: &str = "handover-reads";
+
+/// Longest `Handover-Reads` kept: a list of formats, not a document.
+const MAX_READS_BYTES: usize = 512;
+
+/// The formats an app declared it reads in `headers` (removed from them); `None` when it declared
+/// none, or something that is not a short list of visible ASCII.
+pub(super) fn take_declared_reads(headers: &mut HeaderMap) -> Option<String> {
+    let value = headers.remove(READS_HEADER)?;
+    let list = value.as_bytes().trim_ascii();
+    let valid = !list.is_empty()
+        && list.len() <= MAX_READS_BYTES
+        && list.iter().all(|b| (b.is_ascii_graphic() || *b == b' ') && !matches!(b, b';' | b'"' | b'\\'));
+    if !valid {
+        tracing::warn!("the app declared a Handover-Reads that is not a short list of formats; not recorded");
+        return None;
+    }
+    Some(String::from_utf8_lossy(list).into_owned())
+}
+
 /// Set on a response whose state could not be sealed.
 pub const WARNING_HEADER: &str = "handover-warning";
 

@@ -30,7 +30,8 @@ use hyper::body::Incoming;
 
 pub use backup::HandedOver;
 pub use headers::{
-    FORMAT_HEADER, FORWARDED_HEADER, PEER_HEADER, ROTATE_HEADER, SESSION_HEADER, STATE_HEADER, WARNING_HEADER,
+    FORMAT_HEADER, FORWARDED_HEADER, PEER_HEADER, READS_HEADER, ROTATE_HEADER, SESSION_HEADER, STATE_HEADER,
+    WARNING_HEADER,
 };
 
 use crate::decide::{self, Affinity, Decision, ForwardReason, Me, Mode};
@@ -172,6 +173,16 @@ pub struct Proxy {
     ended: Mutex<HashMap<String, Instant>>,
     upstreams: Upstreams,
     draining_since: Mutex<Option<Instant>>,
+    /// Set once the drain handed every session over to its successor (with backups on): from then
+    /// on the successors own this pod's sessions, and it passes every request on to them.
+    handed_over: std::sync::atomic::AtomicBool,
+    /// While draining: the member each session's newest state was handed to. Its requests are
+    /// passed on there, whatever the member list says a moment later (a replacement joining would
+    /// change the successor, and two members would take the session over).
+    handed_to: Mutex<HashMap<String, Member>>,
+    /// The state formats the app declared it reads (`Handover-Reads`), latest first; `None` until
+    /// it declares them (and again after it went down: a new release may read others).
+    app_reads: Mutex<Option<String>>,
     /// Whether the app answers; held requests wait on changes of it.
     app_up: tokio::sync::watch::Sender<bool>,
     held: tokio::sync::Semaphore,
@@ -214,6 +225,9 @@ impl Proxy {
             ended: Mutex::new(HashMap::new()),
             upstreams: Upstreams::default(),
             draining_since: Mutex::new(None),
+            handed_over: std::sync::atomic::AtomicBool::new(false),
+            handed_to: Mutex::new(HashMap::new()),
+            app_reads: Mutex::new(None),
             app_up: tokio::sync::watch::Sender::new(true),
             held: tokio::sync::Semaphore::new(cfg_max_held),
             backups,
@@ -233,6 +247,25 @@ impl Proxy {
 
     pub fn draining_since(&self) -> Option<Instant> {
         *sync::lock(&self.draining_since)
+    }
+
+    /// The drain handed every session of the table over (or ran out of grace doing it): from now
+    /// on this pod serves no session itself (see [`Proxy::passes_on`]).
+    pub fn sessions_handed_over(&self) {
+        if self.backups_on() && !self.handed_over.swap(true, std::sync::atomic::Ordering::SeqCst) {
+            tracing::info!("drain: every session is with its successor now; requests are passed on to them");
+        }
+    }
+
+    /// Whether this pod passes every request on to the session's successor instead of serving it:
+    /// once its drain handed the sessions over (the successors hold their newest state and own
+    /// them from then on — serving one here too would fork it), and while draining with the app
+    /// gone (a native sidecar outlives its app). Peers keep forwarding the pod's sessions here
+    /// while it lives: this pod alone picks each one's successor, so two peers whose member lists
+    /// differ for a moment (a replacement joining) cannot take one session over twice.
+    pub fn passes_on(&self) -> bool {
+        self.handed_over.load(std::sync::atomic::Ordering::SeqCst)
+            || (self.draining_since().is_some() && !self.app_is_up())
     }
 
     /// Live members as this sidecar's registry lists them now, sorted by name.
@@ -297,11 +330,18 @@ impl Proxy {
         req.headers_mut().remove(headers::FORMAT_HEADER);
         // Always the address this connection really comes from (a client, a proxy, or a peer).
         append_forwarded_for(req.headers_mut(), client);
-        let (route, mut resp) = self.route(req, &rc, arrival, upgrade).await;
-        if arrival == Arrival::Forwarded
+        let http1 = req.version() < http::Version::HTTP_2;
+        let (route, mut resp) = self.route(req, &rc, &arrival, upgrade).await;
+        if arrival.forwarded()
             && let Ok(v) = HeaderValue::from_str(&self.cfg.pod_name)
         {
             resp.headers_mut().insert(PEER_HEADER, v);
+        }
+        if http1 && !upgrade && self.draining_since().is_some() {
+            // The pod is on its way out: a keep-alive client (a proxy, a browser, a connection
+            // the Service's NAT keeps pinned here) opens its next connection to a pod that stays.
+            // (HTTP/2 clients get a GOAWAY when the listener shuts down.)
+            resp.headers_mut().insert(header::CONNECTION, HeaderValue::from_static("close"));
         }
         (route, resp)
     }
@@ -312,7 +352,7 @@ impl Proxy {
         &self,
         mut req: Request<Body>,
         rc: &RequestCookie,
-        arrival: Arrival,
+        arrival: &Arrival,
         upgrade: bool,
     ) -> (Route, Response<Body>) {
         let live = self.live_with_unlisted_owner(rc, arrival).await;
@@ -341,15 +381,21 @@ impl Proxy {
             let rc = fresh.as_ref().unwrap_or(rc);
             let unreachable = self.unreachable_now();
             let session = rc.session().map(str::to_owned);
-            let decision = decide::route(decide::Inputs {
-                cookie: rc.route.as_ref(),
-                local_version: session.as_deref().and_then(|s| self.local(s)).map(|l| l.version),
-                live: &live,
-                unreachable: &unreachable,
-                me: Me { name: &self.cfg.pod_name, uid: &self.cfg.pod_uid },
-                forwarded: arrival == Arrival::Forwarded,
-                affinity: self.cfg.affinity,
-            });
+            let passed_on =
+                if self.passes_on() { self.draining_successor(rc, &live, &unreachable, arrival) } else { None };
+            let passing_on = passed_on.is_some();
+            let decision = match passed_on {
+                Some(to) => Decision::Forward { to, reason: ForwardReason::Successor },
+                None => decide::route(decide::Inputs {
+                    cookie: rc.route.as_ref(),
+                    local_version: session.as_deref().and_then(|s| self.local(s)).map(|l| l.version),
+                    live: &live,
+                    unreachable: &unreachable,
+                    me: Me { name: &self.cfg.pod_name, uid: &self.cfg.pod_uid },
+                    forwarded: arrival.forwarded(),
+                    affinity: self.cfg.affinity,
+                }),
+            };
             match decision {
                 Decision::Forward { to, reason } => {
                     let reason_label = match reason {
@@ -357,8 +403,15 @@ impl Proxy {
                         ForwardReason::Successor => "successor",
                     };
                     if let Some(moved) = session.as_deref().filter(|s| self.local(s).is_some()) {
+                        if passing_on {
+                            // A state-changing request of the session still at the app here is
+                            // sealed (and backed up to the successor) before the successor gets
+                            // this one: its acknowledged update goes along.
+                            drop(self.order.enter(moved, true).await);
+                        }
                         // This pod's app held the session, but another pod owns it now (it took
-                        // it over while this one seemed dead): the local copy is stale for good.
+                        // it over while this one seemed dead, or this one passes it on): the
+                        // local copy is stale for good.
                         self.forget_session(moved);
                         self.session_left(moved, "moved").await;
                     }
@@ -409,11 +462,18 @@ impl Proxy {
                             }
                             sender
                         }
-                        Err(resp) => return (Route::Refused, resp),
+                        Err(resp) => {
+                            if self.passes_on() && self.draining_successor(rc, &live, &unreachable, arrival).is_some() {
+                                // Draining, and the app just turned out to be gone: the
+                                // session's successor serves it (decided again, above).
+                                continue;
+                            }
+                            return (Route::Refused, resp);
+                        }
                     };
                     let (route, carried) = match (&decision, rc.route.as_ref()) {
                         (Decision::Restore { takeover }, Some(cookie)) => {
-                            match self.restore_once(rc, *takeover).await {
+                            match self.restore_once(rc, *takeover, !arrival.forwarded()).await {
                                 Ok(Restored::Already) => (Route::Serve, None),
                                 Ok(Restored::Done(carried)) if *takeover => {
                                     self.metrics.takeovers.inc();
@@ -424,7 +484,14 @@ impl Proxy {
                                 Ok(Restored::HeldBy(holder)) => {
                                     self.upstreams.put(self.cfg.app, sender);
                                     tracing::info!(session = %cookie.session, holder = %holder.name, "another member took this session over a moment ago; forwarding there");
-                                    let resp = self.forward_to_holder(req, &holder, &cookie.session, upgrade).await;
+                                    let resp =
+                                        self.forward_to_holder(req, &holder, &cookie.session, "holder", upgrade).await;
+                                    return (Route::Forward, resp);
+                                }
+                                Ok(Restored::ReadBy(reader)) => {
+                                    self.upstreams.put(self.cfg.app, sender);
+                                    let resp =
+                                        self.forward_to_holder(req, &reader, &cookie.session, "reader", upgrade).await;
                                     return (Route::Forward, resp);
                                 }
                                 Ok(Restored::Refused | Restored::Lost | Restored::Ended) => {
@@ -438,7 +505,8 @@ impl Proxy {
                         (Decision::New, _) => (Route::New, None),
                         _ => (Route::Serve, None),
                     };
-                    match self.serve_locally(sender, req, rc, carried, upgrade).await {
+                    let may_pass_on = self.draining_successor(rc, &live, &unreachable, arrival).is_some();
+                    match self.serve_locally(sender, req, rc, carried, upgrade, may_pass_on).await {
                         Served::Response(resp) => return (route, resp),
                         Served::NotSent(unsent) if retries.resend() => req = unsent,
                         Served::NotSent(_) => {
@@ -458,16 +526,41 @@ impl Proxy {
 }
 
 impl Proxy {
+    /// Where a pod that passes its requests on ([`Proxy::passes_on`]) sends this one: the
+    /// session's successor among the other live members (any member for a request without a
+    /// session) — the peer that forwarded it here too, if it is that successor: every request of
+    /// the session must reach the same member. `None`: no such member, or the request was passed
+    /// on here already by a pod that is leaving (not listed): two pods draining at once must not
+    /// bounce a request between them; it is served here, if the app still can.
+    fn draining_successor(
+        &self,
+        rc: &RequestCookie,
+        live: &[Member],
+        unreachable: &[String],
+        arrival: &Arrival,
+    ) -> Option<Member> {
+        if arrival.forwarded_by().is_some_and(|from| !live.iter().any(|m| m.name == from)) {
+            return None;
+        }
+        if let Some(to) = rc.session().and_then(|s| sync::lock(&self.handed_to).get(s).cloned())
+            && !unreachable.contains(&to.name)
+        {
+            return Some(to);
+        }
+        let others = live.iter().filter(|m| m.name != self.cfg.pod_name && !unreachable.contains(&m.name));
+        decide::successor(rc.session().unwrap_or(""), others).cloned()
+    }
+
     /// The registry's live members, plus the session's owner when the registry does not list it
     /// (yet) but a probe finds it alive. A new pod is Ready — and mints sessions — before every
     /// peer's registry lists it (the ServerPool's status, or a peers file, follows a little later);
     /// taking its sessions over in that moment would fork them. An owner the probe finds dead or
     /// cannot reach is left out: its sessions go to their successor.
-    async fn live_with_unlisted_owner(&self, rc: &RequestCookie, arrival: Arrival) -> Arc<Vec<Member>> {
+    async fn live_with_unlisted_owner(&self, rc: &RequestCookie, arrival: &Arrival) -> Arc<Vec<Member>> {
         let live = self.registry.live();
         let Some(owner) = rc.route.as_ref().map(|r| &r.owner) else { return live };
         let listed = live.iter().any(|m| m.name == owner.name);
-        if listed || arrival == Arrival::Forwarded || owner.name == self.cfg.pod_name {
+        if listed || arrival.forwarded() || owner.name == self.cfg.pod_name {
             return live;
         }
         let Ok(addr) = owner.addr.parse::<SocketAddr>() else { return live };

@@ -59,16 +59,18 @@ impl Proxy {
         map.insert(name.to_owned(), Instant::now() + UNREACHABLE_FOR);
     }
 
-    /// Forwards to `to`, which holds `session` already (see `Restored::HeldBy`).
+    /// Forwards to `to`, which holds `session` already (`reason` "holder": see `Restored::HeldBy`)
+    /// or takes it over because its app reads the state (`"reader"`: `Restored::ReadBy`).
     pub(super) async fn forward_to_holder(
         &self,
         req: Request<Body>,
         to: &Member,
         session: &str,
+        reason: &'static str,
         upgrade: bool,
     ) -> Response<Body> {
         match self.upstreams.get(to.addr, self.cfg.connect_timeout).await {
-            Ok(sender) => self.forward_to_peer(sender, req, to, session, "holder", upgrade).await,
+            Ok(sender) => self.forward_to_peer(sender, req, to, session, reason, upgrade).await,
             Err(e) => peer_not_reached(to, &format!("it holds this session but could not be reached ({e})")),
         }
     }

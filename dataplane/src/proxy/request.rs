@@ -56,12 +56,26 @@ impl RequestCookie {
 }
 
 /// What the loop guard concluded about a request.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub(super) enum Arrival {
     /// From a client (or with a forward mark that did not verify, which was dropped).
     Client,
-    /// Forwarded by a peer sidecar of the pool: serve it here.
-    Forwarded,
+    /// Forwarded by the peer sidecar `from` (a pod of the pool): serve it here.
+    Forwarded { from: String },
+}
+
+impl Arrival {
+    pub(super) fn forwarded(&self) -> bool {
+        matches!(self, Arrival::Forwarded { .. })
+    }
+
+    /// The peer that forwarded the request here, if one did.
+    pub(super) fn forwarded_by(&self) -> Option<&str> {
+        match self {
+            Arrival::Forwarded { from } => Some(from),
+            Arrival::Client => None,
+        }
+    }
 }
 
 /// The `reason` label of `handover_sessions_reset_total` for a cookie that was presented but did
@@ -146,7 +160,7 @@ impl Proxy {
         match peer_auth::verify(&self.keys.ring(), mark.as_bytes(), &claim, unix_now()) {
             Ok(from) => {
                 tracing::debug!(from, "request forwarded by a peer");
-                Arrival::Forwarded
+                Arrival::Forwarded { from }
             }
             Err(e) => {
                 self.metrics.bad_requests.get_or_create(&[("reason", BadRequest::ForgedForward)]).inc();

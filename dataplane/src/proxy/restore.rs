@@ -23,6 +23,10 @@ pub(super) const RESTORE_SHARDS: usize = 64;
 /// from the client, a lasting one answers 502 within `RESTORE_ATTEMPTS` × `--state-timeout`.
 pub(super) const RESTORE_ATTEMPTS: usize = 3;
 
+/// Members asked (`/live`) for the formats their app reads when this pod's app does not read a
+/// state it takes over, in takeover order.
+pub(super) const READER_LOOKUPS: usize = 3;
+
 /// The pause before the next restore attempt, times the attempts so far.
 pub(super) const RESTORE_RETRY_AFTER: Duration = Duration::from_millis(50);
 
@@ -40,6 +44,9 @@ pub(super) enum Restored {
     Lost,
     /// Another member holds the session already (it took it over a moment ago): forward there.
     HeldBy(Member),
+    /// This pod's app does not read the state's format and another member's app does (or may:
+    /// it declared nothing): the takeover goes there (a rolling update, a rollback).
+    ReadBy(Member),
     /// The newest copy is a tombstone: the app ended the session (or rotated it away) on another
     /// pod, and the client presented an older cookie of it. It starts over, counted.
     Ended,
@@ -82,7 +89,16 @@ impl Proxy {
     /// dropped (counted, logged with the session id) and the request goes on as a fresh session.
     /// A 5xx, a timeout or a lost connection is tried again, [`RESTORE_ATTEMPTS`] times in all;
     /// then the client gets 502 and keeps its cookie.
-    pub(super) async fn restore_once(&self, rc: &RequestCookie, takeover: bool) -> Result<Restored, Response<Body>> {
+    ///
+    /// A takeover of a state in a format the app does not read (it said so with `Handover-Reads`,
+    /// before or on refusing it) goes to a member whose app does, when `may_pass` (the request was
+    /// not forwarded here already): [`Proxy::reader_of`].
+    pub(super) async fn restore_once(
+        &self,
+        rc: &RequestCookie,
+        takeover: bool,
+        may_pass: bool,
+    ) -> Result<Restored, Response<Body>> {
         let Some(route) = &rc.route else { return Ok(Restored::Lost) };
         let session = route.session.as_str();
         let _guard = self.restore_lock(session).lock().await;
@@ -119,6 +135,10 @@ impl Proxy {
                 return Ok(Restored::Lost);
             }
         };
+        let pass = takeover && may_pass && !format.is_empty();
+        if pass && let Some(reader) = self.reader_of(session, &format).await {
+            return Ok(Restored::ReadBy(reader));
+        }
         if !state.is_empty() {
             let mut attempt = 1;
             loop {
@@ -127,6 +147,10 @@ impl Proxy {
                     Ok((status, body)) => match decide::restore_verdict(status.as_u16()) {
                         decide::RestoreVerdict::Done => break,
                         decide::RestoreVerdict::Refused => {
+                            // Its answer may have said which formats it reads.
+                            if pass && let Some(reader) = self.reader_of(session, &format).await {
+                                return Ok(Restored::ReadBy(reader));
+                            }
                             self.restore_refused(session, version, status, &body);
                             return Ok(Restored::Refused);
                         }
@@ -207,6 +231,37 @@ impl Proxy {
             }
             decide::Copy::Lost => Newest::Lost,
         }
+    }
+
+    /// When this pod's app declared it does not read `format`: the first of the next
+    /// [`READER_LOOKUPS`] members in `session`'s takeover order whose app reads it, else the first
+    /// whose app declared nothing (it may); `None` when the local app may read it, or no member
+    /// will (the local app's refusal then starts a fresh session, as without the lookup).
+    async fn reader_of(&self, session: &str, format: &str) -> Option<Member> {
+        let reads = self.app_reads()?;
+        if decide::reads_format(&reads, format) {
+            return None;
+        }
+        let live = self.registry.live();
+        let unreachable = self.unreachable_now();
+        let others = live.iter().filter(|m| m.name != self.cfg.pod_name && !unreachable.contains(&m.name));
+        let mut undeclared = None;
+        for member in decide::ranked(session, others).into_iter().take(READER_LOOKUPS) {
+            let admin = std::net::SocketAddr::new(member.addr.ip(), self.cfg.peer_admin_port);
+            match crate::peer_probe::declared_reads(admin, self.cfg.probe_timeout).await {
+                Ok(Some(theirs)) if decide::reads_format(&theirs, format) => {
+                    tracing::info!(session, format, reads = %reads, to = %member.name, "this app does not read the state's format; its takeover goes to a member whose app does");
+                    return Some(member.clone());
+                }
+                Ok(None) => {
+                    undeclared.get_or_insert(member);
+                }
+                Ok(Some(_)) | Err(_) => {}
+            }
+        }
+        let member = undeclared?;
+        tracing::info!(session, format, reads = %reads, to = %member.name, "this app does not read the state's format; its takeover goes to a member whose app declared nothing (it may)");
+        Some(member.clone())
     }
 
     /// The app refused the state: counted and logged with the session id, so a lost session can
