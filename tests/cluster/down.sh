@@ -36,12 +36,6 @@ stop() {
   done
 }
 
-# The NetworkPolicy controller and its nftables table (it exits on SIGTERM without removing it).
-stop kube-network-policies
-nft delete table inet kube-network-policies 2>/dev/null || true
-if [[ -f "$HANDOVER_CLUSTER_DIR/serviceaccount-path.created" ]]; then
-  rmdir -p /var/run/secrets/kubernetes.io/serviceaccount 2>/dev/null || true
-fi
 # The kubelet first (it would restart what is removed next); then every pod sandbox through
 # containerd (CNI DEL frees the IPs and veths).
 stop kubelet

@@ -1,7 +1,6 @@
 #!/usr/bin/env bash
 # Brings up the local Kubernetes cluster as plain processes: etcd,
-# kube-apiserver, kube-controller-manager, kube-scheduler, kube-proxy, a NetworkPolicy
-# controller (lib/netpol.sh) and the
+# kube-apiserver, kube-controller-manager, kube-scheduler, kube-proxy and the
 # node: a kubelet with its own containerd, runc and the CNI bridge plugin.
 # Idempotent: components that already run are kept.
 #
@@ -33,7 +32,6 @@ command -v containerd >/dev/null || need_pkgs+=(containerd)
 command -v runc >/dev/null || need_pkgs+=(runc)
 [[ -x "$CNI_BIN_DIR/bridge" ]] || need_pkgs+=(containernetworking-plugins)
 command -v nsenter >/dev/null || need_pkgs+=(util-linux)
-command -v nft >/dev/null || need_pkgs+=(nftables)
 if ((${#need_pkgs[@]})); then
   log "installing Debian packages: ${need_pkgs[*]}"
   apt-get update -qq >/dev/null
@@ -195,9 +193,6 @@ node_ready() {
 default_sa() { kubectl_ -n default get serviceaccount default && kubectl_ -n default get configmap kube-root-ca.crt; }
 wait_up kubelet 90 "node $NODE_NAME to be Ready" node_ready
 wait_up kube-controller-manager 60 "the default service account and kube-root-ca.crt (kube-controller-manager)" default_sa
-if [[ "$NETWORK_POLICY" == 1 ]]; then
-  source "$CLUSTER_SRC/lib/netpol.sh"
-fi
 for c in kube-scheduler kube-proxy containerd; do
   [[ "$c" == kube-proxy && "$KUBE_PROXY" != 1 ]] && continue
   alive_or_die "$c"

@@ -55,9 +55,6 @@ SCHEDULER_PORT="${HANDOVER_SCHEDULER_PORT:-$((10259 + 1000 * IDX))}"
 PROXY_METRICS_PORT="$((10249 + 1000 * IDX))"
 PROXY_HEALTHZ_PORT="$((10256 + 1000 * IDX))"
 if ((IDX == 0)); then KUBE_PROXY="${HANDOVER_KUBE_PROXY:-1}"; else KUBE_PROXY="${HANDOVER_KUBE_PROXY:-0}"; fi
-# NetworkPolicy enforcement (lib/netpol.sh): on by default on index 0 only (its nftables table has
-# a fixed name: two clusters running it would clash).
-if ((IDX == 0)); then NETWORK_POLICY="${HANDOVER_NETWORK_POLICY:-1}"; else NETWORK_POLICY="${HANDOVER_NETWORK_POLICY:-0}"; fi
 KUBECONFIG_PATH="$HANDOVER_CLUSTER_DIR/admin.kubeconfig"
 PKI="$HANDOVER_CLUSTER_DIR/pki"
 LOGS="$HANDOVER_CLUSTER_DIR/logs"
@@ -79,7 +76,7 @@ CGROUP_ROOT="/handover$IDX"
 HANDOVER_IMAGE="${HANDOVER_IMAGE:-docker.io/library/handover:dev}"
 
 # Components in start order; down.sh stops them in reverse.
-COMPONENTS=(etcd kube-apiserver kube-controller-manager kube-scheduler kube-proxy containerd kubelet kube-network-policies)
+COMPONENTS=(etcd kube-apiserver kube-controller-manager kube-scheduler kube-proxy containerd kubelet)
 
 # pid_alive PID: the process exists and is not a zombie. Where PID 1 reaps slowly (containers), a
 # killed process lingers as a zombie and kill -0 still succeeds.
