@@ -46,7 +46,7 @@ use headers::{append_forwarded_for, is_upgrade, strip_hop_by_hop};
 use peer::peer_not_reached;
 use request::{Arrival, RequestCookie};
 use restore::{RESTORE_SHARDS, Restored};
-use sessions::Local;
+pub use sessions::DEFAULT_MAX_SESSIONS;
 
 /// Forwards tried for one request before giving up: one per member that turns out dead, plus one.
 const EXTRA_FORWARD_ATTEMPTS: usize = 1;
@@ -147,6 +147,9 @@ pub struct Config {
     pub body: BodyLimits,
     /// Requests held at once while the app is down; more are refused with 503.
     pub max_held: usize,
+    /// Entries of the session table at most; past it the least recently used are evicted (and
+    /// checked with the app or restored on their next request).
+    pub max_sessions: usize,
     /// Largest state (uncompressed) sealed or restored.
     pub max_state_bytes: usize,
     /// The header limits of the path between clients and the pool.
@@ -163,7 +166,7 @@ pub struct Proxy {
     pub metrics: Arc<Metrics>,
     keys: Arc<KeyFile>,
     registry: Arc<dyn Registry>,
-    sessions: Mutex<HashMap<String, Local>>,
+    sessions: Mutex<sessions::Table>,
     restore_locks: Vec<tokio::sync::Mutex<()>>,
     unreachable: Mutex<HashMap<String, Instant>>,
     /// Sessions the app ended (an empty state) or rotated away from, until their cookies expire: a
@@ -202,13 +205,14 @@ fn full(bytes: impl Into<Bytes>) -> Body {
 impl Proxy {
     pub fn new(cfg: Config, keys: Arc<KeyFile>, registry: Arc<dyn Registry>, metrics: Arc<Metrics>) -> Arc<Proxy> {
         let cfg_max_held = cfg.max_held;
+        let table = sessions::Table::new(cfg.max_sessions);
         let backups = cfg.backup_max_bytes.map(crate::backup::Store::new);
         Arc::new(Proxy {
             cfg,
             metrics,
             keys,
             registry,
-            sessions: Mutex::new(HashMap::new()),
+            sessions: Mutex::new(table),
             restore_locks: (0..RESTORE_SHARDS).map(|_| tokio::sync::Mutex::new(())).collect(),
             unreachable: Mutex::new(HashMap::new()),
             ended: Mutex::new(HashMap::new()),
