@@ -111,6 +111,7 @@ pub struct Metrics {
     pub peers_reachable: Gauge,
     pub ended_not_remembered: Counter,
     pub sessions_evicted: Counter,
+    pub app_restarts: Counter,
     pub made_private: Counter,
     pub app_waits: Family<Label, Counter>,
     pub bad_requests: Family<Typed<BadRequest>, Counter>,
@@ -148,6 +149,7 @@ impl Default for Metrics {
             peers_reachable: Gauge::default(),
             ended_not_remembered: Counter::default(),
             sessions_evicted: Counter::default(),
+            app_restarts: Counter::default(),
             made_private: Counter::default(),
             app_waits: Family::default(),
             bad_requests: Family::default(),
@@ -247,6 +249,11 @@ impl Default for Metrics {
             "ended_not_remembered",
             "Ended sessions not remembered because the sidecar already remembers its maximum (a replay of their cookies is not refused)",
             m.ended_not_remembered.clone(),
+        );
+        registry.register(
+            "app_restarts",
+            "Restarts of the local app seen by a new Handover-Instance id (its sessions are checked or restored)",
+            m.app_restarts.clone(),
         );
         registry.register(
             "sessions_evicted",

@@ -28,6 +28,7 @@ use http::{Request, Response, StatusCode};
 use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 
+pub use app::INSTANCE_HEADER;
 pub use backup::HandedOver;
 pub use headers::{
     FORMAT_HEADER, FORWARDED_HEADER, PEER_HEADER, ROTATE_HEADER, SESSION_HEADER, STATE_HEADER, WARNING_HEADER,
@@ -175,6 +176,8 @@ pub struct Proxy {
     ended: Mutex<HashMap<String, Instant>>,
     upstreams: Upstreams,
     draining_since: Mutex<Option<Instant>>,
+    /// The app's instance id, and whether a closed connection put it in doubt.
+    app_instance: Mutex<app::Instance>,
     /// Whether the app answers; held requests wait on changes of it.
     app_up: tokio::sync::watch::Sender<bool>,
     held: tokio::sync::Semaphore,
@@ -218,6 +221,7 @@ impl Proxy {
             ended: Mutex::new(HashMap::new()),
             upstreams: Upstreams::default(),
             draining_since: Mutex::new(None),
+            app_instance: Mutex::default(),
             app_up: tokio::sync::watch::Sender::new(true),
             held: tokio::sync::Semaphore::new(cfg_max_held),
             backups,
