@@ -34,8 +34,6 @@
 //! The kind is bound too, so a state value never opens as a route. A state binds its session and
 //! version: chunks an older response left behind never pass for the route's state.
 
-use std::io::{Read, Write};
-
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use chacha20poly1305::XNonce;
@@ -326,12 +324,61 @@ fn inflate_within(flags: u8, stored: &[u8], max_state: usize) -> Result<Vec<u8>,
     if flags & FLAG_DEFLATED == 0 {
         return if stored.len() > max_state { Err(CookieError::OverBudget) } else { Ok(stored.to_vec()) };
     }
-    let mut out = Vec::new();
-    flate2::read::DeflateDecoder::new(stored)
-        .take(max_state as u64 + 1)
-        .read_to_end(&mut out)
-        .map_err(|_| CookieError::Malformed)?;
-    if out.len() > max_state { Err(CookieError::OverBudget) } else { Ok(out) }
+    with_reused(&INFLATER, new_inflater, |inflater| inflate_bounded(inflater, stored, max_state))
+}
+
+/// Inflates `stored` (raw deflate) to at most `max_state` bytes: more is `OverBudget`, a stream
+/// that does not end within `stored` is `Malformed` (every sealed state is a finished stream).
+fn inflate_bounded(inflater: &mut flate2::Decompress, stored: &[u8], max_state: usize) -> Result<Vec<u8>, CookieError> {
+    inflater.reset(false);
+    // Room for one byte past the limit tells "over the limit" from "exactly at it". Start small
+    // (states deflate ~4:1 at best in practice) and grow, so a small state costs a small buffer.
+    let limit = max_state.saturating_add(1);
+    let mut out = Vec::with_capacity(stored.len().saturating_mul(4).max(256).min(limit));
+    loop {
+        let (read_before, written_before) = (inflater.total_in(), out.len());
+        let input = usize::try_from(read_before).ok().and_then(|read| stored.get(read..)).unwrap_or_default();
+        let status = inflater
+            .decompress_vec(input, &mut out, flate2::FlushDecompress::None)
+            .map_err(|_| CookieError::Malformed)?;
+        if out.len() > max_state {
+            return Err(CookieError::OverBudget);
+        }
+        if status == flate2::Status::StreamEnd {
+            return Ok(out);
+        }
+        if out.len() == out.capacity() {
+            // Out of room: grow within the limit (the check above caught a full limit) and go on.
+            let more = out.capacity().min(limit.saturating_sub(out.capacity()));
+            out.reserve_exact(more);
+        } else if inflater.total_in() == read_before && out.len() == written_before {
+            // Room left, input left or not, and no progress: the stream is cut short.
+            return Err(CookieError::Malformed);
+        }
+    }
+}
+
+thread_local! {
+    /// One deflate and one inflate state per thread, reset for each state: a fresh compressor
+    /// allocates and zeroes ~300 KB of tables, an inflater ~40 KB, which cost more than
+    /// compressing a 2 KB state itself.
+    static DEFLATER: std::cell::RefCell<Option<flate2::Compress>> = const { std::cell::RefCell::new(None) };
+    static INFLATER: std::cell::RefCell<Option<flate2::Decompress>> = const { std::cell::RefCell::new(None) };
+}
+
+/// Runs `f` with this thread's codec state from `slot` (made by `new` on first use). Should the
+/// slot be unavailable (in use further up this thread's stack, or the thread ending), `f` gets a
+/// fresh one: slower, same result.
+fn with_reused<T, R>(
+    slot: &'static std::thread::LocalKey<std::cell::RefCell<Option<T>>>,
+    new: fn() -> T,
+    mut f: impl FnMut(&mut T) -> R,
+) -> R {
+    let reused = slot.try_with(|cell| cell.try_borrow_mut().ok().map(|mut codec| f(codec.get_or_insert_with(new))));
+    match reused {
+        Ok(Some(result)) => result,
+        _ => f(&mut new()),
+    }
 }
 
 /// The name of state chunk `index` of the session cookie `name`: `name.0`, `name.1`, …
@@ -407,16 +454,31 @@ fn put_str8(out: &mut Vec<u8>, s: &str) {
 }
 
 fn compress(state: &[u8]) -> (u8, Vec<u8>) {
-    if state.len() >= COMPRESS_FROM {
-        let mut encoder = flate2::write::DeflateEncoder::new(Vec::new(), flate2::Compression::fast());
-        if encoder.write_all(state).is_ok()
-            && let Ok(deflated) = encoder.finish()
-            && deflated.len() < state.len()
-        {
-            return (FLAG_DEFLATED, deflated);
-        }
+    if state.len() >= COMPRESS_FROM
+        && let Some(deflated) = with_reused(&DEFLATER, new_deflater, |deflater| deflate_smaller(deflater, state))
+    {
+        return (FLAG_DEFLATED, deflated);
     }
     (0, state.to_vec())
+}
+
+fn new_inflater() -> flate2::Decompress {
+    flate2::Decompress::new(false)
+}
+
+fn new_deflater() -> flate2::Compress {
+    flate2::Compress::new(flate2::Compression::fast(), false)
+}
+
+/// `state` deflated (raw deflate), when that is smaller than `state`: the output buffer has room
+/// for `state.len() - 1` bytes only, so a state that does not shrink stops the compressor early.
+fn deflate_smaller(deflater: &mut flate2::Compress, state: &[u8]) -> Option<Vec<u8>> {
+    deflater.reset();
+    let mut out = Vec::with_capacity(state.len() - 1);
+    match deflater.compress_vec(state, &mut out, flate2::FlushCompress::Finish) {
+        Ok(flate2::Status::StreamEnd) => Some(out),
+        _ => None,
+    }
 }
 
 /// A bounded reader over the body: every read is checked, trailing bytes are an error.
@@ -631,6 +693,56 @@ mod tests {
         let r = route(1, 1, value.len() as u32);
         assert_eq!(open_state(&value, &r, "p", &keys, 65_536), Err(CookieError::OverBudget));
         assert_eq!(open_state(&value, &r, "p", &keys, 100_000).map(|s| s.len()), Ok(100_000));
+    }
+
+    #[test]
+    fn the_reused_codec_gives_every_state_back_whatever_came_before_it() {
+        // One thread's deflater and inflater serve states of every size in turn: nothing of one
+        // state (its dictionary, its length) leaks into the next.
+        let states: Vec<Vec<u8>> = vec![
+            b"{\"count\":1}".repeat(20),
+            (0..5_000u32).map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8).collect(),
+            vec![b'x'; 130],
+            b"{\"count\":2}".repeat(400),
+            (0..200u8).collect(),
+        ];
+        for _ in 0..2 {
+            for state in &states {
+                let (flags, stored) = compress(state);
+                assert_eq!(inflate_within(flags, &stored, state.len()).as_ref(), Ok(state));
+                if flags & FLAG_DEFLATED != 0 {
+                    assert!(stored.len() < state.len(), "deflated only when smaller");
+                    assert_eq!(inflate_within(flags, &stored, state.len() - 1), Err(CookieError::OverBudget));
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn a_deflated_state_cut_short_or_garbled_is_malformed_not_partial() {
+        let state = b"{\"items\":{\"apple\":2}}".repeat(100);
+        let (flags, stored) = compress(&state);
+        assert_eq!(flags, FLAG_DEFLATED);
+        for cut in [0, 1, stored.len() / 2, stored.len() - 1] {
+            assert_eq!(inflate_within(flags, &stored[..cut], 1 << 20), Err(CookieError::Malformed), "cut at {cut}");
+        }
+        // And the reused inflater still opens a whole one afterwards.
+        assert_eq!(inflate_within(flags, &stored, 1 << 20), Ok(state.clone()));
+        // Garbled (never past the AEAD in practice): an error or other bytes, never a panic.
+        let garbled: Vec<u8> = stored.iter().map(|b| b ^ 0xa5).collect();
+        assert_ne!(inflate_within(flags, &garbled, 1 << 20), Ok(state.clone()));
+        assert_eq!(inflate_within(flags, &stored, 1 << 20), Ok(state));
+    }
+
+    #[test]
+    fn a_codec_in_use_further_up_the_stack_is_not_shared() {
+        // A nested use of the same slot gets a fresh codec instead of a second borrow.
+        let state = b"{\"count\":3}".repeat(50);
+        let nested = with_reused(&DEFLATER, new_deflater, |outer| {
+            let inner = compress(&state);
+            (deflate_smaller(outer, &state), inner)
+        });
+        assert_eq!(nested.0.as_deref(), Some(nested.1.1.as_slice()));
     }
 
     #[test]

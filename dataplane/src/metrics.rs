@@ -110,6 +110,8 @@ pub struct Metrics {
     pub drain_handovers: Family<Label, Counter>,
     pub peers_reachable: Gauge,
     pub ended_not_remembered: Counter,
+    pub sessions_evicted: Counter,
+    pub app_restarts: Counter,
     pub made_private: Counter,
     pub app_waits: Family<Label, Counter>,
     pub bad_requests: Family<Typed<BadRequest>, Counter>,
@@ -146,6 +148,8 @@ impl Default for Metrics {
             drain_handovers: Family::default(),
             peers_reachable: Gauge::default(),
             ended_not_remembered: Counter::default(),
+            sessions_evicted: Counter::default(),
+            app_restarts: Counter::default(),
             made_private: Counter::default(),
             app_waits: Family::default(),
             bad_requests: Family::default(),
@@ -245,6 +249,16 @@ impl Default for Metrics {
             "ended_not_remembered",
             "Ended sessions not remembered because the sidecar already remembers its maximum (a replay of their cookies is not refused)",
             m.ended_not_remembered.clone(),
+        );
+        registry.register(
+            "app_restarts",
+            "Restarts of the local app seen by a new Handover-Instance id (its sessions are checked or restored)",
+            m.app_restarts.clone(),
+        );
+        registry.register(
+            "sessions_evicted",
+            "Sessions dropped from the session table, least recently used first, to stay within --max-sessions (each is checked with the app or restored on its next request)",
+            m.sessions_evicted.clone(),
         );
         registry.register(
             "responses_made_private",

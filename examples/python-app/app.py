@@ -18,6 +18,9 @@ to every request. The app speaks the handover contract (sidecar/README.md):
            on the restore's PUT, where a format this release does not read (READS_FORMATS) answers
            415 with the reason before the bytes are even parsed — during a rolling update or a
            rollback, a release refuses a state it cannot read, and the session starts afresh.
+  instance every answer of the state endpoint carries `Handover-Instance: <id>`, new at each start
+           of this process: the sidecar tells a restart (a new id: every session is checked or
+           restored) from a keep-alive connection this server closed (the same id: nothing to do).
 
 Pull and restore are served on a listener of their own (--state-listen, the pod's loopback:
 the sidecar's --state-addr), never on the client port: no client request can reach them, however
@@ -44,6 +47,7 @@ import argparse
 import base64
 import json
 import re
+import secrets
 import signal
 import sys
 import threading
@@ -54,6 +58,9 @@ SESSION_HEADER = "Handover-Session"
 STATE_HEADER = "Handover-State"
 FORMAT_HEADER = "Handover-State-Format"
 READS_HEADER = "Handover-Reads"
+INSTANCE_HEADER = "Handover-Instance"
+# New at each start of the process: the sidecar's sign that this app restarted and lost its carts.
+INSTANCE = secrets.token_hex(16)
 STATE_VERSION = 1
 STATE_FORMAT = f"cart-v{STATE_VERSION}"
 # The formats this release restores: its own, and any older one it can still read.
@@ -181,12 +188,13 @@ def make_handler(carts, state_path, verbose, state_endpoint):
                 body = body.encode()
                 content_type = "text/plain; charset=utf-8"
             self.send_response(status)
+            if state_endpoint:
+                # Every answer to the sidecar names this process (a restart is a new instance) and
+                # the formats this release reads (a takeover it cannot read goes to a pod that can).
+                self.send_header(INSTANCE_HEADER, INSTANCE)
+                self.send_header(READS_HEADER, ", ".join(sorted(READS_FORMATS)))
             for name, value in headers:
                 self.send_header(name, value)
-            if state_endpoint:
-                # Every answer to the sidecar says which formats this release reads: a takeover
-                # of a state it cannot read goes to a pod whose app can.
-                self.send_header(READS_HEADER, ", ".join(sorted(READS_FORMATS)))
             if body or status not in (204, 304):
                 self.send_header("Content-Type", content_type)
                 self.send_header("Content-Length", str(len(body)))

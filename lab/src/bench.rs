@@ -45,6 +45,10 @@ pub struct BenchArgs {
     /// Cookieless requests sent through the sidecar before its RSS is read "after a flood".
     #[arg(long, default_value_t = 500_000)]
     pub flood: usize,
+    /// The sidecar binary to measure (default: this one). The app and the clients stay this
+    /// binary's, so two builds of the sidecar compare under the same app and the same load.
+    #[arg(long)]
+    pub sidecar_exe: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -224,6 +228,8 @@ async fn drive(
             let mut latencies = Vec::new();
             let mut errors = 0u64;
             let session = format!("bench-{c}");
+            // The session's cookies, as a browser keeps them: the route and its state chunks.
+            let mut jar = std::collections::HashMap::new();
             let mut cookie: Option<String> = None;
             let Ok(stream) = tokio::net::TcpStream::connect(addr).await else {
                 return (latencies, 1);
@@ -256,12 +262,10 @@ async fn drive(
                     sender.ready().await?;
                     let resp = sender.send_request(req).await?;
                     let status = resp.status();
-                    let set_cookie = resp
-                        .headers()
-                        .get(header::SET_COOKIE)
-                        .and_then(|v| v.to_str().ok())
-                        .and_then(|v| v.split(';').next())
-                        .map(str::to_owned);
+                    let set_cookie = resp.headers().contains_key(header::SET_COOKIE);
+                    if set_cookie {
+                        crate::localpool::apply_set_cookies(&mut jar, resp.headers());
+                    }
                     resp.into_body().collect().await?;
                     Ok::<_, hyper::Error>((status, set_cookie))
                 }
@@ -271,8 +275,12 @@ async fn drive(
                         if !std::mem::take(&mut first) {
                             latencies.push(started.elapsed());
                         }
-                        if set_cookie.is_some() {
-                            cookie = set_cookie;
+                        if set_cookie {
+                            // The Cookie line built once per change, not per request: the client's
+                            // own cost stays out of the figures as far as it can.
+                            let mut pairs: Vec<String> = jar.iter().map(|(n, v)| format!("{n}={v}")).collect();
+                            pairs.sort();
+                            cookie = (!pairs.is_empty()).then(|| pairs.join("; "));
                         }
                     }
                     _ => {
@@ -343,8 +351,9 @@ pub async fn run(args: BenchArgs) -> Result<(), String> {
         ],
         &dir.join("app.log"),
     )?);
+    let sidecar_exe = args.sidecar_exe.clone().unwrap_or_else(|| exe.clone());
     procs.0.push(spawn(
-        &exe,
+        &sidecar_exe,
         &[
             s("run"),
             s("--listen"),

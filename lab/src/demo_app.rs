@@ -44,7 +44,9 @@ use hyper::body::Incoming;
 use serde::{Deserialize, Serialize};
 
 use handover_common::sync;
-use handover_dataplane::proxy::{FORMAT_HEADER, READS_HEADER, ROTATE_HEADER, SESSION_HEADER, STATE_HEADER};
+use handover_dataplane::proxy::{
+    FORMAT_HEADER, INSTANCE_HEADER, READS_HEADER, ROTATE_HEADER, SESSION_HEADER, STATE_HEADER,
+};
 use handover_dataplane::server::ConnLimits;
 use handover_dataplane::upstream::Body;
 
@@ -82,6 +84,14 @@ pub struct DemoAppArgs {
     /// Worker threads (0: one per core).
     #[arg(long, default_value_t = 1)]
     pub workers: usize,
+    /// Name this process on every answer of the state endpoint (`Handover-Instance`, new at each
+    /// start): the sidecar then tells a restart from an idle connection closed. `false`: an app of
+    /// the contract without it.
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
+    pub report_instance: bool,
+    /// Close keep-alive connections idle this long (many apps do, after some seconds).
+    #[arg(long, default_value = "30s", value_parser = handover_common::duration::parse)]
+    pub idle_timeout: Duration,
 }
 
 /// One session's state, as the app serializes it for handover.
@@ -105,6 +115,8 @@ pub struct CountReply {
 
 struct App {
     args: DemoAppArgs,
+    /// This process's `Handover-Instance`.
+    instance: http::HeaderValue,
     restores_refused: std::sync::atomic::AtomicU64,
     sessions: Mutex<HashMap<String, SessionState>>,
 }
@@ -189,16 +201,21 @@ impl App {
         resp
     }
 
-    /// The state endpoint's listener: `GET`/`PUT <statePath>` and nothing else.
+    /// The state endpoint's listener: every answer names this process's instance.
     async fn handle_state(self: Arc<Self>, req: Request<Incoming>) -> Response<Body> {
         let reads = self.reads_header();
+        let instance = self.args.report_instance.then(|| self.instance.clone());
         let mut resp = self.answer_state(req).await;
         if let Some(reads) = reads {
             resp.headers_mut().insert(READS_HEADER, reads);
         }
+        if let Some(id) = instance {
+            resp.headers_mut().insert(INSTANCE_HEADER, id);
+        }
         resp
     }
 
+    /// `GET`/`PUT`/`DELETE <statePath>` and nothing else.
     async fn answer_state(self: Arc<Self>, req: Request<Incoming>) -> Response<Body> {
         let Some(session) = req.headers().get(SESSION_HEADER).and_then(|v| v.to_str().ok()).map(str::to_owned) else {
             return reply(StatusCode::BAD_REQUEST, "no Handover-Session header\n");
@@ -389,14 +406,18 @@ pub async fn run(args: DemoAppArgs) -> Result<(), String> {
         .await
         .map_err(|e| format!("cannot listen on {}: {e}", args.state_listen))?;
     tracing::info!(listen = %args.listen, state = %args.state_listen, name = %args.name, push = args.push, "demo app started");
-    let app = Arc::new(App { args, restores_refused: Default::default(), sessions: Mutex::new(HashMap::new()) });
+    let limits = ConnLimits { header_timeout: args.idle_timeout, ..ConnLimits::LOCAL };
+    let instance = http::HeaderValue::from_str(&handover_dataplane::random::session_id())
+        .map_err(|e| format!("an instance id: {e}"))?;
+    let app =
+        Arc::new(App { args, instance, restores_refused: Default::default(), sessions: Mutex::new(HashMap::new()) });
     let state_app = Arc::clone(&app);
     tokio::spawn(handover_dataplane::server::serve(
         state_listener,
         move |req, _| Arc::clone(&state_app).handle_state(req),
         std::future::pending(),
         Duration::ZERO,
-        ConnLimits::LOCAL,
+        limits,
         Default::default(),
     ));
     handover_dataplane::server::serve(
@@ -404,7 +425,7 @@ pub async fn run(args: DemoAppArgs) -> Result<(), String> {
         move |req, _| Arc::clone(&app).handle(req),
         handover_dataplane::server::shutdown_signal(),
         Duration::from_secs(1),
-        ConnLimits::LOCAL,
+        limits,
         Default::default(),
     )
     .await;

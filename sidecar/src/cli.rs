@@ -230,6 +230,10 @@ pub struct RunArgs {
     /// Requests held at once while the app is down; more get 503 at once.
     #[arg(long, env = "HANDOVER_MAX_HELD", default_value_t = 1024)]
     pub max_held: usize,
+    /// Sessions the sidecar remembers at most (about 100 bytes each); past it the least recently
+    /// used are forgotten, and checked with the app (or restored) on their next request.
+    #[arg(long, env = "HANDOVER_MAX_SESSIONS", default_value_t = handover_dataplane::proxy::DEFAULT_MAX_SESSIONS)]
+    pub max_sessions: usize,
     /// Largest state (uncompressed) sealed into or restored from a cookie.
     #[arg(long, env = "HANDOVER_MAX_STATE_BYTES", default_value_t = 64 * 1024)]
     pub max_state_bytes: usize,
@@ -288,6 +292,7 @@ pub async fn run(args: RunArgs) -> Result<(), String> {
         max_header_bytes: args.max_header_bytes,
         body: BodyLimits { idle: args.body_idle_timeout, total: args.body_timeout },
         max_held: args.max_held,
+        max_sessions: args.max_sessions,
         max_state_bytes: args.max_state_bytes,
         limits: handover_dataplane::header_budget::Limits {
             response_headers: args.max_response_header_bytes,

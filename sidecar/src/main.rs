@@ -7,6 +7,13 @@ use handover_common::logging::{LogFormat, init_logging};
 
 use cli::{Cli, Command, CookieCommand};
 
+/// mimalloc instead of glibc's malloc: a request allocates and frees short-lived buffers on
+/// whichever worker runs it (headers, cookies, the state codec's ~300 KB of deflate tables), and
+/// glibc's per-thread arenas hand freed memory back to the kernel only to fault it in again on the
+/// next request (a profile under the bench: ~15 % of the sidecar's CPU in page faults).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() {
     if let Err(e) = run() {
         eprintln!("handover-sidecar: {e}");

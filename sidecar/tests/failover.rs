@@ -167,3 +167,63 @@ async fn concurrent_requests_of_one_session_after_owner_death_never_fork_it() {
     };
     assert_eq!(last.verify(&ready).await.expect("count"), *expected.last().expect("some"));
 }
+
+/// Sessions of one pod whose app closes idle connections after 300 ms; the app reports its
+/// instance id (`Handover-Instance`) or not.
+async fn idle_closing_pool(report_instance: bool) -> LocalPool {
+    let mut opts = PoolOptions::new(exe(), 1);
+    opts.app_args = ["--idle-timeout", "300ms", "--report-instance", if report_instance { "true" } else { "false" }]
+        .map(String::from)
+        .to_vec();
+    LocalPool::start(opts).await.expect("pool starts")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_app_closing_idle_connections_is_not_taken_for_a_restart_when_it_reports_its_instance() {
+    for report_instance in [true, false] {
+        let pool = idle_closing_pool(report_instance).await;
+        let ready = pool.ready_handle();
+        let mut sessions: Vec<CounterSession> = (0..SESSIONS).map(|_| CounterSession::default()).collect();
+        for s in &mut sessions {
+            s.incr(&ready).await.expect("increment");
+            s.client.disconnect();
+        }
+        assert_eq!(pool.metric("handover_sessions ").await, SESSIONS as f64);
+        // The app closes every idle connection, the sidecar's watcher's too.
+        tokio::time::sleep(Duration::from_millis(1200)).await;
+        let kept = pool.metric("handover_sessions ").await;
+        if report_instance {
+            assert_eq!(kept, SESSIONS as f64, "the same instance id: the table is kept");
+        } else {
+            assert_eq!(kept, 0.0, "no instance id: any closed connection forgets the sessions (checked next)");
+        }
+        for s in &mut sessions {
+            assert_eq!(s.incr(&ready).await.expect("increment after the idle closes"), 2);
+        }
+        assert_eq!(pool.metric("handover_app_restarts_total").await, 0.0);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_app_restarted_at_once_never_serves_a_session_empty() {
+    for report_instance in [true, false] {
+        let mut opts = PoolOptions::new(exe(), 1);
+        opts.app_args = vec!["--report-instance".into(), report_instance.to_string()];
+        let mut pool = LocalPool::start(opts).await.expect("pool starts");
+        let ready = pool.ready_handle();
+        let mut sessions: Vec<CounterSession> = (0..SESSIONS).map(|_| CounterSession::default()).collect();
+        for round in 1..=5u64 {
+            for s in &mut sessions {
+                assert_eq!(s.incr(&ready).await.expect("increment"), round);
+            }
+            // SIGKILL, and a new app started the moment the old one is reaped (a few ms, well
+            // within 50 ms; not asserted: tests never assert on wall-clock speed).
+            pool.crash_app(0).await;
+            pool.restart_app(0).expect("the app starts again");
+        }
+        for s in &mut sessions {
+            assert_eq!(s.verify(&ready).await.expect("count"), 5, "no session served empty after a restart");
+            assert_eq!(s.lost, 0);
+        }
+    }
+}

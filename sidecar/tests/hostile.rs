@@ -298,3 +298,30 @@ async fn a_connection_that_never_sends_a_byte_is_closed_after_the_header_timeout
     let read = tokio::time::timeout(Duration::from_secs(10), silent.read(&mut buf)).await;
     assert!(matches!(read, Ok(Ok(0)) | Ok(Err(_))), "closed by the sidecar, not left open: {read:?}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flood_of_new_sessions_keeps_the_table_within_its_cap_and_evicted_sessions_go_on() {
+    const CAP: usize = 32;
+    let pool = pool_with(1, &["--max-sessions", "32"], &[]).await;
+    let addr = pool.pods[0].data();
+    // Cookieless requests, each one a new session the app gives state: far past the cap.
+    let mut sessions: Vec<SessionClient> = Vec::new();
+    for _ in 0..(CAP * 6) {
+        let mut s = SessionClient::default();
+        let reply = s.send(|| Some(addr), Method::POST, "/incr").await.expect("a new session is served");
+        assert_eq!(reply.status, StatusCode::OK);
+        sessions.push(s);
+    }
+    let table = pool.metric("handover_sessions ").await;
+    assert!(table <= CAP as f64, "the session table holds {table} entries, over its cap of {CAP}");
+    let evicted = pool.metric("handover_sessions_evicted_total").await;
+    assert!(evicted >= (CAP * 5) as f64, "evictions counted: {evicted}");
+    // Every session, the evicted ones first, goes on where it was: checked with the app, never empty.
+    for (i, s) in sessions.iter_mut().enumerate() {
+        let reply = s.send(|| Some(addr), Method::POST, "/incr").await.expect("served again");
+        assert_eq!(reply.status, StatusCode::OK);
+        let count = serde_json::from_slice::<CountReply>(&reply.body).expect("a count").count;
+        assert_eq!(count, 2, "session {i} lost its first increment after its eviction");
+    }
+    assert!(pool.metric("handover_sessions ").await <= CAP as f64, "still within the cap");
+}

@@ -32,6 +32,32 @@ pub(super) const APP_RETRY_EVERY: Duration = Duration::from_millis(25);
 /// connection hides a problem only new connections have).
 pub(super) const HELD_RECHECK_EVERY: Duration = Duration::from_millis(250);
 
+/// The header with which an app names its instance (the contract): an opaque value, the same on
+/// every answer of its state endpoint for the life of the process, new at each start. A closed
+/// connection then only costs one `GET <statePath>` that compares it; without it, every session is
+/// checked with the app after any closed connection.
+pub const INSTANCE_HEADER: &str = "handover-instance";
+
+/// What the sidecar knows of the app's instance.
+#[derive(Debug, Default)]
+pub(super) struct Instance {
+    /// The id the app reported last; `None` while it reports none (or before it was asked).
+    id: Option<HeaderValue>,
+    /// A connection to the app closed since the id was last confirmed: the app may have
+    /// restarted, so the table is not trusted before the id is compared again.
+    unverified: bool,
+}
+
+/// An answer of the app's state endpoint.
+struct StateAnswer {
+    status: StatusCode,
+    /// The app's instance id (`Handover-Instance`), when it reports one.
+    instance: Option<HeaderValue>,
+    /// The state's format the app declared (`Handover-State-Format`); empty: none.
+    format: String,
+    body: Bytes,
+}
+
 /// What became of a request handed to the local app.
 pub(super) enum Served {
     Response(Response<Body>),
@@ -70,6 +96,74 @@ impl Proxy {
         }
     }
 
+    /// A connection to the app closed (it may only have been idle for too long). An app that
+    /// reports its instance is asked again before a session is served from the table; for any
+    /// other, every session is forgotten (checked with the app on its next request). Returns
+    /// whether the sessions were forgotten.
+    pub(super) fn app_maybe_restarted(&self) -> bool {
+        let mut instance = sync::lock(&self.app_instance);
+        if instance.id.is_some() {
+            instance.unverified = true;
+            return false;
+        }
+        drop(instance);
+        self.forget_sessions();
+        true
+    }
+
+    /// Takes note of the instance id on an answer of the app's state endpoint: a new one means the
+    /// app restarted and lost its sessions, so they are forgotten. Returns whether they were.
+    fn note_instance(&self, seen: Option<&HeaderValue>) -> bool {
+        let mut instance = sync::lock(&self.app_instance);
+        let restarted = match (&instance.id, seen) {
+            (Some(known), Some(seen)) => known != seen,
+            // An app that stopped reporting one: no telling, assume the worst.
+            (Some(_), None) => true,
+            // The first id (or none at all): the table came from a live app, keep it.
+            (None, _) => false,
+        };
+        instance.id = seen.cloned();
+        instance.unverified = false;
+        drop(instance);
+        if restarted {
+            self.metrics.app_restarts.inc();
+            tracing::warn!(app = %self.cfg.app, "the app restarted (a new instance id); its sessions will be checked or restored");
+            self.forget_sessions();
+        }
+        restarted
+    }
+
+    /// Asks the app for its instance id (`GET <statePath>` for no session) and compares it with
+    /// the one known. Returns whether the sessions were forgotten: the id changed, the app
+    /// reports none, or it could not be asked.
+    pub(super) async fn check_instance(&self) -> bool {
+        let mut asked = self.state_exchange(Method::GET, None, Bytes::new(), None).await;
+        if asked.is_err() {
+            // The pooled connection it took may be one the app is closing at this very moment
+            // (idle for as long as the one that closed): once more, on a new connection.
+            asked = self.state_exchange(Method::GET, None, Bytes::new(), None).await;
+        }
+        match asked {
+            Ok(StateAnswer { instance: seen, .. }) => {
+                let forgotten = self.note_instance(seen.as_ref());
+                if seen.is_none() && !forgotten {
+                    // An app without an id: today's rule, any closed connection forgets.
+                    return self.app_maybe_restarted();
+                }
+                forgotten
+            }
+            Err(e) => {
+                tracing::debug!(error = %e, "could not ask the app for its instance; its sessions will be checked");
+                self.forget_sessions();
+                true
+            }
+        }
+    }
+
+    fn instance_unverified(&self) -> bool {
+        sync::lock(&self.app_instance).unverified
+    }
+
     pub(super) fn app_back(&self) {
         if !self.app_up.send_replace(true) {
             tracing::info!(app = %self.cfg.app, "the app is back");
@@ -77,8 +171,9 @@ impl Proxy {
     }
 
     /// A connection to the local app; while it is down, waits up to `app_wait` for it. The flag
-    /// says whether the app may have restarted meanwhile (it had to wait, or found closed
-    /// connections): then the sessions were forgotten and the request must be routed again.
+    /// says whether the app may have restarted meanwhile (it had to wait, or a closed connection
+    /// was not followed by the same instance id): then the sessions were forgotten and the request
+    /// must be routed again.
     ///
     /// At most `max_held` requests wait at once (more get 503 at once); they wake when the app
     /// watcher sees the app back, not by each polling it.
@@ -97,11 +192,15 @@ impl Proxy {
                     if held.is_some() {
                         self.metrics.app_waits.get_or_create(&[("result", "ok")]).inc();
                     }
+                    let mut recheck = held.is_some();
                     if saw_closed {
-                        // The app closed connections: it may have restarted; check its sessions.
-                        self.forget_sessions();
+                        // The app closed connections: it may have restarted.
+                        recheck |= self.app_maybe_restarted();
                     }
-                    return Ok((sender, held.is_some() || saw_closed));
+                    if self.instance_unverified() {
+                        recheck |= self.check_instance().await;
+                    }
+                    return Ok((sender, recheck));
                 }
                 Err(e) => {
                     self.app_lost();
@@ -183,9 +282,9 @@ impl Proxy {
             Ok(resp) => resp,
             Err(mut e) => match e.take_message() {
                 // The app closed this connection before taking the request: it may have restarted
-                // and lost its sessions, so forget them and route the request again.
+                // and lost its sessions, so route the request again once that is known.
                 Some(mut unsent) => {
-                    self.forget_sessions();
+                    self.app_maybe_restarted();
                     if let Some(on_upgrade) = client_upgrade {
                         unsent.extensions_mut().insert(on_upgrade);
                     }
@@ -278,7 +377,8 @@ impl Proxy {
     }
 
     /// [`Proxy::state_request`] with the state's format declared on the call (a restore's `PUT`),
-    /// and the format the app declared on its answer (a pull's `GET`).
+    /// and the format the app declared on its answer (a pull's `GET`). The app's instance id on
+    /// the answer is compared with the one known (a new one: the app restarted).
     pub(super) async fn state_call(
         &self,
         method: Method,
@@ -286,13 +386,28 @@ impl Proxy {
         body: Bytes,
         format: Option<&str>,
     ) -> Result<(StatusCode, String, Bytes), String> {
+        let answer = self.state_exchange(method, Some(session), body, format).await?;
+        if answer.instance.is_some() || sync::lock(&self.app_instance).id.is_some() {
+            self.note_instance(answer.instance.as_ref());
+        }
+        Ok((answer.status, answer.format, answer.body))
+    }
+
+    /// One exchange with the app's state endpoint (`session` `None`: a check of the instance id).
+    async fn state_exchange(
+        &self,
+        method: Method,
+        session: Option<&str>,
+        body: Bytes,
+        format: Option<&str>,
+    ) -> Result<StateAnswer, String> {
         let mut sender =
             self.upstreams.get(self.cfg.state_addr, self.cfg.connect_timeout).await.map_err(|e| e.to_string())?;
-        let mut call = Request::builder()
-            .method(method)
-            .uri(self.cfg.state_path.as_str())
-            .header(header::HOST, "localhost")
-            .header(SESSION_HEADER, session);
+        let mut call =
+            Request::builder().method(method).uri(self.cfg.state_path.as_str()).header(header::HOST, "localhost");
+        if let Some(session) = session {
+            call = call.header(SESSION_HEADER, session);
+        }
         if let Some(format) = format.filter(|f| !f.is_empty()) {
             call = call.header(FORMAT_HEADER, format);
         }
@@ -306,12 +421,13 @@ impl Proxy {
             let status = resp.status();
             let format = take_declared_format(resp.headers_mut());
             self.note_app_reads(resp.headers_mut());
-            let bytes = Limited::new(resp.into_body(), self.cfg.max_state_bytes)
+            let instance = resp.headers().get(INSTANCE_HEADER).cloned();
+            let body = Limited::new(resp.into_body(), self.cfg.max_state_bytes)
                 .collect()
                 .await
                 .map_err(|e| format!("reading the state: {e}"))?
                 .to_bytes();
-            Ok::<_, String>((status, format, bytes))
+            Ok::<_, String>(StateAnswer { status, instance, format, body })
         })
         .await
         .map_err(|_| format!("the app did not answer within {:?}", self.cfg.state_timeout))??;
@@ -320,19 +436,22 @@ impl Proxy {
     }
 
     /// Keeps one idle connection open to the app: the kernel closes it the moment the app process
-    /// dies, so the session table is cleared even when no request is in flight.
+    /// dies, so the session table is not trusted again before the app's instance id is compared
+    /// (or, for an app without one, is cleared) even when no request is in flight.
     pub async fn watch_app(self: Arc<Self>) {
         use tokio::io::AsyncReadExt;
         loop {
             match tokio::net::TcpStream::connect(self.cfg.app).await {
                 Ok(mut stream) => {
                     self.app_back();
+                    // Learns the instance id at start, compares it after each closed connection.
+                    self.check_instance().await;
                     let mut byte = [0u8; 1];
                     // Returns on EOF or error: the app died, or closed an idle connection. A dead
-                    // app may be back before anyone notices, so assume the worst: every session
-                    // is checked with the app (GET state) before it is served again.
+                    // app may be back before anyone notices, so assume the worst until its
+                    // instance id says otherwise: no session is served from the table meanwhile.
                     let _ = stream.read(&mut byte).await;
-                    self.forget_sessions();
+                    self.app_maybe_restarted();
                 }
                 Err(_) => {
                     self.app_lost();

@@ -366,7 +366,7 @@ impl Proxy {
 
     /// The sessions the local app holds, as the session table knows them.
     pub fn table_sessions(&self) -> Vec<String> {
-        sync::lock(&self.sessions).keys().cloned().collect()
+        sync::lock(&self.sessions).ids().cloned().collect()
     }
 
     /// A final snapshot of one session, handed over: the app's state (`GET <statePath>`), sealed
@@ -442,7 +442,8 @@ impl Proxy {
     /// session left the table.
     fn reserve_handover(&self, session: &str) -> Option<(u64, u64)> {
         let mut sessions = sync::lock(&self.sessions);
-        let local = sessions.get_mut(session)?;
+        let now = Instant::now();
+        let local = sessions.write(session, now)?;
         let seal = decide::seal(decide::SealInputs {
             cookie: decide::CookieSeen::Valid,
             offered: decide::Offered::Pulled { empty: false },
@@ -451,7 +452,7 @@ impl Proxy {
             local_version: Some(local.version),
             cookie_version: None,
         });
-        *local = Local { version: seal.version, sealed_at: Some(Instant::now()), created_at: local.created_at };
+        *local = Local { version: seal.version, sealed_at: Some(now), created_at: local.created_at };
         Some((seal.version, local.created_at))
     }
 }

@@ -28,6 +28,7 @@ use http::{Request, Response, StatusCode};
 use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 
+pub use app::INSTANCE_HEADER;
 pub use backup::HandedOver;
 pub use headers::{
     FORMAT_HEADER, FORWARDED_HEADER, PEER_HEADER, READS_HEADER, ROTATE_HEADER, SESSION_HEADER, STATE_HEADER,
@@ -47,7 +48,7 @@ use headers::{append_forwarded_for, is_upgrade, strip_hop_by_hop};
 use peer::peer_not_reached;
 use request::{Arrival, RequestCookie};
 use restore::{RESTORE_SHARDS, Restored};
-use sessions::Local;
+pub use sessions::DEFAULT_MAX_SESSIONS;
 
 /// Forwards tried for one request before giving up: one per member that turns out dead, plus one.
 const EXTRA_FORWARD_ATTEMPTS: usize = 1;
@@ -148,6 +149,9 @@ pub struct Config {
     pub body: BodyLimits,
     /// Requests held at once while the app is down; more are refused with 503.
     pub max_held: usize,
+    /// Entries of the session table at most; past it the least recently used are evicted (and
+    /// checked with the app or restored on their next request).
+    pub max_sessions: usize,
     /// Largest state (uncompressed) sealed or restored.
     pub max_state_bytes: usize,
     /// The header limits of the path between clients and the pool.
@@ -164,7 +168,7 @@ pub struct Proxy {
     pub metrics: Arc<Metrics>,
     keys: Arc<KeyFile>,
     registry: Arc<dyn Registry>,
-    sessions: Mutex<HashMap<String, Local>>,
+    sessions: Mutex<sessions::Table>,
     restore_locks: Vec<tokio::sync::Mutex<()>>,
     unreachable: Mutex<HashMap<String, Instant>>,
     /// Sessions the app ended (an empty state) or rotated away from, until their cookies expire: a
@@ -183,6 +187,8 @@ pub struct Proxy {
     /// The state formats the app declared it reads (`Handover-Reads`), latest first; `None` until
     /// it declares them (and again after it went down: a new release may read others).
     app_reads: Mutex<Option<String>>,
+    /// The app's instance id, and whether a closed connection put it in doubt.
+    app_instance: Mutex<app::Instance>,
     /// Whether the app answers; held requests wait on changes of it.
     app_up: tokio::sync::watch::Sender<bool>,
     held: tokio::sync::Semaphore,
@@ -213,13 +219,14 @@ fn full(bytes: impl Into<Bytes>) -> Body {
 impl Proxy {
     pub fn new(cfg: Config, keys: Arc<KeyFile>, registry: Arc<dyn Registry>, metrics: Arc<Metrics>) -> Arc<Proxy> {
         let cfg_max_held = cfg.max_held;
+        let table = sessions::Table::new(cfg.max_sessions);
         let backups = cfg.backup_max_bytes.map(crate::backup::Store::new);
         Arc::new(Proxy {
             cfg,
             metrics,
             keys,
             registry,
-            sessions: Mutex::new(HashMap::new()),
+            sessions: Mutex::new(table),
             restore_locks: (0..RESTORE_SHARDS).map(|_| tokio::sync::Mutex::new(())).collect(),
             unreachable: Mutex::new(HashMap::new()),
             ended: Mutex::new(HashMap::new()),
@@ -228,6 +235,7 @@ impl Proxy {
             handed_over: std::sync::atomic::AtomicBool::new(false),
             handed_to: Mutex::new(HashMap::new()),
             app_reads: Mutex::new(None),
+            app_instance: Mutex::default(),
             app_up: tokio::sync::watch::Sender::new(true),
             held: tokio::sync::Semaphore::new(cfg_max_held),
             backups,

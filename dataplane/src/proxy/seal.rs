@@ -72,17 +72,17 @@ impl Proxy {
     /// before unlocking: two concurrent responses of a session never get the same version.
     fn reserve(&self, session: &str, inputs: decide::SealInputs, now: Instant, created_at: u64) -> decide::Seal {
         let mut sessions = sync::lock(&self.sessions);
-        let local = sessions.get(session).copied();
+        let local = sessions.get(session);
         let seal = decide::seal(decide::SealInputs { local_version: local.map(|l| l.version), ..inputs });
         match seal.action {
             SealAction::Seal(SealSource::Push | SealSource::Pull) => {
-                sessions.insert(session.to_owned(), Local { version: seal.version, sealed_at: Some(now), created_at });
-                self.metrics.sessions.set(sessions.len() as i64);
+                let local = Local { version: seal.version, sealed_at: Some(now), created_at };
+                self.insert_local(&mut sessions, session, local, now);
             }
             // The same state with a new expiry: the idle sweep must not tell the app an active
             // session expired (it counts from the last seal of any kind).
             SealAction::Seal(SealSource::Carry | SealSource::Refresh) => {
-                if let Some(local) = sessions.get_mut(session) {
+                if let Some(local) = sessions.write(session, now) {
                     local.sealed_at = Some(now);
                 }
             }

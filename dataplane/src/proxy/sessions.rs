@@ -1,7 +1,8 @@
 //! The session table: which sessions the local app holds and at which version, when each was last
-//! sealed, their expiry, the sessions that ended here, and moving a session to a new id.
+//! sealed, their expiry and its cap, the sessions that ended here, and moving a session to a new id.
 
-use std::time::Instant;
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http::{Method, StatusCode};
@@ -13,6 +14,9 @@ use handover_common::sync;
 /// Ended sessions a sidecar remembers at most (about 100 bytes each).
 pub(super) const MAX_ENDED: usize = 100_000;
 
+/// The default of `--max-sessions`: entries of the session table (about 100 bytes each).
+pub const DEFAULT_MAX_SESSIONS: usize = 100_000;
+
 /// What the sidecar knows about a session the local app holds.
 #[derive(Clone, Copy, Debug)]
 pub(super) struct Local {
@@ -20,6 +24,108 @@ pub(super) struct Local {
     pub(super) sealed_at: Option<Instant>,
     /// Unix seconds: when the session was first sealed (its route's `created_at`).
     pub(super) created_at: u64,
+}
+
+struct Entry {
+    local: Local,
+    /// When the entry was last written (sealed, restored, checked): it expires a cookie's
+    /// lifetime after that, whether or not this pod ever sealed it.
+    written: Instant,
+    /// The table's clock at the entry's last use: the least recently used go first past the cap.
+    used: u64,
+}
+
+/// The session table, capped: past `cap` entries, the least recently used sixteenth is evicted at
+/// once (a use costs a counter; an eviction a scan, once per `cap / 16` new sessions). Evicting
+/// is always safe: a session missing from the table is checked with the app (`GET <statePath>`)
+/// or restored from its cookie on its next request, like after a restart of the sidecar.
+pub(super) struct Table {
+    entries: HashMap<String, Entry>,
+    cap: usize,
+    clock: u64,
+}
+
+impl Table {
+    pub(super) fn new(cap: usize) -> Table {
+        Table { entries: HashMap::new(), cap: cap.max(1), clock: 0 }
+    }
+
+    pub(super) fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    /// The session's entry, marked as used.
+    pub(super) fn get(&mut self, session: &str) -> Option<Local> {
+        self.clock += 1;
+        let clock = self.clock;
+        self.entries.get_mut(session).map(|e| {
+            e.used = clock;
+            e.local
+        })
+    }
+
+    /// Writes the session's entry; returns how many others were evicted to make room for it.
+    pub(super) fn insert(&mut self, session: &str, local: Local, now: Instant) -> usize {
+        self.clock += 1;
+        let used = self.clock;
+        if let Some(e) = self.entries.get_mut(session) {
+            *e = Entry { local, written: now, used };
+            return 0;
+        }
+        let evicted = if self.entries.len() >= self.cap { self.evict_least_used() } else { 0 };
+        self.entries.insert(session.to_owned(), Entry { local, written: now, used });
+        evicted
+    }
+
+    /// Drops the least recently used sixteenth of the cap (at least one entry).
+    fn evict_least_used(&mut self) -> usize {
+        let n = (self.cap / 16).clamp(1, self.entries.len());
+        let mut used: Vec<u64> = self.entries.values().map(|e| e.used).collect();
+        let (_, &mut newest_evicted, _) = used.select_nth_unstable(n - 1);
+        let before = self.entries.len();
+        self.entries.retain(|_, e| e.used > newest_evicted);
+        before - self.entries.len()
+    }
+
+    /// The session's entry, to be changed in place (a seal that keeps its version): marked used,
+    /// and written at `now` (its expiry counts from there).
+    pub(super) fn write(&mut self, session: &str, now: Instant) -> Option<&mut Local> {
+        self.clock += 1;
+        let clock = self.clock;
+        self.entries.get_mut(session).map(|e| {
+            e.used = clock;
+            e.written = now;
+            &mut e.local
+        })
+    }
+
+    /// The ids of the sessions in the table.
+    pub(super) fn ids(&self) -> impl Iterator<Item = &String> {
+        self.entries.keys()
+    }
+
+    pub(super) fn remove(&mut self, session: &str) {
+        self.entries.remove(session);
+    }
+
+    pub(super) fn clear(&mut self) {
+        self.entries.clear();
+    }
+
+    /// Removes and returns the sessions written longer than `max_age` ago, and those `past_end`
+    /// says are over (their absolute timeout).
+    fn take_expired(&mut self, now: Instant, max_age: Duration, past_end: impl Fn(&Local) -> bool) -> Vec<String> {
+        let expired: Vec<String> = self
+            .entries
+            .iter()
+            .filter(|(_, e)| now.saturating_duration_since(e.written) >= max_age || past_end(&e.local))
+            .map(|(id, _)| id.clone())
+            .collect();
+        for id in &expired {
+            self.entries.remove(id);
+        }
+        expired
+    }
 }
 
 impl Proxy {
@@ -31,29 +137,36 @@ impl Proxy {
     }
 
     pub(super) fn local(&self, session: &str) -> Option<Local> {
-        sync::lock(&self.sessions).get(session).copied()
+        sync::lock(&self.sessions).get(session)
     }
 
     pub(super) fn set_local(&self, session: &str, local: Local) {
         let mut sessions = sync::lock(&self.sessions);
-        sessions.insert(session.to_owned(), local);
+        self.insert_local(&mut sessions, session, local, Instant::now());
+    }
+
+    /// Writes a session's entry into the locked table, counting what the cap evicted.
+    pub(super) fn insert_local(&self, sessions: &mut Table, session: &str, local: Local, now: Instant) {
+        let evicted = sessions.insert(session, local, now);
+        if evicted > 0 {
+            self.metrics.sessions_evicted.inc_by(evicted as u64);
+            tracing::debug!(evicted, cap = sessions.cap, "session table full; the least recently used entries evicted");
+        }
         self.metrics.sessions.set(sessions.len() as i64);
     }
 
-    /// Drops sessions not sealed for longer than a cookie lives (their clients' cookies have
-    /// expired: they cannot come back) or past their absolute timeout, and tells the app each one
-    /// left (`DELETE <statePath>`), so its memory does not only grow.
+    /// Drops sessions not written (sealed of any kind, restored, checked) for longer than a cookie
+    /// lives (their clients' cookies have expired: they cannot come back) or past their absolute
+    /// timeout, and tells the app each one left (`DELETE <statePath>`), so its memory does not
+    /// only grow.
     pub async fn forget_expired_sessions(&self) {
-        let max_age = self.cfg.cookie.max_age;
         let absolute = self.cfg.cookie.absolute_timeout.map(|d| d.as_secs());
         let unix = unix_now();
-        let gone = |l: &Local| {
-            l.sealed_at.is_some_and(|t| t.elapsed() >= max_age) || decide::past_absolute(l.created_at, absolute, unix)
-        };
-        let expired: Vec<String> = {
+        let expired = {
             let mut sessions = sync::lock(&self.sessions);
-            let expired = sessions.iter().filter(|(_, l)| gone(l)).map(|(id, _)| id.clone()).collect();
-            sessions.retain(|_, l| !gone(l));
+            let expired = sessions.take_expired(Instant::now(), self.cfg.cookie.max_age, |l| {
+                decide::past_absolute(l.created_at, absolute, unix)
+            });
             self.metrics.sessions.set(sessions.len() as i64);
             expired
         };
@@ -159,5 +272,74 @@ impl Proxy {
         let mut sessions = sync::lock(&self.sessions);
         sessions.remove(session);
         self.metrics.sessions.set(sessions.len() as i64);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn local(version: u64) -> Local {
+        Local { version, sealed_at: None, created_at: 0 }
+    }
+
+    #[test]
+    fn the_table_stays_within_its_cap_and_evicts_the_least_recently_used() {
+        let now = Instant::now();
+        let mut table = Table::new(64);
+        let mut evicted = 0;
+        for i in 0..64 {
+            evicted += table.insert(&format!("s{i}"), local(1), now);
+        }
+        assert_eq!((table.len(), evicted), (64, 0));
+        // s0..s3 used again: the least recently used are s4.. now.
+        for i in 0..4 {
+            assert!(table.get(&format!("s{i}")).is_some());
+        }
+        evicted += table.insert("new", local(1), now);
+        assert_eq!(evicted, 64 / 16, "a sixteenth of the cap goes at once");
+        assert!((0..4).all(|i| table.get(&format!("s{i}")).is_some()), "recently used kept");
+        assert!((4..8).all(|i| table.get(&format!("s{i}")).is_none()), "least recently used evicted");
+        for i in 0..10_000 {
+            evicted += table.insert(&format!("flood{i}"), local(1), now);
+            assert!(table.len() <= 64);
+        }
+        assert_eq!(evicted + table.len(), 64 + 1 + 10_000, "every entry is in the table or counted evicted");
+        // Writing an entry that is there evicts nothing.
+        let kept = table.entries.keys().next().cloned().expect("an entry");
+        assert_eq!(table.insert(&kept, local(2), now), 0);
+    }
+
+    #[test]
+    fn entries_expire_a_cookie_lifetime_after_their_last_write_sealed_or_not() {
+        let max_age = Duration::from_secs(60);
+        let start = Instant::now();
+        let never = |_: &Local| false;
+        let mut table = Table::new(10);
+        // Created by a restore (never sealed here), one sealed later, one whose seal kept its
+        // version (a carry or refresh writes it in place).
+        table.insert("restored", local(3), start);
+        table.insert("sealed", Local { version: 1, sealed_at: Some(start), created_at: 0 }, start);
+        table.insert("sealed", Local { version: 2, sealed_at: Some(start + max_age), created_at: 0 }, start + max_age);
+        table.insert("carried", local(1), start);
+        let carried = table.write("carried", start + max_age / 2).expect("in the table");
+        carried.sealed_at = Some(start + max_age / 2);
+        assert!(table.take_expired(start + max_age / 2, max_age, never).is_empty());
+        assert_eq!(table.take_expired(start + max_age, max_age, never), vec!["restored".to_owned()]);
+        assert_eq!(table.take_expired(start + max_age * 3 / 2, max_age, never), vec!["carried".to_owned()]);
+        assert_eq!(table.take_expired(start + max_age * 2, max_age, never), vec!["sealed".to_owned()]);
+        assert_eq!(table.len(), 0);
+    }
+
+    #[test]
+    fn entries_past_their_absolute_timeout_expire_however_recently_written() {
+        let max_age = Duration::from_secs(60);
+        let now = Instant::now();
+        let mut table = Table::new(10);
+        table.insert("old", Local { version: 1, sealed_at: Some(now), created_at: 100 }, now);
+        table.insert("young", Local { version: 1, sealed_at: Some(now), created_at: 200 }, now);
+        let past_end = |l: &Local| decide::past_absolute(l.created_at, Some(50), 160);
+        assert_eq!(table.take_expired(now, max_age, past_end), vec!["old".to_owned()]);
+        assert_eq!(table.ids().cloned().collect::<Vec<_>>(), vec!["young".to_owned()]);
     }
 }
