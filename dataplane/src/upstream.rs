@@ -1,4 +1,5 @@
-//! Keep-alive HTTP/1.1 connections to the local app and to peer sidecars.
+//! Keep-alive HTTP/1.1 connections to the local app and to peer sidecars, and the one multiplexed
+//! h2c connection to an app that speaks HTTP/2 (`--app-protocol h2c`).
 //!
 //! A request is only handed to a connection that is already established, so a peer or an app that
 //! refuses the connection costs no request body: the caller can still send it elsewhere.
@@ -12,7 +13,8 @@ use bytes::Bytes;
 use handover_common::sync;
 use http_body_util::combinators::BoxBody;
 use hyper::client::conn::http1::SendRequest;
-use hyper_util::rt::TokioIo;
+use hyper::client::conn::http2;
+use hyper_util::rt::{TokioExecutor, TokioIo};
 use tokio::net::TcpStream;
 
 /// The body type the proxy sends and returns.
@@ -32,10 +34,42 @@ pub enum ConnectError {
     Handshake(SocketAddr, hyper::Error),
 }
 
+/// How the sidecar speaks to the app's client port (`--app-protocol`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum AppProtocol {
+    /// HTTP/1.1, a pool of keep-alive connections.
+    #[default]
+    Http1,
+    /// HTTP/2 over cleartext with prior knowledge (gRPC servers speak nothing else): one
+    /// multiplexed connection, made again when it closes.
+    H2c,
+}
+
+impl std::str::FromStr for AppProtocol {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "http1" => Ok(Self::Http1),
+            "h2c" => Ok(Self::H2c),
+            other => Err(format!("unknown app protocol {other:?} (http1 or h2c)")),
+        }
+    }
+}
+
+/// A connection to the app ready for one request, in the app's protocol.
+pub enum AppSender {
+    Http1(SendRequest<Body>),
+    /// A handle on the shared h2c connection (cloning it opens no connection).
+    H2(http2::SendRequest<Body>),
+}
+
 /// Connection pools by destination.
 #[derive(Default)]
 pub struct Upstreams {
     idle: Mutex<HashMap<SocketAddr, Vec<SendRequest<Body>>>>,
+    /// One h2c connection per destination: HTTP/2 multiplexes every request on it, so a pool
+    /// would only add connections the app must accept.
+    h2: Mutex<HashMap<SocketAddr, http2::SendRequest<Body>>>,
 }
 
 impl Upstreams {
@@ -71,6 +105,66 @@ impl Upstreams {
         Ok((sender, saw_closed))
     }
 
+    /// A connection to the app at `addr` in `protocol`, and whether a connection to it had been
+    /// closed by the other side since it was last used (see [`get_noting_closed`](Self::get_noting_closed)).
+    pub async fn get_app(
+        &self,
+        addr: SocketAddr,
+        protocol: AppProtocol,
+        timeout: Duration,
+    ) -> Result<(AppSender, bool), ConnectError> {
+        match protocol {
+            AppProtocol::Http1 => {
+                self.get_noting_closed(addr, timeout).await.map(|(s, closed)| (AppSender::Http1(s), closed))
+            }
+            AppProtocol::H2c => self.get_h2(addr, timeout).await.map(|(s, closed)| (AppSender::H2(s), closed)),
+        }
+    }
+
+    async fn get_h2(
+        &self,
+        addr: SocketAddr,
+        timeout: Duration,
+    ) -> Result<(http2::SendRequest<Body>, bool), ConnectError> {
+        let saw_closed = {
+            let mut h2 = sync::lock(&self.h2);
+            match h2.get(&addr) {
+                Some(sender) if !sender.is_closed() => return Ok((sender.clone(), false)),
+                Some(_) => {
+                    h2.remove(&addr);
+                    true
+                }
+                None => false,
+            }
+        };
+        let stream = tokio::time::timeout(timeout, TcpStream::connect(addr))
+            .await
+            .map_err(|_| ConnectError::Timeout(addr))?
+            .map_err(|e| ConnectError::Io(addr, e))?;
+        let _ = stream.set_nodelay(true);
+        let (sender, conn) = http2::handshake(TokioExecutor::new(), TokioIo::new(stream))
+            .await
+            .map_err(|e| ConnectError::Handshake(addr, e))?;
+        tokio::spawn(async move {
+            if let Err(e) = conn.await {
+                tracing::debug!(%addr, error = %e, "upstream h2c connection ended");
+            }
+        });
+        // Two requests may have connected at once: the later one is kept, the other closes once
+        // its request is done (its handle is dropped).
+        sync::lock(&self.h2).insert(addr, sender.clone());
+        Ok((sender, saw_closed))
+    }
+
+    /// Gives back a connection of [`get_app`](Self::get_app) after its response headers arrived.
+    pub fn put_app(&self, addr: SocketAddr, sender: AppSender) {
+        match sender {
+            AppSender::Http1(sender) => self.put(addr, sender),
+            // The shared connection stays in the map; this was only a handle on it.
+            AppSender::H2(_) => {}
+        }
+    }
+
     /// Returns a connection after its response headers arrived; it is reused once its response
     /// body is done.
     pub fn put(&self, addr: SocketAddr, sender: SendRequest<Body>) {
@@ -87,6 +181,7 @@ impl Upstreams {
     /// Forgets every connection to `addr` (its process died).
     pub fn forget(&self, addr: SocketAddr) {
         sync::lock(&self.idle).remove(&addr);
+        sync::lock(&self.h2).remove(&addr);
     }
 
     fn take_idle(&self, addr: SocketAddr) -> (Option<SendRequest<Body>>, bool) {

@@ -378,6 +378,10 @@ impl App {
                 }
                 let mut resp = reply(StatusCode::OK, serde_json::to_vec(&seen).unwrap_or_default());
                 resp.headers_mut().insert(header::CONTENT_TYPE, http::HeaderValue::from_static("application/json"));
+                // Which protocol the sidecar spoke to the app (`--app-protocol`).
+                if let Ok(v) = http::HeaderValue::from_str(&format!("{:?}", req.version())) {
+                    resp.headers_mut().insert("demo-app-version", v);
+                }
                 resp
             }
             (Method::GET, "/") => {

@@ -98,6 +98,11 @@ pub struct RunArgs {
     /// The app's address (inside the pod): client requests go here.
     #[arg(long, env = "HANDOVER_APP", default_value = "127.0.0.1:8080")]
     pub app: SocketAddr,
+    /// How client requests reach `--app`: `http1` (HTTP/1.1, keep-alive connections) or `h2c`
+    /// (HTTP/2 with prior knowledge, one multiplexed connection; for gRPC servers). The state
+    /// endpoint (`--state-addr`) is called over HTTP/1.1 either way.
+    #[arg(long, env = "HANDOVER_APP_PROTOCOL", default_value = "http1", value_parser = ["http1", "h2c"])]
+    pub app_protocol: String,
     /// Where the app answers its state endpoint (`GET`/`PUT <statePath>`): a listener of its own on
     /// the pod's loopback, apart from `--app`, so no client request can ever reach it.
     #[arg(long, env = "HANDOVER_STATE_ADDR", default_value = "127.0.0.1:8081")]
@@ -271,6 +276,7 @@ pub async fn run(args: RunArgs) -> Result<(), String> {
         pod_uid: args.pod_uid.clone(),
         advertise,
         app: args.app,
+        app_protocol: args.app_protocol.parse()?,
         state_addr: args.state_addr,
         peer_admin_port: args.admin.port(),
         mode: args.mode,

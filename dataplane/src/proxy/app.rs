@@ -13,8 +13,8 @@ use http::{Method, Request, Response, StatusCode};
 use http_body_util::{BodyExt, Limited};
 
 use super::headers::{
-    FORMAT_HEADER, ROTATE_HEADER, SESSION_HEADER, STATE_HEADER, origin_form, strip_hop_by_hop, take_declared_format,
-    take_declared_reads,
+    FORMAT_HEADER, ROTATE_HEADER, SESSION_HEADER, STATE_HEADER, h2_form, origin_form, strip_hop_by_hop,
+    take_declared_format, take_declared_reads,
 };
 use super::peer::bridge_upgrade;
 use super::request::RequestCookie;
@@ -22,7 +22,7 @@ use super::restore::Carried;
 use super::{Proxy, body_too_slow, cut_by_client, full, text_response};
 use crate::cache;
 use crate::metrics::BadRequest;
-use crate::upstream::Body;
+use crate::upstream::{AppSender, Body};
 use handover_common::sync;
 
 /// How often the app watcher re-tries a down app; held requests wake on its news.
@@ -177,16 +177,14 @@ impl Proxy {
     ///
     /// At most `max_held` requests wait at once (more get 503 at once); they wake when the app
     /// watcher sees the app back, not by each polling it.
-    pub(super) async fn app_connection(
-        &self,
-    ) -> Result<(hyper::client::conn::http1::SendRequest<Body>, bool), Response<Body>> {
+    pub(super) async fn app_connection(&self) -> Result<(AppSender, bool), Response<Body>> {
         // Draining, the app is on its way out (a native sidecar outlives it): no waiting for it.
         let wait = if self.draining_since().is_some() { Duration::ZERO } else { self.cfg.app_wait };
         let deadline = tokio::time::Instant::now() + wait;
         let mut held = None;
         let mut app_up = self.app_up.subscribe();
         loop {
-            match self.upstreams.get_noting_closed(self.cfg.app, self.cfg.connect_timeout).await {
+            match self.upstreams.get_app(self.cfg.app, self.cfg.app_protocol, self.cfg.connect_timeout).await {
                 Ok((sender, saw_closed)) => {
                     self.app_back();
                     if held.is_some() {
@@ -237,7 +235,7 @@ impl Proxy {
 
     pub(super) async fn serve_locally(
         &self,
-        mut sender: hyper::client::conn::http1::SendRequest<Body>,
+        sender: AppSender,
         mut req: Request<Body>,
         rc: &RequestCookie,
         carried: Option<Carried>,
@@ -261,11 +259,30 @@ impl Proxy {
             req.headers_mut().insert(SESSION_HEADER, v);
         }
         origin_form(&mut req);
+        if upgrade && matches!(sender, AppSender::H2(_)) {
+            // An upgrade (WebSocket) over HTTP/2 needs extended CONNECT (RFC 8441), which the
+            // sidecar does not speak to the app.
+            return Served::Response(text_response(
+                StatusCode::NOT_IMPLEMENTED,
+                "handover: protocol upgrades are not forwarded to an h2c app\n",
+            ));
+        }
+        if matches!(sender, AppSender::H2(_)) {
+            h2_form(&mut req, self.cfg.app);
+        }
         let method = req.method().clone();
         let authorized = req.headers().contains_key(header::AUTHORIZATION);
         let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
+        let mut sender = sender;
+        let send = async {
+            // Both senders hand back a request they never sent, so it can be routed again.
+            match &mut sender {
+                AppSender::Http1(s) => s.try_send_request(req).await,
+                AppSender::H2(s) => s.try_send_request(req).await,
+            }
+        };
         let sent = match self.cfg.response_timeout {
-            Some(limit) => match tokio::time::timeout(limit, sender.try_send_request(req)).await {
+            Some(limit) => match tokio::time::timeout(limit, send).await {
                 Ok(sent) => sent,
                 Err(_) => {
                     self.metrics.bad_requests.get_or_create(&[("reason", BadRequest::AppTimeout)]).inc();
@@ -276,7 +293,7 @@ impl Proxy {
                     ));
                 }
             },
-            None => sender.try_send_request(req).await,
+            None => send.await,
         };
         let resp = match sent {
             Ok(resp) => resp,
@@ -300,7 +317,7 @@ impl Proxy {
                 }
             },
         };
-        self.upstreams.put(self.cfg.app, sender);
+        self.upstreams.put_app(self.cfg.app, sender);
 
         let mut resp = resp;
         if resp.status() == StatusCode::SWITCHING_PROTOCOLS {

@@ -99,6 +99,44 @@ pub(super) fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
     }
 }
 
+/// On a request whose client sent `te: trailers` (every gRPC client does).
+#[derive(Clone, Copy, Debug)]
+pub(super) struct WantsTrailers;
+
+/// Whether `te` names `trailers` (the one value RFC 9113, 8.2.2, allows in HTTP/2).
+pub(super) fn wants_trailers(headers: &HeaderMap) -> bool {
+    headers
+        .get_all(header::TE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|t| t.split(';').next().is_some_and(|t| t.trim().eq_ignore_ascii_case("trailers")))
+}
+
+/// Makes a request (in origin form, with a Host field: [`origin_form`]) fit for an HTTP/2
+/// connection: hyper's h2 client wants the scheme and authority in the URI (`:scheme`,
+/// `:authority`), and `te: trailers` goes again if the client sent it.
+pub(super) fn h2_form<B>(req: &mut Request<B>, app: SocketAddr) {
+    let authority = req.headers().get(header::HOST).and_then(|h| h.to_str().ok()).map(str::to_owned);
+    let authority = authority.unwrap_or_else(|| app.to_string());
+    let path = req.uri().path_and_query().map(|p| p.as_str()).unwrap_or("/");
+    match http::Uri::builder().scheme("http").authority(authority.as_str()).path_and_query(path).build() {
+        Ok(uri) => *req.uri_mut() = uri,
+        Err(_) => {
+            // A Host that is no authority: the app's address stands in (the Host field still
+            // goes as sent, for the app to read).
+            if let Ok(uri) = http::Uri::builder().scheme("http").authority(app.to_string()).path_and_query(path).build()
+            {
+                *req.uri_mut() = uri;
+            }
+        }
+    }
+    *req.version_mut() = http::Version::HTTP_2;
+    if req.extensions().get::<WantsTrailers>().is_some() {
+        req.headers_mut().insert(header::TE, HeaderValue::from_static("trailers"));
+    }
+}
+
 pub(super) fn is_upgrade<B>(req: &Request<B>) -> bool {
     req.headers().contains_key(header::UPGRADE)
         && req
@@ -173,6 +211,33 @@ impl Proxy {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn te_trailers_is_seen_among_other_codings() {
+        let mut h = HeaderMap::new();
+        assert!(!wants_trailers(&h));
+        h.insert(header::TE, HeaderValue::from_static("gzip;q=0.5, Trailers"));
+        assert!(wants_trailers(&h));
+        h.insert(header::TE, HeaderValue::from_static("gzip, trailersx"));
+        assert!(!wants_trailers(&h));
+    }
+
+    #[test]
+    fn an_h2_request_names_scheme_and_authority_and_keeps_te_trailers_only_when_asked() {
+        let app: SocketAddr = "127.0.0.1:8080".parse().unwrap();
+        let mut req = Request::builder().uri("/svc/Call?x=1").header(header::HOST, "example.com").body(()).unwrap();
+        req.extensions_mut().insert(WantsTrailers);
+        h2_form(&mut req, app);
+        assert_eq!(req.uri(), "http://example.com/svc/Call?x=1");
+        assert_eq!(req.version(), http::Version::HTTP_2);
+        assert_eq!(req.headers()[header::TE], "trailers");
+
+        // A Host that is no authority: the app's address stands in; no te without the client's.
+        let mut req = Request::builder().uri("/").header(header::HOST, "bad host").body(()).unwrap();
+        h2_form(&mut req, app);
+        assert_eq!(req.uri(), "http://127.0.0.1:8080/");
+        assert!(!req.headers().contains_key(header::TE));
+    }
 
     #[test]
     fn hop_by_hop_headers_are_removed_including_those_named_by_connection() {

@@ -121,6 +121,9 @@ pub struct Config {
     /// This sidecar's data address as peers reach it (written into cookies for operators).
     pub advertise: String,
     pub app: SocketAddr,
+    /// How client requests reach `app`: HTTP/1.1 or h2c. The state endpoint (`state_addr`) is
+    /// always called over HTTP/1.1.
+    pub app_protocol: crate::upstream::AppProtocol,
     /// Where the app answers `GET`/`PUT <statePath>`: apart from `app`, on the pod's loopback, so
     /// no client request can ever reach it (the sidecar forwards clients to `app` only).
     pub state_addr: SocketAddr,
@@ -331,6 +334,11 @@ impl Proxy {
         let rc = self.read_cookie(req.headers());
         let arrival = self.arrival(mark, &req, &rc, client);
         let upgrade = is_upgrade(&req);
+        if headers::wants_trailers(req.headers()) {
+            // `te` is hop-by-hop and goes below, but a gRPC server refuses a request without
+            // `te: trailers`: noted, and sent again on an h2c request to the app.
+            req.extensions_mut().insert(headers::WantsTrailers);
+        }
         strip_hop_by_hop(req.headers_mut(), upgrade);
         req.headers_mut().remove(SESSION_HEADER);
         req.headers_mut().remove(STATE_HEADER);
@@ -465,7 +473,7 @@ impl Proxy {
                         Ok((sender, waited)) => {
                             if waited && rc.route.is_some() && retries.recheck_app() {
                                 // The app may have restarted and lost its sessions: decide again.
-                                self.upstreams.put(self.cfg.app, sender);
+                                self.upstreams.put_app(self.cfg.app, sender);
                                 continue;
                             }
                             sender
@@ -490,20 +498,20 @@ impl Proxy {
                                 }
                                 Ok(Restored::Done(carried)) => (Route::Restore, Some(carried)),
                                 Ok(Restored::HeldBy(holder)) => {
-                                    self.upstreams.put(self.cfg.app, sender);
+                                    self.upstreams.put_app(self.cfg.app, sender);
                                     tracing::info!(session = %cookie.session, holder = %holder.name, "another member took this session over a moment ago; forwarding there");
                                     let resp =
                                         self.forward_to_holder(req, &holder, &cookie.session, "holder", upgrade).await;
                                     return (Route::Forward, resp);
                                 }
                                 Ok(Restored::ReadBy(reader)) => {
-                                    self.upstreams.put(self.cfg.app, sender);
+                                    self.upstreams.put_app(self.cfg.app, sender);
                                     let resp =
                                         self.forward_to_holder(req, &reader, &cookie.session, "reader", upgrade).await;
                                     return (Route::Forward, resp);
                                 }
                                 Ok(Restored::Refused | Restored::Lost | Restored::Ended) => {
-                                    self.upstreams.put(self.cfg.app, sender);
+                                    self.upstreams.put_app(self.cfg.app, sender);
                                     fresh = Some(rc.dropped());
                                     continue;
                                 }

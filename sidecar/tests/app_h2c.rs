@@ -1,0 +1,258 @@
+//! The app side in h2c (`--app-protocol h2c`): a gRPC-shaped exchange from a real h2 client
+//! (hyper's, and curl's `--http2-prior-knowledge`) through a real sidecar process to an app that
+//! speaks HTTP/2 only (hyper's h2 server, so an HTTP/1.1 request could not reach it). The request
+//! body and its trailers reach the app, the response streams back frame by frame (not buffered)
+//! with its trailers (`grpc-status`) intact. And sessions of an h2c app work as for HTTP/1.1: the
+//! demo app behind `--app-protocol h2c` keeps its count, and restores it after it crashed.
+
+mod support;
+use support::{curl_head, exe, field, pool_with};
+
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::process::Stdio;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use bytes::Bytes;
+use handover_lab::demo_app::CountReply;
+use handover_lab::localpool::{probe, wait_for};
+use http::{HeaderMap, HeaderValue, Method, Request, Response, StatusCode, Version, header};
+use http_body_util::BodyExt;
+use hyper::body::{Frame, Incoming};
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use tokio::sync::{mpsc, oneshot};
+
+const WAIT: Duration = Duration::from_secs(10);
+
+/// A body whose frames (data, then trailers) are sent one by one through a channel.
+struct ChannelBody(mpsc::Receiver<Frame<Bytes>>);
+
+impl hyper::body::Body for ChannelBody {
+    type Data = Bytes;
+    type Error = std::convert::Infallible;
+    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
+        self.0.poll_recv(cx).map(|f| f.map(Ok))
+    }
+}
+
+fn trailers(pairs: &[(&'static str, &str)]) -> HeaderMap {
+    let mut map = HeaderMap::new();
+    for (name, value) in pairs {
+        map.insert(*name, HeaderValue::from_str(value).expect("a header value"));
+    }
+    map
+}
+
+/// A free port on loopback (bound, read back, released).
+fn free_addr() -> SocketAddr {
+    std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).expect("a free port")
+}
+
+/// The h2-only app. `/echo.Echo/Say` answers the request's body with `got:` before it, as soon as
+/// the request is read, then waits for the test's word before its second frame and the trailers
+/// (`grpc-status: 0`, a custom one, and the client's trailer as it arrived).
+async fn start_h2_app(release: oneshot::Receiver<()>) -> SocketAddr {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let release = std::sync::Arc::new(tokio::sync::Mutex::new(Some(release)));
+    tokio::spawn(async move {
+        loop {
+            let Ok((stream, _)) = listener.accept().await else { return };
+            let release = release.clone();
+            let service = hyper::service::service_fn(move |req: Request<Incoming>| {
+                let release = release.clone();
+                async move { Ok::<_, std::convert::Infallible>(answer(req, release).await) }
+            });
+            tokio::spawn(
+                hyper::server::conn::http2::Builder::new(TokioExecutor::new())
+                    .serve_connection(TokioIo::new(stream), service),
+            );
+        }
+    });
+    addr
+}
+
+async fn answer(
+    req: Request<Incoming>,
+    release: std::sync::Arc<tokio::sync::Mutex<Option<oneshot::Receiver<()>>>>,
+) -> Response<ChannelBody> {
+    let te = req.headers().get(header::TE).cloned();
+    let content_type = req.headers().get(header::CONTENT_TYPE).cloned();
+    let version = format!("{:?}", req.version());
+    let collected = req.into_body().collect().await.expect("the request body");
+    let client_trailer = collected.trailers().and_then(|t| t.get("x-client-trailer")).cloned();
+    let message = collected.to_bytes();
+    let (tx, rx) = mpsc::channel(4);
+    tokio::spawn(async move {
+        let mut first = b"got:".to_vec();
+        first.extend_from_slice(&message);
+        let _ = tx.send(Frame::data(Bytes::from(first))).await;
+        if let Some(release) = release.lock().await.take() {
+            let _ = release.await;
+        }
+        let _ = tx.send(Frame::data(Bytes::from_static(b"second"))).await;
+        let mut end = trailers(&[("grpc-status", "0"), ("x-custom-trailer", "kept")]);
+        if let Some(v) = client_trailer {
+            end.insert("x-seen-client-trailer", v);
+        }
+        let _ = tx.send(Frame::trailers(end)).await;
+    });
+    let mut resp = Response::new(ChannelBody(rx));
+    let headers = resp.headers_mut();
+    headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/grpc"));
+    headers.insert("x-seen-version", HeaderValue::from_str(&version).expect("a version"));
+    if let Some(te) = te {
+        headers.insert("x-seen-te", te);
+    }
+    if let Some(ct) = content_type {
+        headers.insert("x-seen-content-type", ct);
+    }
+    resp
+}
+
+/// A sidecar process in front of `app` with `--app-protocol h2c`; its data address, and the
+/// process (killed on drop).
+async fn start_sidecar(app: SocketAddr, dir: &std::path::Path) -> (SocketAddr, tokio::process::Child) {
+    std::fs::write(dir.join("keys"), handover_dataplane::keys::generate_line(1, 0) + "\n").expect("key file");
+    let (data, admin) = (free_addr(), free_addr());
+    let child = tokio::process::Command::new(exe())
+        .arg("run")
+        .args(["--listen", &data.to_string(), "--admin", &admin.to_string(), "--app", &app.to_string()])
+        // Nothing listens there: this app keeps no sessions (as a gRPC server).
+        .args(["--state-addr", &free_addr().to_string()])
+        .args(["--app-protocol", "h2c", "--pool=test/grpc", "--pod-name=pod-0", "--key-file"])
+        .arg(dir.join("keys"))
+        .arg(format!("--peers=pod-0@{data}"))
+        .args(["--cookie-secure", "false", "--workers", "1"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(dir.join("sidecar.log")).expect("log file"))
+        .kill_on_drop(true)
+        .spawn()
+        .expect("the sidecar starts");
+    let ready = wait_for("the sidecar to be ready", WAIT, || async move { probe(admin, "/ready").await == Some(200) });
+    if let Err(e) = ready.await {
+        panic!("{e}\n{}", std::fs::read_to_string(dir.join("sidecar.log")).unwrap_or_default());
+    }
+    (data, child)
+}
+
+fn scratch(name: &str) -> std::path::PathBuf {
+    let dir = std::env::temp_dir().join(format!("handover-app-h2c-{name}-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    dir
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn grpc_shaped_exchange_streams_through_with_its_trailers() {
+    let dir = scratch("hyper");
+    let (release, released) = oneshot::channel();
+    let app = start_h2_app(released).await;
+    let (data, _sidecar) = start_sidecar(app, &dir).await;
+
+    let stream = tokio::net::TcpStream::connect(data).await.expect("connect");
+    let (mut sender, conn) =
+        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(stream)).await.expect("h2 handshake");
+    tokio::spawn(conn);
+    let (body_tx, body_rx) = mpsc::channel(4);
+    body_tx.send(Frame::data(Bytes::from_static(b"\0\0\0\0\x05hello"))).await.expect("send");
+    body_tx.send(Frame::trailers(trailers(&[("x-client-trailer", "yes")]))).await.expect("send");
+    drop(body_tx);
+    let req = Request::builder()
+        .method(Method::POST)
+        .version(Version::HTTP_2)
+        .uri(format!("http://{data}/echo.Echo/Say"))
+        .header(header::CONTENT_TYPE, "application/grpc")
+        .header(header::TE, "trailers")
+        .body(ChannelBody(body_rx))
+        .expect("request");
+    let resp = tokio::time::timeout(WAIT, sender.send_request(req)).await.expect("headers in time").expect("response");
+    assert_eq!(resp.status(), StatusCode::OK);
+    assert_eq!(resp.version(), Version::HTTP_2);
+    let h = resp.headers();
+    assert_eq!(h.get("x-seen-version").map(|v| v.as_bytes()), Some(&b"HTTP/2.0"[..]), "the app was spoken to in h2");
+    assert_eq!(h.get("x-seen-te").map(|v| v.as_bytes()), Some(&b"trailers"[..]), "te: trailers reached the app");
+    assert_eq!(h.get("x-seen-content-type").map(|v| v.as_bytes()), Some(&b"application/grpc"[..]));
+    assert_eq!(h.get(header::CONTENT_TYPE).map(|v| v.as_bytes()), Some(&b"application/grpc"[..]));
+
+    let mut body = resp.into_body();
+    // The app holds its second frame until told: a sidecar that buffered the stream would never
+    // hand over the first.
+    let first = tokio::time::timeout(WAIT, body.frame()).await.expect("the first frame unbuffered");
+    let first = first.expect("a frame").expect("no error").into_data().expect("data");
+    assert_eq!(&first[..], b"got:\0\0\0\0\x05hello", "the request body reached the app whole");
+    release.send(()).expect("the app waits");
+    let (mut rest, mut end) = (Vec::new(), None);
+    while let Some(frame) = tokio::time::timeout(WAIT, body.frame()).await.expect("the rest in time") {
+        let frame = frame.expect("no error");
+        match frame.into_data() {
+            Ok(d) => rest.extend_from_slice(&d),
+            Err(frame) => end = frame.into_trailers().ok(),
+        }
+    }
+    assert_eq!(rest, b"second");
+    let end = end.expect("the response trailers arrived");
+    assert_eq!(end.get("grpc-status").map(|v| v.as_bytes()), Some(&b"0"[..]));
+    assert_eq!(end.get("x-custom-trailer").map(|v| v.as_bytes()), Some(&b"kept"[..]));
+    assert_eq!(
+        end.get("x-seen-client-trailer").map(|v| v.as_bytes()),
+        Some(&b"yes"[..]),
+        "the request trailers reached the app"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn curl_with_http2_prior_knowledge_gets_the_grpc_trailers() {
+    let dir = scratch("curl");
+    let (release, released) = oneshot::channel();
+    // curl waits for the whole answer: the app need not wait for the test.
+    let _ = release.send(());
+    let app = start_h2_app(released).await;
+    let (data, _sidecar) = start_sidecar(app, &dir).await;
+    let dump = dir.join("head").display().to_string();
+    let url = format!("http://{data}/echo.Echo/Say");
+    let out = tokio::task::spawn_blocking(move || {
+        std::process::Command::new("curl")
+            .args(["--silent", "--show-error", "--max-time", "20", "--http2-prior-knowledge", "-D", &dump])
+            .args(["-H", "content-type: application/grpc", "-H", "te: trailers", "--data-binary", "hello", &url])
+            .output()
+            .expect("curl is installed")
+    })
+    .await
+    .expect("curl ran");
+    assert!(out.status.success(), "curl: {}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(out.stdout, b"got:hellosecond");
+    // curl writes trailers where it writes the head.
+    let head = std::fs::read_to_string(dir.join("head")).expect("the dumped head");
+    let lower = head.to_ascii_lowercase();
+    assert!(lower.starts_with("http/2 200"), "{head}");
+    assert!(lower.contains("\r\ngrpc-status: 0\r\n"), "trailers intact: {head}");
+    assert!(lower.contains("\r\nx-custom-trailer: kept\r\n"), "trailers intact: {head}");
+    assert!(lower.contains("\r\nx-seen-te: trailers\r\n"), "{head}");
+}
+
+fn count_of(body: &str) -> u64 {
+    serde_json::from_str::<CountReply>(body).expect("a count reply").count
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_h2c_app_keeps_and_restores_its_sessions() {
+    let mut pool = pool_with(1, &["--app-protocol", "h2c"], &[]).await;
+    let base = format!("http://{}", pool.pods[0].data());
+    let jar = scratch("session").join("jar").display().to_string();
+    let incr = format!("{base}/incr");
+    let headers = format!("{base}/headers");
+    for expected in 1..=3 {
+        let (head, body) = curl_head(&["-c", &jar, "-b", &jar, "-X", "POST", incr.as_str()]);
+        assert_eq!(count_of(&body), expected, "the session goes on");
+        assert!(!field(&head, "set-cookie").is_empty(), "each change is sealed");
+    }
+    let (head, _) = curl_head(&["-b", &jar, headers.as_str()]);
+    assert_eq!(field(&head, "demo-app-version"), ["HTTP/2.0"], "the sidecar spoke h2c to the app");
+    // The app loses every session in memory; the cookie brings it back (`PUT <statePath>`).
+    pool.crash_app(0).await;
+    pool.restart_app(0).expect("the app starts again");
+    let (_, body) = curl_head(&["-c", &jar, "-b", &jar, "-X", "POST", incr.as_str()]);
+    assert_eq!(count_of(&body), 4, "the session was restored into the restarted app");
+}
