@@ -339,6 +339,33 @@ pub struct SidecarSpec {
     #[serde(default = "default_backup_max_bytes")]
     #[schemars(range(min = 0, max = 1073741824))]
     pub backup_max_bytes: i64,
+
+    /// How the sidecar speaks to the app's port: `http1` (default) or `h2c` (HTTP/2 without TLS,
+    /// prior knowledge, as gRPC servers speak). The state endpoint is called over HTTP/1.1 either
+    /// way. gRPC passes through untouched, trailers included, but gRPC clients keep no cookies:
+    /// their calls get no session.
+    #[serde(default)]
+    pub app_protocol: AppProtocol,
+}
+
+/// How the sidecar speaks to the app.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum AppProtocol {
+    /// HTTP/1.1 (default).
+    #[default]
+    Http1,
+    /// HTTP/2 over cleartext with prior knowledge.
+    H2c,
+}
+
+impl AppProtocol {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AppProtocol::Http1 => "http1",
+            AppProtocol::H2c => "h2c",
+        }
+    }
 }
 
 /// Where each session's newest sealed state is also kept.
@@ -554,6 +581,7 @@ impl Default for SidecarSpec {
             response_timeout: default_response_timeout(),
             backup: BackupMode::default(),
             backup_max_bytes: default_backup_max_bytes(),
+            app_protocol: AppProtocol::default(),
         }
     }
 }

@@ -158,6 +158,7 @@ pub fn sidecar_container(pool: &ServerPool, cfg: &InjectionConfig) -> Container 
         // namespace (or beyond it, through another interface) needs to reach it.
         env("HANDOVER_ADMIN", format!("$({POD_IP_ENV}):{}", spec.admin_port)),
         env("HANDOVER_APP", format!("127.0.0.1:{}", spec.app_port)),
+        env("HANDOVER_APP_PROTOCOL", spec.sidecar.app_protocol.as_str()),
         env("HANDOVER_STATE_ADDR", format!("127.0.0.1:{}", spec.snapshot.state_port)),
         env("HANDOVER_RESPONSE_TIMEOUT", spec.sidecar.response_timeout.clone()),
         env("HANDOVER_KEY_FILE", format!("{KEY_MOUNT}/{SECRET_KEY}")),

@@ -390,6 +390,30 @@ fn sidecar_is_a_native_sidecar_with_probes_env_and_keys() {
     assert_eq!(pre_stop.map(|s| s.seconds), Some(PRESTOP_SLEEP_SECONDS));
 }
 
+fn env_value(c: &Container, name: &str) -> Option<String> {
+    c.env.as_ref()?.iter().find(|e| e.name == name)?.value.clone()
+}
+
+#[test]
+fn the_app_protocol_reaches_the_sidecar_as_its_flag() {
+    let c = sidecar_container(&pool(), &cfg());
+    assert_eq!(env_value(&c, "HANDOVER_APP_PROTOCOL").as_deref(), Some("http1"), "HTTP/1.1 by default");
+    let mut spec = ServerPoolSpec::with_app_port(8080);
+    spec.sidecar.app_protocol = crate::crd::AppProtocol::H2c;
+    let c = sidecar_container(&pool_in("shop", "cart", spec), &cfg());
+    assert_eq!(env_value(&c, "HANDOVER_APP_PROTOCOL").as_deref(), Some("h2c"));
+}
+
+#[test]
+fn an_app_protocol_other_than_http1_or_h2c_is_refused() {
+    let parse = |p: &str| {
+        serde_json::from_value::<ServerPoolSpec>(serde_json::json!({"appPort": 8080, "sidecar": {"appProtocol": p}}))
+    };
+    assert_eq!(parse("h2c").expect("h2c parses").sidecar.app_protocol, crate::crd::AppProtocol::H2c);
+    assert!(parse("h2").is_err());
+    assert!(parse("HTTP2").is_err());
+}
+
 #[test]
 fn the_admin_port_is_bound_to_the_pod_ip_defined_before_it() {
     let env = sidecar_container(&pool(), &cfg()).env.expect("env");
