@@ -123,12 +123,13 @@ pub(super) fn h2_form<B>(req: &mut Request<B>, app: SocketAddr) {
     match http::Uri::builder().scheme("http").authority(authority.as_str()).path_and_query(path).build() {
         Ok(uri) => *req.uri_mut() = uri,
         Err(_) => {
-            // A Host that is no authority: the app's address stands in (the Host field still
-            // goes as sent, for the app to read).
+            // A Host that is no authority: the app's address stands in, and the Host field goes
+            // (RFC 9113, 8.3.1: a client never sends a Host that differs from `:authority`).
             if let Ok(uri) = http::Uri::builder().scheme("http").authority(app.to_string()).path_and_query(path).build()
             {
                 *req.uri_mut() = uri;
             }
+            req.headers_mut().remove(header::HOST);
         }
     }
     *req.version_mut() = http::Version::HTTP_2;
@@ -236,6 +237,7 @@ mod tests {
         let mut req = Request::builder().uri("/").header(header::HOST, "bad host").body(()).unwrap();
         h2_form(&mut req, app);
         assert_eq!(req.uri(), "http://127.0.0.1:8080/");
+        assert!(!req.headers().contains_key(header::HOST), "no Host that differs from :authority");
         assert!(!req.headers().contains_key(header::TE));
     }
 
