@@ -463,11 +463,13 @@ impl Proxy {
                     self.app_back();
                     // Learns the instance id at start, compares it after each closed connection.
                     self.check_instance().await;
-                    let mut byte = [0u8; 1];
-                    // Returns on EOF or error: the app died, or closed an idle connection. A dead
+                    let mut discard = [0u8; 64];
+                    // Ends on EOF or error: the app died, or closed an idle connection. A dead
                     // app may be back before anyone notices, so assume the worst until its
                     // instance id says otherwise: no session is served from the table meanwhile.
-                    let _ = stream.read(&mut byte).await;
+                    // Bytes are read past, not taken for a close: an HTTP/2 server sends its
+                    // SETTINGS at once, without waiting for the client's preface.
+                    while let Ok(1..) = stream.read(&mut discard).await {}
                     self.app_maybe_restarted();
                 }
                 Err(_) => {
