@@ -11,6 +11,7 @@ use support::{curl_head, exe, field, pool_with};
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::process::Stdio;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -53,24 +54,46 @@ fn free_addr() -> SocketAddr {
 /// the request is read, then waits for the test's word before its second frame and the trailers
 /// (`grpc-status: 0`, a custom one, and the client's trailer as it arrived).
 async fn start_h2_app(release: oneshot::Receiver<()>) -> SocketAddr {
+    start_h2_app_with_connections(release).await.0
+}
+
+/// [`start_h2_app`], and the connections it accepted: their tasks (abort one: its connection
+/// closes) and how many requests each served (the sidecar's app watcher holds one that serves
+/// none).
+async fn start_h2_app_with_connections(release: oneshot::Receiver<()>) -> (SocketAddr, Connections) {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
     let addr = listener.local_addr().expect("addr");
     let release = std::sync::Arc::new(tokio::sync::Mutex::new(Some(release)));
+    let connections = Connections::default();
+    let accepted = connections.clone();
     tokio::spawn(async move {
         loop {
             let Ok((stream, _)) = listener.accept().await else { return };
             let release = release.clone();
+            let served = std::sync::Arc::new(AtomicUsize::new(0));
+            let counted = served.clone();
             let service = hyper::service::service_fn(move |req: Request<Incoming>| {
                 let release = release.clone();
+                counted.fetch_add(1, Ordering::Relaxed);
                 async move { Ok::<_, std::convert::Infallible>(answer(req, release).await) }
             });
-            tokio::spawn(
+            let task = tokio::spawn(
                 hyper::server::conn::http2::Builder::new(TokioExecutor::new())
                     .serve_connection(TokioIo::new(stream), service),
             );
+            accepted.lock().expect("lock").push((task, served));
         }
     });
-    addr
+    (addr, connections)
+}
+
+type Connections =
+    std::sync::Arc<std::sync::Mutex<Vec<(tokio::task::JoinHandle<hyper::Result<()>>, std::sync::Arc<AtomicUsize>)>>>;
+
+/// How many requests each connection that served any served, in the order they were accepted.
+fn served(connections: &Connections) -> Vec<usize> {
+    let list = connections.lock().expect("lock");
+    list.iter().map(|(_, n)| n.load(Ordering::Relaxed)).filter(|n| *n > 0).collect()
 }
 
 async fn answer(
@@ -230,6 +253,55 @@ async fn curl_with_http2_prior_knowledge_gets_the_grpc_trailers() {
     assert!(lower.contains("\r\ngrpc-status: 0\r\n"), "trailers intact: {head}");
     assert!(lower.contains("\r\nx-custom-trailer: kept\r\n"), "trailers intact: {head}");
     assert!(lower.contains("\r\nx-seen-te: trailers\r\n"), "{head}");
+}
+
+/// One gRPC-shaped call through the sidecar at `data` (a new client connection each time, as
+/// separate clients): the response body, and its `grpc-status` trailer.
+async fn call(data: SocketAddr, message: &'static [u8]) -> (Bytes, Option<HeaderValue>) {
+    let stream = tokio::net::TcpStream::connect(data).await.expect("connect");
+    let (mut sender, conn) =
+        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(stream)).await.expect("h2 handshake");
+    tokio::spawn(conn);
+    let req = Request::builder()
+        .method(Method::POST)
+        .uri(format!("http://{data}/echo.Echo/Say"))
+        .header(header::CONTENT_TYPE, "application/grpc")
+        .header(header::TE, "trailers")
+        .body(http_body_util::Full::new(Bytes::from_static(message)))
+        .expect("request");
+    let resp = tokio::time::timeout(WAIT, sender.send_request(req)).await.expect("in time").expect("response");
+    assert_eq!(resp.status(), StatusCode::OK);
+    let collected = tokio::time::timeout(WAIT, resp.into_body().collect()).await.expect("in time").expect("body");
+    let status = collected.trailers().and_then(|t| t.get("grpc-status")).cloned();
+    (collected.to_bytes(), status)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn calls_share_one_app_connection_which_is_made_again_when_it_closes() {
+    let dir = scratch("multiplex");
+    let (release, released) = oneshot::channel();
+    let _ = release.send(());
+    let (app, connections) = start_h2_app_with_connections(released).await;
+    let (data, _sidecar) = start_sidecar(app, &dir).await;
+    let ok = Some(HeaderValue::from_static("0"));
+    assert_eq!(call(data, b"a").await, (Bytes::from_static(b"got:asecond"), ok.clone()));
+    let (b, c) = tokio::join!(call(data, b"b"), call(data, b"c"));
+    assert_eq!(b, (Bytes::from_static(b"got:bsecond"), ok.clone()));
+    assert_eq!(c, (Bytes::from_static(b"got:csecond"), ok.clone()));
+    assert_eq!(served(&connections), [3], "one multiplexed connection to the app");
+    // The app closes it (as at a restart, or an idle timeout): the next call gets a new one.
+    for (task, n) in connections.lock().expect("lock").iter() {
+        if n.load(Ordering::Relaxed) > 0 {
+            task.abort();
+        }
+    }
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert_eq!(call(data, b"d").await, (Bytes::from_static(b"got:dsecond"), ok));
+    assert_eq!(served(&connections), [3, 1], "a new connection after the first closed");
+    // The app watcher's idle connection reads past the SETTINGS an HTTP/2 server sends at once: it
+    // stays, instead of being taken for a close and made again in a loop.
+    let accepted = connections.lock().expect("lock").len();
+    assert!(accepted <= 4, "{accepted} connections: the watcher reconnects in a loop");
 }
 
 fn count_of(body: &str) -> u64 {
