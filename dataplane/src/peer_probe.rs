@@ -70,13 +70,10 @@ fn verdict_of(head: &[u8]) -> Liveness {
 pub async fn declared_reads(admin: SocketAddr, timeout: Duration) -> Result<Option<String>, Liveness> {
     let head = live_head(admin, timeout).await?;
     match verdict_of(&head) {
-        Liveness::Alive => Ok(header_value(&head, READS_HEADER)),
+        Liveness::Alive => Ok(header_value(&head, crate::proxy::READS_HEADER)),
         verdict => Err(verdict),
     }
 }
-
-/// On `/live`: the state formats the sidecar's app declared it reads.
-pub const READS_HEADER: &str = "handover-reads";
 
 /// `GET /live` on `admin`: the answer's head, or the verdict when there was none.
 async fn live_head(admin: SocketAddr, timeout: Duration) -> Result<Vec<u8>, Liveness> {

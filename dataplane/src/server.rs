@@ -149,7 +149,7 @@ pub fn admin(proxy: &Arc<Proxy>, req: &Request<Incoming>) -> Response<Body> {
         "/live" => {
             let mut live = text(StatusCode::OK, "live\n");
             if let Some(reads) = proxy.app_reads().and_then(|r| http::HeaderValue::from_str(&r).ok()) {
-                live.headers_mut().insert(crate::peer_probe::READS_HEADER, reads);
+                live.headers_mut().insert(crate::proxy::READS_HEADER, reads);
             }
             live
         }

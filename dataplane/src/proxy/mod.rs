@@ -521,7 +521,9 @@ impl Proxy {
                         (Decision::New, _) => (Route::New, None),
                         _ => (Route::Serve, None),
                     };
-                    let may_pass_on = self.draining_successor(rc, &live, &unreachable, arrival).is_some();
+                    // Only a draining pod passes requests on: no successor is looked for otherwise.
+                    let may_pass_on = self.draining_since().is_some()
+                        && self.draining_successor(rc, &live, &unreachable, arrival).is_some();
                     match self.serve_locally(sender, req, rc, carried, upgrade, may_pass_on).await {
                         Served::Response(resp) => return (route, resp),
                         Served::NotSent(unsent) if retries.resend() => req = unsent,
