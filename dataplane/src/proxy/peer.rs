@@ -150,17 +150,20 @@ impl Proxy {
         if let (true, Some(client)) = (switching, client_upgrade) {
             bridge_upgrade(client, hyper::upgrade::on(&mut resp));
         }
+        // (A draining pod's `Connection: close` is added for every response in `route_request`.)
         strip_hop_by_hop(resp.headers_mut(), switching);
-        if self.draining_since().is_some() && !switching {
-            resp.headers_mut().insert(header::CONNECTION, HeaderValue::from_static("close"));
-        }
         resp.map(|b| b.map_err(Into::into).boxed())
+    }
+
+    /// A peer's admin address (`/live`): its data address's host, the pool's admin port.
+    pub(super) fn peer_admin(&self, peer: &Member) -> SocketAddr {
+        SocketAddr::new(peer.addr.ip(), self.cfg.peer_admin_port)
     }
 
     /// Probes a peer after a forward to it failed or was slow; a dead one counts as unreachable to
     /// this sidecar for a while (its sessions are then taken over by their successors).
     pub(super) async fn probe_peer(&self, peer: &Member, after: &str) -> Liveness {
-        let admin = SocketAddr::new(peer.addr.ip(), self.cfg.peer_admin_port);
+        let admin = self.peer_admin(peer);
         let verdict = peer_probe::probe(admin, self.cfg.probe_timeout).await;
         let label = match verdict {
             Liveness::Alive => "alive",

@@ -247,8 +247,7 @@ impl Proxy {
         let others = live.iter().filter(|m| m.name != self.cfg.pod_name && !unreachable.contains(&m.name));
         let mut undeclared = None;
         for member in decide::ranked(session, others).into_iter().take(READER_LOOKUPS) {
-            let admin = std::net::SocketAddr::new(member.addr.ip(), self.cfg.peer_admin_port);
-            match crate::peer_probe::declared_reads(admin, self.cfg.probe_timeout).await {
+            match crate::peer_probe::declared_reads(self.peer_admin(member), self.cfg.probe_timeout).await {
                 Ok(Some(theirs)) if decide::reads_format(&theirs, format) => {
                     tracing::info!(session, format, reads = %reads, to = %member.name, "this app does not read the state's format; its takeover goes to a member whose app does");
                     return Some(member.clone());
