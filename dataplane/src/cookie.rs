@@ -36,8 +36,8 @@
 
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
-use chacha20poly1305::XNonce;
-use chacha20poly1305::aead::{Aead, Payload};
+use chacha20poly1305::aead::AeadInPlace;
+use chacha20poly1305::{Tag, XNonce};
 
 use crate::keys::KeyRing;
 
@@ -164,14 +164,20 @@ fn seal_value(kind: u8, body: &[u8], pool: &str, ring: &KeyRing) -> String {
     header[1..5].copy_from_slice(&key.id.to_be_bytes());
     header[5..9].copy_from_slice(&pool_tag(pool).to_be_bytes());
     let mut nonce = [0u8; NONCE_LEN];
-    crate::random::fill(&mut nonce);
+    crate::random::fill_small(&mut nonce);
     let ad = associated_data(&header, kind, pool);
-    // Encryption with a valid key and in-memory buffers cannot fail.
-    let sealed = key.cipher.encrypt(XNonce::from_slice(&nonce), Payload { msg: body, aad: &ad }).unwrap_or_default();
-    let mut out = Vec::with_capacity(HEADER_LEN + NONCE_LEN + sealed.len());
+    // Sealed in place in the one buffer that is then encoded: header, nonce, body, tag.
+    let mut out = Vec::with_capacity(HEADER_LEN + NONCE_LEN + body.len() + TAG_LEN);
     out.extend_from_slice(&header);
     out.extend_from_slice(&nonce);
-    out.extend_from_slice(&sealed);
+    out.extend_from_slice(body);
+    // Encryption with a valid key and an in-memory buffer cannot fail (the length limit of
+    // XChaCha20-Poly1305 is 256 GiB).
+    if let Ok(tag) =
+        key.cipher.encrypt_in_place_detached(XNonce::from_slice(&nonce), &ad, &mut out[HEADER_LEN + NONCE_LEN..])
+    {
+        out.extend_from_slice(&tag);
+    }
     URL_SAFE_NO_PAD.encode(out)
 }
 
@@ -184,11 +190,11 @@ fn associated_data(header: &[u8], kind: u8, pool: &str) -> Vec<u8> {
 }
 
 fn open_value(kind: u8, value: &str, pool: &str, ring: &KeyRing) -> Result<Vec<u8>, CookieError> {
-    let raw = URL_SAFE_NO_PAD.decode(value.trim()).map_err(|_| CookieError::Garbage)?;
+    let mut raw = URL_SAFE_NO_PAD.decode(value.trim()).map_err(|_| CookieError::Garbage)?;
     if raw.len() < HEADER_LEN + NONCE_LEN + TAG_LEN {
         return Err(CookieError::Garbage);
     }
-    let (header, rest) = raw.split_at(HEADER_LEN);
+    let header = &raw[..HEADER_LEN];
     if header[0] != FORMAT_VERSION {
         return Err(CookieError::UnsupportedVersion(header[0]));
     }
@@ -198,9 +204,17 @@ fn open_value(kind: u8, value: &str, pool: &str, ring: &KeyRing) -> Result<Vec<u
     if tag != pool_tag(pool) {
         return Err(CookieError::WrongPool);
     }
-    let (nonce, sealed) = rest.split_at(NONCE_LEN);
     let ad = associated_data(header, kind, pool);
-    key.cipher.decrypt(XNonce::from_slice(nonce), Payload { msg: sealed, aad: &ad }).map_err(|_| CookieError::Tampered)
+    // Opened in place: the body ends up where it was sealed, between the nonce and the tag.
+    let (nonce, sealed) = raw[HEADER_LEN..].split_at_mut(NONCE_LEN);
+    let (msg, tag) = sealed.split_at_mut(sealed.len() - TAG_LEN);
+    key.cipher
+        .decrypt_in_place_detached(XNonce::from_slice(nonce), &ad, msg, Tag::from_slice(tag))
+        .map_err(|_| CookieError::Tampered)?;
+    let body_len = msg.len();
+    raw.drain(..HEADER_LEN + NONCE_LEN);
+    raw.truncate(body_len);
+    Ok(raw)
 }
 
 /// Seals a routing cookie for `pool` with the ring's current key.

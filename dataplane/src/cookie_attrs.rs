@@ -62,12 +62,15 @@ pub fn validate(a: &Attrs) -> Result<(), String> {
 
 /// One `Set-Cookie` value: `name=value` with the pool's attributes; `max_age` 0 deletes it.
 pub fn set_cookie_line(a: &Attrs, name: &str, value: &str, max_age: u64) -> String {
-    let mut line = format!("{name}={value}; Path={}", a.path);
+    use std::fmt::Write;
+    // One allocation of the final size (a state chunk's line is ~4 KB).
+    let mut line = String::with_capacity(name.len() + value.len() + a.path.len() + a.domain.len() + 80);
+    let _ = write!(line, "{name}={value}; Path={}", a.path);
     if !a.domain.is_empty() {
         line.push_str("; Domain=");
         line.push_str(&a.domain);
     }
-    line.push_str(&format!("; Max-Age={max_age}; HttpOnly; SameSite={}", a.same_site));
+    let _ = write!(line, "; Max-Age={max_age}; HttpOnly; SameSite={}", a.same_site);
     if a.secure {
         line.push_str("; Secure");
     }

@@ -25,6 +25,9 @@ macro_rules! label_values {
         }
 
         impl $name {
+            /// Every value, in declaration order (`value as usize` indexes it).
+            pub const ALL: &'static [Self] = &[$(Self::$variant,)+];
+
             /// The label value, as the metric shows it.
             pub fn label(self) -> &'static str {
                 match self {
@@ -120,6 +123,11 @@ pub struct Metrics {
     pub sessions: Gauge,
     pub registry_members: Gauge,
     pub draining: Gauge,
+    /// `requests` and `request_seconds` of each route (indexed by `Route as usize`), and the
+    /// body-timeout counter every request body carries, looked up once: a request adds to them
+    /// without the families' lock and label hashing.
+    per_route: Vec<(Counter, Histogram)>,
+    pub body_timeouts: Counter,
 }
 
 impl Default for Metrics {
@@ -159,7 +167,17 @@ impl Default for Metrics {
             registry_members: Gauge::default(),
             draining: Gauge::default(),
             registry: Registry::default(),
+            per_route: Vec::new(),
+            body_timeouts: Counter::default(),
         };
+        let per_route = Route::ALL
+            .iter()
+            .map(|&route| {
+                let labels = [("route", route)];
+                (m.requests.get_or_create(&labels).clone(), m.request_seconds.get_or_create(&labels).clone())
+            })
+            .collect();
+        let body_timeouts = m.bad_requests.get_or_create(&[("reason", BadRequest::BodyTimeout)]).clone();
         registry.register("requests", "Requests by route: new, serve, restore, takeover, forward", m.requests.clone());
         registry.register(
             "request_duration_seconds",
@@ -288,11 +306,18 @@ impl Default for Metrics {
         registry.register("sessions", "Sessions in the local session table", m.sessions.clone());
         registry.register("registry_members", "Live members in this sidecar's registry", m.registry_members.clone());
         registry.register("draining", "1 while the sidecar drains after SIGTERM", m.draining.clone());
-        Metrics { registry, ..m }
+        Metrics { registry, per_route, body_timeouts, ..m }
     }
 }
 
 impl Metrics {
+    /// Counts a request answered after `seconds`, by the route it took.
+    pub fn request_done(&self, route: Route, seconds: f64) {
+        let (count, latency) = &self.per_route[route as usize];
+        count.inc();
+        latency.observe(seconds);
+    }
+
     /// The text exposition format.
     pub fn encode(&self) -> String {
         let mut out = String::new();
@@ -311,8 +336,13 @@ mod tests {
         let m = Metrics::default();
         m.requests.get_or_create(&[("route", Route::Takeover)]).inc();
         m.bad_requests.get_or_create(&[("reason", BadRequest::HeadersTooLarge)]).inc();
+        m.request_done(Route::Forward, 0.001);
+        m.body_timeouts.inc();
         let page = m.encode();
         assert!(page.contains(r#"handover_requests_total{route="takeover"} 1"#), "{page}");
+        assert!(page.contains(r#"handover_requests_total{route="forward"} 1"#), "{page}");
+        assert!(page.contains(r#"handover_request_duration_seconds_count{route="forward"} 1"#), "{page}");
+        assert!(page.contains(r#"handover_bad_requests_total{reason="body_timeout"} 1"#), "{page}");
         assert!(page.contains(r#"handover_bad_requests_total{reason="headers_too_large"} 1"#), "{page}");
     }
 }

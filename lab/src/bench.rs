@@ -49,6 +49,10 @@ pub struct BenchArgs {
     /// binary's, so two builds of the sidecar compare under the same app and the same load.
     #[arg(long)]
     pub sidecar_exe: Option<PathBuf>,
+    /// A second sidecar build driven in the same rounds, next to the first (its own ports, the
+    /// same app): the line `sidecar / compare build` compares two builds under the same noise.
+    #[arg(long)]
+    pub compare_exe: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -67,6 +71,8 @@ pub struct Figures {
 enum Target {
     Direct,
     Sidecar,
+    /// The `--compare-exe` build of the sidecar.
+    Compare,
     Nginx,
     Haproxy,
 }
@@ -76,6 +82,7 @@ impl Target {
         match self {
             Target::Direct => "app direct",
             Target::Sidecar => "handover sidecar (push)",
+            Target::Compare => "compare build (push)",
             Target::Nginx => "nginx reverse proxy",
             Target::Haproxy => "haproxy reverse proxy",
         }
@@ -85,7 +92,16 @@ impl Target {
 struct Procs(Vec<Child>);
 
 impl Drop for Procs {
+    /// SIGTERM first, so that nginx's master takes its worker along (a SIGKILLed master leaves
+    /// the worker running, listening, for good); SIGKILL for whatever is left after 2 s.
     fn drop(&mut self) {
+        for c in &self.0 {
+            crate::localpool::signal(c, crate::localpool::Sig::Term);
+        }
+        let deadline = Instant::now() + Duration::from_secs(2);
+        while Instant::now() < deadline && self.0.iter_mut().any(|c| matches!(c.try_wait(), Ok(None))) {
+            std::thread::sleep(Duration::from_millis(20));
+        }
         for c in &mut self.0 {
             let _ = c.start_kill();
         }
@@ -246,7 +262,7 @@ async fn drive(
                 // The session's state first gets its noise (not counted), then is counted up.
                 let path = if first { format!("/blob?bytes={state_bytes}") } else { "/incr".to_owned() };
                 let mut req = Request::builder().method(Method::POST).uri(path).header(header::HOST, "bench");
-                if target == Target::Sidecar {
+                if matches!(target, Target::Sidecar | Target::Compare) {
                     if let Some(c) = &cookie {
                         req = req.header(header::COOKIE, c.as_str());
                     }
@@ -333,6 +349,8 @@ pub async fn run(args: BenchArgs) -> Result<(), String> {
     let admin = SocketAddr::new(ip, 9901);
     let nginx = SocketAddr::new(ip, 8001);
     let haproxy = SocketAddr::new(ip, 8002);
+    let compare = SocketAddr::new(ip, 8003);
+    let compare_admin = SocketAddr::new(ip, 9903);
     let key_file = dir.join("keys");
     std::fs::write(&key_file, handover_dataplane::keys::generate_line(1, 0)).map_err(|e| e.to_string())?;
 
@@ -351,40 +369,49 @@ pub async fn run(args: BenchArgs) -> Result<(), String> {
         ],
         &dir.join("app.log"),
     )?);
+    let sidecar_args = |listen: SocketAddr, admin: SocketAddr| {
+        [
+            "run",
+            "--listen",
+            &listen.to_string(),
+            "--admin",
+            &admin.to_string(),
+            "--app",
+            &app.to_string(),
+            "--state-addr",
+            &state.to_string(),
+            "--pool",
+            "bench/pool",
+            "--pod-name",
+            "bench-0",
+            "--key-file",
+            &key_file.display().to_string(),
+            "--mode",
+            "push",
+            "--cookie-secure",
+            "false",
+            "--workers",
+            "1",
+            "--log-level",
+            "warn",
+        ]
+        .map(str::to_owned)
+    };
     let sidecar_exe = args.sidecar_exe.clone().unwrap_or_else(|| exe.clone());
-    procs.0.push(spawn(
-        &sidecar_exe,
-        &[
-            s("run"),
-            s("--listen"),
-            sidecar.to_string(),
-            s("--admin"),
-            admin.to_string(),
-            s("--app"),
-            app.to_string(),
-            s("--state-addr"),
-            state.to_string(),
-            s("--pool"),
-            s("bench/pool"),
-            s("--pod-name"),
-            s("bench-0"),
-            s("--key-file"),
-            key_file.display().to_string(),
-            s("--mode"),
-            s("push"),
-            s("--cookie-secure"),
-            s("false"),
-            s("--workers"),
-            s("1"),
-            s("--log-level"),
-            s("warn"),
-        ],
-        &dir.join("sidecar.log"),
-    )?);
+    procs.0.push(spawn(&sidecar_exe, &sidecar_args(sidecar, admin), &dir.join("sidecar.log"))?);
     let sidecar_pid = procs.0[1].id();
     let conf = dir.join("nginx.conf");
     std::fs::write(&conf, nginx_config(&dir, nginx, app)).map_err(|e| e.to_string())?;
     let mut targets = vec![(Target::Direct, app, None), (Target::Sidecar, sidecar, sidecar_pid)];
+    if let Some(compare_exe) = &args.compare_exe {
+        let child = spawn(compare_exe, &sidecar_args(compare, compare_admin), &dir.join("compare.log"))?;
+        targets.push((Target::Compare, compare, child.id()));
+        procs.0.push(child);
+        wait_for("the compare build to be ready", Duration::from_secs(15), || async move {
+            probe(compare_admin, "/ready").await == Some(200)
+        })
+        .await?;
+    }
     match spawn(
         &args.nginx,
         &[s("-c"), conf.display().to_string(), s("-p"), dir.display().to_string()],
@@ -459,8 +486,12 @@ pub async fn run(args: BenchArgs) -> Result<(), String> {
         };
         println!("  ratios:");
         ratio("sidecar / direct", &median[1], &median[0]);
-        for baseline in &median[2..] {
-            let name = if baseline.target.starts_with("nginx") { "sidecar / nginx" } else { "sidecar / haproxy" };
+        for (baseline, &(target, _, _)) in median[2..].iter().zip(&targets[2..]) {
+            let name = match target {
+                Target::Compare => "sidecar / compare build",
+                Target::Nginx => "sidecar / nginx",
+                _ => "sidecar / haproxy",
+            };
             ratio(name, &median[1], baseline);
         }
         medians.extend(median);

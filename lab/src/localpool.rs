@@ -135,7 +135,7 @@ pub enum Sig {
     Cont,
 }
 
-fn signal(child: &Child, sig: Sig) {
+pub(crate) fn signal(child: &Child, sig: Sig) {
     let Some(pid) = child.id().and_then(|id| rustix::process::Pid::from_raw(id as i32)) else {
         return;
     };

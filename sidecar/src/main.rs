@@ -22,10 +22,19 @@ fn main() {
 }
 
 fn runtime(workers: usize) -> Result<tokio::runtime::Runtime, String> {
-    let mut builder = tokio::runtime::Builder::new_multi_thread();
-    if workers > 0 {
+    let workers = match workers {
+        0 => std::thread::available_parallelism().map_or(1, usize::from),
+        n => n,
+    };
+    let mut builder = if workers == 1 {
+        // One thread (a pod limited to one CPU): no work-stealing scheduler between the tasks of
+        // a request, its client connection and its app connection.
+        tokio::runtime::Builder::new_current_thread()
+    } else {
+        let mut builder = tokio::runtime::Builder::new_multi_thread();
         builder.worker_threads(workers);
-    }
+        builder
+    };
     builder.enable_all().build().map_err(|e| format!("cannot start the runtime: {e}"))
 }
 

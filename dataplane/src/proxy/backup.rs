@@ -135,19 +135,20 @@ impl Proxy {
         if self.backups.is_none() {
             return "off";
         }
-        let body = Bytes::from(b.body());
+        // Written once a successor is found (a pod alone in its pool never writes it).
+        let mut body: Option<Bytes> = None;
         // A successor that cannot be reached is probed; a dead one (killed, not yet out of the
         // registry) is passed over for the next member in takeover order, so a state is never
         // left without a backup because the registry lags.
         for _ in 0..BACKUP_ATTEMPTS {
             let live = self.registry.live();
             let unreachable = self.unreachable_now();
-            let others = live.iter().filter(|m| m.name != self.cfg.pod_name && !unreachable.contains(&m.name));
-            let Some(to) = decide::successor(&b.session, others).cloned() else {
+            let Some(to) = decide::successor(&b.session, self.other_reachable(&live, &unreachable)).cloned() else {
                 self.metrics.backups_sent.get_or_create(&[("result", "no_successor")]).inc();
                 return "no_successor";
             };
-            let result = match self.peer_call(&to, Method::PUT, &b.session, body.clone()).await {
+            let body = body.get_or_insert_with(|| Bytes::from(b.body())).clone();
+            let result = match self.peer_call(&to, Method::PUT, &b.session, body).await {
                 Ok((StatusCode::NO_CONTENT, _)) => {
                     if self.draining_since().is_some() {
                         sync::lock(&self.handed_to).insert(b.session.clone(), to.clone());

@@ -195,14 +195,18 @@ impl Proxy {
         if !split && !pairs.iter().any(|(n, _)| cookie::is_session_cookie(name, n)) {
             return;
         }
-        let rest: Vec<String> = pairs
-            .into_iter()
-            .filter(|(n, _)| !cookie::is_session_cookie(name, n))
-            .map(|(n, v)| format!("{n}={v}"))
-            .collect();
+        let mut rest = String::new();
+        for (n, v) in pairs.into_iter().filter(|(n, _)| !cookie::is_session_cookie(name, n)) {
+            if !rest.is_empty() {
+                rest.push_str("; ");
+            }
+            rest.push_str(n);
+            rest.push('=');
+            rest.push_str(v);
+        }
         headers.remove(header::COOKIE);
         if !rest.is_empty()
-            && let Ok(v) = HeaderValue::from_str(&rest.join("; "))
+            && let Ok(v) = HeaderValue::from_str(&rest)
         {
             headers.insert(header::COOKIE, v);
         }

@@ -298,14 +298,13 @@ impl Proxy {
     pub async fn handle(self: Arc<Self>, req: Request<Incoming>, client: SocketAddr) -> Response<Body> {
         let started = Instant::now();
         let (route, resp) = self.route_request(req, client).await;
-        self.metrics.requests.get_or_create(&[("route", route)]).inc();
-        self.metrics.request_seconds.get_or_create(&[("route", route)]).observe(started.elapsed().as_secs_f64());
+        self.metrics.request_done(route, started.elapsed().as_secs_f64());
         resp
     }
 
     async fn route_request(&self, req: Request<Incoming>, client: SocketAddr) -> (Route, Response<Body>) {
         // Boxed once, so that a request the app never received can come back here and be routed again.
-        let timeouts = self.metrics.bad_requests.get_or_create(&[("reason", BadRequest::BodyTimeout)]).clone();
+        let timeouts = self.metrics.body_timeouts.clone();
         let mut req: Request<Body> = req.map(|b| TimedBody::new(b, self.cfg.body, timeouts).boxed());
         let header_bytes: usize = req.headers().iter().map(|(n, v)| n.as_str().len() + v.len() + 4).sum();
         if header_bytes > self.cfg.max_header_bytes {
@@ -565,8 +564,7 @@ impl Proxy {
         {
             return Some(to);
         }
-        let others = live.iter().filter(|m| m.name != self.cfg.pod_name && !unreachable.contains(&m.name));
-        decide::successor(rc.session().unwrap_or(""), others).cloned()
+        decide::successor(rc.session().unwrap_or(""), self.other_reachable(live, unreachable)).cloned()
     }
 
     /// The registry's live members, plus the session's owner when the registry does not list it

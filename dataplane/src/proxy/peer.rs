@@ -54,6 +54,16 @@ impl Proxy {
         map.keys().cloned().collect()
     }
 
+    /// The members of `live` a session could be handed to from here: not this pod, and not a peer
+    /// it lately could not reach (`unreachable`, from [`Proxy::unreachable_now`]).
+    pub(super) fn other_reachable<'a>(
+        &'a self,
+        live: &'a [Member],
+        unreachable: &'a [String],
+    ) -> impl Iterator<Item = &'a Member> {
+        live.iter().filter(|m| m.name != self.cfg.pod_name && !unreachable.contains(&m.name))
+    }
+
     pub(super) fn mark_unreachable(&self, name: &str) {
         let mut map = sync::lock(&self.unreachable);
         map.insert(name.to_owned(), Instant::now() + UNREACHABLE_FOR);

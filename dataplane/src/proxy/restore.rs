@@ -244,9 +244,10 @@ impl Proxy {
         }
         let live = self.registry.live();
         let unreachable = self.unreachable_now();
-        let others = live.iter().filter(|m| m.name != self.cfg.pod_name && !unreachable.contains(&m.name));
         let mut undeclared = None;
-        for member in decide::ranked(session, others).into_iter().take(READER_LOOKUPS) {
+        for member in
+            decide::ranked(session, self.other_reachable(&live, &unreachable)).into_iter().take(READER_LOOKUPS)
+        {
             match crate::peer_probe::declared_reads(self.peer_admin(member), self.cfg.probe_timeout).await {
                 Ok(Some(theirs)) if decide::reads_format(&theirs, format) => {
                     tracing::info!(session, format, reads = %reads, to = %member.name, "this app does not read the state's format; its takeover goes to a member whose app does");
