@@ -246,7 +246,8 @@ pub struct RunArgs {
     pub log_level: String,
     #[arg(long, env = "HANDOVER_LOG_FORMAT", value_enum, default_value = "text")]
     pub log_format: LogFormat,
-    /// Worker threads (0: one per core).
+    /// Worker threads (0: one per CPU the process may use, cgroup quota included). With one, the
+    /// runtime's single-threaded scheduler runs everything on that thread.
     #[arg(long, env = "HANDOVER_WORKERS", default_value_t = 0)]
     pub workers: usize,
 }
