@@ -373,10 +373,11 @@ fn inflate_bounded(inflater: &mut flate2::Decompress, stored: &[u8], max_state: 
 }
 
 thread_local! {
-    /// One deflate and one inflate state per thread, reset for each state: a fresh compressor
-    /// allocates and zeroes ~300 KB of tables, an inflater ~40 KB, which cost more than
-    /// compressing a 2 KB state itself.
-    static DEFLATER: std::cell::RefCell<Option<flate2::Compress>> = const { std::cell::RefCell::new(None) };
+    /// One compressor and one inflater per thread: a fresh one allocates its tables (~300 KB for
+    /// a compressor, ~40 KB for an inflater), which costs more than compressing a 2 KB state.
+    /// The compressor is libdeflate's, made for whole buffers: miniz's streaming compressor
+    /// zeroed ~160 KB of tables on every reset, a third of the deflate's cost for a 2 KB state.
+    static DEFLATER: std::cell::RefCell<Option<libdeflater::Compressor>> = const { std::cell::RefCell::new(None) };
     static INFLATER: std::cell::RefCell<Option<flate2::Decompress>> = const { std::cell::RefCell::new(None) };
 }
 
@@ -480,19 +481,18 @@ fn new_inflater() -> flate2::Decompress {
     flate2::Decompress::new(false)
 }
 
-fn new_deflater() -> flate2::Compress {
-    flate2::Compress::new(flate2::Compression::fast(), false)
+fn new_deflater() -> libdeflater::Compressor {
+    // Level 1, the fastest that compresses (`fastest()` is level 0: stored blocks only).
+    libdeflater::Compressor::new(libdeflater::CompressionLvl::new(1).unwrap_or_default())
 }
 
 /// `state` deflated (raw deflate), when that is smaller than `state`: the output buffer has room
-/// for `state.len() - 1` bytes only, so a state that does not shrink stops the compressor early.
-fn deflate_smaller(deflater: &mut flate2::Compress, state: &[u8]) -> Option<Vec<u8>> {
-    deflater.reset();
-    let mut out = Vec::with_capacity(state.len() - 1);
-    match deflater.compress_vec(state, &mut out, flate2::FlushCompress::Finish) {
-        Ok(flate2::Status::StreamEnd) => Some(out),
-        _ => None,
-    }
+/// for `state.len() - 1` bytes only, so a state that does not shrink is refused by the compressor.
+fn deflate_smaller(deflater: &mut libdeflater::Compressor, state: &[u8]) -> Option<Vec<u8>> {
+    let mut out = vec![0u8; state.len() - 1];
+    let written = deflater.deflate_compress(state, &mut out).ok()?;
+    out.truncate(written);
+    Some(out)
 }
 
 /// A bounded reader over the body: every read is checked, trailing bytes are an error.
