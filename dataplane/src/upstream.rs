@@ -34,6 +34,17 @@ pub enum ConnectError {
     Handshake(SocketAddr, hyper::Error),
 }
 
+/// A TCP connection to `addr` within `timeout`, without Nagle's delay (requests and responses
+/// are written whole).
+async fn connect(addr: SocketAddr, timeout: Duration) -> Result<TcpStream, ConnectError> {
+    let stream = tokio::time::timeout(timeout, TcpStream::connect(addr))
+        .await
+        .map_err(|_| ConnectError::Timeout(addr))?
+        .map_err(|e| ConnectError::Io(addr, e))?;
+    let _ = stream.set_nodelay(true);
+    Ok(stream)
+}
+
 /// How the sidecar speaks to the app's client port (`--app-protocol`).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum AppProtocol {
@@ -89,11 +100,7 @@ impl Upstreams {
         if let Some(sender) = idle {
             return Ok((sender, saw_closed));
         }
-        let stream = tokio::time::timeout(timeout, TcpStream::connect(addr))
-            .await
-            .map_err(|_| ConnectError::Timeout(addr))?
-            .map_err(|e| ConnectError::Io(addr, e))?;
-        let _ = stream.set_nodelay(true);
+        let stream = connect(addr, timeout).await?;
         let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
             .await
             .map_err(|e| ConnectError::Handshake(addr, e))?;
@@ -137,11 +144,7 @@ impl Upstreams {
                 None => false,
             }
         };
-        let stream = tokio::time::timeout(timeout, TcpStream::connect(addr))
-            .await
-            .map_err(|_| ConnectError::Timeout(addr))?
-            .map_err(|e| ConnectError::Io(addr, e))?;
-        let _ = stream.set_nodelay(true);
+        let stream = connect(addr, timeout).await?;
         let (sender, conn) = http2::handshake(TokioExecutor::new(), TokioIo::new(stream))
             .await
             .map_err(|e| ConnectError::Handshake(addr, e))?;

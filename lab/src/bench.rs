@@ -90,6 +90,17 @@ impl Target {
             Target::Haproxy => "haproxy reverse proxy",
         }
     }
+
+    /// The ratio line of the sidecar against this target (none against itself).
+    fn versus(self) -> Option<&'static str> {
+        match self {
+            Target::Direct => Some("sidecar / direct"),
+            Target::Sidecar => None,
+            Target::Compare => Some("sidecar / compare build"),
+            Target::Nginx => Some("sidecar / nginx"),
+            Target::Haproxy => Some("sidecar / haproxy"),
+        }
+    }
 }
 
 struct Procs(Vec<Child>);
@@ -512,13 +523,7 @@ pub async fn run(args: BenchArgs) -> Result<(), String> {
             }
         };
         println!("  ratios:");
-        ratio("sidecar / direct", &median[1], &median[0]);
-        for (baseline, &(target, _, _)) in median[2..].iter().zip(&targets[2..]) {
-            let name = match target {
-                Target::Compare => "sidecar / compare build",
-                Target::Nginx => "sidecar / nginx",
-                _ => "sidecar / haproxy",
-            };
+        for (baseline, name) in median.iter().zip(&targets).filter_map(|(f, t)| Some((f, t.0.versus()?))) {
             ratio(name, &median[1], baseline);
         }
         medians.extend(median);
