@@ -36,10 +36,9 @@
 
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
-use chacha20poly1305::aead::AeadInPlace;
-use chacha20poly1305::{Tag, XNonce};
 
 use crate::keys::KeyRing;
+use crate::xchacha::{NONCE_LEN, TAG_LEN};
 
 /// The only format this build writes and reads. (Format 1, one cookie holding route and state
 /// together, and format 2, without created-at, the ended flag and the state format, are refused
@@ -51,8 +50,6 @@ pub const MAX_FORMAT_BYTES: usize = 64;
 const KIND_ROUTE: u8 = b'r';
 const KIND_STATE: u8 = b's';
 const HEADER_LEN: usize = 9;
-const NONCE_LEN: usize = 24;
-const TAG_LEN: usize = 16;
 const FLAG_DEFLATED: u8 = 1;
 /// States this large or larger are deflated when that makes them smaller.
 const COMPRESS_FROM: usize = 128;
@@ -171,13 +168,8 @@ fn seal_value(kind: u8, body: &[u8], pool: &str, ring: &KeyRing) -> String {
     out.extend_from_slice(&header);
     out.extend_from_slice(&nonce);
     out.extend_from_slice(body);
-    // Encryption with a valid key and an in-memory buffer cannot fail (the length limit of
-    // XChaCha20-Poly1305 is 256 GiB).
-    if let Ok(tag) =
-        key.cipher.encrypt_in_place_detached(XNonce::from_slice(&nonce), &ad, &mut out[HEADER_LEN + NONCE_LEN..])
-    {
-        out.extend_from_slice(&tag);
-    }
+    let tag = key.cipher.seal_in_place(&nonce, &ad, &mut out[HEADER_LEN + NONCE_LEN..]);
+    out.extend_from_slice(&tag);
     URL_SAFE_NO_PAD.encode(out)
 }
 
@@ -206,11 +198,9 @@ fn open_value(kind: u8, value: &str, pool: &str, ring: &KeyRing) -> Result<Vec<u
     }
     let ad = associated_data(header, kind, pool);
     // Opened in place: the body ends up where it was sealed, between the nonce and the tag.
-    let (nonce, sealed) = raw[HEADER_LEN..].split_at_mut(NONCE_LEN);
-    let (msg, tag) = sealed.split_at_mut(sealed.len() - TAG_LEN);
-    key.cipher
-        .decrypt_in_place_detached(XNonce::from_slice(nonce), &ad, msg, Tag::from_slice(tag))
-        .map_err(|_| CookieError::Tampered)?;
+    let (nonce, sealed) = raw[HEADER_LEN..].split_first_chunk_mut::<NONCE_LEN>().ok_or(CookieError::Garbage)?;
+    let (msg, tag) = sealed.split_last_chunk_mut::<TAG_LEN>().ok_or(CookieError::Garbage)?;
+    key.cipher.open_in_place(nonce, &ad, msg, tag).map_err(|_| CookieError::Tampered)?;
     let body_len = msg.len();
     raw.drain(..HEADER_LEN + NONCE_LEN);
     raw.truncate(body_len);

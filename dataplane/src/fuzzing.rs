@@ -11,8 +11,6 @@ use std::sync::LazyLock;
 
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
-use chacha20poly1305::XNonce;
-use chacha20poly1305::aead::{Aead, Payload};
 use handover_common::keyfile;
 use http::{HeaderMap, HeaderValue, header};
 
@@ -145,14 +143,12 @@ fn associated_data(kind: u8) -> Vec<u8> {
 /// which a mutated cookie never passes. The nonce is fixed: these values never leave the fuzzer.
 pub fn seal_body(kind: u8, body: &[u8]) -> String {
     let nonce = [0u8; 24];
-    let sealed = RING
-        .current()
-        .cipher
-        .encrypt(XNonce::from_slice(&nonce), Payload { msg: body, aad: &associated_data(kind) })
-        .unwrap_or_else(|e| panic!("sealing in memory failed: {e}"));
+    let mut sealed = body.to_vec();
+    let tag = RING.current().cipher.seal_in_place(&nonce, &associated_data(kind), &mut sealed);
     let mut out = seal_header().to_vec();
     out.extend_from_slice(&nonce);
     out.extend_from_slice(&sealed);
+    out.extend_from_slice(&tag);
     URL_SAFE_NO_PAD.encode(out)
 }
 
@@ -160,12 +156,14 @@ pub fn seal_body(kind: u8, body: &[u8]) -> String {
 fn unseal_body(kind: u8, value: &str) -> Vec<u8> {
     let raw = URL_SAFE_NO_PAD.decode(value).unwrap_or_else(|e| panic!("cookie wrote non-base64url: {e}"));
     assert!(raw.len() >= 9 + 24 + 16, "cookie wrote {} bytes", raw.len());
-    let (_, rest) = raw.split_at(9);
-    let (nonce, sealed) = rest.split_at(24);
+    let (nonce, rest) = raw[9..].split_first_chunk::<24>().expect("checked above");
+    let (sealed, tag) = rest.split_last_chunk::<16>().expect("checked above");
+    let mut body = sealed.to_vec();
     RING.current()
         .cipher
-        .decrypt(XNonce::from_slice(nonce), Payload { msg: sealed, aad: &associated_data(kind) })
-        .unwrap_or_else(|_| panic!("a value sealed by cookie does not open with its own key"))
+        .open_in_place(nonce, &associated_data(kind), &mut body, tag)
+        .unwrap_or_else(|_| panic!("a value sealed by cookie does not open with its own key"));
+    body
 }
 
 /// The route a state body claims (version, then flags, then a str8 session), so a state body is

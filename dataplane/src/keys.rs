@@ -6,11 +6,12 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
-use chacha20poly1305::{KeyInit, XChaCha20Poly1305};
 use handover_common::keyfile;
 use handover_common::sync;
 use hmac::{Hmac, Mac};
 use sha2::Sha256;
+
+use crate::xchacha::XChaCha20Poly1305;
 
 /// The forward key of a pool key (it signs forwards: [`crate::peer_auth`]): HMAC-SHA256(pool key,
 /// label), so the cookie key and the forward key are never the same bytes.
@@ -56,7 +57,7 @@ impl KeyRing {
             .iter()
             .map(|k| Key {
                 id: k.id,
-                cipher: XChaCha20Poly1305::new(&k.secret.into()),
+                cipher: XChaCha20Poly1305::new(&k.secret),
                 forward: derive_forward_key(&k.secret),
             })
             .collect();

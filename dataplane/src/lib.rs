@@ -34,3 +34,4 @@ pub mod server;
 pub mod state_path;
 pub mod timed_body;
 pub mod upstream;
+pub mod xchacha;
