@@ -70,7 +70,7 @@ fn verdict_of(head: &[u8]) -> Liveness {
 pub async fn declared_reads(admin: SocketAddr, timeout: Duration) -> Result<Option<String>, Liveness> {
     let head = live_head(admin, timeout).await?;
     match verdict_of(&head) {
-        Liveness::Alive => Ok(header_value(&head, crate::proxy::READS_HEADER)),
+        Liveness::Alive => Ok(header_value(&head, crate::proxy::READS_HEADER.as_str())),
         verdict => Err(verdict),
     }
 }

@@ -10,10 +10,26 @@
 
 /// Whether `request_path` (the path of a request URI, without the query) names `state_path`.
 pub fn names_state_path(request_path: &str, state_path: &str) -> bool {
+    // Every request is checked: the common path, with nothing to decode or fold, is compared
+    // segment by segment without allocating (it normalizes to its non-empty segments).
+    if is_plain(request_path) && is_plain(state_path) {
+        return plain_segments(request_path).eq(plain_segments(state_path));
+    }
     let Some(wanted) = normalize(state_path) else { return false };
     // A path that cannot be decoded is not routed by any framework as the state path either,
     // but refuse it all the same when its raw form matches.
     normalize(request_path).is_some_and(|p| p == wanted)
+}
+
+/// A path that [`normalize`] leaves as its non-empty segments: ASCII without upper case, `%`,
+/// `\` or `;`, and no `.` or `..` segment.
+fn is_plain(path: &str) -> bool {
+    path.bytes().all(|b| b.is_ascii() && !b.is_ascii_uppercase() && !matches!(b, b'%' | b'\\' | b';'))
+        && !path.split('/').any(|s| s == "." || s == "..")
+}
+
+fn plain_segments(path: &str) -> impl Iterator<Item = &str> {
+    path.split('/').filter(|s| !s.is_empty())
 }
 
 /// Lowercase segments, percent-decoded, without `;params`, empty and `.` segments, with `..`
@@ -94,6 +110,15 @@ mod tests {
             "/handover\\state",
         ] {
             assert!(names_state_path(p, "/handover/state"), "{p}");
+        }
+    }
+
+    proptest::proptest! {
+        /// The allocation-free comparison of plain paths says what the normalized one says.
+        #[test]
+        fn plain_paths_compare_as_normalized(request in "[/a-cA.;%2F\\\\]{0,12}", state in "[/a-cA.]{0,8}") {
+            let normalized = normalize(&state).is_some_and(|w| normalize(&request).is_some_and(|p| p == w));
+            proptest::prop_assert_eq!(names_state_path(&request, &state), normalized);
         }
     }
 

@@ -36,7 +36,7 @@ pub(super) const HELD_RECHECK_EVERY: Duration = Duration::from_millis(250);
 /// every answer of its state endpoint for the life of the process, new at each start. A closed
 /// connection then only costs one `GET <statePath>` that compares it; without it, every session is
 /// checked with the app after any closed connection.
-pub const INSTANCE_HEADER: &str = "handover-instance";
+pub const INSTANCE_HEADER: http::HeaderName = http::HeaderName::from_static("handover-instance");
 
 /// What the sidecar knows of the app's instance.
 #[derive(Debug, Default)]
@@ -254,7 +254,7 @@ impl Proxy {
             drop(turn);
             return Served::NotSent(req);
         }
-        self.strip_our_cookies(req.headers_mut());
+        rc.app_cookie.apply(req.headers_mut());
         if let Ok(v) = HeaderValue::from_str(&session) {
             req.headers_mut().insert(SESSION_HEADER, v);
         }

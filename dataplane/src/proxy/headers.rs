@@ -6,23 +6,22 @@ use std::net::SocketAddr;
 use http::Request;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 
-use super::Proxy;
 use crate::cookie;
 
 /// The session id the app sees on every forwarded request.
-pub const SESSION_HEADER: &str = "handover-session";
+pub const SESSION_HEADER: HeaderName = HeaderName::from_static("handover-session");
 
 /// Where the app pushes its state on a response.
-pub const STATE_HEADER: &str = "handover-state";
+pub const STATE_HEADER: HeaderName = HeaderName::from_static("handover-state");
 
 /// On an app's response: give this session a new id (at login, against session fixation). The
 /// sidecar moves the state to the new id, tells the app the old one left, and seals the new one.
-pub const ROTATE_HEADER: &str = "handover-rotate";
+pub const ROTATE_HEADER: HeaderName = HeaderName::from_static("handover-rotate");
 
 /// The app's own name for the format of a state it pushes (on the response) or hands out (on its
 /// answer to `GET <statePath>`), recorded with the sealed state and given back on the restore's
 /// `PUT <statePath>`, so an app can refuse (4xx) a format it does not read and say which.
-pub const FORMAT_HEADER: &str = "handover-state-format";
+pub const FORMAT_HEADER: HeaderName = HeaderName::from_static("handover-state-format");
 
 /// The state format an app declared in `headers` (removed from them): a token of at most
 /// [`cookie::MAX_FORMAT_BYTES`] visible ASCII characters without spaces, commas or semicolons;
@@ -43,7 +42,7 @@ pub(super) fn take_declared_format(headers: &mut HeaderMap) -> String {
 /// state endpoint (a refused restore's too) or on a pushed response. The sidecar remembers the
 /// latest, shows it to its peers on `/live`, and a takeover whose state the app does not read goes
 /// to a member whose app does ([`crate::decide::reads_format`]).
-pub const READS_HEADER: &str = "handover-reads";
+pub const READS_HEADER: HeaderName = HeaderName::from_static("handover-reads");
 
 /// Longest `Handover-Reads` kept: a list of formats, not a document.
 const MAX_READS_BYTES: usize = 512;
@@ -64,14 +63,21 @@ pub(super) fn take_declared_reads(headers: &mut HeaderMap) -> Option<String> {
 }
 
 /// Set on a response whose state could not be sealed.
-pub const WARNING_HEADER: &str = "handover-warning";
+pub const WARNING_HEADER: HeaderName = HeaderName::from_static("handover-warning");
 
 /// Marks a request forwarded by a peer sidecar (loop guard), signed: [`crate::peer_auth`].
-pub const FORWARDED_HEADER: &str = "handover-forwarded";
+pub const FORWARDED_HEADER: HeaderName = HeaderName::from_static("handover-forwarded");
 
 /// On a response to an authenticated forward: the answering pod. A forwarded response without it
 /// came from something in between (a mesh proxy answering for a peer it could not reach).
-pub const PEER_HEADER: &str = "handover-peer";
+pub const PEER_HEADER: HeaderName = HeaderName::from_static("handover-peer");
+
+/// Proxy headers the sidecar writes, and the hop-by-hop ones of HTTP/1.0 it removes, by name:
+/// a `HeaderName` constant is hashed but never parsed (a `&str` name is, on every lookup).
+const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+const KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
+const PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
 
 /// Headers that describe one connection, not the message (RFC 9110, 7.6.1).
 pub(super) fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
@@ -89,8 +95,8 @@ pub(super) fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
     for name in [header::TE, header::TRAILER, header::TRANSFER_ENCODING, header::PROXY_AUTHORIZATION] {
         headers.remove(name);
     }
-    headers.remove("keep-alive");
-    headers.remove("proxy-connection");
+    headers.remove(KEEP_ALIVE);
+    headers.remove(PROXY_CONNECTION);
     if keep_upgrade {
         headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
     } else {
@@ -155,15 +161,15 @@ pub(super) fn cookie_pairs(headers: &HeaderMap) -> Vec<(&str, &str)> {
 
 pub(super) fn append_forwarded_for(headers: &mut HeaderMap, client: SocketAddr) {
     let ip = client.ip().to_string();
-    let value = match headers.get("x-forwarded-for").and_then(|v| v.to_str().ok()) {
+    let value = match headers.get(X_FORWARDED_FOR).and_then(|v| v.to_str().ok()) {
         Some(prior) => format!("{prior}, {ip}"),
         None => ip,
     };
     if let Ok(v) = HeaderValue::from_str(&value) {
-        headers.insert("x-forwarded-for", v);
+        headers.insert(X_FORWARDED_FOR, v);
     }
-    if !headers.contains_key("x-forwarded-proto") {
-        headers.insert("x-forwarded-proto", HeaderValue::from_static("http"));
+    if !headers.contains_key(X_FORWARDED_PROTO) {
+        headers.insert(X_FORWARDED_PROTO, HeaderValue::from_static("http"));
     }
 }
 
@@ -184,19 +190,26 @@ pub(super) fn origin_form<B>(req: &mut Request<B>) {
     }
 }
 
-impl Proxy {
-    /// Removes the state cookie's chunks from the request: the app never sees sealed cookies.
-    pub(super) fn strip_our_cookies(&self, headers: &mut HeaderMap) {
-        let name = &self.cfg.cookie.attrs.name;
-        let pairs = cookie_pairs(headers);
+/// The `Cookie` field the app gets: the request's, without the session cookies (the app never
+/// sees sealed cookies). Worked out from the pairs [`cookie_pairs`] split once per request.
+#[derive(Clone, Debug)]
+pub(super) enum AppCookie {
+    /// The field goes to the app as the client sent it: none of its cookies is ours.
+    AsSent,
+    /// The field is replaced with the rest (`None`: removed, nothing was left).
+    Replaced(Option<HeaderValue>),
+}
+
+impl AppCookie {
+    pub(super) fn new(headers: &HeaderMap, pairs: &[(&str, &str)], name: &str) -> AppCookie {
         // Several `cookie` fields (HTTP/2 clients split them, RFC 9113 §8.2.3) are joined into
         // one for the app over HTTP/1.1 even when none of them is ours.
         let split = headers.get_all(header::COOKIE).iter().nth(1).is_some();
         if !split && !pairs.iter().any(|(n, _)| cookie::is_session_cookie(name, n)) {
-            return;
+            return AppCookie::AsSent;
         }
         let mut rest = String::new();
-        for (n, v) in pairs.into_iter().filter(|(n, _)| !cookie::is_session_cookie(name, n)) {
+        for (n, v) in pairs.iter().filter(|(n, _)| !cookie::is_session_cookie(name, n)) {
             if !rest.is_empty() {
                 rest.push_str("; ");
             }
@@ -204,11 +217,17 @@ impl Proxy {
             rest.push('=');
             rest.push_str(v);
         }
-        headers.remove(header::COOKIE);
-        if !rest.is_empty()
-            && let Ok(v) = HeaderValue::from_str(&rest)
+        AppCookie::Replaced(if rest.is_empty() { None } else { HeaderValue::from_str(&rest).ok() })
+    }
+
+    /// Sets the app's `Cookie` field in `headers`, unless the field is gone (a client may name
+    /// `cookie` in `Connection`: then it is hop-by-hop and none goes to the app).
+    pub(super) fn apply(&self, headers: &mut HeaderMap) {
+        let AppCookie::Replaced(rest) = self else { return };
+        if headers.remove(header::COOKIE).is_some()
+            && let Some(rest) = rest
         {
-            headers.insert(header::COOKIE, v);
+            headers.insert(header::COOKIE, rest.clone());
         }
     }
 }
@@ -216,6 +235,42 @@ impl Proxy {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn app_cookie(fields: &[&'static str]) -> Option<String> {
+        let mut h = HeaderMap::new();
+        for f in fields {
+            h.append(header::COOKIE, HeaderValue::from_static(f));
+        }
+        let pairs = cookie_pairs(&h);
+        let app = AppCookie::new(&h, &pairs, "handover");
+        app.apply(&mut h);
+        let mut fields = h.get_all(header::COOKIE).iter().map(|v| v.to_str().unwrap().to_owned());
+        let field = fields.next();
+        assert!(fields.next().is_none(), "one Cookie field at most");
+        field
+    }
+
+    #[test]
+    fn the_app_gets_every_cookie_but_the_session_ones_in_one_field() {
+        assert_eq!(app_cookie(&["a=1; handover=r; handover.0=s; b=2"]).as_deref(), Some("a=1; b=2"));
+        assert_eq!(app_cookie(&["handover=r; handover.0=s"]), None, "nothing left: no field");
+        assert_eq!(app_cookie(&["a=1", "b=2"]).as_deref(), Some("a=1; b=2"), "split fields joined");
+        assert_eq!(app_cookie(&["a=1; handover.x=y"]).as_deref(), Some("a=1; handover.x=y"), "not a chunk name");
+        assert_eq!(app_cookie(&[]), None);
+    }
+
+    #[test]
+    fn a_cookie_field_removed_as_hop_by_hop_stays_removed() {
+        let mut h = HeaderMap::new();
+        h.insert(header::COOKIE, HeaderValue::from_static("a=1; handover=r"));
+        h.insert(header::CONNECTION, HeaderValue::from_static("cookie"));
+        let pairs = cookie_pairs(&h);
+        let app = AppCookie::new(&h, &pairs, "handover");
+        drop(pairs);
+        strip_hop_by_hop(&mut h, false);
+        app.apply(&mut h);
+        assert!(!h.contains_key(header::COOKIE));
+    }
 
     #[test]
     fn te_trailers_is_seen_among_other_codings() {

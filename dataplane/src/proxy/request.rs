@@ -7,7 +7,7 @@ use std::net::SocketAddr;
 use http::Request;
 use http::header::{HeaderMap, HeaderValue};
 
-use super::headers::cookie_pairs;
+use super::headers::{AppCookie, cookie_pairs};
 use super::{Proxy, unix_now};
 use crate::cookie::{self, CookieError, Route};
 use crate::header_budget;
@@ -31,6 +31,8 @@ pub(super) struct RequestCookie {
     /// The most bytes of session cookies this client is known to carry (0: no limit seen): the
     /// route's, or what arrived now when the client dropped state chunks.
     pub(super) carry: u32,
+    /// The `Cookie` field the app gets.
+    pub(super) app_cookie: AppCookie,
     /// The cookie opened, but its state is gone (the app refused it, or the session ended): the
     /// request runs as a fresh session and the response replaces or deletes the cookies.
     pub(super) dropped: bool,
@@ -46,6 +48,7 @@ impl RequestCookie {
             held_route: self.held_route,
             other_cookies: self.other_cookies,
             carry: self.carry,
+            app_cookie: self.app_cookie.clone(),
             dropped: true,
         }
     }
@@ -136,6 +139,7 @@ impl Proxy {
             held_chunks,
             other_cookies,
             carry,
+            app_cookie: AppCookie::new(headers, &pairs, name),
             dropped: false,
         }
     }
