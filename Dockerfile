@@ -37,20 +37,18 @@ COPY tests/e2e/Cargo.toml tests/e2e/Cargo.toml
 COPY tests/e2e/src/ tests/e2e/src/
 COPY tests/bench/Cargo.toml tests/bench/Cargo.toml
 COPY tests/bench/src/ tests/bench/src/
-# Release build without debug info, symbols stripped: ~15 MB + ~12 MB instead of ~100 MB each.
-# Panic messages keep their file:line; backtraces lose function names.
-ENV CARGO_PROFILE_RELEASE_DEBUG=0 \
-    CARGO_PROFILE_RELEASE_STRIP=symbols \
-    CARGO_TERM_COLOR=never
+# The `dist` profile (Cargo.toml): release with whole-program LTO, without debug info, symbols
+# stripped. Panic messages keep their file:line; backtraces lose function names.
+ENV CARGO_TERM_COLOR=never
 # Cache mounts: the registry, git checkouts and target/ survive between builds (BuildKit), so a
 # source change rebuilds only the workspace crates. target/ is a cache, so the binaries are copied
 # out of it in the same step.
 RUN --mount=type=cache,id=handover-cargo-registry,target=/usr/local/cargo/registry,sharing=locked \
     --mount=type=cache,id=handover-cargo-git,target=/usr/local/cargo/git,sharing=locked \
     --mount=type=cache,id=handover-target,target=/src/target,sharing=locked \
-    cargo build --release --locked -p handover-operator -p handover-sidecar \
- && install -D -m 0755 target/release/handover-operator /out/handover-operator \
- && install -D -m 0755 target/release/handover-sidecar /out/handover-sidecar \
+    cargo build --profile dist --locked -p handover-operator -p handover-sidecar \
+ && install -D -m 0755 target/dist/handover-operator /out/handover-operator \
+ && install -D -m 0755 target/dist/handover-sidecar /out/handover-sidecar \
  && /out/handover-operator --version \
  && /out/handover-sidecar --version
 
