@@ -17,6 +17,7 @@ use http::{HeaderMap, HeaderValue, header};
 use crate::cookie::{self, CookieError, Owner, Route};
 use crate::keys::KeyRing;
 use crate::registry;
+use crate::xchacha::{NONCE_LEN, TAG_LEN};
 
 /// The pool every cookie here is sealed for and opened in.
 pub const POOL: &str = "shop/cart";
@@ -142,7 +143,7 @@ fn associated_data(kind: u8) -> Vec<u8> {
 /// header || kind || pool name), so that the fuzzer reaches the body decoders behind the AEAD,
 /// which a mutated cookie never passes. The nonce is fixed: these values never leave the fuzzer.
 pub fn seal_body(kind: u8, body: &[u8]) -> String {
-    let nonce = [0u8; 24];
+    let nonce = [0u8; NONCE_LEN];
     let mut sealed = body.to_vec();
     let tag = RING.current().cipher.seal_in_place(&nonce, &associated_data(kind), &mut sealed);
     let mut out = seal_header().to_vec();
@@ -155,9 +156,9 @@ pub fn seal_body(kind: u8, body: &[u8]) -> String {
 /// The body inside a value of `kind` sealed with the test ring's sealing key.
 fn unseal_body(kind: u8, value: &str) -> Vec<u8> {
     let raw = URL_SAFE_NO_PAD.decode(value).unwrap_or_else(|e| panic!("cookie wrote non-base64url: {e}"));
-    assert!(raw.len() >= 9 + 24 + 16, "cookie wrote {} bytes", raw.len());
-    let (nonce, rest) = raw[9..].split_first_chunk::<24>().expect("checked above");
-    let (sealed, tag) = rest.split_last_chunk::<16>().expect("checked above");
+    assert!(raw.len() >= 9 + NONCE_LEN + TAG_LEN, "cookie wrote {} bytes", raw.len());
+    let (nonce, rest) = raw[9..].split_first_chunk::<NONCE_LEN>().expect("checked above");
+    let (sealed, tag) = rest.split_last_chunk::<TAG_LEN>().expect("checked above");
     let mut body = sealed.to_vec();
     RING.current()
         .cipher
