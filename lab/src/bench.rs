@@ -65,6 +65,9 @@ pub struct Figures {
     pub requests_per_second: f64,
     /// CPU time (user + system) of the proxy process(es) per request; none for the app direct.
     pub cpu_us_per_request: Option<f64>,
+    /// The part of it spent in the kernel (system time): sockets, mostly, which every proxy pays
+    /// alike; the rest is the proxy's own code.
+    pub kernel_us_per_request: Option<f64>,
     pub p50_ms: f64,
     pub p99_ms: f64,
     pub errors: u64,
@@ -163,23 +166,32 @@ fn haproxy_config(listen: SocketAddr, app: SocketAddr) -> String {
     )
 }
 
-/// Clock ticks (user + system) of process `pid` and of its children (nginx's worker): from
-/// `/proc/<pid>/stat`, fields 14 and 15, at 100 ticks a second (Linux's `USER_HZ`).
-fn cpu_ticks(pid: u32) -> u64 {
-    let ticks = |stat: &str| -> Option<(u32, u64)> {
+/// Clock ticks of process `pid` and of its children (nginx's worker): from `/proc/<pid>/stat`,
+/// fields 14 (user) and 15 (system), at 100 ticks a second (Linux's `USER_HZ`).
+#[derive(Clone, Copy, Debug, Default)]
+struct CpuTicks {
+    user: u64,
+    system: u64,
+}
+
+fn cpu_ticks(pid: u32) -> CpuTicks {
+    let ticks = |stat: &str| -> Option<(u32, CpuTicks)> {
         // The command may hold spaces and parentheses: the fields start after the last ')'.
         let fields: Vec<&str> = stat.get(stat.rfind(')')? + 2..)?.split(' ').collect();
         let ppid = fields.get(1)?.parse().ok()?;
-        Some((ppid, fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?))
+        Some((ppid, CpuTicks { user: fields.get(11)?.parse().ok()?, system: fields.get(12)?.parse().ok()? }))
     };
-    let mut total =
-        std::fs::read_to_string(format!("/proc/{pid}/stat")).ok().and_then(|s| ticks(&s)).map_or(0, |t| t.1);
+    let mut total = std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|s| ticks(&s))
+        .map_or_else(Default::default, |t| t.1);
     if let Ok(entries) = std::fs::read_dir("/proc") {
         for e in entries.flatten() {
             if let Some((ppid, t)) = std::fs::read_to_string(e.path().join("stat")).ok().and_then(|s| ticks(&s))
                 && ppid == pid
             {
-                total += t;
+                total.user += t.user;
+                total.system += t.system;
             }
         }
     }
@@ -335,10 +347,15 @@ async fn drive(
         }
     }
     all.sort();
-    let cpu_us_per_request = proxy.zip(cpu_before).map(|(pid, before)| {
-        let ticks = cpu_ticks(pid).saturating_sub(before);
-        ticks as f64 * 10_000.0 / (all.len().max(1) as f64)
+    let cpu_after = proxy.map(cpu_ticks);
+    // 10 000 µs per tick.
+    let per_request = |ticks: u64| ticks as f64 * 10_000.0 / (all.len().max(1) as f64);
+    let spent = cpu_before.zip(cpu_after).map(|(before, after)| CpuTicks {
+        user: after.user.saturating_sub(before.user),
+        system: after.system.saturating_sub(before.system),
     });
+    let cpu_us_per_request = spent.map(|t| per_request(t.user + t.system));
+    let kernel_us_per_request = spent.map(|t| per_request(t.system));
     let pct = |p: f64| {
         all.get(((all.len().saturating_sub(1)) as f64 * p) as usize).map(|d| d.as_secs_f64() * 1000.0).unwrap_or(0.0)
     };
@@ -347,6 +364,7 @@ async fn drive(
         state_bytes,
         requests_per_second: all.len() as f64 / duration.as_secs_f64(),
         cpu_us_per_request,
+        kernel_us_per_request,
         p50_ms: pct(0.50),
         p99_ms: pct(0.99),
         errors,
@@ -513,13 +531,21 @@ pub async fn run(args: BenchArgs) -> Result<(), String> {
             let t = a.requests_per_second / b.requests_per_second.max(1e-9);
             let p = a.p50_ms / b.p50_ms.max(1e-9);
             let cpu = a.cpu_us_per_request.zip(b.cpu_us_per_request).map(|(a, b)| a / b.max(1e-9));
-            let cpu_text = cpu.map(|c| format!("  CPU per request x{c:.2}")).unwrap_or_default();
+            let user = |f: &Figures| f.cpu_us_per_request.zip(f.kernel_us_per_request).map(|(c, k)| c - k);
+            let user_cpu = user(a).zip(user(b)).map(|(a, b)| a / b.max(1e-9));
+            let cpu_text = cpu
+                .zip(user_cpu)
+                .map(|(c, u)| format!("  CPU per request x{c:.2} (outside the kernel x{u:.2})"))
+                .unwrap_or_default();
             println!("  {name:<26} throughput x{t:.2}  p50 latency x{p:.2}{cpu_text}");
             let key = format!("{name} @{state_bytes}B");
             ratios.insert(format!("{key} throughput"), serde_json::json!(t));
             ratios.insert(format!("{key} p50"), serde_json::json!(p));
             if let Some(c) = cpu {
                 ratios.insert(format!("{key} cpu"), serde_json::json!(c));
+            }
+            if let Some(u) = user_cpu {
+                ratios.insert(format!("{key} user cpu"), serde_json::json!(u));
             }
         };
         println!("  ratios:");
@@ -561,7 +587,11 @@ pub async fn run(args: BenchArgs) -> Result<(), String> {
 }
 
 fn line(f: &Figures) -> String {
-    let cpu = f.cpu_us_per_request.map(|c| format!("  CPU {c:>5.1} µs/req")).unwrap_or_default();
+    let cpu = f
+        .cpu_us_per_request
+        .zip(f.kernel_us_per_request)
+        .map(|(c, k)| format!("  CPU {c:>5.1} µs/req ({k:>4.1} kernel)"))
+        .unwrap_or_default();
     format!(
         "{:<26} {:>9.0} req/s  p50 {:>6.3} ms  p99 {:>6.3} ms{cpu}  errors {}",
         f.target, f.requests_per_second, f.p50_ms, f.p99_ms, f.errors
