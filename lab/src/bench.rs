@@ -83,6 +83,8 @@ enum Target {
     Compare,
     Nginx,
     Haproxy,
+    /// `lean_proxy`: the transport alone, as lean as it gets in Rust.
+    Lean,
 }
 
 impl Target {
@@ -93,6 +95,7 @@ impl Target {
             Target::Compare => "compare build (push)",
             Target::Nginx => "nginx reverse proxy",
             Target::Haproxy => "haproxy reverse proxy",
+            Target::Lean => "minimal Rust proxy",
         }
     }
 
@@ -104,6 +107,7 @@ impl Target {
             Target::Compare => Some("sidecar / compare build"),
             Target::Nginx => Some("sidecar / nginx"),
             Target::Haproxy => Some("sidecar / haproxy"),
+            Target::Lean => Some("sidecar / minimal proxy"),
         }
     }
 }
@@ -445,6 +449,7 @@ pub async fn run(args: BenchArgs) -> Result<(), String> {
     let haproxy = SocketAddr::new(ip, 8002);
     let compare = SocketAddr::new(ip, 8003);
     let compare_admin = SocketAddr::new(ip, 9903);
+    let lean = SocketAddr::new(ip, 8004);
     let key_file = dir.join("keys");
     std::fs::write(&key_file, handover_dataplane::keys::generate_line(1, 0)).map_err(|e| e.to_string())?;
 
@@ -526,6 +531,10 @@ pub async fn run(args: BenchArgs) -> Result<(), String> {
         }
         Err(e) => println!("haproxy baseline skipped: {e} (Debian: apt-get install haproxy)"),
     }
+    let lean_args = [s("lean-proxy"), s("--listen"), lean.to_string(), s("--app"), app.to_string()];
+    let child = spawn(&exe, &lean_args, &dir.join("lean-proxy.log"))?;
+    targets.push((Target::Lean, lean, child.id()));
+    procs.0.push(child);
     wait_for("the app, the sidecar and nginx to answer", Duration::from_secs(15), || async move {
         probe(admin, "/ready").await == Some(200)
     })
@@ -539,7 +548,7 @@ pub async fn run(args: BenchArgs) -> Result<(), String> {
     let rss_idle = sidecar_pid.map_or(0.0, rss_mib);
 
     println!(
-        "bench: {} connections, {} rounds of {:?} per target, interleaved; app, sidecar, nginx and haproxy with one worker each",
+        "bench: {} connections, {} rounds of {:?} per target, interleaved; app, sidecar, nginx, haproxy and the minimal proxy with one worker each",
         args.connections, args.rounds, args.duration
     );
     let mut medians: Vec<Figures> = Vec::new();
@@ -636,6 +645,21 @@ pub async fn run(args: BenchArgs) -> Result<(), String> {
                 format!("sidecar floor / nginx @{state_bytes}B cpu"),
                 serde_json::json!(floor / nginx.max(1e-9)),
             );
+            // The same on the minimal proxy's transport: what the sidecar would cost with HTTP
+            // work as lean as that, before its own routing and header work.
+            let lean =
+                median.iter().zip(&targets).find(|(_, t)| t.0 == Target::Lean).and_then(|(f, _)| f.cpu_us_per_request);
+            if let Some(lean) = lean {
+                let on_lean = lean + cookie_us;
+                println!(
+                    "  on a transport as lean as the minimal Rust proxy's: its CPU per request + the cookie work = {on_lean:.1} µs = x{:.2} of nginx's",
+                    on_lean / nginx.max(1e-9)
+                );
+                ratios.insert(
+                    format!("minimal proxy + cookie work / nginx @{state_bytes}B cpu"),
+                    serde_json::json!(on_lean / nginx.max(1e-9)),
+                );
+            }
         }
         ratios.insert(format!("cookie work @{state_bytes}B us"), serde_json::json!(cookie_us));
         medians.extend(median);

@@ -35,6 +35,9 @@ pub enum Command {
     DemoApp(handover_lab::demo_app::DemoAppArgs),
     /// Measure throughput and latency: app direct, behind the sidecar, behind nginx.
     Bench(handover_lab::bench::BenchArgs),
+    /// A minimal HTTP/1.1 reverse proxy the bench measures next to nginx (not for clients).
+    #[command(hide = true)]
+    LeanProxy(handover_lab::lean_proxy::LeanProxyArgs),
     /// Work with state cookies.
     #[command(subcommand)]
     Cookie(CookieCommand),

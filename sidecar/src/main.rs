@@ -51,6 +51,7 @@ fn run() -> Result<(), String> {
             runtime(args.workers)?.block_on(handover_lab::demo_app::run(args))
         }
         Command::Bench(args) => runtime(0)?.block_on(handover_lab::bench::run(args)),
+        Command::LeanProxy(args) => runtime(1)?.block_on(handover_lab::lean_proxy::run(args)),
         Command::Cookie(CookieCommand::Inspect { value, key_file, pool, cookie_name }) => {
             println!("{}", cli::inspect(&value, &key_file, &pool, cookie_name.as_deref())?);
             Ok(())
