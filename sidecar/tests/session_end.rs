@@ -97,13 +97,20 @@ async fn a_session_past_its_absolute_timeout_is_refused_as_expired_however_activ
         "cookies capped at the deadline: {max_ages:?}"
     );
     // Active all along (an update every 300 ms, far inside the 12 h idle timeout): the session
-    // still ends at its absolute deadline. (This client ignores Max-Age, as a replay would.)
+    // still ends at its absolute deadline. This client ignores Max-Age, as a replay would: a
+    // response sealed in the deadline's own second carries `Max-Age=0` (the cookie expires at the
+    // deadline, rightly), which the jar takes as a deletion; the replay keeps the cookie anyway,
+    // so that the sidecar is the one to refuse it.
     let fresh = loop {
         tokio::time::sleep(Duration::from_millis(300)).await;
+        let held = client.jar.clone();
         let reply = client.send(|| Some(addr), Method::POST, "/incr").await.expect("reply");
         let now = reply_of(&reply.body);
         if now.session != session {
             break now;
+        }
+        for (name, value) in held {
+            client.jar.entry(name).or_insert(value);
         }
         assert!(started.elapsed() < Duration::from_secs(10), "the session outlived its absolute timeout");
     };
