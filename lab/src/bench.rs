@@ -620,13 +620,11 @@ pub async fn run(args: BenchArgs) -> Result<(), String> {
         for (baseline, name) in median.iter().zip(&targets).filter_map(|(f, t)| Some((f, t.0.versus()?))) {
             ratio(name, &median[1], baseline);
         }
+        let figures_of = |target: Target| median.iter().zip(&targets).find(|(_, t)| t.0 == target).map(|(f, _)| f);
         // The floor under the sidecar's CPU per request: the sockets' kernel work, as cheap as
         // nginx gets it, plus the cookie work, with nothing at all for HTTP.
-        if let Some((nginx, kernel)) = median
-            .iter()
-            .zip(&targets)
-            .find(|(_, t)| t.0 == Target::Nginx)
-            .and_then(|(f, _)| f.cpu_us_per_request.zip(f.kernel_us_per_request))
+        if let Some((nginx, kernel)) =
+            figures_of(Target::Nginx).and_then(|f| f.cpu_us_per_request.zip(f.kernel_us_per_request))
         {
             let floor = kernel + cookie_us;
             let room = if floor < nginx {
@@ -647,9 +645,7 @@ pub async fn run(args: BenchArgs) -> Result<(), String> {
             );
             // The same on the minimal proxy's transport: what the sidecar would cost with HTTP
             // work as lean as that, before its own routing and header work.
-            let lean =
-                median.iter().zip(&targets).find(|(_, t)| t.0 == Target::Lean).and_then(|(f, _)| f.cpu_us_per_request);
-            if let Some(lean) = lean {
+            if let Some(lean) = figures_of(Target::Lean).and_then(|f| f.cpu_us_per_request) {
                 let on_lean = lean + cookie_us;
                 println!(
                     "  on a transport as lean as the minimal Rust proxy's: its CPU per request + the cookie work = {on_lean:.1} µs = x{:.2} of nginx's",

@@ -83,8 +83,13 @@ impl Inbox {
     /// Reads until one whole message is at the start of the buffer; its length, or `None` when the
     /// connection closed cleanly between messages.
     async fn next(&mut self, stream: &mut TcpStream, side: Side) -> std::io::Result<Option<usize>> {
+        // The head is parsed until it is complete, not again while its body arrives.
+        let mut framed = None;
         loop {
-            if let Some(total) = self.framed(side)? {
+            if framed.is_none() {
+                framed = self.framed(side)?;
+            }
+            if let Some(total) = framed {
                 if self.filled >= total {
                     return Ok(Some(total));
                 }
