@@ -65,12 +65,17 @@ pub fn set_cookie_line(a: &Attrs, name: &str, value: &str, max_age: u64) -> Stri
     use std::fmt::Write;
     // One allocation of the final size (a state chunk's line is ~4 KB).
     let mut line = String::with_capacity(name.len() + value.len() + a.path.len() + a.domain.len() + 80);
-    let _ = write!(line, "{name}={value}; Path={}", a.path);
+    // `push_str` rather than `write!` for the strings: on every sealed response.
+    for part in [name, "=", value, "; Path=", &a.path] {
+        line.push_str(part);
+    }
     if !a.domain.is_empty() {
         line.push_str("; Domain=");
         line.push_str(&a.domain);
     }
-    let _ = write!(line, "; Max-Age={max_age}; HttpOnly; SameSite={}", a.same_site);
+    let _ = write!(line, "; Max-Age={max_age}");
+    line.push_str("; HttpOnly; SameSite=");
+    line.push_str(&a.same_site);
     if a.secure {
         line.push_str("; Secure");
     }

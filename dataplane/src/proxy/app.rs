@@ -165,7 +165,9 @@ impl Proxy {
     }
 
     pub(super) fn app_back(&self) {
-        if !self.app_up.send_replace(true) {
+        // Called on every request: only a change is written (and wakes the held requests).
+        let changed = self.app_up.send_if_modified(|up| !std::mem::replace(up, true));
+        if changed {
             tracing::info!(app = %self.cfg.app, "the app is back");
         }
     }
@@ -182,7 +184,8 @@ impl Proxy {
         let wait = if self.draining_since().is_some() { Duration::ZERO } else { self.cfg.app_wait };
         let deadline = tokio::time::Instant::now() + wait;
         let mut held = None;
-        let mut app_up = self.app_up.subscribe();
+        // Subscribed only once the app is found down: a request that finds it up needs no news.
+        let mut app_up = None;
         loop {
             match self.upstreams.get_app(self.cfg.app, self.cfg.app_protocol, self.cfg.connect_timeout).await {
                 Ok((sender, saw_closed)) => {
@@ -227,6 +230,7 @@ impl Proxy {
                         ));
                     }
                     let recheck = deadline.min(tokio::time::Instant::now() + HELD_RECHECK_EVERY);
+                    let app_up = app_up.get_or_insert_with(|| self.app_up.subscribe());
                     let _ = tokio::time::timeout_at(recheck, app_up.wait_for(|up| *up)).await;
                 }
             }

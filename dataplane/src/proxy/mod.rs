@@ -179,7 +179,9 @@ pub struct Proxy {
     /// old state back. This pod's own knowledge only (see the README's known limits).
     ended: Mutex<HashMap<String, Instant>>,
     upstreams: Upstreams,
-    draining_since: Mutex<Option<Instant>>,
+    /// When the drain began; set once (a pod never stops draining). A `OnceLock` and not a mutex:
+    /// every request reads it several times.
+    draining_since: std::sync::OnceLock<Instant>,
     /// Set once the drain handed every session over to its successor (with backups on): from then
     /// on the successors own this pod's sessions, and it passes every request on to them.
     handed_over: std::sync::atomic::AtomicBool,
@@ -234,7 +236,7 @@ impl Proxy {
             unreachable: Mutex::new(HashMap::new()),
             ended: Mutex::new(HashMap::new()),
             upstreams: Upstreams::default(),
-            draining_since: Mutex::new(None),
+            draining_since: std::sync::OnceLock::new(),
             handed_over: std::sync::atomic::AtomicBool::new(false),
             handed_to: Mutex::new(HashMap::new()),
             app_reads: Mutex::new(None),
@@ -249,15 +251,13 @@ impl Proxy {
 
     /// Starts draining: readiness fails, every session's next response gets a fresh snapshot.
     pub fn start_draining(&self) {
-        let mut since = sync::lock(&self.draining_since);
-        if since.is_none() {
-            *since = Some(Instant::now());
+        if self.draining_since.set(Instant::now()).is_ok() {
             self.metrics.draining.set(1);
         }
     }
 
     pub fn draining_since(&self) -> Option<Instant> {
-        *sync::lock(&self.draining_since)
+        self.draining_since.get().copied()
     }
 
     /// The drain handed every session of the table over (or ran out of grace doing it): from now

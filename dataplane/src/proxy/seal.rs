@@ -20,9 +20,10 @@ use crate::decide::{self, SealAction, SealSource};
 use crate::header_budget::{self, Added, Over, Room};
 use handover_common::sync;
 
-fn append(headers: &mut HeaderMap, set_cookies: &[String]) {
+fn append(headers: &mut HeaderMap, set_cookies: Vec<String>) {
     for line in set_cookies {
-        if let Ok(v) = HeaderValue::from_str(line) {
+        // Taken over, not copied (a state chunk's line is up to 4 KB).
+        if let Ok(v) = HeaderValue::from_maybe_shared(bytes::Bytes::from(line)) {
             headers.append(header::SET_COOKIE, v);
         }
     }
@@ -206,7 +207,7 @@ impl Proxy {
                         carry: rc.carry,
                     };
                     if let Ok((set_cookies, _)) = self.fit(&line, room) {
-                        append(headers, &set_cookies);
+                        append(headers, set_cookies);
                         self.metrics.snapshots.get_or_create(&[("source", SealSource::Refresh.label())]).inc();
                     }
                     return;
@@ -256,7 +257,7 @@ impl Proxy {
         .await;
         match sealed {
             Ok((set_cookies, added)) => {
-                append(headers, &set_cookies);
+                append(headers, set_cookies);
                 self.metrics.snapshots.get_or_create(&[("source", source.label())]).inc();
                 self.metrics.snapshot_bytes.observe(added.request_bytes as f64);
                 self.metrics.response_header_bytes.observe((room.response_block + added.set_cookie_bytes) as f64);
@@ -274,7 +275,7 @@ impl Proxy {
                     self.route_for(session, seal.version, state_version, chunks, state_bytes, rc.carry, created_at);
                 let line = vec![(name.clone(), cookie::seal_route(&route, &self.cfg.pool, &self.keys.ring()), max_age)];
                 if let Ok((set_cookies, _)) = self.fit(&line, room) {
-                    append(headers, &set_cookies);
+                    append(headers, set_cookies);
                 }
             }
         }
