@@ -329,7 +329,7 @@ impl Proxy {
         if self.is_backup_call(&req) {
             return (Route::Backup, self.serve_backup(req).await);
         }
-        let mark = req.headers_mut().remove(FORWARDED_HEADER);
+        let mark = headers::take_client_handover_headers(req.headers_mut());
         let rc = self.read_cookie(req.headers());
         let arrival = self.arrival(mark, &req, &rc, client);
         let upgrade = is_upgrade(&req);
@@ -339,10 +339,6 @@ impl Proxy {
             req.extensions_mut().insert(headers::WantsTrailers);
         }
         strip_hop_by_hop(req.headers_mut(), upgrade);
-        req.headers_mut().remove(SESSION_HEADER);
-        req.headers_mut().remove(STATE_HEADER);
-        req.headers_mut().remove(PEER_HEADER);
-        req.headers_mut().remove(headers::FORMAT_HEADER);
         // Always the address this connection really comes from (a client, a proxy, or a peer).
         append_forwarded_for(req.headers_mut(), client);
         let http1 = req.version() < http::Version::HTTP_2;

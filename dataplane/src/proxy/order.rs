@@ -14,27 +14,37 @@ use std::sync::{Arc, Mutex};
 
 use handover_common::sync;
 
-#[derive(Default)]
 struct Entry {
-    turn: Arc<tokio::sync::Mutex<()>>,
+    /// One permit: the turn of the session's state-changing requests. A permit taken is
+    /// forgotten and given back by the [`Turn`]'s drop, so that the entry needs no second `Arc`
+    /// for an owned guard.
+    turn: tokio::sync::Semaphore,
     /// State-changing requests of the session that got their turn so far.
     mutations: AtomicU64,
     /// State-changing requests of the session at the app now (0 or 1).
     mutating: AtomicUsize,
 }
 
-/// The sessions that have requests at the app now.
+impl Default for Entry {
+    fn default() -> Self {
+        Entry { turn: tokio::sync::Semaphore::new(1), mutations: AtomicU64::new(0), mutating: AtomicUsize::new(0) }
+    }
+}
+
+/// The sessions that have requests at the app now (the key is shared with their turns: one
+/// allocation per session at the app, not one per request).
 #[derive(Default)]
 pub(super) struct SessionOrder {
-    entries: Mutex<HashMap<String, Arc<Entry>>>,
+    entries: Mutex<HashMap<Arc<str>, Arc<Entry>>>,
 }
 
 /// A request's place in its session's order; dropped when its response is sealed.
 pub(super) struct Turn<'a> {
     order: &'a SessionOrder,
-    session: String,
+    session: Arc<str>,
     entry: Arc<Entry>,
-    guard: Option<tokio::sync::OwnedMutexGuard<()>>,
+    /// Whether this request holds the session's turn (a state-changing request).
+    holds_turn: bool,
     /// For a safe request: the mutations counted, and whether one was at the app, when it began.
     began: (u64, usize),
 }
@@ -42,17 +52,31 @@ pub(super) struct Turn<'a> {
 impl SessionOrder {
     /// Waits for the turn of a state-changing request (`mutating`), or records when a safe one began.
     pub(super) async fn enter(&self, session: &str, mutating: bool) -> Turn<'_> {
-        let entry = Arc::clone(sync::lock(&self.entries).entry(session.to_owned()).or_default());
-        let guard = if mutating {
-            let owned = Arc::clone(&entry.turn).lock_owned().await;
-            entry.mutations.fetch_add(1, Ordering::SeqCst);
-            entry.mutating.fetch_add(1, Ordering::SeqCst);
-            Some(owned)
-        } else {
-            None
+        let (session, entry) = {
+            let mut entries = sync::lock(&self.entries);
+            match entries.get_key_value(session) {
+                Some((key, entry)) => (Arc::clone(key), Arc::clone(entry)),
+                None => {
+                    let key: Arc<str> = Arc::from(session);
+                    let entry = Arc::new(Entry::default());
+                    entries.insert(Arc::clone(&key), Arc::clone(&entry));
+                    (key, entry)
+                }
+            }
         };
-        let began = (entry.mutations.load(Ordering::SeqCst), entry.mutating.load(Ordering::SeqCst));
-        Turn { order: self, session: session.to_owned(), entry, guard, began }
+        // Built before the wait, so that a request dropped while waiting still leaves the map.
+        let mut turn = Turn { order: self, session, entry, holds_turn: false, began: (0, 0) };
+        if mutating {
+            // Never closed, so the acquire cannot fail; the permit goes back in `Turn::drop`.
+            if let Ok(permit) = turn.entry.turn.acquire().await {
+                permit.forget();
+                turn.holds_turn = true;
+                turn.entry.mutations.fetch_add(1, Ordering::SeqCst);
+                turn.entry.mutating.fetch_add(1, Ordering::SeqCst);
+            }
+        }
+        turn.began = (turn.entry.mutations.load(Ordering::SeqCst), turn.entry.mutating.load(Ordering::SeqCst));
+        turn
     }
 }
 
@@ -61,7 +85,7 @@ impl Turn<'_> {
     /// state-changing request (it had its turn); for a safe one, only when no state-changing
     /// request of the session was at the app at any time since it began.
     pub(super) fn may_seal_push(&self) -> bool {
-        self.guard.is_some()
+        self.holds_turn
             || (self.began.1 == 0
                 && self.entry.mutating.load(Ordering::SeqCst) == 0
                 && self.entry.mutations.load(Ordering::SeqCst) == self.began.0)
@@ -70,8 +94,9 @@ impl Turn<'_> {
 
 impl Drop for Turn<'_> {
     fn drop(&mut self) {
-        if self.guard.take().is_some() {
+        if std::mem::take(&mut self.holds_turn) {
             self.entry.mutating.fetch_sub(1, Ordering::SeqCst);
+            self.entry.turn.add_permits(1);
         }
         let mut entries = sync::lock(&self.order.entries);
         // The map's reference and this one: nobody else waits on or reads the entry.

@@ -104,7 +104,8 @@ impl Proxy {
         let held_chunks = cookie::held_state_chunks(name, pairs.iter().map(|(n, _)| *n));
         let other_cookies =
             header_budget::other_cookie_bytes(pairs.iter().copied(), |n| cookie::is_session_cookie(name, n));
-        let route = lookup(name).map(|v| cookie::open_route(v, &self.cfg.pool, &self.keys.ring(), unix_now()));
+        let held_route = lookup(name);
+        let route = held_route.map(|v| cookie::open_route(v, &self.cfg.pool, &self.keys.ring(), unix_now()));
         let route = match route {
             None => None,
             Some(Ok(route)) => Some(route),
@@ -133,7 +134,7 @@ impl Proxy {
             tracing::info!(session = %r.session, arrived, chunks = r.chunks, "the client dropped state chunks");
         }
         RequestCookie {
-            held_route: lookup(name).is_some(),
+            held_route: held_route.is_some(),
             route,
             state,
             held_chunks,
