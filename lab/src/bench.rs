@@ -1,7 +1,8 @@
 //! `handover-sidecar bench`: request throughput, latency and CPU time per request of the proxy
 //! process for the demo app direct, behind the sidecar (push mode, cookies sealed on every
-//! response), and behind nginx and HAProxy as plain reverse proxies, at each state size, measured
-//! in one run and printed as ratios; then the sidecar's memory (RSS) idle, with many sessions and
+//! response), and behind nginx, HAProxy and a minimal Rust proxy (`lean_proxy.rs`, the floor of
+//! the transport) as plain reverse proxies, at each state size, measured in one run and printed as
+//! ratios, with the cookie work timed alone; then the sidecar's memory (RSS) idle, with many sessions and
 //! after a flood of cookieless requests. Rounds are interleaved so that a noisy neighbour hurts
 //! every target alike. Not a test: it asserts nothing about speed.
 

@@ -33,7 +33,8 @@ pub enum Command {
     Demo(handover_lab::demo::DemoArgs),
     /// Run the demo application (a per-session counter implementing the handover contract).
     DemoApp(handover_lab::demo_app::DemoAppArgs),
-    /// Measure throughput and latency: app direct, behind the sidecar, behind nginx.
+    /// Measure throughput, latency and CPU per request: app direct, behind the sidecar, nginx,
+    /// HAProxy and a minimal Rust proxy; then the sidecar's memory.
     Bench(handover_lab::bench::BenchArgs),
     /// A minimal HTTP/1.1 reverse proxy the bench measures next to nginx (not for clients).
     #[command(hide = true)]
