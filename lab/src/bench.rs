@@ -205,6 +205,24 @@ fn cpu_ticks(pid: u32) -> CpuTicks {
     total
 }
 
+/// The CPU per request of `a` over `b`, round by round (rounds where either has no figure are
+/// left out).
+fn paired_cpu_ratios(a: &[Figures], b: &[Figures]) -> Vec<f64> {
+    a.iter()
+        .zip(b)
+        .filter_map(|(a, b)| a.cpu_us_per_request.zip(b.cpu_us_per_request))
+        .filter(|&(_, b)| b > 0.0)
+        .map(|(a, b)| a / b)
+        .collect()
+}
+
+/// The median of a non-empty list (the lower middle of an even one).
+fn median_of(values: &[f64]) -> f64 {
+    let mut sorted = values.to_vec();
+    sorted.sort_by(f64::total_cmp);
+    sorted[(sorted.len() - 1) / 2]
+}
+
 /// The cookie work the sidecar does for each request of a round, timed here, in this process, on
 /// one thread: open the client's routing cookie, decode the state the app pushes
 /// (`Handover-State`, base64 of the demo app's JSON with `state_bytes` of noise), seal that state
@@ -572,8 +590,9 @@ pub async fn run(args: BenchArgs) -> Result<(), String> {
             }
         }
         let median: Vec<Figures> = rounds
-            .into_iter()
-            .map(|mut r| {
+            .iter()
+            .map(|r| {
+                let mut r = r.clone();
                 r.sort_by(|a, b| a.requests_per_second.total_cmp(&b.requests_per_second));
                 r[r.len() / 2].clone()
             })
@@ -620,6 +639,23 @@ pub async fn run(args: BenchArgs) -> Result<(), String> {
         println!("  ratios:");
         for (baseline, name) in median.iter().zip(&targets).filter_map(|(f, t)| Some((f, t.0.versus()?))) {
             ratio(name, &median[1], baseline);
+        }
+        if let Some(compare) = targets.iter().position(|t| t.0 == Target::Compare) {
+            // The two builds run back to back in each round: the ratio of each pair leaves out the
+            // machine's drift between rounds, which the ratio of the medians keeps.
+            let paired = paired_cpu_ratios(&rounds[1], &rounds[compare]);
+            if !paired.is_empty() {
+                let each: Vec<String> = paired.iter().map(|r| format!("x{r:.2}")).collect();
+                let middle = median_of(&paired);
+                println!(
+                    "  sidecar / compare build, CPU per request round by round (each pair back to back): {}; median x{middle:.2}",
+                    each.join(" ")
+                );
+                ratios.insert(
+                    format!("sidecar / compare build @{state_bytes}B cpu paired median"),
+                    serde_json::json!(middle),
+                );
+            }
         }
         let figures_of = |target: Target| median.iter().zip(&targets).find(|(_, t)| t.0 == target).map(|(f, _)| f);
         // The floor under the sidecar's CPU per request: the sockets' kernel work, as cheap as
@@ -717,5 +753,25 @@ mod tests {
             let us = cookie_work_us(bytes);
             assert!(us.is_finite() && us > 0.0, "{bytes} bytes: {us}");
         }
+    }
+
+    #[test]
+    fn builds_are_compared_round_by_round() {
+        let round = |cpu: Option<f64>| Figures {
+            target: String::new(),
+            state_bytes: 100,
+            requests_per_second: 1.0,
+            cpu_us_per_request: cpu,
+            kernel_us_per_request: None,
+            p50_ms: 1.0,
+            p99_ms: 1.0,
+            errors: 0,
+        };
+        let a = [round(Some(30.0)), round(Some(40.0)), round(None), round(Some(33.0))];
+        let b = [round(Some(20.0)), round(Some(50.0)), round(Some(10.0)), round(Some(30.0))];
+        let paired = paired_cpu_ratios(&a, &b);
+        assert_eq!(paired, [1.5, 0.8, 1.1], "the round without a figure is left out");
+        assert_eq!(median_of(&paired), 1.1);
+        assert_eq!(median_of(&[1.0, 3.0]), 1.0, "the lower middle of an even list");
     }
 }
