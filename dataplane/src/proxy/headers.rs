@@ -93,19 +93,14 @@ pub(super) fn take_client_handover_headers(headers: &mut HeaderMap) -> Option<He
     headers.remove(FORWARDED_HEADER)
 }
 
-/// Whether `name` is one of the hop-by-hop fields [`strip_hop_by_hop`] removes by name.
+/// The hop-by-hop fields [`strip_hop_by_hop`] removes by name, besides `Connection` and
+/// `Upgrade` (which an upgrade keeps).
+const HOP_BY_HOP: [HeaderName; 6] =
+    [header::TE, header::TRAILER, header::TRANSFER_ENCODING, header::PROXY_AUTHORIZATION, KEEP_ALIVE, PROXY_CONNECTION];
+
+/// Whether `name` is a field [`strip_hop_by_hop`] removes by name.
 fn is_hop_by_hop(name: &HeaderName) -> bool {
-    [
-        header::CONNECTION,
-        header::UPGRADE,
-        header::TE,
-        header::TRAILER,
-        header::TRANSFER_ENCODING,
-        header::PROXY_AUTHORIZATION,
-        KEEP_ALIVE,
-        PROXY_CONNECTION,
-    ]
-    .contains(name)
+    name == header::CONNECTION || name == header::UPGRADE || HOP_BY_HOP.contains(name)
 }
 
 /// Headers that describe one connection, not the message (RFC 9110, 7.6.1).
@@ -115,24 +110,20 @@ pub(super) fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
     if !keep_upgrade && !headers.keys().any(is_hop_by_hop) {
         return;
     }
-    if headers.contains_key(header::CONNECTION) {
-        let listed: Vec<HeaderName> = headers
-            .get_all(header::CONNECTION)
-            .iter()
-            .filter_map(|v| v.to_str().ok())
-            .flat_map(|v| v.split(','))
-            .filter_map(|name| HeaderName::from_bytes(name.trim().as_bytes()).ok())
-            .filter(|name| !(keep_upgrade && name == header::UPGRADE))
-            .collect();
-        for name in listed {
-            headers.remove(name);
-        }
-    }
-    for name in [header::TE, header::TRAILER, header::TRANSFER_ENCODING, header::PROXY_AUTHORIZATION] {
+    let listed: Vec<HeaderName> = headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|name| HeaderName::from_bytes(name.trim().as_bytes()).ok())
+        .filter(|name| !(keep_upgrade && name == header::UPGRADE))
+        .collect();
+    for name in listed {
         headers.remove(name);
     }
-    headers.remove(KEEP_ALIVE);
-    headers.remove(PROXY_CONNECTION);
+    for name in HOP_BY_HOP {
+        headers.remove(name);
+    }
     if keep_upgrade {
         headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
     } else {

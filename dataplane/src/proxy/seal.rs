@@ -20,7 +20,7 @@ use crate::decide::{self, SealAction, SealSource};
 use crate::header_budget::{self, Added, Over, Room};
 use handover_common::sync;
 
-fn append(headers: &mut HeaderMap, set_cookies: Vec<String>) {
+fn append(headers: &mut HeaderMap, set_cookies: impl IntoIterator<Item = String>) {
     for line in set_cookies {
         // Taken over, not copied (a state chunk's line is up to 4 KB).
         if let Ok(v) = HeaderValue::from_maybe_shared(bytes::Bytes::from(line)) {
@@ -352,11 +352,10 @@ impl Proxy {
         let name = &self.cfg.cookie.attrs.name;
         let route = rc.held_route.then(|| name.clone());
         let chunks = rc.held_chunks.iter().map(|&i| cookie::state_chunk_name(name, i));
-        for cookie_name in route.into_iter().chain(chunks) {
-            let line = crate::cookie_attrs::set_cookie_line(&self.cfg.cookie.attrs, &cookie_name, "", 0);
-            if let Ok(v) = HeaderValue::from_str(&line) {
-                headers.append(header::SET_COOKIE, v);
-            }
-        }
+        let lines = route
+            .into_iter()
+            .chain(chunks)
+            .map(|cookie_name| crate::cookie_attrs::set_cookie_line(&self.cfg.cookie.attrs, &cookie_name, "", 0));
+        append(headers, lines);
     }
 }
