@@ -231,6 +231,40 @@ pub fn members(data: &[u8]) {
     assert_eq!(registry::render_members(&members), rendered);
 }
 
+/// A client's bytes at the data port's HTTP/1.1 path (`server::h1`): never a panic; what it takes
+/// is a whole HTTP/1.1 message as httparse reads it, its body exactly the `Content-Length` it
+/// declares, with no framing or upgrade that only hyper handles, and the bytes after it are left
+/// for the next request; what it does not take is handed on untouched.
+pub fn http1_request(data: &[u8]) {
+    use hyper::body::Body as _;
+    let mut buf = bytes::BytesMut::from(data);
+    let taken = crate::server::h1::take_request(&mut buf);
+    let Ok(Some((req, _))) = taken else {
+        assert_eq!(&buf[..], data, "bytes taken from a request not served here");
+        return;
+    };
+    let used = data.len() - buf.len();
+    assert_eq!(&buf[..], &data[used..], "the bytes after the request are not the next request's");
+    let mut headers = [httparse::EMPTY_HEADER; 100];
+    let mut parsed = httparse::Request::new(&mut headers);
+    let Ok(httparse::Status::Complete(head)) = parsed.parse(data) else {
+        panic!("a request taken whose head httparse does not read whole");
+    };
+    assert_eq!(parsed.version, Some(1), "a request taken that is not HTTP/1.1");
+    assert_eq!(parsed.method, Some(req.method().as_str()));
+    // What hyper makes of the same target (`http`'s URI: a fragment is dropped, for one).
+    let uri = parsed.path.map(http::Uri::try_from);
+    assert!(matches!(uri, Some(Ok(ref uri)) if uri == req.uri()), "the target is not {:?}", req.uri());
+    assert_eq!(req.headers().len(), parsed.headers.len(), "headers lost or added");
+    for name in [header::TRANSFER_ENCODING, header::EXPECT, header::UPGRADE] {
+        assert!(!req.headers().contains_key(&name), "a request with {name} taken");
+    }
+    let body = req.body().size_hint().exact().and_then(|n| usize::try_from(n).ok());
+    assert_eq!(Some(used - head), body, "the body is not the bytes after the head");
+    let declared = req.headers().get(header::CONTENT_LENGTH).map(|v| v.to_str().ok().and_then(|v| v.parse().ok()));
+    assert_eq!(declared.unwrap_or(Some(0)), body, "the body is not the declared content-length");
+}
+
 /// A route like the ones the proxy seals.
 fn seed_route() -> Route {
     Route {
@@ -382,6 +416,18 @@ mod tests {
         cookie_body(&input);
         cookie_body(b"");
         cookie_body(b"s");
+    }
+
+    #[test]
+    fn http1_seeds_and_findings_hold() {
+        let findings = corpus_dir("http1_request").join("../../regressions/http1_request");
+        let dir = corpus_dir("http1_request");
+        let seeds = std::fs::read_dir(&dir).unwrap_or_else(|e| panic!("{}: {e}", dir.display()));
+        let findings = std::fs::read_dir(&findings).unwrap_or_else(|e| panic!("{}: {e}", findings.display()));
+        for seed in seeds.chain(findings) {
+            let path = seed.expect("a seed").path();
+            http1_request(&std::fs::read(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display())));
+        }
     }
 
     #[test]

@@ -20,6 +20,23 @@ use tokio::net::TcpStream;
 /// The body type the proxy sends and returns.
 pub type Body = BoxBody<Bytes, crate::timed_body::BoxError>;
 
+/// A body of at most `limit` bytes. (Not `Limited`: its generic error conversion trips the
+/// compiler's `Send` check of the futures that call it on a `Body`.)
+pub async fn read_at_most(mut body: Body, limit: usize) -> Result<Vec<u8>, String> {
+    use http_body_util::BodyExt;
+    let mut out = Vec::new();
+    while let Some(frame) = body.frame().await {
+        let frame = frame.map_err(|e| e.to_string())?;
+        if let Some(data) = frame.data_ref() {
+            if out.len() + data.len() > limit {
+                return Err(format!("over {limit} bytes"));
+            }
+            out.extend_from_slice(data);
+        }
+    }
+    Ok(out)
+}
+
 /// Idle connections kept per destination.
 const MAX_IDLE: usize = 64;
 

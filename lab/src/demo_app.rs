@@ -39,8 +39,7 @@ use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use bytes::Bytes;
 use http::{Method, Request, Response, StatusCode, header};
-use http_body_util::{BodyExt, Full, Limited};
-use hyper::body::Incoming;
+use http_body_util::{BodyExt, Full};
 use serde::{Deserialize, Serialize};
 
 use handover_common::sync;
@@ -48,7 +47,7 @@ use handover_dataplane::proxy::{
     FORMAT_HEADER, INSTANCE_HEADER, READS_HEADER, ROTATE_HEADER, SESSION_HEADER, STATE_HEADER,
 };
 use handover_dataplane::server::ConnLimits;
-use handover_dataplane::upstream::Body;
+use handover_dataplane::upstream::{Body, read_at_most};
 
 #[derive(clap::Args, Debug, Clone)]
 pub struct DemoAppArgs {
@@ -202,7 +201,7 @@ impl App {
     }
 
     /// The state endpoint's listener: every answer names this process's instance.
-    async fn handle_state(self: Arc<Self>, req: Request<Incoming>) -> Response<Body> {
+    async fn handle_state(self: Arc<Self>, req: Request<Body>) -> Response<Body> {
         let reads = self.reads_header();
         let instance = self.args.report_instance.then(|| self.instance.clone());
         let mut resp = self.answer_state(req).await;
@@ -216,7 +215,7 @@ impl App {
     }
 
     /// `GET`/`PUT`/`DELETE <statePath>` and nothing else.
-    async fn answer_state(self: Arc<Self>, req: Request<Incoming>) -> Response<Body> {
+    async fn answer_state(self: Arc<Self>, req: Request<Body>) -> Response<Body> {
         let Some(session) = req.headers().get(SESSION_HEADER).and_then(|v| v.to_str().ok()).map(str::to_owned) else {
             return reply(StatusCode::BAD_REQUEST, "no Handover-Session header\n");
         };
@@ -249,8 +248,8 @@ impl App {
                         format!("state format {format} is not read by this release (it writes {mine})\n"),
                     );
                 }
-                let body = match Limited::new(req.into_body(), 1 << 20).collect().await {
-                    Ok(b) => b.to_bytes(),
+                let body = match read_at_most(req.into_body(), 1 << 20).await {
+                    Ok(b) => b,
                     Err(e) => {
                         return reply(StatusCode::BAD_REQUEST, format!("cannot read the state: {e}\n"));
                     }
@@ -272,7 +271,7 @@ impl App {
         }
     }
 
-    async fn handle(self: Arc<Self>, mut req: Request<Incoming>) -> Response<Body> {
+    async fn handle(self: Arc<Self>, mut req: Request<Body>) -> Response<Body> {
         if req.uri().path() == "/echo" && req.headers().contains_key(header::UPGRADE) {
             let on_upgrade = hyper::upgrade::on(&mut req);
             tokio::spawn(async move {
@@ -296,7 +295,7 @@ impl App {
         let path = req.uri().path().to_owned();
         match (method, path.as_str()) {
             (Method::POST, "/incr") => {
-                if let Err(e) = Limited::new(req.into_body(), 1 << 20).collect().await {
+                if let Err(e) = read_at_most(req.into_body(), 1 << 20).await {
                     return reply(StatusCode::BAD_REQUEST, format!("cannot read the body: {e}\n"));
                 }
                 let state = self.update(&session, |s| s.count += 1);
@@ -350,7 +349,7 @@ impl App {
                 resp
             }
             (Method::POST, "/return") => {
-                if let Err(e) = Limited::new(req.into_body(), 1 << 20).collect().await {
+                if let Err(e) = read_at_most(req.into_body(), 1 << 20).await {
                     return reply(StatusCode::BAD_REQUEST, format!("cannot read the body: {e}\n"));
                 }
                 let state = sync::lock(&self.sessions).get(&session).cloned().unwrap_or_default();

@@ -29,21 +29,6 @@ use crate::registry::Member;
 use crate::upstream::Body;
 use handover_common::sync;
 
-/// A body of at most `limit` bytes.
-async fn read_at_most(mut body: Body, limit: usize) -> Result<Vec<u8>, String> {
-    let mut out = Vec::new();
-    while let Some(frame) = body.frame().await {
-        let frame = frame.map_err(|e| e.to_string())?;
-        if let Some(data) = frame.data_ref() {
-            if out.len() + data.len() > limit {
-                return Err(format!("over {limit} bytes"));
-            }
-            out.extend_from_slice(data);
-        }
-    }
-    Ok(out)
-}
-
 /// Successors tried for one backup: the first, and the next ones when a probe finds one dead.
 const BACKUP_ATTEMPTS: usize = 3;
 
@@ -98,7 +83,7 @@ impl Proxy {
         if req.method() != Method::PUT {
             return text_response(StatusCode::METHOD_NOT_ALLOWED, "PUT or GET\n");
         }
-        let body = match read_at_most(req.into_body(), self.backup_body_limit()).await {
+        let body = match crate::upstream::read_at_most(req.into_body(), self.backup_body_limit()).await {
             Ok(body) => body,
             Err(e) => return text_response(StatusCode::BAD_REQUEST, format!("backup body: {e}\n")),
         };

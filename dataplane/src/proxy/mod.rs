@@ -26,7 +26,6 @@ use bytes::Bytes;
 use http::header::{self, HeaderValue};
 use http::{Request, Response, StatusCode};
 use http_body_util::{BodyExt, Full};
-use hyper::body::Incoming;
 
 pub use app::INSTANCE_HEADER;
 pub use backup::HandedOver;
@@ -295,14 +294,14 @@ impl Proxy {
     }
 
     /// Serves one client (or peer) request. Never fails: every error is a response.
-    pub async fn handle(self: Arc<Self>, req: Request<Incoming>, client: SocketAddr) -> Response<Body> {
+    pub async fn handle(self: Arc<Self>, req: Request<Body>, client: SocketAddr) -> Response<Body> {
         let started = Instant::now();
         let (route, resp) = self.route_request(req, client).await;
         self.metrics.request_done(route, started.elapsed().as_secs_f64());
         resp
     }
 
-    async fn route_request(&self, req: Request<Incoming>, client: SocketAddr) -> (Route, Response<Body>) {
+    async fn route_request(&self, req: Request<Body>, client: SocketAddr) -> (Route, Response<Body>) {
         // Boxed once, so that a request the app never received can come back here and be routed again.
         let timeouts = self.metrics.body_timeouts.clone();
         let mut req: Request<Body> = req.map(|b| TimedBody::new(b, self.cfg.body, timeouts).boxed());

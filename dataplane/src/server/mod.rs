@@ -1,4 +1,8 @@
 //! Listeners: the data port (through [`Proxy`]) and the admin port (`/live`, `/ready`, `/metrics`).
+//! Each connection starts on the HTTP/1.1 path of [`h1`]; hyper serves whatever that path does not
+//! take (HTTP/2, upgrades, chunked or slow bodies, anything malformed).
+
+pub(crate) mod h1;
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -50,7 +54,7 @@ pub async fn serve<H, F>(
     limits: ConnLimits,
     refused: Counter,
 ) where
-    H: Fn(Request<Incoming>, std::net::SocketAddr) -> F + Clone + Send + Sync + 'static,
+    H: Fn(Request<Body>, std::net::SocketAddr) -> F + Clone + Send + Sync + 'static,
     F: Future<Output = Response<Body>> + Send + 'static,
 {
     // Each connection task holds a clone of `open`; `all_closed` ends when the last one is dropped.
@@ -88,10 +92,6 @@ pub async fn serve<H, F>(
                 at_cap = false;
                 let _ = stream.set_nodelay(true);
                 let handle = handle.clone();
-                let service = service_fn(move |req| {
-                    let fut = handle(req, client);
-                    async move { Ok::<_, Infallible>(fut.await) }
-                });
                 let builder = builder.clone();
                 let open = open.clone();
                 let mut closing = closing.clone();
@@ -109,14 +109,31 @@ pub async fn serve<H, F>(
                         drop(open);
                         return;
                     }
-                    let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
+                    let rest = match h1::serve(stream, client, &handle, header_timeout, &mut closing).await {
+                        h1::Outcome::Closed => {
+                            drop(slot);
+                            drop(open);
+                            return;
+                        }
+                        h1::Outcome::Hyper(rest) => rest,
+                    };
+                    let service = service_fn(move |req: Request<Incoming>| {
+                        let fut = handle(req.map(|body| body.map_err(Into::into).boxed()), client);
+                        async move { Ok::<_, Infallible>(fut.await) }
+                    });
+                    let conn = builder.serve_connection_with_upgrades(TokioIo::new(rest), service);
                     tokio::pin!(conn);
-                    let result = tokio::select! {
-                        result = conn.as_mut() => result,
-                        _ = closing.changed() => {
-                            // Finish the request in flight, then close.
-                            conn.as_mut().graceful_shutdown();
-                            conn.await
+                    let result = if *closing.borrow_and_update() {
+                        conn.as_mut().graceful_shutdown();
+                        conn.await
+                    } else {
+                        tokio::select! {
+                            result = conn.as_mut() => result,
+                            _ = closing.changed() => {
+                                // Finish the request in flight, then close.
+                                conn.as_mut().graceful_shutdown();
+                                conn.await
+                            }
                         }
                     };
                     if let Err(e) = result {
@@ -144,7 +161,7 @@ fn text(status: StatusCode, body: impl Into<Bytes>) -> Response<Body> {
 }
 
 /// The admin endpoints.
-pub fn admin(proxy: &Arc<Proxy>, req: &Request<Incoming>) -> Response<Body> {
+pub fn admin(proxy: &Arc<Proxy>, req: &Request<Body>) -> Response<Body> {
     match req.uri().path() {
         "/live" => {
             let mut live = text(StatusCode::OK, "live\n");
@@ -193,5 +210,66 @@ pub async fn shutdown_signal() {
             }
         }
         _ => std::future::pending().await,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    async fn echo(req: Request<Body>, _: std::net::SocketAddr) -> Response<Body> {
+        let line = format!("{} {} ", req.method(), req.uri());
+        let body = crate::upstream::read_at_most(req.into_body(), 1 << 20).await.unwrap_or_default();
+        Response::new(Full::new(Bytes::from([line.as_bytes(), &body].concat())).map_err(|never| match never {}).boxed())
+    }
+
+    /// `request` sent on one connection to a listener serving `echo`: everything answered until
+    /// the connection closed.
+    async fn exchange(request: &[u8]) -> String {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let limits = ConnLimits { max_connections: 4, header_timeout: Duration::from_millis(500) };
+        let server =
+            tokio::spawn(serve(listener, echo, std::future::pending(), Duration::ZERO, limits, Counter::default()));
+        let mut stream = tokio::net::TcpStream::connect(addr).await.expect("connect");
+        stream.write_all(request).await.expect("write");
+        let mut reply = Vec::new();
+        tokio::time::timeout(Duration::from_secs(10), stream.read_to_end(&mut reply))
+            .await
+            .expect("the connection closed in time")
+            .expect("read");
+        server.abort();
+        String::from_utf8_lossy(&reply).into_owned()
+    }
+
+    #[tokio::test]
+    async fn requests_the_http1_path_leaves_are_served_by_hyper_on_the_same_connection() {
+        let chunked = exchange(
+            b"GET /a HTTP/1.1\r\nhost: x\r\n\r\n\
+              POST /b HTTP/1.1\r\nhost: x\r\ntransfer-encoding: chunked\r\n\r\n2\r\nhi\r\n0\r\n\r\n\
+              GET /c HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n",
+        )
+        .await;
+        let answers: Vec<&str> = chunked.split("HTTP/1.1 200 OK\r\n").skip(1).collect();
+        assert_eq!(answers.len(), 3, "{chunked}");
+        for (answer, body) in answers.iter().zip(["GET /a ", "POST /b hi", "GET /c "]) {
+            assert!(answer.ends_with(&format!("\r\n\r\n{body}")), "{answer}");
+        }
+    }
+
+    #[tokio::test]
+    async fn a_request_framed_two_ways_is_one_request_never_two() {
+        // Content-Length says the rest is body; chunked says the body ends early and a second
+        // request follows. hyper reads it one way only, whatever it answers.
+        let reply = exchange(
+            b"POST /a HTTP/1.1\r\nhost: x\r\ncontent-length: 33\r\ntransfer-encoding: chunked\r\n\r\n\
+              0\r\n\r\nGET /smuggled HTTP/1.1\r\n\r\n",
+        )
+        .await;
+        assert!(!reply.contains("/smuggled"), "{reply}");
+        assert!(reply.matches("HTTP/1.1 ").count() == 1, "{reply}");
+        let doubled = exchange(b"POST /a HTTP/1.1\r\nhost: x\r\ncontent-length: 1\r\ncontent-length: 25\r\n\r\nxGET /smuggled HTTP/1.1\r\n\r\n").await;
+        assert!(doubled.starts_with("HTTP/1.1 400 Bad Request\r\n") && !doubled.contains("/smuggled"), "{doubled}");
     }
 }

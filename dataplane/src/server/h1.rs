@@ -1,0 +1,661 @@
+//! The data port's own HTTP/1.1 path for the common request, in the connection's task: the head
+//! parsed once (`httparse`, into the `http` types the proxy works on, header values shared with
+//! the read buffer), the response head written once, with the first body bytes when they are at
+//! hand. It exists for the cost per request: hyper's server dispatch was a third of what the
+//! sidecar spends beyond its own work (`tests/bench/README.md`).
+//!
+//! It takes only what has one reading: an HTTP/1.1 request in origin form, with a common method,
+//! at most one `Content-Length` of digits and its whole body already read, no `Transfer-Encoding`,
+//! `Expect`, `Upgrade` or `Connection: upgrade`, a head within [`MAX_HEAD`]. Anything else — a
+//! malformed head, a chunked or slow body, an upgrade, HTTP/1.0, HTTP/2's preface — hands the rest
+//! of the connection to hyper, the bytes read so far first ([`Rewind`]): hyper's own refusals
+//! (400, 431, smuggling), its body framing and [`crate::timed_body`]'s limits apply there, as they
+//! did to every request before this path existed. Nothing is refused here that hyper would take,
+//! and nothing taken here that hyper would refuse.
+
+use std::future::Future;
+use std::io::{self, Write as _};
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use bytes::{Bytes, BytesMut};
+use http::header::{self, HeaderName, HeaderValue};
+use http::{Method, Request, Response, StatusCode, Uri, Version};
+use http_body_util::{BodyExt, Full};
+use hyper::body::{Body as _, Frame};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
+use tokio::net::TcpStream;
+
+use crate::upstream::Body;
+
+/// Headers in a request this path takes (hyper's own limit: more are a 431 there).
+const MAX_HEADERS: usize = 100;
+/// The largest request (head and body) this path takes; a longer one goes to hyper.
+const MAX_MESSAGE: usize = 64 * 1024;
+/// The largest head read before handing the connection to hyper (which reads up to its own limit).
+const MAX_HEAD: usize = MAX_MESSAGE;
+/// Bytes of the next requests (pipelined) read while a response is in the works; reading stops
+/// there until the response is out.
+const READ_AHEAD: usize = MAX_MESSAGE;
+
+/// How a connection left this path.
+pub enum Outcome {
+    /// Closed (by either side, or at shutdown): nothing more to do.
+    Closed,
+    /// A request this path does not take: hyper serves the rest, these bytes first.
+    Hyper(Rewind),
+}
+
+/// Serves the requests of `stream` that this path takes, with `handle`, until the connection
+/// closes or one it does not take arrives. `header_timeout` bounds the wait for each request head
+/// (and an idle keep-alive connection); once `closing` changes, the request in flight is answered
+/// with `Connection: close` and no new one is read.
+pub async fn serve<H, F>(
+    mut stream: TcpStream,
+    client: SocketAddr,
+    handle: &H,
+    header_timeout: Duration,
+    closing: &mut tokio::sync::watch::Receiver<bool>,
+) -> Outcome
+where
+    H: Fn(Request<Body>, SocketAddr) -> F,
+    F: Future<Output = Response<Body>>,
+{
+    let mut buf = BytesMut::with_capacity(8 * 1024);
+    let mut out = Vec::with_capacity(1024);
+    loop {
+        let mut deadline = None;
+        let (req, client_close) = loop {
+            match take_request(&mut buf) {
+                Ok(Some(taken)) => break taken,
+                Ok(None) => {}
+                Err(why) => {
+                    tracing::trace!(%client, why, "request served by hyper");
+                    return Outcome::Hyper(Rewind { prefix: buf.freeze(), stream });
+                }
+            }
+            if buf.is_empty() && *closing.borrow_and_update() {
+                return Outcome::Closed;
+            }
+            let until = *deadline.get_or_insert_with(|| tokio::time::Instant::now() + header_timeout);
+            let read = tokio::select! {
+                read = tokio::time::timeout_at(until, stream.read_buf(&mut buf)) => read,
+                _ = closing.changed(), if buf.is_empty() => return Outcome::Closed,
+            };
+            match read {
+                Ok(Ok(1..)) => {}
+                // Closed, failed, or no whole head within the header timeout.
+                _ => return Outcome::Closed,
+            }
+        };
+        let head_request = req.method() == Method::HEAD;
+        let handled = handle(req, client);
+        tokio::pin!(handled);
+        // The client's socket is read meanwhile: a client that closes it gives up on the request
+        // (hyper does the same), and what it sends ahead is kept for the next round.
+        let resp = loop {
+            tokio::select! {
+                biased;
+                resp = &mut handled => break resp,
+                read = stream.read_buf(&mut buf), if buf.len() < READ_AHEAD => match read {
+                    Ok(1..) => {}
+                    _ => return Outcome::Closed,
+                },
+            }
+        };
+        let close = client_close || *closing.borrow() || wants_close(resp.headers());
+        if write_response(&mut stream, &mut out, resp, head_request, close).await.is_err() || close {
+            return Outcome::Closed;
+        }
+        // An idle connection keeps a small buffer, whatever the largest response it carried.
+        if out.capacity() > 2 * MAX_MESSAGE {
+            out = Vec::with_capacity(1024);
+        }
+    }
+}
+
+/// Takes the request at the start of `buf` out of it when this path serves it: the request and
+/// whether its client asked to close the connection after it; `None` while its head is not whole;
+/// why not when it is not for this path.
+pub(crate) fn take_request(buf: &mut BytesMut) -> Result<Option<(Request<Body>, bool)>, &'static str> {
+    let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+    let mut parsed = httparse::Request::new(&mut headers);
+    let head_len = match parsed.parse(buf) {
+        Ok(httparse::Status::Complete(len)) => len,
+        Ok(httparse::Status::Partial) if buf.len() < MAX_HEAD => return Ok(None),
+        Ok(httparse::Status::Partial) => return Err("a long head"),
+        Err(_) => return Err("a head httparse refuses"),
+    };
+    if parsed.version != Some(1) {
+        return Err("not HTTP/1.1");
+    }
+    let method = match parsed.method {
+        Some("GET") => Method::GET,
+        Some("POST") => Method::POST,
+        Some("PUT") => Method::PUT,
+        Some("DELETE") => Method::DELETE,
+        Some("HEAD") => Method::HEAD,
+        Some("PATCH") => Method::PATCH,
+        Some("OPTIONS") => Method::OPTIONS,
+        _ => return Err("another method"),
+    };
+    let Some(path) = parsed.path.filter(|p| p.starts_with('/')) else {
+        return Err("not origin form");
+    };
+    let base = buf.as_ptr() as usize;
+    // Where a parsed slice lies in `buf`: the header values become slices of the same bytes.
+    let span = |s: &[u8]| {
+        let start = s.as_ptr() as usize - base;
+        start..start + s.len()
+    };
+    let path = span(path.as_bytes());
+    let mut body_len = None;
+    let mut close = false;
+    let mut spans = Vec::with_capacity(parsed.headers.len());
+    for h in parsed.headers.iter() {
+        let name = match HeaderName::from_bytes(h.name.as_bytes()) {
+            Ok(name) => name,
+            Err(_) => return Err("a header name http refuses"),
+        };
+        if name == header::CONTENT_LENGTH {
+            match (body_len, content_length(h.value)) {
+                (None, Some(len)) => body_len = Some(len),
+                _ => return Err("a content-length that is not one number"),
+            }
+        } else if name == header::TRANSFER_ENCODING || name == header::EXPECT || name == header::UPGRADE {
+            return Err("a body framing, expectation or upgrade of hyper's");
+        } else if name == header::CONNECTION {
+            for token in h.value.split(|&b| b == b',').map(<[u8]>::trim_ascii) {
+                if token.eq_ignore_ascii_case(b"close") {
+                    close = true;
+                } else if token.eq_ignore_ascii_case(b"upgrade") {
+                    return Err("an upgrade");
+                }
+            }
+        }
+        spans.push((name, span(h.value)));
+    }
+    let body_len = body_len.unwrap_or(0);
+    let total = match head_len.checked_add(body_len) {
+        Some(total) if total <= MAX_MESSAGE => total,
+        _ => return Err("a long body"),
+    };
+    if buf.len() < total {
+        // Its body comes in parts: read by hyper, with the body's idle and total limits.
+        return Err("a body not read whole yet");
+    }
+    let message = buf.split_to(total).freeze();
+    match build(&message, method, path, head_len, spans) {
+        Some(req) => Ok(Some((req, close))),
+        None => {
+            // httparse took a byte that `http` refuses (in the path or a value): hyper answers it,
+            // so the message goes back in front of what followed it.
+            let mut whole = BytesMut::with_capacity(message.len() + buf.len());
+            whole.extend_from_slice(&message);
+            whole.extend_from_slice(buf);
+            *buf = whole;
+            Err("a path or header value http refuses")
+        }
+    }
+}
+
+/// The request in `message` (head and body), its path and header values shared with it.
+fn build(
+    message: &Bytes,
+    method: Method,
+    path: std::ops::Range<usize>,
+    head_len: usize,
+    headers: Vec<(HeaderName, std::ops::Range<usize>)>,
+) -> Option<Request<Body>> {
+    let body = if message.len() == head_len { Body::default() } else { full(message.slice(head_len..)) };
+    let mut req = Request::new(body);
+    *req.method_mut() = method;
+    *req.uri_mut() = Uri::from_maybe_shared(message.slice(path)).ok()?;
+    *req.version_mut() = Version::HTTP_11;
+    let map = req.headers_mut();
+    map.reserve(headers.len());
+    for (name, value) in headers {
+        map.append(name, HeaderValue::from_maybe_shared(message.slice(value)).ok()?);
+    }
+    Some(req)
+}
+
+/// A `Content-Length` value: digits only (no sign, no list), as hyper reads it.
+fn content_length(value: &[u8]) -> Option<usize> {
+    if value.is_empty() || value.len() > 15 || !value.iter().all(u8::is_ascii_digit) {
+        return None;
+    }
+    value.iter().try_fold(0usize, |n, d| n.checked_mul(10)?.checked_add(usize::from(d - b'0')))
+}
+
+fn full(bytes: Bytes) -> Body {
+    Full::new(bytes).map_err(|never| match never {}).boxed()
+}
+
+fn wants_close(headers: &http::HeaderMap) -> bool {
+    headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .any(|v| v.as_bytes().split(|&b| b == b',').any(|token| token.trim_ascii().eq_ignore_ascii_case(b"close")))
+}
+
+/// How the response's body is framed on the wire.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Framing {
+    /// No body at all (`HEAD`, 204, 304).
+    None,
+    /// Exactly this many bytes.
+    Length(u64),
+    Chunked,
+}
+
+/// Writes `resp` (head, then body frames as they come), with `Connection: close` when `close`.
+async fn write_response(
+    stream: &mut TcpStream,
+    out: &mut Vec<u8>,
+    resp: Response<Body>,
+    head_request: bool,
+    close: bool,
+) -> io::Result<()> {
+    let (mut parts, mut body) = resp.into_parts();
+    // The framing is this connection's: the proxy strips the app's, and picks none of its own.
+    parts.headers.remove(header::TRANSFER_ENCODING);
+    let declared = parts.headers.get(header::CONTENT_LENGTH).and_then(|v| content_length(v.as_bytes()));
+    let no_body = head_request
+        || parts.status.is_informational()
+        || parts.status == StatusCode::NO_CONTENT
+        || parts.status == StatusCode::NOT_MODIFIED;
+    let framing = if no_body {
+        Framing::None
+    } else if let Some(len) = declared {
+        Framing::Length(len as u64)
+    } else if let Some(len) = body.size_hint().exact() {
+        Framing::Length(len)
+    } else {
+        Framing::Chunked
+    };
+    out.clear();
+    out.extend_from_slice(b"HTTP/1.1 ");
+    out.extend_from_slice(parts.status.as_str().as_bytes());
+    out.push(b' ');
+    out.extend_from_slice(parts.status.canonical_reason().unwrap_or("").as_bytes());
+    out.extend_from_slice(b"\r\n");
+    for (name, value) in &parts.headers {
+        if name == header::CONNECTION && close {
+            continue;
+        }
+        line(out, name.as_str().as_bytes(), value.as_bytes());
+    }
+    if close {
+        line(out, b"connection", b"close");
+    }
+    match framing {
+        Framing::Length(len) if declared.is_none() => line(out, b"content-length", len.to_string().as_bytes()),
+        Framing::Chunked => line(out, b"transfer-encoding", b"chunked"),
+        _ => {}
+    }
+    if !parts.headers.contains_key(header::DATE) {
+        date::with(|date| line(out, b"date", date));
+    }
+    out.extend_from_slice(b"\r\n");
+    if framing == Framing::None {
+        return stream.write_all(out).await;
+    }
+    let mut left = match framing {
+        Framing::Length(len) => len,
+        _ => u64::MAX,
+    };
+    loop {
+        // A frame at hand goes out with what is waiting to be written (the head, most often):
+        // one write for a small response.
+        let frame = match poll_now(&mut body) {
+            Poll::Ready(frame) => {
+                // Written as it grows: what waits here is bounded, however fast the body comes.
+                if out.len() >= MAX_MESSAGE {
+                    stream.write_all(out).await?;
+                    out.clear();
+                }
+                frame
+            }
+            Poll::Pending => {
+                if !out.is_empty() {
+                    stream.write_all(out).await?;
+                    out.clear();
+                }
+                body.frame().await
+            }
+        };
+        match frame {
+            Some(Ok(frame)) => {
+                let Ok(data) = frame.into_data() else { continue }; // trailers: not sent over HTTP/1
+                if data.is_empty() {
+                    continue;
+                }
+                if framing == Framing::Chunked {
+                    // Writing to a `Vec` cannot fail.
+                    let _ = write!(out, "{:x}\r\n", data.len());
+                    out.extend_from_slice(&data);
+                    out.extend_from_slice(b"\r\n");
+                } else {
+                    let len = data.len() as u64;
+                    if len > left {
+                        return Err(io::Error::other("the response body is longer than its content-length"));
+                    }
+                    left -= len;
+                    out.extend_from_slice(&data);
+                }
+            }
+            Some(Err(e)) => {
+                // Cut short: the client must see an incomplete message, so the connection ends
+                // without the last chunk (or with fewer bytes than declared).
+                if !out.is_empty() {
+                    stream.write_all(out).await?;
+                }
+                return Err(io::Error::other(e));
+            }
+            None => break,
+        }
+    }
+    match framing {
+        Framing::Chunked => out.extend_from_slice(b"0\r\n\r\n"),
+        _ if left != 0 => {
+            if !out.is_empty() {
+                stream.write_all(out).await?;
+            }
+            return Err(io::Error::other("the response body is shorter than its content-length"));
+        }
+        _ => {}
+    }
+    stream.write_all(out).await
+}
+
+fn line(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
+    out.extend_from_slice(name);
+    out.extend_from_slice(b": ");
+    out.extend_from_slice(value);
+    out.extend_from_slice(b"\r\n");
+}
+
+/// The body's next frame if it is ready now, without waiting.
+fn poll_now(body: &mut Body) -> Poll<Option<Result<Frame<Bytes>, crate::timed_body::BoxError>>> {
+    let mut cx = Context::from_waker(std::task::Waker::noop());
+    Pin::new(body).poll_frame(&mut cx)
+}
+
+/// The `Date` header's value, formatted once a second per thread.
+mod date {
+    use std::cell::RefCell;
+    use std::time::{SystemTime, UNIX_EPOCH};
+
+    thread_local! {
+        static NOW: RefCell<(u64, String)> = const { RefCell::new((u64::MAX, String::new())) };
+    }
+
+    pub fn with(f: impl FnOnce(&[u8])) {
+        let now = SystemTime::now();
+        let second = now.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
+        NOW.with_borrow_mut(|(at, text)| {
+            if *at != second {
+                *at = second;
+                *text = httpdate::fmt_http_date(now);
+            }
+            f(text.as_bytes());
+        });
+    }
+}
+
+/// A connection handed to hyper: the bytes this path read, then the rest of the stream.
+pub struct Rewind {
+    prefix: Bytes,
+    stream: TcpStream,
+}
+
+impl AsyncRead for Rewind {
+    fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+        if !self.prefix.is_empty() {
+            let n = self.prefix.len().min(buf.remaining());
+            buf.put_slice(&self.prefix.split_to(n));
+            return Poll::Ready(Ok(()));
+        }
+        Pin::new(&mut self.stream).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for Rewind {
+    fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.stream).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.stream).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.stream.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.stream).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.stream).poll_shutdown(cx)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::net::TcpListener;
+
+    /// A connected pair: the test's client end, and the server end this path serves.
+    async fn pair() -> (TcpStream, TcpStream) {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let (client, server) = tokio::join!(TcpStream::connect(addr), listener.accept());
+        (client.expect("connect"), server.expect("accept").0)
+    }
+
+    fn peer() -> SocketAddr {
+        SocketAddr::from(([127, 0, 0, 1], 1))
+    }
+
+    /// Echoes the method, path and body, with the `x-n` header of the request.
+    async fn echo(req: Request<Body>, _: SocketAddr) -> Response<Body> {
+        let n = req.headers().get("x-n").cloned();
+        let head = format!("{} {} ", req.method(), req.uri());
+        let body = crate::upstream::read_at_most(req.into_body(), 1 << 20).await.expect("body");
+        let mut resp = Response::new(full(Bytes::from([head.as_bytes(), &body].concat())));
+        if let Some(n) = n {
+            resp.headers_mut().insert("x-n", n);
+        }
+        resp
+    }
+
+    /// A shutdown signal that is not given (while the sender lives).
+    fn not_closing() -> (tokio::sync::watch::Sender<bool>, tokio::sync::watch::Receiver<bool>) {
+        tokio::sync::watch::channel(false)
+    }
+
+    async fn read_all(mut stream: TcpStream) -> String {
+        let mut all = Vec::new();
+        let _ =
+            tokio::time::timeout(Duration::from_secs(10), stream.read_to_end(&mut all)).await.expect("closed in time");
+        String::from_utf8_lossy(&all).into_owned()
+    }
+
+    #[tokio::test]
+    async fn pipelined_requests_are_answered_in_order_on_one_connection() {
+        let (mut client, server) = pair().await;
+        let requests = b"GET /a HTTP/1.1\r\nhost: x\r\nx-n: 1\r\n\r\n\
+            POST /b?q=1 HTTP/1.1\r\nhost: x\r\ncontent-length: 5\r\nx-n: 2\r\n\r\nhello\
+            DELETE /c HTTP/1.1\r\nhost: x\r\nconnection: close\r\nx-n: 3\r\n\r\n";
+        client.write_all(requests).await.expect("write");
+        let (_open, mut closing) = not_closing();
+        let outcome = serve(server, peer(), &echo, Duration::from_secs(5), &mut closing).await;
+        assert!(matches!(outcome, Outcome::Closed), "every request taken here");
+        let replies = read_all(client).await;
+        let bodies: Vec<&str> = replies.split("HTTP/1.1 200 OK\r\n").skip(1).collect();
+        assert_eq!(bodies.len(), 3, "{replies}");
+        for (i, (reply, body)) in bodies.iter().zip(["GET /a ", "POST /b?q=1 hello", "DELETE /c "]).enumerate() {
+            let (head, got) = reply.split_once("\r\n\r\n").expect("a head");
+            assert_eq!(got, body);
+            assert!(head.contains(&format!("content-length: {}", body.len())), "{head}");
+            assert!(head.contains(&format!("x-n: {}", i + 1)), "{head}");
+            assert!(head.contains("\r\ndate: ") || head.starts_with("date: "), "{head}");
+        }
+        assert!(bodies[2].contains("connection: close"), "the client asked to close: {}", bodies[2]);
+    }
+
+    #[tokio::test]
+    async fn what_this_path_does_not_take_goes_to_hyper_with_every_byte_read() {
+        for request in [
+            &b"POST / HTTP/1.1\r\ntransfer-encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n"[..],
+            b"POST / HTTP/1.1\r\ncontent-length: 5\r\ntransfer-encoding: chunked\r\n\r\n0\r\n\r\n",
+            b"POST / HTTP/1.1\r\ncontent-length: 5\r\ncontent-length: 6\r\n\r\nhello!",
+            b"POST / HTTP/1.1\r\ncontent-length: +5\r\n\r\nhello",
+            b"POST / HTTP/1.1\r\ncontent-length: 10\r\n\r\nhalf",
+            b"POST / HTTP/1.1\r\ncontent-length: 999999999\r\n\r\n",
+            b"GET / HTTP/1.0\r\n\r\n",
+            b"GET /ws HTTP/1.1\r\nconnection: Upgrade\r\nupgrade: websocket\r\n\r\n",
+            b"PUT / HTTP/1.1\r\nexpect: 100-continue\r\ncontent-length: 1\r\n\r\n",
+            b"GET / HTTP/1.1\r\nx-folded: a\r\n b\r\n\r\n",
+            b"GET http://elsewhere/ HTTP/1.1\r\n\r\n",
+            b"CONNECT elsewhere:443 HTTP/1.1\r\n\r\n",
+            b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n",
+            b"GET / HTTP/1.1\r\nbad header: 1\r\n\r\n",
+            // httparse takes the backtick, `http`'s URI does not (a fuzzer's finding).
+            b"GET /car`t HTTP/1.1\r\n\r\nGET /next HTTP/1.1\r\n\r\n",
+        ] {
+            let (mut client, server) = pair().await;
+            client.write_all(request).await.expect("write");
+            let (_open, mut closing) = not_closing();
+            let outcome = serve(server, peer(), &echo, Duration::from_secs(5), &mut closing).await;
+            let Outcome::Hyper(mut rest) = outcome else {
+                panic!("taken here: {:?}", String::from_utf8_lossy(request));
+            };
+            let mut handed = vec![0; request.len()];
+            rest.read_exact(&mut handed).await.expect("the bytes read so far");
+            assert_eq!(handed, request);
+        }
+    }
+
+    #[tokio::test]
+    async fn a_head_in_pieces_is_waited_for_and_a_silent_client_closed_at_the_header_timeout() {
+        let (mut client, server) = pair().await;
+        let served = tokio::spawn(async move {
+            let (_open, mut closing) = not_closing();
+            serve(server, peer(), &echo, Duration::from_millis(300), &mut closing).await
+        });
+        client.write_all(b"GET /slow HT").await.expect("write");
+        tokio::task::yield_now().await;
+        client.write_all(b"TP/1.1\r\nhost: x\r\n\r\n").await.expect("write");
+        // Answered, then the idle connection is closed once the header timeout passes.
+        let replies = read_all(client).await;
+        assert!(replies.starts_with("HTTP/1.1 200 OK\r\n") && replies.ends_with("GET /slow "), "{replies}");
+        assert!(matches!(served.await.expect("served"), Outcome::Closed));
+    }
+
+    #[tokio::test]
+    async fn a_client_that_goes_away_cancels_its_request() {
+        let (client, server) = pair().await;
+        let (dropped_tx, dropped_rx) = tokio::sync::oneshot::channel::<()>();
+        let dropped_tx = std::sync::Mutex::new(Some(dropped_tx));
+        let hang = |_req: Request<Body>, _| {
+            // Dropped (cancelled) with the future: tells the test.
+            let guard = dropped_tx.lock().expect("lock").take();
+            async move {
+                let _guard = guard;
+                std::future::pending::<Response<Body>>().await
+            }
+        };
+        let mut client = client;
+        client.write_all(b"GET /long-poll HTTP/1.1\r\nhost: x\r\n\r\n").await.expect("write");
+        let (_open, mut closing) = not_closing();
+        let served = serve(server, peer(), &hang, Duration::from_secs(5), &mut closing);
+        let close = async move {
+            tokio::task::yield_now().await;
+            drop(client);
+        };
+        let (outcome, ()) = tokio::time::timeout(Duration::from_secs(10), async { tokio::join!(served, close) })
+            .await
+            .expect("the request ended with its client");
+        assert!(matches!(outcome, Outcome::Closed));
+        assert!(dropped_rx.await.is_err(), "the handler's future was dropped");
+    }
+
+    fn streamed(parts: Vec<Result<&'static str, &'static str>>) -> Body {
+        let frames = futures::stream::iter(parts.into_iter().map(|p| {
+            p.map(|s| Frame::data(Bytes::from_static(s.as_bytes()))).map_err(crate::timed_body::BoxError::from)
+        }));
+        http_body_util::StreamBody::new(frames).boxed()
+    }
+
+    async fn answer(request: &'static [u8], resp: fn() -> Response<Body>) -> String {
+        let (mut client, server) = pair().await;
+        client.write_all(request).await.expect("write");
+        let handle = move |_req: Request<Body>, _| async move { resp() };
+        let (_open, mut closing) = not_closing();
+        let served = serve(server, peer(), &handle, Duration::from_millis(200), &mut closing);
+        let (_, reply) = tokio::join!(served, read_all(client));
+        reply
+    }
+
+    #[tokio::test]
+    async fn responses_are_framed_by_length_by_chunks_or_not_at_all() {
+        const GET: &[u8] = b"GET / HTTP/1.1\r\nhost: x\r\n\r\n";
+        let chunked = answer(GET, || Response::new(streamed(vec![Ok("hel"), Ok("lo")]))).await;
+        assert!(chunked.contains("transfer-encoding: chunked\r\n"), "{chunked}");
+        assert!(chunked.ends_with("\r\n\r\n3\r\nhel\r\n2\r\nlo\r\n0\r\n\r\n"), "{chunked}");
+
+        let head =
+            answer(b"HEAD / HTTP/1.1\r\nhost: x\r\n\r\n", || Response::new(full(Bytes::from_static(b"body")))).await;
+        assert!(head.ends_with("\r\n\r\n") && !head.contains("body"), "{head}");
+
+        let no_content = answer(GET, || {
+            let mut resp = Response::new(Body::default());
+            *resp.status_mut() = StatusCode::NO_CONTENT;
+            resp
+        })
+        .await;
+        assert!(no_content.starts_with("HTTP/1.1 204 No Content\r\n"), "{no_content}");
+        assert!(!no_content.contains("content-length") && !no_content.contains("transfer-encoding"), "{no_content}");
+
+        // The app's own length is kept, and a body that breaks off ends the connection short of it.
+        let cut = answer(GET, || {
+            let mut resp = Response::new(streamed(vec![Ok("hel"), Err("the app went away")]));
+            resp.headers_mut().insert(header::CONTENT_LENGTH, HeaderValue::from_static("5"));
+            resp
+        })
+        .await;
+        assert!(cut.contains("content-length: 5\r\n") && cut.ends_with("\r\n\r\nhel"), "{cut}");
+        let cut_chunked = answer(GET, || Response::new(streamed(vec![Ok("hel"), Err("the app went away")]))).await;
+        assert!(cut_chunked.ends_with("3\r\nhel\r\n"), "no last chunk: {cut_chunked}");
+
+        // A body larger than what is gathered before a write (its frames all at hand): whole.
+        let large = answer(GET, || Response::new(streamed(vec![Ok("0123456789abcdef"); 10_000]))).await;
+        assert_eq!(large.matches("\r\n10\r\n0123456789abcdef").count(), 10_000);
+        assert!(large.ends_with("0123456789abcdef\r\n0\r\n\r\n"));
+    }
+
+    #[tokio::test]
+    async fn once_closing_the_answer_says_close_and_no_new_request_is_read() {
+        let (tx, mut closing) = tokio::sync::watch::channel(false);
+        let (mut client, server) = pair().await;
+        client.write_all(b"GET /last HTTP/1.1\r\nhost: x\r\n\r\n").await.expect("write");
+        let handle = |req: Request<Body>, client| {
+            let _ = tx.send(true);
+            echo(req, client)
+        };
+        let outcome = serve(server, peer(), &handle, Duration::from_secs(5), &mut closing).await;
+        assert!(matches!(outcome, Outcome::Closed));
+        let reply = read_all(client).await;
+        assert!(reply.contains("connection: close\r\n") && reply.ends_with("GET /last "), "{reply}");
+    }
+}
