@@ -67,19 +67,24 @@ where
     let mut out = Vec::with_capacity(1024);
     loop {
         let mut deadline = None;
+        // What was read ahead may hold a whole request already.
+        let mut parse = !buf.is_empty();
         let (req, client_close) = loop {
-            match take_request(&mut buf) {
-                Ok(Some(taken)) => break taken,
-                Ok(None) => {}
-                Err(why) => {
-                    tracing::trace!(%client, why, "request served by hyper");
-                    return Outcome::Hyper(Rewind { prefix: buf.freeze(), stream });
+            if parse {
+                match take_request(&mut buf) {
+                    Ok(Some(taken)) => break taken,
+                    Ok(None) => {}
+                    Err(why) => {
+                        tracing::trace!(%client, why, "request served by hyper");
+                        return Outcome::Hyper(Rewind { prefix: buf.freeze(), stream });
+                    }
                 }
             }
             if buf.is_empty() && *closing.borrow_and_update() {
                 return Outcome::Closed;
             }
             let until = *deadline.get_or_insert_with(|| tokio::time::Instant::now() + header_timeout);
+            let before = buf.len();
             let read = tokio::select! {
                 read = tokio::time::timeout_at(until, stream.read_buf(&mut buf)) => read,
                 _ = closing.changed(), if buf.is_empty() => return Outcome::Closed,
@@ -89,6 +94,9 @@ where
                 // Closed, failed, or no whole head within the header timeout.
                 _ => return Outcome::Closed,
             }
+            // The head is parsed again only once a line ended (a head trickled a byte at a time
+            // costs one parse a line, and httparse stops at the header limit), or it is too long.
+            parse = buf[before..].contains(&b'\n') || buf.len() >= MAX_HEAD;
         };
         let head_request = req.method() == Method::HEAD;
         let handled = handle(req, client);
