@@ -22,7 +22,7 @@ use super::restore::Carried;
 use super::{Proxy, body_too_slow, cut_by_client, full, text_response};
 use crate::cache;
 use crate::metrics::BadRequest;
-use crate::upstream::{AppSender, Body};
+use crate::upstream::{AppSender, Body, h1};
 use handover_common::sync;
 
 /// How often the app watcher re-tries a down app; held requests wake on its news.
@@ -56,6 +56,15 @@ struct StateAnswer {
     /// The state's format the app declared (`Handover-State-Format`); empty: none.
     format: String,
     body: Bytes,
+}
+
+/// Why a request handed to the app got no response.
+enum SendError {
+    /// The app's connection closed before the request was sent: route it again.
+    NotSent(Box<Request<Body>>),
+    /// The client's body came too slowly (`timed_body`).
+    CutByClient,
+    Failed(String),
 }
 
 /// What became of a request handed to the local app.
@@ -277,14 +286,7 @@ impl Proxy {
         let method = req.method().clone();
         let authorized = req.headers().contains_key(header::AUTHORIZATION);
         let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
-        let mut sender = sender;
-        let send = async {
-            // Both senders hand back a request they never sent, so it can be routed again.
-            match &mut sender {
-                AppSender::Http1(s) => s.try_send_request(req).await,
-                AppSender::H2(s) => s.try_send_request(req).await,
-            }
-        };
+        let send = self.send_to_app(sender, req, upgrade);
         let sent = match self.cfg.response_timeout {
             Some(limit) => match tokio::time::timeout(limit, send).await {
                 Ok(sent) => sent,
@@ -301,27 +303,25 @@ impl Proxy {
         };
         let resp = match sent {
             Ok(resp) => resp,
-            Err(mut e) => match e.take_message() {
-                // The app closed this connection before taking the request: it may have restarted
-                // and lost its sessions, so route the request again once that is known.
-                Some(mut unsent) => {
-                    self.app_maybe_restarted();
-                    if let Some(on_upgrade) = client_upgrade {
-                        unsent.extensions_mut().insert(on_upgrade);
-                    }
-                    return Served::NotSent(unsent);
+            // The app closed this connection before taking the request: it may have restarted
+            // and lost its sessions, so route the request again once that is known.
+            Err(SendError::NotSent(unsent)) => {
+                let mut unsent = *unsent;
+                self.app_maybe_restarted();
+                if let Some(on_upgrade) = client_upgrade {
+                    unsent.extensions_mut().insert(on_upgrade);
                 }
-                None if cut_by_client(e.error()) => return Served::Response(body_too_slow()),
-                None => {
-                    tracing::warn!(error = %e.error(), "the app failed while answering");
-                    return Served::Response(text_response(
-                        StatusCode::BAD_GATEWAY,
-                        "handover: the application failed while answering\n",
-                    ));
-                }
-            },
+                return Served::NotSent(unsent);
+            }
+            Err(SendError::CutByClient) => return Served::Response(body_too_slow()),
+            Err(SendError::Failed(e)) => {
+                tracing::warn!(error = %e, "the app failed while answering");
+                return Served::Response(text_response(
+                    StatusCode::BAD_GATEWAY,
+                    "handover: the application failed while answering\n",
+                ));
+            }
         };
-        self.upstreams.put_app(self.cfg.app, sender);
 
         let mut resp = resp;
         if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
@@ -329,7 +329,7 @@ impl Proxy {
                 bridge_upgrade(client, hyper::upgrade::on(&mut resp));
             }
             strip_hop_by_hop(resp.headers_mut(), true);
-            return Served::Response(resp.map(|b| b.map_err(Into::into).boxed()));
+            return Served::Response(resp);
         }
 
         let (mut parts, body) = resp.into_parts();
@@ -373,7 +373,44 @@ impl Proxy {
         if self.draining_since().is_some() {
             parts.headers.insert(header::CONNECTION, HeaderValue::from_static("close"));
         }
-        Served::Response(Response::from_parts(parts, body.map_err(Into::into).boxed()))
+        Served::Response(Response::from_parts(parts, body))
+    }
+
+    /// Sends `req` to the app on `sender`. An HTTP/1.1 request whose body has all arrived is
+    /// written and read here (`upstream::h1`); the others (a body still arriving, an upgrade)
+    /// and h2c go through hyper's client.
+    async fn send_to_app(
+        &self,
+        sender: AppSender,
+        mut req: Request<Body>,
+        upgrade: bool,
+    ) -> Result<Response<Body>, SendError> {
+        let sent = match sender {
+            AppSender::Http1(conn) => {
+                if !upgrade && let Some(body) = h1::whole_body(&mut req) {
+                    let (parts, _) = req.into_parts();
+                    return match conn.exchange(&parts, &body, &self.upstreams.app_idle, self.cfg.app).await {
+                        Ok(resp) => Ok(resp),
+                        Err(h1::ExchangeError::NotSent(_)) => {
+                            Err(SendError::NotSent(Box::new(Request::from_parts(parts, full(body)))))
+                        }
+                        Err(e) => Err(SendError::Failed(e.to_string())),
+                    };
+                }
+                let mut sender = conn.into_hyper(self.cfg.app).await.map_err(|e| SendError::Failed(e.to_string()))?;
+                sender.try_send_request(req).await
+            }
+            AppSender::H2(mut sender) => sender.try_send_request(req).await,
+        };
+        match sent {
+            Ok(resp) => Ok(resp.map(|b| b.map_err(Into::into).boxed())),
+            // hyper's senders hand back a request they never sent, so it can be routed again.
+            Err(mut e) => match e.take_message() {
+                Some(unsent) => Err(SendError::NotSent(Box::new(unsent))),
+                None if cut_by_client(e.error()) => Err(SendError::CutByClient),
+                None => Err(SendError::Failed(e.error().to_string())),
+            },
+        }
     }
 
     /// `GET <statePath>` from the local app: its state for the session (empty when it has none)

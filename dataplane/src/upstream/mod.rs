@@ -1,5 +1,6 @@
-//! Keep-alive HTTP/1.1 connections to the local app and to peer sidecars, and the one multiplexed
-//! h2c connection to an app that speaks HTTP/2 (`--app-protocol h2c`).
+//! Keep-alive HTTP/1.1 connections to the local app (`h1`: written and read by the request's own
+//! task) and to peer sidecars (hyper's client), and the one multiplexed h2c connection to an app
+//! that speaks HTTP/2 (`--app-protocol h2c`).
 //!
 //! A request is only handed to a connection that is already established, so a peer or an app that
 //! refuses the connection costs no request body: the caller can still send it elsewhere.
@@ -16,6 +17,8 @@ use hyper::client::conn::http1::SendRequest;
 use hyper::client::conn::http2;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use tokio::net::TcpStream;
+
+pub mod h1;
 
 /// The body type the proxy sends and returns.
 pub type Body = BoxBody<Bytes, crate::timed_body::BoxError>;
@@ -86,7 +89,7 @@ impl std::str::FromStr for AppProtocol {
 
 /// A connection to the app ready for one request, in the app's protocol.
 pub enum AppSender {
-    Http1(SendRequest<Body>),
+    Http1(h1::AppConn),
     /// A handle on the shared h2c connection (cloning it opens no connection).
     H2(http2::SendRequest<Body>),
 }
@@ -95,6 +98,8 @@ pub enum AppSender {
 #[derive(Default)]
 pub struct Upstreams {
     idle: Mutex<HashMap<SocketAddr, Vec<SendRequest<Body>>>>,
+    /// Idle HTTP/1.1 connections to the app.
+    pub app_idle: h1::IdleConns,
     /// One h2c connection per destination: HTTP/2 multiplexes every request on it, so a pool
     /// would only add connections the app must accept.
     h2: Mutex<HashMap<SocketAddr, http2::SendRequest<Body>>>,
@@ -139,7 +144,12 @@ impl Upstreams {
     ) -> Result<(AppSender, bool), ConnectError> {
         match protocol {
             AppProtocol::Http1 => {
-                self.get_noting_closed(addr, timeout).await.map(|(s, closed)| (AppSender::Http1(s), closed))
+                let (idle, saw_closed) = self.app_idle.take(addr);
+                let conn = match idle {
+                    Some(conn) => conn,
+                    None => h1::AppConn::connect(addr, timeout).await?,
+                };
+                Ok((AppSender::Http1(conn), saw_closed))
             }
             AppProtocol::H2c => self.get_h2(addr, timeout).await.map(|(s, closed)| (AppSender::H2(s), closed)),
         }
@@ -176,10 +186,10 @@ impl Upstreams {
         Ok((sender, saw_closed))
     }
 
-    /// Gives back a connection of [`get_app`](Self::get_app) after its response headers arrived.
+    /// Gives back a connection of [`get_app`](Self::get_app) that was not used.
     pub fn put_app(&self, addr: SocketAddr, sender: AppSender) {
         match sender {
-            AppSender::Http1(sender) => self.put(addr, sender),
+            AppSender::Http1(conn) => self.app_idle.put(addr, conn),
             // The shared connection stays in the map; this was only a handle on it.
             AppSender::H2(_) => {}
         }
@@ -201,6 +211,7 @@ impl Upstreams {
     /// Forgets every connection to `addr` (its process died).
     pub fn forget(&self, addr: SocketAddr) {
         sync::lock(&self.idle).remove(&addr);
+        self.app_idle.forget(addr);
         sync::lock(&self.h2).remove(&addr);
     }
 

@@ -1,0 +1,692 @@
+//! HTTP/1.1 connections to the app written and read by the request's own task: the request head
+//! and its whole body in one write, the response head parsed once (`httparse`, header values
+//! shared with the read buffer), a body already read handed on whole, a longer one streamed from
+//! the connection ([`AppBody`]). No connection task, no channel between it and the request: what
+//! hyper's client cost per request was the largest part of the transport left
+//! (`tests/bench/README.md`). A request with a body still arriving, or an upgrade, goes to hyper's
+//! client on the same connection ([`AppConn::into_hyper`]).
+//!
+//! The app is in the pod, but its answers are parsed as carefully as a client's requests: a head
+//! within [`MAX_HEAD`] and [`MAX_HEADERS`], one `Content-Length` (or equal copies), chunked bodies
+//! decoded with bounded lines, anything else an error (a 502 for the client).
+
+use std::collections::HashMap;
+use std::io;
+use std::io::Write as _;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll, ready};
+use std::time::Duration;
+
+use bytes::{Bytes, BytesMut};
+use handover_common::sync;
+use http::header::{self, HeaderName, HeaderValue};
+use http::{Method, Request, Response, StatusCode, Version};
+use http_body_util::{BodyExt, Full};
+use hyper::body::{Frame, SizeHint};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+use super::{Body, ConnectError};
+
+/// Headers in a response (hyper's client limit too).
+const MAX_HEADERS: usize = 100;
+/// The longest response head.
+const MAX_HEAD: usize = 64 * 1024;
+/// The longest line of a chunked body's framing (a chunk size with its extensions, a trailer).
+const MAX_CHUNK_LINE: usize = 4 * 1024;
+/// Bytes read from the app at a time while streaming a body.
+const READ_SIZE: usize = 16 * 1024;
+/// Idle connections kept per destination.
+const MAX_IDLE: usize = 64;
+
+/// A keep-alive connection to the app.
+pub struct AppConn {
+    stream: TcpStream,
+    /// Bytes read and not used yet (empty between exchanges).
+    buf: BytesMut,
+    /// Taken from the idle list: the app may have closed it as it was taken.
+    reused: bool,
+}
+
+/// Why an exchange failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ExchangeError {
+    /// The app's connection was closed before it took the request: it may be sent again.
+    #[error("the connection was closed before the request was written: {0}")]
+    NotSent(io::Error),
+    #[error("{0}")]
+    Failed(io::Error),
+}
+
+fn failed(what: &str) -> ExchangeError {
+    ExchangeError::Failed(io::Error::new(io::ErrorKind::InvalidData, what.to_owned()))
+}
+
+impl AppConn {
+    /// A new connection to `addr` within `timeout`.
+    pub async fn connect(addr: SocketAddr, timeout: Duration) -> Result<AppConn, ConnectError> {
+        let stream = super::connect(addr, timeout).await?;
+        Ok(AppConn { stream, buf: BytesMut::new(), reused: false })
+    }
+
+    /// This connection under hyper's client, for a request this module does not send (a body
+    /// still arriving, an upgrade). Its driver runs as a task of its own.
+    pub async fn into_hyper(
+        self,
+        addr: SocketAddr,
+    ) -> Result<hyper::client::conn::http1::SendRequest<Body>, ConnectError> {
+        let (sender, conn) = hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(self.stream))
+            .await
+            .map_err(|e| ConnectError::Handshake(addr, e))?;
+        tokio::spawn(async move {
+            if let Err(e) = conn.with_upgrades().await {
+                tracing::debug!(%addr, error = %e, "upstream connection ended");
+            }
+        });
+        Ok(sender)
+    }
+
+    /// Sends `req` with its whole `body` and reads the response head. The connection goes back
+    /// to `idle` (under `addr`) once its response body was read, unless either side closes it.
+    pub async fn exchange(
+        mut self,
+        req: &http::request::Parts,
+        body: &Bytes,
+        idle: &IdleConns,
+        addr: SocketAddr,
+    ) -> Result<Response<Body>, ExchangeError> {
+        let mut out = Vec::with_capacity(512 + body.len());
+        write_head(&mut out, req, body.len());
+        out.extend_from_slice(body);
+        if let Err(e) = self.stream.write_all(&out).await {
+            // On a connection taken from the idle list, the app closed it meanwhile: the request
+            // did not reach it.
+            return Err(if self.reused { ExchangeError::NotSent(e) } else { ExchangeError::Failed(e) });
+        }
+        let head_request = req.method == Method::HEAD;
+        loop {
+            match read_head(&mut self.buf, head_request) {
+                Ok(Some(head)) if head.status.is_informational() => {
+                    // 100 Continue, 103 Early Hints: the final answer follows. (No upgrade is
+                    // sent on this path, so no 101 is expected.)
+                    if head.status == StatusCode::SWITCHING_PROTOCOLS {
+                        return Err(failed("the app switched protocols unasked"));
+                    }
+                }
+                Ok(Some(head)) => return Ok(self.respond(head, idle, addr)),
+                Ok(None) => {
+                    if self.buf.len() >= MAX_HEAD {
+                        return Err(failed("the app's response head is too long"));
+                    }
+                    if self.buf.capacity() - self.buf.len() < 1024 {
+                        self.buf.reserve(READ_SIZE);
+                    }
+                    match self.stream.read_buf(&mut self.buf).await {
+                        Ok(0) => return Err(failed("the app closed the connection before answering")),
+                        Ok(_) => {}
+                        Err(e) => return Err(ExchangeError::Failed(e)),
+                    }
+                }
+                Err(why) => return Err(failed(why)),
+            }
+        }
+    }
+
+    /// The response to `head`, with its body read here when it has all arrived, or streamed.
+    fn respond(mut self, head: Head, idle: &IdleConns, addr: SocketAddr) -> Response<Body> {
+        let framing = head.framing;
+        let mut resp = Response::new(Body::default());
+        *resp.status_mut() = head.status;
+        *resp.version_mut() = Version::HTTP_11;
+        *resp.headers_mut() = head.headers;
+        let reuse = head.keep_alive;
+        match framing {
+            Framing::Length(len) if self.buf.len() as u64 >= len => {
+                // The whole body is here (the common case): the connection is free at once.
+                let body = self.buf.split_to(len as usize).freeze();
+                if reuse && self.buf.is_empty() {
+                    idle.put(addr, self);
+                }
+                if !body.is_empty() {
+                    *resp.body_mut() = Full::new(body).map_err(|never| match never {}).boxed();
+                }
+            }
+            framing => {
+                let state = match framing {
+                    Framing::Length(len) => State::Length(len),
+                    Framing::Chunked => State::ChunkSize,
+                    Framing::Close => State::UntilClose,
+                };
+                let body = AppBody { conn: Some(self), state, reuse, idle: idle.clone(), addr };
+                *resp.body_mut() = body.boxed();
+            }
+        }
+        resp
+    }
+}
+
+/// The request head as the app gets it: the method, the origin-form target, the fields, and the
+/// body's length (the only framing this path sends).
+fn write_head(out: &mut Vec<u8>, req: &http::request::Parts, body_len: usize) {
+    out.extend_from_slice(req.method.as_str().as_bytes());
+    out.push(b' ');
+    out.extend_from_slice(req.uri.path_and_query().map_or("/", |p| p.as_str()).as_bytes());
+    out.extend_from_slice(b" HTTP/1.1\r\n");
+    for (name, value) in &req.headers {
+        if name == header::CONTENT_LENGTH || name == header::TRANSFER_ENCODING {
+            continue;
+        }
+        out.extend_from_slice(name.as_str().as_bytes());
+        out.extend_from_slice(b": ");
+        out.extend_from_slice(value.as_bytes());
+        out.extend_from_slice(b"\r\n");
+    }
+    if body_len > 0 || matches!(req.method, Method::POST | Method::PUT | Method::PATCH) {
+        // Writing to a `Vec` cannot fail.
+        let _ = write!(out, "content-length: {body_len}\r\n");
+    }
+    out.extend_from_slice(b"\r\n");
+}
+
+/// How a response's body is framed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Framing {
+    Length(u64),
+    Chunked,
+    /// Until the app closes the connection.
+    Close,
+}
+
+/// A parsed response head.
+struct Head {
+    status: StatusCode,
+    headers: http::HeaderMap,
+    framing: Framing,
+    /// Whether the connection may carry another request.
+    keep_alive: bool,
+}
+
+/// The response head at the start of `buf`, taken out of it, with its body's framing as RFC 9112
+/// §6.3 says (`head_request`: the answer to a `HEAD`); `None` while it is not whole.
+fn read_head(buf: &mut BytesMut, head_request: bool) -> Result<Option<Head>, &'static str> {
+    let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+    let mut parsed = httparse::Response::new(&mut headers);
+    let len = match parsed.parse(buf) {
+        Ok(httparse::Status::Complete(len)) => len,
+        Ok(httparse::Status::Partial) => return Ok(None),
+        Err(_) => return Err("the app's response head does not parse"),
+    };
+    let status = parsed.code.and_then(|c| StatusCode::from_u16(c).ok()).ok_or("the app's status is no status")?;
+    let mut keep_alive = parsed.version == Some(1);
+    let base = buf.as_ptr() as usize;
+    let mut fields = Vec::with_capacity(parsed.headers.len());
+    let mut length: Option<u64> = None;
+    let mut chunked = None;
+    for h in parsed.headers.iter() {
+        let name = HeaderName::from_bytes(h.name.as_bytes()).map_err(|_| "a header name http refuses")?;
+        if name == header::CONTENT_LENGTH {
+            let value = std::str::from_utf8(h.value).ok().and_then(|v| v.trim().parse::<u64>().ok());
+            match (length, value) {
+                (_, None) => return Err("the app's content-length is no number"),
+                (Some(a), Some(b)) if a != b => return Err("the app sent two content-lengths"),
+                (_, value) => length = value,
+            }
+        } else if name == header::TRANSFER_ENCODING {
+            // Chunked only when it is the last coding (RFC 9112 §6.3): otherwise until the close.
+            let last = h.value.rsplit(|&b| b == b',').next().map(<[u8]>::trim_ascii);
+            chunked = Some(last.is_some_and(|c| c.eq_ignore_ascii_case(b"chunked")));
+        } else if name == header::CONNECTION
+            && h.value.split(|&b| b == b',').any(|t| t.trim_ascii().eq_ignore_ascii_case(b"close"))
+        {
+            keep_alive = false;
+        }
+        let start = h.value.as_ptr() as usize - base;
+        fields.push((name, start..start + h.value.len()));
+    }
+    let no_body = head_request
+        || status.is_informational()
+        || status == StatusCode::NO_CONTENT
+        || status == StatusCode::NOT_MODIFIED;
+    let framing = match (chunked, length) {
+        _ if no_body => Framing::Length(0),
+        (Some(true), _) => Framing::Chunked,
+        (Some(false), _) => Framing::Close,
+        (None, Some(len)) => Framing::Length(len),
+        (None, None) => Framing::Close,
+    };
+    if framing == Framing::Close {
+        keep_alive = false;
+    }
+    let head = buf.split_to(len).freeze();
+    let mut map = http::HeaderMap::with_capacity(fields.len());
+    for (name, span) in fields {
+        let value = HeaderValue::from_maybe_shared(head.slice(span)).map_err(|_| "a header value http refuses")?;
+        map.append(name, value);
+    }
+    Ok(Some(Head { status, headers: map, framing, keep_alive }))
+}
+
+/// Idle connections by destination, shared with the bodies that give theirs back.
+#[derive(Clone, Default)]
+pub struct IdleConns(Arc<Mutex<HashMap<SocketAddr, Vec<AppConn>>>>);
+
+impl IdleConns {
+    /// An idle connection to `addr` that is still open, and whether any had been closed by the
+    /// other side since they were last used (the process behind may have restarted).
+    pub fn take(&self, addr: SocketAddr) -> (Option<AppConn>, bool) {
+        let mut idle = sync::lock(&self.0);
+        let Some(list) = idle.get_mut(&addr) else { return (None, false) };
+        let mut saw_closed = false;
+        while let Some(conn) = list.pop() {
+            if still_open(&conn.stream) {
+                return (Some(conn), saw_closed);
+            }
+            saw_closed = true;
+        }
+        (None, saw_closed)
+    }
+
+    /// Keeps `conn` for the next request to `addr`.
+    pub fn put(&self, addr: SocketAddr, mut conn: AppConn) {
+        conn.reused = true;
+        let mut idle = sync::lock(&self.0);
+        let list = idle.entry(addr).or_default();
+        if list.len() < MAX_IDLE {
+            list.push(conn);
+        }
+    }
+
+    /// Forgets every connection to `addr` (its process died).
+    pub fn forget(&self, addr: SocketAddr) {
+        sync::lock(&self.0).remove(&addr);
+    }
+}
+
+/// Whether an idle connection is open: nothing arrived on it (an idle connection gets nothing but
+/// its close). Asks the kernel only when the runtime saw it become readable.
+fn still_open(stream: &TcpStream) -> bool {
+    let mut cx = Context::from_waker(std::task::Waker::noop());
+    if stream.poll_read_ready(&mut cx).is_pending() {
+        return true;
+    }
+    let mut probe = [0u8; 1];
+    matches!(stream.try_read(&mut probe), Err(e) if e.kind() == io::ErrorKind::WouldBlock)
+}
+
+/// Where a streamed body is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum State {
+    /// This many bytes left.
+    Length(u64),
+    /// A chunk-size line next.
+    ChunkSize,
+    /// This many bytes of a chunk left, then its CRLF.
+    ChunkData(u64),
+    /// The CRLF after a chunk's data.
+    ChunkEnd,
+    /// Trailer lines, up to an empty one.
+    Trailers,
+    UntilClose,
+    Done,
+}
+
+/// A response body read from the app's connection as the client's side asks for it.
+struct AppBody {
+    /// `None` once done.
+    conn: Option<AppConn>,
+    state: State,
+    reuse: bool,
+    idle: IdleConns,
+    addr: SocketAddr,
+}
+
+impl AppBody {
+    /// Ends the body: the connection goes back to the idle list if it may carry another request.
+    fn finish(&mut self) {
+        self.state = State::Done;
+        if let Some(conn) = self.conn.take()
+            && self.reuse
+            && conn.buf.is_empty()
+        {
+            self.idle.put(self.addr, conn);
+        }
+    }
+}
+
+fn invalid(what: &str) -> crate::timed_body::BoxError {
+    Box::new(io::Error::new(io::ErrorKind::InvalidData, what.to_owned()))
+}
+
+/// One line (without its line ending) at the start of `buf`, taken out; `None` while incomplete.
+fn take_line(buf: &mut BytesMut) -> Result<Option<Bytes>, crate::timed_body::BoxError> {
+    match buf.iter().position(|&b| b == b'\n') {
+        Some(end) => {
+            let mut line = buf.split_to(end + 1).freeze();
+            line.truncate(end);
+            if line.last() == Some(&b'\r') {
+                line.truncate(end - 1);
+            }
+            Ok(Some(line))
+        }
+        None if buf.len() > MAX_CHUNK_LINE => Err(invalid("a chunked body's line is too long")),
+        None => Ok(None),
+    }
+}
+
+/// A chunk-size line: hex digits, then maybe `;` and extensions (ignored).
+fn chunk_size(line: &[u8]) -> Result<u64, crate::timed_body::BoxError> {
+    let digits = line.split(|&b| b == b';').next().unwrap_or_default().trim_ascii();
+    if digits.is_empty() || digits.len() > 15 {
+        return Err(invalid("a chunk size that is no number"));
+    }
+    digits.iter().try_fold(0u64, |n, &d| {
+        let d = char::from(d).to_digit(16).ok_or_else(|| invalid("a chunk size that is no number"))?;
+        Ok(n * 16 + u64::from(d))
+    })
+}
+
+impl hyper::body::Body for AppBody {
+    type Data = Bytes;
+    type Error = crate::timed_body::BoxError;
+
+    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
+        let this = &mut *self;
+        loop {
+            let Some(conn) = this.conn.as_mut() else { return Poll::Ready(None) };
+            // What the framing makes of the bytes at hand.
+            match this.state {
+                State::Done => return Poll::Ready(None),
+                State::Length(0) => {
+                    this.finish();
+                    return Poll::Ready(None);
+                }
+                State::Length(left) if !conn.buf.is_empty() => {
+                    let n = left.min(conn.buf.len() as u64);
+                    this.state = State::Length(left - n);
+                    let data = conn.buf.split_to(n as usize).freeze();
+                    if left == n {
+                        this.finish();
+                    }
+                    return Poll::Ready(Some(Ok(Frame::data(data))));
+                }
+                State::UntilClose if !conn.buf.is_empty() => {
+                    return Poll::Ready(Some(Ok(Frame::data(conn.buf.split().freeze()))));
+                }
+                State::ChunkData(left) if !conn.buf.is_empty() => {
+                    let n = left.min(conn.buf.len() as u64);
+                    this.state = if left == n { State::ChunkEnd } else { State::ChunkData(left - n) };
+                    return Poll::Ready(Some(Ok(Frame::data(conn.buf.split_to(n as usize).freeze()))));
+                }
+                State::ChunkSize | State::ChunkEnd | State::Trailers => match take_line(&mut conn.buf) {
+                    Err(e) => return Poll::Ready(Some(Err(e))),
+                    Ok(Some(line)) => {
+                        this.state = match this.state {
+                            State::ChunkSize => match chunk_size(&line) {
+                                Ok(0) => State::Trailers,
+                                Ok(n) => State::ChunkData(n),
+                                Err(e) => return Poll::Ready(Some(Err(e))),
+                            },
+                            State::ChunkEnd if line.is_empty() => State::ChunkSize,
+                            State::ChunkEnd => return Poll::Ready(Some(Err(invalid("no line end after a chunk")))),
+                            // Trailers are not passed on; the empty line ends the body.
+                            _ if line.is_empty() => {
+                                this.finish();
+                                return Poll::Ready(None);
+                            }
+                            other => other,
+                        };
+                        continue;
+                    }
+                    Ok(None) => {}
+                },
+                _ => {}
+            }
+            // More bytes are needed.
+            if conn.buf.capacity() - conn.buf.len() < 1024 {
+                conn.buf.reserve(READ_SIZE);
+            }
+            match conn.stream.try_read_buf(&mut conn.buf) {
+                Ok(0) if this.state == State::UntilClose => {
+                    this.finish();
+                    return Poll::Ready(None);
+                }
+                Ok(0) => {
+                    this.conn = None;
+                    return Poll::Ready(Some(Err(invalid("the app closed the connection mid-body"))));
+                }
+                Ok(_) => {}
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    if let Err(e) = ready!(conn.stream.poll_read_ready(cx)) {
+                        this.conn = None;
+                        return Poll::Ready(Some(Err(Box::new(e))));
+                    }
+                }
+                Err(e) => {
+                    this.conn = None;
+                    return Poll::Ready(Some(Err(Box::new(e))));
+                }
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.state == State::Done
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self.state {
+            State::Length(left) => SizeHint::with_exact(left),
+            State::Done => SizeHint::with_exact(0),
+            _ => SizeHint::default(),
+        }
+    }
+}
+
+/// The body of `req` when all of it has arrived (no body, or one frame that ends it): the bytes,
+/// with `req` keeping an empty body. `None`, and `req` untouched, when it is still arriving.
+pub fn whole_body(req: &mut Request<Body>) -> Option<Bytes> {
+    use hyper::body::Body as _;
+    let body = req.body_mut();
+    if body.is_end_stream() {
+        return Some(Bytes::new());
+    }
+    let expected = body.size_hint().exact()?;
+    if expected > MAX_HEAD as u64 {
+        return None;
+    }
+    let mut cx = Context::from_waker(std::task::Waker::noop());
+    match Pin::new(&mut *body).poll_frame(&mut cx) {
+        Poll::Ready(Some(Ok(frame))) => match frame.into_data() {
+            Ok(data) if data.len() as u64 == expected && body.is_end_stream() => {
+                *body = Body::default();
+                Some(data)
+            }
+            // A first part only: put back in front of the rest, which hyper's client then sends.
+            Ok(data) => {
+                *body = prepend(Ok(Frame::data(data)), std::mem::take(body));
+                None
+            }
+            Err(frame) => {
+                *body = prepend(Ok(frame), std::mem::take(body));
+                None
+            }
+        },
+        // hyper's client meets the error again.
+        Poll::Ready(Some(Err(e))) => {
+            *body = prepend(Err(e), Body::default());
+            None
+        }
+        Poll::Ready(None) => Some(Bytes::new()),
+        Poll::Pending => None,
+    }
+}
+
+/// `first`, then `rest`.
+fn prepend(first: Result<Frame<Bytes>, crate::timed_body::BoxError>, rest: Body) -> Body {
+    let first = futures::stream::once(std::future::ready(first));
+    let rest = http_body_util::BodyStream::new(rest);
+    http_body_util::StreamBody::new(futures::StreamExt::chain(first, rest)).boxed()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use hyper::body::Body as _;
+    use tokio::net::TcpListener;
+
+    /// A scripted app on one connection: for each answer, it reads one request, then writes the
+    /// answer's parts one write each; then it closes the connection. Gives back the requests read.
+    async fn app(answers: Vec<Vec<&'static [u8]>>) -> (SocketAddr, tokio::task::JoinHandle<Vec<String>>) {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let task = tokio::spawn(async move {
+            let (mut stream, _) = listener.accept().await.expect("accept");
+            let mut requests = Vec::new();
+            let mut buf = BytesMut::new();
+            for parts in answers {
+                let request = loop {
+                    let text = String::from_utf8_lossy(&buf).into_owned();
+                    if let Some(end) = text.find("\r\n\r\n") {
+                        let length = text[..end]
+                            .lines()
+                            .find_map(|l| l.strip_prefix("content-length: "))
+                            .map_or(0, |n| n.parse::<usize>().expect("a length"));
+                        if buf.len() >= end + 4 + length {
+                            break String::from_utf8_lossy(&buf.split_to(end + 4 + length)).into_owned();
+                        }
+                    }
+                    assert!(stream.read_buf(&mut buf).await.expect("read") > 0, "the request was cut short");
+                };
+                requests.push(request);
+                for part in parts {
+                    stream.write_all(part).await.expect("write");
+                    stream.flush().await.expect("flush");
+                    tokio::task::yield_now().await;
+                }
+            }
+            requests
+        });
+        (addr, task)
+    }
+
+    fn request(method: Method, path: &str) -> http::request::Parts {
+        let mut req = Request::builder().method(method).uri(path).header("host", "app").body(()).expect("request");
+        req.headers_mut().insert("x-req", HeaderValue::from_static("1"));
+        req.into_parts().0
+    }
+
+    async fn body_of(resp: Response<Body>) -> Result<Bytes, String> {
+        resp.into_body().collect().await.map(|c| c.to_bytes()).map_err(|e| e.to_string())
+    }
+
+    /// An exchange on the idle connection to `addr`, or a new one.
+    async fn exchange(idle: &IdleConns, addr: SocketAddr, req: &http::request::Parts, body: &[u8]) -> Response<Body> {
+        let conn = match idle.take(addr).0 {
+            Some(conn) => conn,
+            None => AppConn::connect(addr, Duration::from_secs(5)).await.expect("connect"),
+        };
+        conn.exchange(req, &Bytes::copy_from_slice(body), idle, addr).await.expect("an answer")
+    }
+
+    #[tokio::test]
+    async fn bodies_framed_every_way_are_read_whole_and_the_connection_kept_when_it_may_be() {
+        let (addr, app) = app(vec![
+            vec![b"HTTP/1.1 201 Created\r\ncontent-length: 5\r\nx-a: 1\r\n\r\nhello"],
+            vec![b"HTTP/1.1 200 OK\r\ncontent-length: 10\r\n\r\n01234", b"56789"],
+            vec![
+                b"HTTP/1.1 100 Continue\r\n\r\n",
+                b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n3;x=1\r\nhel\r\n",
+                b"2\r\nlo\r\n0\r\nx-trailer: 1\r\n\r\n",
+            ],
+            vec![b"HTTP/1.1 200 OK\r\ncontent-length: 5\r\n\r\n"],
+            vec![b"HTTP/1.1 200 OK\r\n\r\nuntil ", b"the close"],
+        ])
+        .await;
+        let idle = IdleConns::default();
+        let first = exchange(&idle, addr, &request(Method::POST, "/p?q=1"), b"abc").await;
+        assert_eq!(first.status(), StatusCode::CREATED);
+        assert_eq!(first.headers()["x-a"], "1");
+        assert_eq!(body_of(first).await.as_deref(), Ok(&b"hello"[..]));
+        let second = exchange(&idle, addr, &request(Method::GET, "/long"), b"").await;
+        assert_eq!(body_of(second).await.as_deref(), Ok(&b"0123456789"[..]));
+        let third = exchange(&idle, addr, &request(Method::PUT, "/chunked"), b"").await;
+        assert_eq!(body_of(third).await.as_deref(), Ok(&b"hello"[..]), "the 100 is skipped, the trailer dropped");
+        let head = exchange(&idle, addr, &request(Method::HEAD, "/head"), b"").await;
+        assert_eq!(head.headers()[header::CONTENT_LENGTH], "5");
+        assert_eq!(body_of(head).await.as_deref(), Ok(&b""[..]), "no body follows a HEAD's answer");
+        let last = exchange(&idle, addr, &request(Method::GET, "/close"), b"").await;
+        assert_eq!(body_of(last).await.as_deref(), Ok(&b"until the close"[..]));
+        assert!(idle.take(addr).0.is_none(), "a body framed by the close leaves no connection");
+        let requests = app.await.expect("the app");
+        // Five requests, one connection: each exchange found the previous one's connection idle.
+        assert_eq!(requests.len(), 5);
+        assert!(requests[0].starts_with("POST /p?q=1 HTTP/1.1\r\n"), "{}", requests[0]);
+        assert!(requests[0].contains("x-req: 1\r\n") && requests[0].ends_with("content-length: 3\r\n\r\nabc"));
+        assert!(requests[2].starts_with("PUT /chunked HTTP/1.1\r\n") && requests[2].contains("content-length: 0\r\n"));
+        assert!(!requests[1].contains("content-length"), "a GET without a body declares none: {}", requests[1]);
+    }
+
+    #[tokio::test]
+    async fn what_the_app_gets_wrong_is_an_error_not_a_guess() {
+        for (answer, what) in [
+            (&b"HTTP/1.1 200 OK\r\ncontent-length: 5\r\ncontent-length: 6\r\n\r\nhello!"[..], "two lengths"),
+            (b"HTTP/1.1 200 OK\r\ncontent-length: -5\r\n\r\n", "a length that is no number"),
+            (b"NOT HTTP\r\n\r\n", "no status line"),
+            (b"HTTP/1.1 101 Switching Protocols\r\nupgrade: x\r\n\r\n", "an upgrade nobody asked for"),
+            (b"HTTP/1.1 200 OK\r\ncontent-length: 5\r\n", "closed in the head"),
+        ] {
+            let (addr, _app) = app(vec![vec![answer]]).await;
+            let conn = AppConn::connect(addr, Duration::from_secs(5)).await.expect("connect");
+            let sent = conn.exchange(&request(Method::GET, "/"), &Bytes::new(), &IdleConns::default(), addr).await;
+            assert!(matches!(sent, Err(ExchangeError::Failed(_))), "{what}: {sent:?}");
+        }
+        for (answer, what) in [
+            (&b"HTTP/1.1 200 OK\r\ncontent-length: 10\r\n\r\nshort"[..], "closed mid-body"),
+            (b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\nzz\r\n", "a chunk size that is no number"),
+            (b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n2\r\nabc\r\n", "a chunk longer than it said"),
+        ] {
+            let (addr, _app) = app(vec![vec![answer]]).await;
+            let idle = IdleConns::default();
+            let resp = exchange(&idle, addr, &request(Method::GET, "/"), b"").await;
+            assert!(body_of(resp).await.is_err(), "{what}");
+            assert!(idle.take(addr).0.is_none(), "{what}: the connection was kept");
+        }
+    }
+
+    #[tokio::test]
+    async fn an_idle_connection_the_app_closed_is_reported_and_not_handed_out() {
+        let (addr, app) = app(vec![vec![b"HTTP/1.1 204 No Content\r\n\r\n"]]).await;
+        let idle = IdleConns::default();
+        let resp = exchange(&idle, addr, &request(Method::DELETE, "/"), b"").await;
+        assert_eq!(resp.status(), StatusCode::NO_CONTENT);
+        // The app closes the connection once its script is done: waited for until it shows.
+        app.await.expect("the app");
+        let shows = tokio::time::timeout(Duration::from_secs(10), async {
+            while sync::lock(&idle.0).get(&addr).and_then(|l| l.last()).is_some_and(|c| still_open(&c.stream)) {
+                tokio::task::yield_now().await;
+            }
+        });
+        shows.await.expect("the app's close reached the idle connection");
+        let (conn, saw_closed) = idle.take(addr);
+        assert!(conn.is_none(), "a closed connection was handed out");
+        assert!(saw_closed, "a closed connection went unreported (the app may have restarted)");
+    }
+
+    #[tokio::test]
+    async fn a_body_that_has_all_arrived_is_taken_and_one_still_arriving_is_left_whole() {
+        let mut empty = Request::new(Body::default());
+        assert_eq!(whole_body(&mut empty), Some(Bytes::new()));
+        let mut whole = Request::new(Full::new(Bytes::from_static(b"abc")).map_err(|never| match never {}).boxed());
+        assert_eq!(whole_body(&mut whole), Some(Bytes::from_static(b"abc")));
+        assert!(whole.body().is_end_stream(), "taken out of the request");
+        let parts = futures::stream::iter([
+            Ok::<_, crate::timed_body::BoxError>(Frame::data(Bytes::from_static(b"ab"))),
+            Ok(Frame::data(Bytes::from_static(b"cd"))),
+        ]);
+        let mut streamed = Request::new(http_body_util::StreamBody::new(parts).boxed());
+        assert_eq!(whole_body(&mut streamed), None);
+        assert_eq!(body_of(Response::new(streamed.into_body())).await.as_deref(), Ok(&b"abcd"[..]));
+    }
+}
