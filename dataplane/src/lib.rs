@@ -18,6 +18,7 @@ pub mod decide;
 pub mod drain;
 pub mod fuzzing;
 pub mod header_budget;
+mod http1;
 pub mod keys;
 pub mod metrics;
 pub mod peer_auth;

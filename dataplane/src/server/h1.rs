@@ -28,10 +28,9 @@ use hyper::body::{Body as _, Frame};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::TcpStream;
 
+use crate::http1::{MAX_HEADERS, content_length, has_token, span, write_field};
 use crate::upstream::Body;
 
-/// Headers in a request this path takes (hyper's own limit: more are a 431 there).
-const MAX_HEADERS: usize = 100;
 /// The largest request (head and body) this path takes; a longer one goes to hyper.
 const MAX_MESSAGE: usize = 64 * 1024;
 /// The largest head read before handing the connection to hyper (which reads up to its own limit).
@@ -152,13 +151,7 @@ pub(crate) fn take_request(buf: &mut BytesMut) -> Result<Option<(Request<Body>, 
     let Some(path) = parsed.path.filter(|p| p.starts_with('/')) else {
         return Err("not origin form");
     };
-    let base = buf.as_ptr() as usize;
-    // Where a parsed slice lies in `buf`: the header values become slices of the same bytes.
-    let span = |s: &[u8]| {
-        let start = s.as_ptr() as usize - base;
-        start..start + s.len()
-    };
-    let path = span(path.as_bytes());
+    let path = span(buf, path.as_bytes());
     let mut body_len = None;
     let mut close = false;
     let mut spans = Vec::with_capacity(parsed.headers.len());
@@ -175,17 +168,14 @@ pub(crate) fn take_request(buf: &mut BytesMut) -> Result<Option<(Request<Body>, 
         } else if name == header::TRANSFER_ENCODING || name == header::EXPECT || name == header::UPGRADE {
             return Err("a body framing, expectation or upgrade of hyper's");
         } else if name == header::CONNECTION {
-            for token in h.value.split(|&b| b == b',').map(<[u8]>::trim_ascii) {
-                if token.eq_ignore_ascii_case(b"close") {
-                    close = true;
-                } else if token.eq_ignore_ascii_case(b"upgrade") {
-                    return Err("an upgrade");
-                }
+            if has_token(h.value, b"upgrade") {
+                return Err("an upgrade");
             }
+            close |= has_token(h.value, b"close");
         }
-        spans.push((name, span(h.value)));
+        spans.push((name, span(buf, h.value)));
     }
-    let body_len = body_len.unwrap_or(0);
+    let body_len = usize::try_from(body_len.unwrap_or(0)).unwrap_or(usize::MAX);
     let total = match head_len.checked_add(body_len) {
         Some(total) if total <= MAX_MESSAGE => total,
         _ => return Err("a long body"),
@@ -230,14 +220,6 @@ fn build(
     Some(req)
 }
 
-/// A `Content-Length` value: digits only (no sign, no list), as hyper reads it.
-fn content_length(value: &[u8]) -> Option<usize> {
-    if value.is_empty() || value.len() > 15 || !value.iter().all(u8::is_ascii_digit) {
-        return None;
-    }
-    value.iter().try_fold(0usize, |n, d| n.checked_mul(10)?.checked_add(usize::from(d - b'0')))
-}
-
 fn full(bytes: Bytes) -> Body {
     Full::new(bytes).map_err(|never| match never {}).boxed()
 }
@@ -278,7 +260,7 @@ async fn write_response(
     let framing = if no_body {
         Framing::None
     } else if let Some(len) = declared {
-        Framing::Length(len as u64)
+        Framing::Length(len)
     } else if let Some(len) = body.size_hint().exact() {
         Framing::Length(len)
     } else {
@@ -294,18 +276,18 @@ async fn write_response(
         if name == header::CONNECTION && close {
             continue;
         }
-        line(out, name.as_str().as_bytes(), value.as_bytes());
+        write_field(out, name.as_str().as_bytes(), value.as_bytes());
     }
     if close {
-        line(out, b"connection", b"close");
+        write_field(out, b"connection", b"close");
     }
     match framing {
-        Framing::Length(len) if declared.is_none() => line(out, b"content-length", len.to_string().as_bytes()),
-        Framing::Chunked => line(out, b"transfer-encoding", b"chunked"),
+        Framing::Length(len) if declared.is_none() => write_field(out, b"content-length", len.to_string().as_bytes()),
+        Framing::Chunked => write_field(out, b"transfer-encoding", b"chunked"),
         _ => {}
     }
     if !parts.headers.contains_key(header::DATE) {
-        date::with(|date| line(out, b"date", date));
+        date::with(|date| write_field(out, b"date", date));
     }
     out.extend_from_slice(b"\r\n");
     if framing == Framing::None {
@@ -377,13 +359,6 @@ async fn write_response(
         _ => {}
     }
     stream.write_all(out).await
-}
-
-fn line(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
-    out.extend_from_slice(name);
-    out.extend_from_slice(b": ");
-    out.extend_from_slice(value);
-    out.extend_from_slice(b"\r\n");
 }
 
 /// The body's next frame if it is ready now, without waiting.

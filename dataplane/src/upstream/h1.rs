@@ -29,9 +29,8 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 use super::{Body, ConnectError};
+use crate::http1::{MAX_HEADERS, content_length, has_token, span, write_field};
 
-/// Headers in a response (hyper's client limit too).
-const MAX_HEADERS: usize = 100;
 /// The longest response head.
 const MAX_HEAD: usize = 64 * 1024;
 /// The longest line of a chunked body's framing (a chunk size with its extensions, a trailer).
@@ -178,10 +177,7 @@ fn write_head(out: &mut Vec<u8>, req: &http::request::Parts, body_len: usize) {
         if name == header::CONTENT_LENGTH || name == header::TRANSFER_ENCODING {
             continue;
         }
-        out.extend_from_slice(name.as_str().as_bytes());
-        out.extend_from_slice(b": ");
-        out.extend_from_slice(value.as_bytes());
-        out.extend_from_slice(b"\r\n");
+        write_field(out, name.as_str().as_bytes(), value.as_bytes());
     }
     if body_len > 0 || matches!(req.method, Method::POST | Method::PUT | Method::PATCH) {
         // Writing to a `Vec` cannot fail.
@@ -220,15 +216,13 @@ fn read_head(buf: &mut BytesMut, head_request: bool) -> Result<Option<Head>, &'s
     };
     let status = parsed.code.and_then(|c| StatusCode::from_u16(c).ok()).ok_or("the app's status is no status")?;
     let mut keep_alive = parsed.version == Some(1);
-    let base = buf.as_ptr() as usize;
     let mut fields = Vec::with_capacity(parsed.headers.len());
     let mut length: Option<u64> = None;
     let mut chunked = None;
     for h in parsed.headers.iter() {
         let name = HeaderName::from_bytes(h.name.as_bytes()).map_err(|_| "a header name http refuses")?;
         if name == header::CONTENT_LENGTH {
-            let value = std::str::from_utf8(h.value).ok().and_then(|v| v.trim().parse::<u64>().ok());
-            match (length, value) {
+            match (length, content_length(h.value)) {
                 (_, None) => return Err("the app's content-length is no number"),
                 (Some(a), Some(b)) if a != b => return Err("the app sent two content-lengths"),
                 (_, value) => length = value,
@@ -237,13 +231,10 @@ fn read_head(buf: &mut BytesMut, head_request: bool) -> Result<Option<Head>, &'s
             // Chunked only when it is the last coding (RFC 9112 §6.3): otherwise until the close.
             let last = h.value.rsplit(|&b| b == b',').next().map(<[u8]>::trim_ascii);
             chunked = Some(last.is_some_and(|c| c.eq_ignore_ascii_case(b"chunked")));
-        } else if name == header::CONNECTION
-            && h.value.split(|&b| b == b',').any(|t| t.trim_ascii().eq_ignore_ascii_case(b"close"))
-        {
+        } else if name == header::CONNECTION && has_token(h.value, b"close") {
             keep_alive = false;
         }
-        let start = h.value.as_ptr() as usize - base;
-        fields.push((name, start..start + h.value.len()));
+        fields.push((name, span(buf, h.value)));
     }
     let no_body = head_request
         || status.is_informational()

@@ -1,0 +1,55 @@
+//! The HTTP/1.1 wire pieces that the data port's own path (`server::h1`) and the app client's
+//! (`upstream::h1`) share: limits, field values read the way hyper reads them, fields written.
+
+use std::ops::Range;
+
+/// Header fields in one message at most (hyper's limit too; more are a 431 from hyper).
+pub const MAX_HEADERS: usize = 100;
+
+/// A `Content-Length` value: digits only (no sign, no list, no spaces), as hyper reads it.
+pub fn content_length(value: &[u8]) -> Option<u64> {
+    if value.is_empty() || value.len() > 15 || !value.iter().all(u8::is_ascii_digit) {
+        return None;
+    }
+    Some(value.iter().fold(0, |n, d| n * 10 + u64::from(d - b'0')))
+}
+
+/// Whether a comma-separated field value (`Connection`) lists `token`, in any case.
+pub fn has_token(value: &[u8], token: &[u8]) -> bool {
+    value.split(|&b| b == b',').any(|t| t.trim_ascii().eq_ignore_ascii_case(token))
+}
+
+/// Where `part`, a slice of `whole` (as httparse hands them out), lies in it: the field values of
+/// a parsed head become slices of the same bytes once they are frozen, without a copy.
+pub fn span(whole: &[u8], part: &[u8]) -> Range<usize> {
+    let start = part.as_ptr() as usize - whole.as_ptr() as usize;
+    start..start + part.len()
+}
+
+/// Appends one header field line.
+pub fn write_field(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
+    out.extend_from_slice(name);
+    out.extend_from_slice(b": ");
+    out.extend_from_slice(value);
+    out.extend_from_slice(b"\r\n");
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lengths_are_digits_only() {
+        assert_eq!(content_length(b"0"), Some(0));
+        assert_eq!(content_length(b"0042"), Some(42));
+        for refused in [&b""[..], b"+5", b"-5", b" 5", b"5,5", b"0x10", b"9999999999999999"] {
+            assert_eq!(content_length(refused), None, "{:?}", String::from_utf8_lossy(refused));
+        }
+    }
+
+    #[test]
+    fn tokens_are_found_in_lists_in_any_case() {
+        assert!(has_token(b"keep-alive, Close", b"close"));
+        assert!(!has_token(b"closed", b"close"));
+    }
+}
