@@ -265,6 +265,47 @@ pub fn http1_request(data: &[u8]) {
     assert_eq!(declared.unwrap_or(Some(0)), body, "the body is not the declared content-length");
 }
 
+/// An app's answer at the app client's HTTP/1.1 path (`upstream::h1`): never a panic; a head it
+/// takes is one httparse reads whole, and the body's framing hands on no more bytes than there
+/// are (nor than a declared length), each step taking some, so a body always ends or waits.
+pub fn app_response(data: &[u8]) {
+    use crate::upstream::h1::{Framing, State, Step, next_step, read_head};
+    for head_request in [false, true] {
+        let mut buf = bytes::BytesMut::from(data);
+        let head = match read_head(&mut buf, head_request) {
+            Ok(Some(head)) => head,
+            Ok(None) => {
+                assert_eq!(&buf[..], data, "bytes taken from a head not whole");
+                continue;
+            }
+            Err(_) => continue,
+        };
+        let used = data.len() - buf.len();
+        let mut headers = [httparse::EMPTY_HEADER; 100];
+        let parsed = httparse::Response::new(&mut headers).parse(data);
+        assert!(
+            matches!(parsed, Ok(httparse::Status::Complete(len)) if len == used),
+            "a head httparse reads otherwise"
+        );
+        let mut state = State::of(head.framing);
+        let mut passed = 0;
+        loop {
+            let before = buf.len();
+            match next_step(&mut state, &mut buf) {
+                Ok(Step::Data(bytes)) => {
+                    assert!(!bytes.is_empty() && buf.len() < before, "a step that took nothing");
+                    passed += bytes.len();
+                }
+                Ok(Step::End | Step::More) | Err(_) => break,
+            }
+        }
+        assert!(passed <= data.len() - used, "more body than bytes");
+        if let Framing::Length(len) = head.framing {
+            assert!(passed as u64 <= len, "more body than its length");
+        }
+    }
+}
+
 /// A route like the ones the proxy seals.
 fn seed_route() -> Route {
     Route {
@@ -427,6 +468,18 @@ mod tests {
         for seed in seeds.chain(findings) {
             let path = seed.expect("a seed").path();
             http1_request(&std::fs::read(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display())));
+        }
+    }
+
+    #[test]
+    fn app_response_seeds_and_findings_hold() {
+        let findings = corpus_dir("app_response").join("../../regressions/app_response");
+        let dir = corpus_dir("app_response");
+        let seeds = std::fs::read_dir(&dir).unwrap_or_else(|e| panic!("{}: {e}", dir.display()));
+        let findings = std::fs::read_dir(&findings).unwrap_or_else(|e| panic!("{}: {e}", findings.display()));
+        for seed in seeds.chain(findings) {
+            let path = seed.expect("a seed").path();
+            app_response(&std::fs::read(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display())));
         }
     }
 

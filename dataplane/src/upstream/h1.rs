@@ -153,12 +153,7 @@ impl AppConn {
                 }
             }
             framing => {
-                let state = match framing {
-                    Framing::Length(len) => State::Length(len),
-                    Framing::Chunked => State::ChunkSize,
-                    Framing::Close => State::UntilClose,
-                };
-                let body = AppBody { conn: Some(self), state, reuse, idle: idle.clone(), addr };
+                let body = AppBody { conn: Some(self), state: State::of(framing), reuse, idle: idle.clone(), addr };
                 *resp.body_mut() = body.boxed();
             }
         }
@@ -188,7 +183,7 @@ fn write_head(out: &mut Vec<u8>, req: &http::request::Parts, body_len: usize) {
 
 /// How a response's body is framed.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Framing {
+pub(crate) enum Framing {
     Length(u64),
     Chunked,
     /// Until the app closes the connection.
@@ -196,17 +191,17 @@ enum Framing {
 }
 
 /// A parsed response head.
-struct Head {
+pub(crate) struct Head {
     status: StatusCode,
     headers: http::HeaderMap,
-    framing: Framing,
+    pub(crate) framing: Framing,
     /// Whether the connection may carry another request.
     keep_alive: bool,
 }
 
 /// The response head at the start of `buf`, taken out of it, with its body's framing as RFC 9112
 /// §6.3 says (`head_request`: the answer to a `HEAD`); `None` while it is not whole.
-fn read_head(buf: &mut BytesMut, head_request: bool) -> Result<Option<Head>, &'static str> {
+pub(crate) fn read_head(buf: &mut BytesMut, head_request: bool) -> Result<Option<Head>, &'static str> {
     let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
     let mut parsed = httparse::Response::new(&mut headers);
     let len = match parsed.parse(buf) {
@@ -308,7 +303,7 @@ fn still_open(stream: &TcpStream) -> bool {
 
 /// Where a streamed body is.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum State {
+pub(crate) enum State {
     /// This many bytes left.
     Length(u64),
     /// A chunk-size line next.
@@ -321,6 +316,17 @@ enum State {
     Trailers,
     UntilClose,
     Done,
+}
+
+impl State {
+    /// Where a body framed so starts.
+    pub(crate) fn of(framing: Framing) -> State {
+        match framing {
+            Framing::Length(len) => State::Length(len),
+            Framing::Chunked => State::ChunkSize,
+            Framing::Close => State::UntilClose,
+        }
+    }
 }
 
 /// A response body read from the app's connection as the client's side asks for it.
@@ -378,6 +384,55 @@ fn chunk_size(line: &[u8]) -> Result<u64, crate::timed_body::BoxError> {
     })
 }
 
+/// What a body's framing makes of the bytes at hand.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum Step {
+    Data(Bytes),
+    /// The body ended (the connection may carry the next response).
+    End,
+    /// More bytes are needed (for [`State::UntilClose`]: or the close, which ends it).
+    More,
+}
+
+/// The next step of a body in `state` over `buf`, taking what it uses out of `buf`. Each step
+/// that does not ask for more takes at least one byte, so a loop over it ends.
+pub(crate) fn next_step(state: &mut State, buf: &mut BytesMut) -> Result<Step, crate::timed_body::BoxError> {
+    loop {
+        match *state {
+            State::Done | State::Length(0) => {
+                *state = State::Done;
+                return Ok(Step::End);
+            }
+            _ if buf.is_empty() => return Ok(Step::More),
+            State::Length(left) => {
+                let n = left.min(buf.len() as u64);
+                *state = State::Length(left - n);
+                return Ok(Step::Data(buf.split_to(n as usize).freeze()));
+            }
+            State::UntilClose => return Ok(Step::Data(buf.split().freeze())),
+            State::ChunkData(left) => {
+                let n = left.min(buf.len() as u64);
+                *state = if left == n { State::ChunkEnd } else { State::ChunkData(left - n) };
+                return Ok(Step::Data(buf.split_to(n as usize).freeze()));
+            }
+            State::ChunkSize | State::ChunkEnd | State::Trailers => {
+                let Some(line) = take_line(buf)? else { return Ok(Step::More) };
+                *state = match *state {
+                    State::ChunkSize => match chunk_size(&line)? {
+                        0 => State::Trailers,
+                        n => State::ChunkData(n),
+                    },
+                    State::ChunkEnd if line.is_empty() => State::ChunkSize,
+                    State::ChunkEnd => return Err(invalid("no line end after a chunk")),
+                    // Trailers are not passed on; the empty line ends the body.
+                    _ if line.is_empty() => State::Done,
+                    other => other,
+                };
+            }
+        }
+    }
+}
+
 impl hyper::body::Body for AppBody {
     type Data = Bytes;
     type Error = crate::timed_body::BoxError;
@@ -386,55 +441,18 @@ impl hyper::body::Body for AppBody {
         let this = &mut *self;
         loop {
             let Some(conn) = this.conn.as_mut() else { return Poll::Ready(None) };
-            // What the framing makes of the bytes at hand.
-            match this.state {
-                State::Done => return Poll::Ready(None),
-                State::Length(0) => {
+            match next_step(&mut this.state, &mut conn.buf) {
+                Ok(Step::Data(data)) => return Poll::Ready(Some(Ok(Frame::data(data)))),
+                Ok(Step::End) => {
                     this.finish();
                     return Poll::Ready(None);
                 }
-                State::Length(left) if !conn.buf.is_empty() => {
-                    let n = left.min(conn.buf.len() as u64);
-                    this.state = State::Length(left - n);
-                    let data = conn.buf.split_to(n as usize).freeze();
-                    if left == n {
-                        this.finish();
-                    }
-                    return Poll::Ready(Some(Ok(Frame::data(data))));
+                Ok(Step::More) => {}
+                Err(e) => {
+                    this.conn = None;
+                    return Poll::Ready(Some(Err(e)));
                 }
-                State::UntilClose if !conn.buf.is_empty() => {
-                    return Poll::Ready(Some(Ok(Frame::data(conn.buf.split().freeze()))));
-                }
-                State::ChunkData(left) if !conn.buf.is_empty() => {
-                    let n = left.min(conn.buf.len() as u64);
-                    this.state = if left == n { State::ChunkEnd } else { State::ChunkData(left - n) };
-                    return Poll::Ready(Some(Ok(Frame::data(conn.buf.split_to(n as usize).freeze()))));
-                }
-                State::ChunkSize | State::ChunkEnd | State::Trailers => match take_line(&mut conn.buf) {
-                    Err(e) => return Poll::Ready(Some(Err(e))),
-                    Ok(Some(line)) => {
-                        this.state = match this.state {
-                            State::ChunkSize => match chunk_size(&line) {
-                                Ok(0) => State::Trailers,
-                                Ok(n) => State::ChunkData(n),
-                                Err(e) => return Poll::Ready(Some(Err(e))),
-                            },
-                            State::ChunkEnd if line.is_empty() => State::ChunkSize,
-                            State::ChunkEnd => return Poll::Ready(Some(Err(invalid("no line end after a chunk")))),
-                            // Trailers are not passed on; the empty line ends the body.
-                            _ if line.is_empty() => {
-                                this.finish();
-                                return Poll::Ready(None);
-                            }
-                            other => other,
-                        };
-                        continue;
-                    }
-                    Ok(None) => {}
-                },
-                _ => {}
             }
-            // More bytes are needed.
             if conn.buf.capacity() - conn.buf.len() < 1024 {
                 conn.buf.reserve(READ_SIZE);
             }
