@@ -389,7 +389,7 @@ impl Proxy {
             AppSender::Http1(conn) => {
                 if !upgrade && let Some(body) = h1::whole_body(&mut req) {
                     let (parts, _) = req.into_parts();
-                    return match conn.exchange(&parts, &body, &self.upstreams.app_idle, self.cfg.app).await {
+                    return match conn.exchange(&parts, &body, &self.upstreams.app_idle).await {
                         Ok(resp) => Ok(resp),
                         Err(h1::ExchangeError::NotSent(_)) => {
                             Err(SendError::NotSent(Box::new(Request::from_parts(parts, full(body)))))

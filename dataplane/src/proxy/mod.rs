@@ -467,7 +467,7 @@ impl Proxy {
                         Ok((sender, waited)) => {
                             if waited && rc.route.is_some() && retries.recheck_app() {
                                 // The app may have restarted and lost its sessions: decide again.
-                                self.upstreams.put_app(self.cfg.app, sender);
+                                self.upstreams.put_app(sender);
                                 continue;
                             }
                             sender
@@ -492,20 +492,20 @@ impl Proxy {
                                 }
                                 Ok(Restored::Done(carried)) => (Route::Restore, Some(carried)),
                                 Ok(Restored::HeldBy(holder)) => {
-                                    self.upstreams.put_app(self.cfg.app, sender);
+                                    self.upstreams.put_app(sender);
                                     tracing::info!(session = %cookie.session, holder = %holder.name, "another member took this session over a moment ago; forwarding there");
                                     let resp =
                                         self.forward_to_holder(req, &holder, &cookie.session, "holder", upgrade).await;
                                     return (Route::Forward, resp);
                                 }
                                 Ok(Restored::ReadBy(reader)) => {
-                                    self.upstreams.put_app(self.cfg.app, sender);
+                                    self.upstreams.put_app(sender);
                                     let resp =
                                         self.forward_to_holder(req, &reader, &cookie.session, "reader", upgrade).await;
                                     return (Route::Forward, resp);
                                 }
                                 Ok(Restored::Refused | Restored::Lost | Restored::Ended) => {
-                                    self.upstreams.put_app(self.cfg.app, sender);
+                                    self.upstreams.put_app(sender);
                                     fresh = Some(rc.dropped());
                                     continue;
                                 }

@@ -10,7 +10,6 @@
 //! within [`MAX_HEAD`] and [`MAX_HEADERS`], one `Content-Length` (or equal copies), chunked bodies
 //! decoded with bounded lines, anything else an error (a 502 for the client).
 
-use std::collections::HashMap;
 use std::io;
 use std::io::Write as _;
 use std::net::SocketAddr;
@@ -88,13 +87,12 @@ impl AppConn {
     }
 
     /// Sends `req` with its whole `body` and reads the response head. The connection goes back
-    /// to `idle` (under `addr`) once its response body was read, unless either side closes it.
+    /// to `idle` once its response body was read, unless either side closes it.
     pub async fn exchange(
         mut self,
         req: &http::request::Parts,
         body: &Bytes,
         idle: &IdleConns,
-        addr: SocketAddr,
     ) -> Result<Response<Body>, ExchangeError> {
         let mut out = Vec::with_capacity(512 + body.len());
         write_head(&mut out, req, body.len());
@@ -114,7 +112,7 @@ impl AppConn {
                         return Err(failed("the app switched protocols unasked"));
                     }
                 }
-                Ok(Some(head)) => return Ok(self.respond(head, idle, addr)),
+                Ok(Some(head)) => return Ok(self.respond(head, idle)),
                 Ok(None) => {
                     if self.buf.len() >= MAX_HEAD {
                         return Err(failed("the app's response head is too long"));
@@ -134,7 +132,7 @@ impl AppConn {
     }
 
     /// The response to `head`, with its body read here when it has all arrived, or streamed.
-    fn respond(mut self, head: Head, idle: &IdleConns, addr: SocketAddr) -> Response<Body> {
+    fn respond(mut self, head: Head, idle: &IdleConns) -> Response<Body> {
         let framing = head.framing;
         let mut resp = Response::new(Body::default());
         *resp.status_mut() = head.status;
@@ -146,14 +144,14 @@ impl AppConn {
                 // The whole body is here (the common case): the connection is free at once.
                 let body = self.buf.split_to(len as usize).freeze();
                 if reuse && self.buf.is_empty() {
-                    idle.put(addr, self);
+                    idle.put(self);
                 }
                 if !body.is_empty() {
                     *resp.body_mut() = Full::new(body).map_err(|never| match never {}).boxed();
                 }
             }
             framing => {
-                let body = AppBody { conn: Some(self), state: State::of(framing), reuse, idle: idle.clone(), addr };
+                let body = AppBody { conn: Some(self), state: State::of(framing), reuse, idle: idle.clone() };
                 *resp.body_mut() = body.boxed();
             }
         }
@@ -254,18 +252,18 @@ pub(crate) fn read_head(buf: &mut BytesMut, head_request: bool) -> Result<Option
     Ok(Some(Head { status, headers: map, framing, keep_alive }))
 }
 
-/// Idle connections by destination, shared with the bodies that give theirs back.
+/// The app's idle connections (a sidecar has one app), shared with the bodies that give theirs
+/// back.
 #[derive(Clone, Default)]
-pub struct IdleConns(Arc<Mutex<HashMap<SocketAddr, Vec<AppConn>>>>);
+pub struct IdleConns(Arc<Mutex<Vec<AppConn>>>);
 
 impl IdleConns {
-    /// An idle connection to `addr` that is still open, and whether any had been closed by the
-    /// other side since they were last used (the process behind may have restarted).
-    pub fn take(&self, addr: SocketAddr) -> (Option<AppConn>, bool) {
+    /// An idle connection that is still open, and whether any had been closed by the other side
+    /// since they were last used (the app may have restarted).
+    pub fn take(&self) -> (Option<AppConn>, bool) {
         let mut idle = sync::lock(&self.0);
-        let Some(list) = idle.get_mut(&addr) else { return (None, false) };
         let mut saw_closed = false;
-        while let Some(conn) = list.pop() {
+        while let Some(conn) = idle.pop() {
             if still_open(&conn.stream) {
                 return (Some(conn), saw_closed);
             }
@@ -274,19 +272,18 @@ impl IdleConns {
         (None, saw_closed)
     }
 
-    /// Keeps `conn` for the next request to `addr`.
-    pub fn put(&self, addr: SocketAddr, mut conn: AppConn) {
+    /// Keeps `conn` for the next request.
+    pub fn put(&self, mut conn: AppConn) {
         conn.reused = true;
         let mut idle = sync::lock(&self.0);
-        let list = idle.entry(addr).or_default();
-        if list.len() < MAX_IDLE {
-            list.push(conn);
+        if idle.len() < MAX_IDLE {
+            idle.push(conn);
         }
     }
 
-    /// Forgets every connection to `addr` (its process died).
-    pub fn forget(&self, addr: SocketAddr) {
-        sync::lock(&self.0).remove(&addr);
+    /// Forgets every connection (the app died).
+    pub fn clear(&self) {
+        sync::lock(&self.0).clear();
     }
 }
 
@@ -336,7 +333,6 @@ struct AppBody {
     state: State,
     reuse: bool,
     idle: IdleConns,
-    addr: SocketAddr,
 }
 
 impl AppBody {
@@ -347,7 +343,7 @@ impl AppBody {
             && self.reuse
             && conn.buf.is_empty()
         {
-            self.idle.put(self.addr, conn);
+            self.idle.put(conn);
         }
     }
 }
@@ -592,11 +588,11 @@ mod tests {
 
     /// An exchange on the idle connection to `addr`, or a new one.
     async fn exchange(idle: &IdleConns, addr: SocketAddr, req: &http::request::Parts, body: &[u8]) -> Response<Body> {
-        let conn = match idle.take(addr).0 {
+        let conn = match idle.take().0 {
             Some(conn) => conn,
             None => AppConn::connect(addr, Duration::from_secs(5)).await.expect("connect"),
         };
-        conn.exchange(req, &Bytes::copy_from_slice(body), idle, addr).await.expect("an answer")
+        conn.exchange(req, &Bytes::copy_from_slice(body), idle).await.expect("an answer")
     }
 
     #[tokio::test]
@@ -627,7 +623,7 @@ mod tests {
         assert_eq!(body_of(head).await.as_deref(), Ok(&b""[..]), "no body follows a HEAD's answer");
         let last = exchange(&idle, addr, &request(Method::GET, "/close"), b"").await;
         assert_eq!(body_of(last).await.as_deref(), Ok(&b"until the close"[..]));
-        assert!(idle.take(addr).0.is_none(), "a body framed by the close leaves no connection");
+        assert!(idle.take().0.is_none(), "a body framed by the close leaves no connection");
         let requests = app.await.expect("the app");
         // Five requests, one connection: each exchange found the previous one's connection idle.
         assert_eq!(requests.len(), 5);
@@ -648,7 +644,7 @@ mod tests {
         ] {
             let (addr, _app) = app(vec![vec![answer]]).await;
             let conn = AppConn::connect(addr, Duration::from_secs(5)).await.expect("connect");
-            let sent = conn.exchange(&request(Method::GET, "/"), &Bytes::new(), &IdleConns::default(), addr).await;
+            let sent = conn.exchange(&request(Method::GET, "/"), &Bytes::new(), &IdleConns::default()).await;
             assert!(matches!(sent, Err(ExchangeError::Failed(_))), "{what}: {sent:?}");
         }
         for (answer, what) in [
@@ -660,7 +656,7 @@ mod tests {
             let idle = IdleConns::default();
             let resp = exchange(&idle, addr, &request(Method::GET, "/"), b"").await;
             assert!(body_of(resp).await.is_err(), "{what}");
-            assert!(idle.take(addr).0.is_none(), "{what}: the connection was kept");
+            assert!(idle.take().0.is_none(), "{what}: the connection was kept");
         }
     }
 
@@ -673,12 +669,12 @@ mod tests {
         // The app closes the connection once its script is done: waited for until it shows.
         app.await.expect("the app");
         let shows = tokio::time::timeout(Duration::from_secs(10), async {
-            while sync::lock(&idle.0).get(&addr).and_then(|l| l.last()).is_some_and(|c| still_open(&c.stream)) {
+            while sync::lock(&idle.0).last().is_some_and(|c| still_open(&c.stream)) {
                 tokio::task::yield_now().await;
             }
         });
         shows.await.expect("the app's close reached the idle connection");
-        let (conn, saw_closed) = idle.take(addr);
+        let (conn, saw_closed) = idle.take();
         assert!(conn.is_none(), "a closed connection was handed out");
         assert!(saw_closed, "a closed connection went unreported (the app may have restarted)");
     }

@@ -98,7 +98,8 @@ pub enum AppSender {
 #[derive(Default)]
 pub struct Upstreams {
     idle: Mutex<HashMap<SocketAddr, Vec<SendRequest<Body>>>>,
-    /// Idle HTTP/1.1 connections to the app.
+    /// Idle HTTP/1.1 connections to the app (`get_app` and `put_app` are called with the one
+    /// app's address).
     pub app_idle: h1::IdleConns,
     /// One h2c connection per destination: HTTP/2 multiplexes every request on it, so a pool
     /// would only add connections the app must accept.
@@ -144,7 +145,7 @@ impl Upstreams {
     ) -> Result<(AppSender, bool), ConnectError> {
         match protocol {
             AppProtocol::Http1 => {
-                let (idle, saw_closed) = self.app_idle.take(addr);
+                let (idle, saw_closed) = self.app_idle.take();
                 let conn = match idle {
                     Some(conn) => conn,
                     None => h1::AppConn::connect(addr, timeout).await?,
@@ -187,9 +188,9 @@ impl Upstreams {
     }
 
     /// Gives back a connection of [`get_app`](Self::get_app) that was not used.
-    pub fn put_app(&self, addr: SocketAddr, sender: AppSender) {
+    pub fn put_app(&self, sender: AppSender) {
         match sender {
-            AppSender::Http1(conn) => self.app_idle.put(addr, conn),
+            AppSender::Http1(conn) => self.app_idle.put(conn),
             // The shared connection stays in the map; this was only a handle on it.
             AppSender::H2(_) => {}
         }
@@ -208,10 +209,10 @@ impl Upstreams {
         }
     }
 
-    /// Forgets every connection to `addr` (its process died).
+    /// Forgets every connection to the app at `addr` (its process died).
     pub fn forget(&self, addr: SocketAddr) {
         sync::lock(&self.idle).remove(&addr);
-        self.app_idle.forget(addr);
+        self.app_idle.clear();
         sync::lock(&self.h2).remove(&addr);
     }
 
