@@ -30,8 +30,8 @@ pub struct BenchArgs {
     /// Concurrent keep-alive connections (one session each).
     #[arg(long, default_value_t = 16)]
     pub connections: usize,
-    /// Rounds per target (interleaved); the median round is reported.
-    #[arg(long, default_value_t = 3)]
+    /// Rounds per target (interleaved, at least one); the median round is reported.
+    #[arg(long, default_value_t = 3, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..))]
     pub rounds: usize,
     /// The nginx binary (Debian: `apt-get install nginx-light`).
     #[arg(long, default_value = "nginx")]
