@@ -530,7 +530,7 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn a_head_in_pieces_is_waited_for_and_a_silent_client_closed_at_the_header_timeout() {
+    async fn a_head_sent_in_two_writes_is_answered_and_an_idle_connection_closed_at_the_header_timeout() {
         let (mut client, server) = pair().await;
         let served = tokio::spawn(async move {
             let (_open, mut closing) = not_closing();
