@@ -1,8 +1,8 @@
 //! The data port's own HTTP/1.1 path for the common request, in the connection's task: the head
 //! parsed once (`httparse`, into the `http` types the proxy works on, header values shared with
 //! the read buffer), the response head written once, with the first body bytes when they are at
-//! hand. It exists for the cost per request: hyper's server dispatch was a third of what the
-//! sidecar spends beyond its own work (`tests/bench/README.md`).
+//! hand. It exists for the cost per request: after the sidecar's own work, hyper's server and
+//! client machinery was the largest part of what a request cost (`tests/bench/README.md`).
 //!
 //! It takes only what has one reading: an HTTP/1.1 request in origin form, with a common method,
 //! at most one `Content-Length` of digits and its whole body already read, no `Transfer-Encoding`,
@@ -225,10 +225,7 @@ fn full(bytes: Bytes) -> Body {
 }
 
 fn wants_close(headers: &http::HeaderMap) -> bool {
-    headers
-        .get_all(header::CONNECTION)
-        .iter()
-        .any(|v| v.as_bytes().split(|&b| b == b',').any(|token| token.trim_ascii().eq_ignore_ascii_case(b"close")))
+    headers.get_all(header::CONNECTION).iter().any(|v| has_token(v.as_bytes(), b"close"))
 }
 
 /// How the response's body is framed on the wire.

@@ -1,9 +1,8 @@
 //! HTTP/1.1 connections to the app written and read by the request's own task: the request head
 //! and its whole body in one write, the response head parsed once (`httparse`, header values
 //! shared with the read buffer), a body already read handed on whole, a longer one streamed from
-//! the connection ([`AppBody`]). No connection task, no channel between it and the request: what
-//! hyper's client cost per request was the largest part of the transport left
-//! (`tests/bench/README.md`). A request with a body still arriving, or an upgrade, goes to hyper's
+//! the connection ([`AppBody`]). No connection task, no channel between it and the request: that
+//! was the largest part of what hyper's client cost per request (`tests/bench/README.md`). A request with a body still arriving, or an upgrade, goes to hyper's
 //! client on the same connection ([`AppConn::into_hyper`]).
 //!
 //! The app is in the pod, but its answers are parsed as carefully as a client's requests: a head
