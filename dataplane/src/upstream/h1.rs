@@ -93,6 +93,12 @@ impl AppConn {
         body: &Bytes,
         idle: &IdleConns,
     ) -> Result<Response<Body>, ExchangeError> {
+        if self.reused && !still_open(&self.stream) {
+            // The app closed it while the request waited (its turn, a check of the app): as
+            // hyper's client does, the request is handed back unsent, to go on a new connection.
+            let closed = io::Error::new(io::ErrorKind::ConnectionReset, "the app closed the idle connection");
+            return Err(ExchangeError::NotSent(closed));
+        }
         let mut out = Vec::with_capacity(512 + body.len());
         write_head(&mut out, req, body.len());
         out.extend_from_slice(body);
@@ -676,6 +682,24 @@ mod tests {
         let (conn, saw_closed) = idle.take();
         assert!(conn.is_none(), "a closed connection was handed out");
         assert!(saw_closed, "a closed connection went unreported (the app may have restarted)");
+    }
+
+    #[tokio::test]
+    async fn a_request_whose_idle_connection_closed_while_it_waited_is_handed_back_unsent() {
+        let (addr, app) = app(vec![vec![b"HTTP/1.1 204 No Content\r\n\r\n"]]).await;
+        let idle = IdleConns::default();
+        drop(exchange(&idle, addr, &request(Method::DELETE, "/"), b"").await);
+        // Taken while open, then closed by the app before the request is written.
+        let conn = idle.take().0.expect("the idle connection");
+        app.await.expect("the app");
+        let closed = tokio::time::timeout(Duration::from_secs(10), async {
+            while still_open(&conn.stream) {
+                tokio::task::yield_now().await;
+            }
+        });
+        closed.await.expect("the app's close reached the connection");
+        let sent = conn.exchange(&request(Method::POST, "/"), &Bytes::from_static(b"x"), &idle).await;
+        assert!(matches!(sent, Err(ExchangeError::NotSent(_))), "{sent:?}");
     }
 
     #[tokio::test]
