@@ -459,28 +459,22 @@ mod tests {
         cookie_body(b"s");
     }
 
-    #[test]
-    fn http1_seeds_and_findings_hold() {
-        let findings = corpus_dir("http1_request").join("../../regressions/http1_request");
-        let dir = corpus_dir("http1_request");
-        let seeds = std::fs::read_dir(&dir).unwrap_or_else(|e| panic!("{}: {e}", dir.display()));
-        let findings = std::fs::read_dir(&findings).unwrap_or_else(|e| panic!("{}: {e}", findings.display()));
-        for seed in seeds.chain(findings) {
-            let path = seed.expect("a seed").path();
-            http1_request(&std::fs::read(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display())));
-        }
+    /// Every committed input of `target`: its seeds and the findings kept as regressions.
+    fn committed_inputs(target: &str) -> Vec<Vec<u8>> {
+        let dirs = [corpus_dir(target), corpus_dir(target).join("../../regressions").join(target)];
+        dirs.iter()
+            .flat_map(|dir| std::fs::read_dir(dir).unwrap_or_else(|e| panic!("{}: {e}", dir.display())))
+            .map(|entry| {
+                let path = entry.expect("an input").path();
+                std::fs::read(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+            })
+            .collect()
     }
 
     #[test]
-    fn app_response_seeds_and_findings_hold() {
-        let findings = corpus_dir("app_response").join("../../regressions/app_response");
-        let dir = corpus_dir("app_response");
-        let seeds = std::fs::read_dir(&dir).unwrap_or_else(|e| panic!("{}: {e}", dir.display()));
-        let findings = std::fs::read_dir(&findings).unwrap_or_else(|e| panic!("{}: {e}", findings.display()));
-        for seed in seeds.chain(findings) {
-            let path = seed.expect("a seed").path();
-            app_response(&std::fs::read(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display())));
-        }
+    fn the_http1_targets_committed_inputs_hold() {
+        committed_inputs("http1_request").iter().for_each(|input| http1_request(input));
+        committed_inputs("app_response").iter().for_each(|input| app_response(input));
     }
 
     #[test]
