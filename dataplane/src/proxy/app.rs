@@ -58,6 +58,10 @@ struct StateAnswer {
     body: Bytes,
 }
 
+/// Marks a request sent again after the app closed its connection without answering it.
+#[derive(Clone, Copy)]
+struct SentUnanswered;
+
 /// Why a request handed to the app got no response.
 enum SendError {
     /// The app's connection closed before the request was sent: route it again.
@@ -388,10 +392,17 @@ impl Proxy {
         let sent = match sender {
             AppSender::Http1(conn) => {
                 if !upgrade && let Some(body) = h1::whole_body(&mut req) {
-                    let (parts, _) = req.into_parts();
+                    let (mut parts, _) = req.into_parts();
                     return match conn.exchange(&parts, &body, &self.upstreams.app_idle).await {
                         Ok(resp) => Ok(resp),
                         Err(h1::ExchangeError::NotSent(_)) => {
+                            Err(SendError::NotSent(Box::new(Request::from_parts(parts, full(body)))))
+                        }
+                        // Sent again once: an app that closes on this very request must not
+                        // see it over and over.
+                        Err(h1::ExchangeError::Unanswered(e)) if parts.extensions.get::<SentUnanswered>().is_none() => {
+                            tracing::debug!(error = %e, method = %parts.method, "the app closed a kept-alive connection without answering; sending the request again");
+                            parts.extensions.insert(SentUnanswered);
                             Err(SendError::NotSent(Box::new(Request::from_parts(parts, full(body)))))
                         }
                         Err(e) => Err(SendError::Failed(e.to_string())),

@@ -50,9 +50,14 @@ pub struct AppConn {
 /// Why an exchange failed.
 #[derive(Debug, thiserror::Error)]
 pub enum ExchangeError {
-    /// The app's connection was closed before it took the request: it may be sent again.
+    /// The app's connection was closed before the request was written: it may be sent again.
     #[error("the connection was closed before the request was written: {0}")]
     NotSent(io::Error),
+    /// An idempotent request (RFC 9110 §9.2.2) on a reused connection that the app closed without
+    /// a byte of answer — most often its idle timeout meeting the request (Node's is 5 s): it may
+    /// be sent again once, as nginx's `proxy_next_upstream` does.
+    #[error("the app closed a kept-alive connection without answering: {0}")]
+    Unanswered(io::Error),
     #[error("{0}")]
     Failed(io::Error),
 }
@@ -108,6 +113,9 @@ impl AppConn {
             return Err(if self.reused { ExchangeError::NotSent(e) } else { ExchangeError::Failed(e) });
         }
         let head_request = req.method == Method::HEAD;
+        // Whether any byte of an answer came: a kept-alive connection the app closes just as a
+        // request is written to it (its idle timeout: Node's is 5 s) ends with none.
+        let mut answered = false;
         loop {
             match read_head(&mut self.buf, head_request) {
                 Ok(Some(head)) if head.status.is_informational() => {
@@ -125,11 +133,24 @@ impl AppConn {
                     if self.buf.capacity() - self.buf.len() < 1024 {
                         self.buf.reserve(READ_SIZE);
                     }
-                    match self.stream.read_buf(&mut self.buf).await {
-                        Ok(0) => return Err(failed("the app closed the connection before answering")),
-                        Ok(_) => {}
-                        Err(e) => return Err(ExchangeError::Failed(e)),
-                    }
+                    let closed = match self.stream.read_buf(&mut self.buf).await {
+                        Ok(0) => io::Error::new(
+                            io::ErrorKind::UnexpectedEof,
+                            "the app closed the connection before answering",
+                        ),
+                        Ok(_) => {
+                            answered = true;
+                            continue;
+                        }
+                        Err(e) => e,
+                    };
+                    // Any request but an idempotent one on a reused connection may have been
+                    // acted on: it fails.
+                    return Err(if self.reused && !answered && req.method.is_idempotent() {
+                        ExchangeError::Unanswered(closed)
+                    } else {
+                        ExchangeError::Failed(closed)
+                    });
                 }
                 Err(why) => return Err(failed(why)),
             }
@@ -700,6 +721,26 @@ mod tests {
         closed.await.expect("the app's close reached the connection");
         let sent = conn.exchange(&request(Method::POST, "/"), &Bytes::from_static(b"x"), &idle).await;
         assert!(matches!(sent, Err(ExchangeError::NotSent(_))), "{sent:?}");
+    }
+
+    #[tokio::test]
+    async fn an_idempotent_request_the_app_closed_on_unanswered_goes_again_and_any_other_fails() {
+        for (method, again) in [(Method::GET, true), (Method::PUT, true), (Method::POST, false), (Method::PATCH, false)]
+        {
+            // The app answers one request, reads the second and closes without a byte of answer.
+            let (addr, app) = app(vec![vec![b"HTTP/1.1 204 No Content\r\n\r\n"], vec![]]).await;
+            let idle = IdleConns::default();
+            drop(exchange(&idle, addr, &request(Method::DELETE, "/"), b"").await);
+            let conn = idle.take().0.expect("the kept connection");
+            let sent = conn.exchange(&request(method.clone(), "/second"), &Bytes::new(), &idle).await;
+            match sent {
+                Err(ExchangeError::Unanswered(_)) => assert!(again, "{method} would be sent twice"),
+                Err(ExchangeError::Failed(_)) => assert!(!again, "{method} was not sent again"),
+                Err(ExchangeError::NotSent(e)) => panic!("{method}: written, yet reported unsent: {e}"),
+                Ok(resp) => panic!("{method}: an answer from a closed connection: {resp:?}"),
+            }
+            assert_eq!(app.await.expect("the app").len(), 2, "the app read the second request");
+        }
     }
 
     #[tokio::test]
