@@ -32,7 +32,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use http::{Request, StatusCode};
-use http_body_util::{BodyExt, Full};
 
 use crate::proxy::{HandedOver, Proxy};
 use crate::upstream::Body;
@@ -47,7 +46,7 @@ const POLL: Duration = Duration::from_millis(100);
 pub const HANDOVER_AT_ONCE: usize = 16;
 
 fn text(status: StatusCode, body: String) -> http::Response<Body> {
-    let mut resp = http::Response::new(Full::new(bytes::Bytes::from(body)).map_err(|never| match never {}).boxed());
+    let mut resp = http::Response::new(crate::upstream::full(body));
     *resp.status_mut() = status;
     resp
 }

@@ -39,7 +39,6 @@ use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use bytes::Bytes;
 use http::{Method, Request, Response, StatusCode, header};
-use http_body_util::{BodyExt, Full};
 use serde::{Deserialize, Serialize};
 
 use handover_common::sync;
@@ -47,7 +46,7 @@ use handover_dataplane::proxy::{
     FORMAT_HEADER, INSTANCE_HEADER, READS_HEADER, ROTATE_HEADER, SESSION_HEADER, STATE_HEADER,
 };
 use handover_dataplane::server::ConnLimits;
-use handover_dataplane::upstream::{Body, read_at_most};
+use handover_dataplane::upstream::{Body, full, read_at_most};
 
 #[derive(clap::Args, Debug, Clone)]
 pub struct DemoAppArgs {
@@ -131,7 +130,7 @@ fn query_number<B>(req: &Request<B>, name: &str) -> usize {
 }
 
 fn reply(status: StatusCode, body: impl Into<Bytes>) -> Response<Body> {
-    let mut resp = Response::new(Full::new(body.into()).map_err(|never| match never {}).boxed());
+    let mut resp = Response::new(full(body));
     *resp.status_mut() = status;
     resp
 }

@@ -22,10 +22,9 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use bytes::Bytes;
 use http::header::{self, HeaderValue};
 use http::{Request, Response, StatusCode};
-use http_body_util::{BodyExt, Full};
+use http_body_util::BodyExt;
 
 pub use app::INSTANCE_HEADER;
 pub use backup::HandedOver;
@@ -40,7 +39,7 @@ use crate::metrics::{BadRequest, Metrics, Route};
 use crate::peer_probe::Liveness;
 use crate::registry::{Member, Registry};
 use crate::timed_body::{BodyLimits, TimedBody};
-use crate::upstream::{Body, Upstreams};
+use crate::upstream::{Body, Upstreams, full};
 use app::Served;
 use handover_common::sync;
 use headers::{append_forwarded_for, is_upgrade, strip_hop_by_hop};
@@ -209,15 +208,10 @@ fn unix_now() -> u64 {
 }
 
 fn text_response(status: StatusCode, text: impl Into<String>) -> Response<Body> {
-    let body = Full::new(Bytes::from(text.into())).map_err(|never| match never {}).boxed();
-    let mut resp = Response::new(body);
+    let mut resp = Response::new(full(text.into()));
     *resp.status_mut() = status;
     resp.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain; charset=utf-8"));
     resp
-}
-
-fn full(bytes: impl Into<Bytes>) -> Body {
-    Full::new(bytes.into()).map_err(|never| match never {}).boxed()
 }
 
 impl Proxy {

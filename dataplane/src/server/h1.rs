@@ -23,13 +23,13 @@ use std::time::Duration;
 use bytes::{Bytes, BytesMut};
 use http::header::{self, HeaderName, HeaderValue};
 use http::{Method, Request, Response, StatusCode, Uri, Version};
-use http_body_util::{BodyExt, Full};
+use http_body_util::BodyExt;
 use hyper::body::{Body as _, Frame};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::TcpStream;
 
 use crate::http1::{MAX_HEADERS, content_length, has_token, span, write_field};
-use crate::upstream::Body;
+use crate::upstream::{Body, full};
 
 /// The largest request (head and body) this path takes; a longer one goes to hyper.
 const MAX_MESSAGE: usize = 64 * 1024;
@@ -218,10 +218,6 @@ fn build(
         map.append(name, HeaderValue::from_maybe_shared(message.slice(value)).ok()?);
     }
     Some(req)
-}
-
-fn full(bytes: Bytes) -> Body {
-    Full::new(bytes).map_err(|never| match never {}).boxed()
 }
 
 fn wants_close(headers: &http::HeaderMap) -> bool {

@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use http::{Request, Response, StatusCode};
-use http_body_util::{BodyExt, Full};
+use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
@@ -20,7 +20,7 @@ use tokio::net::TcpListener;
 use prometheus_client::metrics::counter::Counter;
 
 use crate::proxy::Proxy;
-use crate::upstream::Body;
+use crate::upstream::{Body, full};
 
 /// Largest request head hyper reads; the proxy refuses heads over its own, smaller limit with a
 /// clear 431 (and a metric) before hyper's hard limit is reached.
@@ -155,7 +155,7 @@ pub async fn serve<H, F>(
 }
 
 fn text(status: StatusCode, body: impl Into<Bytes>) -> Response<Body> {
-    let mut resp = Response::new(Full::new(body.into()).map_err(|never| match never {}).boxed());
+    let mut resp = Response::new(full(body));
     *resp.status_mut() = status;
     resp
 }
@@ -221,7 +221,7 @@ mod tests {
     async fn echo(req: Request<Body>, _: std::net::SocketAddr) -> Response<Body> {
         let line = format!("{} {} ", req.method(), req.uri());
         let body = crate::upstream::read_at_most(req.into_body(), 1 << 20).await.unwrap_or_default();
-        Response::new(Full::new(Bytes::from([line.as_bytes(), &body].concat())).map_err(|never| match never {}).boxed())
+        Response::new(full([line.as_bytes(), &body].concat()))
     }
 
     /// `request` sent on one connection to a listener serving `echo`: everything answered until

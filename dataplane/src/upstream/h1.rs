@@ -21,7 +21,7 @@ use bytes::{Bytes, BytesMut};
 use handover_common::sync;
 use http::header::{self, HeaderName, HeaderValue};
 use http::{Method, Request, Response, StatusCode, Version};
-use http_body_util::{BodyExt, Full};
+use http_body_util::BodyExt;
 use hyper::body::{Frame, SizeHint};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -173,7 +173,7 @@ impl AppConn {
                     idle.put(self);
                 }
                 if !body.is_empty() {
-                    *resp.body_mut() = Full::new(body).map_err(|never| match never {}).boxed();
+                    *resp.body_mut() = super::full(body);
                 }
             }
             framing => {
@@ -747,7 +747,7 @@ mod tests {
     async fn a_body_that_has_all_arrived_is_taken_and_one_still_arriving_is_left_whole() {
         let mut empty = Request::new(Body::default());
         assert_eq!(whole_body(&mut empty), Some(Bytes::new()));
-        let mut whole = Request::new(Full::new(Bytes::from_static(b"abc")).map_err(|never| match never {}).boxed());
+        let mut whole = Request::new(super::super::full(Bytes::from_static(b"abc")));
         assert_eq!(whole_body(&mut whole), Some(Bytes::from_static(b"abc")));
         assert!(whole.body().is_end_stream(), "taken out of the request");
         let parts = futures::stream::iter([

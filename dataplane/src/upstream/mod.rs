@@ -23,6 +23,12 @@ pub mod h1;
 /// The body type the proxy sends and returns.
 pub type Body = BoxBody<Bytes, crate::timed_body::BoxError>;
 
+/// A body of these bytes, whole.
+pub fn full(bytes: impl Into<Bytes>) -> Body {
+    use http_body_util::BodyExt;
+    http_body_util::Full::new(bytes.into()).map_err(|never| match never {}).boxed()
+}
+
 /// A body of at most `limit` bytes. (Not `Limited`: its generic error conversion trips the
 /// compiler's `Send` check of the futures that call it on a `Body`.)
 pub async fn read_at_most(mut body: Body, limit: usize) -> Result<Vec<u8>, String> {
