@@ -26,6 +26,13 @@ pub fn span(whole: &[u8], part: &[u8]) -> Range<usize> {
     start..start + part.len()
 }
 
+/// Whether a response has no body whatever its fields say (RFC 9112 §6.3): the answer to a
+/// `HEAD`, a 1xx, 204 or 304.
+pub fn without_body(status: http::StatusCode, head_request: bool) -> bool {
+    use http::StatusCode;
+    head_request || status.is_informational() || status == StatusCode::NO_CONTENT || status == StatusCode::NOT_MODIFIED
+}
+
 /// Appends one header field line.
 pub fn write_field(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
     out.extend_from_slice(name);

@@ -22,13 +22,13 @@ use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 use http::header::{self, HeaderName, HeaderValue};
-use http::{Method, Request, Response, StatusCode, Uri, Version};
+use http::{Method, Request, Response, Uri, Version};
 use http_body_util::BodyExt;
 use hyper::body::{Body as _, Frame};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::TcpStream;
 
-use crate::http1::{MAX_HEADERS, content_length, has_token, span, write_field};
+use crate::http1::{MAX_HEADERS, content_length, has_token, span, without_body, write_field};
 use crate::upstream::{Body, full};
 
 /// The largest request (head and body) this path takes; a longer one goes to hyper.
@@ -246,11 +246,7 @@ async fn write_response(
     // The framing is this connection's: the proxy strips the app's, and picks none of its own.
     parts.headers.remove(header::TRANSFER_ENCODING);
     let declared = parts.headers.get(header::CONTENT_LENGTH).and_then(|v| content_length(v.as_bytes()));
-    let no_body = head_request
-        || parts.status.is_informational()
-        || parts.status == StatusCode::NO_CONTENT
-        || parts.status == StatusCode::NOT_MODIFIED;
-    let framing = if no_body {
+    let framing = if without_body(parts.status, head_request) {
         Framing::None
     } else if let Some(len) = declared {
         Framing::Length(len)
@@ -428,6 +424,7 @@ impl AsyncWrite for Rewind {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use http::StatusCode;
     use tokio::net::TcpListener;
 
     /// A connected pair: the test's client end, and the server end this path serves.

@@ -27,7 +27,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 use super::{Body, ConnectError};
-use crate::http1::{MAX_HEADERS, content_length, has_token, span, write_field};
+use crate::http1::{MAX_HEADERS, content_length, has_token, span, without_body, write_field};
 
 /// The longest response head.
 const MAX_HEAD: usize = 64 * 1024;
@@ -255,12 +255,8 @@ pub(crate) fn read_head(buf: &mut BytesMut, head_request: bool) -> Result<Option
         }
         fields.push((name, span(buf, h.value)));
     }
-    let no_body = head_request
-        || status.is_informational()
-        || status == StatusCode::NO_CONTENT
-        || status == StatusCode::NOT_MODIFIED;
     let framing = match (chunked, length) {
-        _ if no_body => Framing::Length(0),
+        _ if without_body(status, head_request) => Framing::Length(0),
         (Some(true), _) => Framing::Chunked,
         (Some(false), _) => Framing::Close,
         (None, Some(len)) => Framing::Length(len),
