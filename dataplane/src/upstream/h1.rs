@@ -79,15 +79,7 @@ impl AppConn {
         self,
         addr: SocketAddr,
     ) -> Result<hyper::client::conn::http1::SendRequest<Body>, ConnectError> {
-        let (sender, conn) = hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(self.stream))
-            .await
-            .map_err(|e| ConnectError::Handshake(addr, e))?;
-        tokio::spawn(async move {
-            if let Err(e) = conn.with_upgrades().await {
-                tracing::debug!(%addr, error = %e, "upstream connection ended");
-            }
-        });
-        Ok(sender)
+        super::hyper_http1(self.stream, addr).await
     }
 
     /// Sends `req` with its whole `body` and reads the response head. The connection goes back

@@ -71,6 +71,19 @@ async fn connect(addr: SocketAddr, timeout: Duration) -> Result<TcpStream, Conne
     Ok(stream)
 }
 
+/// hyper's HTTP/1.1 client on `stream` (to `addr`), its connection driven by a task of its own.
+async fn hyper_http1(stream: TcpStream, addr: SocketAddr) -> Result<SendRequest<Body>, ConnectError> {
+    let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+        .await
+        .map_err(|e| ConnectError::Handshake(addr, e))?;
+    tokio::spawn(async move {
+        if let Err(e) = conn.with_upgrades().await {
+            tracing::debug!(%addr, error = %e, "upstream connection ended");
+        }
+    });
+    Ok(sender)
+}
+
 /// How the sidecar speaks to the app's client port (`--app-protocol`).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum AppProtocol {
@@ -115,34 +128,14 @@ pub struct Upstreams {
 impl Upstreams {
     /// A connection ready for one request: an idle one, or a new one within `timeout`.
     pub async fn get(&self, addr: SocketAddr, timeout: Duration) -> Result<SendRequest<Body>, ConnectError> {
-        self.get_noting_closed(addr, timeout).await.map(|(sender, _)| sender)
-    }
-
-    /// Like [`get`](Self::get), and says whether idle connections to `addr` had been closed by
-    /// the other side since they were last used (a sign that the process behind may have restarted).
-    pub async fn get_noting_closed(
-        &self,
-        addr: SocketAddr,
-        timeout: Duration,
-    ) -> Result<(SendRequest<Body>, bool), ConnectError> {
-        let (idle, saw_closed) = self.take_idle(addr);
-        if let Some(sender) = idle {
-            return Ok((sender, saw_closed));
+        if let Some(sender) = self.take_idle(addr) {
+            return Ok(sender);
         }
-        let stream = connect(addr, timeout).await?;
-        let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
-            .await
-            .map_err(|e| ConnectError::Handshake(addr, e))?;
-        tokio::spawn(async move {
-            if let Err(e) = conn.with_upgrades().await {
-                tracing::debug!(%addr, error = %e, "upstream connection ended");
-            }
-        });
-        Ok((sender, saw_closed))
+        hyper_http1(connect(addr, timeout).await?, addr).await
     }
 
     /// A connection to the app at `addr` in `protocol`, and whether a connection to it had been
-    /// closed by the other side since it was last used (see [`get_noting_closed`](Self::get_noting_closed)).
+    /// closed by the other side since it was last used (a sign that the app may have restarted).
     pub async fn get_app(
         &self,
         addr: SocketAddr,
@@ -215,20 +208,18 @@ impl Upstreams {
         }
     }
 
-    /// Forgets every connection to the app at `addr` (its process died).
+    /// Forgets every connection to the app at `addr` (its process died). (hyper's idle list
+    /// holds none: the app's HTTP/1.1 connections are in `app_idle`.)
     pub fn forget(&self, addr: SocketAddr) {
-        sync::lock(&self.idle).remove(&addr);
         self.app_idle.clear();
         sync::lock(&self.h2).remove(&addr);
     }
 
-    fn take_idle(&self, addr: SocketAddr) -> (Option<SendRequest<Body>>, bool) {
+    fn take_idle(&self, addr: SocketAddr) -> Option<SendRequest<Body>> {
         let mut idle = sync::lock(&self.idle);
-        let Some(list) = idle.get_mut(&addr) else { return (None, false) };
-        let before = list.len();
+        let list = idle.get_mut(&addr)?;
         list.retain(|s| !s.is_closed());
-        let saw_closed = list.len() < before;
-        let ready = list.iter().position(|s| s.is_ready());
-        (ready.map(|i| list.swap_remove(i)), saw_closed)
+        let ready = list.iter().position(|s| s.is_ready())?;
+        Some(list.swap_remove(ready))
     }
 }
