@@ -291,7 +291,8 @@ async fn sigterm_ends_the_sidecar_in_time_whatever_its_requests_do() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_connection_that_never_sends_a_byte_is_closed_after_the_header_timeout() {
-    // HTTP/1.1 or HTTP/2 is told by the first bytes: the wait for them has the head's limit too.
+    // The wait for the first bytes (HTTP/1.1 or HTTP/2 is told by them) counts toward the header
+    // timeout, from the accept.
     let pool = pool_with(1, &["--header-timeout", "300ms"], &[]).await;
     let mut silent = TcpStream::connect(pool.pods[0].data()).await.expect("connect");
     let mut buf = [0u8; 16];

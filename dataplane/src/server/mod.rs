@@ -97,18 +97,9 @@ pub async fn serve<H, F>(
                 let mut closing = closing.clone();
                 let header_timeout = limits.header_timeout;
                 tokio::spawn(async move {
-                    // Which protocol is told by the first bytes, and hyper waits for them without
-                    // a limit: a connection that sends nothing is closed after the header timeout.
-                    let mut first = [0u8; 1];
-                    let first_bytes = tokio::select! {
-                        peeked = tokio::time::timeout(header_timeout, stream.peek(&mut first)) => matches!(peeked, Ok(Ok(1..))),
-                        _ = closing.changed() => false,
-                    };
-                    if !first_bytes {
-                        drop(slot);
-                        drop(open);
-                        return;
-                    }
+                    // The HTTP/1.1 path reads first, so a connection that sends nothing, or no
+                    // whole head, is closed at the header timeout counted from its accept (as
+                    // nginx's `client_header_timeout`); hyper gets only connections that sent bytes.
                     let rest = match h1::serve(stream, client, &handle, header_timeout, &mut closing).await {
                         h1::Outcome::Closed => {
                             drop(slot);
