@@ -35,6 +35,9 @@ const MAX_HEAD: usize = 64 * 1024;
 const MAX_CHUNK_LINE: usize = 4 * 1024;
 /// Bytes read from the app at a time while streaming a body.
 const READ_SIZE: usize = 16 * 1024;
+/// The room a read for a response head starts with: a head carrying a pushed state of a few KB
+/// arrives in one read and is parsed once (with 1 KB, one in two or three was read in two parts).
+const HEAD_ROOM: usize = 8 * 1024;
 /// Idle connections kept per destination.
 const MAX_IDLE: usize = 64;
 
@@ -122,7 +125,8 @@ impl AppConn {
                     if self.buf.len() >= MAX_HEAD {
                         return Err(failed("the app's response head is too long"));
                     }
-                    if self.buf.capacity() - self.buf.len() < 1024 {
+                    if self.buf.capacity() - self.buf.len() < HEAD_ROOM {
+                        // Reuses the buffer when the responses read into it are gone.
                         self.buf.reserve(READ_SIZE);
                     }
                     let closed = match self.stream.read_buf(&mut self.buf).await {
