@@ -34,8 +34,7 @@
 //! The kind is bound too, so a state value never opens as a route. A state binds its session and
 //! version: chunks an older response left behind never pass for the route's state.
 
-use base64::Engine;
-use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use base64_simd::URL_SAFE_NO_PAD;
 
 use crate::keys::KeyRing;
 use crate::xchacha::{NONCE_LEN, TAG_LEN};
@@ -170,7 +169,7 @@ fn seal_value(kind: u8, body: &[u8], pool: &str, ring: &KeyRing) -> String {
     out.extend_from_slice(body);
     let tag = key.cipher.seal_in_place(&nonce, &ad, &mut out[HEADER_LEN + NONCE_LEN..]);
     out.extend_from_slice(&tag);
-    URL_SAFE_NO_PAD.encode(out)
+    URL_SAFE_NO_PAD.encode_to_string(out)
 }
 
 fn associated_data(header: &[u8], kind: u8, pool: &str) -> Vec<u8> {
@@ -182,7 +181,7 @@ fn associated_data(header: &[u8], kind: u8, pool: &str) -> Vec<u8> {
 }
 
 fn open_value(kind: u8, value: &str, pool: &str, ring: &KeyRing) -> Result<Vec<u8>, CookieError> {
-    let mut raw = URL_SAFE_NO_PAD.decode(value.trim()).map_err(|_| CookieError::Garbage)?;
+    let mut raw = URL_SAFE_NO_PAD.decode_to_vec(value.trim()).map_err(|_| CookieError::Garbage)?;
     if raw.len() < HEADER_LEN + NONCE_LEN + TAG_LEN {
         return Err(CookieError::Garbage);
     }
@@ -546,9 +545,12 @@ mod tests {
         // Truncated: drop the last characters (the tag).
         let cut = (value.len() - 8) / 4 * 4;
         assert_eq!(open_route(&value[..cut], "p", &keys, 0), Err(CookieError::Tampered));
-        let mut raw = URL_SAFE_NO_PAD.decode(&value).expect("base64");
+        let mut raw = URL_SAFE_NO_PAD.decode_to_vec(&value).expect("base64");
         raw[0] = 2;
-        assert_eq!(open_route(&URL_SAFE_NO_PAD.encode(&raw), "p", &keys, 0), Err(CookieError::UnsupportedVersion(2)));
+        assert_eq!(
+            open_route(&URL_SAFE_NO_PAD.encode_to_string(&raw), "p", &keys, 0),
+            Err(CookieError::UnsupportedVersion(2))
+        );
     }
 
     #[test]
@@ -782,7 +784,7 @@ mod tests {
         #[test]
         fn garbage_never_opens_as_a_route_or_a_state(raw in proptest::collection::vec(any::<u8>(), 0..400)) {
             let keys = ring(&[1]);
-            let value = URL_SAFE_NO_PAD.encode(&raw);
+            let value = URL_SAFE_NO_PAD.encode_to_string(&raw);
             prop_assert!(open_route(&value, "p", &keys, 0).is_err());
             prop_assert!(open_state(&value, &route(1, 1, 1), "p", &keys, 1000).is_err());
         }
@@ -792,12 +794,36 @@ mod tests {
             let keys = ring(&[1]);
             let r = route(1, 1, 10);
             let value = if state { seal_state("s-1", 1, b"some state", "p", &keys) } else { seal_route(&r, "p", &keys) };
-            let mut raw = URL_SAFE_NO_PAD.decode(&value).expect("b64");
+            let mut raw = URL_SAFE_NO_PAD.decode_to_vec(&value).expect("b64");
             let i = index % raw.len();
             raw[i] ^= 1 << bit;
-            let flipped = URL_SAFE_NO_PAD.encode(&raw);
+            let flipped = URL_SAFE_NO_PAD.encode_to_string(&raw);
             prop_assert!(open_route(&flipped, "p", &keys, 0).is_err());
             prop_assert!(open_state(&flipped, &r, "p", &keys, 1000).is_err());
+        }
+
+        /// Cookies and pushed states were encoded and decoded with the `base64` crate before: a
+        /// pool whose pods run both builds (a rolling upgrade) must read each other's values, and
+        /// a value refused before is refused now (padding, other alphabets, a stray byte, a
+        /// length no encoding has, non-zero trailing bits).
+        #[test]
+        fn base64url_is_the_base64_crate_s(
+            raw in proptest::collection::vec(any::<u8>(), 0..300),
+            text in "[A-Za-z0-9_=+/. -]{0,80}",
+            stray in any::<u8>(),
+            at in any::<usize>(),
+        ) {
+            use base64::Engine as _;
+            let before = base64::engine::general_purpose::URL_SAFE_NO_PAD;
+            prop_assert_eq!(URL_SAFE_NO_PAD.encode_to_string(&raw), before.encode(&raw));
+            let mut mangled = before.encode(&raw).into_bytes();
+            if !mangled.is_empty() {
+                let i = at % mangled.len();
+                mangled[i] = stray;
+            }
+            for input in [text.as_bytes(), &mangled] {
+                prop_assert_eq!(URL_SAFE_NO_PAD.decode_to_vec(input).ok(), before.decode(input).ok());
+            }
         }
     }
 }

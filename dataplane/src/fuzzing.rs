@@ -9,8 +9,7 @@
 
 use std::sync::LazyLock;
 
-use base64::Engine;
-use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use base64_simd::URL_SAFE_NO_PAD;
 use handover_common::keyfile;
 use http::{HeaderMap, HeaderValue, header};
 
@@ -126,7 +125,7 @@ pub fn check_cookie_header(decoded: &Decoded) {
 /// real seal so that it follows cookie.rs.
 fn seal_header() -> [u8; 9] {
     static HEADER: LazyLock<[u8; 9]> = LazyLock::new(|| {
-        let sealed = URL_SAFE_NO_PAD.decode(cookie::seal_route(&seed_route(), POOL, &RING)).unwrap_or_default();
+        let sealed = URL_SAFE_NO_PAD.decode_to_vec(cookie::seal_route(&seed_route(), POOL, &RING)).unwrap_or_default();
         sealed.get(..9).and_then(|h| h.try_into().ok()).unwrap_or_else(|| panic!("cookie::seal_route wrote no header"))
     });
     *HEADER
@@ -150,12 +149,12 @@ pub fn seal_body(kind: u8, body: &[u8]) -> String {
     out.extend_from_slice(&nonce);
     out.extend_from_slice(&sealed);
     out.extend_from_slice(&tag);
-    URL_SAFE_NO_PAD.encode(out)
+    URL_SAFE_NO_PAD.encode_to_string(out)
 }
 
 /// The body inside a value of `kind` sealed with the test ring's sealing key.
 fn unseal_body(kind: u8, value: &str) -> Vec<u8> {
-    let raw = URL_SAFE_NO_PAD.decode(value).unwrap_or_else(|e| panic!("cookie wrote non-base64url: {e}"));
+    let raw = URL_SAFE_NO_PAD.decode_to_vec(value).unwrap_or_else(|e| panic!("cookie wrote non-base64url: {e}"));
     assert!(raw.len() >= 9 + NONCE_LEN + TAG_LEN, "cookie wrote {} bytes", raw.len());
     let (nonce, rest) = raw[9..].split_first_chunk::<NONCE_LEN>().expect("checked above");
     let (sealed, tag) = rest.split_last_chunk::<TAG_LEN>().expect("checked above");

@@ -5,8 +5,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use base64::Engine;
-use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use base64_simd::URL_SAFE_NO_PAD;
 use bytes::Bytes;
 use http::header::{self, HeaderValue};
 use http::{Method, Request, Response, StatusCode};
@@ -338,7 +337,7 @@ impl Proxy {
 
         let (mut parts, body) = resp.into_parts();
         let pushed = parts.headers.remove(STATE_HEADER).and_then(|v| {
-            match URL_SAFE_NO_PAD.decode(v.as_bytes().trim_ascii()) {
+            match URL_SAFE_NO_PAD.decode_to_vec(v.as_bytes().trim_ascii()) {
                 Ok(state) => Some(state),
                 Err(_) => {
                     self.metrics.bad_requests.get_or_create(&[("reason", BadRequest::BadPushedState)]).inc();
