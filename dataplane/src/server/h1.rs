@@ -222,7 +222,9 @@ fn build(
     *req.uri_mut() = Uri::from_maybe_shared(message.slice(path)).ok()?;
     *req.version_mut() = Version::HTTP_11;
     let map = req.headers_mut();
-    map.reserve(headers.len());
+    // Room for the fields the proxy adds (`X-Forwarded-For`, `X-Forwarded-Proto`, the session's,
+    // a forward's mark): the map is not grown and rehashed on the way to the app.
+    map.reserve(headers.len() + 4);
     for (name, value) in headers {
         map.append(name, HeaderValue::from_maybe_shared(message.slice(value)).ok()?);
     }
