@@ -6,6 +6,12 @@ use std::ops::Range;
 /// Header fields in one message at most (hyper's limit too; more are a 431 from hyper).
 pub const MAX_HEADERS: usize = 100;
 
+/// The room a read for a message head starts with: a head of a few KB of state (the client's
+/// cookies up to the request header budget that proxies keep to, or the app's `Handover-State`)
+/// arrives in one read and is parsed once. With only the room the messages before it had left, such
+/// heads came in two parts every few requests: a second system call and a second parse.
+pub const HEAD_ROOM: usize = 8 * 1024;
+
 /// A `Content-Length` value: digits only (no sign, no list, no spaces), as hyper reads it.
 pub fn content_length(value: &[u8]) -> Option<u64> {
     if value.is_empty() || value.len() > 15 || !value.iter().all(u8::is_ascii_digit) {

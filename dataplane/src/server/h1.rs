@@ -28,7 +28,7 @@ use hyper::body::{Body as _, Frame};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::TcpStream;
 
-use crate::http1::{MAX_HEADERS, content_length, has_token, span, without_body, write_field};
+use crate::http1::{HEAD_ROOM, MAX_HEADERS, content_length, has_token, span, without_body, write_field};
 use crate::upstream::{Body, full};
 
 /// The largest request (head and body) this path takes; a longer one goes to hyper.
@@ -38,11 +38,6 @@ const MAX_HEAD: usize = MAX_MESSAGE;
 /// Bytes of the next requests (pipelined) read while a response is in the works; reading stops
 /// there until the response is out.
 const READ_AHEAD: usize = MAX_MESSAGE;
-/// The room a read for a head starts with: a request head up to the request header budget that
-/// proxies keep to (`header_budget`) arrives in one read and is parsed once. With less room (what
-/// the requests before it left), a 2–3 KB head of state cookies was read in two parts every few
-/// requests: a second system call and a second parse.
-const HEAD_ROOM: usize = 8 * 1024;
 
 /// How a connection left this path.
 pub enum Outcome {

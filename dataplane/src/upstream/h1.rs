@@ -27,7 +27,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 use super::{Body, ConnectError};
-use crate::http1::{MAX_HEADERS, content_length, has_token, span, without_body, write_field};
+use crate::http1::{HEAD_ROOM, MAX_HEADERS, content_length, has_token, span, without_body, write_field};
 
 /// The longest response head.
 const MAX_HEAD: usize = 64 * 1024;
@@ -35,9 +35,6 @@ const MAX_HEAD: usize = 64 * 1024;
 const MAX_CHUNK_LINE: usize = 4 * 1024;
 /// Bytes read from the app at a time while streaming a body.
 const READ_SIZE: usize = 16 * 1024;
-/// The room a read for a response head starts with: a head carrying a pushed state of a few KB
-/// arrives in one read and is parsed once (with 1 KB, one in two or three was read in two parts).
-const HEAD_ROOM: usize = 8 * 1024;
 /// Idle connections kept per destination.
 const MAX_IDLE: usize = 64;
 
