@@ -244,7 +244,7 @@ pub fn http1_request(data: &[u8]) {
     };
     let used = data.len() - buf.len();
     assert_eq!(&buf[..], &data[used..], "the bytes after the request are not the next request's");
-    let mut headers = [httparse::EMPTY_HEADER; 100];
+    let mut headers = [httparse::EMPTY_HEADER; crate::http1::MAX_HEADERS];
     let mut parsed = httparse::Request::new(&mut headers);
     let Ok(httparse::Status::Complete(head)) = parsed.parse(data) else {
         panic!("a request taken whose head httparse does not read whole");
@@ -280,7 +280,7 @@ pub fn app_response(data: &[u8]) {
             Err(_) => continue,
         };
         let used = data.len() - buf.len();
-        let mut headers = [httparse::EMPTY_HEADER; 100];
+        let mut headers = [httparse::EMPTY_HEADER; crate::http1::MAX_HEADERS];
         let parsed = httparse::Response::new(&mut headers).parse(data);
         assert!(
             matches!(parsed, Ok(httparse::Status::Complete(len)) if len == used),
