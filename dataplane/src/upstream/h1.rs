@@ -31,6 +31,9 @@ use crate::http1::{HEAD_ROOM, MAX_HEADERS, content_length, has_token, span, with
 
 /// The longest response head.
 const MAX_HEAD: usize = 64 * 1024;
+/// The largest request body written to the app with its head in one write; a larger one goes
+/// through hyper's client, which streams it.
+const MAX_WHOLE_BODY: usize = 64 * 1024;
 /// The longest line of a chunked body's framing (a chunk size with its extensions, a trailer).
 const MAX_CHUNK_LINE: usize = 4 * 1024;
 /// Bytes read from the app at a time while streaming a body.
@@ -513,7 +516,7 @@ pub fn whole_body(req: &mut Request<Body>) -> Option<Bytes> {
         return Some(Bytes::new());
     }
     let expected = body.size_hint().exact()?;
-    if expected > MAX_HEAD as u64 {
+    if expected > MAX_WHOLE_BODY as u64 {
         return None;
     }
     let mut cx = Context::from_waker(std::task::Waker::noop());
