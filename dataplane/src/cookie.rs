@@ -362,18 +362,15 @@ fn inflate_bounded(inflater: &mut flate2::Decompress, stored: &[u8], max_state: 
 }
 
 thread_local! {
-    /// One compressor and one inflater per thread: a fresh one allocates its tables (~300 KB for
-    /// a compressor, ~40 KB for an inflater), which costs more than compressing a 2 KB state.
-    /// The compressor is libdeflate's, made for whole buffers: miniz's streaming compressor
-    /// zeroed ~160 KB of tables on every reset, a third of the deflate's cost for a 2 KB state.
-    static DEFLATER: std::cell::RefCell<Option<libdeflater::Compressor>> = const { std::cell::RefCell::new(None) };
+    /// One inflater per thread: a fresh one allocates ~40 KB of tables. (The compressor's is in
+    /// `crate::deflate`.)
     static INFLATER: std::cell::RefCell<Option<flate2::Decompress>> = const { std::cell::RefCell::new(None) };
 }
 
 /// Runs `f` with this thread's codec state from `slot` (made by `new` on first use). Should the
 /// slot be unavailable (in use further up this thread's stack, or the thread ending), `f` gets a
 /// fresh one: slower, same result.
-fn with_reused<T, R>(
+pub(crate) fn with_reused<T, R>(
     slot: &'static std::thread::LocalKey<std::cell::RefCell<Option<T>>>,
     new: fn() -> T,
     mut f: impl FnMut(&mut T) -> R,
@@ -459,7 +456,7 @@ fn put_str8(out: &mut Vec<u8>, s: &str) {
 
 fn compress(state: &[u8]) -> (u8, Vec<u8>) {
     if state.len() >= COMPRESS_FROM
-        && let Some(deflated) = with_reused(&DEFLATER, new_deflater, |deflater| deflate_smaller(deflater, state))
+        && let Some(deflated) = crate::deflate::deflate_smaller(state)
     {
         return (FLAG_DEFLATED, deflated);
     }
@@ -468,20 +465,6 @@ fn compress(state: &[u8]) -> (u8, Vec<u8>) {
 
 fn new_inflater() -> flate2::Decompress {
     flate2::Decompress::new(false)
-}
-
-fn new_deflater() -> libdeflater::Compressor {
-    // Level 1, the fastest that compresses (`fastest()` is level 0: stored blocks only).
-    libdeflater::Compressor::new(libdeflater::CompressionLvl::new(1).unwrap_or_default())
-}
-
-/// `state` deflated (raw deflate), when that is smaller than `state`: the output buffer has room
-/// for `state.len() - 1` bytes only, so a state that does not shrink is refused by the compressor.
-fn deflate_smaller(deflater: &mut libdeflater::Compressor, state: &[u8]) -> Option<Vec<u8>> {
-    let mut out = vec![0u8; state.len() - 1];
-    let written = deflater.deflate_compress(state, &mut out).ok()?;
-    out.truncate(written);
-    Some(out)
 }
 
 /// A bounded reader over the body: every read is checked, trailing bytes are an error.
@@ -744,9 +727,9 @@ mod tests {
     fn a_codec_in_use_further_up_the_stack_is_not_shared() {
         // A nested use of the same slot gets a fresh codec instead of a second borrow.
         let state = b"{\"count\":3}".repeat(50);
-        let nested = with_reused(&DEFLATER, new_deflater, |outer| {
+        let nested = with_reused(&crate::deflate::DEFLATER, crate::deflate::new_libdeflater, |outer| {
             let inner = compress(&state);
-            (deflate_smaller(outer, &state), inner)
+            (crate::deflate::libdeflate_smaller(outer, &state), inner)
         });
         assert_eq!(nested.0.as_deref(), Some(nested.1.1.as_slice()));
     }

@@ -214,6 +214,25 @@ pub fn cookie_body(data: &[u8]) {
     );
 }
 
+/// A state through the state's compressor (`crate::deflate`): what it writes is shorter than the
+/// state and inflates back to it, whichever encoder wrote it; so does a literal block written
+/// directly, whatever the probe would have chosen.
+pub fn deflate(data: &[u8]) {
+    let inflate = |block: &[u8]| {
+        let mut out = Vec::new();
+        let mut decoder = flate2::read::DeflateDecoder::new(block);
+        std::io::Read::read_to_end(&mut decoder, &mut out).map(|_| out)
+    };
+    if let Some(deflated) = crate::deflate::deflate_smaller(data) {
+        assert!(deflated.len() < data.len(), "deflated to {} bytes from {}", deflated.len(), data.len());
+        assert_eq!(inflate(&deflated).as_deref().ok(), Some(data), "the deflated state inflates to other bytes");
+    }
+    if let Ok(Some(block)) = crate::deflate::literal_block(data) {
+        assert!(block.len() < data.len(), "a literal block of {} bytes from {}", block.len(), data.len());
+        assert_eq!(inflate(&block).as_deref().ok(), Some(data), "the literal block inflates to other bytes");
+    }
+}
+
 /// A member list: what parses renders to text that parses to the same list, and rendering is
 /// stable from then on.
 pub fn members(data: &[u8]) {
@@ -342,6 +361,12 @@ pub fn seeds() -> Vec<(&'static str, String, Vec<u8>)> {
     .take(6000)
     .map(|x| x as u8)
     .collect();
+    // The state compressor's two paths: base64 noise in JSON (a block of literals) and JSON with
+    // repeats (libdeflate).
+    let blob = URL_SAFE_NO_PAD.encode_to_string(&noise[..1500]);
+    out.push(("deflate", "base64-state".into(), format!("{{\"count\":7,\"blob\":\"{blob}\"}}").into_bytes()));
+    let cart: Vec<String> = (0..20).map(|i| format!("{{\"sku\":\"SKU-{i:04}\",\"qty\":{}}}", i % 3 + 1)).collect();
+    out.push(("deflate", "json-state".into(), format!("{{\"cart\":[{}]}}", cart.join(",")).into_bytes()));
     let states: [(&str, Vec<u8>); 3] = [
         ("small", b"{\"cart\":[3,14,15],\"user\":\"ada\"}".to_vec()),
         ("deflated", b"item=92653;".repeat(300)),

@@ -15,6 +15,7 @@ pub mod cache;
 pub mod cookie;
 pub mod cookie_attrs;
 pub mod decide;
+mod deflate;
 pub mod drain;
 pub mod fuzzing;
 pub mod header_budget;
