@@ -71,6 +71,10 @@ pub struct Figures {
     /// The part of it spent in the kernel (system time): sockets, mostly, which every proxy pays
     /// alike; the rest is the proxy's own code.
     pub kernel_us_per_request: Option<f64>,
+    /// CPU time per request of the bench's client (this process) and of the demo app: they share
+    /// the machine's cores with the proxy, so what they spend shows in the throughput too.
+    pub client_us_per_request: Option<f64>,
+    pub app_us_per_request: Option<f64>,
     pub p50_ms: f64,
     pub p99_ms: f64,
     pub errors: u64,
@@ -182,19 +186,10 @@ struct CpuTicks {
 }
 
 fn cpu_ticks(pid: u32) -> CpuTicks {
-    let ticks = |stat: &str| -> Option<(u32, CpuTicks)> {
-        // The command may hold spaces and parentheses: the fields start after the last ')'.
-        let fields: Vec<&str> = stat.get(stat.rfind(')')? + 2..)?.split(' ').collect();
-        let ppid = fields.get(1)?.parse().ok()?;
-        Some((ppid, CpuTicks { user: fields.get(11)?.parse().ok()?, system: fields.get(12)?.parse().ok()? }))
-    };
-    let mut total = std::fs::read_to_string(format!("/proc/{pid}/stat"))
-        .ok()
-        .and_then(|s| ticks(&s))
-        .map_or_else(Default::default, |t| t.1);
+    let mut total = process_ticks(pid).unwrap_or_default();
     if let Ok(entries) = std::fs::read_dir("/proc") {
         for e in entries.flatten() {
-            if let Some((ppid, t)) = std::fs::read_to_string(e.path().join("stat")).ok().and_then(|s| ticks(&s))
+            if let Some((ppid, t)) = std::fs::read_to_string(e.path().join("stat")).ok().and_then(|s| stat_ticks(&s))
                 && ppid == pid
             {
                 total.user += t.user;
@@ -203,6 +198,19 @@ fn cpu_ticks(pid: u32) -> CpuTicks {
         }
     }
     total
+}
+
+/// Clock ticks of process `pid` alone (not its children).
+fn process_ticks(pid: u32) -> Option<CpuTicks> {
+    std::fs::read_to_string(format!("/proc/{pid}/stat")).ok().and_then(|s| stat_ticks(&s)).map(|t| t.1)
+}
+
+/// The parent pid and the ticks of one `/proc/<pid>/stat` line.
+fn stat_ticks(stat: &str) -> Option<(u32, CpuTicks)> {
+    // The command may hold spaces and parentheses: the fields start after the last ')'.
+    let fields: Vec<&str> = stat.get(stat.rfind(')')? + 2..)?.split(' ').collect();
+    let ppid = fields.get(1)?.parse().ok()?;
+    Some((ppid, CpuTicks { user: fields.get(11)?.parse().ok()?, system: fields.get(12)?.parse().ok()? }))
 }
 
 /// The CPU per request of `a` over `b`, round by round (rounds where either has no figure are
@@ -347,9 +355,12 @@ async fn drive(
     duration: Duration,
     state_bytes: usize,
     proxy: Option<u32>,
+    app: Option<u32>,
 ) -> Figures {
     let deadline = Instant::now() + duration;
     let cpu_before = proxy.map(cpu_ticks);
+    let client_before = process_ticks(std::process::id());
+    let app_before = app.and_then(process_ticks);
     let mut tasks = Vec::new();
     for c in 0..connections {
         tasks.push(tokio::spawn(async move {
@@ -430,8 +441,13 @@ async fn drive(
     }
     all.sort();
     let cpu_after = proxy.map(cpu_ticks);
+    let client_after = process_ticks(std::process::id());
+    let app_after = app.and_then(process_ticks);
     // 10 000 µs per tick.
     let per_request = |ticks: u64| ticks as f64 * 10_000.0 / (all.len().max(1) as f64);
+    let spent_between = |before: Option<CpuTicks>, after: Option<CpuTicks>| {
+        before.zip(after).map(|(b, a)| per_request((a.user + a.system).saturating_sub(b.user + b.system)))
+    };
     let spent = cpu_before.zip(cpu_after).map(|(before, after)| CpuTicks {
         user: after.user.saturating_sub(before.user),
         system: after.system.saturating_sub(before.system),
@@ -447,6 +463,8 @@ async fn drive(
         requests_per_second: all.len() as f64 / duration.as_secs_f64(),
         cpu_us_per_request,
         kernel_us_per_request,
+        client_us_per_request: spent_between(client_before, client_after),
+        app_us_per_request: spent_between(app_before, app_after),
         p50_ms: pct(0.50),
         p99_ms: pct(0.99),
         errors,
@@ -488,6 +506,7 @@ pub async fn run(args: BenchArgs) -> Result<(), String> {
         ],
         &dir.join("app.log"),
     )?);
+    let app_pid = procs.0[0].id();
     let sidecar_args = |listen: SocketAddr, admin: SocketAddr| {
         [
             "run",
@@ -585,7 +604,7 @@ pub async fn run(args: BenchArgs) -> Result<(), String> {
         let mut rounds: Vec<Vec<Figures>> = vec![Vec::new(); targets.len()];
         for round in 0..args.rounds {
             for (i, &(target, addr, pid)) in targets.iter().enumerate() {
-                let f = drive(addr, target, args.connections, args.duration, state_bytes, pid).await;
+                let f = drive(addr, target, args.connections, args.duration, state_bytes, pid, app_pid).await;
                 println!("  round {}  {}", round + 1, line(&f));
                 rounds[i].push(f);
             }
@@ -660,6 +679,24 @@ pub async fn run(args: BenchArgs) -> Result<(), String> {
             }
         }
         let figures_of = |target: Target| median.iter().zip(&targets).find(|(_, t)| t.0 == target).map(|(f, _)| f);
+        // The bench's client and the app share the cores with the proxy: what they spend per
+        // request costs throughput too. Behind the sidecar the client also keeps the session's
+        // cookies and sends them back (a browser's work, done on its own machine in production).
+        let others = |f: &Figures| f.client_us_per_request.zip(f.app_us_per_request);
+        if let (Some((client, app)), Some((nginx_client, nginx_app))) =
+            (figures_of(Target::Sidecar).and_then(others), figures_of(Target::Nginx).and_then(others))
+        {
+            println!(
+                "  the client's and the app's CPU per request (on the same cores): behind the sidecar {client:.1} and {app:.1} µs, \
+                 behind nginx {nginx_client:.1} and {nginx_app:.1} µs"
+            );
+            ratios.insert(
+                format!("client @{state_bytes}B cpu sidecar/nginx"),
+                serde_json::json!(client / nginx_client.max(1e-9)),
+            );
+            ratios
+                .insert(format!("app @{state_bytes}B cpu sidecar/nginx"), serde_json::json!(app / nginx_app.max(1e-9)));
+        }
         // The floor under the sidecar's CPU per request: the sockets' kernel work, as cheap as
         // nginx gets it, plus the cookie work, with nothing at all for HTTP.
         if let Some((nginx, kernel)) =
@@ -765,6 +802,8 @@ mod tests {
             requests_per_second: 1.0,
             cpu_us_per_request: cpu,
             kernel_us_per_request: None,
+            client_us_per_request: None,
+            app_us_per_request: None,
             p50_ms: 1.0,
             p99_ms: 1.0,
             errors: 0,
