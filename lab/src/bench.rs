@@ -231,13 +231,49 @@ fn median_of(values: &[f64]) -> f64 {
     sorted[(sorted.len() - 1) / 2]
 }
 
+/// What a timed state holds besides its counter.
+#[derive(Clone, Copy, Debug)]
+enum StateKind {
+    /// The demo app's blob of base64 noise: what the bench's rounds push.
+    Noise,
+    /// A shopping cart in JSON, whose keys and words repeat: what apps push more often.
+    Cart,
+}
+
+/// `count` and about `state_bytes` of `kind`, as JSON.
+fn timed_state(kind: StateKind, state_bytes: usize, count: u64, noise: &str) -> Vec<u8> {
+    match kind {
+        StateKind::Noise => {
+            serde_json::to_vec(&crate::demo_app::SessionState { count, blob: noise.to_owned() }).unwrap_or_default()
+        }
+        StateKind::Cart => {
+            let mut items: Vec<String> = Vec::new();
+            let mut len = 0;
+            for i in 0.. {
+                let item = format!(
+                    r#"{{"sku":"SKU-{:05}","name":"Item number {i}","qty":{},"price_cents":{}}}"#,
+                    i * 37,
+                    i % 5 + 1,
+                    199 + i * 50
+                );
+                if len + item.len() + 1 > state_bytes {
+                    break;
+                }
+                len += item.len() + 1;
+                items.push(item);
+            }
+            format!(r#"{{"count":{count},"cart":[{}]}}"#, items.join(",")).into_bytes()
+        }
+    }
+}
+
 /// The cookie work the sidecar does for each request of a round, timed here, in this process, on
 /// one thread: open the client's routing cookie, decode the state the app pushes
-/// (`Handover-State`, base64 of the demo app's JSON with `state_bytes` of noise), seal that state
+/// (`Handover-State`, base64 of the demo app's JSON with `state_bytes` of `kind`), seal that state
 /// (deflate when it shrinks, AEAD, base64) and a new routing cookie. The fastest of a few runs
 /// (this machine is shared): what any implementation of handover's cookies pays on top of a
 /// plain proxy's work, so that the figures show which part of the gap to nginx is transport.
-fn cookie_work_us(state_bytes: usize) -> f64 {
+fn cookie_work_us(state_bytes: usize, kind: StateKind) -> f64 {
     use handover_dataplane::cookie;
     let pool = "bench";
     let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs());
@@ -263,12 +299,8 @@ fn cookie_work_us(state_bytes: usize) -> f64 {
     };
     let mut route_cookie = cookie::seal_route(&route, pool, &ring);
     // What the app pushes (its own work, not timed): a few successive states.
-    let pushed: Vec<String> = (0..16)
-        .map(|count| {
-            let state = crate::demo_app::SessionState { count, blob: blob.clone() };
-            URL_SAFE_NO_PAD.encode(serde_json::to_vec(&state).unwrap_or_default())
-        })
-        .collect();
+    let pushed: Vec<String> =
+        (0..16).map(|count| URL_SAFE_NO_PAD.encode(timed_state(kind, state_bytes, count, &blob))).collect();
     let rounds = 2_000u32;
     let mut fastest = f64::INFINITY;
     for _ in 0..5 {
@@ -599,7 +631,11 @@ pub async fn run(args: BenchArgs) -> Result<(), String> {
     };
     for &state_bytes in &args.state_bytes {
         println!("\nstate of {state_bytes} bytes of noise:");
-        let cookie_us = tokio::task::spawn_blocking(move || cookie_work_us(state_bytes)).await.unwrap_or(f64::NAN);
+        let cookie_us = tokio::task::spawn_blocking(move || cookie_work_us(state_bytes, StateKind::Noise))
+            .await
+            .unwrap_or(f64::NAN);
+        let cart_us =
+            tokio::task::spawn_blocking(move || cookie_work_us(state_bytes, StateKind::Cart)).await.unwrap_or(f64::NAN);
         let refused_before = not_sealed().await;
         let mut rounds: Vec<Vec<Figures>> = vec![Vec::new(); targets.len()];
         for round in 0..args.rounds {
@@ -733,7 +769,13 @@ pub async fn run(args: BenchArgs) -> Result<(), String> {
                 );
             }
         }
+        // The rounds push noise, which the sidecar writes as a block of literals; a state with
+        // repeats goes to libdeflate instead: its cookie work, for the reader to compare.
+        println!(
+            "  cookie work for a JSON cart of this size instead of the noise (repeats: deflated by libdeflate): {cart_us:.1} µs"
+        );
         ratios.insert(format!("cookie work @{state_bytes}B us"), serde_json::json!(cookie_us));
+        ratios.insert(format!("cookie work json cart @{state_bytes}B us"), serde_json::json!(cart_us));
         medians.extend(median);
     }
 
@@ -789,8 +831,10 @@ mod tests {
         // NaN is what a failed open or decode returns: every step of the timed loop must succeed,
         // at a size that is deflated and one that is not.
         for bytes in [100, 2_000] {
-            let us = cookie_work_us(bytes);
-            assert!(us.is_finite() && us > 0.0, "{bytes} bytes: {us}");
+            for kind in [StateKind::Noise, StateKind::Cart] {
+                let us = cookie_work_us(bytes, kind);
+                assert!(us.is_finite() && us > 0.0, "{bytes} bytes of {kind:?}: {us}");
+            }
         }
     }
 
