@@ -327,6 +327,12 @@ fn inflate_within(flags: u8, stored: &[u8], max_state: usize) -> Result<Vec<u8>,
     if flags & FLAG_DEFLATED == 0 {
         return if stored.len() > max_state { Err(CookieError::OverBudget) } else { Ok(stored.to_vec()) };
     }
+    inflate(stored, max_state)
+}
+
+/// Inflates `stored` (raw deflate) to at most `max_state` bytes with this thread's inflater: how
+/// every sidecar reads a deflated state.
+pub(crate) fn inflate(stored: &[u8], max_state: usize) -> Result<Vec<u8>, CookieError> {
     with_reused(&INFLATER, new_inflater, |inflater| inflate_bounded(inflater, stored, max_state))
 }
 
