@@ -390,7 +390,17 @@ pub(crate) fn with_reused<T, R>(
 
 /// The name of state chunk `index` of the session cookie `name`: `name.0`, `name.1`, …
 pub fn state_chunk_name(name: &str, index: usize) -> String {
-    format!("{name}.{index}")
+    let mut chunk_name = String::with_capacity(name.len() + 5);
+    push_chunk_name(&mut chunk_name, name, index);
+    chunk_name
+}
+
+/// Writes the name of state chunk `index` into `out` (without `format!`: every request names
+/// its chunks).
+fn push_chunk_name(out: &mut String, name: &str, index: usize) {
+    out.push_str(name);
+    out.push('.');
+    out.push_str(itoa::Buffer::new().format(index));
 }
 
 /// Splits a sealed state value into `(cookie name, value)` chunks of at most `chunk_bytes`.
@@ -414,8 +424,11 @@ pub fn join_state<'a>(
 ) -> Result<String, CookieError> {
     let want = route.state_bytes as usize;
     let mut value = String::with_capacity(want.min(MAX_STATE_BYTES));
+    let mut chunk_name = String::with_capacity(name.len() + 5);
     for i in 0..usize::from(route.chunks) {
-        let chunk = lookup(&state_chunk_name(name, i)).ok_or(CookieError::MissingChunk(i))?;
+        chunk_name.clear();
+        push_chunk_name(&mut chunk_name, name, i);
+        let chunk = lookup(&chunk_name).ok_or(CookieError::MissingChunk(i))?;
         if value.len() + chunk.len() > want {
             return Err(CookieError::Stale);
         }

@@ -62,10 +62,9 @@ pub fn validate(a: &Attrs) -> Result<(), String> {
 
 /// One `Set-Cookie` value: `name=value` with the pool's attributes; `max_age` 0 deletes it.
 pub fn set_cookie_line(a: &Attrs, name: &str, value: &str, max_age: u64) -> String {
-    use std::fmt::Write;
     // One allocation of the final size (a state chunk's line is ~4 KB).
     let mut line = String::with_capacity(name.len() + value.len() + a.path.len() + a.domain.len() + 80);
-    // `push_str` rather than `write!` for the strings: on every sealed response.
+    // `push_str` and `itoa` rather than `write!`: on every sealed response.
     for part in [name, "=", value, "; Path=", &a.path] {
         line.push_str(part);
     }
@@ -73,7 +72,8 @@ pub fn set_cookie_line(a: &Attrs, name: &str, value: &str, max_age: u64) -> Stri
         line.push_str("; Domain=");
         line.push_str(&a.domain);
     }
-    let _ = write!(line, "; Max-Age={max_age}");
+    line.push_str("; Max-Age=");
+    line.push_str(itoa::Buffer::new().format(max_age));
     line.push_str("; HttpOnly; SameSite=");
     line.push_str(&a.same_site);
     if a.secure {

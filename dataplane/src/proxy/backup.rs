@@ -129,7 +129,7 @@ impl Proxy {
             let live = self.registry.live();
             let unreachable = self.unreachable_now();
             let Some(to) = decide::successor(&b.session, self.other_reachable(&live, &unreachable)).cloned() else {
-                self.metrics.backups_sent.get_or_create(&[("result", "no_successor")]).inc();
+                self.metrics.backups_sent.inc("no_successor");
                 return "no_successor";
             };
             let body = body.get_or_insert_with(|| Bytes::from(b.body())).clone();
@@ -149,16 +149,16 @@ impl Proxy {
                     if let crate::peer_probe::Liveness::Dead(_) =
                         self.probe_peer(&to, "a backup could not be handed over").await
                     {
-                        self.metrics.backups_sent.get_or_create(&[("result", "successor_dead")]).inc();
+                        self.metrics.backups_sent.inc("successor_dead");
                         continue;
                     }
                     "failed"
                 }
             };
-            self.metrics.backups_sent.get_or_create(&[("result", result)]).inc();
+            self.metrics.backups_sent.inc(result);
             return result;
         }
-        self.metrics.backups_sent.get_or_create(&[("result", "failed")]).inc();
+        self.metrics.backups_sent.inc("failed");
         "failed"
     }
 

@@ -175,7 +175,7 @@ pub struct Proxy {
     /// Sessions the app ended (an empty state) or rotated away from, until their cookies expire: a
     /// copy of such a cookie, replayed to this pod, starts a fresh session instead of bringing the
     /// old state back. This pod's own knowledge only (see the README's known limits).
-    ended: Mutex<HashMap<String, Instant>>,
+    ended: Mutex<sessions::SessionMap<String, Instant>>,
     upstreams: Upstreams,
     /// When the drain began; set once (a pod never stops draining). A `OnceLock` and not a mutex:
     /// every request reads it several times.
@@ -227,7 +227,7 @@ impl Proxy {
             sessions: Mutex::new(table),
             restore_locks: (0..RESTORE_SHARDS).map(|_| tokio::sync::Mutex::new(())).collect(),
             unreachable: Mutex::new(HashMap::new()),
-            ended: Mutex::new(HashMap::new()),
+            ended: Mutex::new(sessions::SessionMap::default()),
             upstreams: Upstreams::default(),
             draining_since: std::sync::OnceLock::new(),
             handed_over: std::sync::atomic::AtomicBool::new(false),

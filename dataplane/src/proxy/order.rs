@@ -8,10 +8,10 @@
 //! The precedent: PHP and ASP.NET lock a session for the whole request; this lock is narrower
 //! (state-changing requests only), so a long-poll does not hold a session's other requests back.
 
-use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
+use super::sessions::SessionMap;
 use handover_common::sync;
 
 struct Entry {
@@ -35,7 +35,7 @@ impl Default for Entry {
 /// allocation per session at the app, not one per request).
 #[derive(Default)]
 pub(super) struct SessionOrder {
-    entries: Mutex<HashMap<Arc<str>, Arc<Entry>>>,
+    entries: Mutex<SessionMap<Arc<str>, Arc<Entry>>>,
 }
 
 /// A request's place in its session's order; dropped when its response is sealed.

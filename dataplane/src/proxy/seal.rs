@@ -208,7 +208,7 @@ impl Proxy {
                     };
                     if let Ok((set_cookies, _)) = self.fit(&line, room) {
                         append(headers, set_cookies);
-                        self.metrics.snapshots.get_or_create(&[("source", SealSource::Refresh.label())]).inc();
+                        self.metrics.snapshots.inc(SealSource::Refresh.label());
                     }
                     return;
                 }
@@ -258,7 +258,7 @@ impl Proxy {
         match sealed {
             Ok((set_cookies, added)) => {
                 append(headers, set_cookies);
-                self.metrics.snapshots.get_or_create(&[("source", source.label())]).inc();
+                self.metrics.snapshots.inc(source.label());
                 self.metrics.snapshot_bytes.observe(added.request_bytes as f64);
                 self.metrics.response_header_bytes.observe((room.response_block + added.set_cookie_bytes) as f64);
             }

@@ -17,6 +17,12 @@ pub(super) const MAX_ENDED: usize = 100_000;
 /// The default of `--max-sessions`: entries of the session table (about 100 bytes each).
 pub const DEFAULT_MAX_SESSIONS: usize = 100_000;
 
+/// A map keyed by session id. The ids are ones this sidecar made (random) or read from a sealed
+/// cookie or a signed forward: a client cannot pick ids that collide, so they are hashed with
+/// foldhash (seeded per process) rather than SipHash, whose ~200 instructions a key cost every
+/// request several times over (the table, the session order, the ended sessions).
+pub(super) type SessionMap<K, V> = HashMap<K, V, foldhash::fast::RandomState>;
+
 /// What the sidecar knows about a session the local app holds.
 #[derive(Clone, Copy, Debug)]
 pub(super) struct Local {
@@ -40,14 +46,14 @@ struct Entry {
 /// is always safe: a session missing from the table is checked with the app (`GET <statePath>`)
 /// or restored from its cookie on its next request, like after a restart of the sidecar.
 pub(super) struct Table {
-    entries: HashMap<String, Entry>,
+    entries: SessionMap<String, Entry>,
     cap: usize,
     clock: u64,
 }
 
 impl Table {
     pub(super) fn new(cap: usize) -> Table {
-        Table { entries: HashMap::new(), cap: cap.max(1), clock: 0 }
+        Table { entries: SessionMap::default(), cap: cap.max(1), clock: 0 }
     }
 
     pub(super) fn len(&self) -> usize {

@@ -1,0 +1,88 @@
+#!/usr/bin/env bash
+# Instructions the sidecar runs per request, outside the kernel, counted by callgrind: the same
+# request loop as `bench` (a session's state of noise pushed, POST /incr on one keep-alive
+# connection, the cookie sealed on every response), with curl as the client.
+#
+# A count, not a time: it does not move with the machine's noise, so a change of a few hundred
+# instructions (~1 % of a request) shows on a single run, where `bench --compare-exe` needs many
+# rounds to see it. It does not see the kernel, cache misses or how fast the instructions run:
+# a candidate it favours is then timed with `bench --compare-exe`.
+#
+# Each build runs twice, with 500 and 500 + N requests after the same start; the difference over
+# N leaves start-up and warm-up out.
+#
+#   tests/bench/instructions.sh [--requests N] [--state-bytes B] SIDECAR [OTHER_SIDECAR...]
+#
+# Needs valgrind and curl (Debian: apt-get install valgrind curl) and a built
+# target/dist/handover-sidecar (the demo app; `cargo build --profile dist -p handover-sidecar`).
+set -euo pipefail
+
+requests=2000
+state_bytes=100
+while [[ $# -gt 0 ]]; do
+  case $1 in
+    --requests) requests=$2; shift 2 ;;
+    --state-bytes) state_bytes=$2; shift 2 ;;
+    -*) echo "unknown option $1" >&2; exit 2 ;;
+    *) break ;;
+  esac
+done
+[[ $# -ge 1 ]] || { echo "usage: $0 [--requests N] [--state-bytes B] SIDECAR [OTHER_SIDECAR...]" >&2; exit 2; }
+command -v valgrind > /dev/null || { echo "valgrind not found (apt-get install valgrind)" >&2; exit 2; }
+repo=$(cd "$(dirname "$0")/../.." && pwd)
+tool=$repo/target/dist/handover-sidecar
+[[ -x $tool ]] || { echo "$tool not built (cargo build --profile dist -p handover-sidecar)" >&2; exit 2; }
+
+work=$(mktemp -d)
+pids=()
+cleanup() {
+  for p in "${pids[@]}"; do kill "$p" 2> /dev/null || true; done
+  rm -rf "$work"
+}
+trap cleanup EXIT
+
+# Total instructions of one sidecar process: started under callgrind, 200 requests to warm up,
+# then $2 counted ones, then stopped (SIGTERM: callgrind writes its counts at exit).
+count() {
+  local exe=$1 n=$2 d ip sidecar app
+  d=$(mktemp -d "$work/run.XXXX")
+  # A loopback address of its own (127.0.0.0/8 is all loopback): the ports below are free there.
+  ip=127.$((RANDOM % 200 + 20)).$((RANDOM % 250 + 1)).$((RANDOM % 250 + 1))
+  "$tool" keygen > "$d/keys"
+  "$tool" demo-app --listen "$ip:8080" --state-listen "$ip:8081" --workers 1 2> "$d/app.log" &
+  app=$!
+  pids+=("$app")
+  valgrind --tool=callgrind --callgrind-out-file="$d/callgrind.out" "$exe" run --listen "$ip:8000" \
+    --admin "$ip:9901" --app "$ip:8080" --state-addr "$ip:8081" --pool bench/pool --pod-name bench-0 \
+    --key-file "$d/keys" --mode push --cookie-secure false --workers 1 --log-level warn 2> "$d/sidecar.log" &
+  sidecar=$!
+  pids+=("$sidecar")
+  local ready=""
+  for _ in $(seq 600); do
+    if curl -sf -o /dev/null "http://$ip:9901/ready"; then ready=1; break; fi
+    sleep 0.1
+  done
+  [[ -n $ready ]] || { echo "the sidecar under valgrind was not ready within 60 s: $(tail -3 "$d/sidecar.log")" >&2; exit 1; }
+  local args=(-o /dev/null "http://$ip:8000/blob?bytes=$state_bytes")
+  for _ in $(seq $((n + 200))); do args+=(-o /dev/null "http://$ip:8000/incr"); done
+  # One curl: one keep-alive connection, its cookie engine carrying the session's cookies on.
+  local codes
+  codes=$(curl -s -w '%{http_code}\n' -b "$d/jar" -c "$d/jar" -X POST -H 'Host: bench' "${args[@]}" | sort | uniq -c | xargs)
+  [[ $codes == "$((n + 201)) 200" ]] || { echo "not every request answered 200: $codes" >&2; exit 1; }
+  kill "$sidecar" "$app"
+  wait "$sidecar" 2> /dev/null || true
+  awk '/^totals:/ { print $2 }' "$d/callgrind.out"
+}
+
+first=""
+for exe in "$@"; do
+  short=$(count "$exe" 500) || exit 1
+  long=$(count "$exe" $((500 + requests))) || exit 1
+  per=$(((long - short) / requests))
+  if [[ -z $first ]]; then
+    first=$per
+    echo "$exe: $per instructions per request (state of $state_bytes bytes, $requests requests)"
+  else
+    echo "$exe: $per instructions per request, x$(awk -v a="$per" -v b="$first" 'BEGIN { printf "%.3f", a / b }') of the first"
+  fi
+done
