@@ -443,26 +443,27 @@ pub fn join_state<'a>(
 /// The state chunk indices of cookie `name` among the cookie names a request carries (`name.0`,
 /// `name.1`, …): what the client holds, so a response can delete the ones it no longer needs.
 /// From the names present, never a count the client claims: bounded by the request's own size.
-pub fn held_state_chunks<'a>(name: &str, names: impl Iterator<Item = &'a str>) -> Vec<usize> {
+pub fn held_state_chunks<'a>(name: &str, names: impl Iterator<Item = &'a [u8]>) -> Vec<usize> {
     let mut held: Vec<usize> = names.filter_map(|n| state_chunk_index(name, n)).collect();
     held.sort_unstable();
     held.dedup();
     held
 }
 
-/// Whether `cookie_name` is one of the session cookies of `name`: the route or a state chunk.
-pub fn is_session_cookie(name: &str, cookie_name: &str) -> bool {
-    cookie_name == name || state_chunk_index(name, cookie_name).is_some()
+/// Whether `cookie_name` (as the request carries it: bytes, see [`request_pairs`]) is one of the
+/// session cookies of `name`: the route or a state chunk.
+pub fn is_session_cookie(name: &str, cookie_name: &[u8]) -> bool {
+    cookie_name == name.as_bytes() || state_chunk_index(name, cookie_name).is_some()
 }
 
 /// `Some(i)` when `cookie_name` is state chunk `i` of cookie `name`.
-pub fn state_chunk_index(name: &str, cookie_name: &str) -> Option<usize> {
-    let digits = cookie_name.strip_prefix(name)?.strip_prefix('.')?;
+pub fn state_chunk_index(name: &str, cookie_name: &[u8]) -> Option<usize> {
+    let digits = cookie_name.strip_prefix(name.as_bytes())?.strip_prefix(b".")?;
     // At most 4 digits: no budget has more than a few dozen chunks.
-    if digits.is_empty() || digits.len() > 4 || !digits.bytes().all(|b| b.is_ascii_digit()) {
+    if digits.is_empty() || digits.len() > 4 || !digits.iter().all(u8::is_ascii_digit) {
         return None;
     }
-    digits.parse().ok()
+    Some(digits.iter().fold(0, |n, d| n * 10 + usize::from(d - b'0')))
 }
 
 fn put_str8(out: &mut Vec<u8>, s: &str) {
@@ -515,14 +516,34 @@ impl<'a> Reader<'a> {
     }
 }
 
+/// A `name=value` pair of a request's `Cookie` fields, as bytes. Browsers send a site's cookies
+/// as they were set, UTF-8 or any other byte but controls, all in one field: read as `&str`, a
+/// field with one such cookie would be refused whole, and the session cookies beside it with it.
+pub type CookiePair<'a> = (&'a [u8], &'a [u8]);
+
 /// All `name=value` pairs of the values of a request's `Cookie` headers, in order (RFC 6265 §5.4:
 /// pairs separated by `;`; HTTP/2 may split them over several header fields).
-pub fn request_pairs<'a>(values: impl Iterator<Item = &'a str>) -> Vec<(&'a str, &'a str)> {
-    values
-        .flat_map(|v| v.split(';'))
-        .filter_map(|pair| pair.split_once('='))
-        .map(|(n, v)| (n.trim(), v.trim()))
-        .collect()
+pub fn request_pairs<'a>(fields: impl Iterator<Item = &'a [u8]>) -> Vec<CookiePair<'a>> {
+    let mut pairs = Vec::new();
+    for field in fields {
+        match std::str::from_utf8(field) {
+            // The usual field: `str::split` finds the separators with `memchr`.
+            Ok(text) => pairs.extend(text.split(';').filter_map(|p| split_pair(p.as_bytes()))),
+            Err(_) => pairs.extend(field.split(|&b| b == b';').filter_map(split_pair)),
+        }
+    }
+    pairs
+}
+
+fn split_pair(pair: &[u8]) -> Option<CookiePair<'_>> {
+    let eq = pair.iter().position(|&b| b == b'=')?;
+    Some((pair[..eq].trim_ascii(), pair[eq + 1..].trim_ascii()))
+}
+
+/// The value of cookie `name` among `pairs`, as text: `Some("")` for a value that is not UTF-8
+/// (never one this sidecar sealed: it opens as garbage, or is a chunk of the wrong length).
+pub fn lookup<'a>(pairs: &[CookiePair<'a>], name: &str) -> Option<&'a str> {
+    pairs.iter().find(|(n, _)| *n == name.as_bytes()).map(|(_, v)| std::str::from_utf8(v).unwrap_or_default())
 }
 
 #[cfg(test)]
@@ -580,8 +601,25 @@ mod tests {
 
     #[test]
     fn request_pairs_read_every_cookie_header_field() {
-        let pairs = request_pairs(["a=1; handover=x", "handover.1=y;b=2", "junk"].into_iter());
-        assert_eq!(pairs, vec![("a", "1"), ("handover", "x"), ("handover.1", "y"), ("b", "2")]);
+        let pairs = request_pairs(["a=1; handover=x", "handover.1=y;b=2", "junk"].map(str::as_bytes).into_iter());
+        let want: Vec<CookiePair> = vec![(b"a", b"1"), (b"handover", b"x"), (b"handover.1", b"y"), (b"b", b"2")];
+        assert_eq!(pairs, want);
+    }
+
+    #[test]
+    fn a_field_with_a_cookie_in_utf8_or_latin1_still_yields_every_pair() {
+        let utf8_and_latin1 = [
+            (&b"lang=Fran\xc3\xa7ais; handover=x; b=2"[..], "Fran\u{e7}ais"),
+            (&b"lang=Fran\xe7ais; handover=x; b=2"[..], ""),
+        ];
+        for (field, lang) in utf8_and_latin1 {
+            let pairs = request_pairs([field].into_iter());
+            assert_eq!(pairs.len(), 3, "{pairs:?}");
+            assert_eq!(lookup(&pairs, "handover"), Some("x"));
+            assert_eq!(lookup(&pairs, "b"), Some("2"));
+            // A value that is not UTF-8 reads as empty: never one this sidecar sealed.
+            assert_eq!(lookup(&pairs, "lang"), Some(lang));
+        }
     }
 
     fn route(version: u64, chunks: u16, state_bytes: u32) -> Route {
@@ -756,9 +794,11 @@ mod tests {
     #[test]
     fn held_state_chunks_come_from_the_names_present() {
         let names = ["h", "h.2", "other", "h.0", "h.2", "h.99999999", "h.x", "h."];
-        assert_eq!(held_state_chunks("h", names.into_iter()), vec![0, 2]);
-        assert_eq!(state_chunk_index("h", "h.0003"), Some(3));
-        assert_eq!(state_chunk_index("h", "h"), None);
+        assert_eq!(held_state_chunks("h", names.map(str::as_bytes).into_iter()), vec![0, 2]);
+        assert_eq!(state_chunk_index("h", b"h.0003"), Some(3));
+        assert_eq!(state_chunk_index("h", b"h.9999"), Some(9999));
+        assert_eq!(state_chunk_index("h", b"h.10000"), None);
+        assert_eq!(state_chunk_index("h", b"h"), None);
     }
 
     proptest! {

@@ -74,8 +74,8 @@ pub fn decode_cookie_header(data: &[u8]) -> Decoded {
 /// `proxy::Proxy::read_cookie` and a restore's opening of the state, without the metrics —
 /// through the same `cookie` functions the proxy calls.
 fn decode_headers(headers: &HeaderMap) -> Decoded {
-    let pairs = cookie::request_pairs(headers.get_all(header::COOKIE).iter().filter_map(|v| v.to_str().ok()));
-    let lookup = |n: &str| pairs.iter().find(|(k, _)| *k == n).map(|(_, v)| *v);
+    let pairs = cookie::request_pairs(headers.get_all(header::COOKIE).iter().map(HeaderValue::as_bytes));
+    let lookup = |n: &str| cookie::lookup(&pairs, n);
     // The proxy also notes which chunks the client holds (to expire stale ones): never more than
     // the names the request really carries.
     let held = cookie::held_state_chunks(COOKIE_NAME, pairs.iter().map(|(n, _)| *n));

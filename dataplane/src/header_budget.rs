@@ -44,7 +44,10 @@ pub fn response_block_bytes(status: http::StatusCode, headers: &http::HeaderMap)
 
 /// The bytes of the site's other cookies in a request's Cookie header(s): everything but the
 /// session's own cookies, which the response may replace. `ours` tells a cookie name apart.
-pub fn other_cookie_bytes<'a>(pairs: impl Iterator<Item = (&'a str, &'a str)>, ours: impl Fn(&str) -> bool) -> usize {
+pub fn other_cookie_bytes<'a>(
+    pairs: impl Iterator<Item = crate::cookie::CookiePair<'a>>,
+    ours: impl Fn(&[u8]) -> bool,
+) -> usize {
     // Each pair as the client sends it back: `name=value` and a `; ` separator.
     pairs.filter(|(n, _)| !ours(n)).map(|(n, v)| n.len() + 1 + v.len() + 2).sum()
 }
@@ -171,8 +174,8 @@ mod tests {
 
     #[test]
     fn other_cookies_are_counted_as_the_client_sends_them() {
-        let pairs = [("a", "1"), ("h", "route"), ("h.0", "xx"), ("bb", "22")];
-        let ours = |n: &str| n == "h" || n.starts_with("h.");
+        let pairs: [crate::cookie::CookiePair; 4] = [(b"a", b"1"), (b"h", b"route"), (b"h.0", b"xx"), (b"bb", b"22")];
+        let ours = |n: &[u8]| n == b"h" || n.starts_with(b"h.");
         assert_eq!(other_cookie_bytes(pairs.into_iter(), ours), (1 + 1 + 1 + 2) + (2 + 1 + 2 + 2));
     }
 

@@ -481,15 +481,18 @@ pub fn inspect(
             vec![format!("{}{derived}", handover_dataplane::cookie_attrs::HOST_PREFIX), derived, "handover".to_owned()]
         }
     };
-    let pairs: Vec<(&str, &str)> = if value.contains('=') {
-        handover_dataplane::cookie::request_pairs(std::iter::once(value))
+    let pairs: Vec<handover_dataplane::cookie::CookiePair> = if value.contains('=') {
+        handover_dataplane::cookie::request_pairs(std::iter::once(value.as_bytes()))
     } else {
-        vec![(candidates[0].as_str(), value.trim())]
+        vec![(candidates[0].as_bytes(), value.trim().as_bytes())]
     };
-    let cookie_name =
-        candidates.iter().find(|c| pairs.iter().any(|(n, _)| n == c)).cloned().unwrap_or_else(|| candidates[0].clone());
+    let cookie_name = candidates
+        .iter()
+        .find(|c| pairs.iter().any(|(n, _)| *n == c.as_bytes()))
+        .cloned()
+        .unwrap_or_else(|| candidates[0].clone());
     let cookie_name = cookie_name.as_str();
-    let lookup = |n: &str| pairs.iter().find(|(k, _)| *k == n).map(|(_, v)| *v);
+    let lookup = |n: &str| handover_dataplane::cookie::lookup(&pairs, n);
     let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
     let refused = |e: handover_dataplane::cookie::CookieError| format!("refused: {e} ({})", e.reason());
     let route_value = lookup(cookie_name).ok_or_else(|| format!("no cookie named {cookie_name:?} in the input"))?;

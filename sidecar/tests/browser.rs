@@ -126,6 +126,23 @@ async fn chromium_keeps_its_cookie_across_a_cross_site_payment_return() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn chromium_keeps_its_session_beside_a_cookie_of_the_site_in_utf8() {
+    if !browser_or_skip("the Chromium UTF-8 cookie test") {
+        return;
+    }
+    let pool = LocalPool::start(PoolOptions::new(exe(), 1)).await.expect("pool starts");
+    let shop = pool.pods[0].data();
+
+    let seen = run_script("utf8_cookie.mjs", &[format!("http://{shop}")]).await;
+
+    assert_eq!(seen["lang"], "Fran\u{e7}ais", "the browser holds the site's UTF-8 cookie: {seen}");
+    // The sidecar once read the whole Cookie field as ASCII text: one UTF-8 cookie made it drop
+    // the field, and with it the session's cookies, on every request.
+    assert_eq!(seen["counts"], serde_json::json!([1, 2, 3]), "the session went on: {seen}");
+    assert_eq!(seen["sessions"], 1, "{seen}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn chromium_keeps_the_sessions_of_two_pools_under_one_host() {
     if !browser_or_skip("the Chromium two-pools test") {
         return;

@@ -6,7 +6,7 @@ use std::net::SocketAddr;
 use http::Request;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 
-use crate::cookie;
+use crate::cookie::{self, CookiePair};
 
 /// The session id the app sees on every forwarded request.
 pub const SESSION_HEADER: HeaderName = HeaderName::from_static("handover-session");
@@ -182,8 +182,8 @@ pub(super) fn is_upgrade<B>(req: &Request<B>) -> bool {
 }
 
 /// All `name=value` pairs of the request's Cookie headers.
-pub(super) fn cookie_pairs(headers: &HeaderMap) -> Vec<(&str, &str)> {
-    cookie::request_pairs(headers.get_all(header::COOKIE).iter().filter_map(|v| v.to_str().ok()))
+pub(super) fn cookie_pairs(headers: &HeaderMap) -> Vec<CookiePair<'_>> {
+    cookie::request_pairs(headers.get_all(header::COOKIE).iter().map(HeaderValue::as_bytes))
 }
 
 pub(super) fn append_forwarded_for(headers: &mut HeaderMap, client: SocketAddr) {
@@ -252,23 +252,24 @@ pub(super) enum AppCookie {
 }
 
 impl AppCookie {
-    pub(super) fn new(headers: &HeaderMap, pairs: &[(&str, &str)], name: &str) -> AppCookie {
+    pub(super) fn new(headers: &HeaderMap, pairs: &[CookiePair], name: &str) -> AppCookie {
         // Several `cookie` fields (HTTP/2 clients split them, RFC 9113 §8.2.3) are joined into
         // one for the app over HTTP/1.1 even when none of them is ours.
         let split = headers.get_all(header::COOKIE).iter().nth(1).is_some();
         if !split && !pairs.iter().any(|(n, _)| cookie::is_session_cookie(name, n)) {
             return AppCookie::AsSent;
         }
-        let mut rest = String::new();
+        // Bytes, as the client sent them: a cookie the site set in UTF-8 reaches the app as it was.
+        let mut rest = Vec::new();
         for (n, v) in pairs.iter().filter(|(n, _)| !cookie::is_session_cookie(name, n)) {
             if !rest.is_empty() {
-                rest.push_str("; ");
+                rest.extend_from_slice(b"; ");
             }
-            rest.push_str(n);
-            rest.push('=');
-            rest.push_str(v);
+            rest.extend_from_slice(n);
+            rest.push(b'=');
+            rest.extend_from_slice(v);
         }
-        AppCookie::Replaced(if rest.is_empty() { None } else { HeaderValue::from_str(&rest).ok() })
+        AppCookie::Replaced(if rest.is_empty() { None } else { HeaderValue::from_bytes(&rest).ok() })
     }
 
     /// Sets the app's `Cookie` field in `headers`, unless the field is gone (a client may name
@@ -308,6 +309,20 @@ mod tests {
         assert_eq!(app_cookie(&["a=1", "b=2"]).as_deref(), Some("a=1; b=2"), "split fields joined");
         assert_eq!(app_cookie(&["a=1; handover.x=y"]).as_deref(), Some("a=1; handover.x=y"), "not a chunk name");
         assert_eq!(app_cookie(&[]), None);
+    }
+
+    #[test]
+    fn a_cookie_set_in_utf8_or_latin1_reaches_the_app_as_sent_and_ours_are_still_taken_out() {
+        for other in [&b"lang=Fran\xc3\xa7ais"[..], &b"lang=Fran\xe7ais"[..]] {
+            let mut h = HeaderMap::new();
+            let field = [other, b"; handover=r; handover.0=s; b=2"].concat();
+            h.insert(header::COOKIE, HeaderValue::from_bytes(&field).unwrap());
+            let pairs = cookie_pairs(&h);
+            assert_eq!(cookie::lookup(&pairs, "handover"), Some("r"));
+            let app = AppCookie::new(&h, &pairs, "handover");
+            app.apply(&mut h);
+            assert_eq!(h[header::COOKIE].as_bytes(), [other, b"; b=2"].concat());
+        }
     }
 
     #[test]
@@ -405,10 +420,10 @@ mod tests {
 
     #[test]
     fn only_our_cookie_and_its_chunks_are_ours() {
-        assert!(cookie::is_session_cookie("handover", "handover"));
-        assert!(cookie::is_session_cookie("handover", "handover.3"));
-        assert!(!cookie::is_session_cookie("handover", "handover.x"));
-        assert!(!cookie::is_session_cookie("handover", "handoverx"));
-        assert!(!cookie::is_session_cookie("handover", "session"));
+        assert!(cookie::is_session_cookie("handover", b"handover"));
+        assert!(cookie::is_session_cookie("handover", b"handover.3"));
+        assert!(!cookie::is_session_cookie("handover", b"handover.x"));
+        assert!(!cookie::is_session_cookie("handover", b"handoverx"));
+        assert!(!cookie::is_session_cookie("handover", b"session"));
     }
 }

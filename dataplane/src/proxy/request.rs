@@ -100,7 +100,7 @@ impl Proxy {
     pub(super) fn read_cookie(&self, headers: &HeaderMap) -> RequestCookie {
         let pairs = cookie_pairs(headers);
         let name = &self.cfg.cookie.attrs.name;
-        let lookup = |n: &str| pairs.iter().find(|(k, _)| *k == n).map(|(_, v)| *v);
+        let lookup = |n: &str| cookie::lookup(&pairs, n);
         let held_chunks = cookie::held_state_chunks(name, pairs.iter().map(|(n, _)| *n));
         let other_cookies =
             header_budget::other_cookie_bytes(pairs.iter().copied(), |n| cookie::is_session_cookie(name, n));
