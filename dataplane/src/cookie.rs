@@ -526,17 +526,17 @@ pub type CookiePair<'a> = (&'a [u8], &'a [u8]);
 pub fn request_pairs<'a>(fields: impl Iterator<Item = &'a [u8]>) -> Vec<CookiePair<'a>> {
     let mut pairs = Vec::new();
     for field in fields {
-        match std::str::from_utf8(field) {
-            // The usual field: `str::split` finds the separators with `memchr`.
-            Ok(text) => pairs.extend(text.split(';').filter_map(|p| split_pair(p.as_bytes()))),
-            Err(_) => pairs.extend(field.split(|&b| b == b';').filter_map(split_pair)),
+        let mut start = 0;
+        for end in memchr::memchr_iter(b';', field).chain([field.len()]) {
+            pairs.extend(split_pair(&field[start..end]));
+            start = end + 1;
         }
     }
     pairs
 }
 
 fn split_pair(pair: &[u8]) -> Option<CookiePair<'_>> {
-    let eq = pair.iter().position(|&b| b == b'=')?;
+    let eq = memchr::memchr(b'=', pair)?;
     Some((pair[..eq].trim_ascii(), pair[eq + 1..].trim_ascii()))
 }
 
@@ -802,6 +802,18 @@ mod tests {
     }
 
     proptest! {
+        #[test]
+        fn request_pairs_are_the_fields_split_at_every_semicolon_then_the_first_equals(
+            fields in proptest::collection::vec(proptest::collection::vec(prop_oneof![Just(b';'), Just(b'='), Just(b' '), any::<u8>()], 0..40), 0..3),
+        ) {
+            let naive: Vec<CookiePair> = fields
+                .iter()
+                .flat_map(|f| f.split(|&b| b == b';'))
+                .filter_map(|p| p.iter().position(|&b| b == b'=').map(|eq| (p[..eq].trim_ascii(), p[eq + 1..].trim_ascii())))
+                .collect();
+            prop_assert_eq!(request_pairs(fields.iter().map(Vec::as_slice)), naive);
+        }
+
         #[test]
         fn any_route_and_state_round_trip(
             state in proptest::collection::vec(any::<u8>(), 0..3000),
