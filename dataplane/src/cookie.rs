@@ -535,9 +535,13 @@ pub fn request_pairs<'a>(fields: impl Iterator<Item = &'a [u8]>) -> Vec<CookiePa
     pairs
 }
 
+/// One `;`-separated part of a field: `name=value`, or a nameless cookie's value alone (RFC
+/// 6265bis §5.7: browsers send a cookie set without `=` as its value only); `None` when empty.
 fn split_pair(pair: &[u8]) -> Option<CookiePair<'_>> {
-    let eq = memchr::memchr(b'=', pair)?;
-    Some((pair[..eq].trim_ascii(), pair[eq + 1..].trim_ascii()))
+    match memchr::memchr(b'=', pair) {
+        Some(eq) => Some((pair[..eq].trim_ascii(), pair[eq + 1..].trim_ascii())),
+        None => Some((&pair[..0], pair.trim_ascii())).filter(|(_, value)| !value.is_empty()),
+    }
 }
 
 /// The value of cookie `name` among `pairs`, as text: `Some("")` for a value that is not UTF-8
@@ -601,8 +605,10 @@ mod tests {
 
     #[test]
     fn request_pairs_read_every_cookie_header_field() {
-        let pairs = request_pairs(["a=1; handover=x", "handover.1=y;b=2", "junk"].map(str::as_bytes).into_iter());
-        let want: Vec<CookiePair> = vec![(b"a", b"1"), (b"handover", b"x"), (b"handover.1", b"y"), (b"b", b"2")];
+        let fields = ["a=1; handover=x", "handover.1=y;b=2", "nameless; ;"];
+        let pairs = request_pairs(fields.map(str::as_bytes).into_iter());
+        let want: Vec<CookiePair> =
+            vec![(b"a", b"1"), (b"handover", b"x"), (b"handover.1", b"y"), (b"b", b"2"), (b"", b"nameless")];
         assert_eq!(pairs, want);
     }
 
@@ -803,13 +809,16 @@ mod tests {
 
     proptest! {
         #[test]
-        fn request_pairs_are_the_fields_split_at_every_semicolon_then_the_first_equals(
+        fn request_pairs_are_the_fields_split_at_every_semicolon_then_the_first_equals_or_nameless(
             fields in proptest::collection::vec(proptest::collection::vec(prop_oneof![Just(b';'), Just(b'='), Just(b' '), any::<u8>()], 0..40), 0..3),
         ) {
             let naive: Vec<CookiePair> = fields
                 .iter()
                 .flat_map(|f| f.split(|&b| b == b';'))
-                .filter_map(|p| p.iter().position(|&b| b == b'=').map(|eq| (p[..eq].trim_ascii(), p[eq + 1..].trim_ascii())))
+                .filter_map(|p| match p.iter().position(|&b| b == b'=') {
+                    Some(eq) => Some((p[..eq].trim_ascii(), p[eq + 1..].trim_ascii())),
+                    None => Some((&p[..0], p.trim_ascii())).filter(|(_, v)| !v.is_empty()),
+                })
                 .collect();
             prop_assert_eq!(request_pairs(fields.iter().map(Vec::as_slice)), naive);
         }

@@ -126,20 +126,29 @@ async fn chromium_keeps_its_cookie_across_a_cross_site_payment_return() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn chromium_keeps_its_session_beside_a_cookie_of_the_site_in_utf8() {
-    if !browser_or_skip("the Chromium UTF-8 cookie test") {
+async fn chromium_keeps_its_session_beside_the_sites_own_cookies_in_utf8_and_nameless() {
+    if !browser_or_skip("the Chromium site-cookies test") {
         return;
     }
     let pool = LocalPool::start(PoolOptions::new(exe(), 1)).await.expect("pool starts");
     let shop = pool.pods[0].data();
 
-    let seen = run_script("utf8_cookie.mjs", &[format!("http://{shop}")]).await;
+    let seen = run_script("site_cookies.mjs", &[format!("http://{shop}"), pool.cookie_name()]).await;
 
-    assert_eq!(seen["lang"], "Fran\u{e7}ais", "the browser holds the site's UTF-8 cookie: {seen}");
+    let holds = seen["browserHolds"].as_array().expect("the browser's cookie names");
+    assert!(holds.contains(&"lang".into()) && holds.contains(&"".into()), "both cookies were set: {seen}");
     // The sidecar once read the whole Cookie field as ASCII text: one UTF-8 cookie made it drop
     // the field, and with it the session's cookies, on every request.
     assert_eq!(seen["counts"], serde_json::json!([1, 2, 3]), "the session went on: {seen}");
     assert_eq!(seen["sessions"], 1, "{seen}");
+    // And it rebuilt the app's field from `name=value` pairs only, dropping a nameless cookie.
+    let app_cookie = seen["appCookie"].as_array().expect("the app's Cookie fields");
+    assert_eq!(app_cookie.len(), 1, "one field: {seen}");
+    let field = app_cookie[0].as_str().expect("a field");
+    let mut parts: Vec<&str> = field.split("; ").collect();
+    parts.sort_unstable();
+    assert_eq!(parts, ["lang=Fran\u{e7}ais", "nameless"], "the site's cookies as sent, none of the session's: {seen}");
+    assert_eq!(seen["sessionCookieSeenByApp"], false, "{seen}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -265,8 +265,11 @@ impl AppCookie {
             if !rest.is_empty() {
                 rest.extend_from_slice(b"; ");
             }
-            rest.extend_from_slice(n);
-            rest.push(b'=');
+            // A nameless cookie goes back as it came: its value alone.
+            if !n.is_empty() {
+                rest.extend_from_slice(n);
+                rest.push(b'=');
+            }
             rest.extend_from_slice(v);
         }
         AppCookie::Replaced(if rest.is_empty() { None } else { HeaderValue::from_bytes(&rest).ok() })
@@ -308,6 +311,11 @@ mod tests {
         assert_eq!(app_cookie(&["handover=r; handover.0=s"]), None, "nothing left: no field");
         assert_eq!(app_cookie(&["a=1", "b=2"]).as_deref(), Some("a=1; b=2"), "split fields joined");
         assert_eq!(app_cookie(&["a=1; handover.x=y"]).as_deref(), Some("a=1; handover.x=y"), "not a chunk name");
+        assert_eq!(
+            app_cookie(&["nameless; handover=r; a=1"]).as_deref(),
+            Some("nameless; a=1"),
+            "a nameless cookie too"
+        );
         assert_eq!(app_cookie(&[]), None);
     }
 
