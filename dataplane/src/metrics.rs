@@ -258,7 +258,7 @@ impl Default for Metrics {
         );
         registry.register(
             "backups_sent",
-            "Sealed states handed to the session's successor before the response left, by result (ok, refused, failed, no_successor)",
+            "Sealed states handed to the session's successor before the response left, by result (ok, refused, failed, no_successor; successor_dead: found dead by a probe, the next successor tried)",
             m.backups_sent.family.clone(),
         );
         registry.register(
