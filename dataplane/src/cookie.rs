@@ -404,14 +404,16 @@ fn push_chunk_name(out: &mut String, name: &str, index: usize) {
 }
 
 /// Splits a sealed state value into `(cookie name, value)` chunks of at most `chunk_bytes`.
-pub fn split_state(name: &str, value: &str, chunk_bytes: usize) -> Vec<(String, String)> {
-    value
-        .as_bytes()
-        .chunks(chunk_bytes.max(1))
-        .enumerate()
-        // base64url is ASCII, so every byte boundary is a char boundary.
-        .map(|(i, c)| (state_chunk_name(name, i), std::str::from_utf8(c).unwrap_or_default().to_owned()))
-        .collect()
+pub fn split_state<'v>(name: &str, value: &'v str, chunk_bytes: usize) -> Vec<(String, &'v str)> {
+    // base64url is ASCII, so every byte boundary is a char boundary.
+    let mut chunks = Vec::with_capacity(value.len().div_ceil(chunk_bytes.max(1)));
+    let mut rest = value;
+    while !rest.is_empty() {
+        let (chunk, tail) = rest.split_at(rest.len().min(chunk_bytes.max(1)));
+        chunks.push((state_chunk_name(name, chunks.len()), chunk));
+        rest = tail;
+    }
+    chunks
 }
 
 /// Joins the state chunks `route` names, found by `lookup`. A missing chunk, or chunks whose
@@ -647,7 +649,8 @@ mod tests {
     /// Seals `state` as version `version` and returns its route and chunks, as a response sets them.
     fn sealed_v2(keys: &KeyRing, version: u64, state: &[u8], chunk_bytes: usize) -> (Route, Vec<(String, String)>) {
         let value = seal_state("s-1", version, state, "p", keys);
-        let chunks = split_state("h", &value, chunk_bytes);
+        let chunks: Vec<(String, String)> =
+            split_state("h", &value, chunk_bytes).into_iter().map(|(n, v)| (n, v.to_owned())).collect();
         (route(version, chunks.len() as u16, value.len() as u32), chunks)
     }
 
@@ -839,8 +842,8 @@ mod tests {
             let chunks = split_state("h", &value, chunk_bytes);
             let r = Route { session, version, state_version: version, carry, created_at, ended, ..route(0, chunks.len() as u16, value.len() as u32) };
             prop_assert_eq!(open_route(&seal_route(&r, "ns/pool", &keys), "ns/pool", &keys, 1_999), Ok(r.clone()));
-            let jar: HashMap<String, String> = chunks.into_iter().collect();
-            let joined = join_state("h", &r, |n| jar.get(n).map(String::as_str));
+            let jar: HashMap<String, &str> = chunks.into_iter().collect();
+            let joined = join_state("h", &r, |n| jar.get(n).copied());
             prop_assert_eq!(joined.and_then(|v| open_state_format(&v, &r, "ns/pool", &keys, 3000)), Ok((state, format)));
         }
 

@@ -62,22 +62,20 @@ pub fn validate(a: &Attrs) -> Result<(), String> {
 
 /// One `Set-Cookie` value: `name=value` with the pool's attributes; `max_age` 0 deletes it.
 pub fn set_cookie_line(a: &Attrs, name: &str, value: &str, max_age: u64) -> String {
-    // One allocation of the final size (a state chunk's line is ~4 KB).
-    let mut line = String::with_capacity(name.len() + value.len() + a.path.len() + a.domain.len() + 80);
-    // `push_str` and `itoa` rather than `write!`: on every sealed response.
-    for part in [name, "=", value, "; Path=", &a.path] {
+    let mut age = itoa::Buffer::new();
+    let domain = if a.domain.is_empty() { "" } else { "; Domain=" };
+    let secure = if a.secure { "; Secure" } else { "" };
+    #[rustfmt::skip]
+    let parts = [
+        name, "=", value, "; Path=", &a.path, domain, &a.domain, "; Max-Age=", age.format(max_age),
+        "; HttpOnly; SameSite=", &a.same_site, secure,
+    ];
+    // One allocation of exactly the final size (a state chunk's line is ~4 KB): the `Bytes` the
+    // header value is made of then takes it over without another (it must when there is spare
+    // capacity). `push_str` and `itoa` rather than `write!`: on every sealed response.
+    let mut line = String::with_capacity(parts.iter().map(|p| p.len()).sum());
+    for part in parts {
         line.push_str(part);
-    }
-    if !a.domain.is_empty() {
-        line.push_str("; Domain=");
-        line.push_str(&a.domain);
-    }
-    line.push_str("; Max-Age=");
-    line.push_str(itoa::Buffer::new().format(max_age));
-    line.push_str("; HttpOnly; SameSite=");
-    line.push_str(&a.same_site);
-    if a.secure {
-        line.push_str("; Secure");
     }
     line
 }

@@ -196,11 +196,8 @@ impl Proxy {
                     // its idle deadline; the backup keeps its own expiry until the next change.
                     let route = self.route_for(session, seal.version, r.state_version, 0, 0, rc.carry, created_at);
                     let age = route.expires_at.saturating_sub(route.issued_at);
-                    let line = vec![(
-                        self.cfg.cookie.attrs.name.clone(),
-                        cookie::seal_route(&route, &self.cfg.pool, &self.keys.ring()),
-                        age,
-                    )];
+                    let value = cookie::seal_route(&route, &self.cfg.pool, &self.keys.ring());
+                    let line = [(self.cfg.cookie.attrs.name.as_str(), value.as_str(), age)];
                     let room = Room {
                         response_block: header_budget::response_block_bytes(status, headers),
                         other_cookies: rc.other_cookies,
@@ -231,14 +228,13 @@ impl Proxy {
         // The idle timeout, or less: never past the absolute deadline.
         let max_age = route.expires_at.saturating_sub(route.issued_at);
         let count = usize::from(route.chunks);
-        let mut lines: Vec<(String, String, u64)> = vec![(name.clone(), route_value.clone(), max_age)];
-        lines.extend(chunks.into_iter().map(|(n, v)| (n, v, max_age)));
-        lines.extend(
-            rc.held_chunks
-                .iter()
-                .filter(|&&i| i >= count)
-                .map(|&i| (cookie::state_chunk_name(name, i), String::new(), 0)),
-        );
+        // Chunks of an older, longer state the client still holds: deleted.
+        let stale: Vec<String> =
+            rc.held_chunks.iter().filter(|&&i| i >= count).map(|&i| cookie::state_chunk_name(name, i)).collect();
+        let mut lines: Vec<(&str, &str, u64)> = Vec::with_capacity(1 + chunks.len() + stale.len());
+        lines.push((name, &route_value, max_age));
+        lines.extend(chunks.iter().map(|(n, v)| (n.as_str(), *v, max_age)));
+        lines.extend(stale.iter().map(|n| (n.as_str(), "", 0)));
         let room = Room {
             response_block: header_budget::response_block_bytes(status, headers),
             other_cookies: rc.other_cookies,
@@ -273,7 +269,8 @@ impl Proxy {
                 };
                 let route =
                     self.route_for(session, seal.version, state_version, chunks, state_bytes, rc.carry, created_at);
-                let line = vec![(name.clone(), cookie::seal_route(&route, &self.cfg.pool, &self.keys.ring()), max_age)];
+                let value = cookie::seal_route(&route, &self.cfg.pool, &self.keys.ring());
+                let line = [(name.as_str(), value.as_str(), max_age)];
                 if let Ok((set_cookies, _)) = self.fit(&line, room) {
                     append(headers, set_cookies);
                 }
@@ -315,7 +312,7 @@ impl Proxy {
     }
 
     /// The `Set-Cookie` lines of `(name, value, max_age)` cookies, if they pass every limit.
-    fn fit(&self, cookies: &[(String, String, u64)], room: Room) -> Result<(Vec<String>, Added), NotSealed> {
+    fn fit(&self, cookies: &[(&str, &str, u64)], room: Room) -> Result<(Vec<String>, Added), NotSealed> {
         let mut added = Added::default();
         let mut set_cookies = Vec::with_capacity(cookies.len());
         for (cookie_name, value, age) in cookies {
