@@ -405,11 +405,13 @@ fn push_chunk_name(out: &mut String, name: &str, index: usize) {
 
 /// Splits a sealed state value into `(cookie name, value)` chunks of at most `chunk_bytes`.
 pub fn split_state<'v>(name: &str, value: &'v str, chunk_bytes: usize) -> Vec<(String, &'v str)> {
-    // base64url is ASCII, so every byte boundary is a char boundary.
-    let mut chunks = Vec::with_capacity(value.len().div_ceil(chunk_bytes.max(1)));
+    let size = chunk_bytes.max(1);
+    let mut chunks = Vec::with_capacity(value.len().div_ceil(size));
     let mut rest = value;
     while !rest.is_empty() {
-        let (chunk, tail) = rest.split_at(rest.len().min(chunk_bytes.max(1)));
+        // A sealed value is base64url, ASCII: every byte boundary is a char boundary. The last
+        // chunk is shorter (no split), and a value that were not ASCII would not panic here.
+        let (chunk, tail) = rest.split_at_checked(size).unwrap_or((rest, ""));
         chunks.push((state_chunk_name(name, chunks.len()), chunk));
         rest = tail;
     }
