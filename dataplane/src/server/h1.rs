@@ -66,12 +66,13 @@ where
     let mut out = Vec::with_capacity(1024);
     // One timer for the connection's life, moved on for each request head: moving a registered
     // timer's deadline later only updates it, where a new timeout per request is put into
-    // tokio's timer wheel and taken out again every time (~1 000 instructions a request, counted).
+    // tokio's timer wheel and taken out again every time (~460 instructions a request, counted).
     let header_deadline = tokio::time::sleep(header_timeout);
     tokio::pin!(header_deadline);
     loop {
-        // The header timeout runs from the first read of this request's head.
-        let mut timed = false;
+        // Each request's head is due within the header timeout of the previous response (the
+        // first one's, of the connection's start).
+        header_deadline.as_mut().reset(tokio::time::Instant::now() + header_timeout);
         // What was read ahead may hold a whole request already.
         let mut parse = !buf.is_empty();
         let (req, client_close) = loop {
@@ -87,10 +88,6 @@ where
             }
             if buf.is_empty() && *closing.borrow_and_update() {
                 return Outcome::Closed;
-            }
-            if !timed {
-                header_deadline.as_mut().reset(tokio::time::Instant::now() + header_timeout);
-                timed = true;
             }
             if buf.is_empty() {
                 // Reuses the buffer when the requests read into it are gone, else starts a new one.
