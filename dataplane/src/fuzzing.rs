@@ -60,7 +60,7 @@ pub struct Decoded {
 }
 
 /// Reads `data` as the whole value of a request's `Cookie` header, as the proxy does: a value
-/// hyper refuses, or that is not visible ASCII, is no cookie at all. The decode path only, so a
+/// `http` refuses (controls) is no cookie at all; any other bytes are read as pairs. The decode path only, so a
 /// target can meter its allocations apart from the checks of [`check_cookie_header`].
 pub fn decode_cookie_header(data: &[u8]) -> Decoded {
     let Ok(value) = HeaderValue::from_bytes(data) else {

@@ -486,13 +486,9 @@ pub fn inspect(
     } else {
         vec![(candidates[0].as_bytes(), value.trim().as_bytes())]
     };
-    let cookie_name = candidates
-        .iter()
-        .find(|c| pairs.iter().any(|(n, _)| *n == c.as_bytes()))
-        .cloned()
-        .unwrap_or_else(|| candidates[0].clone());
-    let cookie_name = cookie_name.as_str();
     let lookup = |n: &str| handover_dataplane::cookie::lookup(&pairs, n);
+    let cookie_name = candidates.iter().find(|c| lookup(c).is_some()).cloned().unwrap_or_else(|| candidates[0].clone());
+    let cookie_name = cookie_name.as_str();
     let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
     let refused = |e: handover_dataplane::cookie::CookieError| format!("refused: {e} ({})", e.reason());
     let route_value = lookup(cookie_name).ok_or_else(|| format!("no cookie named {cookie_name:?} in the input"))?;
