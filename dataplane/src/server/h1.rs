@@ -69,6 +69,12 @@ where
     // tokio's timer wheel and taken out again every time (~460 instructions a request, counted).
     let header_deadline = tokio::time::sleep(header_timeout);
     tokio::pin!(header_deadline);
+    // One wait for the shutdown for the connection's life, for the same reason: a `changed()` made
+    // anew for each request registers with the channel and leaves it again every time. It never
+    // completes but to end the connection, so it is never polled once done.
+    let mut shutdown_watch = closing.clone();
+    let shutdown = shutdown_watch.changed();
+    tokio::pin!(shutdown);
     loop {
         // Each request's head is due within the header timeout of the previous response (the
         // first one's, of the connection's start).
@@ -99,7 +105,7 @@ where
                 read = stream.read_buf(&mut buf) => read,
                 // No whole head within the header timeout.
                 () = &mut header_deadline => return Outcome::Closed,
-                _ = closing.changed(), if buf.is_empty() => return Outcome::Closed,
+                _ = &mut shutdown, if buf.is_empty() => return Outcome::Closed,
             };
             match read {
                 Ok(1..) => {}
@@ -645,5 +651,31 @@ mod tests {
         assert!(matches!(outcome, Outcome::Closed));
         let reply = read_all(client).await;
         assert!(reply.contains("connection: close\r\n") && reply.ends_with("GET /last "), "{reply}");
+    }
+
+    #[tokio::test]
+    async fn an_idle_connection_closes_at_shutdown_after_its_requests_were_answered() {
+        let (tx, mut closing) = tokio::sync::watch::channel(false);
+        let (mut client, server) = pair().await;
+        // Answered, then idle: a shutdown that comes later ends the connection at once, long
+        // before its header timeout (the wait for the shutdown outlives each request's round).
+        let served = tokio::spawn(async move {
+            serve(server, peer(), &echo, Duration::from_secs(3600), &mut closing).await;
+        });
+        for n in 1..=2 {
+            client.write_all(b"GET /idle HTTP/1.1\r\nhost: x\r\n\r\n").await.expect("write");
+            let mut reply = Vec::new();
+            while !reply.ends_with(b"GET /idle ") {
+                let read = tokio::time::timeout(Duration::from_secs(10), client.read_buf(&mut reply)).await;
+                let got = read.unwrap_or_else(|_| panic!("answer {n} within 10 s")).expect("read");
+                assert!(got > 0, "answer {n}: closed early after {:?}", String::from_utf8_lossy(&reply));
+            }
+        }
+        let _ = tx.send(true);
+        tokio::time::timeout(Duration::from_secs(10), served)
+            .await
+            .expect("the idle connection was closed at shutdown, within 10 s")
+            .expect("served");
+        assert_eq!(read_all(client).await, "", "nothing more after the shutdown");
     }
 }
