@@ -8,17 +8,30 @@
 //! (Express and ASP.NET match case-insensitively and ignore a trailing slash; Tomcat strips path
 //! parameters).
 
-/// Whether `request_path` (the path of a request URI, without the query) names `state_path`.
-pub fn names_state_path(request_path: &str, state_path: &str) -> bool {
-    // Every request is checked: the common path, with nothing to decode or fold, is compared
-    // segment by segment without allocating (it normalizes to its non-empty segments).
-    if is_plain(request_path) && is_plain(state_path) {
-        return plain_segments(request_path).eq(plain_segments(state_path));
+/// The app's state path, normalized once: every request's path is compared with it.
+#[derive(Clone, Debug)]
+pub struct StatePath {
+    /// Its normalized segments; `None` when it does not decode (then no request names it).
+    segments: Option<Vec<String>>,
+}
+
+impl StatePath {
+    pub fn new(state_path: &str) -> StatePath {
+        StatePath { segments: normalize(state_path) }
     }
-    let Some(wanted) = normalize(state_path) else { return false };
-    // A path that cannot be decoded is not routed by any framework as the state path either,
-    // but refuse it all the same when its raw form matches.
-    normalize(request_path).is_some_and(|p| p == wanted)
+
+    /// Whether `request_path` (the path of a request URI, without the query) names this path.
+    pub fn named_by(&self, request_path: &str) -> bool {
+        let Some(wanted) = &self.segments else { return false };
+        // Every request is checked: the common path, with nothing to decode or fold, is compared
+        // segment by segment without allocating (it normalizes to its non-empty segments).
+        if is_plain(request_path) {
+            return plain_segments(request_path).eq(wanted.iter().map(String::as_str));
+        }
+        // A path that cannot be decoded is not routed by any framework as the state path either,
+        // but refuse it all the same when its raw form matches.
+        normalize(request_path).is_some_and(|p| p == *wanted)
+    }
 }
 
 /// A path that [`normalize`] leaves as its non-empty segments: ASCII without upper case, `%`,
@@ -93,6 +106,10 @@ fn hex(b: u8) -> Option<u8> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn names_state_path(request_path: &str, state_path: &str) -> bool {
+        StatePath::new(state_path).named_by(request_path)
+    }
 
     #[test]
     fn every_spelling_of_the_state_path_is_recognised() {

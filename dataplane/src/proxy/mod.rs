@@ -201,6 +201,8 @@ pub struct Proxy {
     order: order::SessionOrder,
     /// Peers this sidecar lately could not reach (`peer_health`).
     peer_health: crate::peer_health::Tracker,
+    /// `cfg.state_path` as every client request's path is compared with it.
+    state_path: crate::state_path::StatePath,
 }
 
 fn unix_now() -> u64 {
@@ -219,6 +221,7 @@ impl Proxy {
         let cfg_max_held = cfg.max_held;
         let table = sessions::Table::new(cfg.max_sessions);
         let backups = cfg.backup_max_bytes.map(crate::backup::Store::new);
+        let state_path = crate::state_path::StatePath::new(&cfg.state_path);
         Arc::new(Proxy {
             cfg,
             metrics,
@@ -239,6 +242,7 @@ impl Proxy {
             backups,
             order: order::SessionOrder::default(),
             peer_health: crate::peer_health::Tracker::default(),
+            state_path,
         })
     }
 
@@ -314,7 +318,7 @@ impl Proxy {
                 ),
             );
         }
-        if crate::state_path::names_state_path(req.uri().path(), &self.cfg.state_path) {
+        if self.state_path.named_by(req.uri().path()) {
             self.metrics.bad_requests.get_or_create(&[("reason", BadRequest::StatePath)]).inc();
             tracing::warn!(%client, method = %req.method(), path = req.uri().path(), "a client asked for the state endpoint; refused");
             return (Route::Refused, text_response(StatusCode::NOT_FOUND, "not found\n"));
