@@ -67,6 +67,8 @@ enum SendError {
     NotSent(Box<Request<Body>>),
     /// The client's body came too slowly (`timed_body`).
     CutByClient,
+    /// No response head within the response timeout.
+    TimedOut,
     Failed(String),
 }
 
@@ -289,23 +291,18 @@ impl Proxy {
         let method = req.method().clone();
         let authorized = req.headers().contains_key(header::AUTHORIZATION);
         let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
-        let send = self.send_to_app(sender, req, upgrade);
-        let sent = match self.cfg.response_timeout {
-            Some(limit) => match tokio::time::timeout(limit, send).await {
-                Ok(sent) => sent,
-                Err(_) => {
-                    self.metrics.bad_requests.get_or_create(&[("reason", BadRequest::AppTimeout)]).inc();
-                    tracing::warn!(session = %session, ?limit, "the app did not answer in time");
-                    return Served::Response(text_response(
-                        StatusCode::GATEWAY_TIMEOUT,
-                        format!("handover: the application did not answer within {limit:?}\n"),
-                    ));
-                }
-            },
-            None => send.await,
-        };
-        let resp = match sent {
+        let deadline = self.cfg.response_timeout.map(|limit| tokio::time::Instant::now() + limit);
+        let resp = match self.send_to_app(sender, req, upgrade, deadline).await {
             Ok(resp) => resp,
+            Err(SendError::TimedOut) => {
+                let limit = self.cfg.response_timeout.unwrap_or_default();
+                self.metrics.bad_requests.get_or_create(&[("reason", BadRequest::AppTimeout)]).inc();
+                tracing::warn!(session = %session, ?limit, "the app did not answer in time");
+                return Served::Response(text_response(
+                    StatusCode::GATEWAY_TIMEOUT,
+                    format!("handover: the application did not answer within {limit:?}\n"),
+                ));
+            }
             // The app closed this connection before taking the request: it may have restarted
             // and lost its sessions, so route the request again once that is known.
             Err(SendError::NotSent(unsent)) => {
@@ -379,34 +376,62 @@ impl Proxy {
         Served::Response(Response::from_parts(parts, body))
     }
 
-    /// Sends `req` to the app on `sender`. An HTTP/1.1 request whose body has all arrived is
-    /// written and read here (`upstream::h1`); the others (a body still arriving, an upgrade)
-    /// and h2c go through hyper's client.
+    /// Sends `req` to the app on `sender`, and has its response head by `deadline` if there is one
+    /// ([`SendError::TimedOut`]). An HTTP/1.1 request whose body has all arrived is written and
+    /// read here (`upstream::h1`); the others (a body still arriving, an upgrade) and h2c go
+    /// through hyper's client.
     async fn send_to_app(
         &self,
         sender: AppSender,
         mut req: Request<Body>,
         upgrade: bool,
+        deadline: Option<tokio::time::Instant>,
     ) -> Result<Response<Body>, SendError> {
+        let sender = match sender {
+            AppSender::Http1(conn) if !upgrade => match h1::whole_body(&mut req) {
+                Some(body) => return self.exchange(conn, req, body, deadline).await,
+                None => AppSender::Http1(conn),
+            },
+            sender => sender,
+        };
+        match deadline {
+            Some(at) => {
+                tokio::time::timeout_at(at, self.send_with_hyper(sender, req)).await.unwrap_or(Err(SendError::TimedOut))
+            }
+            None => self.send_with_hyper(sender, req).await,
+        }
+    }
+
+    /// Sends `req` with its whole `body` on `conn`, written and read here (`upstream::h1`).
+    async fn exchange(
+        &self,
+        conn: h1::AppConn,
+        req: Request<Body>,
+        body: Bytes,
+        deadline: Option<tokio::time::Instant>,
+    ) -> Result<Response<Body>, SendError> {
+        let (mut parts, _) = req.into_parts();
+        match conn.exchange(&parts, &body, &self.upstreams.app_idle, deadline).await {
+            Ok(resp) => Ok(resp),
+            Err(h1::ExchangeError::TimedOut) => Err(SendError::TimedOut),
+            Err(h1::ExchangeError::NotSent(_)) => {
+                Err(SendError::NotSent(Box::new(Request::from_parts(parts, full(body)))))
+            }
+            // Sent again once: an app that closes on this very request must not
+            // see it over and over.
+            Err(h1::ExchangeError::Unanswered(e)) if parts.extensions.get::<SentUnanswered>().is_none() => {
+                tracing::debug!(error = %e, method = %parts.method, "the app closed a kept-alive connection without answering; sending the request again");
+                parts.extensions.insert(SentUnanswered);
+                Err(SendError::NotSent(Box::new(Request::from_parts(parts, full(body)))))
+            }
+            Err(e) => Err(SendError::Failed(e.to_string())),
+        }
+    }
+
+    /// Sends `req` through hyper's client: on `sender`'s HTTP/1.1 connection, or its h2c one.
+    async fn send_with_hyper(&self, sender: AppSender, req: Request<Body>) -> Result<Response<Body>, SendError> {
         let sent = match sender {
             AppSender::Http1(conn) => {
-                if !upgrade && let Some(body) = h1::whole_body(&mut req) {
-                    let (mut parts, _) = req.into_parts();
-                    return match conn.exchange(&parts, &body, &self.upstreams.app_idle).await {
-                        Ok(resp) => Ok(resp),
-                        Err(h1::ExchangeError::NotSent(_)) => {
-                            Err(SendError::NotSent(Box::new(Request::from_parts(parts, full(body)))))
-                        }
-                        // Sent again once: an app that closes on this very request must not
-                        // see it over and over.
-                        Err(h1::ExchangeError::Unanswered(e)) if parts.extensions.get::<SentUnanswered>().is_none() => {
-                            tracing::debug!(error = %e, method = %parts.method, "the app closed a kept-alive connection without answering; sending the request again");
-                            parts.extensions.insert(SentUnanswered);
-                            Err(SendError::NotSent(Box::new(Request::from_parts(parts, full(body)))))
-                        }
-                        Err(e) => Err(SendError::Failed(e.to_string())),
-                    };
-                }
                 let mut sender = conn.into_hyper(self.cfg.app).await.map_err(|e| SendError::Failed(e.to_string()))?;
                 sender.try_send_request(req).await
             }

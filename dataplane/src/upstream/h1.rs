@@ -47,11 +47,19 @@ pub struct AppConn {
     buf: BytesMut,
     /// Taken from the idle list: the app may have closed it as it was taken.
     reused: bool,
+    /// The response timeout of each exchange: one timer for the connection's life (made at its
+    /// first exchange with a deadline), moved on at each request: moving a registered timer later
+    /// only updates it, where a new timeout per request goes into tokio's timer wheel and out
+    /// again every time.
+    deadline: Option<Pin<Box<tokio::time::Sleep>>>,
 }
 
 /// Why an exchange failed.
 #[derive(Debug, thiserror::Error)]
 pub enum ExchangeError {
+    /// No response head before the deadline.
+    #[error("no response before the deadline")]
+    TimedOut,
     /// The app's connection was closed before the request was written: it may be sent again.
     #[error("the connection was closed before the request was written: {0}")]
     NotSent(io::Error),
@@ -72,7 +80,7 @@ impl AppConn {
     /// A new connection to `addr` within `timeout`.
     pub async fn connect(addr: SocketAddr, timeout: Duration) -> Result<AppConn, ConnectError> {
         let stream = super::connect(addr, timeout).await?;
-        Ok(AppConn { stream, buf: BytesMut::new(), reused: false })
+        Ok(AppConn { stream, buf: BytesMut::new(), reused: false, deadline: None })
     }
 
     /// This connection under hyper's client, for a request this module does not send (a body
@@ -84,14 +92,36 @@ impl AppConn {
         super::hyper_http1(self.stream, addr).await
     }
 
-    /// Sends `req` with its whole `body` and reads the response head. The connection goes back
-    /// to `idle` once its response body was read, unless either side closes it.
+    /// Sends `req` with its whole `body` and reads the response head, by `deadline` if there is
+    /// one ([`ExchangeError::TimedOut`]). The connection goes back to `idle` once its response
+    /// body was read, unless either side closes it.
     pub async fn exchange(
         mut self,
         req: &http::request::Parts,
         body: &Bytes,
         idle: &IdleConns,
+        deadline: Option<tokio::time::Instant>,
     ) -> Result<Response<Body>, ExchangeError> {
+        let head = match deadline {
+            Some(at) => {
+                // Out of the connection while the exchange borrows the rest of it, then put back.
+                let mut timer = self.deadline.take().unwrap_or_else(|| Box::pin(tokio::time::sleep_until(at)));
+                timer.as_mut().reset(at);
+                let head = tokio::select! {
+                    biased;
+                    head = self.send_and_read_head(req, body) => head,
+                    () = timer.as_mut() => Err(ExchangeError::TimedOut),
+                };
+                self.deadline = Some(timer);
+                head
+            }
+            None => self.send_and_read_head(req, body).await,
+        }?;
+        Ok(self.respond(head, idle))
+    }
+
+    /// Writes `req` and reads the final response head.
+    async fn send_and_read_head(&mut self, req: &http::request::Parts, body: &Bytes) -> Result<Head, ExchangeError> {
         if self.reused && !still_open(&self.stream) {
             // The app closed it while the request waited (its turn, a check of the app): as
             // hyper's client does, the request is handed back unsent, to go on a new connection.
@@ -119,7 +149,7 @@ impl AppConn {
                         return Err(failed("the app switched protocols unasked"));
                     }
                 }
-                Ok(Some(head)) => return Ok(self.respond(head, idle)),
+                Ok(Some(head)) => return Ok(head),
                 Ok(None) => {
                     if self.buf.len() >= MAX_HEAD {
                         return Err(failed("the app's response head is too long"));
@@ -611,7 +641,40 @@ mod tests {
             Some(conn) => conn,
             None => AppConn::connect(addr, Duration::from_secs(5)).await.expect("connect"),
         };
-        conn.exchange(req, &Bytes::copy_from_slice(body), idle).await.expect("an answer")
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+        conn.exchange(req, &Bytes::copy_from_slice(body), idle, Some(deadline)).await.expect("an answer")
+    }
+
+    #[tokio::test]
+    async fn an_answer_late_for_its_deadline_times_out_on_a_connection_whose_timer_ran_out_idle() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let (done, until_done) = tokio::sync::oneshot::channel::<()>();
+        let _app = tokio::spawn(async move {
+            let (mut stream, _) = listener.accept().await.expect("accept");
+            let mut request = [0u8; 1024];
+            // The first request is answered at once; the second never is (the connection stays
+            // open until the test is done).
+            let _ = stream.read(&mut request).await;
+            stream.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok").await.expect("write");
+            let _ = stream.read(&mut request).await;
+            let _ = until_done.await;
+        });
+        let idle = IdleConns::default();
+        let conn = AppConn::connect(addr, Duration::from_secs(5)).await.expect("connect");
+        let first_deadline = tokio::time::Instant::now() + Duration::from_secs(1);
+        let first = conn.exchange(&request(Method::GET, "/first"), &Bytes::new(), &idle, Some(first_deadline)).await;
+        assert_eq!(body_of(first.expect("answered within 1 s")).await.as_deref(), Ok(&b"ok"[..]));
+        // Idle in the pool past that deadline: the connection's timer runs out there, unused.
+        tokio::time::sleep_until(first_deadline).await;
+        let conn = idle.take().0.expect("the connection was kept for the next request");
+        let started = tokio::time::Instant::now();
+        let limit = Duration::from_millis(200);
+        let second = conn.exchange(&request(Method::GET, "/second"), &Bytes::new(), &idle, Some(started + limit)).await;
+        assert!(matches!(second, Err(ExchangeError::TimedOut)), "{second:?}");
+        assert!(started.elapsed() >= limit, "not before the deadline: {:?}", started.elapsed());
+        assert!(idle.take().0.is_none(), "a connection that timed out is not kept");
+        drop(done);
     }
 
     #[tokio::test]
@@ -663,7 +726,7 @@ mod tests {
         ] {
             let (addr, _app) = app(vec![vec![answer]]).await;
             let conn = AppConn::connect(addr, Duration::from_secs(5)).await.expect("connect");
-            let sent = conn.exchange(&request(Method::GET, "/"), &Bytes::new(), &IdleConns::default()).await;
+            let sent = conn.exchange(&request(Method::GET, "/"), &Bytes::new(), &IdleConns::default(), None).await;
             assert!(matches!(sent, Err(ExchangeError::Failed(_))), "{what}: {sent:?}");
         }
         for (answer, what) in [
@@ -712,7 +775,7 @@ mod tests {
             }
         });
         closed.await.expect("the app's close reached the connection");
-        let sent = conn.exchange(&request(Method::POST, "/"), &Bytes::from_static(b"x"), &idle).await;
+        let sent = conn.exchange(&request(Method::POST, "/"), &Bytes::from_static(b"x"), &idle, None).await;
         assert!(matches!(sent, Err(ExchangeError::NotSent(_))), "{sent:?}");
     }
 
@@ -725,11 +788,12 @@ mod tests {
             let idle = IdleConns::default();
             drop(exchange(&idle, addr, &request(Method::DELETE, "/"), b"").await);
             let conn = idle.take().0.expect("the kept connection");
-            let sent = conn.exchange(&request(method.clone(), "/second"), &Bytes::new(), &idle).await;
+            let sent = conn.exchange(&request(method.clone(), "/second"), &Bytes::new(), &idle, None).await;
             match sent {
                 Err(ExchangeError::Unanswered(_)) => assert!(again, "{method} would be sent twice"),
                 Err(ExchangeError::Failed(_)) => assert!(!again, "{method} was not sent again"),
                 Err(ExchangeError::NotSent(e)) => panic!("{method}: written, yet reported unsent: {e}"),
+                Err(ExchangeError::TimedOut) => panic!("{method}: timed out with no deadline"),
                 Ok(resp) => panic!("{method}: an answer from a closed connection: {resp:?}"),
             }
             assert_eq!(app.await.expect("the app").len(), 2, "the app read the second request");
