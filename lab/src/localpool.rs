@@ -440,6 +440,13 @@ impl LocalPool {
         }
     }
 
+    /// Sends `sig` to pod `i`'s app only.
+    pub fn signal_app(&self, i: usize, sig: Sig) {
+        if let Some(app) = self.pods[i].app.as_ref() {
+            signal(app, sig);
+        }
+    }
+
     /// Sends `sig` to pod `i`'s sidecar only.
     pub fn signal_sidecar(&self, i: usize, sig: Sig) {
         if let Some(sidecar) = self.pods[i].sidecar.as_ref() {

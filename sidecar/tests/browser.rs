@@ -218,17 +218,24 @@ async fn chromium_keeps_every_acknowledged_add_with_parallel_fetches_while_owner
         .expect("node runs");
     let mut stdin = node.stdin.take().expect("stdin");
     let mut lines = tokio::io::BufReader::new(node.stdout.take().expect("stdout")).lines();
-    let mut next_line = async || -> serde_json::Value {
+    // `None`: the script ended (its error is on stderr, above).
+    let mut next_line = async || -> Option<serde_json::Value> {
         let line = tokio::time::timeout(Duration::from_secs(60), lines.next_line())
             .await
             .expect("the browser script printed its next line within 60 s")
-            .expect("read the script's output")
-            .expect("the script ended early");
-        serde_json::from_str(&line).unwrap_or_else(|e| panic!("not JSON ({e}): {line}"))
+            .expect("read the script's output")?;
+        Some(serde_json::from_str(&line).unwrap_or_else(|e| panic!("not JSON ({e}): {line}")))
+    };
+    let ended_early = |ingress: &mut support::Nginx| {
+        let state = if ingress.listening() { "still runs and listens" } else { "no longer listens" };
+        panic!("the script ended early; the ingress it was sent to, {}, {state}", ingress.addr)
     };
     let mut last = serde_json::Value::Null;
     for batch in 0..BATCHES {
-        last = next_line().await;
+        last = match next_line().await {
+            Some(line) => line,
+            None => ended_early(&mut ingress),
+        };
         if batch % KILL_EVERY == KILL_EVERY - 1 {
             // The batch's responses all arrived, in whatever order: the browser holds whichever
             // cookie came last. Its owner dies now; a new pod replaces it, and the ingress
@@ -243,7 +250,10 @@ async fn chromium_keeps_every_acknowledged_add_with_parallel_fetches_while_owner
         let go = format!("{command} http://{}\n", ingress.addr);
         stdin.write_all(go.as_bytes()).await.expect("tell the script to go on");
     }
-    let end = next_line().await;
+    let end = match next_line().await {
+        Some(line) => line,
+        None => ended_early(&mut ingress),
+    };
     let (acked, failed) = (last["acked"].as_u64().expect("acked"), last["failed"].as_u64().expect("failed"));
     let fin = end["final"].as_u64().unwrap_or_else(|| panic!("the cart was not served at the end: {end}"));
     assert!(

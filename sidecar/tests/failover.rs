@@ -69,6 +69,32 @@ async fn app_crash_with_the_sidecar_alive_is_restored_from_cookies() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hung_app_is_answered_504_at_the_response_timeout_and_its_session_goes_on() {
+    let pool = support::pool_with(1, &["--response-timeout", "500ms"], &[]).await;
+    let addr = pool.pods[0].data();
+    let mut client = SessionClient::default();
+    let count = |reply: &handover_lab::localpool::Reply| {
+        serde_json::from_slice::<CountReply>(&reply.body).expect("a count reply").count
+    };
+    let reply = client.send(|| Some(addr), Method::POST, "/incr").await.expect("reply");
+    assert_eq!((reply.status, count(&reply)), (StatusCode::OK, 1));
+    // The app hangs (SIGSTOP): its socket still takes the request, nothing answers it.
+    pool.signal_app(0, Sig::Stop);
+    let asked = std::time::Instant::now();
+    let reply = client.send(|| Some(addr), Method::GET, "/count").await.expect("the sidecar answers");
+    let waited = asked.elapsed();
+    assert_eq!(reply.status, StatusCode::GATEWAY_TIMEOUT, "{:?}", String::from_utf8_lossy(&reply.body));
+    assert!(waited >= Duration::from_millis(500), "answered before the response timeout: {waited:?}");
+    assert!(String::from_utf8_lossy(&reply.body).contains("did not answer within 500ms"));
+    assert_eq!(pool.metric("handover_bad_requests_total{reason=\"app_timeout\"}").await, 1.0);
+    // Awake again: the session goes on, whole, at its app.
+    pool.signal_app(0, Sig::Cont);
+    let reply = client.send(|| Some(addr), Method::GET, "/count").await.expect("reply");
+    assert_eq!((reply.status, count(&reply)), (StatusCode::OK, 1));
+    assert_eq!(pool.metric("handover_sessions_reset_total").await, 0.0, "nothing was reset");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sidecar_crash_with_the_app_alive_loses_nothing() {
     let mut pool = pool(3).await;
     let load = Load::start(pool.ready_handle(), SESSIONS);

@@ -55,9 +55,36 @@ impl Drop for Daemon {
     }
 }
 
+/// Whether process `pid` holds the socket listening on 127.0.0.1:`port` (the listener's inode in
+/// `/proc/net/tcp`, among the process's open files). That the port accepts a connection proves
+/// less: another listener may hold it for a moment (a port picked as this one was, by a
+/// concurrent test).
+fn listens(pid: u32, port: u16) -> bool {
+    let Ok(table) = std::fs::read_to_string("/proc/net/tcp") else { return false };
+    let local = format!("0100007F:{port:04X}");
+    // Fields: sl, local address, remote address, state (0A: LISTEN), …, inode (the tenth).
+    let inodes: Vec<String> = table
+        .lines()
+        .skip(1)
+        .map(|line| line.split_whitespace().collect::<Vec<_>>())
+        .filter(|f| f.get(1) == Some(&local.as_str()) && f.get(3) == Some(&"0A"))
+        .filter_map(|f| f.get(9).map(|inode| format!("socket:[{inode}]")))
+        .collect();
+    let Ok(fds) = std::fs::read_dir(format!("/proc/{pid}/fd")) else { return false };
+    !inodes.is_empty()
+        && fds
+            .flatten()
+            .any(|fd| std::fs::read_link(fd.path()).is_ok_and(|to| inodes.iter().any(|i| to.as_os_str() == i.as_str())))
+}
+
 impl Daemon {
+    /// Whether the daemon still runs and listens on its port.
+    pub fn listening(&mut self) -> bool {
+        self.child.try_wait().ok().flatten().is_none() && listens(self.child.id().unwrap_or(0), self.addr.port())
+    }
+
     /// Starts `command(dir, port)` (which writes its configuration into `dir`) and waits until
-    /// the port accepts connections. `log` names the file in `dir` shown when it does not start.
+    /// it listens on the port. `log` names the file in `dir` shown when it does not start.
     pub async fn start(name: &str, log: &str, mut command: impl FnMut(&Path, u16) -> Command) -> Daemon {
         let dir = std::env::temp_dir().join(format!("handover-{name}-{}", handover_dataplane::random::session_id()));
         std::fs::create_dir_all(&dir).expect("a directory for the daemon");
@@ -77,8 +104,9 @@ impl Daemon {
                 .spawn()
                 .unwrap_or_else(|e| panic!("{name} starts: {e}"));
             let addr = SocketAddr::from(([127, 0, 0, 1], port));
-            let up = wait_for(&format!("{name} to accept connections"), Duration::from_secs(10), || async move {
-                tokio::net::TcpStream::connect(addr).await.is_ok()
+            let pid = child.id().unwrap_or(0);
+            let up = wait_for(&format!("{name} to listen on {addr}"), Duration::from_secs(10), || async move {
+                listens(pid, port)
             })
             .await;
             if up.is_ok() && child.try_wait().ok().flatten().is_none() {

@@ -107,6 +107,11 @@ impl Nginx {
         Nginx::start_with(bin, &http, "location / { proxy_pass http://pool; }").await
     }
 
+    /// Whether nginx still runs and listens on its port.
+    pub fn listening(&mut self) -> bool {
+        self.daemon.listening()
+    }
+
     /// The warnings and errors of nginx's log so far (why it answered 502 or 400).
     pub fn error_log(&self) -> String {
         let log = std::fs::read_to_string(self.daemon.dir.join("error.log")).unwrap_or_default();
