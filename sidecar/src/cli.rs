@@ -487,11 +487,13 @@ pub fn inspect(
         vec![(candidates[0].as_bytes(), value.trim().as_bytes())]
     };
     let lookup = |n: &str| handover_dataplane::cookie::lookup(&pairs, n);
-    let cookie_name = candidates.iter().find(|c| lookup(c).is_some()).cloned().unwrap_or_else(|| candidates[0].clone());
-    let cookie_name = cookie_name.as_str();
+    // The first candidate the input holds, and its value.
+    let (cookie_name, route_value) = candidates
+        .iter()
+        .find_map(|c| lookup(c).map(|v| (c.as_str(), v)))
+        .ok_or_else(|| format!("no cookie named {:?} in the input", candidates[0]))?;
     let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
     let refused = |e: handover_dataplane::cookie::CookieError| format!("refused: {e} ({})", e.reason());
-    let route_value = lookup(cookie_name).ok_or_else(|| format!("no cookie named {cookie_name:?} in the input"))?;
     let r = handover_dataplane::cookie::open_route(route_value, pool, &ring, now).map_err(refused)?;
     // The state: joined from the chunks the input holds, opened with the largest state any pool may set.
     let state = handover_dataplane::cookie::join_state(cookie_name, &r, lookup).and_then(|joined| {
