@@ -60,8 +60,9 @@ pub struct Decoded {
 }
 
 /// Reads `data` as the whole value of a request's `Cookie` header, as the proxy does: a value
-/// `http` refuses (controls) is no cookie at all; any other bytes are read as pairs. The decode path only, so a
-/// target can meter its allocations apart from the checks of [`check_cookie_header`].
+/// `http` refuses (controls) is no cookie at all; any other bytes are read as pairs. The decode
+/// path only, so a target can meter its allocations apart from the checks of
+/// [`check_cookie_header`].
 pub fn decode_cookie_header(data: &[u8]) -> Decoded {
     let Ok(value) = HeaderValue::from_bytes(data) else {
         return Decoded { route: Ok(None), state: None };
