@@ -70,11 +70,12 @@ fn listens(pid: u32, port: u16) -> bool {
         .filter(|f| f.get(1) == Some(&local.as_str()) && f.get(3) == Some(&"0A"))
         .filter_map(|f| f.get(9).map(|inode| format!("socket:[{inode}]")))
         .collect();
+    if inodes.is_empty() {
+        return false;
+    }
     let Ok(fds) = std::fs::read_dir(format!("/proc/{pid}/fd")) else { return false };
-    !inodes.is_empty()
-        && fds
-            .flatten()
-            .any(|fd| std::fs::read_link(fd.path()).is_ok_and(|to| inodes.iter().any(|i| to.as_os_str() == i.as_str())))
+    fds.flatten()
+        .any(|fd| std::fs::read_link(fd.path()).is_ok_and(|to| inodes.iter().any(|i| to.as_os_str() == i.as_str())))
 }
 
 impl Daemon {
