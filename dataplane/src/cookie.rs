@@ -11,7 +11,7 @@
 //!
 //! ```text
 //! header (9 bytes)  format version u8 (3) | key id u32 BE | pool tag u32 BE
-//! nonce  (24 bytes) XChaCha20-Poly1305 nonce, random per value
+//! nonce  (24 bytes) XChaCha20-Poly1305 nonce, never the same twice under a key (`xchacha.rs`)
 //! sealed            body + 16-byte tag; associated data = header || kind (b'r' | b's') || pool name
 //! route body        version u64 | state version u64 | issued-at u64 | expires-at u64 | session str8 |
 //!                   owner name str8 | owner uid str8 | owner addr str8 | chunks u16 | state bytes u32 |
@@ -159,15 +159,14 @@ fn seal_value(kind: u8, body: &[u8], pool: &str, ring: &KeyRing) -> String {
     header[0] = FORMAT_VERSION;
     header[1..5].copy_from_slice(&key.id.to_be_bytes());
     header[5..9].copy_from_slice(&pool_tag(pool).to_be_bytes());
-    let mut nonce = [0u8; NONCE_LEN];
-    crate::random::fill_small(&mut nonce);
     let ad = associated_data(&header, kind, pool);
     // Sealed in place in the one buffer that is then encoded: header, nonce, body, tag.
     let mut out = Vec::with_capacity(HEADER_LEN + NONCE_LEN + body.len() + TAG_LEN);
     out.extend_from_slice(&header);
-    out.extend_from_slice(&nonce);
+    out.extend_from_slice(&[0; NONCE_LEN]);
     out.extend_from_slice(body);
-    let tag = key.cipher.seal_in_place(&nonce, &ad, &mut out[HEADER_LEN + NONCE_LEN..]);
+    let (nonce, body) = out[HEADER_LEN..].split_first_chunk_mut::<NONCE_LEN>().expect("the nonce's room is there");
+    let tag = key.cipher.seal_in_place(nonce, &ad, body);
     out.extend_from_slice(&tag);
     URL_SAFE_NO_PAD.encode_to_string(out)
 }

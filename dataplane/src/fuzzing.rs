@@ -141,11 +141,11 @@ fn associated_data(kind: u8) -> Vec<u8> {
 
 /// Seals arbitrary `body` bytes of `kind` as cookie.rs's wire format does (associated data =
 /// header || kind || pool name), so that the fuzzer reaches the body decoders behind the AEAD,
-/// which a mutated cookie never passes. The nonce is fixed: these values never leave the fuzzer.
+/// which a mutated cookie never passes.
 pub fn seal_body(kind: u8, body: &[u8]) -> String {
-    let nonce = [0u8; NONCE_LEN];
+    let mut nonce = [0u8; NONCE_LEN];
     let mut sealed = body.to_vec();
-    let tag = RING.current().cipher.seal_in_place(&nonce, &associated_data(kind), &mut sealed);
+    let tag = RING.current().cipher.seal_in_place(&mut nonce, &associated_data(kind), &mut sealed);
     let mut out = seal_header().to_vec();
     out.extend_from_slice(&nonce);
     out.extend_from_slice(&sealed);

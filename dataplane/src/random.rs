@@ -23,9 +23,9 @@ thread_local! {
     static POOL: RefCell<Pool> = const { RefCell::new(Pool { bytes: [0; POOL_BYTES], used: POOL_BYTES }) };
 }
 
-/// Fills `buf` (a nonce, a session id: a few dozen bytes) with random bytes from the OS, taken
-/// from a per-thread buffer of one `getrandom` call: every response seals two cookies, and a
-/// system call per nonce was a third of the sidecar's system calls. The bytes are the OS's own,
+/// Fills `buf` (a nonce prefix, a session id: a few dozen bytes) with random bytes from the OS,
+/// taken from a per-thread buffer of one `getrandom` call: a system call for each was once a
+/// third of the sidecar's system calls, when every cookie drew a nonce of its own. The bytes are the OS's own,
 /// not a generator's stretched from a seed; each is handed out once and wiped from the buffer.
 /// Longer requests (key material) go to the OS directly.
 pub fn fill_small(buf: &mut [u8]) {
