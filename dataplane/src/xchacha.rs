@@ -167,8 +167,8 @@ fn open(aead: &LessSafeKey, tail: &[u8], ad: &[u8], buf: &mut [u8], tag: &[u8; T
 /// one instruction for all four columns, and a diagonal round the same steps on rows turned by
 /// one, two and three words: 580 instructions against the `chacha20` crate's word-by-word 1 200
 /// (LLVM does not vectorize that form: a scalar rotate is one instruction, an SSE2 one three),
-/// three times a request. The same output as that crate on any input (tested); elsewhere, the
-/// word-by-word form.
+/// once per run of a thread's seals and once per value sealed elsewhere. The same output as that
+/// crate on any input (tested); elsewhere, the word-by-word form.
 #[cfg(target_arch = "x86_64")]
 fn hchacha20(key: &[u8; 32], input: &[u8; 16]) -> [u8; 32] {
     use safe_arch::{
