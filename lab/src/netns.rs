@@ -24,6 +24,15 @@ fn ip(args: &[&str]) -> Result<(), String> {
     }
 }
 
+/// `ip` arguments that keep `dev` without an IPv6 link-local address when it comes up (the pods
+/// speak IPv4). Chromium watches the host's addresses and fails a request it is connecting with
+/// `ERR_NETWORK_CHANGED` when one changes: the link-local addresses of pods' veths coming up showed
+/// in the browser tests' net logs as address changes in the middle of their requests, and failed
+/// one now and then.
+fn no_link_local(dev: &str) -> [&str; 6] {
+    ["link", "set", "dev", dev, "addrgenmode", "none"]
+}
+
 /// A bridge with one network namespace per pod attached to it.
 #[derive(Debug)]
 pub struct Bridge {
@@ -44,7 +53,9 @@ impl Bridge {
         let name = bridge.bridge_name();
         ip(&["link", "add", &name, "type", "bridge"])?;
         let host = format!("10.{}.{}.254/24", bridge.subnet[0], bridge.subnet[1]);
-        let setup = ip(&["addr", "add", &host, "dev", &name]).and_then(|()| ip(&["link", "set", &name, "up"]));
+        let setup = ip(&no_link_local(&name))
+            .and_then(|()| ip(&["addr", "add", &host, "dev", &name]))
+            .and_then(|()| ip(&["link", "set", &name, "up"]));
         if let Err(e) = setup {
             let _ = ip(&["link", "del", &name]);
             return Err(e);
@@ -74,8 +85,9 @@ impl Bridge {
         let addr = format!("{}/24", self.pod_ip(index));
         let gateway = format!("10.{}.{}.254", self.subnet[0], self.subnet[1]);
         ip(&["netns", "add", &ns])?;
-        let steps: [&[&str]; 9] = [
+        let steps: [&[&str]; 10] = [
             &["link", "add", &host_end, "type", "veth", "peer", "name", &pod_end],
+            &no_link_local(&host_end),
             &["link", "set", &pod_end, "netns", &ns],
             &["-n", &ns, "link", "set", &pod_end, "name", "eth0"],
             &["-n", &ns, "addr", "add", &addr, "dev", "eth0"],

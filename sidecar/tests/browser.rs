@@ -9,7 +9,8 @@
 //!
 //! Needs `/usr/bin/chromium` (`apt-get install -y chromium`), node, and
 //! `npm install --prefix sidecar/tests/browser`. Without them the test says so loudly and passes,
-//! unless `HANDOVER_REQUIRE_BROWSER=1` (then it fails).
+//! unless `HANDOVER_REQUIRE_BROWSER=1` (then it fails). With `HANDOVER_NETLOG_DIR=<dir>`, each
+//! browser writes its net log there (`launch.mjs`).
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -20,6 +21,12 @@ use support::exe;
 
 use handover_lab::localpool::{LocalPool, PoolOptions};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+/// Held by each test for its whole run, its pools included: the tests run one at a time. Chromium
+/// watches the host's addresses, and a request it is connecting when one changes fails with
+/// `ERR_NETWORK_CHANGED`; a pool adds its bridge's address when it starts and removes it when it
+/// ends, so another test's pool coming or going did that to this test's browser now and then.
+static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
 fn browser_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/browser")
@@ -109,6 +116,7 @@ async fn chromium_keeps_its_cookie_across_a_cross_site_payment_return() {
     if !browser_or_skip("the Chromium cross-site return test") {
         return;
     }
+    let _one_at_a_time = ONE_AT_A_TIME.lock().await;
     let pool = LocalPool::start(PoolOptions::new(exe(), 1)).await.expect("pool starts");
     let shop = pool.pods[0].data();
     let (pay, _provider) = serve_payment_provider(shop).await;
@@ -130,6 +138,7 @@ async fn chromium_keeps_its_session_beside_the_sites_own_cookies_in_utf8_and_nam
     if !browser_or_skip("the Chromium site-cookies test") {
         return;
     }
+    let _one_at_a_time = ONE_AT_A_TIME.lock().await;
     let pool = LocalPool::start(PoolOptions::new(exe(), 1)).await.expect("pool starts");
     let shop = pool.pods[0].data();
 
@@ -156,6 +165,7 @@ async fn chromium_keeps_the_sessions_of_two_pools_under_one_host() {
     if !browser_or_skip("the Chromium two-pools test") {
         return;
     }
+    let _one_at_a_time = ONE_AT_A_TIME.lock().await;
     let Some(nginx) = support::nginx_or_skip("the Chromium two-pools test") else {
         return;
     };
@@ -199,6 +209,7 @@ async fn chromium_keeps_every_acknowledged_add_with_parallel_fetches_while_owner
     if !browser_or_skip("the Chromium parallel-fetch test") {
         return;
     }
+    let _one_at_a_time = ONE_AT_A_TIME.lock().await;
     let Some(nginx) = support::nginx_or_skip("the Chromium parallel-fetch test") else {
         return;
     };

@@ -4,10 +4,10 @@
 //
 // Usage: node cross_site.mjs <shop origin> <payment provider origin> <cookie name>
 // Prints one JSON line with what it saw; sidecar/tests/browser.rs checks it.
-import { chromium } from 'playwright-core';
+import { launchChromium } from './launch.mjs';
 
 const [shop, pay, cookieName] = process.argv.slice(2);
-const browser = await chromium.launch({ executablePath: '/usr/bin/chromium', args: ['--no-sandbox'] });
+const browser = await launchChromium();
 try {
   const context = await browser.newContext();
   const page = await context.newPage();

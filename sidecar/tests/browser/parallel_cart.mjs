@@ -6,12 +6,12 @@
 // `end <origin>`. On `end` it reads the cart (retrying until answered, 30 s at most) and prints {"final": count}.
 //
 // Usage: node parallel_cart.mjs <ingress origin> <requests in flight>
-import { chromium } from 'playwright-core';
+import { launchChromium } from './launch.mjs';
 import { createInterface } from 'node:readline';
 
 const [origin, inFlight] = process.argv.slice(2);
 const lines = createInterface({ input: process.stdin })[Symbol.asyncIterator]();
-const browser = await chromium.launch({ executablePath: '/usr/bin/chromium', args: ['--no-sandbox'] });
+const browser = await launchChromium();
 try {
   const page = await (await browser.newContext()).newPage();
   await page.goto(`${origin}/static/site.css`);

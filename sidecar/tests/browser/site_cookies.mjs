@@ -6,10 +6,10 @@
 //
 // Usage: node site_cookies.mjs <shop origin> <session cookie name>
 // Prints one JSON line with what it saw; sidecar/tests/browser.rs checks it.
-import { chromium } from 'playwright-core';
+import { launchChromium } from './launch.mjs';
 
 const [shop, cookieName] = process.argv.slice(2);
-const browser = await chromium.launch({ executablePath: '/usr/bin/chromium', args: ['--no-sandbox'] });
+const browser = await launchChromium();
 try {
   const context = await browser.newContext();
   const page = await context.newPage();

@@ -3,10 +3,10 @@
 //
 // Usage: node two_pools.mjs <ingress origin>
 // Prints one JSON line: the counts each pool answered, and the browser's cookies (name, path).
-import { chromium } from 'playwright-core';
+import { launchChromium } from './launch.mjs';
 
 const [ingress] = process.argv.slice(2);
-const browser = await chromium.launch({ executablePath: '/usr/bin/chromium', args: ['--no-sandbox'] });
+const browser = await launchChromium();
 try {
   const context = await browser.newContext();
   const page = await context.newPage();
