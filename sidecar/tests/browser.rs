@@ -22,10 +22,8 @@ use support::exe;
 use handover_lab::localpool::{LocalPool, PoolOptions};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-/// Held by each test for its whole run, its pools included: the tests run one at a time. Chromium
-/// watches the host's addresses, and a request it is connecting when one changes fails with
-/// `ERR_NETWORK_CHANGED`; a pool adds its bridge's address when it starts and removes it when it
-/// ends, so another test's pool coming or going did that to this test's browser now and then.
+/// The browser tests take turns: each holds this for its whole run, its pools included (see
+/// [`browser_turn`]).
 static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
 fn browser_dir() -> PathBuf {
@@ -82,16 +80,22 @@ async fn serve_payment_provider(shop: SocketAddr) -> (SocketAddr, tokio::task::J
     (addr, task)
 }
 
-/// Whether the browser tests can run; says loudly why not (or fails, with
-/// `HANDOVER_REQUIRE_BROWSER` set).
-fn browser_or_skip(what: &str) -> bool {
-    let Some(why) = missing_browser() else { return true };
-    let message = format!("{what} did NOT run: {why}");
-    if std::env::var_os("HANDOVER_REQUIRE_BROWSER").is_some() {
-        panic!("{message}");
+/// This test's turn to run, held for its whole run (its pools included), or `None` when the
+/// browser tests cannot run here: says loudly why not (or fails, with `HANDOVER_REQUIRE_BROWSER`
+/// set). One test at a time: Chromium watches the host's addresses, and a request it is
+/// connecting when one changes fails with `ERR_NETWORK_CHANGED`; a pool adds its bridge's address
+/// when it starts and removes it when it ends, so another test's pool coming or going did that to
+/// this test's browser now and then.
+async fn browser_turn(what: &str) -> Option<tokio::sync::MutexGuard<'static, ()>> {
+    if let Some(why) = missing_browser() {
+        let message = format!("{what} did NOT run: {why}");
+        if std::env::var_os("HANDOVER_REQUIRE_BROWSER").is_some() {
+            panic!("{message}");
+        }
+        eprintln!("\n!!!!! SKIPPED: {message}\n");
+        return None;
     }
-    eprintln!("\n!!!!! SKIPPED: {message}\n");
-    false
+    Some(ONE_AT_A_TIME.lock().await)
 }
 
 /// Runs a script of `sidecar/tests/browser` with `args`; its one line of JSON.
@@ -113,10 +117,9 @@ async fn run_script(script: &str, args: &[String]) -> serde_json::Value {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn chromium_keeps_its_cookie_across_a_cross_site_payment_return() {
-    if !browser_or_skip("the Chromium cross-site return test") {
+    let Some(_turn) = browser_turn("the Chromium cross-site return test").await else {
         return;
-    }
-    let _one_at_a_time = ONE_AT_A_TIME.lock().await;
+    };
     let pool = LocalPool::start(PoolOptions::new(exe(), 1)).await.expect("pool starts");
     let shop = pool.pods[0].data();
     let (pay, _provider) = serve_payment_provider(shop).await;
@@ -135,10 +138,9 @@ async fn chromium_keeps_its_cookie_across_a_cross_site_payment_return() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn chromium_keeps_its_session_beside_the_sites_own_cookies_in_utf8_and_nameless() {
-    if !browser_or_skip("the Chromium site-cookies test") {
+    let Some(_turn) = browser_turn("the Chromium site-cookies test").await else {
         return;
-    }
-    let _one_at_a_time = ONE_AT_A_TIME.lock().await;
+    };
     let pool = LocalPool::start(PoolOptions::new(exe(), 1)).await.expect("pool starts");
     let shop = pool.pods[0].data();
 
@@ -162,10 +164,9 @@ async fn chromium_keeps_its_session_beside_the_sites_own_cookies_in_utf8_and_nam
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn chromium_keeps_the_sessions_of_two_pools_under_one_host() {
-    if !browser_or_skip("the Chromium two-pools test") {
+    let Some(_turn) = browser_turn("the Chromium two-pools test").await else {
         return;
-    }
-    let _one_at_a_time = ONE_AT_A_TIME.lock().await;
+    };
     let Some(nginx) = support::nginx_or_skip("the Chromium two-pools test") else {
         return;
     };
@@ -206,10 +207,9 @@ async fn chromium_keeps_the_sessions_of_two_pools_under_one_host() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn chromium_keeps_every_acknowledged_add_with_parallel_fetches_while_owners_are_killed() {
     use tokio::io::AsyncBufReadExt;
-    if !browser_or_skip("the Chromium parallel-fetch test") {
+    let Some(_turn) = browser_turn("the Chromium parallel-fetch test").await else {
         return;
-    }
-    let _one_at_a_time = ONE_AT_A_TIME.lock().await;
+    };
     let Some(nginx) = support::nginx_or_skip("the Chromium parallel-fetch test") else {
         return;
     };
