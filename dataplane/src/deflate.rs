@@ -142,20 +142,7 @@ pub(crate) fn literal_block(data: &[u8]) -> Result<Option<Vec<u8>>, CodeTooLong>
         out.put(u64::from(extra), extra_bits(sym) as u8);
         out.flush();
     }
-    // Three codewords (15 bits at most each) fit the 64-bit buffer beside the 7 bits a flush
-    // leaves: one flush per three bytes of state. Whole triples apart from the rest: a loop of
-    // exactly three is unrolled (`chunks(3)` measured ~5 % slower at 2 KB).
-    let mut triples = data.chunks_exact(3);
-    for t in &mut triples {
-        for &b in t {
-            out.put(u64::from(lit_codes[usize::from(b)]), lit_lens[usize::from(b)]);
-        }
-        out.flush();
-    }
-    for &b in triples.remainder() {
-        out.put(u64::from(lit_codes[usize::from(b)]), lit_lens[usize::from(b)]);
-        out.flush();
-    }
+    out.put_bytes(data, &lit_codes, &lit_lens);
     out.put(u64::from(lit_codes[END_OF_BLOCK]), lit_lens[END_OF_BLOCK]);
     let block = out.finish();
     debug_assert_eq!(block.len() as u64, total_bytes);
@@ -305,6 +292,33 @@ impl BitWriter {
     fn put(&mut self, value: u64, n: u8) {
         self.bits |= value << self.count;
         self.count += n;
+    }
+
+    /// The codewords of `data`'s bytes under `codes` and `lens`: a literal block's loop, with the
+    /// bit buffer in local variables (written back to the struct on every byte, it took ~2 % more
+    /// of a request's instructions at a 2 KB state).
+    fn put_bytes(&mut self, data: &[u8], codes: &[u16; LITERALS], lens: &[u8; LITERALS]) {
+        let (mut bits, mut count, mut len) = (self.bits, u32::from(self.count), self.len);
+        // Three codewords (15 bits at most each) fit the 64-bit buffer beside the 7 bits a flush
+        // leaves: one flush per three bytes of state. Whole triples apart from the rest: a loop
+        // of exactly three is unrolled (`chunks(3)` measured ~5 % slower at 2 KB).
+        let mut chunks = data.chunks_exact(3);
+        for chunk in &mut chunks {
+            for &b in chunk {
+                bits |= u64::from(codes[usize::from(b)]) << count;
+                count += u32::from(lens[usize::from(b)]);
+            }
+            // As `flush`, whose count of whole bytes is `count / 8`.
+            self.out[len..len + 8].copy_from_slice(&bits.to_le_bytes());
+            len += (count / 8) as usize;
+            bits >>= count & !7;
+            count &= 7;
+        }
+        (self.bits, self.count, self.len) = (bits, count as u8, len);
+        for &b in chunks.remainder() {
+            self.put(u64::from(codes[usize::from(b)]), lens[usize::from(b)]);
+            self.flush();
+        }
     }
 
     fn flush(&mut self) {
