@@ -308,7 +308,9 @@ impl BitWriter {
                 bits |= u64::from(codes[usize::from(b)]) << count;
                 count += u32::from(lens[usize::from(b)]);
             }
-            // As `flush`, whose count of whole bytes is `count / 8`.
+            // `flush`'s steps, on the local copies (its count of whole bytes is `count / 8`).
+            // Written out here: a helper shared with `flush`, taking them by reference, counted
+            // 1-2 % more instructions a request at a 2 KB state, in two forms.
             self.out[len..len + 8].copy_from_slice(&bits.to_le_bytes());
             len += (count / 8) as usize;
             bits >>= count & !7;
