@@ -288,7 +288,7 @@ pub fn app_response(data: &[u8]) {
     use crate::upstream::h1::{Framing, State, Step, next_step, read_head};
     for head_request in [false, true] {
         let mut buf = bytes::BytesMut::from(data);
-        let head = match read_head(&mut buf, head_request) {
+        let head = match read_head(&mut buf, head_request, &[crate::proxy::STATE_HEADER]) {
             Ok(Some(head)) => head,
             Ok(None) => {
                 assert_eq!(&buf[..], data, "bytes taken from a head not whole");

@@ -11,10 +11,7 @@ use http::header::{self, HeaderValue};
 use http::{Method, Request, Response, StatusCode};
 use http_body_util::{BodyExt, Limited};
 
-use super::headers::{
-    FORMAT_HEADER, ROTATE_HEADER, SESSION_HEADER, STATE_HEADER, h2_form, origin_form, strip_hop_by_hop,
-    take_declared_format, take_declared_reads,
-};
+use super::headers::{AppFields, FORMAT_HEADER, SESSION_HEADER, h2_form, origin_form, strip_hop_by_hop};
 use super::peer::bridge_upgrade;
 use super::request::RequestCookie;
 use super::restore::Carried;
@@ -100,9 +97,9 @@ impl Proxy {
         sync::lock(&self.app_reads).clone()
     }
 
-    /// Records (and removes) the app's `Handover-Reads` from one of its answers.
-    fn note_app_reads(&self, headers: &mut http::HeaderMap) {
-        let Some(reads) = take_declared_reads(headers) else { return };
+    /// Records the app's `Handover-Reads` from one of its answers.
+    fn note_app_reads(&self, fields: &AppFields) {
+        let Some(reads) = fields.reads() else { return };
         let mut known = sync::lock(&self.app_reads);
         if known.as_deref() != Some(reads.as_str()) {
             tracing::info!(reads = %reads, "the app declared the state formats it reads");
@@ -292,8 +289,8 @@ impl Proxy {
         let authorized = req.headers().contains_key(header::AUTHORIZATION);
         let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
         let deadline = self.cfg.response_timeout.map(|limit| tokio::time::Instant::now() + limit);
-        let resp = match self.send_to_app(sender, req, upgrade, deadline).await {
-            Ok(resp) => resp,
+        let (mut resp, fields) = match self.send_to_app(sender, req, upgrade, deadline).await {
+            Ok(answer) => answer,
             Err(SendError::TimedOut) => {
                 let limit = self.cfg.response_timeout.unwrap_or_default();
                 self.metrics.bad_requests.get_or_create(&[("reason", BadRequest::AppTimeout)]).inc();
@@ -323,7 +320,6 @@ impl Proxy {
             }
         };
 
-        let mut resp = resp;
         if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
             if let Some(client) = client_upgrade {
                 bridge_upgrade(client, hyper::upgrade::on(&mut resp));
@@ -333,7 +329,7 @@ impl Proxy {
         }
 
         let (mut parts, body) = resp.into_parts();
-        let pushed = parts.headers.remove(STATE_HEADER).and_then(|v| {
+        let pushed = fields.state.as_ref().and_then(|v| {
             match URL_SAFE_NO_PAD.decode_to_vec(v.as_bytes().trim_ascii()) {
                 Ok(state) => Some(state),
                 Err(_) => {
@@ -343,8 +339,8 @@ impl Proxy {
                 }
             }
         });
-        let format = take_declared_format(&mut parts.headers);
-        self.note_app_reads(&mut parts.headers);
+        let format = fields.format();
+        self.note_app_reads(&fields);
         strip_hop_by_hop(&mut parts.headers, false);
         let pushed = match pushed {
             Some(_) if !turn.may_seal_push() => {
@@ -353,12 +349,13 @@ impl Proxy {
             }
             pushed => pushed,
         };
-        let (session, pushed) = match parts.headers.remove(ROTATE_HEADER) {
-            Some(_) => match self.rotate_session(&session, pushed, &format).await {
+        let (session, pushed) = if fields.rotate {
+            match self.rotate_session(&session, pushed, &format).await {
                 Ok((new_id, state, moved_format)) => (new_id, Some((state, moved_format))),
                 Err(pushed) => (session, pushed.map(|p| (p, format))),
-            },
-            None => (session, pushed.map(|p| (p, format))),
+            }
+        } else {
+            (session, pushed.map(|p| (p, format)))
         };
         let (pushed, format) = pushed.map_or((None, String::new()), |(p, f)| (Some(p), f));
         let cookies_before = parts.headers.get_all(header::SET_COOKIE).iter().count();
@@ -377,16 +374,16 @@ impl Proxy {
     }
 
     /// Sends `req` to the app on `sender`, and has its response head by `deadline` if there is one
-    /// ([`SendError::TimedOut`]). An HTTP/1.1 request whose body has all arrived is written and
-    /// read here (`upstream::h1`); the others (a body still arriving, an upgrade) and h2c go
-    /// through hyper's client.
+    /// ([`SendError::TimedOut`]), with what it says to the sidecar taken out of it. An HTTP/1.1
+    /// request whose body has all arrived is written and read here (`upstream::h1`); the others
+    /// (a body still arriving, an upgrade) and h2c go through hyper's client.
     async fn send_to_app(
         &self,
         sender: AppSender,
         mut req: Request<Body>,
         upgrade: bool,
         deadline: Option<tokio::time::Instant>,
-    ) -> Result<Response<Body>, SendError> {
+    ) -> Result<(Response<Body>, AppFields), SendError> {
         let sender = match sender {
             AppSender::Http1(conn) if !upgrade => match h1::whole_body(&mut req) {
                 Some(body) => return self.exchange(conn, req, body, deadline).await,
@@ -394,12 +391,14 @@ impl Proxy {
             },
             sender => sender,
         };
-        match deadline {
+        let mut resp = match deadline {
             Some(at) => {
                 tokio::time::timeout_at(at, self.send_with_hyper(sender, req)).await.unwrap_or(Err(SendError::TimedOut))
             }
             None => self.send_with_hyper(sender, req).await,
-        }
+        }?;
+        let fields = AppFields::take(resp.headers_mut());
+        Ok((resp, fields))
     }
 
     /// Sends `req` with its whole `body` on `conn`, written and read here (`upstream::h1`).
@@ -409,10 +408,10 @@ impl Proxy {
         req: Request<Body>,
         body: Bytes,
         deadline: Option<tokio::time::Instant>,
-    ) -> Result<Response<Body>, SendError> {
+    ) -> Result<(Response<Body>, AppFields), SendError> {
         let (mut parts, _) = req.into_parts();
-        match conn.exchange(&parts, &body, &self.upstreams.app_idle, deadline).await {
-            Ok(resp) => Ok(resp),
+        match conn.exchange(&parts, &body, &self.upstreams.app_idle, deadline, AppFields::NAMES).await {
+            Ok((resp, fields)) => Ok((resp, AppFields::from_values(fields))),
             Err(h1::ExchangeError::TimedOut) => Err(SendError::TimedOut),
             Err(h1::ExchangeError::NotSent(_)) => {
                 Err(SendError::NotSent(Box::new(Request::from_parts(parts, full(body)))))
@@ -512,8 +511,9 @@ impl Proxy {
             sender.ready().await.map_err(|e| e.to_string())?;
             let mut resp = sender.send_request(call).await.map_err(|e| e.to_string())?;
             let status = resp.status();
-            let format = take_declared_format(resp.headers_mut());
-            self.note_app_reads(resp.headers_mut());
+            let fields = AppFields::take(resp.headers_mut());
+            let format = fields.format();
+            self.note_app_reads(&fields);
             let instance = resp.headers().get(INSTANCE_HEADER).cloned();
             let body = Limited::new(resp.into_body(), self.cfg.max_state_bytes)
                 .collect()

@@ -23,21 +23,6 @@ pub const ROTATE_HEADER: HeaderName = HeaderName::from_static("handover-rotate")
 /// `PUT <statePath>`, so an app can refuse (4xx) a format it does not read and say which.
 pub const FORMAT_HEADER: HeaderName = HeaderName::from_static("handover-state-format");
 
-/// The state format an app declared in `headers` (removed from them): a token of at most
-/// [`cookie::MAX_FORMAT_BYTES`] visible ASCII characters without spaces, commas or semicolons;
-/// anything else is not recorded (empty).
-pub(super) fn take_declared_format(headers: &mut HeaderMap) -> String {
-    let Some(value) = headers.remove(FORMAT_HEADER) else { return String::new() };
-    let token = value.as_bytes().trim_ascii();
-    let valid = token.len() <= cookie::MAX_FORMAT_BYTES
-        && token.iter().all(|b| b.is_ascii_graphic() && !matches!(b, b',' | b';' | b'"' | b'\\'));
-    if !valid {
-        tracing::warn!("the app declared a Handover-State-Format that is not a short token; not recorded");
-        return String::new();
-    }
-    String::from_utf8_lossy(token).into_owned()
-}
-
 /// The state formats an app reads, comma-separated (`counter-v1, counter-v2`), on any answer of its
 /// state endpoint (a refused restore's too) or on a pushed response. The sidecar remembers the
 /// latest, shows it to its peers on `/live`, and a takeover whose state the app does not read goes
@@ -47,19 +32,71 @@ pub const READS_HEADER: HeaderName = HeaderName::from_static("handover-reads");
 /// Longest `Handover-Reads` kept: a list of formats, not a document.
 const MAX_READS_BYTES: usize = 512;
 
-/// The formats an app declared it reads in `headers` (removed from them); `None` when it declared
-/// none, or something that is not a short list of visible ASCII.
-pub(super) fn take_declared_reads(headers: &mut HeaderMap) -> Option<String> {
-    let value = headers.remove(READS_HEADER)?;
-    let list = value.as_bytes().trim_ascii();
-    let valid = !list.is_empty()
-        && list.len() <= MAX_READS_BYTES
-        && list.iter().all(|b| (b.is_ascii_graphic() || *b == b' ') && !matches!(b, b';' | b'"' | b'\\'));
-    if !valid {
-        tracing::warn!("the app declared a Handover-Reads that is not a short list of formats; not recorded");
-        return None;
+/// A static, not a constant: a constant array of names is made and dropped at every use.
+static APP_FIELD_NAMES: [HeaderName; 4] = [STATE_HEADER, FORMAT_HEADER, READS_HEADER, ROTATE_HEADER];
+
+/// What an app's response says to its sidecar: the contract's fields on a response, taken out of
+/// it (none reaches the client), as [`AppFields::NAMES`] lists them.
+#[derive(Debug, Default)]
+pub(super) struct AppFields {
+    /// `Handover-State`: the session's new state, base64url.
+    pub state: Option<HeaderValue>,
+    /// `Handover-State-Format`, checked by [`AppFields::format`].
+    format: Option<HeaderValue>,
+    /// `Handover-Reads`, checked by [`AppFields::reads`].
+    reads: Option<HeaderValue>,
+    /// `Handover-Rotate`: give the session a new id.
+    pub rotate: bool,
+}
+
+impl AppFields {
+    /// The fields, in the order [`AppFields::from_values`] takes their values: the app client's
+    /// HTTP/1.1 path keeps them out of the response's map as it parses the head
+    /// (`upstream::h1::read_head`), so they are never parsed into names, put in the map, looked up
+    /// and removed again.
+    pub const NAMES: &[HeaderName; 4] = &APP_FIELD_NAMES;
+
+    pub fn from_values([state, format, reads, rotate]: [Option<HeaderValue>; 4]) -> AppFields {
+        AppFields { state, format, reads, rotate: rotate.is_some() }
     }
-    Some(String::from_utf8_lossy(list).into_owned())
+
+    /// Takes them out of a response's map (one hyper read).
+    pub fn take(headers: &mut HeaderMap) -> AppFields {
+        // Most answers of hyper's path carry none: one pass over the names instead of four lookups.
+        if !headers.keys().any(|name| name.as_str().starts_with("handover-")) {
+            return AppFields::default();
+        }
+        AppFields::from_values(AppFields::NAMES.each_ref().map(|name| headers.remove(name)))
+    }
+
+    /// The state format the app declared: a token of at most [`cookie::MAX_FORMAT_BYTES`]
+    /// visible ASCII characters without spaces, commas or semicolons; anything else is not
+    /// recorded (empty).
+    pub fn format(&self) -> String {
+        let Some(value) = &self.format else { return String::new() };
+        let token = value.as_bytes().trim_ascii();
+        let valid = token.len() <= cookie::MAX_FORMAT_BYTES
+            && token.iter().all(|b| b.is_ascii_graphic() && !matches!(b, b',' | b';' | b'"' | b'\\'));
+        if !valid {
+            tracing::warn!("the app declared a Handover-State-Format that is not a short token; not recorded");
+            return String::new();
+        }
+        String::from_utf8_lossy(token).into_owned()
+    }
+
+    /// The formats the app declared it reads; `None` when it declared none, or something that is
+    /// not a short list of visible ASCII.
+    pub fn reads(&self) -> Option<String> {
+        let list = self.reads.as_ref()?.as_bytes().trim_ascii();
+        let valid = !list.is_empty()
+            && list.len() <= MAX_READS_BYTES
+            && list.iter().all(|b| (b.is_ascii_graphic() || *b == b' ') && !matches!(b, b';' | b'"' | b'\\'));
+        if !valid {
+            tracing::warn!("the app declared a Handover-Reads that is not a short list of formats; not recorded");
+            return None;
+        }
+        Some(String::from_utf8_lossy(list).into_owned())
+    }
 }
 
 /// Set on a response whose state could not be sealed.

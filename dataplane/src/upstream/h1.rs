@@ -11,6 +11,7 @@
 
 use std::io;
 use std::net::SocketAddr;
+use std::ops::Range;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll, ready};
@@ -94,14 +95,16 @@ impl AppConn {
 
     /// Sends `req` with its whole `body` and reads the response head, by `deadline` if there is
     /// one ([`ExchangeError::TimedOut`]). The connection goes back to `idle` once its response
-    /// body was read, unless either side closes it.
-    pub async fn exchange(
+    /// body was read, unless either side closes it. The response's fields named in `apart` are
+    /// not in its map: their values come back beside it, in `apart`'s order.
+    pub async fn exchange<const N: usize>(
         mut self,
         req: &http::request::Parts,
         body: &Bytes,
         idle: &IdleConns,
         deadline: Option<tokio::time::Instant>,
-    ) -> Result<Response<Body>, ExchangeError> {
+        apart: &[HeaderName; N],
+    ) -> Result<(Response<Body>, [Option<HeaderValue>; N]), ExchangeError> {
         let head = match deadline {
             Some(at) => {
                 // Out of the connection while the exchange borrows the rest of it, then put back.
@@ -109,19 +112,24 @@ impl AppConn {
                 timer.as_mut().reset(at);
                 let head = tokio::select! {
                     biased;
-                    head = self.send_and_read_head(req, body) => head,
+                    head = self.send_and_read_head(req, body, apart) => head,
                     () = timer.as_mut() => Err(ExchangeError::TimedOut),
                 };
                 self.deadline = Some(timer);
                 head
             }
-            None => self.send_and_read_head(req, body).await,
+            None => self.send_and_read_head(req, body, apart).await,
         }?;
         Ok(self.respond(head, idle))
     }
 
     /// Writes `req` and reads the final response head.
-    async fn send_and_read_head(&mut self, req: &http::request::Parts, body: &Bytes) -> Result<Head, ExchangeError> {
+    async fn send_and_read_head<const N: usize>(
+        &mut self,
+        req: &http::request::Parts,
+        body: &Bytes,
+        apart: &[HeaderName; N],
+    ) -> Result<Head<N>, ExchangeError> {
         if self.reused && !still_open(&self.stream) {
             // The app closed it while the request waited (its turn, a check of the app): as
             // hyper's client does, the request is handed back unsent, to go on a new connection.
@@ -141,7 +149,7 @@ impl AppConn {
         // request is written to it (its idle timeout: Node's is 5 s) ends with none.
         let mut answered = false;
         loop {
-            match read_head(&mut self.buf, head_request) {
+            match read_head(&mut self.buf, head_request, apart) {
                 Ok(Some(head)) if head.status.is_informational() => {
                     // 100 Continue, 103 Early Hints: the final answer follows. (No upgrade is
                     // sent on this path, so no 101 is expected.)
@@ -183,7 +191,11 @@ impl AppConn {
     }
 
     /// The response to `head`, with its body read here when it has all arrived, or streamed.
-    fn respond(mut self, head: Head, idle: &IdleConns) -> Response<Body> {
+    fn respond<const N: usize>(
+        mut self,
+        head: Head<N>,
+        idle: &IdleConns,
+    ) -> (Response<Body>, [Option<HeaderValue>; N]) {
         let framing = head.framing;
         let mut resp = Response::new(Body::default());
         *resp.status_mut() = head.status;
@@ -206,7 +218,7 @@ impl AppConn {
                 *resp.body_mut() = body.boxed();
             }
         }
-        resp
+        (resp, head.apart)
     }
 }
 
@@ -242,17 +254,26 @@ pub(crate) enum Framing {
 }
 
 /// A parsed response head.
-pub(crate) struct Head {
+pub(crate) struct Head<const N: usize> {
     status: StatusCode,
     headers: http::HeaderMap,
+    /// The values of the fields asked for apart (not in `headers`).
+    pub(crate) apart: [Option<HeaderValue>; N],
     pub(crate) framing: Framing,
     /// Whether the connection may carry another request.
     keep_alive: bool,
 }
 
 /// The response head at the start of `buf`, taken out of it, with its body's framing as RFC 9112
-/// §6.3 says (`head_request`: the answer to a `HEAD`); `None` while it is not whole.
-pub(crate) fn read_head(buf: &mut BytesMut, head_request: bool) -> Result<Option<Head>, &'static str> {
+/// §6.3 says (`head_request`: the answer to a `HEAD`); `None` while it is not whole. The fields
+/// named in `apart` (in any case) are kept out of its map, their values apart; of a field that
+/// comes twice, the last. (The proxy takes the app contract's fields this way: neither parsed
+/// into a name nor put in the map, only to be looked up and removed again.)
+pub(crate) fn read_head<const N: usize>(
+    buf: &mut BytesMut,
+    head_request: bool,
+    apart: &[HeaderName; N],
+) -> Result<Option<Head<N>>, &'static str> {
     let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
     let mut parsed = httparse::Response::new(&mut headers);
     let len = match parsed.parse(buf) {
@@ -265,7 +286,12 @@ pub(crate) fn read_head(buf: &mut BytesMut, head_request: bool) -> Result<Option
     let mut fields = Vec::with_capacity(parsed.headers.len());
     let mut length: Option<u64> = None;
     let mut chunked = None;
+    let mut apart_spans: [Option<Range<usize>>; N] = [const { None }; N];
     for h in parsed.headers.iter() {
+        if let Some(i) = apart.iter().position(|name| h.name.eq_ignore_ascii_case(name.as_str())) {
+            apart_spans[i] = Some(span(buf, h.value));
+            continue;
+        }
         let name = HeaderName::from_bytes(h.name.as_bytes()).map_err(|_| "a header name http refuses")?;
         if name == header::CONTENT_LENGTH {
             match (length, content_length(h.value)) {
@@ -293,12 +319,20 @@ pub(crate) fn read_head(buf: &mut BytesMut, head_request: bool) -> Result<Option
         keep_alive = false;
     }
     let head = buf.split_to(len).freeze();
-    let mut map = http::HeaderMap::with_capacity(fields.len());
+    let value = |span: Range<usize>| {
+        HeaderValue::from_maybe_shared(head.slice(span)).map_err(|_| "a header value http refuses")
+    };
+    // Room for the fields the proxy adds (the session's Set-Cookie lines, Cache-Control): the map
+    // is not grown and rehashed on the way to the client.
+    let mut map = http::HeaderMap::with_capacity(fields.len() + 4);
     for (name, span) in fields {
-        let value = HeaderValue::from_maybe_shared(head.slice(span)).map_err(|_| "a header value http refuses")?;
-        map.append(name, value);
+        map.append(name, value(span)?);
     }
-    Ok(Some(Head { status, headers: map, framing, keep_alive }))
+    let mut values: [Option<HeaderValue>; N] = [const { None }; N];
+    for (value_apart, span) in values.iter_mut().zip(apart_spans) {
+        *value_apart = span.map(value).transpose()?;
+    }
+    Ok(Some(Head { status, headers: map, framing, keep_alive, apart: values }))
 }
 
 /// The app's idle connections (a sidecar has one app), shared with the bodies that give theirs
@@ -642,7 +676,7 @@ mod tests {
             None => AppConn::connect(addr, Duration::from_secs(5)).await.expect("connect"),
         };
         let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-        conn.exchange(req, &Bytes::copy_from_slice(body), idle, Some(deadline)).await.expect("an answer")
+        conn.exchange(req, &Bytes::copy_from_slice(body), idle, Some(deadline), &[]).await.expect("an answer").0
     }
 
     #[tokio::test]
@@ -663,14 +697,16 @@ mod tests {
         let idle = IdleConns::default();
         let conn = AppConn::connect(addr, Duration::from_secs(5)).await.expect("connect");
         let first_deadline = tokio::time::Instant::now() + Duration::from_secs(1);
-        let first = conn.exchange(&request(Method::GET, "/first"), &Bytes::new(), &idle, Some(first_deadline)).await;
-        assert_eq!(body_of(first.expect("answered within 1 s")).await.as_deref(), Ok(&b"ok"[..]));
+        let first =
+            conn.exchange(&request(Method::GET, "/first"), &Bytes::new(), &idle, Some(first_deadline), &[]).await;
+        assert_eq!(body_of(first.expect("answered within 1 s").0).await.as_deref(), Ok(&b"ok"[..]));
         // Idle in the pool past that deadline: the connection's timer runs out there, unused.
         tokio::time::sleep_until(first_deadline).await;
         let conn = idle.take().0.expect("the connection was kept for the next request");
         let started = tokio::time::Instant::now();
         let limit = Duration::from_millis(200);
-        let second = conn.exchange(&request(Method::GET, "/second"), &Bytes::new(), &idle, Some(started + limit)).await;
+        let second =
+            conn.exchange(&request(Method::GET, "/second"), &Bytes::new(), &idle, Some(started + limit), &[]).await;
         assert!(matches!(second, Err(ExchangeError::TimedOut)), "{second:?}");
         assert!(started.elapsed() >= limit, "not before the deadline: {:?}", started.elapsed());
         assert!(idle.take().0.is_none(), "a connection that timed out is not kept");
@@ -716,6 +752,25 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn the_fields_asked_apart_come_beside_the_map_in_any_case_and_the_rest_in_it() {
+        let answer =
+            b"HTTP/1.1 200 OK\r\nHandover-State: old\r\nx-app: 1\r\nhandover-STATE: new\r\ncontent-length: 2\r\n\r\nok";
+        let (addr, _app) = app(vec![vec![answer]]).await;
+        let conn = AppConn::connect(addr, Duration::from_secs(5)).await.expect("connect");
+        let apart = [HeaderName::from_static("handover-state"), HeaderName::from_static("handover-reads")];
+        let (resp, [state, reads]) = conn
+            .exchange(&request(Method::GET, "/"), &Bytes::new(), &IdleConns::default(), None, &apart)
+            .await
+            .expect("an answer");
+        // Of a field sent twice, the last.
+        assert_eq!(state.as_ref().map(HeaderValue::as_bytes), Some(&b"new"[..]));
+        assert!(reads.is_none());
+        assert!(!resp.headers().contains_key("handover-state"), "{:?}", resp.headers());
+        assert_eq!(resp.headers()["x-app"], "1");
+        assert_eq!(body_of(resp).await.as_deref(), Ok(&b"ok"[..]));
+    }
+
+    #[tokio::test]
     async fn what_the_app_gets_wrong_is_an_error_not_a_guess() {
         for (answer, what) in [
             (&b"HTTP/1.1 200 OK\r\ncontent-length: 5\r\ncontent-length: 6\r\n\r\nhello!"[..], "two lengths"),
@@ -726,7 +781,7 @@ mod tests {
         ] {
             let (addr, _app) = app(vec![vec![answer]]).await;
             let conn = AppConn::connect(addr, Duration::from_secs(5)).await.expect("connect");
-            let sent = conn.exchange(&request(Method::GET, "/"), &Bytes::new(), &IdleConns::default(), None).await;
+            let sent = conn.exchange(&request(Method::GET, "/"), &Bytes::new(), &IdleConns::default(), None, &[]).await;
             assert!(matches!(sent, Err(ExchangeError::Failed(_))), "{what}: {sent:?}");
         }
         for (answer, what) in [
@@ -775,7 +830,7 @@ mod tests {
             }
         });
         closed.await.expect("the app's close reached the connection");
-        let sent = conn.exchange(&request(Method::POST, "/"), &Bytes::from_static(b"x"), &idle, None).await;
+        let sent = conn.exchange(&request(Method::POST, "/"), &Bytes::from_static(b"x"), &idle, None, &[]).await;
         assert!(matches!(sent, Err(ExchangeError::NotSent(_))), "{sent:?}");
     }
 
@@ -788,7 +843,7 @@ mod tests {
             let idle = IdleConns::default();
             drop(exchange(&idle, addr, &request(Method::DELETE, "/"), b"").await);
             let conn = idle.take().0.expect("the kept connection");
-            let sent = conn.exchange(&request(method.clone(), "/second"), &Bytes::new(), &idle, None).await;
+            let sent = conn.exchange(&request(method.clone(), "/second"), &Bytes::new(), &idle, None, &[]).await;
             match sent {
                 Err(ExchangeError::Unanswered(_)) => assert!(again, "{method} would be sent twice"),
                 Err(ExchangeError::Failed(_)) => assert!(!again, "{method} was not sent again"),
