@@ -263,10 +263,31 @@ async fn write_response(
     head_request: bool,
     close: bool,
 ) -> io::Result<()> {
-    let (mut parts, mut body) = resp.into_parts();
-    // The framing is this connection's: the proxy strips the app's, and picks none of its own.
-    parts.headers.remove(header::TRANSFER_ENCODING);
-    let declared = parts.headers.get(header::CONTENT_LENGTH).and_then(|v| content_length(v.as_bytes()));
+    let (parts, mut body) = resp.into_parts();
+    out.clear();
+    out.extend_from_slice(b"HTTP/1.1 ");
+    out.extend_from_slice(parts.status.as_str().as_bytes());
+    out.push(b' ');
+    out.extend_from_slice(parts.status.canonical_reason().unwrap_or("").as_bytes());
+    out.extend_from_slice(b"\r\n");
+    // What the framing and the Date need is noted on the way, not looked up in the map.
+    let mut declared: Option<Option<u64>> = None;
+    let mut dated = false;
+    for (name, value) in &parts.headers {
+        if name == header::TRANSFER_ENCODING {
+            // The framing is this connection's: the app's goes, and the proxy picks none.
+            continue;
+        }
+        if name == header::CONNECTION && close {
+            continue;
+        }
+        if name == header::CONTENT_LENGTH {
+            declared.get_or_insert_with(|| content_length(value.as_bytes()));
+        }
+        dated |= name == header::DATE;
+        write_field(out, name.as_str().as_bytes(), value.as_bytes());
+    }
+    let declared = declared.flatten();
     let framing = if without_body(parts.status, head_request) {
         Framing::None
     } else if let Some(len) = declared {
@@ -276,18 +297,6 @@ async fn write_response(
     } else {
         Framing::Chunked
     };
-    out.clear();
-    out.extend_from_slice(b"HTTP/1.1 ");
-    out.extend_from_slice(parts.status.as_str().as_bytes());
-    out.push(b' ');
-    out.extend_from_slice(parts.status.canonical_reason().unwrap_or("").as_bytes());
-    out.extend_from_slice(b"\r\n");
-    for (name, value) in &parts.headers {
-        if name == header::CONNECTION && close {
-            continue;
-        }
-        write_field(out, name.as_str().as_bytes(), value.as_bytes());
-    }
     if close {
         write_field(out, b"connection", b"close");
     }
@@ -296,7 +305,7 @@ async fn write_response(
         Framing::Chunked => write_field(out, b"transfer-encoding", b"chunked"),
         _ => {}
     }
-    if !parts.headers.contains_key(header::DATE) {
+    if !dated {
         date::with(|date| write_field(out, b"date", date));
     }
     out.extend_from_slice(b"\r\n");
