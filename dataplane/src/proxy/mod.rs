@@ -303,7 +303,8 @@ impl Proxy {
         // Boxed once, so that a request the app never received can come back here and be routed again.
         let timeouts = self.metrics.body_timeouts.clone();
         let mut req: Request<Body> = req.map(|b| TimedBody::new(b, self.cfg.body, timeouts).boxed());
-        let header_bytes: usize = req.headers().iter().map(|(n, v)| n.as_str().len() + v.len() + 4).sum();
+        let survey = headers::Survey::of(req.headers());
+        let header_bytes = survey.bytes;
         if header_bytes > self.cfg.max_header_bytes {
             self.metrics.bad_requests.get_or_create(&[("reason", BadRequest::HeadersTooLarge)]).inc();
             tracing::warn!(%client, header_bytes, limit = self.cfg.max_header_bytes, "request headers too large");
@@ -326,18 +327,18 @@ impl Proxy {
         if self.is_backup_call(&req) {
             return (Route::Backup, self.serve_backup(req).await);
         }
-        let mark = headers::take_client_handover_headers(req.headers_mut());
+        let mark = if survey.handover { headers::take_client_handover_headers(req.headers_mut()) } else { None };
         let rc = self.read_cookie(req.headers());
         let arrival = self.arrival(mark, &req, &rc, client);
-        let upgrade = is_upgrade(&req);
-        if headers::wants_trailers(req.headers()) {
+        let upgrade = survey.upgrade && is_upgrade(&req);
+        if survey.te && headers::wants_trailers(req.headers()) {
             // `te` is hop-by-hop and goes below, but a gRPC server refuses a request without
             // `te: trailers`: noted, and sent again on an h2c request to the app.
             req.extensions_mut().insert(headers::WantsTrailers);
         }
         strip_hop_by_hop(req.headers_mut(), upgrade);
         // Always the address this connection really comes from (a client, a proxy, or a peer).
-        append_forwarded_for(req.headers_mut(), client);
+        append_forwarded_for(req.headers_mut(), client, survey.forwarded);
         let http1 = req.version() < http::Version::HTTP_2;
         let (route, mut resp) = self.route(req, &rc, &arrival, upgrade).await;
         if arrival.forwarded()
