@@ -329,14 +329,12 @@ impl Proxy {
         }
 
         let (mut parts, body) = resp.into_parts();
-        let pushed = fields.state.as_ref().and_then(|v| {
-            match URL_SAFE_NO_PAD.decode_to_vec(v.as_bytes().trim_ascii()) {
-                Ok(state) => Some(state),
-                Err(_) => {
-                    self.metrics.bad_requests.get_or_create(&[("reason", BadRequest::BadPushedState)]).inc();
-                    tracing::warn!(session = %session, "the app pushed a Handover-State that is not base64url; ignored");
-                    None
-                }
+        let pushed = fields.state.as_ref().and_then(|v| match URL_SAFE_NO_PAD.decode_to_vec(v.trim_ascii()) {
+            Ok(state) => Some(state),
+            Err(_) => {
+                self.metrics.bad_requests.get_or_create(&[("reason", BadRequest::BadPushedState)]).inc();
+                tracing::warn!(session = %session, "the app pushed a Handover-State that is not base64url; ignored");
+                None
             }
         });
         let format = fields.format();

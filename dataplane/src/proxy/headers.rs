@@ -6,6 +6,8 @@ use std::net::SocketAddr;
 use http::Request;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 
+use bytes::Bytes;
+
 use crate::cookie::{self, CookiePair};
 
 /// The session id the app sees on every forwarded request.
@@ -40,11 +42,11 @@ static APP_FIELD_NAMES: [HeaderName; 4] = [STATE_HEADER, FORMAT_HEADER, READS_HE
 #[derive(Debug, Default)]
 pub(super) struct AppFields {
     /// `Handover-State`: the session's new state, base64url.
-    pub state: Option<HeaderValue>,
+    pub state: Option<Bytes>,
     /// `Handover-State-Format`, checked by [`AppFields::format`].
-    format: Option<HeaderValue>,
+    format: Option<Bytes>,
     /// `Handover-Reads`, checked by [`AppFields::reads`].
-    reads: Option<HeaderValue>,
+    reads: Option<Bytes>,
     /// `Handover-Rotate`: give the session a new id.
     pub rotate: bool,
 }
@@ -56,7 +58,7 @@ impl AppFields {
     /// and removed again.
     pub const NAMES: &[HeaderName; 4] = &APP_FIELD_NAMES;
 
-    pub fn from_values([state, format, reads, rotate]: [Option<HeaderValue>; 4]) -> AppFields {
+    pub fn from_values([state, format, reads, rotate]: [Option<Bytes>; 4]) -> AppFields {
         AppFields { state, format, reads, rotate: rotate.is_some() }
     }
 
@@ -66,7 +68,9 @@ impl AppFields {
         if !headers.keys().any(|name| name.as_str().starts_with("handover-")) {
             return AppFields::default();
         }
-        AppFields::from_values(AppFields::NAMES.each_ref().map(|name| headers.remove(name)))
+        AppFields::from_values(
+            AppFields::NAMES.each_ref().map(|name| headers.remove(name).map(|v| Bytes::copy_from_slice(v.as_bytes()))),
+        )
     }
 
     /// The state format the app declared: a token of at most [`cookie::MAX_FORMAT_BYTES`]
@@ -74,7 +78,7 @@ impl AppFields {
     /// recorded (empty).
     pub fn format(&self) -> String {
         let Some(value) = &self.format else { return String::new() };
-        let token = value.as_bytes().trim_ascii();
+        let token = value.trim_ascii();
         let valid = token.len() <= cookie::MAX_FORMAT_BYTES
             && token.iter().all(|b| b.is_ascii_graphic() && !matches!(b, b',' | b';' | b'"' | b'\\'));
         if !valid {
@@ -87,7 +91,7 @@ impl AppFields {
     /// The formats the app declared it reads; `None` when it declared none, or something that is
     /// not a short list of visible ASCII.
     pub fn reads(&self) -> Option<String> {
-        let list = self.reads.as_ref()?.as_bytes().trim_ascii();
+        let list = self.reads.as_ref()?.trim_ascii();
         let valid = !list.is_empty()
             && list.len() <= MAX_READS_BYTES
             && list.iter().all(|b| (b.is_ascii_graphic() || *b == b' ') && !matches!(b, b';' | b'"' | b'\\'));
