@@ -3,10 +3,9 @@
 
 use std::net::SocketAddr;
 
+use bytes::Bytes;
 use http::Request;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
-
-use bytes::Bytes;
 
 use crate::cookie::{self, CookiePair};
 
@@ -62,7 +61,8 @@ impl AppFields {
         AppFields { state, format, reads, rotate: rotate.is_some() }
     }
 
-    /// Takes them out of a response's map (one hyper read).
+    /// Takes them out of the map of a response hyper's client read (from an h2c app, to a request
+    /// whose body was still arriving, from the state endpoint).
     pub fn take(headers: &mut HeaderMap) -> AppFields {
         // Most answers of hyper's path carry none: one pass over the names instead of four lookups.
         if !headers.keys().any(|name| name.as_str().starts_with("handover-")) {
