@@ -69,6 +69,21 @@ pub fn shared_cache_may_store(x: Exchange<'_>) -> bool {
 /// caches only), `private` is added, every other directive stays (`no-store`, `max-age` for the
 /// browser's own cache). `Vary: Cookie` is added too, for caches that key on it.
 pub fn make_private(headers: &mut HeaderMap) {
+    // Most responses carry neither field: each is set without parsing or building a list.
+    if headers.contains_key(header::CACHE_CONTROL) {
+        keep_private_directives(headers);
+    } else {
+        headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("private"));
+    }
+    if headers.contains_key(header::VARY) {
+        vary_on_cookie(headers);
+    } else {
+        headers.insert(header::VARY, HeaderValue::from_static("Cookie"));
+    }
+}
+
+/// `Cache-Control` rewritten to `private` and the directives that do not speak to shared caches.
+fn keep_private_directives(headers: &mut HeaderMap) {
     let kept: Vec<String> = headers
         .get_all(header::CACHE_CONTROL)
         .iter()
@@ -86,6 +101,10 @@ pub fn make_private(headers: &mut HeaderMap) {
     } else {
         headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("private"));
     }
+}
+
+/// `Vary: Cookie` added, unless `Vary` already names it (or `*`).
+fn vary_on_cookie(headers: &mut HeaderMap) {
     let varies: Vec<String> = headers
         .get_all(header::VARY)
         .iter()
