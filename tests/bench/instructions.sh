@@ -11,7 +11,11 @@
 # Each build runs twice, with 500 and 500 + N requests after the same start; the difference over
 # N leaves start-up and warm-up out.
 #
-#   tests/bench/instructions.sh [--requests N] [--state-bytes B] SIDECAR [OTHER_SIDECAR...]
+# --page counts a page view instead: GET /visit?cache=none, which pushes a state (a visit count)
+# on a page a shared cache could store, so the sidecar also makes it private — a browser's path
+# that the bench's POSTs do not take. (--state-bytes does not apply to it.)
+#
+#   tests/bench/instructions.sh [--requests N] [--state-bytes B | --page] SIDECAR [OTHER_SIDECAR...]
 #
 # Needs valgrind and curl (Debian: apt-get install valgrind curl) and a built
 # target/dist/handover-sidecar (the demo app; `cargo build --profile dist -p handover-sidecar`).
@@ -19,15 +23,17 @@ set -euo pipefail
 
 requests=2000
 state_bytes=100
+page=""
 while [[ $# -gt 0 ]]; do
   case $1 in
     --requests) requests=$2; shift 2 ;;
     --state-bytes) state_bytes=$2; shift 2 ;;
+    --page) page=1; shift ;;
     -*) echo "unknown option $1" >&2; exit 2 ;;
     *) break ;;
   esac
 done
-[[ $# -ge 1 ]] || { echo "usage: $0 [--requests N] [--state-bytes B] SIDECAR [OTHER_SIDECAR...]" >&2; exit 2; }
+[[ $# -ge 1 ]] || { echo "usage: $0 [--requests N] [--state-bytes B | --page] SIDECAR [OTHER_SIDECAR...]" >&2; exit 2; }
 command -v valgrind > /dev/null || { echo "valgrind not found (apt-get install valgrind)" >&2; exit 2; }
 repo=$(cd "$(dirname "$0")/../.." && pwd)
 tool=$repo/target/dist/handover-sidecar
@@ -63,11 +69,13 @@ count() {
     sleep 0.1
   done
   [[ -n $ready ]] || { echo "the sidecar under valgrind was not ready within 60 s: $(tail -3 "$d/sidecar.log")" >&2; exit 1; }
-  local args=(-o /dev/null "http://$ip:8000/blob?bytes=$state_bytes")
-  for _ in $(seq $((n + 200))); do args+=(-o /dev/null "http://$ip:8000/incr"); done
+  local first="blob?bytes=$state_bytes" each=incr method=(-X POST)
+  if [[ -n $page ]]; then first="visit?cache=none" each="visit?cache=none" method=(); fi
+  local args=(-o /dev/null "http://$ip:8000/$first")
+  for _ in $(seq $((n + 200))); do args+=(-o /dev/null "http://$ip:8000/$each"); done
   # One curl: one keep-alive connection, its cookie engine carrying the session's cookies on.
   local codes
-  codes=$(curl -s -w '%{http_code}\n' -b "$d/jar" -c "$d/jar" -X POST -H 'Host: bench' "${args[@]}" | sort | uniq -c | xargs)
+  codes=$(curl -s -w '%{http_code}\n' -b "$d/jar" -c "$d/jar" "${method[@]}" -H 'Host: bench' "${args[@]}" | sort | uniq -c | xargs)
   [[ $codes == "$((n + 201)) 200" ]] || { echo "not every request answered 200: $codes" >&2; exit 1; }
   kill "$sidecar" "$app"
   wait "$sidecar" 2> /dev/null || true
@@ -81,7 +89,8 @@ for exe in "$@"; do
   per=$(((long - short) / requests))
   if [[ -z $first ]]; then
     first=$per
-    echo "$exe: $per instructions per request (state of $state_bytes bytes, $requests requests)"
+    if [[ -n $page ]]; then what="GET /visit?cache=none"; else what="state of $state_bytes bytes"; fi
+    echo "$exe: $per instructions per request ($what, $requests requests)"
   else
     echo "$exe: $per instructions per request, x$(awk -v a="$per" -v b="$first" 'BEGIN { printf "%.3f", a / b }') of the first"
   fi
