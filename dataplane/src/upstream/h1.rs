@@ -319,14 +319,12 @@ pub(crate) fn read_head<const N: usize>(
         keep_alive = false;
     }
     let head = buf.split_to(len).freeze();
-    let value = |span: Range<usize>| {
-        HeaderValue::from_maybe_shared(head.slice(span)).map_err(|_| "a header value http refuses")
-    };
     // Room for the fields the proxy adds (the session's Set-Cookie lines, Cache-Control): the map
     // is not grown and rehashed on the way to the client.
     let mut map = http::HeaderMap::with_capacity(fields.len() + 4);
     for (name, span) in fields {
-        map.append(name, value(span)?);
+        let value = HeaderValue::from_maybe_shared(head.slice(span)).map_err(|_| "a header value http refuses")?;
+        map.append(name, value);
     }
     let values = apart_spans.map(|span| span.map(|span| head.slice(span)));
     Ok(Some(Head { status, headers: map, framing, keep_alive, apart: values }))
