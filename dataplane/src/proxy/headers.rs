@@ -33,6 +33,11 @@ pub const READS_HEADER: HeaderName = HeaderName::from_static("handover-reads");
 /// Longest `Handover-Reads` kept: a list of formats, not a document.
 const MAX_READS_BYTES: usize = 512;
 
+/// Whether `name` is one of the contract's `Handover-*` fields (or claims to be).
+fn is_handover_field(name: &str) -> bool {
+    name.starts_with("handover-")
+}
+
 /// A static, not a constant: a constant array of names is made and dropped at every use.
 static APP_FIELD_NAMES: [HeaderName; 4] = [STATE_HEADER, FORMAT_HEADER, READS_HEADER, ROTATE_HEADER];
 
@@ -65,7 +70,7 @@ impl AppFields {
     /// whose body was still arriving, from the state endpoint).
     pub fn take(headers: &mut HeaderMap) -> AppFields {
         // Most answers of hyper's path carry none: one pass over the names instead of four lookups.
-        if !headers.keys().any(|name| name.as_str().starts_with("handover-")) {
+        if !headers.keys().any(|name| is_handover_field(name.as_str())) {
             return AppFields::default();
         }
         AppFields::from_values(
@@ -143,7 +148,7 @@ impl Survey {
         for (name, value) in headers {
             let name_str = name.as_str();
             survey.bytes += name_str.len() + value.len() + 4;
-            survey.handover |= name_str.starts_with("handover-");
+            survey.handover |= is_handover_field(name_str);
             survey.upgrade |= name == header::UPGRADE;
             survey.te |= name == header::TE;
             survey.forwarded |= name == X_FORWARDED_FOR || name == X_FORWARDED_PROTO;
