@@ -646,6 +646,9 @@ pub struct SessionClient {
     pub jar: HashMap<String, String>,
     conn: Option<(SocketAddr, SendRequest<Full<Bytes>>)>,
     timeout: Duration,
+    /// The pod the last request failed on (no answer, or one the caller gave up on); cleared by
+    /// an answer. A retry's pick avoids it ([`pick_ready`]).
+    failed: Option<SocketAddr>,
 }
 
 /// A response as the client saw it.
@@ -659,7 +662,7 @@ pub struct Reply {
 
 impl Default for SessionClient {
     fn default() -> Self {
-        SessionClient { jar: HashMap::new(), conn: None, timeout: Duration::from_secs(2) }
+        SessionClient { jar: HashMap::new(), conn: None, timeout: Duration::from_secs(2), failed: None }
     }
 }
 
@@ -677,6 +680,18 @@ impl SessionClient {
     /// Drops the connection: the next request picks a pod again.
     pub fn disconnect(&mut self) {
         self.conn = None;
+    }
+
+    /// Drops the connection to `pod`, whose answer the caller does not take (a 503 from a pod
+    /// that is draining, say): the retry picks another pod ([`last_failed`](Self::last_failed)).
+    pub fn give_up_on(&mut self, pod: SocketAddr) {
+        self.conn = None;
+        self.failed = Some(pod);
+    }
+
+    /// The pod the last request failed on, unless an answer came since.
+    pub fn last_failed(&self) -> Option<SocketAddr> {
+        self.failed
     }
 
     fn cookie_header(&self) -> Option<String> {
@@ -713,12 +728,14 @@ impl SessionClient {
     ) -> Result<Reply, String> {
         if self.conn.as_ref().is_none_or(|(_, s)| s.is_closed()) {
             let addr = pick().ok_or("no ready pod to connect to")?;
-            let stream = tokio::time::timeout(self.timeout, TcpStream::connect(addr))
-                .await
-                .map_err(|_| format!("connect to {addr} timed out"))?
-                .map_err(|e| format!("connect to {addr}: {e}"))?;
-            let (sender, conn) =
-                hyper::client::conn::http1::handshake(TokioIo::new(stream)).await.map_err(|e| e.to_string())?;
+            let connected = async {
+                let stream = tokio::time::timeout(self.timeout, TcpStream::connect(addr))
+                    .await
+                    .map_err(|_| format!("connect to {addr} timed out"))?
+                    .map_err(|e| format!("connect to {addr}: {e}"))?;
+                hyper::client::conn::http1::handshake(TokioIo::new(stream)).await.map_err(|e| e.to_string())
+            };
+            let (sender, conn) = connected.await.inspect_err(|_| self.failed = Some(addr))?;
             tokio::spawn(conn);
             self.conn = Some((addr, sender));
         }
@@ -745,6 +762,7 @@ impl SessionClient {
         .await;
         match outcome {
             Ok(Ok((parts, body))) => {
+                self.failed = None;
                 self.store_cookies(&parts.headers);
                 if parts.headers.get(header::CONNECTION).is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"close")) {
                     self.conn = None;
@@ -752,11 +770,11 @@ impl SessionClient {
                 Ok(Reply { status: parts.status, headers: parts.headers, body, served_via: addr })
             }
             Ok(Err(e)) => {
-                self.conn = None;
+                self.give_up_on(addr);
                 Err(format!("request to {addr} failed: {e}"))
             }
             Err(_) => {
-                self.conn = None;
+                self.give_up_on(addr);
                 Err(format!("request to {addr} timed out after {:?}", self.timeout))
             }
         }
@@ -780,15 +798,21 @@ pub fn apply_set_cookies(jar: &mut HashMap<String, String>, headers: &HeaderMap)
     }
 }
 
-/// Picks a random address from the ready list, as a Service balances new connections.
-pub fn pick_ready(ready: &Mutex<Vec<SocketAddr>>) -> Option<SocketAddr> {
+/// Picks a random address from the ready list, as a Service balances new connections. A retry
+/// names the pod that just failed as `avoid` and gets another while another is listed, as an
+/// ingress retries on the next upstream (nginx's `proxy_next_upstream`, Envoy's `previous_hosts`
+/// retry predicate). Without it, a retry within the ~300 ms a killed pod stays listed picks it
+/// again one time in three: the failover latency measured the client's dice, not the successor.
+pub fn pick_ready(ready: &Mutex<Vec<SocketAddr>>, avoid: Option<SocketAddr>) -> Option<SocketAddr> {
     let ready = sync::lock(ready);
-    if ready.is_empty() {
-        return None;
-    }
+    let others = ready.iter().filter(|a| Some(**a) != avoid).count();
     let mut b = [0u8; 4];
     handover_dataplane::random::fill(&mut b);
-    Some(ready[u32::from_le_bytes(b) as usize % ready.len()])
+    let r = u32::from_le_bytes(b) as usize;
+    if others == 0 {
+        return ready.get(r % ready.len().max(1)).copied();
+    }
+    ready.iter().filter(|a| Some(**a) != avoid).nth(r % others).copied()
 }
 
 /// A demo-app session driven by a client that keeps a model of what it was acknowledged.
@@ -830,7 +854,8 @@ impl CounterSession {
             if let Some(shared) = &self.shared_jar {
                 self.client.jar = sync::lock(shared).clone();
             }
-            let sent = self.client.send(|| pick_ready(ready), Method::POST, "/incr").await;
+            let avoid = self.client.last_failed();
+            let sent = self.client.send(|| pick_ready(ready, avoid), Method::POST, "/incr").await;
             if let (Some(shared), Ok(reply)) = (&self.shared_jar, &sent) {
                 apply_set_cookies(&mut sync::lock(shared), &reply.headers);
             }
@@ -862,7 +887,7 @@ impl CounterSession {
                 }
                 Ok(reply) => {
                     last_error = format!("{} {}", reply.status, String::from_utf8_lossy(&reply.body).trim());
-                    self.client.disconnect();
+                    self.client.give_up_on(reply.served_via);
                 }
                 Err(e) => last_error = e,
             }
@@ -880,18 +905,20 @@ impl CounterSession {
     pub async fn verify(&mut self, ready: &Mutex<Vec<SocketAddr>>) -> Result<u64, String> {
         let started = Instant::now();
         loop {
-            if let Ok(reply) = self.client.send(|| pick_ready(ready), Method::GET, "/count").await
-                && reply.status == StatusCode::OK
-            {
-                let count = serde_json::from_slice::<crate::demo_app::CountReply>(&reply.body)
-                    .map_err(|e| format!("bad reply from the demo app: {e}"))?
-                    .count;
-                if count < self.acked {
-                    self.lost += self.acked - count;
+            let avoid = self.client.last_failed();
+            match self.client.send(|| pick_ready(ready, avoid), Method::GET, "/count").await {
+                Ok(reply) if reply.status == StatusCode::OK => {
+                    let count = serde_json::from_slice::<crate::demo_app::CountReply>(&reply.body)
+                        .map_err(|e| format!("bad reply from the demo app: {e}"))?
+                        .count;
+                    if count < self.acked {
+                        self.lost += self.acked - count;
+                    }
+                    return Ok(count);
                 }
-                return Ok(count);
+                Ok(reply) => self.client.give_up_on(reply.served_via),
+                Err(_) => {}
             }
-            self.client.disconnect();
             if started.elapsed() > GIVE_UP_AFTER {
                 return Err("the session's count was not served".into());
             }
