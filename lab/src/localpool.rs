@@ -1071,3 +1071,22 @@ impl Load {
         Ok(all)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_retry_picks_another_ready_pod_than_the_one_that_failed_while_there_is_one() {
+        let [a, b, c]: [SocketAddr; 3] = ["10.0.0.1:80", "10.0.0.2:80", "10.0.0.3:80"].map(|s| s.parse().unwrap());
+        let ready = Mutex::new(vec![a, b, c]);
+        let picks: Vec<_> = (0..300).map(|_| pick_ready(&ready, Some(b)).expect("a pod")).collect();
+        assert!(!picks.contains(&b), "the failed pod is not picked while others are listed");
+        assert!(picks.contains(&a) && picks.contains(&c), "the others are both picked: {picks:?}");
+        assert!((0..300).any(|_| pick_ready(&ready, None) == Some(b)), "without a failure every pod is picked");
+        *sync::lock(&ready) = vec![b];
+        assert_eq!(pick_ready(&ready, Some(b)), Some(b), "the only listed pod is picked even if it failed");
+        sync::lock(&ready).clear();
+        assert_eq!(pick_ready(&ready, Some(b)), None);
+    }
+}
