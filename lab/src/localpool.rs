@@ -685,7 +685,7 @@ impl SessionClient {
     /// Drops the connection to `pod`, whose answer the caller does not take (a 503 from a pod
     /// that is draining, say): the retry picks another pod ([`last_failed`](Self::last_failed)).
     pub fn give_up_on(&mut self, pod: SocketAddr) {
-        self.conn = None;
+        self.disconnect();
         self.failed = Some(pod);
     }
 
@@ -805,14 +805,15 @@ pub fn apply_set_cookies(jar: &mut HashMap<String, String>, headers: &HeaderMap)
 /// again one time in three: the failover latency measured the client's dice, not the successor.
 pub fn pick_ready(ready: &Mutex<Vec<SocketAddr>>, avoid: Option<SocketAddr>) -> Option<SocketAddr> {
     let ready = sync::lock(ready);
-    let others = ready.iter().filter(|a| Some(**a) != avoid).count();
+    let not_avoided = |a: &&SocketAddr| Some(**a) != avoid;
+    let others = ready.iter().filter(not_avoided).count();
     let mut b = [0u8; 4];
     handover_dataplane::random::fill(&mut b);
     let r = u32::from_le_bytes(b) as usize;
     if others == 0 {
         return ready.get(r % ready.len().max(1)).copied();
     }
-    ready.iter().filter(|a| Some(**a) != avoid).nth(r % others).copied()
+    ready.iter().filter(not_avoided).nth(r % others).copied()
 }
 
 /// A demo-app session driven by a client that keeps a model of what it was acknowledged.
