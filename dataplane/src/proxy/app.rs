@@ -408,7 +408,7 @@ impl Proxy {
         deadline: Option<tokio::time::Instant>,
     ) -> Result<(Response<Body>, AppFields), SendError> {
         let (mut parts, _) = req.into_parts();
-        match conn.exchange(&parts, &body, &self.upstreams.app_idle, deadline, AppFields::NAMES).await {
+        match conn.exchange(&mut parts, &body, &self.upstreams.app_idle, deadline, AppFields::NAMES).await {
             Ok((resp, fields)) => Ok((resp, AppFields::from_values(fields))),
             Err(h1::ExchangeError::TimedOut) => Err(SendError::TimedOut),
             Err(h1::ExchangeError::NotSent(_)) => {

@@ -28,7 +28,9 @@ use hyper::body::{Body as _, Frame};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::TcpStream;
 
-use crate::http1::{HEAD_ROOM, MAX_HEADERS, content_length, has_token, span, without_body, write_field};
+use crate::http1::{
+    HEAD_ROOM, MAX_HEADERS, content_length, has_token, keep_spare, map_for, span, without_body, write_field,
+};
 use crate::upstream::{Body, full};
 
 /// The largest request (head and body) this path takes; a longer one goes to hyper.
@@ -64,6 +66,8 @@ where
 {
     let mut buf = BytesMut::with_capacity(HEAD_ROOM);
     let mut out = Vec::with_capacity(1024);
+    // The map of the last response written, emptied: the next request's fields go in it.
+    let mut spare_map = http::HeaderMap::new();
     // One timer for the connection's life, moved on for each request head: moving a registered
     // timer's deadline later only updates it, where a new timeout per request is put into
     // tokio's timer wheel and taken out again every time (~460 instructions a request, counted).
@@ -83,7 +87,7 @@ where
         let mut parse = !buf.is_empty();
         let (req, client_close) = loop {
             if parse {
-                match take_request(&mut buf) {
+                match take_request(&mut buf, &mut spare_map) {
                     Ok(Some(taken)) => break taken,
                     Ok(None) => {}
                     Err(why) => {
@@ -132,7 +136,7 @@ where
             }
         };
         let close = client_close || *closing.borrow() || wants_close(resp.headers());
-        if write_response(&mut stream, &mut out, resp, head_request, close).await.is_err() || close {
+        if write_response(&mut stream, &mut out, &mut spare_map, resp, head_request, close).await.is_err() || close {
             return Outcome::Closed;
         }
         // An idle connection keeps a small buffer, whatever the largest response it carried.
@@ -144,8 +148,11 @@ where
 
 /// Takes the request at the start of `buf` out of it when this path serves it: the request and
 /// whether its client asked to close the connection after it; `None` while its head is not whole;
-/// why not when it is not for this path.
-pub(crate) fn take_request(buf: &mut BytesMut) -> Result<Option<(Request<Body>, bool)>, &'static str> {
+/// why not when it is not for this path. The request's map is made of `spare` ([`map_for`]).
+pub(crate) fn take_request(
+    buf: &mut BytesMut,
+    spare: &mut http::HeaderMap,
+) -> Result<Option<(Request<Body>, bool)>, &'static str> {
     let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
     let mut parsed = httparse::Request::new(&mut headers);
     let head_len = match parsed.parse(buf) {
@@ -204,7 +211,7 @@ pub(crate) fn take_request(buf: &mut BytesMut) -> Result<Option<(Request<Body>, 
         return Err("a body not read whole yet");
     }
     let message = buf.split_to(total).freeze();
-    match build(&message, method, path, head_len, spans) {
+    match build(&message, method, path, head_len, spans, spare) {
         Some(req) => Ok(Some((req, close))),
         None => {
             // httparse took a byte that `http` refuses (in the path or a value): hyper answers it,
@@ -225,19 +232,20 @@ fn build(
     path: std::ops::Range<usize>,
     head_len: usize,
     headers: Vec<(HeaderName, std::ops::Range<usize>)>,
+    spare: &mut http::HeaderMap,
 ) -> Option<Request<Body>> {
     let body = if message.len() == head_len { Body::default() } else { full(message.slice(head_len..)) };
     let mut req = Request::new(body);
     *req.method_mut() = method;
     *req.uri_mut() = Uri::from_maybe_shared(message.slice(path)).ok()?;
     *req.version_mut() = Version::HTTP_11;
-    let map = req.headers_mut();
     // Room for the fields the proxy adds (`X-Forwarded-For`, `X-Forwarded-Proto`, the session's,
     // a forward's mark): the map is not grown and rehashed on the way to the app.
-    map.reserve(headers.len() + 4);
+    let mut map = map_for(spare, headers.len() + 4);
     for (name, value) in headers {
         map.append(name, HeaderValue::from_maybe_shared(message.slice(value)).ok()?);
     }
+    *req.headers_mut() = map;
     Some(req)
 }
 
@@ -256,9 +264,11 @@ enum Framing {
 }
 
 /// Writes `resp` (head, then body frames as they come), with `Connection: close` when `close`.
+/// Its map, once the head is written, becomes the connection's `spare` ([`keep_spare`]).
 async fn write_response(
     stream: &mut TcpStream,
     out: &mut Vec<u8>,
+    spare: &mut http::HeaderMap,
     resp: Response<Body>,
     head_request: bool,
     close: bool,
@@ -287,6 +297,7 @@ async fn write_response(
         dated |= name == header::DATE;
         write_field(out, name.as_str().as_bytes(), value.as_bytes());
     }
+    keep_spare(spare, parts.headers);
     let declared = declared.flatten();
     let framing = if without_body(parts.status, head_request) {
         Framing::None

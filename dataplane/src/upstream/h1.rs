@@ -27,7 +27,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 use super::{Body, ConnectError};
-use crate::http1::{HEAD_ROOM, MAX_HEADERS, content_length, has_token, span, without_body, write_field};
+use crate::http1::{HEAD_ROOM, MAX_HEADERS, content_length, has_token, map_for, span, without_body, write_field};
 
 /// The longest response head.
 const MAX_HEAD: usize = 64 * 1024;
@@ -97,10 +97,11 @@ impl AppConn {
     /// one ([`ExchangeError::TimedOut`]). The connection goes back to `idle` once its response
     /// body was read, unless either side closes it. The response's fields named in `apart` are
     /// not in its map: their values come back beside it, in `apart`'s order, as bytes
-    /// ([`read_head`]).
+    /// ([`read_head`]). The response's map is the request's, emptied once the response head is
+    /// whole (the request cannot be sent again from then on); until then `req` is left as it was.
     pub async fn exchange<const N: usize>(
         mut self,
-        req: &http::request::Parts,
+        req: &mut http::request::Parts,
         body: &Bytes,
         idle: &IdleConns,
         deadline: Option<tokio::time::Instant>,
@@ -127,7 +128,7 @@ impl AppConn {
     /// Writes `req` and reads the final response head.
     async fn send_and_read_head<const N: usize>(
         &mut self,
-        req: &http::request::Parts,
+        req: &mut http::request::Parts,
         body: &Bytes,
         apart: &[HeaderName; N],
     ) -> Result<Head<N>, ExchangeError> {
@@ -150,7 +151,7 @@ impl AppConn {
         // request is written to it (its idle timeout: Node's is 5 s) ends with none.
         let mut answered = false;
         loop {
-            match read_head(&mut self.buf, head_request, apart) {
+            match read_head(&mut self.buf, head_request, apart, &mut req.headers) {
                 Ok(Some(head)) if head.status.is_informational() => {
                     // 100 Continue, 103 Early Hints: the final answer follows. (No upgrade is
                     // sent on this path, so no 101 is expected.)
@@ -268,11 +269,13 @@ pub(crate) struct Head<const N: usize> {
 /// second time); of a field that comes twice, the first, as `HeaderMap::remove` gives it on hyper's
 /// path. (The proxy takes the app contract's fields this way: neither parsed into a name nor put in
 /// the map, only to be looked up and removed again, and a pushed state of some KB not checked byte
-/// by byte for a map it never enters.)
+/// by byte for a map it never enters.) The head's map is made of `spare` once the head is whole
+/// ([`map_for`]).
 pub(crate) fn read_head<const N: usize>(
     buf: &mut BytesMut,
     head_request: bool,
     apart: &[HeaderName; N],
+    spare: &mut http::HeaderMap,
 ) -> Result<Option<Head<N>>, &'static str> {
     let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
     let mut parsed = httparse::Response::new(&mut headers);
@@ -321,7 +324,7 @@ pub(crate) fn read_head<const N: usize>(
     let head = buf.split_to(len).freeze();
     // Room for the fields the proxy adds (the session's Set-Cookie lines, Cache-Control): the map
     // is not grown and rehashed on the way to the client.
-    let mut map = http::HeaderMap::with_capacity(fields.len() + 4);
+    let mut map = map_for(spare, fields.len() + 4);
     for (name, span) in fields {
         let value = HeaderValue::from_maybe_shared(head.slice(span)).map_err(|_| "a header value http refuses")?;
         map.append(name, value);
@@ -665,7 +668,12 @@ mod tests {
     }
 
     /// An exchange on the idle connection to `addr`, or a new one.
-    async fn exchange(idle: &IdleConns, addr: SocketAddr, req: &http::request::Parts, body: &[u8]) -> Response<Body> {
+    async fn exchange(
+        idle: &IdleConns,
+        addr: SocketAddr,
+        req: &mut http::request::Parts,
+        body: &[u8],
+    ) -> Response<Body> {
         let conn = match idle.take().0 {
             Some(conn) => conn,
             None => AppConn::connect(addr, Duration::from_secs(5)).await.expect("connect"),
@@ -693,7 +701,7 @@ mod tests {
         let conn = AppConn::connect(addr, Duration::from_secs(5)).await.expect("connect");
         let first_deadline = tokio::time::Instant::now() + Duration::from_secs(1);
         let first =
-            conn.exchange(&request(Method::GET, "/first"), &Bytes::new(), &idle, Some(first_deadline), &[]).await;
+            conn.exchange(&mut request(Method::GET, "/first"), &Bytes::new(), &idle, Some(first_deadline), &[]).await;
         assert_eq!(body_of(first.expect("answered within 1 s").0).await.as_deref(), Ok(&b"ok"[..]));
         // Idle in the pool past that deadline: the connection's timer runs out there, unused.
         tokio::time::sleep_until(first_deadline).await;
@@ -701,7 +709,7 @@ mod tests {
         let started = tokio::time::Instant::now();
         let limit = Duration::from_millis(200);
         let second =
-            conn.exchange(&request(Method::GET, "/second"), &Bytes::new(), &idle, Some(started + limit), &[]).await;
+            conn.exchange(&mut request(Method::GET, "/second"), &Bytes::new(), &idle, Some(started + limit), &[]).await;
         assert!(matches!(second, Err(ExchangeError::TimedOut)), "{second:?}");
         assert!(started.elapsed() >= limit, "not before the deadline: {:?}", started.elapsed());
         assert!(idle.take().0.is_none(), "a connection that timed out is not kept");
@@ -723,18 +731,20 @@ mod tests {
         ])
         .await;
         let idle = IdleConns::default();
-        let first = exchange(&idle, addr, &request(Method::POST, "/p?q=1"), b"abc").await;
+        let first = exchange(&idle, addr, &mut request(Method::POST, "/p?q=1"), b"abc").await;
         assert_eq!(first.status(), StatusCode::CREATED);
         assert_eq!(first.headers()["x-a"], "1");
+        // The response's map is the request's, emptied: none of the request's fields is in it.
+        assert_eq!(first.headers().len(), 2, "{:?}", first.headers());
         assert_eq!(body_of(first).await.as_deref(), Ok(&b"hello"[..]));
-        let second = exchange(&idle, addr, &request(Method::GET, "/long"), b"").await;
+        let second = exchange(&idle, addr, &mut request(Method::GET, "/long"), b"").await;
         assert_eq!(body_of(second).await.as_deref(), Ok(&b"0123456789"[..]));
-        let third = exchange(&idle, addr, &request(Method::PUT, "/chunked"), b"").await;
+        let third = exchange(&idle, addr, &mut request(Method::PUT, "/chunked"), b"").await;
         assert_eq!(body_of(third).await.as_deref(), Ok(&b"hello"[..]), "the 100 is skipped, the trailer dropped");
-        let head = exchange(&idle, addr, &request(Method::HEAD, "/head"), b"").await;
+        let head = exchange(&idle, addr, &mut request(Method::HEAD, "/head"), b"").await;
         assert_eq!(head.headers()[header::CONTENT_LENGTH], "5");
         assert_eq!(body_of(head).await.as_deref(), Ok(&b""[..]), "no body follows a HEAD's answer");
-        let last = exchange(&idle, addr, &request(Method::GET, "/close"), b"").await;
+        let last = exchange(&idle, addr, &mut request(Method::GET, "/close"), b"").await;
         assert_eq!(body_of(last).await.as_deref(), Ok(&b"until the close"[..]));
         assert!(idle.take().0.is_none(), "a body framed by the close leaves no connection");
         let requests = app.await.expect("the app");
@@ -754,7 +764,7 @@ mod tests {
         let conn = AppConn::connect(addr, Duration::from_secs(5)).await.expect("connect");
         let apart = [HeaderName::from_static("handover-state"), HeaderName::from_static("handover-reads")];
         let (resp, [state, reads]) = conn
-            .exchange(&request(Method::GET, "/"), &Bytes::new(), &IdleConns::default(), None, &apart)
+            .exchange(&mut request(Method::GET, "/"), &Bytes::new(), &IdleConns::default(), None, &apart)
             .await
             .expect("an answer");
         // Of a field sent twice, the first, as hyper's path takes it out of a map.
@@ -776,7 +786,8 @@ mod tests {
         ] {
             let (addr, _app) = app(vec![vec![answer]]).await;
             let conn = AppConn::connect(addr, Duration::from_secs(5)).await.expect("connect");
-            let sent = conn.exchange(&request(Method::GET, "/"), &Bytes::new(), &IdleConns::default(), None, &[]).await;
+            let sent =
+                conn.exchange(&mut request(Method::GET, "/"), &Bytes::new(), &IdleConns::default(), None, &[]).await;
             assert!(matches!(sent, Err(ExchangeError::Failed(_))), "{what}: {sent:?}");
         }
         for (answer, what) in [
@@ -786,7 +797,7 @@ mod tests {
         ] {
             let (addr, _app) = app(vec![vec![answer]]).await;
             let idle = IdleConns::default();
-            let resp = exchange(&idle, addr, &request(Method::GET, "/"), b"").await;
+            let resp = exchange(&idle, addr, &mut request(Method::GET, "/"), b"").await;
             assert!(body_of(resp).await.is_err(), "{what}");
             assert!(idle.take().0.is_none(), "{what}: the connection was kept");
         }
@@ -796,7 +807,7 @@ mod tests {
     async fn an_idle_connection_the_app_closed_is_reported_and_not_handed_out() {
         let (addr, app) = app(vec![vec![b"HTTP/1.1 204 No Content\r\n\r\n"]]).await;
         let idle = IdleConns::default();
-        let resp = exchange(&idle, addr, &request(Method::DELETE, "/"), b"").await;
+        let resp = exchange(&idle, addr, &mut request(Method::DELETE, "/"), b"").await;
         assert_eq!(resp.status(), StatusCode::NO_CONTENT);
         // The app closes the connection once its script is done: waited for until it shows.
         app.await.expect("the app");
@@ -815,7 +826,7 @@ mod tests {
     async fn a_request_whose_idle_connection_closed_while_it_waited_is_handed_back_unsent() {
         let (addr, app) = app(vec![vec![b"HTTP/1.1 204 No Content\r\n\r\n"]]).await;
         let idle = IdleConns::default();
-        drop(exchange(&idle, addr, &request(Method::DELETE, "/"), b"").await);
+        drop(exchange(&idle, addr, &mut request(Method::DELETE, "/"), b"").await);
         // Taken while open, then closed by the app before the request is written.
         let conn = idle.take().0.expect("the idle connection");
         app.await.expect("the app");
@@ -825,7 +836,7 @@ mod tests {
             }
         });
         closed.await.expect("the app's close reached the connection");
-        let sent = conn.exchange(&request(Method::POST, "/"), &Bytes::from_static(b"x"), &idle, None, &[]).await;
+        let sent = conn.exchange(&mut request(Method::POST, "/"), &Bytes::from_static(b"x"), &idle, None, &[]).await;
         assert!(matches!(sent, Err(ExchangeError::NotSent(_))), "{sent:?}");
     }
 
@@ -836,9 +847,9 @@ mod tests {
             // The app answers one request, reads the second and closes without a byte of answer.
             let (addr, app) = app(vec![vec![b"HTTP/1.1 204 No Content\r\n\r\n"], vec![]]).await;
             let idle = IdleConns::default();
-            drop(exchange(&idle, addr, &request(Method::DELETE, "/"), b"").await);
+            drop(exchange(&idle, addr, &mut request(Method::DELETE, "/"), b"").await);
             let conn = idle.take().0.expect("the kept connection");
-            let sent = conn.exchange(&request(method.clone(), "/second"), &Bytes::new(), &idle, None, &[]).await;
+            let sent = conn.exchange(&mut request(method.clone(), "/second"), &Bytes::new(), &idle, None, &[]).await;
             match sent {
                 Err(ExchangeError::Unanswered(_)) => assert!(again, "{method} would be sent twice"),
                 Err(ExchangeError::Failed(_)) => assert!(!again, "{method} was not sent again"),
