@@ -207,7 +207,10 @@ fn open_value(kind: u8, value: &str, pool: &str, ring: &KeyRing) -> Result<Vec<u
 
 /// Seals a routing cookie for `pool` with the ring's current key.
 pub fn seal_route(route: &Route, pool: &str, ring: &KeyRing) -> String {
-    let mut body = Vec::with_capacity(64 + route.session.len() + route.owner.name.len() + route.owner.uid.len());
+    // The fixed fields are 55 bytes with the four strings' lengths: room for all of it, so the
+    // body is never grown (a reallocation and a copy, ~220 instructions a request, counted).
+    let strings = route.session.len() + route.owner.name.len() + route.owner.uid.len() + route.owner.addr.len();
+    let mut body = Vec::with_capacity(64 + strings);
     body.extend_from_slice(&route.version.to_be_bytes());
     body.extend_from_slice(&route.state_version.to_be_bytes());
     body.extend_from_slice(&route.issued_at.to_be_bytes());
@@ -221,6 +224,7 @@ pub fn seal_route(route: &Route, pool: &str, ring: &KeyRing) -> String {
     body.extend_from_slice(&route.carry.to_be_bytes());
     body.extend_from_slice(&route.created_at.to_be_bytes());
     body.push(if route.ended { ROUTE_FLAG_ENDED } else { 0 });
+    debug_assert!(body.len() <= 64 + strings, "the route body outgrew its room");
     seal_value(KIND_ROUTE, &body, pool, ring)
 }
 
