@@ -356,9 +356,7 @@ impl Proxy {
             (session, pushed.map(|p| (p, format)))
         };
         let (pushed, format) = pushed.map_or((None, String::new()), |(p, f)| (Some(p), f));
-        let cookies_before = parts.headers.get_all(header::SET_COOKIE).iter().count();
-        self.seal_response(parts.status, &mut parts.headers, &session, rc, pushed, format, carried).await;
-        let ours = parts.headers.get_all(header::SET_COOKIE).iter().count() > cookies_before;
+        let ours = self.seal_response(parts.status, &mut parts.headers, &session, rc, pushed, format, carried).await;
         let exchange = cache::Exchange { method: &method, authorized, status: parts.status, headers: &parts.headers };
         if ours && cache::shared_cache_may_store(exchange) {
             // A shared cache would hand this client's state cookie to everyone after it.

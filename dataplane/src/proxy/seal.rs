@@ -20,13 +20,17 @@ use crate::decide::{self, SealAction, SealSource};
 use crate::header_budget::{self, Added, Over, Room};
 use handover_common::sync;
 
-fn append(headers: &mut HeaderMap, set_cookies: impl IntoIterator<Item = String>) {
+/// Appends the `Set-Cookie` lines; whether there was any.
+fn append(headers: &mut HeaderMap, set_cookies: impl IntoIterator<Item = String>) -> bool {
+    let mut any = false;
     for line in set_cookies {
         // Taken over, not copied (a state chunk's line is up to 4 KB).
         if let Ok(v) = HeaderValue::from_maybe_shared(bytes::Bytes::from(line)) {
             headers.append(header::SET_COOKIE, v);
+            any = true;
         }
     }
+    any
 }
 
 /// Why a state was not sealed into the client's cookies.
@@ -92,8 +96,10 @@ impl Proxy {
         seal
     }
 
-    /// Seals the session's newest state into Set-Cookie headers when there is a new one.
-    /// `format`: the state format the app declared with a pushed state (`Handover-State-Format`).
+    /// Seals the session's newest state into Set-Cookie headers when there is a new one, or
+    /// deletes the session's cookies; whether it set any cookie (a shared cache must then not
+    /// store the response). `format`: the state format the app declared with a pushed state
+    /// (`Handover-State-Format`).
     #[allow(clippy::too_many_arguments)]
     pub(super) async fn seal_response(
         &self,
@@ -104,7 +110,7 @@ impl Proxy {
         pushed: Option<Vec<u8>>,
         format: String,
         carried: Option<Carried>,
-    ) {
+    ) -> bool {
         let local = self.local(session);
         let now = Instant::now();
         let pull = decide::should_pull(decide::PullInputs {
@@ -154,9 +160,9 @@ impl Proxy {
             created_at,
         );
         let (source, state_version, state_value) = match seal.action {
-            SealAction::Keep => return,
+            SealAction::Keep => return false,
             SealAction::Delete => {
-                self.delete_cookies(headers, rc);
+                let deleted = self.delete_cookies(headers, rc);
                 self.forget_session(session);
                 if seen == decide::CookieSeen::Valid {
                     // The app ended it: older copies of its cookie must not bring it back, here
@@ -165,14 +171,14 @@ impl Proxy {
                     self.back_up_tombstone(session, seal.version).await;
                 }
                 tracing::debug!(session, "no state for this session: cookie deleted");
-                return;
+                return deleted;
             }
             SealAction::Seal(source @ (SealSource::Push | SealSource::Pull)) => {
                 let state = newest.unwrap_or_default();
                 if state.len() > self.cfg.max_state_bytes {
                     let why = NotSealed::StateBytes { bytes: state.len(), limit: self.cfg.max_state_bytes };
                     self.not_sealed(headers, session, why);
-                    return;
+                    return false;
                 }
                 let value = cookie::seal_state_format(
                     session,
@@ -186,7 +192,7 @@ impl Proxy {
             }
             SealAction::Seal(SealSource::Carry) => match carried {
                 Some(c) => (SealSource::Carry, c.state_version, c.state_value),
-                None => return,
+                None => return false,
             },
             SealAction::Seal(SealSource::Refresh) => match (&rc.route, &rc.state) {
                 (Some(r), Ok(Some(value))) => (SealSource::Refresh, r.state_version, value.clone()),
@@ -203,13 +209,11 @@ impl Proxy {
                         other_cookies: rc.other_cookies,
                         carry: rc.carry,
                     };
-                    if let Ok((set_cookies, _)) = self.fit(&line, room) {
-                        append(headers, set_cookies);
-                        self.metrics.snapshots.inc(SealSource::Refresh.label());
-                    }
-                    return;
+                    let Ok((set_cookies, _)) = self.fit(&line, room) else { return false };
+                    self.metrics.snapshots.inc(SealSource::Refresh.label());
+                    return append(headers, set_cookies);
                 }
-                _ => return,
+                _ => return false,
             },
         };
 
@@ -253,10 +257,10 @@ impl Proxy {
         .await;
         match sealed {
             Ok((set_cookies, added)) => {
-                append(headers, set_cookies);
                 self.metrics.snapshots.inc(source.label());
                 self.metrics.snapshot_bytes.observe(added.request_bytes as f64);
                 self.metrics.response_header_bytes.observe((room.response_block + added.set_cookie_bytes) as f64);
+                append(headers, set_cookies)
             }
             Err(why) => {
                 self.not_sealed(headers, session, why);
@@ -271,9 +275,7 @@ impl Proxy {
                     self.route_for(session, seal.version, state_version, chunks, state_bytes, rc.carry, created_at);
                 let value = cookie::seal_route(&route, &self.cfg.pool, &self.keys.ring());
                 let line = [(name.as_str(), value.as_str(), max_age)];
-                if let Ok((set_cookies, _)) = self.fit(&line, room) {
-                    append(headers, set_cookies);
-                }
+                self.fit(&line, room).is_ok_and(|(set_cookies, _)| append(headers, set_cookies))
             }
         }
     }
@@ -344,8 +346,8 @@ impl Proxy {
     }
 
     /// Expires the routing cookie and every state chunk the client sent (only those: the names
-    /// come from the request, so a forged count costs nothing).
-    pub(super) fn delete_cookies(&self, headers: &mut HeaderMap, rc: &RequestCookie) {
+    /// come from the request, so a forged count costs nothing); whether there was any.
+    pub(super) fn delete_cookies(&self, headers: &mut HeaderMap, rc: &RequestCookie) -> bool {
         let name = &self.cfg.cookie.attrs.name;
         let route = rc.held_route.then(|| name.clone());
         let chunks = rc.held_chunks.iter().map(|&i| cookie::state_chunk_name(name, i));
@@ -353,6 +355,6 @@ impl Proxy {
             .into_iter()
             .chain(chunks)
             .map(|cookie_name| crate::cookie_attrs::set_cookie_line(&self.cfg.cookie.attrs, &cookie_name, "", 0));
-        append(headers, lines);
+        append(headers, lines)
     }
 }
