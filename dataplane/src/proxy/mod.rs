@@ -300,9 +300,15 @@ impl Proxy {
     }
 
     async fn route_request(&self, req: Request<Body>, client: SocketAddr) -> (Route, Response<Body>) {
-        // Boxed once, so that a request the app never received can come back here and be routed again.
-        let timeouts = self.metrics.body_timeouts.clone();
-        let mut req: Request<Body> = req.map(|b| TimedBody::new(b, self.cfg.body, timeouts).boxed());
+        // Boxed once, so that a request the app never received can come back here and be routed
+        // again. A body that has ended already (most requests have none) has nothing to time.
+        let mut req: Request<Body> = req.map(|b| {
+            if hyper::body::Body::is_end_stream(&b) {
+                b
+            } else {
+                TimedBody::new(b, self.cfg.body, self.metrics.body_timeouts.clone()).boxed()
+            }
+        });
         let survey = headers::Survey::of(req.headers());
         let header_bytes = survey.bytes;
         if header_bytes > self.cfg.max_header_bytes {
