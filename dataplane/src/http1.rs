@@ -12,9 +12,10 @@ pub const MAX_HEADERS: usize = 100;
 /// heads came in two parts every few requests: a second system call and a second parse.
 pub const HEAD_ROOM: usize = 8 * 1024;
 
-/// The most fields a header map may have room for to be used again for a connection's next
-/// message ([`keep_spare`]): a map of one head with many fields does not keep its room (up to
-/// [`MAX_HEADERS`] buckets of ~100 bytes) while its connection idles.
+/// The most fields a header map may have room for, and the most values of a repeated name
+/// (`Set-Cookie` lines) it may hold, to be used again for a connection's next message
+/// ([`keep_spare`]): a map of one head with many fields does not keep its room (up to
+/// [`MAX_HEADERS`] buckets of ~100 bytes, and as many repeated values) while its connection idles.
 const SPARE_MAP_CAPACITY: usize = 24;
 
 /// An empty map with room for `fields`, made of `spare`: a map whose message is done with it
@@ -28,9 +29,12 @@ pub fn map_for(spare: &mut http::HeaderMap, fields: usize) -> http::HeaderMap {
 }
 
 /// Keeps `map`, whose message is done with it, as the connection's spare for [`map_for`], unless
-/// it grew past [`SPARE_MAP_CAPACITY`].
+/// it grew past [`SPARE_MAP_CAPACITY`]. (A kept map never held more repeated values than that,
+/// so the room it keeps for them is bounded too: `http` says nothing of that room, only of the
+/// values in it.)
 pub fn keep_spare(spare: &mut http::HeaderMap, mut map: http::HeaderMap) {
-    if map.capacity() <= SPARE_MAP_CAPACITY {
+    let repeated = map.len() - map.keys_len();
+    if map.capacity() <= SPARE_MAP_CAPACITY && repeated <= SPARE_MAP_CAPACITY {
         // Emptied now: its values share the read buffer of the message they came in, which is
         // reused for the next one only once nothing else holds it.
         map.clear();
@@ -89,6 +93,19 @@ mod tests {
         large.insert("x-large", HeaderValue::from_static("1"));
         keep_spare(&mut spare, large);
         assert!(spare.capacity() < MAX_HEADERS, "a map grown large is not kept");
+        // Few names, many values of one (an app's many Set-Cookie lines): kept up to the limit.
+        let repeated = |values: usize| {
+            let mut map = HeaderMap::with_capacity(8);
+            for _ in 0..values {
+                map.append("set-cookie", HeaderValue::from_static("a=1"));
+            }
+            map
+        };
+        let mut spare = HeaderMap::new();
+        keep_spare(&mut spare, repeated(SPARE_MAP_CAPACITY + 2));
+        assert_eq!(spare.capacity(), 0, "a map with many values of one name is not kept");
+        keep_spare(&mut spare, repeated(SPARE_MAP_CAPACITY + 1));
+        assert!(spare.capacity() >= 8, "one with as many as the limit is");
         // A request's map that becomes its response's: emptied, with the room asked for.
         let mut request = HeaderMap::new();
         request.insert("x-request", HeaderValue::from_static("1"));
