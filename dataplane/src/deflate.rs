@@ -1,13 +1,20 @@
 //! The state's compressor: raw deflate (RFC 1951), which every sidecar's inflater reads.
 //!
-//! Two encoders write it. States with repeats (JSON, text: keys and words that come back) go to
-//! libdeflate at level 1, whose LZ77 replaces each repeat by a back-reference. States without
-//! (tokens, ids, encrypted or base64 blobs) give LZ77 nothing to find, and libdeflate then writes a
-//! block of literals under a Huffman code made for the state; but getting there costs it ~2.6 µs
-//! whatever the state (its 128 KB hash table reset, the block's codes) plus a hash lookup per
-//! byte: 5.9 µs on a 2 KB base64 state. [`literal_block`] writes that block directly, in under
-//! half the time (2.7 µs), for the same bytes give or take a few. A cheap probe ([`repeats_pay`])
-//! picks the encoder; a wrong pick costs some bytes or some microseconds, never a state.
+//! A state is sealed on every response that changes it, so its compressor runs once a request;
+//! states are small (a few hundred bytes to a few KB). libdeflate, made for large inputs, spent
+//! 4.8 µs on a 218-byte JSON state at its fastest level (its 128 KB hash table reset, its block's
+//! codes), more than the rest of a request's cookie work. Two encoders of our own write one block
+//! each:
+//!
+//! - [`literal_block`] for states without repeats (tokens, ids, encrypted or base64 blobs), where
+//!   LZ77 finds nothing: the bytes under a Huffman code made for them.
+//! - [`lz77_block`] for states with repeats (JSON, text: keys and words that come back): greedy
+//!   LZ77 as libdeflate's fastest level does it (the same bytes out, give or take one), in a hash
+//!   table sized to the state: 2.6 µs on that state, 6.9 against 7.6 on a 2.6 KB one.
+//!
+//! A cheap probe ([`repeats_pay`]) picks between them; a wrong pick costs some bytes or some
+//! microseconds, never a state. libdeflate stays for what the two do not take: states of 64 KB
+//! or more, and counts whose code would need codewords over deflate's 15 bits.
 
 use std::cell::RefCell;
 
@@ -21,14 +28,19 @@ thread_local! {
 
 /// `data` as raw deflate, when that is smaller than `data`.
 pub(crate) fn deflate_smaller(data: &[u8]) -> Option<Vec<u8>> {
-    // States with repeats, and those whose code would be longer than deflate allows (rare, skewed
-    // counts), go to libdeflate, which limits its codes' lengths.
-    if !repeats_pay(data)
-        && let Ok(block) = literal_block(data)
-    {
-        return block;
+    // States past our encoders' positions, and those whose code would be longer than deflate
+    // allows (rare, skewed counts), go to libdeflate, which limits its codes' lengths.
+    let ours = if data.len() >= MAX_OURS {
+        Err(CodeTooLong)
+    } else if repeats_pay(data) {
+        lz77_block(data)
+    } else {
+        literal_block(data)
+    };
+    match ours {
+        Ok(block) => block,
+        Err(CodeTooLong) => with_reused(&DEFLATER, new_libdeflater, |deflater| libdeflate_smaller(deflater, data)),
     }
-    with_reused(&DEFLATER, new_libdeflater, |deflater| libdeflate_smaller(deflater, data))
 }
 
 pub(crate) fn new_libdeflater() -> libdeflater::Compressor {
@@ -77,11 +89,18 @@ pub(crate) fn repeats_pay(data: &[u8]) -> bool {
 #[derive(Debug, PartialEq, Eq)]
 pub(crate) struct CodeTooLong;
 
-/// Literal/length symbols written: the 256 byte values and end-of-block (RFC 1951, 3.2.5).
+/// States this long or longer are not ours: a table's positions are `u16`s (`lz77_block`, and
+/// `repeats_pay`'s probe).
+pub(crate) const MAX_OURS: usize = u16::MAX as usize;
+/// Literal/length symbols of a block of literals: the 256 byte values and end-of-block (RFC 1951,
+/// 3.2.5); a block with back-references uses the length symbols after them too.
 const LITERALS: usize = 257;
+const LITERALS_AND_LENGTHS: usize = 286;
+const DISTANCES: usize = 30;
 const END_OF_BLOCK: usize = 256;
-/// The longest codeword of the literal/length code, and of the code-length code (3.2.7).
-const MAX_LITERAL_BITS: u8 = 15;
+/// The longest codeword of the literal/length and distance codes, and of the code-length code
+/// (3.2.7).
+const MAX_CODE_BITS: u8 = 15;
 const MAX_PRECODE_BITS: u8 = 7;
 /// The order in which the code-length code's lengths are written (3.2.7).
 const PRECODE_ORDER: [usize; 19] = [16, 17, 18, 0, 8, 7, 9, 6, 10, 5, 11, 4, 12, 3, 13, 2, 14, 1, 15];
@@ -94,59 +113,267 @@ pub(crate) fn literal_block(data: &[u8]) -> Result<Option<Vec<u8>>, CodeTooLong>
         freq[usize::from(b)] += 1;
     }
     freq[END_OF_BLOCK] = 1;
-    let lit_lens = code_lengths(&freq, MAX_LITERAL_BITS)?;
+    let lit_lens = code_lengths(&freq, MAX_CODE_BITS)?;
     // No distance is ever used; two codes of one bit each, as libdeflate writes: a complete code,
     // which every inflater accepts (some refuse an empty distance code).
-    let dist_lens = [1u8, 1];
-    let mut all_lens = [0u8; LITERALS + 2];
-    all_lens[..LITERALS].copy_from_slice(&lit_lens);
-    all_lens[LITERALS..].copy_from_slice(&dist_lens);
-    let runs = run_lengths(&all_lens);
-    let mut pre_freq = [0u32; 19];
-    for &(sym, _) in &runs {
-        pre_freq[usize::from(sym)] += 1;
-    }
-    let pre_lens = code_lengths(&pre_freq, MAX_PRECODE_BITS)?;
-    let pre_count = PRECODE_ORDER.iter().rposition(|&s| pre_lens[s] != 0).map_or(4, |last| (last + 1).max(4));
-
-    let extra_bits = |sym: u8| match sym {
-        16 => 2,
-        17 => 3,
-        18 => 7,
-        _ => 0,
-    };
-    let header_bits: u64 = 3 + 5 + 5 + 4 + 3 * pre_count as u64;
-    let runs_bits: u64 = runs.iter().map(|&(s, _)| u64::from(pre_lens[usize::from(s)]) + extra_bits(s)).sum();
+    let header = BlockHeader::new(&lit_lens, &[1, 1])?;
     let data_bits: u64 = freq.iter().zip(&lit_lens).map(|(&f, &l)| u64::from(f) * u64::from(l)).sum();
-    let total_bytes = (header_bits + runs_bits + data_bits).div_ceil(8);
+    let total_bytes = (header.bits() + data_bits).div_ceil(8);
     if total_bytes >= data.len() as u64 {
         return Ok(None);
     }
-
     let lit_codes = canonical_codes(&lit_lens);
-    let pre_codes = canonical_codes(&pre_lens);
     let mut out = BitWriter::for_bytes(total_bytes as usize);
-    out.put(1, 1); // BFINAL: the last block
-    out.put(2, 2); // BTYPE: dynamic Huffman codes
-    out.put((LITERALS - 257) as u64, 5); // HLIT
-    out.put((dist_lens.len() - 1) as u64, 5); // HDIST
-    out.put((pre_count - 4) as u64, 4); // HCLEN
-    out.flush();
-    for &sym in &PRECODE_ORDER[..pre_count] {
-        out.put(u64::from(pre_lens[sym]), 3);
-        out.flush();
-    }
-    for &(sym, extra) in &runs {
-        let s = usize::from(sym);
-        out.put(u64::from(pre_codes[s]), pre_lens[s]);
-        out.put(u64::from(extra), extra_bits(sym) as u8);
-        out.flush();
-    }
+    header.write(&mut out);
     out.put_bytes(data, &lit_codes, &lit_lens);
     out.put(u64::from(lit_codes[END_OF_BLOCK]), lit_lens[END_OF_BLOCK]);
     let block = out.finish();
     debug_assert_eq!(block.len() as u64, total_bytes);
     Ok(Some(block))
+}
+
+/// The shortest and longest back-reference, and the farthest (RFC 1951, 3.2.5). Matches start at
+/// 4 bytes: the hash covers 4.
+const MIN_MATCH: usize = 4;
+const MAX_MATCH: usize = 258;
+const MAX_DISTANCE: usize = 32_768;
+/// Length symbols 257–285: the shortest length of each and its extra bits (RFC 1951, 3.2.5).
+const LENGTH_BASE: [u16; 29] =
+    [3, 4, 5, 6, 7, 8, 9, 10, 11, 13, 15, 17, 19, 23, 27, 31, 35, 43, 51, 59, 67, 83, 99, 115, 131, 163, 195, 227, 258];
+const LENGTH_EXTRA: [u8; 29] = [0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 2, 2, 2, 2, 3, 3, 3, 3, 4, 4, 4, 4, 5, 5, 5, 5, 0];
+/// Distance symbols 0–29: the shortest distance of each and its extra bits.
+const DISTANCE_BASE: [u16; DISTANCES] = [
+    1, 2, 3, 4, 5, 7, 9, 13, 17, 25, 33, 49, 65, 97, 129, 193, 257, 385, 513, 769, 1025, 1537, 2049, 3073, 4097, 6145,
+    8193, 12289, 16385, 24577,
+];
+const DISTANCE_EXTRA: [u8; DISTANCES] =
+    [0, 0, 0, 0, 1, 1, 2, 2, 3, 3, 4, 4, 5, 5, 6, 6, 7, 7, 8, 8, 9, 9, 10, 10, 11, 11, 12, 12, 13, 13];
+/// The length symbol's index (0–28) of each length 3–258, by `length - 3`.
+const LENGTH_CODE: [u8; 256] = {
+    let mut table = [0u8; 256];
+    let (mut code, mut i) = (0, 0);
+    while i < 256 {
+        while code + 1 < LENGTH_BASE.len() && LENGTH_BASE[code + 1] as usize <= i + 3 {
+            code += 1;
+        }
+        table[i] = code as u8;
+        i += 1;
+    }
+    table
+};
+
+/// The distance symbol of `distance` (1–32 768): two per power of two from 5 on.
+fn distance_code(distance: usize) -> usize {
+    let d = distance - 1;
+    if d < 4 {
+        return d;
+    }
+    let log = d.ilog2() as usize;
+    2 * log + ((d >> (log - 1)) & 1)
+}
+
+/// A back-reference in a token: the top bit set, `length - 3` in bits 16–23, `distance - 1` in
+/// bits 0–15. A literal is its byte.
+const MATCH: u32 = 1 << 31;
+
+/// `data` (shorter than [`MAX_OURS`]) as one final deflate block of literals and
+/// back-references under dynamic Huffman codes, or `None` when that block would not be smaller.
+///
+/// Greedy LZ77, as libdeflate's fastest level: at each position, the hash of its next 4 bytes
+/// names a bucket of the last two positions that hashed alike; the longer match of the two is
+/// taken, as long as it goes, and the positions it covers are hashed too. The table has a bucket
+/// a byte of state, rounded up to a power of two (4 bytes each, at least 512 buckets): a 2 KB
+/// state clears 8 KB where libdeflate clears 128 KB.
+pub(crate) fn lz77_block(data: &[u8]) -> Result<Option<Vec<u8>>, CodeTooLong> {
+    debug_assert!(data.len() < MAX_OURS, "positions are u16s");
+    let order = data.len().next_power_of_two().trailing_zeros().clamp(9, 15);
+    // Position + 1 (0: none yet): `data` is shorter than u16::MAX, so every one fits.
+    let mut table = vec![[0u16; 2]; 1 << order];
+    let hash = |w: u32| (w.wrapping_mul(0x9E37_79B1) >> (32 - order)) as usize;
+    let word = |i: usize| u32::from_le_bytes(data[i..i + 4].try_into().unwrap_or_default());
+
+    let mut tokens: Vec<u32> = Vec::with_capacity(data.len());
+    let mut lit_freq = [0u32; LITERALS_AND_LENGTHS];
+    let mut dist_freq = [0u32; DISTANCES];
+    let mut extra_bits = 0u64;
+    let last_word = data.len().saturating_sub(MIN_MATCH - 1);
+    let mut i = 0;
+    while i < last_word {
+        let w = word(i);
+        let h = hash(w);
+        let bucket = table[h];
+        table[h] = [(i + 1) as u16, bucket[0]];
+        // The longer match of the bucket's two positions (the nearer one on a tie).
+        let mut best = (0, 0);
+        for candidate in bucket.map(usize::from) {
+            if candidate > 0 && i + 1 - candidate <= MAX_DISTANCE && word(candidate - 1) == w {
+                let from = candidate - 1;
+                let length = MIN_MATCH + common_prefix(data, from + MIN_MATCH, i + MIN_MATCH, MAX_MATCH - MIN_MATCH);
+                if length > best.0 {
+                    best = (length, i - from);
+                }
+            }
+        }
+        if best.0 > 0 {
+            let (length, distance) = best;
+            let lc = usize::from(LENGTH_CODE[length - 3]);
+            let dc = distance_code(distance);
+            lit_freq[257 + lc] += 1;
+            dist_freq[dc] += 1;
+            extra_bits += u64::from(LENGTH_EXTRA[lc]) + u64::from(DISTANCE_EXTRA[dc]);
+            tokens.push(MATCH | ((length - 3) as u32) << 16 | (distance - 1) as u32);
+            for j in i + 1..(i + length).min(last_word) {
+                let bucket = &mut table[hash(word(j))];
+                *bucket = [(j + 1) as u16, bucket[0]];
+            }
+            i += length;
+        } else {
+            lit_freq[usize::from(data[i])] += 1;
+            tokens.push(u32::from(data[i]));
+            i += 1;
+        }
+    }
+    for &b in &data[i.min(data.len())..] {
+        lit_freq[usize::from(b)] += 1;
+        tokens.push(u32::from(b));
+    }
+    lit_freq[END_OF_BLOCK] = 1;
+
+    let lit_lens = code_lengths(&lit_freq, MAX_CODE_BITS)?;
+    let dist_lens = if dist_freq.iter().all(|&f| f == 0) {
+        let mut none = [0u8; DISTANCES];
+        none[..2].copy_from_slice(&[1, 1]);
+        none
+    } else {
+        code_lengths(&dist_freq, MAX_CODE_BITS)?
+    };
+    // Trailing unused symbols are not written (HLIT, HDIST), down to the 257 and 1 deflate needs.
+    let lit_count = lit_lens.iter().rposition(|&l| l != 0).map_or(LITERALS, |last| (last + 1).max(LITERALS));
+    let dist_count = dist_lens.iter().rposition(|&l| l != 0).map_or(1, |last| last + 1);
+    let header = BlockHeader::new(&lit_lens[..lit_count], &dist_lens[..dist_count])?;
+    let weighted =
+        |freq: &[u32], lens: &[u8]| -> u64 { freq.iter().zip(lens).map(|(&f, &l)| u64::from(f) * u64::from(l)).sum() };
+    let data_bits = weighted(&lit_freq, &lit_lens) + weighted(&dist_freq, &dist_lens) + extra_bits;
+    let total_bytes = (header.bits() + data_bits).div_ceil(8);
+    if total_bytes >= data.len() as u64 {
+        return Ok(None);
+    }
+
+    let lit_codes = canonical_codes(&lit_lens);
+    let dist_codes = canonical_codes(&dist_lens);
+    let mut out = BitWriter::for_bytes(total_bytes as usize);
+    header.write(&mut out);
+    for &token in &tokens {
+        if token & MATCH == 0 {
+            let b = token as usize;
+            out.put(u64::from(lit_codes[b]), lit_lens[b]);
+        } else {
+            // At most 15 + 5 + 15 + 13 bits, with the 7 a flush leaves: within `put`'s 57.
+            let length = ((token >> 16) & 0xff) as usize + 3;
+            let distance = (token & 0xffff) as usize + 1;
+            let (lc, dc) = (usize::from(LENGTH_CODE[length - 3]), distance_code(distance));
+            out.put(u64::from(lit_codes[257 + lc]), lit_lens[257 + lc]);
+            out.put((length - usize::from(LENGTH_BASE[lc])) as u64, LENGTH_EXTRA[lc]);
+            out.put(u64::from(dist_codes[dc]), dist_lens[dc]);
+            out.put((distance - usize::from(DISTANCE_BASE[dc])) as u64, DISTANCE_EXTRA[dc]);
+        }
+        out.flush();
+    }
+    out.put(u64::from(lit_codes[END_OF_BLOCK]), lit_lens[END_OF_BLOCK]);
+    let block = out.finish();
+    debug_assert_eq!(block.len() as u64, total_bytes);
+    Ok(Some(block))
+}
+
+/// How many bytes (at most `max`) from `a` equal those from `b` (`a < b`; the run stops at the
+/// end of `data`), eight at a time.
+fn common_prefix(data: &[u8], a: usize, b: usize, max: usize) -> usize {
+    let max = max.min(data.len().saturating_sub(b));
+    let mut n = 0;
+    while n + 8 <= max {
+        let x = u64::from_le_bytes(data[a + n..a + n + 8].try_into().unwrap_or_default());
+        let y = u64::from_le_bytes(data[b + n..b + n + 8].try_into().unwrap_or_default());
+        if x != y {
+            return n + ((x ^ y).trailing_zeros() / 8) as usize;
+        }
+        n += 8;
+    }
+    while n < max && data[a + n] == data[b + n] {
+        n += 1;
+    }
+    n
+}
+
+/// A dynamic block's header (RFC 1951, 3.2.7): its literal/length and distance codes' lengths,
+/// as runs under a code-length code.
+struct BlockHeader {
+    lit_count: usize,
+    dist_count: usize,
+    runs: Vec<(u8, u8)>,
+    pre_lens: [u8; 19],
+    pre_codes: [u16; 19],
+    /// The code-length code's lengths written, in `PRECODE_ORDER` (4–19).
+    pre_count: usize,
+}
+
+impl BlockHeader {
+    fn new(lit_lens: &[u8], dist_lens: &[u8]) -> Result<BlockHeader, CodeTooLong> {
+        let mut all_lens = [0u8; LITERALS_AND_LENGTHS + DISTANCES];
+        let all_lens = &mut all_lens[..lit_lens.len() + dist_lens.len()];
+        all_lens[..lit_lens.len()].copy_from_slice(lit_lens);
+        all_lens[lit_lens.len()..].copy_from_slice(dist_lens);
+        let runs = run_lengths(all_lens);
+        let mut pre_freq = [0u32; 19];
+        for &(sym, _) in &runs {
+            pre_freq[usize::from(sym)] += 1;
+        }
+        let pre_lens = code_lengths(&pre_freq, MAX_PRECODE_BITS)?;
+        let pre_count = PRECODE_ORDER.iter().rposition(|&s| pre_lens[s] != 0).map_or(4, |last| (last + 1).max(4));
+        Ok(BlockHeader {
+            lit_count: lit_lens.len(),
+            dist_count: dist_lens.len(),
+            runs,
+            pre_codes: canonical_codes(&pre_lens),
+            pre_lens,
+            pre_count,
+        })
+    }
+
+    fn bits(&self) -> u64 {
+        let fixed: u64 = 3 + 5 + 5 + 4 + 3 * self.pre_count as u64;
+        let runs: u64 =
+            self.runs.iter().map(|&(s, _)| u64::from(self.pre_lens[usize::from(s)]) + run_extra_bits(s)).sum();
+        fixed + runs
+    }
+
+    fn write(&self, out: &mut BitWriter) {
+        out.put(1, 1); // BFINAL: the last block
+        out.put(2, 2); // BTYPE: dynamic Huffman codes
+        out.put((self.lit_count - 257) as u64, 5); // HLIT
+        out.put((self.dist_count - 1) as u64, 5); // HDIST
+        out.put((self.pre_count - 4) as u64, 4); // HCLEN
+        out.flush();
+        for &sym in &PRECODE_ORDER[..self.pre_count] {
+            out.put(u64::from(self.pre_lens[sym]), 3);
+            out.flush();
+        }
+        for &(sym, extra) in &self.runs {
+            let s = usize::from(sym);
+            out.put(u64::from(self.pre_codes[s]), self.pre_lens[s]);
+            out.put(u64::from(extra), run_extra_bits(sym) as u8);
+            out.flush();
+        }
+    }
+}
+
+/// The extra bits of a code-length symbol: 16 repeats the previous length, 17 and 18 zeros.
+fn run_extra_bits(sym: u8) -> u64 {
+    match sym {
+        16 => 2,
+        17 => 3,
+        18 => 7,
+        _ => 0,
+    }
 }
 
 /// Huffman code lengths for `freq` (0 for an unused symbol), none over `limit`. At least two
@@ -155,7 +382,7 @@ pub(crate) fn literal_block(data: &[u8]) -> Result<Option<Vec<u8>>, CodeTooLong>
 fn code_lengths<const N: usize>(freq: &[u32; N], limit: u8) -> Result<[u8; N], CodeTooLong> {
     // Leaves by weight, ties by symbol (the same input always gives the same code), packed into
     // one sortable key: weight above, symbol in the low 9 bits.
-    let mut leaves = [0u64; LITERALS];
+    let mut leaves = [0u64; N];
     let mut n = 0;
     for (s, &f) in freq.iter().enumerate() {
         if f > 0 {
@@ -174,40 +401,41 @@ fn code_lengths<const N: usize>(freq: &[u32; N], limit: u8) -> Result<[u8; N], C
     }
     let leaves = &mut leaves[..n];
     leaves.sort_unstable();
-    // Huffman's merge with two queues (leaves, then internal nodes in the order made, which is by
-    // weight): node k < n is leaf k, node n + j is the j-th merge. A parent is made after its
-    // children, so its index is above theirs.
-    let mut weight = [0u64; 2 * LITERALS];
-    let mut parent = [0u16; 2 * LITERALS];
-    for (w, &leaf) in weight.iter_mut().zip(leaves.iter()) {
-        *w = leaf >> 9;
-    }
-    let (mut next_leaf, mut next_node) = (0, n);
-    for made in n..2 * n - 1 {
-        let mut pair = [0usize; 2];
-        for lightest in &mut pair {
-            if next_leaf < n && (next_node >= made || weight[next_leaf] <= weight[next_node]) {
-                *lightest = next_leaf;
+    // Huffman's merge with two queues: the leaves, and the internal nodes in the order made
+    // (which is by weight). Internal node `j` is the j-th merge; a parent is made after its
+    // children, so its index is above theirs. Every array is the alphabet's size: n leaves make
+    // n - 1 internal nodes.
+    let mut node_weight = [0u64; N];
+    let mut leaf_parent = [0u16; N];
+    let mut node_parent = [0u16; N];
+    let (mut next_leaf, mut next_node) = (0, 0);
+    for made in 0..n - 1 {
+        let mut weight = 0;
+        for _ in 0..2 {
+            if next_leaf < n && (next_node >= made || leaves[next_leaf] >> 9 <= node_weight[next_node]) {
+                weight += leaves[next_leaf] >> 9;
+                leaf_parent[next_leaf] = made as u16;
                 next_leaf += 1;
             } else {
-                *lightest = next_node;
+                weight += node_weight[next_node];
+                node_parent[next_node] = made as u16;
                 next_node += 1;
             }
         }
-        weight[made] = weight[pair[0]] + weight[pair[1]];
-        parent[pair[0]] = made as u16;
-        parent[pair[1]] = made as u16;
+        node_weight[made] = weight;
     }
-    let mut depth = [0u8; 2 * LITERALS];
-    for node in (0..2 * n - 2).rev() {
-        depth[node] = depth[usize::from(parent[node])] + 1;
-        if depth[node] > limit {
-            return Err(CodeTooLong);
-        }
+    // The root (the last merge) is at depth 0; every other node one below its parent.
+    let mut node_depth = [0u8; N];
+    for j in (0..n - 2).rev() {
+        node_depth[j] = node_depth[usize::from(node_parent[j])] + 1;
     }
     let mut lens = [0u8; N];
     for (leaf, &key) in leaves.iter().enumerate() {
-        lens[(key & 0x1ff) as usize] = depth[leaf];
+        let depth = node_depth[usize::from(leaf_parent[leaf])] + 1;
+        if depth > limit {
+            return Err(CodeTooLong);
+        }
+        lens[(key & 0x1ff) as usize] = depth;
     }
     Ok(lens)
 }
@@ -399,13 +627,64 @@ mod tests {
     }
 
     #[test]
-    fn json_with_repeats_goes_to_libdeflate() {
+    fn json_with_repeats_takes_lz77_near_libdeflates_size() {
         let state = json_session();
         assert!(repeats_pay(&state), "JSON's keys repeat");
         let deflated = deflate_smaller(&state).expect("smaller");
+        assert_eq!(Ok(Some(deflated.clone())), lz77_block(&state));
+        assert_eq!(inflate(&deflated), state);
         let literal = literal_block(&state).expect("codes fit").expect("smaller");
         assert!(deflated.len() * 10 < literal.len() * 8, "LZ77 pays: {} vs {}", deflated.len(), literal.len());
-        assert_eq!(inflate(&deflated), state);
+        let libdeflate = with_reused(&DEFLATER, new_libdeflater, |d| libdeflate_smaller(d, &state)).expect("smaller");
+        assert!(
+            deflated.len() * 100 <= libdeflate.len() * 110,
+            "within 10 % of libdeflate's level 1: {} vs {}",
+            deflated.len(),
+            libdeflate.len()
+        );
+    }
+
+    #[test]
+    fn every_length_and_distance_code_round_trips() {
+        // Repeats of every length 4–258 at distances from 1 to past 32 KB (only those within
+        // 32 768 are matched), between bytes that do not repeat.
+        let mut state = Vec::new();
+        let noise = base64_noise(40_000, 3);
+        let mut at = 0;
+        for length in (4..=258).step_by(7).chain([255, 256, 257, 258]) {
+            let distance = (length * 131) % 33_000 + 1;
+            state.extend_from_slice(&noise[at..at + 64]);
+            at += 64;
+            let from = state.len().saturating_sub(distance);
+            let run: Vec<u8> = state[from..].iter().copied().cycle().take(length).collect();
+            state.extend(run);
+        }
+        state.extend_from_slice(&noise[..33_000]);
+        state.extend_from_slice(&noise[..300]);
+        let block = lz77_block(&state).expect("codes fit").expect("smaller");
+        assert_eq!(inflate(&block), state);
+        assert_eq!(distance_code(1), 0);
+        assert_eq!(distance_code(4), 3);
+        assert_eq!(distance_code(5), 4);
+        assert_eq!(distance_code(24_577), 29);
+        assert_eq!(distance_code(32_768), 29);
+        for d in 1..=32_768 {
+            let c = distance_code(d);
+            assert!(d >= usize::from(DISTANCE_BASE[c]) && d - usize::from(DISTANCE_BASE[c]) < 1 << DISTANCE_EXTRA[c]);
+        }
+        for length in 3..=258 {
+            let c = usize::from(LENGTH_CODE[length - 3]);
+            let base = usize::from(LENGTH_BASE[c]);
+            assert!(length >= base && length - base < 1 << LENGTH_EXTRA[c], "length {length}");
+        }
+    }
+
+    #[test]
+    fn a_run_of_one_byte_and_repeats_without_literals_make_complete_codes() {
+        for state in [vec![b'a'; 3_000], b"abcd".repeat(500), b"0123456789".repeat(7)] {
+            let block = lz77_block(&state).expect("codes fit").expect("smaller");
+            assert_eq!(inflate(&block), state);
+        }
     }
 
     #[test]
@@ -452,6 +731,10 @@ mod tests {
             data in prop::collection::vec(prop_oneof![Just(b'a'), Just(b'b'), any::<u8>(), 0u8..8], 1..4_000),
         ) {
             if let Ok(Some(block)) = literal_block(&data) {
+                prop_assert!(block.len() < data.len());
+                prop_assert_eq!(inflate(&block), data.clone());
+            }
+            if let Ok(Some(block)) = lz77_block(&data) {
                 prop_assert!(block.len() < data.len());
                 prop_assert_eq!(inflate(&block), data.clone());
             }

@@ -217,8 +217,8 @@ pub fn cookie_body(data: &[u8]) {
 
 /// A state through the state's compressor (`crate::deflate`): what it writes is shorter than the
 /// state and inflates back to it with the sidecars' own inflater (`cookie::inflate`, bounded by
-/// the state's length), whichever encoder wrote it; so does a literal block written directly,
-/// whatever the probe would have chosen.
+/// the state's length), whichever encoder wrote it; so does each of our two blocks (literals, and
+/// LZ77) written directly, whatever the probe would have chosen.
 pub fn deflate(data: &[u8]) {
     let inflate = |block: &[u8]| cookie::inflate(block, data.len());
     if let Some(deflated) = crate::deflate::deflate_smaller(data) {
@@ -228,6 +228,12 @@ pub fn deflate(data: &[u8]) {
     if let Ok(Some(block)) = crate::deflate::literal_block(data) {
         assert!(block.len() < data.len(), "a literal block of {} bytes from {}", block.len(), data.len());
         assert_eq!(inflate(&block).as_deref(), Ok(data), "the literal block inflates to other bytes");
+    }
+    if data.len() < crate::deflate::MAX_OURS
+        && let Ok(Some(block)) = crate::deflate::lz77_block(data)
+    {
+        assert!(block.len() < data.len(), "an LZ77 block of {} bytes from {}", block.len(), data.len());
+        assert_eq!(inflate(&block).as_deref(), Ok(data), "the LZ77 block inflates to other bytes");
     }
 }
 
@@ -363,7 +369,7 @@ pub fn seeds() -> Vec<(&'static str, String, Vec<u8>)> {
     .map(|x| x as u8)
     .collect();
     // The state compressor's two paths: base64 noise in JSON (a block of literals) and JSON with
-    // repeats (libdeflate).
+    // repeats (LZ77).
     let blob = URL_SAFE_NO_PAD.encode_to_string(&noise[..1500]);
     out.push(("deflate", "base64-state".into(), format!("{{\"count\":7,\"blob\":\"{blob}\"}}").into_bytes()));
     let cart: Vec<String> = (0..20).map(|i| format!("{{\"sku\":\"SKU-{i:04}\",\"qty\":{}}}", i % 3 + 1)).collect();
