@@ -8,13 +8,14 @@
 //!
 //! - [`literal_block`] for states without repeats (tokens, ids, encrypted or base64 blobs), where
 //!   LZ77 finds nothing: the bytes under a Huffman code made for them.
-//! - [`lz77_block`] for states with repeats (JSON, text: keys and words that come back): greedy
-//!   LZ77 as libdeflate's fastest level does it (the same bytes out, give or take one), in a hash
-//!   table sized to the state: 2.6 µs on that state, 6.9 against 7.6 on a 2.6 KB one.
+//! - [`lz77_block`] for states with repeats (JSON, text: keys and words that come back) under 2 KB:
+//!   greedy LZ77 as libdeflate's fastest level does it (the same bytes out, give or take one), in
+//!   a hash table sized to the state: 2.6 µs on that state, 5.3 against 6.8 on a 1.8 KB one.
 //!
 //! A cheap probe ([`repeats_pay`]) picks between them; a wrong pick costs some bytes or some
-//! microseconds, never a state. libdeflate stays for what the two do not take: states of 64 KB
-//! or more, and counts whose code would need codewords over deflate's 15 bits.
+//! microseconds, never a state. libdeflate stays for what the two do not take: states with repeats
+//! of 2 KB or more (its tighter loop over the state pays there), and counts whose code would need
+//! codewords over deflate's 15 bits.
 
 use std::cell::RefCell;
 
@@ -28,18 +29,20 @@ thread_local! {
 
 /// `data` as raw deflate, when that is smaller than `data`.
 pub(crate) fn deflate_smaller(data: &[u8]) -> Option<Vec<u8>> {
-    // States past our encoders' positions, and those whose code would be longer than deflate
-    // allows (rare, skewed counts), go to libdeflate, which limits its codes' lengths.
     let ours = if data.len() >= MAX_OURS {
-        Err(CodeTooLong)
-    } else if repeats_pay(data) {
-        lz77_block(data)
+        None
+    } else if !repeats_pay(data) {
+        Some(literal_block(data))
+    } else if data.len() < LZ77_BELOW {
+        Some(lz77_block(data))
     } else {
-        literal_block(data)
+        None
     };
     match ours {
-        Ok(block) => block,
-        Err(CodeTooLong) => with_reused(&DEFLATER, new_libdeflater, |deflater| libdeflate_smaller(deflater, data)),
+        Some(Ok(block)) => block,
+        // Longer states with repeats, states past our tables' positions, and counts whose code
+        // would be longer than deflate allows (rare, skewed): libdeflate, which limits its codes.
+        _ => with_reused(&DEFLATER, new_libdeflater, |deflater| libdeflate_smaller(deflater, data)),
     }
 }
 
@@ -95,6 +98,10 @@ pub(crate) struct CodeTooLong;
 /// States this long or longer are not ours: a table's positions are `u16`s (`lz77_block`, and
 /// `repeats_pay`'s probe).
 pub(crate) const MAX_OURS: usize = u16::MAX as usize;
+/// States with repeats this long or longer go to libdeflate: its loop over the state costs less a
+/// byte than ours (~1.7 against ~4 ns on text), and from ~2 KB of text on that outweighs its fixed
+/// cost (2 000 bytes of ARCHITECTURE.md: 7.6 µs either way; 3 000: 9.5 against 10.8).
+const LZ77_BELOW: usize = 2048;
 /// Literal/length symbols of a block of literals: the 256 byte values and end-of-block (RFC 1951,
 /// 3.2.5); a block with back-references uses the length symbols after them too.
 const LITERALS: usize = 257;
@@ -594,6 +601,25 @@ mod tests {
             .collect()
     }
 
+    /// Words from a small vocabulary in a pseudo-random order: text whose words come back.
+    fn prose(bytes: usize, seed: u64) -> Vec<u8> {
+        let words = [
+            "the", "session", "state", "cookie", "sidecar", "pod", "of", "a", "is", "sealed", "restored", "when",
+            "client", "request", "owner", "pool", "and", "to", "its", "key", "every", "response", "dies", "other",
+        ];
+        let mut x = seed | 1;
+        let mut text = Vec::with_capacity(bytes + 16);
+        while text.len() < bytes {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            text.extend_from_slice(words[(x % words.len() as u64) as usize].as_bytes());
+            text.push(if x.is_multiple_of(11) { b'\n' } else { b' ' });
+        }
+        text.truncate(bytes);
+        text
+    }
+
     fn json_session() -> Vec<u8> {
         let items: Vec<String> = (0..24)
             .map(|i| {
@@ -645,6 +671,18 @@ mod tests {
             deflated.len(),
             libdeflate.len()
         );
+    }
+
+    #[test]
+    fn text_of_2_kb_or_more_goes_to_libdeflate() {
+        let text = prose(LZ77_BELOW, 5);
+        let state = &text[..LZ77_BELOW];
+        assert!(repeats_pay(state));
+        let libdeflate = with_reused(&DEFLATER, new_libdeflater, |d| libdeflate_smaller(d, state));
+        assert!(libdeflate.is_some());
+        assert_eq!(deflate_smaller(state), libdeflate);
+        let shorter = &text[..LZ77_BELOW - 1];
+        assert_eq!(deflate_smaller(shorter), lz77_block(shorter).expect("codes fit"));
     }
 
     #[test]
