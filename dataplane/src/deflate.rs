@@ -479,12 +479,16 @@ fn canonical_codes<const N: usize>(lens: &[u8; N]) -> [u16; N] {
 /// The code lengths as code-length symbols (RFC 1951, 3.2.7), each with its extra bits' value:
 /// 0–15 a length, 16 the previous length 3–6 times, 17 zero 3–10 times, 18 zero 11–138 times.
 fn run_lengths(lens: &[u8]) -> Vec<(u8, u8)> {
-    let mut runs = Vec::with_capacity(64);
+    // A symbol a length at most: never grown.
+    let mut runs = Vec::with_capacity(lens.len());
     let mut i = 0;
     while i < lens.len() {
         let len = lens[i];
-        let run = lens[i..].iter().take_while(|&&l| l == len).count();
-        i += run;
+        let start = i;
+        while i < lens.len() && lens[i] == len {
+            i += 1;
+        }
+        let run = i - start;
         let mut left = run;
         if len == 0 {
             while left >= 11 {
