@@ -363,14 +363,20 @@ impl BlockHeader {
         out.put((self.dist_count - 1) as u64, 5); // HDIST
         out.put((self.pre_count - 4) as u64, 4); // HCLEN
         out.flush();
-        for &sym in &PRECODE_ORDER[..self.pre_count] {
-            out.put(u64::from(self.pre_lens[sym]), 3);
+        // Flushed every few fields, not after each, within `put`'s 57 bits with the 7 a flush
+        // leaves: 16 precode lengths of 3 bits (48), or 3 runs of at most 7 + 7 bits (42).
+        for lens in PRECODE_ORDER[..self.pre_count].chunks(16) {
+            for &sym in lens {
+                out.put(u64::from(self.pre_lens[sym]), 3);
+            }
             out.flush();
         }
-        for &(sym, extra) in &self.runs {
-            let s = usize::from(sym);
-            out.put(u64::from(self.pre_codes[s]), self.pre_lens[s]);
-            out.put(u64::from(extra), run_extra_bits(sym) as u8);
+        for runs in self.runs.chunks(3) {
+            for &(sym, extra) in runs {
+                let s = usize::from(sym);
+                out.put(u64::from(self.pre_codes[s]), self.pre_lens[s]);
+                out.put(u64::from(extra), run_extra_bits(sym) as u8);
+            }
             out.flush();
         }
     }
