@@ -39,7 +39,8 @@ pub struct BenchArgs {
     /// The HAProxy binary (Debian: `apt-get install haproxy`).
     #[arg(long, default_value = "/usr/sbin/haproxy")]
     pub haproxy: PathBuf,
-    /// Bytes of noise in each session's state (the demo app's blob), one set of rounds per size.
+    /// Bytes of noise in each session's state (the demo app's blob; a cart's bytes with
+    /// `--state-kind cart`), one set of rounds per size.
     /// The largest default is near the default header budget (4 KB of response headers with the
     /// session's Set-Cookie lines: 3 000 bytes of this noise are sealed, 3 300 are not); a size
     /// over it is measured too, and said to be refused.
@@ -59,6 +60,11 @@ pub struct BenchArgs {
     /// same app): the line `sidecar / compare build` compares two builds under the same noise.
     #[arg(long)]
     pub compare_exe: Option<PathBuf>,
+    /// What each session's state holds besides its counter: `noise` (the demo app's blob of
+    /// base64 noise, which LZ77 cannot shrink: the issue's figures) or `cart` (a shopping cart
+    /// in JSON, whose keys and words repeat, as apps' states do).
+    #[arg(long, value_enum, default_value = "noise")]
+    pub state_kind: StateKind,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -231,9 +237,9 @@ fn median_of(values: &[f64]) -> f64 {
     sorted[(sorted.len() - 1) / 2]
 }
 
-/// What a timed state holds besides its counter.
-#[derive(Clone, Copy, Debug)]
-enum StateKind {
+/// What a session's state holds besides its counter.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum StateKind {
     /// The demo app's blob of base64 noise: what the bench's rounds push.
     Noise,
     /// A shopping cart in JSON, whose keys and words repeat: what apps push more often.
@@ -241,30 +247,30 @@ enum StateKind {
 }
 
 /// `count` and about `state_bytes` of `kind`, as JSON.
-fn timed_state(kind: StateKind, state_bytes: usize, count: u64, noise: &str) -> Vec<u8> {
-    match kind {
-        StateKind::Noise => {
-            serde_json::to_vec(&crate::demo_app::SessionState { count, blob: noise.to_owned() }).unwrap_or_default()
-        }
-        StateKind::Cart => {
-            let mut items: Vec<String> = Vec::new();
-            let mut len = 0;
-            for i in 0.. {
-                let item = format!(
-                    r#"{{"sku":"SKU-{:05}","name":"Item number {i}","qty":{},"price_cents":{}}}"#,
-                    i * 37,
-                    i % 5 + 1,
-                    199 + i * 50
-                );
-                if len + item.len() + 1 > state_bytes {
-                    break;
-                }
-                len += item.len() + 1;
-                items.push(item);
-            }
-            format!(r#"{{"count":{count},"cart":[{}]}}"#, items.join(",")).into_bytes()
+impl StateKind {
+    /// The demo app's request that gives a session its state of `bytes`.
+    fn path(self, bytes: usize) -> String {
+        match self {
+            StateKind::Noise => format!("/blob?bytes={bytes}"),
+            StateKind::Cart => format!("/cart?bytes={bytes}"),
         }
     }
+
+    fn label(self) -> &'static str {
+        match self {
+            StateKind::Noise => "noise",
+            StateKind::Cart => "a JSON cart",
+        }
+    }
+}
+
+fn timed_state(kind: StateKind, state_bytes: usize, count: u64, noise: &str) -> Vec<u8> {
+    use crate::demo_app::SessionState;
+    let state = match kind {
+        StateKind::Noise => SessionState { count, blob: noise.to_owned(), cart: Vec::new() },
+        StateKind::Cart => SessionState { count, blob: String::new(), cart: crate::demo_app::cart_of(state_bytes) },
+    };
+    serde_json::to_vec(&state).unwrap_or_default()
 }
 
 /// The cookie work the sidecar does for each request of a round, timed here, in this process, on
@@ -379,13 +385,13 @@ async fn flood(addr: SocketAddr, connections: usize, count: usize) -> u64 {
 }
 
 /// Drives `target` with `connections` sessions for `duration`, each session's state holding
-/// `state_bytes` of noise; `proxy`: the proxy's process, whose CPU time is measured.
+/// `state_bytes` of `kind`; `proxy`: the proxy's process, whose CPU time is measured.
 async fn drive(
     addr: SocketAddr,
     target: Target,
     connections: usize,
     duration: Duration,
-    state_bytes: usize,
+    (kind, state_bytes): (StateKind, usize),
     proxy: Option<u32>,
     app: Option<u32>,
 ) -> Figures {
@@ -414,8 +420,8 @@ async fn drive(
             tokio::spawn(conn);
             let mut first = true;
             while Instant::now() < deadline {
-                // The session's state first gets its noise (not counted), then is counted up.
-                let path = if first { format!("/blob?bytes={state_bytes}") } else { "/incr".to_owned() };
+                // The session's state first gets its noise or cart (not counted), then is counted up.
+                let path = if first { kind.path(state_bytes) } else { "/incr".to_owned() };
                 let mut req = Request::builder().method(Method::POST).uri(path).header(header::HOST, "bench");
                 if matches!(target, Target::Sidecar | Target::Compare) {
                     if let Some(c) = &cookie {
@@ -630,17 +636,27 @@ pub async fn run(args: BenchArgs) -> Result<(), String> {
             .map_or(0.0, |page| crate::localpool::metric_sum(&page, "handover_seals_refused_total"))
     };
     for &state_bytes in &args.state_bytes {
-        println!("\nstate of {state_bytes} bytes of noise:");
-        let cookie_us = tokio::task::spawn_blocking(move || cookie_work_us(state_bytes, StateKind::Noise))
-            .await
-            .unwrap_or(f64::NAN);
-        let cart_us =
-            tokio::task::spawn_blocking(move || cookie_work_us(state_bytes, StateKind::Cart)).await.unwrap_or(f64::NAN);
+        let kind = args.state_kind;
+        println!("\nstate of {state_bytes} bytes of {}:", kind.label());
+        // The ratios' keys name a cart's size apart from the noise's.
+        let size = match kind {
+            StateKind::Noise => format!("{state_bytes}B"),
+            StateKind::Cart => format!("{state_bytes}B cart"),
+        };
+        let cookie_us =
+            tokio::task::spawn_blocking(move || cookie_work_us(state_bytes, kind)).await.unwrap_or(f64::NAN);
+        // Rounds of noise are read next to a cart's cookie work: what a state with repeats costs.
+        let cart_us = match kind {
+            StateKind::Noise => {
+                tokio::task::spawn_blocking(move || cookie_work_us(state_bytes, StateKind::Cart)).await.ok()
+            }
+            StateKind::Cart => None,
+        };
         let refused_before = not_sealed().await;
         let mut rounds: Vec<Vec<Figures>> = vec![Vec::new(); targets.len()];
         for round in 0..args.rounds {
             for (i, &(target, addr, pid)) in targets.iter().enumerate() {
-                let f = drive(addr, target, args.connections, args.duration, state_bytes, pid, app_pid).await;
+                let f = drive(addr, target, args.connections, args.duration, (kind, state_bytes), pid, app_pid).await;
                 println!("  round {}  {}", round + 1, line(&f));
                 rounds[i].push(f);
             }
@@ -683,7 +699,7 @@ pub async fn run(args: BenchArgs) -> Result<(), String> {
                 .map(|(c, u)| format!("  CPU per request x{c:.2} (outside the kernel x{u:.2})"))
                 .unwrap_or_default();
             println!("  {name:<26} throughput x{t:.2}  p50 latency x{p:.2}{cpu_text}");
-            let key = format!("{name} @{state_bytes}B");
+            let key = format!("{name} @{size}");
             ratios.insert(format!("{key} throughput"), serde_json::json!(t));
             ratios.insert(format!("{key} p50"), serde_json::json!(p));
             if let Some(c) = cpu {
@@ -708,10 +724,7 @@ pub async fn run(args: BenchArgs) -> Result<(), String> {
                     "  sidecar / compare build, CPU per request round by round (each pair back to back): {}; median x{middle:.2}",
                     each.join(" ")
                 );
-                ratios.insert(
-                    format!("sidecar / compare build @{state_bytes}B cpu paired median"),
-                    serde_json::json!(middle),
-                );
+                ratios.insert(format!("sidecar / compare build @{size} cpu paired median"), serde_json::json!(middle));
             }
         }
         let figures_of = |target: Target| median.iter().zip(&targets).find(|(_, t)| t.0 == target).map(|(f, _)| f);
@@ -727,11 +740,10 @@ pub async fn run(args: BenchArgs) -> Result<(), String> {
                  behind nginx {nginx_client:.1} and {nginx_app:.1} µs"
             );
             ratios.insert(
-                format!("client @{state_bytes}B cpu sidecar/nginx"),
+                format!("client @{size} cpu sidecar/nginx"),
                 serde_json::json!(client / nginx_client.max(1e-9)),
             );
-            ratios
-                .insert(format!("app @{state_bytes}B cpu sidecar/nginx"), serde_json::json!(app / nginx_app.max(1e-9)));
+            ratios.insert(format!("app @{size} cpu sidecar/nginx"), serde_json::json!(app / nginx_app.max(1e-9)));
         }
         // The floor under the sidecar's CPU per request: the sockets' kernel work, as cheap as
         // nginx gets it, plus the cookie work, with nothing at all for HTTP.
@@ -751,10 +763,7 @@ pub async fn run(args: BenchArgs) -> Result<(), String> {
                 floor / nginx.max(1e-9),
                 nginx - kernel
             );
-            ratios.insert(
-                format!("sidecar floor / nginx @{state_bytes}B cpu"),
-                serde_json::json!(floor / nginx.max(1e-9)),
-            );
+            ratios.insert(format!("sidecar floor / nginx @{size} cpu"), serde_json::json!(floor / nginx.max(1e-9)));
             // The same on the minimal proxy's transport: what the sidecar would cost with HTTP
             // work as lean as that, before its own routing and header work.
             if let Some(lean) = figures_of(Target::Lean).and_then(|f| f.cpu_us_per_request) {
@@ -764,18 +773,20 @@ pub async fn run(args: BenchArgs) -> Result<(), String> {
                     on_lean / nginx.max(1e-9)
                 );
                 ratios.insert(
-                    format!("minimal proxy + cookie work / nginx @{state_bytes}B cpu"),
+                    format!("minimal proxy + cookie work / nginx @{size} cpu"),
                     serde_json::json!(on_lean / nginx.max(1e-9)),
                 );
             }
         }
-        // The rounds push noise, which the sidecar writes as a block of literals; a state with
-        // repeats goes through LZ77 instead: its cookie work, for the reader to compare.
-        println!(
-            "  cookie work for a JSON cart of this size instead of the noise (repeats: deflated with LZ77): {cart_us:.1} µs"
-        );
-        ratios.insert(format!("cookie work @{state_bytes}B us"), serde_json::json!(cookie_us));
-        ratios.insert(format!("cookie work json cart @{state_bytes}B us"), serde_json::json!(cart_us));
+        // Noise is written as a block of literals; a state with repeats goes through LZ77 instead:
+        // its cookie work, for the reader to compare (`--state-kind cart` drives rounds of it).
+        ratios.insert(format!("cookie work @{size} us"), serde_json::json!(cookie_us));
+        if let Some(cart_us) = cart_us {
+            println!(
+                "  cookie work for a JSON cart of this size instead of the noise (repeats: deflated with LZ77): {cart_us:.1} µs"
+            );
+            ratios.insert(format!("cookie work json cart @{size} us"), serde_json::json!(cart_us));
+        }
         medians.extend(median);
     }
 

@@ -7,6 +7,8 @@
 //! - `GET /headers`: the request headers as the app received them (JSON), to check the sidecar's
 //!   header hygiene.
 //! - `POST /blob?bytes=N` stores N bytes of noise in the session (large states).
+//! - `POST /cart?bytes=N` stores a shopping cart of about N bytes of JSON in the session: a large
+//!   state whose keys and words repeat, as apps' states do.
 //! - `POST /login`: a privilege change: pushes the state and asks for a new session id
 //!   (`Handover-Rotate`), against session fixation.
 //! - `POST /clear` forgets the session and pushes an empty state: the sidecar deletes the cookie.
@@ -98,6 +100,39 @@ pub struct SessionState {
     pub count: u64,
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub blob: String,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub cart: Vec<CartItem>,
+}
+
+/// An item of the session's shopping cart (`POST /cart`).
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct CartItem {
+    pub sku: String,
+    pub name: String,
+    pub qty: u32,
+    pub price_cents: u32,
+}
+
+/// A cart whose items' JSON takes at most `bytes`, a comma each (items are added while the next
+/// one fits).
+pub fn cart_of(bytes: usize) -> Vec<CartItem> {
+    let mut items = Vec::new();
+    let mut len = 0;
+    for i in 0u32.. {
+        let item = CartItem {
+            sku: format!("SKU-{:05}", i * 37),
+            name: format!("Item number {i}"),
+            qty: i % 5 + 1,
+            price_cents: 199 + i * 50,
+        };
+        let item_len = serde_json::to_string(&item).map_or(usize::MAX, |json| json.len() + 1);
+        if len + item_len > bytes {
+            return items;
+        }
+        len += item_len;
+        items.push(item);
+    }
+    items
 }
 
 /// What `/incr` and `/count` answer.
@@ -313,6 +348,11 @@ impl App {
                 let state = self.update(&session, |s| s.blob = blob);
                 self.changed_reply(&session, &state)
             }
+            (Method::POST, "/cart") => {
+                let cart = cart_of(query_number(&req, "bytes").min(1 << 20));
+                let state = self.update(&session, |s| s.cart = cart);
+                self.changed_reply(&session, &state)
+            }
             (Method::POST, "/hog") => {
                 let mib = query_number(&req, "mib").min(4096);
                 // Non-zero bytes: every page is written, so the memory is resident, not just mapped.
@@ -391,7 +431,7 @@ impl App {
             }
             _ => reply(
                 StatusCode::NOT_FOUND,
-                "demo app: POST /incr, GET /count, POST /blob?bytes=N, POST /login, POST /clear, POST /return, GET /visit, GET /static/<name>, POST /hog?mib=N\n",
+                "demo app: POST /incr, GET /count, POST /blob?bytes=N, POST /cart?bytes=N, POST /login, POST /clear, POST /return, GET /visit, GET /static/<name>, POST /hog?mib=N\n",
             ),
         }
     }
