@@ -69,7 +69,7 @@ pub(crate) fn repeats_pay(data: &[u8]) -> bool {
     const ORDER: u32 = 10;
     const EMPTY: u16 = u16::MAX;
     // Positions fit in the table's u16 only below 64 KB; a larger state is deflated in full.
-    if data.len() >= usize::from(EMPTY) {
+    if data.len() >= MAX_OURS {
         return true;
     }
     let mut seen = [EMPTY; 1 << ORDER];
@@ -80,7 +80,7 @@ pub(crate) fn repeats_pay(data: &[u8]) -> bool {
     let step = if data.len() < 1024 { 1 } else { 4 };
     for i in (0..data.len().saturating_sub(3)).step_by(step) {
         let w = window(i);
-        let slot = &mut seen[(w.unwrap_or(0).wrapping_mul(0x9E37_79B1) >> (32 - ORDER)) as usize];
+        let slot = &mut seen[hash(w.unwrap_or(0), ORDER)];
         if *slot != EMPTY && window(usize::from(*slot)) == w {
             hits += 1;
         }
@@ -89,6 +89,12 @@ pub(crate) fn repeats_pay(data: &[u8]) -> bool {
         probes += 1;
     }
     hits * 32 >= probes.max(1)
+}
+
+/// The hash of a 4-byte window, `order` bits of it (Fibonacci hashing: the top bits of a product
+/// with 2^32 / φ): the probe's table and LZ77's.
+fn hash(word: u32, order: u32) -> usize {
+    (word.wrapping_mul(0x9E37_79B1) >> (32 - order)) as usize
 }
 
 /// A Huffman code would need a codeword longer than deflate allows for it.
@@ -115,6 +121,15 @@ const MAX_PRECODE_BITS: u8 = 7;
 /// The order in which the code-length code's lengths are written (3.2.7).
 const PRECODE_ORDER: [usize; 19] = [16, 17, 18, 0, 8, 7, 9, 6, 10, 5, 11, 4, 12, 3, 13, 2, 14, 1, 15];
 
+/// The distance code of a block that uses none: two codes of one bit each, as libdeflate writes:
+/// a complete code, which every inflater accepts (some refuse an empty distance code).
+const NO_DISTANCES: [u8; 2] = [1, 1];
+
+/// The bits that symbols counted `freq` take under code lengths `lens` (extra bits apart).
+fn coded_bits(freq: &[u32], lens: &[u8]) -> u64 {
+    freq.iter().zip(lens).map(|(&f, &l)| u64::from(f) * u64::from(l)).sum()
+}
+
 /// `data` as one final deflate block of literals under a dynamic Huffman code (RFC 1951,
 /// 3.2.7), or `None` when that block would not be smaller than `data` (it is not written then).
 pub(crate) fn literal_block(data: &[u8]) -> Result<Option<Vec<u8>>, CodeTooLong> {
@@ -124,10 +139,8 @@ pub(crate) fn literal_block(data: &[u8]) -> Result<Option<Vec<u8>>, CodeTooLong>
     }
     freq[END_OF_BLOCK] = 1;
     let lit_lens = code_lengths(&freq, MAX_CODE_BITS)?;
-    // No distance is ever used; two codes of one bit each, as libdeflate writes: a complete code,
-    // which every inflater accepts (some refuse an empty distance code).
-    let header = BlockHeader::new(&lit_lens, &[1, 1])?;
-    let data_bits: u64 = freq.iter().zip(&lit_lens).map(|(&f, &l)| u64::from(f) * u64::from(l)).sum();
+    let header = BlockHeader::new(&lit_lens, &NO_DISTANCES)?;
+    let data_bits = coded_bits(&freq, &lit_lens);
     let total_bytes = (header.bits() + data_bits).div_ceil(8);
     if total_bytes >= data.len() as u64 {
         return Ok(None);
@@ -199,7 +212,6 @@ pub(crate) fn lz77_block(data: &[u8]) -> Result<Option<Vec<u8>>, CodeTooLong> {
     let order = data.len().next_power_of_two().trailing_zeros().clamp(9, 15);
     // Position + 1 (0: none yet): `data` is shorter than u16::MAX, so every one fits.
     let mut table = vec![[0u16; 2]; 1 << order];
-    let hash = |w: u32| (w.wrapping_mul(0x9E37_79B1) >> (32 - order)) as usize;
     let word = |i: usize| u32::from_le_bytes(data[i..i + 4].try_into().unwrap_or_default());
 
     let mut tokens: Vec<u32> = Vec::with_capacity(data.len());
@@ -210,7 +222,7 @@ pub(crate) fn lz77_block(data: &[u8]) -> Result<Option<Vec<u8>>, CodeTooLong> {
     let mut i = 0;
     while i < last_word {
         let w = word(i);
-        let h = hash(w);
+        let h = hash(w, order);
         let bucket = table[h];
         table[h] = [(i + 1) as u16, bucket[0]];
         // The longer match of the bucket's two positions (the nearer one on a tie).
@@ -233,7 +245,7 @@ pub(crate) fn lz77_block(data: &[u8]) -> Result<Option<Vec<u8>>, CodeTooLong> {
             extra_bits += u64::from(LENGTH_EXTRA[lc]) + u64::from(DISTANCE_EXTRA[dc]);
             tokens.push(MATCH | ((length - 3) as u32) << 16 | (distance - 1) as u32);
             for j in i + 1..(i + length).min(last_word) {
-                let bucket = &mut table[hash(word(j))];
+                let bucket = &mut table[hash(word(j), order)];
                 *bucket = [(j + 1) as u16, bucket[0]];
             }
             i += length;
@@ -252,7 +264,7 @@ pub(crate) fn lz77_block(data: &[u8]) -> Result<Option<Vec<u8>>, CodeTooLong> {
     let lit_lens = code_lengths(&lit_freq, MAX_CODE_BITS)?;
     let dist_lens = if dist_freq.iter().all(|&f| f == 0) {
         let mut none = [0u8; DISTANCES];
-        none[..2].copy_from_slice(&[1, 1]);
+        none[..NO_DISTANCES.len()].copy_from_slice(&NO_DISTANCES);
         none
     } else {
         code_lengths(&dist_freq, MAX_CODE_BITS)?
@@ -261,9 +273,7 @@ pub(crate) fn lz77_block(data: &[u8]) -> Result<Option<Vec<u8>>, CodeTooLong> {
     let lit_count = lit_lens.iter().rposition(|&l| l != 0).map_or(LITERALS, |last| (last + 1).max(LITERALS));
     let dist_count = dist_lens.iter().rposition(|&l| l != 0).map_or(1, |last| last + 1);
     let header = BlockHeader::new(&lit_lens[..lit_count], &dist_lens[..dist_count])?;
-    let weighted =
-        |freq: &[u32], lens: &[u8]| -> u64 { freq.iter().zip(lens).map(|(&f, &l)| u64::from(f) * u64::from(l)).sum() };
-    let data_bits = weighted(&lit_freq, &lit_lens) + weighted(&dist_freq, &dist_lens) + extra_bits;
+    let data_bits = coded_bits(&lit_freq, &lit_lens) + coded_bits(&dist_freq, &dist_lens) + extra_bits;
     let total_bytes = (header.bits() + data_bits).div_ceil(8);
     if total_bytes >= data.len() as u64 {
         return Ok(None);

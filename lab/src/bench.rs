@@ -246,7 +246,6 @@ pub enum StateKind {
     Cart,
 }
 
-/// `count` and about `state_bytes` of `kind`, as JSON.
 impl StateKind {
     /// The demo app's request that gives a session its state of `bytes`.
     fn path(self, bytes: usize) -> String {
@@ -262,8 +261,17 @@ impl StateKind {
             StateKind::Cart => "a JSON cart",
         }
     }
+
+    /// How the ratios' keys name a state of `bytes`: a cart's size apart from the noise's.
+    fn size_key(self, bytes: usize) -> String {
+        match self {
+            StateKind::Noise => format!("{bytes}B"),
+            StateKind::Cart => format!("{bytes}B cart"),
+        }
+    }
 }
 
+/// `count` and about `state_bytes` of `kind`, as JSON.
 fn timed_state(kind: StateKind, state_bytes: usize, count: u64, noise: &str) -> Vec<u8> {
     use crate::demo_app::SessionState;
     let state = match kind {
@@ -638,11 +646,7 @@ pub async fn run(args: BenchArgs) -> Result<(), String> {
     for &state_bytes in &args.state_bytes {
         let kind = args.state_kind;
         println!("\nstate of {state_bytes} bytes of {}:", kind.label());
-        // The ratios' keys name a cart's size apart from the noise's.
-        let size = match kind {
-            StateKind::Noise => format!("{state_bytes}B"),
-            StateKind::Cart => format!("{state_bytes}B cart"),
-        };
+        let size = kind.size_key(state_bytes);
         let cookie_us =
             tokio::task::spawn_blocking(move || cookie_work_us(state_bytes, kind)).await.unwrap_or(f64::NAN);
         // Rounds of noise are read next to a cart's cookie work: what a state with repeats costs.
