@@ -224,7 +224,8 @@ pub struct RunArgs {
     #[arg(long, env = "HANDOVER_MAX_HEADER_BYTES", default_value_t = 64 * 1024)]
     pub max_header_bytes: usize,
     /// A client gets this long to send a request's headers, the first from its connection's
-    /// accept (also how long an idle keep-alive connection stays open).
+    /// accept (also how long an idle keep-alive connection, or an HTTP/2 connection with no
+    /// request in flight, stays open).
     #[arg(long, env = "HANDOVER_HEADER_TIMEOUT", default_value = "10s", value_parser = handover_common::duration::parse)]
     pub header_timeout: Duration,
     /// A request body with no bytes for this long is cut off.

@@ -159,7 +159,8 @@ async fn a_state_over_budget_is_reported_never_truncated() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn upgrades_pass_through_untouched() {
-    let pool = pool_with(2, &[], &[]).await;
+    // A short header timeout: an upgraded connection is no idle keep-alive, and outlives it.
+    let pool = pool_with(2, &["--header-timeout", "300ms"], &[]).await;
     let mut stream = tokio::net::TcpStream::connect(pool.pods[0].data()).await.expect("connect");
     stream
         .write_all(b"GET /echo HTTP/1.1\r\nHost: demo\r\nConnection: Upgrade\r\nUpgrade: echo\r\n\r\n")
@@ -174,6 +175,8 @@ async fn upgrades_pass_through_untouched() {
     let head = String::from_utf8_lossy(&head).to_lowercase();
     assert!(head.starts_with("http/1.1 101"), "{head}");
     assert!(head.contains("upgrade: echo"), "{head}");
+    // Quiet for three header timeouts, as a WebSocket often is.
+    tokio::time::sleep(Duration::from_millis(900)).await;
     stream.write_all(b"ping over the upgraded connection").await.expect("write");
     let mut echo = [0u8; 33];
     tokio::time::timeout(Duration::from_secs(5), stream.read_exact(&mut echo))

@@ -6,13 +6,16 @@ mod support;
 use support::{curl_head, field, pool_with};
 
 use std::collections::BTreeMap;
+use std::future::Future as _;
 use std::net::SocketAddr;
+use std::time::Duration;
 
 use bytes::Bytes;
 use handover_lab::demo_app::CountReply;
 use http::{Method, Request, StatusCode, Version, header};
 use http_body_util::{BodyExt, Full};
 use hyper_util::rt::{TokioExecutor, TokioIo};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 fn count_of(body: &[u8]) -> u64 {
     serde_json::from_slice::<CountReply>(body).expect("a count reply").count
@@ -90,4 +93,77 @@ async fn cookies_split_over_several_http2_fields_are_joined_for_the_session_and_
     let seen: BTreeMap<String, Vec<String>> = serde_json::from_slice(&body).expect("headers");
     assert_eq!(seen.get("cookie"), Some(&vec!["site=1".to_owned()]), "{seen:?}");
     assert_eq!(seen.get("host").map(Vec::len), Some(1), "the authority became the Host field");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_http2_connection_with_no_request_in_flight_is_closed_at_the_header_timeout() {
+    // A client that opens HTTP/2 connections and sends nothing more would otherwise hold the pod's
+    // connection slots for good: a preface (and its SETTINGS) and then silence...
+    let pool = pool_with(1, &["--header-timeout", "300ms"], &[]).await;
+    let addr = pool.pods[0].data();
+    let mut silent = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    silent.write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\0\0\0\x04\0\0\0\0\0").await.expect("preface");
+    let mut seen = Vec::new();
+    let read = tokio::time::timeout(Duration::from_secs(10), silent.read_to_end(&mut seen)).await;
+    assert!(matches!(read, Ok(Ok(_)) | Ok(Err(_))), "closed by the sidecar, not left open: {read:?}");
+    // ... or a connection kept open after its last answer.
+    let stream = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    let (mut sender, conn) =
+        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(stream)).await.expect("h2c");
+    let conn = tokio::spawn(conn);
+    let (status, _, _) = h2_request(&mut sender, addr, Method::POST, "/incr", &[]).await;
+    assert_eq!(status, StatusCode::OK);
+    let ended = tokio::time::timeout(Duration::from_secs(10), conn).await;
+    assert!(ended.is_ok(), "the idle connection was closed by the sidecar");
+    drop(sender);
+}
+
+/// A request body whose one byte comes after `delay`: a request in flight that long.
+struct Late {
+    delay: std::pin::Pin<Box<tokio::time::Sleep>>,
+    sent: bool,
+}
+
+impl hyper::body::Body for Late {
+    type Data = Bytes;
+    type Error = std::convert::Infallible;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<hyper::body::Frame<Bytes>, Self::Error>>> {
+        if self.sent {
+            return std::task::Poll::Ready(None);
+        }
+        std::task::ready!(self.delay.as_mut().poll(cx));
+        self.sent = true;
+        std::task::Poll::Ready(Some(Ok(hyper::body::Frame::data(Bytes::from_static(b"x")))))
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_http2_request_in_flight_past_the_header_timeout_is_not_cut() {
+    // The idle timeout counts only while no request is in flight: a slow upload (within the body
+    // timeouts) is answered on its connection.
+    let pool = pool_with(1, &["--header-timeout", "300ms", "--body-idle-timeout", "30s"], &[]).await;
+    let addr = pool.pods[0].data();
+    let stream = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    let (mut sender, conn) =
+        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(stream)).await.expect("h2c");
+    tokio::spawn(conn);
+    // Five header timeouts before the body's byte.
+    let body = Late { delay: Box::pin(tokio::time::sleep(Duration::from_millis(1500))), sent: false };
+    let req = Request::builder()
+        .method(Method::POST)
+        .version(Version::HTTP_2)
+        .uri(format!("http://{addr}/incr"))
+        .body(body)
+        .expect("request");
+    let resp = tokio::time::timeout(Duration::from_secs(20), sender.send_request(req))
+        .await
+        .expect("an answer within 20 s")
+        .expect("the request's connection stayed open");
+    assert_eq!(resp.status(), StatusCode::OK);
+    let body = resp.into_body().collect().await.expect("body").to_bytes();
+    assert_eq!(count_of(&body), 1);
 }

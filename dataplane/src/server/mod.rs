@@ -3,6 +3,7 @@
 //! take (HTTP/2, upgrades, chunked or slow bodies, anything malformed).
 
 pub(crate) mod h1;
+mod idle;
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -108,9 +109,11 @@ pub async fn serve<H, F>(
                         }
                         h1::Outcome::Hyper(rest) => rest,
                     };
+                    let (requests, idle) = idle::Requests::new(header_timeout);
                     let service = service_fn(move |req: Request<Incoming>| {
+                        let in_flight = requests.enter();
                         let fut = handle(req.map(|body| body.map_err(Into::into).boxed()), client);
-                        async move { Ok::<_, Infallible>(fut.await) }
+                        async move { Ok::<_, Infallible>(idle::held_until_sent(fut.await, in_flight)) }
                     });
                     let conn = builder.serve_connection_with_upgrades(TokioIo::new(rest), service);
                     tokio::pin!(conn);
@@ -124,6 +127,13 @@ pub async fn serve<H, F>(
                                 // Finish the request in flight, then close.
                                 conn.as_mut().graceful_shutdown();
                                 conn.await
+                            }
+                            () = idle => {
+                                tracing::debug!(%client, ?header_timeout, "no request in flight for the header timeout: closing the connection");
+                                conn.as_mut().graceful_shutdown();
+                                // HTTP/2's graceful close waits for the client to answer a PING:
+                                // one that never does is cut after another header timeout.
+                                tokio::time::timeout(header_timeout, conn).await.unwrap_or(Ok(()))
                             }
                         }
                     };
