@@ -76,6 +76,8 @@ label_values! {
         ForgedForward => "forged_forward",
         /// A request body too slow (idle or past its deadline).
         BodyTimeout => "body_timeout",
+        /// A response the client took no byte of within `--send-timeout` (connection closed).
+        SendTimeout => "send_timeout",
         /// The app did not answer within `--response-timeout` (504).
         AppTimeout => "app_timeout",
         /// The app pushed a Handover-State that is not base64url (ignored).
@@ -153,6 +155,8 @@ pub struct Metrics {
     /// without the families' lock and label hashing.
     per_route: Vec<(Counter, Histogram)>,
     pub body_timeouts: Counter,
+    /// `handover_bad_requests_total{reason="send_timeout"}`, resolved once.
+    pub send_timeouts: Counter,
 }
 
 impl Default for Metrics {
@@ -194,6 +198,7 @@ impl Default for Metrics {
             registry: Registry::default(),
             per_route: Vec::new(),
             body_timeouts: Counter::default(),
+            send_timeouts: Counter::default(),
         };
         let per_route = Route::ALL
             .iter()
@@ -203,6 +208,7 @@ impl Default for Metrics {
             })
             .collect();
         let body_timeouts = m.bad_requests.get_or_create(&[("reason", BadRequest::BodyTimeout)]).clone();
+        let send_timeouts = m.bad_requests.get_or_create(&[("reason", BadRequest::SendTimeout)]).clone();
         registry.register("requests", "Requests by route: new, serve, restore, takeover, forward", m.requests.clone());
         registry.register(
             "request_duration_seconds",
@@ -315,7 +321,7 @@ impl Default for Metrics {
         );
         registry.register(
             "bad_requests",
-            "Requests refused or cut off, by reason (headers_too_large, state_path, forged_forward, body_timeout, app_timeout, bad_pushed_state)",
+            "Requests refused or cut off, by reason (headers_too_large, state_path, forged_forward, body_timeout, send_timeout, app_timeout, bad_pushed_state)",
             m.bad_requests.clone(),
         );
         registry.register(
@@ -331,7 +337,7 @@ impl Default for Metrics {
         registry.register("sessions", "Sessions in the local session table", m.sessions.clone());
         registry.register("registry_members", "Live members in this sidecar's registry", m.registry_members.clone());
         registry.register("draining", "1 while the sidecar drains after SIGTERM", m.draining.clone());
-        Metrics { registry, per_route, body_timeouts, ..m }
+        Metrics { registry, per_route, body_timeouts, send_timeouts, ..m }
     }
 }
 

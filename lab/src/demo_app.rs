@@ -29,6 +29,8 @@
 //! - `GET <statePath>` / `PUT <statePath>`: pull and restore, on a listener of their own
 //!   (`--state-listen`, the pod's loopback) that the sidecar never forwards clients to.
 //! - `GET /echo` with `Upgrade: echo`: switches protocols and echoes bytes (upgrade pass-through).
+//! - `GET /download?mib=N` (any method): N MiB (at most 64) of `x`, a large answer such as a file
+//!   or an export: what a client that stops reading holds up (the sidecar's send timeout).
 //! - `POST /hog?mib=N`: allocates N MiB (at most 4096) and never frees them, so that tests can
 //!   drive the app past its memory limit (the kernel's OOM killer then ends it).
 
@@ -353,6 +355,7 @@ impl App {
                 let state = self.update(&session, |s| s.cart = cart);
                 self.changed_reply(&session, &state)
             }
+            (_, "/download") => reply(StatusCode::OK, vec![b'x'; query_number(&req, "mib").min(64) << 20]),
             (Method::POST, "/hog") => {
                 let mib = query_number(&req, "mib").min(4096);
                 // Non-zero bytes: every page is written, so the memory is resident, not just mapped.
@@ -431,7 +434,7 @@ impl App {
             }
             _ => reply(
                 StatusCode::NOT_FOUND,
-                "demo app: POST /incr, GET /count, POST /blob?bytes=N, POST /cart?bytes=N, POST /login, POST /clear, POST /return, GET /visit, GET /static/<name>, POST /hog?mib=N\n",
+                "demo app: POST /incr, GET /count, POST /blob?bytes=N, POST /cart?bytes=N, POST /login, POST /clear, POST /return, GET /visit, GET /static/<name>, GET /download?mib=N, POST /hog?mib=N\n",
             ),
         }
     }

@@ -14,7 +14,7 @@ use handover_dataplane::keys::KeyFile;
 use handover_dataplane::metrics::Metrics;
 use handover_dataplane::proxy::{Config, CookieConfig, Proxy};
 use handover_dataplane::registry::{Registry, StaticRegistry};
-use handover_dataplane::server::ConnLimits;
+use handover_dataplane::server::{ConnCounters, ConnLimits};
 use handover_dataplane::timed_body::BodyLimits;
 
 /// handover sidecar: sessions that survive the death of the pod that served them.
@@ -228,6 +228,11 @@ pub struct RunArgs {
     /// request in flight, stays open).
     #[arg(long, env = "HANDOVER_HEADER_TIMEOUT", default_value = "10s", value_parser = handover_common::duration::parse)]
     pub header_timeout: Duration,
+    /// A response the client takes no byte of for this long: the connection is closed (a client
+    /// that stops reading would hold its connection and the app's for good; nginx's
+    /// `send_timeout`). `0s`: none.
+    #[arg(long, env = "HANDOVER_SEND_TIMEOUT", default_value = "60s", value_parser = handover_common::duration::parse)]
+    pub send_timeout: Duration,
     /// A request body with no bytes for this long is cut off.
     #[arg(long, env = "HANDOVER_BODY_IDLE_TIMEOUT", default_value = "10s", value_parser = handover_common::duration::parse)]
     pub body_idle_timeout: Duration,
@@ -371,7 +376,10 @@ pub async fn run(args: RunArgs) -> Result<(), String> {
         std::future::pending(),
         Duration::ZERO,
         ConnLimits::ADMIN,
-        metrics.connections_refused.get_or_create(&[("listener", "admin")]).clone(),
+        ConnCounters {
+            refused: metrics.connections_refused.get_or_create(&[("listener", "admin")]).clone(),
+            send_timeouts: metrics.send_timeouts.clone(),
+        },
     ));
 
     let (drained_tx, drained_rx) = tokio::sync::oneshot::channel::<()>();
@@ -391,8 +399,15 @@ pub async fn run(args: RunArgs) -> Result<(), String> {
             let _ = drained_rx.await;
         },
         FINISH_WITHIN,
-        ConnLimits { max_connections: args.max_connections, header_timeout: args.header_timeout },
-        metrics.connections_refused.get_or_create(&[("listener", "data")]).clone(),
+        ConnLimits {
+            max_connections: args.max_connections,
+            header_timeout: args.header_timeout,
+            send_timeout: (!args.send_timeout.is_zero()).then_some(args.send_timeout),
+        },
+        ConnCounters {
+            refused: metrics.connections_refused.get_or_create(&[("listener", "data")]).clone(),
+            send_timeouts: metrics.send_timeouts.clone(),
+        },
     )
     .await;
     admin_task.abort();

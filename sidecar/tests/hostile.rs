@@ -326,3 +326,36 @@ async fn a_flood_of_new_sessions_keeps_the_table_within_its_cap_and_evicted_sess
     }
     assert!(pool.metric("handover_sessions ").await <= CAP as f64, "still within the cap");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_stops_reading_its_answer_is_cut_at_the_send_timeout() {
+    // It would hold its connection, and the app's connection writing the answer, for good.
+    const MIB: usize = 32;
+    let pool = pool_with(1, &["--send-timeout", "500ms"], &[]).await;
+    let addr = pool.pods[0].data();
+    // On the sidecar's own HTTP/1.1 path (a GET), and through hyper's (a chunked request body).
+    let requests = [
+        format!("GET /download?mib={MIB} HTTP/1.1\r\nHost: x\r\n\r\n"),
+        format!("POST /download?mib={MIB} HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n"),
+    ];
+    for (i, request) in requests.iter().enumerate() {
+        let socket = tokio::net::TcpSocket::new_v4().expect("socket");
+        socket.set_recv_buffer_size(4096).expect("a small receive buffer");
+        let mut stream = socket.connect(addr).await.expect("connect");
+        stream.write_all(request.as_bytes()).await.expect("write");
+        // Nothing read until the sidecar has given up on it.
+        let cut = (i + 1) as f64;
+        wait_for("the send timeout, counted", Duration::from_secs(20), || async {
+            pool.metric(r#"handover_bad_requests_total{reason="send_timeout"}"#).await >= cut
+        })
+        .await
+        .expect("the sidecar stops waiting for the client");
+        let mut got = Vec::new();
+        let read = tokio::time::timeout(Duration::from_secs(20), stream.read_to_end(&mut got)).await;
+        assert!(read.is_ok(), "the connection was closed by the sidecar");
+        assert!(got.len() < MIB << 20, "request {i}: the answer was cut, not sent whole ({} bytes)", got.len());
+    }
+    // The sidecar and the app serve on.
+    let mut s = SessionClient::default();
+    assert_eq!(s.send(|| Some(addr), Method::POST, "/incr").await.expect("reply").status, StatusCode::OK);
+}

@@ -28,10 +28,14 @@ use hyper::body::{Body as _, Frame};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::TcpStream;
 
+use super::send_timeout::SendTimeout;
 use crate::http1::{
     HEAD_ROOM, MAX_HEADERS, content_length, has_token, keep_spare, map_for, span, without_body, write_field,
 };
 use crate::upstream::{Body, full};
+
+/// A client's connection, its writes bounded by the send timeout.
+pub type ClientStream = SendTimeout<TcpStream>;
 
 /// The largest request (head and body) this path takes; a longer one goes to hyper.
 const MAX_MESSAGE: usize = 64 * 1024;
@@ -54,7 +58,7 @@ pub enum Outcome {
 /// (and an idle keep-alive connection); once `closing` changes, the request in flight is answered
 /// with `Connection: close` and no new one is read.
 pub async fn serve<H, F>(
-    mut stream: TcpStream,
+    mut stream: ClientStream,
     client: SocketAddr,
     handle: &H,
     header_timeout: Duration,
@@ -266,7 +270,7 @@ enum Framing {
 /// Writes `resp` (head, then body frames as they come), with `Connection: close` when `close`.
 /// Its map, once the head is written, becomes the connection's `spare` ([`keep_spare`]).
 async fn write_response(
-    stream: &mut TcpStream,
+    stream: &mut ClientStream,
     out: &mut Vec<u8>,
     spare: &mut http::HeaderMap,
     resp: Response<Body>,
@@ -422,7 +426,7 @@ mod date {
 /// A connection handed to hyper: the bytes this path read, then the rest of the stream.
 pub struct Rewind {
     prefix: Bytes,
-    stream: TcpStream,
+    stream: ClientStream,
 }
 
 impl AsyncRead for Rewind {
@@ -469,11 +473,13 @@ mod tests {
     use tokio::net::TcpListener;
 
     /// A connected pair: the test's client end, and the server end this path serves.
-    async fn pair() -> (TcpStream, TcpStream) {
+    /// A client's end of a connection, and the server's as the listener wraps it.
+    async fn pair() -> (TcpStream, ClientStream) {
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let addr = listener.local_addr().expect("addr");
         let (client, server) = tokio::join!(TcpStream::connect(addr), listener.accept());
-        (client.expect("connect"), server.expect("accept").0)
+        let server = SendTimeout::new(server.expect("accept").0, Some(Duration::from_secs(5)), Default::default());
+        (client.expect("connect"), server)
     }
 
     fn peer() -> SocketAddr {

@@ -4,6 +4,7 @@
 
 pub(crate) mod h1;
 mod idle;
+mod send_timeout;
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -22,6 +23,7 @@ use prometheus_client::metrics::counter::Counter;
 
 use crate::proxy::Proxy;
 use crate::upstream::{Body, full};
+use send_timeout::SendTimeout;
 
 /// Largest request head hyper reads; the proxy refuses heads over its own, smaller limit with a
 /// clear 431 (and a metric) before hyper's hard limit is reached.
@@ -35,13 +37,33 @@ pub struct ConnLimits {
     /// A client gets this long to send a request head (and an idle keep-alive connection stays
     /// open this long).
     pub header_timeout: Duration,
+    /// A response the client takes no byte of for this long: the connection is closed (`None`:
+    /// never).
+    pub send_timeout: Option<Duration>,
+}
+
+/// What one listener counts of its connections.
+#[derive(Clone, Debug, Default)]
+pub struct ConnCounters {
+    /// New connections closed at the cap.
+    pub refused: Counter,
+    /// Connections closed at the send timeout.
+    pub send_timeouts: Counter,
 }
 
 impl ConnLimits {
     /// The admin port: probes and scrapes, a few at a time.
-    pub const ADMIN: ConnLimits = ConnLimits { max_connections: 64, header_timeout: Duration::from_secs(5) };
+    pub const ADMIN: ConnLimits = ConnLimits {
+        max_connections: 64,
+        header_timeout: Duration::from_secs(5),
+        send_timeout: Some(Duration::from_secs(5)),
+    };
     /// Local tools (the demo app).
-    pub const LOCAL: ConnLimits = ConnLimits { max_connections: 10_000, header_timeout: Duration::from_secs(30) };
+    pub const LOCAL: ConnLimits = ConnLimits {
+        max_connections: 10_000,
+        header_timeout: Duration::from_secs(30),
+        send_timeout: Some(Duration::from_secs(60)),
+    };
 }
 
 /// Serves HTTP/1.1 and HTTP/2 without TLS (h2c with prior knowledge, as ingresses and meshes
@@ -53,7 +75,7 @@ pub async fn serve<H, F>(
     stop: impl Future<Output = ()>,
     finish_within: Duration,
     limits: ConnLimits,
-    refused: Counter,
+    counters: ConnCounters,
 ) where
     H: Fn(Request<Body>, std::net::SocketAddr) -> F + Clone + Send + Sync + 'static,
     F: Future<Output = Response<Body>> + Send + 'static,
@@ -82,7 +104,7 @@ pub async fn serve<H, F>(
                 let Ok(slot) = Arc::clone(&slots).try_acquire_owned() else {
                     // Closing at once costs nothing; holding it would let one client's flood of
                     // connections pile up without bound.
-                    refused.inc();
+                    counters.refused.inc();
                     if !at_cap {
                         tracing::warn!(max = limits.max_connections, %client, "connection cap reached; closing new connections until some end");
                         at_cap = true;
@@ -92,6 +114,7 @@ pub async fn serve<H, F>(
                 };
                 at_cap = false;
                 let _ = stream.set_nodelay(true);
+                let stream = SendTimeout::new(stream, limits.send_timeout, counters.send_timeouts.clone());
                 let handle = handle.clone();
                 let builder = builder.clone();
                 let open = open.clone();
@@ -230,9 +253,19 @@ mod tests {
     async fn exchange(request: &[u8]) -> String {
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let addr = listener.local_addr().expect("addr");
-        let limits = ConnLimits { max_connections: 4, header_timeout: Duration::from_millis(500) };
-        let server =
-            tokio::spawn(serve(listener, echo, std::future::pending(), Duration::ZERO, limits, Counter::default()));
+        let limits = ConnLimits {
+            max_connections: 4,
+            header_timeout: Duration::from_millis(500),
+            send_timeout: Some(Duration::from_secs(5)),
+        };
+        let server = tokio::spawn(serve(
+            listener,
+            echo,
+            std::future::pending(),
+            Duration::ZERO,
+            limits,
+            ConnCounters::default(),
+        ));
         let mut stream = tokio::net::TcpStream::connect(addr).await.expect("connect");
         stream.write_all(request).await.expect("write");
         let mut reply = Vec::new();
