@@ -12,6 +12,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use handover_lab::demo_app::CountReply;
+use handover_lab::localpool::wait_for;
 use http::{Method, Request, StatusCode, Version, header};
 use http_body_util::{BodyExt, Full};
 use hyper_util::rt::{TokioExecutor, TokioIo};
@@ -166,4 +167,32 @@ async fn an_http2_request_in_flight_past_the_header_timeout_is_not_cut() {
     assert_eq!(resp.status(), StatusCode::OK);
     let body = resp.into_body().collect().await.expect("body").to_bytes();
     assert_eq!(count_of(&body), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_http2_client_that_keeps_its_stream_window_shut_is_cut_at_the_send_timeout() {
+    // It reads its socket (and answers pings) but never takes the answer's bytes: hyper's client
+    // opens the stream's window only as the body is read, and this body is never read.
+    let pool = pool_with(1, &["--send-timeout", "500ms"], &[]).await;
+    let addr = pool.pods[0].data();
+    let stream = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    let (mut sender, conn) =
+        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(stream)).await.expect("h2c");
+    let conn = tokio::spawn(conn);
+    let req = Request::builder()
+        .version(Version::HTTP_2)
+        .uri(format!("http://{addr}/download?mib=32"))
+        .body(Full::new(Bytes::new()))
+        .expect("request");
+    let resp = sender.send_request(req).await.expect("the answer's head");
+    assert_eq!(resp.status(), StatusCode::OK);
+    wait_for("the send timeout, counted", Duration::from_secs(20), || async {
+        pool.metric(r#"handover_bad_requests_total{reason="send_timeout"}"#).await >= 1.0
+    })
+    .await
+    .expect("the sidecar stops waiting for the client");
+    let ended = tokio::time::timeout(Duration::from_secs(10), conn).await;
+    assert!(ended.is_ok(), "the connection was closed by the sidecar");
+    let body = tokio::time::timeout(Duration::from_secs(10), resp.into_body().collect()).await.expect("the body ends");
+    assert!(body.is_err() || body.is_ok_and(|b| b.to_bytes().len() < 32 << 20), "the answer was cut");
 }

@@ -3,7 +3,7 @@
 //! take (HTTP/2, upgrades, chunked or slow bodies, anything malformed).
 
 pub(crate) mod h1;
-mod idle;
+mod hyper_conn;
 mod send_timeout;
 
 use std::convert::Infallible;
@@ -120,6 +120,8 @@ pub async fn serve<H, F>(
                 let open = open.clone();
                 let mut closing = closing.clone();
                 let header_timeout = limits.header_timeout;
+                let send_timeout = limits.send_timeout;
+                let send_timeouts = counters.send_timeouts.clone();
                 tokio::spawn(async move {
                     // The HTTP/1.1 path reads first, so a connection that sends nothing, or no
                     // whole head, is closed at the header timeout counted from its accept (as
@@ -132,11 +134,13 @@ pub async fn serve<H, F>(
                         }
                         h1::Outcome::Hyper(rest) => rest,
                     };
-                    let (requests, idle) = idle::Requests::new(header_timeout);
+                    let (requests, idle) = hyper_conn::Requests::new(header_timeout);
+                    let watched = requests.clone();
+                    let stalled = watched.stalled(send_timeout);
                     let service = service_fn(move |req: Request<Incoming>| {
                         let in_flight = requests.enter();
                         let fut = handle(req.map(|body| body.map_err(Into::into).boxed()), client);
-                        async move { Ok::<_, Infallible>(idle::held_until_sent(fut.await, in_flight)) }
+                        async move { Ok::<_, Infallible>(hyper_conn::held_until_sent(fut.await, in_flight)) }
                     });
                     let conn = builder.serve_connection_with_upgrades(TokioIo::new(rest), service);
                     tokio::pin!(conn);
@@ -157,6 +161,13 @@ pub async fn serve<H, F>(
                                 // HTTP/2's graceful close waits for the client to answer a PING:
                                 // one that never does is cut after another header timeout.
                                 tokio::time::timeout(header_timeout, conn).await.unwrap_or(Ok(()))
+                            }
+                            () = stalled => {
+                                // An HTTP/2 client that keeps its stream window shut: the
+                                // connection, and the app's connections writing its answers, go.
+                                send_timeouts.inc();
+                                tracing::debug!(%client, ?send_timeout, "an answer the client took nothing of within the send timeout; closing the connection");
+                                Ok(())
                             }
                         }
                     };
