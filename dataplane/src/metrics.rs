@@ -72,6 +72,8 @@ label_values! {
         HeadersTooLarge => "headers_too_large",
         /// A client asked for the app's state endpoint (404).
         StatePath => "state_path",
+        /// No host, two Host fields, or one that names no host (400).
+        BadHost => "bad_host",
         /// A forward mark that did not verify (dropped; the request is routed as a client's).
         ForgedForward => "forged_forward",
         /// A request body too slow (idle or past its deadline).
@@ -321,7 +323,7 @@ impl Default for Metrics {
         );
         registry.register(
             "bad_requests",
-            "Requests refused or cut off, by reason (headers_too_large, state_path, forged_forward, body_timeout, send_timeout, app_timeout, bad_pushed_state)",
+            "Requests refused or cut off, by reason (headers_too_large, state_path, bad_host, forged_forward, body_timeout, send_timeout, app_timeout, bad_pushed_state)",
             m.bad_requests.clone(),
         );
         registry.register(

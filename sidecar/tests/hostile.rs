@@ -359,3 +359,29 @@ async fn a_client_that_stops_reading_its_answer_is_cut_at_the_send_timeout() {
     let mut s = SessionClient::default();
     assert_eq!(s.send(|| Some(addr), Method::POST, "/incr").await.expect("reply").status, StatusCode::OK);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_whose_host_is_not_clear_is_refused_and_an_absolute_target_names_the_host() {
+    // The app, a cache or the next proxy could each read another host out of these.
+    let pool = pool_with(1, &[], &[]).await;
+    let addr = pool.pods[0].data();
+    let unclear = [
+        ("no Host", "GET /headers HTTP/1.1\r\n"),
+        ("no Host, HTTP/1.0", "GET /headers HTTP/1.0\r\n"),
+        ("two Host fields", "GET /headers HTTP/1.1\r\nHost: shop.example\r\nHost: evil.example\r\n"),
+        ("user info", "GET /headers HTTP/1.1\r\nHost: evil.example@shop.example\r\n"),
+        ("a path", "GET /headers HTTP/1.1\r\nHost: shop.example/x\r\n"),
+    ];
+    for (what, head) in unclear {
+        let (status, answer, _) = exchange(addr, format!("{head}Connection: close\r\n\r\n").as_bytes()).await;
+        assert_eq!(status, 400, "{what}: {answer}");
+    }
+    let refused = pool.metric(r#"handover_bad_requests_total{reason="bad_host"}"#).await;
+    assert_eq!(refused, unclear.len() as f64, "each one counted");
+    // An absolute-form target's authority is the host (RFC 9112, 3.2.2): the app sees it.
+    let request = b"GET http://shop.example/headers HTTP/1.1\r\nHost: evil.example\r\nConnection: close\r\n\r\n";
+    let (status, answer, body) = exchange(addr, request).await;
+    assert_eq!(status, 200, "{answer}");
+    let seen: std::collections::BTreeMap<String, Vec<String>> = serde_json::from_slice(&body).expect("headers");
+    assert_eq!(seen.get("host"), Some(&vec!["shop.example".to_owned()]), "{seen:?}");
+}

@@ -196,3 +196,25 @@ async fn an_http2_client_that_keeps_its_stream_window_shut_is_cut_at_the_send_ti
     let body = tokio::time::timeout(Duration::from_secs(10), resp.into_body().collect()).await.expect("the body ends");
     assert!(body.is_err() || body.is_ok_and(|b| b.to_bytes().len() < 32 << 20), "the answer was cut");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_http2_host_field_that_differs_from_the_authority_does_not_reach_the_app() {
+    // RFC 9113, 8.3.1: `:authority` names the host; a Host field that says otherwise is not passed on.
+    let pool = pool_with(1, &[], &[]).await;
+    let addr = pool.pods[0].data();
+    let stream = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    let (mut sender, conn) =
+        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(stream)).await.expect("h2c");
+    tokio::spawn(conn);
+    let req = Request::builder()
+        .version(Version::HTTP_2)
+        .uri(format!("http://{addr}/headers"))
+        .header(header::HOST, "evil.example")
+        .body(Full::new(Bytes::new()))
+        .expect("request");
+    let resp = sender.send_request(req).await.expect("response");
+    assert_eq!(resp.status(), StatusCode::OK);
+    let body = resp.into_body().collect().await.expect("body").to_bytes();
+    let seen: BTreeMap<String, Vec<String>> = serde_json::from_slice(&body).expect("headers");
+    assert_eq!(seen.get("host"), Some(&vec![addr.to_string()]), "{seen:?}");
+}

@@ -140,6 +140,9 @@ pub(super) struct Survey {
     pub te: bool,
     /// `X-Forwarded-For` or `X-Forwarded-Proto`.
     pub forwarded: bool,
+    /// `Host` fields, and whether the last one names a host (`host[:port]`).
+    pub hosts: usize,
+    pub host_ok: bool,
 }
 
 impl Survey {
@@ -152,9 +155,48 @@ impl Survey {
             survey.upgrade |= name == header::UPGRADE;
             survey.te |= name == header::TE;
             survey.forwarded |= name == X_FORWARDED_FOR || name == X_FORWARDED_PROTO;
+            if name == header::HOST {
+                survey.hosts += 1;
+                survey.host_ok = is_host(value.as_bytes());
+            }
         }
         survey
     }
+}
+
+/// Settles which host a request is for, once, before anything routes it: the request target's
+/// authority when it has one (an absolute-form target; HTTP/2's `:authority`), which then stands
+/// in the Host field too — RFC 9112, 3.2.2: the Host of an absolute-form request is ignored; RFC
+/// 9113, 8.3.1: a Host that differs from `:authority` is malformed — or else its one Host field.
+/// No host, two Host fields, or one that names no host is refused (RFC 9112, 3.2: a 400): the app
+/// behind, a cache or the next proxy could each read another host out of it.
+pub(super) fn settle_host<B>(req: &mut Request<B>, survey: &Survey) -> Result<(), &'static str> {
+    if survey.hosts > 1 {
+        return Err("more than one Host field");
+    }
+    let Some(authority) = req.uri().authority() else {
+        return match (survey.hosts, survey.host_ok) {
+            (0, _) => Err("no Host field"),
+            (_, false) => Err("a Host field that is not host[:port]"),
+            (_, true) => Ok(()),
+        };
+    };
+    if !is_host(authority.as_str().as_bytes()) {
+        return Err("a request target whose authority is not host[:port]");
+    }
+    let named = req.headers().get(header::HOST).is_some_and(|h| h.as_bytes() == authority.as_str().as_bytes());
+    if survey.hosts == 1 && !named {
+        let host = HeaderValue::from_str(authority.as_str()).map_err(|_| "an authority that is no field value")?;
+        req.headers_mut().insert(header::HOST, host);
+    }
+    Ok(())
+}
+
+/// Whether `value` is `host[:port]` (RFC 3986's reg-name, IPv4 or bracketed IPv6 address, and a
+/// port): none of the bytes that would make it name something else (`@` user info, `/`, `?`, `#`,
+/// spaces, controls). Checked byte by byte, without parsing it into a `Uri` (an allocation).
+fn is_host(value: &[u8]) -> bool {
+    !value.is_empty() && value.iter().all(|&b| b.is_ascii_alphanumeric() || b"-._~!$&'()*+,;=%:[]".contains(&b))
 }
 
 /// Removes the Handover-* fields only the sidecar writes (a client's would be taken for the
@@ -526,5 +568,34 @@ mod tests {
         assert!(!cookie::is_session_cookie("handover", b"handover.x"));
         assert!(!cookie::is_session_cookie("handover", b"handoverx"));
         assert!(!cookie::is_session_cookie("handover", b"session"));
+    }
+
+    /// The host `settle_host` leaves on a request, or why it refuses it.
+    fn settled(uri: &str, hosts: &[&str]) -> Result<Option<String>, &'static str> {
+        let mut req = Request::builder().uri(uri).body(()).unwrap();
+        for h in hosts {
+            req.headers_mut().append(header::HOST, HeaderValue::from_str(h).unwrap());
+        }
+        let survey = Survey::of(req.headers());
+        settle_host(&mut req, &survey)?;
+        Ok(req.headers().get(header::HOST).map(|h| h.to_str().unwrap().to_owned()))
+    }
+
+    #[test]
+    fn a_request_names_one_host_or_is_refused() {
+        assert_eq!(settled("/a", &["shop.example:8080"]), Ok(Some("shop.example:8080".into())));
+        assert_eq!(settled("/a", &["10.0.0.7"]), Ok(Some("10.0.0.7".into())));
+        assert_eq!(settled("/a", &["[::1]:80"]), Ok(Some("[::1]:80".into())));
+        assert!(settled("/a", &[]).is_err(), "no host at all");
+        assert!(settled("/a", &["a.example", "b.example"]).is_err(), "two Host fields");
+        for bad in ["", "a b", "evil@shop.example", "shop.example/x", "a?b", "a#b", "a\tb"] {
+            assert!(settled("/a", &[bad]).is_err(), "{bad:?}");
+        }
+        // The target's authority is the host, whatever the Host field said.
+        assert_eq!(settled("http://shop.example/a", &["evil.example"]), Ok(Some("shop.example".into())));
+        assert_eq!(settled("http://shop.example/a", &["shop.example"]), Ok(Some("shop.example".into())));
+        assert_eq!(settled("http://shop.example/a", &[]), Ok(None), "origin_form adds it from the authority");
+        assert!(settled("http://user@shop.example/a", &[]).is_err(), "user info");
+        assert!(settled("http://shop.example/a", &["a", "b"]).is_err());
     }
 }

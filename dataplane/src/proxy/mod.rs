@@ -325,6 +325,11 @@ impl Proxy {
                 ),
             );
         }
+        if let Err(why) = headers::settle_host(&mut req, &survey) {
+            self.metrics.bad_requests.get_or_create(&[("reason", BadRequest::BadHost)]).inc();
+            tracing::warn!(%client, why, "request refused: its host is not clear");
+            return (Route::Refused, text_response(StatusCode::BAD_REQUEST, format!("handover: {why}\n")));
+        }
         if self.state_path.named_by(req.uri().path()) {
             self.metrics.bad_requests.get_or_create(&[("reason", BadRequest::StatePath)]).inc();
             tracing::warn!(%client, method = %req.method(), path = req.uri().path(), "a client asked for the state endpoint; refused");
