@@ -68,8 +68,10 @@ label_values! {
 label_values! {
     /// Why a request was refused or cut off: the `reason` label of `handover_bad_requests_total`.
     BadRequest {
-        /// Request headers over `--max-header-bytes` (431).
+        /// A request head (target and header fields) over `--max-header-bytes` (431).
         HeadersTooLarge => "headers_too_large",
+        /// A request target alone over `--max-header-bytes` (414).
+        UriTooLong => "uri_too_long",
         /// A client asked for the app's state endpoint (404).
         StatePath => "state_path",
         /// No host, two Host fields, or one that names no host (400).
@@ -323,7 +325,7 @@ impl Default for Metrics {
         );
         registry.register(
             "bad_requests",
-            "Requests refused or cut off, by reason (headers_too_large, state_path, bad_host, forged_forward, body_timeout, send_timeout, app_timeout, bad_pushed_state)",
+            "Requests refused or cut off, by reason (headers_too_large, uri_too_long, state_path, bad_host, forged_forward, body_timeout, send_timeout, app_timeout, bad_pushed_state)",
             m.bad_requests.clone(),
         );
         registry.register(

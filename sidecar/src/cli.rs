@@ -220,7 +220,8 @@ pub struct RunArgs {
     /// Longest wait for the app's answer to a state call.
     #[arg(long, env = "HANDOVER_STATE_TIMEOUT", default_value = "5s", value_parser = handover_common::duration::parse)]
     pub state_timeout: Duration,
-    /// Requests with larger headers get 431.
+    /// Requests whose head (target and header fields) is larger get 431; 414 when the target
+    /// alone is.
     #[arg(long, env = "HANDOVER_MAX_HEADER_BYTES", default_value_t = 64 * 1024)]
     pub max_header_bytes: usize,
     /// A client gets this long to send a request's headers, the first from its connection's

@@ -74,6 +74,20 @@ async fn oversized_cookie_headers_get_431_and_the_session_is_untouched() {
     assert!(String::from_utf8_lossy(&reply.body).contains("over the limit"));
     assert_eq!(s.jar, before, "no cookie was set");
     assert_eq!(pool.metric("handover_bad_requests_total{reason=\"headers_too_large\"}").await, 1.0);
+    // The target counts toward the head: a long one with the fields passes the limit (431), and
+    // one over the limit alone is too long (414).
+    let long_query = format!("/incr?q={}", "q".repeat(12_000));
+    let reply = s
+        .send_with(|| Some(addr), Method::POST, &long_query, &[("x-padding", "p".repeat(6_000))])
+        .await
+        .expect("reply");
+    assert_eq!(reply.status, StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE);
+    let longer_query = format!("/incr?q={}", "q".repeat(20_000));
+    let reply = s.send(|| Some(addr), Method::POST, &longer_query).await.expect("reply");
+    assert_eq!(reply.status, StatusCode::URI_TOO_LONG);
+    assert!(String::from_utf8_lossy(&reply.body).contains("request target"));
+    assert_eq!(pool.metric("handover_bad_requests_total{reason=\"uri_too_long\"}").await, 1.0);
+    assert_eq!(s.jar, before, "no cookie was set");
     let reply = s.send(|| Some(addr), Method::POST, "/incr").await.expect("reply");
     assert_eq!(count_of(&reply.body), 2, "the session goes on");
 }

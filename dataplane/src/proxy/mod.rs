@@ -310,20 +310,27 @@ impl Proxy {
             }
         });
         let survey = headers::Survey::of(req.headers());
-        let header_bytes = survey.bytes;
-        if header_bytes > self.cfg.max_header_bytes {
-            self.metrics.bad_requests.get_or_create(&[("reason", BadRequest::HeadersTooLarge)]).inc();
-            tracing::warn!(%client, header_bytes, limit = self.cfg.max_header_bytes, "request headers too large");
-            return (
-                Route::Refused,
-                text_response(
-                    StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
-                    format!(
-                        "handover: request headers are {header_bytes} bytes, over the limit of {}\n",
-                        self.cfg.max_header_bytes
-                    ),
-                ),
+        // The head's limit counts the request target too: a target of many kilobytes goes on to
+        // the app (and the next proxy) as a header field does.
+        let target_bytes = req.uri().path_and_query().map_or(0, |p| p.as_str().len());
+        let head_bytes = survey.bytes + target_bytes;
+        let limit = self.cfg.max_header_bytes;
+        if head_bytes > limit {
+            let (status, reason, what) = if target_bytes > limit {
+                (StatusCode::URI_TOO_LONG, BadRequest::UriTooLong, "request target")
+            } else {
+                (StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE, BadRequest::HeadersTooLarge, "request head")
+            };
+            self.metrics.bad_requests.get_or_create(&[("reason", reason)]).inc();
+            tracing::warn!(%client, head_bytes, target_bytes, limit, "{what} too large");
+            let message = format!(
+                "handover: the {what} is {} bytes, over the limit of {limit}\n",
+                match reason {
+                    BadRequest::UriTooLong => target_bytes,
+                    _ => head_bytes,
+                }
             );
+            return (Route::Refused, text_response(status, message));
         }
         if let Err(why) = headers::settle_host(&mut req, &survey) {
             self.metrics.bad_requests.get_or_create(&[("reason", BadRequest::BadHost)]).inc();
