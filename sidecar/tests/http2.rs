@@ -45,6 +45,22 @@ async fn curl_with_http2_prior_knowledge_keeps_its_session_on_the_http1_port() {
     assert_eq!(count_of(body.as_bytes()), 1, "a new HTTP/1.1 session");
 }
 
+/// An h2c connection to `addr` (prior knowledge) with hyper's client: its sender, and the task
+/// that drives it (it ends when the connection closes).
+async fn h2c<B>(
+    addr: SocketAddr,
+) -> (hyper::client::conn::http2::SendRequest<B>, tokio::task::JoinHandle<Result<(), hyper::Error>>)
+where
+    B: hyper::body::Body + Send + Unpin + 'static,
+    B::Data: Send,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    let stream = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    let (sender, conn) =
+        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(stream)).await.expect("h2c");
+    (sender, tokio::spawn(conn))
+}
+
 /// One HTTP/2 request with these `cookie` fields, each its own field.
 async fn h2_request(
     sender: &mut hyper::client::conn::http2::SendRequest<Full<Bytes>>,
@@ -74,10 +90,7 @@ async fn cookies_split_over_several_http2_fields_are_joined_for_the_session_and_
     // A state large enough for a routing cookie and state chunks: several cookies to split.
     let pool = pool_with(1, &[], &[]).await;
     let addr = pool.pods[0].data();
-    let stream = tokio::net::TcpStream::connect(addr).await.expect("connect");
-    let (mut sender, conn) =
-        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(stream)).await.expect("h2c");
-    tokio::spawn(conn);
+    let (mut sender, _conn) = h2c(addr).await;
     let (status, mut jar, body) = h2_request(&mut sender, addr, Method::POST, "/blob?bytes=3000", &[]).await;
     assert_eq!(status, StatusCode::OK);
     assert!(jar.len() >= 2, "a routing cookie and state chunks: {jar:?}");
@@ -108,10 +121,7 @@ async fn an_http2_connection_with_no_request_in_flight_is_closed_at_the_header_t
     let read = tokio::time::timeout(Duration::from_secs(10), silent.read_to_end(&mut seen)).await;
     assert!(matches!(read, Ok(Ok(_)) | Ok(Err(_))), "closed by the sidecar, not left open: {read:?}");
     // ... or a connection kept open after its last answer.
-    let stream = tokio::net::TcpStream::connect(addr).await.expect("connect");
-    let (mut sender, conn) =
-        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(stream)).await.expect("h2c");
-    let conn = tokio::spawn(conn);
+    let (mut sender, conn) = h2c(addr).await;
     let (status, _, _) = h2_request(&mut sender, addr, Method::POST, "/incr", &[]).await;
     assert_eq!(status, StatusCode::OK);
     let ended = tokio::time::timeout(Duration::from_secs(10), conn).await;
@@ -148,10 +158,7 @@ async fn an_http2_request_in_flight_past_the_header_timeout_is_not_cut() {
     // timeouts) is answered on its connection.
     let pool = pool_with(1, &["--header-timeout", "300ms", "--body-idle-timeout", "30s"], &[]).await;
     let addr = pool.pods[0].data();
-    let stream = tokio::net::TcpStream::connect(addr).await.expect("connect");
-    let (mut sender, conn) =
-        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(stream)).await.expect("h2c");
-    tokio::spawn(conn);
+    let (mut sender, _conn) = h2c(addr).await;
     // Five header timeouts before the body's byte.
     let body = Late { delay: Box::pin(tokio::time::sleep(Duration::from_millis(1500))), sent: false };
     let req = Request::builder()
@@ -175,10 +182,7 @@ async fn an_http2_client_that_keeps_its_stream_window_shut_is_cut_at_the_send_ti
     // opens the stream's window only as the body is read, and this body is never read.
     let pool = pool_with(1, &["--send-timeout", "500ms"], &[]).await;
     let addr = pool.pods[0].data();
-    let stream = tokio::net::TcpStream::connect(addr).await.expect("connect");
-    let (mut sender, conn) =
-        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(stream)).await.expect("h2c");
-    let conn = tokio::spawn(conn);
+    let (mut sender, conn) = h2c(addr).await;
     let req = Request::builder()
         .version(Version::HTTP_2)
         .uri(format!("http://{addr}/download?mib=32"))
@@ -202,10 +206,7 @@ async fn an_http2_host_field_that_differs_from_the_authority_does_not_reach_the_
     // RFC 9113, 8.3.1: `:authority` names the host; a Host field that says otherwise is not passed on.
     let pool = pool_with(1, &[], &[]).await;
     let addr = pool.pods[0].data();
-    let stream = tokio::net::TcpStream::connect(addr).await.expect("connect");
-    let (mut sender, conn) =
-        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(stream)).await.expect("h2c");
-    tokio::spawn(conn);
+    let (mut sender, _conn) = h2c(addr).await;
     let req = Request::builder()
         .version(Version::HTTP_2)
         .uri(format!("http://{addr}/headers"))
