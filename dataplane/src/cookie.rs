@@ -336,7 +336,7 @@ fn inflate_within(flags: u8, stored: &[u8], max_state: usize) -> Result<Vec<u8>,
 /// Inflates `stored` (raw deflate) to at most `max_state` bytes with this thread's inflater: how
 /// every sidecar reads a deflated state.
 pub(crate) fn inflate(stored: &[u8], max_state: usize) -> Result<Vec<u8>, CookieError> {
-    with_reused(&INFLATER, new_inflater, |inflater| inflate_bounded(inflater, stored, max_state))
+    crate::deflate::with_reused(&INFLATER, new_inflater, |inflater| inflate_bounded(inflater, stored, max_state))
 }
 
 /// Inflates `stored` (raw deflate) to at most `max_state` bytes: more is `OverBudget`, a stream
@@ -374,21 +374,6 @@ thread_local! {
     /// One inflater per thread: a fresh one allocates ~40 KB of tables. (The compressor's is in
     /// `crate::deflate`.)
     static INFLATER: std::cell::RefCell<Option<flate2::Decompress>> = const { std::cell::RefCell::new(None) };
-}
-
-/// Runs `f` with this thread's codec state from `slot` (made by `new` on first use). Should the
-/// slot be unavailable (in use further up this thread's stack, or the thread ending), `f` gets a
-/// fresh one: slower, same result.
-pub(crate) fn with_reused<T, R>(
-    slot: &'static std::thread::LocalKey<std::cell::RefCell<Option<T>>>,
-    new: fn() -> T,
-    mut f: impl FnMut(&mut T) -> R,
-) -> R {
-    let reused = slot.try_with(|cell| cell.try_borrow_mut().ok().map(|mut codec| f(codec.get_or_insert_with(new))));
-    match reused {
-        Ok(Some(result)) => result,
-        _ => f(&mut new()),
-    }
 }
 
 /// The name of state chunk `index` of the session cookie `name`: `name.0`, `name.1`, …
@@ -792,19 +777,6 @@ mod tests {
         let garbled: Vec<u8> = stored.iter().map(|b| b ^ 0xa5).collect();
         assert_ne!(inflate_within(flags, &garbled, 1 << 20), Ok(state.clone()));
         assert_eq!(inflate_within(flags, &stored, 1 << 20), Ok(state));
-    }
-
-    #[test]
-    fn a_codec_in_use_further_up_the_stack_is_not_shared() {
-        // A nested use of the same slot gets a fresh codec instead of a second borrow.
-        let state = b"{\"count\":3}".repeat(50);
-        let deflate = |slot: &mut libdeflater::Compressor| crate::deflate::libdeflate_smaller(slot, &state);
-        let nested = with_reused(&crate::deflate::DEFLATER, crate::deflate::new_libdeflater, |outer| {
-            let inner = with_reused(&crate::deflate::DEFLATER, crate::deflate::new_libdeflater, deflate);
-            (deflate(outer), inner)
-        });
-        assert!(nested.0.is_some());
-        assert_eq!(nested.0, nested.1);
     }
 
     #[test]

@@ -19,8 +19,6 @@
 
 use std::cell::RefCell;
 
-use crate::cookie::with_reused;
-
 thread_local! {
     /// One libdeflate compressor per thread: a fresh one allocates ~300 KB of tables, which costs
     /// more than compressing a 2 KB state.
@@ -43,6 +41,21 @@ pub(crate) fn deflate_smaller(data: &[u8]) -> Option<Vec<u8>> {
         // Longer states with repeats, states past our tables' positions, and counts whose code
         // would be longer than deflate allows (rare, skewed): libdeflate, which limits its codes.
         _ => with_reused(&DEFLATER, new_libdeflater, |deflater| libdeflate_smaller(deflater, data)),
+    }
+}
+
+/// Runs `f` with this thread's codec state from `slot` (made by `new` on first use). Should the
+/// slot be unavailable (in use further up this thread's stack, or the thread ending), `f` gets a
+/// fresh one: slower, same result.
+pub(crate) fn with_reused<T, R>(
+    slot: &'static std::thread::LocalKey<std::cell::RefCell<Option<T>>>,
+    new: fn() -> T,
+    mut f: impl FnMut(&mut T) -> R,
+) -> R {
+    let reused = slot.try_with(|cell| cell.try_borrow_mut().ok().map(|mut codec| f(codec.get_or_insert_with(new))));
+    match reused {
+        Ok(Some(result)) => result,
+        _ => f(&mut new()),
     }
 }
 
@@ -656,6 +669,19 @@ mod tests {
             items.join(",")
         )
         .into_bytes()
+    }
+
+    #[test]
+    fn a_codec_in_use_further_up_the_stack_is_not_shared() {
+        // A nested use of the same slot gets a fresh codec instead of a second borrow.
+        let state = b"{\"count\":3}".repeat(50);
+        let deflate = |slot: &mut libdeflater::Compressor| libdeflate_smaller(slot, &state);
+        let nested = with_reused(&DEFLATER, new_libdeflater, |outer| {
+            let inner = with_reused(&DEFLATER, new_libdeflater, deflate);
+            (deflate(outer), inner)
+        });
+        assert!(nested.0.is_some());
+        assert_eq!(nested.0, nested.1);
     }
 
     #[test]
