@@ -65,12 +65,13 @@ fn verdict_of(head: &[u8]) -> Liveness {
     }
 }
 
-/// The state formats a live peer's app declared it reads (`Handover-Reads` on its `/live`):
-/// `Ok(None)` when it declared none (yet); `Err` when the peer is not alive and serving.
-pub async fn declared_reads(admin: SocketAddr, timeout: Duration) -> Result<Option<String>, Liveness> {
+/// The field `name` of a live peer's `/live` answer (the proxy reads the state formats its app
+/// declared there): `Ok(None)` when the answer has none; `Err` when the peer is not alive and
+/// serving.
+pub async fn live_field(admin: SocketAddr, name: &str, timeout: Duration) -> Result<Option<String>, Liveness> {
     let head = live_head(admin, timeout).await?;
     match verdict_of(&head) {
-        Liveness::Alive => Ok(header_value(&head, crate::proxy::READS_HEADER.as_str())),
+        Liveness::Alive => Ok(header_value(&head, name)),
         verdict => Err(verdict),
     }
 }
@@ -150,9 +151,10 @@ mod tests {
         let reader =
             serve_once(b"HTTP/1.1 200 OK\r\nHandover-Reads: counter-v1, counter-v2\r\ncontent-length: 5\r\n\r\nlive\n")
                 .await;
-        assert_eq!(declared_reads(reader, Duration::from_secs(2)).await, Ok(Some("counter-v1, counter-v2".to_owned())));
+        let reads = |admin| live_field(admin, "handover-reads", Duration::from_secs(2));
+        assert_eq!(reads(reader).await, Ok(Some("counter-v1, counter-v2".to_owned())));
         let undeclared = serve_once(b"HTTP/1.1 200 OK\r\ncontent-length: 5\r\n\r\nlive\n").await;
-        assert_eq!(declared_reads(undeclared, Duration::from_secs(2)).await, Ok(None));
+        assert_eq!(reads(undeclared).await, Ok(None));
     }
 
     #[tokio::test]

@@ -8,6 +8,7 @@ use bytes::Bytes;
 use http::{Method, Response, StatusCode};
 
 use super::backup::Found;
+use super::headers::READS_HEADER;
 use super::request::RequestCookie;
 use super::sessions::Local;
 use super::{Proxy, text_response, unix_now};
@@ -248,7 +249,8 @@ impl Proxy {
         for member in
             decide::ranked(session, self.other_reachable(&live, &unreachable)).into_iter().take(READER_LOOKUPS)
         {
-            match crate::peer_probe::declared_reads(self.peer_admin(member), self.cfg.probe_timeout).await {
+            let admin = self.peer_admin(member);
+            match crate::peer_probe::live_field(admin, READS_HEADER.as_str(), self.cfg.probe_timeout).await {
                 Ok(Some(theirs)) if decide::reads_format(&theirs, format) => {
                     tracing::info!(session, format, reads = %reads, to = %member.name, "this app does not read the state's format; its takeover goes to a member whose app does");
                     return Some(member.clone());
