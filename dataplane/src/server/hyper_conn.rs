@@ -93,7 +93,8 @@ impl Requests {
     /// Resolves once an answer has waited on the client for `send_timeout` (never with `None`).
     pub(crate) async fn stalled(&self, send_timeout: Option<Duration>) {
         let Some(timeout) = send_timeout else { return std::future::pending().await };
-        let mut ticks = tokio::time::interval(timeout / TICKS_PER_TIMEOUT);
+        // (At least a millisecond: `interval` refuses a zero period.)
+        let mut ticks = tokio::time::interval((timeout / TICKS_PER_TIMEOUT).max(Duration::from_millis(1)));
         ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             ticks.tick().await;
