@@ -184,8 +184,10 @@ pub(super) fn settle_host<B>(req: &mut Request<B>, survey: &Survey) -> Result<()
     if !is_host(authority.as_str().as_bytes()) {
         return Err("a request target whose authority is not host[:port]");
     }
-    let named = req.headers().get(header::HOST).is_some_and(|h| h.as_bytes() == authority.as_str().as_bytes());
-    if survey.hosts == 1 && !named {
+    // A Host field that says otherwise is replaced (one that is absent, origin_form adds).
+    if survey.hosts == 1
+        && req.headers().get(header::HOST).is_some_and(|h| h.as_bytes() != authority.as_str().as_bytes())
+    {
         let host = HeaderValue::from_str(authority.as_str()).map_err(|_| "an authority that is no field value")?;
         req.headers_mut().insert(header::HOST, host);
     }

@@ -316,20 +316,14 @@ impl Proxy {
         let head_bytes = survey.bytes + target_bytes;
         let limit = self.cfg.max_header_bytes;
         if head_bytes > limit {
-            let (status, reason, what) = if target_bytes > limit {
-                (StatusCode::URI_TOO_LONG, BadRequest::UriTooLong, "request target")
+            let (status, reason, what, bytes) = if target_bytes > limit {
+                (StatusCode::URI_TOO_LONG, BadRequest::UriTooLong, "request target", target_bytes)
             } else {
-                (StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE, BadRequest::HeadersTooLarge, "request head")
+                (StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE, BadRequest::HeadersTooLarge, "request head", head_bytes)
             };
             self.metrics.bad_requests.get_or_create(&[("reason", reason)]).inc();
             tracing::warn!(%client, head_bytes, target_bytes, limit, "{what} too large");
-            let message = format!(
-                "handover: the {what} is {} bytes, over the limit of {limit}\n",
-                match reason {
-                    BadRequest::UriTooLong => target_bytes,
-                    _ => head_bytes,
-                }
-            );
+            let message = format!("handover: the {what} is {bytes} bytes, over the limit of {limit}\n");
             return (Route::Refused, text_response(status, message));
         }
         if let Err(why) = headers::settle_host(&mut req, &survey) {

@@ -472,8 +472,8 @@ mod tests {
     use http::StatusCode;
     use tokio::net::TcpListener;
 
-    /// A connected pair: the test's client end, and the server end this path serves.
-    /// A client's end of a connection, and the server's as the listener wraps it.
+    /// A connected pair: the test's client end, and the server end this path serves, wrapped as
+    /// the listener wraps it.
     async fn pair() -> (TcpStream, ClientStream) {
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let addr = listener.local_addr().expect("addr");
