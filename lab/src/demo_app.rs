@@ -451,7 +451,9 @@ pub async fn run(args: DemoAppArgs) -> Result<(), String> {
         .await
         .map_err(|e| format!("cannot listen on {}: {e}", args.state_listen))?;
     tracing::info!(listen = %args.listen, state = %args.state_listen, name = %args.name, push = args.push, "demo app started");
-    let limits = ConnLimits { header_timeout: args.idle_timeout, ..ConnLimits::LOCAL };
+    // An idle connection, new or kept alive, is closed at the idle timeout (as many apps do).
+    let limits =
+        ConnLimits { header_timeout: args.idle_timeout, keepalive_timeout: args.idle_timeout, ..ConnLimits::LOCAL };
     let instance = http::HeaderValue::from_str(&handover_dataplane::random::session_id())
         .map_err(|e| format!("an instance id: {e}"))?;
     let app =

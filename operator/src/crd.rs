@@ -328,6 +328,15 @@ pub struct SidecarSpec {
     #[schemars(regex(pattern = "^[0-9]{1,9}(ms|s|m|h)$"))]
     pub response_timeout: String,
 
+    /// How long a client connection with no request in flight stays open after its last answer,
+    /// e.g. `75s`. Keep it above the idle timeout of the proxy in front (ingress-nginx and AWS's
+    /// load balancers: 60 s; Google Cloud's: 600 s, so `620s` behind it), so that the proxy closes
+    /// an idle connection first: one closed by the sidecar as the proxy sends a request on it is a
+    /// 502 for that request.
+    #[serde(default = "default_keepalive_timeout")]
+    #[schemars(regex(pattern = "^[0-9]{1,9}(ms|s|m|h)$"))]
+    pub keepalive_timeout: String,
+
     /// Where each session's newest sealed state is also kept: `successor` (default) hands it to
     /// the session's rendezvous successor before the response leaves, so a takeover finds every
     /// acknowledged update even when the client's cookie is older (concurrent requests whose
@@ -542,6 +551,9 @@ fn default_state_port() -> i32 {
 fn default_response_timeout() -> String {
     "60s".to_owned()
 }
+fn default_keepalive_timeout() -> String {
+    "75s".to_owned()
+}
 
 impl Default for CookieSpec {
     fn default() -> Self {
@@ -579,6 +591,7 @@ impl Default for SidecarSpec {
             log_level: LogLevel::default(),
             drain_grace: default_drain_grace(),
             response_timeout: default_response_timeout(),
+            keepalive_timeout: default_keepalive_timeout(),
             backup: BackupMode::default(),
             backup_max_bytes: default_backup_max_bytes(),
             app_protocol: AppProtocol::default(),

@@ -241,6 +241,7 @@ pub fn validate(pool: &ServerPool, default_image: &str, allowed: &ImageAllowList
     }
     check_duration(&mut out, "spec.sidecar.drainGrace", &spec.sidecar.drain_grace, Duration::ZERO);
     check_duration(&mut out, "spec.sidecar.responseTimeout", &spec.sidecar.response_timeout, Duration::ZERO);
+    check_duration(&mut out, "spec.sidecar.keepaliveTimeout", &spec.sidecar.keepalive_timeout, Duration::from_secs(1));
     if let Ok(d) = duration::parse(&spec.sidecar.drain_grace)
         && d > Duration::from_secs(3600)
     {
@@ -383,10 +384,17 @@ mod tests {
         s.snapshot.interval = "0ms".into();
         s.snapshot.state_path = "state".into();
         s.sidecar.drain_grace = "2h".into();
+        s.sidecar.keepalive_timeout = "500ms".into();
         s.key_rotation.period = Some("1m".into());
         assert_eq!(
             fields(&pool(s)),
-            ["spec.snapshot.interval", "spec.snapshot.statePath", "spec.keyRotation.period", "spec.sidecar.drainGrace"]
+            [
+                "spec.snapshot.interval",
+                "spec.snapshot.statePath",
+                "spec.keyRotation.period",
+                "spec.sidecar.keepaliveTimeout",
+                "spec.sidecar.drainGrace"
+            ]
         );
     }
 

@@ -224,11 +224,17 @@ pub struct RunArgs {
     /// alone is.
     #[arg(long, env = "HANDOVER_MAX_HEADER_BYTES", default_value_t = 64 * 1024)]
     pub max_header_bytes: usize,
-    /// A client gets this long to send a request's headers, the first from its connection's
-    /// accept (also how long an idle keep-alive connection, or an HTTP/2 connection with no
-    /// request in flight, stays open).
+    /// A client gets this long to send a request's headers: the first from its connection's
+    /// accept, any other from its first byte.
     #[arg(long, env = "HANDOVER_HEADER_TIMEOUT", default_value = "10s", value_parser = handover_common::duration::parse)]
     pub header_timeout: Duration,
+    /// How long a client connection with no request in flight stays open after its last answer
+    /// (HTTP/1.1 keep-alive; HTTP/2 with no stream open). Keep it above the idle timeout of the
+    /// proxy in front (ingress-nginx's `upstream-keepalive-timeout` and AWS ALB's: 60 s; Google
+    /// Cloud's load balancer: 600 s), so that the proxy closes first: a connection closed here as
+    /// the proxy sends a request on it is a 502 for that request.
+    #[arg(long, env = "HANDOVER_KEEPALIVE_TIMEOUT", default_value = "75s", value_parser = handover_common::duration::parse)]
+    pub keepalive_timeout: Duration,
     /// A response the client takes no byte of for this long: the connection is closed (a client
     /// that stops reading would hold its connection and the app's for good; nginx's
     /// `send_timeout`). `0s`: none.
@@ -403,6 +409,7 @@ pub async fn run(args: RunArgs) -> Result<(), String> {
         ConnLimits {
             max_connections: args.max_connections,
             header_timeout: args.header_timeout,
+            keepalive_timeout: args.keepalive_timeout,
             send_timeout: (!args.send_timeout.is_zero()).then_some(args.send_timeout),
         },
         ConnCounters {

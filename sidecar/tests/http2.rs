@@ -110,17 +110,17 @@ async fn cookies_split_over_several_http2_fields_are_joined_for_the_session_and_
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn an_http2_connection_with_no_request_in_flight_is_closed_at_the_header_timeout() {
+async fn an_http2_connection_with_no_request_in_flight_is_closed_at_the_header_then_keepalive_timeout() {
     // A client that opens HTTP/2 connections and sends nothing more would otherwise hold the pod's
     // connection slots for good: a preface (and its SETTINGS) and then silence...
-    let pool = pool_with(1, &["--header-timeout", "300ms"], &[]).await;
+    let pool = pool_with(1, &["--header-timeout", "300ms", "--keepalive-timeout", "600ms"], &[]).await;
     let addr = pool.pods[0].data();
     let mut silent = tokio::net::TcpStream::connect(addr).await.expect("connect");
     silent.write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\0\0\0\x04\0\0\0\0\0").await.expect("preface");
     let mut seen = Vec::new();
     let read = tokio::time::timeout(Duration::from_secs(10), silent.read_to_end(&mut seen)).await;
     assert!(matches!(read, Ok(Ok(_)) | Ok(Err(_))), "closed by the sidecar, not left open: {read:?}");
-    // ... or a connection kept open after its last answer.
+    // ... or a connection kept open after its last answer, past the keep-alive timeout.
     let (mut sender, conn) = h2c(addr).await;
     let (status, _, _) = h2_request(&mut sender, addr, Method::POST, "/incr", &[]).await;
     assert_eq!(status, StatusCode::OK);

@@ -53,15 +53,23 @@ pub enum Outcome {
     Hyper(Rewind),
 }
 
+/// How long a connection waits for its client.
+#[derive(Clone, Copy, Debug)]
+pub struct Timeouts {
+    /// For a request head: the first from the connection's accept, any other from its first byte.
+    pub header: Duration,
+    /// For the first byte of the next request after an answer (an idle keep-alive connection).
+    pub keepalive: Duration,
+}
+
 /// Serves the requests of `stream` that this path takes, with `handle`, until the connection
-/// closes or one it does not take arrives. `header_timeout` bounds the wait for each request head
-/// (and an idle keep-alive connection); once `closing` changes, the request in flight is answered
-/// with `Connection: close` and no new one is read.
+/// closes or one it does not take arrives, within `timeouts`; once `closing` changes, the request
+/// in flight is answered with `Connection: close` and no new one is read.
 pub async fn serve<H, F>(
     mut stream: ClientStream,
     client: SocketAddr,
     handle: &H,
-    header_timeout: Duration,
+    timeouts: Timeouts,
     closing: &mut tokio::sync::watch::Receiver<bool>,
 ) -> Outcome
 where
@@ -75,7 +83,7 @@ where
     // One timer for the connection's life, moved on for each request head: moving a registered
     // timer's deadline later only updates it, where a new timeout per request is put into
     // tokio's timer wheel and taken out again every time (~460 instructions a request, counted).
-    let header_deadline = tokio::time::sleep(header_timeout);
+    let header_deadline = tokio::time::sleep(timeouts.header);
     tokio::pin!(header_deadline);
     // One wait for the shutdown for the connection's life, for the same reason: a `changed()` made
     // anew for each request registers with the channel and leaves it again every time. It never
@@ -83,10 +91,19 @@ where
     let mut shutdown_watch = closing.clone();
     let shutdown = shutdown_watch.changed();
     tokio::pin!(shutdown);
+    let mut answered = false;
     loop {
-        // Each request's head is due within the header timeout of the previous response (the
-        // first one's, of the connection's start).
-        header_deadline.as_mut().reset(tokio::time::Instant::now() + header_timeout);
+        let now = tokio::time::Instant::now();
+        // After an answer, with nothing read ahead, the client may wait the keep-alive timeout
+        // before it sends the next request: an ingress keeps its idle upstream connections for
+        // 60 s, and a connection this side closes as it sends a request on it is a 502 to its
+        // client. The head is due within the header timeout of its first byte (the first
+        // request's, of the connection's accept). The deadline fires at least every header
+        // timeout, so it is never later than that.
+        let mut idle_since = (answered && buf.is_empty()).then_some(now);
+        let mut head_from = now;
+        let first_wait = if idle_since.is_some() { timeouts.header.min(timeouts.keepalive) } else { timeouts.header };
+        header_deadline.as_mut().reset(now + first_wait);
         // What was read ahead may hold a whole request already.
         let mut parse = !buf.is_empty();
         let (req, client_close) = loop {
@@ -111,12 +128,29 @@ where
             let read = tokio::select! {
                 biased;
                 read = stream.read_buf(&mut buf) => read,
-                // No whole head within the header timeout.
-                () = &mut header_deadline => return Outcome::Closed,
+                () = &mut header_deadline => {
+                    let now = tokio::time::Instant::now();
+                    let until = match idle_since {
+                        Some(since) => since + timeouts.keepalive,
+                        None => head_from + timeouts.header,
+                    };
+                    if until <= now {
+                        // Idle for the keep-alive timeout, or no whole head within the header
+                        // timeout.
+                        return Outcome::Closed;
+                    }
+                    header_deadline.as_mut().reset(until.min(now + timeouts.header));
+                    parse = false;
+                    continue;
+                }
                 _ = &mut shutdown, if buf.is_empty() => return Outcome::Closed,
             };
             match read {
-                Ok(1..) => {}
+                Ok(1..) => {
+                    if idle_since.take().is_some() {
+                        head_from = tokio::time::Instant::now();
+                    }
+                }
                 // Closed or failed.
                 _ => return Outcome::Closed,
             }
@@ -143,6 +177,7 @@ where
         if write_response(&mut stream, &mut out, &mut spare_map, resp, head_request, close).await.is_err() || close {
             return Outcome::Closed;
         }
+        answered = true;
         // An idle connection keeps a small buffer, whatever the largest response it carried.
         if out.capacity() > 2 * MAX_MESSAGE {
             out = Vec::with_capacity(1024);
@@ -486,6 +521,22 @@ mod tests {
         SocketAddr::from(([127, 0, 0, 1], 1))
     }
 
+    /// The header and keep-alive timeouts both `timeout`.
+    fn both(timeout: Duration) -> Timeouts {
+        Timeouts { header: timeout, keepalive: timeout }
+    }
+
+    /// Reads from `client` until what it read ends with `end`, within 10 s.
+    async fn read_until(client: &mut TcpStream, end: &str) -> String {
+        let mut reply = Vec::new();
+        while !reply.ends_with(end.as_bytes()) {
+            let read = tokio::time::timeout(Duration::from_secs(10), client.read_buf(&mut reply)).await;
+            let got = read.unwrap_or_else(|_| panic!("{end:?} within 10 s")).expect("read");
+            assert!(got > 0, "closed before {end:?}: {:?}", String::from_utf8_lossy(&reply));
+        }
+        String::from_utf8_lossy(&reply).into_owned()
+    }
+
     /// Echoes the method, path and body, with the `x-n` header of the request.
     async fn echo(req: Request<Body>, _: SocketAddr) -> Response<Body> {
         let n = req.headers().get("x-n").cloned();
@@ -518,7 +569,7 @@ mod tests {
             DELETE /c HTTP/1.1\r\nhost: x\r\nconnection: close\r\nx-n: 3\r\n\r\n";
         client.write_all(requests).await.expect("write");
         let (_open, mut closing) = not_closing();
-        let outcome = serve(server, peer(), &echo, Duration::from_secs(5), &mut closing).await;
+        let outcome = serve(server, peer(), &echo, both(Duration::from_secs(5)), &mut closing).await;
         assert!(matches!(outcome, Outcome::Closed), "every request taken here");
         let replies = read_all(client).await;
         let bodies: Vec<&str> = replies.split("HTTP/1.1 200 OK\r\n").skip(1).collect();
@@ -556,7 +607,7 @@ mod tests {
             let (mut client, server) = pair().await;
             client.write_all(request).await.expect("write");
             let (_open, mut closing) = not_closing();
-            let outcome = serve(server, peer(), &echo, Duration::from_secs(5), &mut closing).await;
+            let outcome = serve(server, peer(), &echo, both(Duration::from_secs(5)), &mut closing).await;
             let Outcome::Hyper(mut rest) = outcome else {
                 panic!("taken here: {:?}", String::from_utf8_lossy(request));
             };
@@ -567,18 +618,39 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn a_head_sent_in_two_writes_is_answered_and_an_idle_connection_closed_at_the_header_timeout() {
+    async fn a_head_sent_in_two_writes_is_answered_and_an_idle_connection_closed_at_the_keepalive_timeout() {
         let (mut client, server) = pair().await;
         let served = tokio::spawn(async move {
             let (_open, mut closing) = not_closing();
-            serve(server, peer(), &echo, Duration::from_millis(300), &mut closing).await
+            let timeouts = Timeouts { header: Duration::from_secs(3600), keepalive: Duration::from_millis(300) };
+            serve(server, peer(), &echo, timeouts, &mut closing).await
         });
         client.write_all(b"GET /slow HT").await.expect("write");
         tokio::task::yield_now().await;
         client.write_all(b"TP/1.1\r\nhost: x\r\n\r\n").await.expect("write");
-        // Answered, then the idle connection is closed once the header timeout passes.
+        // Answered, then the idle connection is closed once the keep-alive timeout passes.
         let replies = read_all(client).await;
         assert!(replies.starts_with("HTTP/1.1 200 OK\r\n") && replies.ends_with("GET /slow "), "{replies}");
+        assert!(matches!(served.await.expect("served"), Outcome::Closed));
+    }
+
+    #[tokio::test]
+    async fn a_keep_alive_connection_quiet_past_the_header_timeout_is_served_and_its_head_timed_from_its_first_byte() {
+        let (mut client, server) = pair().await;
+        let served = tokio::spawn(async move {
+            let (_open, mut closing) = not_closing();
+            let timeouts = Timeouts { header: Duration::from_millis(200), keepalive: Duration::from_secs(3600) };
+            serve(server, peer(), &echo, timeouts, &mut closing).await
+        });
+        client.write_all(b"GET /first HTTP/1.1\r\nhost: x\r\n\r\n").await.expect("write");
+        read_until(&mut client, "GET /first ").await;
+        // Quiet for five header timeouts, as a proxy's pooled connection is between requests.
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        client.write_all(b"GET /later HTTP/1.1\r\nhost: x\r\n\r\n").await.expect("write");
+        read_until(&mut client, "GET /later ").await;
+        // A head begun and never ended is cut at the header timeout, not kept for the keep-alive's.
+        client.write_all(b"GET /never-ends HT").await.expect("write");
+        assert_eq!(read_all(client).await, "", "closed with nothing more");
         assert!(matches!(served.await.expect("served"), Outcome::Closed));
     }
 
@@ -598,7 +670,7 @@ mod tests {
         let mut client = client;
         client.write_all(b"GET /long-poll HTTP/1.1\r\nhost: x\r\n\r\n").await.expect("write");
         let (_open, mut closing) = not_closing();
-        let served = serve(server, peer(), &hang, Duration::from_secs(5), &mut closing);
+        let served = serve(server, peer(), &hang, both(Duration::from_secs(5)), &mut closing);
         let close = async move {
             tokio::task::yield_now().await;
             drop(client);
@@ -622,7 +694,7 @@ mod tests {
         client.write_all(request).await.expect("write");
         let handle = move |_req: Request<Body>, _| async move { resp() };
         let (_open, mut closing) = not_closing();
-        let served = serve(server, peer(), &handle, Duration::from_millis(200), &mut closing);
+        let served = serve(server, peer(), &handle, both(Duration::from_millis(200)), &mut closing);
         let (_, reply) = tokio::join!(served, read_all(client));
         reply
     }
@@ -673,7 +745,7 @@ mod tests {
             let _ = tx.send(true);
             echo(req, client)
         };
-        let outcome = serve(server, peer(), &handle, Duration::from_secs(5), &mut closing).await;
+        let outcome = serve(server, peer(), &handle, both(Duration::from_secs(5)), &mut closing).await;
         assert!(matches!(outcome, Outcome::Closed));
         let reply = read_all(client).await;
         assert!(reply.contains("connection: close\r\n") && reply.ends_with("GET /last "), "{reply}");
@@ -686,7 +758,7 @@ mod tests {
         // Answered, then idle: a shutdown that comes later ends the connection at once, long
         // before its header timeout (the wait for the shutdown outlives each request's round).
         let served = tokio::spawn(async move {
-            serve(server, peer(), &echo, Duration::from_secs(3600), &mut closing).await;
+            serve(server, peer(), &echo, both(Duration::from_secs(3600)), &mut closing).await;
         });
         for n in 1..=2 {
             client.write_all(b"GET /idle HTTP/1.1\r\nhost: x\r\n\r\n").await.expect("write");

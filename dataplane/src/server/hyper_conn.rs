@@ -4,8 +4,9 @@
 //! within its header read timeout; its HTTP/2 server keeps a connection with no stream open for as
 //! long as the client likes, so a client could hold every connection slot of the pod
 //! (`--max-connections`) with a preface each and nothing after. A connection with no request in
-//! flight for the header timeout is shut down gracefully (HTTP/2: a GOAWAY, then the close), as
-//! nginx closes an idle HTTP/2 connection at its `keepalive_timeout`. A request is in flight from
+//! flight — for the header timeout before its first request, for the keep-alive timeout after its
+//! last one — is shut down gracefully (HTTP/2: a GOAWAY, then the close), as nginx closes an idle
+//! HTTP/2 connection at its `keepalive_timeout`. A request is in flight from
 //! its arrival to the end of its response body (or until either is dropped): a long download, a
 //! server-sent event stream or a slow upload keeps its connection.
 //!
@@ -64,10 +65,11 @@ impl Drop for InFlight {
 
 impl Requests {
     /// A connection's requests, and the future that resolves once it has had no request in flight
-    /// for `idle_timeout` (counted from its start, or from its last request's end).
-    pub(crate) fn new(idle_timeout: Duration) -> (Requests, impl Future<Output = ()>) {
+    /// for `first_within` from its start, or for `keepalive` from its last request's end.
+    pub(crate) fn new(first_within: Duration, keepalive: Duration) -> (Requests, impl Future<Output = ()>) {
         let (in_flight, mut watch) = watch::channel(0);
         let idle = async move {
+            let mut idle_timeout = first_within;
             loop {
                 if watch.wait_for(|&n| n == 0).await.is_err() {
                     // The connection (which owns the count) is gone: nothing to time.
@@ -76,7 +78,7 @@ impl Requests {
                 tokio::select! {
                     () = tokio::time::sleep(idle_timeout) => return,
                     // A request came (or came and went): counted again from when none is left.
-                    _ = watch.changed() => {}
+                    _ = watch.changed() => idle_timeout = keepalive,
                 }
             }
         };
@@ -177,9 +179,14 @@ mod tests {
     use crate::upstream::full;
 
     #[tokio::test(start_paused = true)]
-    async fn idle_is_counted_from_the_last_request_s_end() {
-        let (requests, idle) = Requests::new(Duration::from_secs(10));
+    async fn idle_is_counted_from_the_start_then_from_the_last_request_s_end() {
+        let (requests, idle) = Requests::new(Duration::from_secs(2), Duration::from_secs(10));
         tokio::pin!(idle);
+        // Before its first request, a connection is given the first timeout.
+        tokio::select! {
+            () = &mut idle => panic!("idle before the first timeout"),
+            () = tokio::time::sleep(Duration::from_secs(1)) => {}
+        }
         let resp = held_until_sent(Response::new(full("body")), requests.enter());
         // In flight for longer than the timeout: not idle.
         tokio::select! {
@@ -188,15 +195,20 @@ mod tests {
         }
         let sent = resp.into_body().collect().await.expect("body").to_bytes();
         assert_eq!(sent, "body");
-        // The body has ended: idle 10 s from now, not before.
+        // The body has ended: idle the keep-alive timeout from now, not before.
         let ended = tokio::time::Instant::now();
         (&mut idle).await;
         assert_eq!(ended.elapsed(), Duration::from_secs(10));
+        // A connection that sends no request is idle at the first timeout.
+        let (_requests, idle) = Requests::new(Duration::from_secs(2), Duration::from_secs(10));
+        let start = tokio::time::Instant::now();
+        idle.await;
+        assert_eq!(start.elapsed(), Duration::from_secs(2));
     }
 
     #[tokio::test(start_paused = true)]
     async fn a_dropped_response_ends_its_request() {
-        let (requests, idle) = Requests::new(Duration::from_secs(10));
+        let (requests, idle) = Requests::new(Duration::from_secs(10), Duration::from_secs(10));
         let in_flight = requests.enter();
         drop(held_until_sent(Response::new(full("")), in_flight));
         let start = tokio::time::Instant::now();
@@ -206,7 +218,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn an_answer_not_asked_for_more_within_the_send_timeout_is_a_stall() {
-        let (requests, _idle) = Requests::new(Duration::from_secs(10));
+        let (requests, _idle) = Requests::new(Duration::from_secs(10), Duration::from_secs(10));
         let timeout = Some(Duration::from_secs(60));
         let mut body = held_until_sent(Response::new(full("data")), requests.enter()).into_body();
         let start = tokio::time::Instant::now();
@@ -245,7 +257,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn an_answer_waiting_for_the_app_is_no_stall() {
-        let (requests, _idle) = Requests::new(Duration::from_secs(10));
+        let (requests, _idle) = Requests::new(Duration::from_secs(10), Duration::from_secs(10));
         let mut body = held_until_sent(Response::new(Unanswered.boxed()), requests.enter()).into_body();
         let polled = tokio::time::timeout(Duration::from_secs(1), body.frame()).await;
         assert!(polled.is_err(), "no frame");

@@ -34,9 +34,12 @@ const MAX_HEAD_BYTES: usize = 256 * 1024;
 pub struct ConnLimits {
     /// Connections open at once; one more is closed as soon as it is accepted.
     pub max_connections: usize,
-    /// A client gets this long to send a request head (and an idle keep-alive connection stays
-    /// open this long).
+    /// A client gets this long to send a request head: the first from the connection's accept,
+    /// any other from its first byte.
     pub header_timeout: Duration,
+    /// A connection with no request in flight stays open this long after its last answer (an
+    /// HTTP/1.1 keep-alive, an HTTP/2 connection with no stream open).
+    pub keepalive_timeout: Duration,
     /// A response the client takes no byte of for this long: the connection is closed (`None`:
     /// never).
     pub send_timeout: Option<Duration>,
@@ -56,12 +59,14 @@ impl ConnLimits {
     pub const ADMIN: ConnLimits = ConnLimits {
         max_connections: 64,
         header_timeout: Duration::from_secs(5),
+        keepalive_timeout: Duration::from_secs(5),
         send_timeout: Some(Duration::from_secs(5)),
     };
     /// Local tools (the demo app).
     pub const LOCAL: ConnLimits = ConnLimits {
         max_connections: 10_000,
         header_timeout: Duration::from_secs(30),
+        keepalive_timeout: Duration::from_secs(30),
         send_timeout: Some(Duration::from_secs(60)),
     };
 }
@@ -86,7 +91,10 @@ pub async fn serve<H, F>(
     let slots = Arc::new(tokio::sync::Semaphore::new(limits.max_connections));
     let mut at_cap = false;
     let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
-    builder.http1().timer(TokioTimer::new()).header_read_timeout(limits.header_timeout).max_buf_size(MAX_HEAD_BYTES);
+    // hyper's HTTP/1.1 timer runs from an answer's end to the next head's end: the keep-alive
+    // wait and the head in one (a head on a connection hyper serves may take the longer of them).
+    let hyper_head_timeout = limits.keepalive_timeout.max(limits.header_timeout);
+    builder.http1().timer(TokioTimer::new()).header_read_timeout(hyper_head_timeout).max_buf_size(MAX_HEAD_BYTES);
     builder.http2().timer(TokioTimer::new()).max_header_list_size(MAX_HEAD_BYTES as u32);
     tokio::pin!(stop);
     loop {
@@ -120,13 +128,15 @@ pub async fn serve<H, F>(
                 let open = open.clone();
                 let mut closing = closing.clone();
                 let header_timeout = limits.header_timeout;
+                let keepalive_timeout = limits.keepalive_timeout;
                 let send_timeout = limits.send_timeout;
                 let send_timeouts = counters.send_timeouts.clone();
                 tokio::spawn(async move {
                     // The HTTP/1.1 path reads first, so a connection that sends nothing, or no
                     // whole head, is closed at the header timeout counted from its accept (as
                     // nginx's `client_header_timeout`); hyper gets only connections that sent bytes.
-                    let rest = match h1::serve(stream, client, &handle, header_timeout, &mut closing).await {
+                    let timeouts = h1::Timeouts { header: header_timeout, keepalive: keepalive_timeout };
+                    let rest = match h1::serve(stream, client, &handle, timeouts, &mut closing).await {
                         h1::Outcome::Closed => {
                             drop(slot);
                             drop(open);
@@ -134,7 +144,7 @@ pub async fn serve<H, F>(
                         }
                         h1::Outcome::Hyper(rest) => rest,
                     };
-                    let (requests, idle) = hyper_conn::Requests::new(header_timeout);
+                    let (requests, idle) = hyper_conn::Requests::new(header_timeout, keepalive_timeout);
                     let watched = requests.clone();
                     let stalled = watched.stalled(send_timeout);
                     let service = service_fn(move |req: Request<Incoming>| {
@@ -156,7 +166,7 @@ pub async fn serve<H, F>(
                                 conn.await
                             }
                             () = idle => {
-                                tracing::debug!(%client, ?header_timeout, "no request in flight for the header timeout: closing the connection");
+                                tracing::debug!(%client, ?keepalive_timeout, "no request in flight for the keep-alive timeout: closing the connection");
                                 conn.as_mut().graceful_shutdown();
                                 // HTTP/2's graceful close waits for the client to answer a PING:
                                 // one that never does is cut after another header timeout.
@@ -267,6 +277,7 @@ mod tests {
         let limits = ConnLimits {
             max_connections: 4,
             header_timeout: Duration::from_millis(500),
+            keepalive_timeout: Duration::from_millis(500),
             send_timeout: Some(Duration::from_secs(5)),
         };
         let server = tokio::spawn(serve(

@@ -161,6 +161,7 @@ pub fn sidecar_container(pool: &ServerPool, cfg: &InjectionConfig) -> Container 
         env("HANDOVER_APP_PROTOCOL", spec.sidecar.app_protocol.as_str()),
         env("HANDOVER_STATE_ADDR", format!("127.0.0.1:{}", spec.snapshot.state_port)),
         env("HANDOVER_RESPONSE_TIMEOUT", spec.sidecar.response_timeout.clone()),
+        env("HANDOVER_KEEPALIVE_TIMEOUT", spec.sidecar.keepalive_timeout.clone()),
         env("HANDOVER_KEY_FILE", format!("{KEY_MOUNT}/{SECRET_KEY}")),
         env("HANDOVER_MODE", spec.snapshot.mode.as_str()),
         env("HANDOVER_SNAPSHOT_INTERVAL", spec.snapshot.interval.clone()),
