@@ -72,6 +72,9 @@ label_values! {
         HeadersTooLarge => "headers_too_large",
         /// A request target alone over `--max-header-bytes` (414).
         UriTooLong => "uri_too_long",
+        /// A request whose head would take the request heads in flight past
+        /// `--max-header-bytes-in-flight` (503).
+        HeadsInFlight => "heads_in_flight",
         /// A client asked for the app's state endpoint (404).
         StatePath => "state_path",
         /// No host, two Host fields, or one that names no host (400).

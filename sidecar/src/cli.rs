@@ -224,6 +224,12 @@ pub struct RunArgs {
     /// alone is.
     #[arg(long, env = "HANDOVER_MAX_HEADER_BYTES", default_value_t = 64 * 1024)]
     pub max_header_bytes: usize,
+    /// Bytes of request heads in flight at once, over all connections; a request whose head would
+    /// pass it gets 503 at once. (Each request holds its head until its answer's head is ready;
+    /// an HTTP/2 connection carries up to 200 at once, and HPACK lets a client send large heads
+    /// for a few bytes each.)
+    #[arg(long, env = "HANDOVER_MAX_HEADER_BYTES_IN_FLIGHT", default_value_t = 4 * 1024 * 1024)]
+    pub max_header_bytes_in_flight: usize,
     /// A client gets this long to send a request's headers: the first from its connection's
     /// accept, any other from its first byte.
     #[arg(long, env = "HANDOVER_HEADER_TIMEOUT", default_value = "10s", value_parser = handover_common::duration::parse)]
@@ -314,6 +320,7 @@ pub async fn run(args: RunArgs) -> Result<(), String> {
         response_timeout: (!args.response_timeout.is_zero()).then_some(args.response_timeout),
         state_timeout: args.state_timeout,
         max_header_bytes: args.max_header_bytes,
+        max_header_bytes_in_flight: args.max_header_bytes_in_flight,
         body: BodyLimits { idle: args.body_idle_timeout, total: args.body_timeout },
         max_held: args.max_held,
         max_sessions: args.max_sessions,

@@ -8,6 +8,8 @@ use support::{curl_head, field, pool_with};
 use std::collections::BTreeMap;
 use std::future::Future as _;
 use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -218,4 +220,63 @@ async fn an_http2_host_field_that_differs_from_the_authority_does_not_reach_the_
     let body = resp.into_body().collect().await.expect("body").to_bytes();
     let seen: BTreeMap<String, Vec<String>> = serde_json::from_slice(&body).expect("headers");
     assert_eq!(seen.get("host"), Some(&vec![addr.to_string()]), "{seen:?}");
+}
+
+/// A request to `/incr` with a head of about 60 KB: one 4 KB field fifteen times (HPACK sends it
+/// once, then as an index).
+fn large_head<B>(addr: SocketAddr, body: B) -> Request<B> {
+    let value = "v".repeat(4000);
+    let mut req = Request::builder().method(Method::POST).version(Version::HTTP_2).uri(format!("http://{addr}/incr"));
+    for _ in 0..15 {
+        req = req.header("x-pad", value.as_str());
+    }
+    req.body(body).expect("request")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn large_heads_held_over_http2_are_bounded_by_the_heads_in_flight_budget() {
+    // Requests whose bodies never come hold their heads until the body timeouts: over HTTP/2, up to
+    // 200 of them a connection, each 60 KB head a few hundred bytes on the wire.
+    const BUDGET: usize = 300_000;
+    const SENT: usize = 20;
+    let pool = pool_with(1, &["--max-header-bytes-in-flight", "300000", "--body-idle-timeout", "60s"], &[]).await;
+    let addr = pool.pods[0].data();
+    let (mut holding, holding_conn) = h2c::<Late>(addr).await;
+    // 60 140 bytes a head as a proxy's limit counts them: four fit the budget.
+    const FIT: usize = 4;
+    let unavailable = Arc::new(AtomicUsize::new(0));
+    let mut pending = Vec::new();
+    for _ in 0..SENT {
+        let never = Late { delay: Box::pin(tokio::time::sleep(Duration::from_secs(3600))), sent: false };
+        let answer = holding.send_request(large_head(addr, never));
+        let unavailable = Arc::clone(&unavailable);
+        pending.push(tokio::spawn(async move {
+            if answer.await.is_ok_and(|resp| resp.status() == StatusCode::SERVICE_UNAVAILABLE) {
+                unavailable.fetch_add(1, Ordering::Relaxed);
+            }
+        }));
+    }
+    // Those past the budget are refused at once; the others stay held, their bodies awaited.
+    wait_for("the requests past the budget, refused with 503", Duration::from_secs(20), || async {
+        unavailable.load(Ordering::Relaxed) >= SENT - FIT
+    })
+    .await
+    .expect("the requests past the budget refused");
+    let refused = pool.metric(r#"handover_bad_requests_total{reason="heads_in_flight"}"#).await;
+    assert_eq!(refused, (SENT - FIT) as f64, "refusals counted; {FIT} heads of 60 KB held within {BUDGET} bytes");
+    // A small request still goes through meanwhile.
+    let (head, body) = curl_head(&["--http2-prior-knowledge", "-X", "POST", &format!("http://{addr}/incr")]);
+    assert_eq!(count_of(body.as_bytes()), 1, "{head:?}");
+    // The held requests' connection goes: their heads are given back, and a large head is served.
+    pending.iter().for_each(tokio::task::JoinHandle::abort);
+    holding_conn.abort();
+    drop(holding);
+    let (mut sender, _conn) = h2c(addr).await;
+    wait_for("a large head served once the held ones are gone", Duration::from_secs(20), || {
+        let req = large_head(addr, Full::new(Bytes::new()));
+        let answer = sender.send_request(req);
+        async move { answer.await.is_ok_and(|resp| resp.status() == StatusCode::OK) }
+    })
+    .await
+    .expect("the budget is given back");
 }

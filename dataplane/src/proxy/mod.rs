@@ -3,13 +3,15 @@
 //!
 //! This module carries bytes and carries out decisions; [`crate::decide`] makes them. Here: the
 //! configuration, the proxy's shared state and the routing loop (`route`); one job a file below:
-//! `request.rs` (the request's cookie, the loop guard), `headers.rs` (header hygiene), `app.rs`
+//! `request.rs` (the request's cookie, the loop guard), `headers.rs` (header hygiene),
+//! `heads_in_flight.rs` (the bytes of request heads held at once), `app.rs`
 //! (the app client), `restore.rs` (restoring a session into the app), `peer.rs` (forwards to peers,
 //! the upgrade bridge), `sessions.rs` (the session table), `seal.rs` (the response's Set-Cookie).
 
 mod app;
 mod backup;
 mod headers;
+mod heads_in_flight;
 mod order;
 mod peer;
 mod request;
@@ -146,6 +148,8 @@ pub struct Config {
     /// Longest wait for the app's answer to a state call (`GET`/`PUT <statePath>`).
     pub state_timeout: Duration,
     pub max_header_bytes: usize,
+    /// Bytes of the request heads in flight at once (all connections); past it, 503.
+    pub max_header_bytes_in_flight: usize,
     /// Client request bodies: idle timeout and total deadline.
     pub body: BodyLimits,
     /// Requests held at once while the app is down; more are refused with 503.
@@ -195,6 +199,7 @@ pub struct Proxy {
     /// Whether the app answers; held requests wait on changes of it.
     app_up: tokio::sync::watch::Sender<bool>,
     held: tokio::sync::Semaphore,
+    heads_in_flight: heads_in_flight::HeadsInFlight,
     /// The backups this pod keeps for the sessions it would take over; `None` when backups are off.
     backups: Option<crate::backup::Store>,
     /// State-changing requests of a session take turns at the app.
@@ -219,6 +224,7 @@ fn text_response(status: StatusCode, text: impl Into<String>) -> Response<Body> 
 impl Proxy {
     pub fn new(cfg: Config, keys: Arc<KeyFile>, registry: Arc<dyn Registry>, metrics: Arc<Metrics>) -> Arc<Proxy> {
         let cfg_max_held = cfg.max_held;
+        let cfg_heads_in_flight = cfg.max_header_bytes_in_flight;
         let table = sessions::Table::new(cfg.max_sessions);
         let backups = cfg.backup_max_bytes.map(crate::backup::Store::new);
         let state_path = crate::state_path::StatePath::new(&cfg.state_path);
@@ -239,6 +245,7 @@ impl Proxy {
             app_instance: Mutex::default(),
             app_up: tokio::sync::watch::Sender::new(true),
             held: tokio::sync::Semaphore::new(cfg_max_held),
+            heads_in_flight: heads_in_flight::HeadsInFlight::new(cfg_heads_in_flight),
             backups,
             order: order::SessionOrder::default(),
             peer_health: crate::peer_health::Tracker::default(),
@@ -326,6 +333,20 @@ impl Proxy {
             let message = format!("handover: the {what} is {bytes} bytes, over the limit of {limit}\n");
             return (Route::Refused, text_response(status, message));
         }
+        // Held until the answer's head is ready.
+        let _head = match self.heads_in_flight.take(head_bytes) {
+            Ok(held) => held,
+            Err(spent) => {
+                self.metrics.bad_requests.get_or_create(&[("reason", BadRequest::HeadsInFlight)]).inc();
+                if spent.newly {
+                    tracing::warn!(%client, limit = self.cfg.max_header_bytes_in_flight, "the request heads in flight are at their limit (--max-header-bytes-in-flight); new requests get 503 until some end");
+                }
+                let mut resp =
+                    text_response(StatusCode::SERVICE_UNAVAILABLE, "handover: too many requests in flight\n");
+                resp.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+                return (Route::Refused, resp);
+            }
+        };
         if let Err(why) = headers::settle_host(&mut req, &survey) {
             self.metrics.bad_requests.get_or_create(&[("reason", BadRequest::BadHost)]).inc();
             tracing::warn!(%client, why, "request refused: its host is not clear");
