@@ -526,6 +526,14 @@ mod tests {
         Timeouts { header: timeout, keepalive: timeout }
     }
 
+    /// Serves `server` with [`echo`] within `timeouts`, on a task of its own, with no shutdown.
+    fn serve_echo(server: ClientStream, timeouts: Timeouts) -> tokio::task::JoinHandle<Outcome> {
+        tokio::spawn(async move {
+            let (_open, mut closing) = not_closing();
+            serve(server, peer(), &echo, timeouts, &mut closing).await
+        })
+    }
+
     /// Reads from `client` until what it read ends with `end`, within 10 s.
     async fn read_until(client: &mut TcpStream, end: &str) -> String {
         let mut reply = Vec::new();
@@ -620,11 +628,8 @@ mod tests {
     #[tokio::test]
     async fn a_head_sent_in_two_writes_is_answered_and_an_idle_connection_closed_at_the_keepalive_timeout() {
         let (mut client, server) = pair().await;
-        let served = tokio::spawn(async move {
-            let (_open, mut closing) = not_closing();
-            let timeouts = Timeouts { header: Duration::from_secs(3600), keepalive: Duration::from_millis(300) };
-            serve(server, peer(), &echo, timeouts, &mut closing).await
-        });
+        let served =
+            serve_echo(server, Timeouts { header: Duration::from_secs(3600), keepalive: Duration::from_millis(300) });
         client.write_all(b"GET /slow HT").await.expect("write");
         tokio::task::yield_now().await;
         client.write_all(b"TP/1.1\r\nhost: x\r\n\r\n").await.expect("write");
@@ -637,11 +642,8 @@ mod tests {
     #[tokio::test]
     async fn a_keep_alive_connection_quiet_past_the_header_timeout_is_served_and_its_head_timed_from_its_first_byte() {
         let (mut client, server) = pair().await;
-        let served = tokio::spawn(async move {
-            let (_open, mut closing) = not_closing();
-            let timeouts = Timeouts { header: Duration::from_millis(200), keepalive: Duration::from_secs(3600) };
-            serve(server, peer(), &echo, timeouts, &mut closing).await
-        });
+        let served =
+            serve_echo(server, Timeouts { header: Duration::from_millis(200), keepalive: Duration::from_secs(3600) });
         client.write_all(b"GET /first HTTP/1.1\r\nhost: x\r\n\r\n").await.expect("write");
         read_until(&mut client, "GET /first ").await;
         // Quiet for five header timeouts, as a proxy's pooled connection is between requests.
@@ -760,14 +762,9 @@ mod tests {
         let served = tokio::spawn(async move {
             serve(server, peer(), &echo, both(Duration::from_secs(3600)), &mut closing).await;
         });
-        for n in 1..=2 {
+        for _ in 1..=2 {
             client.write_all(b"GET /idle HTTP/1.1\r\nhost: x\r\n\r\n").await.expect("write");
-            let mut reply = Vec::new();
-            while !reply.ends_with(b"GET /idle ") {
-                let read = tokio::time::timeout(Duration::from_secs(10), client.read_buf(&mut reply)).await;
-                let got = read.unwrap_or_else(|_| panic!("answer {n} within 10 s")).expect("read");
-                assert!(got > 0, "answer {n}: closed early after {:?}", String::from_utf8_lossy(&reply));
-            }
+            read_until(&mut client, "GET /idle ").await;
         }
         let _ = tx.send(true);
         tokio::time::timeout(Duration::from_secs(10), served)
