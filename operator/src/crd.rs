@@ -332,7 +332,7 @@ pub struct SidecarSpec {
     /// e.g. `75s`. Keep it above the idle timeout of the proxy in front (ingress-nginx and AWS's
     /// load balancers: 60 s; Google Cloud's: 600 s, so `620s` behind it), so that the proxy closes
     /// an idle connection first: one closed by the sidecar as the proxy sends a request on it is a
-    /// 502 for that request.
+    /// 502 for that request. At least `5s`.
     #[serde(default = "default_keepalive_timeout")]
     #[schemars(regex(pattern = "^[0-9]{1,9}(ms|s|m|h)$"))]
     pub keepalive_timeout: String,

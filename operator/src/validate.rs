@@ -241,7 +241,9 @@ pub fn validate(pool: &ServerPool, default_image: &str, allowed: &ImageAllowList
     }
     check_duration(&mut out, "spec.sidecar.drainGrace", &spec.sidecar.drain_grace, Duration::ZERO);
     check_duration(&mut out, "spec.sidecar.responseTimeout", &spec.sidecar.response_timeout, Duration::ZERO);
-    check_duration(&mut out, "spec.sidecar.keepaliveTimeout", &spec.sidecar.keepalive_timeout, Duration::from_secs(1));
+    // At least 5 s: peers reuse a connection to a sidecar only within 1 s of its last answer, so
+    // that the sidecar never closes one as a forward goes out on it.
+    check_duration(&mut out, "spec.sidecar.keepaliveTimeout", &spec.sidecar.keepalive_timeout, Duration::from_secs(5));
     if let Ok(d) = duration::parse(&spec.sidecar.drain_grace)
         && d > Duration::from_secs(3600)
     {
@@ -384,7 +386,7 @@ mod tests {
         s.snapshot.interval = "0ms".into();
         s.snapshot.state_path = "state".into();
         s.sidecar.drain_grace = "2h".into();
-        s.sidecar.keepalive_timeout = "500ms".into();
+        s.sidecar.keepalive_timeout = "2s".into();
         s.key_rotation.period = Some("1m".into());
         assert_eq!(
             fields(&pool(s)),

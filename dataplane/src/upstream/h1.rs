@@ -48,6 +48,8 @@ pub struct AppConn {
     buf: BytesMut,
     /// Taken from the idle list: the app may have closed it as it was taken.
     reused: bool,
+    /// When its last answer ended (or it was opened): the app's idle timeout runs from there.
+    idle_since: tokio::time::Instant,
     /// The response timeout of each exchange: one timer for the connection's life (made at its
     /// first exchange with a deadline), moved on at each request: moving a registered timer later
     /// only updates it, where a new timeout per request goes into tokio's timer wheel and out
@@ -81,7 +83,13 @@ impl AppConn {
     /// A new connection to `addr` within `timeout`.
     pub async fn connect(addr: SocketAddr, timeout: Duration) -> Result<AppConn, ConnectError> {
         let stream = super::connect(addr, timeout).await?;
-        Ok(AppConn { stream, buf: BytesMut::new(), reused: false, deadline: None })
+        Ok(AppConn {
+            stream,
+            buf: BytesMut::new(),
+            reused: false,
+            idle_since: tokio::time::Instant::now(),
+            deadline: None,
+        })
     }
 
     /// This connection under hyper's client, for a request this module does not send (a body
@@ -205,6 +213,7 @@ impl AppConn {
                 // The whole body is here (the common case): the connection is free at once.
                 let body = self.buf.split_to(len as usize).freeze();
                 if reuse && self.buf.is_empty() {
+                    self.idle_since = tokio::time::Instant::now();
                     idle.put(self);
                 }
                 if !body.is_empty() {
@@ -339,21 +348,23 @@ pub(crate) fn read_head<const N: usize>(
 pub struct IdleConns(Arc<Mutex<Vec<AppConn>>>);
 
 impl IdleConns {
-    /// An idle connection that is still open, and whether any had been closed by the other side
-    /// since they were last used (the app may have restarted).
+    /// An idle connection that is still open and was answered within [`super::REUSE_WITHIN`]
+    /// (older ones are closed), and whether any had been closed by the other side since they were
+    /// last used (the app may have restarted).
     pub fn take(&self) -> (Option<AppConn>, bool) {
         let mut idle = sync::lock(&self.0);
         let mut saw_closed = false;
         while let Some(conn) = idle.pop() {
-            if still_open(&conn.stream) {
+            if !still_open(&conn.stream) {
+                saw_closed = true;
+            } else if conn.idle_since.elapsed() < super::REUSE_WITHIN {
                 return (Some(conn), saw_closed);
             }
-            saw_closed = true;
         }
         (None, saw_closed)
     }
 
-    /// Keeps `conn` for the next request.
+    /// Keeps `conn` (as idle since its [`AppConn::idle_since`]) for the next request.
     pub fn put(&self, mut conn: AppConn) {
         conn.reused = true;
         let mut idle = sync::lock(&self.0);
@@ -420,10 +431,11 @@ impl AppBody {
     /// Ends the body: the connection goes back to the idle list if it may carry another request.
     fn finish(&mut self) {
         self.state = State::Done;
-        if let Some(conn) = self.conn.take()
+        if let Some(mut conn) = self.conn.take()
             && self.reuse
             && conn.buf.is_empty()
         {
+            conn.idle_since = tokio::time::Instant::now();
             self.idle.put(conn);
         }
     }
@@ -618,6 +630,7 @@ fn prepend(first: Result<Frame<Bytes>, crate::timed_body::BoxError>, rest: Body)
 
 #[cfg(test)]
 mod tests {
+    use super::super::REUSE_WITHIN;
     use super::*;
     use hyper::body::Body as _;
     use tokio::net::TcpListener;
@@ -699,10 +712,11 @@ mod tests {
         });
         let idle = IdleConns::default();
         let conn = AppConn::connect(addr, Duration::from_secs(5)).await.expect("connect");
-        let first_deadline = tokio::time::Instant::now() + Duration::from_secs(1);
+        // (Well within REUSE_WITHIN: the connection is still used again after this deadline.)
+        let first_deadline = tokio::time::Instant::now() + Duration::from_millis(400);
         let first =
             conn.exchange(&mut request(Method::GET, "/first"), &Bytes::new(), &idle, Some(first_deadline), &[]).await;
-        assert_eq!(body_of(first.expect("answered within 1 s").0).await.as_deref(), Ok(&b"ok"[..]));
+        assert_eq!(body_of(first.expect("answered within 400 ms").0).await.as_deref(), Ok(&b"ok"[..]));
         // Idle in the pool past that deadline: the connection's timer runs out there, unused.
         tokio::time::sleep_until(first_deadline).await;
         let conn = idle.take().0.expect("the connection was kept for the next request");
@@ -714,6 +728,31 @@ mod tests {
         assert!(started.elapsed() >= limit, "not before the deadline: {:?}", started.elapsed());
         assert!(idle.take().0.is_none(), "a connection that timed out is not kept");
         drop(done);
+    }
+
+    #[tokio::test]
+    async fn an_idle_connection_is_used_again_only_within_reuse_within_of_its_last_answer() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        // The app answers one request and keeps the connection until the sidecar closes it.
+        let app = tokio::spawn(async move {
+            let (mut stream, _) = listener.accept().await.expect("accept");
+            let mut request = [0u8; 1024];
+            let _ = stream.read(&mut request).await;
+            stream.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok").await.expect("write");
+            while stream.read(&mut request).await.is_ok_and(|n| n > 0) {}
+        });
+        let idle = IdleConns::default();
+        let answer = exchange(&idle, addr, &mut request(Method::GET, "/"), b"").await;
+        assert_eq!(body_of(answer).await.as_deref(), Ok(&b"ok"[..]));
+        let (conn, _) = idle.take();
+        idle.put(conn.expect("used again at once"));
+        // Idle past REUSE_WITHIN: the app may be closing it as a request goes out; closed here.
+        tokio::time::sleep(REUSE_WITHIN + Duration::from_millis(100)).await;
+        let (conn, saw_closed) = idle.take();
+        assert!(conn.is_none(), "a connection idle past REUSE_WITHIN is not used again");
+        assert!(!saw_closed, "closed by the sidecar, not taken for the app's close (a restart)");
+        tokio::time::timeout(Duration::from_secs(10), app).await.expect("the app saw it closed").expect("the app");
     }
 
     #[tokio::test]

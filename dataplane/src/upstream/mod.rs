@@ -49,6 +49,14 @@ pub async fn read_at_most(mut body: Body, limit: usize) -> Result<Vec<u8>, Strin
 /// Idle connections kept per destination.
 const MAX_IDLE: usize = 64;
 
+/// An idle connection to the app or a peer is used again within this long of its last answer,
+/// and closed after. A server closes its idle keep-alive connections at a timeout of its own
+/// (gunicorn: 2 s, Node and uvicorn: 5 s, a peer sidecar: its `--keepalive-timeout`, 5 s at the
+/// least); a request sent as it closes one is lost, and one that is not idempotent cannot be sent
+/// again: a 502 (measured: 1 in 400 `POST`s spaced around the demo app's idle timeout). Reusing a
+/// connection only well within those, the sidecar closes it first.
+pub const REUSE_WITHIN: Duration = Duration::from_secs(1);
+
 /// Why no connection could be had.
 #[derive(Debug, thiserror::Error)]
 pub enum ConnectError {
@@ -113,10 +121,14 @@ pub enum AppSender {
     H2(http2::SendRequest<Body>),
 }
 
+/// An idle connection to a peer, and when its last answer ended.
+type IdlePeerConn = (SendRequest<Body>, tokio::time::Instant);
+
 /// Connection pools by destination.
 #[derive(Default)]
 pub struct Upstreams {
-    idle: Mutex<HashMap<SocketAddr, Vec<SendRequest<Body>>>>,
+    /// Idle connections to peers.
+    idle: Mutex<HashMap<SocketAddr, Vec<IdlePeerConn>>>,
     /// Idle HTTP/1.1 connections to the app (`get_app` and `put_app` are called with the one
     /// app's address).
     pub app_idle: h1::IdleConns,
@@ -201,10 +213,11 @@ impl Upstreams {
         if sender.is_closed() {
             return;
         }
+        let answered = tokio::time::Instant::now();
         let mut idle = sync::lock(&self.idle);
         let list = idle.entry(addr).or_default();
         if list.len() < MAX_IDLE {
-            list.push(sender);
+            list.push((sender, answered));
         }
     }
 
@@ -218,8 +231,8 @@ impl Upstreams {
     fn take_idle(&self, addr: SocketAddr) -> Option<SendRequest<Body>> {
         let mut idle = sync::lock(&self.idle);
         let list = idle.get_mut(&addr)?;
-        list.retain(|s| !s.is_closed());
-        let ready = list.iter().position(|s| s.is_ready())?;
-        Some(list.swap_remove(ready))
+        list.retain(|(s, answered)| !s.is_closed() && answered.elapsed() < REUSE_WITHIN);
+        let ready = list.iter().position(|(s, _)| s.is_ready())?;
+        Some(list.swap_remove(ready).0)
     }
 }
