@@ -49,7 +49,7 @@ pub struct AppConn {
     /// Taken from the idle list: the app may have closed it as it was taken.
     reused: bool,
     /// When its last answer ended (or it was opened): the app's idle timeout runs from there.
-    idle_since: tokio::time::Instant,
+    idle_since: std::time::Instant,
     /// The response timeout of each exchange: one timer for the connection's life (made at its
     /// first exchange with a deadline), moved on at each request: moving a registered timer later
     /// only updates it, where a new timeout per request goes into tokio's timer wheel and out
@@ -87,7 +87,7 @@ impl AppConn {
             stream,
             buf: BytesMut::new(),
             reused: false,
-            idle_since: tokio::time::Instant::now(),
+            idle_since: std::time::Instant::now(),
             deadline: None,
         })
     }
@@ -213,7 +213,7 @@ impl AppConn {
                 // The whole body is here (the common case): the connection is free at once.
                 let body = self.buf.split_to(len as usize).freeze();
                 if reuse && self.buf.is_empty() {
-                    self.idle_since = tokio::time::Instant::now();
+                    self.idle_since = std::time::Instant::now();
                     idle.put(self);
                 }
                 if !body.is_empty() {
@@ -435,7 +435,7 @@ impl AppBody {
             && self.reuse
             && conn.buf.is_empty()
         {
-            conn.idle_since = tokio::time::Instant::now();
+            conn.idle_since = std::time::Instant::now();
             self.idle.put(conn);
         }
     }

@@ -122,7 +122,7 @@ pub enum AppSender {
 }
 
 /// An idle connection to a peer, and when its last answer ended.
-type IdlePeerConn = (SendRequest<Body>, tokio::time::Instant);
+type IdlePeerConn = (SendRequest<Body>, std::time::Instant);
 
 /// Connection pools by destination.
 #[derive(Default)]
@@ -213,7 +213,7 @@ impl Upstreams {
         if sender.is_closed() {
             return;
         }
-        let answered = tokio::time::Instant::now();
+        let answered = std::time::Instant::now();
         let mut idle = sync::lock(&self.idle);
         let list = idle.entry(addr).or_default();
         if list.len() < MAX_IDLE {
