@@ -221,6 +221,13 @@ fn text_response(status: StatusCode, text: impl Into<String>) -> Response<Body> 
     resp
 }
 
+/// A 503 the client may retry in a second: the sidecar cannot take the request now.
+fn retry_soon(text: impl Into<String>) -> Response<Body> {
+    let mut resp = text_response(StatusCode::SERVICE_UNAVAILABLE, text);
+    resp.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+    resp
+}
+
 impl Proxy {
     pub fn new(cfg: Config, keys: Arc<KeyFile>, registry: Arc<dyn Registry>, metrics: Arc<Metrics>) -> Arc<Proxy> {
         let cfg_max_held = cfg.max_held;
@@ -341,10 +348,7 @@ impl Proxy {
                 if spent.newly {
                     tracing::warn!(%client, limit = self.cfg.max_header_bytes_in_flight, "the request heads in flight are at their limit (--max-header-bytes-in-flight); new requests get 503 until some end");
                 }
-                let mut resp =
-                    text_response(StatusCode::SERVICE_UNAVAILABLE, "handover: too many requests in flight\n");
-                resp.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
-                return (Route::Refused, resp);
+                return (Route::Refused, retry_soon("handover: too many requests in flight\n"));
             }
         };
         if let Err(why) = headers::settle_host(&mut req, &survey) {

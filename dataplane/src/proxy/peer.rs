@@ -4,12 +4,12 @@
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use http::header::{self, HeaderValue};
+use http::header::HeaderValue;
 use http::{Request, Response, StatusCode};
 use http_body_util::BodyExt;
 
 use super::headers::{FORWARDED_HEADER, PEER_HEADER, origin_form, strip_hop_by_hop};
-use super::{Proxy, body_too_slow, cut_by_client, text_response, unix_now};
+use super::{Proxy, body_too_slow, cut_by_client, retry_soon, text_response, unix_now};
 use crate::peer_auth;
 use crate::peer_probe::{self, Liveness};
 use crate::registry::Member;
@@ -22,12 +22,7 @@ pub(super) const UNREACHABLE_FOR: Duration = Duration::from_secs(5);
 /// A forward that could not get through to a peer the probe did not find dead: no takeover (that
 /// could fork the session while its owner lives); the client retries.
 pub(super) fn peer_not_reached(to: &Member, why: &str) -> Response<Body> {
-    let mut resp = text_response(
-        StatusCode::SERVICE_UNAVAILABLE,
-        format!("handover: pool member {} owns this session but {why}; retry\n", to.name),
-    );
-    resp.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
-    resp
+    retry_soon(format!("handover: pool member {} owns this session but {why}; retry\n", to.name))
 }
 
 /// Joins the client's and the upstream's upgraded connections (WebSocket and friends), byte for byte.

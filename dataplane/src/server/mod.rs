@@ -94,6 +94,7 @@ pub async fn serve<H, F>(
     // hyper's HTTP/1.1 timer runs from an answer's end to the next head's end: the keep-alive
     // wait and the head in one (a head on a connection hyper serves may take the longer of them).
     let hyper_head_timeout = limits.keepalive_timeout.max(limits.header_timeout);
+    let timeouts = h1::Timeouts { header: limits.header_timeout, keepalive: limits.keepalive_timeout };
     builder.http1().timer(TokioTimer::new()).header_read_timeout(hyper_head_timeout).max_buf_size(MAX_HEAD_BYTES);
     builder.http2().timer(TokioTimer::new()).max_header_list_size(MAX_HEAD_BYTES as u32);
     tokio::pin!(stop);
@@ -127,15 +128,12 @@ pub async fn serve<H, F>(
                 let builder = builder.clone();
                 let open = open.clone();
                 let mut closing = closing.clone();
-                let header_timeout = limits.header_timeout;
-                let keepalive_timeout = limits.keepalive_timeout;
                 let send_timeout = limits.send_timeout;
                 let send_timeouts = counters.send_timeouts.clone();
                 tokio::spawn(async move {
                     // The HTTP/1.1 path reads first, so a connection that sends nothing, or no
                     // whole head, is closed at the header timeout counted from its accept (as
                     // nginx's `client_header_timeout`); hyper gets only connections that sent bytes.
-                    let timeouts = h1::Timeouts { header: header_timeout, keepalive: keepalive_timeout };
                     let rest = match h1::serve(stream, client, &handle, timeouts, &mut closing).await {
                         h1::Outcome::Closed => {
                             drop(slot);
@@ -144,7 +142,7 @@ pub async fn serve<H, F>(
                         }
                         h1::Outcome::Hyper(rest) => rest,
                     };
-                    let (requests, idle) = hyper_conn::Requests::new(header_timeout, keepalive_timeout);
+                    let (requests, idle) = hyper_conn::Requests::new(timeouts.header, timeouts.keepalive);
                     let watched = requests.clone();
                     let stalled = watched.stalled(send_timeout);
                     let service = service_fn(move |req: Request<Incoming>| {
@@ -166,11 +164,11 @@ pub async fn serve<H, F>(
                                 conn.await
                             }
                             () = idle => {
-                                tracing::debug!(%client, ?keepalive_timeout, "no request in flight for the keep-alive timeout: closing the connection");
+                                tracing::debug!(%client, keepalive_timeout = ?timeouts.keepalive, "no request in flight for the keep-alive timeout: closing the connection");
                                 conn.as_mut().graceful_shutdown();
                                 // HTTP/2's graceful close waits for the client to answer a PING:
                                 // one that never does is cut after another header timeout.
-                                tokio::time::timeout(header_timeout, conn).await.unwrap_or(Ok(()))
+                                tokio::time::timeout(timeouts.header, conn).await.unwrap_or(Ok(()))
                             }
                             () = stalled => {
                                 // An HTTP/2 client that keeps its stream window shut: the
