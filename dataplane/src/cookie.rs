@@ -15,10 +15,18 @@
 //! sealed            body + 16-byte tag; associated data = header || kind (b'r' | b's') || pool name
 //! route body        version u64 | state version u64 | issued-at u64 | expires-at u64 | session str8 |
 //!                   owner name str8 | owner uid str8 | owner addr str8 | chunks u16 | state bytes u32 |
-//!                   carry u32 | created-at u64 | flags u8 (bit 0: ended; other bits must be 0)
+//!                   carry u32 | created-at u64 | flags u8 (bit 0: ended; bit 1: inline state;
+//!                   other bits must be 0) | inline state, when bit 1: state flags u8 |
+//!                   state format str8 | state (the rest; deflated when state flag bit 0)
 //! state body        version u64 | flags u8 | session str8 | state format str8 |
 //!                   state (the rest; deflated when flag bit 0)
 //! ```
+//!
+//! A small state may travel **inside the routing cookie** ([`StoredState`]; the route then names
+//! no chunks): one seal, one base64 value and one `Set-Cookie` line fewer on every response of
+//! such a session. Sidecars before this format's inline bit refuse such a route (a flag they do
+//! not know), so a pool writes inline states only once all its sidecars read them
+//! (`--inline-state-bytes`, 0 until then).
 //!
 //! `created-at` is when the session was first sealed (unix seconds), kept through every reseal
 //! and id rotation: the absolute timeout counts from it. A route with the `ended` flag is a
@@ -44,6 +52,7 @@ use crate::xchacha::{NONCE_LEN, TAG_LEN};
 /// as `unsupported_version`: such a session starts over once.)
 pub const FORMAT_VERSION: u8 = 3;
 const ROUTE_FLAG_ENDED: u8 = 1;
+const ROUTE_FLAG_INLINE: u8 = 2;
 /// The longest state format token the app may declare (a longer one is not recorded).
 pub const MAX_FORMAT_BYTES: usize = 64;
 const KIND_ROUTE: u8 = b'r';
@@ -52,6 +61,9 @@ const HEADER_LEN: usize = 9;
 const FLAG_DEFLATED: u8 = 1;
 /// States this large or larger are deflated when that makes them smaller.
 const COMPRESS_FROM: usize = 128;
+/// The largest stored state carried inside a routing cookie: the route's value stays well within
+/// the 4096 bytes browsers keep of one cookie (~150 bytes of route and seal, base64's 4/3).
+pub const MAX_INLINE_STATE_BYTES: u16 = 2048;
 /// The largest state a cookie may expand to: bounds decompression of hostile input.
 pub const MAX_STATE_BYTES: usize = 1 << 20;
 
@@ -151,6 +163,42 @@ pub struct Route {
     pub created_at: u64,
     /// A tombstone: the session ended (or rotated away) at this version; it has no state.
     pub ended: bool,
+    /// The state of `state_version`, carried in this cookie (then `chunks` and `state_bytes`
+    /// are 0).
+    pub inline: Option<StoredState>,
+}
+
+/// A state as a cookie stores it — deflated when that made it smaller, with the app's format
+/// token — before it is sealed: alone as a state value ([`seal_stored_state`]), or inside the
+/// routing cookie ([`Route::inline`]), where it is opened with the route and inflated only to
+/// restore it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct StoredState {
+    deflated: bool,
+    /// The app's own token for the state's format (empty when it declared none).
+    pub format: String,
+    stored: Vec<u8>,
+}
+
+impl StoredState {
+    /// `state` in the app's `format` (not recorded when longer than [`MAX_FORMAT_BYTES`]),
+    /// deflated when that makes it smaller.
+    pub fn new(state: &[u8], format: &str) -> Self {
+        let (flags, stored) = compress(state);
+        let format = if format.len() <= MAX_FORMAT_BYTES { format } else { "" };
+        StoredState { deflated: flags & FLAG_DEFLATED != 0, format: format.to_owned(), stored }
+    }
+
+    /// The bytes it adds to a cookie's body.
+    pub fn sealed_len(&self) -> usize {
+        2 + self.format.len() + self.stored.len()
+    }
+
+    /// The state, at most `max_state` bytes once inflated.
+    pub fn open(&self, max_state: usize) -> Result<Vec<u8>, CookieError> {
+        let flags = if self.deflated { FLAG_DEFLATED } else { 0 };
+        inflate_within(flags, &self.stored, max_state.min(MAX_STATE_BYTES))
+    }
 }
 
 fn seal_value(kind: u8, body: &[u8], pool: &str, ring: &KeyRing) -> String {
@@ -210,7 +258,8 @@ pub fn seal_route(route: &Route, pool: &str, ring: &KeyRing) -> String {
     // The fixed fields are 55 bytes with the four strings' lengths: room for all of it, so the
     // body is never grown (a reallocation and a copy on every seal).
     let strings = route.session.len() + route.owner.name.len() + route.owner.uid.len() + route.owner.addr.len();
-    let mut body = Vec::with_capacity(64 + strings);
+    let inline = route.inline.as_ref().map_or(0, StoredState::sealed_len);
+    let mut body = Vec::with_capacity(64 + strings + inline);
     body.extend_from_slice(&route.version.to_be_bytes());
     body.extend_from_slice(&route.state_version.to_be_bytes());
     body.extend_from_slice(&route.issued_at.to_be_bytes());
@@ -223,8 +272,17 @@ pub fn seal_route(route: &Route, pool: &str, ring: &KeyRing) -> String {
     body.extend_from_slice(&route.state_bytes.to_be_bytes());
     body.extend_from_slice(&route.carry.to_be_bytes());
     body.extend_from_slice(&route.created_at.to_be_bytes());
-    body.push(if route.ended { ROUTE_FLAG_ENDED } else { 0 });
-    debug_assert!(body.len() <= 64 + strings, "the route body outgrew its room");
+    let mut flags = if route.ended { ROUTE_FLAG_ENDED } else { 0 };
+    if route.inline.is_some() {
+        flags |= ROUTE_FLAG_INLINE;
+    }
+    body.push(flags);
+    if let Some(state) = &route.inline {
+        body.push(if state.deflated { FLAG_DEFLATED } else { 0 });
+        put_str8(&mut body, &state.format);
+        body.extend_from_slice(&state.stored);
+    }
+    debug_assert!(body.len() <= 64 + strings + inline, "the route body outgrew its room");
     seal_value(KIND_ROUTE, &body, pool, ring)
 }
 
@@ -243,9 +301,27 @@ pub fn open_route(value: &str, pool: &str, ring: &KeyRing, now: u64) -> Result<R
     let carry = r.u32()?;
     let created_at = r.u64()?;
     let flags = r.u8()?;
-    if !r.0.is_empty() || flags & !ROUTE_FLAG_ENDED != 0 {
+    if flags & !(ROUTE_FLAG_ENDED | ROUTE_FLAG_INLINE) != 0 {
         return Err(CookieError::Malformed);
     }
+    let inline = if flags & ROUTE_FLAG_INLINE != 0 {
+        let state_flags = r.u8()?;
+        let format = r.str8()?;
+        // An inline state is the route's only state, and a tombstone has none.
+        if state_flags & !FLAG_DEFLATED != 0
+            || format.len() > MAX_FORMAT_BYTES
+            || chunks != 0
+            || state_bytes != 0
+            || flags & ROUTE_FLAG_ENDED != 0
+        {
+            return Err(CookieError::Malformed);
+        }
+        Some(StoredState { deflated: state_flags & FLAG_DEFLATED != 0, format, stored: r.0.to_vec() })
+    } else if !r.0.is_empty() {
+        return Err(CookieError::Malformed);
+    } else {
+        None
+    };
     if expires_at <= now {
         return Err(CookieError::Expired);
     }
@@ -261,6 +337,7 @@ pub fn open_route(value: &str, pool: &str, ring: &KeyRing, now: u64) -> Result<R
         carry,
         created_at,
         ended: flags & ROUTE_FLAG_ENDED != 0,
+        inline,
     })
 }
 
@@ -279,14 +356,18 @@ pub fn seal_state_format(
     pool: &str,
     ring: &KeyRing,
 ) -> String {
-    let (flags, stored) = compress(state);
-    let format = if format.len() <= MAX_FORMAT_BYTES { format } else { "" };
-    let mut body = Vec::with_capacity(16 + session.len() + format.len() + stored.len());
+    seal_stored_state(session, version, &StoredState::new(state, format), pool, ring)
+}
+
+/// Seals a state already stored ([`StoredState::new`]) as the state value of `session` at
+/// `version`.
+pub fn seal_stored_state(session: &str, version: u64, state: &StoredState, pool: &str, ring: &KeyRing) -> String {
+    let mut body = Vec::with_capacity(16 + session.len() + state.sealed_len());
     body.extend_from_slice(&version.to_be_bytes());
-    body.push(flags);
+    body.push(if state.deflated { FLAG_DEFLATED } else { 0 });
     put_str8(&mut body, session);
-    put_str8(&mut body, format);
-    body.extend_from_slice(&stored);
+    put_str8(&mut body, &state.format);
+    body.extend_from_slice(&state.stored);
     seal_value(KIND_STATE, &body, pool, ring)
 }
 
@@ -633,6 +714,7 @@ mod tests {
             carry: 0,
             created_at: 900,
             ended: false,
+            inline: None,
         }
     }
 
@@ -670,8 +752,50 @@ mod tests {
         body.push(ROUTE_FLAG_ENDED);
         let with_ended = seal_value(KIND_ROUTE, &body, "p", &keys);
         assert_eq!(open_route(&with_ended, "p", &keys, 0).map(|r| r.ended), Err(CookieError::Expired), "expiry 0");
-        *body.last_mut().expect("flags") = 2;
+        *body.last_mut().expect("flags") = 4;
         assert_eq!(open_route(&seal_value(KIND_ROUTE, &body, "p", &keys), "p", &keys, 0), Err(CookieError::Malformed));
+        // The inline bit without the inline state after it.
+        *body.last_mut().expect("flags") = ROUTE_FLAG_INLINE;
+        assert_eq!(open_route(&seal_value(KIND_ROUTE, &body, "p", &keys), "p", &keys, 0), Err(CookieError::Malformed));
+    }
+
+    #[test]
+    fn an_inline_state_round_trips_in_the_route_and_opens_within_the_limit() {
+        let keys = ring(&[1]);
+        let small = Route { inline: Some(StoredState::new(b"{\"n\":7}", "cart-v2")), ..route(9, 0, 0) };
+        let value = seal_route(&small, "p", &keys);
+        let opened = open_route(&value, "p", &keys, 1_500).expect("opens");
+        assert_eq!(opened, small);
+        let inline = opened.inline.expect("inline");
+        assert_eq!((inline.open(100), inline.format.as_str()), (Ok(b"{\"n\":7}".to_vec()), "cart-v2"));
+        assert_eq!(inline.open(3), Err(CookieError::OverBudget));
+        // A state with repeats is deflated inside the route too, and bounded when inflated.
+        let repeats = vec![b'a'; 4_000];
+        let deflated = StoredState::new(&repeats, "");
+        assert!(deflated.sealed_len() < 100, "deflated: {} bytes", deflated.sealed_len());
+        let opened =
+            open_route(&seal_route(&Route { inline: Some(deflated), ..route(9, 0, 0) }, "p", &keys), "p", &keys, 0)
+                .map(|r| r.inline.map(|i| (i.open(4_000), i.open(3_999))));
+        assert_eq!(opened, Ok(Some((Ok(repeats), Err(CookieError::OverBudget)))));
+        // Refused: an inline state beside chunks, in a tombstone, with an unknown state flag.
+        let foreign = |chunks: u16, flags: u8, state_flags: u8| {
+            let mut body = Vec::new();
+            body.extend_from_slice(&[0u8; 24]);
+            body.extend_from_slice(&u64::MAX.to_be_bytes());
+            for s in ["s-1", "pod", "uid", "addr"] {
+                put_str8(&mut body, s);
+            }
+            body.extend_from_slice(&chunks.to_be_bytes());
+            body.extend_from_slice(&[0u8; 4 + 4 + 8]);
+            body.extend_from_slice(&[flags, state_flags]);
+            put_str8(&mut body, "");
+            body.extend_from_slice(b"state");
+            open_route(&seal_value(KIND_ROUTE, &body, "p", &keys), "p", &keys, 0).map(|r| r.inline.map(|i| i.open(10)))
+        };
+        assert_eq!(foreign(0, ROUTE_FLAG_INLINE, 0), Ok(Some(Ok(b"state".to_vec()))), "the encoder below is right");
+        assert_eq!(foreign(1, ROUTE_FLAG_INLINE, 0), Err(CookieError::Malformed), "beside chunks");
+        assert_eq!(foreign(0, ROUTE_FLAG_INLINE | ROUTE_FLAG_ENDED, 0), Err(CookieError::Malformed), "a tombstone");
+        assert_eq!(foreign(0, ROUTE_FLAG_INLINE, 2), Err(CookieError::Malformed), "an unknown state flag");
     }
 
     #[test]
@@ -823,7 +947,13 @@ mod tests {
             prop_assert_eq!(open_route(&seal_route(&r, "ns/pool", &keys), "ns/pool", &keys, 1_999), Ok(r.clone()));
             let jar: HashMap<String, &str> = chunks.into_iter().collect();
             let joined = join_state("h", &r, |n| jar.get(n).copied());
-            prop_assert_eq!(joined.and_then(|v| open_state_format(&v, &r, "ns/pool", &keys, 3000)), Ok((state, format)));
+            prop_assert_eq!(joined.and_then(|v| open_state_format(&v, &r, "ns/pool", &keys, 3000)), Ok((state.clone(), format.clone())));
+            // The same state inside the route (a live session's, not a tombstone's).
+            let inline = Route { chunks: 0, state_bytes: 0, ended: false, inline: Some(StoredState::new(&state, &format)), ..r };
+            let opened = open_route(&seal_route(&inline, "ns/pool", &keys), "ns/pool", &keys, 1_999);
+            prop_assert_eq!(opened.as_ref(), Ok(&inline));
+            let stored = opened.ok().and_then(|r| r.inline).map(|i| (i.open(3000), i.format));
+            prop_assert_eq!(stored, Some((Ok(state), format)));
         }
 
         #[test]

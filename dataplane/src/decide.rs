@@ -434,6 +434,7 @@ mod tests {
             carry: 0,
             created_at: 0,
             ended: false,
+            inline: None,
         }
     }
 

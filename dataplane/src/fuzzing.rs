@@ -349,6 +349,7 @@ fn seed_route() -> Route {
         carry: 0,
         created_at: NOW - 3_600,
         ended: false,
+        inline: None,
     }
 }
 

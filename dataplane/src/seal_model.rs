@@ -134,6 +134,7 @@ impl World {
             carry: 0,
             created_at: 0,
             ended: false,
+            inline: None,
         }
     }
 

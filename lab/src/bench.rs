@@ -60,6 +60,14 @@ pub struct BenchArgs {
     /// same app): the line `sidecar / compare build` compares two builds under the same noise.
     #[arg(long)]
     pub compare_exe: Option<PathBuf>,
+    /// One more argument of the measured sidecar's `run` (repeat it): e.g.
+    /// `--sidecar-arg=--inline-state-bytes=512`.
+    #[arg(long, allow_hyphen_values = true)]
+    pub sidecar_arg: Vec<String>,
+    /// One more argument of the `--compare-exe` build's `run` (repeat it): the same build with
+    /// another setting compares the setting under the same noise.
+    #[arg(long, allow_hyphen_values = true)]
+    pub compare_arg: Vec<String>,
     /// What each session's state holds besides its counter: `noise` (the demo app's blob of
     /// base64 noise, which LZ77 cannot shrink: the figures) or `cart` (a shopping cart
     /// in JSON, whose keys and words repeat, as apps' states do).
@@ -310,6 +318,7 @@ fn cookie_work_us(state_bytes: usize, kind: StateKind) -> f64 {
         carry: 0,
         created_at: now,
         ended: false,
+        inline: None,
     };
     let mut route_cookie = cookie::seal_route(&route, pool, &ring);
     // What the app pushes (its own work, not timed): a few successive states.
@@ -553,8 +562,8 @@ pub async fn run(args: BenchArgs) -> Result<(), String> {
         &dir.join("app.log"),
     )?);
     let app_pid = procs.0[0].id();
-    let sidecar_args = |listen: SocketAddr, admin: SocketAddr| {
-        [
+    let sidecar_args = |listen: SocketAddr, admin: SocketAddr, extra: &[String]| {
+        let mut args = [
             "run",
             "--listen",
             &listen.to_string(),
@@ -580,15 +589,19 @@ pub async fn run(args: BenchArgs) -> Result<(), String> {
             "warn",
         ]
         .map(str::to_owned)
+        .to_vec();
+        args.extend_from_slice(extra);
+        args
     };
     let sidecar_exe = args.sidecar_exe.clone().unwrap_or_else(|| exe.clone());
-    procs.0.push(spawn(&sidecar_exe, &sidecar_args(sidecar, admin), &dir.join("sidecar.log"))?);
+    procs.0.push(spawn(&sidecar_exe, &sidecar_args(sidecar, admin, &args.sidecar_arg), &dir.join("sidecar.log"))?);
     let sidecar_pid = procs.0[1].id();
     let conf = dir.join("nginx.conf");
     std::fs::write(&conf, nginx_config(&dir, nginx, app)).map_err(|e| e.to_string())?;
     let mut targets = vec![(Target::Direct, app, None), (Target::Sidecar, sidecar, sidecar_pid)];
     if let Some(compare_exe) = &args.compare_exe {
-        let child = spawn(compare_exe, &sidecar_args(compare, compare_admin), &dir.join("compare.log"))?;
+        let child =
+            spawn(compare_exe, &sidecar_args(compare, compare_admin, &args.compare_arg), &dir.join("compare.log"))?;
         targets.push((Target::Compare, compare, child.id()));
         procs.0.push(child);
         wait_for("the compare build to be ready", Duration::from_secs(15), || async move {

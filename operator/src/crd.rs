@@ -209,6 +209,14 @@ pub struct CookieSpec {
     #[schemars(range(min = 1024, max = 1048576))]
     pub max_request_header_bytes: i32,
 
+    /// States at most this many bytes once stored (deflated when smaller) travel inside the
+    /// routing cookie: one cookie, one seal and one `Set-Cookie` line fewer a response. 0
+    /// (default): never. Sidecars older than this field refuse such a cookie (a session reaching
+    /// one starts over): set it only once every pod of the pool runs a sidecar that has it.
+    #[serde(default)]
+    #[schemars(range(min = 0, max = 2048))]
+    pub inline_state_bytes: i32,
+
     /// `Path` attribute: two pools under one host (e.g. `/shop` and `/account` on one ingress)
     /// keep their cookies apart by path.
     #[serde(default = "default_cookie_path")]
@@ -566,6 +574,7 @@ impl Default for CookieSpec {
             max_bytes: default_cookie_max_bytes(),
             max_response_header_bytes: default_max_response_header_bytes(),
             max_request_header_bytes: default_max_request_header_bytes(),
+            inline_state_bytes: 0,
             path: default_cookie_path(),
             domain: String::new(),
         }

@@ -219,6 +219,9 @@ pub fn validate(pool: &ServerPool, default_image: &str, allowed: &ImageAllowList
     if !(1024..=65536).contains(&cookie.max_bytes) {
         out.push(problem("spec.cookie.maxBytes", format!("{} is outside 1024-65536", cookie.max_bytes)));
     }
+    if !(0..=2048).contains(&cookie.inline_state_bytes) {
+        out.push(problem("spec.cookie.inlineStateBytes", format!("{} is outside 0-2048", cookie.inline_state_bytes)));
+    }
     if cookie.same_site == crate::crd::SameSite::None && !cookie.secure {
         out.push(problem("spec.cookie.sameSite", "SameSite=None requires secure: true (browsers reject it otherwise)"));
     }
@@ -360,6 +363,7 @@ mod tests {
         s.cookie.max_age = "12 hours".into();
         s.cookie.absolute_timeout = "500ms".into();
         s.cookie.max_bytes = 100;
+        s.cookie.inline_state_bytes = 4096;
         s.cookie.same_site = SameSite::None;
         s.cookie.secure = false;
         assert_eq!(
@@ -369,6 +373,7 @@ mod tests {
                 "spec.cookie.maxAge",
                 "spec.cookie.absoluteTimeout",
                 "spec.cookie.maxBytes",
+                "spec.cookie.inlineStateBytes",
                 "spec.cookie.sameSite"
             ]
         );

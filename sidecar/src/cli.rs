@@ -265,6 +265,14 @@ pub struct RunArgs {
     /// Largest state (uncompressed) sealed into or restored from a cookie.
     #[arg(long, env = "HANDOVER_MAX_STATE_BYTES", default_value_t = 64 * 1024)]
     pub max_state_bytes: usize,
+    /// States at most this many bytes once stored (deflated when smaller, with their format
+    /// token) travel inside the routing cookie: one cookie, one seal and one `Set-Cookie` line
+    /// fewer a response. 0 (the default): never. Sidecars older than this option refuse such a
+    /// cookie (a session reaching one starts over): set it once every pod of the pool runs this
+    /// version or later.
+    #[arg(long, env = "HANDOVER_INLINE_STATE_BYTES", default_value_t = 0,
+        value_parser = clap::value_parser!(u16).range(..=handover_dataplane::cookie::MAX_INLINE_STATE_BYTES as i64))]
+    pub inline_state_bytes: u16,
     #[arg(long, env = "HANDOVER_LOG_LEVEL", default_value = "info")]
     pub log_level: String,
     #[arg(long, env = "HANDOVER_LOG_FORMAT", value_enum, default_value = "text")]
@@ -325,6 +333,7 @@ pub async fn run(args: RunArgs) -> Result<(), String> {
         max_held: args.max_held,
         max_sessions: args.max_sessions,
         max_state_bytes: args.max_state_bytes,
+        inline_state_bytes: usize::from(args.inline_state_bytes),
         limits: handover_dataplane::header_budget::Limits {
             response_headers: args.max_response_header_bytes,
             request_header: args.max_request_header_bytes,
@@ -526,16 +535,14 @@ pub fn inspect(
     let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
     let refused = |e: handover_dataplane::cookie::CookieError| format!("refused: {e} ({})", e.reason());
     let r = handover_dataplane::cookie::open_route(route_value, pool, &ring, now).map_err(refused)?;
-    // The state: joined from the chunks the input holds, opened with the largest state any pool may set.
-    let state = handover_dataplane::cookie::join_state(cookie_name, &r, lookup).and_then(|joined| {
-        handover_dataplane::cookie::open_state_format(
-            &joined,
-            &r,
-            pool,
-            &ring,
-            handover_dataplane::cookie::MAX_STATE_BYTES,
-        )
-    });
+    // The state: inside the route, or joined from the chunks the input holds; opened with the
+    // largest state any pool may set.
+    let max_state = handover_dataplane::cookie::MAX_STATE_BYTES;
+    let state = match &r.inline {
+        Some(stored) => stored.open(max_state).map(|state| (state, stored.format.clone())),
+        None => handover_dataplane::cookie::join_state(cookie_name, &r, lookup)
+            .and_then(|joined| handover_dataplane::cookie::open_state_format(&joined, &r, pool, &ring, max_state)),
+    };
     let state_report = match &state {
         Ok((state, format)) => serde_json::json!({
             "format": (!format.is_empty()).then_some(format),
@@ -554,6 +561,7 @@ pub fn inspect(
         "issued_at": r.issued_at,
         "expires_at": r.expires_at,
         "expires_in_seconds": r.expires_at.saturating_sub(now),
+        "state_in_route": r.inline.is_some(),
         "chunks": r.chunks,
         "sealed_state_bytes": r.state_bytes,
         "client_carries_at_most": (r.carry > 0).then_some(r.carry),

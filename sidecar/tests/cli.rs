@@ -69,6 +69,7 @@ fn cookie_inspect_opens_a_cookie_and_explains_a_refusal() {
         carry: 0,
         created_at: 1,
         ended: false,
+        inline: None,
     };
     let value = cookie::seal_route(&route, "shop/cart", &ring);
 
@@ -85,6 +86,26 @@ fn cookie_inspect_opens_a_cookie_and_explains_a_refusal() {
     assert_eq!(report["version"], 9);
     assert_eq!(report["created_at"], 1);
     assert_eq!(report["state"]["utf8"], r#"{"count":3}"#);
+    assert_eq!(report["state_in_route"], false);
+
+    // A state inside the routing cookie (`--inline-state-bytes`): no chunk needed.
+    let inline = Route {
+        chunks: 0,
+        state_bytes: 0,
+        inline: Some(cookie::StoredState::new(br#"{"count":4}"#, "cart-v2")),
+        ..route.clone()
+    };
+    let out = exe()
+        .args(["cookie", "inspect", "--pool", "shop/cart", "--key-file"])
+        .arg(&key_file)
+        .arg(cookie::seal_route(&inline, "shop/cart", &ring))
+        .output()
+        .expect("inspect runs");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON report");
+    assert_eq!(report["state_in_route"], true);
+    assert_eq!(report["state"]["utf8"], r#"{"count":4}"#);
+    assert_eq!(report["state"]["format"], "cart-v2");
 
     // A Cookie header as a browser sends it for a pool with the default name: found by itself.
     for name in ["handover-5dff3eb8", "__Host-handover-5dff3eb8"] {

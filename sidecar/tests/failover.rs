@@ -256,3 +256,37 @@ async fn an_app_restarted_at_once_never_serves_a_session_empty() {
         }
     }
 }
+
+/// `--inline-state-bytes`: a small state travels inside the routing cookie (no state chunk), a
+/// large one in chunks and back again (the chunks deleted); a takeover after the owner's SIGKILL
+/// opens the state in the route — from the client's cookie alone (backups off), or from the
+/// successor's backup, whose route carries it too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_state_inside_the_routing_cookie_survives_the_owners_sigkill() {
+    for backup in ["off", "successor"] {
+        let mut pool = support::pool_with(3, &["--inline-state-bytes", "512", "--backup", backup], &[]).await;
+        let (name, ready) = (pool.cookie_name(), pool.ready_handle());
+        let chunk = format!("{name}.0");
+        let mut s = CounterSession::default();
+        let holds = |s: &CounterSession| (s.client.jar.contains_key(&name), s.client.jar.contains_key(&chunk));
+        assert_eq!(s.incr(&ready).await.expect("increment"), 1);
+        assert_eq!(holds(&s), (true, false), "{backup}: a small state is in the route: {:?}", s.client.jar.keys());
+        let owner = s.client.connected_to().expect("connected");
+        let blob = |bytes: usize| format!("/blob?bytes={bytes}");
+        let reply = s.client.send(|| Some(owner), Method::POST, &blob(3_000)).await.expect("a large state");
+        assert_eq!(reply.status, StatusCode::OK);
+        assert_eq!(holds(&s), (true, true), "{backup}: a large state is in chunks");
+        let reply = s.client.send(|| Some(owner), Method::POST, &blob(0)).await.expect("a small state again");
+        assert_eq!(reply.status, StatusCode::OK);
+        assert_eq!(holds(&s), (true, false), "{backup}: the chunks are deleted");
+        assert_eq!(s.incr(&ready).await.expect("increment"), 2);
+
+        let victim = pool.pods.iter().position(|p| p.data() == owner).expect("the owner is a pod");
+        pool.kill_pod(victim).await;
+        assert_eq!(s.incr(&ready).await.expect("increment after SIGKILL"), 3, "{backup}: taken over");
+        assert_eq!(holds(&s), (true, false), "{backup}: the new owner keeps it in the route");
+        assert_eq!(s.verify(&ready).await.expect("count"), 3);
+        assert_eq!(s.lost, 0);
+        assert!(pool.metric("handover_takeovers_total").await >= 1.0, "{backup}: the session was taken over");
+    }
+}

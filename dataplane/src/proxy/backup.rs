@@ -189,6 +189,7 @@ impl Proxy {
             carry: 0,
             created_at: unix,
             ended: true,
+            inline: None,
         };
         let route_value = cookie::seal_route(&route, &self.cfg.pool, &self.keys.ring());
         self.back_up(Backup {

@@ -12,7 +12,7 @@ use super::headers::READS_HEADER;
 use super::request::RequestCookie;
 use super::sessions::Local;
 use super::{Proxy, text_response, unix_now};
-use crate::cookie::{self, Route};
+use crate::cookie::{self, Route, StoredState};
 use crate::decide;
 use crate::registry::Member;
 use crate::upstream::Body;
@@ -55,8 +55,8 @@ pub(super) enum Restored {
 
 /// The newest copy of a session's state, as a restore finds it.
 enum Newest {
-    /// (version, state, the format the app declared for it, the sealed state value).
-    State(u64, Vec<u8>, String, String),
+    /// (version, state, the format the app declared for it, the copy as the cookies carry it).
+    State(u64, Vec<u8>, String, StateCopy),
     /// A tombstone of this version.
     Ended(u64),
     Lost,
@@ -68,8 +68,16 @@ enum Newest {
 pub(super) struct Carried {
     /// The version of the state the copy holds.
     pub(super) state_version: u64,
-    /// The sealed state value (`cookie::seal_state`).
-    pub(super) state_value: String,
+    pub(super) copy: StateCopy,
+}
+
+/// A session's state as its cookies carry it.
+#[derive(Clone, Debug)]
+pub(super) enum StateCopy {
+    /// A sealed state value (`cookie::seal_state`), in state chunks.
+    Sealed(String),
+    /// Inside the routing cookie (`cookie::Route::inline`).
+    Inline(StoredState),
 }
 
 impl Proxy {
@@ -111,8 +119,8 @@ impl Proxy {
             self.set_local(session, Local { version: route.version, sealed_at: None, created_at });
             return Ok(Restored::Already);
         }
-        let (version, state, format, state_value) = match self.newest_copy(rc, route).await {
-            Newest::State(version, state, format, value) => (version, state, format, value),
+        let (version, state, format, copy) = match self.newest_copy(rc, route).await {
+            Newest::State(version, state, format, copy) => (version, state, format, copy),
             Newest::Ended(tombstone) => {
                 self.metrics.sessions_reset.get_or_create(&[("reason", "ended")]).inc();
                 tracing::info!(
@@ -175,7 +183,7 @@ impl Proxy {
             // This pod owns the session now; its backup goes to this pod's successor.
             store.remove(session);
         }
-        Ok(Restored::Done(Carried { state_version: version, state_value }))
+        Ok(Restored::Done(Carried { state_version: version, copy }))
     }
 
     /// The newest copy of the session's state: the client's chunks, a backup, or a tombstone.
@@ -184,7 +192,7 @@ impl Proxy {
         let from_cookie = match &rc.state {
             Ok(Some(value)) => {
                 match cookie::open_state_format(value, route, &self.cfg.pool, &ring, self.cfg.max_state_bytes) {
-                    Ok((state, format)) => Some((route.state_version, state, format, value.clone())),
+                    Ok((state, format)) => Some((route.state_version, state, format, StateCopy::Sealed(value.clone()))),
                     Err(e) => {
                         self.metrics.cookie_rejects.get_or_create(&[("reason", e.reason())]).inc();
                         tracing::info!(session = %route.session, error = %e, "the client's state chunks do not open");
@@ -192,7 +200,19 @@ impl Proxy {
                     }
                 }
             }
-            Ok(None) => None,
+            Ok(None) => match &route.inline {
+                Some(stored) => match stored.open(self.cfg.max_state_bytes) {
+                    Ok(state) => {
+                        Some((route.state_version, state, stored.format.clone(), StateCopy::Inline(stored.clone())))
+                    }
+                    Err(e) => {
+                        self.metrics.cookie_rejects.get_or_create(&[("reason", e.reason())]).inc();
+                        tracing::info!(session = %route.session, error = %e, "the routing cookie's state does not open");
+                        None
+                    }
+                },
+                None => None,
+            },
             Err(e) => {
                 tracing::info!(session = %route.session, error = %e, "the client did not carry the session's state whole");
                 None
@@ -202,7 +222,7 @@ impl Proxy {
             Found::Backup(backup) => backup,
             Found::HeldBy(holder) => return Newest::HeldBy(holder),
         };
-        let cookie_copy = |c: Option<(u64, Vec<u8>, String, String)>| match c {
+        let cookie_copy = |c: Option<(u64, Vec<u8>, String, StateCopy)>| match c {
             Some((version, state, format, value)) => Newest::State(version, state, format, value),
             None => Newest::Lost,
         };
@@ -210,19 +230,26 @@ impl Proxy {
             decide::Copy::Cookie => cookie_copy(from_cookie),
             decide::Copy::Backup => {
                 let Some(b) = backup else { return cookie_copy(from_cookie) };
+                let max_state = self.cfg.max_state_bytes;
                 let opened = cookie::open_route(&b.route, &self.cfg.pool, &ring, unix_now()).and_then(|r| {
                     if r.ended {
                         return Ok(None);
                     }
-                    cookie::open_state_format(&b.state, &r, &self.cfg.pool, &ring, self.cfg.max_state_bytes).map(Some)
+                    match r.inline {
+                        Some(stored) => {
+                            Ok(Some((stored.open(max_state)?, stored.format.clone(), StateCopy::Inline(stored))))
+                        }
+                        None => cookie::open_state_format(&b.state, &r, &self.cfg.pool, &ring, max_state)
+                            .map(|(state, format)| Some((state, format, StateCopy::Sealed(b.state.clone())))),
+                    }
                 });
                 // (The backup's own route names the state it carries: its state version.)
                 match opened {
                     Ok(None) => Newest::Ended(b.version),
-                    Ok(Some((state, format))) => {
+                    Ok(Some((state, format, copy))) => {
                         self.metrics.restores.get_or_create(&[("result", "from_backup")]).inc();
                         tracing::info!(session = %route.session, cookie_version = route.version, backup_version = b.version, "restoring the session's backup: newer than the client's cookie");
-                        Newest::State(b.version, state, format, b.state)
+                        Newest::State(b.version, state, format, copy)
                     }
                     Err(e) => {
                         tracing::warn!(session = %route.session, error = %e, "a backup does not open; using the cookie");

@@ -11,11 +11,11 @@ use http::header::{self, HeaderMap, HeaderValue};
 
 use super::headers::WARNING_HEADER;
 use super::request::RequestCookie;
-use super::restore::Carried;
+use super::restore::{Carried, StateCopy};
 use super::sessions::Local;
 use super::{Proxy, unix_now};
 use crate::backup::Backup;
-use crate::cookie::{self, Owner, Route};
+use crate::cookie::{self, Owner, Route, StoredState};
 use crate::decide::{self, SealAction, SealSource};
 use crate::header_budget::{self, Added, Over, Room};
 use handover_common::sync;
@@ -159,7 +159,7 @@ impl Proxy {
             now,
             created_at,
         );
-        let (source, state_version, state_value) = match seal.action {
+        let (source, state_version, copy) = match seal.action {
             SealAction::Keep => return false,
             SealAction::Delete => {
                 let deleted = self.delete_cookies(headers, rc);
@@ -180,22 +180,24 @@ impl Proxy {
                     self.not_sealed(headers, session, why);
                     return false;
                 }
-                let value = cookie::seal_state_format(
-                    session,
-                    seal.version,
-                    &state,
-                    &format,
-                    &self.cfg.pool,
-                    &self.keys.ring(),
-                );
-                (source, seal.version, value)
+                let stored = StoredState::new(&state, &format);
+                let copy = if stored.sealed_len() <= self.cfg.inline_state_bytes {
+                    StateCopy::Inline(stored)
+                } else {
+                    let ring = self.keys.ring();
+                    StateCopy::Sealed(cookie::seal_stored_state(session, seal.version, &stored, &self.cfg.pool, &ring))
+                };
+                (source, seal.version, copy)
             }
             SealAction::Seal(SealSource::Carry) => match carried {
-                Some(c) => (SealSource::Carry, c.state_version, c.state_value),
+                Some(c) => (SealSource::Carry, c.state_version, c.copy),
                 None => return false,
             },
             SealAction::Seal(SealSource::Refresh) => match (&rc.route, &rc.state) {
-                (Some(r), Ok(Some(value))) => (SealSource::Refresh, r.state_version, value.clone()),
+                (Some(r), Ok(Some(value))) => (SealSource::Refresh, r.state_version, StateCopy::Sealed(value.clone())),
+                (Some(r @ Route { inline: Some(stored), .. }), Ok(None)) => {
+                    (SealSource::Refresh, r.state_version, StateCopy::Inline(stored.clone()))
+                }
                 (Some(r), Ok(None)) if r.chunks == 0 => {
                     // The state is in no cookie (over the header budget: the app and the backup
                     // hold it). The route alone is resealed, so an active session is not cut at
@@ -218,16 +220,24 @@ impl Proxy {
         };
 
         let name = &self.cfg.cookie.attrs.name;
+        // A state inside the route leaves no sealed value: no chunks, and none in the backup.
+        let (state_value, inline) = match copy {
+            StateCopy::Sealed(value) => (value, None),
+            StateCopy::Inline(stored) => (String::new(), Some(stored)),
+        };
         let chunks = cookie::split_state(name, &state_value, self.chunk_bytes());
-        let route = self.route_for(
-            session,
-            seal.version,
-            state_version,
-            u16::try_from(chunks.len()).unwrap_or(u16::MAX),
-            u32::try_from(state_value.len()).unwrap_or(u32::MAX),
-            rc.carry,
-            created_at,
-        );
+        let route = Route {
+            inline,
+            ..self.route_for(
+                session,
+                seal.version,
+                state_version,
+                u16::try_from(chunks.len()).unwrap_or(u16::MAX),
+                u32::try_from(state_value.len()).unwrap_or(u32::MAX),
+                rc.carry,
+                created_at,
+            )
+        };
         let route_value = cookie::seal_route(&route, &self.cfg.pool, &self.keys.ring());
         // The idle timeout, or less: never past the absolute deadline.
         let max_age = route.expires_at.saturating_sub(route.issued_at);
@@ -267,12 +277,17 @@ impl Proxy {
                 // The route alone, naming this owner and the newest version, over the chunks the
                 // client holds (an older state, its copy of last resort), so the session is still
                 // routed here and nothing older passes for the newest.
-                let (state_version, chunks, state_bytes) = match (&rc.route, &rc.state) {
-                    (Some(old), Ok(Some(_))) => (old.state_version, old.chunks, old.state_bytes),
-                    _ => (0, 0, 0),
+                let (state_version, chunks, state_bytes, inline) = match (&rc.route, &rc.state) {
+                    (Some(old), Ok(Some(_))) => (old.state_version, old.chunks, old.state_bytes, None),
+                    (Some(old @ Route { inline: Some(stored), .. }), Ok(None)) => {
+                        (old.state_version, 0, 0, Some(stored.clone()))
+                    }
+                    _ => (0, 0, 0, None),
                 };
-                let route =
-                    self.route_for(session, seal.version, state_version, chunks, state_bytes, rc.carry, created_at);
+                let route = Route {
+                    inline,
+                    ..self.route_for(session, seal.version, state_version, chunks, state_bytes, rc.carry, created_at)
+                };
                 let value = cookie::seal_route(&route, &self.cfg.pool, &self.keys.ring());
                 let line = [(name.as_str(), value.as_str(), max_age)];
                 self.fit(&line, room).is_ok_and(|(set_cookies, _)| append(headers, set_cookies))
@@ -310,6 +325,7 @@ impl Proxy {
             carry,
             created_at,
             ended: false,
+            inline: None,
         }
     }
 

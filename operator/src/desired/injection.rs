@@ -172,6 +172,7 @@ pub fn sidecar_container(pool: &ServerPool, cfg: &InjectionConfig) -> Container 
         env("HANDOVER_COOKIE_MAX_BYTES", spec.cookie.max_bytes.to_string()),
         env("HANDOVER_MAX_RESPONSE_HEADER_BYTES", spec.cookie.max_response_header_bytes.to_string()),
         env("HANDOVER_MAX_REQUEST_HEADER_BYTES", spec.cookie.max_request_header_bytes.to_string()),
+        env("HANDOVER_INLINE_STATE_BYTES", spec.cookie.inline_state_bytes.to_string()),
         env("HANDOVER_BACKUP", spec.sidecar.backup.as_str()),
         env("HANDOVER_BACKUP_MAX_BYTES", spec.sidecar.backup_max_bytes.to_string()),
         env("HANDOVER_COOKIE_SECURE", spec.cookie.secure.to_string()),
