@@ -210,10 +210,9 @@ pub struct CookieSpec {
     pub max_request_header_bytes: i32,
 
     /// States at most this many bytes once stored (deflated when smaller) travel inside the
-    /// routing cookie: one cookie, one seal and one `Set-Cookie` line fewer a response. 0
-    /// (default): never. Sidecars older than this field refuse such a cookie (a session reaching
-    /// one starts over): set it only once every pod of the pool runs a sidecar that has it.
-    #[serde(default)]
+    /// routing cookie: one cookie, one seal and one `Set-Cookie` line fewer a response (default
+    /// 256). 0: never, every state in chunks.
+    #[serde(default = "default_inline_state_bytes")]
     #[schemars(range(min = 0, max = 2048))]
     pub inline_state_bytes: i32,
 
@@ -535,6 +534,10 @@ fn default_cookie_max_bytes() -> i32 {
 fn default_max_response_header_bytes() -> i32 {
     4096
 }
+fn default_inline_state_bytes() -> i32 {
+    256
+}
+
 fn default_max_request_header_bytes() -> i32 {
     8192
 }
@@ -574,7 +577,7 @@ impl Default for CookieSpec {
             max_bytes: default_cookie_max_bytes(),
             max_response_header_bytes: default_max_response_header_bytes(),
             max_request_header_bytes: default_max_request_header_bytes(),
-            inline_state_bytes: 0,
+            inline_state_bytes: default_inline_state_bytes(),
             path: default_cookie_path(),
             domain: String::new(),
         }

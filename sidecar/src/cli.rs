@@ -267,10 +267,8 @@ pub struct RunArgs {
     pub max_state_bytes: usize,
     /// States at most this many bytes once stored (deflated when smaller, with their format
     /// token) travel inside the routing cookie: one cookie, one seal and one `Set-Cookie` line
-    /// fewer a response. 0 (the default): never. Sidecars older than this option refuse such a
-    /// cookie (a session reaching one starts over): set it once every pod of the pool runs this
-    /// version or later.
-    #[arg(long, env = "HANDOVER_INLINE_STATE_BYTES", default_value_t = 0,
+    /// fewer a response. 0: never (every state in chunks).
+    #[arg(long, env = "HANDOVER_INLINE_STATE_BYTES", default_value_t = handover_dataplane::cookie::DEFAULT_INLINE_STATE_BYTES,
         value_parser = clap::value_parser!(u16).range(..=handover_dataplane::cookie::MAX_INLINE_STATE_BYTES as i64))]
     pub inline_state_bytes: u16,
     #[arg(long, env = "HANDOVER_LOG_LEVEL", default_value = "info")]

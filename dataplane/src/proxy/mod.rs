@@ -160,7 +160,7 @@ pub struct Config {
     /// Largest state (uncompressed) sealed or restored.
     pub max_state_bytes: usize,
     /// States this small once stored (deflated, with their format token) travel inside the routing
-    /// cookie; 0: never (every sidecar of the pool must read them first: `cookie::Route::inline`).
+    /// cookie (`cookie::Route::inline`); 0: never.
     pub inline_state_bytes: usize,
     /// The header limits of the path between clients and the pool.
     pub limits: crate::header_budget::Limits,
