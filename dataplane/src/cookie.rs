@@ -261,6 +261,10 @@ pub fn seal_route(route: &Route, pool: &str, ring: &KeyRing) -> String {
     // The fixed fields are 55 bytes with the four strings' lengths: room for all of it, so the
     // body is never grown (a reallocation and a copy on every seal).
     let strings = route.session.len() + route.owner.name.len() + route.owner.uid.len() + route.owner.addr.len();
+    debug_assert!(
+        route.inline.is_none() || (route.chunks == 0 && !route.ended),
+        "an inline state is a route's only state"
+    );
     let inline = route.inline.as_ref().map_or(0, StoredState::sealed_len);
     let mut body = Vec::with_capacity(64 + strings + inline);
     body.extend_from_slice(&route.version.to_be_bytes());

@@ -87,13 +87,19 @@ fn decode_headers(headers: &HeaderMap) -> Decoded {
             cookie::join_state(COOKIE_NAME, r, lookup)
                 .and_then(|joined| cookie::open_state(&joined, r, POOL, &RING, MAX_STATE_BYTES)),
         ),
+        Ok(Some(Route { inline: Some(stored), .. })) => Some(stored.open(MAX_STATE_BYTES)),
         _ => None,
     };
     Decoded { route, state }
 }
 
-/// The cookies a response sets for `route` with `state`, as the next request's Cookie header.
+/// The cookies a response sets for `route` with `state`, as the next request's Cookie header:
+/// the state inside the route when `route` carried it there, else in chunks.
 fn cookie_header(route: &Route, state: &[u8], ring: &KeyRing) -> String {
+    if let Some(stored) = &route.inline {
+        let inline = Route { inline: Some(cookie::StoredState::new(state, &stored.format)), ..route.clone() };
+        return format!("{COOKIE_NAME}={}", cookie::seal_route(&inline, POOL, ring));
+    }
     let value = cookie::seal_state(&route.session, route.version, state, POOL, ring);
     let chunks = cookie::split_state(COOKIE_NAME, &value, CHUNK_BYTES);
     let route = Route { chunks: chunks.len() as u16, state_bytes: value.len() as u32, ..route.clone() };
@@ -191,6 +197,10 @@ pub fn cookie_body(data: &[u8]) {
         let resealed = cookie::seal_route(&route, POOL, &RING);
         // Strings longer than 255 bytes cannot be in a body that decoded: the encoding is exact.
         assert_eq!(unseal_body(KIND_ROUTE, &resealed), body, "the re-encoded route body differs");
+        // A state inside the route inflates within the limit, or is refused.
+        if let Some(Ok(state)) = route.inline.map(|stored| stored.open(MAX_STATE_BYTES)) {
+            assert!(state.len() <= MAX_STATE_BYTES, "an inline state over the limit opened");
+        }
         return;
     }
     let Some(route) = route_claimed_by(body) else {
@@ -402,6 +412,12 @@ pub fn seeds() -> Vec<(&'static str, String, Vec<u8>)> {
     let mut tombstone_body = vec![KIND_ROUTE];
     tombstone_body.extend(unseal_body(KIND_ROUTE, &cookie::seal_route(&tombstone, POOL, &RING)));
     out.push(("cookie_body", "valid-route-tombstone".into(), tombstone_body));
+    let inline = Route { inline: Some(cookie::StoredState::new(b"{\"n\":1}", "cart-v2")), ..seed_route() };
+    let inline_value = cookie::seal_route(&inline, POOL, &RING);
+    let mut inline_body = vec![KIND_ROUTE];
+    inline_body.extend(unseal_body(KIND_ROUTE, &inline_value));
+    out.push(("cookie_body", "valid-route-inline".into(), inline_body));
+    out.push(("cookie", "valid-inline".into(), format!("theme=dark; {COOKIE_NAME}={inline_value}").into_bytes()));
     let with_format =
         cookie::seal_state_format(&seed_route().session, seed_route().version, b"{\"n\":1}", "cart-v2", POOL, &RING);
     let mut format_body = vec![KIND_STATE];
