@@ -5,7 +5,8 @@
 //! chunks** (`<name>.0`, `<name>.1`, …: the app's state at that version). They are apart so that a
 //! client that drops large cookies (curl sends at most ~8 KB of them) is still routed to the
 //! session's live owner and never silently starts a new session, and so that routing a request
-//! opens ~150 bytes: the state is opened only to restore it.
+//! opens ~150 bytes (plus a small state riding inside, below): a state in chunks is opened only to
+//! restore it.
 //!
 //! Wire format of both values, base64url without padding:
 //!
@@ -799,7 +800,7 @@ mod tests {
             body.extend_from_slice(b"state");
             open_route(&seal_value(KIND_ROUTE, &body, "p", &keys), "p", &keys, 0).map(|r| r.inline.map(|i| i.open(10)))
         };
-        assert_eq!(foreign(0, ROUTE_FLAG_INLINE, 0), Ok(Some(Ok(b"state".to_vec()))), "the encoder below is right");
+        assert_eq!(foreign(0, ROUTE_FLAG_INLINE, 0), Ok(Some(Ok(b"state".to_vec()))), "the body written here opens");
         assert_eq!(foreign(1, ROUTE_FLAG_INLINE, 0), Err(CookieError::Malformed), "beside chunks");
         assert_eq!(foreign(0, ROUTE_FLAG_INLINE | ROUTE_FLAG_ENDED, 0), Err(CookieError::Malformed), "a tombstone");
         assert_eq!(foreign(0, ROUTE_FLAG_INLINE, 2), Err(CookieError::Malformed), "an unknown state flag");

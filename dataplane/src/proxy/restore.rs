@@ -1,5 +1,5 @@
-//! Restoring a session into the local app from its newest copy (the client's state chunks or a
-//! backup): once per version (a per-session lock), asking the app first when this pod owns it,
+//! Restoring a session into the local app from its newest copy (the client's cookies — state
+//! chunks, or the small state inside the routing cookie — or a backup): once per version (a per-session lock), asking the app first when this pod owns it,
 //! retried on failure, dropped on the app's refusal.
 
 use std::time::Duration;
@@ -87,8 +87,9 @@ impl Proxy {
     }
 
     /// Restores the session of `rc` into the local app unless a concurrent request of the same
-    /// session just did, from the newest copy ([`decide::newest_copy`]): the client's state chunks
-    /// or a backup a pool member keeps ([`Proxy::find_backup`]).
+    /// session just did, from the newest copy ([`decide::newest_copy`]): the client's (state chunks,
+    /// or the state inside its routing cookie) or a backup a pool member keeps
+    /// ([`Proxy::find_backup`]).
     ///
     /// When this pod is the owner (not a takeover), the app may still hold the session — the
     /// sidecar restarted, or only a connection closed — and its copy may be newer than the cookie
@@ -186,7 +187,8 @@ impl Proxy {
         Ok(Restored::Done(Carried { state_version: version, copy }))
     }
 
-    /// The newest copy of the session's state: the client's chunks, a backup, or a tombstone.
+    /// The newest copy of the session's state: the client's chunks or routing cookie, a backup, or
+    /// a tombstone.
     async fn newest_copy(&self, rc: &RequestCookie, route: &Route) -> Newest {
         let ring = self.keys.ring();
         let from_cookie = match &rc.state {
