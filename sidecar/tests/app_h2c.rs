@@ -328,3 +328,54 @@ async fn an_h2c_app_keeps_and_restores_its_sessions() {
     let (_, body) = curl_head(&["-c", &jar, "-b", &jar, "-X", "POST", incr.as_str()]);
     assert_eq!(count_of(&body), 4, "the session was restored into the restarted app");
 }
+
+/// An h2-only app on the h2 crate's server (for control over its frames): it resets the first
+/// `refuse` streams it sees with `REFUSED_STREAM` — "no processing has occurred" (RFC 9113 §8.7),
+/// what a server over its stream limit answers — and answers every other one
+/// `200 served`. Returns its address and the streams it saw.
+async fn start_refusing_app(refuse: usize) -> (SocketAddr, std::sync::Arc<AtomicUsize>) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = listener.local_addr().expect("address");
+    let seen = std::sync::Arc::new(AtomicUsize::new(0));
+    let streams = seen.clone();
+    tokio::spawn(async move {
+        while let Ok((socket, _)) = listener.accept().await {
+            let streams = streams.clone();
+            tokio::spawn(async move {
+                let Ok(mut conn) = h2::server::handshake(socket).await else { return };
+                while let Some(Ok((_request, mut respond))) = conn.accept().await {
+                    if streams.fetch_add(1, Ordering::SeqCst) < refuse {
+                        respond.send_reset(h2::Reason::REFUSED_STREAM);
+                        continue;
+                    }
+                    let head = Response::builder().status(StatusCode::OK).body(()).expect("a response head");
+                    if let Ok(mut body) = respond.send_response(head, false) {
+                        let _ = body.send_data(Bytes::from_static(b"served"), true);
+                    }
+                }
+            });
+        }
+    });
+    (addr, seen)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stream_the_app_refuses_is_sent_again_when_it_has_no_body() {
+    let dir = scratch("refused");
+    let (app, seen) = start_refusing_app(2).await;
+    let (data, _sidecar) = start_sidecar(app, &dir).await;
+    let curl = |args: Vec<String>| async move {
+        tokio::task::spawn_blocking(move || curl_head(&args.iter().map(String::as_str).collect::<Vec<_>>()))
+            .await
+            .expect("curl ran")
+    };
+    let (head, body) = curl(vec![format!("http://{data}/page")]).await;
+    let log = || std::fs::read_to_string(dir.join("sidecar.log")).unwrap_or_default();
+    assert_eq!(body, "served", "{head:?}\n{}", log());
+    assert_eq!(seen.load(Ordering::SeqCst), 3, "two refused streams, then the one answered");
+    // A request with a body cannot be replayed without holding the body back: the app's refusal
+    // is the client's 502 (nothing was processed: its client may send it again).
+    seen.store(1, Ordering::SeqCst);
+    let (head, body) = curl(vec!["--data-binary".into(), "x=1".into(), format!("http://{data}/form")]).await;
+    assert!(body.contains("the application failed while answering"), "{head:?} {body}");
+}

@@ -11,11 +11,11 @@ use http::header::{self, HeaderValue};
 use http::{Method, Request, Response, StatusCode};
 use http_body_util::{BodyExt, Limited};
 
-use super::headers::{AppFields, FORMAT_HEADER, SESSION_HEADER, h2_form, origin_form, strip_hop_by_hop};
+use super::headers::{AppFields, FORMAT_HEADER, SESSION_HEADER, WantsTrailers, h2_form, origin_form, strip_hop_by_hop};
 use super::peer::bridge_upgrade;
 use super::request::RequestCookie;
 use super::restore::Carried;
-use super::{Proxy, body_too_slow, cut_by_client, full, text_response};
+use super::{Proxy, body_too_slow, cause, cut_by_client, full, text_response};
 use crate::cache;
 use crate::metrics::BadRequest;
 use crate::upstream::{AppSender, Body, h1};
@@ -430,7 +430,19 @@ impl Proxy {
                 let mut sender = conn.into_hyper(self.cfg.app).await.map_err(|e| SendError::Failed(e.to_string()))?;
                 sender.try_send_request(req).await
             }
-            AppSender::H2(mut sender) => sender.try_send_request(req).await,
+            AppSender::H2(mut sender) => {
+                // A stream the app refuses was not processed (RFC 9113 §8.7): a request without a
+                // body is sent again from a copy of its head, like one a closing HTTP/1.1
+                // connection never took. (One with a body would have to be held back whole.)
+                let copy = hyper::body::Body::is_end_stream(req.body()).then(|| bodiless_copy(&req));
+                match (sender.try_send_request(req).await, copy) {
+                    (Err(e), Some(copy)) if e.message().is_none() && refused_stream(e.error()) => {
+                        tracing::debug!(method = %copy.method(), "the app refused the request's stream; sending it again");
+                        return Err(SendError::NotSent(Box::new(copy)));
+                    }
+                    (sent, _) => sent,
+                }
+            }
         };
         match sent {
             Ok(resp) => Ok(resp.map(|b| b.map_err(Into::into).boxed())),
@@ -551,4 +563,24 @@ impl Proxy {
             }
         }
     }
+}
+
+/// Whether the app reset the request's stream with `REFUSED_STREAM`: it did not process it.
+fn refused_stream(e: &hyper::Error) -> bool {
+    cause::<h2::Error>(e)
+        .is_some_and(|e| e.is_reset() && e.is_remote() && e.reason() == Some(h2::Reason::REFUSED_STREAM))
+}
+
+/// A request without a body, as `req` (whose body is empty) was sent: its head, and whether it
+/// wants trailers (the one extension the h2c path reads).
+fn bodiless_copy(req: &Request<Body>) -> Request<Body> {
+    let mut copy = Request::new(full(Bytes::new()));
+    *copy.method_mut() = req.method().clone();
+    *copy.uri_mut() = req.uri().clone();
+    *copy.version_mut() = req.version();
+    *copy.headers_mut() = req.headers().clone();
+    if req.extensions().get::<WantsTrailers>().is_some() {
+        copy.extensions_mut().insert(WantsTrailers);
+    }
+    copy
 }

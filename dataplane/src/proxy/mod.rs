@@ -632,14 +632,19 @@ impl Proxy {
 /// Whether a failed exchange with the app or a peer was cut by the client's own request body
 /// (see [`crate::timed_body`]), not by the other side.
 fn cut_by_client(e: &hyper::Error) -> bool {
+    cause::<crate::timed_body::BodyTimeout>(e).is_some()
+}
+
+/// The first error of type `T` among the causes of `e`.
+fn cause<T: std::error::Error + 'static>(e: &hyper::Error) -> Option<&T> {
     let mut source = std::error::Error::source(e);
     while let Some(err) = source {
-        if err.is::<crate::timed_body::BodyTimeout>() {
-            return true;
+        if let Some(found) = err.downcast_ref::<T>() {
+            return Some(found);
         }
         source = err.source();
     }
-    false
+    None
 }
 
 fn body_too_slow() -> Response<Body> {

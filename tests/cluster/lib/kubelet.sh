@@ -138,7 +138,13 @@ import_image() {
     return 0
   fi
   log "importing $archive into containerd (k8s.io) as $name"
-  out="$(ctr_ images import --index-name "$name" "$archive" 2>&1)" || die "ctr images import $archive failed: $out"
+  if ! out="$(ctr_ images import --index-name "$name" "$archive" 2>&1)"; then
+    # containerd 1.6's import once (in ~12 CI runs, 2026-12-03) did not find, while unpacking, the
+    # index it had just written ("content digest sha256:…: not found", the archive intact). The
+    # second import writes the index again; a second failure is the run's.
+    log "ctr images import $archive failed ($out); importing it once more"
+    out="$(ctr_ images import --index-name "$name" "$archive" 2>&1)" || die "ctr images import $archive failed twice: $out"
+  fi
   image_present "$name" || die "ctr images import $archive did not give image $name: $out"
   echo "$name" >"$CONTAINERD_DIR/imported.$sum"
 }
