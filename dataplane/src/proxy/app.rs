@@ -62,6 +62,9 @@ struct SentUnanswered;
 enum SendError {
     /// The app's connection closed before the request was sent: route it again.
     NotSent(Box<Request<Body>>),
+    /// The app refused the request's stream on a live h2c connection (not processed): send it
+    /// again. Unlike a closed connection, no sign that the app restarted.
+    Refused(Box<Request<Body>>),
     /// The client's body came too slowly (`timed_body`).
     CutByClient,
     /// No response head within the response timeout.
@@ -310,6 +313,7 @@ impl Proxy {
                 }
                 return Served::NotSent(unsent);
             }
+            Err(SendError::Refused(unsent)) => return Served::NotSent(*unsent),
             Err(SendError::CutByClient) => return Served::Response(body_too_slow()),
             Err(SendError::Failed(e)) => {
                 tracing::warn!(error = %e, "the app failed while answering");
@@ -438,7 +442,7 @@ impl Proxy {
                 match (sender.try_send_request(req).await, copy) {
                     (Err(e), Some(copy)) if e.message().is_none() && refused_stream(e.error()) => {
                         tracing::debug!(method = %copy.method(), "the app refused the request's stream; sending it again");
-                        return Err(SendError::NotSent(Box::new(copy)));
+                        return Err(SendError::Refused(Box::new(copy)));
                     }
                     (sent, _) => sent,
                 }

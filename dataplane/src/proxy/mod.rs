@@ -565,7 +565,7 @@ impl Proxy {
                                 Route::Refused,
                                 text_response(
                                     StatusCode::BAD_GATEWAY,
-                                    "handover: the application keeps closing connections\n",
+                                    "handover: the application keeps closing connections or refusing the request\n",
                                 ),
                             );
                         }
