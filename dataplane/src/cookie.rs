@@ -392,6 +392,21 @@ pub fn open_state(
     open_state_format(value, route, pool, ring, max_state).map(|(state, _)| state)
 }
 
+/// The state `route` names and its format: inside the route ([`Route::inline`]), else in
+/// `sealed_value` (the joined chunks, or a backup's state value) — the one place that rule is read.
+pub fn open_route_state(
+    route: &Route,
+    sealed_value: &str,
+    pool: &str,
+    ring: &KeyRing,
+    max_state: usize,
+) -> Result<(Vec<u8>, String), CookieError> {
+    match &route.inline {
+        Some(stored) => Ok((stored.open(max_state)?, stored.format.clone())),
+        None => open_state_format(sealed_value, route, pool, ring, max_state),
+    }
+}
+
 /// [`open_state`], and the state format the app declared when it was sealed (empty: none).
 pub fn open_state_format(
     value: &str,

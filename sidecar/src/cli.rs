@@ -536,11 +536,8 @@ pub fn inspect(
     // The state: inside the route, or joined from the chunks the input holds; opened with the
     // largest state any pool may set.
     let max_state = handover_dataplane::cookie::MAX_STATE_BYTES;
-    let state = match &r.inline {
-        Some(stored) => stored.open(max_state).map(|state| (state, stored.format.clone())),
-        None => handover_dataplane::cookie::join_state(cookie_name, &r, lookup)
-            .and_then(|joined| handover_dataplane::cookie::open_state_format(&joined, &r, pool, &ring, max_state)),
-    };
+    let state = handover_dataplane::cookie::join_state(cookie_name, &r, lookup)
+        .and_then(|joined| handover_dataplane::cookie::open_route_state(&r, &joined, pool, &ring, max_state));
     let state_report = match &state {
         Ok((state, format)) => serde_json::json!({
             "format": (!format.is_empty()).then_some(format),

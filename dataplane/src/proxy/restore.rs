@@ -80,6 +80,16 @@ pub(super) enum StateCopy {
     Inline(StoredState),
 }
 
+impl StateCopy {
+    /// The copy `route` and its `sealed_value` carry: the route's own state, else the sealed value.
+    fn of(route: &Route, sealed_value: &str) -> StateCopy {
+        match &route.inline {
+            Some(stored) => StateCopy::Inline(stored.clone()),
+            None => StateCopy::Sealed(sealed_value.to_owned()),
+        }
+    }
+}
+
 impl Proxy {
     pub(super) fn restore_lock(&self, session: &str) -> &tokio::sync::Mutex<()> {
         let shard = session.bytes().fold(0usize, |h, b| h.wrapping_mul(31).wrapping_add(usize::from(b)));
@@ -191,30 +201,20 @@ impl Proxy {
     /// a tombstone.
     async fn newest_copy(&self, rc: &RequestCookie, route: &Route) -> Newest {
         let ring = self.keys.ring();
+        let max_state = self.cfg.max_state_bytes;
         let from_cookie = match &rc.state {
-            Ok(Some(value)) => {
-                match cookie::open_state_format(value, route, &self.cfg.pool, &ring, self.cfg.max_state_bytes) {
-                    Ok((state, format)) => Some((route.state_version, state, format, StateCopy::Sealed(value.clone()))),
+            Ok(None) if route.inline.is_none() => None,
+            Ok(value) => {
+                let sealed = value.as_deref().unwrap_or_default();
+                match cookie::open_route_state(route, sealed, &self.cfg.pool, &ring, max_state) {
+                    Ok((state, format)) => Some((route.state_version, state, format, StateCopy::of(route, sealed))),
                     Err(e) => {
                         self.metrics.cookie_rejects.get_or_create(&[("reason", e.reason())]).inc();
-                        tracing::info!(session = %route.session, error = %e, "the client's state chunks do not open");
+                        tracing::info!(session = %route.session, error = %e, "the client's copy of the state does not open");
                         None
                     }
                 }
             }
-            Ok(None) => match &route.inline {
-                Some(stored) => match stored.open(self.cfg.max_state_bytes) {
-                    Ok(state) => {
-                        Some((route.state_version, state, stored.format.clone(), StateCopy::Inline(stored.clone())))
-                    }
-                    Err(e) => {
-                        self.metrics.cookie_rejects.get_or_create(&[("reason", e.reason())]).inc();
-                        tracing::info!(session = %route.session, error = %e, "the routing cookie's state does not open");
-                        None
-                    }
-                },
-                None => None,
-            },
             Err(e) => {
                 tracing::info!(session = %route.session, error = %e, "the client did not carry the session's state whole");
                 None
@@ -232,18 +232,12 @@ impl Proxy {
             decide::Copy::Cookie => cookie_copy(from_cookie),
             decide::Copy::Backup => {
                 let Some(b) = backup else { return cookie_copy(from_cookie) };
-                let max_state = self.cfg.max_state_bytes;
                 let opened = cookie::open_route(&b.route, &self.cfg.pool, &ring, unix_now()).and_then(|r| {
                     if r.ended {
                         return Ok(None);
                     }
-                    match r.inline {
-                        Some(stored) => {
-                            Ok(Some((stored.open(max_state)?, stored.format.clone(), StateCopy::Inline(stored))))
-                        }
-                        None => cookie::open_state_format(&b.state, &r, &self.cfg.pool, &ring, max_state)
-                            .map(|(state, format)| Some((state, format, StateCopy::Sealed(b.state.clone())))),
-                    }
+                    cookie::open_route_state(&r, &b.state, &self.cfg.pool, &ring, max_state)
+                        .map(|(state, format)| Some((state, format, StateCopy::of(&r, &b.state))))
                 });
                 // (The backup's own route names the state it carries: its state version.)
                 match opened {
