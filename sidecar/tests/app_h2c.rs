@@ -331,8 +331,8 @@ async fn an_h2c_app_keeps_and_restores_its_sessions() {
 
 /// An h2-only app on the h2 crate's server (for control over its frames): it resets the first
 /// `refuse` streams it sees with `REFUSED_STREAM` — "no processing has occurred" (RFC 9113 §8.7),
-/// what a server over its stream limit answers — and answers every other one
-/// `200 served`. Returns its address and the streams it saw.
+/// what a server over its stream limit answers — and answers every other one `200` with the body
+/// it received after `served `. Returns its address and the streams it saw.
 async fn start_refusing_app(refuse: usize) -> (SocketAddr, std::sync::Arc<AtomicUsize>) {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
     let addr = listener.local_addr().expect("address");
@@ -343,15 +343,13 @@ async fn start_refusing_app(refuse: usize) -> (SocketAddr, std::sync::Arc<Atomic
             let streams = streams.clone();
             tokio::spawn(async move {
                 let Ok(mut conn) = h2::server::handshake(socket).await else { return };
-                while let Some(Ok((_request, mut respond))) = conn.accept().await {
+                while let Some(Ok((request, respond))) = conn.accept().await {
                     if streams.fetch_add(1, Ordering::SeqCst) < refuse {
+                        let mut respond = respond;
                         respond.send_reset(h2::Reason::REFUSED_STREAM);
                         continue;
                     }
-                    let head = Response::builder().status(StatusCode::OK).body(()).expect("a response head");
-                    if let Ok(mut body) = respond.send_response(head, false) {
-                        let _ = body.send_data(Bytes::from_static(b"served"), true);
-                    }
+                    tokio::spawn(answer_with_body(request, respond));
                 }
             });
         }
@@ -359,23 +357,133 @@ async fn start_refusing_app(refuse: usize) -> (SocketAddr, std::sync::Arc<Atomic
     (addr, seen)
 }
 
+/// Answers `request` `200` with `served ` and the body it carried.
+async fn answer_with_body(request: Request<h2::RecvStream>, mut respond: h2::server::SendResponse<Bytes>) {
+    let mut received = b"served ".to_vec();
+    let mut body = request.into_body();
+    while let Some(Ok(data)) = body.data().await {
+        let _ = body.flow_control().release_capacity(data.len());
+        received.extend_from_slice(&data);
+    }
+    let head = Response::builder().status(StatusCode::OK).body(()).expect("a response head");
+    if let Ok(mut out) = respond.send_response(head, false) {
+        let _ = out.send_data(Bytes::from(received), true);
+    }
+}
+
+async fn curl_in_thread(args: Vec<String>) -> (Vec<(String, String)>, String) {
+    tokio::task::spawn_blocking(move || curl_head(&args.iter().map(String::as_str).collect::<Vec<_>>()))
+        .await
+        .expect("curl ran")
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_stream_the_app_refuses_is_sent_again_when_it_has_no_body() {
+async fn a_stream_the_app_refuses_is_sent_again_when_its_body_is_whole() {
     let dir = scratch("refused");
     let (app, seen) = start_refusing_app(2).await;
     let (data, _sidecar) = start_sidecar(app, &dir).await;
-    let curl = |args: Vec<String>| async move {
-        tokio::task::spawn_blocking(move || curl_head(&args.iter().map(String::as_str).collect::<Vec<_>>()))
-            .await
-            .expect("curl ran")
-    };
-    let (head, body) = curl(vec![format!("http://{data}/page")]).await;
     let log = || std::fs::read_to_string(dir.join("sidecar.log")).unwrap_or_default();
-    assert_eq!(body, "served", "{head:?}\n{}", log());
+    let (head, body) = curl_in_thread(vec![format!("http://{data}/page")]).await;
+    assert_eq!(body, "served ", "{head:?}\n{}", log());
     assert_eq!(seen.load(Ordering::SeqCst), 3, "two refused streams, then the one answered");
-    // A request with a body cannot be replayed without holding the body back: the app's refusal
-    // is the client's 502 (nothing was processed: its client may send it again).
+    // A POST's body, all of it read from the client's HTTP/1.1 connection, goes again with it.
     seen.store(1, Ordering::SeqCst);
-    let (head, body) = curl(vec!["--data-binary".into(), "x=1".into(), format!("http://{data}/form")]).await;
+    let form = vec!["--data-binary".into(), "x=1".into(), format!("http://{data}/form")];
+    let (head, body) = curl_in_thread(form).await;
+    assert_eq!(body, "served x=1", "{head:?}\n{}", log());
+    assert_eq!(seen.load(Ordering::SeqCst), 3, "one refused stream, then the one answered");
+    // A body still arriving (chunked: its end unknown) cannot be sent twice: the app's refusal is
+    // the client's 502 (nothing was processed: its client may send it again).
+    seen.store(1, Ordering::SeqCst);
+    let chunked = vec![
+        "-H".into(),
+        "Transfer-Encoding: chunked".into(),
+        "--data-binary".into(),
+        "x=1".into(),
+        format!("http://{data}/form"),
+    ];
+    let (head, body) = curl_in_thread(chunked).await;
     assert!(body.contains("the application failed while answering"), "{head:?} {body}");
+}
+
+/// An h2-only app whose first connection, once a request's HEADERS arrive, sends a GOAWAY that
+/// names no stream as processed (last stream 0, `NO_ERROR`: "might be retried", RFC 9113 §6.8) —
+/// a server shutting down as that request came in — and closes when the client does. Written
+/// frame by frame: the h2 crate's server counts every stream it received as processed. Every later
+/// connection is [`answer_with_body`]'s. Returns its address and the connections that spoke (the
+/// sidecar's watch on the app, which never does, apart).
+async fn start_going_away_app() -> (SocketAddr, std::sync::Arc<AtomicUsize>) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    const HEADERS: u8 = 0x1;
+    const SETTINGS: u8 = 0x4;
+    const GOAWAY: u8 = 0x7;
+    const ACK: u8 = 0x1;
+    /// The client's connection preface, before its first frame (RFC 9113 §3.4).
+    const PREFACE: usize = 24;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = listener.local_addr().expect("address");
+    let spoke = std::sync::Arc::new(AtomicUsize::new(0));
+    let connections = spoke.clone();
+    tokio::spawn(async move {
+        while let Ok((mut socket, _)) = listener.accept().await {
+            let connections = connections.clone();
+            tokio::spawn(async move {
+                let mut first = [0u8; 1];
+                if !matches!(socket.peek(&mut first).await, Ok(1..)) {
+                    return;
+                }
+                if connections.fetch_add(1, Ordering::SeqCst) > 0 {
+                    let Ok(mut conn) = h2::server::handshake(socket).await else { return };
+                    while let Some(Ok((request, respond))) = conn.accept().await {
+                        tokio::spawn(answer_with_body(request, respond));
+                    }
+                    return;
+                }
+                // SETTINGS (none changed).
+                let _ = socket.write_all(&[0, 0, 0, SETTINGS, 0, 0, 0, 0, 0]).await;
+                let (mut read, mut at, mut chunk) = (Vec::new(), PREFACE, [0u8; 4096]);
+                loop {
+                    let n = match socket.read(&mut chunk).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => n,
+                    };
+                    read.extend_from_slice(&chunk[..n]);
+                    // Each whole frame: a 9-byte head (length, type, flags, stream), its payload.
+                    while read.len() >= at + 9 {
+                        let len =
+                            usize::from(read[at]) << 16 | usize::from(read[at + 1]) << 8 | usize::from(read[at + 2]);
+                        if read.len() < at + 9 + len {
+                            break;
+                        }
+                        let (kind, flags) = (read[at + 3], read[at + 4]);
+                        at += 9 + len;
+                        if kind == SETTINGS && flags & ACK == 0 {
+                            let _ = socket.write_all(&[0, 0, 0, SETTINGS, ACK, 0, 0, 0, 0]).await;
+                        } else if kind == HEADERS {
+                            // Last stream 0, error code 0 (NO_ERROR).
+                            let goaway = [0, 0, 8, GOAWAY, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0];
+                            let _ = socket.write_all(&goaway).await;
+                        }
+                    }
+                }
+            });
+        }
+    });
+    (addr, spoke)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stream_the_apps_goaway_left_unprocessed_is_sent_again() {
+    let dir = scratch("goaway");
+    let (app, spoke) = start_going_away_app().await;
+    let (data, _sidecar) = start_sidecar(app, &dir).await;
+    let log = || std::fs::read_to_string(dir.join("sidecar.log")).unwrap_or_default();
+    let form = vec!["--data-binary".into(), "x=1".into(), format!("http://{data}/form")];
+    let (head, body) = curl_in_thread(form).await;
+    assert_eq!(body, "served x=1", "{head:?}\n{}", log());
+    assert_eq!(spoke.load(Ordering::SeqCst), 2, "the connection that went away, then a new one");
+    // The next request takes the new connection.
+    let (head, body) = curl_in_thread(vec![format!("http://{data}/page")]).await;
+    assert_eq!(body, "served ", "{head:?}\n{}", log());
+    assert_eq!(spoke.load(Ordering::SeqCst), 2, "no other connection");
 }

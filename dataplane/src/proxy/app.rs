@@ -60,7 +60,8 @@ struct SentUnanswered;
 
 /// Why a request handed to the app got no response.
 enum SendError {
-    /// The app's connection closed before the request was sent: route it again.
+    /// The app's connection closed before the request was sent, or it is closing and the app did
+    /// not process the request (an h2c GOAWAY): route it again.
     NotSent(Box<Request<Body>>),
     /// The app refused the request's stream on a live h2c connection (not processed): send it
     /// again. Unlike a closed connection, no sign that the app restarted.
@@ -428,24 +429,44 @@ impl Proxy {
     }
 
     /// Sends `req` through hyper's client: on `sender`'s HTTP/1.1 connection, or its h2c one.
-    async fn send_with_hyper(&self, sender: AppSender, req: Request<Body>) -> Result<Response<Body>, SendError> {
+    async fn send_with_hyper(&self, sender: AppSender, mut req: Request<Body>) -> Result<Response<Body>, SendError> {
         let sent = match sender {
             AppSender::Http1(conn) => {
                 let mut sender = conn.into_hyper(self.cfg.app).await.map_err(|e| SendError::Failed(e.to_string()))?;
                 sender.try_send_request(req).await
             }
             AppSender::H2(mut sender) => {
-                // A stream the app refuses was not processed (RFC 9113 §8.7): a request without a
-                // body is sent again from a copy of its head, like one a closing HTTP/1.1
-                // connection never took. (One with a body would have to be held back whole.)
-                let copy = hyper::body::Body::is_end_stream(req.body()).then(|| bodiless_copy(&req));
-                match (sender.try_send_request(req).await, copy) {
-                    (Err(e), Some(copy)) if e.message().is_none() && refused_stream(e.error()) => {
-                        tracing::debug!(method = %copy.method(), "the app refused the request's stream; sending it again");
-                        return Err(SendError::Refused(Box::new(copy)));
+                // A stream the app did not process is sent again from a copy, when the request's
+                // body is whole in hand (none, or all of it read already, as the client's HTTP/1.1
+                // connection reads a small one): a body still arriving cannot be sent twice.
+                let copy = h1::whole_body(&mut req).map(|body| {
+                    let copy = resendable_copy(&req, body.clone());
+                    if !body.is_empty() {
+                        *req.body_mut() = full(body);
                     }
-                    (sent, _) => sent,
+                    copy
+                });
+                let sent = sender.try_send_request(req).await;
+                if let (Err(e), Some(copy)) = (&sent, copy)
+                    && e.message().is_none()
+                {
+                    match not_processed(e.error()) {
+                        Some(NotProcessed::Refused) => {
+                            tracing::debug!(method = %copy.method(), "the app refused the request's stream; sending it again");
+                            return Err(SendError::Refused(Box::new(copy)));
+                        }
+                        Some(NotProcessed::GoingAway) => {
+                            // The connection is closing: the next request opens another. Its
+                            // app may be shutting down to restart, as when an HTTP/1.1
+                            // connection closes before taking a request.
+                            tracing::debug!(method = %copy.method(), "the app's GOAWAY left the request's stream unprocessed; sending it again");
+                            self.upstreams.forget_h2(self.cfg.app);
+                            return Err(SendError::NotSent(Box::new(copy)));
+                        }
+                        None => {}
+                    }
                 }
+                sent
             }
         };
         match sent {
@@ -569,16 +590,35 @@ impl Proxy {
     }
 }
 
-/// Whether the app reset the request's stream with `REFUSED_STREAM`: it did not process it.
-fn refused_stream(e: &hyper::Error) -> bool {
-    cause::<h2::Error>(e)
-        .is_some_and(|e| e.is_reset() && e.is_remote() && e.reason() == Some(h2::Reason::REFUSED_STREAM))
+/// How an h2c app said that it did not process a request's stream, so that sending it again is
+/// safe whatever its method.
+enum NotProcessed {
+    /// The stream was reset with `REFUSED_STREAM` (RFC 9113 §8.7), on a connection that lives on.
+    Refused,
+    /// A GOAWAY from the app named a last stream below this one (RFC 9113 §6.8), or had come
+    /// before it was sent: the connection is closing. (h2 reports a GOAWAY to those streams only;
+    /// one the app took is cut, if at all, as a broken connection.)
+    GoingAway,
 }
 
-/// A request without a body, as `req` (whose body is empty) was sent: its head, and whether it
-/// wants trailers (the one extension the h2c path reads).
-fn bodiless_copy(req: &Request<Body>) -> Request<Body> {
-    let mut copy = Request::new(full(Bytes::new()));
+fn not_processed(e: &hyper::Error) -> Option<NotProcessed> {
+    let e = cause::<h2::Error>(e)?;
+    if !e.is_remote() {
+        return None;
+    }
+    if e.is_go_away() {
+        Some(NotProcessed::GoingAway)
+    } else if e.is_reset() && e.reason() == Some(h2::Reason::REFUSED_STREAM) {
+        Some(NotProcessed::Refused)
+    } else {
+        None
+    }
+}
+
+/// `req` as it was sent, with `body` (its whole body): its head, and whether it wants trailers
+/// (the one extension the h2c path reads).
+fn resendable_copy(req: &Request<Body>, body: Bytes) -> Request<Body> {
+    let mut copy = Request::new(full(body));
     *copy.method_mut() = req.method().clone();
     *copy.uri_mut() = req.uri().clone();
     *copy.version_mut() = req.version();

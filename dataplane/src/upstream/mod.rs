@@ -228,6 +228,11 @@ impl Upstreams {
         sync::lock(&self.h2).remove(&addr);
     }
 
+    /// Forgets the h2c connection to `addr` (it is going away): the next request opens another.
+    pub fn forget_h2(&self, addr: SocketAddr) {
+        sync::lock(&self.h2).remove(&addr);
+    }
+
     fn take_idle(&self, addr: SocketAddr) -> Option<SendRequest<Body>> {
         let mut idle = sync::lock(&self.idle);
         let list = idle.get_mut(&addr)?;
