@@ -161,7 +161,8 @@ pub(crate) fn literal_block(data: &[u8]) -> Result<Option<Vec<u8>>, CodeTooLong>
     let lit_codes = canonical_codes(&lit_lens);
     let mut out = BitWriter::for_bytes(total_bytes as usize);
     header.write(&mut out);
-    out.put_bytes(data, &lit_codes, &lit_lens);
+    let longest = lit_lens.iter().copied().max().unwrap_or(MAX_CODE_BITS);
+    out.put_bytes(data, &lit_codes, &lit_lens, longest);
     out.put(u64::from(lit_codes[END_OF_BLOCK]), lit_lens[END_OF_BLOCK]);
     let block = out.finish();
     debug_assert_eq!(block.len() as u64, total_bytes);
@@ -543,6 +544,13 @@ fn run_lengths(lens: &[u8]) -> Vec<(u8, u8)> {
     runs
 }
 
+/// How many codewords of at most `longest` bits fit the 64-bit buffer beside the 7 bits a flush
+/// leaves: 3 of deflate's longest (15), 7 of 8 bits. No wider loop is kept for shorter codes: a
+/// state's code is that short only when it uses few byte values, all about as often.
+fn codewords_per_flush(longest: u8) -> usize {
+    (57 / usize::from(longest.max(1))).clamp(3, 7)
+}
+
 /// Bits into bytes, least significant bit first (RFC 1951, 3.1.1), in a buffer sized for the
 /// whole block: a flush stores all 8 bytes of the bit buffer and keeps the bits of the last byte
 /// not yet whole, without a branch on how many there are.
@@ -565,15 +573,28 @@ impl BitWriter {
         self.count += n;
     }
 
-    /// The codewords of `data`'s bytes under `codes` and `lens`: a literal block's loop, with the
-    /// bit buffer in local variables (written back to the struct on every byte, it took ~2 % more
-    /// of a request's instructions at a 2 KB state).
-    fn put_bytes(&mut self, data: &[u8], codes: &[u16; LITERALS], lens: &[u8; LITERALS]) {
+    /// The codewords of `data`'s bytes under `codes` and `lens`, none longer than `longest` bits:
+    /// a literal block's loop. Its cost is the flushes, so each takes as many codewords as the
+    /// 64-bit buffer holds beside the 7 bits a flush leaves: 3 of 15 bits, 5 of the 10 a base64
+    /// state's rarest characters take.
+    fn put_bytes(&mut self, data: &[u8], codes: &[u16; LITERALS], lens: &[u8; LITERALS], longest: u8) {
+        match codewords_per_flush(longest) {
+            7 => self.put_bytes_by::<7>(data, codes, lens),
+            6 => self.put_bytes_by::<6>(data, codes, lens),
+            5 => self.put_bytes_by::<5>(data, codes, lens),
+            4 => self.put_bytes_by::<4>(data, codes, lens),
+            _ => self.put_bytes_by::<3>(data, codes, lens),
+        }
+    }
+
+    /// [`Self::put_bytes`], `K` codewords a flush, with the bit buffer in local variables (written
+    /// back to the struct on every byte, it took ~2 % more of a request's instructions at a 2 KB
+    /// state).
+    fn put_bytes_by<const K: usize>(&mut self, data: &[u8], codes: &[u16; LITERALS], lens: &[u8; LITERALS]) {
         let (mut bits, mut count, mut len) = (self.bits, u32::from(self.count), self.len);
-        // Three codewords (15 bits at most each) fit the 64-bit buffer beside the 7 bits a flush
-        // leaves: one flush per three bytes of state. Whole triples apart from the rest: a loop
-        // of exactly three is unrolled (`chunks(3)` measured ~5 % slower at 2 KB).
-        let mut chunks = data.chunks_exact(3);
+        // Whole runs of K apart from the rest: a loop of exactly K is unrolled (`chunks(3)`
+        // measured ~5 % slower at 2 KB).
+        let mut chunks = data.chunks_exact(K);
         for chunk in &mut chunks {
             for &b in chunk {
                 bits |= u64::from(codes[usize::from(b)]) << count;
@@ -818,6 +839,28 @@ mod tests {
     #[test]
     fn states_past_the_probe_range_are_deflated_in_full() {
         assert!(repeats_pay(&vec![0u8; 70_000]));
+    }
+
+    #[test]
+    fn literal_blocks_inflate_at_every_flush_width() {
+        // Counts halving from symbol to symbol make a code whose longest codeword is one bit more
+        // with each symbol: every width of `put_bytes`, from 7 codewords a flush to 3.
+        let mut widths = std::collections::BTreeSet::new();
+        for symbols in 2..=15u32 {
+            let data: Vec<u8> =
+                (0..symbols).flat_map(|i| std::iter::repeat_n(b'a' + i as u8, 1 << (symbols - 1 - i))).collect();
+            // A few symbols make too short a state for a block to be smaller.
+            let Some(block) = literal_block(&data).expect("codes fit") else { continue };
+            assert_eq!(inflate(&block), data, "{symbols} symbols");
+            let mut freq = [0u32; LITERALS];
+            for &b in &data {
+                freq[usize::from(b)] += 1;
+            }
+            freq[END_OF_BLOCK] = 1;
+            let longest = code_lengths(&freq, MAX_CODE_BITS).expect("codes fit").into_iter().max().unwrap_or(0);
+            widths.insert(codewords_per_flush(longest));
+        }
+        assert_eq!(widths.into_iter().collect::<Vec<_>>(), [3, 4, 5, 6, 7]);
     }
 
     proptest! {
