@@ -15,7 +15,10 @@
 # on a page a shared cache could store, so the sidecar also makes it private — a browser's path
 # that the bench's POSTs do not take. (--state-bytes does not apply to it.)
 #
-#   tests/bench/instructions.sh [--requests N] [--state-bytes B | --page] SIDECAR [OTHER_SIDECAR...]
+# --cart B makes the session's state a JSON shopping cart of about B bytes (the demo app's
+# `POST /cart`) instead of noise: a state with repeats, which the sidecar deflates with LZ77.
+#
+#   tests/bench/instructions.sh [--requests N] [--state-bytes B | --cart B | --page] SIDECAR [OTHER_SIDECAR...]
 #
 # Needs valgrind and curl (Debian: apt-get install valgrind curl) and a built
 # target/dist/handover-sidecar (the demo app; `cargo build --profile dist -p handover-sidecar`).
@@ -24,16 +27,18 @@ set -euo pipefail
 requests=2000
 state_bytes=100
 page=""
+cart=""
 while [[ $# -gt 0 ]]; do
   case $1 in
     --requests) requests=$2; shift 2 ;;
     --state-bytes) state_bytes=$2; shift 2 ;;
+    --cart) cart=$2; shift 2 ;;
     --page) page=1; shift ;;
     -*) echo "unknown option $1" >&2; exit 2 ;;
     *) break ;;
   esac
 done
-[[ $# -ge 1 ]] || { echo "usage: $0 [--requests N] [--state-bytes B | --page] SIDECAR [OTHER_SIDECAR...]" >&2; exit 2; }
+[[ $# -ge 1 ]] || { echo "usage: $0 [--requests N] [--state-bytes B | --cart B | --page] SIDECAR [OTHER_SIDECAR...]" >&2; exit 2; }
 command -v valgrind > /dev/null || { echo "valgrind not found (apt-get install valgrind)" >&2; exit 2; }
 repo=$(cd "$(dirname "$0")/../.." && pwd)
 tool=$repo/target/dist/handover-sidecar
@@ -70,6 +75,7 @@ count() {
   done
   [[ -n $ready ]] || { echo "the sidecar under valgrind was not ready within 60 s: $(tail -3 "$d/sidecar.log")" >&2; exit 1; }
   local first="blob?bytes=$state_bytes" each=incr method=(-X POST)
+  if [[ -n $cart ]]; then first="cart?bytes=$cart"; fi
   if [[ -n $page ]]; then first="visit?cache=none" each="visit?cache=none" method=(); fi
   local args=(-o /dev/null "http://$ip:8000/$first")
   for _ in $(seq $((n + 200))); do args+=(-o /dev/null "http://$ip:8000/$each"); done
@@ -89,7 +95,13 @@ for exe in "$@"; do
   per=$(((long - short) / requests))
   if [[ -z $first ]]; then
     first=$per
-    if [[ -n $page ]]; then what="GET /visit?cache=none"; else what="state of $state_bytes bytes"; fi
+    if [[ -n $page ]]; then
+      what="GET /visit?cache=none"
+    elif [[ -n $cart ]]; then
+      what="a JSON cart of about $cart bytes"
+    else
+      what="state of $state_bytes bytes"
+    fi
     echo "$exe: $per instructions per request ($what, $requests requests)"
   else
     echo "$exe: $per instructions per request, x$(awk -v a="$per" -v b="$first" 'BEGIN { printf "%.3f", a / b }') of the first"
