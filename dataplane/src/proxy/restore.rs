@@ -1,6 +1,7 @@
 //! Restoring a session into the local app from its newest copy (the client's cookies — state
-//! chunks, or the small state inside the routing cookie — or a backup): once per version (a per-session lock), asking the app first when this pod owns it,
-//! retried on failure, dropped on the app's refusal.
+//! chunks, or the small state inside the routing cookie — or a backup): once per version (a
+//! per-session lock), asking the app first when this pod owns it, retried on failure, dropped on
+//! the app's refusal.
 
 use std::time::Duration;
 

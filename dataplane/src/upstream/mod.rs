@@ -225,7 +225,7 @@ impl Upstreams {
     /// holds none: the app's HTTP/1.1 connections are in `app_idle`.)
     pub fn forget(&self, addr: SocketAddr) {
         self.app_idle.clear();
-        sync::lock(&self.h2).remove(&addr);
+        self.forget_h2(addr);
     }
 
     /// Forgets the h2c connection to `addr` (it is going away): the next request opens another.
