@@ -188,7 +188,16 @@ impl StoredState {
     /// `state` in the app's `format` (not recorded when longer than [`MAX_FORMAT_BYTES`]),
     /// deflated when that makes it smaller.
     pub fn new(state: &[u8], format: &str) -> Self {
-        let (flags, stored) = compress(state);
+        Self::stored(compress(state, None), format)
+    }
+
+    /// [`StoredState::new`] for a state of `session`, deflated under the codes of the session's
+    /// last state when they fit it (`deflate::deflate_smaller_for`).
+    pub fn of_session(session: &str, state: &[u8], format: &str) -> Self {
+        Self::stored(compress(state, Some(session)), format)
+    }
+
+    fn stored((flags, stored): (u8, Vec<u8>), format: &str) -> Self {
         let format = if format.len() <= MAX_FORMAT_BYTES { format } else { "" };
         StoredState { deflated: flags & FLAG_DEFLATED != 0, format: format.to_owned(), stored }
     }
@@ -364,7 +373,7 @@ pub fn seal_state_format(
     pool: &str,
     ring: &KeyRing,
 ) -> String {
-    seal_stored_state(session, version, &StoredState::new(state, format), pool, ring)
+    seal_stored_state(session, version, &StoredState::of_session(session, state, format), pool, ring)
 }
 
 /// Seals a state already stored ([`StoredState::new`]) as the state value of `session` at
@@ -570,10 +579,15 @@ fn put_str8(out: &mut Vec<u8>, s: &str) {
     out.extend_from_slice(bytes);
 }
 
-fn compress(state: &[u8]) -> (u8, Vec<u8>) {
-    if state.len() >= COMPRESS_FROM
-        && let Some(deflated) = crate::deflate::deflate_smaller(state)
-    {
+fn compress(state: &[u8], session: Option<&str>) -> (u8, Vec<u8>) {
+    if state.len() < COMPRESS_FROM {
+        return (0, state.to_vec());
+    }
+    let deflated = match session {
+        Some(session) => crate::deflate::deflate_smaller_for(session, state),
+        None => crate::deflate::deflate_smaller(state),
+    };
+    if let Some(deflated) = deflated {
         return (FLAG_DEFLATED, deflated);
     }
     (0, state.to_vec())
@@ -900,7 +914,7 @@ mod tests {
         ];
         for _ in 0..2 {
             for state in &states {
-                let (flags, stored) = compress(state);
+                let (flags, stored) = compress(state, None);
                 assert_eq!(inflate_within(flags, &stored, state.len()).as_ref(), Ok(state));
                 if flags & FLAG_DEFLATED != 0 {
                     assert!(stored.len() < state.len(), "deflated only when smaller");
@@ -913,7 +927,7 @@ mod tests {
     #[test]
     fn a_deflated_state_cut_short_or_garbled_is_malformed_not_partial() {
         let state = b"{\"items\":{\"apple\":2}}".repeat(100);
-        let (flags, stored) = compress(&state);
+        let (flags, stored) = compress(&state, None);
         assert_eq!(flags, FLAG_DEFLATED);
         for cut in [0, 1, stored.len() / 2, stored.len() - 1] {
             assert_eq!(inflate_within(flags, &stored[..cut], 1 << 20), Err(CookieError::Malformed), "cut at {cut}");

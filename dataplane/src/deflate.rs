@@ -16,8 +16,14 @@
 //! microseconds, never a state. libdeflate stays for what the two do not take: states with repeats
 //! of 2 KB or more (its tighter loop over the state pays there), and counts whose code would need
 //! codewords over deflate's 15 bits.
+//!
+//! Building a block's Huffman codes costs ~1.2 µs whatever the state's size. A session's next
+//! state is mostly its last one, so the codes built for it are kept ([`deflate_smaller_for`], a
+//! few hundred sessions a thread) and its next state is written under them when they take about
+//! as many bits as fresh codes would ([`KeptCode`]).
 
 use std::cell::RefCell;
+use std::collections::HashMap;
 
 thread_local! {
     /// One libdeflate compressor per thread: a fresh one allocates ~300 KB of tables, which costs
@@ -27,12 +33,55 @@ thread_local! {
 
 /// `data` as raw deflate, when that is smaller than `data`.
 pub(crate) fn deflate_smaller(data: &[u8]) -> Option<Vec<u8>> {
+    deflate_smaller_with(data, &mut None)
+}
+
+/// [`deflate_smaller`] for a state of `session`: written under the codes of the session's last
+/// state deflated on this thread when they fit it ([`KeptCode::data_bits`]), which saves building
+/// them — about half of what a short state's deflate costs. The codes are a session's own: which
+/// ones a state gets never depends on another session's state (a cookie's length would tell that
+/// session's client something of the other's).
+pub(crate) fn deflate_smaller_for(session: &str, data: &[u8]) -> Option<Vec<u8>> {
+    let kept = KEPT_CODES.try_with(|cell| {
+        let mut codes = cell.try_borrow_mut().ok()?;
+        if let Some(kept) = codes.get_mut(session) {
+            return Some(deflate_smaller_with(data, kept));
+        }
+        let mut kept = None;
+        let deflated = deflate_smaller_with(data, &mut kept);
+        if codes.len() >= KEPT_SESSIONS {
+            // Any one out (the map's order is its random hash's): a bound, not a policy worth more
+            // code; a session whose codes go builds them again on its next state.
+            if let Some(out) = codes.keys().next().cloned() {
+                codes.remove(&out);
+            }
+        }
+        codes.insert(session.into(), kept);
+        Some(deflated)
+    });
+    match kept {
+        Ok(Some(deflated)) => deflated,
+        _ => deflate_smaller(data),
+    }
+}
+
+/// How many sessions' codes a thread keeps: ~1.7 KB each, under 1 MB in all.
+const KEPT_SESSIONS: usize = 512;
+
+thread_local! {
+    /// The codes of the last state this thread deflated, by session ([`deflate_smaller_for`]).
+    static KEPT_CODES: RefCell<HashMap<Box<str>, Option<Box<KeptCode>>>> = RefCell::new(HashMap::new());
+}
+
+/// [`deflate_smaller`], under `kept`'s codes when they fit `data`; `kept` then holds the codes the
+/// block was written under (none when libdeflate wrote it).
+pub(crate) fn deflate_smaller_with(data: &[u8], kept: &mut Option<Box<KeptCode>>) -> Option<Vec<u8>> {
     let ours = if data.len() >= MAX_OURS {
         None
     } else if !repeats_pay(data) {
-        Some(literal_block(data))
+        Some(literal_block_with(data, kept))
     } else if data.len() < LZ77_BELOW {
-        Some(lz77_block(data))
+        Some(lz77_block_with(data, kept))
     } else {
         None
     };
@@ -40,7 +89,10 @@ pub(crate) fn deflate_smaller(data: &[u8]) -> Option<Vec<u8>> {
         Some(Ok(block)) => block,
         // Longer states with repeats, states past our tables' positions, and counts whose code
         // would be longer than deflate allows (rare, skewed): libdeflate, which limits its codes.
-        _ => with_reused(&DEFLATER, new_libdeflater, |deflater| libdeflate_smaller(deflater, data)),
+        _ => {
+            *kept = None;
+            with_reused(&DEFLATER, new_libdeflater, |deflater| libdeflate_smaller(deflater, data))
+        }
     }
 }
 
@@ -146,27 +198,179 @@ fn coded_bits(freq: &[u32], lens: &[u8]) -> u64 {
 /// `data` as one final deflate block of literals under a dynamic Huffman code (RFC 1951,
 /// 3.2.7), or `None` when that block would not be smaller than `data` (it is not written then).
 pub(crate) fn literal_block(data: &[u8]) -> Result<Option<Vec<u8>>, CodeTooLong> {
+    literal_block_with(data, &mut None)
+}
+
+/// [`literal_block`] under `kept`'s codes when they fit; `kept` then holds the codes used.
+fn literal_block_with(data: &[u8], kept: &mut Option<Box<KeptCode>>) -> Result<Option<Vec<u8>>, CodeTooLong> {
     let mut freq = [0u32; LITERALS];
     for &b in data {
         freq[usize::from(b)] += 1;
     }
     freq[END_OF_BLOCK] = 1;
-    let lit_lens = code_lengths(&freq, MAX_CODE_BITS)?;
-    let header = BlockHeader::new(&lit_lens, &NO_DISTANCES)?;
-    let data_bits = coded_bits(&freq, &lit_lens);
-    let total_bytes = (header.bits() + data_bits).div_ceil(8);
+    let (code, data_bits) = match reused(kept, false, &freq, &[], 0) {
+        Some(reused) => reused,
+        None => {
+            let lit_lens = code_lengths(&freq, MAX_CODE_BITS)?;
+            let header = BlockHeader::new(&lit_lens, &NO_DISTANCES)?;
+            let data_bits = coded_bits(&freq, &lit_lens);
+            let code = KeptCode::new(false, &lit_lens, &NO_DISTANCES, header);
+            (keep(kept, code), data_bits)
+        }
+    };
+    let total_bytes = (code.header_bits + data_bits).div_ceil(8);
     if total_bytes >= data.len() as u64 {
         return Ok(None);
     }
-    let lit_codes = canonical_codes(&lit_lens);
     let mut out = BitWriter::for_bytes(total_bytes as usize);
-    header.write(&mut out);
-    let longest = lit_lens.iter().copied().max().unwrap_or(MAX_CODE_BITS);
-    out.put_bytes(data, &lit_codes, &lit_lens, longest);
-    out.put(u64::from(lit_codes[END_OF_BLOCK]), lit_lens[END_OF_BLOCK]);
+    code.header.write(&mut out);
+    out.put_bytes(data, &code.lit_codes, &code.lit_lens, code.longest_literal);
+    out.put(u64::from(code.lit_codes[END_OF_BLOCK]), code.lit_lens[END_OF_BLOCK]);
     let block = out.finish();
     debug_assert_eq!(block.len() as u64, total_bytes);
     Ok(Some(block))
+}
+
+/// Codes built for a session's state, kept to write its next one ([`deflate_smaller_for`]): the
+/// next state of a session is mostly the last one with a few bytes changed (a count, an item),
+/// so its counts are close and the old codes about as short — without the code lengths, the
+/// canonical codewords and the header's runs built again (~1.2 µs for any state, ~40 % of a
+/// 2 KB state's deflate and more of a short one's).
+pub(crate) struct KeptCode {
+    /// Made for a block with back-references (LZ77's), or for a block of literals.
+    lz77: bool,
+    lit_lens: [u8; LITERALS_AND_LENGTHS],
+    lit_codes: [u16; LITERALS_AND_LENGTHS],
+    dist_lens: [u8; DISTANCES],
+    dist_codes: [u16; DISTANCES],
+    /// The longest codeword of a byte (a block of literals' loop width).
+    longest_literal: u8,
+    header: BlockHeader,
+    header_bits: u64,
+    /// States written under them since.
+    reuses: u32,
+}
+
+/// States written under a session's kept codes before they are built anew: however slowly a
+/// session's states drift, their codes follow.
+const MAX_REUSES: u32 = 64;
+
+impl KeptCode {
+    fn new(lz77: bool, lit_lens: &[u8], dist_lens: &[u8], header: BlockHeader) -> KeptCode {
+        let mut lits = [0u8; LITERALS_AND_LENGTHS];
+        lits[..lit_lens.len()].copy_from_slice(lit_lens);
+        let mut dists = [0u8; DISTANCES];
+        dists[..dist_lens.len()].copy_from_slice(dist_lens);
+        KeptCode {
+            lz77,
+            lit_codes: canonical_codes(&lits),
+            dist_codes: canonical_codes(&dists),
+            longest_literal: lits[..LITERALS].iter().copied().max().unwrap_or(MAX_CODE_BITS),
+            lit_lens: lits,
+            dist_lens: dists,
+            header_bits: header.bits(),
+            header,
+            reuses: 0,
+        }
+    }
+
+    /// The data bits of a block counted `lit_freq` and `dist_freq` (with `extra_bits` of lengths
+    /// and distances) under these codes; `None` when they do not fit it: made for the other kind
+    /// of block, a symbol without a codeword, more than 1/[`REUSE_SLACK`] over the counts'
+    /// entropy (which no code beats, a fresh one included), or reused [`MAX_REUSES`] times.
+    fn data_bits(&self, lz77: bool, lit_freq: &[u32], dist_freq: &[u32], extra_bits: u64) -> Option<u64> {
+        if self.lz77 != lz77 || self.reuses >= MAX_REUSES {
+            return None;
+        }
+        let (mut bits, mut missing, mut entropy) = (0u64, false, 0u64);
+        for (freq, lens) in [(lit_freq, &self.lit_lens[..]), (dist_freq, &self.dist_lens[..])] {
+            let (mut symbols, mut sum_f_log_f) = (0u64, 0u64);
+            for (&f, &l) in freq.iter().zip(lens) {
+                if f > 0 {
+                    bits += u64::from(f) * u64::from(l);
+                    missing |= l == 0;
+                    symbols += u64::from(f);
+                    sum_f_log_f += f_log2_f(f);
+                }
+            }
+            // Σ f·log2(n/f) = n·log2(n) − Σ f·log2(f), in 1/65 536ths of a bit.
+            entropy += n_log2_n(symbols).saturating_sub(sum_f_log_f);
+        }
+        let close = (bits << 16) * REUSE_SLACK <= entropy * (REUSE_SLACK + 1);
+        (!missing && close).then_some(bits + extra_bits)
+    }
+}
+
+/// Kept codes write a state when they take at most 1/`REUSE_SLACK` more bits than its entropy
+/// (counted to within ~0.1 %): a fresh Huffman code takes about the entropy (a base64 state's
+/// ~0.3 % over it), so a reused one makes a cookie at most ~1.6 % longer than fresh codes would.
+const REUSE_SLACK: u64 = 64;
+
+/// log2(1 + i/256) in 1/65 536ths of a bit, rounded down (a square at a time: each squaring of
+/// a number in [1, 2) doubles its logarithm, whose next bit is whether it reached 2).
+const LOG2_FRACTION: [u32; 256] = {
+    let mut table = [0u32; 256];
+    let mut i = 0;
+    while i < 256 {
+        let mut x = ((256 + i as u64) << 30) / 256;
+        let mut bit = 1 << 15;
+        while bit > 0 {
+            x = (x * x) >> 30;
+            if x >= 2 << 30 {
+                x >>= 1;
+                table[i] |= bit;
+            }
+            bit >>= 1;
+        }
+        i += 1;
+    }
+    table
+};
+
+/// log2(n) in 1/65 536ths of a bit, rounded down to 8 bits of `n` after its highest (under
+/// 0.006 bits off).
+fn log2_fixed(n: u64) -> u64 {
+    if n == 0 {
+        return 0;
+    }
+    let k = 63 - n.leading_zeros();
+    let fraction = if k >= 8 { n >> (k - 8) } else { n << (8 - k) } & 0xff;
+    (u64::from(k) << 16) + u64::from(LOG2_FRACTION[fraction as usize])
+}
+
+/// f·log2(f) in 1/65 536ths of a bit.
+fn f_log2_f(f: u32) -> u64 {
+    u64::from(f) * log2_fixed(u64::from(f))
+}
+
+fn n_log2_n(n: u64) -> u64 {
+    n * log2_fixed(n)
+}
+
+/// `kept`'s codes and the data bits under them, when they fit the block counted (see
+/// [`KeptCode::data_bits`]), counted as one more reuse.
+fn reused<'k>(
+    kept: &'k mut Option<Box<KeptCode>>,
+    lz77: bool,
+    lit_freq: &[u32],
+    dist_freq: &[u32],
+    extra_bits: u64,
+) -> Option<(&'k KeptCode, u64)> {
+    let code = kept.as_deref_mut()?;
+    let bits = code.data_bits(lz77, lit_freq, dist_freq, extra_bits)?;
+    code.reuses += 1;
+    Some((code, bits))
+}
+
+/// Keeps `code` in `kept` (in its box when it has one) and returns it.
+fn keep(kept: &mut Option<Box<KeptCode>>, code: KeptCode) -> &KeptCode {
+    match kept {
+        Some(boxed) => {
+            **boxed = code;
+            boxed
+        }
+        None => kept.insert(Box::new(code)),
+    }
 }
 
 /// The shortest and longest back-reference, and the farthest (RFC 1951, 3.2.5). Matches start at
@@ -223,7 +427,12 @@ const MATCH: u32 = 1 << 31;
 /// state clears 8 KB where libdeflate clears 128 KB. The table and the tokens are this thread's,
 /// kept from one state to the next ([`LZ77_SCRATCH`]).
 pub(crate) fn lz77_block(data: &[u8]) -> Result<Option<Vec<u8>>, CodeTooLong> {
-    with_reused(&LZ77_SCRATCH, Lz77Scratch::default, |scratch| lz77_block_in(data, scratch))
+    lz77_block_with(data, &mut None)
+}
+
+/// [`lz77_block`] under `kept`'s codes when they fit; `kept` then holds the codes used.
+fn lz77_block_with(data: &[u8], kept: &mut Option<Box<KeptCode>>) -> Result<Option<Vec<u8>>, CodeTooLong> {
+    with_reused(&LZ77_SCRATCH, Lz77Scratch::default, |scratch| lz77_block_in(data, scratch, kept))
 }
 
 thread_local! {
@@ -239,7 +448,11 @@ struct Lz77Scratch {
     tokens: Vec<u32>,
 }
 
-fn lz77_block_in(data: &[u8], scratch: &mut Lz77Scratch) -> Result<Option<Vec<u8>>, CodeTooLong> {
+fn lz77_block_in(
+    data: &[u8],
+    scratch: &mut Lz77Scratch,
+    kept: &mut Option<Box<KeptCode>>,
+) -> Result<Option<Vec<u8>>, CodeTooLong> {
     debug_assert!(data.len() < MAX_OURS, "positions are u16s");
     let order = data.len().next_power_of_two().trailing_zeros().clamp(9, 15);
     // Position + 1 (0: none yet): `data` is shorter than u16::MAX, so every one fits.
@@ -297,28 +510,35 @@ fn lz77_block_in(data: &[u8], scratch: &mut Lz77Scratch) -> Result<Option<Vec<u8
     }
     lit_freq[END_OF_BLOCK] = 1;
 
-    let lit_lens = code_lengths(&lit_freq, MAX_CODE_BITS)?;
-    let dist_lens = if dist_freq.iter().all(|&f| f == 0) {
-        let mut none = [0u8; DISTANCES];
-        none[..NO_DISTANCES.len()].copy_from_slice(&NO_DISTANCES);
-        none
-    } else {
-        code_lengths(&dist_freq, MAX_CODE_BITS)?
+    let (code, data_bits) = match reused(kept, true, &lit_freq, &dist_freq, extra_bits) {
+        Some(reused) => reused,
+        None => {
+            let lit_lens = code_lengths(&lit_freq, MAX_CODE_BITS)?;
+            let dist_lens = if dist_freq.iter().all(|&f| f == 0) {
+                let mut none = [0u8; DISTANCES];
+                none[..NO_DISTANCES.len()].copy_from_slice(&NO_DISTANCES);
+                none
+            } else {
+                code_lengths(&dist_freq, MAX_CODE_BITS)?
+            };
+            // Trailing unused symbols are not written (HLIT, HDIST), down to the 257 and 1
+            // deflate needs.
+            let lit_count = lit_lens.iter().rposition(|&l| l != 0).map_or(LITERALS, |last| (last + 1).max(LITERALS));
+            let dist_count = dist_lens.iter().rposition(|&l| l != 0).map_or(1, |last| last + 1);
+            let header = BlockHeader::new(&lit_lens[..lit_count], &dist_lens[..dist_count])?;
+            let data_bits = coded_bits(&lit_freq, &lit_lens) + coded_bits(&dist_freq, &dist_lens) + extra_bits;
+            (keep(kept, KeptCode::new(true, &lit_lens, &dist_lens, header)), data_bits)
+        }
     };
-    // Trailing unused symbols are not written (HLIT, HDIST), down to the 257 and 1 deflate needs.
-    let lit_count = lit_lens.iter().rposition(|&l| l != 0).map_or(LITERALS, |last| (last + 1).max(LITERALS));
-    let dist_count = dist_lens.iter().rposition(|&l| l != 0).map_or(1, |last| last + 1);
-    let header = BlockHeader::new(&lit_lens[..lit_count], &dist_lens[..dist_count])?;
-    let data_bits = coded_bits(&lit_freq, &lit_lens) + coded_bits(&dist_freq, &dist_lens) + extra_bits;
-    let total_bytes = (header.bits() + data_bits).div_ceil(8);
+    let total_bytes = (code.header_bits + data_bits).div_ceil(8);
     if total_bytes >= data.len() as u64 {
         return Ok(None);
     }
 
-    let lit_codes = canonical_codes(&lit_lens);
-    let dist_codes = canonical_codes(&dist_lens);
+    let (lit_codes, lit_lens, dist_codes, dist_lens) =
+        (&code.lit_codes, &code.lit_lens, &code.dist_codes, &code.dist_lens);
     let mut out = BitWriter::for_bytes(total_bytes as usize);
-    header.write(&mut out);
+    code.header.write(&mut out);
     for &token in tokens.iter() {
         if token & MATCH == 0 {
             let b = token as usize;
@@ -599,7 +819,13 @@ impl BitWriter {
     /// a literal block's loop. Its cost is the flushes, so each takes as many codewords as the
     /// 64-bit buffer holds beside the 7 bits a flush leaves: 3 of 15 bits, 5 of the 10 a base64
     /// state's rarest characters take.
-    fn put_bytes(&mut self, data: &[u8], codes: &[u16; LITERALS], lens: &[u8; LITERALS], longest: u8) {
+    fn put_bytes(
+        &mut self,
+        data: &[u8],
+        codes: &[u16; LITERALS_AND_LENGTHS],
+        lens: &[u8; LITERALS_AND_LENGTHS],
+        longest: u8,
+    ) {
         match codewords_per_flush(longest) {
             7 => self.put_bytes_by::<7>(data, codes, lens),
             6 => self.put_bytes_by::<6>(data, codes, lens),
@@ -612,7 +838,12 @@ impl BitWriter {
     /// [`Self::put_bytes`], `K` codewords a flush, with the bit buffer in local variables (written
     /// back to the struct on every byte, it took ~2 % more of a request's instructions at a 2 KB
     /// state).
-    fn put_bytes_by<const K: usize>(&mut self, data: &[u8], codes: &[u16; LITERALS], lens: &[u8; LITERALS]) {
+    fn put_bytes_by<const K: usize>(
+        &mut self,
+        data: &[u8],
+        codes: &[u16; LITERALS_AND_LENGTHS],
+        lens: &[u8; LITERALS_AND_LENGTHS],
+    ) {
         let (mut bits, mut count, mut len) = (self.bits, u32::from(self.count), self.len);
         // Whole runs of K apart from the rest: a loop of exactly K is unrolled (`chunks(3)`
         // measured ~5 % slower at 2 KB).
@@ -885,6 +1116,87 @@ mod tests {
         assert_eq!(widths.into_iter().collect::<Vec<_>>(), [3, 4, 5, 6, 7]);
     }
 
+    /// A session's state `count` requests on: the same session with its count moved.
+    fn next_state(state: &[u8], count: usize) -> Vec<u8> {
+        [format!("{{\"count\":{count},").as_bytes(), state].concat()
+    }
+
+    #[test]
+    fn a_sessions_next_state_is_written_under_its_kept_codes_near_a_fresh_codes_size() {
+        let noise = [br#""blob":""#.as_slice(), &base64_noise(2_000, 7), b"\"}"].concat();
+        let cart = json_session();
+        for (kind, state) in [("noise", noise), ("cart", cart)] {
+            let mut kept = None;
+            let first = deflate_smaller_with(&next_state(&state, 0), &mut kept).expect("smaller");
+            assert_eq!(inflate(&first), next_state(&state, 0));
+            assert_eq!(kept.as_ref().map(|k| k.reuses), Some(0), "{kind}: built for the first state");
+            for count in 1..=40 {
+                let next = next_state(&state, count * 7);
+                let block = deflate_smaller_with(&next, &mut kept).expect("smaller");
+                assert_eq!(inflate(&block), next, "{kind}");
+                assert_eq!(kept.as_ref().map(|k| k.reuses), Some(count as u32), "{kind}: written under the kept codes");
+                let fresh = deflate_smaller(&next).expect("smaller");
+                assert!(
+                    block.len() * 64 <= fresh.len() * 65 + 64,
+                    "{kind}: {} bytes under the kept codes against {} under fresh ones",
+                    block.len(),
+                    fresh.len()
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn the_fixed_point_log2_is_within_its_rounding() {
+        for n in (1..5_000u64).chain([65_535, 1 << 20, 123_456_789]) {
+            let exact = (n as f64).log2() * 65_536.0;
+            let fixed = log2_fixed(n) as f64;
+            assert!(fixed <= exact + 1.0 && exact - fixed < 0.006 * 65_536.0, "log2({n}): {fixed} vs {exact}");
+        }
+    }
+
+    #[test]
+    fn kept_codes_are_built_anew_when_they_do_not_fit() {
+        let noise = base64_noise(1_000, 3);
+        let kept_after = |first: &[u8], next: &[u8]| {
+            let mut kept = None;
+            deflate_smaller_with(first, &mut kept).expect("smaller");
+            let block = deflate_smaller_with(next, &mut kept).expect("smaller");
+            assert_eq!(inflate(&block), next);
+            kept.map(|k| (k.reuses, k.lz77))
+        };
+        // A byte the kept codes have no codeword for.
+        assert_eq!(kept_after(&noise, &[noise.as_slice(), b"~"].concat()), Some((0, false)));
+        // The same symbols, eight of them now most of the state: far over its entropy.
+        let skewed: Vec<u8> =
+            noise.iter().zip(base64_noise(1_000, 9)).map(|(&a, b)| if b < b'Q' { a } else { b'A' + a % 8 }).collect();
+        assert!(skewed.iter().all(|b| noise.contains(b)), "no symbol without a codeword");
+        assert_eq!(kept_after(&noise, &skewed), Some((0, false)));
+        // The other kind of block.
+        assert_eq!(kept_after(&noise, &json_session()), Some((0, true)));
+        assert_eq!(kept_after(&json_session(), &noise), Some((0, false)));
+        // A state libdeflate writes keeps no codes.
+        assert_eq!(kept_after(&noise, &prose(3_000, 1)), None);
+        // Reused MAX_REUSES times, then built anew.
+        let mut kept = None;
+        for count in 0..=MAX_REUSES as usize + 2 {
+            deflate_smaller_with(&next_state(&noise, count), &mut kept).expect("smaller");
+        }
+        assert_eq!(kept.map(|k| k.reuses), Some(1));
+    }
+
+    #[test]
+    fn a_session_never_gets_another_sessions_codes_and_a_thread_keeps_a_bounded_number() {
+        let noise = base64_noise(1_500, 5);
+        let other = [noise.as_slice(), b"ABCDEFGH"].concat();
+        deflate_smaller_for("a", &noise);
+        assert_eq!(deflate_smaller_for("b", &other), deflate_smaller(&other), "b's first state under fresh codes");
+        for i in 0..KEPT_SESSIONS * 2 {
+            deflate_smaller_for(&format!("session-{i}"), &noise);
+        }
+        assert_eq!(KEPT_CODES.with(|codes| codes.borrow().len()), KEPT_SESSIONS);
+    }
+
     proptest! {
         #[test]
         fn every_block_inflates_to_its_input(
@@ -900,7 +1212,20 @@ mod tests {
             }
             if let Some(deflated) = deflate_smaller(&data) {
                 prop_assert!(deflated.len() < data.len());
-                prop_assert_eq!(inflate(&deflated), data);
+                prop_assert_eq!(inflate(&deflated), data.clone());
+            }
+        }
+
+        #[test]
+        fn a_block_under_kept_codes_inflates_to_its_input(
+            first in prop::collection::vec(prop_oneof![Just(b'a'), Just(b'b'), any::<u8>(), 0u8..8], 1..3_000),
+            next in prop::collection::vec(prop_oneof![Just(b'a'), Just(b'b'), any::<u8>(), 0u8..8], 1..3_000),
+        ) {
+            let mut kept = None;
+            deflate_smaller_with(&first, &mut kept);
+            if let Some(deflated) = deflate_smaller_with(&next, &mut kept) {
+                prop_assert!(deflated.len() < next.len());
+                prop_assert_eq!(inflate(&deflated), next);
             }
         }
     }

@@ -235,6 +235,22 @@ pub fn deflate(data: &[u8]) {
         assert!(deflated.len() < data.len(), "deflated to {} bytes from {}", deflated.len(), data.len());
         assert_eq!(inflate(&deflated).as_deref(), Ok(data), "the deflated state inflates to other bytes");
     }
+    // The state's second half under the codes kept from its first (a session's next state).
+    let mut kept = None;
+    crate::deflate::deflate_smaller_with(&data[..data.len() / 2], &mut kept);
+    if let Some(deflated) = crate::deflate::deflate_smaller_with(data, &mut kept) {
+        assert!(
+            deflated.len() < data.len(),
+            "deflated under kept codes to {} bytes from {}",
+            deflated.len(),
+            data.len()
+        );
+        assert_eq!(
+            inflate(&deflated).as_deref(),
+            Ok(data),
+            "the state deflated under kept codes inflates to other bytes"
+        );
+    }
     if let Ok(Some(block)) = crate::deflate::literal_block(data) {
         assert!(block.len() < data.len(), "a literal block of {} bytes from {}", block.len(), data.len());
         assert_eq!(inflate(&block).as_deref(), Ok(data), "the literal block inflates to other bytes");

@@ -180,7 +180,7 @@ impl Proxy {
                     self.not_sealed(headers, session, why);
                     return false;
                 }
-                let stored = StoredState::new(&state, &format);
+                let stored = StoredState::of_session(session, &state, &format);
                 let copy = if stored.sealed_len() <= self.cfg.inline_state_bytes {
                     StateCopy::Inline(stored)
                 } else {
