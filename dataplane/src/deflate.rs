@@ -235,7 +235,9 @@ fn literal_block_with(data: &[u8], kept: &mut Option<Box<KeptCode>>) -> Result<O
 /// next state of a session is mostly the last one with a few bytes changed (a count, an item),
 /// so its counts are close and the old codes about as short — without the code lengths, the
 /// canonical codewords and the header's runs built again (~1.2 µs for any state, ~40 % of a
-/// 2 KB state's deflate and more of a short one's).
+/// 2 KB state's deflate and more of a short one's). A state within the ~1.6 % they may cost of
+/// a header limit can fit or not by its session's last state; the seal handles a refusal as any
+/// state over the budget.
 pub(crate) struct KeptCode {
     /// Made for a block with back-references (LZ77's), or for a block of literals.
     lz77: bool,
