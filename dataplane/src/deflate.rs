@@ -65,7 +65,7 @@ pub(crate) fn deflate_smaller_for(session: &str, data: &[u8]) -> Option<Vec<u8>>
     }
 }
 
-/// How many sessions' codes a thread keeps: ~1.7 KB each, under 1 MB in all.
+/// How many sessions' codes a thread keeps: ~1.1 KB each, under 1 MB in all.
 const KEPT_SESSIONS: usize = 512;
 
 thread_local! {
@@ -222,8 +222,7 @@ fn literal_block_with(data: &[u8], kept: &mut Option<Box<KeptCode>>) -> Result<O
     if total_bytes >= data.len() as u64 {
         return Ok(None);
     }
-    let mut out = BitWriter::for_bytes(total_bytes as usize);
-    code.header.write(&mut out);
+    let mut out = BitWriter::after_header(total_bytes as usize, code);
     out.put_bytes(data, &code.lit_codes, &code.lit_lens, code.longest_literal);
     out.put(u64::from(code.lit_codes[END_OF_BLOCK]), code.lit_lens[END_OF_BLOCK]);
     let block = out.finish();
@@ -247,7 +246,8 @@ pub(crate) struct KeptCode {
     dist_codes: [u16; DISTANCES],
     /// The longest codeword of a byte (a block of literals' loop width).
     longest_literal: u8,
-    header: BlockHeader,
+    /// The block header that describes them, written out (its last byte partly), and its bits.
+    header: Vec<u8>,
     header_bits: u64,
     /// States written under them since.
     reuses: u32,
@@ -263,6 +263,9 @@ impl KeptCode {
         lits[..lit_lens.len()].copy_from_slice(lit_lens);
         let mut dists = [0u8; DISTANCES];
         dists[..dist_lens.len()].copy_from_slice(dist_lens);
+        let header_bits = header.bits();
+        let mut written = BitWriter::for_bytes(header_bits.div_ceil(8) as usize);
+        header.write(&mut written);
         KeptCode {
             lz77,
             lit_codes: canonical_codes(&lits),
@@ -270,8 +273,8 @@ impl KeptCode {
             longest_literal: lits[..LITERALS].iter().copied().max().unwrap_or(MAX_CODE_BITS),
             lit_lens: lits,
             dist_lens: dists,
-            header_bits: header.bits(),
-            header,
+            header: written.finish(),
+            header_bits,
             reuses: 0,
         }
     }
@@ -539,8 +542,7 @@ fn lz77_block_in(
 
     let (lit_codes, lit_lens, dist_codes, dist_lens) =
         (&code.lit_codes, &code.lit_lens, &code.dist_codes, &code.dist_lens);
-    let mut out = BitWriter::for_bytes(total_bytes as usize);
-    code.header.write(&mut out);
+    let mut out = BitWriter::after_header(total_bytes as usize, code);
     for &token in tokens.iter() {
         if token & MATCH == 0 {
             let b = token as usize;
@@ -809,6 +811,20 @@ struct BitWriter {
 impl BitWriter {
     fn for_bytes(bytes: usize) -> BitWriter {
         BitWriter { out: vec![0; bytes + 8], len: 0, bits: 0, count: 0 }
+    }
+
+    /// A block of `bytes` that starts with `code`'s header: copied whole, not written a run at
+    /// a time.
+    fn after_header(bytes: usize, code: &KeptCode) -> BitWriter {
+        let mut out = BitWriter::for_bytes(bytes);
+        let whole = (code.header_bits / 8) as usize;
+        out.out[..whole].copy_from_slice(&code.header[..whole]);
+        out.len = whole;
+        out.count = (code.header_bits % 8) as u8;
+        if out.count > 0 {
+            out.bits = u64::from(code.header[whole]) & ((1 << out.count) - 1);
+        }
+        out
     }
 
     /// Appends the low `n` bits of `value`; at most 57 bits between flushes.
