@@ -44,45 +44,23 @@ repo=$(cd "$(dirname "$0")/../.." && pwd)
 tool=$repo/target/dist/handover-sidecar
 [[ -x $tool ]] || { echo "$tool not built (cargo build --profile dist -p handover-sidecar)" >&2; exit 2; }
 
-work=$(mktemp -d)
-pids=()
-cleanup() {
-  for p in "${pids[@]}"; do kill "$p" 2> /dev/null || true; done
-  rm -rf "$work"
-}
-trap cleanup EXIT
+# shellcheck source=tests/bench/lib.sh
+source "$repo/tests/bench/lib.sh"
 
 # Total instructions of one sidecar process: started under callgrind, 200 requests to warm up,
 # then $2 counted ones, then stopped (SIGTERM: callgrind writes its counts at exit).
 count() {
-  local exe=$1 n=$2 d ip sidecar app
+  local exe=$1 n=$2 d
   d=$(mktemp -d "$work/run.XXXX")
-  # A loopback address of its own (127.0.0.0/8 is all loopback): the ports below are free there.
-  ip=127.$((RANDOM % 200 + 20)).$((RANDOM % 250 + 1)).$((RANDOM % 250 + 1))
-  "$tool" keygen > "$d/keys"
-  "$tool" demo-app --listen "$ip:8080" --state-listen "$ip:8081" --workers 1 2> "$d/app.log" &
-  app=$!
-  pids+=("$app")
-  valgrind --tool=callgrind --callgrind-out-file="$d/callgrind.out" "$exe" run --listen "$ip:8000" \
-    --admin "$ip:9901" --app "$ip:8080" --state-addr "$ip:8081" --pool bench/pool --pod-name bench-0 \
-    --key-file "$d/keys" --mode push --cookie-secure false --workers 1 --log-level warn 2> "$d/sidecar.log" &
-  sidecar=$!
-  pids+=("$sidecar")
-  local ready=""
-  for _ in $(seq 600); do
-    if curl -sf -o /dev/null "http://$ip:9901/ready"; then ready=1; break; fi
-    sleep 0.1
-  done
-  [[ -n $ready ]] || { echo "the sidecar under valgrind was not ready within 60 s: $(tail -3 "$d/sidecar.log")" >&2; exit 1; }
-  local first="blob?bytes=$state_bytes" each=incr method=(-X POST)
-  if [[ -n $cart ]]; then first="cart?bytes=$cart"; fi
-  if [[ -n $page ]]; then first="visit?cache=none" each="visit?cache=none" method=(); fi
-  local args=(-o /dev/null "http://$ip:8000/$first")
-  for _ in $(seq $((n + 200))); do args+=(-o /dev/null "http://$ip:8000/$each"); done
+  start_pod "$d" "$tool" valgrind --tool=callgrind --callgrind-out-file="$d/callgrind.out" "$exe" || exit 1
   # One curl: one keep-alive connection, its cookie engine carrying the session's cookies on.
-  local codes
-  codes=$(curl -s -w '%{http_code}\n' -b "$d/jar" -c "$d/jar" "${method[@]}" -H 'Host: bench' "${args[@]}" | sort | uniq -c | xargs)
-  [[ $codes == "$((n + 201)) 200" ]] || { echo "not every request answered 200: $codes" >&2; exit 1; }
+  if [[ -n $page ]]; then
+    session 'visit?cache=none' 'visit?cache=none' $((n + 200)) GET || exit 1
+  elif [[ -n $cart ]]; then
+    session "cart?bytes=$cart" incr $((n + 200)) POST || exit 1
+  else
+    session "blob?bytes=$state_bytes" incr $((n + 200)) POST || exit 1
+  fi
   kill "$sidecar" "$app"
   wait "$sidecar" 2> /dev/null || true
   awk '/^totals:/ { print $2 }' "$d/callgrind.out"

@@ -46,40 +46,9 @@ rm -rf "$raw"
 mkdir -p "$raw"
 
 echo "== 2/4 the sidecar driven"
-work=$(mktemp -d)
-pids=()
-cleanup() {
-  for p in "${pids[@]}"; do kill "$p" 2> /dev/null || true; done
-  rm -rf "$work"
-}
-trap cleanup EXIT
-# A loopback address of its own (127.0.0.0/8 is all loopback): the ports below are free there.
-ip=127.$((RANDOM % 200 + 20)).$((RANDOM % 250 + 1)).$((RANDOM % 250 + 1))
-"$tool" keygen > "$work/keys"
-"$tool" demo-app --listen "$ip:8080" --state-listen "$ip:8081" --workers 1 2> "$work/app.log" &
-pids+=($!)
-"$cache/generate/dist/handover-sidecar" run --listen "$ip:8000" --admin "$ip:9901" --app "$ip:8080" \
-  --state-addr "$ip:8081" --pool bench/pool --pod-name bench-0 --key-file "$work/keys" --mode push \
-  --cookie-secure false --workers 1 --drain-grace 0s --log-level warn 2> "$work/sidecar.log" &
-sidecar=$!
-pids+=("$sidecar")
-ready=""
-for _ in $(seq 300); do
-  if curl -sf -o /dev/null "http://$ip:9901/ready"; then ready=1; break; fi
-  sleep 0.1
-done
-[[ -n $ready ]] || { echo "the instrumented sidecar was not ready within 30 s: $(tail -3 "$work/sidecar.log")" >&2; exit 1; }
-
-# One session on one keep-alive connection: its first request sets the state, then `each` N times.
-# Every answer must be a 200.
-session() {
-  local first=$1 each=$2 n=$3 method=$4 jar=$work/jar.$RANDOM.$RANDOM
-  local args=(-o /dev/null "http://$ip:8000/$first")
-  for _ in $(seq "$n"); do args+=(-o /dev/null "http://$ip:8000/$each"); done
-  local codes
-  codes=$(curl -s -w '%{http_code}\n' -b "$jar" -c "$jar" -X "$method" -H 'Host: bench' "${args[@]}" | sort | uniq -c | xargs)
-  [[ $codes == "$((n + 1)) 200" ]] || { echo "$first: not every request answered 200: $codes" >&2; return 1; }
-}
+# shellcheck source=tests/bench/lib.sh
+source "$repo/tests/bench/lib.sh"
+start_pod "$work" "$tool" "$cache/generate/dist/handover-sidecar"
 drives=()
 session 'blob?bytes=100' incr 6000 POST & drives+=($!)
 session 'blob?bytes=2000' incr 4000 POST & drives+=($!)

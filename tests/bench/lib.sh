@@ -1,0 +1,50 @@
+# Shared by tests/bench/*.sh: a demo app and a sidecar on a loopback address of their own, and
+# sessions driven through them with curl.
+# shellcheck shell=bash
+
+# Scratch files go in $work; the processes in $pids are stopped when the script exits.
+work=$(mktemp -d)
+pids=()
+cleanup() {
+  for p in "${pids[@]}"; do kill "$p" 2> /dev/null || true; done
+  rm -rf "$work"
+}
+trap cleanup EXIT
+
+# start_pod DIR TOOL SIDECAR...: TOOL's demo app, and the sidecar that `SIDECAR... run` starts (a
+# build, or valgrind and its arguments before one), on a loopback address of their own (127.0.0.0/8
+# is all loopback: the ports are free there), keys and logs in DIR. Sets $ip, $app and $sidecar
+# (both also in $pids) and returns once the sidecar is ready. No drain grace: SIGTERM stops it now.
+start_pod() {
+  local dir=$1 tool=$2
+  shift 2
+  ip=127.$((RANDOM % 200 + 20)).$((RANDOM % 250 + 1)).$((RANDOM % 250 + 1))
+  "$tool" keygen > "$dir/keys"
+  "$tool" demo-app --listen "$ip:8080" --state-listen "$ip:8081" --workers 1 2> "$dir/app.log" &
+  app=$!
+  pids+=("$app")
+  "$@" run --listen "$ip:8000" --admin "$ip:9901" --app "$ip:8080" --state-addr "$ip:8081" \
+    --pool bench/pool --pod-name bench-0 --key-file "$dir/keys" --mode push --cookie-secure false \
+    --workers 1 --drain-grace 0s --log-level warn 2> "$dir/sidecar.log" &
+  sidecar=$!
+  pids+=("$sidecar")
+  local _
+  for _ in $(seq 600); do
+    if curl -sf -o /dev/null "http://$ip:9901/ready"; then return 0; fi
+    sleep 0.1
+  done
+  echo "the sidecar was not ready within 60 s: $(tail -3 "$dir/sidecar.log")" >&2
+  return 1
+}
+
+# session FIRST EACH N METHOD: one session on one keep-alive connection through the sidecar at
+# $ip, its cookies carried on by curl's cookie engine: FIRST (which gives it its state), then EACH
+# N times. Fails unless every answer is a 200.
+session() {
+  local first=$1 each=$2 n=$3 method=$4 jar _ codes
+  jar=$(mktemp "$work/jar.XXXX")
+  local args=(-o /dev/null "http://$ip:8000/$first")
+  for _ in $(seq "$n"); do args+=(-o /dev/null "http://$ip:8000/$each"); done
+  codes=$(curl -s -w '%{http_code}\n' -b "$jar" -c "$jar" -X "$method" -H 'Host: bench' "${args[@]}" | sort | uniq -c | xargs)
+  [[ $codes == "$((n + 1)) 200" ]] || { echo "$first: not every request answered 200: $codes" >&2; return 1; }
+}
