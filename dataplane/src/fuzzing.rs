@@ -235,7 +235,7 @@ pub fn deflate(data: &[u8]) {
         assert!(deflated.len() < data.len(), "deflated to {} bytes from {}", deflated.len(), data.len());
         assert_eq!(inflate(&deflated).as_deref(), Ok(data), "the deflated state inflates to other bytes");
     }
-    // The state's second half under the codes kept from its first (a session's next state).
+    // The whole state under the codes kept from its first half (a session's next state).
     let mut kept = None;
     crate::deflate::deflate_smaller_with(&data[..data.len() / 2], &mut kept);
     if let Some(deflated) = crate::deflate::deflate_smaller_with(data, &mut kept) {
