@@ -9,7 +9,8 @@
 #   docker run --rm handover:0.1.0 --help                                   # the sidecar
 #   docker run --rm --entrypoint handover-operator handover:0.1.0 --help    # the operator
 #
-# Build arguments: RUST_VERSION (the toolchain; the workspace needs >= 1.90, edition 2024), the
+# Build arguments: RUST_VERSION (the toolchain; the workspace needs >= 1.90, edition 2024), PGO
+# (true: the sidecar built with a profile of its own run, below; false: a plain release build), the
 # builder base (BUILDER_IMAGE, rust:<RUST_VERSION>-slim-bookworm by default) and the runtime base
 # (RUNTIME_IMAGE). tests/image/build.sh builds both bases locally and passes them here. Builder
 # and runtime are both Debian 12 (bookworm): the binaries link glibc dynamically (rustls with
@@ -37,18 +38,33 @@ COPY tests/e2e/Cargo.toml tests/e2e/Cargo.toml
 COPY tests/e2e/src/ tests/e2e/src/
 COPY tests/bench/Cargo.toml tests/bench/Cargo.toml
 COPY tests/bench/src/ tests/bench/src/
+# The sidecar is built with profile-guided optimization (PGO, the default; PGO=false skips it):
+# tests/bench/pgo.sh builds it instrumented, drives it on loopback through the bench's kinds of
+# requests (the demo app behind it, curl in front, every answer checked), and builds it again
+# with that profile: ~14 % fewer instructions a request at 100 B (tests/bench/README.md). It
+# costs two more whole-program builds of the sidecar (~8 minutes on two cores).
+ARG PGO=true
+COPY tests/bench/pgo.sh tests/bench/lib.sh tests/bench/
+# What PGO needs beyond the toolchain, fetched when missing: curl, and an llvm-profdata of rustc's
+# LLVM (rustup's llvm-tools in the rust images; Debian's llvm-<major> without rustup).
+RUN if [ "$PGO" = true ]; then tests/bench/pgo.sh --get-tools; fi
 # The `dist` profile (Cargo.toml): release with whole-program LTO, without debug info, symbols
 # stripped. Panic messages keep their file:line; backtraces lose function names.
 ENV CARGO_TERM_COLOR=never
 # Cache mounts: the registry, git checkouts and target/ survive between builds (BuildKit), so a
-# source change rebuilds only the workspace crates. target/ is a cache, so the binaries are copied
-# out of it in the same step.
+# source change rebuilds only the workspace crates (the PGO build, all of the sidecar's: its
+# profile is new). target/ is a cache, so the binaries are copied out of it in the same step.
 RUN --mount=type=cache,id=handover-cargo-registry,target=/usr/local/cargo/registry,sharing=locked \
     --mount=type=cache,id=handover-cargo-git,target=/usr/local/cargo/git,sharing=locked \
     --mount=type=cache,id=handover-target,target=/src/target,sharing=locked \
-    cargo build --profile dist --locked -p handover-operator -p handover-sidecar \
+    cargo build --profile dist --locked -p handover-operator \
  && install -D -m 0755 target/dist/handover-operator /out/handover-operator \
- && install -D -m 0755 target/dist/handover-sidecar /out/handover-sidecar \
+ && if [ "$PGO" = true ]; then \
+      HANDOVER_CACHE=/src/target/handover tests/bench/pgo.sh /out/handover-sidecar; \
+    else \
+      cargo build --profile dist --locked -p handover-sidecar \
+      && install -D -m 0755 target/dist/handover-sidecar /out/handover-sidecar; \
+    fi \
  && /out/handover-operator --version \
  && /out/handover-sidecar --version
 

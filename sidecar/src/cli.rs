@@ -17,9 +17,17 @@ use handover_dataplane::registry::{Registry, StaticRegistry};
 use handover_dataplane::server::{ConnCounters, ConnLimits};
 use handover_dataplane::timed_body::BodyLimits;
 
+/// `--version`: the crate's version, and whether this build was optimized with a profile of its
+/// own run (the image's is: the Dockerfile builds it with `tests/bench/pgo.sh`, which sets
+/// `HANDOVER_PGO` for that build only), so that what an image ships can be read back from it.
+const VERSION: &str = match option_env!("HANDOVER_PGO") {
+    Some(_) => concat!(env!("CARGO_PKG_VERSION"), " (profile-guided)"),
+    None => env!("CARGO_PKG_VERSION"),
+};
+
 /// handover sidecar: sessions that survive the death of the pod that served them.
 #[derive(Parser, Debug)]
-#[command(name = "handover-sidecar", version)]
+#[command(name = "handover-sidecar", version = VERSION)]
 pub struct Cli {
     #[command(subcommand)]
     pub command: Command,

@@ -15,6 +15,7 @@ trap cleanup EXIT
 # build, or valgrind and its arguments before one), on a loopback address of their own (127.0.0.0/8
 # is all loopback: the ports are free there), keys and logs in DIR. Sets $ip, $app and $sidecar
 # (both also in $pids) and returns once the sidecar is ready. No drain grace: SIGTERM stops it now.
+# One worker thread, or $SIDECAR_WORKERS.
 start_pod() {
   local dir=$1 tool=$2
   shift 2
@@ -25,7 +26,7 @@ start_pod() {
   pids+=("$app")
   "$@" run --listen "$ip:8000" --admin "$ip:9901" --app "$ip:8080" --state-addr "$ip:8081" \
     --pool bench/pool --pod-name bench-0 --key-file "$dir/keys" --mode push --cookie-secure false \
-    --workers 1 --drain-grace 0s --log-level warn 2> "$dir/sidecar.log" &
+    --workers "${SIDECAR_WORKERS:-1}" --drain-grace 0s --log-level warn 2> "$dir/sidecar.log" &
   sidecar=$!
   pids+=("$sidecar")
   local _

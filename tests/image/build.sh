@@ -119,7 +119,21 @@ runtime_inputs() {
 # As rust:<v>-slim-bookworm: Debian with gcc, libc6-dev and CA certificates; the toolchain in
 # /usr/local/rustup/toolchains/<v>-x86_64-unknown-linux-gnu, its bin/ on PATH, CARGO_HOME
 # /usr/local/cargo (the Dockerfile's cache mounts are under it). No rustup: the one toolchain is it.
+# For the sidecar's profile-guided build (the Dockerfile's PGO, on unless HANDOVER_IMAGE_PGO=false):
+# curl, and Debian's llvm-<major> of rustc's LLVM for its llvm-profdata (in the base, so that the
+# build itself fetches nothing).
 BUILDER_DEBS=(ca-certificates gcc libc6-dev)
+PGO="${HANDOVER_IMAGE_PGO:-true}"
+[[ "$PGO" == true || "$PGO" == false ]] || die "HANDOVER_IMAGE_PGO=$PGO: true or false"
+pgo_debs() {
+  [[ "$PGO" == true ]] || return 0
+  local major
+  major="$(rustc -vV | sed -n 's/^LLVM version: \([0-9]*\).*/\1/p')"
+  apt-cache show --no-all-versions "llvm-$major" >/dev/null 2>&1 || apt-get update -qq >/dev/null
+  apt-cache show --no-all-versions "llvm-$major" >/dev/null 2>&1 ||
+    die "Debian $SUITE has no llvm-$major (rustc's LLVM) for the sidecar's profile-guided build; HANDOVER_IMAGE_PGO=false builds without"
+  BUILDER_DEBS+=(curl "llvm-$major")
+}
 
 host_toolchain() {
   command -v rustc >/dev/null || die "no Rust toolchain on this machine (rustc); the builder base copies it"
@@ -189,6 +203,7 @@ ensure_bases() {
     log "runtime base built in $((SECONDS - t0)) s"
   fi
 
+  pgo_debs
   hash="$(builder_inputs | sha256sum | cut -c1-12)"
   BUILDER_IMAGE="localhost/handover-base/rust:$version-$SUITE-$hash"
   if image_exists "$BUILDER_IMAGE"; then
@@ -245,7 +260,7 @@ build_handover() {
   local ca="${HANDOVER_BUILD_CA_BUNDLE:-/etc/ssl/certs/ca-certificates.crt}" vol=()
   [[ -f "$ca" ]] && vol=(--volume "$ca:/etc/ssl/certs/ca-certificates.crt:ro")
   bah build --quiet=false --layers --force-rm --pull=never --isolation chroot --format oci "${vol[@]}" \
-    --build-arg "RUST_VERSION=$RUST_MINOR" \
+    --build-arg "RUST_VERSION=$RUST_MINOR" --build-arg "PGO=$PGO" \
     --build-arg "BUILDER_IMAGE=$BUILDER_IMAGE" \
     --build-arg "RUNTIME_IMAGE=$RUNTIME_IMAGE" \
     -f "$REPO_ROOT/Dockerfile" -t localhost/handover:build "$REPO_ROOT" >&2

@@ -162,6 +162,13 @@ for bin in handover-sidecar handover-operator; do
   check "$bin --version exit status" 0 "$rc"
   if [[ "$out" == "$bin "* ]]; then ok "$bin --version: $out"; else bad "$bin --version printed: $out"; fi
 done
+# The sidecar the image ships is the profile-guided build (Dockerfile, PGO), unless it was built
+# without (build.sh with HANDOVER_IMAGE_PGO=false).
+if [[ "${HANDOVER_IMAGE_PGO:-true}" == true ]]; then
+  out="$(run_once sidecar-pgo handover-sidecar --version)" || true
+  if [[ "$out" == *"(profile-guided)"* ]]; then ok "the sidecar is the profile-guided build"
+  else bad "the sidecar is not the profile-guided build: --version printed $out"; fi
+fi
 
 # --- the security settings, read back from the process and from the runtime ------------------------
 # verify_container ID PID: what the kernel says of the task's init process (/proc/PID, read from
