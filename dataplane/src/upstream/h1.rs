@@ -40,6 +40,9 @@ const MAX_CHUNK_LINE: usize = 4 * 1024;
 const READ_SIZE: usize = 16 * 1024;
 /// Idle connections kept per destination.
 const MAX_IDLE: usize = 64;
+/// The largest request buffer a connection keeps between requests (a larger one, for a request
+/// with a large body, goes once it is written).
+const OUT_KEPT: usize = 8 * 1024;
 
 /// A keep-alive connection to the app.
 pub struct AppConn {
@@ -55,6 +58,10 @@ pub struct AppConn {
     /// only updates it, where a new timeout per request goes into tokio's timer wheel and out
     /// again every time.
     deadline: Option<Pin<Box<tokio::time::Sleep>>>,
+    /// The request being written (head and body), kept for the next: one buffer for the
+    /// connection's life, where one allocated for every request was also grown past its first
+    /// guess once the request carried a session's cookies (~300 instructions a request, counted).
+    out: Vec<u8>,
 }
 
 /// Why an exchange failed.
@@ -89,6 +96,7 @@ impl AppConn {
             reused: false,
             idle_since: std::time::Instant::now(),
             deadline: None,
+            out: Vec::new(),
         })
     }
 
@@ -146,10 +154,15 @@ impl AppConn {
             let closed = io::Error::new(io::ErrorKind::ConnectionReset, "the app closed the idle connection");
             return Err(ExchangeError::NotSent(closed));
         }
-        let mut out = Vec::with_capacity(512 + body.len());
-        write_head(&mut out, req, body.len());
-        out.extend_from_slice(body);
-        if let Err(e) = self.stream.write_all(&out).await {
+        self.out.clear();
+        write_head(&mut self.out, req, body.len());
+        self.out.extend_from_slice(body);
+        let written = self.stream.write_all(&self.out).await;
+        // An idle connection keeps a small buffer, whatever the largest request it carried.
+        if self.out.capacity() > OUT_KEPT {
+            self.out = Vec::new();
+        }
+        if let Err(e) = written {
             // On a connection taken from the idle list, the app closed it meanwhile: the request
             // did not reach it.
             return Err(if self.reused { ExchangeError::NotSent(e) } else { ExchangeError::Failed(e) });
