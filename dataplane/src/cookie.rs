@@ -240,8 +240,8 @@ fn associated_data(header: &[u8], kind: u8, pool: &str) -> Vec<u8> {
     ad
 }
 
-fn open_value(kind: u8, value: &str, pool: &str, ring: &KeyRing) -> Result<Vec<u8>, CookieError> {
-    let mut raw = URL_SAFE_NO_PAD.decode_to_vec(value.trim()).map_err(|_| CookieError::Garbage)?;
+fn open_value(kind: u8, value: &[u8], pool: &str, ring: &KeyRing) -> Result<Vec<u8>, CookieError> {
+    let mut raw = URL_SAFE_NO_PAD.decode_to_vec(value.trim_ascii()).map_err(|_| CookieError::Garbage)?;
     if raw.len() < HEADER_LEN + NONCE_LEN + TAG_LEN {
         return Err(CookieError::Garbage);
     }
@@ -303,9 +303,10 @@ pub fn seal_route(route: &Route, pool: &str, ring: &KeyRing) -> String {
     seal_value(KIND_ROUTE, &body, pool, ring)
 }
 
-/// Opens a routing cookie sealed for `pool`; `now` is unix seconds.
-pub fn open_route(value: &str, pool: &str, ring: &KeyRing, now: u64) -> Result<Route, CookieError> {
-    let body = open_value(KIND_ROUTE, value, pool, ring)?;
+/// Opens a routing cookie sealed for `pool` (its value as text or as the request's bytes: any byte
+/// that is not base64url is [`CookieError::Garbage`]); `now` is unix seconds.
+pub fn open_route(value: impl AsRef<[u8]>, pool: &str, ring: &KeyRing, now: u64) -> Result<Route, CookieError> {
+    let body = open_value(KIND_ROUTE, value.as_ref(), pool, ring)?;
     let mut r = Reader(&body);
     let version = r.u64()?;
     let state_version = r.u64()?;
@@ -424,7 +425,7 @@ pub fn open_state_format(
     ring: &KeyRing,
     max_state: usize,
 ) -> Result<(Vec<u8>, String), CookieError> {
-    let body = open_value(KIND_STATE, value, pool, ring)?;
+    let body = open_value(KIND_STATE, value.as_bytes(), pool, ring)?;
     let mut r = Reader(&body);
     let version = r.u64()?;
     let flags = r.u8()?;
@@ -525,7 +526,7 @@ pub fn split_state<'v>(name: &str, value: &'v str, chunk_bytes: usize) -> Vec<(S
 pub fn join_state<'a>(
     name: &str,
     route: &Route,
-    lookup: impl Fn(&str) -> Option<&'a str>,
+    lookup: impl Fn(&str) -> Option<&'a [u8]>,
 ) -> Result<String, CookieError> {
     let want = route.state_bytes as usize;
     let mut value = String::with_capacity(want.min(MAX_STATE_BYTES));
@@ -534,6 +535,8 @@ pub fn join_state<'a>(
         chunk_name.clear();
         push_chunk_name(&mut chunk_name, name, i);
         let chunk = lookup(&chunk_name).ok_or(CookieError::MissingChunk(i))?;
+        // Not text: not a chunk this sidecar set (a sealed value is base64url).
+        let chunk = std::str::from_utf8(chunk).map_err(|_| CookieError::Stale)?;
         if value.len() + chunk.len() > want {
             return Err(CookieError::Stale);
         }
@@ -654,10 +657,10 @@ fn split_pair(pair: &[u8]) -> Option<CookiePair<'_>> {
     }
 }
 
-/// The value of cookie `name` among `pairs`, as text: `Some("")` for a value that is not UTF-8
-/// (never one this sidecar sealed: it opens as garbage, or is a chunk of the wrong length).
-pub fn lookup<'a>(pairs: &[CookiePair<'a>], name: &str) -> Option<&'a str> {
-    pairs.iter().find(|(n, _)| *n == name.as_bytes()).map(|(_, v)| std::str::from_utf8(v).unwrap_or_default())
+/// The value of cookie `name` among `pairs`, as the request carries it (bytes: what opens it
+/// decodes base64url, which refuses any other byte, so no UTF-8 check is spent on it first).
+pub fn lookup<'a>(pairs: &[CookiePair<'a>], name: &str) -> Option<&'a [u8]> {
+    pairs.iter().find(|(n, _)| *n == name.as_bytes()).map(|(_, v)| *v)
 }
 
 #[cfg(test)]
@@ -685,7 +688,7 @@ mod tests {
         let mut raw = URL_SAFE_NO_PAD.decode_to_vec(&value).expect("base64");
         raw[0] = 2;
         assert_eq!(
-            open_route(&URL_SAFE_NO_PAD.encode_to_string(&raw), "p", &keys, 0),
+            open_route(URL_SAFE_NO_PAD.encode_to_string(&raw), "p", &keys, 0),
             Err(CookieError::UnsupportedVersion(2))
         );
     }
@@ -725,17 +728,18 @@ mod tests {
     #[test]
     fn a_field_with_a_cookie_in_utf8_or_latin1_still_yields_every_pair() {
         let utf8_and_latin1 = [
-            (&b"lang=Fran\xc3\xa7ais; handover=x; b=2"[..], "Fran\u{e7}ais"),
-            (&b"lang=Fran\xe7ais; handover=x; b=2"[..], ""),
+            (&b"lang=Fran\xc3\xa7ais; handover=x; b=2"[..], &b"Fran\xc3\xa7ais"[..]),
+            (&b"lang=Fran\xe7ais; handover=x; b=2"[..], &b"Fran\xe7ais"[..]),
         ];
         for (field, lang) in utf8_and_latin1 {
             let pairs = request_pairs([field].into_iter());
             assert_eq!(pairs.len(), 3, "{pairs:?}");
-            assert_eq!(lookup(&pairs, "handover"), Some("x"));
-            assert_eq!(lookup(&pairs, "b"), Some("2"));
-            // A value that is not UTF-8 reads as empty: never one this sidecar sealed.
+            assert_eq!(lookup(&pairs, "handover"), Some(&b"x"[..]));
+            assert_eq!(lookup(&pairs, "b"), Some(&b"2"[..]));
+            // Values come as sent, text or not: what opens them refuses what it cannot read.
             assert_eq!(lookup(&pairs, "lang"), Some(lang));
         }
+        assert_eq!(open_route(b"\xe7AAA", "p", &ring(&[1]), 0), Err(CookieError::Garbage));
     }
 
     fn route(version: u64, chunks: u16, state_bytes: u32) -> Route {
@@ -778,7 +782,7 @@ mod tests {
     fn a_tombstone_route_round_trips_and_unknown_route_flags_are_refused() {
         let keys = ring(&[1]);
         let tombstone = Route { ended: true, ..route(8, 0, 0) };
-        assert_eq!(open_route(&seal_route(&tombstone, "p", &keys), "p", &keys, 0), Ok(tombstone.clone()));
+        assert_eq!(open_route(seal_route(&tombstone, "p", &keys), "p", &keys, 0), Ok(tombstone.clone()));
         // The flags byte is the last of the body: a foreign encoder's unknown bit is malformed.
         let mut body = Vec::new();
         body.extend_from_slice(&[0u8; 32]);
@@ -790,10 +794,10 @@ mod tests {
         let with_ended = seal_value(KIND_ROUTE, &body, "p", &keys);
         assert_eq!(open_route(&with_ended, "p", &keys, 0).map(|r| r.ended), Err(CookieError::Expired), "expiry 0");
         *body.last_mut().expect("flags") = 4;
-        assert_eq!(open_route(&seal_value(KIND_ROUTE, &body, "p", &keys), "p", &keys, 0), Err(CookieError::Malformed));
+        assert_eq!(open_route(seal_value(KIND_ROUTE, &body, "p", &keys), "p", &keys, 0), Err(CookieError::Malformed));
         // The inline bit without the inline state after it.
         *body.last_mut().expect("flags") = ROUTE_FLAG_INLINE;
-        assert_eq!(open_route(&seal_value(KIND_ROUTE, &body, "p", &keys), "p", &keys, 0), Err(CookieError::Malformed));
+        assert_eq!(open_route(seal_value(KIND_ROUTE, &body, "p", &keys), "p", &keys, 0), Err(CookieError::Malformed));
     }
 
     #[test]
@@ -811,7 +815,7 @@ mod tests {
         let deflated = StoredState::new(&repeats, "");
         assert!(deflated.sealed_len() < 100, "deflated: {} bytes", deflated.sealed_len());
         let opened =
-            open_route(&seal_route(&Route { inline: Some(deflated), ..route(9, 0, 0) }, "p", &keys), "p", &keys, 0)
+            open_route(seal_route(&Route { inline: Some(deflated), ..route(9, 0, 0) }, "p", &keys), "p", &keys, 0)
                 .map(|r| r.inline.map(|i| (i.open(4_000), i.open(3_999))));
         assert_eq!(opened, Ok(Some((Ok(repeats), Err(CookieError::OverBudget)))));
         // Refused: an inline state beside chunks, in a tombstone, with an unknown state flag.
@@ -827,7 +831,7 @@ mod tests {
             body.extend_from_slice(&[flags, state_flags]);
             put_str8(&mut body, "");
             body.extend_from_slice(b"state");
-            open_route(&seal_value(KIND_ROUTE, &body, "p", &keys), "p", &keys, 0).map(|r| r.inline.map(|i| i.open(10)))
+            open_route(seal_value(KIND_ROUTE, &body, "p", &keys), "p", &keys, 0).map(|r| r.inline.map(|i| i.open(10)))
         };
         assert_eq!(foreign(0, ROUTE_FLAG_INLINE, 0), Ok(Some(Ok(b"state".to_vec()))), "the body written here opens");
         assert_eq!(foreign(1, ROUTE_FLAG_INLINE, 0), Err(CookieError::Malformed), "beside chunks");
@@ -874,21 +878,27 @@ mod tests {
         let (r, chunks) = sealed_v2(&keys, 9, &state, 1000);
         assert!(chunks.len() > 3);
         let jar: HashMap<String, String> = chunks.iter().cloned().collect();
-        let joined = join_state("h", &r, |n| jar.get(n).map(String::as_str)).expect("joins");
+        let joined = join_state("h", &r, |n| jar.get(n).map(String::as_bytes)).expect("joins");
         assert_eq!(open_state(&joined, &r, "p", &keys, 10_000), Ok(state.clone()));
         // The chunks of version 8 (an older response that arrived last) under the route of 9.
         let (_, older) = sealed_v2(&keys, 8, &state, 1000);
         let old_jar: HashMap<String, String> = older.into_iter().collect();
-        let stale = join_state("h", &r, |n| old_jar.get(n).map(String::as_str)).expect("same length, so they join");
+        let stale = join_state("h", &r, |n| old_jar.get(n).map(String::as_bytes)).expect("same length, so they join");
         assert_eq!(open_state(&stale, &r, "p", &keys, 10_000), Err(CookieError::Stale));
         // A dropped chunk.
         let mut cut = jar.clone();
         cut.remove("h.2");
-        assert_eq!(join_state("h", &r, |n| cut.get(n).map(String::as_str)), Err(CookieError::MissingChunk(2)));
+        assert_eq!(join_state("h", &r, |n| cut.get(n).map(String::as_bytes)), Err(CookieError::MissingChunk(2)));
+        // A chunk of the right length that is not text (not one this sidecar set).
+        let mut latin1: HashMap<String, Vec<u8>> =
+            jar.iter().map(|(n, v)| (n.clone(), v.clone().into_bytes())).collect();
+        let len = latin1["h.1"].len();
+        latin1.insert("h.1".into(), [&b"\xe7"[..], &vec![b'A'; len - 1]].concat());
+        assert_eq!(join_state("h", &r, |n| latin1.get(n).map(Vec::as_slice)), Err(CookieError::Stale));
         // A shortened one.
         let mut short = jar;
         short.insert("h.1".into(), "AAAA".into());
-        assert_eq!(join_state("h", &r, |n| short.get(n).map(String::as_str)), Err(CookieError::Stale));
+        assert_eq!(join_state("h", &r, |n| short.get(n).map(String::as_bytes)), Err(CookieError::Stale));
     }
 
     #[test]
@@ -981,13 +991,13 @@ mod tests {
             let value = seal_state_format(&session, version, &state, &format, "ns/pool", &keys);
             let chunks = split_state("h", &value, chunk_bytes);
             let r = Route { session, version, state_version: version, carry, created_at, ended, ..route(0, chunks.len() as u16, value.len() as u32) };
-            prop_assert_eq!(open_route(&seal_route(&r, "ns/pool", &keys), "ns/pool", &keys, 1_999), Ok(r.clone()));
+            prop_assert_eq!(open_route(seal_route(&r, "ns/pool", &keys), "ns/pool", &keys, 1_999), Ok(r.clone()));
             let jar: HashMap<String, &str> = chunks.into_iter().collect();
-            let joined = join_state("h", &r, |n| jar.get(n).copied());
+            let joined = join_state("h", &r, |n| jar.get(n).map(|v| v.as_bytes()));
             prop_assert_eq!(joined.and_then(|v| open_state_format(&v, &r, "ns/pool", &keys, 3000)), Ok((state.clone(), format.clone())));
             // The same state inside the route (a live session's, not a tombstone's).
             let inline = Route { chunks: 0, state_bytes: 0, ended: false, inline: Some(StoredState::new(&state, &format)), ..r };
-            let opened = open_route(&seal_route(&inline, "ns/pool", &keys), "ns/pool", &keys, 1_999);
+            let opened = open_route(seal_route(&inline, "ns/pool", &keys), "ns/pool", &keys, 1_999);
             prop_assert_eq!(opened.as_ref(), Ok(&inline));
             let stored = opened.ok().and_then(|r| r.inline).map(|i| (i.open(3000), i.format));
             prop_assert_eq!(stored, Some((Ok(state), format)));

@@ -188,7 +188,7 @@ fn route_claimed_by(state_body: &[u8]) -> Option<Route> {
 pub fn cookie_body(data: &[u8]) {
     let Some((&kind, body)) = data.split_first() else { return };
     if kind & 1 == 1 {
-        let route = match cookie::open_route(&seal_body(KIND_ROUTE, body), POOL, &RING, NOW) {
+        let route = match cookie::open_route(seal_body(KIND_ROUTE, body), POOL, &RING, NOW) {
             Ok(route) => route,
             // The seal is valid, so only the body or its expiry can be refused.
             Err(CookieError::Malformed | CookieError::Expired) => return,
@@ -511,7 +511,7 @@ mod tests {
     #[test]
     fn bodies_sealed_here_open_like_values_sealed_by_the_cookie_module() {
         let body = unseal_body(KIND_ROUTE, &cookie::seal_route(&seed_route(), POOL, &RING));
-        assert_eq!(cookie::open_route(&seal_body(KIND_ROUTE, &body), POOL, &RING, NOW), Ok(seed_route()));
+        assert_eq!(cookie::open_route(seal_body(KIND_ROUTE, &body), POOL, &RING, NOW), Ok(seed_route()));
         let mut input = vec![KIND_ROUTE];
         input.extend(body);
         cookie_body(&input);

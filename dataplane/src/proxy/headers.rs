@@ -441,7 +441,7 @@ mod tests {
             let field = [other, b"; handover=r; handover.0=s; b=2"].concat();
             h.insert(header::COOKIE, HeaderValue::from_bytes(&field).unwrap());
             let pairs = cookie_pairs(&h);
-            assert_eq!(cookie::lookup(&pairs, "handover"), Some("r"));
+            assert_eq!(cookie::lookup(&pairs, "handover"), Some(&b"r"[..]));
             let app = AppCookie::new(&h, &pairs, "handover");
             app.apply(&mut h);
             assert_eq!(h[header::COOKIE].as_bytes(), [other, b"; b=2"].concat());
