@@ -232,8 +232,13 @@ fn seal_value(kind: u8, body: &[u8], pool: &str, ring: &KeyRing) -> String {
     URL_SAFE_NO_PAD.encode_to_string(out)
 }
 
-fn associated_data(header: &[u8], kind: u8, pool: &str) -> Vec<u8> {
-    let mut ad = Vec::with_capacity(header.len() + 1 + pool.len());
+/// The longest pool name a ServerPool can have, `namespace/name` (63 + 1 + 253 bytes): its seals'
+/// associated data stays on the stack (a longer `--pool` still works, on the heap).
+const AD_ON_STACK: usize = HEADER_LEN + 1 + 63 + 1 + 253;
+
+/// What a seal authenticates beside its body: the cookie's header, its kind and the pool's name.
+fn associated_data(header: &[u8], kind: u8, pool: &str) -> smallvec::SmallVec<[u8; AD_ON_STACK]> {
+    let mut ad = smallvec::SmallVec::new();
     ad.extend_from_slice(header);
     ad.push(kind);
     ad.extend_from_slice(pool.as_bytes());

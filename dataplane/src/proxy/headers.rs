@@ -308,14 +308,15 @@ pub(super) fn cookie_pairs(headers: &HeaderMap) -> Vec<CookiePair<'_>> {
 /// `X-Forwarded-For` with the client's address appended, and `X-Forwarded-Proto` unless it came;
 /// `forwarded`: whether either came ([`Survey::forwarded`]), or they are not looked for.
 pub(super) fn append_forwarded_for(headers: &mut HeaderMap, client: SocketAddr, forwarded: bool) {
-    // Written by hand, not with `format!`: this runs on every request.
-    let mut value = Vec::with_capacity(64);
+    // Written by hand, not with `format!`, and on the stack (the value's one allocation is the
+    // header value's own): this runs on every request.
+    let mut value = smallvec::SmallVec::<[u8; 64]>::new();
     if let Some(prior) = headers.get(X_FORWARDED_FOR).filter(|_| forwarded) {
         value.extend_from_slice(prior.as_bytes());
         value.extend_from_slice(b", ");
     }
     write_ip(&mut value, client.ip());
-    if let Ok(v) = HeaderValue::from_maybe_shared(bytes::Bytes::from(value)) {
+    if let Ok(v) = HeaderValue::from_bytes(&value) {
         headers.insert(X_FORWARDED_FOR, v);
     }
     if !(forwarded && headers.contains_key(X_FORWARDED_PROTO)) {
@@ -325,7 +326,7 @@ pub(super) fn append_forwarded_for(headers: &mut HeaderMap, client: SocketAddr, 
 
 /// An IP address as text: IPv4 octet by octet with `itoa` (the formatter's padding machinery
 /// costs more than the rest of the header), IPv6 through `Display`.
-fn write_ip(out: &mut Vec<u8>, ip: std::net::IpAddr) {
+fn write_ip(out: &mut smallvec::SmallVec<[u8; 64]>, ip: std::net::IpAddr) {
     match ip {
         std::net::IpAddr::V4(v4) => {
             for (i, octet) in v4.octets().into_iter().enumerate() {
