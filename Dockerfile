@@ -42,7 +42,7 @@ COPY tests/bench/src/ tests/bench/src/
 # tests/bench/pgo.sh builds it instrumented, drives it on loopback through the bench's kinds of
 # requests (the demo app behind it, curl in front, every answer checked), and builds it again
 # with that profile: ~14 % fewer instructions a request at 100 B (tests/bench/README.md). It
-# costs two more whole-program builds of the sidecar (~8 minutes on two cores).
+# costs two more whole-program builds of the sidecar (~10 minutes on two cores).
 ARG PGO=true
 COPY tests/bench/pgo.sh tests/bench/lib.sh tests/bench/
 # What PGO needs beyond the toolchain, fetched when missing: curl, and an llvm-profdata of rustc's

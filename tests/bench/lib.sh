@@ -38,14 +38,22 @@ start_pod() {
   return 1
 }
 
+# all_answered WHAT N CURL_ARGS...: one curl with CURL_ARGS (its requests on one keep-alive
+# connection, as the bench's `Host`); fails, naming WHAT, unless its N answers are all 200s.
+all_answered() {
+  local what=$1 n=$2 codes
+  shift 2
+  codes=$(curl -s -w '%{http_code}\n' -H 'Host: bench' "$@" | sort | uniq -c | xargs)
+  [[ $codes == "$n 200" ]] || { echo "$what: not every request answered 200: $codes" >&2; return 1; }
+}
+
 # session FIRST EACH N METHOD: one session on one keep-alive connection through the sidecar at
 # $ip, its cookies carried on by curl's cookie engine: FIRST (which gives it its state), then EACH
 # N times. Fails unless every answer is a 200.
 session() {
-  local first=$1 each=$2 n=$3 method=$4 jar _ codes
+  local first=$1 each=$2 n=$3 method=$4 jar _
   jar=$(mktemp "$work/jar.XXXX")
   local args=(-o /dev/null "http://$ip:8000/$first")
   for _ in $(seq "$n"); do args+=(-o /dev/null "http://$ip:8000/$each"); done
-  codes=$(curl -s -w '%{http_code}\n' -b "$jar" -c "$jar" -X "$method" -H 'Host: bench' "${args[@]}" | sort | uniq -c | xargs)
-  [[ $codes == "$((n + 1)) 200" ]] || { echo "$first: not every request answered 200: $codes" >&2; return 1; }
+  all_answered "$first" $((n + 1)) -b "$jar" -c "$jar" -X "$method" "${args[@]}"
 }

@@ -91,10 +91,9 @@ drive() {
   session 'visit?cache=none' 'visit?cache=none' $((n * 2)) GET & drives+=($!)
   for d in "${drives[@]}"; do wait "$d"; done
   # Cookieless requests: each one a new session.
-  local args=() codes
+  local args=()
   for _ in $(seq $((n * 2))); do args+=(-o /dev/null "http://$ip:8000/incr"); done
-  codes=$(curl -s -w '%{http_code}\n' -X POST -H 'Host: bench' "${args[@]}" | sort | uniq -c | xargs)
-  [[ $codes == "$((n * 2)) 200" ]] || { echo "cookieless: not every request answered 200: $codes" >&2; exit 1; }
+  all_answered cookieless $((n * 2)) -X POST "${args[@]}" || exit 1
   # SIGTERM: the sidecar drains (no grace) and exits, writing its profile on the way out.
   kill "$sidecar" "$app"
   wait "$sidecar" || { echo "the instrumented sidecar ($workers workers) did not exit cleanly" >&2; exit 1; }
