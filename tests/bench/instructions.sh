@@ -18,7 +18,11 @@
 # --cart B makes the session's state a JSON shopping cart of about B bytes (the demo app's
 # `POST /cart`) instead of noise: a state with repeats, which the sidecar deflates with LZ77.
 #
-#   tests/bench/instructions.sh [--requests N] [--state-bytes B | --cart B | --page] SIDECAR [OTHER_SIDECAR...]
+# --browser sends the 13 fields a browser's script request carries with every request (lib.sh:
+# browser_fields; with Host, 14 fields and ~600 bytes) where curl sends three (Host, User-Agent,
+# Accept): what the fields cost.
+#
+#   tests/bench/instructions.sh [--requests N] [--state-bytes B | --cart B | --page] [--browser] SIDECAR [OTHER_SIDECAR...]
 #
 # Needs valgrind and curl (Debian: apt-get install valgrind curl) and a built
 # target/dist/handover-sidecar (the demo app; `cargo build --profile dist -p handover-sidecar`).
@@ -28,17 +32,19 @@ requests=2000
 state_bytes=100
 page=""
 cart=""
+browser=""
 while [[ $# -gt 0 ]]; do
   case $1 in
     --requests) requests=$2; shift 2 ;;
     --state-bytes) state_bytes=$2; shift 2 ;;
     --cart) cart=$2; shift 2 ;;
     --page) page=1; shift ;;
+    --browser) browser=1; shift ;;
     -*) echo "unknown option $1" >&2; exit 2 ;;
     *) break ;;
   esac
 done
-[[ $# -ge 1 ]] || { echo "usage: $0 [--requests N] [--state-bytes B | --cart B | --page] SIDECAR [OTHER_SIDECAR...]" >&2; exit 2; }
+[[ $# -ge 1 ]] || { echo "usage: $0 [--requests N] [--state-bytes B | --cart B | --page] [--browser] SIDECAR [OTHER_SIDECAR...]" >&2; exit 2; }
 command -v valgrind > /dev/null || { echo "valgrind not found (apt-get install valgrind)" >&2; exit 2; }
 repo=$(cd "$(dirname "$0")/../.." && pwd)
 tool=$repo/target/dist/handover-sidecar
@@ -46,6 +52,7 @@ tool=$repo/target/dist/handover-sidecar
 
 # shellcheck source=tests/bench/lib.sh
 source "$repo/tests/bench/lib.sh"
+if [[ -n $browser ]]; then request_fields=("${browser_fields[@]}"); fi
 
 # Total instructions of one sidecar process: started under callgrind, 200 requests to warm up,
 # then $2 counted ones, then stopped (SIGTERM: callgrind writes its counts at exit).
@@ -80,6 +87,7 @@ for exe in "$@"; do
     else
       what="state of $state_bytes bytes"
     fi
+    if [[ -n $browser ]]; then what="$what, a browser's fields"; fi
     echo "$exe: $per instructions per request ($what, $requests requests)"
   else
     echo "$exe: $per instructions per request, x$(awk -v a="$per" -v b="$first" 'BEGIN { printf "%.3f", a / b }') of the first"

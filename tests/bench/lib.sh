@@ -47,13 +47,27 @@ all_answered() {
   [[ $codes == "$n 200" ]] || { echo "$what: not every request answered 200: $codes" >&2; return 1; }
 }
 
+# More fields on every request of `session` (curl -H arguments): none unless a script sets them.
+request_fields=()
+
+# The fields a browser sends with a request of a page's script besides Host (Chrome's: 13, ~560 bytes).
+# shellcheck disable=SC2034 # read by the scripts that source this file
+browser_fields=(
+  -H 'User-Agent: Mozilla/5.0 (X11; Linux x86_64) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/131.0.0.0 Safari/537.36'
+  -H 'Accept: text/html,application/xhtml+xml,application/xml;q=0.9,image/avif,image/webp,*/*;q=0.8'
+  -H 'Accept-Language: en-US,en;q=0.9' -H 'Accept-Encoding: gzip, deflate, br, zstd'
+  -H 'sec-ch-ua: "Chromium";v="131", "Not_A Brand";v="24"' -H 'sec-ch-ua-mobile: ?0' -H 'sec-ch-ua-platform: "Linux"'
+  -H 'Sec-Fetch-Site: same-origin' -H 'Sec-Fetch-Mode: cors' -H 'Sec-Fetch-Dest: empty'
+  -H 'Referer: http://bench/cart' -H 'Origin: http://bench' -H 'Content-Type: application/x-www-form-urlencoded'
+)
+
 # session FIRST EACH N METHOD: one session on one keep-alive connection through the sidecar at
 # $ip, its cookies carried on by curl's cookie engine: FIRST (which gives it its state), then EACH
-# N times. Fails unless every answer is a 200.
+# N times, each request with $request_fields. Fails unless every answer is a 200.
 session() {
   local first=$1 each=$2 n=$3 method=$4 jar _
   jar=$(mktemp "$work/jar.XXXX")
   local args=(-o /dev/null "http://$ip:8000/$first")
   for _ in $(seq "$n"); do args+=(-o /dev/null "http://$ip:8000/$each"); done
-  all_answered "$first" $((n + 1)) -b "$jar" -c "$jar" -X "$method" "${args[@]}"
+  all_answered "$first" $((n + 1)) "${request_fields[@]}" -b "$jar" -c "$jar" -X "$method" "${args[@]}"
 }
