@@ -42,7 +42,9 @@ COPY tests/bench/src/ tests/bench/src/
 # tests/bench/pgo.sh builds it instrumented, drives it on loopback through the bench's kinds of
 # requests (the demo app behind it, curl in front, every answer checked), and builds it again
 # with that profile: ~14 % fewer instructions a request at 100 B (tests/bench/README.md). It
-# costs two more whole-program builds of the sidecar (~10 minutes on two cores).
+# costs two more whole-program builds of the sidecar (~10 minutes on two cores) when the sidecar's
+# sources changed; the last one is kept in the target/ cache mount under the hash of its inputs, so
+# a build whose sidecar did not change (the operator's, the tests') uses it again.
 ARG PGO=true
 COPY tests/bench/pgo.sh tests/bench/lib.sh tests/bench/
 # What PGO needs beyond the toolchain, fetched when missing: curl, and an llvm-profdata of rustc's

@@ -16,7 +16,8 @@
 # Needs curl and an llvm-profdata of rustc's LLVM major version (rustup component add llvm-tools;
 # or Debian's llvm-<major>: apt-get install llvm-22 for rustc 1.95; LLVM_PROFDATA=path to name
 # one). Builds under $HANDOVER_CACHE/pgo (default ~/.cache/handover/pgo): two whole-program
-# builds, ~15 minutes on two cores from scratch, ~6 when only the workspace's crates changed.
+# builds, ~15 minutes on two cores from scratch, ~6 when only the workspace's crates changed, none
+# when the sidecar's sources are those of the last build (kept: below).
 set -euo pipefail
 
 repo=$(cd "$(dirname "$0")/../.." && pwd)
@@ -58,6 +59,24 @@ profdata=$(find_profdata) || {
   echo "no llvm-profdata for LLVM $llvm_major (rustup component add llvm-tools, or apt-get install llvm-$llvm_major; or set LLVM_PROFDATA; or $0 --get-tools)" >&2
   exit 2
 }
+
+# What the profile-guided build is made of: the toolchain, this script and its helpers, the
+# workspace's manifests and the crates the sidecar links (the app it trains on is one of them).
+# The same inputs give the same program, so its build is kept under their hash and used again: an
+# image build whose sidecar did not change (a change to the operator, the tests) skips both builds
+# and the training. A change to any of these files builds anew.
+key=$(cd "$repo" && {
+  rustc -vV
+  "$profdata" --version
+  find Cargo.toml Cargo.lock common dataplane lab sidecar tests/bench/pgo.sh tests/bench/lib.sh -type f -print0 |
+    sort -z | xargs -0 sha256sum
+} | sha256sum | cut -c1-16)
+kept=$cache/built/$key/handover-sidecar
+if [[ -x $kept ]]; then
+  install -m 0755 "$kept" "$out"
+  echo "$out: the sidecar built with a profile before, from the same sources and toolchain ($key)"
+  exit 0
+fi
 
 raw=$cache/raw
 echo "== 1/4 dist, instrumented"
@@ -108,5 +127,8 @@ echo "== 3/4 the profile merged"
 echo "== 4/4 dist, optimized with the profile"
 (cd "$repo" && RUSTFLAGS="-Cprofile-use=$cache/sidecar.profdata" CARGO_TARGET_DIR=$cache/use HANDOVER_PGO=1 \
   cargo build --profile dist --locked -p handover-sidecar)
-install -m 0755 "$cache/use/dist/handover-sidecar" "$out"
+# Only the latest build is kept: one binary, not one per change.
+rm -rf "$cache/built"
+install -D -m 0755 "$cache/use/dist/handover-sidecar" "$kept"
+install -m 0755 "$kept" "$out"
 echo "$out: the sidecar built with the profile of $(du -h "$cache/sidecar.profdata" | cut -f1)"
