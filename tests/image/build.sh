@@ -34,6 +34,14 @@ WORK="$IMAGES_DIR/work"
 # One build at a time per cache (tests/run and a cluster script may both call this script).
 exec 9>"$IMAGES_DIR/build.lock"
 flock -w 3600 9 || die "waited an hour for $IMAGES_DIR/build.lock (another build.sh)"
+# Working containers a killed build left in the store (neither the trap below nor buildah's
+# --force-rm runs on SIGKILL): with the lock held no build uses any, and left there they hold their
+# images, so every later prune fails and the store grows with each build.
+left="$(bah containers --quiet 2>/dev/null | wc -l)"
+if ((left > 0)); then
+  bah rm --all >/dev/null 2>&1 || true
+  log "removed $left working containers an interrupted build left in the store"
+fi
 # A working container left by a failed step (bah from) is removed on the way out.
 WORKING=""
 remove_working() {
