@@ -60,14 +60,17 @@ profdata=$(find_profdata) || {
   exit 2
 }
 
-# What the profile-guided build is made of: the toolchain, this script and its helpers, the
-# workspace's manifests and the crates the sidecar links (the app it trains on is one of them).
+# What the profile-guided build is made of: the toolchain (with the C compiler and the glibc it
+# links against), this script and its helpers, the workspace's manifests and the crates the
+# sidecar links (the app it trains on is one of them).
 # The same inputs give the same program, so its build is kept under their hash and used again: an
 # image build whose sidecar did not change (a change to the operator, the tests) skips both builds
 # and the training. A change to any of these files builds anew.
 key=$(cd "$repo" && {
   rustc -vV
   "$profdata" --version
+  cc --version 2>&1 | head -1
+  ldd --version 2>&1 | head -1
   find Cargo.toml Cargo.lock common dataplane lab sidecar tests/bench/pgo.sh tests/bench/lib.sh -type f -print0 |
     sort -z | xargs -0 sha256sum
 } | sha256sum | cut -c1-16)
