@@ -227,12 +227,13 @@ fn stat_ticks(stat: &str) -> Option<(u32, CpuTicks)> {
     Some((ppid, CpuTicks { user: fields.get(11)?.parse().ok()?, system: fields.get(12)?.parse().ok()? }))
 }
 
-/// The CPU per request of `a` over `b`, round by round (rounds where either has no figure are
-/// left out).
-fn paired_cpu_ratios(a: &[Figures], b: &[Figures]) -> Vec<f64> {
+/// A figure of `a` over the same figure of `b`, round by round: each pair ran back to back, so
+/// the ratio leaves out the machine's drift between rounds, which the ratio of two medians taken
+/// apart keeps (rounds where either has no figure, or `b`'s is zero, are left out).
+fn paired_ratios(a: &[Figures], b: &[Figures], figure: impl Fn(&Figures) -> Option<f64>) -> Vec<f64> {
     a.iter()
         .zip(b)
-        .filter_map(|(a, b)| a.cpu_us_per_request.zip(b.cpu_us_per_request))
+        .filter_map(|(a, b)| figure(a).zip(figure(b)))
         .filter(|&(_, b)| b > 0.0)
         .map(|(a, b)| a / b)
         .collect()
@@ -730,19 +731,22 @@ pub async fn run(args: BenchArgs) -> Result<(), String> {
         for (baseline, name) in median.iter().zip(&targets).filter_map(|(f, t)| Some((f, t.0.versus()?))) {
             ratio(name, &median[1], baseline);
         }
-        if let Some(compare) = targets.iter().position(|t| t.0 == Target::Compare) {
-            // The two builds run back to back in each round: the ratio of each pair leaves out the
-            // machine's drift between rounds, which the ratio of the medians keeps.
-            let paired = paired_cpu_ratios(&rounds[1], &rounds[compare]);
-            if !paired.is_empty() {
-                let each: Vec<String> = paired.iter().map(|r| format!("x{r:.2}")).collect();
-                let middle = median_of(&paired);
-                println!(
-                    "  sidecar / compare build, CPU per request round by round (each pair back to back): {}; median x{middle:.2}",
-                    each.join(" ")
-                );
-                ratios.insert(format!("sidecar / compare build @{size} cpu paired median"), serde_json::json!(middle));
+        // Round by round: the medians above are each target's own, possibly from rounds far apart
+        // on a machine whose speed drifts; each round's pair ran back to back.
+        println!("  round by round (each pair back to back), CPU per request:");
+        for (i, &(target, ..)) in targets.iter().enumerate() {
+            // (The app direct has no proxy, so no CPU figure: it is left out.)
+            let Some(name) = target.versus() else { continue };
+            let cpu = paired_ratios(&rounds[1], &rounds[i], |f| f.cpu_us_per_request);
+            let throughput = paired_ratios(&rounds[1], &rounds[i], |f| Some(f.requests_per_second));
+            if cpu.is_empty() {
+                continue;
             }
+            let each: Vec<String> = cpu.iter().map(|r| format!("{r:.2}")).collect();
+            let (cpu, throughput) = (median_of(&cpu), median_of(&throughput));
+            println!("  {name:<26} {}; median x{cpu:.2} (throughput x{throughput:.2})", each.join(" "));
+            ratios.insert(format!("{name} @{size} cpu paired median"), serde_json::json!(cpu));
+            ratios.insert(format!("{name} @{size} throughput paired median"), serde_json::json!(throughput));
         }
         let figures_of = |target: Target| median.iter().zip(&targets).find(|(_, t)| t.0 == target).map(|(f, _)| f);
         // The bench's client and the app share the cores with the proxy: what they spend per
@@ -882,8 +886,9 @@ mod tests {
         };
         let a = [round(Some(30.0)), round(Some(40.0)), round(None), round(Some(33.0))];
         let b = [round(Some(20.0)), round(Some(50.0)), round(Some(10.0)), round(Some(30.0))];
-        let paired = paired_cpu_ratios(&a, &b);
+        let paired = paired_ratios(&a, &b, |f| f.cpu_us_per_request);
         assert_eq!(paired, [1.5, 0.8, 1.1], "the round without a figure is left out");
+        assert_eq!(paired_ratios(&a, &b, |f| Some(f.requests_per_second)), [1.0; 4]);
         assert_eq!(median_of(&paired), 1.1);
         assert_eq!(median_of(&[1.0, 3.0]), 1.0, "the lower middle of an even list");
     }
