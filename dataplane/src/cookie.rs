@@ -44,6 +44,8 @@
 
 use base64_simd::URL_SAFE_NO_PAD;
 
+use std::sync::Arc;
+
 use crate::keys::KeyRing;
 use crate::xchacha::{NONCE_LEN, TAG_LEN};
 
@@ -71,12 +73,14 @@ pub const MAX_INLINE_STATE_BYTES: u16 = 2048;
 /// The largest state a cookie may expand to: bounds decompression of hostile input.
 pub const MAX_STATE_BYTES: usize = 1 << 20;
 
-/// Which pod wrote a cookie: the session's owner.
+/// Which pod wrote a cookie: the session's owner. Its strings are shared: a pod names itself in
+/// every cookie it seals and, in most it opens, reads itself back ([`open_route_by`]), without a
+/// copy either way.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Owner {
-    pub name: String,
-    pub uid: String,
-    pub addr: String,
+    pub name: Arc<str>,
+    pub uid: Arc<str>,
+    pub addr: Arc<str>,
 }
 
 /// Why a cookie was refused. Every refusal counts as "no cookie".
@@ -311,6 +315,18 @@ pub fn seal_route(route: &Route, pool: &str, ring: &KeyRing) -> String {
 /// Opens a routing cookie sealed for `pool` (its value as text or as the request's bytes: any byte
 /// that is not base64url is [`CookieError::Garbage`]); `now` is unix seconds.
 pub fn open_route(value: impl AsRef<[u8]>, pool: &str, ring: &KeyRing, now: u64) -> Result<Route, CookieError> {
+    open_route_by(value, pool, ring, now, None)
+}
+
+/// [`open_route`], with the owner's strings shared with `known`'s where the cookie names the same:
+/// a sidecar reads most of its cookies back from its own clients.
+pub fn open_route_by(
+    value: impl AsRef<[u8]>,
+    pool: &str,
+    ring: &KeyRing,
+    now: u64,
+    known: Option<&Owner>,
+) -> Result<Route, CookieError> {
     let body = open_value(KIND_ROUTE, value.as_ref(), pool, ring)?;
     let mut r = Reader(&body);
     let version = r.u64()?;
@@ -318,7 +334,11 @@ pub fn open_route(value: impl AsRef<[u8]>, pool: &str, ring: &KeyRing, now: u64)
     let issued_at = r.u64()?;
     let expires_at = r.u64()?;
     let session = r.str8()?;
-    let owner = Owner { name: r.str8()?, uid: r.str8()?, addr: r.str8()? };
+    let owner = Owner {
+        name: r.shared_str8(known.map(|o| &o.name))?,
+        uid: r.shared_str8(known.map(|o| &o.uid))?,
+        addr: r.shared_str8(known.map(|o| &o.addr))?,
+    };
     let chunks = r.take(2).map(|b| u16::from_be_bytes([b[0], b[1]]))?;
     let state_bytes = r.u32()?;
     let carry = r.u32()?;
@@ -632,6 +652,15 @@ impl<'a> Reader<'a> {
         let len = usize::from(self.u8()?);
         String::from_utf8(self.take(len)?.to_vec()).map_err(|_| CookieError::Malformed)
     }
+    /// A string shared with `known` when it is the same, else a new one.
+    fn shared_str8(&mut self, known: Option<&Arc<str>>) -> Result<Arc<str>, CookieError> {
+        let len = usize::from(self.u8()?);
+        let bytes = self.take(len)?;
+        match known {
+            Some(k) if k.as_bytes() == bytes => Ok(Arc::clone(k)),
+            _ => std::str::from_utf8(bytes).map(Arc::from).map_err(|_| CookieError::Malformed),
+        }
+    }
 }
 
 /// A `name=value` pair of a request's `Cookie` fields, as bytes. Browsers send a site's cookies
@@ -745,6 +774,20 @@ mod tests {
             assert_eq!(lookup(&pairs, "lang"), Some(lang));
         }
         assert_eq!(open_route(b"\xe7AAA", "p", &ring(&[1]), 0), Err(CookieError::Garbage));
+    }
+
+    #[test]
+    fn a_route_naming_the_known_owner_shares_its_strings_and_any_other_gets_its_own() {
+        let keys = ring(&[1]);
+        let sealed = seal_route(&route(3, 0, 0), "p", &keys);
+        let me = route(0, 0, 0).owner;
+        let mine = open_route_by(&sealed, "p", &keys, 1_500, Some(&me)).expect("opens");
+        assert_eq!(mine, open_route(&sealed, "p", &keys, 1_500).expect("opens"), "the same route either way");
+        assert!(Arc::ptr_eq(&mine.owner.name, &me.name) && Arc::ptr_eq(&mine.owner.addr, &me.addr));
+        let other = Owner { uid: "uid-b".into(), ..me.clone() };
+        let theirs = open_route_by(&sealed, "p", &keys, 1_500, Some(&other)).expect("opens");
+        assert_eq!(&*theirs.owner.uid, "uid-a", "the cookie's own uid, not the known one");
+        assert!(Arc::ptr_eq(&theirs.owner.name, &other.name) && !Arc::ptr_eq(&theirs.owner.uid, &other.uid));
     }
 
     fn route(version: u64, chunks: u16, state_bytes: u32) -> Route {

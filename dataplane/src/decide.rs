@@ -83,7 +83,7 @@ pub fn route(i: Inputs<'_>) -> Decision {
         return Decision::New;
     };
     let holds_current = i.local_version.is_some_and(|v| v >= cookie.version);
-    let owner_is_me = cookie.owner.name == i.me.name && cookie.owner.uid == i.me.uid;
+    let owner_is_me = *cookie.owner.name == *i.me.name && *cookie.owner.uid == *i.me.uid;
     if holds_current {
         // The local app already has this version or a newer one: the owner's copy wins over an
         // older cookie, and a second request of a session just taken over is served, not restored
@@ -98,7 +98,7 @@ pub fn route(i: Inputs<'_>) -> Decision {
         return Decision::Restore { takeover: true };
     }
     let reachable = |m: &&Member| !i.unreachable.contains(&m.name);
-    let owner = i.live.iter().filter(reachable).find(|m| m.name == cookie.owner.name && m.uid == cookie.owner.uid);
+    let owner = i.live.iter().filter(reachable).find(|m| *m.name == *cookie.owner.name && *m.uid == *cookie.owner.uid);
     if let Some(owner) = owner {
         return Decision::Forward { to: owner.clone(), reason: ForwardReason::Owner };
     }
@@ -424,7 +424,7 @@ mod tests {
     fn cookie_from(owner: &str, version: u64) -> Route {
         Route {
             session: "session-1".into(),
-            owner: Owner { name: owner.into(), uid: format!("uid-{owner}"), addr: String::new() },
+            owner: Owner { name: owner.into(), uid: format!("uid-{owner}").into(), addr: "".into() },
             version,
             state_version: version,
             issued_at: 0,

@@ -124,7 +124,7 @@ impl World {
         let m = &self.pods[c.owner].member;
         Route {
             session: SESSION.into(),
-            owner: Owner { name: m.name.clone(), uid: m.uid.clone(), addr: String::new() },
+            owner: Owner { name: m.name.as_str().into(), uid: m.uid.as_str().into(), addr: "".into() },
             version: c.version,
             state_version: c.version,
             issued_at: 0,

@@ -558,7 +558,7 @@ pub fn inspect(
     let report = serde_json::json!({
         "session": r.session,
         "pool": pool,
-        "owner": {"pod": r.owner.name, "uid": r.owner.uid, "addr": r.owner.addr},
+        "owner": {"pod": &*r.owner.name, "uid": &*r.owner.uid, "addr": &*r.owner.addr},
         "version": r.version,
         "created_at": r.created_at,
         "issued_at": r.issued_at,

@@ -174,11 +174,7 @@ impl Proxy {
         let unix = unix_now();
         let route = cookie::Route {
             session: session.to_owned(),
-            owner: cookie::Owner {
-                name: self.cfg.pod_name.clone(),
-                uid: self.cfg.pod_uid.clone(),
-                addr: self.cfg.advertise.clone(),
-            },
+            owner: self.me.clone(),
             version,
             state_version: version,
             issued_at: unix,

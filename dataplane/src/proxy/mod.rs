@@ -211,6 +211,9 @@ pub struct Proxy {
     peer_health: crate::peer_health::Tracker,
     /// `cfg.state_path` as every client request's path is compared with it.
     state_path: crate::state_path::StatePath,
+    /// This pod as its cookies name it (`cfg`'s name, uid and address), shared by every route it
+    /// seals or reads back.
+    me: crate::cookie::Owner,
 }
 
 fn unix_now() -> u64 {
@@ -238,6 +241,11 @@ impl Proxy {
         let table = sessions::Table::new(cfg.max_sessions);
         let backups = cfg.backup_max_bytes.map(crate::backup::Store::new);
         let state_path = crate::state_path::StatePath::new(&cfg.state_path);
+        let me = crate::cookie::Owner {
+            name: cfg.pod_name.as_str().into(),
+            uid: cfg.pod_uid.as_str().into(),
+            addr: cfg.advertise.as_str().into(),
+        };
         Arc::new(Proxy {
             cfg,
             metrics,
@@ -260,6 +268,7 @@ impl Proxy {
             order: order::SessionOrder::default(),
             peer_health: crate::peer_health::Tracker::default(),
             state_path,
+            me,
         })
     }
 
@@ -609,12 +618,12 @@ impl Proxy {
     async fn live_with_unlisted_owner(&self, rc: &RequestCookie, arrival: &Arrival) -> Arc<Vec<Member>> {
         let live = self.registry.live();
         let Some(owner) = rc.route.as_ref().map(|r| &r.owner) else { return live };
-        let listed = live.iter().any(|m| m.name == owner.name);
-        if listed || arrival.forwarded() || owner.name == self.cfg.pod_name {
+        let listed = live.iter().any(|m| *m.name == *owner.name);
+        if listed || arrival.forwarded() || *owner.name == *self.cfg.pod_name {
             return live;
         }
         let Ok(addr) = owner.addr.parse::<SocketAddr>() else { return live };
-        let member = Member { name: owner.name.clone(), uid: owner.uid.clone(), addr };
+        let member = Member { name: owner.name.to_string(), uid: owner.uid.to_string(), addr };
         if self.unreachable_now().contains(&member.name) {
             return live;
         }

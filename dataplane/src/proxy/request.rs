@@ -105,7 +105,8 @@ impl Proxy {
         let other_cookies =
             header_budget::other_cookie_bytes(pairs.iter().copied(), |n| cookie::is_session_cookie(name, n));
         let held_route = lookup(name);
-        let route = held_route.map(|v| cookie::open_route(v, &self.cfg.pool, &self.keys.ring(), unix_now()));
+        let route =
+            held_route.map(|v| cookie::open_route_by(v, &self.cfg.pool, &self.keys.ring(), unix_now(), Some(&self.me)));
         let route = match route {
             None => None,
             Some(Ok(route)) => Some(route),

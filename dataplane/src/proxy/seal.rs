@@ -15,7 +15,7 @@ use super::restore::{Carried, StateCopy};
 use super::sessions::Local;
 use super::{Proxy, unix_now};
 use crate::backup::Backup;
-use crate::cookie::{self, Owner, Route, StoredState};
+use crate::cookie::{self, Route, StoredState};
 use crate::decide::{self, SealAction, SealSource};
 use crate::header_budget::{self, Added, Over, Room};
 use handover_common::sync;
@@ -311,11 +311,7 @@ impl Proxy {
         let absolute = self.cfg.cookie.absolute_timeout.map(|d| d.as_secs());
         Route {
             session: session.to_owned(),
-            owner: Owner {
-                name: self.cfg.pod_name.clone(),
-                uid: self.cfg.pod_uid.clone(),
-                addr: self.cfg.advertise.clone(),
-            },
+            owner: self.me.clone(),
             version,
             state_version,
             issued_at: unix,
