@@ -159,6 +159,8 @@ pub struct LocalPool {
     pub pods: Vec<Pod>,
     probes: Arc<Mutex<Vec<Probe>>>,
     ready: Arc<Mutex<Vec<SocketAddr>>>,
+    /// Each pod's last failed readiness probe: what a pod that never became ready answered.
+    probe_failures: Arc<Mutex<HashMap<String, String>>>,
     keeper: tokio::task::JoinHandle<()>,
 }
 
@@ -211,6 +213,25 @@ pub async fn probe(addr: SocketAddr, path: &str) -> Option<u16> {
     tokio::time::timeout(PROBE_TIMEOUT, attempt).await.ok().flatten()
 }
 
+/// A readiness probe of a sidecar's admin `addr`: its status, or why it failed (the failing
+/// answer's body, which says why the sidecar is not ready, or the connection's error).
+async fn probe_ready(addr: SocketAddr) -> Result<(), String> {
+    let attempt = async {
+        let mut stream = TcpStream::connect(addr).await.map_err(|e| format!("connect: {e}"))?;
+        stream.write_all(b"GET /ready HTTP/1.0\r\nHost: probe\r\n\r\n").await.map_err(|e| format!("send: {e}"))?;
+        // An HTTP/1.0 answer ends with the connection; the bound keeps a chatty one cheap.
+        let mut answer = Vec::new();
+        (&mut stream).take(512).read_to_end(&mut answer).await.map_err(|e| format!("read: {e}"))?;
+        let text = String::from_utf8_lossy(&answer);
+        match text.split_once("\r\n\r\n") {
+            Some((head, _)) if head.split_whitespace().nth(1) == Some("200") => Ok(()),
+            Some((head, body)) => Err(format!("{} {}", head.lines().next().unwrap_or_default(), body.trim())),
+            None => Err(format!("no complete answer: {text:?}")),
+        }
+    };
+    tokio::time::timeout(PROBE_TIMEOUT, attempt).await.map_err(|_| format!("no answer within {PROBE_TIMEOUT:?}"))?
+}
+
 /// Reads a pod's whole metrics page.
 pub async fn scrape(admin: SocketAddr) -> Option<String> {
     admin_get(admin, "/metrics").await
@@ -253,7 +274,13 @@ impl LocalPool {
         std::fs::write(&peers_file, "").map_err(|e| e.to_string())?;
         let probes: Arc<Mutex<Vec<Probe>>> = Arc::default();
         let ready: Arc<Mutex<Vec<SocketAddr>>> = Arc::default();
-        let keeper = tokio::spawn(keep_registry(Arc::clone(&probes), Arc::clone(&ready), peers_file.clone()));
+        let probe_failures: Arc<Mutex<HashMap<String, String>>> = Arc::default();
+        let keeper = tokio::spawn(keep_registry(
+            Arc::clone(&probes),
+            Arc::clone(&ready),
+            Arc::clone(&probe_failures),
+            peers_file.clone(),
+        ));
         let mut pool = LocalPool {
             opts: opts.clone(),
             dir,
@@ -264,6 +291,7 @@ impl LocalPool {
             pods: Vec::new(),
             probes,
             ready,
+            probe_failures,
             keeper,
         };
         for _ in 0..opts.pods {
@@ -318,7 +346,14 @@ impl LocalPool {
                 let lines: Vec<&str> = text.lines().collect();
                 format!("--- {file}\n{}", lines[lines.len().saturating_sub(10)..].join("\n"))
             };
-            return Err(format!("{e}\n{}\n{}", tail(format!("{name}.sidecar.log")), tail(format!("{name}.app.log"))));
+            let probed =
+                sync::lock(&self.probe_failures).get(name).cloned().unwrap_or_else(|| "none failed".to_owned());
+            return Err(format!(
+                "{e}\nlast failed probe of {}/ready: {probed}\n{}\n{}",
+                self.pods[index].admin(),
+                tail(format!("{name}.sidecar.log")),
+                tail(format!("{name}.app.log"))
+            ));
         }
         Ok(index)
     }
@@ -614,17 +649,32 @@ fn write_atomically(path: &Path, text: &str) -> Result<(), String> {
 }
 
 /// The operator's part: probe each pod's readiness and publish the ready ones as the peers file.
-async fn keep_registry(probes: Arc<Mutex<Vec<Probe>>>, ready: Arc<Mutex<Vec<SocketAddr>>>, peers_file: PathBuf) {
+async fn keep_registry(
+    probes: Arc<Mutex<Vec<Probe>>>,
+    ready: Arc<Mutex<Vec<SocketAddr>>>,
+    failed: Arc<Mutex<HashMap<String, String>>>,
+    peers_file: PathBuf,
+) {
     let mut last = String::new();
     // Consecutive failed probes by pod; a new pod counts as failing until its first good probe.
     let mut failures: HashMap<String, u32> = HashMap::new();
     loop {
         let candidates = sync::lock(&probes).clone();
-        let checks = candidates.iter().map(|p| probe(p.admin, "/ready"));
+        let checks = candidates.iter().map(|p| probe_ready(p.admin));
         let results = futures::future::join_all(checks).await;
-        for (p, code) in candidates.iter().zip(&results) {
-            let f = failures.entry(p.name.clone()).or_insert(FAILURE_THRESHOLD);
-            *f = if *code == Some(200) { 0 } else { f.saturating_add(1) };
+        {
+            let mut why = sync::lock(&failed);
+            for (p, result) in candidates.iter().zip(results) {
+                let f = failures.entry(p.name.clone()).or_insert(FAILURE_THRESHOLD);
+                match result {
+                    Ok(()) => *f = 0,
+                    Err(e) => {
+                        *f = f.saturating_add(1);
+                        why.insert(p.name.clone(), e);
+                    }
+                }
+            }
+            why.retain(|name, _| candidates.iter().any(|p| &p.name == name));
         }
         failures.retain(|name, _| candidates.iter().any(|p| &p.name == name));
         let live: Vec<&Probe> =

@@ -14,6 +14,32 @@ use std::process::{Command, Stdio};
 /// Prefix of every namespace and bridge this module creates.
 const PREFIX: &str = "hp";
 
+/// Held while a new bridge's subnet is chosen and its address added.
+const SUBNET_LOCK: &str = "/run/handover-netns.lock";
+
+/// A random 10.x.y.0/24 with no address of the host in it, from 10.200.0.0 – 10.249.255.0 (clear
+/// of the usual pod, service and docker ranges).
+fn free_subnet() -> Result<[u8; 2], String> {
+    for _ in 0..64 {
+        let mut r = [0u8; 2];
+        handover_dataplane::random::fill(&mut r);
+        let subnet = [200 + r[0] % 50, r[1]];
+        let prefix = format!("10.{}.{}.0/24", subnet[0], subnet[1]);
+        let out = Command::new("ip")
+            .args(["-4", "-o", "addr", "show", "to", &prefix])
+            .stdin(Stdio::null())
+            .output()
+            .map_err(|e| format!("cannot run ip: {e}"))?;
+        if !out.status.success() {
+            return Err(format!("ip addr show to {prefix}: {}", String::from_utf8_lossy(&out.stderr).trim()));
+        }
+        if out.stdout.is_empty() {
+            return Ok(subnet);
+        }
+    }
+    Err("no free 10.x.y.0/24 subnet in 64 tries".to_owned())
+}
+
 /// Runs `ip` with `args`; the error carries what `ip` printed.
 fn ip(args: &[&str]) -> Result<(), String> {
     let out = Command::new("ip").args(args).stdin(Stdio::null()).output().map_err(|e| format!("cannot run ip: {e}"))?;
@@ -42,14 +68,18 @@ pub struct Bridge {
 }
 
 impl Bridge {
-    /// Creates a bridge on a fresh 10.x.y.0/24 (the host takes .254).
+    /// Creates a bridge on a 10.x.y.0/24 no other interface of the host uses (the host takes .254).
     pub fn create() -> Result<Bridge, String> {
         remove_stale();
-        let mut r = [0u8; 5];
+        // Choosing a subnet and claiming it is one step for every pool of the host (threads of a
+        // test binary, other processes): two bridges given the same subnet both get a route to
+        // it, the kernel uses the first, and the second pool's pods are unreachable.
+        let lock = std::fs::File::create(SUBNET_LOCK).map_err(|e| format!("cannot open {SUBNET_LOCK}: {e}"))?;
+        lock.lock().map_err(|e| format!("cannot lock {SUBNET_LOCK}: {e}"))?;
+        let mut r = [0u8; 3];
         handover_dataplane::random::fill(&mut r);
         let id = format!("{:02x}{:02x}{:02x}", r[0], r[1], r[2]);
-        // 10.200.0.0 – 10.249.255.0: clear of the usual pod, service and docker ranges.
-        let bridge = Bridge { id, subnet: [200 + r[3] % 50, r[4]], owner_pid: std::process::id() };
+        let bridge = Bridge { id, subnet: free_subnet()?, owner_pid: std::process::id() };
         let name = bridge.bridge_name();
         ip(&["link", "add", &name, "type", "bridge"])?;
         let host = format!("10.{}.{}.254/24", bridge.subnet[0], bridge.subnet[1]);
