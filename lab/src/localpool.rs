@@ -307,7 +307,7 @@ impl LocalPool {
         self.next_index = self.next_index.checked_add(1).filter(|i| *i < 255).ok_or("out of pod addresses")?;
         let i = self.next_index;
         let (ip, netns) = match &self.net {
-            Network::Loopback { net } => (IpAddr::V4(Ipv4Addr::new(127, net[0], net[1], i)), None),
+            Network::Loopback(block) => (IpAddr::V4(Ipv4Addr::new(127, block.net[0], block.net[1], i)), None),
             Network::Namespaces(bridge) => {
                 bridge.add_pod(i)?;
                 (bridge.pod_ip(i), Some(bridge.namespace(i)))

@@ -174,11 +174,43 @@ fn remove_stale() {
     }
 }
 
+/// The 127.x.y.0/24 blocks of this process's live loopback pools.
+static LOOPBACK_BLOCKS: std::sync::Mutex<Vec<[u8; 2]>> = std::sync::Mutex::new(Vec::new());
+
+/// A 127.x.y.0/24 block of the loopback that no other pool of this process uses while this lives
+/// (two pools on one block would bind the same pod addresses).
+#[derive(Debug)]
+pub struct LoopbackBlock {
+    pub net: [u8; 2],
+}
+
+impl LoopbackBlock {
+    fn claim() -> LoopbackBlock {
+        let mut taken = handover_common::sync::lock(&LOOPBACK_BLOCKS);
+        loop {
+            let mut r = [0u8; 2];
+            handover_dataplane::random::fill(&mut r);
+            // 127.<100..227>.<x>.<pod>.
+            let net = [100 + r[0] % 128, r[1]];
+            if !taken.contains(&net) {
+                taken.push(net);
+                return LoopbackBlock { net };
+            }
+        }
+    }
+}
+
+impl Drop for LoopbackBlock {
+    fn drop(&mut self) {
+        handover_common::sync::lock(&LOOPBACK_BLOCKS).retain(|n| *n != self.net);
+    }
+}
+
 /// How local pods are networked.
 #[derive(Debug)]
 pub enum Network {
     /// Each pod on its own 127.x.y.z address of the host's loopback.
-    Loopback { net: [u8; 2] },
+    Loopback(LoopbackBlock),
     /// Each pod in its own network namespace on a bridge.
     Namespaces(Bridge),
 }
@@ -194,16 +226,13 @@ impl Network {
                 Err(e) => tracing::warn!(error = %e, "network namespaces unavailable; using loopback addresses"),
             }
         }
-        let mut r = [0u8; 2];
-        handover_dataplane::random::fill(&mut r);
-        // 127.<100..227>.<x>.<pod>: a fresh block per pool, so pools of parallel tests never meet.
-        Network::Loopback { net: [100 + r[0] % 128, r[1]] }
+        Network::Loopback(LoopbackBlock::claim())
     }
 
     /// A short name for summaries.
     pub fn kind(&self) -> &'static str {
         match self {
-            Network::Loopback { .. } => "loopback",
+            Network::Loopback(_) => "loopback",
             Network::Namespaces(_) => "namespaces",
         }
     }
