@@ -4,7 +4,8 @@
 //! the transport) as plain reverse proxies, at each state size, measured in one run and printed as
 //! ratios, with the cookie work timed alone; then the sidecar's memory (RSS) idle, with many sessions and
 //! after a flood of cookieless requests. Rounds are interleaved so that a noisy neighbour hurts
-//! every target alike. Not a test: it asserts nothing about speed.
+//! every target alike, every other one in the reverse order. Not a test: it asserts nothing about
+//! speed.
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
@@ -647,7 +648,7 @@ pub async fn run(args: BenchArgs) -> Result<(), String> {
     let rss_idle = sidecar_pid.map_or(0.0, rss_mib);
 
     println!(
-        "bench: {} connections, {} rounds of {:?} per target, interleaved; app, sidecar, nginx, haproxy and the minimal proxy with one worker each",
+        "bench: {} connections, {} rounds of {:?} per target, interleaved (every other round in the reverse order); app, sidecar, nginx, haproxy and the minimal proxy with one worker each",
         args.connections, args.rounds, args.duration
     );
     let mut medians: Vec<Figures> = Vec::new();
@@ -673,7 +674,12 @@ pub async fn run(args: BenchArgs) -> Result<(), String> {
         let refused_before = not_sealed().await;
         let mut rounds: Vec<Vec<Figures>> = vec![Vec::new(); targets.len()];
         for round in 0..args.rounds {
-            for (i, &(target, addr, pid)) in targets.iter().enumerate() {
+            // Every other round in the reverse order: a machine whose speed drifts within a round
+            // would otherwise favour whichever target always runs first of a pair.
+            let order: Vec<usize> =
+                if round % 2 == 0 { (0..targets.len()).collect() } else { (0..targets.len()).rev().collect() };
+            for i in order {
+                let (target, addr, pid) = targets[i];
                 let f = drive(addr, target, args.connections, args.duration, (kind, state_bytes), pid, app_pid).await;
                 println!("  round {}  {}", round + 1, line(&f));
                 rounds[i].push(f);
