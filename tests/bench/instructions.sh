@@ -64,6 +64,15 @@ if [[ -n $browser ]]; then request_fields=("${browser_fields[@]}"); fi
 
 ratio() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.3f", a / b }'; }
 
+# per_request COUNTER ARG: one request's instructions, from `COUNTER ARG N` (count or
+# count_baseline) with N = 500 and 500 + $requests (see the top).
+per_request() {
+  local short long
+  short=$("$1" "$2" 500) || exit 1
+  long=$("$1" "$2" $((500 + requests))) || exit 1
+  echo $(((long - short) / requests))
+}
+
 # Total instructions of one sidecar process: started under callgrind, 200 requests to warm up,
 # then $2 counted ones, then stopped (SIGTERM: callgrind writes its counts at exit).
 count() {
@@ -83,10 +92,7 @@ count() {
 count_baseline() {
   local kind=$1 n=$2 d proxy _
   d=$(mktemp -d "$work/run.XXXX")
-  ip=127.$((RANDOM % 200 + 20)).$((RANDOM % 250 + 1)).$((RANDOM % 250 + 1))
-  "$tool" demo-app --listen "$ip:8080" --state-listen "$ip:8081" --workers 1 2> "$d/app.log" &
-  app=$!
-  pids+=("$app")
+  start_app "$d" "$tool"
   if [[ $kind == nginx ]]; then
     # The bench's nginx (lab/src/bench.rs: nginx_config), in one process: callgrind follows it.
     cat > "$d/nginx.conf" <<EOF
@@ -119,10 +125,9 @@ EOF
   fi
   proxy=$!
   pids+=("$proxy")
-  for _ in $(seq 600); do
-    if curl -s -o /dev/null "http://$ip:8000/"; then break; fi
-    sleep 0.1
-  done
+  # The app first: a proxy answers (a 502) before its app does.
+  wait_for "the demo app" "$d/app.log" "http://$ip:8080/" || exit 1
+  wait_for "$kind" "$d/proxy.log" "http://$ip:8000/" || exit 1
   local args=(-o /dev/null "http://$ip:8000/$first_path")
   for _ in $(seq $((n + 200))); do args+=(-o /dev/null "http://$ip:8000/$each_path"); done
   all_answered "$kind" $((n + 201)) "${request_fields[@]}" -H 'Handover-Session: bench-1' -X "$method" "${args[@]}" ||
@@ -145,9 +150,7 @@ if [[ -n $browser ]]; then what="$what, a browser's fields"; fi
 first=""
 counts=()
 for exe in "$@"; do
-  short=$(count "$exe" 500) || exit 1
-  long=$(count "$exe" $((500 + requests))) || exit 1
-  per=$(((long - short) / requests))
+  per=$(per_request count "$exe") || exit 1
   counts+=("$per")
   if [[ -z $first ]]; then
     first=$per
@@ -160,9 +163,7 @@ done
 if [[ -n $baselines ]]; then
   command -v nginx > /dev/null || { echo "nginx not found (apt-get install nginx-light)" >&2; exit 2; }
   for kind in nginx lean; do
-    short=$(count_baseline "$kind" 500) || exit 1
-    long=$(count_baseline "$kind" $((500 + requests))) || exit 1
-    per=$(((long - short) / requests))
+    per=$(per_request count_baseline "$kind") || exit 1
     name=$kind
     if [[ $kind == lean ]]; then name="the minimal proxy"; fi
     line="$name: $per instructions per request; sidecar / $name:"

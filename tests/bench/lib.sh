@@ -11,31 +11,44 @@ cleanup() {
 }
 trap cleanup EXIT
 
-# start_pod DIR TOOL SIDECAR...: TOOL's demo app, and the sidecar that `SIDECAR... run` starts (a
-# build, or valgrind and its arguments before one), on a loopback address of their own (127.0.0.0/8
-# is all loopback: the ports are free there), keys and logs in DIR. Sets $ip, $app and $sidecar
-# (both also in $pids) and returns once the sidecar is ready. No drain grace: SIGTERM stops it now.
-# One worker thread, or $SIDECAR_WORKERS.
-start_pod() {
+# start_app DIR TOOL: TOOL's demo app on a loopback address of its own (127.0.0.0/8 is all
+# loopback: the ports are free there), its log in DIR. Sets $ip and $app (also in $pids).
+start_app() {
   local dir=$1 tool=$2
-  shift 2
   ip=127.$((RANDOM % 200 + 20)).$((RANDOM % 250 + 1)).$((RANDOM % 250 + 1))
-  "$tool" keygen > "$dir/keys"
   "$tool" demo-app --listen "$ip:8080" --state-listen "$ip:8081" --workers 1 2> "$dir/app.log" &
   app=$!
   pids+=("$app")
+}
+
+# wait_for WHAT LOG CURL_ARGS...: returns once `curl CURL_ARGS` succeeds; fails after 60 s, naming
+# WHAT with the end of its LOG.
+wait_for() {
+  local what=$1 log=$2 _
+  shift 2
+  for _ in $(seq 600); do
+    if curl -s -o /dev/null "$@"; then return 0; fi
+    sleep 0.1
+  done
+  echo "$what was not ready within 60 s: $(tail -3 "$log")" >&2
+  return 1
+}
+
+# start_pod DIR TOOL SIDECAR...: TOOL's demo app (start_app), and the sidecar that `SIDECAR... run`
+# starts (a build, or valgrind and its arguments before one) on the same address, keys and logs in
+# DIR. Sets $ip, $app and $sidecar (both also in $pids) and returns once the sidecar is ready. No
+# drain grace: SIGTERM stops it now. One worker thread, or $SIDECAR_WORKERS.
+start_pod() {
+  local dir=$1 tool=$2
+  shift 2
+  start_app "$dir" "$tool"
+  "$tool" keygen > "$dir/keys"
   "$@" run --listen "$ip:8000" --admin "$ip:9901" --app "$ip:8080" --state-addr "$ip:8081" \
     --pool bench/pool --pod-name bench-0 --key-file "$dir/keys" --mode push --cookie-secure false \
     --workers "${SIDECAR_WORKERS:-1}" --drain-grace 0s --log-level warn 2> "$dir/sidecar.log" &
   sidecar=$!
   pids+=("$sidecar")
-  local _
-  for _ in $(seq 600); do
-    if curl -sf -o /dev/null "http://$ip:9901/ready"; then return 0; fi
-    sleep 0.1
-  done
-  echo "the sidecar was not ready within 60 s: $(tail -3 "$dir/sidecar.log")" >&2
-  return 1
+  wait_for "the sidecar" "$dir/sidecar.log" -f "http://$ip:9901/ready"
 }
 
 # all_answered WHAT N CURL_ARGS...: one curl with CURL_ARGS (its requests on one keep-alive
