@@ -62,6 +62,11 @@ tool=$repo/target/dist/handover-sidecar
 source "$repo/tests/bench/lib.sh"
 if [[ -n $browser ]]; then request_fields=("${browser_fields[@]}"); fi
 
+# The counters run in command substitutions, subshells that bash does not run the script's EXIT
+# trap in: each stops the processes it started itself when it ends, however it ends (a failed
+# start would otherwise leave a demo app running, and holding the script's output open).
+stop_own_on_exit() { trap 'kill "${pids[@]}" 2> /dev/null || true' EXIT; }
+
 ratio() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.3f", a / b }'; }
 
 # per_request COUNTER ARG: one request's instructions, from `COUNTER ARG N` (count or
@@ -77,6 +82,7 @@ per_request() {
 # then $2 counted ones, then stopped (SIGTERM: callgrind writes its counts at exit).
 count() {
   local exe=$1 n=$2 d
+  stop_own_on_exit
   d=$(mktemp -d "$work/run.XXXX")
   start_pod "$d" "$tool" valgrind --tool=callgrind --callgrind-out-file="$d/callgrind.out" "$exe" || exit 1
   # One curl: one keep-alive connection, its cookie engine carrying the session's cookies on.
@@ -91,6 +97,7 @@ count() {
 # 200 requests to warm up, then $2 counted ones.
 count_baseline() {
   local kind=$1 n=$2 d proxy _
+  stop_own_on_exit
   d=$(mktemp -d "$work/run.XXXX")
   start_app "$d" "$tool"
   if [[ $kind == nginx ]]; then
