@@ -305,15 +305,26 @@ pub(super) fn cookie_pairs(headers: &HeaderMap) -> Vec<CookiePair<'_>> {
     cookie::request_pairs(headers.get_all(header::COOKIE).iter().map(HeaderValue::as_bytes))
 }
 
-/// `X-Forwarded-For` with the client's address appended, and `X-Forwarded-Proto` unless it came;
-/// `forwarded`: whether either came ([`Survey::forwarded`]), or they are not looked for.
+/// `X-Forwarded-For` with the client's address appended, as one field, and `X-Forwarded-Proto`
+/// unless it came; `forwarded`: whether either came ([`Survey::forwarded`]), or they are not
+/// looked for.
+///
+/// Every `X-Forwarded-For` field that came is kept, in order: HAProxy's `option forwardfor` adds a
+/// field of its own after the client's rather than appending to it, and an app that counts its
+/// trusted hops from the right must find that proxy's entry where it put it, not the client's
+/// claim in its place.
 pub(super) fn append_forwarded_for(headers: &mut HeaderMap, client: SocketAddr, forwarded: bool) {
     // Written by hand, not with `format!`, and on the stack (the value's one allocation is the
     // header value's own): this runs on every request.
     let mut value = smallvec::SmallVec::<[u8; 64]>::new();
-    if let Some(prior) = headers.get(X_FORWARDED_FOR).filter(|_| forwarded) {
-        value.extend_from_slice(prior.as_bytes());
-        value.extend_from_slice(b", ");
+    if forwarded {
+        for prior in headers.get_all(X_FORWARDED_FOR) {
+            let prior = prior.as_bytes().trim_ascii();
+            if !prior.is_empty() {
+                value.extend_from_slice(prior);
+                value.extend_from_slice(b", ");
+            }
+        }
     }
     write_ip(&mut value, client.ip());
     if let Ok(v) = HeaderValue::from_bytes(&value) {
@@ -476,6 +487,21 @@ mod tests {
             append_forwarded_for(&mut h, client, forwarded);
             assert_eq!(h[X_FORWARDED_FOR], format!("203.0.113.9, {}", client.ip()).as_str());
         }
+    }
+
+    #[test]
+    fn every_forwarded_for_field_is_kept_in_order_and_joined_into_one() {
+        // A client's claim, then the field HAProxy's `option forwardfor` adds after it, and an
+        // empty one: the addresses in their order, then the connection's.
+        let client = SocketAddr::new("10.0.0.5".parse().unwrap(), 4000);
+        let mut h = HeaderMap::new();
+        for v in ["203.0.113.9", " ", "198.51.100.7, 192.0.2.1"] {
+            h.append(X_FORWARDED_FOR, HeaderValue::from_static(v));
+        }
+        let forwarded = Survey::of(&h).forwarded;
+        append_forwarded_for(&mut h, client, forwarded);
+        let fields: Vec<_> = h.get_all(X_FORWARDED_FOR).iter().collect();
+        assert_eq!(fields, ["203.0.113.9, 198.51.100.7, 192.0.2.1, 10.0.0.5"]);
     }
 
     #[test]

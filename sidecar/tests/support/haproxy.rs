@@ -2,7 +2,8 @@
 //! configuration adds only what a proxy needs to run at all — `mode http`, the `timeout` lines
 //! (HAProxy warns without them) and the backend — so its buffers are its defaults
 //! (`tune.bufsize` 16384, of which `tune.maxrewrite` 1024 is kept back: a request or response
-//! head must fit in about 15 KiB).
+//! head must fit in about 15 KiB); and, to check what the app learns of its clients, the same
+//! with `option forwardfor`.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -29,10 +30,10 @@ pub struct Haproxy {
     daemon: Daemon,
 }
 
-fn config(port: u16, pods: &[SocketAddr]) -> String {
+fn config(port: u16, pods: &[SocketAddr], defaults: &str) -> String {
     let servers: String = pods.iter().enumerate().map(|(i, p)| format!("    server pod{i} {p}\n")).collect();
     format!(
-        "defaults\n    mode http\n    timeout connect 5s\n    timeout client 60s\n    timeout server 60s\n\
+        "defaults\n    mode http\n    timeout connect 5s\n    timeout client 60s\n    timeout server 60s\n{defaults}\
          frontend web\n    bind 127.0.0.1:{port}\n    default_backend pool\n\
          backend pool\n    balance roundrobin\n{servers}"
     )
@@ -41,9 +42,20 @@ fn config(port: u16, pods: &[SocketAddr]) -> String {
 impl Haproxy {
     /// Starts HAProxy in the foreground, balancing round-robin over `pods`.
     pub async fn start(bin: &Path, pods: &[SocketAddr]) -> Haproxy {
+        Haproxy::start_with(bin, pods, "").await
+    }
+
+    /// The same with `option forwardfor`, as HAProxy usually runs in front of web apps: it adds an
+    /// `X-Forwarded-For` field of its own, after any the client sent.
+    pub async fn start_forwarding_for(bin: &Path, pods: &[SocketAddr]) -> Haproxy {
+        Haproxy::start_with(bin, pods, "    option forwardfor\n").await
+    }
+
+    /// `defaults`: more lines for the `defaults` section.
+    async fn start_with(bin: &Path, pods: &[SocketAddr], defaults: &str) -> Haproxy {
         let daemon = Daemon::start("haproxy", "stderr.log", |dir, port| {
             let conf = dir.join("haproxy.cfg");
-            std::fs::write(&conf, config(port, pods)).expect("write haproxy.cfg");
+            std::fs::write(&conf, config(port, pods, defaults)).expect("write haproxy.cfg");
             let mut cmd = Command::new(bin);
             cmd.arg("-db").arg("-f").arg(&conf);
             cmd
