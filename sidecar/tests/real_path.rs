@@ -16,6 +16,10 @@
 //! only if curl will send them whole — curl never has to leave a cookie out — and after the
 //! owner's death the session has its last sealed state.
 //!
+//! And curl behind a plain nginx at nginx's own proxy defaults (`proxy_pass` and nothing else):
+//! HTTP/1.0 to the pods, `Connection: close`, a new connection for every request, round robin —
+//! the sidecar's HTTP/1.0 path, as most hand-written nginx configurations reach it.
+//!
 //! Needs nginx and haproxy (`apt-get install -y nginx-light haproxy`); without them the tests say
 //! so loudly and pass, unless `HANDOVER_REQUIRE_NGINX` / `HANDOVER_REQUIRE_HAPROXY` is set.
 
@@ -318,4 +322,35 @@ async fn curl_keeps_its_session_near_its_cookie_limit_behind_nginx() {
         let (_, _, next) = curl(jar, "POST", &url(&ingress, "/incr"));
         assert_eq!(next.count, sealed.count + 1, "the {size} B session goes on");
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_session_goes_on_behind_a_plain_nginx_that_speaks_http_1_0_to_the_pods() {
+    let Some(bin) = support::nginx_or_skip("the curl test behind nginx's plain proxy_pass") else {
+        return;
+    };
+    let mut pool = support::pool_with(2, &[], &[]).await;
+    let servers: String = pool.pods.iter().map(|p| format!("server {};\n", p.data())).collect();
+    // No proxy_http_version, no keepalive: nginx's defaults (HTTP/1.0, Connection: close).
+    let nginx =
+        Nginx::start_with(&bin, &format!("upstream pool {{\n{servers}}}"), "location / { proxy_pass http://pool; }")
+            .await;
+    let url = format!("http://{}/incr", nginx.addr);
+    let jar = pool.dir.join("plain-nginx-jar");
+    let mut owner = String::new();
+    // Round robin: the requests reach both pods, and the one that does not own the session
+    // forwards them to the one that does.
+    for expected in 1..=4 {
+        let (_, sealed, reply) = curl(&jar, "POST", &url);
+        assert!(sealed, "request {expected}: the state is sealed");
+        assert_eq!(reply.count, expected, "the session goes on");
+        owner = reply.pod;
+    }
+    let i = pool.pods.iter().position(|p| p.name == owner).expect("the owner is a pod of the pool");
+    pool.kill_pod(i).await;
+    // nginx finds the killed pod refusing connections and passes the request to the other one,
+    // which restores the session from its cookie.
+    let (_, sealed, reply) = curl(&jar, "POST", &url);
+    assert!(sealed && reply.pod != owner, "served and sealed by the pod that lives: {}", reply.pod);
+    assert_eq!(reply.count, 5, "the session went on after its owner died:\n{}", nginx.error_log());
 }
