@@ -5,7 +5,7 @@
 //! benchmark; faults are real signals sent to real processes.
 
 use std::collections::HashMap;
-use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::sync::{Arc, Mutex};
@@ -111,7 +111,8 @@ impl Pod {
     /// Where the sidecar listens: every address of its namespace, or its own loopback address.
     fn bind(&self, port: u16) -> SocketAddr {
         match self.netns {
-            Some(_) => SocketAddr::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED), port),
+            // As in a real pod: every address of the pod, of both families.
+            Some(_) => SocketAddr::new(IpAddr::V6(Ipv6Addr::UNSPECIFIED), port),
             None => SocketAddr::new(self.ip, port),
         }
     }

@@ -100,8 +100,9 @@ pub fn socket_addr(text: &str) -> Result<SocketAddr, String> {
 /// Flags of `run`; each can also be set through the environment variable shown.
 #[derive(Args, Debug, Clone)]
 pub struct RunArgs {
-    /// Data address clients (and peer sidecars) connect to.
-    #[arg(long, env = "HANDOVER_LISTEN", default_value = "0.0.0.0:8000")]
+    /// Data address clients (and peer sidecars) connect to. `[::]` takes IPv6 and IPv4 clients
+    /// alike (IPv4 only where the kernel has no IPv6).
+    #[arg(long, env = "HANDOVER_LISTEN", default_value = "[::]:8000")]
     pub listen: SocketAddr,
     /// Admin address: /live, /ready, /metrics. An IPv6 address may come unbracketed
     /// (`fd00::1:9901`, as `$(POD_IP):9901` expands in a pod): the last `:` separates the port.
@@ -349,11 +350,12 @@ pub async fn run(args: RunArgs) -> Result<(), String> {
     };
     let proxy = Proxy::new(cfg, Arc::clone(&keys), registry, Arc::clone(&metrics));
 
-    let data = tokio::net::TcpListener::bind(args.listen)
+    let data = handover_dataplane::server::listen(args.listen)
         .await
         .map_err(|e| format!("cannot listen on {}: {e}", args.listen))?;
-    let admin =
-        tokio::net::TcpListener::bind(args.admin).await.map_err(|e| format!("cannot listen on {}: {e}", args.admin))?;
+    let admin = handover_dataplane::server::listen(args.admin)
+        .await
+        .map_err(|e| format!("cannot listen on {}: {e}", args.admin))?;
     tracing::info!(data = %args.listen, admin = %args.admin, app = %args.app, pool = %args.pool, pod = %args.pod_name, "handover sidecar started");
 
     tokio::spawn(Arc::clone(&proxy).watch_app());

@@ -8,6 +8,8 @@ mod send_timeout;
 
 use std::convert::Infallible;
 use std::future::Future;
+use std::io;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -71,6 +73,38 @@ impl ConnLimits {
     };
 }
 
+/// A listener on `addr`. `[::]` listens on IPv6 and IPv4 alike, IPv4 clients arriving as mapped
+/// addresses (`IPV6_V6ONLY` off, whatever the node's `net.ipv6.bindv6only`): a pod's IP may be of
+/// either family (IPv6-only and dual-stack clusters), and a mesh proxy or the app itself may still
+/// connect over 127.0.0.1. Where the kernel has no IPv6 (`ipv6.disable=1`), `[::]` falls back to
+/// `0.0.0.0`, said in the log. Any other address is bound as given.
+pub async fn listen(addr: SocketAddr) -> io::Result<TcpListener> {
+    if addr.ip() != IpAddr::V6(Ipv6Addr::UNSPECIFIED) {
+        return TcpListener::bind(addr).await;
+    }
+    match dual_stack(addr.port()) {
+        Ok(listener) => TcpListener::from_std(listener),
+        Err(e) => {
+            let v4 = SocketAddr::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED), addr.port());
+            tracing::warn!(error = %e, %addr, fallback = %v4, "cannot listen on IPv6; listening on IPv4 only");
+            TcpListener::bind(v4).await
+        }
+    }
+}
+
+/// `[::]:port` with IPv4 clients accepted too, non-blocking, with tokio's backlog and
+/// `SO_REUSEADDR` (as `TcpListener::bind` sets them).
+fn dual_stack(port: u16) -> io::Result<std::net::TcpListener> {
+    use socket2::{Domain, Socket, Type};
+    let socket = Socket::new(Domain::IPV6, Type::STREAM, None)?;
+    socket.set_only_v6(false)?;
+    socket.set_reuse_address(true)?;
+    socket.bind(&SocketAddr::new(IpAddr::V6(Ipv6Addr::UNSPECIFIED), port).into())?;
+    socket.listen(1024)?;
+    socket.set_nonblocking(true)?;
+    Ok(socket.into())
+}
+
 /// Serves HTTP/1.1 and HTTP/2 without TLS (h2c with prior knowledge, as ingresses and meshes
 /// speak it to pods), told apart by the connection's first bytes, on `listener` with `handle`
 /// until `stop` resolves, then lets open connections finish for up to `finish_within`.
@@ -82,7 +116,7 @@ pub async fn serve<H, F>(
     limits: ConnLimits,
     counters: ConnCounters,
 ) where
-    H: Fn(Request<Body>, std::net::SocketAddr) -> F + Clone + Send + Sync + 'static,
+    H: Fn(Request<Body>, SocketAddr) -> F + Clone + Send + Sync + 'static,
     F: Future<Output = Response<Body>> + Send + 'static,
 {
     // Each connection task holds a clone of `open`; `all_closed` ends when the last one is dropped.
@@ -102,7 +136,9 @@ pub async fn serve<H, F>(
         tokio::select! {
             accepted = listener.accept() => {
                 let (stream, client) = match accepted {
-                    Ok(a) => a,
+                    // An IPv4 client of a dual-stack listener arrives as `::ffff:a.b.c.d`: the app
+                    // (X-Forwarded-For), the logs and the metrics get the IPv4 address it is.
+                    Ok((stream, client)) => (stream, SocketAddr::new(client.ip().to_canonical(), client.port())),
                     Err(e) => {
                         // Out of file descriptors and the like: back off instead of spinning.
                         tracing::warn!(error = %e, "accept failed");
@@ -310,6 +346,38 @@ mod tests {
         for (answer, body) in answers.iter().zip(["GET /a ", "POST /b hi", "GET /c "]) {
             assert!(answer.ends_with(&format!("\r\n\r\n{body}")), "{answer}");
         }
+    }
+
+    #[tokio::test]
+    async fn an_unspecified_ipv6_address_takes_clients_of_both_families_and_names_each_as_it_is() {
+        // The handler answers with the client address it was given.
+        async fn client_of(_: Request<Body>, client: SocketAddr) -> Response<Body> {
+            Response::new(full(client.ip().to_string()))
+        }
+        let listener = listen("[::]:0".parse().expect("an address")).await.expect("listen on [::]");
+        let port = listener.local_addr().expect("addr").port();
+        let limits = ConnLimits { max_connections: 4, ..ConnLimits::ADMIN };
+        let server = tokio::spawn(serve(
+            listener,
+            client_of,
+            std::future::pending(),
+            Duration::ZERO,
+            limits,
+            Default::default(),
+        ));
+        for (from, seen) in [(IpAddr::V4(Ipv4Addr::LOCALHOST), "127.0.0.1"), (IpAddr::V6(Ipv6Addr::LOCALHOST), "::1")] {
+            let mut stream = tokio::net::TcpStream::connect((from, port)).await.expect("connect");
+            stream.write_all(b"GET / HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n").await.expect("write");
+            let mut reply = Vec::new();
+            tokio::time::timeout(Duration::from_secs(10), stream.read_to_end(&mut reply))
+                .await
+                .expect("the answer within 10 s")
+                .expect("read");
+            let reply = String::from_utf8_lossy(&reply);
+            // An IPv4 client is named by its IPv4 address, not as `::ffff:127.0.0.1`.
+            assert!(reply.starts_with("HTTP/1.1 200 OK\r\n") && reply.ends_with(&format!("\r\n\r\n{seen}")), "{reply}");
+        }
+        server.abort();
     }
 
     #[tokio::test]

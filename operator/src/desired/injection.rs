@@ -152,7 +152,9 @@ pub fn sidecar_container(pool: &ServerPool, cfg: &InjectionConfig) -> Container 
     let mut settings = vec![
         env("HANDOVER_POOL", format!("{}/{}", pool_namespace(pool), pool_name(pool))),
         env("HANDOVER_REGISTRY", "kubernetes"),
-        env("HANDOVER_LISTEN", format!("0.0.0.0:{}", spec.sidecar_port)),
+        // Both address families: a pod's IP is IPv6 in an IPv6-only cluster (and may be in a
+        // dual-stack one), and a mesh proxy in the pod may connect over 127.0.0.1.
+        env("HANDOVER_LISTEN", format!("[::]:{}", spec.sidecar_port)),
         // The admin port (/members, /metrics, /live, /ready) answers on the pod IP only: the
         // kubelet probes the pod IP, peers probe it there, and nothing else in the pod's network
         // namespace (or beyond it, through another interface) needs to reach it.

@@ -377,7 +377,7 @@ fn sidecar_is_a_native_sidecar_with_probes_env_and_keys() {
     assert_eq!(env["HANDOVER_POD_IP"].1.as_deref(), Some("status.podIP"));
     assert_eq!(env["HANDOVER_REGISTRY"].0.as_deref(), Some("kubernetes"));
     assert_eq!(env["HANDOVER_APP"].0.as_deref(), Some("127.0.0.1:8080"));
-    assert_eq!(env["HANDOVER_LISTEN"].0.as_deref(), Some("0.0.0.0:8000"));
+    assert_eq!(env["HANDOVER_LISTEN"].0.as_deref(), Some("[::]:8000"));
     assert_eq!(env["HANDOVER_ADMIN"].0.as_deref(), Some("$(HANDOVER_POD_IP):9901"));
     assert_eq!(env["HANDOVER_KEY_FILE"].0.as_deref(), Some("/etc/handover/keys/keys"));
     assert_eq!(env["HANDOVER_MODE"].0.as_deref(), Some("both"));
