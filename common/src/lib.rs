@@ -1,6 +1,6 @@
 //! What the handover operator and sidecar must agree on, in one place: the key file the operator
 //! writes and every sidecar reads, the duration syntax of the CRD and the sidecar's flags, how
-//! both log, and how both take a lock.
+//! both log, how both take a lock, and how both listen (on both address families).
 
 #![forbid(unsafe_code)]
 
@@ -8,4 +8,5 @@ pub mod duration;
 pub mod fuzzing;
 pub mod keyfile;
 pub mod logging;
+pub mod net;
 pub mod sync;

@@ -35,7 +35,7 @@ enum Command {
 #[derive(clap::Args, Debug)]
 struct RunArgs {
     /// Address of /metrics, /healthz and /readyz.
-    #[arg(long, env = "HANDOVER_METRICS_ADDR", default_value = "0.0.0.0:8080")]
+    #[arg(long, env = "HANDOVER_METRICS_ADDR", default_value = "[::]:8080")]
     metrics_addr: SocketAddr,
 
     /// Name of the leader-election Lease.
@@ -119,7 +119,7 @@ async fn stopped(mut stop: watch::Receiver<bool>) {
 
 async fn run(args: RunArgs) -> Result<(), Error> {
     let metrics = Arc::new(Metrics::new());
-    let listener = tokio::net::TcpListener::bind(args.metrics_addr).await?;
+    let listener = handover_common::net::listen(args.metrics_addr).await?;
     tracing::info!(addr = %listener.local_addr()?, "serving /metrics, /healthz, /readyz");
     tokio::spawn(metrics::serve_on(listener, metrics.clone()));
 

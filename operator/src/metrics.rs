@@ -1,6 +1,5 @@
 //! `/metrics` (Prometheus text format), `/healthz` and `/readyz`.
 
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
@@ -173,13 +172,6 @@ pub fn handle(metrics: &Metrics, method: &Method, path: &str) -> Response<Full<B
         }
         _ => respond(StatusCode::NOT_FOUND, TEXT, "not found\n".into()),
     }
-}
-
-/// Binds `addr` and serves until the process ends.
-pub async fn serve(addr: SocketAddr, metrics: Arc<Metrics>) -> Result<(), Error> {
-    let listener = TcpListener::bind(addr).await?;
-    tracing::info!(addr = %listener.local_addr()?, "serving /metrics, /healthz, /readyz");
-    serve_on(listener, metrics).await
 }
 
 /// Serves on an already bound listener.

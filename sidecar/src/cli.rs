@@ -350,12 +350,11 @@ pub async fn run(args: RunArgs) -> Result<(), String> {
     };
     let proxy = Proxy::new(cfg, Arc::clone(&keys), registry, Arc::clone(&metrics));
 
-    let data = handover_dataplane::server::listen(args.listen)
+    let data = handover_common::net::listen(args.listen)
         .await
         .map_err(|e| format!("cannot listen on {}: {e}", args.listen))?;
-    let admin = handover_dataplane::server::listen(args.admin)
-        .await
-        .map_err(|e| format!("cannot listen on {}: {e}", args.admin))?;
+    let admin =
+        handover_common::net::listen(args.admin).await.map_err(|e| format!("cannot listen on {}: {e}", args.admin))?;
     tracing::info!(data = %args.listen, admin = %args.admin, app = %args.app, pool = %args.pool, pod = %args.pod_name, "handover sidecar started");
 
     tokio::spawn(Arc::clone(&proxy).watch_app());

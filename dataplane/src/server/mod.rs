@@ -8,8 +8,7 @@ mod send_timeout;
 
 use std::convert::Infallible;
 use std::future::Future;
-use std::io;
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -71,38 +70,6 @@ impl ConnLimits {
         keepalive_timeout: Duration::from_secs(30),
         send_timeout: Some(Duration::from_secs(60)),
     };
-}
-
-/// A listener on `addr`. `[::]` listens on IPv6 and IPv4 alike, IPv4 clients arriving as mapped
-/// addresses (`IPV6_V6ONLY` off, whatever the node's `net.ipv6.bindv6only`): a pod's IP may be of
-/// either family (IPv6-only and dual-stack clusters), and a mesh proxy or the app itself may still
-/// connect over 127.0.0.1. Where the kernel has no IPv6 (`ipv6.disable=1`), `[::]` falls back to
-/// `0.0.0.0`, said in the log. Any other address is bound as given.
-pub async fn listen(addr: SocketAddr) -> io::Result<TcpListener> {
-    if addr.ip() != IpAddr::V6(Ipv6Addr::UNSPECIFIED) {
-        return TcpListener::bind(addr).await;
-    }
-    match dual_stack(addr.port()) {
-        Ok(listener) => TcpListener::from_std(listener),
-        Err(e) => {
-            let v4 = SocketAddr::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED), addr.port());
-            tracing::warn!(error = %e, %addr, fallback = %v4, "cannot listen on IPv6; listening on IPv4 only");
-            TcpListener::bind(v4).await
-        }
-    }
-}
-
-/// `[::]:port` with IPv4 clients accepted too, non-blocking, with tokio's backlog and
-/// `SO_REUSEADDR` (as `TcpListener::bind` sets them).
-fn dual_stack(port: u16) -> io::Result<std::net::TcpListener> {
-    use socket2::{Domain, Socket, Type};
-    let socket = Socket::new(Domain::IPV6, Type::STREAM, None)?;
-    socket.set_only_v6(false)?;
-    socket.set_reuse_address(true)?;
-    socket.bind(&SocketAddr::new(IpAddr::V6(Ipv6Addr::UNSPECIFIED), port).into())?;
-    socket.listen(1024)?;
-    socket.set_nonblocking(true)?;
-    Ok(socket.into())
 }
 
 /// Serves HTTP/1.1 and HTTP/2 without TLS (h2c with prior knowledge, as ingresses and meshes
@@ -295,6 +262,7 @@ pub async fn shutdown_signal() {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
     async fn echo(req: Request<Body>, _: std::net::SocketAddr) -> Response<Body> {
@@ -354,7 +322,8 @@ mod tests {
         async fn client_of(_: Request<Body>, client: SocketAddr) -> Response<Body> {
             Response::new(full(client.ip().to_string()))
         }
-        let listener = listen("[::]:0".parse().expect("an address")).await.expect("listen on [::]");
+        let listener =
+            handover_common::net::listen("[::]:0".parse().expect("an address")).await.expect("listen on [::]");
         let port = listener.local_addr().expect("addr").port();
         let limits = ConnLimits { max_connections: 4, ..ConnLimits::ADMIN };
         let server = tokio::spawn(serve(
