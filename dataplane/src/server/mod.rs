@@ -271,25 +271,24 @@ mod tests {
         Response::new(full([line.as_bytes(), &body].concat()))
     }
 
-    /// `request` sent on one connection to a listener serving `echo`: everything answered until
-    /// the connection closed.
-    async fn exchange(request: &[u8]) -> String {
-        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-        let addr = listener.local_addr().expect("addr");
+    /// Serves `handle` on `listener` (a few connections, short timeouts) until aborted.
+    fn spawn_server<H, F>(listener: TcpListener, handle: H) -> tokio::task::JoinHandle<()>
+    where
+        H: Fn(Request<Body>, SocketAddr) -> F + Clone + Send + Sync + 'static,
+        F: Future<Output = Response<Body>> + Send + 'static,
+    {
         let limits = ConnLimits {
             max_connections: 4,
             header_timeout: Duration::from_millis(500),
             keepalive_timeout: Duration::from_millis(500),
             send_timeout: Some(Duration::from_secs(5)),
         };
-        let server = tokio::spawn(serve(
-            listener,
-            echo,
-            std::future::pending(),
-            Duration::ZERO,
-            limits,
-            ConnCounters::default(),
-        ));
+        tokio::spawn(serve(listener, handle, std::future::pending(), Duration::ZERO, limits, ConnCounters::default()))
+    }
+
+    /// `request` sent on a new connection to `addr`: everything answered until the connection
+    /// closed.
+    async fn ask(addr: SocketAddr, request: &[u8]) -> String {
         let mut stream = tokio::net::TcpStream::connect(addr).await.expect("connect");
         stream.write_all(request).await.expect("write");
         let mut reply = Vec::new();
@@ -297,8 +296,17 @@ mod tests {
             .await
             .expect("the connection closed in time")
             .expect("read");
-        server.abort();
         String::from_utf8_lossy(&reply).into_owned()
+    }
+
+    /// `request` sent on one connection to a listener serving `echo`.
+    async fn exchange(request: &[u8]) -> String {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let server = spawn_server(listener, echo);
+        let reply = ask(addr, request).await;
+        server.abort();
+        reply
     }
 
     #[tokio::test]
@@ -325,24 +333,10 @@ mod tests {
         let listener =
             handover_common::net::listen("[::]:0".parse().expect("an address")).await.expect("listen on [::]");
         let port = listener.local_addr().expect("addr").port();
-        let limits = ConnLimits { max_connections: 4, ..ConnLimits::ADMIN };
-        let server = tokio::spawn(serve(
-            listener,
-            client_of,
-            std::future::pending(),
-            Duration::ZERO,
-            limits,
-            Default::default(),
-        ));
+        let server = spawn_server(listener, client_of);
         for (from, seen) in [(IpAddr::V4(Ipv4Addr::LOCALHOST), "127.0.0.1"), (IpAddr::V6(Ipv6Addr::LOCALHOST), "::1")] {
-            let mut stream = tokio::net::TcpStream::connect((from, port)).await.expect("connect");
-            stream.write_all(b"GET / HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n").await.expect("write");
-            let mut reply = Vec::new();
-            tokio::time::timeout(Duration::from_secs(10), stream.read_to_end(&mut reply))
-                .await
-                .expect("the answer within 10 s")
-                .expect("read");
-            let reply = String::from_utf8_lossy(&reply);
+            let reply =
+                ask(SocketAddr::new(from, port), b"GET / HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n").await;
             // An IPv4 client is named by its IPv4 address, not as `::ffff:127.0.0.1`.
             assert!(reply.starts_with("HTTP/1.1 200 OK\r\n") && reply.ends_with(&format!("\r\n\r\n{seen}")), "{reply}");
         }
