@@ -111,7 +111,8 @@ impl Pod {
     /// Where the sidecar listens: every address of its namespace, or its own loopback address.
     fn bind(&self, port: u16) -> SocketAddr {
         match self.netns {
-            // As in a real pod: every address of the pod, of both families.
+            // Every address of the pod, of both families, as a real pod's data port listens (its
+            // admin port listens on the pod IP alone; here both take the namespace's addresses).
             Some(_) => SocketAddr::new(IpAddr::V6(Ipv6Addr::UNSPECIFIED), port),
             None => SocketAddr::new(self.ip, port),
         }
