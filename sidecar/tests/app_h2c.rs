@@ -6,7 +6,7 @@
 //! demo app behind `--app-protocol h2c` keeps its count, and restores it after it crashed.
 
 mod support;
-use support::{curl_head, exe, field, pool_with};
+use support::{Scratch, curl_head, exe, field, pool_with};
 
 use std::net::SocketAddr;
 use std::pin::Pin;
@@ -161,15 +161,9 @@ async fn start_sidecar(app: SocketAddr, dir: &std::path::Path) -> (SocketAddr, t
     (data, child)
 }
 
-fn scratch(name: &str) -> std::path::PathBuf {
-    let dir = std::env::temp_dir().join(format!("handover-app-h2c-{name}-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).expect("temp dir");
-    dir
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn grpc_shaped_exchange_streams_through_with_its_trailers() {
-    let dir = scratch("hyper");
+    let dir = Scratch::new("app-h2c-hyper");
     let (release, released) = oneshot::channel();
     let app = start_h2_app(released).await;
     let (data, _sidecar) = start_sidecar(app, &dir).await;
@@ -227,7 +221,7 @@ async fn grpc_shaped_exchange_streams_through_with_its_trailers() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn curl_with_http2_prior_knowledge_gets_the_grpc_trailers() {
-    let dir = scratch("curl");
+    let dir = Scratch::new("app-h2c-curl");
     let (release, released) = oneshot::channel();
     // curl waits for the whole answer: the app need not wait for the test.
     let _ = release.send(());
@@ -278,7 +272,7 @@ async fn call(data: SocketAddr, message: &'static [u8]) -> (Bytes, Option<Header
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn calls_share_one_app_connection_which_is_made_again_when_it_closes() {
-    let dir = scratch("multiplex");
+    let dir = Scratch::new("app-h2c-multiplex");
     let (release, released) = oneshot::channel();
     let _ = release.send(());
     let (app, connections) = start_h2_app_with_connections(released).await;
@@ -312,7 +306,8 @@ fn count_of(body: &str) -> u64 {
 async fn an_h2c_app_keeps_and_restores_its_sessions() {
     let mut pool = pool_with(1, &["--app-protocol", "h2c"], &[]).await;
     let base = format!("http://{}", pool.pods[0].data());
-    let jar = scratch("session").join("jar").display().to_string();
+    let dir = Scratch::new("app-h2c-session");
+    let jar = dir.join("jar").display().to_string();
     let incr = format!("{base}/incr");
     let headers = format!("{base}/headers");
     for expected in 1..=3 {
@@ -379,7 +374,7 @@ async fn curl_in_thread(args: Vec<String>) -> (Vec<(String, String)>, String) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stream_the_app_refuses_is_sent_again_when_its_body_is_whole() {
-    let dir = scratch("refused");
+    let dir = Scratch::new("app-h2c-refused");
     let (app, seen) = start_refusing_app(2).await;
     let (data, _sidecar) = start_sidecar(app, &dir).await;
     let log = || std::fs::read_to_string(dir.join("sidecar.log")).unwrap_or_default();
@@ -474,7 +469,7 @@ async fn start_going_away_app() -> (SocketAddr, std::sync::Arc<AtomicUsize>) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stream_the_apps_goaway_left_unprocessed_is_sent_again() {
-    let dir = scratch("goaway");
+    let dir = Scratch::new("app-h2c-goaway");
     let (app, spoke) = start_going_away_app().await;
     let (data, _sidecar) = start_sidecar(app, &dir).await;
     let log = || std::fs::read_to_string(dir.join("sidecar.log")).unwrap_or_default();

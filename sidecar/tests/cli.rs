@@ -1,18 +1,15 @@
 //! The command line as operators and newcomers use it: `demo`, `cookie inspect`, `keygen`.
 
+mod support;
+
 use std::process::Command;
 
 use handover_dataplane::cookie::{self, Owner, Route};
 use handover_dataplane::keys::KeyRing;
+use support::Scratch;
 
 fn exe() -> Command {
     Command::new(env!("CARGO_BIN_EXE_handover-sidecar"))
-}
-
-fn temp_dir(name: &str) -> std::path::PathBuf {
-    let dir = std::env::temp_dir().join(format!("handover-cli-{name}-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).expect("temp dir");
-    dir
 }
 
 #[test]
@@ -50,7 +47,7 @@ fn the_demo_runs_kills_pods_and_loses_nothing() {
 
 #[test]
 fn cookie_inspect_opens_a_cookie_and_explains_a_refusal() {
-    let dir = temp_dir("inspect");
+    let dir = Scratch::new("cli-inspect");
     let key_file = dir.join("keys");
     let keygen = exe().args(["keygen", "--id", "7"]).output().expect("keygen");
     assert!(keygen.status.success());
@@ -128,5 +125,4 @@ fn cookie_inspect_opens_a_cookie_and_explains_a_refusal() {
         .expect("inspect runs");
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("wrong_pool"), "says why it refused");
-    let _ = std::fs::remove_dir_all(dir);
 }

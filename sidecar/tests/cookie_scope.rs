@@ -3,12 +3,11 @@
 //! from each pool) or by `Path` (`--cookie-path`), and one client's jar keeps both.
 
 mod support;
-use support::exe;
 
 use handover_lab::demo_app::CountReply;
 use handover_lab::localpool::{LocalPool, PoolOptions, SessionClient};
 use http::Method;
-use support::{Nginx, curl_head, field};
+use support::{Nginx, Scratch, curl_head, exe, field};
 
 async fn pool_named(pool: &str, sidecar_args: &[&str]) -> LocalPool {
     let mut opts = PoolOptions::new(exe(), 1);
@@ -66,8 +65,7 @@ async fn two_pools_under_one_host_keep_their_cookies_apart_by_path_in_curls_jar(
         ),
     )
     .await;
-    let dir = std::env::temp_dir().join(format!("handover-jar-{}", handover_dataplane::random::session_id()));
-    std::fs::create_dir_all(&dir).expect("scratch dir");
+    let dir = Scratch::new("jar");
     let jar = dir.join("jar");
     let jar = jar.to_str().expect("utf-8 path");
     for round in 1..=3u64 {
@@ -92,5 +90,4 @@ async fn two_pools_under_one_host_keep_their_cookies_apart_by_path_in_curls_jar(
     for pool in [&shop, &account] {
         assert_eq!(pool.metric("handover_cookie_rejects_total").await, 0.0, "no pool got the other's cookie");
     }
-    let _ = std::fs::remove_dir_all(&dir);
 }

@@ -3,7 +3,7 @@
 //! the cookie split over several `cookie` fields (RFC 9113 §8.2.3) joined before it is opened.
 
 mod support;
-use support::{curl_head, field, pool_with};
+use support::{Scratch, curl_head, field, pool_with};
 
 use std::collections::BTreeMap;
 use std::future::Future as _;
@@ -28,8 +28,7 @@ fn count_of(body: &[u8]) -> u64 {
 async fn curl_with_http2_prior_knowledge_keeps_its_session_on_the_http1_port() {
     let pool = pool_with(1, &[], &[]).await;
     let url = format!("http://{}/incr", pool.pods[0].data());
-    let dir = std::env::temp_dir().join(format!("handover-h2-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).expect("temp dir");
+    let dir = Scratch::new("h2");
     let jar = dir.join("jar").display().to_string();
     for expected in 1..=3 {
         let (head, body) = curl_head(&["--http2-prior-knowledge", "-c", &jar, "-b", &jar, "-X", "POST", url.as_str()]);

@@ -4,6 +4,8 @@
 //! restart), or its whole pod dies (a takeover by another pod); the next item lands in a cart that
 //! still holds every item the client was acknowledged — restored from the client's cookie.
 
+mod support;
+
 use std::collections::BTreeMap;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
@@ -44,23 +46,21 @@ fn random_block() -> [u8; 2] {
     [10 + b[0] % 240, b[1]]
 }
 
-/// A scratch directory with logs and the key file, kept when the test fails.
-struct Scratch {
-    dir: PathBuf,
+/// The pods' logs and the key file, in a scratch directory kept when the test fails.
+struct Files {
+    dir: support::Scratch,
 }
 
-impl Scratch {
-    fn new(name: &str) -> Scratch {
-        let dir =
-            std::env::temp_dir().join(format!("handover-python-{name}-{}", handover_dataplane::random::session_id()));
-        std::fs::create_dir_all(&dir).expect("scratch dir");
+impl Files {
+    fn new(name: &str) -> Files {
+        let dir = support::Scratch::new(&format!("python-{name}"));
         let keygen = std::process::Command::new(env!("CARGO_BIN_EXE_handover-sidecar"))
             .arg("keygen")
             .output()
             .expect("keygen runs");
         assert!(keygen.status.success(), "keygen failed");
         std::fs::write(dir.join("keys"), &keygen.stdout).expect("write keys");
-        Scratch { dir }
+        Files { dir }
     }
 
     fn log(&self, name: &str) -> Stdio {
@@ -72,16 +72,6 @@ impl Scratch {
         let text = std::fs::read_to_string(self.dir.join(name)).unwrap_or_default();
         let lines: Vec<&str> = text.lines().collect();
         format!("--- {name}\n{}", lines[lines.len().saturating_sub(15)..].join("\n"))
-    }
-}
-
-impl Drop for Scratch {
-    fn drop(&mut self) {
-        if std::thread::panicking() {
-            eprintln!("python example logs kept in {}", self.dir.display());
-        } else {
-            let _ = std::fs::remove_dir_all(&self.dir);
-        }
     }
 }
 
@@ -115,7 +105,7 @@ impl Pod {
         SocketAddr::new(self.ip, STATE_PORT)
     }
 
-    async fn start_app(&mut self, scratch: &Scratch) {
+    async fn start_app(&mut self, files: &Files) {
         let script = repo_root().join("examples/python-app/app.py");
         let child = Command::new(python().expect("python3"))
             .arg(&script)
@@ -123,7 +113,7 @@ impl Pod {
             .args(["--state-listen", &self.state_addr().to_string()])
             .stdin(Stdio::null())
             .stdout(Stdio::null())
-            .stderr(scratch.log(&format!("{}.app.log", self.name)))
+            .stderr(files.log(&format!("{}.app.log", self.name)))
             .kill_on_drop(true)
             .spawn()
             .expect("python3 starts");
@@ -133,11 +123,11 @@ impl Pod {
         if let Err(e) =
             wait_for(&what, START_TIMEOUT, || async move { probe(app, "/healthz").await == Some(200) }).await
         {
-            panic!("{e}\n{}", scratch.tail(&format!("{}.app.log", self.name)));
+            panic!("{e}\n{}", files.tail(&format!("{}.app.log", self.name)));
         }
     }
 
-    async fn start_sidecar(&mut self, scratch: &Scratch, peers: &str) {
+    async fn start_sidecar(&mut self, files: &Files, peers: &str) {
         let child = Command::new(env!("CARGO_BIN_EXE_handover-sidecar"))
             .arg("run")
             .args(["--listen", &self.data().to_string()])
@@ -147,12 +137,12 @@ impl Pod {
             .arg(format!("--pool={POOL}"))
             .arg(format!("--pod-name={}", self.name))
             .arg("--key-file")
-            .arg(scratch.dir.join("keys"))
+            .arg(files.dir.join("keys"))
             .arg(format!("--peers={peers}"))
             .args(["--mode", "push", "--cookie-secure", "false", "--workers", "1"])
             .stdin(Stdio::null())
             .stdout(Stdio::null())
-            .stderr(scratch.log(&format!("{}.sidecar.log", self.name)))
+            .stderr(files.log(&format!("{}.sidecar.log", self.name)))
             .kill_on_drop(true)
             .spawn()
             .expect("the sidecar starts");
@@ -162,7 +152,7 @@ impl Pod {
         if let Err(e) =
             wait_for(&what, START_TIMEOUT, || async move { probe(admin, "/ready").await == Some(200) }).await
         {
-            panic!("{e}\n{}", scratch.tail(&format!("{}.sidecar.log", self.name)));
+            panic!("{e}\n{}", files.tail(&format!("{}.sidecar.log", self.name)));
         }
     }
 
@@ -227,10 +217,10 @@ async fn python_cart_survives_a_sigkill_of_the_app_restored_from_the_cookie() {
         eprintln!("python3 not found: the Python example is not exercised");
         return;
     }
-    let scratch = Scratch::new("restart");
+    let files = Files::new("restart");
     let mut pod = Pod::new("cart-0", random_block(), 1);
-    pod.start_app(&scratch).await;
-    pod.start_sidecar(&scratch, "").await;
+    pod.start_app(&files).await;
+    pod.start_sidecar(&files, "").await;
     let to = pod.data();
 
     let mut client = SessionClient::default();
@@ -243,7 +233,7 @@ async fn python_cart_survives_a_sigkill_of_the_app_restored_from_the_cookie() {
 
     // The app container dies and comes back empty; the sidecar lives on.
     pod.kill_app().await;
-    pod.start_app(&scratch).await;
+    pod.start_app(&files).await;
 
     let after = add(&mut client, to, "plum", 3).await;
     assert_eq!(after.session, first.session, "same session after the restart");
@@ -251,7 +241,7 @@ async fn python_cart_survives_a_sigkill_of_the_app_restored_from_the_cookie() {
         after.items,
         expected(&[("apple", 2), ("pear", 1), ("plum", 3)]),
         "every acknowledged item is still in the cart\n{}",
-        scratch.tail("cart-0.sidecar.log")
+        files.tail("cart-0.sidecar.log")
     );
     assert!(
         metric(pod.admin(), "handover_restores_total{result=\"ok\"}").await >= 1.0,
@@ -269,14 +259,14 @@ async fn python_cart_is_taken_over_by_another_pod_when_its_pod_dies() {
         eprintln!("python3 not found: the Python example is not exercised");
         return;
     }
-    let scratch = Scratch::new("takeover");
+    let files = Files::new("takeover");
     let block = random_block();
     let mut a = Pod::new("cart-a", block, 1);
     let mut b = Pod::new("cart-b", block, 2);
     let peers = format!("{}@{},{}@{}", a.name, a.data(), b.name, b.data());
     for pod in [&mut a, &mut b] {
-        pod.start_app(&scratch).await;
-        pod.start_sidecar(&scratch, &peers).await;
+        pod.start_app(&files).await;
+        pod.start_sidecar(&files, &peers).await;
     }
 
     let mut client = SessionClient::default();
@@ -294,7 +284,7 @@ async fn python_cart_is_taken_over_by_another_pod_when_its_pod_dies() {
         after.items,
         expected(&[("book", 1), ("lamp", 2), ("pen", 5)]),
         "the successor restored the cart from the cookie\n{}",
-        scratch.tail("cart-b.sidecar.log")
+        files.tail("cart-b.sidecar.log")
     );
     assert!(metric(b.admin(), "handover_takeovers_total").await >= 1.0, "counted as a takeover");
 }
@@ -342,9 +332,9 @@ async fn python_cart_keeps_the_state_endpoint_contract() {
         eprintln!("python3 not found: the Python example is not exercised");
         return;
     }
-    let scratch = Scratch::new("contract");
+    let files = Files::new("contract");
     let mut pod = Pod::new("cart-c", random_block(), 1);
-    pod.start_app(&scratch).await;
+    pod.start_app(&files).await;
     let app = pod.state_addr();
     let state = br#"{"items":{"apple":2},"v":1}"#;
 
@@ -395,10 +385,10 @@ async fn python_cart_login_rotates_the_session_id_and_keeps_the_cart() {
         eprintln!("python3 not found: the Python example is not exercised");
         return;
     }
-    let scratch = Scratch::new("login");
+    let files = Files::new("login");
     let mut pod = Pod::new("cart-l", random_block(), 1);
-    pod.start_app(&scratch).await;
-    pod.start_sidecar(&scratch, "").await;
+    pod.start_app(&files).await;
+    pod.start_sidecar(&files, "").await;
     let to = pod.data();
 
     let mut client = SessionClient::default();

@@ -3,7 +3,7 @@
 //! a bot, a cross-site return under `SameSite=Lax`) gets none and never overwrites the client's.
 
 mod support;
-use support::exe;
+use support::{Scratch, exe};
 
 use std::net::SocketAddr;
 use std::path::Path;
@@ -116,8 +116,7 @@ async fn pull_mode_requests_without_state_pass_through_with_no_cookie() {
 async fn a_cross_site_return_without_the_cookie_leaves_curls_cookie_alone() {
     let pool = pool_in(Mode::Push, 1).await;
     let addr = pool.pods[0].data();
-    let dir = std::env::temp_dir().join(format!("handover-curl-{}", handover_dataplane::random::session_id()));
-    std::fs::create_dir_all(&dir).expect("scratch dir");
+    let dir = Scratch::new("curl");
     let jar = dir.join("jar");
     let jar_arg = jar.to_str().expect("utf-8 path");
     for _ in 0..3 {
@@ -141,7 +140,6 @@ async fn a_cross_site_return_without_the_cookie_leaves_curls_cookie_alone() {
 
     let next = curl(&["-c", jar_arg, "-b", jar_arg, "-X", "POST", &url(addr, "/incr")]);
     assert_eq!(count_of(next.as_bytes()).count, 4, "the client's session went on: {next}");
-    let _ = std::fs::remove_dir_all(&dir);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -9,6 +9,8 @@ use std::time::Duration;
 use handover_lab::localpool::wait_for;
 use tokio::process::{Child, Command};
 
+use super::Scratch;
+
 /// The first of `candidates` that runs with `version_arg`; without one, says loudly that `what`
 /// did not run — or fails, when the environment variable `require` is set (as `tests/run` sets
 /// it: in CI these tests must run).
@@ -40,18 +42,13 @@ pub fn tool_or_skip(
 /// A running daemon; killed on drop (its files are kept when the test failed).
 pub struct Daemon {
     child: Child,
-    pub dir: PathBuf,
+    pub dir: Scratch,
     pub addr: SocketAddr,
 }
 
 impl Drop for Daemon {
     fn drop(&mut self) {
         let _ = self.child.start_kill();
-        if std::thread::panicking() {
-            eprintln!("files of the daemon at {} kept in {}", self.addr, self.dir.display());
-        } else {
-            let _ = std::fs::remove_dir_all(&self.dir);
-        }
     }
 }
 
@@ -87,8 +84,7 @@ impl Daemon {
     /// Starts `command(dir, port)` (which writes its configuration into `dir`) and waits until
     /// it listens on the port. `log` names the file in `dir` shown when it does not start.
     pub async fn start(name: &str, log: &str, mut command: impl FnMut(&Path, u16) -> Command) -> Daemon {
-        let dir = std::env::temp_dir().join(format!("handover-{name}-{}", handover_dataplane::random::session_id()));
-        std::fs::create_dir_all(&dir).expect("a directory for the daemon");
+        let dir = Scratch::new(name);
         let mut last_error = String::new();
         // The port is picked by binding port 0 and releasing it; another process may take it in
         // between, so a start that fails is tried again on a new port.

@@ -5,7 +5,8 @@
 //! - `nginx.rs`: a real nginx (any locations, or an ingress at ingress-nginx's defaults);
 //! - `haproxy.rs`: a real HAProxy at its defaults;
 //! - `client.rs`: a session's client as a browser is: one cookie jar, several connections;
-//! - `reorder.rs`: a test proxy that holds responses to deliver them out of order.
+//! - `reorder.rs`: a test proxy that holds responses to deliver them out of order;
+//! - `scratch.rs`: a test's scratch directory, removed unless the test fails.
 
 // Each test crate that includes this module uses a part of it (and of its re-exports).
 #![allow(dead_code, unused_imports)]
@@ -15,9 +16,11 @@ pub mod daemon;
 pub mod haproxy;
 pub mod nginx;
 pub mod reorder;
+pub mod scratch;
 
 pub use haproxy::{Haproxy, haproxy_or_skip};
 pub use nginx::{Nginx, nginx_or_skip};
+pub use scratch::Scratch;
 
 use std::path::PathBuf;
 
