@@ -8,30 +8,31 @@ use tokio::net::TcpListener;
 /// A listener on `addr`. `[::]` listens on IPv6 and IPv4 alike, IPv4 clients arriving as mapped
 /// addresses (`IPV6_V6ONLY` off, whatever the node's `net.ipv6.bindv6only`): a pod's IP may be of
 /// either family (IPv6-only and dual-stack clusters), and a mesh proxy or the app itself may still
-/// connect over 127.0.0.1. Where the kernel has no IPv6 (`ipv6.disable=1`), `[::]` falls back to
-/// `0.0.0.0`, said in the log. Any other address is bound as given.
+/// connect over 127.0.0.1. Where the kernel has no IPv6 (`ipv6.disable=1`: no IPv6 socket can be
+/// made), `[::]` falls back to `0.0.0.0`, said in the log. Any other failure is the caller's: a port
+/// already taken is not quietly served on one family only. Any other address is bound as given.
 pub async fn listen(addr: SocketAddr) -> io::Result<TcpListener> {
+    use socket2::{Domain, Socket, Type};
     if addr.ip() != IpAddr::V6(Ipv6Addr::UNSPECIFIED) {
         return TcpListener::bind(addr).await;
     }
-    match dual_stack(addr.port()) {
-        Ok(listener) => TcpListener::from_std(listener),
+    let socket = match Socket::new(Domain::IPV6, Type::STREAM, None) {
+        Ok(socket) => socket,
         Err(e) => {
             let v4 = SocketAddr::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED), addr.port());
-            tracing::warn!(error = %e, %addr, fallback = %v4, "cannot listen on IPv6; listening on IPv4 only");
-            TcpListener::bind(v4).await
+            tracing::warn!(error = %e, %addr, fallback = %v4, "no IPv6 in this kernel; listening on IPv4 only");
+            return TcpListener::bind(v4).await;
         }
-    }
+    };
+    TcpListener::from_std(dual_stack(socket, addr)?)
 }
 
-/// `[::]:port` with IPv4 clients accepted too, non-blocking, with tokio's backlog and
-/// `SO_REUSEADDR` (as `TcpListener::bind` sets them).
-fn dual_stack(port: u16) -> io::Result<std::net::TcpListener> {
-    use socket2::{Domain, Socket, Type};
-    let socket = Socket::new(Domain::IPV6, Type::STREAM, None)?;
+/// `socket` (IPv6) listening on `addr` with IPv4 clients accepted too, non-blocking, with tokio's
+/// backlog and `SO_REUSEADDR` (as `TcpListener::bind` sets them).
+fn dual_stack(socket: socket2::Socket, addr: SocketAddr) -> io::Result<std::net::TcpListener> {
     socket.set_only_v6(false)?;
     socket.set_reuse_address(true)?;
-    socket.bind(&SocketAddr::new(IpAddr::V6(Ipv6Addr::UNSPECIFIED), port).into())?;
+    socket.bind(&addr.into())?;
     socket.listen(1024)?;
     socket.set_nonblocking(true)?;
     Ok(socket.into())
@@ -51,6 +52,20 @@ mod tests {
             let (_, peer) = accepted.expect("accept");
             assert_eq!(peer.ip().to_canonical(), from);
         }
+    }
+
+    #[tokio::test]
+    async fn a_port_taken_on_ipv6_is_an_error_not_an_ipv4_only_listener() {
+        use socket2::{Domain, Socket, Type};
+        // Another process's IPv6-only listener: the port is still free on IPv4, where a fallback
+        // would have listened without a word to IPv6 clients.
+        let taken = Socket::new(Domain::IPV6, Type::STREAM, None).expect("an IPv6 socket");
+        taken.set_only_v6(true).expect("IPv6 only");
+        taken.bind(&SocketAddr::from((Ipv6Addr::UNSPECIFIED, 0)).into()).expect("bind");
+        taken.listen(8).expect("listen");
+        let port = taken.local_addr().expect("addr").as_socket().expect("an IP address").port();
+        let err = listen(SocketAddr::from((Ipv6Addr::UNSPECIFIED, port))).await.expect_err("the port is taken");
+        assert_eq!(err.kind(), io::ErrorKind::AddrInUse, "{err}");
     }
 
     #[tokio::test]
