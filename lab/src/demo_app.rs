@@ -94,6 +94,12 @@ pub struct DemoAppArgs {
     /// Close keep-alive connections idle this long (many apps do, after some seconds).
     #[arg(long, default_value = "30s", value_parser = handover_common::duration::parse)]
     pub idle_timeout: Duration,
+    /// The client port's queue of connections not yet accepted (`listen(2)`'s backlog; tokio's
+    /// 1024 by default, Tomcat's `acceptCount` 100). Once full, the kernel drops new connections'
+    /// SYNs and their connects wait for a retransmission: what a burst of new connections meets
+    /// at a busy app.
+    #[arg(long, default_value_t = 1024)]
+    pub listen_backlog: u32,
 }
 
 /// One session's state, as the app serializes it for handover.
@@ -440,13 +446,20 @@ impl App {
     }
 }
 
+/// A listener on `addr` whose queue of connections not yet accepted holds `backlog`.
+fn listen(addr: SocketAddr, backlog: u32) -> std::io::Result<tokio::net::TcpListener> {
+    let socket = if addr.is_ipv4() { tokio::net::TcpSocket::new_v4()? } else { tokio::net::TcpSocket::new_v6()? };
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(backlog)
+}
+
 /// Serves the demo app until SIGTERM or SIGINT (as pid 1 of a container, a process without a
 /// handler would never see SIGTERM, and every graceful pod deletion would wait its whole grace
 /// period).
 pub async fn run(args: DemoAppArgs) -> Result<(), String> {
-    let listener = tokio::net::TcpListener::bind(args.listen)
-        .await
-        .map_err(|e| format!("cannot listen on {}: {e}", args.listen))?;
+    let listener =
+        listen(args.listen, args.listen_backlog).map_err(|e| format!("cannot listen on {}: {e}", args.listen))?;
     let state_listener = tokio::net::TcpListener::bind(args.state_listen)
         .await
         .map_err(|e| format!("cannot listen on {}: {e}", args.state_listen))?;

@@ -233,6 +233,54 @@ async fn an_app_closing_idle_connections_is_not_taken_for_a_restart_when_it_repo
     }
 }
 
+/// A burst of new connections at a busy app (a dead pod's clients arriving, an ingress reloaded):
+/// its queue of connections not yet accepted fills, the kernel drops the SYNs past it, and the
+/// sidecar's connects time out. The app lost nothing: the sessions it holds stay known (none is
+/// checked with the app again), and the requests of the burst wait for it and go on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_busy_app_whose_accept_queue_is_full_is_not_taken_for_a_restart() {
+    const SESSIONS: usize = 8;
+    // A queue of one connection: with the app stopped, the sidecar's second new connection to it
+    // finds the queue full.
+    let pool = support::pool_with(1, &[], &["--listen-backlog", "0"]).await;
+    let (addr, admin) = (pool.pods[0].data(), pool.pods[0].admin());
+    let count = |reply: &handover_lab::localpool::Reply| {
+        assert_eq!(reply.status, StatusCode::OK, "{:?}", String::from_utf8_lossy(&reply.body));
+        serde_json::from_slice::<CountReply>(&reply.body).expect("a count reply").count
+    };
+    let mut clients: Vec<SessionClient> = (0..SESSIONS).map(|_| SessionClient::default()).collect();
+    for client in &mut clients {
+        let reply = client.send(|| Some(addr), Method::POST, "/incr").await.expect("reply");
+        assert_eq!(count(&reply), 1);
+    }
+    assert_eq!(pool.metric("handover_sessions ").await, SESSIONS as f64);
+
+    // Half the sessions at once at the stopped app: one request takes the idle app connection,
+    // one the queue's place, and the others' connects time out.
+    pool.signal_app(0, Sig::Stop);
+    let burst: Vec<_> = clients
+        .drain(..SESSIONS / 2)
+        .map(|mut client| {
+            tokio::spawn(async move { client.send(|| Some(addr), Method::POST, "/incr").await.expect("reply") })
+        })
+        .collect();
+    wait_for("the sidecar to find that the app takes no new connection", Duration::from_secs(10), || async move {
+        handover_lab::localpool::probe(admin, "/ready").await == Some(503)
+    })
+    .await
+    .expect("a connect timed out");
+    pool.signal_app(0, Sig::Cont);
+    for request in burst {
+        assert_eq!(count(&request.await.expect("the request's task")), 2, "the burst's requests went on");
+    }
+    assert_eq!(pool.metric("handover_sessions ").await, SESSIONS as f64, "the sessions the app holds are still known");
+    assert_eq!(pool.metric("handover_app_restarts_total").await, 0.0, "the same instance");
+    for client in &mut clients {
+        let reply = client.send(|| Some(addr), Method::POST, "/incr").await.expect("reply");
+        assert_eq!(count(&reply), 2);
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_app_restarted_at_once_never_serves_a_session_empty() {
     for report_instance in [true, false] {

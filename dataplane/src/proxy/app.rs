@@ -18,7 +18,7 @@ use super::restore::Carried;
 use super::{Proxy, body_too_slow, cause, cut_by_client, full, text_response};
 use crate::cache;
 use crate::metrics::BadRequest;
-use crate::upstream::{AppSender, Body, h1};
+use crate::upstream::{AppSender, Body, ConnectError, h1};
 use handover_common::sync;
 
 /// How often the app watcher re-tries a down app; held requests wake on its news.
@@ -94,6 +94,24 @@ impl Proxy {
         self.forget_sessions();
         self.upstreams.forget(self.cfg.app);
         *sync::lock(&self.app_reads) = None;
+    }
+
+    /// The app took no new connection within the connect timeout: its queue of connections not
+    /// yet accepted is full (a burst of new connections at a busy app: the kernel drops their
+    /// SYNs, and a connect waits a second for the retransmission) or it hangs. Requests wait for
+    /// it as for an app that is down, but it lost nothing that is known: unlike a refused
+    /// connection (nothing listens: the process is gone), this is no restart. An app that reports
+    /// its instance is asked for it again once it answers; for any other, its closed connections
+    /// tell a restart, as always ([`Proxy::app_maybe_restarted`]).
+    fn app_unresponsive(&self) {
+        if self.app_up.send_replace(false) {
+            tracing::warn!(
+                app = %self.cfg.app,
+                connect_timeout = ?self.cfg.connect_timeout,
+                "the app takes no new connection (its accept queue full, or hung); requests wait for it"
+            );
+        }
+        self.app_maybe_restarted();
     }
 
     /// The state formats the app last declared it reads (`Handover-Reads`), if it did.
@@ -219,7 +237,11 @@ impl Proxy {
                     return Ok((sender, recheck));
                 }
                 Err(e) => {
-                    self.app_lost();
+                    if matches!(e, ConnectError::Timeout(_)) {
+                        self.app_unresponsive();
+                    } else {
+                        self.app_lost();
+                    }
                     if held.is_none() {
                         match self.held.try_acquire() {
                             Ok(permit) => held = Some(permit),
