@@ -55,6 +55,9 @@ pub struct PoolOptions {
     pub app_args: Vec<String>,
     /// The pool's `namespace/name` (cookies are bound to it, and named after it by default).
     pub pool: String,
+    /// The sidecars' limit on open files, soft and hard, as a container runtime sets it
+    /// (containerd 2: 1024 and 524288), through util-linux's `prlimit`; `None`: this process's.
+    pub sidecar_open_files: Option<(u64, u64)>,
 }
 
 impl PoolOptions {
@@ -68,6 +71,7 @@ impl PoolOptions {
             sidecar_args: Vec::new(),
             app_args: Vec::new(),
             pool: POOL.to_owned(),
+            sidecar_open_files: None,
         }
     }
 }
@@ -369,16 +373,20 @@ impl LocalPool {
         Ok(Stdio::from(file))
     }
 
-    /// A command for `exe` run inside the pod (in its namespace, when it has one).
-    fn in_pod(&self, pod: &Pod) -> Command {
-        match &pod.netns {
-            Some(ns) => {
-                let mut cmd = Command::new("ip");
-                cmd.args(["netns", "exec", ns]).arg(&self.opts.exe);
-                cmd
-            }
-            None => Command::new(&self.opts.exe),
+    /// A command for `exe` run inside the pod (in its namespace, when it has one), with this limit
+    /// on open files (soft, hard) if one is given.
+    fn in_pod(&self, pod: &Pod, open_files: Option<(u64, u64)>) -> Command {
+        let mut argv: Vec<std::ffi::OsString> = Vec::new();
+        if let Some((soft, hard)) = open_files {
+            argv.extend(["prlimit".into(), format!("--nofile={soft}:{hard}").into(), "--".into()]);
         }
+        if let Some(ns) = &pod.netns {
+            argv.extend(["ip", "netns", "exec", ns.as_str()].map(Into::into));
+        }
+        argv.push(self.opts.exe.clone().into());
+        let mut cmd = Command::new(&argv[0]);
+        cmd.args(&argv[1..]);
+        cmd
     }
 
     /// How pods are networked: `namespaces` or `loopback`.
@@ -387,7 +395,7 @@ impl LocalPool {
     }
 
     fn spawn_app(&self, pod: &Pod) -> Result<Child, String> {
-        let mut cmd = self.in_pod(pod);
+        let mut cmd = self.in_pod(pod, None);
         cmd.arg("demo-app")
             .args(["--listen", &pod.app_listen().to_string(), "--name", &pod.name])
             .args(["--state-listen", &pod.state_listen().to_string()])
@@ -406,7 +414,7 @@ impl LocalPool {
             Mode::Pull => "pull",
             Mode::Both => "both",
         };
-        let mut cmd = self.in_pod(pod);
+        let mut cmd = self.in_pod(pod, self.opts.sidecar_open_files);
         cmd.arg("run")
             .args(["--listen", &pod.bind(DATA_PORT).to_string()])
             .args(["--admin", &pod.bind(ADMIN_PORT).to_string()])

@@ -292,6 +292,16 @@ pub struct RunArgs {
 
 /// Runs the sidecar until SIGTERM (or SIGINT) and the drain are over.
 pub async fn run(args: RunArgs) -> Result<(), String> {
+    let open_files = crate::open_files::raise();
+    let max_connections = crate::open_files::connections_within(open_files, args.max_connections);
+    if max_connections < args.max_connections {
+        tracing::warn!(
+            open_files,
+            max_connections = args.max_connections,
+            lowered_to = max_connections,
+            "the open-file limit holds fewer client connections (each with its app connection) than --max-connections; more are closed as they arrive"
+        );
+    }
     let keys = KeyFile::open(args.key_file.clone()).map_err(|e| e.to_string())?;
     let metrics = Arc::new(Metrics::default());
     let registry: Arc<dyn Registry> = match args.registry {
@@ -430,7 +440,7 @@ pub async fn run(args: RunArgs) -> Result<(), String> {
         },
         FINISH_WITHIN,
         ConnLimits {
-            max_connections: args.max_connections,
+            max_connections,
             header_timeout: args.header_timeout,
             keepalive_timeout: args.keepalive_timeout,
             send_timeout: (!args.send_timeout.is_zero()).then_some(args.send_timeout),

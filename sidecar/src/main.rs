@@ -1,6 +1,7 @@
 //! `handover-sidecar`: see `--help`.
 
 mod cli;
+mod open_files;
 
 use clap::Parser;
 use handover_common::logging::{LogFormat, init_logging};

@@ -252,6 +252,75 @@ async fn connections_over_the_cap_are_closed_at_once_and_the_cap_frees_up() {
     .expect("slots come back");
 }
 
+/// What became of one keep-alive connection of a flood: its request answered (with this
+/// status), or the connection closed before any answer, or neither within 20 s.
+#[derive(Debug, PartialEq, Eq, Hash)]
+enum Fate {
+    Answered(u16),
+    Closed,
+    NoAnswer,
+}
+
+/// `n` keep-alive connections to `addr` at once, each sending one request and keeping the
+/// connection open until all have their fate.
+async fn flood(addr: SocketAddr, n: usize) -> std::collections::HashMap<Fate, usize> {
+    let mut tasks = Vec::new();
+    for _ in 0..n {
+        tasks.push(tokio::spawn(async move {
+            let Ok(mut stream) = TcpStream::connect(addr).await else { return (Fate::Closed, None) };
+            let _ = stream.write_all(b"POST /incr HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n\r\n").await;
+            let mut head = [0u8; 12];
+            let fate = match tokio::time::timeout(Duration::from_secs(20), stream.read_exact(&mut head)).await {
+                Err(_) => Fate::NoAnswer,
+                Ok(Err(_)) => Fate::Closed,
+                Ok(Ok(_)) => {
+                    Fate::Answered(std::str::from_utf8(&head[9..12]).ok().and_then(|s| s.parse().ok()).unwrap_or(0))
+                }
+            };
+            (fate, Some(stream))
+        }));
+    }
+    let mut fates = std::collections::HashMap::new();
+    let mut open = Vec::new();
+    for task in tasks {
+        let (fate, stream) = task.await.expect("a connection's task");
+        *fates.entry(fate).or_default() += 1;
+        open.push(stream);
+    }
+    fates
+}
+
+/// A container runtime's limit on open files (containerd 2: soft 1024 under a hard 524288) is
+/// raised to the hard one at start; where the hard one is low too, the connection cap is lowered
+/// to fit it. Either way a flood of connections never leaves the sidecar without the descriptors
+/// to reach its own app: every request is answered, or its connection closed at once at the cap.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flood_of_connections_never_runs_the_sidecar_out_of_open_files() {
+    const CONNECTIONS: usize = 600;
+    for (soft, hard) in [(256, 4096), (512, 512)] {
+        let mut opts = handover_lab::localpool::PoolOptions::new(support::exe(), 1);
+        opts.sidecar_open_files = Some((soft, hard));
+        let pool = handover_lab::localpool::LocalPool::start(opts).await.expect("pool starts");
+        let fates = flood(pool.pods[0].data(), CONNECTIONS).await;
+        let served = fates.get(&Fate::Answered(200)).copied().unwrap_or(0);
+        let closed = fates.get(&Fate::Closed).copied().unwrap_or(0);
+        assert_eq!(
+            served + closed,
+            CONNECTIONS,
+            "limit {soft}:{hard}: every request answered 200 or closed: {fates:?}"
+        );
+        let refused = pool.metric("handover_connections_refused_total{listener=\"data\"}").await;
+        if soft < hard {
+            assert_eq!(served, CONNECTIONS, "limit {soft}:{hard}: raised to {hard}, all served: {fates:?}");
+        } else {
+            // (512 - 128) / 2 client connections, each with its app connection.
+            assert!((1..=192).contains(&served), "limit {soft}:{hard}: at most the cap served: {fates:?}");
+            assert_eq!(refused, closed as f64, "limit {soft}:{hard}: each closed one counted");
+        }
+        assert_eq!(pool.metric("handover_app_restarts_total").await, 0.0);
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn requests_held_for_a_down_app_are_capped_and_the_held_ones_go_through() {
     let mut pool = pool_with(1, &["--max-held", "2", "--app-wait", "20s"], &[]).await;

@@ -96,20 +96,17 @@ impl Proxy {
         *sync::lock(&self.app_reads) = None;
     }
 
-    /// The app took no new connection within the connect timeout: its queue of connections not
-    /// yet accepted is full (a burst of new connections at a busy app: the kernel drops their
-    /// SYNs, and a connect waits a second for the retransmission) or it hangs. Requests wait for
-    /// it as for an app that is down, but it lost nothing that is known: unlike a refused
-    /// connection (nothing listens: the process is gone), this is no restart. An app that reports
-    /// its instance is asked for it again once it answers; for any other, its closed connections
-    /// tell a restart, as always ([`Proxy::app_maybe_restarted`]).
-    fn app_unresponsive(&self) {
+    /// No new connection to the app: it took none within the connect timeout, its queue of
+    /// connections not yet accepted full (a burst of new connections at a busy app: the kernel
+    /// drops their SYNs, and a connect waits a second for the retransmission) or hanging; or this
+    /// sidecar could not make one (out of descriptors or local ports). Requests wait for it as for
+    /// an app that is down, but it lost nothing that is known: unlike a refused connection
+    /// (nothing listens: the process is gone), this is no restart. An app that reports its
+    /// instance is asked for it again once it answers; for any other, its closed connections tell
+    /// a restart, as always ([`Proxy::app_maybe_restarted`]).
+    fn app_unresponsive(&self, why: &ConnectError) {
         if self.app_up.send_replace(false) {
-            tracing::warn!(
-                app = %self.cfg.app,
-                connect_timeout = ?self.cfg.connect_timeout,
-                "the app takes no new connection (its accept queue full, or hung); requests wait for it"
-            );
+            tracing::warn!(app = %self.cfg.app, error = %why, "no new connection to the app; requests wait for it");
         }
         self.app_maybe_restarted();
     }
@@ -237,10 +234,17 @@ impl Proxy {
                     return Ok((sender, recheck));
                 }
                 Err(e) => {
-                    if matches!(e, ConnectError::Timeout(_)) {
-                        self.app_unresponsive();
-                    } else {
+                    // Refused: nothing listens, the process is gone. A timeout, or a connect this
+                    // sidecar could not even make (out of descriptors or ports), says nothing of it.
+                    let gone = match &e {
+                        ConnectError::Io(_, io) => io.kind() == std::io::ErrorKind::ConnectionRefused,
+                        ConnectError::Handshake(..) => true,
+                        ConnectError::Timeout(_) => false,
+                    };
+                    if gone {
                         self.app_lost();
+                    } else {
+                        self.app_unresponsive(&e);
                     }
                     if held.is_none() {
                         match self.held.try_acquire() {
