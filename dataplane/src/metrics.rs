@@ -151,6 +151,7 @@ pub struct Metrics {
     pub app_restarts: Counter,
     pub made_private: Counter,
     pub app_waits: Family<Label, Counter>,
+    pub app_connect_failures: LabeledCounters,
     pub bad_requests: Family<Typed<BadRequest>, Counter>,
     pub connections_refused: Family<Label, Counter>,
     pub key_reload_errors: Counter,
@@ -196,6 +197,7 @@ impl Default for Metrics {
             app_restarts: Counter::default(),
             made_private: Counter::default(),
             app_waits: Family::default(),
+            app_connect_failures: LabeledCounters::new("reason", &["refused", "timeout", "local", "handshake"]),
             bad_requests: Family::default(),
             connections_refused: Family::default(),
             key_reload_errors: Counter::default(),
@@ -325,6 +327,11 @@ impl Default for Metrics {
             "app_waits",
             "Requests held while the local app was down, by result (ok, timeout, over_cap)",
             m.app_waits.clone(),
+        );
+        registry.register(
+            "app_connect_failures",
+            "New connections to the local app that failed, by reason: refused (nothing listens: the app is down, its sessions forgotten), timeout (its accept queue full, or hung), local (this sidecar out of descriptors or ports), handshake (h2c)",
+            m.app_connect_failures.family.clone(),
         );
         registry.register(
             "bad_requests",

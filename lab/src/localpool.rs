@@ -732,6 +732,11 @@ impl SessionClient {
         SessionClient { jar, ..SessionClient::default() }
     }
 
+    /// Waits this long for each answer (2 s by default) before giving up on it.
+    pub fn set_timeout(&mut self, timeout: Duration) {
+        self.timeout = timeout;
+    }
+
     /// The address this client is connected to, if any.
     pub fn connected_to(&self) -> Option<SocketAddr> {
         self.conn.as_ref().map(|(a, _)| *a)

@@ -236,13 +236,15 @@ async fn an_app_closing_idle_connections_is_not_taken_for_a_restart_when_it_repo
 /// A burst of new connections at a busy app (a dead pod's clients arriving, an ingress reloaded):
 /// its queue of connections not yet accepted fills, the kernel drops the SYNs past it, and the
 /// sidecar's connects time out. The app lost nothing: the sessions it holds stay known (none is
-/// checked with the app again), and the requests of the burst wait for it and go on.
+/// checked with the app again), the pod stays ready for a moment's full queue (only an app stuck
+/// for `UNRESPONSIVE_BEFORE_UNREADY` fails readiness), and the requests of the burst wait for it and
+/// go on.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_busy_app_whose_accept_queue_is_full_is_not_taken_for_a_restart() {
     const SESSIONS: usize = 8;
     // A queue of one connection: with the app stopped, the sidecar's second new connection to it
-    // finds the queue full.
-    let pool = support::pool_with(1, &[], &["--listen-backlog", "0"]).await;
+    // finds the queue full. The burst's requests wait for the app for as long as the test needs.
+    let pool = support::pool_with(1, &["--app-wait", "60s"], &["--listen-backlog", "0"]).await;
     let (addr, admin) = (pool.pods[0].data(), pool.pods[0].admin());
     let count = |reply: &handover_lab::localpool::Reply| {
         assert_eq!(reply.status, StatusCode::OK, "{:?}", String::from_utf8_lossy(&reply.body));
@@ -254,6 +256,9 @@ async fn a_busy_app_whose_accept_queue_is_full_is_not_taken_for_a_restart() {
         assert_eq!(count(&reply), 1);
     }
     assert_eq!(pool.metric("handover_sessions ").await, SESSIONS as f64);
+    // (A sidecar may find the app refusing connections before it has started.)
+    let refused = "handover_app_connect_failures_total{reason=\"refused\"}";
+    let refused_before = pool.metric(refused).await;
 
     // Half the sessions at once at the stopped app: one request takes the idle app connection,
     // one the queue's place, and the others' connects time out.
@@ -261,24 +266,36 @@ async fn a_busy_app_whose_accept_queue_is_full_is_not_taken_for_a_restart() {
     let burst: Vec<_> = clients
         .drain(..SESSIONS / 2)
         .map(|mut client| {
+            client.set_timeout(Duration::from_secs(60));
             tokio::spawn(async move { client.send(|| Some(addr), Method::POST, "/incr").await.expect("reply") })
         })
         .collect();
-    wait_for("the sidecar to find that the app takes no new connection", Duration::from_secs(10), || async move {
-        handover_lab::localpool::probe(admin, "/ready").await == Some(503)
+    let timeouts = "handover_app_connect_failures_total{reason=\"timeout\"}";
+    wait_for("a connect to the app to time out", Duration::from_secs(10), || async {
+        pool.metric(timeouts).await >= 1.0
     })
     .await
-    .expect("a connect timed out");
+    .expect("the queue is full");
+    let ready = || handover_lab::localpool::probe(admin, "/ready");
+    assert_eq!(ready().await, Some(200), "a moment's full accept queue leaves the pod ready");
+    wait_for("an app stuck that long to fail readiness", Duration::from_secs(30), || async {
+        ready().await == Some(503)
+    })
+    .await
+    .expect("not ready once UNRESPONSIVE_BEFORE_UNREADY passed");
+
     pool.signal_app(0, Sig::Cont);
     for request in burst {
         assert_eq!(count(&request.await.expect("the request's task")), 2, "the burst's requests went on");
     }
     assert_eq!(pool.metric("handover_sessions ").await, SESSIONS as f64, "the sessions the app holds are still known");
     assert_eq!(pool.metric("handover_app_restarts_total").await, 0.0, "the same instance");
+    assert_eq!(pool.metric(refused).await, refused_before, "no connection refused: the app was there all along");
     for client in &mut clients {
         let reply = client.send(|| Some(addr), Method::POST, "/incr").await.expect("reply");
         assert_eq!(count(&reply), 2);
     }
+    assert_eq!(ready().await, Some(200));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -28,6 +28,13 @@ pub(super) const APP_RETRY_EVERY: Duration = Duration::from_millis(25);
 /// connection hides a problem only new connections have).
 pub(super) const HELD_RECHECK_EVERY: Duration = Duration::from_millis(250);
 
+/// How long the app may take no new connection, while it is alive as far as is known, before
+/// readiness fails: a burst of new connections fills an app's accept queue for a moment, and a
+/// readiness probe that fails at once (the operator's fails the pod on one failure) would take the
+/// pod out of its Service for it, and send its clients to the others in another burst. An app
+/// that hangs fails readiness after this; one that is down (refused connections), at once.
+pub const UNRESPONSIVE_BEFORE_UNREADY: Duration = Duration::from_secs(5);
+
 /// The header with which an app names its instance (the contract): an opaque value, the same on
 /// every answer of its state endpoint for the life of the process, new at each start. A closed
 /// connection then only costs one `GET <statePath>` that compares it; without it, every session is
@@ -88,6 +95,7 @@ impl Proxy {
 
     /// The app process went away: it lost every session it held in memory.
     pub fn app_lost(&self) {
+        *sync::lock(&self.app_unresponsive_since) = None;
         if self.app_up.send_replace(false) {
             tracing::warn!(app = %self.cfg.app, "the app is down; its sessions will be restored from cookies");
         }
@@ -96,17 +104,37 @@ impl Proxy {
         *sync::lock(&self.app_reads) = None;
     }
 
-    /// No new connection to the app: it took none within the connect timeout, its queue of
-    /// connections not yet accepted full (a burst of new connections at a busy app: the kernel
-    /// drops their SYNs, and a connect waits a second for the retransmission) or hanging; or this
-    /// sidecar could not make one (out of descriptors or local ports). Requests wait for it as for
-    /// an app that is down, but it lost nothing that is known: unlike a refused connection
-    /// (nothing listens: the process is gone), this is no restart. An app that reports its
-    /// instance is asked for it again once it answers; for any other, its closed connections tell
-    /// a restart, as always ([`Proxy::app_maybe_restarted`]).
-    fn app_unresponsive(&self, why: &ConnectError) {
+    /// Whether the app may get requests, as readiness says: it answers, or has taken no new
+    /// connection for less than [`UNRESPONSIVE_BEFORE_UNREADY`] while alive as far as is known.
+    pub fn app_ready(&self) -> bool {
+        self.app_is_up()
+            || sync::lock(&self.app_unresponsive_since)
+                .is_some_and(|since| since.elapsed() < UNRESPONSIVE_BEFORE_UNREADY)
+    }
+
+    /// A new connection to the app failed. Refused, nothing listens: the process is gone with its
+    /// sessions ([`Proxy::app_lost`]). Anything else says nothing of them: the app took none within
+    /// the connect timeout, its queue of connections not yet accepted full (a burst of new
+    /// connections at a busy app: the kernel drops their SYNs, and a connect waits a second for
+    /// the retransmission) or hanging; or this sidecar could not make one (out of descriptors or
+    /// local ports). Requests wait for it as for an app that is down, but no restart is assumed: an
+    /// app that reports its instance is asked for it again once it answers; for any other, its
+    /// closed connections tell a restart, as always ([`Proxy::app_maybe_restarted`]).
+    pub(super) fn app_connect_failed(&self, e: &ConnectError) {
+        let reason = match e {
+            ConnectError::Io(_, io) if io.kind() == std::io::ErrorKind::ConnectionRefused => "refused",
+            ConnectError::Io(..) => "local",
+            ConnectError::Timeout(_) => "timeout",
+            ConnectError::Handshake(..) => "handshake",
+        };
+        self.metrics.app_connect_failures.inc(reason);
+        if matches!(reason, "refused" | "handshake") {
+            self.app_lost();
+            return;
+        }
+        sync::lock(&self.app_unresponsive_since).get_or_insert_with(std::time::Instant::now);
         if self.app_up.send_replace(false) {
-            tracing::warn!(app = %self.cfg.app, error = %why, "no new connection to the app; requests wait for it");
+            tracing::warn!(app = %self.cfg.app, error = %e, "no new connection to the app; requests wait for it");
         }
         self.app_maybe_restarted();
     }
@@ -198,6 +226,7 @@ impl Proxy {
         // Called on every request: only a change is written (and wakes the held requests).
         let changed = self.app_up.send_if_modified(|up| !std::mem::replace(up, true));
         if changed {
+            *sync::lock(&self.app_unresponsive_since) = None;
             tracing::info!(app = %self.cfg.app, "the app is back");
         }
     }
@@ -234,18 +263,7 @@ impl Proxy {
                     return Ok((sender, recheck));
                 }
                 Err(e) => {
-                    // Refused: nothing listens, the process is gone. A timeout, or a connect this
-                    // sidecar could not even make (out of descriptors or ports), says nothing of it.
-                    let gone = match &e {
-                        ConnectError::Io(_, io) => io.kind() == std::io::ErrorKind::ConnectionRefused,
-                        ConnectError::Handshake(..) => true,
-                        ConnectError::Timeout(_) => false,
-                    };
-                    if gone {
-                        self.app_lost();
-                    } else {
-                        self.app_unresponsive(&e);
-                    }
+                    self.app_connect_failed(&e);
                     if held.is_none() {
                         match self.held.try_acquire() {
                             Ok(permit) => held = Some(permit),
@@ -607,8 +625,8 @@ impl Proxy {
                     while let Ok(1..) = stream.read(&mut discard).await {}
                     self.app_maybe_restarted();
                 }
-                Err(_) => {
-                    self.app_lost();
+                Err(e) => {
+                    self.app_connect_failed(&ConnectError::Io(self.cfg.app, e));
                     tokio::time::sleep(APP_RETRY_EVERY).await;
                 }
             }

@@ -201,6 +201,10 @@ pub struct Proxy {
     app_instance: Mutex<app::Instance>,
     /// Whether the app answers; held requests wait on changes of it.
     app_up: tokio::sync::watch::Sender<bool>,
+    /// Since when the app takes no new connection, while it is alive as far as is known (its
+    /// accept queue full, or hung): readiness fails only once this lasts
+    /// ([`app::UNRESPONSIVE_BEFORE_UNREADY`]).
+    app_unresponsive_since: Mutex<Option<std::time::Instant>>,
     held: tokio::sync::Semaphore,
     heads_in_flight: heads_in_flight::HeadsInFlight,
     /// The backups this pod keeps for the sessions it would take over; `None` when backups are off.
@@ -262,6 +266,7 @@ impl Proxy {
             app_reads: Mutex::new(None),
             app_instance: Mutex::default(),
             app_up: tokio::sync::watch::Sender::new(true),
+            app_unresponsive_since: Mutex::new(None),
             held: tokio::sync::Semaphore::new(cfg_max_held),
             heads_in_flight: heads_in_flight::HeadsInFlight::new(cfg_heads_in_flight),
             backups,

@@ -219,7 +219,7 @@ pub fn admin(proxy: &Arc<Proxy>, req: &Request<Body>) -> Response<Body> {
         "/ready" => {
             if proxy.draining_since().is_some() {
                 text(StatusCode::SERVICE_UNAVAILABLE, "draining\n")
-            } else if !proxy.app_is_up() {
+            } else if !proxy.app_ready() {
                 text(StatusCode::SERVICE_UNAVAILABLE, "app unreachable\n")
             } else if let Err(why) = proxy.registry_synced() {
                 // Serving now would take over sessions of live peers this pod cannot see yet.
