@@ -49,6 +49,9 @@ fn run() -> Result<(), String> {
         Command::Demo(args) => runtime(0)?.block_on(handover_lab::demo::run(args)),
         Command::DemoApp(args) => {
             init_logging("info", LogFormat::Text);
+            // As an app in a pod behind the sidecar: one connection for each of its client
+            // connections in flight, past containerd's soft limit of 1024 under load.
+            open_files::raise();
             runtime(args.workers)?.block_on(handover_lab::demo_app::run(args))
         }
         Command::Bench(args) => runtime(0)?.block_on(handover_lab::bench::run(args)),
