@@ -55,9 +55,10 @@ pub struct PoolOptions {
     pub app_args: Vec<String>,
     /// The pool's `namespace/name` (cookies are bound to it, and named after it by default).
     pub pool: String,
-    /// The sidecars' limit on open files, soft and hard, as a container runtime sets it
-    /// (containerd 2: 1024 and 524288), through util-linux's `prlimit`; `None`: this process's.
-    pub sidecar_open_files: Option<(u64, u64)>,
+    /// A command the sidecars start under, as a container runtime sets their limits: e.g.
+    /// util-linux's `prlimit --nofile=1024:524288 --` (containerd 2's limit on open files), or a
+    /// shell that enters a memory cgroup and execs the rest. Empty: none.
+    pub sidecar_prefix: Vec<String>,
 }
 
 impl PoolOptions {
@@ -71,7 +72,7 @@ impl PoolOptions {
             sidecar_args: Vec::new(),
             app_args: Vec::new(),
             pool: POOL.to_owned(),
-            sidecar_open_files: None,
+            sidecar_prefix: Vec::new(),
         }
     }
 }
@@ -373,13 +374,9 @@ impl LocalPool {
         Ok(Stdio::from(file))
     }
 
-    /// A command for `exe` run inside the pod (in its namespace, when it has one), with this limit
-    /// on open files (soft, hard) if one is given.
-    fn in_pod(&self, pod: &Pod, open_files: Option<(u64, u64)>) -> Command {
-        let mut argv: Vec<std::ffi::OsString> = Vec::new();
-        if let Some((soft, hard)) = open_files {
-            argv.extend(["prlimit".into(), format!("--nofile={soft}:{hard}").into(), "--".into()]);
-        }
+    /// A command for `exe` run inside the pod (in its namespace, when it has one), under `prefix`.
+    fn in_pod(&self, pod: &Pod, prefix: &[String]) -> Command {
+        let mut argv: Vec<std::ffi::OsString> = prefix.iter().map(Into::into).collect();
         if let Some(ns) = &pod.netns {
             argv.extend(["ip", "netns", "exec", ns.as_str()].map(Into::into));
         }
@@ -395,7 +392,7 @@ impl LocalPool {
     }
 
     fn spawn_app(&self, pod: &Pod) -> Result<Child, String> {
-        let mut cmd = self.in_pod(pod, None);
+        let mut cmd = self.in_pod(pod, &[]);
         cmd.arg("demo-app")
             .args(["--listen", &pod.app_listen().to_string(), "--name", &pod.name])
             .args(["--state-listen", &pod.state_listen().to_string()])
@@ -414,7 +411,7 @@ impl LocalPool {
             Mode::Pull => "pull",
             Mode::Both => "both",
         };
-        let mut cmd = self.in_pod(pod, self.opts.sidecar_open_files);
+        let mut cmd = self.in_pod(pod, &self.opts.sidecar_prefix);
         cmd.arg("run")
             .args(["--listen", &pod.bind(DATA_PORT).to_string()])
             .args(["--admin", &pod.bind(ADMIN_PORT).to_string()])

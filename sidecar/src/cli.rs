@@ -261,9 +261,15 @@ pub struct RunArgs {
     /// A request body not complete after this long is cut off.
     #[arg(long, env = "HANDOVER_BODY_TIMEOUT", default_value = "60s", value_parser = handover_common::duration::parse)]
     pub body_timeout: Duration,
-    /// Client connections open at once; more are closed as they arrive.
+    /// Client connections open at once; more are closed as they arrive. Lowered at start to what
+    /// the limits on open files and memory hold (said in the log).
     #[arg(long, env = "HANDOVER_MAX_CONNECTIONS", default_value_t = 4096)]
     pub max_connections: usize,
+    /// The container's memory limit in bytes (the operator sets it from the downward API's
+    /// `limits.memory`); 0: read from the process's cgroup. The client connections are capped to
+    /// fit in it beside the other caps.
+    #[arg(long, env = "HANDOVER_MEMORY_LIMIT", default_value_t = 0)]
+    pub memory_limit: u64,
     /// Requests held at once while the app is down; more get 503 at once.
     #[arg(long, env = "HANDOVER_MAX_HELD", default_value_t = 1024)]
     pub max_held: usize,
@@ -292,16 +298,16 @@ pub struct RunArgs {
 
 /// Runs the sidecar until SIGTERM (or SIGINT) and the drain are over.
 pub async fn run(args: RunArgs) -> Result<(), String> {
-    let open_files = crate::open_files::raise();
-    let max_connections = crate::open_files::connections_within(open_files, args.max_connections);
-    if max_connections < args.max_connections {
-        tracing::warn!(
-            open_files,
-            max_connections = args.max_connections,
-            lowered_to = max_connections,
-            "the open-file limit holds fewer client connections (each with its app connection) than --max-connections; more are closed as they arrive"
-        );
-    }
+    let max_connections = crate::resources::connection_cap(
+        args.max_connections,
+        crate::resources::raise_open_files(),
+        if args.memory_limit > 0 { Some(args.memory_limit) } else { crate::resources::memory_limit() },
+        crate::resources::OtherCaps {
+            sessions: args.max_sessions,
+            backup_bytes: if args.backup == "successor" { args.backup_max_bytes as u64 } else { 0 },
+            heads_in_flight_bytes: args.max_header_bytes_in_flight as u64,
+        },
+    );
     let keys = KeyFile::open(args.key_file.clone()).map_err(|e| e.to_string())?;
     let metrics = Arc::new(Metrics::default());
     let registry: Arc<dyn Registry> = match args.registry {

@@ -1,7 +1,7 @@
 //! `handover-sidecar`: see `--help`.
 
 mod cli;
-mod open_files;
+mod resources;
 
 use clap::Parser;
 use handover_common::logging::{LogFormat, init_logging};
@@ -51,7 +51,7 @@ fn run() -> Result<(), String> {
             init_logging("info", LogFormat::Text);
             // As an app in a pod behind the sidecar: one connection for each of its client
             // connections in flight, past containerd's soft limit of 1024 under load.
-            open_files::raise();
+            resources::raise_open_files();
             runtime(args.workers)?.block_on(handover_lab::demo_app::run(args))
         }
         Command::Bench(args) => runtime(0)?.block_on(handover_lab::bench::run(args)),

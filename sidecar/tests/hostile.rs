@@ -299,7 +299,7 @@ async fn a_flood_of_connections_never_runs_the_sidecar_out_of_open_files() {
     const CONNECTIONS: usize = 600;
     for (soft, hard) in [(256, 4096), (512, 512)] {
         let mut opts = handover_lab::localpool::PoolOptions::new(support::exe(), 1);
-        opts.sidecar_open_files = Some((soft, hard));
+        opts.sidecar_prefix = vec!["prlimit".into(), format!("--nofile={soft}:{hard}"), "--".into()];
         let pool = handover_lab::localpool::LocalPool::start(opts).await.expect("pool starts");
         let fates = flood(pool.pods[0].data(), CONNECTIONS).await;
         let served = fates.get(&Fate::Answered(200)).copied().unwrap_or(0);
@@ -319,6 +319,34 @@ async fn a_flood_of_connections_never_runs_the_sidecar_out_of_open_files() {
         }
         assert_eq!(pool.metric("handover_app_restarts_total").await, 0.0);
     }
+}
+
+/// A flood of connections at a sidecar held to a container's memory limit (48 MiB; 2 000 idle
+/// connections killed it, ~20 KB each): it keeps its connections within what the limit leaves
+/// beside its other caps, answers those, closes the rest at once, and lives.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flood_of_connections_never_takes_the_sidecar_past_its_memory_limit() {
+    const CONNECTIONS: usize = 3000;
+    let Some(cgroup) = support::cgroup::MemoryCgroup::limited(48 << 20, "the memory-limit flood test") else {
+        return;
+    };
+    let mut opts = handover_lab::localpool::PoolOptions::new(support::exe(), 1);
+    opts.sidecar_prefix = cgroup.prefix();
+    // The limit told as the operator tells it (the downward API's `limits.memory`): in a pod's
+    // network namespace, `ip netns exec` mounts a sysfs of its own, without the cgroup mounts.
+    let limit = (48u64 << 20).to_string();
+    opts.sidecar_args =
+        ["--max-sessions", "10000", "--backup", "off", "--memory-limit", &limit].map(String::from).to_vec();
+    let pool = handover_lab::localpool::LocalPool::start(opts).await.expect("pool starts");
+    let fates = flood(pool.pods[0].data(), CONNECTIONS).await;
+    let served = fates.get(&Fate::Answered(200)).copied().unwrap_or(0);
+    let closed = fates.get(&Fate::Closed).copied().unwrap_or(0);
+    assert_eq!(served + closed, CONNECTIONS, "every request answered 200 or closed at once: {fates:?}");
+    // (48 MiB - 16 MiB - 10 000 sessions - 4 MiB of heads) / 32 KiB.
+    assert!((1..=1000).contains(&served), "at most what the memory limit holds served: {fates:?}");
+    assert_eq!(cgroup.oom_kills(), 0, "the kernel killed nothing (peak {} MiB): {fates:?}", cgroup.peak() >> 20);
+    assert_eq!(handover_lab::localpool::probe(pool.pods[0].admin(), "/live").await, Some(200), "the sidecar lives");
+    assert_eq!(pool.metric("handover_connections_refused_total{listener=\"data\"}").await, closed as f64);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -4,7 +4,8 @@
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{
     Capabilities, Container, ContainerPort, EnvVar, EnvVarSource, HTTPGetAction, HTTPHeader, Lifecycle,
-    LifecycleHandler, ObjectFieldSelector, Probe, SeccompProfile, SecurityContext, SleepAction, Volume, VolumeMount,
+    LifecycleHandler, ObjectFieldSelector, Probe, ResourceFieldSelector, SeccompProfile, SecurityContext, SleepAction,
+    Volume, VolumeMount,
 };
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use kube::ResourceExt;
@@ -82,6 +83,22 @@ fn env(name: &str, value: impl Into<String>) -> EnvVar {
     EnvVar { name: name.to_owned(), value: Some(value.into()), value_from: None }
 }
 
+/// `name` set to this container's `resource` (`limits.memory`: in bytes; the node's allocatable
+/// memory when the container has no limit).
+fn env_resource(name: &str, resource: &str) -> EnvVar {
+    EnvVar {
+        name: name.to_owned(),
+        value: None,
+        value_from: Some(EnvVarSource {
+            resource_field_ref: Some(ResourceFieldSelector {
+                resource: resource.to_owned(),
+                ..ResourceFieldSelector::default()
+            }),
+            ..EnvVarSource::default()
+        }),
+    }
+}
+
 fn env_field(name: &str, path: &str) -> EnvVar {
     EnvVar {
         name: name.to_owned(),
@@ -148,6 +165,8 @@ pub fn sidecar_container(pool: &ServerPool, cfg: &InjectionConfig) -> Container 
         env_field(POD_NAME_ENV, "metadata.name"),
         env_field(POD_UID_ENV, "metadata.uid"),
         env_field(POD_IP_ENV, "status.podIP"),
+        // The sidecar fits its client connections in its memory limit beside its other caps.
+        env_resource("HANDOVER_MEMORY_LIMIT", "limits.memory"),
     ];
     let mut settings = vec![
         env("HANDOVER_POOL", format!("{}/{}", pool_namespace(pool), pool_name(pool))),

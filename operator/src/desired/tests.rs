@@ -367,7 +367,9 @@ fn sidecar_is_a_native_sidecar_with_probes_env_and_keys() {
         .expect("env")
         .into_iter()
         .map(|e| {
-            let field = e.value_from.and_then(|v| v.field_ref).map(|f| f.field_path);
+            let field = e
+                .value_from
+                .and_then(|v| v.field_ref.map(|f| f.field_path).or(v.resource_field_ref.map(|r| r.resource)));
             (e.name, (e.value, field))
         })
         .collect();
@@ -375,6 +377,7 @@ fn sidecar_is_a_native_sidecar_with_probes_env_and_keys() {
     assert_eq!(env["HANDOVER_POD_NAME"].1.as_deref(), Some("metadata.name"));
     assert_eq!(env["HANDOVER_POD_UID"].1.as_deref(), Some("metadata.uid"));
     assert_eq!(env["HANDOVER_POD_IP"].1.as_deref(), Some("status.podIP"));
+    assert_eq!(env["HANDOVER_MEMORY_LIMIT"].1.as_deref(), Some("limits.memory"));
     assert_eq!(env["HANDOVER_REGISTRY"].0.as_deref(), Some("kubernetes"));
     assert_eq!(env["HANDOVER_APP"].0.as_deref(), Some("127.0.0.1:8080"));
     assert_eq!(env["HANDOVER_LISTEN"].0.as_deref(), Some("[::]:8000"));

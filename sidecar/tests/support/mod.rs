@@ -1,5 +1,6 @@
 //! Shared by the sidecar's integration tests, one job per file:
 //! - here: the binary under test, a local pool started with extra flags, one request with curl;
+//! - `cgroup.rs`: a memory cgroup with a limit, as a container's;
 //! - `daemon.rs`: a proxy process started by the test on a free port, killed on drop, and the
 //!   check that a tool is installed (skip loudly, or fail under `HANDOVER_REQUIRE_*`);
 //! - `nginx.rs`: a real nginx (any locations, or an ingress at ingress-nginx's defaults);
@@ -11,6 +12,7 @@
 // Each test crate that includes this module uses a part of it (and of its re-exports).
 #![allow(dead_code, unused_imports)]
 
+pub mod cgroup;
 pub mod client;
 pub mod daemon;
 pub mod haproxy;
