@@ -125,7 +125,8 @@ pub fn connection_cap(wanted: usize, open_files: Option<u64>, memory: Option<u64
             "the memory limit hardly holds the sidecar's caps at their fullest: raise it, or lower --max-sessions or --backup-max-bytes"
         );
     } else if cap < wanted {
-        tracing::warn!(
+        // Where the operator passes the pod's memory limit, the usual case: said, no warning.
+        tracing::info!(
             max_connections = wanted,
             lowered_to = cap,
             open_files,
