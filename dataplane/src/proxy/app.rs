@@ -132,8 +132,9 @@ impl Proxy {
             self.app_lost();
             return;
         }
-        sync::lock(&self.app_unresponsive_since).get_or_insert_with(std::time::Instant::now);
+        // From an app that answered (one found down, refusing, stays so until it answers again).
         if self.app_up.send_replace(false) {
+            *sync::lock(&self.app_unresponsive_since) = Some(std::time::Instant::now());
             tracing::warn!(app = %self.cfg.app, error = %e, "no new connection to the app; requests wait for it");
         }
         self.app_maybe_restarted();
