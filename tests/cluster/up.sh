@@ -121,7 +121,13 @@ start() {
   fi
   log "starting $name"
   setsid "$@" >>"$LOGS/$name.log" 2>&1 </dev/null 9>&- &
-  echo $! >"$PIDS/$name.pid"
+  local pid=$! deadline=$((SECONDS + 10))
+  echo "$pid" >"$PIDS/$name.pid"
+  # Until the child has exec'd the component, its command line is this script's, and is_running
+  # would call it dead (a loaded machine took long enough for etcd to be reported "exited").
+  until is_running "$name" || ! pid_alive "$pid" || ((SECONDS >= deadline)); do
+    sleep 0.05
+  done
 }
 api_ready() { kubectl_ get --raw /readyz >/dev/null; }
 etcd_healthy() { curl -fsS "http://127.0.0.1:$ETCD_PORT/health" | grep '"health":"true"' >/dev/null; }
