@@ -97,7 +97,11 @@ impl Proxy {
     pub fn app_lost(&self) {
         *sync::lock(&self.app_unresponsive_since) = None;
         if self.app_up.send_replace(false) {
-            tracing::warn!(app = %self.cfg.app, "the app is down; its sessions will be restored from cookies");
+            if self.app_answered.load(std::sync::atomic::Ordering::Relaxed) {
+                tracing::warn!(app = %self.cfg.app, "the app is down; its sessions will be restored from cookies");
+            } else {
+                tracing::info!(app = %self.cfg.app, "the app does not listen yet; requests wait for it");
+            }
         }
         self.forget_sessions();
         self.upstreams.forget(self.cfg.app);
@@ -225,10 +229,18 @@ impl Proxy {
 
     pub(super) fn app_back(&self) {
         // Called on every request: only a change is written (and wakes the held requests).
+        let first = !self.app_answered.load(std::sync::atomic::Ordering::Relaxed);
+        if first {
+            self.app_answered.store(true, std::sync::atomic::Ordering::Relaxed);
+        }
         let changed = self.app_up.send_if_modified(|up| !std::mem::replace(up, true));
         if changed {
             *sync::lock(&self.app_unresponsive_since) = None;
-            tracing::info!(app = %self.cfg.app, "the app is back");
+            if first {
+                tracing::info!(app = %self.cfg.app, "the app answers");
+            } else {
+                tracing::info!(app = %self.cfg.app, "the app is back");
+            }
         }
     }
 

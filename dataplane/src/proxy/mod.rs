@@ -205,6 +205,9 @@ pub struct Proxy {
     /// accept queue full, or hung): readiness fails only once this lasts
     /// ([`app::UNRESPONSIVE_BEFORE_UNREADY`]).
     app_unresponsive_since: Mutex<Option<std::time::Instant>>,
+    /// Whether the app has answered since this sidecar started: a native sidecar starts before
+    /// the app, whose first refusals are no app gone down.
+    app_answered: std::sync::atomic::AtomicBool,
     held: tokio::sync::Semaphore,
     heads_in_flight: heads_in_flight::HeadsInFlight,
     /// The backups this pod keeps for the sessions it would take over; `None` when backups are off.
@@ -267,6 +270,7 @@ impl Proxy {
             app_instance: Mutex::default(),
             app_up: tokio::sync::watch::Sender::new(true),
             app_unresponsive_since: Mutex::new(None),
+            app_answered: std::sync::atomic::AtomicBool::new(false),
             held: tokio::sync::Semaphore::new(cfg_max_held),
             heads_in_flight: heads_in_flight::HeadsInFlight::new(cfg_heads_in_flight),
             backups,
