@@ -88,11 +88,7 @@ async fn serve_payment_provider(shop: SocketAddr) -> (SocketAddr, tokio::task::J
 /// this test's browser now and then.
 async fn browser_turn(what: &str) -> Option<tokio::sync::MutexGuard<'static, ()>> {
     if let Some(why) = missing_browser() {
-        let message = format!("{what} did NOT run: {why}");
-        if std::env::var_os("HANDOVER_REQUIRE_BROWSER").is_some() {
-            panic!("{message}");
-        }
-        eprintln!("\n!!!!! SKIPPED: {message}\n");
+        support::skip_or_fail("HANDOVER_REQUIRE_BROWSER", &format!("{what} did NOT run: {why}"));
         return None;
     }
     Some(ONE_AT_A_TIME.lock().await)

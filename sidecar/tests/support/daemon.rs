@@ -30,11 +30,7 @@ pub fn tool_or_skip(
             .is_ok_and(|s| s.success())
     });
     if bin.is_none() {
-        let message = format!("{} is not installed: {what} did NOT run ({install})", candidates[0]);
-        if std::env::var_os(require).is_some() {
-            panic!("{message} and {require} is set");
-        }
-        eprintln!("\n!!!!! SKIPPED: {message}\n");
+        super::skip_or_fail(require, &format!("{} is not installed: {what} did NOT run ({install})", candidates[0]));
     }
     bin
 }

@@ -1,5 +1,6 @@
 //! Shared by the sidecar's integration tests, one job per file:
-//! - here: the binary under test, a local pool started with extra flags, one request with curl;
+//! - here: the binary under test, a local pool started with extra flags, one request with curl,
+//!   and a test that cannot run here skipped loudly (or failed under `HANDOVER_REQUIRE_*`);
 //! - `cgroup.rs`: a memory cgroup with a limit, as a container's;
 //! - `daemon.rs`: a proxy process started by the test on a free port, killed on drop, and the
 //!   check that a tool is installed (skip loudly, or fail under `HANDOVER_REQUIRE_*`);
@@ -27,6 +28,15 @@ pub use scratch::Scratch;
 use std::path::PathBuf;
 
 use handover_lab::localpool::{LocalPool, PoolOptions};
+
+/// Says loudly that a test did not run (`message`: what, and why) — or fails, when the environment
+/// variable `require` is set (as `tests/run` sets it: in CI these tests must run).
+pub fn skip_or_fail(require: &str, message: &str) {
+    if std::env::var_os(require).is_some() {
+        panic!("{message} and {require} is set");
+    }
+    eprintln!("\n!!!!! SKIPPED: {message}\n");
+}
 
 /// The sidecar binary under test.
 pub fn exe() -> PathBuf {
