@@ -53,6 +53,10 @@ pub struct BenchArgs {
     /// Cookieless requests sent through the sidecar before its RSS is read "after a flood".
     #[arg(long, default_value_t = 500_000)]
     pub flood: usize,
+    /// Keep-alive connections held open and idle, each after one answer, while the sidecar's RSS
+    /// is read: at once, and once they have been idle past its header timeout.
+    #[arg(long, default_value_t = 2_000)]
+    pub idle_connections: usize,
     /// The sidecar binary to measure (default: this one). The app and the clients stay this
     /// binary's, so two builds of the sidecar compare under the same app and the same load.
     #[arg(long)]
@@ -353,6 +357,45 @@ fn rss_mib(pid: u32) -> f64 {
         .map_or(0.0, |kib| kib / 1024.0)
 }
 
+/// The bench's sidecar's header timeout: a keep-alive connection idle past it lets its buffers go
+/// (`handover_dataplane::server::h1`), which the idle connections' figure waits for.
+const HEADER_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// A connection to `addr` whose one request (`GET /count`, no cookie: no session) was answered.
+async fn answered_once(addr: SocketAddr) -> std::io::Result<tokio::net::TcpStream> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(addr).await?;
+    stream.write_all(b"GET /count HTTP/1.1\r\nHost: bench\r\n\r\n").await?;
+    let mut got = Vec::with_capacity(1024);
+    while !got.windows(4).any(|w| w == b"\r\n\r\n") {
+        if stream.read_buf(&mut got).await? == 0 || got.len() > 64 * 1024 {
+            return Err(std::io::ErrorKind::UnexpectedEof.into());
+        }
+    }
+    Ok(stream)
+}
+
+/// The sidecar's RSS (MiB) with `count` idle keep-alive connections open: once they are answered,
+/// and once they have been idle past [`HEADER_TIMEOUT`], new connections coming and going
+/// meanwhile as on a live pod (the allocator gives freed pages back as it goes on working, not
+/// while nothing happens); and the connections that failed.
+async fn idle_connections(pid: u32, addr: SocketAddr, count: usize) -> (f64, f64, u64) {
+    let mut open = Vec::with_capacity(count);
+    let mut errors = 0;
+    for _ in 0..count {
+        match answered_once(addr).await {
+            Ok(stream) => open.push(stream),
+            Err(_) => errors += 1,
+        }
+    }
+    let answered = rss_mib(pid);
+    let until = Instant::now() + HEADER_TIMEOUT + Duration::from_secs(3);
+    while Instant::now() < until {
+        errors += u64::from(answered_once(addr).await.is_err());
+    }
+    (answered, rss_mib(pid), errors)
+}
+
 /// Sends `count` cookieless `POST /incr` over `connections` connections: each one a new session.
 async fn flood(addr: SocketAddr, connections: usize, count: usize) -> u64 {
     let left = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(count));
@@ -587,6 +630,8 @@ pub async fn run(args: BenchArgs) -> Result<(), String> {
             "false",
             "--workers",
             "1",
+            "--header-timeout",
+            &format!("{}s", HEADER_TIMEOUT.as_secs()),
             "--log-level",
             "warn",
         ]
@@ -829,16 +874,25 @@ pub async fn run(args: BenchArgs) -> Result<(), String> {
             let table = crate::localpool::scrape(admin)
                 .await
                 .map_or(0.0, |page| crate::localpool::metric_sum(&page, "handover_sessions "));
+            let (with_idle, after_idle, idle_errors) = idle_connections(pid, sidecar, args.idle_connections).await;
+            let each = |mib: f64| (mib - after_flood) * 1024.0 * 1024.0 / args.idle_connections.max(1) as f64;
             println!(
                 "\nsidecar RSS: idle {rss_idle:.1} MiB, after the rounds {warm:.1} MiB, with {} more sessions {with_sessions:.1} MiB, \
-                 after {} cookieless requests ({:.0}/s) {after_flood:.1} MiB; session table {table} entries; errors {}",
+                 after {} cookieless requests ({:.0}/s) {after_flood:.1} MiB; session table {table} entries; \
+                 with {} idle keep-alive connections {with_idle:.1} MiB ({:.0} bytes each), idle past the header timeout \
+                 {after_idle:.1} MiB ({:.0} bytes each); errors {}",
                 args.sessions,
                 args.flood,
                 args.flood as f64 / started.elapsed().as_secs_f64(),
-                errors + flood_errors
+                args.idle_connections,
+                each(with_idle),
+                each(after_idle),
+                errors + flood_errors + idle_errors
             );
             serde_json::json!({"idle_mib": rss_idle, "after_rounds_mib": warm, "sessions": args.sessions,
-                "with_sessions_mib": with_sessions, "flood": args.flood, "after_flood_mib": after_flood, "table": table})
+                "with_sessions_mib": with_sessions, "flood": args.flood, "after_flood_mib": after_flood, "table": table,
+                "idle_connections": args.idle_connections, "with_idle_connections_mib": with_idle,
+                "idle_past_header_timeout_mib": after_idle})
         }
         None => serde_json::Value::Null,
     };

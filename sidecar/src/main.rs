@@ -54,7 +54,11 @@ fn run() -> Result<(), String> {
             resources::raise_open_files();
             runtime(args.workers)?.block_on(handover_lab::demo_app::run(args))
         }
-        Command::Bench(args) => runtime(0)?.block_on(handover_lab::bench::run(args)),
+        Command::Bench(args) => {
+            // Its idle connections' figure holds 2 000 connections open, past the soft limit of 1024.
+            resources::raise_open_files();
+            runtime(0)?.block_on(handover_lab::bench::run(args))
+        }
         Command::LeanProxy(args) => runtime(1)?.block_on(handover_lab::lean_proxy::run(args)),
         Command::Cookie(CookieCommand::Inspect { value, key_file, pool, cookie_name }) => {
             println!("{}", cli::inspect(&value, &key_file, &pool, cookie_name.as_deref())?);

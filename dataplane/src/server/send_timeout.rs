@@ -35,6 +35,10 @@ impl<S> SendTimeout<S> {
         SendTimeout { inner, timeout, deadline: None, waiting: false, timed_out: false, timeouts }
     }
 
+    pub fn get_ref(&self) -> &S {
+        &self.inner
+    }
+
     /// A write returned `Pending`: arms the deadline if this is the first time it waits, and fails
     /// the write once the deadline has passed.
     fn stalled(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<usize>> {
