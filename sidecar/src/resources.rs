@@ -9,9 +9,10 @@
 //!
 //! Memory: past the container's limit the kernel kills the process. The session table, the peers'
 //! backups and the heads in flight have caps of their own; what the limit leaves beside them
-//! bounds the client connections (an idle keep-alive connection holds ~20 KB: its read buffer,
-//! its task, its header maps), so that a flood of connections is closed at the cap instead of
-//! taking the sidecar, and its pod's sessions, down.
+//! bounds the client connections (a keep-alive connection holds ~19 KB after an answer: its read
+//! buffer, its task, its header maps; ~12 KB once idle past the header timeout, when its buffers
+//! go), so that a flood of connections is closed at the cap instead of taking the sidecar, and its
+//! pod's sessions, down.
 
 use std::path::{Path, PathBuf};
 
@@ -22,8 +23,8 @@ use rustix::process::{Resource, Rlimit, getrlimit, setrlimit};
 /// key file, the runtime's own. A quarter of a limit lower than four times this.
 const RESERVED_FILES: u64 = 256;
 
-/// Memory a client connection may take, kernel socket buffers included (an idle keep-alive one
-/// measured at ~20 KB of the process's own).
+/// Memory a client connection may take, kernel socket buffers included (a keep-alive one just
+/// answered measured at ~19 KB of the process's own).
 pub const CONNECTION_BYTES: u64 = 32 << 10;
 
 /// Memory of everything but the caps: the code, the runtime, idle app connections, a few
