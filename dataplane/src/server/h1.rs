@@ -41,6 +41,9 @@ pub type ClientStream = SendTimeout<TcpStream>;
 const MAX_MESSAGE: usize = 64 * 1024;
 /// The largest head read before handing the connection to hyper (which reads up to its own limit).
 const MAX_HEAD: usize = MAX_MESSAGE;
+/// The response buffer's room when the connection starts, and again after it was let go or had
+/// grown: a small response's head and body.
+const OUT_ROOM: usize = 1024;
 /// Bytes of the next requests (pipelined) read while a response is in the works; reading stops
 /// there until the response is out.
 const READ_AHEAD: usize = MAX_MESSAGE;
@@ -77,7 +80,7 @@ where
     F: Future<Output = Response<Body>>,
 {
     let mut buf = BytesMut::with_capacity(HEAD_ROOM);
-    let mut out = Vec::with_capacity(1024);
+    let mut out = Vec::with_capacity(OUT_ROOM);
     // The map of the last response written, emptied: the next request's fields go in it.
     let mut spare_map = http::HeaderMap::new();
     // One timer for the connection's life, moved on for each request head: moving a registered
@@ -98,8 +101,8 @@ where
         // before it sends the next request: an ingress keeps its idle upstream connections for
         // 60 s, and a connection this side closes as it sends a request on it is a 502 to its
         // client. The head is due within the header timeout of its first byte (the first
-        // request's, of the connection's accept). The deadline fires at least every header
-        // timeout, so it is never later than that.
+        // request's, of the connection's accept). The first wait is never longer than the header
+        // timeout: a head begun meanwhile is timed from its own first byte when it fires.
         let mut idle_since = (answered && buf.is_empty()).then_some(now);
         let mut head_from = now;
         let first_wait = if idle_since.is_some() { timeouts.header.min(timeouts.keepalive) } else { timeouts.header };
@@ -139,33 +142,35 @@ where
                         // timeout.
                         return Outcome::Closed;
                     }
-                    header_deadline.as_mut().reset(until.min(now + timeouts.header));
-                    if idle_since.is_some() && buf.is_empty() {
-                        // Idle past the header timeout, as a proxy's pooled connection is between
-                        // requests (ingress-nginx keeps up to 320 per worker, for 60 s): its
-                        // buffers go until the next request's bytes are there, ~6 KB of the ~19 KB
-                        // the connection holds (`tests/bench/README.md`). A read into a smaller
-                        // buffer would often end inside a head whose body is still to come, a
-                        // request that would then go to hyper: it waits for the bytes instead.
-                        buf = BytesMut::new();
-                        out = Vec::new();
-                        spare_map = http::HeaderMap::new();
-                        header_deadline.as_mut().reset(until);
-                        tokio::select! {
-                            biased;
-                            ready = stream.get_ref().readable() => {
-                                if ready.is_err() {
-                                    return Outcome::Closed;
-                                }
-                            }
-                            () = &mut header_deadline => return Outcome::Closed,
-                            _ = &mut shutdown => return Outcome::Closed,
-                        }
-                        out.reserve(1024);
-                        // The head now coming is due within the header timeout, not the keep-alive's.
-                        header_deadline.as_mut().reset(tokio::time::Instant::now() + timeouts.header);
-                    }
                     parse = false;
+                    header_deadline.as_mut().reset(until);
+                    if idle_since.is_none() {
+                        // A head begun after the deadline was set: due at its own.
+                        continue;
+                    }
+                    // Idle past the header timeout (with nothing read: `idle_since` ends at the
+                    // first byte), as a proxy's pooled connection is between requests
+                    // (ingress-nginx keeps up to 320 per worker, for 60 s): its buffers go until
+                    // the next request's bytes are there, ~6 KB of the ~19 KB the connection holds
+                    // (`tests/bench/README.md`). A read into a smaller buffer would often end
+                    // inside a head whose body is still to come, a request that would then go to
+                    // hyper: it waits for the bytes instead, until the keep-alive's end.
+                    buf = BytesMut::new();
+                    out = Vec::new();
+                    spare_map = http::HeaderMap::new();
+                    tokio::select! {
+                        biased;
+                        ready = stream.get_ref().readable() => {
+                            if ready.is_err() {
+                                return Outcome::Closed;
+                            }
+                        }
+                        () = &mut header_deadline => return Outcome::Closed,
+                        _ = &mut shutdown => return Outcome::Closed,
+                    }
+                    out.reserve(OUT_ROOM);
+                    // The head now coming is due within the header timeout, not the keep-alive's.
+                    header_deadline.as_mut().reset(tokio::time::Instant::now() + timeouts.header);
                     continue;
                 }
                 _ = &mut shutdown, if buf.is_empty() => return Outcome::Closed,
@@ -205,7 +210,7 @@ where
         answered = true;
         // An idle connection keeps a small buffer, whatever the largest response it carried.
         if out.capacity() > 2 * MAX_MESSAGE {
-            out = Vec::with_capacity(1024);
+            out = Vec::with_capacity(OUT_ROOM);
         }
     }
 }
