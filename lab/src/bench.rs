@@ -375,11 +375,11 @@ async fn answered_once(addr: SocketAddr) -> std::io::Result<tokio::net::TcpStrea
     Ok(stream)
 }
 
-/// The sidecar's RSS (MiB) with `count` idle keep-alive connections open: once they are answered,
-/// and once they have been idle past [`HEADER_TIMEOUT`], new connections coming and going
+/// The sidecar's RSS (MiB) with up to `count` idle keep-alive connections open: once they are
+/// answered, and once they have been idle past [`HEADER_TIMEOUT`], new connections coming and going
 /// meanwhile as on a live pod (the allocator gives freed pages back as it goes on working, not
-/// while nothing happens); and the connections that failed.
-async fn idle_connections(pid: u32, addr: SocketAddr, count: usize) -> (f64, f64, u64) {
+/// while nothing happens); how many were held open, and the connections that failed.
+async fn idle_connections(pid: u32, addr: SocketAddr, count: usize) -> (f64, f64, usize, u64) {
     let mut open = Vec::with_capacity(count);
     let mut errors = 0;
     for _ in 0..count {
@@ -393,7 +393,7 @@ async fn idle_connections(pid: u32, addr: SocketAddr, count: usize) -> (f64, f64
     while Instant::now() < until {
         errors += u64::from(answered_once(addr).await.is_err());
     }
-    (answered, rss_mib(pid), errors)
+    (answered, rss_mib(pid), open.len(), errors)
 }
 
 /// Sends `count` cookieless `POST /incr` over `connections` connections: each one a new session.
@@ -874,8 +874,9 @@ pub async fn run(args: BenchArgs) -> Result<(), String> {
             let table = crate::localpool::scrape(admin)
                 .await
                 .map_or(0.0, |page| crate::localpool::metric_sum(&page, "handover_sessions "));
-            let (with_idle, after_idle, idle_errors) = idle_connections(pid, sidecar, args.idle_connections).await;
-            let each = |mib: f64| (mib - after_flood) * 1024.0 * 1024.0 / args.idle_connections.max(1) as f64;
+            let (with_idle, after_idle, held, idle_errors) =
+                idle_connections(pid, sidecar, args.idle_connections).await;
+            let each = |mib: f64| (mib - after_flood) * 1024.0 * 1024.0 / held.max(1) as f64;
             println!(
                 "\nsidecar RSS: idle {rss_idle:.1} MiB, after the rounds {warm:.1} MiB, with {} more sessions {with_sessions:.1} MiB, \
                  after {} cookieless requests ({:.0}/s) {after_flood:.1} MiB; session table {table} entries; \
@@ -884,14 +885,14 @@ pub async fn run(args: BenchArgs) -> Result<(), String> {
                 args.sessions,
                 args.flood,
                 args.flood as f64 / started.elapsed().as_secs_f64(),
-                args.idle_connections,
+                held,
                 each(with_idle),
                 each(after_idle),
                 errors + flood_errors + idle_errors
             );
             serde_json::json!({"idle_mib": rss_idle, "after_rounds_mib": warm, "sessions": args.sessions,
                 "with_sessions_mib": with_sessions, "flood": args.flood, "after_flood_mib": after_flood, "table": table,
-                "idle_connections": args.idle_connections, "with_idle_connections_mib": with_idle,
+                "idle_connections": held, "with_idle_connections_mib": with_idle,
                 "idle_past_header_timeout_mib": after_idle})
         }
         None => serde_json::Value::Null,
