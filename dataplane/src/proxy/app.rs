@@ -450,10 +450,10 @@ impl Proxy {
             sender => sender,
         };
         let mut resp = match deadline {
-            Some(at) => {
-                tokio::time::timeout_at(at, self.send_with_hyper(sender, req)).await.unwrap_or(Err(SendError::TimedOut))
-            }
-            None => self.send_with_hyper(sender, req).await,
+            Some(at) => tokio::time::timeout_at(at, self.send_with_hyper(sender, req, upgrade))
+                .await
+                .unwrap_or(Err(SendError::TimedOut)),
+            None => self.send_with_hyper(sender, req, upgrade).await,
         }?;
         let fields = AppFields::take(resp.headers_mut());
         Ok((resp, fields))
@@ -486,10 +486,16 @@ impl Proxy {
     }
 
     /// Sends `req` through hyper's client: on `sender`'s HTTP/1.1 connection, or its h2c one.
-    async fn send_with_hyper(&self, sender: AppSender, mut req: Request<Body>) -> Result<Response<Body>, SendError> {
+    async fn send_with_hyper(
+        &self,
+        sender: AppSender,
+        mut req: Request<Body>,
+        upgrade: bool,
+    ) -> Result<Response<Body>, SendError> {
         let sent = match sender {
             AppSender::Http1(conn) => {
-                let mut sender = conn.into_hyper(self.cfg.app).await.map_err(|e| SendError::Failed(e.to_string()))?;
+                let mut sender =
+                    conn.into_hyper(self.cfg.app, upgrade).await.map_err(|e| SendError::Failed(e.to_string()))?;
                 sender.try_send_request(req).await
             }
             AppSender::H2(mut sender) => {

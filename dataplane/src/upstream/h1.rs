@@ -100,13 +100,21 @@ impl AppConn {
         })
     }
 
-    /// This connection under hyper's client, for a request this module does not send (a body
-    /// still arriving, an upgrade). Its driver runs as a task of its own.
+    /// This connection under hyper's client, for one request this module does not send (a body
+    /// still arriving, an `upgrade`). Its driver runs as a task of its own. An answer the app
+    /// sends before it has read the body, and then closes the connection, reaches the client
+    /// ([`EarlyAnswer`](super::early_answer::EarlyAnswer)); an upgraded connection's writes fail
+    /// as they come, for the tunnel to end.
     pub async fn into_hyper(
         self,
         addr: SocketAddr,
+        upgrade: bool,
     ) -> Result<hyper::client::conn::http1::SendRequest<Body>, ConnectError> {
-        super::hyper_http1(self.stream, addr).await
+        if upgrade {
+            super::hyper_http1(self.stream, addr).await
+        } else {
+            super::hyper_http1(super::early_answer::EarlyAnswer::new(self.stream), addr).await
+        }
     }
 
     /// Sends `req` with its whole `body` and reads the response head, by `deadline` if there is

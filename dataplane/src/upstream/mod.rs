@@ -18,6 +18,7 @@ use hyper::client::conn::http2;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use tokio::net::TcpStream;
 
+mod early_answer;
 pub mod h1;
 
 /// The body type the proxy sends and returns.
@@ -80,7 +81,10 @@ async fn connect(addr: SocketAddr, timeout: Duration) -> Result<TcpStream, Conne
 }
 
 /// hyper's HTTP/1.1 client on `stream` (to `addr`), its connection driven by a task of its own.
-async fn hyper_http1(stream: TcpStream, addr: SocketAddr) -> Result<SendRequest<Body>, ConnectError> {
+async fn hyper_http1<S>(stream: S, addr: SocketAddr) -> Result<SendRequest<Body>, ConnectError>
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Unpin + 'static,
+{
     let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
         .await
         .map_err(|e| ConnectError::Handshake(addr, e))?;
