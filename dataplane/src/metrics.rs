@@ -83,6 +83,8 @@ label_values! {
         ForgedForward => "forged_forward",
         /// A request body too slow (idle or past its deadline).
         BodyTimeout => "body_timeout",
+        /// A request body that broke off or whose framing did not parse (400).
+        BadBody => "bad_body",
         /// A response the client took no byte of within `--send-timeout` (connection closed).
         SendTimeout => "send_timeout",
         /// The app did not answer within `--response-timeout` (504).
@@ -163,6 +165,8 @@ pub struct Metrics {
     /// without the families' lock and label hashing.
     per_route: Vec<(Counter, Histogram)>,
     pub body_timeouts: Counter,
+    /// `handover_bad_requests_total{reason="bad_body"}`, resolved once: every request body carries it too.
+    pub bad_bodies: Counter,
     /// `handover_bad_requests_total{reason="send_timeout"}`, resolved once.
     pub send_timeouts: Counter,
 }
@@ -207,6 +211,7 @@ impl Default for Metrics {
             registry: Registry::default(),
             per_route: Vec::new(),
             body_timeouts: Counter::default(),
+            bad_bodies: Counter::default(),
             send_timeouts: Counter::default(),
         };
         let per_route = Route::ALL
@@ -217,6 +222,7 @@ impl Default for Metrics {
             })
             .collect();
         let body_timeouts = m.bad_requests.get_or_create(&[("reason", BadRequest::BodyTimeout)]).clone();
+        let bad_bodies = m.bad_requests.get_or_create(&[("reason", BadRequest::BadBody)]).clone();
         let send_timeouts = m.bad_requests.get_or_create(&[("reason", BadRequest::SendTimeout)]).clone();
         registry.register("requests", "Requests by route: new, serve, restore, takeover, forward", m.requests.clone());
         registry.register(
@@ -335,7 +341,7 @@ impl Default for Metrics {
         );
         registry.register(
             "bad_requests",
-            "Requests refused or cut off, by reason (headers_too_large, uri_too_long, state_path, bad_host, forged_forward, body_timeout, send_timeout, app_timeout, bad_pushed_state)",
+            "Requests refused or cut off, by reason (headers_too_large, uri_too_long, state_path, bad_host, forged_forward, body_timeout, bad_body, send_timeout, app_timeout, bad_pushed_state)",
             m.bad_requests.clone(),
         );
         registry.register(
@@ -351,7 +357,7 @@ impl Default for Metrics {
         registry.register("sessions", "Sessions in the local session table", m.sessions.clone());
         registry.register("registry_members", "Live members in this sidecar's registry", m.registry_members.clone());
         registry.register("draining", "1 while the sidecar drains after SIGTERM", m.draining.clone());
-        Metrics { registry, per_route, body_timeouts, send_timeouts, ..m }
+        Metrics { registry, per_route, body_timeouts, bad_bodies, send_timeouts, ..m }
     }
 }
 

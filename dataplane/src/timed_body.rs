@@ -4,6 +4,10 @@
 //!
 //! The clocks start when the body is first read and waits (a request held while the app
 //! restarts is not charged for that wait), and cost nothing for bodies that arrive at once.
+//!
+//! Its failures are marked as the client's ([`BodyTimeout`], [`BodyBroken`]): the app's or a
+//! peer's exchange that they cut short is answered for the client's fault, not taken for the
+//! app's or the peer's.
 
 use std::pin::Pin;
 use std::task::{Context, Poll};
@@ -26,6 +30,12 @@ pub enum BodyTimeout {
     Total(Duration),
 }
 
+/// A request body that broke off (its client closed or reset it) or whose framing did not parse
+/// (a chunk size that is no number): the error hyper's server gave, marked as the client's.
+#[derive(Debug, thiserror::Error)]
+#[error("the request body broke off or did not parse: {0}")]
+pub struct BodyBroken(#[source] BoxError);
+
 /// Limits for request bodies.
 #[derive(Clone, Copy, Debug)]
 pub struct BodyLimits {
@@ -39,17 +49,18 @@ struct Timers {
     total: Pin<Box<Sleep>>,
 }
 
-/// `inner` with the limits applied; `timeouts` counts bodies cut off.
+/// `inner` with the limits applied; `timeouts` counts bodies cut off, `broken` those that failed.
 pub struct TimedBody<B> {
     inner: B,
     limits: BodyLimits,
     timeouts: Counter,
+    broken: Counter,
     timers: Option<Timers>,
 }
 
 impl<B> TimedBody<B> {
-    pub fn new(inner: B, limits: BodyLimits, timeouts: Counter) -> Self {
-        TimedBody { inner, limits, timeouts, timers: None }
+    pub fn new(inner: B, limits: BodyLimits, timeouts: Counter, broken: Counter) -> Self {
+        TimedBody { inner, limits, timeouts, broken, timers: None }
     }
 }
 
@@ -70,7 +81,12 @@ where
                 }
                 Poll::Ready(Some(Ok(frame)))
             }
-            Poll::Ready(Some(Err(e))) => Poll::Ready(Some(Err(e.into()))),
+            Poll::Ready(Some(Err(e))) => {
+                let broken = BodyBroken(e.into());
+                this.broken.inc();
+                tracing::warn!(error = %broken, "request body failed");
+                Poll::Ready(Some(Err(Box::new(broken))))
+            }
             Poll::Ready(None) => Poll::Ready(None),
             Poll::Pending => {
                 let limits = this.limits;
@@ -122,23 +138,43 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn a_steady_body_passes() {
-        let body = TimedBody::new(trickle(vec![Duration::from_secs(5); 10]), LIMITS, Counter::default());
+        let body =
+            TimedBody::new(trickle(vec![Duration::from_secs(5); 10]), LIMITS, Counter::default(), Counter::default());
         assert_eq!(body.collect().await.expect("complete").to_bytes().len(), 10);
     }
 
     #[tokio::test(start_paused = true)]
     async fn a_stalled_body_is_cut_at_the_idle_timeout() {
         let counter = Counter::default();
-        let body = TimedBody::new(trickle(vec![Duration::ZERO, Duration::from_secs(11)]), LIMITS, counter.clone());
+        let body = TimedBody::new(
+            trickle(vec![Duration::ZERO, Duration::from_secs(11)]),
+            LIMITS,
+            counter.clone(),
+            Counter::default(),
+        );
         let err = body.collect().await.expect_err("cut off");
         assert!(err.to_string().contains("no request body bytes"), "{err}");
         assert_eq!(counter.get(), 1);
     }
 
+    #[tokio::test]
+    async fn a_body_that_fails_is_marked_as_the_clients_and_counted() {
+        let broken = Counter::default();
+        let parts: Vec<Result<Frame<Bytes>, BoxError>> =
+            vec![Ok(Frame::data(Bytes::from_static(b"x"))), Err("invalid chunk size line".into())];
+        let body =
+            TimedBody::new(StreamBody::new(futures::stream::iter(parts)), LIMITS, Counter::default(), broken.clone());
+        let err = body.collect().await.expect_err("failed");
+        let marked = err.downcast_ref::<BodyBroken>().expect("marked as the client's");
+        assert!(marked.to_string().contains("invalid chunk size line"), "{marked}");
+        assert_eq!(broken.get(), 1);
+    }
+
     #[tokio::test(start_paused = true)]
     async fn a_trickled_body_is_cut_at_the_total_deadline() {
         // One byte every 5 s never trips the idle timeout, but 20 of them take 100 s.
-        let body = TimedBody::new(trickle(vec![Duration::from_secs(5); 20]), LIMITS, Counter::default());
+        let body =
+            TimedBody::new(trickle(vec![Duration::from_secs(5); 20]), LIMITS, Counter::default(), Counter::default());
         let err = body.collect().await.expect_err("cut off");
         assert!(err.to_string().contains("not complete within"), "{err}");
     }

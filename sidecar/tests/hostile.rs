@@ -223,6 +223,43 @@ async fn a_stalled_body_is_cut_off_and_counted() {
     assert_eq!(pool.metric("handover_bad_requests_total{reason=\"body_timeout\"}").await, 1.0);
 }
 
+/// A request body that does not parse (a chunk size that is no number) or that its client cuts
+/// short is the client's fault: a 400 counted as `bad_body`, not a 502 that blames the app, and
+/// through a forward no probe of the session's owner.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_body_that_does_not_parse_or_breaks_off_is_the_clients_400_not_a_502() {
+    let pool = pool_with(2, &[], &[]).await;
+    let (owner, other) = (pool.pods[0].data(), pool.pods[1].data());
+    let bad_bodies = || pool.metric("handover_bad_requests_total{reason=\"bad_body\"}");
+    let malformed = "Transfer-Encoding: chunked\r\nConnection: close\r\n\r\n3\r\nabc\r\nnot-a-size\r\n";
+    let (status, head, body) =
+        exchange(owner, format!("POST /incr HTTP/1.1\r\nHost: x\r\n{malformed}").as_bytes()).await;
+    assert_eq!(status, 400, "{head}");
+    assert!(String::from_utf8_lossy(&body).contains("the request body broke off or did not parse"), "{head}");
+    assert_eq!(bad_bodies().await, 1.0);
+
+    // Cut short: the client shuts its side of the connection 10 bytes into a body of 100.
+    let mut stream = TcpStream::connect(owner).await.expect("connect");
+    stream.write_all(b"POST /incr HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\nten bytes.").await.expect("write");
+    stream.shutdown().await.expect("shut the writing side");
+    let mut reply = Vec::new();
+    tokio::time::timeout(Duration::from_secs(10), stream.read_to_end(&mut reply)).await.expect("answer").expect("read");
+    let (status, head, _) = split_reply(&reply);
+    assert_eq!(status, 400, "{head}");
+    assert_eq!(bad_bodies().await, 2.0);
+
+    // Through the other pod, forwarded to the session's owner.
+    let mut client = SessionClient::default();
+    client.send(|| Some(owner), Method::POST, "/incr").await.expect("reply");
+    let request = format!("POST /incr HTTP/1.1\r\nHost: x\r\nCookie: {}\r\n{malformed}", cookie_header(&client));
+    let (status, head, _) = exchange(other, request.as_bytes()).await;
+    assert_eq!(status, 400, "{head}");
+    assert_eq!(pool.metric("handover_peer_probes_total").await, 0.0, "the owner was not suspected");
+    let reply = client.send(|| Some(other), Method::POST, "/incr").await.expect("reply");
+    let served: CountReply = serde_json::from_slice(&reply.body).expect("count");
+    assert_eq!((served.pod.as_str(), served.count), (pool.pods[0].name.as_str(), 2), "still served by its owner");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn connections_over_the_cap_are_closed_at_once_and_the_cap_frees_up() {
     let pool = pool_with(1, &["--max-connections", "4"], &[]).await;

@@ -15,7 +15,7 @@ use super::headers::{AppFields, FORMAT_HEADER, SESSION_HEADER, WantsTrailers, h2
 use super::peer::bridge_upgrade;
 use super::request::RequestCookie;
 use super::restore::Carried;
-use super::{Proxy, body_too_slow, cause, cut_by_client, full, text_response};
+use super::{Proxy, cause, cut_by_client, full, text_response};
 use crate::cache;
 use crate::metrics::BadRequest;
 use crate::upstream::{AppSender, Body, ConnectError, h1};
@@ -73,8 +73,9 @@ enum SendError {
     /// The app refused the request's stream on a live h2c connection (not processed): send it
     /// again. Unlike a closed connection, no sign that the app restarted.
     Refused(Box<Request<Body>>),
-    /// The client's body came too slowly (`timed_body`).
-    CutByClient,
+    /// The client's body came too slowly, or broke off or did not parse (`timed_body`): the
+    /// client's answer.
+    CutByClient(Response<Body>),
     /// No response head within the response timeout.
     TimedOut,
     Failed(String),
@@ -372,7 +373,7 @@ impl Proxy {
                 return Served::NotSent(unsent);
             }
             Err(SendError::Refused(unsent)) => return Served::NotSent(*unsent),
-            Err(SendError::CutByClient) => return Served::Response(body_too_slow()),
+            Err(SendError::CutByClient(answer)) => return Served::Response(answer),
             Err(SendError::Failed(e)) => {
                 tracing::warn!(error = %e, "the app failed while answering");
                 return Served::Response(text_response(
@@ -537,8 +538,10 @@ impl Proxy {
             // hyper's senders hand back a request they never sent, so it can be routed again.
             Err(mut e) => match e.take_message() {
                 Some(unsent) => Err(SendError::NotSent(Box::new(unsent))),
-                None if cut_by_client(e.error()) => Err(SendError::CutByClient),
-                None => Err(SendError::Failed(e.error().to_string())),
+                None => match cut_by_client(e.error()) {
+                    Some(answer) => Err(SendError::CutByClient(answer)),
+                    None => Err(SendError::Failed(e.error().to_string())),
+                },
             },
         }
     }

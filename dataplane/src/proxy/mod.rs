@@ -341,7 +341,8 @@ impl Proxy {
             if hyper::body::Body::is_end_stream(&b) {
                 b
             } else {
-                TimedBody::new(b, self.cfg.body, self.metrics.body_timeouts.clone()).boxed()
+                let metrics = &self.metrics;
+                TimedBody::new(b, self.cfg.body, metrics.body_timeouts.clone(), metrics.bad_bodies.clone()).boxed()
             }
         });
         let survey = headers::Survey::of(req.headers());
@@ -647,10 +648,20 @@ impl Proxy {
     }
 }
 
-/// Whether a failed exchange with the app or a peer was cut by the client's own request body
-/// (see [`crate::timed_body`]), not by the other side.
-fn cut_by_client(e: &hyper::Error) -> bool {
-    cause::<crate::timed_body::BodyTimeout>(e).is_some()
+/// The client's answer when a failed exchange with the app or a peer was cut by the client's own
+/// request body (see [`crate::timed_body`]), not by the other side: it came too slowly, or it
+/// broke off or did not parse.
+fn cut_by_client(e: &hyper::Error) -> Option<Response<Body>> {
+    if cause::<crate::timed_body::BodyTimeout>(e).is_some() {
+        Some(body_too_slow())
+    } else if cause::<crate::timed_body::BodyBroken>(e).is_some() {
+        let mut resp =
+            text_response(StatusCode::BAD_REQUEST, "handover: the request body broke off or did not parse\n");
+        resp.headers_mut().insert(header::CONNECTION, HeaderValue::from_static("close"));
+        Some(resp)
+    } else {
+        None
+    }
 }
 
 /// The first error of type `T` among the causes of `e`.

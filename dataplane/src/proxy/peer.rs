@@ -9,7 +9,7 @@ use http::{Request, Response, StatusCode};
 use http_body_util::BodyExt;
 
 use super::headers::{FORWARDED_HEADER, PEER_HEADER, origin_form, strip_hop_by_hop};
-use super::{Proxy, body_too_slow, cut_by_client, retry_soon, text_response, unix_now};
+use super::{Proxy, cut_by_client, retry_soon, text_response, unix_now};
 use crate::peer_auth;
 use crate::peer_probe::{self, Liveness};
 use crate::registry::Member;
@@ -136,9 +136,11 @@ impl Proxy {
         };
         let mut resp = match outcome {
             Ok(resp) => resp,
-            // The client's own body was too slow: nothing to say about the peer.
-            Err(e) if cut_by_client(&e) => return body_too_slow(),
             Err(e) => {
+                if let Some(answer) = cut_by_client(&e) {
+                    // The client's own body failed: nothing to say about the peer.
+                    return answer;
+                }
                 // The request may have been cut by the client's own body, or by the peer: only
                 // a probe says which.
                 let why = e.to_string();
