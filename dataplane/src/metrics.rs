@@ -85,6 +85,8 @@ label_values! {
         BodyTimeout => "body_timeout",
         /// A request body that broke off or whose framing did not parse (400).
         BadBody => "bad_body",
+        /// A request body in a transfer coding besides chunked (501).
+        TransferCoding => "transfer_coding",
         /// A response the client took no byte of within `--send-timeout` (connection closed).
         SendTimeout => "send_timeout",
         /// The app did not answer within `--response-timeout` (504).
@@ -341,7 +343,7 @@ impl Default for Metrics {
         );
         registry.register(
             "bad_requests",
-            "Requests refused or cut off, by reason (headers_too_large, uri_too_long, state_path, bad_host, forged_forward, body_timeout, bad_body, send_timeout, app_timeout, bad_pushed_state)",
+            "Requests refused or cut off, by reason (headers_too_large, uri_too_long, state_path, bad_host, forged_forward, body_timeout, bad_body, transfer_coding, send_timeout, app_timeout, bad_pushed_state)",
             m.bad_requests.clone(),
         );
         registry.register(

@@ -260,6 +260,27 @@ async fn a_body_that_does_not_parse_or_breaks_off_is_the_clients_400_not_a_502()
     assert_eq!((served.pod.as_str(), served.count), (pool.pods[0].name.as_str(), 2), "still served by its owner");
 }
 
+/// A body in a transfer coding besides chunked would reach the app chunked alone, as if it were
+/// plain: it is refused (501, as nginx does) and counted, and a chunked body still goes through.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_transfer_coding_besides_chunked_is_refused_not_passed_on_as_plain() {
+    let pool = pool_with(1, &[], &[]).await;
+    let addr = pool.pods[0].data();
+    let body = "3\r\nabc\r\n0\r\n\r\n";
+    for codings in ["gzip, chunked", "gzip\r\nTransfer-Encoding: chunked", "chunked\r\nTransfer-Encoding: chunked"] {
+        let request = format!(
+            "POST /incr HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: {codings}\r\nConnection: close\r\n\r\n{body}"
+        );
+        let (status, head, _) = exchange(addr, request.as_bytes()).await;
+        assert_eq!(status, 501, "{codings}: {head}");
+    }
+    assert_eq!(pool.metric("handover_bad_requests_total{reason=\"transfer_coding\"}").await, 3.0);
+    let request =
+        format!("POST /incr HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: Chunked\r\nConnection: close\r\n\r\n{body}");
+    let (status, head, _) = exchange(addr, request.as_bytes()).await;
+    assert_eq!(status, 200, "{head}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn connections_over_the_cap_are_closed_at_once_and_the_cap_frees_up() {
     let pool = pool_with(1, &["--max-connections", "4"], &[]).await;

@@ -143,6 +143,9 @@ pub(super) struct Survey {
     /// `Host` fields, and whether the last one names a host (`host[:port]`).
     pub hosts: usize,
     pub host_ok: bool,
+    /// `Transfer-Encoding` fields, and whether one names a coding besides a lone `chunked`.
+    pub transfer_encodings: usize,
+    pub other_coding: bool,
 }
 
 impl Survey {
@@ -158,6 +161,9 @@ impl Survey {
             if name == header::HOST {
                 survey.hosts += 1;
                 survey.host_ok = is_host(value.as_bytes());
+            } else if name == header::TRANSFER_ENCODING {
+                survey.transfer_encodings += 1;
+                survey.other_coding |= !value.as_bytes().trim_ascii().eq_ignore_ascii_case(b"chunked");
             }
         }
         survey

@@ -378,6 +378,18 @@ impl Proxy {
             tracing::warn!(%client, why, "request refused: its host is not clear");
             return (Route::Refused, text_response(StatusCode::BAD_REQUEST, format!("handover: {why}\n")));
         }
+        if survey.transfer_encodings > 1 || survey.other_coding {
+            // hyper's server takes the body by its last coding, `chunked`, and the proxy sends it
+            // on chunked alone: a body in gzip would reach the app as if it were plain (RFC 9112
+            // §6.1: a server SHOULD answer 501 to a coding it does not understand, as nginx does).
+            self.metrics.bad_requests.get_or_create(&[("reason", BadRequest::TransferCoding)]).inc();
+            tracing::warn!(%client, "request refused: a transfer coding besides chunked");
+            let mut resp =
+                text_response(StatusCode::NOT_IMPLEMENTED, "handover: no transfer coding but chunked is supported\n");
+            // Its body is not read: the connection's next bytes are not known to start a request.
+            resp.headers_mut().insert(header::CONNECTION, HeaderValue::from_static("close"));
+            return (Route::Refused, resp);
+        }
         if self.state_path.named_by(req.uri().path()) {
             self.metrics.bad_requests.get_or_create(&[("reason", BadRequest::StatePath)]).inc();
             tracing::warn!(%client, method = %req.method(), path = req.uri().path(), "a client asked for the state endpoint; refused");
