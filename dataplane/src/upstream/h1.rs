@@ -318,7 +318,7 @@ pub(crate) fn read_head<const N: usize>(
     let mut keep_alive = parsed.version == Some(1);
     let mut fields = Vec::with_capacity(parsed.headers.len());
     let mut length: Option<u64> = None;
-    let mut chunked = None;
+    let mut chunked = false;
     let mut apart_spans: [Option<Range<usize>>; N] = [const { None }; N];
     for h in parsed.headers.iter() {
         if let Some(i) = apart.iter().position(|name| h.name.eq_ignore_ascii_case(name.as_str())) {
@@ -333,9 +333,14 @@ pub(crate) fn read_head<const N: usize>(
                 (_, value) => length = value,
             }
         } else if name == header::TRANSFER_ENCODING {
-            // Chunked only when it is the last coding (RFC 9112 §6.3): otherwise until the close.
-            let last = h.value.rsplit(|&b| b == b',').next().map(<[u8]>::trim_ascii);
-            chunked = Some(last.is_some_and(|c| c.eq_ignore_ascii_case(b"chunked")));
+            // Chunked alone, in one field, as nginx takes from an upstream: another coding would
+            // reach the client without its name (the framing to the client is the proxy's own),
+            // and a second field, like a Content-Length beside it (below), is how a response is
+            // split (RFC 9112 §6.3, §11.1).
+            if chunked || !h.value.trim_ascii().eq_ignore_ascii_case(b"chunked") {
+                return Err("the app's transfer coding is not chunked alone");
+            }
+            chunked = true;
         } else if name == header::CONNECTION && has_token(h.value, b"close") {
             keep_alive = false;
         }
@@ -343,10 +348,10 @@ pub(crate) fn read_head<const N: usize>(
     }
     let framing = match (chunked, length) {
         _ if without_body(status, head_request) => Framing::Length(0),
-        (Some(true), _) => Framing::Chunked,
-        (Some(false), _) => Framing::Close,
-        (None, Some(len)) => Framing::Length(len),
-        (None, None) => Framing::Close,
+        (true, Some(_)) => return Err("the app sent both a content-length and a transfer-encoding"),
+        (true, None) => Framing::Chunked,
+        (false, Some(len)) => Framing::Length(len),
+        (false, None) => Framing::Close,
     };
     if framing == Framing::Close {
         keep_alive = false;
@@ -843,6 +848,16 @@ mod tests {
             (b"NOT HTTP\r\n\r\n", "no status line"),
             (b"HTTP/1.1 101 Switching Protocols\r\nupgrade: x\r\n\r\n", "an upgrade nobody asked for"),
             (b"HTTP/1.1 200 OK\r\ncontent-length: 5\r\n", "closed in the head"),
+            (
+                b"HTTP/1.1 200 OK\r\ncontent-length: 9\r\ntransfer-encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\n",
+                "a length and chunks",
+            ),
+            (b"HTTP/1.1 200 OK\r\ntransfer-encoding: gzip, chunked\r\n\r\n0\r\n\r\n", "another coding than chunked"),
+            (b"HTTP/1.1 200 OK\r\ntransfer-encoding: gzip\r\n\r\nuntil the close", "a coding that ends in no chunks"),
+            (
+                b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\ntransfer-encoding: chunked\r\n\r\n0\r\n\r\n",
+                "two codings",
+            ),
         ] {
             let (addr, _app) = app(vec![vec![answer]]).await;
             let conn = AppConn::connect(addr, Duration::from_secs(5)).await.expect("connect");
