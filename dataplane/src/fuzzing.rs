@@ -317,7 +317,8 @@ pub fn http1_request(data: &[u8]) {
 }
 
 /// An app's answer at the app client's HTTP/1.1 path (`upstream::h1`): never a panic; a head it
-/// takes is one httparse reads whole, and the body's framing hands on no more bytes than there
+/// takes is one httparse reads whole, with no transfer coding but chunked alone and no length
+/// beside chunks, and the body's framing hands on no more bytes than there
 /// are (nor than a declared length), each step taking some, so a body always ends or waits.
 pub fn app_response(data: &[u8]) {
     use crate::upstream::h1::{Framing, State, Step, next_step, read_head};
@@ -338,6 +339,16 @@ pub fn app_response(data: &[u8]) {
             matches!(parsed, Ok(httparse::Status::Complete(len)) if len == used),
             "a head httparse reads otherwise"
         );
+        let codings: Vec<&[u8]> =
+            headers.iter().filter(|h| h.name.eq_ignore_ascii_case("transfer-encoding")).map(|h| h.value).collect();
+        assert!(
+            codings.is_empty() || (codings.len() == 1 && codings[0].trim_ascii().eq_ignore_ascii_case(b"chunked")),
+            "a transfer coding besides chunked alone was taken"
+        );
+        if head.framing == Framing::Chunked {
+            let length = headers.iter().any(|h| h.name.eq_ignore_ascii_case("content-length"));
+            assert!(!length, "chunks taken beside a content-length");
+        }
         let mut state = State::of(head.framing);
         let mut passed = 0;
         loop {
