@@ -11,8 +11,7 @@
 //!
 //! Here the rest of the body is dropped once the app has closed, as if written, so that hyper's
 //! client reads on: the app's answer if it sent one, else the connection's end — an error as
-//! before. The client's body is still read to its end (or to its timeouts), so the client's own
-//! connection is not reset under its answer either.
+//! before.
 
 use std::io;
 use std::pin::Pin;
