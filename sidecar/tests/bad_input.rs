@@ -173,13 +173,13 @@ async fn a_state_over_budget_is_reported_never_truncated() {
     assert_eq!(pool.metric("handover_seals_refused_total").await, 1.0);
 }
 
-/// One upload of `body` with curl to `/incr` at `addr`, with or without curl's `Expect:
-/// 100-continue` (which curl sends for a body over 1 MiB): the final status and the body.
-fn curl_upload(addr: std::net::SocketAddr, body: &[u8], expect: bool) -> (u16, String) {
+/// One upload of `body` with curl to `/incr` at `addr` with `cookie`, with or without curl's
+/// `Expect: 100-continue` (which curl sends for a body over 1 MiB): the final status and the body.
+fn curl_upload(addr: std::net::SocketAddr, cookie: &str, body: &[u8], expect: bool) -> (u16, String) {
     use std::io::Write;
     let mut curl = std::process::Command::new("curl")
         .args(["--silent", "--show-error", "--max-time", "20", "--output", "-", "--write-out", "\n%{http_code}"])
-        .args(["--header", "Host: demo", "--data-binary", "@-"])
+        .args(["--header", "Host: demo", "--cookie", cookie, "--data-binary", "@-"])
         .args(if expect { &[][..] } else { &["--header", "Expect:"][..] })
         .arg(format!("http://{addr}/incr"))
         .stdin(std::process::Stdio::piped())
@@ -197,25 +197,32 @@ fn curl_upload(addr: std::net::SocketAddr, body: &[u8], expect: bool) -> (u16, S
 
 /// An app may answer an upload before it reads all of it (a 413 over its limit, a 401) and close
 /// its connection. Its answer races the close's reset at the sidecar's next write of the body;
-/// before, the client got a 502 in its place about every other time.
+/// before, the client got a 502 in its place about every other time. The same race is run at
+/// each hop: to the app, and from another pod forwarding to the session's owner.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_upload_the_app_answers_before_reading_it_gets_the_apps_answer_never_a_502() {
-    let pool = pool_with(1, &[], &[]).await;
-    let addr = pool.pods[0].data();
-    // Over the 1 MiB that the demo app reads of an `/incr` body before it answers 400 and closes.
-    let body = vec![b'x'; 3 << 20];
-    for upload in 0..12 {
-        let expect = upload % 2 == 0;
-        let body = body.clone();
-        let (status, answer) =
-            tokio::task::spawn_blocking(move || curl_upload(addr, &body, expect)).await.expect("the upload");
-        assert_eq!(status, 400, "upload {upload} (expect: {expect}): {answer}");
-        assert!(answer.contains("cannot read the body: over 1048576 bytes"), "the app's own answer: {answer}");
-    }
-    // The pod serves on.
+    let pool = pool_with(2, &[], &[]).await;
+    let (owner, other) = (pool.pods[0].data(), pool.pods[1].data());
     let mut s = SessionClient::default();
-    let reply = s.send(|| Some(addr), Method::POST, "/incr").await.expect("reply");
+    let reply = s.send(|| Some(owner), Method::POST, "/incr").await.expect("reply");
     assert_eq!(count_of(&reply.body), 1);
+    let cookie = s.jar.iter().map(|(n, v)| format!("{n}={v}")).collect::<Vec<_>>().join("; ");
+    // Over the 1 MiB that the demo app reads of an `/incr` body before it answers 400 and closes.
+    let body = std::sync::Arc::new(vec![b'x'; 3 << 20]);
+    for (to, hop) in [(owner, "the owner"), (other, "a forward")] {
+        for upload in 0..12 {
+            let expect = upload % 2 == 0;
+            let (body, cookie) = (body.clone(), cookie.clone());
+            let (status, answer) =
+                tokio::task::spawn_blocking(move || curl_upload(to, &cookie, &body, expect)).await.expect("the upload");
+            assert_eq!(status, 400, "{hop}, upload {upload} (expect: {expect}): {answer}");
+            assert!(answer.contains("cannot read the body: over 1048576 bytes"), "the app's own answer: {answer}");
+        }
+    }
+    // The session goes on at its owner, reached through the other pod.
+    let reply = s.send(|| Some(other), Method::POST, "/incr").await.expect("reply");
+    let served: CountReply = serde_json::from_slice(&reply.body).expect("count");
+    assert_eq!((served.pod.as_str(), served.count), (pool.pods[0].name.as_str(), 2), "{served:?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

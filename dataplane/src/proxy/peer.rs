@@ -13,6 +13,7 @@ use super::{Proxy, cut_by_client, retry_soon, text_response, unix_now};
 use crate::peer_auth;
 use crate::peer_probe::{self, Liveness};
 use crate::registry::Member;
+use crate::upstream;
 use crate::upstream::Body;
 use handover_common::sync;
 
@@ -72,13 +73,14 @@ impl Proxy {
     /// or takes it over because its app reads the state (`"reader"`: `Restored::ReadBy`).
     pub(super) async fn forward_to_holder(
         &self,
-        req: Request<Body>,
+        mut req: Request<Body>,
         to: &Member,
         session: &str,
         reason: &'static str,
         upgrade: bool,
     ) -> Response<Body> {
-        match self.upstreams.get(to.addr, self.cfg.connect_timeout).await {
+        let in_hand = upstream::h1::body_in_hand(&mut req);
+        match self.upstreams.get_peer(to.addr, self.cfg.connect_timeout, in_hand).await {
             Ok(sender) => self.forward_to_peer(sender, req, to, session, reason, upgrade).await,
             Err(e) => peer_not_reached(to, &format!("it holds this session but could not be reached ({e})")),
         }
@@ -86,7 +88,7 @@ impl Proxy {
 
     pub(super) async fn forward_to_peer(
         &self,
-        mut sender: hyper::client::conn::http1::SendRequest<Body>,
+        mut sender: upstream::PeerSender,
         mut req: Request<Body>,
         to: &Member,
         session: &str,
@@ -116,7 +118,7 @@ impl Proxy {
         // it whenever the wait passes another `peer_probe_after`.
         let response_deadline = self.cfg.response_timeout.map(|t| tokio::time::Instant::now() + t);
         let outcome = {
-            let send = sender.send_request(req);
+            let send = sender.send.send_request(req);
             tokio::pin!(send);
             loop {
                 let next_probe = tokio::time::Instant::now() + self.cfg.peer_probe_after;
@@ -155,7 +157,9 @@ impl Proxy {
                 return failed(&why, StatusCode::BAD_GATEWAY);
             }
         }
-        self.upstreams.put(to.addr, sender);
+        if sender.pooled {
+            self.upstreams.put(to.addr, sender.send);
+        }
         self.metrics.forwards.get_or_create(&[("reason", reason), ("result", "ok")]).inc();
         let switching = resp.status() == StatusCode::SWITCHING_PROTOCOLS;
         if let (true, Some(client)) = (switching, client_upgrade) {

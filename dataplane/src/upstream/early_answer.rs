@@ -1,4 +1,5 @@
-//! An app's answer that comes before it has read the request's body, then closes the connection.
+//! An app's answer that comes before it has read the request's body, then closes the connection
+//! (or a peer sidecar's, which passes its app's on).
 //!
 //! An app may answer a request before it reads all of its body — a 413 for an upload over its
 //! limit, a 401 or 403 for one it refuses — and close the connection (hyper's, Go's and Node's
@@ -20,10 +21,11 @@ use std::task::{Context, Poll, ready};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 
-/// The app's stream, for one request under hyper's client: writes that the app's close refuses
-/// (reset, broken pipe) are dropped. Only for a connection that carries one request
-/// ([`super::h1::AppConn::into_hyper`]): to hyper a dropped write is a written one, so a pooled
-/// connection in this state could take the next request into the void.
+/// The app's or a peer's stream, for one request under hyper's client: writes that the other
+/// side's close refuses (reset, broken pipe) are dropped. Only for a connection that carries one
+/// request ([`super::h1::AppConn::into_hyper`], [`super::Upstreams::get_peer`]): to hyper a
+/// dropped write is a written one, so a pooled connection in this state could take the next
+/// request into the void.
 pub(super) struct EarlyAnswer {
     stream: TcpStream,
     /// The app closed the connection: what is written from now on is dropped.

@@ -647,6 +647,19 @@ pub fn whole_body(req: &mut Request<Body>) -> Option<Bytes> {
     }
 }
 
+/// Whether `req`'s body is all in hand ([`whole_body`]), left as it was found.
+pub fn body_in_hand(req: &mut Request<Body>) -> bool {
+    match whole_body(req) {
+        Some(body) => {
+            if !body.is_empty() {
+                *req.body_mut() = super::full(body);
+            }
+            true
+        }
+        None => false,
+    }
+}
+
 /// `first`, then `rest`.
 fn prepend(first: Result<Frame<Bytes>, crate::timed_body::BoxError>, rest: Body) -> Body {
     let first = futures::stream::once(std::future::ready(first));

@@ -125,6 +125,12 @@ pub enum AppSender {
     H2(http2::SendRequest<Body>),
 }
 
+/// A connection to a peer for one request, and whether it goes back to the pool once answered.
+pub struct PeerSender {
+    pub send: SendRequest<Body>,
+    pub pooled: bool,
+}
+
 /// An idle connection to a peer, and when its last answer ended.
 type IdlePeerConn = (SendRequest<Body>, std::time::Instant);
 
@@ -148,6 +154,23 @@ impl Upstreams {
             return Ok(sender);
         }
         hyper_http1(connect(addr, timeout).await?, addr).await
+    }
+
+    /// A connection to the peer at `addr` for a request: an idle or new one from the pool when
+    /// its body is all in hand; else a new one, used once, on which an answer the peer sends before
+    /// it has read the whole body, then closing, still reaches the caller ([`early_answer`]: its
+    /// dropped writes are why it is never pooled).
+    pub async fn get_peer(
+        &self,
+        addr: SocketAddr,
+        timeout: Duration,
+        body_in_hand: bool,
+    ) -> Result<PeerSender, ConnectError> {
+        if body_in_hand {
+            return Ok(PeerSender { send: self.get(addr, timeout).await?, pooled: true });
+        }
+        let stream = early_answer::EarlyAnswer::new(connect(addr, timeout).await?);
+        Ok(PeerSender { send: hyper_http1(stream, addr).await?, pooled: false })
     }
 
     /// A connection to the app at `addr` in `protocol`, and whether a connection to it had been
