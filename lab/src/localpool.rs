@@ -756,7 +756,8 @@ impl SessionClient {
         self.failed
     }
 
-    fn cookie_header(&self) -> Option<String> {
+    /// The Cookie line this client sends (its jar's pairs, sorted); none while the jar is empty.
+    pub fn cookie_header(&self) -> Option<String> {
         if self.jar.is_empty() {
             return None;
         }

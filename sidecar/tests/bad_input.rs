@@ -206,7 +206,7 @@ async fn an_upload_the_app_answers_before_reading_it_gets_the_apps_answer_never_
     let mut s = SessionClient::default();
     let reply = s.send(|| Some(owner), Method::POST, "/incr").await.expect("reply");
     assert_eq!(count_of(&reply.body), 1);
-    let cookie = s.jar.iter().map(|(n, v)| format!("{n}={v}")).collect::<Vec<_>>().join("; ");
+    let cookie = s.cookie_header().expect("the session's cookies");
     // Over the 1 MiB that the demo app reads of an `/incr` body before it answers 400 and closes.
     let body = std::sync::Arc::new(vec![b'x'; 3 << 20]);
     for (to, hop) in [(owner, "the owner"), (other, "a forward")] {

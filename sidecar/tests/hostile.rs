@@ -38,12 +38,6 @@ fn set_cookie_lines(head: &str) -> usize {
     head.lines().filter(|l| l.to_ascii_lowercase().starts_with("set-cookie:")).count()
 }
 
-fn cookie_header(client: &SessionClient) -> String {
-    let mut pairs: Vec<String> = client.jar.iter().map(|(n, v)| format!("{n}={v}")).collect();
-    pairs.sort();
-    pairs.join("; ")
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_forged_chunk_count_costs_one_answer_not_a_flood() {
     let pool = pool_with(1, &[], &[]).await;
@@ -85,7 +79,7 @@ async fn no_spelling_of_the_state_path_reaches_the_apps_state() {
     for _ in 0..3 {
         s.send(|| Some(addr), Method::POST, "/incr").await.expect("reply");
     }
-    let cookie = cookie_header(&s);
+    let cookie = s.cookie_header().unwrap_or_default();
     let forged = r#"{"count":1000000,"blob":"admin=true"}"#;
     let spellings = [
         "/handover/state",
@@ -183,7 +177,7 @@ async fn a_slow_body_through_a_forward_does_not_make_the_owner_count_as_dead() {
     let mut stream = TcpStream::connect(other).await.expect("connect");
     let head = format!(
         "POST /incr HTTP/1.1\r\nHost: x\r\nCookie: {}\r\nContent-Length: 8\r\nConnection: close\r\n\r\n",
-        cookie_header(&attacker)
+        attacker.cookie_header().unwrap_or_default()
     );
     stream.write_all(head.as_bytes()).await.expect("write");
     for _ in 0..8 {
@@ -251,7 +245,10 @@ async fn a_body_that_does_not_parse_or_breaks_off_is_the_clients_400_not_a_502()
     // Through the other pod, forwarded to the session's owner.
     let mut client = SessionClient::default();
     client.send(|| Some(owner), Method::POST, "/incr").await.expect("reply");
-    let request = format!("POST /incr HTTP/1.1\r\nHost: x\r\nCookie: {}\r\n{malformed}", cookie_header(&client));
+    let request = format!(
+        "POST /incr HTTP/1.1\r\nHost: x\r\nCookie: {}\r\n{malformed}",
+        client.cookie_header().unwrap_or_default()
+    );
     let (status, head, _) = exchange(other, request.as_bytes()).await;
     assert_eq!(status, 400, "{head}");
     assert_eq!(pool.metric("handover_peer_probes_total").await, 0.0, "the owner was not suspected");
