@@ -81,6 +81,9 @@ label_values! {
         BadHost => "bad_host",
         /// A forward mark that did not verify (dropped; the request is routed as a client's).
         ForgedForward => "forged_forward",
+        /// A field that spells one the sidecar sets (`Handover-*`, `X-Forwarded-For`/`-Proto`)
+        /// with `_` for `-`, as a CGI-style gateway would read it for the sidecar's (dropped).
+        SpoofedField => "spoofed_field",
         /// A request body too slow (idle or past its deadline).
         BodyTimeout => "body_timeout",
         /// A request body that broke off or whose framing did not parse (400).
@@ -343,7 +346,7 @@ impl Default for Metrics {
         );
         registry.register(
             "bad_requests",
-            "Requests refused or cut off, by reason (headers_too_large, uri_too_long, state_path, bad_host, forged_forward, body_timeout, bad_body, transfer_coding, send_timeout, app_timeout, bad_pushed_state)",
+            "Requests refused or cut off, by reason (headers_too_large, uri_too_long, state_path, bad_host, forged_forward, spoofed_field, body_timeout, bad_body, transfer_coding, send_timeout, app_timeout, bad_pushed_state)",
             m.bad_requests.clone(),
         );
         registry.register(

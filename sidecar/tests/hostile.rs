@@ -163,6 +163,33 @@ async fn a_clients_forward_mark_is_refused_and_its_address_still_recorded() {
     assert!(!seen.contains_key("handover-forwarded"), "the mark never reaches the app");
 }
 
+/// A CGI-style gateway (WSGI, Rack) reads `handover_session` as `Handover-Session`: a client's
+/// field that spells one the sidecar sets with `_` never reaches the app; its other fields do.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fields_that_spell_the_sidecars_own_with_underscores_never_reach_the_app() {
+    let pool = pool_with(1, &[], &[]).await;
+    let addr = pool.pods[0].data();
+    let mut s = SessionClient::default();
+    let spoofs = [
+        ("handover_session", "someone-else"),
+        ("handover_state", "e30"),
+        ("x_forwarded_for", "203.0.113.66"),
+        ("x-forwarded_proto", "https"),
+    ];
+    let mut fields: Vec<(&str, String)> = spoofs.iter().map(|&(n, v)| (n, v.to_owned())).collect();
+    fields.push(("x_app_field", "kept".to_owned()));
+    let reply = s.send_with(|| Some(addr), Method::GET, "/headers", &fields).await.expect("reply");
+    let seen: std::collections::BTreeMap<String, Vec<String>> = serde_json::from_slice(&reply.body).expect("headers");
+    for (name, _) in spoofs {
+        assert!(!seen.contains_key(name), "{name} reached the app: {seen:?}");
+    }
+    assert_eq!(seen.get("x_app_field"), Some(&vec!["kept".to_owned()]), "{seen:?}");
+    let session = seen.get("handover-session").and_then(|v| v.first()).expect("the sidecar's session field");
+    assert_ne!(session, "someone-else");
+    assert!(!seen["x-forwarded-for"].concat().contains("203.0.113.66"), "{seen:?}");
+    assert_eq!(pool.metric("handover_bad_requests_total{reason=\"spoofed_field\"}").await, 1.0);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_slow_body_through_a_forward_does_not_make_the_owner_count_as_dead() {
     let pool = pool_with(2, &["--peer-probe-after", "300ms"], &[]).await;

@@ -38,6 +38,35 @@ fn is_handover_field(name: &str) -> bool {
     name.starts_with("handover-")
 }
 
+/// Whether a request field named `name` is one the sidecar sets for its app (`Handover-*`,
+/// `X-Forwarded-For`, `X-Forwarded-Proto`) spelled with `_` for `-`. A CGI-style gateway (WSGI,
+/// Rack) reads `handover_session` and `handover-session` as one variable, `HTTP_HANDOVER_SESSION`,
+/// so a client could set what the sidecar vouches for; nginx drops every such name
+/// (`underscores_in_headers off`). Only these are dropped: an app may use others.
+fn spells_ours_with_underscores(name: &str) -> bool {
+    /// `name` is `ours` with some of its `-` spelled `_`.
+    fn folds_to(name: &[u8], ours: &[u8]) -> bool {
+        name.len() == ours.len() && name.iter().zip(ours).all(|(&a, &b)| a == b || (a == b'_' && b == b'-'))
+    }
+    let name = name.as_bytes();
+    // Names are lower case; only these first letters can fold to ours, and most names lack `_`.
+    matches!(name.first(), Some(b'h' | b'x'))
+        && name.contains(&b'_')
+        && (name.get(..9).is_some_and(|head| folds_to(head, b"handover-"))
+            || folds_to(name, b"x-forwarded-for")
+            || folds_to(name, b"x-forwarded-proto"))
+}
+
+/// Drops the fields [`spells_ours_with_underscores`] finds; how many.
+pub(super) fn drop_underscored_spellings(headers: &mut HeaderMap) -> usize {
+    let names: Vec<HeaderName> =
+        headers.keys().filter(|name| spells_ours_with_underscores(name.as_str())).cloned().collect();
+    for name in &names {
+        headers.remove(name);
+    }
+    names.len()
+}
+
 /// A static, not a constant: a constant array of names is made and dropped at every use.
 static APP_FIELD_NAMES: [HeaderName; 4] = [STATE_HEADER, FORMAT_HEADER, READS_HEADER, ROTATE_HEADER];
 
@@ -143,6 +172,8 @@ pub(super) struct Survey {
     /// `Host` fields, and whether the last one names a host (`host[:port]`).
     pub hosts: usize,
     pub host_ok: bool,
+    /// A field that spells one of the sidecar's with `_` ([`spells_ours_with_underscores`]).
+    pub underscored: bool,
     /// `Transfer-Encoding` fields, and whether one names a coding besides a lone `chunked`.
     pub transfer_encodings: usize,
     pub other_coding: bool,
@@ -155,6 +186,7 @@ impl Survey {
             let name_str = name.as_str();
             survey.bytes += name_str.len() + value.len() + 4;
             survey.handover |= is_handover_field(name_str);
+            survey.underscored |= spells_ours_with_underscores(name_str);
             survey.upgrade |= name == header::UPGRADE;
             survey.te |= name == header::TE;
             survey.forwarded |= name == X_FORWARDED_FOR || name == X_FORWARDED_PROTO;
@@ -423,6 +455,32 @@ impl AppCookie {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_the_sidecars_own_fields_spelled_with_underscores_are_found() {
+        for name in [
+            "handover_session",
+            "handover_anything",
+            "handover-session_x",
+            "x_forwarded_for",
+            "x-forwarded_proto",
+            "x_forwarded_proto",
+        ] {
+            assert!(spells_ours_with_underscores(name), "{name}");
+        }
+        for name in [
+            "handover-session",
+            "x-forwarded-for",
+            "x_forwarded_host",
+            "x_app_field",
+            "handover",
+            "h_",
+            "user_agent",
+            "",
+        ] {
+            assert!(!spells_ours_with_underscores(name), "{name}");
+        }
+    }
 
     fn app_cookie(fields: &[&'static str]) -> Option<String> {
         let mut h = HeaderMap::new();

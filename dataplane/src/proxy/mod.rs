@@ -398,6 +398,11 @@ impl Proxy {
         if self.is_backup_call(&req) {
             return (Route::Backup, self.serve_backup(req).await);
         }
+        if survey.underscored {
+            let dropped = headers::drop_underscored_spellings(req.headers_mut());
+            self.metrics.bad_requests.get_or_create(&[("reason", BadRequest::SpoofedField)]).inc();
+            tracing::warn!(%client, dropped, "dropped fields that spell the sidecar's own with '_' (Handover-*, X-Forwarded-*)");
+        }
         let mark = if survey.handover { headers::take_client_handover_headers(req.headers_mut()) } else { None };
         let rc = self.read_cookie(req.headers());
         let arrival = self.arrival(mark, &req, &rc, client);
