@@ -5,7 +5,8 @@
 //! cookie as it was — the cart survives the return. And two pools under one host (behind an nginx
 //! ingress) keep their sessions while the browser goes back and forth between them. And a cart
 //! filled by 4 parallel `fetch`es at a time behind nginx with ingress-nginx's defaults keeps every
-//! acknowledged add while the pods that own it are SIGKILLed (issue 13).
+//! acknowledged add while the pods that own it are SIGKILLed (issue 13). And an upload the app
+//! answers before reading it (then closing) gets the app's answer, not a 502 nor a reset.
 //!
 //! Needs `/usr/bin/chromium` (`apt-get install -y chromium`), node, and
 //! `npm install --prefix sidecar/tests/browser`. Without them the test says so loudly and passes,
@@ -156,6 +157,25 @@ async fn chromium_keeps_its_session_beside_the_sites_own_cookies_in_utf8_and_nam
     parts.sort_unstable();
     assert_eq!(parts, ["lang=Fran\u{e7}ais", "nameless"], "the site's cookies as sent, none of the session's: {seen}");
     assert_eq!(seen["sessionCookieSeenByApp"], false, "{seen}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn chromium_gets_the_apps_own_answer_to_an_upload_the_app_refuses_before_reading_it() {
+    let Some(_turn) = browser_turn("the Chromium early-answer test").await else {
+        return;
+    };
+    let pool = LocalPool::start(PoolOptions::new(exe(), 1)).await.expect("pool starts");
+    let shop = pool.pods[0].data();
+
+    // 5 MB each: the demo app answers 400 after 1 MiB of an `/incr` body and closes.
+    let seen = run_script("early_answer.mjs", &[format!("http://{shop}"), "8".into(), "5000000".into()]).await;
+
+    let answers = seen["answers"].as_array().expect("the answers");
+    assert_eq!(answers.len(), 8, "{seen}");
+    for answer in answers {
+        let answer = answer.as_str().expect("an answer");
+        assert!(answer.starts_with("400 cannot read the body: over 1048576 bytes"), "the app's own answer: {seen}");
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
