@@ -318,8 +318,8 @@ pub fn http1_request(data: &[u8]) {
 
 /// An app's answer at the app client's HTTP/1.1 path (`upstream::h1`): never a panic; a head it
 /// takes is one httparse reads whole, with no transfer coding but chunked alone and no length
-/// beside chunks, and the body's framing hands on no more bytes than there
-/// are (nor than a declared length), each step taking some, so a body always ends or waits.
+/// beside chunks; and the body's framing hands on no more bytes than there are (nor than a
+/// declared length), each step taking some, so a body always ends or waits.
 pub fn app_response(data: &[u8]) {
     use crate::upstream::h1::{Framing, State, Step, next_step, read_head};
     for head_request in [false, true] {

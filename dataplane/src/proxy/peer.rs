@@ -13,8 +13,7 @@ use super::{Proxy, cut_by_client, retry_soon, text_response, unix_now};
 use crate::peer_auth;
 use crate::peer_probe::{self, Liveness};
 use crate::registry::Member;
-use crate::upstream;
-use crate::upstream::Body;
+use crate::upstream::{self, Body};
 use handover_common::sync;
 
 /// How long a peer that failed to answer counts as dead to this sidecar.
@@ -143,8 +142,8 @@ impl Proxy {
                     // The client's own body failed: nothing to say about the peer.
                     return answer;
                 }
-                // The request may have been cut by the client's own body, or by the peer: only
-                // a probe says which.
+                // Not the client's body: the peer, or the way to it. A probe says whether the
+                // peer lives.
                 let why = e.to_string();
                 self.probe_peer(to, &why).await;
                 return failed(&why, StatusCode::BAD_GATEWAY);

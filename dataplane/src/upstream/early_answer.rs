@@ -28,7 +28,7 @@ use tokio::net::TcpStream;
 /// request into the void.
 pub(super) struct EarlyAnswer {
     stream: TcpStream,
-    /// The app closed the connection: what is written from now on is dropped.
+    /// The other side closed the connection: what is written from now on is dropped.
     closed: bool,
 }
 
@@ -37,12 +37,12 @@ impl EarlyAnswer {
         EarlyAnswer { stream, closed: false }
     }
 
-    /// The write's outcome; or, when the app's close refused it, `dropped` (what the write was
-    /// given), and every write after it dropped too.
+    /// The write's outcome; or, when the other side's close refused it, `dropped` (what the write
+    /// was given), and every write after it dropped too.
     fn unless_closed<T>(&mut self, written: io::Result<T>, dropped: T) -> io::Result<T> {
         match written {
             Err(e) if matches!(e.kind(), io::ErrorKind::ConnectionReset | io::ErrorKind::BrokenPipe) => {
-                tracing::debug!(error = %e, "the app closed its connection while the request was written; reading its answer");
+                tracing::debug!(error = %e, "the connection was closed while the request was written; reading its answer");
                 self.closed = true;
                 Ok(dropped)
             }
