@@ -1,4 +1,5 @@
-//! Bad input gets a clear answer, a metric and a log line, and loses nothing.
+//! Bad input gets a clear answer, a metric and a log line, and loses nothing; and an app that
+//! refuses an upload before reading it has its own answer reach the client.
 
 mod support;
 use support::pool_with;

@@ -1,6 +1,8 @@
 //! Hostile clients, with real sidecar and app processes over real TCP: forged chunk counts, the
-//! state endpoint in every spelling, forged forward marks, slow bodies, connection and hold
-//! floods, and a SIGTERM while a request hangs. Each test says what must still hold and checks it.
+//! state endpoint in every spelling, forged forward marks, the sidecar's own fields spelled with
+//! `_`, slow, malformed and broken-off bodies, transfer codings besides chunked, connection and
+//! hold floods, and a SIGTERM while a request hangs. Each test says what must still hold and
+//! checks it.
 
 mod support;
 use support::pool_with;
