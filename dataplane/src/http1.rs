@@ -55,6 +55,12 @@ pub fn has_token(value: &[u8], token: &[u8]) -> bool {
     value.split(|&b| b == b',').any(|t| t.trim_ascii().eq_ignore_ascii_case(token))
 }
 
+/// Whether a `Transfer-Encoding` value is `chunked` alone, the one coding the proxy takes from
+/// either side: it frames each message itself, so another coding would go on unnamed.
+pub fn chunked_alone(value: &[u8]) -> bool {
+    value.trim_ascii().eq_ignore_ascii_case(b"chunked")
+}
+
 /// Where `part`, a slice of `whole` (as httparse hands them out), lies in it: the field values of
 /// a parsed head become slices of the same bytes once they are frozen, without a copy.
 pub fn span(whole: &[u8], part: &[u8]) -> Range<usize> {

@@ -195,7 +195,7 @@ impl Survey {
                 survey.host_ok = is_host(value.as_bytes());
             } else if name == header::TRANSFER_ENCODING {
                 survey.transfer_encodings += 1;
-                survey.other_coding |= !value.as_bytes().trim_ascii().eq_ignore_ascii_case(b"chunked");
+                survey.other_coding |= !crate::http1::chunked_alone(value.as_bytes());
             }
         }
         survey

@@ -27,7 +27,9 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 use super::{Body, ConnectError};
-use crate::http1::{HEAD_ROOM, MAX_HEADERS, content_length, has_token, map_for, span, without_body, write_field};
+use crate::http1::{
+    HEAD_ROOM, MAX_HEADERS, chunked_alone, content_length, has_token, map_for, span, without_body, write_field,
+};
 
 /// The longest response head.
 const MAX_HEAD: usize = 64 * 1024;
@@ -337,7 +339,7 @@ pub(crate) fn read_head<const N: usize>(
             // reach the client without its name (the framing to the client is the proxy's own),
             // and a second field, like a Content-Length beside it (below), is how a response is
             // split (RFC 9112 §6.3, §11.1).
-            if chunked || !h.value.trim_ascii().eq_ignore_ascii_case(b"chunked") {
+            if chunked || !chunked_alone(h.value) {
                 return Err("the app's transfer coding is not chunked alone");
             }
             chunked = true;
