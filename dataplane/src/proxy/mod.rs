@@ -41,7 +41,7 @@ use crate::metrics::{BadRequest, Metrics, Route};
 use crate::peer_probe::Liveness;
 use crate::registry::{Member, Registry};
 use crate::timed_body::{BodyLimits, TimedBody};
-use crate::upstream::{self, Body, Upstreams, full};
+use crate::upstream::{Body, Upstreams, full};
 use app::Served;
 use handover_common::sync;
 use headers::{append_forwarded_for, is_upgrade, strip_hop_by_hop};
@@ -500,8 +500,7 @@ impl Proxy {
                         self.forget_session(moved);
                         self.session_left(moved, "moved").await;
                     }
-                    let in_hand = upstream::h1::body_in_hand(&mut req);
-                    match self.upstreams.get_peer(to.addr, self.cfg.connect_timeout, in_hand).await {
+                    match self.upstreams.get_peer(to.addr, self.cfg.connect_timeout, &mut req).await {
                         Ok(sender) => {
                             let session = rc.session().unwrap_or("");
                             let resp = self.forward_to_peer(sender, req, &to, session, reason_label, upgrade).await;

@@ -78,8 +78,7 @@ impl Proxy {
         reason: &'static str,
         upgrade: bool,
     ) -> Response<Body> {
-        let in_hand = upstream::h1::body_in_hand(&mut req);
-        match self.upstreams.get_peer(to.addr, self.cfg.connect_timeout, in_hand).await {
+        match self.upstreams.get_peer(to.addr, self.cfg.connect_timeout, &mut req).await {
             Ok(sender) => self.forward_to_peer(sender, req, to, session, reason, upgrade).await,
             Err(e) => peer_not_reached(to, &format!("it holds this session but could not be reached ({e})")),
         }

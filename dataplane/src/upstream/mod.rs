@@ -156,17 +156,17 @@ impl Upstreams {
         hyper_http1(connect(addr, timeout).await?, addr).await
     }
 
-    /// A connection to the peer at `addr` for a request: an idle or new one from the pool when
-    /// its body is all in hand; else a new one, used once, on which an answer the peer sends before
-    /// it has read the whole body, then closing, still reaches the caller ([`early_answer`]: its
-    /// dropped writes are why it is never pooled).
+    /// A connection to the peer at `addr` for `req`: an idle or new one from the pool when its
+    /// body is all in hand ([`h1::body_in_hand`]); else a new one, used once, on which an answer
+    /// the peer sends before it has read the whole body, then closing, still reaches the caller
+    /// ([`early_answer`]: its dropped writes are why it is never pooled).
     pub async fn get_peer(
         &self,
         addr: SocketAddr,
         timeout: Duration,
-        body_in_hand: bool,
+        req: &mut http::Request<Body>,
     ) -> Result<PeerSender, ConnectError> {
-        if body_in_hand {
+        if h1::body_in_hand(req) {
             return Ok(PeerSender { send: self.get(addr, timeout).await?, pooled: true });
         }
         let stream = early_answer::EarlyAnswer::new(connect(addr, timeout).await?);
