@@ -6,18 +6,16 @@
 //! demo app behind `--app-protocol h2c` keeps its count, and restores it after it crashed.
 
 mod support;
-use support::{Scratch, curl_head, exe, field, pool_with};
+use support::{Scratch, curl_head, field, pool_with, sidecar_for};
 
 use std::net::SocketAddr;
 use std::pin::Pin;
-use std::process::Stdio;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::Bytes;
 use handover_lab::demo_app::CountReply;
-use handover_lab::localpool::{probe, wait_for};
 use http::{HeaderMap, HeaderValue, Method, Request, Response, StatusCode, Version, header};
 use http_body_util::BodyExt;
 use hyper::body::{Frame, Incoming};
@@ -43,11 +41,6 @@ fn trailers(pairs: &[(&'static str, &str)]) -> HeaderMap {
         map.insert(*name, HeaderValue::from_str(value).expect("a header value"));
     }
     map
-}
-
-/// A free port on loopback (bound, read back, released).
-fn free_addr() -> SocketAddr {
-    std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).expect("a free port")
 }
 
 /// The h2-only app. `/echo.Echo/Say` answers the request's body with `got:` before it, as soon as
@@ -134,39 +127,12 @@ async fn answer(
     resp
 }
 
-/// A sidecar process in front of `app` with `--app-protocol h2c`; its data address, and the
-/// process (killed on drop).
-async fn start_sidecar(app: SocketAddr, dir: &std::path::Path) -> (SocketAddr, tokio::process::Child) {
-    std::fs::write(dir.join("keys"), handover_dataplane::keys::generate_line(1, 0) + "\n").expect("key file");
-    let (data, admin) = (free_addr(), free_addr());
-    let child = tokio::process::Command::new(exe())
-        .arg("run")
-        .args(["--listen", &data.to_string(), "--admin", &admin.to_string(), "--app", &app.to_string()])
-        // Nothing listens there: this app keeps no sessions (as a gRPC server).
-        .args(["--state-addr", &free_addr().to_string()])
-        .args(["--app-protocol", "h2c", "--pool=test/grpc", "--pod-name=pod-0", "--key-file"])
-        .arg(dir.join("keys"))
-        .arg(format!("--peers=pod-0@{data}"))
-        .args(["--cookie-secure", "false", "--workers", "1"])
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(std::fs::File::create(dir.join("sidecar.log")).expect("log file"))
-        .kill_on_drop(true)
-        .spawn()
-        .expect("the sidecar starts");
-    let ready = wait_for("the sidecar to be ready", WAIT, || async move { probe(admin, "/ready").await == Some(200) });
-    if let Err(e) = ready.await {
-        panic!("{e}\n{}", std::fs::read_to_string(dir.join("sidecar.log")).unwrap_or_default());
-    }
-    (data, child)
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn grpc_shaped_exchange_streams_through_with_its_trailers() {
     let dir = Scratch::new("app-h2c-hyper");
     let (release, released) = oneshot::channel();
     let app = start_h2_app(released).await;
-    let (data, _sidecar) = start_sidecar(app, &dir).await;
+    let (data, _sidecar) = sidecar_for(app, &dir, "h2c").await;
 
     let stream = tokio::net::TcpStream::connect(data).await.expect("connect");
     let (mut sender, conn) =
@@ -226,7 +192,7 @@ async fn curl_with_http2_prior_knowledge_gets_the_grpc_trailers() {
     // curl waits for the whole answer: the app need not wait for the test.
     let _ = release.send(());
     let app = start_h2_app(released).await;
-    let (data, _sidecar) = start_sidecar(app, &dir).await;
+    let (data, _sidecar) = sidecar_for(app, &dir, "h2c").await;
     let dump = dir.join("head").display().to_string();
     let url = format!("http://{data}/echo.Echo/Say");
     let out = tokio::task::spawn_blocking(move || {
@@ -276,7 +242,7 @@ async fn calls_share_one_app_connection_which_is_made_again_when_it_closes() {
     let (release, released) = oneshot::channel();
     let _ = release.send(());
     let (app, connections) = start_h2_app_with_connections(released).await;
-    let (data, _sidecar) = start_sidecar(app, &dir).await;
+    let (data, _sidecar) = sidecar_for(app, &dir, "h2c").await;
     let ok = Some(HeaderValue::from_static("0"));
     assert_eq!(call(data, b"a").await, (Bytes::from_static(b"got:asecond"), ok.clone()));
     let (b, c) = tokio::join!(call(data, b"b"), call(data, b"c"));
@@ -376,7 +342,7 @@ async fn curl_in_thread(args: Vec<String>) -> (Vec<(String, String)>, String) {
 async fn a_stream_the_app_refuses_is_sent_again_when_its_body_is_whole() {
     let dir = Scratch::new("app-h2c-refused");
     let (app, seen) = start_refusing_app(2).await;
-    let (data, _sidecar) = start_sidecar(app, &dir).await;
+    let (data, _sidecar) = sidecar_for(app, &dir, "h2c").await;
     let log = || std::fs::read_to_string(dir.join("sidecar.log")).unwrap_or_default();
     let (head, body) = curl_in_thread(vec![format!("http://{data}/page")]).await;
     assert_eq!(body, "served ", "{head:?}\n{}", log());
@@ -471,7 +437,7 @@ async fn start_going_away_app() -> (SocketAddr, std::sync::Arc<AtomicUsize>) {
 async fn a_stream_the_apps_goaway_left_unprocessed_is_sent_again() {
     let dir = Scratch::new("app-h2c-goaway");
     let (app, spoke) = start_going_away_app().await;
-    let (data, _sidecar) = start_sidecar(app, &dir).await;
+    let (data, _sidecar) = sidecar_for(app, &dir, "h2c").await;
     let log = || std::fs::read_to_string(dir.join("sidecar.log")).unwrap_or_default();
     let form = vec!["--data-binary".into(), "x=1".into(), format!("http://{data}/form")];
     let (head, body) = curl_in_thread(form).await;

@@ -1,5 +1,6 @@
-//! Bad input gets a clear answer, a metric and a log line, and loses nothing; and an app that
-//! refuses an upload before reading it has its own answer reach the client.
+//! Bad input gets a clear answer, a metric and a log line, and loses nothing; an app that
+//! refuses an upload before reading it has its own answer reach the client; and an app's answer
+//! framed two ways is a 502, whatever path its request took.
 
 mod support;
 use support::pool_with;
@@ -235,13 +236,7 @@ async fn upgrades_pass_through_untouched() {
         .write_all(b"GET /echo HTTP/1.1\r\nHost: demo\r\nConnection: Upgrade\r\nUpgrade: echo\r\n\r\n")
         .await
         .expect("write");
-    let mut head = Vec::new();
-    while !head.ends_with(b"\r\n\r\n") {
-        let mut byte = [0u8; 1];
-        stream.read_exact(&mut byte).await.expect("response head");
-        head.push(byte[0]);
-    }
-    let head = String::from_utf8_lossy(&head).to_lowercase();
+    let head = response_head(&mut stream).await.to_lowercase();
     assert!(head.starts_with("http/1.1 101"), "{head}");
     assert!(head.contains("upgrade: echo"), "{head}");
     // Quiet for three header timeouts, as a WebSocket often is.
@@ -253,4 +248,104 @@ async fn upgrades_pass_through_untouched() {
         .expect("echo in time")
         .expect("echo");
     assert_eq!(&echo, b"ping over the upgraded connection");
+}
+
+/// Reads a response head from `stream`, byte by byte (no byte after it is taken), within 10 s.
+async fn response_head(stream: &mut tokio::net::TcpStream) -> String {
+    let mut head = Vec::new();
+    let read = async {
+        while !head.ends_with(b"\r\n\r\n") {
+            let mut byte = [0u8; 1];
+            stream.read_exact(&mut byte).await.expect("a response head");
+            head.push(byte[0]);
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(10), read).await.expect("a response head within 10 s");
+    String::from_utf8_lossy(&head).into_owned()
+}
+
+/// An app of the test's own: answers each connection's request with the bytes of its path in
+/// `answers` as soon as it has the request's head, before its body, then reads on until the
+/// sidecar closes the connection (each answer says `connection: close`).
+async fn raw_app(answers: &'static [(&'static str, &'static [u8])]) -> std::net::SocketAddr {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    tokio::spawn(async move {
+        loop {
+            let Ok((mut stream, _)) = listener.accept().await else { return };
+            tokio::spawn(async move {
+                let mut buf = Vec::new();
+                let mut chunk = [0u8; 4096];
+                while !buf.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match stream.read(&mut chunk).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                    }
+                }
+                let text = String::from_utf8_lossy(&buf);
+                let path = text.split(' ').nth(1).unwrap_or_default();
+                let answer = answers.iter().find(|(p, _)| *p == path).map_or(
+                    &b"HTTP/1.1 404 Not Found\r\ncontent-length: 0\r\nconnection: close\r\n\r\n"[..],
+                    |(_, answer)| answer,
+                );
+                if stream.write_all(answer).await.is_err() {
+                    return;
+                }
+                while matches!(stream.read(&mut chunk).await, Ok(n) if n > 0) {}
+            });
+        }
+    });
+    addr
+}
+
+/// An app's answer framed by a length beside chunks, or in a coding besides chunked, would reach
+/// the client under a length its body does not have, or with its coding unnamed (the proxy frames
+/// the response itself): a 502, as nginx answers it — whether the request's body had all arrived
+/// (the sidecar reads the app's head itself) or was still arriving (hyper's client reads it).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_app_answer_framed_two_ways_is_a_502_whether_the_request_body_had_arrived_or_not() {
+    const ANSWERS: &[(&str, &[u8])] = &[
+        ("/ok", b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\nconnection: close\r\n\r\nok"),
+        (
+            "/length-and-chunks",
+            b"HTTP/1.1 200 OK\r\ncontent-length: 100\r\ntransfer-encoding: chunked\r\nconnection: close\r\n\r\n3\r\nabc\r\n0\r\n\r\n",
+        ),
+        (
+            "/gzip-then-chunks",
+            b"HTTP/1.1 200 OK\r\ntransfer-encoding: gzip, chunked\r\nconnection: close\r\n\r\n3\r\nabc\r\n0\r\n\r\n",
+        ),
+        ("/gzip-to-the-close", b"HTTP/1.1 200 OK\r\ntransfer-encoding: gzip\r\nconnection: close\r\n\r\nabc"),
+    ];
+    let dir = support::Scratch::new("app-framing");
+    let app = raw_app(ANSWERS).await;
+    let (data, _sidecar) = support::sidecar_for(app, &dir, "http1").await;
+    for (path, _) in ANSWERS {
+        for arriving in [false, true] {
+            let mut client = tokio::net::TcpStream::connect(data).await.expect("connect");
+            let request = if arriving {
+                // The body's first chunk only; its end goes once the answer came, so the request
+                // reaches the app with its body still arriving.
+                format!("POST {path} HTTP/1.1\r\nhost: app\r\ntransfer-encoding: chunked\r\n\r\n5\r\nhello\r\n")
+            } else {
+                format!("POST {path} HTTP/1.1\r\nhost: app\r\ncontent-length: 5\r\n\r\nhello")
+            };
+            client.write_all(request.as_bytes()).await.expect("write");
+            let head = response_head(&mut client).await;
+            if arriving {
+                // The sidecar may have closed the connection after its answer.
+                let _ = client.write_all(b"0\r\n\r\n").await;
+            }
+            let status = if *path == "/ok" { "HTTP/1.1 200" } else { "HTTP/1.1 502" };
+            let body = if arriving { "still arriving" } else { "all in" };
+            assert!(head.starts_with(status), "{path}, the request's body {body}: {head}");
+        }
+    }
+    let log = std::fs::read_to_string(dir.join("sidecar.log")).expect("the sidecar's log");
+    // Two answers in a coding besides chunked, one with a length beside chunks; each on both paths.
+    for (why, times) in [
+        ("the app's transfer coding is not chunked alone", 4),
+        ("the app sent both a content-length and a transfer-encoding", 2),
+    ] {
+        assert_eq!(log.matches(why).count(), times, "{why}\n{log}");
+    }
 }

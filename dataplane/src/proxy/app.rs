@@ -495,9 +495,17 @@ impl Proxy {
     ) -> Result<Response<Body>, SendError> {
         let sent = match sender {
             AppSender::Http1(conn) => {
+                let head_request = req.method() == Method::HEAD;
                 let mut sender =
                     conn.into_hyper(self.cfg.app, upgrade).await.map_err(|e| SendError::Failed(e.to_string()))?;
-                sender.try_send_request(req).await
+                let sent = sender.try_send_request(req).await;
+                // Refused as on the path that reads the head itself (`h1::read_head`).
+                if let Ok(resp) = &sent
+                    && let Some(why) = h1::framing_problem(resp.status(), resp.headers(), head_request)
+                {
+                    return Err(SendError::Failed(why.to_owned()));
+                }
+                sent
             }
             AppSender::H2(mut sender) => {
                 // A stream the app did not process is sent again from a copy, when the request's

@@ -340,7 +340,7 @@ pub(crate) fn read_head<const N: usize>(
             // and a second field, like a Content-Length beside it (below), is how a response is
             // split (RFC 9112 §6.3, §11.1).
             if chunked || !chunked_alone(h.value) {
-                return Err("the app's transfer coding is not chunked alone");
+                return Err(NOT_CHUNKED_ALONE);
             }
             chunked = true;
         } else if name == header::CONNECTION && has_token(h.value, b"close") {
@@ -350,7 +350,7 @@ pub(crate) fn read_head<const N: usize>(
     }
     let framing = match (chunked, length) {
         _ if without_body(status, head_request) => Framing::Length(0),
-        (true, Some(_)) => return Err("the app sent both a content-length and a transfer-encoding"),
+        (true, Some(_)) => return Err(LENGTH_BESIDE_CHUNKS),
         (true, None) => Framing::Chunked,
         (false, Some(len)) => Framing::Length(len),
         (false, None) => Framing::Close,
@@ -368,6 +368,30 @@ pub(crate) fn read_head<const N: usize>(
     }
     let values = apart_spans.map(|span| span.map(|span| head.slice(span)));
     Ok(Some(Head { status, headers: map, framing, keep_alive, apart: values }))
+}
+
+const NOT_CHUNKED_ALONE: &str = "the app's transfer coding is not chunked alone";
+const LENGTH_BESIDE_CHUNKS: &str = "the app sent both a content-length and a transfer-encoding";
+
+/// What [`read_head`] would refuse in the framing of a response head that hyper's client read
+/// instead (the path of a request body still arriving): hyper takes a coding besides chunked, or
+/// a length beside chunks, and hands the head on as it came; the proxy, which frames the response
+/// to the client itself, would then pass the body on with its coding unnamed, or under the app's
+/// length.
+pub(crate) fn framing_problem(
+    status: StatusCode,
+    headers: &http::HeaderMap,
+    head_request: bool,
+) -> Option<&'static str> {
+    let mut codings = headers.get_all(header::TRANSFER_ENCODING).iter();
+    let first = codings.next()?;
+    if codings.next().is_some() || !chunked_alone(first.as_bytes()) {
+        return Some(NOT_CHUNKED_ALONE);
+    }
+    if headers.contains_key(header::CONTENT_LENGTH) && !without_body(status, head_request) {
+        return Some(LENGTH_BESIDE_CHUNKS);
+    }
+    None
 }
 
 /// The app's idle connections (a sidecar has one app), shared with the bodies that give theirs
@@ -853,6 +877,42 @@ mod tests {
         assert!(!resp.headers().contains_key("handover-state"), "{:?}", resp.headers());
         assert_eq!(resp.headers()["x-app"], "1");
         assert_eq!(body_of(resp).await.as_deref(), Ok(&b"ok"[..]));
+    }
+
+    #[tokio::test]
+    async fn a_framing_read_head_refuses_is_refused_on_hyper_s_path_too() {
+        for (method, answer, refused) in [
+            (
+                Method::GET,
+                &b"HTTP/1.1 200 OK\r\ncontent-length: 9\r\ntransfer-encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\n"[..],
+                true,
+            ),
+            (Method::GET, b"HTTP/1.1 200 OK\r\ntransfer-encoding: gzip, chunked\r\n\r\n0\r\n\r\n", true),
+            (Method::GET, b"HTTP/1.1 200 OK\r\ntransfer-encoding: gzip\r\n\r\nuntil the close", true),
+            (
+                Method::GET,
+                b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\ntransfer-encoding: chunked\r\n\r\n0\r\n\r\n",
+                true,
+            ),
+            (Method::GET, b"HTTP/1.1 200 OK\r\ntransfer-encoding: Chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\n", false),
+            (Method::GET, b"HTTP/1.1 200 OK\r\ncontent-length: 3\r\n\r\nabc", false),
+            // No body whatever the fields say: nothing is framed by them.
+            (Method::HEAD, b"HTTP/1.1 200 OK\r\ncontent-length: 9\r\ntransfer-encoding: chunked\r\n\r\n", false),
+        ] {
+            let what = String::from_utf8_lossy(answer).into_owned();
+            let head_request = method == Method::HEAD;
+            let by_read_head = read_head(&mut BytesMut::from(answer), head_request, &[], &mut http::HeaderMap::new());
+            assert_eq!(by_read_head.is_err(), refused, "read_head: {what}");
+
+            let (addr, _app) = app(vec![vec![answer]]).await;
+            let conn = AppConn::connect(addr, Duration::from_secs(5)).await.expect("connect");
+            let mut sender = conn.into_hyper(addr, false).await.expect("hyper's client");
+            let req = Request::builder().method(method).uri("/").header("host", "app").body(Body::default());
+            // hyper's client hands every one of these heads on as it came: hence `framing_problem`.
+            let resp = sender.send_request(req.expect("request")).await.expect("hyper's client takes the head");
+            let by_hyper = framing_problem(resp.status(), resp.headers(), head_request).is_some();
+            assert_eq!(by_hyper, refused, "hyper's path: {what}");
+        }
     }
 
     #[tokio::test]

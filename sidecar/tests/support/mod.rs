@@ -1,6 +1,7 @@
 //! Shared by the sidecar's integration tests, one job per file:
-//! - here: the binary under test, a local pool started with extra flags, one request with curl,
-//!   and a test that cannot run here skipped loudly (or failed under `HANDOVER_REQUIRE_*`);
+//! - here: the binary under test, a local pool started with extra flags, one sidecar in front of
+//!   an app of the test's own, one request with curl, and a test that cannot run here skipped
+//!   loudly (or failed under `HANDOVER_REQUIRE_*`);
 //! - `cgroup.rs`: a memory cgroup with a limit, as a container's;
 //! - `daemon.rs`: a proxy process started by the test on a free port, killed on drop, and the
 //!   check that a tool is installed (skip loudly, or fail under `HANDOVER_REQUIRE_*`);
@@ -49,6 +50,46 @@ pub async fn pool_with(pods: usize, sidecar_args: &[&str], app_args: &[&str]) ->
     opts.sidecar_args = sidecar_args.iter().map(|s| s.to_string()).collect();
     opts.app_args = app_args.iter().map(|s| s.to_string()).collect();
     LocalPool::start(opts).await.expect("pool starts")
+}
+
+/// A free port on loopback (bound, read back, released).
+fn free_addr() -> std::net::SocketAddr {
+    std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).expect("a free port")
+}
+
+/// A sidecar process in front of `app`, an app of the test's own that keeps no sessions, spoken to
+/// in `app_protocol` (`http1`, `h2c`); its data address, and the process (killed on drop). Its log
+/// is `dir/sidecar.log`.
+pub async fn sidecar_for(
+    app: std::net::SocketAddr,
+    dir: &std::path::Path,
+    app_protocol: &str,
+) -> (std::net::SocketAddr, tokio::process::Child) {
+    use handover_lab::localpool::{probe, wait_for};
+    std::fs::write(dir.join("keys"), handover_dataplane::keys::generate_line(1, 0) + "\n").expect("key file");
+    let (data, admin) = (free_addr(), free_addr());
+    let child = tokio::process::Command::new(exe())
+        .arg("run")
+        .args(["--listen", &data.to_string(), "--admin", &admin.to_string(), "--app", &app.to_string()])
+        // Nothing listens there: the app keeps no sessions (as a gRPC server).
+        .args(["--state-addr", &free_addr().to_string()])
+        .args(["--app-protocol", app_protocol, "--pool=test/app", "--pod-name=pod-0", "--key-file"])
+        .arg(dir.join("keys"))
+        .arg(format!("--peers=pod-0@{data}"))
+        .args(["--cookie-secure", "false", "--workers", "1"])
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::fs::File::create(dir.join("sidecar.log")).expect("log file"))
+        .kill_on_drop(true)
+        .spawn()
+        .expect("the sidecar starts");
+    let ready = wait_for("the sidecar to be ready", std::time::Duration::from_secs(10), || async move {
+        probe(admin, "/ready").await == Some(200)
+    });
+    if let Err(e) = ready.await {
+        panic!("{e}\n{}", std::fs::read_to_string(dir.join("sidecar.log")).unwrap_or_default());
+    }
+    (data, child)
 }
 
 /// One request with curl: the response head's fields (lower-cased names) and the body.
