@@ -1,6 +1,6 @@
 //! Bad input gets a clear answer, a metric and a log line, and loses nothing; an app that
 //! refuses an upload before reading it has its own answer reach the client; and an app's answer
-//! framed two ways is a 502, whatever path its request took.
+//! framed two ways, or switching protocols unasked, is a 502, whatever path its request took.
 
 mod support;
 use support::pool_with;
@@ -300,10 +300,11 @@ async fn raw_app(answers: &'static [(&'static str, &'static [u8])]) -> std::net:
 
 /// An app's answer framed by a length beside chunks, or in a coding besides chunked, would reach
 /// the client under a length its body does not have, or with its coding unnamed (the proxy frames
-/// the response itself): a 502, as nginx answers it — whether the request's body had all arrived
-/// (the sidecar reads the app's head itself) or was still arriving (hyper's client reads it).
+/// the response itself); a 101 to a request that asked for no upgrade would switch the client's
+/// connection: a 502 — whether the request's body had all arrived (the sidecar reads the app's
+/// head itself) or was still arriving (hyper's client reads it).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn an_app_answer_framed_two_ways_is_a_502_whether_the_request_body_had_arrived_or_not() {
+async fn an_app_answer_the_sidecar_cannot_pass_on_is_a_502_whether_the_request_body_had_arrived_or_not() {
     const ANSWERS: &[(&str, &[u8])] = &[
         ("/ok", b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\nconnection: close\r\n\r\nok"),
         (
@@ -315,6 +316,7 @@ async fn an_app_answer_framed_two_ways_is_a_502_whether_the_request_body_had_arr
             b"HTTP/1.1 200 OK\r\ntransfer-encoding: gzip, chunked\r\nconnection: close\r\n\r\n3\r\nabc\r\n0\r\n\r\n",
         ),
         ("/gzip-to-the-close", b"HTTP/1.1 200 OK\r\ntransfer-encoding: gzip\r\nconnection: close\r\n\r\nabc"),
+        ("/switch", b"HTTP/1.1 101 Switching Protocols\r\nupgrade: websocket\r\nconnection: upgrade\r\n\r\n"),
     ];
     let dir = support::Scratch::new("app-framing");
     let app = raw_app(ANSWERS).await;
@@ -341,10 +343,12 @@ async fn an_app_answer_framed_two_ways_is_a_502_whether_the_request_body_had_arr
         }
     }
     let log = std::fs::read_to_string(dir.join("sidecar.log")).expect("the sidecar's log");
-    // Two answers in a coding besides chunked, one with a length beside chunks; each on both paths.
+    // Two answers in a coding besides chunked, one with a length beside chunks, one switching
+    // protocols that no request asked for; each on both paths.
     for (why, times) in [
         ("the app's transfer coding is not chunked alone", 4),
         ("the app sent both a content-length and a transfer-encoding", 2),
+        ("the app switched protocols unasked", 2),
     ] {
         assert_eq!(log.matches(why).count(), times, "{why}\n{log}");
     }

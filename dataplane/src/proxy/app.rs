@@ -499,9 +499,9 @@ impl Proxy {
                 let mut sender =
                     conn.into_hyper(self.cfg.app, upgrade).await.map_err(|e| SendError::Failed(e.to_string()))?;
                 let sent = sender.try_send_request(req).await;
-                // Refused as on the path that reads the head itself (`h1::read_head`).
+                // Refused as on the path that reads the head itself.
                 if let Ok(resp) = &sent
-                    && let Some(why) = h1::framing_problem(resp.status(), resp.headers(), head_request)
+                    && let Some(why) = h1::refusal(resp.status(), resp.headers(), head_request, upgrade)
                 {
                     return Err(SendError::Failed(why.to_owned()));
                 }

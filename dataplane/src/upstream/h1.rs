@@ -187,7 +187,7 @@ impl AppConn {
                     // 100 Continue, 103 Early Hints: the final answer follows. (No upgrade is
                     // sent on this path, so no 101 is expected.)
                     if head.status == StatusCode::SWITCHING_PROTOCOLS {
-                        return Err(failed("the app switched protocols unasked"));
+                        return Err(failed(SWITCHED_UNASKED));
                     }
                 }
                 Ok(Some(head)) => return Ok(head),
@@ -372,17 +372,23 @@ pub(crate) fn read_head<const N: usize>(
 
 const NOT_CHUNKED_ALONE: &str = "the app's transfer coding is not chunked alone";
 const LENGTH_BESIDE_CHUNKS: &str = "the app sent both a content-length and a transfer-encoding";
+const SWITCHED_UNASKED: &str = "the app switched protocols unasked";
 
-/// What [`read_head`] would refuse in the framing of a response head that hyper's client read
-/// instead (the path of a request body still arriving): hyper takes a coding besides chunked, or
-/// a length beside chunks, and hands the head on as it came; the proxy, which frames the response
-/// to the client itself, would then pass the body on with its coding unnamed, or under the app's
-/// length.
-pub(crate) fn framing_problem(
+/// What the sidecar refuses when it reads a response head itself ([`read_head`], and a 101 to a
+/// request that asked for no upgrade), in a head that hyper's client read instead (the path of a
+/// request body still arriving, and of an upgrade): hyper hands on a coding besides chunked, a
+/// length beside chunks and a 101 as they came. The proxy, which frames the response to the
+/// client itself, would then pass the body on with its coding unnamed, or under the app's length;
+/// and a client that asked for no upgrade would have its connection switched.
+pub(crate) fn refusal(
     status: StatusCode,
     headers: &http::HeaderMap,
     head_request: bool,
+    upgrade: bool,
 ) -> Option<&'static str> {
+    if status == StatusCode::SWITCHING_PROTOCOLS && !upgrade {
+        return Some(SWITCHED_UNASKED);
+    }
     let mut codings = headers.get_all(header::TRANSFER_ENCODING).iter();
     let first = codings.next()?;
     if codings.next().is_some() || !chunked_alone(first.as_bytes()) {
@@ -880,7 +886,7 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn a_framing_read_head_refuses_is_refused_on_hyper_s_path_too() {
+    async fn a_head_the_sidecar_refuses_when_it_reads_it_is_refused_on_hyper_s_path_too() {
         for (method, answer, refused) in [
             (
                 Method::GET,
@@ -898,21 +904,27 @@ mod tests {
             (Method::GET, b"HTTP/1.1 200 OK\r\ncontent-length: 3\r\n\r\nabc", false),
             // No body whatever the fields say: nothing is framed by them.
             (Method::HEAD, b"HTTP/1.1 200 OK\r\ncontent-length: 9\r\ntransfer-encoding: chunked\r\n\r\n", false),
+            (Method::GET, b"HTTP/1.1 101 Switching Protocols\r\nupgrade: x\r\nconnection: upgrade\r\n\r\n", true),
         ] {
             let what = String::from_utf8_lossy(answer).into_owned();
             let head_request = method == Method::HEAD;
-            let by_read_head = read_head(&mut BytesMut::from(answer), head_request, &[], &mut http::HeaderMap::new());
-            assert_eq!(by_read_head.is_err(), refused, "read_head: {what}");
+            let (addr, _app) = app(vec![vec![answer]]).await;
+            let conn = AppConn::connect(addr, Duration::from_secs(5)).await.expect("connect");
+            let idle = IdleConns::default();
+            let read_here = conn.exchange(&mut request(method.clone(), "/"), &Bytes::new(), &idle, None, &[]).await;
+            assert_eq!(read_here.is_err(), refused, "read here: {what}");
 
             let (addr, _app) = app(vec![vec![answer]]).await;
             let conn = AppConn::connect(addr, Duration::from_secs(5)).await.expect("connect");
             let mut sender = conn.into_hyper(addr, false).await.expect("hyper's client");
             let req = Request::builder().method(method).uri("/").header("host", "app").body(Body::default());
-            // hyper's client hands every one of these heads on as it came: hence `framing_problem`.
+            // hyper's client hands every one of these heads on as it came: hence `refusal`.
             let resp = sender.send_request(req.expect("request")).await.expect("hyper's client takes the head");
-            let by_hyper = framing_problem(resp.status(), resp.headers(), head_request).is_some();
+            let by_hyper = refusal(resp.status(), resp.headers(), head_request, false).is_some();
             assert_eq!(by_hyper, refused, "hyper's path: {what}");
         }
+        // A 101 is the answer an upgrade asks for.
+        assert_eq!(refusal(StatusCode::SWITCHING_PROTOCOLS, &http::HeaderMap::new(), false, true), None);
     }
 
     #[tokio::test]
