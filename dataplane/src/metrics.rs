@@ -11,7 +11,8 @@ use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 
 type Label = [(&'static str, &'static str); 1];
-type Typed<V> = [(&'static str, V); 1];
+/// The labels of a family with one label of typed values (`BadRequest`, `Route`).
+pub type Typed<V> = [(&'static str, V); 1];
 type Labels2 = [(&'static str, &'static str); 2];
 type HistogramFamily<L> = Family<L, Histogram, fn() -> Histogram>;
 
@@ -88,6 +89,9 @@ label_values! {
         BodyTimeout => "body_timeout",
         /// A request body that broke off or whose framing did not parse (400).
         BadBody => "bad_body",
+        /// A request head that does not parse: hyper answers it (400; past its own limits, a 431
+        /// or a 414, counted as `headers_too_large` and `uri_too_long`).
+        Malformed => "malformed",
         /// A request body in a transfer coding besides chunked (501).
         TransferCoding => "transfer_coding",
         /// A response the client took no byte of within `--send-timeout` (connection closed).
@@ -346,7 +350,7 @@ impl Default for Metrics {
         );
         registry.register(
             "bad_requests",
-            "Requests refused or cut off, by reason (headers_too_large, uri_too_long, state_path, bad_host, forged_forward, spoofed_field, body_timeout, bad_body, transfer_coding, send_timeout, app_timeout, bad_pushed_state)",
+            "Requests refused or cut off, by reason (headers_too_large, uri_too_long, malformed, state_path, bad_host, forged_forward, spoofed_field, body_timeout, bad_body, transfer_coding, send_timeout, app_timeout, bad_pushed_state)",
             m.bad_requests.clone(),
         );
         registry.register(

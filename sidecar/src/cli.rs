@@ -425,6 +425,7 @@ pub async fn run(args: RunArgs) -> Result<(), String> {
         ConnCounters {
             refused: metrics.connections_refused.get_or_create(&[("listener", "admin")]).clone(),
             send_timeouts: metrics.send_timeouts.clone(),
+            bad_requests: metrics.bad_requests.clone(),
         },
     ));
 
@@ -454,6 +455,7 @@ pub async fn run(args: RunArgs) -> Result<(), String> {
         ConnCounters {
             refused: metrics.connections_refused.get_or_create(&[("listener", "data")]).clone(),
             send_timeouts: metrics.send_timeouts.clone(),
+            bad_requests: metrics.bad_requests.clone(),
         },
     )
     .await;

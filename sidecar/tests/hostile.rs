@@ -1,7 +1,7 @@
 //! Hostile clients, with real sidecar and app processes over real TCP: forged chunk counts, the
 //! state endpoint in every spelling, forged forward marks, the sidecar's own fields spelled with
-//! `_`, slow, malformed and broken-off bodies, transfer codings besides chunked, connection and
-//! hold floods, and a SIGTERM while a request hangs. Each test says what must still hold and
+//! `_`, heads that do not parse, slow, malformed and broken-off bodies, transfer codings besides
+//! chunked, connection and hold floods, and a SIGTERM while a request hangs. Each test says what must still hold and
 //! checks it.
 
 mod support;
@@ -305,6 +305,34 @@ async fn a_transfer_coding_besides_chunked_is_refused_not_passed_on_as_plain() {
         format!("POST /incr HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: Chunked\r\nConnection: close\r\n\r\n{body}");
     let (status, head, _) = exchange(addr, request.as_bytes()).await;
     assert_eq!(status, 200, "{head}");
+}
+
+/// A head that does not parse never reaches the proxy: hyper answers it (400; past hyper's own
+/// limits, 431 or 414). It is counted by reason all the same, and logged, as the proxy's own
+/// refusals are.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_head_that_does_not_parse_is_refused_and_counted() {
+    let pool = pool_with(1, &[], &[]).await;
+    let addr = pool.pods[0].data();
+    let fields: String = (0..120).map(|i| format!("X-Field-{i}: a\r\n")).collect();
+    let long_target = "a".repeat(70_000);
+    for (request, status) in [
+        ("GET /count HTTP/1.1\r\nHost: x\r\nA Field: a space in its name\r\nConnection: close\r\n\r\n".to_owned(), 400),
+        (
+            "POST /incr HTTP/1.1\r\nHost: x\r\nContent-Length: 1\r\nContent-Length: 2\r\nConnection: close\r\n\r\nab"
+                .to_owned(),
+            400,
+        ),
+        (format!("GET /count HTTP/1.1\r\nHost: x\r\n{fields}Connection: close\r\n\r\n"), 431),
+        (format!("GET /count?{long_target} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"), 414),
+    ] {
+        let (got, head, _) = exchange(addr, request.as_bytes()).await;
+        assert_eq!(got, status, "{head}");
+    }
+    for (reason, count) in [("malformed", 2.0), ("headers_too_large", 1.0), ("uri_too_long", 1.0)] {
+        let counted = pool.metric(&format!("handover_bad_requests_total{{reason=\"{reason}\"}}")).await;
+        assert_eq!(counted, count, "{reason}");
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -21,7 +21,9 @@ use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio::net::TcpListener;
 
 use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
 
+use crate::metrics::{BadRequest, Typed};
 use crate::proxy::Proxy;
 use crate::upstream::{Body, full};
 use send_timeout::SendTimeout;
@@ -53,6 +55,24 @@ pub struct ConnCounters {
     pub refused: Counter,
     /// Connections closed at the send timeout.
     pub send_timeouts: Counter,
+    /// `handover_bad_requests_total`: the heads that hyper answered because they do not parse.
+    pub bad_requests: Family<Typed<BadRequest>, Counter>,
+}
+
+impl ConnCounters {
+    /// A request head that hyper could not parse, and answered itself: counted and logged as the
+    /// proxy's own refusals are (they never reach it).
+    fn unparsed(&self, client: SocketAddr, e: &hyper::Error) {
+        let reason = if !e.is_parse_too_large() {
+            BadRequest::Malformed
+        } else if e.to_string().starts_with("URI too long") {
+            BadRequest::UriTooLong
+        } else {
+            BadRequest::HeadersTooLarge
+        };
+        self.bad_requests.get_or_create(&[("reason", reason)]).inc();
+        tracing::warn!(%client, error = %e, "request refused: its head does not parse");
+    }
 }
 
 impl ConnLimits {
@@ -132,7 +152,7 @@ pub async fn serve<H, F>(
                 let open = open.clone();
                 let mut closing = closing.clone();
                 let send_timeout = limits.send_timeout;
-                let send_timeouts = counters.send_timeouts.clone();
+                let counters = counters.clone();
                 tokio::spawn(async move {
                     // The HTTP/1.1 path reads first, so a connection that sends nothing, or no
                     // whole head, is closed at the header timeout counted from its accept (as
@@ -176,14 +196,17 @@ pub async fn serve<H, F>(
                             () = stalled => {
                                 // An HTTP/2 client that keeps its stream window shut: the
                                 // connection, and the app's connections writing its answers, go.
-                                send_timeouts.inc();
+                                counters.send_timeouts.inc();
                                 tracing::debug!(%client, ?send_timeout, "an answer the client took nothing of within the send timeout; closing the connection");
                                 Ok(())
                             }
                         }
                     };
                     if let Err(e) = result {
-                        tracing::debug!(%client, error = %e, "client connection ended with an error");
+                        match e.downcast_ref::<hyper::Error>().filter(|e| e.is_parse()) {
+                            Some(e) => counters.unparsed(client, e),
+                            None => tracing::debug!(%client, error = %e, "client connection ended with an error"),
+                        }
                     }
                     drop(slot);
                     drop(open);
