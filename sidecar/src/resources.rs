@@ -23,9 +23,14 @@ use rustix::process::{Resource, Rlimit, getrlimit, setrlimit};
 /// key file, the runtime's own. A quarter of a limit lower than four times this.
 const RESERVED_FILES: u64 = 256;
 
-/// Memory a client connection may take, kernel socket buffers included (a keep-alive one just
-/// answered measured at ~19 KB of the process's own).
-pub const CONNECTION_BYTES: u64 = 32 << 10;
+/// Memory a client connection (or an HTTP/2 stream in flight) may take, in the costliest state a
+/// client can hold it in. Measured (RSS over 2 000 connections, the `dist` build; the debug build
+/// alike): a request whose body trickles in, served by hyper's server and sent on by hyper's
+/// client, ~59 KB; an HTTP/2 stream the same way, ~34 KB; an answer the client does not read,
+/// ~30 KB; a keep-alive connection just answered, ~19 KB; a head not yet whole, ~18 KB. At 32 KiB,
+/// a flood of clients that read none of their 1 MiB answers (then ~96 KB each) took a sidecar past
+/// a 48 MiB limit.
+pub const CONNECTION_BYTES: u64 = 64 << 10;
 
 /// Memory of everything but the caps: the code, the runtime, idle app connections, a few
 /// requests' bodies in flight (the idle sidecar's RSS is ~8 MiB).
@@ -169,7 +174,7 @@ mod tests {
 
     #[test]
     fn connections_fit_the_memory_left_and_the_smaller_bound_wins() {
-        assert_eq!(connections_within(None, Some(32 << 20), 4096), 1024);
+        assert_eq!(connections_within(None, Some(32 << 20), 4096), 512);
         assert_eq!(connections_within(Some(1024), Some(32 << 20), 4096), 384);
         assert_eq!(connections_within(None, Some(0), 4096), 1);
     }
@@ -177,10 +182,10 @@ mod tests {
     #[test]
     fn the_cap_fits_the_memory_the_other_caps_leave_and_not_below_the_minimum() {
         let others = OtherCaps { sessions: 10_000, backup_bytes: 0, heads_in_flight_bytes: 4 << 20 };
-        // 48 MiB - (16 MiB + 10 000 sessions + 4 MiB) leaves ~25 MiB: ~800 connections.
+        // 48 MiB - (16 MiB + 10 000 sessions + 4 MiB) leaves ~25 MiB: ~400 connections.
         assert_eq!(
             connection_cap(4096, None, Some(48 << 20), others),
-            ((48u64 << 20) - (20 << 20) - 3_200_000) as usize / (32 << 10)
+            ((48u64 << 20) - (20 << 20) - 3_200_000) as usize / (64 << 10)
         );
         assert_eq!(connection_cap(4096, None, None, others), 4096);
         // A limit the other caps fill: the minimum, said in the log.

@@ -279,3 +279,57 @@ async fn large_heads_held_over_http2_are_bounded_by_the_heads_in_flight_budget()
     .await
     .expect("the budget is given back");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http2_streams_in_flight_take_slots_of_the_connection_cap() {
+    // A stream in flight holds an app connection and its buffers as a connection does, and hyper
+    // lets a client open 200 on one connection: each takes a slot of --max-connections beside its
+    // connection's, so the cap's bounds on open files and memory hold for streams too.
+    const CAP: usize = 8;
+    const SENT: usize = 12;
+    let pool = pool_with(1, &["--max-connections", "8", "--body-idle-timeout", "60s"], &[]).await;
+    let addr = pool.pods[0].data();
+    let (mut holding, holding_conn) = h2c::<Late>(addr).await;
+    // The connection holds one slot (the local pool's own checks use the admin port).
+    const FIT: usize = CAP - 1;
+    let unavailable = Arc::new(AtomicUsize::new(0));
+    let mut pending = Vec::new();
+    for _ in 0..SENT {
+        let never = Late { delay: Box::pin(tokio::time::sleep(Duration::from_secs(3600))), sent: false };
+        let req = Request::builder().method(Method::POST).version(Version::HTTP_2).uri(format!("http://{addr}/incr"));
+        let answer = holding.send_request(req.body(never).expect("request"));
+        let unavailable = Arc::clone(&unavailable);
+        pending.push(tokio::spawn(async move {
+            if let Ok(resp) = answer.await
+                && resp.status() == StatusCode::SERVICE_UNAVAILABLE
+            {
+                assert_eq!(resp.headers().get(header::RETRY_AFTER).map(|v| v.as_bytes()), Some(&b"1"[..]));
+                unavailable.fetch_add(1, Ordering::Relaxed);
+            }
+        }));
+    }
+    // Those past the cap are refused at once; the others stay in flight, their bodies awaited.
+    wait_for("the streams past the cap, refused with 503", Duration::from_secs(20), || async {
+        unavailable.load(Ordering::Relaxed) >= SENT - FIT
+    })
+    .await
+    .expect("the streams past the cap refused");
+    let refused = pool.metric(r#"handover_bad_requests_total{reason="streams_over_cap"}"#).await;
+    assert_eq!(refused, (SENT - FIT) as f64, "refusals counted; {FIT} streams held in {CAP} slots");
+    // The held streams' connection goes: their slots come back, and a new connection is served.
+    pending.iter().for_each(tokio::task::JoinHandle::abort);
+    holding_conn.abort();
+    drop(holding);
+    wait_for("a stream served once the held ones are gone", Duration::from_secs(20), || async move {
+        // Closed at once while the slots are still held.
+        let Ok(stream) = tokio::net::TcpStream::connect(addr).await else { return false };
+        let handshake = hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(stream));
+        let Ok((mut sender, conn)) = handshake.await else { return false };
+        tokio::spawn(conn);
+        let req = Request::builder().method(Method::POST).version(Version::HTTP_2).uri(format!("http://{addr}/incr"));
+        let answer = sender.send_request(req.body(Full::new(Bytes::new())).expect("request"));
+        answer.await.is_ok_and(|resp| resp.status() == StatusCode::OK)
+    })
+    .await
+    .expect("the slots are given back");
+}

@@ -45,8 +45,12 @@ const MAX_HEAD: usize = MAX_MESSAGE;
 /// grown: a small response's head and body.
 const OUT_ROOM: usize = 1024;
 /// Bytes of the next requests (pipelined) read while a response is in the works; reading stops
-/// there until the response is out.
-const READ_AHEAD: usize = MAX_MESSAGE;
+/// there until the response is out. (A client's next request is most often no request at all:
+/// what is read meanwhile is for seeing it close.)
+const READ_AHEAD: usize = HEAD_ROOM;
+/// The most of a response body waiting in the response buffer to be written with what comes next
+/// (the head, the next frames): a larger frame is written from where it is.
+const COALESCE: usize = 16 * 1024;
 
 /// How a connection left this path.
 pub enum Outcome {
@@ -209,7 +213,7 @@ where
         }
         answered = true;
         // An idle connection keeps a small buffer, whatever the largest response it carried.
-        if out.capacity() > 2 * MAX_MESSAGE {
+        if out.capacity() > 2 * COALESCE {
             out = Vec::with_capacity(OUT_ROOM);
         }
     }
@@ -400,14 +404,7 @@ async fn write_response(
         // A frame at hand goes out with what is waiting to be written (the head, most often):
         // one write for a small response.
         let frame = match poll_now(&mut body) {
-            Poll::Ready(frame) => {
-                // Written as it grows: what waits here is bounded, however fast the body comes.
-                if out.len() >= MAX_MESSAGE {
-                    stream.write_all(out).await?;
-                    out.clear();
-                }
-                frame
-            }
+            Poll::Ready(frame) => frame,
             Poll::Pending => {
                 if !out.is_empty() {
                     stream.write_all(out).await?;
@@ -425,15 +422,24 @@ async fn write_response(
                 if framing == Framing::Chunked {
                     // Writing to a `Vec` cannot fail.
                     let _ = write!(out, "{:x}\r\n", data.len());
-                    out.extend_from_slice(&data);
-                    out.extend_from_slice(b"\r\n");
                 } else {
                     let len = data.len() as u64;
                     if len > left {
                         return Err(io::Error::other("the response body is longer than its content-length"));
                     }
                     left -= len;
+                }
+                // A frame joins what waits to be written while both are small; a larger one is
+                // written from where it is, beside it: what waits here stays within `COALESCE`
+                // past the head however fast the body comes, for a client that does not read too.
+                if out.len() + data.len() <= COALESCE {
                     out.extend_from_slice(&data);
+                } else {
+                    write_both(stream, out, &data).await?;
+                    out.clear();
+                }
+                if framing == Framing::Chunked {
+                    out.extend_from_slice(b"\r\n");
                 }
             }
             Some(Err(e)) => {
@@ -458,6 +464,23 @@ async fn write_response(
         _ => {}
     }
     stream.write_all(out).await
+}
+
+/// Writes `first`, then `second`, whole: in one system call when the socket takes both.
+async fn write_both(stream: &mut ClientStream, mut first: &[u8], mut second: &[u8]) -> io::Result<()> {
+    while !first.is_empty() {
+        let written = stream.write_vectored(&[io::IoSlice::new(first), io::IoSlice::new(second)]).await?;
+        if written == 0 {
+            return Err(io::ErrorKind::WriteZero.into());
+        }
+        if written < first.len() {
+            first = &first[written..];
+        } else {
+            second = &second[written - first.len()..];
+            first = &[];
+        }
+    }
+    stream.write_all(second).await
 }
 
 /// The body's next frame if it is ready now, without waiting.
@@ -742,6 +765,29 @@ mod tests {
         let served = serve(server, peer(), &handle, both(Duration::from_millis(200)), &mut closing);
         let (_, reply) = tokio::join!(served, read_all(client));
         reply
+    }
+
+    #[tokio::test]
+    async fn large_frames_are_written_beside_the_buffer_and_arrive_whole_in_order() {
+        const GET: &[u8] = b"GET / HTTP/1.1\r\nhost: x\r\n\r\n";
+        // Around COALESCE: small ones joined, larger ones written from where they are.
+        static PARTS: std::sync::LazyLock<Vec<String>> = std::sync::LazyLock::new(|| {
+            [10_000, 20_000, 1, COALESCE, 5, 70_000].iter().enumerate().map(|(i, &n)| i.to_string().repeat(n)).collect()
+        });
+        fn parts() -> Vec<Result<&'static str, &'static str>> {
+            PARTS.iter().map(|p| Ok(p.as_str())).collect()
+        }
+        let whole: String = PARTS.concat();
+        let chunked = answer(GET, || Response::new(streamed(parts()))).await;
+        let chunks: String = PARTS.iter().map(|p| format!("{:x}\r\n{p}\r\n", p.len())).collect();
+        assert!(chunked.ends_with(&format!("\r\n\r\n{chunks}0\r\n\r\n")), "chunked: {} bytes", chunked.len());
+        let by_length = answer(GET, || {
+            let mut resp = Response::new(streamed(parts()));
+            resp.headers_mut().insert(header::CONTENT_LENGTH, HeaderValue::from(PARTS.concat().len()));
+            resp
+        })
+        .await;
+        assert!(by_length.ends_with(&format!("\r\n\r\n{whole}")), "by length: {} bytes", by_length.len());
     }
 
     #[tokio::test]

@@ -29,7 +29,7 @@ use bytes::Bytes;
 use http::Response;
 use http_body_util::BodyExt;
 use hyper::body::{Frame, SizeHint};
-use tokio::sync::watch;
+use tokio::sync::{OwnedSemaphorePermit, watch};
 
 use crate::timed_body::BoxError;
 use crate::upstream::Body;
@@ -117,16 +117,21 @@ impl Requests {
     }
 }
 
-/// `resp` with `in_flight` held until its body has ended or is dropped, and its waits on the
-/// client counted.
-pub(crate) fn held_until_sent(resp: Response<Body>, in_flight: InFlight) -> Response<Body> {
-    resp.map(|body| Held { body, in_flight, waiting_since: None }.boxed())
+/// `resp` with `in_flight` (and an HTTP/2 stream's `slot` of the connection cap) held until its
+/// body has ended or is dropped, and its waits on the client counted.
+pub(crate) fn held_until_sent(
+    resp: Response<Body>,
+    in_flight: InFlight,
+    slot: Option<OwnedSemaphorePermit>,
+) -> Response<Body> {
+    resp.map(|body| Held { body, in_flight, _slot: slot, waiting_since: None }.boxed())
 }
 
 /// A response body holding its request's [`InFlight`].
 struct Held {
     body: Body,
     in_flight: InFlight,
+    _slot: Option<OwnedSemaphorePermit>,
     /// The tick it handed a data frame at, while it is not asked for the next.
     waiting_since: Option<u64>,
 }
@@ -187,7 +192,7 @@ mod tests {
             () = &mut idle => panic!("idle before the first timeout"),
             () = tokio::time::sleep(Duration::from_secs(1)) => {}
         }
-        let resp = held_until_sent(Response::new(full("body")), requests.enter());
+        let resp = held_until_sent(Response::new(full("body")), requests.enter(), None);
         // In flight for longer than the timeout: not idle.
         tokio::select! {
             () = &mut idle => panic!("idle while a request was in flight"),
@@ -210,7 +215,7 @@ mod tests {
     async fn a_dropped_response_ends_its_request() {
         let (requests, idle) = Requests::new(Duration::from_secs(10), Duration::from_secs(10));
         let in_flight = requests.enter();
-        drop(held_until_sent(Response::new(full("")), in_flight));
+        drop(held_until_sent(Response::new(full("")), in_flight, None));
         let start = tokio::time::Instant::now();
         idle.await;
         assert_eq!(start.elapsed(), Duration::from_secs(10));
@@ -220,7 +225,7 @@ mod tests {
     async fn an_answer_not_asked_for_more_within_the_send_timeout_is_a_stall() {
         let (requests, _idle) = Requests::new(Duration::from_secs(10), Duration::from_secs(10));
         let timeout = Some(Duration::from_secs(60));
-        let mut body = held_until_sent(Response::new(full("data")), requests.enter()).into_body();
+        let mut body = held_until_sent(Response::new(full("data")), requests.enter(), None).into_body();
         let start = tokio::time::Instant::now();
         let stalled = requests.stalled(timeout);
         tokio::pin!(stalled);
@@ -258,7 +263,7 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn an_answer_waiting_for_the_app_is_no_stall() {
         let (requests, _idle) = Requests::new(Duration::from_secs(10), Duration::from_secs(10));
-        let mut body = held_until_sent(Response::new(Unanswered.boxed()), requests.enter()).into_body();
+        let mut body = held_until_sent(Response::new(Unanswered.boxed()), requests.enter(), None).into_body();
         let polled = tokio::time::timeout(Duration::from_secs(1), body.frame()).await;
         assert!(polled.is_err(), "no frame");
         tokio::select! {

@@ -10,15 +10,18 @@ use std::convert::Infallible;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use bytes::Bytes;
-use http::{Request, Response, StatusCode};
+use http::header::{self, HeaderValue};
+use http::{Request, Response, StatusCode, Version};
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio::net::TcpListener;
+use tokio::sync::OwnedSemaphorePermit;
 
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
@@ -92,6 +95,57 @@ impl ConnLimits {
     };
 }
 
+/// The slots of the connection cap that HTTP/2 streams take. A stream in flight holds an app
+/// connection and its buffers as a connection does, and hyper lets a client keep 200 of them open
+/// on one connection: 20 connections with streams whose bodies trickle in held 4 000 app
+/// connections and ~135 MB. So each stream in flight takes a slot beside its connection's, and the
+/// cap's bounds on open files and memory hold for streams too. (An HTTP/1.1 connection carries one
+/// request at a time: its own slot covers it.)
+#[derive(Clone)]
+struct StreamSlots {
+    slots: Arc<tokio::sync::Semaphore>,
+    max: usize,
+    /// Whether the last stream was refused: the cap's log line is written once a spell.
+    at_cap: Arc<AtomicBool>,
+    bad_requests: Family<Typed<BadRequest>, Counter>,
+}
+
+impl StreamSlots {
+    /// The slot an HTTP/2 stream holds until its answer is sent (`None` for HTTP/1.1), or none
+    /// left: the stream is refused ([`refused_at_cap`]).
+    fn take(&self, req: &Request<Incoming>, client: SocketAddr) -> Result<Option<OwnedSemaphorePermit>, AtCap> {
+        if req.version() != Version::HTTP_2 {
+            return Ok(None);
+        }
+        match Arc::clone(&self.slots).try_acquire_owned() {
+            Ok(slot) => {
+                self.at_cap.store(false, Ordering::Relaxed);
+                Ok(Some(slot))
+            }
+            Err(_) => {
+                self.bad_requests.get_or_create(&[("reason", BadRequest::StreamsOverCap)]).inc();
+                if !self.at_cap.swap(true, Ordering::Relaxed) {
+                    tracing::warn!(max = self.max, %client, "connection cap reached with HTTP/2 streams; refusing new streams (503) until some end");
+                }
+                Err(AtCap)
+            }
+        }
+    }
+}
+
+/// No slot of the connection cap left for a stream.
+struct AtCap;
+
+/// The answer to a stream refused at the connection cap.
+fn refused_at_cap() -> Response<Body> {
+    let mut refused = text(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "handover: the sidecar is at its cap of connections and HTTP/2 streams in flight (--max-connections); retry\n",
+    );
+    refused.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+    refused
+}
+
 /// Serves HTTP/1.1 and HTTP/2 without TLS (h2c with prior knowledge, as ingresses and meshes
 /// speak it to pods), told apart by the connection's first bytes, on `listener` with `handle`
 /// until `stop` resolves, then lets open connections finish for up to `finish_within`.
@@ -110,6 +164,12 @@ pub async fn serve<H, F>(
     let (open, mut all_closed) = tokio::sync::mpsc::channel::<()>(1);
     let (closing_tx, closing) = tokio::sync::watch::channel(false);
     let slots = Arc::new(tokio::sync::Semaphore::new(limits.max_connections));
+    let stream_slots = StreamSlots {
+        slots: Arc::clone(&slots),
+        max: limits.max_connections,
+        at_cap: Arc::default(),
+        bad_requests: counters.bad_requests.clone(),
+    };
     let mut at_cap = false;
     let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
     // hyper's HTTP/1.1 timer runs from an answer's end to the next head's end: the keep-alive
@@ -153,6 +213,7 @@ pub async fn serve<H, F>(
                 let mut closing = closing.clone();
                 let send_timeout = limits.send_timeout;
                 let counters = counters.clone();
+                let stream_slots = stream_slots.clone();
                 tokio::spawn(async move {
                     // The HTTP/1.1 path reads first, so a connection that sends nothing, or no
                     // whole head, is closed at the header timeout counted from its accept (as
@@ -170,8 +231,14 @@ pub async fn serve<H, F>(
                     let stalled = watched.stalled(send_timeout);
                     let service = service_fn(move |req: Request<Incoming>| {
                         let in_flight = requests.enter();
-                        let fut = handle(req.map(|body| body.map_err(Into::into).boxed()), client);
-                        async move { Ok::<_, Infallible>(hyper_conn::held_until_sent(fut.await, in_flight)) }
+                        let taken = stream_slots.take(&req, client);
+                        let served = taken.map(|slot| (handle(req.map(|body| body.map_err(Into::into).boxed()), client), slot));
+                        async move {
+                            Ok::<_, Infallible>(match served {
+                                Ok((fut, slot)) => hyper_conn::held_until_sent(fut.await, in_flight, slot),
+                                Err(AtCap) => refused_at_cap(),
+                            })
+                        }
                     });
                     let conn = builder.serve_connection_with_upgrades(TokioIo::new(rest), service);
                     tokio::pin!(conn);
