@@ -451,6 +451,7 @@ pub async fn run(args: RunArgs) -> Result<(), String> {
             header_timeout: args.header_timeout,
             keepalive_timeout: args.keepalive_timeout,
             send_timeout: (!args.send_timeout.is_zero()).then_some(args.send_timeout),
+            max_head_bytes: args.max_header_bytes,
         },
         ConnCounters {
             refused: metrics.connections_refused.get_or_create(&[("listener", "data")]).clone(),

@@ -31,9 +31,10 @@ use crate::proxy::Proxy;
 use crate::upstream::{Body, full};
 use send_timeout::SendTimeout;
 
-/// Largest request head hyper reads; the proxy refuses heads over its own, smaller limit with a
-/// clear 431 (and a metric) before hyper's hard limit is reached.
-const MAX_HEAD_BYTES: usize = 256 * 1024;
+/// What hyper's HTTP/1.1 server may read of a head beyond the proxy's own limit on it (the
+/// request line, the fields' separators): the proxy refuses a head over its limit with a clear 431
+/// before hyper's is reached.
+const HEAD_SLACK: usize = 8 * 1024;
 
 /// What one listener allows its clients.
 #[derive(Clone, Copy, Debug)]
@@ -49,6 +50,12 @@ pub struct ConnLimits {
     /// A response the client takes no byte of for this long: the connection is closed (`None`:
     /// never).
     pub send_timeout: Option<Duration>,
+    /// The largest request head the proxy takes (`--max-header-bytes`). hyper's HTTP/1.1 server
+    /// reads this much (and [`HEAD_SLACK`]) at most into a connection's buffer: a larger head is
+    /// hyper's 431, and an upload's body is read in pieces no larger (hyper grows its buffer to
+    /// its limit while a body comes fast: its default ~400 KB took ~1 MB a connection with the
+    /// app's client's queue, for an app that reads uploads slowly).
+    pub max_head_bytes: usize,
 }
 
 /// What one listener counts of its connections.
@@ -85,6 +92,7 @@ impl ConnLimits {
         header_timeout: Duration::from_secs(5),
         keepalive_timeout: Duration::from_secs(5),
         send_timeout: Some(Duration::from_secs(5)),
+        max_head_bytes: 8 * 1024,
     };
     /// Local tools (the demo app).
     pub const LOCAL: ConnLimits = ConnLimits {
@@ -92,6 +100,7 @@ impl ConnLimits {
         header_timeout: Duration::from_secs(30),
         keepalive_timeout: Duration::from_secs(30),
         send_timeout: Some(Duration::from_secs(60)),
+        max_head_bytes: 64 * 1024,
     };
 }
 
@@ -176,8 +185,9 @@ pub async fn serve<H, F>(
     // wait and the head in one (a head on a connection hyper serves may take the longer of them).
     let hyper_head_timeout = limits.keepalive_timeout.max(limits.header_timeout);
     let timeouts = h1::Timeouts { header: limits.header_timeout, keepalive: limits.keepalive_timeout };
-    builder.http1().timer(TokioTimer::new()).header_read_timeout(hyper_head_timeout).max_buf_size(MAX_HEAD_BYTES);
-    builder.http2().timer(TokioTimer::new()).max_header_list_size(MAX_HEAD_BYTES as u32);
+    let max_head = limits.max_head_bytes.saturating_add(HEAD_SLACK);
+    builder.http1().timer(TokioTimer::new()).header_read_timeout(hyper_head_timeout).max_buf_size(max_head);
+    builder.http2().timer(TokioTimer::new()).max_header_list_size(u32::try_from(max_head).unwrap_or(u32::MAX));
     tokio::pin!(stop);
     loop {
         tokio::select! {
@@ -372,6 +382,7 @@ mod tests {
             header_timeout: Duration::from_millis(500),
             keepalive_timeout: Duration::from_millis(500),
             send_timeout: Some(Duration::from_secs(5)),
+            max_head_bytes: 64 * 1024,
         };
         tokio::spawn(serve(listener, handle, std::future::pending(), Duration::ZERO, limits, ConnCounters::default()))
     }

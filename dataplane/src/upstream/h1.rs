@@ -32,7 +32,7 @@ use crate::http1::{
 };
 
 /// The longest response head.
-const MAX_HEAD: usize = 64 * 1024;
+pub(crate) const MAX_HEAD: usize = 64 * 1024;
 /// The largest request body written to the app with its head in one write; a larger one goes
 /// through hyper's client, which streams it.
 const MAX_WHOLE_BODY: usize = 64 * 1024;

@@ -85,7 +85,12 @@ async fn hyper_http1<S>(stream: S, addr: SocketAddr) -> Result<SendRequest<Body>
 where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Unpin + 'static,
 {
-    let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+    // A response head as long as the one the sidecar reads itself (`h1::MAX_HEAD`); an upload's
+    // body queued for the app no longer than that (hyper's default, ~400 KB, with the pieces of
+    // the client's buffer it pins, took ~1 MB a connection for an app that reads slowly).
+    let (sender, conn) = hyper::client::conn::http1::Builder::new()
+        .max_buf_size(h1::MAX_HEAD)
+        .handshake(TokioIo::new(stream))
         .await
         .map_err(|e| ConnectError::Handshake(addr, e))?;
     tokio::spawn(async move {
