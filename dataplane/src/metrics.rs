@@ -76,9 +76,9 @@ label_values! {
         /// A request whose head would take the request heads in flight past
         /// `--max-header-bytes-in-flight` (503).
         HeadsInFlight => "heads_in_flight",
-        /// An HTTP/2 stream refused at the connection cap, whose slots streams in flight take as
-        /// connections do (503).
-        StreamsOverCap => "streams_over_cap",
+        /// An HTTP/2 stream, or an upload that hyper serves, refused at the connection cap, whose
+        /// slots they take as connections do (503).
+        OverCap => "over_cap",
         /// A client asked for the app's state endpoint (404).
         StatePath => "state_path",
         /// No host, two Host fields, or one that names no host (400).
@@ -353,7 +353,7 @@ impl Default for Metrics {
         );
         registry.register(
             "bad_requests",
-            "Requests refused or cut off, by reason (headers_too_large, uri_too_long, malformed, heads_in_flight, streams_over_cap, state_path, bad_host, forged_forward, spoofed_field, body_timeout, bad_body, transfer_coding, send_timeout, app_timeout, bad_pushed_state)",
+            "Requests refused or cut off, by reason (headers_too_large, uri_too_long, malformed, heads_in_flight, over_cap, state_path, bad_host, forged_forward, spoofed_field, body_timeout, bad_body, transfer_coding, send_timeout, app_timeout, bad_pushed_state)",
             m.bad_requests.clone(),
         );
         registry.register(

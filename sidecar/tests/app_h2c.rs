@@ -132,7 +132,7 @@ async fn grpc_shaped_exchange_streams_through_with_its_trailers() {
     let dir = Scratch::new("app-h2c-hyper");
     let (release, released) = oneshot::channel();
     let app = start_h2_app(released).await;
-    let (data, _sidecar) = sidecar_for(app, &dir, "h2c").await;
+    let (data, _, _sidecar) = sidecar_for(app, &dir, &[], &["--app-protocol", "h2c"]).await;
 
     let stream = tokio::net::TcpStream::connect(data).await.expect("connect");
     let (mut sender, conn) =
@@ -192,7 +192,7 @@ async fn curl_with_http2_prior_knowledge_gets_the_grpc_trailers() {
     // curl waits for the whole answer: the app need not wait for the test.
     let _ = release.send(());
     let app = start_h2_app(released).await;
-    let (data, _sidecar) = sidecar_for(app, &dir, "h2c").await;
+    let (data, _, _sidecar) = sidecar_for(app, &dir, &[], &["--app-protocol", "h2c"]).await;
     let dump = dir.join("head").display().to_string();
     let url = format!("http://{data}/echo.Echo/Say");
     let out = tokio::task::spawn_blocking(move || {
@@ -242,7 +242,7 @@ async fn calls_share_one_app_connection_which_is_made_again_when_it_closes() {
     let (release, released) = oneshot::channel();
     let _ = release.send(());
     let (app, connections) = start_h2_app_with_connections(released).await;
-    let (data, _sidecar) = sidecar_for(app, &dir, "h2c").await;
+    let (data, _, _sidecar) = sidecar_for(app, &dir, &[], &["--app-protocol", "h2c"]).await;
     let ok = Some(HeaderValue::from_static("0"));
     assert_eq!(call(data, b"a").await, (Bytes::from_static(b"got:asecond"), ok.clone()));
     let (b, c) = tokio::join!(call(data, b"b"), call(data, b"c"));
@@ -342,7 +342,7 @@ async fn curl_in_thread(args: Vec<String>) -> (Vec<(String, String)>, String) {
 async fn a_stream_the_app_refuses_is_sent_again_when_its_body_is_whole() {
     let dir = Scratch::new("app-h2c-refused");
     let (app, seen) = start_refusing_app(2).await;
-    let (data, _sidecar) = sidecar_for(app, &dir, "h2c").await;
+    let (data, _, _sidecar) = sidecar_for(app, &dir, &[], &["--app-protocol", "h2c"]).await;
     let log = || std::fs::read_to_string(dir.join("sidecar.log")).unwrap_or_default();
     let (head, body) = curl_in_thread(vec![format!("http://{data}/page")]).await;
     assert_eq!(body, "served ", "{head:?}\n{}", log());
@@ -437,7 +437,7 @@ async fn start_going_away_app() -> (SocketAddr, std::sync::Arc<AtomicUsize>) {
 async fn a_stream_the_apps_goaway_left_unprocessed_is_sent_again() {
     let dir = Scratch::new("app-h2c-goaway");
     let (app, spoke) = start_going_away_app().await;
-    let (data, _sidecar) = sidecar_for(app, &dir, "h2c").await;
+    let (data, _, _sidecar) = sidecar_for(app, &dir, &[], &["--app-protocol", "h2c"]).await;
     let log = || std::fs::read_to_string(dir.join("sidecar.log")).unwrap_or_default();
     let form = vec!["--data-binary".into(), "x=1".into(), format!("http://{data}/form")];
     let (head, body) = curl_in_thread(form).await;

@@ -320,7 +320,7 @@ async fn an_app_answer_the_sidecar_cannot_pass_on_is_a_502_whether_the_request_b
     ];
     let dir = support::Scratch::new("app-framing");
     let app = raw_app(ANSWERS).await;
-    let (data, _sidecar) = support::sidecar_for(app, &dir, "http1").await;
+    let (data, _, _sidecar) = support::sidecar_for(app, &dir, &[], &[]).await;
     for (path, _) in ANSWERS {
         for arriving in [false, true] {
             let mut client = tokio::net::TcpStream::connect(data).await.expect("connect");

@@ -476,6 +476,76 @@ async fn a_flood_of_connections_never_takes_the_sidecar_past_its_memory_limit() 
     }
 }
 
+/// An app that reads request bodies slowly (4 KB every 100 ms) and never answers.
+async fn slow_reading_app() -> SocketAddr {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    tokio::spawn(async move {
+        loop {
+            let Ok((mut stream, _)) = listener.accept().await else { return };
+            tokio::spawn(async move {
+                let mut chunk = [0u8; 4096];
+                while matches!(stream.read(&mut chunk).await, Ok(n) if n > 0) {
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+            });
+        }
+    });
+    addr
+}
+
+/// Uploads as fast as their clients can send them, to an app that reads them slowly, at a sidecar
+/// held to a container's memory limit: an upload through hyper holds ~300 KB of buffers, and 200
+/// of them held ~60 MB. Each takes slots of the connection cap for them, so past the cap a new one
+/// is refused at once (503), and the sidecar lives.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flood_of_uploads_to_an_app_that_reads_slowly_never_takes_the_sidecar_past_its_memory_limit() {
+    const UPLOADS: usize = 300;
+    let Some(cgroup) = support::cgroup::MemoryCgroup::limited(48 << 20, "the upload flood test") else {
+        return;
+    };
+    let dir = support::Scratch::new("upload-flood");
+    let app = slow_reading_app().await;
+    let limit = (48u64 << 20).to_string();
+    let args = ["--max-sessions", "10000", "--backup", "off", "--memory-limit", &limit];
+    let (data, admin, _sidecar) = support::sidecar_for(app, &dir, &cgroup.prefix(), &args).await;
+    let mut uploads = Vec::new();
+    for _ in 0..UPLOADS {
+        uploads.push(tokio::spawn(async move {
+            let Ok(mut stream) = TcpStream::connect(data).await else { return None };
+            let head = format!("POST /upload HTTP/1.1\r\nHost: x\r\nContent-Length: {}\r\n\r\n", 64 << 20);
+            stream.write_all(head.as_bytes()).await.ok()?;
+            let block = vec![b'x'; 64 << 10];
+            // As fast as the sidecar takes it, for 5 s, or until it answers or closes.
+            let (mut reader, mut writer) = stream.into_split();
+            let send = async {
+                while writer.write_all(&block).await.is_ok() {}
+                std::future::pending::<()>().await
+            };
+            let mut status = [0u8; 12];
+            tokio::select! {
+                () = send => None,
+                read = reader.read_exact(&mut status) => read.ok().map(|_| status),
+                () = tokio::time::sleep(Duration::from_secs(5)) => Some(*b"in flight   "),
+            }
+        }));
+    }
+    let mut fates = std::collections::HashMap::<String, usize>::new();
+    for upload in uploads {
+        let fate = upload
+            .await
+            .expect("an upload's task")
+            .map_or("closed".into(), |s| String::from_utf8_lossy(&s).into_owned());
+        *fates.entry(fate).or_default() += 1;
+    }
+    let peak = cgroup.peak() >> 20;
+    assert_eq!(cgroup.oom_kills(), 0, "the kernel killed nothing (peak {peak} MiB): {fates:?}");
+    assert_eq!(handover_lab::localpool::probe(admin, "/live").await, Some(200), "the sidecar lives: {fates:?}");
+    let refused = fates.get("HTTP/1.1 503").copied().unwrap_or(0);
+    assert!(refused > 0, "uploads past the cap refused: {fates:?}");
+    eprintln!("uploads: {fates:?}, peak {peak} MiB");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn requests_held_for_a_down_app_are_capped_and_the_held_ones_go_through() {
     let mut pool = pool_with(1, &["--max-held", "2", "--app-wait", "20s"], &[]).await;

@@ -104,37 +104,51 @@ impl ConnLimits {
     };
 }
 
-/// The slots of the connection cap that HTTP/2 streams take. A stream in flight holds an app
-/// connection and its buffers as a connection does, and hyper lets a client keep 200 of them open
-/// on one connection: 20 connections with streams whose bodies trickle in held 4 000 app
-/// connections and ~135 MB. So each stream in flight takes a slot beside its connection's, and the
-/// cap's bounds on open files and memory hold for streams too. (An HTTP/1.1 connection carries one
-/// request at a time: its own slot covers it.)
+/// Slots of the connection cap beside a connection's own that an upload through hyper takes
+/// while it is in flight: a body still arriving goes through hyper's server and hyper's client,
+/// whose buffers and the pieces of them still referenced came to ~300 KB a connection for an app
+/// that reads its uploads slowly (200 clients uploading as fast as they could), where the cap
+/// counts 64 KiB a slot.
+const UPLOAD_SLOTS: u32 = 4;
+
+/// The slots of the connection cap that requests take beside their connection's. An HTTP/2 stream
+/// in flight holds an app connection and its buffers as a connection does, and hyper lets a
+/// client keep 200 of them open on one connection: 20 connections with streams whose bodies
+/// trickle in held 4 000 app connections and ~135 MB. So each stream takes a slot, and one more
+/// while its body arrives (up to its window, 64 KiB); an HTTP/1.1 request that hyper serves with
+/// a body takes [`UPLOAD_SLOTS`]. The cap's bounds on open files and memory hold for them too.
+/// (Any other HTTP/1.1 request is one at a time on its connection: its connection's slot covers
+/// it.)
 #[derive(Clone)]
-struct StreamSlots {
+struct RequestSlots {
     slots: Arc<tokio::sync::Semaphore>,
     max: usize,
-    /// Whether the last stream was refused: the cap's log line is written once a spell.
+    /// Whether the last request was refused: the cap's log line is written once a spell.
     at_cap: Arc<AtomicBool>,
     bad_requests: Family<Typed<BadRequest>, Counter>,
 }
 
-impl StreamSlots {
-    /// The slot an HTTP/2 stream holds until its answer is sent (`None` for HTTP/1.1), or none
-    /// left: the stream is refused ([`refused_at_cap`]).
+impl RequestSlots {
+    /// The slots `req` holds until its answer is sent (`None`: it needs none), or too few left:
+    /// the request is refused ([`refused_at_cap`]).
     fn take(&self, req: &Request<Incoming>, client: SocketAddr) -> Result<Option<OwnedSemaphorePermit>, AtCap> {
-        if req.version() != Version::HTTP_2 {
-            return Ok(None);
-        }
-        match Arc::clone(&self.slots).try_acquire_owned() {
-            Ok(slot) => {
+        let body = !hyper::body::Body::is_end_stream(req.body());
+        let needed = match (req.version(), body) {
+            (Version::HTTP_2, body) => 1 + u32::from(body),
+            (_, true) => UPLOAD_SLOTS,
+            (_, false) => return Ok(None),
+        };
+        // Beside its connection's slot: a cap too small for that many is all it may take.
+        let needed = needed.min(u32::try_from(self.max.saturating_sub(1)).unwrap_or(u32::MAX));
+        match Arc::clone(&self.slots).try_acquire_many_owned(needed) {
+            Ok(slots) => {
                 self.at_cap.store(false, Ordering::Relaxed);
-                Ok(Some(slot))
+                Ok(Some(slots))
             }
             Err(_) => {
-                self.bad_requests.get_or_create(&[("reason", BadRequest::StreamsOverCap)]).inc();
+                self.bad_requests.get_or_create(&[("reason", BadRequest::OverCap)]).inc();
                 if !self.at_cap.swap(true, Ordering::Relaxed) {
-                    tracing::warn!(max = self.max, %client, "connection cap reached with HTTP/2 streams; refusing new streams (503) until some end");
+                    tracing::warn!(max = self.max, %client, "connection cap reached with HTTP/2 streams and uploads; refusing new ones (503) until some end");
                 }
                 Err(AtCap)
             }
@@ -142,14 +156,14 @@ impl StreamSlots {
     }
 }
 
-/// No slot of the connection cap left for a stream.
+/// Too few slots of the connection cap left for a request.
 struct AtCap;
 
-/// The answer to a stream refused at the connection cap.
+/// The answer to a request refused at the connection cap.
 fn refused_at_cap() -> Response<Body> {
     let mut refused = text(
         StatusCode::SERVICE_UNAVAILABLE,
-        "handover: the sidecar is at its cap of connections and HTTP/2 streams in flight (--max-connections); retry\n",
+        "handover: the sidecar is at its cap of connections, HTTP/2 streams and uploads in flight (--max-connections); retry\n",
     );
     refused.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
     refused
@@ -173,7 +187,7 @@ pub async fn serve<H, F>(
     let (open, mut all_closed) = tokio::sync::mpsc::channel::<()>(1);
     let (closing_tx, closing) = tokio::sync::watch::channel(false);
     let slots = Arc::new(tokio::sync::Semaphore::new(limits.max_connections));
-    let stream_slots = StreamSlots {
+    let request_slots = RequestSlots {
         slots: Arc::clone(&slots),
         max: limits.max_connections,
         at_cap: Arc::default(),
@@ -187,7 +201,13 @@ pub async fn serve<H, F>(
     let timeouts = h1::Timeouts { header: limits.header_timeout, keepalive: limits.keepalive_timeout };
     let max_head = limits.max_head_bytes.saturating_add(HEAD_SLACK);
     builder.http1().timer(TokioTimer::new()).header_read_timeout(hyper_head_timeout).max_buf_size(max_head);
-    builder.http2().timer(TokioTimer::new()).max_header_list_size(u32::try_from(max_head).unwrap_or(u32::MAX));
+    // A stream's window as nginx's (`http2_body_preread_size`): what a client may send of a body
+    // ahead of the app's reading it, held here meanwhile (hyper's default is 1 MB).
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .max_header_list_size(u32::try_from(max_head).unwrap_or(u32::MAX))
+        .initial_stream_window_size(64 * 1024);
     tokio::pin!(stop);
     loop {
         tokio::select! {
@@ -223,7 +243,7 @@ pub async fn serve<H, F>(
                 let mut closing = closing.clone();
                 let send_timeout = limits.send_timeout;
                 let counters = counters.clone();
-                let stream_slots = stream_slots.clone();
+                let request_slots = request_slots.clone();
                 tokio::spawn(async move {
                     // The HTTP/1.1 path reads first, so a connection that sends nothing, or no
                     // whole head, is closed at the header timeout counted from its accept (as
@@ -241,7 +261,7 @@ pub async fn serve<H, F>(
                     let stalled = watched.stalled(send_timeout);
                     let service = service_fn(move |req: Request<Incoming>| {
                         let in_flight = requests.enter();
-                        let taken = stream_slots.take(&req, client);
+                        let taken = request_slots.take(&req, client);
                         let served = taken.map(|slot| (handle(req.map(|body| body.map_err(Into::into).boxed()), client), slot));
                         async move {
                             Ok::<_, Infallible>(match served {

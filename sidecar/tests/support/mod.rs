@@ -57,26 +57,36 @@ fn free_addr() -> std::net::SocketAddr {
     std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).expect("a free port")
 }
 
-/// A sidecar process in front of `app`, an app of the test's own that keeps no sessions, spoken to
-/// in `app_protocol` (`http1`, `h2c`); its data address, and the process (killed on drop). Its log
-/// is `dir/sidecar.log`.
+/// A sidecar process in front of `app`, an app of the test's own that keeps no sessions, with
+/// these extra flags (`--app-protocol h2c`), started behind `prefix` (a cgroup's, or none): its
+/// data and admin addresses, and the process (killed on drop). Its log is `dir/sidecar.log`.
 pub async fn sidecar_for(
     app: std::net::SocketAddr,
     dir: &std::path::Path,
-    app_protocol: &str,
-) -> (std::net::SocketAddr, tokio::process::Child) {
+    prefix: &[String],
+    args: &[&str],
+) -> (std::net::SocketAddr, std::net::SocketAddr, tokio::process::Child) {
     use handover_lab::localpool::{probe, wait_for};
     std::fs::write(dir.join("keys"), handover_dataplane::keys::generate_line(1, 0) + "\n").expect("key file");
     let (data, admin) = (free_addr(), free_addr());
-    let child = tokio::process::Command::new(exe())
+    let mut command = match prefix.split_first() {
+        Some((program, rest)) => {
+            let mut command = tokio::process::Command::new(program);
+            command.args(rest).arg(exe());
+            command
+        }
+        None => tokio::process::Command::new(exe()),
+    };
+    let child = command
         .arg("run")
         .args(["--listen", &data.to_string(), "--admin", &admin.to_string(), "--app", &app.to_string()])
         // Nothing listens there: the app keeps no sessions (as a gRPC server).
         .args(["--state-addr", &free_addr().to_string()])
-        .args(["--app-protocol", app_protocol, "--pool=test/app", "--pod-name=pod-0", "--key-file"])
+        .args(["--pool=test/app", "--pod-name=pod-0", "--key-file"])
         .arg(dir.join("keys"))
         .arg(format!("--peers=pod-0@{data}"))
         .args(["--cookie-secure", "false", "--workers", "1"])
+        .args(args)
         .stdin(std::process::Stdio::null())
         .stdout(std::process::Stdio::null())
         .stderr(std::fs::File::create(dir.join("sidecar.log")).expect("log file"))
@@ -89,7 +99,7 @@ pub async fn sidecar_for(
     if let Err(e) = ready.await {
         panic!("{e}\n{}", std::fs::read_to_string(dir.join("sidecar.log")).unwrap_or_default());
     }
-    (data, child)
+    (data, admin, child)
 }
 
 /// One request with curl: the response head's fields (lower-cased names) and the body.
