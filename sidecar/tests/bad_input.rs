@@ -268,34 +268,28 @@ async fn response_head(stream: &mut tokio::net::TcpStream) -> String {
 /// `answers` as soon as it has the request's head, before its body, then reads on until the
 /// sidecar closes the connection (each answer says `connection: close`).
 async fn raw_app(answers: &'static [(&'static str, &'static [u8])]) -> std::net::SocketAddr {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
-    let addr = listener.local_addr().expect("addr");
-    tokio::spawn(async move {
-        loop {
-            let Ok((mut stream, _)) = listener.accept().await else { return };
-            tokio::spawn(async move {
-                let mut buf = Vec::new();
-                let mut chunk = [0u8; 4096];
-                while !buf.windows(4).any(|w| w == b"\r\n\r\n") {
-                    match stream.read(&mut chunk).await {
-                        Ok(0) | Err(_) => return,
-                        Ok(n) => buf.extend_from_slice(&chunk[..n]),
-                    }
-                }
-                let text = String::from_utf8_lossy(&buf);
-                let path = text.split(' ').nth(1).unwrap_or_default();
-                let answer = answers.iter().find(|(p, _)| *p == path).map_or(
-                    &b"HTTP/1.1 404 Not Found\r\ncontent-length: 0\r\nconnection: close\r\n\r\n"[..],
-                    |(_, answer)| answer,
-                );
-                if stream.write_all(answer).await.is_err() {
-                    return;
-                }
-                while matches!(stream.read(&mut chunk).await, Ok(n) if n > 0) {}
-            });
+    support::app_of_own(move |mut stream| async move {
+        let mut buf = Vec::new();
+        let mut chunk = [0u8; 4096];
+        while !buf.windows(4).any(|w| w == b"\r\n\r\n") {
+            match stream.read(&mut chunk).await {
+                Ok(0) | Err(_) => return,
+                Ok(n) => buf.extend_from_slice(&chunk[..n]),
+            }
         }
-    });
-    addr
+        let text = String::from_utf8_lossy(&buf);
+        let path = text.split(' ').nth(1).unwrap_or_default();
+        let answer =
+            answers.iter().find(|(p, _)| *p == path).map_or(
+                &b"HTTP/1.1 404 Not Found\r\ncontent-length: 0\r\nconnection: close\r\n\r\n"[..],
+                |(_, answer)| answer,
+            );
+        if stream.write_all(answer).await.is_err() {
+            return;
+        }
+        while matches!(stream.read(&mut chunk).await, Ok(n) if n > 0) {}
+    })
+    .await
 }
 
 /// An app's answer framed by a length beside chunks, or in a coding besides chunked, would reach

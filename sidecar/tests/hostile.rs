@@ -478,20 +478,13 @@ async fn a_flood_of_connections_never_takes_the_sidecar_past_its_memory_limit() 
 
 /// An app that reads request bodies slowly (4 KB every 100 ms) and never answers.
 async fn slow_reading_app() -> SocketAddr {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
-    let addr = listener.local_addr().expect("addr");
-    tokio::spawn(async move {
-        loop {
-            let Ok((mut stream, _)) = listener.accept().await else { return };
-            tokio::spawn(async move {
-                let mut chunk = [0u8; 4096];
-                while matches!(stream.read(&mut chunk).await, Ok(n) if n > 0) {
-                    tokio::time::sleep(Duration::from_millis(100)).await;
-                }
-            });
+    support::app_of_own(|mut stream| async move {
+        let mut chunk = [0u8; 4096];
+        while matches!(stream.read(&mut chunk).await, Ok(n) if n > 0) {
+            tokio::time::sleep(Duration::from_millis(100)).await;
         }
-    });
-    addr
+    })
+    .await
 }
 
 /// Uploads as fast as their clients can send them, to an app that reads them slowly, at a sidecar

@@ -232,6 +232,32 @@ fn large_head<B>(addr: SocketAddr, body: B) -> Request<B> {
     req.body(body).expect("request")
 }
 
+/// `sent` requests made by `request` on `holding`, each with a body that never comes (each stays
+/// in flight until refused); how many were refused with a 503 (and `Retry-After: 1`) so far, and
+/// their tasks.
+fn hold(
+    holding: &mut hyper::client::conn::http2::SendRequest<Late>,
+    sent: usize,
+    request: impl Fn(Late) -> Request<Late>,
+) -> (Arc<AtomicUsize>, Vec<tokio::task::JoinHandle<()>>) {
+    let unavailable = Arc::new(AtomicUsize::new(0));
+    let mut pending = Vec::new();
+    for _ in 0..sent {
+        let never = Late { delay: Box::pin(tokio::time::sleep(Duration::from_secs(3600))), sent: false };
+        let answer = holding.send_request(request(never));
+        let unavailable = Arc::clone(&unavailable);
+        pending.push(tokio::spawn(async move {
+            if let Ok(resp) = answer.await
+                && resp.status() == StatusCode::SERVICE_UNAVAILABLE
+            {
+                assert_eq!(resp.headers().get(header::RETRY_AFTER).map(|v| v.as_bytes()), Some(&b"1"[..]));
+                unavailable.fetch_add(1, Ordering::Relaxed);
+            }
+        }));
+    }
+    (unavailable, pending)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn large_heads_held_over_http2_are_bounded_by_the_heads_in_flight_budget() {
     // Requests whose bodies never come hold their heads until the body timeouts: over HTTP/2, up to
@@ -243,18 +269,7 @@ async fn large_heads_held_over_http2_are_bounded_by_the_heads_in_flight_budget()
     let (mut holding, holding_conn) = h2c::<Late>(addr).await;
     // 60 140 bytes a head as a proxy's limit counts them: four fit the budget.
     const FIT: usize = 4;
-    let unavailable = Arc::new(AtomicUsize::new(0));
-    let mut pending = Vec::new();
-    for _ in 0..SENT {
-        let never = Late { delay: Box::pin(tokio::time::sleep(Duration::from_secs(3600))), sent: false };
-        let answer = holding.send_request(large_head(addr, never));
-        let unavailable = Arc::clone(&unavailable);
-        pending.push(tokio::spawn(async move {
-            if answer.await.is_ok_and(|resp| resp.status() == StatusCode::SERVICE_UNAVAILABLE) {
-                unavailable.fetch_add(1, Ordering::Relaxed);
-            }
-        }));
-    }
+    let (unavailable, pending) = hold(&mut holding, SENT, |never| large_head(addr, never));
     // Those past the budget are refused at once; the others stay held, their bodies awaited.
     wait_for("the requests past the budget, refused with 503", Duration::from_secs(20), || async {
         unavailable.load(Ordering::Relaxed) >= SENT - FIT
@@ -294,22 +309,10 @@ async fn http2_streams_in_flight_take_slots_of_the_connection_cap() {
     // The connection holds one slot (the local pool's own checks use the admin port); each stream
     // two, its body still arriving.
     const FIT: usize = (CAP - 1) / 2;
-    let unavailable = Arc::new(AtomicUsize::new(0));
-    let mut pending = Vec::new();
-    for _ in 0..SENT {
-        let never = Late { delay: Box::pin(tokio::time::sleep(Duration::from_secs(3600))), sent: false };
+    let (unavailable, pending) = hold(&mut holding, SENT, |never| {
         let req = Request::builder().method(Method::POST).version(Version::HTTP_2).uri(format!("http://{addr}/incr"));
-        let answer = holding.send_request(req.body(never).expect("request"));
-        let unavailable = Arc::clone(&unavailable);
-        pending.push(tokio::spawn(async move {
-            if let Ok(resp) = answer.await
-                && resp.status() == StatusCode::SERVICE_UNAVAILABLE
-            {
-                assert_eq!(resp.headers().get(header::RETRY_AFTER).map(|v| v.as_bytes()), Some(&b"1"[..]));
-                unavailable.fetch_add(1, Ordering::Relaxed);
-            }
-        }));
-    }
+        req.body(never).expect("request")
+    });
     // Those past the cap are refused at once; the others stay in flight, their bodies awaited.
     wait_for("the streams past the cap, refused with 503", Duration::from_secs(20), || async {
         unavailable.load(Ordering::Relaxed) >= SENT - FIT

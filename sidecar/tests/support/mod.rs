@@ -1,6 +1,6 @@
 //! Shared by the sidecar's integration tests, one job per file:
-//! - here: the binary under test, a local pool started with extra flags, one sidecar in front of
-//!   an app of the test's own, one request with curl, and a test that cannot run here skipped
+//! - here: the binary under test, a local pool started with extra flags, an app of the test's
+//!   own and one sidecar in front of it, one request with curl, and a test that cannot run here skipped
 //!   loudly (or failed under `HANDOVER_REQUIRE_*`);
 //! - `cgroup.rs`: a memory cgroup with a limit, as a container's;
 //! - `daemon.rs`: a proxy process started by the test on a free port, killed on drop, and the
@@ -50,6 +50,23 @@ pub async fn pool_with(pods: usize, sidecar_args: &[&str], app_args: &[&str]) ->
     opts.sidecar_args = sidecar_args.iter().map(|s| s.to_string()).collect();
     opts.app_args = app_args.iter().map(|s| s.to_string()).collect();
     LocalPool::start(opts).await.expect("pool starts")
+}
+
+/// An app of the test's own on a free loopback port: each connection it accepts is `serve`d in a
+/// task of its own.
+pub async fn app_of_own<F, Fut>(serve: F) -> std::net::SocketAddr
+where
+    F: Fn(tokio::net::TcpStream) -> Fut + Send + 'static,
+    Fut: std::future::Future<Output = ()> + Send + 'static,
+{
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            tokio::spawn(serve(stream));
+        }
+    });
+    addr
 }
 
 /// A free port on loopback (bound, read back, released).
