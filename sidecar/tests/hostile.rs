@@ -476,6 +476,84 @@ async fn a_flood_of_connections_never_takes_the_sidecar_past_its_memory_limit() 
     }
 }
 
+/// A connection that the client never reads from: what the sidecar sends it stays in the
+/// sidecar's buffers once the socket's are full.
+struct NeverRead(TcpStream);
+
+impl tokio::io::AsyncRead for NeverRead {
+    fn poll_read(
+        self: std::pin::Pin<&mut Self>,
+        _: &mut std::task::Context<'_>,
+        _: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::task::Poll::Pending
+    }
+}
+
+impl tokio::io::AsyncWrite for NeverRead {
+    fn poll_write(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        std::pin::Pin::new(&mut self.0).poll_write(cx, buf)
+    }
+    fn poll_flush(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.0).poll_flush(cx)
+    }
+    fn poll_shutdown(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.0).poll_shutdown(cx)
+    }
+}
+
+/// HTTP/2 clients that open their windows wide for a 4 MiB answer and read none of it, at a
+/// sidecar held to a container's memory limit: hyper queued up to ~400 KB of each stream's answer
+/// for them (~520 KB a connection, 100 of them past a 48 MiB limit); it queues what the HTTP/1.1
+/// path gathers, 16 KiB.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http2_clients_that_open_their_windows_and_read_nothing_never_take_the_sidecar_past_its_memory_limit() {
+    const CLIENTS: usize = 100;
+    let Some(cgroup) = support::cgroup::MemoryCgroup::limited(48 << 20, "the HTTP/2 no-read flood test") else {
+        return;
+    };
+    let mut opts = handover_lab::localpool::PoolOptions::new(support::exe(), 1);
+    opts.sidecar_prefix = cgroup.prefix();
+    let limit = (48u64 << 20).to_string();
+    opts.sidecar_args =
+        ["--max-sessions", "10000", "--backup", "off", "--memory-limit", &limit].map(String::from).to_vec();
+    let pool = handover_lab::localpool::LocalPool::start(opts).await.expect("pool starts");
+    let addr = pool.pods[0].data();
+    let mut clients = Vec::new();
+    for _ in 0..CLIENTS {
+        let socket = tokio::net::TcpSocket::new_v4().expect("a socket");
+        let _ = socket.set_recv_buffer_size(4096);
+        let Ok(stream) = socket.connect(addr).await else { continue };
+        let mut builder = hyper::client::conn::http2::Builder::new(hyper_util::rt::TokioExecutor::new());
+        builder.initial_stream_window_size(16 << 20).initial_connection_window_size(64 << 20);
+        let io = hyper_util::rt::TokioIo::new(NeverRead(stream));
+        let Ok((mut sender, conn)) = builder.handshake::<_, http_body_util::Empty<bytes::Bytes>>(io).await else {
+            continue;
+        };
+        let req = http::Request::get(format!("http://{addr}/download?mib=4")).body(http_body_util::Empty::new());
+        let answer = sender.send_request(req.expect("request"));
+        clients.push((tokio::spawn(conn), tokio::spawn(answer)));
+    }
+    // The flood is held for 3 s (the app writes a 4 MiB answer in a few milliseconds; what the
+    // sidecar queues of it stays until the send timeout, 60 s).
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let peak = cgroup.peak() >> 20;
+    assert_eq!(cgroup.oom_kills(), 0, "the kernel killed nothing (peak {peak} MiB)");
+    let live = handover_lab::localpool::probe(pool.pods[0].admin(), "/live").await;
+    assert_eq!(live, Some(200), "the sidecar lives");
+    drop(clients);
+}
+
 /// An app that reads request bodies slowly (4 KB every 100 ms) and never answers.
 async fn slow_reading_app() -> SocketAddr {
     support::app_of_own(|mut stream| async move {

@@ -50,7 +50,7 @@ const OUT_ROOM: usize = 1024;
 const READ_AHEAD: usize = HEAD_ROOM;
 /// The most of a response body waiting in the response buffer to be written with what comes next
 /// (the head, the next frames): a larger frame is written from where it is.
-const COALESCE: usize = 16 * 1024;
+pub(super) const COALESCE: usize = 16 * 1024;
 
 /// How a connection left this path.
 pub enum Outcome {
