@@ -441,6 +441,24 @@ async fn a_flood_of_connections_never_runs_the_sidecar_out_of_open_files() {
     }
 }
 
+/// What a 48 MiB limit leaves the sidecar beside the caps these floods do not fill.
+const HELD_TO_48_MIB: [&str; 6] = ["--max-sessions", "10000", "--backup", "off", "--memory-limit", "50331648"];
+
+/// A pool of one pod whose sidecar runs in a memory cgroup of 48 MiB, as a container with that
+/// limit does, and is told the limit as the operator tells it (the downward API's
+/// `limits.memory`: in a pod's network namespace, `ip netns exec` mounts a sysfs of its own,
+/// without the cgroup mounts); `None` where no cgroup can be made (`what` skipped, said loudly).
+async fn pool_held_to_48_mib(
+    what: &str,
+) -> Option<(support::cgroup::MemoryCgroup, handover_lab::localpool::LocalPool)> {
+    let cgroup = support::cgroup::MemoryCgroup::limited(48 << 20, what)?;
+    let mut opts = handover_lab::localpool::PoolOptions::new(support::exe(), 1);
+    opts.sidecar_prefix = cgroup.prefix();
+    opts.sidecar_args = HELD_TO_48_MIB.map(String::from).to_vec();
+    let pool = handover_lab::localpool::LocalPool::start(opts).await.expect("pool starts");
+    Some((cgroup, pool))
+}
+
 /// A flood of connections at a sidecar held to a container's memory limit (48 MiB; 2 000 idle
 /// connections killed it, ~20 KB each): it keeps its connections within what the limit leaves
 /// beside its other caps, answers those, closes the rest at once, and lives — also when none of
@@ -450,17 +468,7 @@ async fn a_flood_of_connections_never_runs_the_sidecar_out_of_open_files() {
 async fn a_flood_of_connections_never_takes_the_sidecar_past_its_memory_limit() {
     const CONNECTIONS: usize = 3000;
     for (request, what) in [(ANSWERED, "answered"), (NOT_READ, "answers not read")] {
-        let Some(cgroup) = support::cgroup::MemoryCgroup::limited(48 << 20, "the memory-limit flood test") else {
-            return;
-        };
-        let mut opts = handover_lab::localpool::PoolOptions::new(support::exe(), 1);
-        opts.sidecar_prefix = cgroup.prefix();
-        // The limit told as the operator tells it (the downward API's `limits.memory`): in a pod's
-        // network namespace, `ip netns exec` mounts a sysfs of its own, without the cgroup mounts.
-        let limit = (48u64 << 20).to_string();
-        opts.sidecar_args =
-            ["--max-sessions", "10000", "--backup", "off", "--memory-limit", &limit].map(String::from).to_vec();
-        let pool = handover_lab::localpool::LocalPool::start(opts).await.expect("pool starts");
+        let Some((cgroup, pool)) = pool_held_to_48_mib("the memory-limit flood test").await else { return };
         let fates = flood(pool.pods[0].data(), CONNECTIONS, request).await;
         let served = fates.get(&Fate::Answered(200)).copied().unwrap_or(0);
         let closed = fates.get(&Fate::Closed).copied().unwrap_or(0);
@@ -519,15 +527,7 @@ impl tokio::io::AsyncWrite for NeverRead {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn http2_clients_that_open_their_windows_and_read_nothing_never_take_the_sidecar_past_its_memory_limit() {
     const CLIENTS: usize = 100;
-    let Some(cgroup) = support::cgroup::MemoryCgroup::limited(48 << 20, "the HTTP/2 no-read flood test") else {
-        return;
-    };
-    let mut opts = handover_lab::localpool::PoolOptions::new(support::exe(), 1);
-    opts.sidecar_prefix = cgroup.prefix();
-    let limit = (48u64 << 20).to_string();
-    opts.sidecar_args =
-        ["--max-sessions", "10000", "--backup", "off", "--memory-limit", &limit].map(String::from).to_vec();
-    let pool = handover_lab::localpool::LocalPool::start(opts).await.expect("pool starts");
+    let Some((cgroup, pool)) = pool_held_to_48_mib("the HTTP/2 no-read flood test").await else { return };
     let addr = pool.pods[0].data();
     let mut clients = Vec::new();
     for _ in 0..CLIENTS {
@@ -577,9 +577,7 @@ async fn a_flood_of_uploads_to_an_app_that_reads_slowly_never_takes_the_sidecar_
     };
     let dir = support::Scratch::new("upload-flood");
     let app = slow_reading_app().await;
-    let limit = (48u64 << 20).to_string();
-    let args = ["--max-sessions", "10000", "--backup", "off", "--memory-limit", &limit];
-    let (data, admin, _sidecar) = support::sidecar_for(app, &dir, &cgroup.prefix(), &args).await;
+    let (data, admin, _sidecar) = support::sidecar_for(app, &dir, &cgroup.prefix(), &HELD_TO_48_MIB).await;
     let mut uploads = Vec::new();
     for _ in 0..UPLOADS {
         uploads.push(tokio::spawn(async move {
