@@ -32,7 +32,7 @@ use crate::http1::{
 };
 
 /// The longest response head.
-pub(crate) const MAX_HEAD: usize = 64 * 1024;
+pub(super) const MAX_HEAD: usize = 64 * 1024;
 /// The largest request body written to the app with its head in one write; a larger one goes
 /// through hyper's client, which streams it.
 const MAX_WHOLE_BODY: usize = 64 * 1024;
@@ -113,9 +113,9 @@ impl AppConn {
         upgrade: bool,
     ) -> Result<hyper::client::conn::http1::SendRequest<Body>, ConnectError> {
         if upgrade {
-            super::hyper_http1(self.stream, addr).await
+            super::hyper_http1(self.stream, addr, MAX_HEAD).await
         } else {
-            super::hyper_http1(super::early_answer::EarlyAnswer::new(self.stream), addr).await
+            super::hyper_http1(super::early_answer::EarlyAnswer::new(self.stream), addr, MAX_HEAD).await
         }
     }
 

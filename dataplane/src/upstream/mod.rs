@@ -80,16 +80,21 @@ async fn connect(addr: SocketAddr, timeout: Duration) -> Result<TcpStream, Conne
     Ok(stream)
 }
 
-/// hyper's HTTP/1.1 client on `stream` (to `addr`), its connection driven by a task of its own.
-async fn hyper_http1<S>(stream: S, addr: SocketAddr) -> Result<SendRequest<Body>, ConnectError>
+/// The longest response head from a peer sidecar (or the state endpoint): the app's own head
+/// (`h1::MAX_HEAD`) and the session's cookies the peer adds to it (at most 64 KiB, the operator's
+/// ceiling on `cookie.maxBytes`, with their attributes).
+const PEER_MAX_HEAD: usize = h1::MAX_HEAD + 72 * 1024;
+
+/// hyper's HTTP/1.1 client on `stream` (to `addr`), its connection driven by a task of its own,
+/// reading a response head of `max_head` bytes at most. The same bound holds what it queues of a
+/// request body for the other side (hyper's default, ~400 KB, with the pieces of the client's
+/// buffer it pins, took ~1 MB a connection for an app that reads slowly).
+async fn hyper_http1<S>(stream: S, addr: SocketAddr, max_head: usize) -> Result<SendRequest<Body>, ConnectError>
 where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Unpin + 'static,
 {
-    // A response head as long as the one the sidecar reads itself (`h1::MAX_HEAD`); an upload's
-    // body queued for the app no longer than that (hyper's default, ~400 KB, with the pieces of
-    // the client's buffer it pins, took ~1 MB a connection for an app that reads slowly).
     let (sender, conn) = hyper::client::conn::http1::Builder::new()
-        .max_buf_size(h1::MAX_HEAD)
+        .max_buf_size(max_head)
         .handshake(TokioIo::new(stream))
         .await
         .map_err(|e| ConnectError::Handshake(addr, e))?;
@@ -158,7 +163,7 @@ impl Upstreams {
         if let Some(sender) = self.take_idle(addr) {
             return Ok(sender);
         }
-        hyper_http1(connect(addr, timeout).await?, addr).await
+        hyper_http1(connect(addr, timeout).await?, addr, PEER_MAX_HEAD).await
     }
 
     /// A connection to the peer at `addr` for `req`: an idle or new one from the pool when its
@@ -175,7 +180,7 @@ impl Upstreams {
             return Ok(PeerSender { send: self.get(addr, timeout).await?, pooled: true });
         }
         let stream = early_answer::EarlyAnswer::new(connect(addr, timeout).await?);
-        Ok(PeerSender { send: hyper_http1(stream, addr).await?, pooled: false })
+        Ok(PeerSender { send: hyper_http1(stream, addr, PEER_MAX_HEAD).await?, pooled: false })
     }
 
     /// A connection to the app at `addr` in `protocol`, and whether a connection to it had been
