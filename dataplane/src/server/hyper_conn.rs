@@ -54,8 +54,16 @@ struct Shared {
     waiting: [AtomicUsize; TICK_SLOTS],
 }
 
-/// One request in flight, until dropped.
-pub(crate) struct InFlight(Arc<Shared>);
+/// One request in flight, until dropped, and the slots of the connection cap it holds (an HTTP/2
+/// stream's, an upload's).
+pub(crate) struct InFlight(Arc<Shared>, Option<OwnedSemaphorePermit>);
+
+impl InFlight {
+    /// Holds `slots` for as long as the request is in flight.
+    pub(crate) fn hold(&mut self, slots: Option<OwnedSemaphorePermit>) {
+        self.1 = slots;
+    }
+}
 
 impl Drop for InFlight {
     fn drop(&mut self) {
@@ -89,7 +97,7 @@ impl Requests {
     /// A request arrived.
     pub(crate) fn enter(&self) -> InFlight {
         self.0.in_flight.send_modify(|n| *n += 1);
-        InFlight(Arc::clone(&self.0))
+        InFlight(Arc::clone(&self.0), None)
     }
 
     /// Resolves once an answer has waited on the client for `send_timeout` (never with `None`).
@@ -117,21 +125,16 @@ impl Requests {
     }
 }
 
-/// `resp` with `in_flight` (and an HTTP/2 stream's `slot` of the connection cap) held until its
-/// body has ended or is dropped, and its waits on the client counted.
-pub(crate) fn held_until_sent(
-    resp: Response<Body>,
-    in_flight: InFlight,
-    slot: Option<OwnedSemaphorePermit>,
-) -> Response<Body> {
-    resp.map(|body| Held { body, in_flight, _slot: slot, waiting_since: None }.boxed())
+/// `resp` with `in_flight` held until its body has ended or is dropped, and its waits on the
+/// client counted.
+pub(crate) fn held_until_sent(resp: Response<Body>, in_flight: InFlight) -> Response<Body> {
+    resp.map(|body| Held { body, in_flight, waiting_since: None }.boxed())
 }
 
 /// A response body holding its request's [`InFlight`].
 struct Held {
     body: Body,
     in_flight: InFlight,
-    _slot: Option<OwnedSemaphorePermit>,
     /// The tick it handed a data frame at, while it is not asked for the next.
     waiting_since: Option<u64>,
 }
@@ -192,7 +195,7 @@ mod tests {
             () = &mut idle => panic!("idle before the first timeout"),
             () = tokio::time::sleep(Duration::from_secs(1)) => {}
         }
-        let resp = held_until_sent(Response::new(full("body")), requests.enter(), None);
+        let resp = held_until_sent(Response::new(full("body")), requests.enter());
         // In flight for longer than the timeout: not idle.
         tokio::select! {
             () = &mut idle => panic!("idle while a request was in flight"),
@@ -215,7 +218,7 @@ mod tests {
     async fn a_dropped_response_ends_its_request() {
         let (requests, idle) = Requests::new(Duration::from_secs(10), Duration::from_secs(10));
         let in_flight = requests.enter();
-        drop(held_until_sent(Response::new(full("")), in_flight, None));
+        drop(held_until_sent(Response::new(full("")), in_flight));
         let start = tokio::time::Instant::now();
         idle.await;
         assert_eq!(start.elapsed(), Duration::from_secs(10));
@@ -225,7 +228,7 @@ mod tests {
     async fn an_answer_not_asked_for_more_within_the_send_timeout_is_a_stall() {
         let (requests, _idle) = Requests::new(Duration::from_secs(10), Duration::from_secs(10));
         let timeout = Some(Duration::from_secs(60));
-        let mut body = held_until_sent(Response::new(full("data")), requests.enter(), None).into_body();
+        let mut body = held_until_sent(Response::new(full("data")), requests.enter()).into_body();
         let start = tokio::time::Instant::now();
         let stalled = requests.stalled(timeout);
         tokio::pin!(stalled);
@@ -263,7 +266,7 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn an_answer_waiting_for_the_app_is_no_stall() {
         let (requests, _idle) = Requests::new(Duration::from_secs(10), Duration::from_secs(10));
-        let mut body = held_until_sent(Response::new(Unanswered.boxed()), requests.enter(), None).into_body();
+        let mut body = held_until_sent(Response::new(Unanswered.boxed()), requests.enter()).into_body();
         let polled = tokio::time::timeout(Duration::from_secs(1), body.frame()).await;
         assert!(polled.is_err(), "no frame");
         tokio::select! {

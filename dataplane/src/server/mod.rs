@@ -263,12 +263,14 @@ pub async fn serve<H, F>(
                     let watched = requests.clone();
                     let stalled = watched.stalled(send_timeout);
                     let service = service_fn(move |req: Request<Incoming>| {
-                        let in_flight = requests.enter();
-                        let taken = request_slots.take(&req, client);
-                        let served = taken.map(|slot| (handle(req.map(|body| body.map_err(Into::into).boxed()), client), slot));
+                        let mut in_flight = requests.enter();
+                        let served = request_slots.take(&req, client).map(|slots| {
+                            in_flight.hold(slots);
+                            handle(req.map(|body| body.map_err(Into::into).boxed()), client)
+                        });
                         async move {
                             Ok::<_, Infallible>(match served {
-                                Ok((fut, slot)) => hyper_conn::held_until_sent(fut.await, in_flight, slot),
+                                Ok(fut) => hyper_conn::held_until_sent(fut.await, in_flight),
                                 Err(AtCap) => refused_at_cap(),
                             })
                         }
