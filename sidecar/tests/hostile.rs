@@ -1,8 +1,8 @@
 //! Hostile clients, with real sidecar and app processes over real TCP: forged chunk counts, the
 //! state endpoint in every spelling, forged forward marks, the sidecar's own fields spelled with
 //! `_`, heads that do not parse, slow, malformed and broken-off bodies, transfer codings besides
-//! chunked, connection and hold floods, and a SIGTERM while a request hangs. Each test says what must still hold and
-//! checks it.
+//! chunked, connection, upload and hold floods, and a SIGTERM while a request hangs. Each test
+//! says what must still hold and checks it.
 
 mod support;
 use support::pool_with;
@@ -441,7 +441,8 @@ async fn a_flood_of_connections_never_runs_the_sidecar_out_of_open_files() {
     }
 }
 
-/// What a 48 MiB limit leaves the sidecar beside the caps these floods do not fill.
+/// The flags of a sidecar held to 48 MiB: the limit, told as the operator tells it, and the caps
+/// these floods do not fill kept small.
 const HELD_TO_48_MIB: [&str; 6] = ["--max-sessions", "10000", "--backup", "off", "--memory-limit", "50331648"];
 
 /// A pool of one pod whose sidecar runs in a memory cgroup of 48 MiB, as a container with that
@@ -589,11 +590,12 @@ async fn a_flood_of_uploads_to_an_app_that_reads_slowly_never_takes_the_sidecar_
             let (mut reader, mut writer) = stream.into_split();
             let send = async {
                 while writer.write_all(&block).await.is_ok() {}
-                std::future::pending::<()>().await
+                // Refused or cut: the fate is what is read, or the time running out.
+                std::future::pending::<std::convert::Infallible>().await
             };
             let mut status = [0u8; 12];
             tokio::select! {
-                () = send => None,
+                never = send => match never {},
                 read = reader.read_exact(&mut status) => read.ok().map(|_| status),
                 () = tokio::time::sleep(Duration::from_secs(5)) => Some(*b"in flight   "),
             }

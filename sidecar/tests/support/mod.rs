@@ -1,7 +1,7 @@
 //! Shared by the sidecar's integration tests, one job per file:
 //! - here: the binary under test, a local pool started with extra flags, an app of the test's
-//!   own and one sidecar in front of it, one request with curl, and a test that cannot run here skipped
-//!   loudly (or failed under `HANDOVER_REQUIRE_*`);
+//!   own and one sidecar in front of it, one request with curl, and a test that cannot run here
+//!   skipped loudly (or failed under `HANDOVER_REQUIRE_*`);
 //! - `cgroup.rs`: a memory cgroup with a limit, as a container's;
 //! - `daemon.rs`: a proxy process started by the test on a free port, killed on drop, and the
 //!   check that a tool is installed (skip loudly, or fail under `HANDOVER_REQUIRE_*`);
