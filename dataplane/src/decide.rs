@@ -333,6 +333,22 @@ pub fn cookie_expiry(now_unix: u64, idle_secs: u64, created_at: u64, absolute_se
     }
 }
 
+/// The version a session's table entry takes when this pod learns the session anew, at least
+/// `known` (the versions of the copy restored and of the client's cookie): the app's copy checked
+/// after the table lost the session (the sidecar restarted, the entry was evicted, the connection
+/// to an app that reports no instance closed) or a copy restored into the app. The client may
+/// present an older cookie than the newest this pod handed out before it forgot the session
+/// (responses reach a client in any order; a second tab, the back button); counting on from that
+/// cookie would hand those versions out again, and the successor, whose backup holds the newest,
+/// would refuse every later backup and tombstone as older: the session's updates, or its end,
+/// lost at the next failover. So the count goes on from the clock's microseconds (`now_micros`)
+/// when they are ahead: one version is handed out per sealed response, far fewer than one a
+/// microsecond, so every version handed out before now is below them (on another pod too, as far
+/// as its clock is behind this one's by less than the time between the two events).
+pub fn relearned_version(known: u64, now_micros: u64) -> u64 {
+    known.max(now_micros)
+}
+
 /// The version of the tombstone of a session that ended when its newest version was `newest`:
 /// above every state the session had, so a takeover finds it newer than any cookie of it
 /// ([`newest_copy`]) and every member keeps it over an older backup.
@@ -794,6 +810,39 @@ mod tests {
             let app_gave_state = !empty && (pushed || !failed);
             prop_assert_eq!(matches!(action, SealAction::Seal(_)), app_gave_state, "{:?}", action);
             prop_assert_ne!(action, SealAction::Delete, "no cookie to delete");
+        }
+
+        #[test]
+        fn a_session_learned_anew_from_any_older_cookie_never_hands_a_version_out_twice(
+            events in proptest::collection::vec((1u64..5_000_000, any::<bool>(), any::<prop::sample::Index>()), 1..60),
+            start in 0u64..2_000_000_000_000_000,
+        ) {
+            // A pod seals a session's responses, a microsecond apart at the least; each request
+            // carries any cookie the client was given before (responses arrive in any order, a
+            // second tab, the back button), and now and then the pod has forgotten the session
+            // (restarted) and learns it again from that cookie.
+            let mut now = start;
+            let mut table: Option<u64> = None;
+            let mut handed_out: Vec<u64> = Vec::new();
+            for (elapsed, forgot, which) in events {
+                now += elapsed;
+                let cookie = (!handed_out.is_empty()).then(|| handed_out[which.index(handed_out.len())]);
+                if forgot && let Some(cookie) = cookie {
+                    table = Some(relearned_version(cookie, now));
+                }
+                let version = seal(SealInputs {
+                    cookie: if cookie.is_some() { CookieSeen::Valid } else { CookieSeen::Absent },
+                    offered: Offered::Pushed { empty: false },
+                    owner_changed: false,
+                    refresh_due: false,
+                    local_version: table,
+                    cookie_version: cookie,
+                })
+                .version;
+                prop_assert!(handed_out.iter().all(|&v| v < version), "{} handed out again: {:?}", version, handed_out);
+                table = Some(version);
+                handed_out.push(version);
+            }
         }
 
         #[test]

@@ -1,7 +1,9 @@
 //! How a session ends, pool-wide: a session the app ended (an empty pushed state) or rotated away
 //! from (`Handover-Rotate`) stays ended when an older cookie of it reaches another pod after its
 //! owner died (the owner left a tombstone with the session's successor), and a session past its
-//! absolute timeout is refused as expired however active it is.
+//! absolute timeout is refused as expired however active it is. Neither an update nor an end is
+//! lost when the owner had forgotten the session (its sidecar restarted) and learned it again
+//! from an older cookie.
 
 mod support;
 use support::pool_with;
@@ -16,12 +18,8 @@ fn reply_of(body: &[u8]) -> CountReply {
     serde_json::from_slice(body).expect("a count reply")
 }
 
-/// Counts twice on pod 0, keeps a copy of the client's cookies, then lets the app `end` the
-/// session there (`/clear` or `/login`), kills pod 0 and waits for the survivor alone to be
-/// listed. Returns the client and the copy taken before the end.
-async fn ended_then_owner_killed(pool: &mut LocalPool, end: &str) -> (SessionClient, SessionClient) {
-    let owner = pool.pods[0].data();
-    // The owner hands its backups (and the tombstone) to the other pod: it must list it first.
+/// Waits until pod 0's registry lists both pods: it hands its backups (and tombstones) to pod 1.
+async fn owner_lists_both(pool: &LocalPool) {
     let (admin, both) = (pool.pods[0].admin(), vec![pool.pods[0].name.clone(), pool.pods[1].name.clone()]);
     wait_for("the owner's registry to list both pods", Duration::from_secs(15), || {
         let both = both.clone();
@@ -29,6 +27,14 @@ async fn ended_then_owner_killed(pool: &mut LocalPool, end: &str) -> (SessionCli
     })
     .await
     .expect("both pods listed");
+}
+
+/// Counts twice on pod 0, keeps a copy of the client's cookies, then lets the app `end` the
+/// session there (`/clear` or `/login`), kills pod 0 and waits for the survivor alone to be
+/// listed. Returns the client and the copy taken before the end.
+async fn ended_then_owner_killed(pool: &mut LocalPool, end: &str) -> (SessionClient, SessionClient) {
+    let owner = pool.pods[0].data();
+    owner_lists_both(pool).await;
     let mut client = SessionClient::default();
     for _ in 0..2 {
         client.send(|| Some(owner), Method::POST, "/incr").await.expect("reply");
@@ -74,6 +80,62 @@ async fn a_rotated_session_id_stays_dead_on_another_pod_and_the_new_one_lives_on
     let mine = reply_of(&reply.body);
     assert_eq!(mine.count, 2, "the logged-in session goes on");
     assert_ne!(mine.session, replayed.session);
+}
+
+/// Counts five times on pod 0, then restarts its sidecar (the app keeps the session): the sidecar
+/// has forgotten it. Returns a client holding the cookie of the second count, one holding the
+/// newest, and waits for the owner to be ready again.
+async fn counted_then_owner_forgot(pool: &mut LocalPool) -> (SessionClient, SessionClient) {
+    let owner = pool.pods[0].data();
+    owner_lists_both(pool).await;
+    let mut client = SessionClient::default();
+    let mut second = None;
+    for n in 1..=5 {
+        client.send(|| Some(owner), Method::POST, "/incr").await.expect("reply");
+        if n == 2 {
+            second = Some(SessionClient::with_jar(client.jar.clone()));
+        }
+    }
+    pool.crash_sidecar(0).await;
+    pool.restart_sidecar(0).expect("the sidecar restarts");
+    pool.wait_listed(&[0, 1], Duration::from_secs(10)).await.expect("the owner ready again");
+    owner_lists_both(pool).await;
+    client.disconnect();
+    (second.expect("kept"), client)
+}
+
+/// Kills pod 0 and waits for the survivor alone to be listed.
+async fn owner_killed(pool: &mut LocalPool) {
+    pool.kill_pod(0).await;
+    pool.wait_listed(&[1], Duration::from_secs(10)).await.expect("the registry drops the dead owner");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_update_from_an_older_cookie_after_the_owner_forgot_the_session_survives_its_death() {
+    let mut pool = pool_with(2, &[], &[]).await;
+    let (mut older, _) = counted_then_owner_forgot(&mut pool).await;
+    // A second tab with the cookie of the second count: the owner's app holds the fifth, which
+    // this update counts on from.
+    let reply = older.send(|| Some(pool.pods[0].data()), Method::POST, "/incr").await.expect("reply");
+    assert_eq!(reply_of(&reply.body).count, 6);
+    assert_eq!(pool.metric("handover_backups_received_total{result=\"older\"}").await, 0.0, "the update backed up");
+    owner_killed(&mut pool).await;
+    older.disconnect();
+    let reply = older.send(|| Some(pool.pods[1].data()), Method::GET, "/count").await.expect("reply");
+    assert_eq!(reply_of(&reply.body).count, 6, "the acknowledged update is taken over, not the state before it");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_session_ended_after_the_owner_forgot_it_stays_ended_on_another_pod() {
+    let mut pool = pool_with(2, &[], &[]).await;
+    let (mut older, mut newest) = counted_then_owner_forgot(&mut pool).await;
+    older.send(|| Some(pool.pods[0].data()), Method::POST, "/clear").await.expect("reply");
+    assert!(older.jar.is_empty(), "logged out: no cookie");
+    owner_killed(&mut pool).await;
+    // The newest cookie, from before the end, reaches the survivor.
+    let reply = newest.send(|| Some(pool.pods[1].data()), Method::GET, "/count").await.expect("reply");
+    assert_eq!(reply_of(&reply.body).count, 0, "the ended session's state is gone");
+    assert_eq!(pool.metric("handover_sessions_reset_total{reason=\"ended\"}").await, 1.0);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -227,6 +227,10 @@ fn unix_now() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
 }
 
+fn unix_micros() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| u64::try_from(d.as_micros()).unwrap_or(u64::MAX))
+}
+
 fn text_response(status: StatusCode, text: impl Into<String>) -> Response<Body> {
     let mut resp = Response::new(full(text.into()));
     *resp.status_mut() = status;

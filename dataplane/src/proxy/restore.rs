@@ -12,7 +12,7 @@ use super::backup::Found;
 use super::headers::READS_HEADER;
 use super::request::RequestCookie;
 use super::sessions::Local;
-use super::{Proxy, text_response, unix_now};
+use super::{Proxy, text_response, unix_micros, unix_now};
 use crate::cookie::{self, Route, StoredState};
 use crate::decide;
 use crate::registry::Member;
@@ -128,7 +128,8 @@ impl Proxy {
         }
         let created_at = route.created_at;
         if !takeover && let Ok((StatusCode::OK, _)) = self.state_request(Method::GET, session, Bytes::new()).await {
-            self.set_local(session, Local { version: route.version, sealed_at: None, created_at });
+            let version = decide::relearned_version(route.version, unix_micros());
+            self.set_local(session, Local { version, sealed_at: None, created_at });
             return Ok(Restored::Already);
         }
         let (version, state, format, copy) = match self.newest_copy(rc, route).await {
@@ -190,7 +191,8 @@ impl Proxy {
         }
         self.metrics.restores.get_or_create(&[("result", "ok")]).inc();
         // The session goes on above every version it had, even when only an older copy was left.
-        self.set_local(session, Local { version: version.max(route.version), sealed_at: None, created_at });
+        let relearned = decide::relearned_version(version.max(route.version), unix_micros());
+        self.set_local(session, Local { version: relearned, sealed_at: None, created_at });
         if let Some(store) = &self.backups {
             // This pod owns the session now; its backup goes to this pod's successor.
             store.remove(session);
