@@ -88,6 +88,8 @@ label_values! {
         /// A field that spells one the sidecar sets (`Handover-*`, `X-Forwarded-For`/`-Proto`)
         /// with `_` for `-`, as a CGI-style gateway would read it for the sidecar's (dropped).
         SpoofedField => "spoofed_field",
+        /// A request head begun but not whole within `--header-timeout` (connection closed).
+        HeaderTimeout => "header_timeout",
         /// A request body too slow (idle or past its deadline).
         BodyTimeout => "body_timeout",
         /// A request body that broke off or whose framing did not parse (400).

@@ -655,14 +655,21 @@ async fn sigterm_ends_the_sidecar_in_time_whatever_its_requests_do() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_connection_that_never_sends_a_byte_is_closed_after_the_header_timeout() {
+async fn a_connection_without_a_whole_head_is_closed_after_the_header_timeout_and_a_begun_one_counted() {
     // The wait for the first bytes (HTTP/1.1 or HTTP/2 is told by them) counts toward the header
     // timeout, from the accept.
     let pool = pool_with(1, &["--header-timeout", "300ms"], &[]).await;
     let mut silent = TcpStream::connect(pool.pods[0].data()).await.expect("connect");
-    let mut buf = [0u8; 16];
-    let read = tokio::time::timeout(Duration::from_secs(10), silent.read(&mut buf)).await;
-    assert!(matches!(read, Ok(Ok(0)) | Ok(Err(_))), "closed by the sidecar, not left open: {read:?}");
+    let mut begun = TcpStream::connect(pool.pods[0].data()).await.expect("connect");
+    begun.write_all(b"GET /count HTTP/1.1\r\nHost: x\r\n").await.expect("write");
+    for conn in [&mut silent, &mut begun] {
+        let mut buf = [0u8; 16];
+        let read = tokio::time::timeout(Duration::from_secs(10), conn.read(&mut buf)).await;
+        assert!(matches!(read, Ok(Ok(0)) | Ok(Err(_))), "closed by the sidecar, not left open: {read:?}");
+    }
+    // The one that began a head is a refusal; the silent one (a browser opens some ahead) is not.
+    let refused = pool.metric(r#"handover_bad_requests_total{reason="header_timeout"}"#).await;
+    assert_eq!(refused, 1.0, "the begun head counted, the silent connection not");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

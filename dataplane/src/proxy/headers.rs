@@ -232,11 +232,27 @@ pub(super) fn settle_host<B>(req: &mut Request<B>, survey: &Survey) -> Result<()
     Ok(())
 }
 
-/// Whether `value` is `host[:port]` (RFC 3986's reg-name, IPv4 or bracketed IPv6 address, and a
-/// port): none of the bytes that would make it name something else (`@` user info, `/`, `?`, `#`,
-/// spaces, controls). Checked byte by byte, without parsing it into a `Uri` (an allocation).
+/// Whether `value` is `host[:port]` (RFC 9110, 7.2): a name (RFC 3986's reg-name, which an IPv4
+/// address is too) or a bracketed IPv6 address, then a port of digits if any. None of the bytes
+/// that would make it name something else (`@` user info, `/`, `?`, `#`, spaces, controls), no
+/// second colon outside the brackets (`evil.example:80:shop.example`: one reader splits at the
+/// first, another at the last), no percent-encoding (a name sent so decodes to bytes no DNS name
+/// has, `%00`). Checked byte by byte, without parsing it into a `Uri` (an allocation).
 fn is_host(value: &[u8]) -> bool {
-    !value.is_empty() && value.iter().all(|&b| b.is_ascii_alphanumeric() || b"-._~!$&'()*+,;=%:[]".contains(&b))
+    // The port's colon is the last one outside an IPv6 address's brackets.
+    let (host, port) = match value.iter().rposition(|&b| b == b':') {
+        Some(colon) if !value[colon..].contains(&b']') => (&value[..colon], &value[colon + 1..]),
+        _ => (value, &b""[..]),
+    };
+    let name =
+        |h: &[u8]| !h.is_empty() && h.iter().all(|&b| b.is_ascii_alphanumeric() || b"-._~!$&'()*+,;=".contains(&b));
+    let ipv6 = |h: &[u8]| {
+        h.strip_prefix(b"[")
+            .and_then(|h| h.strip_suffix(b"]"))
+            .and_then(|inner| std::str::from_utf8(inner).ok())
+            .is_some_and(|inner| inner.parse::<std::net::Ipv6Addr>().is_ok())
+    };
+    port.len() <= 5 && port.iter().all(u8::is_ascii_digit) && (name(host) || ipv6(host))
 }
 
 /// Removes the Handover-* fields only the sidecar writes (a client's would be taken for the
@@ -254,6 +270,14 @@ pub(super) fn take_client_handover_headers(headers: &mut HeaderMap) -> Option<He
 /// `Upgrade` (which an upgrade keeps).
 const HOP_BY_HOP: [HeaderName; 6] =
     [header::TE, header::TRAILER, header::TRANSFER_ENCODING, header::PROXY_AUTHORIZATION, KEEP_ALIVE, PROXY_CONNECTION];
+
+/// Fields a `Connection` header may not name away: the message's host and length, and what a
+/// proxy in front vouches for. A client's `Connection: host` would send the app a request without
+/// a Host (RFC 9112, 3.2: one it must refuse, or take for its default site), and one listing
+/// `X-Forwarded-For` would erase the entry of the proxy in front, which an app counting its trusted
+/// hops from the right reads. (RFC 9110, 7.6.1 lets a sender list only hop-by-hop fields.)
+const NOT_HOP_BY_HOP: [HeaderName; 5] =
+    [header::HOST, header::CONTENT_LENGTH, X_FORWARDED_FOR, X_FORWARDED_PROTO, header::FORWARDED];
 
 /// Whether `name` is a field [`strip_hop_by_hop`] removes by name.
 fn is_hop_by_hop(name: &HeaderName) -> bool {
@@ -273,7 +297,7 @@ pub(super) fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(','))
         .filter_map(|name| HeaderName::from_bytes(name.trim().as_bytes()).ok())
-        .filter(|name| !(keep_upgrade && name == header::UPGRADE))
+        .filter(|name| !(NOT_HOP_BY_HOP.contains(name) || keep_upgrade && name == header::UPGRADE))
         .collect();
     for name in listed {
         headers.remove(name);
@@ -645,6 +669,31 @@ mod tests {
     }
 
     #[test]
+    fn a_connection_header_cannot_name_away_the_host_the_length_or_the_forwarding_fields() {
+        let mut h = HeaderMap::new();
+        h.insert(
+            header::CONNECTION,
+            HeaderValue::from_static("Host, content-length, X-Forwarded-For, x-forwarded-proto, forwarded, x-private"),
+        );
+        let kept = [
+            (header::HOST, "shop.example"),
+            (header::CONTENT_LENGTH, "3"),
+            (X_FORWARDED_FOR, "203.0.113.9"),
+            (X_FORWARDED_PROTO, "https"),
+            (header::FORWARDED, "for=203.0.113.9"),
+        ];
+        for (name, value) in &kept {
+            h.insert(name, HeaderValue::from_static(value));
+        }
+        h.insert("x-private", HeaderValue::from_static("1"));
+        strip_hop_by_hop(&mut h, false);
+        for (name, value) in kept {
+            assert_eq!(h.get(&name).map(HeaderValue::as_bytes), Some(value.as_bytes()), "{name}");
+        }
+        assert!(!h.contains_key("x-private") && !h.contains_key(header::CONNECTION), "{h:?}");
+    }
+
+    #[test]
     fn upgrade_headers_survive_for_websocket() {
         let mut h = HeaderMap::new();
         h.insert(header::CONNECTION, HeaderValue::from_static("Upgrade"));
@@ -681,7 +730,25 @@ mod tests {
         assert_eq!(settled("/a", &["[::1]:80"]), Ok(Some("[::1]:80".into())));
         assert!(settled("/a", &[]).is_err(), "no host at all");
         assert!(settled("/a", &["a.example", "b.example"]).is_err(), "two Host fields");
+        assert_eq!(settled("/a", &["[2001:db8::1]"]), Ok(Some("[2001:db8::1]".into())));
+        assert_eq!(settled("/a", &["shop.example:"]), Ok(Some("shop.example:".into())), "an empty port");
         for bad in ["", "a b", "evil@shop.example", "shop.example/x", "a?b", "a#b", "a\tb"] {
+            assert!(settled("/a", &[bad]).is_err(), "{bad:?}");
+        }
+        // Hosts that two readers would read apart, or that decode to something else.
+        for bad in [
+            "evil.example:80:shop.example",
+            "shop.example:http",
+            ":80",
+            "[evil",
+            "[::1",
+            "::1",
+            "[::1]x",
+            "[not-an-address]",
+            "shop.example:123456",
+            "shop%2eexample",
+            "a%00b",
+        ] {
             assert!(settled("/a", &[bad]).is_err(), "{bad:?}");
         }
         // The target's authority is the host, whatever the Host field said.

@@ -408,7 +408,7 @@ impl Proxy {
             tracing::warn!(%client, dropped, "dropped fields that spell the sidecar's own with '_' (Handover-*, X-Forwarded-*)");
         }
         let mark = if survey.handover { headers::take_client_handover_headers(req.headers_mut()) } else { None };
-        let rc = self.read_cookie(req.headers());
+        let rc = self.read_cookie(req.headers(), client);
         let arrival = self.arrival(mark, &req, &rc, client);
         let upgrade = survey.upgrade && is_upgrade(&req);
         if survey.te && headers::wants_trailers(req.headers()) {

@@ -97,7 +97,7 @@ pub(super) fn reset_reason(e: &CookieError) -> &'static str {
 }
 
 impl Proxy {
-    pub(super) fn read_cookie(&self, headers: &HeaderMap) -> RequestCookie {
+    pub(super) fn read_cookie(&self, headers: &HeaderMap, client: SocketAddr) -> RequestCookie {
         let pairs = cookie_pairs(headers);
         let name = &self.cfg.cookie.attrs.name;
         let lookup = |n: &str| cookie::lookup(&pairs, n);
@@ -114,7 +114,13 @@ impl Proxy {
                 self.metrics.cookie_rejects.get_or_create(&[("reason", e.reason())]).inc();
                 // A cookie was presented and its session cannot go on: the request runs without it.
                 self.metrics.sessions_reset.get_or_create(&[("reason", reset_reason(&e))]).inc();
-                tracing::debug!(reason = e.reason(), error = %e, "routing cookie refused; treating it as absent");
+                if matches!(e, CookieError::Expired | CookieError::UnknownKey(_)) {
+                    // A session's ordinary end (its cookie aged out, or its key after it).
+                    tracing::debug!(reason = e.reason(), error = %e, "routing cookie refused; treating it as absent");
+                } else {
+                    // Made for another pool, or altered: a client's bytes, logged as other refusals are.
+                    tracing::warn!(%client, reason = e.reason(), error = %e, "routing cookie refused; treating it as absent");
+                }
                 None
             }
         };

@@ -56,6 +56,9 @@ pub(super) const COALESCE: usize = 16 * 1024;
 pub enum Outcome {
     /// Closed (by either side, or at shutdown): nothing more to do.
     Closed,
+    /// Closed at the header timeout with part of a head read (a client too slow, or one holding
+    /// connections open a byte at a time): a refusal, counted and logged by the caller.
+    HeadTimedOut,
     /// A request this path does not take: hyper serves the rest, these bytes first.
     Hyper(Rewind),
 }
@@ -143,8 +146,9 @@ where
                     };
                     if until <= now {
                         // Idle for the keep-alive timeout, or no whole head within the header
-                        // timeout.
-                        return Outcome::Closed;
+                        // timeout (a connection that sent nothing is not refusing anything: a
+                        // browser opens some ahead of its requests).
+                        return if idle_since.is_none() && !buf.is_empty() { Outcome::HeadTimedOut } else { Outcome::Closed };
                     }
                     parse = false;
                     header_deadline.as_mut().reset(until);
@@ -719,7 +723,7 @@ mod tests {
         tokio::time::sleep(Duration::from_secs(1)).await;
         client.write_all(b"GET /never-ends HT").await.expect("write");
         assert_eq!(read_all(client).await, "", "closed with nothing more");
-        assert!(matches!(served.await.expect("served"), Outcome::Closed));
+        assert!(matches!(served.await.expect("served"), Outcome::HeadTimedOut), "told apart, to be counted");
     }
 
     #[tokio::test]

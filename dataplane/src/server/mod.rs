@@ -70,6 +70,12 @@ pub struct ConnCounters {
 }
 
 impl ConnCounters {
+    /// A connection closed at the header timeout with part of a head read.
+    fn head_timed_out(&self, client: SocketAddr, header_timeout: Duration) {
+        self.bad_requests.get_or_create(&[("reason", BadRequest::HeaderTimeout)]).inc();
+        tracing::warn!(%client, ?header_timeout, "request refused: its head was not whole within the header timeout; connection closed");
+    }
+
     /// A request head that hyper could not parse, and answered itself: counted and logged as the
     /// proxy's own refusals are (they never reach it).
     fn unparsed(&self, client: SocketAddr, e: &hyper::Error) {
@@ -252,9 +258,9 @@ pub async fn serve<H, F>(
                     // whole head, is closed at the header timeout counted from its accept (as
                     // nginx's `client_header_timeout`); hyper gets only connections that sent bytes.
                     let rest = match h1::serve(stream, client, &handle, timeouts, &mut closing).await {
-                        h1::Outcome::Closed => {
-                            drop(slot);
-                            drop(open);
+                        h1::Outcome::Closed => return,
+                        h1::Outcome::HeadTimedOut => {
+                            counters.head_timed_out(client, timeouts.header);
                             return;
                         }
                         h1::Outcome::Hyper(rest) => rest,

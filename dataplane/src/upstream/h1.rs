@@ -64,6 +64,9 @@ pub struct AppConn {
     /// connection's life, where one allocated for every request was also grown past its first
     /// guess once the request carried a session's cookies (~490 instructions a request, counted).
     out: Vec<u8>,
+    /// Its last answer had no body by rule (to a `HEAD`, a 204, a 304): the kernel is asked
+    /// whether anything came after it before it carries another request ([`idle_state`]).
+    after_bodiless: bool,
 }
 
 /// Why an exchange failed.
@@ -99,6 +102,7 @@ impl AppConn {
             idle_since: std::time::Instant::now(),
             deadline: None,
             out: Vec::new(),
+            after_bodiless: false,
         })
     }
 
@@ -158,7 +162,7 @@ impl AppConn {
         body: &Bytes,
         apart: &[HeaderName; N],
     ) -> Result<Head<N>, ExchangeError> {
-        if self.reused && !still_open(&self.stream) {
+        if self.reused && idle_state(&self.stream, self.after_bodiless) != Idle::Open {
             // The app closed it while the request waited (its turn, a check of the app): as
             // hyper's client does, the request is handed back unsent, to go on a new connection.
             let closed = io::Error::new(io::ErrorKind::ConnectionReset, "the app closed the idle connection");
@@ -237,6 +241,7 @@ impl AppConn {
                 let body = self.buf.split_to(len as usize).freeze();
                 if reuse && self.buf.is_empty() {
                     self.idle_since = std::time::Instant::now();
+                    self.after_bodiless = head.bodiless;
                     idle.put(self);
                 }
                 if !body.is_empty() {
@@ -292,6 +297,8 @@ pub(crate) struct Head<const N: usize> {
     pub(crate) framing: Framing,
     /// Whether the connection may carry another request.
     keep_alive: bool,
+    /// It has no body by rule (RFC 9112 §6.3), whatever its fields say.
+    bodiless: bool,
 }
 
 /// The response head at the start of `buf`, taken out of it, with its body's framing as RFC 9112
@@ -330,7 +337,7 @@ pub(crate) fn read_head<const N: usize>(
         let name = HeaderName::from_bytes(h.name.as_bytes()).map_err(|_| "a header name http refuses")?;
         if name == header::CONTENT_LENGTH {
             match (length, content_length(h.value)) {
-                (_, None) => return Err("the app's content-length is no number"),
+                (_, None) => return Err(LENGTH_NO_NUMBER),
                 (Some(a), Some(b)) if a != b => return Err("the app sent two content-lengths"),
                 (_, value) => length = value,
             }
@@ -348,8 +355,9 @@ pub(crate) fn read_head<const N: usize>(
         }
         fields.push((name, span(buf, h.value)));
     }
+    let bodiless = without_body(status, head_request);
     let framing = match (chunked, length) {
-        _ if without_body(status, head_request) => Framing::Length(0),
+        _ if bodiless => Framing::Length(0),
         (true, Some(_)) => return Err(LENGTH_BESIDE_CHUNKS),
         (true, None) => Framing::Chunked,
         (false, Some(len)) => Framing::Length(len),
@@ -367,19 +375,21 @@ pub(crate) fn read_head<const N: usize>(
         map.append(name, value);
     }
     let values = apart_spans.map(|span| span.map(|span| head.slice(span)));
-    Ok(Some(Head { status, headers: map, framing, keep_alive, apart: values }))
+    Ok(Some(Head { status, headers: map, framing, keep_alive, bodiless, apart: values }))
 }
 
 const NOT_CHUNKED_ALONE: &str = "the app's transfer coding is not chunked alone";
+const LENGTH_NO_NUMBER: &str = "the app's content-length is no number";
 const LENGTH_BESIDE_CHUNKS: &str = "the app sent both a content-length and a transfer-encoding";
 const SWITCHED_UNASKED: &str = "the app switched protocols unasked";
 
 /// What the sidecar refuses when it reads a response head itself ([`read_head`], and a 101 to a
 /// request that asked for no upgrade), in a head that hyper's client read instead (the path of a
 /// request body still arriving, and of an upgrade): hyper hands on a coding besides chunked, a
-/// length beside chunks and a 101 as they came. The proxy, which frames the response to the
-/// client itself, would then pass the body on with its coding unnamed, or under the app's length;
-/// and a client that asked for no upgrade would have its connection switched.
+/// length beside chunks, a length that is a list (`5, 5`) and a 101 as they came. The proxy, which
+/// frames the response to the client itself, would then pass the body on with its coding unnamed,
+/// or under the app's length, a field no client must be sent as it is (RFC 9110, 8.6); and a
+/// client that asked for no upgrade would have its connection switched.
 pub(crate) fn refusal(
     status: StatusCode,
     headers: &http::HeaderMap,
@@ -388,6 +398,9 @@ pub(crate) fn refusal(
 ) -> Option<&'static str> {
     if status == StatusCode::SWITCHING_PROTOCOLS && !upgrade {
         return Some(SWITCHED_UNASKED);
+    }
+    if headers.get_all(header::CONTENT_LENGTH).iter().any(|v| content_length(v.as_bytes()).is_none()) {
+        return Some(LENGTH_NO_NUMBER);
     }
     let mut codings = headers.get_all(header::TRANSFER_ENCODING).iter();
     let first = codings.next()?;
@@ -413,10 +426,10 @@ impl IdleConns {
         let mut idle = sync::lock(&self.0);
         let mut saw_closed = false;
         while let Some(conn) = idle.pop() {
-            if !still_open(&conn.stream) {
-                saw_closed = true;
-            } else if conn.idle_since.elapsed() < super::REUSE_WITHIN {
-                return (Some(conn), saw_closed);
+            match idle_state(&conn.stream, conn.after_bodiless) {
+                Idle::Closed => saw_closed = true,
+                Idle::Open if conn.idle_since.elapsed() < super::REUSE_WITHIN => return (Some(conn), saw_closed),
+                Idle::Open | Idle::Stray => {}
             }
         }
         (None, saw_closed)
@@ -437,15 +450,47 @@ impl IdleConns {
     }
 }
 
-/// Whether an idle connection is open: nothing arrived on it (an idle connection gets nothing but
-/// its close). Asks the kernel only when the runtime saw it become readable.
-fn still_open(stream: &TcpStream) -> bool {
-    let mut cx = Context::from_waker(std::task::Waker::noop());
-    if stream.poll_read_ready(&mut cx).is_pending() {
-        return true;
+/// What an idle connection holds.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Idle {
+    /// Nothing: it may carry a request.
+    Open,
+    /// The app closed it (its idle timeout, or it restarted).
+    Closed,
+    /// Bytes no request asked for: closed here, not read as the next request's answer.
+    Stray,
+}
+
+/// What an idle connection holds (it gets nothing but its close, from a sound app). Asks the
+/// kernel only when the runtime saw it become readable — or, `after_bodiless` (its last answer
+/// had no body by rule), always. An app that sends a body with its answer to a `HEAD` (a handler
+/// shared with `GET`), a 204 or a 304 writes it after the head, and bytes that arrive while the
+/// runtime is busy are not in its readiness until its next poll of the kernel; read as the next
+/// request's answer, they would reach another client, and every answer on the connection after
+/// them would go to the request after its own. (Stray bytes that come only after the next request
+/// was written cannot be told from its answer, by nginx either.)
+fn idle_state(stream: &TcpStream, after_bodiless: bool) -> Idle {
+    let peeked = if after_bodiless {
+        let mut probe = [std::mem::MaybeUninit::uninit()];
+        socket2::SockRef::from(stream).peek(&mut probe)
+    } else {
+        let mut cx = Context::from_waker(std::task::Waker::noop());
+        if stream.poll_read_ready(&mut cx).is_pending() {
+            return Idle::Open;
+        }
+        stream.try_read(&mut [0u8; 1])
+    };
+    match peeked {
+        Err(e) if e.kind() == io::ErrorKind::WouldBlock => Idle::Open,
+        Ok(0) | Err(_) => Idle::Closed,
+        Ok(_) => {
+            tracing::warn!(
+                after_bodiless,
+                "the app sent bytes on an idle connection, after its answer (to a HEAD, a 204 or a 304 when after_bodiless: a body it must not have): the connection is closed, not used for another request"
+            );
+            Idle::Stray
+        }
     }
-    let mut probe = [0u8; 1];
-    matches!(stream.try_read(&mut probe), Err(e) if e.kind() == io::ErrorKind::WouldBlock)
 }
 
 /// Where a streamed body is.
@@ -802,6 +847,40 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn bytes_after_an_answer_without_a_body_are_never_read_as_the_next_answer() {
+        for (method, answer) in [
+            (Method::HEAD, &b"HTTP/1.1 200 OK\r\ncontent-length: 5\r\n\r\n"[..]),
+            (Method::GET, b"HTTP/1.1 204 No Content\r\n\r\n"),
+            (Method::GET, b"HTTP/1.1 304 Not Modified\r\ncontent-length: 5\r\n\r\n"),
+        ] {
+            let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+            let addr = listener.local_addr().expect("addr");
+            let connect = AppConn::connect(addr, Duration::from_secs(5));
+            let (conn, accepted) = tokio::join!(connect, listener.accept());
+            let (conn, app) = (conn.expect("connect"), accepted.expect("accept").0);
+            // The app's side written from this task, so that nothing runs in between: its answer
+            // is there before the request goes out.
+            let what = format!("{method} answered {:?}", String::from_utf8_lossy(answer));
+            let mut app = app.into_std().expect("std");
+            app.set_nonblocking(false).expect("blocking");
+            std::io::Write::write_all(&mut app, answer).expect("write");
+            let idle = IdleConns::default();
+            let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+            let (resp, _) = conn
+                .exchange(&mut request(method.clone(), "/"), &Bytes::new(), &idle, Some(deadline), &[])
+                .await
+                .expect("an answer");
+            assert_eq!(body_of(resp).await.as_deref(), Ok(&b""[..]), "{what}");
+            // The body the app should not have sent (a whole answer, at worst) arrives while the
+            // connection idles, before the runtime polls the kernel again.
+            std::io::Write::write_all(&mut app, b"HTTP/1.1 200 OK\r\ncontent-length: 5\r\n\r\nstray").expect("write");
+            let (taken, saw_closed) = idle.take();
+            assert!(taken.is_none(), "a connection with bytes no request asked for is not used: {what}");
+            assert!(!saw_closed, "nor taken for the app's close (a restart): {what}");
+        }
+    }
+
+    #[tokio::test]
     async fn an_idle_connection_is_used_again_only_within_reuse_within_of_its_last_answer() {
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let addr = listener.local_addr().expect("addr");
@@ -902,6 +981,8 @@ mod tests {
             ),
             (Method::GET, b"HTTP/1.1 200 OK\r\ntransfer-encoding: Chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\n", false),
             (Method::GET, b"HTTP/1.1 200 OK\r\ncontent-length: 3\r\n\r\nabc", false),
+            (Method::GET, b"HTTP/1.1 200 OK\r\ncontent-length: 3, 3\r\n\r\nabc", true),
+            (Method::GET, b"HTTP/1.1 200 OK\r\ncontent-length: 3\r\ncontent-length: 3\r\n\r\nabc", false),
             // No body whatever the fields say: nothing is framed by them.
             (Method::HEAD, b"HTTP/1.1 200 OK\r\ncontent-length: 9\r\ntransfer-encoding: chunked\r\n\r\n", false),
             (Method::GET, b"HTTP/1.1 101 Switching Protocols\r\nupgrade: x\r\nconnection: upgrade\r\n\r\n", true),
@@ -974,7 +1055,7 @@ mod tests {
         // The app closes the connection once its script is done: waited for until it shows.
         app.await.expect("the app");
         let shows = tokio::time::timeout(Duration::from_secs(10), async {
-            while sync::lock(&idle.0).last().is_some_and(|c| still_open(&c.stream)) {
+            while sync::lock(&idle.0).last().is_some_and(|c| idle_state(&c.stream, c.after_bodiless) == Idle::Open) {
                 tokio::task::yield_now().await;
             }
         });
@@ -993,7 +1074,7 @@ mod tests {
         let conn = idle.take().0.expect("the idle connection");
         app.await.expect("the app");
         let closed = tokio::time::timeout(Duration::from_secs(10), async {
-            while still_open(&conn.stream) {
+            while idle_state(&conn.stream, conn.after_bodiless) == Idle::Open {
                 tokio::task::yield_now().await;
             }
         });
