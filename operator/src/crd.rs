@@ -159,9 +159,12 @@ impl Default for NetworkPolicySpec {
 )]
 #[serde(rename_all = "camelCase")]
 pub struct CookieSpec {
-    /// Cookie name (chunks of a large state get numbered suffixes).
-    #[serde(default = "default_cookie_name")]
-    #[schemars(length(min = 1, max = 64), regex(pattern = r"^[A-Za-z0-9_-]+$"))]
+    /// Cookie name (chunks of a large state get numbered suffixes). Empty (the default): the
+    /// pool's own, `handover-<8 hex digits of a hash of namespace/name>`, with the `__Host-`
+    /// prefix when the cookie can carry it (secure, path `/`, no domain), so that two pools
+    /// behind one host never share a cookie (each would refuse the other's and overwrite it).
+    #[serde(default)]
+    #[schemars(length(max = 64), regex(pattern = r"^[A-Za-z0-9_-]*$"))]
     pub name: String,
 
     /// The idle timeout (Gateway API's `idleTimeout`), e.g. `12h`: a session's cookies expire
@@ -519,9 +522,6 @@ fn default_admin_port() -> i32 {
 fn default_true() -> bool {
     true
 }
-fn default_cookie_name() -> String {
-    "handover".to_owned()
-}
 fn default_cookie_max_age() -> String {
     "12h".to_owned()
 }
@@ -569,7 +569,7 @@ fn default_keepalive_timeout() -> String {
 impl Default for CookieSpec {
     fn default() -> Self {
         Self {
-            name: default_cookie_name(),
+            name: String::new(),
             max_age: default_cookie_max_age(),
             absolute_timeout: default_cookie_absolute_timeout(),
             secure: true,

@@ -136,12 +136,38 @@ impl ImageAllowList {
             if entry.ends_with('/') {
                 image.len() > entry.len() && image.starts_with(entry.as_str())
             } else {
-                image.strip_prefix(entry.as_str()).is_some_and(|rest| {
-                    rest.is_empty() || (rest.len() > 1 && (rest.starts_with(':') || rest.starts_with('@')))
-                })
+                image.strip_prefix(entry.as_str()).is_some_and(is_tag_and_digest)
             }
         })
     }
+}
+
+/// Whether `rest`, what follows a repository in an image reference, is at most a tag and a digest
+/// (`:1.3`, `@sha256:…`, `:1.3@sha256:…`; the OCI distribution grammar), and nothing that makes
+/// the repository part of another name: `handover:5000/evil/miner` is the repository
+/// `evil/miner` on the registry host `handover`, port 5000, not a tag of `handover`.
+fn is_tag_and_digest(rest: &str) -> bool {
+    let (tag, digest) = match rest.split_once('@') {
+        Some((tag, digest)) => (tag, Some(digest)),
+        None => (rest, None),
+    };
+    let tag_ok = tag.is_empty()
+        || tag.strip_prefix(':').is_some_and(|t| {
+            t.len() <= 128
+                && t.starts_with(|c: char| c.is_ascii_alphanumeric() || c == '_')
+                && t.chars().all(|c| c.is_ascii_alphanumeric() || "_.-".contains(c))
+        });
+    let digest_ok = digest.is_none_or(|d| {
+        d.split_once(':').is_some_and(|(algorithm, encoded)| {
+            let separated = |s: &str, part: fn(char) -> bool| {
+                !s.is_empty() && s.split(['+', '.', '_', '-']).all(|p| !p.is_empty() && p.chars().all(part))
+            };
+            separated(algorithm, |c| c.is_ascii_lowercase() || c.is_ascii_digit())
+                && !encoded.is_empty()
+                && encoded.chars().all(|c| c.is_ascii_alphanumeric() || "=_-".contains(c))
+        })
+    });
+    tag_ok && digest_ok
 }
 
 /// Every problem of the pool's spec; empty when it is valid. `default_image` is the operator's
@@ -202,11 +228,11 @@ pub fn validate(pool: &ServerPool, default_image: &str, allowed: &ImageAllowList
         }
     }
     let cookie = &spec.cookie;
-    if cookie.name.is_empty()
-        || cookie.name.len() > 64
-        || !cookie.name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
-    {
-        out.push(problem("spec.cookie.name", format!("{:?} must be 1-64 of A-Z a-z 0-9 _ -", cookie.name)));
+    if cookie.name.len() > 64 || !cookie.name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-') {
+        out.push(problem(
+            "spec.cookie.name",
+            format!("{:?} must be at most 64 of A-Z a-z 0-9 _ - (empty: the pool's own name)", cookie.name),
+        ));
     }
     check_duration(&mut out, "spec.cookie.maxAge", &cookie.max_age, Duration::from_secs(1));
     if let Some(absolute) =
@@ -432,6 +458,12 @@ mod tests {
         assert!(a.allows("registry.example/acme/handover:1.3"));
         assert!(a.allows("registry.example/acme/handover@sha256:0123"));
         assert!(a.allows("registry.example/acme/handover"));
+        assert!(a.allows("registry.example/acme/handover:1.3@sha256:0123abcd"));
+        assert!(a.allows("registry.example/acme/handover:v1.3_rc-1"));
+        // The chart's default repository has no registry host: a port after it is one.
+        let bare = ImageAllowList::new(Vec::new(), "handover:0.1.0");
+        assert!(bare.allows("handover:0.2.0"));
+        assert!(!bare.allows("handover:5000/evil/miner:latest"));
         for refused in [
             "registry.example/acme/handover-debug:1",
             "registry.example/acme/handoverx",
@@ -439,6 +471,13 @@ mod tests {
             "registry.example/acme/other:1",
             "evil.example/acme/handover:1.2",
             "registry.example/acme/handover/../x:1",
+            // A "tag" that makes the repository a registry host of its own.
+            "registry.example/acme/handover:5000/evil/miner:latest",
+            "registry.example/acme/handover:443/x@sha256:0123",
+            "registry.example/acme/handover@sha256:0123/x",
+            "registry.example/acme/handover@sha256",
+            "registry.example/acme/handover:-1",
+            "registry.example/acme/handover:1.3@",
         ] {
             assert!(!a.allows(refused), "{refused} must be refused");
         }

@@ -60,16 +60,21 @@ pub fn service(pool: &ServerPool) -> Service {
 /// The key Secret is mounted into every pod the pool injects and rotated by the operator, so a
 /// pool's author must not be able to point `spec.keySecretName` at any Secret of the namespace
 /// (database credentials, a TLS key) and have it mounted into a sidecar. The operator uses a
-/// Secret it created itself (it carries the `managed-by` label), or one under the default name
-/// `<pool>-handover-keys`, which no other Secret is expected to have.
+/// Secret it created for this pool (it carries the `managed-by` label and this pool's name in
+/// `handover.dev/pool`: another pool's keys are not this one's to mount, nor to rotate on its
+/// schedule), or one under the default name `<pool>-handover-keys`, which no other Secret is
+/// expected to have.
 pub fn key_secret_refusal(pool: &ServerPool, secret: &ObjectMeta) -> Option<String> {
     let name = secret.name.clone().unwrap_or_default();
-    let labelled = secret.labels.as_ref().and_then(|l| l.get(MANAGED_BY.0)).is_some_and(|v| v == MANAGED_BY.1);
-    if labelled || name == default_key_secret_name(pool) {
+    let label = |key: &str| secret.labels.as_ref().and_then(|l| l.get(key)).map(String::as_str);
+    let this_pool = pool_name(pool);
+    if name == default_key_secret_name(pool)
+        || (label(MANAGED_BY.0) == Some(MANAGED_BY.1) && label(POOL_LABEL) == Some(this_pool.as_str()))
+    {
         return None;
     }
     Some(format!(
-        "Secret {name} (spec.keySecretName) was not created by the operator: it lacks the label {}={} and is not the default {}. The operator mounts no Secret it did not create under another name: label it (if it is meant to hold this pool's keys), or name a Secret that does not exist yet (the operator creates it). No Deployment is injected until then",
+        "Secret {name} (spec.keySecretName) was not created by the operator for this pool: it lacks the labels {}={} and {POOL_LABEL}={this_pool}, and is not the default {}. The operator mounts no other Secret, another pool's keys included: label it (if it is meant to hold this pool's keys), or name a Secret that does not exist yet (the operator creates it). No Deployment is injected until then",
         MANAGED_BY.0,
         MANAGED_BY.1,
         default_key_secret_name(pool),

@@ -79,7 +79,16 @@ impl InjectionConfig {
     }
 }
 
+/// `name` set to `value` as it is: a `$` is written `$$`, which Kubernetes reads as a `$`, so that
+/// a pool's strings (a cookie path `/$(HANDOVER_POD_IP)`) are never expanded from the variables
+/// before them ([`env_expanded`]).
 fn env(name: &str, value: impl Into<String>) -> EnvVar {
+    env_expanded(name, value.into().replace('$', "$$"))
+}
+
+/// `name` set to `value`, whose `$(VAR)` Kubernetes replaces with the value of `VAR` if it is
+/// defined before it in the list.
+fn env_expanded(name: &str, value: impl Into<String>) -> EnvVar {
     EnvVar { name: name.to_owned(), value: Some(value.into()), value_from: None }
 }
 
@@ -177,7 +186,7 @@ pub fn sidecar_container(pool: &ServerPool, cfg: &InjectionConfig) -> Container 
         // The admin port (/members, /metrics, /live, /ready) answers on the pod IP only: the
         // kubelet probes the pod IP, peers probe it there, and nothing else in the pod's network
         // namespace (or beyond it, through another interface) needs to reach it.
-        env("HANDOVER_ADMIN", format!("$({POD_IP_ENV}):{}", spec.admin_port)),
+        env_expanded("HANDOVER_ADMIN", format!("$({POD_IP_ENV}):{}", spec.admin_port)),
         env("HANDOVER_APP", format!("127.0.0.1:{}", spec.app_port)),
         env("HANDOVER_APP_PROTOCOL", spec.sidecar.app_protocol.as_str()),
         env("HANDOVER_STATE_ADDR", format!("127.0.0.1:{}", spec.snapshot.state_port)),
@@ -187,7 +196,6 @@ pub fn sidecar_container(pool: &ServerPool, cfg: &InjectionConfig) -> Container 
         env("HANDOVER_MODE", spec.snapshot.mode.as_str()),
         env("HANDOVER_SNAPSHOT_INTERVAL", spec.snapshot.interval.clone()),
         env("HANDOVER_STATE_PATH", spec.snapshot.state_path.clone()),
-        env("HANDOVER_COOKIE_NAME", spec.cookie.name.clone()),
         env("HANDOVER_COOKIE_MAX_AGE", spec.cookie.max_age.clone()),
         env("HANDOVER_SESSION_ABSOLUTE_TIMEOUT", spec.cookie.absolute_timeout.clone()),
         env("HANDOVER_COOKIE_MAX_BYTES", spec.cookie.max_bytes.to_string()),
@@ -205,6 +213,10 @@ pub fn sidecar_container(pool: &ServerPool, cfg: &InjectionConfig) -> Container 
         env("HANDOVER_LOG_LEVEL", spec.sidecar.log_level.as_str()),
         env("HANDOVER_LOG_FORMAT", "json"),
     ];
+    if !spec.cookie.name.is_empty() {
+        // Unset, the sidecar names the cookie after the pool: pools of one host never share one.
+        settings.push(env("HANDOVER_COOKIE_NAME", spec.cookie.name.clone()));
+    }
     settings.sort_by(|a, b| a.name.cmp(&b.name));
     let env: Vec<EnvVar> = downward.into_iter().chain(settings).collect();
     Container {

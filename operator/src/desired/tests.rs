@@ -307,6 +307,21 @@ fn a_secret_the_operator_created_or_the_default_name_is_used() {
 }
 
 #[test]
+fn a_pool_cannot_take_another_pools_key_secret() {
+    // Pool `account` names the Secret the operator made for pool `cart`: mounting it would give
+    // account's pods cart's keys, and rotating it on account's schedule would retire cart's keys
+    // under cart's live cookies.
+    let cart = pool();
+    let carts = key_secret(&cart, &KeyRing::initial([7; 32], 1_700_000_000));
+    let mut account = pool();
+    account.metadata.name = Some("account".to_owned());
+    account.spec.key_secret_name = carts.metadata.name.clone();
+    let refusal = key_secret_refusal(&account, &carts.metadata).expect("another pool's Secret is refused");
+    assert!(refusal.contains("handover.dev/pool=account"), "{refusal}");
+    assert_eq!(key_secret_refusal(&cart, &carts.metadata), None, "its own pool's Secret is used");
+}
+
+#[test]
 fn members_are_sorted_and_only_ready_pods_with_an_ip_count_as_ready() {
     let mut terminating = pool_pod("d", true);
     terminating.metadata.deletion_timestamp = Some(ts(300));
@@ -415,6 +430,19 @@ fn an_app_protocol_other_than_http1_or_h2c_is_refused() {
     assert_eq!(parse("h2c").expect("h2c parses").sidecar.app_protocol, crate::crd::AppProtocol::H2c);
     assert!(parse("h2").is_err());
     assert!(parse("HTTP2").is_err());
+}
+
+#[test]
+fn a_pools_strings_reach_the_sidecar_unexpanded_and_its_cookie_is_named_after_it_by_default() {
+    let c = sidecar_container(&pool(), &cfg());
+    assert_eq!(env_value(&c, "HANDOVER_COOKIE_NAME"), None, "unset: the sidecar derives the pool's own name");
+    let mut spec = ServerPoolSpec::with_app_port(8080);
+    spec.cookie.name = "cart".to_owned();
+    // Kubernetes would replace $(HANDOVER_POD_IP) with the pod's IP: each pod another Path.
+    spec.cookie.path = "/$(HANDOVER_POD_IP)/a$b".to_owned();
+    let c = sidecar_container(&pool_in("shop", "cart", spec), &cfg());
+    assert_eq!(env_value(&c, "HANDOVER_COOKIE_NAME").as_deref(), Some("cart"));
+    assert_eq!(env_value(&c, "HANDOVER_COOKIE_PATH").as_deref(), Some("/$$(HANDOVER_POD_IP)/a$$b"), "$ written $$");
 }
 
 #[test]
