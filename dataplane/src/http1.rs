@@ -75,6 +75,17 @@ pub fn without_body(status: http::StatusCode, head_request: bool) -> bool {
     head_request || status.is_informational() || status == StatusCode::NO_CONTENT || status == StatusCode::NOT_MODIFIED
 }
 
+/// Whether an `Upgrade` field names HTTP itself (`h2c`, `h2`, `HTTP/2.0`): as a request's, the
+/// proxy serves the request without it; as a 101's, the app's answer is refused.
+pub fn upgrades_to_http(headers: &http::HeaderMap) -> bool {
+    headers.get_all(http::header::UPGRADE).iter().flat_map(|v| v.as_bytes().split(|&b| b == b',')).any(|token| {
+        let token = token.trim_ascii();
+        token.eq_ignore_ascii_case(b"h2c")
+            || token.eq_ignore_ascii_case(b"h2")
+            || token.get(..5).is_some_and(|p| p.eq_ignore_ascii_case(b"http/"))
+    })
+}
+
 /// Appends one header field line.
 pub fn write_field(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
     out.extend_from_slice(name);

@@ -97,6 +97,10 @@ label_values! {
         /// A request head that does not parse: hyper answers it (400; past its own limits, a 431
         /// or a 414, counted as `headers_too_large` and `uri_too_long`).
         Malformed => "malformed",
+        /// A `CONNECT` request: a tunnel no app serves (501).
+        Connect => "connect",
+        /// The asterisk target (`*`) for another method than `OPTIONS` (400).
+        BadTarget => "bad_target",
         /// A request body in a transfer coding besides chunked (501).
         TransferCoding => "transfer_coding",
         /// A response the client took no byte of within `--send-timeout` (connection closed).

@@ -347,3 +347,66 @@ async fn an_app_answer_the_sidecar_cannot_pass_on_is_a_502_whether_the_request_b
         assert_eq!(log.matches(why).count(), times, "{why}\n{log}");
     }
 }
+
+/// A tunnel carries the client's bytes to the app past everything the proxy checks (its
+/// `Handover-*` fields, the session's cookies, the state path): no tunnel to HTTP itself, and no
+/// CONNECT. An `Upgrade: h2c` (curl's `--http2` on plain HTTP) is ignored and the request served
+/// as it is; an app that switches a WebSocket request to h2c is a 502; a CONNECT is a 501, and the
+/// target `*` of another method than OPTIONS a 400, each counted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_request_is_tunnelled_to_http_past_the_proxys_checks() {
+    let heads = std::sync::Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
+    let seen = heads.clone();
+    let app = support::app_of_own(move |mut stream| {
+        let seen = seen.clone();
+        async move {
+            let mut buf = Vec::new();
+            let mut chunk = [0u8; 4096];
+            while !buf.windows(4).any(|w| w == b"\r\n\r\n") {
+                match stream.read(&mut chunk).await {
+                    Ok(0) | Err(_) => return,
+                    Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                }
+            }
+            let head = String::from_utf8_lossy(&buf).to_lowercase();
+            let answer: &[u8] = if head.starts_with("get /ws ") {
+                b"HTTP/1.1 101 Switching Protocols\r\nupgrade: h2c\r\nconnection: upgrade\r\n\r\n"
+            } else {
+                b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\nconnection: close\r\n\r\nok"
+            };
+            seen.lock().expect("lock").push(head);
+            let _ = stream.write_all(answer).await;
+            while matches!(stream.read(&mut chunk).await, Ok(n) if n > 0) {}
+        }
+    })
+    .await;
+    let dir = support::Scratch::new("no-tunnel-to-http");
+    let (data, admin, _sidecar) = support::sidecar_for(app, &dir, &[], &[]).await;
+    let answer = |request: &'static str| async move {
+        let mut client = tokio::net::TcpStream::connect(data).await.expect("connect");
+        client.write_all(request.as_bytes()).await.expect("write");
+        response_head(&mut client).await
+    };
+    let h2c = answer(
+        "GET /plain HTTP/1.1\r\nhost: app\r\nconnection: Upgrade, HTTP2-Settings\r\nupgrade: h2c\r\nhttp2-settings: AAMAAABkAARAAAAAAAIAAAAA\r\n\r\n",
+    )
+    .await;
+    assert!(h2c.starts_with("HTTP/1.1 200"), "served as it is: {h2c}");
+    let plain = heads.lock().expect("lock").iter().find(|h| h.starts_with("get /plain ")).cloned().expect("received");
+    assert!(!plain.contains("upgrade") && !plain.contains("http2-settings"), "no upgrade reaches the app: {plain}");
+    let switched = answer("GET /ws HTTP/1.1\r\nhost: app\r\nconnection: Upgrade\r\nupgrade: websocket\r\n\r\n").await;
+    assert!(switched.starts_with("HTTP/1.1 502"), "an app switching to HTTP: {switched}");
+    let connect = answer("CONNECT app:443 HTTP/1.1\r\nhost: app:443\r\n\r\n").await;
+    assert!(connect.starts_with("HTTP/1.1 501"), "{connect}");
+    let asterisk = answer("GET * HTTP/1.1\r\nhost: app\r\n\r\n").await;
+    assert!(asterisk.starts_with("HTTP/1.1 400"), "{asterisk}");
+    assert!(!heads.lock().expect("lock").iter().any(|h| h.starts_with("connect") || h.starts_with("get *")));
+    let page = handover_lab::localpool::scrape(admin).await.expect("metrics");
+    for reason in ["connect", "bad_target"] {
+        let counted =
+            handover_lab::localpool::metric_sum(&page, &format!(r#"handover_bad_requests_total{{reason="{reason}"}}"#));
+        assert_eq!(counted, 1.0, "{reason}");
+    }
+    let log = std::fs::read_to_string(dir.join("sidecar.log")).expect("the sidecar's log");
+    assert!(log.contains("the app switched to HTTP through the tunnel"), "{log}");
+}

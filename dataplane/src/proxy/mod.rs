@@ -25,7 +25,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use http::header::{self, HeaderValue};
-use http::{Request, Response, StatusCode};
+use http::{Method, Request, Response, StatusCode};
 use http_body_util::BodyExt;
 
 pub use app::INSTANCE_HEADER;
@@ -382,6 +382,21 @@ impl Proxy {
             tracing::warn!(%client, why, "request refused: its host is not clear");
             return (Route::Refused, text_response(StatusCode::BAD_REQUEST, format!("handover: {why}\n")));
         }
+        if req.method() == Method::CONNECT {
+            // A tunnel to the host it names: no app serves that, and once tunnelled the client's
+            // bytes would pass by everything the proxy checks.
+            self.metrics.bad_requests.get_or_create(&[("reason", BadRequest::Connect)]).inc();
+            tracing::warn!(%client, target = %req.uri(), "request refused: CONNECT");
+            let mut resp = text_response(StatusCode::NOT_IMPLEMENTED, "handover: CONNECT is not supported\n");
+            resp.headers_mut().insert(header::CONNECTION, HeaderValue::from_static("close"));
+            return (Route::Refused, resp);
+        }
+        if req.uri().path() == "*" && req.method() != Method::OPTIONS {
+            // The asterisk form names the server as a whole, for OPTIONS alone (RFC 9112, 3.2.4).
+            self.metrics.bad_requests.get_or_create(&[("reason", BadRequest::BadTarget)]).inc();
+            tracing::warn!(%client, method = %req.method(), "request refused: the target * for another method than OPTIONS");
+            return (Route::Refused, text_response(StatusCode::BAD_REQUEST, "handover: the target * is for OPTIONS\n"));
+        }
         if survey.transfer_encodings > 1 || survey.other_coding {
             // hyper's server takes the body by its last coding, `chunked`, and the proxy sends it
             // on chunked alone: a body in gzip would reach the app as if it were plain (RFC 9112
@@ -410,7 +425,11 @@ impl Proxy {
         let mark = if survey.handover { headers::take_client_handover_headers(req.headers_mut()) } else { None };
         let rc = self.read_cookie(req.headers(), client);
         let arrival = self.arrival(mark, &req, &rc, client);
-        let upgrade = survey.upgrade && is_upgrade(&req);
+        // An upgrade to HTTP itself (`h2c`, as curl's `--http2` asks on plain HTTP) is ignored, as
+        // a server may (RFC 9110, 7.8): the request is served as it is. Tunnelled, the client's
+        // next requests would reach the app past everything the proxy checks (its Handover-*
+        // fields, the session's cookies, the state path).
+        let upgrade = survey.upgrade && is_upgrade(&req) && !crate::http1::upgrades_to_http(req.headers());
         if survey.te && headers::wants_trailers(req.headers()) {
             // `te` is hop-by-hop and goes below, but a gRPC server refuses a request without
             // `te: trailers`: noted, and sent again on an h2c request to the app.

@@ -28,7 +28,8 @@ use tokio::net::TcpStream;
 
 use super::{Body, ConnectError};
 use crate::http1::{
-    HEAD_ROOM, MAX_HEADERS, chunked_alone, content_length, has_token, map_for, span, without_body, write_field,
+    HEAD_ROOM, MAX_HEADERS, chunked_alone, content_length, has_token, map_for, span, upgrades_to_http, without_body,
+    write_field,
 };
 
 /// The longest response head.
@@ -382,6 +383,7 @@ const NOT_CHUNKED_ALONE: &str = "the app's transfer coding is not chunked alone"
 const LENGTH_NO_NUMBER: &str = "the app's content-length is no number";
 const LENGTH_BESIDE_CHUNKS: &str = "the app sent both a content-length and a transfer-encoding";
 const SWITCHED_UNASKED: &str = "the app switched protocols unasked";
+const SWITCHED_TO_HTTP: &str = "the app switched to HTTP through the tunnel";
 
 /// What the sidecar refuses when it reads a response head itself ([`read_head`], and a 101 to a
 /// request that asked for no upgrade), in a head that hyper's client read instead (the path of a
@@ -398,6 +400,9 @@ pub(crate) fn refusal(
 ) -> Option<&'static str> {
     if status == StatusCode::SWITCHING_PROTOCOLS && !upgrade {
         return Some(SWITCHED_UNASKED);
+    }
+    if status == StatusCode::SWITCHING_PROTOCOLS && upgrades_to_http(headers) {
+        return Some(SWITCHED_TO_HTTP);
     }
     if headers.get_all(header::CONTENT_LENGTH).iter().any(|v| content_length(v.as_bytes()).is_none()) {
         return Some(LENGTH_NO_NUMBER);
