@@ -448,3 +448,62 @@ async fn a_stream_the_apps_goaway_left_unprocessed_is_sent_again() {
     assert_eq!(body, "served ", "{head:?}\n{}", log());
     assert_eq!(spoke.load(Ordering::SeqCst), 2, "no other connection");
 }
+
+/// Answers of `/big` (3 MiB) and `/small` from an h2-only app.
+async fn start_big_answers_app() -> SocketAddr {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    tokio::spawn(async move {
+        loop {
+            let Ok((stream, _)) = listener.accept().await else { return };
+            let service = hyper::service::service_fn(|req: Request<Incoming>| async move {
+                let body = if req.uri().path() == "/big" {
+                    Bytes::from(vec![b'x'; 3 << 20])
+                } else {
+                    Bytes::from_static(b"ok")
+                };
+                Ok::<_, std::convert::Infallible>(Response::new(http_body_util::Full::new(body)))
+            });
+            let serve = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
+                .serve_connection(TokioIo::new(stream), service);
+            tokio::spawn(serve);
+        }
+    });
+    addr
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn clients_that_leave_large_answers_unread_do_not_stall_another_clients_answer() {
+    // Every client's streams share the sidecar's one h2c connection to the app: an answer left
+    // unread holds its stream's share of that connection's window, which must not run out.
+    let dir = Scratch::new("app-h2c-unread");
+    let app = start_big_answers_app().await;
+    let (data, _, _sidecar) = sidecar_for(app, &dir, &[], &["--app-protocol", "h2c"]).await;
+    let stream = tokio::net::TcpStream::connect(data).await.expect("connect");
+    // The HTTP/2 default window, never opened further: the answers are not read.
+    let (mut unread, conn) = hyper::client::conn::http2::Builder::new(TokioExecutor::new())
+        .initial_stream_window_size(65_535)
+        .initial_connection_window_size(65_535 * 4)
+        .handshake(TokioIo::new(stream))
+        .await
+        .expect("h2 handshake");
+    tokio::spawn(conn);
+    let mut held = Vec::new();
+    for _ in 0..3 {
+        let req = Request::builder().uri(format!("http://{data}/big")).body(http_body_util::Empty::<Bytes>::new());
+        let resp = tokio::time::timeout(WAIT, unread.send_request(req.expect("request"))).await.expect("in time");
+        held.push(resp.expect("the answer's head"));
+    }
+    let stream = tokio::net::TcpStream::connect(data).await.expect("connect");
+    let (mut other, conn) =
+        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(stream)).await.expect("h2 handshake");
+    tokio::spawn(conn);
+    let req = Request::builder().uri(format!("http://{data}/small")).body(http_body_util::Empty::<Bytes>::new());
+    let resp = tokio::time::timeout(WAIT, other.send_request(req.expect("request"))).await.expect("in time");
+    let body = tokio::time::timeout(WAIT, resp.expect("an answer").into_body().collect())
+        .await
+        .expect("another client's answer is not held behind the unread ones")
+        .expect("body");
+    assert_eq!(body.to_bytes(), Bytes::from_static(b"ok"));
+    drop(held);
+}

@@ -50,6 +50,11 @@ pub async fn read_at_most(mut body: Body, limit: usize) -> Result<Vec<u8>, Strin
 /// Idle connections kept per destination.
 const MAX_IDLE: usize = 64;
 
+/// The receive window of a stream of the app's h2c connection: the data port's own (nginx's).
+const H2_STREAM_WINDOW: u32 = 64 * 1024;
+/// The receive window of the app's h2c connection, shared by its streams: HTTP/2's largest.
+const H2_CONNECTION_WINDOW: u32 = (1 << 31) - 1;
+
 /// An idle connection to the app or a peer is used again within this long of its last answer,
 /// and closed after. A server closes its idle keep-alive connections at a timeout of its own
 /// (gunicorn: 2 s, Node and uvicorn: 5 s, a peer sidecar: its `--keepalive-timeout`, 5 s at the
@@ -221,7 +226,15 @@ impl Upstreams {
             }
         };
         let stream = connect(addr, timeout).await?;
-        let (sender, conn) = http2::handshake(TokioExecutor::new(), TokioIo::new(stream))
+        // Every client's streams share this one connection: an answer a client does not read keeps
+        // its stream's window of the connection's. hyper's defaults (2 MiB a stream, 5 MiB the
+        // connection) let three such clients stall every other client's answers; a stream takes
+        // at most the data path's 64 KiB window here, and the connection's is the most HTTP/2
+        // allows, which the streams the connection cap admits cannot fill.
+        let (sender, conn) = http2::Builder::new(TokioExecutor::new())
+            .initial_stream_window_size(H2_STREAM_WINDOW)
+            .initial_connection_window_size(H2_CONNECTION_WINDOW)
+            .handshake(TokioIo::new(stream))
             .await
             .map_err(|e| ConnectError::Handshake(addr, e))?;
         tokio::spawn(async move {
