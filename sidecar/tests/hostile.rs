@@ -757,3 +757,63 @@ async fn a_request_whose_host_is_not_clear_is_refused_and_an_absolute_target_nam
     let seen: std::collections::BTreeMap<String, Vec<String>> = serde_json::from_slice(&body).expect("headers");
     assert_eq!(seen.get("host"), Some(&vec!["shop.example".to_owned()]), "{seen:?}");
 }
+
+/// Asks for a tunnel through the sidecar at `addr` to the demo app's echo (`Upgrade: echo`): its
+/// connection and the answer's head.
+async fn ask_tunnel(addr: SocketAddr) -> (TcpStream, String) {
+    let mut stream = TcpStream::connect(addr).await.expect("connect");
+    stream
+        .write_all(b"GET /echo HTTP/1.1\r\nHost: demo\r\nConnection: Upgrade\r\nUpgrade: echo\r\n\r\n")
+        .await
+        .expect("write");
+    let mut head = Vec::new();
+    while !head.ends_with(b"\r\n\r\n") {
+        let mut byte = [0u8; 1];
+        let read = tokio::time::timeout(Duration::from_secs(10), stream.read_exact(&mut byte)).await;
+        read.expect("a response head within 10 s").expect("a response head");
+        head.push(byte[0]);
+    }
+    (stream, String::from_utf8_lossy(&head).into_owned())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tunnels_hold_slots_of_the_connection_cap_and_close_when_idle() {
+    // A tunnel outlives its connection's task and holds two sockets: without a slot of its own
+    // and an idle timeout, a client could open any number and keep them for good.
+    const CAP: usize = 3;
+    let pool = pool_with(1, &["--max-connections", &CAP.to_string(), "--keepalive-timeout", "1s"], &[]).await;
+    let addr = pool.pods[0].data();
+    // A request for a tunnel takes the tunnel's slot beside its connection's, which the tunnel
+    // gives back once it stands: two tunnels and the third's request fill a cap of three.
+    let mut tunnels = Vec::new();
+    for _ in 0..CAP - 1 {
+        let (stream, head) = ask_tunnel(addr).await;
+        assert!(head.starts_with("HTTP/1.1 101"), "{head}");
+        tunnels.push(stream);
+    }
+    let (_, head) = ask_tunnel(addr).await;
+    assert!(head.starts_with("HTTP/1.1 503") && head.contains("retry-after: 1"), "past the cap: {head}");
+    assert_eq!(pool.metric(r#"handover_bad_requests_total{reason="over_cap"}"#).await, 1.0);
+    // A tunnel in use stays open past the idle timeout.
+    let mut busy = tunnels.pop().expect("a tunnel");
+    for i in 0..4 {
+        tokio::time::sleep(Duration::from_millis(400)).await;
+        let ping = format!("ping {i}");
+        busy.write_all(ping.as_bytes()).await.expect("write");
+        let mut echo = vec![0u8; ping.len()];
+        tokio::time::timeout(Duration::from_secs(5), busy.read_exact(&mut echo)).await.expect("echo").expect("echo");
+        assert_eq!(echo, ping.as_bytes());
+    }
+    drop(busy);
+    // An idle one is closed at the timeout (1 s), and the slots come back.
+    for mut idle in tunnels {
+        let mut rest = Vec::new();
+        let closed = tokio::time::timeout(Duration::from_secs(10), idle.read_to_end(&mut rest)).await;
+        assert!(matches!(closed, Ok(Ok(0)) | Ok(Err(_))), "an idle tunnel closed by the sidecar: {closed:?}");
+    }
+    wait_for("the tunnels' slots given back", Duration::from_secs(10), || async move {
+        ask_tunnel(addr).await.1.starts_with("HTTP/1.1 101")
+    })
+    .await
+    .expect("a tunnel again once the others went");
+}

@@ -12,9 +12,9 @@ use http::{Method, Request, Response, StatusCode};
 use http_body_util::{BodyExt, Limited};
 
 use super::headers::{AppFields, FORMAT_HEADER, SESSION_HEADER, WantsTrailers, h2_form, origin_form, strip_hop_by_hop};
-use super::peer::bridge_upgrade;
 use super::request::RequestCookie;
 use super::restore::Carried;
+use super::tunnel::{TunnelSlot, bridge_upgrade};
 use super::{Proxy, cause, cut_by_client, full, text_response};
 use crate::cache;
 use crate::metrics::BadRequest;
@@ -349,7 +349,8 @@ impl Proxy {
         }
         let method = req.method().clone();
         let authorized = req.headers().contains_key(header::AUTHORIZATION);
-        let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
+        let client_upgrade =
+            upgrade.then(|| (hyper::upgrade::on(&mut req), req.extensions_mut().remove::<TunnelSlot>()));
         let deadline = self.cfg.response_timeout.map(|limit| tokio::time::Instant::now() + limit);
         let (mut resp, fields) = match self.send_to_app(sender, req, upgrade, deadline).await {
             Ok(answer) => answer,
@@ -367,8 +368,11 @@ impl Proxy {
             Err(SendError::NotSent(unsent)) => {
                 let mut unsent = *unsent;
                 self.app_maybe_restarted();
-                if let Some(on_upgrade) = client_upgrade {
+                if let Some((on_upgrade, tunnel)) = client_upgrade {
                     unsent.extensions_mut().insert(on_upgrade);
+                    if let Some(tunnel) = tunnel {
+                        unsent.extensions_mut().insert(tunnel);
+                    }
                 }
                 return Served::NotSent(unsent);
             }
@@ -384,8 +388,8 @@ impl Proxy {
         };
 
         if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
-            if let Some(client) = client_upgrade {
-                bridge_upgrade(client, hyper::upgrade::on(&mut resp));
+            if let Some((client, tunnel)) = client_upgrade {
+                bridge_upgrade(client, hyper::upgrade::on(&mut resp), tunnel);
             }
             strip_hop_by_hop(resp.headers_mut(), true);
             return Served::Response(resp);

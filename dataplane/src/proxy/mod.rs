@@ -18,6 +18,7 @@ mod request;
 mod restore;
 mod seal;
 mod sessions;
+mod tunnel;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -49,6 +50,7 @@ use peer::peer_not_reached;
 use request::{Arrival, RequestCookie};
 use restore::{RESTORE_SHARDS, Restored};
 pub use sessions::DEFAULT_MAX_SESSIONS;
+pub use tunnel::TunnelSlot;
 
 /// Forwards tried for one request before giving up: one per member that turns out dead, plus one.
 const EXTRA_FORWARD_ATTEMPTS: usize = 1;

@@ -1,5 +1,4 @@
-//! Forwarding to a peer sidecar (signed, its liveness probed when it fails or is slow), and the
-//! upgrade bridge that joins an upgraded client connection to the app's or the peer's.
+//! Forwarding to a peer sidecar (signed, its liveness probed when it fails or is slow).
 
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
@@ -9,6 +8,7 @@ use http::{Request, Response, StatusCode};
 use http_body_util::BodyExt;
 
 use super::headers::{FORWARDED_HEADER, PEER_HEADER, origin_form, strip_hop_by_hop};
+use super::tunnel::{TunnelSlot, bridge_upgrade};
 use super::{Proxy, cut_by_client, retry_soon, text_response, unix_now};
 use crate::peer_auth;
 use crate::peer_probe::{self, Liveness};
@@ -23,22 +23,6 @@ pub(super) const UNREACHABLE_FOR: Duration = Duration::from_secs(5);
 /// could fork the session while its owner lives); the client retries.
 pub(super) fn peer_not_reached(to: &Member, why: &str) -> Response<Body> {
     retry_soon(format!("handover: pool member {} owns this session but {why}; retry\n", to.name))
-}
-
-/// Joins the client's and the upstream's upgraded connections (WebSocket and friends), byte for byte.
-pub(super) fn bridge_upgrade(client: hyper::upgrade::OnUpgrade, upstream: hyper::upgrade::OnUpgrade) {
-    tokio::spawn(async move {
-        match tokio::try_join!(client, upstream) {
-            Ok((client, upstream)) => {
-                let mut client = hyper_util::rt::TokioIo::new(client);
-                let mut upstream = hyper_util::rt::TokioIo::new(upstream);
-                if let Err(e) = tokio::io::copy_bidirectional(&mut client, &mut upstream).await {
-                    tracing::debug!(error = %e, "upgraded connection ended");
-                }
-            }
-            Err(e) => tracing::debug!(error = %e, "upgrade failed"),
-        }
-    });
 }
 
 impl Proxy {
@@ -105,7 +89,8 @@ impl Proxy {
         if let Ok(v) = HeaderValue::from_str(&mark) {
             req.headers_mut().insert(FORWARDED_HEADER, v);
         }
-        let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
+        let client_upgrade =
+            upgrade.then(|| (hyper::upgrade::on(&mut req), req.extensions_mut().remove::<TunnelSlot>()));
         let failed = |why: &str, status: StatusCode| {
             self.metrics.forwards.get_or_create(&[("reason", reason), ("result", "failed")]).inc();
             tracing::warn!(peer = %to.name, error = why, "forwarded request failed");
@@ -160,8 +145,8 @@ impl Proxy {
         }
         self.metrics.forwards.get_or_create(&[("reason", reason), ("result", "ok")]).inc();
         let switching = resp.status() == StatusCode::SWITCHING_PROTOCOLS;
-        if let (true, Some(client)) = (switching, client_upgrade) {
-            bridge_upgrade(client, hyper::upgrade::on(&mut resp));
+        if let (true, Some((client, tunnel))) = (switching, client_upgrade) {
+            bridge_upgrade(client, hyper::upgrade::on(&mut resp), tunnel);
         }
         // (A draining pod's `Connection: close` is added for every response in `route_request`.)
         strip_hop_by_hop(resp.headers_mut(), switching);

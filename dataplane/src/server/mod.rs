@@ -27,7 +27,7 @@ use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 
 use crate::metrics::{BadRequest, Typed};
-use crate::proxy::Proxy;
+use crate::proxy::{Proxy, TunnelSlot};
 use crate::upstream::{Body, full};
 use send_timeout::SendTimeout;
 
@@ -122,9 +122,10 @@ const UPLOAD_SLOTS: u32 = 4;
 /// client keep 200 of them open on one connection: 20 connections with streams whose bodies
 /// trickle in held 4 000 app connections and ~135 MB. So each stream takes a slot, and one more
 /// while its body arrives (up to its window, 64 KiB); an HTTP/1.1 request that hyper serves with
-/// a body takes [`UPLOAD_SLOTS`]. The cap's bounds on open files and memory hold for them too.
-/// (Any other HTTP/1.1 request is one at a time on its connection: its connection's slot covers
-/// it.)
+/// a body takes [`UPLOAD_SLOTS`]. A request for an upgrade takes one for the tunnel it may become,
+/// which outlives its connection's task (and its slot) and holds two sockets: the tunnel keeps it
+/// ([`TunnelSlot`]). The cap's bounds on open files and memory hold for them too. (Any other
+/// HTTP/1.1 request is one at a time on its connection: its connection's slot covers it.)
 #[derive(Clone)]
 struct RequestSlots {
     slots: Arc<tokio::sync::Semaphore>,
@@ -142,6 +143,7 @@ impl RequestSlots {
         let needed = match (req.version(), body) {
             (Version::HTTP_2, body) => 1 + u32::from(body),
             (_, true) => UPLOAD_SLOTS,
+            (_, false) if req.headers().contains_key(header::UPGRADE) => 1,
             (_, false) => return Ok(None),
         };
         // Beside its connection's slot: a cap too small for that many is all it may take.
@@ -271,8 +273,14 @@ pub async fn serve<H, F>(
                     let service = service_fn(move |req: Request<Incoming>| {
                         let mut in_flight = requests.enter();
                         let served = request_slots.take(&req, client).map(|slots| {
-                            in_flight.hold(slots);
-                            handle(req.map(|body| body.map_err(Into::into).boxed()), client)
+                            let mut req = req.map(|body| body.map_err(Into::into).boxed());
+                            if req.headers().contains_key(header::UPGRADE) && req.version() != Version::HTTP_2 {
+                                // Given back with the request, or kept by the tunnel it becomes.
+                                req.extensions_mut().insert(TunnelSlot::new(slots, timeouts.keepalive));
+                            } else {
+                                in_flight.hold(slots);
+                            }
+                            handle(req, client)
                         });
                         async move {
                             Ok::<_, Infallible>(match served {
