@@ -18,6 +18,13 @@ pub enum Error {
     /// One or more child objects could not be applied; the pool's conditions name them.
     #[error("{} child object(s) failed: {}", .0.len(), .0.join("; "))]
     Children(Vec<String>),
+    /// An object under the name of one of the pool's children exists and is not the pool's: the
+    /// operator takes over no object it did not make (a Service of the app's own, named like the
+    /// pool, would have its selector, ports and type rewritten, and be deleted with the pool).
+    #[error(
+        "{kind} {namespace}/{name} exists and was not made for this pool: the operator does not take it over (rename the pool, or move that {kind} out of its way)"
+    )]
+    NotOurs { kind: String, namespace: String, name: String },
     /// The operating system's random source failed (no key could be generated).
     #[error("random source: {0}")]
     Random(String),
@@ -50,6 +57,7 @@ impl Error {
             Error::Kube { .. } => "kube_api",
             Error::Finalizer(_) => "finalizer",
             Error::Children(_) => "children",
+            Error::NotOurs { .. } => "not_ours",
             Error::Random(_) => "random",
             Error::StoreNotReady(_) => "store_not_ready",
             Error::MissingField(_) => "missing_field",
@@ -76,9 +84,10 @@ mod tests {
             Error::Random("x".into()),
             Error::StoreNotReady("pods"),
             Error::MissingField("metadata.namespace"),
+            Error::NotOurs { kind: "Service".into(), namespace: "shop".into(), name: "cart".into() },
         ];
         let labels: Vec<&str> = errors.iter().map(Error::metric_label).collect();
-        assert_eq!(labels, ["children", "random", "store_not_ready", "missing_field"]);
+        assert_eq!(labels, ["children", "random", "store_not_ready", "missing_field", "not_ours"]);
         assert_eq!(errors[0].to_string(), "2 child object(s) failed: a; b");
     }
 }

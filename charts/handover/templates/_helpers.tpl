@@ -76,10 +76,11 @@ apply of an object that does not exist yet is authorized as create as well as pa
 - apiGroups: ["apps"]
   resources: ["deployments"]
   verbs: ["list", "watch", "patch"]
-# The pool's Service (server-side apply).
+# The pool's Service (server-side apply; read by name first, the first time: one under that name
+# that the pool does not own is left as it is).
 - apiGroups: [""]
   resources: ["services"]
-  verbs: ["list", "watch", "create", "patch"]
+  verbs: ["get", "list", "watch", "create", "patch"]
 # The key Secret, by name only: read, create once, rotate (update with resourceVersion). No list
 # or watch: the operator never sees a Secret it does not name. Never deleted by the operator (the
 # garbage collector deletes it with its pool).
@@ -91,12 +92,12 @@ apply of an object that does not exist yet is authorized as create as well as pa
 # pods/status, both held above: no escalate or bind needed.
 - apiGroups: ["rbac.authorization.k8s.io"]
   resources: ["roles", "rolebindings"]
-  verbs: ["list", "watch", "create", "patch"]
+  verbs: ["get", "list", "watch", "create", "patch"]
 # Each pool's NetworkPolicy letting its pods reach each other's sidecar (server-side apply),
 # deleted when the pool opts out (spec.networkPolicy.enabled: false).
 - apiGroups: ["networking.k8s.io"]
   resources: ["networkpolicies"]
-  verbs: ["list", "watch", "create", "patch", "delete"]
+  verbs: ["get", "list", "watch", "create", "patch", "delete"]
 # Events on pools and Deployments.
 - apiGroups: ["events.k8s.io"]
   resources: ["events"]

@@ -25,8 +25,11 @@ use crate::error::Error;
 use handover_common::sync::lock;
 
 /// Server-side apply of a namespaced object with the operator's field manager; returns the
-/// resourceVersion the API server answered with.
-async fn ssa<K>(ctx: &Context, ns: &str, obj: &K) -> Result<Option<String>, Error>
+/// resourceVersion the API server answered with. Unless this replica applied it before (`known`),
+/// an object of that name that exists without `obj`'s controller (the pool) among its owners is
+/// not the pool's: it is left as it is ([`Error::NotOurs`]). A forced apply would take its fields,
+/// and the garbage collector would delete it with the pool.
+async fn ssa<K>(ctx: &Context, ns: &str, obj: &K, known: bool) -> Result<Option<String>, Error>
 where
     K: Resource<DynamicType = (), Scope = NamespaceResourceScope>
         + Serialize
@@ -36,6 +39,17 @@ where
 {
     let name = obj.meta().name.clone().unwrap_or_default();
     let api: Api<K> = Api::namespaced(ctx.client.clone(), ns);
+    let existing = match known {
+        true => None,
+        false => api.get_opt(&name).await.map_err(Error::kube(format!("get {} {ns}/{name}", K::kind(&()))))?,
+    };
+    let controller = obj.meta().owner_references.iter().flatten().find(|o| o.controller == Some(true));
+    if let Some(existing) = existing {
+        let owners = existing.meta().owner_references.iter().flatten();
+        if !owners.into_iter().any(|o| controller.is_some_and(|c| c.uid == o.uid)) {
+            return Err(Error::NotOurs { kind: K::kind(&()).into_owned(), namespace: ns.to_owned(), name });
+        }
+    }
     fence(ctx)?;
     let applied = api
         .patch(&name, &PatchParams::apply(MANAGER).force(), &Patch::Apply(obj))
@@ -48,11 +62,12 @@ where
 /// next reconcile applies it again).
 async fn apply_child(ctx: &Context, step: &ChildStep) -> Result<(), Error> {
     let ns = &step.key.namespace;
+    let known = lock(&ctx.applied).contains_key(&step.key);
     let result = match &step.child {
-        Child::Service(s) => ssa(ctx, ns, s.as_ref()).await,
-        Child::Role(r) => ssa(ctx, ns, r).await,
-        Child::RoleBinding(b) => ssa(ctx, ns, b).await,
-        Child::NetworkPolicy(n) => ssa(ctx, ns, n.as_ref()).await,
+        Child::Service(s) => ssa(ctx, ns, s.as_ref(), known).await,
+        Child::Role(r) => ssa(ctx, ns, r, known).await,
+        Child::RoleBinding(b) => ssa(ctx, ns, b, known).await,
+        Child::NetworkPolicy(n) => ssa(ctx, ns, n.as_ref(), known).await,
     };
     let mut applied = lock(&ctx.applied);
     match result {

@@ -345,19 +345,35 @@ fn json_of(value: &impl serde::Serialize) -> Value {
     serde_json::to_value(value).expect("serializable")
 }
 
+/// The first apply of a child by this replica: read first (none there yet), then applied.
+fn first_apply(path: &str, applied: Value) -> [Expect; 2] {
+    [expect("GET", path, 404, Some(not_found())), expect("PATCH", path, 200, Some(applied))]
+}
+
+/// The first applies of a new pool's four children (8 requests).
+fn children_first_applied(p: &ServerPool) -> Vec<Expect> {
+    let accounts = std::collections::BTreeSet::from(["web".to_owned()]);
+    [
+        first_apply(SERVICE, with_version(json_of(&desired::service(p)), "11")),
+        first_apply(ROLE, with_version(json_of(&desired::role(p)), "12")),
+        first_apply(BINDING, with_version(json_of(&desired::role_binding(p, &accounts)), "13")),
+        first_apply(POLICY, with_version(json_of(&desired::network_policy(p)), "14")),
+    ]
+    .into_iter()
+    .flatten()
+    .collect()
+}
+
 /// The requests of a new pool's first reconcile, answered as the API server would.
 fn new_pool_script(p: &ServerPool, d: &Deployment) -> Vec<Expect> {
-    let accounts = std::collections::BTreeSet::from(["web".to_owned()]);
-    vec![
-        expect("PATCH", SERVICE, 200, Some(with_version(json_of(&desired::service(p)), "11"))),
-        expect("PATCH", ROLE, 200, Some(with_version(json_of(&desired::role(p)), "12"))),
-        expect("PATCH", BINDING, 200, Some(with_version(json_of(&desired::role_binding(p, &accounts)), "13"))),
-        expect("PATCH", POLICY, 200, Some(with_version(json_of(&desired::network_policy(p)), "14"))),
+    let mut script = children_first_applied(p);
+    script.extend([
         expect("GET", format!("{SECRETS}/cart-handover-keys"), 404, Some(not_found())),
         expect("POST", SECRETS, 201, None),
         expect("PATCH", DEPLOYMENT, 200, Some(json_of(d))),
         expect("PATCH", format!("{POOLS}/cart/status"), 200, Some(json_of(p))),
-    ]
+    ]);
+    script
 }
 
 /// The first reconcile of a new pool with one ready pod, as [`new_pool_script`] answers it.
@@ -407,18 +423,18 @@ async fn a_new_pool_gets_its_children_keys_injection_and_status_then_a_readiness
     api.expect(new_pool_script(&p, &d));
     run(&ctx, p.clone()).await.expect("the first reconcile succeeds");
     api.verify();
-    let secret: Secret = serde_json::from_value(api.body(5)).expect("a Secret was created");
+    let secret: Secret = serde_json::from_value(api.body(9)).expect("a Secret was created");
     assert_eq!(
         secret.metadata.labels.as_ref().and_then(|l| l.get(MANAGED_BY.0)).map(String::as_str),
         Some(MANAGED_BY.1)
     );
-    let role = api.body(1);
+    let role = api.body(3);
     assert_eq!(
         role["rules"][1],
         json!({"apiGroups": [""], "resources": ["pods/status"], "verbs": ["patch"]}),
         "the sidecars may write their peer condition"
     );
-    let status = api.body(7);
+    let status = api.body(11);
     assert_eq!(status["status"]["readyMembers"], 1);
     assert_eq!(status["status"]["conditions"][0]["reason"], "MembersReady");
     assert_eq!(status["status"]["conditions"][2]["type"], "PeersReachable");
@@ -500,7 +516,7 @@ async fn a_child_edited_by_someone_else_is_applied_again() {
 async fn a_rotation_request_reads_and_rotates_the_key_secret() {
     let api = MockApi::start().await;
     let ctx = a_new_pool_reconciled(&api).await;
-    let created = api.body(5);
+    let created = api.body(9);
 
     let mut p = pool(Some(&[("a", true)]));
     p.metadata.annotations = Some(BTreeMap::from([(desired::ROTATE_ANNOTATION.to_owned(), "now".to_owned())]));
@@ -537,20 +553,17 @@ async fn a_key_secret_the_operator_did_not_create_is_not_mounted() {
     let d = deployment(&p, false);
     let world = World { pods: vec![pod("a", true)], deployments: vec![d], pools: vec![p.clone()], children: vec![] };
     let ctx = context(&api, world);
-    let accounts = std::collections::BTreeSet::from(["web".to_owned()]);
     let foreign = json!({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "db-credentials", "namespace": NS}, "data": {"password": "aHVudGVyMg=="}});
-    api.expect(vec![
-        expect("PATCH", SERVICE, 200, Some(with_version(json_of(&desired::service(&p)), "11"))),
-        expect("PATCH", ROLE, 200, Some(with_version(json_of(&desired::role(&p)), "12"))),
-        expect("PATCH", BINDING, 200, Some(with_version(json_of(&desired::role_binding(&p, &accounts)), "13"))),
-        expect("PATCH", POLICY, 200, Some(with_version(json_of(&desired::network_policy(&p)), "14"))),
+    let mut script = children_first_applied(&p);
+    script.extend([
         expect("GET", format!("{SECRETS}/db-credentials"), 200, Some(foreign)),
         expect("PATCH", format!("{POOLS}/cart/status"), 200, Some(json_of(&p))),
     ]);
+    api.expect(script);
     run(&ctx, p).await.expect("a refused Secret is a condition, not an error");
     let requests = api.verify();
     assert!(!requests.iter().any(|r| r.contains("/deployments/")), "nothing injected: {requests:?}");
-    let status = api.body(5);
+    let status = api.body(9);
     assert_eq!(status["status"]["conditions"][0]["reason"], "KeySecretInvalid");
     assert_eq!(status["status"]["conditions"][1]["reason"], "KeySecretInvalid");
     assert!(api.events().iter().any(|e| e == "KeySecretInvalid"), "{:?}", api.events());
@@ -565,12 +578,12 @@ async fn a_refused_apply_is_reported_and_retried_on_the_next_reconcile() {
         World { pods: vec![pod("a", true)], deployments: vec![d.clone()], pools: vec![p.clone()], children: vec![] };
     let ctx = context(&api, world);
     let mut script = new_pool_script(&p, &d);
-    script[0] = expect("PATCH", SERVICE, 403, Some(json!({"kind": "Status", "code": 403, "message": "forbidden"})));
+    script[1] = expect("PATCH", SERVICE, 403, Some(json!({"kind": "Status", "code": 403, "message": "forbidden"})));
     api.expect(script);
     let failed = run(&ctx, p).await;
     assert!(matches!(failed, Err(Error::Children(ref f)) if f.len() == 1 && f[0].contains("forbidden")), "{failed:?}");
     api.verify();
-    assert_eq!(api.body(7)["status"]["conditions"][0]["reason"], "ReconcileFailed");
+    assert_eq!(api.body(11)["status"]["conditions"][0]["reason"], "ReconcileFailed");
 
     // Next time only the Service is applied again (its child cache has nothing at "11").
     let p = pool(Some(&[("a", true)]));
@@ -582,16 +595,46 @@ async fn a_refused_apply_is_reported_and_retried_on_the_next_reconcile() {
     };
     let next = context(&api, world);
     carry_memory(&ctx, &next);
-    api.expect(vec![expect("PATCH", SERVICE, 200, Some(with_version(json_of(&desired::service(&p)), "11")))]);
+    api.expect(first_apply(SERVICE, with_version(json_of(&desired::service(&p)), "11")).into());
     run(&next, p).await.expect("the Service is applied");
-    assert_eq!(api.verify(), [format!("PATCH {SERVICE}")]);
+    assert_eq!(api.verify(), [format!("GET {SERVICE}"), format!("PATCH {SERVICE}")]);
+}
+
+#[tokio::test]
+async fn an_object_under_a_childs_name_that_is_not_the_pools_is_left_as_it_is() {
+    // The app's own Service, named like the pool: a forced apply would rewrite its selector,
+    // ports and type, and the garbage collector would delete it with the pool.
+    let api = MockApi::start().await;
+    let p = pool(None);
+    let d = deployment(&p, false);
+    let world =
+        World { pods: vec![pod("a", true)], deployments: vec![d.clone()], pools: vec![p.clone()], children: vec![] };
+    let ctx = context(&api, world);
+    let theirs = json!({"apiVersion": "v1", "kind": "Service", "metadata": {"name": "cart", "namespace": NS, "resourceVersion": "5"},
+        "spec": {"type": "LoadBalancer", "selector": {"app": "cart"}, "ports": [{"port": 80, "targetPort": 8080}]}});
+    let mut script = new_pool_script(&p, &d);
+    script.splice(0..2, [expect("GET", SERVICE, 200, Some(theirs))]);
+    api.expect(script);
+    let failed = run(&ctx, p).await;
+    let message = match &failed {
+        Err(Error::Children(f)) if f.len() == 1 => f[0].clone(),
+        other => panic!("{other:?}"),
+    };
+    assert!(message.contains("Service shop/cart exists and was not made for this pool"), "{message}");
+    let requests = api.verify();
+    assert!(!requests.contains(&format!("PATCH {SERVICE}")), "the app's Service is not applied: {requests:?}");
+    let status = api.body(10);
+    assert_eq!(status["status"]["conditions"][0]["reason"], "ReconcileFailed");
+    assert!(
+        status["status"]["conditions"][0]["message"].as_str().is_some_and(|m| m.contains("not made for this pool"))
+    );
 }
 
 #[tokio::test]
 async fn opting_out_of_the_network_policy_deletes_it_once_and_a_gone_one_is_no_error() {
     let api = MockApi::start().await;
     let ctx = a_new_pool_reconciled(&api).await;
-    let policy: NetworkPolicy = serde_json::from_value(api.body(3)).expect("a NetworkPolicy was applied");
+    let policy: NetworkPolicy = serde_json::from_value(api.body(7)).expect("a NetworkPolicy was applied");
     assert_eq!(
         policy.metadata.labels.as_ref().and_then(|l| l.get(MANAGED_BY.0)).map(String::as_str),
         Some(MANAGED_BY.1)
