@@ -31,6 +31,63 @@ pub const KEY_VOLUME: &str = "handover-keys";
 /// Where the key volume is mounted in the sidecar.
 pub const KEY_MOUNT: &str = "/etc/handover/keys";
 
+/// The sidecar's own credentials for the API server (it watches its ServerPool): a token of the
+/// pod's service account, the cluster's CA and the namespace, projected where every Kubernetes
+/// client looks for them — the volume the API server adds to a pod's containers unless the pod
+/// or its service account says `automountServiceAccountToken: false`, which hardening policies
+/// set. Without it the sidecar could not start (a pool whose pods never became ready, and their
+/// app containers never started); with it the app's containers still get no token. The API
+/// server adds no mount of its own to a container that has one at that path.
+pub const API_VOLUME: &str = "handover-kube-api-access";
+
+/// Where Kubernetes clients read a pod's service account credentials.
+const API_MOUNT: &str = "/var/run/secrets/kubernetes.io/serviceaccount";
+
+/// The projected volume of [`API_VOLUME`]: what the API server projects itself, the token renewed
+/// by the kubelet (kube's client reads it again as it changes).
+fn api_access_volume() -> Volume {
+    use k8s_openapi::api::core::v1::{
+        ConfigMapProjection, DownwardAPIProjection, DownwardAPIVolumeFile, KeyToPath, ProjectedVolumeSource,
+        ServiceAccountTokenProjection, VolumeProjection,
+    };
+    let sources = vec![
+        VolumeProjection {
+            service_account_token: Some(ServiceAccountTokenProjection {
+                path: "token".to_owned(),
+                expiration_seconds: Some(3607),
+                ..ServiceAccountTokenProjection::default()
+            }),
+            ..VolumeProjection::default()
+        },
+        VolumeProjection {
+            config_map: Some(ConfigMapProjection {
+                name: "kube-root-ca.crt".to_owned(),
+                items: Some(vec![KeyToPath { key: "ca.crt".to_owned(), path: "ca.crt".to_owned(), mode: None }]),
+                optional: None,
+            }),
+            ..VolumeProjection::default()
+        },
+        VolumeProjection {
+            downward_api: Some(DownwardAPIProjection {
+                items: Some(vec![DownwardAPIVolumeFile {
+                    path: "namespace".to_owned(),
+                    field_ref: Some(ObjectFieldSelector {
+                        api_version: Some("v1".to_owned()),
+                        field_path: "metadata.namespace".to_owned(),
+                    }),
+                    ..DownwardAPIVolumeFile::default()
+                }]),
+            }),
+            ..VolumeProjection::default()
+        },
+    ];
+    Volume {
+        name: API_VOLUME.to_owned(),
+        projected: Some(ProjectedVolumeSource { default_mode: Some(0o644), sources: Some(sources) }),
+        ..Volume::default()
+    }
+}
+
 /// Seconds the sidecar's preStop hook waits for endpoints to forget the pod.
 pub const PRESTOP_SLEEP_SECONDS: i64 = 5;
 
@@ -252,12 +309,20 @@ pub fn sidecar_container(pool: &ServerPool, cfg: &InjectionConfig) -> Container 
             }),
             ..Lifecycle::default()
         }),
-        volume_mounts: Some(vec![VolumeMount {
-            name: KEY_VOLUME.to_owned(),
-            mount_path: KEY_MOUNT.to_owned(),
-            read_only: Some(true),
-            ..VolumeMount::default()
-        }]),
+        volume_mounts: Some(vec![
+            VolumeMount {
+                name: KEY_VOLUME.to_owned(),
+                mount_path: KEY_MOUNT.to_owned(),
+                read_only: Some(true),
+                ..VolumeMount::default()
+            },
+            VolumeMount {
+                name: API_VOLUME.to_owned(),
+                mount_path: API_MOUNT.to_owned(),
+                read_only: Some(true),
+                ..VolumeMount::default()
+            },
+        ]),
         security_context: Some(sidecar_security_context()),
         restart_policy: cfg.native_sidecars.then(|| "Always".to_owned()),
         ..Container::default()
@@ -321,7 +386,7 @@ pub fn injection_patch(pool: &ServerPool, deploy: &Deployment, cfg: &InjectionCo
         let all: Vec<Value> = std::iter::once(json!(container)).chain(hooks).collect();
         pod_spec.insert("containers".to_owned(), Value::Array(all));
     }
-    pod_spec.insert("volumes".to_owned(), json!([volume]));
+    pod_spec.insert("volumes".to_owned(), json!([volume, api_access_volume()]));
     let mut template = json!({
         "metadata": {"labels": {POOL_LABEL: pool_name(pool)}},
         "spec": Value::Object(pod_spec),

@@ -518,6 +518,19 @@ fn injection_patch_adds_label_volume_grace_and_marker_only() {
     );
     assert_eq!(t["spec"]["volumes"][0]["name"], KEY_VOLUME);
     assert_eq!(t["spec"]["volumes"][0]["secret"]["secretName"], "cart-handover-keys");
+    // Its own credentials for the API server, whether or not the pod automounts a token.
+    assert_eq!(t["spec"]["volumes"][1]["name"], API_VOLUME);
+    let sources = &t["spec"]["volumes"][1]["projected"]["sources"];
+    assert_eq!(sources[0]["serviceAccountToken"]["path"], "token");
+    assert_eq!(sources[1]["configMap"]["name"], "kube-root-ca.crt");
+    assert_eq!(sources[2]["downwardAPI"]["items"][0]["fieldRef"]["fieldPath"], "metadata.namespace");
+    let mounts = &t["spec"]["initContainers"][0]["volumeMounts"];
+    assert!(
+        mounts.as_array().into_iter().flatten().any(|m| m["name"] == API_VOLUME
+            && m["mountPath"] == "/var/run/secrets/kubernetes.io/serviceaccount"
+            && m["readOnly"] == true),
+        "{mounts}"
+    );
     assert_eq!(t["spec"]["terminationGracePeriodSeconds"], 5 + 20 + 15);
 }
 

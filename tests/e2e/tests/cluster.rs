@@ -139,9 +139,11 @@ impl DemoPool {
                 "template": {
                     "metadata": {"labels": {"app": "demo-app"}},
                     // As examples/demo-app.yaml: non-root, seccomp RuntimeDefault, read-only root,
-                    // no capabilities, a memory limit.
+                    // no capabilities, a memory limit, no API token for the app (the injected
+                    // sidecar mounts its own, to watch its ServerPool).
                     "spec": {
                         "terminationGracePeriodSeconds": 10,
+                        "automountServiceAccountToken": false,
                         "securityContext": {
                             "runAsNonRoot": true, "runAsUser": 65532, "runAsGroup": 65532,
                             "seccompProfile": {"type": "RuntimeDefault"},
