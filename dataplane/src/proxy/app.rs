@@ -11,7 +11,10 @@ use http::header::{self, HeaderValue};
 use http::{Method, Request, Response, StatusCode};
 use http_body_util::{BodyExt, Limited};
 
-use super::headers::{AppFields, FORMAT_HEADER, SESSION_HEADER, WantsTrailers, h2_form, origin_form, strip_hop_by_hop};
+use super::headers::{
+    AppFields, FORMAT_HEADER, SESSION_HEADER, WantsTrailers, h2_form, origin_form, say_chunked_if_unframed,
+    strip_hop_by_hop,
+};
 use super::request::RequestCookie;
 use super::restore::Carried;
 use super::tunnel::{TunnelSlot, bridge_upgrade};
@@ -500,6 +503,7 @@ impl Proxy {
         let sent = match sender {
             AppSender::Http1(conn) => {
                 let head_request = req.method() == Method::HEAD;
+                say_chunked_if_unframed(&mut req);
                 let mut sender =
                     conn.into_hyper(self.cfg.app, upgrade).await.map_err(|e| SendError::Failed(e.to_string()))?;
                 let sent = sender.try_send_request(req).await;

@@ -352,6 +352,22 @@ pub(super) fn h2_form<B>(req: &mut Request<B>, app: SocketAddr) {
     }
 }
 
+/// Says `Transfer-Encoding: chunked` on a `GET` or `HEAD` whose body is still to come with no
+/// length, before it goes through hyper's HTTP/1.1 client, which frames a body of unknown length
+/// on those methods as none at all (taking them to carry none): the body, a client's chunked one,
+/// would be dropped without a word. (Any other method's is sent chunked by hyper itself.)
+pub(super) fn say_chunked_if_unframed(req: &mut Request<crate::upstream::Body>) {
+    use hyper::body::Body as _;
+    let method = req.method();
+    if (method == http::Method::GET || method == http::Method::HEAD)
+        && !req.body().is_end_stream()
+        && req.body().size_hint().exact().is_none()
+        && !req.headers().contains_key(header::CONTENT_LENGTH)
+    {
+        req.headers_mut().insert(header::TRANSFER_ENCODING, HeaderValue::from_static("chunked"));
+    }
+}
+
 pub(super) fn is_upgrade<B>(req: &Request<B>) -> bool {
     req.headers().contains_key(header::UPGRADE)
         && req

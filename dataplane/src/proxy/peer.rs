@@ -7,7 +7,7 @@ use http::header::HeaderValue;
 use http::{Request, Response, StatusCode};
 use http_body_util::BodyExt;
 
-use super::headers::{FORWARDED_HEADER, PEER_HEADER, origin_form, strip_hop_by_hop};
+use super::headers::{FORWARDED_HEADER, PEER_HEADER, origin_form, say_chunked_if_unframed, strip_hop_by_hop};
 use super::tunnel::{TunnelSlot, bridge_upgrade};
 use super::{Proxy, cut_by_client, retry_soon, text_response, unix_now};
 use crate::peer_auth;
@@ -100,6 +100,7 @@ impl Proxy {
         // Wait for the answer as long as the peer lives (a long-poll is not a dead peer): probe
         // it whenever the wait passes another `peer_probe_after`.
         let response_deadline = self.cfg.response_timeout.map(|t| tokio::time::Instant::now() + t);
+        say_chunked_if_unframed(&mut req);
         let outcome = {
             let send = sender.send.send_request(req);
             tokio::pin!(send);
