@@ -167,7 +167,8 @@ pub(super) async fn execute(pool: &ServerPool, plan: Plan, ctx: &Context, now: T
             DeploymentPlan::Remove { name, patch } => (name, patch, false),
             DeploymentPlan::Injected { .. }
             | DeploymentPlan::Conflict { .. }
-            | DeploymentPlan::ForeignSidecar { .. } => {
+            | DeploymentPlan::ForeignSidecar { .. }
+            | DeploymentPlan::PortTaken { .. } => {
                 continue;
             }
         };

@@ -530,6 +530,29 @@ pub enum DeploymentPlan {
         /// Deployment name.
         name: String,
     },
+    /// A container of the Deployment declares a port the sidecar listens on (the pool's
+    /// `sidecarPort` or `adminPort`): both would bind it in the pod's one network namespace, and
+    /// one would fail to start, again and again.
+    PortTaken {
+        /// Deployment name.
+        name: String,
+        /// The container that declares it.
+        container: String,
+        port: i32,
+    },
+}
+
+/// A container of `deploy` (not the sidecar) that declares one of the sidecar's own ports, and
+/// that port.
+fn port_taken(pool: &ServerPool, deploy: &Deployment) -> Option<(String, i32)> {
+    let spec = deploy.spec.as_ref()?.template.spec.as_ref()?;
+    let ours = [pool.spec.sidecar_port, pool.spec.admin_port];
+    spec.containers.iter().chain(spec.init_containers.iter().flatten()).filter(|c| c.name != SIDECAR_NAME).find_map(
+        |c| {
+            let port = c.ports.iter().flatten().map(|p| p.container_port).find(|p| ours.contains(p))?;
+            Some((c.name.clone(), port))
+        },
+    )
 }
 
 /// What the pool must do with each Deployment of its namespace.
@@ -587,6 +610,10 @@ pub fn plan_deployments<'a>(
             }
             if has_sidecar(d) && injected.is_none() {
                 out.push(DeploymentPlan::ForeignSidecar { name: dname });
+                continue;
+            }
+            if let Some((container, port)) = port_taken(pool, d) {
+                out.push(DeploymentPlan::PortTaken { name: dname, container, port });
                 continue;
             }
             let (patch, hash) = injection_patch(pool, d, cfg);

@@ -281,6 +281,9 @@ pub fn plan(pool: &ServerPool, observed: &Observed<'_>, policy: &Policy<'_>) -> 
             DeploymentPlan::ForeignSidecar { name: d } => deployment_problems.push(format!(
                 "Deployment {d} already has a container named {SIDECAR_NAME} that the operator did not inject: not injected"
             )),
+            DeploymentPlan::PortTaken { name: d, container, port } => deployment_problems.push(format!(
+                "Deployment {d}: its container {container} declares port {port}, which the sidecar listens on (spec.sidecarPort, spec.adminPort): not injected; give the pool other ports"
+            )),
             DeploymentPlan::Injected { .. } => {}
             change @ (DeploymentPlan::Inject { .. } | DeploymentPlan::Remove { .. }) => deployments.push(change),
         }

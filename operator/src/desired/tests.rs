@@ -7,7 +7,7 @@ use crate::keys::KeyRing;
 use crate::validate::SpecProblem;
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::apps::v1::DeploymentSpec;
-use k8s_openapi::api::core::v1::{Container, Pod};
+use k8s_openapi::api::core::v1::{Container, ContainerPort, Pod};
 use k8s_openapi::api::core::v1::{PodCondition, PodSpec, PodStatus, PodTemplateSpec};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::FieldsV1;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ManagedFieldsEntry};
@@ -650,6 +650,33 @@ fn two_pools_claiming_one_deployment_is_a_conflict_not_an_injection() {
     elsewhere.metadata.namespace = Some("other".to_owned());
     let plan = plan_deployments(&cart, [&d], &[&cart, &elsewhere], &cfg());
     assert!(matches!(plan[..], [DeploymentPlan::Inject { .. }]), "{plan:?}");
+}
+
+#[test]
+fn a_deployment_whose_container_declares_a_port_of_the_sidecar_is_not_injected() {
+    // A Django app on 8000, or an exporter on 9901: the sidecar could not bind its port.
+    let p = pool();
+    for port in [p.spec.sidecar_port, p.spec.admin_port] {
+        let mut d = deployment("web", Some("cart"), &[]);
+        if let Some(s) = d.spec.as_mut().and_then(|s| s.template.spec.as_mut()) {
+            s.containers[0].ports = Some(vec![ContainerPort { container_port: port, ..ContainerPort::default() }]);
+        }
+        let plan = plan_deployments(&p, [&d], &[&p], &cfg());
+        let container = d.spec.as_ref().and_then(|s| s.template.spec.as_ref()).map(|s| s.containers[0].name.clone());
+        assert_eq!(
+            plan,
+            [DeploymentPlan::PortTaken { name: "web".to_owned(), container: container.expect("a container"), port }]
+        );
+    }
+    let mut d = deployment("web", Some("cart"), &[]);
+    if let Some(s) = d.spec.as_mut().and_then(|s| s.template.spec.as_mut()) {
+        s.containers[0].ports =
+            Some(vec![ContainerPort { container_port: p.spec.app_port, ..ContainerPort::default() }]);
+    }
+    assert!(
+        matches!(plan_deployments(&p, [&d], &[&p], &cfg())[..], [DeploymentPlan::Inject { .. }]),
+        "the app's port is the app's"
+    );
 }
 
 #[test]
