@@ -228,12 +228,6 @@ pub fn validate(pool: &ServerPool, default_image: &str, allowed: &ImageAllowList
         }
     }
     let cookie = &spec.cookie;
-    if cookie.name.len() > 64 || !cookie.name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-') {
-        out.push(problem(
-            "spec.cookie.name",
-            format!("{:?} must be at most 64 of A-Z a-z 0-9 _ - (empty: the pool's own name)", cookie.name),
-        ));
-    }
     check_duration(&mut out, "spec.cookie.maxAge", &cookie.max_age, Duration::from_secs(1));
     if let Some(absolute) =
         check_duration(&mut out, "spec.cookie.absoluteTimeout", &cookie.absolute_timeout, Duration::ZERO)
@@ -248,8 +242,33 @@ pub fn validate(pool: &ServerPool, default_image: &str, allowed: &ImageAllowList
     if !(0..=2048).contains(&cookie.inline_state_bytes) {
         out.push(problem("spec.cookie.inlineStateBytes", format!("{} is outside 0-2048", cookie.inline_state_bytes)));
     }
-    if cookie.same_site == crate::crd::SameSite::None && !cookie.secure {
-        out.push(problem("spec.cookie.sameSite", "SameSite=None requires secure: true (browsers reject it otherwise)"));
+    for (field, bytes) in [
+        ("spec.cookie.maxResponseHeaderBytes", cookie.max_response_header_bytes),
+        ("spec.cookie.maxRequestHeaderBytes", cookie.max_request_header_bytes),
+    ] {
+        if !(1024..=1_048_576).contains(&bytes) {
+            out.push(problem(field, format!("{bytes} is outside 1024-1048576")));
+        }
+    }
+    // What the sidecar would refuse at its start (a crash loop), refused here (a status), by the
+    // one check both take: the name, path, domain, their prefixes' rules, SameSite=None without
+    // Secure. An empty name is the pool's own, derived by the sidecar, and valid with any
+    // attributes.
+    let attrs = handover_common::cookie_attrs::Attrs {
+        name: if cookie.name.is_empty() { "handover".to_owned() } else { cookie.name.clone() },
+        path: cookie.path.clone(),
+        domain: cookie.domain.clone(),
+        secure: cookie.secure,
+        same_site: cookie.same_site.as_str().to_owned(),
+    };
+    if let Err(why) = handover_common::cookie_attrs::validate(&attrs) {
+        out.push(problem("spec.cookie", why));
+    }
+    if !(0..=1_073_741_824).contains(&spec.sidecar.backup_max_bytes) {
+        out.push(problem(
+            "spec.sidecar.backupMaxBytes",
+            format!("{} is outside 0-1073741824", spec.sidecar.backup_max_bytes),
+        ));
     }
     check_duration(&mut out, "spec.snapshot.interval", &spec.snapshot.interval, Duration::from_millis(1));
     if !spec.snapshot.state_path.starts_with('/')
@@ -395,20 +414,67 @@ mod tests {
         assert_eq!(
             fields(&pool(s.clone())),
             [
-                "spec.cookie.name",
                 "spec.cookie.maxAge",
                 "spec.cookie.absoluteTimeout",
                 "spec.cookie.maxBytes",
                 "spec.cookie.inlineStateBytes",
-                "spec.cookie.sameSite"
+                "spec.cookie"
             ]
         );
+        // The attributes, by the check the sidecar takes at its start: the first problem.
+        let cookie_problem = |s: &ServerPoolSpec| {
+            validate(&pool(s.clone()), DEFAULT_IMAGE, &allowed())
+                .into_iter()
+                .find(|p| p.field == "spec.cookie")
+                .map(|p| p.message)
+        };
+        assert!(cookie_problem(&s).is_some_and(|m| m.contains("\"has space\"")), "the name first");
+        s.cookie.name = String::new();
+        assert!(cookie_problem(&s).is_some_and(|m| m.contains("SameSite=None")), "then SameSite None without Secure");
         s.cookie.absolute_timeout = "1 day".into();
         assert!(fields(&pool(s.clone())).contains(&"spec.cookie.absoluteTimeout"));
         for fine in ["0s", "24h"] {
             s.cookie.absolute_timeout = fine.into();
             assert!(!fields(&pool(s.clone())).contains(&"spec.cookie.absoluteTimeout"), "{fine}");
         }
+    }
+
+    #[test]
+    fn what_the_schema_refuses_is_refused_again_for_objects_that_bypassed_it() {
+        // A pool stored under an older CRD, or edited past it: the sidecar would refuse each of
+        // these at its start, again and again.
+        let mut s = ServerPoolSpec::with_app_port(8080);
+        s.cookie.path = "shop; Domain=evil.example".into();
+        s.cookie.domain = "evil example".into();
+        s.cookie.max_response_header_bytes = -1;
+        s.cookie.max_request_header_bytes = 0;
+        s.sidecar.backup_max_bytes = -1;
+        assert_eq!(
+            fields(&pool(s.clone())),
+            [
+                "spec.cookie.maxResponseHeaderBytes",
+                "spec.cookie.maxRequestHeaderBytes",
+                "spec.cookie",
+                "spec.sidecar.backupMaxBytes"
+            ]
+        );
+        let message = |s: &ServerPoolSpec| {
+            validate(&pool(s.clone()), DEFAULT_IMAGE, &allowed())
+                .into_iter()
+                .find(|p| p.field == "spec.cookie")
+                .map(|p| p.message)
+                .unwrap_or_default()
+        };
+        assert!(message(&s).contains("cookie path"), "{}", message(&s));
+        s.cookie.path = "/".into();
+        assert!(message(&s).contains("cookie domain"), "{}", message(&s));
+        let mut s = ServerPoolSpec::with_app_port(8080);
+        s.cookie.name = "__Host-cart".into();
+        s.cookie.path = "/shop".into();
+        assert!(message(&s).contains("__Host-"), "__Host- needs path /");
+        s.cookie.name = "__Secure-cart".into();
+        s.cookie.secure = false;
+        assert!(message(&s).contains("__Secure-"), "__Secure- needs secure");
     }
 
     #[test]
