@@ -5,8 +5,8 @@ use std::collections::BTreeSet;
 use k8s_openapi::api::core::v1::Pod;
 use kube::ResourceExt;
 
-use super::names::{pool_namespace, selector, selects};
-use crate::crd::{Member, ServerPool};
+use super::names::{pool_name, pool_namespace, selector, selects};
+use crate::crd::{Member, POOL_LABEL, ServerPool};
 
 /// Whether the pod is ready to serve: Ready condition true, an IP, not terminating.
 fn pod_ready(pod: &Pod) -> bool {
@@ -24,13 +24,18 @@ fn pod_finished(pod: &Pod) -> bool {
     matches!(pod.status.as_ref().and_then(|s| s.phase.as_deref()), Some("Succeeded" | "Failed"))
 }
 
-/// The pods of `pool` among `pods` (any namespace): same namespace, selected, not finished.
+/// The pods of `pool` among `pods` (any namespace): same namespace, selected, carrying this
+/// pool's sidecar (the label its injection gives the pod template: a custom selector may also
+/// match pods that run none, whose sidecar-less port peers would forward sessions to), not
+/// finished.
 pub fn pool_pods<'a>(pool: &ServerPool, pods: impl IntoIterator<Item = &'a Pod>) -> Vec<&'a Pod> {
     let namespace = pool_namespace(pool);
     let selector = selector(pool);
+    let name = pool_name(pool);
     pods.into_iter()
         .filter(|p| p.metadata.namespace.as_deref() == Some(namespace.as_str()))
         .filter(|p| selects(&selector, p.labels()))
+        .filter(|p| p.labels().get(POOL_LABEL) == Some(&name))
         .filter(|p| !pod_finished(p))
         .collect()
 }

@@ -147,8 +147,11 @@ fn a_custom_selector_replaces_the_pool_label_everywhere() {
         Some(BTreeMap::from([("app".to_owned(), "cart-web".to_owned())]))
     );
     let pods = [
-        pod("a", &[("app", "cart-web")], true, Some("10.0.0.1")),
+        pod("a", &[("app", "cart-web"), (POOL_LABEL, "cart")], true, Some("10.0.0.1")),
         pod("b", &[(POOL_LABEL, "cart")], true, Some("10.0.0.2")),
+        // Selected, but running no sidecar of this pool (not injected, or before its rollout):
+        // peers must not forward sessions to it.
+        pod("c", &[("app", "cart-web")], true, Some("10.0.0.3")),
     ];
     let names: Vec<String> = members(&p, &pods).into_iter().map(|m| m.pod).collect();
     assert_eq!(names, ["a"]);
