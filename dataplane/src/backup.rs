@@ -92,6 +92,11 @@ impl Store {
         Store { inner: Mutex::new(Inner::default()), max_bytes }
     }
 
+    /// The most bytes it keeps (`--backup-max-bytes`).
+    pub fn max_bytes(&self) -> usize {
+        self.max_bytes
+    }
+
     /// Keeps `b` unless a newer backup of its session is kept; evicts the oldest past the bound.
     pub fn put(&self, b: Backup) -> Put {
         if b.bytes() > self.max_bytes {

@@ -117,6 +117,22 @@ pub fn successor<'a>(session: &str, candidates: impl Iterator<Item = &'a Member>
     candidates.max_by_key(|m| (weight(session, m), m.name.as_str()))
 }
 
+/// Where a pod that passes its requests on (draining) sends one of `session`: the member it handed
+/// the session to at its drain (`handed_to`), else the session's successor among `others` (the
+/// other members it can reach) — never back to the member that forwarded it here (`from`). Two
+/// pods draining at once, both still listed, would otherwise hand a request back and forth: each
+/// the other's successor, or the one it handed the session to, thousands of times in a second.
+/// `None`: no member left to pass it to.
+pub fn pass_on_to<'a>(
+    session: &str,
+    handed_to: Option<&'a Member>,
+    others: impl Iterator<Item = &'a Member>,
+    from: Option<&str>,
+) -> Option<&'a Member> {
+    let not_back = |m: &&Member| from != Some(m.name.as_str());
+    handed_to.filter(not_back).or_else(|| successor(session, others.filter(not_back)))
+}
+
 /// The members in the order they take a session over: the successor first. A takeover looks for
 /// the session's backup on the first [`BACKUP_LOOKUP_RANKS`] of them, so a backup kept by the
 /// successor of the moment is found after up to that many members joined above it.

@@ -206,7 +206,10 @@ impl Default for Metrics {
             snapshot_bytes: Histogram::new(exponential_buckets(128.0, 2.0, 10)),
             response_header_bytes: Histogram::new(exponential_buckets(256.0, 2.0, 10)),
             seals_refused: Family::default(),
-            backups_sent: LabeledCounters::new("result", &["ok", "no_successor", "refused", "failed"]),
+            backups_sent: LabeledCounters::new(
+                "result",
+                &["ok", "older", "too_large", "no_successor", "refused", "failed"],
+            ),
             backups_received: Family::default(),
             backup_lookups: Family::default(),
             backups_evicted: Counter::default(),

@@ -264,19 +264,26 @@ async fn response_head(stream: &mut tokio::net::TcpStream) -> String {
     String::from_utf8_lossy(&head).into_owned()
 }
 
+/// What an app of the test's own reads of a request until its head is whole (and what came after
+/// it in the same reads); `None` if the connection ended first.
+async fn request_head(stream: &mut tokio::net::TcpStream) -> Option<Vec<u8>> {
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 4096];
+    while !buf.windows(4).any(|w| w == b"\r\n\r\n") {
+        match stream.read(&mut chunk).await {
+            Ok(0) | Err(_) => return None,
+            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+        }
+    }
+    Some(buf)
+}
+
 /// An app of the test's own: answers each connection's request with the bytes of its path in
 /// `answers` as soon as it has the request's head, before its body, then reads on until the
 /// sidecar closes the connection (each answer says `connection: close`).
 async fn raw_app(answers: &'static [(&'static str, &'static [u8])]) -> std::net::SocketAddr {
     support::app_of_own(move |mut stream| async move {
-        let mut buf = Vec::new();
-        let mut chunk = [0u8; 4096];
-        while !buf.windows(4).any(|w| w == b"\r\n\r\n") {
-            match stream.read(&mut chunk).await {
-                Ok(0) | Err(_) => return,
-                Ok(n) => buf.extend_from_slice(&chunk[..n]),
-            }
-        }
+        let Some(buf) = request_head(&mut stream).await else { return };
         let text = String::from_utf8_lossy(&buf);
         let path = text.split(' ').nth(1).unwrap_or_default();
         let answer =
@@ -287,7 +294,7 @@ async fn raw_app(answers: &'static [(&'static str, &'static [u8])]) -> std::net:
         if stream.write_all(answer).await.is_err() {
             return;
         }
-        while matches!(stream.read(&mut chunk).await, Ok(n) if n > 0) {}
+        while matches!(stream.read(&mut [0u8; 4096]).await, Ok(n) if n > 0) {}
     })
     .await
 }
@@ -360,14 +367,7 @@ async fn no_request_is_tunnelled_to_http_past_the_proxys_checks() {
     let app = support::app_of_own(move |mut stream| {
         let seen = seen.clone();
         async move {
-            let mut buf = Vec::new();
-            let mut chunk = [0u8; 4096];
-            while !buf.windows(4).any(|w| w == b"\r\n\r\n") {
-                match stream.read(&mut chunk).await {
-                    Ok(0) | Err(_) => return,
-                    Ok(n) => buf.extend_from_slice(&chunk[..n]),
-                }
-            }
+            let Some(buf) = request_head(&mut stream).await else { return };
             let head = String::from_utf8_lossy(&buf).to_lowercase();
             let answer: &[u8] = if head.starts_with("get /ws ") {
                 b"HTTP/1.1 101 Switching Protocols\r\nupgrade: h2c\r\nconnection: upgrade\r\n\r\n"
@@ -376,7 +376,7 @@ async fn no_request_is_tunnelled_to_http_past_the_proxys_checks() {
             };
             seen.lock().expect("lock").push(head);
             let _ = stream.write_all(answer).await;
-            while matches!(stream.read(&mut chunk).await, Ok(n) if n > 0) {}
+            while matches!(stream.read(&mut [0u8; 4096]).await, Ok(n) if n > 0) {}
         }
     })
     .await;

@@ -186,3 +186,27 @@ async fn a_session_past_its_absolute_timeout_is_refused_as_expired_however_activ
     .await
     .expect("DELETE <statePath> for the expired session");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_backup_the_successor_does_not_keep_is_counted_as_not_kept_and_its_gauges_follow_the_store() {
+    // Pod 1 keeps at most 3 000 bytes of backups: a state of 4 000 bytes is not kept, and the
+    // owner must not count it as kept (a takeover would find nothing).
+    let mut pool = pool_with(2, &["--backup-max-bytes", "3000"], &[]).await;
+    let owner = pool.pods[0].data();
+    owner_lists_both(&pool).await;
+    let mut large = SessionClient::default();
+    large.send(|| Some(owner), Method::POST, "/blob?bytes=4000").await.expect("reply");
+    assert_eq!(pool.metric(r#"handover_backups_sent_total{result="too_large"}"#).await, 1.0);
+    assert_eq!(pool.metric(r#"handover_backups_sent_total{result="ok"}"#).await, 0.0, "not counted as kept");
+    assert_eq!(pool.metric(r#"handover_backups_received_total{result="too_large"}"#).await, 1.0);
+    // A small state is kept; taken over, its backup leaves the store, and the gauges with it.
+    let mut small = SessionClient::default();
+    small.send(|| Some(owner), Method::POST, "/incr").await.expect("reply");
+    assert_eq!(pool.metric("handover_backups_kept ").await, 1.0);
+    owner_killed(&mut pool).await;
+    small.disconnect();
+    let reply = small.send(|| Some(pool.pods[1].data()), Method::POST, "/incr").await.expect("reply");
+    assert_eq!(reply_of(&reply.body).count, 2, "taken over from its backup");
+    assert_eq!(pool.metric("handover_backups_kept ").await, 0.0, "the gauge follows the store");
+    assert_eq!(pool.metric("handover_backup_bytes ").await, 0.0);
+}

@@ -83,32 +83,52 @@ impl Proxy {
         if req.method() != Method::PUT {
             return text_response(StatusCode::METHOD_NOT_ALLOWED, "PUT or GET\n");
         }
-        let body = match crate::upstream::read_at_most(req.into_body(), self.backup_body_limit()).await {
-            Ok(body) => body,
-            Err(e) => return text_response(StatusCode::BAD_REQUEST, format!("backup body: {e}\n")),
+        let opened = match crate::upstream::read_at_most(req.into_body(), self.backup_body_limit()).await {
+            Ok(body) => self.open_backup(&session, &body),
+            Err(e) => Err(format!("backup body: {e}")),
         };
-        let backup = match self.open_backup(&session, &body) {
+        let backup = match opened {
             Ok(backup) => backup,
-            Err(why) => return text_response(StatusCode::BAD_REQUEST, format!("{why}\n")),
+            Err(why) => {
+                self.metrics.backups_received.get_or_create(&[("result", "bad_body")]).inc();
+                tracing::warn!(session, error = %why, "a peer's backup refused");
+                return text_response(StatusCode::BAD_REQUEST, format!("{why}\n"));
+            }
         };
-        let outcome = store.put(backup);
-        let label = match outcome {
+        // The sender learns whether it was kept: a backup it believes kept is what a takeover
+        // restores from, and what a client whose state is in no cookie is told holds it.
+        let (label, status) = match store.put(backup) {
             Put::Stored { evicted } => {
                 if evicted > 0 {
                     self.metrics.backups_evicted.inc_by(evicted as u64);
                 }
-                "stored"
+                ("stored", StatusCode::NO_CONTENT)
             }
-            Put::Older => "older",
-            Put::TooLarge => "too_large",
+            // A newer backup of the session is kept (two responses' backups crossed).
+            Put::Older => ("older", StatusCode::CONFLICT),
+            Put::TooLarge => {
+                tracing::warn!(
+                    session,
+                    limit = store.max_bytes(),
+                    "a peer's backup is over --backup-max-bytes; not kept"
+                );
+                ("too_large", StatusCode::PAYLOAD_TOO_LARGE)
+            }
         };
         self.metrics.backups_received.get_or_create(&[("result", label)]).inc();
-        let (count, bytes) = store.size();
-        self.metrics.backups_kept.set(count as i64);
-        self.metrics.backup_bytes.set(bytes as i64);
+        self.backup_gauges();
         let mut resp = Response::new(full(Bytes::new()));
-        *resp.status_mut() = StatusCode::NO_CONTENT;
+        *resp.status_mut() = status;
         resp
+    }
+
+    /// The backup store's gauges, as it is now.
+    pub(super) fn backup_gauges(&self) {
+        if let Some(store) = &self.backups {
+            let (count, bytes) = store.size();
+            self.metrics.backups_kept.set(count as i64);
+            self.metrics.backup_bytes.set(bytes as i64);
+        }
     }
 
     /// Hands a newly sealed state to the session's successor (the member that would take it over
@@ -134,11 +154,16 @@ impl Proxy {
             };
             let body = body.get_or_insert_with(|| Bytes::from(b.body())).clone();
             let result = match self.peer_call(&to, Method::PUT, &b.session, body).await {
-                Ok((StatusCode::NO_CONTENT, _)) => {
+                // Kept, or a newer backup of the session is (another response's, sent meanwhile).
+                Ok((status @ (StatusCode::NO_CONTENT | StatusCode::CONFLICT), _)) => {
                     if self.draining_since().is_some() {
                         sync::lock(&self.handed_to).insert(b.session.clone(), to.clone());
                     }
-                    "ok"
+                    if status == StatusCode::NO_CONTENT { "ok" } else { "older" }
+                }
+                Ok((StatusCode::PAYLOAD_TOO_LARGE, _)) => {
+                    tracing::warn!(peer = %to.name, session = %b.session, "the successor keeps no backup this large (its --backup-max-bytes)");
+                    "too_large"
                 }
                 Ok((status, _)) => {
                     tracing::warn!(peer = %to.name, session = %b.session, %status, "the successor did not keep a backup");
@@ -368,7 +393,7 @@ impl Proxy {
         // Outside the session's turn and pull lock: a newer state sealed meanwhile is handed over
         // too, and the successor keeps whichever is newer (`backup::Store::put`).
         match self.back_up(backup).await {
-            "ok" => HandedOver::Ok,
+            "ok" | "older" => HandedOver::Ok,
             "no_successor" => HandedOver::NoSuccessor,
             _ => HandedOver::NotKept,
         }

@@ -654,12 +654,10 @@ impl Proxy {
         if arrival.forwarded_by().is_some_and(|from| !live.iter().any(|m| m.name == from)) {
             return None;
         }
-        if let Some(to) = rc.session().and_then(|s| sync::lock(&self.handed_to).get(s).cloned())
-            && !unreachable.contains(&to.name)
-        {
-            return Some(to);
-        }
-        decide::successor(rc.session().unwrap_or(""), self.other_reachable(live, unreachable)).cloned()
+        let handed_to = rc.session().and_then(|s| sync::lock(&self.handed_to).get(s).cloned());
+        let handed_to = handed_to.filter(|to| !unreachable.contains(&to.name));
+        let others = self.other_reachable(live, unreachable);
+        decide::pass_on_to(rc.session().unwrap_or(""), handed_to.as_ref(), others, arrival.forwarded_by()).cloned()
     }
 
     /// The registry's live members, plus the session's owner when the registry does not list it

@@ -196,6 +196,7 @@ impl Proxy {
         if let Some(store) = &self.backups {
             // This pod owns the session now; its backup goes to this pod's successor.
             store.remove(session);
+            self.backup_gauges();
         }
         Ok(Restored::Done(Carried { state_version: version, copy }))
     }

@@ -180,6 +180,11 @@ impl Proxy {
             let now = Instant::now();
             sync::lock(&self.ended).retain(|_, until| *until > now);
         }
+        if let Some(store) = &self.backups {
+            // A backup lives as long as its route may: past that, no cookie of it is left.
+            store.expire(unix);
+            self.backup_gauges();
+        }
         for session in expired {
             self.session_left(&session, "expired").await;
         }
