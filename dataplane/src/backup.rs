@@ -133,6 +133,19 @@ impl Store {
         inner.by_session.get(session).map(|(b, _)| b).filter(|b| b.expires_at > now_unix).cloned()
     }
 
+    /// Every backup kept and not expired, oldest first.
+    pub fn all(&self, now_unix: u64) -> Vec<Backup> {
+        let inner = lock(&self.inner);
+        inner
+            .order
+            .values()
+            .filter_map(|session| inner.by_session.get(session))
+            .map(|(b, _)| b)
+            .filter(|b| b.expires_at > now_unix)
+            .cloned()
+            .collect()
+    }
+
     /// Forgets the backup of `session` (taken over here: this pod owns it now).
     pub fn remove(&self, session: &str) {
         let mut inner = lock(&self.inner);

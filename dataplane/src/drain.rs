@@ -122,6 +122,18 @@ pub async fn hand_over_all(proxy: &Arc<Proxy>, within: Duration) -> Handover {
         }
     };
     let in_time = tokio::time::timeout(within, work).await.is_ok();
+    let left = within.saturating_sub(started.elapsed());
+    if let Ok((kept, not_kept)) = tokio::time::timeout(left, proxy.pass_on_backups()).await {
+        if kept + not_kept > 0 {
+            tracing::info!(
+                kept,
+                not_kept,
+                "drain: the backups this pod kept for its peers' sessions passed on to their successors"
+            );
+        }
+    } else {
+        tracing::warn!("drain: the grace ended before the backups kept for peers' sessions were passed on");
+    }
     let results = tally(sessions.len(), done);
     if let Some(&late) = results.get(&HandedOver::OverGrace) {
         proxy.metrics.drain_handovers.get_or_create(&[("result", HandedOver::OverGrace.label())]).inc_by(late as u64);

@@ -156,3 +156,31 @@ async fn a_drained_pod_passes_its_sessions_on_to_their_successors_before_and_aft
         assert_eq!(s.lost, 0);
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rolling_drain_hands_on_the_states_a_drained_pod_left_with_the_next() {
+    // A rolling update drains one pod after another: the states the first handed to its
+    // sessions' successors must not leave with those when they drain in turn.
+    let mut opts = PoolOptions::new(exe(), 3);
+    opts.mode = Mode::Pull;
+    opts.snapshot_interval = Duration::from_secs(3600);
+    opts.drain_grace = Duration::from_millis(1500);
+    let mut pool = LocalPool::start(opts).await.expect("pool starts");
+    let first = Mutex::new(vec![pool.pods[0].data()]);
+    let mut sessions: Vec<CounterSession> = (0..SESSIONS).map(|_| CounterSession::default()).collect();
+    for s in &mut sessions {
+        for _ in 0..INCREMENTS {
+            s.incr(&first).await.expect("increment");
+        }
+    }
+    pool.terminate_pod(0).await.expect("the first drains and exits");
+    pool.wait_listed(&[1, 2], Duration::from_secs(10)).await.expect("it leaves the registry");
+    // Each session's newest state is with pod 1 or pod 2 now, in a backup only: drain pod 1.
+    pool.terminate_pod(1).await.expect("the second drains and exits");
+    pool.wait_listed(&[2], Duration::from_secs(10)).await.expect("it leaves the registry");
+    let ready = pool.ready_handle();
+    for s in &mut sessions {
+        assert_eq!(s.verify(&ready).await.expect("count"), INCREMENTS, "the newest state, not the cookie's");
+        assert_eq!(s.lost, 0);
+    }
+}

@@ -399,6 +399,24 @@ impl Proxy {
         }
     }
 
+    /// Passes the backups this pod keeps for its peers' sessions on to each session's successor
+    /// among the other members, as they are (the drain's last step): otherwise they would leave
+    /// with this pod — in pull mode the newest state of every session handed to it by a pod that
+    /// drained before (a rolling update drains one pod after another), states over the header
+    /// budget that no cookie holds, tombstones. Returns how many were kept there, and how many
+    /// not.
+    pub async fn pass_on_backups(&self) -> (usize, usize) {
+        let Some(store) = &self.backups else { return (0, 0) };
+        let (mut kept, mut not_kept) = (0, 0);
+        for backup in store.all(unix_now()) {
+            match self.back_up(backup).await {
+                "ok" | "older" => kept += 1,
+                _ => not_kept += 1,
+            }
+        }
+        (kept, not_kept)
+    }
+
     /// The app's state of `session`, sealed as its next version (see [`Proxy::hand_over`]).
     async fn final_snapshot(&self, session: &str) -> Result<Backup, HandedOver> {
         let _turn = self.order.enter(session, true).await;
