@@ -803,6 +803,26 @@ mod tests {
     }
 
     #[test]
+    fn a_request_passed_on_is_never_passed_back_to_the_draining_pod_it_came_from() {
+        let (a, b, c) = (member("a"), member("b"), member("c"));
+        let others = || [&a, &b].into_iter();
+        // Handed to b at the drain: b gets it, unless b is the draining pod that passed it here.
+        assert_eq!(pass_on_to("s", Some(&b), others(), None).map(|m| m.name.as_str()), Some("b"));
+        let to = pass_on_to("s", Some(&b), others(), Some("b")).map(|m| m.name.as_str());
+        assert_eq!(to, Some("a"), "the session's successor among the others");
+        // Nobody else: none (served here).
+        assert_eq!(pass_on_to("s", Some(&b), [&b].into_iter(), Some("b")), None);
+        // Not handed over here: the successor, never the one it came from.
+        for session in ["s1", "s2", "s3", "s4", "s5", "s6"] {
+            let all = || [&a, &b, &c].into_iter();
+            let first = pass_on_to(session, None, all(), None).expect("a member");
+            assert_eq!(Some(first), successor(session, all()));
+            let other = pass_on_to(session, None, all(), Some(first.name.as_str())).expect("another member");
+            assert_ne!(other.name, first.name, "{session}");
+        }
+    }
+
+    #[test]
     fn the_newest_copy_wins_and_a_missing_one_is_lost() {
         assert_eq!(newest_copy(Some(5), Some(6)), Copy::Backup);
         assert_eq!(newest_copy(Some(6), Some(6)), Copy::Cookie);

@@ -140,6 +140,10 @@ impl AppFields {
 /// Set on a response whose state could not be sealed.
 pub const WARNING_HEADER: HeaderName = HeaderName::from_static("handover-warning");
 
+/// On a forward from a pod that passes its requests on (draining), beside its mark: the receiving
+/// pod, if it passes its requests on too, must not send it back ([`crate::decide::pass_on_to`]).
+pub const PASSED_ON_HEADER: HeaderName = HeaderName::from_static("handover-passed-on");
+
 /// Marks a request forwarded by a peer sidecar (loop guard), signed: [`crate::peer_auth`].
 pub const FORWARDED_HEADER: HeaderName = HeaderName::from_static("handover-forwarded");
 
@@ -259,11 +263,14 @@ fn is_host(value: &[u8]) -> bool {
 /// sidecar's own by the app or a peer) and returns the forward mark, if one came: the loop guard
 /// checks it. (Clients send none of them: the proxy calls this only when [`Survey::handover`] saw
 /// one, not five lookups on every request.)
-pub(super) fn take_client_handover_headers(headers: &mut HeaderMap) -> Option<HeaderValue> {
+/// Also says whether a forward says it was passed on ([`PASSED_ON_HEADER`]: read only with a mark
+/// that verifies).
+pub(super) fn take_client_handover_headers(headers: &mut HeaderMap) -> (Option<HeaderValue>, bool) {
     for name in [SESSION_HEADER, STATE_HEADER, PEER_HEADER, FORMAT_HEADER] {
         headers.remove(name);
     }
-    headers.remove(FORWARDED_HEADER)
+    let passed_on = headers.remove(PASSED_ON_HEADER).is_some();
+    (headers.remove(FORWARDED_HEADER), passed_on)
 }
 
 /// The hop-by-hop fields [`strip_hop_by_hop`] removes by name, besides `Connection` and
@@ -633,12 +640,13 @@ mod tests {
         let mut h = HeaderMap::new();
         h.insert(header::ACCEPT, HeaderValue::from_static("*/*"));
         h.insert("handover-unknown", HeaderValue::from_static("kept"));
-        assert_eq!(take_client_handover_headers(&mut h), None);
-        for name in [SESSION_HEADER, STATE_HEADER, PEER_HEADER, FORMAT_HEADER] {
+        assert_eq!(take_client_handover_headers(&mut h), (None, false));
+        for name in [SESSION_HEADER, STATE_HEADER, PEER_HEADER, FORMAT_HEADER, PASSED_ON_HEADER] {
             h.insert(name, HeaderValue::from_static("forged"));
         }
         h.insert(FORWARDED_HEADER, HeaderValue::from_static("mark"));
-        assert_eq!(take_client_handover_headers(&mut h).as_ref().map(HeaderValue::as_bytes), Some(&b"mark"[..]));
+        let (mark, passed_on) = take_client_handover_headers(&mut h);
+        assert_eq!((mark.as_ref().map(HeaderValue::as_bytes), passed_on), (Some(&b"mark"[..]), true));
         let left: Vec<&str> = h.keys().map(HeaderName::as_str).collect();
         assert_eq!(left, ["accept", "handover-unknown"]);
     }

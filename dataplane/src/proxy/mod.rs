@@ -424,7 +424,8 @@ impl Proxy {
             self.metrics.bad_requests.get_or_create(&[("reason", BadRequest::SpoofedField)]).inc();
             tracing::warn!(%client, dropped, "dropped fields that spell the sidecar's own with '_' (Handover-*, X-Forwarded-*)");
         }
-        let mark = if survey.handover { headers::take_client_handover_headers(req.headers_mut()) } else { None };
+        let mark =
+            if survey.handover { headers::take_client_handover_headers(req.headers_mut()) } else { (None, false) };
         let rc = self.read_cookie(req.headers(), client);
         let arrival = self.arrival(mark, &req, &rc, client);
         // An upgrade to HTTP itself (`h2c`, as curl's `--http2` asks on plain HTTP) is ignored, as
@@ -524,6 +525,9 @@ impl Proxy {
                         // local copy is stale for good.
                         self.forget_session(moved);
                         self.session_left(moved, "moved").await;
+                    }
+                    if passing_on {
+                        req.headers_mut().insert(headers::PASSED_ON_HEADER, HeaderValue::from_static("1"));
                     }
                     match self.upstreams.get_peer(to.addr, self.cfg.connect_timeout, &mut req).await {
                         Ok(sender) => {
@@ -638,12 +642,14 @@ impl Proxy {
 }
 
 impl Proxy {
-    /// Where a pod that passes its requests on ([`Proxy::passes_on`]) sends this one: the
-    /// session's successor among the other live members (any member for a request without a
-    /// session) — the peer that forwarded it here too, if it is that successor: every request of
-    /// the session must reach the same member. `None`: no such member, or the request was passed
-    /// on here already by a pod that is leaving (not listed): two pods draining at once must not
-    /// bounce a request between them; it is served here, if the app still can.
+    /// Where a pod that passes its requests on ([`Proxy::passes_on`]) sends this one: the member
+    /// it handed the session to, else the session's successor among the other live members (any
+    /// member for a request without a session) — the peer that forwarded it here too, if it is
+    /// that member and serves its requests (it will serve this one: every request of the session
+    /// must reach the same member), but never back to a peer that passed it on here because it
+    /// drains too (it says so: [`headers::PASSED_ON_HEADER`]), which would send it back again
+    /// ([`decide::pass_on_to`]). `None`: no such member, or the request was passed on here by a
+    /// pod that is leaving (not listed): it is served here, if the app still can.
     fn draining_successor(
         &self,
         rc: &RequestCookie,
@@ -657,7 +663,7 @@ impl Proxy {
         let handed_to = rc.session().and_then(|s| sync::lock(&self.handed_to).get(s).cloned());
         let handed_to = handed_to.filter(|to| !unreachable.contains(&to.name));
         let others = self.other_reachable(live, unreachable);
-        decide::pass_on_to(rc.session().unwrap_or(""), handed_to.as_ref(), others, arrival.forwarded_by()).cloned()
+        decide::pass_on_to(rc.session().unwrap_or(""), handed_to.as_ref(), others, arrival.passed_on_by()).cloned()
     }
 
     /// The registry's live members, plus the session's owner when the registry does not list it

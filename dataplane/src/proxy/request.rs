@@ -63,8 +63,9 @@ impl RequestCookie {
 pub(super) enum Arrival {
     /// From a client (or with a forward mark that did not verify, which was dropped).
     Client,
-    /// Forwarded by the peer sidecar `from` (a pod of the pool): serve it here.
-    Forwarded { from: String },
+    /// Forwarded by the peer sidecar `from` (a pod of the pool): serve it here. `passed_on`:
+    /// `from` passes its requests on (it is draining), and says so.
+    Forwarded { from: String, passed_on: bool },
 }
 
 impl Arrival {
@@ -75,8 +76,16 @@ impl Arrival {
     /// The peer that forwarded the request here, if one did.
     pub(super) fn forwarded_by(&self) -> Option<&str> {
         match self {
-            Arrival::Forwarded { from } => Some(from),
+            Arrival::Forwarded { from, .. } => Some(from),
             Arrival::Client => None,
+        }
+    }
+
+    /// The peer that passed the request on here (draining itself), if one did.
+    pub(super) fn passed_on_by(&self) -> Option<&str> {
+        match self {
+            Arrival::Forwarded { from, passed_on: true } => Some(from),
+            _ => None,
         }
     }
 }
@@ -156,7 +165,7 @@ impl Proxy {
     /// other mark is dropped (counted, logged) and the request is routed like any client's.
     pub(super) fn arrival(
         &self,
-        mark: Option<HeaderValue>,
+        (mark, passed_on): (Option<HeaderValue>, bool),
         req: &Request<Body>,
         rc: &RequestCookie,
         client: SocketAddr,
@@ -172,7 +181,7 @@ impl Proxy {
         match peer_auth::verify(&self.keys.ring(), mark.as_bytes(), &claim, unix_now()) {
             Ok(from) => {
                 tracing::debug!(from, "request forwarded by a peer");
-                Arrival::Forwarded { from }
+                Arrival::Forwarded { from, passed_on }
             }
             Err(e) => {
                 self.metrics.bad_requests.get_or_create(&[("reason", BadRequest::ForgedForward)]).inc();
