@@ -196,6 +196,8 @@ impl Drain {
     /// this pod has left the registry (or after the drain grace).
     pub async fn handle<B>(&self, req: Request<B>) -> http::Response<Body> {
         if !authorized(&req, &self.token) {
+            let reason = crate::metrics::BadRequest::DrainToken;
+            self.proxy.metrics.bad_requests.get_or_create(&[("reason", reason)]).inc();
             tracing::warn!("/drain without the drain token: refused");
             return text(StatusCode::FORBIDDEN, "handover: /drain needs the pod's drain token\n".to_owned());
         }

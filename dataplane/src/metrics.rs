@@ -101,6 +101,8 @@ label_values! {
         Connect => "connect",
         /// The asterisk target (`*`) for another method than `OPTIONS` (400).
         BadTarget => "bad_target",
+        /// `/drain` on the admin port without the pod's drain token (403).
+        DrainToken => "drain_token",
         /// A request body in a transfer coding besides chunked (501).
         TransferCoding => "transfer_coding",
         /// A response the client took no byte of within `--send-timeout` (connection closed).

@@ -122,7 +122,16 @@ async fn a_drained_pod_passes_its_sessions_on_to_their_successors_before_and_aft
         }
     }
 
-    let answer = drain(pool.pods[0].admin()).await;
+    // Without the token (or with another), nothing drains: refused, counted.
+    let admin = pool.pods[0].admin();
+    for token in ["", "Handover-Drain: wrong\r\n"] {
+        let answer =
+            admin_exchange(admin, &format!("GET /drain HTTP/1.1\r\nHost: {admin}\r\n{token}Connection: close\r\n\r\n"))
+                .await;
+        assert!(answer.starts_with("HTTP/1.1 403"), "{answer}");
+    }
+    assert_eq!(pool.metric(r#"handover_bad_requests_total{reason="drain_token"}"#).await, 2.0);
+    let answer = drain(admin).await;
     assert!(answer.contains(&format!("handed over: ok {SESSIONS}")), "{answer}");
 
     // The app still runs: the drained pod serves none of its sessions itself any more.
