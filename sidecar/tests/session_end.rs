@@ -210,3 +210,33 @@ async fn a_backup_the_successor_does_not_keep_is_counted_as_not_kept_and_its_gau
     assert_eq!(pool.metric("handover_backups_kept ").await, 0.0, "the gauge follows the store");
     assert_eq!(pool.metric("handover_backup_bytes ").await, 0.0);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cookie_the_owner_learned_its_session_from_again_is_still_refreshed() {
+    // The sidecar restarted (its session table gone) and found the session in its app: the
+    // client's cookie is what it stands behind, and an active session's cookie is resealed past
+    // half its life as before, though the app pushes nothing new (a read-only page).
+    let mut pool = pool_with(1, &["--cookie-max-age", "4s"], &[]).await;
+    let pod = pool.pods[0].data();
+    let mut client = SessionClient::default();
+    client.send(|| Some(pod), Method::POST, "/incr").await.expect("reply");
+    let cookie = pool.cookie_name();
+    let sealed = client.jar.get(&cookie).cloned().expect("the session's cookie");
+    pool.crash_sidecar(0).await;
+    pool.restart_sidecar(0).expect("the sidecar restarts");
+    let admin = pool.pods[0].admin();
+    wait_for("the restarted sidecar to be ready", Duration::from_secs(10), || async move {
+        handover_lab::localpool::probe(admin, "/ready").await == Some(200)
+    })
+    .await
+    .expect("ready again");
+    client.disconnect();
+    let reply = client.send(|| Some(pod), Method::GET, "/count").await.expect("reply");
+    assert_eq!(reply_of(&reply.body).count, 1, "the app's copy, checked");
+    // Past half the cookie's life (its times are whole seconds): resealed on the next request.
+    tokio::time::sleep(Duration::from_millis(3_100)).await;
+    let reply = client.send(|| Some(pod), Method::GET, "/count").await.expect("reply");
+    assert_eq!(reply_of(&reply.body).count, 1);
+    let resealed = client.jar.get(&cookie).cloned().expect("the session's cookie");
+    assert_ne!(resealed, sealed, "the cookie was refreshed: {:?}", reply.headers);
+}

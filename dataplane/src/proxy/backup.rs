@@ -478,7 +478,8 @@ impl Proxy {
             local_version: Some(local.version),
             cookie_version: None,
         });
-        *local = Local { version: seal.version, sealed_at: Some(now), created_at: local.created_at };
+        *local =
+            Local { version: seal.version, sealed_at: Some(now), created_at: local.created_at, learned_from: None };
         Some((seal.version, local.created_at))
     }
 }

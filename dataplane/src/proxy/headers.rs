@@ -256,7 +256,12 @@ fn is_host(value: &[u8]) -> bool {
             .and_then(|inner| std::str::from_utf8(inner).ok())
             .is_some_and(|inner| inner.parse::<std::net::Ipv6Addr>().is_ok())
     };
-    port.len() <= 5 && port.iter().all(u8::is_ascii_digit) && (name(host) || ipv6(host))
+    let port_ok = port.iter().all(u8::is_ascii_digit)
+        && port
+            .iter()
+            .try_fold(0u32, |n, d| (n * 10 + u32::from(d - b'0') <= 65_535).then_some(n * 10 + u32::from(d - b'0')))
+            .is_some();
+    port_ok && (name(host) || ipv6(host))
 }
 
 /// Removes the Handover-* fields only the sidecar writes (a client's would be taken for the
@@ -770,6 +775,7 @@ mod tests {
             "[::1]x",
             "[not-an-address]",
             "shop.example:123456",
+            "shop.example:65536",
             "shop%2eexample",
             "a%00b",
         ] {

@@ -489,6 +489,8 @@ impl Proxy {
             fresh = Some(rc.dropped());
         }
         loop {
+            // Said only on a forward that passes the request on (a round may end in another).
+            req.headers_mut().remove(headers::PASSED_ON_HEADER);
             let rc = fresh.as_ref().unwrap_or(rc);
             let unreachable = self.unreachable_now();
             let session = rc.session().map(str::to_owned);

@@ -129,7 +129,8 @@ impl Proxy {
         let created_at = route.created_at;
         if !takeover && let Ok((StatusCode::OK, _)) = self.state_request(Method::GET, session, Bytes::new()).await {
             let version = decide::relearned_version(route.version, unix_micros());
-            self.set_local(session, Local { version, sealed_at: None, created_at });
+            let learned_from = Some(route.version);
+            self.set_local(session, Local { version, sealed_at: None, created_at, learned_from });
             return Ok(Restored::Already);
         }
         let (version, state, format, copy) = match self.newest_copy(rc, route).await {
@@ -192,7 +193,7 @@ impl Proxy {
         self.metrics.restores.get_or_create(&[("result", "ok")]).inc();
         // The session goes on above every version it had, even when only an older copy was left.
         let relearned = decide::relearned_version(version.max(route.version), unix_micros());
-        self.set_local(session, Local { version: relearned, sealed_at: None, created_at });
+        self.set_local(session, Local { version: relearned, sealed_at: None, created_at, learned_from: None });
         if let Some(store) = &self.backups {
             // This pod owns the session now; its backup goes to this pod's successor.
             store.remove(session);

@@ -81,7 +81,7 @@ impl Proxy {
         let seal = decide::seal(decide::SealInputs { local_version: local.map(|l| l.version), ..inputs });
         match seal.action {
             SealAction::Seal(SealSource::Push | SealSource::Pull) => {
-                let local = Local { version: seal.version, sealed_at: Some(now), created_at };
+                let local = Local { version: seal.version, sealed_at: Some(now), created_at, learned_from: None };
                 self.insert_local(&mut sessions, session, local, now);
             }
             // The same state with a new expiry: the idle sweep must not tell the app an active
@@ -141,7 +141,7 @@ impl Proxy {
             (None, false) => decide::CookieSeen::Absent,
         };
         let refresh_due = rc.route.as_ref().is_some_and(|c| {
-            decide::refresh_due(c, local.map(|l| l.version), self.cfg.cookie.max_age.as_secs(), unix_now())
+            decide::refresh_due(c, local.map(|l| l.vouched()), self.cfg.cookie.max_age.as_secs(), unix_now())
         });
         // The session's creation time goes with it through every reseal (and an id rotation): a
         // session without a cookie (new, or fresh after a refusal) is created now.

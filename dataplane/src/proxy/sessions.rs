@@ -30,6 +30,18 @@ pub(super) struct Local {
     pub(super) sealed_at: Option<Instant>,
     /// Unix seconds: when the session was first sealed (its route's `created_at`).
     pub(super) created_at: u64,
+    /// Learned anew from a cookie of this version, the app's copy found there
+    /// ([`decide::relearned_version`] put `version` above it): until this pod seals the session
+    /// again, that cookie is what it vouches for, and may be refreshed ([`Local::vouched`]).
+    pub(super) learned_from: Option<u64>,
+}
+
+impl Local {
+    /// The version of the cookie this pod's copy of the session stands behind: the one it sealed
+    /// last, or the one it learned the session from since.
+    pub(super) fn vouched(&self) -> u64 {
+        self.learned_from.filter(|_| self.sealed_at.is_none()).unwrap_or(self.version)
+    }
 }
 
 struct Entry {
@@ -244,7 +256,7 @@ impl Proxy {
             }
         }
         let (version, created_at) = self.local(old).map_or((0, unix_now()), |l| (l.version, l.created_at));
-        self.set_local(&new_id, Local { version, sealed_at: None, created_at });
+        self.set_local(&new_id, Local { version, sealed_at: None, created_at, learned_from: None });
         self.forget_session(old);
         self.mark_ended(old);
         // Pool-wide: the successor keeps a tombstone above every version of the old id.
@@ -291,7 +303,7 @@ mod tests {
     use super::*;
 
     fn local(version: u64) -> Local {
-        Local { version, sealed_at: None, created_at: 0 }
+        Local { version, sealed_at: None, created_at: 0, learned_from: None }
     }
 
     #[test]
@@ -330,8 +342,12 @@ mod tests {
         // Created by a restore (never sealed here), one sealed later, one whose seal kept its
         // version (a carry or refresh writes it in place).
         table.insert("restored", local(3), start);
-        table.insert("sealed", Local { version: 1, sealed_at: Some(start), created_at: 0 }, start);
-        table.insert("sealed", Local { version: 2, sealed_at: Some(start + max_age), created_at: 0 }, start + max_age);
+        table.insert("sealed", Local { version: 1, sealed_at: Some(start), created_at: 0, learned_from: None }, start);
+        table.insert(
+            "sealed",
+            Local { version: 2, sealed_at: Some(start + max_age), created_at: 0, learned_from: None },
+            start + max_age,
+        );
         table.insert("carried", local(1), start);
         let carried = table.write("carried", start + max_age / 2).expect("in the table");
         carried.sealed_at = Some(start + max_age / 2);
@@ -347,8 +363,8 @@ mod tests {
         let max_age = Duration::from_secs(60);
         let now = Instant::now();
         let mut table = Table::new(10);
-        table.insert("old", Local { version: 1, sealed_at: Some(now), created_at: 100 }, now);
-        table.insert("young", Local { version: 1, sealed_at: Some(now), created_at: 200 }, now);
+        table.insert("old", Local { version: 1, sealed_at: Some(now), created_at: 100, learned_from: None }, now);
+        table.insert("young", Local { version: 1, sealed_at: Some(now), created_at: 200, learned_from: None }, now);
         let past_end = |l: &Local| decide::past_absolute(l.created_at, Some(50), 160);
         assert_eq!(table.take_expired(now, max_age, past_end), vec!["old".to_owned()]);
         assert_eq!(table.ids().cloned().collect::<Vec<_>>(), vec!["young".to_owned()]);

@@ -273,8 +273,11 @@ pub async fn serve<H, F>(
                     let service = service_fn(move |req: Request<Incoming>| {
                         let mut in_flight = requests.enter();
                         let served = request_slots.take(&req, client).map(|slots| {
+                            let tunnel = req.version() != Version::HTTP_2
+                                && req.headers().contains_key(header::UPGRADE)
+                                && hyper::body::Body::is_end_stream(req.body());
                             let mut req = req.map(|body| body.map_err(Into::into).boxed());
-                            if req.headers().contains_key(header::UPGRADE) && req.version() != Version::HTTP_2 {
+                            if tunnel {
                                 // Given back with the request, or kept by the tunnel it becomes.
                                 req.extensions_mut().insert(TunnelSlot::new(slots, timeouts.keepalive));
                             } else {

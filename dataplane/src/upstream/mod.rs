@@ -50,8 +50,10 @@ pub async fn read_at_most(mut body: Body, limit: usize) -> Result<Vec<u8>, Strin
 /// Idle connections kept per destination.
 const MAX_IDLE: usize = 64;
 
-/// The receive window of a stream of the app's h2c connection: the data port's own (nginx's).
-const H2_STREAM_WINDOW: u32 = 64 * 1024;
+/// The receive window of a stream of the app's h2c connection: what an answer its client does not
+/// read holds here, within the slot of the connection cap the stream takes (64 KiB) beside the
+/// 16 KiB queued for the client.
+const H2_STREAM_WINDOW: u32 = 32 * 1024;
 /// The receive window of the app's h2c connection, shared by its streams: HTTP/2's largest.
 const H2_CONNECTION_WINDOW: u32 = (1 << 31) - 1;
 
@@ -229,8 +231,8 @@ impl Upstreams {
         // Every client's streams share this one connection: an answer a client does not read keeps
         // its stream's window of the connection's. hyper's defaults (2 MiB a stream, 5 MiB the
         // connection) let three such clients stall every other client's answers; a stream takes
-        // at most the data path's 64 KiB window here, and the connection's is the most HTTP/2
-        // allows, which the streams the connection cap admits cannot fill.
+        // at most 32 KiB of window here, and the connection's is the most HTTP/2 allows, which the
+        // streams the connection cap admits cannot fill.
         let (sender, conn) = http2::Builder::new(TokioExecutor::new())
             .initial_stream_window_size(H2_STREAM_WINDOW)
             .initial_connection_window_size(H2_CONNECTION_WINDOW)
