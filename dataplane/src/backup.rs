@@ -133,17 +133,10 @@ impl Store {
         inner.by_session.get(session).map(|(b, _)| b).filter(|b| b.expires_at > now_unix).cloned()
     }
 
-    /// Every backup kept and not expired, oldest first.
-    pub fn all(&self, now_unix: u64) -> Vec<Backup> {
-        let inner = lock(&self.inner);
-        inner
-            .order
-            .values()
-            .filter_map(|session| inner.by_session.get(session))
-            .map(|(b, _)| b)
-            .filter(|b| b.expires_at > now_unix)
-            .cloned()
-            .collect()
+    /// The sessions it keeps a backup of, oldest first (their backups are taken one at a time,
+    /// [`Store::get`], not copied all at once).
+    pub fn sessions(&self) -> Vec<String> {
+        lock(&self.inner).order.values().cloned().collect()
     }
 
     /// Forgets the backup of `session` (taken over here: this pod owns it now).

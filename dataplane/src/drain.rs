@@ -122,18 +122,7 @@ pub async fn hand_over_all(proxy: &Arc<Proxy>, within: Duration) -> Handover {
         }
     };
     let in_time = tokio::time::timeout(within, work).await.is_ok();
-    let left = within.saturating_sub(started.elapsed());
-    if let Ok((kept, not_kept)) = tokio::time::timeout(left, proxy.pass_on_backups()).await {
-        if kept + not_kept > 0 {
-            tracing::info!(
-                kept,
-                not_kept,
-                "drain: the backups this pod kept for its peers' sessions passed on to their successors"
-            );
-        }
-    } else {
-        tracing::warn!("drain: the grace ended before the backups kept for peers' sessions were passed on");
-    }
+    pass_on_backups(proxy, within.saturating_sub(started.elapsed())).await;
     let results = tally(sessions.len(), done);
     if let Some(&late) = results.get(&HandedOver::OverGrace) {
         proxy.metrics.drain_handovers.get_or_create(&[("result", HandedOver::OverGrace.label())]).inc_by(late as u64);
@@ -145,6 +134,50 @@ pub async fn hand_over_all(proxy: &Arc<Proxy>, within: Duration) -> Handover {
         tracing::warn!(sessions = sessions.len(), took = ?handover.took, "drain: the grace ended before every session was handed over: {}", handover.summary());
     }
     handover
+}
+
+/// Passes the backups this pod keeps for its peers' sessions on ([`Proxy::pass_on_backup`]),
+/// [`HANDOVER_AT_ONCE`] at a time, for at most `within`; logged.
+async fn pass_on_backups(proxy: &Arc<Proxy>, within: Duration) {
+    let sessions = proxy.backup_sessions();
+    if sessions.is_empty() {
+        return;
+    }
+    let (mut kept, mut not_kept) = (0usize, 0usize);
+    let mut running = tokio::task::JoinSet::new();
+    let mut queue = sessions.into_iter();
+    let start = |running: &mut tokio::task::JoinSet<bool>, session: String| {
+        let proxy = Arc::clone(proxy);
+        running.spawn(async move { proxy.pass_on_backup(&session).await });
+    };
+    let work = async {
+        for session in queue.by_ref().take(HANDOVER_AT_ONCE) {
+            start(&mut running, session);
+        }
+        while let Some(finished) = running.join_next().await {
+            if finished.unwrap_or(false) {
+                kept += 1;
+            } else {
+                not_kept += 1;
+            }
+            if let Some(session) = queue.next() {
+                start(&mut running, session);
+            }
+        }
+    };
+    if tokio::time::timeout(within, work).await.is_ok() {
+        tracing::info!(
+            kept,
+            not_kept,
+            "drain: the backups this pod kept for its peers' sessions passed on to their successors"
+        );
+    } else {
+        tracing::warn!(
+            kept,
+            not_kept,
+            "drain: the grace ended before every backup kept for peers' sessions was passed on"
+        );
+    }
 }
 
 /// The drain of one sidecar: `/drain` and SIGTERM.

@@ -482,6 +482,8 @@ impl Proxy {
             Err(h1::ExchangeError::NotSent(_)) => {
                 Err(SendError::NotSent(Box::new(Request::from_parts(parts, full(body)))))
             }
+            // Routed again as a request the app did not take, without taking the app for restarted.
+            Err(h1::ExchangeError::Stray) => Err(SendError::Refused(Box::new(Request::from_parts(parts, full(body))))),
             // Sent again once: an app that closes on this very request must not
             // see it over and over.
             Err(h1::ExchangeError::Unanswered(e)) if parts.extensions.get::<SentUnanswered>().is_none() => {

@@ -137,6 +137,11 @@ impl Proxy {
     /// the session's guarantee is the cookie's until its next state. Returns the result counted
     /// (`ok`, `refused`, `failed`, `no_successor`; `off` without backups).
     pub(super) async fn back_up(&self, b: Backup) -> &'static str {
+        self.back_up_skipping(b, None).await
+    }
+
+    /// [`Proxy::back_up`] to the successor among the members but `skip`.
+    async fn back_up_skipping(&self, b: Backup, skip: Option<&str>) -> &'static str {
         if self.backups.is_none() {
             return "off";
         }
@@ -148,7 +153,8 @@ impl Proxy {
         for _ in 0..BACKUP_ATTEMPTS {
             let live = self.registry.live();
             let unreachable = self.unreachable_now();
-            let Some(to) = decide::successor(&b.session, self.other_reachable(&live, &unreachable)).cloned() else {
+            let others = self.other_reachable(&live, &unreachable).filter(|m| Some(m.name.as_str()) != skip);
+            let Some(to) = decide::successor(&b.session, others).cloned() else {
                 self.metrics.backups_sent.inc("no_successor");
                 return "no_successor";
             };
@@ -399,22 +405,26 @@ impl Proxy {
         }
     }
 
-    /// Passes the backups this pod keeps for its peers' sessions on to each session's successor
-    /// among the other members, as they are (the drain's last step): otherwise they would leave
-    /// with this pod — in pull mode the newest state of every session handed to it by a pod that
-    /// drained before (a rolling update drains one pod after another), states over the header
-    /// budget that no cookie holds, tombstones. Returns how many were kept there, and how many
-    /// not.
-    pub async fn pass_on_backups(&self) -> (usize, usize) {
-        let Some(store) = &self.backups else { return (0, 0) };
-        let (mut kept, mut not_kept) = (0, 0);
-        for backup in store.all(unix_now()) {
-            match self.back_up(backup).await {
-                "ok" | "older" => kept += 1,
-                _ => not_kept += 1,
-            }
-        }
-        (kept, not_kept)
+    /// The sessions this pod keeps a backup of for its peers.
+    pub fn backup_sessions(&self) -> Vec<String> {
+        self.backups.as_ref().map(|store| store.sessions()).unwrap_or_default()
+    }
+
+    /// Passes the backup this pod keeps of a peer's `session` on to the session's successor among
+    /// the other members but its owner, as it is (the drain's last step): otherwise it would
+    /// leave with this pod — in pull mode the newest state of a session handed to it by a pod
+    /// that drained before (a rolling update drains one pod after another), a state over the
+    /// header budget that no cookie holds, a tombstone. (The owner, if it lives, holds the session
+    /// itself; its backup belongs with the member that takes it over if the owner dies.) Whether
+    /// it is kept there.
+    pub async fn pass_on_backup(&self, session: &str) -> bool {
+        let Some(backup) = self.backups.as_ref().and_then(|store| store.get(session, unix_now())) else {
+            return true;
+        };
+        let owner = cookie::open_route(&backup.route, &self.cfg.pool, &self.keys.ring(), unix_now())
+            .map(|route| route.owner.name.to_string())
+            .ok();
+        matches!(self.back_up_skipping(backup, owner.as_deref()).await, "ok" | "older")
     }
 
     /// The app's state of `session`, sealed as its next version (see [`Proxy::hand_over`]).

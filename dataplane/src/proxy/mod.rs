@@ -488,9 +488,13 @@ impl Proxy {
             }
             fresh = Some(rc.dropped());
         }
+        // Whether the request says it is passed on: only on a forward that passes it on (a round
+        // that said so may end in another).
+        let mut marked = false;
         loop {
-            // Said only on a forward that passes the request on (a round may end in another).
-            req.headers_mut().remove(headers::PASSED_ON_HEADER);
+            if std::mem::take(&mut marked) {
+                req.headers_mut().remove(headers::PASSED_ON_HEADER);
+            }
             let rc = fresh.as_ref().unwrap_or(rc);
             let unreachable = self.unreachable_now();
             let session = rc.session().map(str::to_owned);
@@ -530,6 +534,7 @@ impl Proxy {
                     }
                     if passing_on {
                         req.headers_mut().insert(headers::PASSED_ON_HEADER, HeaderValue::from_static("1"));
+                        marked = true;
                     }
                     match self.upstreams.get_peer(to.addr, self.cfg.connect_timeout, &mut req).await {
                         Ok(sender) => {

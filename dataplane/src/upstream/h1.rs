@@ -84,6 +84,11 @@ pub enum ExchangeError {
     /// be sent again once, as nginx's `proxy_next_upstream` does.
     #[error("the app closed a kept-alive connection without answering: {0}")]
     Unanswered(io::Error),
+    /// The connection, taken from the idle list, held bytes no request asked for (a body after an
+    /// answer that has none): closed, the request not written; it goes on another connection, and
+    /// the app did not restart.
+    #[error("the idle connection held bytes no request asked for")]
+    Stray,
     #[error("{0}")]
     Failed(io::Error),
 }
@@ -163,11 +168,17 @@ impl AppConn {
         body: &Bytes,
         apart: &[HeaderName; N],
     ) -> Result<Head<N>, ExchangeError> {
-        if self.reused && idle_state(&self.stream, self.after_bodiless) != Idle::Open {
-            // The app closed it while the request waited (its turn, a check of the app): as
-            // hyper's client does, the request is handed back unsent, to go on a new connection.
-            let closed = io::Error::new(io::ErrorKind::ConnectionReset, "the app closed the idle connection");
-            return Err(ExchangeError::NotSent(closed));
+        if self.reused {
+            match idle_state(&self.stream, self.after_bodiless) {
+                Idle::Open => {}
+                // The app closed it while the request waited (its turn, a check of the app): as
+                // hyper's client does, the request is handed back unsent, to go on a new connection.
+                Idle::Closed => {
+                    let closed = io::Error::new(io::ErrorKind::ConnectionReset, "the app closed the idle connection");
+                    return Err(ExchangeError::NotSent(closed));
+                }
+                Idle::Stray => return Err(ExchangeError::Stray),
+            }
         }
         self.out.clear();
         write_head(&mut self.out, req, body.len());
@@ -544,6 +555,8 @@ impl AppBody {
             && conn.buf.is_empty()
         {
             conn.idle_since = std::time::Instant::now();
+            // Its answer had a body: the next request needs no look at the socket first.
+            conn.after_bodiless = false;
             self.idle.put(conn);
         }
     }
@@ -1103,6 +1116,7 @@ mod tests {
                 Err(ExchangeError::Failed(_)) => assert!(!again, "{method} was not sent again"),
                 Err(ExchangeError::NotSent(e)) => panic!("{method}: written, yet reported unsent: {e}"),
                 Err(ExchangeError::TimedOut) => panic!("{method}: timed out with no deadline"),
+                Err(ExchangeError::Stray) => panic!("{method}: bytes on a connection that got none"),
                 Ok(resp) => panic!("{method}: an answer from a closed connection: {resp:?}"),
             }
             assert_eq!(app.await.expect("the app").len(), 2, "the app read the second request");

@@ -45,8 +45,18 @@ where
     };
     let controller = obj.meta().owner_references.iter().flatten().find(|o| o.controller == Some(true));
     if let Some(existing) = existing {
-        let owners = existing.meta().owner_references.iter().flatten();
-        if !owners.into_iter().any(|o| controller.is_some_and(|c| c.uid == o.uid)) {
+        let mut owners = existing.meta().owner_references.iter().flatten();
+        let owned = owners.clone().any(|o| controller.is_some_and(|c| c.uid == o.uid));
+        // Made for a pool of this name and left without an owner (the pool deleted with
+        // `--cascade=orphan`, or by a GitOps tool that orphans): the pool takes it back.
+        let label = |m: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta, key: &str| {
+            m.labels.as_ref().and_then(|l| l.get(key)).cloned()
+        };
+        let orphan_of_this_pool = !owners.any(|o| o.controller == Some(true))
+            && label(existing.meta(), desired::MANAGED_BY.0).as_deref() == Some(desired::MANAGED_BY.1)
+            && label(existing.meta(), crate::crd::POOL_LABEL)
+                .is_some_and(|p| Some(p) == label(obj.meta(), crate::crd::POOL_LABEL));
+        if !owned && !orphan_of_this_pool {
             return Err(Error::NotOurs { kind: K::kind(&()).into_owned(), namespace: ns.to_owned(), name });
         }
     }

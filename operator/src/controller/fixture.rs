@@ -631,6 +631,25 @@ async fn an_object_under_a_childs_name_that_is_not_the_pools_is_left_as_it_is() 
 }
 
 #[tokio::test]
+async fn a_child_the_pool_left_without_an_owner_is_taken_back() {
+    // The pool was deleted with --cascade=orphan (or by a GitOps tool that orphans) and made
+    // again: its Service is still there, labelled for it, owned by nothing.
+    let api = MockApi::start().await;
+    let p = pool(None);
+    let d = deployment(&p, false);
+    let world =
+        World { pods: vec![pod("a", true)], deployments: vec![d.clone()], pools: vec![p.clone()], children: vec![] };
+    let ctx = context(&api, world);
+    let mut orphan = json_of(&desired::service(&p));
+    orphan["metadata"]["ownerReferences"] = json!([]);
+    let mut script = new_pool_script(&p, &d);
+    script[0] = expect("GET", SERVICE, 200, Some(orphan));
+    api.expect(script);
+    run(&ctx, p).await.expect("the orphan is applied again, owned by the pool");
+    assert!(api.verify().contains(&format!("PATCH {SERVICE}")));
+}
+
+#[tokio::test]
 async fn opting_out_of_the_network_policy_deletes_it_once_and_a_gone_one_is_no_error() {
     let api = MockApi::start().await;
     let ctx = a_new_pool_reconciled(&api).await;

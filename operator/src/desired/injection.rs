@@ -542,17 +542,18 @@ pub enum DeploymentPlan {
     },
 }
 
-/// A container of `deploy` (not the sidecar) that declares one of the sidecar's own ports, and
-/// that port.
+/// A container of `deploy` that runs beside the sidecar (not an init container that exits before
+/// it starts) and declares one of the sidecar's own TCP ports, and that port.
 fn port_taken(pool: &ServerPool, deploy: &Deployment) -> Option<(String, i32)> {
     let spec = deploy.spec.as_ref()?.template.spec.as_ref()?;
     let ours = [pool.spec.sidecar_port, pool.spec.admin_port];
-    spec.containers.iter().chain(spec.init_containers.iter().flatten()).filter(|c| c.name != SIDECAR_NAME).find_map(
-        |c| {
-            let port = c.ports.iter().flatten().map(|p| p.container_port).find(|p| ours.contains(p))?;
-            Some((c.name.clone(), port))
-        },
-    )
+    let native_sidecars =
+        spec.init_containers.iter().flatten().filter(|c| c.restart_policy.as_deref() == Some("Always"));
+    let tcp = |p: &&k8s_openapi::api::core::v1::ContainerPort| p.protocol.as_deref().is_none_or(|p| p == "TCP");
+    spec.containers.iter().chain(native_sidecars).filter(|c| c.name != SIDECAR_NAME).find_map(|c| {
+        let port = c.ports.iter().flatten().filter(tcp).map(|p| p.container_port).find(|p| ours.contains(p))?;
+        Some((c.name.clone(), port))
+    })
 }
 
 /// What the pool must do with each Deployment of its namespace.
