@@ -781,7 +781,7 @@ async fn tunnels_hold_slots_of_the_connection_cap_and_close_when_idle() {
     // A tunnel outlives its connection's task and holds two sockets: without a slot of its own
     // and an idle timeout, a client could open any number and keep them for good.
     const CAP: usize = 3;
-    let pool = pool_with(1, &["--max-connections", &CAP.to_string(), "--keepalive-timeout", "1s"], &[]).await;
+    let pool = pool_with(1, &["--max-connections", &CAP.to_string(), "--keepalive-timeout", "2s"], &[]).await;
     let addr = pool.pods[0].data();
     // A request for a tunnel takes the tunnel's slot beside its connection's, which the tunnel
     // gives back once it stands: two tunnels and the third's request fill a cap of three.
@@ -794,10 +794,10 @@ async fn tunnels_hold_slots_of_the_connection_cap_and_close_when_idle() {
     let (_, head) = ask_tunnel(addr).await;
     assert!(head.starts_with("HTTP/1.1 503") && head.contains("retry-after: 1"), "past the cap: {head}");
     assert_eq!(pool.metric(r#"handover_bad_requests_total{reason="over_cap"}"#).await, 1.0);
-    // A tunnel in use stays open past the idle timeout.
+    // A tunnel in use (every 300 ms, well within the idle timeout) stays open past it.
     let mut busy = tunnels.pop().expect("a tunnel");
-    for i in 0..4 {
-        tokio::time::sleep(Duration::from_millis(400)).await;
+    for i in 0..8 {
+        tokio::time::sleep(Duration::from_millis(300)).await;
         let ping = format!("ping {i}");
         busy.write_all(ping.as_bytes()).await.expect("write");
         let mut echo = vec![0u8; ping.len()];
@@ -805,7 +805,7 @@ async fn tunnels_hold_slots_of_the_connection_cap_and_close_when_idle() {
         assert_eq!(echo, ping.as_bytes());
     }
     drop(busy);
-    // An idle one is closed at the timeout (1 s), and the slots come back.
+    // An idle one is closed at the timeout (2 s), and the slots come back.
     for mut idle in tunnels {
         let mut rest = Vec::new();
         let closed = tokio::time::timeout(Duration::from_secs(10), idle.read_to_end(&mut rest)).await;

@@ -216,10 +216,13 @@ async fn a_cookie_the_owner_learned_its_session_from_again_is_still_refreshed() 
     // The sidecar restarted (its session table gone) and found the session in its app: the
     // client's cookie is what it stands behind, and an active session's cookie is resealed past
     // half its life as before, though the app pushes nothing new (a read-only page).
-    let mut pool = pool_with(1, &["--cookie-max-age", "4s"], &[]).await;
+    let mut pool = pool_with(1, &["--cookie-max-age", "10s"], &[]).await;
     let pod = pool.pods[0].data();
     let mut client = SessionClient::default();
     client.send(|| Some(pod), Method::POST, "/incr").await.expect("reply");
+    // Its times are whole seconds: past half its life 6 s after this at the latest, expired 9 s
+    // after at the earliest.
+    let sealed_at = tokio::time::Instant::now();
     let cookie = pool.cookie_name();
     let sealed = client.jar.get(&cookie).cloned().expect("the session's cookie");
     pool.crash_sidecar(0).await;
@@ -233,8 +236,8 @@ async fn a_cookie_the_owner_learned_its_session_from_again_is_still_refreshed() 
     client.disconnect();
     let reply = client.send(|| Some(pod), Method::GET, "/count").await.expect("reply");
     assert_eq!(reply_of(&reply.body).count, 1, "the app's copy, checked");
-    // Past half the cookie's life (its times are whole seconds): resealed on the next request.
-    tokio::time::sleep(Duration::from_millis(3_100)).await;
+    // Past half the cookie's life, well before its end: resealed on the next request.
+    tokio::time::sleep_until(sealed_at + Duration::from_millis(6_200)).await;
     let reply = client.send(|| Some(pod), Method::GET, "/count").await.expect("reply");
     assert_eq!(reply_of(&reply.body).count, 1);
     let resealed = client.jar.get(&cookie).cloned().expect("the session's cookie");
