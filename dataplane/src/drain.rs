@@ -89,6 +89,37 @@ pub fn tally(sessions: usize, mut done: BTreeMap<HandedOver, usize>) -> BTreeMap
     done
 }
 
+/// Runs `task` for each of `sessions`, [`HANDOVER_AT_ONCE`] at a time, handing each outcome to
+/// `done` as it comes (`failed` for a task that panicked), for at most `within`: whether every one
+/// finished in time. Whatever still runs past it is cancelled.
+async fn each_at_once<R, Fut>(
+    sessions: impl Iterator<Item = String>,
+    within: Duration,
+    task: impl Fn(String) -> Fut,
+    failed: R,
+    mut done: impl FnMut(R),
+) -> bool
+where
+    R: Clone + Send + 'static,
+    Fut: Future<Output = R> + Send + 'static,
+{
+    let mut queue = sessions;
+    // Dropped at the end: whatever is still running past `within` is cancelled.
+    let mut running = tokio::task::JoinSet::new();
+    let work = async {
+        for session in queue.by_ref().take(HANDOVER_AT_ONCE) {
+            running.spawn(task(session));
+        }
+        while let Some(finished) = running.join_next().await {
+            done(finished.unwrap_or_else(|_| failed.clone()));
+            if let Some(session) = queue.next() {
+                running.spawn(task(session));
+            }
+        }
+    };
+    tokio::time::timeout(within, work).await.is_ok()
+}
+
 /// Hands every session of the table over ([`Proxy::hand_over`]), [`HANDOVER_AT_ONCE`] at a time,
 /// for at most `within`; counted and logged.
 pub async fn hand_over_all(proxy: &Arc<Proxy>, within: Duration) -> Handover {
@@ -101,27 +132,15 @@ pub async fn hand_over_all(proxy: &Arc<Proxy>, within: Duration) -> Handover {
     }
     let sessions = proxy.table_sessions();
     let mut done: BTreeMap<HandedOver, usize> = BTreeMap::new();
-    // Dropped at the end: whatever is still running past the grace is cancelled.
-    let mut running = tokio::task::JoinSet::new();
-    let mut queue = sessions.iter().cloned();
-    let start = |running: &mut tokio::task::JoinSet<HandedOver>, session: String| {
+    let hand_over = |session: String| {
         let proxy = Arc::clone(proxy);
-        running.spawn(async move { proxy.hand_over(&session).await });
+        async move { proxy.hand_over(&session).await }
     };
-    let work = async {
-        for session in queue.by_ref().take(HANDOVER_AT_ONCE) {
-            start(&mut running, session);
-        }
-        while let Some(finished) = running.join_next().await {
-            let r = finished.unwrap_or(HandedOver::NotKept);
-            proxy.metrics.drain_handovers.get_or_create(&[("result", r.label())]).inc();
-            *done.entry(r).or_default() += 1;
-            if let Some(session) = queue.next() {
-                start(&mut running, session);
-            }
-        }
-    };
-    let in_time = tokio::time::timeout(within, work).await.is_ok();
+    let in_time = each_at_once(sessions.iter().cloned(), within, hand_over, HandedOver::NotKept, |r| {
+        proxy.metrics.drain_handovers.get_or_create(&[("result", r.label())]).inc();
+        *done.entry(r).or_default() += 1;
+    })
+    .await;
     pass_on_backups(proxy, within.saturating_sub(started.elapsed())).await;
     let results = tally(sessions.len(), done);
     if let Some(&late) = results.get(&HandedOver::OverGrace) {
@@ -144,28 +163,19 @@ async fn pass_on_backups(proxy: &Arc<Proxy>, within: Duration) {
         return;
     }
     let (mut kept, mut not_kept) = (0usize, 0usize);
-    let mut running = tokio::task::JoinSet::new();
-    let mut queue = sessions.into_iter();
-    let start = |running: &mut tokio::task::JoinSet<bool>, session: String| {
+    let pass_on = |session: String| {
         let proxy = Arc::clone(proxy);
-        running.spawn(async move { proxy.pass_on_backup(&session).await });
+        async move { proxy.pass_on_backup(&session).await }
     };
-    let work = async {
-        for session in queue.by_ref().take(HANDOVER_AT_ONCE) {
-            start(&mut running, session);
+    let in_time = each_at_once(sessions.into_iter(), within, pass_on, false, |kept_there| {
+        if kept_there {
+            kept += 1;
+        } else {
+            not_kept += 1;
         }
-        while let Some(finished) = running.join_next().await {
-            if finished.unwrap_or(false) {
-                kept += 1;
-            } else {
-                not_kept += 1;
-            }
-            if let Some(session) = queue.next() {
-                start(&mut running, session);
-            }
-        }
-    };
-    if tokio::time::timeout(within, work).await.is_ok() {
+    })
+    .await;
+    if in_time {
         tracing::info!(
             kept,
             not_kept,
