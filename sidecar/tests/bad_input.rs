@@ -236,7 +236,7 @@ async fn upgrades_pass_through_untouched() {
         .write_all(b"GET /echo HTTP/1.1\r\nHost: demo\r\nConnection: Upgrade\r\nUpgrade: echo\r\n\r\n")
         .await
         .expect("write");
-    let head = response_head(&mut stream).await.to_lowercase();
+    let head = support::response_head(&mut stream).await.to_lowercase();
     assert!(head.starts_with("http/1.1 101"), "{head}");
     assert!(head.contains("upgrade: echo"), "{head}");
     // Quiet for three header timeouts, as a WebSocket often is.
@@ -248,20 +248,6 @@ async fn upgrades_pass_through_untouched() {
         .expect("echo in time")
         .expect("echo");
     assert_eq!(&echo, b"ping over the upgraded connection");
-}
-
-/// Reads a response head from `stream`, byte by byte (no byte after it is taken), within 10 s.
-async fn response_head(stream: &mut tokio::net::TcpStream) -> String {
-    let mut head = Vec::new();
-    let read = async {
-        while !head.ends_with(b"\r\n\r\n") {
-            let mut byte = [0u8; 1];
-            stream.read_exact(&mut byte).await.expect("a response head");
-            head.push(byte[0]);
-        }
-    };
-    tokio::time::timeout(Duration::from_secs(10), read).await.expect("a response head within 10 s");
-    String::from_utf8_lossy(&head).into_owned()
 }
 
 /// What an app of the test's own reads of a request until its head is whole (and what came after
@@ -333,7 +319,7 @@ async fn an_app_answer_the_sidecar_cannot_pass_on_is_a_502_whether_the_request_b
                 format!("POST {path} HTTP/1.1\r\nhost: app\r\ncontent-length: 5\r\n\r\nhello")
             };
             client.write_all(request.as_bytes()).await.expect("write");
-            let head = response_head(&mut client).await;
+            let head = support::response_head(&mut client).await;
             if arriving {
                 // The sidecar may have closed the connection after its answer.
                 let _ = client.write_all(b"0\r\n\r\n").await;
@@ -385,7 +371,7 @@ async fn no_request_is_tunnelled_to_http_past_the_proxys_checks() {
     let answer = |request: &'static str| async move {
         let mut client = tokio::net::TcpStream::connect(data).await.expect("connect");
         client.write_all(request.as_bytes()).await.expect("write");
-        response_head(&mut client).await
+        support::response_head(&mut client).await
     };
     let h2c = answer(
         "GET /plain HTTP/1.1\r\nhost: app\r\nconnection: Upgrade, HTTP2-Settings\r\nupgrade: h2c\r\nhttp2-settings: AAMAAABkAARAAAAAAAIAAAAA\r\n\r\n",

@@ -766,14 +766,8 @@ async fn ask_tunnel(addr: SocketAddr) -> (TcpStream, String) {
         .write_all(b"GET /echo HTTP/1.1\r\nHost: demo\r\nConnection: Upgrade\r\nUpgrade: echo\r\n\r\n")
         .await
         .expect("write");
-    let mut head = Vec::new();
-    while !head.ends_with(b"\r\n\r\n") {
-        let mut byte = [0u8; 1];
-        let read = tokio::time::timeout(Duration::from_secs(10), stream.read_exact(&mut byte)).await;
-        read.expect("a response head within 10 s").expect("a response head");
-        head.push(byte[0]);
-    }
-    (stream, String::from_utf8_lossy(&head).into_owned())
+    let head = support::response_head(&mut stream).await;
+    (stream, head)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -166,3 +166,17 @@ pub fn random_text(len: usize) -> String {
     text.truncate(len);
     text
 }
+
+/// Reads a response head from `stream`, byte by byte (no byte after it is taken), within 10 s.
+pub async fn response_head(stream: &mut tokio::net::TcpStream) -> String {
+    let mut head = Vec::new();
+    let read = async {
+        while !head.ends_with(b"\r\n\r\n") {
+            let mut byte = [0u8; 1];
+            tokio::io::AsyncReadExt::read_exact(stream, &mut byte).await.expect("a response head");
+            head.push(byte[0]);
+        }
+    };
+    tokio::time::timeout(std::time::Duration::from_secs(10), read).await.expect("a response head within 10 s");
+    String::from_utf8_lossy(&head).into_owned()
+}
