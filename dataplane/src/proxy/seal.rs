@@ -177,7 +177,7 @@ impl Proxy {
                 let state = newest.unwrap_or_default();
                 if state.len() > self.cfg.max_state_bytes {
                     let why = NotSealed::StateBytes { bytes: state.len(), limit: self.cfg.max_state_bytes };
-                    self.not_sealed(headers, session, why);
+                    self.not_sealed(headers, session, why, "none");
                     return false;
                 }
                 let stored = StoredState::of_session(session, &state, &format);
@@ -257,14 +257,15 @@ impl Proxy {
         let sealed = self.fit(&lines, room);
         // Before the response leaves: what the client acknowledges, the successor keeps (with
         // the full route, whatever the client's cookies end up holding).
-        self.back_up(Backup {
-            session: session.to_owned(),
-            version: state_version,
-            expires_at: route.expires_at,
-            route: route_value,
-            state: state_value,
-        })
-        .await;
+        let backed_up = self
+            .back_up(Backup {
+                session: session.to_owned(),
+                version: state_version,
+                expires_at: route.expires_at,
+                route: route_value,
+                state: state_value,
+            })
+            .await;
         match sealed {
             Ok((set_cookies, added)) => {
                 self.metrics.snapshots.inc(source.label());
@@ -273,7 +274,7 @@ impl Proxy {
                 append(headers, set_cookies)
             }
             Err(why) => {
-                self.not_sealed(headers, session, why);
+                self.not_sealed(headers, session, why, backed_up);
                 // The route alone, naming this owner and the newest version, over the chunks the
                 // client holds (an older state, its copy of last resort), so the session is still
                 // routed here and nothing older passes for the newest.
@@ -342,16 +343,23 @@ impl Proxy {
     }
 
     /// A state not sealed into the client's cookies: counted, logged, and said on the response;
-    /// the client keeps its previous cookies (and, with the backup on, the successor has it).
-    fn not_sealed(&self, headers: &mut HeaderMap, session: &str, why: NotSealed) {
+    /// the client keeps its previous cookies. `backed_up`: what became of the state's backup
+    /// ([`Proxy::back_up`]'s result, already known: the response waited for it; `none` when
+    /// the state was not backed up at all): the response says whether the successor has it.
+    fn not_sealed(&self, headers: &mut HeaderMap, session: &str, why: NotSealed, backed_up: &str) {
         self.metrics.seals_refused.get_or_create(&[("reason", why.label())]).inc();
         let explanation = why.explain();
-        tracing::warn!(session, reason = why.label(), "state not sealed into the client's cookies: {explanation}");
-        let saved = if self.backups.is_some() && !matches!(why, NotSealed::StateBytes { .. }) {
-            "kept by the successor's backup only"
-        } else {
-            "not saved for failover"
+        let saved = match backed_up {
+            // Kept, or a newer state of the session is (another response's, sent meanwhile).
+            "ok" | "older" => "kept by the successor's backup only".to_owned(),
+            "off" | "none" => "not saved for failover".to_owned(),
+            not_kept => format!("not saved for failover (the successor's backup: {not_kept})"),
         };
+        tracing::warn!(
+            session,
+            reason = why.label(),
+            "state not sealed into the client's cookies: {explanation}; {saved}"
+        );
         if let Ok(v) = HeaderValue::from_str(&format!("state not sealed into cookies: {explanation}; {saved}")) {
             headers.insert(WARNING_HEADER, v);
         }
