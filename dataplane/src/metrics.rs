@@ -302,12 +302,12 @@ impl Default for Metrics {
         );
         registry.register(
             "backups_sent",
-            "Sealed states handed to the session's successor before the response left, by result (ok, refused, failed, no_successor; successor_dead: found dead by a probe, the next successor tried)",
+            "Sealed states handed to the session's successor before the response left, by result (ok, refused, failed, no_successor; successor_dead: found dead by a probe, successor_leaving: it answered that it drains; the next successor tried)",
             m.backups_sent.family.clone(),
         );
         registry.register(
             "backups_received",
-            "Backups peers handed to this sidecar, by result (stored, older, too_large)",
+            "Backups peers handed to this sidecar, by result (stored, older, too_large, bad_body; leaving: refused while this pod drains)",
             m.backups_received.clone(),
         );
         registry.register(

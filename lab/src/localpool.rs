@@ -8,6 +8,7 @@ use std::collections::HashMap;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -168,6 +169,9 @@ pub struct LocalPool {
     ready: Arc<Mutex<Vec<SocketAddr>>>,
     /// Each pod's last failed readiness probe: what a pod that never became ready answered.
     probe_failures: Arc<Mutex<HashMap<String, String>>>,
+    /// While set, the registry keeper publishes no change: a registry that lags (an operator
+    /// slow to update the pool's members), so a pod that drains stays listed.
+    registry_held: Arc<AtomicBool>,
     keeper: tokio::task::JoinHandle<()>,
 }
 
@@ -282,10 +286,12 @@ impl LocalPool {
         let probes: Arc<Mutex<Vec<Probe>>> = Arc::default();
         let ready: Arc<Mutex<Vec<SocketAddr>>> = Arc::default();
         let probe_failures: Arc<Mutex<HashMap<String, String>>> = Arc::default();
+        let registry_held = Arc::new(AtomicBool::new(false));
         let keeper = tokio::spawn(keep_registry(
             Arc::clone(&probes),
             Arc::clone(&ready),
             Arc::clone(&probe_failures),
+            Arc::clone(&registry_held),
             peers_file.clone(),
         ));
         let mut pool = LocalPool {
@@ -299,6 +305,7 @@ impl LocalPool {
             probes,
             ready,
             probe_failures,
+            registry_held,
             keeper,
         };
         for _ in 0..opts.pods {
@@ -588,6 +595,12 @@ impl LocalPool {
         Ok(id)
     }
 
+    /// While `hold`, the registry lists the pods it lists now, whatever their readiness: a
+    /// registry that lags behind a pod that drains.
+    pub fn hold_registry(&self, hold: bool) {
+        self.registry_held.store(hold, Ordering::SeqCst);
+    }
+
     /// Waits until the registry lists exactly the running, unstopped pods `expected`.
     pub async fn wait_listed(&self, expected: &[usize], timeout: Duration) -> Result<(), String> {
         let want: Vec<SocketAddr> = expected.iter().map(|i| self.pods[*i].data()).collect();
@@ -660,6 +673,7 @@ async fn keep_registry(
     probes: Arc<Mutex<Vec<Probe>>>,
     ready: Arc<Mutex<Vec<SocketAddr>>>,
     failed: Arc<Mutex<HashMap<String, String>>>,
+    held: Arc<AtomicBool>,
     peers_file: PathBuf,
 ) {
     let mut last = String::new();
@@ -687,7 +701,7 @@ async fn keep_registry(
         let live: Vec<&Probe> =
             candidates.iter().filter(|p| failures.get(&p.name).is_some_and(|f| *f < FAILURE_THRESHOLD)).collect();
         let text: String = live.iter().map(|p| format!("{} {} {}\n", p.name, p.uid, p.data)).collect();
-        if text != last {
+        if text != last && !held.load(Ordering::SeqCst) {
             if write_atomically(&peers_file, &text).is_ok() {
                 last = text;
             }

@@ -12,7 +12,8 @@ use std::sync::Mutex;
 use std::time::Duration;
 
 use handover_dataplane::decide::Mode;
-use handover_lab::localpool::{CounterSession, LocalPool, PoolOptions};
+use handover_lab::localpool::{CounterSession, LocalPool, PoolOptions, SessionClient};
+use http::Method;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 const SESSIONS: usize = 8;
@@ -192,4 +193,55 @@ async fn a_rolling_drain_hands_on_the_states_a_drained_pod_left_with_the_next() 
         assert_eq!(s.verify(&ready).await.expect("count"), INCREMENTS, "the newest state, not the cookie's");
         assert_eq!(s.lost, 0);
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_backup_that_reaches_a_draining_pod_goes_on_to_the_next_member() {
+    // The pool's registry lags behind a pod that drains: its peers still back their sessions up
+    // to it after its drain passed on what it kept. Those backups must not leave with it. The
+    // states are over the header budget: the backups are their only copies outside the app.
+    let mut opts = PoolOptions::new(exe(), 3);
+    opts.drain_grace = Duration::from_millis(1500);
+    opts.sidecar_args = vec!["--drain-token".into(), TOKEN.into()];
+    let mut pool = LocalPool::start(opts).await.expect("pool starts");
+    let (owner, draining) = (pool.pods[0].data(), pool.pods[1].admin());
+    let kept_by_draining = || async move {
+        let page = handover_lab::localpool::scrape(draining).await.expect("metrics");
+        handover_lab::localpool::metric_sum(&page, "handover_backups_kept ")
+    };
+    // Sessions on pod 0 until at least two have pod 1 as their successor (each does with odds
+    // of one half).
+    let mut sessions = Vec::new();
+    while kept_by_draining().await < 2.0 {
+        assert!(sessions.len() < 64, "64 sessions and fewer than two backed up to pod 1");
+        let mut client = SessionClient::default();
+        client.send(|| Some(owner), Method::POST, "/blob?bytes=6000").await.expect("reply");
+        sessions.push(client);
+    }
+    pool.hold_registry(true);
+    let answer = drain(draining).await;
+    assert!(answer.contains("still listed"), "the registry still lists the drained pod: {answer}");
+    for client in &mut sessions {
+        let reply = client.send(|| Some(owner), Method::POST, "/incr").await.expect("reply");
+        assert_eq!(count_of(&reply.body), 1);
+    }
+    let page = handover_lab::localpool::scrape(draining).await.expect("metrics");
+    let refused = handover_lab::localpool::metric_sum(&page, "handover_backups_received_total{result=\"leaving\"}");
+    assert!(refused >= 2.0, "the peers' backups reached the draining pod, which kept none: {refused}");
+
+    // The drained pod goes, then the owner dies: the third pod takes every session over.
+    pool.kill_pod(1).await;
+    pool.kill_pod(0).await;
+    pool.hold_registry(false);
+    pool.wait_sidecars_see(&[2], Duration::from_secs(10)).await.expect("pod 2 alone is listed");
+    let survivor = pool.pods[2].data();
+    for client in &mut sessions {
+        client.disconnect();
+        let reply = client.send(|| Some(survivor), Method::GET, "/count").await.expect("reply");
+        assert_eq!(count_of(&reply.body), 1, "the newest state (before: the older one the drain passed on)");
+    }
+}
+
+fn count_of(body: &[u8]) -> u64 {
+    serde_json::from_slice::<handover_lab::demo_app::CountReply>(body).expect("a count").count
 }

@@ -83,6 +83,14 @@ impl Proxy {
         if req.method() != Method::PUT {
             return text_response(StatusCode::METHOD_NOT_ALLOWED, "PUT or GET\n");
         }
+        if self.draining_since().is_some() {
+            // This pod is leaving: a backup kept here now would leave with it (the drain passes
+            // on only what it kept before). The sender's member list still names it; it goes on
+            // to the next member (`back_up_skipping`).
+            self.metrics.backups_received.get_or_create(&[("result", "leaving")]).inc();
+            tracing::debug!(session, "a peer's backup refused: this pod is draining");
+            return text_response(StatusCode::MISDIRECTED_REQUEST, "this pod is leaving the pool\n");
+        }
         let opened = match crate::upstream::read_at_most(req.into_body(), self.backup_body_limit()).await {
             Ok(body) => self.open_backup(&session, &body),
             Err(e) => Err(format!("backup body: {e}")),
@@ -147,13 +155,18 @@ impl Proxy {
         }
         // Written once a successor is found (a pod alone in its pool never writes it).
         let mut body: Option<Bytes> = None;
+        // Successors that answered that they are leaving (draining).
+        let mut leaving: Vec<String> = Vec::new();
         // A successor that cannot be reached is probed; a dead one (killed, not yet out of the
-        // registry) is passed over for the next member in takeover order, so a state is never
-        // left without a backup because the registry lags.
+        // registry) or a leaving one is passed over for the next member in takeover order, so a
+        // state is never left without a backup, or with a pod about to go, because the registry
+        // lags.
         for _ in 0..BACKUP_ATTEMPTS {
             let live = self.registry.live();
             let unreachable = self.unreachable_now();
-            let others = self.other_reachable(&live, &unreachable).filter(|m| Some(m.name.as_str()) != skip);
+            let others = self
+                .other_reachable(&live, &unreachable)
+                .filter(|m| Some(m.name.as_str()) != skip && !leaving.contains(&m.name));
             let Some(to) = decide::successor(&b.session, others).cloned() else {
                 self.metrics.backups_sent.inc("no_successor");
                 return "no_successor";
@@ -166,6 +179,12 @@ impl Proxy {
                         sync::lock(&self.handed_to).insert(b.session.clone(), to.clone());
                     }
                     if status == StatusCode::NO_CONTENT { "ok" } else { "older" }
+                }
+                Ok((StatusCode::MISDIRECTED_REQUEST, _)) => {
+                    tracing::debug!(peer = %to.name, session = %b.session, "the successor is draining; backing up with the next member");
+                    self.metrics.backups_sent.inc("successor_leaving");
+                    leaving.push(to.name.clone());
+                    continue;
                 }
                 Ok((StatusCode::PAYLOAD_TOO_LARGE, _)) => {
                     tracing::warn!(peer = %to.name, session = %b.session, "the successor keeps no backup this large (its --backup-max-bytes)");
