@@ -176,6 +176,8 @@ pub struct Metrics {
     pub app_connect_failures: LabeledCounters,
     pub bad_requests: Family<Typed<BadRequest>, Counter>,
     pub connections_refused: Family<Label, Counter>,
+    /// Requests whose client gave up before their answer began (an HTTP/2 stream reset).
+    pub requests_abandoned: Counter,
     pub key_reload_errors: Counter,
     pub sessions: Gauge,
     pub registry_members: Gauge,
@@ -227,6 +229,7 @@ impl Default for Metrics {
             app_connect_failures: LabeledCounters::new("reason", &["refused", "timeout", "local", "handshake"]),
             bad_requests: Family::default(),
             connections_refused: Family::default(),
+            requests_abandoned: Counter::default(),
             key_reload_errors: Counter::default(),
             sessions: Gauge::default(),
             registry_members: Gauge::default(),
@@ -371,6 +374,11 @@ impl Default for Metrics {
             "connections_refused",
             "Connections closed at once because the listener (data, admin) was at its connection cap",
             m.connections_refused.clone(),
+        );
+        registry.register(
+            "requests_abandoned",
+            "Requests whose client gave up before their answer began (an HTTP/2 stream reset mid-body or while it waited): what the sidecar was doing for them (the app's exchange, a forward) is dropped",
+            m.requests_abandoned.clone(),
         );
         registry.register(
             "key_reload_errors",

@@ -426,6 +426,7 @@ pub async fn run(args: RunArgs) -> Result<(), String> {
             refused: metrics.connections_refused.get_or_create(&[("listener", "admin")]).clone(),
             send_timeouts: metrics.send_timeouts.clone(),
             bad_requests: metrics.bad_requests.clone(),
+            abandoned: Default::default(),
         },
     ));
 
@@ -457,6 +458,7 @@ pub async fn run(args: RunArgs) -> Result<(), String> {
             refused: metrics.connections_refused.get_or_create(&[("listener", "data")]).clone(),
             send_timeouts: metrics.send_timeouts.clone(),
             bad_requests: metrics.bad_requests.clone(),
+            abandoned: metrics.requests_abandoned.clone(),
         },
     )
     .await;

@@ -338,3 +338,49 @@ async fn http2_streams_in_flight_take_slots_of_the_connection_cap() {
     .await
     .expect("the slots are given back");
 }
+
+/// A request body that sends ten bytes, then fails: hyper's client resets the stream.
+struct BreaksOff {
+    sent: bool,
+}
+
+impl hyper::body::Body for BreaksOff {
+    type Data = Bytes;
+    type Error = std::io::Error;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<hyper::body::Frame<Bytes>, Self::Error>>> {
+        if self.sent {
+            return std::task::Poll::Ready(Some(Err(std::io::Error::other("the client gives up"))));
+        }
+        self.sent = true;
+        std::task::Poll::Ready(Some(Ok(hyper::body::Frame::data(Bytes::from_static(b"ten bytes.")))))
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_http2_stream_its_client_resets_mid_body_is_counted_as_abandoned() {
+    let pool = pool_with(1, &[], &[]).await;
+    let addr = pool.pods[0].data();
+    let (mut sender, _conn) = h2c(addr).await;
+    let req = Request::builder()
+        .method(Method::POST)
+        .version(Version::HTTP_2)
+        .uri(format!("http://{addr}/incr"))
+        .header(header::CONTENT_LENGTH, "100")
+        .body(BreaksOff { sent: false })
+        .expect("request");
+    let _ = tokio::time::timeout(Duration::from_secs(10), sender.send_request(req)).await.expect("settled in 10 s");
+    wait_for("the reset stream to be counted", Duration::from_secs(10), || async {
+        pool.metric("handover_requests_abandoned_total").await == 1.0
+    })
+    .await
+    .expect("counted as a request its client gave up on");
+    // One answered is not.
+    let (mut sender, _conn) = h2c(addr).await;
+    let (status, _, body) = h2_request(&mut sender, addr, Method::POST, "/incr", &[]).await;
+    assert_eq!((status, count_of(&body)), (StatusCode::OK, 1));
+    assert_eq!(pool.metric("handover_requests_abandoned_total").await, 1.0);
+}

@@ -19,6 +19,7 @@
 //! An answer waiting for the app (a long-poll, SSE between events) is not waiting on the client and
 //! is never cut here.
 
+use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
@@ -29,6 +30,7 @@ use bytes::Bytes;
 use http::Response;
 use http_body_util::BodyExt;
 use hyper::body::{Frame, SizeHint};
+use prometheus_client::metrics::counter::Counter;
 use tokio::sync::{OwnedSemaphorePermit, watch};
 
 use crate::timed_body::BoxError;
@@ -122,6 +124,34 @@ impl Requests {
         (oldest..TICK_SLOTS as u64)
             .filter_map(|age| now.checked_sub(age))
             .any(|t| self.0.waiting[t as usize % TICK_SLOTS].load(Ordering::Relaxed) > 0)
+    }
+}
+
+/// A request hyper serves, until its answer begins: dropped before that, its client gave up
+/// (hyper drops the work of an HTTP/2 stream its client reset), which is counted and logged.
+pub(crate) struct Unanswered {
+    abandoned: Option<Counter>,
+    client: SocketAddr,
+}
+
+impl Unanswered {
+    pub(crate) fn new(abandoned: Counter, client: SocketAddr) -> Unanswered {
+        Unanswered { abandoned: Some(abandoned), client }
+    }
+
+    /// The answer began: nothing to count.
+    pub(crate) fn answered(mut self) {
+        self.abandoned = None;
+    }
+}
+
+impl Drop for Unanswered {
+    fn drop(&mut self) {
+        if let Some(abandoned) = self.abandoned.take() {
+            abandoned.inc();
+            // Debug: a browser cancels requests as it leaves a page.
+            tracing::debug!(client = %self.client, "the client gave up on a request before its answer began; its work dropped");
+        }
     }
 }
 

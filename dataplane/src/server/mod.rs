@@ -67,6 +67,9 @@ pub struct ConnCounters {
     pub send_timeouts: Counter,
     /// `handover_bad_requests_total`: the heads that hyper answered because they do not parse.
     pub bad_requests: Family<Typed<BadRequest>, Counter>,
+    /// Requests whose client gave up before their answer began: hyper drops such a request's
+    /// work (an HTTP/2 stream the client reset) without a word.
+    pub abandoned: Counter,
 }
 
 impl ConnCounters {
@@ -270,6 +273,7 @@ pub async fn serve<H, F>(
                     let (requests, idle) = hyper_conn::Requests::new(timeouts.header, timeouts.keepalive);
                     let watched = requests.clone();
                     let stalled = watched.stalled(send_timeout);
+                    let abandoned = counters.abandoned.clone();
                     let service = service_fn(move |req: Request<Incoming>| {
                         let mut in_flight = requests.enter();
                         let served = request_slots.take(&req, client).map(|slots| {
@@ -285,11 +289,14 @@ pub async fn serve<H, F>(
                             }
                             handle(req, client)
                         });
+                        let abandoned = hyper_conn::Unanswered::new(abandoned.clone(), client);
                         async move {
-                            Ok::<_, Infallible>(match served {
+                            let resp = match served {
                                 Ok(fut) => hyper_conn::held_until_sent(fut.await, in_flight),
                                 Err(AtCap) => refused_at_cap(),
-                            })
+                            };
+                            abandoned.answered();
+                            Ok::<_, Infallible>(resp)
                         }
                     });
                     let conn = builder.serve_connection_with_upgrades(TokioIo::new(rest), service);
