@@ -176,6 +176,7 @@ pub(super) async fn execute(pool: &ServerPool, plan: Plan, ctx: &Context, now: T
             DeploymentPlan::Inject { name, patch } => (name, patch, true),
             DeploymentPlan::Remove { name, patch } => (name, patch, false),
             DeploymentPlan::Injected { .. }
+            | DeploymentPlan::Leftover { .. }
             | DeploymentPlan::Conflict { .. }
             | DeploymentPlan::ForeignSidecar { .. }
             | DeploymentPlan::PortTaken { .. } => {

@@ -186,6 +186,14 @@ fn pool(ready_members: Option<&[(&str, bool)]>) -> ServerPool {
     p
 }
 
+/// The pool as the pool cache shows it once it has caught up with the status write `written` (a
+/// request body the mock recorded).
+fn as_written(written: &Value) -> ServerPool {
+    let mut p = pool(None);
+    p.status = Some(serde_json::from_value(written["status"].clone()).expect("a status was written"));
+    p
+}
+
 fn pod(name: &str, ready: bool) -> Pod {
     Pod {
         metadata: ObjectMeta {
@@ -241,6 +249,7 @@ fn deployment(pool: &ServerPool, injected: bool) -> Deployment {
         let spec = d.spec.as_mut().and_then(|s| s.template.spec.as_mut()).expect("template spec");
         spec.init_containers = serde_json::from_value(template["spec"]["initContainers"].clone()).ok();
         spec.termination_grace_period_seconds = template["spec"]["terminationGracePeriodSeconds"].as_i64();
+        d.metadata.managed_fields = Some(vec![desired::applied_fields(desired::MANAGER, &patch)]);
     }
     d
 }
@@ -709,4 +718,106 @@ async fn a_deleted_pool_removes_its_injection_then_its_finalizer() {
     assert!(removal.get("spec").is_none(), "the removal patch owns nothing: {removal}");
     let finalizers = api.body(1);
     assert!(finalizers.to_string().contains(FINALIZER), "the finalizer is removed: {finalizers}");
+}
+
+/// The Deployment `web` as the API server leaves it once the operator's removal patch took out
+/// what it alone owned: the pod template's injection annotations and pool label stay, because
+/// another field manager (Argo CD, applying a manifest exported from the live object) set them
+/// too; the operator's managedFields entry is gone (it owns nothing more).
+fn left_over(pool: &ServerPool) -> Deployment {
+    let mut d = deployment(pool, true);
+    d.metadata.annotations = None;
+    d.metadata.managed_fields = None;
+    let spec = d.spec.as_mut().and_then(|s| s.template.spec.as_mut()).expect("template spec");
+    spec.init_containers = None;
+    spec.termination_grace_period_seconds = None;
+    d
+}
+
+#[tokio::test]
+async fn an_injection_another_field_manager_also_set_is_removed_once_then_reported_once() {
+    let api = MockApi::start().await;
+    let ctx = a_new_pool_reconciled(&api).await;
+    let p = as_written(&api.body(11));
+    let children = vec![("Service", "11"), ("Role", "12"), ("RoleBinding", "13"), ("NetworkPolicy", "14")];
+
+    // The user drops the opt-in annotation: the operator removes what it owns, once.
+    let mut opted_out = deployment(&p, true);
+    opted_out.metadata.annotations = None;
+    let world = World {
+        pods: vec![pod("a", true)],
+        deployments: vec![opted_out],
+        pools: vec![p.clone()],
+        children: children.clone(),
+    };
+    let removing = context(&api, world);
+    carry_memory(&ctx, &removing);
+    api.expect(vec![expect("PATCH", DEPLOYMENT, 200, Some(json_of(&left_over(&p))))]);
+    run(&removing, p.clone()).await.expect("the removal is reconciled");
+    assert_eq!(api.verify(), [format!("PATCH {DEPLOYMENT}")]);
+    assert_eq!(api.events(), ["SidecarRemoved"]);
+
+    // What another manager also set stays: nothing is left for the operator's removal to take
+    // out, so it sends none again; it reports the leftover, once.
+    let world = World {
+        pods: vec![pod("a", true)],
+        deployments: vec![left_over(&p)],
+        pools: vec![p.clone()],
+        children: children.clone(),
+    };
+    let left = context(&api, world);
+    carry_memory(&removing, &left);
+    api.expect(vec![expect("PATCH", format!("{POOLS}/cart/status"), 200, Some(json_of(&p)))]);
+    let reported = run(&left, p.clone()).await;
+    assert_eq!(api.verify(), [format!("PATCH {POOLS}/cart/status")], "no second removal");
+    reported.expect("the leftover is reported");
+    assert_eq!(api.events(), ["DeploymentConflict"]);
+    let status = &api.body(0)["status"];
+    let degraded = &status["conditions"][1];
+    assert_eq!((degraded["status"].as_str(), degraded["reason"].as_str()), (Some("True"), Some("DeploymentConflict")));
+    let message = degraded["message"].as_str().unwrap_or_default();
+    for named in ["Deployment web", "annotation handover.dev/injected", "annotation handover.dev/injection-hash"] {
+        assert!(message.contains(named), "{named} in {message}");
+    }
+    assert_eq!(status["conditions"][0]["status"], "True", "the pool still serves");
+
+    // Reconciled again (a pod event, the resync): nothing to write, nothing to say.
+    let reported = as_written(&api.body(0));
+    let world =
+        World { pods: vec![pod("a", true)], deployments: vec![left_over(&p)], pools: vec![reported.clone()], children };
+    let again = context(&api, world);
+    carry_memory(&left, &again);
+    api.expect(vec![]);
+    run(&again, reported).await.expect("an idle reconcile");
+    assert_eq!(api.verify(), [""; 0]);
+    assert_eq!(api.events(), [""; 0]);
+}
+
+#[tokio::test]
+async fn a_leftover_injection_of_a_pool_that_is_gone_is_warned_about_once_not_removed_again() {
+    let api = MockApi::start().await;
+    let p = pool(None);
+    let world = World { pods: vec![], deployments: vec![left_over(&p)], pools: vec![], children: vec![] };
+    let ctx = context(&api, world);
+    api.expect(vec![]);
+    super::reconcile::missing_pool(&ctx, "cart", Some(NS)).await;
+    assert_eq!(api.verify(), [""; 0], "nothing left that a removal could take out");
+    assert_eq!(api.events(), ["InjectionLeftover"]);
+    api.expect(vec![]);
+    super::reconcile::missing_pool(&ctx, "cart", Some(NS)).await;
+    assert_eq!(api.verify(), [""; 0]);
+    assert_eq!(api.events(), [""; 0], "warned once");
+}
+
+#[tokio::test]
+async fn a_deleted_pool_leaves_what_another_field_manager_set_and_says_so_on_the_deployment() {
+    let api = MockApi::start().await;
+    let mut p = pool(Some(&[("a", true)]));
+    p.metadata.deletion_timestamp = Some(Time(jiff::Timestamp::UNIX_EPOCH));
+    let world = World { pods: vec![pod("a", true)], deployments: vec![left_over(&p)], pools: vec![], children: vec![] };
+    let ctx = context(&api, world);
+    api.expect(vec![expect("PATCH", format!("{POOLS}/cart"), 200, Some(json_of(&p)))]);
+    run(&ctx, p).await.expect("the cleanup succeeds");
+    assert_eq!(api.verify(), [format!("PATCH {POOLS}/cart")], "no removal that would change nothing");
+    assert_eq!(api.events(), ["InjectionLeftover"]);
 }

@@ -75,6 +75,10 @@ pub struct Settings {
     pub identity: String,
 }
 
+/// A warning given on a Deployment: namespace, Deployment, pool, the Deployment's generation, the
+/// Event's reason (each once per generation).
+type Warned = (String, String, String, i64, &'static str);
+
 /// Shared by every reconcile.
 pub struct Context {
     client: Client,
@@ -96,8 +100,9 @@ pub struct Context {
     allowed_images: ImageAllowList,
     /// The write fence of leader election.
     leadership: Arc<Leadership>,
-    /// (namespace, deployment, pool, generation) already warned about a missing pool.
-    warned_missing: Mutex<HashSet<(String, String, String, i64)>>,
+    /// Warnings already given on a Deployment about a missing pool, or its injection left in
+    /// place by another field manager.
+    warned_missing: Mutex<HashSet<Warned>>,
     /// Resolves once the pod and Deployment caches hold their first full list (or names the one
     /// whose watch ended first). One shared future for every reconcile because kube-runtime's
     /// `Store::wait_until_ready` wakes only the last task that polled it: concurrent reconciles

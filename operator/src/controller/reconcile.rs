@@ -23,7 +23,8 @@ use crate::error::Error;
 use handover_common::sync::lock;
 
 /// A Deployment names (or carries the injection of) a pool that does not exist: warn on the
-/// Deployment once per generation, and remove a stale injection.
+/// Deployment once per generation, and remove a stale injection (or warn about what of it is not
+/// the operator's to remove).
 pub(super) async fn missing_pool(ctx: &Context, pool: &str, namespace: Option<&str>) {
     let Some(ns) = namespace else { return };
     if fence(ctx).is_err() {
@@ -34,23 +35,22 @@ pub(super) async fn missing_pool(ctx: &Context, pool: &str, namespace: Option<&s
             continue;
         }
         let name = d.name_any();
-        if desired::requested_pool(&d) == Some(pool) {
-            let key = (ns.to_owned(), name.clone(), pool.to_owned(), d.metadata.generation.unwrap_or(0));
-            let first = lock(&ctx.warned_missing).insert(key);
-            if first {
-                tracing::warn!(deployment = %name, namespace = ns, pool, "Deployment names a ServerPool that does not exist");
-                publish(
-                    ctx,
-                    &d.object_ref(&()),
-                    true,
-                    "PoolNotFound",
-                    format!("annotation handover.dev/pool names ServerPool {ns}/{pool}, which does not exist: no sidecar is injected"),
-                )
-                .await;
-            }
+        if desired::requested_pool(&d) == Some(pool) && first_warning(ctx, &d, pool, "PoolNotFound") {
+            tracing::warn!(deployment = %name, namespace = ns, pool, "Deployment names a ServerPool that does not exist");
+            publish(
+                ctx,
+                &d.object_ref(&()),
+                true,
+                "PoolNotFound",
+                format!("annotation handover.dev/pool names ServerPool {ns}/{pool}, which does not exist: no sidecar is injected"),
+            )
+            .await;
         }
-        if desired::injected_pool(&d) == Some(pool) {
-            match patch_deployment(ctx, ns, &name, &desired::removal_patch(&d)).await {
+        if desired::injected_pool(&d) != Some(pool) {
+            continue;
+        }
+        match desired::remove_injection(&d, pool) {
+            DeploymentPlan::Remove { patch, .. } => match patch_deployment(ctx, ns, &name, &patch).await {
                 Ok(_) => {
                     publish(
                         ctx,
@@ -64,9 +64,36 @@ pub(super) async fn missing_pool(ctx: &Context, pool: &str, namespace: Option<&s
                 Err(e) => {
                     tracing::warn!(error = %e, deployment = %name, "could not remove a stale injection")
                 }
+            },
+            DeploymentPlan::Leftover { fields, .. } => {
+                warn_leftover(ctx, &d, pool, &format!("ServerPool {ns}/{pool} does not exist"), &fields).await;
             }
+            _ => {}
         }
     }
+}
+
+/// Whether `reason` is said of Deployment `d` and `pool` for the first time at `d`'s generation.
+fn first_warning(ctx: &Context, d: &Deployment, pool: &str, reason: &'static str) -> bool {
+    let generation = d.metadata.generation.unwrap_or(0);
+    lock(&ctx.warned_missing).insert((
+        d.namespace().unwrap_or_default(),
+        d.name_any(),
+        pool.to_owned(),
+        generation,
+        reason,
+    ))
+}
+
+/// Warns on Deployment `d`, once per generation, that what is left of `pool`'s injection in it
+/// (`fields`) is not the operator's to remove; `gone` says what became of the pool.
+async fn warn_leftover(ctx: &Context, d: &Deployment, pool: &str, gone: &str, fields: &[String]) {
+    if !first_warning(ctx, d, pool, "InjectionLeftover") {
+        return;
+    }
+    tracing::warn!(deployment = %d.name_any(), pool, ?fields, "what is left of an injection is not the operator's to remove");
+    let note = format!("{gone}, but {}", desired::leftover_note(fields));
+    publish(ctx, &d.object_ref(&()), true, "InjectionLeftover", note).await;
 }
 
 pub(super) async fn reconcile(pool: Arc<ServerPool>, ctx: Arc<Context>) -> Result<Action, Error> {
@@ -217,12 +244,22 @@ async fn cleanup(pool: Arc<ServerPool>, ctx: &Context) -> Result<Action, Error> 
     let pool_refs: Vec<&ServerPool> = all_pools.iter().map(AsRef::as_ref).collect();
     let mut failures = Vec::new();
     for plan in desired::plan_deployments(&pool, deployments.iter().map(AsRef::as_ref), &pool_refs, &ctx.inject) {
-        if let DeploymentPlan::Remove { name: d, patch } = plan {
-            fence(ctx)?;
-            match patch_deployment(ctx, &ns, &d, &patch).await {
-                Ok(()) => tracing::info!(deployment = %d, pool = %name, "removed the sidecar of a deleted pool"),
-                Err(e) => failures.push(format!("remove sidecar from Deployment {ns}/{d}: {e}")),
+        match plan {
+            DeploymentPlan::Remove { name: d, patch } => {
+                fence(ctx)?;
+                match patch_deployment(ctx, &ns, &d, &patch).await {
+                    Ok(()) => tracing::info!(deployment = %d, pool = %name, "removed the sidecar of a deleted pool"),
+                    Err(e) => failures.push(format!("remove sidecar from Deployment {ns}/{d}: {e}")),
+                }
             }
+            // The pool's status goes with it: say so on the Deployment.
+            DeploymentPlan::Leftover { name: d, fields } => {
+                let deploy = deployments.iter().find(|x| x.namespace().as_deref() == Some(&ns) && x.name_any() == d);
+                if let Some(deploy) = deploy {
+                    warn_leftover(ctx, deploy, &name, &format!("ServerPool {ns}/{name} is deleted"), &fields).await;
+                }
+            }
+            _ => {}
         }
     }
     if !failures.is_empty() {

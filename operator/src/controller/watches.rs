@@ -141,7 +141,8 @@ pub(super) fn slim_pod(pod: &mut Pod) {
     }
 }
 
-/// Keeps only the operator's own managed-fields entry of a Deployment.
+/// Keeps only the operator's own managed-fields entry of a Deployment: what tells its injection
+/// from one a manifest carries (`desired::remove_injection`).
 pub(super) fn slim_deployment(d: &mut Deployment) {
     if let Some(fields) = d.metadata.managed_fields.as_mut() {
         fields.retain(|m| m.manager.as_deref() == Some(MANAGER));

@@ -329,8 +329,9 @@ pub fn sidecar_container(pool: &ServerPool, cfg: &InjectionConfig) -> Container 
     }
 }
 
-/// Whether our field manager owns `spec.template.spec.terminationGracePeriodSeconds`.
-fn we_own_grace(deploy: &Deployment) -> bool {
+/// Whether our field manager owns the field at `path` of `deploy` (a JSON pointer into its
+/// managedFields' `fieldsV1`; the API server keeps no empty set, so a path there owns something).
+fn we_own(deploy: &Deployment, path: &str) -> bool {
     deploy
         .metadata
         .managed_fields
@@ -338,7 +339,46 @@ fn we_own_grace(deploy: &Deployment) -> bool {
         .flatten()
         .filter(|m| m.manager.as_deref() == Some(MANAGER))
         .filter_map(|m| m.fields_v1.as_ref())
-        .any(|f| f.0.pointer("/f:spec/f:template/f:spec/f:terminationGracePeriodSeconds").is_some())
+        .any(|f| f.0.pointer(path).is_some())
+}
+
+/// Whether our field manager owns `spec.template.spec.terminationGracePeriodSeconds`.
+fn we_own_grace(deploy: &Deployment) -> bool {
+    we_own(deploy, "/f:spec/f:template/f:spec/f:terminationGracePeriodSeconds")
+}
+
+/// Whether the Deployment carries the operator's injection: whether its field manager owns
+/// anything of the pod template, where it writes nothing else. Not the annotations alone: a field
+/// stays while any manager owns it, and a manifest applied with the injection in it (exported
+/// from the live object, then applied by a GitOps tool or `kubectl apply`) keeps it there after
+/// the operator's removal took out all it owned.
+fn carries_our_injection(deploy: &Deployment) -> bool {
+    we_own(deploy, "/f:spec/f:template")
+}
+
+/// (tests) The managedFields entry the API server keeps for `manager` once it applied `body`:
+/// its `spec` as a field set (`f:<key>` for a key, `k:{"name":…}` for a named item of a list).
+#[cfg(test)]
+pub fn applied_fields(
+    manager: &str,
+    body: &Value,
+) -> k8s_openapi::apimachinery::pkg::apis::meta::v1::ManagedFieldsEntry {
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::{FieldsV1, ManagedFieldsEntry};
+    fn set(value: &Value) -> Value {
+        match value {
+            Value::Object(map) => map.iter().map(|(k, v)| (format!("f:{k}"), set(v))).collect(),
+            Value::Array(items) => {
+                items.iter().filter_map(|i| Some((format!("k:{{\"name\":{}}}", i.get("name")?), set(i)))).collect()
+            }
+            _ => json!({}),
+        }
+    }
+    ManagedFieldsEntry {
+        manager: Some(manager.to_owned()),
+        operation: Some("Apply".to_owned()),
+        fields_v1: body.get("spec").map(|spec| FieldsV1(json!({"f:spec": set(spec)}))),
+        ..ManagedFieldsEntry::default()
+    }
 }
 
 fn current_grace(deploy: &Deployment) -> i64 {
@@ -362,7 +402,8 @@ fn fnv1a_hex(bytes: &[u8]) -> String {
 /// The server-side-apply body that injects the pool's sidecar into `deploy`, and its hash.
 ///
 /// Everything here is owned by the operator's field manager; [`removal_patch`] (the same object
-/// with none of it) makes the API server remove exactly these fields again.
+/// with none of it) makes the API server remove exactly these fields again, but for those another
+/// manager also set ([`remove_injection`]).
 pub fn injection_patch(pool: &ServerPool, deploy: &Deployment, cfg: &InjectionConfig) -> (Value, String) {
     let token = drain_token(pool, deploy);
     let mut container = sidecar_container(pool, cfg);
@@ -489,6 +530,58 @@ pub fn injected_pool(deploy: &Deployment) -> Option<&str> {
     template_annotation(deploy, INJECTED_ANNOTATION)
 }
 
+/// What of `pool`'s injection the Deployment's pod template holds, for a person: the annotations,
+/// the pool label, the sidecar, its volumes, the app containers' drain hooks.
+pub fn injection_fields(deploy: &Deployment, pool: &str) -> Vec<String> {
+    let Some(template) = deploy.spec.as_ref().map(|s| &s.template) else {
+        return Vec::new();
+    };
+    let meta = template.metadata.as_ref();
+    let annotations = meta.and_then(|m| m.annotations.as_ref());
+    let mut out: Vec<String> = [INJECTED_ANNOTATION, HASH_ANNOTATION]
+        .into_iter()
+        .filter(|key| annotations.is_some_and(|a| a.contains_key(*key)))
+        .map(|key| format!("annotation {key}"))
+        .collect();
+    if meta.and_then(|m| m.labels.as_ref()).and_then(|l| l.get(POOL_LABEL)).is_some_and(|v| v == pool) {
+        out.push(format!("label {POOL_LABEL}"));
+    }
+    if has_sidecar(deploy) {
+        out.push(format!("container {SIDECAR_NAME}"));
+    }
+    let Some(spec) = template.spec.as_ref() else { return out };
+    for volume in spec.volumes.iter().flatten().filter(|v| v.name == KEY_VOLUME || v.name == API_VOLUME) {
+        out.push(format!("volume {}", volume.name));
+    }
+    for c in &spec.containers {
+        if c.lifecycle.as_ref().and_then(|l| l.pre_stop.as_ref()).is_some_and(is_drain_hook) {
+            out.push(format!("the preStop hook of container {}", c.name));
+        }
+    }
+    out
+}
+
+/// What the operator says of fields of an injection that it no longer owns (`fields`, from
+/// [`injection_fields`]) and that another field manager keeps in place.
+pub fn leftover_note(fields: &[String]) -> String {
+    format!(
+        "its pod template still has {}, which the operator does not own: another field manager set them (a manifest applied with them in it, such as one exported from the live object) and a field stays while any manager owns it; remove them from that manifest",
+        fields.join(", ")
+    )
+}
+
+/// How `pool`'s injection comes out of `deploy`: the removal patch while the operator owns any of
+/// it; once it owns none, a removal would change nothing (and be sent again and again), and what
+/// is left is [`DeploymentPlan::Leftover`].
+pub fn remove_injection(deploy: &Deployment, pool: &str) -> DeploymentPlan {
+    let name = deploy.metadata.name.clone().unwrap_or_default();
+    if carries_our_injection(deploy) {
+        DeploymentPlan::Remove { name, patch: removal_patch(deploy) }
+    } else {
+        DeploymentPlan::Leftover { name, fields: injection_fields(deploy, pool) }
+    }
+}
+
 fn has_sidecar(deploy: &Deployment) -> bool {
     let Some(spec) = deploy.spec.as_ref().and_then(|s| s.template.spec.as_ref()) else {
         return false;
@@ -506,7 +599,7 @@ pub enum DeploymentPlan {
         /// Server-side-apply body.
         patch: Value,
     },
-    /// The injection is current.
+    /// The injection is current, and the operator's.
     Injected {
         /// Deployment name.
         name: String,
@@ -517,6 +610,14 @@ pub enum DeploymentPlan {
         name: String,
         /// Server-side-apply body.
         patch: Value,
+    },
+    /// The pool's injection should go, but the operator owns none of it any more: what is left
+    /// another field manager set, and only it can remove ([`remove_injection`]).
+    Leftover {
+        /// Deployment name.
+        name: String,
+        /// What is left ([`injection_fields`]).
+        fields: Vec<String>,
     },
     /// The Deployment asks for this pool, but another pool's selector also selects its pods.
     Conflict {
@@ -618,7 +719,10 @@ pub fn plan_deployments<'a>(
                 continue;
             }
             let (patch, hash) = injection_patch(pool, d, cfg);
+            // Ours, too: a manifest may carry an injection the operator no longer owns, which it
+            // could not remove when the Deployment opts out.
             let current = injected == Some(name.as_str())
+                && carries_our_injection(d)
                 && template_annotation(d, HASH_ANNOTATION) == Some(hash.as_str())
                 && has_sidecar(d)
                 && current_grace(d) >= needed_grace_seconds(pool);
@@ -630,7 +734,7 @@ pub fn plan_deployments<'a>(
         } else if injected == Some(name.as_str()) {
             let taken_over = requested.is_some_and(|r| r != name && pool_exists(r));
             if !taken_over {
-                out.push(DeploymentPlan::Remove { name: dname, patch: removal_patch(d) });
+                out.push(remove_injection(d, &name));
             }
         }
     }

@@ -18,7 +18,9 @@ use kube::ResourceExt;
 use serde::Serialize;
 
 use super::children::{network_policy, role, role_binding, service, service_accounts};
-use super::injection::{DeploymentPlan, InjectionConfig, SIDECAR_NAME, fnv1a, plan_deployments, requested_pool};
+use super::injection::{
+    DeploymentPlan, InjectionConfig, SIDECAR_NAME, fnv1a, leftover_note, plan_deployments, requested_pool,
+};
 use super::members::{members, peers_unreachable, pool_pods};
 use super::names::{
     ROTATE_ANNOTATION, key_secret_name, network_policy_name, pool_name, pool_namespace, rbac_name, service_name,
@@ -190,7 +192,8 @@ pub struct Plan {
     pub keys: KeyStep,
     /// Deployments to inject or clean (the current ones and the conflicts are left out).
     pub deployments: Vec<DeploymentPlan>,
-    /// Deployments that ask for the pool but are not injected, with the reason.
+    /// Deployments that ask for the pool but are not injected, or keep an injection the operator
+    /// cannot remove, with the reason.
     pub deployment_problems: Vec<String>,
     /// The pool's members, sorted.
     pub members: Vec<Member>,
@@ -284,6 +287,8 @@ pub fn plan(pool: &ServerPool, observed: &Observed<'_>, policy: &Policy<'_>) -> 
             DeploymentPlan::PortTaken { name: d, container, port } => deployment_problems.push(format!(
                 "Deployment {d}: its container {container} declares port {port}, which the sidecar listens on (spec.sidecarPort, spec.adminPort): not injected; give the pool other ports"
             )),
+            DeploymentPlan::Leftover { name: d, fields } => deployment_problems
+                .push(format!("Deployment {d} no longer asks for this pool, but {}", leftover_note(&fields))),
             DeploymentPlan::Injected { .. } => {}
             change @ (DeploymentPlan::Inject { .. } | DeploymentPlan::Remove { .. }) => deployments.push(change),
         }

@@ -14,7 +14,8 @@ pub struct Findings {
     pub spec_problems: Vec<SpecProblem>,
     /// What is wrong with the key Secret, if anything.
     pub key_problem: Option<String>,
-    /// Deployments that could not be injected, with the reason.
+    /// Deployments that could not be injected, or keep an injection the operator cannot remove,
+    /// with the reason.
     pub deployment_problems: Vec<String>,
     /// Child objects the API server refused, with its answer.
     pub apply_errors: Vec<String>,

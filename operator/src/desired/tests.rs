@@ -94,9 +94,11 @@ fn deployment(name: &str, annotation: Option<&str>, template_labels: &[(&str, &s
     }
 }
 
-/// The Deployment as the API server would return it after applying `patch` (a shallow model:
-/// copies the template annotations/labels and the injected lists).
+/// The Deployment as the API server would return it after the operator applied `patch` (a
+/// shallow model: copies the template annotations/labels and the injected lists, and records
+/// what the operator's field manager owns).
 fn applied(mut d: Deployment, patch: &Value) -> Deployment {
+    d.metadata.managed_fields = Some(vec![applied_fields(MANAGER, patch)]);
     let template = &patch["spec"]["template"];
     let Some(spec) = d.spec.as_mut() else {
         return d;
@@ -605,6 +607,109 @@ fn removing_the_annotation_removes_the_injection() {
     // The removal body carries no template: SSA drops every field the operator owned.
     assert!(patch.get("spec").is_none());
     assert_eq!(patch["metadata"]["name"], "web");
+}
+
+/// `d` once the operator's removal took out what it alone owned, where a manifest (applied by
+/// Argo CD, exported from the live object) also holds the template's annotations and labels: they
+/// stay, and the operator owns nothing more.
+fn removed_but_for_the_manifest(mut d: Deployment) -> Deployment {
+    d.metadata.managed_fields = None;
+    if let Some(spec) = d.spec.as_mut().and_then(|s| s.template.spec.as_mut()) {
+        spec.init_containers = None;
+        spec.termination_grace_period_seconds = None;
+    }
+    d
+}
+
+#[test]
+fn an_injection_another_field_manager_keeps_is_reported_not_removed_again() {
+    let mut p = pool();
+    let d = deployment("web", Some("cart"), &[]);
+    let (patch, _) = injection_patch(&p, &d, &cfg());
+    let mut opted_out = applied(d, &patch);
+    opted_out.metadata.annotations = None;
+    assert!(matches!(plan_deployments(&p, [&opted_out], &[&p], &cfg())[..], [DeploymentPlan::Remove { .. }]));
+
+    let left = removed_but_for_the_manifest(opted_out);
+    let plan = plan_deployments(&p, [&left], &[&p], &cfg());
+    let leftover = DeploymentPlan::Leftover {
+        name: "web".to_owned(),
+        fields: vec![
+            "annotation handover.dev/injected".to_owned(),
+            "annotation handover.dev/injection-hash".to_owned(),
+            "label handover.dev/pool".to_owned(),
+        ],
+    };
+    assert_eq!(plan, [leftover], "a removal would change nothing");
+    p.metadata.deletion_timestamp = Some(ts(500));
+    assert_eq!(plan_deployments(&p, [&left], &[&p], &cfg()), plan, "nor when the pool is deleted");
+}
+
+#[test]
+fn a_leftover_names_each_part_of_the_injection_it_still_has() {
+    let p = pool();
+    let mut d = deployment("web", None, &[]);
+    let (patch, _) = injection_patch(&p, &d, &cfg());
+    if let Some(spec) = d.spec.as_mut().and_then(|s| s.template.spec.as_mut()) {
+        spec.containers = serde_json::from_value(patch["spec"]["template"]["spec"]["containers"].clone())
+            .expect("the app container with its drain hook");
+        spec.volumes = serde_json::from_value(patch["spec"]["template"]["spec"]["volumes"].clone()).ok();
+    }
+    let d = applied(d, &patch);
+    assert_eq!(
+        injection_fields(&d, "cart"),
+        [
+            "annotation handover.dev/injected",
+            "annotation handover.dev/injection-hash",
+            "label handover.dev/pool",
+            "container handover-sidecar",
+            "volume handover-keys",
+            "volume handover-kube-api-access",
+            "the preStop hook of container app",
+        ]
+    );
+    assert!(injection_fields(&d, "orders").iter().all(|f| f != "label handover.dev/pool"), "another pool's label");
+}
+
+#[test]
+fn an_injection_a_manifest_holds_but_the_operator_does_not_own_is_applied_once_to_own_it() {
+    let p = pool();
+    let d = deployment("web", Some("cart"), &[]);
+    let (patch, _) = injection_patch(&p, &d, &cfg());
+    let mut theirs = applied(d, &patch);
+    theirs.metadata.managed_fields = None;
+    let plan = plan_deployments(&p, [&theirs], &[&p], &cfg());
+    let [DeploymentPlan::Inject { patch: again, .. }] = &plan[..] else {
+        panic!("expected an injection, got {plan:?}");
+    };
+    let template = |p: &Value| {
+        (p["spec"]["template"]["metadata"].clone(), p["spec"]["template"]["spec"]["initContainers"].clone())
+    };
+    assert_eq!(template(again), template(&patch), "the same values: the apply changes only who owns them");
+    let ours = applied(theirs, again);
+    assert_eq!(plan_deployments(&p, [&ours], &[&p], &cfg()), [DeploymentPlan::Injected { name: "web".to_owned() }]);
+}
+
+#[test]
+fn an_injection_settles_after_one_apply_whoever_else_set_the_grace_period() {
+    let p = pool();
+    let needed = needed_grace_seconds(&p);
+    // Another manager's value (its managedFields entry is not in the operator's cache).
+    for theirs in [needed - 10, needed, needed + 20] {
+        let mut d = deployment("web", Some("cart"), &[]);
+        if let Some(s) = d.spec.as_mut().and_then(|s| s.template.spec.as_mut()) {
+            s.termination_grace_period_seconds = Some(theirs);
+        }
+        let first = plan_deployments(&p, [&d], &[&p], &cfg());
+        let [DeploymentPlan::Inject { patch, .. }] = &first[..] else {
+            panic!("expected an injection, got {first:?}");
+        };
+        let after = applied(d, patch);
+        let grace = after.spec.as_ref().and_then(|s| s.template.spec.as_ref()?.termination_grace_period_seconds);
+        assert_eq!(grace, Some(theirs.max(needed)), "raised only when lower");
+        let second = plan_deployments(&p, [&after], &[&p], &cfg());
+        assert_eq!(second, [DeploymentPlan::Injected { name: "web".to_owned() }], "grace {theirs}");
+    }
 }
 
 #[test]
