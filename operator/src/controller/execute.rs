@@ -20,7 +20,7 @@ use super::keys::ensure_keys;
 use super::{Context, RESYNC, fence};
 use crate::crd::ServerPool;
 use crate::desired::{self, Applied, Child, ChildStep, DeploymentPlan, Findings, KeyCheck, KeyInputs, KeyOutcome};
-use crate::desired::{ChildKey, KeyStep, MANAGER, Plan};
+use crate::desired::{ChildKey, KeyStep, MANAGER, Plan, WrittenStatus};
 use crate::error::Error;
 use handover_common::sync::lock;
 
@@ -209,10 +209,12 @@ pub(super) async fn execute(pool: &ServerPool, plan: Plan, ctx: &Context, now: T
         ready: i32::try_from(members.iter().filter(|m| m.ready).count()).unwrap_or(i32::MAX),
         total: i32::try_from(members.len()).unwrap_or(i32::MAX),
     };
-    let before = pool.status.clone().unwrap_or_default();
-    let status = desired::status(pool, members, &findings, &Time(now));
+    let pool_key = (ns.clone(), name.clone());
+    let written = lock(&ctx.statuses).get(&pool_key).cloned();
+    let before = desired::current_status(pool, written.as_ref()).cloned();
+    let status = desired::status(pool, before.as_ref(), members, &findings, &Time(now));
     ctx.metrics.set_members(&ns, &name, i64::from(status.total_members), i64::from(status.ready_members));
-    if pool.status.as_ref() != Some(&status) {
+    if before.as_ref() != Some(&status) {
         fence(ctx)?;
         let api: Api<ServerPool> = Api::namespaced(ctx.client.clone(), &ns);
         let body = serde_json::json!({
@@ -224,6 +226,13 @@ pub(super) async fn execute(pool: &ServerPool, plan: Plan, ctx: &Context, now: T
             .await
             .map_err(Error::kube(format!("write status of ServerPool {ns}/{name}")))?;
     }
+    // The status written (now or before) stands until the pool cache shows it.
+    if pool.status.as_ref() == Some(&status) {
+        lock(&ctx.statuses).remove(&pool_key);
+    } else {
+        lock(&ctx.statuses).insert(pool_key, WrittenStatus { uid: pool.metadata.uid.clone(), status: status.clone() });
+    }
+    let before = before.unwrap_or_default();
 
     for event in desired::condition_events(&before.conditions, &status.conditions) {
         publish(ctx, &reference, event.warning, &event.reason, event.note).await;
@@ -233,7 +242,7 @@ pub(super) async fn execute(pool: &ServerPool, plan: Plan, ctx: &Context, now: T
     if failures.is_empty() { Ok(Action::requeue(requeue)) } else { Err(Error::Children(failures)) }
 }
 
-/// Forgets what the operator remembers of a pool's children and keys (the pool is gone).
+/// Forgets what the operator remembers of a pool's children, keys and status (the pool is gone).
 pub(super) fn forget(ctx: &Context, pool: &ServerPool) {
     let ns = desired::pool_namespace(pool);
     let name = desired::pool_name(pool);
@@ -242,5 +251,6 @@ pub(super) fn forget(ctx: &Context, pool: &ServerPool) {
         applied.remove(&key);
     }
     drop(applied);
+    lock(&ctx.statuses).remove(&(ns.clone(), name.clone()));
     lock(&ctx.key_checks).remove(&(ns, name));
 }

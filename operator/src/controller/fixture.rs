@@ -181,7 +181,7 @@ fn pool(ready_members: Option<&[(&str, bool)]>) -> ServerPool {
             total: i32::try_from(members.len()).unwrap_or(0),
             ..desired::Findings::default()
         };
-        p.status = Some(desired::status(&p, members, &findings, &Time(jiff::Timestamp::UNIX_EPOCH)));
+        p.status = Some(desired::status(&p, None, members, &findings, &Time(jiff::Timestamp::UNIX_EPOCH)));
     }
     p
 }
@@ -323,6 +323,7 @@ fn context(api: &MockApi, world: World) -> Arc<Context> {
         network_policies,
         applied: Mutex::new(BTreeMap::new()),
         key_checks: Mutex::new(HashMap::new()),
+        statuses: Mutex::new(HashMap::new()),
         allowed_images: ImageAllowList::new(Vec::new(), &inject.default_image),
         inject,
         leadership,
@@ -330,11 +331,12 @@ fn context(api: &MockApi, world: World) -> Arc<Context> {
     })
 }
 
-/// Moves what one context remembers (its applies and key checks) into another, as one long-lived
-/// controller would keep it between reconciles while its caches move on.
+/// Moves what one context remembers (its applies, key checks and status writes) into another,
+/// as one long-lived controller would keep it between reconciles while its caches move on.
 fn carry_memory(from: &Context, to: &Context) {
     *lock(&to.applied) = lock(&from.applied).clone();
     *lock(&to.key_checks) = lock(&from.key_checks).clone();
+    *lock(&to.statuses) = lock(&from.statuses).clone();
 }
 
 const POOLS: &str = "/apis/handover.dev/v1alpha1/namespaces/shop/serverpools";
@@ -405,7 +407,8 @@ async fn run(ctx: &Arc<Context>, p: ServerPool) -> Result<Action, Error> {
 }
 
 /// A reconcile of `p` (injected, its children as [`new_pool_script`] left them) whose only pod is
-/// now `now`: it must cost one status write and nothing else. Returns the status written.
+/// now `now`, by the controller of `first` (which keeps what it remembers): it must cost one
+/// status write and nothing else. Returns the status written.
 async fn one_status_write(api: &MockApi, first: &Arc<Context>, p: &ServerPool, now: Pod) -> Value {
     let world = World {
         pods: vec![now],
@@ -418,6 +421,7 @@ async fn one_status_write(api: &MockApi, first: &Arc<Context>, p: &ServerPool, n
     api.expect(vec![expect("PATCH", format!("{POOLS}/cart/status"), 200, Some(json_of(p)))]);
     run(&next, p.clone()).await.expect("the change is reconciled");
     assert_eq!(api.verify(), [format!("PATCH {POOLS}/cart/status")], "one status write, nothing else");
+    carry_memory(&next, first);
     api.body(0)
 }
 
@@ -455,13 +459,13 @@ async fn a_new_pool_gets_its_children_keys_injection_and_status_then_a_readiness
 
     // The pod becomes unready. The caches now hold what the first reconcile wrote: the children
     // at the resourceVersions the applies returned, the injected Deployment, the pool's status.
-    let p = pool(Some(&[("a", true)]));
+    let p = as_written(&status);
     let status = one_status_write(&api, &ctx, &p, pod("a", false)).await;
     assert_eq!(status["status"]["readyMembers"], 0);
     assert_eq!(api.events(), ["MemberLeft"]);
 
     // Nothing changed at all: no request.
-    let unchanged = pool(Some(&[("a", false)]));
+    let unchanged = as_written(&status);
     let world = World {
         pods: vec![pod("a", false)],
         deployments: vec![deployment(&unchanged, true)],
@@ -594,8 +598,9 @@ async fn a_refused_apply_is_reported_and_retried_on_the_next_reconcile() {
     api.verify();
     assert_eq!(api.body(11)["status"]["conditions"][0]["reason"], "ReconcileFailed");
 
-    // Next time only the Service is applied again (its child cache has nothing at "11").
-    let p = pool(Some(&[("a", true)]));
+    // Next time only the Service is applied again (its child cache has nothing at "11"), and the
+    // pool has recovered.
+    let p = as_written(&api.body(11));
     let world = World {
         pods: vec![pod("a", true)],
         deployments: vec![deployment(&p, true)],
@@ -604,9 +609,16 @@ async fn a_refused_apply_is_reported_and_retried_on_the_next_reconcile() {
     };
     let next = context(&api, world);
     carry_memory(&ctx, &next);
-    api.expect(first_apply(SERVICE, with_version(json_of(&desired::service(&p)), "11")).into());
+    let mut script: Vec<Expect> = first_apply(SERVICE, with_version(json_of(&desired::service(&p)), "11")).into();
+    script.push(expect("PATCH", format!("{POOLS}/cart/status"), 200, Some(json_of(&p))));
+    api.expect(script);
     run(&next, p).await.expect("the Service is applied");
-    assert_eq!(api.verify(), [format!("GET {SERVICE}"), format!("PATCH {SERVICE}")]);
+    assert_eq!(
+        api.verify(),
+        [format!("GET {SERVICE}"), format!("PATCH {SERVICE}"), format!("PATCH {POOLS}/cart/status")]
+    );
+    assert_eq!(api.body(2)["status"]["conditions"][0]["reason"], "MembersReady");
+    assert_eq!(api.events(), ["Recovered"]);
 }
 
 #[tokio::test]
@@ -820,4 +832,60 @@ async fn a_deleted_pool_leaves_what_another_field_manager_set_and_says_so_on_the
     run(&ctx, p).await.expect("the cleanup succeeds");
     assert_eq!(api.verify(), [format!("PATCH {POOLS}/cart")], "no removal that would change nothing");
     assert_eq!(api.events(), ["InjectionLeftover"]);
+}
+
+#[tokio::test]
+async fn a_status_the_pool_cache_does_not_show_yet_is_neither_written_nor_reported_again() {
+    let api = MockApi::start().await;
+    let p = pool(None);
+    let d = deployment(&p, false);
+    let world =
+        World { pods: vec![pod("a", true)], deployments: vec![d.clone()], pools: vec![p.clone()], children: vec![] };
+    let ctx = context(&api, world);
+    api.expect(new_pool_script(&p, &d));
+    run(&ctx, p.clone()).await.expect("the first reconcile succeeds");
+    api.verify();
+    assert!(api.events().iter().any(|e| e == "MemberReady"), "{:?}", api.events());
+    let written = api.body(11)["status"].clone();
+
+    // A pod event that came during the first reconcile runs the next one at once: the pool cache
+    // does not show the status just written yet.
+    let children = vec![("Service", "11"), ("Role", "12"), ("RoleBinding", "13"), ("NetworkPolicy", "14")];
+    let stale = |pods: Vec<Pod>| World {
+        pods,
+        deployments: vec![deployment(&p, true)],
+        pools: vec![p.clone()],
+        children: children.clone(),
+    };
+    let next = context(&api, stale(vec![pod("a", true)]));
+    carry_memory(&ctx, &next);
+    api.expect(vec![]);
+    let nothing_new = run(&next, p.clone()).await;
+    assert_eq!(api.events(), [""; 0], "MemberReady was reported already");
+    assert_eq!(api.verify(), [""; 0], "the status is as written");
+    nothing_new.expect("a reconcile with nothing new");
+
+    // The pod leaves the ready members, the cache still behind: that transition, once.
+    let unready = context(&api, stale(vec![pod("a", false)]));
+    carry_memory(&next, &unready);
+    api.expect(vec![expect("PATCH", format!("{POOLS}/cart/status"), 200, Some(json_of(&p)))]);
+    run(&unready, p.clone()).await.expect("the readiness change is reconciled");
+    assert_eq!(api.verify(), [format!("PATCH {POOLS}/cart/status")]);
+    assert_eq!(api.events(), ["MemberLeft"]);
+    assert_eq!((api.body(0)["status"]["readyMembers"].as_i64(), written["readyMembers"].as_i64()), (Some(0), Some(1)));
+
+    // The cache catches up: nothing to write, nothing to say.
+    let caught_up = as_written(&api.body(0));
+    let world = World {
+        pods: vec![pod("a", false)],
+        deployments: vec![deployment(&p, true)],
+        pools: vec![caught_up.clone()],
+        children,
+    };
+    let idle = context(&api, world);
+    carry_memory(&unready, &idle);
+    api.expect(vec![]);
+    run(&idle, caught_up).await.expect("an idle reconcile");
+    assert_eq!(api.verify(), [""; 0]);
+    assert_eq!(api.events(), [""; 0]);
 }

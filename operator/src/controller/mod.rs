@@ -40,7 +40,7 @@ use kube::runtime::{Controller, WatchStreamExt, predicates, watcher};
 use kube::{Client, Resource};
 
 use crate::crd::ServerPool;
-use crate::desired::{self, Applied, ChildKey, InjectionConfig, KeyCheck, MANAGER};
+use crate::desired::{self, Applied, ChildKey, InjectionConfig, KeyCheck, MANAGER, WrittenStatus};
 use crate::error::Error;
 use crate::leader::Leadership;
 use crate::metrics::Metrics;
@@ -96,6 +96,10 @@ pub struct Context {
     applied: Mutex<BTreeMap<ChildKey, Applied>>,
     /// The last key Secret check of each pool (namespace, name).
     key_checks: Mutex<HashMap<(String, String), KeyCheck>>,
+    /// The status last written of each pool (namespace, name) that the pool cache does not show
+    /// yet ([`desired::current_status`]). This replica is the only writer while it leads, and
+    /// forgets them all when it stops leading (the context goes with its controller).
+    statuses: Mutex<HashMap<(String, String), WrittenStatus>>,
     inject: InjectionConfig,
     allowed_images: ImageAllowList,
     /// The write fence of leader election.
@@ -250,6 +254,7 @@ async fn run_scope(
         network_policies,
         applied: Mutex::new(BTreeMap::new()),
         key_checks: Mutex::new(HashMap::new()),
+        statuses: Mutex::new(HashMap::new()),
         inject,
         allowed_images: settings.allowed_images.clone(),
         leadership,

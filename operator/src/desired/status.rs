@@ -120,13 +120,16 @@ pub fn condition_values(f: &Findings) -> Vec<ConditionValue> {
 }
 
 /// Kubernetes conditions from `values`, keeping each previous `lastTransitionTime` unless the
-/// status really changed, so that re-computing an unchanged status yields identical objects.
+/// status really changed, so that re-computing an unchanged status yields identical objects. A
+/// new transition time is `now` to the second, as the API server keeps it: the status computed
+/// is the one read back.
 pub fn settle_conditions(
     previous: &[Condition],
     values: &[ConditionValue],
     generation: Option<i64>,
     now: &Time,
 ) -> Vec<Condition> {
+    let now = &Time(jiff::Timestamp::from_second(now.0.as_second()).unwrap_or(now.0));
     values
         .iter()
         .map(|v| {
@@ -181,9 +184,36 @@ pub fn condition_events(previous: &[Condition], current: &[Condition]) -> Vec<Po
     out
 }
 
-/// The whole status.
-pub fn status(pool: &ServerPool, members: Vec<Member>, findings: &Findings, now: &Time) -> ServerPoolStatus {
-    let previous = pool.status.as_ref().map(|s| s.conditions.as_slice()).unwrap_or_default();
+/// A status the operator wrote, kept until the pool cache shows it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct WrittenStatus {
+    /// The pool's uid (a pool deleted and made again under its name starts afresh).
+    pub uid: Option<String>,
+    /// What was written.
+    pub status: ServerPoolStatus,
+}
+
+/// The pool's status as it stands: the one the operator wrote last (`written`), until the cache
+/// shows it; then the cached pool's. The pool cache follows a status write a moment later, and a
+/// reconcile that runs at once (a pod changed during the last one) would otherwise take the status
+/// before that write for the current one: write the same status again, and report its
+/// transitions (Events, member changes) a second time.
+pub fn current_status<'a>(pool: &'a ServerPool, written: Option<&'a WrittenStatus>) -> Option<&'a ServerPoolStatus> {
+    match written {
+        Some(w) if w.uid == pool.metadata.uid => Some(&w.status),
+        _ => pool.status.as_ref(),
+    }
+}
+
+/// The whole status, following on from `previous` (the status as it stands: [`current_status`]).
+pub fn status(
+    pool: &ServerPool,
+    previous: Option<&ServerPoolStatus>,
+    members: Vec<Member>,
+    findings: &Findings,
+    now: &Time,
+) -> ServerPoolStatus {
+    let previous = previous.map(|s| s.conditions.as_slice()).unwrap_or_default();
     let generation = pool.meta().generation;
     ServerPoolStatus {
         observed_generation: generation,

@@ -2,7 +2,7 @@ use super::*;
 use std::collections::BTreeMap;
 
 use crate::crd::ServerPoolSpec;
-use crate::crd::{POOL_LABEL, ServerPool};
+use crate::crd::{POOL_LABEL, ServerPool, ServerPoolStatus};
 use crate::keys::KeyRing;
 use crate::validate::SpecProblem;
 use k8s_openapi::api::apps::v1::Deployment;
@@ -879,17 +879,47 @@ fn transition_time_changes_only_on_a_real_transition() {
 
 #[test]
 fn recomputing_an_unchanged_status_yields_an_identical_status() {
-    let mut p = pool();
+    let p = pool();
     let pods = [pool_pod("b", true), pool_pod("a", true)];
     let f = Findings { ready: 2, total: 2, ..Findings::default() };
-    let s1 = status(&p, members(&p, &pods), &f, &ts(10));
-    p.status = Some(s1.clone());
-    let s2 = status(&p, members(&p, &pods), &f, &ts(99));
+    let s1 = status(&p, None, members(&p, &pods), &f, &ts(10));
+    let s2 = status(&p, Some(&s1), members(&p, &pods), &f, &ts(99));
     assert_eq!(s1, s2);
     assert_eq!(s2.ready_members, 2);
     assert_eq!(s2.total_members, 2);
     assert_eq!(s2.observed_generation, Some(3));
     assert_eq!(s2.service_name.as_deref(), Some("cart"));
+}
+
+#[test]
+fn a_status_is_computed_as_the_api_server_keeps_it() {
+    let p = pool();
+    let now = Time(jiff::Timestamp::from_millisecond(10_700).unwrap_or(jiff::Timestamp::UNIX_EPOCH));
+    let s = status(
+        &p,
+        None,
+        members(&p, &[pool_pod("a", true)]),
+        &Findings { ready: 1, total: 1, ..Findings::default() },
+        &now,
+    );
+    let read_back: ServerPoolStatus = serde_json::from_value(json!(s)).expect("a status");
+    assert_eq!(read_back, s, "transition times to the second");
+}
+
+#[test]
+fn the_status_last_written_stands_until_the_cache_shows_it_for_that_pool_only() {
+    let mut p = pool();
+    let cached = status(&p, None, Vec::new(), &Findings::default(), &ts(1));
+    p.status = Some(cached.clone());
+    let pods = [pool_pod("a", true)];
+    let newer =
+        status(&p, Some(&cached), members(&p, &pods), &Findings { ready: 1, total: 1, ..Findings::default() }, &ts(2));
+    let written = WrittenStatus { uid: p.metadata.uid.clone(), status: newer.clone() };
+    assert_eq!(current_status(&p, Some(&written)), Some(&newer), "the cache is behind");
+    assert_eq!(current_status(&p, None), Some(&cached));
+    let mut made_again = p.clone();
+    made_again.metadata.uid = Some("uid-cart-2".to_owned());
+    assert_eq!(current_status(&made_again, Some(&written)), Some(&cached), "another pool of that name");
 }
 
 #[test]
