@@ -5,7 +5,12 @@
 #   - `helm template` (default values and a second set that takes the other branches) passes strict
 #     schema validation for Kubernetes $K8S_VERSION, and the newest release kubernetes-validate
 #     knows, offline;
-#   - bad values make both `helm lint` and `helm template` fail on values.schema.json;
+#   - a release name of Helm's longest (53) and an image tag of the longest (128, "_" first, "-"
+#     last) still render names and label values the API server takes;
+#   - bad values make both `helm lint` and `helm template` fail on values.schema.json, and a
+#     PodDisruptionBudget that would let every replica go fails the render;
+#   - the upgrade commands of README.md, NOTES.txt and docs/ apply the CRD with
+#     `--server-side --force-conflicts` and never `helm upgrade --reuse-values`;
 #   - the rendered operator Deployment is hardened and uses only flags `handover-operator run` has;
 #   - the rendered RBAC grants exactly the verbs of operator/README.md's RBAC table, cluster-wide
 #     and in the namespaced mode (`watchNamespaces`: a Role per namespace, no ClusterRole);
@@ -172,6 +177,11 @@ watchNamespaces: [shop, web]
 sidecar: {imageAllow: ["registry.example/acme/", "handover"]}
 YAML
 
+# Helm's longest release name (53), without "handover" in it (the full name gets "-handover"), and
+# the longest image tag (128), which starts and ends with characters a label value cannot.
+LONG_RELEASE="r$(printf '%052d' 0)"
+LONG_TAG="_$(printf 'v%.0s' {1..126})-"
+
 # One bad value per line (helm --set syntax): each must be refused by values.schema.json.
 BAD_VALUES=(
   "replicaCount=0"
@@ -193,6 +203,11 @@ BAD_VALUES=(
   "watchNamespaces=shop"
   "sidecar.imageAllow[0]=has space"
   "sidecar.imageAllow[0]=a\\,b"
+  "metrics.service.port=null"
+  "podDisruptionBudget.maxUnavailable=null"
+  "terminationGracePeriodSeconds=null"
+  "priorityClassName=Not_A_Name"
+  "podLabels.app\\.kubernetes\\.io/instance=other"
 )
 
 for v in 3 4; do
@@ -221,7 +236,9 @@ for v in 3 4; do
     -f "$WORK/other-values.yaml" >"$WORK/other-$v.yaml"
   "$helm" template "$RELEASE" "$CHART" -n "$NAMESPACE" --include-crds --kube-version "$K8S_VERSION" \
     -f "$WORK/namespaced-values.yaml" >"$WORK/namespaced-$v.yaml"
-  validate "$WORK/default-$v.yaml" "$WORK/other-$v.yaml" "$WORK/namespaced-$v.yaml"
+  "$helm" template "$LONG_RELEASE" "$CHART" -n "$NAMESPACE" --kube-version "$K8S_VERSION" \
+    --set image.tag="$LONG_TAG" >"$WORK/long-$v.yaml"
+  validate "$WORK/default-$v.yaml" "$WORK/other-$v.yaml" "$WORK/namespaced-$v.yaml" "$WORK/long-$v.yaml"
 
   log "helm $v: bad values are refused (${#BAD_VALUES[@]} cases)"
   for bad in "${BAD_VALUES[@]}"; do
@@ -233,9 +250,15 @@ for v in 3 4; do
       fail "helm $v lint accepted --set $bad"
     fi
   done
+  # Beyond a schema: a budget as large as the replicas protects nothing.
+  if "$helm" template "$RELEASE" "$CHART" --set replicaCount=2 --set podDisruptionBudget.maxUnavailable=2 \
+    >"$WORK/bad.txt" 2>&1; then
+    fail "helm $v template accepted podDisruptionBudget.maxUnavailable=2 with replicaCount=2"
+  fi
+  grep -q 'must be below replicaCount' "$WORK/bad.txt" || { cat "$WORK/bad.txt" >&2; fail "helm $v: PDB refusal"; }
 done
 
-for rendered in default namespaced; do
+for rendered in default namespaced long; do
   cmp -s "$WORK/$rendered-3.yaml" "$WORK/$rendered-4.yaml" || {
     diff "$WORK/$rendered-3.yaml" "$WORK/$rendered-4.yaml" >&2 || true
     fail "helm 3 and helm 4 render the chart differently ($rendered values)"
@@ -243,10 +266,11 @@ for rendered in default namespaced; do
 done
 
 log "rendered chart: hardened operator, flags of handover-operator run, RBAC of operator/README.md"
-"$PY" - "$WORK/default-4.yaml" "$WORK/other-4.yaml" "$WORK/namespaced-4.yaml" operator/src/main.rs operator/README.md <<'PY'
+"$PY" - "$WORK/default-4.yaml" "$WORK/other-4.yaml" "$WORK/namespaced-4.yaml" operator/src/main.rs operator/README.md \
+  "$WORK/long-4.yaml" <<'PY'
 import re, sys, yaml
 
-default_file, other_file, namespaced_file, main_rs, readme = sys.argv[1:6]
+default_file, other_file, namespaced_file, main_rs, readme, long_file = sys.argv[1:7]
 problems = []
 
 def docs(path):
@@ -261,6 +285,29 @@ main_src = open(main_rs).read()
 run_args = main_src[main_src.index("struct RunArgs"):]
 run_args = run_args[: run_args.index("\n}\n")]
 flags = {"--" + f.replace("_", "-") for f in re.findall(r"^\s*(?:pub\s+)?(\w+)\s*:", run_args, re.M)}
+
+# Names and label values as the API server checks them (kubernetes-validate does not): a Service's
+# name is a DNS label (RFC 1035), every other name here a DNS subdomain; label values at most 63
+# characters, alphanumeric at both ends.
+DNS_LABEL = re.compile(r"^[a-z]([-a-z0-9]{0,61}[a-z0-9])?$")
+DNS_SUBDOMAIN = re.compile(r"^[a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?$")
+LABEL_VALUE = re.compile(r"^(([A-Za-z0-9][-A-Za-z0-9_.]{0,61})?[A-Za-z0-9])?$")
+def label_maps(o):
+    yield "metadata.labels", o["metadata"].get("labels") or {}
+    spec = o.get("spec") or {}
+    if "template" in spec:
+        yield "template labels", spec["template"]["metadata"].get("labels") or {}
+    if isinstance(spec.get("selector"), dict):
+        yield "selector", spec["selector"].get("matchLabels", spec["selector"])
+for path in (default_file, other_file, namespaced_file, long_file):
+    for o in docs(path):
+        name = o["metadata"]["name"]
+        if not (DNS_LABEL if o["kind"] == "Service" else DNS_SUBDOMAIN).match(name):
+            problems.append(f"{path}: {o['kind']} {name}: not a valid name ({len(name)} characters)")
+        for where, labels in label_maps(o):
+            for k, v in labels.items():
+                if not isinstance(v, str) or not LABEL_VALUE.match(v):
+                    problems.append(f"{path}: {o['kind']} {name}: {where}: {k}={v!r} is not a label value")
 
 for path in (default_file, other_file, namespaced_file):
     objs = docs(path)
@@ -307,6 +354,9 @@ for path in (default_file, other_file, namespaced_file):
         svc = [o for o in objs if o["kind"] == "Service"]
         if not svc or svc[0]["spec"]["ports"][0]["targetPort"] != "metrics":
             problems.append(f"{path}: metrics Service")
+        pdb = [o for o in objs if o["kind"] == "PodDisruptionBudget"]
+        if not pdb or pdb[0]["spec"].get("unhealthyPodEvictionPolicy") != "AlwaysAllow":
+            problems.append(f"{path}: PodDisruptionBudget missing, or not-ready operators would hold node drains up")
         image = c["image"]
         if opt.get("--sidecar-image") != image:
             problems.append(f"{where}: sidecar image {opt.get('--sidecar-image')} != operator image {image}")
@@ -381,6 +431,16 @@ if problems:
     sys.exit(1)
 print(f"   {len(wanted)} resource rules match operator/README.md in {len(granted_by)} RBAC modes; flags known: {' '.join(sorted(flags))}")
 PY
+
+log "upgrade commands: the CRD applied with --server-side --force-conflicts; no helm upgrade --reuse-values"
+# Helm owns the CRD's fields: a plain server-side apply of a changed CRD is refused as a conflict with
+# "helm", and --reuse-values takes the old chart's defaults (a value new in the chart is missing).
+while IFS= read -r hit; do
+  fail "$hit: apply the CRD with 'kubectl apply --server-side --force-conflicts -f crds/' (README, \"Upgrading\")"
+done < <(grep -nE 'kubectl apply.*crds/' README.md "$CHART/templates/NOTES.txt" docs/*.md | grep -v -- '--server-side --force-conflicts' || true)
+while IFS= read -r hit; do
+  fail "$hit: helm upgrade --reuse-values drops the new chart's defaults; use --reset-then-reuse-values"
+done < <(grep -nE 'helm upgrade.*--reuse-values' README.md "$CHART/templates/NOTES.txt" docs/*.md || true)
 
 log "examples: built-in kinds with kubernetes-validate, ServerPools against the CRD schema and CEL rules"
 cat >"$WORK/broken-pools.yaml" <<'YAML'

@@ -16,7 +16,9 @@
 {{- define "handover.labels" -}}
 helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" }}
 {{ include "handover.selectorLabels" . }}
-app.kubernetes.io/version: {{ (.Values.image.tag | default .Chart.AppVersion) | quote }}
+{{- /* A label value: at most 63 characters, alphanumeric at both ends (an image tag may be 128
+long and start with "_" or end with "-" or "."). */}}
+app.kubernetes.io/version: {{ (.Values.image.tag | default .Chart.AppVersion) | trunc 63 | trimAll "-_." | quote }}
 app.kubernetes.io/managed-by: {{ .Release.Service }}
 app.kubernetes.io/part-of: handover
 {{- end -}}
