@@ -437,10 +437,10 @@ log "upgrade commands: the CRD applied with --server-side --force-conflicts; no 
 # "helm", and --reuse-values takes the old chart's defaults (a value new in the chart is missing).
 while IFS= read -r hit; do
   fail "$hit: apply the CRD with 'kubectl apply --server-side --force-conflicts -f crds/' (README, \"Upgrading\")"
-done < <(grep -nE 'kubectl apply.*crds/' README.md "$CHART/templates/NOTES.txt" docs/*.md | grep -v -- '--server-side --force-conflicts' || true)
+done < <(grep -nE 'kubectl apply.*crds/' README.md */README.md "$CHART/templates/NOTES.txt" docs/*.md | grep -v -- '--server-side --force-conflicts' || true)
 while IFS= read -r hit; do
   fail "$hit: helm upgrade --reuse-values drops the new chart's defaults; use --reset-then-reuse-values"
-done < <(grep -nE 'helm upgrade.*--reuse-values' README.md "$CHART/templates/NOTES.txt" docs/*.md || true)
+done < <(grep -nE 'helm upgrade.*--reuse-values' README.md */README.md "$CHART/templates/NOTES.txt" docs/*.md || true)
 
 log "examples: built-in kinds with kubernetes-validate, ServerPools against the CRD schema and CEL rules"
 cat >"$WORK/broken-pools.yaml" <<'YAML'
