@@ -5,7 +5,7 @@
 mod support;
 use support::exe;
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use handover_dataplane::cookie;
@@ -43,12 +43,35 @@ async fn hung_pod_is_routed_around_and_does_not_fork_sessions_when_it_wakes() {
     let pool = pool(3).await;
     let load = Load::start(pool.ready_handle(), SESSIONS);
     load.progress(200, "warm-up").await.expect("sessions make progress");
+    // Witnesses: sessions the hung pod owns, taken over while it hangs, and sent to it again once
+    // it woke. (The load's clients keep the connections they moved to while it hung: none of
+    // them reaches the woken pod, whose stale copies could go unseen.)
+    let hung = Mutex::new(vec![pool.pods[0].data()]);
+    let others = Mutex::new(vec![pool.pods[1].data(), pool.pods[2].data()]);
+    let mut witnesses: Vec<CounterSession> = (0..SESSIONS).map(|_| CounterSession::default()).collect();
+    for w in &mut witnesses {
+        for _ in 0..2 {
+            w.incr(&hung).await.expect("increment on the pod about to hang");
+        }
+    }
     pool.signal_pod(0, Sig::Stop);
     pool.wait_listed(&[1, 2], Duration::from_secs(10)).await.expect("the hung pod leaves the registry");
     load.progress(500, "sessions to go on while a pod hangs").await.expect("sessions make progress");
+    for w in &mut witnesses {
+        w.client.disconnect();
+        assert_eq!(w.incr(&others).await.expect("increment while the owner hangs"), 3, "taken over whole");
+    }
     pool.signal_pod(0, Sig::Cont);
     pool.wait_listed(&[0, 1, 2], Duration::from_secs(10)).await.expect("the woken pod rejoins");
     load.progress(500, "sessions to go on after the pod woke").await.expect("sessions make progress");
+    for w in &mut witnesses {
+        // The woken pod holds the session's older copy: the cookie names a newer one elsewhere.
+        w.client.disconnect();
+        assert_eq!(w.incr(&hung).await.expect("increment through the woken pod"), 4, "not its stale copy");
+        w.client.disconnect();
+        assert_eq!(w.verify(&others).await.expect("count"), 4, "one copy of the session");
+        assert_eq!(w.lost, 0);
+    }
     load.stop_and_verify().await.expect("every session went on and lost nothing");
 }
 
