@@ -39,6 +39,19 @@ pub fn skip_or_fail(require: &str, message: &str) {
     eprintln!("\n!!!!! SKIPPED: {message}\n");
 }
 
+/// The variables `tests/run` sets: in CI every test must run.
+const CI_REQUIRES: [&str; 4] =
+    ["HANDOVER_REQUIRE_NGINX", "HANDOVER_REQUIRE_HAPROXY", "HANDOVER_REQUIRE_BROWSER", "HANDOVER_REQUIRE_CGROUP"];
+
+/// [`skip_or_fail`] for what no variable of its own names (python3, network namespaces): fails
+/// when any of `tests/run`'s `HANDOVER_REQUIRE_*` variables is set, as in CI.
+pub fn skip_or_fail_in_ci(message: &str) {
+    if let Some(require) = CI_REQUIRES.iter().find(|v| std::env::var_os(v).is_some()) {
+        panic!("{message} and {require} is set: in CI every test must run");
+    }
+    eprintln!("\n!!!!! SKIPPED: {message}\n");
+}
+
 /// The sidecar binary under test.
 pub fn exe() -> PathBuf {
     PathBuf::from(env!("CARGO_BIN_EXE_handover-sidecar"))
