@@ -9,9 +9,13 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use handover_dataplane::cookie;
+use handover_dataplane::decide;
 use handover_dataplane::keys::KeyRing;
+use handover_dataplane::registry::Member;
 use handover_lab::demo_app::CountReply;
-use handover_lab::localpool::{CounterSession, Load, LocalPool, POOL, PoolOptions, SessionClient, Sig, wait_for};
+use handover_lab::localpool::{
+    CounterSession, Load, LocalPool, POOL, PoolOptions, SessionClient, Sig, member_names, wait_for,
+};
 use http::{Method, StatusCode};
 
 const SESSIONS: usize = 6;
@@ -377,4 +381,63 @@ async fn a_state_inside_the_routing_cookie_survives_the_owners_sigkill() {
         assert_eq!(s.lost, 0);
         assert!(pool.metric("handover_takeovers_total").await >= 1.0, "{backup}: the session was taken over");
     }
+}
+
+/// A pod joining makes registries disagree for a moment: a dead owner's session can have one
+/// successor in one pod's view and another in the next one's. The pod that sees itself as the
+/// successor must ask whether a member took the session over already, and send the request there,
+/// or the session forks: two copies going on apart, each update applied to one of them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_session_another_pod_took_over_is_not_taken_over_again_by_a_pod_that_rejoins() {
+    let mut pool = pool(4).await;
+    let member =
+        |i: usize| Member { name: pool.pods[i].name.clone(), uid: pool.pods[i].uid.clone(), addr: pool.pods[i].data() };
+    let (with_3, without_3) = ([member(1), member(2), member(3)], [member(1), member(2)]);
+    let owner = pool.pods[0].data();
+    // A session of pod 0 whose successor is pod 3 while it is listed (each has odds of a third).
+    let (mut client, session) = 'found: {
+        for _ in 0..60 {
+            let mut client = SessionClient::default();
+            let reply = client.send(|| Some(owner), Method::POST, "/incr").await.expect("reply");
+            let served: CountReply = serde_json::from_slice(&reply.body).expect("count");
+            if decide::successor(&served.session, with_3.iter()).is_some_and(|m| m.name == pool.pods[3].name) {
+                break 'found (client, served.session);
+            }
+        }
+        panic!("60 sessions, none with pod 3 as its successor");
+    };
+    let old_cookie = client.jar.clone();
+    let taker = decide::successor(&session, without_3.iter()).expect("a successor").name.clone();
+    let taker = pool.pods.iter().position(|p| p.name == taker).expect("a pod");
+
+    // Pod 3 hangs (and leaves the registry), the owner dies: the other successor takes over.
+    pool.signal_pod(3, Sig::Stop);
+    pool.kill_pod(0).await;
+    pool.wait_listed(&[1, 2], Duration::from_secs(10)).await.expect("pods 1 and 2 alone are listed");
+    let both = vec![pool.pods[1].name.clone(), pool.pods[2].name.clone()];
+    for i in [1, 2] {
+        let (admin, both) = (pool.pods[i].admin(), both.clone());
+        wait_for("the sidecar to list pods 1 and 2", Duration::from_secs(10), || {
+            let both = both.clone();
+            async move { member_names(admin).await == Some(both) }
+        })
+        .await
+        .expect("pods 1 and 2 see each other alone");
+    }
+    let reply = client.send(|| Some(pool.pods[taker].data()), Method::POST, "/incr").await.expect("reply");
+    let served: CountReply = serde_json::from_slice(&reply.body).expect("count");
+    assert_eq!((served.count, &served.pod), (2, &pool.pods[taker].name), "taken over");
+
+    // Pod 3 wakes: in its view it is the session's successor, and it holds the session's older
+    // backup. A request the client sent with the cookie of before the takeover reaches it.
+    pool.signal_pod(3, Sig::Cont);
+    pool.wait_listed(&[1, 2, 3], Duration::from_secs(10)).await.expect("pod 3 is listed again");
+    pool.wait_sidecars_see(&[1, 2, 3], Duration::from_secs(10)).await.expect("every sidecar lists pods 1 to 3");
+    let mut late = SessionClient::with_jar(old_cookie);
+    let reply = late.send(|| Some(pool.pods[3].data()), Method::POST, "/incr").await.expect("reply");
+    let served: CountReply = serde_json::from_slice(&reply.body).expect("count");
+    assert_eq!((served.count, &served.pod), (3, &pool.pods[taker].name), "served by the pod that holds it, not forked");
+    let reply = client.send(|| Some(pool.pods[3].data()), Method::GET, "/count").await.expect("reply");
+    let served: CountReply = serde_json::from_slice(&reply.body).expect("count");
+    assert_eq!(served.count, 3, "one copy of the session");
 }
