@@ -534,17 +534,22 @@ async fn http2_clients_that_open_their_windows_and_read_nothing_never_take_the_s
     for _ in 0..CLIENTS {
         let socket = tokio::net::TcpSocket::new_v4().expect("a socket");
         let _ = socket.set_recv_buffer_size(4096);
-        let Ok(stream) = socket.connect(addr).await else { continue };
+        let stream = socket.connect(addr).await.expect("connected: 100 clients are within the cap");
         let mut builder = hyper::client::conn::http2::Builder::new(hyper_util::rt::TokioExecutor::new());
         builder.initial_stream_window_size(16 << 20).initial_connection_window_size(64 << 20);
         let io = hyper_util::rt::TokioIo::new(NeverRead(stream));
-        let Ok((mut sender, conn)) = builder.handshake::<_, http_body_util::Empty<bytes::Bytes>>(io).await else {
-            continue;
-        };
+        let (mut sender, conn) =
+            builder.handshake::<_, http_body_util::Empty<bytes::Bytes>>(io).await.expect("an HTTP/2 connection");
         let req = http::Request::get(format!("http://{addr}/download?mib=4")).body(http_body_util::Empty::new());
         let answer = sender.send_request(req.expect("request"));
         clients.push((tokio::spawn(conn), tokio::spawn(answer)));
     }
+    // Every answer began: the sidecar gave each its head (which the client does not read).
+    wait_for("every download to be answered", Duration::from_secs(30), || async {
+        pool.metric("handover_requests_total").await == CLIENTS as f64
+    })
+    .await
+    .expect("the downloads began");
     // The flood is held for 3 s (the app writes a 4 MiB answer in a few milliseconds; what the
     // sidecar queues of it stays until the send timeout, 60 s).
     tokio::time::sleep(Duration::from_secs(3)).await;
