@@ -11,6 +11,7 @@ use handover_common::sync;
 use hmac::{Hmac, Mac};
 use sha2::Sha256;
 
+use crate::settled_file::{self, Follow, Observed};
 use crate::xchacha::XChaCha20Poly1305;
 
 /// The forward key of a pool key (it signs forwards: [`crate::peer_auth`]): HMAC-SHA256(pool key,
@@ -125,20 +126,29 @@ impl KeyFile {
         Ok(())
     }
 
-    /// Polls the file every `every` and reloads it when its bytes change.
+    /// Polls the file every `every` and reloads it when its bytes change and then hold still for
+    /// one poll ([`crate::settled_file`]: a file read half-way through an in-place rewrite is often
+    /// a valid ring that lacks the keys live cookies use). A refused file is passed to `on_error`
+    /// once, not at every poll; the previous ring stays.
     pub async fn follow(self: Arc<Self>, every: Duration, on_error: impl Fn(&KeyError) + Send + 'static) {
-        let mut last = std::fs::read(&self.path).ok();
+        let mut file = Follow::new(settled_file::read(&self.path).ok());
         let mut ticker = tokio::time::interval(every);
         loop {
             ticker.tick().await;
-            let now = std::fs::read(&self.path).ok();
-            if now == last {
-                continue;
-            }
-            match self.reload() {
-                Ok(()) => {
+            let unreadable = |reason| KeyError::Unreadable { path: self.path.display().to_string(), reason };
+            let ring = match file.observe(settled_file::read(&self.path)) {
+                Observed::Nothing => continue,
+                Observed::Unreadable(reason) => Err(unreadable(reason)),
+                Observed::New(bytes) => match String::from_utf8(bytes) {
+                    Err(_) => Err(unreadable("not UTF-8 text".to_owned())),
+                    Ok(text) => KeyRing::parse(&text).map(|ring| (ring, text.into_bytes())),
+                },
+            };
+            match ring {
+                Ok((ring, bytes)) => {
+                    *sync::write(&self.ring) = Arc::new(ring);
+                    file.applied(bytes);
                     tracing::info!(path = %self.path.display(), keys = ?self.ring().ids(), "key ring reloaded");
-                    last = now;
                 }
                 Err(e) => on_error(&e),
             }
@@ -158,6 +168,53 @@ mod tests {
         assert_eq!(ring.ids(), vec![7, 3]);
         assert!(ring.get(3).is_some());
         assert!(ring.get(4).is_none());
+    }
+
+    /// A key file in a fresh directory of its own.
+    fn key_file(name: &str, text: &str) -> PathBuf {
+        let dir = std::env::temp_dir().join(format!("handover-keys-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).expect("dir");
+        let path = dir.join("keys");
+        std::fs::write(&path, text).expect("write keys");
+        path
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_key_file_read_half_way_through_a_rewrite_drops_no_key() {
+        let (new, old) = (generate_line(2, 0), generate_line(1, 0));
+        let path = key_file("torn", &format!("{old}\n"));
+        let keys = KeyFile::open(path.clone()).expect("valid");
+        tokio::spawn(Arc::clone(&keys).follow(Duration::from_secs(1), |e| panic!("refused: {e}")));
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        // A writer that rewrites the file in place (truncate, write) is read after its first line:
+        // a valid ring that has lost the key the live cookies are sealed with.
+        std::fs::write(&path, format!("{new}\n")).expect("first half");
+        tokio::time::sleep(Duration::from_millis(1200)).await;
+        assert_eq!(keys.ring().ids(), [1], "a file changed since the last poll is not taken yet");
+        std::fs::write(&path, format!("{new}\n{old}\n")).expect("whole");
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        assert_eq!(keys.ring().ids(), [2, 1], "the whole file, once it holds still, is");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_refused_key_file_is_reported_once_not_at_every_poll() {
+        let path = key_file("refused", &format!("{}\n", generate_line(1, 0)));
+        let keys = KeyFile::open(path.clone()).expect("valid");
+        let refused = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let count = Arc::clone(&refused);
+        tokio::spawn(Arc::clone(&keys).follow(Duration::from_secs(1), move |_| {
+            count.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        }));
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        std::fs::write(&path, "").expect("emptied");
+        tokio::time::sleep(Duration::from_secs(30)).await;
+        assert_eq!(refused.load(std::sync::atomic::Ordering::SeqCst), 1, "one empty file, one refusal");
+        assert_eq!(keys.ring().ids(), [1], "the previous ring stays");
+        std::fs::remove_file(&path).expect("removed");
+        tokio::time::sleep(Duration::from_secs(30)).await;
+        assert_eq!(refused.load(std::sync::atomic::Ordering::SeqCst), 2, "a file gone: one more");
+        let _ = std::fs::remove_dir_all(path.parent().expect("dir"));
     }
 
     #[test]

@@ -33,6 +33,7 @@ pub mod registry_kube;
 #[cfg(test)]
 mod seal_model;
 pub mod server;
+pub mod settled_file;
 pub mod state_path;
 pub mod timed_body;
 pub mod upstream;

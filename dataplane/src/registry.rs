@@ -3,6 +3,7 @@
 //! The decision logic only sees [`Registry::live`]. Without Kubernetes the members come from a
 //! static list or a file ([`StaticRegistry`]); in a pod, from the ServerPool's status.
 
+use crate::settled_file::{self, Follow, Observed};
 use handover_common::sync;
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -93,25 +94,39 @@ impl StaticRegistry {
         *sync::write(&self.members) = Arc::new(members);
     }
 
-    /// Reads `path` now and then every `every`; an unreadable or invalid file keeps the last list.
+    /// Reads `path` now and then every `every`; a changed file is taken once it holds still for
+    /// one poll (a file read half-way through an in-place rewrite is often a valid list missing
+    /// live members: [`crate::settled_file`]). An unreadable or invalid file keeps the last list
+    /// and is logged once, not at every poll.
     pub fn follow_file(path: PathBuf, every: Duration) -> Result<Arc<StaticRegistry>, String> {
-        let read = |path: &PathBuf| {
-            std::fs::read_to_string(path)
-                .map_err(|e| format!("cannot read peers file {}: {e}", path.display()))
-                .and_then(|text| parse_members(&text))
+        let shown = path.display().to_string();
+        let parse = move |bytes: &[u8]| {
+            std::str::from_utf8(bytes)
+                .map_err(|_| format!("peers file {shown} is not UTF-8 text"))
+                .and_then(parse_members)
         };
-        let registry = StaticRegistry::fixed(read(&path)?);
+        let first = settled_file::read(&path).map_err(|e| format!("cannot read peers file {}: {e}", path.display()))?;
+        let registry = StaticRegistry::fixed(parse(&first)?);
         let weak = Arc::downgrade(&registry);
         tokio::spawn(async move {
+            let mut file = Follow::new(Some(first));
             let mut ticker = tokio::time::interval(every);
             while let Some(registry) = weak.upgrade() {
-                match read(&path) {
-                    Ok(members) if *registry.live() != members => {
-                        tracing::info!(members = members.len(), "peers file changed");
-                        registry.set(members);
+                let parsed = match file.observe(settled_file::read(&path)) {
+                    Observed::Nothing => None,
+                    Observed::Unreadable(e) => Some(Err(format!("cannot read peers file {}: {e}", path.display()))),
+                    Observed::New(bytes) => Some(parse(&bytes).map(|members| (members, bytes))),
+                };
+                match parsed {
+                    None => {}
+                    Some(Ok((members, bytes))) => {
+                        file.applied(bytes);
+                        if *registry.live() != members {
+                            tracing::info!(members = members.len(), "peers file changed");
+                            registry.set(members);
+                        }
                     }
-                    Ok(_) => {}
-                    Err(e) => tracing::warn!(error = %e, "keeping the last member list"),
+                    Some(Err(e)) => tracing::warn!(error = %e, "keeping the last member list"),
                 }
                 drop(registry);
                 ticker.tick().await;
@@ -127,9 +142,96 @@ impl Registry for StaticRegistry {
     }
 }
 
+/// What the tests log, kept for them to read.
+#[cfg(test)]
+pub(crate) mod test_log {
+    use std::sync::{Arc, Mutex};
+
+    /// The log lines written on this thread while the guard lives.
+    #[derive(Clone, Default)]
+    pub struct Captured(Arc<Mutex<Vec<u8>>>);
+
+    impl Captured {
+        /// Starts capturing this thread's logs (a current-thread runtime's tasks included).
+        pub fn start() -> (Captured, tracing::subscriber::DefaultGuard) {
+            let captured = Captured::default();
+            let writer = captured.clone();
+            let subscriber = tracing_subscriber::fmt()
+                .with_ansi(false)
+                .with_max_level(tracing::Level::DEBUG)
+                .with_writer(move || writer.clone())
+                .finish();
+            (captured, tracing::subscriber::set_default(subscriber))
+        }
+
+        pub fn lines(&self) -> Vec<String> {
+            let bytes = self.0.lock().expect("log buffer").clone();
+            String::from_utf8_lossy(&bytes).lines().map(str::to_owned).collect()
+        }
+
+        /// Lines that contain `text`.
+        pub fn count(&self, text: &str) -> usize {
+            self.lines().iter().filter(|l| l.contains(text)).count()
+        }
+    }
+
+    impl std::io::Write for Captured {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().expect("log buffer").extend_from_slice(buf);
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn peers_file(name: &str, text: &str) -> PathBuf {
+        let dir = std::env::temp_dir().join(format!("handover-peers-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).expect("dir");
+        let path = dir.join("peers");
+        std::fs::write(&path, text).expect("write peers");
+        path
+    }
+
+    fn names(r: &StaticRegistry) -> Vec<String> {
+        r.live().iter().map(|m| m.name.clone()).collect()
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_peers_file_read_half_way_through_a_rewrite_is_not_taken() {
+        let path = peers_file("torn", "a@10.0.0.1:8000\nb@10.0.0.2:8000\nc@10.0.0.3:8000\n");
+        let registry = StaticRegistry::follow_file(path.clone(), Duration::from_millis(200)).expect("valid");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        // Rewritten in place, read after its first line: a valid list that lost two live members.
+        std::fs::write(&path, "a@10.0.0.1:8000\n").expect("first half");
+        tokio::time::sleep(Duration::from_millis(150)).await;
+        assert_eq!(names(&registry), ["a", "b", "c"], "a file changed since the last poll is not taken yet");
+        std::fs::write(&path, "a@10.0.0.1:8000\nb@10.0.0.2:8000\nd@10.0.0.4:8000\n").expect("whole");
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        assert_eq!(names(&registry), ["a", "b", "d"], "the whole file, once it holds still, is");
+        let _ = std::fs::remove_dir_all(path.parent().expect("dir"));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_bad_peers_file_is_logged_once_not_at_every_poll() {
+        let (log, _guard) = test_log::Captured::start();
+        let path = peers_file("bad", "a@10.0.0.1:8000\n");
+        let registry = StaticRegistry::follow_file(path.clone(), Duration::from_millis(200)).expect("valid");
+        std::fs::write(&path, "a@nowhere\n").expect("garbage");
+        tokio::time::sleep(Duration::from_secs(10)).await;
+        assert_eq!(names(&registry), ["a"], "the last list stays");
+        assert_eq!(log.count("keeping the last member list"), 1, "{:?}", log.lines());
+        std::fs::remove_file(&path).expect("removed");
+        tokio::time::sleep(Duration::from_secs(10)).await;
+        assert_eq!(log.count("keeping the last member list"), 2, "a file gone: one more line");
+        let _ = std::fs::remove_dir_all(path.parent().expect("dir"));
+    }
 
     #[test]
     fn parses_lines_and_lists_sorted() {
