@@ -145,23 +145,60 @@ impl Registry for StaticRegistry {
 /// What the tests log, kept for them to read.
 #[cfg(test)]
 pub(crate) mod test_log {
-    use std::sync::{Arc, Mutex};
+    use std::cell::RefCell;
+    use std::sync::{Arc, Mutex, Once};
+
+    thread_local! {
+        static CAPTURING: RefCell<Option<Captured>> = const { RefCell::new(None) };
+    }
 
     /// The log lines written on this thread while the guard lives.
     #[derive(Clone, Default)]
     pub struct Captured(Arc<Mutex<Vec<u8>>>);
 
+    /// Stops the capture when dropped.
+    pub struct Guard;
+
+    impl Drop for Guard {
+        fn drop(&mut self) {
+            CAPTURING.with(|c| c.borrow_mut().take());
+        }
+    }
+
+    /// Where the process-wide subscriber writes: the capture of the writing thread, if any.
+    struct ThisThread;
+
+    impl std::io::Write for ThisThread {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            CAPTURING.with(|c| {
+                if let Some(captured) = &*c.borrow() {
+                    captured.0.lock().expect("log buffer").extend_from_slice(buf);
+                }
+            });
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
     impl Captured {
-        /// Starts capturing this thread's logs (a current-thread runtime's tasks included).
-        pub fn start() -> (Captured, tracing::subscriber::DefaultGuard) {
+        /// Starts capturing this thread's logs (a current-thread runtime's tasks included). One
+        /// subscriber for the whole test process: a thread-local one races with other tests'
+        /// threads over tracing's per-callsite cache and misses events.
+        pub fn start() -> (Captured, Guard) {
+            static INSTALL: Once = Once::new();
+            INSTALL.call_once(|| {
+                let subscriber = tracing_subscriber::fmt()
+                    .with_ansi(false)
+                    .with_max_level(tracing::Level::DEBUG)
+                    .with_writer(|| ThisThread)
+                    .finish();
+                let _ = tracing::subscriber::set_global_default(subscriber);
+            });
             let captured = Captured::default();
-            let writer = captured.clone();
-            let subscriber = tracing_subscriber::fmt()
-                .with_ansi(false)
-                .with_max_level(tracing::Level::DEBUG)
-                .with_writer(move || writer.clone())
-                .finish();
-            (captured, tracing::subscriber::set_default(subscriber))
+            CAPTURING.with(|c| *c.borrow_mut() = Some(captured.clone()));
+            (captured, Guard)
         }
 
         pub fn lines(&self) -> Vec<String> {
@@ -172,16 +209,6 @@ pub(crate) mod test_log {
         /// Lines that contain `text`.
         pub fn count(&self, text: &str) -> usize {
             self.lines().iter().filter(|l| l.contains(text)).count()
-        }
-    }
-
-    impl std::io::Write for Captured {
-        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-            self.0.lock().expect("log buffer").extend_from_slice(buf);
-            Ok(buf.len())
-        }
-        fn flush(&mut self) -> std::io::Result<()> {
-            Ok(())
         }
     }
 }

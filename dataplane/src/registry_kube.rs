@@ -77,6 +77,27 @@ pub fn members_of(pool: &serde_json::Value) -> Vec<Member> {
     members
 }
 
+/// Members of a log line named at most (a pool of thousands of pods logged every name at each
+/// change: 120 KB a line for one pod leaving a pool of 5 000, on every sidecar of the pool).
+const NAMED_AT_MOST: usize = 8;
+
+/// The members of `these` that `those` lacks (name, uid and address compared), for a log line:
+/// the first [`NAMED_AT_MOST`] names, then how many more.
+fn named(these: &[Member], those: &[Member]) -> String {
+    let other: std::collections::HashSet<(&str, &str, SocketAddr)> =
+        those.iter().map(|m| (m.name.as_str(), m.uid.as_str(), m.addr)).collect();
+    let only: Vec<&str> = these
+        .iter()
+        .filter(|m| !other.contains(&(m.name.as_str(), m.uid.as_str(), m.addr)))
+        .map(|m| m.name.as_str())
+        .collect();
+    let mut text = only.iter().take(NAMED_AT_MOST).copied().collect::<Vec<_>>().join(",");
+    if only.len() > NAMED_AT_MOST {
+        text.push_str(&format!(" and {} more", only.len() - NAMED_AT_MOST));
+    }
+    text
+}
+
 /// A [`Registry`] fed by a watch on the pool's ServerPool.
 pub struct KubeRegistry {
     members: RwLock<Arc<Vec<Member>>>,
@@ -128,10 +149,8 @@ impl KubeRegistry {
             Err(poisoned) => poisoned.into_inner(),
         };
         if **slot != members {
-            tracing::info!(
-                members = ?members.iter().map(|m| m.name.as_str()).collect::<Vec<_>>(),
-                "pool membership changed"
-            );
+            let (joined, left) = (named(&members, &slot), named(&slot, &members));
+            tracing::info!(members = members.len(), %joined, %left, "pool membership changed");
             *slot = Arc::new(members);
         }
     }
@@ -400,6 +419,29 @@ mod tests {
         assert_eq!(r.live().len(), 1);
         r.on_event(watcher::Event::Delete(dynamic(pool(json!([])))), &mut seen);
         assert!(r.live().is_empty());
+    }
+
+    #[test]
+    fn a_change_in_a_large_pool_logs_what_changed_in_a_short_line() {
+        let (log, _guard) = crate::registry::test_log::Captured::start();
+        let r = KubeRegistry::empty();
+        let mut seen = false;
+        let members = |skip: usize| {
+            let list: Vec<serde_json::Value> = (0..5000)
+                .filter(|i| *i != skip)
+                .map(|i| json!({"pod": format!("cart-7d9f8c6b5-{i:05}"), "uid": format!("u{i}"), "ip": format!("10.1.{}.{}", i / 250, i % 250), "ready": true}))
+                .collect();
+            pool(serde_json::Value::Array(list))
+        };
+        r.on_event(watcher::Event::Apply(dynamic(members(usize::MAX))), &mut seen);
+        r.on_event(watcher::Event::Apply(dynamic(members(1234))), &mut seen);
+        assert_eq!(r.live().len(), 4999);
+        let lines = log.lines();
+        let changed: Vec<&String> = lines.iter().filter(|l| l.contains("pool membership changed")).collect();
+        assert_eq!(changed.len(), 2, "{lines:?}");
+        let longest = changed.iter().map(|l| l.len()).max().unwrap_or(0);
+        assert!(longest < 1024, "a line of {longest} bytes for one member leaving a pool of 5000");
+        assert!(changed[1].contains("cart-7d9f8c6b5-01234"), "the member that left is named: {}", changed[1]);
     }
 
     #[test]
