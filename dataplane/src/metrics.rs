@@ -179,6 +179,8 @@ pub struct Metrics {
     /// Requests whose client gave up before their answer began (an HTTP/2 stream reset).
     pub requests_abandoned: Counter,
     pub key_reload_errors: Counter,
+    /// Failed attempts of the registry's ServerPool watch (`--registry kubernetes`).
+    pub registry_watch_errors: Counter,
     pub sessions: Gauge,
     pub registry_members: Gauge,
     pub draining: Gauge,
@@ -231,6 +233,7 @@ impl Default for Metrics {
             connections_refused: Family::default(),
             requests_abandoned: Counter::default(),
             key_reload_errors: Counter::default(),
+            registry_watch_errors: Counter::default(),
             sessions: Gauge::default(),
             registry_members: Gauge::default(),
             draining: Gauge::default(),
@@ -384,6 +387,11 @@ impl Default for Metrics {
             "key_reload_errors",
             "Key file reloads refused (the previous ring stays)",
             m.key_reload_errors.clone(),
+        );
+        registry.register(
+            "registry_watch_errors",
+            "Failed attempts to list or watch the pool's ServerPool (API server unreachable, 403, 429, 5xx); the last members stay in force meanwhile",
+            m.registry_watch_errors.clone(),
         );
         registry.register("sessions", "Sessions in the local session table", m.sessions.clone());
         registry.register("registry_members", "Live members in this sidecar's registry", m.registry_members.clone());

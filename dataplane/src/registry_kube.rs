@@ -15,11 +15,12 @@ use std::time::Duration;
 
 use futures::StreamExt;
 use kube::api::{Api, ApiResource, DynamicObject, GroupVersionKind};
-use kube::runtime::{WatchStreamExt, watcher};
+use kube::runtime::watcher;
 use serde::Deserialize;
 
 use crate::registry::{Member, Registry};
 use handover_common::sync;
+use prometheus_client::metrics::counter::Counter;
 
 /// The sidecar port when the ServerPool does not say (the CRD's default).
 const DEFAULT_SIDECAR_PORT: u16 = 8000;
@@ -196,9 +197,14 @@ impl KubeRegistry {
 
     /// Connects with the in-cluster configuration and watches ServerPool `namespace/pool`.
     /// Waits up to a few seconds for the first list, then returns; the watch goes on in the
-    /// background for the life of the process.
-    pub async fn start(namespace: &str, pool: &str) -> Result<Arc<KubeRegistry>, kube::Error> {
+    /// background for the life of the process. Each failed attempt counts in `errors`.
+    pub async fn start(namespace: &str, pool: &str, errors: Counter) -> Result<Arc<KubeRegistry>, kube::Error> {
         let client = kube::Client::try_default().await?;
+        Ok(KubeRegistry::start_with(client, namespace, pool, errors).await)
+    }
+
+    /// [`KubeRegistry::start`] with a client of the caller's.
+    pub async fn start_with(client: kube::Client, namespace: &str, pool: &str, errors: Counter) -> Arc<KubeRegistry> {
         let gvk = GroupVersionKind::gvk("handover.dev", "v1alpha1", "ServerPool");
         let resource = ApiResource::from_gvk_with_plural(&gvk, "serverpools");
         let api: Api<DynamicObject> = Api::namespaced_with(client, namespace, &resource);
@@ -210,28 +216,83 @@ impl KubeRegistry {
         tokio::spawn(async move {
             let mut synced = Some(synced_tx);
             let mut seen_in_init = false;
-            let mut events = watcher(api, config).default_backoff().boxed();
+            // Not kube-runtime's `default_backoff`: it starts again from its shortest pause on any
+            // event, and the watcher yields `Init` before every attempt to list, so a watch that
+            // kept failing retried every 0.8 to 1.6 s for good (74 lists in 90 s against an API
+            // server answering 403), from every pod of the pool at once.
+            let mut pause = RetryPause::default();
+            let mut failing: Option<(String, u64)> = None;
+            let mut events = watcher(api, config).boxed();
             while let Some(event) = events.next().await {
                 match event {
                     Ok(event) => {
-                        if feed.on_event(event, &mut seen_in_init)
-                            && let Some(tx) = synced.take()
-                        {
+                        if !feed.on_event(event, &mut seen_in_init) {
+                            continue;
+                        }
+                        pause = RetryPause::default();
+                        if let Some((_, attempts)) = failing.take() {
+                            tracing::info!(pool = %pool_name, failed_attempts = attempts, "ServerPool watch back");
+                        }
+                        if let Some(tx) = synced.take() {
                             let _ = tx.send(());
                         }
                     }
-                    // The watcher retries with backoff; the last known members stay.
+                    // The last known members stay. Logged when the error changes, not at each try.
                     Err(e) => {
-                        feed.not_synced_because(format!("cannot read ServerPool {pool_name}: {e}"));
-                        tracing::warn!(pool = %pool_name, error = %e, "ServerPool watch failed; retrying")
+                        errors.inc();
+                        let error = e.to_string();
+                        let wait = pause.next(spread());
+                        feed.not_synced_because(format!("cannot read ServerPool {pool_name}: {error}"));
+                        match &mut failing {
+                            Some((last, attempts)) if *last == error => *attempts += 1,
+                            _ => {
+                                tracing::warn!(pool = %pool_name, %error, ?wait, "ServerPool watch failed; retrying (logged again only if the error changes)");
+                                failing = Some((error, 1));
+                            }
+                        }
+                        tokio::time::sleep(wait).await;
                     }
                 }
             }
         });
         if tokio::time::timeout(FIRST_SYNC, synced_rx).await.is_err() {
-            tracing::warn!(namespace, pool, "no ServerPool list yet; not ready until there is one");
+            tracing::warn!(%namespace, %pool, "no ServerPool list yet; not ready until there is one");
         }
-        Ok(registry)
+        registry
+    }
+}
+
+/// The pause before a failed watch tries again: 1 s, doubling up to [`RetryPause::MAX`], each
+/// spread by ±25 % so that the pool's sidecars, which all failed at once, do not all come back at
+/// once; back to 1 s after a list or an event. Every pod of every pool watches: the API server
+/// (down, or refusing with 429 because it is overloaded) sees one request per pod per pause.
+#[derive(Debug, Clone, Copy)]
+struct RetryPause {
+    next: Duration,
+}
+
+impl RetryPause {
+    const FIRST: Duration = Duration::from_secs(1);
+    const MAX: Duration = Duration::from_secs(16);
+
+    /// The next pause; `spread` in [0, 1) picks where in ±25 % it falls.
+    fn next(&mut self, spread: f64) -> Duration {
+        let pause = self.next.mul_f64(0.75 + 0.5 * spread.clamp(0.0, 1.0));
+        self.next = (self.next * 2).min(Self::MAX);
+        pause
+    }
+}
+
+/// A random number in [0, 1), for [`RetryPause::next`].
+fn spread() -> f64 {
+    let mut bytes = [0u8; 2];
+    crate::random::fill_small(&mut bytes);
+    f64::from(u16::from_le_bytes(bytes)) / 65536.0
+}
+
+impl Default for RetryPause {
+    fn default() -> Self {
+        RetryPause { next: Self::FIRST }
     }
 }
 
@@ -442,6 +503,70 @@ mod tests {
         let longest = changed.iter().map(|l| l.len()).max().unwrap_or(0);
         assert!(longest < 1024, "a line of {longest} bytes for one member leaving a pool of 5000");
         assert!(changed[1].contains("cart-7d9f8c6b5-01234"), "the member that left is named: {}", changed[1]);
+    }
+
+    /// An API server stand-in that answers every request with `403 Forbidden` (a Role that is
+    /// missing, or gone); how many requests it had.
+    async fn forbidding_api_server() -> (std::net::SocketAddr, Arc<std::sync::atomic::AtomicUsize>) {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let requests = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let count = Arc::clone(&requests);
+        tokio::spawn(async move {
+            while let Ok((mut conn, _)) = listener.accept().await {
+                let count = Arc::clone(&count);
+                tokio::spawn(async move {
+                    let mut head = Vec::new();
+                    let mut buf = [0u8; 1024];
+                    while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                        match conn.read(&mut buf).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => head.extend_from_slice(&buf[..n]),
+                        }
+                    }
+                    count.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                    let body = json!({
+                        "kind": "Status", "apiVersion": "v1", "status": "Failure", "reason": "Forbidden", "code": 403,
+                        "message": "serverpools.handover.dev \"cart\" is forbidden: User \"system:serviceaccount:shop:default\" cannot list resource \"serverpools\"",
+                    })
+                    .to_string();
+                    let answer = format!(
+                        "HTTP/1.1 403 Forbidden\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+                        body.len()
+                    );
+                    let _ = conn.write_all(answer.as_bytes()).await;
+                });
+            }
+        });
+        (addr, requests)
+    }
+
+    #[tokio::test]
+    async fn a_watch_the_api_server_refuses_backs_off_counts_each_try_and_logs_once() {
+        let (log, _guard) = crate::registry::test_log::Captured::start();
+        let (addr, requests) = forbidding_api_server().await;
+        let config = kube::Config::new(format!("http://{addr}").parse().expect("url"));
+        let client = kube::Client::try_from(config).expect("client");
+        let errors = Counter::default();
+        let started = tokio::time::Instant::now();
+        let r = KubeRegistry::start_with(client, "shop", "cart", errors.clone()).await;
+        tokio::time::sleep_until(started + Duration::from_secs(15)).await;
+        let tries = requests.load(std::sync::atomic::Ordering::SeqCst);
+        // Pauses of 1, 2, 4 and 8 s (±25 %): at most 5 tries in 15 s.
+        assert!((3..=5).contains(&tries), "{tries} lists in 15 s against an API server that answers 403");
+        assert_eq!(errors.get(), tries as u64, "every failed try is counted");
+        assert_eq!(log.count("ServerPool watch failed"), 1, "the same error is logged once: {:?}", log.lines());
+        assert!(r.synced().expect_err("never listed").contains("forbidden"), "/ready says why");
+    }
+
+    #[test]
+    fn retry_pauses_double_up_to_their_cap_spread_by_a_quarter() {
+        let mut p = RetryPause::default();
+        let pauses: Vec<u128> = (0..7).map(|_| p.next(0.5).as_millis()).collect();
+        assert_eq!(pauses, [1000, 2000, 4000, 8000, 16000, 16000, 16000]);
+        let mut p = RetryPause::default();
+        assert_eq!((p.next(0.0).as_millis(), p.next(0.999_999).as_millis()), (750, 2499));
     }
 
     #[test]

@@ -319,7 +319,7 @@ pub async fn run(args: RunArgs) -> Result<(), String> {
                 StaticRegistry::fixed(handover_dataplane::registry::parse_members(&args.peers)?)
             }
         }
-        RegistryKind::Kubernetes => kubernetes_registry(&args.pool).await?,
+        RegistryKind::Kubernetes => kubernetes_registry(&args.pool, &metrics).await?,
     };
     let advertise = match args.pod_ip {
         Some(ip) => SocketAddr::new(ip, args.listen.port()).to_string(),
@@ -508,11 +508,12 @@ fn exit_by(deadline: Duration) {
 }
 
 #[cfg(feature = "kubernetes")]
-async fn kubernetes_registry(pool: &str) -> Result<Arc<dyn Registry>, String> {
+async fn kubernetes_registry(pool: &str, metrics: &Metrics) -> Result<Arc<dyn Registry>, String> {
     let (namespace, name) = pool.split_once('/').ok_or_else(|| format!("--pool {pool:?} is not `namespace/name`"))?;
-    let registry = handover_dataplane::registry_kube::KubeRegistry::start(namespace, name)
-        .await
-        .map_err(|e| format!("cannot watch ServerPool {pool}: {e}"))?;
+    let registry =
+        handover_dataplane::registry_kube::KubeRegistry::start(namespace, name, metrics.registry_watch_errors.clone())
+            .await
+            .map_err(|e| format!("cannot watch ServerPool {pool}: {e}"))?;
     Ok(registry)
 }
 
@@ -530,7 +531,7 @@ fn report_peer_health(proxy: &Arc<Proxy>, pool: &str, pod: &str) {
 fn report_peer_health(_proxy: &Arc<Proxy>, _pool: &str, _pod: &str) {}
 
 #[cfg(not(feature = "kubernetes"))]
-async fn kubernetes_registry(_pool: &str) -> Result<Arc<dyn Registry>, String> {
+async fn kubernetes_registry(_pool: &str, _metrics: &Metrics) -> Result<Arc<dyn Registry>, String> {
     Err("this build of handover-sidecar has no Kubernetes registry (feature `kubernetes`)".to_owned())
 }
 
