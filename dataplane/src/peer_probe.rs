@@ -58,7 +58,9 @@ async fn probe_once(admin: SocketAddr, timeout: Duration) -> Liveness {
 
 /// What `/live`'s answer head says.
 fn verdict_of(head: &[u8]) -> Liveness {
-    if head.starts_with(b"HTTP/1.1 200") || head.starts_with(b"HTTP/1.0 200") {
+    // `HTTP/1.x 200`, then the reason phrase's space or the line's end: not `2000`, not `200x`.
+    let status = head.strip_prefix(b"HTTP/1.1 200").or_else(|| head.strip_prefix(b"HTTP/1.0 200"));
+    if status.is_some_and(|rest| matches!(rest.first(), Some(b' ' | b'\r' | b'\n'))) {
         Liveness::Alive
     } else {
         Liveness::Dead("not live")
@@ -155,6 +157,21 @@ mod tests {
         assert_eq!(reads(reader).await, Ok(Some("counter-v1, counter-v2".to_owned())));
         let undeclared = serve_once(b"HTTP/1.1 200 OK\r\ncontent-length: 5\r\n\r\nlive\n").await;
         assert_eq!(reads(undeclared).await, Ok(None));
+    }
+
+    #[tokio::test]
+    async fn only_a_status_of_exactly_200_is_alive() {
+        for garbage in [&b"HTTP/1.1 2000 OK\r\n\r\n"[..], b"HTTP/1.1 200x\r\n\r\n", b"HTTP/1.1 20\r\n\r\nxxxxxx"] {
+            let peer = serve_once(garbage).await;
+            assert_eq!(
+                probe(peer, Duration::from_secs(2)).await,
+                Liveness::Dead("not live"),
+                "{:?}",
+                String::from_utf8_lossy(garbage)
+            );
+        }
+        let bare = serve_once(b"HTTP/1.1 200\r\n\r\n").await;
+        assert_eq!(probe(bare, Duration::from_secs(2)).await, Liveness::Alive, "the reason phrase is optional");
     }
 
     #[tokio::test]
