@@ -9,6 +9,7 @@
 //! | what the probe saw | verdict |
 //! | --- | --- |
 //! | `200` from `/live` | alive: no takeover |
+//! | `200` from `/live` naming another pod (`Handover-Pod-Uid`) | dead: its address is another pod's now |
 //! | connection refused, reset, another status | dead (for a while) |
 //! | no answer after connecting, twice in a row (a second probe on a fresh connection) | dead: hung (stopped, or stuck) |
 //! | no connection at all within the timeout (dropped packets) | unknown: no takeover |
@@ -23,8 +24,14 @@ use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-/// The longest answer head a probe reads (the sidecar's is under 150 bytes).
+/// The longest answer head a probe reads (the sidecar's is under 200 bytes).
 const MAX_HEAD: usize = 1024;
+
+/// The field of a sidecar's `/live` answer that names its pod (by uid). A pod's address outlives
+/// it: once it is gone, a new pod (of any pool, with a sidecar on the same admin port) may get it,
+/// and its `200` would keep the dead peer alive here and draw its sessions' forwards, with their
+/// clients' requests, to a stranger.
+pub const POD_UID_HEADER: &str = "handover-pod-uid";
 
 /// What a probe says about a peer.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -36,12 +43,13 @@ pub enum Liveness {
     Unknown,
 }
 
-/// Probes `admin` (a peer's admin address) within `timeout`; a peer that accepted the connection
-/// and stayed silent is probed once more before it counts as hung: on a machine starved of CPU a
-/// live sidecar can miss one deadline, and calling it dead would fork its sessions.
-pub async fn probe(admin: SocketAddr, timeout: Duration) -> Liveness {
-    match probe_once(admin, timeout).await {
-        Liveness::Dead(SILENT) => probe_once(admin, timeout).await,
+/// Probes `admin` (the admin address of the peer whose pod has `uid`) within `timeout`; a peer
+/// that accepted the connection and stayed silent is probed once more before it counts as hung:
+/// on a machine starved of CPU a live sidecar can miss one deadline, and calling it dead would
+/// fork its sessions.
+pub async fn probe(admin: SocketAddr, uid: &str, timeout: Duration) -> Liveness {
+    match probe_once(admin, uid, timeout).await {
+        Liveness::Dead(SILENT) => probe_once(admin, uid, timeout).await,
         verdict => verdict,
     }
 }
@@ -49,30 +57,38 @@ pub async fn probe(admin: SocketAddr, timeout: Duration) -> Liveness {
 /// The reason of a peer that accepted the connection and did not answer.
 const SILENT: &str = "no answer";
 
-async fn probe_once(admin: SocketAddr, timeout: Duration) -> Liveness {
+async fn probe_once(admin: SocketAddr, uid: &str, timeout: Duration) -> Liveness {
     match live_head(admin, timeout).await {
         Err(verdict) => verdict,
-        Ok(head) => verdict_of(&head),
+        Ok(head) => verdict_of(&head, uid),
     }
 }
 
-/// What `/live`'s answer head says.
-fn verdict_of(head: &[u8]) -> Liveness {
+/// What `/live`'s answer head says of the pod with `uid`.
+fn verdict_of(head: &[u8], uid: &str) -> Liveness {
     // `HTTP/1.x 200`, then the reason phrase's space or the line's end: not `2000`, not `200x`.
     let status = head.strip_prefix(b"HTTP/1.1 200").or_else(|| head.strip_prefix(b"HTTP/1.0 200"));
-    if status.is_some_and(|rest| matches!(rest.first(), Some(b' ' | b'\r' | b'\n'))) {
-        Liveness::Alive
-    } else {
-        Liveness::Dead("not live")
+    if !status.is_some_and(|rest| matches!(rest.first(), Some(b' ' | b'\r' | b'\n'))) {
+        return Liveness::Dead("not live");
+    }
+    // A sidecar of an older release names no pod: taken at its word.
+    match header_value(head, POD_UID_HEADER) {
+        Some(theirs) if !uid.is_empty() && theirs != uid => Liveness::Dead("another pod"),
+        _ => Liveness::Alive,
     }
 }
 
-/// The field `name` of a live peer's `/live` answer (the proxy reads the state formats its app
-/// declared there): `Ok(None)` when the answer has none; `Err` when the peer is not alive and
-/// serving.
-pub async fn live_field(admin: SocketAddr, name: &str, timeout: Duration) -> Result<Option<String>, Liveness> {
+/// The field `name` of the `/live` answer of the peer whose pod has `uid` (the proxy reads the
+/// state formats its app declared there): `Ok(None)` when the answer has none; `Err` when the
+/// peer is not alive and serving.
+pub async fn live_field(
+    admin: SocketAddr,
+    uid: &str,
+    name: &str,
+    timeout: Duration,
+) -> Result<Option<String>, Liveness> {
     let head = live_head(admin, timeout).await?;
-    match verdict_of(&head) {
+    match verdict_of(&head, uid) {
         Liveness::Alive => Ok(header_value(&head, name)),
         verdict => Err(verdict),
     }
@@ -147,13 +163,13 @@ mod tests {
     #[tokio::test]
     async fn a_live_peer_is_alive_and_a_draining_one_is_not() {
         let live = serve_once(b"HTTP/1.1 200 OK\r\ncontent-length: 5\r\n\r\nlive\n").await;
-        assert_eq!(probe(live, Duration::from_secs(2)).await, Liveness::Alive);
+        assert_eq!(probe(live, "", Duration::from_secs(2)).await, Liveness::Alive);
         let sick = serve_once(b"HTTP/1.1 503 Service Unavailable\r\n\r\n").await;
-        assert_eq!(probe(sick, Duration::from_secs(2)).await, Liveness::Dead("not live"));
+        assert_eq!(probe(sick, "", Duration::from_secs(2)).await, Liveness::Dead("not live"));
         let reader =
             serve_once(b"HTTP/1.1 200 OK\r\nHandover-Reads: counter-v1, counter-v2\r\ncontent-length: 5\r\n\r\nlive\n")
                 .await;
-        let reads = |admin| live_field(admin, "handover-reads", Duration::from_secs(2));
+        let reads = |admin| live_field(admin, "", "handover-reads", Duration::from_secs(2));
         assert_eq!(reads(reader).await, Ok(Some("counter-v1, counter-v2".to_owned())));
         let undeclared = serve_once(b"HTTP/1.1 200 OK\r\ncontent-length: 5\r\n\r\nlive\n").await;
         assert_eq!(reads(undeclared).await, Ok(None));
@@ -164,14 +180,34 @@ mod tests {
         for garbage in [&b"HTTP/1.1 2000 OK\r\n\r\n"[..], b"HTTP/1.1 200x\r\n\r\n", b"HTTP/1.1 20\r\n\r\nxxxxxx"] {
             let peer = serve_once(garbage).await;
             assert_eq!(
-                probe(peer, Duration::from_secs(2)).await,
+                probe(peer, "", Duration::from_secs(2)).await,
                 Liveness::Dead("not live"),
                 "{:?}",
                 String::from_utf8_lossy(garbage)
             );
         }
         let bare = serve_once(b"HTTP/1.1 200\r\n\r\n").await;
-        assert_eq!(probe(bare, Duration::from_secs(2)).await, Liveness::Alive, "the reason phrase is optional");
+        assert_eq!(probe(bare, "", Duration::from_secs(2)).await, Liveness::Alive, "the reason phrase is optional");
+    }
+
+    #[tokio::test]
+    async fn another_pod_at_the_peers_address_is_not_the_peer() {
+        let answer = |uid: &'static str| -> &'static [u8] {
+            match uid {
+                "u-peer" => b"HTTP/1.1 200 OK\r\nHandover-Pod-Uid: u-peer\r\ncontent-length: 5\r\n\r\nlive\n",
+                _ => b"HTTP/1.1 200 OK\r\nHandover-Pod-Uid: u-stranger\r\ncontent-length: 5\r\n\r\nlive\n",
+            }
+        };
+        let peer = serve_once(answer("u-peer")).await;
+        assert_eq!(probe(peer, "u-peer", Duration::from_secs(2)).await, Liveness::Alive);
+        let stranger = serve_once(answer("u-stranger")).await;
+        assert_eq!(probe(stranger, "u-peer", Duration::from_secs(2)).await, Liveness::Dead("another pod"));
+        let stranger = serve_once(answer("u-stranger")).await;
+        let reads = live_field(stranger, "u-peer", "handover-reads", Duration::from_secs(2)).await;
+        assert_eq!(reads, Err(Liveness::Dead("another pod")));
+        // A sidecar of an older release names no pod.
+        let older = serve_once(b"HTTP/1.1 200 OK\r\ncontent-length: 5\r\n\r\nlive\n").await;
+        assert_eq!(probe(older, "u-peer", Duration::from_secs(2)).await, Liveness::Alive);
     }
 
     #[tokio::test]
@@ -179,11 +215,11 @@ mod tests {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let closed = listener.local_addr().expect("addr");
         drop(listener);
-        assert_eq!(probe(closed, Duration::from_secs(2)).await, Liveness::Dead("refused"));
+        assert_eq!(probe(closed, "", Duration::from_secs(2)).await, Liveness::Dead("refused"));
         // Accepts (the kernel does, into the backlog) but never answers: like a SIGSTOPped process.
         let silent = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let addr = silent.local_addr().expect("addr");
-        assert_eq!(probe(addr, Duration::from_millis(200)).await, Liveness::Dead("no answer"));
+        assert_eq!(probe(addr, "", Duration::from_millis(200)).await, Liveness::Dead("no answer"));
         drop(silent);
     }
 }

@@ -1,7 +1,8 @@
 //! A sidecar says when it cannot reach a peer: after a backup to a peer cut off the network (its
 //! packets dropped, as under a default-deny NetworkPolicy or a partition) fails to connect, the
 //! sidecar's `handover_peers_reachable` is 0 — what it writes as its pod's
-//! `handover.dev/PeersReachable` condition in Kubernetes.
+//! `handover.dev/PeersReachable` condition in Kubernetes. And a probe of a peer tells the peer
+//! from another pod that got its address.
 
 mod support;
 use support::exe;
@@ -30,4 +31,14 @@ async fn a_sidecar_that_cannot_reach_a_peer_reports_it() {
     let page = scrape(pool.pods[0].admin()).await.expect("metrics");
     assert_eq!(metric_sum(&page, "handover_peers_reachable "), 0.0, "{page}");
     assert!(metric_sum(&page, "handover_backups_sent_total{result=\"failed\"}") >= 1.0, "{page}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_probe_tells_the_peer_from_another_pod_at_its_address() {
+    use handover_dataplane::peer_probe::{Liveness, probe};
+    let pool = LocalPool::start(PoolOptions::new(exe(), 2)).await.expect("pool starts");
+    let (admin, timeout) = (pool.pods[0].admin(), Duration::from_secs(5));
+    assert_eq!(probe(admin, &pool.pods[0].uid, timeout).await, Liveness::Alive, "the pod itself");
+    // As if pod 1 were gone and pod 0 had its address now.
+    assert_eq!(probe(admin, &pool.pods[1].uid, timeout).await, Liveness::Dead("another pod"));
 }

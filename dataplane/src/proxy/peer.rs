@@ -163,7 +163,7 @@ impl Proxy {
     /// this sidecar for a while (its sessions are then taken over by their successors).
     pub(super) async fn probe_peer(&self, peer: &Member, after: &str) -> Liveness {
         let admin = self.peer_admin(peer);
-        let verdict = peer_probe::probe(admin, self.cfg.probe_timeout).await;
+        let verdict = peer_probe::probe(admin, &peer.uid, self.cfg.probe_timeout).await;
         let label = match verdict {
             Liveness::Alive => "alive",
             Liveness::Dead(_) => "dead",

@@ -278,7 +278,8 @@ impl Proxy {
             decide::ranked(session, self.other_reachable(&live, &unreachable)).into_iter().take(READER_LOOKUPS)
         {
             let admin = self.peer_admin(member);
-            match crate::peer_probe::live_field(admin, READS_HEADER.as_str(), self.cfg.probe_timeout).await {
+            match crate::peer_probe::live_field(admin, &member.uid, READS_HEADER.as_str(), self.cfg.probe_timeout).await
+            {
                 Ok(Some(theirs)) if decide::reads_format(&theirs, format) => {
                     tracing::info!(session, format, reads = %reads, to = %member.name, "this app does not read the state's format; its takeover goes to a member whose app does");
                     return Some(member.clone());

@@ -360,6 +360,10 @@ pub fn admin(proxy: &Arc<Proxy>, req: &Request<Body>) -> Response<Body> {
     match req.uri().path() {
         "/live" => {
             let mut live = text(StatusCode::OK, "live\n");
+            // Which pod answers: its address may be another's after it is gone (`peer_probe`).
+            if let Ok(uid) = http::HeaderValue::from_str(&proxy.cfg.pod_uid) {
+                live.headers_mut().insert(crate::peer_probe::POD_UID_HEADER, uid);
+            }
             if let Some(reads) = proxy.app_reads().and_then(|r| http::HeaderValue::from_str(&r).ok()) {
                 live.headers_mut().insert(crate::proxy::READS_HEADER, reads);
             }
