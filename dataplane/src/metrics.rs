@@ -253,7 +253,11 @@ impl Default for Metrics {
         let body_timeouts = m.bad_requests.get_or_create(&[("reason", BadRequest::BodyTimeout)]).clone();
         let bad_bodies = m.bad_requests.get_or_create(&[("reason", BadRequest::BadBody)]).clone();
         let send_timeouts = m.bad_requests.get_or_create(&[("reason", BadRequest::SendTimeout)]).clone();
-        registry.register("requests", "Requests by route: new, serve, restore, takeover, forward", m.requests.clone());
+        registry.register(
+            "requests",
+            "Requests by route: new, serve, restore, takeover, forward, refused, backup",
+            m.requests.clone(),
+        );
         registry.register(
             "request_duration_seconds",
             "Time from request to response headers, by route",
@@ -267,7 +271,7 @@ impl Default for Metrics {
         registry.register("takeovers", "Sessions taken over from a dead or unreachable owner", m.takeovers.clone());
         registry.register(
             "forwards",
-            "Requests forwarded to a peer, by reason (owner, successor) and result (ok, unreachable, failed)",
+            "Requests forwarded to a peer, by reason (owner, successor, holder, reader) and result (ok, unreachable, failed)",
             m.forwards.clone(),
         );
         registry.register(
@@ -318,7 +322,7 @@ impl Default for Metrics {
         );
         registry.register(
             "backup_lookups",
-            "Backups asked of peers at a restore, by result (found, none)",
+            "Backups asked of peers at a restore, by result (found, none; held: the peer holds the session itself)",
             m.backup_lookups.clone(),
         );
         registry.register(
@@ -370,7 +374,7 @@ impl Default for Metrics {
         );
         registry.register(
             "bad_requests",
-            "Requests refused or cut off, by reason (headers_too_large, uri_too_long, malformed, heads_in_flight, over_cap, state_path, bad_host, forged_forward, spoofed_field, body_timeout, bad_body, transfer_coding, send_timeout, app_timeout, bad_pushed_state)",
+            "Requests refused or cut off, by reason (headers_too_large, uri_too_long, malformed, heads_in_flight, over_cap, state_path, bad_host, forged_forward, spoofed_field, header_timeout, body_timeout, bad_body, connect, bad_target, drain_token, transfer_coding, send_timeout, app_timeout, bad_pushed_state)",
             m.bad_requests.clone(),
         );
         registry.register(

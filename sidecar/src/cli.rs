@@ -62,7 +62,7 @@ pub enum Command {
 pub enum CookieCommand {
     /// Open a state cookie with the pool's key file and print what it holds, or why it is refused.
     Inspect {
-        /// The cookie value (chunks joined, or `name=value; name.1=value` as copied from a Cookie
+        /// The cookie value (chunks joined, or `name=value; name.0=value` as copied from a Cookie
         /// header).
         value: String,
         /// The key file (as mounted from the pool's key Secret).
@@ -144,7 +144,7 @@ pub struct RunArgs {
     /// The app's state endpoint (GET to pull, PUT to restore).
     #[arg(long, env = "HANDOVER_STATE_PATH", default_value = "/handover/state")]
     pub state_path: String,
-    /// The state cookie's name (chunks add `.1`, `.2`, …). Empty: `handover-<hash of --pool>`,
+    /// The state cookie's name (state chunks add `.0`, `.1`, …). Empty: `handover-<hash of --pool>`,
     /// different for every pool so pools under one host never collide, with the `__Host-` prefix
     /// when the cookie is Secure with Path=/ and no Domain.
     #[arg(long, env = "HANDOVER_COOKIE_NAME", default_value = "")]
