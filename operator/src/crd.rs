@@ -504,6 +504,15 @@ pub struct Member {
     pub ip: Option<String>,
     /// The pod is Ready, has an IP and is not terminating.
     pub ready: bool,
+    /// Port of the pod's own sidecar (its data listener), as injected: during a rollout of a
+    /// change of `spec.sidecarPort` old and new pods listen on different ports. Absent when the
+    /// pod's sidecar declares none; peers then use `spec.sidecarPort`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sidecar_port: Option<i32>,
+    /// Port of the pod's own sidecar admin listener (`/live`, which peers probe), as injected.
+    /// Absent when the pod's sidecar declares none; peers then use their own admin port.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub admin_port: Option<i32>,
     /// When `ready` last changed (the pod's Ready condition transition), or when the pod was
     /// created if it never reported readiness.
     #[serde(default, skip_serializing_if = "Option::is_none")]

@@ -9,7 +9,7 @@ use futures::future::{BoxFuture, Shared};
 use futures::{FutureExt, Stream, StreamExt};
 use k8s_openapi::NamespaceResourceScope;
 use k8s_openapi::api::apps::v1::Deployment;
-use k8s_openapi::api::core::v1::{Pod, PodSpec, PodStatus};
+use k8s_openapi::api::core::v1::{Container, Pod, PodSpec, PodStatus};
 use kube::core::PartialObjectMeta;
 use kube::runtime::reflector::{self, ObjectRef, Store};
 use kube::runtime::utils::Backoff;
@@ -124,12 +124,31 @@ pub(super) fn spec_or_lifecycle(pool: &ServerPool) -> Option<u64> {
     Some(hasher.finish())
 }
 
-/// Keeps only what the reconciler reads from a pod, to keep the cache small.
+/// Keeps only what the reconciler reads from a pod, to keep the cache small: of its spec, the
+/// service account and the sidecar's two ports (a member's own ports, `desired::sidecar_ports`),
+/// in the list the sidecar is in.
 pub(super) fn slim_pod(pod: &mut Pod) {
     pod.metadata.managed_fields = None;
     pod.metadata.annotations = None;
     if let Some(spec) = pod.spec.as_mut() {
-        *spec = PodSpec { service_account_name: spec.service_account_name.take(), ..PodSpec::default() };
+        let ours = [desired::DATA_PORT_NAME, desired::ADMIN_PORT_NAME];
+        let slim = |c: &mut Container| Container {
+            name: std::mem::take(&mut c.name),
+            ports: c
+                .ports
+                .take()
+                .map(|ps| ps.into_iter().filter(|p| ours.contains(&p.name.as_deref().unwrap_or_default())).collect()),
+            ..Container::default()
+        };
+        let sidecar = |cs: &mut Vec<Container>| cs.iter_mut().find(|c| c.name == desired::SIDECAR_NAME).map(slim);
+        let native = spec.init_containers.as_mut().and_then(sidecar);
+        let plain = sidecar(&mut spec.containers);
+        *spec = PodSpec {
+            service_account_name: spec.service_account_name.take(),
+            init_containers: native.map(|c| vec![c]),
+            containers: plain.into_iter().collect(),
+            ..PodSpec::default()
+        };
     }
     if let Some(status) = pod.status.as_mut() {
         *status = PodStatus {
@@ -216,10 +235,15 @@ mod tests {
     use crate::crd::{POOL_LABEL, ServerPoolSpec};
     use crate::error::Error;
     use jiff::Timestamp;
+    use k8s_openapi::api::core::v1::{ContainerPort, EnvVar};
     use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, Time};
     use kube::runtime::controller::Action;
     use kube::runtime::{Controller, reflector};
     use std::collections::BTreeMap;
+
+    fn port(name: Option<&str>, number: i32) -> ContainerPort {
+        ContainerPort { name: name.map(str::to_owned), container_port: number, ..ContainerPort::default() }
+    }
 
     #[test]
     fn slim_pods_keep_what_membership_needs() {
@@ -233,6 +257,26 @@ mod tests {
             spec: Some(PodSpec {
                 service_account_name: Some("sa".into()),
                 hostname: Some("h".into()),
+                init_containers: Some(vec![
+                    Container { name: "migrate".into(), image: Some("m".into()), ..Container::default() },
+                    Container {
+                        name: desired::SIDECAR_NAME.into(),
+                        image: Some("s".into()),
+                        env: Some(vec![EnvVar { name: "HANDOVER_LISTEN".into(), ..EnvVar::default() }]),
+                        ports: Some(vec![
+                            port(Some("handover"), 8100),
+                            port(Some("handover-admin"), 9911),
+                            port(Some("debug"), 6060),
+                        ]),
+                        restart_policy: Some("Always".into()),
+                        ..Container::default()
+                    },
+                ]),
+                containers: vec![Container {
+                    name: "app".into(),
+                    ports: Some(vec![port(Some("http"), 8080)]),
+                    ..Container::default()
+                }],
                 ..PodSpec::default()
             }),
             status: Some(PodStatus {
@@ -247,6 +291,34 @@ mod tests {
         let spec = pod.spec.expect("spec");
         assert_eq!(spec.service_account_name.as_deref(), Some("sa"));
         assert!(spec.hostname.is_none());
+        // Of the containers, the sidecar's name and its two ports, where it was.
+        let sidecar = Container {
+            name: desired::SIDECAR_NAME.into(),
+            ports: Some(vec![port(Some("handover"), 8100), port(Some("handover-admin"), 9911)]),
+            ..Container::default()
+        };
+        assert_eq!(spec.init_containers, Some(vec![sidecar]));
+        assert!(spec.containers.is_empty());
+        assert_eq!(desired::sidecar_ports(&spec), desired::SidecarPorts { data: Some(8100), admin: Some(9911) });
+        // A regular container (Kubernetes before 1.29) stays among the containers.
+        let mut plain = Pod {
+            spec: Some(PodSpec {
+                containers: vec![
+                    Container { name: "app".into(), ..Container::default() },
+                    Container {
+                        name: desired::SIDECAR_NAME.into(),
+                        ports: Some(vec![port(Some("handover"), 8000)]),
+                        ..Container::default()
+                    },
+                ],
+                ..PodSpec::default()
+            }),
+            ..Pod::default()
+        };
+        slim_pod(&mut plain);
+        let spec = plain.spec.expect("spec");
+        assert!(spec.init_containers.is_none());
+        assert_eq!(desired::sidecar_ports(&spec), desired::SidecarPorts { data: Some(8000), admin: None });
         let status = pod.status.expect("status");
         assert_eq!(status.pod_ip.as_deref(), Some("10.0.0.1"));
         assert!(status.host_ip.is_none());

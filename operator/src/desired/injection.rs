@@ -4,8 +4,8 @@
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{
     Capabilities, Container, ContainerPort, EnvVar, EnvVarSource, HTTPGetAction, HTTPHeader, Lifecycle,
-    LifecycleHandler, ObjectFieldSelector, Probe, ResourceFieldSelector, SeccompProfile, SecurityContext, SleepAction,
-    Volume, VolumeMount,
+    LifecycleHandler, ObjectFieldSelector, PodSpec, Probe, ResourceFieldSelector, SeccompProfile, SecurityContext,
+    SleepAction, Volume, VolumeMount,
 };
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use kube::ResourceExt;
@@ -24,6 +24,12 @@ pub const HASH_ANNOTATION: &str = "handover.dev/injection-hash";
 
 /// Name of the injected container.
 pub const SIDECAR_NAME: &str = "handover-sidecar";
+
+/// Name of the sidecar container's data port (`spec.sidecarPort` when it was injected).
+pub const DATA_PORT_NAME: &str = "handover";
+
+/// Name of the sidecar container's admin port (`spec.adminPort` when it was injected).
+pub const ADMIN_PORT_NAME: &str = "handover-admin";
 
 /// Name of the injected key volume.
 pub const KEY_VOLUME: &str = "handover-keys";
@@ -286,13 +292,13 @@ pub fn sidecar_container(pool: &ServerPool, cfg: &InjectionConfig) -> Container 
         env: Some(env),
         ports: Some(vec![
             ContainerPort {
-                name: Some("handover".to_owned()),
+                name: Some(DATA_PORT_NAME.to_owned()),
                 container_port: spec.sidecar_port,
                 protocol: Some("TCP".to_owned()),
                 ..ContainerPort::default()
             },
             ContainerPort {
-                name: Some("handover-admin".to_owned()),
+                name: Some(ADMIN_PORT_NAME.to_owned()),
                 container_port: spec.admin_port,
                 protocol: Some("TCP".to_owned()),
                 ..ContainerPort::default()
@@ -582,11 +588,41 @@ pub fn remove_injection(deploy: &Deployment, pool: &str) -> DeploymentPlan {
     }
 }
 
-fn has_sidecar(deploy: &Deployment) -> bool {
-    let Some(spec) = deploy.spec.as_ref().and_then(|s| s.template.spec.as_ref()) else {
-        return false;
+/// The ports a pod's injected sidecar listens on, as its container declares them: a pod keeps
+/// the ports of the spec it was injected from, which differ from the pool's current ones while a
+/// change of `sidecarPort` or `adminPort` rolls out.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct SidecarPorts {
+    /// The data port ([`DATA_PORT_NAME`]).
+    pub data: Option<i32>,
+    /// The admin port ([`ADMIN_PORT_NAME`]).
+    pub admin: Option<i32>,
+}
+
+/// The container named [`SIDECAR_NAME`] of a pod spec: a native sidecar (in `initContainers`) or
+/// a regular container.
+pub fn sidecar_of(spec: &PodSpec) -> Option<&Container> {
+    spec.init_containers.iter().flatten().chain(&spec.containers).find(|c| c.name == SIDECAR_NAME)
+}
+
+/// The ports the sidecar of a pod spec declares, each by its name; a port it does not declare
+/// (no sidecar, a hand-written one) is `None`.
+pub fn sidecar_ports(spec: &PodSpec) -> SidecarPorts {
+    let Some(sidecar) = sidecar_of(spec) else { return SidecarPorts::default() };
+    let port = |name: &str| {
+        sidecar
+            .ports
+            .iter()
+            .flatten()
+            .find(|p| p.name.as_deref() == Some(name))
+            .map(|p| p.container_port)
+            .filter(|p| (1..=65535).contains(p))
     };
-    spec.containers.iter().chain(spec.init_containers.iter().flatten()).any(|c| c.name == SIDECAR_NAME)
+    SidecarPorts { data: port(DATA_PORT_NAME), admin: port(ADMIN_PORT_NAME) }
+}
+
+fn has_sidecar(deploy: &Deployment) -> bool {
+    deploy.spec.as_ref().and_then(|s| s.template.spec.as_ref()).is_some_and(|spec| sidecar_of(spec).is_some())
 }
 
 /// What to do with one Deployment for one pool.

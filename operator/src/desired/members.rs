@@ -5,6 +5,7 @@ use std::collections::BTreeSet;
 use k8s_openapi::api::core::v1::Pod;
 use kube::ResourceExt;
 
+use super::injection::sidecar_ports;
 use super::names::{pool_name, pool_namespace, selector, selects};
 use crate::crd::{Member, POOL_LABEL, ServerPool};
 
@@ -40,7 +41,8 @@ pub fn pool_pods<'a>(pool: &ServerPool, pods: impl IntoIterator<Item = &'a Pod>)
         .collect()
 }
 
-/// The pods of `pool` among `pods` (any namespace), as members sorted by pod name.
+/// The pods of `pool` among `pods` (any namespace), as members sorted by pod name, each with the
+/// ports its own sidecar listens on (see [`sidecar_ports`]).
 pub fn members<'a>(pool: &ServerPool, pods: impl IntoIterator<Item = &'a Pod>) -> Vec<Member> {
     let mut out: Vec<Member> = pool_pods(pool, pods)
         .into_iter()
@@ -51,12 +53,15 @@ pub fn members<'a>(pool: &ServerPool, pods: impl IntoIterator<Item = &'a Pod>) -
                 .and_then(|s| s.conditions.as_ref())
                 .and_then(|cs| cs.iter().find(|c| c.type_ == "Ready"))
                 .and_then(|c| c.last_transition_time.clone());
+            let ports = p.spec.as_ref().map(sidecar_ports).unwrap_or_default();
             Some(Member {
                 pod: p.metadata.name.clone()?,
                 uid: p.metadata.uid.clone()?,
                 ip: p.status.as_ref().and_then(|s| s.pod_ip.clone()).filter(|ip| !ip.is_empty()),
                 ready: pod_ready(p),
                 since: ready_since.or_else(|| p.metadata.creation_timestamp.clone()),
+                sidecar_port: ports.data,
+                admin_port: ports.admin,
             })
         })
         .collect();

@@ -353,6 +353,79 @@ fn members_are_sorted_and_only_ready_pods_with_an_ip_count_as_ready() {
     assert_eq!(ms[1].ip, None);
 }
 
+/// A pod of the pool running the sidecar `pool` injects with `cfg`: the app container first, the
+/// sidecar where the injection puts it (a native sidecar in `initContainers`, or a container).
+fn injected_pod(name: &str, pool: &ServerPool, cfg: &InjectionConfig) -> Pod {
+    let mut p = pool_pod(name, true);
+    let sidecar = sidecar_container(pool, cfg);
+    let app = Container {
+        name: "app".to_owned(),
+        ports: Some(vec![ContainerPort { name: Some("http".to_owned()), container_port: 8080, ..Default::default() }]),
+        ..Container::default()
+    };
+    let native = sidecar.restart_policy.is_some();
+    p.spec = Some(PodSpec {
+        init_containers: native.then(|| vec![sidecar.clone()]),
+        containers: if native { vec![app] } else { vec![app, sidecar] },
+        ..PodSpec::default()
+    });
+    p
+}
+
+#[test]
+fn each_member_carries_the_ports_its_own_sidecar_listens_on() {
+    // A change of sidecarPort and adminPort rolling out: pod `a` keeps the ports it was injected
+    // with, `b` (native sidecar) and `c` (a regular container, Kubernetes before 1.29) have the
+    // new ones, `d` has no sidecar that declares its ports.
+    let before = pool();
+    let mut after = pool();
+    after.spec.sidecar_port = 8100;
+    after.spec.admin_port = 9911;
+    let old_cluster = InjectionConfig::for_minor("img".to_owned(), 28);
+    let pods = [
+        injected_pod("a", &before, &cfg()),
+        injected_pod("b", &after, &cfg()),
+        injected_pod("c", &after, &old_cluster),
+        pool_pod("d", true),
+    ];
+    assert!(pods[1].spec.as_ref().and_then(|s| s.init_containers.as_ref()).is_some(), "b has a native sidecar");
+    assert!(pods[2].spec.as_ref().and_then(|s| s.init_containers.as_ref()).is_none(), "c has a regular one");
+    let ms = members(&after, &pods);
+    let view: Vec<(&str, Option<i32>, Option<i32>)> =
+        ms.iter().map(|m| (m.pod.as_str(), m.sidecar_port, m.admin_port)).collect();
+    assert_eq!(
+        view,
+        [
+            ("a", Some(8000), Some(9901)),
+            ("b", Some(8100), Some(9911)),
+            ("c", Some(8100), Some(9911)),
+            ("d", None, None),
+        ]
+    );
+    // The status says no port where it knows none (an older sidecar reads the same fields).
+    let status = serde_json::to_value(&ms).expect("json");
+    assert_eq!(status[0]["sidecarPort"], 8000);
+    assert_eq!(status[0]["adminPort"], 9901);
+    assert!(status[3].get("sidecarPort").is_none() && status[3].get("adminPort").is_none());
+}
+
+#[test]
+fn a_container_named_like_the_sidecar_without_its_named_ports_gives_no_port() {
+    let mut p = pool_pod("a", true);
+    let unnamed = ContainerPort { container_port: 8000, ..ContainerPort::default() };
+    let admin = ContainerPort { name: Some("handover-admin".to_owned()), container_port: 0, ..Default::default() };
+    p.spec = Some(PodSpec {
+        containers: vec![Container {
+            name: SIDECAR_NAME.to_owned(),
+            ports: Some(vec![unnamed, admin]),
+            ..Container::default()
+        }],
+        ..PodSpec::default()
+    });
+    let ms = members(&pool(), &[p]);
+    assert_eq!((ms[0].sidecar_port, ms[0].admin_port), (None, None));
+}
+
 #[test]
 fn member_order_does_not_depend_on_input_order() {
     let a = [pool_pod("x", true), pool_pod("y", true), pool_pod("z", false)];
