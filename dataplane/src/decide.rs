@@ -450,7 +450,12 @@ mod tests {
     use proptest::prelude::*;
 
     fn member(name: &str) -> Member {
-        Member { name: name.into(), uid: format!("uid-{name}"), addr: "127.0.0.1:1".parse().expect("addr") }
+        Member {
+            name: name.into(),
+            uid: format!("uid-{name}"),
+            addr: "127.0.0.1:1".parse().expect("addr"),
+            admin_port: None,
+        }
     }
 
     fn cookie_from(owner: &str, version: u64) -> Route {

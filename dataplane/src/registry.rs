@@ -19,6 +19,18 @@ pub struct Member {
     pub uid: String,
     /// Its sidecar's data address.
     pub addr: SocketAddr,
+    /// Its sidecar's admin port (`/live`, on the host of `addr`), when the registry knows it (the
+    /// ServerPool's status, from an operator that publishes it); else peers probe it on their own
+    /// admin port.
+    pub admin_port: Option<u16>,
+}
+
+impl Member {
+    /// Its sidecar's admin address (`/live`): the host of `addr`, at its own admin port when the
+    /// registry knows it, else at `fallback` (the prober's own admin port).
+    pub fn admin_addr(&self, fallback: u16) -> SocketAddr {
+        SocketAddr::new(self.addr.ip(), self.admin_port.unwrap_or(fallback))
+    }
 }
 
 /// A live view of the pool's ready members.
@@ -57,7 +69,7 @@ pub fn parse_members(text: &str) -> Result<Vec<Member>, String> {
             }
         };
         let addr = addr.parse().map_err(|_| format!("member {name:?} has a bad address {addr:?}"))?;
-        members.push(Member { name: name.to_owned(), uid: uid.to_owned(), addr });
+        members.push(Member { name: name.to_owned(), uid: uid.to_owned(), addr, admin_port: None });
     }
     members.sort_by(|a, b| a.name.cmp(&b.name));
     Ok(members)

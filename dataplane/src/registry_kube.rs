@@ -55,15 +55,27 @@ struct MemberStatus {
     ip: Option<String>,
     #[serde(default)]
     ready: bool,
+    /// The ports the member's own sidecar listens on (the operator publishes them from the pod:
+    /// they differ from the pool's while a change of its ports rolls out); an older operator
+    /// publishes none.
+    #[serde(default)]
+    sidecar_port: Option<i64>,
+    #[serde(default)]
+    admin_port: Option<i64>,
 }
 
-/// The ready members of a ServerPool object (its JSON: `spec` and `status`), sorted by name.
-/// Anything malformed counts as absent: a member without a parsable IP is skipped, an unusable
-/// `sidecarPort` falls back to the default.
+/// A port of the ServerPool, if usable.
+fn port(p: Option<i64>) -> Option<u16> {
+    p.and_then(|p| u16::try_from(p).ok()).filter(|p| *p != 0)
+}
+
+/// The ready members of a ServerPool object (its JSON: `spec` and `status`), sorted by name, each
+/// at its own sidecar's ports when the status names them, else at the pool's `sidecarPort` (and
+/// probed on this sidecar's admin port). Anything malformed counts as absent: a member without a
+/// parsable IP is skipped, an unusable port falls back (the pool's `sidecarPort` to the default).
 pub fn members_of(pool: &serde_json::Value) -> Vec<Member> {
     let spec: PoolSpec = pool.get("spec").and_then(|s| PoolSpec::deserialize(s).ok()).unwrap_or_default();
-    let port =
-        spec.sidecar_port.and_then(|p| u16::try_from(p).ok()).filter(|p| *p != 0).unwrap_or(DEFAULT_SIDECAR_PORT);
+    let pool_port = port(spec.sidecar_port).unwrap_or(DEFAULT_SIDECAR_PORT);
     let status: PoolStatus = pool.get("status").and_then(|s| PoolStatus::deserialize(s).ok()).unwrap_or_default();
     let mut members: Vec<Member> = status
         .members
@@ -71,7 +83,8 @@ pub fn members_of(pool: &serde_json::Value) -> Vec<Member> {
         .filter(|m| m.ready)
         .filter_map(|m| {
             let ip: IpAddr = m.ip.as_deref()?.parse().ok()?;
-            Some(Member { name: m.pod, uid: m.uid, addr: SocketAddr::new(ip, port) })
+            let addr = SocketAddr::new(ip, port(m.sidecar_port).unwrap_or(pool_port));
+            Some(Member { name: m.pod, uid: m.uid, addr, admin_port: port(m.admin_port) })
         })
         .collect();
     members.sort_by(|a, b| a.name.cmp(&b.name).then_with(|| a.uid.cmp(&b.uid)));
@@ -424,6 +437,46 @@ mod tests {
         assert_eq!(members_of(&p)[0].addr.port(), DEFAULT_SIDECAR_PORT);
         let p = json!({"status": {"members": [{"pod": "a", "ip": "10.0.0.1", "ready": true}]}});
         assert_eq!(members_of(&p)[0].addr.port(), DEFAULT_SIDECAR_PORT);
+    }
+
+    #[test]
+    fn a_member_is_reached_at_its_own_ports_when_the_status_names_them_else_at_the_pools() {
+        // A change of sidecarPort (8000 → 8100) and adminPort (9901 → 9911) rolling out: the pool
+        // says the new ports; the old pod `cart-a` still listens on the old ones.
+        let p = pool(json!([
+            {"pod": "cart-a", "uid": "u1", "ip": "10.0.0.1", "ready": true, "sidecarPort": 8000, "adminPort": 9901},
+            {"pod": "cart-b", "uid": "u2", "ip": "10.0.0.2", "ready": true, "sidecarPort": 8100, "adminPort": 9911},
+            // From an operator that publishes no ports, or a pod whose sidecar declares none.
+            {"pod": "cart-c", "uid": "u3", "ip": "10.0.0.3", "ready": true},
+            // Unusable ports count as absent.
+            {"pod": "cart-d", "uid": "u4", "ip": "fd00::4", "ready": true, "sidecarPort": 70000, "adminPort": 0},
+        ]));
+        let live = members_of(&p);
+        let view: Vec<(&str, String, Option<u16>)> =
+            live.iter().map(|m| (m.name.as_str(), m.addr.to_string(), m.admin_port)).collect();
+        assert_eq!(
+            view,
+            [
+                ("cart-a", "10.0.0.1:8000".to_owned(), Some(9901)),
+                ("cart-b", "10.0.0.2:8100".to_owned(), Some(9911)),
+                ("cart-c", "10.0.0.3:8100".to_owned(), None),
+                ("cart-d", "[fd00::4]:8100".to_owned(), None),
+            ]
+        );
+        // Probed on its own admin port, or on the prober's (here 9911) when the status names none.
+        let admin: Vec<String> = live.iter().map(|m| m.admin_addr(9911).to_string()).collect();
+        assert_eq!(admin, ["10.0.0.1:9901", "10.0.0.2:9911", "10.0.0.3:9911", "[fd00::4]:9911"]);
+    }
+
+    #[test]
+    fn fields_of_a_member_it_does_not_know_are_ignored() {
+        // What lets a sidecar read the status of a newer operator (as this one reads the ports,
+        // which an older sidecar does not know).
+        let p = pool(json!([
+            {"pod": "cart-a", "uid": "u1", "ip": "10.0.0.1", "ready": true, "since": "2025-01-01T00:00:00Z",
+             "zone": {"name": "a"}, "weight": 3},
+        ]));
+        assert_eq!(members_of(&p).len(), 1);
     }
 
     #[test]

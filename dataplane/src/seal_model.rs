@@ -74,7 +74,12 @@ struct World {
 fn pod(i: usize) -> Pod {
     let name = format!("pod-{i}");
     Pod {
-        member: Member { uid: format!("uid-{name}"), name, addr: "127.0.0.1:1".parse().expect("addr") },
+        member: Member {
+            uid: format!("uid-{name}"),
+            name,
+            addr: "127.0.0.1:1".parse().expect("addr"),
+            admin_port: None,
+        },
         alive: true,
         app: None,
         local_version: None,

@@ -390,8 +390,12 @@ async fn a_state_inside_the_routing_cookie_survives_the_owners_sigkill() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_session_another_pod_took_over_is_not_taken_over_again_by_a_pod_that_rejoins() {
     let mut pool = pool(4).await;
-    let member =
-        |i: usize| Member { name: pool.pods[i].name.clone(), uid: pool.pods[i].uid.clone(), addr: pool.pods[i].data() };
+    let member = |i: usize| Member {
+        name: pool.pods[i].name.clone(),
+        uid: pool.pods[i].uid.clone(),
+        addr: pool.pods[i].data(),
+        admin_port: None,
+    };
     let (with_3, without_3) = ([member(1), member(2), member(3)], [member(1), member(2)]);
     let owner = pool.pods[0].data();
     // A session of pod 0 whose successor is pod 3 while it is listed (each has odds of a third).

@@ -129,7 +129,8 @@ pub struct Config {
     /// Where the app answers `GET`/`PUT <statePath>`: apart from `app`, on the pod's loopback, so
     /// no client request can ever reach it (the sidecar forwards clients to `app` only).
     pub state_addr: SocketAddr,
-    /// The admin port of every sidecar of the pool (liveness probes of peers).
+    /// This sidecar's admin port, where it probes a peer whose registry entry names no admin port
+    /// of its own (`Member::admin_port`).
     pub peer_admin_port: u16,
     pub mode: Mode,
     pub snapshot_interval: Duration,
@@ -686,7 +687,7 @@ impl Proxy {
             return live;
         }
         let Ok(addr) = owner.addr.parse::<SocketAddr>() else { return live };
-        let member = Member { name: owner.name.to_string(), uid: owner.uid.to_string(), addr };
+        let member = Member { name: owner.name.to_string(), uid: owner.uid.to_string(), addr, admin_port: None };
         if self.unreachable_now().contains(&member.name) {
             return live;
         }

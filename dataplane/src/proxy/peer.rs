@@ -154,9 +154,10 @@ impl Proxy {
         resp.map(|b| b.map_err(Into::into).boxed())
     }
 
-    /// A peer's admin address (`/live`): its data address's host, the pool's admin port.
+    /// A peer's admin address (`/live`): its data address's host, its own admin port when the
+    /// registry names it, else this sidecar's.
     pub(super) fn peer_admin(&self, peer: &Member) -> SocketAddr {
-        SocketAddr::new(peer.addr.ip(), self.cfg.peer_admin_port)
+        peer.admin_addr(self.cfg.peer_admin_port)
     }
 
     /// Probes a peer after a forward to it failed or was slow; a dead one counts as unreachable to
