@@ -13,6 +13,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use kube::Resource;
 
+use super::injection::{ADMIN_PORT_NAME, DATA_PORT_NAME};
 use super::names::{
     MANAGED_BY, default_key_secret_name, key_secret_name, network_policy_name, pool_name, pool_namespace, rbac_name,
     selector, service_name,
@@ -33,7 +34,8 @@ fn meta(pool: &ServerPool, name: String) -> ObjectMeta {
     }
 }
 
-/// The pool's Service: `<pool>:<port>` to the sidecars' data port.
+/// The pool's Service: `<pool>:<port>` to the sidecars' data port, by its name: each pod's own
+/// (while a change of `sidecarPort` rolls out, the old pods still listen on the old one).
 pub fn service(pool: &ServerPool) -> Service {
     Service {
         metadata: meta(pool, service_name(pool)),
@@ -42,7 +44,7 @@ pub fn service(pool: &ServerPool) -> Service {
             ports: Some(vec![ServicePort {
                 name: Some("http".to_owned()),
                 port: pool.spec.port,
-                target_port: Some(IntOrString::Int(pool.spec.sidecar_port)),
+                target_port: Some(IntOrString::String(DATA_PORT_NAME.to_owned())),
                 protocol: Some("TCP".to_owned()),
                 app_protocol: Some("http".to_owned()),
                 ..ServicePort::default()
@@ -166,13 +168,14 @@ pub fn service_accounts<'a>(
 ///
 /// Network policies are additive: under a namespace's default-deny this one is what lets the
 /// forwards through; in a namespace without any, it limits the pool's pods to these two ports.
+/// The ports by their names: each pod's own, while a change of the pool's ports rolls out.
 pub fn network_policy(pool: &ServerPool) -> NetworkPolicy {
     let ports = || {
         Some(
-            [pool.spec.sidecar_port, pool.spec.admin_port]
+            [DATA_PORT_NAME, ADMIN_PORT_NAME]
                 .into_iter()
-                .map(|p| NetworkPolicyPort {
-                    port: Some(IntOrString::Int(p)),
+                .map(|name| NetworkPolicyPort {
+                    port: Some(IntOrString::String(name.to_owned())),
                     protocol: Some("TCP".to_owned()),
                     end_port: None,
                 })

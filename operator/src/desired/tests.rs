@@ -134,7 +134,14 @@ fn service_targets_the_sidecar_port_of_the_pool_label() {
     assert_eq!(spec.selector, Some(BTreeMap::from([(POOL_LABEL.to_owned(), "cart".to_owned())])));
     let port = &spec.ports.expect("ports")[0];
     assert_eq!(port.port, 80);
-    assert_eq!(port.target_port, Some(IntOrString::Int(8000)));
+    // By name: each pod's own port (a change of sidecarPort rolls out pod by pod), which is the
+    // pool's sidecarPort in the pods it injects.
+    assert_eq!(port.target_port, Some(IntOrString::String("handover".to_owned())));
+    let named = |name: &str| {
+        let container = injection::sidecar_container(&pool(), &cfg());
+        container.ports.into_iter().flatten().find(|p| p.name.as_deref() == Some(name)).map(|p| p.container_port)
+    };
+    assert_eq!((named("handover"), named("handover-admin")), (Some(8000), Some(9901)));
     assert_eq!(spec.type_.as_deref(), Some("ClusterIP"));
     assert_eq!(spec.session_affinity.as_deref(), Some("None"));
 }
@@ -1058,10 +1065,11 @@ fn the_network_policy_lets_the_pools_pods_reach_each_others_sidecar_and_admin_po
         r.ports.iter().flatten().filter_map(|p| p.port.clone()).collect()
     };
     assert_eq!(rules.len(), 2, "peers, then everyone else (unset `from`)");
-    assert_eq!(ports(&rules[0]), [IntOrString::Int(8000), IntOrString::Int(9901)]);
+    let named = [IntOrString::String("handover".to_owned()), IntOrString::String("handover-admin".to_owned())];
+    assert_eq!(ports(&rules[0]), named, "each pod's own ports, by the names the injected sidecar gives them");
     assert_eq!(rules[0].from.as_ref().and_then(|f| f[0].pod_selector.clone()), Some(pods));
     assert!(rules[1].from.is_none(), "unset `from`: the Service's clients still get through");
-    assert_eq!(ports(&rules[1]), [IntOrString::Int(8000), IntOrString::Int(9901)]);
+    assert_eq!(ports(&rules[1]), named);
 }
 
 #[test]
@@ -1080,7 +1088,10 @@ fn the_network_policy_admits_only_the_named_clients_besides_the_peers() {
     let rules = network_policy(&p).spec.and_then(|s| s.ingress).expect("rules");
     assert_eq!(rules.len(), 2);
     assert_eq!(rules[1].from.as_deref(), Some(&[ingress][..]));
-    assert_eq!(rules[0].ports.as_ref().and_then(|p| p[0].port.clone()), Some(IntOrString::Int(7000)));
+    assert_eq!(
+        rules[0].ports.as_ref().and_then(|p| p[0].port.clone()),
+        Some(IntOrString::String("handover".to_owned()))
+    );
     p.spec.network_policy.from = Some(Vec::new());
     let rules = network_policy(&p).spec.and_then(|s| s.ingress).expect("rules");
     assert_eq!(rules.len(), 1, "an empty list: the pool's pods only");
