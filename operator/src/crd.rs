@@ -94,8 +94,8 @@ pub struct ServerPoolSpec {
 
     /// Name of the Secret holding the cookie keys (data key `keys`). Created with fresh keys if
     /// absent, never overwritten. An existing Secret is used only if it has the default name or
-    /// carries the label `app.kubernetes.io/managed-by: handover-operator`. Default:
-    /// `<name>-handover-keys`.
+    /// carries the labels `app.kubernetes.io/managed-by: handover-operator` and
+    /// `handover.dev/pool: <name>`. Default: `<name>-handover-keys`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(
         length(min = 1, max = 253),
@@ -327,7 +327,8 @@ pub struct SidecarSpec {
     pub log_level: LogLevel,
 
     /// How long a terminating sidecar keeps serving to hand its sessions over, e.g. `20s`. The
-    /// pod's `terminationGracePeriodSeconds` is raised to at least this plus 15 seconds.
+    /// pod's `terminationGracePeriodSeconds` is raised to at least this plus 20 seconds (the
+    /// preStop hook's 5 s pause and a 15 s margin).
     #[serde(default = "default_drain_grace")]
     #[schemars(regex(pattern = "^[0-9]{1,9}(ms|s|m|h)$"))]
     pub drain_grace: String,
