@@ -172,12 +172,7 @@ mod tests {
 
     /// A key file in a fresh directory of its own.
     fn key_file(name: &str, text: &str) -> PathBuf {
-        let dir = std::env::temp_dir().join(format!("handover-keys-{name}-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).expect("dir");
-        let path = dir.join("keys");
-        std::fs::write(&path, text).expect("write keys");
-        path
+        settled_file::scratch_file("keys", name, "keys", text)
     }
 
     #[tokio::test(start_paused = true)]

@@ -230,12 +230,7 @@ mod tests {
     use super::*;
 
     fn peers_file(name: &str, text: &str) -> PathBuf {
-        let dir = std::env::temp_dir().join(format!("handover-peers-{name}-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).expect("dir");
-        let path = dir.join("peers");
-        std::fs::write(&path, text).expect("write peers");
-        path
+        crate::settled_file::scratch_file("peers", name, "peers", text)
     }
 
     fn names(r: &StaticRegistry) -> Vec<String> {

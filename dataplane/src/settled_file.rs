@@ -75,6 +75,18 @@ pub fn read(path: &std::path::Path) -> Read {
     std::fs::read(path).map_err(|e| e.to_string())
 }
 
+/// (tests) A file named `file` holding `text`, in a fresh directory of its own (`what`, `name`
+/// and the process id name it: tests running at once never share one).
+#[cfg(test)]
+pub(crate) fn scratch_file(what: &str, name: &str, file: &str, text: &str) -> std::path::PathBuf {
+    let dir = std::env::temp_dir().join(format!("handover-{what}-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).expect("dir");
+    let path = dir.join(file);
+    std::fs::write(&path, text).expect("write the file");
+    path
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
