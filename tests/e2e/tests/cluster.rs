@@ -808,13 +808,14 @@ async fn a_default_deny_namespace_still_lets_the_pools_forwards_through() {
     let policy = c.get_json(&["networkpolicy", "demo-handover", "-n", &pool.ns]).await.expect("the pool's policy");
     assert_eq!(policy["metadata"]["ownerReferences"][0]["kind"], "ServerPool", "owned by the pool: {policy}");
     assert_eq!(policy["spec"]["podSelector"]["matchLabels"]["handover.dev/pool"], "demo");
-    let ports: Vec<i64> = policy["spec"]["ingress"][0]["ports"]
+    let ports: Vec<&str> = policy["spec"]["ingress"][0]["ports"]
         .as_array()
         .into_iter()
         .flatten()
-        .filter_map(|p| p["port"].as_i64())
+        .filter_map(|p| p["port"].as_str())
         .collect();
-    assert_eq!(ports, [8000, 9901], "the sidecar's data and admin port: {policy}");
+    // By name: each pod's own ports (8000 and 9901 here), also while a change of them rolls out.
+    assert_eq!(ports, ["handover", "handover-admin"], "the sidecar's data and admin port: {policy}");
     assert_eq!(policy["spec"]["ingress"][0]["from"][0]["podSelector"]["matchLabels"]["handover.dev/pool"], "demo");
 
     // One session, its requests sent to each pod in turn: the pods that do not own it forward
