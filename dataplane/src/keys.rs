@@ -11,7 +11,7 @@ use handover_common::sync;
 use hmac::{Hmac, Mac};
 use sha2::Sha256;
 
-use crate::settled_file::{self, Follow, Observed};
+use crate::settled_file::{self, Follow};
 use crate::xchacha::XChaCha20Poly1305;
 
 /// The forward key of a pool key (it signs forwards: [`crate::peer_auth`]): HMAC-SHA256(pool key,
@@ -119,13 +119,6 @@ impl KeyFile {
         Arc::clone(&sync::read(&self.ring))
     }
 
-    /// Re-reads the file; keeps the old ring if the new file is invalid.
-    pub fn reload(&self) -> Result<(), KeyError> {
-        let ring = KeyRing::load(&self.path)?;
-        *sync::write(&self.ring) = Arc::new(ring);
-        Ok(())
-    }
-
     /// Polls the file every `every` and reloads it when its bytes change and then hold still for
     /// one poll ([`crate::settled_file`]: a file read half-way through an in-place rewrite is often
     /// a valid ring that lacks the keys live cookies use). A refused file is passed to `on_error`
@@ -136,21 +129,17 @@ impl KeyFile {
         loop {
             ticker.tick().await;
             let unreadable = |reason| KeyError::Unreadable { path: self.path.display().to_string(), reason };
-            let ring = match file.observe(settled_file::read(&self.path)) {
-                Observed::Nothing => continue,
-                Observed::Unreadable(reason) => Err(unreadable(reason)),
-                Observed::New(bytes) => match String::from_utf8(bytes) {
-                    Err(_) => Err(unreadable("not UTF-8 text".to_owned())),
-                    Ok(text) => KeyRing::parse(&text).map(|ring| (ring, text.into_bytes())),
-                },
+            let parse = |bytes: &[u8]| match std::str::from_utf8(bytes) {
+                Err(_) => Err(unreadable("not UTF-8 text".to_owned())),
+                Ok(text) => KeyRing::parse(text),
             };
-            match ring {
-                Ok((ring, bytes)) => {
+            match file.poll(&self.path, parse, unreadable) {
+                None => {}
+                Some(Ok(ring)) => {
                     *sync::write(&self.ring) = Arc::new(ring);
-                    file.applied(bytes);
                     tracing::info!(path = %self.path.display(), keys = ?self.ring().ids(), "key ring reloaded");
                 }
-                Err(e) => on_error(&e),
+                Some(Err(e)) => on_error(&e),
             }
         }
     }

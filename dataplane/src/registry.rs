@@ -3,7 +3,7 @@
 //! The decision logic only sees [`Registry::live`]. Without Kubernetes the members come from a
 //! static list or a file ([`StaticRegistry`]); in a pod, from the ServerPool's status.
 
-use crate::settled_file::{self, Follow, Observed};
+use crate::settled_file::{self, Follow};
 use handover_common::sync;
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -124,20 +124,13 @@ impl StaticRegistry {
             let mut file = Follow::new(Some(first));
             let mut ticker = tokio::time::interval(every);
             while let Some(registry) = weak.upgrade() {
-                let parsed = match file.observe(settled_file::read(&path)) {
-                    Observed::Nothing => None,
-                    Observed::Unreadable(e) => Some(Err(format!("cannot read peers file {}: {e}", path.display()))),
-                    Observed::New(bytes) => Some(parse(&bytes).map(|members| (members, bytes))),
-                };
-                match parsed {
-                    None => {}
-                    Some(Ok((members, bytes))) => {
-                        file.applied(bytes);
-                        if *registry.live() != members {
-                            tracing::info!(members = members.len(), "peers file changed");
-                            registry.set(members);
-                        }
+                let unreadable = |e| format!("cannot read peers file {}: {e}", path.display());
+                match file.poll(&path, &parse, unreadable) {
+                    Some(Ok(members)) if *registry.live() != members => {
+                        tracing::info!(members = members.len(), "peers file changed");
+                        registry.set(members);
                     }
+                    Some(Ok(_)) | None => {}
                     Some(Err(e)) => tracing::warn!(error = %e, "keeping the last member list"),
                 }
                 drop(registry);

@@ -68,6 +68,22 @@ impl Follow {
         self.in_force = Some(bytes);
         self.offered = None;
     }
+
+    /// One poll of the file at `path`, read and observed: `None` when there is nothing to do; a
+    /// new content `parse` takes (it is the content in force from then on); or, once, why the
+    /// file was refused (`parse`'s error, or `unreadable`'s of why it could not be read).
+    pub fn poll<T, E>(
+        &mut self,
+        path: &std::path::Path,
+        parse: impl FnOnce(&[u8]) -> Result<T, E>,
+        unreadable: impl FnOnce(String) -> E,
+    ) -> Option<Result<T, E>> {
+        match self.observe(read(path)) {
+            Observed::Nothing => None,
+            Observed::Unreadable(why) => Some(Err(unreadable(why))),
+            Observed::New(bytes) => Some(parse(&bytes).inspect(|_| self.applied(bytes))),
+        }
+    }
 }
 
 /// Reads `path` for [`Follow::observe`].
