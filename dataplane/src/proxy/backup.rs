@@ -155,8 +155,9 @@ impl Proxy {
         }
         // Written once a successor is found (a pod alone in its pool never writes it).
         let mut body: Option<Bytes> = None;
-        // Successors that answered that they are leaving (draining).
-        let mut leaving: Vec<String> = Vec::new();
+        // Members passed over: `skip`, and successors that answered that they are leaving
+        // (draining).
+        let mut passed_over: Vec<String> = skip.into_iter().map(str::to_owned).collect();
         // A successor that cannot be reached is probed; a dead one (killed, not yet out of the
         // registry) or a leaving one is passed over for the next member in takeover order, so a
         // state is never left without a backup, or with a pod about to go, because the registry
@@ -164,9 +165,7 @@ impl Proxy {
         for _ in 0..BACKUP_ATTEMPTS {
             let live = self.registry.live();
             let unreachable = self.unreachable_now();
-            let others = self
-                .other_reachable(&live, &unreachable)
-                .filter(|m| Some(m.name.as_str()) != skip && !leaving.contains(&m.name));
+            let others = self.other_reachable(&live, &unreachable).filter(|m| !passed_over.contains(&m.name));
             let Some(to) = decide::successor(&b.session, others).cloned() else {
                 self.metrics.backups_sent.inc("no_successor");
                 return "no_successor";
@@ -183,7 +182,7 @@ impl Proxy {
                 Ok((StatusCode::MISDIRECTED_REQUEST, _)) => {
                     tracing::debug!(peer = %to.name, session = %b.session, "the successor is draining; backing up with the next member");
                     self.metrics.backups_sent.inc("successor_leaving");
-                    leaving.push(to.name.clone());
+                    passed_over.push(to.name.clone());
                     continue;
                 }
                 Ok((StatusCode::PAYLOAD_TOO_LARGE, _)) => {
