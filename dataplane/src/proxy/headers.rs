@@ -256,11 +256,9 @@ fn is_host(value: &[u8]) -> bool {
             .and_then(|inner| std::str::from_utf8(inner).ok())
             .is_some_and(|inner| inner.parse::<std::net::Ipv6Addr>().is_ok())
     };
+    // Digits only (`u16`'s parser would take a `+`), at most 65 535; none when there is no port.
     let port_ok = port.iter().all(u8::is_ascii_digit)
-        && port
-            .iter()
-            .try_fold(0u32, |n, d| (n * 10 + u32::from(d - b'0') <= 65_535).then_some(n * 10 + u32::from(d - b'0')))
-            .is_some();
+        && (port.is_empty() || std::str::from_utf8(port).is_ok_and(|p| p.parse::<u16>().is_ok()));
     port_ok && (name(host) || ipv6(host))
 }
 
