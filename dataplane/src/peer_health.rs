@@ -20,6 +20,8 @@ use std::time::{Duration, Instant};
 
 use handover_common::sync;
 
+use crate::registry::first_named;
+
 /// The pod condition a sidecar writes on its own pod.
 pub const CONDITION_TYPE: &str = "handover.dev/PeersReachable";
 
@@ -74,27 +76,13 @@ pub fn verdict(last: &BTreeMap<String, (Instant, Problem)>, now: Instant, window
         Verdict {
             reachable: false,
             reason: "PeersUnreachable",
-            message: format!("could not reach {} in the last {}s", named(&recent), window.as_secs()),
+            message: format!(
+                "could not reach {} in the last {}s",
+                first_named(recent.iter().map(|(peer, why)| format!("{peer} ({})", why.says()))),
+                window.as_secs()
+            ),
         }
     }
-}
-
-/// Peers a verdict's message names at most: a pool of a thousand pods cut in two wrote 66 KB on
-/// each pod's condition, again at each change of the set, read by every watcher of pods.
-const NAMED_AT_MOST: usize = 8;
-
-/// `peer (what failed)`, the first [`NAMED_AT_MOST`] by name, then how many more.
-fn named(recent: &[(&String, &Problem)]) -> String {
-    let mut text = recent
-        .iter()
-        .take(NAMED_AT_MOST)
-        .map(|(peer, problem)| format!("{peer} ({})", problem.says()))
-        .collect::<Vec<_>>()
-        .join(", ");
-    if recent.len() > NAMED_AT_MOST {
-        text.push_str(&format!(" and {} more", recent.len() - NAMED_AT_MOST));
-    }
-    text
 }
 
 /// Whether `current` must be written: nothing written yet (a restarted sidecar must not leave a

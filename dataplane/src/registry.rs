@@ -33,6 +33,20 @@ impl Member {
     }
 }
 
+/// Members a log line or a pod condition names at most: a pool of thousands of pods wrote lines
+/// of 120 KB (a membership change) and conditions of 66 KB (a partition) naming every one.
+const NAMED_AT_MOST: usize = 8;
+
+/// `names` for a person: the first [`NAMED_AT_MOST`], then how many more.
+pub fn first_named<N: std::fmt::Display>(names: impl ExactSizeIterator<Item = N>) -> String {
+    let total = names.len();
+    let mut text = names.take(NAMED_AT_MOST).map(|n| n.to_string()).collect::<Vec<_>>().join(", ");
+    if total > NAMED_AT_MOST {
+        text.push_str(&format!(" and {} more", total - NAMED_AT_MOST));
+    }
+    text
+}
+
 /// A live view of the pool's ready members.
 pub trait Registry: Send + Sync + 'static {
     /// The live members as last known, sorted by name.

@@ -18,7 +18,7 @@ use kube::api::{Api, ApiResource, DynamicObject, GroupVersionKind};
 use kube::runtime::watcher;
 use serde::Deserialize;
 
-use crate::registry::{Member, Registry};
+use crate::registry::{Member, Registry, first_named};
 use handover_common::sync;
 use prometheus_client::metrics::counter::Counter;
 
@@ -91,12 +91,8 @@ pub fn members_of(pool: &serde_json::Value) -> Vec<Member> {
     members
 }
 
-/// Members of a log line named at most (a pool of thousands of pods logged every name at each
-/// change: 120 KB a line for one pod leaving a pool of 5 000, on every sidecar of the pool).
-const NAMED_AT_MOST: usize = 8;
-
-/// The members of `these` that `those` lacks (name, uid and address compared), for a log line:
-/// the first [`NAMED_AT_MOST`] names, then how many more.
+/// The members of `these` that `those` lacks (name, uid and address compared), for a log line
+/// ([`first_named`]).
 fn named(these: &[Member], those: &[Member]) -> String {
     let other: std::collections::HashSet<(&str, &str, SocketAddr)> =
         those.iter().map(|m| (m.name.as_str(), m.uid.as_str(), m.addr)).collect();
@@ -105,11 +101,7 @@ fn named(these: &[Member], those: &[Member]) -> String {
         .filter(|m| !other.contains(&(m.name.as_str(), m.uid.as_str(), m.addr)))
         .map(|m| m.name.as_str())
         .collect();
-    let mut text = only.iter().take(NAMED_AT_MOST).copied().collect::<Vec<_>>().join(",");
-    if only.len() > NAMED_AT_MOST {
-        text.push_str(&format!(" and {} more", only.len() - NAMED_AT_MOST));
-    }
-    text
+    first_named(only.into_iter())
 }
 
 /// A [`Registry`] fed by a watch on the pool's ServerPool.
