@@ -618,9 +618,15 @@ impl LocalPool {
     /// Waits until every running sidecar's own registry (its admin `/members`) lists exactly the
     /// pods `expected` (sidecars re-read the peers file on their own schedule).
     pub async fn wait_sidecars_see(&self, expected: &[usize], timeout: Duration) -> Result<(), String> {
+        self.wait_pods_see(&self.running(), expected, timeout).await
+    }
+
+    /// [`LocalPool::wait_sidecars_see`] for the sidecars of the pods `asked` only (a stopped pod's
+    /// answers nobody).
+    pub async fn wait_pods_see(&self, asked: &[usize], expected: &[usize], timeout: Duration) -> Result<(), String> {
         let mut want: Vec<String> = expected.iter().map(|i| self.pods[*i].name.clone()).collect();
         want.sort();
-        let admins: Vec<SocketAddr> = self.running().iter().map(|i| self.pods[*i].admin()).collect();
+        let admins: Vec<SocketAddr> = asked.iter().map(|i| self.pods[*i].admin()).collect();
         wait_for(&format!("every sidecar to list {want:?}"), timeout, || {
             let (admins, want) = (admins.clone(), want.clone());
             async move {

@@ -13,9 +13,7 @@ use handover_dataplane::decide;
 use handover_dataplane::keys::KeyRing;
 use handover_dataplane::registry::Member;
 use handover_lab::demo_app::CountReply;
-use handover_lab::localpool::{
-    CounterSession, Load, LocalPool, POOL, PoolOptions, SessionClient, Sig, member_names, wait_for,
-};
+use handover_lab::localpool::{CounterSession, Load, LocalPool, POOL, PoolOptions, SessionClient, Sig, wait_for};
 use http::{Method, StatusCode};
 
 const SESSIONS: usize = 6;
@@ -418,16 +416,7 @@ async fn a_session_another_pod_took_over_is_not_taken_over_again_by_a_pod_that_r
     pool.signal_pod(3, Sig::Stop);
     pool.kill_pod(0).await;
     pool.wait_listed(&[1, 2], Duration::from_secs(10)).await.expect("pods 1 and 2 alone are listed");
-    let both = vec![pool.pods[1].name.clone(), pool.pods[2].name.clone()];
-    for i in [1, 2] {
-        let (admin, both) = (pool.pods[i].admin(), both.clone());
-        wait_for("the sidecar to list pods 1 and 2", Duration::from_secs(10), || {
-            let both = both.clone();
-            async move { member_names(admin).await == Some(both) }
-        })
-        .await
-        .expect("pods 1 and 2 see each other alone");
-    }
+    pool.wait_pods_see(&[1, 2], &[1, 2], Duration::from_secs(10)).await.expect("pods 1 and 2 see each other alone");
     let reply = client.send(|| Some(pool.pods[taker].data()), Method::POST, "/incr").await.expect("reply");
     let served: CountReply = serde_json::from_slice(&reply.body).expect("count");
     assert_eq!((served.count, &served.pod), (2, &pool.pods[taker].name), "taken over");
