@@ -737,6 +737,13 @@ pub struct Reply {
     pub served_via: SocketAddr,
 }
 
+impl Reply {
+    /// The `Handover-Warning` the sidecar attached (a state it did not seal), if any.
+    pub fn warning(&self) -> Option<String> {
+        self.headers.get("handover-warning").map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned())
+    }
+}
+
 impl Default for SessionClient {
     fn default() -> Self {
         SessionClient { jar: HashMap::new(), conn: None, timeout: Duration::from_secs(2), failed: None }

@@ -11,7 +11,7 @@ use support::pool_with;
 use std::time::{Duration, Instant};
 
 use handover_lab::demo_app::CountReply;
-use handover_lab::localpool::{LocalPool, Reply, SessionClient, member_names, wait_for};
+use handover_lab::localpool::{LocalPool, SessionClient, member_names, wait_for};
 use http::Method;
 
 fn reply_of(body: &[u8]) -> CountReply {
@@ -211,11 +211,6 @@ async fn a_backup_the_successor_does_not_keep_is_counted_as_not_kept_and_its_gau
     assert_eq!(pool.metric("handover_backup_bytes ").await, 0.0);
 }
 
-fn warning_of(reply: &Reply) -> String {
-    let warning = reply.headers.get("handover-warning").expect("a Handover-Warning: the state is in no cookie");
-    warning.to_str().expect("ASCII").to_owned()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_state_in_no_cookie_says_whether_the_successor_kept_it() {
     // Over the 4 KiB response head, a state goes into no cookie: the response says where it is.
@@ -225,11 +220,11 @@ async fn a_state_in_no_cookie_says_whether_the_successor_kept_it() {
     owner_lists_both(&pool).await;
     let mut kept = SessionClient::default();
     let reply = kept.send(|| Some(owner), Method::POST, "/blob?bytes=6000").await.expect("reply");
-    let warning = warning_of(&reply);
+    let warning = reply.warning().expect("a Handover-Warning: the state is in no cookie");
     assert!(warning.ends_with("; kept by the successor's backup only"), "{warning}");
     let mut not_kept = SessionClient::default();
     let reply = not_kept.send(|| Some(owner), Method::POST, "/blob?bytes=14000").await.expect("reply");
-    let warning = warning_of(&reply);
+    let warning = reply.warning().expect("a Handover-Warning: the state is in no cookie");
     assert!(warning.ends_with("; not saved for failover (the successor's backup: too_large)"), "{warning}");
     assert_eq!(pool.metric(r#"handover_backups_sent_total{result="ok"}"#).await, 1.0);
     assert_eq!(pool.metric(r#"handover_backups_sent_total{result="too_large"}"#).await, 1.0);
