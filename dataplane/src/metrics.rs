@@ -153,6 +153,7 @@ pub struct Metrics {
     pub takeovers: Counter,
     pub forwards: Family<Labels2, Counter>,
     pub peer_probes: Family<Label, Counter>,
+    pub peer_checks: Family<Label, Counter>,
     pub cookie_rejects: Family<Label, Counter>,
     pub sessions_reset: Family<Label, Counter>,
     pub sessions_left: Family<Labels2, Counter>,
@@ -205,6 +206,7 @@ impl Default for Metrics {
             takeovers: Counter::default(),
             forwards: Family::default(),
             peer_probes: Family::default(),
+            peer_checks: Family::default(),
             cookie_rejects: Family::default(),
             sessions_reset: Family::default(),
             sessions_left: Family::default(),
@@ -278,6 +280,11 @@ impl Default for Metrics {
             "peer_probes",
             "Liveness probes of peers after a failed or slow forward, by result (alive, dead, unknown)",
             m.peer_probes.clone(),
+        );
+        registry.register(
+            "peer_checks",
+            "Probes of a peer's /live before a new connection to it, that its listed pod is at its address, by result (the_peer, not_the_peer, unsure)",
+            m.peer_checks.clone(),
         );
         registry.register("cookie_rejects", "State cookies refused, by reason", m.cookie_rejects.clone());
         registry.register(

@@ -1,5 +1,6 @@
-//! Is a peer alive? A short, separate probe of its admin `/live`: the only thing that may make a
-//! live-listed peer count as dead to this sidecar.
+//! Is a peer alive, and is it at its address? A short, separate probe of its admin `/live`: the
+//! only thing that may make a live-listed peer count as dead to this sidecar, and what a new
+//! connection to a peer waits for ([`identify`]).
 //!
 //! A forward that fails or is slow proves little: a client's slow body, a long-poll, a
 //! server-sent-events stream or a slow report all keep a forward waiting, and a service mesh
@@ -51,6 +52,31 @@ pub async fn probe(admin: SocketAddr, uid: &str, timeout: Duration) -> Liveness 
     match probe_once(admin, uid, timeout).await {
         Liveness::Dead(SILENT) => probe_once(admin, uid, timeout).await,
         verdict => verdict,
+    }
+}
+
+/// Whether the pod at a peer's address is the peer: checked before a new connection takes a
+/// client's request there (a registry lags behind a pod's death; its address may be another's).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Identity {
+    /// Its sidecar answered as the pod with the uid asked for (or as an older sidecar, which
+    /// names no pod).
+    ThePeer,
+    /// Another pod answered, or something that is no live sidecar, or nothing listens (the
+    /// reason): the peer is gone from there.
+    NotThePeer(&'static str),
+    /// No answer in time (no connection, or silence after connecting): a loaded or partitioned
+    /// peer looks so too, so nothing is proved either way.
+    Unsure,
+}
+
+/// One probe of `admin` for the pod with `uid` (see [`Identity`]); a silence is not probed again,
+/// as [`probe`] does: it proves nothing here.
+pub async fn identify(admin: SocketAddr, uid: &str, timeout: Duration) -> Identity {
+    match probe_once(admin, uid, timeout).await {
+        Liveness::Alive => Identity::ThePeer,
+        Liveness::Dead(SILENT) | Liveness::Unknown => Identity::Unsure,
+        Liveness::Dead(why) => Identity::NotThePeer(why),
     }
 }
 
@@ -188,6 +214,24 @@ mod tests {
         }
         let bare = serve_once(b"HTTP/1.1 200\r\n\r\n").await;
         assert_eq!(probe(bare, "", Duration::from_secs(2)).await, Liveness::Alive, "the reason phrase is optional");
+    }
+
+    #[tokio::test]
+    async fn only_an_answer_proves_who_is_at_a_peers_address() {
+        let timeout = Duration::from_millis(300);
+        let peer = serve_once(b"HTTP/1.1 200 OK\r\nHandover-Pod-Uid: u-peer\r\n\r\n").await;
+        assert_eq!(identify(peer, "u-peer", timeout).await, Identity::ThePeer);
+        let stranger = serve_once(b"HTTP/1.1 200 OK\r\nHandover-Pod-Uid: u-stranger\r\n\r\n").await;
+        assert_eq!(identify(stranger, "u-peer", timeout).await, Identity::NotThePeer("another pod"));
+        let app = serve_once(b"HTTP/1.1 404 Not Found\r\n\r\n").await;
+        assert_eq!(identify(app, "u-peer", timeout).await, Identity::NotThePeer("not live"));
+        let nobody = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let nobody_addr = nobody.local_addr().expect("addr");
+        drop(nobody);
+        assert_eq!(identify(nobody_addr, "u-peer", timeout).await, Identity::NotThePeer("refused"));
+        // Accepted (the kernel's backlog), never answered: a peer starved of CPU looks so too.
+        let silent = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        assert_eq!(identify(silent.local_addr().expect("addr"), "u-peer", timeout).await, Identity::Unsure);
     }
 
     #[tokio::test]

@@ -561,6 +561,26 @@ impl LocalPool {
         Ok(())
     }
 
+    /// Starts a stranger at the address of pod `i`, which is gone ([`LocalPool::kill_pod`]): a
+    /// demo app named `stranger` on the pod's data port and nothing on its admin port, as a new
+    /// pod of another Deployment would be once it got the dead pod's IP. Waits until it listens.
+    pub async fn start_stranger(&mut self, i: usize) -> Result<(), String> {
+        let pod = &self.pods[i];
+        let mut cmd = self.in_pod(pod, &[]);
+        cmd.arg("demo-app")
+            .args(["--listen", &pod.bind(DATA_PORT).to_string(), "--name", "stranger"])
+            .args(["--state-listen", &pod.state_listen().to_string()])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(self.log(&format!("{}.stranger.log", pod.name))?)
+            .kill_on_drop(true);
+        let stranger = cmd.spawn().map_err(|e| format!("cannot start the stranger: {e}"))?;
+        let data = pod.data();
+        self.pods[i].app = Some(stranger);
+        wait_for("the stranger to listen", Duration::from_secs(10), || async move { probe(data, "/").await.is_some() })
+            .await
+    }
+
     /// SIGKILLs only the sidecar of pod `i` (the app lives on).
     pub async fn crash_sidecar(&mut self, i: usize) {
         if let Some(sidecar) = self.pods[i].sidecar.as_mut() {

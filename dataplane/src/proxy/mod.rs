@@ -46,7 +46,7 @@ use crate::upstream::{Body, Upstreams, full};
 use app::Served;
 use handover_common::sync;
 use headers::{append_forwarded_for, is_upgrade, strip_hop_by_hop};
-use peer::peer_not_reached;
+use peer::{NoConnection, peer_not_reached};
 use request::{Arrival, RequestCookie};
 use restore::{RESTORE_SHARDS, Restored};
 pub use sessions::DEFAULT_MAX_SESSIONS;
@@ -182,6 +182,9 @@ pub struct Proxy {
     sessions: Mutex<sessions::Table>,
     restore_locks: Vec<tokio::sync::Mutex<()>>,
     unreachable: Mutex<HashMap<String, Instant>>,
+    /// Peers' addresses whose pod a probe found to be the member listed there (by uid), and until
+    /// when that holds for new connections ([`Proxy::peer_connection`]).
+    identified: Mutex<HashMap<SocketAddr, (String, Instant)>>,
     /// Sessions the app ended (an empty state) or rotated away from, until their cookies expire: a
     /// copy of such a cookie, replayed to this pod, starts a fresh session instead of bringing the
     /// old state back. This pod's own knowledge only (see the README's known limits).
@@ -268,6 +271,7 @@ impl Proxy {
             sessions: Mutex::new(table),
             restore_locks: (0..RESTORE_SHARDS).map(|_| tokio::sync::Mutex::new(())).collect(),
             unreachable: Mutex::new(HashMap::new()),
+            identified: Mutex::new(HashMap::new()),
             ended: Mutex::new(sessions::SessionMap::default()),
             upstreams: Upstreams::default(),
             draining_since: std::sync::OnceLock::new(),
@@ -537,7 +541,7 @@ impl Proxy {
                         req.headers_mut().insert(headers::PASSED_ON_HEADER, HeaderValue::from_static("1"));
                         marked = true;
                     }
-                    match self.upstreams.get_peer(to.addr, self.cfg.connect_timeout, &mut req).await {
+                    match self.peer_connection(&to, &mut req).await {
                         Ok(sender) => {
                             let session = rc.session().unwrap_or("");
                             let resp = self.forward_to_peer(sender, req, &to, session, reason_label, upgrade).await;
@@ -548,7 +552,11 @@ impl Proxy {
                                 .forwards
                                 .get_or_create(&[("reason", reason_label), ("result", "unreachable")])
                                 .inc();
-                            match self.probe_peer(&to, &e.to_string()).await {
+                            let verdict = match e {
+                                NoConnection::NotThePeer(why) => Liveness::Dead(why),
+                                NoConnection::Failed(e) => self.probe_peer(&to, &e.to_string()).await,
+                            };
+                            match verdict {
                                 Liveness::Dead(_) => {}
                                 Liveness::Alive => {
                                     return (

@@ -11,13 +11,34 @@ use super::headers::{FORWARDED_HEADER, PEER_HEADER, origin_form, say_chunked_if_
 use super::tunnel::{TunnelSlot, bridge_upgrade};
 use super::{Proxy, cut_by_client, retry_soon, text_response, unix_now};
 use crate::peer_auth;
-use crate::peer_probe::{self, Liveness};
+use crate::peer_probe::{self, Identity, Liveness};
 use crate::registry::Member;
 use crate::upstream::{self, Body};
 use handover_common::sync;
 
 /// How long a peer that failed to answer counts as dead to this sidecar.
 pub(super) const UNREACHABLE_FOR: Duration = Duration::from_secs(5);
+
+/// How long a probe that found the listed pod at a peer's address vouches for new connections
+/// to it. The address can be another pod's only once the listed pod's sandbox is torn down and a
+/// new pod's is set up and its containers started: seconds, not one.
+const IDENTIFIED_FOR: Duration = Duration::from_secs(1);
+/// How long new connections go unchecked to a peer whose admin port could not be reached at all
+/// (a NetworkPolicy that drops it, a partition) or that accepted the probe and stayed silent: the
+/// forward goes on as before the check (probed if it fails or is slow), rather than every new
+/// connection waiting out a probe's timeout.
+const UNCHECKED_FOR: Duration = Duration::from_secs(30);
+
+/// Why a request got no connection to a peer.
+#[derive(Debug, thiserror::Error)]
+pub(super) enum NoConnection {
+    /// A probe found no sidecar of the listed pod at its address (the reason): the pod is gone,
+    /// and its address may be another's, which must not get the client's request.
+    #[error("its address does not answer as its pod ({0})")]
+    NotThePeer(&'static str),
+    #[error("{0}")]
+    Failed(upstream::ConnectError),
+}
 
 /// A forward that could not get through to a peer the probe did not find dead: no takeover (that
 /// could fork the session while its owner lives); the client retries.
@@ -62,10 +83,64 @@ impl Proxy {
         reason: &'static str,
         upgrade: bool,
     ) -> Response<Body> {
-        match self.upstreams.get_peer(to.addr, self.cfg.connect_timeout, &mut req).await {
+        match self.peer_connection(to, &mut req).await {
             Ok(sender) => self.forward_to_peer(sender, req, to, session, reason, upgrade).await,
             Err(e) => peer_not_reached(to, &format!("it holds this session but could not be reached ({e})")),
         }
+    }
+
+    /// A connection to `to` for `req`: an idle one of the pool, or a new one to the pod the
+    /// registry lists there. A registry lags behind a pod's death, and a new pod (of any
+    /// Deployment) may get the dead pod's address meanwhile: a new connection is made only after
+    /// a probe of the address's `/live` found the listed pod (by uid), within [`IDENTIFIED_FOR`].
+    /// An idle connection is the one made to it, and closes when its pod goes.
+    pub(super) async fn peer_connection(
+        &self,
+        to: &Member,
+        req: &mut Request<Body>,
+    ) -> Result<upstream::PeerSender, NoConnection> {
+        let in_hand = upstream::h1::body_in_hand(req);
+        if let Some(sender) = in_hand.then(|| self.upstreams.idle_peer(to.addr)).flatten() {
+            return Ok(sender);
+        }
+        if let Identity::NotThePeer(why) = self.identify(to).await {
+            return Err(NoConnection::NotThePeer(why));
+        }
+        self.upstreams.connect_peer(to.addr, self.cfg.connect_timeout, in_hand).await.map_err(NoConnection::Failed)
+    }
+
+    /// Whether the pod at `to`'s address is `to`: a probe of its `/live`, unless one found it
+    /// there within [`IDENTIFIED_FOR`] (or could not reach it within [`UNCHECKED_FOR`]).
+    async fn identify(&self, to: &Member) -> Identity {
+        let now = Instant::now();
+        if let Some((uid, until)) = sync::lock(&self.identified).get(&to.addr)
+            && *uid == to.uid
+            && *until > now
+        {
+            return Identity::ThePeer;
+        }
+        let identity = peer_probe::identify(self.peer_admin(to), &to.uid, self.cfg.probe_timeout).await;
+        let hold = match identity {
+            Identity::ThePeer => {
+                self.metrics.peer_checks.get_or_create(&[("result", "the_peer")]).inc();
+                IDENTIFIED_FOR
+            }
+            Identity::Unsure => {
+                // The forward's own failure, if it fails, is what gets probed and reported.
+                self.metrics.peer_checks.get_or_create(&[("result", "unsure")]).inc();
+                UNCHECKED_FOR
+            }
+            Identity::NotThePeer(why) => {
+                self.metrics.peer_checks.get_or_create(&[("result", "not_the_peer")]).inc();
+                self.mark_unreachable(&to.name);
+                tracing::warn!(peer = %to.name, addr = %to.addr, probe = why, "not connecting to a peer whose address does not answer as its pod; it counts as dead for a while");
+                return identity;
+            }
+        };
+        let mut identified = sync::lock(&self.identified);
+        identified.retain(|_, (_, until)| *until > now);
+        identified.insert(to.addr, (to.uid.clone(), now + hold));
+        identity
     }
 
     pub(super) async fn forward_to_peer(

@@ -23,7 +23,7 @@ use tokio::net::TcpStream;
 
 /// The app's or a peer's stream, for one request under hyper's client: writes that the other
 /// side's close refuses (reset, broken pipe) are dropped. Only for a connection that carries one
-/// request ([`super::h1::AppConn::into_hyper`], [`super::Upstreams::get_peer`]): to hyper a
+/// request ([`super::h1::AppConn::into_hyper`], [`super::Upstreams::connect_peer`]): to hyper a
 /// dropped write is a written one, so a pooled connection in this state could take the next
 /// request into the void.
 pub(super) struct EarlyAnswer {

@@ -173,20 +173,27 @@ impl Upstreams {
         hyper_http1(connect(addr, timeout).await?, addr, PEER_MAX_HEAD).await
     }
 
-    /// A connection to the peer at `addr` for `req`: an idle or new one from the pool when its
-    /// body is all in hand ([`h1::body_in_hand`]); else a new one, used once, on which an answer
-    /// the peer sends before it has read the whole body, then closing, still reaches the caller
-    /// ([`early_answer`]: its dropped writes are why it is never pooled).
-    pub async fn get_peer(
+    /// An idle connection to the peer at `addr`, for a request whose body is all in hand
+    /// ([`h1::body_in_hand`]): only such a request goes on a pooled connection.
+    pub fn idle_peer(&self, addr: SocketAddr) -> Option<PeerSender> {
+        self.take_idle(addr).map(|send| PeerSender { send, pooled: true })
+    }
+
+    /// A new connection to the peer at `addr`: pooled after its answer when the request's body is
+    /// all `in_hand`; else used once, on which an answer the peer sends before it has read the
+    /// whole body, then closing, still reaches the caller ([`early_answer`]: its dropped writes
+    /// are why it is never pooled).
+    pub async fn connect_peer(
         &self,
         addr: SocketAddr,
         timeout: Duration,
-        req: &mut http::Request<Body>,
+        in_hand: bool,
     ) -> Result<PeerSender, ConnectError> {
-        if h1::body_in_hand(req) {
-            return Ok(PeerSender { send: self.get(addr, timeout).await?, pooled: true });
+        let stream = connect(addr, timeout).await?;
+        if in_hand {
+            return Ok(PeerSender { send: hyper_http1(stream, addr, PEER_MAX_HEAD).await?, pooled: true });
         }
-        let stream = early_answer::EarlyAnswer::new(connect(addr, timeout).await?);
+        let stream = early_answer::EarlyAnswer::new(stream);
         Ok(PeerSender { send: hyper_http1(stream, addr, PEER_MAX_HEAD).await?, pooled: false })
     }
 
