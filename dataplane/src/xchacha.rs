@@ -361,6 +361,48 @@ mod tests {
         }
     }
 
+    /// A key rotation seen mid-run, and seen back (a ring reloaded twice, a rollback of the
+    /// Secret): a thread that seals under key A, then B, then A again starts A on a prefix of its
+    /// own, never on A's old prefix with the counter from 0 again; and threads sealing under one
+    /// key at once each have their own prefix. No nonce twice under either key.
+    #[test]
+    fn key_changes_mid_run_and_concurrent_threads_never_repeat_a_nonce() {
+        let seal_under = |keys: Vec<(u8, usize)>| {
+            std::thread::spawn(move || {
+                let mut nonces: Vec<(u8, [u8; NONCE_LEN])> = Vec::new();
+                for (key, seals) in keys {
+                    let cipher = XChaCha20Poly1305::new(&[key; 32]);
+                    for _ in 0..seals {
+                        let mut nonce = [0u8; NONCE_LEN];
+                        cipher.seal_in_place(&mut nonce, b"", &mut [0; 4]);
+                        nonces.push((key, nonce));
+                    }
+                }
+                nonces
+            })
+        };
+        // Runs cut short (3 of 1 024 seals) and runs that end on their own, in both orders.
+        let schedule = vec![(1, 3), (2, 5), (1, 3), (2, SEALS_PER_PREFIX as usize + 2), (1, 2)];
+        let threads: Vec<_> = (0..4).map(|_| seal_under(schedule.clone())).collect();
+        let mut seen = std::collections::HashSet::new();
+        let mut prefixes_of_key_1 = std::collections::HashSet::new();
+        for thread in threads {
+            let nonces = thread.join().unwrap();
+            // Key 1 came back twice on this thread: three runs, three prefixes.
+            let own: std::collections::HashSet<_> = nonces
+                .iter()
+                .filter(|(k, _)| *k == 1)
+                .map(|(_, n)| <[u8; PREFIX_LEN]>::try_from(&n[..PREFIX_LEN]).unwrap())
+                .collect();
+            assert_eq!(own.len(), 3, "a key seen again starts a run of its own");
+            prefixes_of_key_1.extend(own);
+            for (key, nonce) in nonces {
+                assert!(seen.insert((key, nonce)), "key {key}: nonce {nonce:?} came out twice");
+            }
+        }
+        assert_eq!(prefixes_of_key_1.len(), 4 * 3, "no two threads' runs share a prefix");
+    }
+
     /// A value sealed under a prefix long gone (by another thread, pod or process, or before
     /// this thread's last two prefixes) still opens: the subkey is derived from its nonce.
     #[test]
