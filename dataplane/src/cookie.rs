@@ -949,6 +949,26 @@ mod tests {
         assert_eq!(join_state("h", &r, |n| short.get(n).map(String::as_bytes)), Err(CookieError::Stale));
     }
 
+    /// The limit SECURITY.md states ("Guessing a secret through the state's length"): a state is
+    /// deflated before it is sealed, so the length of its cookie says how much of it repeats.
+    /// Whoever can put chosen bytes into a victim's state and see the length of the victim's
+    /// cookies learns, one guess at a time, a secret that sits in the same state (CRIME, BREACH).
+    /// Should the cookies ever stop telling this (padding, no compression), the doc changes too.
+    #[test]
+    fn a_sealed_states_length_tells_whether_chosen_bytes_repeat_a_secret_in_it() {
+        let keys = ring(&[1]);
+        let secret = "q7Vx2LmR9tKp4WzN";
+        let state_with = |note: &str| {
+            format!(
+                r#"{{"user":48213,"csrf":"{secret}","locale":"en-GB","cart":["apple","pear","plum","fig"],"step":"checkout","note":"csrf":"{note}"}}"#
+            )
+        };
+        let sealed_len = |note: &str| seal_state("s-1", 1, state_with(note).as_bytes(), "p", &keys).len();
+        let (right, wrong) = (sealed_len(secret), sealed_len("B3nJ8sYc5hGd1fXe"));
+        assert_eq!(state_with(secret).len(), state_with("B3nJ8sYc5hGd1fXe").len(), "states of one length");
+        assert!(right + 8 <= wrong, "the right guess is {right} characters, the wrong one {wrong}");
+    }
+
     #[test]
     fn a_small_state_value_does_not_expand_past_the_bound() {
         let keys = ring(&[1]);
