@@ -97,6 +97,18 @@ pub fn socket_addr(text: &str) -> Result<SocketAddr, String> {
     Ok(SocketAddr::new(ip, port))
 }
 
+/// Parses `--max-state-bytes`: at most the largest state any cookie opens to
+/// ([`handover_dataplane::cookie::MAX_STATE_BYTES`]), else a larger state would be sealed and
+/// backed up, then never opened again at a failover.
+fn state_limit(text: &str) -> Result<usize, String> {
+    let max = handover_dataplane::cookie::MAX_STATE_BYTES;
+    match text.parse::<usize>() {
+        Ok(n) if n <= max => Ok(n),
+        Ok(_) => Err(format!("at most {max} (a larger state could be sealed but never restored)")),
+        Err(e) => Err(e.to_string()),
+    }
+}
+
 /// Flags of `run`; each can also be set through the environment variable shown.
 #[derive(Args, Debug, Clone)]
 pub struct RunArgs {
@@ -277,8 +289,8 @@ pub struct RunArgs {
     /// used are forgotten, and checked with the app (or restored) on their next request.
     #[arg(long, env = "HANDOVER_MAX_SESSIONS", default_value_t = handover_dataplane::proxy::DEFAULT_MAX_SESSIONS)]
     pub max_sessions: usize,
-    /// Largest state (uncompressed) sealed into or restored from a cookie.
-    #[arg(long, env = "HANDOVER_MAX_STATE_BYTES", default_value_t = 64 * 1024)]
+    /// Largest state (uncompressed) sealed into or restored from a cookie; at most 1 MiB.
+    #[arg(long, env = "HANDOVER_MAX_STATE_BYTES", default_value_t = 64 * 1024, value_parser = state_limit)]
     pub max_state_bytes: usize,
     /// States at most this many bytes once stored (deflated when smaller, with their format
     /// token) travel inside the routing cookie: one cookie, one seal and one `Set-Cookie` line
@@ -607,5 +619,13 @@ mod tests {
         assert_eq!(socket_addr("fd00::1:9901"), Ok("[fd00::1]:9901".parse().expect("addr")));
         assert!(socket_addr("pod:9901").is_err());
         assert!(socket_addr("10.0.0.1:99999").is_err());
+    }
+
+    #[test]
+    fn a_state_limit_above_what_a_cookie_opens_to_is_refused() {
+        let max = handover_dataplane::cookie::MAX_STATE_BYTES;
+        assert_eq!(state_limit(&max.to_string()), Ok(max));
+        assert!(state_limit(&(max + 1).to_string()).is_err_and(|e| e.contains("never restored")));
+        assert!(state_limit("lots").is_err());
     }
 }
