@@ -201,6 +201,12 @@ impl StoredState {
         Self::stored(compress(state, Some(session)), format)
     }
 
+    /// `state` in the app's `format`, never deflated: its sealed length is its own length, whatever
+    /// repeats in it (SECURITY.md: a compressed length is an oracle on secrets in the state).
+    pub fn plain(state: &[u8], format: &str) -> Self {
+        Self::stored((0, state.to_vec()), format)
+    }
+
     fn stored((flags, stored): (u8, Vec<u8>), format: &str) -> Self {
         let format = if format.len() <= MAX_FORMAT_BYTES { format } else { "" };
         StoredState { deflated: flags & FLAG_DEFLATED != 0, format: format.to_owned(), stored }
@@ -954,6 +960,7 @@ mod tests {
     /// Whoever can put chosen bytes into a victim's state and see the length of the victim's
     /// cookies learns, one guess at a time, a secret that sits in the same state (CRIME, BREACH).
     /// Should the cookies ever stop telling this (padding, no compression), the doc changes too.
+    /// A state stored plain (`cookie.compress: false`) tells nothing.
     #[test]
     fn a_sealed_states_length_tells_whether_chosen_bytes_repeat_a_secret_in_it() {
         let keys = ring(&[1]);
@@ -967,6 +974,15 @@ mod tests {
         let (right, wrong) = (sealed_len(secret), sealed_len("B3nJ8sYc5hGd1fXe"));
         assert_eq!(state_with(secret).len(), state_with("B3nJ8sYc5hGd1fXe").len(), "states of one length");
         assert!(right + 8 <= wrong, "the right guess is {right} characters, the wrong one {wrong}");
+
+        let plain_len = |note: &str| {
+            let stored = StoredState::plain(state_with(note).as_bytes(), "");
+            seal_stored_state("s-1", 1, &stored, "p", &keys).len()
+        };
+        assert_eq!(plain_len(secret), plain_len("B3nJ8sYc5hGd1fXe"), "plain, the guesses look alike");
+        let value = seal_stored_state("s-1", 1, &StoredState::plain(state_with(secret).as_bytes(), ""), "p", &keys);
+        let r = route(1, 1, value.len() as u32);
+        assert_eq!(open_state(&value, &r, "p", &keys, 65_536), Ok(state_with(secret).into_bytes()), "and it opens");
     }
 
     #[test]

@@ -219,6 +219,14 @@ pub struct CookieSpec {
     #[schemars(range(min = 0, max = 2048))]
     pub inline_state_bytes: i32,
 
+    /// Deflate states of 128 bytes or more before they are sealed (default true). Turn it off
+    /// when one state holds both a secret (a CSRF token, a credential) and bytes a third party
+    /// can choose (a search term, a referrer the app records): a compressed state's cookie length
+    /// tells whether those bytes repeat the secret (SECURITY.md). Off, a state's cookies take its
+    /// full size.
+    #[serde(default = "default_true")]
+    pub compress: bool,
+
     /// `Path` attribute: two pools under one host (e.g. `/shop` and `/account` on one ingress)
     /// keep their cookies apart by path.
     #[serde(default = "default_cookie_path")]
@@ -588,6 +596,7 @@ impl Default for CookieSpec {
             max_response_header_bytes: default_max_response_header_bytes(),
             max_request_header_bytes: default_max_request_header_bytes(),
             inline_state_bytes: default_inline_state_bytes(),
+            compress: true,
             path: default_cookie_path(),
             domain: String::new(),
         }

@@ -298,6 +298,10 @@ pub struct RunArgs {
     #[arg(long, env = "HANDOVER_INLINE_STATE_BYTES", default_value_t = handover_dataplane::cookie::DEFAULT_INLINE_STATE_BYTES,
         value_parser = clap::value_parser!(u16).range(..=handover_dataplane::cookie::MAX_INLINE_STATE_BYTES as i64))]
     pub inline_state_bytes: u16,
+    /// Deflate states of 128 bytes or more before sealing. Off when a state holds both a secret
+    /// and bytes a third party chose: a compressed state's length tells whether they repeat it.
+    #[arg(long, env = "HANDOVER_COMPRESS_STATE", default_value_t = true, action = clap::ArgAction::Set)]
+    pub compress_state: bool,
     #[arg(long, env = "HANDOVER_LOG_LEVEL", default_value = "info")]
     pub log_level: String,
     #[arg(long, env = "HANDOVER_LOG_FORMAT", value_enum, default_value = "text")]
@@ -369,6 +373,7 @@ pub async fn run(args: RunArgs) -> Result<(), String> {
         max_sessions: args.max_sessions,
         max_state_bytes: args.max_state_bytes,
         inline_state_bytes: usize::from(args.inline_state_bytes),
+        compress_state: args.compress_state,
         limits: handover_dataplane::header_budget::Limits {
             response_headers: args.max_response_header_bytes,
             request_header: args.max_request_header_bytes,

@@ -165,6 +165,10 @@ pub struct Config {
     /// States this small once stored (deflated, with their format token) travel inside the routing
     /// cookie (`cookie::Route::inline`); 0: never.
     pub inline_state_bytes: usize,
+    /// Deflate states before sealing them (`cookie::StoredState::of_session`); off, they are
+    /// stored as they are (`cookie::StoredState::plain`): their length then tells nothing of
+    /// what repeats in them.
+    pub compress_state: bool,
     /// The header limits of the path between clients and the pool.
     pub limits: crate::header_budget::Limits,
     /// Bytes of peers' backups kept at most; `None`: no backups (the cookie only).

@@ -180,7 +180,11 @@ impl Proxy {
                     self.not_sealed(headers, session, why, "none");
                     return false;
                 }
-                let stored = StoredState::of_session(session, &state, &format);
+                let stored = if self.cfg.compress_state {
+                    StoredState::of_session(session, &state, &format)
+                } else {
+                    StoredState::plain(&state, &format)
+                };
                 let copy = if stored.sealed_len() <= self.cfg.inline_state_bytes {
                     StateCopy::Inline(stored)
                 } else {

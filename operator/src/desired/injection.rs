@@ -280,6 +280,11 @@ pub fn sidecar_container(pool: &ServerPool, cfg: &InjectionConfig) -> Container 
         // Unset, the sidecar names the cookie after the pool: pools of one host never share one.
         settings.push(env("HANDOVER_COOKIE_NAME", spec.cookie.name.clone()));
     }
+    if !spec.cookie.compress {
+        // Only when off: a new variable in every injected template would roll every pool's pods
+        // when the operator is upgraded.
+        settings.push(env("HANDOVER_COMPRESS_STATE", "false"));
+    }
     settings.sort_by(|a, b| a.name.cmp(&b.name));
     let env: Vec<EnvVar> = downward.into_iter().chain(settings).collect();
     Container {

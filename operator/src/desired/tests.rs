@@ -531,6 +531,16 @@ fn a_pools_strings_reach_the_sidecar_unexpanded_and_its_cookie_is_named_after_it
 }
 
 #[test]
+fn states_go_uncompressed_only_when_the_pool_says_so_and_the_default_template_is_unchanged() {
+    let c = sidecar_container(&pool(), &cfg());
+    assert_eq!(env_value(&c, "HANDOVER_COMPRESS_STATE"), None, "the default adds nothing: no rollout on upgrade");
+    let spec: ServerPoolSpec =
+        serde_json::from_value(serde_json::json!({"appPort": 8080, "cookie": {"compress": false}})).expect("parses");
+    let c = sidecar_container(&pool_in("shop", "cart", spec), &cfg());
+    assert_eq!(env_value(&c, "HANDOVER_COMPRESS_STATE").as_deref(), Some("false"));
+}
+
+#[test]
 fn the_admin_port_is_bound_to_the_pod_ip_defined_before_it() {
     let env = sidecar_container(&pool(), &cfg()).env.expect("env");
     let position = |name: &str| env.iter().position(|e| e.name == name).expect(name);
