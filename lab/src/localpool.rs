@@ -347,10 +347,13 @@ impl LocalPool {
         self.pods.push(pod);
         let index = self.pods.len() - 1;
         let ready = Arc::clone(&self.ready);
-        let what = format!("pod {} to be ready and listed", self.pods[index].name);
+        // A held registry lists no new pod: then the pod's own readiness is waited for.
+        let held = self.registry_held.load(Ordering::SeqCst);
+        let admin = self.pods[index].admin();
+        let what = format!("pod {} to be ready{}", self.pods[index].name, if held { "" } else { " and listed" });
         let waited = wait_for(&what, Duration::from_secs(30), || {
             let listed = sync::lock(&ready).contains(&data);
-            async move { listed }
+            async move { if held { probe(admin, "/ready").await == Some(200) } else { listed } }
         })
         .await;
         if let Err(e) = waited {
@@ -616,7 +619,8 @@ impl LocalPool {
     }
 
     /// While `hold`, the registry lists the pods it lists now, whatever their readiness: a
-    /// registry that lags behind a pod that drains.
+    /// registry that lags behind a pod that drains, or one that joins ([`LocalPool::add_pod`]
+    /// then waits for the new pod's readiness alone).
     pub fn hold_registry(&self, hold: bool) {
         self.registry_held.store(hold, Ordering::SeqCst);
     }

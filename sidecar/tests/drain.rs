@@ -245,3 +245,48 @@ async fn a_backup_that_reaches_a_draining_pod_goes_on_to_the_next_member() {
 fn count_of(body: &[u8]) -> u64 {
     serde_json::from_slice::<handover_lab::demo_app::CountReply>(body).expect("a count").count
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_draining_pod_hands_a_session_over_before_passing_on_its_first_request() {
+    // A pod drains while the registry lists no other member (the new pod is not listed yet): it
+    // hands nothing over and serves on. Once it learns a member, it passes its requests on, the
+    // first of them with an older cookie (a browser's parallel request sent before the newest
+    // answer came). That member must not take the session over from that cookie: the draining
+    // pod's newer acknowledged states go along first.
+    let mut opts = PoolOptions::new(exe(), 1);
+    opts.drain_grace = Duration::from_secs(20);
+    opts.sidecar_args = vec!["--drain-token".into(), TOKEN.into()];
+    let mut pool = LocalPool::start(opts).await.expect("pool starts");
+    let draining = pool.pods[0].data();
+    let mut client = SessionClient::default();
+    for _ in 0..2 {
+        client.send(|| Some(draining), Method::POST, "/incr").await.expect("reply");
+    }
+    let older = client.jar.clone();
+    pool.hold_registry(true);
+    let newcomer = pool.add_pod().await.expect("a new pod");
+    // The preStop hook's call returns once the pod is out of the registry (held here).
+    let admin = pool.pods[0].admin();
+    let drained = tokio::spawn(drain(admin));
+    handover_lab::localpool::wait_for("the drain to begin", Duration::from_secs(10), || async move {
+        handover_lab::localpool::probe(admin, "/ready").await == Some(503)
+    })
+    .await
+    .expect("draining");
+    for expected in 3..=4 {
+        let reply = client.send(|| Some(draining), Method::POST, "/incr").await.expect("reply");
+        assert_eq!(count_of(&reply.body), expected, "served by the draining pod, with no one to pass it to");
+    }
+    pool.hold_registry(false);
+    pool.wait_pods_see(&[0], &[newcomer], Duration::from_secs(20)).await.expect("the draining pod sees the newcomer");
+    let answer = drained.await.expect("the drain call");
+    assert!(answer.contains("200"), "the drain answers: {answer}");
+    let mut parallel = SessionClient::with_jar(older);
+    let reply = parallel.send(|| Some(draining), Method::POST, "/incr").await.expect("reply");
+    let served: handover_lab::demo_app::CountReply = serde_json::from_slice(&reply.body).expect("a count");
+    assert_eq!(
+        (served.pod.as_str(), served.count),
+        (pool.pods[newcomer].name.as_str(), 5),
+        "the newcomer goes on from the newest state, not from the older cookie's"
+    );
+}

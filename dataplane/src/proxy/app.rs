@@ -334,6 +334,15 @@ impl Proxy {
             drop(turn);
             return Served::NotSent(req);
         }
+        if rc.session().is_some_and(|s| self.local(s).is_none()) {
+            // The session left this pod's table while this request waited for its turn (another
+            // pod owns it now, it ended, or the app went away): the app no longer holds it, and
+            // would start it anew, empty, under the client's session. Routed again, the request
+            // goes where the session is, or restores it.
+            drop(turn);
+            self.upstreams.put_app(sender);
+            return Served::NotSent(req);
+        }
         rc.app_cookie.apply(req.headers_mut());
         if let Ok(v) = HeaderValue::from_str(&session) {
             req.headers_mut().insert(SESSION_HEADER, v);

@@ -376,6 +376,12 @@ pub enum HandedOver {
 }
 
 impl HandedOver {
+    /// Whether the session may go to another member now: its newest state is kept there, or
+    /// there is none to lose.
+    pub fn goes_along(self) -> bool {
+        matches!(self, HandedOver::Ok | HandedOver::NoState | HandedOver::Gone)
+    }
+
     pub fn label(self) -> &'static str {
         match self {
             HandedOver::Ok => "ok",

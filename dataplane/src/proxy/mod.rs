@@ -507,8 +507,19 @@ impl Proxy {
             let rc = fresh.as_ref().unwrap_or(rc);
             let unreachable = self.unreachable_now();
             let session = rc.session().map(str::to_owned);
-            let passed_on =
+            let mut passed_on =
                 if self.passes_on() { self.draining_successor(rc, &live, &unreachable, arrival) } else { None };
+            if let (Some(to), Some(held)) = (&passed_on, session.as_deref().filter(|s| self.local(s).is_some())) {
+                // This pod still holds the session, and did not hand it to that member at the drain
+                // (none was listed then, or another): its newest state goes along first, else that
+                // member would take it over from an older copy (another request's cookie) while
+                // this pod's newer acknowledged updates were in no backup. Not handed over, it is
+                // served here.
+                let handed = sync::lock(&self.handed_to).get(held).is_some_and(|m| m.name == to.name);
+                if !handed && !self.hand_over(held).await.goes_along() {
+                    passed_on = None;
+                }
+            }
             let passing_on = passed_on.is_some();
             let decision = match passed_on {
                 Some(to) => Decision::Forward { to, reason: ForwardReason::Successor },
@@ -677,7 +688,10 @@ impl Proxy {
         unreachable: &[String],
         arrival: &Arrival,
     ) -> Option<Member> {
-        if arrival.forwarded_by().is_some_and(|from| !live.iter().any(|m| m.name == from)) {
+        // Passed on here by a pod that is leaving (no longer listed): served here. A plain forward
+        // from a pod not listed yet (a new one, whose peers' registries lag) is passed on like a
+        // client's request: served here, it would restore a session this pod handed over.
+        if arrival.passed_on_by().is_some_and(|from| !live.iter().any(|m| m.name == from)) {
             return None;
         }
         let handed_to = rc.session().and_then(|s| sync::lock(&self.handed_to).get(s).cloned());

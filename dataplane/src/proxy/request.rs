@@ -73,14 +73,6 @@ impl Arrival {
         matches!(self, Arrival::Forwarded { .. })
     }
 
-    /// The peer that forwarded the request here, if one did.
-    pub(super) fn forwarded_by(&self) -> Option<&str> {
-        match self {
-            Arrival::Forwarded { from, .. } => Some(from),
-            Arrival::Client => None,
-        }
-    }
-
     /// The peer that passed the request on here (draining itself), if one did.
     pub(super) fn passed_on_by(&self) -> Option<&str> {
         match self {

@@ -77,8 +77,17 @@ impl Proxy {
     /// before unlocking: two concurrent responses of a session never get the same version.
     fn reserve(&self, session: &str, inputs: decide::SealInputs, now: Instant, created_at: u64) -> decide::Seal {
         let mut sessions = sync::lock(&self.sessions);
-        let local = sessions.get(session);
-        let seal = decide::seal(decide::SealInputs { local_version: local.map(|l| l.version), ..inputs });
+        // Not in the table, with a cookie: the table lost the session while this request was at
+        // the app (the app went down, or the entry was evicted). The client's cookie may be older
+        // than the newest version this pod handed out (other requests of the session were in
+        // flight); counting on from it would hand those versions out again: the successor would
+        // refuse this state's backup as older, and the client keep a state no backup holds. The
+        // count goes on from the clock, as a restore's does.
+        let local_version = sessions
+            .get(session)
+            .map(|l| l.version)
+            .or_else(|| inputs.cookie_version.map(|v| decide::relearned_version(v, super::unix_micros())));
+        let seal = decide::seal(decide::SealInputs { local_version, ..inputs });
         match seal.action {
             SealAction::Seal(SealSource::Push | SealSource::Pull) => {
                 let local = Local { version: seal.version, sealed_at: Some(now), created_at, learned_from: None };
