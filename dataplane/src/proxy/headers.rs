@@ -281,13 +281,26 @@ pub(super) fn take_client_handover_headers(headers: &mut HeaderMap) -> (Option<H
 const HOP_BY_HOP: [HeaderName; 6] =
     [header::TE, header::TRAILER, header::TRANSFER_ENCODING, header::PROXY_AUTHORIZATION, KEEP_ALIVE, PROXY_CONNECTION];
 
-/// Fields a `Connection` header may not name away: the message's host and length, and what a
-/// proxy in front vouches for. A client's `Connection: host` would send the app a request without
-/// a Host (RFC 9112, 3.2: one it must refuse, or take for its default site), and one listing
+/// `X-Real-IP`: the client's address as the proxy in front saw it (nginx's `realip`, ingress-nginx
+/// and HAProxy configurations set it).
+const X_REAL_IP: HeaderName = HeaderName::from_static("x-real-ip");
+
+/// Whether `name` is a field a `Connection` header may not name away: the message's host and
+/// length, and what a proxy in front vouches for (`Forwarded`, `X-Real-IP`, every
+/// `X-Forwarded-*`). A client's `Connection: host` would send the app a request without a Host
+/// (RFC 9112, 3.2: one it must refuse, or take for its default site), and one listing
 /// `X-Forwarded-For` would erase the entry of the proxy in front, which an app counting its trusted
-/// hops from the right reads. (RFC 9110, 7.6.1 lets a sender list only hop-by-hop fields.)
-const NOT_HOP_BY_HOP: [HeaderName; 5] =
-    [header::HOST, header::CONTENT_LENGTH, X_FORWARDED_FOR, X_FORWARDED_PROTO, header::FORWARDED];
+/// hops from the right reads; HAProxy passes a client's `Connection` options on and removes none
+/// of the fields they name, so one listing `X-Real-IP` would leave the app with no address vouched
+/// for (it falls back to its socket's peer: the sidecar, on its loopback) — Traefik's
+/// CVE-2024-45410. (RFC 9110, 7.6.1 lets a sender list only hop-by-hop fields.)
+fn not_hop_by_hop(name: &HeaderName) -> bool {
+    name == header::HOST
+        || name == header::CONTENT_LENGTH
+        || name == header::FORWARDED
+        || name == X_REAL_IP
+        || name.as_str().starts_with("x-forwarded-")
+}
 
 /// Whether `name` is a field [`strip_hop_by_hop`] removes by name.
 fn is_hop_by_hop(name: &HeaderName) -> bool {
@@ -307,7 +320,7 @@ pub(super) fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(','))
         .filter_map(|name| HeaderName::from_bytes(name.trim().as_bytes()).ok())
-        .filter(|name| !(NOT_HOP_BY_HOP.contains(name) || keep_upgrade && name == header::UPGRADE))
+        .filter(|name| !(not_hop_by_hop(name) || keep_upgrade && name == header::UPGRADE))
         .collect();
     for name in listed {
         headers.remove(name);
@@ -700,7 +713,9 @@ mod tests {
         let mut h = HeaderMap::new();
         h.insert(
             header::CONNECTION,
-            HeaderValue::from_static("Host, content-length, X-Forwarded-For, x-forwarded-proto, forwarded, x-private"),
+            HeaderValue::from_static(
+                "Host, content-length, X-Forwarded-For, x-forwarded-proto, forwarded, X-Real-IP, x-forwarded-host, x-private",
+            ),
         );
         let kept = [
             (header::HOST, "shop.example"),
@@ -708,6 +723,8 @@ mod tests {
             (X_FORWARDED_FOR, "203.0.113.9"),
             (X_FORWARDED_PROTO, "https"),
             (header::FORWARDED, "for=203.0.113.9"),
+            (X_REAL_IP, "203.0.113.9"),
+            (HeaderName::from_static("x-forwarded-host"), "shop.example"),
         ];
         for (name, value) in &kept {
             h.insert(name, HeaderValue::from_static(value));

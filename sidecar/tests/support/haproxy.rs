@@ -30,32 +30,38 @@ pub struct Haproxy {
     daemon: Daemon,
 }
 
-fn config(port: u16, pods: &[SocketAddr], defaults: &str) -> String {
+fn config(port: u16, pods: &[SocketAddr], defaults: &str, backend: &str) -> String {
     let servers: String = pods.iter().enumerate().map(|(i, p)| format!("    server pod{i} {p}\n")).collect();
     format!(
         "defaults\n    mode http\n    timeout connect 5s\n    timeout client 60s\n    timeout server 60s\n{defaults}\
          frontend web\n    bind 127.0.0.1:{port}\n    default_backend pool\n\
-         backend pool\n    balance roundrobin\n{servers}"
+         backend pool\n    balance roundrobin\n{backend}{servers}"
     )
 }
 
 impl Haproxy {
     /// Starts HAProxy in the foreground, balancing round-robin over `pods`.
     pub async fn start(bin: &Path, pods: &[SocketAddr]) -> Haproxy {
-        Haproxy::start_with(bin, pods, "").await
+        Haproxy::start_with(bin, pods, "", "").await
     }
 
     /// The same with `option forwardfor`, as HAProxy usually runs in front of web apps: it adds an
     /// `X-Forwarded-For` field of its own, after any the client sent.
     pub async fn start_forwarding_for(bin: &Path, pods: &[SocketAddr]) -> Haproxy {
-        Haproxy::start_with(bin, pods, "    option forwardfor\n").await
+        Haproxy::start_with(bin, pods, "    option forwardfor\n", "").await
     }
 
-    /// `defaults`: more lines for the `defaults` section.
-    async fn start_with(bin: &Path, pods: &[SocketAddr], defaults: &str) -> Haproxy {
+    /// The same with `option forwardfor` and these lines in its backend (`http-request set-header
+    /// X-Real-IP %[src]`: the fields such a proxy vouches for).
+    pub async fn start_forwarding_with(bin: &Path, pods: &[SocketAddr], backend: &str) -> Haproxy {
+        Haproxy::start_with(bin, pods, "    option forwardfor\n", backend).await
+    }
+
+    /// `defaults`, `backend`: more lines for the `defaults` and `backend` sections.
+    async fn start_with(bin: &Path, pods: &[SocketAddr], defaults: &str, backend: &str) -> Haproxy {
         let daemon = Daemon::start("haproxy", "stderr.log", |dir, port| {
             let conf = dir.join("haproxy.cfg");
-            std::fs::write(&conf, config(port, pods, defaults)).expect("write haproxy.cfg");
+            std::fs::write(&conf, config(port, pods, defaults, backend)).expect("write haproxy.cfg");
             let mut cmd = Command::new(bin);
             cmd.arg("-db").arg("-f").arg(&conf);
             cmd

@@ -1,0 +1,64 @@
+//! Parsing differentials between the sidecar, the proxies in front of it (a real HAProxy) and the
+//! app behind it: what one of them reads out of a request must be what the next one reads. Each
+//! test says what must still hold and checks it.
+//!
+//! Needs HAProxy (`apt-get install -y haproxy`) where a differential with it is the point; without
+//! it those tests say so loudly and pass, unless `HANDOVER_REQUIRE_HAPROXY` is set.
+
+mod support;
+use support::{Haproxy, haproxy_or_skip, pool_with};
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+/// One raw HTTP exchange on a new connection (the request should say `Connection: close`):
+/// the status, the head and the body, read until the other side closes.
+async fn exchange(addr: SocketAddr, request: &[u8]) -> (u16, String, Vec<u8>) {
+    let mut stream = TcpStream::connect(addr).await.expect("connect");
+    stream.write_all(request).await.expect("write");
+    let mut reply = Vec::new();
+    tokio::time::timeout(Duration::from_secs(20), stream.read_to_end(&mut reply))
+        .await
+        .expect("the answer within 20 s")
+        .expect("read");
+    let end = reply.windows(4).position(|w| w == b"\r\n\r\n").expect("a header block");
+    let head = String::from_utf8_lossy(&reply[..end]).into_owned();
+    let status = head.get(9..12).and_then(|s| s.parse().ok()).expect("a status code");
+    (status, head, reply[end + 4..].to_vec())
+}
+
+/// HAProxy passes on every option of a client's `Connection` field but `close` and `keep-alive`
+/// (2.6, as Debian ships it), and removes none of the fields they name: a client behind it could
+/// name the fields HAProxy sets (`X-Real-IP`, `X-Forwarded-Host`, …) and have the sidecar remove
+/// them as hop-by-hop, so that the app finds no address vouched for (and falls back to its
+/// socket's peer, the sidecar on its loopback) — Traefik's CVE-2024-45410. The fields a proxy
+/// vouches for reach the app; a field of the client's own that it names is still removed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_clients_connection_field_cannot_name_away_what_a_proxy_in_front_vouches_for() {
+    let Some(bin) = haproxy_or_skip("the Connection-field test behind HAProxy") else {
+        return;
+    };
+    let pool = pool_with(1, &[], &[]).await;
+    let vouched = "    http-request set-header X-Real-IP %[src]\n    http-request set-header X-Forwarded-Host %[req.hdr(host)]\n    http-request set-header X-Forwarded-Port %[dst_port]\n";
+    let front = Haproxy::start_forwarding_with(&bin, &[pool.pods[0].data()], vouched).await;
+    let request = "GET /headers HTTP/1.1\r\nHost: shop.example\r\n\
+        Connection: close, X-Real-IP, X-Forwarded-Host, X-Forwarded-Port, X-Forwarded-For, X-Private\r\n\
+        X-Private: the client's own\r\n\r\n";
+    let (status, head, body) = exchange(front.addr, request.as_bytes()).await;
+    assert_eq!(status, 200, "{head}\nHAProxy's log:\n{}", front.log());
+    let seen: BTreeMap<String, Vec<String>> = serde_json::from_slice(&body).expect("the app's headers");
+    let port = front.addr.port().to_string();
+    for (name, value) in
+        [("x-real-ip", "127.0.0.1"), ("x-forwarded-host", "shop.example"), ("x-forwarded-port", port.as_str())]
+    {
+        assert_eq!(seen.get(name), Some(&vec![value.to_owned()]), "{name}: {seen:?}");
+    }
+    let xff = seen.get("x-forwarded-for").map(|v| v.concat()).unwrap_or_default();
+    assert!(xff.starts_with("127.0.0.1, "), "HAProxy's entry, then the sidecar's: {xff}");
+    assert!(!seen.contains_key("x-private"), "a field of the client's own is still hop-by-hop: {seen:?}");
+    assert!(!seen.contains_key("connection"), "{seen:?}");
+}
