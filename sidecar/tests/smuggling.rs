@@ -62,3 +62,36 @@ async fn a_clients_connection_field_cannot_name_away_what_a_proxy_in_front_vouch
     assert!(!seen.contains_key("x-private"), "a field of the client's own is still hop-by-hop: {seen:?}");
     assert!(!seen.contains_key("connection"), "{seen:?}");
 }
+
+/// An `Upgrade` in an HTTP/1.0 request is ignored (RFC 9110, 7.8: a server MUST): no 101 to it,
+/// and none reaches the app. Before, the sidecar asked the app to switch, answered its client
+/// `HTTP/1.0 101` with a connection it then closed (hyper's server never switches an HTTP/1.0
+/// connection), and the app's switched connection was dropped with it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_upgrade_asked_over_http_1_0_is_ignored_and_the_request_served_as_it_is() {
+    let pool = pool_with(1, &[], &[]).await;
+    let addr = pool.pods[0].data();
+    let (status, head, _) =
+        exchange(addr, b"GET /echo HTTP/1.0\r\nHost: demo\r\nConnection: Upgrade\r\nUpgrade: echo\r\n\r\n").await;
+    assert_ne!(status, 101, "{head}");
+    let (status, head, body) =
+        exchange(addr, b"GET /headers HTTP/1.0\r\nHost: demo\r\nConnection: Upgrade\r\nUpgrade: echo\r\n\r\n").await;
+    assert_eq!(status, 200, "{head}");
+    let seen: BTreeMap<String, Vec<String>> = serde_json::from_slice(&body).expect("the app's headers");
+    assert!(!seen.contains_key("upgrade") && !seen.contains_key("connection"), "{seen:?}");
+    // Over HTTP/1.1 the same request still switches.
+    let (mut stream, head) = {
+        let mut stream = TcpStream::connect(addr).await.expect("connect");
+        stream
+            .write_all(b"GET /echo HTTP/1.1\r\nHost: demo\r\nConnection: Upgrade\r\nUpgrade: echo\r\n\r\n")
+            .await
+            .expect("write");
+        let head = support::response_head(&mut stream).await;
+        (stream, head)
+    };
+    assert!(head.starts_with("HTTP/1.1 101"), "{head}");
+    stream.write_all(b"ping").await.expect("write");
+    let mut echo = [0u8; 4];
+    tokio::time::timeout(Duration::from_secs(5), stream.read_exact(&mut echo)).await.expect("echo").expect("echo");
+    assert_eq!(&echo, b"ping");
+}

@@ -391,8 +391,12 @@ pub(super) fn say_chunked_if_unframed(req: &mut Request<crate::upstream::Body>) 
     }
 }
 
+/// Whether `req` asks for an upgrade: HTTP/1.1 with `Upgrade` and `Connection: upgrade`. An
+/// HTTP/1.0 request's is ignored (RFC 9110, 7.8: a server MUST): hyper's server never switches
+/// such a connection, so the app's 101 reached the client on a connection closed after it.
 pub(super) fn is_upgrade<B>(req: &Request<B>) -> bool {
-    req.headers().contains_key(header::UPGRADE)
+    req.version() == http::Version::HTTP_11
+        && req.headers().contains_key(header::UPGRADE)
         && req
             .headers()
             .get_all(header::CONNECTION)
