@@ -95,3 +95,57 @@ async fn an_upgrade_asked_over_http_1_0_is_ignored_and_the_request_served_as_it_
     tokio::time::timeout(Duration::from_secs(5), stream.read_exact(&mut echo)).await.expect("echo").expect("echo");
     assert_eq!(&echo, b"ping");
 }
+
+/// An app of the test's own that answers each request head on a connection (bodiless requests
+/// only) with the bytes its path names in `answers`, keeping the connection open.
+async fn scripted_app(answers: &'static [(&'static str, &'static [u8])]) -> SocketAddr {
+    support::app_of_own(move |mut stream| async move {
+        let mut buf = Vec::new();
+        let mut chunk = [0u8; 4096];
+        loop {
+            while let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                let head: Vec<u8> = buf.drain(..end + 4).collect();
+                let text = String::from_utf8_lossy(&head).into_owned();
+                let path = text.split(' ').nth(1).unwrap_or_default();
+                let answer = answers
+                    .iter()
+                    .find(|(p, _)| *p == path)
+                    .map_or(&b"HTTP/1.1 404 Not Found\r\ncontent-length: 0\r\n\r\n"[..], |(_, a)| a);
+                if stream.write_all(answer).await.is_err() {
+                    return;
+                }
+            }
+            match stream.read(&mut chunk).await {
+                Ok(0) | Err(_) => return,
+                Ok(n) => buf.extend_from_slice(&chunk[..n]),
+            }
+        }
+    })
+    .await
+}
+
+/// The sidecar's own HTTP/1.1 path writes an app's answer head as hyper's server, which serves
+/// the rest (an `Expect`, a chunked body, HTTP/1.0), writes it: one `Content-Length` when the app
+/// sent the same one twice (two are a framing a client or proxy may refuse, RFC 9112 6.3), and
+/// none on a 204 (RFC 9110 8.6: a server MUST NOT send one there). Before, the fast path passed the
+/// app's fields on as they came.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn both_http1_paths_frame_an_apps_answer_alike() {
+    const ANSWERS: &[(&str, &[u8])] = &[
+        ("/twice", b"HTTP/1.1 200 OK\r\ncontent-length: 5\r\ncontent-length: 5\r\n\r\nhello"),
+        ("/no-content", b"HTTP/1.1 204 No Content\r\ncontent-length: 5\r\n\r\n"),
+    ];
+    let dir = support::Scratch::new("smuggling-framing");
+    let app = scripted_app(ANSWERS).await;
+    let (data, _, _sidecar) = support::sidecar_for(app, &dir, &[], &[]).await;
+    for (path, lengths, body) in [("/twice", 1, &b"hello"[..]), ("/no-content", 0, b"")] {
+        // Without and with an `Expect` (hyper's path), on a connection the answer may keep open.
+        for expect in ["", "Expect: 100-continue\r\n"] {
+            let request = format!("GET {path} HTTP/1.1\r\nHost: app\r\n{expect}Connection: close\r\n\r\n");
+            let (_, head, got) = exchange(data, request.as_bytes()).await;
+            let count = head.lines().filter(|l| l.to_ascii_lowercase().starts_with("content-length:")).count();
+            assert_eq!(count, lengths, "{path}, {expect:?}: {head}");
+            assert_eq!(got, body, "{path}, {expect:?}: {head}");
+        }
+    }
+}

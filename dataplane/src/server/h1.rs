@@ -360,6 +360,10 @@ async fn write_response(
     // What the framing and the Date need is noted on the way, not looked up in the map.
     let mut declared: Option<Option<u64>> = None;
     let mut dated = false;
+    // As hyper's server writes a head (the path of the requests this one does not take): no
+    // length on a 1xx or 204 (RFC 9110 8.6: a server MUST NOT send one), and one length where the
+    // app sent the same one twice (the app's client took only equal copies).
+    let no_length = parts.status.is_informational() || parts.status == http::StatusCode::NO_CONTENT;
     for (name, value) in &parts.headers {
         if name == header::TRANSFER_ENCODING {
             // The framing is this connection's: the app's goes, and the proxy picks none.
@@ -369,7 +373,10 @@ async fn write_response(
             continue;
         }
         if name == header::CONTENT_LENGTH {
-            declared.get_or_insert_with(|| content_length(value.as_bytes()));
+            if no_length || declared.is_some() {
+                continue;
+            }
+            declared = Some(content_length(value.as_bytes()));
         }
         dated |= name == header::DATE;
         write_field(out, name.as_str().as_bytes(), value.as_bytes());
