@@ -6,6 +6,7 @@
 
 mod support;
 use support::pool_with;
+use support::raw::{ask_tunnel, exchange, split_reply};
 
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -15,26 +16,6 @@ use handover_lab::localpool::{SessionClient, wait_for};
 use http::{Method, StatusCode};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
-
-/// One raw HTTP exchange on a new connection (the request should say `Connection: close`):
-/// the status, the head and the body, read until the server closes.
-async fn exchange(addr: SocketAddr, request: &[u8]) -> (u16, String, Vec<u8>) {
-    let mut stream = TcpStream::connect(addr).await.expect("connect");
-    stream.write_all(request).await.expect("write");
-    let mut reply = Vec::new();
-    tokio::time::timeout(Duration::from_secs(20), stream.read_to_end(&mut reply))
-        .await
-        .expect("the answer within 20 s")
-        .expect("read");
-    split_reply(&reply)
-}
-
-fn split_reply(reply: &[u8]) -> (u16, String, Vec<u8>) {
-    let end = reply.windows(4).position(|w| w == b"\r\n\r\n").expect("a header block");
-    let head = String::from_utf8_lossy(&reply[..end]).into_owned();
-    let status = head.get(9..12).and_then(|s| s.parse().ok()).expect("a status code");
-    (status, head, reply[end + 4..].to_vec())
-}
 
 fn set_cookie_lines(head: &str) -> usize {
     head.lines().filter(|l| l.to_ascii_lowercase().starts_with("set-cookie:")).count()
@@ -761,18 +742,6 @@ async fn a_request_whose_host_is_not_clear_is_refused_and_an_absolute_target_nam
     assert_eq!(status, 200, "{answer}");
     let seen: std::collections::BTreeMap<String, Vec<String>> = serde_json::from_slice(&body).expect("headers");
     assert_eq!(seen.get("host"), Some(&vec!["shop.example".to_owned()]), "{seen:?}");
-}
-
-/// Asks for a tunnel through the sidecar at `addr` to the demo app's echo (`Upgrade: echo`): its
-/// connection and the answer's head.
-async fn ask_tunnel(addr: SocketAddr) -> (TcpStream, String) {
-    let mut stream = TcpStream::connect(addr).await.expect("connect");
-    stream
-        .write_all(b"GET /echo HTTP/1.1\r\nHost: demo\r\nConnection: Upgrade\r\nUpgrade: echo\r\n\r\n")
-        .await
-        .expect("write");
-    let head = support::response_head(&mut stream).await;
-    (stream, head)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

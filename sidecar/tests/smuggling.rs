@@ -6,6 +6,7 @@
 //! it those tests say so loudly and pass, unless `HANDOVER_REQUIRE_HAPROXY` is set.
 
 mod support;
+use support::raw::{ask_tunnel, exchange};
 use support::{Haproxy, haproxy_or_skip, pool_with};
 
 use std::collections::BTreeMap;
@@ -13,23 +14,6 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
-
-/// One raw HTTP exchange on a new connection (the request should say `Connection: close`):
-/// the status, the head and the body, read until the other side closes.
-async fn exchange(addr: SocketAddr, request: &[u8]) -> (u16, String, Vec<u8>) {
-    let mut stream = TcpStream::connect(addr).await.expect("connect");
-    stream.write_all(request).await.expect("write");
-    let mut reply = Vec::new();
-    tokio::time::timeout(Duration::from_secs(20), stream.read_to_end(&mut reply))
-        .await
-        .expect("the answer within 20 s")
-        .expect("read");
-    let end = reply.windows(4).position(|w| w == b"\r\n\r\n").expect("a header block");
-    let head = String::from_utf8_lossy(&reply[..end]).into_owned();
-    let status = head.get(9..12).and_then(|s| s.parse().ok()).expect("a status code");
-    (status, head, reply[end + 4..].to_vec())
-}
 
 /// HAProxy passes on every option of a client's `Connection` field but `close` and `keep-alive`
 /// (2.6, as Debian ships it), and removes none of the fields they name: a client behind it could
@@ -80,15 +64,7 @@ async fn an_upgrade_asked_over_http_1_0_is_ignored_and_the_request_served_as_it_
     let seen: BTreeMap<String, Vec<String>> = serde_json::from_slice(&body).expect("the app's headers");
     assert!(!seen.contains_key("upgrade") && !seen.contains_key("connection"), "{seen:?}");
     // Over HTTP/1.1 the same request still switches.
-    let (mut stream, head) = {
-        let mut stream = TcpStream::connect(addr).await.expect("connect");
-        stream
-            .write_all(b"GET /echo HTTP/1.1\r\nHost: demo\r\nConnection: Upgrade\r\nUpgrade: echo\r\n\r\n")
-            .await
-            .expect("write");
-        let head = support::response_head(&mut stream).await;
-        (stream, head)
-    };
+    let (mut stream, head) = ask_tunnel(addr).await;
     assert!(head.starts_with("HTTP/1.1 101"), "{head}");
     stream.write_all(b"ping").await.expect("write");
     let mut echo = [0u8; 4];

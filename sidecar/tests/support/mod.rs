@@ -8,6 +8,7 @@
 //! - `nginx.rs`: a real nginx (any locations, or an ingress at ingress-nginx's defaults);
 //! - `haproxy.rs`: a real HAProxy at its defaults;
 //! - `client.rs`: a session's client as a browser is: one cookie jar, several connections;
+//! - `raw.rs`: one raw HTTP/1.1 exchange, the test's bytes exactly;
 //! - `reorder.rs`: a test proxy that holds responses to deliver them out of order;
 //! - `scratch.rs`: a test's scratch directory, removed unless the test fails.
 
@@ -19,6 +20,7 @@ pub mod client;
 pub mod daemon;
 pub mod haproxy;
 pub mod nginx;
+pub mod raw;
 pub mod reorder;
 pub mod scratch;
 
