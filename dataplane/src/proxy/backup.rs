@@ -376,10 +376,12 @@ pub enum HandedOver {
 }
 
 impl HandedOver {
-    /// Whether the session may go to another member now: its newest state is kept there, or
-    /// there is none to lose.
+    /// Whether the session may go to another member now: its newest state is kept there, there
+    /// is none to lose, or no member could keep it whatever this pod did (the app gives no state,
+    /// or one over the limit: the client's cookie stays its newest copy, as at the drain). Not
+    /// when the member did not keep it, or none was found: this pod still can serve it.
     pub fn goes_along(self) -> bool {
-        matches!(self, HandedOver::Ok | HandedOver::NoState | HandedOver::Gone)
+        !matches!(self, HandedOver::NotKept | HandedOver::NoSuccessor)
     }
 
     pub fn label(self) -> &'static str {

@@ -513,8 +513,8 @@ impl Proxy {
                 // This pod still holds the session, and did not hand it to that member at the drain
                 // (none was listed then, or another): its newest state goes along first, else that
                 // member would take it over from an older copy (another request's cookie) while
-                // this pod's newer acknowledged updates were in no backup. Not handed over, it is
-                // served here.
+                // this pod's newer acknowledged updates were in no backup. Not kept there, it is
+                // served here ([`HandedOver::goes_along`]).
                 let handed = sync::lock(&self.handed_to).get(held).is_some_and(|m| m.name == to.name);
                 if !handed && !self.hand_over(held).await.goes_along() {
                     passed_on = None;
