@@ -509,7 +509,9 @@ impl Proxy {
             let session = rc.session().map(str::to_owned);
             let mut passed_on =
                 if self.passes_on() { self.draining_successor(rc, &live, &unreachable, arrival) } else { None };
-            if let (Some(to), Some(held)) = (&passed_on, session.as_deref().filter(|s| self.local(s).is_some())) {
+            if let Some(to) = &passed_on
+                && let Some(held) = session.as_deref().filter(|s| self.local(s).is_some())
+            {
                 // This pod still holds the session, and did not hand it to that member at the drain
                 // (none was listed then, or another): its newest state goes along first, else that
                 // member would take it over from an older copy (another request's cookie) while
