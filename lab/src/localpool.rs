@@ -402,17 +402,31 @@ impl LocalPool {
     }
 
     fn spawn_app(&self, pod: &Pod) -> Result<Child, String> {
+        let push = ["--push".to_owned(), (self.opts.mode != Mode::Pull).to_string()];
+        let args: Vec<String> = push.into_iter().chain(self.opts.app_args.iter().cloned()).collect();
+        self.spawn_demo_app(pod, pod.app_listen(), &pod.name, "app", &args)
+    }
+
+    /// A demo app in pod `pod`, named `name`, listening on `listen` (its state endpoint where the
+    /// pod's app has it), with `args` more, logging to `<pod>.<log>.log`.
+    fn spawn_demo_app(
+        &self,
+        pod: &Pod,
+        listen: SocketAddr,
+        name: &str,
+        log: &str,
+        args: &[String],
+    ) -> Result<Child, String> {
         let mut cmd = self.in_pod(pod, &[]);
         cmd.arg("demo-app")
-            .args(["--listen", &pod.app_listen().to_string(), "--name", &pod.name])
+            .args(["--listen", &listen.to_string(), "--name", name])
             .args(["--state-listen", &pod.state_listen().to_string()])
-            .args(["--push", if self.opts.mode == Mode::Pull { "false" } else { "true" }])
-            .args(&self.opts.app_args)
+            .args(args)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
-            .stderr(self.log(&format!("{}.app.log", pod.name))?)
+            .stderr(self.log(&format!("{}.{log}.log", pod.name))?)
             .kill_on_drop(true);
-        cmd.spawn().map_err(|e| format!("cannot start the demo app: {e}"))
+        cmd.spawn().map_err(|e| format!("cannot start the demo app {name}: {e}"))
     }
 
     fn spawn_sidecar(&self, pod: &Pod) -> Result<Child, String> {
@@ -569,15 +583,7 @@ impl LocalPool {
     /// pod of another Deployment would be once it got the dead pod's IP. Waits until it listens.
     pub async fn start_stranger(&mut self, i: usize) -> Result<(), String> {
         let pod = &self.pods[i];
-        let mut cmd = self.in_pod(pod, &[]);
-        cmd.arg("demo-app")
-            .args(["--listen", &pod.bind(DATA_PORT).to_string(), "--name", "stranger"])
-            .args(["--state-listen", &pod.state_listen().to_string()])
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(self.log(&format!("{}.stranger.log", pod.name))?)
-            .kill_on_drop(true);
-        let stranger = cmd.spawn().map_err(|e| format!("cannot start the stranger: {e}"))?;
+        let stranger = self.spawn_demo_app(pod, pod.bind(DATA_PORT), "stranger", "stranger", &[])?;
         let data = pod.data();
         self.pods[i].app = Some(stranger);
         wait_for("the stranger to listen", Duration::from_secs(10), || async move { probe(data, "/").await.is_some() })
