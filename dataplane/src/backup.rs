@@ -30,6 +30,11 @@ pub const BACKUP_PATH: &str = "/.well-known/handover/backup";
 /// The header naming the session of a backup request (signed by the mark).
 pub const BACKUP_HEADER: &str = "handover-backup";
 
+/// Who asks for a session's backup (its pod uid and data address; its name is in the signed
+/// mark): the pod asked remembers it, and asks it in turn if it takes the session over itself
+/// (`proxy/takers.rs`).
+pub const ASKER_HEADER: &str = "handover-asker";
+
 /// One session's newest sealed state.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Backup {

@@ -114,7 +114,7 @@ pub fn route(i: Inputs<'_>) -> Decision {
 /// so every sidecar with the same member list picks the same one, and a member leaving moves only
 /// its own sessions.
 pub fn successor<'a>(session: &str, candidates: impl Iterator<Item = &'a Member>) -> Option<&'a Member> {
-    candidates.max_by_key(|m| (weight(session, m), m.name.as_str()))
+    candidates.max_by_key(|m| rank(session, &m.name, &m.uid))
 }
 
 /// Where a pod that passes its requests on (draining) sends one of `session`: the member it handed
@@ -138,8 +138,20 @@ pub fn pass_on_to<'a>(
 /// successor of the moment is found after up to that many members joined above it.
 pub fn ranked<'a>(session: &str, candidates: impl Iterator<Item = &'a Member>) -> Vec<&'a Member> {
     let mut ranked: Vec<&Member> = candidates.collect();
-    ranked.sort_by_key(|m| std::cmp::Reverse((weight(session, m), m.name.as_str())));
+    ranked.sort_by_key(|m| std::cmp::Reverse(rank(session, &m.name, &m.uid)));
     ranked
+}
+
+/// Whether `member` comes before the pod `name` (uid `uid`) in `session`'s takeover order
+/// ([`ranked`]): the tie-break between two pods taking a session over at once, the same on every
+/// pod whatever its registry lists.
+pub fn outranks(session: &str, member: &Member, name: &str, uid: &str) -> bool {
+    rank(session, &member.name, &member.uid) > rank(session, name, uid)
+}
+
+/// A member's place in `session`'s takeover order: its weight, then its name.
+fn rank<'a>(session: &str, name: &'a str, uid: &str) -> (u64, &'a str) {
+    (weight(session, name, uid), name)
 }
 
 /// How many members of [`ranked`] a takeover asks for the session's backup.
@@ -147,9 +159,9 @@ pub const BACKUP_LOOKUP_RANKS: usize = 3;
 
 /// FNV-1a over session, member name and uid, then a SplitMix64 finalizer for spread. Written out
 /// (not `DefaultHasher`) so that every build of the sidecar computes the same weights.
-fn weight(session: &str, member: &Member) -> u64 {
+fn weight(session: &str, name: &str, uid: &str) -> u64 {
     let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    for part in [session.as_bytes(), &[0xff], member.name.as_bytes(), &[0xff], member.uid.as_bytes()] {
+    for part in [session.as_bytes(), &[0xff], name.as_bytes(), &[0xff], uid.as_bytes()] {
         for b in part {
             h = (h ^ u64::from(*b)).wrapping_mul(0x0000_0100_0000_01b3);
         }
@@ -455,6 +467,21 @@ mod tests {
             uid: format!("uid-{name}"),
             addr: "127.0.0.1:1".parse().expect("addr"),
             admin_port: None,
+        }
+    }
+
+    #[test]
+    fn of_two_members_the_one_first_in_the_takeover_order_outranks_the_other() {
+        let members: Vec<Member> = ["a", "b", "c", "d", "e"].into_iter().map(member).collect();
+        for session in ["s1", "s2", "s3", "s4"] {
+            let order = ranked(session, members.iter());
+            for (i, first) in order.iter().enumerate() {
+                for later in &order[i + 1..] {
+                    assert!(outranks(session, first, &later.name, &later.uid), "{session}");
+                    assert!(!outranks(session, later, &first.name, &first.uid), "{session}");
+                }
+                assert!(!outranks(session, first, &first.name, &first.uid), "not itself");
+            }
         }
     }
 

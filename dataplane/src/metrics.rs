@@ -329,7 +329,7 @@ impl Default for Metrics {
         );
         registry.register(
             "backup_lookups",
-            "Backups asked of peers at a restore, by result (found, none; held: the peer holds the session itself)",
+            "Backups asked of peers at a restore, by result (found, none; held: the peer holds the session, or takes it over too and comes first; taking: it takes it over too and comes later)",
             m.backup_lookups.clone(),
         );
         registry.register(

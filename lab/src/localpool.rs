@@ -448,7 +448,7 @@ impl LocalPool {
             .arg("--key-file")
             .arg(&self.key_file)
             .arg("--peers")
-            .arg(&self.peers_file)
+            .arg(self.view_of(pod)?)
             .args(["--mode", mode])
             .args(["--snapshot-interval", &format!("{}ms", self.opts.snapshot_interval.as_millis())])
             .args(["--drain-grace", &format!("{}ms", self.opts.drain_grace.as_millis())])
@@ -629,6 +629,26 @@ impl LocalPool {
     /// then waits for the new pod's readiness alone).
     pub fn hold_registry(&self, hold: bool) {
         self.registry_held.store(hold, Ordering::SeqCst);
+    }
+
+    /// Where pod `i`'s sidecar reads its members: the registry's peers file (through a link of its
+    /// own, made at its first start), unless [`LocalPool::pin_view`] gave it a view of its own.
+    fn view_of(&self, pod: &Pod) -> Result<PathBuf, String> {
+        let view = self.dir.join(format!("{}.peers", pod.name));
+        if std::fs::symlink_metadata(&view).is_err() {
+            std::os::unix::fs::symlink(&self.peers_file, &view).map_err(|e| format!("{}: {e}", view.display()))?;
+        }
+        Ok(view)
+    }
+
+    /// From now on pod `i`'s sidecar lists the pods `members` alone, whatever the registry lists:
+    /// a registry that lags behind on one pod and not on others, as the ServerPool's status reaches
+    /// each sidecar at its own time.
+    pub fn pin_view(&self, i: usize, members: &[usize]) -> Result<(), String> {
+        let view = self.view_of(&self.pods[i])?;
+        let text: String =
+            members.iter().map(|m| &self.pods[*m]).map(|p| format!("{} {} {}\n", p.name, p.uid, p.data())).collect();
+        write_atomically(&view, &text)
     }
 
     /// Waits until the registry lists exactly the running, unstopped pods `expected`.

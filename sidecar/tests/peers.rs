@@ -3,12 +3,14 @@
 //! sidecar's `handover_peers_reachable` is 0 — what it writes as its pod's
 //! `handover.dev/PeersReachable` condition in Kubernetes. And a probe of a peer tells the peer
 //! from another pod that got its address, which a dead peer's sessions are never forwarded to.
+//! Two pods whose registries differ take a dead owner's session over once.
 
 mod support;
 use support::exe;
 
 use std::time::Duration;
 
+use handover_lab::demo_app::CountReply;
 use handover_lab::localpool::{LocalPool, PoolOptions, SessionClient, metric_sum, scrape};
 use http::{Method, StatusCode};
 
@@ -67,4 +69,104 @@ async fn a_dead_owners_session_is_taken_over_not_forwarded_to_a_stranger_at_its_
     assert_eq!(count.count, 3, "the session went on");
     let page = scrape(pool.pods[0].admin()).await.expect("metrics");
     assert_eq!(metric_sum(&page, "handover_peer_checks_total{result=\"not_the_peer\"}"), 1.0, "{page}");
+}
+
+/// A pool of three whose session (count 3) is owned by pod 0, seen whole by one of the other two
+/// (`whole`, the session's successor) and not by the other (`partial`, which does not list
+/// `whole`: to it, it is the successor itself). Returns the pool, `whole`, `partial`, and the
+/// session's cookies.
+async fn a_session_two_pods_would_take_over() -> (LocalPool, usize, usize, std::collections::HashMap<String, String>) {
+    use handover_dataplane::{decide, registry::Member};
+    let pool = LocalPool::start(PoolOptions::new(exe(), 3)).await.expect("pool starts");
+    let owner = pool.pods[0].data();
+    let mut client = SessionClient::default();
+    let mut session = String::new();
+    for _ in 0..2 {
+        let reply = client.send(|| Some(owner), Method::POST, "/incr").await.expect("reply");
+        assert_eq!(reply.status, StatusCode::OK);
+        session = serde_json::from_slice::<CountReply>(&reply.body).expect("a count").session;
+    }
+    let members: Vec<Member> = [1, 2]
+        .iter()
+        .map(|i| {
+            let pod = &pool.pods[*i];
+            Member { name: pod.name.clone(), uid: pod.uid.clone(), addr: pod.data(), admin_port: None }
+        })
+        .collect();
+    let ranked = decide::ranked(&session, members.iter());
+    let index_of = |m: &Member| pool.pods.iter().position(|p| p.name == m.name).expect("a pod of the pool");
+    let (whole, partial) = (index_of(ranked[0]), index_of(ranked[1]));
+    pool.pin_view(partial, &[0, partial]).expect("a view of its own");
+    pool.wait_pods_see(&[partial], &[0, partial], Duration::from_secs(10)).await.expect("the partial view taken");
+    let reply = client.send(|| Some(owner), Method::POST, "/incr").await.expect("reply");
+    assert_eq!(serde_json::from_slice::<CountReply>(&reply.body).expect("a count").count, 3);
+    (pool, whole, partial, client.jar)
+}
+
+/// Sends `POST /incr` with `jar`'s cookies to pod `i`; the count and the pod that answered.
+async fn incr(pool: &LocalPool, i: usize, jar: &std::collections::HashMap<String, String>) -> (u64, String) {
+    let mut client = SessionClient::with_jar(jar.clone());
+    let reply = client.send(|| Some(pool.pods[i].data()), Method::POST, "/incr").await.expect("reply");
+    assert_eq!(reply.status, StatusCode::OK, "{}", String::from_utf8_lossy(&reply.body));
+    let count: CountReply = serde_json::from_slice(&reply.body).expect("a count");
+    (count.count, count.pod)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_pods_that_see_the_pool_differently_take_a_dead_owners_session_over_once() {
+    // Registries lag, each at its own pace: one pod does not list another yet (it joined a moment
+    // ago), and the owner dies. Each of the two then finds itself the session's successor, and
+    // two requests of the session sent together (a browser's parallel requests, each with the
+    // same cookie) reach one each. The one that sees the pool whole asks the other for the
+    // session's backup as it takes over; the other must then send the session there, not take it
+    // over a second time (two owners: one's acknowledged updates lost). Here the two requests
+    // arrive one after the other.
+    let (mut pool, whole, partial, sent_together) = a_session_two_pods_would_take_over().await;
+    pool.kill_pod(0).await;
+    let whole_name = pool.pods[whole].name.clone();
+    assert_eq!(incr(&pool, whole, &sent_together).await, (4, whole_name.clone()), "taken over by its successor");
+    assert_eq!(
+        incr(&pool, partial, &sent_together).await,
+        (5, whole_name.clone()),
+        "the pod that does not list the session's new owner sent it there, not took it over again"
+    );
+    // The same cookie again, at the new owner: the next update follows both, forks from neither.
+    assert_eq!(incr(&pool, whole, &sent_together).await, (6, whole_name), "one owner, every update kept");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_pods_that_see_the_pool_differently_take_a_session_over_once_when_its_requests_arrive_together() {
+    // As above, the two requests sent at the same moment: whichever pod starts its takeover
+    // first, the session ends with one owner and both updates.
+    let (mut pool, whole, partial, sent_together) = a_session_two_pods_would_take_over().await;
+    pool.kill_pod(0).await;
+    let (a, b) = tokio::join!(incr(&pool, whole, &sent_together), incr(&pool, partial, &sent_together));
+    let mut counts = [a.0, b.0];
+    counts.sort();
+    assert_eq!(counts, [4, 5], "both updates applied to one copy of the session: {a:?} {b:?}");
+    assert_eq!(a.1, b.1, "one pod served both: {a:?} {b:?}");
+    let (count, _) = incr(&pool, whole, &sent_together).await;
+    assert_eq!(count, 6, "one owner, every update kept");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pods_that_take_over_wherever_a_session_lands_take_a_dead_owners_session_over_once() {
+    // With `--affinity takeover` (a pool behind sticky routing) every pod takes over what reaches
+    // it: two requests of a session sent together to two pods after its owner died make both
+    // take it over at once, each asking the other. One goes to the other, by the session's
+    // takeover order, which every pod computes alike.
+    for round in 0..3 {
+        let mut pool = support::pool_with(3, &["--affinity", "takeover"], &[]).await;
+        let mut client = SessionClient::default();
+        for _ in 0..3 {
+            let reply = client.send(|| Some(pool.pods[0].data()), Method::POST, "/incr").await.expect("reply");
+            assert_eq!(reply.status, StatusCode::OK);
+        }
+        pool.kill_pod(0).await;
+        let (a, b) = tokio::join!(incr(&pool, 1, &client.jar), incr(&pool, 2, &client.jar));
+        let mut counts = [a.0, b.0];
+        counts.sort();
+        assert_eq!(counts, [4, 5], "round {round}: both updates applied to one copy: {a:?} {b:?}");
+        assert_eq!(a.1, b.1, "round {round}: one pod served both: {a:?} {b:?}");
+    }
 }

@@ -10,6 +10,7 @@
 //! [`BACKUP_HEADER`]; the `PUT` body is the sealed route and state values, which the receiver
 //! checks by opening the route. Without a verified mark the path is the app's like any other.
 
+use std::net::SocketAddr;
 use std::time::Instant;
 
 use bytes::Bytes;
@@ -19,8 +20,9 @@ use http_body_util::{BodyExt, Limited};
 
 use super::headers::FORWARDED_HEADER;
 use super::sessions::Local;
+use super::takers::Lookup;
 use super::{Proxy, full, text_response, unix_now};
-use crate::backup::{BACKUP_HEADER, BACKUP_PATH, Backup, Put};
+use crate::backup::{ASKER_HEADER, BACKUP_HEADER, BACKUP_PATH, Backup, Put};
 use crate::cookie;
 use crate::decide;
 use crate::metrics::BadRequest;
@@ -32,13 +34,25 @@ use handover_common::sync;
 /// Successors tried for one backup: the first, and the next ones when a probe finds one dead.
 const BACKUP_ATTEMPTS: usize = 3;
 
+/// The answer to a backup lookup (`409`) from a pod that holds the session. Sidecars before the
+/// claim answered every `409` so: an older asker forwards to a pod taking the session over too.
+const HELD_BODY: &str = "this pod holds the session\n";
+
+/// The answer to a backup lookup (`409`) from a pod taking the session over, not yet claimed.
+const TAKING_BODY: &str = "this pod is taking the session over\n";
+
+/// Rounds of asking the peers that asked this pod meanwhile before a takeover claims its
+/// session all the same (each round's askers asked while this pod asked the last round's).
+const CLAIM_ROUNDS: usize = 3;
+
 /// What a takeover learnt from the first members in takeover order.
 pub(super) enum Found {
     /// The newest backup kept (or none).
     Backup(Option<Backup>),
     /// A member holds the session already: it took it over a moment ago, seeing the pool a little
-    /// differently (a member joined or left and not every registry shows it yet). The request goes
-    /// there; a second takeover would fork the session.
+    /// differently (a member joined or left and not every registry shows it yet), or it is taking
+    /// it over and comes first in its takeover order. The request goes there; a second takeover
+    /// would fork the session.
     HeldBy(Member),
 }
 
@@ -51,7 +65,7 @@ impl Proxy {
     /// Answers a peer's backup call: `PUT` keeps a backup, `GET` hands one out. A call whose mark
     /// does not verify is refused (403, counted): the path is not the app's for that request
     /// either, so a client learns nothing by trying.
-    pub(super) async fn serve_backup(&self, req: Request<Body>) -> Response<Body> {
+    pub(super) async fn serve_backup(&self, req: Request<Body>, client: SocketAddr) -> Response<Body> {
         let Some(store) = &self.backups else {
             return text_response(StatusCode::NOT_FOUND, "not found\n");
         };
@@ -64,16 +78,23 @@ impl Proxy {
             session: &session,
         };
         let mark = req.headers().get(FORWARDED_HEADER).map(|v| v.as_bytes()).unwrap_or_default();
-        if let Err(e) = peer_auth::verify(&self.keys.ring(), mark, &claim, unix_now()) {
-            self.metrics.bad_requests.get_or_create(&[("reason", BadRequest::ForgedForward)]).inc();
-            tracing::warn!(reason = e.reason(), error = %e, "backup call with a mark that does not verify; refused");
-            return text_response(StatusCode::FORBIDDEN, "forbidden\n");
-        }
+        let from = match peer_auth::verify(&self.keys.ring(), mark, &claim, unix_now()) {
+            Ok(from) => from,
+            Err(e) => {
+                self.metrics.bad_requests.get_or_create(&[("reason", BadRequest::ForgedForward)]).inc();
+                tracing::warn!(reason = e.reason(), error = %e, "backup call with a mark that does not verify; refused");
+                return text_response(StatusCode::FORBIDDEN, "forbidden\n");
+            }
+        };
         if req.method() == Method::GET {
-            if self.local(&session).is_some() {
-                // This pod holds the session: it took it over (or owns it) already. The asking
-                // pod forwards to it instead of taking it over a second time.
-                return text_response(StatusCode::CONFLICT, "this pod holds the session\n");
+            let asker = self.asker(&req, from, client);
+            match self.takers.lookup(&session, || self.local(&session).is_some(), asker, Instant::now()) {
+                // This pod holds the session (or claimed it): the asking pod forwards to it
+                // instead of taking it over a second time.
+                Lookup::Held => return text_response(StatusCode::CONFLICT, HELD_BODY),
+                // Of the two pods taking it over, one goes to the other (`super::takers`).
+                Lookup::Taking => return text_response(StatusCode::CONFLICT, TAKING_BODY),
+                Lookup::Answer => {}
             }
             return match store.get(&session, unix_now()) {
                 Some(b) => Response::new(full(b.body())),
@@ -128,6 +149,20 @@ impl Proxy {
         let mut resp = Response::new(full(Bytes::new()));
         *resp.status_mut() = status;
         resp
+    }
+
+    /// The peer that asks for a backup, as its call names it: the signed mark's pod name, the uid
+    /// and data address it gives ([`ASKER_HEADER`]), at the address the call comes from (else it
+    /// is not remembered: a call through a proxy that hides the peer's address, an older sidecar).
+    fn asker<B>(&self, req: &Request<B>, name: String, client: SocketAddr) -> Option<Member> {
+        let value = req.headers().get(ASKER_HEADER)?.to_str().ok()?;
+        let (uid, addr) = value.split_once(' ')?;
+        let addr: SocketAddr = addr.parse().ok()?;
+        if addr.ip().to_canonical() != client.ip().to_canonical() || name == self.cfg.pod_name || uid.is_empty() {
+            tracing::debug!(asker = %name, %client, value, "a backup lookup's asker is not remembered: its address is not the call's");
+            return None;
+        }
+        Some(Member { name, uid: uid.to_owned(), addr, admin_port: None })
     }
 
     /// The backup store's gauges, as it is now.
@@ -248,33 +283,53 @@ impl Proxy {
     }
 
     /// The newest backup of `session` this pod or the first members in takeover order keep, or the
-    /// member that holds the session already
+    /// member that holds the session already, or is taking it over
     /// ([`decide::BACKUP_LOOKUP_RANKS`]: the successor of the moment may have joined after the
-    /// backup was handed to the one before it).
+    /// backup was handed to the one before it). The peers that asked this pod the same a moment
+    /// ago are asked too ([`super::takers`]).
     pub(super) async fn find_backup(&self, session: &str) -> Found {
         let Some(store) = self.backups.as_ref() else { return Found::Backup(None) };
         let live = self.registry.live();
         let unreachable = self.unreachable_now();
         let candidates = live.iter().filter(|m| !unreachable.contains(&m.name));
         let mut newest = store.get(session, unix_now());
-        for peer in decide::ranked(session, candidates).into_iter().take(decide::BACKUP_LOOKUP_RANKS) {
-            if peer.name == self.cfg.pod_name {
-                continue;
+        let ranked = decide::ranked(session, candidates).into_iter().take(decide::BACKUP_LOOKUP_RANKS);
+        let mut ask: Vec<Member> = ranked.filter(|m| m.name != self.cfg.pod_name).cloned().collect();
+        // Peers that asked this pod for the session's backup a moment ago, which the registry may
+        // not list yet: one of them may hold the session now ([`super::takers`]).
+        for asker in self.takers.askers(session, Instant::now()) {
+            if !ask.iter().any(|m| m.name == asker.name) {
+                ask.push(asker);
             }
-            let found = match self.peer_call(peer, Method::GET, session, Bytes::new()).await {
-                Ok((StatusCode::CONFLICT, _)) => {
-                    self.metrics.backup_lookups.get_or_create(&[("result", "held")]).inc();
-                    return Found::HeldBy(peer.clone());
+        }
+        for round in 1..=CLAIM_ROUNDS {
+            for peer in &ask {
+                let found = match self.peer_call(peer, Method::GET, session, Bytes::new()).await {
+                    Ok((StatusCode::CONFLICT, body)) => {
+                        let taking = body.as_ref() == TAKING_BODY.as_bytes();
+                        if !taking || decide::outranks(session, peer, &self.cfg.pod_name, &self.cfg.pod_uid) {
+                            self.metrics.backup_lookups.get_or_create(&[("result", "held")]).inc();
+                            return Found::HeldBy(peer.clone());
+                        }
+                        // It is taking the session over too, and this pod comes first: it asks
+                        // this pod before it claims the session, and goes here.
+                        self.metrics.backup_lookups.get_or_create(&[("result", "taking")]).inc();
+                        continue;
+                    }
+                    Ok((StatusCode::OK, body)) => self.open_backup(session, &body).ok(),
+                    _ => None,
+                };
+                self.metrics
+                    .backup_lookups
+                    .get_or_create(&[("result", if found.is_some() { "found" } else { "none" })])
+                    .inc();
+                if found.as_ref().map(|b| b.version) > newest.as_ref().map(|b| b.version) {
+                    newest = found;
                 }
-                Ok((StatusCode::OK, body)) => self.open_backup(session, &body).ok(),
-                _ => None,
-            };
-            self.metrics
-                .backup_lookups
-                .get_or_create(&[("result", if found.is_some() { "found" } else { "none" })])
-                .inc();
-            if found.as_ref().map(|b| b.version) > newest.as_ref().map(|b| b.version) {
-                newest = found;
+            }
+            ask = self.takers.claim(session, Instant::now(), round == CLAIM_ROUNDS);
+            if ask.is_empty() {
+                break;
             }
         }
         Found::Backup(newest)
@@ -330,14 +385,18 @@ impl Proxy {
                 session,
             };
             let mark = peer_auth::sign(&self.keys.ring(), &forward, unix_now());
-            let req = Request::builder()
+            let lookup = method == Method::GET;
+            let mut req = Request::builder()
                 .method(method)
                 .uri(BACKUP_PATH)
                 .header(header::HOST, to.addr.to_string())
                 .header(FORWARDED_HEADER, HeaderValue::from_str(&mark).map_err(|e| e.to_string())?)
-                .header(BACKUP_HEADER, HeaderValue::from_str(session).map_err(|e| e.to_string())?)
-                .body(full(body))
-                .map_err(|e| e.to_string())?;
+                .header(BACKUP_HEADER, HeaderValue::from_str(session).map_err(|e| e.to_string())?);
+            if lookup {
+                let asker = format!("{} {}", self.cfg.pod_uid, self.cfg.advertise);
+                req = req.header(ASKER_HEADER, HeaderValue::from_str(&asker).map_err(|e| e.to_string())?);
+            }
+            let req = req.body(full(body)).map_err(|e| e.to_string())?;
             sender.ready().await.map_err(|e| e.to_string())?;
             let resp = sender.send_request(req).await.map_err(|e| e.to_string())?;
             let status = resp.status();

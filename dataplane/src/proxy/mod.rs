@@ -18,6 +18,7 @@ mod request;
 mod restore;
 mod seal;
 mod sessions;
+mod takers;
 mod tunnel;
 
 use std::collections::HashMap;
@@ -204,6 +205,9 @@ pub struct Proxy {
     /// passed on there, whatever the member list says a moment later (a replacement joining would
     /// change the successor, and two members would take the session over).
     handed_to: Mutex<HashMap<String, Member>>,
+    /// Sessions being taken over here, and the peers that asked for a session's backup: the claim
+    /// between two pods taking one session over at once ([`takers`]).
+    takers: takers::Takers,
     /// The state formats the app declared it reads (`Handover-Reads`), latest first; `None` until
     /// it declares them (and again after it went down: a new release may read others).
     app_reads: Mutex<Option<String>>,
@@ -281,6 +285,7 @@ impl Proxy {
             draining_since: std::sync::OnceLock::new(),
             handed_over: std::sync::atomic::AtomicBool::new(false),
             handed_to: Mutex::new(HashMap::new()),
+            takers: takers::Takers::default(),
             app_reads: Mutex::new(None),
             app_instance: Mutex::default(),
             app_up: tokio::sync::watch::Sender::new(true),
@@ -426,7 +431,7 @@ impl Proxy {
             return (Route::Refused, text_response(StatusCode::NOT_FOUND, "not found\n"));
         }
         if self.is_backup_call(&req) {
-            return (Route::Backup, self.serve_backup(req).await);
+            return (Route::Backup, self.serve_backup(req, client).await);
         }
         if survey.underscored {
             let dropped = headers::drop_underscored_spellings(req.headers_mut());

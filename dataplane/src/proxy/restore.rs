@@ -126,6 +126,9 @@ impl Proxy {
         if self.local(session).is_some_and(|l| l.version >= route.version) {
             return Ok(Restored::Already);
         }
+        // Until the session is in the table (or this gives up), a peer that asks for its backup
+        // is told this pod holds it ([`super::takers`]).
+        let _taking = self.takers.taking(session);
         let created_at = route.created_at;
         if !takeover && let Ok((StatusCode::OK, _)) = self.state_request(Method::GET, session, Bytes::new()).await {
             let version = decide::relearned_version(route.version, unix_micros());
