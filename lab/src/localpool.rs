@@ -3,6 +3,10 @@
 //! address of its own, with a registry keeper playing the operator's part (a member that fails
 //! its readiness probe leaves the peers file). Used by the demo, the integration tests and the
 //! benchmark; faults are real signals sent to real processes.
+//!
+//! A pool's directory (keys, peers file, every process's log) is removed when it is dropped, and
+//! kept when a test panics (its path is printed) or `HANDOVER_KEEP_POOL` is set;
+//! `HANDOVER_POOL_LOG` is the sidecars' `RUST_LOG` (`info` unless set).
 
 use std::collections::HashMap;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
@@ -454,7 +458,8 @@ impl LocalPool {
             .args(["--drain-grace", &format!("{}ms", self.opts.drain_grace.as_millis())])
             .args(["--cookie-secure", "false", "--workers", "1"])
             .args(&self.opts.sidecar_args)
-            .env("RUST_LOG", "info")
+            // `HANDOVER_POOL_LOG=debug` to trace a failing test's sessions through every sidecar.
+            .env("RUST_LOG", std::env::var("HANDOVER_POOL_LOG").unwrap_or_else(|_| "info".to_owned()))
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(self.log(&format!("{}.sidecar.log", pod.name))?)
