@@ -319,7 +319,7 @@ impl Default for Metrics {
         );
         registry.register(
             "backups_sent",
-            "Sealed states handed to the session's successor before the response left, by result (ok, refused, failed, no_successor; successor_dead: found dead by a probe, successor_leaving: it answered that it drains; the next successor tried)",
+            "Sealed states handed to the session's successor before the response left, by result (ok, refused, failed, no_successor; successor_dead: found dead by a probe, successor_leaving: it answered that it drains; the next successor tried; lagging_ok, lagging_failed: also handed to the successor a registry that lags behind a membership change would pick)",
             m.backups_sent.family.clone(),
         );
         registry.register(

@@ -8,7 +8,7 @@ use handover_common::sync;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::{Arc, RwLock};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 /// A live member of the pool.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -47,10 +47,24 @@ pub fn first_named<N: std::fmt::Display>(names: impl ExactSizeIterator<Item = N>
     text
 }
 
+/// How long a member list replaced here counts as one that a peer's registry may still show:
+/// each sidecar learns a change at its own time (a watch event, a file poll), a few seconds apart
+/// at most when its registry is healthy.
+pub const LAG: Duration = Duration::from_secs(30);
+
+/// Lists replaced within [`LAG`] kept at most: a pool that changes faster keeps the latest.
+const EARLIER_KEPT: usize = 4;
+
 /// A live view of the pool's ready members.
 pub trait Registry: Send + Sync + 'static {
     /// The live members as last known, sorted by name.
     fn live(&self) -> Arc<Vec<Member>>;
+
+    /// The member lists this registry showed before [`Registry::live`] within the last [`LAG`],
+    /// latest first: a peer whose registry lags behind still sees one of them.
+    fn earlier(&self) -> Vec<Arc<Vec<Member>>> {
+        Vec::new()
+    }
 
     /// Whether the registry has seen the pool at least once. Until then it knows no live peer,
     /// and a pod that served would take over sessions of peers it cannot see: `/ready` waits.
@@ -104,20 +118,65 @@ pub fn render_members(members: &[Member]) -> String {
         .collect()
 }
 
+/// A registry's member list, and the lists it replaced within [`LAG`].
+pub struct MemberLists {
+    lists: RwLock<Lists>,
+}
+
+struct Lists {
+    live: Arc<Vec<Member>>,
+    /// Each replaced list and when it was replaced, latest first.
+    earlier: Vec<(Arc<Vec<Member>>, Instant)>,
+}
+
+impl MemberLists {
+    pub fn new(members: Vec<Member>) -> MemberLists {
+        MemberLists { lists: RwLock::new(Lists { live: Arc::new(members), earlier: Vec::new() }) }
+    }
+
+    pub fn live(&self) -> Arc<Vec<Member>> {
+        Arc::clone(&sync::read(&self.lists).live)
+    }
+
+    /// Replaces the list at `now`, unless it is the same; returns the list replaced.
+    pub fn replace(&self, members: Vec<Member>, now: Instant) -> Option<Arc<Vec<Member>>> {
+        let mut lists = sync::write(&self.lists);
+        if *lists.live == members {
+            return None;
+        }
+        let replaced = std::mem::replace(&mut lists.live, Arc::new(members));
+        lists.earlier.retain(|(_, at)| now.saturating_duration_since(*at) < LAG);
+        lists.earlier.insert(0, (Arc::clone(&replaced), now));
+        lists.earlier.truncate(EARLIER_KEPT);
+        Some(replaced)
+    }
+
+    /// The lists replaced within [`LAG`] before `now`, latest first.
+    pub fn earlier(&self, now: Instant) -> Vec<Arc<Vec<Member>>> {
+        let lists = sync::read(&self.lists);
+        lists
+            .earlier
+            .iter()
+            .filter(|(_, at)| now.saturating_duration_since(*at) < LAG)
+            .map(|(l, _)| l.clone())
+            .collect()
+    }
+}
+
 /// Members from a flag or a file; a file is re-read when it changes.
 pub struct StaticRegistry {
-    members: RwLock<Arc<Vec<Member>>>,
+    members: MemberLists,
 }
 
 impl StaticRegistry {
     /// A fixed list.
     pub fn fixed(members: Vec<Member>) -> Arc<StaticRegistry> {
-        Arc::new(StaticRegistry { members: RwLock::new(Arc::new(members)) })
+        Arc::new(StaticRegistry { members: MemberLists::new(members) })
     }
 
     /// Replaces the list.
     pub fn set(&self, members: Vec<Member>) {
-        *sync::write(&self.members) = Arc::new(members);
+        self.members.replace(members, Instant::now());
     }
 
     /// Reads `path` now and then every `every`; a changed file is taken once it holds still for
@@ -157,7 +216,11 @@ impl StaticRegistry {
 
 impl Registry for StaticRegistry {
     fn live(&self) -> Arc<Vec<Member>> {
-        Arc::clone(&sync::read(&self.members))
+        self.members.live()
+    }
+
+    fn earlier(&self) -> Vec<Arc<Vec<Member>>> {
+        self.members.earlier(Instant::now())
     }
 }
 
@@ -242,6 +305,26 @@ mod tests {
 
     fn names(r: &StaticRegistry) -> Vec<String> {
         r.live().iter().map(|m| m.name.clone()).collect()
+    }
+
+    #[test]
+    fn the_lists_a_registry_replaced_are_kept_for_a_while_latest_first() {
+        let list = |names: &str| parse_members(names).expect("members");
+        let lists = MemberLists::new(list("a@10.0.0.1:1"));
+        let t0 = Instant::now();
+        assert!(lists.replace(list("a@10.0.0.1:1"), t0).is_none(), "the same list is no change");
+        assert!(lists.earlier(t0).is_empty());
+        let replaced = lists.replace(list("a@10.0.0.1:1,b@10.0.0.2:1"), t0).expect("a change");
+        assert_eq!(*replaced, list("a@10.0.0.1:1"));
+        lists.replace(list("b@10.0.0.2:1"), t0 + Duration::from_secs(1));
+        let earlier: Vec<usize> = lists.earlier(t0 + Duration::from_secs(2)).iter().map(|l| l.len()).collect();
+        assert_eq!(earlier, [2, 1], "latest first");
+        assert_eq!(lists.earlier(t0 + LAG).len(), 1, "the first replaced is past LAG");
+        assert!(lists.earlier(t0 + Duration::from_secs(1) + LAG).is_empty());
+        for i in 0..10 {
+            lists.replace(list(&format!("c{i}@10.0.0.3:1")), t0 + Duration::from_secs(3));
+        }
+        assert_eq!(lists.earlier(t0 + Duration::from_secs(3)).len(), EARLIER_KEPT, "bounded");
     }
 
     #[tokio::test(start_paused = true)]

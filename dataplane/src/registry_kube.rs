@@ -11,14 +11,14 @@
 
 use std::net::{IpAddr, SocketAddr};
 use std::sync::{Arc, RwLock};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use futures::StreamExt;
 use kube::api::{Api, ApiResource, DynamicObject, GroupVersionKind};
 use kube::runtime::watcher;
 use serde::Deserialize;
 
-use crate::registry::{Member, Registry, first_named};
+use crate::registry::{Member, MemberLists, Registry, first_named};
 use handover_common::sync;
 use prometheus_client::metrics::counter::Counter;
 
@@ -106,17 +106,18 @@ fn named(these: &[Member], those: &[Member]) -> String {
 
 /// A [`Registry`] fed by a watch on the pool's ServerPool.
 pub struct KubeRegistry {
-    members: RwLock<Arc<Vec<Member>>>,
+    members: MemberLists,
     /// `None` once a full list was seen; before that, the last reason it was not.
     not_synced: RwLock<Option<String>>,
 }
 
 impl Registry for KubeRegistry {
     fn live(&self) -> Arc<Vec<Member>> {
-        match self.members.read() {
-            Ok(m) => m.clone(),
-            Err(poisoned) => poisoned.into_inner().clone(),
-        }
+        self.members.live()
+    }
+
+    fn earlier(&self) -> Vec<Arc<Vec<Member>>> {
+        self.members.earlier(Instant::now())
     }
 
     fn synced(&self) -> Result<(), String> {
@@ -131,7 +132,7 @@ impl KubeRegistry {
     /// An empty registry (no live member known yet).
     fn empty() -> Self {
         Self {
-            members: RwLock::new(Arc::new(Vec::new())),
+            members: MemberLists::new(Vec::new()),
             not_synced: RwLock::new(Some("no list of the ServerPool yet".to_owned())),
         }
     }
@@ -150,14 +151,11 @@ impl KubeRegistry {
     }
 
     fn set(&self, members: Vec<Member>) {
-        let mut slot = match self.members.write() {
-            Ok(slot) => slot,
-            Err(poisoned) => poisoned.into_inner(),
-        };
-        if **slot != members {
-            let (joined, left) = (named(&members, &slot), named(&slot, &members));
-            tracing::info!(members = members.len(), %joined, %left, "pool membership changed");
-            *slot = Arc::new(members);
+        if let Some(before) = self.members.replace(members, Instant::now()) {
+            // (The watch's one task sets the list: `live` is the list just set.)
+            let after = self.members.live();
+            let (joined, left) = (named(&after, &before), named(&before, &after));
+            tracing::info!(members = after.len(), %joined, %left, "pool membership changed");
         }
     }
 

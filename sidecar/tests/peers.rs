@@ -170,3 +170,45 @@ async fn pods_that_take_over_wherever_a_session_lands_take_a_dead_owners_session
         assert_eq!(a.1, b.1, "round {round}: one pod served both: {a:?} {b:?}");
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pod_that_does_not_list_a_new_member_yet_takes_over_from_the_newest_backup() {
+    // A pod joined a moment ago and is the session's successor: its owner hands each new state to
+    // it. The owner dies before another pod lists the new one, and a request of the session with
+    // an older cookie (an earlier response overtook the last one) reaches that other pod, which
+    // is the successor as far as it knows. It must restore the newest state, not the cookie's.
+    use handover_dataplane::{decide, registry::Member};
+    let mut pool = LocalPool::start(PoolOptions::new(exe(), 2)).await.expect("pool starts");
+    let (owner, lagging) = (0, 1);
+    pool.pin_view(lagging, &[owner, lagging]).expect("a view of its own");
+    let joined = pool.add_pod().await.expect("a new pod");
+    pool.wait_pods_see(&[owner], &[owner, lagging, joined], Duration::from_secs(10)).await.expect("the owner lists it");
+    let member = |i: usize| {
+        let pod = &pool.pods[i];
+        Member { name: pod.name.clone(), uid: pod.uid.clone(), addr: pod.data(), admin_port: None }
+    };
+    let (lagging_member, joined_member) = (member(lagging), member(joined));
+    // A session whose successor is the new pod (one in two are).
+    let mut client = SessionClient::default();
+    for attempt in 0.. {
+        assert!(attempt < 40, "no session out of 40 has the new pod for its successor");
+        client = SessionClient::default();
+        let reply = client.send(|| Some(pool.pods[owner].data()), Method::POST, "/incr").await.expect("reply");
+        let session = serde_json::from_slice::<CountReply>(&reply.body).expect("a count").session;
+        if decide::outranks(&session, &joined_member, &lagging_member.name, &lagging_member.uid) {
+            break;
+        }
+    }
+    let reply = client.send(|| Some(pool.pods[owner].data()), Method::POST, "/incr").await.expect("reply");
+    assert_eq!(reply.status, StatusCode::OK);
+    let older = client.jar.clone();
+    let reply = client.send(|| Some(pool.pods[owner].data()), Method::POST, "/incr").await.expect("reply");
+    assert_eq!(serde_json::from_slice::<CountReply>(&reply.body).expect("a count").count, 3);
+    pool.kill_pod(owner).await;
+    let (count, pod) = incr(&pool, lagging, &older).await;
+    assert_eq!(
+        (count, pod),
+        (4, pool.pods[lagging].name.clone()),
+        "taken over from the newest backup, not the older cookie"
+    );
+}

@@ -197,7 +197,7 @@ impl Proxy {
         // registry) or a leaving one is passed over for the next member in takeover order, so a
         // state is never left without a backup, or with a pod about to go, because the registry
         // lags.
-        for _ in 0..BACKUP_ATTEMPTS {
+        for attempt in 0..BACKUP_ATTEMPTS {
             let live = self.registry.live();
             let unreachable = self.unreachable_now();
             let others = self.other_reachable(&live, &unreachable).filter(|m| !passed_over.contains(&m.name));
@@ -206,7 +206,15 @@ impl Proxy {
                 return "no_successor";
             };
             let body = body.get_or_insert_with(|| Bytes::from(b.body())).clone();
-            let result = match self.peer_call(&to, Method::PUT, &b.session, body).await {
+            let lagging =
+                if attempt == 0 { self.lagging_successors(&b.session, &live, &unreachable, &to) } else { Vec::new() };
+            let call = self.peer_call(&to, Method::PUT, &b.session, body.clone());
+            let answer = if lagging.is_empty() {
+                call.await
+            } else {
+                tokio::join!(call, self.back_up_lagging(&b.session, &lagging, body)).0
+            };
+            let result = match answer {
                 // Kept, or a newer backup of the session is (another response's, sent meanwhile).
                 Ok((status @ (StatusCode::NO_CONTENT | StatusCode::CONFLICT), _)) => {
                     if self.draining_since().is_some() {
@@ -244,6 +252,54 @@ impl Proxy {
         }
         self.metrics.backups_sent.inc("failed");
         "failed"
+    }
+
+    /// The members a peer whose registry still shows an earlier member list ([`Registry::earlier`]:
+    /// a member joined or left a moment ago, and not every registry shows it yet) would take
+    /// `session` over with if this pod died, besides `successor`: live, reachable, not this pod.
+    /// A takeover that does not list the successor finds the session's newest backup there.
+    ///
+    /// [`Registry::earlier`]: crate::registry::Registry::earlier
+    fn lagging_successors(
+        &self,
+        session: &str,
+        live: &[Member],
+        unreachable: &[String],
+        successor: &Member,
+    ) -> Vec<Member> {
+        let mut found: Vec<Member> = Vec::new();
+        for earlier in self.registry.earlier() {
+            let candidates = self
+                .other_reachable(&earlier, unreachable)
+                .filter(|m| live.iter().any(|l| l.name == m.name && l.uid == m.uid));
+            if let Some(m) = decide::successor(session, candidates)
+                && m.name != successor.name
+                && !found.iter().any(|f| f.name == m.name)
+            {
+                found.push(m.clone());
+            }
+        }
+        found
+    }
+
+    /// Hands the backup to the [`Proxy::lagging_successors`] as well, beside the successor's: each
+    /// kept or not, counted (`lagging_ok`, `lagging_failed`); the response waits for them as for
+    /// the successor's.
+    async fn back_up_lagging(&self, session: &str, members: &[Member], body: Bytes) {
+        let calls = members.iter().map(|m| self.peer_call(m, Method::PUT, session, body.clone()));
+        for (m, answer) in members.iter().zip(futures::future::join_all(calls).await) {
+            match answer {
+                Ok((StatusCode::NO_CONTENT | StatusCode::CONFLICT, _)) => self.metrics.backups_sent.inc("lagging_ok"),
+                Ok((status, _)) => {
+                    self.metrics.backups_sent.inc("lagging_failed");
+                    tracing::debug!(peer = %m.name, session, %status, "a lagging view's successor did not keep a backup");
+                }
+                Err(why) => {
+                    self.metrics.backups_sent.inc("lagging_failed");
+                    tracing::debug!(peer = %m.name, session, error = %why, "could not hand a backup to a lagging view's successor");
+                }
+            }
+        }
     }
 
     /// Hands the successor a **tombstone** of `session`, which ended (or rotated away) when its
