@@ -206,8 +206,11 @@ impl Proxy {
                 return "no_successor";
             };
             let body = body.get_or_insert_with(|| Bytes::from(b.body())).clone();
-            let lagging =
-                if attempt == 0 { self.lagging_successors(&b.session, &live, &unreachable, &to) } else { Vec::new() };
+            let lagging = if attempt == 0 {
+                self.lagging_successors(&b.session, &live, &unreachable, &to, &passed_over)
+            } else {
+                Vec::new()
+            };
             let call = self.peer_call(&to, Method::PUT, &b.session, body.clone());
             let answer = if lagging.is_empty() {
                 call.await
@@ -256,8 +259,9 @@ impl Proxy {
 
     /// The members a peer whose registry still shows an earlier member list ([`Registry::earlier`]:
     /// a member joined or left a moment ago, and not every registry shows it yet) would take
-    /// `session` over with if this pod died, besides `successor`: live, reachable, not this pod.
-    /// A takeover that does not list the successor finds the session's newest backup there.
+    /// `session` over with if this pod died, besides `successor`: live, reachable, not this pod
+    /// nor one `passed_over`. A takeover that does not list the successor finds the session's
+    /// newest backup there.
     ///
     /// [`Registry::earlier`]: crate::registry::Registry::earlier
     fn lagging_successors(
@@ -266,12 +270,13 @@ impl Proxy {
         live: &[Member],
         unreachable: &[String],
         successor: &Member,
+        passed_over: &[String],
     ) -> Vec<Member> {
         let mut found: Vec<Member> = Vec::new();
         for earlier in self.registry.earlier() {
             let candidates = self
                 .other_reachable(&earlier, unreachable)
-                .filter(|m| live.iter().any(|l| l.name == m.name && l.uid == m.uid));
+                .filter(|m| !passed_over.contains(&m.name) && live.iter().any(|l| l.name == m.name && l.uid == m.uid));
             if let Some(m) = decide::successor(session, candidates)
                 && m.name != successor.name
                 && !found.iter().any(|f| f.name == m.name)
