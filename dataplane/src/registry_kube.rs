@@ -19,6 +19,7 @@ use kube::runtime::watcher;
 use serde::Deserialize;
 
 use crate::registry::{Member, MemberLists, Registry, first_named};
+use handover_common::backoff::Doubling;
 use handover_common::sync;
 use prometheus_client::metrics::counter::Counter;
 
@@ -265,24 +266,17 @@ impl KubeRegistry {
     }
 }
 
-/// The pause before a failed watch tries again: 1 s, doubling up to [`RetryPause::MAX`], each
-/// spread by ±25 % so that the pool's sidecars, which all failed at once, do not all come back at
-/// once; back to 1 s after a list or an event. Every pod of every pool watches: the API server
-/// (down, or refusing with 429 because it is overloaded) sees one request per pod per pause.
+/// The pause before a failed watch tries again: 1 s, doubling up to 16 s, each spread by ±25 % so
+/// that the pool's sidecars, which all failed at once, do not all come back at once; back to 1 s
+/// after a list or an event. Every pod of every pool watches: the API server (down, or refusing
+/// with 429 because it is overloaded) sees one request per pod per pause.
 #[derive(Debug, Clone, Copy)]
-struct RetryPause {
-    next: Duration,
-}
+struct RetryPause(Doubling);
 
 impl RetryPause {
-    const FIRST: Duration = Duration::from_secs(1);
-    const MAX: Duration = Duration::from_secs(16);
-
     /// The next pause; `spread` in [0, 1) picks where in ±25 % it falls.
     fn next(&mut self, spread: f64) -> Duration {
-        let pause = self.next.mul_f64(0.75 + 0.5 * spread.clamp(0.0, 1.0));
-        self.next = (self.next * 2).min(Self::MAX);
-        pause
+        self.0.next_pause().mul_f64(0.75 + 0.5 * spread.clamp(0.0, 1.0))
     }
 }
 
@@ -295,7 +289,7 @@ fn spread() -> f64 {
 
 impl Default for RetryPause {
     fn default() -> Self {
-        RetryPause { next: Self::FIRST }
+        RetryPause(Doubling::new(Duration::from_secs(1), Duration::from_secs(16)))
     }
 }
 

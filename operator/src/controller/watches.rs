@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use futures::future::{BoxFuture, Shared};
 use futures::{FutureExt, Stream, StreamExt};
+use handover_common::backoff::Doubling;
 use k8s_openapi::NamespaceResourceScope;
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{Container, Pod, PodSpec, PodStatus};
@@ -27,18 +28,11 @@ use crate::metrics::Metrics;
 /// resumes within seconds of its return (with the 30 s cap the registry followed 23 s late), and
 /// only the leader's eight watches retry, so the cost to the API server is nil.
 #[derive(Debug, Clone, Copy)]
-struct WatchBackoff {
-    next: Duration,
-}
-
-impl WatchBackoff {
-    const FIRST: Duration = Duration::from_millis(500);
-    const MAX: Duration = Duration::from_secs(5);
-}
+struct WatchBackoff(Doubling);
 
 impl Default for WatchBackoff {
     fn default() -> Self {
-        WatchBackoff { next: Self::FIRST }
+        WatchBackoff(Doubling::new(Duration::from_millis(500), Duration::from_secs(5)))
     }
 }
 
@@ -46,15 +40,13 @@ impl Iterator for WatchBackoff {
     type Item = Duration;
 
     fn next(&mut self) -> Option<Duration> {
-        let pause = self.next;
-        self.next = (pause * 2).min(Self::MAX);
-        Some(pause)
+        Some(self.0.next_pause())
     }
 }
 
 impl Backoff for WatchBackoff {
     fn reset(&mut self) {
-        self.next = Self::FIRST;
+        self.0.reset();
     }
 }
 
