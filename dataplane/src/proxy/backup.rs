@@ -363,8 +363,11 @@ impl Proxy {
                 ask.push(asker);
             }
         }
+        // Each peer asked, and when: a peer that asks this pod after that is asked again.
+        let mut asked: Vec<(String, Instant)> = Vec::new();
         for round in 1..=CLAIM_ROUNDS {
             for peer in &ask {
+                asked.push((peer.name.clone(), Instant::now()));
                 let found = match self.peer_call(peer, Method::GET, session, Bytes::new()).await {
                     Ok((StatusCode::CONFLICT, body)) => {
                         let taking = body.as_ref() == TAKING_BODY.as_bytes();
@@ -388,7 +391,7 @@ impl Proxy {
                     newest = found;
                 }
             }
-            ask = self.takers.claim(session, Instant::now(), round == CLAIM_ROUNDS);
+            ask = self.takers.claim(session, Instant::now(), round == CLAIM_ROUNDS, &asked);
             if ask.is_empty() {
                 break;
             }

@@ -13,7 +13,7 @@
 //!   two, the one later in the session's takeover order (`decide::outranks`, the same on every
 //!   pod) sends its request to the other;
 //! - any pod that does not hold it remembers the asker (for [`ASKED_FOR`]), and a takeover here
-//!   asks every pod that asked before it claims the session.
+//!   asks every pod that asked, before it claims the session.
 //!
 //! So when one of two takers asks the other, one of them goes to the other: the claim and the
 //! asker's record are made under one lock, and a pod claims only once no asker is left unasked.
@@ -81,17 +81,24 @@ impl Takers {
         Taking { takers: self, session: session.to_owned() }
     }
 
-    /// Claims `session` for this pod's takeover, unless peers asked about it since it was last
-    /// looked at: then those, for the caller to ask first (`anyway`: claimed all the same).
-    pub(super) fn claim(&self, session: &str, now: Instant, anyway: bool) -> Vec<Member> {
+    /// Claims `session` for this pod's takeover, unless a peer asked about it that this takeover
+    /// did not ask since (`asked`: each peer asked, and when): then those, for the caller to ask
+    /// first (`anyway`: claimed all the same). A peer that asked before this pod asked it was
+    /// taking the session over when it answered; one that asked after may have started since.
+    pub(super) fn claim(&self, session: &str, now: Instant, anyway: bool, asked: &[(String, Instant)]) -> Vec<Member> {
         let mut inner = sync::lock(&self.inner);
-        let askers = take_askers(&mut inner, session, now);
-        if (askers.is_empty() || anyway)
+        let askers = remembered(&mut inner, session, now);
+        let unasked: Vec<Member> = askers
+            .into_iter()
+            .filter(|(m, at)| !asked.iter().any(|(name, when)| *name == m.name && when > at))
+            .map(|(m, _)| m)
+            .collect();
+        if (unasked.is_empty() || anyway)
             && let Some(claimed) = inner.taking.get_mut(session)
         {
             *claimed = true;
         }
-        askers
+        unasked
     }
 
     /// A peer's lookup of `session`'s backup: `holds` says whether the session table holds it.
@@ -117,10 +124,11 @@ impl Takers {
         if taking.is_some() { Lookup::Taking } else { Lookup::Answer }
     }
 
-    /// The peers that asked for `session`'s backup in the last [`ASKED_FOR`], not asked since:
-    /// the caller asks them now.
+    /// The peers that asked for `session`'s backup in the last [`ASKED_FOR`]: a takeover here asks
+    /// them, every one (the first may find one holding the session; the next, for another request
+    /// of the session, must find it too).
     pub(super) fn askers(&self, session: &str, now: Instant) -> Vec<Member> {
-        take_askers(&mut sync::lock(&self.inner), session, now)
+        remembered(&mut sync::lock(&self.inner), session, now).into_iter().map(|(m, _)| m).collect()
     }
 }
 
@@ -140,9 +148,15 @@ fn remember(inner: &mut Inner, session: &str, asker: Member, now: Instant) {
     askers.push((asker, now));
 }
 
-fn take_askers(inner: &mut Inner, session: &str, now: Instant) -> Vec<Member> {
-    let Some(askers) = inner.asked.remove(session) else { return Vec::new() };
-    askers.into_iter().filter(|(_, at)| now.duration_since(*at) < ASKED_FOR).map(|(m, _)| m).collect()
+/// The askers of `session` remembered, and when each asked; the expired ones forgotten.
+fn remembered(inner: &mut Inner, session: &str, now: Instant) -> Vec<(Member, Instant)> {
+    let Some(askers) = inner.asked.get_mut(session) else { return Vec::new() };
+    askers.retain(|(_, at)| now.duration_since(*at) < ASKED_FOR);
+    let fresh = askers.clone();
+    if fresh.is_empty() {
+        inner.asked.remove(session);
+    }
+    fresh
 }
 
 #[cfg(test)]
@@ -168,7 +182,7 @@ mod tests {
         let now = Instant::now();
         assert_eq!(takers.lookup("s", || true, Some(member("a")), now), Lookup::Held);
         let taking = takers.taking("s");
-        assert!(takers.claim("s", now, false).is_empty());
+        assert!(takers.claim("s", now, false, &[]).is_empty());
         assert_eq!(takers.lookup("s", || false, Some(member("a")), now), Lookup::Held);
         drop(taking);
         assert!(takers.askers("s", now).is_empty(), "the askers go to this pod: none to ask");
@@ -177,15 +191,21 @@ mod tests {
     #[test]
     fn a_pod_taking_a_session_over_claims_it_only_after_asking_every_asker() {
         let takers = Takers::default();
-        let now = Instant::now();
-        assert_eq!(takers.lookup("s", || false, Some(member("a")), now), Lookup::Answer);
+        let t0 = Instant::now();
+        let later = |ms| t0 + Duration::from_millis(ms);
+        assert_eq!(takers.lookup("s", || false, Some(member("a")), t0), Lookup::Answer);
         let _taking = takers.taking("s");
-        assert_eq!(takers.lookup("s", || false, Some(member("b")), now), Lookup::Taking);
-        assert_eq!(names(takers.claim("s", now, false)), ["a", "b"], "asked first, not claimed");
-        assert_eq!(takers.lookup("s", || false, Some(member("c")), now), Lookup::Taking, "still not claimed");
-        assert_eq!(names(takers.claim("s", now, false)), ["c"]);
-        assert!(takers.claim("s", now, false).is_empty());
-        assert_eq!(takers.lookup("s", || false, Some(member("d")), now), Lookup::Held, "claimed");
+        assert_eq!(takers.lookup("s", || false, Some(member("b")), later(1)), Lookup::Taking);
+        assert_eq!(names(takers.claim("s", later(2), false, &[])), ["a", "b"], "asked first, not claimed");
+        // Asked at 3: `a` and `b` answered as they were then. `c` asks at 4; `b` again at 5: either
+        // may have started a takeover of its own since.
+        let asked = [("a".to_owned(), later(3)), ("b".to_owned(), later(3))];
+        takers.lookup("s", || false, Some(member("c")), later(4));
+        takers.lookup("s", || false, Some(member("b")), later(5));
+        assert_eq!(names(takers.claim("s", later(6), false, &asked)), ["c", "b"], "still not claimed");
+        let asked = [("a".to_owned(), later(3)), ("b".to_owned(), later(7)), ("c".to_owned(), later(7))];
+        assert!(takers.claim("s", later(8), false, &asked).is_empty());
+        assert_eq!(takers.lookup("s", || false, Some(member("d")), later(9)), Lookup::Held, "claimed");
     }
 
     #[test]
@@ -200,7 +220,7 @@ mod tests {
         takers.lookup("s", || false, Some(member("a")), now);
         takers.lookup("s", || false, Some(member("b")), now);
         assert_eq!(names(takers.askers("s", now)), ["a", "b"]);
-        assert!(takers.askers("s", now).is_empty(), "asked: not again");
+        assert_eq!(names(takers.askers("s", now)), ["a", "b"], "every takeover here asks them");
     }
 
     #[test]
@@ -222,6 +242,6 @@ mod tests {
         let later = now + ASKED_FOR;
         takers.lookup("new", || false, Some(member("a")), later);
         assert_eq!(names(takers.askers("new", later)), ["a"], "expired sessions make room");
-        assert_eq!(sync::lock(&takers.inner).asked.len(), 0);
+        assert_eq!(sync::lock(&takers.inner).asked.len(), 1, "the expired ones gone");
     }
 }
