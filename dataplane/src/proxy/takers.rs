@@ -12,12 +12,14 @@
 //! - a pod taking the session over itself, not yet claimed, answers [`Lookup::Taking`]: of the
 //!   two, the one later in the session's takeover order (`decide::outranks`, the same on every
 //!   pod) sends its request to the other;
-//! - any pod that does not hold it remembers the asker (for [`ASKED_FOR`]), and a takeover here
-//!   asks every pod that asked, before it claims the session.
+//! - any pod that does not hold it remembers the asker (for [`ASKED_FOR`]), and every takeover
+//!   here asks every pod that asked (the session's first request may find one holding it and go
+//!   there; its next one must find it too).
 //!
 //! So when one of two takers asks the other, one of them goes to the other: the claim and the
-//! asker's record are made under one lock, and a pod claims only once no asker is left unasked.
-//! A taker nobody asks (outside the first members of the other's takeover order) is not covered.
+//! asker's record are made under one lock, and a pod claims only once it asked every asker after
+//! that asker last asked it (an answer given before may predate the asker's own takeover). A
+//! taker nobody asks (outside the first members of the other's takeover order) is not covered.
 
 use std::collections::HashMap;
 use std::sync::Mutex;
