@@ -636,7 +636,7 @@ impl LocalPool {
         self.registry_held.store(hold, Ordering::SeqCst);
     }
 
-    /// Where pod `i`'s sidecar reads its members: the registry's peers file (through a link of its
+    /// Where `pod`'s sidecar reads its members: the registry's peers file (through a link of its
     /// own, made at its first start), unless [`LocalPool::pin_view`] gave it a view of its own.
     fn view_of(&self, pod: &Pod) -> Result<PathBuf, String> {
         let view = self.dir.join(format!("{}.peers", pod.name));

@@ -127,7 +127,8 @@ impl Proxy {
             return Ok(Restored::Already);
         }
         // Until the session is in the table (or this gives up), a peer that asks for its backup
-        // is told this pod holds it ([`super::takers`]).
+        // is told this pod is taking it over, and once claimed, that it holds it
+        // ([`super::takers`]).
         let _taking = self.takers.taking(session);
         let created_at = route.created_at;
         if !takeover && let Ok((StatusCode::OK, _)) = self.state_request(Method::GET, session, Bytes::new()).await {
