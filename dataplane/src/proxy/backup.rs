@@ -159,7 +159,7 @@ impl Proxy {
         let (uid, addr) = value.split_once(' ')?;
         let addr: SocketAddr = addr.parse().ok()?;
         if addr.ip().to_canonical() != client.ip().to_canonical() || name == self.cfg.pod_name || uid.is_empty() {
-            tracing::debug!(asker = %name, %client, value, "a backup lookup's asker is not remembered: its address is not the call's");
+            tracing::debug!(asker = %name, %client, value, "a backup lookup's asker is not remembered: its address is not the call's, or it names this pod or no uid");
             return None;
         }
         Some(Member { name, uid: uid.to_owned(), addr, admin_port: None })
